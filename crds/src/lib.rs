@@ -1,0 +1,1 @@
+//! The Fleetward resource types.
