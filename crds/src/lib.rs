@@ -1,1 +1,72 @@
-//! The Fleetward resource types.
+//! The Fleetward resource types (`fleetward.io/v1alpha1`) and the CRDs generated from them.
+
+pub mod channel;
+pub mod connection;
+pub mod group;
+pub mod schema;
+pub mod status;
+pub mod tenant;
+#[cfg(feature = "testdata")]
+pub mod testdata;
+pub mod thing;
+pub mod user;
+
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::CustomResourceExt;
+
+pub use channel::{Channel, ChannelSpec};
+pub use connection::{Action, Connection, ConnectionSpec, Subject, SubjectKind, Subtopics};
+pub use group::{Group, GroupSpec, Member, MemberKind};
+pub use status::{
+    ChannelStatus, ConnectionStatus, GroupStatus, ResourceStatus, TenantStatus, ThingStatus,
+    UserStatus,
+};
+pub use tenant::{Tenant, TenantLimits, TenantSpec};
+pub use thing::{Thing, ThingCredentials, ThingSpec};
+pub use user::{Role, SecretKeyRef, User, UserSpec};
+
+/// The API group of every Fleetward resource.
+pub const GROUP: &str = "fleetward.io";
+
+/// The API version the types in this crate describe.
+pub const VERSION: &str = "v1alpha1";
+
+/// The first line of every generated CRD file.
+const HEADER: &str = "# Generated from the Rust types in crds/src; do not edit.\n\
+     # Regenerate with: UPDATE_CRDS=1 cargo test -p fleetward-crds\n";
+
+/// The six CRDs, in the order Tenant, Thing, Channel, Connection, User, Group.
+pub fn all() -> Vec<CustomResourceDefinition> {
+    vec![
+        Tenant::crd(),
+        Thing::crd(),
+        Channel::crd(),
+        Connection::crd(),
+        User::crd(),
+        Group::crd(),
+    ]
+}
+
+/// One file per CRD: its file name (`tenants.fleetward.io.yaml`, ...) and its YAML.
+pub fn files() -> Result<Vec<(String, String)>, serde_yaml::Error> {
+    all()
+        .iter()
+        .map(|crd| {
+            let name = crd.metadata.name.as_deref().unwrap_or_default();
+            Ok((
+                format!("{name}.yaml"),
+                format!("{HEADER}{}", serde_yaml::to_string(crd)?),
+            ))
+        })
+        .collect()
+}
+
+/// All six CRDs as one `---`-separated YAML stream, ready for `kubectl apply -f -`.
+pub fn yaml_stream() -> Result<String, serde_yaml::Error> {
+    let mut out = String::from(HEADER);
+    for crd in all() {
+        out.push_str("---\n");
+        out.push_str(&serde_yaml::to_string(&crd)?);
+    }
+    Ok(out)
+}

@@ -1,0 +1,71 @@
+//! The Channel kind: a logical message bus inside a tenant.
+
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::status::ChannelStatus;
+
+/// The highest MQTT quality of service.
+pub const MAX_QOS: u8 = 2;
+
+/// A Channel is a logical message bus; its topics are `m/<tenant>/c/<channel>[/<subtopic>...]`.
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[kube(
+    group = "fleetward.io",
+    version = "v1alpha1",
+    kind = "Channel",
+    namespaced,
+    doc = "A Channel is a logical message bus in a tenant. Its MQTT topics are \
+           m/<tenant>/c/<channel>[/<subtopic>...]; Connections say who may publish or subscribe on it.",
+    status = "ChannelStatus",
+    derive = "PartialEq",
+    shortname = "chn",
+    category = "fleetward",
+    printcolumn(name = "Max QoS", type_ = "integer", json_path = ".spec.maxQos", description = "Highest QoS delivered on the channel"),
+    printcolumn(name = "Retained", type_ = "boolean", json_path = ".spec.retained", description = "Whether retained messages are allowed"),
+    printcolumn(name = "Max Size", type_ = "integer", json_path = ".spec.maxMessageSize", priority = 1, description = "Largest payload in bytes"),
+    printcolumn(name = "Ready", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status"),
+    printcolumn(name = "Enforced", type_ = "string", json_path = ".status.conditions[?(@.type==\"Enforced\")].status"),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
+    validation = kube::core::Rule::new(crate::schema::NAME_RULE).message(crate::schema::NAME_MESSAGE),
+)]
+#[serde(rename_all = "camelCase")]
+pub struct ChannelSpec {
+    /// What the channel carries, for the people who use it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    /// The highest MQTT quality of service on this channel: 0, 1 or 2 (default 2). Publishes and
+    /// subscriptions asking for more are downgraded to it.
+    #[serde(default = "default_max_qos")]
+    #[schemars(range(min = 0, max = 2))]
+    pub max_qos: u8,
+    /// Whether retained messages are allowed (default true). When false, the retain flag of a
+    /// publish is refused and nothing is stored.
+    #[serde(default = "default_retained")]
+    pub retained: bool,
+    /// The largest payload accepted on this channel, in bytes. The tenant's `maxMessageSize`
+    /// still applies when it is smaller.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub max_message_size: Option<u32>,
+}
+
+impl Default for ChannelSpec {
+    fn default() -> Self {
+        Self {
+            description: None,
+            max_qos: MAX_QOS,
+            retained: true,
+            max_message_size: None,
+        }
+    }
+}
+
+fn default_max_qos() -> u8 {
+    MAX_QOS
+}
+
+fn default_retained() -> bool {
+    true
+}

@@ -1,0 +1,83 @@
+//! Status of every kind: the Kubernetes condition list plus a few observed facts.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// Condition type: the operator has accepted the resource and its references resolve.
+pub const READY: &str = "Ready";
+
+/// Condition type: every connected dataplane has acknowledged a policy snapshot that contains
+/// the resource, so what it declares is being enforced.
+pub const ENFORCED: &str = "Enforced";
+
+/// Status of a Tenant, written by the operator.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TenantStatus {
+    /// Latest observations of the tenant's state. `Ready` says whether the tenant's namespace is
+    /// claimed and served; `Enforced` whether every dataplane has applied it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
+    pub conditions: Vec<Condition>,
+    /// The `metadata.generation` of the Tenant that this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// The namespace this tenant owns, once the operator has claimed it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    /// Number of Things in the tenant's namespace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub things: Option<u32>,
+    /// Number of Channels in the tenant's namespace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub channels: Option<u32>,
+}
+
+/// Status of a Thing, written by the operator.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ThingStatus {
+    /// Latest observations of the thing's state. `Ready` says whether its credentials are in
+    /// place; `Enforced` whether every dataplane has applied it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
+    pub conditions: Vec<Condition>,
+    /// The `metadata.generation` of the Thing that this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// Name of the Secret holding the thing's keys.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_name: Option<String>,
+    /// First 12 hex characters of the SHA-256 digest of the newest key: compare it with the key
+    /// a device holds without revealing the key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_fingerprint: Option<String>,
+    /// Number of keys that currently authenticate this thing (two while a rotation is under way).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keys: Option<u32>,
+}
+
+/// Status of a Channel, Connection, User or Group, written by the operator.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ResourceStatus {
+    /// Latest observations of the resource's state. `Ready` says whether the operator accepted it
+    /// and its references resolve (reason `NoTenant` when no Tenant owns the namespace);
+    /// `Enforced` whether every dataplane has applied it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
+    pub conditions: Vec<Condition>,
+    /// The `metadata.generation` of the resource that this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+}
+
+/// Status of a Channel.
+pub type ChannelStatus = ResourceStatus;
+/// Status of a Connection.
+pub type ConnectionStatus = ResourceStatus;
+/// Status of a User.
+pub type UserStatus = ResourceStatus;
+/// Status of a Group.
+pub type GroupStatus = ResourceStatus;

@@ -1,0 +1,89 @@
+//! The Tenant kind: one organization, the namespace it owns, its limits and its kill switch.
+
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::status::TenantStatus;
+
+/// Message printed when an update would move a Tenant to another namespace.
+pub const NAMESPACE_IMMUTABLE_MESSAGE: &str = "spec.namespace is immutable: a Tenant keeps the \
+     namespace it was created with (its name when unset); create a new Tenant to use another namespace";
+
+/// A Tenant is one organization on the platform. It owns exactly one namespace, and every
+/// Thing, Channel, Connection, User and Group in that namespace belongs to it. Resources in a
+/// namespace that no Tenant owns are not served.
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[kube(
+    group = "fleetward.io",
+    version = "v1alpha1",
+    kind = "Tenant",
+    doc = "A Tenant is one organization on the platform. It owns exactly one namespace (spec.namespace, \
+           default its own name); every Fleetward resource in that namespace belongs to it.",
+    status = "TenantStatus",
+    derive = "PartialEq",
+    shortname = "tnt",
+    category = "fleetward",
+    printcolumn(name = "Namespace", type_ = "string", json_path = ".status.namespace", description = "Namespace the tenant owns"),
+    printcolumn(name = "Suspended", type_ = "boolean", json_path = ".spec.suspended", description = "Whether all traffic of the tenant is refused"),
+    printcolumn(name = "Things", type_ = "integer", json_path = ".status.things", description = "Things in the tenant's namespace"),
+    printcolumn(name = "Channels", type_ = "integer", json_path = ".status.channels", description = "Channels in the tenant's namespace"),
+    printcolumn(name = "Ready", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status"),
+    printcolumn(name = "Enforced", type_ = "string", json_path = ".status.conditions[?(@.type==\"Enforced\")].status"),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
+    validation = kube::core::Rule::new(crate::schema::NAME_RULE).message(crate::schema::NAME_MESSAGE),
+    validation = kube::core::Rule::new(
+        "(has(self.spec.__namespace__) ? self.spec.__namespace__ : self.metadata.name) == \
+         (has(oldSelf.spec.__namespace__) ? oldSelf.spec.__namespace__ : oldSelf.metadata.name)"
+    ).message(NAMESPACE_IMMUTABLE_MESSAGE),
+)]
+#[serde(rename_all = "camelCase")]
+pub struct TenantSpec {
+    /// The namespace this tenant owns. Defaults to the Tenant's own name. It cannot be changed
+    /// after creation: to move a tenant, create a new Tenant.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "crate::schema::dns_label")]
+    pub namespace: Option<String>,
+    /// A human-readable name for the organization, shown in dashboards.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub display_name: Option<String>,
+    /// The kill switch: when true, every connection of the tenant's things and users is refused
+    /// and live sessions are disconnected. Nothing is deleted; set it back to false to resume.
+    #[serde(default)]
+    pub suspended: bool,
+    /// Quotas for the tenant. An unset limit means no limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limits: Option<TenantLimits>,
+}
+
+/// Quotas for one tenant. Every limit is optional and, when set, at least 1.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TenantLimits {
+    /// The most Things the tenant may have; Things beyond it are not served.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub max_things: Option<u32>,
+    /// The most Channels the tenant may have; Channels beyond it are not served.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub max_channels: Option<u32>,
+    /// The most simultaneous client connections (MQTT, WebSocket) of the tenant on each
+    /// dataplane pod.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub max_connections: Option<u32>,
+    /// The largest message payload accepted from the tenant, in bytes. A Channel may set a
+    /// smaller limit of its own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub max_message_size: Option<u32>,
+    /// Sustained publish rate allowed to each thing, in messages per second.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub publish_rate: Option<u32>,
+    /// Messages a thing may publish in a burst above `publishRate` before it is throttled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub publish_burst: Option<u32>,
+}
