@@ -1,0 +1,208 @@
+//! The built-in evaluator: answers from a `Snapshot`'s tables, with no I/O.
+//!
+//! A decision is allowed only when the tenant exists and is not suspended, the subject exists,
+//! is enabled and belongs to the topic's tenant, the channel exists, and a grant (direct,
+//! through a group, or the user's role) gives the action. Grants add up: their allow patterns
+//! together must cover the subtopic or the whole filter. Deny patterns win: one hit by any
+//! grant that gives the subject this action on this channel refuses it, whatever allows it.
+
+use crate::credentials::{KeyDigest, verify_password, verify_thing_key};
+use crate::evaluator::{
+    Action, AllowReason, Credential, Decision, DenyReason, PolicyEvaluator, Refusal, Subject,
+};
+use crate::model::{Grant, GrantSubjectKind, Role, SubjectKind, Thing, User};
+use crate::pattern::covers;
+use crate::snapshot::Snapshot;
+use crate::topic::Topic;
+
+impl Snapshot {
+    fn live_tenant(&self, tenant: &str) -> Result<(), DenyReason> {
+        match self.tenant(tenant) {
+            None => Err(DenyReason::UnknownTenant),
+            Some(t) if t.suspended => Err(DenyReason::TenantSuspended),
+            Some(_) => Ok(()),
+        }
+    }
+
+    fn live_thing(&self, tenant: &str, name: &str) -> Result<&Thing, DenyReason> {
+        self.live_tenant(tenant)?;
+        match self.thing(tenant, name) {
+            None => Err(DenyReason::UnknownSubject),
+            Some(t) if t.disabled => Err(DenyReason::SubjectDisabled),
+            Some(t) => Ok(t),
+        }
+    }
+
+    fn live_user(&self, tenant: &str, name: &str) -> Result<&User, DenyReason> {
+        self.live_tenant(tenant)?;
+        match self.user(tenant, name) {
+            None => Err(DenyReason::UnknownSubject),
+            Some(u) if u.disabled => Err(DenyReason::SubjectDisabled),
+            Some(u) => Ok(u),
+        }
+    }
+
+    /// The subject's role if it is a user, after checking it may act at all.
+    fn live_subject(&self, subject: &Subject) -> Result<Option<Role>, DenyReason> {
+        match subject.kind {
+            SubjectKind::Thing => self
+                .live_thing(&subject.tenant, &subject.name)
+                .map(|_| None),
+            SubjectKind::User => {
+                let user = self.live_user(&subject.tenant, &subject.name)?;
+                match subject.token_epoch {
+                    Some(epoch) if epoch != user.token_epoch => Err(DenyReason::TokenRevoked),
+                    _ => Ok(Some(user.role)),
+                }
+            }
+        }
+    }
+
+    fn thing_subject(&self, thing: &Thing) -> Subject {
+        Subject::thing(&*thing.tenant, &*thing.name)
+    }
+}
+
+fn role_allows(role: Option<Role>, action: Action) -> bool {
+    match role {
+        Some(Role::Admin) => true,
+        Some(Role::Viewer) => action == Action::Subscribe,
+        Some(Role::Member) | None => false,
+    }
+}
+
+fn gives(grant: &Grant, action: Action) -> bool {
+    match action {
+        Action::Publish => grant.actions.publish,
+        Action::Subscribe => grant.actions.subscribe,
+    }
+}
+
+impl PolicyEvaluator for Snapshot {
+    fn version(&self) -> u64 {
+        self.version
+    }
+
+    fn authenticate(&self, credential: &Credential<'_>) -> Result<Subject, Refusal> {
+        match *credential {
+            Credential::Thing { tenant, thing, key } => {
+                let t = self.live_thing(tenant, thing)?;
+                if !verify_thing_key(&t.key_digests, key) {
+                    return Err(DenyReason::BadCredential.into());
+                }
+                Ok(self.thing_subject(t))
+            }
+            Credential::ThingKey { key } => {
+                let digest = KeyDigest::of(key);
+                // A key shared by two things names neither.
+                let [owner] = self.things_with_key(&digest) else {
+                    return Err(DenyReason::BadCredential.into());
+                };
+                let t = self.live_thing(&owner.tenant, &owner.name)?;
+                if !verify_thing_key(&t.key_digests, key) {
+                    return Err(DenyReason::BadCredential.into());
+                }
+                Ok(self.thing_subject(t))
+            }
+            Credential::Password {
+                tenant,
+                user,
+                password,
+            } => {
+                let u = self.live_user(tenant, user)?;
+                match &u.password_hash {
+                    Some(phc) if verify_password(phc, password) => {
+                        Ok(Subject::user(&*u.tenant, &*u.name))
+                    }
+                    _ => Err(DenyReason::BadCredential.into()),
+                }
+            }
+            Credential::Token {
+                tenant,
+                user,
+                token_epoch,
+            } => {
+                let u = self.live_user(tenant, user)?;
+                if u.token_epoch != token_epoch {
+                    return Err(DenyReason::TokenRevoked.into());
+                }
+                let mut s = Subject::user(&*u.tenant, &*u.name);
+                s.token_epoch = Some(token_epoch);
+                Ok(s)
+            }
+        }
+    }
+
+    fn authorize(&self, subject: &Subject, action: Action, topic: &Topic<'_>) -> Decision {
+        let role = match self.live_subject(subject) {
+            Ok(role) => role,
+            Err(reason) => return Decision::Deny(reason),
+        };
+        let tenant = subject.tenant.as_str();
+        if topic.tenant() != tenant {
+            return Decision::Deny(DenyReason::CrossTenant);
+        }
+        let channel = topic.channel();
+        if self.channel(tenant, channel).is_none() {
+            return Decision::Deny(DenyReason::UnknownChannel);
+        }
+        if action == Action::Publish && topic.has_wildcards() {
+            return Decision::Deny(DenyReason::WildcardPublish);
+        }
+        let by_role = role_allows(role, action);
+        let direct_kind = match subject.kind {
+            SubjectKind::Thing => GrantSubjectKind::Thing,
+            SubjectKind::User => GrantSubjectKind::User,
+        };
+        let direct = self.grants_on(tenant, direct_kind, &subject.name, channel);
+        let via_groups = self
+            .groups_of(tenant, subject.kind, &subject.name)
+            .iter()
+            .flat_map(|g| self.grants_on(tenant, GrantSubjectKind::Group, g, channel));
+        let applicable = direct
+            .iter()
+            .chain(via_groups)
+            .map(|g| &**g)
+            .filter(|g| gives(g, action));
+        if !by_role && applicable.clone().next().is_none() {
+            return Decision::Deny(DenyReason::NoGrant);
+        }
+        let subtopic = topic.subtopic();
+        let denied = applicable
+            .clone()
+            .flat_map(|g| &g.deny)
+            .any(|p| match action {
+                Action::Publish => p.matches(subtopic),
+                Action::Subscribe => p.overlaps(subtopic),
+            });
+        if denied {
+            return Decision::Deny(DenyReason::SubtopicDenied);
+        }
+        if by_role {
+            return Decision::Allow(AllowReason::Role);
+        }
+        if applicable.clone().any(|g| g.allow.is_empty()) {
+            return Decision::Allow(AllowReason::Grant);
+        }
+        let allows = applicable.flat_map(|g| &g.allow);
+        let allowed = match action {
+            Action::Publish => allows.clone().any(|p| p.matches(subtopic)),
+            Action::Subscribe => covers(allows, subtopic),
+        };
+        if allowed {
+            Decision::Allow(AllowReason::Grant)
+        } else {
+            Decision::Deny(DenyReason::SubtopicNotAllowed)
+        }
+    }
+
+    fn check_subject(&self, subject: &Subject) -> Result<(), Refusal> {
+        self.live_subject(subject)
+            .map(|_| ())
+            .map_err(Refusal::from)
+    }
+}
+
+#[cfg(test)]
+#[path = "builtin_tests.rs"]
+mod tests;

@@ -1,0 +1,223 @@
+//! The decision cache: a bounded moka cache of authorization answers in front of any evaluator.
+//!
+//! Entries are keyed by a fixed-size key: the policy version and a 64-bit hash of (subject,
+//! action, tenant, channel, subtopic or filter). The entry keeps the request's text and is only
+//! served when that text equals the request, so a hash collision is a miss, never a wrong
+//! answer. A hit hashes, looks up and compares: it does not allocate.
+
+use std::hash::BuildHasher;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::evaluator::{Action, Credential, Decision, PolicyEvaluator, Refusal, Subject};
+use crate::model::SubjectKind;
+use crate::topic::Topic;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+struct CacheKey {
+    version: u64,
+    request: u64,
+}
+
+/// A cached answer and the request it answers, stored as one string and its cut points.
+struct Entry {
+    text: Box<str>,
+    /// End offsets of subject tenant, subject name, topic tenant, channel in `text`.
+    cuts: [usize; 4],
+    kind: SubjectKind,
+    token_epoch: Option<u64>,
+    action: Action,
+    has_subtopic: bool,
+    decision: Decision,
+}
+
+impl Entry {
+    fn new(subject: &Subject, action: Action, topic: &Topic<'_>, decision: Decision) -> Self {
+        let parts = [
+            subject.tenant.as_str(),
+            subject.name.as_str(),
+            topic.tenant(),
+            topic.channel(),
+            topic.subtopic().unwrap_or(""),
+        ];
+        let mut text = String::with_capacity(parts.iter().map(|p| p.len()).sum());
+        let mut cuts = [0; 4];
+        for (i, p) in parts.iter().enumerate() {
+            text.push_str(p);
+            if i < 4 {
+                cuts[i] = text.len();
+            }
+        }
+        Self {
+            text: text.into_boxed_str(),
+            cuts,
+            kind: subject.kind,
+            token_epoch: subject.token_epoch,
+            action,
+            has_subtopic: topic.subtopic().is_some(),
+            decision,
+        }
+    }
+
+    fn answers(&self, subject: &Subject, action: Action, topic: &Topic<'_>) -> bool {
+        let t = &*self.text;
+        let [a, b, c, d] = self.cuts;
+        self.kind == subject.kind
+            && self.action == action
+            && self.token_epoch == subject.token_epoch
+            && self.has_subtopic == topic.subtopic().is_some()
+            && t.len() >= d
+            && &t[..a] == subject.tenant
+            && &t[a..b] == subject.name
+            && &t[b..c] == topic.tenant()
+            && &t[c..d] == topic.channel()
+            && &t[d..] == topic.subtopic().unwrap_or("")
+    }
+}
+
+/// Cache counters, for metrics.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CacheStats {
+    /// Answers served from the cache.
+    pub hits: u64,
+    /// Answers computed by the evaluator (including collisions).
+    pub misses: u64,
+}
+
+/// A bounded cache of decisions for one policy source.
+///
+/// Use one cache per evaluator: entries are keyed by version, so two evaluators that share
+/// version numbers but not policies must not share a cache.
+pub struct DecisionCache {
+    entries: moka::sync::Cache<CacheKey, Arc<Entry>, foldhash::fast::RandomState>,
+    hasher: foldhash::fast::RandomState,
+    newest: AtomicU64,
+    hits: AtomicU64,
+    misses: AtomicU64,
+}
+
+impl std::fmt::Debug for DecisionCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DecisionCache")
+            .field("newest_version", &self.newest.load(Ordering::Relaxed))
+            .field("stats", &self.stats())
+            .finish()
+    }
+}
+
+impl DecisionCache {
+    /// A cache holding at most `max_entries` decisions.
+    pub fn new(max_entries: u64) -> Self {
+        Self {
+            entries: moka::sync::Cache::builder()
+                .max_capacity(max_entries)
+                .build_with_hasher(foldhash::fast::RandomState::default()),
+            hasher: foldhash::fast::RandomState::default(),
+            newest: AtomicU64::new(0),
+            hits: AtomicU64::new(0),
+            misses: AtomicU64::new(0),
+        }
+    }
+
+    /// Answers from the cache, or asks `evaluator` and remembers the answer.
+    pub fn authorize<E: PolicyEvaluator + ?Sized>(
+        &self,
+        evaluator: &E,
+        subject: &Subject,
+        action: Action,
+        topic: &Topic<'_>,
+    ) -> Decision {
+        let version = evaluator.version();
+        let newest = self.newest.fetch_max(version, Ordering::AcqRel);
+        if version > newest {
+            // Older versions are unreachable by key already; this frees their memory sooner.
+            self.entries.invalidate_all();
+        }
+        let key = CacheKey {
+            version,
+            request: self.hasher.hash_one((
+                subject.tenant.as_str(),
+                subject.kind,
+                subject.name.as_str(),
+                subject.token_epoch,
+                action,
+                topic.tenant(),
+                topic.channel(),
+                topic.subtopic(),
+            )),
+        };
+        if let Some(entry) = self.entries.get(&key)
+            && entry.answers(subject, action, topic)
+        {
+            self.hits.fetch_add(1, Ordering::Relaxed);
+            return entry.decision;
+        }
+        self.misses.fetch_add(1, Ordering::Relaxed);
+        let decision = evaluator.authorize(subject, action, topic);
+        self.entries
+            .insert(key, Arc::new(Entry::new(subject, action, topic, decision)));
+        decision
+    }
+
+    /// Hit and miss counts so far.
+    pub fn stats(&self) -> CacheStats {
+        CacheStats {
+            hits: self.hits.load(Ordering::Relaxed),
+            misses: self.misses.load(Ordering::Relaxed),
+        }
+    }
+
+    /// The number of entries held (approximate, as moka counts).
+    pub fn entry_count(&self) -> u64 {
+        self.entries.entry_count()
+    }
+
+    /// Finishes pending evictions and counts now (for tests and metrics).
+    pub fn run_pending_tasks(&self) {
+        self.entries.run_pending_tasks();
+    }
+}
+
+/// Any evaluator with a [`DecisionCache`] in front of its `authorize`.
+pub struct CachedEvaluator<E> {
+    inner: E,
+    cache: DecisionCache,
+}
+
+impl<E> CachedEvaluator<E> {
+    /// Wraps `inner` with a cache of at most `max_entries` decisions.
+    pub fn new(inner: E, max_entries: u64) -> Self {
+        Self {
+            inner,
+            cache: DecisionCache::new(max_entries),
+        }
+    }
+
+    /// The wrapped evaluator.
+    pub fn inner(&self) -> &E {
+        &self.inner
+    }
+
+    /// The cache.
+    pub fn cache(&self) -> &DecisionCache {
+        &self.cache
+    }
+}
+
+impl<E: PolicyEvaluator> PolicyEvaluator for CachedEvaluator<E> {
+    fn version(&self) -> u64 {
+        self.inner.version()
+    }
+
+    fn authenticate(&self, credential: &Credential<'_>) -> Result<Subject, Refusal> {
+        self.inner.authenticate(credential)
+    }
+
+    fn authorize(&self, subject: &Subject, action: Action, topic: &Topic<'_>) -> Decision {
+        self.cache.authorize(&self.inner, subject, action, topic)
+    }
+
+    fn check_subject(&self, subject: &Subject) -> Result<(), Refusal> {
+        self.inner.check_subject(subject)
+    }
+}

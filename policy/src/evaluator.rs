@@ -1,0 +1,285 @@
+//! The `PolicyEvaluator` trait and the types it speaks: credentials, subjects, actions, decisions.
+
+use std::fmt;
+use std::sync::Arc;
+
+use crate::model::SubjectKind;
+use crate::topic::Topic;
+
+/// What a client wants to do on a topic.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Action {
+    /// Publish to a topic name (PUBLISH, will, HTTP POST).
+    Publish,
+    /// Subscribe to a filter (SUBSCRIBE, WebSocket stream).
+    Subscribe,
+}
+
+impl Action {
+    /// A stable label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::Publish => "publish",
+            Action::Subscribe => "subscribe",
+        }
+    }
+}
+
+/// What a client presents to prove who it is.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Credential<'a> {
+    /// A thing's key with its name (MQTT `<tenant>/<thing>` + key, HTTP Basic).
+    Thing {
+        /// The tenant named by the client.
+        tenant: &'a str,
+        /// The thing named by the client.
+        thing: &'a str,
+        /// The key as presented.
+        key: &'a [u8],
+    },
+    /// A thing's key alone (HTTP `Authorization: Thing <key>`); the key names its thing.
+    ThingKey {
+        /// The key as presented.
+        key: &'a [u8],
+    },
+    /// A user's password (token issuance).
+    Password {
+        /// The tenant named by the client.
+        tenant: &'a str,
+        /// The user named by the client.
+        user: &'a str,
+        /// The password as presented.
+        password: &'a [u8],
+    },
+    /// A user token whose signature and expiry the caller has already verified.
+    Token {
+        /// The token's tenant claim.
+        tenant: &'a str,
+        /// The token's user claim.
+        user: &'a str,
+        /// The token's epoch claim; it must equal the user's current `tokenEpoch`.
+        token_epoch: u64,
+    },
+}
+
+impl fmt::Debug for Credential<'_> {
+    /// Never prints a secret.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Credential::Thing { tenant, thing, .. } => {
+                write!(f, "Credential::Thing({tenant}/{thing}, key: <redacted>)")
+            }
+            Credential::ThingKey { .. } => f.write_str("Credential::ThingKey(<redacted>)"),
+            Credential::Password { tenant, user, .. } => {
+                write!(f, "Credential::Password({tenant}/{user}, <redacted>)")
+            }
+            Credential::Token {
+                tenant,
+                user,
+                token_epoch,
+            } => write!(f, "Credential::Token({tenant}/{user}, epoch {token_epoch})"),
+        }
+    }
+}
+
+/// An authenticated thing or user.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Subject {
+    /// The subject's tenant.
+    pub tenant: String,
+    /// Thing or user.
+    pub kind: SubjectKind,
+    /// The subject's name in its tenant.
+    pub name: String,
+    /// For a user signed in with a token, the token's epoch; a later epoch revokes it.
+    pub token_epoch: Option<u64>,
+}
+
+impl Subject {
+    /// A thing of a tenant.
+    pub fn thing(tenant: impl Into<String>, name: impl Into<String>) -> Self {
+        Self {
+            tenant: tenant.into(),
+            kind: SubjectKind::Thing,
+            name: name.into(),
+            token_epoch: None,
+        }
+    }
+
+    /// A user of a tenant, not bound to a token.
+    pub fn user(tenant: impl Into<String>, name: impl Into<String>) -> Self {
+        Self {
+            tenant: tenant.into(),
+            kind: SubjectKind::User,
+            name: name.into(),
+            token_epoch: None,
+        }
+    }
+}
+
+/// Why something is allowed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum AllowReason {
+    /// A grant (direct or through a group) covers it.
+    Grant,
+    /// The user's role (admin, viewer) covers it.
+    Role,
+}
+
+impl AllowReason {
+    /// A stable label for logs and metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AllowReason::Grant => "grant",
+            AllowReason::Role => "role",
+        }
+    }
+}
+
+/// Why something is refused. Labels are stable: logs, metrics and reason-code maps use them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum DenyReason {
+    /// No such tenant.
+    UnknownTenant,
+    /// The tenant is suspended.
+    TenantSuspended,
+    /// No such thing or user in the tenant.
+    UnknownSubject,
+    /// The thing or user is disabled.
+    SubjectDisabled,
+    /// The key or password does not match.
+    BadCredential,
+    /// The token's epoch is no longer the user's.
+    TokenRevoked,
+    /// The topic names another tenant than the subject's.
+    CrossTenant,
+    /// No such channel in the tenant.
+    UnknownChannel,
+    /// A publish topic has wildcards.
+    WildcardPublish,
+    /// No grant or role gives the action on the channel.
+    NoGrant,
+    /// Grants exist, but their allow patterns do not cover the subtopic or filter.
+    SubtopicNotAllowed,
+    /// A deny pattern of an applicable grant hits the subtopic or filter.
+    SubtopicDenied,
+    /// The evaluator has no policy to answer from (never loaded, or the engine failed).
+    PolicyUnavailable,
+}
+
+impl DenyReason {
+    /// A stable label for logs and metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DenyReason::UnknownTenant => "unknown_tenant",
+            DenyReason::TenantSuspended => "tenant_suspended",
+            DenyReason::UnknownSubject => "unknown_subject",
+            DenyReason::SubjectDisabled => "subject_disabled",
+            DenyReason::BadCredential => "bad_credential",
+            DenyReason::TokenRevoked => "token_revoked",
+            DenyReason::CrossTenant => "cross_tenant",
+            DenyReason::UnknownChannel => "unknown_channel",
+            DenyReason::WildcardPublish => "wildcard_publish",
+            DenyReason::NoGrant => "no_grant",
+            DenyReason::SubtopicNotAllowed => "subtopic_not_allowed",
+            DenyReason::SubtopicDenied => "subtopic_denied",
+            DenyReason::PolicyUnavailable => "policy_unavailable",
+        }
+    }
+
+    /// Every reason, for exhaustive maps and tests.
+    pub const ALL: [DenyReason; 13] = [
+        DenyReason::UnknownTenant,
+        DenyReason::TenantSuspended,
+        DenyReason::UnknownSubject,
+        DenyReason::SubjectDisabled,
+        DenyReason::BadCredential,
+        DenyReason::TokenRevoked,
+        DenyReason::CrossTenant,
+        DenyReason::UnknownChannel,
+        DenyReason::WildcardPublish,
+        DenyReason::NoGrant,
+        DenyReason::SubtopicNotAllowed,
+        DenyReason::SubtopicDenied,
+        DenyReason::PolicyUnavailable,
+    ];
+}
+
+/// The answer to an authorization question.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Decision {
+    /// Allowed.
+    Allow(AllowReason),
+    /// Refused.
+    Deny(DenyReason),
+}
+
+impl Decision {
+    /// Whether it is allowed.
+    pub fn is_allowed(self) -> bool {
+        matches!(self, Decision::Allow(_))
+    }
+
+    /// The reason's stable label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Decision::Allow(r) => r.as_str(),
+            Decision::Deny(r) => r.as_str(),
+        }
+    }
+}
+
+/// An authentication refusal.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, thiserror::Error)]
+#[error("authentication refused: {}", .reason.as_str())]
+pub struct Refusal {
+    /// Why.
+    pub reason: DenyReason,
+}
+
+impl From<DenyReason> for Refusal {
+    fn from(reason: DenyReason) -> Self {
+        Self { reason }
+    }
+}
+
+/// Answers who a client is and what it may do. The dataplane depends on this trait only.
+///
+/// The built-in implementation is [`crate::Snapshot`]; other engines (Cedar, OPA) can plug in.
+pub trait PolicyEvaluator {
+    /// The policy version answers come from. It must never decrease, and must be read before
+    /// the policy it describes is consulted, so a cache never files an older answer under a
+    /// newer version.
+    fn version(&self) -> u64;
+
+    /// Authenticates a credential.
+    fn authenticate(&self, credential: &Credential<'_>) -> Result<Subject, Refusal>;
+
+    /// Whether `subject` may take `action` on `topic` (a topic name or a filter).
+    fn authorize(&self, subject: &Subject, action: Action, topic: &Topic<'_>) -> Decision;
+
+    /// Whether an authenticated subject is still allowed to be connected (run on every new
+    /// policy version: deleted, disabled, suspended or revoked subjects are disconnected).
+    fn check_subject(&self, subject: &Subject) -> Result<(), Refusal>;
+}
+
+macro_rules! forward_evaluator {
+    ($($ty:ty),*) => {$(
+        impl<E: PolicyEvaluator + ?Sized> PolicyEvaluator for $ty {
+            fn version(&self) -> u64 {
+                (**self).version()
+            }
+            fn authenticate(&self, credential: &Credential<'_>) -> Result<Subject, Refusal> {
+                (**self).authenticate(credential)
+            }
+            fn authorize(&self, subject: &Subject, action: Action, topic: &Topic<'_>) -> Decision {
+                (**self).authorize(subject, action, topic)
+            }
+            fn check_subject(&self, subject: &Subject) -> Result<(), Refusal> {
+                (**self).check_subject(subject)
+            }
+        }
+    )*};
+}
+
+forward_evaluator!(&E, Box<E>, Arc<E>);

@@ -1,0 +1,325 @@
+//! The plain input records of a snapshot, one per resource kind, free of Kubernetes types.
+
+use serde::{Deserialize, Serialize};
+
+use crate::credentials::KeyDigest;
+use crate::pattern::SubtopicPattern;
+
+/// The identity of a namespaced resource: its tenant and its name within that tenant.
+///
+/// Names are only unique per tenant; two tenants may each have a thing called `sensor-1`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct ResourceName {
+    /// The owning tenant.
+    pub tenant: String,
+    /// The resource's name inside the tenant.
+    pub name: String,
+}
+
+impl ResourceName {
+    /// A resource name from its tenant and name.
+    pub fn new(tenant: impl Into<String>, name: impl Into<String>) -> Self {
+        Self {
+            tenant: tenant.into(),
+            name: name.into(),
+        }
+    }
+}
+
+impl std::fmt::Display for ResourceName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.tenant, self.name)
+    }
+}
+
+/// Limits a tenant may not exceed; `None` means unlimited.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TenantLimits {
+    /// The most things the tenant may declare.
+    pub max_things: Option<u32>,
+    /// The most channels the tenant may declare.
+    pub max_channels: Option<u32>,
+    /// The most concurrent client connections of the tenant.
+    pub max_connections: Option<u32>,
+    /// The largest message payload, in bytes.
+    pub max_message_size: Option<u32>,
+    /// Sustained publishes per second over the whole tenant.
+    pub publish_rate: Option<u32>,
+    /// Publishes allowed in a burst above the sustained rate.
+    pub publish_burst: Option<u32>,
+}
+
+/// One organization. Every other resource belongs to exactly one tenant.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Tenant {
+    /// The tenant's name; the `<tenant>` level of its topics.
+    pub name: String,
+    /// A suspended tenant can neither connect nor publish nor subscribe.
+    #[serde(default)]
+    pub suspended: bool,
+    /// The tenant's limits.
+    #[serde(default)]
+    pub limits: TenantLimits,
+}
+
+/// A device or service identity.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Thing {
+    /// The owning tenant.
+    pub tenant: String,
+    /// The thing's name inside the tenant.
+    pub name: String,
+    /// SHA-256 digests of the keys that authenticate the thing; several during a rotation.
+    #[serde(default)]
+    pub key_digests: Vec<KeyDigest>,
+    /// A disabled thing can neither connect nor publish nor subscribe.
+    #[serde(default)]
+    pub disabled: bool,
+    /// A channel of the same tenant the thing's topics are taken relative to (DESIGN §5).
+    #[serde(default)]
+    pub mountpoint: Option<String>,
+}
+
+/// What a user may do by role alone, beside any grant.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum Role {
+    /// Publish and subscribe on every channel of the tenant.
+    Admin,
+    /// Only what grants (connections) give.
+    #[default]
+    Member,
+    /// Subscribe on every channel of the tenant.
+    Viewer,
+}
+
+/// A person or an application that signs in with a password and uses tokens.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct User {
+    /// The owning tenant.
+    pub tenant: String,
+    /// The user's name inside the tenant.
+    pub name: String,
+    /// The user's role.
+    #[serde(default)]
+    pub role: Role,
+    /// An argon2 PHC string (`$argon2id$…`); `None` means password sign-in is refused.
+    #[serde(default)]
+    pub password_hash: Option<String>,
+    /// Tokens issued under another epoch are refused; bumping it revokes every token.
+    #[serde(default)]
+    pub token_epoch: u64,
+    /// A disabled user can neither sign in nor use a token.
+    #[serde(default)]
+    pub disabled: bool,
+}
+
+/// The kind of a group member.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum SubjectKind {
+    /// A device or service.
+    Thing,
+    /// A person or application.
+    User,
+}
+
+impl SubjectKind {
+    /// A stable lower-case label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SubjectKind::Thing => "thing",
+            SubjectKind::User => "user",
+        }
+    }
+}
+
+/// A member of a group: a thing or a user of the group's tenant.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Member {
+    /// Whether the member is a thing or a user.
+    pub kind: SubjectKind,
+    /// The member's name in the group's tenant.
+    pub name: String,
+}
+
+/// A set of things and users that share the channels granted to the group.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Group {
+    /// The owning tenant.
+    pub tenant: String,
+    /// The group's name inside the tenant.
+    pub name: String,
+    /// The members; duplicates are ignored.
+    #[serde(default)]
+    pub members: Vec<Member>,
+}
+
+/// The highest MQTT quality of service a channel accepts.
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize,
+)]
+#[serde(try_from = "u8", into = "u8")]
+pub enum Qos {
+    /// QoS 0.
+    AtMostOnce,
+    /// QoS 1.
+    #[default]
+    AtLeastOnce,
+    /// QoS 2.
+    ExactlyOnce,
+}
+
+impl TryFrom<u8> for Qos {
+    type Error = String;
+    fn try_from(value: u8) -> Result<Self, Self::Error> {
+        match value {
+            0 => Ok(Qos::AtMostOnce),
+            1 => Ok(Qos::AtLeastOnce),
+            2 => Ok(Qos::ExactlyOnce),
+            other => Err(format!("QoS must be 0, 1 or 2, not {other}")),
+        }
+    }
+}
+
+impl From<Qos> for u8 {
+    fn from(q: Qos) -> u8 {
+        q as u8
+    }
+}
+
+/// A logical message bus of a tenant.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Channel {
+    /// The owning tenant.
+    pub tenant: String,
+    /// The channel's name; the `<channel>` level of its topics.
+    pub name: String,
+    /// The highest QoS accepted; higher requests are downgraded by the dataplane.
+    #[serde(default)]
+    pub max_qos: Qos,
+    /// Whether retained messages are accepted.
+    #[serde(default = "default_true")]
+    pub retained_allowed: bool,
+    /// The largest message payload, in bytes, if smaller than the tenant's.
+    #[serde(default)]
+    pub max_message_size: Option<u32>,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+/// Who a grant is for, named in the grant's own tenant.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum GrantSubject {
+    /// A thing.
+    Thing(String),
+    /// A user.
+    User(String),
+    /// Every member of a group.
+    Group(String),
+}
+
+/// The grant-subject kind, used in index keys.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub(crate) enum GrantSubjectKind {
+    Thing,
+    User,
+    Group,
+}
+
+impl GrantSubject {
+    pub(crate) fn parts(&self) -> (GrantSubjectKind, &str) {
+        match self {
+            GrantSubject::Thing(n) => (GrantSubjectKind::Thing, n),
+            GrantSubject::User(n) => (GrantSubjectKind::User, n),
+            GrantSubject::Group(n) => (GrantSubjectKind::Group, n),
+        }
+    }
+}
+
+/// The actions a grant gives.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Actions {
+    /// May publish.
+    #[serde(default)]
+    pub publish: bool,
+    /// May subscribe.
+    #[serde(default)]
+    pub subscribe: bool,
+}
+
+impl Actions {
+    /// Publish and subscribe.
+    pub const BOTH: Actions = Actions {
+        publish: true,
+        subscribe: true,
+    };
+    /// Publish only.
+    pub const PUBLISH: Actions = Actions {
+        publish: true,
+        subscribe: false,
+    };
+    /// Subscribe only.
+    pub const SUBSCRIBE: Actions = Actions {
+        publish: false,
+        subscribe: true,
+    };
+}
+
+/// A grant (a `Connection` resource): a subject may publish and/or subscribe on a channel.
+///
+/// `allow` empty means every subtopic of the channel. A subtopic hit by any `deny` pattern of
+/// any grant that applies to the subject, channel and action is refused, whatever else allows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Grant {
+    /// The owning tenant.
+    pub tenant: String,
+    /// The grant's (Connection's) name inside the tenant.
+    pub name: String,
+    /// Who is granted.
+    pub subject: GrantSubject,
+    /// The channel granted, in the same tenant.
+    pub channel: String,
+    /// The actions granted.
+    pub actions: Actions,
+    /// Subtopic patterns allowed; empty means all.
+    #[serde(default)]
+    pub allow: Vec<SubtopicPattern>,
+    /// Subtopic patterns refused; they win over every allow.
+    #[serde(default)]
+    pub deny: Vec<SubtopicPattern>,
+}
+
+/// Every resource of a snapshot as plain lists: the input to [`crate::Snapshot::from_resources`]
+/// and the snapshot's serialized form.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Resources {
+    /// Tenants.
+    #[serde(default)]
+    pub tenants: Vec<Tenant>,
+    /// Things.
+    #[serde(default)]
+    pub things: Vec<Thing>,
+    /// Users.
+    #[serde(default)]
+    pub users: Vec<User>,
+    /// Groups.
+    #[serde(default)]
+    pub groups: Vec<Group>,
+    /// Channels.
+    #[serde(default)]
+    pub channels: Vec<Channel>,
+    /// Grants (Connections).
+    #[serde(default)]
+    pub grants: Vec<Grant>,
+}

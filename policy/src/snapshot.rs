@@ -1,0 +1,556 @@
+//! The versioned policy snapshot: resource tables with O(1) lookups and their derived indexes.
+
+use std::fmt;
+use std::sync::Arc;
+
+use hashbrown::{Equivalent, HashMap};
+use serde::{Deserialize, Serialize};
+
+use crate::credentials::KeyDigest;
+use crate::model::{
+    Channel, Grant, GrantSubject, GrantSubjectKind, Group, ResourceName, Resources, SubjectKind,
+    Tenant, Thing, User,
+};
+
+/// Where grants are indexed: a subject (by kind and name) and a channel, in one tenant.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub(crate) struct GrantTarget {
+    tenant: String,
+    kind: GrantSubjectKind,
+    subject: String,
+    channel: String,
+}
+
+/// A borrowed [`GrantTarget`], hashed identically, for lookups without allocating.
+#[derive(Hash)]
+struct GrantTargetRef<'a> {
+    tenant: &'a str,
+    kind: GrantSubjectKind,
+    subject: &'a str,
+    channel: &'a str,
+}
+
+impl Equivalent<GrantTarget> for GrantTargetRef<'_> {
+    fn equivalent(&self, key: &GrantTarget) -> bool {
+        self.kind == key.kind
+            && self.tenant == key.tenant
+            && self.subject == key.subject
+            && self.channel == key.channel
+    }
+}
+
+/// A group member's identity, for the member → groups index.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub(crate) struct MemberKey {
+    tenant: String,
+    kind: SubjectKind,
+    name: String,
+}
+
+#[derive(Hash)]
+struct MemberKeyRef<'a> {
+    tenant: &'a str,
+    kind: SubjectKind,
+    name: &'a str,
+}
+
+impl Equivalent<MemberKey> for MemberKeyRef<'_> {
+    fn equivalent(&self, key: &MemberKey) -> bool {
+        self.kind == key.kind && self.tenant == key.tenant && self.name == key.name
+    }
+}
+
+#[derive(Hash)]
+struct NameRef<'a> {
+    tenant: &'a str,
+    name: &'a str,
+}
+
+impl Equivalent<ResourceName> for NameRef<'_> {
+    fn equivalent(&self, key: &ResourceName) -> bool {
+        self.tenant == key.tenant && self.name == key.name
+    }
+}
+
+/// Why a snapshot could not be built from a list of resources.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum BuildError {
+    /// Two resources of one kind have the same identity.
+    #[error("{kind} {name} is declared twice; names must be unique per tenant and kind")]
+    Duplicate {
+        /// The kind, such as `thing`.
+        kind: &'static str,
+        /// `<tenant>/<name>`, or the tenant's name.
+        name: String,
+    },
+}
+
+/// A versioned, immutable-by-convention set of policy tables.
+///
+/// The dataplane evaluates it (it implements [`crate::PolicyEvaluator`]); the operator keeps one
+/// up to date with the `upsert_*` / `remove_*` methods and ships [`crate::Delta`]s between
+/// versions. Equality compares the version, every table and every derived index.
+#[derive(Clone, Default, PartialEq)]
+pub struct Snapshot {
+    pub(crate) version: u64,
+    pub(crate) tenants: HashMap<String, Arc<Tenant>>,
+    pub(crate) things: HashMap<ResourceName, Arc<Thing>>,
+    pub(crate) users: HashMap<ResourceName, Arc<User>>,
+    pub(crate) groups: HashMap<ResourceName, Arc<Group>>,
+    pub(crate) channels: HashMap<ResourceName, Arc<Channel>>,
+    pub(crate) grants: HashMap<ResourceName, Arc<Grant>>,
+    /// Grants by subject and channel; each list sorted by grant name.
+    grants_by_target: HashMap<GrantTarget, Vec<Arc<Grant>>>,
+    /// Group names by member; each list sorted.
+    groups_by_member: HashMap<MemberKey, Vec<String>>,
+    /// Things by key digest; normally one, sorted.
+    things_by_key: HashMap<KeyDigest, Vec<ResourceName>>,
+}
+
+impl fmt::Debug for Snapshot {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Snapshot")
+            .field("version", &self.version)
+            .field("tenants", &self.tenants.len())
+            .field("things", &self.things.len())
+            .field("users", &self.users.len())
+            .field("groups", &self.groups.len())
+            .field("channels", &self.channels.len())
+            .field("grants", &self.grants.len())
+            .finish()
+    }
+}
+
+fn sorted_insert<T: Ord>(list: &mut Vec<T>, item: T) {
+    if let Err(at) = list.binary_search(&item) {
+        list.insert(at, item);
+    }
+}
+
+impl Snapshot {
+    /// An empty snapshot at `version`.
+    pub fn new(version: u64) -> Self {
+        Self {
+            version,
+            ..Self::default()
+        }
+    }
+
+    /// Builds a snapshot from plain resource lists; identities must be unique per kind.
+    pub fn from_resources(version: u64, resources: Resources) -> Result<Self, BuildError> {
+        let mut s = Self::new(version);
+        s.tenants.reserve(resources.tenants.len());
+        s.things.reserve(resources.things.len());
+        s.users.reserve(resources.users.len());
+        s.groups.reserve(resources.groups.len());
+        s.channels.reserve(resources.channels.len());
+        s.grants.reserve(resources.grants.len());
+        s.grants_by_target.reserve(resources.grants.len());
+        for t in resources.tenants {
+            let name = t.name.clone();
+            if s.upsert_tenant(t).is_some() {
+                return Err(BuildError::Duplicate {
+                    kind: "tenant",
+                    name,
+                });
+            }
+        }
+        fn dup(kind: &'static str, tenant: &str, name: &str) -> BuildError {
+            BuildError::Duplicate {
+                kind,
+                name: format!("{tenant}/{name}"),
+            }
+        }
+        for t in resources.things {
+            if s.thing(&t.tenant, &t.name).is_some() {
+                return Err(dup("thing", &t.tenant, &t.name));
+            }
+            s.upsert_thing(t);
+        }
+        for u in resources.users {
+            if s.user(&u.tenant, &u.name).is_some() {
+                return Err(dup("user", &u.tenant, &u.name));
+            }
+            s.upsert_user(u);
+        }
+        for g in resources.groups {
+            if s.group(&g.tenant, &g.name).is_some() {
+                return Err(dup("group", &g.tenant, &g.name));
+            }
+            s.upsert_group(g);
+        }
+        for c in resources.channels {
+            if s.channel(&c.tenant, &c.name).is_some() {
+                return Err(dup("channel", &c.tenant, &c.name));
+            }
+            s.upsert_channel(c);
+        }
+        for g in resources.grants {
+            if s.grant(&g.tenant, &g.name).is_some() {
+                return Err(dup("grant", &g.tenant, &g.name));
+            }
+            s.upsert_grant(g);
+        }
+        Ok(s)
+    }
+
+    /// Every resource as plain lists, each sorted by identity.
+    pub fn to_resources(&self) -> Resources {
+        fn sorted<K: Ord + Clone, T: Clone>(m: &HashMap<K, Arc<T>>) -> Vec<T> {
+            let mut v: Vec<(&K, &Arc<T>)> = m.iter().collect();
+            v.sort_by(|a, b| a.0.cmp(b.0));
+            v.into_iter().map(|(_, t)| T::clone(t)).collect()
+        }
+        Resources {
+            tenants: sorted(&self.tenants),
+            things: sorted(&self.things),
+            users: sorted(&self.users),
+            groups: sorted(&self.groups),
+            channels: sorted(&self.channels),
+            grants: sorted(&self.grants),
+        }
+    }
+
+    /// The version; it only ever grows on a dataplane.
+    pub fn version(&self) -> u64 {
+        self.version
+    }
+
+    /// Sets the version (the operator bumps it after a batch of changes).
+    pub fn set_version(&mut self, version: u64) {
+        self.version = version;
+    }
+
+    /// The number of resources of every kind together.
+    pub fn resource_count(&self) -> usize {
+        self.tenants.len()
+            + self.things.len()
+            + self.users.len()
+            + self.groups.len()
+            + self.channels.len()
+            + self.grants.len()
+    }
+
+    /// A tenant by name.
+    pub fn tenant(&self, name: &str) -> Option<&Tenant> {
+        self.tenants.get(name).map(|t| &**t)
+    }
+
+    /// A thing by tenant and name.
+    pub fn thing(&self, tenant: &str, name: &str) -> Option<&Thing> {
+        self.things.get(&NameRef { tenant, name }).map(|t| &**t)
+    }
+
+    /// A user by tenant and name.
+    pub fn user(&self, tenant: &str, name: &str) -> Option<&User> {
+        self.users.get(&NameRef { tenant, name }).map(|t| &**t)
+    }
+
+    /// A group by tenant and name.
+    pub fn group(&self, tenant: &str, name: &str) -> Option<&Group> {
+        self.groups.get(&NameRef { tenant, name }).map(|t| &**t)
+    }
+
+    /// A channel by tenant and name.
+    pub fn channel(&self, tenant: &str, name: &str) -> Option<&Channel> {
+        self.channels.get(&NameRef { tenant, name }).map(|t| &**t)
+    }
+
+    /// A grant by tenant and name.
+    pub fn grant(&self, tenant: &str, name: &str) -> Option<&Grant> {
+        self.grants.get(&NameRef { tenant, name }).map(|t| &**t)
+    }
+
+    /// Every tenant, in no particular order.
+    pub fn tenants(&self) -> impl Iterator<Item = &Tenant> {
+        self.tenants.values().map(|t| &**t)
+    }
+
+    /// Every thing, in no particular order.
+    pub fn things(&self) -> impl Iterator<Item = &Thing> {
+        self.things.values().map(|t| &**t)
+    }
+
+    /// Every user, in no particular order.
+    pub fn users(&self) -> impl Iterator<Item = &User> {
+        self.users.values().map(|t| &**t)
+    }
+
+    /// Every group, in no particular order.
+    pub fn groups(&self) -> impl Iterator<Item = &Group> {
+        self.groups.values().map(|t| &**t)
+    }
+
+    /// Every channel, in no particular order.
+    pub fn channels(&self) -> impl Iterator<Item = &Channel> {
+        self.channels.values().map(|t| &**t)
+    }
+
+    /// Every grant, in no particular order.
+    pub fn grants(&self) -> impl Iterator<Item = &Grant> {
+        self.grants.values().map(|t| &**t)
+    }
+
+    /// The grants naming this subject directly on this channel, sorted by grant name.
+    pub fn grants_for(&self, tenant: &str, subject: &GrantSubject, channel: &str) -> &[Arc<Grant>] {
+        let (kind, name) = subject.parts();
+        self.grants_on(tenant, kind, name, channel)
+    }
+
+    pub(crate) fn grants_on(
+        &self,
+        tenant: &str,
+        kind: GrantSubjectKind,
+        subject: &str,
+        channel: &str,
+    ) -> &[Arc<Grant>] {
+        let key = GrantTargetRef {
+            tenant,
+            kind,
+            subject,
+            channel,
+        };
+        self.grants_by_target.get(&key).map_or(&[], Vec::as_slice)
+    }
+
+    /// The groups a thing or user belongs to, sorted by name.
+    pub fn groups_of(&self, tenant: &str, kind: SubjectKind, name: &str) -> &[String] {
+        let key = MemberKeyRef { tenant, kind, name };
+        self.groups_by_member.get(&key).map_or(&[], Vec::as_slice)
+    }
+
+    /// The things that have a key with this digest (normally at most one).
+    pub fn things_with_key(&self, digest: &KeyDigest) -> &[ResourceName] {
+        self.things_by_key.get(digest).map_or(&[], Vec::as_slice)
+    }
+
+    /// The channel a thing's topics are mounted on, if any.
+    pub fn mountpoint_of(&self, tenant: &str, thing: &str) -> Option<&str> {
+        self.thing(tenant, thing)?.mountpoint.as_deref()
+    }
+
+    /// Adds or replaces a tenant; returns the previous one.
+    pub fn upsert_tenant(&mut self, tenant: Tenant) -> Option<Arc<Tenant>> {
+        self.tenants.insert(tenant.name.clone(), Arc::new(tenant))
+    }
+
+    /// Removes a tenant (not its resources); returns it.
+    pub fn remove_tenant(&mut self, name: &str) -> Option<Arc<Tenant>> {
+        self.tenants.remove(name)
+    }
+
+    /// Adds or replaces a thing; returns the previous one.
+    pub fn upsert_thing(&mut self, thing: Thing) -> Option<Arc<Thing>> {
+        let key = ResourceName::new(&*thing.tenant, &*thing.name);
+        let thing = Arc::new(thing);
+        let old = self.things.insert(key.clone(), thing.clone());
+        if let Some(old) = &old {
+            self.unindex_keys(&key, old);
+        }
+        for d in &thing.key_digests {
+            sorted_insert(self.things_by_key.entry(*d).or_default(), key.clone());
+        }
+        old
+    }
+
+    /// Removes a thing; returns it.
+    pub fn remove_thing(&mut self, tenant: &str, name: &str) -> Option<Arc<Thing>> {
+        let (key, old) = self.things.remove_entry(&NameRef { tenant, name })?;
+        self.unindex_keys(&key, &old);
+        Some(old)
+    }
+
+    fn unindex_keys(&mut self, key: &ResourceName, thing: &Thing) {
+        for d in &thing.key_digests {
+            if let Some(list) = self.things_by_key.get_mut(d) {
+                list.retain(|k| k != key);
+                if list.is_empty() {
+                    self.things_by_key.remove(d);
+                }
+            }
+        }
+    }
+
+    /// Adds or replaces a user; returns the previous one.
+    pub fn upsert_user(&mut self, user: User) -> Option<Arc<User>> {
+        let key = ResourceName::new(&*user.tenant, &*user.name);
+        self.users.insert(key, Arc::new(user))
+    }
+
+    /// Removes a user; returns it.
+    pub fn remove_user(&mut self, tenant: &str, name: &str) -> Option<Arc<User>> {
+        self.users.remove(&NameRef { tenant, name })
+    }
+
+    /// Adds or replaces a group; returns the previous one.
+    pub fn upsert_group(&mut self, group: Group) -> Option<Arc<Group>> {
+        let key = ResourceName::new(&*group.tenant, &*group.name);
+        let group = Arc::new(group);
+        let old = self.groups.insert(key, group.clone());
+        if let Some(old) = &old {
+            self.unindex_members(old);
+        }
+        for m in &group.members {
+            let member = MemberKey {
+                tenant: group.tenant.clone(),
+                kind: m.kind,
+                name: m.name.clone(),
+            };
+            sorted_insert(
+                self.groups_by_member.entry(member).or_default(),
+                group.name.clone(),
+            );
+        }
+        old
+    }
+
+    /// Removes a group; returns it.
+    pub fn remove_group(&mut self, tenant: &str, name: &str) -> Option<Arc<Group>> {
+        let old = self.groups.remove(&NameRef { tenant, name })?;
+        self.unindex_members(&old);
+        Some(old)
+    }
+
+    fn unindex_members(&mut self, group: &Group) {
+        for m in &group.members {
+            let key = MemberKeyRef {
+                tenant: &group.tenant,
+                kind: m.kind,
+                name: &m.name,
+            };
+            if let Some(list) = self.groups_by_member.get_mut(&key) {
+                list.retain(|g| *g != group.name);
+                if list.is_empty() {
+                    self.groups_by_member.remove(&key);
+                }
+            }
+        }
+    }
+
+    /// Adds or replaces a channel; returns the previous one.
+    pub fn upsert_channel(&mut self, channel: Channel) -> Option<Arc<Channel>> {
+        let key = ResourceName::new(&*channel.tenant, &*channel.name);
+        self.channels.insert(key, Arc::new(channel))
+    }
+
+    /// Removes a channel; returns it.
+    pub fn remove_channel(&mut self, tenant: &str, name: &str) -> Option<Arc<Channel>> {
+        self.channels.remove(&NameRef { tenant, name })
+    }
+
+    /// Adds or replaces a grant; returns the previous one.
+    pub fn upsert_grant(&mut self, grant: Grant) -> Option<Arc<Grant>> {
+        let key = ResourceName::new(&*grant.tenant, &*grant.name);
+        let grant = Arc::new(grant);
+        let old = self.grants.insert(key, grant.clone());
+        if let Some(old) = &old {
+            self.unindex_grant(old);
+        }
+        let (kind, subject) = grant.subject.parts();
+        let target = GrantTarget {
+            tenant: grant.tenant.clone(),
+            kind,
+            subject: subject.to_owned(),
+            channel: grant.channel.clone(),
+        };
+        let list = self.grants_by_target.entry(target).or_default();
+        match list.binary_search_by(|g| g.name.cmp(&grant.name)) {
+            Ok(at) => list[at] = grant,
+            Err(at) => list.insert(at, grant),
+        }
+        old
+    }
+
+    /// Removes a grant; returns it.
+    pub fn remove_grant(&mut self, tenant: &str, name: &str) -> Option<Arc<Grant>> {
+        let old = self.grants.remove(&NameRef { tenant, name })?;
+        self.unindex_grant(&old);
+        Some(old)
+    }
+
+    fn unindex_grant(&mut self, grant: &Grant) {
+        let (kind, subject) = grant.subject.parts();
+        let key = GrantTargetRef {
+            tenant: &grant.tenant,
+            kind,
+            subject,
+            channel: &grant.channel,
+        };
+        if let Some(list) = self.grants_by_target.get_mut(&key) {
+            list.retain(|g| g.name != grant.name);
+            if list.is_empty() {
+                self.grants_by_target.remove(&key);
+            }
+        }
+    }
+}
+
+/// The serialized form: the version and every resource, sorted; indexes are rebuilt on load.
+#[derive(Serialize)]
+struct SnapshotView<'a> {
+    version: u64,
+    tenants: Vec<&'a Tenant>,
+    things: Vec<&'a Thing>,
+    users: Vec<&'a User>,
+    groups: Vec<&'a Group>,
+    channels: Vec<&'a Channel>,
+    grants: Vec<&'a Grant>,
+}
+
+#[derive(Deserialize)]
+struct SnapshotOwned {
+    version: u64,
+    #[serde(default)]
+    tenants: Vec<Tenant>,
+    #[serde(default)]
+    things: Vec<Thing>,
+    #[serde(default)]
+    users: Vec<User>,
+    #[serde(default)]
+    groups: Vec<Group>,
+    #[serde(default)]
+    channels: Vec<Channel>,
+    #[serde(default)]
+    grants: Vec<Grant>,
+}
+
+fn sorted_refs<K: Ord, T>(m: &HashMap<K, Arc<T>>) -> Vec<&T> {
+    let mut v: Vec<(&K, &Arc<T>)> = m.iter().collect();
+    v.sort_by(|a, b| a.0.cmp(b.0));
+    v.into_iter().map(|(_, t)| &**t).collect()
+}
+
+impl Serialize for Snapshot {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        SnapshotView {
+            version: self.version,
+            tenants: sorted_refs(&self.tenants),
+            things: sorted_refs(&self.things),
+            users: sorted_refs(&self.users),
+            groups: sorted_refs(&self.groups),
+            channels: sorted_refs(&self.channels),
+            grants: sorted_refs(&self.grants),
+        }
+        .serialize(serializer)
+    }
+}
+
+impl<'de> Deserialize<'de> for Snapshot {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let o = SnapshotOwned::deserialize(deserializer)?;
+        let resources = Resources {
+            tenants: o.tenants,
+            things: o.things,
+            users: o.users,
+            groups: o.groups,
+            channels: o.channels,
+            grants: o.grants,
+        };
+        Snapshot::from_resources(o.version, resources).map_err(serde::de::Error::custom)
+    }
+}
+
+const _: () = {
+    const fn send_sync<T: Send + Sync>() {}
+    send_sync::<Snapshot>();
+};
