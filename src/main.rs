@@ -1,1 +1,11 @@
-fn main() {}
+//! The `fleetward` binary: one entry point for every mode of the platform.
+
+mod cli;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+fn main() -> ExitCode {
+    cli::Cli::parse().run()
+}

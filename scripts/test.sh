@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# The whole test suite, from a fresh machine: installs what the tests need
+# (idempotently), builds the end-to-end control plane (cached), then runs the
+# checks, the unit, property and protocol tests, the end-to-end tests and a
+# short fuzz smoke run. This is the README's test command and what CI runs.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+step() { printf '\n==> %s\n' "$*"; }
+started=$(date +%s)
+
+step "tools (kubectl, helm, nats-server, mosquitto, paho-mqtt)"
+# shellcheck source=install-tools.sh
+source scripts/install-tools.sh
+
+step "end-to-end control plane (etcd, kube-apiserver, garbage collector)"
+FLEETWARD_CONTROLPLANE=$(scripts/controlplane.sh | tail -n 1)
+export FLEETWARD_CONTROLPLANE
+
+step "format and lints"
+cargo fmt --all -- --check
+cargo clippy --workspace --all-targets --all-features -- -D warnings
+
+step "unit, property and protocol tests"
+cargo test --workspace --all-features
+
+step "end-to-end tests against a real kube-apiserver"
+cargo test -p fleetward-e2e --all-features -- --ignored --test-threads=1
+
+step "fuzz smoke run"
+scripts/fuzz-smoke.sh
+
+step "all passed in $(( $(date +%s) - started ))s"

@@ -1,0 +1,89 @@
+//! Command-line interface: parses arguments and dispatches to each mode.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+
+/// Fleetward: multi-tenant IoT messaging for Kubernetes.
+///
+/// Tenants, things, channels, connections, users and groups are Kubernetes
+/// resources; the operator turns them into credentials and authorization
+/// tables, and dataplane pods enforce them on every MQTT, HTTP and WebSocket
+/// message.
+#[derive(Debug, Parser)]
+#[command(name = "fleetward", version, about, long_about)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the operator and one dataplane in one process, from a directory of YAML (no cluster needed).
+    Start(NotBuilt),
+    /// Run the Kubernetes operator: reconcile resources and serve PolicySync to dataplanes.
+    Operator(NotBuilt),
+    /// Run a dataplane pod: MQTT, HTTP and WebSocket, enforcing the policy pushed by the operator.
+    Dataplane(NotBuilt),
+    /// Print the CustomResourceDefinitions of every Fleetward kind as one YAML stream.
+    Crds(CrdsArgs),
+}
+
+/// Arguments of a mode that a later release fills in; accepted so `--help` works.
+#[derive(Debug, Args)]
+struct NotBuilt {
+    /// Arguments of the mode (not parsed yet).
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true, hide = true)]
+    args: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+struct CrdsArgs {
+    /// Write one file per kind into this directory instead of printing the stream.
+    #[arg(long, value_name = "DIR")]
+    out_dir: Option<PathBuf>,
+}
+
+impl Cli {
+    /// Runs the chosen subcommand and turns its outcome into the process exit code.
+    pub fn run(self) -> ExitCode {
+        let outcome = match self.command {
+            Command::Start(_) => not_built("start"),
+            Command::Operator(_) => not_built("operator"),
+            Command::Dataplane(_) => not_built("dataplane"),
+            Command::Crds(args) => crds(&args),
+        };
+        match outcome {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(err) => {
+                eprintln!("error: {err:#}");
+                ExitCode::FAILURE
+            }
+        }
+    }
+}
+
+fn not_built(mode: &str) -> anyhow::Result<()> {
+    anyhow::bail!("`fleetward {mode}` is not built yet in this release")
+}
+
+fn crds(args: &CrdsArgs) -> anyhow::Result<()> {
+    match &args.out_dir {
+        None => {
+            print!("{}", fleetward_crds::yaml_stream()?);
+            Ok(())
+        }
+        Some(dir) => write_crd_files(dir),
+    }
+}
+
+fn write_crd_files(dir: &Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    for (name, yaml) in fleetward_crds::files()? {
+        let path = dir.join(name);
+        std::fs::write(&path, yaml).with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(())
+}
