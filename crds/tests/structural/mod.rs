@@ -1,0 +1,351 @@
+//! A stand-in for the kube-apiserver's checks of a custom resource: the OpenAPI constraints of
+//! the CRD schema, then its CEL rules, with the API server's error texts.
+//!
+//! It follows the apiextensions-apiserver order: defaults are applied, the OpenAPI schema is
+//! checked, list-type `set`/`map` uniqueness is checked, and the CEL rules run only when no
+//! "blocking" error (type, required, enum, too long, too many) was found. Messages have the API
+//! server's shape, `<path>: <detail>`, so the same expected texts hold against a real server.
+
+#![allow(dead_code)] // shared by several test crates, each of which uses a part
+
+use std::fmt::Write as _;
+
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::core::cel::{Validator, apply_defaults};
+use serde_json::{Map, Value};
+
+/// What the API server prints when it skips CEL rules because of a blocking error.
+pub const CEL_SKIPPED: &str = "some validation rules were not checked because the object was \
+     invalid; correct the existing errors to complete validation";
+
+/// One refusal, as the API server would word it.
+#[derive(Debug, Clone)]
+pub struct Refusal {
+    pub message: String,
+    /// Whether the API server would stop before the CEL rules because of it.
+    pub blocking: bool,
+}
+
+/// The OpenAPI v3 schema of the CRD's only version, as JSON.
+pub fn schema_of(crd: &CustomResourceDefinition) -> Value {
+    let version = crd
+        .spec
+        .versions
+        .first()
+        .unwrap_or_else(|| panic!("{:?} has no version", crd.metadata.name));
+    let schema = version
+        .schema
+        .as_ref()
+        .and_then(|s| s.open_api_v3_schema.as_ref())
+        .unwrap_or_else(|| panic!("{:?} has no openAPIV3Schema", crd.metadata.name));
+    serde_json::to_value(schema).unwrap_or_else(|e| panic!("schema does not serialize: {e}"))
+}
+
+/// Every refusal the API server would give `object` (on create, or on update from `old`).
+/// Empty when the object would be admitted.
+pub fn refusals(
+    crd: &CustomResourceDefinition,
+    object: &Value,
+    old: Option<&Value>,
+) -> Vec<String> {
+    let schema = schema_of(crd);
+    let mut found = Vec::new();
+
+    let api_version = format!("{}/{}", crd.spec.group, crd.spec.versions[0].name);
+    if object["apiVersion"] != api_version.as_str()
+        || object["kind"] != crd.spec.names.kind.as_str()
+    {
+        found.push(Refusal {
+            message: format!(
+                "apiVersion/kind: expected {api_version} {}, got {} {}",
+                crd.spec.names.kind, object["apiVersion"], object["kind"]
+            ),
+            blocking: true,
+        });
+    }
+    if object["metadata"]["name"]
+        .as_str()
+        .is_none_or(str::is_empty)
+    {
+        found.push(Refusal {
+            message: "metadata.name: Required value: name or generateName is required".into(),
+            blocking: true,
+        });
+    }
+
+    let defaulted = apply_defaults(&schema, object);
+    check(&schema, &defaulted, "", true, &mut found);
+
+    let mut messages: Vec<String> = found.iter().map(|r| r.message.clone()).collect();
+    if found.iter().any(|r| r.blocking) {
+        messages.push(CEL_SKIPPED.to_owned());
+        return messages;
+    }
+    if let Err(errors) = Validator::new().validate(&schema, object, old) {
+        for e in errors.iter() {
+            let path = if e.field_path.is_empty() {
+                "<nil>"
+            } else {
+                &e.field_path
+            };
+            messages.push(format!("{path}: Invalid value: {}", e.message));
+        }
+    }
+    messages
+}
+
+/// Checks `value` at `path` against the OpenAPI constraints of `schema`.
+fn check(schema: &Value, value: &Value, path: &str, root: bool, out: &mut Vec<Refusal>) {
+    let refuse = |out: &mut Vec<Refusal>, blocking: bool, message: String| {
+        out.push(Refusal { message, blocking })
+    };
+
+    if value.is_null() {
+        if schema["nullable"] != true && !root {
+            refuse(
+                out,
+                true,
+                format!(
+                    "{path}: Invalid value: \"null\": {path} in body must be of type {}: \"null\"",
+                    schema["type"].as_str().unwrap_or("object")
+                ),
+            );
+        }
+        return;
+    }
+
+    let ty = schema["type"].as_str().unwrap_or_default();
+    let actual = json_type(value);
+    let type_ok = match ty {
+        "" => true,
+        "integer" => value.is_i64() || value.is_u64(),
+        "number" => value.is_number(),
+        other => other == actual,
+    };
+    if !type_ok {
+        refuse(
+            out,
+            true,
+            format!(
+                "{path}: Invalid value: \"{actual}\": {path} in body must be of type {ty}: \"{actual}\""
+            ),
+        );
+        return;
+    }
+
+    if let Some(allowed) = schema["enum"].as_array()
+        && !allowed.contains(value)
+    {
+        let list: Vec<String> = allowed
+            .iter()
+            .map(|v| match v {
+                Value::String(s) => format!("{s:?}"),
+                other => format!("{:?}", other.to_string()),
+            })
+            .collect();
+        refuse(
+            out,
+            true,
+            format!(
+                "{path}: Unsupported value: {value}: supported values: {}",
+                list.join(", ")
+            ),
+        );
+    }
+
+    match value {
+        Value::String(s) => check_string(schema, s, path, out),
+        Value::Number(n) => {
+            if let (Some(min), Some(v)) = (schema["minimum"].as_f64(), n.as_f64())
+                && v < min
+            {
+                refuse(
+                    out,
+                    false,
+                    format!(
+                        "{path}: Invalid value: {n}: {path} in body should be greater than or equal to {}",
+                        number(min)
+                    ),
+                );
+            }
+            if let (Some(max), Some(v)) = (schema["maximum"].as_f64(), n.as_f64())
+                && v > max
+            {
+                refuse(
+                    out,
+                    false,
+                    format!(
+                        "{path}: Invalid value: {n}: {path} in body should be less than or equal to {}",
+                        number(max)
+                    ),
+                );
+            }
+        }
+        Value::Array(items) => check_array(schema, items, path, out),
+        Value::Object(fields) => check_object(schema, fields, path, root, out),
+        Value::Bool(_) | Value::Null => {}
+    }
+}
+
+fn check_string(schema: &Value, s: &str, path: &str, out: &mut Vec<Refusal>) {
+    // The API server counts characters for minLength/maxLength.
+    let len = s.chars().count() as u64;
+    if let Some(min) = schema["minLength"].as_u64()
+        && len < min
+    {
+        out.push(Refusal {
+            message: format!(
+                "{path}: Invalid value: {s:?}: {path} in body should be at least {min} chars long"
+            ),
+            blocking: false,
+        });
+    }
+    if let Some(max) = schema["maxLength"].as_u64()
+        && len > max
+    {
+        out.push(Refusal {
+            message: format!("{path}: Too long: may not be more than {max} bytes"),
+            blocking: true,
+        });
+    }
+    if let Some(pattern) = schema["pattern"].as_str() {
+        let re = regex::Regex::new(pattern)
+            .unwrap_or_else(|e| panic!("{path}: pattern {pattern:?} does not compile: {e}"));
+        if !re.is_match(s) {
+            out.push(Refusal {
+                message: format!(
+                    "{path}: Invalid value: {s:?}: {path} in body should match '{pattern}'"
+                ),
+                blocking: false,
+            });
+        }
+    }
+}
+
+fn check_array(schema: &Value, items: &[Value], path: &str, out: &mut Vec<Refusal>) {
+    if let Some(min) = schema["minItems"].as_u64()
+        && (items.len() as u64) < min
+    {
+        out.push(Refusal {
+            message: format!(
+                "{path}: Invalid value: {}: {path} in body should have at least {min} items",
+                items.len()
+            ),
+            blocking: false,
+        });
+    }
+    if let Some(max) = schema["maxItems"].as_u64()
+        && (items.len() as u64) > max
+    {
+        out.push(Refusal {
+            message: format!(
+                "{path}: Too many: {}: must have at most {max} items",
+                items.len()
+            ),
+            blocking: true,
+        });
+    }
+    let item_schema = &schema["items"];
+    for (i, item) in items.iter().enumerate() {
+        check(item_schema, item, &format!("{path}[{i}]"), false, out);
+    }
+    // Uniqueness of `set` items and of `map` keys.
+    let keys: Option<Vec<&str>> = match schema["x-kubernetes-list-type"].as_str() {
+        Some("set") => Some(Vec::new()),
+        Some("map") => Some(
+            schema["x-kubernetes-list-map-keys"]
+                .as_array()
+                .map(|keys| keys.iter().filter_map(Value::as_str).collect())
+                .unwrap_or_default(),
+        ),
+        _ => None,
+    };
+    if let Some(keys) = keys {
+        let identity = |item: &Value| -> Value {
+            if keys.is_empty() {
+                item.clone()
+            } else {
+                Value::Object(
+                    keys.iter()
+                        .map(|k| ((*k).to_owned(), item[*k].clone()))
+                        .collect(),
+                )
+            }
+        };
+        for (i, item) in items.iter().enumerate() {
+            let id = identity(item);
+            if items[..i].iter().any(|earlier| identity(earlier) == id) {
+                out.push(Refusal {
+                    message: format!("{path}[{i}]: Duplicate value: {id}"),
+                    blocking: false,
+                });
+            }
+        }
+    }
+}
+
+fn check_object(
+    schema: &Value,
+    fields: &Map<String, Value>,
+    path: &str,
+    root: bool,
+    out: &mut Vec<Refusal>,
+) {
+    let properties = schema["properties"].as_object();
+    let join = |name: &str| {
+        if path.is_empty() {
+            name.to_owned()
+        } else {
+            format!("{path}.{name}")
+        }
+    };
+    for required in schema["required"].as_array().into_iter().flatten() {
+        let name = required.as_str().unwrap_or_default();
+        if !fields.contains_key(name) {
+            out.push(Refusal {
+                message: format!("{}: Required value", join(name)),
+                blocking: true,
+            });
+        }
+    }
+    for (name, value) in fields {
+        // The API server checks apiVersion, kind and metadata itself.
+        if root && matches!(name.as_str(), "apiVersion" | "kind" | "metadata") {
+            continue;
+        }
+        let field_schema = properties
+            .and_then(|p| p.get(name))
+            .or_else(|| schema.get("additionalProperties").filter(|a| a.is_object()));
+        match field_schema {
+            Some(field_schema) => check(field_schema, value, &join(name), false, out),
+            // kubectl's strict field validation refuses what the schema would prune.
+            None => out.push(Refusal {
+                message: format!("unknown field \"{}\"", join(name)),
+                blocking: true,
+            }),
+        }
+    }
+}
+
+fn json_type(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "boolean",
+        Value::Number(n) if n.is_i64() || n.is_u64() => "integer",
+        Value::Number(_) => "number",
+        Value::String(_) => "string",
+        Value::Array(_) => "array",
+        Value::Object(_) => "object",
+    }
+}
+
+/// Formats a bound the way Go's `%v` prints a float64: `2`, not `2.0`.
+fn number(n: f64) -> String {
+    let mut s = String::new();
+    if n.fract() == 0.0 {
+        let _ = write!(s, "{}", n as i64);
+    } else {
+        let _ = write!(s, "{n}");
+    }
+    s
+}
