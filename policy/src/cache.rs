@@ -221,3 +221,134 @@ impl<E: PolicyEvaluator> PolicyEvaluator for CachedEvaluator<E> {
         self.inner.check_subject(subject)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicUsize;
+
+    use super::*;
+    use crate::evaluator::{AllowReason, DenyReason};
+    use crate::topic::{TopicLimits, parse_topic_name};
+
+    /// Answers by a fixed rule and counts how often it is asked.
+    struct Counting {
+        version: AtomicU64,
+        calls: AtomicUsize,
+    }
+
+    impl PolicyEvaluator for Counting {
+        fn version(&self) -> u64 {
+            self.version.load(Ordering::SeqCst)
+        }
+        fn authenticate(&self, _: &Credential<'_>) -> Result<Subject, Refusal> {
+            Err(DenyReason::BadCredential.into())
+        }
+        fn authorize(&self, _: &Subject, _: Action, topic: &Topic<'_>) -> Decision {
+            self.calls.fetch_add(1, Ordering::SeqCst);
+            // Version 1 allows `open`; later versions allow nothing.
+            if self.version() == 1 && topic.subtopic() == Some("open") {
+                Decision::Allow(AllowReason::Grant)
+            } else {
+                Decision::Deny(DenyReason::NoGrant)
+            }
+        }
+        fn check_subject(&self, _: &Subject) -> Result<(), Refusal> {
+            Ok(())
+        }
+    }
+
+    fn counting() -> CachedEvaluator<Counting> {
+        CachedEvaluator::new(
+            Counting {
+                version: AtomicU64::new(1),
+                calls: AtomicUsize::new(0),
+            },
+            1000,
+        )
+    }
+
+    #[test]
+    fn hits_skip_the_evaluator() {
+        let c = counting();
+        let s = Subject::thing("a", "t");
+        let t = parse_topic_name("m/a/c/ch/open", &TopicLimits::default()).expect("valid");
+        for _ in 0..5 {
+            assert!(c.authorize(&s, Action::Publish, &t).is_allowed());
+        }
+        assert_eq!(c.inner().calls.load(Ordering::SeqCst), 1);
+        assert_eq!(c.cache().stats(), CacheStats { hits: 4, misses: 1 });
+        // Another subject, action or subtopic is another entry.
+        let other = Subject::thing("a", "u");
+        c.authorize(&other, Action::Publish, &t);
+        c.authorize(&s, Action::Subscribe, &t);
+        assert_eq!(c.inner().calls.load(Ordering::SeqCst), 3);
+    }
+
+    #[test]
+    fn a_new_version_makes_old_answers_unreachable() {
+        let c = counting();
+        let s = Subject::thing("a", "t");
+        let t = parse_topic_name("m/a/c/ch/open", &TopicLimits::default()).expect("valid");
+        assert!(c.authorize(&s, Action::Publish, &t).is_allowed());
+        c.inner().version.store(2, Ordering::SeqCst);
+        assert!(!c.authorize(&s, Action::Publish, &t).is_allowed());
+        assert_eq!(c.inner().calls.load(Ordering::SeqCst), 2);
+    }
+
+    #[test]
+    fn a_colliding_entry_is_a_miss_not_a_wrong_answer() {
+        let c = counting();
+        let s = Subject::thing("a", "t");
+        let open = parse_topic_name("m/a/c/ch/open", &TopicLimits::default()).expect("valid");
+        let closed = parse_topic_name("m/a/c/ch/closed", &TopicLimits::default()).expect("valid");
+        let allowed = c.authorize(&s, Action::Publish, &open);
+        assert!(allowed.is_allowed());
+        // File the `open` answer under the key of the `closed` request, as a collision would.
+        let key = CacheKey {
+            version: 1,
+            request: c.cache.hasher.hash_one((
+                s.tenant.as_str(),
+                s.kind,
+                s.name.as_str(),
+                s.token_epoch,
+                Action::Publish,
+                closed.tenant(),
+                closed.channel(),
+                closed.subtopic(),
+            )),
+        };
+        c.cache.entries.insert(
+            key,
+            Arc::new(Entry::new(&s, Action::Publish, &open, allowed)),
+        );
+        assert_eq!(
+            c.authorize(&s, Action::Publish, &closed),
+            Decision::Deny(DenyReason::NoGrant)
+        );
+        assert_eq!(c.inner().calls.load(Ordering::SeqCst), 2);
+    }
+
+    #[test]
+    fn entries_compare_every_part() {
+        let s = Subject::thing("ab", "c");
+        let t = parse_topic_name("m/x/c/y/z", &TopicLimits::default()).expect("valid");
+        let e = Entry::new(&s, Action::Publish, &t, Decision::Deny(DenyReason::NoGrant));
+        assert!(e.answers(&s, Action::Publish, &t));
+        // Same concatenated text, other cut points.
+        assert!(!e.answers(&Subject::thing("a", "bc"), Action::Publish, &t));
+        assert!(!e.answers(&s, Action::Subscribe, &t));
+        let root = parse_topic_name("m/x/c/y", &TopicLimits::default()).expect("valid");
+        let empty = parse_topic_name("m/x/c/y/", &TopicLimits::default()).expect("valid");
+        let e = Entry::new(
+            &s,
+            Action::Publish,
+            &root,
+            Decision::Deny(DenyReason::NoGrant),
+        );
+        assert!(e.answers(&s, Action::Publish, &root));
+        assert!(!e.answers(&s, Action::Publish, &empty));
+        let mut with_epoch = s.clone();
+        with_epoch.token_epoch = Some(1);
+        assert!(!e.answers(&with_epoch, Action::Publish, &root));
+    }
+}
