@@ -30,6 +30,7 @@ pub const MAX_QOS: u8 = 2;
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
     validation = kube::core::Rule::new(crate::schema::NAME_RULE).message(crate::schema::NAME_MESSAGE),
 )]
+#[schemars(transform = schemars::transform::RecursiveTransform(crate::schema::kubernetes_integer_format))]
 #[serde(rename_all = "camelCase")]
 pub struct ChannelSpec {
     /// What the channel carries, for the people who use it.

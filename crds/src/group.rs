@@ -28,6 +28,7 @@ pub const MAX_MEMBERS: usize = 1024;
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
     validation = kube::core::Rule::new(crate::schema::NAME_RULE).message(crate::schema::NAME_MESSAGE),
 )]
+#[schemars(transform = schemars::transform::RecursiveTransform(crate::schema::kubernetes_integer_format))]
 #[serde(rename_all = "camelCase")]
 pub struct GroupSpec {
     /// The things and users in the group, each at most once. A member that does not exist is

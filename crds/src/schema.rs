@@ -77,3 +77,27 @@ pub fn subtopic_patterns(_: &mut SchemaGenerator) -> Schema {
         "items": subtopic_pattern(),
     })
 }
+
+/// Rewrites integer formats the API server does not know (`uint8`, `uint32`, ...) into the two
+/// it does, `int32` and `int64`, so applying the CRDs prints no "unrecognized format" warning.
+/// Unsigned fields keep their `minimum: 0`.
+pub fn kubernetes_integer_format(schema: &mut Schema) {
+    let Some(object) = schema.as_object_mut() else {
+        return;
+    };
+    // An optional field is still `["integer", "null"]` here; kube makes it `nullable` later.
+    let integer = match object.get("type") {
+        Some(serde_json::Value::String(t)) => t == "integer",
+        Some(serde_json::Value::Array(types)) => types.iter().any(|t| t == "integer"),
+        _ => false,
+    };
+    if !integer {
+        return;
+    }
+    let known = match object.get("format").and_then(|f| f.as_str()) {
+        None | Some("int32" | "int64") => return,
+        Some("int8" | "uint8" | "int16" | "uint16") => "int32",
+        Some(_) => "int64",
+    };
+    object.insert("format".to_owned(), known.into());
+}

@@ -13,6 +13,7 @@ pub const ENFORCED: &str = "Enforced";
 
 /// Status of a Tenant, written by the operator.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[schemars(transform = schemars::transform::RecursiveTransform(crate::schema::kubernetes_integer_format))]
 #[serde(rename_all = "camelCase")]
 pub struct TenantStatus {
     /// Latest observations of the tenant's state. `Ready` says whether the tenant's namespace is
@@ -36,6 +37,7 @@ pub struct TenantStatus {
 
 /// Status of a Thing, written by the operator.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[schemars(transform = schemars::transform::RecursiveTransform(crate::schema::kubernetes_integer_format))]
 #[serde(rename_all = "camelCase")]
 pub struct ThingStatus {
     /// Latest observations of the thing's state. `Ready` says whether its credentials are in
@@ -60,6 +62,7 @@ pub struct ThingStatus {
 
 /// Status of a Channel, Connection, User or Group, written by the operator.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[schemars(transform = schemars::transform::RecursiveTransform(crate::schema::kubernetes_integer_format))]
 #[serde(rename_all = "camelCase")]
 pub struct ResourceStatus {
     /// Latest observations of the resource's state. `Ready` says whether the operator accepted it

@@ -37,6 +37,7 @@ pub const NAMESPACE_IMMUTABLE_MESSAGE: &str = "spec.namespace is immutable: a Te
          (has(oldSelf.spec.__namespace__) ? oldSelf.spec.__namespace__ : oldSelf.metadata.name)"
     ).message(NAMESPACE_IMMUTABLE_MESSAGE),
 )]
+#[schemars(transform = schemars::transform::RecursiveTransform(crate::schema::kubernetes_integer_format))]
 #[serde(rename_all = "camelCase")]
 pub struct TenantSpec {
     /// The namespace this tenant owns. Defaults to the Tenant's own name. It cannot be changed

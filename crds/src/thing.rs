@@ -31,6 +31,7 @@ use crate::status::ThingStatus;
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
     validation = kube::core::Rule::new(crate::schema::NAME_RULE).message(crate::schema::NAME_MESSAGE),
 )]
+#[schemars(transform = schemars::transform::RecursiveTransform(crate::schema::kubernetes_integer_format))]
 #[serde(rename_all = "camelCase")]
 pub struct ThingSpec {
     /// When true the thing is refused: new connections fail and live sessions are disconnected.

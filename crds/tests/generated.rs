@@ -251,3 +251,26 @@ fn every_cel_rule_compiles_has_a_message_and_a_bounded_cost() {
     }
     assert!(rules >= 20, "only {rules} CEL rules");
 }
+
+#[test]
+fn every_format_is_one_the_api_server_knows() {
+    // Anything else makes `kubectl apply` print "unrecognized format" warnings.
+    for crd in fleetward_crds::all() {
+        let schema = structural::schema_of(&crd);
+        walk(&schema, &crd.spec.names.kind, &mut |path, node| {
+            let Some(format) = node["format"].as_str() else {
+                return;
+            };
+            let known: &[&str] = match node["type"].as_str() {
+                Some("integer") => &["int32", "int64"],
+                Some("number") => &["float", "double"],
+                Some("string") => &["date-time", "date", "duration", "byte", "uri", "uuid"],
+                _ => &[],
+            };
+            assert!(
+                known.contains(&format),
+                "{path}: format {format:?} is not recognized"
+            );
+        });
+    }
+}
