@@ -13,7 +13,7 @@ const REGENERATE: &str = "UPDATE_CRDS=1 cargo test -p fleetward-crds";
 /// Where the generated YAML is committed: the crate's copy and the Helm chart's copy.
 fn copies() -> [PathBuf; 2] {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    [root.join("yaml"), root.join("../charts/fleetward/crds")]
+    [root.to_path_buf(), root.join("../charts/fleetward/crds")]
 }
 
 fn yaml_files_in(dir: &Path) -> BTreeSet<String> {
