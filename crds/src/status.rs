@@ -11,6 +11,9 @@ pub const READY: &str = "Ready";
 /// the resource, so what it declares is being enforced.
 pub const ENFORCED: &str = "Enforced";
 
+/// `Ready=False` reason: no Tenant owns the resource's namespace, so it is not served.
+pub const REASON_NO_TENANT: &str = "NoTenant";
+
 /// Status of a Tenant, written by the operator.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[schemars(transform = schemars::transform::RecursiveTransform(crate::schema::kubernetes_integer_format))]

@@ -88,3 +88,37 @@ pub struct TenantLimits {
     #[schemars(range(min = 1))]
     pub publish_burst: Option<u32>,
 }
+
+impl Tenant {
+    /// The namespace this tenant owns: `spec.namespace`, or the Tenant's name when unset.
+    pub fn namespace(&self) -> &str {
+        self.spec
+            .namespace
+            .as_deref()
+            .or(self.metadata.name.as_deref())
+            .unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tenant(namespace: Option<&str>) -> Tenant {
+        Tenant::new(
+            "acme",
+            TenantSpec {
+                namespace: namespace.map(str::to_owned),
+                display_name: None,
+                suspended: false,
+                limits: None,
+            },
+        )
+    }
+
+    #[test]
+    fn the_namespace_defaults_to_the_tenant_name() {
+        assert_eq!(tenant(None).namespace(), "acme");
+        assert_eq!(tenant(Some("acme-prod")).namespace(), "acme-prod");
+    }
+}

@@ -81,3 +81,18 @@ impl Thing {
             })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_secret_name_defaults_to_thing_credentials() {
+        let mut thing = Thing::new("sensor-1", ThingSpec::default());
+        assert_eq!(thing.secret_name(), "sensor-1-credentials");
+        thing.spec.credentials = Some(ThingCredentials {
+            secret_name: Some("factory-keys".into()),
+        });
+        assert_eq!(thing.secret_name(), "factory-keys");
+    }
+}
