@@ -9,7 +9,8 @@ use crate::status::ChannelStatus;
 /// The highest MQTT quality of service.
 pub const MAX_QOS: u8 = 2;
 
-/// A Channel is a logical message bus; its topics are `m/<tenant>/c/<channel>[/<subtopic>...]`.
+/// What a Channel declares: the highest QoS, whether retained messages are allowed and the
+/// largest message. Its topics are `m/<tenant>/c/<channel>[/<subtopic>...]`.
 #[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[kube(
     group = "fleetward.io",

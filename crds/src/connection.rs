@@ -6,7 +6,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::status::ConnectionStatus;
 
-/// A Connection grants a subject actions on a channel, in its own namespace.
+/// What a Connection grants: a subject, a channel, the actions and optionally the subtopics.
+/// Subject and channel are names in the Connection's own namespace.
 #[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[kube(
     group = "fleetward.io",

@@ -9,7 +9,7 @@ use crate::status::GroupStatus;
 /// The most members one Group may list.
 pub const MAX_MEMBERS: usize = 1024;
 
-/// A Group gathers things and users so one Connection can grant them all.
+/// What a Group declares: its members, so that one Connection can grant them all.
 #[derive(CustomResource, Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[kube(
     group = "fleetward.io",

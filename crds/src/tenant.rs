@@ -10,9 +10,8 @@ use crate::status::TenantStatus;
 pub const NAMESPACE_IMMUTABLE_MESSAGE: &str = "spec.namespace is immutable: a Tenant keeps the \
      namespace it was created with (its name when unset); create a new Tenant to use another namespace";
 
-/// A Tenant is one organization on the platform. It owns exactly one namespace, and every
-/// Thing, Channel, Connection, User and Group in that namespace belongs to it. Resources in a
-/// namespace that no Tenant owns are not served.
+/// What a Tenant declares: the namespace it owns, its display name, the kill switch and its
+/// limits. Resources in a namespace that no Tenant owns are not served.
 #[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[kube(
     group = "fleetward.io",

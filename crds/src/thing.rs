@@ -8,7 +8,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::status::ThingStatus;
 
-/// A Thing is a device or service that connects to the platform with a key.
+/// What a Thing declares: whether it is enabled, where its keys live, an optional mountpoint
+/// channel and free-form attributes.
 #[derive(CustomResource, Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[kube(
     group = "fleetward.io",

@@ -6,7 +6,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::status::UserStatus;
 
-/// A User signs in with a password and then acts with short-lived tokens.
+/// What a User declares: role, whether it is enabled, the token epoch and where its password
+/// lives.
 #[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[kube(
     group = "fleetward.io",
