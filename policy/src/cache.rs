@@ -66,12 +66,11 @@ impl Entry {
             && self.action == action
             && self.token_epoch == subject.token_epoch
             && self.has_subtopic == topic.subtopic().is_some()
-            && t.len() >= d
-            && &t[..a] == subject.tenant
-            && &t[a..b] == subject.name
-            && &t[b..c] == topic.tenant()
-            && &t[c..d] == topic.channel()
-            && &t[d..] == topic.subtopic().unwrap_or("")
+            && t.get(..a) == Some(subject.tenant.as_str())
+            && t.get(a..b) == Some(subject.name.as_str())
+            && t.get(b..c) == Some(topic.tenant())
+            && t.get(c..d) == Some(topic.channel())
+            && t.get(d..) == Some(topic.subtopic().unwrap_or(""))
     }
 }
 
