@@ -1,0 +1,250 @@
+//! The Fleetward processes under test: operator replicas and dataplane processes,
+//! started from the `fleetward` binary with the flags the Helm chart gives them.
+//!
+//! Waiting on the operator (issue 4) and dataplane (issue 5) issues: `fleetward
+//! operator` and `fleetward dataplane` are not built yet, so these helpers spell
+//! out the flags those issues name and are used by no test until they land.
+//! Where an issue names no flag yet (the operator's listeners and token, the
+//! dataplane's NATS URL), the name below is the expected one; align it, and the
+//! chart, when the subcommand lands.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+
+use crate::ports::{free_port, loopback};
+use crate::process::Process;
+use crate::workspace;
+
+/// How long a Fleetward process may take to answer `/readyz` with 200.
+const READY_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The namespace the operator's Lease lives in, as the chart installs it.
+pub const OPERATOR_NAMESPACE: &str = "fleetward-system";
+
+/// One operator replica.
+pub struct Operator {
+    /// The running process.
+    pub process: Process,
+    /// Its replica id (the pod name in a cluster; the Lease holder identity).
+    pub id: String,
+    /// PolicySync (gRPC) listener.
+    pub sync_addr: SocketAddr,
+    /// `/healthz`, `/readyz`, `/metrics`.
+    pub admin_addr: SocketAddr,
+}
+
+impl Operator {
+    /// Starts replica `id` against the cluster in `kubeconfig`, with PolicySync
+    /// authenticated by `sync_token`, and waits until it is ready (watches synced).
+    ///
+    /// Waiting on issue 4 (`fleetward operator`).
+    pub fn start(id: &str, kubeconfig: &Path, sync_token: &str, log_dir: &Path) -> Result<Self> {
+        let sync_addr = loopback(free_port()?);
+        let admin_addr = loopback(free_port()?);
+        let mut cmd = Command::new(workspace::fleetward_binary()?);
+        cmd.arg("operator")
+            .arg(format!("--sync-listen={sync_addr}"))
+            .arg(format!("--admin-listen={admin_addr}"))
+            .env("KUBECONFIG", kubeconfig)
+            .env("FLEETWARD_SYNC_TOKEN", sync_token)
+            .env("POD_NAME", id)
+            .env("POD_NAMESPACE", OPERATOR_NAMESPACE)
+            .env("RUST_LOG", "info,fleetward=debug");
+        let process = Process::spawn(id, cmd, log_dir)?;
+        let mut op = Self {
+            process,
+            id: id.to_owned(),
+            sync_addr,
+            admin_addr,
+        };
+        wait_ready(&mut op.process, admin_addr)?;
+        Ok(op)
+    }
+
+    /// `http://<sync addr>`, what a dataplane's `--operator` takes.
+    pub fn sync_url(&self) -> String {
+        format!("http://{}", self.sync_addr)
+    }
+}
+
+/// Starts `replicas` operator replicas (`operator-0`, `operator-1`, …): two where a
+/// test needs leader election.
+///
+/// Waiting on issue 4 (`fleetward operator`).
+pub fn start_operators(
+    replicas: usize,
+    kubeconfig: &Path,
+    sync_token: &str,
+    log_dir: &Path,
+) -> Result<Vec<Operator>> {
+    (0..replicas)
+        .map(|i| Operator::start(&format!("operator-{i}"), kubeconfig, sync_token, log_dir))
+        .collect()
+}
+
+/// One dataplane process.
+pub struct Dataplane {
+    /// The running process.
+    pub process: Process,
+    /// Its node id in PolicySync.
+    pub node_id: String,
+    /// Where it persists its last-known-good snapshot; kept across restarts.
+    pub state_dir: PathBuf,
+    /// MQTT over TCP.
+    pub mqtt_addr: SocketAddr,
+    /// HTTP adapter and WebSocket endpoints.
+    pub http_addr: SocketAddr,
+    /// `/healthz`, `/readyz`, `/metrics`.
+    pub admin_addr: SocketAddr,
+    config: DataplaneConfig,
+}
+
+/// What a dataplane is started with, kept so a restart reuses it.
+#[derive(Debug, Clone)]
+pub struct DataplaneConfig {
+    /// PolicySync URLs of the operator replicas.
+    pub operators: Vec<String>,
+    /// The PolicySync token.
+    pub sync_token: String,
+    /// `nats://…` when several dataplanes share the bus; `None` for one alone.
+    pub nats_url: Option<String>,
+}
+
+impl Dataplane {
+    /// Starts dataplane `node_id` on free ports, with its state in `state_dir`,
+    /// and waits until it is ready (a snapshot applied).
+    ///
+    /// Waiting on issue 5 (`fleetward dataplane`).
+    pub fn start(
+        node_id: &str,
+        state_dir: &Path,
+        config: DataplaneConfig,
+        log_dir: &Path,
+    ) -> Result<Self> {
+        let mqtt_addr = loopback(free_port()?);
+        let http_addr = loopback(free_port()?);
+        let admin_addr = loopback(free_port()?);
+        std::fs::create_dir_all(state_dir).with_context(|| {
+            format!(
+                "create the dataplane state directory {}",
+                state_dir.display()
+            )
+        })?;
+        let mut dp = Self {
+            process: Self::spawn(
+                node_id, state_dir, &config, mqtt_addr, http_addr, admin_addr, log_dir, 1,
+            )?,
+            node_id: node_id.to_owned(),
+            state_dir: state_dir.to_owned(),
+            mqtt_addr,
+            http_addr,
+            admin_addr,
+            config,
+        };
+        wait_ready(&mut dp.process, admin_addr)?;
+        Ok(dp)
+    }
+
+    /// Kills the process outright and starts it again on the same ports and state
+    /// directory (what a crashed pod's replacement sees), waiting until ready.
+    pub fn restart(&mut self, log_dir: &Path, attempt: u32) -> Result<()> {
+        self.process.kill()?;
+        self.process = Self::spawn(
+            &self.node_id,
+            &self.state_dir,
+            &self.config,
+            self.mqtt_addr,
+            self.http_addr,
+            self.admin_addr,
+            log_dir,
+            attempt,
+        )?;
+        wait_ready(&mut self.process, self.admin_addr)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn spawn(
+        node_id: &str,
+        state_dir: &Path,
+        config: &DataplaneConfig,
+        mqtt: SocketAddr,
+        http: SocketAddr,
+        admin: SocketAddr,
+        log_dir: &Path,
+        attempt: u32,
+    ) -> Result<Process> {
+        let mut cmd = Command::new(workspace::fleetward_binary()?);
+        cmd.arg("dataplane")
+            .arg(format!("--operator={}", config.operators.join(",")))
+            .arg("--node-id")
+            .arg(node_id)
+            .arg("--state-dir")
+            .arg(state_dir)
+            .arg(format!("--mqtt-listen={mqtt}"))
+            .arg(format!("--http-listen={http}"))
+            .arg(format!("--admin-listen={admin}"))
+            .env("FLEETWARD_SYNC_TOKEN", &config.sync_token)
+            .env("RUST_LOG", "info,fleetward=debug");
+        if let Some(nats) = &config.nats_url {
+            cmd.arg(format!("--nats={nats}"));
+        }
+        let name = match attempt {
+            1 => node_id.to_owned(),
+            n => format!("{node_id}-{n}"),
+        };
+        Process::spawn(&name, cmd, log_dir)
+    }
+}
+
+/// Waits until `GET /readyz` on `admin` answers 200, failing at once if the process exits.
+fn wait_ready(process: &mut Process, admin: SocketAddr) -> Result<()> {
+    let deadline = Instant::now() + READY_TIMEOUT;
+    loop {
+        if !process.is_running() {
+            bail!(
+                "{} exited before it was ready; see {}",
+                process.name(),
+                process.log_path().display()
+            );
+        }
+        if http_status(admin, "/readyz").is_ok_and(|status| status == 200) {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            bail!(
+                "{} not ready on http://{admin}/readyz within {READY_TIMEOUT:?}; see {}",
+                process.name(),
+                process.log_path().display()
+            );
+        }
+        thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// The status code of a plain HTTP/1.1 `GET path` to `addr`.
+pub fn http_status(addr: SocketAddr, path: &str) -> Result<u16> {
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2))
+        .with_context(|| format!("connect to {addr}"))?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .context("set a read timeout")?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .with_context(|| format!("send GET {path} to {addr}"))?;
+    let mut head = [0_u8; 12];
+    stream
+        .read_exact(&mut head)
+        .with_context(|| format!("read the answer to GET {path} from {addr}"))?;
+    let text = String::from_utf8_lossy(&head);
+    text.get(9..12)
+        .and_then(|code| code.parse().ok())
+        .with_context(|| format!("{addr} answered GET {path} with no HTTP status line: {text:?}"))
+}

@@ -1,0 +1,55 @@
+//! A `nats-server` on a free loopback port, the bus between dataplane processes.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use anyhow::Result;
+
+use crate::ports::{free_port, loopback, wait_for_listener};
+use crate::process::Process;
+
+/// A running nats-server (the Debian package's binary, `$NATS_SERVER` to override).
+pub struct Nats {
+    process: Process,
+    port: u16,
+}
+
+impl Nats {
+    /// Starts nats-server on 127.0.0.1 and waits until it accepts connections.
+    pub fn start(log_dir: &Path) -> Result<Self> {
+        let bin = std::env::var("NATS_SERVER").unwrap_or_else(|_| "nats-server".to_owned());
+        let port = free_port()?;
+        let mut cmd = Command::new(bin);
+        cmd.args(["--addr", "127.0.0.1", "--port", &port.to_string()]);
+        let mut process = Process::spawn("nats-server", cmd, log_dir)?;
+        if let Err(err) = wait_for_listener(loopback(port), Duration::from_secs(20)) {
+            let running = process.is_running();
+            anyhow::bail!(
+                "nats-server {} ({err:#}); see {} (scripts/install-tools.sh installs it)",
+                if running {
+                    "is not listening"
+                } else {
+                    "exited"
+                },
+                process.log_path().display()
+            );
+        }
+        Ok(Self { process, port })
+    }
+
+    /// `nats://127.0.0.1:<port>`.
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// The port it listens on.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Stops it (SIGTERM), for a test of what the dataplanes do without a bus.
+    pub fn stop(&mut self) -> Result<()> {
+        self.process.stop().map(|_| ())
+    }
+}
