@@ -1,1 +1,7 @@
-//! The operator: the policy index, reconcilers and the PolicySync server. Filled by the operator issue.
+//! Fleetward's operator: turns resources into a versioned policy snapshot, statuses and deltas.
+//!
+//! The [`index`] is source-agnostic: the Kubernetes watchers and the single-binary mode's
+//! directory reader feed it the same resource types.
+
+pub mod index;
+pub mod manifest;

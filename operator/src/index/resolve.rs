@@ -1,0 +1,623 @@
+//! Resolves one namespace's objects into policy records and the status each object should show.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use fleetward_crds as crds;
+use fleetward_policy as policy;
+use policy::{KeyDigest, SubtopicPattern};
+
+use super::object::{Kind, ObjectKey, SecretData, age_order};
+use super::status::{DesiredStatus, Facts, Readiness, Reason};
+
+/// The shortest key accepted from a Secret, in bytes: keys are compared by a fast hash, which is
+/// only right for high-entropy keys (a generated key is 43 characters).
+pub const MIN_KEY_LEN: usize = 32;
+
+/// Every object of one namespace, as last applied.
+#[derive(Debug, Default)]
+pub(crate) struct Namespace {
+    pub things: BTreeMap<String, crds::Thing>,
+    pub channels: BTreeMap<String, crds::Channel>,
+    pub connections: BTreeMap<String, crds::Connection>,
+    pub users: BTreeMap<String, crds::User>,
+    pub groups: BTreeMap<String, crds::Group>,
+    pub secrets: BTreeMap<String, SecretData>,
+}
+
+impl Namespace {
+    pub fn is_empty(&self) -> bool {
+        self.things.is_empty()
+            && self.channels.is_empty()
+            && self.connections.is_empty()
+            && self.users.is_empty()
+            && self.groups.is_empty()
+            && self.secrets.is_empty()
+    }
+}
+
+/// What one namespace contributes to the snapshot, and its objects' statuses.
+#[derive(Debug, Default)]
+pub(crate) struct Resolution {
+    pub tenant: Option<policy::Tenant>,
+    pub things: Vec<policy::Thing>,
+    pub channels: Vec<policy::Channel>,
+    pub users: Vec<policy::User>,
+    pub groups: Vec<policy::Group>,
+    pub grants: Vec<policy::Grant>,
+    pub statuses: Vec<(ObjectKey, DesiredStatus)>,
+}
+
+/// Argon2 hashes of plaintext passwords, so a password is hashed once, not on every resolve.
+#[derive(Debug, Default)]
+pub(crate) struct PasswordHashes {
+    by_user: HashMap<(String, String), (KeyDigest, String)>,
+}
+
+impl PasswordHashes {
+    fn hash(&mut self, namespace: &str, user: &str, plaintext: &[u8]) -> Result<String, String> {
+        let digest = KeyDigest::of(plaintext);
+        let slot = (namespace.to_owned(), user.to_owned());
+        if let Some((d, hash)) = self.by_user.get(&slot)
+            && d.ct_eq(&digest)
+        {
+            return Ok(hash.clone());
+        }
+        let hash = policy::hash_password(plaintext).map_err(|e| e.to_string())?;
+        self.by_user.insert(slot, (digest, hash.clone()));
+        Ok(hash)
+    }
+
+    pub fn forget(&mut self, namespace: &str, user: &str) {
+        self.by_user
+            .remove(&(namespace.to_owned(), user.to_owned()));
+    }
+}
+
+/// Resolves a namespace that `owner` (a Tenant name and spec) owns, or that no Tenant owns.
+pub(crate) fn resolve(
+    namespace: &str,
+    owner: Option<(&str, &crds::TenantSpec)>,
+    objects: &Namespace,
+    passwords: &mut PasswordHashes,
+) -> Resolution {
+    let Some((tenant, spec)) = owner else {
+        return unowned(namespace, objects);
+    };
+    let limits = spec.limits.clone().unwrap_or_default();
+    let mut out = Resolution {
+        tenant: Some(policy::Tenant {
+            name: tenant.to_owned(),
+            suspended: spec.suspended,
+            limits: policy::TenantLimits {
+                max_things: limits.max_things,
+                max_channels: limits.max_channels,
+                max_connections: limits.max_connections,
+                max_message_size: limits.max_message_size,
+                publish_rate: limits.publish_rate,
+                publish_burst: limits.publish_burst,
+            },
+        }),
+        ..Resolution::default()
+    };
+    let mut r = Resolver {
+        namespace,
+        tenant,
+        objects,
+        out: &mut out,
+    };
+    let channels = r.channels(limits.max_channels);
+    let things = r.things(limits.max_things, &channels);
+    let users = r.users(passwords);
+    let groups = r.groups(&things, &users);
+    r.connections(&things, &users, &groups, &channels);
+    out
+}
+
+/// Every object of a namespace no Tenant owns is refused with `NoTenant`.
+fn unowned(namespace: &str, objects: &Namespace) -> Resolution {
+    let message = format!(
+        "namespace {namespace} is not owned by any Tenant: create a Tenant with spec.namespace: \
+         {namespace} (or named {namespace}) to serve it"
+    );
+    let mut out = Resolution::default();
+    let mut refuse = |kind: Kind, name: &str, generation: Option<i64>, facts: Facts| {
+        out.statuses.push((
+            ObjectKey::namespaced(kind, namespace, name),
+            DesiredStatus {
+                generation,
+                readiness: Readiness::not_ready(Reason::NoTenant, message.clone()),
+                served: false,
+                facts,
+            },
+        ));
+    };
+    for (name, o) in &objects.things {
+        refuse(Kind::Thing, name, o.metadata.generation, Facts::None);
+    }
+    for (name, o) in &objects.channels {
+        refuse(Kind::Channel, name, o.metadata.generation, Facts::None);
+    }
+    for (name, o) in &objects.connections {
+        refuse(Kind::Connection, name, o.metadata.generation, Facts::None);
+    }
+    for (name, o) in &objects.users {
+        refuse(Kind::User, name, o.metadata.generation, Facts::None);
+    }
+    for (name, o) in &objects.groups {
+        refuse(Kind::Group, name, o.metadata.generation, Facts::None);
+    }
+    out
+}
+
+struct Resolver<'a> {
+    namespace: &'a str,
+    tenant: &'a str,
+    objects: &'a Namespace,
+    out: &'a mut Resolution,
+}
+
+/// The objects of a kind in limit order, each marked whether it is within the limit.
+fn within_limit<T: kube::Resource>(
+    objects: &BTreeMap<String, T>,
+    limit: Option<u32>,
+) -> Vec<(&String, &T, bool)> {
+    let mut ordered: Vec<(&String, &T)> = objects.iter().collect();
+    ordered.sort_by(|a, b| age_order(a.1.meta()).cmp(&age_order(b.1.meta())));
+    let limit = limit.map_or(usize::MAX, |l| l as usize);
+    ordered
+        .into_iter()
+        .enumerate()
+        .map(|(i, (name, o))| (name, o, i < limit))
+        .collect()
+}
+
+impl<'a> Resolver<'a> {
+    fn status(&mut self, kind: Kind, name: &str, generation: Option<i64>, readiness: Readiness) {
+        self.status_with(kind, name, generation, readiness, Facts::None);
+    }
+
+    fn status_with(
+        &mut self,
+        kind: Kind,
+        name: &str,
+        generation: Option<i64>,
+        readiness: Readiness,
+        facts: Facts,
+    ) {
+        let served = readiness.ready;
+        self.out.statuses.push((
+            ObjectKey::namespaced(kind, self.namespace, name),
+            DesiredStatus {
+                generation,
+                readiness,
+                served,
+                facts,
+            },
+        ));
+    }
+
+    fn limit_exceeded(&self, kind: &str, limit: Option<u32>) -> Readiness {
+        Readiness::not_ready(
+            Reason::LimitExceeded,
+            format!(
+                "Tenant {} allows at most {} {kind}s (spec.limits); this one is not served. \
+                 Delete another {kind} or raise the limit",
+                self.tenant,
+                limit.unwrap_or_default()
+            ),
+        )
+    }
+
+    fn channels(&mut self, limit: Option<u32>) -> BTreeSet<&'a str> {
+        let objects = self.objects;
+        let mut served = BTreeSet::new();
+        for (name, ch, within) in within_limit(&objects.channels, limit) {
+            let generation = ch.metadata.generation;
+            if !within {
+                let r = self.limit_exceeded("channel", limit);
+                self.status(Kind::Channel, name, generation, r);
+                continue;
+            }
+            let max_qos = match policy::Qos::try_from(ch.spec.max_qos) {
+                Ok(q) => q,
+                Err(e) => {
+                    let r = Readiness::not_ready(Reason::InvalidSpec, format!("spec.maxQos: {e}"));
+                    self.status(Kind::Channel, name, generation, r);
+                    continue;
+                }
+            };
+            self.out.channels.push(policy::Channel {
+                tenant: self.tenant.to_owned(),
+                name: name.clone(),
+                max_qos,
+                retained_allowed: ch.spec.retained,
+                max_message_size: ch.spec.max_message_size,
+            });
+            served.insert(name.as_str());
+            let r = Readiness::ready(Reason::Accepted, "the channel is served");
+            self.status(Kind::Channel, name, generation, r);
+        }
+        served
+    }
+
+    fn things(&mut self, limit: Option<u32>, channels: &BTreeSet<&str>) -> BTreeSet<&'a str> {
+        let objects = self.objects;
+        let mut served = BTreeSet::new();
+        for (name, thing, within) in within_limit(&objects.things, limit) {
+            let generation = thing.metadata.generation;
+            let secret_name = thing.secret_name();
+            let keys = thing_keys(objects.secrets.get(&secret_name));
+            let facts = Facts::Thing {
+                secret_name: secret_name.clone(),
+                key_fingerprint: keys.as_ref().ok().and_then(|k| k.fingerprint.clone()),
+                keys: keys.as_ref().map_or(0, |k| k.digests.len() as u32),
+            };
+            let refusal = if !within {
+                Some(self.limit_exceeded("thing", limit))
+            } else if let Some(mp) = thing
+                .spec
+                .mountpoint
+                .as_deref()
+                .filter(|mp| !channels.contains(mp))
+            {
+                Some(Readiness::not_ready(
+                    Reason::MountpointNotFound,
+                    format!(
+                        "spec.mountpoint names Channel {}/{mp}, which does not exist or is not \
+                         served; create it or change the mountpoint",
+                        self.namespace
+                    ),
+                ))
+            } else {
+                keys.as_ref().err().cloned()
+            };
+            if let Some(r) = refusal {
+                self.status_with(Kind::Thing, name, generation, r, facts);
+                continue;
+            }
+            let digests = keys.map(|k| k.digests).unwrap_or_default();
+            self.out.things.push(policy::Thing {
+                tenant: self.tenant.to_owned(),
+                name: name.clone(),
+                key_digests: digests,
+                disabled: thing.spec.disabled,
+                mountpoint: thing.spec.mountpoint.clone(),
+            });
+            served.insert(name.as_str());
+            let r = if thing.spec.disabled {
+                Readiness::ready(
+                    Reason::Accepted,
+                    "the thing is served but disabled: its connections are refused",
+                )
+            } else {
+                Readiness::ready(Reason::Accepted, "the thing's credentials are in place")
+            };
+            self.status_with(Kind::Thing, name, generation, r, facts);
+        }
+        served
+    }
+
+    fn users(&mut self, passwords: &mut PasswordHashes) -> BTreeSet<&'a str> {
+        let objects = self.objects;
+        let mut served = BTreeSet::new();
+        for (name, user) in &objects.users {
+            let generation = user.metadata.generation;
+            let password_hash = match &user.spec.password_secret_ref {
+                None => None,
+                Some(r) => match objects
+                    .secrets
+                    .get(&r.name)
+                    .and_then(|s| s.entries.get(&r.key))
+                {
+                    None => {
+                        let msg = format!(
+                            "spec.passwordSecretRef names entry {:?} of Secret {}/{}, which does \
+                             not exist; create it with the password or an argon2 hash",
+                            r.key, self.namespace, r.name
+                        );
+                        let r = Readiness::not_ready(Reason::PasswordSecretNotFound, msg);
+                        self.status(Kind::User, name, generation, r);
+                        continue;
+                    }
+                    Some(value) => match password_hash(passwords, self.namespace, name, value) {
+                        Ok(hash) => Some(hash),
+                        Err(e) => {
+                            let r = Readiness::not_ready(Reason::PasswordInvalid, e);
+                            self.status(Kind::User, name, generation, r);
+                            continue;
+                        }
+                    },
+                },
+            };
+            let can_sign_in = password_hash.is_some();
+            self.out.users.push(policy::User {
+                tenant: self.tenant.to_owned(),
+                name: name.clone(),
+                role: match user.spec.role {
+                    crds::Role::Admin => policy::Role::Admin,
+                    crds::Role::Member => policy::Role::Member,
+                    crds::Role::Viewer => policy::Role::Viewer,
+                },
+                password_hash,
+                token_epoch: user.spec.token_epoch,
+                disabled: user.spec.disabled,
+            });
+            served.insert(name.as_str());
+            let msg = if can_sign_in {
+                "the user is served"
+            } else {
+                "the user is served but cannot sign in: set spec.passwordSecretRef"
+            };
+            self.status(
+                Kind::User,
+                name,
+                generation,
+                Readiness::ready(Reason::Accepted, msg),
+            );
+        }
+        served
+    }
+
+    fn groups(&mut self, things: &BTreeSet<&str>, users: &BTreeSet<&str>) -> BTreeSet<&'a str> {
+        let objects = self.objects;
+        let mut served = BTreeSet::new();
+        for (name, group) in &objects.groups {
+            let mut members = Vec::new();
+            let mut missing = Vec::new();
+            for m in &group.spec.members {
+                let (kind, present) = match m.kind {
+                    crds::MemberKind::Thing => {
+                        (policy::SubjectKind::Thing, things.contains(m.name.as_str()))
+                    }
+                    crds::MemberKind::User => {
+                        (policy::SubjectKind::User, users.contains(m.name.as_str()))
+                    }
+                };
+                if present {
+                    members.push(policy::Member {
+                        kind,
+                        name: m.name.clone(),
+                    });
+                } else {
+                    missing.push(format!("{} {}", kind_label(m.kind), m.name));
+                }
+            }
+            self.out.groups.push(policy::Group {
+                tenant: self.tenant.to_owned(),
+                name: name.clone(),
+                members,
+            });
+            served.insert(name.as_str());
+            let readiness = if missing.is_empty() {
+                Readiness::ready(Reason::Accepted, "the group is served")
+            } else {
+                Readiness {
+                    ready: false,
+                    reason: Reason::MemberNotFound,
+                    message: format!(
+                        "members not found or not served in namespace {}: {}; the other members \
+                         are served",
+                        self.namespace,
+                        missing.join(", ")
+                    ),
+                }
+            };
+            let key = ObjectKey::namespaced(Kind::Group, self.namespace, name);
+            self.out.statuses.push((
+                key,
+                DesiredStatus {
+                    generation: group.metadata.generation,
+                    readiness,
+                    served: true,
+                    facts: Facts::None,
+                },
+            ));
+        }
+        served
+    }
+
+    fn connections(
+        &mut self,
+        things: &BTreeSet<&str>,
+        users: &BTreeSet<&str>,
+        groups: &BTreeSet<&str>,
+        channels: &BTreeSet<&str>,
+    ) {
+        let objects = self.objects;
+        for (name, conn) in &objects.connections {
+            let generation = conn.metadata.generation;
+            let spec = &conn.spec;
+            match self.grant(name, spec, things, users, groups, channels) {
+                Ok(grant) => {
+                    self.out.grants.push(grant);
+                    let r = Readiness::ready(Reason::Accepted, "the grant is served");
+                    self.status(Kind::Connection, name, generation, r);
+                }
+                Err(r) => self.status(Kind::Connection, name, generation, r),
+            }
+        }
+    }
+
+    fn grant(
+        &self,
+        name: &str,
+        spec: &crds::ConnectionSpec,
+        things: &BTreeSet<&str>,
+        users: &BTreeSet<&str>,
+        groups: &BTreeSet<&str>,
+        channels: &BTreeSet<&str>,
+    ) -> Result<policy::Grant, Readiness> {
+        let ns = self.namespace;
+        let subject_name = spec.subject.name.as_str();
+        let (exists, served, subject) = match spec.subject.kind {
+            crds::SubjectKind::Thing => (
+                self.objects.things.contains_key(subject_name),
+                things.contains(subject_name),
+                policy::GrantSubject::Thing(subject_name.to_owned()),
+            ),
+            crds::SubjectKind::User => (
+                self.objects.users.contains_key(subject_name),
+                users.contains(subject_name),
+                policy::GrantSubject::User(subject_name.to_owned()),
+            ),
+            crds::SubjectKind::Group => (
+                self.objects.groups.contains_key(subject_name),
+                groups.contains(subject_name),
+                policy::GrantSubject::Group(subject_name.to_owned()),
+            ),
+        };
+        let subject_label = format!("{:?} {ns}/{subject_name}", spec.subject.kind);
+        if !exists {
+            return Err(Readiness::not_ready(
+                Reason::SubjectNotFound,
+                format!("spec.subject names {subject_label}, which does not exist; create it"),
+            ));
+        }
+        if !served {
+            return Err(Readiness::not_ready(
+                Reason::SubjectNotReady,
+                format!("{subject_label} exists but is not Ready; see its status"),
+            ));
+        }
+        if !self.objects.channels.contains_key(&spec.channel) {
+            return Err(Readiness::not_ready(
+                Reason::ChannelNotFound,
+                format!(
+                    "spec.channel names Channel {ns}/{}, which does not exist; create it",
+                    spec.channel
+                ),
+            ));
+        }
+        if !channels.contains(spec.channel.as_str()) {
+            return Err(Readiness::not_ready(
+                Reason::ChannelNotReady,
+                format!(
+                    "Channel {ns}/{} exists but is not Ready; see its status",
+                    spec.channel
+                ),
+            ));
+        }
+        let subtopics = spec.subtopics.clone().unwrap_or_default();
+        let parse = |field: &str, list: &[String]| {
+            list.iter()
+                .map(|p| {
+                    SubtopicPattern::parse(p).map_err(|e| {
+                        Readiness::not_ready(
+                            Reason::InvalidSpec,
+                            format!("spec.subtopics.{field}: pattern {p:?}: {e}"),
+                        )
+                    })
+                })
+                .collect::<Result<Vec<_>, _>>()
+        };
+        let allow = parse("allow", &subtopics.allow)?;
+        let deny = parse("deny", &subtopics.deny)?;
+        if spec.actions.is_empty() {
+            return Err(Readiness::not_ready(
+                Reason::InvalidSpec,
+                "spec.actions is empty: list publish, subscribe or both",
+            ));
+        }
+        Ok(policy::Grant {
+            tenant: self.tenant.to_owned(),
+            name: name.to_owned(),
+            subject,
+            channel: spec.channel.clone(),
+            actions: policy::Actions {
+                publish: spec.actions.contains(&crds::Action::Publish),
+                subscribe: spec.actions.contains(&crds::Action::Subscribe),
+            },
+            allow,
+            deny,
+        })
+    }
+}
+
+fn kind_label(kind: crds::MemberKind) -> &'static str {
+    match kind {
+        crds::MemberKind::Thing => "Thing",
+        crds::MemberKind::User => "User",
+    }
+}
+
+/// The usable keys of a thing's Secret.
+struct ThingKeys {
+    digests: Vec<KeyDigest>,
+    fingerprint: Option<String>,
+}
+
+/// Whether a Secret entry holds a thing key: `key`, or a name starting with `key` (`key-next`,
+/// `key.2026-11`), so a rotation adds the new key beside the old one.
+pub fn is_key_entry(entry: &str) -> bool {
+    entry.starts_with("key")
+}
+
+/// The keys of a thing's Secret, or why the thing cannot be served.
+fn thing_keys(secret: Option<&SecretData>) -> Result<ThingKeys, Readiness> {
+    let Some(secret) = secret else {
+        return Err(Readiness::not_ready(
+            Reason::CredentialsPending,
+            "waiting for the credentials Secret; the operator creates it with a new key, or \
+             create it yourself with your key under `key`",
+        ));
+    };
+    let mut digests = Vec::new();
+    let mut fingerprint = None;
+    for (entry, value) in secret.entries.iter().filter(|(e, _)| is_key_entry(e)) {
+        let key = value.trim_ascii();
+        if key.len() < MIN_KEY_LEN {
+            return Err(Readiness::not_ready(
+                Reason::CredentialsInvalid,
+                format!(
+                    "Secret {}/{} entry {entry:?} holds a key of {} bytes; keys must be at \
+                     least {MIN_KEY_LEN} bytes of high-entropy text (delete the entry and the \
+                     operator generates one)",
+                    secret.namespace,
+                    secret.name,
+                    key.len()
+                ),
+            ));
+        }
+        let digest = KeyDigest::of(key);
+        if entry == "key" || fingerprint.is_none() {
+            fingerprint = Some(digest.fingerprint());
+        }
+        digests.push(digest);
+    }
+    if digests.is_empty() {
+        return Err(Readiness::not_ready(
+            Reason::CredentialsInvalid,
+            format!(
+                "Secret {}/{} has no `key` entry; add the thing's key under `key`",
+                secret.namespace, secret.name
+            ),
+        ));
+    }
+    digests.sort();
+    digests.dedup();
+    Ok(ThingKeys {
+        digests,
+        fingerprint,
+    })
+}
+
+/// A user's password entry as an argon2 PHC hash: kept when it already is one, hashed otherwise.
+fn password_hash(
+    passwords: &mut PasswordHashes,
+    namespace: &str,
+    user: &str,
+    value: &[u8],
+) -> Result<String, String> {
+    let value = value.trim_ascii_end();
+    if value.is_empty() {
+        return Err("the password entry is empty; put a password or an argon2 hash in it".into());
+    }
+    if value.starts_with(b"$argon2") {
+        return std::str::from_utf8(value)
+            .map(str::to_owned)
+            .map_err(|_| "the argon2 hash in the password entry is not UTF-8".to_owned());
+    }
+    passwords
+        .hash(namespace, user, value)
+        .map_err(|e| format!("hashing the password failed: {e}"))
+}

@@ -1,0 +1,140 @@
+//! The status the index wants each object to show: readiness with a reason, and observed facts.
+
+use std::fmt;
+
+/// Why an object is, or is not, `Ready`. The labels are the condition reasons users see.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Reason {
+    /// Accepted and served.
+    Accepted,
+    /// A Tenant that is served but suspended: all its traffic is refused.
+    Suspended,
+    /// No Tenant owns the object's namespace.
+    NoTenant,
+    /// Another Tenant already owns the namespace this Tenant claims.
+    NamespaceClaimed,
+    /// The object is beyond a limit of its tenant.
+    LimitExceeded,
+    /// A Connection's subject does not exist.
+    SubjectNotFound,
+    /// A Connection's subject exists but is not served.
+    SubjectNotReady,
+    /// A Connection's channel does not exist.
+    ChannelNotFound,
+    /// A Connection's channel exists but is not served.
+    ChannelNotReady,
+    /// A Thing's mountpoint channel does not exist or is not served.
+    MountpointNotFound,
+    /// A Thing's Secret does not exist yet.
+    CredentialsPending,
+    /// A Thing's Secret holds no usable key.
+    CredentialsInvalid,
+    /// A User's password Secret or entry does not exist.
+    PasswordSecretNotFound,
+    /// A User's password could not be used.
+    PasswordInvalid,
+    /// A Group names members that do not exist or are not served.
+    MemberNotFound,
+    /// The spec is invalid in a way the API server could not check.
+    InvalidSpec,
+}
+
+impl Reason {
+    /// The condition reason, in CamelCase as Kubernetes expects.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::Accepted => "Accepted",
+            Reason::Suspended => "Suspended",
+            Reason::NoTenant => "NoTenant",
+            Reason::NamespaceClaimed => "NamespaceClaimed",
+            Reason::LimitExceeded => "LimitExceeded",
+            Reason::SubjectNotFound => "SubjectNotFound",
+            Reason::SubjectNotReady => "SubjectNotReady",
+            Reason::ChannelNotFound => "ChannelNotFound",
+            Reason::ChannelNotReady => "ChannelNotReady",
+            Reason::MountpointNotFound => "MountpointNotFound",
+            Reason::CredentialsPending => "CredentialsPending",
+            Reason::CredentialsInvalid => "CredentialsInvalid",
+            Reason::PasswordSecretNotFound => "PasswordSecretNotFound",
+            Reason::PasswordInvalid => "PasswordInvalid",
+            Reason::MemberNotFound => "MemberNotFound",
+            Reason::InvalidSpec => "InvalidSpec",
+        }
+    }
+}
+
+impl fmt::Display for Reason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The `Ready` condition the index wants an object to show.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Readiness {
+    /// `Ready=True` or `Ready=False`.
+    pub ready: bool,
+    /// The condition reason.
+    pub reason: Reason,
+    /// A message for `kubectl describe`: what is wrong and what to do.
+    pub message: String,
+}
+
+impl Readiness {
+    /// `Ready=True` with a reason and message.
+    pub fn ready(reason: Reason, message: impl Into<String>) -> Self {
+        Self {
+            ready: true,
+            reason,
+            message: message.into(),
+        }
+    }
+
+    /// `Ready=False` with a reason and message.
+    pub fn not_ready(reason: Reason, message: impl Into<String>) -> Self {
+        Self {
+            ready: false,
+            reason,
+            message: message.into(),
+        }
+    }
+}
+
+/// Observed facts a kind shows in its status beside its conditions.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum Facts {
+    /// Nothing beyond conditions.
+    #[default]
+    None,
+    /// A Tenant's namespace (when it owns one) and its counts.
+    Tenant {
+        /// The namespace it owns; `None` when another Tenant owns it.
+        namespace: Option<String>,
+        /// Things in the namespace.
+        things: u32,
+        /// Channels in the namespace.
+        channels: u32,
+    },
+    /// A Thing's credentials.
+    Thing {
+        /// The Secret holding its keys.
+        secret_name: String,
+        /// Fingerprint of its primary key, never the key.
+        key_fingerprint: Option<String>,
+        /// How many keys authenticate it.
+        keys: u32,
+    },
+}
+
+/// Everything the index wants one object's status to say.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DesiredStatus {
+    /// The `metadata.generation` this status describes.
+    pub generation: Option<i64>,
+    /// The `Ready` condition.
+    pub readiness: Readiness,
+    /// Whether the object is in the policy snapshot (only then can it become `Enforced`).
+    pub served: bool,
+    /// Kind-specific facts.
+    pub facts: Facts,
+}

@@ -1,0 +1,109 @@
+//! Reads Fleetward objects from YAML manifests (files of one or more documents).
+
+use fleetward_crds as crds;
+use k8s_openapi::api::core::v1::Secret;
+use serde::de::DeserializeOwned;
+
+use crate::index::{Object, SecretData};
+
+/// Why one document of a manifest could not be read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("document {document}: {message}")]
+pub struct ManifestError {
+    /// The document's position in its file, from 1.
+    pub document: usize,
+    /// What is wrong, naming the field where there is one.
+    pub message: String,
+}
+
+/// One document of a manifest, read.
+#[derive(Debug, Clone)]
+pub enum Document {
+    /// A Fleetward object or a Secret.
+    Object(Box<Object>),
+    /// A kind Fleetward does not read, such as a Namespace; skipped.
+    Skipped {
+        /// The document's `kind`.
+        kind: String,
+    },
+}
+
+/// Reads every document of a YAML stream; each document succeeds or fails on its own.
+pub fn read(text: &str) -> Vec<Result<Document, ManifestError>> {
+    serde_yaml::Deserializer::from_str(text)
+        .enumerate()
+        .filter_map(|(i, doc)| {
+            let document = i + 1;
+            let value = match <serde_yaml::Value as serde::Deserialize>::deserialize(doc) {
+                Ok(serde_yaml::Value::Null) => return None,
+                Ok(v) => v,
+                Err(e) => {
+                    return Some(Err(ManifestError {
+                        document,
+                        message: format!("not valid YAML: {e}"),
+                    }));
+                }
+            };
+            Some(read_document(value).map_err(|message| ManifestError { document, message }))
+        })
+        .collect()
+}
+
+fn read_document(value: serde_yaml::Value) -> Result<Document, String> {
+    let kind = value
+        .get("kind")
+        .and_then(serde_yaml::Value::as_str)
+        .ok_or("no `kind`: every document needs apiVersion and kind")?
+        .to_owned();
+    let api_version = value
+        .get("apiVersion")
+        .and_then(serde_yaml::Value::as_str)
+        .unwrap_or_default()
+        .to_owned();
+    let fleetward = format!("{}/{}", crds::GROUP, crds::VERSION);
+    let object = match (api_version.as_str(), kind.as_str()) {
+        ("v1", "Secret") => {
+            let secret: Secret = typed(value, &kind)?;
+            let data = SecretData::from_secret(&secret)
+                .ok_or("a Secret needs metadata.name and metadata.namespace")?;
+            Object::Secret(data)
+        }
+        (v, "Tenant") if v == fleetward => Object::Tenant(typed(value, &kind)?),
+        (v, "Thing") if v == fleetward => Object::Thing(typed(value, &kind)?),
+        (v, "Channel") if v == fleetward => Object::Channel(typed(value, &kind)?),
+        (v, "Connection") if v == fleetward => Object::Connection(typed(value, &kind)?),
+        (v, "User") if v == fleetward => Object::User(typed(value, &kind)?),
+        (v, "Group") if v == fleetward => Object::Group(typed(value, &kind)?),
+        (v, _) if v.starts_with(crds::GROUP) => {
+            return Err(format!(
+                "{kind} of {api_version} is not a kind Fleetward knows: expected {fleetward} \
+                 Tenant, Thing, Channel, Connection, User or Group"
+            ));
+        }
+        _ => return Ok(Document::Skipped { kind }),
+    };
+    if object.key().is_none() {
+        return Err(format!(
+            "{kind} needs metadata.name{}",
+            if kind == "Tenant" {
+                ""
+            } else {
+                " and metadata.namespace"
+            }
+        ));
+    }
+    Ok(Document::Object(Box::new(object)))
+}
+
+/// Deserializes a document, naming the field that failed.
+fn typed<T: DeserializeOwned>(value: serde_yaml::Value, kind: &str) -> Result<T, String> {
+    serde_path_to_error::deserialize(value).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        if path == "." {
+            format!("{kind}: {inner}")
+        } else {
+            format!("{kind} field {path}: {inner}")
+        }
+    })
+}
