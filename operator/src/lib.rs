@@ -3,5 +3,7 @@
 //! The [`index`] is source-agnostic: the Kubernetes watchers and the single-binary mode's
 //! directory reader feed it the same resource types.
 
+pub mod dataplanes;
 pub mod index;
 pub mod manifest;
+pub mod shared;
