@@ -114,3 +114,72 @@ pub fn run_test(name: &str, body: impl FnOnce(&LogDir) -> Result<()>) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::process::Command;
+    use std::time::{Duration, Instant};
+
+    use anyhow::bail;
+
+    use super::*;
+    use crate::process::Process;
+
+    #[test]
+    fn a_failed_test_keeps_its_logs_and_a_passed_one_removes_them() {
+        let mut kept = None;
+        let failed = panic::catch_unwind(AssertUnwindSafe(|| {
+            run_test("harness-failing", |logs| {
+                kept = Some(logs.path().to_owned());
+                fs::write(logs.path().join("server.log"), "what went wrong")?;
+                bail!("this test fails on purpose")
+            })
+        }));
+        assert!(failed.is_err(), "an Err from the body must fail the test");
+        let kept = kept.expect("the body ran");
+        assert_eq!(
+            fs::read_to_string(kept.join("server.log")).ok().as_deref(),
+            Some("what went wrong")
+        );
+        let _ = fs::remove_dir_all(&kept);
+
+        let mut removed = None;
+        run_test("harness-passing", |logs| {
+            removed = Some(logs.path().to_owned());
+            fs::write(logs.path().join("server.log"), "all fine")?;
+            Ok(())
+        });
+        let removed = removed.expect("the body ran");
+        if std::env::var_os("FLEETWARD_E2E_KEEP_LOGS").is_none() {
+            assert!(!removed.exists(), "{} was not removed", removed.display());
+        }
+    }
+
+    #[test]
+    fn a_panicking_test_still_stops_its_processes() {
+        let mut pid = None;
+        let outcome = panic::catch_unwind(AssertUnwindSafe(|| {
+            run_test("harness-panicking", |logs| {
+                let mut cmd = Command::new("sleep");
+                cmd.arg("60");
+                let p = Process::spawn("sleeper", cmd, logs.path())?;
+                pid = Some(p.pid());
+                panic!("this test panics on purpose");
+            })
+        }));
+        assert!(outcome.is_err());
+        let pid = pid.expect("the process started");
+        let deadline = Instant::now() + Duration::from_secs(15);
+        let gone = || {
+            fs::read_to_string(format!("/proc/{pid}/stat")).map_or(true, |stat| {
+                stat.rsplit(')')
+                    .next()
+                    .is_some_and(|r| r.trim_start().starts_with('Z'))
+            })
+        };
+        while !gone() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        assert!(gone(), "process {pid} outlived its panicking test");
+    }
+}
