@@ -14,6 +14,8 @@ src="$repo/e2e/controlplane"
 cache_dir="${XDG_CACHE_HOME:-$HOME/.cache}/fleetward"
 log() { echo "controlplane.sh: $*" >&2; }
 
+# The Go tarball's usual home, for a shell whose PATH does not have it.
+[[ -x /usr/local/go/bin/go ]] && PATH="$PATH:/usr/local/go/bin"
 command -v go >/dev/null || { log "Go is needed to build the control plane (go.mod says which version); put it on PATH"; exit 1; }
 
 key="$(
@@ -30,7 +32,7 @@ else
   start=$SECONDS
   tmp="$binary.tmp.$$"
   trap 'rm -f "$tmp"' EXIT
-  (cd "$src" && go build -mod=readonly -trimpath -ldflags='-s -w' -o "$tmp" .)
+  (cd "$src" && go build -mod=readonly -buildvcs=false -trimpath -ldflags='-s -w' -o "$tmp" .)
   mv -f "$tmp" "$binary"
   # Older builds are dead weight (each is about 100 MB).
   find "$cache_dir" -maxdepth 1 -name 'controlplane-*' ! -name "controlplane-$key" -type f -delete
