@@ -90,7 +90,7 @@ fn decisions(c: &mut Criterion) {
     let subject = Subject::thing("tenant-3", "thing-417");
     let channel = (417 * 7 + 2) % CHANNELS_PER_TENANT;
     let topic_text = format!("m/tenant-3/c/channel-{channel}/dev/417/temp");
-    let filter_text = format!("m/tenant-3/c/channel-{channel}/dev/417/+/temp");
+    let filter_text = format!("m/tenant-3/c/channel-{channel}/dev/417/room/+/temp");
     let topic = parse_topic_name(&topic_text, &limits).expect("valid");
     let filter = parse_filter(&filter_text, &limits).expect("valid");
     assert!(
