@@ -4,9 +4,9 @@
 # binary's path on its last line:
 #   export FLEETWARD_CONTROLPLANE="$(scripts/controlplane.sh | tail -n1)"
 # The binary is kept under ${XDG_CACHE_HOME:-$HOME/.cache}/fleetward/, named by a
-# hash of the Go version, go.mod, go.sum and the .go files: when nothing changed
-# the build is skipped, and when something did, Go's build cache keeps the
-# rebuild to the changed packages and the link.
+# hash of the Go version, this script, go.mod, go.sum and the .go files: when
+# nothing changed the build is skipped, and when something did, Go's build cache
+# keeps the rebuild to the changed packages and the link.
 set -euo pipefail
 
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -20,7 +20,7 @@ command -v go >/dev/null || { log "Go is needed to build the control plane (go.m
 
 key="$(
   cd "$src"
-  { go env GOVERSION GOOS GOARCH; cat go.mod go.sum; find . -name '*.go' -type f | LC_ALL=C sort | xargs sha256sum; } | sha256sum | cut -c1-16
+  { go env GOVERSION GOOS GOARCH; cat "$repo/scripts/controlplane.sh" go.mod go.sum; find . -name '*.go' -type f | LC_ALL=C sort | xargs sha256sum; } | sha256sum | cut -c1-16
 )"
 binary="$cache_dir/controlplane-$key"
 
