@@ -4,6 +4,7 @@
 //! directory reader feed it the same resource types.
 
 pub mod dataplanes;
+pub mod directory;
 pub mod index;
 pub mod manifest;
 pub mod shared;

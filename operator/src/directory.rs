@@ -1,0 +1,481 @@
+//! The single-binary mode's source: a directory of manifests fed into the index, with the keys
+//! the operator would generate kept in a local state directory instead of Secrets.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use fleetward_policy::{KeyDigest, generate_thing_key};
+
+use crate::index::{Index, Kind, Object, ObjectKey, SecretData};
+use crate::manifest::{self, Document};
+
+/// Why a manifest file, or one of its documents, was not (fully) applied.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{}: {message}", file.display())]
+pub struct FileError {
+    /// The file.
+    pub file: PathBuf,
+    /// What is wrong: the document and field where known.
+    pub message: String,
+}
+
+/// What one scan found.
+#[derive(Debug, Default)]
+pub struct ScanReport {
+    /// Files read anew because they changed (or were removed).
+    pub changed_files: usize,
+    /// Errors; a file with an error keeps the last good state of that file.
+    pub errors: Vec<FileError>,
+    /// Keys generated for things that had none.
+    pub generated_keys: Vec<ObjectKey>,
+}
+
+#[derive(Debug)]
+struct FileState {
+    digest: KeyDigest,
+    objects: BTreeMap<ObjectKey, Object>,
+}
+
+/// A directory of manifests and a state directory of generated keys.
+#[derive(Debug)]
+pub struct Directory {
+    manifests: PathBuf,
+    keys: KeyStore,
+    files: BTreeMap<PathBuf, FileState>,
+    /// Secrets generated for things, by key, as fed to the index.
+    generated: BTreeMap<ObjectKey, Object>,
+}
+
+impl Directory {
+    /// Reads manifests from `manifests`; keeps generated keys under `state_dir/keys`.
+    pub fn new(manifests: impl Into<PathBuf>, state_dir: &Path) -> std::io::Result<Self> {
+        Ok(Self {
+            manifests: manifests.into(),
+            keys: KeyStore::open(state_dir.join("keys"))?,
+            files: BTreeMap::new(),
+            generated: BTreeMap::new(),
+        })
+    }
+
+    /// The key store, for `fleetward credentials`.
+    pub fn keys(&self) -> &KeyStore {
+        &self.keys
+    }
+
+    /// Re-reads every changed file and applies the difference to `index`.
+    pub fn scan(&mut self, index: &mut Index) -> ScanReport {
+        let mut report = ScanReport::default();
+        let found = match manifest_files(&self.manifests) {
+            Ok(found) => found,
+            Err(e) => {
+                report.errors.push(FileError {
+                    file: self.manifests.clone(),
+                    message: format!("cannot list the manifest directory: {e}"),
+                });
+                return report;
+            }
+        };
+        let gone: Vec<PathBuf> = self
+            .files
+            .keys()
+            .filter(|f| !found.contains(*f))
+            .cloned()
+            .collect();
+        for file in gone {
+            report.changed_files += 1;
+            if let Some(state) = self.files.remove(&file) {
+                self.replace(index, state.objects, BTreeMap::new());
+            }
+        }
+        for file in found {
+            self.scan_file(index, &file, &mut report);
+        }
+        self.ensure_keys(index, &mut report);
+        report
+    }
+
+    fn scan_file(&mut self, index: &mut Index, file: &Path, report: &mut ScanReport) {
+        let bytes = match fs::read(file) {
+            Ok(b) => b,
+            Err(e) => {
+                report.errors.push(FileError {
+                    file: file.to_owned(),
+                    message: format!("cannot read it: {e}"),
+                });
+                return;
+            }
+        };
+        let digest = KeyDigest::of(&bytes);
+        if self.files.get(file).is_some_and(|s| s.digest == digest) {
+            return;
+        }
+        report.changed_files += 1;
+        let text = match String::from_utf8(bytes) {
+            Ok(t) => t,
+            Err(_) => {
+                report.errors.push(FileError {
+                    file: file.to_owned(),
+                    message: "not UTF-8 text; the last good version stays applied".into(),
+                });
+                return;
+            }
+        };
+        let mut objects = BTreeMap::new();
+        let mut errors = Vec::new();
+        for doc in manifest::read(&text) {
+            match doc {
+                Ok(Document::Object(o)) => {
+                    if let Some(key) = o.key() {
+                        objects.insert(key, *o);
+                    }
+                }
+                Ok(Document::Skipped { .. }) => {}
+                Err(e) => errors.push(FileError {
+                    file: file.to_owned(),
+                    message: format!("{e}; the last good version of this file stays applied"),
+                }),
+            }
+        }
+        if !errors.is_empty() {
+            // A broken edit keeps the last good state of the whole file.
+            report.errors.extend(errors);
+            return;
+        }
+        let old = self
+            .files
+            .insert(
+                file.to_owned(),
+                FileState {
+                    digest,
+                    objects: objects.clone(),
+                },
+            )
+            .map(|s| s.objects)
+            .unwrap_or_default();
+        self.replace(index, old, objects);
+    }
+
+    /// Deletes what `old` had and `new` lacks, and applies `new`.
+    fn replace(
+        &mut self,
+        index: &mut Index,
+        old: BTreeMap<ObjectKey, Object>,
+        new: BTreeMap<ObjectKey, Object>,
+    ) {
+        for key in old.keys().filter(|k| !new.contains_key(*k)) {
+            match self.declared_elsewhere(key) {
+                Some(other) => index.apply(other.clone()),
+                None => index.delete(key),
+            }
+        }
+        for object in new.into_values() {
+            index.apply(object);
+        }
+    }
+
+    /// The object another file declares under the same key, if any.
+    fn declared_elsewhere(&self, key: &ObjectKey) -> Option<&Object> {
+        self.files.values().find_map(|f| f.objects.get(key))
+    }
+
+    /// Gives every declared Thing whose Secret no manifest declares a key from the state
+    /// directory, generating one the first time, as the operator does in a cluster.
+    fn ensure_keys(&mut self, index: &mut Index, report: &mut ScanReport) {
+        let declared: BTreeSet<ObjectKey> = self
+            .files
+            .values()
+            .flat_map(|f| f.objects.keys())
+            .filter(|k| k.kind == Kind::Secret)
+            .cloned()
+            .collect();
+        let mut wanted = BTreeMap::new();
+        for object in self.files.values().flat_map(|f| f.objects.values()) {
+            let Object::Thing(thing) = object else {
+                continue;
+            };
+            let Some(ns) = thing.metadata.namespace.clone() else {
+                continue;
+            };
+            let key = ObjectKey::namespaced(Kind::Secret, ns, thing.secret_name());
+            if !declared.contains(&key) {
+                wanted.insert(key, ());
+            }
+        }
+        let stale: Vec<ObjectKey> = self
+            .generated
+            .keys()
+            .filter(|k| !wanted.contains_key(*k))
+            .cloned()
+            .collect();
+        for key in stale {
+            self.generated.remove(&key);
+            if !declared.contains(&key) {
+                index.delete(&key);
+            }
+        }
+        for key in wanted.into_keys() {
+            if self.generated.contains_key(&key) {
+                continue;
+            }
+            match self.keys.get_or_create(&key.namespace, &key.name) {
+                Ok((value, created)) => {
+                    if created {
+                        report.generated_keys.push(key.clone());
+                    }
+                    let secret = Object::Secret(SecretData {
+                        namespace: key.namespace.clone(),
+                        name: key.name.clone(),
+                        entries: BTreeMap::from([("key".to_owned(), value.into_bytes())]),
+                    });
+                    index.apply(secret.clone());
+                    self.generated.insert(key, secret);
+                }
+                Err(e) => report.errors.push(FileError {
+                    file: self.keys.path(&key.namespace, &key.name),
+                    message: format!("cannot keep a generated key: {e}"),
+                }),
+            }
+        }
+    }
+}
+
+/// Every `*.yaml` / `*.yml` file under `dir`, recursively, sorted.
+fn manifest_files(dir: &Path) -> std::io::Result<BTreeSet<PathBuf>> {
+    let mut out = BTreeSet::new();
+    let mut stack = vec![dir.to_owned()];
+    while let Some(d) = stack.pop() {
+        for entry in fs::read_dir(&d)? {
+            let path = entry?.path();
+            let hidden = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with('.'));
+            if hidden {
+                continue;
+            }
+            if path.is_dir() {
+                stack.push(path);
+            } else if path
+                .extension()
+                .and_then(|e| e.to_str())
+                .is_some_and(|e| e == "yaml" || e == "yml")
+            {
+                out.insert(path);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Generated thing keys on local disk: `<dir>/<namespace>/<secret>.key`, mode 0600.
+#[derive(Debug, Clone)]
+pub struct KeyStore {
+    dir: PathBuf,
+}
+
+impl KeyStore {
+    /// Opens (creating, mode 0700) the key directory.
+    pub fn open(dir: PathBuf) -> std::io::Result<Self> {
+        create_private_dir(&dir)?;
+        Ok(Self { dir })
+    }
+
+    /// Where the key of Secret `namespace/name` is kept.
+    pub fn path(&self, namespace: &str, name: &str) -> PathBuf {
+        self.dir.join(namespace).join(format!("{name}.key"))
+    }
+
+    /// The stored key of Secret `namespace/name`, if any.
+    pub fn get(&self, namespace: &str, name: &str) -> std::io::Result<Option<String>> {
+        match fs::read_to_string(self.path(namespace, name)) {
+            Ok(k) => Ok(Some(k.trim().to_owned())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The stored key, or a new one written atomically with mode 0600; `true` when created.
+    pub fn get_or_create(&self, namespace: &str, name: &str) -> std::io::Result<(String, bool)> {
+        if let Some(key) = self.get(namespace, name)? {
+            return Ok((key, false));
+        }
+        let key = generate_thing_key().map_err(std::io::Error::other)?;
+        let path = self.path(namespace, name);
+        let dir = path.parent().unwrap_or(&self.dir).to_owned();
+        create_private_dir(&dir)?;
+        let tmp = dir.join(format!(".{name}.key.tmp"));
+        let mut f = private_file(&tmp)?;
+        f.write_all(key.as_bytes())?;
+        f.write_all(b"\n")?;
+        f.sync_all()?;
+        fs::rename(&tmp, &path)?;
+        Ok((key, true))
+    }
+}
+
+#[cfg(unix)]
+fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)?;
+    fs::set_permissions(dir, fs::Permissions::from_mode(0o700))
+}
+
+#[cfg(not(unix))]
+fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+    fs::create_dir_all(dir)
+}
+
+#[cfg(unix)]
+fn private_file(path: &Path) -> std::io::Result<fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+}
+
+#[cfg(not(unix))]
+fn private_file(path: &Path) -> std::io::Result<fs::File> {
+    fs::File::create(path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::index::Reason;
+
+    fn tempdir(tag: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!(
+            "fleetward-dir-{tag}-{}-{:?}",
+            std::process::id(),
+            std::thread::current().id()
+        ));
+        let _ = fs::remove_dir_all(&d);
+        fs::create_dir_all(&d).expect("temp dir");
+        d
+    }
+
+    fn examples(dir: &Path) {
+        let src = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples");
+        for f in ["acme.yaml", "globex.yaml"] {
+            fs::copy(format!("{src}/{f}"), dir.join(f)).expect("copy example");
+        }
+    }
+
+    fn thing(ns: &str, name: &str) -> ObjectKey {
+        ObjectKey::namespaced(Kind::Thing, ns, name)
+    }
+
+    #[test]
+    fn the_examples_are_all_ready_with_generated_keys_kept_private() {
+        let root = tempdir("examples");
+        let manifests = root.join("manifests");
+        fs::create_dir_all(&manifests).expect("dir");
+        examples(&manifests);
+        let mut dir = Directory::new(&manifests, &root.join("state")).expect("open");
+        let mut index = Index::new();
+        let report = dir.scan(&mut index);
+        assert!(report.errors.is_empty(), "{:?}", report.errors);
+        assert_eq!(report.generated_keys.len(), 3, "acme/dashboard, globex/*");
+        index.commit();
+        let not_ready: Vec<String> = index
+            .objects()
+            .filter(|k| !index.status(k).is_some_and(|s| s.readiness.ready))
+            .map(ToString::to_string)
+            .collect();
+        assert!(not_ready.is_empty(), "{not_ready:?}");
+        let path = dir.keys().path("acme", "dashboard-credentials");
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = fs::metadata(&path).expect("key file").permissions().mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+        // A second scan (or a restart) keeps the same keys.
+        let before = dir
+            .keys()
+            .get("acme", "dashboard-credentials")
+            .expect("read");
+        let mut again = Directory::new(&manifests, &root.join("state")).expect("open");
+        let report = again.scan(&mut Index::new());
+        assert!(report.generated_keys.is_empty());
+        assert_eq!(
+            again
+                .keys()
+                .get("acme", "dashboard-credentials")
+                .expect("read"),
+            before
+        );
+        fs::remove_dir_all(root).ok();
+    }
+
+    #[test]
+    fn a_broken_edit_keeps_the_last_good_file_and_names_document_and_field() {
+        let root = tempdir("broken");
+        examples(&root);
+        let mut dir = Directory::new(&root, &root.join(".state")).expect("open");
+        let mut index = Index::new();
+        dir.scan(&mut index);
+        index.commit();
+        let text = fs::read_to_string(root.join("acme.yaml")).expect("read");
+        fs::write(
+            root.join("acme.yaml"),
+            text.replace("maxQos: 1", "maxQos: high"),
+        )
+        .expect("write");
+        let report = dir.scan(&mut index);
+        assert_eq!(report.errors.len(), 1, "{:?}", report.errors);
+        let msg = report.errors[0].to_string();
+        assert!(msg.contains("acme.yaml"), "{msg}");
+        assert!(msg.contains("document"), "{msg}");
+        assert!(msg.contains("spec.maxQos"), "{msg}");
+        assert_eq!(index.commit(), None, "nothing of the broken file changed");
+        assert!(index.snapshot().channel("acme", "telemetry").is_some());
+        fs::remove_dir_all(root).ok();
+    }
+
+    #[test]
+    fn removing_a_file_removes_its_objects() {
+        let root = tempdir("remove");
+        examples(&root);
+        let mut dir = Directory::new(&root, &root.join(".state")).expect("open");
+        let mut index = Index::new();
+        dir.scan(&mut index);
+        index.commit();
+        assert!(index.snapshot().tenant("globex").is_some());
+        fs::remove_file(root.join("globex.yaml")).expect("rm");
+        let report = dir.scan(&mut index);
+        assert_eq!(report.changed_files, 1);
+        index.commit();
+        assert!(index.snapshot().tenant("globex").is_none());
+        assert!(index.status(&thing("globex", "sensor-1")).is_none());
+        assert!(index.snapshot().tenant("acme").is_some());
+        fs::remove_dir_all(root).ok();
+    }
+
+    #[test]
+    fn a_namespace_without_tenant_reports_no_tenant() {
+        let root = tempdir("notenant");
+        fs::write(
+            root.join("orphan.yaml"),
+            "apiVersion: fleetward.io/v1alpha1\nkind: Channel\nmetadata: {name: c, namespace: nobody}\nspec: {}\n",
+        )
+        .expect("write");
+        let mut dir = Directory::new(&root, &root.join(".state")).expect("open");
+        let mut index = Index::new();
+        dir.scan(&mut index);
+        index.commit();
+        let st = index
+            .status(&ObjectKey::namespaced(Kind::Channel, "nobody", "c"))
+            .expect("status");
+        assert_eq!(st.readiness.reason, Reason::NoTenant);
+        fs::remove_dir_all(root).ok();
+    }
+}
