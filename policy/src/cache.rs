@@ -221,6 +221,12 @@ impl<E: PolicyEvaluator> PolicyEvaluator for CachedEvaluator<E> {
     }
 }
 
+const _: () = {
+    const fn send_sync<T: Send + Sync>() {}
+    send_sync::<CachedEvaluator<crate::Snapshot>>();
+    send_sync::<DecisionCache>();
+};
+
 #[cfg(test)]
 mod tests {
     use std::sync::atomic::AtomicUsize;

@@ -283,3 +283,6 @@ macro_rules! forward_evaluator {
 }
 
 forward_evaluator!(&E, Box<E>, Arc<E>);
+
+// Engines are chosen at run time, so the trait must stay usable as `dyn PolicyEvaluator`.
+const _: Option<&(dyn PolicyEvaluator + Send + Sync)> = None;
