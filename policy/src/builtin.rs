@@ -6,7 +6,7 @@
 //! together must cover the subtopic or the whole filter. Deny patterns win: one hit by any
 //! grant that gives the subject this action on this channel refuses it, whatever allows it.
 
-use crate::credentials::{KeyDigest, verify_password, verify_thing_key};
+use crate::credentials::{KeyDigest, burn_password_check, verify_password, verify_thing_key};
 use crate::evaluator::{
     Action, AllowReason, Credential, Decision, DenyReason, PolicyEvaluator, Refusal, Subject,
 };
@@ -109,12 +109,19 @@ impl PolicyEvaluator for Snapshot {
                 user,
                 password,
             } => {
-                let u = self.live_user(tenant, user)?;
+                // Unknown users cost as much as known ones, so timing does not tell them apart.
+                let u = self
+                    .live_user(tenant, user)
+                    .inspect_err(|_| burn_password_check(password))?;
                 match &u.password_hash {
                     Some(phc) if verify_password(phc, password) => {
                         Ok(Subject::user(&*u.tenant, &*u.name))
                     }
-                    _ => Err(DenyReason::BadCredential.into()),
+                    Some(_) => Err(DenyReason::BadCredential.into()),
+                    None => {
+                        burn_password_check(password);
+                        Err(DenyReason::BadCredential.into())
+                    }
                 }
             }
             Credential::Token {
