@@ -5,6 +5,7 @@
 
 pub mod dataplanes;
 pub mod directory;
+pub mod grpc;
 pub mod index;
 pub mod manifest;
 pub mod shared;

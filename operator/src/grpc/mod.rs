@@ -1,0 +1,292 @@
+//! The PolicySync gRPC server: streams the index's snapshot and deltas to every dataplane.
+//!
+//! [`serve`] runs it on a listener until a shutdown future resolves, then ends every stream
+//! (dataplanes reconnect to another replica) and returns. Every stream is authenticated by a
+//! shared token and, when certificates are given, by mutual TLS. Start it once the index
+//! reflects the cluster (watches synced): a dataplane that connects gets what the index holds.
+
+mod session;
+#[cfg(test)]
+mod tests;
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use fleetward_proto::pb;
+use fleetward_proto::pb::policy_sync_server::{PolicySync, PolicySyncServer};
+use subtle::ConstantTimeEq;
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, watch};
+use tokio_stream::Stream;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::server::TcpIncoming;
+use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::dataplanes::Dataplanes;
+use crate::shared::SharedIndex;
+
+/// The default cap on one PolicySync message, either way.
+pub const DEFAULT_MAX_MESSAGE_SIZE: usize = 64 * 1024 * 1024;
+
+/// How the PolicySync server runs.
+#[derive(Clone, Debug)]
+pub struct ServerConfig {
+    /// The shared token dataplanes send as `authorization: Bearer <token>`; `None` accepts
+    /// every stream (only for a loopback or mTLS-only setup).
+    pub token: Option<String>,
+    /// Serve TLS (and require client certificates when a client CA is given).
+    pub tls: Option<ServerTls>,
+    /// The largest message sent or received, in bytes.
+    pub max_message_size: usize,
+    /// How often an idle connection is pinged, so dead dataplanes are noticed.
+    pub keepalive_interval: Duration,
+    /// How long a ping may go unanswered before the connection is closed.
+    pub keepalive_timeout: Duration,
+    /// How long a new stream may wait before its Hello.
+    pub hello_timeout: Duration,
+    /// How long shutdown waits for connections to close after every stream ended.
+    pub drain_timeout: Duration,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            token: None,
+            tls: None,
+            max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
+            keepalive_interval: Duration::from_secs(10),
+            keepalive_timeout: Duration::from_secs(20),
+            hello_timeout: Duration::from_secs(30),
+            drain_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// The server's TLS material, PEM-encoded.
+#[derive(Clone)]
+pub struct ServerTls {
+    /// The certificate chain.
+    pub cert_pem: Vec<u8>,
+    /// The private key.
+    pub key_pem: Vec<u8>,
+    /// When given, every dataplane must present a certificate signed by this CA.
+    pub client_ca_pem: Option<Vec<u8>>,
+}
+
+impl std::fmt::Debug for ServerTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerTls")
+            .field("client_ca", &self.client_ca_pem.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl ServerTls {
+    /// Reads the PEM files.
+    pub fn from_files(
+        cert: &Path,
+        key: &Path,
+        client_ca: Option<&Path>,
+    ) -> Result<Self, ServeError> {
+        Ok(Self {
+            cert_pem: read_file(cert)?,
+            key_pem: read_file(key)?,
+            client_ca_pem: client_ca.map(read_file).transpose()?,
+        })
+    }
+}
+
+fn read_file(path: &Path) -> Result<Vec<u8>, ServeError> {
+    std::fs::read(path).map_err(|source| ServeError::ReadFile {
+        path: path.to_owned(),
+        source,
+    })
+}
+
+/// Why the PolicySync server could not start or stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// A certificate or key file could not be read.
+    #[error("cannot read {}: {source}", path.display())]
+    ReadFile {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The TLS material was refused.
+    #[error("the PolicySync TLS certificate, key or client CA is not usable: {0}")]
+    Tls(#[source] tonic::transport::Error),
+    /// The listener's address could not be read.
+    #[error("cannot read the PolicySync listener's address: {0}")]
+    Listener(#[source] std::io::Error),
+    /// The server failed.
+    #[error("the PolicySync server failed: {0}")]
+    Transport(#[source] tonic::transport::Error),
+}
+
+/// Serves PolicySync on `listener` until `shutdown` resolves; then ends every stream, waits up
+/// to `config.drain_timeout` for connections to close, and returns.
+pub async fn serve(
+    listener: TcpListener,
+    config: ServerConfig,
+    index: Arc<SharedIndex>,
+    dataplanes: Arc<Dataplanes>,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), ServeError> {
+    let local: SocketAddr = listener.local_addr().map_err(ServeError::Listener)?;
+    let (drain_tx, drain_rx) = watch::channel(false);
+    let service = PolicySyncService::new(index, dataplanes, &config, drain_rx);
+    if config.token.is_none()
+        && config
+            .tls
+            .as_ref()
+            .is_none_or(|t| t.client_ca_pem.is_none())
+    {
+        tracing::warn!(
+            %local,
+            "PolicySync accepts unauthenticated dataplanes: give a token or a client CA"
+        );
+    }
+    let grpc = PolicySyncServer::new(service)
+        .max_decoding_message_size(config.max_message_size)
+        .max_encoding_message_size(config.max_message_size);
+    let grpc = InterceptedService::new(grpc, TokenCheck::new(config.token.as_deref()));
+    let mut builder = Server::builder()
+        .http2_keepalive_interval(Some(config.keepalive_interval))
+        .http2_keepalive_timeout(Some(config.keepalive_timeout))
+        .tcp_keepalive(Some(config.keepalive_interval));
+    if let Some(tls) = &config.tls {
+        let mut t =
+            ServerTlsConfig::new().identity(Identity::from_pem(&tls.cert_pem, &tls.key_pem));
+        if let Some(ca) = &tls.client_ca_pem {
+            t = t.client_ca_root(Certificate::from_pem(ca));
+        }
+        builder = builder.tls_config(t).map_err(ServeError::Tls)?;
+    }
+    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+    let drain_timeout = config.drain_timeout;
+    let mut drained = drain_tx.subscribe();
+    let signal = async move {
+        shutdown.await;
+        tracing::info!(%local, "PolicySync is shutting down: ending every stream");
+        let _ = drain_tx.send(true);
+    };
+    tracing::info!(%local, tls = config.tls.is_some(), "serving PolicySync");
+    let server = builder
+        .add_service(grpc)
+        .serve_with_incoming_shutdown(incoming, signal);
+    tokio::select! {
+        r = server => r.map_err(ServeError::Transport),
+        () = async {
+            let _ = drained.wait_for(|d| *d).await;
+            tokio::time::sleep(drain_timeout).await;
+        } => {
+            tracing::warn!(%local, "PolicySync connections still open after the drain timeout; closing");
+            Ok(())
+        }
+    }
+}
+
+/// Checks the shared token in constant time.
+#[derive(Clone)]
+struct TokenCheck {
+    expected: Option<Arc<[u8]>>,
+}
+
+impl TokenCheck {
+    fn new(token: Option<&str>) -> Self {
+        Self {
+            expected: token.map(|t| Arc::from(format!("Bearer {t}").into_bytes())),
+        }
+    }
+}
+
+impl tonic::service::Interceptor for TokenCheck {
+    fn call(&mut self, request: Request<()>) -> Result<Request<()>, Status> {
+        let Some(expected) = &self.expected else {
+            return Ok(request);
+        };
+        let given = request
+            .metadata()
+            .get("authorization")
+            .map(|v| v.as_bytes())
+            .unwrap_or_default();
+        if bool::from(given.ct_eq(expected)) {
+            Ok(request)
+        } else {
+            Err(Status::unauthenticated(
+                "missing or wrong PolicySync token: send `authorization: Bearer <token>` with \
+                 the token the operator was given",
+            ))
+        }
+    }
+}
+
+/// The tonic service: one [`session::Session`] task per stream.
+pub(crate) struct PolicySyncService {
+    shared: Arc<session::Shared>,
+}
+
+impl PolicySyncService {
+    fn new(
+        index: Arc<SharedIndex>,
+        dataplanes: Arc<Dataplanes>,
+        config: &ServerConfig,
+        drain: watch::Receiver<bool>,
+    ) -> Self {
+        Self {
+            shared: Arc::new(session::Shared {
+                index,
+                dataplanes,
+                lineage: new_lineage(),
+                max_message_size: config.max_message_size,
+                hello_timeout: config.hello_timeout,
+                drain,
+                active: Mutex::new(HashMap::new()),
+                next_session: Default::default(),
+            }),
+        }
+    }
+}
+
+/// A random id for this server's index; see `Update.lineage` in the protocol.
+fn new_lineage() -> String {
+    match getrandom::u64() {
+        Ok(n) => format!("{n:016x}"),
+        // Without randomness, a time-based id still differs between replicas and restarts.
+        Err(_) => format!(
+            "t{:x}",
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos())
+        ),
+    }
+}
+
+type UpdateStream = Pin<Box<dyn Stream<Item = Result<pb::OperatorMessage, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl PolicySync for PolicySyncService {
+    type SyncStream = UpdateStream;
+
+    async fn sync(
+        &self,
+        request: Request<Streaming<pb::DataplaneMessage>>,
+    ) -> Result<Response<Self::SyncStream>, Status> {
+        let peer = request.remote_addr();
+        let mut inbound = request.into_inner();
+        let hello = session::read_hello(&mut inbound, self.shared.hello_timeout).await?;
+        let (tx, rx) = mpsc::channel(4);
+        let session = session::Session::start(self.shared.clone(), hello, peer, tx);
+        tokio::spawn(session.run(inbound));
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}
