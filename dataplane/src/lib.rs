@@ -1,1 +1,14 @@
 //! The dataplane: policy sync client, MQTT front-end, HTTP and WebSocket adapters, the bus. Filled by the dataplane issues.
+
+mod admin;
+mod args;
+mod dataplane;
+pub mod limits;
+pub mod metrics;
+pub mod mqtt;
+pub mod router;
+pub mod sync;
+
+pub use args::DataplaneArgs;
+pub use dataplane::{Dataplane, RunningDataplane};
+pub use mqtt::MqttConfig;

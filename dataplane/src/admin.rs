@@ -1,0 +1,43 @@
+//! The admin listener: `/healthz`, `/readyz` and `/metrics`.
+
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use tokio::net::TcpListener;
+
+/// What the admin endpoints read.
+#[derive(Clone)]
+pub(crate) struct AdminState {
+    /// Ready to serve: a snapshot is applied and the router runs.
+    pub ready: Arc<dyn Fn() -> Result<(), String> + Send + Sync>,
+    /// The Prometheus text.
+    pub metrics: Arc<dyn Fn() -> String + Send + Sync>,
+}
+
+pub(crate) async fn serve(listener: TcpListener, state: AdminState) {
+    let app = axum::Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .with_state(state);
+    if let Err(e) = axum::serve(listener, app).await {
+        tracing::error!(error = %e, "the admin listener stopped");
+    }
+}
+
+async fn readyz(State(state): State<AdminState>) -> impl IntoResponse {
+    match (state.ready)() {
+        Ok(()) => (StatusCode::OK, "ready\n".to_owned()),
+        Err(why) => (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {why}\n")),
+    }
+}
+
+async fn metrics(State(state): State<AdminState>) -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        (state.metrics)(),
+    )
+}

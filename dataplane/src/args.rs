@@ -1,0 +1,45 @@
+//! Command-line arguments of `fleetward dataplane`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+/// Arguments of a dataplane pod.
+#[derive(Clone, Debug, clap::Args)]
+pub struct DataplaneArgs {
+    /// Address of the plain MQTT listener (v3.1.1 and v5 on one port).
+    #[arg(long, default_value = "0.0.0.0:1883", env = "FLEETWARD_MQTT_LISTEN")]
+    pub mqtt_listen: SocketAddr,
+    /// Address of the MQTT-over-TLS listener; needs --tls-cert and --tls-key.
+    #[arg(long, env = "FLEETWARD_MQTTS_LISTEN", requires_all = ["tls_cert", "tls_key"])]
+    pub mqtts_listen: Option<SocketAddr>,
+    /// PEM file with the server certificate chain for --mqtts-listen.
+    #[arg(long, env = "FLEETWARD_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM file with the server's private key for --mqtts-listen.
+    #[arg(long, env = "FLEETWARD_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+    /// Address of /healthz, /readyz and /metrics.
+    #[arg(long, default_value = "0.0.0.0:8081", env = "FLEETWARD_ADMIN_LISTEN")]
+    pub admin_listen: SocketAddr,
+    /// Directory for the last-known-good policy snapshot.
+    #[arg(long, default_value = "/var/lib/fleetward", env = "FLEETWARD_STATE_DIR")]
+    pub state_dir: PathBuf,
+    /// PolicySync endpoints of the operator, comma-separated; every one is tried.
+    #[arg(long, value_delimiter = ',', env = "FLEETWARD_OPERATOR")]
+    pub operator: Vec<String>,
+    /// The most MQTT connections this pod holds.
+    #[arg(long, default_value_t = 10_000)]
+    pub max_connections: usize,
+    /// Seconds a new connection has to send its CONNECT.
+    #[arg(long, default_value_t = 10)]
+    pub connect_timeout_secs: u64,
+    /// The largest MQTT packet accepted, in bytes (tenant and channel limits may be lower).
+    #[arg(long, default_value_t = 1024 * 1024)]
+    pub max_packet_size: usize,
+    /// The most QoS 1/2 deliveries awaiting a client's acknowledgement.
+    #[arg(long, default_value_t = 100)]
+    pub max_inflight: u16,
+    /// Entries of the authorization decision cache.
+    #[arg(long, default_value_t = 100_000)]
+    pub decision_cache_entries: u64,
+}

@@ -1,0 +1,252 @@
+//! Wiring: a `Dataplane` builder that starts the router, the MQTT listeners and the admin API.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use fleetward_policy::{PolicyEvaluator, Snapshot};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio_rustls::TlsAcceptor;
+
+use crate::admin::{self, AdminState};
+use crate::args::DataplaneArgs;
+use crate::metrics::Metrics;
+use crate::mqtt::{self, MqttConfig, Shared};
+use crate::router::{Router, RumqttdConfig, RumqttdRouter};
+
+/// A dataplane to start: listeners, limits, and the policy it enforces.
+///
+/// The policy arrives on a `watch` channel of snapshots: the sync client publishes there, and
+/// tests and the single-binary mode feed it directly. A snapshot of version 0 means "none yet":
+/// every CONNECT is refused and `/readyz` says not ready until a real one arrives.
+pub struct Dataplane {
+    policy: watch::Receiver<Arc<Snapshot>>,
+    mqtt: MqttConfig,
+    router: RumqttdConfig,
+    mqtt_listen: SocketAddr,
+    mqtts: Option<(SocketAddr, PathBuf, PathBuf)>,
+    admin_listen: Option<SocketAddr>,
+}
+
+impl Dataplane {
+    /// A dataplane with default limits on 0.0.0.0:1883, no TLS and no admin listener.
+    pub fn new(policy: watch::Receiver<Arc<Snapshot>>) -> Self {
+        Self {
+            policy,
+            mqtt: MqttConfig::default(),
+            router: RumqttdConfig::default(),
+            mqtt_listen: SocketAddr::from(([0, 0, 0, 0], 1883)),
+            mqtts: None,
+            admin_listen: None,
+        }
+    }
+
+    /// A dataplane configured from the command line.
+    pub fn from_args(args: &DataplaneArgs, policy: watch::Receiver<Arc<Snapshot>>) -> Self {
+        let mut d = Self::new(policy)
+            .mqtt_listen(args.mqtt_listen)
+            .admin_listen(Some(args.admin_listen))
+            .mqtt_config(MqttConfig {
+                max_connections: args.max_connections,
+                connect_timeout: Duration::from_secs(args.connect_timeout_secs),
+                max_packet_size: args.max_packet_size,
+                max_inflight: args.max_inflight.max(1),
+                decision_cache_entries: args.decision_cache_entries,
+                ..MqttConfig::default()
+            });
+        if let (Some(addr), Some(cert), Some(key)) =
+            (args.mqtts_listen, &args.tls_cert, &args.tls_key)
+        {
+            d = d.mqtts_listen(addr, cert.clone(), key.clone());
+        }
+        d
+    }
+
+    /// Where the plain MQTT listener binds (port 0 picks a free one).
+    pub fn mqtt_listen(mut self, addr: SocketAddr) -> Self {
+        self.mqtt_listen = addr;
+        self
+    }
+
+    /// Adds the TLS listener with a PEM certificate chain and key.
+    pub fn mqtts_listen(mut self, addr: SocketAddr, cert: PathBuf, key: PathBuf) -> Self {
+        self.mqtts = Some((addr, cert, key));
+        self
+    }
+
+    /// Where the admin listener binds, if anywhere.
+    pub fn admin_listen(mut self, addr: Option<SocketAddr>) -> Self {
+        self.admin_listen = addr;
+        self
+    }
+
+    /// The MQTT front-end's limits.
+    pub fn mqtt_config(mut self, config: MqttConfig) -> Self {
+        self.router.max_links = config.max_connections;
+        self.mqtt = config;
+        self
+    }
+
+    /// Binds every listener and starts serving.
+    pub async fn start(self) -> anyhow::Result<RunningDataplane> {
+        let router = RumqttdRouter::start(&self.router)
+            .context("starting the message router")?;
+        let metrics = Arc::new(Metrics::default());
+        let shared = Arc::new(Shared::new(
+            self.mqtt.clone(),
+            router,
+            self.policy.clone(),
+            metrics.clone(),
+        ));
+        let mut tasks = Vec::new();
+        let listener = mqtt::bind(self.mqtt_listen, "MQTT").await?;
+        let mqtt_addr = listener.local_addr()?;
+        tasks.push(tokio::spawn(mqtt::accept_loop(shared.clone(), listener, None)));
+
+        let mut mqtts_addr = None;
+        if let Some((addr, cert, key)) = &self.mqtts {
+            let acceptor = tls_acceptor(cert, key)?;
+            let listener = mqtt::bind(*addr, "MQTT over TLS").await?;
+            mqtts_addr = Some(listener.local_addr()?);
+            tasks.push(tokio::spawn(mqtt::accept_loop(
+                shared.clone(),
+                listener,
+                Some(acceptor),
+            )));
+        }
+
+        // The snapshot version metric follows the policy channel.
+        let mut policy = self.policy.clone();
+        let m = metrics.clone();
+        tasks.push(tokio::spawn(async move {
+            loop {
+                let v = policy.borrow_and_update().version();
+                m.set_snapshot_version(v);
+                if policy.changed().await.is_err() {
+                    break;
+                }
+            }
+        }));
+
+        let mut admin_addr = None;
+        if let Some(addr) = self.admin_listen {
+            let listener = mqtt::bind(addr, "the admin API").await?;
+            admin_addr = Some(listener.local_addr()?);
+            let (s1, s2) = (shared.clone(), shared.clone());
+            let state = AdminState {
+                ready: Arc::new(move || {
+                    if !s1.router.is_alive() {
+                        return Err("the message router stopped".into());
+                    }
+                    if s1.snapshot().version() == 0 {
+                        return Err("no policy snapshot applied yet".into());
+                    }
+                    Ok(())
+                }),
+                metrics: Arc::new(move || {
+                    let stats = s2.cache.stats();
+                    s2.metrics.render(stats.hits, stats.misses)
+                }),
+            };
+            tasks.push(tokio::spawn(admin::serve(listener, state)));
+        }
+        Ok(RunningDataplane {
+            mqtt_addr,
+            mqtts_addr,
+            admin_addr,
+            metrics,
+            tasks,
+        })
+    }
+}
+
+/// A started dataplane. Dropping it stops the listeners (live sessions end on their own).
+pub struct RunningDataplane {
+    /// The plain MQTT listener's address.
+    pub mqtt_addr: SocketAddr,
+    /// The TLS listener's address, if any.
+    pub mqtts_addr: Option<SocketAddr>,
+    /// The admin listener's address, if any.
+    pub admin_addr: Option<SocketAddr>,
+    metrics: Arc<Metrics>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl RunningDataplane {
+    /// The front-end's metrics.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// Runs until a listener stops.
+    pub async fn wait(mut self) -> anyhow::Result<()> {
+        if self.tasks.is_empty() {
+            return Ok(());
+        }
+        let (done, _, _) = futures_select_all(std::mem::take(&mut self.tasks)).await;
+        done.context("a dataplane listener stopped")?;
+        anyhow::bail!("a dataplane listener stopped; see the log above")
+    }
+}
+
+impl Drop for RunningDataplane {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+async fn futures_select_all(
+    tasks: Vec<JoinHandle<()>>,
+) -> (Result<(), tokio::task::JoinError>, usize, Vec<JoinHandle<()>>) {
+    let mut set = tokio::task::JoinSet::new();
+    for (i, t) in tasks.into_iter().enumerate() {
+        set.spawn(async move { (i, t.await) });
+    }
+    match set.join_next().await {
+        Some(Ok((i, r))) => (r, i, Vec::new()),
+        Some(Err(e)) => (Err(e), 0, Vec::new()),
+        None => (Ok(()), 0, Vec::new()),
+    }
+}
+
+fn tls_acceptor(cert: &Path, key: &Path) -> anyhow::Result<TlsAcceptor> {
+    let certs = {
+        let file = std::fs::File::open(cert)
+            .with_context(|| format!("opening the TLS certificate {}", cert.display()))?;
+        rustls_pemfile::certs(&mut std::io::BufReader::new(file))
+            .collect::<Result<Vec<_>, _>>()
+            .with_context(|| format!("reading PEM certificates from {}", cert.display()))?
+    };
+    if certs.is_empty() {
+        anyhow::bail!(
+            "{} holds no PEM certificate; give --tls-cert a PEM chain",
+            cert.display()
+        );
+    }
+    let key_der = {
+        let file = std::fs::File::open(key)
+            .with_context(|| format!("opening the TLS key {}", key.display()))?;
+        rustls_pemfile::private_key(&mut std::io::BufReader::new(file))
+            .with_context(|| format!("reading a PEM private key from {}", key.display()))?
+            .with_context(|| {
+                format!(
+                    "{} holds no PEM private key; give --tls-key a PKCS#8, PKCS#1 or SEC1 key",
+                    key.display()
+                )
+            })?
+    };
+    let config = tokio_rustls::rustls::ServerConfig::builder_with_provider(Arc::new(
+        tokio_rustls::rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .context("configuring TLS versions")?
+    .with_no_client_auth()
+    .with_single_cert(certs, key_der)
+    .context("the TLS certificate and key do not match or are unsupported")?;
+    Ok(TlsAcceptor::from(Arc::new(config)))
+}

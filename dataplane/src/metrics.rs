@@ -1,0 +1,177 @@
+//! Counters of the front-end, rendered in the Prometheus text format for `/metrics`.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+
+use parking_lot::Mutex;
+
+#[derive(Debug, Default, Clone, Copy)]
+struct TenantCounts {
+    messages_in: u64,
+    messages_out: u64,
+}
+
+/// The front-end's metrics.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    connections: AtomicI64,
+    connections_total: AtomicU64,
+    tenants: Mutex<BTreeMap<String, TenantCounts>>,
+    refusals: Mutex<BTreeMap<(&'static str, &'static str), u64>>,
+    snapshot_version: AtomicU64,
+}
+
+impl Metrics {
+    pub(crate) fn connection_opened(&self) {
+        self.connections.fetch_add(1, Ordering::Relaxed);
+        self.connections_total.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn connection_closed(&self) {
+        self.connections.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// Connections open now.
+    pub fn connections(&self) -> i64 {
+        self.connections.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn message_in(&self, tenant: &str) {
+        self.tenant(tenant, |c| c.messages_in += 1);
+    }
+
+    pub(crate) fn message_out(&self, tenant: &str) {
+        self.tenant(tenant, |c| c.messages_out += 1);
+    }
+
+    fn tenant(&self, tenant: &str, f: impl FnOnce(&mut TenantCounts)) {
+        let mut tenants = self.tenants.lock();
+        match tenants.get_mut(tenant) {
+            Some(c) => f(c),
+            None => f(tenants.entry(tenant.to_owned()).or_default()),
+        }
+    }
+
+    /// Counts a refusal: `what` is connect/publish/subscribe/limit, `reason` a stable label.
+    pub(crate) fn refused(&self, what: &'static str, reason: &'static str) {
+        *self.refusals.lock().entry((what, reason)).or_default() += 1;
+    }
+
+    /// How often `what` was refused for `reason`.
+    pub fn refusals(&self, what: &str, reason: &str) -> u64 {
+        self.refusals
+            .lock()
+            .iter()
+            .filter(|((w, r), _)| *w == what && *r == reason)
+            .map(|(_, n)| *n)
+            .sum()
+    }
+
+    pub(crate) fn set_snapshot_version(&self, v: u64) {
+        self.snapshot_version.store(v, Ordering::Relaxed);
+    }
+
+    /// Messages received from and delivered to clients of a tenant.
+    pub fn messages(&self, tenant: &str) -> (u64, u64) {
+        self.tenants
+            .lock()
+            .get(tenant)
+            .map(|c| (c.messages_in, c.messages_out))
+            .unwrap_or_default()
+    }
+
+    /// The Prometheus text exposition, with the decision cache's counters.
+    pub fn render(&self, cache_hits: u64, cache_misses: u64) -> String {
+        let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "# HELP fleetward_mqtt_connections MQTT connections open now.\n# TYPE fleetward_mqtt_connections gauge\nfleetward_mqtt_connections {}",
+            self.connections()
+        );
+        let _ = writeln!(
+            out,
+            "# HELP fleetward_mqtt_connections_total MQTT connections accepted.\n# TYPE fleetward_mqtt_connections_total counter\nfleetward_mqtt_connections_total {}",
+            self.connections_total.load(Ordering::Relaxed)
+        );
+        let tenants = self.tenants.lock().clone();
+        let _ = writeln!(
+            out,
+            "# HELP fleetward_mqtt_messages_in_total Messages accepted from clients, per tenant.\n# TYPE fleetward_mqtt_messages_in_total counter"
+        );
+        for (t, c) in &tenants {
+            let _ = writeln!(
+                out,
+                "fleetward_mqtt_messages_in_total{{tenant=\"{}\"}} {}",
+                escape(t),
+                c.messages_in
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP fleetward_mqtt_messages_out_total Messages delivered to clients, per tenant.\n# TYPE fleetward_mqtt_messages_out_total counter"
+        );
+        for (t, c) in &tenants {
+            let _ = writeln!(
+                out,
+                "fleetward_mqtt_messages_out_total{{tenant=\"{}\"}} {}",
+                escape(t),
+                c.messages_out
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP fleetward_mqtt_refusals_total Refused requests by kind and reason.\n# TYPE fleetward_mqtt_refusals_total counter"
+        );
+        for ((what, reason), n) in self.refusals.lock().iter() {
+            let _ = writeln!(
+                out,
+                "fleetward_mqtt_refusals_total{{what=\"{what}\",reason=\"{reason}\"}} {n}"
+            );
+        }
+        let total = cache_hits + cache_misses;
+        let ratio = if total == 0 {
+            0.0
+        } else {
+            cache_hits as f64 / total as f64
+        };
+        let _ = writeln!(
+            out,
+            "# HELP fleetward_decision_cache_hits_total Decisions served from the cache.\n# TYPE fleetward_decision_cache_hits_total counter\nfleetward_decision_cache_hits_total {cache_hits}\n# HELP fleetward_decision_cache_misses_total Decisions computed by the evaluator.\n# TYPE fleetward_decision_cache_misses_total counter\nfleetward_decision_cache_misses_total {cache_misses}\n# HELP fleetward_decision_cache_hit_ratio Share of decisions served from the cache.\n# TYPE fleetward_decision_cache_hit_ratio gauge\nfleetward_decision_cache_hit_ratio {ratio}"
+        );
+        let _ = writeln!(
+            out,
+            "# HELP fleetward_policy_snapshot_version The policy version being enforced.\n# TYPE fleetward_policy_snapshot_version gauge\nfleetward_policy_snapshot_version {}",
+            self.snapshot_version.load(Ordering::Relaxed)
+        );
+        out
+    }
+}
+
+fn escape(s: &str) -> String {
+    s.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn render_has_per_tenant_counts_refusals_and_the_hit_ratio() {
+        let m = Metrics::default();
+        m.connection_opened();
+        m.message_in("acme");
+        m.message_out("acme");
+        m.message_out("acme");
+        m.refused("subscribe", "no_grant");
+        m.set_snapshot_version(7);
+        let text = m.render(3, 1);
+        assert!(text.contains("fleetward_mqtt_connections 1\n"), "{text}");
+        assert!(text.contains("fleetward_mqtt_messages_out_total{tenant=\"acme\"} 2\n"));
+        assert!(text.contains(
+            "fleetward_mqtt_refusals_total{what=\"subscribe\",reason=\"no_grant\"} 1\n"
+        ));
+        assert!(text.contains("fleetward_decision_cache_hit_ratio 0.75\n"));
+        assert!(text.contains("fleetward_policy_snapshot_version 7\n"));
+    }
+}

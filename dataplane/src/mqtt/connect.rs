@@ -1,0 +1,325 @@
+//! The CONNECT handshake: version, authentication, client id rules, will, takeover, CONNACK.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use fleetward_policy::{
+    Action, Credential, DenyReason, KeyDigest, Mountpoint, PolicyEvaluator, Subject, TopicLimits,
+    parse_topic_name,
+};
+use rumqttd::protocol::{
+    ConnAck, ConnAckProperties, Connect, ConnectProperties, ConnectReturnCode, LastWill,
+    LastWillProperties, Login, Packet,
+};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+use super::codec::{Codec, FrameError, Version, peek_version};
+use super::reason;
+use super::session::{Session, Will};
+use super::state::Shared;
+use crate::router::{Message, MessageProps, Router, SessionKey};
+
+/// The largest CONNECT accepted (it carries the will).
+const MAX_CONNECT: usize = 128 * 1024;
+
+/// Serves one client connection from its first byte to its end.
+pub(crate) async fn serve<R, S>(shared: Arc<Shared<R>>, mut stream: S)
+where
+    R: Router,
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    let mut rbuf = BytesMut::with_capacity(256);
+    let first = tokio::time::timeout(
+        shared.config.connect_timeout,
+        read_connect(&mut stream, &mut rbuf),
+    )
+    .await;
+    let (codec, connect) = match first {
+        Ok(Ok(Some(c))) => c,
+        Ok(Ok(None)) => return,
+        Ok(Err(FrameError::UnsupportedVersion(level))) => {
+            // 0x01 unacceptable protocol version, in the only form every version can read.
+            tracing::debug!(level, "CONNECT with an unsupported protocol level");
+            shared.metrics.refused("connect", "unsupported_version");
+            let _ = stream.write_all(&[0x20, 0x02, 0x00, 0x01]).await;
+            return;
+        }
+        Ok(Err(e)) => {
+            tracing::debug!(error = %e, "closing a connection that did not start with a valid CONNECT");
+            shared.metrics.refused("connect", e.as_str());
+            return;
+        }
+        Err(_) => {
+            shared.metrics.refused("connect", "timeout");
+            return;
+        }
+    };
+    let Packet::Connect(connect, props, will, will_props, login) = connect else {
+        return;
+    };
+    let mut hs = Handshake {
+        shared: &shared,
+        codec: &codec,
+        stream: &mut stream,
+    };
+    let Some(accepted) = hs.accept(connect, props, will, will_props, login).await else {
+        return;
+    };
+    Session::run(shared.clone(), stream, codec, rbuf, accepted).await;
+}
+
+/// Reads until the first packet is complete; `None` when the peer went away.
+async fn read_connect<S: AsyncRead + Unpin>(
+    stream: &mut S,
+    rbuf: &mut BytesMut,
+) -> Result<Option<(Codec, Packet)>, FrameError> {
+    loop {
+        if let Some(version) = peek_version(rbuf, MAX_CONNECT)? {
+            let codec = Codec::new(version);
+            return match codec.read(rbuf, MAX_CONNECT)? {
+                Some(frame) => Ok(Some((codec, frame.packet))),
+                None => Ok(None),
+            };
+        }
+        match stream.read_buf(rbuf).await {
+            Ok(0) | Err(_) => return Ok(None),
+            Ok(_) => {}
+        }
+    }
+}
+
+/// What a successful CONNECT established.
+pub(crate) struct Accepted {
+    pub subject: Subject,
+    pub key_digest: Option<KeyDigest>,
+    pub key: SessionKey,
+    pub mount: Option<Mountpoint>,
+    pub keep_alive: Duration,
+    pub will: Option<Will>,
+    pub receive_maximum: u16,
+    pub client_max_packet: Option<usize>,
+    pub registration: super::state::Registration,
+}
+
+struct Handshake<'a, R: Router, S> {
+    shared: &'a Arc<Shared<R>>,
+    codec: &'a Codec,
+    stream: &'a mut S,
+}
+
+impl<R: Router, S: AsyncWrite + Unpin> Handshake<'_, R, S> {
+    async fn refuse(&mut self, code: ConnectReturnCode, label: &'static str) -> Option<Accepted> {
+        self.shared.metrics.refused("connect", label);
+        let mut out = BytesMut::new();
+        let ack = Packet::ConnAck(
+            ConnAck {
+                session_present: false,
+                code,
+            },
+            None,
+        );
+        if self.codec.write(ack, &mut out).is_ok() {
+            let _ = self.stream.write_all(&out).await;
+            let _ = self.stream.flush().await;
+        }
+        None
+    }
+
+    async fn accept(
+        &mut self,
+        connect: Connect,
+        props: Option<ConnectProperties>,
+        will: Option<LastWill>,
+        will_props: Option<LastWillProperties>,
+        login: Option<Login>,
+    ) -> Option<Accepted> {
+        let version = self.codec.version();
+        let shared = self.shared.clone();
+        if shared.connections.load(std::sync::atomic::Ordering::Relaxed)
+            > shared.config.max_connections
+        {
+            return self
+                .refuse(reason::connack_busy(version), "max_connections")
+                .await;
+        }
+        // Username `<tenant>/<thing>`, password the thing's key.
+        let Some(login) = login else {
+            return self
+                .refuse(reason::connack_bad_username(version), "no_username")
+                .await;
+        };
+        let Some((tenant, thing)) = login.username.split_once('/') else {
+            return self
+                .refuse(reason::connack_bad_username(version), "bad_username")
+                .await;
+        };
+        let snapshot = shared.snapshot();
+        let credential = Credential::Thing {
+            tenant,
+            thing,
+            key: login.password.as_bytes(),
+        };
+        let subject = match snapshot.authenticate(&credential) {
+            Ok(s) => s,
+            Err(refusal) => {
+                return self
+                    .refuse(
+                        reason::connack_for(version, refusal.reason),
+                        refusal.reason.as_str(),
+                    )
+                    .await;
+            }
+        };
+        let key_digest = Some(KeyDigest::of(login.password.as_bytes()));
+        let mount = snapshot
+            .mountpoint_of(&subject.tenant, &subject.name)
+            .map(|ch| Mountpoint::new(&subject.tenant, ch));
+
+        // Zero-length client ids: v3 only with a clean session; v5 gets one assigned.
+        let mut assigned = None;
+        let client_id = if connect.client_id.is_empty() {
+            if version == Version::V4 && !connect.clean_session {
+                return self
+                    .refuse(reason::connack_bad_client_id(version), "empty_client_id")
+                    .await;
+            }
+            let id = random_client_id();
+            if version == Version::V5 {
+                assigned = Some(id.clone());
+            }
+            id
+        } else {
+            connect.client_id.clone()
+        };
+
+        let limits = TopicLimits::default();
+        let will = match will {
+            None => None,
+            Some(w) => {
+                let full = match &mount {
+                    Some(m) => m.mount_topic_name(&w.topic, &limits).ok(),
+                    None => std::str::from_utf8(&w.topic).ok().map(str::to_owned),
+                };
+                let allowed = full.as_deref().is_some_and(|t| {
+                    parse_topic_name(t, &limits).is_ok_and(|topic| {
+                        shared
+                            .cache
+                            .authorize(&*snapshot, &subject, Action::Publish, &topic)
+                            .is_allowed()
+                    })
+                });
+                let Some(topic) = full.filter(|_| allowed) else {
+                    // An unauthorized will refuses the CONNECT (issue 5).
+                    return self
+                        .refuse(
+                            reason::connack_for(version, DenyReason::NoGrant),
+                            "will_not_allowed",
+                        )
+                        .await;
+                };
+                let p = will_props.unwrap_or(LastWillProperties {
+                    delay_interval: None,
+                    payload_format_indicator: None,
+                    message_expiry_interval: None,
+                    content_type: None,
+                    response_topic: None,
+                    correlation_data: None,
+                    user_properties: Vec::new(),
+                });
+                let message_props = MessageProps {
+                    payload_format_indicator: p.payload_format_indicator,
+                    message_expiry_interval: p.message_expiry_interval,
+                    content_type: p.content_type,
+                    response_topic: p.response_topic,
+                    correlation_data: p.correlation_data,
+                    user_properties: p.user_properties,
+                };
+                Some(Will {
+                    message: Message {
+                        topic: Bytes::from(topic),
+                        payload: w.message,
+                        qos: w.qos as u8,
+                        props: (!message_props.is_empty()).then(|| Box::new(message_props)),
+                    },
+                    retain: w.retain,
+                    delay: Duration::from_secs(u64::from(p.delay_interval.unwrap_or(0))),
+                })
+            }
+        };
+
+        let key = SessionKey {
+            tenant: subject.tenant.clone(),
+            subject: subject.name.clone(),
+            client_id,
+        };
+        let mut registration = shared.registry.register(key.router_id());
+        registration.predecessor_gone().await;
+
+        let props = props.unwrap_or(ConnectProperties {
+            session_expiry_interval: None,
+            receive_maximum: None,
+            max_packet_size: None,
+            topic_alias_max: None,
+            request_response_info: None,
+            request_problem_info: None,
+            user_properties: Vec::new(),
+            authentication_method: None,
+            authentication_data: None,
+        });
+        let receive_maximum = props
+            .receive_maximum
+            .unwrap_or(u16::MAX)
+            .min(shared.config.max_inflight)
+            .max(1);
+        let ack_props = (version == Version::V5).then(|| ConnAckProperties {
+            assigned_client_identifier: assigned,
+            max_packet_size: u32::try_from(shared.config.max_packet_size).ok(),
+            topic_alias_max: Some(shared.config.topic_alias_max),
+            receive_max: Some(shared.config.max_inflight),
+            retain_available: Some(1),
+            wildcard_subscription_available: Some(1),
+            subscription_identifiers_available: Some(1),
+            shared_subscription_available: Some(0),
+            ..ConnAckProperties::default()
+        });
+        let mut out = BytesMut::new();
+        let ack = Packet::ConnAck(
+            ConnAck {
+                session_present: false,
+                code: ConnectReturnCode::Success,
+            },
+            ack_props,
+        );
+        if self.codec.write(ack, &mut out).is_err() || self.stream.write_all(&out).await.is_err()
+        {
+            return None;
+        }
+        Some(Accepted {
+            subject,
+            key_digest,
+            key,
+            mount,
+            keep_alive: Duration::from_secs(u64::from(connect.keep_alive)),
+            will,
+            receive_maximum,
+            client_max_packet: props.max_packet_size.map(|m| m as usize),
+            registration,
+        })
+    }
+}
+
+fn random_client_id() -> String {
+    let mut bytes = [0u8; 12];
+    if getrandom::fill(&mut bytes).is_err() {
+        // Unique enough within a pod when the OS RNG is unavailable.
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        return format!("fw-{n}");
+    }
+    let mut s = String::from("fw-");
+    for b in bytes {
+        s.push_str(&format!("{b:02x}"));
+    }
+    s
+}

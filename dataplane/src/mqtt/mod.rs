@@ -1,0 +1,69 @@
+//! The MQTT front-end: listeners, the CONNECT handshake, sessions, framing and reason codes.
+
+mod codec;
+mod connect;
+mod reason;
+mod session;
+mod state;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+
+pub use state::MqttConfig;
+pub(crate) use state::Shared;
+
+use crate::router::Router;
+
+/// Accepts plain TCP (or, with an acceptor, TLS) connections until the task is dropped.
+pub(crate) async fn accept_loop<R: Router>(
+    shared: Arc<Shared<R>>,
+    listener: TcpListener,
+    tls: Option<TlsAcceptor>,
+) {
+    loop {
+        let (socket, peer) = match listener.accept().await {
+            Ok(x) => x,
+            Err(e) => {
+                // Out of file descriptors and the like: back off instead of spinning.
+                tracing::warn!(error = %e, "accepting an MQTT connection failed");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = socket.set_nodelay(true);
+        let shared = shared.clone();
+        let tls = tls.clone();
+        tokio::spawn(async move {
+            shared.connections.fetch_add(1, Ordering::Relaxed);
+            shared.metrics.connection_opened();
+            match tls {
+                None => connect::serve(shared.clone(), socket).await,
+                Some(acceptor) => {
+                    let handshake =
+                        tokio::time::timeout(shared.config.connect_timeout, acceptor.accept(socket))
+                            .await;
+                    match handshake {
+                        Ok(Ok(stream)) => connect::serve(shared.clone(), stream).await,
+                        _ => {
+                            tracing::debug!(%peer, "TLS handshake failed or timed out");
+                            shared.metrics.refused("connect", "tls_handshake");
+                        }
+                    }
+                }
+            }
+            shared.connections.fetch_sub(1, Ordering::Relaxed);
+            shared.metrics.connection_closed();
+        });
+    }
+}
+
+/// Binds a listener, with a message a person can act on.
+pub(crate) async fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(addr).await.map_err(|e| {
+        anyhow::anyhow!("could not listen for {what} on {addr}: {e}; pick a free address with the matching --*-listen flag")
+    })
+}

@@ -1,0 +1,257 @@
+//! State shared by every connection of a pod: policy, decision cache, session registry, retained.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use fleetward_policy::{DecisionCache, Snapshot, filter_matches};
+use parking_lot::Mutex;
+use tokio::sync::{mpsc, watch};
+
+use crate::limits::TenantRates;
+use crate::metrics::Metrics;
+use crate::router::{Message, Router};
+
+/// What the MQTT front-end is configured with.
+#[derive(Clone, Debug)]
+pub struct MqttConfig {
+    /// The most client connections this pod holds; more get CONNACK 0x03 (v3) / 0x89 (v5).
+    pub max_connections: usize,
+    /// How long a new connection has to send a complete CONNECT.
+    pub connect_timeout: Duration,
+    /// The largest packet accepted (remaining length, bytes), before any tenant limit.
+    pub max_packet_size: usize,
+    /// The most QoS 1/2 deliveries awaiting a client's ack (a v5 client's receive maximum
+    /// lowers it); the router is not read while the window is full.
+    pub max_inflight: u16,
+    /// Topic aliases a v5 client may use towards the server.
+    pub topic_alias_max: u16,
+    /// Entries of the decision cache.
+    pub decision_cache_entries: u64,
+}
+
+impl Default for MqttConfig {
+    fn default() -> Self {
+        Self {
+            max_connections: 10_000,
+            connect_timeout: Duration::from_secs(10),
+            max_packet_size: 1024 * 1024,
+            max_inflight: 100,
+            topic_alias_max: 64,
+            decision_cache_entries: 100_000,
+        }
+    }
+}
+
+/// Why a live session is told to end by someone else.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Kick {
+    /// A new connection with the same thing and client id arrived.
+    TakenOver,
+}
+
+struct RegEntry {
+    conn: u64,
+    kick: mpsc::UnboundedSender<Kick>,
+    done: watch::Receiver<()>,
+}
+
+/// Live sessions by router-side id, so a new connection ends the old one before it attaches
+/// (the router must never do the takeover itself, dataplane/ROUTER.md §2.6).
+#[derive(Default)]
+pub(crate) struct Registry {
+    entries: Mutex<HashMap<String, RegEntry>>,
+    next: AtomicU64,
+}
+
+/// A session's place in the registry; dropping it ends the registration.
+pub(crate) struct Registration {
+    registry: Arc<Registry>,
+    id: String,
+    conn: u64,
+    pub(crate) kicks: mpsc::UnboundedReceiver<Kick>,
+    /// Dropped when the session is fully gone; a successor waits for that.
+    _done: watch::Sender<()>,
+    previous: Option<watch::Receiver<()>>,
+}
+
+impl Registry {
+    /// Registers `id`, telling any live session with that id to end.
+    pub(crate) fn register(self: &Arc<Self>, id: String) -> Registration {
+        let conn = self.next.fetch_add(1, Ordering::Relaxed);
+        let (kick, kicks) = mpsc::unbounded_channel();
+        let (done_tx, done_rx) = watch::channel(());
+        let old = self.entries.lock().insert(
+            id.clone(),
+            RegEntry {
+                conn,
+                kick,
+                done: done_rx,
+            },
+        );
+        let previous = old.map(|old| {
+            let _ = old.kick.send(Kick::TakenOver);
+            old.done
+        });
+        Registration {
+            registry: self.clone(),
+            id,
+            conn,
+            kicks,
+            _done: done_tx,
+            previous,
+        }
+    }
+
+    /// Sessions registered now.
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
+        self.entries.lock().len()
+    }
+}
+
+impl Registration {
+    /// Waits until the session this one replaced (and its own predecessor) is gone.
+    pub(crate) async fn predecessor_gone(&mut self) {
+        if let Some(prev) = &mut self.previous {
+            while prev.changed().await.is_ok() {}
+        }
+        self.previous = None;
+    }
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        let mut entries = self.registry.entries.lock();
+        if entries.get(&self.id).is_some_and(|e| e.conn == self.conn) {
+            entries.remove(&self.id);
+        }
+    }
+}
+
+/// Retained messages, kept by the front-end (the router's own store clears on any empty
+/// payload and drops what does not fit, ROUTER.md §2.7).
+#[derive(Default)]
+pub(crate) struct RetainedStore {
+    by_channel: Mutex<HashMap<(String, String), HashMap<String, Message>>>,
+}
+
+impl RetainedStore {
+    /// Stores a retained message, or clears the topic's when the payload is empty.
+    pub(crate) fn set(&self, tenant: &str, channel: &str, topic: &str, message: Message) {
+        let mut all = self.by_channel.lock();
+        let key = (tenant.to_owned(), channel.to_owned());
+        if message.payload.is_empty() {
+            if let Some(topics) = all.get_mut(&key) {
+                topics.remove(topic);
+                if topics.is_empty() {
+                    all.remove(&key);
+                }
+            }
+            return;
+        }
+        all.entry(key).or_default().insert(topic.to_owned(), message);
+    }
+
+    /// The retained messages of a channel whose topic matches `filter`.
+    pub(crate) fn matching(&self, tenant: &str, channel: &str, filter: &str) -> Vec<Message> {
+        let all = self.by_channel.lock();
+        all.get(&(tenant.to_owned(), channel.to_owned()))
+            .map(|topics| {
+                topics
+                    .iter()
+                    .filter(|(t, _)| filter_matches(filter, t))
+                    .map(|(_, m)| m.clone())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+}
+
+/// Everything connections share.
+pub(crate) struct Shared<R: Router> {
+    pub(crate) config: MqttConfig,
+    pub(crate) router: R,
+    pub(crate) policy: watch::Receiver<Arc<Snapshot>>,
+    pub(crate) cache: DecisionCache,
+    pub(crate) registry: Arc<Registry>,
+    pub(crate) retained: RetainedStore,
+    pub(crate) rates: TenantRates,
+    pub(crate) metrics: Arc<Metrics>,
+    pub(crate) connections: AtomicUsize,
+}
+
+impl<R: Router> Shared<R> {
+    pub(crate) fn new(
+        config: MqttConfig,
+        router: R,
+        policy: watch::Receiver<Arc<Snapshot>>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        Self {
+            cache: DecisionCache::new(config.decision_cache_entries),
+            config,
+            router,
+            policy,
+            registry: Arc::default(),
+            retained: RetainedStore::default(),
+            rates: TenantRates::default(),
+            metrics,
+            connections: AtomicUsize::new(0),
+        }
+    }
+
+    /// The snapshot being enforced now.
+    pub(crate) fn snapshot(&self) -> Arc<Snapshot> {
+        self.policy.borrow().clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+
+    use super::*;
+
+    fn msg(payload: &'static [u8]) -> Message {
+        Message {
+            topic: Bytes::from_static(b"m/t/c/ch/a"),
+            payload: Bytes::from_static(payload),
+            qos: 0,
+            props: None,
+        }
+    }
+
+    #[test]
+    fn retained_messages_are_per_channel_and_cleared_by_an_empty_payload() {
+        let r = RetainedStore::default();
+        r.set("t", "ch", "m/t/c/ch/a", msg(b"1"));
+        r.set("t", "ch", "m/t/c/ch/b", msg(b"2"));
+        r.set("u", "ch", "m/u/c/ch/a", msg(b"3"));
+        assert_eq!(r.matching("t", "ch", "m/t/c/ch/#").len(), 2);
+        assert_eq!(r.matching("t", "ch", "m/t/c/ch/a").len(), 1);
+        r.set("t", "ch", "m/t/c/ch/a", msg(b""));
+        assert_eq!(r.matching("t", "ch", "m/t/c/ch/#").len(), 1);
+        assert_eq!(r.matching("u", "ch", "m/u/c/ch/#").len(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_new_registration_kicks_the_old_one_and_waits_for_it() {
+        let reg = Arc::new(Registry::default());
+        let mut first = reg.register("a".into());
+        let mut second = reg.register("a".into());
+        assert_eq!(first.kicks.recv().await, Some(Kick::TakenOver));
+        let waiting = tokio::spawn(async move {
+            second.predecessor_gone().await;
+            second
+        });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!waiting.is_finished());
+        drop(first);
+        let second = waiting.await.expect("joins");
+        assert_eq!(reg.len(), 1);
+        drop(second);
+        assert_eq!(reg.len(), 0);
+    }
+}

@@ -1,0 +1,267 @@
+//! The rumqttd 0.20 adapter behind [`super::Router`]: an in-process router thread and local links.
+//!
+//! Everything enters the router as QoS 0 without retain: the front-end ends inbound QoS 1/2,
+//! keeps retained messages and wills itself, and runs outbound QoS itself, so the router never
+//! needs acks (no in-order ack FIFO, no 100-message in-flight cap, none of the router-killing
+//! paths in dataplane/ROUTER.md §5.2). The publish QoS travels in an internal user property.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use parking_lot::Mutex;
+use rumqttd::local::{LinkBuilder, LinkError, LinkRx, LinkTx};
+use rumqttd::protocol::{
+    Disconnect, DisconnectReasonCode, Packet, Publish, PublishProperties,
+};
+use rumqttd::{Notification, RouterConfig};
+
+use super::{Message, MessageProps, Router, RouterError, RouterLink, SessionKey};
+
+/// The user property that carries the publish QoS through the router; stripped on the way in
+/// from clients and on the way out to them.
+const QOS_PROPERTY: &str = "$fleetward-qos";
+
+/// Router sizing.
+#[derive(Clone, Debug)]
+pub struct RumqttdConfig {
+    /// The most sessions attached at once (the router allocates tables of this size up front).
+    pub max_links: usize,
+    /// Bytes per segment of each filter's in-memory log.
+    pub segment_size: usize,
+    /// Full segments kept per filter beside the active one.
+    pub segment_count: usize,
+    /// Messages read from one filter's log per pass (the router's only batching knob).
+    pub max_outgoing_packet_count: u64,
+}
+
+impl Default for RumqttdConfig {
+    fn default() -> Self {
+        Self {
+            max_links: 10_000,
+            segment_size: 256 * 1024,
+            segment_count: 4,
+            max_outgoing_packet_count: 200,
+        }
+    }
+}
+
+type Connect = dyn Fn(&str) -> Result<(LinkTx, LinkRx, Notification), LinkError> + Send + Sync;
+
+/// rumqttd's router, started in-process without its network servers.
+pub struct RumqttdRouter {
+    connect: Arc<Connect>,
+    system: Mutex<LinkTx>,
+    alive: Arc<AtomicBool>,
+}
+
+impl RumqttdRouter {
+    /// Starts the router thread and a system link for publishes of sessions without a link.
+    pub fn start(config: &RumqttdConfig) -> Result<Self, RouterError> {
+        let router_config = RouterConfig {
+            // One extra for the system link.
+            max_connections: config.max_links.saturating_add(1),
+            max_outgoing_packet_count: config.max_outgoing_packet_count.max(1),
+            // rumqttd panics in its thread below these.
+            max_segment_size: config.segment_size.max(1024),
+            max_segment_count: config.segment_count.max(1),
+            ..RouterConfig::default()
+        };
+        let tx = rumqttd::Router::new(0, router_config).spawn();
+        let connect: Arc<Connect> = Arc::new(move |id: &str| {
+            LinkBuilder::new(id, tx.clone())
+                .clean_session(true)
+                .build()
+        });
+        let (system_tx, mut system_rx, _) =
+            connect("fleetward-system").map_err(|_| RouterError::RouterDown)?;
+        let alive = Arc::new(AtomicBool::new(true));
+        let flag = alive.clone();
+        // The system link never subscribes; draining it keeps it scheduled and tells us when
+        // the router thread is gone.
+        std::thread::Builder::new()
+            .name("router-watch".into())
+            .spawn(move || {
+                loop {
+                    match system_rx.recv() {
+                        Ok(Some(Notification::Unschedule)) => {
+                            if system_rx.ready().is_err() {
+                                break;
+                            }
+                        }
+                        Ok(_) => {}
+                        Err(_) => break,
+                    }
+                }
+                flag.store(false, Ordering::SeqCst);
+                tracing::error!("the rumqttd router thread stopped");
+            })
+            .map_err(|_| RouterError::RouterDown)?;
+        Ok(Self {
+            connect,
+            system: Mutex::new(system_tx),
+            alive,
+        })
+    }
+}
+
+fn link_error(e: LinkError) -> RouterError {
+    match e {
+        LinkError::Send(_) | LinkError::TrySend(_) => RouterError::RouterDown,
+        _ => RouterError::SessionClosed,
+    }
+}
+
+fn to_packet(message: Message) -> Packet {
+    let props = if message.qos > 0 || message.props.is_some() {
+        let p = message.props.map(|b| *b).unwrap_or_default();
+        let mut user_properties = p.user_properties;
+        // Never trust a client's copy of the internal property.
+        user_properties.retain(|(k, _)| k != QOS_PROPERTY);
+        if message.qos > 0 {
+            user_properties.push((QOS_PROPERTY.to_owned(), message.qos.to_string()));
+        }
+        Some(PublishProperties {
+            payload_format_indicator: p.payload_format_indicator,
+            message_expiry_interval: p.message_expiry_interval,
+            topic_alias: None,
+            response_topic: p.response_topic,
+            correlation_data: p.correlation_data,
+            user_properties,
+            subscription_identifiers: Vec::new(),
+            content_type: p.content_type,
+        })
+    } else {
+        None
+    };
+    Packet::Publish(Publish::new(message.topic, message.payload, false), props)
+}
+
+fn from_forward(publish: Publish, props: Option<PublishProperties>) -> Message {
+    let mut qos = 0;
+    let props = props.and_then(|p| {
+        let mut user_properties = p.user_properties;
+        user_properties.retain(|(k, v)| {
+            if k == QOS_PROPERTY {
+                qos = v.parse().unwrap_or(0).min(2);
+                false
+            } else {
+                true
+            }
+        });
+        let props = MessageProps {
+            payload_format_indicator: p.payload_format_indicator,
+            message_expiry_interval: p.message_expiry_interval,
+            content_type: p.content_type,
+            response_topic: p.response_topic,
+            correlation_data: p.correlation_data,
+            user_properties,
+        };
+        (!props.is_empty()).then(|| Box::new(props))
+    });
+    Message {
+        topic: publish.topic,
+        payload: publish.payload,
+        qos,
+        props,
+    }
+}
+
+impl Router for RumqttdRouter {
+    type Link = RumqttdLink;
+
+    async fn attach(&self, key: &SessionKey) -> Result<RumqttdLink, RouterError> {
+        if !self.is_alive() {
+            return Err(RouterError::RouterDown);
+        }
+        let id = key.router_id();
+        let connect = self.connect.clone();
+        // `build` blocks on the router's channel and on its answer.
+        let built = tokio::task::spawn_blocking(move || connect(&id))
+            .await
+            .map_err(|_| RouterError::RouterDown)?;
+        match built {
+            Ok((tx, rx, _connack)) => Ok(RumqttdLink {
+                tx,
+                rx,
+                wake_pending: false,
+            }),
+            // The router drops a link it has no room for without an answer.
+            Err(LinkError::Recv(_)) if self.is_alive() => Err(RouterError::Refused),
+            Err(e) => Err(link_error(e)),
+        }
+    }
+
+    fn publish(&self, message: Message) -> Result<(), RouterError> {
+        push(&mut self.system.lock(), to_packet(message))
+    }
+
+    fn is_alive(&self) -> bool {
+        self.alive.load(Ordering::SeqCst)
+    }
+}
+
+/// A session's local link.
+pub struct RumqttdLink {
+    tx: LinkTx,
+    rx: LinkRx,
+    /// A `Ready` still owed to the router after an `Unschedule` (kept across cancellation).
+    wake_pending: bool,
+}
+
+impl RouterLink for RumqttdLink {
+    fn subscribe(&mut self, filter: &str) -> Result<(), RouterError> {
+        self.tx.subscribe(filter).map(|_| ()).map_err(link_error)
+    }
+
+    fn unsubscribe(&mut self, filter: &str) -> Result<(), RouterError> {
+        self.tx.unsubscribe(filter).map(|_| ()).map_err(link_error)
+    }
+
+    fn publish(&mut self, message: Message) -> Result<(), RouterError> {
+        push(&mut self.tx, to_packet(message))
+    }
+
+    async fn receive(&mut self) -> Result<Message, RouterError> {
+        loop {
+            if self.wake_pending {
+                self.rx.wake().await.map_err(link_error)?;
+                self.wake_pending = false;
+            }
+            match self.rx.next().await {
+                Ok(Some(Notification::Forward(f))) => return Ok(from_forward(f.publish, f.properties)),
+                // The router paused this link at its buffer limit; the batch is taken now.
+                Ok(Some(Notification::Unschedule)) => self.wake_pending = true,
+                Ok(Some(Notification::Disconnect(..))) => return Err(RouterError::SessionClosed),
+                // Acks of subscribe/unsubscribe and spurious wake-ups.
+                Ok(_) => {}
+                Err(e) => return Err(link_error(e)),
+            }
+        }
+    }
+
+    fn detach(mut self) {
+        let _ = push(
+            &mut self.tx,
+            Packet::Disconnect(
+                Disconnect {
+                    reason_code: DisconnectReasonCode::NormalDisconnection,
+                },
+                None,
+            ),
+        );
+    }
+}
+
+/// Queues a packet on a link and notifies the router (blocking only while the router's event
+/// channel is full, which is the backpressure we want).
+fn push(tx: &mut LinkTx, packet: Packet) -> Result<(), RouterError> {
+    // `LinkTx::send` is async in name only; poll it to completion in place.
+    let fut = tx.send(packet);
+    let mut fut = std::pin::pin!(fut);
+    let waker = std::task::Waker::noop();
+    let mut cx = std::task::Context::from_waker(waker);
+    match fut.as_mut().poll(&mut cx) {
+        std::task::Poll::Ready(r) => r.map(|_| ()).map_err(link_error),
+        std::task::Poll::Pending => Err(RouterError::RouterDown),
+    }
+}

@@ -1,0 +1,351 @@
+//! Test fixtures: two tenants with the same thing and channel names, a dataplane in-process,
+//! and rumqttc clients whose events arrive on a channel.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use fleetward_dataplane::{Dataplane, MqttConfig, RunningDataplane};
+use fleetward_policy::{
+    Actions, Channel, Grant, GrantSubject, KeyDigest, Qos, Resources, Snapshot, Tenant,
+    TenantLimits, Thing,
+};
+use tokio::sync::{mpsc, watch};
+
+pub const TENANTS: [&str; 2] = ["acme", "globex"];
+
+/// The key of a thing: distinct per tenant, so a key of one tenant never works in the other.
+pub fn key(tenant: &str, thing: &str) -> String {
+    format!("key-{tenant}-{thing}-0123456789")
+}
+
+fn thing(tenant: &str, name: &str, mountpoint: Option<&str>) -> Thing {
+    Thing {
+        tenant: tenant.into(),
+        name: name.into(),
+        key_digests: vec![KeyDigest::of(key(tenant, name).as_bytes())],
+        disabled: false,
+        mountpoint: mountpoint.map(str::to_owned),
+    }
+}
+
+fn channel(tenant: &str, name: &str, max_qos: Qos, retained: bool) -> Channel {
+    Channel {
+        tenant: tenant.into(),
+        name: name.into(),
+        max_qos,
+        retained_allowed: retained,
+        max_message_size: None,
+    }
+}
+
+pub fn grant(tenant: &str, name: &str, thing: &str, channel: &str, actions: Actions) -> Grant {
+    Grant {
+        tenant: tenant.into(),
+        name: name.into(),
+        subject: GrantSubject::Thing(thing.into()),
+        channel: channel.into(),
+        actions,
+        allow: Vec::new(),
+        deny: Vec::new(),
+    }
+}
+
+/// Per tenant: things `sensor`, `reader`, `mounted` (mountpoint `telemetry`), `stranger`
+/// (no grants); channels `telemetry` (QoS ≤ 2, retained), `commands` (QoS ≤ 1, no
+/// retained); `sensor` publishes on both, `reader` subscribes to both, `mounted` does both on
+/// `telemetry`.
+pub fn resources() -> Resources {
+    let mut r = Resources::default();
+    for t in TENANTS {
+        r.tenants.push(Tenant {
+            name: t.into(),
+            suspended: false,
+            limits: TenantLimits::default(),
+        });
+        for name in ["sensor", "reader", "stranger"] {
+            r.things.push(thing(t, name, None));
+        }
+        r.things.push(thing(t, "mounted", Some("telemetry")));
+        r.channels
+            .push(channel(t, "telemetry", Qos::ExactlyOnce, true));
+        r.channels
+            .push(channel(t, "commands", Qos::AtLeastOnce, false));
+        r.grants
+            .push(grant(t, "sensor-telemetry", "sensor", "telemetry", Actions::PUBLISH));
+        r.grants
+            .push(grant(t, "sensor-commands", "sensor", "commands", Actions::PUBLISH));
+        r.grants
+            .push(grant(t, "reader-telemetry", "reader", "telemetry", Actions::SUBSCRIBE));
+        r.grants
+            .push(grant(t, "reader-commands", "reader", "commands", Actions::SUBSCRIBE));
+        r.grants
+            .push(grant(t, "mounted-telemetry", "mounted", "telemetry", Actions::BOTH));
+    }
+    r
+}
+
+pub fn snapshot(version: u64, resources: Resources) -> Arc<Snapshot> {
+    Arc::new(Snapshot::from_resources(version, resources).expect("valid fixture"))
+}
+
+pub struct Fixture {
+    pub policy: watch::Sender<Arc<Snapshot>>,
+    pub dataplane: RunningDataplane,
+    pub addr: SocketAddr,
+    version: u64,
+}
+
+impl Fixture {
+    pub async fn start() -> Self {
+        Self::start_with(MqttConfig::default()).await
+    }
+
+    pub async fn start_with(config: MqttConfig) -> Self {
+        let (policy, rx) = watch::channel(snapshot(1, resources()));
+        let dataplane = Dataplane::new(rx)
+            .mqtt_listen(SocketAddr::from(([127, 0, 0, 1], 0)))
+            .admin_listen(Some(SocketAddr::from(([127, 0, 0, 1], 0))))
+            .mqtt_config(config)
+            .start()
+            .await
+            .expect("dataplane starts");
+        let addr = dataplane.mqtt_addr;
+        Self {
+            policy,
+            dataplane,
+            addr,
+            version: 1,
+        }
+    }
+
+    /// Applies a new snapshot built from `resources`.
+    pub fn apply(&mut self, resources: Resources) {
+        self.version += 1;
+        self.policy.send_replace(snapshot(self.version, resources));
+    }
+
+    pub fn port(&self) -> u16 {
+        self.addr.port()
+    }
+}
+
+pub mod v4 {
+    use super::*;
+    pub use rumqttc::{
+        AsyncClient, ConnectReturnCode, ConnectionError, Event, LastWill, MqttOptions, Packet,
+        QoS, SubscribeReasonCode,
+    };
+
+    pub struct Client {
+        pub client: AsyncClient,
+        pub events: mpsc::UnboundedReceiver<Result<Packet, String>>,
+    }
+
+    pub fn options(addr: SocketAddr, tenant: &str, thing: &str, id: &str) -> MqttOptions {
+        let mut o = MqttOptions::new(id, addr.ip().to_string(), addr.port());
+        o.set_credentials(format!("{tenant}/{thing}"), key(tenant, thing));
+        o.set_keep_alive(Duration::from_secs(30));
+        o
+    }
+
+    /// Connects; `Err` carries the CONNACK code or the error text.
+    pub async fn connect_with(options: MqttOptions) -> Result<Client, String> {
+        let (client, mut eventloop) = AsyncClient::new(options, 100);
+        let (tx, mut events) = mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            loop {
+                match eventloop.poll().await {
+                    Ok(Event::Incoming(p)) => {
+                        if tx.send(Ok(p)).is_err() {
+                            break;
+                        }
+                    }
+                    Ok(Event::Outgoing(_)) => {}
+                    Err(e) => {
+                        let _ = tx.send(Err(match e {
+                            ConnectionError::ConnectionRefused(code) => format!("{code:?}"),
+                            e => e.to_string(),
+                        }));
+                        break;
+                    }
+                }
+            }
+        });
+        match tokio::time::timeout(Duration::from_secs(5), events.recv()).await {
+            Ok(Some(Ok(Packet::ConnAck(_)))) => Ok(Client { client, events }),
+            Ok(Some(Ok(other))) => Err(format!("expected CONNACK, got {other:?}")),
+            Ok(Some(Err(e))) => Err(e),
+            Ok(None) => Err("closed".into()),
+            Err(_) => Err("timeout".into()),
+        }
+    }
+
+    pub async fn connect(addr: SocketAddr, tenant: &str, thing: &str, id: &str) -> Client {
+        connect_with(options(addr, tenant, thing, id))
+            .await
+            .unwrap_or_else(|e| panic!("{tenant}/{thing} connects: {e}"))
+    }
+
+    impl Client {
+        /// The next packet (or error) within `wait`.
+        pub async fn next(&mut self, wait: Duration) -> Option<Result<Packet, String>> {
+            tokio::time::timeout(wait, self.events.recv()).await.ok().flatten()
+        }
+
+        /// The next PUBLISH within `wait`, skipping acks.
+        pub async fn next_publish(&mut self, wait: Duration) -> Option<rumqttc::Publish> {
+            let until = tokio::time::Instant::now() + wait;
+            loop {
+                let left = until.saturating_duration_since(tokio::time::Instant::now());
+                match self.next(left).await? {
+                    Ok(Packet::Publish(p)) => return Some(p),
+                    Ok(_) => {}
+                    Err(_) => return None,
+                }
+            }
+        }
+
+        /// Subscribes and returns the SUBACK codes.
+        pub async fn subscribe(&mut self, filter: &str, qos: QoS) -> Vec<SubscribeReasonCode> {
+            self.client
+                .subscribe(filter, qos)
+                .await
+                .expect("request queued");
+            loop {
+                match self.next(Duration::from_secs(5)).await {
+                    Some(Ok(Packet::SubAck(a))) => return a.return_codes,
+                    Some(Ok(_)) => {}
+                    other => panic!("no SUBACK for {filter}: {other:?}"),
+                }
+            }
+        }
+
+        /// Whether the connection ends within `wait` (an error from the event loop).
+        pub async fn closed_within(&mut self, wait: Duration) -> Option<String> {
+            let until = tokio::time::Instant::now() + wait;
+            loop {
+                let left = until.saturating_duration_since(tokio::time::Instant::now());
+                match self.next(left).await {
+                    Some(Err(e)) => return Some(e),
+                    Some(Ok(_)) => {}
+                    None => return None,
+                }
+            }
+        }
+    }
+}
+
+pub mod v5 {
+    use super::*;
+    pub use rumqttc::v5::mqttbytes::QoS;
+    pub use rumqttc::v5::mqttbytes::v5::{
+        ConnectReturnCode, DisconnectReasonCode, Packet, PubAckReason, Publish,
+        SubscribeReasonCode,
+    };
+    pub use rumqttc::v5::{AsyncClient, ConnectionError, Event, MqttOptions, StateError};
+
+    pub struct Client {
+        pub client: AsyncClient,
+        pub events: mpsc::UnboundedReceiver<Result<Packet, String>>,
+        pub connack: rumqttc::v5::mqttbytes::v5::ConnAck,
+    }
+
+    pub fn options(addr: SocketAddr, tenant: &str, thing: &str, id: &str) -> MqttOptions {
+        let mut o = MqttOptions::new(id, addr.ip().to_string(), addr.port());
+        o.set_credentials(format!("{tenant}/{thing}"), key(tenant, thing));
+        o.set_keep_alive(Duration::from_secs(30));
+        o
+    }
+
+    pub async fn connect_with(options: MqttOptions) -> Result<Client, String> {
+        let (client, mut eventloop) = AsyncClient::new(options, 100);
+        let (tx, mut events) = mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            loop {
+                match eventloop.poll().await {
+                    Ok(Event::Incoming(p)) => {
+                        if tx.send(Ok(p)).is_err() {
+                            break;
+                        }
+                    }
+                    Ok(Event::Outgoing(_)) => {}
+                    Err(e) => {
+                        let _ = tx.send(Err(match e {
+                            ConnectionError::ConnectionRefused(code) => format!("{code:?}"),
+                            ConnectionError::MqttState(StateError::ServerDisconnect {
+                                reason_code,
+                                ..
+                            }) => format!("disconnect {reason_code:?}"),
+                            e => e.to_string(),
+                        }));
+                        break;
+                    }
+                }
+            }
+        });
+        match tokio::time::timeout(Duration::from_secs(5), events.recv()).await {
+            Ok(Some(Ok(Packet::ConnAck(connack)))) => Ok(Client {
+                client,
+                events,
+                connack,
+            }),
+            Ok(Some(Ok(other))) => Err(format!("expected CONNACK, got {other:?}")),
+            Ok(Some(Err(e))) => Err(e),
+            Ok(None) => Err("closed".into()),
+            Err(_) => Err("timeout".into()),
+        }
+    }
+
+    pub async fn connect(addr: SocketAddr, tenant: &str, thing: &str, id: &str) -> Client {
+        connect_with(options(addr, tenant, thing, id))
+            .await
+            .unwrap_or_else(|e| panic!("{tenant}/{thing} connects: {e}"))
+    }
+
+    impl Client {
+        pub async fn next(&mut self, wait: Duration) -> Option<Result<Packet, String>> {
+            tokio::time::timeout(wait, self.events.recv()).await.ok().flatten()
+        }
+
+        pub async fn next_publish(&mut self, wait: Duration) -> Option<Publish> {
+            let until = tokio::time::Instant::now() + wait;
+            loop {
+                let left = until.saturating_duration_since(tokio::time::Instant::now());
+                match self.next(left).await? {
+                    Ok(Packet::Publish(p)) => return Some(p),
+                    Ok(_) => {}
+                    Err(_) => return None,
+                }
+            }
+        }
+
+        pub async fn subscribe(&mut self, filter: &str, qos: QoS) -> Vec<SubscribeReasonCode> {
+            self.client
+                .subscribe(filter, qos)
+                .await
+                .expect("request queued");
+            loop {
+                match self.next(Duration::from_secs(5)).await {
+                    Some(Ok(Packet::SubAck(a))) => return a.return_codes,
+                    Some(Ok(_)) => {}
+                    other => panic!("no SUBACK for {filter}: {other:?}"),
+                }
+            }
+        }
+
+        /// The error that ends the connection within `wait`, if it ends.
+        pub async fn closed_within(&mut self, wait: Duration) -> Option<String> {
+            let until = tokio::time::Instant::now() + wait;
+            loop {
+                let left = until.saturating_duration_since(tokio::time::Instant::now());
+                match self.next(left).await {
+                    Some(Err(e)) => return Some(e),
+                    Some(Ok(_)) => {}
+                    None => return None,
+                }
+            }
+        }
+    }
+}
