@@ -3,7 +3,7 @@
 //
 // Stdout carries only machine-readable lines: "data-dir: DIR", "server: URL",
 // "kubeconfig: PATH" once the admin kubeconfig is written, then "ready" once
-// /readyz answers ok and the controllers run. Logs go to stderr. SIGTERM or
+// /readyz answers ok, the --crds are served and the controllers run. Logs go to stderr. SIGTERM or
 // SIGINT shuts everything down; a data directory that was not given is removed.
 package main
 
@@ -46,8 +46,9 @@ func run() error {
 	dataDir := flag.String("data-dir", "", "directory for etcd data, certificates and the kubeconfig; kept, and reused with the same ports on restart (default: a temporary directory removed on exit)")
 	apiPort := flag.Int("port", 0, "kube-apiserver port on 127.0.0.1 (default: the port saved in --data-dir, else a free one)")
 	etcdLogLevel := flag.String("etcd-log-level", "error", "etcd log level: debug, info, warn or error")
-	var apiFlags multiFlag
+	var apiFlags, crdFiles multiFlag
 	flag.Var(&apiFlags, "apiserver-flag", "extra kube-apiserver flag, e.g. --apiserver-flag=--v=2 (repeatable)")
+	flag.Var(&crdFiles, "crds", "YAML file of CustomResourceDefinitions to install before the controllers start (repeatable)")
 	klog.InitFlags(nil)
 	flag.Parse()
 
@@ -108,6 +109,10 @@ func run() error {
 	emit("kubeconfig", keys.kubeconfig())
 
 	if err := waitReady(ctx, keys.kubeconfig(), apiDone, signals); err != nil {
+		cancel()
+		return errors.Join(err, waitStopped(apiDone))
+	}
+	if err := installCRDs(ctx, keys.kubeconfig(), crdFiles); err != nil {
 		cancel()
 		return errors.Join(err, waitStopped(apiDone))
 	}
@@ -236,5 +241,5 @@ func emit(key, value string) {
 
 type multiFlag []string
 
-func (m *multiFlag) String() string     { return strings.Join(*m, " ") }
+func (m *multiFlag) String() string     { return strings.Join(*m, ",") }
 func (m *multiFlag) Set(v string) error { *m = append(*m, v); return nil }

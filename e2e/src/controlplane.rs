@@ -23,6 +23,7 @@ pub struct ControlPlane {
     binary: PathBuf,
     data: TempDir,
     log_dir: PathBuf,
+    args: Vec<String>,
     kubeconfig: PathBuf,
     server: String,
     starts: u32,
@@ -32,6 +33,18 @@ impl ControlPlane {
     /// Starts the binary named by `$FLEETWARD_CONTROLPLANE` (what
     /// `scripts/controlplane.sh` prints) and waits until it is ready.
     pub fn start(logs: &LogDir) -> Result<Self> {
+        Self::start_with(logs, false)
+    }
+
+    /// Like [`ControlPlane::start`], with the Fleetward CRDs installed before the
+    /// controllers start: the garbage collector then knows the Fleetward kinds from
+    /// its first sync, and a Thing's Secret goes with the Thing at once (applied
+    /// later, the collector needs up to 30 s or more to notice new kinds).
+    pub fn start_with_crds(logs: &LogDir) -> Result<Self> {
+        Self::start_with(logs, true)
+    }
+
+    fn start_with(logs: &LogDir, crds: bool) -> Result<Self> {
         let binary = workspace::binary_from_env(
             "FLEETWARD_CONTROLPLANE",
             "the binary that scripts/controlplane.sh builds and prints",
@@ -40,11 +53,20 @@ impl ControlPlane {
             .prefix("fleetward-e2e-controlplane-")
             .tempdir()
             .context("create a data directory for the control plane")?;
+        let mut args = vec!["--data-dir".to_owned(), path_arg(data.path())?];
+        if crds {
+            let file = data.path().join("fleetward-crds.yaml");
+            let stream = fleetward_crds::yaml_stream().context("render the Fleetward CRDs")?;
+            std::fs::write(&file, stream).with_context(|| format!("write {}", file.display()))?;
+            args.push("--crds".to_owned());
+            args.push(path_arg(&file)?);
+        }
         let mut plane = Self {
             process: None,
             binary,
             data,
             log_dir: logs.path().to_owned(),
+            args,
             kubeconfig: PathBuf::new(),
             server: String::new(),
             starts: 0,
@@ -56,6 +78,11 @@ impl ControlPlane {
     /// The admin kubeconfig (user in `system:masters`).
     pub fn kubeconfig(&self) -> &Path {
         &self.kubeconfig
+    }
+
+    /// Where etcd's data, the certificates and the kubeconfig live.
+    pub fn data_dir(&self) -> &Path {
+        self.data.path()
     }
 
     /// The API server's URL, `https://127.0.0.1:<port>`.
@@ -96,7 +123,7 @@ impl ControlPlane {
             n => format!("controlplane-{n}"),
         };
         let mut cmd = Command::new(&self.binary);
-        cmd.arg("--data-dir").arg(self.data.path());
+        cmd.args(&self.args);
         let mut process = Process::spawn(&name, cmd, &self.log_dir)?;
         let mut kubeconfig = None;
         let mut server = None;
@@ -148,4 +175,63 @@ impl ControlPlane {
         )?;
         Ok(())
     }
+
+    /// Waits until the garbage collector knows the Fleetward kinds, and returns how long
+    /// that took. It rediscovers API kinds only every 30 s, so until then a Secret owned
+    /// by a deleted Thing stays. A probe Channel owning a ConfigMap is deleted, and
+    /// the ConfigMap's collection shows the collector has synced all kinds served then.
+    /// Call it after [`ControlPlane::apply_crds`], in tests that rely on cascades.
+    pub fn wait_for_garbage_collector(&self) -> Result<Duration> {
+        const NS: &str = "fleetward-e2e-gc-probe";
+        let kubectl = self.kubectl();
+        let start = std::time::Instant::now();
+        kubectl.run(&["create", "namespace", NS])?;
+        kubectl.apply(
+            &serde_json::json!({
+                "apiVersion": "fleetward.io/v1alpha1",
+                "kind": "Channel",
+                "metadata": {"name": "probe", "namespace": NS},
+                "spec": {},
+            })
+            .to_string(),
+        )?;
+        let channel = kubectl.get_json(&["channel", "probe", "-n", NS])?;
+        let uid = channel["metadata"]["uid"]
+            .as_str()
+            .context("the probe Channel has no metadata.uid")?;
+        kubectl.apply(
+            &serde_json::json!({
+                "apiVersion": "v1",
+                "kind": "ConfigMap",
+                "metadata": {
+                    "name": "probe",
+                    "namespace": NS,
+                    "ownerReferences": [{
+                        "apiVersion": "fleetward.io/v1alpha1",
+                        "kind": "Channel",
+                        "name": "probe",
+                        "uid": uid,
+                    }],
+                },
+            })
+            .to_string(),
+        )?;
+        kubectl.run(&["delete", "channel", "probe", "-n", NS])?;
+        wait_until(
+            "the garbage collector to collect a dependent of a Fleetward resource",
+            Duration::from_secs(120),
+            || Ok(!kubectl.exists(&["configmap", "probe", "-n", NS])?),
+        )?;
+        kubectl.run(&["delete", "namespace", NS, "--wait=false"])?;
+        Ok(start.elapsed())
+    }
+}
+
+fn path_arg(path: &Path) -> Result<String> {
+    path.to_str().map(str::to_owned).with_context(|| {
+        format!(
+            "{} is not UTF-8; set TMPDIR to a plain path",
+            path.display()
+        )
+    })
 }
