@@ -89,12 +89,15 @@ fn complete_frame(buf: &[u8], max: usize) -> Result<Option<(u8, usize, usize)>, 
 
 /// Picks the version from the first packet, which must be a complete CONNECT.
 pub(crate) fn peek_version(buf: &[u8], max: usize) -> Result<Option<Version>, FrameError> {
-    let Some((byte1, header, _)) = complete_frame(buf, max)? else {
-        return Ok(None);
-    };
-    if byte1 >> 4 != 1 {
+    // Refuse anything but CONNECT at the first byte, without waiting for a whole frame.
+    if let Some(&byte1) = buf.first()
+        && byte1 != 0x10
+    {
         return Err(FrameError::Protocol(byte1 >> 4));
     }
+    let Some((_, header, _)) = complete_frame(buf, max)? else {
+        return Ok(None);
+    };
     let body = &buf[header..];
     let name_len = match body {
         [a, b, ..] => usize::from(u16::from_be_bytes([*a, *b])),

@@ -1,0 +1,411 @@
+//! Mountpoints, retained messages, wills, client ids, keep-alive, timeouts, malformed input and
+//! limits, with rumqttc and raw sockets.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{Fixture, key, resources, v4, v5};
+use fleetward_dataplane::MqttConfig;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+const WAIT: Duration = Duration::from_secs(3);
+const QUIET: Duration = Duration::from_millis(500);
+
+fn mqtt_str(out: &mut Vec<u8>, s: &[u8]) {
+    out.extend_from_slice(&(s.len() as u16).to_be_bytes());
+    out.extend_from_slice(s);
+}
+
+/// A v3.1.1 CONNECT with credentials and an optional will (topic, payload).
+fn raw_connect(
+    client_id: &str,
+    clean: bool,
+    keep_alive: u16,
+    user: &str,
+    pass: &str,
+    will: Option<(&str, &str)>,
+) -> Vec<u8> {
+    let mut body = Vec::new();
+    mqtt_str(&mut body, b"MQTT");
+    body.push(4);
+    let mut flags = 0b1100_0000u8;
+    if clean {
+        flags |= 0b10;
+    }
+    if will.is_some() {
+        flags |= 0b0000_1100; // will, QoS 1
+    }
+    body.push(flags);
+    body.extend_from_slice(&keep_alive.to_be_bytes());
+    mqtt_str(&mut body, client_id.as_bytes());
+    if let Some((t, p)) = will {
+        mqtt_str(&mut body, t.as_bytes());
+        mqtt_str(&mut body, p.as_bytes());
+    }
+    mqtt_str(&mut body, user.as_bytes());
+    mqtt_str(&mut body, pass.as_bytes());
+    let mut out = vec![0x10];
+    let mut len = body.len();
+    loop {
+        let mut b = (len % 128) as u8;
+        len /= 128;
+        if len > 0 {
+            b |= 0x80;
+        }
+        out.push(b);
+        if len == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&body);
+    out
+}
+
+/// Reads until EOF (or `wait`); returns what was read and whether the server closed.
+async fn read_until_closed(s: &mut TcpStream, wait: Duration) -> (Vec<u8>, bool) {
+    let mut all = Vec::new();
+    let mut buf = [0u8; 256];
+    let until = tokio::time::Instant::now() + wait;
+    loop {
+        match tokio::time::timeout_at(until, s.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return (all, true),
+            Ok(Ok(n)) => all.extend_from_slice(&buf[..n]),
+            Err(_) => return (all, false),
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_mounted_thing_publishes_and_receives_relative_topics() {
+    let fx = Fixture::start().await;
+    let mut reader = v4::connect(fx.addr, "acme", "reader", "r").await;
+    reader
+        .subscribe("m/acme/c/telemetry/#", v4::QoS::AtMostOnce)
+        .await;
+    let mut mounted = v4::connect(fx.addr, "acme", "mounted", "m").await;
+    assert_eq!(
+        mounted.subscribe("cmd/#", v4::QoS::AtLeastOnce).await,
+        vec![v4::SubscribeReasonCode::Success(v4::QoS::AtLeastOnce)]
+    );
+    mounted
+        .client
+        .publish("sensors/temp", v4::QoS::AtLeastOnce, false, "21")
+        .await
+        .expect("queued");
+    let got = reader.next_publish(WAIT).await.expect("delivered");
+    assert_eq!(got.topic, "m/acme/c/telemetry/sensors/temp");
+    let sensor = v4::connect(fx.addr, "acme", "sensor", "s").await;
+    sensor
+        .client
+        .publish("m/acme/c/telemetry/cmd/reboot", v4::QoS::AtLeastOnce, false, "now")
+        .await
+        .expect("queued");
+    let got = mounted.next_publish(WAIT).await.expect("delivered to the mounted thing");
+    assert_eq!(got.topic, "cmd/reboot");
+    // The other tenant's `mounted` thing sees none of it.
+    let mut other = v4::connect(fx.addr, "globex", "mounted", "m").await;
+    other.subscribe("#", v4::QoS::AtMostOnce).await;
+    sensor
+        .client
+        .publish("m/acme/c/telemetry/cmd/x", v4::QoS::AtMostOnce, false, "x")
+        .await
+        .expect("queued");
+    assert!(other.next_publish(QUIET).await.is_none());
+}
+
+#[tokio::test]
+async fn retained_messages_where_the_channel_allows_them() {
+    let fx = Fixture::start().await;
+    let mut sensor = v4::connect(fx.addr, "acme", "sensor", "s").await;
+    sensor
+        .client
+        .publish("m/acme/c/telemetry/state", v4::QoS::AtLeastOnce, true, "on")
+        .await
+        .expect("queued");
+    sensor
+        .client
+        .publish("m/acme/c/commands/state", v4::QoS::AtLeastOnce, true, "kept?")
+        .await
+        .expect("queued");
+    // Both acknowledged before anyone subscribes.
+    let mut acks = 0;
+    while acks < 2 {
+        match sensor.next(WAIT).await {
+            Some(Ok(v4::Packet::PubAck(_))) => acks += 1,
+            Some(Ok(_)) => {}
+            other => panic!("no PUBACK: {other:?}"),
+        }
+    }
+    let mut reader = v4::connect(fx.addr, "acme", "reader", "r").await;
+    reader
+        .subscribe("m/acme/c/telemetry/#", v4::QoS::AtLeastOnce)
+        .await;
+    let got = reader.next_publish(WAIT).await.expect("retained delivered");
+    assert!(got.retain);
+    assert_eq!(&got.payload[..], b"on");
+    // `commands` does not allow retained messages.
+    reader
+        .subscribe("m/acme/c/commands/#", v4::QoS::AtLeastOnce)
+        .await;
+    assert!(reader.next_publish(QUIET).await.is_none());
+    // An empty retained payload clears; an empty payload without retain does not.
+    sensor
+        .client
+        .publish("m/acme/c/telemetry/state", v4::QoS::AtLeastOnce, false, "")
+        .await
+        .expect("queued");
+    let mut late = v4::connect(fx.addr, "acme", "reader", "late").await;
+    late.subscribe("m/acme/c/telemetry/#", v4::QoS::AtMostOnce).await;
+    assert_eq!(&late.next_publish(WAIT).await.expect("still retained").payload[..], b"on");
+    sensor
+        .client
+        .publish("m/acme/c/telemetry/state", v4::QoS::AtLeastOnce, true, "")
+        .await
+        .expect("queued");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut later = v4::connect(fx.addr, "acme", "reader", "later").await;
+    later.subscribe("m/acme/c/telemetry/#", v4::QoS::AtMostOnce).await;
+    assert!(later.next_publish(QUIET).await.is_none());
+}
+
+#[tokio::test]
+async fn a_will_is_published_on_an_abrupt_end_only() {
+    let fx = Fixture::start().await;
+    let mut reader = v4::connect(fx.addr, "acme", "reader", "r").await;
+    reader
+        .subscribe("m/acme/c/telemetry/#", v4::QoS::AtLeastOnce)
+        .await;
+    // Clean DISCONNECT: no will.
+    let mut s = TcpStream::connect(fx.addr).await.expect("connects");
+    let pass = key("acme", "sensor");
+    s.write_all(&raw_connect("w1", true, 30, "acme/sensor", &pass, Some(("m/acme/c/telemetry/will", "clean"))))
+        .await
+        .expect("writes");
+    let mut ack = [0u8; 4];
+    s.read_exact(&mut ack).await.expect("CONNACK");
+    assert_eq!(ack, [0x20, 2, 0, 0]);
+    s.write_all(&[0xe0, 0]).await.expect("DISCONNECT");
+    drop(s);
+    assert!(reader.next_publish(QUIET).await.is_none());
+    // Abrupt end: the will arrives.
+    let mut s = TcpStream::connect(fx.addr).await.expect("connects");
+    s.write_all(&raw_connect("w2", true, 30, "acme/sensor", &pass, Some(("m/acme/c/telemetry/will", "gone"))))
+        .await
+        .expect("writes");
+    s.read_exact(&mut ack).await.expect("CONNACK");
+    drop(s);
+    let got = reader.next_publish(WAIT).await.expect("will delivered");
+    assert_eq!(got.topic, "m/acme/c/telemetry/will");
+    assert_eq!(&got.payload[..], b"gone");
+    // A will the thing may not publish refuses the CONNECT (0x05).
+    let mut s = TcpStream::connect(fx.addr).await.expect("connects");
+    s.write_all(&raw_connect("w3", true, 30, "acme/sensor", &pass, Some(("m/globex/c/telemetry/will", "x"))))
+        .await
+        .expect("writes");
+    s.read_exact(&mut ack).await.expect("CONNACK");
+    assert_eq!(ack, [0x20, 2, 0, 5]);
+}
+
+#[tokio::test]
+async fn zero_length_client_ids_follow_the_spec() {
+    let fx = Fixture::start().await;
+    let pass = key("acme", "reader");
+    // v3, persistent session: refused with 0x02.
+    let mut s = TcpStream::connect(fx.addr).await.expect("connects");
+    s.write_all(&raw_connect("", false, 30, "acme/reader", &pass, None))
+        .await
+        .expect("writes");
+    let (bytes, closed) = read_until_closed(&mut s, WAIT).await;
+    assert_eq!(bytes, vec![0x20, 2, 0, 2]);
+    assert!(closed);
+    // v3, clean session: accepted.
+    let mut s = TcpStream::connect(fx.addr).await.expect("connects");
+    s.write_all(&raw_connect("", true, 30, "acme/reader", &pass, None))
+        .await
+        .expect("writes");
+    let mut ack = [0u8; 4];
+    s.read_exact(&mut ack).await.expect("CONNACK");
+    assert_eq!(ack, [0x20, 2, 0, 0]);
+    // v5: the server assigns one.
+    let c = v5::connect(fx.addr, "acme", "reader", "").await;
+    let assigned = c
+        .connack
+        .properties
+        .and_then(|p| p.assigned_client_identifier)
+        .expect("an assigned client id");
+    assert!(!assigned.is_empty());
+}
+
+#[tokio::test]
+async fn keep_alive_is_enforced_at_one_and_a_half_times() {
+    let fx = Fixture::start().await;
+    let mut s = TcpStream::connect(fx.addr).await.expect("connects");
+    s.write_all(&raw_connect("ka", true, 1, "acme/reader", &key("acme", "reader"), None))
+        .await
+        .expect("writes");
+    let mut ack = [0u8; 4];
+    s.read_exact(&mut ack).await.expect("CONNACK");
+    let start = Instant::now();
+    // A PINGREQ inside the window keeps it alive.
+    tokio::time::sleep(Duration::from_millis(900)).await;
+    s.write_all(&[0xc0, 0]).await.expect("PINGREQ");
+    let mut resp = [0u8; 2];
+    s.read_exact(&mut resp).await.expect("PINGRESP");
+    assert_eq!(resp, [0xd0, 0]);
+    let (_, closed) = read_until_closed(&mut s, Duration::from_secs(4)).await;
+    assert!(closed);
+    let silent = start.elapsed() - Duration::from_millis(900);
+    assert!(
+        silent >= Duration::from_millis(1400) && silent < Duration::from_millis(2500),
+        "closed after {silent:?} of silence"
+    );
+}
+
+#[tokio::test]
+async fn a_connection_without_connect_is_closed_after_the_timeout() {
+    let fx = Fixture::start_with(MqttConfig {
+        connect_timeout: Duration::from_millis(300),
+        ..MqttConfig::default()
+    })
+    .await;
+    let mut s = TcpStream::connect(fx.addr).await.expect("connects");
+    s.write_all(&[0x10]).await.expect("half a header");
+    let start = Instant::now();
+    let (_, closed) = read_until_closed(&mut s, WAIT).await;
+    assert!(closed);
+    assert!(start.elapsed() < Duration::from_secs(1));
+}
+
+#[tokio::test]
+async fn malformed_bytes_cost_that_connection_only() {
+    let fx = Fixture::start().await;
+    let mut reader = v5::connect(fx.addr, "acme", "reader", "r").await;
+    reader
+        .subscribe("m/acme/c/telemetry/#", v5::QoS::AtMostOnce)
+        .await;
+    let garbage: [&[u8]; 5] = [
+        &[0xff, 0xff, 0xff, 0xff, 0xff, 0x01],
+        &[0x30, 0x02, 0x00, 0x00],           // PUBLISH before CONNECT
+        &[0x10, 0x03, 0x00, 0x04, 0x4d],     // CONNECT with a truncated name
+        b"GET / HTTP/1.1\r\nHost: x\r\n\r\n",
+        &[0x10, 0x0c, 0, 4, b'M', b'Q', b'T', b'T', 5, 0, 0, 0, 0, 0], // v5 CONNECT, bad body
+    ];
+    for g in garbage {
+        let mut s = TcpStream::connect(fx.addr).await.expect("connects");
+        s.write_all(g).await.expect("writes");
+        let (_, closed) = read_until_closed(&mut s, WAIT).await;
+        assert!(closed, "{g:?} was not answered by a close");
+    }
+    // After a valid v5 CONNECT: a CONNACK and an UNSUBACK from the client (rumqttd's v5
+    // decoder panics on these), and a malformed PUBLISH.
+    for bad in [&[0x20u8, 3, 0, 0, 0][..], &[0xb0, 3, 0, 1, 0], &[0x32, 1, 0]] {
+        let mut s = TcpStream::connect(fx.addr).await.expect("connects");
+        let mut connect = raw_connect("m", true, 30, "acme/sensor", &key("acme", "sensor"), None);
+        connect[8] = 5; // protocol level 5 ...
+        connect.insert(12, 0); // ... and an empty property block after the keep-alive
+        connect[1] += 1;
+        s.write_all(&connect).await.expect("writes");
+        let mut ack = [0u8; 3];
+        s.read_exact(&mut ack).await.expect("CONNACK");
+        assert_eq!(ack[0], 0x20);
+        s.write_all(bad).await.expect("writes");
+        let (_, closed) = read_until_closed(&mut s, WAIT).await;
+        assert!(closed, "{bad:?}");
+    }
+    // The rest of the pod carries on.
+    let sensor = v5::connect(fx.addr, "acme", "sensor", "s").await;
+    sensor
+        .client
+        .publish("m/acme/c/telemetry/ok", v5::QoS::AtMostOnce, false, "fine")
+        .await
+        .expect("queued");
+    assert_eq!(&reader.next_publish(WAIT).await.expect("delivered").payload[..], b"fine");
+}
+
+#[tokio::test]
+async fn per_tenant_message_size_and_publish_rate() {
+    let mut fx = Fixture::start().await;
+    let mut r = resources();
+    for t in r.tenants.iter_mut().filter(|t| t.name == "acme") {
+        t.limits.max_message_size = Some(100);
+        t.limits.publish_rate = Some(2);
+        t.limits.publish_burst = Some(3);
+    }
+    fx.apply(r);
+    let mut big = v5::connect(fx.addr, "acme", "sensor", "big").await;
+    big.client
+        .publish("m/acme/c/telemetry/x", v5::QoS::AtMostOnce, false, vec![b'x'; 101])
+        .await
+        .expect("queued");
+    let e = big.closed_within(WAIT).await.expect("disconnected");
+    assert!(e.contains("PacketTooLarge"), "{e}");
+    let mut big3 = v4::connect(fx.addr, "acme", "sensor", "big3").await;
+    big3.client
+        .publish("m/acme/c/telemetry/x", v4::QoS::AtMostOnce, false, vec![b'x'; 101])
+        .await
+        .expect("queued");
+    assert!(big3.closed_within(WAIT).await.is_some());
+    // The other tenant has no such limit.
+    let mut fine = v5::connect(fx.addr, "globex", "sensor", "fine").await;
+    fine.client
+        .publish("m/globex/c/telemetry/x", v5::QoS::AtLeastOnce, false, vec![b'x'; 5000])
+        .await
+        .expect("queued");
+    assert!(matches!(fine.next(WAIT).await, Some(Ok(v5::Packet::PubAck(_)))));
+
+    let mut fast = v5::connect(fx.addr, "acme", "sensor", "fast").await;
+    for i in 0..6 {
+        fast.client
+            .publish("m/acme/c/telemetry/x", v5::QoS::AtMostOnce, false, format!("{i}"))
+            .await
+            .expect("queued");
+    }
+    let e = fast.closed_within(WAIT).await.expect("disconnected");
+    assert!(e.contains("MessageRateTooHigh"), "{e}");
+    assert!(fx.dataplane.metrics().refusals("limit", "publish_rate") >= 1);
+}
+
+#[tokio::test]
+async fn v3_publishers_over_the_rate_are_throttled_not_dropped() {
+    let mut fx = Fixture::start().await;
+    let mut r = resources();
+    for t in r.tenants.iter_mut().filter(|t| t.name == "acme") {
+        t.limits.publish_rate = Some(10);
+        t.limits.publish_burst = Some(1);
+    }
+    fx.apply(r);
+    let mut reader = v4::connect(fx.addr, "acme", "reader", "r").await;
+    reader.subscribe("m/acme/c/telemetry/#", v4::QoS::AtMostOnce).await;
+    let sensor = v4::connect(fx.addr, "acme", "sensor", "s").await;
+    let start = Instant::now();
+    for i in 0..6 {
+        sensor
+            .client
+            .publish("m/acme/c/telemetry/x", v4::QoS::AtMostOnce, false, format!("{i}"))
+            .await
+            .expect("queued");
+    }
+    for i in 0..6 {
+        let p = reader.next_publish(WAIT).await.expect("every message arrives");
+        assert_eq!(p.payload, format!("{i}").as_bytes());
+    }
+    // Five tokens at 10/s after the first.
+    assert!(start.elapsed() >= Duration::from_millis(450), "{:?}", start.elapsed());
+}
+
+#[tokio::test]
+async fn the_pod_connection_limit_answers_server_busy() {
+    let fx = Fixture::start_with(MqttConfig {
+        max_connections: 2,
+        ..MqttConfig::default()
+    })
+    .await;
+    let _a = v5::connect(fx.addr, "acme", "reader", "a").await;
+    let _b = v4::connect(fx.addr, "acme", "reader", "b").await;
+    let o = v5::options(fx.addr, "acme", "reader", "c");
+    assert_eq!(v5::connect_with(o).await.err().as_deref(), Some("ServerBusy"));
+    let o = v4::options(fx.addr, "acme", "reader", "d");
+    assert_eq!(v4::connect_with(o).await.err().as_deref(), Some("ServiceUnavailable"));
+}
