@@ -4,6 +4,53 @@
 //! into [`Resources`] (or calls the `upsert_*`/`remove_*` methods of a [`Snapshot`]) and ships
 //! [`Delta`]s; the dataplane answers every CONNECT, PUBLISH and SUBSCRIBE through the
 //! [`PolicyEvaluator`] trait, usually behind a [`CachedEvaluator`].
+//!
+//! ```
+//! use fleetward_policy::*;
+//!
+//! let key = generate_thing_key()?;
+//! let resources = Resources {
+//!     tenants: vec![Tenant { name: "acme".into(), suspended: false, limits: TenantLimits::default() }],
+//!     things: vec![Thing {
+//!         tenant: "acme".into(),
+//!         name: "sensor-1".into(),
+//!         key_digests: vec![KeyDigest::of(key.as_bytes())],
+//!         disabled: false,
+//!         mountpoint: None,
+//!     }],
+//!     channels: vec![Channel {
+//!         tenant: "acme".into(),
+//!         name: "telemetry".into(),
+//!         max_qos: Qos::AtLeastOnce,
+//!         retained_allowed: true,
+//!         max_message_size: None,
+//!     }],
+//!     grants: vec![Grant {
+//!         tenant: "acme".into(),
+//!         name: "sensor-1-telemetry".into(),
+//!         subject: GrantSubject::Thing("sensor-1".into()),
+//!         channel: "telemetry".into(),
+//!         actions: Actions::PUBLISH,
+//!         allow: vec!["rooms/#".parse()?],
+//!         deny: vec![],
+//!     }],
+//!     ..Resources::default()
+//! };
+//! let policy = CachedEvaluator::new(Snapshot::from_resources(1, resources)?, 100_000);
+//!
+//! let subject = policy.authenticate(&Credential::Thing {
+//!     tenant: "acme",
+//!     thing: "sensor-1",
+//!     key: key.as_bytes(),
+//! })?;
+//! let limits = TopicLimits::default();
+//! let topic = parse_topic_name(b"m/acme/c/telemetry/rooms/7/temp", &limits)?;
+//! assert_eq!(policy.authorize(&subject, Action::Publish, &topic), Decision::Allow(AllowReason::Grant));
+//! let other = parse_topic_name(b"m/acme/c/telemetry/hall", &limits)?;
+//! let denied = policy.authorize(&subject, Action::Publish, &other);
+//! assert_eq!(denied.as_str(), "subtopic_not_allowed");
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
 
 mod builtin;
 pub mod cache;
