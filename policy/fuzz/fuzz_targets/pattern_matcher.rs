@@ -52,7 +52,10 @@ fuzz_target!(|data: &[u8]| {
     let covered = covers(&patterns, fsub);
     for t in instances(&filter) {
         let t = t.as_deref();
-        assert!(filter.matches(t), "{filter} does not match its instance {t:?}");
+        assert!(
+            filter.matches(t),
+            "{filter} does not match its instance {t:?}"
+        );
         if covered {
             assert!(
                 patterns.iter().any(|p| p.matches(t)),
@@ -61,13 +64,19 @@ fuzz_target!(|data: &[u8]| {
         }
         for p in &patterns {
             if p.matches(t) {
-                assert!(p.overlaps(fsub), "{p} and {filter} share {t:?} but do not overlap");
+                assert!(
+                    p.overlaps(fsub),
+                    "{p} and {filter} share {t:?} but do not overlap"
+                );
             }
         }
     }
     for p in &patterns {
         if covers(std::slice::from_ref(p), fsub) {
-            assert!(p.overlaps(fsub), "{p} covers {filter} but does not overlap it");
+            assert!(
+                p.overlaps(fsub),
+                "{p} covers {filter} but does not overlap it"
+            );
         }
         if !fsub.is_some_and(|s| s.contains(['+', '#'])) {
             assert_eq!(p.overlaps(fsub), p.matches(fsub));

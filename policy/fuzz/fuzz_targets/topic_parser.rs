@@ -2,9 +2,7 @@
 //! accepted topic obeys the grammar.
 #![no_main]
 
-use fleetward_policy::{
-    Mountpoint, Topic, TopicKind, TopicLimits, parse_filter, parse_topic_name,
-};
+use fleetward_policy::{Mountpoint, Topic, TopicKind, TopicLimits, parse_filter, parse_topic_name};
 use libfuzzer_sys::fuzz_target;
 
 fn check(t: &Topic<'_>, limits: &TopicLimits) {
