@@ -155,6 +155,15 @@ impl<R: Router, S: AsyncWrite + Unpin> Handshake<'_, R, S> {
                 .await;
         };
         let snapshot = shared.snapshot();
+        if snapshot.version() == 0 {
+            // Never had a policy: fail closed, and say it is the server's state.
+            return self
+                .refuse(
+                    reason::connack_for(version, DenyReason::PolicyUnavailable),
+                    DenyReason::PolicyUnavailable.as_str(),
+                )
+                .await;
+        }
         let credential = Credential::Thing {
             tenant,
             thing,
