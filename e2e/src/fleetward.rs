@@ -202,6 +202,31 @@ impl Dataplane {
     }
 }
 
+/// Starts the two dataplanes of the multi-pod scenarios, `dataplane-a` and
+/// `dataplane-b`, on distinct ports with their state under `state_root`, both on
+/// the bus in `config.nats_url`.
+///
+/// Waiting on issue 5 (`fleetward dataplane`).
+pub fn start_dataplane_pair(
+    state_root: &Path,
+    config: &DataplaneConfig,
+    log_dir: &Path,
+) -> Result<(Dataplane, Dataplane)> {
+    let a = Dataplane::start(
+        "dataplane-a",
+        &state_root.join("dataplane-a"),
+        config.clone(),
+        log_dir,
+    )?;
+    let b = Dataplane::start(
+        "dataplane-b",
+        &state_root.join("dataplane-b"),
+        config.clone(),
+        log_dir,
+    )?;
+    Ok((a, b))
+}
+
 /// Waits until `GET /readyz` on `admin` answers 200, failing at once if the process exits.
 fn wait_ready(process: &mut Process, admin: SocketAddr) -> Result<()> {
     let deadline = Instant::now() + READY_TIMEOUT;
