@@ -25,6 +25,7 @@ step "unit, property and protocol tests"
 cargo test --workspace --all-features
 
 step "end-to-end tests against a real kube-apiserver"
+cargo build --bin fleetward
 cargo test -p fleetward-e2e --all-features -- --ignored --test-threads=1
 
 step "fuzz smoke run"

@@ -1,0 +1,333 @@
+//! The PolicySync client: keeps the dataplane's policy snapshot in step with an operator.
+//!
+//! [`SyncClient::new`] loads the last-known-good snapshot from the state directory, so a
+//! dataplane restarted without an operator keeps enforcing it (fail static). [`SyncClient::run`]
+//! connects to the operators in turn, reconnecting with backoff, applies every update, ACKs or
+//! NACKs it, persists what it applied and publishes it on [`SyncClient::snapshot`].
+
+mod session;
+mod status;
+pub mod store;
+
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use fleetward_policy::Snapshot;
+use tokio::sync::watch;
+use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
+
+pub use status::SyncStatus;
+pub use store::{Stored, StoreError};
+
+/// The default cap on one PolicySync message, either way.
+pub const DEFAULT_MAX_MESSAGE_SIZE: usize = 64 * 1024 * 1024;
+
+/// How the client connects.
+#[derive(Clone, Debug)]
+pub struct SyncConfig {
+    /// Operator URLs (`http://host:port` or `https://…`), tried in turn.
+    pub endpoints: Vec<String>,
+    /// This dataplane's node id (its pod name).
+    pub node_id: String,
+    /// Where the last-known-good snapshot is kept; `None` keeps nothing across restarts.
+    pub state_dir: Option<PathBuf>,
+    /// The shared token, sent as `authorization: Bearer <token>`.
+    pub token: Option<String>,
+    /// TLS towards the operators (required for `https://` endpoints).
+    pub tls: Option<ClientTls>,
+    /// The largest message sent or received, in bytes.
+    pub max_message_size: usize,
+    /// How long one connection attempt may take.
+    pub connect_timeout: Duration,
+    /// How often an idle connection is pinged.
+    pub keepalive_interval: Duration,
+    /// How long a ping may go unanswered before the connection is given up.
+    pub keepalive_timeout: Duration,
+    /// The first wait after every endpoint failed; it doubles up to `backoff_max`.
+    pub backoff_min: Duration,
+    /// The longest wait between rounds of attempts.
+    pub backoff_max: Duration,
+}
+
+impl SyncConfig {
+    /// A configuration with defaults for everything but the endpoints and node id.
+    pub fn new(endpoints: Vec<String>, node_id: impl Into<String>) -> Self {
+        Self {
+            endpoints,
+            node_id: node_id.into(),
+            state_dir: None,
+            token: None,
+            tls: None,
+            max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
+            connect_timeout: Duration::from_secs(5),
+            keepalive_interval: Duration::from_secs(10),
+            keepalive_timeout: Duration::from_secs(20),
+            backoff_min: Duration::from_millis(200),
+            backoff_max: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Splits `--operator URL[,URL…]` into endpoints, dropping blanks.
+pub fn parse_endpoints(list: &str) -> Vec<String> {
+    list.split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
+/// TLS towards the operators, PEM-encoded.
+#[derive(Clone)]
+pub struct ClientTls {
+    /// The CA that signed the operators' certificates.
+    pub ca_pem: Vec<u8>,
+    /// This dataplane's certificate and key, for mutual TLS.
+    pub identity: Option<(Vec<u8>, Vec<u8>)>,
+    /// The name to expect in the operators' certificates, if not the URL's host.
+    pub domain: Option<String>,
+}
+
+impl std::fmt::Debug for ClientTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientTls")
+            .field("identity", &self.identity.is_some())
+            .field("domain", &self.domain)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ClientTls {
+    /// Reads the PEM files; `cert` and `key` go together.
+    pub fn from_files(
+        ca: &Path,
+        cert_and_key: Option<(&Path, &Path)>,
+        domain: Option<String>,
+    ) -> Result<Self, SyncError> {
+        let identity = match cert_and_key {
+            Some((c, k)) => Some((read_file(c)?, read_file(k)?)),
+            None => None,
+        };
+        Ok(Self {
+            ca_pem: read_file(ca)?,
+            identity,
+            domain,
+        })
+    }
+}
+
+fn read_file(path: &Path) -> Result<Vec<u8>, SyncError> {
+    std::fs::read(path).map_err(|source| SyncError::ReadFile {
+        path: path.to_owned(),
+        source,
+    })
+}
+
+/// Why the client could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum SyncError {
+    /// No operator endpoint was given.
+    #[error("no operator endpoint: give --operator URL[,URL…]")]
+    NoEndpoint,
+    /// The node id is empty.
+    #[error("the dataplane needs a node id (its pod name) to sync policy")]
+    NoNodeId,
+    /// An endpoint is not a usable URL.
+    #[error("operator endpoint {url:?} is not usable: {source}")]
+    Endpoint {
+        /// The URL as given.
+        url: String,
+        /// Why.
+        source: tonic::transport::Error,
+    },
+    /// A TLS file could not be read.
+    #[error("cannot read {}: {source}", path.display())]
+    ReadFile {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+}
+
+/// The policy sync client. See the module documentation.
+pub struct SyncClient {
+    config: SyncConfig,
+    endpoints: Vec<(String, Endpoint)>,
+    status: Arc<SyncStatus>,
+    snapshot: watch::Sender<Arc<Snapshot>>,
+    stored: watch::Sender<Option<Stored>>,
+}
+
+impl SyncClient {
+    /// Checks the configuration and loads the persisted snapshot, if any. A snapshot that
+    /// cannot be read is logged and ignored: the dataplane then waits for an operator.
+    pub fn new(config: SyncConfig) -> Result<Self, SyncError> {
+        if config.endpoints.is_empty() {
+            return Err(SyncError::NoEndpoint);
+        }
+        if config.node_id.is_empty() {
+            return Err(SyncError::NoNodeId);
+        }
+        let endpoints = config
+            .endpoints
+            .iter()
+            .map(|url| Ok((url.clone(), endpoint(url, &config)?)))
+            .collect::<Result<Vec<_>, SyncError>>()?;
+        let status = Arc::new(SyncStatus::default());
+        let loaded = match &config.state_dir {
+            Some(dir) => match store::load(dir) {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot load the persisted policy snapshot");
+                    status.set_error(e.to_string());
+                    None
+                }
+            },
+            None => None,
+        };
+        let initial = match &loaded {
+            Some(s) => {
+                tracing::info!(
+                    version = s.snapshot.version(),
+                    resources = s.snapshot.resource_count(),
+                    "loaded the last-known-good policy snapshot"
+                );
+                status.loaded(s);
+                s.snapshot.clone()
+            }
+            None => Arc::new(Snapshot::new(0)),
+        };
+        Ok(Self {
+            config,
+            endpoints,
+            status,
+            snapshot: watch::channel(initial).0,
+            stored: watch::channel(loaded).0,
+        })
+    }
+
+    /// The current snapshot, for the evaluator; it changes on every applied update.
+    pub fn snapshot(&self) -> watch::Receiver<Arc<Snapshot>> {
+        self.snapshot.subscribe()
+    }
+
+    /// Readiness and staleness, for probes and metrics.
+    pub fn status(&self) -> Arc<SyncStatus> {
+        self.status.clone()
+    }
+
+    /// Syncs until `shutdown` resolves, then writes the last applied snapshot and returns.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) {
+        let persister = self.config.state_dir.clone().map(|dir| {
+            let rx = self.stored.subscribe();
+            tokio::spawn(persist(dir, rx))
+        });
+        tokio::select! {
+            () = shutdown => tracing::info!("policy sync stopping"),
+            () = self.connect_loop() => {}
+        }
+        self.status.disconnected();
+        drop(self.stored);
+        if let Some(p) = persister
+            && let Err(e) = p.await
+        {
+            tracing::error!(error = %e, "the policy snapshot writer failed");
+        }
+    }
+
+    async fn connect_loop(&self) {
+        let n = self.endpoints.len();
+        let mut failed_rounds = 0u32;
+        let mut failures = 0usize;
+        for attempt in 0usize.. {
+            let (url, endpoint) = &self.endpoints[attempt % n];
+            let got_updates = session::Session {
+                config: &self.config,
+                url,
+                status: &self.status,
+                snapshot: &self.snapshot,
+                stored: &self.stored,
+            }
+            .run(endpoint.clone())
+            .await;
+            if got_updates {
+                failures = 0;
+                failed_rounds = 0;
+                tokio::time::sleep(jitter(self.config.backoff_min)).await;
+                continue;
+            }
+            failures += 1;
+            if failures.is_multiple_of(n) {
+                let wait = backoff(&self.config, failed_rounds);
+                failed_rounds = failed_rounds.saturating_add(1);
+                tracing::debug!(?wait, "every operator endpoint failed; waiting");
+                tokio::time::sleep(wait).await;
+            }
+        }
+    }
+}
+
+/// The wait after `rounds` failed rounds: exponential, capped, with jitter.
+fn backoff(config: &SyncConfig, rounds: u32) -> Duration {
+    let exp = config
+        .backoff_min
+        .saturating_mul(2u32.saturating_pow(rounds.min(20)));
+    jitter(exp.min(config.backoff_max))
+}
+
+/// A random duration between half of `d` and `d`, so dataplanes do not reconnect in step.
+fn jitter(d: Duration) -> Duration {
+    let r = getrandom::u32().unwrap_or(u32::MAX / 2);
+    let frac = 0.5 + 0.5 * f64::from(r) / f64::from(u32::MAX);
+    d.mul_f64(frac)
+}
+
+fn endpoint(url: &str, config: &SyncConfig) -> Result<Endpoint, SyncError> {
+    let err = |source| SyncError::Endpoint {
+        url: url.to_owned(),
+        source,
+    };
+    let mut e = Endpoint::from_shared(url.to_owned())
+        .map_err(err)?
+        .connect_timeout(config.connect_timeout)
+        .http2_keep_alive_interval(config.keepalive_interval)
+        .keep_alive_timeout(config.keepalive_timeout)
+        .keep_alive_while_idle(true)
+        .tcp_keepalive(Some(config.keepalive_interval))
+        .tcp_nodelay(true);
+    if let Some(tls) = &config.tls {
+        let mut t = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(&tls.ca_pem));
+        if let Some((cert, key)) = &tls.identity {
+            t = t.identity(Identity::from_pem(cert, key));
+        }
+        if let Some(d) = &tls.domain {
+            t = t.domain_name(d.clone());
+        }
+        e = e.tls_config(t).map_err(err)?;
+    }
+    Ok(e)
+}
+
+/// Writes every new snapshot, newest first: a burst of updates costs one write.
+async fn persist(dir: PathBuf, mut rx: watch::Receiver<Option<Stored>>) {
+    rx.mark_unchanged();
+    while rx.changed().await.is_ok() {
+        let Some(stored) = rx.borrow_and_update().clone() else {
+            continue;
+        };
+        let dir = dir.clone();
+        let version = stored.snapshot.version();
+        match tokio::task::spawn_blocking(move || store::save(&dir, &stored)).await {
+            Ok(Ok(())) => tracing::debug!(version, "persisted the policy snapshot"),
+            Ok(Err(e)) => tracing::error!(
+                error = %e,
+                "cannot persist the policy snapshot; a restart without an operator would \
+                 start from an older one"
+            ),
+            Err(e) => tracing::error!(error = %e, "the policy snapshot writer panicked"),
+        }
+    }
+}
