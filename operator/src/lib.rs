@@ -7,5 +7,8 @@ pub mod dataplanes;
 pub mod directory;
 pub mod grpc;
 pub mod index;
+pub mod k8s;
 pub mod manifest;
+pub mod metrics;
+pub mod runtime;
 pub mod shared;

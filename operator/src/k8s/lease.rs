@@ -1,0 +1,186 @@
+//! Leader election on a `coordination.k8s.io` Lease (kube-lease-manager): only the holder writes Secrets, status and Events.
+//!
+//! The election runs in its own task and publishes a `bool` that the writers check before each
+//! write. Stepping down clears it first, then releases the Lease so another replica takes
+//! over at once instead of after the lease duration.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use kube::Client;
+use kube_lease_manager::{LeaseManager, LeaseManagerBuilder};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::metrics::Metrics;
+
+/// How long to wait before trying again to set up the Lease after an error.
+const SETUP_RETRY: Duration = Duration::from_secs(5);
+/// How long stepping down may take to release the Lease.
+const RELEASE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Where the Lease is and who this replica is.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LeaseConfig {
+    /// The Lease's namespace.
+    pub namespace: String,
+    /// The Lease's name.
+    pub name: String,
+    /// This replica's identity (the holder identity in the Lease).
+    pub identity: String,
+    /// How long the Lease is valid after its last renewal, in seconds.
+    pub duration_secs: u64,
+    /// How long before expiry the holder renews it, in seconds (less than the duration).
+    pub grace_secs: u64,
+}
+
+impl LeaseConfig {
+    /// Checks the timings the Lease manager would otherwise panic on.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.duration_secs == 0 || self.grace_secs == 0 || self.grace_secs >= self.duration_secs
+        {
+            return Err(format!(
+                "the lease grace ({}s) must be at least 1s and less than the lease duration ({}s)",
+                self.grace_secs, self.duration_secs
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// This replica's part in the election.
+#[derive(Debug)]
+pub struct Leadership {
+    leader: watch::Receiver<bool>,
+    stop: watch::Sender<bool>,
+    task: JoinHandle<()>,
+}
+
+impl Leadership {
+    /// Starts campaigning for the Lease in the background.
+    pub fn start(client: Client, config: LeaseConfig, metrics: Arc<Metrics>) -> Self {
+        let (leader_tx, leader) = watch::channel(false);
+        let (stop, stop_rx) = watch::channel(false);
+        let task = tokio::spawn(campaign(client, config, leader_tx, stop_rx, metrics));
+        Self { leader, stop, task }
+    }
+
+    /// `true` while this replica holds the Lease.
+    pub fn subscribe(&self) -> watch::Receiver<bool> {
+        self.leader.clone()
+    }
+
+    /// Stops writing at once and releases the Lease.
+    pub async fn step_down(self) {
+        let _ = self.stop.send(true);
+        if tokio::time::timeout(RELEASE_TIMEOUT, self.task)
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                "releasing the Lease took too long; another replica takes over when it expires"
+            );
+        }
+    }
+}
+
+async fn campaign(
+    client: Client,
+    config: LeaseConfig,
+    leader: watch::Sender<bool>,
+    mut stop: watch::Receiver<bool>,
+    metrics: Arc<Metrics>,
+) {
+    let set = |value: bool| {
+        leader.send_if_modified(|v| std::mem::replace(v, value) != value);
+        metrics.set_leader(value);
+    };
+    loop {
+        let manager = tokio::select! {
+            m = build(&client, &config) => m,
+            _ = stop.changed() => return,
+        };
+        let manager = match manager {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::warn!(
+                    namespace = %config.namespace,
+                    lease = %config.name,
+                    error = %e,
+                    "cannot set up the leader Lease; check that the namespace exists and the \
+                     operator may get, create and patch leases.coordination.k8s.io there"
+                );
+                tokio::select! {
+                    () = tokio::time::sleep(SETUP_RETRY) => continue,
+                    _ = stop.changed() => return,
+                }
+            }
+        };
+        let (mut held, task) = manager.watch().await;
+        loop {
+            let now = *held.borrow_and_update();
+            if now != *leader.borrow() {
+                tracing::info!(identity = %config.identity, leader = now, "leadership changed");
+            }
+            set(now);
+            tokio::select! {
+                changed = held.changed() => {
+                    if changed.is_err() {
+                        break;
+                    }
+                }
+                _ = stop.changed() => {
+                    set(false);
+                    // Dropping the receiver makes the manager release the Lease and finish.
+                    drop(held);
+                    match task.await {
+                        Ok(Ok(_)) => tracing::info!(identity = %config.identity, "released the Lease"),
+                        Ok(Err(e)) => tracing::warn!(error = %e, "releasing the Lease failed"),
+                        Err(e) => tracing::warn!(error = %e, "the Lease task failed"),
+                    }
+                    return;
+                }
+            }
+        }
+        // The manager stopped on its own: nothing is known to be held any more.
+        set(false);
+        match task.await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "the Lease manager stopped; starting again"),
+            Err(e) => tracing::warn!(error = %e, "the Lease task failed; starting again"),
+        }
+    }
+}
+
+async fn build(client: &Client, config: &LeaseConfig) -> kube_lease_manager::Result<LeaseManager> {
+    LeaseManagerBuilder::new(client.clone(), &config.name)
+        .with_namespace(&config.namespace)
+        .with_identity(&config.identity)
+        .with_duration(config.duration_secs)
+        .with_grace(config.grace_secs)
+        .build()
+        .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(duration_secs: u64, grace_secs: u64) -> LeaseConfig {
+        LeaseConfig {
+            namespace: "fleetward-system".into(),
+            name: "fleetward-operator".into(),
+            identity: "operator-0".into(),
+            duration_secs,
+            grace_secs,
+        }
+    }
+
+    #[test]
+    fn timings_the_lease_manager_would_panic_on_are_refused() {
+        assert!(config(15, 5).validate().is_ok());
+        assert!(config(5, 5).validate().is_err());
+        assert!(config(15, 0).validate().is_err());
+        assert!(config(0, 0).validate().is_err());
+    }
+}

@@ -1,0 +1,134 @@
+//! The Kubernetes edge of the operator: watches that feed the index, leader election, and the leader's writes (status, Secrets, Events).
+//!
+//! Every replica runs the watches; only the Lease holder runs the writes' side effects.
+
+pub mod lease;
+pub mod observed;
+pub mod secrets;
+pub mod status;
+pub mod watch;
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::ObjectReference;
+
+use crate::index::{Kind, ObjectKey};
+
+/// The field manager of every write the operator makes (server-side apply and creates).
+pub const FIELD_MANAGER: &str = "fleetward-operator";
+
+/// The controller name on the Events the operator records.
+pub const CONTROLLER: &str = "fleetward.io/operator";
+
+/// Why a write to the API server failed.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The API server refused or did not answer a status write.
+    #[error("writing the status of {key} failed: {source}")]
+    StatusWrite {
+        /// The object.
+        key: ObjectKey,
+        /// What the API server said.
+        #[source]
+        source: kube::Error,
+    },
+    /// The API server refused or did not answer the creation of a Thing's Secret.
+    #[error(
+        "creating Secret {namespace}/{name} for Thing {thing} failed: {source}; the operator \
+         retries with backoff (check its RBAC allows creating Secrets in {namespace})"
+    )]
+    SecretCreate {
+        /// The Secret's namespace.
+        namespace: String,
+        /// The Secret's name.
+        name: String,
+        /// The Thing it is for.
+        thing: String,
+        /// What the API server said.
+        #[source]
+        source: kube::Error,
+    },
+    /// No key could be generated (the system's random source failed).
+    #[error("generating a key for {key} failed: {message}")]
+    KeyGeneration {
+        /// The Thing.
+        key: ObjectKey,
+        /// What failed.
+        message: String,
+    },
+}
+
+impl Error {
+    /// The `error` label of the error metrics.
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            Error::StatusWrite { .. } => "status_write",
+            Error::SecretCreate { .. } => "secret_create",
+            Error::KeyGeneration { .. } => "key_generation",
+        }
+    }
+}
+
+/// The API resource of a Fleetward kind (`Secret` for [`Kind::Secret`]).
+pub fn api_resource(kind: Kind) -> kube::api::ApiResource {
+    use fleetward_crds::{Channel, Connection, Group, Tenant, Thing, User};
+    use kube::api::ApiResource;
+    match kind {
+        Kind::Tenant => ApiResource::erase::<Tenant>(&()),
+        Kind::Thing => ApiResource::erase::<Thing>(&()),
+        Kind::Channel => ApiResource::erase::<Channel>(&()),
+        Kind::Connection => ApiResource::erase::<Connection>(&()),
+        Kind::User => ApiResource::erase::<User>(&()),
+        Kind::Group => ApiResource::erase::<Group>(&()),
+        Kind::Secret => ApiResource::erase::<k8s_openapi::api::core::v1::Secret>(&()),
+    }
+}
+
+/// A reference to an object, for the Events about it.
+pub fn object_reference(key: &ObjectKey, uid: Option<String>) -> ObjectReference {
+    let resource = api_resource(key.kind);
+    ObjectReference {
+        api_version: Some(resource.api_version),
+        kind: Some(resource.kind),
+        name: Some(key.name.clone()),
+        namespace: (!key.namespace.is_empty()).then(|| key.namespace.clone()),
+        uid,
+        ..ObjectReference::default()
+    }
+}
+
+/// The first and the longest wait before a failed write is retried.
+const RETRY_MIN: Duration = Duration::from_secs(1);
+const RETRY_MAX: Duration = Duration::from_secs(300);
+
+/// Failed writes waiting for their retry.
+#[derive(Debug, Default)]
+pub(crate) struct Retries {
+    waiting: HashMap<ObjectKey, (u32, Instant)>,
+}
+
+impl Retries {
+    pub(crate) fn blocks(&self, key: &ObjectKey, now: Instant) -> bool {
+        self.waiting.get(key).is_some_and(|(_, at)| *at > now)
+    }
+
+    /// Records a failure; returns how many in a row.
+    pub(crate) fn failed(&mut self, key: ObjectKey) -> u32 {
+        let entry = self.waiting.entry(key).or_insert((0, Instant::now()));
+        entry.0 += 1;
+        let wait = RETRY_MIN
+            .saturating_mul(1 << entry.0.min(16).saturating_sub(1))
+            .min(RETRY_MAX);
+        entry.1 = Instant::now() + wait;
+        entry.0
+    }
+
+    pub(crate) fn succeeded(&mut self, key: &ObjectKey) {
+        self.waiting.remove(key);
+    }
+
+    pub(crate) fn next(&self) -> Option<Instant> {
+        self.waiting.values().map(|(_, at)| *at).min()
+    }
+}

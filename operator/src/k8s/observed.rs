@@ -1,0 +1,386 @@
+//! What the API server shows: each object's uid, generation and status, the Secrets in tenant namespaces, and which watches have synced.
+//!
+//! The index keeps what objects declare; this keeps what the status writer compares against
+//! and what the Secret reconciler needs (uids for owner references, which Secrets exist).
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::{Mutex, MutexGuard};
+
+use fleetward_crds::{ResourceStatus, TenantStatus, ThingStatus};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use tokio::sync::watch;
+
+use crate::index::{Kind, ObjectKey};
+
+/// The kinds watched cluster-wide; all must have synced before the operator is ready.
+pub const WATCHED_KINDS: [Kind; 6] = [
+    Kind::Tenant,
+    Kind::Thing,
+    Kind::Channel,
+    Kind::Connection,
+    Kind::User,
+    Kind::Group,
+];
+
+/// An object's status, typed by kind.
+#[derive(Clone, Debug, PartialEq)]
+pub enum ShownStatus {
+    /// A Tenant's.
+    Tenant(TenantStatus),
+    /// A Thing's.
+    Thing(ThingStatus),
+    /// A Channel's, Connection's, User's or Group's.
+    Resource(ResourceStatus),
+}
+
+impl ShownStatus {
+    /// The status conditions.
+    pub fn conditions(&self) -> &[Condition] {
+        match self {
+            ShownStatus::Tenant(s) => &s.conditions,
+            ShownStatus::Thing(s) => &s.conditions,
+            ShownStatus::Resource(s) => &s.conditions,
+        }
+    }
+
+    /// Parses the `status` of an object of `kind`, as the API server returned it.
+    pub fn from_json(kind: Kind, status: serde_json::Value) -> Result<Self, serde_json::Error> {
+        Ok(match kind {
+            Kind::Tenant => ShownStatus::Tenant(serde_json::from_value(status)?),
+            Kind::Thing => ShownStatus::Thing(serde_json::from_value(status)?),
+            _ => ShownStatus::Resource(serde_json::from_value(status)?),
+        })
+    }
+}
+
+/// What the API server shows of one Fleetward object.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Shown {
+    /// `metadata.uid`.
+    pub uid: Option<String>,
+    /// `metadata.generation`.
+    pub generation: Option<i64>,
+    /// Whether `metadata.deletionTimestamp` is set.
+    pub deleting: bool,
+    /// `status`, when it has one.
+    pub status: Option<ShownStatus>,
+}
+
+/// The Secrets of one tenant namespace.
+#[derive(Debug, Default)]
+struct SecretNamespace {
+    synced: bool,
+    names: BTreeSet<String>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    objects: HashMap<ObjectKey, Shown>,
+    synced: BTreeSet<Kind>,
+    claims: BTreeMap<String, String>,
+    secrets: BTreeMap<String, SecretNamespace>,
+    ready: bool,
+}
+
+/// See the module documentation. Share it in an `Arc`.
+#[derive(Debug)]
+pub struct Observed {
+    state: Mutex<State>,
+    changed: watch::Sender<u64>,
+    claimed: watch::Sender<BTreeSet<String>>,
+}
+
+impl Default for Observed {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Observed {
+    /// Nothing observed yet.
+    pub fn new() -> Self {
+        Self {
+            state: Mutex::new(State::default()),
+            changed: watch::channel(0).0,
+            claimed: watch::channel(BTreeSet::new()).0,
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // Plain data: a panic elsewhere must not stop the watches.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn notify(&self) {
+        self.changed.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    /// Fires when a shown status, uid or Secret changes.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.changed.subscribe()
+    }
+
+    /// Fires when the set of namespaces claimed by Tenants changes.
+    pub fn claimed(&self) -> watch::Receiver<BTreeSet<String>> {
+        self.claimed.subscribe()
+    }
+
+    /// Records what an object shows.
+    pub fn set(&self, key: ObjectKey, shown: Shown) {
+        let changed = {
+            let mut state = self.lock();
+            let old = state.objects.insert(key, shown.clone());
+            old.as_ref() != Some(&shown)
+        };
+        if changed {
+            self.notify();
+        }
+    }
+
+    /// Records the status an object shows after a write, if the object is still known.
+    pub fn set_status(&self, key: &ObjectKey, status: ShownStatus) {
+        let changed = {
+            let mut state = self.lock();
+            match state.objects.get_mut(key) {
+                Some(shown) if shown.status.as_ref() != Some(&status) => {
+                    shown.status = Some(status);
+                    true
+                }
+                _ => false,
+            }
+        };
+        if changed {
+            self.notify();
+        }
+    }
+
+    /// Forgets a deleted object.
+    pub fn remove(&self, key: &ObjectKey) {
+        let removed = self.lock().objects.remove(key).is_some();
+        if removed {
+            self.notify();
+        }
+    }
+
+    /// Replaces every object of `kind` (a relist) and marks the kind synced.
+    pub fn reset(&self, kind: Kind, objects: Vec<(ObjectKey, Shown)>) {
+        {
+            let mut state = self.lock();
+            state.objects.retain(|k, _| k.kind != kind);
+            state.objects.extend(objects);
+            state.synced.insert(kind);
+        }
+        self.notify();
+    }
+
+    /// What an object shows, when it exists.
+    pub fn shown(&self, key: &ObjectKey) -> Option<Shown> {
+        self.lock().objects.get(key).cloned()
+    }
+
+    /// Runs `f` with every object's shown state, under one lock.
+    pub fn with_objects<R>(&self, f: impl FnOnce(&HashMap<ObjectKey, Shown>) -> R) -> R {
+        f(&self.lock().objects)
+    }
+
+    /// Records that Tenant `tenant` claims `namespace`.
+    pub fn claim(&self, tenant: &str, namespace: &str) {
+        let mut state = self.lock();
+        state.claims.insert(tenant.to_owned(), namespace.to_owned());
+        self.publish_claims(&state);
+    }
+
+    /// Forgets the claim of a deleted Tenant.
+    pub fn unclaim(&self, tenant: &str) {
+        let mut state = self.lock();
+        state.claims.remove(tenant);
+        self.publish_claims(&state);
+    }
+
+    /// Replaces every claim (a relist of Tenants): tenant → namespace.
+    pub fn reset_claims(&self, claims: BTreeMap<String, String>) {
+        let mut state = self.lock();
+        state.claims = claims;
+        self.publish_claims(&state);
+    }
+
+    fn publish_claims(&self, state: &State) {
+        let namespaces: BTreeSet<String> = state.claims.values().cloned().collect();
+        self.claimed.send_if_modified(|current| {
+            if *current == namespaces {
+                return false;
+            }
+            *current = namespaces;
+            true
+        });
+    }
+
+    /// Records that the Secrets of `namespace` are being watched (not yet synced).
+    pub fn secrets_watched(&self, namespace: &str) {
+        self.lock()
+            .secrets
+            .insert(namespace.to_owned(), SecretNamespace::default());
+    }
+
+    /// Stops tracking the Secrets of `namespace`; returns the names it held.
+    pub fn secrets_unwatched(&self, namespace: &str) -> BTreeSet<String> {
+        let names = self
+            .lock()
+            .secrets
+            .remove(namespace)
+            .map(|s| s.names)
+            .unwrap_or_default();
+        self.notify();
+        names
+    }
+
+    /// Replaces the Secrets of `namespace` (a relist) and marks it synced; returns the names
+    /// that are gone.
+    pub fn reset_secrets(&self, namespace: &str, names: BTreeSet<String>) -> BTreeSet<String> {
+        let gone = {
+            let mut state = self.lock();
+            let ns = state.secrets.entry(namespace.to_owned()).or_default();
+            let gone = ns.names.difference(&names).cloned().collect();
+            ns.names = names;
+            ns.synced = true;
+            gone
+        };
+        self.notify();
+        gone
+    }
+
+    /// Records a Secret that exists.
+    pub fn secret_applied(&self, namespace: &str, name: &str) {
+        let added = self
+            .lock()
+            .secrets
+            .get_mut(namespace)
+            .is_some_and(|ns| ns.names.insert(name.to_owned()));
+        if added {
+            self.notify();
+        }
+    }
+
+    /// Records a deleted Secret.
+    pub fn secret_deleted(&self, namespace: &str, name: &str) {
+        let removed = self
+            .lock()
+            .secrets
+            .get_mut(namespace)
+            .is_some_and(|ns| ns.names.remove(name));
+        if removed {
+            self.notify();
+        }
+    }
+
+    /// Whether Secret `namespace/name` exists; `None` while the namespace's Secrets are not
+    /// watched or not yet synced, when nobody can tell.
+    pub fn secret_exists(&self, namespace: &str, name: &str) -> Option<bool> {
+        let state = self.lock();
+        let ns = state.secrets.get(namespace).filter(|ns| ns.synced)?;
+        Some(ns.names.contains(name))
+    }
+
+    /// Claimed namespaces whose Secrets have not synced yet: their objects cannot be judged
+    /// (a Thing would look as if its Secret were missing).
+    pub fn unsynced_namespaces(&self) -> BTreeSet<String> {
+        let claimed = self.claimed.borrow().clone();
+        let state = self.lock();
+        claimed
+            .into_iter()
+            .filter(|ns| !state.secrets.get(ns).is_some_and(|s| s.synced))
+            .collect()
+    }
+
+    /// Marks a kind's watch synced.
+    pub fn kind_synced(&self, kind: Kind) {
+        self.lock().synced.insert(kind);
+        self.notify();
+    }
+
+    /// `Ok` once every watch has listed its objects (the kinds, and the Secrets of every
+    /// claimed namespace); then it stays ready. Otherwise what is still pending.
+    pub fn ready(&self) -> Result<(), String> {
+        let claimed = self.claimed.borrow().clone();
+        let mut state = self.lock();
+        if state.ready {
+            return Ok(());
+        }
+        let mut pending: Vec<String> = WATCHED_KINDS
+            .iter()
+            .filter(|k| !state.synced.contains(k))
+            .map(|k| format!("{}s", k.as_str()))
+            .collect();
+        pending.extend(
+            claimed
+                .iter()
+                .filter(|ns| !state.secrets.get(*ns).is_some_and(|s| s.synced))
+                .map(|ns| format!("Secrets in {ns}")),
+        );
+        if pending.is_empty() {
+            state.ready = true;
+            return Ok(());
+        }
+        Err(format!("waiting for the watches of {}", pending.join(", ")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ready_once_every_kind_and_every_claimed_namespace_has_synced() {
+        let o = Observed::new();
+        o.claim("acme", "acme");
+        for kind in WATCHED_KINDS {
+            assert!(o.ready().is_err());
+            o.kind_synced(kind);
+        }
+        let pending = o.ready().expect_err("acme's Secrets are not synced");
+        assert!(pending.contains("Secrets in acme"), "{pending}");
+        o.secrets_watched("acme");
+        assert_eq!(o.secret_exists("acme", "a-credentials"), None);
+        o.reset_secrets("acme", BTreeSet::from(["a-credentials".to_owned()]));
+        assert_eq!(o.ready(), Ok(()));
+        assert_eq!(o.secret_exists("acme", "a-credentials"), Some(true));
+        assert_eq!(o.secret_exists("acme", "b-credentials"), Some(false));
+        o.claim("globex", "globex");
+        assert_eq!(o.ready(), Ok(()), "readiness is a latch");
+        assert_eq!(
+            o.unsynced_namespaces(),
+            BTreeSet::from(["globex".to_owned()])
+        );
+    }
+
+    #[test]
+    fn a_relist_of_secrets_reports_the_ones_that_are_gone() {
+        let o = Observed::new();
+        o.secrets_watched("acme");
+        o.reset_secrets("acme", BTreeSet::from(["a".to_owned(), "b".to_owned()]));
+        let gone = o.reset_secrets("acme", BTreeSet::from(["b".to_owned()]));
+        assert_eq!(gone, BTreeSet::from(["a".to_owned()]));
+        assert_eq!(
+            o.secrets_unwatched("acme"),
+            BTreeSet::from(["b".to_owned()])
+        );
+        assert_eq!(o.secret_exists("acme", "b"), None);
+    }
+
+    #[test]
+    fn claims_publish_only_real_changes() {
+        let o = Observed::new();
+        let mut rx = o.claimed();
+        o.claim("acme", "acme");
+        assert!(rx.has_changed().unwrap_or(false));
+        rx.mark_unchanged();
+        o.claim("acme-too", "acme");
+        assert!(
+            !rx.has_changed().unwrap_or(true),
+            "a second claim on a namespace changes no namespace"
+        );
+        o.reset_claims(BTreeMap::new());
+        assert!(rx.has_changed().unwrap_or(false));
+        assert!(rx.borrow().is_empty());
+    }
+}

@@ -1,0 +1,386 @@
+//! Thing Secrets: a Thing whose Secret does not exist gets one with a generated key, owned by the Thing; a Secret that exists is never changed.
+//!
+//! A brought-your-own Secret (one the user created first) is kept exactly as it is: its key is
+//! used, no owner reference is added and the operator never writes to it, so deleting the
+//! Thing leaves the user's Secret in place (it may be shared or managed by another tool).
+//! Only Secrets the operator created carry the Thing as controller owner, so the garbage
+//! collector removes them with the Thing.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Instant;
+
+use k8s_openapi::ByteString;
+use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+use kube::Client;
+use kube::api::{Api, PostParams};
+use kube::runtime::events::{Event, EventType, Recorder};
+use tokio::sync::watch;
+
+use super::observed::Observed;
+use super::{Error, FIELD_MANAGER, Retries, object_reference};
+use crate::index::{Facts, Kind, ObjectKey, Reason};
+use crate::metrics::Metrics;
+use crate::shared::SharedIndex;
+
+/// The Secret entry a generated key is stored under.
+pub const KEY_ENTRY: &str = "key";
+/// Label on generated Secrets: who manages them.
+pub const LABEL_MANAGED_BY: &str = "app.kubernetes.io/managed-by";
+/// Label on generated Secrets: the Thing they belong to.
+pub const LABEL_THING: &str = "fleetward.io/thing";
+
+/// The Thing a Secret is generated for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ThingRef {
+    /// Its namespace.
+    pub namespace: String,
+    /// Its name.
+    pub name: String,
+    /// Its uid, for the owner reference.
+    pub uid: String,
+}
+
+/// The Secret holding a generated `key` for `thing`, owned by the Thing (controller owner), so
+/// the garbage collector deletes it with the Thing.
+pub fn thing_secret(thing: &ThingRef, secret_name: &str, key: &str) -> Secret {
+    let resource = super::api_resource(Kind::Thing);
+    Secret {
+        metadata: ObjectMeta {
+            name: Some(secret_name.to_owned()),
+            namespace: Some(thing.namespace.clone()),
+            labels: Some(BTreeMap::from([
+                (LABEL_MANAGED_BY.to_owned(), FIELD_MANAGER.to_owned()),
+                (LABEL_THING.to_owned(), thing.name.clone()),
+            ])),
+            owner_references: Some(vec![OwnerReference {
+                api_version: resource.api_version,
+                kind: resource.kind,
+                name: thing.name.clone(),
+                uid: thing.uid.clone(),
+                controller: Some(true),
+                // Blocking the owner's deletion would need update rights on things/finalizers.
+                block_owner_deletion: None,
+            }]),
+            ..ObjectMeta::default()
+        },
+        type_: Some("Opaque".to_owned()),
+        data: Some(BTreeMap::from([(
+            KEY_ENTRY.to_owned(),
+            ByteString(key.as_bytes().to_vec()),
+        )])),
+        ..Secret::default()
+    }
+}
+
+/// A Secret to create.
+#[derive(Debug)]
+struct Create {
+    key: ObjectKey,
+    thing: ThingRef,
+    secret_name: String,
+}
+
+/// A Thing whose Secret now holds another number of keys.
+#[derive(Debug)]
+struct Rotation {
+    key: ObjectKey,
+    uid: Option<String>,
+    secret_name: String,
+    before: u32,
+    after: u32,
+}
+
+/// Creates missing Thing Secrets and records Events; writes only while the replica leads.
+pub struct SecretReconciler {
+    /// The API client.
+    pub client: Client,
+    /// The index: Things, their Secret names and key counts.
+    pub index: Arc<SharedIndex>,
+    /// Which Secrets exist, the Things' uids.
+    pub observed: Arc<Observed>,
+    /// Counts and errors.
+    pub metrics: Arc<Metrics>,
+    /// Whether this replica leads.
+    pub leader: watch::Receiver<bool>,
+    /// Records key created, keys changed and errors on the Thing.
+    pub recorder: Recorder,
+}
+
+impl SecretReconciler {
+    /// Runs until the index or the leadership go away.
+    pub async fn run(mut self) -> &'static str {
+        let mut commits = self.index.subscribe();
+        let mut seen = self.observed.subscribe();
+        let mut keys_seen: HashMap<ObjectKey, u32> = HashMap::new();
+        let mut retries = Retries::default();
+        loop {
+            if self.observed.ready().is_ok() {
+                let (creates, rotations) = self.plan(&mut keys_seen, &retries);
+                // Every replica tracks key counts, so a new leader reports only new changes.
+                if *self.leader.borrow_and_update() {
+                    for rotation in rotations {
+                        self.rotated(&rotation).await;
+                    }
+                    for create in creates {
+                        self.create(create, &mut retries).await;
+                    }
+                }
+            }
+            let retry = retries.next();
+            let closed = tokio::select! {
+                r = commits.changed() => r.is_err(),
+                r = seen.changed() => r.is_err(),
+                r = self.leader.changed() => r.is_err(),
+                () = async {
+                    if let Some(at) = retry {
+                        tokio::time::sleep_until(at.into()).await;
+                    }
+                }, if retry.is_some() => false,
+            };
+            if closed {
+                return "Secret reconciler";
+            }
+            commits.mark_unchanged();
+            seen.mark_unchanged();
+        }
+    }
+
+    fn plan(
+        &self,
+        keys_seen: &mut HashMap<ObjectKey, u32>,
+        retries: &Retries,
+    ) -> (Vec<Create>, Vec<Rotation>) {
+        let now = Instant::now();
+        let idx = self.index.read();
+        let mut creates = Vec::new();
+        let mut rotations = Vec::new();
+        keys_seen.retain(|key, _| idx.status(key).is_some());
+        for key in idx.objects().filter(|k| k.kind == Kind::Thing) {
+            let Some(desired) = idx.status(key) else {
+                continue;
+            };
+            // Only Things in a namespace a Tenant owns have credentials facts.
+            let Facts::Thing {
+                secret_name, keys, ..
+            } = &desired.facts
+            else {
+                continue;
+            };
+            let shown = self.observed.shown(key);
+            if let Some(before) = keys_seen.insert(key.clone(), *keys)
+                && before != *keys
+                && before > 0
+                && *keys > 0
+            {
+                rotations.push(Rotation {
+                    key: key.clone(),
+                    uid: shown.as_ref().and_then(|s| s.uid.clone()),
+                    secret_name: secret_name.clone(),
+                    before,
+                    after: *keys,
+                });
+            }
+            // A Thing beyond its tenant's limit is not served, so it gets no key either.
+            if desired.readiness.reason == Reason::LimitExceeded || retries.blocks(key, now) {
+                continue;
+            }
+            if self.observed.secret_exists(&key.namespace, secret_name) != Some(false) {
+                continue;
+            }
+            let Some(uid) = shown.filter(|s| !s.deleting).and_then(|s| s.uid) else {
+                continue;
+            };
+            creates.push(Create {
+                key: key.clone(),
+                thing: ThingRef {
+                    namespace: key.namespace.clone(),
+                    name: key.name.clone(),
+                    uid,
+                },
+                secret_name: secret_name.clone(),
+            });
+        }
+        (creates, rotations)
+    }
+
+    async fn create(&self, c: Create, retries: &mut Retries) {
+        let started = Instant::now();
+        let result = self.try_create(&c).await;
+        self.metrics.reconciled(Kind::Thing, started.elapsed());
+        match result {
+            Ok(true) => {
+                retries.succeeded(&c.key);
+                self.metrics.secret_created();
+                tracing::info!(thing = %c.key, secret = %c.secret_name, "generated a key");
+                let note = format!(
+                    "generated a new key in Secret {}/{} (entry `{KEY_ENTRY}`); the Secret is \
+                     deleted with the Thing",
+                    c.thing.namespace, c.secret_name
+                );
+                self.record(
+                    &c.key,
+                    Some(c.thing.uid.clone()),
+                    EventType::Normal,
+                    "KeyGenerated",
+                    note,
+                )
+                .await;
+            }
+            Ok(false) => {
+                retries.succeeded(&c.key);
+                tracing::info!(thing = %c.key, secret = %c.secret_name, "the Secret appeared meanwhile; keeping its key");
+            }
+            Err(e) => {
+                self.metrics.reconcile_failed(Kind::Thing, &e);
+                let failures = retries.failed(c.key.clone());
+                tracing::warn!(thing = %c.key, failures, error = %e, "creating the Thing's Secret failed; retrying with backoff");
+                if failures == 1 {
+                    self.record(
+                        &c.key,
+                        Some(c.thing.uid.clone()),
+                        EventType::Warning,
+                        "SecretCreateFailed",
+                        e.to_string(),
+                    )
+                    .await;
+                }
+            }
+        }
+    }
+
+    /// Creates the Secret; `Ok(false)` when it already exists (brought by the user meanwhile).
+    async fn try_create(&self, c: &Create) -> Result<bool, Error> {
+        let key = fleetward_policy::generate_thing_key().map_err(|e| Error::KeyGeneration {
+            key: c.key.clone(),
+            message: e.to_string(),
+        })?;
+        let secret = thing_secret(&c.thing, &c.secret_name, &key);
+        let api: Api<Secret> = Api::namespaced(self.client.clone(), &c.thing.namespace);
+        let params = PostParams {
+            dry_run: false,
+            field_manager: Some(FIELD_MANAGER.to_owned()),
+        };
+        let created = match api.create(&params, &secret).await {
+            Ok(_) => true,
+            Err(kube::Error::Api(status)) if status.is_already_exists() => false,
+            Err(source) => {
+                return Err(Error::SecretCreate {
+                    namespace: c.thing.namespace.clone(),
+                    name: c.secret_name.clone(),
+                    thing: c.thing.name.clone(),
+                    source,
+                });
+            }
+        };
+        // Do not create it twice before the watch reports it.
+        self.observed
+            .secret_applied(&c.thing.namespace, &c.secret_name);
+        Ok(created)
+    }
+
+    async fn rotated(&self, r: &Rotation) {
+        let note = format!(
+            "Secret {}/{} now holds {} keys (was {}); every key entry authenticates the thing \
+             until it is removed",
+            r.key.namespace, r.secret_name, r.after, r.before
+        );
+        tracing::info!(thing = %r.key, before = r.before, after = r.after, "the Thing's keys changed");
+        self.record(
+            &r.key,
+            r.uid.clone(),
+            EventType::Normal,
+            "KeysChanged",
+            note,
+        )
+        .await;
+    }
+
+    async fn record(
+        &self,
+        key: &ObjectKey,
+        uid: Option<String>,
+        type_: EventType,
+        reason: &str,
+        note: String,
+    ) {
+        let event = Event {
+            type_,
+            reason: reason.to_owned(),
+            note: Some(note),
+            action: "ReconcileCredentials".to_owned(),
+            secondary: None,
+        };
+        if let Err(e) = self
+            .recorder
+            .publish(&event, &object_reference(key, uid))
+            .await
+        {
+            tracing::debug!(thing = %key, error = %e, "recording an Event failed");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn thing() -> ThingRef {
+        ThingRef {
+            namespace: "acme".into(),
+            name: "sensor-1".into(),
+            uid: "7c9e6679-7425-40de-944b-e07fc1f90ae7".into(),
+        }
+    }
+
+    #[test]
+    fn a_generated_secret_is_owned_by_its_thing() {
+        let secret = thing_secret(&thing(), "sensor-1-credentials", "k");
+        assert_eq!(
+            secret.metadata.name.as_deref(),
+            Some("sensor-1-credentials")
+        );
+        assert_eq!(secret.metadata.namespace.as_deref(), Some("acme"));
+        let owners = secret
+            .metadata
+            .owner_references
+            .expect("an owner reference");
+        assert_eq!(owners.len(), 1);
+        let owner = &owners[0];
+        assert_eq!(owner.api_version, "fleetward.io/v1alpha1");
+        assert_eq!(owner.kind, "Thing");
+        assert_eq!(owner.name, "sensor-1");
+        assert_eq!(owner.uid, "7c9e6679-7425-40de-944b-e07fc1f90ae7");
+        assert_eq!(owner.controller, Some(true));
+        let labels = secret.metadata.labels.expect("labels");
+        assert_eq!(labels[LABEL_THING], "sensor-1");
+        assert_eq!(labels[LABEL_MANAGED_BY], FIELD_MANAGER);
+    }
+
+    #[test]
+    fn a_generated_key_is_256_bits_of_base64url_that_the_index_accepts() {
+        let key = fleetward_policy::generate_thing_key().expect("a key");
+        assert_eq!(key.len(), 43, "32 bytes in unpadded base64url");
+        assert!(
+            key.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        );
+        assert!(key.len() >= crate::index::MIN_KEY_LEN);
+        let other = fleetward_policy::generate_thing_key().expect("a key");
+        assert_ne!(key, other);
+
+        let secret = thing_secret(&thing(), "sensor-1-credentials", &key);
+        let data = crate::index::SecretData::from_secret(&secret).expect("named");
+        assert_eq!(data.entries[KEY_ENTRY], key.as_bytes());
+        assert!(crate::index::is_key_entry(KEY_ENTRY));
+    }
+
+    #[test]
+    fn the_secret_serializes_with_base64_data_as_the_api_server_expects() {
+        let secret = thing_secret(&thing(), "s", "abc");
+        let json = serde_json::to_value(&secret).expect("serializable");
+        assert_eq!(json["data"]["key"], "YWJj");
+        assert_eq!(json["metadata"]["ownerReferences"][0]["kind"], "Thing");
+    }
+}

@@ -1,0 +1,432 @@
+//! Watches of the six Fleetward kinds (cluster-wide) and of Secrets (only in namespaces a Tenant claims), feeding the index.
+//!
+//! Fleetward objects are watched as untyped objects and converted one by one, so an object
+//! that does not deserialize is logged and left out instead of failing the whole list.
+//!
+//! Secrets are watched per claimed namespace, not cluster-wide: the operator then never reads
+//! or holds Secrets outside tenant namespaces (kube-system, other applications), and its Secret
+//! permissions can be granted namespace by namespace. A bring-your-own Secret is seen because
+//! it lives in the tenant's namespace, whatever its labels.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::fmt::Debug;
+use std::sync::Arc;
+
+use fleetward_crds::{Channel, Connection, Group, Tenant, Thing, User};
+use futures::{Stream, StreamExt};
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::{Api, ApiResource, DynamicObject};
+use kube::core::ObjectMeta;
+use kube::runtime::WatchStreamExt;
+use kube::runtime::watcher::{self, Event};
+use kube::{Client, Resource};
+use serde::de::DeserializeOwned;
+use tokio::task::{AbortHandle, JoinSet};
+
+use super::observed::{Observed, Shown, ShownStatus};
+use crate::index::{Kind, Object, ObjectKey, SecretData};
+use crate::metrics::Metrics;
+use crate::shared::SharedIndex;
+
+/// What the watches feed.
+#[derive(Clone, Debug)]
+pub struct Feed {
+    /// The index.
+    pub index: Arc<SharedIndex>,
+    /// What the API server shows.
+    pub observed: Arc<Observed>,
+    /// Watch errors and skipped objects.
+    pub metrics: Arc<Metrics>,
+}
+
+/// A Fleetward kind the operator watches.
+trait Watched:
+    Resource<DynamicType = ()> + DeserializeOwned + Clone + Debug + Send + Sync + 'static
+{
+    const KIND: Kind;
+    fn into_object(self) -> Object;
+    fn shown_status(&self) -> Option<ShownStatus>;
+}
+
+macro_rules! watched {
+    ($t:ty, $kind:ident, $status:ident) => {
+        impl Watched for $t {
+            const KIND: Kind = Kind::$kind;
+            fn into_object(self) -> Object {
+                Object::$kind(self)
+            }
+            fn shown_status(&self) -> Option<ShownStatus> {
+                self.status.clone().map(ShownStatus::$status)
+            }
+        }
+    };
+}
+watched!(Tenant, Tenant, Tenant);
+watched!(Thing, Thing, Thing);
+watched!(Channel, Channel, Resource);
+watched!(Connection, Connection, Resource);
+watched!(User, User, Resource);
+watched!(Group, Group, Resource);
+
+/// Starts every watch on `tasks`: the six kinds, and the Secrets of each claimed namespace.
+pub fn spawn_all(tasks: &mut JoinSet<&'static str>, client: &Client, feed: &Feed) {
+    tasks.spawn(watch_kind::<Tenant>(client.clone(), feed.clone()));
+    tasks.spawn(watch_kind::<Thing>(client.clone(), feed.clone()));
+    tasks.spawn(watch_kind::<Channel>(client.clone(), feed.clone()));
+    tasks.spawn(watch_kind::<Connection>(client.clone(), feed.clone()));
+    tasks.spawn(watch_kind::<User>(client.clone(), feed.clone()));
+    tasks.spawn(watch_kind::<Group>(client.clone(), feed.clone()));
+    tasks.spawn(watch_tenant_secrets(client.clone(), feed.clone()));
+}
+
+fn key_of(kind: Kind, meta: &ObjectMeta) -> Option<ObjectKey> {
+    let name = meta.name.clone()?;
+    Some(if kind == Kind::Tenant {
+        ObjectKey::tenant(name)
+    } else {
+        ObjectKey::namespaced(kind, meta.namespace.clone()?, name)
+    })
+}
+
+fn shown<K: Watched>(object: &K) -> Shown {
+    let meta = object.meta();
+    Shown {
+        uid: meta.uid.clone(),
+        generation: meta.generation,
+        deleting: meta.deletion_timestamp.is_some(),
+        status: object.shown_status(),
+    }
+}
+
+/// Converts one untyped object; `None` (logged and counted) when it does not deserialize.
+fn parse<K: Watched>(object: DynamicObject, metrics: &Metrics) -> Result<K, Option<ObjectKey>> {
+    let key = key_of(K::KIND, &object.metadata);
+    object.try_parse::<K>().map_err(|e| {
+        metrics.object_skipped(K::KIND);
+        match &key {
+            Some(key) => tracing::warn!(
+                object = %key,
+                error = %e,
+                "skipping an object that does not deserialize; fix it (kubectl edit) and the \
+                 operator picks it up"
+            ),
+            None => {
+                tracing::warn!(kind = K::KIND.as_str(), error = %e, "skipping an unnamed object")
+            }
+        }
+        key
+    })
+}
+
+/// Watches one kind cluster-wide. Runs until the task is dropped.
+async fn watch_kind<K: Watched>(client: Client, feed: Feed) -> &'static str {
+    let resource = ApiResource::erase::<K>(&());
+    let api: Api<DynamicObject> = Api::all_with(client, &resource);
+    let stream = watcher::watcher(api, watcher::Config::default()).default_backoff();
+    run_kind::<K>(stream, &feed).await;
+    K::KIND.as_str()
+}
+
+async fn run_kind<K: Watched>(
+    stream: impl Stream<Item = Result<Event<DynamicObject>, watcher::Error>>,
+    feed: &Feed,
+) {
+    futures::pin_mut!(stream);
+    let mut init: Vec<K> = Vec::new();
+    while let Some(event) = stream.next().await {
+        match event {
+            Ok(Event::Init) => init.clear(),
+            Ok(Event::InitApply(o)) => {
+                if let Ok(object) = parse::<K>(o, &feed.metrics) {
+                    init.push(object);
+                }
+            }
+            Ok(Event::InitDone) => reset(feed, std::mem::take(&mut init)),
+            Ok(Event::Apply(o)) => match parse::<K>(o, &feed.metrics) {
+                Ok(object) => apply(feed, object),
+                // What can no longer be read is no longer served.
+                Err(Some(key)) => forget(feed, &key),
+                Err(None) => {}
+            },
+            Ok(Event::Delete(o)) => {
+                if let Some(key) = key_of(K::KIND, &o.metadata) {
+                    forget(feed, &key);
+                }
+            }
+            Err(e) => {
+                feed.metrics.watch_error(K::KIND);
+                tracing::warn!(kind = K::KIND.as_str(), error = %e, "watch failed; retrying with backoff");
+            }
+        }
+    }
+}
+
+fn reset<K: Watched>(feed: &Feed, objects: Vec<K>) {
+    let mut shown_all = Vec::with_capacity(objects.len());
+    let mut claims = BTreeMap::new();
+    let mut index_objects = Vec::with_capacity(objects.len());
+    for object in objects {
+        let Some(key) = key_of(K::KIND, object.meta()) else {
+            continue;
+        };
+        if let Object::Tenant(t) = object.clone().into_object() {
+            claims.insert(key.name.clone(), t.namespace().to_owned());
+        }
+        shown_all.push((key, shown(&object)));
+        index_objects.push(object.into_object());
+    }
+    let count = index_objects.len();
+    feed.index.update(|idx| idx.reset(K::KIND, index_objects));
+    if K::KIND == Kind::Tenant {
+        feed.observed.reset_claims(claims);
+    }
+    feed.observed.reset(K::KIND, shown_all);
+    tracing::info!(kind = K::KIND.as_str(), count, "listed");
+}
+
+fn apply<K: Watched>(feed: &Feed, object: K) {
+    let Some(key) = key_of(K::KIND, object.meta()) else {
+        return;
+    };
+    let shown = shown(&object);
+    let object = object.into_object();
+    if let Object::Tenant(t) = &object {
+        feed.observed.claim(&key.name, t.namespace());
+    }
+    feed.index.update(|idx| idx.apply(object));
+    feed.observed.set(key, shown);
+}
+
+fn forget(feed: &Feed, key: &ObjectKey) {
+    feed.index.update(|idx| idx.delete(key));
+    if key.kind == Kind::Tenant {
+        feed.observed.unclaim(&key.name);
+    }
+    feed.observed.remove(key);
+}
+
+/// Keeps one Secret watch per namespace claimed by a Tenant. Runs until the task is dropped.
+async fn watch_tenant_secrets(client: Client, feed: Feed) -> &'static str {
+    let mut claimed = feed.observed.claimed();
+    let mut running: HashMap<String, AbortHandle> = HashMap::new();
+    let mut tasks = JoinSet::new();
+    loop {
+        let namespaces: BTreeSet<String> = claimed.borrow_and_update().clone();
+        running.retain(|ns, task| {
+            if namespaces.contains(ns) {
+                return true;
+            }
+            task.abort();
+            let names = feed.observed.secrets_unwatched(ns);
+            feed.index.update(|idx| {
+                for name in names {
+                    idx.delete(&ObjectKey::namespaced(Kind::Secret, ns.clone(), name));
+                }
+            });
+            tracing::info!(namespace = %ns, "stopped watching Secrets: no Tenant claims the namespace");
+            false
+        });
+        for ns in namespaces {
+            if running.contains_key(&ns) {
+                continue;
+            }
+            feed.observed.secrets_watched(&ns);
+            let api: Api<Secret> = Api::namespaced(client.clone(), &ns);
+            let stream = watcher::watcher(api, watcher::Config::default()).default_backoff();
+            let task = tasks.spawn(run_secrets(stream, ns.clone(), feed.clone()));
+            running.insert(ns, task);
+        }
+        tokio::select! {
+            changed = claimed.changed() => {
+                if changed.is_err() {
+                    return "Secret";
+                }
+            }
+            // Reap finished (aborted) watches so the set does not grow.
+            Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
+        }
+    }
+}
+
+async fn run_secrets(
+    stream: impl Stream<Item = Result<Event<Secret>, watcher::Error>>,
+    namespace: String,
+    feed: Feed,
+) {
+    futures::pin_mut!(stream);
+    let mut init: Vec<SecretData> = Vec::new();
+    let key = |name: &str| ObjectKey::namespaced(Kind::Secret, namespace.clone(), name);
+    while let Some(event) = stream.next().await {
+        match event {
+            Ok(Event::Init) => init.clear(),
+            Ok(Event::InitApply(s)) => init.extend(SecretData::from_secret(&s)),
+            Ok(Event::InitDone) => {
+                let secrets = std::mem::take(&mut init);
+                let names: BTreeSet<String> = secrets.iter().map(|s| s.name.clone()).collect();
+                let count = names.len();
+                let gone = feed.observed.reset_secrets(&namespace, names);
+                feed.index.update(|idx| {
+                    for name in &gone {
+                        idx.delete(&key(name));
+                    }
+                    for secret in secrets {
+                        idx.apply(Object::Secret(secret));
+                    }
+                });
+                tracing::info!(namespace = %namespace, count, "listed Secrets");
+            }
+            Ok(Event::Apply(s)) => {
+                if let Some(data) = SecretData::from_secret(&s) {
+                    let name = data.name.clone();
+                    feed.index.update(|idx| idx.apply(Object::Secret(data)));
+                    feed.observed.secret_applied(&namespace, &name);
+                }
+            }
+            Ok(Event::Delete(s)) => {
+                if let Some(name) = s.metadata.name.as_deref() {
+                    feed.index.update(|idx| idx.delete(&key(name)));
+                    feed.observed.secret_deleted(&namespace, name);
+                }
+            }
+            Err(e) => {
+                feed.metrics.watch_error(Kind::Secret);
+                tracing::warn!(namespace = %namespace, error = %e, "Secret watch failed; retrying with backoff");
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::index::Index;
+
+    fn feed() -> Feed {
+        Feed {
+            index: Arc::new(SharedIndex::new(Index::new())),
+            observed: Arc::new(Observed::new()),
+            metrics: Arc::new(Metrics::new()),
+        }
+    }
+
+    fn dynamic(value: serde_json::Value) -> DynamicObject {
+        serde_json::from_value(value).expect("a valid DynamicObject")
+    }
+
+    fn channel(name: &str, max_qos: serde_json::Value) -> DynamicObject {
+        dynamic(serde_json::json!({
+            "apiVersion": "fleetward.io/v1alpha1",
+            "kind": "Channel",
+            "metadata": {"name": name, "namespace": "acme", "uid": format!("uid-{name}"), "generation": 1},
+            "spec": {"maxQos": max_qos},
+        }))
+    }
+
+    #[tokio::test]
+    async fn an_object_that_does_not_deserialize_is_skipped_and_the_rest_is_listed() {
+        let feed = feed();
+        let events: Vec<Result<Event<DynamicObject>, watcher::Error>> = vec![
+            Ok(Event::Init),
+            Ok(Event::InitApply(channel("telemetry", serde_json::json!(1)))),
+            Ok(Event::InitApply(channel(
+                "broken",
+                serde_json::json!("high"),
+            ))),
+            Ok(Event::InitDone),
+        ];
+        run_kind::<Channel>(futures::stream::iter(events), &feed).await;
+        let telemetry = ObjectKey::namespaced(Kind::Channel, "acme", "telemetry");
+        let broken = ObjectKey::namespaced(Kind::Channel, "acme", "broken");
+        assert_eq!(
+            feed.observed.shown(&telemetry).and_then(|s| s.uid),
+            Some("uid-telemetry".to_owned())
+        );
+        assert!(feed.observed.shown(&broken).is_none());
+        feed.index.commit();
+        let idx = feed.index.read();
+        assert!(
+            idx.status(&telemetry).is_some(),
+            "the readable channel is indexed"
+        );
+        assert!(idx.status(&broken).is_none(), "the unreadable one is not");
+    }
+
+    #[tokio::test]
+    async fn an_update_that_no_longer_deserializes_removes_the_old_version() {
+        let feed = feed();
+        let events: Vec<Result<Event<DynamicObject>, watcher::Error>> = vec![
+            Ok(Event::Init),
+            Ok(Event::InitApply(channel("telemetry", serde_json::json!(1)))),
+            Ok(Event::InitDone),
+            Ok(Event::Apply(channel(
+                "telemetry",
+                serde_json::json!("high"),
+            ))),
+        ];
+        run_kind::<Channel>(futures::stream::iter(events), &feed).await;
+        let key = ObjectKey::namespaced(Kind::Channel, "acme", "telemetry");
+        feed.index.commit();
+        assert!(feed.index.read().status(&key).is_none());
+        assert!(feed.observed.shown(&key).is_none());
+    }
+
+    #[tokio::test]
+    async fn tenants_claim_namespaces_and_a_relist_drops_the_gone() {
+        let feed = feed();
+        let tenant = |name: &str, ns: Option<&str>| {
+            dynamic(serde_json::json!({
+                "apiVersion": "fleetward.io/v1alpha1",
+                "kind": "Tenant",
+                "metadata": {"name": name, "uid": name, "generation": 1},
+                "spec": {"namespace": ns},
+            }))
+        };
+        let events: Vec<Result<Event<DynamicObject>, watcher::Error>> = vec![
+            Ok(Event::Init),
+            Ok(Event::InitApply(tenant("acme", None))),
+            Ok(Event::InitApply(tenant("globex", Some("globex-prod")))),
+            Ok(Event::InitDone),
+            Ok(Event::Delete(tenant("acme", None))),
+        ];
+        run_kind::<Tenant>(futures::stream::iter(events), &feed).await;
+        assert_eq!(
+            *feed.observed.claimed().borrow(),
+            BTreeSet::from(["globex-prod".to_owned()])
+        );
+    }
+
+    #[tokio::test]
+    async fn secrets_of_a_namespace_are_indexed_and_a_relist_removes_the_gone() {
+        let feed = feed();
+        feed.observed.secrets_watched("acme");
+        let secret = |name: &str| {
+            let mut s = Secret::default();
+            s.metadata.name = Some(name.to_owned());
+            s.metadata.namespace = Some("acme".to_owned());
+            s
+        };
+        let events: Vec<Result<Event<Secret>, watcher::Error>> = vec![
+            Ok(Event::Init),
+            Ok(Event::InitApply(secret("a-credentials"))),
+            Ok(Event::InitDone),
+            Ok(Event::Apply(secret("b-credentials"))),
+            Ok(Event::Init),
+            Ok(Event::InitApply(secret("b-credentials"))),
+            Ok(Event::InitDone),
+        ];
+        run_secrets(
+            futures::stream::iter(events),
+            "acme".to_owned(),
+            feed.clone(),
+        )
+        .await;
+        assert_eq!(
+            feed.observed.secret_exists("acme", "a-credentials"),
+            Some(false)
+        );
+        assert_eq!(
+            feed.observed.secret_exists("acme", "b-credentials"),
+            Some(true)
+        );
+    }
+}

@@ -1,0 +1,311 @@
+//! Prometheus metrics of the operator and the admin endpoints that serve them (`/healthz`, `/readyz`, `/metrics`).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+use crate::dataplanes::Dataplanes;
+use crate::index::Kind;
+use crate::k8s::observed::Observed;
+use crate::shared::SharedIndex;
+
+/// Labels: the kind of the object.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindLabel {
+    kind: &'static str,
+}
+
+/// Labels: the kind and what failed.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ErrorLabels {
+    kind: &'static str,
+    error: &'static str,
+}
+
+/// Labels: one dataplane.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct NodeLabel {
+    node: String,
+}
+
+fn duration_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.001, 2.0, 14))
+}
+
+/// The operator's metrics. Share it in an `Arc`.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    reconciles: Family<KindLabel, Counter>,
+    errors: Family<ErrorLabels, Counter>,
+    durations: Family<KindLabel, Histogram, fn() -> Histogram>,
+    status_writes: Family<KindLabel, Counter>,
+    secrets_created: Counter,
+    watch_errors: Family<KindLabel, Counter>,
+    objects_skipped: Family<KindLabel, Counter>,
+    snapshot_version: Gauge,
+    snapshot_size: Gauge,
+    dataplanes: Gauge,
+    applied: Family<NodeLabel, Gauge>,
+    leader: Gauge,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// Every metric, registered under the `fleetward_operator` prefix.
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("fleetward_operator");
+        let m = Self {
+            reconciles: Family::default(),
+            errors: Family::default(),
+            durations: Family::new_with_constructor(duration_histogram),
+            status_writes: Family::default(),
+            secrets_created: Counter::default(),
+            watch_errors: Family::default(),
+            objects_skipped: Family::default(),
+            snapshot_version: Gauge::default(),
+            snapshot_size: Gauge::default(),
+            dataplanes: Gauge::default(),
+            applied: Family::default(),
+            leader: Gauge::default(),
+            registry: Registry::default(),
+        };
+        registry.register(
+            "reconciles",
+            "Writes attempted for an object (status or Secret), by kind",
+            m.reconciles.clone(),
+        );
+        registry.register(
+            "reconcile_errors",
+            "Writes that failed, by kind and error",
+            m.errors.clone(),
+        );
+        registry.register(
+            "reconcile_duration_seconds",
+            "Time one write took, by kind",
+            m.durations.clone(),
+        );
+        registry.register(
+            "status_writes",
+            "Status writes that the API server accepted, by kind",
+            m.status_writes.clone(),
+        );
+        registry.register(
+            "secrets_created",
+            "Thing Secrets created with a generated key",
+            m.secrets_created.clone(),
+        );
+        registry.register(
+            "watch_errors",
+            "Watch errors (retried with backoff), by kind",
+            m.watch_errors.clone(),
+        );
+        registry.register(
+            "objects_skipped",
+            "Objects that could not be read and were left out of the index, by kind",
+            m.objects_skipped.clone(),
+        );
+        registry.register(
+            "snapshot_version",
+            "Version of this replica's policy snapshot",
+            m.snapshot_version.clone(),
+        );
+        registry.register(
+            "snapshot_resources",
+            "Records in this replica's policy snapshot",
+            m.snapshot_size.clone(),
+        );
+        registry.register(
+            "dataplanes_connected",
+            "Dataplanes connected to this replica",
+            m.dataplanes.clone(),
+        );
+        registry.register(
+            "dataplane_applied_version",
+            "Snapshot version each connected dataplane has applied",
+            m.applied.clone(),
+        );
+        registry.register(
+            "leader",
+            "1 while this replica holds the Lease and writes, else 0",
+            m.leader.clone(),
+        );
+        Self { registry, ..m }
+    }
+
+    /// Counts one write attempt for an object of `kind` and how long it took.
+    pub fn reconciled(&self, kind: Kind, took: Duration) {
+        let label = KindLabel {
+            kind: kind.as_str(),
+        };
+        self.reconciles.get_or_create(&label).inc();
+        self.durations
+            .get_or_create(&label)
+            .observe(took.as_secs_f64());
+    }
+
+    /// Counts a failed write.
+    pub fn reconcile_failed(&self, kind: Kind, error: &crate::k8s::Error) {
+        self.errors
+            .get_or_create(&ErrorLabels {
+                kind: kind.as_str(),
+                error: error.metric_label(),
+            })
+            .inc();
+    }
+
+    /// Counts an accepted status write.
+    pub fn status_written(&self, kind: Kind) {
+        self.status_writes
+            .get_or_create(&KindLabel {
+                kind: kind.as_str(),
+            })
+            .inc();
+    }
+
+    /// Counts a created Thing Secret.
+    pub fn secret_created(&self) {
+        self.secrets_created.inc();
+    }
+
+    /// Counts a watch error.
+    pub fn watch_error(&self, kind: Kind) {
+        self.watch_errors
+            .get_or_create(&KindLabel {
+                kind: kind.as_str(),
+            })
+            .inc();
+    }
+
+    /// Counts an object left out of the index.
+    pub fn object_skipped(&self, kind: Kind) {
+        self.objects_skipped
+            .get_or_create(&KindLabel {
+                kind: kind.as_str(),
+            })
+            .inc();
+    }
+
+    /// Sets the leader flag.
+    pub fn set_leader(&self, leader: bool) {
+        self.leader.set(i64::from(leader));
+    }
+
+    /// The Prometheus text exposition, with the gauges read from the index and the dataplanes.
+    pub fn render(&self, index: &SharedIndex, dataplanes: &Dataplanes) -> String {
+        {
+            let idx = index.read();
+            let snapshot = idx.snapshot();
+            self.snapshot_version.set(saturate(snapshot.version()));
+            self.snapshot_size
+                .set(saturate(snapshot.resource_count() as u64));
+        }
+        let nodes = dataplanes.all();
+        self.dataplanes.set(saturate(nodes.len() as u64));
+        // Dataplanes that left must leave the exposition too.
+        self.applied.clear();
+        for (node, state) in nodes {
+            self.applied
+                .get_or_create(&NodeLabel { node })
+                .set(saturate(state.applied));
+        }
+        let mut out = String::new();
+        if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &self.registry) {
+            tracing::warn!(error = %e, "encoding the metrics failed");
+        }
+        out
+    }
+}
+
+fn saturate(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+/// What the admin endpoints read.
+#[derive(Clone, Debug)]
+pub struct Admin {
+    /// The metrics.
+    pub metrics: Arc<Metrics>,
+    /// The index, for the snapshot gauges.
+    pub index: Arc<SharedIndex>,
+    /// The dataplanes, for their gauges.
+    pub dataplanes: Arc<Dataplanes>,
+    /// Watch sync state, for `/readyz`.
+    pub observed: Arc<Observed>,
+}
+
+/// `/healthz` (the process serves), `/readyz` (every watch has synced) and `/metrics`.
+pub fn admin_router(admin: Admin) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .with_state(admin)
+}
+
+async fn readyz(State(admin): State<Admin>) -> impl IntoResponse {
+    match admin.observed.ready() {
+        Ok(()) => (StatusCode::OK, "ready\n".to_owned()),
+        Err(pending) => (StatusCode::SERVICE_UNAVAILABLE, format!("{pending}\n")),
+    }
+}
+
+async fn metrics(State(admin): State<Admin>) -> impl IntoResponse {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        admin.metrics.render(&admin.index, &admin.dataplanes),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::index::Index;
+
+    #[test]
+    fn the_exposition_names_kinds_dataplanes_and_the_leader_flag() {
+        let m = Metrics::new();
+        let index = SharedIndex::new(Index::starting_at(41));
+        let dataplanes = Dataplanes::new();
+        dataplanes.connected("dp-a", 40);
+        m.reconciled(Kind::Thing, Duration::from_millis(3));
+        m.status_written(Kind::Thing);
+        m.set_leader(true);
+        let text = m.render(&index, &dataplanes);
+        for line in [
+            "fleetward_operator_reconciles_total{kind=\"Thing\"} 1",
+            "fleetward_operator_status_writes_total{kind=\"Thing\"} 1",
+            "fleetward_operator_snapshot_version 41",
+            "fleetward_operator_dataplanes_connected 1",
+            "fleetward_operator_dataplane_applied_version{node=\"dp-a\"} 40",
+            "fleetward_operator_leader 1",
+        ] {
+            assert!(text.contains(line), "missing {line:?} in\n{text}");
+        }
+        dataplanes.disconnected("dp-a");
+        let text = m.render(&index, &dataplanes);
+        assert!(
+            !text.contains("node=\"dp-a\""),
+            "a gone dataplane stays:\n{text}"
+        );
+    }
+}

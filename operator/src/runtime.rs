@@ -1,0 +1,406 @@
+//! The wiring of `fleetward operator`: arguments, then one `run()` that starts the watches, the batcher, the election, the leader's writers, PolicySync and the endpoints, and stops them on SIGTERM.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::Context;
+use kube::Client;
+use kube::runtime::events::{Recorder, Reporter};
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+use crate::dataplanes::Dataplanes;
+use crate::grpc;
+use crate::index::Index;
+use crate::k8s::lease::{Leadership, LeaseConfig};
+use crate::k8s::observed::Observed;
+use crate::k8s::secrets::SecretReconciler;
+use crate::k8s::status::StatusWriter;
+use crate::k8s::{self, watch::Feed};
+use crate::metrics::{Admin, Metrics, admin_router};
+use crate::shared::SharedIndex;
+
+/// Where a pod's service account token tells its namespace.
+const SERVICE_ACCOUNT_NAMESPACE: &str = "/var/run/secrets/kubernetes.io/serviceaccount/namespace";
+
+/// Arguments of `fleetward operator`. The cluster is found as kubectl finds it: `KUBECONFIG`
+/// (or `~/.kube/config`), else the pod's service account.
+#[derive(clap::Args, Clone, Debug, PartialEq, Eq)]
+pub struct OperatorArgs {
+    /// Address of the PolicySync gRPC server that dataplanes connect to.
+    #[arg(
+        long,
+        value_name = "ADDR",
+        default_value = "0.0.0.0:50051",
+        alias = "sync-listen"
+    )]
+    pub grpc_listen: SocketAddr,
+    /// Address of `/healthz`, `/readyz` and `/metrics`.
+    #[arg(long, value_name = "ADDR", default_value = "0.0.0.0:8081")]
+    pub admin_listen: SocketAddr,
+    /// File holding the token dataplanes must present on PolicySync (mounted from a Secret).
+    #[arg(long, value_name = "PATH", env = "FLEETWARD_SYNC_TOKEN_FILE")]
+    pub token_file: Option<PathBuf>,
+    /// The PolicySync token itself; prefer --token-file, which keeps it out of the environment.
+    #[arg(
+        long,
+        env = "FLEETWARD_SYNC_TOKEN",
+        hide_env_values = true,
+        conflicts_with = "token_file"
+    )]
+    pub token: Option<String>,
+    /// PEM certificate of the PolicySync server (TLS when given, with --tls-key).
+    #[arg(long, value_name = "PATH", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of the PolicySync server.
+    #[arg(long, value_name = "PATH", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// PEM CA bundle that dataplane client certificates must chain to (mTLS).
+    #[arg(long, value_name = "PATH", requires = "tls_cert")]
+    pub client_ca: Option<PathBuf>,
+    /// Namespace of the leader-election Lease (default: the pod's namespace, else `default`).
+    #[arg(long, value_name = "NAMESPACE", env = "POD_NAMESPACE")]
+    pub lease_namespace: Option<String>,
+    /// Name of the leader-election Lease.
+    #[arg(long, value_name = "NAME", default_value = "fleetward-operator")]
+    pub lease_name: String,
+    /// Seconds the Lease stays valid after its last renewal: how long a killed leader's
+    /// replicas wait before taking over.
+    #[arg(long, value_name = "SECONDS", default_value_t = 15)]
+    pub lease_duration_secs: u64,
+    /// Seconds before expiry at which the leader renews the Lease (less than the duration).
+    #[arg(long, value_name = "SECONDS", default_value_t = 5)]
+    pub lease_grace_secs: u64,
+    /// This replica's identity in the Lease (default: the host name).
+    #[arg(long, value_name = "ID", env = "POD_NAME")]
+    pub identity: Option<String>,
+    /// Milliseconds changes are gathered before they become one snapshot version.
+    #[arg(long, value_name = "MS", default_value_t = 20)]
+    pub batch_window_ms: u64,
+}
+
+impl OperatorArgs {
+    fn lease(&self) -> anyhow::Result<LeaseConfig> {
+        let namespace = match &self.lease_namespace {
+            Some(ns) => ns.clone(),
+            None => std::fs::read_to_string(SERVICE_ACCOUNT_NAMESPACE)
+                .map(|s| s.trim().to_owned())
+                .unwrap_or_else(|_| "default".to_owned()),
+        };
+        let identity = match &self.identity {
+            Some(id) => id.clone(),
+            None => hostname().context(
+                "cannot tell this replica's identity: set --identity or POD_NAME (the chart \
+                 sets it to the pod name)",
+            )?,
+        };
+        let config = LeaseConfig {
+            namespace,
+            name: self.lease_name.clone(),
+            identity,
+            duration_secs: self.lease_duration_secs,
+            grace_secs: self.lease_grace_secs,
+        };
+        config.validate().map_err(anyhow::Error::msg)?;
+        Ok(config)
+    }
+}
+
+impl OperatorArgs {
+    /// The PolicySync server's settings: the token (from --token-file, else --token) and TLS.
+    fn server_config(&self) -> anyhow::Result<grpc::ServerConfig> {
+        let token = match (&self.token_file, &self.token) {
+            (Some(path), _) => {
+                let text = std::fs::read_to_string(path).with_context(|| {
+                    format!(
+                        "cannot read the PolicySync token from --token-file {}",
+                        path.display()
+                    )
+                })?;
+                Some(text.trim().to_owned())
+            }
+            (None, token) => token.as_ref().map(|t| t.trim().to_owned()),
+        };
+        if token.as_deref() == Some("") {
+            anyhow::bail!(
+                "the PolicySync token is empty: put the token in --token-file (or leave both \
+                 --token-file and FLEETWARD_SYNC_TOKEN unset to rely on mTLS alone)"
+            );
+        }
+        let tls = match (&self.tls_cert, &self.tls_key) {
+            (Some(cert), Some(key)) => Some(
+                grpc::ServerTls::from_files(cert, key, self.client_ca.as_deref())
+                    .context("cannot load the PolicySync TLS files")?,
+            ),
+            _ => None,
+        };
+        Ok(grpc::ServerConfig {
+            token,
+            tls,
+            ..grpc::ServerConfig::default()
+        })
+    }
+}
+
+fn hostname() -> Option<String> {
+    std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok())
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+}
+
+/// The first snapshot version of this process: milliseconds since the epoch, so a restarted
+/// operator's versions keep moving forward (it commits far less than once a millisecond).
+fn first_version() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// Runs the operator until SIGTERM or SIGINT: then it stops writing, releases the Lease,
+/// drains and returns `Ok`. Expects tracing to be set up by the caller.
+pub async fn run(args: OperatorArgs) -> anyhow::Result<()> {
+    let lease = args.lease()?;
+    let client = Client::try_default().await.context(
+        "cannot reach the Kubernetes API: set KUBECONFIG to a kubeconfig, or run in a pod with \
+         a service account",
+    )?;
+    let index = Arc::new(SharedIndex::new(Index::starting_at(first_version())));
+    let dataplanes = Arc::new(Dataplanes::new());
+    let observed = Arc::new(Observed::new());
+    let metrics = Arc::new(Metrics::new());
+    let reporter = Reporter {
+        controller: k8s::CONTROLLER.to_owned(),
+        instance: Some(lease.identity.clone()),
+    };
+    tracing::info!(identity = %lease.identity, namespace = %lease.namespace, lease = %lease.name, "starting the operator");
+
+    let leadership = Leadership::start(client.clone(), lease, metrics.clone());
+    let (shutdown_tx, shutdown) = watch::channel(false);
+    let mut tasks: JoinSet<&'static str> = JoinSet::new();
+
+    tasks.spawn({
+        let index = index.clone();
+        let window = Duration::from_millis(args.batch_window_ms);
+        async move {
+            index.run_batcher(window).await;
+            "index batcher"
+        }
+    });
+    let feed = Feed {
+        index: index.clone(),
+        observed: observed.clone(),
+        metrics: metrics.clone(),
+    };
+    k8s::watch::spawn_all(&mut tasks, &client, &feed);
+    tasks.spawn(
+        StatusWriter {
+            client: client.clone(),
+            index: index.clone(),
+            dataplanes: dataplanes.clone(),
+            observed: observed.clone(),
+            metrics: metrics.clone(),
+            leader: leadership.subscribe(),
+            recorder: Recorder::new(client.clone(), reporter.clone()),
+        }
+        .run(),
+    );
+    tasks.spawn(
+        SecretReconciler {
+            client: client.clone(),
+            index: index.clone(),
+            observed: observed.clone(),
+            metrics: metrics.clone(),
+            leader: leadership.subscribe(),
+            recorder: Recorder::new(client.clone(), reporter),
+        }
+        .run(),
+    );
+
+    let admin = tokio::net::TcpListener::bind(args.admin_listen)
+        .await
+        .with_context(|| format!("cannot listen on --admin-listen {}", args.admin_listen))?;
+    tracing::info!(addr = %args.admin_listen, "serving /healthz, /readyz and /metrics");
+    let router = admin_router(Admin {
+        metrics: metrics.clone(),
+        index: index.clone(),
+        dataplanes: dataplanes.clone(),
+        observed: observed.clone(),
+    });
+    let mut admin_stop = shutdown.clone();
+    let admin_server = tokio::spawn(async move {
+        axum::serve(admin, router)
+            .with_graceful_shutdown(async move {
+                let _ = admin_stop.wait_for(|stop| *stop).await;
+            })
+            .await
+    });
+
+    // PolicySync: every replica serves its own index, once its watches have synced.
+    let grpc_listener = tokio::net::TcpListener::bind(args.grpc_listen)
+        .await
+        .with_context(|| format!("cannot listen on --grpc-listen {}", args.grpc_listen))?;
+    let mut grpc = tokio::spawn(serve_policy_sync(
+        grpc_listener,
+        args.server_config()?,
+        index.clone(),
+        dataplanes.clone(),
+        observed.clone(),
+        shutdown.clone(),
+    ));
+
+    let outcome = tokio::select! {
+        signal = shutdown_signal() => {
+            tracing::info!(signal, "shutting down: stepping down, then draining");
+            Ok(())
+        }
+        Some(ended) = tasks.join_next() => Err(match ended {
+            Ok(name) => anyhow::anyhow!("the {name} stopped unexpectedly; restarting the operator is safe"),
+            Err(e) => anyhow::anyhow!("an operator task failed: {e}"),
+        }),
+        ended = &mut grpc => Err(match ended {
+            Ok(Ok(())) => anyhow::anyhow!("the PolicySync server stopped unexpectedly"),
+            Ok(Err(e)) => anyhow::Error::new(e),
+            Err(e) => anyhow::anyhow!("the PolicySync server task failed: {e}"),
+        }),
+    };
+
+    // Stop writing first, so the next leader starts from a released Lease.
+    leadership.step_down().await;
+    let _ = shutdown_tx.send(true);
+    if !grpc.is_finished() {
+        match grpc.await {
+            Ok(Ok(())) => tracing::info!("PolicySync drained"),
+            Ok(Err(e)) => tracing::warn!(error = %e, "the PolicySync server failed while draining"),
+            Err(e) => tracing::warn!(error = %e, "the PolicySync server task failed"),
+        }
+    }
+    match admin_server.await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::warn!(error = %e, "the admin server failed"),
+        Err(e) => tracing::warn!(error = %e, "the admin server task failed"),
+    }
+    tasks.shutdown().await;
+    outcome
+}
+
+/// Serves PolicySync once every watch has synced, until `shutdown` turns true.
+async fn serve_policy_sync(
+    listener: tokio::net::TcpListener,
+    config: grpc::ServerConfig,
+    index: Arc<SharedIndex>,
+    dataplanes: Arc<Dataplanes>,
+    observed: Arc<Observed>,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<(), grpc::ServeError> {
+    // A dataplane that connected to a half-listed index would get a partial snapshot.
+    let mut changes = observed.subscribe();
+    while observed.ready().is_err() {
+        tokio::select! {
+            changed = changes.changed() => {
+                if changed.is_err() {
+                    return Ok(());
+                }
+            }
+            _ = shutdown.wait_for(|stop| *stop) => return Ok(()),
+        }
+    }
+    let stop = async move {
+        let _ = shutdown.wait_for(|stop| *stop).await;
+    };
+    grpc::serve(listener, config, index, dataplanes, stop).await
+}
+
+/// Waits for SIGTERM or SIGINT; returns its name.
+async fn shutdown_signal() -> &'static str {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot listen for SIGTERM; stopping on SIGINT only");
+            let _ = tokio::signal::ctrl_c().await;
+            return "SIGINT";
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = tokio::signal::ctrl_c() => "SIGINT",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(clap::Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: OperatorArgs,
+    }
+
+    #[test]
+    fn defaults_match_the_chart() {
+        let cli =
+            Cli::try_parse_from(["operator", "--identity", "op-0", "--lease-namespace", "fw"])
+                .expect("parses");
+        let a = cli.args;
+        assert_eq!(a.grpc_listen.to_string(), "0.0.0.0:50051");
+        assert_eq!(a.admin_listen.to_string(), "0.0.0.0:8081");
+        assert_eq!(a.lease_name, "fleetward-operator");
+        assert_eq!(a.batch_window_ms, 20);
+        let lease = a.lease().expect("valid");
+        assert_eq!(
+            (lease.namespace.as_str(), lease.identity.as_str()),
+            ("fw", "op-0")
+        );
+    }
+
+    #[test]
+    fn sync_listen_is_an_alias_and_tls_needs_both_halves() {
+        let cli =
+            Cli::try_parse_from(["operator", "--sync-listen", "127.0.0.1:7000"]).expect("parses");
+        assert_eq!(cli.args.grpc_listen.to_string(), "127.0.0.1:7000");
+        assert!(Cli::try_parse_from(["operator", "--tls-cert", "c.pem"]).is_err());
+        assert!(
+            Cli::try_parse_from(["operator", "--lease-duration-secs", "5", "--identity", "x"])
+                .expect("parses")
+                .args
+                .lease()
+                .is_err(),
+            "a grace of 5s is not less than a 5s lease"
+        );
+    }
+
+    #[test]
+    fn the_token_comes_from_the_file_without_its_newline() {
+        let dir = std::env::temp_dir().join(format!("fleetward-token-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("a temp dir");
+        let file = dir.join("token");
+        std::fs::write(&file, "s3cret\n").expect("write the token");
+        let path = file.to_string_lossy().into_owned();
+        let cli = Cli::try_parse_from(["operator", "--token-file", &path]).expect("parses");
+        let config = cli.args.server_config().expect("valid");
+        assert_eq!(config.token.as_deref(), Some("s3cret"));
+        std::fs::write(&file, "\n").expect("write the token");
+        assert!(
+            cli.args.server_config().is_err(),
+            "an empty token is refused"
+        );
+        let missing = Cli::try_parse_from(["operator", "--token-file", "/nonexistent/token"])
+            .expect("parses");
+        assert!(missing.args.server_config().is_err());
+        std::fs::remove_dir_all(&dir).ok();
+    }
+
+    #[test]
+    fn versions_start_above_any_earlier_run() {
+        let first = first_version();
+        assert!(first > 1_700_000_000_000, "milliseconds since the epoch");
+        assert!(first_version() >= first);
+    }
+}
