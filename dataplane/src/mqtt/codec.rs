@@ -205,9 +205,10 @@ pub(crate) fn publish_with_id(
     qos: u8,
     pkid: u16,
     retain: bool,
+    dup: bool,
 ) -> Publish {
     let mut b = BytesMut::with_capacity(5 + topic.len() + payload.len());
-    b.put_u8(0b0011_0000 | u8::from(retain) | ((qos & 3) << 1));
+    b.put_u8(0b0011_0000 | u8::from(retain) | ((qos & 3) << 1) | (u8::from(dup) << 3));
     b.put_u16(pkid);
     b.put_u16(topic.len() as u16);
     b.put_slice(topic);
@@ -283,12 +284,12 @@ mod tests {
         let mut out = BytesMut::new();
         codec
             .write(
-                Packet::Publish(publish_with_id(b"m/t/c/x", b"hi", 2, 7, true), None),
+                Packet::Publish(publish_with_id(b"m/t/c/x", b"hi", 2, 7, true, true), None),
                 &mut out,
             )
             .expect("encodes");
         let frame = codec.read(&mut out, 1024).expect("valid").expect("complete");
-        assert_eq!((frame.qos, frame.pkid, frame.dup), (2, 7, false));
+        assert_eq!((frame.qos, frame.pkid, frame.dup), (2, 7, true));
         match frame.packet {
             Packet::Publish(p, None) => {
                 assert!(p.retain);

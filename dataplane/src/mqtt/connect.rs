@@ -16,9 +16,9 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use super::codec::{Codec, FrameError, Version, peek_version};
 use super::reason;
-use super::session::{Session, Will};
+use super::session::{SavedSession, Session, Will, clear_in_router};
 use super::state::Shared;
-use crate::router::{Message, MessageProps, Router, SessionKey};
+use crate::router::{Message, MessageProps, Router, SessionKey, SessionMode};
 
 /// The largest CONNECT accepted (it carries the will).
 const MAX_CONNECT: usize = 128 * 1024;
@@ -90,7 +90,7 @@ async fn read_connect<S: AsyncRead + Unpin>(
 }
 
 /// What a successful CONNECT established.
-pub(crate) struct Accepted {
+pub(crate) struct Accepted<L> {
     pub subject: Subject,
     pub key_digest: Option<KeyDigest>,
     pub key: SessionKey,
@@ -100,6 +100,14 @@ pub(crate) struct Accepted {
     pub receive_maximum: u16,
     pub client_max_packet: Option<usize>,
     pub registration: super::state::Registration,
+    /// A router link attached at CONNECT (persistent sessions).
+    pub link: Option<L>,
+    /// Whether `link` is a persistent one (its router state must be cleared if not kept).
+    pub persistent_link: bool,
+    /// What a resumed session left.
+    pub saved: Option<SavedSession>,
+    /// How long the session is kept after the connection ends; zero for a clean session.
+    pub expiry: Duration,
 }
 
 struct Handshake<'a, R: Router, S> {
@@ -109,7 +117,7 @@ struct Handshake<'a, R: Router, S> {
 }
 
 impl<R: Router, S: AsyncWrite + Unpin> Handshake<'_, R, S> {
-    async fn refuse(&mut self, code: ConnectReturnCode, label: &'static str) -> Option<Accepted> {
+    async fn refuse(&mut self, code: ConnectReturnCode, label: &'static str) -> Option<Accepted<R::Link>> {
         self.shared.metrics.refused("connect", label);
         let mut out = BytesMut::new();
         let ack = Packet::ConnAck(
@@ -133,7 +141,7 @@ impl<R: Router, S: AsyncWrite + Unpin> Handshake<'_, R, S> {
         will: Option<LastWill>,
         will_props: Option<LastWillProperties>,
         login: Option<Login>,
-    ) -> Option<Accepted> {
+    ) -> Option<Accepted<R::Link>> {
         let version = self.codec.version();
         let shared = self.shared.clone();
         if shared.connections.load(std::sync::atomic::Ordering::Relaxed)
@@ -276,6 +284,37 @@ impl<R: Router, S: AsyncWrite + Unpin> Handshake<'_, R, S> {
             authentication_method: None,
             authentication_data: None,
         });
+        // Persistent sessions: v3 clean session 0, v5 a session expiry interval.
+        let max_expiry = shared.config.max_session_expiry;
+        let expiry = match version {
+            Version::V4 if connect.clean_session => Duration::ZERO,
+            Version::V4 => max_expiry,
+            Version::V5 => Duration::from_secs(u64::from(props.session_expiry_interval.unwrap_or(0)))
+                .min(max_expiry),
+        };
+        let saved = shared.sessions.take(&key.router_id());
+        let had_saved = saved.is_some();
+        let saved = if connect.clean_session { None } else { saved };
+        if had_saved && saved.is_none() {
+            clear_in_router(&shared.router, &key).await;
+        }
+        let mut link = None;
+        let persistent_link = !expiry.is_zero() || saved.is_some();
+        if persistent_link {
+            match shared.router.attach(&key, SessionMode::Persistent).await {
+                Ok((l, _)) => link = Some(l),
+                Err(e) => {
+                    tracing::error!(error = %e, "could not attach a persistent session");
+                    return self
+                        .refuse(
+                            reason::connack_for(version, DenyReason::PolicyUnavailable),
+                            e.as_str(),
+                        )
+                        .await;
+                }
+            }
+        }
+        let session_present = saved.is_some();
         let receive_maximum = props
             .receive_maximum
             .unwrap_or(u16::MAX)
@@ -295,7 +334,7 @@ impl<R: Router, S: AsyncWrite + Unpin> Handshake<'_, R, S> {
         let mut out = BytesMut::new();
         let ack = Packet::ConnAck(
             ConnAck {
-                session_present: false,
+                session_present,
                 code: ConnectReturnCode::Success,
             },
             ack_props,
@@ -314,6 +353,10 @@ impl<R: Router, S: AsyncWrite + Unpin> Handshake<'_, R, S> {
             receive_maximum,
             client_max_packet: props.max_packet_size.map(|m| m as usize),
             registration,
+            link,
+            persistent_link,
+            saved,
+            expiry,
         })
     }
 }

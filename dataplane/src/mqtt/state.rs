@@ -9,6 +9,7 @@ use fleetward_policy::{DecisionCache, Snapshot, filter_matches};
 use parking_lot::Mutex;
 use tokio::sync::{mpsc, watch};
 
+use super::session::SessionStore;
 use crate::limits::TenantRates;
 use crate::metrics::Metrics;
 use crate::router::{Message, Router};
@@ -29,6 +30,9 @@ pub struct MqttConfig {
     pub topic_alias_max: u16,
     /// Entries of the decision cache.
     pub decision_cache_entries: u64,
+    /// The longest a persistent session is kept while its client is away (v3 sessions, and
+    /// v5 session expiry intervals above it).
+    pub max_session_expiry: Duration,
 }
 
 impl Default for MqttConfig {
@@ -40,6 +44,7 @@ impl Default for MqttConfig {
             max_inflight: 100,
             topic_alias_max: 64,
             decision_cache_entries: 100_000,
+            max_session_expiry: Duration::from_secs(2 * 3600),
         }
     }
 }
@@ -102,6 +107,14 @@ impl Registry {
             _done: done_tx,
             previous,
         }
+    }
+
+    /// Registers `id` only if no session holds it (for housekeeping such as expiry).
+    pub(crate) fn register_if_idle(self: &Arc<Self>, id: String) -> Option<Registration> {
+        if self.entries.lock().contains_key(&id) {
+            return None;
+        }
+        Some(self.register(id))
     }
 
     /// Sessions registered now.
@@ -180,6 +193,7 @@ pub(crate) struct Shared<R: Router> {
     pub(crate) rates: TenantRates,
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) connections: AtomicUsize,
+    pub(crate) sessions: SessionStore,
 }
 
 impl<R: Router> Shared<R> {
@@ -199,6 +213,7 @@ impl<R: Router> Shared<R> {
             rates: TenantRates::default(),
             metrics,
             connections: AtomicUsize::new(0),
+            sessions: SessionStore::default(),
         }
     }
 

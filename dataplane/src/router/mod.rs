@@ -113,15 +113,28 @@ impl RouterError {
     }
 }
 
+/// Whether the router keeps a session's subscriptions and queue after it detaches.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SessionMode {
+    /// Start empty, forget everything on detach.
+    Clean,
+    /// Resume what a previous persistent session with the same key left, keep it on detach.
+    Persistent,
+}
+
 /// A message router: attaches sessions and accepts publishes from sessions without a link.
 pub trait Router: Send + Sync + 'static {
     /// A session attached to the router.
     type Link: RouterLink;
 
-    /// Attaches a clean session. The front-end guarantees that no other live session has the
-    /// same key (it detaches the old one first).
-    fn attach(&self, key: &SessionKey)
-    -> impl Future<Output = Result<Self::Link, RouterError>> + Send;
+    /// Attaches a session; the flag says whether the router resumed a saved one. The
+    /// front-end guarantees that no other live session has the same key (it detaches the old
+    /// one first).
+    fn attach(
+        &self,
+        key: &SessionKey,
+        mode: SessionMode,
+    ) -> impl Future<Output = Result<(Self::Link, bool), RouterError>> + Send;
 
     /// Publishes for a session that has no link of its own (publish-only clients, wills).
     fn publish(&self, message: Message) -> Result<(), RouterError>;
@@ -140,7 +153,7 @@ pub trait RouterLink: Send + 'static {
     fn publish(&mut self, message: Message) -> Result<(), RouterError>;
     /// The next message for this session. Cancel-safe.
     fn receive(&mut self) -> impl Future<Output = Result<Message, RouterError>> + Send;
-    /// Ends the session on the router side.
+    /// Ends the session on the router side (a persistent one is kept for a later attach).
     fn detach(self);
 }
 

@@ -15,7 +15,7 @@ use rumqttd::protocol::{
 };
 use rumqttd::{Notification, RouterConfig};
 
-use super::{Message, MessageProps, Router, RouterError, RouterLink, SessionKey};
+use super::{Message, MessageProps, Router, RouterError, RouterLink, SessionKey, SessionMode};
 
 /// The user property that carries the publish QoS through the router; stripped on the way in
 /// from clients and on the way out to them.
@@ -45,7 +45,8 @@ impl Default for RumqttdConfig {
     }
 }
 
-type Connect = dyn Fn(&str) -> Result<(LinkTx, LinkRx, Notification), LinkError> + Send + Sync;
+type Connect =
+    dyn Fn(&str, bool) -> Result<(LinkTx, LinkRx, Notification), LinkError> + Send + Sync;
 
 /// rumqttd's router, started in-process without its network servers.
 pub struct RumqttdRouter {
@@ -67,13 +68,13 @@ impl RumqttdRouter {
             ..RouterConfig::default()
         };
         let tx = rumqttd::Router::new(0, router_config).spawn();
-        let connect: Arc<Connect> = Arc::new(move |id: &str| {
+        let connect: Arc<Connect> = Arc::new(move |id: &str, clean: bool| {
             LinkBuilder::new(id, tx.clone())
-                .clean_session(true)
+                .clean_session(clean)
                 .build()
         });
         let (system_tx, mut system_rx, _) =
-            connect("fleetward-system").map_err(|_| RouterError::RouterDown)?;
+            connect("fleetward-system", true).map_err(|_| RouterError::RouterDown)?;
         let alive = Arc::new(AtomicBool::new(true));
         let flag = alive.clone();
         // The system link never subscribes; draining it keeps it scheduled and tells us when
@@ -169,22 +170,36 @@ fn from_forward(publish: Publish, props: Option<PublishProperties>) -> Message {
 impl Router for RumqttdRouter {
     type Link = RumqttdLink;
 
-    async fn attach(&self, key: &SessionKey) -> Result<RumqttdLink, RouterError> {
+    async fn attach(
+        &self,
+        key: &SessionKey,
+        mode: SessionMode,
+    ) -> Result<(RumqttdLink, bool), RouterError> {
         if !self.is_alive() {
             return Err(RouterError::RouterDown);
         }
         let id = key.router_id();
         let connect = self.connect.clone();
+        let clean = mode == SessionMode::Clean;
         // `build` blocks on the router's channel and on its answer.
-        let built = tokio::task::spawn_blocking(move || connect(&id))
+        let built = tokio::task::spawn_blocking(move || connect(&id, clean))
             .await
             .map_err(|_| RouterError::RouterDown)?;
         match built {
-            Ok((tx, rx, _connack)) => Ok(RumqttdLink {
-                tx,
-                rx,
-                wake_pending: false,
-            }),
+            Ok((tx, rx, connack)) => {
+                let present = matches!(
+                    Option::<Packet>::from(connack),
+                    Some(Packet::ConnAck(ack, _)) if ack.session_present
+                );
+                Ok((
+                    RumqttdLink {
+                        tx,
+                        rx,
+                        wake_pending: false,
+                    },
+                    present,
+                ))
+            }
             // The router drops a link it has no room for without an answer.
             Err(LinkError::Recv(_)) if self.is_alive() => Err(RouterError::Refused),
             Err(e) => Err(link_error(e)),

@@ -141,6 +141,7 @@ pub mod v4 {
     pub struct Client {
         pub client: AsyncClient,
         pub events: mpsc::UnboundedReceiver<Result<Packet, String>>,
+        pub session_present: bool,
     }
 
     pub fn options(addr: SocketAddr, tenant: &str, thing: &str, id: &str) -> MqttOptions {
@@ -174,7 +175,11 @@ pub mod v4 {
             }
         });
         match tokio::time::timeout(Duration::from_secs(5), events.recv()).await {
-            Ok(Some(Ok(Packet::ConnAck(_)))) => Ok(Client { client, events }),
+            Ok(Some(Ok(Packet::ConnAck(ack)))) => Ok(Client {
+                client,
+                events,
+                session_present: ack.session_present,
+            }),
             Ok(Some(Ok(other))) => Err(format!("expected CONNACK, got {other:?}")),
             Ok(Some(Err(e))) => Err(e),
             Ok(None) => Err("closed".into()),
@@ -347,5 +352,96 @@ pub mod v5 {
                 }
             }
         }
+    }
+}
+
+pub mod raw {
+    //! Hand-built packets for what client libraries will not send.
+    use std::time::Duration;
+
+    use tokio::io::AsyncReadExt;
+    use tokio::net::TcpStream;
+
+    fn mqtt_str(out: &mut Vec<u8>, s: &[u8]) {
+        out.extend_from_slice(&(s.len() as u16).to_be_bytes());
+        out.extend_from_slice(s);
+    }
+
+    fn with_header(first: u8, body: Vec<u8>) -> Vec<u8> {
+        let mut out = vec![first];
+        let mut len = body.len();
+        loop {
+            let mut b = (len % 128) as u8;
+            len /= 128;
+            if len > 0 {
+                b |= 0x80;
+            }
+            out.push(b);
+            if len == 0 {
+                break;
+            }
+        }
+        out.extend_from_slice(&body);
+        out
+    }
+
+    /// A v3.1.1 CONNECT with credentials and an optional QoS 1 will (topic, payload).
+    pub fn connect(
+        client_id: &str,
+        clean: bool,
+        keep_alive: u16,
+        user: &str,
+        pass: &str,
+        will: Option<(&str, &str)>,
+    ) -> Vec<u8> {
+        let mut body = Vec::new();
+        mqtt_str(&mut body, b"MQTT");
+        body.push(4);
+        let mut flags = 0b1100_0000u8;
+        if clean {
+            flags |= 0b10;
+        }
+        if will.is_some() {
+            flags |= 0b0000_1100;
+        }
+        body.push(flags);
+        body.extend_from_slice(&keep_alive.to_be_bytes());
+        mqtt_str(&mut body, client_id.as_bytes());
+        if let Some((t, p)) = will {
+            mqtt_str(&mut body, t.as_bytes());
+            mqtt_str(&mut body, p.as_bytes());
+        }
+        mqtt_str(&mut body, user.as_bytes());
+        mqtt_str(&mut body, pass.as_bytes());
+        with_header(0x10, body)
+    }
+
+    /// A v3.1.1 SUBSCRIBE of one filter.
+    pub fn subscribe(pkid: u16, filter: &str, qos: u8) -> Vec<u8> {
+        let mut body = pkid.to_be_bytes().to_vec();
+        mqtt_str(&mut body, filter.as_bytes());
+        body.push(qos);
+        with_header(0x82, body)
+    }
+
+    /// Reads one whole packet: (first byte, body).
+    pub async fn read_packet(s: &mut TcpStream, wait: Duration) -> Option<(u8, Vec<u8>)> {
+        tokio::time::timeout(wait, async {
+            let first = s.read_u8().await.ok()?;
+            let mut len = 0usize;
+            for i in 0..4 {
+                let b = s.read_u8().await.ok()?;
+                len |= usize::from(b & 0x7f) << (7 * i);
+                if b & 0x80 == 0 {
+                    break;
+                }
+            }
+            let mut body = vec![0; len];
+            s.read_exact(&mut body).await.ok()?;
+            Some((first, body))
+        })
+        .await
+        .ok()
+        .flatten()
     }
 }

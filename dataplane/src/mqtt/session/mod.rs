@@ -1,5 +1,10 @@
 //! A connected client's session: reads packets, authorizes, talks to the router, delivers.
 
+mod deliver;
+mod persist;
+
+pub(crate) use persist::{SavedSession, SessionStore, clear_in_router};
+
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -7,7 +12,7 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 use fleetward_policy::{
     Action, Decision, PolicyEvaluator, Snapshot, Subject, TopicError, TopicLimits,
-    filter_matches, parse_filter, parse_topic_name,
+    parse_filter, parse_topic_name,
 };
 use rumqttd::protocol::{
     Disconnect, DisconnectProperties, DisconnectReasonCode, Packet, PingResp, PubAck,
@@ -17,11 +22,11 @@ use rumqttd::protocol::{
 };
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-use super::codec::{Codec, Frame, Version, publish_with_id};
+use super::codec::{Codec, Frame, Version};
 use super::connect::Accepted;
 use super::reason;
 use super::state::{Kick, Shared};
-use crate::router::{Message, MessageProps, Router, RouterLink};
+use crate::router::{Message, MessageProps, Router, RouterLink, SessionMode};
 
 /// A will, published by the front-end when the session ends uncleanly.
 pub(crate) struct Will {
@@ -30,7 +35,7 @@ pub(crate) struct Will {
     pub delay: Duration,
 }
 
-struct Subscription {
+pub(crate) struct Subscription {
     /// The filter as the client sent it (without any mountpoint).
     client: String,
     /// The full filter, `m/<tenant>/c/<channel>/…`.
@@ -39,8 +44,17 @@ struct Subscription {
     id: Option<usize>,
 }
 
+/// A QoS 1/2 delivery kept until the client acknowledges it, for resending on resume.
+pub(crate) struct OutMsg {
+    topic: Bytes,
+    payload: Bytes,
+    qos: u8,
+    retain: bool,
+    props: Option<PublishProperties>,
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Outbound {
+pub(crate) enum Outbound {
     /// QoS 1 sent, PUBACK awaited.
     AwaitAck,
     /// QoS 2 sent, PUBREC awaited.
@@ -68,10 +82,10 @@ pub(crate) struct Session<R: Router, S> {
     codec: Codec,
     rbuf: BytesMut,
     wbuf: BytesMut,
-    acc: Accepted,
+    acc: Accepted<R::Link>,
     link: Option<R::Link>,
     subs: Vec<Subscription>,
-    inflight: HashMap<u16, Outbound>,
+    inflight: HashMap<u16, (Outbound, OutMsg)>,
     next_pkid: u16,
     pending: VecDeque<Message>,
     qos2_in: HashSet<u16>,
@@ -95,10 +109,12 @@ impl<R: Router, S: AsyncRead + AsyncWrite + Unpin + Send> Session<R, S> {
         stream: S,
         codec: Codec,
         rbuf: BytesMut,
-        acc: Accepted,
+        mut acc: Accepted<R::Link>,
     ) {
         let mut policy = shared.policy.clone();
         policy.mark_unchanged();
+        let link = acc.link.take();
+        let saved = acc.saved.take();
         let mut s = Session {
             shared,
             stream,
@@ -106,7 +122,7 @@ impl<R: Router, S: AsyncRead + AsyncWrite + Unpin + Send> Session<R, S> {
             rbuf,
             wbuf: BytesMut::new(),
             acc,
-            link: None,
+            link,
             subs: Vec::new(),
             inflight: HashMap::new(),
             next_pkid: 0,
@@ -116,10 +132,34 @@ impl<R: Router, S: AsyncRead + AsyncWrite + Unpin + Send> Session<R, S> {
             policy,
             last_rx: Instant::now(),
         };
+        if let Some(saved) = saved {
+            s.subs = saved.subs;
+            s.inflight = saved.inflight;
+            s.qos2_in = saved.qos2_in;
+            s.next_pkid = saved.next_pkid;
+        }
         let end = s.serve().await;
         tracing::debug!(client = %s.acc.key.router_id(), ?end, "session ended");
-        if let Some(link) = s.link.take() {
+        let shared = s.shared.clone();
+        if !s.acc.expiry.is_zero() {
+            // Persistent: keep our half; the router keeps its half on detach.
+            let saved = SavedSession::new(
+                std::mem::take(&mut s.subs),
+                std::mem::take(&mut s.inflight),
+                std::mem::take(&mut s.qos2_in),
+                s.next_pkid,
+            );
+            if let Some(link) = s.link.take() {
+                link.detach();
+            }
+            let generation = shared.sessions.save(s.acc.key.router_id(), saved);
+            persist::expire_later(shared.clone(), s.acc.key.clone(), generation, s.acc.expiry);
+        } else if let Some(link) = s.link.take() {
             link.detach();
+            if s.acc.persistent_link {
+                // A resumed session that is not kept after this connection.
+                clear_in_router(&shared.router, &s.acc.key).await;
+            }
         }
         match (end, s.acc.will.take()) {
             (End::Unclean | End::CleanWithWill, Some(will)) => {
@@ -130,6 +170,14 @@ impl<R: Router, S: AsyncRead + AsyncWrite + Unpin + Send> Session<R, S> {
     }
 
     async fn serve(&mut self) -> End {
+        if !self.subs.is_empty() || !self.inflight.is_empty() {
+            // Resumed: the policy may have changed while the client was away.
+            if let Flow::End(end) = self.revalidate() {
+                let _ = self.stream.write_all(&self.wbuf).await;
+                return end;
+            }
+        }
+        self.resend_inflight();
         // Data already read behind the CONNECT.
         if let Flow::End(end) = self.process_input().await {
             return end;
@@ -256,13 +304,15 @@ impl<R: Router, S: AsyncRead + AsyncWrite + Unpin + Send> Session<R, S> {
                 return self.on_publish(p, props, frame.qos, frame.pkid, frame.dup).await;
             }
             Packet::PubAck(a, _) => {
-                if self.inflight.get(&a.pkid) == Some(&Outbound::AwaitAck) {
+                if self.inflight.get(&a.pkid).map(|e| e.0) == Some(Outbound::AwaitAck) {
                     self.inflight.remove(&a.pkid);
                 }
             }
             Packet::PubRec(r, _) => {
-                if self.inflight.get(&r.pkid) == Some(&Outbound::AwaitRec) {
-                    self.inflight.insert(r.pkid, Outbound::AwaitComp);
+                if let Some(entry) = self.inflight.get_mut(&r.pkid)
+                    && entry.0 == Outbound::AwaitRec
+                {
+                    entry.0 = Outbound::AwaitComp;
                     self.write(Packet::PubRel(
                         PubRel {
                             pkid: r.pkid,
@@ -273,7 +323,7 @@ impl<R: Router, S: AsyncRead + AsyncWrite + Unpin + Send> Session<R, S> {
                 }
             }
             Packet::PubComp(c, _) => {
-                if self.inflight.get(&c.pkid) == Some(&Outbound::AwaitComp) {
+                if self.inflight.get(&c.pkid).map(|e| e.0) == Some(Outbound::AwaitComp) {
                     self.inflight.remove(&c.pkid);
                 }
             }
@@ -493,8 +543,8 @@ impl<R: Router, S: AsyncRead + AsyncWrite + Unpin + Send> Session<R, S> {
 
     async fn link(&mut self) -> Option<&mut R::Link> {
         if self.link.is_none() {
-            match self.shared.router.attach(&self.acc.key).await {
-                Ok(link) => self.link = Some(link),
+            match self.shared.router.attach(&self.acc.key, SessionMode::Clean).await {
+                Ok((link, _)) => self.link = Some(link),
                 Err(e) => {
                     tracing::error!(error = %e, "could not attach a session to the router");
                     self.shared.metrics.refused("subscribe", e.as_str());
@@ -667,110 +717,6 @@ impl<R: Router, S: AsyncRead + AsyncWrite + Unpin + Send> Session<R, S> {
         Flow::Continue
     }
 
-    fn flush_pending(&mut self) {
-        while self.inflight.len() < usize::from(self.acc.receive_maximum) {
-            let Some(m) = self.pending.pop_front() else {
-                break;
-            };
-            self.deliver(m, true);
-        }
-    }
-
-    fn allocate_pkid(&mut self) -> u16 {
-        loop {
-            self.next_pkid = self.next_pkid.wrapping_add(1);
-            if self.next_pkid != 0 && !self.inflight.contains_key(&self.next_pkid) {
-                return self.next_pkid;
-            }
-        }
-    }
-
-    /// Delivers a message to the client at min(published QoS, granted QoS), if a live
-    /// subscription still matches it.
-    fn deliver(&mut self, message: Message, retained: bool) {
-        let Ok(topic) = std::str::from_utf8(&message.topic) else {
-            return;
-        };
-        let client_topic = match &self.acc.mount {
-            Some(m) => match m.unmount(topic) {
-                Some(t) => t,
-                None => return,
-            },
-            None => topic,
-        };
-        let mut granted: Option<u8> = None;
-        let mut ids = Vec::new();
-        for sub in &self.subs {
-            let matches = filter_matches(&sub.full, topic)
-                && (self.acc.mount.is_none() || filter_matches(&sub.client, client_topic));
-            if matches {
-                granted = Some(granted.map_or(sub.qos, |g| g.max(sub.qos)));
-                if let Some(id) = sub.id {
-                    ids.push(id);
-                }
-            }
-        }
-        // Nothing matches: unsubscribed or revoked while the message was in the router.
-        let Some(granted) = granted else {
-            return;
-        };
-        let qos = message.qos.min(granted);
-        let topic_bytes = if self.acc.mount.is_some() {
-            Bytes::copy_from_slice(client_topic.as_bytes())
-        } else {
-            message.topic.clone()
-        };
-        let props = match self.codec.version() {
-            Version::V4 => None,
-            Version::V5 => {
-                let p = message.props.map(|b| *b).unwrap_or_default();
-                if p.is_empty() && ids.is_empty() {
-                    None
-                } else {
-                    Some(PublishProperties {
-                        payload_format_indicator: p.payload_format_indicator,
-                        message_expiry_interval: p.message_expiry_interval,
-                        topic_alias: None,
-                        response_topic: p.response_topic,
-                        correlation_data: p.correlation_data,
-                        user_properties: p.user_properties,
-                        subscription_identifiers: ids,
-                        content_type: p.content_type,
-                    })
-                }
-            }
-        };
-        let (publish, pkid) = if qos == 0 {
-            (Publish::new(topic_bytes, message.payload, retained), None)
-        } else {
-            let pkid = self.allocate_pkid();
-            (
-                publish_with_id(&topic_bytes, &message.payload, qos, pkid, retained),
-                Some(pkid),
-            )
-        };
-        let before = self.wbuf.len();
-        self.write(Packet::Publish(publish, props));
-        if let Some(max) = self.acc.client_max_packet
-            && self.wbuf.len() - before > max
-        {
-            // Larger than the client accepts (v5 maximum packet size): dropped for it.
-            self.wbuf.truncate(before);
-            return;
-        }
-        if let Some(pkid) = pkid {
-            self.inflight.insert(
-                pkid,
-                if qos == 1 {
-                    Outbound::AwaitAck
-                } else {
-                    Outbound::AwaitRec
-                },
-            );
-        }
-        let tenant = self.acc.subject.tenant.clone();
-        self.shared.metrics.message_out(&tenant);
-    }
 }
 
 async fn receive<L: RouterLink>(link: &mut Option<L>) -> Result<Message, crate::router::RouterError> {

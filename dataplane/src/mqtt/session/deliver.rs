@@ -1,0 +1,146 @@
+//! Outbound delivery: QoS selection, packet ids, the in-flight window, v5 properties.
+
+use bytes::Bytes;
+use fleetward_policy::filter_matches;
+use rumqttd::protocol::{Packet, PubRel, PubRelReason, Publish, PublishProperties};
+use tokio::io::{AsyncRead, AsyncWrite};
+
+use super::{OutMsg, Outbound, Session};
+use crate::mqtt::codec::{Version, publish_with_id};
+use crate::router::{Message, Router};
+
+impl<R: Router, S: AsyncRead + AsyncWrite + Unpin + Send> Session<R, S> {
+    pub(super) fn flush_pending(&mut self) {
+        while self.inflight.len() < usize::from(self.acc.receive_maximum) {
+            let Some(m) = self.pending.pop_front() else {
+                break;
+            };
+            self.deliver(m, true);
+        }
+    }
+
+    fn allocate_pkid(&mut self) -> u16 {
+        loop {
+            self.next_pkid = self.next_pkid.wrapping_add(1);
+            if self.next_pkid != 0 && !self.inflight.contains_key(&self.next_pkid) {
+                return self.next_pkid;
+            }
+        }
+    }
+
+    /// Delivers a message to the client at min(published QoS, granted QoS), if a live
+    /// subscription still matches it.
+    pub(super) fn deliver(&mut self, message: Message, retained: bool) {
+        let Ok(topic) = std::str::from_utf8(&message.topic) else {
+            return;
+        };
+        let client_topic = match &self.acc.mount {
+            Some(m) => match m.unmount(topic) {
+                Some(t) => t,
+                None => return,
+            },
+            None => topic,
+        };
+        let mut granted: Option<u8> = None;
+        let mut ids = Vec::new();
+        for sub in &self.subs {
+            let matches = filter_matches(&sub.full, topic)
+                && (self.acc.mount.is_none() || filter_matches(&sub.client, client_topic));
+            if matches {
+                granted = Some(granted.map_or(sub.qos, |g| g.max(sub.qos)));
+                if let Some(id) = sub.id {
+                    ids.push(id);
+                }
+            }
+        }
+        // Nothing matches: unsubscribed or revoked while the message was in the router.
+        let Some(granted) = granted else {
+            return;
+        };
+        let qos = message.qos.min(granted);
+        let topic_bytes = if self.acc.mount.is_some() {
+            Bytes::copy_from_slice(client_topic.as_bytes())
+        } else {
+            message.topic.clone()
+        };
+        let props = match self.codec.version() {
+            Version::V4 => None,
+            Version::V5 => {
+                let p = message.props.map(|b| *b).unwrap_or_default();
+                if p.is_empty() && ids.is_empty() {
+                    None
+                } else {
+                    Some(PublishProperties {
+                        payload_format_indicator: p.payload_format_indicator,
+                        message_expiry_interval: p.message_expiry_interval,
+                        topic_alias: None,
+                        response_topic: p.response_topic,
+                        correlation_data: p.correlation_data,
+                        user_properties: p.user_properties,
+                        subscription_identifiers: ids,
+                        content_type: p.content_type,
+                    })
+                }
+            }
+        };
+        let (publish, pkid) = if qos == 0 {
+            (Publish::new(topic_bytes, message.payload, retained), None)
+        } else {
+            let pkid = self.allocate_pkid();
+            let publish = publish_with_id(&topic_bytes, &message.payload, qos, pkid, retained, false);
+            let out = OutMsg {
+                topic: topic_bytes,
+                payload: message.payload,
+                qos,
+                retain: retained,
+                props: props.clone(),
+            };
+            (publish, Some((pkid, out)))
+        };
+        let before = self.wbuf.len();
+        self.write(Packet::Publish(publish, props));
+        if let Some(max) = self.acc.client_max_packet
+            && self.wbuf.len() - before > max
+        {
+            // Larger than the client accepts (v5 maximum packet size): dropped for it.
+            self.wbuf.truncate(before);
+            return;
+        }
+        if let Some((pkid, out)) = pkid {
+            let state = if qos == 1 {
+                Outbound::AwaitAck
+            } else {
+                Outbound::AwaitRec
+            };
+            self.inflight.insert(pkid, (state, out));
+        }
+        let tenant = self.acc.subject.tenant.clone();
+        self.shared.metrics.message_out(&tenant);
+    }
+
+    /// After a persistent session resumes: resends what the client had not acknowledged, in
+    /// packet-id order, with DUP set (PUBREL for what it had received).
+    pub(super) fn resend_inflight(&mut self) {
+        let mut ids: Vec<u16> = self.inflight.keys().copied().collect();
+        ids.sort_unstable();
+        for pkid in ids {
+            let Some((state, out)) = self.inflight.get(&pkid) else {
+                continue;
+            };
+            let packet = match state {
+                Outbound::AwaitAck | Outbound::AwaitRec => Packet::Publish(
+                    publish_with_id(&out.topic, &out.payload, out.qos, pkid, out.retain, true),
+                    out.props.clone(),
+                ),
+                Outbound::AwaitComp => Packet::PubRel(
+                    PubRel {
+                        pkid,
+                        reason: PubRelReason::Success,
+                    },
+                    None,
+                ),
+            };
+            self.write(packet);
+        }
+    }
+}
