@@ -150,7 +150,7 @@ impl Dataplane {
 
     async fn version(&mut self, version: u64) -> Arc<Snapshot> {
         let status = self.status.clone();
-        let s = tokio::time::timeout(WAIT, self.snapshot.wait_for(|s| s.version() == version))
+        tokio::time::timeout(WAIT, self.snapshot.wait_for(|s| s.version() == version))
             .await
             .unwrap_or_else(|_| {
                 panic!(
@@ -159,8 +159,7 @@ impl Dataplane {
                 )
             })
             .expect("the client is alive")
-            .clone();
-        s
+            .clone()
     }
 
     /// Stops the client; it writes its snapshot before returning.
@@ -250,7 +249,11 @@ async fn a_restarted_client_resumes_from_its_persisted_snapshot_with_deltas_only
     assert_eq!(dp.snapshot.borrow().version(), v1);
     let s = dp.version(v2).await;
     assert_eq!(&*s, op.index.read().snapshot());
-    assert_eq!(dp.status.full_snapshots(), 0, "resumed without a full snapshot");
+    assert_eq!(
+        dp.status.full_snapshots(),
+        0,
+        "resumed without a full snapshot"
+    );
     assert_eq!(dp.status.delta_updates(), 1);
     dp.stop().await;
     op.stop().await;
@@ -280,8 +283,7 @@ async fn without_an_operator_a_restarted_client_serves_its_persisted_snapshot() 
     assert!(dp.status.seconds_since_update().is_some());
     // It keeps trying, and keeps the snapshot while it does.
     eventually("a failed attempt is reported", &dp.status, |s| {
-        s.last_error()
-            .is_some_and(|e| e.contains("cannot reach"))
+        s.last_error().is_some_and(|e| e.contains("cannot reach"))
     })
     .await;
     assert_eq!(*dp.snapshot.borrow().clone(), *before);
@@ -350,8 +352,7 @@ async fn an_update_over_the_client_size_cap_is_refused_without_harm() {
         ..client_config(vec![op.url()], state.path())
     });
     eventually("the over-size update is reported", &dp.status, |s| {
-        s.last_error()
-            .is_some_and(|e| e.contains("size cap"))
+        s.last_error().is_some_and(|e| e.contains("size cap"))
     })
     .await;
     assert!(!dp.status.is_ready());
@@ -370,8 +371,7 @@ async fn an_update_over_the_server_size_cap_is_refused_without_harm() {
     let state = tempfile::tempdir().expect("temp dir");
     let mut dp = Dataplane::start(client_config(vec![op.url()], state.path()));
     eventually("the over-size snapshot is reported", &dp.status, |s| {
-        s.last_error()
-            .is_some_and(|e| e.contains("size cap"))
+        s.last_error().is_some_and(|e| e.contains("size cap"))
     })
     .await;
     assert!(!dp.status.is_ready());
@@ -413,7 +413,11 @@ async fn a_bad_delta_is_nacked_the_snapshot_kept_and_a_full_snapshot_recovers() 
     let (_, nonce, error) = script.nack().await;
     assert_eq!(nonce, 12);
     assert!(error.contains("32"), "{error}");
-    assert_eq!(*dp.snapshot.borrow().clone(), *v1, "the old snapshot is kept");
+    assert_eq!(
+        *dp.snapshot.borrow().clone(),
+        *v1,
+        "the old snapshot is kept"
+    );
     assert_eq!(dp.status.nacks(), 2);
 
     script.send(fake::full(2, 13, &["tele", "alerts"])).await;

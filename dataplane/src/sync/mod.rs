@@ -19,7 +19,7 @@ use tokio::sync::watch;
 use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
 
 pub use status::SyncStatus;
-pub use store::{Stored, StoreError};
+pub use store::{StoreError, Stored};
 
 /// The default cap on one PolicySync message, either way.
 pub const DEFAULT_MAX_MESSAGE_SIZE: usize = 64 * 1024 * 1024;

@@ -145,7 +145,8 @@ impl Session<'_> {
             }
             Err(error) => {
                 tracing::warn!(version, %error, "refused a policy update; keeping the snapshot");
-                self.status.refused(format!("update to version {version}: {error}"));
+                self.status
+                    .refused(format!("update to version {version}: {error}"));
                 Out::Nack(pb::Nack {
                     version,
                     nonce,
@@ -213,7 +214,9 @@ impl Session<'_> {
                 }
                 Ok((Some(next), false, update.lineage))
             }
-            None => Err("an update without a payload; this dataplane may be older than the operator".into()),
+            None => Err(
+                "an update without a payload; this dataplane may be older than the operator".into(),
+            ),
         }
     }
 }

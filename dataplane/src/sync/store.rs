@@ -67,7 +67,8 @@ pub fn load(dir: &Path) -> Result<Option<Stored>, StoreError> {
         path: path.clone(),
         problem,
     };
-    let stored = pb::StoredSnapshot::decode(bytes.as_slice()).map_err(|e| corrupt(e.to_string()))?;
+    let stored =
+        pb::StoredSnapshot::decode(bytes.as_slice()).map_err(|e| corrupt(e.to_string()))?;
     let snapshot = stored
         .snapshot
         .ok_or_else(|| corrupt("no snapshot in it".into()))?;
