@@ -448,3 +448,35 @@ async fn shutdown_ends_every_stream_and_returns() {
         .expect("clean shutdown");
     assert!(op.dataplanes.all().is_empty());
 }
+
+#[tokio::test]
+async fn a_reconnected_dataplane_is_not_unregistered_by_its_old_stream() {
+    let op = operator(config()).await;
+    let mut old = open(op.addr, Some(TOKEN), hello("dp-1", 0, ""))
+        .await
+        .expect("opens");
+    let u = old.update().await;
+    old.ack(&u).await;
+    applied(&op.dataplanes, "dp-1", u.version).await;
+
+    let mut new = open(op.addr, Some(TOKEN), hello("dp-1", u.version, &u.lineage))
+        .await
+        .expect("opens");
+    let confirm = new.update().await;
+    assert!(deltas(&confirm).is_empty());
+    new.ack(&confirm).await;
+    let v2 = apply(&op.index, &channel("acme", "alerts"));
+    let n = new.update().await;
+    new.ack(&n).await;
+    applied(&op.dataplanes, "dp-1", v2).await;
+    // The old stream ACKs its own update late, then goes: neither touches the registration.
+    let d = old.update().await;
+    old.ack(&d).await;
+    drop(old);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        op.dataplanes.all().get("dp-1").map(|s| s.applied),
+        Some(v2),
+        "still registered after the old stream closed"
+    );
+}
