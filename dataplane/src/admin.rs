@@ -31,7 +31,10 @@ pub(crate) async fn serve(listener: TcpListener, state: AdminState) {
 async fn readyz(State(state): State<AdminState>) -> impl IntoResponse {
     match (state.ready)() {
         Ok(()) => (StatusCode::OK, "ready\n".to_owned()),
-        Err(why) => (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {why}\n")),
+        Err(why) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: {why}\n"),
+        ),
     }
 }
 

@@ -22,7 +22,11 @@ pub struct DataplaneArgs {
     #[arg(long, default_value = "0.0.0.0:8081", env = "FLEETWARD_ADMIN_LISTEN")]
     pub admin_listen: SocketAddr,
     /// Directory for the last-known-good policy snapshot.
-    #[arg(long, default_value = "/var/lib/fleetward", env = "FLEETWARD_STATE_DIR")]
+    #[arg(
+        long,
+        default_value = "/var/lib/fleetward",
+        env = "FLEETWARD_STATE_DIR"
+    )]
     pub state_dir: PathBuf,
     /// PolicySync endpoints of the operator, comma-separated; every one is tried.
     #[arg(long, value_delimiter = ',', env = "FLEETWARD_OPERATOR")]

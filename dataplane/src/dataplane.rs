@@ -92,8 +92,7 @@ impl Dataplane {
 
     /// Binds every listener and starts serving.
     pub async fn start(self) -> anyhow::Result<RunningDataplane> {
-        let router = RumqttdRouter::start(&self.router)
-            .context("starting the message router")?;
+        let router = RumqttdRouter::start(&self.router).context("starting the message router")?;
         let metrics = Arc::new(Metrics::default());
         let shared = Arc::new(Shared::new(
             self.mqtt.clone(),
@@ -104,7 +103,11 @@ impl Dataplane {
         let mut tasks = Vec::new();
         let listener = mqtt::bind(self.mqtt_listen, "MQTT").await?;
         let mqtt_addr = listener.local_addr()?;
-        tasks.push(tokio::spawn(mqtt::accept_loop(shared.clone(), listener, None)));
+        tasks.push(tokio::spawn(mqtt::accept_loop(
+            shared.clone(),
+            listener,
+            None,
+        )));
 
         let mut mqtts_addr = None;
         if let Some((addr, cert, key)) = &self.mqtts {
@@ -202,7 +205,11 @@ impl Drop for RunningDataplane {
 
 async fn futures_select_all(
     tasks: Vec<JoinHandle<()>>,
-) -> (Result<(), tokio::task::JoinError>, usize, Vec<JoinHandle<()>>) {
+) -> (
+    Result<(), tokio::task::JoinError>,
+    usize,
+    Vec<JoinHandle<()>>,
+) {
     let mut set = tokio::task::JoinSet::new();
     for (i, t) in tasks.into_iter().enumerate() {
         set.spawn(async move { (i, t.await) });

@@ -149,7 +149,9 @@ impl Metrics {
 }
 
 fn escape(s: &str) -> String {
-    s.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+    s.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }
 
 #[cfg(test)]
@@ -168,9 +170,11 @@ mod tests {
         let text = m.render(3, 1);
         assert!(text.contains("fleetward_mqtt_connections 1\n"), "{text}");
         assert!(text.contains("fleetward_mqtt_messages_out_total{tenant=\"acme\"} 2\n"));
-        assert!(text.contains(
-            "fleetward_mqtt_refusals_total{what=\"subscribe\",reason=\"no_grant\"} 1\n"
-        ));
+        assert!(
+            text.contains(
+                "fleetward_mqtt_refusals_total{what=\"subscribe\",reason=\"no_grant\"} 1\n"
+            )
+        );
         assert!(text.contains("fleetward_decision_cache_hit_ratio 0.75\n"));
         assert!(text.contains("fleetward_policy_snapshot_version 7\n"));
     }

@@ -20,9 +20,13 @@ async fn v3_delivery_within_a_channel_at_qos_0_1_and_2() {
         vec![v4::SubscribeReasonCode::Success(v4::QoS::ExactlyOnce)]
     );
     let mut sensor = v4::connect(fx.addr, "acme", "sensor", "s1").await;
-    for (i, qos) in [v4::QoS::AtMostOnce, v4::QoS::AtLeastOnce, v4::QoS::ExactlyOnce]
-        .into_iter()
-        .enumerate()
+    for (i, qos) in [
+        v4::QoS::AtMostOnce,
+        v4::QoS::AtLeastOnce,
+        v4::QoS::ExactlyOnce,
+    ]
+    .into_iter()
+    .enumerate()
     {
         let topic = format!("m/acme/c/telemetry/room/{i}");
         sensor
@@ -174,7 +178,12 @@ async fn tenants_with_the_same_names_see_nothing_of_each_other() {
         .expect("queued");
     globex_sensor
         .client
-        .publish("m/globex/c/telemetry/x", v4::QoS::AtLeastOnce, false, "globex")
+        .publish(
+            "m/globex/c/telemetry/x",
+            v4::QoS::AtLeastOnce,
+            false,
+            "globex",
+        )
         .await
         .expect("queued");
     let a = acme.next_publish(WAIT).await.expect("acme delivery");
@@ -185,10 +194,23 @@ async fn tenants_with_the_same_names_see_nothing_of_each_other() {
     assert!(globex.next_publish(QUIET).await.is_none());
     // Both sessions with the same thing name and client id are still alive: no takeover
     // across tenants.
-    acme.client.subscribe("m/acme/c/commands/#", v4::QoS::AtMostOnce).await.expect("queued");
-    assert!(matches!(acme.next(WAIT).await, Some(Ok(v4::Packet::SubAck(_)))));
-    globex.client.subscribe("m/globex/c/commands/#", v5::QoS::AtMostOnce).await.expect("queued");
-    assert!(matches!(globex.next(WAIT).await, Some(Ok(v5::Packet::SubAck(_)))));
+    acme.client
+        .subscribe("m/acme/c/commands/#", v4::QoS::AtMostOnce)
+        .await
+        .expect("queued");
+    assert!(matches!(
+        acme.next(WAIT).await,
+        Some(Ok(v4::Packet::SubAck(_)))
+    ));
+    globex
+        .client
+        .subscribe("m/globex/c/commands/#", v5::QoS::AtMostOnce)
+        .await
+        .expect("queued");
+    assert!(matches!(
+        globex.next(WAIT).await,
+        Some(Ok(v5::Packet::SubAck(_)))
+    ));
 }
 
 #[tokio::test]
@@ -201,7 +223,12 @@ async fn a_cross_tenant_publish_never_arrives_and_disconnects_a_v3_publisher() {
     let mut acme_sensor = v4::connect(fx.addr, "acme", "sensor", "s").await;
     acme_sensor
         .client
-        .publish("m/globex/c/telemetry/x", v4::QoS::AtLeastOnce, false, "intruder")
+        .publish(
+            "m/globex/c/telemetry/x",
+            v4::QoS::AtLeastOnce,
+            false,
+            "intruder",
+        )
         .await
         .expect("queued");
     assert!(acme_sensor.closed_within(WAIT).await.is_some());

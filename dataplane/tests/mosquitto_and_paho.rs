@@ -41,7 +41,16 @@ fn text(o: &Output) -> String {
 
 async fn mosquitto_pub(fx: &Fixture, version: &str, who: (&str, &str), args: &[&str]) -> Output {
     Command::new("mosquitto_pub")
-        .args(["-h", "127.0.0.1", "-p", &fx.port().to_string(), "-V", version, "-i", "pub"])
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &fx.port().to_string(),
+            "-V",
+            version,
+            "-i",
+            "pub",
+        ])
         .args(auth(who.0, who.1))
         .args(args)
         .output()
@@ -51,10 +60,20 @@ async fn mosquitto_pub(fx: &Fixture, version: &str, who: (&str, &str), args: &[&
 
 fn mosquitto_sub(fx: &Fixture, version: &str, who: (&str, &str), args: &[&str]) -> Command {
     let mut c = Command::new("mosquitto_sub");
-    c.args(["-h", "127.0.0.1", "-p", &fx.port().to_string(), "-V", version, "-i", "sub", "-v"])
-        .args(auth(who.0, who.1))
-        .args(args)
-        .kill_on_drop(true);
+    c.args([
+        "-h",
+        "127.0.0.1",
+        "-p",
+        &fx.port().to_string(),
+        "-V",
+        version,
+        "-i",
+        "sub",
+        "-v",
+    ])
+    .args(auth(who.0, who.1))
+    .args(args)
+    .kill_on_drop(true);
     c
 }
 
@@ -67,14 +86,32 @@ async fn mosquitto_delivers_within_a_tenant_and_not_across() {
             &fx,
             version,
             ("acme", "reader"),
-            &["-t", "m/acme/c/telemetry/#", "-q", "1", "-C", "1", "-W", "5"],
+            &[
+                "-t",
+                "m/acme/c/telemetry/#",
+                "-q",
+                "1",
+                "-C",
+                "1",
+                "-W",
+                "5",
+            ],
         )
         .output();
         let globex = mosquitto_sub(
             &fx,
             version,
             ("globex", "reader"),
-            &["-t", "m/globex/c/telemetry/#", "-q", "1", "-C", "1", "-W", "2"],
+            &[
+                "-t",
+                "m/globex/c/telemetry/#",
+                "-q",
+                "1",
+                "-C",
+                "1",
+                "-W",
+                "2",
+            ],
         )
         .output();
         let publish = async {
@@ -106,8 +143,24 @@ async fn mosquitto_sees_connect_and_subscribe_refusals() {
     let fx = Fixture::start().await;
     for version in ["mqttv311", "mqttv5"] {
         let out = Command::new("mosquitto_pub")
-            .args(["-h", "127.0.0.1", "-p", &fx.port().to_string(), "-V", version])
-            .args(["-u", "acme/sensor", "-P", "wrong", "-t", "m/acme/c/telemetry/x", "-m", "x"])
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &fx.port().to_string(),
+                "-V",
+                version,
+            ])
+            .args([
+                "-u",
+                "acme/sensor",
+                "-P",
+                "wrong",
+                "-t",
+                "m/acme/c/telemetry/x",
+                "-m",
+                "x",
+            ])
             .output()
             .await
             .expect("runs");

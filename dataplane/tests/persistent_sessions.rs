@@ -23,7 +23,12 @@ async fn publish_three(fx: &Fixture) {
     for i in 0..3 {
         sensor
             .client
-            .publish("m/acme/c/telemetry/q", v4::QoS::AtLeastOnce, false, format!("m{i}"))
+            .publish(
+                "m/acme/c/telemetry/q",
+                v4::QoS::AtLeastOnce,
+                false,
+                format!("m{i}"),
+            )
             .await
             .expect("queued");
     }
@@ -52,7 +57,10 @@ async fn messages_are_queued_while_a_persistent_client_is_away() {
     let mut back = persistent_reader(&fx, "p1", false).await;
     assert!(back.session_present);
     for i in 0..3 {
-        let p = back.next_publish(WAIT).await.expect("queued message delivered");
+        let p = back
+            .next_publish(WAIT)
+            .await
+            .expect("queued message delivered");
         assert_eq!(p.payload, format!("m{i}").as_bytes());
         assert_eq!(p.qos, v4::QoS::AtLeastOnce);
     }
@@ -89,11 +97,17 @@ async fn an_unacknowledged_qos1_delivery_is_resent_with_dup_after_reconnect() {
     s.write_all(&raw::connect("raw1", false, 30, "acme/reader", &pass, None))
         .await
         .expect("writes");
-    assert_eq!(raw::read_packet(&mut s, WAIT).await, Some((0x20, vec![0, 0])));
+    assert_eq!(
+        raw::read_packet(&mut s, WAIT).await,
+        Some((0x20, vec![0, 0]))
+    );
     s.write_all(&raw::subscribe(1, "m/acme/c/telemetry/#", 1))
         .await
         .expect("writes");
-    assert_eq!(raw::read_packet(&mut s, WAIT).await, Some((0x90, vec![0, 1, 1])));
+    assert_eq!(
+        raw::read_packet(&mut s, WAIT).await,
+        Some((0x90, vec![0, 1, 1]))
+    );
     let sensor = v4::connect(fx.addr, "acme", "sensor", "s").await;
     sensor
         .client

@@ -15,7 +15,10 @@ async fn connect_refusals_have_the_versions_codes() {
     // Wrong key.
     let mut o = v4::options(fx.addr, "acme", "sensor", "c");
     o.set_credentials("acme/sensor", key("globex", "sensor"));
-    assert_eq!(v4::connect_with(o).await.err().as_deref(), Some("NotAuthorized"));
+    assert_eq!(
+        v4::connect_with(o).await.err().as_deref(),
+        Some("NotAuthorized")
+    );
     let mut o = v5::options(fx.addr, "acme", "sensor", "c");
     o.set_credentials("acme/sensor", "wrong");
     assert_eq!(
@@ -44,10 +47,21 @@ async fn connect_refusals_have_the_versions_codes() {
         .for_each(|t| t.disabled = true);
     fx.apply(r);
     let o = v4::options(fx.addr, "acme", "sensor", "c");
-    assert_eq!(v4::connect_with(o).await.err().as_deref(), Some("NotAuthorized"));
+    assert_eq!(
+        v4::connect_with(o).await.err().as_deref(),
+        Some("NotAuthorized")
+    );
     let o = v5::options(fx.addr, "acme", "sensor", "c");
-    assert_eq!(v5::connect_with(o).await.err().as_deref(), Some("NotAuthorized"));
-    assert!(fx.dataplane.metrics().refusals("connect", "subject_disabled") >= 2);
+    assert_eq!(
+        v5::connect_with(o).await.err().as_deref(),
+        Some("NotAuthorized")
+    );
+    assert!(
+        fx.dataplane
+            .metrics()
+            .refusals("connect", "subject_disabled")
+            >= 2
+    );
 }
 
 #[tokio::test]
@@ -155,12 +169,19 @@ async fn a_revoked_grant_stops_deliveries_within_a_second() {
     let mut fx = Fixture::start().await;
     let mut v3 = v4::connect(fx.addr, "acme", "reader", "r3").await;
     let mut v5c = v5::connect(fx.addr, "acme", "reader", "r5").await;
-    v3.subscribe("m/acme/c/telemetry/#", v4::QoS::AtLeastOnce).await;
-    v5c.subscribe("m/acme/c/telemetry/#", v5::QoS::AtLeastOnce).await;
+    v3.subscribe("m/acme/c/telemetry/#", v4::QoS::AtLeastOnce)
+        .await;
+    v5c.subscribe("m/acme/c/telemetry/#", v5::QoS::AtLeastOnce)
+        .await;
     let sensor = v4::connect(fx.addr, "acme", "sensor", "s").await;
     sensor
         .client
-        .publish("m/acme/c/telemetry/1", v4::QoS::AtLeastOnce, false, "before")
+        .publish(
+            "m/acme/c/telemetry/1",
+            v4::QoS::AtLeastOnce,
+            false,
+            "before",
+        )
         .await
         .expect("queued");
     assert!(v3.next_publish(WAIT).await.is_some());
@@ -175,7 +196,12 @@ async fn a_revoked_grant_stops_deliveries_within_a_second() {
         for i in 0..30 {
             sensor
                 .client
-                .publish("m/acme/c/telemetry/1", v4::QoS::AtLeastOnce, false, format!("{i}"))
+                .publish(
+                    "m/acme/c/telemetry/1",
+                    v4::QoS::AtLeastOnce,
+                    false,
+                    format!("{i}"),
+                )
                 .await
                 .expect("queued");
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -197,7 +223,10 @@ async fn a_revoked_grant_stops_deliveries_within_a_second() {
     publisher.await.expect("publisher");
     // The sessions stay connected: a revoked grant removes the subscription only.
     assert!(v3.closed_within(QUIET).await.is_none());
-    assert_eq!(fx.dataplane.metrics().refusals("revoked", "subscription"), 2);
+    assert_eq!(
+        fx.dataplane.metrics().refusals("revoked", "subscription"),
+        2
+    );
 }
 
 #[tokio::test]
@@ -212,8 +241,10 @@ async fn a_disabled_or_deleted_thing_is_disconnected_with_0x98() {
         .iter_mut()
         .filter(|t| t.tenant == "acme" && t.name == "reader")
         .for_each(|t| t.disabled = true);
-    r.things.retain(|t| !(t.tenant == "acme" && t.name == "sensor"));
-    r.grants.retain(|g| !(g.tenant == "acme" && g.name.starts_with("sensor")));
+    r.things
+        .retain(|t| !(t.tenant == "acme" && t.name == "sensor"));
+    r.grants
+        .retain(|g| !(g.tenant == "acme" && g.name.starts_with("sensor")));
     let at = Instant::now();
     fx.apply(r);
     let e = v5c.closed_within(WAIT).await.expect("disconnected");
@@ -230,19 +261,31 @@ async fn a_key_removed_after_rotation_disconnects_its_sessions() {
     let mut fx = Fixture::start().await;
     let mut r = resources();
     let new_key = "the-new-key-of-acme-reader";
-    for t in r.things.iter_mut().filter(|t| t.tenant == "acme" && t.name == "reader") {
-        t.key_digests.push(fleetward_policy::KeyDigest::of(new_key.as_bytes()));
+    for t in r
+        .things
+        .iter_mut()
+        .filter(|t| t.tenant == "acme" && t.name == "reader")
+    {
+        t.key_digests
+            .push(fleetward_policy::KeyDigest::of(new_key.as_bytes()));
     }
     fx.apply(r.clone());
     let mut old = v5::connect(fx.addr, "acme", "reader", "old").await;
     let mut o = v5::options(fx.addr, "acme", "reader", "new");
     o.set_credentials("acme/reader", new_key);
     let mut new = v5::connect_with(o).await.expect("the new key works");
-    for t in r.things.iter_mut().filter(|t| t.tenant == "acme" && t.name == "reader") {
+    for t in r
+        .things
+        .iter_mut()
+        .filter(|t| t.tenant == "acme" && t.name == "reader")
+    {
         t.key_digests.remove(0);
     }
     fx.apply(r);
-    let e = old.closed_within(WAIT).await.expect("old key's session ends");
+    let e = old
+        .closed_within(WAIT)
+        .await
+        .expect("old key's session ends");
     assert!(e.contains("AdministrativeAction"), "{e}");
     assert!(new.closed_within(QUIET).await.is_none());
 }

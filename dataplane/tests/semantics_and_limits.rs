@@ -99,10 +99,18 @@ async fn a_mounted_thing_publishes_and_receives_relative_topics() {
     let sensor = v4::connect(fx.addr, "acme", "sensor", "s").await;
     sensor
         .client
-        .publish("m/acme/c/telemetry/cmd/reboot", v4::QoS::AtLeastOnce, false, "now")
+        .publish(
+            "m/acme/c/telemetry/cmd/reboot",
+            v4::QoS::AtLeastOnce,
+            false,
+            "now",
+        )
         .await
         .expect("queued");
-    let got = mounted.next_publish(WAIT).await.expect("delivered to the mounted thing");
+    let got = mounted
+        .next_publish(WAIT)
+        .await
+        .expect("delivered to the mounted thing");
     assert_eq!(got.topic, "cmd/reboot");
     // The other tenant's `mounted` thing sees none of it.
     let mut other = v4::connect(fx.addr, "globex", "mounted", "m").await;
@@ -126,7 +134,12 @@ async fn retained_messages_where_the_channel_allows_them() {
         .expect("queued");
     sensor
         .client
-        .publish("m/acme/c/commands/state", v4::QoS::AtLeastOnce, true, "kept?")
+        .publish(
+            "m/acme/c/commands/state",
+            v4::QoS::AtLeastOnce,
+            true,
+            "kept?",
+        )
         .await
         .expect("queued");
     // Both acknowledged before anyone subscribes.
@@ -157,8 +170,16 @@ async fn retained_messages_where_the_channel_allows_them() {
         .await
         .expect("queued");
     let mut late = v4::connect(fx.addr, "acme", "reader", "late").await;
-    late.subscribe("m/acme/c/telemetry/#", v4::QoS::AtMostOnce).await;
-    assert_eq!(&late.next_publish(WAIT).await.expect("still retained").payload[..], b"on");
+    late.subscribe("m/acme/c/telemetry/#", v4::QoS::AtMostOnce)
+        .await;
+    assert_eq!(
+        &late
+            .next_publish(WAIT)
+            .await
+            .expect("still retained")
+            .payload[..],
+        b"on"
+    );
     sensor
         .client
         .publish("m/acme/c/telemetry/state", v4::QoS::AtLeastOnce, true, "")
@@ -166,7 +187,9 @@ async fn retained_messages_where_the_channel_allows_them() {
         .expect("queued");
     tokio::time::sleep(Duration::from_millis(200)).await;
     let mut later = v4::connect(fx.addr, "acme", "reader", "later").await;
-    later.subscribe("m/acme/c/telemetry/#", v4::QoS::AtMostOnce).await;
+    later
+        .subscribe("m/acme/c/telemetry/#", v4::QoS::AtMostOnce)
+        .await;
     assert!(later.next_publish(QUIET).await.is_none());
 }
 
@@ -180,9 +203,16 @@ async fn a_will_is_published_on_an_abrupt_end_only() {
     // Clean DISCONNECT: no will.
     let mut s = TcpStream::connect(fx.addr).await.expect("connects");
     let pass = key("acme", "sensor");
-    s.write_all(&raw_connect("w1", true, 30, "acme/sensor", &pass, Some(("m/acme/c/telemetry/will", "clean"))))
-        .await
-        .expect("writes");
+    s.write_all(&raw_connect(
+        "w1",
+        true,
+        30,
+        "acme/sensor",
+        &pass,
+        Some(("m/acme/c/telemetry/will", "clean")),
+    ))
+    .await
+    .expect("writes");
     let mut ack = [0u8; 4];
     s.read_exact(&mut ack).await.expect("CONNACK");
     assert_eq!(ack, [0x20, 2, 0, 0]);
@@ -191,9 +221,16 @@ async fn a_will_is_published_on_an_abrupt_end_only() {
     assert!(reader.next_publish(QUIET).await.is_none());
     // Abrupt end: the will arrives.
     let mut s = TcpStream::connect(fx.addr).await.expect("connects");
-    s.write_all(&raw_connect("w2", true, 30, "acme/sensor", &pass, Some(("m/acme/c/telemetry/will", "gone"))))
-        .await
-        .expect("writes");
+    s.write_all(&raw_connect(
+        "w2",
+        true,
+        30,
+        "acme/sensor",
+        &pass,
+        Some(("m/acme/c/telemetry/will", "gone")),
+    ))
+    .await
+    .expect("writes");
     s.read_exact(&mut ack).await.expect("CONNACK");
     drop(s);
     let got = reader.next_publish(WAIT).await.expect("will delivered");
@@ -201,9 +238,16 @@ async fn a_will_is_published_on_an_abrupt_end_only() {
     assert_eq!(&got.payload[..], b"gone");
     // A will the thing may not publish refuses the CONNECT (0x05).
     let mut s = TcpStream::connect(fx.addr).await.expect("connects");
-    s.write_all(&raw_connect("w3", true, 30, "acme/sensor", &pass, Some(("m/globex/c/telemetry/will", "x"))))
-        .await
-        .expect("writes");
+    s.write_all(&raw_connect(
+        "w3",
+        true,
+        30,
+        "acme/sensor",
+        &pass,
+        Some(("m/globex/c/telemetry/will", "x")),
+    ))
+    .await
+    .expect("writes");
     s.read_exact(&mut ack).await.expect("CONNACK");
     assert_eq!(ack, [0x20, 2, 0, 5]);
 }
@@ -242,9 +286,16 @@ async fn zero_length_client_ids_follow_the_spec() {
 async fn keep_alive_is_enforced_at_one_and_a_half_times() {
     let fx = Fixture::start().await;
     let mut s = TcpStream::connect(fx.addr).await.expect("connects");
-    s.write_all(&raw_connect("ka", true, 1, "acme/reader", &key("acme", "reader"), None))
-        .await
-        .expect("writes");
+    s.write_all(&raw_connect(
+        "ka",
+        true,
+        1,
+        "acme/reader",
+        &key("acme", "reader"),
+        None,
+    ))
+    .await
+    .expect("writes");
     let mut ack = [0u8; 4];
     s.read_exact(&mut ack).await.expect("CONNACK");
     let start = Instant::now();
@@ -287,8 +338,8 @@ async fn malformed_bytes_cost_that_connection_only() {
         .await;
     let garbage: [&[u8]; 5] = [
         &[0xff, 0xff, 0xff, 0xff, 0xff, 0x01],
-        &[0x30, 0x02, 0x00, 0x00],           // PUBLISH before CONNECT
-        &[0x10, 0x03, 0x00, 0x04, 0x4d],     // CONNECT with a truncated name
+        &[0x30, 0x02, 0x00, 0x00],       // PUBLISH before CONNECT
+        &[0x10, 0x03, 0x00, 0x04, 0x4d], // CONNECT with a truncated name
         b"GET / HTTP/1.1\r\nHost: x\r\n\r\n",
         &[0x10, 0x0c, 0, 4, b'M', b'Q', b'T', b'T', 5, 0, 0, 0, 0, 0], // v5 CONNECT, bad body
     ];
@@ -300,7 +351,11 @@ async fn malformed_bytes_cost_that_connection_only() {
     }
     // After a valid v5 CONNECT: a CONNACK and an UNSUBACK from the client (rumqttd's v5
     // decoder panics on these), and a malformed PUBLISH.
-    for bad in [&[0x20u8, 3, 0, 0, 0][..], &[0xb0, 3, 0, 1, 0], &[0x32, 1, 0]] {
+    for bad in [
+        &[0x20u8, 3, 0, 0, 0][..],
+        &[0xb0, 3, 0, 1, 0],
+        &[0x32, 1, 0],
+    ] {
         let mut s = TcpStream::connect(fx.addr).await.expect("connects");
         let mut connect = raw_connect("m", true, 30, "acme/sensor", &key("acme", "sensor"), None);
         connect[8] = 5; // protocol level 5 ...
@@ -321,7 +376,10 @@ async fn malformed_bytes_cost_that_connection_only() {
         .publish("m/acme/c/telemetry/ok", v5::QoS::AtMostOnce, false, "fine")
         .await
         .expect("queued");
-    assert_eq!(&reader.next_publish(WAIT).await.expect("delivered").payload[..], b"fine");
+    assert_eq!(
+        &reader.next_publish(WAIT).await.expect("delivered").payload[..],
+        b"fine"
+    );
 }
 
 #[tokio::test]
@@ -336,29 +394,52 @@ async fn per_tenant_message_size_and_publish_rate() {
     fx.apply(r);
     let mut big = v5::connect(fx.addr, "acme", "sensor", "big").await;
     big.client
-        .publish("m/acme/c/telemetry/x", v5::QoS::AtMostOnce, false, vec![b'x'; 101])
+        .publish(
+            "m/acme/c/telemetry/x",
+            v5::QoS::AtMostOnce,
+            false,
+            vec![b'x'; 101],
+        )
         .await
         .expect("queued");
     let e = big.closed_within(WAIT).await.expect("disconnected");
     assert!(e.contains("PacketTooLarge"), "{e}");
     let mut big3 = v4::connect(fx.addr, "acme", "sensor", "big3").await;
     big3.client
-        .publish("m/acme/c/telemetry/x", v4::QoS::AtMostOnce, false, vec![b'x'; 101])
+        .publish(
+            "m/acme/c/telemetry/x",
+            v4::QoS::AtMostOnce,
+            false,
+            vec![b'x'; 101],
+        )
         .await
         .expect("queued");
     assert!(big3.closed_within(WAIT).await.is_some());
     // The other tenant has no such limit.
     let mut fine = v5::connect(fx.addr, "globex", "sensor", "fine").await;
     fine.client
-        .publish("m/globex/c/telemetry/x", v5::QoS::AtLeastOnce, false, vec![b'x'; 5000])
+        .publish(
+            "m/globex/c/telemetry/x",
+            v5::QoS::AtLeastOnce,
+            false,
+            vec![b'x'; 5000],
+        )
         .await
         .expect("queued");
-    assert!(matches!(fine.next(WAIT).await, Some(Ok(v5::Packet::PubAck(_)))));
+    assert!(matches!(
+        fine.next(WAIT).await,
+        Some(Ok(v5::Packet::PubAck(_)))
+    ));
 
     let mut fast = v5::connect(fx.addr, "acme", "sensor", "fast").await;
     for i in 0..6 {
         fast.client
-            .publish("m/acme/c/telemetry/x", v5::QoS::AtMostOnce, false, format!("{i}"))
+            .publish(
+                "m/acme/c/telemetry/x",
+                v5::QoS::AtMostOnce,
+                false,
+                format!("{i}"),
+            )
             .await
             .expect("queued");
     }
@@ -377,22 +458,36 @@ async fn v3_publishers_over_the_rate_are_throttled_not_dropped() {
     }
     fx.apply(r);
     let mut reader = v4::connect(fx.addr, "acme", "reader", "r").await;
-    reader.subscribe("m/acme/c/telemetry/#", v4::QoS::AtMostOnce).await;
+    reader
+        .subscribe("m/acme/c/telemetry/#", v4::QoS::AtMostOnce)
+        .await;
     let sensor = v4::connect(fx.addr, "acme", "sensor", "s").await;
     let start = Instant::now();
     for i in 0..6 {
         sensor
             .client
-            .publish("m/acme/c/telemetry/x", v4::QoS::AtMostOnce, false, format!("{i}"))
+            .publish(
+                "m/acme/c/telemetry/x",
+                v4::QoS::AtMostOnce,
+                false,
+                format!("{i}"),
+            )
             .await
             .expect("queued");
     }
     for i in 0..6 {
-        let p = reader.next_publish(WAIT).await.expect("every message arrives");
+        let p = reader
+            .next_publish(WAIT)
+            .await
+            .expect("every message arrives");
         assert_eq!(p.payload, format!("{i}").as_bytes());
     }
     // Five tokens at 10/s after the first.
-    assert!(start.elapsed() >= Duration::from_millis(450), "{:?}", start.elapsed());
+    assert!(
+        start.elapsed() >= Duration::from_millis(450),
+        "{:?}",
+        start.elapsed()
+    );
 }
 
 #[tokio::test]
@@ -405,7 +500,13 @@ async fn the_pod_connection_limit_answers_server_busy() {
     let _a = v5::connect(fx.addr, "acme", "reader", "a").await;
     let _b = v4::connect(fx.addr, "acme", "reader", "b").await;
     let o = v5::options(fx.addr, "acme", "reader", "c");
-    assert_eq!(v5::connect_with(o).await.err().as_deref(), Some("ServerBusy"));
+    assert_eq!(
+        v5::connect_with(o).await.err().as_deref(),
+        Some("ServerBusy")
+    );
     let o = v4::options(fx.addr, "acme", "reader", "d");
-    assert_eq!(v4::connect_with(o).await.err().as_deref(), Some("ServiceUnavailable"));
+    assert_eq!(
+        v4::connect_with(o).await.err().as_deref(),
+        Some("ServiceUnavailable")
+    );
 }

@@ -23,15 +23,17 @@ async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
         .nth(1)
         .and_then(|c| c.parse().ok())
         .expect("a status line");
-    let body = out.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+    let body = out
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
     (status, body)
 }
 
 #[tokio::test]
 async fn healthz_readyz_and_metrics() {
-    let (policy, rx) = tokio::sync::watch::channel(std::sync::Arc::new(
-        fleetward_policy::Snapshot::new(0),
-    ));
+    let (policy, rx) =
+        tokio::sync::watch::channel(std::sync::Arc::new(fleetward_policy::Snapshot::new(0)));
     let dp = Dataplane::new(rx)
         .mqtt_listen(SocketAddr::from(([127, 0, 0, 1], 0)))
         .admin_listen(Some(SocketAddr::from(([127, 0, 0, 1], 0))))
@@ -62,27 +64,51 @@ async fn healthz_readyz_and_metrics() {
     for _ in 0..3 {
         sensor
             .client
-            .publish("m/acme/c/telemetry/x", common::v4::QoS::AtMostOnce, false, "m")
+            .publish(
+                "m/acme/c/telemetry/x",
+                common::v4::QoS::AtMostOnce,
+                false,
+                "m",
+            )
             .await
             .expect("queued");
-        reader.next_publish(Duration::from_secs(3)).await.expect("delivered");
+        reader
+            .next_publish(Duration::from_secs(3))
+            .await
+            .expect("delivered");
     }
     let (status, text) = http_get(admin, "/metrics").await;
     assert_eq!(status, 200);
     assert!(text.contains("fleetward_mqtt_connections 2\n"), "{text}");
-    assert!(text.contains("fleetward_mqtt_messages_in_total{tenant=\"acme\"} 3\n"), "{text}");
-    assert!(text.contains("fleetward_mqtt_messages_out_total{tenant=\"acme\"} 3\n"), "{text}");
     assert!(
-        text.contains("fleetward_mqtt_refusals_total{what=\"connect\",reason=\"policy_unavailable\"} 1\n"),
+        text.contains("fleetward_mqtt_messages_in_total{tenant=\"acme\"} 3\n"),
         "{text}"
     );
     assert!(
-        text.contains("fleetward_mqtt_refusals_total{what=\"subscribe\",reason=\"wildcard_in_prefix\"} 1\n"),
+        text.contains("fleetward_mqtt_messages_out_total{tenant=\"acme\"} 3\n"),
         "{text}"
     );
-    assert!(text.contains("fleetward_policy_snapshot_version 3\n"), "{text}");
+    assert!(
+        text.contains(
+            "fleetward_mqtt_refusals_total{what=\"connect\",reason=\"policy_unavailable\"} 1\n"
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains(
+            "fleetward_mqtt_refusals_total{what=\"subscribe\",reason=\"wildcard_in_prefix\"} 1\n"
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains("fleetward_policy_snapshot_version 3\n"),
+        "{text}"
+    );
     // Three publishes of one topic: one miss, then hits.
-    assert!(text.contains("fleetward_decision_cache_hits_total 2\n"), "{text}");
+    assert!(
+        text.contains("fleetward_decision_cache_hits_total 2\n"),
+        "{text}"
+    );
 }
 
 #[tokio::test]
@@ -90,8 +116,23 @@ async fn mqtt_over_tls_with_mosquitto_clients() {
     let dir = tempfile::tempdir().expect("temp dir");
     let (cert, key_file) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
     let made = Command::new("openssl")
-        .args(["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-days", "1"])
-        .args(["-subj", "/CN=localhost", "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost"])
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-days",
+            "1",
+        ])
+        .args([
+            "-subj",
+            "/CN=localhost",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1,DNS:localhost",
+        ])
         .arg("-keyout")
         .arg(&key_file)
         .arg("-out")
@@ -99,12 +140,20 @@ async fn mqtt_over_tls_with_mosquitto_clients() {
         .output()
         .await
         .expect("openssl runs");
-    assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
     let fx = Fixture::start().await;
     let (_policy, rx) = (fx.policy.clone(), fx.policy.subscribe());
     let dp = Dataplane::new(rx)
         .mqtt_listen(SocketAddr::from(([127, 0, 0, 1], 0)))
-        .mqtts_listen(SocketAddr::from(([127, 0, 0, 1], 0)), cert.clone(), key_file.clone())
+        .mqtts_listen(
+            SocketAddr::from(([127, 0, 0, 1], 0)),
+            cert.clone(),
+            key_file.clone(),
+        )
         .start()
         .await
         .expect("starts with TLS");
@@ -129,7 +178,11 @@ async fn mqtt_over_tls_with_mosquitto_clients() {
     };
     let (sub, publish) = tokio::join!(sub, publish);
     let sub = sub.expect("mosquitto_sub runs");
-    assert!(publish.status.success(), "{}", String::from_utf8_lossy(&publish.stderr));
+    assert!(
+        publish.status.success(),
+        "{}",
+        String::from_utf8_lossy(&publish.stderr)
+    );
     assert_eq!(
         String::from_utf8_lossy(&sub.stdout),
         "m/acme/c/telemetry/tls secret\n",
@@ -137,9 +190,14 @@ async fn mqtt_over_tls_with_mosquitto_clients() {
         String::from_utf8_lossy(&sub.stderr)
     );
     // Plain MQTT on the TLS port fails the handshake and costs only that connection.
-    let mut s = TcpStream::connect(dp.mqtts_addr.expect("TLS")).await.expect("connects");
+    let mut s = TcpStream::connect(dp.mqtts_addr.expect("TLS"))
+        .await
+        .expect("connects");
     s.write_all(&[0x10, 0x00]).await.expect("writes");
     let mut buf = [0u8; 16];
     let n = tokio::time::timeout(Duration::from_secs(15), s.read(&mut buf)).await;
-    assert!(matches!(n, Ok(Ok(_)) | Ok(Err(_))), "TLS port kept a plain connection open");
+    assert!(
+        matches!(n, Ok(Ok(_)) | Ok(Err(_))),
+        "TLS port kept a plain connection open"
+    );
 }

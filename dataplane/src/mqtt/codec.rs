@@ -101,7 +101,11 @@ pub(crate) fn peek_version(buf: &[u8], max: usize) -> Result<Option<Version>, Fr
     let body = &buf[header..];
     let name_len = match body {
         [a, b, ..] => usize::from(u16::from_be_bytes([*a, *b])),
-        _ => return Err(FrameError::Malformed("CONNECT without protocol name".into())),
+        _ => {
+            return Err(FrameError::Malformed(
+                "CONNECT without protocol name".into(),
+            ));
+        }
     };
     match body.get(2 + name_len) {
         Some(4) => Ok(Some(Version::V4)),
@@ -255,7 +259,10 @@ mod tests {
         }
         let mut b = connect_bytes(Version::V4);
         b[8] = 3;
-        assert_eq!(peek_version(&b, 1024), Err(FrameError::UnsupportedVersion(3)));
+        assert_eq!(
+            peek_version(&b, 1024),
+            Err(FrameError::UnsupportedVersion(3))
+        );
         assert_eq!(peek_version(&[0x30, 0], 1024), Err(FrameError::Protocol(3)));
         assert_eq!(
             peek_version(&[0x10, 0xff, 0xff, 0xff, 0xff], 1024),
@@ -273,9 +280,15 @@ mod tests {
     fn a_v5_connack_from_a_client_is_refused_before_the_decoder() {
         let codec = Codec::new(Version::V5);
         let mut b = BytesMut::from(&[0x20u8, 3, 0, 0, 0][..]);
-        assert_eq!(codec.read(&mut b, 1024).err(), Some(FrameError::Protocol(2)));
+        assert_eq!(
+            codec.read(&mut b, 1024).err(),
+            Some(FrameError::Protocol(2))
+        );
         let mut b = BytesMut::from(&[0xb0u8, 3, 0, 1, 0][..]);
-        assert_eq!(codec.read(&mut b, 1024).err(), Some(FrameError::Protocol(11)));
+        assert_eq!(
+            codec.read(&mut b, 1024).err(),
+            Some(FrameError::Protocol(11))
+        );
     }
 
     #[test]
@@ -288,7 +301,10 @@ mod tests {
                 &mut out,
             )
             .expect("encodes");
-        let frame = codec.read(&mut out, 1024).expect("valid").expect("complete");
+        let frame = codec
+            .read(&mut out, 1024)
+            .expect("valid")
+            .expect("complete");
         assert_eq!((frame.qos, frame.pkid, frame.dup), (2, 7, true));
         match frame.packet {
             Packet::Publish(p, None) => {

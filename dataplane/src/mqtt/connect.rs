@@ -117,7 +117,11 @@ struct Handshake<'a, R: Router, S> {
 }
 
 impl<R: Router, S: AsyncWrite + Unpin> Handshake<'_, R, S> {
-    async fn refuse(&mut self, code: ConnectReturnCode, label: &'static str) -> Option<Accepted<R::Link>> {
+    async fn refuse(
+        &mut self,
+        code: ConnectReturnCode,
+        label: &'static str,
+    ) -> Option<Accepted<R::Link>> {
         self.shared.metrics.refused("connect", label);
         let mut out = BytesMut::new();
         let ack = Packet::ConnAck(
@@ -144,7 +148,9 @@ impl<R: Router, S: AsyncWrite + Unpin> Handshake<'_, R, S> {
     ) -> Option<Accepted<R::Link>> {
         let version = self.codec.version();
         let shared = self.shared.clone();
-        if shared.connections.load(std::sync::atomic::Ordering::Relaxed)
+        if shared
+            .connections
+            .load(std::sync::atomic::Ordering::Relaxed)
             > shared.config.max_connections
         {
             return self
@@ -289,8 +295,10 @@ impl<R: Router, S: AsyncWrite + Unpin> Handshake<'_, R, S> {
         let expiry = match version {
             Version::V4 if connect.clean_session => Duration::ZERO,
             Version::V4 => max_expiry,
-            Version::V5 => Duration::from_secs(u64::from(props.session_expiry_interval.unwrap_or(0)))
-                .min(max_expiry),
+            Version::V5 => {
+                Duration::from_secs(u64::from(props.session_expiry_interval.unwrap_or(0)))
+                    .min(max_expiry)
+            }
         };
         let saved = shared.sessions.take(&key.router_id());
         let had_saved = saved.is_some();
@@ -339,8 +347,7 @@ impl<R: Router, S: AsyncWrite + Unpin> Handshake<'_, R, S> {
             },
             ack_props,
         );
-        if self.codec.write(ack, &mut out).is_err() || self.stream.write_all(&out).await.is_err()
-        {
+        if self.codec.write(ack, &mut out).is_err() || self.stream.write_all(&out).await.is_err() {
             return None;
         }
         Some(Accepted {

@@ -43,9 +43,11 @@ pub(crate) async fn accept_loop<R: Router>(
             match tls {
                 None => connect::serve(shared.clone(), socket).await,
                 Some(acceptor) => {
-                    let handshake =
-                        tokio::time::timeout(shared.config.connect_timeout, acceptor.accept(socket))
-                            .await;
+                    let handshake = tokio::time::timeout(
+                        shared.config.connect_timeout,
+                        acceptor.accept(socket),
+                    )
+                    .await;
                     match handshake {
                         Ok(Ok(stream)) => connect::serve(shared.clone(), stream).await,
                         _ => {

@@ -119,6 +119,9 @@ mod tests {
             suback_refused(Version::V5, false),
             SubscribeReasonCode::NotAuthorized
         );
-        assert_eq!(suback_refused(Version::V4, false), SubscribeReasonCode::Failure);
+        assert_eq!(
+            suback_refused(Version::V4, false),
+            SubscribeReasonCode::Failure
+        );
     }
 }

@@ -164,7 +164,9 @@ impl RetainedStore {
             }
             return;
         }
-        all.entry(key).or_default().insert(topic.to_owned(), message);
+        all.entry(key)
+            .or_default()
+            .insert(topic.to_owned(), message);
     }
 
     /// The retained messages of a channel whose topic matches `filter`.

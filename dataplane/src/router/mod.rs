@@ -92,7 +92,9 @@ pub struct Message {
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum RouterError {
     /// The router has no room for another session (its link cap is reached).
-    #[error("the router refused the session: its session limit is reached; raise --max-connections")]
+    #[error(
+        "the router refused the session: its session limit is reached; raise --max-connections"
+    )]
     Refused,
     /// The session was closed on the router side.
     #[error("the router closed the session")]

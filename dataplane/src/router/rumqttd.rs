@@ -10,9 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use parking_lot::Mutex;
 use rumqttd::local::{LinkBuilder, LinkError, LinkRx, LinkTx};
-use rumqttd::protocol::{
-    Disconnect, DisconnectReasonCode, Packet, Publish, PublishProperties,
-};
+use rumqttd::protocol::{Disconnect, DisconnectReasonCode, Packet, Publish, PublishProperties};
 use rumqttd::{Notification, RouterConfig};
 
 use super::{Message, MessageProps, Router, RouterError, RouterLink, SessionKey, SessionMode};
@@ -46,7 +44,7 @@ impl Default for RumqttdConfig {
 }
 
 type Connect =
-    dyn Fn(&str, bool) -> Result<(LinkTx, LinkRx, Notification), LinkError> + Send + Sync;
+    dyn Fn(&str, bool) -> Result<(LinkTx, LinkRx, Notification), RouterError> + Send + Sync;
 
 /// rumqttd's router, started in-process without its network servers.
 pub struct RumqttdRouter {
@@ -72,6 +70,7 @@ impl RumqttdRouter {
             LinkBuilder::new(id, tx.clone())
                 .clean_session(clean)
                 .build()
+                .map_err(link_error)
         });
         let (system_tx, mut system_rx, _) =
             connect("fleetward-system", true).map_err(|_| RouterError::RouterDown)?;
@@ -201,8 +200,8 @@ impl Router for RumqttdRouter {
                 ))
             }
             // The router drops a link it has no room for without an answer.
-            Err(LinkError::Recv(_)) if self.is_alive() => Err(RouterError::Refused),
-            Err(e) => Err(link_error(e)),
+            Err(RouterError::SessionClosed) if self.is_alive() => Err(RouterError::Refused),
+            Err(e) => Err(e),
         }
     }
 
@@ -243,7 +242,9 @@ impl RouterLink for RumqttdLink {
                 self.wake_pending = false;
             }
             match self.rx.next().await {
-                Ok(Some(Notification::Forward(f))) => return Ok(from_forward(f.publish, f.properties)),
+                Ok(Some(Notification::Forward(f))) => {
+                    return Ok(from_forward(f.publish, f.properties));
+                }
                 // The router paused this link at its buffer limit; the batch is taken now.
                 Ok(Some(Notification::Unschedule)) => self.wake_pending = true,
                 Ok(Some(Notification::Disconnect(..))) => return Err(RouterError::SessionClosed),

@@ -1,6 +1,6 @@
 //! Test fixtures: two tenants with the same thing and channel names, a dataplane in-process,
 //! and rumqttc clients whose events arrive on a channel.
-#![allow(dead_code)]
+#![allow(dead_code, unused_imports)]
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -72,16 +72,41 @@ pub fn resources() -> Resources {
             .push(channel(t, "telemetry", Qos::ExactlyOnce, true));
         r.channels
             .push(channel(t, "commands", Qos::AtLeastOnce, false));
-        r.grants
-            .push(grant(t, "sensor-telemetry", "sensor", "telemetry", Actions::PUBLISH));
-        r.grants
-            .push(grant(t, "sensor-commands", "sensor", "commands", Actions::PUBLISH));
-        r.grants
-            .push(grant(t, "reader-telemetry", "reader", "telemetry", Actions::SUBSCRIBE));
-        r.grants
-            .push(grant(t, "reader-commands", "reader", "commands", Actions::SUBSCRIBE));
-        r.grants
-            .push(grant(t, "mounted-telemetry", "mounted", "telemetry", Actions::BOTH));
+        r.grants.push(grant(
+            t,
+            "sensor-telemetry",
+            "sensor",
+            "telemetry",
+            Actions::PUBLISH,
+        ));
+        r.grants.push(grant(
+            t,
+            "sensor-commands",
+            "sensor",
+            "commands",
+            Actions::PUBLISH,
+        ));
+        r.grants.push(grant(
+            t,
+            "reader-telemetry",
+            "reader",
+            "telemetry",
+            Actions::SUBSCRIBE,
+        ));
+        r.grants.push(grant(
+            t,
+            "reader-commands",
+            "reader",
+            "commands",
+            Actions::SUBSCRIBE,
+        ));
+        r.grants.push(grant(
+            t,
+            "mounted-telemetry",
+            "mounted",
+            "telemetry",
+            Actions::BOTH,
+        ));
     }
     r
 }
@@ -134,8 +159,8 @@ impl Fixture {
 pub mod v4 {
     use super::*;
     pub use rumqttc::{
-        AsyncClient, ConnectReturnCode, ConnectionError, Event, LastWill, MqttOptions, Packet,
-        QoS, SubscribeReasonCode,
+        AsyncClient, ConnectReturnCode, ConnectionError, Event, LastWill, MqttOptions, Packet, QoS,
+        SubscribeReasonCode,
     };
 
     pub struct Client {
@@ -196,7 +221,10 @@ pub mod v4 {
     impl Client {
         /// The next packet (or error) within `wait`.
         pub async fn next(&mut self, wait: Duration) -> Option<Result<Packet, String>> {
-            tokio::time::timeout(wait, self.events.recv()).await.ok().flatten()
+            tokio::time::timeout(wait, self.events.recv())
+                .await
+                .ok()
+                .flatten()
         }
 
         /// The next PUBLISH within `wait`, skipping acks.
@@ -246,8 +274,7 @@ pub mod v5 {
     use super::*;
     pub use rumqttc::v5::mqttbytes::QoS;
     pub use rumqttc::v5::mqttbytes::v5::{
-        ConnectReturnCode, DisconnectReasonCode, Packet, PubAckReason, Publish,
-        SubscribeReasonCode,
+        ConnectReturnCode, DisconnectReasonCode, Packet, PubAckReason, Publish, SubscribeReasonCode,
     };
     pub use rumqttc::v5::{AsyncClient, ConnectionError, Event, MqttOptions, StateError};
 
@@ -311,7 +338,10 @@ pub mod v5 {
 
     impl Client {
         pub async fn next(&mut self, wait: Duration) -> Option<Result<Packet, String>> {
-            tokio::time::timeout(wait, self.events.recv()).await.ok().flatten()
+            tokio::time::timeout(wait, self.events.recv())
+                .await
+                .ok()
+                .flatten()
         }
 
         pub async fn next_publish(&mut self, wait: Duration) -> Option<Publish> {

@@ -87,7 +87,8 @@ impl<R: Router, S: AsyncRead + AsyncWrite + Unpin + Send> Session<R, S> {
             (Publish::new(topic_bytes, message.payload, retained), None)
         } else {
             let pkid = self.allocate_pkid();
-            let publish = publish_with_id(&topic_bytes, &message.payload, qos, pkid, retained, false);
+            let publish =
+                publish_with_id(&topic_bytes, &message.payload, qos, pkid, retained, false);
             let out = OutMsg {
                 topic: topic_bytes,
                 payload: message.payload,
@@ -108,9 +109,9 @@ impl<R: Router, S: AsyncRead + AsyncWrite + Unpin + Send> Session<R, S> {
         }
         if let Some((pkid, out)) = pkid {
             let state = if qos == 1 {
-                Outbound::AwaitAck
+                Outbound::Qos1Sent
             } else {
-                Outbound::AwaitRec
+                Outbound::Qos2Sent
             };
             self.inflight.insert(pkid, (state, out));
         }
@@ -128,11 +129,11 @@ impl<R: Router, S: AsyncRead + AsyncWrite + Unpin + Send> Session<R, S> {
                 continue;
             };
             let packet = match state {
-                Outbound::AwaitAck | Outbound::AwaitRec => Packet::Publish(
+                Outbound::Qos1Sent | Outbound::Qos2Sent => Packet::Publish(
                     publish_with_id(&out.topic, &out.payload, out.qos, pkid, out.retain, true),
                     out.props.clone(),
                 ),
-                Outbound::AwaitComp => Packet::PubRel(
+                Outbound::Released => Packet::PubRel(
                     PubRel {
                         pkid,
                         reason: PubRelReason::Success,

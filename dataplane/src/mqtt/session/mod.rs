@@ -11,14 +11,14 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use fleetward_policy::{
-    Action, Decision, PolicyEvaluator, Snapshot, Subject, TopicError, TopicLimits,
-    parse_filter, parse_topic_name,
+    Action, Decision, PolicyEvaluator, Snapshot, Subject, TopicError, TopicLimits, parse_filter,
+    parse_topic_name,
 };
 use rumqttd::protocol::{
-    Disconnect, DisconnectProperties, DisconnectReasonCode, Packet, PingResp, PubAck,
-    PubAckReason, PubComp, PubCompReason, PubRec, PubRecReason, PubRel, PubRelReason, Publish,
-    PublishProperties, RetainForwardRule, SubAck, Subscribe, SubscribeProperties, UnsubAck,
-    UnsubAckReason, Unsubscribe,
+    Disconnect, DisconnectProperties, DisconnectReasonCode, Packet, PingResp, PubAck, PubAckReason,
+    PubComp, PubCompReason, PubRec, PubRecReason, PubRel, PubRelReason, Publish, PublishProperties,
+    RetainForwardRule, SubAck, Subscribe, SubscribeProperties, UnsubAck, UnsubAckReason,
+    Unsubscribe,
 };
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
@@ -56,11 +56,11 @@ pub(crate) struct OutMsg {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Outbound {
     /// QoS 1 sent, PUBACK awaited.
-    AwaitAck,
+    Qos1Sent,
     /// QoS 2 sent, PUBREC awaited.
-    AwaitRec,
+    Qos2Sent,
     /// PUBREL sent, PUBCOMP awaited.
-    AwaitComp,
+    Released,
 }
 
 /// How a session ends, which decides the will and the last packet.
@@ -161,11 +161,8 @@ impl<R: Router, S: AsyncRead + AsyncWrite + Unpin + Send> Session<R, S> {
                 clear_in_router(&shared.router, &s.acc.key).await;
             }
         }
-        match (end, s.acc.will.take()) {
-            (End::Unclean | End::CleanWithWill, Some(will)) => {
-                publish_will(s.shared.clone(), s.acc.subject.clone(), will);
-            }
-            _ => {}
+        if let (End::Unclean | End::CleanWithWill, Some(will)) = (end, s.acc.will.take()) {
+            publish_will(s.shared.clone(), s.acc.subject.clone(), will);
         }
     }
 
@@ -301,18 +298,20 @@ impl<R: Router, S: AsyncRead + AsyncWrite + Unpin + Send> Session<R, S> {
     async fn handle(&mut self, frame: Frame) -> Flow {
         match frame.packet {
             Packet::Publish(p, props) => {
-                return self.on_publish(p, props, frame.qos, frame.pkid, frame.dup).await;
+                return self
+                    .on_publish(p, props, frame.qos, frame.pkid, frame.dup)
+                    .await;
             }
             Packet::PubAck(a, _) => {
-                if self.inflight.get(&a.pkid).map(|e| e.0) == Some(Outbound::AwaitAck) {
+                if self.inflight.get(&a.pkid).map(|e| e.0) == Some(Outbound::Qos1Sent) {
                     self.inflight.remove(&a.pkid);
                 }
             }
             Packet::PubRec(r, _) => {
                 if let Some(entry) = self.inflight.get_mut(&r.pkid)
-                    && entry.0 == Outbound::AwaitRec
+                    && entry.0 == Outbound::Qos2Sent
                 {
-                    entry.0 = Outbound::AwaitComp;
+                    entry.0 = Outbound::Released;
                     self.write(Packet::PubRel(
                         PubRel {
                             pkid: r.pkid,
@@ -323,7 +322,7 @@ impl<R: Router, S: AsyncRead + AsyncWrite + Unpin + Send> Session<R, S> {
                 }
             }
             Packet::PubComp(c, _) => {
-                if self.inflight.get(&c.pkid).map(|e| e.0) == Some(Outbound::AwaitComp) {
+                if self.inflight.get(&c.pkid).map(|e| e.0) == Some(Outbound::Released) {
                     self.inflight.remove(&c.pkid);
                 }
             }
@@ -396,7 +395,12 @@ impl<R: Router, S: AsyncRead + AsyncWrite + Unpin + Send> Session<R, S> {
         }
     }
 
-    fn end_with(&mut self, code: DisconnectReasonCode, what: &'static str, label: &'static str) -> Flow {
+    fn end_with(
+        &mut self,
+        code: DisconnectReasonCode,
+        what: &'static str,
+        label: &'static str,
+    ) -> Flow {
         self.shared.metrics.refused(what, label);
         self.disconnect(code);
         Flow::End(End::Closed)
@@ -415,17 +419,29 @@ impl<R: Router, S: AsyncRead + AsyncWrite + Unpin + Send> Session<R, S> {
         let mut props = props;
         if let Some(p) = &mut props {
             if !p.subscription_identifiers.is_empty() {
-                return self.end_with(DisconnectReasonCode::ProtocolError, "publish", "subscription_id_in_publish");
+                return self.end_with(
+                    DisconnectReasonCode::ProtocolError,
+                    "publish",
+                    "subscription_id_in_publish",
+                );
             }
             if let Some(alias) = p.topic_alias.take() {
                 if alias == 0 || alias > self.shared.config.topic_alias_max {
-                    return self.end_with(DisconnectReasonCode::TopicAliasInvalid, "publish", "topic_alias_invalid");
+                    return self.end_with(
+                        DisconnectReasonCode::TopicAliasInvalid,
+                        "publish",
+                        "topic_alias_invalid",
+                    );
                 }
                 if topic.is_empty() {
                     match self.aliases.get(&alias) {
                         Some(t) => topic = t.clone(),
                         None => {
-                            return self.end_with(DisconnectReasonCode::ProtocolError, "publish", "unknown_topic_alias");
+                            return self.end_with(
+                                DisconnectReasonCode::ProtocolError,
+                                "publish",
+                                "unknown_topic_alias",
+                            );
                         }
                     }
                 } else {
@@ -436,7 +452,13 @@ impl<R: Router, S: AsyncRead + AsyncWrite + Unpin + Send> Session<R, S> {
         if qos == 2 && self.qos2_in.contains(&pkid) {
             // A resent QoS 2 publish already forwarded: acknowledge again, forward nothing.
             let _ = dup;
-            self.write(Packet::PubRec(PubRec { pkid, reason: PubRecReason::Success }, None));
+            self.write(Packet::PubRec(
+                PubRec {
+                    pkid,
+                    reason: PubRecReason::Success,
+                },
+                None,
+            ));
             return Flow::Continue;
         }
         let snapshot = self.policy_now();
@@ -446,11 +468,18 @@ impl<R: Router, S: AsyncRead + AsyncWrite + Unpin + Send> Session<R, S> {
                 .map(str::to_owned)
                 .map_err(|_| TopicError::InvalidUtf8),
         };
-        let parsed = full.as_deref().map_err(|e| *e).and_then(|t| parse_topic_name(t, &limits()));
+        let parsed = full
+            .as_deref()
+            .map_err(|e| *e)
+            .and_then(|t| parse_topic_name(t, &limits()));
         let topic_ref = match parsed {
             Ok(t) => t,
             Err(e) if reason::is_invalid_mqtt(e) => {
-                return self.end_with(DisconnectReasonCode::TopicNameInvalid, "publish", e.as_str());
+                return self.end_with(
+                    DisconnectReasonCode::TopicNameInvalid,
+                    "publish",
+                    e.as_str(),
+                );
             }
             Err(e) => return self.refuse_publish(qos, pkid, e.as_str()),
         };
@@ -463,11 +492,15 @@ impl<R: Router, S: AsyncRead + AsyncWrite + Unpin + Send> Session<R, S> {
         }
         let tenant = topic_ref.tenant().to_owned();
         let channel_name = topic_ref.channel().to_owned();
-        let (max_qos, retained_allowed, channel_max) = match snapshot.channel(&tenant, &channel_name) {
-            Some(c) => (u8::from(c.max_qos), c.retained_allowed, c.max_message_size),
-            None => return self.refuse_publish(qos, pkid, "unknown_channel"),
-        };
-        let tenant_limits = snapshot.tenant(&tenant).map(|t| t.limits.clone()).unwrap_or_default();
+        let (max_qos, retained_allowed, channel_max) =
+            match snapshot.channel(&tenant, &channel_name) {
+                Some(c) => (u8::from(c.max_qos), c.retained_allowed, c.max_message_size),
+                None => return self.refuse_publish(qos, pkid, "unknown_channel"),
+            };
+        let tenant_limits = snapshot
+            .tenant(&tenant)
+            .map(|t| t.limits.clone())
+            .unwrap_or_default();
         let max_size = [tenant_limits.max_message_size, channel_max]
             .into_iter()
             .flatten()
@@ -475,18 +508,33 @@ impl<R: Router, S: AsyncRead + AsyncWrite + Unpin + Send> Session<R, S> {
         if let Some(max) = max_size
             && publish.payload.len() > max as usize
         {
-            return self.end_with(DisconnectReasonCode::PacketTooLarge, "limit", "message_size");
+            return self.end_with(
+                DisconnectReasonCode::PacketTooLarge,
+                "limit",
+                "message_size",
+            );
         }
         if let Some(rate) = tenant_limits.publish_rate {
             loop {
-                match self.shared.rates.take(&tenant, rate, tenant_limits.publish_burst, Instant::now()) {
+                match self.shared.rates.take(
+                    &tenant,
+                    rate,
+                    tenant_limits.publish_burst,
+                    Instant::now(),
+                ) {
                     Ok(()) => break,
                     Err(_) if self.codec.version() == Version::V5 => {
-                        return self.end_with(DisconnectReasonCode::MessageRateTooHigh, "limit", "publish_rate");
+                        return self.end_with(
+                            DisconnectReasonCode::MessageRateTooHigh,
+                            "limit",
+                            "publish_rate",
+                        );
                     }
                     // v3 has no code for it: the connection is throttled (not read) instead.
                     Err(wait) => {
-                        self.shared.metrics.refused("limit", "publish_rate_throttled");
+                        self.shared
+                            .metrics
+                            .refused("limit", "publish_rate_throttled");
                         tokio::time::sleep(wait.min(Duration::from_secs(1))).await;
                     }
                 }
@@ -515,8 +563,12 @@ impl<R: Router, S: AsyncRead + AsyncWrite + Unpin + Send> Session<R, S> {
             props,
         };
         if publish.retain && retained_allowed {
-            let topic_str = std::str::from_utf8(&message.topic).unwrap_or_default().to_owned();
-            self.shared.retained.set(&tenant, &channel_name, &topic_str, message.clone());
+            let topic_str = std::str::from_utf8(&message.topic)
+                .unwrap_or_default()
+                .to_owned();
+            self.shared
+                .retained
+                .set(&tenant, &channel_name, &topic_str, message.clone());
         }
         let routed = match &mut self.link {
             Some(link) => link.publish(message),
@@ -528,13 +580,29 @@ impl<R: Router, S: AsyncRead + AsyncWrite + Unpin + Send> Session<R, S> {
         }
         self.shared.metrics.message_in(&tenant);
         match qos {
-            1 => self.write(Packet::PubAck(PubAck { pkid, reason: PubAckReason::Success }, None)),
+            1 => self.write(Packet::PubAck(
+                PubAck {
+                    pkid,
+                    reason: PubAckReason::Success,
+                },
+                None,
+            )),
             2 => {
                 if self.qos2_in.len() >= usize::from(self.shared.config.max_inflight) {
-                    return self.end_with(DisconnectReasonCode::ReceiveMaximumExceeded, "limit", "receive_maximum");
+                    return self.end_with(
+                        DisconnectReasonCode::ReceiveMaximumExceeded,
+                        "limit",
+                        "receive_maximum",
+                    );
                 }
                 self.qos2_in.insert(pkid);
-                self.write(Packet::PubRec(PubRec { pkid, reason: PubRecReason::Success }, None));
+                self.write(Packet::PubRec(
+                    PubRec {
+                        pkid,
+                        reason: PubRecReason::Success,
+                    },
+                    None,
+                ));
             }
             _ => {}
         }
@@ -543,7 +611,12 @@ impl<R: Router, S: AsyncRead + AsyncWrite + Unpin + Send> Session<R, S> {
 
     async fn link(&mut self) -> Option<&mut R::Link> {
         if self.link.is_none() {
-            match self.shared.router.attach(&self.acc.key, SessionMode::Clean).await {
+            match self
+                .shared
+                .router
+                .attach(&self.acc.key, SessionMode::Clean)
+                .await
+            {
                 Ok((link, _)) => self.link = Some(link),
                 Err(e) => {
                     tracing::error!(error = %e, "could not attach a session to the router");
@@ -566,13 +639,20 @@ impl<R: Router, S: AsyncRead + AsyncWrite + Unpin + Send> Session<R, S> {
                 Some(m) => m.mount_filter(f.path.as_bytes(), &limits()),
                 None => Ok(f.path.clone()),
             };
-            let parsed = full.as_deref().map_err(|e| *e).and_then(|t| parse_filter(t, &limits()));
+            let parsed = full
+                .as_deref()
+                .map_err(|e| *e)
+                .and_then(|t| parse_filter(t, &limits()));
             let topic = match parsed {
                 Ok(t) if t.share_group().is_some() => {
-                    self.shared.metrics.refused("subscribe", "shared_subscription");
+                    self.shared
+                        .metrics
+                        .refused("subscribe", "shared_subscription");
                     codes.push(match version {
                         Version::V4 => rumqttd::protocol::SubscribeReasonCode::Failure,
-                        Version::V5 => rumqttd::protocol::SubscribeReasonCode::SharedSubscriptionsNotSupported,
+                        Version::V5 => {
+                            rumqttd::protocol::SubscribeReasonCode::SharedSubscriptionsNotSupported
+                        }
                     });
                     continue;
                 }
@@ -583,10 +663,12 @@ impl<R: Router, S: AsyncRead + AsyncWrite + Unpin + Send> Session<R, S> {
                     continue;
                 }
             };
-            let decision = self
-                .shared
-                .cache
-                .authorize(&*snapshot, &self.acc.subject, Action::Subscribe, &topic);
+            let decision = self.shared.cache.authorize(
+                &*snapshot,
+                &self.acc.subject,
+                Action::Subscribe,
+                &topic,
+            );
             if let Decision::Deny(why) = decision {
                 self.shared.metrics.refused("subscribe", why.as_str());
                 codes.push(reason::suback_refused(version, false));
@@ -679,7 +761,11 @@ impl<R: Router, S: AsyncRead + AsyncWrite + Unpin + Send> Session<R, S> {
         let snapshot = self.policy.borrow_and_update().clone();
         let subject: &Subject = &self.acc.subject;
         if let Err(refusal) = snapshot.check_subject(subject) {
-            return self.end_with(DisconnectReasonCode::AdministrativeAction, "revoked", refusal.reason.as_str());
+            return self.end_with(
+                DisconnectReasonCode::AdministrativeAction,
+                "revoked",
+                refusal.reason.as_str(),
+            );
         }
         // A key removed after rotation ends the sessions that used it.
         if let Some(digest) = &self.acc.key_digest {
@@ -687,7 +773,11 @@ impl<R: Router, S: AsyncRead + AsyncWrite + Unpin + Send> Session<R, S> {
                 .thing(&subject.tenant, &subject.name)
                 .is_some_and(|t| t.key_digests.iter().any(|d| d.ct_eq(digest)));
             if !still {
-                return self.end_with(DisconnectReasonCode::AdministrativeAction, "revoked", "key_removed");
+                return self.end_with(
+                    DisconnectReasonCode::AdministrativeAction,
+                    "revoked",
+                    "key_removed",
+                );
             }
         }
         let mut revoked = Vec::new();
@@ -716,10 +806,11 @@ impl<R: Router, S: AsyncRead + AsyncWrite + Unpin + Send> Session<R, S> {
         }
         Flow::Continue
     }
-
 }
 
-async fn receive<L: RouterLink>(link: &mut Option<L>) -> Result<Message, crate::router::RouterError> {
+async fn receive<L: RouterLink>(
+    link: &mut Option<L>,
+) -> Result<Message, crate::router::RouterError> {
     match link {
         Some(l) => l.receive().await,
         None => std::future::pending().await,
