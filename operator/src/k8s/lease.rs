@@ -2,12 +2,17 @@
 //!
 //! The election runs in its own task and publishes a `bool` that the writers check before each
 //! write. Stepping down clears it first, then releases the Lease so another replica takes
-//! over at once instead of after the lease duration.
+//! over at once instead of after the lease duration: the followers watch the Lease and
+//! campaign again as soon as it has no holder (the manager alone would sleep until expiry).
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use kube::Client;
+use futures::StreamExt;
+use k8s_openapi::api::coordination::v1::Lease;
+use kube::runtime::WatchStreamExt;
+use kube::runtime::watcher::{self, Event};
+use kube::{Api, Client};
 use kube_lease_manager::{LeaseManager, LeaseManagerBuilder};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -95,6 +100,24 @@ async fn campaign(
         leader.send_if_modified(|v| std::mem::replace(v, value) != value);
         metrics.set_leader(value);
     };
+    let api: Api<Lease> = Api::namespaced(client.clone(), &config.namespace);
+    let released = watcher::watcher(
+        api,
+        watcher::Config::default().fields(&format!("metadata.name={}", config.name)),
+    )
+    .default_backoff()
+    .filter_map(|event| async move {
+        match event {
+            Ok(Event::Apply(lease) | Event::InitApply(lease)) => Some(is_free(&lease)),
+            Ok(Event::Delete(_)) => Some(true),
+            Ok(_) => None,
+            Err(e) => {
+                tracing::debug!(error = %e, "watching the Lease failed; retrying");
+                None
+            }
+        }
+    });
+    futures::pin_mut!(released);
     loop {
         let manager = tokio::select! {
             m = build(&client, &config) => m,
@@ -126,6 +149,24 @@ async fn campaign(
             tokio::select! {
                 changed = held.changed() => {
                     if changed.is_err() {
+                        // The manager stopped on its own: nothing is known to be held any more.
+                        set(false);
+                        match task.await {
+                            Ok(Ok(_)) => {}
+                            Ok(Err(e)) => tracing::warn!(error = %e, "the Lease manager stopped; starting again"),
+                            Err(e) => tracing::warn!(error = %e, "the Lease task failed; starting again"),
+                        }
+                        break;
+                    }
+                }
+                Some(free) = released.next() => {
+                    if free && !*leader.borrow() {
+                        // Start over: a new manager finds the Lease free and takes it now.
+                        tracing::debug!(identity = %config.identity, "the Lease was released; campaigning");
+                        drop(held);
+                        if let Err(e) = task.await {
+                            tracing::warn!(error = %e, "the Lease task failed");
+                        }
                         break;
                     }
                 }
@@ -142,14 +183,16 @@ async fn campaign(
                 }
             }
         }
-        // The manager stopped on its own: nothing is known to be held any more.
-        set(false);
-        match task.await {
-            Ok(Ok(_)) => {}
-            Ok(Err(e)) => tracing::warn!(error = %e, "the Lease manager stopped; starting again"),
-            Err(e) => tracing::warn!(error = %e, "the Lease task failed; starting again"),
-        }
     }
+}
+
+/// Whether a Lease has no holder (released, or never taken).
+fn is_free(lease: &Lease) -> bool {
+    lease
+        .spec
+        .as_ref()
+        .and_then(|s| s.holder_identity.as_deref())
+        .is_none_or(str::is_empty)
 }
 
 async fn build(client: &Client, config: &LeaseConfig) -> kube_lease_manager::Result<LeaseManager> {

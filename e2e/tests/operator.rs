@@ -1,0 +1,531 @@
+//! The operator against a real API server: Secrets and keys, statuses and their reasons, the idle cluster, and leader election between replicas.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::process::Command;
+use std::thread;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail, ensure};
+use fleetward_e2e::fleetward::{OPERATOR_NAMESPACE, Operator, start_operators};
+use fleetward_e2e::workspace::examples_dir;
+use fleetward_e2e::{ControlPlane, Kubectl, LogDir, run_test, wait_until};
+use serde_json::{Value, json};
+
+/// The PolicySync token the replicas are started with.
+const TOKEN: &str = "e2e-sync-token";
+/// How long a status or Secret may take to appear.
+const SETTLE: Duration = Duration::from_secs(30);
+/// The garbage collector rediscovers kinds every 30 s (see e2e/README.md).
+const COLLECTION_TIMEOUT: Duration = Duration::from_secs(90);
+/// The operator's default lease duration, plus the time to notice and write.
+const TAKEOVER: Duration = Duration::from_secs(30);
+/// The key `examples/acme.yaml` brings for sensor-1.
+const ACME_SENSOR_KEY: &str = "p5OR2zf95euo-SDM6r3HQBkSsWKpSI1eT71WQ5jOhP8";
+
+/// A control plane with the CRDs and the operator's namespace.
+fn cluster(logs: &LogDir) -> Result<(ControlPlane, Kubectl)> {
+    let plane = ControlPlane::start(logs)?;
+    let kubectl = plane.kubectl();
+    plane.apply_crds()?;
+    kubectl.run(&["create", "namespace", OPERATOR_NAMESPACE])?;
+    Ok((plane, kubectl))
+}
+
+fn apply_examples(kubectl: &Kubectl) -> Result<()> {
+    for file in ["acme.yaml", "globex.yaml"] {
+        let path = examples_dir().join(file);
+        let text =
+            std::fs::read_to_string(&path).with_context(|| format!("read {}", path.display()))?;
+        kubectl.apply(&text)?;
+    }
+    Ok(())
+}
+
+/// `(status, reason, message)` of condition `type_` of an object.
+fn condition(
+    kubectl: &Kubectl,
+    args: &[&str],
+    type_: &str,
+) -> Result<Option<(String, String, String)>> {
+    let obj = kubectl.get_json(args)?;
+    Ok(obj["status"]["conditions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|c| c["type"] == type_)
+        .map(|c| {
+            let s = |f: &str| c[f].as_str().unwrap_or_default().to_owned();
+            (s("status"), s("reason"), s("message"))
+        }))
+}
+
+/// Waits until condition `type_` of the object has `status` and `reason`; returns its message.
+fn wait_condition(
+    kubectl: &Kubectl,
+    args: &[&str],
+    type_: &str,
+    status: &str,
+    reason: &str,
+) -> Result<String> {
+    let mut message = String::new();
+    wait_until(
+        &format!("{} {type_}={status} ({reason})", args.join(" ")),
+        SETTLE,
+        || {
+            Ok(match condition(kubectl, args, type_)? {
+                Some((s, r, m)) if s == status && r == reason => {
+                    message = m;
+                    true
+                }
+                _ => false,
+            })
+        },
+    )?;
+    Ok(message)
+}
+
+/// Every Fleetward object of `namespace`, as `kind/name`.
+fn fleetward_objects(kubectl: &Kubectl, namespace: &str) -> Result<Vec<String>> {
+    let out = kubectl.run(&["get", "fleetward", "-n", namespace, "-o", "name"])?;
+    Ok(out.lines().map(str::to_owned).collect())
+}
+
+fn secret_entry(kubectl: &Kubectl, namespace: &str, name: &str, entry: &str) -> Result<String> {
+    let secret = kubectl.get_json(&["secret", name, "-n", namespace])?;
+    let encoded = secret["data"][entry]
+        .as_str()
+        .with_context(|| format!("Secret {namespace}/{name} has no entry {entry}"))?;
+    let out = Command::new("base64")
+        .arg("-d")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut child| {
+            if let Some(mut stdin) = child.stdin.take() {
+                stdin.write_all(encoded.as_bytes())?;
+            }
+            child.wait_with_output()
+        })
+        .context("run base64 -d")?;
+    ensure!(out.status.success(), "base64 -d failed on {encoded:?}");
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// The first 12 hex digits of the SHA-256 of `key`, as `sha256sum` computes it.
+fn fingerprint(key: &str) -> Result<String> {
+    let out = Command::new("sh")
+        .args(["-c", "printf %s \"$1\" | sha256sum", "sh", key])
+        .output()
+        .context("run sha256sum")?;
+    ensure!(out.status.success(), "sha256sum failed");
+    Ok(String::from_utf8_lossy(&out.stdout)[..12].to_owned())
+}
+
+/// The body of `GET /metrics` on a replica's admin address.
+fn metrics(addr: SocketAddr) -> Result<String> {
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2))
+        .with_context(|| format!("connect to {addr}"))?;
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(
+        stream,
+        "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut text = String::new();
+    stream.read_to_string(&mut text)?;
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .with_context(|| format!("no HTTP body from {addr}/metrics"))?;
+    Ok(body)
+}
+
+/// The sum of every sample of metric `name` (all label sets); 0 when absent.
+fn metric(addr: SocketAddr, name: &str) -> Result<f64> {
+    let text = metrics(addr)?;
+    let mut sum = 0.0;
+    for line in text.lines().filter(|l| !l.starts_with('#')) {
+        let (series, value) = line.rsplit_once(' ').unwrap_or((line, ""));
+        let metric_name = series.split('{').next().unwrap_or_default();
+        if metric_name == name {
+            sum += value.parse::<f64>().unwrap_or(0.0);
+        }
+    }
+    Ok(sum)
+}
+
+fn is_leader(op: &Operator) -> Result<bool> {
+    Ok(metric(op.admin_addr, "fleetward_operator_leader")? == 1.0)
+}
+
+fn lease_holder(kubectl: &Kubectl) -> Result<String> {
+    let lease = kubectl.get_json(&["lease", "fleetward-operator", "-n", OPERATOR_NAMESPACE])?;
+    Ok(lease["spec"]["holderIdentity"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned())
+}
+
+fn wait_all_ready(kubectl: &Kubectl, namespaces: &[&str]) -> Result<()> {
+    for ns in namespaces {
+        for object in fleetward_objects(kubectl, ns)? {
+            wait_condition(kubectl, &[&object, "-n", ns], "Ready", "True", "Accepted")?;
+        }
+    }
+    for tenant in namespaces {
+        wait_condition(kubectl, &["tenant", tenant], "Ready", "True", "Accepted")?;
+    }
+    Ok(())
+}
+
+#[test]
+#[ignore = "end-to-end: run by scripts/test.sh"]
+fn examples_get_keys_and_become_ready_and_a_brought_key_is_kept() {
+    run_test("operator-examples", |logs| {
+        let (plane, kubectl) = cluster(logs)?;
+        apply_examples(&kubectl)?;
+        let _ops = start_operators(1, plane.kubeconfig(), TOKEN, logs.path())?;
+        wait_all_ready(&kubectl, &["acme", "globex"])?;
+
+        // A generated key: 256 bits of base64url under `key`, owned by its Thing.
+        let key = secret_entry(&kubectl, "acme", "dashboard-credentials", "key")?;
+        ensure!(
+            key.len() == 43,
+            "a generated key is 43 base64url characters, got {key:?}"
+        );
+        let thing = kubectl.get_json(&["thing", "dashboard", "-n", "acme"])?;
+        let secret = kubectl.get_json(&["secret", "dashboard-credentials", "-n", "acme"])?;
+        let owner = &secret["metadata"]["ownerReferences"][0];
+        ensure!(
+            owner["kind"] == "Thing" && owner["uid"] == thing["metadata"]["uid"],
+            "the generated Secret is owned by its Thing: {owner}"
+        );
+        ensure!(thing["status"]["secretName"] == "dashboard-credentials");
+        ensure!(thing["status"]["keyFingerprint"] == fingerprint(&key)?.as_str());
+        ensure!(thing["status"]["keys"] == 1);
+
+        // The brought key is kept, untouched and unowned.
+        let byo = secret_entry(&kubectl, "acme", "sensor-1-credentials", "key")?;
+        ensure!(
+            byo == ACME_SENSOR_KEY,
+            "the brought-your-own key changed to {byo:?}"
+        );
+        let secret = kubectl.get_json(&["secret", "sensor-1-credentials", "-n", "acme"])?;
+        ensure!(
+            secret["metadata"]["ownerReferences"].is_null(),
+            "a brought-your-own Secret gets no owner reference"
+        );
+        let sensor = kubectl.get_json(&["thing", "sensor-1", "-n", "acme"])?;
+        ensure!(sensor["status"]["keyFingerprint"] == fingerprint(ACME_SENSOR_KEY)?.as_str());
+
+        // The tenant counts its things and channels; nothing is enforced without dataplanes.
+        let tenant = kubectl.get_json(&["tenant", "acme"])?;
+        ensure!(
+            tenant["status"]["namespace"] == "acme"
+                && tenant["status"]["things"] == 2
+                && tenant["status"]["channels"] == 1,
+            "tenant status: {}",
+            tenant["status"]
+        );
+        wait_condition(
+            &kubectl,
+            &["thing", "dashboard", "-n", "acme"],
+            "Enforced",
+            "False",
+            "NoDataplanes",
+        )?;
+        ensure!(thing["status"]["observedGeneration"] == thing["metadata"]["generation"]);
+
+        // Rotation: a second key stands beside the first, both count.
+        let next = "Zk1hX3Jvd3RhdGVkLWtleS1mb3ItdGhlLWUyZS10ZXN0";
+        kubectl.run(&[
+            "patch",
+            "secret",
+            "dashboard-credentials",
+            "-n",
+            "acme",
+            "--type=merge",
+            "-p",
+            &json!({"stringData": {"key-next": next}}).to_string(),
+        ])?;
+        wait_until("Thing dashboard shows two keys", SETTLE, || {
+            Ok(kubectl.get_json(&["thing", "dashboard", "-n", "acme"])?["status"]["keys"] == 2)
+        })?;
+        wait_until("a KeysChanged Event on Thing dashboard", SETTLE, || {
+            let out = kubectl.run(&["get", "events.events.k8s.io", "-n", "acme", "-o", "json"])?;
+            Ok(out.contains("KeysChanged") && out.contains("KeyGenerated"))
+        })?;
+        Ok(())
+    });
+}
+
+#[test]
+#[ignore = "end-to-end: run by scripts/test.sh"]
+fn a_deleted_thing_takes_its_generated_secret_and_leaves_the_snapshot() {
+    run_test("operator-thing-deleted", |logs| {
+        let (plane, kubectl) = cluster(logs)?;
+        plane.wait_for_garbage_collector()?;
+        apply_examples(&kubectl)?;
+        let ops = start_operators(1, plane.kubeconfig(), TOKEN, logs.path())?;
+        wait_all_ready(&kubectl, &["acme"])?;
+        let before = metric(ops[0].admin_addr, "fleetward_operator_snapshot_resources")?;
+
+        kubectl.run(&["delete", "thing", "dashboard", "-n", "acme"])?;
+        wait_until(
+            "Secret dashboard-credentials collected",
+            COLLECTION_TIMEOUT,
+            || Ok(!kubectl.exists(&["secret", "dashboard-credentials", "-n", "acme"])?),
+        )?;
+        // The Thing and the Connection naming it leave the snapshot.
+        wait_until("the snapshot shrinks", SETTLE, || {
+            Ok(metric(ops[0].admin_addr, "fleetward_operator_snapshot_resources")? < before)
+        })?;
+        wait_condition(
+            &kubectl,
+            &["connection", "dashboard-subscribes-telemetry", "-n", "acme"],
+            "Ready",
+            "False",
+            "SubjectNotFound",
+        )?;
+
+        // A brought-your-own Secret is the user's: it stays when its Thing goes.
+        kubectl.run(&["delete", "thing", "sensor-1", "-n", "acme"])?;
+        thread::sleep(Duration::from_secs(5));
+        ensure!(kubectl.exists(&["secret", "sensor-1-credentials", "-n", "acme"])?);
+        Ok(())
+    });
+}
+
+#[test]
+#[ignore = "end-to-end: run by scripts/test.sh"]
+fn refusals_name_their_reason_and_clear_when_fixed() {
+    run_test("operator-refusals", |logs| {
+        let (plane, kubectl) = cluster(logs)?;
+        for ns in ["shop", "orphans"] {
+            kubectl.run(&["create", "namespace", ns])?;
+        }
+        let tenant = |name: &str, ns: &str, max_things: u32| {
+            json!({
+                "apiVersion": "fleetward.io/v1alpha1", "kind": "Tenant",
+                "metadata": {"name": name},
+                "spec": {"namespace": ns, "limits": {"maxThings": max_things}},
+            })
+        };
+        let object = |kind: &str, ns: &str, name: &str, spec: Value| {
+            json!({
+                "apiVersion": "fleetward.io/v1alpha1", "kind": kind,
+                "metadata": {"name": name, "namespace": ns}, "spec": spec,
+            })
+        };
+        kubectl.apply(&tenant("shop", "shop", 1).to_string())?;
+        let _ops = start_operators(1, plane.kubeconfig(), TOKEN, logs.path())?;
+        wait_condition(&kubectl, &["tenant", "shop"], "Ready", "True", "Accepted")?;
+
+        // A second Tenant on the same namespace.
+        thread::sleep(Duration::from_secs(1)); // a later creation time: shop stays the owner
+        kubectl.apply(&tenant("shop-again", "shop", 5).to_string())?;
+        let msg = wait_condition(
+            &kubectl,
+            &["tenant", "shop-again"],
+            "Ready",
+            "False",
+            "NamespaceClaimed",
+        )?;
+        ensure!(
+            msg.contains("shop"),
+            "the message names the namespace: {msg}"
+        );
+
+        // No Tenant owns `orphans`: not served, and no Secret is made there.
+        kubectl.apply(&object("Thing", "orphans", "stray", json!({})).to_string())?;
+        wait_condition(
+            &kubectl,
+            &["thing", "stray", "-n", "orphans"],
+            "Ready",
+            "False",
+            "NoTenant",
+        )?;
+        wait_condition(
+            &kubectl,
+            &["thing", "stray", "-n", "orphans"],
+            "Enforced",
+            "False",
+            "NotServed",
+        )?;
+        ensure!(!kubectl.exists(&["secret", "stray-credentials", "-n", "orphans"])?);
+
+        // maxThings: 1 — the second Thing is beyond the limit.
+        kubectl.apply(&object("Thing", "shop", "first", json!({})).to_string())?;
+        wait_condition(
+            &kubectl,
+            &["thing", "first", "-n", "shop"],
+            "Ready",
+            "True",
+            "Accepted",
+        )?;
+        thread::sleep(Duration::from_secs(1));
+        kubectl.apply(&object("Thing", "shop", "second", json!({})).to_string())?;
+        wait_condition(
+            &kubectl,
+            &["thing", "second", "-n", "shop"],
+            "Ready",
+            "False",
+            "LimitExceeded",
+        )?;
+
+        // A Connection to a missing Channel, then the Channel.
+        let grant = object(
+            "Connection",
+            "shop",
+            "first-publishes-orders",
+            json!({"subject": {"kind": "Thing", "name": "first"}, "channel": "orders", "actions": ["publish"]}),
+        );
+        kubectl.apply(&grant.to_string())?;
+        let args = ["connection", "first-publishes-orders", "-n", "shop"];
+        let msg = wait_condition(&kubectl, &args, "Ready", "False", "ChannelNotFound")?;
+        ensure!(
+            msg.contains("orders"),
+            "the message names the missing channel: {msg}"
+        );
+        kubectl.apply(&object("Channel", "shop", "orders", json!({})).to_string())?;
+        wait_condition(&kubectl, &args, "Ready", "True", "Accepted")?;
+
+        // The owner goes: the second claimant takes the namespace.
+        kubectl.run(&["delete", "tenant", "shop"])?;
+        wait_condition(
+            &kubectl,
+            &["tenant", "shop-again"],
+            "Ready",
+            "True",
+            "Accepted",
+        )?;
+        wait_condition(
+            &kubectl,
+            &["thing", "second", "-n", "shop"],
+            "Ready",
+            "True",
+            "Accepted",
+        )?;
+        Ok(())
+    });
+}
+
+/// `metadata.resourceVersion` of every Fleetward object and Secret in `namespaces`.
+fn resource_versions(kubectl: &Kubectl, namespaces: &[&str]) -> Result<Vec<(String, String)>> {
+    let mut out = Vec::new();
+    let mut lists = vec![kubectl.get_json(&["tenants"])?];
+    for ns in namespaces {
+        lists.push(kubectl.get_json(&["fleetward,secrets", "-n", ns])?);
+    }
+    for list in lists {
+        for item in list["items"].as_array().into_iter().flatten() {
+            let m = &item["metadata"];
+            out.push((
+                format!("{}/{}/{}", item["kind"], m["namespace"], m["name"]),
+                m["resourceVersion"].as_str().unwrap_or_default().to_owned(),
+            ));
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+#[test]
+#[ignore = "end-to-end: run by scripts/test.sh"]
+fn an_idle_cluster_gets_no_writes_and_exactly_one_replica_writes() {
+    run_test("operator-idle-and-replicas", |logs| {
+        let (plane, kubectl) = cluster(logs)?;
+        apply_examples(&kubectl)?;
+        let ops = start_operators(2, plane.kubeconfig(), TOKEN, logs.path())?;
+        wait_all_ready(&kubectl, &["acme", "globex"])?;
+        wait_until("one replica leads", SETTLE, || {
+            Ok(is_leader(&ops[0])? ^ is_leader(&ops[1])?)
+        })?;
+        let (leader, follower) = if is_leader(&ops[0])? {
+            (&ops[0], &ops[1])
+        } else {
+            (&ops[1], &ops[0])
+        };
+        ensure!(lease_holder(&kubectl)? == leader.id);
+        ensure!(
+            metric(
+                follower.admin_addr,
+                "fleetward_operator_status_writes_total"
+            )? == 0.0
+                && metric(
+                    follower.admin_addr,
+                    "fleetward_operator_secrets_created_total"
+                )? == 0.0,
+            "the replica without the Lease writes nothing"
+        );
+        ensure!(metric(leader.admin_addr, "fleetward_operator_status_writes_total")? > 0.0);
+
+        // Idle: let the last writes settle, then nothing changes for a while.
+        thread::sleep(Duration::from_secs(3));
+        let writes = metric(leader.admin_addr, "fleetward_operator_status_writes_total")?;
+        let versions = resource_versions(&kubectl, &["acme", "globex"])?;
+        thread::sleep(Duration::from_secs(20));
+        ensure!(
+            metric(leader.admin_addr, "fleetward_operator_status_writes_total")? == writes,
+            "an idle cluster got status writes"
+        );
+        ensure!(
+            resource_versions(&kubectl, &["acme", "globex"])? == versions,
+            "an idle cluster's objects changed"
+        );
+        Ok(())
+    });
+}
+
+#[test]
+#[ignore = "end-to-end: run by scripts/test.sh"]
+fn the_other_replica_takes_over_when_the_leader_dies_or_steps_down() {
+    run_test("operator-takeover", |logs| {
+        let (plane, kubectl) = cluster(logs)?;
+        apply_examples(&kubectl)?;
+        let mut ops = start_operators(2, plane.kubeconfig(), TOKEN, logs.path())?;
+        wait_all_ready(&kubectl, &["acme"])?;
+        wait_until("one replica leads", SETTLE, || {
+            Ok(is_leader(&ops[0])? ^ is_leader(&ops[1])?)
+        })?;
+        let leader = usize::from(!is_leader(&ops[0])?);
+        let other = 1 - leader;
+
+        // Killed outright: the Lease expires and the other replica takes it.
+        ops[leader].process.kill()?;
+        let took = wait_until("the other replica leads", TAKEOVER, || {
+            is_leader(&ops[other])
+        })?;
+        ensure!(lease_holder(&kubectl)? == ops[other].id);
+        eprintln!("takeover after a kill: {took:?}");
+        let thing = json!({
+            "apiVersion": "fleetward.io/v1alpha1", "kind": "Thing",
+            "metadata": {"name": "after-takeover", "namespace": "acme"}, "spec": {},
+        });
+        kubectl.apply(&thing.to_string())?;
+        wait_condition(
+            &kubectl,
+            &["thing", "after-takeover", "-n", "acme"],
+            "Ready",
+            "True",
+            "Accepted",
+        )?;
+        ensure!(kubectl.exists(&["secret", "after-takeover-credentials", "-n", "acme"])?);
+
+        // SIGTERM: the leader exits 0 and releases the Lease at once.
+        let replacement = Operator::start("operator-2", plane.kubeconfig(), TOKEN, logs.path())?;
+        let status = ops[other].process.stop()?;
+        ensure!(
+            status.success(),
+            "SIGTERM must end the operator with 0, got {status}"
+        );
+        let took = wait_until("the replacement leads", Duration::from_secs(10), || {
+            is_leader(&replacement)
+        })?;
+        eprintln!("takeover after a release: {took:?}");
+        if took > Duration::from_secs(8) {
+            bail!("a released Lease was taken only after {took:?}");
+        }
+        Ok(())
+    });
+}
