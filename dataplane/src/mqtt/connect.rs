@@ -63,10 +63,12 @@ where
         codec: &codec,
         stream: &mut stream,
     };
-    let Some(accepted) = hs.accept(connect, props, will, will_props, login).await else {
+    // Boxed: the handshake's state is large and short-lived, so it should not size the task.
+    let accepted = Box::pin(hs.accept(connect, props, will, will_props, login)).await;
+    let Some(accepted) = accepted else {
         return;
     };
-    Session::run(shared.clone(), stream, codec, rbuf, accepted).await;
+    Box::pin(Session::run(shared.clone(), stream, codec, rbuf, accepted)).await;
 }
 
 /// Reads until the first packet is complete; `None` when the peer went away.

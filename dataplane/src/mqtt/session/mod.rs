@@ -340,7 +340,8 @@ impl<R: Router, S: AsyncRead + AsyncWrite + Unpin + Send> Session<R, S> {
                     None,
                 ));
             }
-            Packet::Subscribe(s, props) => self.on_subscribe(s, props).await,
+            // Boxed: subscribing (which may attach a router link) is rare and its state large.
+            Packet::Subscribe(s, props) => Box::pin(self.on_subscribe(s, props)).await,
             Packet::Unsubscribe(u, _) => self.on_unsubscribe(u),
             Packet::PingReq(_) => self.write(Packet::PingResp(PingResp)),
             Packet::Disconnect(d, _) => {
@@ -535,7 +536,7 @@ impl<R: Router, S: AsyncRead + AsyncWrite + Unpin + Send> Session<R, S> {
                         self.shared
                             .metrics
                             .refused("limit", "publish_rate_throttled");
-                        tokio::time::sleep(wait.min(Duration::from_secs(1))).await;
+                        Box::pin(tokio::time::sleep(wait.min(Duration::from_secs(1)))).await;
                     }
                 }
             }
