@@ -338,7 +338,7 @@ impl<R: Router, S: AsyncWrite + Unpin> Handshake<'_, R, S> {
             retain_available: Some(1),
             wildcard_subscription_available: Some(1),
             subscription_identifiers_available: Some(1),
-            shared_subscription_available: Some(0),
+            shared_subscription_available: Some(1),
             ..ConnAckProperties::default()
         });
         let mut out = BytesMut::new();

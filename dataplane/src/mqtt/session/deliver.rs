@@ -44,7 +44,7 @@ impl<R: Router, S: AsyncRead + AsyncWrite + Unpin + Send> Session<R, S> {
         let mut granted: Option<u8> = None;
         let mut ids = Vec::new();
         for sub in &self.subs {
-            let matches = filter_matches(&sub.full, topic)
+            let matches = filter_matches(&sub.matcher, topic)
                 && (self.acc.mount.is_none() || filter_matches(&sub.client, client_topic));
             if matches {
                 granted = Some(granted.map_or(sub.qos, |g| g.max(sub.qos)));

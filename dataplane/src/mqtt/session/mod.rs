@@ -36,10 +36,14 @@ pub(crate) struct Will {
 }
 
 pub(crate) struct Subscription {
-    /// The filter as the client sent it (without any mountpoint).
+    /// The filter as the client sent it (without any mountpoint or `$share/<group>/`).
     client: String,
-    /// The full filter, `m/<tenant>/c/<channel>/…`.
+    /// The full filter as subscribed, `[$share/<group>/]m/<tenant>/c/<channel>/…`.
     full: String,
+    /// The full filter without any `$share/<group>/`, matched against topics.
+    matcher: String,
+    /// What the router was given (shared groups renamed per tenant and filter).
+    router: String,
     qos: u8,
     id: Option<usize>,
 }
@@ -645,10 +649,12 @@ impl<R: Router, S: AsyncRead + AsyncWrite + Unpin + Send> Session<R, S> {
                 .map_err(|e| *e)
                 .and_then(|t| parse_filter(t, &limits()));
             let topic = match parsed {
-                Ok(t) if t.share_group().is_some() => {
+                // Shared subscriptions of persistent sessions can crash rumqttd 0.20's router
+                // (ROUTER.md §2.8), so they are refused.
+                Ok(t) if t.share_group().is_some() && !self.acc.expiry.is_zero() => {
                     self.shared
                         .metrics
-                        .refused("subscribe", "shared_subscription");
+                        .refused("subscribe", "shared_subscription_persistent");
                     codes.push(match version {
                         Version::V4 => rumqttd::protocol::SubscribeReasonCode::Failure,
                         Version::V5 => {
@@ -682,7 +688,18 @@ impl<R: Router, S: AsyncRead + AsyncWrite + Unpin + Send> Session<R, S> {
             let granted = (f.qos as u8).min(u8::from(channel.max_qos));
             let retained_allowed = channel.retained_allowed;
             let (tenant, channel_name) = (topic.tenant().to_owned(), topic.channel().to_owned());
-            let full = topic.as_str().to_owned();
+            let matcher = topic.as_str().to_owned();
+            let group = topic.share_group().map(str::to_owned);
+            let (full, router) = match &group {
+                Some(g) => (
+                    format!("$share/{g}/{matcher}"),
+                    format!(
+                        "$share/{}/{matcher}",
+                        router_share_group(&tenant, g, &matcher)
+                    ),
+                ),
+                None => (matcher.clone(), matcher.clone()),
+            };
             let existing = self.subs.iter().position(|s| s.full == full);
             let new = existing.is_none();
             match existing {
@@ -695,13 +712,24 @@ impl<R: Router, S: AsyncRead + AsyncWrite + Unpin + Send> Session<R, S> {
                         codes.push(reason::suback_refused(version, false));
                         continue;
                     };
-                    if link.subscribe(&full).is_err() {
+                    if link.subscribe(&router).is_err() {
                         codes.push(reason::suback_refused(version, false));
                         continue;
                     }
+                    let client = match &group {
+                        Some(_) => f
+                            .path
+                            .strip_prefix("$share/")
+                            .and_then(|r| r.split_once('/'))
+                            .map_or(f.path.as_str(), |(_, f)| f)
+                            .to_owned(),
+                        None => f.path.clone(),
+                    };
                     self.subs.push(Subscription {
-                        client: f.path.clone(),
+                        client,
                         full: full.clone(),
+                        matcher: matcher.clone(),
+                        router,
                         qos: granted,
                         id: sub_id,
                     });
@@ -713,8 +741,13 @@ impl<R: Router, S: AsyncRead + AsyncWrite + Unpin + Send> Session<R, S> {
                 RetainForwardRule::OnNewSubscribe => new,
                 RetainForwardRule::Never => false,
             };
-            if send_retained && retained_allowed {
-                retained.extend(self.shared.retained.matching(&tenant, &channel_name, &full));
+            // Retained messages are never sent to shared subscriptions.
+            if send_retained && retained_allowed && group.is_none() {
+                retained.extend(
+                    self.shared
+                        .retained
+                        .matching(&tenant, &channel_name, &matcher),
+                );
             }
         }
         self.write(Packet::SubAck(
@@ -739,10 +772,8 @@ impl<R: Router, S: AsyncRead + AsyncWrite + Unpin + Send> Session<R, S> {
             };
             match self.subs.iter().position(|s| s.full == full) {
                 Some(i) => {
-                    self.subs.swap_remove(i);
-                    if let Some(link) = &mut self.link {
-                        let _ = link.unsubscribe(&full);
-                    }
+                    let sub = self.subs.swap_remove(i);
+                    self.router_unsubscribe(&sub.router);
                     reasons.push(UnsubAckReason::Success);
                 }
                 None => reasons.push(UnsubAckReason::NoSubscriptionExisted),
@@ -755,6 +786,18 @@ impl<R: Router, S: AsyncRead + AsyncWrite + Unpin + Send> Session<R, S> {
             },
             None,
         ));
+    }
+
+    /// Removes a router subscription. rumqttd 0.20 also drops the session from every shared
+    /// group on any unsubscribe, so the remaining shared subscriptions are renewed.
+    fn router_unsubscribe(&mut self, router_filter: &str) {
+        let Some(link) = &mut self.link else {
+            return;
+        };
+        let _ = link.unsubscribe(router_filter);
+        for sub in self.subs.iter().filter(|s| s.router.starts_with("$share/")) {
+            let _ = link.subscribe(&sub.router);
+        }
     }
 
     /// Re-checks the session and its subscriptions against a new snapshot.
@@ -801,12 +844,20 @@ impl<R: Router, S: AsyncRead + AsyncWrite + Unpin + Send> Session<R, S> {
         for i in revoked.into_iter().rev() {
             let sub = self.subs.swap_remove(i);
             self.shared.metrics.refused("revoked", "subscription");
-            if let Some(link) = &mut self.link {
-                let _ = link.unsubscribe(&sub.full);
-            }
+            self.router_unsubscribe(&sub.router);
         }
         Flow::Continue
     }
+}
+
+/// The router-side name of a shared group: per tenant and per filter, because rumqttd 0.20
+/// keys groups by name alone, across tenants and filters (ROUTER.md §2.8).
+fn router_share_group(tenant: &str, group: &str, filter: &str) -> String {
+    use std::hash::{Hash, Hasher};
+    // SipHash with fixed keys: the same name on every pod and restart.
+    let mut h = std::hash::DefaultHasher::new();
+    filter.hash(&mut h);
+    format!("{tenant}~{}~{group}~{:016x}", group.len(), h.finish())
 }
 
 async fn receive<L: RouterLink>(
