@@ -24,8 +24,8 @@ pub use store::{StoreError, Stored};
 /// The default cap on one PolicySync message, either way.
 pub const DEFAULT_MAX_MESSAGE_SIZE: usize = 64 * 1024 * 1024;
 
-/// How the client connects.
-#[derive(Clone, Debug)]
+/// How the client connects. Its `Debug` output never shows the token.
+#[derive(Clone)]
 pub struct SyncConfig {
     /// Operator URLs (`http://host:port` or `https://…`), tried in turn.
     pub endpoints: Vec<String>,
@@ -49,6 +49,24 @@ pub struct SyncConfig {
     pub backoff_min: Duration,
     /// The longest wait between rounds of attempts.
     pub backoff_max: Duration,
+}
+
+impl std::fmt::Debug for SyncConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SyncConfig")
+            .field("endpoints", &self.endpoints)
+            .field("node_id", &self.node_id)
+            .field("state_dir", &self.state_dir)
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field("tls", &self.tls)
+            .field("max_message_size", &self.max_message_size)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("keepalive_interval", &self.keepalive_interval)
+            .field("keepalive_timeout", &self.keepalive_timeout)
+            .field("backoff_min", &self.backoff_min)
+            .field("backoff_max", &self.backoff_max)
+            .finish()
+    }
 }
 
 impl SyncConfig {
@@ -329,5 +347,58 @@ async fn persist(dir: PathBuf, mut rx: watch::Receiver<Option<Stored>>) {
             ),
             Err(e) => tracing::error!(error = %e, "the policy snapshot writer panicked"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoints_are_split_on_commas_and_blanks_dropped() {
+        assert_eq!(
+            parse_endpoints(" http://a:1, ,https://b:2,"),
+            ["http://a:1", "https://b:2"]
+        );
+    }
+
+    #[test]
+    fn the_config_never_prints_its_token() {
+        let config = SyncConfig {
+            token: Some("hunter2".into()),
+            ..SyncConfig::new(vec!["http://a:1".into()], "dp")
+        };
+        let text = format!("{config:?}");
+        assert!(!text.contains("hunter2"), "{text}");
+    }
+
+    #[test]
+    fn backoff_doubles_up_to_the_cap_with_jitter() {
+        let config = SyncConfig {
+            backoff_min: Duration::from_millis(100),
+            backoff_max: Duration::from_secs(1),
+            ..SyncConfig::new(vec!["http://a:1".into()], "dp")
+        };
+        for (rounds, full) in [(0, 100), (1, 200), (3, 800), (4, 1000), (40, 1000)] {
+            let d = backoff(&config, rounds).as_millis();
+            assert!(
+                (full / 2..=full).contains(&d),
+                "round {rounds}: {d} ms not in [{}, {full}]",
+                full / 2
+            );
+        }
+    }
+
+    #[test]
+    fn a_bad_configuration_is_refused_with_what_to_fix() {
+        let no_endpoint = SyncClient::new(SyncConfig::new(vec![], "dp")).err();
+        assert!(matches!(no_endpoint, Some(SyncError::NoEndpoint)));
+        let no_node = SyncClient::new(SyncConfig::new(vec!["http://a:1".into()], "")).err();
+        assert!(matches!(no_node, Some(SyncError::NoNodeId)));
+        let bad_url = SyncClient::new(SyncConfig::new(vec!["not a url".into()], "dp")).err();
+        assert!(
+            matches!(&bad_url, Some(SyncError::Endpoint { url, .. }) if url == "not a url"),
+            "{bad_url:?}"
+        );
     }
 }

@@ -35,8 +35,8 @@ use crate::shared::SharedIndex;
 /// The default cap on one PolicySync message, either way.
 pub const DEFAULT_MAX_MESSAGE_SIZE: usize = 64 * 1024 * 1024;
 
-/// How the PolicySync server runs.
-#[derive(Clone, Debug)]
+/// How the PolicySync server runs. Its `Debug` output never shows the token.
+#[derive(Clone)]
 pub struct ServerConfig {
     /// The shared token dataplanes send as `authorization: Bearer <token>`; `None` accepts
     /// every stream (only for a loopback or mTLS-only setup).
@@ -53,6 +53,20 @@ pub struct ServerConfig {
     pub hello_timeout: Duration,
     /// How long shutdown waits for connections to close after every stream ended.
     pub drain_timeout: Duration,
+}
+
+impl std::fmt::Debug for ServerConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerConfig")
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field("tls", &self.tls)
+            .field("max_message_size", &self.max_message_size)
+            .field("keepalive_interval", &self.keepalive_interval)
+            .field("keepalive_timeout", &self.keepalive_timeout)
+            .field("hello_timeout", &self.hello_timeout)
+            .field("drain_timeout", &self.drain_timeout)
+            .finish()
+    }
 }
 
 impl Default for ServerConfig {

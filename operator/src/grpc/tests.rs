@@ -480,3 +480,10 @@ async fn a_reconnected_dataplane_is_not_unregistered_by_its_old_stream() {
         "still registered after the old stream closed"
     );
 }
+
+#[test]
+fn the_config_never_prints_its_token() {
+    let text = format!("{:?}", config());
+    assert!(!text.contains(TOKEN), "{text}");
+    assert!(text.contains("redacted"), "{text}");
+}
