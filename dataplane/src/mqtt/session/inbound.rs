@@ -1,0 +1,249 @@
+//! Inbound PUBLISH: topic aliases, mountpoints, authorization, limits, retained, QoS 1/2 acks.
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use fleetward_policy::{Action, Decision, TopicError, parse_topic_name};
+use rumqttd::protocol::{
+    DisconnectReasonCode, Packet, PubAck, PubAckReason, PubRec, PubRecReason, Publish,
+    PublishProperties,
+};
+use tokio::io::{AsyncRead, AsyncWrite};
+
+use super::{End, Flow, Session, limits};
+use crate::mqtt::codec::Version;
+use crate::mqtt::reason;
+use crate::router::{Message, MessageProps, Router, RouterLink};
+
+impl<R: Router, S: AsyncRead + AsyncWrite + Unpin + Send> Session<R, S> {
+    fn refuse_publish(&mut self, qos: u8, pkid: u16, label: &'static str) -> Flow {
+        self.shared.metrics.refused("publish", label);
+        match (self.codec.version(), qos) {
+            (Version::V4, _) => Flow::End(End::Closed),
+            (Version::V5, 0) => Flow::Continue,
+            (Version::V5, 1) => {
+                self.write(Packet::PubAck(
+                    PubAck {
+                        pkid,
+                        reason: PubAckReason::NotAuthorized,
+                    },
+                    None,
+                ));
+                Flow::Continue
+            }
+            (Version::V5, _) => {
+                self.write(Packet::PubRec(
+                    PubRec {
+                        pkid,
+                        reason: PubRecReason::NotAuthorized,
+                    },
+                    None,
+                ));
+                Flow::Continue
+            }
+        }
+    }
+
+    pub(super) async fn on_publish(
+        &mut self,
+        publish: Publish,
+        props: Option<PublishProperties>,
+        qos: u8,
+        pkid: u16,
+        dup: bool,
+    ) -> Flow {
+        // Topic aliases (v5) are resolved here: the real topic is what gets authorized.
+        let mut topic = publish.topic;
+        let mut props = props;
+        if let Some(p) = &mut props {
+            if !p.subscription_identifiers.is_empty() {
+                return self.end_with(
+                    DisconnectReasonCode::ProtocolError,
+                    "publish",
+                    "subscription_id_in_publish",
+                );
+            }
+            if let Some(alias) = p.topic_alias.take() {
+                if alias == 0 || alias > self.shared.config.topic_alias_max {
+                    return self.end_with(
+                        DisconnectReasonCode::TopicAliasInvalid,
+                        "publish",
+                        "topic_alias_invalid",
+                    );
+                }
+                if topic.is_empty() {
+                    match self.aliases.get(&alias) {
+                        Some(t) => topic = t.clone(),
+                        None => {
+                            return self.end_with(
+                                DisconnectReasonCode::ProtocolError,
+                                "publish",
+                                "unknown_topic_alias",
+                            );
+                        }
+                    }
+                } else {
+                    self.aliases.insert(alias, topic.clone());
+                }
+            }
+        }
+        if qos == 2 && self.qos2_in.contains(&pkid) {
+            // A resent QoS 2 publish already forwarded: acknowledge again, forward nothing.
+            let _ = dup;
+            self.write(Packet::PubRec(
+                PubRec {
+                    pkid,
+                    reason: PubRecReason::Success,
+                },
+                None,
+            ));
+            return Flow::Continue;
+        }
+        let snapshot = self.policy_now();
+        let full = match &self.acc.mount {
+            Some(m) => m.mount_topic_name(&topic, &limits()),
+            None => std::str::from_utf8(&topic)
+                .map(str::to_owned)
+                .map_err(|_| TopicError::InvalidUtf8),
+        };
+        let parsed = full
+            .as_deref()
+            .map_err(|e| *e)
+            .and_then(|t| parse_topic_name(t, &limits()));
+        let topic_ref = match parsed {
+            Ok(t) => t,
+            Err(e) if reason::is_invalid_mqtt(e) => {
+                return self.end_with(
+                    DisconnectReasonCode::TopicNameInvalid,
+                    "publish",
+                    e.as_str(),
+                );
+            }
+            Err(e) => return self.refuse_publish(qos, pkid, e.as_str()),
+        };
+        let decision =
+            self.shared
+                .cache
+                .authorize(&*snapshot, &self.acc.subject, Action::Publish, &topic_ref);
+        if let Decision::Deny(why) = decision {
+            return self.refuse_publish(qos, pkid, why.as_str());
+        }
+        let tenant = topic_ref.tenant().to_owned();
+        let channel_name = topic_ref.channel().to_owned();
+        let (max_qos, retained_allowed, channel_max) =
+            match snapshot.channel(&tenant, &channel_name) {
+                Some(c) => (u8::from(c.max_qos), c.retained_allowed, c.max_message_size),
+                None => return self.refuse_publish(qos, pkid, "unknown_channel"),
+            };
+        let tenant_limits = snapshot
+            .tenant(&tenant)
+            .map(|t| t.limits.clone())
+            .unwrap_or_default();
+        let max_size = [tenant_limits.max_message_size, channel_max]
+            .into_iter()
+            .flatten()
+            .min();
+        if let Some(max) = max_size
+            && publish.payload.len() > max as usize
+        {
+            return self.end_with(
+                DisconnectReasonCode::PacketTooLarge,
+                "limit",
+                "message_size",
+            );
+        }
+        if let Some(rate) = tenant_limits.publish_rate {
+            loop {
+                match self.shared.rates.take(
+                    &tenant,
+                    rate,
+                    tenant_limits.publish_burst,
+                    Instant::now(),
+                ) {
+                    Ok(()) => break,
+                    Err(_) if self.codec.version() == Version::V5 => {
+                        return self.end_with(
+                            DisconnectReasonCode::MessageRateTooHigh,
+                            "limit",
+                            "publish_rate",
+                        );
+                    }
+                    // v3 has no code for it: the connection is throttled (not read) instead.
+                    Err(wait) => {
+                        self.shared
+                            .metrics
+                            .refused("limit", "publish_rate_throttled");
+                        Box::pin(tokio::time::sleep(wait.min(Duration::from_secs(1)))).await;
+                    }
+                }
+            }
+        }
+        let props = props.and_then(|p| {
+            let user_properties = p.user_properties;
+            let m = MessageProps {
+                payload_format_indicator: p.payload_format_indicator,
+                message_expiry_interval: p.message_expiry_interval,
+                content_type: p.content_type,
+                response_topic: p.response_topic,
+                correlation_data: p.correlation_data,
+                user_properties,
+            };
+            (!m.is_empty()).then(|| Box::new(m))
+        });
+        let full_topic = match full {
+            Ok(t) => t,
+            Err(_) => return Flow::Continue,
+        };
+        let message = Message {
+            topic: Bytes::from(full_topic),
+            payload: publish.payload,
+            qos: qos.min(max_qos),
+            props,
+        };
+        if publish.retain && retained_allowed {
+            let topic_str = std::str::from_utf8(&message.topic)
+                .unwrap_or_default()
+                .to_owned();
+            self.shared
+                .retained
+                .set(&tenant, &channel_name, &topic_str, message.clone());
+        }
+        let routed = match &mut self.link {
+            Some(link) => link.publish(message),
+            None => self.shared.router.publish(message),
+        };
+        if let Err(e) = routed {
+            tracing::error!(error = %e, "the router refused a publish");
+            return self.end_with(DisconnectReasonCode::ServerBusy, "publish", e.as_str());
+        }
+        self.shared.metrics.message_in(&tenant);
+        match qos {
+            1 => self.write(Packet::PubAck(
+                PubAck {
+                    pkid,
+                    reason: PubAckReason::Success,
+                },
+                None,
+            )),
+            2 => {
+                if self.qos2_in.len() >= usize::from(self.shared.config.max_inflight) {
+                    return self.end_with(
+                        DisconnectReasonCode::ReceiveMaximumExceeded,
+                        "limit",
+                        "receive_maximum",
+                    );
+                }
+                self.qos2_in.insert(pkid);
+                self.write(Packet::PubRec(
+                    PubRec {
+                        pkid,
+                        reason: PubRecReason::Success,
+                    },
+                    None,
+                ));
+            }
+            _ => {}
+        }
+        Flow::Continue
+    }
+}

@@ -1,0 +1,264 @@
+//! SUBSCRIBE, UNSUBSCRIBE and the re-check of subscriptions on every new snapshot.
+
+use fleetward_policy::{Action, Decision, PolicyEvaluator, Subject, parse_filter};
+use rumqttd::protocol::{
+    DisconnectReasonCode, Packet, RetainForwardRule, SubAck, Subscribe, SubscribeProperties,
+    UnsubAck, UnsubAckReason, Unsubscribe,
+};
+use tokio::io::{AsyncRead, AsyncWrite};
+
+use super::{Flow, Session, Subscription, limits};
+use crate::mqtt::codec::Version;
+use crate::mqtt::reason;
+use crate::router::{Router, RouterLink, SessionMode};
+
+impl<R: Router, S: AsyncRead + AsyncWrite + Unpin + Send> Session<R, S> {
+    async fn link(&mut self) -> Option<&mut R::Link> {
+        if self.link.is_none() {
+            match self
+                .shared
+                .router
+                .attach(&self.acc.key, SessionMode::Clean)
+                .await
+            {
+                Ok((link, _)) => self.link = Some(link),
+                Err(e) => {
+                    tracing::error!(error = %e, "could not attach a session to the router");
+                    self.shared.metrics.refused("subscribe", e.as_str());
+                    return None;
+                }
+            }
+        }
+        self.link.as_mut()
+    }
+
+    pub(super) async fn on_subscribe(
+        &mut self,
+        subscribe: Subscribe,
+        props: Option<SubscribeProperties>,
+    ) {
+        let version = self.codec.version();
+        let snapshot = self.policy_now();
+        let sub_id = props.and_then(|p| p.id);
+        let mut codes = Vec::with_capacity(subscribe.filters.len());
+        let mut retained = Vec::new();
+        for f in subscribe.filters {
+            let full = match &self.acc.mount {
+                Some(m) => m.mount_filter(f.path.as_bytes(), &limits()),
+                None => Ok(f.path.clone()),
+            };
+            let parsed = full
+                .as_deref()
+                .map_err(|e| *e)
+                .and_then(|t| parse_filter(t, &limits()));
+            let topic = match parsed {
+                // Shared subscriptions of persistent sessions can crash rumqttd 0.20's router
+                // (ROUTER.md §2.8), so they are refused.
+                Ok(t) if t.share_group().is_some() && !self.acc.expiry.is_zero() => {
+                    self.shared
+                        .metrics
+                        .refused("subscribe", "shared_subscription_persistent");
+                    codes.push(match version {
+                        Version::V4 => rumqttd::protocol::SubscribeReasonCode::Failure,
+                        Version::V5 => {
+                            rumqttd::protocol::SubscribeReasonCode::SharedSubscriptionsNotSupported
+                        }
+                    });
+                    continue;
+                }
+                Ok(t) => t,
+                Err(e) => {
+                    self.shared.metrics.refused("subscribe", e.as_str());
+                    codes.push(reason::suback_refused(version, reason::is_invalid_mqtt(e)));
+                    continue;
+                }
+            };
+            let decision = self.shared.cache.authorize(
+                &*snapshot,
+                &self.acc.subject,
+                Action::Subscribe,
+                &topic,
+            );
+            if let Decision::Deny(why) = decision {
+                self.shared.metrics.refused("subscribe", why.as_str());
+                codes.push(reason::suback_refused(version, false));
+                continue;
+            }
+            let Some(channel) = snapshot.channel(topic.tenant(), topic.channel()) else {
+                codes.push(reason::suback_refused(version, false));
+                continue;
+            };
+            let granted = (f.qos as u8).min(u8::from(channel.max_qos));
+            let retained_allowed = channel.retained_allowed;
+            let (tenant, channel_name) = (topic.tenant().to_owned(), topic.channel().to_owned());
+            let matcher = topic.as_str().to_owned();
+            let group = topic.share_group().map(str::to_owned);
+            let (full, router) = match &group {
+                Some(g) => (
+                    format!("$share/{g}/{matcher}"),
+                    format!(
+                        "$share/{}/{matcher}",
+                        router_share_group(&tenant, g, &matcher)
+                    ),
+                ),
+                None => (matcher.clone(), matcher.clone()),
+            };
+            let existing = self.subs.iter().position(|s| s.full == full);
+            let new = existing.is_none();
+            match existing {
+                Some(i) => {
+                    self.subs[i].qos = granted;
+                    self.subs[i].id = sub_id;
+                }
+                None => {
+                    let Some(link) = self.link().await else {
+                        codes.push(reason::suback_refused(version, false));
+                        continue;
+                    };
+                    if link.subscribe(&router).is_err() {
+                        codes.push(reason::suback_refused(version, false));
+                        continue;
+                    }
+                    let client = match &group {
+                        Some(_) => f
+                            .path
+                            .strip_prefix("$share/")
+                            .and_then(|r| r.split_once('/'))
+                            .map_or(f.path.as_str(), |(_, f)| f)
+                            .to_owned(),
+                        None => f.path.clone(),
+                    };
+                    self.subs.push(Subscription {
+                        client,
+                        full: full.clone(),
+                        matcher: matcher.clone(),
+                        router,
+                        qos: granted,
+                        id: sub_id,
+                    });
+                }
+            }
+            codes.push(reason::suback_granted(granted));
+            let send_retained = match f.retain_forward_rule {
+                RetainForwardRule::OnEverySubscribe => true,
+                RetainForwardRule::OnNewSubscribe => new,
+                RetainForwardRule::Never => false,
+            };
+            // Retained messages are never sent to shared subscriptions.
+            if send_retained && retained_allowed && group.is_none() {
+                retained.extend(
+                    self.shared
+                        .retained
+                        .matching(&tenant, &channel_name, &matcher),
+                );
+            }
+        }
+        self.write(Packet::SubAck(
+            SubAck {
+                pkid: subscribe.pkid,
+                return_codes: codes,
+            },
+            None,
+        ));
+        for m in retained {
+            self.pending.push_back(m);
+        }
+        self.flush_pending();
+    }
+
+    pub(super) fn on_unsubscribe(&mut self, unsubscribe: Unsubscribe) {
+        let mut reasons = Vec::with_capacity(unsubscribe.filters.len());
+        for f in unsubscribe.filters {
+            let full = match &self.acc.mount {
+                Some(m) => m.mount_filter(f.as_bytes(), &limits()).unwrap_or_default(),
+                None => f,
+            };
+            match self.subs.iter().position(|s| s.full == full) {
+                Some(i) => {
+                    let sub = self.subs.swap_remove(i);
+                    self.router_unsubscribe(&sub.router);
+                    reasons.push(UnsubAckReason::Success);
+                }
+                None => reasons.push(UnsubAckReason::NoSubscriptionExisted),
+            }
+        }
+        self.write(Packet::UnsubAck(
+            UnsubAck {
+                pkid: unsubscribe.pkid,
+                reasons,
+            },
+            None,
+        ));
+    }
+
+    /// Removes a router subscription. rumqttd 0.20 also drops the session from every shared
+    /// group on any unsubscribe, so the remaining shared subscriptions are renewed.
+    fn router_unsubscribe(&mut self, router_filter: &str) {
+        let Some(link) = &mut self.link else {
+            return;
+        };
+        let _ = link.unsubscribe(router_filter);
+        for sub in self.subs.iter().filter(|s| s.router.starts_with("$share/")) {
+            let _ = link.subscribe(&sub.router);
+        }
+    }
+
+    /// Re-checks the session and its subscriptions against a new snapshot.
+    pub(super) fn revalidate(&mut self) -> Flow {
+        let snapshot = self.policy.borrow_and_update().clone();
+        let subject: &Subject = &self.acc.subject;
+        if let Err(refusal) = snapshot.check_subject(subject) {
+            return self.end_with(
+                DisconnectReasonCode::AdministrativeAction,
+                "revoked",
+                refusal.reason.as_str(),
+            );
+        }
+        // A key removed after rotation ends the sessions that used it.
+        if let Some(digest) = &self.acc.key_digest {
+            let still = snapshot
+                .thing(&subject.tenant, &subject.name)
+                .is_some_and(|t| t.key_digests.iter().any(|d| d.ct_eq(digest)));
+            if !still {
+                return self.end_with(
+                    DisconnectReasonCode::AdministrativeAction,
+                    "revoked",
+                    "key_removed",
+                );
+            }
+        }
+        let mut revoked = Vec::new();
+        for (i, sub) in self.subs.iter_mut().enumerate() {
+            let allowed = parse_filter(&sub.full, &limits()).is_ok_and(|t| {
+                let ok = self
+                    .shared
+                    .cache
+                    .authorize(&*snapshot, &self.acc.subject, Action::Subscribe, &t)
+                    .is_allowed();
+                if let Some(c) = snapshot.channel(t.tenant(), t.channel()) {
+                    sub.qos = sub.qos.min(u8::from(c.max_qos));
+                }
+                ok
+            });
+            if !allowed {
+                revoked.push(i);
+            }
+        }
+        for i in revoked.into_iter().rev() {
+            let sub = self.subs.swap_remove(i);
+            self.shared.metrics.refused("revoked", "subscription");
+            self.router_unsubscribe(&sub.router);
+        }
+        Flow::Continue
+    }
+}
+
+/// The router-side name of a shared group: per tenant and per filter, because rumqttd 0.20
+/// keys groups by name alone, across tenants and filters (ROUTER.md §2.8).
+fn router_share_group(tenant: &str, group: &str, filter: &str) -> String {
+    use std::hash::{Hash, Hasher};
+    // SipHash with fixed keys: the same name on every pod and restart.
+    let mut h = std::hash::DefaultHasher::new();
+    filter.hash(&mut h);
+    format!("{tenant}~{}~{group}~{:016x}", group.len(), h.finish())
+}
