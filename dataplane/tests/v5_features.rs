@@ -1,0 +1,167 @@
+//! MQTT v5 features through rumqttc: retain handling, QoS 2 refusals, inbound topic aliases,
+//! receive maximum.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Fixture, v5};
+use rumqttc::v5::mqttbytes::v5::{
+    Filter, PubRecReason, PublishProperties, RetainForwardRule, SubscribeReasonCode,
+};
+
+const WAIT: Duration = Duration::from_secs(3);
+const QUIET: Duration = Duration::from_millis(500);
+
+async fn suback(c: &mut v5::Client) -> Vec<SubscribeReasonCode> {
+    loop {
+        match c.next(WAIT).await {
+            Some(Ok(v5::Packet::SubAck(a))) => return a.return_codes,
+            Some(Ok(_)) => {}
+            other => panic!("no SUBACK: {other:?}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn retain_handling_decides_when_retained_messages_are_sent() {
+    let fx = Fixture::start().await;
+    let mut sensor = v5::connect(fx.addr, "acme", "sensor", "s").await;
+    sensor
+        .client
+        .publish("m/acme/c/telemetry/state", v5::QoS::AtLeastOnce, true, "on")
+        .await
+        .expect("queued");
+    assert!(matches!(
+        sensor.next(WAIT).await,
+        Some(Ok(v5::Packet::PubAck(_)))
+    ));
+    let mut reader = v5::connect(fx.addr, "acme", "reader", "r").await;
+    let filter = |rule| Filter {
+        path: "m/acme/c/telemetry/#".into(),
+        qos: v5::QoS::AtLeastOnce,
+        nolocal: false,
+        preserve_retain: false,
+        retain_forward_rule: rule,
+    };
+    // 2: never.
+    reader
+        .client
+        .subscribe_many([filter(RetainForwardRule::Never)])
+        .await
+        .expect("queued");
+    suback(&mut reader).await;
+    assert!(reader.next_publish(QUIET).await.is_none());
+    // 1: only for a new subscription, and this one exists already.
+    reader
+        .client
+        .subscribe_many([filter(RetainForwardRule::OnNewSubscribe)])
+        .await
+        .expect("queued");
+    suback(&mut reader).await;
+    assert!(reader.next_publish(QUIET).await.is_none());
+    // 0: on every subscribe.
+    reader
+        .client
+        .subscribe_many([filter(RetainForwardRule::OnEverySubscribe)])
+        .await
+        .expect("queued");
+    suback(&mut reader).await;
+    let p = reader.next_publish(WAIT).await.expect("retained sent");
+    assert!(p.retain);
+    assert_eq!(&p.payload[..], b"on");
+}
+
+#[tokio::test]
+async fn a_refused_qos2_publish_gets_pubrec_0x87() {
+    let fx = Fixture::start().await;
+    let mut reader = v5::connect(fx.addr, "acme", "reader", "r").await;
+    reader
+        .client
+        .publish("m/acme/c/telemetry/x", v5::QoS::ExactlyOnce, false, "no")
+        .await
+        .expect("queued");
+    loop {
+        match reader.next(WAIT).await {
+            Some(Ok(v5::Packet::PubRec(r))) => {
+                assert_eq!(r.reason, PubRecReason::NotAuthorized);
+                break;
+            }
+            Some(Ok(_)) => {}
+            other => panic!("no PUBREC: {other:?}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn inbound_topic_aliases_are_resolved_before_authorization() {
+    let fx = Fixture::start().await;
+    let mut reader = v5::connect(fx.addr, "acme", "reader", "r").await;
+    reader
+        .subscribe("m/acme/c/telemetry/#", v5::QoS::AtMostOnce)
+        .await;
+    let sensor = v5::connect(fx.addr, "acme", "sensor", "s").await;
+    let alias = |a| PublishProperties {
+        topic_alias: Some(a),
+        ..PublishProperties::default()
+    };
+    sensor
+        .client
+        .publish_with_properties(
+            "m/acme/c/telemetry/aliased",
+            v5::QoS::AtMostOnce,
+            false,
+            "1",
+            alias(3),
+        )
+        .await
+        .expect("queued");
+    sensor
+        .client
+        .publish_with_properties("", v5::QoS::AtMostOnce, false, "2", alias(3))
+        .await
+        .expect("queued");
+    for payload in ["1", "2"] {
+        let p = reader.next_publish(WAIT).await.expect("delivered");
+        assert_eq!(&p.topic[..], b"m/acme/c/telemetry/aliased");
+        assert_eq!(&p.payload[..], payload.as_bytes());
+    }
+}
+
+#[tokio::test]
+async fn deliveries_respect_the_clients_receive_maximum() {
+    use rumqttc::v5::mqttbytes::v5::ConnectProperties;
+    let fx = Fixture::start().await;
+    let mut o = v5::options(fx.addr, "acme", "reader", "r");
+    let mut props = ConnectProperties::new();
+    props.receive_maximum = Some(2);
+    o.set_connect_properties(props);
+    o.set_manual_acks(true);
+    let mut reader = v5::connect_with(o).await.expect("connects");
+    reader
+        .subscribe("m/acme/c/telemetry/#", v5::QoS::AtLeastOnce)
+        .await;
+    let sensor = v5::connect(fx.addr, "acme", "sensor", "s").await;
+    for i in 0..5 {
+        sensor
+            .client
+            .publish(
+                "m/acme/c/telemetry/x",
+                v5::QoS::AtLeastOnce,
+                false,
+                format!("{i}"),
+            )
+            .await
+            .expect("queued");
+    }
+    let first = reader.next_publish(WAIT).await.expect("first");
+    let second = reader.next_publish(WAIT).await.expect("second");
+    // Two unacknowledged: nothing more until one is acknowledged.
+    assert!(reader.next_publish(QUIET).await.is_none());
+    reader.client.ack(&first).await.expect("ack queued");
+    let third = reader.next_publish(WAIT).await.expect("third after an ack");
+    assert_eq!(&third.payload[..], b"2");
+    reader.client.ack(&second).await.expect("ack queued");
+    reader.client.ack(&third).await.expect("ack queued");
+    assert!(reader.next_publish(WAIT).await.is_some());
+}
