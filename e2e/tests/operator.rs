@@ -529,3 +529,90 @@ fn the_other_replica_takes_over_when_the_leader_dies_or_steps_down() {
         Ok(())
     });
 }
+
+/// Peak resident memory of a process, from `/proc/<pid>/status` (`VmHWM`), in MiB.
+fn peak_rss_mib(pid: u32) -> Result<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .with_context(|| format!("read /proc/{pid}/status"))?;
+    let kib: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .context("no VmHWM in /proc/<pid>/status")?;
+    Ok(kib / 1024.0)
+}
+
+/// How many of the objects of `kinds` in `namespace` show `Ready=True`.
+fn ready_count(kubectl: &Kubectl, kinds: &str, namespace: &str) -> Result<usize> {
+    let out = kubectl.run(&[
+        "get",
+        kinds,
+        "-n",
+        namespace,
+        "-o",
+        "jsonpath={range .items[*]}{.status.conditions[?(@.type==\"Ready\")].status}{\"\\n\"}{end}",
+    ])?;
+    Ok(out.lines().filter(|l| *l == "True").count())
+}
+
+#[test]
+#[ignore = "benchmark: 10k things and 10k connections (issue 4); run by hand"]
+fn ten_thousand_things_and_connections_become_ready_within_budget() {
+    const N: usize = 10_000;
+    run_test("operator-scale", |logs| {
+        let (plane, kubectl) = cluster(logs)?;
+        kubectl.run(&["create", "namespace", "bench"])?;
+        let mut stream = json!({
+            "apiVersion": "fleetward.io/v1alpha1", "kind": "Tenant",
+            "metadata": {"name": "bench"}, "spec": {},
+        })
+        .to_string();
+        let mut push = |v: Value| {
+            stream.push('\n');
+            stream.push_str(&v.to_string());
+        };
+        push(json!({
+            "apiVersion": "fleetward.io/v1alpha1", "kind": "Channel",
+            "metadata": {"name": "telemetry", "namespace": "bench"}, "spec": {},
+        }));
+        for i in 0..N {
+            push(json!({
+                "apiVersion": "fleetward.io/v1alpha1", "kind": "Thing",
+                "metadata": {"name": format!("t{i}"), "namespace": "bench"}, "spec": {},
+            }));
+            push(json!({
+                "apiVersion": "fleetward.io/v1alpha1", "kind": "Connection",
+                "metadata": {"name": format!("c{i}"), "namespace": "bench"},
+                "spec": {"subject": {"kind": "Thing", "name": format!("t{i}")},
+                         "channel": "telemetry", "actions": ["publish"]},
+            }));
+        }
+        let ops = start_operators(1, plane.kubeconfig(), TOKEN, logs.path())?;
+        let started = std::time::Instant::now();
+        kubectl.apply(&stream)?;
+        let applied = started.elapsed();
+        let all_ready = wait_until(
+            "every Thing and Connection Ready",
+            Duration::from_secs(600),
+            || Ok(ready_count(&kubectl, "things,connections", "bench")? == 2 * N),
+        )?;
+        let total = started.elapsed();
+        let snapshot = metric(ops[0].admin_addr, "fleetward_operator_snapshot_resources")?;
+        let rss = peak_rss_mib(ops[0].process.pid())?;
+        eprintln!(
+            "scale: {N} things + {N} connections: applied in {applied:?}, all Ready {total:?} \
+             after the apply began ({all_ready:?} of polling); snapshot {snapshot} records; \
+             operator peak RSS {rss:.0} MiB"
+        );
+        ensure!(
+            snapshot >= (2 * N + 2) as f64,
+            "the snapshot holds {snapshot} records"
+        );
+        ensure!(
+            total <= Duration::from_secs(120),
+            "budget 120 s, took {total:?}"
+        );
+        ensure!(rss <= 300.0, "budget 300 MiB, peak RSS {rss:.0} MiB");
+        Ok(())
+    });
+}

@@ -10,6 +10,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Instant;
 
+use futures::StreamExt;
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
@@ -30,6 +31,11 @@ pub const KEY_ENTRY: &str = "key";
 pub const LABEL_MANAGED_BY: &str = "app.kubernetes.io/managed-by";
 /// Label on generated Secrets: the Thing they belong to.
 pub const LABEL_THING: &str = "fleetward.io/thing";
+
+/// Secret creations in flight at once.
+const CONCURRENT_CREATES: usize = 16;
+/// Secret creations per round; then the Things are planned again from the index.
+const CREATES_PER_ROUND: usize = 256;
 
 /// The Thing a Secret is generated for.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -123,8 +129,10 @@ impl SecretReconciler {
                     for rotation in rotations {
                         self.rotated(&rotation).await;
                     }
-                    for create in creates {
-                        self.create(create, &mut retries).await;
+                    let more = creates.len() > CREATES_PER_ROUND;
+                    self.create_all(creates, &mut retries).await;
+                    if more {
+                        continue;
                     }
                 }
             }
@@ -205,10 +213,26 @@ impl SecretReconciler {
         (creates, rotations)
     }
 
-    async fn create(&self, c: Create, retries: &mut Retries) {
-        let started = Instant::now();
-        let result = self.try_create(&c).await;
-        self.metrics.reconciled(Kind::Thing, started.elapsed());
+    /// Creates up to [`CREATES_PER_ROUND`] Secrets; the rest waits for the next plan.
+    async fn create_all(&self, creates: Vec<Create>, retries: &mut Retries) {
+        let round = creates.into_iter().take(CREATES_PER_ROUND);
+        let results: Vec<(Create, Result<bool, Error>)> = futures::stream::iter(round)
+            .map(|c| async move {
+                let started = Instant::now();
+                let result = self.try_create(&c).await;
+                self.metrics.reconciled(Kind::Thing, started.elapsed());
+                (c, result)
+            })
+            .buffer_unordered(CONCURRENT_CREATES)
+            .collect()
+            .await;
+        for (create, result) in results {
+            self.created(create, result, retries).await;
+        }
+    }
+
+    /// Records the outcome of one creation: metrics, logs, Events and retries.
+    async fn created(&self, c: Create, result: Result<bool, Error>, retries: &mut Retries) {
         match result {
             Ok(true) => {
                 retries.succeeded(&c.key);

@@ -2,8 +2,11 @@
 //!
 //! It runs on every replica but writes only while the replica leads. It re-evaluates after
 //! every index commit, dataplane change and watched status change, so an idle cluster gets no
-//! writes; a failed write is retried with backoff.
+//! writes; a failed write is retried with backoff. A `Ready=False` status is written once it
+//! has held for a moment (longer while the leader is creating the Thing's Secret), so the
+//! passing states of a bulk apply cost no writes.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -19,7 +22,7 @@ use tokio::sync::watch;
 use super::observed::{Observed, ShownStatus};
 use super::{Error, FIELD_MANAGER, Retries, api_resource, object_reference};
 use crate::dataplanes::Dataplanes;
-use crate::index::{DesiredStatus, Facts, Kind, ObjectKey};
+use crate::index::{DesiredStatus, Facts, Kind, ObjectKey, Readiness, Reason};
 use crate::metrics::Metrics;
 use crate::shared::SharedIndex;
 
@@ -36,6 +39,14 @@ pub const REASON_NOT_SERVED: &str = "NotServed";
 const DEBOUNCE: Duration = Duration::from_millis(50);
 /// Status writes in flight at once.
 const CONCURRENT_WRITES: usize = 16;
+/// Status writes per round; then the statuses are planned again from the index.
+const WRITES_PER_ROUND: usize = 256;
+/// How long a `Ready=False` status must hold before it is written: transient states (a
+/// Channel applied a moment after its Connection) then cost no write.
+const HOLD_NOT_READY: Duration = Duration::from_secs(2);
+/// The same for states this operator is about to resolve itself (a Thing waiting for the
+/// Secret the leader creates, a Connection waiting for that Thing).
+const HOLD_AWAITING_CREDENTIALS: Duration = Duration::from_secs(15);
 
 /// The `Enforced` condition an object should show.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -228,6 +239,57 @@ fn status_json(status: &ShownStatus) -> serde_json::Result<serde_json::Value> {
     }
 }
 
+/// How long a status with this readiness waits before it is written.
+fn hold_for(readiness: &Readiness) -> Duration {
+    match (readiness.ready, readiness.reason) {
+        (true, _) => Duration::ZERO,
+        (false, Reason::CredentialsPending | Reason::SubjectNotReady) => HOLD_AWAITING_CREDENTIALS,
+        (false, _) => HOLD_NOT_READY,
+    }
+}
+
+fn is_ready(status: &ShownStatus) -> bool {
+    status
+        .conditions()
+        .iter()
+        .any(|c| c.type_ == READY && c.status == "True")
+}
+
+/// Statuses waiting out their hold: when each may be written.
+#[derive(Debug, Default)]
+struct Holds {
+    until: HashMap<ObjectKey, Instant>,
+}
+
+impl Holds {
+    /// Whether a write of `key` may go now; starts its hold when first seen.
+    fn admit(&mut self, key: &ObjectKey, hold: Duration, now: Instant) -> bool {
+        if hold.is_zero() {
+            self.until.remove(key);
+            return true;
+        }
+        let until = *self.until.entry(key.clone()).or_insert(now + hold);
+        if until <= now {
+            self.until.remove(key);
+            return true;
+        }
+        false
+    }
+
+    /// Forgets the hold of an object whose status needs no write.
+    fn clear(&mut self, key: &ObjectKey) {
+        self.until.remove(key);
+    }
+
+    fn retain(&mut self, keep: impl Fn(&ObjectKey) -> bool) {
+        self.until.retain(|k, _| keep(k));
+    }
+
+    fn next(&self) -> Option<Instant> {
+        self.until.values().min().copied()
+    }
+}
+
 /// One status to write.
 struct Write {
     key: ObjectKey,
@@ -260,15 +322,24 @@ impl StatusWriter {
         let mut dataplanes = self.dataplanes.subscribe();
         let mut seen = self.observed.subscribe();
         let mut retries = Retries::default();
+        let mut holds = Holds::default();
         loop {
             let leading = *self.leader.borrow_and_update();
             if leading && self.observed.ready().is_ok() {
-                let writes = self.plan(&retries);
+                let mut writes = self.plan(&retries, &mut holds);
+                let more = writes.len() > WRITES_PER_ROUND;
+                // Ready statuses first; the rest waits for a fresh plan, so a backlog never
+                // writes a status that has gone stale meanwhile.
+                writes.sort_by_key(|w| !is_ready(&w.status));
+                writes.truncate(WRITES_PER_ROUND);
                 if !writes.is_empty() {
                     self.write_all(writes, &mut retries).await;
                 }
+                if more {
+                    continue;
+                }
             }
-            let retry = retries.next();
+            let retry = [retries.next(), holds.next()].into_iter().flatten().min();
             let closed = tokio::select! {
                 r = commits.changed() => r.is_err(),
                 r = dataplanes.changed() => r.is_err(),
@@ -287,12 +358,13 @@ impl StatusWriter {
     }
 
     /// The statuses that differ from what their objects show.
-    fn plan(&self, retries: &Retries) -> Vec<Write> {
+    fn plan(&self, retries: &Retries, holds: &mut Holds) -> Vec<Write> {
         let enforced = self.dataplanes.enforced_version();
         let now = now();
         let instant = Instant::now();
         let unsynced = self.observed.unsynced_namespaces();
         let idx = self.index.read();
+        holds.retain(|key| idx.status(key).is_some());
         self.observed.with_objects(|objects| {
             idx.objects()
                 .filter(|key| !unsynced.contains(&key.namespace) && !retries.blocks(key, instant))
@@ -307,7 +379,14 @@ impl StatusWriter {
                         enforcement(desired.served, idx.included_version(key), enforced);
                     let status =
                         full_status(key.kind, desired, &enforcement, shown.status.as_ref(), &now)?;
-                    differs(&status, shown.status.as_ref()).then(|| Write {
+                    if !differs(&status, shown.status.as_ref()) {
+                        holds.clear(key);
+                        return None;
+                    }
+                    if !holds.admit(key, hold_for(&desired.readiness), instant) {
+                        return None;
+                    }
+                    Some(Write {
                         key: key.clone(),
                         uid: shown.uid.clone(),
                         status,
@@ -602,6 +681,41 @@ mod tests {
         assert!(
             !differs(&status, Some(&back)),
             "what was written reads back equal"
+        );
+    }
+
+    #[test]
+    fn not_ready_statuses_wait_out_their_hold_and_ready_ones_go_at_once() {
+        let mut holds = Holds::default();
+        let key = ObjectKey::namespaced(Kind::Connection, "acme", "grant");
+        let t0 = Instant::now();
+        let missing = Readiness::not_ready(Reason::ChannelNotFound, "no channel");
+        assert_eq!(hold_for(&missing), HOLD_NOT_READY);
+        assert!(!holds.admit(&key, hold_for(&missing), t0));
+        assert_eq!(
+            holds.next(),
+            Some(t0 + HOLD_NOT_READY),
+            "the writer wakes when it ends"
+        );
+        assert!(!holds.admit(&key, hold_for(&missing), t0 + Duration::from_secs(1)));
+        assert!(holds.admit(&key, hold_for(&missing), t0 + HOLD_NOT_READY));
+        assert!(holds.next().is_none());
+
+        let pending = Readiness::not_ready(Reason::CredentialsPending, "creating");
+        assert_eq!(hold_for(&pending), HOLD_AWAITING_CREDENTIALS);
+        assert!(!holds.admit(&key, hold_for(&pending), t0));
+        let ready = Readiness::ready(Reason::Accepted, "served");
+        assert!(
+            holds.admit(&key, hold_for(&ready), t0),
+            "Ready is written at once"
+        );
+        assert!(holds.next().is_none(), "and it ends the hold");
+
+        assert!(!holds.admit(&key, HOLD_NOT_READY, t0));
+        holds.clear(&key);
+        assert!(
+            !holds.admit(&key, HOLD_NOT_READY, t0 + Duration::from_secs(5)),
+            "a cleared hold starts again"
         );
     }
 
