@@ -510,3 +510,88 @@ async fn the_pod_connection_limit_answers_server_busy() {
         Some("ServiceUnavailable")
     );
 }
+
+#[tokio::test]
+async fn a_tenants_connection_limit_answers_quota_exceeded() {
+    let mut fx = Fixture::start().await;
+    let mut r = resources();
+    for t in r.tenants.iter_mut().filter(|t| t.name == "acme") {
+        t.limits.max_connections = Some(1);
+    }
+    fx.apply(r);
+    let first = v5::connect(fx.addr, "acme", "reader", "a").await;
+    let o = v5::options(fx.addr, "acme", "sensor", "b");
+    assert_eq!(
+        v5::connect_with(o).await.err().as_deref(),
+        Some("QuotaExceeded")
+    );
+    let o = v4::options(fx.addr, "acme", "sensor", "c");
+    assert_eq!(
+        v4::connect_with(o).await.err().as_deref(),
+        Some("ServiceUnavailable")
+    );
+    // Another tenant is not affected, and the slot comes back when the connection ends.
+    let _other = v5::connect(fx.addr, "globex", "reader", "a").await;
+    first.task.abort();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let _again = v5::connect(fx.addr, "acme", "sensor", "d").await;
+}
+
+#[tokio::test]
+async fn a_v5_will_waits_for_its_delay_and_a_reconnect_cancels_it() {
+    use rumqttc::v5::mqttbytes::v5::{LastWill, LastWillProperties};
+    let fx = Fixture::start().await;
+    let mut reader = v4::connect(fx.addr, "acme", "reader", "r").await;
+    reader
+        .subscribe("m/acme/c/telemetry/#", v4::QoS::AtMostOnce)
+        .await;
+    let with_will = |id: &str, delay: u32| {
+        let mut o = v5::options(fx.addr, "acme", "sensor", id);
+        o.set_last_will(LastWill::new(
+            "m/acme/c/telemetry/will",
+            format!("{id} gone"),
+            v5::QoS::AtMostOnce,
+            false,
+            Some(LastWillProperties {
+                delay_interval: Some(delay),
+                payload_format_indicator: None,
+                message_expiry_interval: None,
+                content_type: None,
+                response_topic: None,
+                correlation_data: None,
+                user_properties: Vec::new(),
+            }),
+        ));
+        o
+    };
+    let c = v5::connect_with(with_will("w1", 1))
+        .await
+        .expect("connects");
+    c.task.abort();
+    let gone = Instant::now();
+    let p = reader
+        .next_publish(WAIT)
+        .await
+        .expect("will after its delay");
+    assert_eq!(&p.payload[..], b"w1 gone");
+    assert!(
+        gone.elapsed() >= Duration::from_millis(900),
+        "{:?}",
+        gone.elapsed()
+    );
+
+    let c = v5::connect_with(with_will("w2", 2))
+        .await
+        .expect("connects");
+    c.task.abort();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let _back = v5::connect_with(v5::options(fx.addr, "acme", "sensor", "w2"))
+        .await
+        .expect("reconnects");
+    assert!(
+        reader
+            .next_publish(Duration::from_millis(2500))
+            .await
+            .is_none()
+    );
+}

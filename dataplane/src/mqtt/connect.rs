@@ -102,6 +102,8 @@ pub(crate) struct Accepted<L> {
     pub receive_maximum: u16,
     pub client_max_packet: Option<usize>,
     pub registration: super::state::Registration,
+    /// Counts the connection against its tenant's `maxConnections` while held.
+    pub _tenant_slot: super::state::TenantSlot,
     /// A router link attached at CONNECT (persistent sessions).
     pub link: Option<L>,
     /// Whether `link` is a persistent one (its router state must be cleared if not kept).
@@ -196,6 +198,19 @@ impl<R: Router, S: AsyncWrite + Unpin> Handshake<'_, R, S> {
                     .await;
             }
         };
+        let max_per_tenant = snapshot
+            .tenant(&subject.tenant)
+            .and_then(|t| t.limits.max_connections);
+        let Some(tenant_slot) = shared
+            .tenant_connections
+            .acquire(&subject.tenant, max_per_tenant)
+        else {
+            let code = match version {
+                Version::V4 => ConnectReturnCode::ServiceUnavailable,
+                Version::V5 => ConnectReturnCode::QuotaExceeded,
+            };
+            return self.refuse(code, "tenant_max_connections").await;
+        };
         let key_digest = Some(KeyDigest::of(login.password.as_bytes()));
         let mount = snapshot
             .mountpoint_of(&subject.tenant, &subject.name)
@@ -280,6 +295,10 @@ impl<R: Router, S: AsyncWrite + Unpin> Handshake<'_, R, S> {
         };
         let mut registration = shared.registry.register(key.router_id());
         registration.predecessor_gone().await;
+        // A reconnect within a will's delay cancels the will (MQTT 5, 3.1.3.2.2).
+        if let Some(will) = shared.pending_wills.lock().remove(&key.router_id()) {
+            will.abort();
+        }
 
         let props = props.unwrap_or(ConnectProperties {
             session_expiry_interval: None,
@@ -362,6 +381,7 @@ impl<R: Router, S: AsyncWrite + Unpin> Handshake<'_, R, S> {
             receive_maximum,
             client_max_packet: props.max_packet_size.map(|m| m as usize),
             registration,
+            _tenant_slot: tenant_slot,
             link,
             persistent_link,
             saved,

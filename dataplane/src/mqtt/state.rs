@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use fleetward_policy::{DecisionCache, Snapshot, filter_matches};
 use parking_lot::Mutex;
@@ -143,11 +143,54 @@ impl Drop for Registration {
     }
 }
 
+/// Connections per tenant, for the tenant's `maxConnections`.
+#[derive(Default)]
+pub(crate) struct TenantConnections {
+    counts: Arc<Mutex<HashMap<String, u32>>>,
+}
+
+/// One connection counted against its tenant until dropped.
+pub(crate) struct TenantSlot {
+    counts: Arc<Mutex<HashMap<String, u32>>>,
+    tenant: String,
+}
+
+impl TenantConnections {
+    /// Counts a connection of `tenant`, unless it already has `max`.
+    pub(crate) fn acquire(&self, tenant: &str, max: Option<u32>) -> Option<TenantSlot> {
+        let mut counts = self.counts.lock();
+        let n = counts.entry(tenant.to_owned()).or_default();
+        if max.is_some_and(|max| *n >= max) {
+            return None;
+        }
+        *n += 1;
+        Some(TenantSlot {
+            counts: self.counts.clone(),
+            tenant: tenant.to_owned(),
+        })
+    }
+}
+
+impl Drop for TenantSlot {
+    fn drop(&mut self) {
+        let mut counts = self.counts.lock();
+        if let Some(n) = counts.get_mut(&self.tenant) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                counts.remove(&self.tenant);
+            }
+        }
+    }
+}
+
+/// A channel's retained messages by topic, with when each was stored.
+type ChannelRetained = HashMap<String, (Message, Instant)>;
+
 /// Retained messages, kept by the front-end (the router's own store clears on any empty
 /// payload and drops what does not fit, ROUTER.md §2.7).
 #[derive(Default)]
 pub(crate) struct RetainedStore {
-    by_channel: Mutex<HashMap<(String, String), HashMap<String, Message>>>,
+    by_channel: Mutex<HashMap<(String, String), ChannelRetained>>,
 }
 
 impl RetainedStore {
@@ -166,22 +209,39 @@ impl RetainedStore {
         }
         all.entry(key)
             .or_default()
-            .insert(topic.to_owned(), message);
+            .insert(topic.to_owned(), (message, Instant::now()));
     }
 
-    /// The retained messages of a channel whose topic matches `filter`.
+    /// The retained messages of a channel whose topic matches `filter`, without expired ones
+    /// and with their v5 message expiry counted down.
     pub(crate) fn matching(&self, tenant: &str, channel: &str, filter: &str) -> Vec<Message> {
-        let all = self.by_channel.lock();
-        all.get(&(tenant.to_owned(), channel.to_owned()))
-            .map(|topics| {
-                topics
-                    .iter()
-                    .filter(|(t, _)| filter_matches(filter, t))
-                    .map(|(_, m)| m.clone())
-                    .collect()
+        let mut all = self.by_channel.lock();
+        let Some(topics) = all.get_mut(&(tenant.to_owned(), channel.to_owned())) else {
+            return Vec::new();
+        };
+        topics.retain(|_, (m, at)| !expired(m, *at));
+        topics
+            .iter()
+            .filter(|(t, _)| filter_matches(filter, t))
+            .map(|(_, (m, at))| {
+                let mut m = m.clone();
+                if let Some(p) = &mut m.props
+                    && let Some(left) = &mut p.message_expiry_interval
+                {
+                    let waited = u32::try_from(at.elapsed().as_secs()).unwrap_or(u32::MAX);
+                    *left = left.saturating_sub(waited).max(1);
+                }
+                m
             })
-            .unwrap_or_default()
+            .collect()
     }
+}
+
+fn expired(m: &Message, stored: Instant) -> bool {
+    m.props
+        .as_ref()
+        .and_then(|p| p.message_expiry_interval)
+        .is_some_and(|secs| stored.elapsed() >= Duration::from_secs(u64::from(secs)))
 }
 
 /// Everything connections share.
@@ -196,6 +256,9 @@ pub(crate) struct Shared<R: Router> {
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) connections: AtomicUsize,
     pub(crate) sessions: SessionStore,
+    pub(crate) tenant_connections: TenantConnections,
+    /// Wills waiting out their v5 delay, by router-side id; a reconnect cancels them.
+    pub(crate) pending_wills: Mutex<HashMap<String, tokio::task::AbortHandle>>,
 }
 
 impl<R: Router> Shared<R> {
@@ -216,6 +279,8 @@ impl<R: Router> Shared<R> {
             metrics,
             connections: AtomicUsize::new(0),
             sessions: SessionStore::default(),
+            tenant_connections: TenantConnections::default(),
+            pending_wills: Mutex::default(),
         }
     }
 
@@ -251,6 +316,30 @@ mod tests {
         r.set("t", "ch", "m/t/c/ch/a", msg(b""));
         assert_eq!(r.matching("t", "ch", "m/t/c/ch/#").len(), 1);
         assert_eq!(r.matching("u", "ch", "m/u/c/ch/#").len(), 1);
+    }
+
+    #[test]
+    fn expired_retained_messages_are_not_served() {
+        let r = RetainedStore::default();
+        let mut m = msg(b"1");
+        m.props = Some(Box::new(crate::router::MessageProps {
+            message_expiry_interval: Some(1),
+            ..Default::default()
+        }));
+        r.set("t", "ch", "m/t/c/ch/a", m);
+        assert_eq!(r.matching("t", "ch", "m/t/c/ch/#").len(), 1);
+        std::thread::sleep(Duration::from_millis(1100));
+        assert!(r.matching("t", "ch", "m/t/c/ch/#").is_empty());
+    }
+
+    #[test]
+    fn tenant_slots_count_until_dropped() {
+        let c = TenantConnections::default();
+        let a = c.acquire("t", Some(1)).expect("first");
+        assert!(c.acquire("t", Some(1)).is_none());
+        assert!(c.acquire("u", Some(1)).is_some());
+        drop(a);
+        assert!(c.acquire("t", Some(1)).is_some());
     }
 
     #[tokio::test]

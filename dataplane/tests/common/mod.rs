@@ -282,6 +282,8 @@ pub mod v5 {
         pub client: AsyncClient,
         pub events: mpsc::UnboundedReceiver<Result<Packet, String>>,
         pub connack: rumqttc::v5::mqttbytes::v5::ConnAck,
+        /// The event loop; aborting it drops the socket without DISCONNECT.
+        pub task: tokio::task::JoinHandle<()>,
     }
 
     pub fn options(addr: SocketAddr, tenant: &str, thing: &str, id: &str) -> MqttOptions {
@@ -294,7 +296,7 @@ pub mod v5 {
     pub async fn connect_with(options: MqttOptions) -> Result<Client, String> {
         let (client, mut eventloop) = AsyncClient::new(options, 100);
         let (tx, mut events) = mpsc::unbounded_channel();
-        tokio::spawn(async move {
+        let task = tokio::spawn(async move {
             loop {
                 match eventloop.poll().await {
                     Ok(Event::Incoming(p)) => {
@@ -322,6 +324,7 @@ pub mod v5 {
                 client,
                 events,
                 connack,
+                task,
             }),
             Ok(Some(Ok(other))) => Err(format!("expected CONNACK, got {other:?}")),
             Ok(Some(Err(e))) => Err(e),

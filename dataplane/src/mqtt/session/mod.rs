@@ -162,7 +162,12 @@ impl<R: Router, S: AsyncRead + AsyncWrite + Unpin + Send> Session<R, S> {
             }
         }
         if let (End::Unclean | End::CleanWithWill, Some(will)) = (end, s.acc.will.take()) {
-            publish_will(s.shared.clone(), s.acc.subject.clone(), will);
+            publish_will(
+                s.shared.clone(),
+                s.acc.subject.clone(),
+                s.acc.key.router_id(),
+                will,
+            );
         }
     }
 
@@ -390,10 +395,15 @@ async fn receive<L: RouterLink>(
 }
 
 /// Publishes a will after its delay, if the subject may still publish there.
-fn publish_will<R: Router>(shared: Arc<Shared<R>>, subject: Subject, will: Will) {
-    tokio::spawn(async move {
+fn publish_will<R: Router>(shared: Arc<Shared<R>>, subject: Subject, id: String, will: Will) {
+    let delay = will.delay;
+    let task_shared = shared.clone();
+    let task_id = id.clone();
+    let task = tokio::spawn(async move {
+        let shared = task_shared;
         if !will.delay.is_zero() {
             tokio::time::sleep(will.delay).await;
+            shared.pending_wills.lock().remove(&task_id);
         }
         let snapshot = shared.snapshot();
         let Ok(topic_str) = std::str::from_utf8(&will.message.topic) else {
@@ -425,4 +435,7 @@ fn publish_will<R: Router>(shared: Arc<Shared<R>>, subject: Subject, will: Will)
             shared.metrics.message_in(&tenant);
         }
     });
+    if !delay.is_zero() {
+        shared.pending_wills.lock().insert(id, task.abort_handle());
+    }
 }
