@@ -165,3 +165,45 @@ async fn deliveries_respect_the_clients_receive_maximum() {
     reader.client.ack(&third).await.expect("ack queued");
     assert!(reader.next_publish(WAIT).await.is_some());
 }
+
+#[tokio::test]
+async fn no_local_and_retain_as_published() {
+    let fx = Fixture::start().await;
+    // `mounted` may publish and subscribe on telemetry (topics relative to it).
+    let mut me = v5::connect(fx.addr, "acme", "mounted", "me").await;
+    let mut peer = v5::connect(fx.addr, "acme", "mounted", "peer").await;
+    let filter = |no_local, rap| Filter {
+        path: "t/#".into(),
+        qos: v5::QoS::AtMostOnce,
+        nolocal: no_local,
+        preserve_retain: rap,
+        retain_forward_rule: RetainForwardRule::Never,
+    };
+    me.client
+        .subscribe_many([filter(true, true)])
+        .await
+        .expect("queued");
+    suback(&mut me).await;
+    peer.client
+        .subscribe_many([filter(false, false)])
+        .await
+        .expect("queued");
+    suback(&mut peer).await;
+    me.client
+        .publish("t/mine", v5::QoS::AtMostOnce, true, "from me")
+        .await
+        .expect("queued");
+    // The peer gets it, live, with retain 0 (no retain-as-published).
+    let p = peer.next_publish(WAIT).await.expect("peer delivery");
+    assert_eq!(&p.payload[..], b"from me");
+    assert!(!p.retain);
+    assert!(me.next_publish(QUIET).await.is_none(), "no-local");
+    peer.client
+        .publish("t/theirs", v5::QoS::AtMostOnce, true, "from peer")
+        .await
+        .expect("queued");
+    // Retain-as-published keeps the flag on a live delivery.
+    let p = me.next_publish(WAIT).await.expect("delivery");
+    assert_eq!(&p.payload[..], b"from peer");
+    assert!(p.retain);
+}

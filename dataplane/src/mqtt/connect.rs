@@ -281,6 +281,8 @@ impl<R: Router, S: AsyncWrite + Unpin> Handshake<'_, R, S> {
                         payload: w.message,
                         qos: w.qos as u8,
                         props: (!message_props.is_empty()).then(|| Box::new(message_props)),
+                        retain: w.retain,
+                        origin: None,
                     },
                     retain: w.retain,
                     delay: Duration::from_secs(u64::from(p.delay_interval.unwrap_or(0))),

@@ -125,6 +125,11 @@ impl Registry {
 }
 
 impl Registration {
+    /// A number unique to this connection within the pod.
+    pub(crate) fn conn(&self) -> u64 {
+        self.conn
+    }
+
     /// Waits until the session this one replaced (and its own predecessor) is gone.
     pub(crate) async fn predecessor_gone(&mut self) {
         if let Some(prev) = &mut self.previous {
@@ -257,6 +262,8 @@ pub(crate) struct Shared<R: Router> {
     pub(crate) connections: AtomicUsize,
     pub(crate) sessions: SessionStore,
     pub(crate) tenant_connections: TenantConnections,
+    /// Set once any client asks for v5 no-local; from then on publishes carry their origin.
+    pub(crate) no_local_seen: std::sync::atomic::AtomicBool,
     /// Wills waiting out their v5 delay, by router-side id; a reconnect cancels them.
     pub(crate) pending_wills: Mutex<HashMap<String, tokio::task::AbortHandle>>,
 }
@@ -280,6 +287,7 @@ impl<R: Router> Shared<R> {
             connections: AtomicUsize::new(0),
             sessions: SessionStore::default(),
             tenant_connections: TenantConnections::default(),
+            no_local_seen: std::sync::atomic::AtomicBool::new(false),
             pending_wills: Mutex::default(),
         }
     }
@@ -302,6 +310,8 @@ mod tests {
             payload: Bytes::from_static(payload),
             qos: 0,
             props: None,
+            retain: false,
+            origin: None,
         }
     }
 

@@ -86,6 +86,11 @@ pub struct Message {
     pub qos: u8,
     /// v5 properties, if any.
     pub props: Option<Box<MessageProps>>,
+    /// The publish's retain flag (for v5 retain-as-published; the router itself is never
+    /// asked to retain).
+    pub retain: bool,
+    /// The publishing session, when some subscriber may ask for v5 no-local.
+    pub origin: Option<u64>,
 }
 
 /// Why the router could not do something. Each variant has a metric label.

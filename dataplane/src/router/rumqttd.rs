@@ -15,9 +15,12 @@ use rumqttd::{Notification, RouterConfig};
 
 use super::{Message, MessageProps, Router, RouterError, RouterLink, SessionKey, SessionMode};
 
-/// The user property that carries the publish QoS through the router; stripped on the way in
-/// from clients and on the way out to them.
+/// User properties that carry what the router would lose (publish QoS, retain flag, origin).
+/// Every property with this prefix is stripped from what clients send and from deliveries.
+const ENVELOPE_PREFIX: &str = "$fleetward-";
 const QOS_PROPERTY: &str = "$fleetward-qos";
+const RETAIN_PROPERTY: &str = "$fleetward-retain";
+const ORIGIN_PROPERTY: &str = "$fleetward-origin";
 
 /// Router sizing.
 #[derive(Clone, Debug)]
@@ -112,13 +115,20 @@ fn link_error(e: LinkError) -> RouterError {
 }
 
 fn to_packet(message: Message) -> Packet {
-    let props = if message.qos > 0 || message.props.is_some() {
+    let envelope = message.qos > 0 || message.retain || message.origin.is_some();
+    let props = if envelope || message.props.is_some() {
         let p = message.props.map(|b| *b).unwrap_or_default();
         let mut user_properties = p.user_properties;
-        // Never trust a client's copy of the internal property.
-        user_properties.retain(|(k, _)| k != QOS_PROPERTY);
+        // Never trust a client's copy of the internal properties.
+        user_properties.retain(|(k, _)| !k.starts_with(ENVELOPE_PREFIX));
         if message.qos > 0 {
             user_properties.push((QOS_PROPERTY.to_owned(), message.qos.to_string()));
+        }
+        if message.retain {
+            user_properties.push((RETAIN_PROPERTY.to_owned(), "1".to_owned()));
+        }
+        if let Some(origin) = message.origin {
+            user_properties.push((ORIGIN_PROPERTY.to_owned(), origin.to_string()));
         }
         Some(PublishProperties {
             payload_format_indicator: p.payload_format_indicator,
@@ -137,16 +147,18 @@ fn to_packet(message: Message) -> Packet {
 }
 
 fn from_forward(publish: Publish, props: Option<PublishProperties>) -> Message {
-    let mut qos = 0;
+    let (mut qos, mut retain, mut origin) = (0, false, None);
     let props = props.and_then(|p| {
         let mut user_properties = p.user_properties;
         user_properties.retain(|(k, v)| {
-            if k == QOS_PROPERTY {
-                qos = v.parse().unwrap_or(0).min(2);
-                false
-            } else {
-                true
+            match k.as_str() {
+                QOS_PROPERTY => qos = v.parse().unwrap_or(0).min(2),
+                RETAIN_PROPERTY => retain = true,
+                ORIGIN_PROPERTY => origin = v.parse().ok(),
+                k if k.starts_with(ENVELOPE_PREFIX) => {}
+                _ => return true,
             }
+            false
         });
         let props = MessageProps {
             payload_format_indicator: p.payload_format_indicator,
@@ -163,6 +175,8 @@ fn from_forward(publish: Publish, props: Option<PublishProperties>) -> Message {
         payload: publish.payload,
         qos,
         props,
+        retain,
+        origin,
     }
 }
 
@@ -279,5 +293,49 @@ fn push(tx: &mut LinkTx, packet: Packet) -> Result<(), RouterError> {
     match fut.as_mut().poll(&mut cx) {
         std::task::Poll::Ready(r) => r.map(|_| ()).map_err(link_error),
         std::task::Poll::Pending => Err(RouterError::RouterDown),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn message(props: Option<MessageProps>) -> Message {
+        Message {
+            topic: bytes::Bytes::from_static(b"m/t/c/ch/x"),
+            payload: bytes::Bytes::from_static(b"p"),
+            qos: 2,
+            props: props.map(Box::new),
+            retain: true,
+            origin: Some(7),
+        }
+    }
+
+    #[test]
+    fn the_envelope_survives_the_router_and_client_copies_do_not() {
+        let forged = MessageProps {
+            user_properties: vec![
+                ("$fleetward-origin".into(), "1".into()),
+                ("$fleetward-anything".into(), "x".into()),
+                ("k".into(), "v".into()),
+            ],
+            ..MessageProps::default()
+        };
+        let Packet::Publish(publish, props) = to_packet(message(Some(forged))) else {
+            panic!("a publish");
+        };
+        assert!(!publish.retain, "the router is never asked to retain");
+        let back = from_forward(publish, props);
+        assert_eq!((back.qos, back.retain, back.origin), (2, true, Some(7)));
+        let p = back.props.expect("user property kept");
+        assert_eq!(p.user_properties, vec![("k".to_owned(), "v".to_owned())]);
+        // Nothing to carry: no properties at all on the QoS 0 path.
+        let plain = Message {
+            qos: 0,
+            retain: false,
+            origin: None,
+            ..message(None)
+        };
+        assert!(matches!(to_packet(plain), Packet::Publish(_, None)));
     }
 }

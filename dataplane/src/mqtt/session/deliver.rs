@@ -43,20 +43,26 @@ impl<R: Router, S: AsyncRead + AsyncWrite + Unpin + Send> Session<R, S> {
         };
         let mut granted: Option<u8> = None;
         let mut ids = Vec::new();
+        let mut keep_retain = false;
+        let own = message.origin.is_some() && message.origin == Some(self.acc.registration.conn());
         for sub in &self.subs {
             let matches = filter_matches(&sub.matcher, topic)
-                && (self.acc.mount.is_none() || filter_matches(&sub.client, client_topic));
+                && (self.acc.mount.is_none() || filter_matches(&sub.client, client_topic))
+                && !(own && sub.no_local);
             if matches {
                 granted = Some(granted.map_or(sub.qos, |g| g.max(sub.qos)));
+                keep_retain |= sub.retain_as_published;
                 if let Some(id) = sub.id {
                     ids.push(id);
                 }
             }
         }
-        // Nothing matches: unsubscribed or revoked while the message was in the router.
+        // Nothing matches: unsubscribed or revoked while the message was in the router, or
+        // the session's own publish on a no-local subscription.
         let Some(granted) = granted else {
             return;
         };
+        let retained = retained || (message.retain && keep_retain);
         let qos = message.qos.min(granted);
         let topic_bytes = if self.acc.mount.is_some() {
             Bytes::copy_from_slice(client_topic.as_bytes())

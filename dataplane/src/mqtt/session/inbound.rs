@@ -199,6 +199,13 @@ impl<R: Router, S: AsyncRead + AsyncWrite + Unpin + Send> Session<R, S> {
             payload: publish.payload,
             qos: qos.min(max_qos),
             props,
+            // Where the channel takes no retained messages, the flag is dropped altogether.
+            retain: publish.retain && retained_allowed,
+            origin: self
+                .shared
+                .no_local_seen
+                .load(std::sync::atomic::Ordering::Relaxed)
+                .then(|| self.acc.registration.conn()),
         };
         if publish.retain && retained_allowed {
             let topic_str = std::str::from_utf8(&message.topic)

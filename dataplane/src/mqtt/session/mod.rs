@@ -40,6 +40,10 @@ pub(crate) struct Subscription {
     matcher: String,
     /// What the router was given (shared groups renamed per tenant and filter).
     router: String,
+    /// v5 no-local: not to receive its own session's publishes.
+    no_local: bool,
+    /// v5 retain-as-published: keep the publish's retain flag on live deliveries.
+    retain_as_published: bool,
     qos: u8,
     id: Option<usize>,
 }

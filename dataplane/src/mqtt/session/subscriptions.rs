@@ -109,6 +109,13 @@ impl<R: Router, S: AsyncRead + AsyncWrite + Unpin + Send> Session<R, S> {
                 Some(i) => {
                     self.subs[i].qos = granted;
                     self.subs[i].id = sub_id;
+                    self.subs[i].no_local = f.nolocal;
+                    self.subs[i].retain_as_published = f.preserve_retain;
+                    if f.nolocal {
+                        self.shared
+                            .no_local_seen
+                            .store(true, std::sync::atomic::Ordering::Relaxed);
+                    }
                 }
                 None => {
                     let Some(link) = self.link().await else {
@@ -133,9 +140,16 @@ impl<R: Router, S: AsyncRead + AsyncWrite + Unpin + Send> Session<R, S> {
                         full: full.clone(),
                         matcher: matcher.clone(),
                         router,
+                        no_local: f.nolocal,
+                        retain_as_published: f.preserve_retain,
                         qos: granted,
                         id: sub_id,
                     });
+                    if f.nolocal {
+                        self.shared
+                            .no_local_seen
+                            .store(true, std::sync::atomic::Ordering::Relaxed);
+                    }
                 }
             }
             codes.push(reason::suback_granted(granted));
