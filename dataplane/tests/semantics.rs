@@ -1,81 +1,17 @@
-//! Mountpoints, retained messages, wills, client ids, keep-alive, timeouts, malformed input and
-//! limits, with rumqttc and raw sockets.
+//! Mountpoints, retained messages, wills, client ids, keep-alive, timeouts and malformed input,
+//! with rumqttc and raw sockets.
 
 mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{Fixture, key, resources, v4, v5};
+use common::{Fixture, key, raw, v4, v5};
 use fleetward_dataplane::MqttConfig;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 const WAIT: Duration = Duration::from_secs(3);
 const QUIET: Duration = Duration::from_millis(500);
-
-fn mqtt_str(out: &mut Vec<u8>, s: &[u8]) {
-    out.extend_from_slice(&(s.len() as u16).to_be_bytes());
-    out.extend_from_slice(s);
-}
-
-/// A v3.1.1 CONNECT with credentials and an optional will (topic, payload).
-fn raw_connect(
-    client_id: &str,
-    clean: bool,
-    keep_alive: u16,
-    user: &str,
-    pass: &str,
-    will: Option<(&str, &str)>,
-) -> Vec<u8> {
-    let mut body = Vec::new();
-    mqtt_str(&mut body, b"MQTT");
-    body.push(4);
-    let mut flags = 0b1100_0000u8;
-    if clean {
-        flags |= 0b10;
-    }
-    if will.is_some() {
-        flags |= 0b0000_1100; // will, QoS 1
-    }
-    body.push(flags);
-    body.extend_from_slice(&keep_alive.to_be_bytes());
-    mqtt_str(&mut body, client_id.as_bytes());
-    if let Some((t, p)) = will {
-        mqtt_str(&mut body, t.as_bytes());
-        mqtt_str(&mut body, p.as_bytes());
-    }
-    mqtt_str(&mut body, user.as_bytes());
-    mqtt_str(&mut body, pass.as_bytes());
-    let mut out = vec![0x10];
-    let mut len = body.len();
-    loop {
-        let mut b = (len % 128) as u8;
-        len /= 128;
-        if len > 0 {
-            b |= 0x80;
-        }
-        out.push(b);
-        if len == 0 {
-            break;
-        }
-    }
-    out.extend_from_slice(&body);
-    out
-}
-
-/// Reads until EOF (or `wait`); returns what was read and whether the server closed.
-async fn read_until_closed(s: &mut TcpStream, wait: Duration) -> (Vec<u8>, bool) {
-    let mut all = Vec::new();
-    let mut buf = [0u8; 256];
-    let until = tokio::time::Instant::now() + wait;
-    loop {
-        match tokio::time::timeout_at(until, s.read(&mut buf)).await {
-            Ok(Ok(0)) | Ok(Err(_)) => return (all, true),
-            Ok(Ok(n)) => all.extend_from_slice(&buf[..n]),
-            Err(_) => return (all, false),
-        }
-    }
-}
 
 #[tokio::test]
 async fn a_mounted_thing_publishes_and_receives_relative_topics() {
@@ -203,7 +139,7 @@ async fn a_will_is_published_on_an_abrupt_end_only() {
     // Clean DISCONNECT: no will.
     let mut s = TcpStream::connect(fx.addr).await.expect("connects");
     let pass = key("acme", "sensor");
-    s.write_all(&raw_connect(
+    s.write_all(&raw::connect(
         "w1",
         true,
         30,
@@ -221,7 +157,7 @@ async fn a_will_is_published_on_an_abrupt_end_only() {
     assert!(reader.next_publish(QUIET).await.is_none());
     // Abrupt end: the will arrives.
     let mut s = TcpStream::connect(fx.addr).await.expect("connects");
-    s.write_all(&raw_connect(
+    s.write_all(&raw::connect(
         "w2",
         true,
         30,
@@ -238,7 +174,7 @@ async fn a_will_is_published_on_an_abrupt_end_only() {
     assert_eq!(&got.payload[..], b"gone");
     // A will the thing may not publish refuses the CONNECT (0x05).
     let mut s = TcpStream::connect(fx.addr).await.expect("connects");
-    s.write_all(&raw_connect(
+    s.write_all(&raw::connect(
         "w3",
         true,
         30,
@@ -258,15 +194,15 @@ async fn zero_length_client_ids_follow_the_spec() {
     let pass = key("acme", "reader");
     // v3, persistent session: refused with 0x02.
     let mut s = TcpStream::connect(fx.addr).await.expect("connects");
-    s.write_all(&raw_connect("", false, 30, "acme/reader", &pass, None))
+    s.write_all(&raw::connect("", false, 30, "acme/reader", &pass, None))
         .await
         .expect("writes");
-    let (bytes, closed) = read_until_closed(&mut s, WAIT).await;
+    let (bytes, closed) = raw::read_until_closed(&mut s, WAIT).await;
     assert_eq!(bytes, vec![0x20, 2, 0, 2]);
     assert!(closed);
     // v3, clean session: accepted.
     let mut s = TcpStream::connect(fx.addr).await.expect("connects");
-    s.write_all(&raw_connect("", true, 30, "acme/reader", &pass, None))
+    s.write_all(&raw::connect("", true, 30, "acme/reader", &pass, None))
         .await
         .expect("writes");
     let mut ack = [0u8; 4];
@@ -286,7 +222,7 @@ async fn zero_length_client_ids_follow_the_spec() {
 async fn keep_alive_is_enforced_at_one_and_a_half_times() {
     let fx = Fixture::start().await;
     let mut s = TcpStream::connect(fx.addr).await.expect("connects");
-    s.write_all(&raw_connect(
+    s.write_all(&raw::connect(
         "ka",
         true,
         1,
@@ -305,7 +241,7 @@ async fn keep_alive_is_enforced_at_one_and_a_half_times() {
     let mut resp = [0u8; 2];
     s.read_exact(&mut resp).await.expect("PINGRESP");
     assert_eq!(resp, [0xd0, 0]);
-    let (_, closed) = read_until_closed(&mut s, Duration::from_secs(4)).await;
+    let (_, closed) = raw::read_until_closed(&mut s, Duration::from_secs(4)).await;
     assert!(closed);
     let silent = start.elapsed() - Duration::from_millis(900);
     assert!(
@@ -324,7 +260,7 @@ async fn a_connection_without_connect_is_closed_after_the_timeout() {
     let mut s = TcpStream::connect(fx.addr).await.expect("connects");
     s.write_all(&[0x10]).await.expect("half a header");
     let start = Instant::now();
-    let (_, closed) = read_until_closed(&mut s, WAIT).await;
+    let (_, closed) = raw::read_until_closed(&mut s, WAIT).await;
     assert!(closed);
     assert!(start.elapsed() < Duration::from_secs(1));
 }
@@ -346,7 +282,7 @@ async fn malformed_bytes_cost_that_connection_only() {
     for g in garbage {
         let mut s = TcpStream::connect(fx.addr).await.expect("connects");
         s.write_all(g).await.expect("writes");
-        let (_, closed) = read_until_closed(&mut s, WAIT).await;
+        let (_, closed) = raw::read_until_closed(&mut s, WAIT).await;
         assert!(closed, "{g:?} was not answered by a close");
     }
     // After a valid v5 CONNECT: a CONNACK and an UNSUBACK from the client (rumqttd's v5
@@ -357,7 +293,7 @@ async fn malformed_bytes_cost_that_connection_only() {
         &[0x32, 1, 0],
     ] {
         let mut s = TcpStream::connect(fx.addr).await.expect("connects");
-        let mut connect = raw_connect("m", true, 30, "acme/sensor", &key("acme", "sensor"), None);
+        let mut connect = raw::connect("m", true, 30, "acme/sensor", &key("acme", "sensor"), None);
         connect[8] = 5; // protocol level 5 ...
         connect.insert(12, 0); // ... and an empty property block after the keep-alive
         connect[1] += 1;
@@ -366,7 +302,7 @@ async fn malformed_bytes_cost_that_connection_only() {
         s.read_exact(&mut ack).await.expect("CONNACK");
         assert_eq!(ack[0], 0x20);
         s.write_all(bad).await.expect("writes");
-        let (_, closed) = read_until_closed(&mut s, WAIT).await;
+        let (_, closed) = raw::read_until_closed(&mut s, WAIT).await;
         assert!(closed, "{bad:?}");
     }
     // The rest of the pod carries on.
@@ -380,161 +316,6 @@ async fn malformed_bytes_cost_that_connection_only() {
         &reader.next_publish(WAIT).await.expect("delivered").payload[..],
         b"fine"
     );
-}
-
-#[tokio::test]
-async fn per_tenant_message_size_and_publish_rate() {
-    let mut fx = Fixture::start().await;
-    let mut r = resources();
-    for t in r.tenants.iter_mut().filter(|t| t.name == "acme") {
-        t.limits.max_message_size = Some(100);
-        t.limits.publish_rate = Some(2);
-        t.limits.publish_burst = Some(3);
-    }
-    fx.apply(r);
-    let mut big = v5::connect(fx.addr, "acme", "sensor", "big").await;
-    big.client
-        .publish(
-            "m/acme/c/telemetry/x",
-            v5::QoS::AtMostOnce,
-            false,
-            vec![b'x'; 101],
-        )
-        .await
-        .expect("queued");
-    let e = big.closed_within(WAIT).await.expect("disconnected");
-    assert!(e.contains("PacketTooLarge"), "{e}");
-    let mut big3 = v4::connect(fx.addr, "acme", "sensor", "big3").await;
-    big3.client
-        .publish(
-            "m/acme/c/telemetry/x",
-            v4::QoS::AtMostOnce,
-            false,
-            vec![b'x'; 101],
-        )
-        .await
-        .expect("queued");
-    assert!(big3.closed_within(WAIT).await.is_some());
-    // The other tenant has no such limit.
-    let mut fine = v5::connect(fx.addr, "globex", "sensor", "fine").await;
-    fine.client
-        .publish(
-            "m/globex/c/telemetry/x",
-            v5::QoS::AtLeastOnce,
-            false,
-            vec![b'x'; 5000],
-        )
-        .await
-        .expect("queued");
-    assert!(matches!(
-        fine.next(WAIT).await,
-        Some(Ok(v5::Packet::PubAck(_)))
-    ));
-
-    let mut fast = v5::connect(fx.addr, "acme", "sensor", "fast").await;
-    for i in 0..6 {
-        fast.client
-            .publish(
-                "m/acme/c/telemetry/x",
-                v5::QoS::AtMostOnce,
-                false,
-                format!("{i}"),
-            )
-            .await
-            .expect("queued");
-    }
-    let e = fast.closed_within(WAIT).await.expect("disconnected");
-    assert!(e.contains("MessageRateTooHigh"), "{e}");
-    assert!(fx.dataplane.metrics().refusals("limit", "publish_rate") >= 1);
-}
-
-#[tokio::test]
-async fn v3_publishers_over_the_rate_are_throttled_not_dropped() {
-    let mut fx = Fixture::start().await;
-    let mut r = resources();
-    for t in r.tenants.iter_mut().filter(|t| t.name == "acme") {
-        t.limits.publish_rate = Some(10);
-        t.limits.publish_burst = Some(1);
-    }
-    fx.apply(r);
-    let mut reader = v4::connect(fx.addr, "acme", "reader", "r").await;
-    reader
-        .subscribe("m/acme/c/telemetry/#", v4::QoS::AtMostOnce)
-        .await;
-    let sensor = v4::connect(fx.addr, "acme", "sensor", "s").await;
-    let start = Instant::now();
-    for i in 0..6 {
-        sensor
-            .client
-            .publish(
-                "m/acme/c/telemetry/x",
-                v4::QoS::AtMostOnce,
-                false,
-                format!("{i}"),
-            )
-            .await
-            .expect("queued");
-    }
-    for i in 0..6 {
-        let p = reader
-            .next_publish(WAIT)
-            .await
-            .expect("every message arrives");
-        assert_eq!(p.payload, format!("{i}").as_bytes());
-    }
-    // Five tokens at 10/s after the first.
-    assert!(
-        start.elapsed() >= Duration::from_millis(450),
-        "{:?}",
-        start.elapsed()
-    );
-}
-
-#[tokio::test]
-async fn the_pod_connection_limit_answers_server_busy() {
-    let fx = Fixture::start_with(MqttConfig {
-        max_connections: 2,
-        ..MqttConfig::default()
-    })
-    .await;
-    let _a = v5::connect(fx.addr, "acme", "reader", "a").await;
-    let _b = v4::connect(fx.addr, "acme", "reader", "b").await;
-    let o = v5::options(fx.addr, "acme", "reader", "c");
-    assert_eq!(
-        v5::connect_with(o).await.err().as_deref(),
-        Some("ServerBusy")
-    );
-    let o = v4::options(fx.addr, "acme", "reader", "d");
-    assert_eq!(
-        v4::connect_with(o).await.err().as_deref(),
-        Some("ServiceUnavailable")
-    );
-}
-
-#[tokio::test]
-async fn a_tenants_connection_limit_answers_quota_exceeded() {
-    let mut fx = Fixture::start().await;
-    let mut r = resources();
-    for t in r.tenants.iter_mut().filter(|t| t.name == "acme") {
-        t.limits.max_connections = Some(1);
-    }
-    fx.apply(r);
-    let first = v5::connect(fx.addr, "acme", "reader", "a").await;
-    let o = v5::options(fx.addr, "acme", "sensor", "b");
-    assert_eq!(
-        v5::connect_with(o).await.err().as_deref(),
-        Some("QuotaExceeded")
-    );
-    let o = v4::options(fx.addr, "acme", "sensor", "c");
-    assert_eq!(
-        v4::connect_with(o).await.err().as_deref(),
-        Some("ServiceUnavailable")
-    );
-    // Another tenant is not affected, and the slot comes back when the connection ends.
-    let _other = v5::connect(fx.addr, "globex", "reader", "a").await;
-    first.task.abort();
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    let _again = v5::connect(fx.addr, "acme", "sensor", "d").await;
 }
 
 #[tokio::test]

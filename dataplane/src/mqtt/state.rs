@@ -21,6 +21,8 @@ pub struct MqttConfig {
     pub max_connections: usize,
     /// How long a new connection has to send a complete CONNECT.
     pub connect_timeout: Duration,
+    /// How long a write to a client may block before the connection is dropped.
+    pub write_timeout: Duration,
     /// The largest packet accepted (remaining length, bytes), before any tenant limit.
     pub max_packet_size: usize,
     /// The most QoS 1/2 deliveries awaiting a client's ack (a v5 client's receive maximum
@@ -40,6 +42,7 @@ impl Default for MqttConfig {
         Self {
             max_connections: 10_000,
             connect_timeout: Duration::from_secs(10),
+            write_timeout: Duration::from_secs(30),
             max_packet_size: 1024 * 1024,
             max_inflight: 100,
             topic_alias_max: 64,

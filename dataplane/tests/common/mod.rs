@@ -457,6 +457,20 @@ pub mod raw {
         with_header(0x82, body)
     }
 
+    /// Reads until EOF (or `wait`); returns what was read and whether the server closed.
+    pub async fn read_until_closed(s: &mut TcpStream, wait: Duration) -> (Vec<u8>, bool) {
+        let mut all = Vec::new();
+        let mut buf = [0u8; 4096];
+        let until = tokio::time::Instant::now() + wait;
+        loop {
+            match tokio::time::timeout_at(until, s.read(&mut buf)).await {
+                Ok(Ok(0)) | Ok(Err(_)) => return (all, true),
+                Ok(Ok(n)) => all.extend_from_slice(&buf[..n]),
+                Err(_) => return (all, false),
+            }
+        }
+    }
+
     /// Reads one whole packet: (first byte, body).
     pub async fn read_packet(s: &mut TcpStream, wait: Duration) -> Option<(u8, Vec<u8>)> {
         tokio::time::timeout(wait, async {

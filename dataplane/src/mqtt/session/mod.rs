@@ -115,8 +115,8 @@ impl<R: Router, S: AsyncRead + AsyncWrite + Unpin + Send> Session<R, S> {
         rbuf: BytesMut,
         mut acc: Accepted<R::Link>,
     ) {
-        let mut policy = shared.policy.clone();
-        policy.mark_unchanged();
+        // Not marked seen: a snapshot applied between CONNECT and here is re-checked at once.
+        let policy = shared.policy.clone();
         let link = acc.link.take();
         let saved = acc.saved.take();
         let mut s = Session {
@@ -179,7 +179,7 @@ impl<R: Router, S: AsyncRead + AsyncWrite + Unpin + Send> Session<R, S> {
         if !self.subs.is_empty() || !self.inflight.is_empty() {
             // Resumed: the policy may have changed while the client was away.
             if let Flow::End(end) = self.revalidate() {
-                let _ = self.stream.write_all(&self.wbuf).await;
+                self.flush_last().await;
                 return end;
             }
         }
@@ -191,7 +191,10 @@ impl<R: Router, S: AsyncRead + AsyncWrite + Unpin + Send> Session<R, S> {
         let mut policy_open = true;
         loop {
             if !self.wbuf.is_empty() {
-                if self.stream.write_all(&self.wbuf).await.is_err() {
+                let write = self.stream.write_all(&self.wbuf);
+                // A peer that stops reading costs its own connection only.
+                let written = tokio::time::timeout(self.shared.config.write_timeout, write).await;
+                if !matches!(written, Ok(Ok(()))) {
                     return End::Unclean;
                 }
                 self.wbuf.clear();
@@ -210,7 +213,7 @@ impl<R: Router, S: AsyncRead + AsyncWrite + Unpin + Send> Session<R, S> {
                     Ok(_) => {
                         self.last_rx = Instant::now();
                         if let Flow::End(end) = self.process_input().await {
-                            let _ = self.stream.write_all(&self.wbuf).await;
+                            self.flush_last().await;
                             return end;
                         }
                     }
@@ -227,26 +230,32 @@ impl<R: Router, S: AsyncRead + AsyncWrite + Unpin + Send> Session<R, S> {
                         // The policy source is gone: keep enforcing the last snapshot.
                         policy_open = false;
                     } else if let Flow::End(end) = self.revalidate() {
-                        let _ = self.stream.write_all(&self.wbuf).await;
+                        self.flush_last().await;
                         return end;
                     }
                 },
                 kick = self.acc.registration.kicks.recv() => {
                     if kick == Some(Kick::TakenOver) {
                         self.disconnect(DisconnectReasonCode::SessionTakenOver);
-                        let _ = self.stream.write_all(&self.wbuf).await;
+                        self.flush_last().await;
                         return End::Unclean;
                     }
                 },
                 _ = tokio::time::sleep_until(deadline.into()), if !keep_alive.is_zero() => {
                     self.shared.metrics.refused("session", "keep_alive_timeout");
                     self.disconnect(DisconnectReasonCode::KeepAliveTimeout);
-                    let _ = self.stream.write_all(&self.wbuf).await;
+                    self.flush_last().await;
                     return End::Unclean;
                 }
             }
             self.flush_pending();
         }
+    }
+
+    /// Writes what is buffered before the connection closes, within the write timeout.
+    async fn flush_last(&mut self) {
+        let write = self.stream.write_all(&self.wbuf);
+        let _ = tokio::time::timeout(self.shared.config.write_timeout, write).await;
     }
 
     fn write(&mut self, packet: Packet) {
