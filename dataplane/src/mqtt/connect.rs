@@ -101,6 +101,8 @@ pub(crate) struct Accepted<L> {
     pub will: Option<Will>,
     pub receive_maximum: u16,
     pub client_max_packet: Option<usize>,
+    /// Topic aliases the client accepts from the server (v5), capped by ours.
+    pub client_topic_alias_max: u16,
     pub registration: super::state::Registration,
     /// Counts the connection against its tenant's `maxConnections` while held.
     pub _tenant_slot: super::state::TenantSlot,
@@ -382,6 +384,10 @@ impl<R: Router, S: AsyncWrite + Unpin> Handshake<'_, R, S> {
             will,
             receive_maximum,
             client_max_packet: props.max_packet_size.map(|m| m as usize),
+            client_topic_alias_max: props
+                .topic_alias_max
+                .unwrap_or(0)
+                .min(shared.config.topic_alias_max),
             registration,
             _tenant_slot: tenant_slot,
             link,

@@ -104,13 +104,18 @@ impl<R: Router, S: AsyncRead + AsyncWrite + Unpin + Send> Session<R, S> {
             };
             (publish, Some((pkid, out)))
         };
+        let (publish, props, new_alias) = self.alias_outbound(publish, props);
         let before = self.wbuf.len();
         self.write(Packet::Publish(publish, props));
         if let Some(max) = self.acc.client_max_packet
             && self.wbuf.len() - before > max
         {
-            // Larger than the client accepts (v5 maximum packet size): dropped for it.
+            // Larger than the client accepts (v5 maximum packet size): dropped for it, and an
+            // alias it never saw is taken back.
             self.wbuf.truncate(before);
+            if let Some(topic) = new_alias {
+                self.out_aliases.remove(&topic);
+            }
             return;
         }
         if let Some((pkid, out)) = pkid {
@@ -123,6 +128,35 @@ impl<R: Router, S: AsyncRead + AsyncWrite + Unpin + Send> Session<R, S> {
         }
         let tenant = self.acc.subject.tenant.clone();
         self.shared.metrics.message_out(&tenant);
+    }
+
+    /// v5 outbound topic aliases: the first delivery on a topic names it and gives it an
+    /// alias; later ones send the alias with an empty topic. Aliases are never reassigned.
+    fn alias_outbound(
+        &mut self,
+        mut publish: Publish,
+        props: Option<PublishProperties>,
+    ) -> (Publish, Option<PublishProperties>, Option<Bytes>) {
+        if self.acc.client_topic_alias_max == 0 {
+            return (publish, props, None);
+        }
+        let mut new = None;
+        let alias = match self.out_aliases.get(&publish.topic) {
+            Some(&a) => {
+                publish.topic = Bytes::new();
+                a
+            }
+            None if self.out_aliases.len() < usize::from(self.acc.client_topic_alias_max) => {
+                let a = self.out_aliases.len() as u16 + 1;
+                self.out_aliases.insert(publish.topic.clone(), a);
+                new = Some(publish.topic.clone());
+                a
+            }
+            None => return (publish, props, None),
+        };
+        let mut p = props.unwrap_or_default();
+        p.topic_alias = Some(alias);
+        (publish, Some(p), new)
     }
 
     /// After a persistent session resumes: resends what the client had not acknowledged, in

@@ -94,6 +94,8 @@ pub(crate) struct Session<R: Router, S> {
     pending: VecDeque<Message>,
     qos2_in: HashSet<u16>,
     aliases: HashMap<u16, Bytes>,
+    /// Topic aliases given to the client, by client-side topic.
+    out_aliases: HashMap<Bytes, u16>,
     policy: tokio::sync::watch::Receiver<Arc<Snapshot>>,
     last_rx: Instant,
 }
@@ -133,6 +135,7 @@ impl<R: Router, S: AsyncRead + AsyncWrite + Unpin + Send> Session<R, S> {
             pending: VecDeque::new(),
             qos2_in: HashSet::new(),
             aliases: HashMap::new(),
+            out_aliases: HashMap::new(),
             policy,
             last_rx: Instant::now(),
         };
