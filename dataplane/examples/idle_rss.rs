@@ -1,5 +1,6 @@
 //! Probe: the dataplane's resident memory per idle MQTT connection, with and without a router
-//! link (a subscription). Run: `cargo run --release -p fleetward-dataplane --example idle_rss -- 2000`.
+//! link (a subscription). Run: `cargo run --release -p fleetward-dataplane --example idle_rss -- 2000`
+//! (add `same` to have every connection subscribe to one filter instead of one each).
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -102,6 +103,7 @@ async fn main() -> anyhow::Result<()> {
         return serve().await;
     }
     let n: usize = args.get(1).and_then(|a| a.parse().ok()).unwrap_or(2000);
+    let same_filter = args.get(2).map(String::as_str) == Some("same");
     let mut child = Command::new(std::env::current_exe()?)
         .arg("serve")
         .stdout(Stdio::piped())
@@ -136,15 +138,24 @@ async fn main() -> anyhow::Result<()> {
         (idle - base) as f64 / n as f64
     );
     for (i, s) in conns.iter_mut().enumerate() {
-        s.write_all(&subscribe_packet(&format!("m/acme/c/telemetry/{i}")))
-            .await?;
+        let filter = if same_filter {
+            "m/acme/c/telemetry/all".to_owned()
+        } else {
+            format!("m/acme/c/telemetry/{i}")
+        };
+        s.write_all(&subscribe_packet(&filter)).await?;
         let mut ack = [0u8; 5];
         s.read_exact(&mut ack).await?;
     }
     tokio::time::sleep(Duration::from_secs(1)).await;
     let linked = rss_kib(pid);
     println!(
-        "{n} idle connections with one subscription each (router link + filter log): RSS {linked} KiB, {:.1} KiB per connection",
+        "{n} idle connections with one subscription each ({}): RSS {linked} KiB, {:.1} KiB per connection",
+        if same_filter {
+            "router link, one shared filter"
+        } else {
+            "router link and a filter log each"
+        },
         (linked - base) as f64 / n as f64
     );
     drop(conns);
