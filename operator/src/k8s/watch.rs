@@ -98,9 +98,22 @@ fn shown<K: Watched>(object: &K) -> Shown {
     }
 }
 
+/// Drops what the index never reads but would hold for every object: managed fields and the
+/// client-side apply annotation (a full copy of the object).
+fn slim(meta: &mut ObjectMeta) {
+    meta.managed_fields = None;
+    if let Some(annotations) = &mut meta.annotations {
+        annotations.remove(LAST_APPLIED);
+    }
+}
+
+/// The annotation `kubectl apply` (client-side) keeps the last applied object in.
+const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
+
 /// Converts one untyped object; `None` (logged and counted) when it does not deserialize.
-fn parse<K: Watched>(object: DynamicObject, metrics: &Metrics) -> Result<K, Option<ObjectKey>> {
+fn parse<K: Watched>(mut object: DynamicObject, metrics: &Metrics) -> Result<K, Option<ObjectKey>> {
     let key = key_of(K::KIND, &object.metadata);
+    slim(&mut object.metadata);
     object.try_parse::<K>().map_err(|e| {
         metrics.object_skipped(K::KIND);
         match &key {
@@ -349,6 +362,27 @@ mod tests {
             "the readable channel is indexed"
         );
         assert!(idx.status(&broken).is_none(), "the unreadable one is not");
+    }
+
+    #[test]
+    fn parsed_objects_keep_no_managed_fields_or_last_applied_copy() {
+        let feed = feed();
+        let mut object = channel("telemetry", serde_json::json!(1));
+        object.metadata.managed_fields = Some(vec![Default::default()]);
+        object.metadata.annotations = Some(
+            [
+                (LAST_APPLIED.to_owned(), "{...}".to_owned()),
+                ("team".to_owned(), "plant".to_owned()),
+            ]
+            .into(),
+        );
+        let Ok(parsed) = parse::<Channel>(object, &feed.metrics) else {
+            panic!("a valid Channel parses");
+        };
+        assert!(parsed.metadata.managed_fields.is_none());
+        let annotations = parsed.metadata.annotations.expect("annotations kept");
+        assert!(!annotations.contains_key(LAST_APPLIED));
+        assert_eq!(annotations["team"], "plant");
     }
 
     #[tokio::test]
