@@ -428,6 +428,34 @@ async fn a_bad_delta_is_nacked_the_snapshot_kept_and_a_full_snapshot_recovers() 
     dp.stop().await;
 }
 
+#[tokio::test]
+async fn a_lower_version_from_another_replica_is_published_under_a_newer_local_version() {
+    let (url, mut script) = fake::operator().await;
+    let state = tempfile::tempdir().expect("temp dir");
+    let mut dp = Dataplane::start(client_config(vec![url], state.path()));
+    script.hello().await;
+    script.send(fake::full(7, 1, &["tele"])).await;
+    assert_eq!(script.answer().await, fake::ack(7, 1));
+    dp.version(7).await;
+
+    // Another replica's lineage counts from a lower number.
+    let mut other = fake::full(3, 2, &["tele", "alerts"]);
+    other.lineage = "other-replica".into();
+    script.send(other).await;
+    assert_eq!(
+        script.answer().await,
+        fake::ack(3, 2),
+        "ACKed in the operator's numbering"
+    );
+    let published = dp.version(8).await;
+    assert!(
+        published.channel("acme", "alerts").is_some(),
+        "the new policy is published, under version 8 so no cached answer of version 3 or 7 applies"
+    );
+    assert_eq!(dp.status.version(), 3);
+    dp.stop().await;
+}
+
 struct Pki {
     ca: String,
     server: (String, String),

@@ -132,7 +132,8 @@ impl Session<'_> {
                 let at = now_ms();
                 if let Some(next) = next {
                     let next = Arc::new(next);
-                    self.snapshot.send_replace(next.clone());
+                    self.snapshot
+                        .send_replace(monotonic(&self.snapshot.borrow(), &next));
                     self.stored.send_replace(Some(Stored {
                         snapshot: next,
                         lineage,
@@ -240,4 +241,17 @@ fn error_chain(e: &dyn std::error::Error) -> String {
         source = c.source();
     }
     s
+}
+
+/// The snapshot to publish to the evaluator: `next` itself, unless its version does not move
+/// past the published one (another operator replica numbers its versions on its own). Then a
+/// copy with the next local version: the decision cache keys answers by version, so a version
+/// seen before must never come back with another policy.
+fn monotonic(published: &Arc<Snapshot>, next: &Arc<Snapshot>) -> Arc<Snapshot> {
+    if next.version() > published.version() {
+        return next.clone();
+    }
+    let mut renumbered = Snapshot::clone(next);
+    renumbered.set_version(published.version() + 1);
+    Arc::new(renumbered)
 }
