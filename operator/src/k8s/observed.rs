@@ -79,6 +79,7 @@ struct State {
     synced: BTreeSet<Kind>,
     claims: BTreeMap<String, String>,
     secrets: BTreeMap<String, SecretNamespace>,
+    credentials_errors: HashMap<ObjectKey, String>,
     ready: bool,
 }
 
@@ -292,6 +293,26 @@ impl Observed {
             .collect()
     }
 
+    /// Records why creating a Thing's Secret failed (`None` once it succeeded), so its status
+    /// can say so.
+    pub fn set_credentials_error(&self, thing: &ObjectKey, error: Option<String>) {
+        let changed = {
+            let mut state = self.lock();
+            match error {
+                Some(e) => state.credentials_errors.insert(thing.clone(), e.clone()) != Some(e),
+                None => state.credentials_errors.remove(thing).is_some(),
+            }
+        };
+        if changed {
+            self.notify();
+        }
+    }
+
+    /// Why creating each Thing's Secret last failed, for the Things where it did.
+    pub fn credentials_errors(&self) -> HashMap<ObjectKey, String> {
+        self.lock().credentials_errors.clone()
+    }
+
     /// Marks a kind's watch synced.
     pub fn kind_synced(&self, kind: Kind) {
         self.lock().synced.insert(kind);
@@ -365,6 +386,24 @@ mod tests {
             BTreeSet::from(["b".to_owned()])
         );
         assert_eq!(o.secret_exists("acme", "b"), None);
+    }
+
+    #[test]
+    fn credentials_errors_are_kept_until_cleared_and_notify_only_on_change() {
+        let o = Observed::new();
+        let mut rx = o.subscribe();
+        let thing = ObjectKey::namespaced(Kind::Thing, "acme", "sensor-1");
+        o.set_credentials_error(&thing, Some("forbidden".into()));
+        assert!(rx.has_changed().unwrap_or(false));
+        rx.mark_unchanged();
+        o.set_credentials_error(&thing, Some("forbidden".into()));
+        assert!(
+            !rx.has_changed().unwrap_or(true),
+            "the same error is no change"
+        );
+        assert_eq!(o.credentials_errors()[&thing], "forbidden");
+        o.set_credentials_error(&thing, None);
+        assert!(o.credentials_errors().is_empty());
     }
 
     #[test]

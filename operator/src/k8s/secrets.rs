@@ -236,6 +236,7 @@ impl SecretReconciler {
         match result {
             Ok(true) => {
                 retries.succeeded(&c.key);
+                self.observed.set_credentials_error(&c.key, None);
                 self.metrics.secret_created();
                 tracing::info!(thing = %c.key, secret = %c.secret_name, "generated a key");
                 let note = format!(
@@ -254,10 +255,13 @@ impl SecretReconciler {
             }
             Ok(false) => {
                 retries.succeeded(&c.key);
+                self.observed.set_credentials_error(&c.key, None);
                 tracing::info!(thing = %c.key, secret = %c.secret_name, "the Secret appeared meanwhile; keeping its key");
             }
             Err(e) => {
                 self.metrics.reconcile_failed(Kind::Thing, &e);
+                self.observed
+                    .set_credentials_error(&c.key, Some(e.to_string()));
                 let failures = retries.failed(c.key.clone());
                 tracing::warn!(thing = %c.key, failures, error = %e, "creating the Thing's Secret failed; retrying with backoff");
                 if failures == 1 {

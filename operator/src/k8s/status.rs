@@ -6,6 +6,7 @@
 //! has held for a moment (longer while the leader is creating the Thing's Secret), so the
 //! passing states of a bulk apply cost no writes.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -243,8 +244,31 @@ fn status_json(status: &ShownStatus) -> serde_json::Result<serde_json::Value> {
 fn hold_for(readiness: &Readiness) -> Duration {
     match (readiness.ready, readiness.reason) {
         (true, _) => Duration::ZERO,
+        (false, Reason::CredentialsPending) if readiness.message.starts_with(FAILED_PREFIX) => {
+            HOLD_NOT_READY
+        }
         (false, Reason::CredentialsPending | Reason::SubjectNotReady) => HOLD_AWAITING_CREDENTIALS,
         (false, _) => HOLD_NOT_READY,
+    }
+}
+
+/// How a Thing's `Ready` message starts when creating its Secret failed.
+const FAILED_PREFIX: &str = "the operator could not create the credentials Secret: ";
+
+/// A Thing still waiting for its Secret says why creating it failed, when it did.
+fn with_credentials_error<'a>(
+    desired: &'a DesiredStatus,
+    error: Option<&str>,
+) -> Cow<'a, DesiredStatus> {
+    match error {
+        Some(error) if desired.readiness.reason == Reason::CredentialsPending => {
+            let mut desired = desired.clone();
+            desired.readiness.message = format!(
+                "{FAILED_PREFIX}{error}. Or create the Secret yourself with your key under `key`"
+            );
+            Cow::Owned(desired)
+        }
+        _ => Cow::Borrowed(desired),
     }
 }
 
@@ -363,13 +387,18 @@ impl StatusWriter {
         let now = now();
         let instant = Instant::now();
         let unsynced = self.observed.unsynced_namespaces();
+        let credentials_errors = self.observed.credentials_errors();
         let idx = self.index.read();
         holds.retain(|key| idx.status(key).is_some());
         self.observed.with_objects(|objects| {
             idx.objects()
                 .filter(|key| !unsynced.contains(&key.namespace) && !retries.blocks(key, instant))
                 .filter_map(|key| {
-                    let desired = idx.status(key)?;
+                    let desired = with_credentials_error(
+                        idx.status(key)?,
+                        credentials_errors.get(key).map(String::as_str),
+                    );
+                    let desired = desired.as_ref();
                     let shown = objects.get(key)?;
                     // A newer generation is in the index's next commit; write after it.
                     if shown.deleting || shown.generation != desired.generation {
@@ -716,6 +745,32 @@ mod tests {
         assert!(
             !holds.admit(&key, HOLD_NOT_READY, t0 + Duration::from_secs(5)),
             "a cleared hold starts again"
+        );
+    }
+
+    #[test]
+    fn a_failed_secret_creation_shows_in_the_thing_status_without_the_long_hold() {
+        let pending = thing_desired(false);
+        let error =
+            "creating Secret acme/sensor-1-credentials for Thing sensor-1 failed: forbidden";
+        let shown = with_credentials_error(&pending, Some(error));
+        assert_eq!(shown.readiness.reason, Reason::CredentialsPending);
+        assert!(
+            shown.readiness.message.contains("forbidden"),
+            "{}",
+            shown.readiness.message
+        );
+        assert_eq!(hold_for(&shown.readiness), HOLD_NOT_READY);
+        assert_eq!(
+            with_credentials_error(&pending, None).as_ref(),
+            &pending,
+            "no error, no change"
+        );
+        let ready = thing_desired(true);
+        assert_eq!(
+            with_credentials_error(&ready, Some(error)).as_ref(),
+            &ready,
+            "a Thing with its Secret shows no stale error"
         );
     }
 
