@@ -238,11 +238,12 @@ impl<R: Router, S: AsyncRead + AsyncWrite + Unpin + Send> Session<R, S> {
                     }
                 },
                 kick = self.acc.registration.kicks.recv() => {
-                    if kick == Some(Kick::TakenOver) {
-                        self.disconnect(DisconnectReasonCode::SessionTakenOver);
-                        self.flush_last().await;
-                        return End::Unclean;
-                    }
+                    // `None` cannot happen (a replaced entry is always told first); ending the
+                    // session then is the safe answer rather than polling a closed channel.
+                    debug_assert_eq!(kick, Some(Kick::TakenOver));
+                    self.disconnect(DisconnectReasonCode::SessionTakenOver);
+                    self.flush_last().await;
+                    return End::Unclean;
                 },
                 _ = tokio::time::sleep_until(deadline.into()), if !keep_alive.is_zero() => {
                     self.shared.metrics.refused("session", "keep_alive_timeout");
