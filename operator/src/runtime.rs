@@ -17,7 +17,7 @@ use crate::index::Index;
 use crate::k8s::lease::{Leadership, LeaseConfig};
 use crate::k8s::observed::Observed;
 use crate::k8s::secrets::SecretReconciler;
-use crate::k8s::status::StatusWriter;
+use crate::k8s::writer::StatusWriter;
 use crate::k8s::{self, watch::Feed};
 use crate::metrics::{Admin, Metrics, admin_router};
 use crate::shared::SharedIndex;

@@ -7,6 +7,7 @@ pub mod observed;
 pub mod secrets;
 pub mod status;
 pub mod watch;
+pub mod writer;
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
