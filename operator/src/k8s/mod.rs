@@ -1,6 +1,14 @@
 //! The Kubernetes edge of the operator: watches that feed the index, leader election, and the leader's writes (status, Secrets, Events).
 //!
 //! Every replica runs the watches; only the Lease holder runs the writes' side effects.
+//!
+//! Permissions the operator needs (what the chart's RBAC grants):
+//! - `fleetward.io` tenants, things, channels, connections, users, groups: get, list, watch
+//!   (cluster-wide); their `/status`: patch.
+//! - Secrets: get, list, watch, create, in the namespaces Tenants claim (a ClusterRole, or a
+//!   Role bound in each tenant namespace). The operator never updates or deletes a Secret.
+//! - `events.k8s.io` events: create, patch (where the Things are).
+//! - `coordination.k8s.io` leases: get, list, watch, create, patch, in the Lease namespace.
 
 pub mod lease;
 pub mod observed;
