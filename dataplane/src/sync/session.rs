@@ -132,8 +132,9 @@ impl Session<'_> {
                 let at = now_ms();
                 if let Some(next) = next {
                     let next = Arc::new(next);
-                    self.snapshot
-                        .send_replace(monotonic(&self.snapshot.borrow(), &next));
+                    // Compute first: the borrow must end before `send_replace` takes the lock.
+                    let published = monotonic(&self.snapshot.borrow(), &next);
+                    self.snapshot.send_replace(published);
                     self.stored.send_replace(Some(Stored {
                         snapshot: next,
                         lineage,
