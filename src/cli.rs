@@ -24,9 +24,9 @@ enum Command {
     /// Run the operator and one dataplane in one process, from a directory of YAML (no cluster needed).
     Start(NotBuilt),
     /// Run the Kubernetes operator: reconcile resources and serve PolicySync to dataplanes.
-    Operator(NotBuilt),
-    /// Run a dataplane pod: MQTT, HTTP and WebSocket, enforcing the policy pushed by the operator.
-    Dataplane(NotBuilt),
+    Operator(Box<fleetward_operator::runtime::OperatorArgs>),
+    /// Run a dataplane pod: MQTT, enforcing the policy pushed by the operator.
+    Dataplane(Box<fleetward_dataplane::DataplaneArgs>),
     /// Print the CustomResourceDefinitions of every Fleetward kind as one YAML stream.
     Crds(CrdsArgs),
 }
@@ -51,8 +51,8 @@ impl Cli {
     pub fn run(self) -> ExitCode {
         let outcome = match self.command {
             Command::Start(_) => not_built("start"),
-            Command::Operator(_) => not_built("operator"),
-            Command::Dataplane(_) => not_built("dataplane"),
+            Command::Operator(args) => serve(fleetward_operator::runtime::run(*args)),
+            Command::Dataplane(args) => serve(fleetward_dataplane::run(*args)),
             Command::Crds(args) => crds(&args),
         };
         match outcome {
@@ -67,6 +67,23 @@ impl Cli {
 
 fn not_built(mode: &str) -> anyhow::Result<()> {
     anyhow::bail!("`fleetward {mode}` is not built yet in this release")
+}
+
+/// Runs a long-lived mode on a multi-threaded runtime, logging as `RUST_LOG` says (default
+/// `info`).
+fn serve(mode: impl std::future::Future<Output = anyhow::Result<()>>) -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?
+        .block_on(mode)
 }
 
 fn crds(args: &CrdsArgs) -> anyhow::Result<()> {

@@ -12,18 +12,25 @@ fn every_subcommand_has_help() {
         let out = fleetward().args([sub, "--help"]).output().expect("runs");
         assert!(out.status.success(), "`fleetward {sub} --help` failed");
         let text = String::from_utf8_lossy(&out.stdout);
-        assert!(text.contains("Usage: fleetward"), "`{sub} --help` printed: {text}");
+        assert!(
+            text.contains("Usage: fleetward"),
+            "`{sub} --help` printed: {text}"
+        );
     }
 }
 
 #[test]
-fn modes_not_built_yet_say_so_and_fail() {
-    for sub in ["start", "operator", "dataplane"] {
-        let out = fleetward().arg(sub).output().expect("runs");
-        assert!(!out.status.success(), "`fleetward {sub}` must exit non-zero");
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert!(err.contains("not built yet"), "`fleetward {sub}` said: {err}");
-    }
+fn single_binary_mode_not_built_yet_says_so_and_fails() {
+    let out = fleetward().arg("start").output().expect("runs");
+    assert!(
+        !out.status.success(),
+        "`fleetward start` must exit non-zero"
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("not built yet"),
+        "`fleetward start` said: {err}"
+    );
 }
 
 #[test]
@@ -38,7 +45,10 @@ fn crds_prints_the_six_kinds_as_committed() {
         .iter()
         .map(|d| d["spec"]["names"]["kind"].as_str().unwrap_or_default())
         .collect();
-    assert_eq!(kinds, ["Tenant", "Thing", "Channel", "Connection", "User", "Group"]);
+    assert_eq!(
+        kinds,
+        ["Tenant", "Thing", "Channel", "Connection", "User", "Group"]
+    );
     for doc in &docs {
         assert_eq!(doc["kind"].as_str(), Some("CustomResourceDefinition"));
         assert_eq!(doc["spec"]["group"].as_str(), Some("fleetward.io"));
@@ -77,4 +87,16 @@ fn crds_out_dir_writes_one_file_per_kind() {
     names.sort();
     assert_eq!(names.len(), 6, "files: {names:?}");
     std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn a_dataplane_without_an_operator_says_how_to_give_one() {
+    let out = fleetward()
+        .args(["dataplane", "--state-dir"])
+        .arg(std::env::temp_dir())
+        .output()
+        .expect("runs");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--operator"), "{err}");
 }

@@ -46,4 +46,28 @@ pub struct DataplaneArgs {
     /// Entries of the authorization decision cache.
     #[arg(long, default_value_t = 100_000)]
     pub decision_cache_entries: u64,
+
+    /// The PolicySync token (prefer --token-file or the environment to keep it out of `ps`).
+    #[arg(
+        long,
+        env = "FLEETWARD_SYNC_TOKEN",
+        hide_env_values = true,
+        conflicts_with = "token_file"
+    )]
+    pub token: Option<String>,
+    /// A file holding the PolicySync token (as mounted from the chart's Secret).
+    #[arg(long, env = "FLEETWARD_SYNC_TOKEN_FILE")]
+    pub token_file: Option<PathBuf>,
+    /// This dataplane's id in PolicySync and the operator's metrics; default the pod name.
+    #[arg(long, env = "POD_NAME")]
+    pub node_id: Option<String>,
+    /// CA certificate (PEM) that signed the operator's PolicySync certificate; enables TLS.
+    #[arg(long, env = "FLEETWARD_OPERATOR_CA")]
+    pub operator_ca: Option<PathBuf>,
+    /// Client certificate (PEM) for mutual TLS to the operator.
+    #[arg(long, env = "FLEETWARD_OPERATOR_CERT", requires_all = ["operator_ca", "operator_key"])]
+    pub operator_cert: Option<PathBuf>,
+    /// Client key (PEM) for mutual TLS to the operator.
+    #[arg(long, env = "FLEETWARD_OPERATOR_KEY", requires = "operator_cert")]
+    pub operator_key: Option<PathBuf>,
 }

@@ -7,8 +7,10 @@ pub mod limits;
 pub mod metrics;
 pub mod mqtt;
 pub mod router;
+mod run;
 pub mod sync;
 
 pub use args::DataplaneArgs;
 pub use dataplane::{Dataplane, RunningDataplane};
 pub use mqtt::MqttConfig;
+pub use run::run;

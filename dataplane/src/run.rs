@@ -1,0 +1,110 @@
+//! `fleetward dataplane`: the policy sync client feeding the front-end, until SIGTERM.
+
+use anyhow::Context as _;
+use tokio::sync::watch;
+
+use crate::Dataplane;
+use crate::args::DataplaneArgs;
+use crate::sync::{ClientTls, SyncClient, SyncConfig};
+
+/// Runs a dataplane pod: syncs policy from the operator and serves MQTT with it. Returns on
+/// SIGTERM or SIGINT after the sync client has saved its last snapshot.
+pub async fn run(args: DataplaneArgs) -> anyhow::Result<()> {
+    if args.operator.is_empty() {
+        anyhow::bail!(
+            "no operator to sync policy from: give --operator URL[,URL…] (for example \
+             http://fleetward-operator:50051); to run without a cluster use `fleetward start`"
+        );
+    }
+    let client = SyncClient::new(sync_config(&args)?).context("starting the policy sync client")?;
+    let status = client.status();
+    if status.is_ready() {
+        tracing::info!(
+            version = status.version(),
+            "serving the persisted policy snapshot until the operator answers"
+        );
+    }
+    let dataplane = Dataplane::from_args(&args, client.snapshot())
+        .start()
+        .await
+        .context("starting the dataplane")?;
+    tracing::info!(addr = %dataplane.mqtt_addr, "MQTT listening");
+    if let Some(addr) = dataplane.mqtts_addr {
+        tracing::info!(%addr, "MQTT over TLS listening");
+    }
+    if let Some(addr) = dataplane.admin_addr {
+        tracing::info!(%addr, "admin API (/healthz, /readyz, /metrics) listening");
+    }
+    let (stop_tx, mut stop_rx) = watch::channel(false);
+    let sync = tokio::spawn(client.run(async move {
+        let _ = stop_rx.wait_for(|stop| *stop).await;
+    }));
+    let outcome = tokio::select! {
+        r = dataplane.wait() => r,
+        () = shutdown_signal() => {
+            tracing::info!("shutting down");
+            Ok(())
+        }
+    };
+    let _ = stop_tx.send(true);
+    sync.await.context("the policy sync client panicked")?;
+    outcome
+}
+
+fn sync_config(args: &DataplaneArgs) -> anyhow::Result<SyncConfig> {
+    let node_id = match &args.node_id {
+        Some(id) => id.clone(),
+        None => hostname().context("no --node-id, POD_NAME or hostname to name this dataplane")?,
+    };
+    let mut config = SyncConfig::new(args.operator.clone(), node_id);
+    config.state_dir = Some(args.state_dir.clone());
+    config.token = match (&args.token, &args.token_file) {
+        (Some(t), _) => Some(t.clone()),
+        (None, Some(file)) => Some(
+            std::fs::read_to_string(file)
+                .with_context(|| format!("reading the PolicySync token from {}", file.display()))?
+                .trim()
+                .to_owned(),
+        ),
+        (None, None) => None,
+    };
+    if let Some(ca) = &args.operator_ca {
+        let identity = args
+            .operator_cert
+            .as_deref()
+            .zip(args.operator_key.as_deref());
+        config.tls = Some(
+            ClientTls::from_files(ca, identity, None).context("reading the operator TLS files")?,
+        );
+    }
+    Ok(config)
+}
+
+fn hostname() -> Option<String> {
+    std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok())
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = term => {}
+    }
+}
