@@ -26,7 +26,8 @@ cargo test --workspace --all-features
 
 step "end-to-end tests against a real kube-apiserver"
 cargo build --bin fleetward
-cargo test -p fleetward-e2e --all-features -- --ignored --test-threads=1
+# bench_* are benchmarks (minutes long, budget-checked); BENCHMARKS.md says how to run them.
+cargo test -p fleetward-e2e --all-features -- --ignored --test-threads=1 --skip bench_
 
 step "fuzz smoke run"
 scripts/fuzz-smoke.sh
