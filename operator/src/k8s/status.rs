@@ -208,7 +208,7 @@ pub(crate) fn status_json(status: &ShownStatus) -> serde_json::Result<serde_json
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::index::{Readiness, Reason};
 
@@ -216,7 +216,8 @@ mod tests {
         Time(k8s_openapi::jiff::Timestamp::from_second(second).expect("a valid time"))
     }
 
-    fn thing_desired(ready: bool) -> DesiredStatus {
+    /// A Thing's desired status, Ready or waiting for its Secret (also used by the writer's tests).
+    pub(crate) fn thing_desired(ready: bool) -> DesiredStatus {
         DesiredStatus {
             generation: Some(2),
             readiness: if ready {

@@ -318,24 +318,8 @@ async fn sleep_until(at: Option<Instant>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::index::{Facts, Kind};
-
-    fn thing_desired(ready: bool) -> DesiredStatus {
-        DesiredStatus {
-            generation: Some(2),
-            readiness: if ready {
-                Readiness::ready(Reason::Accepted, "the thing's credentials are in place")
-            } else {
-                Readiness::not_ready(Reason::CredentialsPending, "waiting for the Secret")
-            },
-            served: ready,
-            facts: Facts::Thing {
-                secret_name: "sensor-1-credentials".into(),
-                key_fingerprint: ready.then(|| "0123456789ab".into()),
-                keys: u32::from(ready),
-            },
-        }
-    }
+    use crate::index::Kind;
+    use crate::k8s::status::tests::thing_desired;
 
     #[test]
     fn not_ready_statuses_wait_out_their_hold_and_ready_ones_go_at_once() {
