@@ -517,3 +517,68 @@ fn reason_labels_are_distinct() {
     labels.insert(AllowReason::Role.as_str());
     assert_eq!(labels.len(), DenyReason::ALL.len() + 2);
 }
+
+fn explain(s: &Snapshot, subject: &Subject, action: Action, topic: &str) -> crate::Explanation {
+    let t = match action {
+        Action::Publish => parse_topic_name(topic, &TopicLimits::default()),
+        Action::Subscribe => parse_filter(topic, &TopicLimits::default()),
+    }
+    .expect("valid topic");
+    s.explain(subject, action, &t)
+}
+
+#[test]
+fn explanations_name_the_connection_group_and_pattern_behind_a_decision() {
+    let s = fixture();
+    let sensor = Subject::thing("acme", "sensor");
+    let e = explain(&s, &sensor, Action::Publish, "m/acme/c/telemetry/a/b");
+    assert_eq!(e.decision, GRANT);
+    assert_eq!(e.grants.len(), 1);
+    assert_eq!(e.grants[0].connection, "sensor-telemetry");
+    assert_eq!(e.grants[0].via_group, None);
+    assert_eq!(e.grants[0].pattern, None, "the grant allows every subtopic");
+
+    let alice = Subject::user("acme", "alice");
+    let e = explain(&s, &alice, Action::Subscribe, "m/acme/c/commands/rooms/1/#");
+    assert_eq!(e.decision, GRANT);
+    assert_eq!(e.role, Some(Role::Member));
+    assert_eq!(e.grants[0].connection, "ops-commands");
+    assert_eq!(e.grants[0].via_group.as_deref(), Some("ops"));
+    assert_eq!(e.grants[0].pattern.as_deref(), Some("rooms/#"));
+    assert_eq!(
+        e.grants[0].to_string(),
+        "Connection ops-commands (through Group ops), pattern rooms/#"
+    );
+
+    // The deny pattern that refuses it is named.
+    let e = explain(
+        &s,
+        &alice,
+        Action::Publish,
+        "m/acme/c/commands/rooms/vault/door",
+    );
+    assert_eq!(e.decision, deny(DenyReason::SubtopicDenied));
+    assert_eq!(e.grants[0].pattern.as_deref(), Some("rooms/vault/#"));
+
+    // Uncovered subtopics list the allow patterns that exist.
+    let e = explain(&s, &alice, Action::Publish, "m/acme/c/commands/hall");
+    assert_eq!(e.decision, deny(DenyReason::SubtopicNotAllowed));
+    assert_eq!(e.grants[0].pattern.as_deref(), Some("rooms/#"));
+
+    // No grant: nothing to name; the same names in the other tenant give nothing.
+    let e = explain(&s, &sensor, Action::Subscribe, "m/acme/c/telemetry/#");
+    assert_eq!(e.decision, deny(DenyReason::NoGrant));
+    assert!(e.grants.is_empty());
+    let other = Subject::thing("globex", "sensor");
+    let e = explain(&s, &other, Action::Publish, "m/acme/c/telemetry/a");
+    assert_eq!(e.decision, deny(DenyReason::CrossTenant));
+
+    // A role needs no grant.
+    let root = Subject::user("acme", "root");
+    let e = explain(&s, &root, Action::Publish, "m/acme/c/telemetry/x");
+    assert_eq!(e.decision, ROLE);
+    assert_eq!(e.role, Some(Role::Admin));
+    for reason in DenyReason::ALL {
+        assert!(!crate::deny_text(reason).is_empty());
+    }
+}

@@ -57,6 +57,7 @@ pub mod cache;
 pub mod credentials;
 pub mod delta;
 pub mod evaluator;
+pub mod explain;
 pub mod model;
 pub mod pattern;
 pub mod snapshot;
@@ -71,6 +72,7 @@ pub use delta::{ApplyError, Changes, Delta, diff};
 pub use evaluator::{
     Action, AllowReason, Credential, Decision, DenyReason, PolicyEvaluator, Refusal, Subject,
 };
+pub use explain::{Explanation, GrantUse, deny_text};
 pub use model::{
     Actions, Channel, Grant, GrantSubject, Group, Member, Qos, ResourceName, Resources, Role,
     SubjectKind, Tenant, TenantLimits, Thing, User,

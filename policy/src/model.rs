@@ -96,6 +96,17 @@ pub enum Role {
     Viewer,
 }
 
+impl Role {
+    /// The role's name as written in a User's spec.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Admin => "admin",
+            Role::Member => "member",
+            Role::Viewer => "viewer",
+        }
+    }
+}
+
 /// A person or an application that signs in with a password and uses tokens.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]

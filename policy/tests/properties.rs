@@ -4,9 +4,10 @@ use std::sync::{Arc, RwLock};
 
 use fleetward_policy::pattern::covers;
 use fleetward_policy::{
-    Action, Actions, CachedEvaluator, Channel, Credential, Decision, Grant, GrantSubject, Group,
-    KeyDigest, Member, PolicyEvaluator, Qos, Refusal, Role, Snapshot, Subject, SubjectKind,
-    SubtopicPattern, Tenant, Thing, Topic, TopicLimits, User, diff, parse_filter,
+    Action, Actions, AllowReason, CachedEvaluator, Channel, Credential, Decision, DenyReason,
+    Grant, GrantSubject, Group, KeyDigest, Member, PolicyEvaluator, Qos, Refusal, Role, Snapshot,
+    Subject, SubjectKind, SubtopicPattern, Tenant, Thing, Topic, TopicLimits, User, diff,
+    parse_filter,
 };
 use proptest::prelude::*;
 
@@ -404,6 +405,28 @@ proptest! {
             let topic = parse(&r.filter);
             if ask(&s, r).is_allowed() {
                 prop_assert_eq!(&r.subject.tenant, topic.tenant(), "{:?}", r);
+            }
+        }
+    }
+
+    #[test]
+    fn explanations_name_a_connection_for_every_grant_decision(
+        s in arb_snapshot(1),
+        requests in prop::collection::vec(arb_request(), 1..40),
+    ) {
+        for r in &requests {
+            let e = s.explain(&r.subject, r.action, &parse(&r.filter));
+            prop_assert_eq!(e.decision, ask(&s, r));
+            match e.decision {
+                Decision::Allow(AllowReason::Grant)
+                | Decision::Deny(DenyReason::SubtopicDenied)
+                | Decision::Deny(DenyReason::SubtopicNotAllowed) => {
+                    prop_assert!(!e.grants.is_empty(), "{:?}: {:?}", r, e);
+                    for g in &e.grants {
+                        prop_assert!(s.grant(&r.subject.tenant, &g.connection).is_some(), "{:?}", g);
+                    }
+                }
+                _ => prop_assert!(e.grants.is_empty(), "{:?}: {:?}", r, e),
             }
         }
     }
