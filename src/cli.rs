@@ -22,21 +22,20 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run the operator and one dataplane in one process, from a directory of YAML (no cluster needed).
-    Start(NotBuilt),
+    Start(crate::start::StartArgs),
+    /// Print a thing's key (alone on the last line), from the state directory or the cluster.
+    Credentials(crate::inspect::CredentialsArgs),
+    /// Explain whether a thing or user may publish or subscribe on a topic.
+    #[command(name = "can-i")]
+    CanI(crate::inspect::CanIArgs),
+    /// Show the Ready condition of every object `fleetward start` serves.
+    Status(crate::inspect::StatusArgs),
     /// Run the Kubernetes operator: reconcile resources and serve PolicySync to dataplanes.
     Operator(Box<fleetward_operator::runtime::OperatorArgs>),
     /// Run a dataplane pod: MQTT, enforcing the policy pushed by the operator.
     Dataplane(Box<fleetward_dataplane::DataplaneArgs>),
     /// Print the CustomResourceDefinitions of every Fleetward kind as one YAML stream.
     Crds(CrdsArgs),
-}
-
-/// Arguments of a mode that a later release fills in; accepted so `--help` works.
-#[derive(Debug, Args)]
-struct NotBuilt {
-    /// Arguments of the mode (not parsed yet).
-    #[arg(trailing_var_arg = true, allow_hyphen_values = true, hide = true)]
-    args: Vec<String>,
 }
 
 #[derive(Debug, Args)]
@@ -50,7 +49,15 @@ impl Cli {
     /// Runs the chosen subcommand and turns its outcome into the process exit code.
     pub fn run(self) -> ExitCode {
         let outcome = match self.command {
-            Command::Start(_) => not_built("start"),
+            Command::Start(args) => serve(crate::start::run(args)),
+            Command::Credentials(args) => once(crate::inspect::credentials(&args)),
+            Command::CanI(args) => match once(crate::inspect::can_i(&args)) {
+                Ok(true) => Ok(()),
+                // Like `kubectl auth can-i`: "no" exits 1, an error exits 1 with a message.
+                Ok(false) => return ExitCode::FAILURE,
+                Err(e) => Err(e),
+            },
+            Command::Status(args) => crate::inspect::status(&args),
             Command::Operator(args) => serve(fleetward_operator::runtime::run(*args)),
             Command::Dataplane(args) => serve(fleetward_dataplane::run(*args)),
             Command::Crds(args) => crds(&args),
@@ -65,17 +72,23 @@ impl Cli {
     }
 }
 
-fn not_built(mode: &str) -> anyhow::Result<()> {
-    anyhow::bail!("`fleetward {mode}` is not built yet in this release")
+/// Runs a one-shot command on a small runtime, logging warnings only.
+fn once<T>(command: impl std::future::Future<Output = anyhow::Result<T>>) -> anyhow::Result<T> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?
+        .block_on(command)
 }
 
 /// Runs a long-lived mode on a multi-threaded runtime, logging as `RUST_LOG` says (default
-/// `info`).
+/// `info`, with rumqttd at `warn`).
 fn serve(mode: impl std::future::Future<Output = anyhow::Result<()>>) -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+                // rumqttd logs every router link at info; its warnings are what matter here.
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,rumqttd=warn")),
         )
         .with_writer(std::io::stderr)
         .init();

@@ -8,7 +8,15 @@ fn fleetward() -> Command {
 
 #[test]
 fn every_subcommand_has_help() {
-    for sub in ["start", "operator", "dataplane", "crds"] {
+    for sub in [
+        "start",
+        "credentials",
+        "can-i",
+        "status",
+        "operator",
+        "dataplane",
+        "crds",
+    ] {
         let out = fleetward().args([sub, "--help"]).output().expect("runs");
         assert!(out.status.success(), "`fleetward {sub} --help` failed");
         let text = String::from_utf8_lossy(&out.stdout);
@@ -20,17 +28,26 @@ fn every_subcommand_has_help() {
 }
 
 #[test]
-fn single_binary_mode_not_built_yet_says_so_and_fails() {
-    let out = fleetward().arg("start").output().expect("runs");
+fn start_without_a_manifest_directory_says_how_to_give_one() {
+    let dir = std::env::temp_dir().join(format!("fleetward-cli-{}", std::process::id()));
+    let out = fleetward()
+        .current_dir(std::env::temp_dir())
+        .args(["start", "--manifests"])
+        .arg(dir.join("missing"))
+        .arg("--state-dir")
+        .arg(dir.join("state"))
+        .output()
+        .expect("runs");
     assert!(
         !out.status.success(),
         "`fleetward start` must exit non-zero"
     );
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
-        err.contains("not built yet"),
+        err.contains("does not exist") && err.contains("--manifests"),
         "`fleetward start` said: {err}"
     );
+    std::fs::remove_dir_all(dir).ok();
 }
 
 #[test]

@@ -13,4 +13,4 @@ pub mod sync;
 pub use args::DataplaneArgs;
 pub use dataplane::{Dataplane, RunningDataplane};
 pub use mqtt::MqttConfig;
-pub use run::run;
+pub use run::{run, shutdown_signal};

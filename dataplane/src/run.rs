@@ -88,7 +88,8 @@ fn hostname() -> Option<String> {
         .filter(|h| !h.is_empty())
 }
 
-async fn shutdown_signal() {
+/// Resolves on SIGTERM or SIGINT.
+pub async fn shutdown_signal() {
     let ctrl_c = async {
         let _ = tokio::signal::ctrl_c().await;
     };

@@ -64,6 +64,16 @@ impl Directory {
         &self.keys
     }
 
+    /// Every object the manifests declare (the last good version of each file), in file order.
+    pub fn declared(&self) -> impl Iterator<Item = &Object> {
+        self.files.values().flat_map(|f| f.objects.values())
+    }
+
+    /// The manifest directory.
+    pub fn manifests(&self) -> &Path {
+        &self.manifests
+    }
+
     /// Re-reads every changed file and applies the difference to `index`.
     pub fn scan(&mut self, index: &mut Index) -> ScanReport {
         let mut report = ScanReport::default();

@@ -1,0 +1,375 @@
+//! `fleetward credentials`, `fleetward can-i` and `fleetward status`: answers about a manifest
+//! directory (or a cluster) for people and scripts.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+use clap::{Args, ValueEnum};
+use fleetward_operator::index::{Index, Object, is_key_entry};
+use fleetward_policy::{
+    Action, AllowReason, Decision, KeyDigest, Snapshot, Subject, TopicLimits, deny_text,
+    parse_filter, parse_topic_name,
+};
+
+use crate::local::{DEFAULT_MANIFESTS, DEFAULT_STATE_DIR, Local, StatusReport};
+
+/// Prints a line to stdout; a closed pipe (`| head`) ends the output quietly instead of
+/// panicking.
+macro_rules! outln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout().lock(), $($arg)*);
+    }};
+}
+
+/// Where to read objects from.
+#[derive(Debug, Args)]
+pub struct SourceArgs {
+    /// The manifest directory (as given to `fleetward start`).
+    #[arg(long, value_name = "DIR", default_value = DEFAULT_MANIFESTS, env = "FLEETWARD_MANIFESTS")]
+    pub manifests: PathBuf,
+    /// The state directory (as given to `fleetward start`), where generated keys are kept.
+    #[arg(long, value_name = "DIR", default_value = DEFAULT_STATE_DIR, env = "FLEETWARD_STATE_DIR")]
+    pub state_dir: PathBuf,
+    /// Read the cluster of the current kubeconfig instead of a manifest directory.
+    #[arg(long, conflicts_with_all = ["manifests", "state_dir"])]
+    pub cluster: bool,
+}
+
+/// `fleetward credentials` flags.
+#[derive(Debug, Args)]
+pub struct CredentialsArgs {
+    /// The thing, as `<tenant>/<thing>`.
+    #[arg(value_name = "TENANT/THING")]
+    pub thing: String,
+    #[command(flatten)]
+    pub source: SourceArgs,
+}
+
+/// The two questions `can-i` answers.
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum Verb {
+    /// Publish to a topic name.
+    Publish,
+    /// Subscribe to a topic filter.
+    Subscribe,
+}
+
+/// `fleetward can-i` flags.
+#[derive(Debug, Args)]
+pub struct CanIArgs {
+    /// The subject, as `<tenant>/<thing>` or `<tenant>/<user>`.
+    #[arg(value_name = "TENANT/SUBJECT")]
+    pub subject: String,
+    /// What it wants to do.
+    pub verb: Verb,
+    /// The topic (`m/<tenant>/c/<channel>/…`, or relative to a thing's mountpoint).
+    pub topic: String,
+    /// The subject is a user (by default a thing of that name, else a user).
+    #[arg(long)]
+    pub user: bool,
+    #[command(flatten)]
+    pub source: SourceArgs,
+}
+
+/// `fleetward status` flags.
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// The manifest directory, read afresh when no running `fleetward start` reported.
+    #[arg(long, value_name = "DIR", default_value = DEFAULT_MANIFESTS, env = "FLEETWARD_MANIFESTS")]
+    pub manifests: PathBuf,
+    /// The state directory of the running `fleetward start`.
+    #[arg(long, value_name = "DIR", default_value = DEFAULT_STATE_DIR, env = "FLEETWARD_STATE_DIR")]
+    pub state_dir: PathBuf,
+}
+
+/// Objects and the index built from them, from a directory or a cluster.
+struct Loaded {
+    objects: Vec<Object>,
+    index: Index,
+    local: Option<Local>,
+    notes: Vec<String>,
+}
+
+impl Loaded {
+    async fn from(source: &SourceArgs) -> anyhow::Result<Self> {
+        if source.cluster {
+            let client = crate::cluster::client().await?;
+            let (objects, notes) = crate::cluster::objects(&client).await?;
+            let mut index = Index::new();
+            for o in &objects {
+                index.apply(o.clone());
+            }
+            index.commit();
+            return Ok(Self {
+                objects,
+                index,
+                local: None,
+                notes,
+            });
+        }
+        let (local, report) = Local::load(&source.manifests, &source.state_dir)?;
+        let notes = report
+            .errors
+            .iter()
+            .map(|e| format!("skipped: {e}"))
+            .collect();
+        Ok(Self {
+            objects: local.directory.declared().cloned().collect(),
+            index: Index::new(),
+            local: Some(local),
+            notes,
+        })
+    }
+
+    fn snapshot(&self) -> &Snapshot {
+        match &self.local {
+            Some(l) => l.index.snapshot(),
+            None => self.index.snapshot(),
+        }
+    }
+
+    /// The namespace of tenant `name`.
+    fn tenant_namespace(&self, name: &str) -> Option<String> {
+        self.objects.iter().find_map(|o| match o {
+            Object::Tenant(t) if t.metadata.name.as_deref() == Some(name) => {
+                Some(t.namespace().to_owned())
+            }
+            _ => None,
+        })
+    }
+}
+
+fn split_subject(text: &str) -> anyhow::Result<(&str, &str)> {
+    match text.split_once('/') {
+        Some((t, s)) if !t.is_empty() && !s.is_empty() && !s.contains('/') => Ok((t, s)),
+        _ => anyhow::bail!("`{text}` is not <tenant>/<name>, for example acme/sensor-1"),
+    }
+}
+
+/// Prints a thing's key entries; the primary key alone on the last line.
+pub async fn credentials(args: &CredentialsArgs) -> anyhow::Result<()> {
+    let (tenant, thing) = split_subject(&args.thing)?;
+    let (ns, secret, keys) = if args.source.cluster {
+        let client = crate::cluster::client().await?;
+        crate::cluster::thing_keys(&client, tenant, thing).await?
+    } else {
+        local_thing_keys(&args.source, tenant, thing).await?
+    };
+    let mut keys: Vec<(String, String)> = keys
+        .into_iter()
+        .map(|(entry, value)| {
+            String::from_utf8(value)
+                .map(|v| (entry.clone(), v.trim().to_owned()))
+                .with_context(|| format!("entry {entry} of Secret {ns}/{secret} is not text"))
+        })
+        .collect::<anyhow::Result<_>>()?;
+    if keys.is_empty() {
+        anyhow::bail!("Secret {ns}/{secret} holds no key entry (an entry named key…)");
+    }
+    // `key` itself is the primary key; rotation adds `key-2` and the like beside it.
+    keys.sort_by_key(|(entry, _)| (entry != "key", entry.clone()));
+    outln!("# {tenant}/{thing}: Secret {ns}/{secret}");
+    for (entry, value) in keys.iter().skip(1) {
+        outln!(
+            "# also valid: entry {entry}, fingerprint {}",
+            KeyDigest::of(value.as_bytes()).fingerprint()
+        );
+    }
+    let (entry, value) = &keys[0];
+    outln!(
+        "# entry {entry}, fingerprint {}; use it as the MQTT password with username {tenant}/{thing}",
+        KeyDigest::of(value.as_bytes()).fingerprint()
+    );
+    outln!("{value}");
+    Ok(())
+}
+
+async fn local_thing_keys(
+    source: &SourceArgs,
+    tenant: &str,
+    thing: &str,
+) -> anyhow::Result<(String, String, BTreeMap<String, Vec<u8>>)> {
+    let loaded = Loaded::from(source).await?;
+    let ns = loaded.tenant_namespace(tenant).with_context(|| {
+        format!(
+            "no Tenant {tenant} in {}; check the name with `fleetward status`",
+            source.manifests.display()
+        )
+    })?;
+    let secret = loaded
+        .objects
+        .iter()
+        .find_map(|o| match o {
+            Object::Thing(t)
+                if t.metadata.namespace.as_deref() == Some(ns.as_str())
+                    && t.metadata.name.as_deref() == Some(thing) =>
+            {
+                Some(t.secret_name())
+            }
+            _ => None,
+        })
+        .with_context(|| format!("no Thing {thing} in namespace {ns} of tenant {tenant}"))?;
+    // A Secret in the manifests (a brought-your-own key) wins over a generated one.
+    let declared = loaded.objects.iter().find_map(|o| match o {
+        Object::Secret(s) if s.namespace == ns && s.name == secret => Some(s.entries.clone()),
+        _ => None,
+    });
+    let keys = match declared {
+        Some(entries) => entries
+            .into_iter()
+            .filter(|(k, _)| is_key_entry(k))
+            .collect(),
+        None => {
+            let local = loaded.local.as_ref().context("no local key store")?;
+            let key = local
+                .directory
+                .keys()
+                .get(&ns, &secret)
+                .with_context(|| format!("reading the generated key of {ns}/{secret}"))?
+                .with_context(|| format!("no key was generated for {ns}/{secret} yet"))?;
+            BTreeMap::from([("key".to_owned(), key.into_bytes())])
+        }
+    };
+    Ok((ns, secret, keys))
+}
+
+/// Explains a decision; `Ok(true)` when allowed.
+pub async fn can_i(args: &CanIArgs) -> anyhow::Result<bool> {
+    let (tenant, name) = split_subject(&args.subject)?;
+    let loaded = Loaded::from(&args.source).await?;
+    for note in &loaded.notes {
+        eprintln!("note: {note}");
+    }
+    let snapshot = loaded.snapshot();
+    let is_thing = !args.user && snapshot.thing(tenant, name).is_some();
+    let subject = if is_thing || (!args.user && snapshot.user(tenant, name).is_none()) {
+        Subject::thing(tenant, name)
+    } else {
+        Subject::user(tenant, name)
+    };
+    let topic_text = match snapshot.mountpoint_of(tenant, name) {
+        Some(mount)
+            if is_thing && !args.topic.starts_with("m/") && !args.topic.starts_with('$') =>
+        {
+            format!("m/{tenant}/c/{mount}/{}", args.topic)
+        }
+        _ => args.topic.clone(),
+    };
+    let limits = TopicLimits::default();
+    let (action, parsed) = match args.verb {
+        Verb::Publish => (Action::Publish, parse_topic_name(&topic_text, &limits)),
+        Verb::Subscribe => (Action::Subscribe, parse_filter(&topic_text, &limits)),
+    };
+    let topic = match parsed {
+        Ok(t) => t,
+        Err(e) => {
+            outln!("no");
+            outln!("  {topic_text} is not a valid topic: {e}");
+            return Ok(false);
+        }
+    };
+    let e = snapshot.explain(&subject, action, &topic);
+    let kind = subject.kind.as_str();
+    match e.decision {
+        Decision::Allow(AllowReason::Role) => {
+            outln!("yes");
+            let role = e.role.map_or("", |r| r.as_str());
+            outln!("  user {tenant}/{name} has role {role} in the tenant");
+        }
+        Decision::Allow(AllowReason::Grant) => {
+            outln!("yes");
+            for g in &e.grants {
+                outln!("  allowed by {g}");
+            }
+        }
+        Decision::Deny(reason) => {
+            outln!("no");
+            outln!(
+                "  {}: {} ({kind} {tenant}/{name}, {} {topic_text})",
+                reason.as_str(),
+                deny_text(reason),
+                action.as_str()
+            );
+            for g in &e.grants {
+                outln!("  {g}");
+            }
+        }
+    }
+    Ok(e.decision.is_allowed())
+}
+
+/// Prints what a running `fleetward start` serves, or a fresh read of the directory.
+pub fn status(args: &StatusArgs) -> anyhow::Result<()> {
+    let report = match StatusReport::read(&args.state_dir)? {
+        Some(r) if crate::local::process_alive(r.pid) => {
+            outln!(
+                "# reported by fleetward start (pid {}) at {} (Unix time), from {}",
+                r.pid,
+                r.written_at_unix,
+                r.manifests.display()
+            );
+            r
+        }
+        _ => {
+            outln!(
+                "# no report from a running fleetward start in {}; reading {} afresh",
+                args.state_dir.display(),
+                args.manifests.display()
+            );
+            let (local, scan) = Local::load(&args.manifests, &args.state_dir)?;
+            local.report(&scan.errors)
+        }
+    };
+    outln!("# {}", report.summary());
+    for e in &report.errors {
+        outln!("error: {}: {}", e.file.display(), e.message);
+    }
+    let rows: Vec<[String; 5]> = report
+        .objects
+        .iter()
+        .map(|o| {
+            let name = if o.namespace.is_empty() {
+                o.name.clone()
+            } else {
+                format!("{}/{}", o.namespace, o.name)
+            };
+            let ready = if o.ready { "True" } else { "False" };
+            [
+                o.kind.clone(),
+                name,
+                ready.to_owned(),
+                o.reason.clone(),
+                o.message.clone(),
+            ]
+        })
+        .collect();
+    print_table(["KIND", "NAME", "READY", "REASON", "MESSAGE"], &rows);
+    Ok(())
+}
+
+/// Prints rows in columns as wide as their widest cell (the last column is not padded).
+fn print_table<const N: usize>(header: [&str; N], rows: &[[String; N]]) {
+    let mut widths = header.map(str::len);
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.len());
+        }
+    }
+    let line = |cells: [&str; N]| {
+        let mut out = String::new();
+        for (i, cell) in cells.iter().enumerate() {
+            if i + 1 == N {
+                out.push_str(cell);
+            } else {
+                out.push_str(&format!("{cell:<width$}  ", width = widths[i]));
+            }
+        }
+        outln!("{}", out.trim_end());
+    };
+    line(header);
+    for row in rows {
+        line(std::array::from_fn(|i| row[i].as_str()));
+    }
+}

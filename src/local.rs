@@ -1,0 +1,206 @@
+//! The single-binary mode's policy source: a manifest directory read into the operator's index,
+//! and the status report that `fleetward start` keeps and `fleetward status` prints.
+
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use anyhow::Context as _;
+use fleetward_operator::directory::{Directory, FileError, ScanReport};
+use fleetward_operator::index::{Index, ObjectKey};
+use serde::{Deserialize, Serialize};
+
+/// Where `start`, `status`, `credentials` and `can-i` read manifests and keep state, unless told.
+pub const DEFAULT_MANIFESTS: &str = "manifests";
+/// The default state directory (generated keys, the status report).
+pub const DEFAULT_STATE_DIR: &str = ".fleetward";
+/// The status report's file name in the state directory.
+const STATUS_FILE: &str = "status.json";
+
+/// A manifest directory read into an index.
+pub struct Local {
+    /// The directory source (it keeps the last good version of every file).
+    pub directory: Directory,
+    /// The index built from it.
+    pub index: Index,
+}
+
+impl Local {
+    /// Opens `manifests` with its state in `state_dir`; nothing is read yet.
+    pub fn open(manifests: &Path, state_dir: &Path) -> anyhow::Result<Self> {
+        if !manifests.is_dir() {
+            anyhow::bail!(
+                "the manifest directory {} does not exist or is not a directory; \
+                 pass --manifests DIR (for example --manifests examples)",
+                manifests.display()
+            );
+        }
+        std::fs::create_dir_all(state_dir).with_context(|| {
+            format!(
+                "creating the state directory {}; pass a writable --state-dir",
+                state_dir.display()
+            )
+        })?;
+        let directory = Directory::new(manifests, state_dir).with_context(|| {
+            format!(
+                "opening the key store under {}; pass a writable --state-dir",
+                state_dir.display()
+            )
+        })?;
+        Ok(Self {
+            directory,
+            index: Index::new(),
+        })
+    }
+
+    /// Opens and reads the directory once, committing the result.
+    pub fn load(manifests: &Path, state_dir: &Path) -> anyhow::Result<(Self, ScanReport)> {
+        let mut local = Self::open(manifests, state_dir)?;
+        let report = local.directory.scan(&mut local.index);
+        local.index.commit();
+        Ok((local, report))
+    }
+
+    /// The status of every object, sorted by kind, namespace and name.
+    pub fn report(&self, errors: &[FileError]) -> StatusReport {
+        let mut keys: Vec<&ObjectKey> = self.index.objects().collect();
+        keys.sort();
+        let objects = keys
+            .into_iter()
+            .filter_map(|key| {
+                let st = self.index.status(key)?;
+                Some(ObjectStatus {
+                    kind: key.kind.as_str().to_owned(),
+                    namespace: key.namespace.clone(),
+                    name: key.name.clone(),
+                    ready: st.readiness.ready,
+                    reason: st.readiness.reason.as_str().to_owned(),
+                    message: st.readiness.message.clone(),
+                })
+            })
+            .collect();
+        let snapshot = self.index.snapshot();
+        StatusReport {
+            written_at_unix: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs()),
+            pid: std::process::id(),
+            manifests: self.directory.manifests().to_owned(),
+            version: snapshot.version(),
+            tenants: snapshot.tenants().count(),
+            things: snapshot.things().count(),
+            channels: snapshot.channels().count(),
+            connections: snapshot.grants().count(),
+            users: snapshot.users().count(),
+            errors: errors
+                .iter()
+                .map(|e| FileProblem {
+                    file: e.file.clone(),
+                    message: e.message.clone(),
+                })
+                .collect(),
+            objects,
+        }
+    }
+}
+
+/// One object's `Ready` condition.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ObjectStatus {
+    /// The kind.
+    pub kind: String,
+    /// The namespace; empty for a Tenant.
+    pub namespace: String,
+    /// The name.
+    pub name: String,
+    /// Whether it is Ready (and served).
+    pub ready: bool,
+    /// The condition's reason, as in a cluster.
+    pub reason: String,
+    /// The condition's message.
+    pub message: String,
+}
+
+/// A manifest file that could not be (fully) applied.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileProblem {
+    /// The file.
+    pub file: PathBuf,
+    /// What is wrong, naming the document and field.
+    pub message: String,
+}
+
+/// What `fleetward start` serves, written to the state directory on every change.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatusReport {
+    /// When it was written, seconds since the Unix epoch.
+    pub written_at_unix: u64,
+    /// The process that wrote it.
+    pub pid: u32,
+    /// The manifest directory.
+    pub manifests: PathBuf,
+    /// The policy snapshot version served.
+    pub version: u64,
+    /// Tenants served.
+    pub tenants: usize,
+    /// Things served.
+    pub things: usize,
+    /// Channels served.
+    pub channels: usize,
+    /// Connections served.
+    pub connections: usize,
+    /// Users served.
+    pub users: usize,
+    /// Files whose last edit was refused (their last good version stays applied).
+    pub errors: Vec<FileProblem>,
+    /// Every object's condition.
+    pub objects: Vec<ObjectStatus>,
+}
+
+impl StatusReport {
+    /// The one-line summary `start` logs.
+    pub fn summary(&self) -> String {
+        let not_ready = self.objects.iter().filter(|o| !o.ready).count();
+        format!(
+            "serving {} tenants, {} things, {} channels, {} connections, {} users \
+             (policy version {}); {} objects not ready, {} files with errors",
+            self.tenants,
+            self.things,
+            self.channels,
+            self.connections,
+            self.users,
+            self.version,
+            not_ready,
+            self.errors.len()
+        )
+    }
+
+    /// Writes the report atomically into `state_dir`.
+    pub fn write(&self, state_dir: &Path) -> anyhow::Result<()> {
+        let path = state_dir.join(STATUS_FILE);
+        let tmp = state_dir.join(format!(".{STATUS_FILE}.tmp"));
+        let text = serde_json::to_vec_pretty(self).context("encoding the status report")?;
+        std::fs::write(&tmp, text).with_context(|| format!("writing {}", tmp.display()))?;
+        std::fs::rename(&tmp, &path).with_context(|| format!("writing {}", path.display()))
+    }
+
+    /// The report a running `start` left in `state_dir`, if any.
+    pub fn read(state_dir: &Path) -> anyhow::Result<Option<Self>> {
+        let path = state_dir.join(STATUS_FILE);
+        match std::fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice(&bytes)
+                .map(Some)
+                .with_context(|| format!("reading the status report {}", path.display())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
+        }
+    }
+}
+
+/// Whether process `pid` still runs (always `true` where that cannot be told).
+pub fn process_alive(pid: u32) -> bool {
+    if cfg!(target_os = "linux") {
+        Path::new("/proc").join(pid.to_string()).exists()
+    } else {
+        true
+    }
+}

@@ -1,0 +1,184 @@
+//! `fleetward start`: the index and one dataplane in one process, fed from a directory of YAML
+//! that is watched and applied live.
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::Args;
+use fleetward_dataplane::Dataplane;
+use fleetward_operator::directory::{FileError, ScanReport};
+use fleetward_operator::index::{Kind, ObjectKey};
+use fleetward_policy::Snapshot;
+use notify::{RecursiveMode, Watcher as _};
+use tokio::sync::{mpsc, watch};
+
+use crate::local::{DEFAULT_MANIFESTS, DEFAULT_STATE_DIR, Local};
+
+/// How long file events are gathered into one rescan (an editor's save is several events).
+const DEBOUNCE: Duration = Duration::from_millis(50);
+/// A full rescan runs this often even without file events (network file systems, missed events).
+const RESCAN: Duration = Duration::from_secs(2);
+
+/// `fleetward start` flags.
+#[derive(Debug, Args)]
+pub struct StartArgs {
+    /// The directory of manifests (every Fleetward kind, and Secrets for brought-your-own
+    /// keys), read recursively and watched for changes.
+    #[arg(long, value_name = "DIR", default_value = DEFAULT_MANIFESTS, env = "FLEETWARD_MANIFESTS")]
+    pub manifests: PathBuf,
+    /// Where generated keys (mode 0600) and the status report are kept.
+    #[arg(long, value_name = "DIR", default_value = DEFAULT_STATE_DIR, env = "FLEETWARD_STATE_DIR")]
+    pub state_dir: PathBuf,
+    /// MQTT listener.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:1883")]
+    pub mqtt_listen: SocketAddr,
+    /// HTTP and WebSocket listener.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8080")]
+    pub http_listen: SocketAddr,
+    /// Health and Prometheus metrics listener (`/healthz`, `/readyz`, `/metrics`).
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8081")]
+    pub admin_listen: SocketAddr,
+}
+
+/// Runs until SIGTERM or SIGINT.
+pub async fn run(args: StartArgs) -> anyhow::Result<()> {
+    let mut local = Local::open(&args.manifests, &args.state_dir)?;
+    let mut errors = Errors::default();
+    let report = local.directory.scan(&mut local.index);
+    local.index.commit();
+    errors.log(&report);
+    log_generated(&report);
+    let mut keys: Vec<&ObjectKey> = local.index.objects().collect();
+    keys.sort();
+    for key in keys {
+        log_status(&local, key, true);
+    }
+    let status = local.report(&errors.current);
+    status.write(&args.state_dir)?;
+
+    let (policy_tx, policy_rx) = watch::channel(Arc::new(local.index.snapshot().clone()));
+    let dataplane = Dataplane::new(policy_rx)
+        .mqtt_listen(args.mqtt_listen)
+        .admin_listen(Some(args.admin_listen))
+        .start()
+        .await
+        .context("starting the dataplane")?;
+    tracing::info!(addr = %dataplane.mqtt_addr, "MQTT listening");
+    if let Some(addr) = dataplane.admin_addr {
+        tracing::info!(%addr, "admin API (/healthz, /readyz, /metrics) listening");
+    }
+    tracing::info!(manifests = %args.manifests.display(), "{}", status.summary());
+
+    let (events_tx, mut events_rx) = mpsc::channel::<()>(1);
+    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        if event.is_ok() {
+            // A full channel already holds a wake-up; dropping this one loses nothing.
+            let _ = events_tx.try_send(());
+        }
+    })
+    .context("starting the file watcher")?;
+    watcher
+        .watch(&args.manifests, RecursiveMode::Recursive)
+        .with_context(|| format!("watching {}", args.manifests.display()))?;
+
+    let mut rescan = tokio::time::interval(RESCAN);
+    rescan.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let shutdown = fleetward_dataplane::shutdown_signal();
+    tokio::pin!(shutdown);
+    let serving = dataplane.wait();
+    tokio::pin!(serving);
+    loop {
+        tokio::select! {
+            () = &mut shutdown => {
+                tracing::info!("shutting down");
+                return Ok(());
+            }
+            r = &mut serving => return r,
+            Some(()) = events_rx.recv() => {
+                tokio::time::sleep(DEBOUNCE).await;
+                while events_rx.try_recv().is_ok() {}
+            }
+            _ = rescan.tick() => {}
+        }
+        let report = local.directory.scan(&mut local.index);
+        errors.log(&report);
+        log_generated(&report);
+        let Some(commit) = local.index.commit() else {
+            if report.changed_files > 0 {
+                local.report(&errors.current).write(&args.state_dir)?;
+            }
+            continue;
+        };
+        for key in &commit.statuses {
+            log_status(&local, key, false);
+        }
+        let snapshot: Arc<Snapshot> = Arc::new(local.index.snapshot().clone());
+        let _ = policy_tx.send(snapshot);
+        let status = local.report(&errors.current);
+        status.write(&args.state_dir)?;
+        tracing::info!("{}", status.summary());
+    }
+}
+
+/// The errors of the latest scan, each logged once while it lasts.
+#[derive(Default)]
+struct Errors {
+    current: Vec<FileError>,
+    logged: BTreeSet<(PathBuf, String)>,
+}
+
+impl Errors {
+    fn log(&mut self, report: &ScanReport) {
+        let mut now = BTreeSet::new();
+        for e in &report.errors {
+            let id = (e.file.clone(), e.message.clone());
+            if !self.logged.contains(&id) {
+                tracing::error!(file = %e.file.display(), "{}", e.message);
+            }
+            now.insert(id);
+        }
+        for (file, _) in self.logged.difference(&now) {
+            if !now.iter().any(|(f, _)| f == file) {
+                tracing::info!(file = %file.display(), "the file is valid again and applied");
+            }
+        }
+        self.logged = now;
+        self.current = report.errors.clone();
+    }
+}
+
+fn log_generated(report: &ScanReport) {
+    for key in &report.generated_keys {
+        tracing::info!(
+            secret = %format!("{}/{}", key.namespace, key.name),
+            "generated a key; print it with `fleetward credentials <tenant>/<thing>`"
+        );
+    }
+}
+
+/// Logs an object's condition: a change at info, a Ready object at start at debug only (the
+/// summary line counts them), anything not Ready as a warning.
+fn log_status(local: &Local, key: &ObjectKey, at_start: bool) {
+    if key.kind == Kind::Secret {
+        return;
+    }
+    let what = if key.namespace.is_empty() {
+        format!("{} {}", key.kind.as_str(), key.name)
+    } else {
+        format!("{} {}/{}", key.kind.as_str(), key.namespace, key.name)
+    };
+    match local.index.status(key) {
+        None => tracing::info!("{what}: removed"),
+        Some(st) if st.readiness.ready && at_start => tracing::debug!("{what}: Ready"),
+        Some(st) if st.readiness.ready => tracing::info!("{what}: Ready"),
+        Some(st) => tracing::warn!(
+            reason = st.readiness.reason.as_str(),
+            "{what}: not Ready: {}",
+            st.readiness.message
+        ),
+    }
+}
