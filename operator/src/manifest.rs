@@ -28,25 +28,28 @@ pub enum Document {
     },
 }
 
-/// Reads every document of a YAML stream; each document succeeds or fails on its own.
+/// Reads every document of a YAML stream; each document succeeds or fails on its own, except
+/// that a YAML syntax error ends the stream (the parser cannot find the next document after
+/// it, and would repeat the same error forever).
 pub fn read(text: &str) -> Vec<Result<Document, ManifestError>> {
-    serde_yaml::Deserializer::from_str(text)
-        .enumerate()
-        .filter_map(|(i, doc)| {
-            let document = i + 1;
-            let value = match <serde_yaml::Value as serde::Deserialize>::deserialize(doc) {
-                Ok(serde_yaml::Value::Null) => return None,
-                Ok(v) => v,
-                Err(e) => {
-                    return Some(Err(ManifestError {
-                        document,
-                        message: format!("not valid YAML: {e}"),
-                    }));
-                }
-            };
-            Some(read_document(value).map_err(|message| ManifestError { document, message }))
-        })
-        .collect()
+    let mut out = Vec::new();
+    for (i, doc) in serde_yaml::Deserializer::from_str(text).enumerate() {
+        let document = i + 1;
+        match <serde_yaml::Value as serde::Deserialize>::deserialize(doc) {
+            Ok(serde_yaml::Value::Null) => {}
+            Ok(value) => out.push(
+                read_document(value).map_err(|message| ManifestError { document, message }),
+            ),
+            Err(e) => {
+                out.push(Err(ManifestError {
+                    document,
+                    message: format!("not valid YAML: {e}"),
+                }));
+                break;
+            }
+        }
+    }
+    out
 }
 
 fn read_document(value: serde_yaml::Value) -> Result<Document, String> {

@@ -613,3 +613,14 @@ fn a_bad_manifest_document_names_its_field_and_others_still_read() {
     assert!(err.message.contains("spec.maxQos"), "{}", err.message);
     assert!(docs[1].is_ok());
 }
+
+#[test]
+fn a_yaml_syntax_error_is_reported_once_and_ends_the_stream() {
+    let text = "apiVersion: fleetward.io/v1alpha1\nkind: Channel\nmetadata: {name: a, namespace: acme}\nspec: {}\n---\nkind: [unclosed\n---\napiVersion: v1\nkind: Namespace\n";
+    let docs = manifest::read(text);
+    assert_eq!(docs.len(), 2, "{docs:?}");
+    assert!(docs[0].is_ok());
+    let err = docs[1].as_ref().expect_err("a syntax error");
+    assert_eq!(err.document, 2);
+    assert!(err.message.contains("not valid YAML"), "{}", err.message);
+}
