@@ -1,0 +1,511 @@
+//! `fleetward start` as a user runs it: the binary over a manifest directory, with real MQTT
+//! clients (mosquitto_sub / mosquitto_pub), live edits, broken files, `credentials` and `can-i`.
+
+use std::io::{BufRead, BufReader};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+const SENSOR_KEY: &str = "p5OR2zf95euo-SDM6r3HQBkSsWKpSI1eT71WQ5jOhP8";
+
+fn bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_fleetward"))
+}
+
+fn free_addr() -> SocketAddr {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free loopback port")
+}
+
+fn tempdir(tag: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("fleetward-start-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).expect("temp dir");
+    d
+}
+
+fn examples() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("examples")
+}
+
+/// The acme example, one document per file, without its Group, so the dashboard's only grant
+/// is the Connection `dashboard-subscribes-telemetry` (in its own file).
+fn split_acme(dir: &Path) {
+    let text = std::fs::read_to_string(examples().join("acme.yaml")).expect("acme example");
+    for (i, doc) in text.split("\n---\n").enumerate() {
+        if doc.contains("kind: Group") {
+            continue;
+        }
+        let name = if doc.contains("name: dashboard-subscribes-telemetry") {
+            "dashboard-connection.yaml".to_owned()
+        } else {
+            format!("{i:02}.yaml")
+        };
+        std::fs::write(dir.join(name), doc).expect("write manifest");
+    }
+}
+
+/// A running `fleetward start`, killed on drop.
+struct Start {
+    child: Child,
+    mqtt: SocketAddr,
+    state: PathBuf,
+    manifests: PathBuf,
+    log: mpsc::Receiver<String>,
+}
+
+impl Start {
+    fn run(manifests: &Path, state: &Path) -> Self {
+        let mqtt = free_addr();
+        let mut child = Command::new(bin())
+            .args(["start", "--manifests"])
+            .arg(manifests)
+            .arg("--state-dir")
+            .arg(state)
+            .arg(format!("--mqtt-listen={mqtt}"))
+            .arg(format!("--http-listen={}", free_addr()))
+            .arg(format!("--admin-listen={}", free_addr()))
+            .env("RUST_LOG", "info,rumqttd=warn")
+            .env("NO_COLOR", "1")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("fleetward start runs");
+        let (tx, log) = mpsc::channel();
+        let stderr = child.stderr.take().expect("piped stderr");
+        thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                eprintln!("[start] {line}");
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let start = Self {
+            child,
+            mqtt,
+            state: state.to_owned(),
+            manifests: manifests.to_owned(),
+            log,
+        };
+        start.wait_log("MQTT listening", Duration::from_secs(20));
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while TcpStream::connect(mqtt).is_err() {
+            assert!(Instant::now() < deadline, "nothing listens on {mqtt}");
+            thread::sleep(Duration::from_millis(50));
+        }
+        start
+    }
+
+    /// Waits for a log line containing `needle`, returning it.
+    fn wait_log(&self, needle: &str, within: Duration) -> String {
+        let deadline = Instant::now() + within;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.log.recv_timeout(left) {
+                Ok(line) if line.contains(needle) => return line,
+                Ok(_) => {}
+                Err(_) => panic!("no log line with {needle:?} within {within:?}"),
+            }
+        }
+    }
+
+    /// Waits for one log line containing each needle, in any order.
+    fn wait_logs<const N: usize>(&self, needles: [&str; N], within: Duration) -> [String; N] {
+        let deadline = Instant::now() + within;
+        let mut found: [Option<String>; N] = std::array::from_fn(|_| None);
+        while found.iter().any(Option::is_none) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let Ok(line) = self.log.recv_timeout(left) else {
+                panic!("log lines with {needles:?} not all seen within {within:?}: {found:?}");
+            };
+            for (slot, needle) in found.iter_mut().zip(needles) {
+                if slot.is_none() && line.contains(needle) {
+                    *slot = Some(line.clone());
+                }
+            }
+        }
+        found.map(|l| l.unwrap_or_default())
+    }
+
+    fn cli(&self, args: &[&str]) -> Output {
+        Command::new(bin())
+            .args(args)
+            .arg("--manifests")
+            .arg(&self.manifests)
+            .arg("--state-dir")
+            .arg(&self.state)
+            .output()
+            .expect("fleetward runs")
+    }
+
+    fn key_of(&self, thing: &str) -> String {
+        let out = self.cli(&["credentials", thing]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let text = String::from_utf8(out.stdout).expect("text");
+        text.lines().last().expect("a key line").to_owned()
+    }
+}
+
+impl Drop for Start {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A `mosquitto_sub` whose output lines arrive on a channel; killed on drop.
+struct Sub {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+}
+
+impl Sub {
+    fn start(addr: SocketAddr, user: &str, key: &str, filter: &str) -> Self {
+        // mosquitto_sub block-buffers a pipe; stdbuf makes it hand over every line.
+        let mut child = Command::new("stdbuf")
+            .args(["-oL", "mosquitto_sub"])
+            .args(["-h", "127.0.0.1", "-p", &addr.port().to_string()])
+            .args([
+                "-V", "mqttv5", "-u", user, "-P", key, "-t", filter, "-v", "-d",
+            ])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("mosquitto_sub is installed (scripts/install-tools.sh)");
+        let (tx, lines) = mpsc::channel();
+        let stdout = child.stdout.take().expect("piped stdout");
+        thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let sub = Self { child, lines };
+        sub.expect_line("received SUBACK", Duration::from_secs(10));
+        sub
+    }
+
+    fn expect_line(&self, needle: &str, within: Duration) -> String {
+        let deadline = Instant::now() + within;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) if line.contains(needle) => return line,
+                Ok(_) => {}
+                Err(_) => panic!("mosquitto_sub printed no line with {needle:?} within {within:?}"),
+            }
+        }
+    }
+
+    /// Lines that contain `needle` during `window`.
+    fn count(&self, needle: &str, window: Duration) -> usize {
+        let deadline = Instant::now() + window;
+        let mut n = 0;
+        while let Ok(line) = self
+            .lines
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+        {
+            n += usize::from(line.contains(needle));
+        }
+        n
+    }
+}
+
+impl Drop for Sub {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn publish(addr: SocketAddr, topic: &str, message: &str) {
+    let status = Command::new("mosquitto_pub")
+        .args(["-h", "127.0.0.1", "-p", &addr.port().to_string()])
+        .args(["-u", "acme/sensor-1", "-P", SENSOR_KEY, "-q", "1"])
+        .args(["-t", topic, "-m", message])
+        .status()
+        .expect("mosquitto_pub is installed");
+    assert!(
+        status.success(),
+        "mosquitto_pub to {topic} failed: {status}"
+    );
+}
+
+#[test]
+fn deleting_a_connection_file_cuts_a_live_subscription_within_a_second() {
+    let root = tempdir("revoke");
+    let manifests = root.join("manifests");
+    std::fs::create_dir_all(&manifests).expect("dir");
+    split_acme(&manifests);
+    let start = Start::run(&manifests, &root.join("state"));
+    let key = start.key_of("acme/dashboard");
+    let sub = Sub::start(start.mqtt, "acme/dashboard", &key, "m/acme/c/telemetry/#");
+    publish(start.mqtt, "m/acme/c/telemetry/status", "before");
+    sub.expect_line("m/acme/c/telemetry/status before", Duration::from_secs(5));
+
+    std::fs::remove_file(manifests.join("dashboard-connection.yaml")).expect("rm");
+    start.wait_log(
+        "Connection acme/dashboard-subscribes-telemetry: removed",
+        Duration::from_secs(1),
+    );
+    // Within the second the index saw it, the dataplane removed the subscription.
+    thread::sleep(Duration::from_millis(300));
+    publish(start.mqtt, "m/acme/c/telemetry/status", "after");
+    assert_eq!(
+        sub.count("after", Duration::from_secs(2)),
+        0,
+        "a revoked subscription still delivered"
+    );
+    let out = start.cli(&[
+        "can-i",
+        "acme/dashboard",
+        "subscribe",
+        "m/acme/c/telemetry/#",
+    ]);
+    assert!(
+        !out.status.success(),
+        "can-i must say no once the Connection is gone"
+    );
+    std::fs::remove_dir_all(root).ok();
+}
+
+#[test]
+fn a_broken_file_is_reported_and_everything_else_keeps_serving() {
+    let root = tempdir("broken");
+    let manifests = root.join("manifests");
+    std::fs::create_dir_all(&manifests).expect("dir");
+    split_acme(&manifests);
+    let start = Start::run(&manifests, &root.join("state"));
+    let key = start.key_of("acme/dashboard");
+
+    // A broken edit of the Connection's file: the last good version stays applied.
+    let conn = manifests.join("dashboard-connection.yaml");
+    let good = std::fs::read_to_string(&conn).expect("read");
+    std::fs::write(
+        &conn,
+        good.replace("actions: [subscribe]", "actions: subscribe-ish"),
+    )
+    .expect("write");
+    std::fs::write(manifests.join("garbage.yaml"), "kind: [unclosed\n").expect("write");
+    let [garbage, conn_error] = start.wait_logs(
+        ["garbage.yaml", "dashboard-connection.yaml"],
+        Duration::from_secs(5),
+    );
+    assert!(garbage.contains("ERROR"), "{garbage}");
+    assert!(
+        conn_error.contains("spec.actions") && conn_error.contains("document 1"),
+        "the error names the document and field: {conn_error}"
+    );
+
+    let sub = Sub::start(start.mqtt, "acme/dashboard", &key, "m/acme/c/telemetry/#");
+    publish(start.mqtt, "m/acme/c/telemetry/status", "still-served");
+    sub.expect_line("still-served", Duration::from_secs(5));
+
+    let status = start.cli(&["status"]);
+    let text = String::from_utf8_lossy(&status.stdout);
+    assert!(status.status.success(), "{text}");
+    assert!(text.contains("reported by fleetward start"), "{text}");
+    assert!(text.contains("2 files with errors"), "{text}");
+    assert!(
+        text.contains("error: ") && text.contains("garbage.yaml"),
+        "{text}"
+    );
+    assert!(
+        text.lines()
+            .any(|l| l.contains("acme/dashboard-subscribes-telemetry") && l.contains("True")),
+        "{text}"
+    );
+
+    // Fixing the file applies it again.
+    std::fs::write(&conn, &good).expect("write");
+    start.wait_log("is valid again", Duration::from_secs(5));
+    std::fs::remove_dir_all(root).ok();
+}
+
+#[test]
+fn a_wrong_key_and_a_cross_tenant_subscription_are_refused() {
+    let root = tempdir("refuse");
+    let start = Start::run(&examples(), &root.join("state"));
+    let out = Command::new("mosquitto_pub")
+        .args(["-h", "127.0.0.1", "-p", &start.mqtt.port().to_string()])
+        .args(["-u", "acme/sensor-1", "-P", "not-the-key", "-V", "mqttv311"])
+        .args(["-t", "m/acme/c/telemetry/status", "-m", "x"])
+        .output()
+        .expect("mosquitto_pub runs");
+    assert!(!out.status.success(), "a wrong key must be refused");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("not authorised") || err.contains("Not authorized"),
+        "{err}"
+    );
+
+    let key = start.key_of("globex/dashboard");
+    let out = Command::new("mosquitto_sub")
+        .args(["-h", "127.0.0.1", "-p", &start.mqtt.port().to_string()])
+        .args([
+            "-u",
+            "globex/dashboard",
+            "-P",
+            &key,
+            "-t",
+            "m/acme/c/telemetry/#",
+        ])
+        .args(["-W", "5"])
+        .output()
+        .expect("mosquitto_sub runs");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("All subscription requests were denied"),
+        "{err}"
+    );
+    std::fs::remove_dir_all(root).ok();
+}
+
+#[test]
+fn credentials_print_the_key_alone_on_the_last_line() {
+    let root = tempdir("creds");
+    let state = root.join("state");
+    let run = |thing: &str| {
+        Command::new(bin())
+            .args(["credentials", thing, "--manifests"])
+            .arg(examples())
+            .arg("--state-dir")
+            .arg(&state)
+            .output()
+            .expect("runs")
+    };
+    // A brought-your-own key comes from the manifests' Secret.
+    let out = run("acme/sensor-1");
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).expect("text");
+    assert_eq!(text.lines().last(), Some(SENSOR_KEY), "{text}");
+    // A generated key is kept (mode 0600) and printed the same each time.
+    let first = String::from_utf8(run("acme/dashboard").stdout).expect("text");
+    let second = String::from_utf8(run("acme/dashboard").stdout).expect("text");
+    assert_eq!(first, second);
+    let key = first.lines().last().expect("key line");
+    assert!(key.len() >= 43 && !key.contains(' '), "{key}");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(state.join("keys/acme/dashboard-credentials.key"))
+            .expect("key file")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+    for (thing, message) in [
+        ("acme/nobody", "no Thing nobody"),
+        ("nope/sensor-1", "no Tenant nope"),
+        ("acme", "not <tenant>/<name>"),
+    ] {
+        let out = run(thing);
+        assert!(!out.status.success(), "{thing}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(message), "{thing}: {err}");
+    }
+    std::fs::remove_dir_all(root).ok();
+}
+
+#[test]
+fn can_i_answers_on_the_examples_with_the_grant_or_the_reason() {
+    let root = tempdir("can-i");
+    let ask = |args: &[&str]| {
+        let out = Command::new(bin())
+            .arg("can-i")
+            .args(args)
+            .arg("--manifests")
+            .arg(examples())
+            .arg("--state-dir")
+            .arg(root.join("state"))
+            .output()
+            .expect("runs");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    let cases: &[(&[&str], bool, &str)] = &[
+        (
+            &["acme/sensor-1", "publish", "m/acme/c/telemetry/status"],
+            true,
+            "Connection sensor-1-publishes-telemetry",
+        ),
+        (
+            &["acme/dashboard", "subscribe", "m/acme/c/telemetry/#"],
+            true,
+            "through Group operators",
+        ),
+        (
+            &["acme/alice", "subscribe", "m/acme/c/telemetry/#", "--user"],
+            true,
+            "role admin",
+        ),
+        (
+            &[
+                "globex/dashboard",
+                "subscribe",
+                "m/globex/c/telemetry/status",
+            ],
+            true,
+            "pattern status",
+        ),
+        (
+            &["globex/dashboard", "subscribe", "m/acme/c/telemetry/#"],
+            false,
+            "cross_tenant",
+        ),
+        (
+            &[
+                "globex/dashboard",
+                "subscribe",
+                "m/globex/c/telemetry/readings/lab/+",
+            ],
+            false,
+            "pattern readings/lab/#",
+        ),
+        (
+            &["acme/sensor-1", "subscribe", "m/acme/c/telemetry/#"],
+            false,
+            "no_grant",
+        ),
+        (
+            &["acme/sensor-1", "publish", "m/acme/c/other/x"],
+            false,
+            "unknown_channel",
+        ),
+        (
+            &["acme/sensor-1", "publish", "m/acme/c/telemetry/+"],
+            false,
+            "not a valid topic",
+        ),
+        (
+            &["acme/ghost", "publish", "m/acme/c/telemetry/x"],
+            false,
+            "unknown_subject",
+        ),
+        (
+            &["acme/sensor-1", "publish", "$SYS/broker"],
+            false,
+            "not a valid topic",
+        ),
+    ];
+    for (args, allowed, says) in cases {
+        let (ok, text) = ask(args);
+        assert_eq!(ok, *allowed, "{args:?}: {text}");
+        let first = if *allowed { "yes" } else { "no" };
+        assert_eq!(text.lines().next(), Some(first), "{args:?}: {text}");
+        assert!(text.contains(says), "{args:?} should say {says:?}: {text}");
+    }
+    std::fs::remove_dir_all(root).ok();
+}
