@@ -70,20 +70,25 @@ pub(crate) async fn stream<R: Router>(
     let Ok(upgrade) = upgrade else {
         return upgrade_required();
     };
-    match accept(&shared, &params, &headers) {
-        Ok(stream) => {
-            let max = shared.config.max_packet_size.saturating_add(64 * 1024);
-            upgrade
-                .protocols([http::WS_PROTOCOL])
-                .max_message_size(max)
-                .max_frame_size(max)
-                .on_upgrade(move |socket| session::run(shared, socket, stream))
-        }
+    let stream = match accept(&shared, &params, &headers) {
+        Ok(stream) => stream,
         Err(e) => {
             shared.metrics.refused("ws", e.error);
-            e.into_response()
+            return e.into_response();
         }
-    }
+    };
+    // Subscribed before the handshake is answered, so a client that publishes right after
+    // it opened the stream sees its own messages.
+    let link = match session::subscribe(&shared, &stream).await {
+        Ok(link) => link,
+        Err(e) => return e.into_response(),
+    };
+    let max = shared.config.max_packet_size.saturating_add(64 * 1024);
+    upgrade
+        .protocols([http::WS_PROTOCOL])
+        .max_message_size(max)
+        .max_frame_size(max)
+        .on_upgrade(move |socket| session::run(shared, socket, stream, link))
 }
 
 /// Authenticates and checks the subscription before the upgrade, so refusals are plain HTTP.

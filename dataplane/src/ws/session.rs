@@ -38,13 +38,66 @@ pub(crate) struct Stream {
 /// Why the server ends a stream: a close code and a reason (at most 123 bytes).
 struct Close(u16, String);
 
-pub(crate) async fn run<R: Router>(shared: Arc<Shared<R>>, socket: WebSocket, stream: Stream) {
+/// A router link that detaches when dropped (also when the upgrade never completes).
+pub(crate) struct Link<L: RouterLink>(Option<L>);
+
+impl<L: RouterLink> Drop for Link<L> {
+    fn drop(&mut self) {
+        if let Some(link) = self.0.take() {
+            link.detach();
+        }
+    }
+}
+
+/// Attaches a router session for the stream and subscribes its filter.
+pub(crate) async fn subscribe<R: Router>(
+    shared: &Shared<R>,
+    stream: &Stream,
+) -> Result<Link<R::Link>, ApiError> {
+    let key = SessionKey {
+        tenant: stream.tenant.clone(),
+        subject: stream.subject.name.clone(),
+        // Random, so it never meets an MQTT session's router state.
+        client_id: format!("ws-{}", crate::mqtt::random_client_id()),
+    };
+    let unavailable = |e: crate::router::RouterError| {
+        tracing::error!(error = %e, "could not attach a WebSocket stream to the router");
+        let mut e = ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            format!("the router could not take the stream ({e}); try again"),
+        );
+        e.retry_after = Some(1);
+        e
+    };
+    let (link, _) = shared
+        .router
+        .attach(&key, SessionMode::Clean)
+        .await
+        .map_err(unavailable)?;
+    let mut link = Link(Some(link));
+    if let Some(l) = &mut link.0 {
+        l.subscribe(&stream.filter).map_err(unavailable)?;
+    }
+    Ok(link)
+}
+
+pub(crate) async fn run<R: Router>(
+    shared: Arc<Shared<R>>,
+    socket: WebSocket,
+    stream: Stream,
+    mut link: Link<R::Link>,
+) {
     let mut conn = Conn {
         shared,
         socket,
         stream,
     };
-    let end = conn.serve().await;
+    let end = match &mut link.0 {
+        Some(l) => conn.pump(l).await,
+        None => None,
+    };
+    drop(link);
     if let Some(Close(code, reason)) = end {
         conn.shared.metrics.refused("ws", "closed_by_server");
         let frame = CloseFrame {
@@ -71,32 +124,6 @@ impl<R: Router> Conn<R> {
     }
 
     /// Runs until the client leaves (`None`) or the server closes (`Some`).
-    async fn serve(&mut self) -> Option<Close> {
-        let key = SessionKey {
-            tenant: self.stream.tenant.clone(),
-            subject: self.stream.subject.name.clone(),
-            // Random, so it never meets an MQTT session's router state.
-            client_id: format!("ws-{}", crate::mqtt::random_client_id()),
-        };
-        let unavailable = |what: &str| {
-            Some(Close(
-                close::UNAVAILABLE,
-                format!("the router is unavailable ({what}); reconnect"),
-            ))
-        };
-        let mut link = match self.shared.router.attach(&key, SessionMode::Clean).await {
-            Ok((link, _)) => link,
-            Err(e) => return unavailable(e.as_str()),
-        };
-        if let Err(e) = link.subscribe(&self.stream.filter) {
-            link.detach();
-            return unavailable(e.as_str());
-        }
-        let end = self.pump(&mut link).await;
-        link.detach();
-        end
-    }
-
     async fn pump(&mut self, link: &mut R::Link) -> Option<Close> {
         let mut policy = self.shared.policy.clone();
         let retained = self.shared.retained.matching(
