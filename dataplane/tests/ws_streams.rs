@@ -28,7 +28,11 @@ async fn mqtt_publishes_stream_to_websocket_clients_as_json() {
     let sensor = v5::connect(fx.mqtt, "acme", "sensor", "s").await;
     let props = rumqttc::v5::mqttbytes::v5::PublishProperties {
         content_type: Some("application/json".into()),
-        user_properties: vec![("site".into(), "north".into())],
+        // A client cannot forge the dataplane's metadata: its `fleetward-*` copies are dropped.
+        user_properties: vec![
+            ("site".into(), "north".into()),
+            ("fleetward-publisher".into(), "user:boss".into()),
+        ],
         ..Default::default()
     };
     sensor
