@@ -18,6 +18,9 @@ pub struct DataplaneArgs {
     /// PEM file with the server's private key for --mqtts-listen.
     #[arg(long, env = "FLEETWARD_TLS_KEY")]
     pub tls_key: Option<PathBuf>,
+    /// Address of HTTP publish, MQTT over WebSocket (`/mqtt`) and WebSocket streams.
+    #[arg(long, default_value = "0.0.0.0:8080", env = "FLEETWARD_HTTP_LISTEN")]
+    pub http_listen: SocketAddr,
     /// Address of /healthz, /readyz and /metrics.
     #[arg(long, default_value = "0.0.0.0:8081", env = "FLEETWARD_ADMIN_LISTEN")]
     pub admin_listen: SocketAddr,

@@ -1,4 +1,4 @@
-//! Wiring: a `Dataplane` builder that starts the router, the MQTT listeners and the admin API.
+//! Wiring: a `Dataplane` builder that starts the router, the MQTT, HTTP and admin listeners.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -13,6 +13,7 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::admin::{self, AdminState};
 use crate::args::DataplaneArgs;
+use crate::http;
 use crate::metrics::Metrics;
 use crate::mqtt::{self, MqttConfig, Shared};
 use crate::router::{Router, RumqttdConfig, RumqttdRouter};
@@ -29,10 +30,11 @@ pub struct Dataplane {
     mqtt_listen: SocketAddr,
     mqtts: Option<(SocketAddr, PathBuf, PathBuf)>,
     admin_listen: Option<SocketAddr>,
+    http_listen: Option<SocketAddr>,
 }
 
 impl Dataplane {
-    /// A dataplane with default limits on 0.0.0.0:1883, no TLS and no admin listener.
+    /// A dataplane with default limits on 0.0.0.0:1883, no TLS, no HTTP and no admin listener.
     pub fn new(policy: watch::Receiver<Arc<Snapshot>>) -> Self {
         Self {
             policy,
@@ -41,6 +43,7 @@ impl Dataplane {
             mqtt_listen: SocketAddr::from(([0, 0, 0, 0], 1883)),
             mqtts: None,
             admin_listen: None,
+            http_listen: None,
         }
     }
 
@@ -49,6 +52,7 @@ impl Dataplane {
         let mut d = Self::new(policy)
             .mqtt_listen(args.mqtt_listen)
             .admin_listen(Some(args.admin_listen))
+            .http_listen(Some(args.http_listen))
             .mqtt_config(MqttConfig {
                 max_connections: args.max_connections,
                 connect_timeout: Duration::from_secs(args.connect_timeout_secs),
@@ -80,6 +84,13 @@ impl Dataplane {
     /// Where the admin listener binds, if anywhere.
     pub fn admin_listen(mut self, addr: Option<SocketAddr>) -> Self {
         self.admin_listen = addr;
+        self
+    }
+
+    /// Where the HTTP listener (HTTP publish, MQTT over WebSocket at `/mqtt`, WebSocket
+    /// streams) binds, if anywhere.
+    pub fn http_listen(mut self, addr: Option<SocketAddr>) -> Self {
+        self.http_listen = addr;
         self
     }
 
@@ -121,6 +132,13 @@ impl Dataplane {
             )));
         }
 
+        let mut http_addr = None;
+        if let Some(addr) = self.http_listen {
+            let listener = mqtt::bind(addr, "HTTP and WebSocket").await?;
+            http_addr = Some(listener.local_addr()?);
+            tasks.push(tokio::spawn(http::serve(listener, shared.clone())));
+        }
+
         // The snapshot version metric follows the policy channel.
         let mut policy = self.policy.clone();
         let m = metrics.clone();
@@ -160,6 +178,7 @@ impl Dataplane {
             mqtt_addr,
             mqtts_addr,
             admin_addr,
+            http_addr,
             metrics,
             tasks,
         })
@@ -174,6 +193,8 @@ pub struct RunningDataplane {
     pub mqtts_addr: Option<SocketAddr>,
     /// The admin listener's address, if any.
     pub admin_addr: Option<SocketAddr>,
+    /// The HTTP listener's address (HTTP publish, `/mqtt`, WebSocket streams), if any.
+    pub http_addr: Option<SocketAddr>,
     metrics: Arc<Metrics>,
     tasks: Vec<JoinHandle<()>>,
 }

@@ -3,12 +3,14 @@
 mod admin;
 mod args;
 mod dataplane;
+pub mod http;
 pub mod limits;
 pub mod metrics;
 pub mod mqtt;
 pub mod router;
 mod run;
 pub mod sync;
+pub mod ws;
 
 pub use args::DataplaneArgs;
 pub use dataplane::{Dataplane, RunningDataplane};

@@ -32,6 +32,9 @@ pub async fn run(args: DataplaneArgs) -> anyhow::Result<()> {
     if let Some(addr) = dataplane.mqtts_addr {
         tracing::info!(%addr, "MQTT over TLS listening");
     }
+    if let Some(addr) = dataplane.http_addr {
+        tracing::info!(%addr, "HTTP publish, MQTT over WebSocket (/mqtt) and WebSocket streams listening");
+    }
     if let Some(addr) = dataplane.admin_addr {
         tracing::info!(%addr, "admin API (/healthz, /readyz, /metrics) listening");
     }

@@ -132,7 +132,22 @@ async fn v5_delivery_with_user_properties_and_subscription_ids() {
     assert_eq!(&got.topic[..], b"m/acme/c/telemetry/t1");
     assert_eq!(got.qos, v5::QoS::AtLeastOnce);
     let p = got.properties.expect("properties passed through");
-    assert_eq!(p.user_properties, vec![("site".into(), "north".into())]);
+    // The publisher's own properties first, then the dataplane's metadata (HTTP.md).
+    assert_eq!(p.user_properties[0], ("site".into(), "north".into()));
+    let names: Vec<&str> = p.user_properties[1..]
+        .iter()
+        .map(|(k, _)| k.as_str())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "fleetward-publisher",
+            "fleetward-protocol",
+            "fleetward-created"
+        ]
+    );
+    assert_eq!(p.user_properties[1].1, "thing:sensor");
+    assert_eq!(p.user_properties[2].1, "mqtt");
     assert_eq!(p.content_type.as_deref(), Some("text/plain"));
     assert_eq!(p.subscription_identifiers, vec![42]);
 }

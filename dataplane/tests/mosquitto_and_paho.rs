@@ -204,6 +204,8 @@ def on_subscribe(c, userdata, mid, reason_codes, props):
 
 def on_message(c, userdata, msg):
     up = msg.properties.UserProperty if hasattr(msg.properties, "UserProperty") else []
+    # The dataplane's own metadata (fleetward-*) is checked in http_publish.rs and ws_mqtt.rs.
+    up = [p for p in up if not p[0].startswith("fleetward-")]
     out["message"] = [msg.topic, msg.payload.decode(), msg.qos, up]
     got.set()
 

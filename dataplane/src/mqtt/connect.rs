@@ -18,7 +18,7 @@ use super::codec::{Codec, FrameError, Version, peek_version};
 use super::reason;
 use super::session::{SavedSession, Session, Will, clear_in_router};
 use super::state::Shared;
-use crate::router::{Message, MessageProps, Router, SessionKey, SessionMode};
+use crate::router::{Message, MessageProps, Protocol, Publisher, Router, SessionKey, SessionMode};
 
 /// The largest CONNECT accepted (it carries the will).
 const MAX_CONNECT: usize = 128 * 1024;
@@ -94,6 +94,8 @@ async fn read_connect<S: AsyncRead + Unpin>(
 /// What a successful CONNECT established.
 pub(crate) struct Accepted<L> {
     pub subject: Subject,
+    /// The subject as subscribers see it, built once per connection.
+    pub publisher: Publisher,
     pub key_digest: Option<KeyDigest>,
     pub key: SessionKey,
     pub mount: Option<Mountpoint>,
@@ -285,6 +287,9 @@ impl<R: Router, S: AsyncWrite + Unpin> Handshake<'_, R, S> {
                         props: (!message_props.is_empty()).then(|| Box::new(message_props)),
                         retain: w.retain,
                         origin: None,
+                        publisher: None,
+                        protocol: Protocol::Mqtt,
+                        created_ns: 0,
                     },
                     retain: w.retain,
                     delay: Duration::from_secs(u64::from(p.delay_interval.unwrap_or(0))),
@@ -376,6 +381,7 @@ impl<R: Router, S: AsyncWrite + Unpin> Handshake<'_, R, S> {
             return None;
         }
         Some(Accepted {
+            publisher: Publisher::of(&subject),
             subject,
             key_digest,
             key,
@@ -398,7 +404,7 @@ impl<R: Router, S: AsyncWrite + Unpin> Handshake<'_, R, S> {
     }
 }
 
-fn random_client_id() -> String {
+pub(crate) fn random_client_id() -> String {
     let mut bytes = [0u8; 12];
     if getrandom::fill(&mut bytes).is_err() {
         // Unique enough within a pod when the OS RNG is unavailable.

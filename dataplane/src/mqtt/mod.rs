@@ -2,6 +2,7 @@
 
 mod codec;
 mod connect;
+mod publish;
 mod reason;
 mod session;
 mod state;
@@ -13,6 +14,8 @@ use std::sync::atomic::Ordering;
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
+pub(crate) use connect::random_client_id;
+pub(crate) use publish::{PublishRefusal, PublishRequest};
 pub use state::MqttConfig;
 pub(crate) use state::Shared;
 
@@ -38,8 +41,7 @@ pub(crate) async fn accept_loop<R: Router>(
         let shared = shared.clone();
         let tls = tls.clone();
         tokio::spawn(async move {
-            shared.connections.fetch_add(1, Ordering::Relaxed);
-            shared.metrics.connection_opened();
+            let _counted = Counted::new(&shared);
             match tls {
                 None => connect::serve(shared.clone(), socket).await,
                 Some(acceptor) => {
@@ -57,9 +59,36 @@ pub(crate) async fn accept_loop<R: Router>(
                     }
                 }
             }
-            shared.connections.fetch_sub(1, Ordering::Relaxed);
-            shared.metrics.connection_closed();
         });
+    }
+}
+
+/// Serves one MQTT connection over any byte stream (MQTT over WebSocket comes in here), with
+/// the same handshake, session and limits as TCP.
+pub(crate) async fn serve_stream<R, S>(shared: Arc<Shared<R>>, stream: S)
+where
+    R: Router,
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send,
+{
+    let _counted = Counted::new(&shared);
+    connect::serve(shared.clone(), stream).await;
+}
+
+/// A connection counted (for `--max-connections` and the metrics) until dropped.
+struct Counted<'a, R: Router>(&'a Shared<R>);
+
+impl<'a, R: Router> Counted<'a, R> {
+    fn new(shared: &'a Shared<R>) -> Self {
+        shared.connections.fetch_add(1, Ordering::Relaxed);
+        shared.metrics.connection_opened();
+        Self(shared)
+    }
+}
+
+impl<R: Router> Drop for Counted<'_, R> {
+    fn drop(&mut self) {
+        self.0.connections.fetch_sub(1, Ordering::Relaxed);
+        self.0.metrics.connection_closed();
     }
 }
 

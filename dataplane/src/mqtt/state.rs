@@ -315,6 +315,9 @@ mod tests {
             props: None,
             retain: false,
             origin: None,
+            publisher: None,
+            protocol: crate::router::Protocol::Mqtt,
+            created_ns: 0,
         }
     }
 

@@ -74,7 +74,98 @@ impl MessageProps {
     }
 }
 
+/// The adapter a message came in through (`fleetward.message.v1.Protocol`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Protocol {
+    /// Not known (a message from a peer that did not say).
+    #[default]
+    Unspecified,
+    /// MQTT over TCP, TLS or WebSocket.
+    Mqtt,
+    /// HTTP publish.
+    Http,
+    /// A plain WebSocket stream.
+    WebSocket,
+}
+
+impl Protocol {
+    /// The name subscribers see (`fleetward-protocol`, the WebSocket envelope).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Unspecified => "unspecified",
+            Protocol::Mqtt => "mqtt",
+            Protocol::Http => "http",
+            Protocol::WebSocket => "websocket",
+        }
+    }
+
+    /// The inverse of [`Protocol::as_str`]; unknown names are `Unspecified`.
+    pub fn parse(s: &str) -> Self {
+        match s {
+            "mqtt" => Protocol::Mqtt,
+            "http" => Protocol::Http,
+            "websocket" => Protocol::WebSocket,
+            _ => Protocol::Unspecified,
+        }
+    }
+}
+
+/// The kind of subject that published (`fleetward.message.v1.PublisherKind`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum PublisherKind {
+    /// A thing (device or service).
+    Thing,
+    /// A user.
+    User,
+}
+
+impl PublisherKind {
+    /// The name subscribers see.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PublisherKind::Thing => "thing",
+            PublisherKind::User => "user",
+        }
+    }
+}
+
+/// The authenticated subject that published, in the message's tenant
+/// (`fleetward.message.v1.Publisher`). The name is shared, so cloning it per message is cheap.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Publisher {
+    /// Thing or user.
+    pub kind: PublisherKind,
+    /// The subject's name in its tenant.
+    pub name: std::sync::Arc<str>,
+}
+
+impl Publisher {
+    /// The publisher of an authenticated subject.
+    pub fn of(subject: &fleetward_policy::Subject) -> Self {
+        Self {
+            kind: match subject.kind {
+                fleetward_policy::SubjectKind::Thing => PublisherKind::Thing,
+                fleetward_policy::SubjectKind::User => PublisherKind::User,
+            },
+            name: subject.name.as_str().into(),
+        }
+    }
+}
+
+/// Now, in nanoseconds since the Unix epoch (a `created_ns`).
+pub fn now_ns() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
 /// A message on its way into or out of the router, always on a full `m/<tenant>/c/…` topic.
+///
+/// The content type travels in `props` (the MQTT v5 property); `publisher`, `protocol` and
+/// `created_ns` are set by the one publish function every adapter goes through
+/// (`Shared::publish`) and reach subscribers as v5 user properties and in the WebSocket
+/// envelope.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Message {
     /// The full topic name.
@@ -91,6 +182,52 @@ pub struct Message {
     pub retain: bool,
     /// The publishing session, when some subscriber may ask for v5 no-local.
     pub origin: Option<u64>,
+    /// Who published; `None` only for messages from a source that did not say.
+    pub publisher: Option<Publisher>,
+    /// The adapter it came in through.
+    pub protocol: Protocol,
+    /// When the dataplane accepted it, nanoseconds since the Unix epoch; 0 when unknown.
+    pub created_ns: u64,
+}
+
+/// The v5 user property naming the publisher, `<kind>:<name>` (`thing:sensor-1`).
+pub const PUBLISHER_PROPERTY: &str = "fleetward-publisher";
+/// The v5 user property naming the protocol it came in through (`mqtt`, `http`, `websocket`).
+pub const PROTOCOL_PROPERTY: &str = "fleetward-protocol";
+/// The v5 user property with when the dataplane accepted it, RFC 3339 UTC with nanoseconds.
+pub const CREATED_PROPERTY: &str = "fleetward-created";
+
+/// A `created_ns` as RFC 3339 UTC with nanoseconds (`2026-11-26T09:13:29.123456789Z`).
+pub fn rfc3339(created_ns: u64) -> String {
+    let secs = i64::try_from(created_ns / 1_000_000_000).unwrap_or(i64::MAX);
+    let nanos = (created_ns % 1_000_000_000) as u32;
+    chrono::DateTime::from_timestamp(secs, nanos)
+        .unwrap_or_default()
+        .to_rfc3339_opts(chrono::SecondsFormat::Nanos, true)
+}
+
+impl Message {
+    /// What a v5 subscriber is told about the message's origin, as user properties appended
+    /// after the publisher's own.
+    pub fn metadata_properties(&self) -> Vec<(String, String)> {
+        let mut out = Vec::with_capacity(3);
+        if let Some(p) = &self.publisher {
+            out.push((
+                PUBLISHER_PROPERTY.to_owned(),
+                format!("{}:{}", p.kind.as_str(), p.name),
+            ));
+        }
+        if self.protocol != Protocol::Unspecified {
+            out.push((
+                PROTOCOL_PROPERTY.to_owned(),
+                self.protocol.as_str().to_owned(),
+            ));
+        }
+        if self.created_ns != 0 {
+            out.push((CREATED_PROPERTY.to_owned(), rfc3339(self.created_ns)));
+        }
+        out
+    }
 }
 
 /// Why the router could not do something. Each variant has a metric label.

@@ -13,7 +13,10 @@ use rumqttd::local::{LinkBuilder, LinkError, LinkRx, LinkTx};
 use rumqttd::protocol::{Disconnect, DisconnectReasonCode, Packet, Publish, PublishProperties};
 use rumqttd::{Notification, RouterConfig};
 
-use super::{Message, MessageProps, Router, RouterError, RouterLink, SessionKey, SessionMode};
+use super::{
+    Message, MessageProps, Protocol, Publisher, PublisherKind, Router, RouterError, RouterLink,
+    SessionKey, SessionMode,
+};
 
 /// User properties that carry what the router would lose (publish QoS, retain flag, origin).
 /// Every property with this prefix is stripped from what clients send and from deliveries.
@@ -21,6 +24,9 @@ const ENVELOPE_PREFIX: &str = "$fleetward-";
 const QOS_PROPERTY: &str = "$fleetward-qos";
 const RETAIN_PROPERTY: &str = "$fleetward-retain";
 const ORIGIN_PROPERTY: &str = "$fleetward-origin";
+/// Publisher, protocol and created time in one property: `<kind><protocol><created_ns>:<name>`
+/// (kind `t`/`u`/`-`, protocol `m`/`h`/`w`/`-`), so a message costs one more property, not three.
+const META_PROPERTY: &str = "$fleetward-meta";
 
 /// Router sizing.
 #[derive(Clone, Debug)]
@@ -114,8 +120,51 @@ fn link_error(e: LinkError) -> RouterError {
     }
 }
 
+fn encode_meta(publisher: Option<&Publisher>, protocol: Protocol, created_ns: u64) -> String {
+    let kind = match publisher.map(|p| p.kind) {
+        Some(PublisherKind::Thing) => 't',
+        Some(PublisherKind::User) => 'u',
+        None => '-',
+    };
+    let protocol = match protocol {
+        Protocol::Mqtt => 'm',
+        Protocol::Http => 'h',
+        Protocol::WebSocket => 'w',
+        Protocol::Unspecified => '-',
+    };
+    let name = publisher.map_or("", |p| &p.name);
+    format!("{kind}{protocol}{created_ns}:{name}")
+}
+
+fn decode_meta(v: &str, message: &mut Message) {
+    let mut chars = v.chars();
+    let (Some(kind), Some(protocol)) = (chars.next(), chars.next()) else {
+        return;
+    };
+    let Some((ns, name)) = chars.as_str().split_once(':') else {
+        return;
+    };
+    message.created_ns = ns.parse().unwrap_or(0);
+    message.protocol = match protocol {
+        'm' => Protocol::Mqtt,
+        'h' => Protocol::Http,
+        'w' => Protocol::WebSocket,
+        _ => Protocol::Unspecified,
+    };
+    let kind = match kind {
+        't' => Some(PublisherKind::Thing),
+        'u' => Some(PublisherKind::User),
+        _ => None,
+    };
+    message.publisher = kind.map(|kind| Publisher {
+        kind,
+        name: name.into(),
+    });
+}
+
 fn to_packet(message: Message) -> Packet {
-    let envelope = message.qos > 0 || message.retain || message.origin.is_some();
+    let meta = message.publisher.is_some() || message.protocol != Protocol::Unspecified;
+    let envelope = message.qos > 0 || message.retain || message.origin.is_some() || meta;
     let props = if envelope || message.props.is_some() {
         let p = message.props.map(|b| *b).unwrap_or_default();
         let mut user_properties = p.user_properties;
@@ -129,6 +178,16 @@ fn to_packet(message: Message) -> Packet {
         }
         if let Some(origin) = message.origin {
             user_properties.push((ORIGIN_PROPERTY.to_owned(), origin.to_string()));
+        }
+        if meta {
+            user_properties.push((
+                META_PROPERTY.to_owned(),
+                encode_meta(
+                    message.publisher.as_ref(),
+                    message.protocol,
+                    message.created_ns,
+                ),
+            ));
         }
         Some(PublishProperties {
             payload_format_indicator: p.payload_format_indicator,
@@ -147,14 +206,15 @@ fn to_packet(message: Message) -> Packet {
 }
 
 fn from_forward(publish: Publish, props: Option<PublishProperties>) -> Message {
-    let (mut qos, mut retain, mut origin) = (0, false, None);
+    let (mut qos, mut retain, mut origin, mut meta) = (0, false, None, None);
     let props = props.and_then(|p| {
         let mut user_properties = p.user_properties;
-        user_properties.retain(|(k, v)| {
+        user_properties.retain_mut(|(k, v)| {
             match k.as_str() {
                 QOS_PROPERTY => qos = v.parse().unwrap_or(0).min(2),
                 RETAIN_PROPERTY => retain = true,
                 ORIGIN_PROPERTY => origin = v.parse().ok(),
+                META_PROPERTY => meta = Some(std::mem::take(v)),
                 k if k.starts_with(ENVELOPE_PREFIX) => {}
                 _ => return true,
             }
@@ -170,14 +230,21 @@ fn from_forward(publish: Publish, props: Option<PublishProperties>) -> Message {
         };
         (!props.is_empty()).then(|| Box::new(props))
     });
-    Message {
+    let mut message = Message {
         topic: publish.topic,
         payload: publish.payload,
         qos,
         props,
         retain,
         origin,
+        publisher: None,
+        protocol: Protocol::Unspecified,
+        created_ns: 0,
+    };
+    if let Some(meta) = meta {
+        decode_meta(&meta, &mut message);
     }
+    message
 }
 
 impl Router for RumqttdRouter {
@@ -308,6 +375,12 @@ mod tests {
             props: props.map(Box::new),
             retain: true,
             origin: Some(7),
+            publisher: Some(Publisher {
+                kind: PublisherKind::User,
+                name: "ann:x".into(),
+            }),
+            protocol: Protocol::WebSocket,
+            created_ns: 1_700_000_000_123_456_789,
         }
     }
 
@@ -327,6 +400,15 @@ mod tests {
         assert!(!publish.retain, "the router is never asked to retain");
         let back = from_forward(publish, props);
         assert_eq!((back.qos, back.retain, back.origin), (2, true, Some(7)));
+        let original = message(None);
+        assert_eq!(
+            (&back.publisher, back.protocol, back.created_ns),
+            (
+                &original.publisher,
+                Protocol::WebSocket,
+                original.created_ns
+            )
+        );
         let p = back.props.expect("user property kept");
         assert_eq!(p.user_properties, vec![("k".to_owned(), "v".to_owned())]);
         // Nothing to carry: no properties at all on the QoS 0 path.
@@ -334,6 +416,8 @@ mod tests {
             qos: 0,
             retain: false,
             origin: None,
+            publisher: None,
+            protocol: Protocol::Unspecified,
             ..message(None)
         };
         assert!(matches!(to_packet(plain), Packet::Publish(_, None)));

@@ -72,7 +72,9 @@ impl<R: Router, S: AsyncRead + AsyncWrite + Unpin + Send> Session<R, S> {
         let props = match self.codec.version() {
             Version::V4 => None,
             Version::V5 => {
-                let p = message.props.map(|b| *b).unwrap_or_default();
+                let metadata = message.metadata_properties();
+                let mut p = message.props.map(|b| *b).unwrap_or_default();
+                p.user_properties.extend(metadata);
                 if p.is_empty() && ids.is_empty() {
                     None
                 } else {

@@ -1,9 +1,8 @@
 //! Inbound PUBLISH: topic aliases, mountpoints, authorization, limits, retained, QoS 1/2 acks.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use bytes::Bytes;
-use fleetward_policy::{Action, Decision, TopicError, parse_topic_name};
+use fleetward_policy::TopicError;
 use rumqttd::protocol::{
     DisconnectReasonCode, Packet, PubAck, PubAckReason, PubRec, PubRecReason, Publish,
     PublishProperties,
@@ -12,8 +11,9 @@ use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::{End, Flow, Session, limits};
 use crate::mqtt::codec::Version;
+use crate::mqtt::publish::{PublishRefusal, PublishRequest};
 use crate::mqtt::reason;
-use crate::router::{Message, MessageProps, Router, RouterLink};
+use crate::router::{MessageProps, Protocol, Router};
 
 impl<R: Router, S: AsyncRead + AsyncWrite + Unpin + Send> Session<R, S> {
     fn refuse_publish(&mut self, qos: u8, pkid: u16, label: &'static str) -> Flow {
@@ -106,11 +106,7 @@ impl<R: Router, S: AsyncRead + AsyncWrite + Unpin + Send> Session<R, S> {
                 .map(str::to_owned)
                 .map_err(|_| TopicError::InvalidUtf8),
         };
-        let parsed = full
-            .as_deref()
-            .map_err(|e| *e)
-            .and_then(|t| parse_topic_name(t, &limits()));
-        let topic_ref = match parsed {
+        let full = match full {
             Ok(t) => t,
             Err(e) if reason::is_invalid_mqtt(e) => {
                 return self.end_with(
@@ -121,109 +117,84 @@ impl<R: Router, S: AsyncRead + AsyncWrite + Unpin + Send> Session<R, S> {
             }
             Err(e) => return self.refuse_publish(qos, pkid, e.as_str()),
         };
-        let decision =
-            self.shared
-                .cache
-                .authorize(&*snapshot, &self.acc.subject, Action::Publish, &topic_ref);
-        if let Decision::Deny(why) = decision {
-            return self.refuse_publish(qos, pkid, why.as_str());
-        }
-        let tenant = topic_ref.tenant().to_owned();
-        let channel_name = topic_ref.channel().to_owned();
-        let (max_qos, retained_allowed, channel_max) =
-            match snapshot.channel(&tenant, &channel_name) {
-                Some(c) => (u8::from(c.max_qos), c.retained_allowed, c.max_message_size),
-                None => return self.refuse_publish(qos, pkid, "unknown_channel"),
-            };
-        let tenant_limits = snapshot
-            .tenant(&tenant)
-            .map(|t| t.limits.clone())
-            .unwrap_or_default();
-        let max_size = [tenant_limits.max_message_size, channel_max]
-            .into_iter()
-            .flatten()
-            .min();
-        if let Some(max) = max_size
-            && publish.payload.len() > max as usize
-        {
-            return self.end_with(
-                DisconnectReasonCode::PacketTooLarge,
-                "limit",
-                "message_size",
-            );
-        }
-        if let Some(rate) = tenant_limits.publish_rate {
-            loop {
-                match self.shared.rates.take(
-                    &tenant,
-                    rate,
-                    tenant_limits.publish_burst,
-                    Instant::now(),
-                ) {
-                    Ok(()) => break,
-                    Err(_) if self.codec.version() == Version::V5 => {
-                        return self.end_with(
-                            DisconnectReasonCode::MessageRateTooHigh,
-                            "limit",
-                            "publish_rate",
-                        );
-                    }
-                    // v3 has no code for it: the connection is throttled (not read) instead.
-                    Err(wait) => {
-                        self.shared
-                            .metrics
-                            .refused("limit", "publish_rate_throttled");
-                        Box::pin(tokio::time::sleep(wait.min(Duration::from_secs(1)))).await;
-                    }
-                }
-            }
-        }
         let props = props.and_then(|p| {
-            let user_properties = p.user_properties;
             let m = MessageProps {
                 payload_format_indicator: p.payload_format_indicator,
                 message_expiry_interval: p.message_expiry_interval,
                 content_type: p.content_type,
                 response_topic: p.response_topic,
                 correlation_data: p.correlation_data,
-                user_properties,
+                user_properties: p.user_properties,
             };
             (!m.is_empty()).then(|| Box::new(m))
         });
-        let full_topic = match full {
-            Ok(t) => t,
-            Err(_) => return Flow::Continue,
-        };
-        let message = Message {
-            topic: Bytes::from(full_topic),
+        let mut request = PublishRequest {
+            topic: full,
             payload: publish.payload,
-            qos: qos.min(max_qos),
+            qos,
+            retain: publish.retain,
             props,
-            // Where the channel takes no retained messages, the flag is dropped altogether.
-            retain: publish.retain && retained_allowed,
             origin: self
                 .shared
                 .no_local_seen
                 .load(std::sync::atomic::Ordering::Relaxed)
                 .then(|| self.acc.registration.conn()),
+            protocol: Protocol::Mqtt,
         };
-        if publish.retain && retained_allowed {
-            let topic_str = std::str::from_utf8(&message.topic)
-                .unwrap_or_default()
-                .to_owned();
-            self.shared
-                .retained
-                .set(&tenant, &channel_name, &topic_str, message.clone());
+        loop {
+            let published = self.shared.publish(
+                &snapshot,
+                &self.acc.subject,
+                &self.acc.publisher,
+                request,
+                self.link.as_mut(),
+            );
+            match published {
+                Ok(_) => break,
+                Err(PublishRefusal::Topic(e)) if reason::is_invalid_mqtt(e) => {
+                    return self.end_with(
+                        DisconnectReasonCode::TopicNameInvalid,
+                        "publish",
+                        e.as_str(),
+                    );
+                }
+                Err(PublishRefusal::Topic(e)) => {
+                    return self.refuse_publish(qos, pkid, e.as_str());
+                }
+                Err(PublishRefusal::Denied(why)) => {
+                    return self.refuse_publish(qos, pkid, why.as_str());
+                }
+                Err(PublishRefusal::TooLarge { .. }) => {
+                    return self.end_with(
+                        DisconnectReasonCode::PacketTooLarge,
+                        "limit",
+                        "message_size",
+                    );
+                }
+                Err(PublishRefusal::Rate { .. }) if self.codec.version() == Version::V5 => {
+                    return self.end_with(
+                        DisconnectReasonCode::MessageRateTooHigh,
+                        "limit",
+                        "publish_rate",
+                    );
+                }
+                // v3 has no code for it: the connection is throttled (not read) instead.
+                Err(PublishRefusal::Rate {
+                    retry_after,
+                    request: again,
+                }) => {
+                    self.shared
+                        .metrics
+                        .refused("limit", "publish_rate_throttled");
+                    Box::pin(tokio::time::sleep(retry_after.min(Duration::from_secs(1)))).await;
+                    request = *again;
+                }
+                Err(PublishRefusal::Router(e)) => {
+                    tracing::error!(error = %e, "the router refused a publish");
+                    return self.end_with(DisconnectReasonCode::ServerBusy, "publish", e.as_str());
+                }
+            }
         }
-        let routed = match &mut self.link {
-            Some(link) => link.publish(message),
-            None => self.shared.router.publish(message),
-        };
-        if let Err(e) = routed {
-            tracing::error!(error = %e, "the router refused a publish");
-            return self.end_with(DisconnectReasonCode::ServerBusy, "publish", e.as_str());
-        }
-        self.shared.metrics.message_in(&tenant);
         match qos {
             1 => self.write(Packet::PubAck(
                 PubAck {

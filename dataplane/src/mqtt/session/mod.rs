@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use fleetward_policy::{Action, Snapshot, Subject, TopicLimits, parse_topic_name};
+use fleetward_policy::{Snapshot, Subject, TopicLimits};
 use rumqttd::protocol::{
     Disconnect, DisconnectProperties, DisconnectReasonCode, Packet, PingResp, PubComp,
     PubCompReason, PubRel, PubRelReason, PublishProperties,
@@ -22,7 +22,8 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use super::codec::{Codec, Frame, Version};
 use super::connect::Accepted;
 use super::state::{Kick, Shared};
-use crate::router::{Message, Router, RouterLink};
+use crate::mqtt::publish::PublishRequest;
+use crate::router::{Message, Protocol, Publisher, Router, RouterLink};
 
 /// A will, published by the front-end when the session ends uncleanly.
 pub(crate) struct Will {
@@ -423,33 +424,23 @@ fn publish_will<R: Router>(shared: Arc<Shared<R>>, subject: Subject, id: String,
             shared.pending_wills.lock().remove(&task_id);
         }
         let snapshot = shared.snapshot();
-        let Ok(topic_str) = std::str::from_utf8(&will.message.topic) else {
+        let message = will.message;
+        let Ok(topic) = String::from_utf8(message.topic.to_vec()) else {
             return;
         };
-        let Ok(topic) = parse_topic_name(topic_str, &limits()) else {
-            return;
+        let request = PublishRequest {
+            topic,
+            payload: message.payload,
+            qos: message.qos,
+            retain: will.retain,
+            props: message.props,
+            origin: None,
+            protocol: Protocol::Mqtt,
         };
-        if !shared
-            .cache
-            .authorize(&*snapshot, &subject, Action::Publish, &topic)
-            .is_allowed()
-        {
-            shared.metrics.refused("will", "not_allowed");
-            return;
-        }
-        let Some(channel) = snapshot.channel(topic.tenant(), topic.channel()) else {
-            return;
-        };
-        let mut message = will.message.clone();
-        message.qos = message.qos.min(u8::from(channel.max_qos));
-        if will.retain && channel.retained_allowed {
-            shared
-                .retained
-                .set(topic.tenant(), topic.channel(), topic_str, message.clone());
-        }
-        let tenant = topic.tenant().to_owned();
-        if shared.router.publish(message).is_ok() {
-            shared.metrics.message_in(&tenant);
+        let publisher = Publisher::of(&subject);
+        if let Err(refusal) = shared.publish(&snapshot, &subject, &publisher, request, None) {
+            let (_, label) = refusal.labels();
+            shared.metrics.refused("will", label);
         }
     });
     if !delay.is_zero() {

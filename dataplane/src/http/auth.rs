@@ -1,0 +1,181 @@
+//! Credentials of HTTP and WebSocket clients: `Authorization: Thing <key>`, HTTP Basic
+//! `<tenant>/<thing>:<key>`, or (browsers) a `fleetward.auth.<base64url>` WebSocket subprotocol.
+
+use axum::http::{HeaderMap, StatusCode, header};
+use base64::Engine as _;
+use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use fleetward_policy::{Credential, DenyReason, KeyDigest, PolicyEvaluator, Snapshot, Subject};
+
+use super::error::ApiError;
+
+/// The subprotocol a browser offers with its token, so it gets one it offered back.
+pub const WS_PROTOCOL: &str = "fleetward.v1";
+/// The prefix of the subprotocol carrying credentials: `fleetward.auth.` then
+/// base64url (no padding) of `<tenant>/<thing>:<key>`.
+pub const WS_AUTH_PREFIX: &str = "fleetward.auth.";
+
+/// Credentials as a client presented them.
+#[derive(PartialEq, Eq)]
+pub(crate) enum Presented {
+    /// `<tenant>/<thing>` and the key.
+    Thing {
+        tenant: String,
+        thing: String,
+        key: Vec<u8>,
+    },
+    /// A key alone; it names its thing.
+    Key(Vec<u8>),
+}
+
+/// Reads the `Authorization` header.
+pub(crate) fn from_authorization(headers: &HeaderMap) -> Result<Presented, ApiError> {
+    let Some(value) = headers.get(header::AUTHORIZATION) else {
+        return Err(ApiError::unauthorized(
+            "no credentials: send `Authorization: Thing <key>` or HTTP Basic \
+             `<tenant>/<thing>:<key>`",
+        ));
+    };
+    let value = value.to_str().map_err(|_| malformed())?;
+    let (scheme, rest) = value.trim().split_once(' ').ok_or_else(malformed)?;
+    let rest = rest.trim();
+    match scheme.to_ascii_lowercase().as_str() {
+        "thing" if !rest.is_empty() => Ok(Presented::Key(rest.as_bytes().to_vec())),
+        "basic" => {
+            let decoded = STANDARD.decode(rest).map_err(|_| malformed())?;
+            basic_pair(&decoded).ok_or_else(malformed)
+        }
+        "bearer" => Err(ApiError::unauthorized(
+            "user tokens are not accepted here yet; use `Authorization: Thing <key>` or HTTP \
+             Basic `<tenant>/<thing>:<key>`",
+        )),
+        _ => Err(malformed()),
+    }
+}
+
+/// Reads credentials from the offered WebSocket subprotocols, if one carries them.
+pub(crate) fn from_ws_protocols(headers: &HeaderMap) -> Option<Result<Presented, ApiError>> {
+    let offered = headers.get_all(header::SEC_WEBSOCKET_PROTOCOL);
+    let token = offered
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .find_map(|p| p.strip_prefix(WS_AUTH_PREFIX))?;
+    Some(
+        URL_SAFE_NO_PAD
+            .decode(token.trim_end_matches('='))
+            .ok()
+            .and_then(|d| basic_pair(&d))
+            .ok_or_else(|| {
+                ApiError::unauthorized(format!(
+                    "the {WS_AUTH_PREFIX}… subprotocol must carry base64url of \
+                     `<tenant>/<thing>:<key>`"
+                ))
+            }),
+    )
+}
+
+fn basic_pair(decoded: &[u8]) -> Option<Presented> {
+    let colon = decoded.iter().position(|&b| b == b':')?;
+    let (user, key) = (&decoded[..colon], &decoded[colon + 1..]);
+    let user = std::str::from_utf8(user).ok()?;
+    let (tenant, thing) = user.split_once('/')?;
+    if tenant.is_empty() || thing.is_empty() || key.is_empty() {
+        return None;
+    }
+    Some(Presented::Thing {
+        tenant: tenant.to_owned(),
+        thing: thing.to_owned(),
+        key: key.to_vec(),
+    })
+}
+
+fn malformed() -> ApiError {
+    ApiError::unauthorized(
+        "the Authorization header is not `Thing <key>` or HTTP Basic with \
+         `<tenant>/<thing>:<key>`",
+    )
+}
+
+/// Authenticates against the snapshot; the key's digest is kept so removing the key later
+/// ends the WebSocket streams that used it.
+pub(crate) fn authenticate(
+    snapshot: &Snapshot,
+    presented: &Presented,
+) -> Result<(Subject, KeyDigest), ApiError> {
+    if snapshot.version() == 0 {
+        return Err(ApiError::policy_unavailable());
+    }
+    let (credential, key) = match presented {
+        Presented::Thing { tenant, thing, key } => (Credential::Thing { tenant, thing, key }, key),
+        Presented::Key(key) => (Credential::ThingKey { key }, key),
+    };
+    match snapshot.authenticate(&credential) {
+        Ok(subject) => Ok((subject, KeyDigest::of(key))),
+        Err(refusal) => Err(match refusal.reason {
+            DenyReason::SubjectDisabled | DenyReason::TenantSuspended => ApiError::new(
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                "the credentials are right but the thing is disabled or its tenant suspended; \
+                 ask the tenant's admin",
+            ),
+            DenyReason::PolicyUnavailable => ApiError::policy_unavailable(),
+            _ => ApiError::unauthorized("unknown thing or wrong key"),
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::http::HeaderValue;
+
+    use super::*;
+
+    fn headers(name: header::HeaderName, value: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(name, HeaderValue::from_str(value).expect("header"));
+        h
+    }
+
+    #[test]
+    fn thing_and_basic_credentials_are_read() {
+        let h = headers(header::AUTHORIZATION, "Thing k3y");
+        assert!(matches!(from_authorization(&h), Ok(Presented::Key(k)) if k == b"k3y"));
+        let basic = STANDARD.encode("acme/sensor:a:b");
+        let h = headers(header::AUTHORIZATION, &format!("Basic {basic}"));
+        match from_authorization(&h) {
+            Ok(Presented::Thing { tenant, thing, key }) => {
+                assert_eq!((tenant.as_str(), thing.as_str()), ("acme", "sensor"));
+                // Everything after the first colon is the key.
+                assert_eq!(key, b"a:b");
+            }
+            _ => panic!("basic credentials"),
+        }
+        for bad in ["Basic !!", "Thing", "Digest x", "Bearer abc"] {
+            let h = headers(header::AUTHORIZATION, bad);
+            let e = from_authorization(&h).err().expect("refused");
+            assert_eq!(e.status, StatusCode::UNAUTHORIZED, "{bad}");
+        }
+        assert!(from_authorization(&HeaderMap::new()).is_err());
+    }
+
+    #[test]
+    fn the_subprotocol_token_is_base64url_of_basic_credentials() {
+        let token = URL_SAFE_NO_PAD.encode("acme/reader:key");
+        let h = headers(
+            header::SEC_WEBSOCKET_PROTOCOL,
+            &format!("{WS_PROTOCOL}, {WS_AUTH_PREFIX}{token}"),
+        );
+        assert!(matches!(
+            from_ws_protocols(&h),
+            Some(Ok(Presented::Thing { thing, .. })) if thing == "reader"
+        ));
+        let h = headers(header::SEC_WEBSOCKET_PROTOCOL, WS_PROTOCOL);
+        assert!(from_ws_protocols(&h).is_none());
+        let h = headers(
+            header::SEC_WEBSOCKET_PROTOCOL,
+            &format!("{WS_AUTH_PREFIX}notbase64!"),
+        );
+        assert!(matches!(from_ws_protocols(&h), Some(Err(_))));
+    }
+}

@@ -1,0 +1,136 @@
+//! Refusals of the HTTP and WebSocket adapters: a status, a stable label and a sentence.
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use fleetward_policy::DenyReason;
+
+use crate::mqtt::PublishRefusal;
+
+/// What the `WWW-Authenticate` header of a 401 offers.
+pub(crate) const CHALLENGE: &str =
+    "Thing realm=\"fleetward\", Basic realm=\"fleetward\", charset=\"UTF-8\"";
+
+/// A refusal: answered as a JSON body `{"error": <label>, "message": <sentence>}` over HTTP,
+/// and as an `error` frame on a WebSocket.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct ApiError {
+    pub status: StatusCode,
+    /// A stable, machine-readable label.
+    pub error: &'static str,
+    /// What happened and what to do, for a person.
+    pub message: String,
+    /// Seconds for `Retry-After` (429, 503).
+    pub retry_after: Option<u64>,
+}
+
+impl ApiError {
+    pub(crate) fn new(status: StatusCode, error: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            error,
+            message: message.into(),
+            retry_after: None,
+        }
+    }
+
+    pub(crate) fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "bad_request", message)
+    }
+
+    pub(crate) fn unauthorized(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNAUTHORIZED, "unauthorized", message)
+    }
+
+    /// The same answer for every "no": a channel that does not exist is not told apart from one
+    /// the subject may not use, so existence does not leak.
+    pub(crate) fn forbidden(who: &str, action: &str, topic: &str) -> Self {
+        Self::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            format!(
+                "{who} may not {action} on {topic}: no grant allows it (or the channel does not \
+                 exist); ask the tenant's admin for a grant on the channel"
+            ),
+        )
+    }
+
+    pub(crate) fn policy_unavailable() -> Self {
+        let mut e = Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            "this dataplane has no policy yet; try again shortly",
+        );
+        e.retry_after = Some(1);
+        e
+    }
+
+    /// The answer to a refusal of the shared publish path.
+    pub(crate) fn from_publish(refusal: &PublishRefusal, who: &str, topic: &str) -> Self {
+        match refusal {
+            PublishRefusal::Topic(e) => Self::new(
+                StatusCode::BAD_REQUEST,
+                "bad_topic",
+                format!("{topic:?} is not a topic name one can publish to: {e}"),
+            ),
+            PublishRefusal::Denied(DenyReason::PolicyUnavailable) => Self::policy_unavailable(),
+            PublishRefusal::Denied(_) => Self::forbidden(who, "publish", topic),
+            PublishRefusal::TooLarge { max } => Self::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "too_large",
+                format!("the payload is over this channel's limit of {max} bytes; send less"),
+            ),
+            PublishRefusal::Rate { retry_after, .. } => {
+                let secs = retry_after.as_secs_f64().ceil().max(1.0) as u64;
+                let mut e = Self::new(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "rate_limited",
+                    format!(
+                        "the tenant is over its publish rate; retry after {secs} s (Retry-After)"
+                    ),
+                );
+                e.retry_after = Some(secs);
+                e
+            }
+            PublishRefusal::Router(e) => {
+                let mut e = Self::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "unavailable",
+                    format!("the message could not be handed to the router ({e}); try again"),
+                );
+                e.retry_after = Some(1);
+                e
+            }
+        }
+    }
+
+    /// The JSON body (also the payload of a WebSocket `error` frame, with `type` added there).
+    pub(crate) fn body(&self) -> serde_json::Value {
+        serde_json::json!({
+            "status": self.status.as_u16(),
+            "error": self.error,
+            "message": self.message,
+        })
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = self.body().to_string();
+        let mut response = (self.status, body).into_response();
+        let headers = response.headers_mut();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        if self.status == StatusCode::UNAUTHORIZED {
+            headers.insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static(CHALLENGE),
+            );
+        }
+        if let Some(secs) = self.retry_after {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        response
+    }
+}

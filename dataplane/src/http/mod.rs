@@ -1,0 +1,69 @@
+//! The HTTP listener: HTTP publish, MQTT over WebSocket at `/mqtt`, plain WebSocket streams.
+
+mod auth;
+mod error;
+mod publish;
+
+use std::sync::Arc;
+
+use axum::routing::{get, post};
+use tokio::net::TcpListener;
+
+pub use auth::{WS_AUTH_PREFIX, WS_PROTOCOL};
+pub(crate) use auth::{authenticate, from_authorization, from_ws_protocols};
+pub(crate) use error::ApiError;
+pub use publish::CONTENT_TYPES;
+pub(crate) use publish::topic_of;
+
+use crate::mqtt::Shared;
+use crate::router::Router;
+use crate::ws;
+
+/// A channel: `POST` publishes on the channel's own topic, `GET` upgrades to a stream of it.
+pub const CHANNEL_PATH: &str = "/m/{tenant}/c/{channel}";
+/// A subtopic (`POST`, levels joined by `/`) or a subtopic filter (`GET`, `+` and `%23`).
+pub const SUBTOPIC_PATH: &str = "/m/{tenant}/c/{channel}/{*subtopic}";
+/// MQTT over WebSocket, subprotocol `mqtt`.
+pub const MQTT_PATH: &str = "/mqtt";
+
+/// Every route of the listener as (method, path); `dataplane/openapi.yaml` documents exactly
+/// these (a test compares them).
+pub const ROUTES: [(&str, &str); 5] = [
+    ("POST", CHANNEL_PATH),
+    ("GET", CHANNEL_PATH),
+    ("POST", SUBTOPIC_PATH),
+    ("GET", SUBTOPIC_PATH),
+    ("GET", MQTT_PATH),
+];
+
+/// The routes of [`ROUTES`] on one axum router.
+pub(crate) fn app<R: Router>(shared: Arc<Shared<R>>) -> axum::Router {
+    axum::Router::new()
+        .route(
+            CHANNEL_PATH,
+            post(publish::publish::<R>).get(ws::stream::<R>),
+        )
+        .route(
+            SUBTOPIC_PATH,
+            post(publish::publish::<R>).get(ws::stream::<R>),
+        )
+        .route(MQTT_PATH, get(ws::mqtt::<R>))
+        .fallback(|| async {
+            ApiError::new(
+                axum::http::StatusCode::NOT_FOUND,
+                "not_found",
+                "no such route: publish with POST /m/{tenant}/c/{channel}[/{subtopic}], stream \
+                 with GET /m/{tenant}/c/{channel}[/{filter}] (WebSocket), MQTT over WebSocket at \
+                 /mqtt",
+            )
+        })
+        .with_state(shared)
+}
+
+/// Serves the HTTP listener until the task is dropped.
+pub(crate) async fn serve<R: Router>(listener: TcpListener, shared: Arc<Shared<R>>) {
+    let app = app(shared);
+    if let Err(e) = axum::serve(listener, app).await {
+        tracing::error!(error = %e, "the HTTP listener stopped");
+    }
+}

@@ -1,0 +1,168 @@
+//! The one publish path of every adapter (MQTT, HTTP, WebSocket): authorization, the channel's
+//! QoS cap, size and rate limits, the retained store, and the hand-over to the router.
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use fleetward_policy::{Action, Decision, DenyReason, Snapshot, Subject, TopicError};
+
+use super::state::Shared;
+use crate::router::{Message, MessageProps, Protocol, Publisher, Router, RouterError, RouterLink};
+
+/// User properties with this prefix are the dataplane's own (publisher, protocol, created):
+/// a client's copies are dropped so a subscriber can trust them.
+pub(crate) const METADATA_PREFIX: &str = "fleetward-";
+
+/// One publish as an adapter received it.
+#[derive(Debug)]
+pub(crate) struct PublishRequest {
+    /// The full topic name, `m/<tenant>/c/<channel>[/…]` (any mountpoint already applied).
+    pub topic: String,
+    /// The payload.
+    pub payload: Bytes,
+    /// The requested QoS (0–2); the channel's `maxQos` caps it.
+    pub qos: u8,
+    /// Whether to retain it (ignored where the channel takes no retained messages).
+    pub retain: bool,
+    /// v5 properties, content type included.
+    pub props: Option<Box<MessageProps>>,
+    /// The publishing MQTT session, for v5 no-local.
+    pub origin: Option<u64>,
+    /// The adapter it came in through.
+    pub protocol: Protocol,
+}
+
+/// What became of an accepted publish.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Published {
+    /// The QoS it travels with after the channel's cap.
+    pub qos: u8,
+    /// Whether it was stored as the topic's retained message (or cleared it).
+    pub retained: bool,
+}
+
+/// Why a publish was refused. Nothing reached the router.
+#[derive(Debug)]
+pub(crate) enum PublishRefusal {
+    /// Not a valid topic name.
+    Topic(TopicError),
+    /// Not allowed (no grant, another tenant, a channel that does not exist, …).
+    Denied(DenyReason),
+    /// The payload is over the tenant's or the channel's size limit.
+    TooLarge {
+        /// The limit, bytes.
+        max: u32,
+    },
+    /// The tenant is over its publish rate. The request is handed back so a caller that
+    /// throttles instead of refusing can try again after the wait.
+    Rate {
+        /// How long until a token is available.
+        retry_after: Duration,
+        /// The request, unchanged.
+        request: Box<PublishRequest>,
+    },
+    /// The router did not take it.
+    Router(RouterError),
+}
+
+impl PublishRefusal {
+    /// The metric labels (`what`, `reason`) of the refusal.
+    pub(crate) fn labels(&self) -> (&'static str, &'static str) {
+        match self {
+            PublishRefusal::Topic(e) => ("publish", e.as_str()),
+            PublishRefusal::Denied(r) => ("publish", r.as_str()),
+            PublishRefusal::TooLarge { .. } => ("limit", "message_size"),
+            PublishRefusal::Rate { .. } => ("limit", "publish_rate"),
+            PublishRefusal::Router(e) => ("publish", e.as_str()),
+        }
+    }
+}
+
+impl<R: Router> Shared<R> {
+    /// Publishes for `subject`: authorizes the topic, caps the QoS at the channel's, enforces
+    /// the tenant's and the channel's size limit and the tenant's rate, stores or clears the
+    /// retained message, stamps publisher, protocol and created time, and hands the message to
+    /// the router (through `link` when the session has one). Every adapter publishes only here.
+    pub(crate) fn publish(
+        &self,
+        snapshot: &Snapshot,
+        subject: &Subject,
+        publisher: &Publisher,
+        request: PublishRequest,
+        link: Option<&mut R::Link>,
+    ) -> Result<Published, PublishRefusal> {
+        let limits = fleetward_policy::TopicLimits::default();
+        let topic = match fleetward_policy::parse_topic_name(&request.topic, &limits) {
+            Ok(t) => t,
+            Err(e) => return Err(PublishRefusal::Topic(e)),
+        };
+        if let Decision::Deny(why) =
+            self.cache
+                .authorize(snapshot, subject, Action::Publish, &topic)
+        {
+            return Err(PublishRefusal::Denied(why));
+        }
+        let (tenant, channel_name) = (topic.tenant(), topic.channel());
+        let Some(channel) = snapshot.channel(tenant, channel_name) else {
+            return Err(PublishRefusal::Denied(DenyReason::UnknownChannel));
+        };
+        let (max_qos, retained_allowed) = (u8::from(channel.max_qos), channel.retained_allowed);
+        let tenant_limits = snapshot.tenant(tenant).map(|t| &t.limits);
+        let max_size = [
+            tenant_limits.and_then(|l| l.max_message_size),
+            channel.max_message_size,
+        ]
+        .into_iter()
+        .flatten()
+        .min();
+        if let Some(max) = max_size
+            && request.payload.len() > max as usize
+        {
+            return Err(PublishRefusal::TooLarge { max });
+        }
+        if let Some(rate) = tenant_limits.and_then(|l| l.publish_rate) {
+            let burst = tenant_limits.and_then(|l| l.publish_burst);
+            if let Err(retry_after) = self.rates.take(tenant, rate, burst, Instant::now()) {
+                return Err(PublishRefusal::Rate {
+                    retry_after,
+                    request: Box::new(request),
+                });
+            }
+        }
+        let retain = request.retain && retained_allowed;
+        let mut props = request.props;
+        if let Some(p) = &mut props {
+            p.user_properties
+                .retain(|(k, _)| !k.starts_with(METADATA_PREFIX));
+        }
+        let (tenant, channel_name) = (tenant.to_owned(), channel_name.to_owned());
+        let message = Message {
+            topic: Bytes::from(request.topic),
+            payload: request.payload,
+            qos: request.qos.min(max_qos),
+            props,
+            // Where the channel takes no retained messages, the flag is dropped altogether.
+            retain,
+            origin: request.origin,
+            publisher: Some(publisher.clone()),
+            protocol: request.protocol,
+            created_ns: crate::router::now_ns(),
+        };
+        let qos = message.qos;
+        if retain {
+            let topic_str = std::str::from_utf8(&message.topic).unwrap_or_default();
+            self.retained
+                .set(&tenant, &channel_name, topic_str, message.clone());
+        }
+        let routed = match link {
+            Some(link) => link.publish(message),
+            None => self.router.publish(message),
+        };
+        routed.map_err(PublishRefusal::Router)?;
+        self.metrics.message_in(&tenant);
+        Ok(Published {
+            qos,
+            retained: retain,
+        })
+    }
+}

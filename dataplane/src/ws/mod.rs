@@ -1,0 +1,141 @@
+//! The WebSocket adapter: MQTT over WebSocket at `/mqtt`, and plain JSON streams of a channel.
+
+mod bytes;
+mod envelope;
+mod session;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
+use axum::extract::ws::{WebSocketUpgrade, close_code};
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use fleetward_policy::{Action, Decision, DenyReason, TopicLimits, parse_filter};
+
+use crate::http::{self, ApiError};
+use crate::mqtt::Shared;
+use crate::router::{Publisher, Router};
+
+/// Close codes of plain WebSocket streams (4000–4999 are the application's, RFC 6455 7.4.2).
+pub mod close {
+    /// The credentials no longer hold: the thing was disabled or deleted, its key removed,
+    /// or its tenant suspended.
+    pub const CREDENTIALS_REVOKED: u16 = 4401;
+    /// The subscription is no longer granted (the grant was revoked or narrowed).
+    pub const SUBSCRIPTION_REVOKED: u16 = 4403;
+    /// The router went away; reconnect.
+    pub const UNAVAILABLE: u16 = super::close_code::ERROR;
+}
+
+/// The subprotocol of MQTT over WebSocket.
+pub const MQTT_SUBPROTOCOL: &str = "mqtt";
+
+fn upgrade_required() -> Response {
+    ApiError::new(
+        StatusCode::UPGRADE_REQUIRED,
+        "upgrade_required",
+        "this is a WebSocket endpoint: open it with an `Upgrade: websocket` handshake",
+    )
+    .into_response()
+}
+
+/// `GET /mqtt`: MQTT over WebSocket, through the same front-end as MQTT over TCP.
+pub(crate) async fn mqtt<R: Router>(
+    State(shared): State<Arc<Shared<R>>>,
+    upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Response {
+    let Ok(upgrade) = upgrade else {
+        return upgrade_required();
+    };
+    // Room for the fixed header on top of the largest packet.
+    let max = shared.config.max_packet_size.saturating_add(8);
+    upgrade
+        .protocols([MQTT_SUBPROTOCOL])
+        .max_message_size(max)
+        .max_frame_size(max)
+        .on_upgrade(move |socket| async move {
+            crate::mqtt::serve_stream(shared, bytes::WsBytes::new(socket)).await;
+        })
+}
+
+/// `GET /m/{tenant}/c/{channel}[/{filter…}]` with an upgrade: a JSON stream of the channel.
+pub(crate) async fn stream<R: Router>(
+    State(shared): State<Arc<Shared<R>>>,
+    Path(params): Path<HashMap<String, String>>,
+    headers: HeaderMap,
+    upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Response {
+    let Ok(upgrade) = upgrade else {
+        return upgrade_required();
+    };
+    let stream = match accept(&shared, &params, &headers) {
+        Ok(stream) => stream,
+        Err(e) => {
+            shared.metrics.refused("ws", e.error);
+            return e.into_response();
+        }
+    };
+    // Subscribed before the handshake is answered, so a client that publishes right after
+    // it opened the stream sees its own messages.
+    let link = match session::subscribe(&shared, &stream).await {
+        Ok(link) => link,
+        Err(e) => return e.into_response(),
+    };
+    let max = shared.config.max_packet_size.saturating_add(64 * 1024);
+    upgrade
+        .protocols([http::WS_PROTOCOL])
+        .max_message_size(max)
+        .max_frame_size(max)
+        .on_upgrade(move |socket| session::run(shared, socket, stream, link))
+}
+
+/// Authenticates and checks the subscription before the upgrade, so refusals are plain HTTP.
+fn accept<R: Router>(
+    shared: &Shared<R>,
+    params: &HashMap<String, String>,
+    headers: &HeaderMap,
+) -> Result<session::Stream, ApiError> {
+    let presented = match http::from_ws_protocols(headers) {
+        Some(p) => p?,
+        None => http::from_authorization(headers)?,
+    };
+    let snapshot = shared.snapshot();
+    let (subject, key_digest) = http::authenticate(&snapshot, &presented)?;
+    let filter = http::topic_of(params)?;
+    let limits = TopicLimits::default();
+    let topic = parse_filter(&filter, &limits).map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_topic",
+            format!("{filter:?} is not a topic filter one can subscribe to: {e}"),
+        )
+    })?;
+    let who = format!("{}/{}", subject.tenant, subject.name);
+    match shared
+        .cache
+        .authorize(&snapshot, &subject, Action::Subscribe, &topic)
+    {
+        Decision::Allow(_) => {}
+        Decision::Deny(DenyReason::PolicyUnavailable) => {
+            return Err(ApiError::policy_unavailable());
+        }
+        Decision::Deny(why) => {
+            shared.metrics.refused("subscribe", why.as_str());
+            return Err(ApiError::forbidden(&who, "subscribe", &filter));
+        }
+    }
+    let (tenant, channel) = (topic.tenant().to_owned(), topic.channel().to_owned());
+    let wildcard = filter.contains(['+', '#']);
+    Ok(session::Stream {
+        publisher: Publisher::of(&subject),
+        who,
+        subject,
+        key_digest,
+        publish_topic: (!wildcard).then(|| filter.clone()),
+        filter,
+        tenant,
+        channel,
+    })
+}

@@ -1,0 +1,357 @@
+//! One plain WebSocket stream: deliveries as JSON frames, client frames as publishes, and the
+//! re-check on every snapshot that closes the socket once the stream is no longer allowed.
+
+use std::sync::Arc;
+
+use axum::extract::ws::{CloseFrame, Message as WsMessage, WebSocket};
+use axum::http::StatusCode;
+use bytes::Bytes;
+use fleetward_policy::{
+    Action, Decision, KeyDigest, PolicyEvaluator, Snapshot, Subject, TopicLimits, filter_matches,
+    parse_filter,
+};
+use serde_json::json;
+
+use super::close;
+use super::envelope::{ClientPublish, answer, message_frame};
+use crate::http::{ApiError, CONTENT_TYPES};
+use crate::mqtt::{PublishRequest, Shared};
+use crate::router::{
+    MessageProps, Protocol, Publisher, Router, RouterLink, SessionKey, SessionMode,
+};
+
+/// What an accepted stream is about.
+pub(crate) struct Stream {
+    pub subject: Subject,
+    pub publisher: Publisher,
+    /// `<tenant>/<name>`, for messages.
+    pub who: String,
+    pub key_digest: KeyDigest,
+    /// The full filter streamed.
+    pub filter: String,
+    /// Where client frames publish by default: the path's topic, when it has no wildcard.
+    pub publish_topic: Option<String>,
+    pub tenant: String,
+    pub channel: String,
+}
+
+/// Why the server ends a stream: a close code and a reason (at most 123 bytes).
+struct Close(u16, String);
+
+/// A router link that detaches when dropped (also when the upgrade never completes).
+pub(crate) struct Link<L: RouterLink>(Option<L>);
+
+impl<L: RouterLink> Drop for Link<L> {
+    fn drop(&mut self) {
+        if let Some(link) = self.0.take() {
+            link.detach();
+        }
+    }
+}
+
+/// Attaches a router session for the stream and subscribes its filter.
+pub(crate) async fn subscribe<R: Router>(
+    shared: &Shared<R>,
+    stream: &Stream,
+) -> Result<Link<R::Link>, ApiError> {
+    let key = SessionKey {
+        tenant: stream.tenant.clone(),
+        subject: stream.subject.name.clone(),
+        // Random, so it never meets an MQTT session's router state.
+        client_id: format!("ws-{}", crate::mqtt::random_client_id()),
+    };
+    let unavailable = |e: crate::router::RouterError| {
+        tracing::error!(error = %e, "could not attach a WebSocket stream to the router");
+        let mut e = ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            format!("the router could not take the stream ({e}); try again"),
+        );
+        e.retry_after = Some(1);
+        e
+    };
+    let (link, _) = shared
+        .router
+        .attach(&key, SessionMode::Clean)
+        .await
+        .map_err(unavailable)?;
+    let mut link = Link(Some(link));
+    if let Some(l) = &mut link.0 {
+        l.subscribe(&stream.filter).map_err(unavailable)?;
+    }
+    Ok(link)
+}
+
+pub(crate) async fn run<R: Router>(
+    shared: Arc<Shared<R>>,
+    socket: WebSocket,
+    stream: Stream,
+    mut link: Link<R::Link>,
+) {
+    let mut conn = Conn {
+        shared,
+        socket,
+        stream,
+    };
+    let end = match &mut link.0 {
+        Some(l) => conn.pump(l).await,
+        None => None,
+    };
+    drop(link);
+    if let Some(Close(code, reason)) = end {
+        conn.shared.metrics.refused("ws", "closed_by_server");
+        let frame = CloseFrame {
+            code,
+            reason: reason.into(),
+        };
+        let _ = conn.send(WsMessage::Close(Some(frame))).await;
+    }
+}
+
+struct Conn<R: Router> {
+    shared: Arc<Shared<R>>,
+    socket: WebSocket,
+    stream: Stream,
+}
+
+impl<R: Router> Conn<R> {
+    async fn send(&mut self, m: WsMessage) -> bool {
+        let write = self.socket.send(m);
+        matches!(
+            tokio::time::timeout(self.shared.config.write_timeout, write).await,
+            Ok(Ok(()))
+        )
+    }
+
+    /// Runs until the client leaves (`None`) or the server closes (`Some`).
+    async fn pump(&mut self, link: &mut R::Link) -> Option<Close> {
+        let mut policy = self.shared.policy.clone();
+        let retained = self.shared.retained.matching(
+            &self.stream.tenant,
+            &self.stream.channel,
+            &self.stream.filter,
+        );
+        for m in retained {
+            if !self.send(WsMessage::Text(message_frame(&m).into())).await {
+                return None;
+            }
+        }
+        let mut policy_open = true;
+        loop {
+            tokio::select! {
+                frame = self.socket.recv() => match frame {
+                    None | Some(Err(_)) | Some(Ok(WsMessage::Close(_))) => return None,
+                    Some(Ok(WsMessage::Text(text))) => {
+                        let reply = self.on_text(text.as_str(), link);
+                        if !self.send(WsMessage::Text(reply.into())).await {
+                            return None;
+                        }
+                    }
+                    Some(Ok(WsMessage::Binary(payload))) => {
+                        let reply = self.on_binary(payload, link);
+                        if !self.send(WsMessage::Text(reply.into())).await {
+                            return None;
+                        }
+                    }
+                    // Pings are answered by the WebSocket layer.
+                    Some(Ok(_)) => {}
+                },
+                message = link.receive() => match message {
+                    Ok(m) => {
+                        let topic = std::str::from_utf8(&m.topic).unwrap_or_default();
+                        if filter_matches(&self.stream.filter, topic)
+                            && !self.send(WsMessage::Text(message_frame(&m).into())).await
+                        {
+                            return None;
+                        }
+                    }
+                    Err(e) => {
+                        return Some(Close(
+                            close::UNAVAILABLE,
+                            format!("the router is unavailable ({}); reconnect", e.as_str()),
+                        ));
+                    }
+                },
+                changed = policy.changed(), if policy_open => {
+                    if changed.is_err() {
+                        // The policy source is gone: keep enforcing the last snapshot.
+                        policy_open = false;
+                        continue;
+                    }
+                    let snapshot = policy.borrow_and_update().clone();
+                    if let Err(close) = self.revalidate(&snapshot) {
+                        return Some(close);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Whether the stream may go on under a new snapshot.
+    fn revalidate(&self, snapshot: &Snapshot) -> Result<(), Close> {
+        let s = &self.stream;
+        if let Err(refusal) = snapshot.check_subject(&s.subject) {
+            return Err(Close(
+                close::CREDENTIALS_REVOKED,
+                format!("revoked: {}", refusal.reason.as_str()),
+            ));
+        }
+        let key_kept = snapshot
+            .thing(&s.subject.tenant, &s.subject.name)
+            .is_some_and(|t| t.key_digests.iter().any(|d| d.ct_eq(&s.key_digest)));
+        if !key_kept {
+            return Err(Close(
+                close::CREDENTIALS_REVOKED,
+                "revoked: key_removed".to_owned(),
+            ));
+        }
+        let decision = parse_filter(&s.filter, &TopicLimits::default())
+            .map(|t| {
+                self.shared
+                    .cache
+                    .authorize(snapshot, &s.subject, Action::Subscribe, &t)
+            })
+            .unwrap_or(Decision::Deny(fleetward_policy::DenyReason::NoGrant));
+        if let Decision::Deny(why) = decision {
+            return Err(Close(
+                close::SUBSCRIPTION_REVOKED,
+                format!("revoked: {}", why.as_str()),
+            ));
+        }
+        Ok(())
+    }
+
+    fn on_text(&self, text: &str, link: &mut R::Link) -> String {
+        let p: ClientPublish = match serde_json::from_str(text) {
+            Ok(p) => p,
+            Err(e) => {
+                let e = ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "bad_frame",
+                    format!(
+                        "a text frame must be a JSON publish {{\"payload\": …, \"topic\"?, \
+                         \"base64\"?, \"content_type\"?, \"qos\"?, \"retain\"?, \"id\"?}}: {e}"
+                    ),
+                );
+                return answer(None, e.body(), false);
+            }
+        };
+        let id = p.id.clone();
+        let result = self.publish_frame(p, link);
+        match result {
+            Ok(body) => answer(id.as_ref(), body, true),
+            Err(e) => answer(id.as_ref(), e.body(), false),
+        }
+    }
+
+    fn on_binary(&self, payload: Bytes, link: &mut R::Link) -> String {
+        let p = PublishFrame {
+            topic: None,
+            payload,
+            content_type: "application/octet-stream".to_owned(),
+            qos: 0,
+            retain: false,
+        };
+        match self.publish(p, link) {
+            Ok(body) => answer(None, body, true),
+            Err(e) => answer(None, e.body(), false),
+        }
+    }
+
+    fn publish_frame(
+        &self,
+        p: ClientPublish,
+        link: &mut R::Link,
+    ) -> Result<serde_json::Value, ApiError> {
+        let payload = p.payload().map_err(ApiError::bad_request)?;
+        let content_type = p.content_type.clone().unwrap_or_else(|| {
+            if p.base64 {
+                "application/octet-stream".to_owned()
+            } else {
+                "text/plain".to_owned()
+            }
+        });
+        let essence = content_type.split(';').next().unwrap_or("").trim();
+        if !CONTENT_TYPES
+            .iter()
+            .any(|t| t.eq_ignore_ascii_case(essence))
+        {
+            return Err(ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_content_type",
+                format!(
+                    "content_type {content_type:?} is not accepted; use one of {}",
+                    CONTENT_TYPES.join(", ")
+                ),
+            ));
+        }
+        if p.qos > 2 {
+            return Err(ApiError::bad_request("qos must be 0, 1 or 2"));
+        }
+        self.publish(
+            PublishFrame {
+                topic: p.topic,
+                payload,
+                content_type,
+                qos: p.qos,
+                retain: p.retain,
+            },
+            link,
+        )
+    }
+
+    fn publish(&self, p: PublishFrame, link: &mut R::Link) -> Result<serde_json::Value, ApiError> {
+        let Some(topic) = p.topic.or_else(|| self.stream.publish_topic.clone()) else {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "bad_topic",
+                "this stream's path has a wildcard: give the frame a \"topic\" to publish to",
+            ));
+        };
+        if p.payload.is_empty() {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "empty_body",
+                "the payload is empty",
+            ));
+        }
+        let snapshot = self.shared.snapshot();
+        let request = PublishRequest {
+            topic: topic.clone(),
+            payload: p.payload,
+            qos: p.qos,
+            retain: p.retain,
+            props: Some(Box::new(MessageProps {
+                content_type: Some(p.content_type),
+                ..MessageProps::default()
+            })),
+            origin: None,
+            protocol: Protocol::WebSocket,
+        };
+        let s = &self.stream;
+        match self
+            .shared
+            .publish(&snapshot, &s.subject, &s.publisher, request, Some(link))
+        {
+            Ok(published) => Ok(json!({
+                "status": 202,
+                "topic": topic,
+                "qos": published.qos,
+                "retained": published.retained,
+            })),
+            Err(refusal) => {
+                let (what, label) = refusal.labels();
+                self.shared.metrics.refused(what, label);
+                Err(ApiError::from_publish(&refusal, &s.who, &topic))
+            }
+        }
+    }
+}
+
+struct PublishFrame {
+    topic: Option<String>,
+    payload: Bytes,
+    content_type: String,
+    qos: u8,
+    retain: bool,
+}
