@@ -63,14 +63,12 @@ pub async fn run(args: StartArgs) -> anyhow::Result<()> {
     let (policy_tx, policy_rx) = watch::channel(Arc::new(local.index.snapshot().clone()));
     let dataplane = Dataplane::new(policy_rx)
         .mqtt_listen(args.mqtt_listen)
+        .http_listen(Some(args.http_listen))
         .admin_listen(Some(args.admin_listen))
         .start()
         .await
         .context("starting the dataplane")?;
-    tracing::info!(addr = %dataplane.mqtt_addr, "MQTT listening");
-    if let Some(addr) = dataplane.admin_addr {
-        tracing::info!(%addr, "admin API (/healthz, /readyz, /metrics) listening");
-    }
+    dataplane.log_listeners();
     tracing::info!(manifests = %args.manifests.display(), "{}", status.summary());
 
     let (events_tx, mut events_rx) = mpsc::channel::<()>(1);

@@ -200,6 +200,23 @@ pub struct RunningDataplane {
 }
 
 impl RunningDataplane {
+    /// Logs one line per listener.
+    pub fn log_listeners(&self) {
+        tracing::info!(addr = %self.mqtt_addr, "MQTT listening");
+        if let Some(addr) = self.mqtts_addr {
+            tracing::info!(%addr, "MQTT over TLS listening");
+        }
+        if let Some(addr) = self.http_addr {
+            tracing::info!(
+                %addr,
+                "HTTP publish, MQTT over WebSocket (/mqtt) and WebSocket streams listening"
+            );
+        }
+        if let Some(addr) = self.admin_addr {
+            tracing::info!(%addr, "admin API (/healthz, /readyz, /metrics) listening");
+        }
+    }
+
     /// The front-end's metrics.
     pub fn metrics(&self) -> &Metrics {
         &self.metrics

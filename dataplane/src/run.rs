@@ -28,16 +28,7 @@ pub async fn run(args: DataplaneArgs) -> anyhow::Result<()> {
         .start()
         .await
         .context("starting the dataplane")?;
-    tracing::info!(addr = %dataplane.mqtt_addr, "MQTT listening");
-    if let Some(addr) = dataplane.mqtts_addr {
-        tracing::info!(%addr, "MQTT over TLS listening");
-    }
-    if let Some(addr) = dataplane.http_addr {
-        tracing::info!(%addr, "HTTP publish, MQTT over WebSocket (/mqtt) and WebSocket streams listening");
-    }
-    if let Some(addr) = dataplane.admin_addr {
-        tracing::info!(%addr, "admin API (/healthz, /readyz, /metrics) listening");
-    }
+    dataplane.log_listeners();
     let (stop_tx, mut stop_rx) = watch::channel(false);
     let sync = tokio::spawn(client.run(async move {
         let _ = stop_rx.wait_for(|stop| *stop).await;
