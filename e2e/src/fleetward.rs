@@ -1,13 +1,12 @@
-//! The Fleetward processes under test: operator replicas and dataplane processes,
-//! started from the `fleetward` binary with the flags the Helm chart gives them.
+//! The Fleetward processes under test: operator replicas and dataplane processes, started
+//! from the `fleetward` binary with the args and env the Helm chart renders for their pods.
 //!
-//! Waiting on the operator (issue 4) and dataplane (issue 5) issues: `fleetward
-//! operator` and `fleetward dataplane` are not built yet, so these helpers spell
-//! out the flags those issues name and are used by no test until they land.
-//! Where an issue names no flag yet (the operator's listeners and token, the
-//! dataplane's NATS URL), the name below is the expected one; align it, and the
-//! chart, when the subcommand lands.
+//! Each spawn renders the chart (`helm template`) and takes the container's command line from
+//! it, replacing only what differs between a pod and a local process: listen addresses, the
+//! operator URLs, the state directory, the token file's path and the pod's own name and
+//! namespace. So the chart and the binaries cannot drift apart unnoticed.
 
+use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
@@ -16,7 +15,9 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
+use serde_json::{Value, json};
 
+use crate::chart::{self, RELEASE};
 use crate::ports::{free_port, loopback};
 use crate::process::Process;
 use crate::workspace;
@@ -43,19 +44,25 @@ impl Operator {
     /// Starts replica `id` against the cluster in `kubeconfig`, with PolicySync
     /// authenticated by `sync_token`, and waits until it is ready (watches synced).
     ///
-    /// Waiting on issue 4 (`fleetward operator`).
+    /// The command line is the chart's (default values, [`operator_values`]).
     pub fn start(id: &str, kubeconfig: &Path, sync_token: &str, log_dir: &Path) -> Result<Self> {
         let sync_addr = loopback(free_port()?);
         let admin_addr = loopback(free_port()?);
-        let mut cmd = Command::new(workspace::fleetward_binary()?);
-        cmd.arg("operator")
-            .arg(format!("--sync-listen={sync_addr}"))
-            .arg(format!("--admin-listen={admin_addr}"))
-            .env("KUBECONFIG", kubeconfig)
-            .env("FLEETWARD_SYNC_TOKEN", sync_token)
-            .env("POD_NAME", id)
-            .env("POD_NAMESPACE", OPERATOR_NAMESPACE)
-            .env("RUST_LOG", "info,fleetward=debug");
+        let rendered = chart::template(OPERATOR_NAMESPACE, &[], &operator_values())?;
+        let container = rendered.container(&format!("{RELEASE}-operator"), "operator")?;
+        let token_file = write_token(log_dir, id, sync_token)?;
+        let flags = BTreeMap::from([
+            ("--grpc-listen", sync_addr.to_string()),
+            ("--admin-listen", admin_addr.to_string()),
+            ("--token-file", path_string(&token_file)?),
+        ]);
+        let fields = BTreeMap::from([
+            ("metadata.name", id.to_owned()),
+            ("metadata.namespace", OPERATOR_NAMESPACE.to_owned()),
+        ]);
+        let mut cmd = container.command(&workspace::fleetward_binary()?, &flags, &fields)?;
+        // What a pod's mounted service account gives the operator in a cluster.
+        cmd.env("KUBECONFIG", kubeconfig);
         let process = Process::spawn(id, cmd, log_dir)?;
         let mut op = Self {
             process,
@@ -73,10 +80,44 @@ impl Operator {
     }
 }
 
+/// The values the harness renders the operator with: the chart's defaults, with debug logs.
+pub fn operator_values() -> Value {
+    json!({"operator": {"logLevel": LOG_LEVEL}})
+}
+
+/// The values the harness renders the dataplane with: the chart's defaults, with debug logs,
+/// the bus in `nats_url`, or one pod and no bus without it.
+pub fn dataplane_values(nats_url: Option<&str>) -> Value {
+    match nats_url {
+        Some(url) => json!({"nats": {"url": url}, "dataplane": {"logLevel": LOG_LEVEL}}),
+        None => json!({
+            "nats": {"url": ""},
+            "dataplane": {"logLevel": LOG_LEVEL, "replicas": 1, "autoscaling": {"enabled": false}},
+        }),
+    }
+}
+
+/// RUST_LOG of the processes under test.
+const LOG_LEVEL: &str = "info,fleetward=debug";
+
+/// Writes the PolicySync token where the chart would mount it from its Secret.
+fn write_token(log_dir: &Path, name: &str, token: &str) -> Result<PathBuf> {
+    let path = log_dir.join(format!("{name}.sync-token"));
+    std::fs::write(&path, token).with_context(|| format!("write {}", path.display()))?;
+    Ok(path)
+}
+
+fn path_string(path: &Path) -> Result<String> {
+    path.to_str().map(str::to_owned).with_context(|| {
+        format!(
+            "{} is not UTF-8; set TMPDIR or FLEETWARD_E2E_LOGS to a plain path",
+            path.display()
+        )
+    })
+}
+
 /// Starts `replicas` operator replicas (`operator-0`, `operator-1`, …): two where a
 /// test needs leader election.
-///
-/// Waiting on issue 4 (`fleetward operator`).
 pub fn start_operators(
     replicas: usize,
     kubeconfig: &Path,
@@ -120,7 +161,7 @@ impl Dataplane {
     /// Starts dataplane `node_id` on free ports, with its state in `state_dir`,
     /// and waits until it is ready (a snapshot applied).
     ///
-    /// Waiting on issue 5 (`fleetward dataplane`).
+    /// The command line is the chart's ([`dataplane_values`]).
     pub fn start(
         node_id: &str,
         state_dir: &Path,
@@ -179,21 +220,23 @@ impl Dataplane {
         log_dir: &Path,
         attempt: u32,
     ) -> Result<Process> {
-        let mut cmd = Command::new(workspace::fleetward_binary()?);
-        cmd.arg("dataplane")
-            .arg(format!("--operator={}", config.operators.join(",")))
-            .arg("--node-id")
-            .arg(node_id)
-            .arg("--state-dir")
-            .arg(state_dir)
-            .arg(format!("--mqtt-listen={mqtt}"))
-            .arg(format!("--http-listen={http}"))
-            .arg(format!("--admin-listen={admin}"))
-            .env("FLEETWARD_SYNC_TOKEN", &config.sync_token)
-            .env("RUST_LOG", "info,fleetward=debug");
-        if let Some(nats) = &config.nats_url {
-            cmd.arg(format!("--nats={nats}"));
-        }
+        let rendered = chart::template(
+            OPERATOR_NAMESPACE,
+            &[],
+            &dataplane_values(config.nats_url.as_deref()),
+        )?;
+        let container = rendered.container(&format!("{RELEASE}-dataplane"), "dataplane")?;
+        let token_file = write_token(log_dir, node_id, &config.sync_token)?;
+        let flags = BTreeMap::from([
+            ("--operator", config.operators.join(",")),
+            ("--state-dir", path_string(state_dir)?),
+            ("--token-file", path_string(&token_file)?),
+            ("--mqtt-listen", mqtt.to_string()),
+            ("--http-listen", http.to_string()),
+            ("--admin-listen", admin.to_string()),
+        ]);
+        let fields = BTreeMap::from([("metadata.name", node_id.to_owned())]);
+        let cmd: Command = container.command(&workspace::fleetward_binary()?, &flags, &fields)?;
         let name = match attempt {
             1 => node_id.to_owned(),
             n => format!("{node_id}-{n}"),
@@ -205,8 +248,6 @@ impl Dataplane {
 /// Starts the two dataplanes of the multi-pod scenarios, `dataplane-a` and
 /// `dataplane-b`, on distinct ports with their state under `state_root`, both on
 /// the bus in `config.nats_url`.
-///
-/// Waiting on issue 5 (`fleetward dataplane`).
 pub fn start_dataplane_pair(
     state_root: &Path,
     config: &DataplaneConfig,

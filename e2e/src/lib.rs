@@ -4,6 +4,8 @@
 //! keeps the logs when it fails. Everything it starts is a guard that stops its
 //! process group when dropped, also while a panic unwinds.
 
+pub mod argocd;
+pub mod chart;
 pub mod controlplane;
 pub mod fleetward;
 pub mod kubectl;

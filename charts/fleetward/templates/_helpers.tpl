@@ -1,0 +1,113 @@
+{{/* The chart name. */}}
+{{- define "fleetward.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* The full name: the release name, with the chart name unless the release name holds it. */}}
+{{- define "fleetward.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 50 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 50 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 50 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{- define "fleetward.operator.fullname" -}}
+{{- printf "%s-operator" (include "fleetward.fullname" .) }}
+{{- end }}
+
+{{- define "fleetward.dataplane.fullname" -}}
+{{- printf "%s-dataplane" (include "fleetward.fullname" .) }}
+{{- end }}
+
+{{/* Labels of every resource. */}}
+{{- define "fleetward.labels" -}}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+app.kubernetes.io/name: {{ include "fleetward.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: fleetward
+{{- with .Values.commonLabels }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
+
+{{/* Selector labels of one component: pass (dict "ctx" $ "component" "operator"). */}}
+{{- define "fleetward.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "fleetward.name" .ctx }}
+app.kubernetes.io/instance: {{ .ctx.Release.Name }}
+app.kubernetes.io/component: {{ .component }}
+{{- end }}
+
+{{- define "fleetward.componentLabels" -}}
+{{ include "fleetward.labels" .ctx }}
+app.kubernetes.io/component: {{ .component }}
+{{- end }}
+
+{{- define "fleetward.image" -}}
+{{- if .Values.image.digest }}
+{{- printf "%s@%s" .Values.image.repository .Values.image.digest }}
+{{- else }}
+{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) }}
+{{- end }}
+{{- end }}
+
+{{/* The Secret holding the PolicySync token, and its key. */}}
+{{- define "fleetward.tokenSecret" -}}
+{{- default (printf "%s-sync-token" (include "fleetward.fullname" .)) .Values.policySync.token.existingSecret }}
+{{- end }}
+
+{{- define "fleetward.leaseName" -}}
+{{- include "fleetward.operator.fullname" . }}
+{{- end }}
+
+{{/* Where the token and certificates are mounted in both containers. */}}
+{{- define "fleetward.tokenDir" -}}/var/run/secrets/fleetward/sync{{- end }}
+{{- define "fleetward.syncTlsDir" -}}/var/run/secrets/fleetward/sync-tls{{- end }}
+{{- define "fleetward.mqttsTlsDir" -}}/var/run/secrets/fleetward/mqtts-tls{{- end }}
+
+{{/* The PolicySync URL of the operator Service, as a dataplane dials it. */}}
+{{- define "fleetward.operatorUrl" -}}
+{{- printf "%s://%s.%s.svc:%d" (ternary "https" "http" .Values.policySync.tls.enabled) (include "fleetward.operator.fullname" .) .Release.Namespace (int .Values.policySync.port) }}
+{{- end }}
+
+{{/* Checks across values that the schema cannot express. */}}
+{{- define "fleetward.validate" -}}
+{{- $dp := .Values.dataplane }}
+{{- $many := or (and $dp.autoscaling.enabled (gt (int $dp.autoscaling.maxReplicas) 1)) (and (not $dp.autoscaling.enabled) (gt (int $dp.replicas) 1)) }}
+{{- if and $many (not .Values.nats.url) }}
+{{- fail "nats.url is empty but more than one dataplane pod may run: set nats.url to your NATS server (nats://HOST:4222), or run one pod (dataplane.autoscaling.enabled=false, dataplane.replicas=1)" }}
+{{- end }}
+{{- if and $dp.autoscaling.enabled (gt (int $dp.autoscaling.minReplicas) (int $dp.autoscaling.maxReplicas)) }}
+{{- fail (printf "dataplane.autoscaling.minReplicas (%d) is above maxReplicas (%d)" (int $dp.autoscaling.minReplicas) (int $dp.autoscaling.maxReplicas)) }}
+{{- end }}
+{{- if and $dp.mqtts.enabled (not $dp.mqtts.existingSecret) (not $dp.mqtts.certManager.enabled) }}
+{{- fail "dataplane.mqtts.enabled needs a certificate: set dataplane.mqtts.existingSecret to a kubernetes.io/tls Secret, or dataplane.mqtts.certManager.enabled=true with an issuerRef and dnsNames" }}
+{{- end }}
+{{- if and $dp.mqtts.enabled $dp.mqtts.certManager.enabled (or (not $dp.mqtts.certManager.issuerRef.name) (not $dp.mqtts.certManager.dnsNames)) }}
+{{- fail "dataplane.mqtts.certManager needs issuerRef.name (an Issuer or ClusterIssuer) and at least one of dnsNames (the names devices connect to)" }}
+{{- end }}
+{{- if ge (int .Values.operator.lease.renewBeforeSeconds) (int .Values.operator.lease.durationSeconds) }}
+{{- fail (printf "operator.lease.renewBeforeSeconds (%d) must be less than durationSeconds (%d)" (int .Values.operator.lease.renewBeforeSeconds) (int .Values.operator.lease.durationSeconds)) }}
+{{- end }}
+{{- end }}
+
+{{/* The probes of a container whose admin endpoints are on port "admin". */}}
+{{- define "fleetward.probes" -}}
+livenessProbe:
+  httpGet:
+    path: /healthz
+    port: admin
+  {{- toYaml .Values.probes.liveness | nindent 2 }}
+readinessProbe:
+  httpGet:
+    path: /readyz
+    port: admin
+  {{- toYaml .Values.probes.readiness | nindent 2 }}
+{{- end }}
