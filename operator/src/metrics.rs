@@ -58,6 +58,8 @@ pub struct Metrics {
     snapshot_size: Gauge,
     dataplanes: Gauge,
     applied: Family<NodeLabel, Gauge>,
+    nacks: Family<NodeLabel, Gauge>,
+    refusing: Family<NodeLabel, Gauge>,
     leader: Gauge,
 }
 
@@ -83,6 +85,8 @@ impl Metrics {
             snapshot_size: Gauge::default(),
             dataplanes: Gauge::default(),
             applied: Family::default(),
+            nacks: Family::default(),
+            refusing: Family::default(),
             leader: Gauge::default(),
             registry: Registry::default(),
         };
@@ -140,6 +144,16 @@ impl Metrics {
             "dataplane_applied_version",
             "Snapshot version each connected dataplane has applied",
             m.applied.clone(),
+        );
+        registry.register(
+            "dataplane_nacks",
+            "Updates each connected dataplane has refused (NACKed) since it connected",
+            m.nacks.clone(),
+        );
+        registry.register(
+            "dataplane_refusing",
+            "1 while a connected dataplane's last answer was a NACK, else 0",
+            m.refusing.clone(),
         );
         registry.register(
             "leader",
@@ -220,10 +234,17 @@ impl Metrics {
         self.dataplanes.set(saturate(nodes.len() as u64));
         // Dataplanes that left must leave the exposition too.
         self.applied.clear();
+        self.nacks.clear();
+        self.refusing.clear();
         for (node, state) in nodes {
+            let label = NodeLabel { node };
             self.applied
-                .get_or_create(&NodeLabel { node })
+                .get_or_create(&label)
                 .set(saturate(state.applied));
+            self.nacks.get_or_create(&label).set(saturate(state.nacks));
+            self.refusing
+                .get_or_create(&label)
+                .set(i64::from(state.last_error.is_some()));
         }
         let mut out = String::new();
         if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &self.registry) {
@@ -287,6 +308,7 @@ mod tests {
         let index = SharedIndex::new(Index::starting_at(41));
         let dataplanes = Dataplanes::new();
         dataplanes.connected("dp-a", 40);
+        dataplanes.nacked("dp-a", 41, "bad grant");
         m.reconciled(Kind::Thing, Duration::from_millis(3));
         m.status_written(Kind::Thing);
         m.set_leader(true);
@@ -297,6 +319,8 @@ mod tests {
             "fleetward_operator_snapshot_version 41",
             "fleetward_operator_dataplanes_connected 1",
             "fleetward_operator_dataplane_applied_version{node=\"dp-a\"} 40",
+            "fleetward_operator_dataplane_nacks{node=\"dp-a\"} 1",
+            "fleetward_operator_dataplane_refusing{node=\"dp-a\"} 1",
             "fleetward_operator_leader 1",
         ] {
             assert!(text.contains(line), "missing {line:?} in\n{text}");
