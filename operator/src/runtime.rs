@@ -250,6 +250,7 @@ pub async fn run(args: OperatorArgs) -> anyhow::Result<()> {
         metrics: metrics.clone(),
         index: index.clone(),
         dataplanes: dataplanes.clone(),
+        replicas: replicas.clone(),
         observed: observed.clone(),
     });
     let mut admin_stop = shutdown.clone();
