@@ -16,6 +16,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Streaming;
 use tonic::metadata::MetadataValue;
+use tonic::transport::Endpoint;
 
 /// Where a client resumes from: the operator's lineage and the version it had applied.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -109,9 +110,12 @@ impl SyncClient {
         };
         let inbound = runtime.block_on(async {
             tx.send(hello).await.context("queue the Hello")?;
-            let mut client = PolicySyncClient::connect(url.to_owned())
+            let channel = Endpoint::from_shared(url.to_owned())
+                .with_context(|| format!("a PolicySync URL: {url}"))?
+                .connect()
                 .await
                 .with_context(|| format!("connect to PolicySync at {url}"))?;
+            let mut client = PolicySyncClient::new(channel);
             let mut request = tonic::Request::new(ReceiverStream::new(rx));
             let value: MetadataValue<_> = format!("Bearer {token}")
                 .parse()

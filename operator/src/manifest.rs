@@ -37,9 +37,8 @@ pub fn read(text: &str) -> Vec<Result<Document, ManifestError>> {
         let document = i + 1;
         match <serde_yaml::Value as serde::Deserialize>::deserialize(doc) {
             Ok(serde_yaml::Value::Null) => {}
-            Ok(value) => out.push(
-                read_document(value).map_err(|message| ManifestError { document, message }),
-            ),
+            Ok(value) => out
+                .push(read_document(value).map_err(|message| ManifestError { document, message })),
             Err(e) => {
                 out.push(Err(ManifestError {
                     document,
