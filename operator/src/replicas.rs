@@ -321,7 +321,8 @@ mod tests {
 
     fn channel(name: &str, generation: i64) -> Object {
         let yaml = format!(
-            "apiVersion: fleetward.io/v1alpha1\nkind: Channel\nmetadata: {{name: {name}, namespace: acme, generation: {generation}}}\nspec: {{}}\n"
+            "apiVersion: fleetward.io/v1alpha1\nkind: Channel\nmetadata: {{name: {name}, namespace: acme, generation: {generation}}}\nspec: {{maxQos: {qos}}}\n",
+            qos = generation % 2
         );
         match manifest::read(&yaml).remove(0).expect("valid manifest") {
             Document::Object(o) => *o,
@@ -408,7 +409,8 @@ mod tests {
             "a newer generation than the peer applied"
         );
 
-        // The peer sees generation 2 first and its dataplane has not applied it: pending.
+        // The peer sees generation 2 (a new record) first and its dataplane has not applied
+        // it: pending.
         let mut leader2 = index_of(ACME);
         leader2.apply(channel("telemetry", 2));
         leader2.commit();
