@@ -85,6 +85,11 @@ impl ControlPlane {
         self.data.path()
     }
 
+    /// The process id of the running control plane (for CPU and memory figures).
+    pub fn pid(&self) -> Option<u32> {
+        self.process.as_ref().map(Process::pid)
+    }
+
     /// The API server's URL, `https://127.0.0.1:<port>`.
     pub fn server(&self) -> &str {
         &self.server

@@ -11,6 +11,7 @@ pub mod fleetward;
 pub mod kubectl;
 pub mod logs;
 pub mod nats;
+pub mod policysync;
 pub mod ports;
 pub mod process;
 pub mod workspace;

@@ -16,6 +16,8 @@ pub struct DataplaneState {
     pub applied: u64,
     /// The error of its last NACK, until a later ACK clears it.
     pub last_error: Option<String>,
+    /// How many updates it has refused on this connection.
+    pub nacks: u64,
     /// When it connected.
     pub connected_at: SystemTime,
 }
@@ -55,6 +57,7 @@ impl Dataplanes {
                 DataplaneState {
                     applied: version,
                     last_error: None,
+                    nacks: 0,
                     connected_at: SystemTime::now(),
                 },
             );
@@ -76,6 +79,7 @@ impl Dataplanes {
         self.update(|nodes| {
             if let Some(n) = nodes.get_mut(node) {
                 n.last_error = Some(format!("version {version}: {error}"));
+                n.nacks += 1;
             }
         });
     }
@@ -128,6 +132,7 @@ mod tests {
         assert_eq!(d.enforced_version(), Some(5));
         d.nacked("b", 7, "bad delta");
         assert_eq!(d.enforced_version(), Some(5));
+        assert_eq!(d.all()["b"].nacks, 1);
         assert!(
             d.all()["b"]
                 .last_error

@@ -10,5 +10,6 @@ pub mod index;
 pub mod k8s;
 pub mod manifest;
 pub mod metrics;
+pub mod replicas;
 pub mod runtime;
 pub mod shared;

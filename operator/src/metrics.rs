@@ -18,6 +18,7 @@ use prometheus_client::registry::Registry;
 use crate::dataplanes::Dataplanes;
 use crate::index::Kind;
 use crate::k8s::observed::Observed;
+use crate::replicas::Replicas;
 use crate::shared::SharedIndex;
 
 /// Labels: the kind of the object.
@@ -39,6 +40,12 @@ struct NodeLabel {
     node: String,
 }
 
+/// Labels: another operator replica.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReplicaLabel {
+    replica: String,
+}
+
 fn duration_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.001, 2.0, 14))
 }
@@ -58,6 +65,9 @@ pub struct Metrics {
     snapshot_size: Gauge,
     dataplanes: Gauge,
     applied: Family<NodeLabel, Gauge>,
+    nacks: Family<NodeLabel, Gauge>,
+    refusing: Family<NodeLabel, Gauge>,
+    replica_dataplanes: Family<ReplicaLabel, Gauge>,
     leader: Gauge,
 }
 
@@ -83,6 +93,9 @@ impl Metrics {
             snapshot_size: Gauge::default(),
             dataplanes: Gauge::default(),
             applied: Family::default(),
+            nacks: Family::default(),
+            refusing: Family::default(),
+            replica_dataplanes: Family::default(),
             leader: Gauge::default(),
             registry: Registry::default(),
         };
@@ -140,6 +153,21 @@ impl Metrics {
             "dataplane_applied_version",
             "Snapshot version each connected dataplane has applied",
             m.applied.clone(),
+        );
+        registry.register(
+            "dataplane_nacks",
+            "Updates each connected dataplane has refused (NACKed) since it connected",
+            m.nacks.clone(),
+        );
+        registry.register(
+            "dataplane_refusing",
+            "1 while a connected dataplane's last answer was a NACK, else 0",
+            m.refusing.clone(),
+        );
+        registry.register(
+            "replica_dataplanes",
+            "Dataplanes each other replica reports (what the leader counts for Enforced)",
+            m.replica_dataplanes.clone(),
         );
         registry.register(
             "leader",
@@ -208,7 +236,12 @@ impl Metrics {
     }
 
     /// The Prometheus text exposition, with the gauges read from the index and the dataplanes.
-    pub fn render(&self, index: &SharedIndex, dataplanes: &Dataplanes) -> String {
+    pub fn render(
+        &self,
+        index: &SharedIndex,
+        dataplanes: &Dataplanes,
+        replicas: &Replicas,
+    ) -> String {
         {
             let idx = index.read();
             let snapshot = idx.snapshot();
@@ -220,10 +253,23 @@ impl Metrics {
         self.dataplanes.set(saturate(nodes.len() as u64));
         // Dataplanes that left must leave the exposition too.
         self.applied.clear();
+        self.nacks.clear();
+        self.refusing.clear();
         for (node, state) in nodes {
+            let label = NodeLabel { node };
             self.applied
-                .get_or_create(&NodeLabel { node })
+                .get_or_create(&label)
                 .set(saturate(state.applied));
+            self.nacks.get_or_create(&label).set(saturate(state.nacks));
+            self.refusing
+                .get_or_create(&label)
+                .set(i64::from(state.last_error.is_some()));
+        }
+        self.replica_dataplanes.clear();
+        for (replica, nodes) in replicas.dataplanes() {
+            self.replica_dataplanes
+                .get_or_create(&ReplicaLabel { replica })
+                .set(saturate(nodes.len() as u64));
         }
         let mut out = String::new();
         if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &self.registry) {
@@ -246,6 +292,8 @@ pub struct Admin {
     pub index: Arc<SharedIndex>,
     /// The dataplanes, for their gauges.
     pub dataplanes: Arc<Dataplanes>,
+    /// The other replicas' dataplanes, for theirs.
+    pub replicas: Arc<Replicas>,
     /// Watch sync state, for `/readyz`.
     pub observed: Arc<Observed>,
 }
@@ -272,7 +320,9 @@ async fn metrics(State(admin): State<Admin>) -> impl IntoResponse {
             header::CONTENT_TYPE,
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
         )],
-        admin.metrics.render(&admin.index, &admin.dataplanes),
+        admin
+            .metrics
+            .render(&admin.index, &admin.dataplanes, &admin.replicas),
     )
 }
 
@@ -287,22 +337,41 @@ mod tests {
         let index = SharedIndex::new(Index::starting_at(41));
         let dataplanes = Dataplanes::new();
         dataplanes.connected("dp-a", 40);
+        dataplanes.nacked("dp-a", 41, "bad grant");
         m.reconciled(Kind::Thing, Duration::from_millis(3));
         m.status_written(Kind::Thing);
         m.set_leader(true);
-        let text = m.render(&index, &dataplanes);
+        let replicas = Replicas::new();
+        replicas.update(
+            "operator-1",
+            crate::replicas::Report {
+                view: String::new(),
+                dataplanes: vec![crate::replicas::ReportedDataplane {
+                    node: "dp-b".into(),
+                    applied: 3,
+                    error: None,
+                }],
+                pending: vec![],
+                truncated: false,
+            },
+            std::time::SystemTime::now() + Duration::from_secs(30),
+        );
+        let text = m.render(&index, &dataplanes, &replicas);
         for line in [
             "fleetward_operator_reconciles_total{kind=\"Thing\"} 1",
             "fleetward_operator_status_writes_total{kind=\"Thing\"} 1",
             "fleetward_operator_snapshot_version 41",
             "fleetward_operator_dataplanes_connected 1",
             "fleetward_operator_dataplane_applied_version{node=\"dp-a\"} 40",
+            "fleetward_operator_dataplane_nacks{node=\"dp-a\"} 1",
+            "fleetward_operator_dataplane_refusing{node=\"dp-a\"} 1",
             "fleetward_operator_leader 1",
+            "fleetward_operator_replica_dataplanes{replica=\"operator-1\"} 1",
         ] {
             assert!(text.contains(line), "missing {line:?} in\n{text}");
         }
         dataplanes.disconnected("dp-a");
-        let text = m.render(&index, &dataplanes);
+        let text = m.render(&index, &dataplanes, &replicas);
         assert!(
             !text.contains("node=\"dp-a\""),
             "a gone dataplane stays:\n{text}"

@@ -16,10 +16,12 @@ use crate::grpc;
 use crate::index::Index;
 use crate::k8s::lease::{Leadership, LeaseConfig};
 use crate::k8s::observed::Observed;
+use crate::k8s::replicas::ReportConfig;
 use crate::k8s::secrets::SecretReconciler;
 use crate::k8s::writer::StatusWriter;
 use crate::k8s::{self, watch::Feed};
 use crate::metrics::{Admin, Metrics, admin_router};
+use crate::replicas::Replicas;
 use crate::shared::SharedIndex;
 
 /// Where a pod's service account token tells its namespace.
@@ -164,6 +166,13 @@ fn first_version() -> u64 {
 /// drains and returns `Ok`. Expects tracing to be set up by the caller.
 pub async fn run(args: OperatorArgs) -> anyhow::Result<()> {
     let lease = args.lease()?;
+    let reports = ReportConfig {
+        namespace: lease.namespace.clone(),
+        election: lease.name.clone(),
+        identity: lease.identity.clone(),
+        // Reports are renewed every third of this: twice the election's, to write less often.
+        duration: Duration::from_secs(lease.duration_secs.saturating_mul(2)),
+    };
     let client = Client::try_default().await.context(
         "cannot reach the Kubernetes API: set KUBECONFIG to a kubeconfig, or run in a pod with \
          a service account",
@@ -171,6 +180,7 @@ pub async fn run(args: OperatorArgs) -> anyhow::Result<()> {
     let index = Arc::new(SharedIndex::new(Index::starting_at(first_version())));
     let dataplanes = Arc::new(Dataplanes::new());
     let observed = Arc::new(Observed::new());
+    let replicas = Arc::new(Replicas::new());
     let metrics = Arc::new(Metrics::new());
     let reporter = Reporter {
         controller: k8s::CONTROLLER.to_owned(),
@@ -196,11 +206,23 @@ pub async fn run(args: OperatorArgs) -> anyhow::Result<()> {
         metrics: metrics.clone(),
     };
     k8s::watch::spawn_all(&mut tasks, &client, &feed);
+    tasks.spawn(k8s::replicas::publish(
+        client.clone(),
+        reports.clone(),
+        index.clone(),
+        dataplanes.clone(),
+    ));
+    tasks.spawn(k8s::replicas::watch_peers(
+        client.clone(),
+        reports.clone(),
+        replicas.clone(),
+    ));
     tasks.spawn(
         StatusWriter {
             client: client.clone(),
             index: index.clone(),
             dataplanes: dataplanes.clone(),
+            replicas: replicas.clone(),
             observed: observed.clone(),
             metrics: metrics.clone(),
             leader: leadership.subscribe(),
@@ -228,6 +250,7 @@ pub async fn run(args: OperatorArgs) -> anyhow::Result<()> {
         metrics: metrics.clone(),
         index: index.clone(),
         dataplanes: dataplanes.clone(),
+        replicas: replicas.clone(),
         observed: observed.clone(),
     });
     let mut admin_stop = shutdown.clone();
@@ -278,12 +301,14 @@ pub async fn run(args: OperatorArgs) -> anyhow::Result<()> {
             Err(e) => tracing::warn!(error = %e, "the PolicySync server task failed"),
         }
     }
+    // The streams are gone: the leader must stop counting this replica's dataplanes now.
+    tasks.shutdown().await;
+    k8s::replicas::withdraw(&client, &reports).await;
     match admin_server.await {
         Ok(Ok(())) => {}
         Ok(Err(e)) => tracing::warn!(error = %e, "the admin server failed"),
         Err(e) => tracing::warn!(error = %e, "the admin server task failed"),
     }
-    tasks.shutdown().await;
     outcome
 }
 

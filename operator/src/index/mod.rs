@@ -127,6 +127,13 @@ impl Index {
         self.included.get(key).map(|i| i.version)
     }
 
+    /// Every served object: its key, the generation served and the version that included it.
+    pub fn included(&self) -> impl Iterator<Item = (&ObjectKey, Option<i64>, u64)> {
+        self.included
+            .iter()
+            .map(|(key, i)| (key, i.generation, i.version))
+    }
+
     /// Every object whose status the index knows.
     pub fn objects(&self) -> impl Iterator<Item = &ObjectKey> {
         self.statuses.keys()

@@ -8,10 +8,13 @@
 //! - Secrets: get, list, watch, create, in the namespaces Tenants claim (a ClusterRole, or a
 //!   Role bound in each tenant namespace). The operator never updates or deletes a Secret.
 //! - `events.k8s.io` events: create, patch (where the Things are).
-//! - `coordination.k8s.io` leases: get, list, watch, create, patch, in the Lease namespace.
+//! - `coordination.k8s.io` leases: get, list, watch, create, patch, delete, in the Lease
+//!   namespace (the election Lease, and one Lease per replica reporting its dataplanes, which
+//!   the replica deletes when it has none or stops).
 
 pub mod lease;
 pub mod observed;
+pub mod replicas;
 pub mod secrets;
 pub mod status;
 pub mod watch;

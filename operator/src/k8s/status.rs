@@ -6,6 +6,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
 use super::observed::ShownStatus;
 use crate::index::{DesiredStatus, Facts, Kind};
+use crate::replicas::Remote;
 
 /// `Enforced=True`: every connected dataplane has applied a snapshot containing the object.
 pub const REASON_ENFORCED: &str = "Enforced";
@@ -50,20 +51,44 @@ pub fn enforcement(served: bool, included: Option<u64>, enforced: Option<u64>) -
                       dataplanes connect and apply the policy snapshot that contains it"
                 .to_owned(),
         },
-        Some(applied) if applied >= included => Enforcement {
-            enforced: true,
-            reason: REASON_ENFORCED,
-            message: "every connected dataplane has applied a policy snapshot that contains \
-                      this generation"
-                .to_owned(),
-        },
-        Some(_) => Enforcement {
-            enforced: false,
-            reason: REASON_PENDING,
-            message: "waiting for every connected dataplane to apply the policy snapshot that \
-                      contains this generation"
-                .to_owned(),
-        },
+        Some(applied) if applied >= included => enforced_everywhere(),
+        Some(_) => pending(),
+    }
+}
+
+fn enforced_everywhere() -> Enforcement {
+    Enforcement {
+        enforced: true,
+        reason: REASON_ENFORCED,
+        message: "every connected dataplane has applied a policy snapshot that contains this \
+                  generation"
+            .to_owned(),
+    }
+}
+
+fn pending() -> Enforcement {
+    Enforcement {
+        enforced: false,
+        reason: REASON_PENDING,
+        message: "waiting for every connected dataplane to apply the policy snapshot that \
+                  contains this generation"
+            .to_owned(),
+    }
+}
+
+/// [`enforcement`] over every replica: this replica's dataplanes (`enforced`) and what the
+/// other replicas report of theirs (`remote`).
+pub fn enforcement_across(
+    served: bool,
+    included: Option<u64>,
+    enforced: Option<u64>,
+    remote: Remote,
+) -> Enforcement {
+    let local = enforcement(served, included, enforced);
+    match (local.reason, remote) {
+        (_, Remote::None) | (REASON_NOT_SERVED, _) => local,
+        (REASON_ENFORCED | REASON_NO_DATAPLANES, Remote::Enforced) => enforced_everywhere(),
+        _ => pending(),
     }
 }
 
@@ -232,6 +257,37 @@ pub(crate) mod tests {
                 keys: u32::from(ready),
             },
         }
+    }
+
+    #[test]
+    fn other_replicas_dataplanes_count_as_much_as_this_ones() {
+        let across = |included, local, remote| enforcement_across(true, included, local, remote);
+        assert_eq!(
+            across(Some(5), None, Remote::None).reason,
+            REASON_NO_DATAPLANES
+        );
+        assert!(
+            across(Some(5), None, Remote::Enforced).enforced,
+            "dataplanes only on another replica"
+        );
+        assert!(across(Some(5), Some(5), Remote::Enforced).enforced);
+        assert_eq!(
+            across(Some(5), Some(5), Remote::Pending).reason,
+            REASON_PENDING
+        );
+        assert_eq!(
+            across(Some(5), Some(4), Remote::Enforced).reason,
+            REASON_PENDING,
+            "this replica's dataplane is behind"
+        );
+        assert_eq!(
+            across(Some(5), None, Remote::Pending).reason,
+            REASON_PENDING
+        );
+        assert_eq!(
+            enforcement_across(false, None, None, Remote::Enforced).reason,
+            REASON_NOT_SERVED
+        );
     }
 
     #[test]

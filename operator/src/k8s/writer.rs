@@ -19,17 +19,18 @@ use kube::runtime::events::{Event, EventType, Recorder};
 use tokio::sync::watch;
 
 use super::observed::{Observed, ShownStatus};
-use super::status::{differs, enforcement, full_status, now, status_json};
+use super::status::{differs, enforcement_across, full_status, now, status_json};
 use super::{Error, FIELD_MANAGER, Retries, api_resource, object_reference};
 use crate::dataplanes::Dataplanes;
 use crate::index::{DesiredStatus, ObjectKey, Readiness, Reason};
 use crate::metrics::Metrics;
+use crate::replicas::Replicas;
 use crate::shared::SharedIndex;
 
 /// How long changes are gathered before the statuses are evaluated again.
 const DEBOUNCE: Duration = Duration::from_millis(50);
 /// Status writes in flight at once.
-const CONCURRENT_WRITES: usize = 16;
+const CONCURRENT_WRITES: usize = 32;
 /// Status writes per round; then the statuses are planned again from the index.
 const WRITES_PER_ROUND: usize = 256;
 /// How long a `Ready=False` status must hold before it is written: transient states (a
@@ -128,6 +129,8 @@ pub struct StatusWriter {
     pub index: Arc<SharedIndex>,
     /// The connected dataplanes: the enforced version.
     pub dataplanes: Arc<Dataplanes>,
+    /// What the other replicas' dataplanes enforce.
+    pub replicas: Arc<Replicas>,
     /// What the objects show.
     pub observed: Arc<Observed>,
     /// Write counts, errors and durations.
@@ -143,6 +146,7 @@ impl StatusWriter {
     pub async fn run(mut self) -> &'static str {
         let mut commits = self.index.subscribe();
         let mut dataplanes = self.dataplanes.subscribe();
+        let mut peers = self.replicas.subscribe();
         let mut seen = self.observed.subscribe();
         let mut retries = Retries::default();
         let mut holds = Holds::default();
@@ -166,6 +170,7 @@ impl StatusWriter {
             let closed = tokio::select! {
                 r = commits.changed() => r.is_err(),
                 r = dataplanes.changed() => r.is_err(),
+                r = peers.changed() => r.is_err(),
                 r = seen.changed() => r.is_err(),
                 r = self.leader.changed() => r.is_err(),
                 () = sleep_until(retry), if retry.is_some() => false,
@@ -176,6 +181,7 @@ impl StatusWriter {
             tokio::time::sleep(DEBOUNCE).await;
             commits.mark_unchanged();
             dataplanes.mark_unchanged();
+            peers.mark_unchanged();
             seen.mark_unchanged();
         }
     }
@@ -188,6 +194,7 @@ impl StatusWriter {
         let unsynced = self.observed.unsynced_namespaces();
         let credentials_errors = self.observed.credentials_errors();
         let idx = self.index.read();
+        let remote = self.replicas.judge(&idx);
         holds.retain(|key| idx.status(key).is_some());
         self.observed.with_objects(|objects| {
             idx.objects()
@@ -203,8 +210,12 @@ impl StatusWriter {
                     if shown.deleting || shown.generation != desired.generation {
                         return None;
                     }
-                    let enforcement =
-                        enforcement(desired.served, idx.included_version(key), enforced);
+                    let enforcement = enforcement_across(
+                        desired.served,
+                        idx.included_version(key),
+                        enforced,
+                        remote.enforces(key, desired.generation),
+                    );
                     let status =
                         full_status(key.kind, desired, &enforcement, shown.status.as_ref(), &now)?;
                     if !differs(&status, shown.status.as_ref()) {
