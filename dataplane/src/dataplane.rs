@@ -16,6 +16,7 @@ use crate::args::DataplaneArgs;
 use crate::metrics::Metrics;
 use crate::mqtt::{self, MqttConfig, Shared};
 use crate::router::{Router, RumqttdConfig, RumqttdRouter};
+use crate::sync::SyncStatus;
 
 /// A dataplane to start: listeners, limits, and the policy it enforces.
 ///
@@ -29,6 +30,7 @@ pub struct Dataplane {
     mqtt_listen: SocketAddr,
     mqtts: Option<(SocketAddr, PathBuf, PathBuf)>,
     admin_listen: Option<SocketAddr>,
+    sync_status: Option<Arc<SyncStatus>>,
 }
 
 impl Dataplane {
@@ -41,6 +43,7 @@ impl Dataplane {
             mqtt_listen: SocketAddr::from(([0, 0, 0, 0], 1883)),
             mqtts: None,
             admin_listen: None,
+            sync_status: None,
         }
     }
 
@@ -80,6 +83,12 @@ impl Dataplane {
     /// Where the admin listener binds, if anywhere.
     pub fn admin_listen(mut self, addr: Option<SocketAddr>) -> Self {
         self.admin_listen = addr;
+        self
+    }
+
+    /// The policy sync client's status, whose staleness metrics `/metrics` then shows.
+    pub fn sync_status(mut self, status: Arc<SyncStatus>) -> Self {
+        self.sync_status = Some(status);
         self
     }
 
@@ -139,6 +148,7 @@ impl Dataplane {
             let listener = mqtt::bind(addr, "the admin API").await?;
             admin_addr = Some(listener.local_addr()?);
             let (s1, s2) = (shared.clone(), shared.clone());
+            let sync_status = self.sync_status.clone();
             let state = AdminState {
                 ready: Arc::new(move || {
                     if !s1.router.is_alive() {
@@ -151,7 +161,11 @@ impl Dataplane {
                 }),
                 metrics: Arc::new(move || {
                     let stats = s2.cache.stats();
-                    s2.metrics.render(stats.hits, stats.misses)
+                    let mut text = s2.metrics.render(stats.hits, stats.misses);
+                    if let Some(status) = &sync_status {
+                        text.push_str(&status.render_metrics());
+                    }
+                    text
                 }),
             };
             tasks.push(tokio::spawn(admin::serve(listener, state)));
