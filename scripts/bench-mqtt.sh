@@ -10,6 +10,7 @@
 #   ROUNDS=5 PAIRS=100 SECONDS_=10 WARMUP=3 PAYLOAD=64 RATE=0 scripts/bench-mqtt.sh
 #
 # RATE is messages per second per publisher (0: as fast as each broker reads).
+# PROFILE=dev runs unoptimized builds, to check the harness only (its figures mean nothing).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -20,6 +21,7 @@ WARMUP=${WARMUP:-3}
 PAYLOAD=${PAYLOAD:-64}
 RATE=${RATE:-0}
 BATCH=${BATCH:-16}
+PROFILE=${PROFILE:-release}
 
 command -v mosquitto >/dev/null || PATH="$PATH:/usr/sbin"
 command -v mosquitto >/dev/null || {
@@ -27,10 +29,10 @@ command -v mosquitto >/dev/null || {
   exit 1
 }
 
-echo "bench-mqtt: building the release examples" >&2
-cargo build --release -p fleetward-dataplane \
+echo "bench-mqtt: building the $PROFILE examples" >&2
+cargo build --profile "$PROFILE" -p fleetward-dataplane \
   --example mqtt_load --example bench_dataplane --example bare_rumqttd >&2
-bin=target/release/examples
+bin=target/$([[ $PROFILE == dev ]] && echo debug || echo "$PROFILE")/examples
 
 work=$(mktemp -d)
 broker_pid=
