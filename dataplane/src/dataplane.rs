@@ -17,6 +17,7 @@ use crate::http;
 use crate::metrics::Metrics;
 use crate::mqtt::{self, MqttConfig, Shared};
 use crate::router::{Router, RumqttdConfig, RumqttdRouter};
+use crate::sync::SyncStatus;
 
 /// A dataplane to start: listeners, limits, and the policy it enforces.
 ///
@@ -31,6 +32,7 @@ pub struct Dataplane {
     mqtts: Option<(SocketAddr, PathBuf, PathBuf)>,
     admin_listen: Option<SocketAddr>,
     http_listen: Option<SocketAddr>,
+    sync_status: Option<Arc<SyncStatus>>,
 }
 
 impl Dataplane {
@@ -44,6 +46,7 @@ impl Dataplane {
             mqtts: None,
             admin_listen: None,
             http_listen: None,
+            sync_status: None,
         }
     }
 
@@ -91,6 +94,12 @@ impl Dataplane {
     /// streams) binds, if anywhere.
     pub fn http_listen(mut self, addr: Option<SocketAddr>) -> Self {
         self.http_listen = addr;
+        self
+    }
+
+    /// The policy sync client's status, whose staleness metrics `/metrics` then shows.
+    pub fn sync_status(mut self, status: Arc<SyncStatus>) -> Self {
+        self.sync_status = Some(status);
         self
     }
 
@@ -157,6 +166,7 @@ impl Dataplane {
             let listener = mqtt::bind(addr, "the admin API").await?;
             admin_addr = Some(listener.local_addr()?);
             let (s1, s2) = (shared.clone(), shared.clone());
+            let sync_status = self.sync_status.clone();
             let state = AdminState {
                 ready: Arc::new(move || {
                     if !s1.router.is_alive() {
@@ -169,7 +179,11 @@ impl Dataplane {
                 }),
                 metrics: Arc::new(move || {
                     let stats = s2.cache.stats();
-                    s2.metrics.render(stats.hits, stats.misses)
+                    let mut text = s2.metrics.render(stats.hits, stats.misses);
+                    if let Some(status) = &sync_status {
+                        text.push_str(&status.render_metrics());
+                    }
+                    text
                 }),
             };
             tasks.push(tokio::spawn(admin::serve(listener, state)));

@@ -25,6 +25,7 @@ pub async fn run(args: DataplaneArgs) -> anyhow::Result<()> {
         );
     }
     let dataplane = Dataplane::from_args(&args, client.snapshot())
+        .sync_status(status.clone())
         .start()
         .await
         .context("starting the dataplane")?;

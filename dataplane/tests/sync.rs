@@ -290,6 +290,81 @@ async fn without_an_operator_a_restarted_client_serves_its_persisted_snapshot() 
     dp.stop().await;
 }
 
+/// `GET path` on the admin listener; the body.
+async fn http_get(addr: SocketAddr, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr)
+        .await
+        .expect("admin listener");
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
+        .await
+        .expect("writes");
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.expect("reads");
+    out.split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default()
+}
+
+fn metric(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("{name} missing from:\n{text}"))
+}
+
+/// A dataplane front-end fed by `dp`, with its admin listener; returns its admin address.
+async fn serve_metrics(dp: &Dataplane) -> (fleetward_dataplane::RunningDataplane, SocketAddr) {
+    let running = fleetward_dataplane::Dataplane::new(dp.snapshot.clone())
+        .mqtt_listen(SocketAddr::from(([127, 0, 0, 1], 0)))
+        .admin_listen(Some(SocketAddr::from(([127, 0, 0, 1], 0))))
+        .sync_status(dp.status.clone())
+        .start()
+        .await
+        .expect("the dataplane starts");
+    let admin = running.admin_addr.expect("an admin listener");
+    (running, admin)
+}
+
+#[tokio::test]
+async fn metrics_say_how_stale_the_snapshot_is_and_whether_it_came_from_disk() {
+    let mut op = Operator::start(server_config()).await;
+    let state = tempfile::tempdir().expect("temp dir");
+    let mut dp = Dataplane::start(client_config(vec![op.url()], state.path()));
+    let v = op.index.read().snapshot().version();
+    dp.version(v).await;
+    let (running, admin) = serve_metrics(&dp).await;
+    eventually("connected", &dp.status, SyncStatus::is_connected).await;
+    let text = http_get(admin, "/metrics").await;
+    assert_eq!(metric(&text, "fleetward_policy_sync_connected"), 1.0);
+    assert_eq!(
+        metric(&text, "fleetward_policy_snapshot_staleness_seconds"),
+        0.0
+    );
+    assert_eq!(metric(&text, "fleetward_policy_snapshot_from_disk"), 0.0);
+    assert_eq!(metric(&text, "fleetward_policy_snapshot_version"), v as f64);
+    drop(running);
+    dp.stop().await;
+    let url = op.url();
+    op.stop().await;
+
+    // Restarted with no operator: it serves the persisted snapshot and says so.
+    let mut dp = Dataplane::start(client_config(vec![url], state.path()));
+    let (_running, admin) = serve_metrics(&dp).await;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let text = http_get(admin, "/metrics").await;
+    assert_eq!(metric(&text, "fleetward_policy_sync_connected"), 0.0);
+    assert_eq!(metric(&text, "fleetward_policy_snapshot_from_disk"), 1.0);
+    assert_eq!(metric(&text, "fleetward_policy_snapshot_version"), v as f64);
+    let stale = metric(&text, "fleetward_policy_snapshot_staleness_seconds");
+    assert!((1.0..60.0).contains(&stale), "staleness {stale}");
+    assert!(
+        metric(&text, "fleetward_policy_operator_contact_age_seconds").is_infinite(),
+        "no operator heard since start"
+    );
+    dp.stop().await;
+}
+
 #[tokio::test]
 async fn a_dead_first_endpoint_is_skipped() {
     let mut op = Operator::start(server_config()).await;

@@ -18,6 +18,8 @@ pub struct SyncStatus {
     full_snapshots: AtomicU64,
     delta_updates: AtomicU64,
     nacks: AtomicU64,
+    /// Serving the snapshot loaded from disk, not yet confirmed by an operator.
+    from_disk: AtomicBool,
     last_error: Mutex<Option<String>>,
 }
 
@@ -62,6 +64,67 @@ impl SyncStatus {
         seconds_since(self.last_update_ms.load(Ordering::Acquire))
     }
 
+    /// Whether the snapshot being enforced came from the state directory at start and no
+    /// operator has confirmed or replaced it since (fail static).
+    pub fn is_serving_persisted(&self) -> bool {
+        self.from_disk.load(Ordering::Acquire)
+    }
+
+    /// How stale the snapshot may be, in seconds: 0 while a stream to an operator is open,
+    /// else the time since an operator was last heard from or the snapshot last updated
+    /// (whichever is later; the update time survives restarts in the persisted snapshot);
+    /// `None` if neither ever happened.
+    pub fn staleness_seconds(&self) -> Option<f64> {
+        if self.is_connected() {
+            return Some(0.0);
+        }
+        let last = self
+            .last_contact_ms
+            .load(Ordering::Acquire)
+            .max(self.last_update_ms.load(Ordering::Acquire));
+        seconds_since(last)
+    }
+
+    /// The sync client's metrics in the Prometheus text format, for `/metrics`.
+    pub fn render_metrics(&self) -> String {
+        fn secs(v: Option<f64>) -> String {
+            v.map_or_else(|| "+Inf".to_owned(), |s| format!("{s:.3}"))
+        }
+        let flag = |b: bool| u8::from(b);
+        format!(
+            "# HELP fleetward_policy_snapshot_staleness_seconds Seconds the enforced policy may lag the operator: 0 while a PolicySync stream is open, else since the operator was last heard from or the snapshot last updated; +Inf if never.\n\
+             # TYPE fleetward_policy_snapshot_staleness_seconds gauge\n\
+             fleetward_policy_snapshot_staleness_seconds {}\n\
+             # HELP fleetward_policy_snapshot_age_seconds Seconds since the enforced snapshot was last applied or confirmed from an operator (across restarts); +Inf if never.\n\
+             # TYPE fleetward_policy_snapshot_age_seconds gauge\n\
+             fleetward_policy_snapshot_age_seconds {}\n\
+             # HELP fleetward_policy_operator_contact_age_seconds Seconds since this process last heard from an operator: 0 while connected, +Inf if never.\n\
+             # TYPE fleetward_policy_operator_contact_age_seconds gauge\n\
+             fleetward_policy_operator_contact_age_seconds {}\n\
+             # HELP fleetward_policy_sync_connected Whether a PolicySync stream to an operator is open.\n\
+             # TYPE fleetward_policy_sync_connected gauge\n\
+             fleetward_policy_sync_connected {}\n\
+             # HELP fleetward_policy_snapshot_from_disk Whether the snapshot enforced is the persisted one, unconfirmed by an operator since start (fail static).\n\
+             # TYPE fleetward_policy_snapshot_from_disk gauge\n\
+             fleetward_policy_snapshot_from_disk {}\n\
+             # HELP fleetward_policy_sync_updates_total Updates applied from an operator, by kind.\n\
+             # TYPE fleetward_policy_sync_updates_total counter\n\
+             fleetward_policy_sync_updates_total{{kind=\"full\"}} {}\n\
+             fleetward_policy_sync_updates_total{{kind=\"delta\"}} {}\n\
+             # HELP fleetward_policy_sync_nacks_total Updates refused (NACKed).\n\
+             # TYPE fleetward_policy_sync_nacks_total counter\n\
+             fleetward_policy_sync_nacks_total {}\n",
+            secs(self.staleness_seconds()),
+            secs(self.seconds_since_update()),
+            secs(self.seconds_since_contact()),
+            flag(self.is_connected()),
+            flag(self.is_serving_persisted()),
+            self.full_snapshots(),
+            self.delta_updates(),
+            self.nacks(),
+        )
+    }
+
     /// Full snapshots applied since start.
     pub fn full_snapshots(&self) -> u64 {
         self.full_snapshots.load(Ordering::Relaxed)
@@ -94,6 +157,7 @@ impl SyncStatus {
             .store(stored.snapshot.version(), Ordering::Release);
         self.last_update_ms
             .store(stored.updated_unix_ms, Ordering::Release);
+        self.from_disk.store(true, Ordering::Release);
         self.ready.store(true, Ordering::Release);
     }
 
@@ -117,6 +181,7 @@ impl SyncStatus {
         } else {
             self.delta_updates.fetch_add(1, Ordering::Relaxed);
         }
+        self.from_disk.store(false, Ordering::Release);
         self.ready.store(true, Ordering::Release);
         *self.last_error.lock().unwrap_or_else(|e| e.into_inner()) = None;
     }
@@ -125,5 +190,66 @@ impl SyncStatus {
         self.last_contact_ms.store(now_ms(), Ordering::Release);
         self.nacks.fetch_add(1, Ordering::Relaxed);
         self.set_error(error);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn metric(text: &str, name: &str) -> String {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+            .unwrap_or_else(|| panic!("{name} missing from:\n{text}"))
+            .to_owned()
+    }
+
+    #[test]
+    fn staleness_is_infinite_before_anything_then_follows_contact_and_updates() {
+        let s = SyncStatus::default();
+        let text = s.render_metrics();
+        assert_eq!(
+            metric(&text, "fleetward_policy_snapshot_staleness_seconds"),
+            "+Inf"
+        );
+        assert_eq!(metric(&text, "fleetward_policy_snapshot_from_disk"), "0");
+
+        // Loaded from disk, last updated a minute ago, no operator yet.
+        let minute_ago = now_ms() - 60_000;
+        s.loaded(&Stored {
+            snapshot: std::sync::Arc::new(fleetward_policy::Snapshot::new(3)),
+            lineage: "l".into(),
+            updated_unix_ms: minute_ago,
+        });
+        let stale = s.staleness_seconds().expect("known");
+        assert!((60.0..70.0).contains(&stale), "{stale}");
+        let text = s.render_metrics();
+        assert_eq!(metric(&text, "fleetward_policy_snapshot_from_disk"), "1");
+        assert_eq!(
+            metric(&text, "fleetward_policy_operator_contact_age_seconds"),
+            "+Inf"
+        );
+
+        // Connected: not stale; the persisted snapshot still unconfirmed until an update.
+        s.connected();
+        assert_eq!(s.staleness_seconds(), Some(0.0));
+        assert!(s.is_serving_persisted());
+        s.applied(4, false, now_ms());
+        assert!(!s.is_serving_persisted());
+        let text = s.render_metrics();
+        assert_eq!(metric(&text, "fleetward_policy_sync_connected"), "1");
+        assert_eq!(
+            metric(&text, "fleetward_policy_sync_updates_total{kind=\"delta\"}"),
+            "1"
+        );
+
+        // The stream drops: staleness counts from then on.
+        s.disconnected();
+        let stale = s.staleness_seconds().expect("known");
+        assert!((0.0..5.0).contains(&stale), "{stale}");
+        assert_eq!(
+            metric(&s.render_metrics(), "fleetward_policy_sync_connected"),
+            "0"
+        );
     }
 }

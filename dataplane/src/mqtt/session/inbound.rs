@@ -99,6 +99,14 @@ impl<R: Router, S: AsyncRead + AsyncWrite + Unpin + Send> Session<R, S> {
             ));
             return Flow::Continue;
         }
+        if qos == 2 && self.qos2_in.len() >= usize::from(self.shared.config.max_inflight) {
+            // Checked before anything is forwarded: a refused publish never reaches anyone.
+            return self.end_with(
+                DisconnectReasonCode::ReceiveMaximumExceeded,
+                "limit",
+                "receive_maximum",
+            );
+        }
         let snapshot = self.policy_now();
         let full = match &self.acc.mount {
             Some(m) => m.mount_topic_name(&topic, &limits()),
@@ -204,13 +212,6 @@ impl<R: Router, S: AsyncRead + AsyncWrite + Unpin + Send> Session<R, S> {
                 None,
             )),
             2 => {
-                if self.qos2_in.len() >= usize::from(self.shared.config.max_inflight) {
-                    return self.end_with(
-                        DisconnectReasonCode::ReceiveMaximumExceeded,
-                        "limit",
-                        "receive_maximum",
-                    );
-                }
                 self.qos2_in.insert(pkid);
                 self.write(Packet::PubRec(
                     PubRec {
