@@ -219,25 +219,33 @@ async fn retained_messages_reach_new_subscribers_on_other_pods() {
         .expect("queued");
     for pod in [&a, &c] {
         let until = Instant::now() + WAIT;
-        while !retained_on(pod, "m/acme/c/telemetry/#").await.is_empty() {
+        while !retained_once(pod, "m/acme/c/telemetry/#", 0)
+            .await
+            .is_empty()
+        {
             assert!(Instant::now() < until, "still retained on {}", pod.node);
         }
     }
     // The other tenant's channel of the same name never had it.
-    let got = retained_on(&c, "m/globex/c/telemetry/#").await;
+    let got = retained_once(&c, "m/globex/c/telemetry/#", 0).await;
     assert!(got.is_empty());
 }
 
-/// What a fresh subscriber on `pod` gets right after subscribing (retrying until something
-/// arrives or 5 s pass, since the bucket's watch is asynchronous).
-async fn retained_on(pod: &Pod, filter: &str) -> Vec<rumqttc::Publish> {
+/// What a fresh subscriber on `pod` gets right after subscribing.
+async fn retained_once(pod: &Pod, filter: &str, n: u32) -> Vec<rumqttc::Publish> {
     let tenant = filter.split('/').nth(1).unwrap_or_default().to_owned();
+    let mut r = reader(pod, &tenant, &format!("retained-{n}"), filter).await;
+    drain(&mut r, Duration::from_millis(300)).await
+}
+
+/// The same, retried until something arrives or 5 s pass (the bucket's watch is
+/// asynchronous).
+async fn retained_on(pod: &Pod, filter: &str) -> Vec<rumqttc::Publish> {
     let until = Instant::now() + WAIT;
     let mut n = 0;
     loop {
         n += 1;
-        let mut r = reader(pod, &tenant, &format!("retained-{n}"), filter).await;
-        let got = drain(&mut r, Duration::from_millis(300)).await;
+        let got = retained_once(pod, filter, n).await;
         if !got.is_empty() || Instant::now() > until {
             return got;
         }

@@ -8,7 +8,7 @@ use std::time::Duration;
 use async_nats::jetstream::{self, kv};
 use futures_util::StreamExt as _;
 use parking_lot::Mutex;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio::task::AbortHandle;
 
 use super::codec::{self, Seen};
@@ -60,7 +60,8 @@ struct Ctx {
     inbound: Inbound,
     metrics: Arc<Metrics>,
     seen: Mutex<Seen>,
-    retained: Mutex<Option<kv::Store>>,
+    /// The retained bucket, once opened (JetStream may come later than NATS, or never).
+    retained: watch::Sender<Option<kv::Store>>,
 }
 
 /// Exponential backoff from 100 ms, capped.
@@ -125,7 +126,7 @@ impl NatsBus {
             inbound,
             metrics: metrics.clone(),
             seen: Mutex::default(),
-            retained: Mutex::new(None),
+            retained: watch::Sender::new(None),
         });
         let (out, out_rx) = mpsc::channel(config.queue.max(1));
         let (retained_tx, retained_rx) = mpsc::channel(config.queue.max(1));
@@ -215,12 +216,14 @@ async fn publisher(
 
 /// Writes retained messages to the KV bucket (an empty payload deletes the key).
 async fn retained_writer(ctx: Arc<Ctx>, mut rx: mpsc::Receiver<(String, Message)>) {
+    let mut bucket = ctx.retained.subscribe();
     while let Some((key, message)) = rx.recv().await {
-        let store = ctx.retained.lock().clone();
-        let Some(store) = store else {
-            ctx.metrics.bus_dropped("retained_unavailable");
-            continue;
+        // Until the bucket is open, writes wait here and later ones queue (or are dropped as
+        // `retained_queue_full`).
+        let Ok(store) = bucket.wait_for(Option::is_some).await.map(|s| s.clone()) else {
+            return;
         };
+        let Some(store) = store else { continue };
         let written = if message.payload.is_empty() {
             store.delete(&key).await.map_err(|e| e.to_string())
         } else {
@@ -309,20 +312,11 @@ async fn retained_watch(ctx: Arc<Ctx>, bucket: String, max: Duration) {
         let js = jetstream::new(ctx.client.clone());
         let store = match js.get_key_value(bucket.clone()).await {
             Ok(s) => Ok(s),
-            Err(_) => js
-                .create_key_value(kv::Config {
-                    bucket: bucket.clone(),
-                    description: "Fleetward retained messages, keyed by bus subject".into(),
-                    history: 1,
-                    storage: jetstream::stream::StorageType::File,
-                    ..Default::default()
-                })
-                .await
-                .map_err(|e| e.to_string()),
+            Err(_) => create_bucket(&js, &bucket).await,
         };
         let watch = match store {
             Ok(store) => {
-                *ctx.retained.lock() = Some(store.clone());
+                ctx.retained.send_replace(Some(store.clone()));
                 store
                     .watch_with_history(">")
                     .await
@@ -358,6 +352,32 @@ async fn retained_watch(ctx: Arc<Ctx>, bucket: String, max: Duration) {
         }
         tokio::time::sleep(backoff(attempt, max)).await;
     }
+}
+
+/// Creates the retained bucket: the stream a KV bucket is (as `create_key_value` makes it, which
+/// itself cannot parse the account info of the nats-server 2.9 that Debian ships).
+async fn create_bucket(js: &jetstream::Context, bucket: &str) -> Result<kv::Store, String> {
+    let created = js
+        .get_or_create_stream(jetstream::stream::Config {
+            name: format!("KV_{bucket}"),
+            description: Some("Fleetward retained messages, keyed by bus subject".into()),
+            subjects: vec![format!("$KV.{bucket}.>")],
+            max_messages_per_subject: 1,
+            storage: jetstream::stream::StorageType::File,
+            allow_rollup: true,
+            deny_delete: true,
+            allow_direct: true,
+            discard: jetstream::stream::DiscardPolicy::New,
+            num_replicas: 1,
+            ..Default::default()
+        })
+        .await;
+    if let Err(e) = created {
+        return Err(format!("creating the KV bucket {bucket}: {e}"));
+    }
+    js.get_key_value(bucket)
+        .await
+        .map_err(|e| format!("opening the KV bucket {bucket}: {e}"))
 }
 
 fn apply(ctx: &Ctx, entry: kv::Entry) {
