@@ -61,12 +61,16 @@ fn free_port() -> u16 {
         .expect("a free port")
 }
 
-struct Server(Child, tempfile::TempDir);
+/// The server and its store, removed when dropped.
+struct Server {
+    child: Child,
+    _store: tempfile::TempDir,
+}
 
 impl Drop for Server {
     fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 
@@ -79,7 +83,7 @@ fn nats_server(port: u16) -> Server {
         .stderr(Stdio::null())
         .spawn()
         .expect("nats-server on the PATH (Debian package nats-server)");
-    Server(child, dir)
+    Server { child, _store: dir }
 }
 
 /// A connected rumqttc client whose received payloads (with their arrival time) go to a channel.

@@ -41,13 +41,16 @@ impl Bus for LocalBus {
     fn set_interest(&self, _channel: ChannelKey, _subjects: BTreeSet<String>) {}
 }
 
+/// Stores (or, with an empty payload, clears) a retained message: tenant, channel, topic.
+pub type RetainSink = Arc<dyn Fn(&str, &str, &str, Message) + Send + Sync>;
+
 /// Where messages from other pods go: the local router, and the local retained store.
 #[derive(Clone)]
 pub struct Inbound {
     /// Delivers a message from another pod to local subscribers.
     pub deliver: Arc<dyn Fn(Message) + Send + Sync>,
     /// Stores (or, with an empty payload, clears) a retained message: tenant, channel, topic.
-    pub retain: Arc<dyn Fn(&str, &str, &str, Message) + Send + Sync>,
+    pub retain: RetainSink,
 }
 
 struct State {
