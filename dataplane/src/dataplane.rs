@@ -13,8 +13,8 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::admin::{self, AdminState};
 use crate::args::DataplaneArgs;
-use crate::http;
 use crate::bus::{Bus, BusRouter, Inbound, LocalBus, NatsBus, NatsConfig};
+use crate::http;
 use crate::metrics::Metrics;
 use crate::mqtt::{self, MqttConfig, RetainedStore, Shared};
 use crate::router::{Router, RumqttdConfig, RumqttdRouter};

@@ -7,7 +7,7 @@ use bytes::Bytes;
 use fleetward_proto::message::v1 as pb;
 use prost::Message as _;
 
-use crate::router::{Message, MessageProps};
+use crate::router::{Message, MessageProps, Protocol, Publisher, PublisherKind};
 
 /// A message as it came off the bus.
 #[derive(Debug)]
@@ -53,13 +53,30 @@ pub fn encode(message: &Message, origin_pod: &str, sequence: u64) -> Option<Vec<
         tenant: tenant.to_owned(),
         channel: channel.to_owned(),
         subtopic,
-        publisher: None,
-        protocol: pb::Protocol::Unspecified.into(),
+        publisher: message.publisher.as_ref().map(|p| pb::Publisher {
+            kind: match p.kind {
+                PublisherKind::Thing => pb::PublisherKind::Thing,
+                PublisherKind::User => pb::PublisherKind::User,
+            }
+            .into(),
+            name: p.name.to_string(),
+        }),
+        protocol: match message.protocol {
+            Protocol::Unspecified => pb::Protocol::Unspecified,
+            Protocol::Mqtt => pb::Protocol::Mqtt,
+            Protocol::Http => pb::Protocol::Http,
+            Protocol::WebSocket => pb::Protocol::Websocket,
+        }
+        .into(),
         content_type: props.and_then(|p| p.content_type.clone()),
         payload: message.payload.to_vec(),
         qos: u32::from(message.qos),
         retain: message.retain,
-        created_ns: now_ns(),
+        created_ns: if message.created_ns == 0 {
+            now_ns()
+        } else {
+            message.created_ns
+        },
         origin_pod: origin_pod.to_owned(),
         user_properties: props
             .map(|p| {
@@ -130,6 +147,20 @@ pub fn decode(bytes: &[u8]) -> Result<Option<Received>, DecodeError> {
             props: (!props.is_empty()).then(|| Box::new(props)),
             retain: wire.retain,
             origin: None,
+            publisher: wire.publisher.map(|p| Publisher {
+                kind: match pb::PublisherKind::try_from(p.kind) {
+                    Ok(pb::PublisherKind::User) => PublisherKind::User,
+                    _ => PublisherKind::Thing,
+                },
+                name: p.name.into(),
+            }),
+            protocol: match pb::Protocol::try_from(wire.protocol) {
+                Ok(pb::Protocol::Mqtt) => Protocol::Mqtt,
+                Ok(pb::Protocol::Http) => Protocol::Http,
+                Ok(pb::Protocol::Websocket) => Protocol::WebSocket,
+                _ => Protocol::Unspecified,
+            },
+            created_ns: wire.created_ns,
         },
         origin_pod: wire.origin_pod,
         sequence: wire.bus_sequence,
@@ -193,15 +224,22 @@ mod tests {
             })),
             retain: true,
             origin: Some(42),
+            publisher: Some(Publisher {
+                kind: PublisherKind::User,
+                name: "alice".into(),
+            }),
+            protocol: Protocol::Http,
+            created_ns: now_ns(),
         }
     }
 
     #[test]
     fn everything_but_the_local_origin_survives_the_trip() {
-        let bytes = encode(&full(), "pod-a", 9).expect("our topic");
+        let sent = full();
+        let bytes = encode(&sent, "pod-a", 9).expect("our topic");
         let back = decode(&bytes).expect("decodes").expect("not expired");
         assert_eq!((back.origin_pod.as_str(), back.sequence), ("pod-a", 9));
-        let mut want = full();
+        let mut want = sent;
         want.origin = None;
         // A second may pass between encoding and decoding.
         let got_expiry = back
@@ -225,6 +263,9 @@ mod tests {
             props: None,
             retain: false,
             origin: None,
+            publisher: None,
+            protocol: Protocol::Unspecified,
+            created_ns: 5,
         };
         let back = decode(&encode(&m, "p", 1).expect("ours"))
             .expect("decodes")

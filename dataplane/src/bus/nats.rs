@@ -406,6 +406,9 @@ fn apply(ctx: &Ctx, entry: kv::Entry) {
         props: None,
         retain: true,
         origin: None,
+        publisher: None,
+        protocol: crate::router::Protocol::Unspecified,
+        created_ns: 0,
     });
     (ctx.inbound.retain)(&tenant, &channel, &topic, message);
 }

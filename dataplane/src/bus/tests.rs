@@ -81,6 +81,9 @@ fn msg(topic: &'static str) -> Message {
         props: None,
         retain: false,
         origin: None,
+        publisher: None,
+        protocol: crate::router::Protocol::Unspecified,
+        created_ns: 0,
     }
 }
 
