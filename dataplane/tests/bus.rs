@@ -123,11 +123,22 @@ async fn v5_properties_and_user_properties_cross_pods() {
     assert_eq!(p.response_topic.as_deref(), Some("m/acme/c/commands/reply"));
     assert_eq!(p.correlation_data.as_deref(), Some(&b"\x01\x02"[..]));
     assert_eq!(
-        p.user_properties,
-        vec![
+        p.user_properties[..2],
+        [
             ("k".to_owned(), "v1".to_owned()),
             ("k".to_owned(), "v2".to_owned())
         ]
+    );
+    // The publisher and protocol of the other pod's client travel too.
+    assert!(
+        p.user_properties
+            .contains(&("fleetward-publisher".to_owned(), "thing:sensor".to_owned())),
+        "{:?}",
+        p.user_properties
+    );
+    assert!(
+        p.user_properties
+            .contains(&("fleetward-protocol".to_owned(), "mqtt".to_owned()))
     );
 }
 
