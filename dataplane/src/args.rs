@@ -49,6 +49,10 @@ pub struct DataplaneArgs {
     /// Entries of the authorization decision cache.
     #[arg(long, default_value_t = 100_000)]
     pub decision_cache_entries: u64,
+    /// NATS servers of the cross-pod bus, comma-separated (nats://host:4222); absent, this pod
+    /// is the only one (in-process bus). Retained messages across pods need JetStream.
+    #[arg(long, value_delimiter = ',', env = "FLEETWARD_NATS")]
+    pub nats: Vec<String>,
 
     /// The PolicySync token (prefer --token-file or the environment to keep it out of `ps`).
     #[arg(

@@ -13,9 +13,10 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::admin::{self, AdminState};
 use crate::args::DataplaneArgs;
+use crate::bus::{Bus, BusRouter, Inbound, LocalBus, NatsBus, NatsConfig};
 use crate::http;
 use crate::metrics::Metrics;
-use crate::mqtt::{self, MqttConfig, Shared};
+use crate::mqtt::{self, MqttConfig, RetainedStore, Shared};
 use crate::router::{Router, RumqttdConfig, RumqttdRouter};
 use crate::sync::SyncStatus;
 
@@ -33,6 +34,7 @@ pub struct Dataplane {
     admin_listen: Option<SocketAddr>,
     http_listen: Option<SocketAddr>,
     sync_status: Option<Arc<SyncStatus>>,
+    nats: Option<NatsConfig>,
 }
 
 impl Dataplane {
@@ -47,6 +49,7 @@ impl Dataplane {
             admin_listen: None,
             http_listen: None,
             sync_status: None,
+            nats: None,
         }
     }
 
@@ -69,7 +72,18 @@ impl Dataplane {
         {
             d = d.mqtts_listen(addr, cert.clone(), key.clone());
         }
+        if !args.nats.is_empty() {
+            let node_id = args.node_id.clone().unwrap_or_else(random_node_id);
+            d = d.nats(Some(NatsConfig::new(args.nats.clone(), node_id)));
+        }
         d
+    }
+
+    /// The cross-pod bus: NATS with this configuration, or (`None`, the default) none, for a
+    /// single pod.
+    pub fn nats(mut self, config: Option<NatsConfig>) -> Self {
+        self.nats = config;
+        self
     }
 
     /// Where the plain MQTT listener binds (port 0 picks a free one).
@@ -112,14 +126,37 @@ impl Dataplane {
 
     /// Binds every listener and starts serving.
     pub async fn start(self) -> anyhow::Result<RunningDataplane> {
-        let router = RumqttdRouter::start(&self.router).context("starting the message router")?;
+        let inner =
+            Arc::new(RumqttdRouter::start(&self.router).context("starting the message router")?);
         let metrics = Arc::new(Metrics::default());
-        let shared = Arc::new(Shared::new(
-            self.mqtt.clone(),
-            router,
-            self.policy.clone(),
-            metrics.clone(),
-        ));
+        let retained = Arc::new(RetainedStore::default());
+        let bus: Arc<dyn Bus> = match &self.nats {
+            None => Arc::new(LocalBus),
+            Some(config) => {
+                let store = retained.clone();
+                let inbound = Inbound {
+                    deliver: BusRouter::deliver_to(inner.clone()),
+                    retain: Arc::new(move |tenant: &str, channel: &str, topic: &str, message| {
+                        store.set(tenant, channel, topic, message);
+                    }),
+                };
+                Arc::new(
+                    NatsBus::start(config.clone(), inbound, metrics.clone())
+                        .await
+                        .context("starting the NATS bus")?,
+                )
+            }
+        };
+        let router = BusRouter::new(inner, bus);
+        let shared = Arc::new(
+            Shared::new(
+                self.mqtt.clone(),
+                router,
+                self.policy.clone(),
+                metrics.clone(),
+            )
+            .with_retained(retained),
+        );
         let mut tasks = Vec::new();
         let listener = mqtt::bind(self.mqtt_listen, "MQTT").await?;
         let mqtt_addr = listener.local_addr()?;
@@ -271,6 +308,19 @@ async fn futures_select_all(
         Some(Err(e)) => (Err(e), 0, Vec::new()),
         None => (Ok(()), 0, Vec::new()),
     }
+}
+
+/// A node id for a pod started without --node-id or POD_NAME: unique per process, so its own
+/// messages are still recognised when they come back from the bus.
+fn random_node_id() -> String {
+    let mut bytes = [0u8; 6];
+    // Without randomness, the process id and the time still tell pods apart.
+    if getrandom::fill(&mut bytes).is_err() {
+        let seed = u64::from(std::process::id()) ^ crate::bus::codec::now_ns();
+        bytes.copy_from_slice(&seed.to_le_bytes()[..6]);
+    }
+    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    format!("dataplane-{hex}")
 }
 
 fn tls_acceptor(cert: &Path, key: &Path) -> anyhow::Result<TlsAcceptor> {

@@ -2,6 +2,7 @@
 
 mod admin;
 mod args;
+pub mod bus;
 mod dataplane;
 pub mod http;
 pub mod limits;

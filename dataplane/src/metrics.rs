@@ -20,6 +20,18 @@ pub struct Metrics {
     tenants: Mutex<BTreeMap<String, TenantCounts>>,
     refusals: Mutex<BTreeMap<(&'static str, &'static str), u64>>,
     snapshot_version: AtomicU64,
+    bus: BusCounters,
+}
+
+/// The NATS bus's counters (absent from `/metrics` on a single pod).
+#[derive(Debug, Default)]
+struct BusCounters {
+    configured: std::sync::atomic::AtomicBool,
+    connected: std::sync::atomic::AtomicBool,
+    disconnects: AtomicU64,
+    published: AtomicU64,
+    received: AtomicU64,
+    dropped: Mutex<BTreeMap<&'static str, u64>>,
 }
 
 impl Metrics {
@@ -70,6 +82,82 @@ impl Metrics {
 
     pub(crate) fn set_snapshot_version(&self, v: u64) {
         self.snapshot_version.store(v, Ordering::Relaxed);
+    }
+
+    /// Records whether the bus is connected to NATS now; a change to "not" counts an outage.
+    pub(crate) fn bus_connected(&self, connected: bool) {
+        self.bus.configured.store(true, Ordering::Relaxed);
+        let was = self.bus.connected.swap(connected, Ordering::SeqCst);
+        if was && !connected {
+            self.bus.disconnects.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    pub(crate) fn bus_configured(&self) {
+        self.bus.configured.store(true, Ordering::Relaxed);
+    }
+
+    pub(crate) fn bus_published(&self) {
+        self.bus.published.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn bus_received(&self) {
+        self.bus.received.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a message the bus did not carry (`reason` a stable label).
+    pub(crate) fn bus_dropped(&self, reason: &'static str) {
+        *self.bus.dropped.lock().entry(reason).or_default() += 1;
+    }
+
+    /// Whether the bus is connected to NATS now.
+    pub fn bus_is_connected(&self) -> bool {
+        self.bus.connected.load(Ordering::SeqCst)
+    }
+
+    /// How often the bus lost NATS.
+    pub fn bus_disconnects(&self) -> u64 {
+        self.bus.disconnects.load(Ordering::Relaxed)
+    }
+
+    /// Messages sent to and received from other pods.
+    pub fn bus_messages(&self) -> (u64, u64) {
+        (
+            self.bus.published.load(Ordering::Relaxed),
+            self.bus.received.load(Ordering::Relaxed),
+        )
+    }
+
+    /// Messages the bus did not carry for `reason`.
+    pub fn bus_drops(&self, reason: &str) -> u64 {
+        self.bus
+            .dropped
+            .lock()
+            .iter()
+            .filter(|(r, _)| **r == reason)
+            .map(|(_, n)| *n)
+            .sum()
+    }
+
+    fn render_bus(&self, out: &mut String) {
+        if !self.bus.configured.load(Ordering::Relaxed) {
+            return;
+        }
+        let b = &self.bus;
+        let _ = writeln!(
+            out,
+            "# HELP fleetward_bus_connected Whether the bus is connected to NATS (0 during an outage).\n# TYPE fleetward_bus_connected gauge\nfleetward_bus_connected {}\n# HELP fleetward_bus_disconnects_total Times the bus lost NATS.\n# TYPE fleetward_bus_disconnects_total counter\nfleetward_bus_disconnects_total {}\n# HELP fleetward_bus_published_total Messages sent to other pods.\n# TYPE fleetward_bus_published_total counter\nfleetward_bus_published_total {}\n# HELP fleetward_bus_received_total Messages from other pods delivered locally.\n# TYPE fleetward_bus_received_total counter\nfleetward_bus_received_total {}\n# HELP fleetward_bus_dropped_total Messages the bus did not carry, by reason.\n# TYPE fleetward_bus_dropped_total counter",
+            u8::from(b.connected.load(Ordering::SeqCst)),
+            b.disconnects.load(Ordering::Relaxed),
+            b.published.load(Ordering::Relaxed),
+            b.received.load(Ordering::Relaxed),
+        );
+        for (reason, n) in b.dropped.lock().iter() {
+            let _ = writeln!(
+                out,
+                "fleetward_bus_dropped_total{{reason=\"{reason}\"}} {n}"
+            );
+        }
     }
 
     /// Messages received from and delivered to clients of a tenant.
@@ -144,6 +232,7 @@ impl Metrics {
             "# HELP fleetward_policy_snapshot_version The policy version being enforced.\n# TYPE fleetward_policy_snapshot_version gauge\nfleetward_policy_snapshot_version {}",
             self.snapshot_version.load(Ordering::Relaxed)
         );
+        self.render_bus(&mut out);
         out
     }
 }
@@ -177,5 +266,26 @@ mod tests {
         );
         assert!(text.contains("fleetward_decision_cache_hit_ratio 0.75\n"));
         assert!(text.contains("fleetward_policy_snapshot_version 7\n"));
+        assert!(!text.contains("fleetward_bus_"), "no bus on a single pod");
+    }
+
+    #[test]
+    fn the_bus_shows_outages_and_drops() {
+        let m = Metrics::default();
+        m.bus_configured();
+        assert!(m.render(0, 0).contains("fleetward_bus_connected 0\n"));
+        m.bus_connected(true);
+        m.bus_connected(false);
+        m.bus_connected(false);
+        m.bus_connected(true);
+        m.bus_dropped("disconnected");
+        let text = m.render(0, 0);
+        assert!(text.contains("fleetward_bus_connected 1\n"), "{text}");
+        assert!(
+            text.contains("fleetward_bus_disconnects_total 1\n"),
+            "{text}"
+        );
+        assert!(text.contains("fleetward_bus_dropped_total{reason=\"disconnected\"} 1\n"));
+        assert_eq!(m.bus_drops("disconnected"), 1);
     }
 }

@@ -17,7 +17,7 @@ use tokio_rustls::TlsAcceptor;
 pub(crate) use connect::random_client_id;
 pub(crate) use publish::{PublishRefusal, PublishRequest};
 pub use state::MqttConfig;
-pub(crate) use state::Shared;
+pub(crate) use state::{RetainedStore, Shared};
 
 use crate::router::Router;
 

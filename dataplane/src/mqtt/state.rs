@@ -259,7 +259,8 @@ pub(crate) struct Shared<R: Router> {
     pub(crate) policy: watch::Receiver<Arc<Snapshot>>,
     pub(crate) cache: DecisionCache,
     pub(crate) registry: Arc<Registry>,
-    pub(crate) retained: RetainedStore,
+    /// Shared with the bus, which mirrors other pods' retained messages into it.
+    pub(crate) retained: Arc<RetainedStore>,
     pub(crate) rates: TenantRates,
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) connections: AtomicUsize,
@@ -284,7 +285,7 @@ impl<R: Router> Shared<R> {
             router,
             policy,
             registry: Arc::default(),
-            retained: RetainedStore::default(),
+            retained: Arc::default(),
             rates: TenantRates::default(),
             metrics,
             connections: AtomicUsize::new(0),
@@ -293,6 +294,12 @@ impl<R: Router> Shared<R> {
             no_local_seen: std::sync::atomic::AtomicBool::new(false),
             pending_wills: Mutex::default(),
         }
+    }
+
+    /// Uses `store` for retained messages (the bus writes other pods' into it).
+    pub(crate) fn with_retained(mut self, store: Arc<RetainedStore>) -> Self {
+        self.retained = store;
+        self
     }
 
     /// The snapshot being enforced now.

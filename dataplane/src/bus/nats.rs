@@ -1,0 +1,414 @@
+//! The NATS bus: core NATS between pods, JetStream KV for retained messages (see BUS.md).
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use async_nats::jetstream::{self, kv};
+use futures_util::StreamExt as _;
+use parking_lot::Mutex;
+use tokio::sync::{mpsc, watch};
+use tokio::task::AbortHandle;
+
+use super::codec::{self, Seen};
+use super::subject::{ChannelKey, subject_topic, topic_subject};
+use super::{Bus, Inbound};
+use crate::metrics::Metrics;
+use crate::router::Message;
+
+/// How the NATS bus connects.
+#[derive(Clone, Debug)]
+pub struct NatsConfig {
+    /// NATS server URLs (`nats://host:4222`); every one is tried.
+    pub servers: Vec<String>,
+    /// This pod's id, stamped on what it publishes as the origin.
+    pub node_id: String,
+    /// The JetStream KV bucket of retained messages, shared by every pod.
+    pub retained_bucket: String,
+    /// Messages waiting for NATS before more are dropped from the bus.
+    pub queue: usize,
+    /// The longest wait between reconnect attempts.
+    pub max_backoff: Duration,
+}
+
+impl NatsConfig {
+    /// Defaults for the given servers and node id.
+    pub fn new(servers: Vec<String>, node_id: impl Into<String>) -> Self {
+        Self {
+            servers,
+            node_id: node_id.into(),
+            retained_bucket: "fleetward-retained".to_owned(),
+            queue: 65_536,
+            max_backoff: Duration::from_secs(5),
+        }
+    }
+}
+
+/// The bus over NATS.
+pub struct NatsBus {
+    out: mpsc::Sender<Message>,
+    interest: mpsc::UnboundedSender<(ChannelKey, BTreeSet<String>)>,
+    connected: Arc<AtomicBool>,
+    metrics: Arc<Metrics>,
+    tasks: Vec<AbortHandle>,
+}
+
+struct Ctx {
+    client: async_nats::Client,
+    node_id: String,
+    inbound: Inbound,
+    metrics: Arc<Metrics>,
+    seen: Mutex<Seen>,
+    /// The retained bucket, once opened (JetStream may come later than NATS, or never).
+    retained: watch::Sender<Option<kv::Store>>,
+}
+
+/// Exponential backoff from 100 ms, capped.
+fn backoff(attempt: usize, max: Duration) -> Duration {
+    let exp = u32::try_from(attempt.min(16)).unwrap_or(16);
+    Duration::from_millis(100u64.saturating_mul(2u64.saturating_pow(exp))).min(max)
+}
+
+impl NatsBus {
+    /// Starts connecting (in the background: the pod serves local clients meanwhile) and the
+    /// bus's tasks. Fails only on a malformed server URL.
+    pub async fn start(
+        config: NatsConfig,
+        inbound: Inbound,
+        metrics: Arc<Metrics>,
+    ) -> anyhow::Result<Self> {
+        if config.servers.is_empty() {
+            anyhow::bail!("--nats needs at least one server URL, e.g. nats://nats:4222");
+        }
+        metrics.bus_configured();
+        let connected = Arc::new(AtomicBool::new(false));
+        let (flag, m, max) = (connected.clone(), metrics.clone(), config.max_backoff);
+        let client = async_nats::ConnectOptions::new()
+            .name(format!("fleetward-dataplane {}", config.node_id))
+            .retry_on_initial_connect()
+            .max_reconnects(None::<usize>)
+            .connection_timeout(Duration::from_secs(2))
+            .ping_interval(Duration::from_secs(10))
+            .reconnect_delay_callback(move |attempt| backoff(attempt, max))
+            .event_callback(move |event| {
+                let (flag, m) = (flag.clone(), m.clone());
+                async move {
+                    match event {
+                        async_nats::Event::Connected => {
+                            flag.store(true, Ordering::SeqCst);
+                            m.bus_connected(true);
+                            tracing::info!("connected to NATS");
+                        }
+                        async_nats::Event::Disconnected => {
+                            flag.store(false, Ordering::SeqCst);
+                            m.bus_connected(false);
+                            tracing::warn!(
+                                "lost NATS; local delivery continues, reconnecting with backoff"
+                            );
+                        }
+                        async_nats::Event::SlowConsumer(_) => m.bus_dropped("slow_consumer"),
+                        other => tracing::info!(event = %other, "NATS event"),
+                    }
+                }
+            })
+            .connect(config.servers.clone())
+            .await
+            .map_err(|e| {
+                anyhow::anyhow!(
+                    "the NATS servers {:?} are not usable ({e}); give --nats URLs like nats://host:4222",
+                    config.servers
+                )
+            })?;
+        let ctx = Arc::new(Ctx {
+            client,
+            node_id: config.node_id.clone(),
+            inbound,
+            metrics: metrics.clone(),
+            seen: Mutex::default(),
+            retained: watch::Sender::new(None),
+        });
+        let (out, out_rx) = mpsc::channel(config.queue.max(1));
+        let (retained_tx, retained_rx) = mpsc::channel(config.queue.max(1));
+        let (interest, interest_rx) = mpsc::unbounded_channel();
+        let tasks = vec![
+            tokio::spawn(publisher(ctx.clone(), out_rx, retained_tx)).abort_handle(),
+            tokio::spawn(retained_writer(ctx.clone(), retained_rx)).abort_handle(),
+            tokio::spawn(subscriptions(ctx.clone(), interest_rx)).abort_handle(),
+            tokio::spawn(retained_watch(
+                ctx.clone(),
+                config.retained_bucket.clone(),
+                config.max_backoff,
+            ))
+            .abort_handle(),
+        ];
+        Ok(Self {
+            out,
+            interest,
+            connected,
+            metrics,
+            tasks,
+        })
+    }
+
+    /// Whether the bus is connected to NATS now.
+    pub fn is_connected(&self) -> bool {
+        self.connected.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for NatsBus {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+impl Bus for NatsBus {
+    fn publish(&self, message: &Message) {
+        // While NATS is away, other pods cannot be reached: drop now rather than deliver
+        // minutes late (BUS.md, "What is lost").
+        if !self.is_connected() {
+            self.metrics.bus_dropped("disconnected");
+            return;
+        }
+        match self.out.try_send(message.clone()) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(_)) => self.metrics.bus_dropped("queue_full"),
+            Err(mpsc::error::TrySendError::Closed(_)) => self.metrics.bus_dropped("stopped"),
+        }
+    }
+
+    fn set_interest(&self, channel: ChannelKey, subjects: BTreeSet<String>) {
+        let _ = self.interest.send((channel, subjects));
+    }
+}
+
+/// Sends local publishes to NATS in order, and hands retained ones to the KV writer.
+async fn publisher(
+    ctx: Arc<Ctx>,
+    mut rx: mpsc::Receiver<Message>,
+    retained: mpsc::Sender<(String, Message)>,
+) {
+    // Increasing across restarts of this pod, so receivers never take a new message for an old.
+    let mut sequence = codec::now_ns();
+    while let Some(message) = rx.recv().await {
+        let Some(subject) = std::str::from_utf8(&message.topic)
+            .ok()
+            .and_then(topic_subject)
+        else {
+            continue;
+        };
+        sequence += 1;
+        let Some(bytes) = codec::encode(&message, &ctx.node_id, sequence) else {
+            continue;
+        };
+        if message.retain && retained.try_send((subject.clone(), message)).is_err() {
+            ctx.metrics.bus_dropped("retained_queue_full");
+        }
+        match ctx.client.publish(subject, bytes.into()).await {
+            Ok(()) => ctx.metrics.bus_published(),
+            Err(_) => ctx.metrics.bus_dropped("publish_failed"),
+        }
+    }
+}
+
+/// Writes retained messages to the KV bucket (an empty payload deletes the key).
+async fn retained_writer(ctx: Arc<Ctx>, mut rx: mpsc::Receiver<(String, Message)>) {
+    let mut bucket = ctx.retained.subscribe();
+    while let Some((key, message)) = rx.recv().await {
+        // Until the bucket is open, writes wait here and later ones queue (or are dropped as
+        // `retained_queue_full`).
+        let Ok(store) = bucket.wait_for(Option::is_some).await.map(|s| s.clone()) else {
+            return;
+        };
+        let Some(store) = store else { continue };
+        let written = if message.payload.is_empty() {
+            store.delete(&key).await.map_err(|e| e.to_string())
+        } else {
+            match codec::encode(&message, &ctx.node_id, 0) {
+                Some(bytes) => store
+                    .put(&key, bytes.into())
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| e.to_string()),
+                None => continue,
+            }
+        };
+        if let Err(e) = written {
+            ctx.metrics.bus_dropped("retained_write_failed");
+            tracing::warn!(error = %e, key, "could not store a retained message in NATS KV");
+        }
+    }
+}
+
+/// Keeps the NATS subscriptions equal to what local subscribers need.
+async fn subscriptions(
+    ctx: Arc<Ctx>,
+    mut rx: mpsc::UnboundedReceiver<(ChannelKey, BTreeSet<String>)>,
+) {
+    let mut by_channel: HashMap<ChannelKey, BTreeSet<String>> = HashMap::new();
+    let mut readers: HashMap<String, AbortHandle> = HashMap::new();
+    while let Some((channel, wanted)) = rx.recv().await {
+        let current = by_channel.remove(&channel).unwrap_or_default();
+        let mut added = false;
+        for subject in wanted.difference(&current) {
+            match ctx.client.subscribe(subject.clone()).await {
+                Ok(sub) => {
+                    let task = tokio::spawn(reader(ctx.clone(), sub));
+                    readers.insert(subject.clone(), task.abort_handle());
+                    added = true;
+                }
+                Err(e) => tracing::warn!(error = %e, subject, "could not subscribe on NATS"),
+            }
+        }
+        // New subscriptions first, so nothing falls between the old and the new; what
+        // arrives on both is delivered once (codec::Seen).
+        if added && !current.is_empty() {
+            let _ = tokio::time::timeout(Duration::from_secs(1), ctx.client.flush()).await;
+        }
+        for subject in current.difference(&wanted) {
+            // Dropping the subscriber unsubscribes.
+            if let Some(task) = readers.remove(subject) {
+                task.abort();
+            }
+        }
+        if !wanted.is_empty() {
+            by_channel.insert(channel, wanted);
+        }
+    }
+}
+
+/// Delivers what one NATS subscription receives to the local router.
+async fn reader(ctx: Arc<Ctx>, mut sub: async_nats::Subscriber) {
+    while let Some(msg) = sub.next().await {
+        match codec::decode(&msg.payload) {
+            Ok(Some(r)) => {
+                if r.origin_pod == ctx.node_id {
+                    continue;
+                }
+                if !ctx.seen.lock().first_time(&r.origin_pod, r.sequence) {
+                    ctx.metrics.bus_dropped("duplicate");
+                    continue;
+                }
+                ctx.metrics.bus_received();
+                (ctx.inbound.deliver)(r.message);
+            }
+            Ok(None) => ctx.metrics.bus_dropped("expired"),
+            Err(e) => {
+                ctx.metrics.bus_dropped("undecodable");
+                tracing::warn!(error = %e, subject = %msg.subject, "dropped a bus message");
+            }
+        }
+    }
+}
+
+/// Opens (or creates) the retained bucket and mirrors it into the local retained store, again
+/// after every interruption.
+async fn retained_watch(ctx: Arc<Ctx>, bucket: String, max: Duration) {
+    let mut attempt = 0;
+    loop {
+        let js = jetstream::new(ctx.client.clone());
+        let store = match js.get_key_value(bucket.clone()).await {
+            Ok(s) => Ok(s),
+            Err(_) => create_bucket(&js, &bucket).await,
+        };
+        let watch = match store {
+            Ok(store) => {
+                ctx.retained.send_replace(Some(store.clone()));
+                store
+                    .watch_with_history(">")
+                    .await
+                    .map_err(|e| e.to_string())
+            }
+            Err(e) => Err(e),
+        };
+        match watch {
+            Ok(mut watch) => {
+                attempt = 0;
+                while let Some(entry) = watch.next().await {
+                    match entry {
+                        Ok(entry) => apply(&ctx, entry),
+                        Err(e) => {
+                            tracing::warn!(error = %e, "the retained-message watch broke");
+                            break;
+                        }
+                    }
+                }
+            }
+            Err(e) => {
+                // Once at warn, then quietly: a NATS without JetStream stays usable for live
+                // messages, only retained messages stay per pod.
+                if attempt == 0 {
+                    tracing::warn!(
+                        error = %e,
+                        bucket,
+                        "retained messages cannot cross pods until NATS JetStream is reachable (run nats-server with -js)"
+                    );
+                }
+                attempt += 1;
+            }
+        }
+        tokio::time::sleep(backoff(attempt, max)).await;
+    }
+}
+
+/// Creates the retained bucket: the stream a KV bucket is (as `create_key_value` makes it, which
+/// itself cannot parse the account info of the nats-server 2.9 that Debian ships).
+async fn create_bucket(js: &jetstream::Context, bucket: &str) -> Result<kv::Store, String> {
+    let created = js
+        .get_or_create_stream(jetstream::stream::Config {
+            name: format!("KV_{bucket}"),
+            description: Some("Fleetward retained messages, keyed by bus subject".into()),
+            subjects: vec![format!("$KV.{bucket}.>")],
+            max_messages_per_subject: 1,
+            storage: jetstream::stream::StorageType::File,
+            allow_rollup: true,
+            deny_delete: true,
+            allow_direct: true,
+            discard: jetstream::stream::DiscardPolicy::New,
+            num_replicas: 1,
+            ..Default::default()
+        })
+        .await;
+    if let Err(e) = created {
+        return Err(format!("creating the KV bucket {bucket}: {e}"));
+    }
+    js.get_key_value(bucket)
+        .await
+        .map_err(|e| format!("opening the KV bucket {bucket}: {e}"))
+}
+
+fn apply(ctx: &Ctx, entry: kv::Entry) {
+    let message = match entry.operation {
+        kv::Operation::Put => match codec::decode(&entry.value) {
+            Ok(Some(r)) => Some(r.message),
+            // Expired: nothing to serve.
+            Ok(None) => None,
+            Err(e) => {
+                tracing::warn!(error = %e, key = %entry.key, "an undecodable retained message");
+                return;
+            }
+        },
+        kv::Operation::Delete | kv::Operation::Purge => None,
+    };
+    let Some(topic) = subject_topic(&entry.key) else {
+        return;
+    };
+    let Some((tenant, channel)) = super::subject::channel_of(&topic) else {
+        return;
+    };
+    let message = message.unwrap_or_else(|| Message {
+        topic: topic.clone().into(),
+        payload: bytes::Bytes::new(),
+        qos: 0,
+        props: None,
+        retain: true,
+        origin: None,
+        publisher: None,
+        protocol: crate::router::Protocol::Unspecified,
+        created_ns: 0,
+    });
+    (ctx.inbound.retain)(&tenant, &channel, &topic, message);
+}
