@@ -333,6 +333,9 @@ async fn serve_policy_sync(
             _ = shutdown.wait_for(|stop| *stop) => return Ok(()),
         }
     }
+    // What the watches listed may still wait for the batcher: commit it, so the first
+    // snapshot served holds everything the initial lists held.
+    index.commit();
     let stop = async move {
         let _ = shutdown.wait_for(|stop| *stop).await;
     };
