@@ -30,6 +30,11 @@ fn a_message_survives_the_wire_and_an_absent_subtopic_stays_absent() {
                 value: "2".into(),
             },
         ],
+        payload_format_indicator: Some(1),
+        message_expiry_interval: Some(60),
+        response_topic: Some("m/acme/c/tele/replies".into()),
+        correlation_data: Some(b"req-7".to_vec()),
+        bus_sequence: 42,
     };
     let back = Message::decode(m.encode_to_vec().as_slice()).expect("decodes");
     assert_eq!(back, m);
