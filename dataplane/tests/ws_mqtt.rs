@@ -59,6 +59,8 @@ got_two.wait(8)
 
 bad = client("ws-bad-" + version, "acme/sensor", "wrong")
 bad.on_connect = on_connect
+# One attempt only: paho's loop would retry a refused CONNECT after its reconnect delay.
+bad.reconnect_delay_set(min_delay=60, max_delay=60)
 try:
     bad.connect("127.0.0.1", port)
     bad.loop_start()
