@@ -416,14 +416,50 @@ fn a_refused_secret_shows_in_the_status_and_is_retried_until_it_is_created() {
     run_test("operator-secret-refused", |logs| {
         let (plane, kubectl) = cluster(logs)?;
         kubectl.run(&["create", "namespace", "strict"])?;
-        // No quota controller runs here, so the quota's usage stays unknown and the API server
-        // refuses every Secret in the namespace until the quota goes.
-        let quota = json!({
-            "apiVersion": "v1", "kind": "ResourceQuota",
-            "metadata": {"name": "no-secrets", "namespace": "strict"},
-            "spec": {"hard": {"secrets": "100"}},
+        // An admission policy refuses every Secret created in the namespace until it goes.
+        let policy = json!({
+            "apiVersion": "admissionregistration.k8s.io/v1",
+            "kind": "ValidatingAdmissionPolicy",
+            "metadata": {"name": "no-secrets"},
+            "spec": {
+                "failurePolicy": "Fail",
+                "matchConstraints": {"resourceRules": [{
+                    "apiGroups": [""], "apiVersions": ["v1"],
+                    "operations": ["CREATE"], "resources": ["secrets"],
+                }]},
+                "validations": [{"expression": "false", "message": "no Secrets in strict"}],
+            },
         });
-        kubectl.apply(&quota.to_string())?;
+        let binding = json!({
+            "apiVersion": "admissionregistration.k8s.io/v1",
+            "kind": "ValidatingAdmissionPolicyBinding",
+            "metadata": {"name": "no-secrets"},
+            "spec": {
+                "policyName": "no-secrets",
+                "validationActions": ["Deny"],
+                "matchResources": {"namespaceSelector": {"matchLabels": {
+                    "kubernetes.io/metadata.name": "strict",
+                }}},
+            },
+        });
+        kubectl.apply(&policy.to_string())?;
+        kubectl.apply(&binding.to_string())?;
+        // The policy takes effect once the API server has loaded it.
+        wait_until("Secrets refused in strict", SETTLE, || {
+            let out = kubectl.call(
+                &[
+                    "create",
+                    "secret",
+                    "generic",
+                    "probe",
+                    "-n",
+                    "strict",
+                    "--dry-run=server",
+                ],
+                None,
+            )?;
+            Ok(!out.success)
+        })?;
         kubectl.apply(
             &json!({
                 "apiVersion": "fleetward.io/v1alpha1", "kind": "Tenant",
@@ -460,9 +496,9 @@ fn a_refused_secret_shows_in_the_status_and_is_retried_until_it_is_created() {
         );
 
         // The cause goes: a retry (with backoff) creates the Secret and the Thing turns Ready.
-        kubectl.run(&["delete", "resourcequota", "no-secrets", "-n", "strict"])?;
+        kubectl.run(&["delete", "validatingadmissionpolicybinding", "no-secrets"])?;
         let took = wait_until(
-            "Thing meter Ready after the quota went",
+            "Thing meter Ready after the admission policy went",
             COLLECTION_TIMEOUT,
             || Ok(condition(&kubectl, &args, "Ready")?.is_some_and(|(s, _, _)| s == "True")),
         )?;
