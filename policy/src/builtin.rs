@@ -61,6 +61,36 @@ impl Snapshot {
     fn thing_subject(&self, thing: &Thing) -> Subject {
         Subject::thing(&*thing.tenant, &*thing.name)
     }
+
+    /// The grants on `channel` that give `action` to the subject: its own, then those of its
+    /// groups, each with the group it comes through (`None` for a direct grant).
+    pub(crate) fn applicable_grants<'a>(
+        &'a self,
+        subject: &'a Subject,
+        action: Action,
+        channel: &'a str,
+    ) -> impl Iterator<Item = (&'a Grant, Option<&'a str>)> + Clone + 'a {
+        let tenant = subject.tenant.as_str();
+        let direct_kind = match subject.kind {
+            SubjectKind::Thing => GrantSubjectKind::Thing,
+            SubjectKind::User => GrantSubjectKind::User,
+        };
+        let direct = self
+            .grants_on(tenant, direct_kind, &subject.name, channel)
+            .iter()
+            .map(|g| (&**g, None));
+        let via_groups = self
+            .groups_of(tenant, subject.kind, &subject.name)
+            .iter()
+            .flat_map(move |group| {
+                self.grants_on(tenant, GrantSubjectKind::Group, group, channel)
+                    .iter()
+                    .map(move |g| (&**g, Some(group.as_str())))
+            });
+        direct
+            .chain(via_groups)
+            .filter(move |(g, _)| gives(g, action))
+    }
 }
 
 fn role_allows(role: Option<Role>, action: Action) -> bool {
@@ -157,20 +187,9 @@ impl PolicyEvaluator for Snapshot {
             return Decision::Deny(DenyReason::WildcardPublish);
         }
         let by_role = role_allows(role, action);
-        let direct_kind = match subject.kind {
-            SubjectKind::Thing => GrantSubjectKind::Thing,
-            SubjectKind::User => GrantSubjectKind::User,
-        };
-        let direct = self.grants_on(tenant, direct_kind, &subject.name, channel);
-        let via_groups = self
-            .groups_of(tenant, subject.kind, &subject.name)
-            .iter()
-            .flat_map(|g| self.grants_on(tenant, GrantSubjectKind::Group, g, channel));
-        let applicable = direct
-            .iter()
-            .chain(via_groups)
-            .map(|g| &**g)
-            .filter(|g| gives(g, action));
+        let applicable = self
+            .applicable_grants(subject, action, channel)
+            .map(|(g, _)| g);
         if !by_role && applicable.clone().next().is_none() {
             return Decision::Deny(DenyReason::NoGrant);
         }

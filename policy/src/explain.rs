@@ -7,7 +7,7 @@
 use std::fmt;
 
 use crate::evaluator::{Action, AllowReason, Decision, DenyReason, PolicyEvaluator, Subject};
-use crate::model::{Grant, GrantSubjectKind, Role, SubjectKind};
+use crate::model::{Grant, Role, SubjectKind};
 use crate::snapshot::Snapshot;
 use crate::topic::Topic;
 
@@ -54,7 +54,6 @@ impl Snapshot {
         let applicable = self.applicable_grants(subject, action, topic.channel());
         let grants = match decision {
             Decision::Allow(AllowReason::Grant) => applicable
-                .into_iter()
                 .filter_map(|(grant, via)| {
                     if grant.allow.is_empty() {
                         return Some(use_of(grant, via, None));
@@ -64,14 +63,12 @@ impl Snapshot {
                 })
                 .collect(),
             Decision::Deny(DenyReason::SubtopicDenied) => applicable
-                .into_iter()
                 .filter_map(|(grant, via)| {
                     let pattern = grant.deny.iter().find(|p| hits(p))?;
                     Some(use_of(grant, via, Some(pattern.to_string())))
                 })
                 .collect(),
             Decision::Deny(DenyReason::SubtopicNotAllowed) => applicable
-                .into_iter()
                 .map(|(grant, via)| {
                     let patterns: Vec<String> = grant.allow.iter().map(|p| p.to_string()).collect();
                     use_of(grant, via, Some(patterns.join(", ")))
@@ -84,40 +81,6 @@ impl Snapshot {
             grants,
             role,
         }
-    }
-
-    /// The grants on `channel` that give `action` to the subject, directly or through a group,
-    /// with the group's name for the latter.
-    fn applicable_grants<'a>(
-        &'a self,
-        subject: &Subject,
-        action: Action,
-        channel: &str,
-    ) -> Vec<(&'a Grant, Option<&'a str>)> {
-        let tenant = subject.tenant.as_str();
-        let direct_kind = match subject.kind {
-            SubjectKind::Thing => GrantSubjectKind::Thing,
-            SubjectKind::User => GrantSubjectKind::User,
-        };
-        let direct = self
-            .grants_on(tenant, direct_kind, &subject.name, channel)
-            .iter()
-            .map(|g| (&**g, None));
-        let via_groups = self
-            .groups_of(tenant, subject.kind, &subject.name)
-            .iter()
-            .flat_map(|group| {
-                self.grants_on(tenant, GrantSubjectKind::Group, group, channel)
-                    .iter()
-                    .map(move |g| (&**g, Some(group.as_str())))
-            });
-        direct
-            .chain(via_groups)
-            .filter(|(g, _)| match action {
-                Action::Publish => g.actions.publish,
-                Action::Subscribe => g.actions.subscribe,
-            })
-            .collect()
     }
 }
 
