@@ -6,10 +6,11 @@ use std::path::PathBuf;
 
 use anyhow::Context as _;
 use clap::{Args, ValueEnum};
+use fleetward_operator::directory::KeyStore;
 use fleetward_operator::index::{Index, Object, is_key_entry};
 use fleetward_policy::{
-    Action, AllowReason, Decision, KeyDigest, Snapshot, Subject, TopicLimits, deny_text,
-    parse_filter, parse_topic_name,
+    Action, AllowReason, Decision, KeyDigest, Subject, TopicLimits, deny_text, parse_filter,
+    parse_topic_name,
 };
 
 use crate::local::{DEFAULT_MANIFESTS, DEFAULT_STATE_DIR, Local, StatusReport};
@@ -88,7 +89,8 @@ pub struct StatusArgs {
 struct Loaded {
     objects: Vec<Object>,
     index: Index,
-    local: Option<Local>,
+    /// The state directory's generated keys (a directory source only).
+    keys: Option<KeyStore>,
     notes: Vec<String>,
 }
 
@@ -105,29 +107,23 @@ impl Loaded {
             return Ok(Self {
                 objects,
                 index,
-                local: None,
+                keys: None,
                 notes,
             });
         }
-        let (local, report) = Local::load(&source.manifests, &source.state_dir)?;
+        let (Local { directory, index }, report) =
+            Local::load(&source.manifests, &source.state_dir)?;
         let notes = report
             .errors
             .iter()
             .map(|e| format!("skipped: {e}"))
             .collect();
         Ok(Self {
-            objects: local.directory.declared().cloned().collect(),
-            index: Index::new(),
-            local: Some(local),
+            objects: directory.declared().cloned().collect(),
+            index,
+            keys: Some(directory.keys().clone()),
             notes,
         })
-    }
-
-    fn snapshot(&self) -> &Snapshot {
-        match &self.local {
-            Some(l) => l.index.snapshot(),
-            None => self.index.snapshot(),
-        }
     }
 
     /// The namespace of tenant `name`.
@@ -222,10 +218,8 @@ async fn local_thing_keys(
             .filter(|(k, _)| is_key_entry(k))
             .collect(),
         None => {
-            let local = loaded.local.as_ref().context("no local key store")?;
-            let key = local
-                .directory
-                .keys()
+            let keys = loaded.keys.as_ref().context("no local key store")?;
+            let key = keys
                 .get(&ns, &secret)
                 .with_context(|| format!("reading the generated key of {ns}/{secret}"))?
                 .with_context(|| format!("no key was generated for {ns}/{secret} yet"))?;
@@ -242,7 +236,7 @@ pub async fn can_i(args: &CanIArgs) -> anyhow::Result<bool> {
     for note in &loaded.notes {
         eprintln!("note: {note}");
     }
-    let snapshot = loaded.snapshot();
+    let snapshot = loaded.index.snapshot();
     let is_thing = !args.user && snapshot.thing(tenant, name).is_some();
     let subject = if is_thing || (!args.user && snapshot.user(tenant, name).is_none()) {
         Subject::thing(tenant, name)

@@ -26,7 +26,7 @@ pub struct Local {
 
 impl Local {
     /// Opens `manifests` with its state in `state_dir`; nothing is read yet.
-    pub fn open(manifests: &Path, state_dir: &Path) -> anyhow::Result<Self> {
+    fn open(manifests: &Path, state_dir: &Path) -> anyhow::Result<Self> {
         if !manifests.is_dir() {
             anyhow::bail!(
                 "the manifest directory {} does not exist or is not a directory; \

@@ -46,10 +46,8 @@ pub struct StartArgs {
 
 /// Runs until SIGTERM or SIGINT.
 pub async fn run(args: StartArgs) -> anyhow::Result<()> {
-    let mut local = Local::open(&args.manifests, &args.state_dir)?;
+    let (mut local, report) = Local::load(&args.manifests, &args.state_dir)?;
     let mut errors = Errors::default();
-    let report = local.directory.scan(&mut local.index);
-    local.index.commit();
     errors.log(&report);
     log_generated(&report);
     let mut keys: Vec<&ObjectKey> = local.index.objects().collect();
@@ -139,10 +137,10 @@ impl Errors {
             }
             now.insert(id);
         }
-        for (file, _) in self.logged.difference(&now) {
-            if !now.iter().any(|(f, _)| f == file) {
-                tracing::info!(file = %file.display(), "the file is valid again and applied");
-            }
+        let broken: BTreeSet<&PathBuf> = now.iter().map(|(file, _)| file).collect();
+        let was_broken: BTreeSet<&PathBuf> = self.logged.iter().map(|(file, _)| file).collect();
+        for file in was_broken.difference(&broken) {
+            tracing::info!(file = %file.display(), "the file is valid again and applied");
         }
         self.logged = now;
         self.current = report.errors.clone();
