@@ -49,20 +49,105 @@ fn split_acme(dir: &Path) {
     }
 }
 
-/// A running `fleetward start`, killed on drop.
-struct Start {
+/// A child process whose output lines (one stream of them) arrive on a channel; killed on
+/// drop.
+struct Running {
+    name: &'static str,
     child: Child,
+    lines: mpsc::Receiver<String>,
+}
+
+impl Running {
+    /// Spawns `cmd` with the stream `stderr` or stdout piped into the line channel (and
+    /// echoed to the test's output, prefixed with `name`).
+    fn spawn(name: &'static str, mut cmd: Command, stderr: bool) -> Self {
+        if stderr {
+            cmd.stdout(Stdio::null()).stderr(Stdio::piped());
+        } else {
+            cmd.stdout(Stdio::piped()).stderr(Stdio::null());
+        }
+        let mut child = cmd.spawn().unwrap_or_else(|e| {
+            panic!("{name} does not start ({e}); run scripts/install-tools.sh")
+        });
+        let stream: Box<dyn std::io::Read + Send> =
+            match (stderr, child.stderr.take(), child.stdout.take()) {
+                (true, Some(err), _) => Box::new(err),
+                (false, _, Some(out)) => Box::new(out),
+                _ => panic!("{name}: the stream was not piped"),
+            };
+        let (tx, lines) = mpsc::channel();
+        thread::spawn(move || {
+            for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                eprintln!("[{name}] {line}");
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Self { name, child, lines }
+    }
+
+    /// Waits for a line containing `needle`, returning it.
+    fn expect(&self, needle: &str, within: Duration) -> String {
+        let [line] = self.expect_all([needle], within);
+        line
+    }
+
+    /// Waits for one line containing each needle, in any order.
+    fn expect_all<const N: usize>(&self, needles: [&str; N], within: Duration) -> [String; N] {
+        let deadline = Instant::now() + within;
+        let mut found: [Option<String>; N] = std::array::from_fn(|_| None);
+        while found.iter().any(Option::is_none) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let Ok(line) = self.lines.recv_timeout(left) else {
+                panic!(
+                    "{} printed no lines with {needles:?} within {within:?}: {found:?}",
+                    self.name
+                );
+            };
+            for (slot, needle) in found.iter_mut().zip(needles) {
+                if slot.is_none() && line.contains(needle) {
+                    *slot = Some(line.clone());
+                }
+            }
+        }
+        found.map(|l| l.unwrap_or_default())
+    }
+
+    /// Lines that contain `needle` during `window`.
+    fn count(&self, needle: &str, window: Duration) -> usize {
+        let deadline = Instant::now() + window;
+        let mut n = 0;
+        while let Ok(line) = self
+            .lines
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+        {
+            n += usize::from(line.contains(needle));
+        }
+        n
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A running `fleetward start`, its log on the line channel.
+struct Start {
+    process: Running,
     mqtt: SocketAddr,
     state: PathBuf,
     manifests: PathBuf,
-    log: mpsc::Receiver<String>,
 }
 
 impl Start {
     fn run(manifests: &Path, state: &Path) -> Self {
         let mqtt = free_addr();
-        let mut child = Command::new(bin())
-            .args(["start", "--manifests"])
+        let mut cmd = Command::new(bin());
+        cmd.args(["start", "--manifests"])
             .arg(manifests)
             .arg("--state-dir")
             .arg(state)
@@ -70,27 +155,12 @@ impl Start {
             .arg(format!("--http-listen={}", free_addr()))
             .arg(format!("--admin-listen={}", free_addr()))
             .env("RUST_LOG", "info,rumqttd=warn")
-            .env("NO_COLOR", "1")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("fleetward start runs");
-        let (tx, log) = mpsc::channel();
-        let stderr = child.stderr.take().expect("piped stderr");
-        thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                eprintln!("[start] {line}");
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
+            .env("NO_COLOR", "1");
         let start = Self {
-            child,
+            process: Running::spawn("start", cmd, true),
             mqtt,
             state: state.to_owned(),
             manifests: manifests.to_owned(),
-            log,
         };
         start.wait_log("MQTT listening", Duration::from_secs(20));
         let deadline = Instant::now() + Duration::from_secs(5);
@@ -103,33 +173,7 @@ impl Start {
 
     /// Waits for a log line containing `needle`, returning it.
     fn wait_log(&self, needle: &str, within: Duration) -> String {
-        let deadline = Instant::now() + within;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.log.recv_timeout(left) {
-                Ok(line) if line.contains(needle) => return line,
-                Ok(_) => {}
-                Err(_) => panic!("no log line with {needle:?} within {within:?}"),
-            }
-        }
-    }
-
-    /// Waits for one log line containing each needle, in any order.
-    fn wait_logs<const N: usize>(&self, needles: [&str; N], within: Duration) -> [String; N] {
-        let deadline = Instant::now() + within;
-        let mut found: [Option<String>; N] = std::array::from_fn(|_| None);
-        while found.iter().any(Option::is_none) {
-            let left = deadline.saturating_duration_since(Instant::now());
-            let Ok(line) = self.log.recv_timeout(left) else {
-                panic!("log lines with {needles:?} not all seen within {within:?}: {found:?}");
-            };
-            for (slot, needle) in found.iter_mut().zip(needles) {
-                if slot.is_none() && line.contains(needle) {
-                    *slot = Some(line.clone());
-                }
-            }
-        }
-        found.map(|l| l.unwrap_or_default())
+        self.process.expect(needle, within)
     }
 
     fn cli(&self, args: &[&str]) -> Output {
@@ -155,77 +199,18 @@ impl Start {
     }
 }
 
-impl Drop for Start {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// A `mosquitto_sub` whose output lines arrive on a channel; killed on drop.
-struct Sub {
-    child: Child,
-    lines: mpsc::Receiver<String>,
-}
-
-impl Sub {
-    fn start(addr: SocketAddr, user: &str, key: &str, filter: &str) -> Self {
-        // mosquitto_sub block-buffers a pipe; stdbuf makes it hand over every line.
-        let mut child = Command::new("stdbuf")
-            .args(["-oL", "mosquitto_sub"])
-            .args(["-h", "127.0.0.1", "-p", &addr.port().to_string()])
-            .args([
-                "-V", "mqttv5", "-u", user, "-P", key, "-t", filter, "-v", "-d",
-            ])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("mosquitto_sub is installed (scripts/install-tools.sh)");
-        let (tx, lines) = mpsc::channel();
-        let stdout = child.stdout.take().expect("piped stdout");
-        thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let sub = Self { child, lines };
-        sub.expect_line("received SUBACK", Duration::from_secs(10));
-        sub
-    }
-
-    fn expect_line(&self, needle: &str, within: Duration) -> String {
-        let deadline = Instant::now() + within;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.lines.recv_timeout(left) {
-                Ok(line) if line.contains(needle) => return line,
-                Ok(_) => {}
-                Err(_) => panic!("mosquitto_sub printed no line with {needle:?} within {within:?}"),
-            }
-        }
-    }
-
-    /// Lines that contain `needle` during `window`.
-    fn count(&self, needle: &str, window: Duration) -> usize {
-        let deadline = Instant::now() + window;
-        let mut n = 0;
-        while let Ok(line) = self
-            .lines
-            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
-        {
-            n += usize::from(line.contains(needle));
-        }
-        n
-    }
-}
-
-impl Drop for Sub {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// A `mosquitto_sub` (v5, verbose, with debug lines), subscribed once it returns.
+fn subscribe(addr: SocketAddr, user: &str, key: &str, filter: &str) -> Running {
+    // mosquitto_sub block-buffers a pipe; stdbuf makes it hand over every line.
+    let mut cmd = Command::new("stdbuf");
+    cmd.args(["-oL", "mosquitto_sub"])
+        .args(["-h", "127.0.0.1", "-p", &addr.port().to_string()])
+        .args([
+            "-V", "mqttv5", "-u", user, "-P", key, "-t", filter, "-v", "-d",
+        ]);
+    let sub = Running::spawn("mosquitto_sub", cmd, false);
+    sub.expect("received SUBACK", Duration::from_secs(10));
+    sub
 }
 
 fn publish(addr: SocketAddr, topic: &str, message: &str) {
@@ -249,9 +234,9 @@ fn deleting_a_connection_file_cuts_a_live_subscription_within_a_second() {
     split_acme(&manifests);
     let start = Start::run(&manifests, &root.join("state"));
     let key = start.key_of("acme/dashboard");
-    let sub = Sub::start(start.mqtt, "acme/dashboard", &key, "m/acme/c/telemetry/#");
+    let sub = subscribe(start.mqtt, "acme/dashboard", &key, "m/acme/c/telemetry/#");
     publish(start.mqtt, "m/acme/c/telemetry/status", "before");
-    sub.expect_line("m/acme/c/telemetry/status before", Duration::from_secs(5));
+    sub.expect("m/acme/c/telemetry/status before", Duration::from_secs(5));
 
     std::fs::remove_file(manifests.join("dashboard-connection.yaml")).expect("rm");
     start.wait_log(
@@ -297,7 +282,7 @@ fn a_broken_file_is_reported_and_everything_else_keeps_serving() {
     )
     .expect("write");
     std::fs::write(manifests.join("garbage.yaml"), "kind: [unclosed\n").expect("write");
-    let [garbage, conn_error] = start.wait_logs(
+    let [garbage, conn_error] = start.process.expect_all(
         ["garbage.yaml", "dashboard-connection.yaml"],
         Duration::from_secs(5),
     );
@@ -307,9 +292,9 @@ fn a_broken_file_is_reported_and_everything_else_keeps_serving() {
         "the error names the document and field: {conn_error}"
     );
 
-    let sub = Sub::start(start.mqtt, "acme/dashboard", &key, "m/acme/c/telemetry/#");
+    let sub = subscribe(start.mqtt, "acme/dashboard", &key, "m/acme/c/telemetry/#");
     publish(start.mqtt, "m/acme/c/telemetry/status", "still-served");
-    sub.expect_line("still-served", Duration::from_secs(5));
+    sub.expect("still-served", Duration::from_secs(5));
 
     let status = start.cli(&["status"]);
     let text = String::from_utf8_lossy(&status.stdout);
