@@ -48,7 +48,7 @@ pub struct StartArgs {
 pub async fn run(args: StartArgs) -> anyhow::Result<()> {
     let (mut local, report) = Local::load(&args.manifests, &args.state_dir)?;
     let mut errors = Errors::default();
-    errors.log(&report);
+    let _ = errors.log(&report);
     log_generated(&report);
     let mut keys: Vec<&ObjectKey> = local.index.objects().collect();
     keys.sort();
@@ -101,10 +101,12 @@ pub async fn run(args: StartArgs) -> anyhow::Result<()> {
             _ = rescan.tick() => {}
         }
         let report = local.directory.scan(&mut local.index);
-        errors.log(&report);
+        let errors_changed = errors.log(&report);
         log_generated(&report);
         let Some(commit) = local.index.commit() else {
-            if report.changed_files > 0 {
+            // A broken file is read again on every scan; the report changes only when the
+            // set of errors does.
+            if errors_changed {
                 local.report(&errors.current).write(&args.state_dir)?;
             }
             continue;
@@ -128,7 +130,8 @@ struct Errors {
 }
 
 impl Errors {
-    fn log(&mut self, report: &ScanReport) {
+    /// Logs the errors not logged yet; `true` when the set of errors changed.
+    fn log(&mut self, report: &ScanReport) -> bool {
         let mut now = BTreeSet::new();
         for e in &report.errors {
             let id = (e.file.clone(), e.message.clone());
@@ -142,8 +145,10 @@ impl Errors {
         for file in was_broken.difference(&broken) {
             tracing::info!(file = %file.display(), "the file is valid again and applied");
         }
+        let changed = self.logged != now;
         self.logged = now;
         self.current = report.errors.clone();
+        changed
     }
 }
 
