@@ -295,6 +295,12 @@ fn wait_ready(process: &mut Process, admin: SocketAddr) -> Result<()> {
 
 /// The status code of a plain HTTP/1.1 `GET path` to `addr`.
 pub fn http_status(addr: SocketAddr, path: &str) -> Result<u16> {
+    http_get(addr, path).map(|(status, _)| status)
+}
+
+/// The status code and body of a plain HTTP/1.1 `GET path` to `addr` (the server closes the
+/// connection after its answer).
+pub fn http_get(addr: SocketAddr, path: &str) -> Result<(u16, String)> {
     let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2))
         .with_context(|| format!("connect to {addr}"))?;
     stream
@@ -305,12 +311,19 @@ pub fn http_status(addr: SocketAddr, path: &str) -> Result<u16> {
         "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
     )
     .with_context(|| format!("send GET {path} to {addr}"))?;
-    let mut head = [0_u8; 12];
+    let mut text = String::new();
     stream
-        .read_exact(&mut head)
+        .read_to_string(&mut text)
         .with_context(|| format!("read the answer to GET {path} from {addr}"))?;
-    let text = String::from_utf8_lossy(&head);
-    text.get(9..12)
+    let status = text
+        .get(9..12)
         .and_then(|code| code.parse().ok())
-        .with_context(|| format!("{addr} answered GET {path} with no HTTP status line: {text:?}"))
+        .with_context(|| {
+            format!("{addr} answered GET {path} with no HTTP status line: {text:?}")
+        })?;
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_owned())
+        .with_context(|| format!("{addr} answered GET {path} with no body"))?;
+    Ok((status, body))
 }

@@ -1,13 +1,13 @@
 //! The operator against a real API server: Secrets and keys, statuses and their reasons, the idle cluster, and leader election between replicas.
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::io::Write;
+use std::net::SocketAddr;
 use std::process::Command;
 use std::thread;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail, ensure};
-use fleetward_e2e::fleetward::{OPERATOR_NAMESPACE, Operator, start_operators};
+use fleetward_e2e::fleetward::{OPERATOR_NAMESPACE, Operator, http_get, start_operators};
 use fleetward_e2e::workspace::examples_dir;
 use fleetward_e2e::{ControlPlane, Kubectl, LogDir, run_test, wait_until};
 use serde_json::{Value, json};
@@ -124,20 +124,7 @@ fn fingerprint(key: &str) -> Result<String> {
 
 /// The body of `GET /metrics` on a replica's admin address.
 fn metrics(addr: SocketAddr) -> Result<String> {
-    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2))
-        .with_context(|| format!("connect to {addr}"))?;
-    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
-    write!(
-        stream,
-        "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )?;
-    let mut text = String::new();
-    stream.read_to_string(&mut text)?;
-    let body = text
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .with_context(|| format!("no HTTP body from {addr}/metrics"))?;
-    Ok(body)
+    Ok(http_get(addr, "/metrics")?.1)
 }
 
 /// The sum of every sample of metric `name` (all label sets); 0 when absent.

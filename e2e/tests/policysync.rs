@@ -1,11 +1,10 @@
 //! PolicySync through the harness: a test client against operator replicas on the real API server sees a full sync, deltas, a resume, a NACK handled, and `Enforced` from a dataplane on a replica that does not lead.
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
-use fleetward_e2e::fleetward::{OPERATOR_NAMESPACE, Operator, start_operators};
+use fleetward_e2e::fleetward::{OPERATOR_NAMESPACE, Operator, http_get, start_operators};
 use fleetward_e2e::policysync::{Resume, SyncClient};
 use fleetward_e2e::workspace::examples_dir;
 use fleetward_e2e::{ControlPlane, Kubectl, run_test, wait_until};
@@ -77,15 +76,7 @@ fn wait_enforced(kubectl: &Kubectl, name: &str, status: &str, reason: &str) -> R
 
 /// The value of the sample `series` (name and labels, as exposed) on `/metrics`; 0 when absent.
 fn sample(addr: SocketAddr, series: &str) -> Result<f64> {
-    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2))
-        .with_context(|| format!("connect to {addr}"))?;
-    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
-    write!(
-        stream,
-        "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )?;
-    let mut text = String::new();
-    stream.read_to_string(&mut text)?;
+    let (_, text) = http_get(addr, "/metrics")?;
     Ok(text
         .lines()
         .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))

@@ -2,12 +2,12 @@
 //! `quickstart=<name>` marks, so the commands a newcomer copies cannot drift from what works.
 
 use std::collections::BTreeMap;
-use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::process::Command;
+use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
+use fleetward_e2e::fleetward::http_get;
 use fleetward_e2e::process::Process;
 use fleetward_e2e::{run_test, workspace};
 
@@ -45,6 +45,15 @@ fn shell(name: &str, script: &str, logs: &std::path::Path) -> Result<Process> {
     Process::spawn(name, cmd, logs)
 }
 
+/// Runs a block to completion with bash in the workspace root.
+fn run_block(name: &str, script: &str) -> Result<Output> {
+    Command::new("bash")
+        .args(["-c", script])
+        .current_dir(workspace::root())
+        .output()
+        .with_context(|| format!("run the {name} block"))
+}
+
 fn wait_listening(addr: SocketAddr, within: Duration) -> Result<()> {
     let deadline = Instant::now() + within;
     while TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
@@ -55,19 +64,6 @@ fn wait_listening(addr: SocketAddr, within: Duration) -> Result<()> {
         std::thread::sleep(Duration::from_millis(200));
     }
     Ok(())
-}
-
-/// The body of `GET path` from the admin listener.
-fn metrics(addr: SocketAddr) -> Result<String> {
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
-    s.set_read_timeout(Some(Duration::from_secs(5)))?;
-    write!(
-        s,
-        "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-    )?;
-    let mut text = String::new();
-    s.read_to_string(&mut text)?;
-    Ok(text)
 }
 
 /// The stdout lines a process printed, from its log (stderr lines are there too; callers
@@ -129,17 +125,16 @@ fn the_readme_quick_start_works_as_written() {
         )?;
         // Both subscribers are connected (and SUBSCRIBE follows CONNACK at once).
         let deadline = Instant::now() + Duration::from_secs(60);
-        while !metrics(admin)?.contains("fleetward_mqtt_connections 2\n") {
+        while !http_get(admin, "/metrics")?
+            .1
+            .contains("fleetward_mqtt_connections 2\n")
+        {
             ensure!(Instant::now() < deadline, "the subscribers did not connect");
             std::thread::sleep(Duration::from_millis(200));
         }
         std::thread::sleep(Duration::from_millis(500));
 
-        let publish = Command::new("bash")
-            .args(["-c", &blocks["publish"]])
-            .current_dir(workspace::root())
-            .output()
-            .context("run the publish block")?;
+        let publish = run_block("publish", &blocks["publish"])?;
         let curl = String::from_utf8_lossy(&publish.stdout);
         ensure!(
             publish.status.success() && curl.contains("202"),
@@ -159,22 +154,14 @@ fn the_readme_quick_start_works_as_written() {
         })
         .context("acme/dashboard did not print the HTTP message")?;
 
-        let refused = Command::new("bash")
-            .args(["-c", &blocks["refused"]])
-            .current_dir(workspace::root())
-            .output()
-            .context("run the refused block")?;
+        let refused = run_block("refused", &blocks["refused"])?;
         let said = String::from_utf8_lossy(&refused.stderr);
         ensure!(
             said.contains("All subscription requests were denied"),
             "the cross-tenant subscription was not refused: {said}"
         );
 
-        let explain = Command::new("bash")
-            .args(["-c", &blocks["explain"]])
-            .current_dir(workspace::root())
-            .output()
-            .context("run the explain block")?;
+        let explain = run_block("explain", &blocks["explain"])?;
         let text = String::from_utf8_lossy(&explain.stdout);
         ensure!(
             text.starts_with("no\n") && text.contains("cross_tenant") && text.contains("\nyes\n"),
