@@ -4,12 +4,14 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 
-use parking_lot::Mutex;
+use parking_lot::{Mutex, RwLock};
 
-#[derive(Debug, Default, Clone, Copy)]
+/// A tenant's message counters: atomics behind a read-mostly map, so counting a message takes
+/// a shared lock and an atomic add, never a lock every session waits on.
+#[derive(Debug, Default)]
 struct TenantCounts {
-    messages_in: u64,
-    messages_out: u64,
+    messages_in: AtomicU64,
+    messages_out: AtomicU64,
 }
 
 /// The front-end's metrics.
@@ -17,7 +19,7 @@ struct TenantCounts {
 pub struct Metrics {
     connections: AtomicI64,
     connections_total: AtomicU64,
-    tenants: Mutex<BTreeMap<String, TenantCounts>>,
+    tenants: RwLock<BTreeMap<String, TenantCounts>>,
     refusals: Mutex<BTreeMap<(&'static str, &'static str), u64>>,
     snapshot_version: AtomicU64,
     bus: BusCounters,
@@ -49,20 +51,22 @@ impl Metrics {
         self.connections.load(Ordering::Relaxed)
     }
 
-    pub(crate) fn message_in(&self, tenant: &str) {
-        self.tenant(tenant, |c| c.messages_in += 1);
+    /// Counts `n` messages accepted from clients of `tenant`.
+    pub(crate) fn messages_in(&self, tenant: &str, n: u64) {
+        self.tenant(tenant, |c| c.messages_in.fetch_add(n, Ordering::Relaxed));
     }
 
-    pub(crate) fn message_out(&self, tenant: &str) {
-        self.tenant(tenant, |c| c.messages_out += 1);
+    /// Counts `n` messages delivered to clients of `tenant`.
+    pub(crate) fn messages_out(&self, tenant: &str, n: u64) {
+        self.tenant(tenant, |c| c.messages_out.fetch_add(n, Ordering::Relaxed));
     }
 
-    fn tenant(&self, tenant: &str, f: impl FnOnce(&mut TenantCounts)) {
-        let mut tenants = self.tenants.lock();
-        match tenants.get_mut(tenant) {
-            Some(c) => f(c),
-            None => f(tenants.entry(tenant.to_owned()).or_default()),
+    fn tenant(&self, tenant: &str, f: impl Fn(&TenantCounts) -> u64) {
+        if let Some(c) = self.tenants.read().get(tenant) {
+            f(c);
+            return;
         }
+        f(self.tenants.write().entry(tenant.to_owned()).or_default());
     }
 
     /// Counts a refusal: `what` is connect/publish/subscribe/limit, `reason` a stable label.
@@ -163,9 +167,14 @@ impl Metrics {
     /// Messages received from and delivered to clients of a tenant.
     pub fn messages(&self, tenant: &str) -> (u64, u64) {
         self.tenants
-            .lock()
+            .read()
             .get(tenant)
-            .map(|c| (c.messages_in, c.messages_out))
+            .map(|c| {
+                (
+                    c.messages_in.load(Ordering::Relaxed),
+                    c.messages_out.load(Ordering::Relaxed),
+                )
+            })
             .unwrap_or_default()
     }
 
@@ -182,29 +191,38 @@ impl Metrics {
             "# HELP fleetward_mqtt_connections_total MQTT connections accepted.\n# TYPE fleetward_mqtt_connections_total counter\nfleetward_mqtt_connections_total {}",
             self.connections_total.load(Ordering::Relaxed)
         );
-        let tenants = self.tenants.lock().clone();
+        let tenants: Vec<(String, u64, u64)> = self
+            .tenants
+            .read()
+            .iter()
+            .map(|(t, c)| {
+                (
+                    t.clone(),
+                    c.messages_in.load(Ordering::Relaxed),
+                    c.messages_out.load(Ordering::Relaxed),
+                )
+            })
+            .collect();
         let _ = writeln!(
             out,
             "# HELP fleetward_mqtt_messages_in_total Messages accepted from clients, per tenant.\n# TYPE fleetward_mqtt_messages_in_total counter"
         );
-        for (t, c) in &tenants {
+        for (t, n, _) in &tenants {
             let _ = writeln!(
                 out,
-                "fleetward_mqtt_messages_in_total{{tenant=\"{}\"}} {}",
+                "fleetward_mqtt_messages_in_total{{tenant=\"{}\"}} {n}",
                 escape(t),
-                c.messages_in
             );
         }
         let _ = writeln!(
             out,
             "# HELP fleetward_mqtt_messages_out_total Messages delivered to clients, per tenant.\n# TYPE fleetward_mqtt_messages_out_total counter"
         );
-        for (t, c) in &tenants {
+        for (t, _, n) in &tenants {
             let _ = writeln!(
                 out,
-                "fleetward_mqtt_messages_out_total{{tenant=\"{}\"}} {}",
+                "fleetward_mqtt_messages_out_total{{tenant=\"{}\"}} {n}",
                 escape(t),
-                c.messages_out
             );
         }
         let _ = writeln!(
@@ -251,9 +269,9 @@ mod tests {
     fn render_has_per_tenant_counts_refusals_and_the_hit_ratio() {
         let m = Metrics::default();
         m.connection_opened();
-        m.message_in("acme");
-        m.message_out("acme");
-        m.message_out("acme");
+        m.messages_in("acme", 1);
+        m.messages_out("acme", 1);
+        m.messages_out("acme", 1);
         m.refused("subscribe", "no_grant");
         m.set_snapshot_version(7);
         let text = m.render(3, 1);

@@ -151,6 +151,15 @@ impl<R: Router> Router for BusRouter<R> {
         self.inner.publish(message)
     }
 
+    fn publish_batch(&self, messages: &mut Vec<Message>) -> Result<usize, RouterError> {
+        messages.iter().for_each(|m| self.state.bus.publish(m));
+        self.inner.publish_batch(messages)
+    }
+
+    fn backlog(&self) -> usize {
+        self.inner.backlog()
+    }
+
     fn is_alive(&self) -> bool {
         self.inner.is_alive()
     }
@@ -200,8 +209,21 @@ impl<L: RouterLink> RouterLink for BusLink<L> {
         self.inner.publish(message)
     }
 
+    fn publish_batch(&mut self, messages: &mut Vec<Message>) -> Result<usize, RouterError> {
+        messages.iter().for_each(|m| self.state.bus.publish(m));
+        self.inner.publish_batch(messages)
+    }
+
+    fn backlog(&self) -> usize {
+        self.inner.backlog()
+    }
+
     fn receive(&mut self) -> impl Future<Output = Result<Message, RouterError>> + Send {
         self.inner.receive()
+    }
+
+    fn try_receive(&mut self) -> Option<Result<Message, RouterError>> {
+        self.inner.try_receive()
     }
 
     fn detach(self) {

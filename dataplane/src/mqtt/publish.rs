@@ -82,7 +82,8 @@ impl<R: Router> Shared<R> {
     /// Publishes for `subject`: authorizes the topic, caps the QoS at the channel's, enforces
     /// the tenant's and the channel's size limit and the tenant's rate, stores or clears the
     /// retained message, stamps publisher, protocol and created time, and hands the message to
-    /// the router (through `link` when the session has one). Every adapter publishes only here.
+    /// the router (through `link` when the session has one). Every adapter publishes only here
+    /// or through [`Shared::publish_to_outbox`].
     pub(crate) fn publish(
         &self,
         snapshot: &Snapshot,
@@ -91,6 +92,40 @@ impl<R: Router> Shared<R> {
         request: PublishRequest,
         link: Option<&mut R::Link>,
     ) -> Result<Published, PublishRefusal> {
+        let (message, published) = self.accept(snapshot, subject, publisher, request)?;
+        match link {
+            Some(link) => link.publish(message),
+            None => self.router.publish(message),
+        }
+        .map_err(PublishRefusal::Router)?;
+        self.metrics.messages_in(&subject.tenant, 1);
+        Ok(published)
+    }
+
+    /// [`Shared::publish`] that leaves the accepted message in `outbox`, for the MQTT front-end
+    /// to hand everything one socket read brought in to the router at once
+    /// ([`crate::router::RouterLink::publish_batch`]) and count it then.
+    pub(crate) fn publish_to_outbox(
+        &self,
+        snapshot: &Snapshot,
+        subject: &Subject,
+        publisher: &Publisher,
+        request: PublishRequest,
+        outbox: &mut Vec<Message>,
+    ) -> Result<Published, PublishRefusal> {
+        let (message, published) = self.accept(snapshot, subject, publisher, request)?;
+        outbox.push(message);
+        Ok(published)
+    }
+
+    /// Everything of a publish but the hand-over to the router.
+    fn accept(
+        &self,
+        snapshot: &Snapshot,
+        subject: &Subject,
+        publisher: &Publisher,
+        request: PublishRequest,
+    ) -> Result<(Message, Published), PublishRefusal> {
         let limits = fleetward_policy::TopicLimits::default();
         let topic = match fleetward_policy::parse_topic_name(&request.topic, &limits) {
             Ok(t) => t,
@@ -130,12 +165,13 @@ impl<R: Router> Shared<R> {
             }
         }
         let retain = request.retain && retained_allowed;
+        // The topic is moved into the message below; the retained store needs its parts.
+        let retain_key = retain.then(|| (tenant.to_owned(), channel_name.to_owned()));
         let mut props = request.props;
         if let Some(p) = &mut props {
             p.user_properties
                 .retain(|(k, _)| !k.starts_with(METADATA_PREFIX));
         }
-        let (tenant, channel_name) = (tenant.to_owned(), channel_name.to_owned());
         let message = Message {
             topic: Bytes::from(request.topic),
             payload: request.payload,
@@ -149,20 +185,15 @@ impl<R: Router> Shared<R> {
             created_ns: crate::router::now_ns(),
         };
         let qos = message.qos;
-        if retain {
+        if let Some((tenant, channel)) = retain_key {
             let topic_str = std::str::from_utf8(&message.topic).unwrap_or_default();
             self.retained
-                .set(&tenant, &channel_name, topic_str, message.clone());
+                .set(&tenant, &channel, topic_str, message.clone());
         }
-        let routed = match link {
-            Some(link) => link.publish(message),
-            None => self.router.publish(message),
-        };
-        routed.map_err(PublishRefusal::Router)?;
-        self.metrics.message_in(&tenant);
-        Ok(Published {
+        let published = Published {
             qos,
             retained: retain,
-        })
+        };
+        Ok((message, published))
     }
 }

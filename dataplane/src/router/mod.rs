@@ -283,6 +283,20 @@ pub trait Router: Send + Sync + 'static {
     /// Publishes for a session that has no link of its own (publish-only clients, wills).
     fn publish(&self, message: Message) -> Result<(), RouterError>;
 
+    /// Publishes several messages in order, as one hand-over where the router allows it (the
+    /// MQTT front-end passes everything one socket read brought in). Empties `messages`.
+    /// Returns how many messages wait for the router on the way they took (see `backlog`).
+    fn publish_batch(&self, messages: &mut Vec<Message>) -> Result<usize, RouterError> {
+        messages.drain(..).try_for_each(|m| self.publish(m))?;
+        Ok(self.backlog())
+    }
+
+    /// Messages handed over by [`Router::publish`] that the router has not taken in yet. A
+    /// publisher that outruns the router waits for this to shrink instead of queueing more.
+    fn backlog(&self) -> usize {
+        0
+    }
+
     /// Whether the router still runs.
     fn is_alive(&self) -> bool;
 }
@@ -295,8 +309,25 @@ pub trait RouterLink: Send + 'static {
     fn unsubscribe(&mut self, filter: &str) -> Result<(), RouterError>;
     /// Publishes through this session.
     fn publish(&mut self, message: Message) -> Result<(), RouterError>;
+    /// Publishes several messages in order through this session, as one hand-over where the
+    /// router allows it. Empties `messages`.
+    /// Returns the link's backlog after the hand-over.
+    fn publish_batch(&mut self, messages: &mut Vec<Message>) -> Result<usize, RouterError> {
+        messages.drain(..).try_for_each(|m| self.publish(m))?;
+        Ok(self.backlog())
+    }
+    /// Messages published through this link that the router has not taken in yet.
+    fn backlog(&self) -> usize {
+        0
+    }
     /// The next message for this session. Cancel-safe.
     fn receive(&mut self) -> impl Future<Output = Result<Message, RouterError>> + Send;
+    /// The next message if one is already waiting, without waiting for one: the front-end
+    /// takes what the router has ready before it writes to the socket.
+    fn try_receive(&mut self) -> Option<Result<Message, RouterError>> {
+        use futures_util::FutureExt;
+        self.receive().now_or_never()
+    }
     /// Ends the session on the router side (a persistent one is kept for a later attach).
     fn detach(self);
 }

@@ -287,7 +287,15 @@ impl Router for RumqttdRouter {
     }
 
     fn publish(&self, message: Message) -> Result<(), RouterError> {
-        push(&mut self.system.lock(), to_packet(message))
+        push(&mut self.system.lock(), to_packet(message)).map(drop)
+    }
+
+    fn publish_batch(&self, messages: &mut Vec<Message>) -> Result<usize, RouterError> {
+        push_batch(&mut self.system.lock(), messages)
+    }
+
+    fn backlog(&self) -> usize {
+        self.system.lock().buffer().len()
     }
 
     fn is_alive(&self) -> bool {
@@ -313,7 +321,15 @@ impl RouterLink for RumqttdLink {
     }
 
     fn publish(&mut self, message: Message) -> Result<(), RouterError> {
-        push(&mut self.tx, to_packet(message))
+        push(&mut self.tx, to_packet(message)).map(drop)
+    }
+
+    fn publish_batch(&mut self, messages: &mut Vec<Message>) -> Result<usize, RouterError> {
+        push_batch(&mut self.tx, messages)
+    }
+
+    fn backlog(&self) -> usize {
+        self.tx.buffer().len()
     }
 
     async fn receive(&mut self) -> Result<Message, RouterError> {
@@ -351,16 +367,32 @@ impl RouterLink for RumqttdLink {
 
 /// Queues a packet on a link and notifies the router (blocking only while the router's event
 /// channel is full, which is the backpressure we want).
-fn push(tx: &mut LinkTx, packet: Packet) -> Result<(), RouterError> {
+/// Returns the link's backlog.
+fn push(tx: &mut LinkTx, packet: Packet) -> Result<usize, RouterError> {
     // `LinkTx::send` is async in name only; poll it to completion in place.
     let fut = tx.send(packet);
     let mut fut = std::pin::pin!(fut);
     let waker = std::task::Waker::noop();
     let mut cx = std::task::Context::from_waker(waker);
     match fut.as_mut().poll(&mut cx) {
-        std::task::Poll::Ready(r) => r.map(|_| ()).map_err(link_error),
+        std::task::Poll::Ready(r) => r.map_err(link_error),
         std::task::Poll::Pending => Err(RouterError::RouterDown),
     }
+}
+
+/// Queues several packets on a link under one lock and notifies the router once, as rumqttd's
+/// own network links do for what one socket read brought in: the router then takes them all in
+/// one pass instead of waking once per message.
+/// Returns the link's backlog.
+fn push_batch(tx: &mut LinkTx, messages: &mut Vec<Message>) -> Result<usize, RouterError> {
+    let Some(last) = messages.pop() else {
+        return Ok(tx.buffer().len());
+    };
+    {
+        let mut buffer = tx.buffer();
+        buffer.extend(messages.drain(..).map(to_packet));
+    }
+    push(tx, to_packet(last))
 }
 
 #[cfg(test)]

@@ -457,6 +457,17 @@ pub mod raw {
         with_header(0x82, body)
     }
 
+    /// A v3.1.1 PUBLISH (a packet id only for QoS 1 and 2).
+    pub fn publish(topic: &str, qos: u8, pkid: u16, payload: &[u8]) -> Vec<u8> {
+        let mut body = Vec::new();
+        mqtt_str(&mut body, topic.as_bytes());
+        if qos > 0 {
+            body.extend_from_slice(&pkid.to_be_bytes());
+        }
+        body.extend_from_slice(payload);
+        with_header(0x30 | (qos << 1), body)
+    }
+
     /// Reads until EOF (or `wait`); returns what was read and whether the server closed.
     pub async fn read_until_closed(s: &mut TcpStream, wait: Duration) -> (Vec<u8>, bool) {
         let mut all = Vec::new();

@@ -128,8 +128,7 @@ impl<R: Router, S: AsyncRead + AsyncWrite + Unpin + Send> Session<R, S> {
             };
             self.inflight.insert(pkid, (state, out));
         }
-        let tenant = self.acc.subject.tenant.clone();
-        self.shared.metrics.message_out(&tenant);
+        self.delivered += 1;
     }
 
     /// v5 outbound topic aliases: the first delivery on a topic names it and gives it an

@@ -150,12 +150,15 @@ impl<R: Router, S: AsyncRead + AsyncWrite + Unpin + Send> Session<R, S> {
             protocol: Protocol::Mqtt,
         };
         loop {
-            let published = self.shared.publish(
+            if self.outbox.is_empty() {
+                self.outbox_mark = self.wbuf.len();
+            }
+            let published = self.shared.publish_to_outbox(
                 &snapshot,
                 &self.acc.subject,
                 &self.acc.publisher,
                 request,
-                self.link.as_mut(),
+                &mut self.outbox,
             );
             match published {
                 Ok(_) => break,
@@ -194,9 +197,14 @@ impl<R: Router, S: AsyncRead + AsyncWrite + Unpin + Send> Session<R, S> {
                     self.shared
                         .metrics
                         .refused("limit", "publish_rate_throttled");
+                    // What was accepted before the wait does not wait with it.
+                    if let Flow::End(end) = self.flush_outbox() {
+                        return Flow::End(end);
+                    }
                     Box::pin(tokio::time::sleep(retry_after.min(Duration::from_secs(1)))).await;
                     request = *again;
                 }
+                // Routing happens when the outbox is flushed.
                 Err(PublishRefusal::Router(e)) => {
                     tracing::error!(error = %e, "the router refused a publish");
                     return self.end_with(DisconnectReasonCode::ServerBusy, "publish", e.as_str());

@@ -99,7 +99,26 @@ pub(crate) struct Session<R: Router, S> {
     out_aliases: HashMap<Bytes, u16>,
     policy: tokio::sync::watch::Receiver<Arc<Snapshot>>,
     last_rx: Instant,
+    /// Publishes accepted from what the socket read brought in, handed to the router together
+    /// when the read is processed (or before any other packet is handled).
+    outbox: Vec<Message>,
+    /// Where in `wbuf` the acks of the outbox's publishes begin: taken back if the router
+    /// refuses the batch, so nothing is acknowledged that was not routed.
+    outbox_mark: usize,
+    /// Deliveries written since the metrics were last told.
+    delivered: u64,
+    /// Messages waiting for the router on this session's way in, after the last hand-over.
+    router_backlog: usize,
 }
+
+/// A publisher waits when this many messages wait for the router on its way in, until half
+/// of them are taken in.
+const ROUTER_BACKLOG_HIGH: usize = 2048;
+
+/// The most deliveries the router has ready that go into one socket write.
+const DELIVERY_BATCH: usize = 256;
+/// A socket write is not grown past this by taking more deliveries.
+const DELIVERY_BATCH_BYTES: usize = 64 * 1024;
 
 enum Flow {
     Continue,
@@ -139,6 +158,10 @@ impl<R: Router, S: AsyncRead + AsyncWrite + Unpin + Send> Session<R, S> {
             out_aliases: HashMap::new(),
             policy,
             last_rx: Instant::now(),
+            outbox: Vec::new(),
+            outbox_mark: 0,
+            delivered: 0,
+            router_backlog: 0,
         };
         if let Some(saved) = saved {
             s.subs = saved.subs;
@@ -147,6 +170,7 @@ impl<R: Router, S: AsyncRead + AsyncWrite + Unpin + Send> Session<R, S> {
             s.next_pkid = saved.next_pkid;
         }
         let end = s.serve().await;
+        s.count_delivered();
         tracing::debug!(client = %s.acc.key.router_id(), ?end, "session ended");
         let shared = s.shared.clone();
         if !s.acc.expiry.is_zero() {
@@ -194,6 +218,7 @@ impl<R: Router, S: AsyncRead + AsyncWrite + Unpin + Send> Session<R, S> {
         }
         let mut policy_open = true;
         loop {
+            self.count_delivered();
             if !self.wbuf.is_empty() {
                 let write = self.stream.write_all(&self.wbuf);
                 // A peer that stops reading costs its own connection only.
@@ -222,9 +247,12 @@ impl<R: Router, S: AsyncRead + AsyncWrite + Unpin + Send> Session<R, S> {
                         }
                     }
                 },
-                message = receive(&mut self.link), if can_receive => match message {
-                    Ok(m) => self.deliver(m, false),
-                    Err(e) => {
+                message = receive(&mut self.link), if can_receive => match message.map(|m| {
+                    self.deliver(m, false);
+                    self.deliver_ready()
+                }) {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) | Err(e) => {
                         tracing::warn!(error = %e, "router link lost; closing the client connection");
                         return End::Unclean;
                     }
@@ -286,7 +314,97 @@ impl<R: Router, S: AsyncRead + AsyncWrite + Unpin + Send> Session<R, S> {
         }
     }
 
+    /// Handles every whole packet in the read buffer, then hands what it accepted to the router.
     async fn process_input(&mut self) -> Flow {
+        let flow = self.handle_frames().await;
+        // What was accepted before a DISCONNECT, a refusal or a bad packet is routed too.
+        match (self.flush_outbox(), flow) {
+            (Flow::End(end), _) | (Flow::Continue, Flow::End(end)) => Flow::End(end),
+            (Flow::Continue, Flow::Continue) => {
+                self.wait_for_router().await;
+                Flow::Continue
+            }
+        }
+    }
+
+    /// A publisher that outruns the router waits, unread, while the messages it handed over
+    /// are taken in: TCP then slows the client down, instead of an unbounded queue in front
+    /// of the router growing (and the router, when it catches up, overwriting what slow
+    /// subscribers had not read yet).
+    async fn wait_for_router(&mut self) {
+        if self.router_backlog < ROUTER_BACKLOG_HIGH {
+            return;
+        }
+        let started = Instant::now();
+        loop {
+            let backlog = match &self.link {
+                Some(link) => link.backlog(),
+                None => self.shared.router.backlog(),
+            };
+            // A router that takes nothing in for a second is not waited for any longer here.
+            if backlog < ROUTER_BACKLOG_HIGH / 2 || started.elapsed() > Duration::from_secs(1) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        self.router_backlog = 0;
+    }
+
+    /// Hands the outbox to the router in one batch and counts it. If the router refuses it,
+    /// its acks are taken back and the client is told the server is busy.
+    fn flush_outbox(&mut self) -> Flow {
+        if self.outbox.is_empty() {
+            return Flow::Continue;
+        }
+        let n = self.outbox.len() as u64;
+        let routed = match self.link.as_mut() {
+            Some(link) => link.publish_batch(&mut self.outbox),
+            None => self.shared.router.publish_batch(&mut self.outbox),
+        };
+        match routed {
+            Ok(backlog) => {
+                self.router_backlog = backlog;
+                self.shared.metrics.messages_in(&self.acc.subject.tenant, n);
+                Flow::Continue
+            }
+            Err(e) => {
+                self.outbox.clear();
+                self.wbuf.truncate(self.outbox_mark);
+                tracing::error!(error = %e, "the router refused a publish");
+                self.end_with(DisconnectReasonCode::ServerBusy, "publish", e.as_str())
+            }
+        }
+    }
+
+    /// Tells the metrics about the deliveries written since the last time.
+    fn count_delivered(&mut self) {
+        if self.delivered > 0 {
+            let n = std::mem::take(&mut self.delivered);
+            self.shared
+                .metrics
+                .messages_out(&self.acc.subject.tenant, n);
+        }
+    }
+
+    /// Delivers what the router already has for this session, within the in-flight window and
+    /// a batch, so that one socket write carries it all.
+    fn deliver_ready(&mut self) -> Result<(), crate::router::RouterError> {
+        for _ in 0..DELIVERY_BATCH {
+            let open = self.pending.is_empty()
+                && self.inflight.len() < usize::from(self.acc.receive_maximum)
+                && self.wbuf.len() < DELIVERY_BATCH_BYTES;
+            let Some(link) = self.link.as_mut().filter(|_| open) else {
+                break;
+            };
+            match link.try_receive() {
+                Some(message) => self.deliver(message?, false),
+                None => break,
+            }
+        }
+        Ok(())
+    }
+
+    async fn handle_frames(&mut self) -> Flow {
         loop {
             let max = self.shared.config.max_packet_size;
             match self.codec.read(&mut self.rbuf, max) {
@@ -319,6 +437,12 @@ impl<R: Router, S: AsyncRead + AsyncWrite + Unpin + Send> Session<R, S> {
     }
 
     async fn handle(&mut self, frame: Frame) -> Flow {
+        // Publishes are batched; anything else sees them routed first, in order.
+        if !matches!(frame.packet, Packet::Publish(..) | Packet::PubAck(..))
+            && let Flow::End(end) = self.flush_outbox()
+        {
+            return Flow::End(end);
+        }
         match frame.packet {
             Packet::Publish(p, props) => {
                 return self
