@@ -1,0 +1,402 @@
+//! `fleetward dataplane` as processes, with real MQTT clients:
+//! - fail static: with a persisted snapshot in `--state-dir` and no operator listening, a
+//!   dataplane becomes ready and serves from it;
+//! - two dataplane processes on one `nats-server`: delivery both ways, each message once,
+//!   retained messages across pods.
+//!
+//! Needs `mosquitto_pub`/`mosquitto_sub` (Debian `mosquitto-clients`) and `nats-server` (Debian
+//! `nats-server`); scripts/install-tools.sh installs both.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use fleetward_dataplane::sync::store::{self, Stored};
+use fleetward_policy::{
+    Actions, Channel, Grant, GrantSubject, KeyDigest, Qos, Resources, Snapshot, Tenant, Thing,
+};
+
+const VERSION: u64 = 42;
+
+fn key(thing: &str) -> String {
+    format!("key-acme-{thing}-0123456789")
+}
+
+fn thing(name: &str) -> Thing {
+    Thing {
+        tenant: "acme".into(),
+        name: name.into(),
+        key_digests: vec![KeyDigest::of(key(name).as_bytes())],
+        disabled: false,
+        mountpoint: None,
+    }
+}
+
+fn grant(thing: &str, actions: Actions) -> Grant {
+    Grant {
+        tenant: "acme".into(),
+        name: format!("{thing}-tele"),
+        subject: GrantSubject::Thing(thing.into()),
+        channel: "tele".into(),
+        actions,
+        allow: Vec::new(),
+        deny: Vec::new(),
+    }
+}
+
+/// Tenant `acme`, channel `tele`: `sensor` publishes, `reader` subscribes.
+fn persisted_snapshot() -> Stored {
+    let resources = Resources {
+        tenants: vec![Tenant {
+            name: "acme".into(),
+            suspended: false,
+            limits: Default::default(),
+        }],
+        things: vec![thing("sensor"), thing("reader")],
+        channels: vec![Channel {
+            tenant: "acme".into(),
+            name: "tele".into(),
+            max_qos: Qos::AtLeastOnce,
+            retained_allowed: true,
+            max_message_size: None,
+        }],
+        grants: vec![
+            grant("sensor", Actions::PUBLISH),
+            grant("reader", Actions::SUBSCRIBE),
+        ],
+        ..Resources::default()
+    };
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("a clock after 1970")
+        .as_millis() as u64;
+    Stored {
+        snapshot: Arc::new(Snapshot::from_resources(VERSION, resources).expect("valid policy")),
+        lineage: "test-lineage".into(),
+        updated_unix_ms: now - 30_000,
+    }
+}
+
+fn free_addr() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").expect("a free port");
+    l.local_addr().expect("an address")
+}
+
+/// Kills the dataplane when the test ends, however it ends.
+struct Running(Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A `fleetward dataplane` process with its persisted snapshot and every listener on a free
+/// port, ready (`/readyz` 200) when returned.
+struct Dataplane {
+    _process: Running,
+    mqtt: SocketAddr,
+    admin: SocketAddr,
+    _state: tempfile::TempDir,
+}
+
+impl Dataplane {
+    fn start(node_id: &str, nats: Option<&str>) -> Self {
+        let state = tempfile::tempdir().expect("a temp dir");
+        store::save(state.path(), &persisted_snapshot()).expect("the snapshot is written");
+        // An operator address where nothing listens.
+        let operator = format!("http://{}", free_addr());
+        let (mqtt, admin, http) = (free_addr(), free_addr(), free_addr());
+        let mut command = Command::new(env!("CARGO_BIN_EXE_fleetward"));
+        command
+            .arg("dataplane")
+            .arg(format!("--operator={operator}"))
+            .args(["--node-id", node_id])
+            .arg("--state-dir")
+            .arg(state.path())
+            .arg(format!("--mqtt-listen={mqtt}"))
+            .arg(format!("--admin-listen={admin}"))
+            .arg(format!("--http-listen={http}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit());
+        if let Some(nats) = nats {
+            command.arg(format!("--nats={nats}"));
+        }
+        let mut process = Running(command.spawn().expect("fleetward dataplane starts"));
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = process.0.try_wait().expect("waitable") {
+                panic!("fleetward dataplane {node_id} exited before it was ready: {status}");
+            }
+            if http_get(admin, "/readyz").is_some_and(|(code, _)| code == 200) {
+                break;
+            }
+            assert!(Instant::now() < deadline, "{node_id} not ready within 30 s");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Self {
+            _process: process,
+            mqtt,
+            admin,
+            _state: state,
+        }
+    }
+}
+
+fn http_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    let status = out.split_whitespace().nth(1)?.parse().ok()?;
+    let body = out.split_once("\r\n\r\n").map(|(_, b)| b.to_owned())?;
+    Some((status, body))
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "status {:?}\nstdout: {}\nstderr: {}",
+        o.status.code(),
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+fn mosquitto(tool: &str, mqtt: SocketAddr, thing: &str, key: &str, args: &[&str]) -> Command {
+    let mut c = Command::new(tool);
+    c.args([
+        "-h",
+        "127.0.0.1",
+        "-p",
+        &mqtt.port().to_string(),
+        "-V",
+        "mqttv311",
+    ])
+    .args(["-i", &format!("{tool}-{thing}")])
+    .args(["-u", &format!("acme/{thing}"), "-P", key])
+    .args(args);
+    c
+}
+
+#[test]
+fn with_no_operator_the_dataplane_serves_its_persisted_snapshot() {
+    for tool in ["mosquitto_pub", "mosquitto_sub"] {
+        assert!(
+            Command::new(tool).arg("--help").output().is_ok(),
+            "{tool} is not installed; run scripts/install-tools.sh"
+        );
+    }
+    let dataplane = Dataplane::start("fail-static", None);
+    let (mqtt, admin) = (dataplane.mqtt, dataplane.admin);
+    let (_, metrics) = http_get(admin, "/metrics").expect("/metrics answers");
+    for line in [
+        format!("fleetward_policy_snapshot_version {VERSION}"),
+        "fleetward_policy_snapshot_from_disk 1".to_owned(),
+        "fleetward_policy_sync_connected 0".to_owned(),
+    ] {
+        assert!(
+            metrics.lines().any(|l| l == line),
+            "{line} missing from:\n{metrics}"
+        );
+    }
+
+    // A granted subscriber receives a granted publisher's message.
+    let subscriber = mosquitto(
+        "mosquitto_sub",
+        mqtt,
+        "reader",
+        &key("reader"),
+        &["-t", "m/acme/c/tele/#", "-C", "1", "-W", "10"],
+    )
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    .spawn()
+    .expect("mosquitto_sub runs");
+    std::thread::sleep(Duration::from_millis(700));
+    let published = mosquitto(
+        "mosquitto_pub",
+        mqtt,
+        "sensor",
+        &key("sensor"),
+        &["-t", "m/acme/c/tele/temp", "-m", "21.5", "-q", "1"],
+    )
+    .output()
+    .expect("mosquitto_pub runs");
+    assert!(published.status.success(), "{}", text(&published));
+    let received = subscriber.wait_with_output().expect("mosquitto_sub ends");
+    assert!(received.status.success(), "{}", text(&received));
+    assert_eq!(String::from_utf8_lossy(&received.stdout).trim(), "21.5");
+
+    // Still fail closed for what the snapshot does not know: a wrong key is refused.
+    let refused = mosquitto(
+        "mosquitto_pub",
+        mqtt,
+        "sensor",
+        "not-the-key",
+        &["-t", "m/acme/c/tele/temp", "-m", "x"],
+    )
+    .output()
+    .expect("mosquitto_pub runs");
+    assert!(!refused.status.success(), "{}", text(&refused));
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("not authorised"),
+        "{}",
+        text(&refused)
+    );
+}
+
+/// A `nats-server` with JetStream on a free 127.0.0.1 port, killed when dropped.
+struct NatsServer {
+    _process: Running,
+    url: String,
+    _store: tempfile::TempDir,
+}
+
+impl NatsServer {
+    fn start() -> Self {
+        let store = tempfile::tempdir().expect("a temp dir");
+        let addr = free_addr();
+        let process = Command::new("nats-server")
+            .args(["-a", "127.0.0.1", "-js"])
+            .args(["-p", &addr.port().to_string()])
+            .arg("-sd")
+            .arg(store.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!("cannot run nats-server ({e}); run scripts/install-tools.sh")
+            });
+        let process = Running(process);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "nats-server not listening in 10 s"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Self {
+            _process: process,
+            url: format!("nats://{addr}"),
+            _store: store,
+        }
+    }
+}
+
+/// A `mosquitto_sub` on `pod` as acme/reader, printing `topic payload` lines for `wait_s`.
+fn subscribe_for(pod: &Dataplane, id: &str, wait_s: u32) -> Child {
+    mosquitto(
+        "mosquitto_sub",
+        pod.mqtt,
+        "reader",
+        &key("reader"),
+        &[
+            "-t",
+            "m/acme/c/tele/#",
+            "-v",
+            "-q",
+            "1",
+            "-W",
+            &wait_s.to_string(),
+        ],
+    )
+    .args(["-i", id])
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    .spawn()
+    .expect("mosquitto_sub runs")
+}
+
+fn publish_on(pod: &Dataplane, topic: &str, message: &str, extra: &[&str]) {
+    let out = mosquitto(
+        "mosquitto_pub",
+        pod.mqtt,
+        "sensor",
+        &key("sensor"),
+        &["-t", topic, "-m", message, "-q", "1"],
+    )
+    .args(extra)
+    .output()
+    .expect("mosquitto_pub runs");
+    assert!(out.status.success(), "{}", text(&out));
+}
+
+fn sorted_lines(out: &Output) -> Vec<String> {
+    let mut lines: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    lines.sort();
+    lines
+}
+
+#[test]
+fn two_dataplane_processes_on_nats_deliver_both_ways_once_and_share_retained_messages() {
+    let nats = NatsServer::start();
+    let a = Dataplane::start("pod-a", Some(&nats.url));
+    let b = Dataplane::start("pod-b", Some(&nats.url));
+
+    // A subscriber on each pod for the whole channel; each pod then subscribes on NATS.
+    let on_a = subscribe_for(&a, "reader-on-a", 6);
+    let on_b = subscribe_for(&b, "reader-on-b", 6);
+    std::thread::sleep(Duration::from_millis(1500));
+    for i in 1..=3 {
+        publish_on(&a, "m/acme/c/tele/from-a", &format!("a-{i}"), &[]);
+        publish_on(&b, "m/acme/c/tele/from-b", &format!("b-{i}"), &[]);
+    }
+    let expected: Vec<String> = (1..=3)
+        .map(|i| format!("m/acme/c/tele/from-a a-{i}"))
+        .chain((1..=3).map(|i| format!("m/acme/c/tele/from-b b-{i}")))
+        .collect();
+    for (pod, sub) in [("a", on_a), ("b", on_b)] {
+        let out = sub.wait_with_output().expect("mosquitto_sub ends");
+        // Every message once: its own pod's from the router, the other pod's over NATS, and
+        // none of its own back from NATS.
+        assert_eq!(
+            sorted_lines(&out),
+            expected,
+            "subscriber on pod {pod}: {}",
+            text(&out)
+        );
+    }
+    let (_, metrics) = http_get(a.admin, "/metrics").expect("/metrics answers");
+    assert!(
+        metrics.lines().any(|l| l == "fleetward_bus_connected 1"),
+        "pod a is on the bus:\n{metrics}"
+    );
+
+    // A retained message published on pod A reaches a new subscriber on pod B.
+    publish_on(&a, "m/acme/c/tele/state", "on", &["-r"]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let out = mosquitto(
+            "mosquitto_sub",
+            b.mqtt,
+            "reader",
+            &key("reader"),
+            &["-t", "m/acme/c/tele/state", "-C", "1", "-W", "2"],
+        )
+        .args(["-i", "late-reader-on-b"])
+        .output()
+        .expect("mosquitto_sub runs");
+        if out.status.success() {
+            assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "on");
+            break;
+        }
+        // The retained copy travels through JetStream KV; give it a moment, not forever.
+        assert!(
+            Instant::now() < deadline,
+            "the retained message never reached pod b: {}",
+            text(&out)
+        );
+    }
+}
