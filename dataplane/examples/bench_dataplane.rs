@@ -16,6 +16,10 @@ use fleetward_policy::{
     Actions, Channel, Grant, GrantSubject, KeyDigest, Qos, Resources, Snapshot, Tenant, Thing,
 };
 
+/// The allocator the fleetward binary runs on, so the figure is the binary's.
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 #[derive(Parser, Debug)]
 struct Args {
     /// Address of the MQTT listener.

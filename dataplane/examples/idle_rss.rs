@@ -15,6 +15,10 @@ use fleetward_policy::{
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+/// The allocator the fleetward binary runs on, so the figure is the binary's.
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 const KEY: &str = "probe-key-0123456789";
 
 fn policy() -> Arc<Snapshot> {
