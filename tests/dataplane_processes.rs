@@ -209,28 +209,13 @@ fn with_no_operator_the_dataplane_serves_its_persisted_snapshot() {
     }
 
     // A granted subscriber receives a granted publisher's message.
-    let subscriber = mosquitto(
-        "mosquitto_sub",
-        mqtt,
-        "reader",
-        &key("reader"),
-        &["-t", "m/acme/c/tele/#", "-C", "1", "-W", "10"],
-    )
-    .stdout(Stdio::piped())
-    .stderr(Stdio::piped())
-    .spawn()
-    .expect("mosquitto_sub runs");
+    let subscriber = reader_sub(mqtt, &["-t", "m/acme/c/tele/#", "-C", "1", "-W", "10"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("mosquitto_sub runs");
     std::thread::sleep(Duration::from_millis(700));
-    let published = mosquitto(
-        "mosquitto_pub",
-        mqtt,
-        "sensor",
-        &key("sensor"),
-        &["-t", "m/acme/c/tele/temp", "-m", "21.5", "-q", "1"],
-    )
-    .output()
-    .expect("mosquitto_pub runs");
-    assert!(published.status.success(), "{}", text(&published));
+    publish_on(&dataplane, "m/acme/c/tele/temp", "21.5", &[]);
     let received = subscriber.wait_with_output().expect("mosquitto_sub ends");
     assert!(received.status.success(), "{}", text(&received));
     assert_eq!(String::from_utf8_lossy(&received.stdout).trim(), "21.5");
@@ -290,6 +275,11 @@ impl NatsServer {
             _store: store,
         }
     }
+}
+
+/// `mosquitto_sub` as acme/reader on the dataplane at `mqtt`.
+fn reader_sub(mqtt: SocketAddr, args: &[&str]) -> Command {
+    mosquitto("mosquitto_sub", mqtt, "reader", &key("reader"), args)
 }
 
 /// A `mosquitto_sub` on `pod` as acme/reader, printing `topic payload` lines for `wait_s`.
@@ -378,16 +368,10 @@ fn two_dataplane_processes_on_nats_deliver_both_ways_once_and_share_retained_mes
     publish_on(&a, "m/acme/c/tele/state", "on", &["-r"]);
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let out = mosquitto(
-            "mosquitto_sub",
-            b.mqtt,
-            "reader",
-            &key("reader"),
-            &["-t", "m/acme/c/tele/state", "-C", "1", "-W", "2"],
-        )
-        .args(["-i", "late-reader-on-b"])
-        .output()
-        .expect("mosquitto_sub runs");
+        let out = reader_sub(b.mqtt, &["-t", "m/acme/c/tele/state", "-C", "1", "-W", "2"])
+            .args(["-i", "late-reader-on-b"])
+            .output()
+            .expect("mosquitto_sub runs");
         if out.status.success() {
             assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "on");
             break;

@@ -6,8 +6,8 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Fixture, key, raw, v4};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use common::{Fixture, raw, v4};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 const WAIT: Duration = Duration::from_secs(5);
@@ -15,21 +15,7 @@ const TOPIC: &str = "m/acme/c/telemetry/burst";
 
 /// A raw v3.1.1 publisher, connected as acme/sensor.
 async fn publisher(fx: &Fixture, id: &str) -> TcpStream {
-    let mut s = TcpStream::connect(fx.addr).await.expect("connects");
-    s.write_all(&raw::connect(
-        id,
-        true,
-        0,
-        "acme/sensor",
-        &key("acme", "sensor"),
-        None,
-    ))
-    .await
-    .expect("writes");
-    let mut ack = [0u8; 4];
-    s.read_exact(&mut ack).await.expect("CONNACK");
-    assert_eq!(ack, [0x20, 2, 0, 0], "accepted");
-    s
+    raw::connected(fx.addr, id, "acme", "sensor").await
 }
 
 async fn subscriber(fx: &Fixture) -> v4::Client {

@@ -4,10 +4,9 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Fixture, key, raw, v4};
+use common::{Fixture, raw, v4};
 use fleetward_dataplane::MqttConfig;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::io::AsyncWriteExt;
 
 const WAIT: Duration = Duration::from_secs(3);
 
@@ -80,20 +79,7 @@ fn publish_qos2(pkid: u16, topic: &str, payload: &[u8]) -> Vec<u8> {
 #[tokio::test]
 async fn inbound_qos2_beyond_max_inflight_without_pubrel_closes_the_connection() {
     let fx = Fixture::start_with(small_window()).await;
-    let mut s = TcpStream::connect(fx.addr).await.expect("connects");
-    s.write_all(&raw::connect(
-        "no-pubrel",
-        true,
-        0,
-        "acme/sensor",
-        &key("acme", "sensor"),
-        None,
-    ))
-    .await
-    .expect("writes");
-    let mut ack = [0u8; 4];
-    s.read_exact(&mut ack).await.expect("CONNACK");
-    assert_eq!(ack, [0x20, 2, 0, 0]);
+    let mut s = raw::connected(fx.addr, "no-pubrel", "acme", "sensor").await;
     for pkid in 1..=3 {
         s.write_all(&publish_qos2(pkid, "m/acme/c/telemetry/x", b"p"))
             .await

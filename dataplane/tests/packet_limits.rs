@@ -4,10 +4,9 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Fixture, key, raw, v4, v5};
+use common::{Fixture, raw, v4, v5};
 use fleetward_dataplane::MqttConfig;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::io::AsyncWriteExt;
 
 const WAIT: Duration = Duration::from_secs(3);
 
@@ -61,19 +60,7 @@ async fn a_packet_over_the_pods_maximum_closes_that_connection_only() {
     reader
         .subscribe("m/acme/c/telemetry/#", v4::QoS::AtMostOnce)
         .await;
-    let mut s = TcpStream::connect(fx.addr).await.expect("connects");
-    s.write_all(&raw::connect(
-        "huge",
-        true,
-        0,
-        "acme/sensor",
-        &key("acme", "sensor"),
-        None,
-    ))
-    .await
-    .expect("writes");
-    let mut ack = [0u8; 4];
-    s.read_exact(&mut ack).await.expect("CONNACK");
+    let mut s = raw::connected(fx.addr, "huge", "acme", "sensor").await;
     // A QoS 0 PUBLISH announcing 2000 bytes: refused on its fixed header.
     let topic = b"m/acme/c/telemetry/t";
     let len = 2 + topic.len() + 1978;

@@ -449,6 +449,33 @@ pub mod raw {
         with_header(0x10, body)
     }
 
+    /// A raw socket with a clean v3.1.1 session (no keep-alive) as `tenant/thing`, its
+    /// CONNACK read and checked to be an acceptance.
+    pub async fn connected(
+        addr: std::net::SocketAddr,
+        client_id: &str,
+        tenant: &str,
+        thing: &str,
+    ) -> TcpStream {
+        use tokio::io::AsyncWriteExt;
+        let mut s = TcpStream::connect(addr).await.expect("connects");
+        let user = format!("{tenant}/{thing}");
+        s.write_all(&connect(
+            client_id,
+            true,
+            0,
+            &user,
+            &super::key(tenant, thing),
+            None,
+        ))
+        .await
+        .expect("writes");
+        let mut ack = [0u8; 4];
+        s.read_exact(&mut ack).await.expect("CONNACK");
+        assert_eq!(ack, [0x20, 2, 0, 0], "{user} accepted");
+        s
+    }
+
     /// A v3.1.1 SUBSCRIBE of one filter.
     pub fn subscribe(pkid: u16, filter: &str, qos: u8) -> Vec<u8> {
         let mut body = pkid.to_be_bytes().to_vec();
