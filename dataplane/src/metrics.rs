@@ -53,15 +53,19 @@ impl Metrics {
 
     /// Counts `n` messages accepted from clients of `tenant`.
     pub(crate) fn messages_in(&self, tenant: &str, n: u64) {
-        self.tenant(tenant, |c| c.messages_in.fetch_add(n, Ordering::Relaxed));
+        self.tenant(tenant, |c| {
+            c.messages_in.fetch_add(n, Ordering::Relaxed);
+        });
     }
 
     /// Counts `n` messages delivered to clients of `tenant`.
     pub(crate) fn messages_out(&self, tenant: &str, n: u64) {
-        self.tenant(tenant, |c| c.messages_out.fetch_add(n, Ordering::Relaxed));
+        self.tenant(tenant, |c| {
+            c.messages_out.fetch_add(n, Ordering::Relaxed);
+        });
     }
 
-    fn tenant(&self, tenant: &str, f: impl Fn(&TenantCounts) -> u64) {
+    fn tenant(&self, tenant: &str, f: impl FnOnce(&TenantCounts)) {
         if let Some(c) = self.tenants.read().get(tenant) {
             f(c);
             return;

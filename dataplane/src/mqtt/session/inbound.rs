@@ -204,7 +204,8 @@ impl<R: Router, S: AsyncRead + AsyncWrite + Unpin + Send> Session<R, S> {
                     Box::pin(tokio::time::sleep(retry_after.min(Duration::from_secs(1)))).await;
                     request = *again;
                 }
-                // Routing happens when the outbox is flushed.
+                // Not from `publish_to_outbox`, which does not route: a router refusal surfaces
+                // in `flush_outbox`, which answers it the same way.
                 Err(PublishRefusal::Router(e)) => {
                     tracing::error!(error = %e, "the router refused a publish");
                     return self.end_with(DisconnectReasonCode::ServerBusy, "publish", e.as_str());

@@ -231,9 +231,7 @@ impl<R: Router, S: AsyncRead + AsyncWrite + Unpin + Send> Session<R, S> {
                     self.wbuf = BytesMut::new();
                 }
             }
-            let can_receive = self.link.is_some()
-                && self.pending.is_empty()
-                && self.inflight.len() < usize::from(self.acc.receive_maximum);
+            let can_receive = self.can_receive();
             let keep_alive = self.acc.keep_alive;
             let deadline = self.last_rx + keep_alive.mul_f32(1.5);
             tokio::select! {
@@ -386,14 +384,22 @@ impl<R: Router, S: AsyncRead + AsyncWrite + Unpin + Send> Session<R, S> {
         }
     }
 
+    /// Whether the session takes another message from its router link: it has one, nothing
+    /// waits to be delivered before it, and the in-flight window has room.
+    fn can_receive(&self) -> bool {
+        self.link.is_some()
+            && self.pending.is_empty()
+            && self.inflight.len() < usize::from(self.acc.receive_maximum)
+    }
+
     /// Delivers what the router already has for this session, within the in-flight window and
     /// a batch, so that one socket write carries it all.
     fn deliver_ready(&mut self) -> Result<(), crate::router::RouterError> {
         for _ in 0..DELIVERY_BATCH {
-            let open = self.pending.is_empty()
-                && self.inflight.len() < usize::from(self.acc.receive_maximum)
-                && self.wbuf.len() < DELIVERY_BATCH_BYTES;
-            let Some(link) = self.link.as_mut().filter(|_| open) else {
+            if !self.can_receive() || self.wbuf.len() >= DELIVERY_BATCH_BYTES {
+                break;
+            }
+            let Some(link) = self.link.as_mut() else {
                 break;
             };
             match link.try_receive() {
