@@ -5,8 +5,9 @@ use anyhow::{Context, Result, ensure};
 use fleetward_crds::testdata::{
     example_documents, invalid_updates, invalid_variants, valid_updates,
 };
-use fleetward_e2e::{ControlPlane, Kubectl, LogDir, run_test, workspace};
+use fleetward_e2e::{ControlPlane, Kubectl, LogDir, run_test, wait_until, workspace};
 use serde_json::Value;
+use std::time::Duration;
 
 /// A control plane with the Fleetward CRDs applied.
 fn cluster(logs: &LogDir) -> Result<(ControlPlane, Kubectl)> {
@@ -189,7 +190,23 @@ fn the_examples_are_accepted() {
 fn explain_shows_the_doc_comments() {
     run_test("crd-explain", |logs| {
         let (_plane, kubectl) = cluster(logs)?;
-        for crd in crds()? {
+        let crds = crds()?;
+        // `kubectl explain` reads the OpenAPI v3 document, which the API server
+        // publishes for a new CRD some time after discovery serves the kind.
+        wait_until(
+            "every Fleetward kind in the published OpenAPI",
+            Duration::from_secs(60),
+            || {
+                for crd in &crds {
+                    let singular = str_at(crd, "/spec/names/singular")?;
+                    if !kubectl.call(&["explain", singular], None)?.success {
+                        return Ok(false);
+                    }
+                }
+                Ok(true)
+            },
+        )?;
+        for crd in crds {
             let plural = str_at(&crd, "/spec/names/plural")?;
             let singular = str_at(&crd, "/spec/names/singular")?;
             let root = crd
