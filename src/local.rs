@@ -56,8 +56,21 @@ impl Local {
     pub fn load(manifests: &Path, state_dir: &Path) -> anyhow::Result<(Self, ScanReport)> {
         let mut local = Self::open(manifests, state_dir)?;
         let report = local.directory.scan(&mut local.index);
+        local.read_signing_keys(state_dir)?;
         local.index.commit();
         Ok((local, report))
+    }
+
+    /// Reads the token signing keys from the state directory (generating one the first time)
+    /// into the index; they go out with the next commit when they changed.
+    pub fn read_signing_keys(&mut self, state_dir: &Path) -> anyhow::Result<()> {
+        let (keys, problems) = fleetward_operator::k8s::signing::local_keys(state_dir)
+            .context("reading the token signing keys")?;
+        for p in problems {
+            tracing::warn!(problem = %p, "a token signing key file is not usable");
+        }
+        self.index.set_signing_keys(keys);
+        Ok(())
     }
 
     /// The status of every object, sorted by kind, namespace and name.

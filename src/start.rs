@@ -101,6 +101,9 @@ pub async fn run(args: StartArgs) -> anyhow::Result<()> {
             _ = rescan.tick() => {}
         }
         let report = local.directory.scan(&mut local.index);
+        if let Err(e) = local.read_signing_keys(&args.state_dir) {
+            tracing::warn!(error = %e, "the token signing keys could not be read; the last ones stay");
+        }
         let errors_changed = errors.log(&report);
         log_generated(&report);
         let Some(commit) = local.index.commit() else {

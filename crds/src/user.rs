@@ -55,12 +55,12 @@ pub struct UserSpec {
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, Hash, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
-    /// Everything a member may do, and manage the tenant's resources through the API.
+    /// Publish and subscribe on every channel of the tenant.
     Admin,
-    /// Publish and subscribe where Connections grant it.
+    /// Publish and subscribe where Connections grant it (directly or through a Group).
     #[default]
     Member,
-    /// Subscribe only, where Connections grant it; never publish.
+    /// Subscribe on every channel of the tenant; never publish, whatever a Connection grants.
     Viewer,
 }
 

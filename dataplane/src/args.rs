@@ -77,4 +77,39 @@ pub struct DataplaneArgs {
     /// Client key (PEM) for mutual TLS to the operator.
     #[arg(long, env = "FLEETWARD_OPERATOR_KEY", requires = "operator_cert")]
     pub operator_key: Option<PathBuf>,
+
+    /// The `iss` of user tokens; every pod that should accept a token must share it.
+    #[arg(long, default_value = "fleetward", env = "FLEETWARD_TOKEN_ISSUER")]
+    pub token_issuer: String,
+    /// The `aud` of user tokens.
+    #[arg(long, default_value = "fleetward", env = "FLEETWARD_TOKEN_AUDIENCE")]
+    pub token_audience: String,
+    /// Seconds an access token lasts.
+    #[arg(long, default_value_t = 900)]
+    pub access_token_ttl_secs: u64,
+    /// Seconds a refresh token lasts (each refresh hands out a new one).
+    #[arg(long, default_value_t = 86_400)]
+    pub refresh_token_ttl_secs: u64,
+    /// Sign-in attempts allowed per user per minute, on this pod.
+    #[arg(long, default_value_t = 10)]
+    pub logins_per_user_per_minute: u32,
+    /// Sign-in attempts allowed per client address per minute, on this pod.
+    #[arg(long, default_value_t = 60)]
+    pub logins_per_address_per_minute: u32,
+}
+
+impl DataplaneArgs {
+    /// The users' settings the arguments give.
+    pub fn users_config(&self) -> crate::users::UsersConfig {
+        crate::users::UsersConfig {
+            tokens: fleetward_policy::tokens::TokenSettings {
+                issuer: self.token_issuer.clone(),
+                audience: self.token_audience.clone(),
+                access_ttl: std::time::Duration::from_secs(self.access_token_ttl_secs.max(1)),
+                refresh_ttl: std::time::Duration::from_secs(self.refresh_token_ttl_secs.max(1)),
+            },
+            logins_per_user_per_minute: self.logins_per_user_per_minute,
+            logins_per_address_per_minute: self.logins_per_address_per_minute,
+        }
+    }
 }

@@ -19,6 +19,8 @@ use crate::metrics::Metrics;
 use crate::mqtt::{self, MqttConfig, RetainedStore, Shared};
 use crate::router::{Router, RumqttdConfig, RumqttdRouter};
 use crate::sync::SyncStatus;
+use crate::users::refresh::RefreshStore;
+use crate::users::{Users, UsersConfig};
 
 /// A dataplane to start: listeners, limits, and the policy it enforces.
 ///
@@ -35,6 +37,7 @@ pub struct Dataplane {
     http_listen: Option<SocketAddr>,
     sync_status: Option<Arc<SyncStatus>>,
     nats: Option<NatsConfig>,
+    users: UsersConfig,
 }
 
 impl Dataplane {
@@ -50,6 +53,7 @@ impl Dataplane {
             http_listen: None,
             sync_status: None,
             nats: None,
+            users: UsersConfig::default(),
         }
     }
 
@@ -72,6 +76,7 @@ impl Dataplane {
         {
             d = d.mqtts_listen(addr, cert.clone(), key.clone());
         }
+        d = d.users(args.users_config());
         if !args.nats.is_empty() {
             let node_id = args.node_id.clone().unwrap_or_else(random_node_id);
             d = d.nats(Some(NatsConfig::new(args.nats.clone(), node_id)));
@@ -83,6 +88,12 @@ impl Dataplane {
     /// single pod.
     pub fn nats(mut self, config: Option<NatsConfig>) -> Self {
         self.nats = config;
+        self
+    }
+
+    /// How users sign in and how long their tokens last.
+    pub fn users(mut self, config: UsersConfig) -> Self {
+        self.users = config;
         self
     }
 
@@ -130,6 +141,7 @@ impl Dataplane {
             Arc::new(RumqttdRouter::start(&self.router).context("starting the message router")?);
         let metrics = Arc::new(Metrics::default());
         let retained = Arc::new(RetainedStore::default());
+        let mut nats_client = None;
         let bus: Arc<dyn Bus> = match &self.nats {
             None => Arc::new(LocalBus),
             Some(config) => {
@@ -140,13 +152,15 @@ impl Dataplane {
                         store.set(tenant, channel, topic, message);
                     }),
                 };
-                Arc::new(
-                    NatsBus::start(config.clone(), inbound, metrics.clone())
-                        .await
-                        .context("starting the NATS bus")?,
-                )
+                let bus = NatsBus::start(config.clone(), inbound, metrics.clone())
+                    .await
+                    .context("starting the NATS bus")?;
+                nats_client = Some(bus.client());
+                Arc::new(bus)
             }
         };
+        let refresh = RefreshStore::for_bus(nats_client, self.users.tokens.refresh_ttl);
+        let users = Arc::new(Users::new(self.users.clone(), refresh));
         let router = BusRouter::new(inner, bus);
         let shared = Arc::new(
             Shared::new(
@@ -155,7 +169,8 @@ impl Dataplane {
                 self.policy.clone(),
                 metrics.clone(),
             )
-            .with_retained(retained),
+            .with_retained(retained)
+            .with_users(users),
         );
         let mut tasks = Vec::new();
         let listener = mqtt::bind(self.mqtt_listen, "MQTT").await?;

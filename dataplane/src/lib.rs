@@ -11,6 +11,7 @@ pub mod mqtt;
 pub mod router;
 mod run;
 pub mod sync;
+pub mod users;
 pub mod ws;
 
 pub use args::DataplaneArgs;

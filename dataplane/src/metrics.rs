@@ -23,6 +23,8 @@ pub struct Metrics {
     refusals: Mutex<BTreeMap<(&'static str, &'static str), u64>>,
     snapshot_version: AtomicU64,
     bus: BusCounters,
+    /// Sign-ins and refreshes by (operation, outcome).
+    users: Mutex<BTreeMap<(&'static str, &'static str), u64>>,
 }
 
 /// The NATS bus's counters (absent from `/metrics` on a single pod).
@@ -76,6 +78,26 @@ impl Metrics {
     /// Counts a refusal: `what` is connect/publish/subscribe/limit, `reason` a stable label.
     pub(crate) fn refused(&self, what: &'static str, reason: &'static str) {
         *self.refusals.lock().entry((what, reason)).or_default() += 1;
+    }
+
+    /// Counts a sign-in by outcome (`ok`, `refused`, `rate_limited`, `unavailable`).
+    pub(crate) fn user_login(&self, outcome: &'static str) {
+        *self.users.lock().entry(("login", outcome)).or_default() += 1;
+    }
+
+    /// Counts a refresh by outcome (`ok`, `refused`, `replayed`, `unavailable`).
+    pub(crate) fn user_refresh(&self, outcome: &'static str) {
+        *self.users.lock().entry(("refresh", outcome)).or_default() += 1;
+    }
+
+    /// How many sign-ins (`login`) or refreshes (`refresh`) ended with `outcome`.
+    pub fn user_tokens(&self, operation: &str, outcome: &str) -> u64 {
+        self.users
+            .lock()
+            .iter()
+            .filter(|((o, r), _)| *o == operation && *r == outcome)
+            .map(|(_, n)| *n)
+            .sum()
     }
 
     /// How often `what` was refused for `reason`.
@@ -254,6 +276,16 @@ impl Metrics {
             "# HELP fleetward_policy_snapshot_version The policy version being enforced.\n# TYPE fleetward_policy_snapshot_version gauge\nfleetward_policy_snapshot_version {}",
             self.snapshot_version.load(Ordering::Relaxed)
         );
+        let _ = writeln!(
+            out,
+            "# HELP fleetward_user_tokens_total Sign-ins and refreshes by operation and outcome.\n# TYPE fleetward_user_tokens_total counter"
+        );
+        for ((op, outcome), n) in self.users.lock().iter() {
+            let _ = writeln!(
+                out,
+                "fleetward_user_tokens_total{{operation=\"{op}\",outcome=\"{outcome}\"}} {n}"
+            );
+        }
         self.render_bus(&mut out);
         out
     }

@@ -78,6 +78,10 @@ pub struct OperatorArgs {
     /// This replica's identity in the Lease (default: the host name).
     #[arg(long, value_name = "ID", env = "POD_NAME")]
     pub identity: Option<String>,
+    /// The Secret (in the Lease's namespace) holding the keys user tokens are signed with;
+    /// created with a fresh Ed25519 key when missing.
+    #[arg(long, value_name = "NAME", default_value = "fleetward-signing-keys")]
+    pub signing_secret: String,
     /// Milliseconds changes are gathered before they become one snapshot version.
     #[arg(long, value_name = "MS", default_value_t = 20)]
     pub batch_window_ms: u64,
@@ -241,6 +245,14 @@ pub async fn run(args: OperatorArgs) -> anyhow::Result<()> {
         }
         .run(),
     );
+
+    tasks.spawn(k8s::signing::run(
+        client.clone(),
+        reports.namespace.clone(),
+        args.signing_secret.clone(),
+        index.clone(),
+        leadership.subscribe(),
+    ));
 
     let admin = tokio::net::TcpListener::bind(args.admin_listen)
         .await

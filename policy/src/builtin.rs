@@ -186,6 +186,9 @@ impl PolicyEvaluator for Snapshot {
         if action == Action::Publish && topic.has_wildcards() {
             return Decision::Deny(DenyReason::WildcardPublish);
         }
+        if role == Some(Role::Viewer) && action == Action::Publish {
+            return Decision::Deny(DenyReason::ReadOnlyRole);
+        }
         let by_role = role_allows(role, action);
         let applicable = self
             .applicable_grants(subject, action, channel)

@@ -395,7 +395,7 @@ fn allow_patterns_must_cover_the_whole_filter() {
 
 #[test]
 fn roles_give_channels_of_their_tenant() {
-    let s = fixture();
+    let mut s = fixture();
     let root = Subject::user("acme", "root");
     let watcher = Subject::user("acme", "watcher");
     let member = Subject::user("globex", "alice");
@@ -404,7 +404,21 @@ fn roles_give_channels_of_their_tenant() {
     assert_eq!(subscribe(&s, &watcher, "m/acme/c/telemetry/#"), ROLE);
     assert_eq!(
         publish(&s, &watcher, "m/acme/c/telemetry/x"),
-        deny(DenyReason::NoGrant)
+        deny(DenyReason::ReadOnlyRole)
+    );
+    // A viewer never publishes, even where a Connection grants it.
+    s.upsert_grant(mk_grant(
+        "acme",
+        "watcher-pub",
+        GrantSubject::User("watcher".into()),
+        "telemetry",
+        Actions::PUBLISH,
+        &[],
+        &[],
+    ));
+    assert_eq!(
+        publish(&s, &watcher, "m/acme/c/telemetry/x"),
+        deny(DenyReason::ReadOnlyRole)
     );
     assert_eq!(
         subscribe(&s, &member, "m/globex/c/telemetry/#"),

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use hashbrown::HashMap;
 use serde::{Deserialize, Serialize};
 
-use crate::model::{Channel, Grant, Group, ResourceName, Tenant, Thing, User};
+use crate::model::{Channel, Grant, Group, ResourceName, SigningKey, Tenant, Thing, User};
 use crate::snapshot::Snapshot;
 
 /// The changes to one kind of resource.
@@ -71,6 +71,9 @@ pub struct Delta {
     /// Grant changes.
     #[serde(default)]
     pub grants: Changes<Grant, ResourceName>,
+    /// The whole new set of token signing keys, when it changed.
+    #[serde(default)]
+    pub signing_keys: Option<Vec<SigningKey>>,
 }
 
 impl Delta {
@@ -82,11 +85,12 @@ impl Delta {
             + self.groups.len()
             + self.channels.len()
             + self.grants.len()
+            + self.signing_keys.as_ref().map_or(0, Vec::len)
     }
 
     /// Whether no resource changed (the version may still move).
     pub fn is_empty(&self) -> bool {
-        self.len() == 0
+        self.len() == 0 && self.signing_keys.is_none()
     }
 }
 
@@ -141,6 +145,9 @@ pub fn diff(a: &Snapshot, b: &Snapshot) -> Delta {
         groups: diff_table(&a.groups, &b.groups),
         channels: diff_table(&a.channels, &b.channels),
         grants: diff_table(&a.grants, &b.grants),
+        signing_keys: (!Arc::ptr_eq(&a.signing_keys, &b.signing_keys)
+            && a.signing_keys != b.signing_keys)
+            .then(|| b.signing_keys.to_vec()),
     }
 }
 
@@ -188,6 +195,9 @@ impl Snapshot {
         }
         for g in &delta.grants.upserts {
             self.upsert_grant(g.clone());
+        }
+        if let Some(keys) = &delta.signing_keys {
+            self.set_signing_keys(keys.clone());
         }
         self.version = delta.to_version;
         Ok(())

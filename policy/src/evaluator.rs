@@ -163,6 +163,8 @@ pub enum DenyReason {
     SubtopicNotAllowed,
     /// A deny pattern of an applicable grant hits the subtopic or filter.
     SubtopicDenied,
+    /// A `viewer` user publishes: the role only reads, whatever a grant says.
+    ReadOnlyRole,
     /// The evaluator has no policy to answer from (never loaded, or the engine failed).
     PolicyUnavailable,
 }
@@ -183,12 +185,13 @@ impl DenyReason {
             DenyReason::NoGrant => "no_grant",
             DenyReason::SubtopicNotAllowed => "subtopic_not_allowed",
             DenyReason::SubtopicDenied => "subtopic_denied",
+            DenyReason::ReadOnlyRole => "read_only_role",
             DenyReason::PolicyUnavailable => "policy_unavailable",
         }
     }
 
     /// Every reason, for exhaustive maps and tests.
-    pub const ALL: [DenyReason; 13] = [
+    pub const ALL: [DenyReason; 14] = [
         DenyReason::UnknownTenant,
         DenyReason::TenantSuspended,
         DenyReason::UnknownSubject,
@@ -201,6 +204,7 @@ impl DenyReason {
         DenyReason::NoGrant,
         DenyReason::SubtopicNotAllowed,
         DenyReason::SubtopicDenied,
+        DenyReason::ReadOnlyRole,
         DenyReason::PolicyUnavailable,
     ];
 }

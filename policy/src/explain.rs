@@ -126,6 +126,7 @@ pub fn deny_text(reason: DenyReason) -> &'static str {
             "the Connections that give this action do not allow this subtopic"
         }
         DenyReason::SubtopicDenied => "a deny pattern of a Connection refuses this subtopic",
+        DenyReason::ReadOnlyRole => "the user's role is viewer, which only subscribes",
         DenyReason::PolicyUnavailable => "no policy is loaded",
     }
 }

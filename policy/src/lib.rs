@@ -61,6 +61,7 @@ pub mod explain;
 pub mod model;
 pub mod pattern;
 pub mod snapshot;
+pub mod tokens;
 pub mod topic;
 
 pub use cache::{CacheStats, CachedEvaluator, DecisionCache};
@@ -75,10 +76,14 @@ pub use evaluator::{
 pub use explain::{Explanation, GrantUse, deny_text};
 pub use model::{
     Actions, Channel, Grant, GrantSubject, Group, Member, Qos, ResourceName, Resources, Role,
-    SubjectKind, Tenant, TenantLimits, Thing, User,
+    SigningAlgorithm, SigningKey, SubjectKind, Tenant, TenantLimits, Thing, User,
 };
 pub use pattern::{PatternError, SubtopicPattern};
 pub use snapshot::{BuildError, Snapshot};
+pub use tokens::{
+    AccessClaims, KeyError, Keyring, TokenError, TokenSettings, generate_signing_key, new_kid,
+    signing_key_from_pkcs8,
+};
 pub use topic::{
     Mountpoint, Topic, TopicError, TopicKind, TopicLimits, filter_matches, parse_filter,
     parse_topic_name,

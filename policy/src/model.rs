@@ -129,6 +129,56 @@ pub struct User {
     pub disabled: bool,
 }
 
+/// The algorithm of a token signing key.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum SigningAlgorithm {
+    /// Ed25519 (JWS `EdDSA`); the default.
+    #[default]
+    EdDSA,
+    /// ECDSA on P-256 with SHA-256 (JWS `ES256`).
+    ES256,
+}
+
+impl SigningAlgorithm {
+    /// The JWS `alg` name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SigningAlgorithm::EdDSA => "EdDSA",
+            SigningAlgorithm::ES256 => "ES256",
+        }
+    }
+}
+
+/// A platform key user tokens are signed with. Several may be present during a rotation:
+/// every one verifies, and the active one signs.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SigningKey {
+    /// The key id, the `kid` of the tokens it signs and of its JWK.
+    pub kid: String,
+    /// The algorithm.
+    #[serde(default)]
+    pub algorithm: SigningAlgorithm,
+    /// The private key, PKCS#8 DER.
+    pub private_key: Vec<u8>,
+    /// Whether new tokens are signed with it. With none or several marked, the greatest `kid`
+    /// among them (or among all) signs.
+    #[serde(default)]
+    pub active: bool,
+}
+
+impl std::fmt::Debug for SigningKey {
+    /// Never prints the private key.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SigningKey")
+            .field("kid", &self.kid)
+            .field("algorithm", &self.algorithm)
+            .field("private_key", &"<redacted>")
+            .field("active", &self.active)
+            .finish()
+    }
+}
+
 /// The kind of a group member.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -333,4 +383,7 @@ pub struct Resources {
     /// Grants (Connections).
     #[serde(default)]
     pub grants: Vec<Grant>,
+    /// The keys user tokens are signed and verified with, sorted by `kid`.
+    #[serde(default)]
+    pub signing_keys: Vec<SigningKey>,
 }

@@ -8,8 +8,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::credentials::KeyDigest;
 use crate::model::{
-    Channel, Grant, GrantSubject, GrantSubjectKind, Group, ResourceName, Resources, SubjectKind,
-    Tenant, Thing, User,
+    Channel, Grant, GrantSubject, GrantSubjectKind, Group, ResourceName, Resources, SigningKey,
+    SubjectKind, Tenant, Thing, User,
 };
 
 /// Where grants are indexed: a subject (by kind and name) and a channel, in one tenant.
@@ -105,6 +105,9 @@ pub struct Snapshot {
     groups_by_member: HashMap<MemberKey, Vec<String>>,
     /// Things by key digest; normally one, sorted.
     things_by_key: HashMap<KeyDigest, Vec<ResourceName>>,
+    /// The token signing keys, sorted by `kid`; shared, so a dataplane rebuilds its keyring
+    /// only when they change.
+    pub(crate) signing_keys: Arc<Vec<SigningKey>>,
 }
 
 impl fmt::Debug for Snapshot {
@@ -117,6 +120,7 @@ impl fmt::Debug for Snapshot {
             .field("groups", &self.groups.len())
             .field("channels", &self.channels.len())
             .field("grants", &self.grants.len())
+            .field("signing_keys", &self.signing_keys.len())
             .finish()
     }
 }
@@ -191,6 +195,7 @@ impl Snapshot {
             }
             s.upsert_grant(g);
         }
+        s.set_signing_keys(resources.signing_keys);
         Ok(s)
     }
 
@@ -208,6 +213,21 @@ impl Snapshot {
             groups: sorted(&self.groups),
             channels: sorted(&self.channels),
             grants: sorted(&self.grants),
+            signing_keys: self.signing_keys.to_vec(),
+        }
+    }
+
+    /// The token signing keys, sorted by `kid`.
+    pub fn signing_keys(&self) -> &Arc<Vec<SigningKey>> {
+        &self.signing_keys
+    }
+
+    /// Replaces the token signing keys (sorted here by `kid`); unchanged keys keep their
+    /// allocation, so readers can tell by pointer that nothing changed.
+    pub fn set_signing_keys(&mut self, mut keys: Vec<SigningKey>) {
+        keys.sort_by(|a, b| a.kid.cmp(&b.kid));
+        if *self.signing_keys != keys {
+            self.signing_keys = Arc::new(keys);
         }
     }
 
@@ -495,6 +515,8 @@ struct SnapshotView<'a> {
     groups: Vec<&'a Group>,
     channels: Vec<&'a Channel>,
     grants: Vec<&'a Grant>,
+    #[serde(skip_serializing_if = "<[SigningKey]>::is_empty")]
+    signing_keys: &'a [SigningKey],
 }
 
 #[derive(Deserialize)]
@@ -512,6 +534,8 @@ struct SnapshotOwned {
     channels: Vec<Channel>,
     #[serde(default)]
     grants: Vec<Grant>,
+    #[serde(default)]
+    signing_keys: Vec<SigningKey>,
 }
 
 fn sorted_refs<K: Ord, T>(m: &HashMap<K, Arc<T>>) -> Vec<&T> {
@@ -530,6 +554,7 @@ impl Serialize for Snapshot {
             groups: sorted_refs(&self.groups),
             channels: sorted_refs(&self.channels),
             grants: sorted_refs(&self.grants),
+            signing_keys: &self.signing_keys,
         }
         .serialize(serializer)
     }
@@ -545,6 +570,7 @@ impl<'de> Deserialize<'de> for Snapshot {
             groups: o.groups,
             channels: o.channels,
             grants: o.grants,
+            signing_keys: o.signing_keys,
         };
         Snapshot::from_resources(o.version, resources).map_err(serde::de::Error::custom)
     }

@@ -451,6 +451,36 @@ proptest! {
     }
 
     #[test]
+    fn viewers_never_publish_and_stale_tokens_never_act(
+        s in arb_snapshot(1),
+        requests in prop::collection::vec(arb_request(), 1..40),
+    ) {
+        for r in &requests {
+            let sub = &r.subject;
+            if sub.kind != SubjectKind::User {
+                continue;
+            }
+            let Some(user) = s.user(&sub.tenant, &sub.name) else {
+                continue;
+            };
+            let d = ask(&s, r);
+            if user.role == Role::Viewer && r.action == Action::Publish {
+                prop_assert!(!d.is_allowed(), "viewer published: {:?} {:?}", r, d);
+            }
+            if sub.token_epoch.is_some_and(|e| e != user.token_epoch) {
+                prop_assert!(!d.is_allowed(), "stale token allowed: {:?} {:?}", r, d);
+                prop_assert!(s.check_subject(sub).is_err());
+            }
+            // A group's grants reach its members: a member user with a grant through a group
+            // is treated as the grant's subject.
+            if d.is_allowed() && user.role == Role::Member {
+                let topic = parse(&r.filter);
+                prop_assert!(some_grant_gives(&s, sub, r.action, topic.channel()));
+            }
+        }
+    }
+
+    #[test]
     fn nothing_is_allowed_for_disabled_subjects_or_suspended_tenants(
         s in arb_snapshot(1),
         requests in prop::collection::vec(arb_request(), 1..40),

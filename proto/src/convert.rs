@@ -2,7 +2,7 @@
 
 use fleetward_policy::{
     self as policy, Actions, BuildError, Changes, Delta, GrantSubject, KeyDigest, PatternError,
-    Qos, ResourceName, Resources, Role, Snapshot, SubjectKind, SubtopicPattern,
+    Qos, ResourceName, Resources, Role, SigningAlgorithm, Snapshot, SubjectKind, SubtopicPattern,
 };
 
 use crate::pb;
@@ -111,6 +111,19 @@ fn user_to(u: &policy::User) -> pb::User {
     }
 }
 
+fn signing_key_to(k: &policy::SigningKey) -> pb::SigningKey {
+    pb::SigningKey {
+        kid: k.kid.clone(),
+        algorithm: match k.algorithm {
+            SigningAlgorithm::EdDSA => pb::SigningAlgorithm::Eddsa,
+            SigningAlgorithm::ES256 => pb::SigningAlgorithm::Es256,
+        }
+        .into(),
+        private_key: k.private_key.clone(),
+        active: k.active,
+    }
+}
+
 fn kind_to(k: SubjectKind) -> pb::SubjectKind {
     match k {
         SubjectKind::Thing => pb::SubjectKind::Thing,
@@ -189,6 +202,7 @@ pub fn snapshot_to_proto(snapshot: &Snapshot) -> pb::FullSnapshot {
         groups: sorted(snapshot.groups(), |g| (&g.tenant, &g.name), group_to),
         channels: sorted(snapshot.channels(), |c| (&c.tenant, &c.name), channel_to),
         grants: sorted(snapshot.grants(), |g| (&g.tenant, &g.name), grant_to),
+        signing_keys: snapshot.signing_keys().iter().map(signing_key_to).collect(),
     }
 }
 
@@ -220,6 +234,9 @@ pub fn delta_to_proto(delta: &Delta) -> pb::Delta {
         channel_removals: delta.channels.removals.iter().map(name_to).collect(),
         grant_upserts: delta.grants.upserts.iter().map(grant_to).collect(),
         grant_removals: delta.grants.removals.iter().map(name_to).collect(),
+        signing_keys: delta.signing_keys.as_ref().map(|keys| pb::SigningKeys {
+            keys: keys.iter().map(signing_key_to).collect(),
+        }),
     }
 }
 
@@ -283,6 +300,26 @@ fn user_from(u: pb::User) -> Result<policy::User, ConvertError> {
         password_hash: u.password_hash,
         token_epoch: u.token_epoch,
         disabled: u.disabled,
+    })
+}
+
+fn signing_key_from(k: pb::SigningKey) -> Result<policy::SigningKey, ConvertError> {
+    let algorithm = match pb::SigningAlgorithm::try_from(k.algorithm) {
+        Ok(pb::SigningAlgorithm::Eddsa) => SigningAlgorithm::EdDSA,
+        Ok(pb::SigningAlgorithm::Es256) => SigningAlgorithm::ES256,
+        Ok(pb::SigningAlgorithm::Unspecified) | Err(_) => {
+            return Err(ConvertError::UnknownEnum {
+                resource: format!("signing key {}", k.kid),
+                field: "algorithm",
+                value: k.algorithm,
+            });
+        }
+    };
+    Ok(policy::SigningKey {
+        kid: k.kid,
+        algorithm,
+        private_key: k.private_key,
+        active: k.active,
     })
 }
 
@@ -391,6 +428,7 @@ pub fn resources_from_proto(s: pb::FullSnapshot) -> Result<Resources, ConvertErr
         groups: all(s.groups, group_from)?,
         channels: all(s.channels, channel_from)?,
         grants: all(s.grants, grant_from)?,
+        signing_keys: all(s.signing_keys, signing_key_from)?,
     })
 }
 
@@ -429,6 +467,10 @@ pub fn delta_from_proto(d: pb::Delta) -> Result<Delta, ConvertError> {
             upserts: all(d.grant_upserts, grant_from)?,
             removals: d.grant_removals.into_iter().map(name_from).collect(),
         },
+        signing_keys: d
+            .signing_keys
+            .map(|s| all(s.keys, signing_key_from))
+            .transpose()?,
     })
 }
 

@@ -111,3 +111,8 @@ readinessProbe:
     port: admin
   {{- toYaml .Values.probes.readiness | nindent 2 }}
 {{- end }}
+
+{{/* The Secret holding the keys user tokens are signed with (the operator creates it). */}}
+{{- define "fleetward.signingSecretName" -}}
+{{- printf "%s-signing-keys" (include "fleetward.fullname" .) | trunc 63 | trimSuffix "-" -}}
+{{- end }}

@@ -47,6 +47,7 @@ impl NatsConfig {
 
 /// The bus over NATS.
 pub struct NatsBus {
+    client: async_nats::Client,
     out: mpsc::Sender<Message>,
     interest: mpsc::UnboundedSender<(ChannelKey, BTreeSet<String>)>,
     connected: Arc<AtomicBool>,
@@ -143,12 +144,18 @@ impl NatsBus {
             .abort_handle(),
         ];
         Ok(Self {
+            client: ctx.client.clone(),
             out,
             interest,
             connected,
             metrics,
             tasks,
         })
+    }
+
+    /// The NATS client, for other state pods share (refresh-token families).
+    pub fn client(&self) -> async_nats::Client {
+        self.client.clone()
     }
 
     /// Whether the bus is connected to NATS now.

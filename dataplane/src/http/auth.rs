@@ -1,10 +1,13 @@
 //! Credentials of HTTP and WebSocket clients: `Authorization: Thing <key>`, HTTP Basic
-//! `<tenant>/<thing>:<key>`, or (browsers) a `fleetward.auth.<base64url>` WebSocket subprotocol.
+//! `<tenant>/<thing>:<key>`, `Authorization: Bearer <user access token>`, or (browsers) a
+//! `fleetward.auth.<base64url>` or `fleetward.bearer.<token>` WebSocket subprotocol.
 
 use axum::http::{HeaderMap, StatusCode, header};
 use base64::Engine as _;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use fleetward_policy::{Credential, DenyReason, KeyDigest, PolicyEvaluator, Snapshot, Subject};
+
+use crate::users::Users;
 
 use super::error::ApiError;
 
@@ -13,6 +16,9 @@ pub const WS_PROTOCOL: &str = "fleetward.v1";
 /// The prefix of the subprotocol carrying credentials: `fleetward.auth.` then
 /// base64url (no padding) of `<tenant>/<thing>:<key>`.
 pub const WS_AUTH_PREFIX: &str = "fleetward.auth.";
+/// The prefix of the subprotocol carrying a user's access token: `fleetward.bearer.` then the
+/// token as is (a JWT is made of characters a subprotocol may hold).
+pub const WS_BEARER_PREFIX: &str = "fleetward.bearer.";
 
 /// Credentials as a client presented them.
 #[derive(PartialEq, Eq)]
@@ -25,14 +31,16 @@ pub(crate) enum Presented {
     },
     /// A key alone; it names its thing.
     Key(Vec<u8>),
+    /// A user's access token.
+    Bearer(String),
 }
 
 /// Reads the `Authorization` header.
 pub(crate) fn from_authorization(headers: &HeaderMap) -> Result<Presented, ApiError> {
     let Some(value) = headers.get(header::AUTHORIZATION) else {
         return Err(ApiError::unauthorized(
-            "no credentials: send `Authorization: Thing <key>` or HTTP Basic \
-             `<tenant>/<thing>:<key>`",
+            "no credentials: send `Authorization: Thing <key>`, HTTP Basic \
+             `<tenant>/<thing>:<key>` or `Authorization: Bearer <access token>`",
         ));
     };
     let value = value.to_str().map_err(|_| malformed())?;
@@ -44,10 +52,7 @@ pub(crate) fn from_authorization(headers: &HeaderMap) -> Result<Presented, ApiEr
             let decoded = STANDARD.decode(rest).map_err(|_| malformed())?;
             basic_pair(&decoded).ok_or_else(malformed)
         }
-        "bearer" => Err(ApiError::unauthorized(
-            "user tokens are not accepted here yet; use `Authorization: Thing <key>` or HTTP \
-             Basic `<tenant>/<thing>:<key>`",
-        )),
+        "bearer" if !rest.is_empty() => Ok(Presented::Bearer(rest.to_owned())),
         _ => Err(malformed()),
     }
 }
@@ -55,11 +60,20 @@ pub(crate) fn from_authorization(headers: &HeaderMap) -> Result<Presented, ApiEr
 /// Reads credentials from the offered WebSocket subprotocols, if one carries them.
 pub(crate) fn from_ws_protocols(headers: &HeaderMap) -> Option<Result<Presented, ApiError>> {
     let offered = headers.get_all(header::SEC_WEBSOCKET_PROTOCOL);
-    let token = offered
+    let protocols: Vec<&str> = offered
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .map(str::trim)
+        .collect();
+    if let Some(jwt) = protocols
+        .iter()
+        .find_map(|p| p.strip_prefix(WS_BEARER_PREFIX))
+    {
+        return Some(Ok(Presented::Bearer(jwt.to_owned())));
+    }
+    let token = protocols
+        .iter()
         .find_map(|p| p.strip_prefix(WS_AUTH_PREFIX))?;
     Some(
         URL_SAFE_NO_PAD
@@ -92,37 +106,76 @@ fn basic_pair(decoded: &[u8]) -> Option<Presented> {
 
 fn malformed() -> ApiError {
     ApiError::unauthorized(
-        "the Authorization header is not `Thing <key>` or HTTP Basic with \
-         `<tenant>/<thing>:<key>`",
+        "the Authorization header is not `Thing <key>`, HTTP Basic with \
+         `<tenant>/<thing>:<key>`, or `Bearer <access token>`",
     )
 }
 
-/// Authenticates against the snapshot; the key's digest is kept so removing the key later
-/// ends the WebSocket streams that used it.
+/// Who a request is from.
+pub(crate) struct Authenticated {
+    pub subject: Subject,
+    /// A thing's key digest, so removing the key later ends the streams that used it.
+    pub key_digest: Option<KeyDigest>,
+    /// When a user's access token expires: a stream ends then.
+    pub token_ends: Option<tokio::time::Instant>,
+}
+
+/// Authenticates against the snapshot (and, for a token, the user's signing keys).
 pub(crate) fn authenticate(
     snapshot: &Snapshot,
+    users: &Users,
     presented: &Presented,
-) -> Result<(Subject, KeyDigest), ApiError> {
+) -> Result<Authenticated, ApiError> {
     if snapshot.version() == 0 {
         return Err(ApiError::policy_unavailable());
     }
     let (credential, key) = match presented {
         Presented::Thing { tenant, thing, key } => (Credential::Thing { tenant, thing, key }, key),
         Presented::Key(key) => (Credential::ThingKey { key }, key),
+        Presented::Bearer(token) => {
+            return match users.check(snapshot, token, None) {
+                Ok((subject, claims)) => Ok(Authenticated {
+                    subject,
+                    key_digest: None,
+                    token_ends: Some(
+                        tokio::time::Instant::now() + crate::users::remaining(&claims),
+                    ),
+                }),
+                Err(refusal) => Err(match refusal.reason {
+                    DenyReason::SubjectDisabled | DenyReason::TenantSuspended => forbidden("user"),
+                    DenyReason::PolicyUnavailable => ApiError::policy_unavailable(),
+                    _ => ApiError::unauthorized(format!(
+                        "the access token was refused ({}); sign in again at POST \
+                         /users/tokens or refresh it",
+                        refusal.label
+                    )),
+                }),
+            };
+        }
     };
     match snapshot.authenticate(&credential) {
-        Ok(subject) => Ok((subject, KeyDigest::of(key))),
+        Ok(subject) => Ok(Authenticated {
+            subject,
+            key_digest: Some(KeyDigest::of(key)),
+            token_ends: None,
+        }),
         Err(refusal) => Err(match refusal.reason {
-            DenyReason::SubjectDisabled | DenyReason::TenantSuspended => ApiError::new(
-                StatusCode::FORBIDDEN,
-                "forbidden",
-                "the credentials are right but the thing is disabled or its tenant suspended; \
-                 ask the tenant's admin",
-            ),
+            DenyReason::SubjectDisabled | DenyReason::TenantSuspended => forbidden("thing"),
             DenyReason::PolicyUnavailable => ApiError::policy_unavailable(),
             _ => ApiError::unauthorized("unknown thing or wrong key"),
         }),
     }
+}
+
+fn forbidden(who: &str) -> ApiError {
+    ApiError::new(
+        StatusCode::FORBIDDEN,
+        "forbidden",
+        format!(
+            "the credentials are right but the {who} is disabled or its tenant suspended; ask \
+             the tenant's admin"
+        ),
+    )
 }
 
 #[cfg(test)]
@@ -151,7 +204,9 @@ mod tests {
             }
             _ => panic!("basic credentials"),
         }
-        for bad in ["Basic !!", "Thing", "Digest x", "Bearer abc"] {
+        let h = headers(header::AUTHORIZATION, "Bearer eyJ.a.b");
+        assert!(matches!(from_authorization(&h), Ok(Presented::Bearer(t)) if t == "eyJ.a.b"));
+        for bad in ["Basic !!", "Thing", "Digest x", "Bearer"] {
             let h = headers(header::AUTHORIZATION, bad);
             let e = from_authorization(&h).err().expect("refused");
             assert_eq!(e.status, StatusCode::UNAUTHORIZED, "{bad}");
@@ -177,5 +232,14 @@ mod tests {
             &format!("{WS_AUTH_PREFIX}notbase64!"),
         );
         assert!(matches!(from_ws_protocols(&h), Some(Err(_))));
+        // A user's token rides in its own subprotocol, as is.
+        let h = headers(
+            header::SEC_WEBSOCKET_PROTOCOL,
+            &format!("{WS_PROTOCOL}, {WS_BEARER_PREFIX}eyJ.x.y"),
+        );
+        assert!(matches!(
+            from_ws_protocols(&h),
+            Some(Ok(Presented::Bearer(t))) if t == "eyJ.x.y"
+        ));
     }
 }

@@ -7,8 +7,7 @@ use fleetward_policy::DenyReason;
 use crate::mqtt::PublishRefusal;
 
 /// What the `WWW-Authenticate` header of a 401 offers.
-pub(crate) const CHALLENGE: &str =
-    "Thing realm=\"fleetward\", Basic realm=\"fleetward\", charset=\"UTF-8\"";
+pub(crate) const CHALLENGE: &str = "Thing realm=\"fleetward\", Basic realm=\"fleetward\", charset=\"UTF-8\", Bearer realm=\"fleetward\"";
 
 /// A refusal: answered as a JSON body `{"error": <label>, "message": <sentence>}` over HTTP,
 /// and as an `error` frame on a WebSocket.

@@ -9,14 +9,15 @@ use std::sync::Arc;
 use axum::routing::{get, post};
 use tokio::net::TcpListener;
 
-pub use auth::{WS_AUTH_PREFIX, WS_PROTOCOL};
-pub(crate) use auth::{authenticate, from_authorization, from_ws_protocols};
+pub(crate) use auth::{Authenticated, authenticate, from_authorization, from_ws_protocols};
+pub use auth::{WS_AUTH_PREFIX, WS_BEARER_PREFIX, WS_PROTOCOL};
 pub(crate) use error::ApiError;
 pub use publish::CONTENT_TYPES;
 pub(crate) use publish::topic_of;
 
 use crate::mqtt::Shared;
 use crate::router::Router;
+use crate::users::http as users;
 use crate::ws;
 
 /// A channel: `POST` publishes on the channel's own topic, `GET` upgrades to a stream of it.
@@ -28,12 +29,15 @@ pub const MQTT_PATH: &str = "/mqtt";
 
 /// Every route of the listener as (method, path); `dataplane/openapi.yaml` documents exactly
 /// these (a test compares them).
-pub const ROUTES: [(&str, &str); 5] = [
+pub const ROUTES: [(&str, &str); 8] = [
     ("POST", CHANNEL_PATH),
     ("GET", CHANNEL_PATH),
     ("POST", SUBTOPIC_PATH),
     ("GET", SUBTOPIC_PATH),
     ("GET", MQTT_PATH),
+    ("POST", users::TOKENS_PATH),
+    ("POST", users::REFRESH_PATH),
+    ("GET", users::JWKS_PATH),
 ];
 
 /// The routes of [`ROUTES`] on one axum router.
@@ -48,13 +52,16 @@ pub(crate) fn app<R: Router>(shared: Arc<Shared<R>>) -> axum::Router {
             post(publish::publish::<R>).get(ws::stream::<R>),
         )
         .route(MQTT_PATH, get(ws::mqtt::<R>))
+        .route(users::TOKENS_PATH, post(users::login::<R>))
+        .route(users::REFRESH_PATH, post(users::refresh::<R>))
+        .route(users::JWKS_PATH, get(users::jwks::<R>))
         .fallback(|| async {
             ApiError::new(
                 axum::http::StatusCode::NOT_FOUND,
                 "not_found",
                 "no such route: publish with POST /m/{tenant}/c/{channel}[/{subtopic}], stream \
                  with GET /m/{tenant}/c/{channel}[/{filter}] (WebSocket), MQTT over WebSocket at \
-                 /mqtt",
+                 /mqtt, sign in with POST /users/tokens",
             )
         })
         .with_state(shared)
@@ -62,7 +69,8 @@ pub(crate) fn app<R: Router>(shared: Arc<Shared<R>>) -> axum::Router {
 
 /// Serves the HTTP listener until the task is dropped.
 pub(crate) async fn serve<R: Router>(listener: TcpListener, shared: Arc<Shared<R>>) {
-    let app = app(shared);
+    // With each peer's address: sign-in attempts are limited per address.
+    let app = app(shared).into_make_service_with_connect_info::<std::net::SocketAddr>();
     if let Err(e) = axum::serve(listener, app).await {
         tracing::error!(error = %e, "the HTTP listener stopped");
     }

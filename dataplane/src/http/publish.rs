@@ -131,7 +131,7 @@ async fn handle<R: Router>(
 ) -> Result<Response, ApiError> {
     let presented = auth::from_authorization(headers)?;
     let snapshot = shared.snapshot();
-    let (subject, _) = auth::authenticate(&snapshot, &presented)?;
+    let subject = auth::authenticate(&snapshot, &shared.users, &presented)?.subject;
     let topic = topic_of(params)?;
     let content_type = content_type(headers)?;
     let qos = qos(query.qos.as_deref())?;

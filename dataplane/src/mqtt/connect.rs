@@ -116,6 +116,8 @@ pub(crate) struct Accepted<L> {
     pub saved: Option<SavedSession>,
     /// How long the session is kept after the connection ends; zero for a clean session.
     pub expiry: Duration,
+    /// When the access token the user connected with expires: the connection ends then.
+    pub token_ends: Option<tokio::time::Instant>,
 }
 
 struct Handshake<'a, R: Router, S> {
@@ -186,20 +188,41 @@ impl<R: Router, S: AsyncWrite + Unpin> Handshake<'_, R, S> {
                 )
                 .await;
         }
-        let credential = Credential::Thing {
-            tenant,
-            thing,
-            key: login.password.as_bytes(),
-        };
-        let subject = match snapshot.authenticate(&credential) {
-            Ok(s) => s,
-            Err(refusal) => {
-                return self
-                    .refuse(
-                        reason::connack_for(version, refusal.reason),
-                        refusal.reason.as_str(),
-                    )
-                    .await;
+        // A user sends an access token as the password; a thing its key.
+        let password = login.password.as_bytes();
+        let by_token =
+            crate::users::looks_like_jwt(password) && snapshot.user(tenant, thing).is_some();
+        let (subject, token_ends) = if by_token {
+            match shared
+                .users
+                .check(&snapshot, &login.password, Some((tenant, thing)))
+            {
+                Ok((s, claims)) => (
+                    s,
+                    Some(tokio::time::Instant::now() + crate::users::remaining(&claims)),
+                ),
+                Err(refusal) => {
+                    return self
+                        .refuse(reason::connack_for(version, refusal.reason), refusal.label)
+                        .await;
+                }
+            }
+        } else {
+            let credential = Credential::Thing {
+                tenant,
+                thing,
+                key: password,
+            };
+            match snapshot.authenticate(&credential) {
+                Ok(s) => (s, None),
+                Err(refusal) => {
+                    return self
+                        .refuse(
+                            reason::connack_for(version, refusal.reason),
+                            refusal.reason.as_str(),
+                        )
+                        .await;
+                }
             }
         };
         let max_per_tenant = snapshot
@@ -215,7 +238,7 @@ impl<R: Router, S: AsyncWrite + Unpin> Handshake<'_, R, S> {
             };
             return self.refuse(code, "tenant_max_connections").await;
         };
-        let key_digest = Some(KeyDigest::of(login.password.as_bytes()));
+        let key_digest = (!by_token).then(|| KeyDigest::of(password));
         let mount = snapshot
             .mountpoint_of(&subject.tenant, &subject.name)
             .map(|ch| Mountpoint::new(&subject.tenant, ch));
@@ -400,6 +423,7 @@ impl<R: Router, S: AsyncWrite + Unpin> Handshake<'_, R, S> {
             persistent_link,
             saved,
             expiry,
+            token_ends,
         })
     }
 }

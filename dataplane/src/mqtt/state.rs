@@ -270,6 +270,8 @@ pub(crate) struct Shared<R: Router> {
     pub(crate) no_local_seen: std::sync::atomic::AtomicBool,
     /// Wills waiting out their v5 delay, by router-side id; a reconnect cancels them.
     pub(crate) pending_wills: Mutex<HashMap<String, tokio::task::AbortHandle>>,
+    /// Sign-in and user tokens.
+    pub(crate) users: Arc<crate::users::Users>,
 }
 
 impl<R: Router> Shared<R> {
@@ -293,12 +295,22 @@ impl<R: Router> Shared<R> {
             tenant_connections: TenantConnections::default(),
             no_local_seen: std::sync::atomic::AtomicBool::new(false),
             pending_wills: Mutex::default(),
+            users: Arc::new(crate::users::Users::new(
+                crate::users::UsersConfig::default(),
+                crate::users::refresh::RefreshStore::Memory(Default::default()),
+            )),
         }
     }
 
     /// Uses `store` for retained messages (the bus writes other pods' into it).
     pub(crate) fn with_retained(mut self, store: Arc<RetainedStore>) -> Self {
         self.retained = store;
+        self
+    }
+
+    /// Uses `users` for sign-in and tokens.
+    pub(crate) fn with_users(mut self, users: Arc<crate::users::Users>) -> Self {
+        self.users = users;
         self
     }
 

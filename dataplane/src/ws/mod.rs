@@ -102,7 +102,11 @@ fn accept<R: Router>(
         None => http::from_authorization(headers)?,
     };
     let snapshot = shared.snapshot();
-    let (subject, key_digest) = http::authenticate(&snapshot, &presented)?;
+    let http::Authenticated {
+        subject,
+        key_digest,
+        token_ends,
+    } = http::authenticate(&snapshot, &shared.users, &presented)?;
     let filter = http::topic_of(params)?;
     let limits = TopicLimits::default();
     let topic = parse_filter(&filter, &limits).map_err(|e| {
@@ -133,6 +137,7 @@ fn accept<R: Router>(
         who,
         subject,
         key_digest,
+        token_ends,
         publish_topic: (!wildcard).then(|| filter.clone()),
         filter,
         tenant,

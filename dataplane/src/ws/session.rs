@@ -26,7 +26,10 @@ pub(crate) struct Stream {
     pub publisher: Publisher,
     /// `<tenant>/<name>`, for messages.
     pub who: String,
-    pub key_digest: KeyDigest,
+    /// A thing's key digest (`None` for a user's token).
+    pub key_digest: Option<KeyDigest>,
+    /// When a user's access token expires: the stream ends then.
+    pub token_ends: Option<tokio::time::Instant>,
     /// The full filter streamed.
     pub filter: String,
     /// Where client frames publish by default: the path's topic, when it has no wildcard.
@@ -137,8 +140,15 @@ impl<R: Router> Conn<R> {
             }
         }
         let mut policy_open = true;
+        let token_ends = self.stream.token_ends;
         loop {
             tokio::select! {
+                _ = tokio::time::sleep_until(token_ends.unwrap_or_else(tokio::time::Instant::now)), if token_ends.is_some() => {
+                    return Some(Close(
+                        close::CREDENTIALS_REVOKED,
+                        "token expired: reconnect with a fresh access token".to_owned(),
+                    ));
+                },
                 frame = self.socket.recv() => match frame {
                     None | Some(Err(_)) | Some(Ok(WsMessage::Close(_))) => return None,
                     Some(Ok(WsMessage::Text(text))) => {
@@ -196,10 +206,12 @@ impl<R: Router> Conn<R> {
                 format!("revoked: {}", refusal.reason.as_str()),
             ));
         }
-        let key_kept = snapshot
-            .thing(&s.subject.tenant, &s.subject.name)
-            .is_some_and(|t| t.key_digests.iter().any(|d| d.ct_eq(&s.key_digest)));
-        if !key_kept {
+        let key_kept = |digest: &KeyDigest| {
+            snapshot
+                .thing(&s.subject.tenant, &s.subject.name)
+                .is_some_and(|t| t.key_digests.iter().any(|d| d.ct_eq(digest)))
+        };
+        if s.key_digest.as_ref().is_some_and(|d| !key_kept(d)) {
             return Err(Close(
                 close::CREDENTIALS_REVOKED,
                 "revoked: key_removed".to_owned(),

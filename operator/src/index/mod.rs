@@ -66,11 +66,13 @@ struct Touched {
     users: BTreeSet<ResourceName>,
     groups: BTreeSet<ResourceName>,
     grants: BTreeSet<ResourceName>,
+    signing_keys: bool,
 }
 
 impl Touched {
     fn is_empty(&self) -> bool {
-        self.tenants.is_empty()
+        !self.signing_keys
+            && self.tenants.is_empty()
             && self.things.is_empty()
             && self.channels.is_empty()
             && self.users.is_empty()
@@ -241,6 +243,16 @@ impl Index {
         }
         for object in objects {
             self.apply(object);
+        }
+    }
+
+    /// Sets the token signing keys (from the platform's signing-key Secret); they go out with
+    /// the next commit when they changed.
+    pub fn set_signing_keys(&mut self, keys: Vec<policy::SigningKey>) {
+        let before = self.snapshot.signing_keys().clone();
+        self.snapshot.set_signing_keys(keys);
+        if !Arc::ptr_eq(&before, self.snapshot.signing_keys()) {
+            self.touched.signing_keys = true;
         }
     }
 
@@ -516,6 +528,9 @@ impl Index {
         collect!(users, user);
         collect!(groups, group);
         collect!(grants, grant);
+        if touched.signing_keys {
+            delta.signing_keys = Some(s.signing_keys().to_vec());
+        }
         delta
     }
 }

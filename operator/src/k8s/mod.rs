@@ -16,6 +16,7 @@ pub mod lease;
 pub mod observed;
 pub mod replicas;
 pub mod secrets;
+pub mod signing;
 pub mod status;
 pub mod watch;
 pub mod writer;

@@ -4,7 +4,8 @@ use std::collections::BTreeMap;
 
 use fleetward_policy::{
     Actions, Channel, Grant, GrantSubject, Group, KeyDigest, Member, Qos, Resources, Role,
-    Snapshot, SubjectKind, SubtopicPattern, Tenant, TenantLimits, Thing, User, diff,
+    SigningAlgorithm, SigningKey, Snapshot, SubjectKind, SubtopicPattern, Tenant, TenantLimits,
+    Thing, User, diff,
 };
 use proptest::prelude::*;
 use prost::Message;
@@ -155,6 +156,21 @@ fn arb_grant() -> impl Strategy<Value = Grant> {
         )
 }
 
+fn arb_signing_key() -> impl Strategy<Value = SigningKey> {
+    (
+        prop::sample::select(vec!["k1", "k2", "k3"]),
+        prop::sample::select(vec![SigningAlgorithm::EdDSA, SigningAlgorithm::ES256]),
+        prop::collection::vec(any::<u8>(), 0..48),
+        any::<bool>(),
+    )
+        .prop_map(|(kid, algorithm, private_key, active)| SigningKey {
+            kid: kid.into(),
+            algorithm,
+            private_key,
+            active,
+        })
+}
+
 /// Random resources with unique identities per kind.
 fn arb_resources() -> impl Strategy<Value = Resources> {
     fn uniq<T>(v: Vec<T>, key: impl Fn(&T) -> (String, String)) -> Vec<T> {
@@ -171,15 +187,17 @@ fn arb_resources() -> impl Strategy<Value = Resources> {
         prop::collection::vec(arb_group(), 0..4),
         prop::collection::vec(arb_channel(), 0..5),
         prop::collection::vec(arb_grant(), 0..6),
+        prop::collection::vec(arb_signing_key(), 0..3),
     )
         .prop_map(
-            |(tenants, things, users, groups, channels, grants)| Resources {
+            |(tenants, things, users, groups, channels, grants, keys)| Resources {
                 tenants: uniq(tenants, |t| (t.name.clone(), String::new())),
                 things: uniq(things, |t| (t.tenant.clone(), t.name.clone())),
                 users: uniq(users, |t| (t.tenant.clone(), t.name.clone())),
                 groups: uniq(groups, |t| (t.tenant.clone(), t.name.clone())),
                 channels: uniq(channels, |t| (t.tenant.clone(), t.name.clone())),
                 grants: uniq(grants, |t| (t.tenant.clone(), t.name.clone())),
+                signing_keys: uniq(keys, |k| (k.kid.clone(), String::new())),
             },
         )
 }

@@ -234,6 +234,7 @@ impl<R: Router, S: AsyncRead + AsyncWrite + Unpin + Send> Session<R, S> {
             let can_receive = self.can_receive();
             let keep_alive = self.acc.keep_alive;
             let deadline = self.last_rx + keep_alive.mul_f32(1.5);
+            let token_ends = self.acc.token_ends;
             tokio::select! {
                 read = self.stream.read_buf(&mut self.rbuf) => match read {
                     Ok(0) | Err(_) => return End::Unclean,
@@ -269,6 +270,13 @@ impl<R: Router, S: AsyncRead + AsyncWrite + Unpin + Send> Session<R, S> {
                     // session then is the safe answer rather than polling a closed channel.
                     debug_assert_eq!(kick, Some(Kick::TakenOver));
                     self.disconnect(DisconnectReasonCode::SessionTakenOver);
+                    self.flush_last().await;
+                    return End::Unclean;
+                },
+                _ = tokio::time::sleep_until(token_ends.unwrap_or(deadline.into())), if token_ends.is_some() => {
+                    // The access token expired: the client reconnects with a fresh one.
+                    self.shared.metrics.refused("session", "token_expired");
+                    self.disconnect(DisconnectReasonCode::MaximumConnectTime);
                     self.flush_last().await;
                     return End::Unclean;
                 },

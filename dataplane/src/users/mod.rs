@@ -1,0 +1,355 @@
+//! Users: sign-in with a password, access tokens (JWT) and rotating refresh tokens, and the
+//! check of a token on every use (MQTT CONNECT, HTTP `Bearer`, WebSocket).
+//!
+//! Signing keys come with the policy snapshot (the operator keeps them in a Secret), so every
+//! pod signs and verifies with the same keys, and a rotation reaches every pod in one push.
+
+pub(crate) mod http;
+pub mod refresh;
+
+use std::net::IpAddr;
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use fleetward_policy::tokens::{AccessClaims, Keyring, TokenError, TokenSettings};
+use fleetward_policy::{Credential, DenyReason, PolicyEvaluator, SigningKey, Snapshot, Subject};
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+use parking_lot::Mutex;
+
+use self::refresh::{Family, RefreshStore, StoreError};
+
+/// How users sign in and how long their tokens last.
+#[derive(Clone, Debug)]
+pub struct UsersConfig {
+    /// Issuer, audience and lifetimes of tokens.
+    pub tokens: TokenSettings,
+    /// Sign-in attempts per user per minute (the burst is the same number).
+    pub logins_per_user_per_minute: u32,
+    /// Sign-in attempts per client address per minute.
+    pub logins_per_address_per_minute: u32,
+}
+
+impl Default for UsersConfig {
+    fn default() -> Self {
+        Self {
+            tokens: TokenSettings::default(),
+            logins_per_user_per_minute: 10,
+            logins_per_address_per_minute: 60,
+        }
+    }
+}
+
+/// A pair handed out at sign-in and on refresh.
+#[derive(Debug, serde::Serialize)]
+pub struct TokenPair {
+    /// The access token (JWT).
+    pub access_token: String,
+    /// Always `Bearer`.
+    pub token_type: &'static str,
+    /// Seconds the access token lasts.
+    pub expires_in: u64,
+    /// The refresh token; single use.
+    pub refresh_token: String,
+    /// Seconds the refresh token lasts.
+    pub refresh_expires_in: u64,
+}
+
+/// Why a sign-in or refresh was refused.
+#[derive(Debug, PartialEq, Eq)]
+pub enum LoginRefusal {
+    /// Unknown user, wrong password, disabled user or suspended tenant: one answer for all, so
+    /// the answer does not tell which users exist.
+    BadCredentials,
+    /// Too many attempts; retry after this many seconds.
+    RateLimited(u64),
+    /// The refresh token is unknown, expired, or its user changed.
+    BadRefreshToken,
+    /// A refresh token was used twice: the whole sign-in is revoked.
+    Replayed,
+    /// No policy yet, no signing key, or the refresh store is unreachable.
+    Unavailable(String),
+}
+
+/// Why a presented access token was refused.
+#[derive(Debug)]
+pub struct TokenRefusal {
+    /// The policy's view, for CONNACK codes and metrics.
+    pub reason: DenyReason,
+    /// A short label (`expired`, `bad_signature`, `revoked`, …).
+    pub label: &'static str,
+}
+
+/// A keyring and the keys it was built from (compared by pointer).
+type CachedKeyring = (Arc<Vec<SigningKey>>, Arc<Keyring>);
+
+/// The sign-in and token service of a dataplane.
+pub struct Users {
+    config: UsersConfig,
+    /// The keyring of the last snapshot's keys, rebuilt when the keys change.
+    keyring: Mutex<Option<CachedKeyring>>,
+    refresh: RefreshStore,
+    per_user: DefaultKeyedRateLimiter<(String, String)>,
+    per_address: DefaultKeyedRateLimiter<IpAddr>,
+}
+
+fn per_minute(n: u32) -> Quota {
+    Quota::per_minute(NonZeroU32::new(n.max(1)).unwrap_or(NonZeroU32::MIN))
+}
+
+impl Users {
+    /// The service, with refresh families kept in `refresh`.
+    pub fn new(config: UsersConfig, refresh: RefreshStore) -> Self {
+        Self {
+            per_user: RateLimiter::keyed(per_minute(config.logins_per_user_per_minute)),
+            per_address: RateLimiter::keyed(per_minute(config.logins_per_address_per_minute)),
+            config,
+            keyring: Mutex::new(None),
+            refresh,
+        }
+    }
+
+    /// The token settings.
+    pub fn settings(&self) -> &TokenSettings {
+        &self.config.tokens
+    }
+
+    /// The keyring of the snapshot's signing keys. Keys that do not parse are left out (and
+    /// logged), so one bad entry does not stop the others from working.
+    pub fn keyring(&self, snapshot: &Snapshot) -> Arc<Keyring> {
+        let keys = snapshot.signing_keys();
+        let mut cached = self.keyring.lock();
+        if let Some((k, ring)) = &*cached
+            && Arc::ptr_eq(k, keys)
+        {
+            return ring.clone();
+        }
+        let ring = Arc::new(match Keyring::new(keys) {
+            Ok(ring) => ring,
+            Err(e) => {
+                tracing::error!(error = %e, "a token signing key is unusable; the others are used");
+                let usable: Vec<SigningKey> = keys
+                    .iter()
+                    .filter(|k| Keyring::new(std::slice::from_ref(*k)).is_ok())
+                    .cloned()
+                    .collect();
+                Keyring::new(&usable).unwrap_or_else(|_| Keyring::new(&[]).expect("empty"))
+            }
+        });
+        *cached = Some((keys.clone(), ring.clone()));
+        ring
+    }
+
+    /// Checks an access token on use: signature, issuer, audience, expiry, then that its user
+    /// exists in its tenant, is enabled and still has the token's epoch. `expected` is the
+    /// `<tenant>/<user>` the client named (MQTT username), which must be the token's.
+    pub fn check(
+        &self,
+        snapshot: &Snapshot,
+        token: &str,
+        expected: Option<(&str, &str)>,
+    ) -> Result<(Subject, AccessClaims), TokenRefusal> {
+        let claims = self
+            .keyring(snapshot)
+            .verify(&self.config.tokens, token, SystemTime::now())
+            .map_err(|e| TokenRefusal {
+                reason: DenyReason::BadCredential,
+                label: e.as_str(),
+            })?;
+        if let Some((tenant, user)) = expected
+            && (tenant != claims.tenant || user != claims.sub)
+        {
+            return Err(TokenRefusal {
+                reason: DenyReason::BadCredential,
+                label: "token_of_another_user",
+            });
+        }
+        let subject = snapshot
+            .authenticate(&Credential::Token {
+                tenant: &claims.tenant,
+                user: &claims.sub,
+                token_epoch: claims.epoch,
+            })
+            .map_err(|r| TokenRefusal {
+                reason: r.reason,
+                label: match r.reason {
+                    DenyReason::TokenRevoked => "revoked",
+                    other => other.as_str(),
+                },
+            })?;
+        Ok((subject, claims))
+    }
+
+    fn rate_limit(&self, tenant: &str, user: &str, address: Option<IpAddr>) -> Result<(), u64> {
+        let wait = |n: governor::NotUntil<_>| {
+            n.wait_time_from(governor::clock::Clock::now(
+                &governor::clock::DefaultClock::default(),
+            ))
+            .as_secs()
+            .max(1)
+        };
+        if let Some(ip) = address {
+            self.per_address.check_key(&ip).map_err(wait)?;
+        }
+        self.per_user
+            .check_key(&(tenant.to_owned(), user.to_owned()))
+            .map_err(wait)?;
+        // Forget quiet keys now and then, so the limiters do not grow without bound.
+        if self.per_user.len() > 100_000 || self.per_address.len() > 100_000 {
+            self.per_user.retain_recent();
+            self.per_address.retain_recent();
+        }
+        Ok(())
+    }
+
+    /// Signs a user in with a password and starts a refresh family.
+    pub async fn login(
+        &self,
+        snapshot: Arc<Snapshot>,
+        tenant: String,
+        user: String,
+        password: Vec<u8>,
+        address: Option<IpAddr>,
+    ) -> Result<TokenPair, LoginRefusal> {
+        if snapshot.version() == 0 {
+            return Err(LoginRefusal::Unavailable(
+                "no policy snapshot yet; retry shortly".into(),
+            ));
+        }
+        self.rate_limit(&tenant, &user, address)
+            .map_err(LoginRefusal::RateLimited)?;
+        // argon2 takes tens of milliseconds: off the I/O threads.
+        let checked = {
+            let snapshot = snapshot.clone();
+            let (tenant, user) = (tenant.clone(), user.clone());
+            tokio::task::spawn_blocking(move || {
+                snapshot.authenticate(&Credential::Password {
+                    tenant: &tenant,
+                    user: &user,
+                    password: &password,
+                })
+            })
+            .await
+            .map_err(|e| LoginRefusal::Unavailable(format!("the password check failed: {e}")))?
+        };
+        let subject = checked.map_err(|_| LoginRefusal::BadCredentials)?;
+        let epoch = snapshot
+            .user(&subject.tenant, &subject.name)
+            .map_or(0, |u| u.token_epoch);
+        let family = refresh::new_family_id();
+        let refresh_token = refresh::new_token(&family);
+        let now = SystemTime::now();
+        let record = Family {
+            tenant: subject.tenant.clone(),
+            user: subject.name.clone(),
+            epoch,
+            current: refresh_token.digest,
+            expires_unix: refresh::unix(now + self.config.tokens.refresh_ttl),
+            revoked: false,
+        };
+        self.refresh
+            .create(&family, &record)
+            .await
+            .map_err(|e| LoginRefusal::Unavailable(e.to_string()))?;
+        self.pair(&snapshot, &subject, epoch, refresh_token.token, now)
+    }
+
+    /// Trades a refresh token for a new pair; the presented one stops working. A token used
+    /// before (or raced) revokes its family.
+    pub async fn refresh(
+        &self,
+        snapshot: Arc<Snapshot>,
+        token: &str,
+    ) -> Result<TokenPair, LoginRefusal> {
+        let Some((id, secret)) = refresh::split(token) else {
+            return Err(LoginRefusal::BadRefreshToken);
+        };
+        let unavailable = |e: StoreError| LoginRefusal::Unavailable(e.to_string());
+        let Some(read) = self.refresh.get(id).await.map_err(unavailable)? else {
+            return Err(LoginRefusal::BadRefreshToken);
+        };
+        let mut family = read.family;
+        if family.revoked {
+            return Err(LoginRefusal::Replayed);
+        }
+        let now = SystemTime::now();
+        if refresh::digest(secret) != family.current {
+            family.revoked = true;
+            // Revoked whatever happens to this write: a conflict means another pod wrote, and
+            // the family is then read again and revoked on its next use.
+            let _ = self.refresh.update(id, &family, read.revision).await;
+            tracing::warn!(tenant = %family.tenant, user = %family.user, "a refresh token was replayed; its sign-in is revoked");
+            return Err(LoginRefusal::Replayed);
+        }
+        if family.expires_unix <= refresh::unix(now) {
+            return Err(LoginRefusal::BadRefreshToken);
+        }
+        let subject = snapshot
+            .authenticate(&Credential::Token {
+                tenant: &family.tenant,
+                user: &family.user,
+                token_epoch: family.epoch,
+            })
+            .map_err(|_| LoginRefusal::BadRefreshToken)?;
+        let next = refresh::new_token(id);
+        family.current = next.digest;
+        family.expires_unix = refresh::unix(now + self.config.tokens.refresh_ttl);
+        match self.refresh.update(id, &family, read.revision).await {
+            Ok(()) => {}
+            Err(StoreError::Conflict) => {
+                // Two uses of one token at once: one of them is not the user's.
+                if let Ok(Some(again)) = self.refresh.get(id).await {
+                    let mut f = again.family;
+                    f.revoked = true;
+                    let _ = self.refresh.update(id, &f, again.revision).await;
+                }
+                return Err(LoginRefusal::Replayed);
+            }
+            Err(e) => return Err(unavailable(e)),
+        }
+        self.pair(&snapshot, &subject, family.epoch, next.token, now)
+    }
+
+    fn pair(
+        &self,
+        snapshot: &Snapshot,
+        subject: &Subject,
+        epoch: u64,
+        refresh_token: String,
+        now: SystemTime,
+    ) -> Result<TokenPair, LoginRefusal> {
+        let settings = &self.config.tokens;
+        let (access_token, _) = self
+            .keyring(snapshot)
+            .issue(settings, &subject.tenant, &subject.name, epoch, now)
+            .map_err(|e| match e {
+                TokenError::NoSigningKey => LoginRefusal::Unavailable(
+                    "no token signing key has reached this dataplane yet".into(),
+                ),
+                other => LoginRefusal::Unavailable(other.to_string()),
+            })?;
+        Ok(TokenPair {
+            access_token,
+            token_type: "Bearer",
+            expires_in: settings.access_ttl.as_secs(),
+            refresh_token,
+            refresh_expires_in: settings.refresh_ttl.as_secs(),
+        })
+    }
+}
+
+/// Whether a password looks like a JWT (three base64url parts, a JSON header): MQTT clients of
+/// users send their access token as the password.
+pub fn looks_like_jwt(password: &[u8]) -> bool {
+    password.starts_with(b"eyJ")
+        && password.iter().filter(|&&b| b == b'.').count() == 2
+        && password
+            .iter()
+            .all(|&b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+}
+
+/// When a token's session must end, as a duration from now (zero if already past).
+pub fn remaining(claims: &AccessClaims) -> Duration {
+    let exp = SystemTime::UNIX_EPOCH + Duration::from_secs(claims.exp);
+    exp.duration_since(SystemTime::now()).unwrap_or_default()
+}
