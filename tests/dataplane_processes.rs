@@ -2,7 +2,10 @@
 //! - fail static: with a persisted snapshot in `--state-dir` and no operator listening, a
 //!   dataplane becomes ready and serves from it;
 //! - two dataplane processes on one `nats-server`: delivery both ways, each message once,
-//!   retained messages across pods.
+//!   retained messages across pods;
+//! - a user signs in on one pod (curl) and subscribes with the token on the other
+//!   (mosquitto_sub); refresh families are shared, so a replay on either pod is caught; no
+//!   token reaches the logs.
 //!
 //! Needs `mosquitto_pub`/`mosquitto_sub` (Debian `mosquitto-clients`) and `nats-server` (Debian
 //! `nats-server`); scripts/install-tools.sh installs both.
@@ -15,10 +18,23 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use fleetward_dataplane::sync::store::{self, Stored};
 use fleetward_policy::{
-    Actions, Channel, Grant, GrantSubject, KeyDigest, Qos, Resources, Snapshot, Tenant, Thing,
+    Actions, Channel, Grant, GrantSubject, KeyDigest, Qos, Resources, Role, SigningAlgorithm,
+    SigningKey, Snapshot, Tenant, Thing, User, generate_signing_key, hash_password,
 };
 
 const VERSION: u64 = 42;
+const PASSWORD: &str = "alice's long password";
+
+/// One signing key and one password hash for every pod of a test run.
+fn shared_secrets() -> &'static (SigningKey, String) {
+    static SECRETS: std::sync::OnceLock<(SigningKey, String)> = std::sync::OnceLock::new();
+    SECRETS.get_or_init(|| {
+        (
+            generate_signing_key(SigningAlgorithm::EdDSA, "k-test").expect("a key"),
+            hash_password(PASSWORD.as_bytes()).expect("a hash"),
+        )
+    })
+}
 
 fn key(thing: &str) -> String {
     format!("key-acme-{thing}-0123456789")
@@ -46,8 +62,9 @@ fn grant(thing: &str, actions: Actions) -> Grant {
     }
 }
 
-/// Tenant `acme`, channel `tele`: `sensor` publishes, `reader` subscribes.
+/// Tenant `acme`, channel `tele`: `sensor` publishes, `reader` and user `alice` subscribe.
 fn persisted_snapshot() -> Stored {
+    let (signing_key, hash) = shared_secrets();
     let resources = Resources {
         tenants: vec![Tenant {
             name: "acme".into(),
@@ -65,7 +82,20 @@ fn persisted_snapshot() -> Stored {
         grants: vec![
             grant("sensor", Actions::PUBLISH),
             grant("reader", Actions::SUBSCRIBE),
+            Grant {
+                subject: GrantSubject::User("alice".into()),
+                ..grant("alice", Actions::SUBSCRIBE)
+            },
         ],
+        users: vec![User {
+            tenant: "acme".into(),
+            name: "alice".into(),
+            role: Role::Member,
+            password_hash: Some(hash.clone()),
+            token_epoch: 0,
+            disabled: false,
+        }],
+        signing_keys: vec![signing_key.clone()],
         ..Resources::default()
     };
     let now = SystemTime::now()
@@ -100,6 +130,9 @@ struct Dataplane {
     _process: Running,
     mqtt: SocketAddr,
     admin: SocketAddr,
+    http: SocketAddr,
+    /// Everything the process logged (at debug level).
+    log: std::path::PathBuf,
     _state: tempfile::TempDir,
 }
 
@@ -110,6 +143,8 @@ impl Dataplane {
         // An operator address where nothing listens.
         let operator = format!("http://{}", free_addr());
         let (mqtt, admin, http) = (free_addr(), free_addr(), free_addr());
+        let log = state.path().join("dataplane.log");
+        let log_file = std::fs::File::create(&log).expect("a log file");
         let mut command = Command::new(env!("CARGO_BIN_EXE_fleetward"));
         command
             .arg("dataplane")
@@ -120,8 +155,9 @@ impl Dataplane {
             .arg(format!("--mqtt-listen={mqtt}"))
             .arg(format!("--admin-listen={admin}"))
             .arg(format!("--http-listen={http}"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit());
+            .env("RUST_LOG", "debug")
+            .stdout(log_file.try_clone().expect("the log file"))
+            .stderr(log_file);
         if let Some(nats) = nats {
             command.arg(format!("--nats={nats}"));
         }
@@ -129,7 +165,10 @@ impl Dataplane {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             if let Some(status) = process.0.try_wait().expect("waitable") {
-                panic!("fleetward dataplane {node_id} exited before it was ready: {status}");
+                panic!(
+                    "fleetward dataplane {node_id} exited before it was ready: {status}\n{}",
+                    std::fs::read_to_string(&log).unwrap_or_default()
+                );
             }
             if http_get(admin, "/readyz").is_some_and(|(code, _)| code == 200) {
                 break;
@@ -141,6 +180,8 @@ impl Dataplane {
             _process: process,
             mqtt,
             admin,
+            http,
+            log,
             _state: state,
         }
     }
@@ -382,5 +423,110 @@ fn two_dataplane_processes_on_nats_deliver_both_ways_once_and_share_retained_mes
             "the retained message never reached pod b: {}",
             text(&out)
         );
+    }
+}
+
+/// `curl` POSTing JSON; the status and the JSON answer.
+fn post_json(addr: SocketAddr, path: &str, body: &serde_json::Value) -> (u16, serde_json::Value) {
+    let out = Command::new("curl")
+        .args([
+            "-sS",
+            "-w",
+            "\n%{http_code}",
+            "-H",
+            "Content-Type: application/json",
+        ])
+        .args(["--data-binary", &body.to_string()])
+        .arg(format!("http://{addr}{path}"))
+        .output()
+        .expect("curl runs");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (json, code) = text.rsplit_once('\n').expect("a status line");
+    (
+        code.trim().parse().expect("a status code"),
+        serde_json::from_str(json).unwrap_or(serde_json::Value::Null),
+    )
+}
+
+#[test]
+fn a_user_signs_in_on_one_pod_and_uses_its_tokens_on_the_other() {
+    let nats = NatsServer::start();
+    let a = Dataplane::start("users-a", Some(&nats.url));
+    let b = Dataplane::start("users-b", Some(&nats.url));
+
+    // Sign in over HTTP on pod A.
+    let login = serde_json::json!({"tenant": "acme", "username": "alice", "password": PASSWORD});
+    let (status, tokens) = post_json(a.http, "/users/tokens", &login);
+    assert_eq!(status, 200, "{tokens}");
+    let access = tokens["access_token"]
+        .as_str()
+        .expect("an access token")
+        .to_owned();
+    let first_refresh = tokens["refresh_token"]
+        .as_str()
+        .expect("a refresh token")
+        .to_owned();
+
+    // Subscribe over MQTT on pod B with the token; a thing publishes on pod A.
+    let subscriber = Command::new("mosquitto_sub")
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &b.mqtt.port().to_string(),
+            "-V",
+            "mqttv5",
+        ])
+        .args(["-i", "alice-on-b", "-u", "acme/alice", "-P", &access])
+        .args(["-t", "m/acme/c/tele/#", "-v", "-C", "1", "-W", "15"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("mosquitto_sub runs");
+    std::thread::sleep(Duration::from_millis(1500));
+    publish_on(&a, "m/acme/c/tele/temp", "22.5", &[]);
+    let received = subscriber.wait_with_output().expect("mosquitto_sub ends");
+    assert!(received.status.success(), "{}", text(&received));
+    assert_eq!(
+        String::from_utf8_lossy(&received.stdout).trim(),
+        "m/acme/c/tele/temp 22.5"
+    );
+
+    // The refresh family lives in NATS: refreshed on B, the old token is a replay on A.
+    let (status, renewed) = post_json(
+        b.http,
+        "/users/tokens/refresh",
+        &serde_json::json!({ "refresh_token": first_refresh }),
+    );
+    assert_eq!(status, 200, "{renewed}");
+    let second_refresh = renewed["refresh_token"]
+        .as_str()
+        .expect("rotated")
+        .to_owned();
+    let (status, replay) = post_json(
+        a.http,
+        "/users/tokens/refresh",
+        &serde_json::json!({ "refresh_token": first_refresh }),
+    );
+    assert_eq!(status, 401, "{replay}");
+    let (status, _) = post_json(
+        b.http,
+        "/users/tokens/refresh",
+        &serde_json::json!({ "refresh_token": second_refresh }),
+    );
+    assert_eq!(status, 401, "the family is revoked on every pod");
+
+    // Tokens and passwords never reach the logs, even at debug level.
+    for pod in [&a, &b] {
+        let log = std::fs::read_to_string(&pod.log).expect("the log");
+        assert!(log.contains("DEBUG"), "the pod logged at debug level");
+        let signature = access.rsplit('.').next().expect("a signature");
+        for secret in [signature, &first_refresh, &second_refresh, PASSWORD] {
+            assert!(
+                !log.contains(secret),
+                "a secret is in {}",
+                pod.log.display()
+            );
+        }
     }
 }
