@@ -268,7 +268,7 @@ impl Users {
         let Some(read) = self.refresh.get(id).await.map_err(unavailable)? else {
             return Err(LoginRefusal::BadRefreshToken);
         };
-        let mut family = read.family;
+        let mut family = read.family.clone();
         if family.revoked {
             return Err(LoginRefusal::Replayed);
         }
@@ -277,7 +277,7 @@ impl Users {
             family.revoked = true;
             // Revoked whatever happens to this write: a conflict means another pod wrote, and
             // the family is then read again and revoked on its next use.
-            let _ = self.refresh.update(id, &family, read.revision).await;
+            let _ = self.refresh.update(id, &family, &read).await;
             tracing::warn!(tenant = %family.tenant, user = %family.user, "a refresh token was replayed; its sign-in is revoked");
             return Err(LoginRefusal::Replayed);
         }
@@ -294,14 +294,14 @@ impl Users {
         let next = refresh::new_token(id);
         family.current = next.digest;
         family.expires_unix = refresh::unix(now + self.config.tokens.refresh_ttl);
-        match self.refresh.update(id, &family, read.revision).await {
+        match self.refresh.update(id, &family, &read).await {
             Ok(()) => {}
             Err(StoreError::Conflict) => {
                 // Two uses of one token at once: one of them is not the user's.
                 if let Ok(Some(again)) = self.refresh.get(id).await {
-                    let mut f = again.family;
+                    let mut f = again.family.clone();
                     f.revoked = true;
-                    let _ = self.refresh.update(id, &f, again.revision).await;
+                    let _ = self.refresh.update(id, &f, &again).await;
                 }
                 return Err(LoginRefusal::Replayed);
             }

@@ -45,6 +45,8 @@ pub struct Versioned {
     pub family: Family,
     /// Its revision in the store.
     pub revision: u64,
+    /// Kept in this pod's memory because NATS JetStream was unreachable at sign-in.
+    pub local: bool,
 }
 
 /// Why the store could not answer.
@@ -91,11 +93,17 @@ impl RefreshStore {
         }
     }
 
-    /// Replaces a family if it is still at `revision`.
-    pub async fn update(&self, id: &str, family: &Family, revision: u64) -> Result<(), StoreError> {
+    /// Replaces a family, read by [`RefreshStore::get`], if it is still at its revision.
+    pub async fn update(
+        &self,
+        id: &str,
+        family: &Family,
+        read: &Versioned,
+    ) -> Result<(), StoreError> {
         match self {
-            Self::Memory(m) => m.update(id, family, revision),
-            Self::Nats(n) => n.update(id, family, revision).await,
+            Self::Memory(m) => m.update(id, family, read.revision),
+            Self::Nats(n) if read.local => n.fallback.update(id, family, read.revision),
+            Self::Nats(n) => n.update(id, family, read.revision).await,
         }
     }
 }
@@ -173,6 +181,7 @@ impl MemoryStore {
             Versioned {
                 family: family.clone(),
                 revision: 1,
+                local: true,
             },
         );
         Ok(())
@@ -195,12 +204,17 @@ impl MemoryStore {
     }
 }
 
-/// Families in a NATS JetStream key-value bucket, shared by every pod.
+/// Families in a NATS JetStream key-value bucket, shared by every pod. While JetStream is
+/// unreachable (or the server runs without it), new families are kept in this pod's memory
+/// instead: sign-in keeps working, and such a refresh token is refused on the other pods (its
+/// family is unknown there), which costs the user a new sign-in, never a replay.
 pub struct NatsStore {
     client: async_nats::Client,
     bucket: String,
     max_age: Duration,
     store: OnceCell<kv::Store>,
+    fallback: MemoryStore,
+    warned: std::sync::atomic::AtomicBool,
 }
 
 impl NatsStore {
@@ -211,6 +225,8 @@ impl NatsStore {
             bucket: bucket.into(),
             max_age,
             store: OnceCell::new(),
+            fallback: MemoryStore::default(),
+            warned: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -254,15 +270,25 @@ fn unavailable(e: impl std::fmt::Display) -> StoreError {
 impl NatsStore {
     async fn create(&self, id: &str, family: &Family) -> Result<(), StoreError> {
         let value = serde_json::to_vec(family).map_err(unavailable)?;
-        self.store()
-            .await?
-            .create(id, value.into())
-            .await
-            .map(|_| ())
-            .map_err(unavailable)
+        let created = match self.store().await {
+            Ok(store) => store.create(id, value.into()).await.map_err(unavailable),
+            Err(e) => Err(e),
+        };
+        match created {
+            Ok(_) => Ok(()),
+            Err(e) => {
+                if !self.warned.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                    tracing::warn!(error = %e, "refresh tokens are kept per pod until NATS JetStream is reachable (run nats-server with -js)");
+                }
+                self.fallback.create(id, family)
+            }
+        }
     }
 
     async fn get(&self, id: &str) -> Result<Option<Versioned>, StoreError> {
+        if let Some(local) = self.fallback.get(id)? {
+            return Ok(Some(local));
+        }
         let entry = self.store().await?.entry(id).await.map_err(unavailable)?;
         let Some(entry) = entry.filter(|e| e.operation == kv::Operation::Put) else {
             return Ok(None);
@@ -271,6 +297,7 @@ impl NatsStore {
         Ok(Some(Versioned {
             family,
             revision: entry.revision,
+            local: false,
         }))
     }
 
