@@ -710,8 +710,12 @@ fn the_operator_under_the_charts_service_account_makes_the_examples_ready() {
         apply_examples(&kubectl)?;
         wait_all(&kubectl, &["acme", "globex"], "Ready")?;
 
-        // Created under the ServiceAccount: a Secret, an Event, the Lease's holder.
+        // Created under the ServiceAccount: a Secret, an Event, the Lease's holder, and the
+        // token signing-key Secret (the Role allows it by name).
         ensure!(kubectl.exists(&["secret", "dashboard-credentials", "-n", "acme"])?);
+        wait_until("the token signing-key Secret", SETTLE, || {
+            kubectl.exists(&["secret", "fleetward-signing-keys", "-n", NS])
+        })?;
         wait_until("an Event from the operator in acme", SETTLE, || {
             let events = kubectl.get_json(&["events.events.k8s.io", "-n", "acme"])?;
             Ok(events["items"]

@@ -89,9 +89,16 @@ pub struct Users {
     /// The keyring of the last snapshot's keys, rebuilt when the keys change.
     keyring: Mutex<Option<CachedKeyring>>,
     refresh: RefreshStore,
+    /// Tokens whose signature was checked, by SHA-256 of the token: a reconnecting client
+    /// (or a reconnect storm after a restart) pays for the signature once per token. Emptied
+    /// whenever the keys change, so a removed key's tokens are checked (and refused) again.
+    verified: moka::sync::Cache<[u8; 32], Arc<AccessClaims>>,
     per_user: DefaultKeyedRateLimiter<(String, String)>,
     per_address: DefaultKeyedRateLimiter<IpAddr>,
 }
+
+/// Checked tokens remembered per pod.
+const VERIFIED_TOKENS: u64 = 100_000;
 
 fn per_minute(n: u32) -> Quota {
     Quota::per_minute(NonZeroU32::new(n.max(1)).unwrap_or(NonZeroU32::MIN))
@@ -103,6 +110,10 @@ impl Users {
         Self {
             per_user: RateLimiter::keyed(per_minute(config.logins_per_user_per_minute)),
             per_address: RateLimiter::keyed(per_minute(config.logins_per_address_per_minute)),
+            verified: moka::sync::Cache::builder()
+                .max_capacity(VERIFIED_TOKENS)
+                .time_to_live(config.tokens.access_ttl)
+                .build(),
             config,
             keyring: Mutex::new(None),
             refresh,
@@ -137,7 +148,26 @@ impl Users {
             }
         });
         *cached = Some((keys.clone(), ring.clone()));
+        self.verified.invalidate_all();
         ring
+    }
+
+    /// The claims of a token with a good signature, issuer and audience that has not expired.
+    fn verify(&self, snapshot: &Snapshot, token: &str) -> Result<Arc<AccessClaims>, TokenError> {
+        use sha2::Digest as _;
+        let now = SystemTime::now();
+        let ring = self.keyring(snapshot);
+        let id: [u8; 32] = sha2::Sha256::digest(token.as_bytes()).into();
+        if let Some(claims) = self.verified.get(&id) {
+            if claims.exp <= refresh::unix(now) {
+                self.verified.invalidate(&id);
+                return Err(TokenError::Expired);
+            }
+            return Ok(claims);
+        }
+        let claims = Arc::new(ring.verify(&self.config.tokens, token, now)?);
+        self.verified.insert(id, claims.clone());
+        Ok(claims)
     }
 
     /// Checks an access token on use: signature, issuer, audience, expiry, then that its user
@@ -148,14 +178,11 @@ impl Users {
         snapshot: &Snapshot,
         token: &str,
         expected: Option<(&str, &str)>,
-    ) -> Result<(Subject, AccessClaims), TokenRefusal> {
-        let claims = self
-            .keyring(snapshot)
-            .verify(&self.config.tokens, token, SystemTime::now())
-            .map_err(|e| TokenRefusal {
-                reason: DenyReason::BadCredential,
-                label: e.as_str(),
-            })?;
+    ) -> Result<(Subject, Arc<AccessClaims>), TokenRefusal> {
+        let claims = self.verify(snapshot, token).map_err(|e| TokenRefusal {
+            reason: DenyReason::BadCredential,
+            label: e.as_str(),
+        })?;
         if let Some((tenant, user)) = expected
             && (tenant != claims.tenant || user != claims.sub)
         {
