@@ -8,7 +8,7 @@
 
 pub mod codec;
 mod interest;
-mod nats;
+pub(crate) mod nats;
 pub mod subject;
 
 use std::future::Future;

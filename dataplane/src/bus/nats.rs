@@ -319,7 +319,10 @@ async fn retained_watch(ctx: Arc<Ctx>, bucket: String, max: Duration) {
         let js = jetstream::new(ctx.client.clone());
         let store = match js.get_key_value(bucket.clone()).await {
             Ok(s) => Ok(s),
-            Err(_) => create_bucket(&js, &bucket).await,
+            Err(_) => {
+                let about = "Fleetward retained messages, keyed by bus subject";
+                create_bucket(&js, &bucket, about, Duration::ZERO).await
+            }
         };
         let watch = match store {
             Ok(store) => {
@@ -361,15 +364,22 @@ async fn retained_watch(ctx: Arc<Ctx>, bucket: String, max: Duration) {
     }
 }
 
-/// Creates the retained bucket: the stream a KV bucket is (as `create_key_value` makes it, which
-/// itself cannot parse the account info of the nats-server 2.9 that Debian ships).
-async fn create_bucket(js: &jetstream::Context, bucket: &str) -> Result<kv::Store, String> {
+/// Creates a KV bucket (the retained messages, the refresh-token families): the stream a KV
+/// bucket is, as `create_key_value` makes it, which itself cannot parse the account info of the
+/// nats-server 2.9 that Debian ships. `max_age` zero keeps entries until replaced.
+pub(crate) async fn create_bucket(
+    js: &jetstream::Context,
+    bucket: &str,
+    description: &str,
+    max_age: Duration,
+) -> Result<kv::Store, String> {
     let created = js
         .get_or_create_stream(jetstream::stream::Config {
             name: format!("KV_{bucket}"),
-            description: Some("Fleetward retained messages, keyed by bus subject".into()),
+            description: Some(description.into()),
             subjects: vec![format!("$KV.{bucket}.>")],
             max_messages_per_subject: 1,
+            max_age,
             storage: jetstream::stream::StorageType::File,
             allow_rollup: true,
             deny_delete: true,

@@ -237,27 +237,14 @@ impl NatsStore {
                 if let Ok(s) = js.get_key_value(self.bucket.clone()).await {
                     return Ok(s);
                 }
-                // Made as `create_key_value` would, which cannot read the account info of the
-                // nats-server 2.9 that Debian ships.
-                js.get_or_create_stream(jetstream::stream::Config {
-                    name: format!("KV_{}", self.bucket),
-                    description: Some("Fleetward refresh-token families".into()),
-                    subjects: vec![format!("$KV.{}.>", self.bucket)],
-                    max_messages_per_subject: 1,
-                    max_age: self.max_age,
-                    storage: jetstream::stream::StorageType::File,
-                    allow_rollup: true,
-                    deny_delete: true,
-                    allow_direct: true,
-                    discard: jetstream::stream::DiscardPolicy::New,
-                    num_replicas: 1,
-                    ..Default::default()
-                })
+                crate::bus::nats::create_bucket(
+                    &js,
+                    &self.bucket,
+                    "Fleetward refresh-token families",
+                    self.max_age,
+                )
                 .await
-                .map_err(|e| StoreError::Unavailable(format!("creating the bucket: {e}")))?;
-                js.get_key_value(self.bucket.clone())
-                    .await
-                    .map_err(|e| StoreError::Unavailable(format!("opening the bucket: {e}")))
+                .map_err(StoreError::Unavailable)
             })
             .await
     }
