@@ -339,12 +339,9 @@ mod tests {
             current: "d2".into(),
             ..f.clone()
         };
-        store
-            .update("f", &next, read.revision)
-            .await
-            .expect("first wins");
+        store.update("f", &next, &read).await.expect("first wins");
         assert!(matches!(
-            store.update("f", &f, read.revision).await,
+            store.update("f", &f, &read).await,
             Err(StoreError::Conflict)
         ));
         assert_eq!(
