@@ -111,8 +111,12 @@ impl Loaded {
                 notes,
             });
         }
-        let (Local { directory, index }, report) =
-            Local::load(&source.manifests, &source.state_dir)?;
+        let (
+            Local {
+                directory, index, ..
+            },
+            report,
+        ) = Local::load(&source.manifests, &source.state_dir)?;
         let notes = report
             .errors
             .iter()

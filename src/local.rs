@@ -22,6 +22,8 @@ pub struct Local {
     pub directory: Directory,
     /// The index built from it.
     pub index: Index,
+    /// What was wrong with the signing-key files at the last read, logged once.
+    key_problems: Vec<String>,
 }
 
 impl Local {
@@ -49,6 +51,7 @@ impl Local {
         Ok(Self {
             directory,
             index: Index::new(),
+            key_problems: Vec::new(),
         })
     }
 
@@ -66,9 +69,11 @@ impl Local {
     pub fn read_signing_keys(&mut self, state_dir: &Path) -> anyhow::Result<()> {
         let (keys, problems) = fleetward_operator::k8s::signing::local_keys(state_dir)
             .context("reading the token signing keys")?;
-        for p in problems {
+        // Read on every rescan; a problem is logged when it appears, not on every read.
+        for p in problems.iter().filter(|p| !self.key_problems.contains(p)) {
             tracing::warn!(problem = %p, "a token signing key file is not usable");
         }
+        self.key_problems = problems;
         self.index.set_signing_keys(keys);
         Ok(())
     }
