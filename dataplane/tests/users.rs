@@ -712,3 +712,54 @@ async fn sign_in_is_rate_limited_and_does_not_tell_users_apart() {
     assert_eq!(status, 400, "{body}");
     assert!(body.contains("username"), "{body}");
 }
+
+#[tokio::test]
+async fn a_session_ends_when_its_access_token_expires() {
+    let fx = Users::start(UsersConfig {
+        tokens: TokenSettings {
+            access_ttl: Duration::from_secs(2),
+            ..TokenSettings::default()
+        },
+        logins_per_user_per_minute: 1000,
+        logins_per_address_per_minute: 1000,
+    })
+    .await;
+    let (status, body) = fx.login("acme", "vera", PASSWORD).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["expires_in"], 2);
+    let token = body["access_token"].as_str().expect("access").to_owned();
+    let mut mqtt = v5::connect_with(token_options(fx.mqtt(), "acme", "vera", &token, "v"))
+        .await
+        .expect("connects");
+    let url = format!("ws://{}/m/acme/c/telemetry/%23", fx.http());
+    let mut req =
+        tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(url)
+            .expect("request");
+    req.headers_mut().insert(
+        "Authorization",
+        format!("Bearer {token}").parse().expect("header"),
+    );
+    let (mut ws, _) = tokio_tungstenite::connect_async(req)
+        .await
+        .expect("stream opens");
+    // MQTT v5: DISCONNECT 0xA0 (maximum connect time) at expiry, not before.
+    assert_eq!(mqtt.closed_within(Duration::from_millis(500)).await, None);
+    assert_eq!(
+        mqtt.closed_within(Duration::from_secs(4)).await.as_deref(),
+        Some("disconnect MaximumConnectTime")
+    );
+    // The WebSocket stream closes with 4401.
+    let close = loop {
+        match tokio::time::timeout(Duration::from_secs(4), ws.next()).await {
+            Ok(Some(Ok(tokio_tungstenite::tungstenite::Message::Close(frame)))) => break frame,
+            Ok(Some(Ok(_))) => {}
+            other => panic!("no close frame: {other:?}"),
+        }
+    };
+    assert_eq!(close.map(|f| u16::from(f.code)), Some(4401));
+    // And the expired token opens nothing new.
+    let refused = v5::connect_with(token_options(fx.mqtt(), "acme", "vera", &token, "again"))
+        .await
+        .err();
+    assert_eq!(refused.as_deref(), Some("BadUserNamePassword"));
+}

@@ -80,8 +80,12 @@ pub struct TokenRefusal {
     pub label: &'static str,
 }
 
-/// A keyring and the keys it was built from (compared by pointer).
-type CachedKeyring = (Arc<Vec<SigningKey>>, Arc<Keyring>);
+/// A keyring, the keys it was built from (compared by pointer), and its generation.
+struct CachedKeyring {
+    keys: Arc<Vec<SigningKey>>,
+    ring: Arc<Keyring>,
+    generation: u64,
+}
 
 /// The sign-in and token service of a dataplane.
 pub struct Users {
@@ -89,10 +93,12 @@ pub struct Users {
     /// The keyring of the last snapshot's keys, rebuilt when the keys change.
     keyring: Mutex<Option<CachedKeyring>>,
     refresh: RefreshStore,
-    /// Tokens whose signature was checked, by SHA-256 of the token: a reconnecting client
-    /// (or a reconnect storm after a restart) pays for the signature once per token. Emptied
-    /// whenever the keys change, so a removed key's tokens are checked (and refused) again.
-    verified: moka::sync::Cache<[u8; 32], Arc<AccessClaims>>,
+    /// Tokens whose signature was checked, by keyring generation and SHA-256 of the token: a
+    /// reconnecting client (or a reconnect storm after a restart) pays for the signature once
+    /// per token. An entry counts only under the keyring it was checked with, so once the
+    /// keys change a removed key's tokens are checked (and refused) again, even if a check
+    /// under the old keys finishes after the change.
+    verified: moka::sync::Cache<(u64, [u8; 32]), Arc<AccessClaims>>,
     per_user: DefaultKeyedRateLimiter<(String, String)>,
     per_address: DefaultKeyedRateLimiter<IpAddr>,
 }
@@ -120,20 +126,20 @@ impl Users {
         }
     }
 
-    /// The token settings.
-    pub fn settings(&self) -> &TokenSettings {
-        &self.config.tokens
-    }
-
     /// The keyring of the snapshot's signing keys. Keys that do not parse are left out (and
     /// logged), so one bad entry does not stop the others from working.
     pub fn keyring(&self, snapshot: &Snapshot) -> Arc<Keyring> {
+        self.current(snapshot).0
+    }
+
+    /// The keyring of the snapshot's keys and its generation, rebuilt when the keys change.
+    fn current(&self, snapshot: &Snapshot) -> (Arc<Keyring>, u64) {
         let keys = snapshot.signing_keys();
         let mut cached = self.keyring.lock();
-        if let Some((k, ring)) = &*cached
-            && Arc::ptr_eq(k, keys)
+        if let Some(c) = &*cached
+            && Arc::ptr_eq(&c.keys, keys)
         {
-            return ring.clone();
+            return (c.ring.clone(), c.generation);
         }
         let ring = Arc::new(match Keyring::new(keys) {
             Ok(ring) => ring,
@@ -147,17 +153,23 @@ impl Users {
                 Keyring::new(&usable).unwrap_or_else(|_| Keyring::new(&[]).expect("empty"))
             }
         });
-        *cached = Some((keys.clone(), ring.clone()));
+        let generation = cached.as_ref().map_or(0, |c| c.generation + 1);
+        *cached = Some(CachedKeyring {
+            keys: keys.clone(),
+            ring: ring.clone(),
+            generation,
+        });
+        // Entries of older generations are never read again: free their room now.
         self.verified.invalidate_all();
-        ring
+        (ring, generation)
     }
 
     /// The claims of a token with a good signature, issuer and audience that has not expired.
     fn verify(&self, snapshot: &Snapshot, token: &str) -> Result<Arc<AccessClaims>, TokenError> {
         use sha2::Digest as _;
         let now = SystemTime::now();
-        let ring = self.keyring(snapshot);
-        let id: [u8; 32] = sha2::Sha256::digest(token.as_bytes()).into();
+        let (ring, generation) = self.current(snapshot);
+        let id = (generation, sha2::Sha256::digest(token.as_bytes()).into());
         if let Some(claims) = self.verified.get(&id) {
             if claims.exp <= refresh::unix(now) {
                 self.verified.invalidate(&id);
@@ -301,10 +313,9 @@ impl Users {
         }
         let now = SystemTime::now();
         if refresh::digest(secret) != family.current {
-            family.revoked = true;
             // Revoked whatever happens to this write: a conflict means another pod wrote, and
             // the family is then read again and revoked on its next use.
-            let _ = self.refresh.update(id, &family, &read).await;
+            self.revoke(id, &read).await;
             tracing::warn!(tenant = %family.tenant, user = %family.user, "a refresh token was replayed; its sign-in is revoked");
             return Err(LoginRefusal::Replayed);
         }
@@ -326,15 +337,20 @@ impl Users {
             Err(StoreError::Conflict) => {
                 // Two uses of one token at once: one of them is not the user's.
                 if let Ok(Some(again)) = self.refresh.get(id).await {
-                    let mut f = again.family.clone();
-                    f.revoked = true;
-                    let _ = self.refresh.update(id, &f, &again).await;
+                    self.revoke(id, &again).await;
                 }
                 return Err(LoginRefusal::Replayed);
             }
             Err(e) => return Err(unavailable(e)),
         }
         self.pair(&snapshot, &subject, family.epoch, next.token, now)
+    }
+
+    /// Marks a family revoked, best effort (the caller refuses either way).
+    async fn revoke(&self, id: &str, read: &refresh::Versioned) {
+        let mut family = read.family.clone();
+        family.revoked = true;
+        let _ = self.refresh.update(id, &family, read).await;
     }
 
     fn pair(
@@ -373,6 +389,29 @@ pub fn looks_like_jwt(password: &[u8]) -> bool {
         && password
             .iter()
             .all(|&b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+}
+
+/// The timer of a session's access-token expiry, made once per session: `None` for things, so
+/// their sessions have no timer at all and the session loop builds none per turn.
+pub(crate) struct TokenExpiry(Option<std::pin::Pin<Box<tokio::time::Sleep>>>);
+
+impl TokenExpiry {
+    pub(crate) fn new(at: Option<tokio::time::Instant>) -> Self {
+        Self(at.map(|at| Box::pin(tokio::time::sleep_until(at))))
+    }
+
+    /// Whether the session has a token that expires.
+    pub(crate) fn is_set(&self) -> bool {
+        self.0.is_some()
+    }
+
+    /// Completes when the token expires; never without one.
+    pub(crate) async fn expired(&mut self) {
+        match &mut self.0 {
+            Some(sleep) => sleep.as_mut().await,
+            None => std::future::pending().await,
+        }
+    }
 }
 
 /// When a token's session must end, as a duration from now (zero if already past).

@@ -140,10 +140,10 @@ impl<R: Router> Conn<R> {
             }
         }
         let mut policy_open = true;
-        let token_ends = self.stream.token_ends;
+        let mut token_expiry = crate::users::TokenExpiry::new(self.stream.token_ends);
         loop {
             tokio::select! {
-                _ = tokio::time::sleep_until(token_ends.unwrap_or_else(tokio::time::Instant::now)), if token_ends.is_some() => {
+                () = token_expiry.expired(), if token_expiry.is_set() => {
                     return Some(Close(
                         close::CREDENTIALS_REVOKED,
                         "token expired: reconnect with a fresh access token".to_owned(),

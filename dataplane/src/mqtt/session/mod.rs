@@ -217,6 +217,7 @@ impl<R: Router, S: AsyncRead + AsyncWrite + Unpin + Send> Session<R, S> {
             return end;
         }
         let mut policy_open = true;
+        let mut token_expiry = crate::users::TokenExpiry::new(self.acc.token_ends);
         loop {
             self.count_delivered();
             if !self.wbuf.is_empty() {
@@ -234,7 +235,6 @@ impl<R: Router, S: AsyncRead + AsyncWrite + Unpin + Send> Session<R, S> {
             let can_receive = self.can_receive();
             let keep_alive = self.acc.keep_alive;
             let deadline = self.last_rx + keep_alive.mul_f32(1.5);
-            let token_ends = self.acc.token_ends;
             tokio::select! {
                 read = self.stream.read_buf(&mut self.rbuf) => match read {
                     Ok(0) | Err(_) => return End::Unclean,
@@ -273,7 +273,7 @@ impl<R: Router, S: AsyncRead + AsyncWrite + Unpin + Send> Session<R, S> {
                     self.flush_last().await;
                     return End::Unclean;
                 },
-                _ = tokio::time::sleep_until(token_ends.unwrap_or(deadline.into())), if token_ends.is_some() => {
+                () = token_expiry.expired(), if token_expiry.is_set() => {
                     // The access token expired: the client reconnects with a fresh one.
                     self.shared.metrics.refused("session", "token_expired");
                     self.disconnect(DisconnectReasonCode::MaximumConnectTime);
