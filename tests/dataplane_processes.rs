@@ -109,6 +109,14 @@ fn persisted_snapshot() -> Stored {
     }
 }
 
+/// `N` distinct free addresses: all held until all are picked.
+fn free_addrs<const N: usize>() -> [SocketAddr; N] {
+    let listeners: Vec<TcpListener> = (0..N)
+        .map(|_| TcpListener::bind("127.0.0.1:0").expect("a free port"))
+        .collect();
+    std::array::from_fn(|i| listeners[i].local_addr().expect("an address"))
+}
+
 fn free_addr() -> SocketAddr {
     let l = TcpListener::bind("127.0.0.1:0").expect("a free port");
     l.local_addr().expect("an address")
@@ -140,9 +148,10 @@ impl Dataplane {
     fn start(node_id: &str, nats: Option<&str>) -> Self {
         let state = tempfile::tempdir().expect("a temp dir");
         store::save(state.path(), &persisted_snapshot()).expect("the snapshot is written");
-        // An operator address where nothing listens.
-        let operator = format!("http://{}", free_addr());
-        let (mqtt, admin, http) = (free_addr(), free_addr(), free_addr());
+        // An operator address where nothing listens, and the listeners: picked together, so
+        // they are distinct.
+        let [operator, mqtt, admin, http] = free_addrs();
+        let operator = format!("http://{operator}");
         let log = state.path().join("dataplane.log");
         let log_file = std::fs::File::create(&log).expect("a log file");
         let mut command = Command::new(env!("CARGO_BIN_EXE_fleetward"));

@@ -18,7 +18,7 @@ use anyhow::{Context, Result, bail};
 use serde_json::{Value, json};
 
 use crate::chart::{self, RELEASE};
-use crate::ports::{free_port, loopback};
+use crate::ports::{free_ports, loopback};
 use crate::process::Process;
 use crate::workspace;
 
@@ -46,8 +46,8 @@ impl Operator {
     ///
     /// The command line is the chart's (default values, [`operator_values`]).
     pub fn start(id: &str, kubeconfig: &Path, sync_token: &str, log_dir: &Path) -> Result<Self> {
-        let sync_addr = loopback(free_port()?);
-        let admin_addr = loopback(free_port()?);
+        let [sync_port, admin_port] = free_ports()?;
+        let (sync_addr, admin_addr) = (loopback(sync_port), loopback(admin_port));
         let rendered = chart::template(OPERATOR_NAMESPACE, &[], &operator_values())?;
         let container = rendered.container(&format!("{RELEASE}-operator"), "operator")?;
         let token_file = write_token(log_dir, id, sync_token)?;
@@ -168,9 +168,12 @@ impl Dataplane {
         config: DataplaneConfig,
         log_dir: &Path,
     ) -> Result<Self> {
-        let mqtt_addr = loopback(free_port()?);
-        let http_addr = loopback(free_port()?);
-        let admin_addr = loopback(free_port()?);
+        let [mqtt_port, http_port, admin_port] = free_ports()?;
+        let (mqtt_addr, http_addr, admin_addr) = (
+            loopback(mqtt_port),
+            loopback(http_port),
+            loopback(admin_port),
+        );
         std::fs::create_dir_all(state_dir).with_context(|| {
             format!(
                 "create the dataplane state directory {}",

@@ -19,6 +19,26 @@ pub fn free_port() -> Result<u16> {
         .port())
 }
 
+/// `N` distinct free ports on 127.0.0.1, for one process that listens on several. All are
+/// held until all are picked: released one by one, the kernel may hand the same port out
+/// twice (an operator once got one port for both its gRPC and admin listeners).
+pub fn free_ports<const N: usize>() -> Result<[u16; N]> {
+    let listeners = (0..N)
+        .map(|_| {
+            TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+                .context("bind 127.0.0.1:0 to find a free port")
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let mut ports = [0; N];
+    for (port, l) in ports.iter_mut().zip(&listeners) {
+        *port = l
+            .local_addr()
+            .context("read the address of a bound socket")?
+            .port();
+    }
+    Ok(ports)
+}
+
 /// `127.0.0.1:<port>`.
 pub fn loopback(port: u16) -> SocketAddr {
     SocketAddr::from((Ipv4Addr::LOCALHOST, port))
@@ -48,6 +68,15 @@ mod tests {
         let listener = TcpListener::bind(loopback(port))?;
         wait_for_listener(loopback(port), Duration::from_secs(5))?;
         drop(listener);
+        Ok(())
+    }
+
+    #[test]
+    fn ports_picked_together_are_distinct() -> Result<()> {
+        for _ in 0..50 {
+            let [a, b, c] = free_ports::<3>()?;
+            assert!(a != b && b != c && a != c, "{a} {b} {c}");
+        }
         Ok(())
     }
 
