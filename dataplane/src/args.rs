@@ -46,7 +46,8 @@ pub struct DataplaneArgs {
     /// The most QoS 1/2 deliveries awaiting a client's acknowledgement.
     #[arg(long, default_value_t = 100)]
     pub max_inflight: u16,
-    /// Entries of the authorization decision cache.
+    /// Entries of the authorization decision cache; 0 turns it off (every decision is
+    /// evaluated, for measuring what the cache is worth).
     #[arg(long, default_value_t = 100_000)]
     pub decision_cache_entries: u64,
     /// NATS servers of the cross-pod bus, comma-separated (nats://host:4222); absent, this pod

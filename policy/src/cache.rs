@@ -85,6 +85,9 @@ pub struct CacheStats {
 
 /// A bounded cache of decisions for one policy source.
 ///
+/// A cache of 0 entries is off: every request goes to the evaluator (and counts as a miss), so
+/// the cache's worth can be measured against its absence.
+///
 /// Use one cache per evaluator: entries are keyed by version, so two evaluators that share
 /// version numbers but not policies must not share a cache.
 pub struct DecisionCache {
@@ -93,6 +96,7 @@ pub struct DecisionCache {
     newest: AtomicU64,
     hits: AtomicU64,
     misses: AtomicU64,
+    enabled: bool,
 }
 
 impl std::fmt::Debug for DecisionCache {
@@ -105,7 +109,7 @@ impl std::fmt::Debug for DecisionCache {
 }
 
 impl DecisionCache {
-    /// A cache holding at most `max_entries` decisions.
+    /// A cache holding at most `max_entries` decisions; 0 turns it off.
     pub fn new(max_entries: u64) -> Self {
         Self {
             entries: moka::sync::Cache::builder()
@@ -115,6 +119,7 @@ impl DecisionCache {
             newest: AtomicU64::new(0),
             hits: AtomicU64::new(0),
             misses: AtomicU64::new(0),
+            enabled: max_entries > 0,
         }
     }
 
@@ -126,6 +131,10 @@ impl DecisionCache {
         action: Action,
         topic: &Topic<'_>,
     ) -> Decision {
+        if !self.enabled {
+            self.misses.fetch_add(1, Ordering::Relaxed);
+            return evaluator.authorize(subject, action, topic);
+        }
         let version = evaluator.version();
         let newest = self.newest.fetch_max(version, Ordering::AcqRel);
         if version > newest {
@@ -263,13 +272,31 @@ mod tests {
     }
 
     fn counting() -> CachedEvaluator<Counting> {
+        counting_with(1000)
+    }
+
+    fn counting_with(entries: u64) -> CachedEvaluator<Counting> {
         CachedEvaluator::new(
             Counting {
                 version: AtomicU64::new(1),
                 calls: AtomicUsize::new(0),
             },
-            1000,
+            entries,
         )
+    }
+
+    #[test]
+    fn a_cache_of_no_entries_asks_the_evaluator_every_time() {
+        let c = counting_with(0);
+        let s = Subject::thing("a", "t");
+        let t = parse_topic_name("m/a/c/ch/open", &TopicLimits::default()).expect("valid");
+        for _ in 0..5 {
+            assert!(c.authorize(&s, Action::Publish, &t).is_allowed());
+        }
+        assert_eq!(c.inner().calls.load(Ordering::SeqCst), 5);
+        assert_eq!(c.cache().stats(), CacheStats { hits: 0, misses: 5 });
+        c.cache().run_pending_tasks();
+        assert_eq!(c.cache().entry_count(), 0);
     }
 
     #[test]
