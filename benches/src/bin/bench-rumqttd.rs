@@ -1,7 +1,9 @@
 //! Bare rumqttd 0.20 as a benchmark baseline: its own broker and v4 network listener, with the
 //! router settings the dataplane gives it (`RumqttdConfig::default()`), and no authentication.
+//! Every rumqttd connection takes one of the router's links, so `[max-connections]` (default:
+//! the dataplane's link count) is raised for the idle-connection runs.
 //!
-//! Run: `cargo run --release -p fleetward-dataplane --example bare_rumqttd -- 127.0.0.1:1883`
+//! Run: `cargo run --release -p fleetward-bench --bin bench-rumqttd -- 127.0.0.1:1883 [max-connections]`
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -17,6 +19,10 @@ fn main() -> anyhow::Result<()> {
         .parse()
         .context("the listen address is not host:port")?;
     let ours = RumqttdConfig::default();
+    let max_connections = match std::env::args().nth(2) {
+        Some(n) => n.parse().context("max-connections is not a number")?,
+        None => ours.max_links + 1,
+    };
     let server = ServerSettings {
         name: "v4".into(),
         listen,
@@ -34,7 +40,7 @@ fn main() -> anyhow::Result<()> {
     let config = Config {
         id: 0,
         router: RouterConfig {
-            max_connections: ours.max_links + 1,
+            max_connections,
             max_outgoing_packet_count: ours.max_outgoing_packet_count,
             max_segment_size: ours.segment_size,
             max_segment_count: ours.segment_count,

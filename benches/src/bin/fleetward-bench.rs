@@ -1,0 +1,288 @@
+//! The load generator: drives any MQTT broker the same way and prints one line of
+//! `key=value` results per run.
+//!
+//! ```text
+//! fleetward-bench --port 1883 --auth pairs --pairs 100 --qos 0
+//! fleetward-bench --port 1883 fan-out --subscribers 100
+//! fleetward-bench --port 1883 fan-in --publishers 100
+//! fleetward-bench --port 1883 latency --pairs 100 --total-rate 10000
+//! fleetward-bench --port 1883 --auth connect --workers 32
+//! fleetward-bench --port 1883 --auth idle --connections 10000 --pid <broker pid>
+//! ```
+//!
+//! With `--auth` clients log in as the Fleetward bench things (`bench/pub-<i>`, with their
+//! keys); without it they send no login, for brokers that run without authentication.
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use fleetward_bench::conns::{self, Storm};
+use fleetward_bench::fixture;
+use fleetward_bench::load::{self, Broker, Client, Flow};
+use hdrhistogram::Histogram;
+
+#[derive(Parser, Debug)]
+#[command(about = "Load generator for MQTT brokers: throughput, latency, connects, idle memory")]
+struct Cli {
+    /// The broker's address.
+    #[arg(long, default_value = "127.0.0.1")]
+    host: IpAddr,
+    /// The broker's MQTT port.
+    #[arg(long)]
+    port: u16,
+    /// Log in as the Fleetward bench things.
+    #[arg(long)]
+    auth: bool,
+    /// A label printed with the result.
+    #[arg(long, default_value = "broker")]
+    label: String,
+    #[command(subcommand)]
+    scenario: Scenario,
+}
+
+/// What every message flow takes.
+#[derive(Args, Debug, Clone)]
+struct FlowArgs {
+    /// QoS of publishes and subscriptions (0 or 1).
+    #[arg(long, default_value_t = 0)]
+    qos: u8,
+    /// Payload bytes.
+    #[arg(long, default_value_t = 64)]
+    payload: usize,
+    /// PUBLISH packets per socket write, at most.
+    #[arg(long, default_value_t = 16)]
+    batch: usize,
+    /// QoS 1 PUBLISHes in flight per publisher.
+    #[arg(long, default_value_t = 32)]
+    window: usize,
+    /// Seconds of load before the window opens.
+    #[arg(long, default_value_t = 3.0)]
+    warmup: f64,
+    /// Seconds of the measured window.
+    #[arg(long, default_value_t = 10.0)]
+    seconds: f64,
+}
+
+#[derive(Subcommand, Debug)]
+enum Scenario {
+    /// N publisher → subscriber pairs, each on its own channel, as fast as the broker reads.
+    Pairs {
+        #[arg(long, default_value_t = 100)]
+        pairs: usize,
+        #[command(flatten)]
+        flow: FlowArgs,
+    },
+    /// One publisher, N subscribers of its topic.
+    FanOut {
+        #[arg(long, default_value_t = 100)]
+        subscribers: usize,
+        #[command(flatten)]
+        flow: FlowArgs,
+    },
+    /// N publishers, one subscriber of their topic.
+    FanIn {
+        #[arg(long, default_value_t = 100)]
+        publishers: usize,
+        #[command(flatten)]
+        flow: FlowArgs,
+    },
+    /// N pairs at a fixed total rate, one message per write: publish → deliver percentiles.
+    Latency {
+        #[arg(long, default_value_t = 100)]
+        pairs: usize,
+        /// Messages per second over all publishers.
+        #[arg(long, default_value_t = 10_000.0)]
+        total_rate: f64,
+        #[command(flatten)]
+        flow: FlowArgs,
+    },
+    /// CONNECT storm: clients connect, log in, get CONNACK and disconnect, over and over.
+    Connect {
+        /// Concurrent connecting clients.
+        #[arg(long, default_value_t = 32)]
+        workers: usize,
+        /// Things to log in as, in turn.
+        #[arg(long, default_value_t = 10_000)]
+        things: usize,
+        #[arg(long, default_value_t = 2.0)]
+        warmup: f64,
+        #[arg(long, default_value_t = 5.0)]
+        seconds: f64,
+    },
+    /// Idle connections: the broker's RSS per connection.
+    Idle {
+        #[arg(long, default_value_t = 10_000)]
+        connections: usize,
+        /// Things the target grants (`pub-<i>` and `sub-<i>` for `i` below this).
+        #[arg(long, default_value_t = 10_000)]
+        things: usize,
+        /// The broker's process id, to read its RSS.
+        #[arg(long)]
+        pid: u32,
+        /// Seconds to let the broker settle before each reading.
+        #[arg(long, default_value_t = 3.0)]
+        settle: f64,
+    },
+}
+
+fn flow(args: &FlowArgs, subscribers: Vec<Client>, publishers: Vec<Client>) -> Flow {
+    Flow {
+        subscribers,
+        publishers,
+        qos: args.qos,
+        payload: args.payload,
+        rate: 0.0,
+        batch: args.batch,
+        window: args.window,
+        latency: false,
+        warmup: Duration::from_secs_f64(args.warmup),
+        window_len: Duration::from_secs_f64(args.seconds),
+    }
+}
+
+/// Subscribers and publishers of `n` pairs, pair `i` on its own channel.
+fn pairs(n: usize) -> (Vec<Client>, Vec<Client>) {
+    let subs = (0..n)
+        .map(|i| Client::new(fixture::subscriber(i), fixture::pair_topic(i)))
+        .collect();
+    let pubs = (0..n)
+        .map(|i| Client::new(fixture::publisher(i), fixture::pair_topic(i)))
+        .collect();
+    (subs, pubs)
+}
+
+/// `p50_us=… p99_us=… p999_us=… max_us=… samples=…`.
+fn percentiles(h: &Histogram<u64>) -> String {
+    let us = |q: f64| h.value_at_quantile(q) as f64 / 1_000.0;
+    format!(
+        "p50_us={:.1} p99_us={:.1} p999_us={:.1} max_us={:.1} samples={}",
+        us(0.5),
+        us(0.99),
+        us(0.999),
+        h.max() as f64 / 1_000.0,
+        h.len()
+    )
+}
+
+// One thread: the generator shares the machine with the broker under test, and a second
+// runtime thread would take a core from the broker and add cross-thread wake-ups to every
+// measured delivery.
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let broker = Broker {
+        addr: SocketAddr::new(cli.host, cli.port),
+        auth: cli.auth,
+    };
+    let head = format!("label={}", cli.label);
+    let line = match cli.scenario {
+        Scenario::Pairs { pairs: n, flow: f } => {
+            let (subs, pubs) = pairs(n);
+            let r = load::run(broker, flow(&f, subs, pubs)).await?;
+            format!(
+                "{head} scenario=pairs qos={} pairs={n} payload={} received_per_s={:.0} written_per_s={:.0} generator_cores={:.2}",
+                f.qos, f.payload, r.received_per_s, r.written_per_s, r.generator_cores
+            )
+        }
+        Scenario::FanOut {
+            subscribers,
+            flow: f,
+        } => {
+            let subs = (0..subscribers)
+                .map(|i| Client::new(fixture::subscriber(i), fixture::fan_topic()))
+                .collect();
+            let pubs = vec![Client::new(fixture::publisher(0), fixture::fan_topic())];
+            let r = load::run(broker, flow(&f, subs, pubs)).await?;
+            format!(
+                "{head} scenario=fan-out qos={} subscribers={subscribers} payload={} received_per_s={:.0} written_per_s={:.0} generator_cores={:.2}",
+                f.qos, f.payload, r.received_per_s, r.written_per_s, r.generator_cores
+            )
+        }
+        Scenario::FanIn {
+            publishers,
+            flow: f,
+        } => {
+            let subs = vec![Client::new(fixture::subscriber(0), fixture::fan_topic())];
+            let pubs = (0..publishers)
+                .map(|i| Client::new(fixture::publisher(i), fixture::fan_topic()))
+                .collect();
+            let r = load::run(broker, flow(&f, subs, pubs)).await?;
+            format!(
+                "{head} scenario=fan-in qos={} publishers={publishers} payload={} received_per_s={:.0} written_per_s={:.0} generator_cores={:.2}",
+                f.qos, f.payload, r.received_per_s, r.written_per_s, r.generator_cores
+            )
+        }
+        Scenario::Latency {
+            pairs: n,
+            total_rate,
+            flow: f,
+        } => {
+            anyhow::ensure!(total_rate > 0.0, "latency runs at a fixed rate above 0");
+            let (subs, pubs) = pairs(n);
+            let mut spec = flow(&f, subs, pubs);
+            spec.rate = total_rate / n as f64;
+            spec.latency = true;
+            let r = load::run(broker, spec).await?;
+            let h = r.latency.expect("latency was asked for");
+            format!(
+                "{head} scenario=latency qos={} pairs={n} payload={} rate={total_rate:.0} received_per_s={:.0} written_per_s={:.0} {} max_send_lag_us={:.1} generator_cores={:.2}",
+                f.qos,
+                f.payload,
+                r.received_per_s,
+                r.written_per_s,
+                percentiles(&h),
+                r.max_send_lag.as_secs_f64() * 1e6,
+                r.generator_cores
+            )
+        }
+        Scenario::Connect {
+            workers,
+            things,
+            warmup,
+            seconds,
+        } => {
+            let r = conns::storm(
+                broker,
+                Storm {
+                    workers,
+                    things,
+                    warmup: Duration::from_secs_f64(warmup),
+                    window_len: Duration::from_secs_f64(seconds),
+                },
+            )
+            .await?;
+            format!(
+                "{head} scenario=connect workers={workers} connects_per_s={:.0} {} generator_cores={:.2}",
+                r.connects_per_s,
+                percentiles(&r.latency),
+                r.generator_cores
+            )
+        }
+        Scenario::Idle {
+            connections,
+            things,
+            pid,
+            settle,
+        } => {
+            let r = conns::idle(
+                broker,
+                connections,
+                things,
+                pid,
+                Duration::from_secs_f64(settle),
+            )
+            .await?;
+            format!(
+                "{head} scenario=idle connections={connections} rss_before_kib={} rss_after_kib={} kib_per_connection={:.2} connect_s={:.2}",
+                r.rss_before_kib,
+                r.rss_after_kib,
+                r.kib_per_connection(),
+                r.connect_secs
+            )
+        }
+    };
+    println!("{line}");
+    // Open sockets close when the process exits; nothing waits for the brokers to notice.
+    std::process::exit(0);
+}

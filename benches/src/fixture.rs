@@ -1,0 +1,131 @@
+//! The names every benchmark shares: tenant `bench`, things `pub-<i>` and `sub-<i>` with
+//! known keys, channels `pair-<i>` (one per publisher/subscriber pair) and `fan` (fan-in and
+//! fan-out), and the Fleetward policy that grants exactly that.
+
+use std::sync::Arc;
+
+use fleetward_policy::{
+    Actions, BuildError, Channel, Grant, GrantSubject, KeyDigest, Qos, Resources, Snapshot, Tenant,
+    Thing,
+};
+
+/// The tenant every benchmark thing belongs to.
+pub const TENANT: &str = "bench";
+
+/// The channel fan-in and fan-out publish and subscribe on.
+pub const FAN_CHANNEL: &str = "fan";
+
+/// The name of publisher `i`.
+pub fn publisher(i: usize) -> String {
+    format!("pub-{i}")
+}
+
+/// The name of subscriber `i`.
+pub fn subscriber(i: usize) -> String {
+    format!("sub-{i}")
+}
+
+/// The MQTT username of `thing`.
+pub fn username(thing: &str) -> String {
+    format!("{TENANT}/{thing}")
+}
+
+/// The key of `thing` (its MQTT password).
+pub fn key(thing: &str) -> String {
+    format!("bench-key-{thing}-0123456789")
+}
+
+/// The topic pair `i` publishes and subscribes on.
+pub fn pair_topic(i: usize) -> String {
+    format!("m/{TENANT}/c/pair-{i}/data")
+}
+
+/// The topic of fan-in and fan-out.
+pub fn fan_topic() -> String {
+    format!("m/{TENANT}/c/{FAN_CHANNEL}/data")
+}
+
+fn thing(name: String) -> Thing {
+    Thing {
+        tenant: TENANT.into(),
+        key_digests: vec![KeyDigest::of(key(&name).as_bytes())],
+        name,
+        disabled: false,
+        mountpoint: None,
+    }
+}
+
+fn grant(thing: &str, channel: &str, actions: Actions) -> Grant {
+    Grant {
+        tenant: TENANT.into(),
+        name: format!("{thing}-{channel}"),
+        subject: GrantSubject::Thing(thing.into()),
+        channel: channel.into(),
+        actions,
+        allow: Vec::new(),
+        deny: Vec::new(),
+    }
+}
+
+fn channel(name: String) -> Channel {
+    Channel {
+        tenant: TENANT.into(),
+        name,
+        max_qos: Qos::AtLeastOnce,
+        retained_allowed: false,
+        max_message_size: None,
+    }
+}
+
+/// The policy of `pairs` pairs: things `pub-<i>` and `sub-<i>`, channel `pair-<i>` that the
+/// first may publish and the second subscribe to, and channel `fan` that every publisher may
+/// publish and every subscriber subscribe to. Default tenant limits (none).
+pub fn policy(pairs: usize) -> Result<Arc<Snapshot>, BuildError> {
+    let mut r = Resources::default();
+    r.tenants.push(Tenant {
+        name: TENANT.into(),
+        suspended: false,
+        limits: Default::default(),
+    });
+    r.channels.push(channel(FAN_CHANNEL.into()));
+    for i in 0..pairs {
+        let pair = format!("pair-{i}");
+        let (p, s) = (publisher(i), subscriber(i));
+        r.grants.push(grant(&p, &pair, Actions::PUBLISH));
+        r.grants.push(grant(&s, &pair, Actions::SUBSCRIBE));
+        r.grants.push(grant(&p, FAN_CHANNEL, Actions::PUBLISH));
+        r.grants.push(grant(&s, FAN_CHANNEL, Actions::SUBSCRIBE));
+        r.things.push(thing(p));
+        r.things.push(thing(s));
+        r.channels.push(channel(pair));
+    }
+    Ok(Arc::new(Snapshot::from_resources(1, r)?))
+}
+
+#[cfg(test)]
+mod tests {
+    use fleetward_policy::{Credential, PolicyEvaluator};
+
+    use super::*;
+
+    #[test]
+    fn the_policy_admits_the_keys_the_load_generator_sends() {
+        let snapshot = policy(3).expect("a valid policy");
+        assert_eq!(username(&publisher(2)), "bench/pub-2");
+        let pass = key(&publisher(2));
+        let subject = snapshot
+            .authenticate(&Credential::Thing {
+                tenant: TENANT,
+                thing: "pub-2",
+                key: pass.as_bytes(),
+            })
+            .expect("the key of pub-2 is accepted");
+        assert_eq!(subject.name, "pub-2");
+        let wrong = snapshot.authenticate(&Credential::Thing {
+            tenant: TENANT,
+            thing: "pub-2",
+            key: key(&publisher(1)).as_bytes(),
+        });
+        assert!(wrong.is_err(), "another thing's key is refused");
+    }
+}

@@ -1,0 +1,15 @@
+//! Fleetward's benchmark suite: a load generator that drives any MQTT broker the same way, and
+//! the shared names and policy of the Fleetward target.
+//!
+//! The binaries:
+//! - `fleetward-bench`: the load generator (point-to-point, fan-out, fan-in, fixed-rate
+//!   latency, CONNECT storm, idle connections); one line of `key=value` results per run.
+//! - `bench-fleetward`: the Fleetward dataplane with authorization on and [`fixture::policy`].
+//! - `bench-rumqttd`: bare rumqttd, the router the dataplane embeds, as a plain broker.
+//!
+//! `scripts/bench-suite.sh` runs them, with Mosquitto, and writes `BENCHMARKS.md`.
+
+pub mod conns;
+pub mod fixture;
+pub mod load;
+pub mod wire;
