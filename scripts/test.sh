@@ -34,6 +34,9 @@ cargo build --bin fleetward
 # bench_* are benchmarks (minutes long, budget-checked); BENCHMARKS.md says how to run them.
 cargo test -p fleetward-e2e --all-features -- --ignored --test-threads=1 --skip bench_
 
+step "benchmark suite, smoke run (tiny sizes, dev build: checks the harness, not the figures)"
+scripts/bench-suite.sh --smoke
+
 step "fuzz smoke run"
 scripts/fuzz-smoke.sh
 

@@ -48,6 +48,22 @@ impl Operator {
     pub fn start(id: &str, kubeconfig: &Path, sync_token: &str, log_dir: &Path) -> Result<Self> {
         let [sync_port, admin_port] = free_ports()?;
         let (sync_addr, admin_addr) = (loopback(sync_port), loopback(admin_port));
+        let mut op = Self::launch(id, kubeconfig, sync_token, log_dir, sync_addr, admin_addr)?;
+        wait_ready(&mut op.process, admin_addr)?;
+        Ok(op)
+    }
+
+    /// Like [`Operator::start`] on the given listeners, but returns as soon as the process is
+    /// spawned: for a test that times the start-up, or a replacement that takes over the
+    /// listeners of a stopped replica so its dataplanes reconnect to it.
+    pub fn launch(
+        id: &str,
+        kubeconfig: &Path,
+        sync_token: &str,
+        log_dir: &Path,
+        sync_addr: SocketAddr,
+        admin_addr: SocketAddr,
+    ) -> Result<Self> {
         let rendered = chart::template(OPERATOR_NAMESPACE, &[], &operator_values())?;
         let container = rendered.container(&format!("{RELEASE}-operator"), "operator")?;
         let token_file = write_token(log_dir, id, sync_token)?;
@@ -64,14 +80,12 @@ impl Operator {
         // What a pod's mounted service account gives the operator in a cluster.
         cmd.env("KUBECONFIG", kubeconfig);
         let process = Process::spawn(id, cmd, log_dir)?;
-        let mut op = Self {
+        Ok(Self {
             process,
             id: id.to_owned(),
             sync_addr,
             admin_addr,
-        };
-        wait_ready(&mut op.process, admin_addr)?;
-        Ok(op)
+        })
     }
 
     /// `http://<sync addr>`, what a dataplane's `--operator` takes.
@@ -168,6 +182,19 @@ impl Dataplane {
         config: DataplaneConfig,
         log_dir: &Path,
     ) -> Result<Self> {
+        let mut dp = Self::launch(node_id, state_dir, config, log_dir)?;
+        wait_ready(&mut dp.process, dp.admin_addr)?;
+        Ok(dp)
+    }
+
+    /// Like [`Dataplane::start`], but returns as soon as the process is spawned, for a test
+    /// that times how long it takes to become ready.
+    pub fn launch(
+        node_id: &str,
+        state_dir: &Path,
+        config: DataplaneConfig,
+        log_dir: &Path,
+    ) -> Result<Self> {
         let [mqtt_port, http_port, admin_port] = free_ports()?;
         let (mqtt_addr, http_addr, admin_addr) = (
             loopback(mqtt_port),
@@ -180,7 +207,7 @@ impl Dataplane {
                 state_dir.display()
             )
         })?;
-        let mut dp = Self {
+        Ok(Self {
             process: Self::spawn(
                 node_id, state_dir, &config, mqtt_addr, http_addr, admin_addr, log_dir, 1,
             )?,
@@ -190,9 +217,7 @@ impl Dataplane {
             http_addr,
             admin_addr,
             config,
-        };
-        wait_ready(&mut dp.process, admin_addr)?;
-        Ok(dp)
+        })
     }
 
     /// Kills the process outright and starts it again on the same ports and state
