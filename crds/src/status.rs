@@ -7,8 +7,9 @@ use serde::{Deserialize, Serialize};
 /// Condition type: the operator has accepted the resource and its references resolve.
 pub const READY: &str = "Ready";
 
-/// Condition type: every connected dataplane has acknowledged a policy snapshot that contains
-/// the resource, so what it declares is being enforced.
+/// Condition type: every connected dataplane that serves clients has acknowledged a policy
+/// snapshot that contains the resource, so what it declares is being enforced. A dataplane
+/// still loading its first snapshot is not ready, serves no one, and is not waited for.
 pub const ENFORCED: &str = "Enforced";
 
 /// `Ready=False` reason: no Tenant owns the resource's namespace, so it is not served.

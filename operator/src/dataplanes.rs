@@ -20,6 +20,10 @@ pub struct DataplaneState {
     pub nacks: u64,
     /// When it connected.
     pub connected_at: SystemTime,
+    /// Whether it serves clients: it had a snapshot when it connected (fail-static, from its
+    /// state directory), or has applied one since. A dataplane that connected empty is not
+    /// ready, so it enforces nothing yet and holds nothing back from `Enforced`.
+    pub serving: bool,
 }
 
 /// The registry of connected dataplanes. Cheap to share behind an `Arc`.
@@ -49,16 +53,29 @@ impl Dataplanes {
         self.changed.subscribe()
     }
 
-    /// Records a dataplane that connected with the version it already has.
+    /// Records a dataplane that connected serving `version`: the version of this index's
+    /// lineage it has, or 0 for a snapshot of another lineage (it serves, but nothing this
+    /// index committed is known to be enforced there).
     pub fn connected(&self, node: &str, version: u64) {
+        self.insert(node, version, true);
+    }
+
+    /// Records a dataplane that connected with no snapshot at all: until its first ACK it
+    /// serves no client, so it does not lower [`Self::enforced_version`].
+    pub fn connected_empty(&self, node: &str) {
+        self.insert(node, 0, false);
+    }
+
+    fn insert(&self, node: &str, applied: u64, serving: bool) {
         self.update(|nodes| {
             nodes.insert(
                 node.to_owned(),
                 DataplaneState {
-                    applied: version,
+                    applied,
                     last_error: None,
                     nacks: 0,
                     connected_at: SystemTime::now(),
+                    serving,
                 },
             );
         });
@@ -70,6 +87,7 @@ impl Dataplanes {
             if let Some(n) = nodes.get_mut(node) {
                 n.applied = n.applied.max(version);
                 n.last_error = None;
+                n.serving = true;
             }
         });
     }
@@ -96,10 +114,16 @@ impl Dataplanes {
         self.lock().clone()
     }
 
-    /// The highest version every connected dataplane has applied; `None` when none is
-    /// connected, since nothing is enforced then.
+    /// The highest version every serving dataplane has applied; `None` when none serves,
+    /// since nothing is enforced then. A dataplane still loading its first snapshot is left
+    /// out: counting it would turn every object's `Enforced` false (and back) whenever a new
+    /// pod starts, one status write per object each way.
     pub fn enforced_version(&self) -> Option<u64> {
-        self.lock().values().map(|n| n.applied).min()
+        self.lock()
+            .values()
+            .filter(|n| n.serving)
+            .map(|n| n.applied)
+            .min()
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, DataplaneState>> {
@@ -116,6 +140,25 @@ impl Dataplanes {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_dataplane_without_a_snapshot_counts_once_it_has_applied_one() {
+        let d = Dataplanes::new();
+        d.connected("a", 9);
+        d.connected_empty("new");
+        assert_eq!(d.enforced_version(), Some(9), "the empty newcomer serves no one yet");
+        d.acked("new", 7);
+        assert_eq!(d.enforced_version(), Some(7));
+        d.disconnected("a");
+        d.connected_empty("b");
+        assert_eq!(d.enforced_version(), Some(7));
+        d.disconnected("new");
+        assert_eq!(d.enforced_version(), None, "nothing is enforced by empty dataplanes");
+        // A dataplane serving another lineage's snapshot holds Enforced back until it ACKs.
+        d.connected("c", 0);
+        d.acked("b", 12);
+        assert_eq!(d.enforced_version(), Some(0));
+    }
 
     #[test]
     fn enforced_is_the_lowest_applied_version_of_connected_dataplanes() {

@@ -105,9 +105,13 @@ impl Session {
             .unwrap_or_else(|e| e.into_inner())
             .insert(hello.node_id.clone(), id);
         // A version of another lineage says nothing about what this index has enforced.
-        shared
-            .dataplanes
-            .connected(&hello.node_id, base.unwrap_or(0));
+        if hello.version == 0 {
+            shared.dataplanes.connected_empty(&hello.node_id);
+        } else {
+            shared
+                .dataplanes
+                .connected(&hello.node_id, base.unwrap_or(0));
+        }
         tracing::info!(
             node = %hello.node_id,
             ?peer,
