@@ -530,8 +530,11 @@ def main():
     log(f"building the {cfg.profile} binaries")
     build = ["cargo", "build", "--profile", cfg.profile, "-p", "fleetward-bench"]
     subprocess.run(build, cwd=ROOT, check=True)
-    if not cfg.smoke and not (args.skip_controlplane or args.only_brokers):
-        subprocess.run(["cargo", "build", "--release", "--bin", "fleetward"], cwd=ROOT, check=True)
+    if not (args.skip_controlplane or args.only_brokers):
+        # The control-plane benchmark runs the fleetward binary: release for figures, the dev
+        # build the end-to-end tests use for the smoke run.
+        subprocess.run(["cargo", "build", "--profile", cfg.profile, "--bin", "fleetward"],
+                       cwd=ROOT, check=True)
 
     load_before = Path("/proc/loadavg").read_text().split()[0]
     results = []

@@ -11,7 +11,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::fixture;
-use crate::load::{Broker, cpu_seconds, histogram};
+use crate::load::{Broker, cpu_seconds, first_failure, histogram};
 use crate::wire;
 
 /// A CONNECT storm: `workers` clients connect, authenticate, get their CONNACK, disconnect and
@@ -69,13 +69,7 @@ pub async fn storm(broker: Broker, storm: Storm) -> anyhow::Result<StormResult> 
             anyhow::Ok(latency)
         });
     }
-    let failed = async {
-        match tasks.join_next().await {
-            Some(Ok(Err(e))) => Err(e),
-            Some(Err(e)) => Err(anyhow::anyhow!("a connecting task failed: {e}")),
-            _ => Ok(()),
-        }
-    };
+    let failed = first_failure(&mut tasks, "a connecting task");
     let measure = async {
         tokio::time::sleep(storm.warmup).await;
         let (n0, cpu0, t0) = (done.load(Ordering::Relaxed), cpu_seconds(), Instant::now());

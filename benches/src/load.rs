@@ -192,13 +192,7 @@ pub async fn run(broker: Broker, flow: Flow) -> anyhow::Result<FlowResult> {
         let s = broker.open(&format!("p{i}"), &p.thing).await?;
         tasks.spawn(publisher(s, p.topic.clone(), flow.clone(), shared.clone()));
     }
-    let failed = async {
-        match tasks.join_next().await {
-            Some(Ok(Err(e))) => Err(e),
-            Some(Err(e)) => Err(anyhow::anyhow!("a client task failed: {e}")),
-            _ => Ok(()),
-        }
-    };
+    let failed = first_failure(&mut tasks, "a client task");
     let measure = async {
         tokio::time::sleep(flow.warmup).await;
         let before = (
@@ -235,6 +229,19 @@ pub async fn run(broker: Broker, flow: Flow) -> anyhow::Result<FlowResult> {
         generator_cores,
         max_send_lag: Duration::from_nanos(shared.max_send_lag.load(Ordering::Relaxed)),
     })
+}
+
+/// Waits for the first of `tasks` to end, and returns its error (clients run until stopped,
+/// so one that ends early has failed).
+pub async fn first_failure<T: 'static>(
+    tasks: &mut tokio::task::JoinSet<anyhow::Result<T>>,
+    what: &str,
+) -> anyhow::Result<()> {
+    match tasks.join_next().await {
+        Some(Ok(Err(e))) => Err(e),
+        Some(Err(e)) => Err(anyhow::anyhow!("{what} failed: {e}")),
+        _ => Ok(()),
+    }
 }
 
 async fn wait_for_suback(

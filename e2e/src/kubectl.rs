@@ -113,6 +113,23 @@ impl Kubectl {
         )
     }
 
+    /// Applies several streams with one `kubectl apply` each, side by side (bulk loads: one
+    /// kubectl sends its objects one after another).
+    pub fn apply_parallel(&self, streams: &[String]) -> Result<()> {
+        thread::scope(|scope| {
+            let workers: Vec<_> = streams
+                .iter()
+                .map(|stream| scope.spawn(|| self.apply(stream)))
+                .collect();
+            for worker in workers {
+                worker
+                    .join()
+                    .map_err(|_| anyhow::anyhow!("an apply worker panicked"))??;
+            }
+            Ok(())
+        })
+    }
+
     /// `kubectl get args... -o json`, parsed.
     pub fn get_json(&self, args: &[&str]) -> Result<Value> {
         let mut full = vec!["get"];

@@ -292,18 +292,7 @@ fn build_data_set(kubectl: &Kubectl, op: &Operator, p: &Params) -> Result<()> {
     let streams = bulk_streams(p);
     let started = Instant::now();
     kubectl.apply(&head(p))?;
-    thread::scope(|scope| -> Result<()> {
-        let workers: Vec<_> = streams
-            .iter()
-            .map(|s| scope.spawn(|| kubectl.apply(s)))
-            .collect();
-        for worker in workers {
-            worker
-                .join()
-                .map_err(|_| anyhow::anyhow!("an apply worker panicked"))??;
-        }
-        Ok(())
-    })?;
+    kubectl.apply_parallel(&streams)?;
     let applied = started.elapsed();
     eprintln!(
         "bench: applied {} Things and {} Connections with {APPLY_WORKERS} kubectl in {applied:.1?}",

@@ -720,18 +720,7 @@ fn bench_ten_thousand_things_and_connections_become_ready_within_budget() {
         let load_before = load_average();
         let started = std::time::Instant::now();
         kubectl.apply(&head)?;
-        thread::scope(|scope| -> Result<()> {
-            let workers: Vec<_> = streams
-                .iter()
-                .map(|stream| scope.spawn(|| kubectl.apply(stream)))
-                .collect();
-            for worker in workers {
-                worker
-                    .join()
-                    .map_err(|_| anyhow::anyhow!("an apply worker panicked"))??;
-            }
-            Ok(())
-        })?;
+        kubectl.apply_parallel(&streams)?;
         let applied = started.elapsed();
         // The operator's own counters say when to look; the API server's objects decide. A
         // list of 20k objects loads the API server, so it is made only once the counters are

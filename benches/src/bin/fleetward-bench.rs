@@ -165,6 +165,22 @@ fn percentiles(h: &Histogram<u64>) -> String {
     )
 }
 
+/// Runs a flow as fast as the broker reads; its result line.
+async fn throughput(
+    broker: Broker,
+    head: &str,
+    scenario: &str,
+    f: &FlowArgs,
+    subscribers: Vec<Client>,
+    publishers: Vec<Client>,
+) -> anyhow::Result<String> {
+    let r = load::run(broker, flow(f, subscribers, publishers)).await?;
+    Ok(format!(
+        "{head} scenario={scenario} qos={} payload={} received_per_s={:.0} written_per_s={:.0} generator_cores={:.2}",
+        f.qos, f.payload, r.received_per_s, r.written_per_s, r.generator_cores
+    ))
+}
+
 // One thread: the generator shares the machine with the broker under test, and a second
 // runtime thread would take a core from the broker and add cross-thread wake-ups to every
 // measured delivery.
@@ -179,11 +195,7 @@ async fn main() -> anyhow::Result<()> {
     let line = match cli.scenario {
         Scenario::Pairs { pairs: n, flow: f } => {
             let (subs, pubs) = pairs(n);
-            let r = load::run(broker, flow(&f, subs, pubs)).await?;
-            format!(
-                "{head} scenario=pairs qos={} pairs={n} payload={} received_per_s={:.0} written_per_s={:.0} generator_cores={:.2}",
-                f.qos, f.payload, r.received_per_s, r.written_per_s, r.generator_cores
-            )
+            throughput(broker, &head, &format!("pairs pairs={n}"), &f, subs, pubs).await?
         }
         Scenario::FanOut {
             subscribers,
@@ -193,11 +205,8 @@ async fn main() -> anyhow::Result<()> {
                 .map(|i| Client::new(fixture::subscriber(i), fixture::fan_topic()))
                 .collect();
             let pubs = vec![Client::new(fixture::publisher(0), fixture::fan_topic())];
-            let r = load::run(broker, flow(&f, subs, pubs)).await?;
-            format!(
-                "{head} scenario=fan-out qos={} subscribers={subscribers} payload={} received_per_s={:.0} written_per_s={:.0} generator_cores={:.2}",
-                f.qos, f.payload, r.received_per_s, r.written_per_s, r.generator_cores
-            )
+            let what = format!("fan-out subscribers={subscribers}");
+            throughput(broker, &head, &what, &f, subs, pubs).await?
         }
         Scenario::FanIn {
             publishers,
@@ -207,11 +216,8 @@ async fn main() -> anyhow::Result<()> {
             let pubs = (0..publishers)
                 .map(|i| Client::new(fixture::publisher(i), fixture::fan_topic()))
                 .collect();
-            let r = load::run(broker, flow(&f, subs, pubs)).await?;
-            format!(
-                "{head} scenario=fan-in qos={} publishers={publishers} payload={} received_per_s={:.0} written_per_s={:.0} generator_cores={:.2}",
-                f.qos, f.payload, r.received_per_s, r.written_per_s, r.generator_cores
-            )
+            let what = format!("fan-in publishers={publishers}");
+            throughput(broker, &head, &what, &f, subs, pubs).await?
         }
         Scenario::Latency {
             pairs: n,
