@@ -259,16 +259,11 @@ def profile_runs(cfg, work, profiles):
             _, err = rec.communicate(timeout=60)
         finally:
             broker.stop()
-        report = subprocess.run([perf, "report", "-i", str(data), "--no-children", "--sort", "symbol",
-                                 "--stdio", "-g", "none", "--percent-limit", "1"],
-                                capture_output=True, text=True, timeout=300)
-        rows = [re.sub(r"(\s+-)+$", "", re.sub(r"\s+", " ", l).strip())
-                for l in report.stdout.splitlines() if l.strip() and not l.startswith("#")]
+        rows = perf_rows(data, f"profile-{key}.txt")
         if rec.returncode not in (0, -2, 130) or not rows:
-            log(f"perf failed for {key}: {err.decode(errors='replace')[-500:]} {report.stderr[-500:]}")
+            log(f"perf failed for {key}: {err.decode(errors='replace')[-500:]}")
             continue
-        profiles[key] = rows[:25]
-        (ROOT / "target" / "bench-suite" / f"profile-{key}.txt").write_text(report.stdout)
+        profiles[key] = rows
         log(f"profiled fleetward {key}: target/bench-suite/profile-{key}.txt")
 
 
@@ -292,8 +287,21 @@ def http_run(cfg, results):
     log("http " + line)
 
 
-def controlplane_run(cfg, results):
+def perf_rows(data, out_name):
+    """The hottest symbols (self time) of a perf recording; the full report is kept."""
+    report = subprocess.run(["perf", "report", "-i", str(data), "--no-children", "--sort", "symbol",
+                             "--stdio", "-g", "none", "--percent-limit", "1"],
+                            capture_output=True, text=True, timeout=600)
+    (ROOT / "target" / "bench-suite" / out_name).write_text(report.stdout)
+    return [re.sub(r"(\s+-)+$", "", re.sub(r"\s+", " ", l).strip())
+            for l in report.stdout.splitlines() if l.strip() and not l.startswith("#")][:25]
+
+
+def controlplane_run(cfg, results, profiles, profile):
     env = dict(os.environ, **cfg.cp_env)
+    perf_dir = Path(tempfile.mkdtemp(prefix="bench-suite-perf-"))
+    if profile and shutil.which("perf") and not cfg.smoke:
+        env["FLEETWARD_BENCH_PERF_DIR"] = str(perf_dir)
     if not cfg.smoke:
         env["FLEETWARD_BIN"] = str(ROOT / "target" / "release" / "fleetward")
     out = subprocess.run(
@@ -309,6 +317,12 @@ def controlplane_run(cfg, results):
         raise RuntimeError(f"the control-plane benchmark failed:\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}")
     results.append({"scenario": "controlplane", "target": "fleetward", "round": 1,
                     "figures": {k: [v, u] for k, (v, u) in figures.items()}})
+    data = perf_dir / "operator-push-and-revocation.data"
+    if data.exists():
+        rows = perf_rows(data, "profile-operator-push-and-revocation.txt")
+        if rows:
+            profiles["operator-push-and-revocation"] = rows
+    shutil.rmtree(perf_dir, ignore_errors=True)
     log(f"control plane: {len(figures)} figures")
 
 
@@ -453,12 +467,16 @@ def render(cfg, results, started, load_before, load_after, command, profiles):
         for k, (v, unit) in cp.items():
             lines.append(f"| {k.replace('_', ' ')} | {fmt(v)} {unit} |")
     if profiles:
-        lines += ["", "### Profiles of the Fleetward target", "",
-                  "`perf record -F 999 -g` of the broker during one extra run of the scenario (not counted "
-                  "above); `perf report --no-children --sort symbol`, symbols above 1 % of self time. "
-                  "Full reports: `target/bench-suite/profile-<scenario>.txt`."]
+        lines += ["", "### Profiles", "",
+                  "`perf record -g` of the Fleetward broker during one extra run of a scenario (not "
+                  "counted above), and of the operator during the control-plane benchmark's push and "
+                  "revocation phases (the counted run, sampled at 499 Hz); `perf report --no-children "
+                  "--sort symbol`, symbols above 1 % of self time. Full reports: "
+                  "`target/bench-suite/profile-<name>.txt`."]
         for key, rows in profiles.items():
-            desc = next(d for k, d, _, _ in cfg.scenarios() if k == key)
+            desc = next((d for k, d, _, _ in cfg.scenarios() if k == key),
+                        "The operator through the push-convergence and revocation phases of the "
+                        "control-plane benchmark")
             lines += ["", f"{desc}:", "", "```", *rows, "```"]
     lines += ["", "### Reproduce one figure", "",
               "Start a target (`target/release/bench-fleetward --mqtt-listen 127.0.0.1:1883 --admin-listen "
@@ -547,7 +565,7 @@ def main():
     if not (args.skip_http or args.only_brokers):
         http_run(cfg, results)
     if not (args.skip_controlplane or args.only_brokers):
-        controlplane_run(cfg, results)
+        controlplane_run(cfg, results, profiles, not args.no_profile)
     load_after = Path("/proc/loadavg").read_text().split()[0]
     raw.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in results))
     check_complete(cfg, results)

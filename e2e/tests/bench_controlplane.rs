@@ -159,6 +159,8 @@ fn bench_control_plane_push_revocation_snapshot_and_cold_start() {
             "both dataplanes are connected to the operator, so Enforced counts both"
         );
 
+        // With FLEETWARD_BENCH_PERF_DIR set, the operator is profiled through both phases.
+        let profile = Profile::start(ops[0].process.pid(), "operator-push-and-revocation")?;
         let phase = Instant::now();
         push_convergence(&kubectl, &p, logs.path())?;
         eprintln!("bench: push convergence took {:.1?}", phase.elapsed());
@@ -166,6 +168,7 @@ fn bench_control_plane_push_revocation_snapshot_and_cold_start() {
         let phase = Instant::now();
         revocation(&kubectl, &a, &b, &p, logs.path())?;
         eprintln!("bench: revocation took {:.1?}", phase.elapsed());
+        profile.finish()?;
 
         let phase = Instant::now();
         snapshot_and_full_sync(&ops[0], &config, &state, &p, logs)?;
@@ -184,6 +187,49 @@ fn bench_control_plane_push_revocation_snapshot_and_cold_start() {
         eprintln!("bench: the whole run took {:.1?}", run.elapsed());
         Ok(())
     });
+}
+
+/// `perf record -g` of a process into `$FLEETWARD_BENCH_PERF_DIR/<name>.data`, when that
+/// variable is set (scripts/bench-suite.sh reads the result); nothing otherwise.
+struct Profile(Option<Child>);
+
+impl Profile {
+    fn start(pid: u32, name: &str) -> Result<Self> {
+        let Ok(dir) = std::env::var("FLEETWARD_BENCH_PERF_DIR") else {
+            return Ok(Self(None));
+        };
+        let out = Path::new(&dir).join(format!("{name}.data"));
+        let child = Command::new("perf")
+            .args(["record", "-F", "499", "-g", "-p", &pid.to_string(), "-o"])
+            .arg(&out)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("starting perf record (FLEETWARD_BENCH_PERF_DIR is set)")?;
+        Ok(Self(Some(child)))
+    }
+
+    /// Stops the recording (SIGINT, so perf writes its file) and waits for it.
+    fn finish(mut self) -> Result<()> {
+        if let Some(mut child) = self.0.take() {
+            let status = Command::new("kill")
+                .args(["-INT", &child.id().to_string()])
+                .status()
+                .context("signalling perf")?;
+            ensure!(status.success(), "kill -INT perf: {status}");
+            child.wait().context("waiting for perf")?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Profile {
+    fn drop(&mut self) {
+        if let Some(child) = &mut self.0 {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
 }
 
 // ----- The data set -----
