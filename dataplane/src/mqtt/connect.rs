@@ -24,7 +24,27 @@ use crate::router::{Message, MessageProps, Protocol, Publisher, Router, SessionK
 const MAX_CONNECT: usize = 128 * 1024;
 
 /// Serves one client connection from its first byte to its end.
-pub(crate) async fn serve<R, S>(shared: Arc<Shared<R>>, mut stream: S)
+///
+/// Not an `async fn`: its arguments would stay in the future beside what they are moved into.
+/// The handshake is boxed, because its state (the CONNECT, its timeout, the checks) is large
+/// and short-lived; the session then runs in place, so an idle connection's task holds the
+/// session's own state and little else.
+pub(crate) fn serve<R, S>(shared: Arc<Shared<R>>, stream: S) -> impl Future<Output = ()> + Send
+where
+    R: Router,
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    let handshake = Box::pin(handshake(shared, stream));
+    async move {
+        let Some(mut session) = handshake.await else {
+            return;
+        };
+        session.run().await;
+    }
+}
+
+/// Reads the CONNECT and answers it; the session to run if it was accepted.
+async fn handshake<R, S>(shared: Arc<Shared<R>>, mut stream: S) -> Option<Session<R, S>>
 where
     R: Router,
     S: AsyncRead + AsyncWrite + Unpin + Send,
@@ -37,38 +57,34 @@ where
     .await;
     let (codec, connect) = match first {
         Ok(Ok(Some(c))) => c,
-        Ok(Ok(None)) => return,
+        Ok(Ok(None)) => return None,
         Ok(Err(FrameError::UnsupportedVersion(level))) => {
             // 0x01 unacceptable protocol version, in the only form every version can read.
             tracing::debug!(level, "CONNECT with an unsupported protocol level");
             shared.metrics.refused("connect", "unsupported_version");
             let _ = stream.write_all(&[0x20, 0x02, 0x00, 0x01]).await;
-            return;
+            return None;
         }
         Ok(Err(e)) => {
             tracing::debug!(error = %e, "closing a connection that did not start with a valid CONNECT");
             shared.metrics.refused("connect", e.as_str());
-            return;
+            return None;
         }
         Err(_) => {
             shared.metrics.refused("connect", "timeout");
-            return;
+            return None;
         }
     };
     let Packet::Connect(connect, props, will, will_props, login) = connect else {
-        return;
+        return None;
     };
     let mut hs = Handshake {
         shared: &shared,
         codec: &codec,
         stream: &mut stream,
     };
-    // Boxed: the handshake's state is large and short-lived, so it should not size the task.
-    let accepted = Box::pin(hs.accept(connect, props, will, will_props, login)).await;
-    let Some(accepted) = accepted else {
-        return;
-    };
-    Box::pin(Session::run(shared.clone(), stream, codec, rbuf, accepted)).await;
+    let accepted = hs.accept(connect, props, will, will_props, login).await?;
+    Some(Session::new(shared, stream, codec, rbuf, accepted))
 }
 
 /// Reads until the first packet is complete; `None` when the peer went away.
@@ -91,8 +107,17 @@ async fn read_connect<S: AsyncRead + Unpin>(
     }
 }
 
-/// What a successful CONNECT established.
-pub(crate) struct Accepted<L> {
+/// What a successful CONNECT established: the session's own part, and what it starts with.
+pub(crate) struct Connected<L> {
+    pub acc: Accepted,
+    /// A router link attached at CONNECT (persistent sessions).
+    pub link: Option<L>,
+    /// What a resumed session left.
+    pub saved: Option<SavedSession>,
+}
+
+/// What a successful CONNECT established that the session keeps.
+pub(crate) struct Accepted {
     pub subject: Subject,
     /// The subject as subscribers see it, built once per connection.
     pub publisher: Publisher,
@@ -100,7 +125,8 @@ pub(crate) struct Accepted<L> {
     pub key: SessionKey,
     pub mount: Option<Mountpoint>,
     pub keep_alive: Duration,
-    pub will: Option<Will>,
+    /// Boxed: most clients have none, and this is kept for the whole connection.
+    pub will: Option<Box<Will>>,
     pub receive_maximum: u16,
     pub client_max_packet: Option<usize>,
     /// Topic aliases the client accepts from the server (v5), capped by ours.
@@ -108,12 +134,9 @@ pub(crate) struct Accepted<L> {
     pub registration: super::state::Registration,
     /// Counts the connection against its tenant's `maxConnections` while held.
     pub _tenant_slot: super::state::TenantSlot,
-    /// A router link attached at CONNECT (persistent sessions).
-    pub link: Option<L>,
-    /// Whether `link` is a persistent one (its router state must be cleared if not kept).
+    /// Whether the link attached at CONNECT is a persistent one (its router state must be
+    /// cleared if not kept).
     pub persistent_link: bool,
-    /// What a resumed session left.
-    pub saved: Option<SavedSession>,
     /// How long the session is kept after the connection ends; zero for a clean session.
     pub expiry: Duration,
     /// When the access token the user connected with expires: the connection ends then.
@@ -131,7 +154,7 @@ impl<R: Router, S: AsyncWrite + Unpin> Handshake<'_, R, S> {
         &mut self,
         code: ConnectReturnCode,
         label: &'static str,
-    ) -> Option<Accepted<R::Link>> {
+    ) -> Option<Connected<R::Link>> {
         self.shared.metrics.refused("connect", label);
         let mut out = BytesMut::new();
         let ack = Packet::ConnAck(
@@ -155,7 +178,7 @@ impl<R: Router, S: AsyncWrite + Unpin> Handshake<'_, R, S> {
         will: Option<LastWill>,
         will_props: Option<LastWillProperties>,
         login: Option<Login>,
-    ) -> Option<Accepted<R::Link>> {
+    ) -> Option<Connected<R::Link>> {
         let version = self.codec.version();
         let shared = self.shared.clone();
         if shared
@@ -302,7 +325,7 @@ impl<R: Router, S: AsyncWrite + Unpin> Handshake<'_, R, S> {
                     correlation_data: p.correlation_data,
                     user_properties: p.user_properties,
                 };
-                Some(Will {
+                Some(Box::new(Will {
                     message: Message {
                         topic: Bytes::from(topic),
                         payload: w.message,
@@ -316,7 +339,7 @@ impl<R: Router, S: AsyncWrite + Unpin> Handshake<'_, R, S> {
                     },
                     retain: w.retain,
                     delay: Duration::from_secs(u64::from(p.delay_interval.unwrap_or(0))),
-                })
+                }))
             }
         };
 
@@ -403,27 +426,29 @@ impl<R: Router, S: AsyncWrite + Unpin> Handshake<'_, R, S> {
         if self.codec.write(ack, &mut out).is_err() || self.stream.write_all(&out).await.is_err() {
             return None;
         }
-        Some(Accepted {
-            publisher: Publisher::of(&subject),
-            subject,
-            key_digest,
-            key,
-            mount,
-            keep_alive: Duration::from_secs(u64::from(connect.keep_alive)),
-            will,
-            receive_maximum,
-            client_max_packet: props.max_packet_size.map(|m| m as usize),
-            client_topic_alias_max: props
-                .topic_alias_max
-                .unwrap_or(0)
-                .min(shared.config.topic_alias_max),
-            registration,
-            _tenant_slot: tenant_slot,
+        Some(Connected {
+            acc: Accepted {
+                publisher: Publisher::of(&subject),
+                subject,
+                key_digest,
+                key,
+                mount,
+                keep_alive: Duration::from_secs(u64::from(connect.keep_alive)),
+                will,
+                receive_maximum,
+                client_max_packet: props.max_packet_size.map(|m| m as usize),
+                client_topic_alias_max: props
+                    .topic_alias_max
+                    .unwrap_or(0)
+                    .min(shared.config.topic_alias_max),
+                registration,
+                _tenant_slot: tenant_slot,
+                persistent_link,
+                expiry,
+                token_ends,
+            },
             link,
-            persistent_link,
             saved,
-            expiry,
-            token_ends,
         })
     }
 }

@@ -2,12 +2,12 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use fleetward_policy::{DecisionCache, Snapshot, filter_matches};
 use parking_lot::Mutex;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{Notify, watch};
 
 use super::session::SessionStore;
 use crate::limits::TenantRates;
@@ -59,10 +59,42 @@ pub(crate) enum Kick {
     TakenOver,
 }
 
+/// A registered session's two signals: it is told to end, and it is gone. One small
+/// allocation per connection (channels for the two took about 900 bytes).
+#[derive(Default)]
+struct Signals {
+    /// A new connection with the same id took the session over.
+    taken_over: AtomicBool,
+    /// The registration was dropped: the session is fully gone.
+    gone: AtomicBool,
+    /// Wakes whoever waits for either.
+    changed: Notify,
+}
+
+impl Signals {
+    fn raise(&self, flag: &AtomicBool) {
+        flag.store(true, Ordering::SeqCst);
+        self.changed.notify_waiters();
+    }
+
+    /// Waits until `flag` (one of this struct's) is raised. Cancel-safe.
+    async fn wait(&self, flag: &AtomicBool) {
+        loop {
+            let notified = self.changed.notified();
+            let mut notified = std::pin::pin!(notified);
+            // Registered before the flag is read, so a raise in between is not missed.
+            notified.as_mut().enable();
+            if flag.load(Ordering::SeqCst) {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
 struct RegEntry {
     conn: u64,
-    kick: mpsc::UnboundedSender<Kick>,
-    done: watch::Receiver<()>,
+    signals: Arc<Signals>,
 }
 
 /// Live sessions by router-side id, so a new connection ends the old one before it attaches
@@ -78,36 +110,34 @@ pub(crate) struct Registration {
     registry: Arc<Registry>,
     id: String,
     conn: u64,
-    pub(crate) kicks: mpsc::UnboundedReceiver<Kick>,
-    /// Dropped when the session is fully gone; a successor waits for that.
-    _done: watch::Sender<()>,
-    previous: Option<watch::Receiver<()>>,
+    /// This session's signals, shared with its registry entry. `gone` is raised on drop; a
+    /// successor waits for that.
+    signals: Arc<Signals>,
+    /// The signals of the session this one replaced, until it is gone.
+    previous: Option<Arc<Signals>>,
 }
 
 impl Registry {
     /// Registers `id`, telling any live session with that id to end.
     pub(crate) fn register(self: &Arc<Self>, id: String) -> Registration {
         let conn = self.next.fetch_add(1, Ordering::Relaxed);
-        let (kick, kicks) = mpsc::unbounded_channel();
-        let (done_tx, done_rx) = watch::channel(());
+        let signals = Arc::new(Signals::default());
         let old = self.entries.lock().insert(
             id.clone(),
             RegEntry {
                 conn,
-                kick,
-                done: done_rx,
+                signals: signals.clone(),
             },
         );
         let previous = old.map(|old| {
-            let _ = old.kick.send(Kick::TakenOver);
-            old.done
+            old.signals.raise(&old.signals.taken_over);
+            old.signals
         });
         Registration {
             registry: self.clone(),
             id,
             conn,
-            kicks,
-            _done: done_tx,
+            signals,
             previous,
         }
     }
@@ -133,10 +163,17 @@ impl Registration {
         self.conn
     }
 
+    /// Completes when someone tells this session to end. Cancel-safe: a kick that came while
+    /// no one waited is seen by the next wait.
+    pub(crate) async fn kicked(&self) -> Kick {
+        self.signals.wait(&self.signals.taken_over).await;
+        Kick::TakenOver
+    }
+
     /// Waits until the session this one replaced (and its own predecessor) is gone.
     pub(crate) async fn predecessor_gone(&mut self) {
-        if let Some(prev) = &mut self.previous {
-            while prev.changed().await.is_ok() {}
+        if let Some(prev) = &self.previous {
+            prev.wait(&prev.gone).await;
         }
         self.previous = None;
     }
@@ -144,10 +181,13 @@ impl Registration {
 
 impl Drop for Registration {
     fn drop(&mut self) {
-        let mut entries = self.registry.entries.lock();
-        if entries.get(&self.id).is_some_and(|e| e.conn == self.conn) {
-            entries.remove(&self.id);
+        {
+            let mut entries = self.registry.entries.lock();
+            if entries.get(&self.id).is_some_and(|e| e.conn == self.conn) {
+                entries.remove(&self.id);
+            }
         }
+        self.signals.raise(&self.signals.gone);
     }
 }
 
@@ -380,9 +420,9 @@ mod tests {
     #[tokio::test]
     async fn a_new_registration_kicks_the_old_one_and_waits_for_it() {
         let reg = Arc::new(Registry::default());
-        let mut first = reg.register("a".into());
+        let first = reg.register("a".into());
         let mut second = reg.register("a".into());
-        assert_eq!(first.kicks.recv().await, Some(Kick::TakenOver));
+        assert_eq!(first.kicked().await, Kick::TakenOver);
         let waiting = tokio::spawn(async move {
             second.predecessor_gone().await;
             second

@@ -335,7 +335,10 @@ impl RouterLink for RumqttdLink {
     async fn receive(&mut self) -> Result<Message, RouterError> {
         loop {
             if self.wake_pending {
-                self.rx.wake().await.map_err(link_error)?;
+                // Boxed: the router's event makes this future large, which would size every
+                // session that waits for a delivery; a wake is owed only after the router
+                // paused the link at its buffer limit.
+                Box::pin(self.rx.wake()).await.map_err(link_error)?;
                 self.wake_pending = false;
             }
             match self.rx.next().await {

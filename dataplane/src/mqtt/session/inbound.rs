@@ -1,19 +1,29 @@
 //! Inbound PUBLISH: topic aliases, mountpoints, authorization, limits, retained, QoS 1/2 acks.
 
+use std::sync::Arc;
 use std::time::Duration;
 
-use fleetward_policy::TopicError;
+use fleetward_policy::{Snapshot, TopicError};
 use rumqttd::protocol::{
     DisconnectReasonCode, Packet, PubAck, PubAckReason, PubRec, PubRecReason, Publish,
     PublishProperties,
 };
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use super::{End, Flow, Session, limits};
+use super::{End, Flow, Session, Step, limits};
 use crate::mqtt::codec::Version;
 use crate::mqtt::publish::{PublishRefusal, PublishRequest};
 use crate::mqtt::reason;
 use crate::router::{MessageProps, Protocol, Router};
+
+/// A v3 publish held back by its tenant's publish rate, to be routed once a token is free.
+pub(super) struct Throttled {
+    snapshot: Arc<Snapshot>,
+    request: PublishRequest,
+    retry_after: Duration,
+    qos: u8,
+    pkid: u16,
+}
 
 impl<R: Router, S: AsyncRead + AsyncWrite + Unpin + Send> Session<R, S> {
     fn refuse_publish(&mut self, qos: u8, pkid: u16, label: &'static str) -> Flow {
@@ -44,42 +54,42 @@ impl<R: Router, S: AsyncRead + AsyncWrite + Unpin + Send> Session<R, S> {
         }
     }
 
-    pub(super) async fn on_publish(
+    pub(super) fn on_publish(
         &mut self,
         publish: Publish,
         props: Option<PublishProperties>,
         qos: u8,
         pkid: u16,
         dup: bool,
-    ) -> Flow {
+    ) -> Step<'_> {
         // Topic aliases (v5) are resolved here: the real topic is what gets authorized.
         let mut topic = publish.topic;
         let mut props = props;
         if let Some(p) = &mut props {
             if !p.subscription_identifiers.is_empty() {
-                return self.end_with(
+                return Step::Done(self.end_with(
                     DisconnectReasonCode::ProtocolError,
                     "publish",
                     "subscription_id_in_publish",
-                );
+                ));
             }
             if let Some(alias) = p.topic_alias.take() {
                 if alias == 0 || alias > self.shared.config.topic_alias_max {
-                    return self.end_with(
+                    return Step::Done(self.end_with(
                         DisconnectReasonCode::TopicAliasInvalid,
                         "publish",
                         "topic_alias_invalid",
-                    );
+                    ));
                 }
                 if topic.is_empty() {
                     match self.aliases.get(&alias) {
                         Some(t) => topic = t.clone(),
                         None => {
-                            return self.end_with(
+                            return Step::Done(self.end_with(
                                 DisconnectReasonCode::ProtocolError,
                                 "publish",
                                 "unknown_topic_alias",
-                            );
+                            ));
                         }
                     }
                 } else {
@@ -97,15 +107,15 @@ impl<R: Router, S: AsyncRead + AsyncWrite + Unpin + Send> Session<R, S> {
                 },
                 None,
             ));
-            return Flow::Continue;
+            return Step::Done(Flow::Continue);
         }
         if qos == 2 && self.qos2_in.len() >= usize::from(self.shared.config.max_inflight) {
             // Checked before anything is forwarded: a refused publish never reaches anyone.
-            return self.end_with(
+            return Step::Done(self.end_with(
                 DisconnectReasonCode::ReceiveMaximumExceeded,
                 "limit",
                 "receive_maximum",
-            );
+            ));
         }
         let snapshot = self.policy_now();
         let full = match &self.acc.mount {
@@ -117,13 +127,13 @@ impl<R: Router, S: AsyncRead + AsyncWrite + Unpin + Send> Session<R, S> {
         let full = match full {
             Ok(t) => t,
             Err(e) if reason::is_invalid_mqtt(e) => {
-                return self.end_with(
+                return Step::Done(self.end_with(
                     DisconnectReasonCode::TopicNameInvalid,
                     "publish",
                     e.as_str(),
-                );
+                ));
             }
-            Err(e) => return self.refuse_publish(qos, pkid, e.as_str()),
+            Err(e) => return Step::Done(self.refuse_publish(qos, pkid, e.as_str())),
         };
         let props = props.and_then(|p| {
             let m = MessageProps {
@@ -136,7 +146,7 @@ impl<R: Router, S: AsyncRead + AsyncWrite + Unpin + Send> Session<R, S> {
             };
             (!m.is_empty()).then(|| Box::new(m))
         });
-        let mut request = PublishRequest {
+        let request = PublishRequest {
             topic: full,
             payload: publish.payload,
             qos,
@@ -149,67 +159,97 @@ impl<R: Router, S: AsyncRead + AsyncWrite + Unpin + Send> Session<R, S> {
                 .then(|| self.acc.registration.conn()),
             protocol: Protocol::Mqtt,
         };
+        match self.route_publish(snapshot, request, qos, pkid) {
+            Ok(flow) => Step::Done(flow),
+            Err(throttled) => Step::Wait(Box::pin(self.throttled(throttled))),
+        }
+    }
+
+    /// Waits out a throttled publish's rate limit, then routes it (again, until a token is
+    /// free).
+    async fn throttled(&mut self, mut t: Throttled) -> Flow {
         loop {
-            if self.outbox.is_empty() {
-                self.outbox_mark = self.wbuf.len();
+            tokio::time::sleep(t.retry_after.min(Duration::from_secs(1))).await;
+            match self.route_publish(t.snapshot, t.request, t.qos, t.pkid) {
+                Ok(flow) => return flow,
+                Err(again) => t = again,
             }
-            let published = self.shared.publish_to_outbox(
-                &snapshot,
-                &self.acc.subject,
-                &self.acc.publisher,
+        }
+    }
+
+    /// Puts an authorized-so-far publish in the outbox and acknowledges it, or refuses it; a
+    /// v3 publish over its tenant's rate comes back to be retried after the wait.
+    fn route_publish(
+        &mut self,
+        snapshot: Arc<Snapshot>,
+        request: PublishRequest,
+        qos: u8,
+        pkid: u16,
+    ) -> Result<Flow, Throttled> {
+        if self.outbox.is_empty() {
+            self.outbox_mark = self.wbuf.len();
+        }
+        let published = self.shared.publish_to_outbox(
+            &snapshot,
+            &self.acc.subject,
+            &self.acc.publisher,
+            request,
+            &mut self.outbox,
+        );
+        match published {
+            Ok(_) => {}
+            Err(PublishRefusal::Topic(e)) if reason::is_invalid_mqtt(e) => {
+                return Ok(self.end_with(
+                    DisconnectReasonCode::TopicNameInvalid,
+                    "publish",
+                    e.as_str(),
+                ));
+            }
+            Err(PublishRefusal::Topic(e)) => {
+                return Ok(self.refuse_publish(qos, pkid, e.as_str()));
+            }
+            Err(PublishRefusal::Denied(why)) => {
+                return Ok(self.refuse_publish(qos, pkid, why.as_str()));
+            }
+            Err(PublishRefusal::TooLarge { .. }) => {
+                return Ok(self.end_with(
+                    DisconnectReasonCode::PacketTooLarge,
+                    "limit",
+                    "message_size",
+                ));
+            }
+            Err(PublishRefusal::Rate { .. }) if self.codec.version() == Version::V5 => {
+                return Ok(self.end_with(
+                    DisconnectReasonCode::MessageRateTooHigh,
+                    "limit",
+                    "publish_rate",
+                ));
+            }
+            // v3 has no code for it: the connection is throttled (not read) instead.
+            Err(PublishRefusal::Rate {
+                retry_after,
                 request,
-                &mut self.outbox,
-            );
-            match published {
-                Ok(_) => break,
-                Err(PublishRefusal::Topic(e)) if reason::is_invalid_mqtt(e) => {
-                    return self.end_with(
-                        DisconnectReasonCode::TopicNameInvalid,
-                        "publish",
-                        e.as_str(),
-                    );
+            }) => {
+                self.shared
+                    .metrics
+                    .refused("limit", "publish_rate_throttled");
+                // What was accepted before the wait does not wait with it.
+                if let Flow::End(end) = self.flush_outbox() {
+                    return Ok(Flow::End(end));
                 }
-                Err(PublishRefusal::Topic(e)) => {
-                    return self.refuse_publish(qos, pkid, e.as_str());
-                }
-                Err(PublishRefusal::Denied(why)) => {
-                    return self.refuse_publish(qos, pkid, why.as_str());
-                }
-                Err(PublishRefusal::TooLarge { .. }) => {
-                    return self.end_with(
-                        DisconnectReasonCode::PacketTooLarge,
-                        "limit",
-                        "message_size",
-                    );
-                }
-                Err(PublishRefusal::Rate { .. }) if self.codec.version() == Version::V5 => {
-                    return self.end_with(
-                        DisconnectReasonCode::MessageRateTooHigh,
-                        "limit",
-                        "publish_rate",
-                    );
-                }
-                // v3 has no code for it: the connection is throttled (not read) instead.
-                Err(PublishRefusal::Rate {
+                return Err(Throttled {
+                    snapshot,
+                    request: *request,
                     retry_after,
-                    request: again,
-                }) => {
-                    self.shared
-                        .metrics
-                        .refused("limit", "publish_rate_throttled");
-                    // What was accepted before the wait does not wait with it.
-                    if let Flow::End(end) = self.flush_outbox() {
-                        return Flow::End(end);
-                    }
-                    Box::pin(tokio::time::sleep(retry_after.min(Duration::from_secs(1)))).await;
-                    request = *again;
-                }
-                // Not from `publish_to_outbox`, which does not route: a router refusal surfaces
-                // in `flush_outbox`, which answers it the same way.
-                Err(PublishRefusal::Router(e)) => {
-                    tracing::error!(error = %e, "the router refused a publish");
-                    return self.end_with(DisconnectReasonCode::ServerBusy, "publish", e.as_str());
-                }
+                    qos,
+                    pkid,
+                });
+            }
+            // Not from `publish_to_outbox`, which does not route: a router refusal surfaces
+            // in `flush_outbox`, which answers it the same way.
+            Err(PublishRefusal::Router(e)) => {
+                tracing::error!(error = %e, "the router refused a publish");
+                return Ok(self.end_with(DisconnectReasonCode::ServerBusy, "publish", e.as_str()));
             }
         }
         match qos {
@@ -232,6 +272,6 @@ impl<R: Router, S: AsyncRead + AsyncWrite + Unpin + Send> Session<R, S> {
             }
             _ => {}
         }
-        Flow::Continue
+        Ok(Flow::Continue)
     }
 }

@@ -8,6 +8,8 @@ mod subscriptions;
 pub(crate) use persist::{SavedSession, SessionStore, clear_in_router};
 
 use std::collections::{HashMap, HashSet, VecDeque};
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -20,7 +22,7 @@ use rumqttd::protocol::{
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use super::codec::{Codec, Frame, Version};
-use super::connect::Accepted;
+use super::connect::{Accepted, Connected};
 use super::state::{Kick, Shared};
 use crate::mqtt::publish::PublishRequest;
 use crate::router::{Message, Protocol, Publisher, Router, RouterLink};
@@ -87,8 +89,10 @@ pub(crate) struct Session<R: Router, S> {
     codec: Codec,
     rbuf: BytesMut,
     wbuf: BytesMut,
-    acc: Accepted<R::Link>,
-    link: Option<R::Link>,
+    acc: Accepted,
+    /// Boxed: most sessions never have one (publish-only clients route through the router's
+    /// shared link), and it is large.
+    link: Option<Box<R::Link>>,
     subs: Vec<Subscription>,
     inflight: HashMap<u16, (Outbound, OutMsg)>,
     next_pkid: u16,
@@ -125,30 +129,37 @@ enum Flow {
     End(End),
 }
 
+/// What handling a packet leaves to do. Handling is synchronous; the two cases that wait
+/// (subscribing, which may attach a router link, and a v3 publish throttled by its tenant's
+/// rate) are boxed, so that their state does not size every session.
+enum Step<'a> {
+    Done(Flow),
+    Wait(Pin<Box<dyn Future<Output = Flow> + Send + 'a>>),
+}
+
 fn limits() -> TopicLimits {
     TopicLimits::default()
 }
 
 impl<R: Router, S: AsyncRead + AsyncWrite + Unpin + Send> Session<R, S> {
-    pub(crate) async fn run(
+    /// The session of an accepted CONNECT, not yet running.
+    pub(crate) fn new(
         shared: Arc<Shared<R>>,
         stream: S,
         codec: Codec,
         rbuf: BytesMut,
-        mut acc: Accepted<R::Link>,
-    ) {
+        connected: Connected<R::Link>,
+    ) -> Self {
         // Not marked seen: a snapshot applied between CONNECT and here is re-checked at once.
         let policy = shared.policy.clone();
-        let link = acc.link.take();
-        let saved = acc.saved.take();
         let mut s = Session {
             shared,
             stream,
             codec,
             rbuf,
             wbuf: BytesMut::new(),
-            acc,
-            link,
+            acc: connected.acc,
+            link: connected.link.map(Box::new),
             subs: Vec::new(),
             inflight: HashMap::new(),
             next_pkid: 0,
@@ -163,42 +174,55 @@ impl<R: Router, S: AsyncRead + AsyncWrite + Unpin + Send> Session<R, S> {
             delivered: 0,
             router_backlog: 0,
         };
-        if let Some(saved) = saved {
+        if let Some(saved) = connected.saved {
             s.subs = saved.subs;
             s.inflight = saved.inflight;
             s.qos2_in = saved.qos2_in;
             s.next_pkid = saved.next_pkid;
         }
-        let end = s.serve().await;
-        s.count_delivered();
-        tracing::debug!(client = %s.acc.key.router_id(), ?end, "session ended");
-        let shared = s.shared.clone();
-        if !s.acc.expiry.is_zero() {
+        s
+    }
+
+    /// Runs the session until the connection ends, then keeps or clears what it leaves.
+    /// By reference: an `async fn` keeps its arguments in its future, and a session moved in
+    /// would be there twice.
+    pub(crate) async fn run(&mut self) {
+        let end = self.serve().await;
+        self.count_delivered();
+        tracing::debug!(client = %self.acc.key.router_id(), ?end, "session ended");
+        let shared = self.shared.clone();
+        if !self.acc.expiry.is_zero() {
             // Persistent: keep our half; the router keeps its half on detach.
             let saved = SavedSession::new(
-                std::mem::take(&mut s.subs),
-                std::mem::take(&mut s.inflight),
-                std::mem::take(&mut s.qos2_in),
-                s.next_pkid,
+                std::mem::take(&mut self.subs),
+                std::mem::take(&mut self.inflight),
+                std::mem::take(&mut self.qos2_in),
+                self.next_pkid,
             );
-            if let Some(link) = s.link.take() {
-                link.detach();
+            if let Some(link) = self.link.take() {
+                (*link).detach();
             }
-            let generation = shared.sessions.save(s.acc.key.router_id(), saved);
-            persist::expire_later(shared.clone(), s.acc.key.clone(), generation, s.acc.expiry);
-        } else if let Some(link) = s.link.take() {
-            link.detach();
-            if s.acc.persistent_link {
-                // A resumed session that is not kept after this connection.
-                clear_in_router(&shared.router, &s.acc.key).await;
+            let generation = shared.sessions.save(self.acc.key.router_id(), saved);
+            persist::expire_later(
+                shared.clone(),
+                self.acc.key.clone(),
+                generation,
+                self.acc.expiry,
+            );
+        } else if let Some(link) = self.link.take() {
+            (*link).detach();
+            if self.acc.persistent_link {
+                // A resumed session that is not kept after this connection. Boxed: rare, and
+                // the router's attach should not size every session.
+                Box::pin(clear_in_router(&shared.router, &self.acc.key)).await;
             }
         }
-        if let (End::Unclean | End::CleanWithWill, Some(will)) = (end, s.acc.will.take()) {
+        if let (End::Unclean | End::CleanWithWill, Some(will)) = (end, self.acc.will.take()) {
             publish_will(
-                s.shared.clone(),
-                s.acc.subject.clone(),
-                s.acc.key.router_id(),
-                will,
+                self.shared.clone(),
+                self.acc.subject.clone(),
+                self.acc.key.router_id(),
+                *will,
             );
         }
     }
@@ -236,7 +260,7 @@ impl<R: Router, S: AsyncRead + AsyncWrite + Unpin + Send> Session<R, S> {
             let keep_alive = self.acc.keep_alive;
             let deadline = self.last_rx + keep_alive.mul_f32(1.5);
             tokio::select! {
-                read = self.stream.read_buf(&mut self.rbuf) => match read {
+                read = read_some(&mut self.stream, &mut self.rbuf) => match read {
                     Ok(0) | Err(_) => return End::Unclean,
                     Ok(_) => {
                         self.last_rx = Instant::now();
@@ -265,10 +289,8 @@ impl<R: Router, S: AsyncRead + AsyncWrite + Unpin + Send> Session<R, S> {
                         return end;
                     }
                 },
-                kick = self.acc.registration.kicks.recv() => {
-                    // `None` cannot happen (a replaced entry is always told first); ending the
-                    // session then is the safe answer rather than polling a closed channel.
-                    debug_assert_eq!(kick, Some(Kick::TakenOver));
+                kick = self.acc.registration.kicked() => {
+                    debug_assert_eq!(kick, Kick::TakenOver);
                     self.disconnect(DisconnectReasonCode::SessionTakenOver);
                     self.flush_last().await;
                     return End::Unclean;
@@ -421,13 +443,9 @@ impl<R: Router, S: AsyncRead + AsyncWrite + Unpin + Send> Session<R, S> {
     async fn handle_frames(&mut self) -> Flow {
         loop {
             let max = self.shared.config.max_packet_size;
-            match self.codec.read(&mut self.rbuf, max) {
+            let step = match self.codec.read(&mut self.rbuf, max) {
                 Ok(None) => break,
-                Ok(Some(frame)) => {
-                    if let Flow::End(end) = self.handle(frame).await {
-                        return Flow::End(end);
-                    }
-                }
+                Ok(Some(frame)) => self.handle(frame),
                 Err(e) => {
                     tracing::debug!(error = %e, "closing a connection after a bad packet");
                     self.shared.metrics.refused("packet", e.as_str());
@@ -442,6 +460,13 @@ impl<R: Router, S: AsyncRead + AsyncWrite + Unpin + Send> Session<R, S> {
                     });
                     return Flow::End(End::Unclean);
                 }
+            };
+            let flow = match step {
+                Step::Done(flow) => flow,
+                Step::Wait(waiting) => waiting.await,
+            };
+            if let Flow::End(end) = flow {
+                return Flow::End(end);
             }
         }
         if self.rbuf.is_empty() && self.rbuf.capacity() > 16 * 1024 {
@@ -450,18 +475,16 @@ impl<R: Router, S: AsyncRead + AsyncWrite + Unpin + Send> Session<R, S> {
         Flow::Continue
     }
 
-    async fn handle(&mut self, frame: Frame) -> Flow {
+    fn handle(&mut self, frame: Frame) -> Step<'_> {
         // Publishes are batched; anything else sees them routed first, in order.
         if !matches!(frame.packet, Packet::Publish(..) | Packet::PubAck(..))
             && let Flow::End(end) = self.flush_outbox()
         {
-            return Flow::End(end);
+            return Step::Done(Flow::End(end));
         }
         match frame.packet {
             Packet::Publish(p, props) => {
-                return self
-                    .on_publish(p, props, frame.qos, frame.pkid, frame.dup)
-                    .await;
+                return self.on_publish(p, props, frame.qos, frame.pkid, frame.dup);
             }
             Packet::PubAck(a, _) => {
                 if self.inflight.get(&a.pkid).map(|e| e.0) == Some(Outbound::Qos1Sent) {
@@ -501,27 +524,31 @@ impl<R: Router, S: AsyncRead + AsyncWrite + Unpin + Send> Session<R, S> {
                     None,
                 ));
             }
-            // Boxed: subscribing (which may attach a router link) is rare and its state large.
-            Packet::Subscribe(s, props) => Box::pin(self.on_subscribe(s, props)).await,
+            Packet::Subscribe(s, props) => {
+                return Step::Wait(Box::pin(async move {
+                    self.on_subscribe(s, props).await;
+                    Flow::Continue
+                }));
+            }
             Packet::Unsubscribe(u, _) => self.on_unsubscribe(u),
             Packet::PingReq(_) => self.write(Packet::PingResp(PingResp)),
             Packet::Disconnect(d, _) => {
-                return Flow::End(
+                return Step::Done(Flow::End(
                     if d.reason_code == DisconnectReasonCode::DisconnectWithWillMessage {
                         End::CleanWithWill
                     } else {
                         End::Clean
                     },
-                );
+                ));
             }
             _ => {
                 // A second CONNECT, or a server-to-client packet.
                 self.shared.metrics.refused("packet", "protocol_error");
                 self.disconnect(DisconnectReasonCode::ProtocolError);
-                return Flow::End(End::Unclean);
+                return Step::Done(Flow::End(End::Unclean));
             }
         }
-        Flow::Continue
+        Step::Done(Flow::Continue)
     }
 
     fn policy_now(&self) -> Arc<Snapshot> {
@@ -541,8 +568,25 @@ impl<R: Router, S: AsyncRead + AsyncWrite + Unpin + Send> Session<R, S> {
     }
 }
 
+/// Reads what the socket has into `rbuf`, as `read_buf` does. While the socket has nothing and
+/// `rbuf` holds no partial packet, `rbuf` is released, so an idle connection keeps no read
+/// buffer; the next read allocates one as `read_buf` does whenever the spare room is used up
+/// (packets split off a buffer share its allocation, so it is rarely reused anyway).
+fn read_some<'a, S: AsyncRead + Unpin>(
+    stream: &'a mut S,
+    rbuf: &'a mut BytesMut,
+) -> impl Future<Output = std::io::Result<usize>> + 'a {
+    std::future::poll_fn(move |cx| {
+        let read = std::pin::pin!(stream.read_buf(rbuf)).poll(cx);
+        if read.is_pending() && rbuf.is_empty() && rbuf.capacity() > 0 {
+            *rbuf = BytesMut::new();
+        }
+        read
+    })
+}
+
 async fn receive<L: RouterLink>(
-    link: &mut Option<L>,
+    link: &mut Option<Box<L>>,
 ) -> Result<Message, crate::router::RouterError> {
     match link {
         Some(l) => l.receive().await,
@@ -583,5 +627,31 @@ fn publish_will<R: Router>(shared: Arc<Shared<R>>, subject: Subject, id: String,
     });
     if !delay.is_zero() {
         shared.pending_wills.lock().insert(id, task.abort_handle());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use futures_util::FutureExt;
+    use tokio::io::AsyncWriteExt;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn a_read_that_waits_keeps_no_buffer_unless_a_packet_is_half_read() {
+        let (mut client, mut server) = tokio::io::duplex(64);
+        let mut rbuf = BytesMut::with_capacity(256);
+        // Nothing to read: the empty buffer is released while waiting.
+        assert!(read_some(&mut server, &mut rbuf).now_or_never().is_none());
+        assert_eq!(rbuf.capacity(), 0);
+        client.write_all(b"\x30\x05ab").await.expect("writes");
+        let n = read_some(&mut server, &mut rbuf).await.expect("reads");
+        assert_eq!((n, &rbuf[..]), (4, &b"\x30\x05ab"[..]));
+        // Part of a packet: kept while the rest is awaited.
+        assert!(read_some(&mut server, &mut rbuf).now_or_never().is_none());
+        assert_eq!(&rbuf[..], b"\x30\x05ab");
+        client.write_all(b"cde").await.expect("writes");
+        read_some(&mut server, &mut rbuf).await.expect("reads");
+        assert_eq!(&rbuf[..], b"\x30\x05abcde");
     }
 }

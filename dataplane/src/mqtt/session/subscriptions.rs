@@ -21,7 +21,7 @@ impl<R: Router, S: AsyncRead + AsyncWrite + Unpin + Send> Session<R, S> {
                 .attach(&self.acc.key, SessionMode::Clean)
                 .await
             {
-                Ok((link, _)) => self.link = Some(link),
+                Ok((link, _)) => self.link = Some(Box::new(link)),
                 Err(e) => {
                     tracing::error!(error = %e, "could not attach a session to the router");
                     self.shared.metrics.refused("subscribe", e.as_str());
@@ -29,7 +29,7 @@ impl<R: Router, S: AsyncRead + AsyncWrite + Unpin + Send> Session<R, S> {
                 }
             }
         }
-        self.link.as_mut()
+        self.link.as_deref_mut()
     }
 
     pub(super) async fn on_subscribe(
