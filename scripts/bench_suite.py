@@ -310,7 +310,9 @@ def controlplane_run(cfg, results, profiles, profile):
         cwd=ROOT, capture_output=True, text=True, env=env, timeout=5400)
     figures = {}
     for line in out.stdout.splitlines():
-        m = re.match(r"^BENCH (\S+) (\S+) ?(.*)$", line)
+        # The test harness prints "test <name> ... " without a newline before the test's own
+        # output, so a BENCH line can start mid-line.
+        m = re.search(r"\bBENCH (\S+) (\S+) ?(.*)$", line)
         if m:
             figures[m.group(1)] = (float(m.group(2)), m.group(3))
     if out.returncode != 0 or not figures:
