@@ -146,14 +146,22 @@ mod tests {
         let d = Dataplanes::new();
         d.connected("a", 9);
         d.connected_empty("new");
-        assert_eq!(d.enforced_version(), Some(9), "the empty newcomer serves no one yet");
+        assert_eq!(
+            d.enforced_version(),
+            Some(9),
+            "the empty newcomer serves no one yet"
+        );
         d.acked("new", 7);
         assert_eq!(d.enforced_version(), Some(7));
         d.disconnected("a");
         d.connected_empty("b");
         assert_eq!(d.enforced_version(), Some(7));
         d.disconnected("new");
-        assert_eq!(d.enforced_version(), None, "nothing is enforced by empty dataplanes");
+        assert_eq!(
+            d.enforced_version(),
+            None,
+            "nothing is enforced by empty dataplanes"
+        );
         // A dataplane serving another lineage's snapshot holds Enforced back until it ACKs.
         d.connected("c", 0);
         d.acked("b", 12);
