@@ -568,6 +568,13 @@ impl<R: Router, S: AsyncRead + AsyncWrite + Unpin + Send> Session<R, S> {
     }
 }
 
+/// Room a read leaves for the socket: many small PUBLISHes per read. Left to `read_buf`, a
+/// buffer whose packets were split off grows by 64 bytes at a time (`BytesMut` keeps no
+/// original capacity below 1 KiB), one read per packet or less.
+const READ_CHUNK: usize = 4096;
+/// Below this much spare room, a read first makes `READ_CHUNK`.
+const READ_MIN: usize = 512;
+
 /// Reads what the socket has into `rbuf`, as `read_buf` does. While the socket has nothing and
 /// `rbuf` holds no partial packet, `rbuf` is released, so an idle connection keeps no read
 /// buffer; the next read allocates one as `read_buf` does whenever the spare room is used up
@@ -577,6 +584,9 @@ fn read_some<'a, S: AsyncRead + Unpin>(
     rbuf: &'a mut BytesMut,
 ) -> impl Future<Output = std::io::Result<usize>> + 'a {
     std::future::poll_fn(move |cx| {
+        if rbuf.capacity() - rbuf.len() < READ_MIN {
+            rbuf.reserve(READ_CHUNK);
+        }
         let read = std::pin::pin!(stream.read_buf(rbuf)).poll(cx);
         if read.is_pending() && rbuf.is_empty() && rbuf.capacity() > 0 {
             *rbuf = BytesMut::new();
