@@ -180,6 +180,16 @@ impl Kubectl {
 pub fn wait_until(
     what: &str,
     timeout: Duration,
+    check: impl FnMut() -> Result<bool>,
+) -> Result<Duration> {
+    wait_every(what, timeout, Duration::from_millis(200), check)
+}
+
+/// [`wait_until`], polling every `every`.
+pub fn wait_every(
+    what: &str,
+    timeout: Duration,
+    every: Duration,
     mut check: impl FnMut() -> Result<bool>,
 ) -> Result<Duration> {
     let start = Instant::now();
@@ -196,6 +206,6 @@ pub fn wait_until(
                 None => bail!("{what}: not within {timeout:?}"),
             }
         }
-        thread::sleep(Duration::from_millis(200));
+        thread::sleep(every);
     }
 }

@@ -17,7 +17,7 @@ pub mod process;
 pub mod workspace;
 
 pub use controlplane::ControlPlane;
-pub use kubectl::{Kubectl, KubectlOutput, wait_until};
+pub use kubectl::{Kubectl, KubectlOutput, wait_every, wait_until};
 pub use logs::{LogDir, run_test};
 pub use nats::Nats;
 pub use process::Process;

@@ -29,7 +29,7 @@ use fleetward_e2e::fleetward::{
     start_dataplane_pair, start_operators,
 };
 use fleetward_e2e::policysync::{Resume, SyncClient};
-use fleetward_e2e::{ControlPlane, Kubectl, LogDir, Nats, run_test};
+use fleetward_e2e::{ControlPlane, Kubectl, LogDir, Nats, run_test, wait_every};
 use fleetward_proto::pb;
 use prost::Message as _;
 use serde_json::{Value, json};
@@ -349,7 +349,7 @@ fn build_data_set(kubectl: &Kubectl, op: &Operator, p: &Params) -> Result<()> {
     // The operator's counters say when to look; a list of the objects decides. Listing
     // ~100k objects loads the API server, so it is made only once the counters are there.
     let records = 1 + (p.channels() + 2) + p.total_things() + p.total_grants();
-    poll(
+    wait_every(
         "the operator's snapshot holds the data set",
         SETUP_TIMEOUT,
         Duration::from_secs(1),
@@ -362,14 +362,14 @@ fn build_data_set(kubectl: &Kubectl, op: &Operator, p: &Params) -> Result<()> {
         },
     )?;
     let indexed = started.elapsed();
-    poll(
+    wait_every(
         "both dataplanes applied the operator's snapshot",
         SETUP_TIMEOUT,
         Duration::from_millis(200),
         || dataplanes_synced(admin, &["dataplane-a", "dataplane-b"]),
     )?;
     settle(admin)?;
-    poll(
+    wait_every(
         "every Thing and Connection Ready and Enforced",
         SETUP_TIMEOUT,
         Duration::from_secs(2),
@@ -727,7 +727,7 @@ fn revocation(
 ) -> Result<()> {
     let control = Subscriber::start(b, REV_CONTROL, "rev-control", log_dir)?;
     let mut publisher = Publisher::start(a, log_dir)?;
-    poll(
+    wait_every(
         "the control subscriber on B receives from A",
         STEP_TIMEOUT,
         POLL,
@@ -747,7 +747,7 @@ fn revocation(
             ])?;
         }
         let mut sub = Subscriber::start(b, REV_SUBSCRIBER, &format!("rev-sub-{round}"), log_dir)?;
-        poll(
+        wait_every(
             "the subscriber receives before its revocation",
             STEP_TIMEOUT,
             POLL,
@@ -756,7 +756,7 @@ fn revocation(
         let revoked_before = sample(b.admin_addr, REVOKED_SUBSCRIPTIONS)?;
         let deleted_at = unix_now();
         kubectl.run(&["delete", "connection", REV_GRANT, "-n", NS])?;
-        poll(
+        wait_every(
             "dataplane-b drops the revoked subscription",
             STEP_TIMEOUT,
             POLL,
@@ -849,7 +849,7 @@ fn snapshot_and_full_sync(
         config.clone(),
         logs.path(),
     )?;
-    poll("dataplane-c ready", STEP_TIMEOUT, POLL, || {
+    wait_every("dataplane-c ready", STEP_TIMEOUT, POLL, || {
         ensure!(c.process.is_running(), "dataplane-c exited; see its log");
         Ok(http_status(c.admin_addr, "/readyz").is_ok_and(|s| s == 200))
     })?;
@@ -906,7 +906,7 @@ fn cold_start(
         client.ack(&update)?;
         Ok(at)
     });
-    poll("the new operator ready", STEP_TIMEOUT, POLL, || {
+    wait_every("the new operator ready", STEP_TIMEOUT, POLL, || {
         ensure!(
             op.process.is_running(),
             "the new operator exited; see its log"
@@ -917,7 +917,7 @@ fn cold_start(
     let first = first_snapshot
         .join()
         .map_err(|_| anyhow::anyhow!("the cold-start client panicked"))??;
-    poll(
+    wait_every(
         "dataplane-a and dataplane-b re-synced",
         STEP_TIMEOUT,
         Duration::from_millis(50),
@@ -997,33 +997,6 @@ fn settle(admin: SocketAddr) -> Result<(f64, Duration)> {
         }
     }
     Ok((last, since.saturating_duration_since(started)))
-}
-
-/// Polls `check` every `every` until it holds; returns how long that took. An error is
-/// remembered and reported at the timeout (the API or a listener may be settling); an
-/// `ensure!` failure that must end the wait at once belongs in the caller.
-fn poll(
-    what: &str,
-    timeout: Duration,
-    every: Duration,
-    mut check: impl FnMut() -> Result<bool>,
-) -> Result<Duration> {
-    let started = Instant::now();
-    let mut last_error = None;
-    loop {
-        match check() {
-            Ok(true) => return Ok(started.elapsed()),
-            Ok(false) => {}
-            Err(e) => last_error = Some(e),
-        }
-        if started.elapsed() >= timeout {
-            match last_error {
-                Some(e) => bail!("{what}: not within {timeout:?}; last error: {e:#}"),
-                None => bail!("{what}: not within {timeout:?}"),
-            }
-        }
-        thread::sleep(every);
-    }
 }
 
 /// A line of `/proc/<pid>/status` in kB (`VmHWM`, `VmRSS`), in MiB.
