@@ -136,8 +136,11 @@ impl DecisionCache {
             return evaluator.authorize(subject, action, topic);
         }
         let version = evaluator.version();
-        let newest = self.newest.fetch_max(version, Ordering::AcqRel);
-        if version > newest {
+        // A plain load first: every worker asks here for every publish, and a read-modify-write
+        // of one shared word would move it between cores each time.
+        if version > self.newest.load(Ordering::Acquire)
+            && version > self.newest.fetch_max(version, Ordering::AcqRel)
+        {
             // Older versions are unreachable by key already; this frees their memory sooner.
             self.entries.invalidate_all();
         }
@@ -165,6 +168,20 @@ impl DecisionCache {
         self.entries
             .insert(key, Arc::new(Entry::new(subject, action, topic, decision)));
         decision
+    }
+
+    /// Whether the cache is on (`max_entries` > 0). A caller that keeps copies of answers
+    /// of its own keeps them only while it is on.
+    pub fn is_enabled(&self) -> bool {
+        self.enabled
+    }
+
+    /// Counts `n` answers a caller took from its own copy of an earlier answer of this cache
+    /// (under the same policy version) as hits.
+    pub fn count_hits(&self, n: u64) {
+        if n > 0 {
+            self.hits.fetch_add(n, Ordering::Relaxed);
+        }
     }
 
     /// Hit and miss counts so far.

@@ -312,6 +312,10 @@ fn check_subtopic(sub: &str, kind: TopicKind) -> Result<(), TopicError> {
 /// Whether an MQTT filter matches a topic name, with MQTT's rule that a wildcard in the first
 /// level never matches a topic starting with `$`. Both are taken as already valid.
 pub fn filter_matches(filter: &str, topic: &str) -> bool {
+    // Most filters name one topic: no need to walk the levels of both.
+    if !filter.bytes().any(|b| b == b'+' || b == b'#') {
+        return filter == topic;
+    }
     let first_wild = filter.starts_with(['+', '#']);
     if first_wild && topic.starts_with('$') {
         return false;

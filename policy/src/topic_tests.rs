@@ -213,6 +213,13 @@ fn mqtt_filter_matching() {
     assert!(!filter_matches("#", "$SYS/x"));
     assert!(!filter_matches("+/x", "$SYS/x"));
     assert!(filter_matches("$SYS/#", "$SYS/x"));
+    // A filter without wildcards matches its own topic only.
+    assert!(filter_matches("a/b", "a/b"));
+    assert!(filter_matches("$SYS/x", "$SYS/x"));
+    assert!(!filter_matches("a/b", "a/b/c"));
+    assert!(!filter_matches("a/b/c", "a/b"));
+    assert!(!filter_matches("a/b", "a/bc"));
+    assert!(!filter_matches("a//b", "a/b"));
 }
 
 #[test]
