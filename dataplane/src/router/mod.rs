@@ -3,6 +3,7 @@
 //! Nothing above this module sees rumqttd types, packet ids or the router's QoS rules: the
 //! front-end authorizes, then attaches sessions, subscribes, publishes and receives here.
 
+mod envelope;
 mod rumqttd;
 
 use std::future::Future;

@@ -3,7 +3,8 @@
 //! Everything enters the router as QoS 0 without retain: the front-end ends inbound QoS 1/2,
 //! keeps retained messages and wills itself, and runs outbound QoS itself, so the router never
 //! needs acks (no in-order ack FIFO, no 100-message in-flight cap, none of the router-killing
-//! paths in dataplane/ROUTER.md §5.2). The publish QoS travels in an internal user property.
+//! paths in dataplane/ROUTER.md §5.2). The publish QoS and the rest of what the router would lose
+//! travel in an envelope in front of the payload (`super::envelope`).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -14,19 +15,9 @@ use rumqttd::protocol::{Disconnect, DisconnectReasonCode, Packet, Publish, Publi
 use rumqttd::{Notification, RouterConfig};
 
 use super::{
-    Message, MessageProps, Protocol, Publisher, PublisherKind, Router, RouterError, RouterLink,
-    SessionKey, SessionMode,
+    Message, MessageProps, Publisher, Router, RouterError, RouterLink, SessionKey, SessionMode,
+    envelope,
 };
-
-/// User properties that carry what the router would lose (publish QoS, retain flag, origin).
-/// Every property with this prefix is stripped from what clients send and from deliveries.
-const ENVELOPE_PREFIX: &str = "$fleetward-";
-const QOS_PROPERTY: &str = "$fleetward-qos";
-const RETAIN_PROPERTY: &str = "$fleetward-retain";
-const ORIGIN_PROPERTY: &str = "$fleetward-origin";
-/// Publisher, protocol and created time in one property: `<kind><protocol><created_ns>:<name>`
-/// (kind `t`/`u`/`-`, protocol `m`/`h`/`w`/`-`), so a message costs one more property, not three.
-const META_PROPERTY: &str = "$fleetward-meta";
 
 /// Router sizing.
 #[derive(Clone, Debug)]
@@ -120,131 +111,55 @@ fn link_error(e: LinkError) -> RouterError {
     }
 }
 
-fn encode_meta(publisher: Option<&Publisher>, protocol: Protocol, created_ns: u64) -> String {
-    let kind = match publisher.map(|p| p.kind) {
-        Some(PublisherKind::Thing) => 't',
-        Some(PublisherKind::User) => 'u',
-        None => '-',
-    };
-    let protocol = match protocol {
-        Protocol::Mqtt => 'm',
-        Protocol::Http => 'h',
-        Protocol::WebSocket => 'w',
-        Protocol::Unspecified => '-',
-    };
-    let name = publisher.map_or("", |p| &p.name);
-    format!("{kind}{protocol}{created_ns}:{name}")
-}
-
-fn decode_meta(v: &str, message: &mut Message) {
-    let mut chars = v.chars();
-    let (Some(kind), Some(protocol)) = (chars.next(), chars.next()) else {
-        return;
-    };
-    let Some((ns, name)) = chars.as_str().split_once(':') else {
-        return;
-    };
-    message.created_ns = ns.parse().unwrap_or(0);
-    message.protocol = match protocol {
-        'm' => Protocol::Mqtt,
-        'h' => Protocol::Http,
-        'w' => Protocol::WebSocket,
-        _ => Protocol::Unspecified,
-    };
-    let kind = match kind {
-        't' => Some(PublisherKind::Thing),
-        'u' => Some(PublisherKind::User),
-        _ => None,
-    };
-    message.publisher = kind.map(|kind| Publisher {
-        kind,
-        name: name.into(),
-    });
-}
-
+/// The packet the router is given for a message: QoS 0 without retain, the envelope in front of
+/// the payload, and only the client's own v5 properties.
 fn to_packet(message: Message) -> Packet {
-    let meta = message.publisher.is_some() || message.protocol != Protocol::Unspecified;
-    let envelope = message.qos > 0 || message.retain || message.origin.is_some() || meta;
-    let props = if envelope || message.props.is_some() {
-        let p = message.props.map(|b| *b).unwrap_or_default();
-        let mut user_properties = p.user_properties;
-        // Never trust a client's copy of the internal properties.
-        user_properties.retain(|(k, _)| !k.starts_with(ENVELOPE_PREFIX));
-        if message.qos > 0 {
-            user_properties.push((QOS_PROPERTY.to_owned(), message.qos.to_string()));
-        }
-        if message.retain {
-            user_properties.push((RETAIN_PROPERTY.to_owned(), "1".to_owned()));
-        }
-        if let Some(origin) = message.origin {
-            user_properties.push((ORIGIN_PROPERTY.to_owned(), origin.to_string()));
-        }
-        if meta {
-            user_properties.push((
-                META_PROPERTY.to_owned(),
-                encode_meta(
-                    message.publisher.as_ref(),
-                    message.protocol,
-                    message.created_ns,
-                ),
-            ));
-        }
-        Some(PublishProperties {
+    let payload = envelope::wrap(&message);
+    let props = message.props.map(|p| {
+        let p = *p;
+        PublishProperties {
             payload_format_indicator: p.payload_format_indicator,
             message_expiry_interval: p.message_expiry_interval,
             topic_alias: None,
             response_topic: p.response_topic,
             correlation_data: p.correlation_data,
-            user_properties,
+            user_properties: p.user_properties,
             subscription_identifiers: Vec::new(),
             content_type: p.content_type,
-        })
-    } else {
-        None
-    };
-    Packet::Publish(Publish::new(message.topic, message.payload, false), props)
+        }
+    });
+    Packet::Publish(Publish::new(message.topic, payload, false), props)
 }
 
-fn from_forward(publish: Publish, props: Option<PublishProperties>) -> Message {
-    let (mut qos, mut retain, mut origin, mut meta) = (0, false, None, None);
+/// The message of a packet the router forwarded; `None` for one without an envelope.
+fn from_forward(
+    publish: Publish,
+    props: Option<PublishProperties>,
+    last: &mut Option<Publisher>,
+) -> Option<Message> {
+    let envelope = envelope::unwrap(publish.payload, last)?;
     let props = props.and_then(|p| {
-        let mut user_properties = p.user_properties;
-        user_properties.retain_mut(|(k, v)| {
-            match k.as_str() {
-                QOS_PROPERTY => qos = v.parse().unwrap_or(0).min(2),
-                RETAIN_PROPERTY => retain = true,
-                ORIGIN_PROPERTY => origin = v.parse().ok(),
-                META_PROPERTY => meta = Some(std::mem::take(v)),
-                k if k.starts_with(ENVELOPE_PREFIX) => {}
-                _ => return true,
-            }
-            false
-        });
         let props = MessageProps {
             payload_format_indicator: p.payload_format_indicator,
             message_expiry_interval: p.message_expiry_interval,
             content_type: p.content_type,
             response_topic: p.response_topic,
             correlation_data: p.correlation_data,
-            user_properties,
+            user_properties: p.user_properties,
         };
         (!props.is_empty()).then(|| Box::new(props))
     });
-    let mut message = Message {
+    Some(Message {
         topic: publish.topic,
-        payload: publish.payload,
-        qos,
+        payload: envelope.payload,
+        qos: envelope.qos,
         props,
-        retain,
-        origin,
-        publisher: None,
-        protocol: Protocol::Unspecified,
-        created_ns: 0,
-    };
-    if let Some(meta) = meta {
-        decode_meta(&meta, &mut message);
-    }
-    message
+        retain: envelope.retain,
+        origin: envelope.origin,
+        publisher: last.clone(),
+        protocol: envelope.protocol,
+        created_ns: envelope.created_ns,
+    })
 }
 
 impl Router for RumqttdRouter {
@@ -276,6 +191,7 @@ impl Router for RumqttdRouter {
                         tx,
                         rx,
                         wake_pending: false,
+                        last_publisher: None,
                     },
                     present,
                 ))
@@ -309,6 +225,8 @@ pub struct RumqttdLink {
     rx: LinkRx,
     /// A `Ready` still owed to the router after an `Unschedule` (kept across cancellation).
     wake_pending: bool,
+    /// The publisher of the last delivery, whose name the next one from it shares.
+    last_publisher: Option<Publisher>,
 }
 
 impl RouterLink for RumqttdLink {
@@ -343,7 +261,10 @@ impl RouterLink for RumqttdLink {
             }
             match self.rx.next().await {
                 Ok(Some(Notification::Forward(f))) => {
-                    return Ok(from_forward(f.publish, f.properties));
+                    match from_forward(f.publish, f.properties, &mut self.last_publisher) {
+                        Some(message) => return Ok(message),
+                        None => tracing::error!("a message without an envelope left the router"),
+                    }
                 }
                 // The router paused this link at its buffer limit; the batch is taken now.
                 Ok(Some(Notification::Unschedule)) => self.wake_pending = true,
@@ -391,16 +312,16 @@ fn push_batch(tx: &mut LinkTx, messages: &mut Vec<Message>) -> Result<usize, Rou
     let Some(last) = messages.pop() else {
         return Ok(tx.buffer().len());
     };
-    {
-        let mut buffer = tx.buffer();
-        buffer.extend(messages.drain(..).map(to_packet));
-    }
+    // Encoded before the lock, which the router takes to swap the buffer out.
+    let packets: Vec<Packet> = messages.drain(..).map(to_packet).collect();
+    tx.buffer().extend(packets);
     push(tx, to_packet(last))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::router::{Protocol, PublisherKind};
 
     fn message(props: Option<MessageProps>) -> Message {
         Message {
@@ -420,41 +341,30 @@ mod tests {
     }
 
     #[test]
-    fn the_envelope_survives_the_router_and_client_copies_do_not() {
-        let forged = MessageProps {
+    fn the_envelope_survives_the_router_and_client_properties_pass_untouched() {
+        // Properties that looked like the envelope's before it moved out of them.
+        let props = MessageProps {
             user_properties: vec![
                 ("$fleetward-origin".into(), "1".into()),
-                ("$fleetward-anything".into(), "x".into()),
+                ("$fleetward-qos".into(), "0".into()),
                 ("k".into(), "v".into()),
             ],
+            content_type: Some("text/plain".into()),
             ..MessageProps::default()
         };
-        let Packet::Publish(publish, props) = to_packet(message(Some(forged))) else {
+        let Packet::Publish(publish, forwarded) = to_packet(message(Some(props.clone()))) else {
             panic!("a publish");
         };
         assert!(!publish.retain, "the router is never asked to retain");
-        let back = from_forward(publish, props);
-        assert_eq!((back.qos, back.retain, back.origin), (2, true, Some(7)));
-        let original = message(None);
-        assert_eq!(
-            (&back.publisher, back.protocol, back.created_ns),
-            (
-                &original.publisher,
-                Protocol::WebSocket,
-                original.created_ns
-            )
-        );
-        let p = back.props.expect("user property kept");
-        assert_eq!(p.user_properties, vec![("k".to_owned(), "v".to_owned())]);
-        // Nothing to carry: no properties at all on the QoS 0 path.
-        let plain = Message {
-            qos: 0,
-            retain: false,
-            origin: None,
-            publisher: None,
-            protocol: Protocol::Unspecified,
-            ..message(None)
-        };
-        assert!(matches!(to_packet(plain), Packet::Publish(_, None)));
+        let back = from_forward(publish, forwarded, &mut None).expect("an envelope");
+        assert_eq!(back, message(Some(props)));
+        // Nothing but the envelope to carry: no properties on the router's side at all.
+        assert!(matches!(to_packet(message(None)), Packet::Publish(_, None)));
+    }
+
+    #[test]
+    fn a_forward_without_an_envelope_is_not_a_message() {
+        let publish = Publish::new("m/t/c/ch", "not enveloped", false);
+        assert!(from_forward(publish, None, &mut None).is_none());
     }
 }
