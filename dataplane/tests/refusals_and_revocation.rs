@@ -164,6 +164,55 @@ async fn a_refused_v5_publish_gets_puback_0x87_and_the_connection_stays() {
     assert_eq!(fx.dataplane.metrics().refusals("publish", "no_grant"), 1);
 }
 
+/// The front-end remembers the last topic a session published on and what the policy said of
+/// it; a new snapshot must be asked again, on that same topic.
+#[tokio::test]
+async fn a_revoked_publish_grant_refuses_the_next_publish_on_the_same_topic() {
+    let mut fx = Fixture::start().await;
+    let mut reader = v5::connect(fx.addr, "acme", "reader", "r").await;
+    reader
+        .subscribe("m/acme/c/telemetry/#", v5::QoS::AtLeastOnce)
+        .await;
+    let mut sensor = v5::connect(fx.addr, "acme", "sensor", "s").await;
+    let client = sensor.client.clone();
+    let publish = |payload: &'static str| {
+        let client = client.clone();
+        async move {
+            client
+                .publish("m/acme/c/telemetry/1", v5::QoS::AtLeastOnce, false, payload)
+                .await
+                .expect("queued");
+        }
+    };
+    async fn puback(sensor: &mut v5::Client) -> v5::PubAckReason {
+        loop {
+            match sensor.next(WAIT).await {
+                Some(Ok(v5::Packet::PubAck(a))) => return a.reason,
+                Some(Ok(_)) => {}
+                other => panic!("no PUBACK: {other:?}"),
+            }
+        }
+    }
+    for payload in ["one", "two"] {
+        publish(payload).await;
+        assert_eq!(puback(&mut sensor).await, v5::PubAckReason::Success);
+        let got = reader.next_publish(WAIT).await.expect("delivered");
+        assert_eq!(&got.payload[..], payload.as_bytes());
+    }
+    let mut r = resources();
+    r.grants.retain(|g| g.name != "sensor-telemetry");
+    fx.apply(r);
+    // Let the sessions see the new snapshot (the reader's subscription is unaffected).
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    publish("after").await;
+    assert_eq!(puback(&mut sensor).await, v5::PubAckReason::NotAuthorized);
+    assert!(
+        reader.next_publish(QUIET).await.is_none(),
+        "a publish on a revoked grant was delivered"
+    );
+    assert_eq!(fx.dataplane.metrics().refusals("publish", "no_grant"), 1);
+}
+
 #[tokio::test]
 async fn a_revoked_grant_stops_deliveries_within_a_second() {
     let mut fx = Fixture::start().await;

@@ -163,7 +163,7 @@ async fn handle<R: Router>(
     }
     let who = format!("{}/{}", subject.tenant, subject.name);
     let request = PublishRequest {
-        topic: topic.clone(),
+        topic: Bytes::copy_from_slice(topic.as_bytes()),
         payload,
         qos,
         retain,
@@ -173,6 +173,7 @@ async fn handle<R: Router>(
         })),
         origin: None,
         protocol: Protocol::Http,
+        created_ns: crate::router::now_ns(),
     };
     let publisher = Publisher::of(&subject);
     match shared.publish(&snapshot, &subject, &publisher, request, None) {

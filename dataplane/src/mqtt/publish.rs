@@ -4,7 +4,7 @@
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use fleetward_policy::{Action, Decision, DenyReason, Snapshot, Subject, TopicError};
+use fleetward_policy::{Action, Decision, DenyReason, Snapshot, Subject, TopicError, TopicLimits};
 
 use super::state::Shared;
 use crate::router::{Message, MessageProps, Protocol, Publisher, Router, RouterError, RouterLink};
@@ -16,8 +16,9 @@ pub(crate) const METADATA_PREFIX: &str = "fleetward-";
 /// One publish as an adapter received it.
 #[derive(Debug)]
 pub(crate) struct PublishRequest {
-    /// The full topic name, `m/<tenant>/c/<channel>[/…]` (any mountpoint already applied).
-    pub topic: String,
+    /// The full topic name, `m/<tenant>/c/<channel>[/…]` (any mountpoint already applied); a
+    /// topic that is not UTF-8 is refused.
+    pub topic: Bytes,
     /// The payload.
     pub payload: Bytes,
     /// The requested QoS (0–2); the channel's `maxQos` caps it.
@@ -30,6 +31,52 @@ pub(crate) struct PublishRequest {
     pub origin: Option<u64>,
     /// The adapter it came in through.
     pub protocol: Protocol,
+    /// When the adapter received it, ns since the Unix epoch ([`crate::router::now_ns`]): the
+    /// message's created time. The MQTT front-end reads the clock once per socket read.
+    pub created_ns: u64,
+}
+
+/// What the policy said of the last topic a session published on, under one snapshot version:
+/// the decision, and the channel's and the tenant's terms for it. A device mostly publishes on
+/// one topic, and each publish there after the first then costs a comparison instead of the
+/// topic's parsing, the decision cache and the channel and tenant lookups. Snapshot versions
+/// only grow on a dataplane (the decision cache keys on them too), so a memo of an older one
+/// is never taken for the current one.
+///
+/// It is a tier of the decision cache: kept only while the cache is on, and its answers count
+/// as the cache's hits ([`PublishMemo::take_hits`]).
+#[derive(Debug, Default)]
+pub(crate) struct PublishMemo {
+    version: u64,
+    topic: Bytes,
+    terms: Option<Terms>,
+    hits: u64,
+}
+
+/// A tenant with a publish rate: its name, the rate and the burst.
+type Rated = (String, u32, Option<u32>);
+
+/// A channel's and its tenant's terms for an allowed publish.
+#[derive(Clone, Copy, Debug)]
+struct Terms {
+    max_qos: u8,
+    retained_allowed: bool,
+    max_size: Option<u32>,
+}
+
+impl PublishMemo {
+    fn get(&mut self, snapshot: &Snapshot, topic: &Bytes) -> Option<Terms> {
+        let terms = self
+            .terms
+            .filter(|_| self.version == snapshot.version() && self.topic == *topic);
+        self.hits += u64::from(terms.is_some());
+        terms
+    }
+
+    /// The answers given since the last call, for the decision cache's hit count.
+    pub(crate) fn take_hits(&mut self) -> u64 {
+        std::mem::take(&mut self.hits)
+    }
 }
 
 /// What became of an accepted publish.
@@ -92,7 +139,7 @@ impl<R: Router> Shared<R> {
         request: PublishRequest,
         link: Option<&mut R::Link>,
     ) -> Result<Published, PublishRefusal> {
-        let (message, published) = self.accept(snapshot, subject, publisher, request)?;
+        let (message, published) = self.accept(snapshot, subject, publisher, request, None)?;
         match link {
             Some(link) => link.publish(message),
             None => self.router.publish(message),
@@ -112,8 +159,10 @@ impl<R: Router> Shared<R> {
         publisher: &Publisher,
         request: PublishRequest,
         outbox: &mut Vec<Message>,
+        memo: &mut PublishMemo,
     ) -> Result<Published, PublishRefusal> {
-        let (message, published) = self.accept(snapshot, subject, publisher, request)?;
+        let (message, published) =
+            self.accept(snapshot, subject, publisher, request, Some(memo))?;
         outbox.push(message);
         Ok(published)
     }
@@ -125,55 +174,52 @@ impl<R: Router> Shared<R> {
         subject: &Subject,
         publisher: &Publisher,
         request: PublishRequest,
+        memo: Option<&mut PublishMemo>,
     ) -> Result<(Message, Published), PublishRefusal> {
-        let limits = fleetward_policy::TopicLimits::default();
-        let topic = match fleetward_policy::parse_topic_name(&request.topic, &limits) {
-            Ok(t) => t,
-            Err(e) => return Err(PublishRefusal::Topic(e)),
+        let mut memo = memo.filter(|_| self.cache.is_enabled());
+        let remembered = memo.as_mut().and_then(|m| m.get(snapshot, &request.topic));
+        let (terms, rated) = match remembered {
+            Some(terms) => (terms, None),
+            None => self.decide(snapshot, subject, &request.topic)?,
         };
-        if let Decision::Deny(why) =
-            self.cache
-                .authorize(snapshot, subject, Action::Publish, &topic)
-        {
-            return Err(PublishRefusal::Denied(why));
-        }
-        let (tenant, channel_name) = (topic.tenant(), topic.channel());
-        let Some(channel) = snapshot.channel(tenant, channel_name) else {
-            return Err(PublishRefusal::Denied(DenyReason::UnknownChannel));
-        };
-        let (max_qos, retained_allowed) = (u8::from(channel.max_qos), channel.retained_allowed);
-        let tenant_limits = snapshot.tenant(tenant).map(|t| &t.limits);
-        let max_size = [
-            tenant_limits.and_then(|l| l.max_message_size),
-            channel.max_message_size,
-        ]
-        .into_iter()
-        .flatten()
-        .min();
-        if let Some(max) = max_size
+        if let Some(max) = terms.max_size
             && request.payload.len() > max as usize
         {
             return Err(PublishRefusal::TooLarge { max });
         }
-        if let Some(rate) = tenant_limits.and_then(|l| l.publish_rate) {
-            let burst = tenant_limits.and_then(|l| l.publish_burst);
-            if let Err(retry_after) = self.rates.take(tenant, rate, burst, Instant::now()) {
+        if let Some((tenant, rate, burst)) = rated {
+            // Tokens are taken per publish, so a rated tenant's topics are never memoized.
+            if let Err(retry_after) = self.rates.take(&tenant, rate, burst, Instant::now()) {
                 return Err(PublishRefusal::Rate {
                     retry_after,
                     request: Box::new(request),
                 });
             }
+        } else if let (None, Some(memo)) = (remembered, memo) {
+            memo.version = snapshot.version();
+            // A copy: the topic may be a slice of a whole socket read, not to be kept alive.
+            memo.topic = Bytes::copy_from_slice(&request.topic);
+            memo.terms = Some(terms);
         }
+        let retained_allowed = terms.retained_allowed;
+        let max_qos = terms.max_qos;
         let retain = request.retain && retained_allowed;
         // The topic is moved into the message below; the retained store needs its parts.
-        let retain_key = retain.then(|| (tenant.to_owned(), channel_name.to_owned()));
+        let retain_key = if retain {
+            let topic = std::str::from_utf8(&request.topic).unwrap_or_default();
+            let topic = fleetward_policy::parse_topic_name(topic, &TopicLimits::default())
+                .map_err(PublishRefusal::Topic)?;
+            Some((topic.tenant().to_owned(), topic.channel().to_owned()))
+        } else {
+            None
+        };
         let mut props = request.props;
         if let Some(p) = &mut props {
             p.user_properties
                 .retain(|(k, _)| !k.starts_with(METADATA_PREFIX));
         }
         let message = Message {
-            topic: Bytes::from(request.topic),
+            topic: request.topic,
             payload: request.payload,
             qos: request.qos.min(max_qos),
             props,
@@ -182,7 +228,7 @@ impl<R: Router> Shared<R> {
             origin: request.origin,
             publisher: Some(publisher.clone()),
             protocol: request.protocol,
-            created_ns: crate::router::now_ns(),
+            created_ns: request.created_ns,
         };
         let qos = message.qos;
         if let Some((tenant, channel)) = retain_key {
@@ -195,5 +241,46 @@ impl<R: Router> Shared<R> {
             retained: retain,
         };
         Ok((message, published))
+    }
+
+    /// Parses and authorizes a topic, and finds its channel's and its tenant's terms: the
+    /// tenant and its rate and burst too if the tenant has a publish rate.
+    fn decide(
+        &self,
+        snapshot: &Snapshot,
+        subject: &Subject,
+        topic: &Bytes,
+    ) -> Result<(Terms, Option<Rated>), PublishRefusal> {
+        let topic = std::str::from_utf8(topic)
+            .map_err(|_| PublishRefusal::Topic(TopicError::InvalidUtf8))?;
+        let topic = fleetward_policy::parse_topic_name(topic, &TopicLimits::default())
+            .map_err(PublishRefusal::Topic)?;
+        if let Decision::Deny(why) =
+            self.cache
+                .authorize(snapshot, subject, Action::Publish, &topic)
+        {
+            return Err(PublishRefusal::Denied(why));
+        }
+        let (tenant, channel_name) = (topic.tenant(), topic.channel());
+        let Some(channel) = snapshot.channel(tenant, channel_name) else {
+            return Err(PublishRefusal::Denied(DenyReason::UnknownChannel));
+        };
+        let tenant_limits = snapshot.tenant(tenant).map(|t| &t.limits);
+        let max_size = [
+            tenant_limits.and_then(|l| l.max_message_size),
+            channel.max_message_size,
+        ]
+        .into_iter()
+        .flatten()
+        .min();
+        let terms = Terms {
+            max_qos: u8::from(channel.max_qos),
+            retained_allowed: channel.retained_allowed,
+            max_size,
+        };
+        let rated = tenant_limits
+            .and_then(|l| l.publish_rate.map(|rate| (rate, l.publish_burst)))
+            .map(|(rate, burst)| (tenant.to_owned(), rate, burst));
+        Ok((terms, rated))
     }
 }

@@ -329,7 +329,7 @@ impl<R: Router> Conn<R> {
         }
         let snapshot = self.shared.snapshot();
         let request = PublishRequest {
-            topic: topic.clone(),
+            topic: Bytes::copy_from_slice(topic.as_bytes()),
             payload: p.payload,
             qos: p.qos,
             retain: p.retain,
@@ -339,6 +339,7 @@ impl<R: Router> Conn<R> {
             })),
             origin: None,
             protocol: Protocol::WebSocket,
+            created_ns: crate::router::now_ns(),
         };
         let s = &self.stream;
         match self

@@ -3,7 +3,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use fleetward_policy::{Snapshot, TopicError};
+use bytes::Bytes;
+use fleetward_policy::Snapshot;
 use rumqttd::protocol::{
     DisconnectReasonCode, Packet, PubAck, PubAckReason, PubRec, PubRecReason, Publish,
     PublishProperties,
@@ -18,7 +19,6 @@ use crate::router::{MessageProps, Protocol, Router};
 
 /// A v3 publish held back by its tenant's publish rate, to be routed once a token is free.
 pub(super) struct Throttled {
-    snapshot: Arc<Snapshot>,
     request: PublishRequest,
     retry_after: Duration,
     qos: u8,
@@ -117,12 +117,10 @@ impl<R: Router, S: AsyncRead + AsyncWrite + Unpin + Send> Session<R, S> {
                 "receive_maximum",
             ));
         }
-        let snapshot = self.policy_now();
         let full = match &self.acc.mount {
-            Some(m) => m.mount_topic_name(&topic, &limits()),
-            None => std::str::from_utf8(&topic)
-                .map(str::to_owned)
-                .map_err(|_| TopicError::InvalidUtf8),
+            Some(m) => m.mount_topic_name(&topic, &limits()).map(Bytes::from),
+            // Checked for UTF-8 where it is authorized (or found equal to a topic that was).
+            None => Ok(topic),
         };
         let full = match full {
             Ok(t) => t,
@@ -158,8 +156,17 @@ impl<R: Router, S: AsyncRead + AsyncWrite + Unpin + Send> Session<R, S> {
                 .load(std::sync::atomic::Ordering::Relaxed)
                 .then(|| self.acc.registration.conn()),
             protocol: Protocol::Mqtt,
+            created_ns: self.read_ns,
         };
-        match self.route_publish(snapshot, request, qos, pkid) {
+        // One snapshot for every publish of a socket read, without touching its shared count
+        // per publish.
+        let snapshot = match self.read_policy.take() {
+            Some(s) => s,
+            None => self.policy_now(),
+        };
+        let routed = self.route_publish(&snapshot, request, qos, pkid);
+        self.read_policy = Some(snapshot);
+        match routed {
             Ok(flow) => Step::Done(flow),
             Err(throttled) => Step::Wait(Box::pin(self.throttled(throttled))),
         }
@@ -167,11 +174,18 @@ impl<R: Router, S: AsyncRead + AsyncWrite + Unpin + Send> Session<R, S> {
 
     /// Waits out a throttled publish's rate limit, then routes it (again, until a token is
     /// free).
-    async fn throttled(&mut self, mut t: Throttled) -> Flow {
+    async fn throttled(&mut self, mut t: Box<Throttled>) -> Flow {
         loop {
             tokio::time::sleep(t.retry_after.min(Duration::from_secs(1))).await;
-            match self.route_publish(t.snapshot, t.request, t.qos, t.pkid) {
-                Ok(flow) => return flow,
+            // Decided on the policy of now: a grant revoked during the wait holds.
+            let snapshot = self.policy_now();
+            match self.route_publish(&snapshot, t.request, t.qos, t.pkid) {
+                Ok(flow) => {
+                    // The rest of the read is decided on the policy of now, not of before the
+                    // wait.
+                    self.read_policy = None;
+                    return flow;
+                }
                 Err(again) => t = again,
             }
         }
@@ -181,20 +195,21 @@ impl<R: Router, S: AsyncRead + AsyncWrite + Unpin + Send> Session<R, S> {
     /// v3 publish over its tenant's rate comes back to be retried after the wait.
     fn route_publish(
         &mut self,
-        snapshot: Arc<Snapshot>,
+        snapshot: &Arc<Snapshot>,
         request: PublishRequest,
         qos: u8,
         pkid: u16,
-    ) -> Result<Flow, Throttled> {
+    ) -> Result<Flow, Box<Throttled>> {
         if self.outbox.is_empty() {
             self.outbox_mark = self.wbuf.len();
         }
         let published = self.shared.publish_to_outbox(
-            &snapshot,
+            snapshot,
             &self.acc.subject,
             &self.acc.publisher,
             request,
             &mut self.outbox,
+            &mut self.publish_memo,
         );
         match published {
             Ok(_) => {}
@@ -237,13 +252,12 @@ impl<R: Router, S: AsyncRead + AsyncWrite + Unpin + Send> Session<R, S> {
                 if let Flow::End(end) = self.flush_outbox() {
                     return Ok(Flow::End(end));
                 }
-                return Err(Throttled {
-                    snapshot,
+                return Err(Box::new(Throttled {
                     request: *request,
                     retry_after,
                     qos,
                     pkid,
-                });
+                }));
             }
             // Not from `publish_to_outbox`, which does not route: a router refusal surfaces
             // in `flush_outbox`, which answers it the same way.

@@ -24,7 +24,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use super::codec::{Codec, Frame, Version};
 use super::connect::{Accepted, Connected};
 use super::state::{Kick, Shared};
-use crate::mqtt::publish::PublishRequest;
+use crate::mqtt::publish::{PublishMemo, PublishRequest};
 use crate::router::{Message, Protocol, Publisher, Router, RouterLink};
 
 /// A will, published by the front-end when the session ends uncleanly.
@@ -113,6 +113,13 @@ pub(crate) struct Session<R: Router, S> {
     delivered: u64,
     /// Messages waiting for the router on this session's way in, after the last hand-over.
     router_backlog: usize,
+    /// The policy the publishes of the socket read being handled are decided on; `None` between
+    /// reads, so an idle session keeps no old snapshot alive.
+    read_policy: Option<Arc<Snapshot>>,
+    /// When the socket read being handled was taken: its publishes' created time.
+    read_ns: u64,
+    /// The last topic published on and what the policy said of it.
+    publish_memo: PublishMemo,
 }
 
 /// A publisher waits when this many messages wait for the router on its way in, until half
@@ -173,6 +180,9 @@ impl<R: Router, S: AsyncRead + AsyncWrite + Unpin + Send> Session<R, S> {
             outbox_mark: 0,
             delivered: 0,
             router_backlog: 0,
+            read_policy: None,
+            read_ns: 0,
+            publish_memo: PublishMemo::default(),
         };
         if let Some(saved) = connected.saved {
             s.subs = saved.subs;
@@ -381,6 +391,7 @@ impl<R: Router, S: AsyncRead + AsyncWrite + Unpin + Send> Session<R, S> {
     /// Hands the outbox to the router in one batch and counts it. If the router refuses it,
     /// its acks are taken back and the client is told the server is busy.
     fn flush_outbox(&mut self) -> Flow {
+        self.shared.cache.count_hits(self.publish_memo.take_hits());
         if self.outbox.is_empty() {
             return Flow::Continue;
         }
@@ -441,6 +452,13 @@ impl<R: Router, S: AsyncRead + AsyncWrite + Unpin + Send> Session<R, S> {
     }
 
     async fn handle_frames(&mut self) -> Flow {
+        self.read_ns = crate::router::now_ns();
+        let flow = self.handle_read().await;
+        self.read_policy = None;
+        flow
+    }
+
+    async fn handle_read(&mut self) -> Flow {
         loop {
             let max = self.shared.config.max_packet_size;
             let step = match self.codec.read(&mut self.rbuf, max) {
@@ -617,17 +635,15 @@ fn publish_will<R: Router>(shared: Arc<Shared<R>>, subject: Subject, id: String,
         }
         let snapshot = shared.snapshot();
         let message = will.message;
-        let Ok(topic) = String::from_utf8(message.topic.to_vec()) else {
-            return;
-        };
         let request = PublishRequest {
-            topic,
+            topic: message.topic,
             payload: message.payload,
             qos: message.qos,
             retain: will.retain,
             props: message.props,
             origin: None,
             protocol: Protocol::Mqtt,
+            created_ns: crate::router::now_ns(),
         };
         let publisher = Publisher::of(&subject);
         if let Err(refusal) = shared.publish(&snapshot, &subject, &publisher, request, None) {
