@@ -25,8 +25,11 @@ const MAGIC: u8 = 0xF1;
 const RETAIN: u8 = 1 << 2;
 const ORIGIN: u8 = 1 << 3;
 
-/// The payload of `message` with its envelope in front.
-pub(super) fn wrap(message: &Message) -> Bytes {
+/// The topic of `message`, and its payload with the envelope in front: one allocation for
+/// both, so that the router's clones of them share one count that no other thread touches
+/// (the message's own topic and payload are often slices of a whole socket read, which the
+/// reading session goes on using).
+pub(super) fn wrap(message: &Message) -> (Bytes, Bytes) {
     let name = message.publisher.as_ref().map_or("", |p| &p.name);
     // Names are Kubernetes names (at most 253 bytes); a longer one is cut at a char boundary.
     let mut cut = name.len().min(usize::from(u16::MAX));
@@ -53,7 +56,9 @@ pub(super) fn wrap(message: &Message) -> Bytes {
         flags |= ORIGIN;
     }
     let len = 2 + 8 + message.origin.map_or(0, |_| 8) + 2 + name.len() + message.payload.len();
-    let mut out = BytesMut::with_capacity(len);
+    let mut out = BytesMut::with_capacity(message.topic.len() + len);
+    out.put_slice(&message.topic);
+    let topic = out.split().freeze();
     out.put_u8(MAGIC);
     out.put_u8(flags);
     out.put_u64_le(message.created_ns);
@@ -63,7 +68,7 @@ pub(super) fn wrap(message: &Message) -> Bytes {
     out.put_u16_le(name.len() as u16);
     out.put_slice(name.as_bytes());
     out.put_slice(&message.payload);
-    out.freeze()
+    (topic, out.freeze())
 }
 
 /// What the envelope said; the payload is what follows it.
@@ -161,7 +166,8 @@ mod tests {
             Some(3),
             b"abc",
         );
-        let wrapped = wrap(&m);
+        let (topic, wrapped) = wrap(&m);
+        assert_eq!(topic, m.topic);
         for len in 0..wrapped.len() - 3 {
             assert!(unwrap(wrapped.slice(..len), &mut None).is_none(), "{len}");
         }
@@ -177,14 +183,14 @@ mod tests {
             })
         };
         let mut last = None;
-        unwrap(wrap(&message(thing("a"), None, b"1")), &mut last).expect("an envelope");
+        unwrap(wrap(&message(thing("a"), None, b"1")).1, &mut last).expect("an envelope");
         let first = last.clone().expect("a publisher");
-        unwrap(wrap(&message(thing("a"), None, b"2")), &mut last).expect("an envelope");
+        unwrap(wrap(&message(thing("a"), None, b"2")).1, &mut last).expect("an envelope");
         let again = last.clone().expect("a publisher");
         assert!(std::sync::Arc::ptr_eq(&first.name, &again.name), "reused");
-        unwrap(wrap(&message(thing("b"), None, b"3")), &mut last).expect("an envelope");
+        unwrap(wrap(&message(thing("b"), None, b"3")).1, &mut last).expect("an envelope");
         assert_eq!(last, thing("b"));
-        unwrap(wrap(&message(None, None, b"4")), &mut last).expect("an envelope");
+        unwrap(wrap(&message(None, None, b"4")).1, &mut last).expect("an envelope");
         assert_eq!(last, None);
     }
 
@@ -214,7 +220,9 @@ mod tests {
                 ..message(publisher.clone(), origin, &payload)
             };
             let mut last = None;
-            let u = unwrap(wrap(&m), &mut last).expect("an envelope");
+            let (topic, payload_out) = wrap(&m);
+            prop_assert_eq!(&topic, &m.topic);
+            let u = unwrap(payload_out, &mut last).expect("an envelope");
             prop_assert_eq!(
                 (u.qos, u.retain, u.origin, u.protocol, u.created_ns, &u.payload[..]),
                 (qos, retain, origin, protocol, created_ns, &payload[..])

@@ -114,7 +114,7 @@ fn link_error(e: LinkError) -> RouterError {
 /// The packet the router is given for a message: QoS 0 without retain, the envelope in front of
 /// the payload, and only the client's own v5 properties.
 fn to_packet(message: Message) -> Packet {
-    let payload = envelope::wrap(&message);
+    let (topic, payload) = envelope::wrap(&message);
     let props = message.props.map(|p| {
         let p = *p;
         PublishProperties {
@@ -128,7 +128,7 @@ fn to_packet(message: Message) -> Packet {
             content_type: p.content_type,
         }
     });
-    Packet::Publish(Publish::new(message.topic, payload, false), props)
+    Packet::Publish(Publish::new(topic, payload, false), props)
 }
 
 /// The message of a packet the router forwarded; `None` for one without an envelope.
