@@ -183,7 +183,27 @@ def run_generator(cfg, broker, target, args, timeout):
         raise RuntimeError(f"{target}: {' '.join(args)} failed: {out.stderr.strip()[-2000:]}")
     result = parse_kv(out.stdout.strip().splitlines()[-1])
     result["broker_cores"] = (cpu1 - cpu0) / (t1 - t0)
+    if broker.auth:
+        result.update(decision_cache(broker.admin))
     return result
+
+
+def decision_cache(admin_port):
+    """The dataplane's decision-cache counters from its /metrics, over the whole run (warm-up
+    included)."""
+    import urllib.request
+    with urllib.request.urlopen(f"http://127.0.0.1:{admin_port}/metrics", timeout=10) as r:
+        text = r.read().decode()
+    out = {}
+    for name, key in (("fleetward_decision_cache_hits_total", "cache_hits"),
+                      ("fleetward_decision_cache_misses_total", "cache_misses")):
+        found = re.search(rf"^{name} (\S+)$", text, re.M)
+        if found is None:
+            raise RuntimeError(f"/metrics has no {name}")
+        out[key] = float(found.group(1))
+    total = out["cache_hits"] + out["cache_misses"]
+    out["cache_hit_ratio"] = out["cache_hits"] / total if total else 0.0
+    return out
 
 
 def fd_limit():
@@ -424,6 +444,14 @@ def render(cfg, results, started, load_before, load_after, command, profiles):
         lines.append(f"| {desc} | " + " | ".join(fmt(v[t]) for t in TARGETS)
                      + f" | {ratio(v['fleetward'], v['rumqttd'])} | {ratio(v['fleetward'], v['mosquitto'])}"
                      f" | {ratio(v['fleetward'], v['fleetward-nocache'])} |")
+    lines += ["", "The decision cache under the QoS 0 1:1 load (Fleetward's `/metrics` after each run, "
+              "warm-up included; the per-session memo of the last publish topic is a tier of the cache "
+              "and its answers count as hits, see dataplane/MQTT.md):", "",
+              "| round | decisions | hits | misses | hit ratio |", "|---|---|---|---|---|"]
+    for r in results:
+        if r.get("scenario") == "qos0-pairs" and r.get("target") == "fleetward" and "cache_hits" in r:
+            h, mi = r["cache_hits"], r["cache_misses"]
+            lines.append(f"| {r['round']} | {int(h + mi):,} | {int(h):,} | {int(mi):,} | {r['cache_hit_ratio']:.6f} |")
     lines += ["", "Latency, publish → deliver (µs), at a fixed rate, median of the rounds:", "",
               "| scenario | target | p50 | p99 | p99.9 | max | publisher behind schedule, max |",
               "|---|---|---|---|---|---|---|"]
