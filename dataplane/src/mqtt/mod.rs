@@ -120,11 +120,15 @@ mod tests {
     fn an_idle_connection_holds_a_small_future() {
         // The session runs in place in the connection's task, so this future is most of what
         // an idle connection costs (MQTT.md, Memory); rare or short-lived state belongs in a
-        // box of its own. About 1.8 KiB now; it was 5.3 KiB plus a 5.8 KiB task before.
+        // box of its own. It was 5.3 KiB plus a 5.8 KiB task before the session moved in.
+        // The bound is where the task (this future, tokio's header and trailer, rounded to
+        // its alignment) still fits jemalloc's 2 KiB size class: at 1,848 bytes an idle
+        // connection measured 2.65 KiB, at 1,864 bytes 3.11 KiB (`fleetward-bench idle`).
         let size = future_size(&connect::serve::<RumqttdRouter, tokio::net::TcpStream>);
         assert!(
-            size <= 2048,
-            "a plain-TCP connection's future takes {size} bytes"
+            size <= 1856,
+            "a plain-TCP connection's future takes {size} bytes, past the allocator class an \
+             idle connection fits in"
         );
     }
 }

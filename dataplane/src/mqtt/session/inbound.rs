@@ -144,6 +144,17 @@ impl<R: Router, S: AsyncRead + AsyncWrite + Unpin + Send> Session<R, S> {
             };
             (!m.is_empty()).then(|| Box::new(m))
         });
+        // One clock reading and one snapshot for every publish of a socket read, without
+        // touching the snapshot's shared count per publish.
+        let publishing = self.publishing.get_or_insert_default();
+        if publishing.read_ns == 0 {
+            publishing.read_ns = crate::router::now_ns();
+        }
+        let created_ns = publishing.read_ns;
+        let snapshot = match publishing.policy.take() {
+            Some(s) => s,
+            None => self.shared.snapshot(),
+        };
         let request = PublishRequest {
             topic: full,
             payload: publish.payload,
@@ -156,16 +167,12 @@ impl<R: Router, S: AsyncRead + AsyncWrite + Unpin + Send> Session<R, S> {
                 .load(std::sync::atomic::Ordering::Relaxed)
                 .then(|| self.acc.registration.conn()),
             protocol: Protocol::Mqtt,
-            created_ns: self.read_ns,
-        };
-        // One snapshot for every publish of a socket read, without touching its shared count
-        // per publish.
-        let snapshot = match self.read_policy.take() {
-            Some(s) => s,
-            None => self.policy_now(),
+            created_ns,
         };
         let routed = self.route_publish(&snapshot, request, qos, pkid);
-        self.read_policy = Some(snapshot);
+        if let Some(p) = &mut self.publishing {
+            p.policy = Some(snapshot);
+        }
         match routed {
             Ok(flow) => Step::Done(flow),
             Err(throttled) => Step::Wait(Box::pin(self.throttled(throttled))),
@@ -183,7 +190,9 @@ impl<R: Router, S: AsyncRead + AsyncWrite + Unpin + Send> Session<R, S> {
                 Ok(flow) => {
                     // The rest of the read is decided on the policy of now, not of before the
                     // wait.
-                    self.read_policy = None;
+                    if let Some(p) = &mut self.publishing {
+                        p.policy = None;
+                    }
                     return flow;
                 }
                 Err(again) => t = again,
@@ -209,7 +218,7 @@ impl<R: Router, S: AsyncRead + AsyncWrite + Unpin + Send> Session<R, S> {
             &self.acc.publisher,
             request,
             &mut self.outbox,
-            &mut self.publish_memo,
+            &mut self.publishing.get_or_insert_default().memo,
         );
         match published {
             Ok(_) => {}

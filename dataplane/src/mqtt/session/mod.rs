@@ -113,13 +113,22 @@ pub(crate) struct Session<R: Router, S> {
     delivered: u64,
     /// Messages waiting for the router on this session's way in, after the last hand-over.
     router_backlog: usize,
+    /// What publishing needs between packets; boxed, and made at the first publish, so that a
+    /// session that only subscribes or idles does not carry it.
+    publishing: Option<Box<Publishing>>,
+}
+
+/// A publishing session's state across its publishes.
+#[derive(Default)]
+pub(crate) struct Publishing {
+    /// The last topic published on and what the policy said of it.
+    memo: PublishMemo,
     /// The policy the publishes of the socket read being handled are decided on; `None` between
     /// reads, so an idle session keeps no old snapshot alive.
-    read_policy: Option<Arc<Snapshot>>,
-    /// When the socket read being handled was taken: its publishes' created time.
+    policy: Option<Arc<Snapshot>>,
+    /// The created time of the publishes of the socket read being handled (one clock reading
+    /// per read); 0 until its first publish.
     read_ns: u64,
-    /// The last topic published on and what the policy said of it.
-    publish_memo: PublishMemo,
 }
 
 /// A publisher waits when this many messages wait for the router on its way in, until half
@@ -180,9 +189,7 @@ impl<R: Router, S: AsyncRead + AsyncWrite + Unpin + Send> Session<R, S> {
             outbox_mark: 0,
             delivered: 0,
             router_backlog: 0,
-            read_policy: None,
-            read_ns: 0,
-            publish_memo: PublishMemo::default(),
+            publishing: None,
         };
         if let Some(saved) = connected.saved {
             s.subs = saved.subs;
@@ -355,6 +362,10 @@ impl<R: Router, S: AsyncRead + AsyncWrite + Unpin + Send> Session<R, S> {
     /// Handles every whole packet in the read buffer, then hands what it accepted to the router.
     async fn process_input(&mut self) -> Flow {
         let flow = self.handle_frames().await;
+        if let Some(p) = &mut self.publishing {
+            p.policy = None;
+            p.read_ns = 0;
+        }
         // What was accepted before a DISCONNECT, a refusal or a bad packet is routed too.
         match (self.flush_outbox(), flow) {
             (Flow::End(end), _) | (Flow::Continue, Flow::End(end)) => Flow::End(end),
@@ -391,7 +402,9 @@ impl<R: Router, S: AsyncRead + AsyncWrite + Unpin + Send> Session<R, S> {
     /// Hands the outbox to the router in one batch and counts it. If the router refuses it,
     /// its acks are taken back and the client is told the server is busy.
     fn flush_outbox(&mut self) -> Flow {
-        self.shared.cache.count_hits(self.publish_memo.take_hits());
+        if let Some(p) = &mut self.publishing {
+            self.shared.cache.count_hits(p.memo.take_hits());
+        }
         if self.outbox.is_empty() {
             return Flow::Continue;
         }
@@ -452,13 +465,6 @@ impl<R: Router, S: AsyncRead + AsyncWrite + Unpin + Send> Session<R, S> {
     }
 
     async fn handle_frames(&mut self) -> Flow {
-        self.read_ns = crate::router::now_ns();
-        let flow = self.handle_read().await;
-        self.read_policy = None;
-        flow
-    }
-
-    async fn handle_read(&mut self) -> Flow {
         loop {
             let max = self.shared.config.max_packet_size;
             let step = match self.codec.read(&mut self.rbuf, max) {
