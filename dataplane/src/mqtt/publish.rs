@@ -1,6 +1,7 @@
 //! The one publish path of every adapter (MQTT, HTTP, WebSocket): authorization, the channel's
 //! QoS cap, size and rate limits, the retained store, and the hand-over to the router.
 
+use std::ops::Range;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -39,7 +40,8 @@ pub(crate) struct PublishRequest {
 /// What the policy said of the last topic a session published on, under one snapshot version:
 /// the decision, and the channel's and the tenant's terms for it. A device mostly publishes on
 /// one topic, and each publish there after the first then costs a comparison instead of the
-/// topic's parsing, the decision cache and the channel and tenant lookups. Snapshot versions
+/// topic's parsing, the decision cache and the channel and tenant lookups (a tenant's publish
+/// rate is still taken per publish). Snapshot versions
 /// only grow on a dataplane (the decision cache keys on them too), so a memo of an older one
 /// is never taken for the current one.
 ///
@@ -53,21 +55,25 @@ pub(crate) struct PublishMemo {
     hits: u64,
 }
 
-/// A tenant with a publish rate: its name, the rate and the burst.
-type Rated = (String, u32, Option<u32>);
-
-/// A channel's and its tenant's terms for an allowed publish.
-#[derive(Clone, Copy, Debug)]
+/// A channel's and its tenant's terms for an allowed publish, and where the tenant and channel
+/// levels are in the topic they were decided for (a memo compares the whole topic, so the
+/// same spans hold for every publish it answers).
+#[derive(Clone, Debug)]
 struct Terms {
     max_qos: u8,
     retained_allowed: bool,
     max_size: Option<u32>,
+    /// The tenant's publish rate and burst, if it has a rate.
+    rate: Option<(u32, Option<u32>)>,
+    tenant: Range<usize>,
+    channel: Range<usize>,
 }
 
 impl PublishMemo {
     fn get(&mut self, snapshot: &Snapshot, topic: &Bytes) -> Option<Terms> {
         let terms = self
             .terms
+            .clone()
             .filter(|_| self.version == snapshot.version() && self.topic == *topic);
         self.hits += u64::from(terms.is_some());
         terms
@@ -177,42 +183,51 @@ impl<R: Router> Shared<R> {
         memo: Option<&mut PublishMemo>,
     ) -> Result<(Message, Published), PublishRefusal> {
         let mut memo = memo.filter(|_| self.cache.is_enabled());
-        let remembered = memo.as_mut().and_then(|m| m.get(snapshot, &request.topic));
-        let (terms, rated) = match remembered {
-            Some(terms) => (terms, None),
-            None => self.decide(snapshot, subject, &request.topic)?,
+        let terms = match memo.as_mut().and_then(|m| m.get(snapshot, &request.topic)) {
+            Some(terms) => terms,
+            None => {
+                let terms = self.decide(snapshot, subject, &request.topic)?;
+                if let Some(memo) = memo {
+                    memo.version = snapshot.version();
+                    // A copy: the topic may be a slice of a whole socket read, not to be kept
+                    // alive.
+                    memo.topic = Bytes::copy_from_slice(&request.topic);
+                    memo.terms = Some(terms.clone());
+                }
+                terms
+            }
         };
         if let Some(max) = terms.max_size
             && request.payload.len() > max as usize
         {
             return Err(PublishRefusal::TooLarge { max });
         }
-        if let Some((tenant, rate, burst)) = rated {
-            // Tokens are taken per publish, so a rated tenant's topics are never memoized.
-            if let Err(retry_after) = self.rates.take(&tenant, rate, burst, Instant::now()) {
+        let retain = request.retain && terms.retained_allowed;
+        // The tenant and channel levels, for the rate and the retained store.
+        let text = || {
+            std::str::from_utf8(&request.topic)
+                .map_err(|_| PublishRefusal::Topic(TopicError::InvalidUtf8))
+        };
+        if let Some((rate, burst)) = terms.rate {
+            let tenant = &text()?[terms.tenant.clone()];
+            if let Err(retry_after) = self.rates.take(tenant, rate, burst, Instant::now()) {
                 return Err(PublishRefusal::Rate {
                     retry_after,
                     request: Box::new(request),
                 });
             }
-        } else if let (None, Some(memo)) = (remembered, memo) {
-            memo.version = snapshot.version();
-            // A copy: the topic may be a slice of a whole socket read, not to be kept alive.
-            memo.topic = Bytes::copy_from_slice(&request.topic);
-            memo.terms = Some(terms);
         }
-        let retained_allowed = terms.retained_allowed;
-        let max_qos = terms.max_qos;
-        let retain = request.retain && retained_allowed;
         // The topic is moved into the message below; the retained store needs its parts.
         let retain_key = if retain {
-            let topic = std::str::from_utf8(&request.topic).unwrap_or_default();
-            let topic = fleetward_policy::parse_topic_name(topic, &TopicLimits::default())
-                .map_err(PublishRefusal::Topic)?;
-            Some((topic.tenant().to_owned(), topic.channel().to_owned()))
+            let text = text()?;
+            Some((
+                text[terms.tenant.clone()].to_owned(),
+                text[terms.channel.clone()].to_owned(),
+            ))
         } else {
             None
         };
+        let max_qos = terms.max_qos;
         let mut props = request.props;
         if let Some(p) = &mut props {
             p.user_properties
@@ -243,17 +258,16 @@ impl<R: Router> Shared<R> {
         Ok((message, published))
     }
 
-    /// Parses and authorizes a topic, and finds its channel's and its tenant's terms: the
-    /// tenant and its rate and burst too if the tenant has a publish rate.
+    /// Parses and authorizes a topic, and finds its channel's and its tenant's terms.
     fn decide(
         &self,
         snapshot: &Snapshot,
         subject: &Subject,
         topic: &Bytes,
-    ) -> Result<(Terms, Option<Rated>), PublishRefusal> {
-        let topic = std::str::from_utf8(topic)
+    ) -> Result<Terms, PublishRefusal> {
+        let text = std::str::from_utf8(topic)
             .map_err(|_| PublishRefusal::Topic(TopicError::InvalidUtf8))?;
-        let topic = fleetward_policy::parse_topic_name(topic, &TopicLimits::default())
+        let topic = fleetward_policy::parse_topic_name(text, &TopicLimits::default())
             .map_err(PublishRefusal::Topic)?;
         if let Decision::Deny(why) =
             self.cache
@@ -273,14 +287,18 @@ impl<R: Router> Shared<R> {
         .into_iter()
         .flatten()
         .min();
-        let terms = Terms {
+        // The levels are slices of `text`.
+        let span = |level: &str| {
+            let at = level.as_ptr() as usize - text.as_ptr() as usize;
+            at..at + level.len()
+        };
+        Ok(Terms {
             max_qos: u8::from(channel.max_qos),
             retained_allowed: channel.retained_allowed,
             max_size,
-        };
-        let rated = tenant_limits
-            .and_then(|l| l.publish_rate.map(|rate| (rate, l.publish_burst)))
-            .map(|(rate, burst)| (tenant.to_owned(), rate, burst));
-        Ok((terms, rated))
+            rate: tenant_limits.and_then(|l| l.publish_rate.map(|rate| (rate, l.publish_burst))),
+            tenant: span(tenant),
+            channel: span(channel_name),
+        })
     }
 }
