@@ -1,7 +1,9 @@
 //! MQTT framing with rumqttd's codec, plus the guards and peeks it needs (dataplane/ROUTER.md §3).
 
 use bytes::{BufMut, BytesMut};
-use rumqttd::protocol::{Packet, Protocol, Publish, v4::V4, v5::V5};
+use rumqttd::protocol::{Packet, Protocol, Publish, PublishProperties, v4::V4, v5::V5};
+
+use crate::router::MessageProps;
 
 /// The protocol version of a connection, chosen from its CONNECT.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -10,6 +12,37 @@ pub(crate) enum Version {
     V4,
     /// MQTT 5.
     V5,
+}
+
+/// What of a publish's v5 properties travels with its message (the topic alias and the
+/// subscription identifiers belong to one connection); `None` when nothing is set.
+pub(crate) fn message_props(p: PublishProperties) -> Option<Box<MessageProps>> {
+    let props = MessageProps {
+        payload_format_indicator: p.payload_format_indicator,
+        message_expiry_interval: p.message_expiry_interval,
+        content_type: p.content_type,
+        response_topic: p.response_topic,
+        correlation_data: p.correlation_data,
+        user_properties: p.user_properties,
+    };
+    (!props.is_empty()).then(|| Box::new(props))
+}
+
+/// The v5 properties of a publish of a message with `props`, and `subscription_identifiers`.
+pub(crate) fn publish_props(
+    props: MessageProps,
+    subscription_identifiers: Vec<usize>,
+) -> PublishProperties {
+    PublishProperties {
+        payload_format_indicator: props.payload_format_indicator,
+        message_expiry_interval: props.message_expiry_interval,
+        topic_alias: None,
+        response_topic: props.response_topic,
+        correlation_data: props.correlation_data,
+        user_properties: props.user_properties,
+        subscription_identifiers,
+        content_type: props.content_type,
+    }
 }
 
 /// Why the bytes on a connection cannot be framed.

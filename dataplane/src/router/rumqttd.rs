@@ -14,9 +14,10 @@ use rumqttd::local::{LinkBuilder, LinkError, LinkRx, LinkTx};
 use rumqttd::protocol::{Disconnect, DisconnectReasonCode, Packet, Publish, PublishProperties};
 use rumqttd::{Notification, RouterConfig};
 
+use crate::mqtt::{message_props, publish_props};
+
 use super::{
-    Message, MessageProps, Publisher, Router, RouterError, RouterLink, SessionKey, SessionMode,
-    envelope,
+    Message, Publisher, Router, RouterError, RouterLink, SessionKey, SessionMode, envelope,
 };
 
 /// Router sizing.
@@ -115,19 +116,7 @@ fn link_error(e: LinkError) -> RouterError {
 /// the payload, and only the client's own v5 properties.
 fn to_packet(message: Message) -> Packet {
     let (topic, payload) = envelope::wrap(&message);
-    let props = message.props.map(|p| {
-        let p = *p;
-        PublishProperties {
-            payload_format_indicator: p.payload_format_indicator,
-            message_expiry_interval: p.message_expiry_interval,
-            topic_alias: None,
-            response_topic: p.response_topic,
-            correlation_data: p.correlation_data,
-            user_properties: p.user_properties,
-            subscription_identifiers: Vec::new(),
-            content_type: p.content_type,
-        }
-    });
+    let props = message.props.map(|p| publish_props(*p, Vec::new()));
     Packet::Publish(Publish::new(topic, payload, false), props)
 }
 
@@ -138,17 +127,7 @@ fn from_forward(
     last: &mut Option<Publisher>,
 ) -> Option<Message> {
     let envelope = envelope::unwrap(publish.payload, last)?;
-    let props = props.and_then(|p| {
-        let props = MessageProps {
-            payload_format_indicator: p.payload_format_indicator,
-            message_expiry_interval: p.message_expiry_interval,
-            content_type: p.content_type,
-            response_topic: p.response_topic,
-            correlation_data: p.correlation_data,
-            user_properties: p.user_properties,
-        };
-        (!props.is_empty()).then(|| Box::new(props))
-    });
+    let props = props.and_then(message_props);
     Some(Message {
         topic: publish.topic,
         payload: envelope.payload,
@@ -321,7 +300,7 @@ fn push_batch(tx: &mut LinkTx, messages: &mut Vec<Message>) -> Result<usize, Rou
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::router::{Protocol, PublisherKind};
+    use crate::router::{MessageProps, Protocol, PublisherKind};
 
     fn message(props: Option<MessageProps>) -> Message {
         Message {

@@ -6,7 +6,7 @@ use rumqttd::protocol::{Packet, PubRel, PubRelReason, Publish, PublishProperties
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::{OutMsg, Outbound, Session};
-use crate::mqtt::codec::{Version, publish_with_id};
+use crate::mqtt::codec::{Version, publish_props, publish_with_id};
 use crate::router::{Message, Router};
 
 impl<R: Router, S: AsyncRead + AsyncWrite + Unpin + Send> Session<R, S> {
@@ -75,20 +75,7 @@ impl<R: Router, S: AsyncRead + AsyncWrite + Unpin + Send> Session<R, S> {
                 let metadata = message.metadata_properties();
                 let mut p = message.props.map(|b| *b).unwrap_or_default();
                 p.user_properties.extend(metadata);
-                if p.is_empty() && ids.is_empty() {
-                    None
-                } else {
-                    Some(PublishProperties {
-                        payload_format_indicator: p.payload_format_indicator,
-                        message_expiry_interval: p.message_expiry_interval,
-                        topic_alias: None,
-                        response_topic: p.response_topic,
-                        correlation_data: p.correlation_data,
-                        user_properties: p.user_properties,
-                        subscription_identifiers: ids,
-                        content_type: p.content_type,
-                    })
-                }
+                (!p.is_empty() || !ids.is_empty()).then(|| publish_props(p, ids))
             }
         };
         let (publish, pkid) = if qos == 0 {

@@ -12,10 +12,10 @@ use rumqttd::protocol::{
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::{End, Flow, Session, Step, limits};
-use crate::mqtt::codec::Version;
+use crate::mqtt::codec::{Version, message_props};
 use crate::mqtt::publish::{PublishRefusal, PublishRequest};
 use crate::mqtt::reason;
-use crate::router::{MessageProps, Protocol, Router};
+use crate::router::{Protocol, Router};
 
 /// A v3 publish held back by its tenant's publish rate, to be routed once a token is free.
 pub(super) struct Throttled {
@@ -133,17 +133,7 @@ impl<R: Router, S: AsyncRead + AsyncWrite + Unpin + Send> Session<R, S> {
             }
             Err(e) => return Step::Done(self.refuse_publish(qos, pkid, e.as_str())),
         };
-        let props = props.and_then(|p| {
-            let m = MessageProps {
-                payload_format_indicator: p.payload_format_indicator,
-                message_expiry_interval: p.message_expiry_interval,
-                content_type: p.content_type,
-                response_topic: p.response_topic,
-                correlation_data: p.correlation_data,
-                user_properties: p.user_properties,
-            };
-            (!m.is_empty()).then(|| Box::new(m))
-        });
+        let props = props.and_then(message_props);
         // One clock reading and one snapshot for every publish of a socket read, without
         // touching the snapshot's shared count per publish.
         let publishing = self.publishing.get_or_insert_default();
