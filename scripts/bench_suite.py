@@ -27,6 +27,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -191,7 +192,6 @@ def run_generator(cfg, broker, target, args, timeout):
 def decision_cache(admin_port):
     """The dataplane's decision-cache counters from its /metrics, over the whole run (warm-up
     included)."""
-    import urllib.request
     with urllib.request.urlopen(f"http://127.0.0.1:{admin_port}/metrics", timeout=10) as r:
         text = r.read().decode()
     out = {}
