@@ -426,6 +426,8 @@ impl<R: Router, S: AsyncWrite + Unpin> Handshake<'_, R, S> {
         if self.codec.write(ack, &mut out).is_err() || self.stream.write_all(&out).await.is_err() {
             return None;
         }
+        // Off the pending budget: the oldest-first eviction spares authenticated sockets.
+        crate::listener::authenticated();
         Some(Connected {
             acc: Accepted {
                 publisher: Publisher::of(&subject),
