@@ -332,6 +332,7 @@ impl Dataplane {
             admin_addr,
             http_addr,
             metrics,
+            gate,
             tasks,
         })
     }
@@ -348,6 +349,7 @@ pub struct RunningDataplane {
     /// The HTTP listener's address (HTTP publish, `/mqtt`, WebSocket streams), if any.
     pub http_addr: Option<SocketAddr>,
     metrics: Arc<Metrics>,
+    gate: Arc<Gate>,
     tasks: Vec<JoinHandle<()>>,
 }
 
@@ -372,6 +374,12 @@ impl RunningDataplane {
     /// The front-end's metrics.
     pub fn metrics(&self) -> &Metrics {
         &self.metrics
+    }
+
+    /// Sockets open now on the MQTT, MQTTS and HTTP listeners, and how many of them have not
+    /// authenticated yet.
+    pub fn sockets(&self) -> (usize, usize) {
+        (self.gate.open(), self.gate.pending())
     }
 
     /// Runs until a listener stops.
