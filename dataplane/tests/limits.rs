@@ -432,3 +432,46 @@ async fn past_the_request_cap_http_answers_503() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+#[tokio::test]
+async fn a_things_own_connection_limit_answers_quota_exceeded() {
+    let mut fx = Fixture::start().await;
+    let mut r = resources();
+    for t in r
+        .things
+        .iter_mut()
+        .filter(|t| t.tenant == "acme" && t.name == "sensor")
+    {
+        t.max_connections = Some(1);
+    }
+    fx.apply(r);
+    let first = v5::connect(fx.addr, "acme", "sensor", "a").await;
+    let o = v5::options(fx.addr, "acme", "sensor", "b");
+    assert_eq!(
+        v5::connect_with(o).await.err().as_deref(),
+        Some("QuotaExceeded")
+    );
+    let o = v4::options(fx.addr, "acme", "sensor", "c");
+    assert_eq!(
+        v4::connect_with(o).await.err().as_deref(),
+        Some("ServiceUnavailable")
+    );
+    assert!(
+        fx.dataplane
+            .metrics()
+            .refusals("connect", "thing_max_connections")
+            >= 2
+    );
+    // Another thing of the tenant is not affected, and the place comes back.
+    let _reader = v5::connect(fx.addr, "acme", "reader", "r").await;
+    first.task.abort();
+    let until = Instant::now() + WAIT;
+    loop {
+        let o = v5::options(fx.addr, "acme", "sensor", "d");
+        if v5::connect_with(o).await.is_ok() {
+            break;
+        }
+        assert!(Instant::now() < until, "the thing's place never came back");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

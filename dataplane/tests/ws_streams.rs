@@ -395,3 +395,28 @@ async fn streams_count_against_the_tenants_connections_and_close_1008_past_them(
         "{codes:?}"
     );
 }
+
+#[tokio::test]
+async fn a_stream_past_its_things_own_limit_closes_1008() {
+    let mut r = resources();
+    for t in r
+        .things
+        .iter_mut()
+        .filter(|t| t.tenant == "acme" && t.name == "reader")
+    {
+        t.max_connections = Some(1);
+    }
+    let fx = Adapters::start_with(r).await;
+    let _mqtt = v5::connect(fx.mqtt, "acme", "reader", "m").await;
+    let url = fx.ws_url("/m/acme/c/telemetry/%23");
+    let (mut ws, _) = ws_connect(&url, WsAuth::Basic("acme", "reader"))
+        .await
+        .expect("the upgrade completes");
+    match next_frame(&mut ws, WAIT).await {
+        Frame::Closed(Some((code, reason))) => {
+            assert_eq!(code, 1008, "{reason}");
+            assert!(reason.contains("acme/reader"), "{reason}");
+        }
+        other => panic!("expected a close frame, got {other:?}"),
+    }
+}

@@ -17,6 +17,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use super::codec::{Codec, FrameError, Version, peek_version};
 use super::reason;
 use super::session::{SavedSession, Session, Will, clear_in_router};
+use super::slots::ConnectionSlots;
 use super::state::Shared;
 use crate::router::{Message, MessageProps, Protocol, Publisher, Router, SessionKey, SessionMode};
 
@@ -132,8 +133,8 @@ pub(crate) struct Accepted {
     /// Topic aliases the client accepts from the server (v5), capped by ours.
     pub client_topic_alias_max: u16,
     pub registration: super::state::Registration,
-    /// Counts the connection against its tenant's `maxConnections` while held.
-    pub _tenant_slot: super::state::TenantSlot,
+    /// Counts the connection against its tenant's and thing's `maxConnections` while held.
+    pub _tenant_slot: ConnectionSlots,
     /// Whether the link attached at CONNECT is a persistent one (its router state must be
     /// cleared if not kept).
     pub persistent_link: bool,
@@ -248,18 +249,16 @@ impl<R: Router, S: AsyncWrite + Unpin> Handshake<'_, R, S> {
                 }
             }
         };
-        let max_per_tenant = snapshot
-            .tenant(&subject.tenant)
-            .and_then(|t| t.limits.max_connections);
-        let Some(tenant_slot) = shared
-            .tenant_connections
-            .acquire(&subject.tenant, max_per_tenant)
-        else {
-            let code = match version {
-                Version::V4 => ConnectReturnCode::ServiceUnavailable,
-                Version::V5 => ConnectReturnCode::QuotaExceeded,
-            };
-            return self.refuse(code, "tenant_max_connections").await;
+        // The tenant's and the thing's maxConnections: v3 0x03, v5 0x97.
+        let tenant_slot = match ConnectionSlots::acquire(&shared, &snapshot, &subject) {
+            Ok(slots) => slots,
+            Err(over) => {
+                let code = match version {
+                    Version::V4 => ConnectReturnCode::ServiceUnavailable,
+                    Version::V5 => ConnectReturnCode::QuotaExceeded,
+                };
+                return self.refuse(code, over.label()).await;
+            }
         };
         let key_digest = (!by_token).then(|| KeyDigest::of(password));
         let mount = snapshot

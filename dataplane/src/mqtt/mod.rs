@@ -5,6 +5,7 @@ mod connect;
 mod publish;
 mod reason;
 mod session;
+mod slots;
 mod state;
 
 use std::net::SocketAddr;
@@ -17,6 +18,7 @@ use tokio_rustls::TlsAcceptor;
 pub(crate) use codec::{message_props, publish_props};
 pub(crate) use connect::random_client_id;
 pub(crate) use publish::{PublishRefusal, PublishRequest};
+pub(crate) use slots::ConnectionSlots;
 pub use state::MqttConfig;
 pub(crate) use state::{RetainedStore, Shared};
 

@@ -306,6 +306,8 @@ pub(crate) struct Shared<R: Router> {
     pub(crate) connections: AtomicUsize,
     pub(crate) sessions: SessionStore,
     pub(crate) tenant_connections: TenantConnections,
+    /// Connections of things with a `maxConnections` of their own, by `<tenant>/<thing>`.
+    pub(crate) thing_connections: TenantConnections,
     /// Set once any client asks for v5 no-local; from then on publishes carry their origin.
     pub(crate) no_local_seen: std::sync::atomic::AtomicBool,
     /// Wills waiting out their v5 delay, by router-side id; a reconnect cancels them.
@@ -333,6 +335,7 @@ impl<R: Router> Shared<R> {
             connections: AtomicUsize::new(0),
             sessions: SessionStore::default(),
             tenant_connections: TenantConnections::default(),
+            thing_connections: TenantConnections::default(),
             no_local_seen: std::sync::atomic::AtomicBool::new(false),
             pending_wills: Mutex::default(),
             users: Arc::new(crate::users::Users::new(

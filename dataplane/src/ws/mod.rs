@@ -17,7 +17,7 @@ use fleetward_policy::{Action, Decision, DenyReason, TopicLimits, parse_filter};
 
 use crate::http::{self, ApiError};
 use crate::listener::{self, AuthHandle};
-use crate::mqtt::Shared;
+use crate::mqtt::{ConnectionSlots, Shared};
 use crate::router::{Publisher, Router};
 
 /// Close codes of plain WebSocket streams (4000–4999 are the application's, RFC 6455 7.4.2).
@@ -89,21 +89,13 @@ pub(crate) async fn stream<R: Router>(
     // A stream is a connection of its tenant like any other: counted before it takes a
     // router session.
     let snapshot = shared.snapshot();
-    let max_per_tenant = snapshot
-        .tenant(&stream.subject.tenant)
-        .and_then(|t| t.limits.max_connections);
-    let Some(slot) = shared
-        .tenant_connections
-        .acquire(&stream.subject.tenant, max_per_tenant)
-    else {
-        shared.metrics.refused("ws", "tenant_max_connections");
-        let reason = format!(
-            "tenant {} holds its maxConnections ({}) already; close another connection or \
-             raise the Tenant's limits.maxConnections",
-            stream.subject.tenant,
-            max_per_tenant.unwrap_or_default()
-        );
-        return close_at_once(upgrade, close_code::POLICY, reason);
+    let slot = match ConnectionSlots::acquire(&shared, &snapshot, &stream.subject) {
+        Ok(slot) => slot,
+        Err(over) => {
+            shared.metrics.refused("ws", over.label());
+            let reason = over.message(&stream.subject);
+            return close_at_once(upgrade, close_code::POLICY, reason);
+        }
     };
     if let Some(Extension(handle)) = &socket {
         handle.authenticated();
