@@ -4,8 +4,10 @@ mod codec;
 mod connect;
 mod publish;
 mod reason;
+mod retained;
 mod session;
 mod state;
+mod will;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -17,8 +19,10 @@ use tokio_rustls::TlsAcceptor;
 pub(crate) use codec::{message_props, publish_props};
 pub(crate) use connect::random_client_id;
 pub(crate) use publish::{PublishRefusal, PublishRequest};
+pub use retained::{DEFAULT_MAX_RETAINED_BYTES, DEFAULT_MAX_RETAINED_MESSAGES};
+pub(crate) use retained::{QuotaExceeded, RetainedStore, purge_deleted_channels};
 pub use state::MqttConfig;
-pub(crate) use state::{RetainedStore, Shared};
+pub(crate) use state::Shared;
 
 use crate::router::Router;
 
