@@ -68,6 +68,16 @@ pub struct DataplaneArgs {
     /// evaluated, for measuring what the cache is worth).
     #[arg(long, default_value_t = 100_000)]
     pub decision_cache_entries: u64,
+    /// The most user properties one MQTT v5 message (publish or will) may carry.
+    #[arg(long, default_value_t = 32)]
+    pub max_user_properties: usize,
+    /// The longest a v5 will waits after its connection ends, in seconds (the session's
+    /// expiry caps it too).
+    #[arg(long, default_value_t = 300)]
+    pub max_will_delay_secs: u64,
+    /// The most subscriptions one MQTT session holds.
+    #[arg(long, default_value_t = 100)]
+    pub max_subscriptions_per_session: usize,
     /// NATS servers of the cross-pod bus, comma-separated (nats://host:4222); absent, this pod
     /// is the only one (in-process bus). Retained messages across pods need JetStream.
     #[arg(long, value_delimiter = ',', env = "FLEETWARD_NATS")]

@@ -79,6 +79,9 @@ impl Dataplane {
                 max_packet_size: args.max_packet_size,
                 max_inflight: args.max_inflight.max(1),
                 decision_cache_entries: args.decision_cache_entries,
+                max_user_properties: args.max_user_properties,
+                max_will_delay: Duration::from_secs(args.max_will_delay_secs),
+                max_subscriptions_per_session: args.max_subscriptions_per_session,
                 ..MqttConfig::default()
             });
         if let (Some(addr), Some(cert), Some(key)) =
@@ -219,6 +222,7 @@ impl Dataplane {
         let metrics = Arc::new(Metrics::default());
         let retained = Arc::new(RetainedStore::default());
         let mut nats_client = None;
+        let mut retained_purger = None;
         let bus: Arc<dyn Bus> = match &self.nats {
             None => Arc::new(LocalBus),
             Some(config) => {
@@ -233,6 +237,7 @@ impl Dataplane {
                     .await
                     .context("starting the NATS bus")?;
                 nats_client = Some(bus.client());
+                retained_purger = Some(bus.retained_purger());
                 Arc::new(bus)
             }
         };
@@ -281,6 +286,12 @@ impl Dataplane {
             )));
         }
 
+        tasks.push(tokio::spawn(mqtt::purge_deleted_channels(
+            shared.retained.clone(),
+            self.policy.clone(),
+            retained_purger,
+        )));
+
         // The snapshot version metric follows the policy channel.
         let mut policy = self.policy.clone();
         let m = metrics.clone();
@@ -315,6 +326,8 @@ impl Dataplane {
                     let stats = s2.cache.stats();
                     let mut text = s2.metrics.render(stats.hits, stats.misses);
                     text.push_str(&gates.2.render(&[&gates.0, &gates.1]));
+                    s2.render_pending_wills(&mut text);
+                    s2.retained.render(&mut text);
                     if let Some(status) = &sync_status {
                         text.push_str(&status.render_metrics());
                     }

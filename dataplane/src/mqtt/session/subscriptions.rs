@@ -118,6 +118,17 @@ impl<R: Router, S: AsyncRead + AsyncWrite + Unpin + Send> Session<R, S> {
                     }
                 }
                 None => {
+                    // A new filter beyond the session's cap (a replaced one does not count).
+                    if self.subs.len() >= self.shared.config.max_subscriptions_per_session {
+                        self.shared
+                            .metrics
+                            .refused("limit", "subscriptions_per_session");
+                        codes.push(match version {
+                            Version::V4 => rumqttd::protocol::SubscribeReasonCode::Failure,
+                            Version::V5 => rumqttd::protocol::SubscribeReasonCode::QuotaExceeded,
+                        });
+                        continue;
+                    }
                     let Some(link) = self.link().await else {
                         codes.push(reason::suback_refused(version, false));
                         continue;
