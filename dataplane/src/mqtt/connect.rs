@@ -16,7 +16,10 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use super::codec::{Codec, FrameError, Version, peek_version};
 use super::reason;
-use super::session::{SavedSession, Session, Will, clear_in_router};
+use super::session::{
+    SavedSession, Session, Will, clear_in_router, mount_response_topic,
+    response_topic_is_protocol_error,
+};
 use super::state::Shared;
 use crate::router::{Message, MessageProps, Protocol, Publisher, Router, SessionKey, SessionMode};
 
@@ -317,11 +320,26 @@ impl<R: Router, S: AsyncWrite + Unpin> Handshake<'_, R, S> {
                     correlation_data: None,
                     user_properties: Vec::new(),
                 });
+                // Checked and mounted as a PUBLISH's response topic is.
+                let response_topic = match p.response_topic {
+                    None => None,
+                    Some(rt) => match mount_response_topic(mount.as_ref(), &rt) {
+                        Ok(mounted) => Some(mounted.unwrap_or(rt)),
+                        Err(e) => {
+                            let code = if response_topic_is_protocol_error(e) {
+                                ConnectReturnCode::ProtocolError
+                            } else {
+                                ConnectReturnCode::ImplementationSpecificError
+                            };
+                            return self.refuse(code, "will_response_topic_invalid").await;
+                        }
+                    },
+                };
                 let message_props = MessageProps {
                     payload_format_indicator: p.payload_format_indicator,
                     message_expiry_interval: p.message_expiry_interval,
                     content_type: p.content_type,
-                    response_topic: p.response_topic,
+                    response_topic,
                     correlation_data: p.correlation_data,
                     user_properties: p.user_properties,
                 };
@@ -343,13 +361,17 @@ impl<R: Router, S: AsyncWrite + Unpin> Handshake<'_, R, S> {
             }
         };
 
-        let key = SessionKey {
-            tenant: subject.tenant.clone(),
-            subject: subject.name.clone(),
-            client_id,
-        };
+        let key = SessionKey::of(&subject, client_id);
         let mut registration = shared.registry.register(key.router_id());
-        registration.predecessor_gone().await;
+        if !registration
+            .predecessor_gone(shared.config.takeover_wait)
+            .await
+        {
+            // The old session is stuck (a client that does not read, a throttled publish); it
+            // leaves the router and its saved state alone from now on.
+            tracing::warn!(client = %key.router_id(), "the session taken over did not end in time; abandoned it");
+            shared.metrics.refused("takeover", "predecessor_abandoned");
+        }
         // A reconnect within a will's delay cancels the will (MQTT 5, 3.1.3.2.2).
         if let Some(will) = shared.pending_wills.lock().remove(&key.router_id()) {
             will.abort();
