@@ -297,13 +297,17 @@ impl<R: Router, S: AsyncWrite + Unpin> Handshake<'_, R, S> {
             }
         };
 
-        let key = SessionKey {
-            tenant: subject.tenant.clone(),
-            subject: subject.name.clone(),
-            client_id,
-        };
+        let key = SessionKey::of(&subject, client_id);
         let mut registration = shared.registry.register(key.router_id());
-        registration.predecessor_gone().await;
+        if !registration
+            .predecessor_gone(shared.config.takeover_wait)
+            .await
+        {
+            // The old session is stuck (a client that does not read, a throttled publish); it
+            // leaves the router and its saved state alone from now on.
+            tracing::warn!(client = %key.router_id(), "the session taken over did not end in time; abandoned it");
+            shared.metrics.refused("takeover", "predecessor_abandoned");
+        }
         // A reconnect within a will's delay cancels the will (MQTT 5, 3.1.3.2.2).
         if let Some(will) = shared.pending_wills.lock().remove(&key.router_id()) {
             will.abort();

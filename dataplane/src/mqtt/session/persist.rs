@@ -91,7 +91,12 @@ pub(super) fn expire_later<R: Router>(
         let Some(mut registration) = shared.registry.register_if_idle(id.clone()) else {
             return;
         };
-        registration.predecessor_gone().await;
+        if !registration
+            .predecessor_gone(shared.config.takeover_wait)
+            .await
+        {
+            return;
+        }
         if shared.sessions.remove_if(&id, generation) {
             clear_in_router(&shared.router, &key).await;
         }
