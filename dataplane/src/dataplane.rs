@@ -232,6 +232,10 @@ impl Dataplane {
                 metrics: Arc::new(move || {
                     let stats = s2.cache.stats();
                     let mut text = s2.metrics.render(stats.hits, stats.misses);
+                    text.push_str(&format!(
+                        "# HELP fleetward_router_filters Router filters held for sessions now.\n# TYPE fleetward_router_filters gauge\nfleetward_router_filters {}\n",
+                        s2.router.filters()
+                    ));
                     if let Some(status) = &sync_status {
                         text.push_str(&status.render_metrics());
                     }

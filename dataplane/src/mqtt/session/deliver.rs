@@ -45,9 +45,10 @@ impl<R: Router, S: AsyncRead + AsyncWrite + Unpin + Send> Session<R, S> {
         let mut ids = Vec::new();
         let mut keep_retain = false;
         let own = message.origin.is_some() && message.origin == Some(self.acc.registration.conn());
-        for sub in &self.subs {
-            let matches = filter_matches(&sub.matcher, topic)
-                && (self.acc.mount.is_none() || filter_matches(&sub.client, client_topic))
+        // Once, whatever number of filters match: the router hands a message to a session once
+        // (router::routes), and the delivery takes the highest QoS of those filters.
+        for sub in self.subs.matching(topic) {
+            let matches = (self.acc.mount.is_none() || filter_matches(&sub.client, client_topic))
                 && !(own && sub.no_local);
             if matches {
                 granted = Some(granted.map_or(sub.qos, |g| g.max(sub.qos)));

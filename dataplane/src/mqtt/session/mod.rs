@@ -93,7 +93,7 @@ pub(crate) struct Session<R: Router, S> {
     /// Boxed: most sessions never have one (publish-only clients route through the router's
     /// shared link), and it is large.
     link: Option<Box<R::Link>>,
-    subs: Vec<Subscription>,
+    subs: subscriptions::Subs,
     inflight: HashMap<u16, (Outbound, OutMsg)>,
     next_pkid: u16,
     pending: VecDeque<Message>,
@@ -176,7 +176,7 @@ impl<R: Router, S: AsyncRead + AsyncWrite + Unpin + Send> Session<R, S> {
             wbuf: BytesMut::new(),
             acc: connected.acc,
             link: connected.link.map(Box::new),
-            subs: Vec::new(),
+            subs: subscriptions::Subs::default(),
             inflight: HashMap::new(),
             next_pkid: 0,
             pending: VecDeque::new(),
@@ -223,6 +223,7 @@ impl<R: Router, S: AsyncRead + AsyncWrite + Unpin + Send> Session<R, S> {
             persist::expire_later(
                 shared.clone(),
                 self.acc.key.clone(),
+                self.acc.subject.clone(),
                 generation,
                 self.acc.expiry,
             );
