@@ -69,6 +69,7 @@ impl Dataplane {
                 max_packet_size: args.max_packet_size,
                 max_inflight: args.max_inflight.max(1),
                 decision_cache_entries: args.decision_cache_entries,
+                max_offline_messages: args.max_offline_messages,
                 ..MqttConfig::default()
             });
         if let (Some(addr), Some(cert), Some(key)) =

@@ -35,6 +35,9 @@ pub struct MqttConfig {
     /// The longest a persistent session is kept while its client is away (v3 sessions, and
     /// v5 session expiry intervals above it).
     pub max_session_expiry: Duration,
+    /// The most messages queued while its client was away that a resumed persistent session
+    /// is sent; the rest are dropped and counted (MQTT.md, Persistent sessions).
+    pub max_offline_messages: usize,
 }
 
 impl Default for MqttConfig {
@@ -48,6 +51,7 @@ impl Default for MqttConfig {
             topic_alias_max: 64,
             decision_cache_entries: 100_000,
             max_session_expiry: Duration::from_secs(2 * 3600),
+            max_offline_messages: 1000,
         }
     }
 }

@@ -116,6 +116,16 @@ pub(crate) struct Session<R: Router, S> {
     /// What publishing needs between packets; boxed, and made at the first publish, so that a
     /// session that only subscribes or idles does not carry it.
     publishing: Option<Box<Publishing>>,
+    /// A resumed persistent session's bound on what was queued while its client was away;
+    /// boxed, as only resumed sessions have one.
+    offline: Option<Box<OfflineBound>>,
+}
+
+/// How many more messages queued before a resume a resumed session is sent.
+pub(crate) struct OfflineBound {
+    /// When the session resumed (`Message::created_ns` before it: queued while away).
+    since_ns: u64,
+    left: usize,
 }
 
 /// A publishing session's state across its publishes.
@@ -190,8 +200,13 @@ impl<R: Router, S: AsyncRead + AsyncWrite + Unpin + Send> Session<R, S> {
             delivered: 0,
             router_backlog: 0,
             publishing: None,
+            offline: None,
         };
         if let Some(saved) = connected.saved {
+            s.offline = Some(Box::new(OfflineBound {
+                since_ns: crate::router::now_ns(),
+                left: s.shared.config.max_offline_messages,
+            }));
             s.subs = saved.subs;
             s.inflight = saved.inflight;
             s.qos2_in = saved.qos2_in;
