@@ -1,36 +1,15 @@
 //! `fleetward start` as a user runs it: the binary over a manifest directory, with real MQTT
 //! clients (mosquitto_sub / mosquitto_pub), live edits, broken files, `credentials` and `can-i`.
 
-use std::io::{BufRead, BufReader};
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::sync::mpsc;
+mod support;
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::Command;
 use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-const SENSOR_KEY: &str = "p5OR2zf95euo-SDM6r3HQBkSsWKpSI1eT71WQ5jOhP8";
-
-fn bin() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_fleetward"))
-}
-
-fn free_addr() -> SocketAddr {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free loopback port")
-}
-
-fn tempdir(tag: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("fleetward-start-{tag}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).expect("temp dir");
-    d
-}
-
-fn examples() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("examples")
-}
+use support::{Running, SENSOR_KEY, Start, bin, examples, tempdir};
 
 /// The acme example, one document per file, without its Group, so the dashboard's only grant
 /// is the Connection `dashboard-subscribes-telemetry` (in its own file).
@@ -46,156 +25,6 @@ fn split_acme(dir: &Path) {
             format!("{i:02}.yaml")
         };
         std::fs::write(dir.join(name), doc).expect("write manifest");
-    }
-}
-
-/// A child process whose output lines (one stream of them) arrive on a channel; killed on
-/// drop.
-struct Running {
-    name: &'static str,
-    child: Child,
-    lines: mpsc::Receiver<String>,
-}
-
-impl Running {
-    /// Spawns `cmd` with the stream `stderr` or stdout piped into the line channel (and
-    /// echoed to the test's output, prefixed with `name`).
-    fn spawn(name: &'static str, mut cmd: Command, stderr: bool) -> Self {
-        if stderr {
-            cmd.stdout(Stdio::null()).stderr(Stdio::piped());
-        } else {
-            cmd.stdout(Stdio::piped()).stderr(Stdio::null());
-        }
-        let mut child = cmd.spawn().unwrap_or_else(|e| {
-            panic!("{name} does not start ({e}); run scripts/install-tools.sh")
-        });
-        let stream: Box<dyn std::io::Read + Send> =
-            match (stderr, child.stderr.take(), child.stdout.take()) {
-                (true, Some(err), _) => Box::new(err),
-                (false, _, Some(out)) => Box::new(out),
-                _ => panic!("{name}: the stream was not piped"),
-            };
-        let (tx, lines) = mpsc::channel();
-        thread::spawn(move || {
-            for line in BufReader::new(stream).lines().map_while(Result::ok) {
-                eprintln!("[{name}] {line}");
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        Self { name, child, lines }
-    }
-
-    /// Waits for a line containing `needle`, returning it.
-    fn expect(&self, needle: &str, within: Duration) -> String {
-        let [line] = self.expect_all([needle], within);
-        line
-    }
-
-    /// Waits for one line containing each needle, in any order.
-    fn expect_all<const N: usize>(&self, needles: [&str; N], within: Duration) -> [String; N] {
-        let deadline = Instant::now() + within;
-        let mut found: [Option<String>; N] = std::array::from_fn(|_| None);
-        while found.iter().any(Option::is_none) {
-            let left = deadline.saturating_duration_since(Instant::now());
-            let Ok(line) = self.lines.recv_timeout(left) else {
-                panic!(
-                    "{} printed no lines with {needles:?} within {within:?}: {found:?}",
-                    self.name
-                );
-            };
-            for (slot, needle) in found.iter_mut().zip(needles) {
-                if slot.is_none() && line.contains(needle) {
-                    *slot = Some(line.clone());
-                }
-            }
-        }
-        found.map(|l| l.unwrap_or_default())
-    }
-
-    /// Lines that contain `needle` during `window`.
-    fn count(&self, needle: &str, window: Duration) -> usize {
-        let deadline = Instant::now() + window;
-        let mut n = 0;
-        while let Ok(line) = self
-            .lines
-            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
-        {
-            n += usize::from(line.contains(needle));
-        }
-        n
-    }
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// A running `fleetward start`, its log on the line channel.
-struct Start {
-    process: Running,
-    mqtt: SocketAddr,
-    state: PathBuf,
-    manifests: PathBuf,
-}
-
-impl Start {
-    fn run(manifests: &Path, state: &Path) -> Self {
-        let mqtt = free_addr();
-        let mut cmd = Command::new(bin());
-        cmd.args(["start", "--manifests"])
-            .arg(manifests)
-            .arg("--state-dir")
-            .arg(state)
-            .arg(format!("--mqtt-listen={mqtt}"))
-            .arg(format!("--http-listen={}", free_addr()))
-            .arg(format!("--admin-listen={}", free_addr()))
-            .env("RUST_LOG", "info,rumqttd=warn")
-            .env("NO_COLOR", "1");
-        let start = Self {
-            process: Running::spawn("start", cmd, true),
-            mqtt,
-            state: state.to_owned(),
-            manifests: manifests.to_owned(),
-        };
-        start.wait_log("MQTT listening", Duration::from_secs(20));
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while TcpStream::connect(mqtt).is_err() {
-            assert!(Instant::now() < deadline, "nothing listens on {mqtt}");
-            thread::sleep(Duration::from_millis(50));
-        }
-        start
-    }
-
-    /// Waits for a log line containing `needle`, returning it.
-    fn wait_log(&self, needle: &str, within: Duration) -> String {
-        self.process.expect(needle, within)
-    }
-
-    fn cli(&self, args: &[&str]) -> Output {
-        Command::new(bin())
-            .args(args)
-            .arg("--manifests")
-            .arg(&self.manifests)
-            .arg("--state-dir")
-            .arg(&self.state)
-            .output()
-            .expect("fleetward runs")
-    }
-
-    fn key_of(&self, thing: &str) -> String {
-        let out = self.cli(&["credentials", thing]);
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let text = String::from_utf8(out.stdout).expect("text");
-        text.lines().last().expect("a key line").to_owned()
     }
 }
 
