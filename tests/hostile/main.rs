@@ -7,6 +7,7 @@
 mod support;
 
 mod harness;
+mod router;
 
 use std::time::Duration;
 

@@ -69,13 +69,13 @@ impl Interest {
             }
         }
         // Removing a subject cannot make disjoint subjects overlap; it may end an overlap.
-        if removed && channel.overlapping {
+        // Past the cap, nothing to check: the channel stays whole.
+        if removed && channel.overlapping && channel.wanted.len() <= MAX_SUBJECTS_PER_CHANNEL {
             let wanted: Vec<&String> = channel.wanted.keys().collect();
-            channel.overlapping = wanted.len() > MAX_SUBJECTS_PER_CHANNEL
-                || wanted
-                    .iter()
-                    .enumerate()
-                    .any(|(i, a)| wanted[i + 1..].iter().any(|b| overlap(a, b)));
+            channel.overlapping = wanted
+                .iter()
+                .enumerate()
+                .any(|(i, a)| wanted[i + 1..].iter().any(|b| overlap(a, b)));
         }
         let change = Self::recompute(key.clone(), channel);
         if channel.wanted.is_empty() {
