@@ -64,6 +64,10 @@ pub struct DataplaneArgs {
     /// The most QoS 1/2 deliveries awaiting a client's acknowledgement.
     #[arg(long, default_value_t = 100)]
     pub max_inflight: u16,
+    /// The most messages queued for a persistent session while its client was away that it is
+    /// sent on resume; the rest are dropped and counted.
+    #[arg(long, default_value_t = 1000)]
+    pub max_offline_messages: usize,
     /// Entries of the authorization decision cache; 0 turns it off (every decision is
     /// evaluated, for measuring what the cache is worth).
     #[arg(long, default_value_t = 100_000)]

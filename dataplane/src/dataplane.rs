@@ -82,6 +82,7 @@ impl Dataplane {
                 max_user_properties: args.max_user_properties,
                 max_will_delay: Duration::from_secs(args.max_will_delay_secs),
                 max_subscriptions_per_session: args.max_subscriptions_per_session,
+                max_offline_messages: args.max_offline_messages,
                 ..MqttConfig::default()
             });
         if let (Some(addr), Some(cert), Some(key)) =
@@ -328,6 +329,10 @@ impl Dataplane {
                     text.push_str(&gates.2.render(&[&gates.0, &gates.1]));
                     s2.render_pending_wills(&mut text);
                     s2.retained.render(&mut text);
+                    text.push_str(&format!(
+                        "# HELP fleetward_router_filters Router filters held for sessions now.\n# TYPE fleetward_router_filters gauge\nfleetward_router_filters {}\n",
+                        s2.router.filters()
+                    ));
                     if let Some(status) = &sync_status {
                         text.push_str(&status.render_metrics());
                     }

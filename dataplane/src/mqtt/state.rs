@@ -47,6 +47,9 @@ pub struct MqttConfig {
     /// old session is abandoned: it may no longer touch the router, its saved state or its
     /// will, and the new one proceeds.
     pub takeover_wait: Duration,
+    /// The most messages queued while its client was away that a resumed persistent session
+    /// is sent; the rest are dropped and counted (MQTT.md, Persistent sessions).
+    pub max_offline_messages: usize,
 }
 
 impl Default for MqttConfig {
@@ -64,6 +67,7 @@ impl Default for MqttConfig {
             max_will_delay: Duration::from_secs(300),
             max_subscriptions_per_session: 100,
             takeover_wait: Duration::from_secs(5),
+            max_offline_messages: 1000,
         }
     }
 }
