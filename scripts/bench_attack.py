@@ -86,11 +86,12 @@ def runs(cfg, work, results, limit, suite):
     for rnd in range(cfg.rounds):
         order = TARGETS[rnd % len(TARGETS):] + TARGETS[:rnd % len(TARGETS)]
         for target in order:
-            keys = [p for p in plan if p[0] == "attack-pending"]
-            pairs = [plan[1:3], plan[3:5]]
-            for base, flooded in pairs:
-                keys += [flooded, base] if rnd % 2 else [base, flooded]
-            for key, _, args, _, _ in keys:
+            # The weighing first, then each unflooded run next to its flooded twin, the twin
+            # first in odd rounds.
+            this_round = [plan[0]]
+            for base, flooded in (plan[1:3], plan[3:5]):
+                this_round += [flooded, base] if rnd % 2 else [base, flooded]
+            for key, _, args, _, _ in this_round:
                 extra = fw_flags if target == "fleetward" else []
                 broker = suite.Broker(cfg, target, work, suite.PAIRS_GRANTED + 1, extra)
                 try:
@@ -157,7 +158,7 @@ def render(cfg, results, median_of, fmt, ratio, verdict):
         f"A flood of {n:,} unauthenticated sockets (`fleetward-bench --flood {n}`: TCP connections "
         "to the MQTT port that send nothing; one the broker closes, at its connect timeout or to "
         "make room, is opened again, so the pressure holds) while a legitimate client connects over "
-        "and over (one at a time), and while {cfg.pairs} pairs publish at "
+        f"and over (one at a time), and while {cfg.pairs} pairs publish at "
         f"{cfg.latency_rate:,} msg/s (QoS 0). The unflooded runs are in the same rounds, next to the "
         "flooded ones, each on a fresh broker. The open-files hard limit was "
         f"{fmt_int(limit)} (`ulimit -Hn`, per process): the generator and the broker each hold one "
