@@ -230,10 +230,9 @@ impl<R: Router, S: AsyncRead + AsyncWrite + Unpin + Send> Session<R, S> {
         if let Decision::Deny(why) = decision {
             return Err(why.as_str());
         }
-        let subscribed = self.subs.iter().any(|sub| {
-            filter_matches(&sub.matcher, &full)
-                && std::str::from_utf8(topic)
-                    .is_ok_and(|t| self.acc.mount.is_none() || filter_matches(&sub.client, t))
+        let subscribed = self.subs.matching(&full).any(|sub| {
+            std::str::from_utf8(topic)
+                .is_ok_and(|t| self.acc.mount.is_none() || filter_matches(&sub.client, t))
         });
         if subscribed {
             Ok(())
