@@ -64,10 +64,24 @@ pub struct DataplaneArgs {
     /// The most QoS 1/2 deliveries awaiting a client's acknowledgement.
     #[arg(long, default_value_t = 100)]
     pub max_inflight: u16,
+    /// The most messages queued for a persistent session while its client was away that it is
+    /// sent on resume; the rest are dropped and counted.
+    #[arg(long, default_value_t = 1000)]
+    pub max_offline_messages: usize,
     /// Entries of the authorization decision cache; 0 turns it off (every decision is
     /// evaluated, for measuring what the cache is worth).
     #[arg(long, default_value_t = 100_000)]
     pub decision_cache_entries: u64,
+    /// The most user properties one MQTT v5 message (publish or will) may carry.
+    #[arg(long, default_value_t = 32)]
+    pub max_user_properties: usize,
+    /// The longest a v5 will waits after its connection ends, in seconds (the session's
+    /// expiry caps it too).
+    #[arg(long, default_value_t = 300)]
+    pub max_will_delay_secs: u64,
+    /// The most subscriptions one MQTT session holds.
+    #[arg(long, default_value_t = 100)]
+    pub max_subscriptions_per_session: usize,
     /// NATS servers of the cross-pod bus, comma-separated (nats://host:4222); absent, this pod
     /// is the only one (in-process bus). Retained messages across pods need JetStream.
     #[arg(long, value_delimiter = ',', env = "FLEETWARD_NATS")]

@@ -79,6 +79,10 @@ impl Dataplane {
                 max_packet_size: args.max_packet_size,
                 max_inflight: args.max_inflight.max(1),
                 decision_cache_entries: args.decision_cache_entries,
+                max_user_properties: args.max_user_properties,
+                max_will_delay: Duration::from_secs(args.max_will_delay_secs),
+                max_subscriptions_per_session: args.max_subscriptions_per_session,
+                max_offline_messages: args.max_offline_messages,
                 ..MqttConfig::default()
             });
         if let (Some(addr), Some(cert), Some(key)) =
@@ -219,6 +223,7 @@ impl Dataplane {
         let metrics = Arc::new(Metrics::default());
         let retained = Arc::new(RetainedStore::default());
         let mut nats_client = None;
+        let mut retained_purger = None;
         let bus: Arc<dyn Bus> = match &self.nats {
             None => Arc::new(LocalBus),
             Some(config) => {
@@ -233,6 +238,7 @@ impl Dataplane {
                     .await
                     .context("starting the NATS bus")?;
                 nats_client = Some(bus.client());
+                retained_purger = Some(bus.retained_purger());
                 Arc::new(bus)
             }
         };
@@ -281,6 +287,12 @@ impl Dataplane {
             )));
         }
 
+        tasks.push(tokio::spawn(mqtt::purge_deleted_channels(
+            shared.retained.clone(),
+            self.policy.clone(),
+            retained_purger,
+        )));
+
         // The snapshot version metric follows the policy channel.
         let mut policy = self.policy.clone();
         let m = metrics.clone();
@@ -315,6 +327,12 @@ impl Dataplane {
                     let stats = s2.cache.stats();
                     let mut text = s2.metrics.render(stats.hits, stats.misses);
                     text.push_str(&gates.2.render(&[&gates.0, &gates.1]));
+                    s2.render_pending_wills(&mut text);
+                    s2.retained.render(&mut text);
+                    text.push_str(&format!(
+                        "# HELP fleetward_router_filters Router filters held for sessions now.\n# TYPE fleetward_router_filters gauge\nfleetward_router_filters {}\n",
+                        s2.router.filters()
+                    ));
                     if let Some(status) = &sync_status {
                         text.push_str(&status.render_metrics());
                     }

@@ -74,6 +74,8 @@ fn tenant_to(t: &policy::Tenant) -> pb::Tenant {
             max_message_size: l.max_message_size,
             publish_rate: l.publish_rate,
             publish_burst: l.publish_burst,
+            max_retained_messages: l.max_retained_messages,
+            max_retained_bytes: l.max_retained_bytes,
         }),
     }
 }
@@ -255,6 +257,8 @@ fn tenant_from(t: pb::Tenant) -> policy::Tenant {
             max_message_size: l.max_message_size,
             publish_rate: l.publish_rate,
             publish_burst: l.publish_burst,
+            max_retained_messages: l.max_retained_messages,
+            max_retained_bytes: l.max_retained_bytes,
         },
     }
 }

@@ -7,6 +7,7 @@
 mod support;
 
 mod harness;
+mod router;
 mod sockets;
 
 use std::time::Duration;

@@ -4,9 +4,11 @@ mod codec;
 mod connect;
 mod publish;
 mod reason;
+mod retained;
 mod session;
 mod slots;
 mod state;
+mod will;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -19,8 +21,10 @@ pub(crate) use codec::{message_props, publish_props};
 pub(crate) use connect::random_client_id;
 pub(crate) use publish::{PublishRefusal, PublishRequest};
 pub(crate) use slots::ConnectionSlots;
+pub use retained::{DEFAULT_MAX_RETAINED_BYTES, DEFAULT_MAX_RETAINED_MESSAGES};
+pub(crate) use retained::{QuotaExceeded, RetainedStore, purge_deleted_channels};
 pub use state::MqttConfig;
-pub(crate) use state::{RetainedStore, Shared};
+pub(crate) use state::Shared;
 
 use crate::listener::{self, Admitted, GatedListener};
 use crate::router::Router;

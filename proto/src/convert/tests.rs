@@ -36,8 +36,9 @@ fn arb_tenant() -> impl Strategy<Value = Tenant> {
             opt_u32(),
             opt_u32(),
         ),
+        (opt_u32(), prop::option::of(any::<u64>())),
     )
-        .prop_map(|(name, suspended, (a, b, c, d, e, f))| Tenant {
+        .prop_map(|(name, suspended, (a, b, c, d, e, f), (g, h))| Tenant {
             name,
             suspended,
             limits: TenantLimits {
@@ -47,6 +48,8 @@ fn arb_tenant() -> impl Strategy<Value = Tenant> {
                 max_message_size: d,
                 publish_rate: e,
                 publish_burst: f,
+                max_retained_messages: g,
+                max_retained_bytes: h,
             },
         })
 }
