@@ -7,6 +7,7 @@
 mod support;
 
 mod harness;
+mod quotas;
 
 use std::time::Duration;
 
