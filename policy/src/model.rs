@@ -88,6 +88,10 @@ pub struct Thing {
     /// A channel of the same tenant the thing's topics are taken relative to (DESIGN §5).
     #[serde(default)]
     pub mountpoint: Option<String>,
+    /// The most simultaneous connections (MQTT, WebSocket) of this thing on each dataplane
+    /// pod, within its tenant's; `None`: only the tenant's limit applies.
+    #[serde(default)]
+    pub max_connections: Option<u32>,
 }
 
 /// What a user may do by role alone, beside any grant.

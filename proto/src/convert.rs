@@ -91,6 +91,7 @@ fn thing_to(t: &policy::Thing) -> pb::Thing {
             .collect(),
         disabled: t.disabled,
         mountpoint: t.mountpoint.clone(),
+        max_connections: t.max_connections,
     }
 }
 
@@ -281,6 +282,7 @@ fn thing_from(t: pb::Thing) -> Result<policy::Thing, ConvertError> {
         key_digests,
         disabled: t.disabled,
         mountpoint: t.mountpoint,
+        max_connections: t.max_connections,
     })
 }
 

@@ -8,6 +8,8 @@ mod support;
 
 mod harness;
 mod quotas;
+mod router;
+mod sockets;
 
 use std::time::Duration;
 

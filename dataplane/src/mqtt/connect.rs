@@ -14,6 +14,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use super::codec::{Codec, FrameError, Version, peek_version};
 use super::reason;
 use super::session::{SavedSession, Session, Will, clear_in_router};
+use super::slots::ConnectionSlots;
 use super::state::Shared;
 use crate::router::{Publisher, Router, SessionKey, SessionMode};
 
@@ -129,8 +130,8 @@ pub(crate) struct Accepted {
     /// Topic aliases the client accepts from the server (v5), capped by ours.
     pub client_topic_alias_max: u16,
     pub registration: super::state::Registration,
-    /// Counts the connection against its tenant's `maxConnections` while held.
-    pub _tenant_slot: super::state::TenantSlot,
+    /// Counts the connection against its tenant's and thing's `maxConnections` while held.
+    pub _tenant_slot: ConnectionSlots,
     /// Whether the link attached at CONNECT is a persistent one (its router state must be
     /// cleared if not kept).
     pub persistent_link: bool,
@@ -245,18 +246,16 @@ impl<R: Router, S: AsyncWrite + Unpin> Handshake<'_, R, S> {
                 }
             }
         };
-        let max_per_tenant = snapshot
-            .tenant(&subject.tenant)
-            .and_then(|t| t.limits.max_connections);
-        let Some(tenant_slot) = shared
-            .tenant_connections
-            .acquire(&subject.tenant, max_per_tenant)
-        else {
-            let code = match version {
-                Version::V4 => ConnectReturnCode::ServiceUnavailable,
-                Version::V5 => ConnectReturnCode::QuotaExceeded,
-            };
-            return self.refuse(code, "tenant_max_connections").await;
+        // The tenant's and the thing's maxConnections: v3 0x03, v5 0x97.
+        let tenant_slot = match ConnectionSlots::acquire(&shared, &snapshot, &subject) {
+            Ok(slots) => slots,
+            Err(over) => {
+                let code = match version {
+                    Version::V4 => ConnectReturnCode::ServiceUnavailable,
+                    Version::V5 => ConnectReturnCode::QuotaExceeded,
+                };
+                return self.refuse(code, over.label()).await;
+            }
         };
         let key_digest = (!by_token).then(|| KeyDigest::of(password));
         let mount = snapshot
@@ -298,13 +297,17 @@ impl<R: Router, S: AsyncWrite + Unpin> Handshake<'_, R, S> {
             }
         };
 
-        let key = SessionKey {
-            tenant: subject.tenant.clone(),
-            subject: subject.name.clone(),
-            client_id,
-        };
+        let key = SessionKey::of(&subject, client_id);
         let mut registration = shared.registry.register(key.router_id());
-        registration.predecessor_gone().await;
+        if !registration
+            .predecessor_gone(shared.config.takeover_wait)
+            .await
+        {
+            // The old session is stuck (a client that does not read, a throttled publish); it
+            // leaves the router and its saved state alone from now on.
+            tracing::warn!(client = %key.router_id(), "the session taken over did not end in time; abandoned it");
+            shared.metrics.refused("takeover", "predecessor_abandoned");
+        }
         // A reconnect within a will's delay cancels the will (MQTT 5, 3.1.3.2.2).
         if let Some(will) = shared.pending_wills.lock().remove(&key.router_id()) {
             will.abort();
@@ -385,6 +388,8 @@ impl<R: Router, S: AsyncWrite + Unpin> Handshake<'_, R, S> {
         if self.codec.write(ack, &mut out).is_err() || self.stream.write_all(&out).await.is_err() {
             return None;
         }
+        // Off the pending budget: the oldest-first eviction spares authenticated sockets.
+        crate::listener::authenticated();
         Some(Connected {
             acc: Accepted {
                 publisher: Publisher::of(&subject),

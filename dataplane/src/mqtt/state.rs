@@ -43,6 +43,13 @@ pub struct MqttConfig {
     pub max_will_delay: Duration,
     /// The most subscriptions one session holds; filters beyond get SUBACK 0x97 (v5) / 0x80.
     pub max_subscriptions_per_session: usize,
+    /// How long a new connection waits for the session it takes over to end. After that the
+    /// old session is abandoned: it may no longer touch the router, its saved state or its
+    /// will, and the new one proceeds.
+    pub takeover_wait: Duration,
+    /// The most messages queued while its client was away that a resumed persistent session
+    /// is sent; the rest are dropped and counted (MQTT.md, Persistent sessions).
+    pub max_offline_messages: usize,
 }
 
 impl Default for MqttConfig {
@@ -59,6 +66,8 @@ impl Default for MqttConfig {
             max_user_properties: 32,
             max_will_delay: Duration::from_secs(300),
             max_subscriptions_per_session: 100,
+            takeover_wait: Duration::from_secs(5),
+            max_offline_messages: 1000,
         }
     }
 }
@@ -78,6 +87,9 @@ struct Signals {
     taken_over: AtomicBool,
     /// The registration was dropped: the session is fully gone.
     gone: AtomicBool,
+    /// The successor stopped waiting for this session: it must leave the router, the saved
+    /// session and the will alone, since they are the successor's now.
+    abandoned: AtomicBool,
     /// Wakes whoever waits for either.
     changed: Notify,
 }
@@ -181,12 +193,32 @@ impl Registration {
         Kick::TakenOver
     }
 
-    /// Waits until the session this one replaced (and its own predecessor) is gone.
-    pub(crate) async fn predecessor_gone(&mut self) {
-        if let Some(prev) = &self.previous {
-            prev.wait(&prev.gone).await;
+    /// Whether someone told this session to end (without waiting).
+    pub(crate) fn was_kicked(&self) -> bool {
+        self.signals.taken_over.load(Ordering::SeqCst)
+    }
+
+    /// Whether the successor stopped waiting for this session: what it would leave behind
+    /// (router link, saved session, will) belongs to the successor now.
+    pub(crate) fn abandoned(&self) -> bool {
+        self.signals.abandoned.load(Ordering::SeqCst)
+    }
+
+    /// Waits until the session this one replaced (and its own predecessor) is gone, for at
+    /// most `bound`. Returns `false` if it was abandoned instead: a session stuck on a
+    /// client that does not read, or on its tenant's publish rate, cannot hold its successor.
+    pub(crate) async fn predecessor_gone(&mut self, bound: Duration) -> bool {
+        let mut gone = true;
+        if let Some(prev) = &self.previous
+            && tokio::time::timeout(bound, prev.wait(&prev.gone))
+                .await
+                .is_err()
+        {
+            prev.abandoned.store(true, Ordering::SeqCst);
+            gone = false;
         }
         self.previous = None;
+        gone
     }
 }
 
@@ -256,6 +288,8 @@ pub(crate) struct Shared<R: Router> {
     pub(crate) connections: AtomicUsize,
     pub(crate) sessions: SessionStore,
     pub(crate) tenant_connections: TenantConnections,
+    /// Connections of things with a `maxConnections` of their own, by `<tenant>/<thing>`.
+    pub(crate) thing_connections: TenantConnections,
     /// Set once any client asks for v5 no-local; from then on publishes carry their origin.
     pub(crate) no_local_seen: std::sync::atomic::AtomicBool,
     /// Wills waiting out their v5 delay, by router-side id; a reconnect cancels them.
@@ -283,6 +317,7 @@ impl<R: Router> Shared<R> {
             connections: AtomicUsize::new(0),
             sessions: SessionStore::default(),
             tenant_connections: TenantConnections::default(),
+            thing_connections: TenantConnections::default(),
             no_local_seen: std::sync::atomic::AtomicBool::new(false),
             pending_wills: Mutex::default(),
             users: Arc::new(crate::users::Users::new(
@@ -331,7 +366,7 @@ mod tests {
         let mut second = reg.register("a".into());
         assert_eq!(first.kicked().await, Kick::TakenOver);
         let waiting = tokio::spawn(async move {
-            second.predecessor_gone().await;
+            second.predecessor_gone(Duration::from_secs(60)).await;
             second
         });
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -341,5 +376,23 @@ mod tests {
         assert_eq!(reg.len(), 1);
         drop(second);
         assert_eq!(reg.len(), 0);
+    }
+
+    #[tokio::test]
+    async fn takeover_waits_a_bounded_time_then_abandons_the_old_session() {
+        let reg = Arc::new(Registry::default());
+        let first = reg.register("a".into());
+        let mut second = reg.register("a".into());
+        assert!(first.was_kicked());
+        let started = std::time::Instant::now();
+        assert!(!second.predecessor_gone(Duration::from_millis(100)).await);
+        assert!(started.elapsed() < Duration::from_secs(2));
+        assert!(first.abandoned());
+        // The old session ending late does not take the id from its successor.
+        drop(first);
+        assert_eq!(reg.len(), 1);
+        let mut third = reg.register("a".into());
+        drop(second);
+        assert!(third.predecessor_gone(Duration::from_millis(100)).await);
     }
 }

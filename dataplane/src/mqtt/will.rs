@@ -12,7 +12,7 @@ use rumqttd::protocol::{ConnectReturnCode, LastWill, LastWillProperties};
 
 use super::codec::{Version, message_len};
 use super::reason;
-use super::session::Will;
+use super::session::{Will, mount_response_topic, response_topic_is_protocol_error};
 use super::state::Shared;
 use crate::router::{Message, MessageProps, Protocol, Router};
 
@@ -72,11 +72,26 @@ pub(crate) fn accept<R: Router>(
     if p.user_properties.len() > shared.config.max_user_properties {
         return Err((too_large(version), "will_user_properties"));
     }
+    // Checked and mounted as a PUBLISH's response topic is.
+    let response_topic = match p.response_topic {
+        None => None,
+        Some(rt) => match mount_response_topic(mount, &rt) {
+            Ok(mounted) => Some(mounted.unwrap_or(rt)),
+            Err(e) => {
+                let code = if response_topic_is_protocol_error(e) {
+                    ConnectReturnCode::ProtocolError
+                } else {
+                    ConnectReturnCode::ImplementationSpecificError
+                };
+                return Err((code, "will_response_topic_invalid"));
+            }
+        },
+    };
     let message_props = MessageProps {
         payload_format_indicator: p.payload_format_indicator,
         message_expiry_interval: p.message_expiry_interval,
         content_type: p.content_type,
-        response_topic: p.response_topic,
+        response_topic,
         correlation_data: p.correlation_data,
         user_properties: p.user_properties,
     };

@@ -57,12 +57,11 @@ pub(crate) async fn subscribe<R: Router>(
     shared: &Shared<R>,
     stream: &Stream,
 ) -> Result<Link<R::Link>, ApiError> {
-    let key = SessionKey {
-        tenant: stream.tenant.clone(),
-        subject: stream.subject.name.clone(),
-        // Random, so it never meets an MQTT session's router state.
-        client_id: format!("ws-{}", crate::mqtt::random_client_id()),
-    };
+    // A random client id, so it never meets an MQTT session's router state.
+    let key = SessionKey::of(
+        &stream.subject,
+        format!("ws-{}", crate::mqtt::random_client_id()),
+    );
     let unavailable = |e: crate::router::RouterError| {
         tracing::error!(error = %e, "could not attach a WebSocket stream to the router");
         let mut e = ApiError::new(

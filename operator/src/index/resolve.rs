@@ -284,6 +284,7 @@ impl<'a> Resolver<'a> {
                 key_digests: digests,
                 disabled: thing.spec.disabled,
                 mountpoint: thing.spec.mountpoint.clone(),
+                max_connections: thing.spec.max_connections,
             });
             served.insert(name.as_str());
             let r = if thing.spec.disabled {

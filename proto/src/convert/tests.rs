@@ -61,14 +61,18 @@ fn arb_thing() -> impl Strategy<Value = Thing> {
         prop::collection::vec(any::<[u8; 32]>(), 0..3),
         any::<bool>(),
         prop::option::of(name()),
+        prop::option::of(1u32..100_000),
     )
-        .prop_map(|(tenant, name, keys, disabled, mountpoint)| Thing {
-            tenant,
-            name,
-            key_digests: keys.into_iter().map(KeyDigest::from_bytes).collect(),
-            disabled,
-            mountpoint,
-        })
+        .prop_map(
+            |(tenant, name, keys, disabled, mountpoint, max_connections)| Thing {
+                tenant,
+                name,
+                key_digests: keys.into_iter().map(KeyDigest::from_bytes).collect(),
+                disabled,
+                mountpoint,
+                max_connections,
+            },
+        )
 }
 
 fn arb_user() -> impl Strategy<Value = User> {

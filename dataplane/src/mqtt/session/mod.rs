@@ -5,6 +5,7 @@ mod inbound;
 mod persist;
 mod subscriptions;
 
+pub(crate) use inbound::{mount_response_topic, response_topic_is_protocol_error};
 pub(crate) use persist::{SavedSession, SessionStore, clear_in_router};
 
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -93,7 +94,7 @@ pub(crate) struct Session<R: Router, S> {
     /// Boxed: most sessions never have one (publish-only clients route through the router's
     /// shared link), and it is large.
     link: Option<Box<R::Link>>,
-    subs: Vec<Subscription>,
+    subs: subscriptions::Subs,
     inflight: HashMap<u16, (Outbound, OutMsg)>,
     next_pkid: u16,
     pending: VecDeque<Message>,
@@ -116,6 +117,16 @@ pub(crate) struct Session<R: Router, S> {
     /// What publishing needs between packets; boxed, and made at the first publish, so that a
     /// session that only subscribes or idles does not carry it.
     publishing: Option<Box<Publishing>>,
+    /// A resumed persistent session's bound on what was queued while its client was away;
+    /// boxed, as only resumed sessions have one.
+    offline: Option<Box<OfflineBound>>,
+}
+
+/// How many more messages queued before a resume a resumed session is sent.
+pub(crate) struct OfflineBound {
+    /// When the session resumed (`Message::created_ns` before it: queued while away).
+    since_ns: u64,
+    left: usize,
 }
 
 /// A publishing session's state across its publishes.
@@ -176,7 +187,7 @@ impl<R: Router, S: AsyncRead + AsyncWrite + Unpin + Send> Session<R, S> {
             wbuf: BytesMut::new(),
             acc: connected.acc,
             link: connected.link.map(Box::new),
-            subs: Vec::new(),
+            subs: subscriptions::Subs::default(),
             inflight: HashMap::new(),
             next_pkid: 0,
             pending: VecDeque::new(),
@@ -190,8 +201,13 @@ impl<R: Router, S: AsyncRead + AsyncWrite + Unpin + Send> Session<R, S> {
             delivered: 0,
             router_backlog: 0,
             publishing: None,
+            offline: None,
         };
         if let Some(saved) = connected.saved {
+            s.offline = Some(Box::new(OfflineBound {
+                since_ns: crate::router::now_ns(),
+                left: s.shared.config.max_offline_messages,
+            }));
             s.subs = saved.subs;
             s.inflight = saved.inflight;
             s.qos2_in = saved.qos2_in;
@@ -208,6 +224,13 @@ impl<R: Router, S: AsyncRead + AsyncWrite + Unpin + Send> Session<R, S> {
         self.count_delivered();
         tracing::debug!(client = %self.acc.key.router_id(), ?end, "session ended");
         let shared = self.shared.clone();
+        if self.acc.registration.abandoned() {
+            // Its successor stopped waiting and owns the router session, the saved state and
+            // the will's place now. The link is dropped without a word to the router: the
+            // router already handed its connection to the successor (ROUTER.md §2.6).
+            drop(self.link.take());
+            return;
+        }
         if !self.acc.expiry.is_zero() {
             // Persistent: keep our half; the router keeps its half on detach.
             let saved = SavedSession::new(
@@ -223,6 +246,7 @@ impl<R: Router, S: AsyncRead + AsyncWrite + Unpin + Send> Session<R, S> {
             persist::expire_later(
                 shared.clone(),
                 self.acc.key.clone(),
+                self.acc.subject.clone(),
                 generation,
                 self.acc.expiry,
             );
@@ -263,9 +287,14 @@ impl<R: Router, S: AsyncRead + AsyncWrite + Unpin + Send> Session<R, S> {
             self.count_delivered();
             if !self.wbuf.is_empty() {
                 let write = self.stream.write_all(&self.wbuf);
-                // A peer that stops reading costs its own connection only.
-                let written = tokio::time::timeout(self.shared.config.write_timeout, write).await;
-                if !matches!(written, Ok(Ok(()))) {
+                // A peer that stops reading costs its own connection only, and does not hold
+                // up a takeover.
+                let write = tokio::time::timeout(self.shared.config.write_timeout, write);
+                let written = tokio::select! {
+                    written = write => matches!(written, Ok(Ok(()))),
+                    _ = self.acc.registration.kicked() => false,
+                };
+                if !written {
                     return End::Unclean;
                 }
                 self.wbuf.clear();
@@ -287,7 +316,9 @@ impl<R: Router, S: AsyncRead + AsyncWrite + Unpin + Send> Session<R, S> {
                         }
                     }
                 },
-                message = receive(&mut self.link), if can_receive => match message.map(|m| {
+                // Not once taken over: the router may give this link's connection to the
+                // successor (ROUTER.md §2.6).
+                message = receive(&mut self.link), if can_receive && !self.acc.registration.was_kicked() => match message.map(|m| {
                     self.deliver(m, false);
                     self.deliver_ready()
                 }) {
@@ -330,10 +361,15 @@ impl<R: Router, S: AsyncRead + AsyncWrite + Unpin + Send> Session<R, S> {
         }
     }
 
-    /// Writes what is buffered before the connection closes, within the write timeout.
+    /// Writes what is buffered before the connection closes, within the write timeout (a
+    /// taken-over session within a second, well inside the successor's wait).
     async fn flush_last(&mut self) {
+        let mut bound = self.shared.config.write_timeout;
+        if self.acc.registration.was_kicked() {
+            bound = bound.min(Duration::from_secs(1));
+        }
         let write = self.stream.write_all(&self.wbuf);
-        let _ = tokio::time::timeout(self.shared.config.write_timeout, write).await;
+        let _ = tokio::time::timeout(bound, write).await;
     }
 
     fn write(&mut self, packet: Packet) {
@@ -409,7 +445,12 @@ impl<R: Router, S: AsyncRead + AsyncWrite + Unpin + Send> Session<R, S> {
             return Flow::Continue;
         }
         let n = self.outbox.len() as u64;
-        let routed = match self.link.as_mut() {
+        // An abandoned session's link may be its successor's connection in the router now.
+        let own_link = self
+            .link
+            .as_mut()
+            .filter(|_| !self.acc.registration.abandoned());
+        let routed = match own_link {
             Some(link) => link.publish_batch(&mut self.outbox),
             None => self.shared.router.publish_batch(&mut self.outbox),
         };
@@ -466,6 +507,10 @@ impl<R: Router, S: AsyncRead + AsyncWrite + Unpin + Send> Session<R, S> {
 
     async fn handle_frames(&mut self) -> Flow {
         loop {
+            if self.acc.registration.was_kicked() {
+                // Taken over: what else this read brought is left to the main loop's end.
+                break;
+            }
             let max = self.shared.config.max_packet_size;
             let step = match self.codec.read(&mut self.rbuf, max) {
                 Ok(None) => break,
@@ -549,6 +594,14 @@ impl<R: Router, S: AsyncRead + AsyncWrite + Unpin + Send> Session<R, S> {
                 ));
             }
             Packet::Subscribe(s, props) => {
+                if props.as_ref().and_then(|p| p.id) == Some(0) {
+                    // MQTT 5, 3.8.2.1.2: a subscription identifier of 0 is a protocol error.
+                    self.shared
+                        .metrics
+                        .refused("subscribe", "subscription_id_zero");
+                    self.disconnect(DisconnectReasonCode::ProtocolError);
+                    return Step::Done(Flow::End(End::Unclean));
+                }
                 return Step::Wait(Box::pin(async move {
                     self.on_subscribe(s, props).await;
                     Flow::Continue
