@@ -20,9 +20,9 @@ use tokio_rustls::TlsAcceptor;
 pub(crate) use codec::{message_props, publish_props};
 pub(crate) use connect::random_client_id;
 pub(crate) use publish::{PublishRefusal, PublishRequest};
-pub(crate) use slots::ConnectionSlots;
 pub use retained::{DEFAULT_MAX_RETAINED_BYTES, DEFAULT_MAX_RETAINED_MESSAGES};
 pub(crate) use retained::{QuotaExceeded, RetainedStore, purge_deleted_channels};
+pub(crate) use slots::ConnectionSlots;
 pub use state::MqttConfig;
 pub(crate) use state::Shared;
 
