@@ -7,6 +7,7 @@
 mod support;
 
 mod harness;
+mod identity;
 
 use std::time::Duration;
 
