@@ -23,6 +23,7 @@ fn mk_thing(tenant: &str, name: &str, key: &str) -> Thing {
         key_digests: vec![KeyDigest::of(key.as_bytes())],
         disabled: false,
         mountpoint: None,
+        max_connections: None,
     }
 }
 

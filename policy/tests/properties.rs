@@ -95,6 +95,7 @@ fn arb_resource() -> impl Strategy<Value = Resource> {
                     key_digests,
                     disabled,
                     mountpoint: None,
+                    max_connections: None,
                 })
             }
         ),
@@ -203,6 +204,7 @@ fn build(version: u64, resources: Vec<Resource>) -> Snapshot {
                 key_digests: vec![KeyDigest::of(key_of(t, thing, 0).as_bytes())],
                 disabled: false,
                 mountpoint: None,
+                max_connections: None,
             });
         }
         for (i, user) in USERS.iter().enumerate() {

@@ -8,6 +8,8 @@ mod support;
 
 mod harness;
 mod identity;
+mod router;
+mod sockets;
 
 use std::time::Duration;
 

@@ -4,6 +4,12 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use super::subject::{ChannelKey, channel_of, channel_subjects, filter_subjects, overlap};
 
+/// Distinct subjects a channel is subscribed on one by one; past this, the whole channel is
+/// (as when two overlap). It bounds what a SUBSCRIBE costs here and in the bus, whatever the
+/// number of distinct filters on a channel: every change hands the bus the channel's whole set,
+/// and a new subject is checked for overlap against the others.
+pub const MAX_SUBJECTS_PER_CHANNEL: usize = 256;
+
 /// Local subscriptions per channel, as the subjects their filters need, counted.
 #[derive(Default, Debug)]
 pub struct Interest {
@@ -36,12 +42,13 @@ impl Interest {
             }
         }
         if !channel.overlapping {
-            channel.overlapping = added.iter().any(|s| {
-                channel
-                    .wanted
-                    .keys()
-                    .any(|other| other != s && overlap(s, other))
-            });
+            channel.overlapping = channel.wanted.len() > MAX_SUBJECTS_PER_CHANNEL
+                || added.iter().any(|s| {
+                    channel
+                        .wanted
+                        .keys()
+                        .any(|other| other != s && overlap(s, other))
+                });
         }
         Self::recompute(key, channel)
     }
@@ -62,7 +69,8 @@ impl Interest {
             }
         }
         // Removing a subject cannot make disjoint subjects overlap; it may end an overlap.
-        if removed && channel.overlapping {
+        // Past the cap, nothing to check: the channel stays whole.
+        if removed && channel.overlapping && channel.wanted.len() <= MAX_SUBJECTS_PER_CHANNEL {
             let wanted: Vec<&String> = channel.wanted.keys().collect();
             channel.overlapping = wanted
                 .iter()
@@ -157,12 +165,12 @@ mod tests {
     #[test]
     fn distinct_filters_take_a_subject_each_until_a_wildcard_overlaps_them() {
         let mut interest = Interest::default();
-        for i in 0..3000 {
+        for i in 0..MAX_SUBJECTS_PER_CHANNEL {
             interest.add(&format!("m/t/c/ch/device-{i}"));
         }
         assert_eq!(
             interest.subjects().len(),
-            3000,
+            MAX_SUBJECTS_PER_CHANNEL,
             "disjoint: one subject each"
         );
         interest.add("m/t/c/ch/+");
@@ -172,6 +180,22 @@ mod tests {
             "a wildcard overlapping them subscribes the whole channel"
         );
         interest.remove("m/t/c/ch/+");
-        assert_eq!(interest.subjects().len(), 3000, "and its removal goes back");
+        assert_eq!(
+            interest.subjects().len(),
+            MAX_SUBJECTS_PER_CHANNEL,
+            "and its removal goes back"
+        );
+    }
+
+    #[test]
+    fn past_the_cap_a_channel_is_subscribed_whole_and_back_below_it() {
+        let mut interest = Interest::default();
+        let n = MAX_SUBJECTS_PER_CHANNEL + 1;
+        for i in 0..n {
+            interest.add(&format!("m/t/c/ch/device-{i}"));
+        }
+        assert_eq!(interest.subjects(), channel_subjects("t", "ch"));
+        interest.remove("m/t/c/ch/device-0");
+        assert_eq!(interest.subjects().len(), MAX_SUBJECTS_PER_CHANNEL);
     }
 }

@@ -163,6 +163,10 @@ impl<R: Router> Router for BusRouter<R> {
     fn is_alive(&self) -> bool {
         self.inner.is_alive()
     }
+
+    fn filters(&self) -> usize {
+        self.inner.filters()
+    }
 }
 
 /// A session's link, telling the bus about its subscriptions.

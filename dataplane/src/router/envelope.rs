@@ -5,7 +5,8 @@
 //! The router keeps only topic and payload of a QoS 0 publish (and v5 properties, which it
 //! clones for every subscriber), so the envelope is a few binary bytes in front of the payload:
 //! written once per message, and taken off on delivery by slicing, without a copy or an
-//! allocation. Layout:
+//! allocation. The router's topic is a route (`<slot>/<bucket>`, `super::routes`), so the
+//! message's own topic travels in the envelope too. Layout:
 //!
 //! | bytes | what |
 //! |---|---|
@@ -13,6 +14,8 @@
 //! | 1 | flags: QoS (bits 0–1), retain (2), origin present (3), publisher kind (4–5: none, thing, user), protocol (6–7: unspecified, MQTT, HTTP, WebSocket) |
 //! | 8 | created, ns since the Unix epoch, little-endian |
 //! | 8 | origin, little-endian, only if its flag is set |
+//! | 2 | topic length, little-endian |
+//! | n | topic |
 //! | 2 | publisher name length, little-endian |
 //! | n | publisher name, UTF-8 |
 
@@ -25,11 +28,14 @@ const MAGIC: u8 = 0xF1;
 const RETAIN: u8 = 1 << 2;
 const ORIGIN: u8 = 1 << 3;
 
-/// The topic of `message`, and its payload with the envelope in front: one allocation for
-/// both, so that the router's clones of them share one count that no other thread touches
-/// (the message's own topic and payload are often slices of a whole socket read, which the
-/// reading session goes on using).
-pub(super) fn wrap(message: &Message) -> (Bytes, Bytes) {
+/// The router topic of `message` on route `(slot, bucket)`, and its payload with the envelope
+/// (and its topic) in front: one allocation for both, so that the router's clones of them share
+/// one count that no other thread touches (the message's own topic and payload are often slices
+/// of a whole socket read, which the reading session goes on using). `None` for a topic too
+/// long for the envelope, which MQTT does not allow anyway.
+pub(super) fn wrap(message: &Message, (slot, bucket): (u32, u16)) -> Option<(Bytes, Bytes)> {
+    use std::fmt::Write;
+    let topic_len = u16::try_from(message.topic.len()).ok()?;
     let name = message.publisher.as_ref().map_or("", |p| &p.name);
     // Names are Kubernetes names (at most 253 bytes); a longer one is cut at a char boundary.
     let mut cut = name.len().min(usize::from(u16::MAX));
@@ -55,9 +61,17 @@ pub(super) fn wrap(message: &Message) -> (Bytes, Bytes) {
     if message.origin.is_some() {
         flags |= ORIGIN;
     }
-    let len = 2 + 8 + message.origin.map_or(0, |_| 8) + 2 + name.len() + message.payload.len();
-    let mut out = BytesMut::with_capacity(message.topic.len() + len);
-    out.put_slice(&message.topic);
+    let len = 2
+        + 8
+        + message.origin.map_or(0, |_| 8)
+        + 2
+        + message.topic.len()
+        + 2
+        + name.len()
+        + message.payload.len();
+    let mut out = BytesMut::with_capacity(16 + len);
+    // Writing to a `BytesMut` does not fail.
+    let _ = write!(out, "{slot}/{bucket}");
     let topic = out.split().freeze();
     out.put_u8(MAGIC);
     out.put_u8(flags);
@@ -65,14 +79,17 @@ pub(super) fn wrap(message: &Message) -> (Bytes, Bytes) {
     if let Some(origin) = message.origin {
         out.put_u64_le(origin);
     }
+    out.put_u16_le(topic_len);
+    out.put_slice(&message.topic);
     out.put_u16_le(name.len() as u16);
     out.put_slice(name.as_bytes());
     out.put_slice(&message.payload);
-    (topic, out.freeze())
+    Some((topic, out.freeze()))
 }
 
 /// What the envelope said; the payload is what follows it.
 pub(super) struct Unwrapped {
+    pub topic: Bytes,
     pub qos: u8,
     pub retain: bool,
     pub origin: Option<u64>,
@@ -100,6 +117,13 @@ pub(super) fn unwrap(mut payload: Bytes, last: &mut Option<Publisher>) -> Option
     } else {
         None
     };
+    let t = usize::from(u16::from_le_bytes(
+        payload.get(at..at + 2)?.try_into().ok()?,
+    ));
+    at += 2;
+    payload.get(at..at + t)?;
+    let topic = payload.slice(at..at + t);
+    at += t;
     let n = usize::from(u16::from_le_bytes(
         payload.get(at..at + 2)?.try_into().ok()?,
     ));
@@ -127,6 +151,7 @@ pub(super) fn unwrap(mut payload: Bytes, last: &mut Option<Publisher>) -> Option
         _ => Protocol::Unspecified,
     };
     Some(Unwrapped {
+        topic,
         qos: (flags & 0b11).min(2),
         retain: flags & RETAIN != 0,
         origin,
@@ -166,8 +191,8 @@ mod tests {
             Some(3),
             b"abc",
         );
-        let (topic, wrapped) = wrap(&m);
-        assert_eq!(topic, m.topic);
+        let (topic, wrapped) = wrap(&m, (12, 7)).expect("wraps");
+        assert_eq!(&topic[..], b"12/7");
         for len in 0..wrapped.len() - 3 {
             assert!(unwrap(wrapped.slice(..len), &mut None).is_none(), "{len}");
         }
@@ -183,14 +208,36 @@ mod tests {
             })
         };
         let mut last = None;
-        unwrap(wrap(&message(thing("a"), None, b"1")).1, &mut last).expect("an envelope");
+        unwrap(
+            wrap(&message(thing("a"), None, b"1"), (0, 0))
+                .expect("wraps")
+                .1,
+            &mut last,
+        )
+        .expect("an envelope");
         let first = last.clone().expect("a publisher");
-        unwrap(wrap(&message(thing("a"), None, b"2")).1, &mut last).expect("an envelope");
+        unwrap(
+            wrap(&message(thing("a"), None, b"2"), (0, 0))
+                .expect("wraps")
+                .1,
+            &mut last,
+        )
+        .expect("an envelope");
         let again = last.clone().expect("a publisher");
         assert!(std::sync::Arc::ptr_eq(&first.name, &again.name), "reused");
-        unwrap(wrap(&message(thing("b"), None, b"3")).1, &mut last).expect("an envelope");
+        unwrap(
+            wrap(&message(thing("b"), None, b"3"), (0, 0))
+                .expect("wraps")
+                .1,
+            &mut last,
+        )
+        .expect("an envelope");
         assert_eq!(last, thing("b"));
-        unwrap(wrap(&message(None, None, b"4")).1, &mut last).expect("an envelope");
+        unwrap(
+            wrap(&message(None, None, b"4"), (0, 0)).expect("wraps").1,
+            &mut last,
+        )
+        .expect("an envelope");
         assert_eq!(last, None);
     }
 
@@ -220,9 +267,10 @@ mod tests {
                 ..message(publisher.clone(), origin, &payload)
             };
             let mut last = None;
-            let (topic, payload_out) = wrap(&m);
-            prop_assert_eq!(&topic, &m.topic);
+            let (topic, payload_out) = wrap(&m, (3, 250)).expect("wraps");
+            prop_assert_eq!(&topic[..], b"3/250");
             let u = unwrap(payload_out, &mut last).expect("an envelope");
+            prop_assert_eq!(&u.topic, &m.topic);
             prop_assert_eq!(
                 (u.qos, u.retain, u.origin, u.protocol, u.created_ns, &u.payload[..]),
                 (qos, retain, origin, protocol, created_ns, &payload[..])

@@ -4,12 +4,15 @@
 //! front-end authorizes, then attaches sessions, subscribes, publishes and receives here.
 
 mod envelope;
+mod routes;
 mod rumqttd;
 
 use std::future::Future;
 
 use bytes::Bytes;
 
+pub use self::routes::DEFAULT_BUCKETS;
+pub(crate) use self::routes::channel_key;
 pub use self::rumqttd::{RumqttdConfig, RumqttdRouter};
 
 /// Who a router session belongs to: the router-side client id is derived from every part, so
@@ -321,6 +324,12 @@ pub trait Router: Send + Sync + 'static {
 
     /// Whether the router still runs.
     fn is_alive(&self) -> bool;
+
+    /// Filters the router holds for sessions now (`fleetward_router_filters`): it returns to
+    /// where it was when the sessions that subscribed are gone.
+    fn filters(&self) -> usize {
+        0
+    }
 }
 
 /// One session's attachment to the router.

@@ -5,17 +5,25 @@
 //! needs acks (no in-order ack FIFO, no 100-message in-flight cap, none of the router-killing
 //! paths in dataplane/ROUTER.md §5.2). The publish QoS and the rest of what the router would lose
 //! travel in an envelope in front of the payload (`super::envelope`).
+//!
+//! The router is never given a client's filter, only a bounded set of routes per channel that
+//! are recycled when no link holds them (`super::routes`, ROUTER.md §7): rumqttd frees nothing
+//! it was given.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use parking_lot::Mutex;
 use rumqttd::local::{LinkBuilder, LinkError, LinkRx, LinkTx};
-use rumqttd::protocol::{Disconnect, DisconnectReasonCode, Packet, Publish, PublishProperties};
+use rumqttd::protocol::{
+    Disconnect, DisconnectReasonCode, Filter, Packet, Publish, PublishProperties, QoS,
+    RetainForwardRule, Subscribe, SubscribeProperties, Unsubscribe,
+};
 use rumqttd::{Notification, RouterConfig};
 
 use crate::mqtt::{message_props, publish_props};
 
+use super::routes::{Change, LinkRoutes, Routes, State};
 use super::{
     Message, Publisher, Router, RouterError, RouterLink, SessionKey, SessionMode, envelope,
 };
@@ -31,6 +39,9 @@ pub struct RumqttdConfig {
     pub segment_count: usize,
     /// Messages read from one filter's log per pass (the router's only batching knob).
     pub max_outgoing_packet_count: u64,
+    /// Buckets per channel (`super::routes`): more means less traffic a link with single-topic
+    /// filters receives and drops, and up to that many router filters per channel.
+    pub buckets_per_channel: u16,
 }
 
 impl Default for RumqttdConfig {
@@ -40,6 +51,7 @@ impl Default for RumqttdConfig {
             segment_size: 256 * 1024,
             segment_count: 4,
             max_outgoing_packet_count: 200,
+            buckets_per_channel: super::routes::DEFAULT_BUCKETS,
         }
     }
 }
@@ -52,6 +64,7 @@ pub struct RumqttdRouter {
     connect: Arc<Connect>,
     system: Mutex<LinkTx>,
     alive: Arc<AtomicBool>,
+    routes: Arc<Routes>,
 }
 
 impl RumqttdRouter {
@@ -101,6 +114,7 @@ impl RumqttdRouter {
             connect,
             system: Mutex::new(system_tx),
             alive,
+            routes: Arc::new(Routes::new(config.buckets_per_channel)),
         })
     }
 }
@@ -112,24 +126,34 @@ fn link_error(e: LinkError) -> RouterError {
     }
 }
 
-/// The packet the router is given for a message: QoS 0 without retain, the envelope in front of
-/// the payload, and only the client's own v5 properties.
-fn to_packet(message: Message) -> Packet {
-    let (topic, payload) = envelope::wrap(&message);
+/// The packet the router is given for a message: QoS 0 without retain on its route, the
+/// envelope in front of the payload, and only the client's own v5 properties. `None` when no
+/// link on this pod holds a route the message reaches: the router would drop it anyway.
+fn to_packet(routes: &State, buckets: u16, message: Message) -> Option<Packet> {
+    let topic = std::str::from_utf8(&message.topic).ok()?;
+    let route = routes.route(topic, buckets)?;
+    let (topic, payload) = envelope::wrap(&message, route)?;
     let props = message.props.map(|p| publish_props(*p, Vec::new()));
-    Packet::Publish(Publish::new(topic, payload, false), props)
+    Some(Packet::Publish(Publish::new(topic, payload, false), props))
 }
 
-/// The message of a packet the router forwarded; `None` for one without an envelope.
+/// The message of a packet the router forwarded, and the subscription identifiers of the
+/// route it came through; `None` for one without an envelope.
 fn from_forward(
     publish: Publish,
     props: Option<PublishProperties>,
     last: &mut Option<Publisher>,
-) -> Option<Message> {
+) -> Option<(Message, Vec<usize>)> {
     let envelope = envelope::unwrap(publish.payload, last)?;
-    let props = props.and_then(message_props);
-    Some(Message {
-        topic: publish.topic,
+    let (props, ids) = match props {
+        Some(mut p) => {
+            let ids = std::mem::take(&mut p.subscription_identifiers);
+            (message_props(p), ids)
+        }
+        None => (None, Vec::new()),
+    };
+    let message = Message {
+        topic: envelope.topic,
         payload: envelope.payload,
         qos: envelope.qos,
         props,
@@ -138,7 +162,8 @@ fn from_forward(
         publisher: last.clone(),
         protocol: envelope.protocol,
         created_ns: envelope.created_ns,
-    })
+    };
+    Some((message, ids))
 }
 
 impl Router for RumqttdRouter {
@@ -155,38 +180,80 @@ impl Router for RumqttdRouter {
         let id = key.router_id();
         let connect = self.connect.clone();
         let clean = mode == SessionMode::Clean;
+        // Whatever the id held before is replaced: a clean attach drops it, a persistent one
+        // resumes it below if the router still has it.
+        let saved = self.routes.take_saved(&id);
+        let task_id = id.clone();
         // `build` blocks on the router's channel and on its answer.
-        let built = tokio::task::spawn_blocking(move || connect(&id, clean))
+        let built = tokio::task::spawn_blocking(move || connect(&task_id, clean))
             .await
-            .map_err(|_| RouterError::RouterDown)?;
+            .map_err(|_| RouterError::RouterDown);
+        let built = match built {
+            Ok(b) => b,
+            Err(e) => {
+                if let Some(saved) = saved {
+                    self.routes.save(id, saved);
+                }
+                return Err(e);
+            }
+        };
         match built {
             Ok((tx, rx, connack)) => {
                 let present = matches!(
                     Option::<Packet>::from(connack),
                     Some(Packet::ConnAck(ack, _)) if ack.session_present
                 );
+                let routes = match saved {
+                    Some(saved) if present => saved,
+                    Some(saved) => {
+                        self.routes.release(saved);
+                        LinkRoutes::default()
+                    }
+                    None => LinkRoutes::default(),
+                };
                 Ok((
                     RumqttdLink {
                         tx,
                         rx,
                         wake_pending: false,
                         last_publisher: None,
+                        held: Held {
+                            table: self.routes.clone(),
+                            routes: Some(routes),
+                            id,
+                            persistent: !clean,
+                        },
                     },
                     present,
                 ))
             }
             // The router drops a link it has no room for without an answer.
-            Err(RouterError::SessionClosed) if self.is_alive() => Err(RouterError::Refused),
-            Err(e) => Err(e),
+            Err(e) => {
+                if let Some(saved) = saved {
+                    self.routes.save(id, saved);
+                }
+                match e {
+                    RouterError::SessionClosed if self.is_alive() => Err(RouterError::Refused),
+                    e => Err(e),
+                }
+            }
         }
     }
 
     fn publish(&self, message: Message) -> Result<(), RouterError> {
-        push(&mut self.system.lock(), to_packet(message)).map(drop)
+        let packet = to_packet(&self.routes.read(), self.routes.buckets(), message);
+        match packet {
+            Some(p) => push(&mut self.system.lock(), p).map(drop),
+            None => Ok(()),
+        }
     }
 
     fn publish_batch(&self, messages: &mut Vec<Message>) -> Result<usize, RouterError> {
-        push_batch(&mut self.system.lock(), messages)
+        push_batch(&mut self.system.lock(), &self.routes, messages)
+    }
+
+    fn filters(&self) -> usize {
+        self.routes.held()
     }
 
     fn backlog(&self) -> usize {
@@ -198,6 +265,33 @@ impl Router for RumqttdRouter {
     }
 }
 
+/// A link's routes, given back when the link goes (kept for a persistent one): also when it is
+/// dropped without a detach.
+struct Held {
+    table: Arc<Routes>,
+    routes: Option<LinkRoutes>,
+    id: String,
+    persistent: bool,
+}
+
+impl Held {
+    fn routes(&mut self) -> &mut LinkRoutes {
+        self.routes.get_or_insert_with(LinkRoutes::default)
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        if let Some(routes) = self.routes.take() {
+            if self.persistent {
+                self.table.save(std::mem::take(&mut self.id), routes);
+            } else {
+                self.table.release(routes);
+            }
+        }
+    }
+}
+
 /// A session's local link.
 pub struct RumqttdLink {
     tx: LinkTx,
@@ -206,23 +300,80 @@ pub struct RumqttdLink {
     wake_pending: bool,
     /// The publisher of the last delivery, whose name the next one from it shares.
     last_publisher: Option<Publisher>,
+    held: Held,
+}
+
+impl RumqttdLink {
+    /// Tells the router what changed, in order and in one hand-over. rumqttd drops a link from
+    /// every shared group on any unsubscribe, so the link's shared routes are renewed after one.
+    fn apply(&mut self, mut changes: Vec<Change>) -> Result<(), RouterError> {
+        if changes.iter().any(|c| matches!(c, Change::Unsubscribe(_))) {
+            changes.extend(self.held.routes().shared_routes());
+        }
+        let Some(last) = changes.pop() else {
+            return Ok(());
+        };
+        let packets: Vec<Packet> = changes.into_iter().map(change_packet).collect();
+        self.tx.buffer().extend(packets);
+        push(&mut self.tx, change_packet(last)).map(drop)
+    }
+}
+
+/// The packet of a route change; routes are subscribed at QoS 0 (ROUTER.md §6).
+fn change_packet(change: Change) -> Packet {
+    match change {
+        Change::Subscribe(path, id) => Packet::Subscribe(
+            Subscribe {
+                pkid: 0,
+                filters: vec![Filter {
+                    path,
+                    qos: QoS::AtMostOnce,
+                    nolocal: false,
+                    preserve_retain: false,
+                    retain_forward_rule: RetainForwardRule::Never,
+                }],
+            },
+            id.map(|id| SubscribeProperties {
+                id: Some(id),
+                user_properties: Vec::new(),
+            }),
+        ),
+        Change::Unsubscribe(path) => Packet::Unsubscribe(
+            Unsubscribe {
+                pkid: 0,
+                filters: vec![path],
+            },
+            None,
+        ),
+    }
 }
 
 impl RouterLink for RumqttdLink {
     fn subscribe(&mut self, filter: &str) -> Result<(), RouterError> {
-        self.tx.subscribe(filter).map(|_| ()).map_err(link_error)
+        let table = self.held.table.clone();
+        let changes = table
+            .subscribe(self.held.routes(), filter)
+            .map_err(|_| RouterError::Refused)?;
+        self.apply(changes)
     }
 
     fn unsubscribe(&mut self, filter: &str) -> Result<(), RouterError> {
-        self.tx.unsubscribe(filter).map(|_| ()).map_err(link_error)
+        let table = self.held.table.clone();
+        let changes = table.unsubscribe(self.held.routes(), filter);
+        self.apply(changes)
     }
 
     fn publish(&mut self, message: Message) -> Result<(), RouterError> {
-        push(&mut self.tx, to_packet(message)).map(drop)
+        let table = &self.held.table;
+        match to_packet(&table.read(), table.buckets(), message) {
+            Some(p) => push(&mut self.tx, p).map(drop),
+            None => Ok(()),
+        }
     }
 
     fn publish_batch(&mut self, messages: &mut Vec<Message>) -> Result<usize, RouterError> {
-        push_batch(&mut self.tx, messages)
+        let table = self.held.table.clone();
+        push_batch(&mut self.tx, &table, messages)
     }
 
     fn backlog(&self) -> usize {
@@ -241,7 +392,14 @@ impl RouterLink for RumqttdLink {
             match self.rx.next().await {
                 Ok(Some(Notification::Forward(f))) => {
                     match from_forward(f.publish, f.properties, &mut self.last_publisher) {
-                        Some(message) => return Ok(message),
+                        // The route carries its whole channel or bucket: the link's own
+                        // filters decide.
+                        Some((message, ids)) => {
+                            let topic = std::str::from_utf8(&message.topic).unwrap_or("");
+                            if self.held.routes().accepts(topic, &ids) {
+                                return Ok(message);
+                            }
+                        }
                         None => tracing::error!("a message without an envelope left the router"),
                     }
                 }
@@ -287,14 +445,25 @@ fn push(tx: &mut LinkTx, packet: Packet) -> Result<usize, RouterError> {
 /// own network links do for what one socket read brought in: the router then takes them all in
 /// one pass instead of waking once per message.
 /// Returns the link's backlog.
-fn push_batch(tx: &mut LinkTx, messages: &mut Vec<Message>) -> Result<usize, RouterError> {
-    let Some(last) = messages.pop() else {
+fn push_batch(
+    tx: &mut LinkTx,
+    routes: &Routes,
+    messages: &mut Vec<Message>,
+) -> Result<usize, RouterError> {
+    // Encoded before the link's lock, which the router takes to swap the buffer out; routed
+    // under one read of the table.
+    let mut packets: Vec<Packet> = {
+        let table = routes.read();
+        messages
+            .drain(..)
+            .filter_map(|m| to_packet(&table, routes.buckets(), m))
+            .collect()
+    };
+    let Some(last) = packets.pop() else {
         return Ok(tx.buffer().len());
     };
-    // Encoded before the lock, which the router takes to swap the buffer out.
-    let packets: Vec<Packet> = messages.drain(..).map(to_packet).collect();
     tx.buffer().extend(packets);
-    push(tx, to_packet(last))
+    push(tx, last)
 }
 
 #[cfg(test)]
@@ -331,14 +500,31 @@ mod tests {
             content_type: Some("text/plain".into()),
             ..MessageProps::default()
         };
-        let Packet::Publish(publish, forwarded) = to_packet(message(Some(props.clone()))) else {
+        let routes = Routes::new(4);
+        let mut link = LinkRoutes::default();
+        routes.subscribe(&mut link, "m/t/c/ch/#").expect("routable");
+        let table = routes.read();
+        let Some(Packet::Publish(publish, forwarded)) =
+            to_packet(&table, 4, message(Some(props.clone())))
+        else {
             panic!("a publish");
         };
         assert!(!publish.retain, "the router is never asked to retain");
-        let back = from_forward(publish, forwarded, &mut None).expect("an envelope");
+        assert!(publish.topic.starts_with(b"0/"), "on its route");
+        let (back, ids) = from_forward(publish, forwarded, &mut None).expect("an envelope");
         assert_eq!(back, message(Some(props)));
+        assert!(ids.is_empty());
         // Nothing but the envelope to carry: no properties on the router's side at all.
-        assert!(matches!(to_packet(message(None)), Packet::Publish(_, None)));
+        assert!(matches!(
+            to_packet(&table, 4, message(None)),
+            Some(Packet::Publish(_, None))
+        ));
+        // No one holds a route in that channel: the router is not given the message.
+        let elsewhere = Message {
+            topic: bytes::Bytes::from_static(b"m/t/c/other/x"),
+            ..message(None)
+        };
+        assert!(to_packet(&table, 4, elsewhere).is_none());
     }
 
     #[test]

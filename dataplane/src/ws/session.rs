@@ -151,15 +151,21 @@ impl<R: Router> Conn<R> {
                 frame = self.socket.recv() => match frame {
                     None | Some(Err(_)) | Some(Ok(WsMessage::Close(_))) => return None,
                     Some(Ok(WsMessage::Text(text))) => {
-                        let reply = self.on_text(text.as_str(), link);
+                        let (reply, close) = self.on_text(text.as_str(), link);
                         if !self.send(WsMessage::Text(reply.into())).await {
                             return None;
                         }
+                        if close.is_some() {
+                            return close;
+                        }
                     }
                     Some(Ok(WsMessage::Binary(payload))) => {
-                        let reply = self.on_binary(payload, link);
+                        let (reply, close) = self.on_binary(payload, link);
                         if !self.send(WsMessage::Text(reply.into())).await {
                             return None;
+                        }
+                        if close.is_some() {
+                            return close;
                         }
                     }
                     // Pings are answered by the WebSocket layer.
@@ -232,7 +238,9 @@ impl<R: Router> Conn<R> {
         Ok(())
     }
 
-    fn on_text(&self, text: &str, link: &mut R::Link) -> String {
+    /// The answer frame to a client frame, and the close that follows it when the publish was
+    /// over a size limit or a quota.
+    fn on_text(&self, text: &str, link: &mut R::Link) -> (String, Option<Close>) {
         let p: ClientPublish = match serde_json::from_str(text) {
             Ok(p) => p,
             Err(e) => {
@@ -244,18 +252,18 @@ impl<R: Router> Conn<R> {
                          \"base64\"?, \"content_type\"?, \"qos\"?, \"retain\"?, \"id\"?}}: {e}"
                     ),
                 );
-                return answer(None, e.body(), false);
+                return (answer(None, e.body(), false), None);
             }
         };
         let id = p.id.clone();
         let result = self.publish_frame(p, link);
         match result {
-            Ok(body) => answer(id.as_ref(), body, true),
-            Err(e) => answer(id.as_ref(), e.body(), false),
+            Ok(body) => (answer(id.as_ref(), body, true), None),
+            Err(e) => (answer(id.as_ref(), e.body(), false), closing(&e)),
         }
     }
 
-    fn on_binary(&self, payload: Bytes, link: &mut R::Link) -> String {
+    fn on_binary(&self, payload: Bytes, link: &mut R::Link) -> (String, Option<Close>) {
         let p = PublishFrame {
             topic: None,
             payload,
@@ -264,8 +272,8 @@ impl<R: Router> Conn<R> {
             retain: false,
         };
         match self.publish(p, link) {
-            Ok(body) => answer(None, body, true),
-            Err(e) => answer(None, e.body(), false),
+            Ok(body) => (answer(None, body, true), None),
+            Err(e) => (answer(None, e.body(), false), closing(&e)),
         }
     }
 
@@ -358,6 +366,22 @@ impl<R: Router> Conn<R> {
             }
         }
     }
+}
+
+/// The close that follows a refused publish over a limit: 1009 (message too big) for a size,
+/// 1008 (policy violation) for a quota. Other refusals only answer the frame.
+fn closing(e: &ApiError) -> Option<Close> {
+    let code = match e.error {
+        "too_large" | "too_many_user_properties" => axum::extract::ws::close_code::SIZE,
+        "quota_exceeded" => axum::extract::ws::close_code::POLICY,
+        _ => return None,
+    };
+    // A close reason is at most 123 bytes.
+    let mut reason = e.message.clone();
+    while reason.len() > 123 {
+        reason.pop();
+    }
+    Some(Close(code, reason))
 }
 
 struct PublishFrame {

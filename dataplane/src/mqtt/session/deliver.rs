@@ -45,9 +45,10 @@ impl<R: Router, S: AsyncRead + AsyncWrite + Unpin + Send> Session<R, S> {
         let mut ids = Vec::new();
         let mut keep_retain = false;
         let own = message.origin.is_some() && message.origin == Some(self.acc.registration.conn());
-        for sub in &self.subs {
-            let matches = filter_matches(&sub.matcher, topic)
-                && (self.acc.mount.is_none() || filter_matches(&sub.client, client_topic))
+        // Once, whatever number of filters match: the router hands a message to a session once
+        // (router::routes), and the delivery takes the highest QoS of those filters.
+        for sub in self.subs.matching(topic) {
+            let matches = (self.acc.mount.is_none() || filter_matches(&sub.client, client_topic))
                 && !(own && sub.no_local);
             if matches {
                 granted = Some(granted.map_or(sub.qos, |g| g.max(sub.qos)));
@@ -62,6 +63,9 @@ impl<R: Router, S: AsyncRead + AsyncWrite + Unpin + Send> Session<R, S> {
         let Some(granted) = granted else {
             return;
         };
+        if !retained && !self.within_offline_bound(message.created_ns) {
+            return;
+        }
         let retained = retained || (message.retain && keep_retain);
         let qos = message.qos.min(granted);
         let topic_bytes = if self.acc.mount.is_some() {
@@ -121,6 +125,24 @@ impl<R: Router, S: AsyncRead + AsyncWrite + Unpin + Send> Session<R, S> {
             self.inflight.insert(pkid, (state, out));
         }
         self.delivered += 1;
+    }
+
+    /// Whether a message may go out under a resumed session's offline bound: what was queued
+    /// while the client was away is sent up to `max_offline_messages`; the rest are dropped
+    /// (which MQTT allows of a server) and counted.
+    fn within_offline_bound(&mut self, created_ns: u64) -> bool {
+        let Some(bound) = self.offline.as_deref_mut() else {
+            return true;
+        };
+        if created_ns >= bound.since_ns {
+            return true;
+        }
+        if bound.left > 0 {
+            bound.left -= 1;
+            return true;
+        }
+        self.shared.metrics.refused("offline", "queue_full");
+        false
     }
 
     /// v5 outbound topic aliases: the first delivery on a topic names it and gives it an
@@ -208,10 +230,9 @@ impl<R: Router, S: AsyncRead + AsyncWrite + Unpin + Send> Session<R, S> {
         if let Decision::Deny(why) = decision {
             return Err(why.as_str());
         }
-        let subscribed = self.subs.iter().any(|sub| {
-            filter_matches(&sub.matcher, &full)
-                && std::str::from_utf8(topic)
-                    .is_ok_and(|t| self.acc.mount.is_none() || filter_matches(&sub.client, t))
+        let subscribed = self.subs.matching(&full).any(|sub| {
+            std::str::from_utf8(topic)
+                .is_ok_and(|t| self.acc.mount.is_none() || filter_matches(&sub.client, t))
         });
         if subscribed {
             Ok(())

@@ -114,6 +114,36 @@ impl<R: Router, S: AsyncRead + AsyncWrite + Unpin + Send> Session<R, S> {
         }
     }
 
+    /// A publish over its tenant's retained-message quota: v5 PUBACK/PUBREC 0x97 (a QoS 0 one
+    /// is dropped, and counted); v3 has no code for it and is disconnected.
+    fn refuse_over_quota(&mut self, qos: u8, pkid: u16, label: &'static str) -> Flow {
+        self.shared.metrics.refused("limit", label);
+        match (self.codec.version(), qos) {
+            (Version::V4, _) => Flow::End(End::Closed),
+            (Version::V5, 0) => Flow::Continue,
+            (Version::V5, 1) => {
+                self.write(Packet::PubAck(
+                    PubAck {
+                        pkid,
+                        reason: PubAckReason::QuotaExceeded,
+                    },
+                    None,
+                ));
+                Flow::Continue
+            }
+            (Version::V5, _) => {
+                self.write(Packet::PubRec(
+                    PubRec {
+                        pkid,
+                        reason: PubRecReason::QuotaExceeded,
+                    },
+                    None,
+                ));
+                Flow::Continue
+            }
+        }
+    }
+
     pub(super) fn on_publish(
         &mut self,
         publish: Publish,
@@ -297,6 +327,17 @@ impl<R: Router, S: AsyncRead + AsyncWrite + Unpin + Send> Session<R, S> {
                     DisconnectReasonCode::PacketTooLarge,
                     "limit",
                     "message_size",
+                ));
+            }
+            Err(PublishRefusal::Quota(q)) => {
+                return Ok(self.refuse_over_quota(qos, pkid, q.as_str()));
+            }
+            // MQTT 5 has no PUBACK code for it: the packet as a whole is refused.
+            Err(PublishRefusal::TooManyUserProperties { .. }) => {
+                return Ok(self.end_with(
+                    DisconnectReasonCode::PacketTooLarge,
+                    "limit",
+                    "user_properties",
                 ));
             }
             Err(PublishRefusal::Rate { .. }) if self.codec.version() == Version::V5 => {

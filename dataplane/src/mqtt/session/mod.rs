@@ -94,7 +94,7 @@ pub(crate) struct Session<R: Router, S> {
     /// Boxed: most sessions never have one (publish-only clients route through the router's
     /// shared link), and it is large.
     link: Option<Box<R::Link>>,
-    subs: Vec<Subscription>,
+    subs: subscriptions::Subs,
     inflight: HashMap<u16, (Outbound, OutMsg)>,
     next_pkid: u16,
     pending: VecDeque<Message>,
@@ -117,6 +117,16 @@ pub(crate) struct Session<R: Router, S> {
     /// What publishing needs between packets; boxed, and made at the first publish, so that a
     /// session that only subscribes or idles does not carry it.
     publishing: Option<Box<Publishing>>,
+    /// A resumed persistent session's bound on what was queued while its client was away;
+    /// boxed, as only resumed sessions have one.
+    offline: Option<Box<OfflineBound>>,
+}
+
+/// How many more messages queued before a resume a resumed session is sent.
+pub(crate) struct OfflineBound {
+    /// When the session resumed (`Message::created_ns` before it: queued while away).
+    since_ns: u64,
+    left: usize,
 }
 
 /// A publishing session's state across its publishes.
@@ -177,7 +187,7 @@ impl<R: Router, S: AsyncRead + AsyncWrite + Unpin + Send> Session<R, S> {
             wbuf: BytesMut::new(),
             acc: connected.acc,
             link: connected.link.map(Box::new),
-            subs: Vec::new(),
+            subs: subscriptions::Subs::default(),
             inflight: HashMap::new(),
             next_pkid: 0,
             pending: VecDeque::new(),
@@ -191,8 +201,13 @@ impl<R: Router, S: AsyncRead + AsyncWrite + Unpin + Send> Session<R, S> {
             delivered: 0,
             router_backlog: 0,
             publishing: None,
+            offline: None,
         };
         if let Some(saved) = connected.saved {
+            s.offline = Some(Box::new(OfflineBound {
+                since_ns: crate::router::now_ns(),
+                left: s.shared.config.max_offline_messages,
+            }));
             s.subs = saved.subs;
             s.inflight = saved.inflight;
             s.qos2_in = saved.qos2_in;
@@ -231,6 +246,7 @@ impl<R: Router, S: AsyncRead + AsyncWrite + Unpin + Send> Session<R, S> {
             persist::expire_later(
                 shared.clone(),
                 self.acc.key.clone(),
+                self.acc.subject.clone(),
                 generation,
                 self.acc.expiry,
             );

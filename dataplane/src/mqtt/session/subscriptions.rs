@@ -1,6 +1,15 @@
-//! SUBSCRIBE, UNSUBSCRIBE and the re-check of subscriptions on every new snapshot.
+//! SUBSCRIBE, UNSUBSCRIBE and the re-check of subscriptions on every new snapshot, and the
+//! session's index of its subscriptions.
+//!
+//! The index finds a subscription by its filter, and the subscriptions that may match a topic,
+//! without walking all of them: a SUBSCRIBE costs the same whether the session holds ten filters
+//! or ten thousand, and so does a delivery (unless the session's wildcard filters in that one
+//! channel are many, which is its own cost only).
 
-use fleetward_policy::{Action, Decision, PolicyEvaluator, Subject, parse_filter};
+use std::collections::HashMap;
+use std::collections::hash_map::Entry;
+
+use fleetward_policy::{Action, Decision, PolicyEvaluator, Subject, filter_matches, parse_filter};
 use rumqttd::protocol::{
     DisconnectReasonCode, Packet, RetainForwardRule, SubAck, Subscribe, SubscribeProperties,
     UnsubAck, UnsubAckReason, Unsubscribe,
@@ -10,7 +19,106 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use super::{Flow, Session, Subscription, limits};
 use crate::mqtt::codec::Version;
 use crate::mqtt::reason;
-use crate::router::{Router, RouterLink, SessionMode};
+use crate::router::{Router, RouterLink, SessionMode, channel_key};
+
+/// A session's subscriptions, by full filter, with an index for delivery. Boxed, and made at
+/// the first SUBSCRIBE: most sessions never subscribe, and the session is the connection's
+/// future (MQTT.md, Memory).
+#[derive(Default)]
+pub(crate) struct Subs(Option<Box<Index>>);
+
+#[derive(Default)]
+struct Index {
+    by_full: HashMap<String, Subscription>,
+    /// Filters without wildcards, by the topic they name: their full filters.
+    exact: HashMap<String, Vec<String>>,
+    /// Filters with wildcards, by channel (`m/<tenant>/c/<channel>`): their full filters.
+    wild: HashMap<String, Vec<String>>,
+}
+
+impl Index {
+    fn bucket(&mut self, matcher: &str) -> Entry<'_, String, Vec<String>> {
+        if matcher.contains(['+', '#']) {
+            self.wild.entry(channel_key(matcher).to_owned())
+        } else {
+            self.exact.entry(matcher.to_owned())
+        }
+    }
+}
+
+impl Subs {
+    /// How many subscriptions the session holds.
+    #[allow(dead_code)] // for the per-session cap on subscriptions
+    pub(crate) fn len(&self) -> usize {
+        self.0.as_ref().map_or(0, |i| i.by_full.len())
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.0.as_ref().is_none_or(|i| i.by_full.is_empty())
+    }
+
+    pub(super) fn get_mut(&mut self, full: &str) -> Option<&mut Subscription> {
+        self.0.as_mut()?.by_full.get_mut(full)
+    }
+
+    fn values_mut(&mut self) -> impl Iterator<Item = &mut Subscription> {
+        self.0.iter_mut().flat_map(|i| i.by_full.values_mut())
+    }
+
+    /// Adds a subscription; one with the same full filter is replaced.
+    pub(super) fn insert(&mut self, sub: Subscription) {
+        let index = self.0.get_or_insert_with(Box::default);
+        let full = sub.full.clone();
+        let matcher = sub.matcher.clone();
+        if index.by_full.insert(full.clone(), sub).is_none() {
+            index.bucket(&matcher).or_default().push(full);
+        }
+    }
+
+    pub(super) fn remove(&mut self, full: &str) -> Option<Subscription> {
+        let index = self.0.as_mut()?;
+        let sub = index.by_full.remove(full)?;
+        if let Entry::Occupied(mut e) = index.bucket(&sub.matcher) {
+            e.get_mut().retain(|f| f != full);
+            if e.get().is_empty() {
+                e.remove();
+            }
+        }
+        if index.by_full.is_empty() {
+            self.0 = None;
+        }
+        Some(sub)
+    }
+
+    /// Removes the subscriptions whose filter (without `$share/<group>/`) `gone` says; returns
+    /// their router filters.
+    pub(super) fn remove_where(&mut self, gone: impl Fn(&str) -> bool) -> Vec<String> {
+        let fulls: Vec<String> = self
+            .0
+            .iter()
+            .flat_map(|i| i.by_full.values())
+            .filter(|s| gone(&s.matcher))
+            .map(|s| s.full.clone())
+            .collect();
+        fulls
+            .iter()
+            .filter_map(|f| self.remove(f))
+            .map(|s| s.router)
+            .collect()
+    }
+
+    /// The subscriptions whose filter matches a full topic.
+    pub(super) fn matching<'a>(&'a self, topic: &'a str) -> impl Iterator<Item = &'a Subscription> {
+        self.0.iter().flat_map(move |index| {
+            let exact = index.exact.get(topic).into_iter().flatten();
+            let wild = index.wild.get(channel_key(topic)).into_iter().flatten();
+            exact
+                .chain(wild)
+                .filter_map(|full| index.by_full.get(full))
+                .filter(move |s| filter_matches(&s.matcher, topic))
+        })
+    }
+}
 
 impl<R: Router, S: AsyncRead + AsyncWrite + Unpin + Send> Session<R, S> {
     async fn link(&mut self) -> Option<&mut R::Link> {
@@ -109,14 +217,14 @@ impl<R: Router, S: AsyncRead + AsyncWrite + Unpin + Send> Session<R, S> {
                 ),
                 None => (matcher.clone(), matcher.clone()),
             };
-            let existing = self.subs.iter().position(|s| s.full == full);
+            let existing = self.subs.get_mut(&full);
             let new = existing.is_none();
             match existing {
-                Some(i) => {
-                    self.subs[i].qos = granted;
-                    self.subs[i].id = sub_id;
-                    self.subs[i].no_local = f.nolocal;
-                    self.subs[i].retain_as_published = f.preserve_retain;
+                Some(sub) => {
+                    sub.qos = granted;
+                    sub.id = sub_id;
+                    sub.no_local = f.nolocal;
+                    sub.retain_as_published = f.preserve_retain;
                     if f.nolocal {
                         self.shared
                             .no_local_seen
@@ -124,6 +232,17 @@ impl<R: Router, S: AsyncRead + AsyncWrite + Unpin + Send> Session<R, S> {
                     }
                 }
                 None => {
+                    // A new filter beyond the session's cap (a replaced one does not count).
+                    if self.subs.len() >= self.shared.config.max_subscriptions_per_session {
+                        self.shared
+                            .metrics
+                            .refused("limit", "subscriptions_per_session");
+                        codes.push(match version {
+                            Version::V4 => rumqttd::protocol::SubscribeReasonCode::Failure,
+                            Version::V5 => rumqttd::protocol::SubscribeReasonCode::QuotaExceeded,
+                        });
+                        continue;
+                    }
                     let Some(link) = self.link().await else {
                         codes.push(reason::suback_refused(version, false));
                         continue;
@@ -141,7 +260,7 @@ impl<R: Router, S: AsyncRead + AsyncWrite + Unpin + Send> Session<R, S> {
                             .to_owned(),
                         None => f.path.clone(),
                     };
-                    self.subs.push(Subscription {
+                    self.subs.insert(Subscription {
                         client,
                         full: full.clone(),
                         matcher: matcher.clone(),
@@ -193,9 +312,8 @@ impl<R: Router, S: AsyncRead + AsyncWrite + Unpin + Send> Session<R, S> {
                 Some(m) => m.mount_filter(f.as_bytes(), &limits()).unwrap_or_default(),
                 None => f,
             };
-            match self.subs.iter().position(|s| s.full == full) {
-                Some(i) => {
-                    let sub = self.subs.swap_remove(i);
+            match self.subs.remove(&full) {
+                Some(sub) => {
                     self.router_unsubscribe(&sub.router);
                     reasons.push(UnsubAckReason::Success);
                 }
@@ -211,15 +329,10 @@ impl<R: Router, S: AsyncRead + AsyncWrite + Unpin + Send> Session<R, S> {
         ));
     }
 
-    /// Removes a router subscription. rumqttd 0.20 also drops the session from every shared
-    /// group on any unsubscribe, so the remaining shared subscriptions are renewed.
+    /// Removes a router subscription (the router renews what it must of the rest).
     fn router_unsubscribe(&mut self, router_filter: &str) {
-        let Some(link) = &mut self.link else {
-            return;
-        };
-        let _ = link.unsubscribe(router_filter);
-        for sub in self.subs.iter().filter(|s| s.router.starts_with("$share/")) {
-            let _ = link.subscribe(&sub.router);
+        if let Some(link) = &mut self.link {
+            let _ = link.unsubscribe(router_filter);
         }
     }
 
@@ -248,7 +361,7 @@ impl<R: Router, S: AsyncRead + AsyncWrite + Unpin + Send> Session<R, S> {
             }
         }
         let mut revoked = Vec::new();
-        for (i, sub) in self.subs.iter_mut().enumerate() {
+        for sub in self.subs.values_mut() {
             let allowed = parse_filter(&sub.full, &limits()).is_ok_and(|t| {
                 let ok = self
                     .shared
@@ -261,13 +374,14 @@ impl<R: Router, S: AsyncRead + AsyncWrite + Unpin + Send> Session<R, S> {
                 ok
             });
             if !allowed {
-                revoked.push(i);
+                revoked.push(sub.full.clone());
             }
         }
-        for i in revoked.into_iter().rev() {
-            let sub = self.subs.swap_remove(i);
-            self.shared.metrics.refused("revoked", "subscription");
-            self.router_unsubscribe(&sub.router);
+        for full in revoked {
+            if let Some(sub) = self.subs.remove(&full) {
+                self.shared.metrics.refused("revoked", "subscription");
+                self.router_unsubscribe(&sub.router);
+            }
         }
         Flow::Continue
     }
