@@ -9,6 +9,8 @@
 #   scripts/bench-suite.sh --smoke         # tiny sizes, dev build: what CI runs (a few minutes);
 #                                          # writes target/bench-suite/smoke.md, not BENCHMARKS.md
 #   scripts/bench-suite.sh --only-brokers  # the broker scenarios only
+#   scripts/bench-suite.sh --only-attack   # the "under attack" scenario only (a flood of
+#                                          # unauthenticated sockets); writes target/bench-suite/attack.md
 #
 # Every run's raw figures: target/bench-suite/results.jsonl.
 set -euo pipefail
@@ -17,7 +19,8 @@ cd "$(dirname "$0")/.."
 # shellcheck source=install-tools.sh
 source scripts/install-tools.sh >/dev/null
 command -v mosquitto >/dev/null || PATH="$PATH:/usr/sbin"
-if [[ " $* " != *" --only-brokers "* && " $* " != *" --skip-controlplane "* ]]; then
+if [[ " $* " != *" --only-brokers "* && " $* " != *" --only-attack "* \
+      && " $* " != *" --skip-controlplane "* ]]; then
   FLEETWARD_CONTROLPLANE=$(scripts/controlplane.sh | tail -n 1)
   export FLEETWARD_CONTROLPLANE
 fi

@@ -36,7 +36,8 @@ impl Local {
                 manifests.display()
             );
         }
-        std::fs::create_dir_all(state_dir).with_context(|| {
+        // Private: it holds keys and names every tenant and thing.
+        fleetward_operator::directory::create_private_dir(state_dir).with_context(|| {
             format!(
                 "creating the state directory {}; pass a writable --state-dir",
                 state_dir.display()
@@ -197,7 +198,9 @@ impl StatusReport {
         let path = state_dir.join(STATUS_FILE);
         let tmp = state_dir.join(format!(".{STATUS_FILE}.tmp"));
         let text = serde_json::to_vec_pretty(self).context("encoding the status report")?;
-        std::fs::write(&tmp, text).with_context(|| format!("writing {}", tmp.display()))?;
+        fleetward_operator::directory::private_file(&tmp)
+            .and_then(|mut f| std::io::Write::write_all(&mut f, &text))
+            .with_context(|| format!("writing {}", tmp.display()))?;
         std::fs::rename(&tmp, &path).with_context(|| format!("writing {}", path.display()))
     }
 

@@ -46,6 +46,11 @@ pub struct StartArgs {
 
 /// Runs until SIGTERM or SIGINT.
 pub async fn run(args: StartArgs) -> anyhow::Result<()> {
+    let open_files = fleetward_dataplane::raise_open_files_limit();
+    tracing::info!(
+        open_files_limit = open_files.unwrap_or_default(),
+        "raised the open-files limit to the hard limit"
+    );
     let (mut local, report) = Local::load(&args.manifests, &args.state_dir)?;
     let mut errors = Errors::default();
     let _ = errors.log(&report);
@@ -56,7 +61,8 @@ pub async fn run(args: StartArgs) -> anyhow::Result<()> {
         log_status(&local, key, true);
     }
     let status = local.report(&errors.current);
-    status.write(&args.state_dir)?;
+    let mut status_file = StatusFile::new(args.state_dir.clone());
+    status_file.write(&status);
 
     let (policy_tx, policy_rx) = watch::channel(Arc::new(local.index.snapshot().clone()));
     let dataplane = Dataplane::new(policy_rx)
@@ -98,7 +104,10 @@ pub async fn run(args: StartArgs) -> anyhow::Result<()> {
                 tokio::time::sleep(DEBOUNCE).await;
                 while events_rx.try_recv().is_ok() {}
             }
-            _ = rescan.tick() => {}
+            _ = rescan.tick() => {
+                // A report that could not be written is tried again on every rescan.
+                status_file.retry(&local, &errors.current);
+            }
         }
         let report = local.directory.scan(&mut local.index);
         if let Err(e) = local.read_signing_keys(&args.state_dir) {
@@ -110,7 +119,7 @@ pub async fn run(args: StartArgs) -> anyhow::Result<()> {
             // A broken file is read again on every scan; the report changes only when the
             // set of errors does.
             if errors_changed {
-                local.report(&errors.current).write(&args.state_dir)?;
+                status_file.write(&local.report(&errors.current));
             }
             continue;
         };
@@ -120,8 +129,50 @@ pub async fn run(args: StartArgs) -> anyhow::Result<()> {
         let snapshot: Arc<Snapshot> = Arc::new(local.index.snapshot().clone());
         let _ = policy_tx.send(snapshot);
         let status = local.report(&errors.current);
-        status.write(&args.state_dir)?;
+        status_file.write(&status);
         tracing::info!("{}", status.summary());
+    }
+}
+
+/// The status report on disk. A write that fails (a full disk, no file descriptors left) is
+/// logged once, retried on the next rescan, and never ends the process.
+struct StatusFile {
+    state_dir: PathBuf,
+    /// The last write failed: the file is stale until a write works.
+    failing: bool,
+}
+
+impl StatusFile {
+    fn new(state_dir: PathBuf) -> Self {
+        Self {
+            state_dir,
+            failing: false,
+        }
+    }
+
+    fn write(&mut self, status: &crate::local::StatusReport) {
+        match status.write(&self.state_dir) {
+            Ok(()) if self.failing => {
+                self.failing = false;
+                tracing::info!("the status report is written again");
+            }
+            Ok(()) => {}
+            Err(e) if !self.failing => {
+                self.failing = true;
+                tracing::warn!(
+                    error = format!("{e:#}"),
+                    "could not write the status report; `fleetward status` shows an older one \
+                     until a retry works (every rescan)"
+                );
+            }
+            Err(_) => {}
+        }
+    }
+
+    fn retry(&mut self, local: &Local, errors: &[FileError]) {
+        if self.failing {
+            self.write(&local.report(errors));
+        }
     }
 }
 

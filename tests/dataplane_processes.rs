@@ -47,6 +47,7 @@ fn thing(name: &str) -> Thing {
         key_digests: vec![KeyDigest::of(key(name).as_bytes())],
         disabled: false,
         mountpoint: None,
+        max_connections: None,
     }
 }
 

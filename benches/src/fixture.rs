@@ -52,6 +52,7 @@ fn thing(name: String) -> Thing {
         name,
         disabled: false,
         mountpoint: None,
+        max_connections: None,
     }
 }
 

@@ -3,7 +3,8 @@
 //!
 //! The binaries:
 //! - `fleetward-bench`: the load generator (point-to-point, fan-out, fan-in, fixed-rate
-//!   latency, CONNECT storm, idle connections); one line of `key=value` results per run.
+//!   latency, CONNECT storm, idle connections, pending sockets), optionally under a flood of
+//!   unauthenticated sockets ([`flood`]); one line of `key=value` results per run.
 //! - `bench-fleetward`: the Fleetward dataplane with authorization on and [`fixture::policy`].
 //! - `bench-rumqttd`: bare rumqttd, the router the dataplane embeds, as a plain broker.
 //!
@@ -11,5 +12,6 @@
 
 pub mod conns;
 pub mod fixture;
+pub mod flood;
 pub mod load;
 pub mod wire;

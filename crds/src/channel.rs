@@ -46,8 +46,9 @@ pub struct ChannelSpec {
     /// publish is refused and nothing is stored.
     #[serde(default = "default_retained")]
     pub retained: bool,
-    /// The largest payload accepted on this channel, in bytes. The tenant's `maxMessageSize`
-    /// still applies when it is smaller.
+    /// The largest message accepted on this channel, in bytes: the payload plus its MQTT v5
+    /// properties (user properties, correlation data, response topic, content type). The
+    /// tenant's `maxMessageSize` still applies when it is smaller.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1))]
     pub max_message_size: Option<u32>,

@@ -73,8 +73,9 @@ pub struct TenantLimits {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1))]
     pub max_connections: Option<u32>,
-    /// The largest message payload accepted from the tenant, in bytes. A Channel may set a
-    /// smaller limit of its own.
+    /// The largest message accepted from the tenant, in bytes: the payload plus its MQTT v5
+    /// properties (user properties, correlation data, response topic, content type), wills
+    /// included. A Channel may set a smaller limit of its own.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1))]
     pub max_message_size: Option<u32>,
@@ -86,6 +87,17 @@ pub struct TenantLimits {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1))]
     pub publish_burst: Option<u32>,
+    /// The most retained messages the tenant keeps, over all its Channels, on each dataplane
+    /// pod. Unset: 10000. A retained publish beyond it is refused (MQTT v5 0x97, HTTP 429);
+    /// replacing or clearing a retained message is always allowed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub max_retained_messages: Option<u32>,
+    /// The most bytes of retained messages (topic, payload and properties) the tenant keeps
+    /// on each dataplane pod. Unset: 67108864 (64 MiB).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub max_retained_bytes: Option<u64>,
 }
 
 impl Tenant {

@@ -48,6 +48,12 @@ pub struct ThingSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "crate::schema::dns_label")]
     pub mountpoint: Option<String>,
+    /// The most simultaneous connections (MQTT, MQTT over WebSocket, WebSocket streams) of this
+    /// thing on each dataplane pod, within the tenant's `limits.maxConnections`. Unset: only the
+    /// tenant's limit applies.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub max_connections: Option<u32>,
     /// Free-form labels for the thing (model, firmware, site). Fleetward does not interpret them.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub attributes: BTreeMap<String, String>,

@@ -43,6 +43,7 @@ fn policy(signing_key: SigningKey) -> Arc<Snapshot> {
             key_digests: vec![KeyDigest::of(KEY.as_bytes())],
             disabled: false,
             mountpoint: None,
+            max_connections: None,
         }],
         users: vec![User {
             tenant: "acme".into(),

@@ -32,6 +32,7 @@ fn policy() -> Arc<Snapshot> {
             key_digests: vec![KeyDigest::of(KEY.as_bytes())],
             disabled: false,
             mountpoint: None,
+            max_connections: None,
         }],
         channels: vec![Channel {
             tenant: "acme".into(),

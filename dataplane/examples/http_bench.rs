@@ -22,6 +22,7 @@ fn policy() -> Arc<Snapshot> {
         key_digests: vec![KeyDigest::of(format!("{KEY}-{name}").as_bytes())],
         disabled: false,
         mountpoint: None,
+        max_connections: None,
     };
     let r = Resources {
         tenants: vec![Tenant {

@@ -6,7 +6,8 @@ use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
-use tokio::net::TcpListener;
+
+use crate::listener::{GatedListener, HttpLimits};
 
 /// What the admin endpoints read.
 #[derive(Clone)]
@@ -17,15 +18,14 @@ pub(crate) struct AdminState {
     pub metrics: Arc<dyn Fn() -> String + Send + Sync>,
 }
 
-pub(crate) async fn serve(listener: TcpListener, state: AdminState) {
+/// Serves the admin endpoints until the task is dropped.
+pub(crate) async fn serve(listener: GatedListener, state: AdminState) {
     let app = axum::Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .with_state(state);
-    if let Err(e) = axum::serve(listener, app).await {
-        tracing::error!(error = %e, "the admin listener stopped");
-    }
+    crate::listener::serve_http(listener, app, HttpLimits::default()).await;
 }
 
 async fn readyz(State(state): State<AdminState>) -> impl IntoResponse {

@@ -21,8 +21,9 @@ pub struct DataplaneArgs {
     /// Address of HTTP publish, MQTT over WebSocket (`/mqtt`) and WebSocket streams.
     #[arg(long, default_value = "0.0.0.0:8080", env = "FLEETWARD_HTTP_LISTEN")]
     pub http_listen: SocketAddr,
-    /// Address of /healthz, /readyz and /metrics.
-    #[arg(long, default_value = "0.0.0.0:8081", env = "FLEETWARD_ADMIN_LISTEN")]
+    /// Address of /healthz, /readyz and /metrics (they name tenants: loopback unless told;
+    /// the chart passes the pod's address for probes and scraping).
+    #[arg(long, default_value = "127.0.0.1:8081", env = "FLEETWARD_ADMIN_LISTEN")]
     pub admin_listen: SocketAddr,
     /// Directory for the last-known-good policy snapshot.
     #[arg(
@@ -34,12 +35,29 @@ pub struct DataplaneArgs {
     /// PolicySync endpoints of the operator, comma-separated; every one is tried.
     #[arg(long, value_delimiter = ',', env = "FLEETWARD_OPERATOR")]
     pub operator: Vec<String>,
-    /// The most MQTT connections this pod holds.
+    /// The most sockets this pod holds on its MQTT, MQTTS and HTTP listeners together (MQTT,
+    /// MQTT over WebSocket, WebSocket streams, HTTP), counted from accept; lowered to the
+    /// open-files limit less 128 when that is smaller.
     #[arg(long, default_value_t = 10_000)]
     pub max_connections: usize,
-    /// Seconds a new connection has to send its CONNECT.
+    /// The most of those not authenticated yet; when full, the oldest is closed to make room.
+    /// Default: a quarter of --max-connections, at most 1,000.
+    #[arg(long)]
+    pub max_pending_connections: Option<usize>,
+    /// Seconds a new connection has to authenticate: the TLS handshake and the CONNECT (also
+    /// over WebSocket).
     #[arg(long, default_value_t = 10)]
     pub connect_timeout_secs: u64,
+    /// Seconds an HTTP client has to send a request's headers; also how long a kept-alive
+    /// HTTP connection may sit idle between requests.
+    #[arg(long, default_value_t = 10)]
+    pub http_header_timeout_secs: u64,
+    /// Seconds an HTTP client has to send a request's whole body.
+    #[arg(long, default_value_t = 30)]
+    pub http_body_timeout_secs: u64,
+    /// HTTP requests served at once; more are answered 503 with Retry-After.
+    #[arg(long, default_value_t = 1024)]
+    pub http_max_requests: usize,
     /// The largest MQTT packet accepted, in bytes (tenant and channel limits may be lower).
     #[arg(long, default_value_t = 1024 * 1024)]
     pub max_packet_size: usize,
@@ -54,6 +72,16 @@ pub struct DataplaneArgs {
     /// evaluated, for measuring what the cache is worth).
     #[arg(long, default_value_t = 100_000)]
     pub decision_cache_entries: u64,
+    /// The most user properties one MQTT v5 message (publish or will) may carry.
+    #[arg(long, default_value_t = 32)]
+    pub max_user_properties: usize,
+    /// The longest a v5 will waits after its connection ends, in seconds (the session's
+    /// expiry caps it too).
+    #[arg(long, default_value_t = 300)]
+    pub max_will_delay_secs: u64,
+    /// The most subscriptions one MQTT session holds.
+    #[arg(long, default_value_t = 100)]
+    pub max_subscriptions_per_session: usize,
     /// NATS servers of the cross-pod bus, comma-separated (nats://host:4222); absent, this pod
     /// is the only one (in-process bus). Retained messages across pods need JetStream.
     #[arg(long, value_delimiter = ',', env = "FLEETWARD_NATS")]

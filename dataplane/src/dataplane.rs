@@ -15,12 +15,18 @@ use crate::admin::{self, AdminState};
 use crate::args::DataplaneArgs;
 use crate::bus::{Bus, BusRouter, Inbound, LocalBus, NatsBus, NatsConfig};
 use crate::http;
+use crate::listener::{self, Gate, GatedListener, HttpLimits, Listener, ListenerMetrics};
 use crate::metrics::Metrics;
 use crate::mqtt::{self, MqttConfig, RetainedStore, Shared};
 use crate::router::{Router, RumqttdConfig, RumqttdRouter};
 use crate::sync::SyncStatus;
 use crate::users::refresh::RefreshStore;
 use crate::users::{Users, UsersConfig};
+
+/// The default of `--max-pending-connections` when the connection cap allows it.
+pub const DEFAULT_MAX_PENDING: usize = 1_000;
+/// Sockets the admin listener holds at once (probes and scrapes).
+const ADMIN_SOCKETS: usize = 64;
 
 /// A dataplane to start: listeners, limits, and the policy it enforces.
 ///
@@ -38,6 +44,8 @@ pub struct Dataplane {
     sync_status: Option<Arc<SyncStatus>>,
     nats: Option<NatsConfig>,
     users: UsersConfig,
+    max_pending: Option<usize>,
+    http_limits: HttpLimits,
 }
 
 impl Dataplane {
@@ -54,6 +62,8 @@ impl Dataplane {
             sync_status: None,
             nats: None,
             users: UsersConfig::default(),
+            max_pending: None,
+            http_limits: HttpLimits::default(),
         }
     }
 
@@ -69,6 +79,9 @@ impl Dataplane {
                 max_packet_size: args.max_packet_size,
                 max_inflight: args.max_inflight.max(1),
                 decision_cache_entries: args.decision_cache_entries,
+                max_user_properties: args.max_user_properties,
+                max_will_delay: Duration::from_secs(args.max_will_delay_secs),
+                max_subscriptions_per_session: args.max_subscriptions_per_session,
                 max_offline_messages: args.max_offline_messages,
                 ..MqttConfig::default()
             });
@@ -78,6 +91,13 @@ impl Dataplane {
             d = d.mqtts_listen(addr, cert.clone(), key.clone());
         }
         d = d.users(args.users_config());
+        d = d
+            .max_pending_connections(args.max_pending_connections)
+            .http_limits(HttpLimits {
+                header_timeout: Duration::from_secs(args.http_header_timeout_secs.max(1)),
+                body_timeout: Duration::from_secs(args.http_body_timeout_secs.max(1)),
+                max_requests: args.http_max_requests.max(1),
+            });
         if !args.nats.is_empty() {
             let node_id = args.node_id.clone().unwrap_or_else(random_node_id);
             d = d.nats(Some(NatsConfig::new(args.nats.clone(), node_id)));
@@ -131,18 +151,79 @@ impl Dataplane {
 
     /// The MQTT front-end's limits.
     pub fn mqtt_config(mut self, config: MqttConfig) -> Self {
-        self.router.max_links = config.max_connections;
         self.mqtt = config;
         self
     }
 
+    /// The most sockets not authenticated yet (`None`: a quarter of the connections, at most
+    /// [`DEFAULT_MAX_PENDING`]). When it is full the oldest is closed to make room.
+    pub fn max_pending_connections(mut self, max: Option<usize>) -> Self {
+        self.max_pending = max;
+        self
+    }
+
+    /// The HTTP listener's timeouts and request cap.
+    pub fn http_limits(mut self, limits: HttpLimits) -> Self {
+        self.http_limits = limits;
+        self
+    }
+
+    /// Sizes the socket caps below the open-files limit, and the router's session table from
+    /// them; logs what it chose.
+    fn size_caps(&mut self) -> (usize, usize) {
+        let limit = rlimit::Resource::NOFILE.get().ok().map(|(soft, _)| soft);
+        let wanted = self.mqtt.max_connections;
+        let max = listener::sockets_within(wanted, limit);
+        let pending = self
+            .max_pending
+            .unwrap_or((max / 4).clamp(1, DEFAULT_MAX_PENDING))
+            .clamp(1, max);
+        if max < wanted {
+            tracing::warn!(
+                open_files_limit = limit.unwrap_or_default(),
+                wanted,
+                max_connections = max,
+                "--max-connections is above the open-files limit less {} reserved; raise the \
+                 limit (ulimit -n, or the container's) to hold more",
+                listener::RESERVED_FILES
+            );
+        }
+        tracing::info!(
+            open_files_limit = limit.unwrap_or_default(),
+            max_connections = max,
+            max_pending_connections = pending,
+            "socket caps"
+        );
+        self.mqtt.max_connections = max;
+        // Every router link belongs to a counted socket (an MQTT session, a WebSocket stream)
+        // and each tenant's are capped by its maxConnections; the rest is room for links the
+        // pod opens itself (wills, expiring sessions).
+        self.router.max_links = max.saturating_add(max / 8).saturating_add(64);
+        (max, pending)
+    }
+
     /// Binds every listener and starts serving.
-    pub async fn start(self) -> anyhow::Result<RunningDataplane> {
+    pub async fn start(mut self) -> anyhow::Result<RunningDataplane> {
+        let (max_sockets, max_pending) = self.size_caps();
+        let listener_metrics = Arc::new(ListenerMetrics::default());
+        let gate = Arc::new(Gate::new(
+            max_sockets,
+            max_pending,
+            listener_metrics.clone(),
+        ));
+        // The admin listener has a budget of its own: a flood of the public ports must not
+        // keep probes and scrapes out.
+        let admin_gate = Arc::new(Gate::new(
+            ADMIN_SOCKETS,
+            ADMIN_SOCKETS,
+            listener_metrics.clone(),
+        ));
         let inner =
             Arc::new(RumqttdRouter::start(&self.router).context("starting the message router")?);
         let metrics = Arc::new(Metrics::default());
         let retained = Arc::new(RetainedStore::default());
         let mut nats_client = None;
+        let mut retained_purger = None;
         let bus: Arc<dyn Bus> = match &self.nats {
             None => Arc::new(LocalBus),
             Some(config) => {
@@ -157,6 +238,7 @@ impl Dataplane {
                     .await
                     .context("starting the NATS bus")?;
                 nats_client = Some(bus.client());
+                retained_purger = Some(bus.retained_purger());
                 Arc::new(bus)
             }
         };
@@ -178,7 +260,7 @@ impl Dataplane {
         let mqtt_addr = listener.local_addr()?;
         tasks.push(tokio::spawn(mqtt::accept_loop(
             shared.clone(),
-            listener,
+            GatedListener::new(listener, gate.clone(), Listener::Mqtt),
             None,
         )));
 
@@ -189,7 +271,7 @@ impl Dataplane {
             mqtts_addr = Some(listener.local_addr()?);
             tasks.push(tokio::spawn(mqtt::accept_loop(
                 shared.clone(),
-                listener,
+                GatedListener::new(listener, gate.clone(), Listener::Mqtts),
                 Some(acceptor),
             )));
         }
@@ -198,8 +280,18 @@ impl Dataplane {
         if let Some(addr) = self.http_listen {
             let listener = mqtt::bind(addr, "HTTP and WebSocket").await?;
             http_addr = Some(listener.local_addr()?);
-            tasks.push(tokio::spawn(http::serve(listener, shared.clone())));
+            tasks.push(tokio::spawn(http::serve(
+                GatedListener::new(listener, gate.clone(), Listener::Http),
+                shared.clone(),
+                self.http_limits,
+            )));
         }
+
+        tasks.push(tokio::spawn(mqtt::purge_deleted_channels(
+            shared.retained.clone(),
+            self.policy.clone(),
+            retained_purger,
+        )));
 
         // The snapshot version metric follows the policy channel.
         let mut policy = self.policy.clone();
@@ -220,6 +312,7 @@ impl Dataplane {
             admin_addr = Some(listener.local_addr()?);
             let (s1, s2) = (shared.clone(), shared.clone());
             let sync_status = self.sync_status.clone();
+            let gates = (gate.clone(), admin_gate.clone(), listener_metrics.clone());
             let state = AdminState {
                 ready: Arc::new(move || {
                     if !s1.router.is_alive() {
@@ -233,6 +326,9 @@ impl Dataplane {
                 metrics: Arc::new(move || {
                     let stats = s2.cache.stats();
                     let mut text = s2.metrics.render(stats.hits, stats.misses);
+                    text.push_str(&gates.2.render(&[&gates.0, &gates.1]));
+                    s2.render_pending_wills(&mut text);
+                    s2.retained.render(&mut text);
                     text.push_str(&format!(
                         "# HELP fleetward_router_filters Router filters held for sessions now.\n# TYPE fleetward_router_filters gauge\nfleetward_router_filters {}\n",
                         s2.router.filters()
@@ -243,7 +339,10 @@ impl Dataplane {
                     text
                 }),
             };
-            tasks.push(tokio::spawn(admin::serve(listener, state)));
+            tasks.push(tokio::spawn(admin::serve(
+                GatedListener::new(listener, admin_gate.clone(), Listener::Admin),
+                state,
+            )));
         }
         Ok(RunningDataplane {
             mqtt_addr,
@@ -251,6 +350,7 @@ impl Dataplane {
             admin_addr,
             http_addr,
             metrics,
+            gate,
             tasks,
         })
     }
@@ -267,6 +367,7 @@ pub struct RunningDataplane {
     /// The HTTP listener's address (HTTP publish, `/mqtt`, WebSocket streams), if any.
     pub http_addr: Option<SocketAddr>,
     metrics: Arc<Metrics>,
+    gate: Arc<Gate>,
     tasks: Vec<JoinHandle<()>>,
 }
 
@@ -291,6 +392,12 @@ impl RunningDataplane {
     /// The front-end's metrics.
     pub fn metrics(&self) -> &Metrics {
         &self.metrics
+    }
+
+    /// Sockets open now on the MQTT, MQTTS and HTTP listeners, and how many of them have not
+    /// authenticated yet.
+    pub fn sockets(&self) -> (usize, usize) {
+        (self.gate.open(), self.gate.pending())
     }
 
     /// Runs until a listener stops.

@@ -6,6 +6,7 @@ pub mod bus;
 mod dataplane;
 pub mod http;
 pub mod limits;
+mod listener;
 pub mod metrics;
 pub mod mqtt;
 pub mod router;
@@ -15,6 +16,7 @@ pub mod users;
 pub mod ws;
 
 pub use args::DataplaneArgs;
-pub use dataplane::{Dataplane, RunningDataplane};
+pub use dataplane::{DEFAULT_MAX_PENDING, Dataplane, RunningDataplane};
+pub use listener::{HttpLimits, RESERVED_FILES, raise_open_files_limit};
 pub use mqtt::MqttConfig;
 pub use run::{run, shutdown_signal};

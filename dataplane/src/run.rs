@@ -16,6 +16,11 @@ pub async fn run(args: DataplaneArgs) -> anyhow::Result<()> {
              http://fleetward-operator:50051); to run without a cluster use `fleetward start`"
         );
     }
+    let open_files = crate::raise_open_files_limit();
+    tracing::info!(
+        open_files_limit = open_files.unwrap_or_default(),
+        "raised the open-files limit to the hard limit"
+    );
     let client = SyncClient::new(sync_config(&args)?).context("starting the policy sync client")?;
     let status = client.status();
     if status.is_ready() {

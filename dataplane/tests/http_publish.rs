@@ -387,3 +387,48 @@ async fn no_policy_yet_is_503_and_unknown_routes_404() {
         (404, Some("not_found"))
     );
 }
+
+#[tokio::test]
+async fn without_its_key_a_disabled_thing_or_suspended_tenant_gets_401_not_403() {
+    let mut r = resources();
+    r.things
+        .iter_mut()
+        .filter(|t| t.tenant == "acme" && t.name == "sensor")
+        .for_each(|t| t.disabled = true);
+    r.tenants
+        .iter_mut()
+        .filter(|t| t.name == "globex")
+        .for_each(|t| t.suspended = true);
+    let fx = Adapters::start_with(r).await;
+    let post = |who: &str, tenant: &str| {
+        let auth = format!("Authorization: Basic {}", base64_of(who));
+        let url = fx.url(&format!("/m/{tenant}/c/telemetry/x"));
+        async move {
+            curl(&[
+                "-X",
+                "POST",
+                "-H",
+                auth.as_str(),
+                "--data-binary",
+                "x",
+                url.as_str(),
+            ])
+            .await
+        }
+    };
+    let unknown = post("acme/nobody:wrong", "acme").await;
+    let disabled = post("acme/sensor:wrong", "acme").await;
+    let suspended = post("globex/sensor:wrong", "globex").await;
+    for r in [&unknown, &disabled, &suspended] {
+        assert_eq!(r.status, 401, "{r:?}");
+    }
+    assert_eq!(unknown.json(), disabled.json(), "one answer");
+    assert_eq!(unknown.json(), suspended.json(), "one answer");
+    // The right key learns that the thing may not publish.
+    let r = post(
+        &format!("acme/sensor:{}", common::key("acme", "sensor")),
+        "acme",
+    )
+    .await;
+    assert_eq!(r.status, 403, "{r:?}");
+}

@@ -170,3 +170,121 @@ async fn a_grant_revoked_while_away_is_not_resumed() {
     assert!(back.session_present);
     assert!(back.next_publish(QUIET).await.is_none());
 }
+
+/// A raw v3 persistent session of `acme/reader` with `id`, subscribed to telemetry at QoS 1,
+/// that received one QoS 1 delivery and went away without acknowledging it.
+async fn reader_gone_with_an_unacked_delivery(fx: &Fixture, id: &str) {
+    let pass = key("acme", "reader");
+    let mut s = TcpStream::connect(fx.addr).await.expect("connects");
+    s.write_all(&raw::connect(id, false, 30, "acme/reader", &pass, None))
+        .await
+        .expect("writes");
+    assert_eq!(
+        raw::read_packet(&mut s, WAIT).await,
+        Some((0x20, vec![0, 0]))
+    );
+    s.write_all(&raw::subscribe(1, "m/acme/c/telemetry/#", 1))
+        .await
+        .expect("writes");
+    assert_eq!(
+        raw::read_packet(&mut s, WAIT).await,
+        Some((0x90, vec![0, 1, 1]))
+    );
+    let sensor = v4::connect(fx.addr, "acme", "sensor", "s").await;
+    sensor
+        .client
+        .publish("m/acme/c/telemetry/r", v4::QoS::AtLeastOnce, false, "once")
+        .await
+        .expect("queued");
+    let (first, _) = raw::read_packet(&mut s, WAIT).await.expect("delivered");
+    assert_eq!(first, 0x32, "QoS 1, no DUP");
+    drop(s);
+}
+
+#[tokio::test]
+async fn an_unacknowledged_delivery_is_not_resent_after_its_grant_is_revoked() {
+    let mut fx = Fixture::start().await;
+    reader_gone_with_an_unacked_delivery(&fx, "raw2").await;
+    let mut r = resources();
+    r.grants.retain(|g| g.name != "reader-telemetry");
+    fx.apply(r);
+    let mut s = TcpStream::connect(fx.addr).await.expect("connects");
+    let pass = key("acme", "reader");
+    s.write_all(&raw::connect("raw2", false, 30, "acme/reader", &pass, None))
+        .await
+        .expect("writes");
+    assert_eq!(
+        raw::read_packet(&mut s, WAIT).await,
+        Some((0x20, vec![1, 0])),
+        "session present"
+    );
+    // Anything resent is written before the first packet is read, so before the PINGRESP.
+    s.write_all(&[0xC0, 0]).await.expect("writes");
+    let (first, _) = raw::read_packet(&mut s, WAIT).await.expect("answered");
+    assert_eq!(first, 0xD0, "PINGRESP, and no resent PUBLISH before it");
+    assert_eq!(
+        fx.dataplane.metrics().refusals("resend", "no_grant"),
+        1,
+        "the dropped resend is counted"
+    );
+}
+
+#[tokio::test]
+async fn a_takeover_waits_for_a_stuck_session_only_a_bounded_time() {
+    let mut fx = Fixture::start_with(fleetward_dataplane::MqttConfig {
+        takeover_wait: Duration::from_millis(500),
+        ..fleetward_dataplane::MqttConfig::default()
+    })
+    .await;
+    let mut r = resources();
+    for t in r.tenants.iter_mut().filter(|t| t.name == "acme") {
+        t.limits.publish_rate = Some(1);
+        t.limits.publish_burst = Some(1);
+    }
+    fx.apply(r);
+    let pass = key("acme", "sensor");
+    let mut old = TcpStream::connect(fx.addr).await.expect("connects");
+    old.write_all(&raw::connect("stuck", true, 0, "acme/sensor", &pass, None))
+        .await
+        .expect("writes");
+    assert_eq!(
+        raw::read_packet(&mut old, WAIT).await,
+        Some((0x20, vec![0, 0]))
+    );
+    // Far over the tenant's rate: a v3 session is throttled, not read, for about 30 s.
+    let mut burst = Vec::new();
+    for _ in 0..30 {
+        burst.extend(raw::publish("m/acme/c/telemetry/x", 0, 0, b"1"));
+    }
+    old.write_all(&burst).await.expect("writes");
+    let until = std::time::Instant::now() + WAIT;
+    while fx
+        .dataplane
+        .metrics()
+        .refusals("limit", "publish_rate_throttled")
+        == 0
+    {
+        assert!(
+            std::time::Instant::now() < until,
+            "the old session is never throttled"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let started = std::time::Instant::now();
+    let mut new = TcpStream::connect(fx.addr).await.expect("connects");
+    new.write_all(&raw::connect("stuck", true, 0, "acme/sensor", &pass, None))
+        .await
+        .expect("writes");
+    assert_eq!(
+        raw::read_packet(&mut new, WAIT).await,
+        Some((0x20, vec![0, 0])),
+        "the new connection is accepted within the bound, not after the old one ends"
+    );
+    assert!(started.elapsed() < Duration::from_secs(3));
+    assert_eq!(
+        fx.dataplane
+            .metrics()
+            .refusals("takeover", "predecessor_abandoned"),
+        1
+    );
+}

@@ -352,3 +352,63 @@ async fn a_suspended_tenant_is_disconnected() {
     let e = c.closed_within(WAIT).await.expect("disconnected");
     assert!(e.contains("AdministrativeAction"), "{e}");
 }
+
+#[tokio::test]
+async fn without_its_key_a_disabled_thing_or_suspended_tenant_looks_unknown() {
+    let mut fx = Fixture::start().await;
+    let mut r = resources();
+    r.things
+        .iter_mut()
+        .filter(|t| t.tenant == "acme" && t.name == "sensor")
+        .for_each(|t| t.disabled = true);
+    r.tenants
+        .iter_mut()
+        .filter(|t| t.name == "globex")
+        .for_each(|t| t.suspended = true);
+    fx.apply(r);
+    let v5_with = |tenant: &str, thing: &str, pass: String| {
+        let mut o = v5::options(fx.addr, tenant, thing, "c");
+        o.set_credentials(format!("{tenant}/{thing}"), pass);
+        v5::connect_with(o)
+    };
+    // Unknown thing, wrong key, disabled thing, suspended tenant: one answer without the key.
+    for (tenant, thing) in [
+        ("acme", "nobody"),
+        ("acme", "reader"),
+        ("acme", "sensor"),
+        ("globex", "reader"),
+        ("nope", "reader"),
+    ] {
+        assert_eq!(
+            v5_with(tenant, thing, "wrong".into())
+                .await
+                .err()
+                .as_deref(),
+            Some("BadUserNamePassword"),
+            "{tenant}/{thing} with a wrong key"
+        );
+        let mut o = v4::options(fx.addr, tenant, thing, "c");
+        o.set_credentials(format!("{tenant}/{thing}"), "wrong");
+        assert_eq!(
+            v4::connect_with(o).await.err().as_deref(),
+            Some("NotAuthorized"),
+            "{tenant}/{thing} with a wrong key over v3"
+        );
+    }
+    // With its key, the thing learns why.
+    for (tenant, thing) in [("acme", "sensor"), ("globex", "reader")] {
+        assert_eq!(
+            v5_with(tenant, thing, key(tenant, thing))
+                .await
+                .err()
+                .as_deref(),
+            Some("NotAuthorized"),
+            "{tenant}/{thing} with its key"
+        );
+    }
+    let metrics = fx.dataplane.metrics();
+    assert_eq!(metrics.refusals("connect", "unknown_subject"), 0);
+    assert_eq!(metrics.refusals("connect", "unknown_tenant"), 0);
+    assert_eq!(metrics.refusals("connect", "subject_disabled"), 1);
+    assert_eq!(metrics.refusals("connect", "tenant_suspended"), 1);
+}

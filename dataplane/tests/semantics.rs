@@ -328,6 +328,9 @@ async fn a_v5_will_waits_for_its_delay_and_a_reconnect_cancels_it() {
         .await;
     let with_will = |id: &str, delay: u32| {
         let mut o = v5::options(fx.addr, "acme", "sensor", id);
+        // A will waits at most until its session ends (MQTT 5, 3.1.3.2.2): the session must
+        // outlive the delay.
+        o.set_session_expiry_interval(Some(60));
         o.set_last_will(LastWill::new(
             "m/acme/c/telemetry/will",
             format!("{id} gone"),

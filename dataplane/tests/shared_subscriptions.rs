@@ -87,3 +87,32 @@ async fn persistent_sessions_may_not_join_shared_groups() {
         vec![v5::SubscribeReasonCode::SharedSubscriptionsNotSupported]
     );
 }
+
+#[tokio::test]
+async fn a_resumed_session_may_not_join_shared_groups_even_if_it_will_not_be_kept() {
+    let fx = Fixture::start().await;
+    let mut o = v5::options(fx.addr, "acme", "reader", "p2");
+    o.set_clean_start(false);
+    o.set_session_expiry_interval(Some(60));
+    let mut c = v5::connect_with(o.clone()).await.expect("connects");
+    c.subscribe("m/acme/c/telemetry/a", v5::QoS::AtLeastOnce)
+        .await;
+    c.client.disconnect().await.expect("queued");
+    assert!(c.closed_within(Duration::from_secs(3)).await.is_some());
+    // Resumed with expiry 0: the session ends with this connection, but its router link is
+    // the persistent one it resumed.
+    o.set_session_expiry_interval(None);
+    let mut back = v5::connect_with(o).await.expect("connects");
+    assert!(back.connack.session_present);
+    assert_eq!(
+        back.subscribe("$share/g/m/acme/c/telemetry/#", v5::QoS::AtLeastOnce)
+            .await,
+        vec![v5::SubscribeReasonCode::SharedSubscriptionsNotSupported]
+    );
+    assert!(
+        fx.dataplane
+            .metrics()
+            .refusals("subscribe", "shared_subscription_persistent")
+            >= 1
+    );
+}

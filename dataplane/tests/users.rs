@@ -763,3 +763,57 @@ async fn a_session_ends_when_its_access_token_expires() {
         .err();
     assert_eq!(refused.as_deref(), Some("BadUserNamePassword"));
 }
+
+#[tokio::test]
+async fn a_user_and_a_thing_of_the_same_name_share_nothing() {
+    let mut fx = Users::default().await;
+    // A user `reader` beside the thing `reader`, with no grant of its own.
+    fx.change(|r| {
+        let mut u = Users::user_mut(r, "acme", "ann").clone();
+        u.name = "reader".into();
+        u.role = Role::Member;
+        r.users.push(u);
+    });
+    // The thing's persistent session, with a QoS 1 delivery it has not acknowledged.
+    let mut o = v5::options(fx.mqtt(), "acme", "reader", "same");
+    o.set_clean_start(false);
+    o.set_session_expiry_interval(Some(60));
+    o.set_manual_acks(true);
+    let mut thing = v5::connect_with(o).await.expect("thing connects");
+    assert_eq!(
+        thing
+            .subscribe("m/acme/c/telemetry/#", v5::QoS::AtLeastOnce)
+            .await,
+        vec![v5::SubscribeReasonCode::Success(v5::QoS::AtLeastOnce)]
+    );
+    publish_as_sensor(fx.mqtt(), "acme", "m/acme/c/telemetry/x", "for-the-thing").await;
+    assert!(
+        thing.next_publish(WAIT).await.is_some(),
+        "delivered, not acked"
+    );
+    // The user with the same name and client id: its own, new session.
+    let (access, _) = fx.tokens("acme", "reader").await;
+    let mut o = token_options(fx.mqtt(), "acme", "reader", &access, "same");
+    o.set_clean_start(false);
+    o.set_session_expiry_interval(Some(60));
+    let mut user = v5::connect_with(o).await.expect("user connects");
+    assert!(!user.connack.session_present, "not the thing's session");
+    assert!(
+        user.next_publish(Duration::from_millis(500))
+            .await
+            .is_none(),
+        "the thing's unacknowledged message is not the user's"
+    );
+    assert_eq!(
+        user.subscribe("m/acme/c/telemetry/#", v5::QoS::AtLeastOnce)
+            .await,
+        vec![v5::SubscribeReasonCode::NotAuthorized]
+    );
+    // And the thing was not taken over.
+    assert!(
+        thing
+            .closed_within(Duration::from_millis(300))
+            .await
+            .is_none()
+    );
+}

@@ -259,3 +259,144 @@ async fn outbound_topic_aliases_within_the_clients_maximum() {
         ]
     );
 }
+
+#[tokio::test]
+async fn a_subscription_identifier_of_0_is_a_protocol_error() {
+    let fx = Fixture::start().await;
+    let mut reader = v5::connect(fx.addr, "acme", "reader", "sid0").await;
+    reader
+        .client
+        .subscribe_with_properties(
+            "m/acme/c/telemetry/#",
+            v5::QoS::AtMostOnce,
+            rumqttc::v5::mqttbytes::v5::SubscribeProperties {
+                id: Some(0),
+                user_properties: Vec::new(),
+            },
+        )
+        .await
+        .expect("queued");
+    assert_eq!(
+        reader.closed_within(WAIT).await.as_deref(),
+        Some("disconnect ProtocolError")
+    );
+    assert_eq!(
+        fx.dataplane
+            .metrics()
+            .refusals("subscribe", "subscription_id_zero"),
+        1
+    );
+}
+
+fn with_response_topic(topic: &str) -> PublishProperties {
+    PublishProperties {
+        response_topic: Some(topic.to_owned()),
+        ..PublishProperties::default()
+    }
+}
+
+#[tokio::test]
+async fn a_response_topic_with_a_wildcard_is_a_protocol_error() {
+    let fx = Fixture::start().await;
+    let mut sensor = v5::connect(fx.addr, "acme", "sensor", "rt1").await;
+    sensor
+        .client
+        .publish_with_properties(
+            "m/acme/c/telemetry/q",
+            v5::QoS::AtLeastOnce,
+            false,
+            "1",
+            with_response_topic("m/acme/c/telemetry/replies/#"),
+        )
+        .await
+        .expect("queued");
+    assert_eq!(
+        sensor.closed_within(WAIT).await.as_deref(),
+        Some("disconnect ProtocolError")
+    );
+}
+
+#[tokio::test]
+async fn a_response_topic_outside_fleetwards_topics_is_refused_with_0x83() {
+    let fx = Fixture::start().await;
+    let mut reader = v5::connect(fx.addr, "acme", "reader", "rt2r").await;
+    reader
+        .subscribe("m/acme/c/telemetry/#", v5::QoS::AtLeastOnce)
+        .await;
+    let mut sensor = v5::connect(fx.addr, "acme", "sensor", "rt2").await;
+    for rt in ["replies/1", "$SYS/x"] {
+        sensor
+            .client
+            .publish_with_properties(
+                "m/acme/c/telemetry/q",
+                v5::QoS::AtLeastOnce,
+                false,
+                "1",
+                with_response_topic(rt),
+            )
+            .await
+            .expect("queued");
+        match sensor.next(WAIT).await {
+            Some(Ok(v5::Packet::PubAck(a))) => {
+                assert_eq!(
+                    a.reason,
+                    v5::PubAckReason::ImplementationSpecificError,
+                    "{rt}"
+                );
+            }
+            other => panic!("no PUBACK for {rt}: {other:?}"),
+        }
+    }
+    assert!(reader.next_publish(QUIET).await.is_none(), "nothing routed");
+    // The connection stays, and a response topic in the tenant's topics passes.
+    sensor
+        .client
+        .publish_with_properties(
+            "m/acme/c/telemetry/q",
+            v5::QoS::AtLeastOnce,
+            false,
+            "2",
+            with_response_topic("m/acme/c/commands/reply"),
+        )
+        .await
+        .expect("queued");
+    let got = reader.next_publish(WAIT).await.expect("delivered");
+    assert_eq!(
+        got.properties.and_then(|p| p.response_topic).as_deref(),
+        Some("m/acme/c/commands/reply")
+    );
+}
+
+#[tokio::test]
+async fn a_mounted_things_response_topic_is_mounted_in_and_stripped_out() {
+    let fx = Fixture::start().await;
+    let mut reader = v5::connect(fx.addr, "acme", "reader", "rt3r").await;
+    reader
+        .subscribe("m/acme/c/telemetry/#", v5::QoS::AtLeastOnce)
+        .await;
+    let mut mounted = v5::connect(fx.addr, "acme", "mounted", "rt3").await;
+    mounted.subscribe("#", v5::QoS::AtLeastOnce).await;
+    mounted
+        .client
+        .publish_with_properties(
+            "q",
+            v5::QoS::AtLeastOnce,
+            false,
+            "1",
+            with_response_topic("replies/1"),
+        )
+        .await
+        .expect("queued");
+    // Others see where to answer in full; the mounted thing sees it relative to its mount.
+    let got = reader.next_publish(WAIT).await.expect("delivered");
+    assert_eq!(
+        got.properties.and_then(|p| p.response_topic).as_deref(),
+        Some("m/acme/c/telemetry/replies/1")
+    );
+    let own = mounted.next_publish(WAIT).await.expect("delivered");
+    assert_eq!(&own.topic[..], b"q");
+    assert_eq!(
+        own.properties.and_then(|p| p.response_topic).as_deref(),
+        Some("replies/1")
+    );
+}

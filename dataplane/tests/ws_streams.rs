@@ -351,3 +351,72 @@ async fn revocation_closes_the_stream_with_a_code_and_reason() {
         other => panic!("expected a close frame, got {other:?}"),
     }
 }
+
+#[tokio::test]
+async fn streams_count_against_the_tenants_connections_and_close_1008_past_them() {
+    let mut r = resources();
+    for t in r.tenants.iter_mut().filter(|t| t.name == "acme") {
+        t.limits.max_connections = Some(2);
+    }
+    let fx = Adapters::start_with(r).await;
+    let url = fx.ws_url("/m/acme/c/telemetry/%23");
+    let (_one, _) = ws_connect(&url, WsAuth::Basic("acme", "reader"))
+        .await
+        .expect("accepted");
+    let (_two, _) = ws_connect(&url, WsAuth::Basic("acme", "reader"))
+        .await
+        .expect("accepted");
+    // The third stream of the tenant is closed with 1008 (policy) and a reason.
+    let (mut three, _) = ws_connect(&url, WsAuth::Basic("acme", "reader"))
+        .await
+        .expect("the upgrade completes");
+    match next_frame(&mut three, WAIT).await {
+        Frame::Closed(Some((code, reason))) => {
+            assert_eq!(code, 1008, "{reason}");
+            assert!(reason.contains("maxConnections"), "{reason}");
+        }
+        other => panic!("expected a close frame, got {other:?}"),
+    }
+    // Streams and MQTT share the tenant's count.
+    let o = v5::options(fx.mqtt, "acme", "sensor", "m");
+    assert_eq!(
+        v5::connect_with(o).await.err().as_deref(),
+        Some("QuotaExceeded")
+    );
+    // Another tenant is not affected.
+    let mut other = v5::connect(fx.mqtt, "globex", "reader", "g").await;
+    let codes = other
+        .subscribe("m/globex/c/telemetry/#", v5::QoS::AtLeastOnce)
+        .await;
+    assert!(
+        codes
+            .iter()
+            .all(|c| matches!(c, v5::SubscribeReasonCode::Success(_))),
+        "{codes:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_stream_past_its_things_own_limit_closes_1008() {
+    let mut r = resources();
+    for t in r
+        .things
+        .iter_mut()
+        .filter(|t| t.tenant == "acme" && t.name == "reader")
+    {
+        t.max_connections = Some(1);
+    }
+    let fx = Adapters::start_with(r).await;
+    let _mqtt = v5::connect(fx.mqtt, "acme", "reader", "m").await;
+    let url = fx.ws_url("/m/acme/c/telemetry/%23");
+    let (mut ws, _) = ws_connect(&url, WsAuth::Basic("acme", "reader"))
+        .await
+        .expect("the upgrade completes");
+    match next_frame(&mut ws, WAIT).await {
+        Frame::Closed(Some((code, reason))) => {
+            assert_eq!(code, 1008, "{reason}");
+            assert!(reason.contains("acme/reader"), "{reason}");
+        }
+        other => panic!("expected a close frame, got {other:?}"),
+    }
+}

@@ -325,8 +325,9 @@ impl KeyStore {
     }
 }
 
+/// Creates `dir` (and its parents) with mode 0700, and makes an existing one 0700.
 #[cfg(unix)]
-fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+pub fn create_private_dir(dir: &Path) -> std::io::Result<()> {
     use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
     fs::DirBuilder::new()
         .recursive(true)
@@ -335,24 +336,30 @@ fn create_private_dir(dir: &Path) -> std::io::Result<()> {
     fs::set_permissions(dir, fs::Permissions::from_mode(0o700))
 }
 
+/// Creates `dir` (and its parents).
 #[cfg(not(unix))]
-fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+pub fn create_private_dir(dir: &Path) -> std::io::Result<()> {
     fs::create_dir_all(dir)
 }
 
+/// Creates or truncates `path` with mode 0600, also when a stale file had another mode (a file
+/// renamed into place keeps it).
 #[cfg(unix)]
-fn private_file(path: &Path) -> std::io::Result<fs::File> {
-    use std::os::unix::fs::OpenOptionsExt;
-    fs::OpenOptions::new()
+pub fn private_file(path: &Path) -> std::io::Result<fs::File> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let file = fs::OpenOptions::new()
         .write(true)
         .create(true)
         .truncate(true)
         .mode(0o600)
-        .open(path)
+        .open(path)?;
+    file.set_permissions(fs::Permissions::from_mode(0o600))?;
+    Ok(file)
 }
 
+/// Creates or truncates `path`.
 #[cfg(not(unix))]
-fn private_file(path: &Path) -> std::io::Result<fs::File> {
+pub fn private_file(path: &Path) -> std::io::Result<fs::File> {
     fs::File::create(path)
 }
 

@@ -39,8 +39,9 @@ pub struct OperatorArgs {
         alias = "sync-listen"
     )]
     pub grpc_listen: SocketAddr,
-    /// Address of `/healthz`, `/readyz` and `/metrics`.
-    #[arg(long, value_name = "ADDR", default_value = "0.0.0.0:8081")]
+    /// Address of `/healthz`, `/readyz` and `/metrics`: loopback unless told, since `/metrics`
+    /// names tenants (the chart passes `0.0.0.0` for probes and scraping).
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8081")]
     pub admin_listen: SocketAddr,
     /// File holding the token dataplanes must present on PolicySync (mounted from a Secret).
     #[arg(long, value_name = "PATH", env = "FLEETWARD_SYNC_TOKEN_FILE")]
@@ -390,7 +391,8 @@ mod tests {
                 .expect("parses");
         let a = cli.args;
         assert_eq!(a.grpc_listen.to_string(), "0.0.0.0:50051");
-        assert_eq!(a.admin_listen.to_string(), "0.0.0.0:8081");
+        // Loopback by default; the chart passes --admin-listen=0.0.0.0:<port>.
+        assert_eq!(a.admin_listen.to_string(), "127.0.0.1:8081");
         assert_eq!(a.lease_name, "fleetward-operator");
         assert_eq!(a.batch_window_ms, 20);
         let lease = a.lease().expect("valid");

@@ -62,6 +62,7 @@ fn resources(things: usize) -> Resources {
                 key_digests: vec![KeyDigest::of(format!("{tenant}/{name}").as_bytes())],
                 disabled: false,
                 mountpoint: None,
+                max_connections: None,
             });
             for k in 0..GRANTS_PER_THING {
                 r.grants.push(Grant {

@@ -15,6 +15,10 @@ use crate::pattern::covers;
 use crate::snapshot::Snapshot;
 use crate::topic::Topic;
 
+/// Compared against when the thing or its tenant is unknown, so that refusal costs what a
+/// wrong key costs. No key hashes to all zeroes, and a match is refused anyway.
+const DUMMY_DIGESTS: &[KeyDigest] = &[KeyDigest::ZERO];
+
 impl Snapshot {
     fn live_tenant(&self, tenant: &str) -> Result<(), DenyReason> {
         match self.tenant(tenant) {
@@ -116,10 +120,13 @@ impl PolicyEvaluator for Snapshot {
     fn authenticate(&self, credential: &Credential<'_>) -> Result<Subject, Refusal> {
         match *credential {
             Credential::Thing { tenant, thing, key } => {
-                let t = self.live_thing(tenant, thing)?;
-                if !verify_thing_key(&t.key_digests, key) {
-                    return Err(DenyReason::BadCredential.into());
-                }
+                // The key first: without it, an unknown, disabled or suspended thing all get
+                // the same answer after the same work (a compare against a dummy digest).
+                let found = self.tenant(tenant).and(self.thing(tenant, thing));
+                let digests = found.map_or(DUMMY_DIGESTS, |t| t.key_digests.as_slice());
+                let right = verify_thing_key(digests, key);
+                let t = found.filter(|_| right).ok_or(DenyReason::BadCredential)?;
+                let t = self.live_thing(&t.tenant, &t.name)?;
                 Ok(self.thing_subject(t))
             }
             Credential::ThingKey { key } => {
@@ -128,10 +135,13 @@ impl PolicyEvaluator for Snapshot {
                 let [owner] = self.things_with_key(&digest) else {
                     return Err(DenyReason::BadCredential.into());
                 };
-                let t = self.live_thing(&owner.tenant, &owner.name)?;
-                if !verify_thing_key(&t.key_digests, key) {
-                    return Err(DenyReason::BadCredential.into());
-                }
+                let t = self
+                    .tenant(&owner.tenant)
+                    .and(self.thing(&owner.tenant, &owner.name))
+                    .filter(|t| verify_thing_key(&t.key_digests, key))
+                    .ok_or(DenyReason::BadCredential)?;
+                // The key is right: its holder may learn that the thing is disabled.
+                let t = self.live_thing(&t.tenant, &t.name)?;
                 Ok(self.thing_subject(t))
             }
             Credential::Password {
@@ -139,20 +149,19 @@ impl PolicyEvaluator for Snapshot {
                 user,
                 password,
             } => {
-                // Unknown users cost as much as known ones, so timing does not tell them apart.
-                let u = self
-                    .live_user(tenant, user)
-                    .inspect_err(|_| burn_password_check(password))?;
-                match &u.password_hash {
-                    Some(phc) if verify_password(phc, password) => {
-                        Ok(Subject::user(&*u.tenant, &*u.name))
-                    }
-                    Some(_) => Err(DenyReason::BadCredential.into()),
+                // The password first, and unknown users cost as much as known ones, so neither
+                // the answer nor its timing tells unknown, disabled or suspended apart.
+                let found = self.tenant(tenant).and(self.user(tenant, user));
+                let right = match found.and_then(|u| u.password_hash.as_deref()) {
+                    Some(phc) => verify_password(phc, password),
                     None => {
                         burn_password_check(password);
-                        Err(DenyReason::BadCredential.into())
+                        false
                     }
-                }
+                };
+                let u = found.filter(|_| right).ok_or(DenyReason::BadCredential)?;
+                let u = self.live_user(&u.tenant, &u.name)?;
+                Ok(Subject::user(&*u.tenant, &*u.name))
             }
             Credential::Token {
                 tenant,

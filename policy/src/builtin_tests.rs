@@ -23,6 +23,7 @@ fn mk_thing(tenant: &str, name: &str, key: &str) -> Thing {
         key_digests: vec![KeyDigest::of(key.as_bytes())],
         disabled: false,
         mountpoint: None,
+        max_connections: None,
     }
 }
 
@@ -174,24 +175,42 @@ fn thing_authentication_refusals() {
         refuse(&s, "globex", "sensor", &acme_key),
         Err(DenyReason::BadCredential)
     );
+    // Without the right key, nothing else is told: unknown tenant, unknown thing, disabled
+    // thing and suspended tenant all look like a wrong key.
     assert_eq!(
         refuse(&s, "nope", "sensor", &acme_key),
-        Err(DenyReason::UnknownTenant)
+        Err(DenyReason::BadCredential)
     );
     assert_eq!(
         refuse(&s, "acme", "nope", &acme_key),
-        Err(DenyReason::UnknownSubject)
+        Err(DenyReason::BadCredential)
     );
     let mut t = s.thing("acme", "sensor").expect("exists").clone();
     t.disabled = true;
     s.upsert_thing(t);
     assert_eq!(
+        refuse(&s, "acme", "sensor", "wrong"),
+        Err(DenyReason::BadCredential)
+    );
+    // With it, the holder learns why.
+    assert_eq!(
         refuse(&s, "acme", "sensor", &acme_key),
+        Err(DenyReason::SubjectDisabled)
+    );
+    assert_eq!(
+        s.authenticate(&Credential::ThingKey {
+            key: acme_key.as_bytes()
+        })
+        .map_err(|r| r.reason),
         Err(DenyReason::SubjectDisabled)
     );
     let mut tenant = s.tenant("acme").expect("exists").clone();
     tenant.suspended = true;
     s.upsert_tenant(tenant);
+    assert_eq!(
+        refuse(&s, "acme", "gateway", "wrong"),
+        Err(DenyReason::BadCredential)
+    );
     assert_eq!(
         refuse(&s, "acme", "gateway", "gw-acme"),
         Err(DenyReason::TenantSuspended)
@@ -254,6 +273,19 @@ fn users_sign_in_with_password_and_tokens() {
         s.authenticate(&no_hash),
         Err(Refusal::from(DenyReason::BadCredential))
     );
+    // A disabled user is told so only with the right password.
+    let mut disabled = alice.clone();
+    disabled.disabled = true;
+    s.upsert_user(disabled);
+    assert_eq!(
+        s.authenticate(&pw(b"wrong")),
+        Err(Refusal::from(DenyReason::BadCredential))
+    );
+    assert_eq!(
+        s.authenticate(&pw(b"s3cret")),
+        Err(Refusal::from(DenyReason::SubjectDisabled))
+    );
+    s.upsert_user(alice.clone());
     let token = Credential::Token {
         tenant: "acme",
         user: "alice",

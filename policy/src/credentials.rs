@@ -44,6 +44,9 @@ pub fn generate_thing_key() -> Result<String, CredentialError> {
 pub struct KeyDigest([u8; 32]);
 
 impl KeyDigest {
+    /// All zeroes: the digest of no key, a stand-in to compare against.
+    pub const ZERO: KeyDigest = KeyDigest([0; 32]);
+
     /// The digest of a key.
     pub fn of(key: &[u8]) -> Self {
         Self(Sha256::digest(key).into())

@@ -256,7 +256,10 @@ pub trait PolicyEvaluator {
     /// newer version.
     fn version(&self) -> u64;
 
-    /// Authenticates a credential.
+    /// Authenticates a credential. The credential is checked before any other state: an
+    /// unknown tenant or subject, a wrong key or password, and a disabled subject or suspended
+    /// tenant presented with a wrong one all answer `BadCredential`, after the same work. Only
+    /// the right credential learns `SubjectDisabled` or `TenantSuspended`.
     fn authenticate(&self, credential: &Credential<'_>) -> Result<Subject, Refusal>;
 
     /// Whether `subject` may take `action` on `topic` (a topic name or a filter).

@@ -17,6 +17,7 @@
 //!         key_digests: vec![KeyDigest::of(key.as_bytes())],
 //!         disabled: false,
 //!         mountpoint: None,
+//!         max_connections: None,
 //!     }],
 //!     channels: vec![Channel {
 //!         tenant: "acme".into(),

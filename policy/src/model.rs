@@ -42,12 +42,19 @@ pub struct TenantLimits {
     pub max_channels: Option<u32>,
     /// The most concurrent client connections of the tenant.
     pub max_connections: Option<u32>,
-    /// The largest message payload, in bytes.
+    /// The largest message, payload and properties, in bytes.
     pub max_message_size: Option<u32>,
     /// Sustained publishes per second over the whole tenant.
     pub publish_rate: Option<u32>,
     /// Publishes allowed in a burst above the sustained rate.
     pub publish_burst: Option<u32>,
+    /// The most retained messages kept for the tenant; `None` is the dataplane's default.
+    #[serde(default)]
+    pub max_retained_messages: Option<u32>,
+    /// The most bytes of retained messages kept for the tenant; `None` is the dataplane's
+    /// default.
+    #[serde(default)]
+    pub max_retained_bytes: Option<u64>,
 }
 
 /// One organization. Every other resource belongs to exactly one tenant.
@@ -81,6 +88,10 @@ pub struct Thing {
     /// A channel of the same tenant the thing's topics are taken relative to (DESIGN §5).
     #[serde(default)]
     pub mountpoint: Option<String>,
+    /// The most simultaneous connections (MQTT, WebSocket) of this thing on each dataplane
+    /// pod, within its tenant's; `None`: only the tenant's limit applies.
+    #[serde(default)]
+    pub max_connections: Option<u32>,
 }
 
 /// What a user may do by role alone, beside any grant.

@@ -78,6 +78,7 @@ fn snapshot() -> Snapshot {
         key_digests: vec![KeyDigest::of(b"k")],
         disabled: false,
         mountpoint: None,
+        max_connections: None,
     });
     r.grants.push(Grant {
         tenant: "acme".into(),

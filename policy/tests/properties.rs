@@ -95,6 +95,7 @@ fn arb_resource() -> impl Strategy<Value = Resource> {
                     key_digests,
                     disabled,
                     mountpoint: None,
+                    max_connections: None,
                 })
             }
         ),
@@ -203,6 +204,7 @@ fn build(version: u64, resources: Vec<Resource>) -> Snapshot {
                 key_digests: vec![KeyDigest::of(key_of(t, thing, 0).as_bytes())],
                 disabled: false,
                 mountpoint: None,
+                max_connections: None,
             });
         }
         for (i, user) in USERS.iter().enumerate() {
@@ -503,7 +505,15 @@ proptest! {
                             thing: &sub.name,
                             key: key.as_bytes(),
                         };
-                        prop_assert!(s.authenticate(&cred).is_err());
+                        let refused = s.authenticate(&cred).map(|_| ()).map_err(|r| r.reason);
+                        prop_assert!(refused.is_err());
+                        // Without the right key, disabled and suspended look like unknown.
+                        let right = s.tenant(&sub.tenant).is_some()
+                            && s.thing(&sub.tenant, &sub.name)
+                                .is_some_and(|t| t.key_digests.iter().any(|d| d.verify(key.as_bytes())));
+                        if !right {
+                            prop_assert_eq!(refused, Err(DenyReason::BadCredential));
+                        }
                     }
                 }
             }

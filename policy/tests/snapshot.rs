@@ -47,6 +47,7 @@ fn mk_resources(tenants: usize, things: usize) -> Resources {
                 key_digests: vec![KeyDigest::of(format!("{tenant}-{i}").as_bytes())],
                 disabled: false,
                 mountpoint: (i % 2 == 0).then(|| "telemetry".to_owned()),
+                max_connections: None,
             });
             r.grants.push(Grant {
                 tenant: tenant.clone(),

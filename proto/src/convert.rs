@@ -74,6 +74,8 @@ fn tenant_to(t: &policy::Tenant) -> pb::Tenant {
             max_message_size: l.max_message_size,
             publish_rate: l.publish_rate,
             publish_burst: l.publish_burst,
+            max_retained_messages: l.max_retained_messages,
+            max_retained_bytes: l.max_retained_bytes,
         }),
     }
 }
@@ -89,6 +91,7 @@ fn thing_to(t: &policy::Thing) -> pb::Thing {
             .collect(),
         disabled: t.disabled,
         mountpoint: t.mountpoint.clone(),
+        max_connections: t.max_connections,
     }
 }
 
@@ -254,6 +257,8 @@ fn tenant_from(t: pb::Tenant) -> policy::Tenant {
             max_message_size: l.max_message_size,
             publish_rate: l.publish_rate,
             publish_burst: l.publish_burst,
+            max_retained_messages: l.max_retained_messages,
+            max_retained_bytes: l.max_retained_bytes,
         },
     }
 }
@@ -277,6 +282,7 @@ fn thing_from(t: pb::Thing) -> Result<policy::Thing, ConvertError> {
         key_digests,
         disabled: t.disabled,
         mountpoint: t.mountpoint,
+        max_connections: t.max_connections,
     })
 }
 

@@ -8,6 +8,7 @@ mod support;
 
 mod harness;
 mod router;
+mod sockets;
 
 use std::time::Duration;
 

@@ -29,6 +29,9 @@ struct Args {
     /// Entries of the decision cache; 0 turns it off.
     #[arg(long, default_value_t = MqttConfig::default().decision_cache_entries)]
     decision_cache_entries: u64,
+    /// The most client connections held (the suite raises it above a flood's size).
+    #[arg(long, default_value_t = MqttConfig::default().max_connections)]
+    max_connections: usize,
 }
 
 #[tokio::main]
@@ -40,6 +43,7 @@ async fn main() -> anyhow::Result<()> {
         .admin_listen(Some(args.admin_listen))
         .mqtt_config(MqttConfig {
             decision_cache_entries: args.decision_cache_entries,
+            max_connections: args.max_connections,
             ..MqttConfig::default()
         })
         .start()

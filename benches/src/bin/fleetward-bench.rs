@@ -8,7 +8,12 @@
 //! fleetward-bench --port 1883 latency --pairs 100 --total-rate 10000
 //! fleetward-bench --port 1883 --auth connect --workers 32
 //! fleetward-bench --port 1883 --auth idle --connections 10000 --pid <broker pid>
+//! fleetward-bench --port 1883 --auth --flood 10000 latency --pairs 100 --total-rate 10000
+//! fleetward-bench --port 1883 --flood 10000 pending --pid <broker pid>
 //! ```
+//!
+//! `--flood N` holds N unauthenticated sockets open against the broker while the scenario
+//! runs (see `fleetward_bench::flood`), and adds what they held to the result line.
 //!
 //! With `--auth` clients log in as the Fleetward bench things (`bench/pub-<i>`, with their
 //! keys); without it they send no login, for brokers that run without authentication.
@@ -19,6 +24,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 use fleetward_bench::conns::{self, Storm};
 use fleetward_bench::fixture;
+use fleetward_bench::flood::{self, Flood};
 use fleetward_bench::load::{self, Broker, Client, Flow};
 use hdrhistogram::Histogram;
 
@@ -37,6 +43,14 @@ struct Cli {
     /// A label printed with the result.
     #[arg(long, default_value = "broker")]
     label: String,
+    /// Hold this many unauthenticated sockets open against the broker while the scenario
+    /// runs: all opened before it starts, each opened again when the broker closes it.
+    #[arg(long, default_value_t = 0)]
+    flood: usize,
+    /// Flood sockets send the first bytes of a CONNECT and never finish it (by default they
+    /// send nothing).
+    #[arg(long)]
+    flood_partial: bool,
     #[command(subcommand)]
     scenario: Scenario,
 }
@@ -124,6 +138,17 @@ enum Scenario {
         #[arg(long, default_value_t = 3.0)]
         settle: f64,
     },
+    /// Pending sockets: the broker's RSS per unauthenticated socket, weighed before and
+    /// after opening the `--flood N` sockets.
+    Pending {
+        /// The broker's process id, to read its RSS.
+        #[arg(long)]
+        pid: u32,
+        /// Seconds to let the broker settle before each reading (keep it well below the
+        /// broker's connect timeout, which closes pending sockets).
+        #[arg(long, default_value_t = 3.0)]
+        settle: f64,
+    },
 }
 
 fn flow(args: &FlowArgs, subscribers: Vec<Client>, publishers: Vec<Client>) -> Flow {
@@ -192,7 +217,18 @@ async fn main() -> anyhow::Result<()> {
         auth: cli.auth,
     };
     let head = format!("label={}", cli.label);
-    let line = match cli.scenario {
+    let nofile_limit = if cli.flood > 0 {
+        Some(flood::raise_nofile_limit()?)
+    } else {
+        None
+    };
+    let mut held: Option<Flood> = None;
+    if cli.flood > 0 && !matches!(cli.scenario, Scenario::Pending { .. }) {
+        let f = Flood::start(broker.addr, cli.flood, cli.flood_partial);
+        f.ready(flood::ready_deadline(cli.flood)).await;
+        held = Some(f);
+    }
+    let mut line = match cli.scenario {
         Scenario::Pairs { pairs: n, flow: f } => {
             let (subs, pubs) = pairs(n);
             throughput(broker, &head, &format!("pairs pairs={n}"), &f, subs, pubs).await?
@@ -287,7 +323,37 @@ async fn main() -> anyhow::Result<()> {
                 r.connect_secs
             )
         }
+        Scenario::Pending { pid, settle } => {
+            anyhow::ensure!(
+                cli.flood > 0,
+                "pending weighs the sockets of `--flood N` (before the scenario): give N"
+            );
+            let (r, f) = flood::weigh(
+                broker.addr,
+                cli.flood,
+                cli.flood_partial,
+                pid,
+                Duration::from_secs_f64(settle),
+            )
+            .await?;
+            held = Some(f);
+            format!(
+                "{head} scenario=pending rss_before_kib={} rss_after_kib={} pending_held={} kib_per_pending={:.2} open_s={:.2}",
+                r.rss_before_kib,
+                r.rss_after_kib,
+                r.held,
+                r.kib_per_pending(),
+                r.open_secs
+            )
+        }
     };
+    if let Some(f) = held {
+        line = format!("{line} {}", f.report());
+        f.stop();
+    }
+    if let Some(limit) = nofile_limit {
+        line = format!("{line} nofile_limit={limit}");
+    }
     println!("{line}");
     // Open sockets close when the process exits; nothing waits for the brokers to notice.
     std::process::exit(0);

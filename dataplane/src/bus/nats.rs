@@ -50,6 +50,8 @@ pub struct NatsBus {
     client: async_nats::Client,
     out: mpsc::Sender<Message>,
     interest: mpsc::UnboundedSender<(ChannelKey, BTreeSet<String>)>,
+    /// The retained-bucket writer's queue, for purges.
+    retained: mpsc::Sender<(String, Message)>,
     connected: Arc<AtomicBool>,
     metrics: Arc<Metrics>,
     tasks: Vec<AbortHandle>,
@@ -133,7 +135,7 @@ impl NatsBus {
         let (retained_tx, retained_rx) = mpsc::channel(config.queue.max(1));
         let (interest, interest_rx) = mpsc::unbounded_channel();
         let tasks = vec![
-            tokio::spawn(publisher(ctx.clone(), out_rx, retained_tx)).abort_handle(),
+            tokio::spawn(publisher(ctx.clone(), out_rx, retained_tx.clone())).abort_handle(),
             tokio::spawn(retained_writer(ctx.clone(), retained_rx)).abort_handle(),
             tokio::spawn(subscriptions(ctx.clone(), interest_rx)).abort_handle(),
             tokio::spawn(retained_watch(
@@ -147,6 +149,7 @@ impl NatsBus {
             client: ctx.client.clone(),
             out,
             interest,
+            retained: retained_tx,
             connected,
             metrics,
             tasks,
@@ -161,6 +164,35 @@ impl NatsBus {
     /// Whether the bus is connected to NATS now.
     pub fn is_connected(&self) -> bool {
         self.connected.load(Ordering::SeqCst)
+    }
+
+    /// Deletes retained messages from the shared bucket by topic (those of a deleted channel
+    /// or tenant). Every pod that sees the deletion does it; deleting twice is harmless, and
+    /// the other pods' mirrors see the deletions too.
+    pub fn retained_purger(&self) -> Arc<dyn Fn(Vec<String>) + Send + Sync> {
+        let queue = self.retained.clone();
+        let metrics = self.metrics.clone();
+        Arc::new(move |topics: Vec<String>| {
+            for topic in topics {
+                let Some(subject) = topic_subject(&topic) else {
+                    continue;
+                };
+                let clear = Message {
+                    topic: topic.into(),
+                    payload: bytes::Bytes::new(),
+                    qos: 0,
+                    props: None,
+                    retain: true,
+                    origin: None,
+                    publisher: None,
+                    protocol: crate::router::Protocol::Unspecified,
+                    created_ns: 0,
+                };
+                if queue.try_send((subject, clear)).is_err() {
+                    metrics.bus_dropped("retained_queue_full");
+                }
+            }
+        })
     }
 }
 

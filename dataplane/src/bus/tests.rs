@@ -90,6 +90,7 @@ fn msg(topic: &'static str) -> Message {
 fn key(c: &str) -> SessionKey {
     SessionKey {
         tenant: "acme".into(),
+        kind: crate::router::PublisherKind::Thing,
         subject: "s".into(),
         client_id: c.into(),
     }

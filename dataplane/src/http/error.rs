@@ -4,7 +4,7 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use fleetward_policy::DenyReason;
 
-use crate::mqtt::PublishRefusal;
+use crate::mqtt::{PublishRefusal, QuotaExceeded};
 
 /// What the `WWW-Authenticate` header of a 401 offers.
 pub(crate) const CHALLENGE: &str = "Thing realm=\"fleetward\", Basic realm=\"fleetward\", charset=\"UTF-8\", Bearer realm=\"fleetward\"";
@@ -76,7 +76,30 @@ impl ApiError {
             PublishRefusal::TooLarge { max } => Self::new(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "too_large",
-                format!("the payload is over this channel's limit of {max} bytes; send less"),
+                format!(
+                    "the message (payload and properties) is over the limit of {max} bytes of \
+                     this channel or tenant; send less"
+                ),
+            ),
+            PublishRefusal::Quota(q) => Self::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "quota_exceeded",
+                match q {
+                    QuotaExceeded::Messages(max) => format!(
+                        "the tenant keeps its maximum of {max} retained messages \
+                         (spec.limits.maxRetainedMessages); clear some (publish an empty \
+                         retained message) or raise the limit"
+                    ),
+                    QuotaExceeded::Bytes(max) => format!(
+                        "the tenant's retained messages would exceed {max} bytes \
+                         (spec.limits.maxRetainedBytes); clear some or raise the limit"
+                    ),
+                },
+            ),
+            PublishRefusal::TooManyUserProperties { max } => Self::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "too_many_user_properties",
+                format!("a message may carry at most {max} user properties; send fewer"),
             ),
             PublishRefusal::Rate { retry_after, .. } => {
                 let secs = retry_after.as_secs_f64().ceil().max(1.0) as u64;

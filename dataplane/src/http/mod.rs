@@ -7,7 +7,6 @@ mod publish;
 use std::sync::Arc;
 
 use axum::routing::{get, post};
-use tokio::net::TcpListener;
 
 pub(crate) use auth::{Authenticated, authenticate, from_authorization, from_ws_protocols};
 pub use auth::{WS_AUTH_PREFIX, WS_BEARER_PREFIX, WS_PROTOCOL};
@@ -15,6 +14,7 @@ pub(crate) use error::ApiError;
 pub use publish::CONTENT_TYPES;
 pub(crate) use publish::topic_of;
 
+use crate::listener::{GatedListener, HttpLimits};
 use crate::mqtt::Shared;
 use crate::router::Router;
 use crate::users::http as users;
@@ -68,10 +68,11 @@ pub(crate) fn app<R: Router>(shared: Arc<Shared<R>>) -> axum::Router {
 }
 
 /// Serves the HTTP listener until the task is dropped.
-pub(crate) async fn serve<R: Router>(listener: TcpListener, shared: Arc<Shared<R>>) {
-    // With each peer's address: sign-in attempts are limited per address.
-    let app = app(shared).into_make_service_with_connect_info::<std::net::SocketAddr>();
-    if let Err(e) = axum::serve(listener, app).await {
-        tracing::error!(error = %e, "the HTTP listener stopped");
-    }
+pub(crate) async fn serve<R: Router>(
+    listener: GatedListener,
+    shared: Arc<Shared<R>>,
+    limits: HttpLimits,
+) {
+    // Each request carries its peer's address: sign-in attempts are limited per address.
+    crate::listener::serve_http(listener, app(shared), limits).await;
 }

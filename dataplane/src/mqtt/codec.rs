@@ -28,6 +28,27 @@ pub(crate) fn message_props(p: PublishProperties) -> Option<Box<MessageProps>> {
     (!props.is_empty()).then(|| Box::new(props))
 }
 
+/// The bytes of a message's properties that a size limit counts: user properties (keys and
+/// values), correlation data, response topic and content type. The fixed-size ones (payload
+/// format, expiry) are left out, as MQTT's own framing bytes are.
+pub(crate) fn props_len(props: Option<&MessageProps>) -> usize {
+    let Some(p) = props else { return 0 };
+    let user: usize = p
+        .user_properties
+        .iter()
+        .map(|(k, v)| k.len() + v.len())
+        .sum();
+    user + p.correlation_data.as_ref().map_or(0, |d| d.len())
+        + p.response_topic.as_ref().map_or(0, String::len)
+        + p.content_type.as_ref().map_or(0, String::len)
+}
+
+/// A message's size as the tenant's and the channel's `maxMessageSize` count it: the payload
+/// and [`props_len`].
+pub(crate) fn message_len(payload: &[u8], props: Option<&MessageProps>) -> usize {
+    payload.len() + props_len(props)
+}
+
 /// The v5 properties of a publish of a message with `props`, and `subscription_identifiers`.
 pub(crate) fn publish_props(
     props: MessageProps,

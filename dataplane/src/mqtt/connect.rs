@@ -3,11 +3,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
-use fleetward_policy::{
-    Action, Credential, DenyReason, KeyDigest, Mountpoint, PolicyEvaluator, Subject, TopicLimits,
-    parse_topic_name,
-};
+use bytes::BytesMut;
+use fleetward_policy::{Credential, DenyReason, KeyDigest, Mountpoint, PolicyEvaluator, Subject};
 use rumqttd::protocol::{
     ConnAck, ConnAckProperties, Connect, ConnectProperties, ConnectReturnCode, LastWill,
     LastWillProperties, Login, Packet,
@@ -17,8 +14,9 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use super::codec::{Codec, FrameError, Version, peek_version};
 use super::reason;
 use super::session::{SavedSession, Session, Will, clear_in_router};
+use super::slots::ConnectionSlots;
 use super::state::Shared;
-use crate::router::{Message, MessageProps, Protocol, Publisher, Router, SessionKey, SessionMode};
+use crate::router::{Publisher, Router, SessionKey, SessionMode};
 
 /// The largest CONNECT accepted (it carries the will).
 const MAX_CONNECT: usize = 128 * 1024;
@@ -132,8 +130,8 @@ pub(crate) struct Accepted {
     /// Topic aliases the client accepts from the server (v5), capped by ours.
     pub client_topic_alias_max: u16,
     pub registration: super::state::Registration,
-    /// Counts the connection against its tenant's `maxConnections` while held.
-    pub _tenant_slot: super::state::TenantSlot,
+    /// Counts the connection against its tenant's and thing's `maxConnections` while held.
+    pub _tenant_slot: ConnectionSlots,
     /// Whether the link attached at CONNECT is a persistent one (its router state must be
     /// cleared if not kept).
     pub persistent_link: bool,
@@ -248,18 +246,16 @@ impl<R: Router, S: AsyncWrite + Unpin> Handshake<'_, R, S> {
                 }
             }
         };
-        let max_per_tenant = snapshot
-            .tenant(&subject.tenant)
-            .and_then(|t| t.limits.max_connections);
-        let Some(tenant_slot) = shared
-            .tenant_connections
-            .acquire(&subject.tenant, max_per_tenant)
-        else {
-            let code = match version {
-                Version::V4 => ConnectReturnCode::ServiceUnavailable,
-                Version::V5 => ConnectReturnCode::QuotaExceeded,
-            };
-            return self.refuse(code, "tenant_max_connections").await;
+        // The tenant's and the thing's maxConnections: v3 0x03, v5 0x97.
+        let tenant_slot = match ConnectionSlots::acquire(&shared, &snapshot, &subject) {
+            Ok(slots) => slots,
+            Err(over) => {
+                let code = match version {
+                    Version::V4 => ConnectReturnCode::ServiceUnavailable,
+                    Version::V5 => ConnectReturnCode::QuotaExceeded,
+                };
+                return self.refuse(code, over.label()).await;
+            }
         };
         let key_digest = (!by_token).then(|| KeyDigest::of(password));
         let mount = snapshot
@@ -283,73 +279,35 @@ impl<R: Router, S: AsyncWrite + Unpin> Handshake<'_, R, S> {
             connect.client_id.clone()
         };
 
-        let limits = TopicLimits::default();
-        let will = match will {
+        let mut will = match will {
             None => None,
             Some(w) => {
-                let full = match &mount {
-                    Some(m) => m.mount_topic_name(&w.topic, &limits).ok(),
-                    None => std::str::from_utf8(&w.topic).ok().map(str::to_owned),
-                };
-                let allowed = full.as_deref().is_some_and(|t| {
-                    parse_topic_name(t, &limits).is_ok_and(|topic| {
-                        shared
-                            .cache
-                            .authorize(&*snapshot, &subject, Action::Publish, &topic)
-                            .is_allowed()
-                    })
-                });
-                let Some(topic) = full.filter(|_| allowed) else {
-                    // An unauthorized will refuses the CONNECT (issue 5).
-                    return self
-                        .refuse(
-                            reason::connack_for(version, DenyReason::NoGrant),
-                            "will_not_allowed",
-                        )
-                        .await;
-                };
-                let p = will_props.unwrap_or(LastWillProperties {
-                    delay_interval: None,
-                    payload_format_indicator: None,
-                    message_expiry_interval: None,
-                    content_type: None,
-                    response_topic: None,
-                    correlation_data: None,
-                    user_properties: Vec::new(),
-                });
-                let message_props = MessageProps {
-                    payload_format_indicator: p.payload_format_indicator,
-                    message_expiry_interval: p.message_expiry_interval,
-                    content_type: p.content_type,
-                    response_topic: p.response_topic,
-                    correlation_data: p.correlation_data,
-                    user_properties: p.user_properties,
-                };
-                Some(Box::new(Will {
-                    message: Message {
-                        topic: Bytes::from(topic),
-                        payload: w.message,
-                        qos: w.qos as u8,
-                        props: (!message_props.is_empty()).then(|| Box::new(message_props)),
-                        retain: w.retain,
-                        origin: None,
-                        publisher: None,
-                        protocol: Protocol::Mqtt,
-                        created_ns: 0,
-                    },
-                    retain: w.retain,
-                    delay: Duration::from_secs(u64::from(p.delay_interval.unwrap_or(0))),
-                }))
+                match super::will::accept(
+                    &shared,
+                    &snapshot,
+                    &subject,
+                    mount.as_ref(),
+                    version,
+                    w,
+                    will_props,
+                ) {
+                    Ok(w) => Some(w),
+                    Err((code, label)) => return self.refuse(code, label).await,
+                }
             }
         };
 
-        let key = SessionKey {
-            tenant: subject.tenant.clone(),
-            subject: subject.name.clone(),
-            client_id,
-        };
+        let key = SessionKey::of(&subject, client_id);
         let mut registration = shared.registry.register(key.router_id());
-        registration.predecessor_gone().await;
+        if !registration
+            .predecessor_gone(shared.config.takeover_wait)
+            .await
+        {
+            // The old session is stuck (a client that does not read, a throttled publish); it
+            // leaves the router and its saved state alone from now on.
+            tracing::warn!(client = %key.router_id(), "the session taken over did not end in time; abandoned it");
+            shared.metrics.refused("takeover", "predecessor_abandoned");
+        }
         // A reconnect within a will's delay cancels the will (MQTT 5, 3.1.3.2.2).
         if let Some(will) = shared.pending_wills.lock().remove(&key.router_id()) {
             will.abort();
@@ -376,6 +334,10 @@ impl<R: Router, S: AsyncWrite + Unpin> Handshake<'_, R, S> {
                     .min(max_expiry)
             }
         };
+        // MQTT 5 sends a will at the earlier of its delay and the session's end (3.1.3.2.2).
+        if let Some(w) = &mut will {
+            w.delay = w.delay.min(expiry);
+        }
         let saved = shared.sessions.take(&key.router_id());
         let had_saved = saved.is_some();
         let saved = if connect.clean_session { None } else { saved };
@@ -426,6 +388,8 @@ impl<R: Router, S: AsyncWrite + Unpin> Handshake<'_, R, S> {
         if self.codec.write(ack, &mut out).is_err() || self.stream.write_all(&out).await.is_err() {
             return None;
         }
+        // Off the pending budget: the oldest-first eviction spares authenticated sockets.
+        crate::listener::authenticated();
         Some(Connected {
             acc: Accepted {
                 publisher: Publisher::of(&subject),

@@ -4,8 +4,11 @@ mod codec;
 mod connect;
 mod publish;
 mod reason;
+mod retained;
 mod session;
+mod slots;
 mod state;
+mod will;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -17,46 +20,51 @@ use tokio_rustls::TlsAcceptor;
 pub(crate) use codec::{message_props, publish_props};
 pub(crate) use connect::random_client_id;
 pub(crate) use publish::{PublishRefusal, PublishRequest};
+pub(crate) use slots::ConnectionSlots;
+pub use retained::{DEFAULT_MAX_RETAINED_BYTES, DEFAULT_MAX_RETAINED_MESSAGES};
+pub(crate) use retained::{QuotaExceeded, RetainedStore, purge_deleted_channels};
 pub use state::MqttConfig;
-pub(crate) use state::{RetainedStore, Shared};
+pub(crate) use state::Shared;
 
+use crate::listener::{self, Admitted, GatedListener};
 use crate::router::Router;
 
-/// Accepts plain TCP (or, with an acceptor, TLS) connections until the task is dropped.
+/// Accepts plain TCP (or, with an acceptor, TLS) connections until the task is dropped. Each
+/// socket is counted from accept by the listener's gate, and is pending (evictable, on the
+/// `--max-pending-connections` budget) until its CONNECT is accepted.
 pub(crate) async fn accept_loop<R: Router>(
     shared: Arc<Shared<R>>,
-    listener: TcpListener,
+    listener: GatedListener,
     tls: Option<TlsAcceptor>,
 ) {
     loop {
-        let (socket, peer) = match listener.accept().await {
-            Ok(x) => x,
-            Err(e) => {
-                // Out of file descriptors and the like: back off instead of spinning.
-                tracing::warn!(error = %e, "accepting an MQTT connection failed");
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                continue;
-            }
-        };
-        let _ = socket.set_nodelay(true);
+        let (socket, peer) = listener.accept().await;
+        let handle = socket.ticket().handle();
         let shared = shared.clone();
-        let tls = tls.clone();
-        tokio::spawn(async move {
-            let _counted = Counted::new(&shared);
-            match tls {
-                None => connect::serve(shared.clone(), socket).await,
+        match &tls {
+            None => {
+                tokio::spawn(listener::scope(handle, async move {
+                    let _counted = Counted::new(&shared);
+                    connect::serve(shared.clone(), socket).await;
+                }));
+            }
+            Some(acceptor) => {
                 // Boxed: a TLS stream and its handshake take kilobytes that plain TCP
                 // connections should not carry in their task.
-                Some(acceptor) => Box::pin(serve_tls(shared.clone(), socket, acceptor, peer)).await,
+                let acceptor = acceptor.clone();
+                tokio::spawn(listener::scope(handle, async move {
+                    let _counted = Counted::new(&shared);
+                    Box::pin(serve_tls(shared.clone(), socket, acceptor, peer)).await;
+                }));
             }
-        });
+        }
     }
 }
 
 /// Serves one connection over TLS: the TLS handshake (within the connect timeout), then MQTT.
 async fn serve_tls<R: Router>(
     shared: Arc<Shared<R>>,
-    socket: tokio::net::TcpStream,
+    socket: Admitted<tokio::net::TcpStream>,
     acceptor: TlsAcceptor,
     peer: SocketAddr,
 ) {

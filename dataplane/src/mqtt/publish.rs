@@ -2,12 +2,16 @@
 //! QoS cap, size and rate limits, the retained store, and the hand-over to the router.
 
 use std::ops::Range;
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use fleetward_policy::{Action, Decision, DenyReason, Snapshot, Subject, TopicError, TopicLimits};
 
+use super::codec::message_len;
+use super::retained::{QuotaExceeded, RetainedQuota};
 use super::state::Shared;
+use crate::limits::TenantRate;
 use crate::router::{Message, MessageProps, Protocol, Publisher, Router, RouterError, RouterLink};
 
 /// User properties with this prefix are the dataplane's own (publisher, protocol, created):
@@ -41,7 +45,7 @@ pub(crate) struct PublishRequest {
 /// the decision, and the channel's and the tenant's terms for it. A device mostly publishes on
 /// one topic, and each publish there after the first then costs a comparison instead of the
 /// topic's parsing, the decision cache and the channel and tenant lookups (a tenant's publish
-/// rate is still taken per publish). Snapshot versions
+/// rate is still taken per publish, from the tenant's own limiter the memo holds). Snapshot versions
 /// only grow on a dataplane (the decision cache keys on them too), so a memo of an older one
 /// is never taken for the current one.
 ///
@@ -58,25 +62,42 @@ pub(crate) struct PublishMemo {
 /// A channel's and its tenant's terms for an allowed publish, and where the tenant and channel
 /// levels are in the topic they were decided for (a memo compares the whole topic, so the
 /// same spans hold for every publish it answers).
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 struct Terms {
     max_qos: u8,
     retained_allowed: bool,
     max_size: Option<u32>,
-    /// The tenant's publish rate and burst, if it has a rate.
-    rate: Option<(u32, Option<u32>)>,
+    /// The tenant's retained-message quota.
+    retained_quota: RetainedQuota,
+    /// The tenant's publish limiter, if it has a rate.
+    rate: Option<Arc<TenantRate>>,
     tenant: Range<usize>,
     channel: Range<usize>,
 }
 
 impl PublishMemo {
-    fn get(&mut self, snapshot: &Snapshot, topic: &Bytes) -> Option<Terms> {
-        let terms = self
-            .terms
-            .clone()
-            .filter(|_| self.version == snapshot.version() && self.topic == *topic);
-        self.hits += u64::from(terms.is_some());
-        terms
+    /// The terms of `topic` under `snapshot`: the memo's, or what `decide` says (then kept).
+    /// Borrowed, not cloned: a hit touches nothing shared (the limiter's count included).
+    fn terms(
+        &mut self,
+        snapshot: &Snapshot,
+        topic: &Bytes,
+        decide: impl FnOnce() -> Result<Terms, PublishRefusal>,
+    ) -> Result<&Terms, PublishRefusal> {
+        let hit =
+            self.terms.is_some() && self.version == snapshot.version() && self.topic == *topic;
+        if hit {
+            self.hits += 1;
+        } else {
+            let terms = decide()?;
+            self.version = snapshot.version();
+            // A copy: the topic may be a slice of a whole socket read, not to be kept alive.
+            self.topic = Bytes::copy_from_slice(topic);
+            self.terms = Some(terms);
+        }
+        self.terms
+            .as_ref()
+            .ok_or(PublishRefusal::Denied(DenyReason::PolicyUnavailable))
     }
 
     /// The answers given since the last call, for the decision cache's hit count.
@@ -101,10 +122,18 @@ pub(crate) enum PublishRefusal {
     Topic(TopicError),
     /// Not allowed (no grant, another tenant, a channel that does not exist, …).
     Denied(DenyReason),
-    /// The payload is over the tenant's or the channel's size limit.
+    /// The message (payload and properties, [`message_len`]) is over the tenant's or the
+    /// channel's size limit.
     TooLarge {
         /// The limit, bytes.
         max: u32,
+    },
+    /// A retained publish over its tenant's retained-message quota.
+    Quota(QuotaExceeded),
+    /// More user properties than the pod's `--max-user-properties`.
+    TooManyUserProperties {
+        /// The limit.
+        max: usize,
     },
     /// The tenant is over its publish rate. The request is handed back so a caller that
     /// throttles instead of refusing can try again after the wait.
@@ -125,6 +154,8 @@ impl PublishRefusal {
             PublishRefusal::Topic(e) => ("publish", e.as_str()),
             PublishRefusal::Denied(r) => ("publish", r.as_str()),
             PublishRefusal::TooLarge { .. } => ("limit", "message_size"),
+            PublishRefusal::TooManyUserProperties { .. } => ("limit", "user_properties"),
+            PublishRefusal::Quota(q) => ("limit", q.as_str()),
             PublishRefusal::Rate { .. } => ("limit", "publish_rate"),
             PublishRefusal::Router(e) => ("publish", e.as_str()),
         }
@@ -182,23 +213,26 @@ impl<R: Router> Shared<R> {
         request: PublishRequest,
         memo: Option<&mut PublishMemo>,
     ) -> Result<(Message, Published), PublishRefusal> {
-        let mut memo = memo.filter(|_| self.cache.is_enabled());
-        let terms = match memo.as_mut().and_then(|m| m.get(snapshot, &request.topic)) {
-            Some(terms) => terms,
+        let max_user = self.config.max_user_properties;
+        if request
+            .props
+            .as_ref()
+            .is_some_and(|p| p.user_properties.len() > max_user)
+        {
+            return Err(PublishRefusal::TooManyUserProperties { max: max_user });
+        }
+        let decided;
+        let terms = match memo.filter(|_| self.cache.is_enabled()) {
+            Some(memo) => memo.terms(snapshot, &request.topic, || {
+                self.decide(snapshot, subject, &request.topic)
+            })?,
             None => {
-                let terms = self.decide(snapshot, subject, &request.topic)?;
-                if let Some(memo) = memo {
-                    memo.version = snapshot.version();
-                    // A copy: the topic may be a slice of a whole socket read, not to be kept
-                    // alive.
-                    memo.topic = Bytes::copy_from_slice(&request.topic);
-                    memo.terms = Some(terms.clone());
-                }
-                terms
+                decided = self.decide(snapshot, subject, &request.topic)?;
+                &decided
             }
         };
         if let Some(max) = terms.max_size
-            && request.payload.len() > max as usize
+            && message_len(&request.payload, request.props.as_deref()) > max as usize
         {
             return Err(PublishRefusal::TooLarge { max });
         }
@@ -208,14 +242,13 @@ impl<R: Router> Shared<R> {
             std::str::from_utf8(&request.topic)
                 .map_err(|_| PublishRefusal::Topic(TopicError::InvalidUtf8))
         };
-        if let Some((rate, burst)) = terms.rate {
-            let tenant = &text()?[terms.tenant.clone()];
-            if let Err(retry_after) = self.rates.take(tenant, rate, burst, Instant::now()) {
-                return Err(PublishRefusal::Rate {
-                    retry_after,
-                    request: Box::new(request),
-                });
-            }
+        if let Some(rate) = &terms.rate
+            && let Err(retry_after) = rate.take()
+        {
+            return Err(PublishRefusal::Rate {
+                retry_after,
+                request: Box::new(request),
+            });
         }
         // The topic is moved into the message below; the retained store needs its parts.
         let retain_key = if retain {
@@ -249,7 +282,14 @@ impl<R: Router> Shared<R> {
         if let Some((tenant, channel)) = retain_key {
             let topic_str = std::str::from_utf8(&message.topic).unwrap_or_default();
             self.retained
-                .set(&tenant, &channel, topic_str, message.clone());
+                .store(
+                    &tenant,
+                    &channel,
+                    topic_str,
+                    message.clone(),
+                    terms.retained_quota,
+                )
+                .map_err(PublishRefusal::Quota)?;
         }
         let published = Published {
             qos,
@@ -296,7 +336,11 @@ impl<R: Router> Shared<R> {
             max_qos: u8::from(channel.max_qos),
             retained_allowed: channel.retained_allowed,
             max_size,
-            rate: tenant_limits.and_then(|l| l.publish_rate.map(|rate| (rate, l.publish_burst))),
+            retained_quota: RetainedQuota::of(tenant_limits),
+            rate: tenant_limits.and_then(|l| {
+                l.publish_rate
+                    .map(|rate| self.rates.of(tenant, rate, l.publish_burst))
+            }),
             tenant: span(tenant),
             channel: span(channel_name),
         })

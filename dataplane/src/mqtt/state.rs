@@ -3,16 +3,17 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use fleetward_policy::{DecisionCache, Snapshot, filter_matches};
+use fleetward_policy::{DecisionCache, Snapshot};
 use parking_lot::Mutex;
 use tokio::sync::{Notify, watch};
 
+use super::retained::RetainedStore;
 use super::session::SessionStore;
 use crate::limits::TenantRates;
 use crate::metrics::Metrics;
-use crate::router::{Message, Router};
+use crate::router::Router;
 
 /// What the MQTT front-end is configured with.
 #[derive(Clone, Debug)]
@@ -35,6 +36,17 @@ pub struct MqttConfig {
     /// The longest a persistent session is kept while its client is away (v3 sessions, and
     /// v5 session expiry intervals above it).
     pub max_session_expiry: Duration,
+    /// The most user properties one message (publish or will) may carry; more end a v5
+    /// connection with DISCONNECT (or refuse its CONNECT with CONNACK) 0x95.
+    pub max_user_properties: usize,
+    /// The longest a v5 will waits after its connection ends (a session's expiry caps it too).
+    pub max_will_delay: Duration,
+    /// The most subscriptions one session holds; filters beyond get SUBACK 0x97 (v5) / 0x80.
+    pub max_subscriptions_per_session: usize,
+    /// How long a new connection waits for the session it takes over to end. After that the
+    /// old session is abandoned: it may no longer touch the router, its saved state or its
+    /// will, and the new one proceeds.
+    pub takeover_wait: Duration,
     /// The most messages queued while its client was away that a resumed persistent session
     /// is sent; the rest are dropped and counted (MQTT.md, Persistent sessions).
     pub max_offline_messages: usize,
@@ -51,6 +63,10 @@ impl Default for MqttConfig {
             topic_alias_max: 64,
             decision_cache_entries: 100_000,
             max_session_expiry: Duration::from_secs(2 * 3600),
+            max_user_properties: 32,
+            max_will_delay: Duration::from_secs(300),
+            max_subscriptions_per_session: 100,
+            takeover_wait: Duration::from_secs(5),
             max_offline_messages: 1000,
         }
     }
@@ -71,6 +87,9 @@ struct Signals {
     taken_over: AtomicBool,
     /// The registration was dropped: the session is fully gone.
     gone: AtomicBool,
+    /// The successor stopped waiting for this session: it must leave the router, the saved
+    /// session and the will alone, since they are the successor's now.
+    abandoned: AtomicBool,
     /// Wakes whoever waits for either.
     changed: Notify,
 }
@@ -174,12 +193,32 @@ impl Registration {
         Kick::TakenOver
     }
 
-    /// Waits until the session this one replaced (and its own predecessor) is gone.
-    pub(crate) async fn predecessor_gone(&mut self) {
-        if let Some(prev) = &self.previous {
-            prev.wait(&prev.gone).await;
+    /// Whether someone told this session to end (without waiting).
+    pub(crate) fn was_kicked(&self) -> bool {
+        self.signals.taken_over.load(Ordering::SeqCst)
+    }
+
+    /// Whether the successor stopped waiting for this session: what it would leave behind
+    /// (router link, saved session, will) belongs to the successor now.
+    pub(crate) fn abandoned(&self) -> bool {
+        self.signals.abandoned.load(Ordering::SeqCst)
+    }
+
+    /// Waits until the session this one replaced (and its own predecessor) is gone, for at
+    /// most `bound`. Returns `false` if it was abandoned instead: a session stuck on a
+    /// client that does not read, or on its tenant's publish rate, cannot hold its successor.
+    pub(crate) async fn predecessor_gone(&mut self, bound: Duration) -> bool {
+        let mut gone = true;
+        if let Some(prev) = &self.previous
+            && tokio::time::timeout(bound, prev.wait(&prev.gone))
+                .await
+                .is_err()
+        {
+            prev.abandoned.store(true, Ordering::SeqCst);
+            gone = false;
         }
         self.previous = None;
+        gone
     }
 }
 
@@ -235,67 +274,6 @@ impl Drop for TenantSlot {
     }
 }
 
-/// A channel's retained messages by topic, with when each was stored.
-type ChannelRetained = HashMap<String, (Message, Instant)>;
-
-/// Retained messages, kept by the front-end (the router's own store clears on any empty
-/// payload and drops what does not fit, ROUTER.md §2.7).
-#[derive(Default)]
-pub(crate) struct RetainedStore {
-    by_channel: Mutex<HashMap<(String, String), ChannelRetained>>,
-}
-
-impl RetainedStore {
-    /// Stores a retained message, or clears the topic's when the payload is empty.
-    pub(crate) fn set(&self, tenant: &str, channel: &str, topic: &str, message: Message) {
-        let mut all = self.by_channel.lock();
-        let key = (tenant.to_owned(), channel.to_owned());
-        if message.payload.is_empty() {
-            if let Some(topics) = all.get_mut(&key) {
-                topics.remove(topic);
-                if topics.is_empty() {
-                    all.remove(&key);
-                }
-            }
-            return;
-        }
-        all.entry(key)
-            .or_default()
-            .insert(topic.to_owned(), (message, Instant::now()));
-    }
-
-    /// The retained messages of a channel whose topic matches `filter`, without expired ones
-    /// and with their v5 message expiry counted down.
-    pub(crate) fn matching(&self, tenant: &str, channel: &str, filter: &str) -> Vec<Message> {
-        let mut all = self.by_channel.lock();
-        let Some(topics) = all.get_mut(&(tenant.to_owned(), channel.to_owned())) else {
-            return Vec::new();
-        };
-        topics.retain(|_, (m, at)| !expired(m, *at));
-        topics
-            .iter()
-            .filter(|(t, _)| filter_matches(filter, t))
-            .map(|(_, (m, at))| {
-                let mut m = m.clone();
-                if let Some(p) = &mut m.props
-                    && let Some(left) = &mut p.message_expiry_interval
-                {
-                    let waited = u32::try_from(at.elapsed().as_secs()).unwrap_or(u32::MAX);
-                    *left = left.saturating_sub(waited).max(1);
-                }
-                m
-            })
-            .collect()
-    }
-}
-
-fn expired(m: &Message, stored: Instant) -> bool {
-    m.props
-        .as_ref()
-        .and_then(|p| p.message_expiry_interval)
-        .is_some_and(|secs| stored.elapsed() >= Duration::from_secs(u64::from(secs)))
-}
-
 /// Everything connections share.
 pub(crate) struct Shared<R: Router> {
     pub(crate) config: MqttConfig,
@@ -310,6 +288,8 @@ pub(crate) struct Shared<R: Router> {
     pub(crate) connections: AtomicUsize,
     pub(crate) sessions: SessionStore,
     pub(crate) tenant_connections: TenantConnections,
+    /// Connections of things with a `maxConnections` of their own, by `<tenant>/<thing>`.
+    pub(crate) thing_connections: TenantConnections,
     /// Set once any client asks for v5 no-local; from then on publishes carry their origin.
     pub(crate) no_local_seen: std::sync::atomic::AtomicBool,
     /// Wills waiting out their v5 delay, by router-side id; a reconnect cancels them.
@@ -337,6 +317,7 @@ impl<R: Router> Shared<R> {
             connections: AtomicUsize::new(0),
             sessions: SessionStore::default(),
             tenant_connections: TenantConnections::default(),
+            thing_connections: TenantConnections::default(),
             no_local_seen: std::sync::atomic::AtomicBool::new(false),
             pending_wills: Mutex::default(),
             users: Arc::new(crate::users::Users::new(
@@ -366,50 +347,7 @@ impl<R: Router> Shared<R> {
 
 #[cfg(test)]
 mod tests {
-    use bytes::Bytes;
-
     use super::*;
-
-    fn msg(payload: &'static [u8]) -> Message {
-        Message {
-            topic: Bytes::from_static(b"m/t/c/ch/a"),
-            payload: Bytes::from_static(payload),
-            qos: 0,
-            props: None,
-            retain: false,
-            origin: None,
-            publisher: None,
-            protocol: crate::router::Protocol::Mqtt,
-            created_ns: 0,
-        }
-    }
-
-    #[test]
-    fn retained_messages_are_per_channel_and_cleared_by_an_empty_payload() {
-        let r = RetainedStore::default();
-        r.set("t", "ch", "m/t/c/ch/a", msg(b"1"));
-        r.set("t", "ch", "m/t/c/ch/b", msg(b"2"));
-        r.set("u", "ch", "m/u/c/ch/a", msg(b"3"));
-        assert_eq!(r.matching("t", "ch", "m/t/c/ch/#").len(), 2);
-        assert_eq!(r.matching("t", "ch", "m/t/c/ch/a").len(), 1);
-        r.set("t", "ch", "m/t/c/ch/a", msg(b""));
-        assert_eq!(r.matching("t", "ch", "m/t/c/ch/#").len(), 1);
-        assert_eq!(r.matching("u", "ch", "m/u/c/ch/#").len(), 1);
-    }
-
-    #[test]
-    fn expired_retained_messages_are_not_served() {
-        let r = RetainedStore::default();
-        let mut m = msg(b"1");
-        m.props = Some(Box::new(crate::router::MessageProps {
-            message_expiry_interval: Some(1),
-            ..Default::default()
-        }));
-        r.set("t", "ch", "m/t/c/ch/a", m);
-        assert_eq!(r.matching("t", "ch", "m/t/c/ch/#").len(), 1);
-        std::thread::sleep(Duration::from_millis(1100));
-        assert!(r.matching("t", "ch", "m/t/c/ch/#").is_empty());
-    }
 
     #[test]
     fn tenant_slots_count_until_dropped() {
@@ -428,7 +366,7 @@ mod tests {
         let mut second = reg.register("a".into());
         assert_eq!(first.kicked().await, Kick::TakenOver);
         let waiting = tokio::spawn(async move {
-            second.predecessor_gone().await;
+            second.predecessor_gone(Duration::from_secs(60)).await;
             second
         });
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -438,5 +376,23 @@ mod tests {
         assert_eq!(reg.len(), 1);
         drop(second);
         assert_eq!(reg.len(), 0);
+    }
+
+    #[tokio::test]
+    async fn takeover_waits_a_bounded_time_then_abandons_the_old_session() {
+        let reg = Arc::new(Registry::default());
+        let first = reg.register("a".into());
+        let mut second = reg.register("a".into());
+        assert!(first.was_kicked());
+        let started = std::time::Instant::now();
+        assert!(!second.predecessor_gone(Duration::from_millis(100)).await);
+        assert!(started.elapsed() < Duration::from_secs(2));
+        assert!(first.abandoned());
+        // The old session ending late does not take the id from its successor.
+        drop(first);
+        assert_eq!(reg.len(), 1);
+        let mut third = reg.register("a".into());
+        drop(second);
+        assert!(third.predecessor_gone(Duration::from_millis(100)).await);
     }
 }

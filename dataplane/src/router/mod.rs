@@ -15,12 +15,14 @@ pub use self::routes::DEFAULT_BUCKETS;
 pub(crate) use self::routes::channel_key;
 pub use self::rumqttd::{RumqttdConfig, RumqttdRouter};
 
-/// Who a router session belongs to: the router-side client id is derived from all three parts,
-/// so a client can only ever meet sessions of its own thing in its own tenant.
+/// Who a router session belongs to: the router-side client id is derived from every part, so
+/// a client can only ever meet sessions of its own subject (thing or user) in its own tenant.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct SessionKey {
     /// The subject's tenant.
     pub tenant: String,
+    /// Thing or user: a user and a thing of the same name never share a session.
+    pub kind: PublisherKind,
     /// The thing (or user) name.
     pub subject: String,
     /// The MQTT client id the client chose (or was assigned).
@@ -28,29 +30,43 @@ pub struct SessionKey {
 }
 
 impl SessionKey {
-    /// A reversible id free of `/ + # $` (which rumqttd refuses in client ids): each part is
-    /// percent-encoded for `/ + # $ % :` and the parts are joined with `:`.
-    pub fn router_id(&self) -> String {
-        let mut out = String::with_capacity(
-            self.tenant.len() + self.subject.len() + self.client_id.len() + 2,
-        );
-        for (i, part) in [&self.tenant, &self.subject, &self.client_id]
-            .into_iter()
-            .enumerate()
-        {
-            if i > 0 {
-                out.push(':');
-            }
-            for c in part.chars() {
-                match c {
-                    '/' | '+' | '#' | '$' | '%' | ':' => {
-                        out.push_str(&format!("%{:02X}", c as u32));
-                    }
-                    c => out.push(c),
-                }
-            }
+    /// The key of `subject`'s session with `client_id`.
+    pub fn of(subject: &fleetward_policy::Subject, client_id: String) -> Self {
+        Self {
+            tenant: subject.tenant.clone(),
+            kind: Publisher::kind_of(subject),
+            subject: subject.name.clone(),
+            client_id,
         }
+    }
+
+    /// A reversible id free of `/ + # $` (which rumqttd refuses in client ids):
+    /// `<tenant>:<thing|user>:<name>:<client-id>`, each free part percent-encoded for
+    /// `/ + # $ % :`.
+    pub fn router_id(&self) -> String {
+        let kind = self.kind.as_str();
+        let mut out = String::with_capacity(
+            self.tenant.len() + kind.len() + self.subject.len() + self.client_id.len() + 3,
+        );
+        push_encoded(&mut out, &self.tenant);
+        out.push(':');
+        out.push_str(kind);
+        out.push(':');
+        push_encoded(&mut out, &self.subject);
+        out.push(':');
+        push_encoded(&mut out, &self.client_id);
         out
+    }
+}
+
+fn push_encoded(out: &mut String, part: &str) {
+    for c in part.chars() {
+        match c {
+            '/' | '+' | '#' | '$' | '%' | ':' => {
+                out.push_str(&format!("%{:02X}", c as u32));
+            }
+            c => out.push(c),
+        }
     }
 }
 
@@ -147,11 +163,16 @@ impl Publisher {
     /// The publisher of an authenticated subject.
     pub fn of(subject: &fleetward_policy::Subject) -> Self {
         Self {
-            kind: match subject.kind {
-                fleetward_policy::SubjectKind::Thing => PublisherKind::Thing,
-                fleetward_policy::SubjectKind::User => PublisherKind::User,
-            },
+            kind: Self::kind_of(subject),
             name: subject.name.as_str().into(),
+        }
+    }
+
+    /// The kind of an authenticated subject.
+    pub fn kind_of(subject: &fleetward_policy::Subject) -> PublisherKind {
+        match subject.kind {
+            fleetward_policy::SubjectKind::Thing => PublisherKind::Thing,
+            fleetward_policy::SubjectKind::User => PublisherKind::User,
         }
     }
 }
@@ -349,6 +370,7 @@ mod tests {
     fn key(t: &str, s: &str, c: &str) -> SessionKey {
         SessionKey {
             tenant: t.into(),
+            kind: PublisherKind::Thing,
             subject: s.into(),
             client_id: c.into(),
         }
@@ -358,7 +380,7 @@ mod tests {
     fn router_ids_have_no_forbidden_characters_and_do_not_collide() {
         let id = key("acme", "sensor-1", "a/b+#$%:c").router_id();
         assert!(!id.contains(['/', '+', '#', '$']), "{id}");
-        assert_eq!(id, "acme:sensor-1:a%2Fb%2B%23%24%25%3Ac");
+        assert_eq!(id, "acme:thing:sensor-1:a%2Fb%2B%23%24%25%3Ac");
         // A client id that looks like another thing's key stays distinct.
         assert_ne!(
             key("a", "b:c", "d").router_id(),
@@ -368,5 +390,20 @@ mod tests {
             key("a", "b", "c/d").router_id(),
             key("a", "b/c", "d").router_id()
         );
+    }
+
+    #[test]
+    fn a_user_and_a_thing_of_the_same_name_have_different_router_ids() {
+        let thing = key("acme", "ops", "c1");
+        let user = SessionKey {
+            kind: PublisherKind::User,
+            ..thing.clone()
+        };
+        assert_ne!(thing, user);
+        assert_ne!(thing.router_id(), user.router_id());
+        assert_eq!(user.router_id(), "acme:user:ops:c1");
+        // A name cannot pose as a kind: `:` in a name is encoded.
+        let posing = key("acme", "user:ops", "c1");
+        assert_ne!(posing.router_id(), user.router_id());
     }
 }

@@ -329,22 +329,55 @@ fn endpoint(url: &str, config: &SyncConfig) -> Result<Endpoint, SyncError> {
     Ok(e)
 }
 
-/// Writes every new snapshot, newest first: a burst of updates costs one write.
+/// Writes every new snapshot, newest first: a burst of updates costs one write. A write that
+/// fails is logged once and tried again with a growing delay (or with the next snapshot).
 async fn persist(dir: PathBuf, mut rx: watch::Receiver<Option<Stored>>) {
+    use backon::BackoffBuilder as _;
     rx.mark_unchanged();
-    while rx.changed().await.is_ok() {
+    let mut failing: Option<backon::ExponentialBackoff> = None;
+    loop {
+        if failing.is_none() {
+            if rx.changed().await.is_err() {
+                return;
+            }
+        } else {
+            let delay = failing
+                .as_mut()
+                .and_then(Iterator::next)
+                .unwrap_or(Duration::from_secs(30));
+            tokio::select! {
+                changed = rx.changed() => if changed.is_err() { return },
+                () = tokio::time::sleep(delay) => {}
+            }
+        }
         let Some(stored) = rx.borrow_and_update().clone() else {
             continue;
         };
         let dir = dir.clone();
         let version = stored.snapshot.version();
         match tokio::task::spawn_blocking(move || store::save(&dir, &stored)).await {
-            Ok(Ok(())) => tracing::debug!(version, "persisted the policy snapshot"),
-            Ok(Err(e)) => tracing::error!(
-                error = %e,
-                "cannot persist the policy snapshot; a restart without an operator would \
-                 start from an older one"
-            ),
+            Ok(Ok(())) => {
+                if failing.take().is_some() {
+                    tracing::info!(version, "the policy snapshot is persisted again");
+                }
+                tracing::debug!(version, "persisted the policy snapshot");
+            }
+            Ok(Err(e)) => {
+                if failing.is_none() {
+                    tracing::error!(
+                        error = %e,
+                        "cannot persist the policy snapshot; retrying (a restart without an \
+                         operator would start from an older one until it works)"
+                    );
+                    failing = Some(
+                        backon::ExponentialBuilder::default()
+                            .with_min_delay(Duration::from_millis(500))
+                            .with_max_delay(Duration::from_secs(30))
+                            .without_max_times()
+                            .build(),
+                    );
+                }
+            }
             Err(e) => tracing::error!(error = %e, "the policy snapshot writer panicked"),
         }
     }

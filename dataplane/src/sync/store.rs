@@ -83,7 +83,7 @@ pub fn load(dir: &Path) -> Result<Option<Stored>, StoreError> {
 /// Writes the snapshot so that a crash at any point leaves either the old file or the new one:
 /// a temporary file, fsync, rename over the old one, fsync of the directory.
 pub fn save(dir: &Path, stored: &Stored) -> Result<(), StoreError> {
-    std::fs::create_dir_all(dir).map_err(io(dir))?;
+    private_dir(dir).map_err(io(dir))?;
     let bytes = pb::StoredSnapshot {
         snapshot: Some(snapshot_to_proto(&stored.snapshot)),
         lineage: stored.lineage.clone(),
@@ -92,7 +92,7 @@ pub fn save(dir: &Path, stored: &Stored) -> Result<(), StoreError> {
     .encode_to_vec();
     let tmp = dir.join(format!(".{SNAPSHOT_FILE}.tmp"));
     let path = dir.join(SNAPSHOT_FILE);
-    let mut file = std::fs::File::create(&tmp).map_err(io(&tmp))?;
+    let mut file = private_file(&tmp).map_err(io(&tmp))?;
     file.write_all(&bytes).map_err(io(&tmp))?;
     file.sync_all().map_err(io(&tmp))?;
     drop(file);
@@ -102,6 +102,41 @@ pub fn save(dir: &Path, stored: &Stored) -> Result<(), StoreError> {
         .and_then(|d| d.sync_all())
         .map_err(io(dir))?;
     Ok(())
+}
+
+/// Creates `dir` (and its parents) with mode 0700, and makes an existing one 0700: the
+/// snapshot names every tenant and thing.
+fn private_dir(dir: &Path) -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::{DirBuilderExt as _, PermissionsExt as _};
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)?;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+    }
+    #[cfg(not(unix))]
+    std::fs::create_dir_all(dir)
+}
+
+/// Creates or truncates `path` with mode 0600 (also when a stale one had another mode); the
+/// rename keeps the mode, so the snapshot file is 0600 too.
+fn private_file(path: &Path) -> std::io::Result<std::fs::File> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(path)?;
+        file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+        Ok(file)
+    }
+    #[cfg(not(unix))]
+    std::fs::File::create(path)
 }
 
 #[cfg(test)]

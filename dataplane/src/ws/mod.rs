@@ -7,15 +7,17 @@ mod session;
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use axum::Extension;
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
-use axum::extract::ws::{WebSocketUpgrade, close_code};
+use axum::extract::ws::{CloseFrame, Message as WsMessage, WebSocketUpgrade, close_code};
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use fleetward_policy::{Action, Decision, DenyReason, TopicLimits, parse_filter};
 
 use crate::http::{self, ApiError};
-use crate::mqtt::Shared;
+use crate::listener::{self, AuthHandle};
+use crate::mqtt::{ConnectionSlots, Shared};
 use crate::router::{Publisher, Router};
 
 /// Close codes of plain WebSocket streams (4000–4999 are the application's, RFC 6455 7.4.2).
@@ -44,6 +46,7 @@ fn upgrade_required() -> Response {
 /// `GET /mqtt`: MQTT over WebSocket, through the same front-end as MQTT over TCP.
 pub(crate) async fn mqtt<R: Router>(
     State(shared): State<Arc<Shared<R>>>,
+    socket: Option<Extension<AuthHandle>>,
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
     let Ok(upgrade) = upgrade else {
@@ -55,8 +58,13 @@ pub(crate) async fn mqtt<R: Router>(
         .protocols([MQTT_SUBPROTOCOL])
         .max_message_size(max)
         .max_frame_size(max)
-        .on_upgrade(move |socket| async move {
-            crate::mqtt::serve_stream(shared, bytes::WsBytes::new(socket)).await;
+        .on_upgrade(move |ws| async move {
+            let serve = crate::mqtt::serve_stream(shared, bytes::WsBytes::new(ws));
+            // The socket stays pending until the CONNECT over it is accepted.
+            match socket {
+                Some(Extension(handle)) => listener::scope(handle, serve).await,
+                None => serve.await,
+            }
         })
 }
 
@@ -65,6 +73,7 @@ pub(crate) async fn stream<R: Router>(
     State(shared): State<Arc<Shared<R>>>,
     Path(params): Path<HashMap<String, String>>,
     headers: HeaderMap,
+    socket: Option<Extension<AuthHandle>>,
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
     let Ok(upgrade) = upgrade else {
@@ -77,6 +86,20 @@ pub(crate) async fn stream<R: Router>(
             return e.into_response();
         }
     };
+    // A stream is a connection of its tenant like any other: counted before it takes a
+    // router session.
+    let snapshot = shared.snapshot();
+    let slot = match ConnectionSlots::acquire(&shared, &snapshot, &stream.subject) {
+        Ok(slot) => slot,
+        Err(over) => {
+            shared.metrics.refused("ws", over.label());
+            let reason = over.message(&stream.subject);
+            return close_at_once(upgrade, close_code::POLICY, reason);
+        }
+    };
+    if let Some(Extension(handle)) = &socket {
+        handle.authenticated();
+    }
     // Subscribed before the handshake is answered, so a client that publishes right after
     // it opened the stream sees its own messages.
     let link = match session::subscribe(&shared, &stream).await {
@@ -88,7 +111,31 @@ pub(crate) async fn stream<R: Router>(
         .protocols([http::WS_PROTOCOL])
         .max_message_size(max)
         .max_frame_size(max)
-        .on_upgrade(move |socket| session::run(shared, socket, stream, link))
+        .on_upgrade(move |ws| async move {
+            let _slot = slot;
+            session::run(shared, ws, stream, link).await;
+        })
+}
+
+/// Completes the upgrade only to close the stream with `code` and `reason` (cut to the 123
+/// bytes a close frame holds).
+fn close_at_once(upgrade: WebSocketUpgrade, code: u16, mut reason: String) -> Response {
+    if reason.len() > 123 {
+        let mut end = 123;
+        while !reason.is_char_boundary(end) {
+            end -= 1;
+        }
+        reason.truncate(end);
+    }
+    upgrade
+        .protocols([http::WS_PROTOCOL])
+        .on_upgrade(move |mut ws| async move {
+            let frame = CloseFrame {
+                code,
+                reason: reason.into(),
+            };
+            let _ = ws.send(WsMessage::Close(Some(frame))).await;
+        })
 }
 
 /// Authenticates and checks the subscription before the upgrade, so refusals are plain HTTP.

@@ -57,12 +57,11 @@ pub(crate) async fn subscribe<R: Router>(
     shared: &Shared<R>,
     stream: &Stream,
 ) -> Result<Link<R::Link>, ApiError> {
-    let key = SessionKey {
-        tenant: stream.tenant.clone(),
-        subject: stream.subject.name.clone(),
-        // Random, so it never meets an MQTT session's router state.
-        client_id: format!("ws-{}", crate::mqtt::random_client_id()),
-    };
+    // A random client id, so it never meets an MQTT session's router state.
+    let key = SessionKey::of(
+        &stream.subject,
+        format!("ws-{}", crate::mqtt::random_client_id()),
+    );
     let unavailable = |e: crate::router::RouterError| {
         tracing::error!(error = %e, "could not attach a WebSocket stream to the router");
         let mut e = ApiError::new(
@@ -152,15 +151,21 @@ impl<R: Router> Conn<R> {
                 frame = self.socket.recv() => match frame {
                     None | Some(Err(_)) | Some(Ok(WsMessage::Close(_))) => return None,
                     Some(Ok(WsMessage::Text(text))) => {
-                        let reply = self.on_text(text.as_str(), link);
+                        let (reply, close) = self.on_text(text.as_str(), link);
                         if !self.send(WsMessage::Text(reply.into())).await {
                             return None;
                         }
+                        if close.is_some() {
+                            return close;
+                        }
                     }
                     Some(Ok(WsMessage::Binary(payload))) => {
-                        let reply = self.on_binary(payload, link);
+                        let (reply, close) = self.on_binary(payload, link);
                         if !self.send(WsMessage::Text(reply.into())).await {
                             return None;
+                        }
+                        if close.is_some() {
+                            return close;
                         }
                     }
                     // Pings are answered by the WebSocket layer.
@@ -233,7 +238,9 @@ impl<R: Router> Conn<R> {
         Ok(())
     }
 
-    fn on_text(&self, text: &str, link: &mut R::Link) -> String {
+    /// The answer frame to a client frame, and the close that follows it when the publish was
+    /// over a size limit or a quota.
+    fn on_text(&self, text: &str, link: &mut R::Link) -> (String, Option<Close>) {
         let p: ClientPublish = match serde_json::from_str(text) {
             Ok(p) => p,
             Err(e) => {
@@ -245,18 +252,18 @@ impl<R: Router> Conn<R> {
                          \"base64\"?, \"content_type\"?, \"qos\"?, \"retain\"?, \"id\"?}}: {e}"
                     ),
                 );
-                return answer(None, e.body(), false);
+                return (answer(None, e.body(), false), None);
             }
         };
         let id = p.id.clone();
         let result = self.publish_frame(p, link);
         match result {
-            Ok(body) => answer(id.as_ref(), body, true),
-            Err(e) => answer(id.as_ref(), e.body(), false),
+            Ok(body) => (answer(id.as_ref(), body, true), None),
+            Err(e) => (answer(id.as_ref(), e.body(), false), closing(&e)),
         }
     }
 
-    fn on_binary(&self, payload: Bytes, link: &mut R::Link) -> String {
+    fn on_binary(&self, payload: Bytes, link: &mut R::Link) -> (String, Option<Close>) {
         let p = PublishFrame {
             topic: None,
             payload,
@@ -265,8 +272,8 @@ impl<R: Router> Conn<R> {
             retain: false,
         };
         match self.publish(p, link) {
-            Ok(body) => answer(None, body, true),
-            Err(e) => answer(None, e.body(), false),
+            Ok(body) => (answer(None, body, true), None),
+            Err(e) => (answer(None, e.body(), false), closing(&e)),
         }
     }
 
@@ -359,6 +366,22 @@ impl<R: Router> Conn<R> {
             }
         }
     }
+}
+
+/// The close that follows a refused publish over a limit: 1009 (message too big) for a size,
+/// 1008 (policy violation) for a quota. Other refusals only answer the frame.
+fn closing(e: &ApiError) -> Option<Close> {
+    let code = match e.error {
+        "too_large" | "too_many_user_properties" => axum::extract::ws::close_code::SIZE,
+        "quota_exceeded" => axum::extract::ws::close_code::POLICY,
+        _ => return None,
+    };
+    // A close reason is at most 123 bytes.
+    let mut reason = e.message.clone();
+    while reason.len() > 123 {
+        reason.pop();
+    }
+    Some(Close(code, reason))
 }
 
 struct PublishFrame {

@@ -27,6 +27,7 @@ fn thing(tenant: &str, name: &str, mountpoint: Option<&str>) -> Thing {
         key_digests: vec![KeyDigest::of(key(tenant, name).as_bytes())],
         disabled: false,
         mountpoint: mountpoint.map(str::to_owned),
+        max_connections: None,
     }
 }
 

@@ -95,6 +95,8 @@ pub(crate) fn resolve(
                 max_message_size: limits.max_message_size,
                 publish_rate: limits.publish_rate,
                 publish_burst: limits.publish_burst,
+                max_retained_messages: limits.max_retained_messages,
+                max_retained_bytes: limits.max_retained_bytes,
             },
         }),
         ..Resolution::default()
@@ -282,6 +284,7 @@ impl<'a> Resolver<'a> {
                 key_digests: digests,
                 disabled: thing.spec.disabled,
                 mountpoint: thing.spec.mountpoint.clone(),
+                max_connections: thing.spec.max_connections,
             });
             served.insert(name.as_str());
             let r = if thing.spec.disabled {

@@ -392,6 +392,28 @@ fn things_beyond_the_limit_are_refused_oldest_first_served() {
 }
 
 #[test]
+fn retained_quotas_reach_the_snapshot() {
+    let mut index = Index::new();
+    index.apply(mk_tenant(
+        "acme",
+        crds::TenantSpec {
+            limits: Some(crds::TenantLimits {
+                max_retained_messages: Some(5),
+                max_retained_bytes: Some(1 << 20),
+                ..Default::default()
+            }),
+            ..tenant_spec()
+        },
+    ));
+    index.commit();
+    let limits = &index.snapshot().tenant("acme").expect("served").limits;
+    assert_eq!(
+        (limits.max_retained_messages, limits.max_retained_bytes),
+        (Some(5), Some(1 << 20))
+    );
+}
+
+#[test]
 fn thing_keys_rotate_and_weak_or_missing_keys_are_refused() {
     let mut index = Index::new();
     mk_acme(&mut index);

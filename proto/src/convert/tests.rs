@@ -36,8 +36,9 @@ fn arb_tenant() -> impl Strategy<Value = Tenant> {
             opt_u32(),
             opt_u32(),
         ),
+        (opt_u32(), prop::option::of(any::<u64>())),
     )
-        .prop_map(|(name, suspended, (a, b, c, d, e, f))| Tenant {
+        .prop_map(|(name, suspended, (a, b, c, d, e, f), (g, h))| Tenant {
             name,
             suspended,
             limits: TenantLimits {
@@ -47,6 +48,8 @@ fn arb_tenant() -> impl Strategy<Value = Tenant> {
                 max_message_size: d,
                 publish_rate: e,
                 publish_burst: f,
+                max_retained_messages: g,
+                max_retained_bytes: h,
             },
         })
 }
@@ -58,14 +61,18 @@ fn arb_thing() -> impl Strategy<Value = Thing> {
         prop::collection::vec(any::<[u8; 32]>(), 0..3),
         any::<bool>(),
         prop::option::of(name()),
+        prop::option::of(1u32..100_000),
     )
-        .prop_map(|(tenant, name, keys, disabled, mountpoint)| Thing {
-            tenant,
-            name,
-            key_digests: keys.into_iter().map(KeyDigest::from_bytes).collect(),
-            disabled,
-            mountpoint,
-        })
+        .prop_map(
+            |(tenant, name, keys, disabled, mountpoint, max_connections)| Thing {
+                tenant,
+                name,
+                key_digests: keys.into_iter().map(KeyDigest::from_bytes).collect(),
+                disabled,
+                mountpoint,
+                max_connections,
+            },
+        )
 }
 
 fn arb_user() -> impl Strategy<Value = User> {

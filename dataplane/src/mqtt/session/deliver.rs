@@ -1,11 +1,11 @@
 //! Outbound delivery: QoS selection, packet ids, the in-flight window, v5 properties.
 
 use bytes::Bytes;
-use fleetward_policy::filter_matches;
+use fleetward_policy::{Action, Decision, Snapshot, filter_matches, parse_topic_name};
 use rumqttd::protocol::{Packet, PubRel, PubRelReason, Publish, PublishProperties};
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use super::{OutMsg, Outbound, Session};
+use super::{OutMsg, Outbound, Session, limits};
 use crate::mqtt::codec::{Version, publish_props, publish_with_id};
 use crate::router::{Message, Router};
 
@@ -79,6 +79,11 @@ impl<R: Router, S: AsyncRead + AsyncWrite + Unpin + Send> Session<R, S> {
                 let metadata = message.metadata_properties();
                 let mut p = message.props.map(|b| *b).unwrap_or_default();
                 p.user_properties.extend(metadata);
+                if let (Some(m), Some(rt)) = (&self.acc.mount, &p.response_topic) {
+                    // Relative to the mountpoint, like the topic; one outside it is of no use
+                    // to a client whose every publish is taken relative to it.
+                    p.response_topic = m.unmount(rt).map(str::to_owned);
+                }
                 (!p.is_empty() || !ids.is_empty()).then(|| publish_props(p, ids))
             }
         };
@@ -170,8 +175,10 @@ impl<R: Router, S: AsyncRead + AsyncWrite + Unpin + Send> Session<R, S> {
     }
 
     /// After a persistent session resumes: resends what the client had not acknowledged, in
-    /// packet-id order, with DUP set (PUBREL for what it had received).
+    /// packet-id order, with DUP set (PUBREL for what it had received). Each message is
+    /// authorized again as a new delivery would be; refused ones are dropped and counted.
     pub(super) fn resend_inflight(&mut self) {
+        let snapshot = self.policy_now();
         let mut ids: Vec<u16> = self.inflight.keys().copied().collect();
         ids.sort_unstable();
         for pkid in ids {
@@ -179,10 +186,18 @@ impl<R: Router, S: AsyncRead + AsyncWrite + Unpin + Send> Session<R, S> {
                 continue;
             };
             let packet = match state {
-                Outbound::Qos1Sent | Outbound::Qos2Sent => Packet::Publish(
-                    publish_with_id(&out.topic, &out.payload, out.qos, pkid, out.retain, true),
-                    out.props.clone(),
-                ),
+                Outbound::Qos1Sent | Outbound::Qos2Sent => {
+                    if let Err(why) = self.may_redeliver(&snapshot, &out.topic) {
+                        // Nothing upstream waits for it: the router only ever sees QoS 0.
+                        self.inflight.remove(&pkid);
+                        self.shared.metrics.refused("resend", why);
+                        continue;
+                    }
+                    Packet::Publish(
+                        publish_with_id(&out.topic, &out.payload, out.qos, pkid, out.retain, true),
+                        out.props.clone(),
+                    )
+                }
                 Outbound::Released => Packet::PubRel(
                     PubRel {
                         pkid,
@@ -192,6 +207,37 @@ impl<R: Router, S: AsyncRead + AsyncWrite + Unpin + Send> Session<R, S> {
                 ),
             };
             self.write(packet);
+        }
+    }
+
+    /// Whether a message this session delivered before (on its client-side `topic`) may be
+    /// delivered again now: a live subscription still matches it, and the subject may still
+    /// subscribe to that very topic (grants, subtopic denies, subject and tenant state).
+    fn may_redeliver(&self, snapshot: &Snapshot, topic: &[u8]) -> Result<(), &'static str> {
+        let full = match &self.acc.mount {
+            Some(m) => m
+                .mount_topic_name(topic, &limits())
+                .map_err(|e| e.as_str())?,
+            None => std::str::from_utf8(topic)
+                .map_err(|_| "invalid_utf8")?
+                .to_owned(),
+        };
+        let parsed = parse_topic_name(&full, &limits()).map_err(|e| e.as_str())?;
+        let decision =
+            self.shared
+                .cache
+                .authorize(snapshot, &self.acc.subject, Action::Subscribe, &parsed);
+        if let Decision::Deny(why) = decision {
+            return Err(why.as_str());
+        }
+        let subscribed = self.subs.matching(&full).any(|sub| {
+            std::str::from_utf8(topic)
+                .is_ok_and(|t| self.acc.mount.is_none() || filter_matches(&sub.client, t))
+        });
+        if subscribed {
+            Ok(())
+        } else {
+            Err("no_subscription")
         }
     }
 }

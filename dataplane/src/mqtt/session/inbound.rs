@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use fleetward_policy::Snapshot;
+use fleetward_policy::{Mountpoint, Snapshot, TopicError, parse_topic_name};
 use rumqttd::protocol::{
     DisconnectReasonCode, Packet, PubAck, PubAckReason, PubRec, PubRecReason, Publish,
     PublishProperties,
@@ -25,7 +25,67 @@ pub(super) struct Throttled {
     pkid: u16,
 }
 
+/// Checks a v5 response topic (of a PUBLISH or a will) as a topic name, and mounts it for a
+/// mounted thing as its topic is. `Ok(None)`: it stays as it is.
+pub(crate) fn mount_response_topic(
+    mount: Option<&Mountpoint>,
+    topic: &str,
+) -> Result<Option<String>, TopicError> {
+    match mount {
+        Some(m) => m.mount_topic_name(topic.as_bytes(), &limits()).map(Some),
+        None => parse_topic_name(topic, &limits()).map(|_| None),
+    }
+}
+
+/// Whether a refused response topic breaks MQTT itself (wildcards, empty, NUL: MQTT 5
+/// 3.3.2.3.5), rather than Fleetward's topic grammar.
+pub(crate) fn response_topic_is_protocol_error(e: TopicError) -> bool {
+    matches!(
+        e,
+        TopicError::Empty
+            | TopicError::InvalidUtf8
+            | TopicError::ContainsNul
+            | TopicError::WildcardInTopicName
+            | TopicError::HashNotLast
+            | TopicError::PartialWildcard
+    )
+}
+
 impl<R: Router, S: AsyncRead + AsyncWrite + Unpin + Send> Session<R, S> {
+    /// Refuses a v5 publish whose response topic is not one: a wildcard or an empty one is a
+    /// protocol error (DISCONNECT 0x82); a valid MQTT name outside Fleetward's topics is
+    /// answered 0x83 on the publish's ack (a QoS 0 one is dropped), and counted.
+    fn refuse_response_topic(&mut self, qos: u8, pkid: u16, e: TopicError) -> Flow {
+        if response_topic_is_protocol_error(e) {
+            return self.end_with(
+                DisconnectReasonCode::ProtocolError,
+                "publish",
+                "response_topic_invalid",
+            );
+        }
+        self.shared
+            .metrics
+            .refused("publish", "response_topic_invalid");
+        match qos {
+            0 => {}
+            1 => self.write(Packet::PubAck(
+                PubAck {
+                    pkid,
+                    reason: PubAckReason::ImplementationSpecificError,
+                },
+                None,
+            )),
+            _ => self.write(Packet::PubRec(
+                PubRec {
+                    pkid,
+                    reason: PubRecReason::ImplementationSpecificError,
+                },
+                None,
+            )),
+        }
+        Flow::Continue
+    }
+
     fn refuse_publish(&mut self, qos: u8, pkid: u16, label: &'static str) -> Flow {
         self.shared.metrics.refused("publish", label);
         match (self.codec.version(), qos) {
@@ -54,6 +114,36 @@ impl<R: Router, S: AsyncRead + AsyncWrite + Unpin + Send> Session<R, S> {
         }
     }
 
+    /// A publish over its tenant's retained-message quota: v5 PUBACK/PUBREC 0x97 (a QoS 0 one
+    /// is dropped, and counted); v3 has no code for it and is disconnected.
+    fn refuse_over_quota(&mut self, qos: u8, pkid: u16, label: &'static str) -> Flow {
+        self.shared.metrics.refused("limit", label);
+        match (self.codec.version(), qos) {
+            (Version::V4, _) => Flow::End(End::Closed),
+            (Version::V5, 0) => Flow::Continue,
+            (Version::V5, 1) => {
+                self.write(Packet::PubAck(
+                    PubAck {
+                        pkid,
+                        reason: PubAckReason::QuotaExceeded,
+                    },
+                    None,
+                ));
+                Flow::Continue
+            }
+            (Version::V5, _) => {
+                self.write(Packet::PubRec(
+                    PubRec {
+                        pkid,
+                        reason: PubRecReason::QuotaExceeded,
+                    },
+                    None,
+                ));
+                Flow::Continue
+            }
+        }
+    }
+
     pub(super) fn on_publish(
         &mut self,
         publish: Publish,
@@ -72,6 +162,13 @@ impl<R: Router, S: AsyncRead + AsyncWrite + Unpin + Send> Session<R, S> {
                     "publish",
                     "subscription_id_in_publish",
                 ));
+            }
+            if let Some(rt) = &mut p.response_topic {
+                match mount_response_topic(self.acc.mount.as_ref(), rt) {
+                    Ok(None) => {}
+                    Ok(Some(full)) => *rt = full,
+                    Err(e) => return Step::Done(self.refuse_response_topic(qos, pkid, e)),
+                }
             }
             if let Some(alias) = p.topic_alias.take() {
                 if alias == 0 || alias > self.shared.config.topic_alias_max {
@@ -230,6 +327,17 @@ impl<R: Router, S: AsyncRead + AsyncWrite + Unpin + Send> Session<R, S> {
                     DisconnectReasonCode::PacketTooLarge,
                     "limit",
                     "message_size",
+                ));
+            }
+            Err(PublishRefusal::Quota(q)) => {
+                return Ok(self.refuse_over_quota(qos, pkid, q.as_str()));
+            }
+            // MQTT 5 has no PUBACK code for it: the packet as a whole is refused.
+            Err(PublishRefusal::TooManyUserProperties { .. }) => {
+                return Ok(self.end_with(
+                    DisconnectReasonCode::PacketTooLarge,
+                    "limit",
+                    "user_properties",
                 ));
             }
             Err(PublishRefusal::Rate { .. }) if self.codec.version() == Version::V5 => {

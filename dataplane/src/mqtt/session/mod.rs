@@ -5,6 +5,7 @@ mod inbound;
 mod persist;
 mod subscriptions;
 
+pub(crate) use inbound::{mount_response_topic, response_topic_is_protocol_error};
 pub(crate) use persist::{SavedSession, SessionStore, clear_in_router};
 
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -223,6 +224,13 @@ impl<R: Router, S: AsyncRead + AsyncWrite + Unpin + Send> Session<R, S> {
         self.count_delivered();
         tracing::debug!(client = %self.acc.key.router_id(), ?end, "session ended");
         let shared = self.shared.clone();
+        if self.acc.registration.abandoned() {
+            // Its successor stopped waiting and owns the router session, the saved state and
+            // the will's place now. The link is dropped without a word to the router: the
+            // router already handed its connection to the successor (ROUTER.md §2.6).
+            drop(self.link.take());
+            return;
+        }
         if !self.acc.expiry.is_zero() {
             // Persistent: keep our half; the router keeps its half on detach.
             let saved = SavedSession::new(
@@ -279,9 +287,14 @@ impl<R: Router, S: AsyncRead + AsyncWrite + Unpin + Send> Session<R, S> {
             self.count_delivered();
             if !self.wbuf.is_empty() {
                 let write = self.stream.write_all(&self.wbuf);
-                // A peer that stops reading costs its own connection only.
-                let written = tokio::time::timeout(self.shared.config.write_timeout, write).await;
-                if !matches!(written, Ok(Ok(()))) {
+                // A peer that stops reading costs its own connection only, and does not hold
+                // up a takeover.
+                let write = tokio::time::timeout(self.shared.config.write_timeout, write);
+                let written = tokio::select! {
+                    written = write => matches!(written, Ok(Ok(()))),
+                    _ = self.acc.registration.kicked() => false,
+                };
+                if !written {
                     return End::Unclean;
                 }
                 self.wbuf.clear();
@@ -303,7 +316,9 @@ impl<R: Router, S: AsyncRead + AsyncWrite + Unpin + Send> Session<R, S> {
                         }
                     }
                 },
-                message = receive(&mut self.link), if can_receive => match message.map(|m| {
+                // Not once taken over: the router may give this link's connection to the
+                // successor (ROUTER.md §2.6).
+                message = receive(&mut self.link), if can_receive && !self.acc.registration.was_kicked() => match message.map(|m| {
                     self.deliver(m, false);
                     self.deliver_ready()
                 }) {
@@ -346,10 +361,15 @@ impl<R: Router, S: AsyncRead + AsyncWrite + Unpin + Send> Session<R, S> {
         }
     }
 
-    /// Writes what is buffered before the connection closes, within the write timeout.
+    /// Writes what is buffered before the connection closes, within the write timeout (a
+    /// taken-over session within a second, well inside the successor's wait).
     async fn flush_last(&mut self) {
+        let mut bound = self.shared.config.write_timeout;
+        if self.acc.registration.was_kicked() {
+            bound = bound.min(Duration::from_secs(1));
+        }
         let write = self.stream.write_all(&self.wbuf);
-        let _ = tokio::time::timeout(self.shared.config.write_timeout, write).await;
+        let _ = tokio::time::timeout(bound, write).await;
     }
 
     fn write(&mut self, packet: Packet) {
@@ -425,7 +445,12 @@ impl<R: Router, S: AsyncRead + AsyncWrite + Unpin + Send> Session<R, S> {
             return Flow::Continue;
         }
         let n = self.outbox.len() as u64;
-        let routed = match self.link.as_mut() {
+        // An abandoned session's link may be its successor's connection in the router now.
+        let own_link = self
+            .link
+            .as_mut()
+            .filter(|_| !self.acc.registration.abandoned());
+        let routed = match own_link {
             Some(link) => link.publish_batch(&mut self.outbox),
             None => self.shared.router.publish_batch(&mut self.outbox),
         };
@@ -482,6 +507,10 @@ impl<R: Router, S: AsyncRead + AsyncWrite + Unpin + Send> Session<R, S> {
 
     async fn handle_frames(&mut self) -> Flow {
         loop {
+            if self.acc.registration.was_kicked() {
+                // Taken over: what else this read brought is left to the main loop's end.
+                break;
+            }
             let max = self.shared.config.max_packet_size;
             let step = match self.codec.read(&mut self.rbuf, max) {
                 Ok(None) => break,
@@ -565,6 +594,14 @@ impl<R: Router, S: AsyncRead + AsyncWrite + Unpin + Send> Session<R, S> {
                 ));
             }
             Packet::Subscribe(s, props) => {
+                if props.as_ref().and_then(|p| p.id) == Some(0) {
+                    // MQTT 5, 3.8.2.1.2: a subscription identifier of 0 is a protocol error.
+                    self.shared
+                        .metrics
+                        .refused("subscribe", "subscription_id_zero");
+                    self.disconnect(DisconnectReasonCode::ProtocolError);
+                    return Step::Done(Flow::End(End::Unclean));
+                }
                 return Step::Wait(Box::pin(async move {
                     self.on_subscribe(s, props).await;
                     Flow::Continue

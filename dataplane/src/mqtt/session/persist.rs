@@ -174,7 +174,12 @@ async fn drop_saved<R: Router>(shared: &Arc<Shared<R>>, key: &SessionKey, genera
     let Some(mut registration) = idle_registration(shared, &id, generation).await else {
         return false;
     };
-    registration.predecessor_gone().await;
+    if !registration
+        .predecessor_gone(shared.config.takeover_wait)
+        .await
+    {
+        return false;
+    }
     let dropped = shared.sessions.remove_if(&id, generation);
     if dropped {
         clear_in_router(&shared.router, key).await;
@@ -213,7 +218,12 @@ async fn unsubscribe_saved<R: Router>(
     else {
         return;
     };
-    registration.predecessor_gone().await;
+    if !registration
+        .predecessor_gone(shared.config.takeover_wait)
+        .await
+    {
+        return;
+    }
     match shared.router.attach(key, SessionMode::Persistent).await {
         Ok((mut link, _)) => {
             for f in filters {

@@ -160,9 +160,10 @@ impl<R: Router, S: AsyncRead + AsyncWrite + Unpin + Send> Session<R, S> {
                 .map_err(|e| *e)
                 .and_then(|t| parse_filter(t, &limits()));
             let topic = match parsed {
-                // Shared subscriptions of persistent sessions can crash rumqttd 0.20's router
-                // (ROUTER.md §2.8), so they are refused.
-                Ok(t) if t.share_group().is_some() && !self.acc.expiry.is_zero() => {
+                // Shared subscriptions on a persistent router link can crash rumqttd 0.20's
+                // router (ROUTER.md §2.8), so they are refused: also on a resumed session that
+                // will not be kept, whose link is persistent all the same.
+                Ok(t) if t.share_group().is_some() && self.acc.persistent_link => {
                     self.shared
                         .metrics
                         .refused("subscribe", "shared_subscription_persistent");
@@ -226,6 +227,17 @@ impl<R: Router, S: AsyncRead + AsyncWrite + Unpin + Send> Session<R, S> {
                     }
                 }
                 None => {
+                    // A new filter beyond the session's cap (a replaced one does not count).
+                    if self.subs.len() >= self.shared.config.max_subscriptions_per_session {
+                        self.shared
+                            .metrics
+                            .refused("limit", "subscriptions_per_session");
+                        codes.push(match version {
+                            Version::V4 => rumqttd::protocol::SubscribeReasonCode::Failure,
+                            Version::V5 => rumqttd::protocol::SubscribeReasonCode::QuotaExceeded,
+                        });
+                        continue;
+                    }
                     let Some(link) = self.link().await else {
                         codes.push(reason::suback_refused(version, false));
                         continue;

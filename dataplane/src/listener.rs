@@ -1,0 +1,571 @@
+//! Every socket of every listener, counted from `accept`.
+//!
+//! A [`Gate`] holds the pod's socket budget: `--max-connections` sockets in all (MQTT, MQTTS,
+//! MQTT over WebSocket, WebSocket streams, plain HTTP), of which at most
+//! `--max-pending-connections` have not authenticated yet. Past the first the new socket is
+//! closed at once; past the second the OLDEST pending socket is closed to make room, so an idle
+//! flood cannot lock a legitimate client out. Accept errors (out of file descriptors, buffers)
+//! back off and retry; they never end the process.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use backon::BackoffBuilder as _;
+use futures_util::task::AtomicWaker;
+use hyper::body::Incoming;
+use parking_lot::Mutex;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+
+/// The listeners, for metric labels.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Listener {
+    Mqtt,
+    Mqtts,
+    Http,
+    Admin,
+}
+
+impl Listener {
+    const ALL: [Listener; 4] = [Self::Mqtt, Self::Mqtts, Self::Http, Self::Admin];
+
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Mqtt => "mqtt",
+            Self::Mqtts => "mqtts",
+            Self::Http => "http",
+            Self::Admin => "admin",
+        }
+    }
+
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// Counters of every listener, rendered on `/metrics`.
+#[derive(Default)]
+pub(crate) struct ListenerMetrics {
+    accept_errors: [AtomicU64; 4],
+    refused_full: [AtomicU64; 4],
+    evicted: [AtomicU64; 4],
+}
+
+/// One socket's state as its gate sees it.
+struct Slot {
+    id: u64,
+    listener: Listener,
+    /// Not authenticated yet: it counts against the pending budget and may be evicted.
+    pending: AtomicBool,
+    /// Closed to make room for a newer pending socket.
+    evicted: AtomicBool,
+    /// Wakes the socket's reader when it is evicted.
+    waker: AtomicWaker,
+}
+
+/// A socket budget shared by some listeners.
+pub(crate) struct Gate {
+    max_total: usize,
+    max_pending: usize,
+    total: AtomicUsize,
+    /// Pending sockets by accept order: the first is the oldest.
+    pending: Mutex<BTreeMap<u64, Arc<Slot>>>,
+    next: AtomicU64,
+    metrics: Arc<ListenerMetrics>,
+}
+
+impl Gate {
+    /// A budget of `max_total` sockets, at most `max_pending` of them unauthenticated.
+    pub(crate) fn new(max_total: usize, max_pending: usize, metrics: Arc<ListenerMetrics>) -> Self {
+        Self {
+            max_total: max_total.max(1),
+            max_pending: max_pending.clamp(1, max_total.max(1)),
+            total: AtomicUsize::new(0),
+            pending: Mutex::new(BTreeMap::new()),
+            next: AtomicU64::new(0),
+            metrics,
+        }
+    }
+
+    /// Sockets open now.
+    pub(crate) fn open(&self) -> usize {
+        self.total.load(Ordering::Relaxed)
+    }
+
+    /// Sockets open now that have not authenticated.
+    pub(crate) fn pending(&self) -> usize {
+        self.pending.lock().len()
+    }
+
+    /// Admits a new socket, evicting the oldest pending one when the pending budget is full;
+    /// `None` (the socket is to be closed) when the pod holds `max_total` already.
+    fn admit(self: &Arc<Self>, listener: Listener) -> Option<Ticket> {
+        let taken = self
+            .total
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < self.max_total).then_some(n + 1)
+            });
+        if taken.is_err() {
+            self.metrics.refused_full[listener.index()].fetch_add(1, Ordering::Relaxed);
+            return None;
+        }
+        let slot = Arc::new(Slot {
+            id: self.next.fetch_add(1, Ordering::Relaxed),
+            listener,
+            pending: AtomicBool::new(true),
+            evicted: AtomicBool::new(false),
+            waker: AtomicWaker::new(),
+        });
+        let oldest = {
+            let mut pending = self.pending.lock();
+            let oldest = if pending.len() >= self.max_pending {
+                pending.pop_first().map(|(_, s)| s)
+            } else {
+                None
+            };
+            pending.insert(slot.id, slot.clone());
+            oldest
+        };
+        if let Some(old) = oldest {
+            old.pending.store(false, Ordering::Release);
+            old.evicted.store(true, Ordering::Release);
+            old.waker.wake();
+            self.metrics.evicted[old.listener.index()].fetch_add(1, Ordering::Relaxed);
+        }
+        Some(Ticket {
+            gate: self.clone(),
+            slot,
+        })
+    }
+}
+
+/// One admitted socket: counted until dropped.
+pub(crate) struct Ticket {
+    gate: Arc<Gate>,
+    slot: Arc<Slot>,
+}
+
+impl Ticket {
+    /// A handle that marks this socket authenticated.
+    pub(crate) fn handle(&self) -> AuthHandle {
+        AuthHandle {
+            gate: self.gate.clone(),
+            slot: self.slot.clone(),
+        }
+    }
+}
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        if self.slot.pending.swap(false, Ordering::AcqRel) {
+            self.gate.pending.lock().remove(&self.slot.id);
+        }
+        self.gate.total.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Marks a socket authenticated: it leaves the pending budget and can no longer be evicted.
+#[derive(Clone)]
+pub(crate) struct AuthHandle {
+    gate: Arc<Gate>,
+    slot: Arc<Slot>,
+}
+
+impl AuthHandle {
+    /// The socket authenticated.
+    pub(crate) fn authenticated(&self) {
+        if self.slot.pending.swap(false, Ordering::AcqRel) {
+            self.gate.pending.lock().remove(&self.slot.id);
+        }
+    }
+}
+
+tokio::task_local! {
+    /// The socket the current MQTT task serves (TCP, TLS or WebSocket).
+    static CURRENT: AuthHandle;
+}
+
+/// Runs `f` as the task of the socket `handle` marks.
+pub(crate) async fn scope<F: Future>(handle: AuthHandle, f: F) -> F::Output {
+    CURRENT.scope(handle, f).await
+}
+
+/// Marks the socket of the current task authenticated (a no-op outside [`scope`], as in
+/// tests that serve a stream of their own).
+pub(crate) fn authenticated() {
+    let _ = CURRENT.try_with(AuthHandle::authenticated);
+}
+
+/// A socket that fails its reads and writes once its gate evicted it, and leaves the gate's
+/// count when dropped (also when it lives on as an upgraded WebSocket).
+pub(crate) struct Admitted<S> {
+    io: S,
+    ticket: Ticket,
+}
+
+impl<S> Admitted<S> {
+    pub(crate) fn ticket(&self) -> &Ticket {
+        &self.ticket
+    }
+
+    /// `Err` once evicted; registers the reader's waker while the socket is pending.
+    fn check(&self, cx: &mut Context<'_>) -> io::Result<()> {
+        let slot = &self.ticket.slot;
+        if slot.pending.load(Ordering::Acquire) {
+            slot.waker.register(cx.waker());
+        }
+        if slot.evicted.load(Ordering::Acquire) {
+            return Err(io::Error::new(
+                io::ErrorKind::ConnectionAborted,
+                "closed to make room for a newer connection (--max-pending-connections)",
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Admitted<S> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        this.check(cx)?;
+        Pin::new(&mut this.io).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Admitted<S> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        this.check(cx)?;
+        Pin::new(&mut this.io).poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        this.check(cx)?;
+        Pin::new(&mut this.io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+}
+
+/// A listener that admits sockets through a gate.
+pub(crate) struct GatedListener {
+    listener: TcpListener,
+    gate: Arc<Gate>,
+    which: Listener,
+}
+
+impl GatedListener {
+    pub(crate) fn new(listener: TcpListener, gate: Arc<Gate>, which: Listener) -> Self {
+        Self {
+            listener,
+            gate,
+            which,
+        }
+    }
+
+    /// The next admitted socket. Accept errors (EMFILE, ENFILE, ENOBUFS, …) back off with a
+    /// growing delay and are logged once per burst; sockets over the gate's budget are closed
+    /// at once.
+    pub(crate) async fn accept(&self) -> (Admitted<TcpStream>, SocketAddr) {
+        let mut backoff: Option<backon::ExponentialBackoff> = None;
+        let mut errors = 0u64;
+        loop {
+            match self.listener.accept().await {
+                Ok((socket, peer)) => {
+                    if errors > 0 {
+                        tracing::info!(
+                            listener = self.which.as_str(),
+                            errors,
+                            "accepting connections again"
+                        );
+                        errors = 0;
+                        backoff = None;
+                    }
+                    let Some(ticket) = self.gate.admit(self.which) else {
+                        // Over --max-connections: closed before a byte is read.
+                        drop(socket);
+                        continue;
+                    };
+                    let _ = socket.set_nodelay(true);
+                    return (Admitted { io: socket, ticket }, peer);
+                }
+                Err(e) => {
+                    errors += 1;
+                    self.gate.metrics.accept_errors[self.which.index()]
+                        .fetch_add(1, Ordering::Relaxed);
+                    if errors == 1 {
+                        tracing::warn!(
+                            listener = self.which.as_str(),
+                            error = %e,
+                            "accepting a connection failed; backing off until it works again \
+                             (raise the open-files limit or lower --max-connections if this \
+                             is EMFILE)"
+                        );
+                    }
+                    let delay = backoff
+                        .get_or_insert_with(accept_backoff)
+                        .next()
+                        .unwrap_or(MAX_ACCEPT_DELAY);
+                    tokio::time::sleep(delay).await;
+                }
+            }
+        }
+    }
+}
+
+/// The longest wait between two accepts that fail.
+const MAX_ACCEPT_DELAY: Duration = Duration::from_secs(1);
+
+fn accept_backoff() -> backon::ExponentialBackoff {
+    backon::ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(5))
+        .with_max_delay(MAX_ACCEPT_DELAY)
+        .without_max_times()
+        .build()
+}
+
+/// The HTTP listeners' limits.
+#[derive(Clone, Copy, Debug)]
+pub struct HttpLimits {
+    /// How long a client has to send a request's headers; also how long a kept-alive
+    /// connection may sit idle between requests (the wait for the next headers).
+    pub header_timeout: Duration,
+    /// How long a client has to send a request's whole body.
+    pub body_timeout: Duration,
+    /// Requests served at once on the listener; more are answered 503 at once.
+    pub max_requests: usize,
+}
+
+impl Default for HttpLimits {
+    fn default() -> Self {
+        Self {
+            header_timeout: Duration::from_secs(10),
+            body_timeout: Duration::from_secs(30),
+            max_requests: 1024,
+        }
+    }
+}
+
+/// Serves `app` over HTTP/1.1 on every socket the listener admits, with the limits. Each
+/// request carries the peer's `ConnectInfo<SocketAddr>` and the socket's [`AuthHandle`].
+pub(crate) async fn serve_http(listener: GatedListener, app: axum::Router, limits: HttpLimits) {
+    use tower::ServiceExt as _;
+    let requests = Arc::new(tokio::sync::Semaphore::new(limits.max_requests.max(1)));
+    loop {
+        let (io, peer) = listener.accept().await;
+        let handle = io.ticket().handle();
+        let app = app.clone();
+        let requests = requests.clone();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |req: hyper::Request<Incoming>| {
+                let (app, handle, requests) = (app.clone(), handle.clone(), requests.clone());
+                async move {
+                    let Ok(_permit) = requests.try_acquire_owned() else {
+                        return Ok::<_, std::convert::Infallible>(saturated());
+                    };
+                    // A success with credentials (a publish, a sign-in) authenticates the
+                    // socket; a GET (JWKS, a refused upgrade) does not.
+                    let authenticates = req.method() != hyper::Method::GET;
+                    let mut req = req.map(|body| {
+                        axum::body::Body::new(tower_http::timeout::DeadlineBody::new(
+                            limits.body_timeout,
+                            body,
+                        ))
+                    });
+                    req.extensions_mut()
+                        .insert(axum::extract::ConnectInfo(peer));
+                    req.extensions_mut().insert(handle.clone());
+                    let response = match app.oneshot(req).await {
+                        Ok(r) => r,
+                        Err(never) => match never {},
+                    };
+                    if authenticates && response.status().is_success() {
+                        handle.authenticated();
+                    }
+                    Ok(response)
+                }
+            });
+            let mut builder = hyper::server::conn::http1::Builder::new();
+            builder
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(limits.header_timeout);
+            let conn = builder
+                .serve_connection(hyper_util::rt::TokioIo::new(io), service)
+                .with_upgrades();
+            if let Err(e) = conn.await {
+                tracing::debug!(%peer, error = %e, "HTTP connection ended");
+            }
+        });
+    }
+}
+
+/// 503 when the listener serves `--http-max-requests` already.
+fn saturated() -> axum::response::Response {
+    use axum::response::IntoResponse as _;
+    let mut e = crate::http::ApiError::new(
+        axum::http::StatusCode::SERVICE_UNAVAILABLE,
+        "busy",
+        "the server is serving as many requests as it takes at once; retry after a second",
+    );
+    e.retry_after = Some(1);
+    e.into_response()
+}
+
+impl ListenerMetrics {
+    /// The Prometheus text of these counters and of the gates' gauges.
+    pub(crate) fn render(&self, gates: &[&Gate]) -> String {
+        let mut out = String::new();
+        let counters = [
+            (
+                "fleetward_accept_errors_total",
+                "Accept calls that failed (EMFILE, ENFILE, ENOBUFS, …), per listener.",
+                &self.accept_errors,
+            ),
+            (
+                "fleetward_connections_refused_at_accept_total",
+                "Sockets closed at accept because the pod held --max-connections, per listener.",
+                &self.refused_full,
+            ),
+            (
+                "fleetward_pending_connections_evicted_total",
+                "Unauthenticated sockets closed to make room for newer ones \
+                 (--max-pending-connections), per listener.",
+                &self.evicted,
+            ),
+        ];
+        for (name, help, values) in counters {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+            for l in Listener::ALL {
+                let v = values[l.index()].load(Ordering::Relaxed);
+                let _ = writeln!(out, "{name}{{listener=\"{}\"}} {v}", l.as_str());
+            }
+        }
+        let (open, pending) = gates
+            .iter()
+            .fold((0, 0), |(o, p), g| (o + g.open(), p + g.pending()));
+        let _ = writeln!(
+            out,
+            "# HELP fleetward_sockets_open Sockets open on every listener.\n\
+             # TYPE fleetward_sockets_open gauge\nfleetward_sockets_open {open}"
+        );
+        let _ = writeln!(
+            out,
+            "# HELP fleetward_sockets_pending Sockets not authenticated yet.\n\
+             # TYPE fleetward_sockets_pending gauge\nfleetward_sockets_pending {pending}"
+        );
+        out
+    }
+}
+
+/// Raises the soft open-files limit to the hard one; the limit in force afterwards (`None`
+/// where it cannot be read).
+pub fn raise_open_files_limit() -> Option<u64> {
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(n) => Some(n),
+        Err(e) => {
+            tracing::warn!(error = %e, "could not raise the open-files limit");
+            rlimit::Resource::NOFILE.get().ok().map(|(soft, _)| soft)
+        }
+    }
+}
+
+/// File descriptors kept free of sockets: the router, the state files, NATS, logs.
+pub const RESERVED_FILES: u64 = 128;
+
+/// The sockets a pod may hold under an open-files limit of `limit`: `wanted`, or the limit less
+/// [`RESERVED_FILES`] when that is lower.
+pub fn sockets_within(wanted: usize, limit: Option<u64>) -> usize {
+    match limit {
+        Some(limit) => {
+            let room = usize::try_from(limit.saturating_sub(RESERVED_FILES)).unwrap_or(usize::MAX);
+            wanted.min(room.max(1))
+        }
+        None => wanted,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn gate(total: usize, pending: usize) -> Arc<Gate> {
+        Arc::new(Gate::new(total, pending, Arc::default()))
+    }
+
+    #[test]
+    fn the_oldest_pending_socket_makes_room() {
+        let g = gate(10, 2);
+        let a = g.admit(Listener::Mqtt).expect("room");
+        let b = g.admit(Listener::Mqtt).expect("room");
+        let c = g.admit(Listener::Http).expect("room");
+        assert!(a.slot.evicted.load(Ordering::Acquire), "the oldest goes");
+        assert!(!b.slot.evicted.load(Ordering::Acquire));
+        assert!(!c.slot.evicted.load(Ordering::Acquire));
+        assert_eq!(g.pending(), 2);
+        assert_eq!(g.open(), 3, "an evicted socket counts until it is closed");
+        drop(a);
+        assert_eq!(g.open(), 2);
+    }
+
+    #[test]
+    fn authenticated_sockets_are_never_evicted() {
+        let g = gate(10, 1);
+        let a = g.admit(Listener::Mqtt).expect("room");
+        a.handle().authenticated();
+        let b = g.admit(Listener::Mqtt).expect("room");
+        let _c = g.admit(Listener::Mqtt).expect("room");
+        assert!(!a.slot.evicted.load(Ordering::Acquire));
+        assert!(b.slot.evicted.load(Ordering::Acquire));
+    }
+
+    #[test]
+    fn past_the_total_a_socket_is_refused_and_counted() {
+        let g = gate(2, 2);
+        let _a = g.admit(Listener::Mqtt).expect("room");
+        let b = g.admit(Listener::Mqtt).expect("room");
+        assert!(g.admit(Listener::Http).is_none());
+        assert_eq!(
+            g.metrics.refused_full[Listener::Http.index()].load(Ordering::Relaxed),
+            1
+        );
+        drop(b);
+        assert!(g.admit(Listener::Http).is_some());
+    }
+
+    #[test]
+    fn sockets_leave_room_for_files() {
+        assert_eq!(sockets_within(10_000, Some(512)), 384);
+        assert_eq!(sockets_within(100, Some(512)), 100);
+        assert_eq!(sockets_within(100, None), 100);
+    }
+}

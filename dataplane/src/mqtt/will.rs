@@ -1,0 +1,142 @@
+//! A CONNECT's will, checked as its publish would be: the will topic's grant, the tenant's and
+//! the channel's `maxMessageSize` (payload and properties), the user-property cap, and its
+//! delay capped by `--max-will-delay-secs`.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use fleetward_policy::{
+    Action, DenyReason, Mountpoint, Snapshot, Subject, TopicLimits, parse_topic_name,
+};
+use rumqttd::protocol::{ConnectReturnCode, LastWill, LastWillProperties};
+
+use super::codec::{Version, message_len};
+use super::reason;
+use super::session::{Will, mount_response_topic, response_topic_is_protocol_error};
+use super::state::Shared;
+use crate::router::{Message, MessageProps, Protocol, Router};
+
+/// Why a will refuses its CONNECT: the CONNACK code and the metric label.
+pub(crate) type WillRefusal = (ConnectReturnCode, &'static str);
+
+/// The CONNACK code of a will over a size or count limit: v5 0x95 (packet too large); v3 has
+/// no such code and gets 0x05 (not authorized), as for a will on a topic without a grant.
+fn too_large(version: Version) -> ConnectReturnCode {
+    match version {
+        Version::V4 => ConnectReturnCode::NotAuthorized,
+        Version::V5 => ConnectReturnCode::PacketTooLarge,
+    }
+}
+
+/// The will to keep for the session, or why the CONNECT is refused.
+pub(crate) fn accept<R: Router>(
+    shared: &Shared<R>,
+    snapshot: &Snapshot,
+    subject: &Subject,
+    mount: Option<&Mountpoint>,
+    version: Version,
+    will: LastWill,
+    props: Option<LastWillProperties>,
+) -> Result<Box<Will>, WillRefusal> {
+    let limits = TopicLimits::default();
+    let full = match mount {
+        Some(m) => m.mount_topic_name(&will.topic, &limits).ok(),
+        None => std::str::from_utf8(&will.topic).ok().map(str::to_owned),
+    };
+    let parsed = full
+        .as_deref()
+        .and_then(|t| parse_topic_name(t, &limits).ok())
+        .filter(|topic| {
+            shared
+                .cache
+                .authorize(snapshot, subject, Action::Publish, topic)
+                .is_allowed()
+        })
+        .map(|topic| (topic.tenant().to_owned(), topic.channel().to_owned()));
+    let (Some(topic), Some((tenant, channel))) = (full, parsed) else {
+        // An unauthorized will refuses the CONNECT (issue 5).
+        return Err((
+            reason::connack_for(version, DenyReason::NoGrant),
+            "will_not_allowed",
+        ));
+    };
+    let p = props.unwrap_or(LastWillProperties {
+        delay_interval: None,
+        payload_format_indicator: None,
+        message_expiry_interval: None,
+        content_type: None,
+        response_topic: None,
+        correlation_data: None,
+        user_properties: Vec::new(),
+    });
+    if p.user_properties.len() > shared.config.max_user_properties {
+        return Err((too_large(version), "will_user_properties"));
+    }
+    // Checked and mounted as a PUBLISH's response topic is.
+    let response_topic = match p.response_topic {
+        None => None,
+        Some(rt) => match mount_response_topic(mount, &rt) {
+            Ok(mounted) => Some(mounted.unwrap_or(rt)),
+            Err(e) => {
+                let code = if response_topic_is_protocol_error(e) {
+                    ConnectReturnCode::ProtocolError
+                } else {
+                    ConnectReturnCode::ImplementationSpecificError
+                };
+                return Err((code, "will_response_topic_invalid"));
+            }
+        },
+    };
+    let message_props = MessageProps {
+        payload_format_indicator: p.payload_format_indicator,
+        message_expiry_interval: p.message_expiry_interval,
+        content_type: p.content_type,
+        response_topic,
+        correlation_data: p.correlation_data,
+        user_properties: p.user_properties,
+    };
+    let max = [
+        snapshot
+            .tenant(&tenant)
+            .and_then(|t| t.limits.max_message_size),
+        snapshot
+            .channel(&tenant, &channel)
+            .and_then(|c| c.max_message_size),
+    ]
+    .into_iter()
+    .flatten()
+    .min();
+    if max.is_some_and(|max| message_len(&will.message, Some(&message_props)) > max as usize) {
+        return Err((too_large(version), "will_message_size"));
+    }
+    let delay = Duration::from_secs(u64::from(p.delay_interval.unwrap_or(0)))
+        .min(shared.config.max_will_delay);
+    Ok(Box::new(Will {
+        message: Message {
+            topic: Bytes::from(topic),
+            payload: will.message,
+            qos: will.qos as u8,
+            props: (!message_props.is_empty()).then(|| Box::new(message_props)),
+            retain: will.retain,
+            origin: None,
+            publisher: None,
+            protocol: Protocol::Mqtt,
+            created_ns: 0,
+        },
+        retain: will.retain,
+        delay,
+    }))
+}
+
+impl<R: Router> Shared<R> {
+    /// The `fleetward_mqtt_pending_wills` gauge: wills waiting out their delay, each holding
+    /// its message with no connection.
+    pub(crate) fn render_pending_wills(&self, out: &mut String) {
+        use std::fmt::Write as _;
+        let _ = writeln!(
+            out,
+            "# HELP fleetward_mqtt_pending_wills Wills waiting out their delay after their connection ended.\n# TYPE fleetward_mqtt_pending_wills gauge\nfleetward_mqtt_pending_wills {}",
+            self.pending_wills.lock().len()
+        );
+    }
+}
