@@ -111,10 +111,28 @@ pub(crate) async fn run<R: Router>(
     }
 }
 
-struct Conn<R: Router> {
+/// A stream's connection; `W` is the socket (none where client frames are answered without
+/// one, as the fuzz target does).
+struct Conn<R: Router, W = WebSocket> {
     shared: Arc<Shared<R>>,
-    socket: WebSocket,
+    socket: W,
     stream: Stream,
+}
+
+/// The answer to a client's text frame on `stream`, as a running stream gives it, without a
+/// socket: the way in for the fuzz target ([`crate::fuzzing`]).
+pub(crate) fn answer_text<R: Router>(
+    shared: Arc<Shared<R>>,
+    stream: Stream,
+    text: &str,
+    link: &mut R::Link,
+) -> String {
+    let conn = Conn {
+        shared,
+        socket: (),
+        stream,
+    };
+    conn.on_text(text, link)
 }
 
 impl<R: Router> Conn<R> {
@@ -232,7 +250,9 @@ impl<R: Router> Conn<R> {
         }
         Ok(())
     }
+}
 
+impl<R: Router, W> Conn<R, W> {
     fn on_text(&self, text: &str, link: &mut R::Link) -> String {
         let p: ClientPublish = match serde_json::from_str(text) {
             Ok(p) => p,
