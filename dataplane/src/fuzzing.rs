@@ -459,6 +459,44 @@ mod tests {
     }
 
     #[test]
+    fn answers_to_packets_sent_with_the_connect_go_out_when_one_of_them_ends_the_connection() {
+        // Found by `mqtt_packets`: a QoS 1 publish sent in the same write as the CONNECT, then
+        // a publish refused (another tenant's topic, which ends a v3 connection): the PUBACK
+        // was never written when the whole write arrived in one read.
+        let mut wire = BytesMut::new();
+        let login = rumqttd::protocol::Login {
+            username: "acme/device".into(),
+            password: MQTT_KEY.into(),
+        };
+        let connect = rumqttd::protocol::Connect {
+            keep_alive: 30,
+            client_id: "c".into(),
+            clean_session: true,
+        };
+        let publish = |topic: &[u8], pkid| {
+            Packet::Publish(
+                crate::mqtt::publish_with_id(topic, b"x", 1, pkid, false, false),
+                None,
+            )
+        };
+        for p in [
+            Packet::Connect(connect, None, None, None, Some(login)),
+            publish(b"m/acme/c/telemetry/a", 1),
+            publish(b"m/globex/c/telemetry/a", 2),
+        ] {
+            write_packet(Version::V4, p, &mut wire).expect("encodes");
+        }
+        for chunk in [1, usize::MAX] {
+            let out = serve_mqtt(&wire, chunk, 1024).expect("served");
+            assert_eq!(
+                out,
+                [0x20, 2, 0, 0, 0x40, 2, 0, 1],
+                "reads of {chunk} bytes"
+            );
+        }
+    }
+
+    #[test]
     fn the_connect_read_gives_the_packet_and_what_follows_whatever_the_reads() {
         let mut wire = BytesMut::new();
         write_packet(
