@@ -19,7 +19,7 @@ use super::state::Shared;
 use crate::router::{Publisher, Router, SessionKey, SessionMode};
 
 /// The largest CONNECT accepted (it carries the will).
-const MAX_CONNECT: usize = 128 * 1024;
+pub(crate) const MAX_CONNECT: usize = 128 * 1024;
 
 /// Serves one client connection from its first byte to its end.
 ///
@@ -86,7 +86,7 @@ where
 }
 
 /// Reads until the first packet is complete; `None` when the peer went away.
-async fn read_connect<S: AsyncRead + Unpin>(
+pub(crate) async fn read_connect<S: AsyncRead + Unpin>(
     stream: &mut S,
     rbuf: &mut BytesMut,
 ) -> Result<Option<(Codec, Packet)>, FrameError> {
