@@ -143,6 +143,7 @@ impl DataplaneArgs {
             },
             logins_per_user_per_minute: self.logins_per_user_per_minute,
             logins_per_address_per_minute: self.logins_per_address_per_minute,
+            login_window: std::time::Duration::from_secs(60),
         }
     }
 }
