@@ -39,6 +39,15 @@ fn with_header(first: u8, body: Vec<u8>) -> Vec<u8> {
     out
 }
 
+/// A pod that lets one session hold the many filters these tests subscribe to (the default
+/// `--max-subscriptions-per-session` is 100).
+fn many_subscriptions() -> fleetward_dataplane::MqttConfig {
+    fleetward_dataplane::MqttConfig {
+        max_subscriptions_per_session: 20_000,
+        ..fleetward_dataplane::MqttConfig::default()
+    }
+}
+
 /// A v3.1.1 SUBSCRIBE (QoS 0) or UNSUBSCRIBE of several filters.
 fn packet(subscribe: bool, pkid: u16, filters: &[String]) -> Vec<u8> {
     let mut body = pkid.to_be_bytes().to_vec();
@@ -111,7 +120,7 @@ async fn wait_for_filters(fx: &Fixture, n: u64) {
 
 #[tokio::test]
 async fn thousands_of_distinct_filters_leave_the_router_with_their_session() {
-    let fx = Fixture::start().await;
+    let fx = Fixture::start_with(many_subscriptions()).await;
     let start = router_filters(&fx)
         .await
         .expect("the router's filter count");
@@ -170,7 +179,7 @@ async fn thousands_of_distinct_filters_leave_the_router_with_their_session() {
 
 #[tokio::test]
 async fn a_subscribe_costs_no_more_after_ten_thousand_filters() {
-    let fx = Fixture::start().await;
+    let fx = Fixture::start_with(many_subscriptions()).await;
     let mut s = raw::connected(fx.addr, "cost", "acme", "reader").await;
     // Time for 500 new filters, in SUBSCRIBEs of 100.
     async fn five_hundred(s: &mut TcpStream, from: usize, pkid: u16) -> Duration {
