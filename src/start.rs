@@ -52,6 +52,14 @@ pub struct StartArgs {
     /// The most subscriptions one MQTT session holds.
     #[arg(long, default_value_t = 100)]
     pub max_subscriptions_per_session: usize,
+    /// The most sockets held on the MQTT and HTTP listeners together, counted from accept
+    /// (lowered to the open-files limit less 128 when that is smaller).
+    #[arg(long, value_name = "N", default_value_t = 10_000)]
+    pub max_connections: usize,
+    /// The most of those not authenticated yet; when full, the oldest is closed. Default: a
+    /// quarter of --max-connections, at most 1,000.
+    #[arg(long, value_name = "N")]
+    pub max_pending_connections: Option<usize>,
 }
 
 /// Runs until SIGTERM or SIGINT.
@@ -80,11 +88,13 @@ pub async fn run(args: StartArgs) -> anyhow::Result<()> {
         .http_listen(Some(args.http_listen))
         .admin_listen(Some(args.admin_listen))
         .mqtt_config(fleetward_dataplane::MqttConfig {
+            max_connections: args.max_connections,
             max_user_properties: args.max_user_properties,
             max_will_delay: Duration::from_secs(args.max_will_delay_secs),
             max_subscriptions_per_session: args.max_subscriptions_per_session,
             ..fleetward_dataplane::MqttConfig::default()
         })
+        .max_pending_connections(args.max_pending_connections)
         .start()
         .await
         .context("starting the dataplane")?;

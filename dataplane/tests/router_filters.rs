@@ -7,10 +7,21 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{Fixture, raw, v4};
+use fleetward_dataplane::MqttConfig;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 const WAIT: Duration = Duration::from_secs(5);
+
+/// A pod that lets one session hold many thousands of filters, as the attack in the issue did
+/// (the default `--max-subscriptions-per-session` would refuse them first).
+async fn many_filters_pod() -> Fixture {
+    Fixture::start_with(MqttConfig {
+        max_subscriptions_per_session: 100_000,
+        ..MqttConfig::default()
+    })
+    .await
+}
 
 /// Router filters a session may cost per channel: the buckets (`router::DEFAULT_BUCKETS`), `+`
 /// and a shared group.
@@ -37,15 +48,6 @@ fn with_header(first: u8, body: Vec<u8>) -> Vec<u8> {
     }
     out.extend_from_slice(&body);
     out
-}
-
-/// A pod that lets one session hold the many filters these tests subscribe to (the default
-/// `--max-subscriptions-per-session` is 100).
-fn many_subscriptions() -> fleetward_dataplane::MqttConfig {
-    fleetward_dataplane::MqttConfig {
-        max_subscriptions_per_session: 20_000,
-        ..fleetward_dataplane::MqttConfig::default()
-    }
 }
 
 /// A v3.1.1 SUBSCRIBE (QoS 0) or UNSUBSCRIBE of several filters.
@@ -120,7 +122,7 @@ async fn wait_for_filters(fx: &Fixture, n: u64) {
 
 #[tokio::test]
 async fn thousands_of_distinct_filters_leave_the_router_with_their_session() {
-    let fx = Fixture::start_with(many_subscriptions()).await;
+    let fx = many_filters_pod().await;
     let start = router_filters(&fx)
         .await
         .expect("the router's filter count");
@@ -179,7 +181,7 @@ async fn thousands_of_distinct_filters_leave_the_router_with_their_session() {
 
 #[tokio::test]
 async fn a_subscribe_costs_no_more_after_ten_thousand_filters() {
-    let fx = Fixture::start_with(many_subscriptions()).await;
+    let fx = many_filters_pod().await;
     let mut s = raw::connected(fx.addr, "cost", "acme", "reader").await;
     // Time for 500 new filters, in SUBSCRIBEs of 100.
     async fn five_hundred(s: &mut TcpStream, from: usize, pkid: u16) -> Duration {

@@ -134,7 +134,14 @@ impl State {
     fn release(&mut self, channel: &str, route: &Route) {
         if let Some(c) = self.channels.get_mut(channel) {
             let n = c.count(route);
-            *n = n.saturating_sub(1);
+            if *n == 0 {
+                // Not held: nothing to give back (and no shared entry to keep).
+                if let Route::Shared(g) = route {
+                    c.shared.remove(g);
+                }
+                return;
+            }
+            *n -= 1;
             if *n == 0 {
                 self.held = self.held.saturating_sub(1);
                 if let Route::Shared(g) = route {
