@@ -42,6 +42,16 @@ pub struct StartArgs {
     /// Health and Prometheus metrics listener (`/healthz`, `/readyz`, `/metrics`).
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8081")]
     pub admin_listen: SocketAddr,
+    /// The most user properties one MQTT v5 message (publish or will) may carry.
+    #[arg(long, default_value_t = 32)]
+    pub max_user_properties: usize,
+    /// The longest a v5 will waits after its connection ends, in seconds (the session's
+    /// expiry caps it too).
+    #[arg(long, default_value_t = 300)]
+    pub max_will_delay_secs: u64,
+    /// The most subscriptions one MQTT session holds.
+    #[arg(long, default_value_t = 100)]
+    pub max_subscriptions_per_session: usize,
     /// The most sockets held on the MQTT and HTTP listeners together, counted from accept
     /// (lowered to the open-files limit less 128 when that is smaller).
     #[arg(long, value_name = "N", default_value_t = 10_000)]
@@ -79,6 +89,9 @@ pub async fn run(args: StartArgs) -> anyhow::Result<()> {
         .admin_listen(Some(args.admin_listen))
         .mqtt_config(fleetward_dataplane::MqttConfig {
             max_connections: args.max_connections,
+            max_user_properties: args.max_user_properties,
+            max_will_delay: Duration::from_secs(args.max_will_delay_secs),
+            max_subscriptions_per_session: args.max_subscriptions_per_session,
             ..fleetward_dataplane::MqttConfig::default()
         })
         .max_pending_connections(args.max_pending_connections)
