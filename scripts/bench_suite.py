@@ -584,17 +584,20 @@ def main():
     p.add_argument("--skip-http", action="store_true")
     p.add_argument("--no-profile", action="store_true", help="no perf profiles of the Fleetward target")
     p.add_argument("--only-brokers", action="store_true", help="broker scenarios only")
+    p.add_argument("--rounds", type=int, help="rounds of every scenario (default 3; 1 with --smoke)")
     p.add_argument("--only-attack", action="store_true",
                    help="the \"under attack\" scenario only; report to target/bench-suite/attack.md")
     args = p.parse_args()
     cfg = Config(args.smoke)
+    if args.rounds:
+        cfg.rounds = args.rounds
     if args.only_attack:
         args.only_brokers = args.no_profile = True
     default_out = ("attack.md" if args.only_attack else "smoke.md") if (cfg.smoke or args.only_attack) else None
     out = args.out or (ROOT / "target" / "bench-suite" / default_out if default_out else ROOT / "BENCHMARKS.md")
     out.parent.mkdir(parents=True, exist_ok=True)
     started = datetime.datetime.now(datetime.timezone.utc)
-    command = "scripts/bench-suite.sh" + (" --smoke" if cfg.smoke else "") + (" --only-attack" if args.only_attack else "")
+    command = " ".join(["scripts/bench-suite.sh", *sys.argv[1:]])
 
     log(f"building the {cfg.profile} binaries")
     build = ["cargo", "build", "--profile", cfg.profile, "-p", "fleetward-bench"]

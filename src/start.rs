@@ -42,6 +42,14 @@ pub struct StartArgs {
     /// Health and Prometheus metrics listener (`/healthz`, `/readyz`, `/metrics`).
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8081")]
     pub admin_listen: SocketAddr,
+    /// The most sockets held on the MQTT and HTTP listeners together, counted from accept
+    /// (lowered to the open-files limit less 128 when that is smaller).
+    #[arg(long, value_name = "N", default_value_t = 10_000)]
+    pub max_connections: usize,
+    /// The most of those not authenticated yet; when full, the oldest is closed. Default: a
+    /// quarter of --max-connections, at most 1,000.
+    #[arg(long, value_name = "N")]
+    pub max_pending_connections: Option<usize>,
 }
 
 /// Runs until SIGTERM or SIGINT.
@@ -69,6 +77,11 @@ pub async fn run(args: StartArgs) -> anyhow::Result<()> {
         .mqtt_listen(args.mqtt_listen)
         .http_listen(Some(args.http_listen))
         .admin_listen(Some(args.admin_listen))
+        .mqtt_config(fleetward_dataplane::MqttConfig {
+            max_connections: args.max_connections,
+            ..fleetward_dataplane::MqttConfig::default()
+        })
+        .max_pending_connections(args.max_pending_connections)
         .start()
         .await
         .context("starting the dataplane")?;

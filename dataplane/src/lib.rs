@@ -4,6 +4,8 @@ mod admin;
 mod args;
 pub mod bus;
 mod dataplane;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod http;
 pub mod limits;
 mod listener;

@@ -58,8 +58,10 @@ pub(crate) struct ListenerMetrics {
     evicted: [AtomicU64; 4],
 }
 
-/// One socket's state as its gate sees it.
+/// One socket's state as its gate sees it. The socket holds only an `Arc` of it (one word in
+/// every connection's task).
 struct Slot {
+    gate: Arc<Gate>,
     id: u64,
     listener: Listener,
     /// Not authenticated yet: it counts against the pending budget and may be evicted.
@@ -117,6 +119,7 @@ impl Gate {
             return None;
         }
         let slot = Arc::new(Slot {
+            gate: self.clone(),
             id: self.next.fetch_add(1, Ordering::Relaxed),
             listener,
             pending: AtomicBool::new(true),
@@ -139,16 +142,21 @@ impl Gate {
             old.waker.wake();
             self.metrics.evicted[old.listener.index()].fetch_add(1, Ordering::Relaxed);
         }
-        Some(Ticket {
-            gate: self.clone(),
-            slot,
-        })
+        Some(Ticket { slot })
+    }
+}
+
+impl Slot {
+    /// Leaves the pending budget, if still on it.
+    fn leave_pending(&self) {
+        if self.pending.swap(false, Ordering::AcqRel) {
+            self.gate.pending.lock().remove(&self.id);
+        }
     }
 }
 
 /// One admitted socket: counted until dropped.
 pub(crate) struct Ticket {
-    gate: Arc<Gate>,
     slot: Arc<Slot>,
 }
 
@@ -156,7 +164,6 @@ impl Ticket {
     /// A handle that marks this socket authenticated.
     pub(crate) fn handle(&self) -> AuthHandle {
         AuthHandle {
-            gate: self.gate.clone(),
             slot: self.slot.clone(),
         }
     }
@@ -164,26 +171,22 @@ impl Ticket {
 
 impl Drop for Ticket {
     fn drop(&mut self) {
-        if self.slot.pending.swap(false, Ordering::AcqRel) {
-            self.gate.pending.lock().remove(&self.slot.id);
-        }
-        self.gate.total.fetch_sub(1, Ordering::AcqRel);
+        // Also breaks the gate → pending map → slot → gate cycle.
+        self.slot.leave_pending();
+        self.slot.gate.total.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
 /// Marks a socket authenticated: it leaves the pending budget and can no longer be evicted.
 #[derive(Clone)]
 pub(crate) struct AuthHandle {
-    gate: Arc<Gate>,
     slot: Arc<Slot>,
 }
 
 impl AuthHandle {
     /// The socket authenticated.
     pub(crate) fn authenticated(&self) {
-        if self.slot.pending.swap(false, Ordering::AcqRel) {
-            self.gate.pending.lock().remove(&self.slot.id);
-        }
+        self.slot.leave_pending();
     }
 }
 
@@ -560,6 +563,17 @@ mod tests {
         );
         drop(b);
         assert!(g.admit(Listener::Http).is_some());
+    }
+
+    #[test]
+    fn a_socket_carries_one_word_for_its_gate() {
+        // Every connection's task holds an `Admitted` stream: what it adds to an idle
+        // connection's memory (MQTT.md, Memory) is this pointer.
+        assert_eq!(std::mem::size_of::<Ticket>(), std::mem::size_of::<usize>());
+        assert_eq!(
+            std::mem::size_of::<AuthHandle>(),
+            std::mem::size_of::<usize>()
+        );
     }
 
     #[test]

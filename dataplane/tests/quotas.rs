@@ -3,6 +3,7 @@
 //! leaving with their channel or tenant.
 
 mod adapters;
+mod bus_support;
 mod common;
 
 use std::time::{Duration, Instant};
@@ -547,4 +548,51 @@ async fn http_and_websocket_publishes_answer_quotas_and_sizes() {
         Frame::Closed(Some((code, _))) => assert_eq!(code, 1009),
         other => panic!("expected a close, got {other:?}"),
     }
+}
+
+#[tokio::test]
+async fn a_deleted_channel_leaves_the_shared_retained_bucket_too() {
+    let nats = bus_support::Nats::start().await;
+    let a = bus_support::Pod::start("pod-a", vec![nats.url()]).await;
+    a.wait_connected(true).await;
+    publish_retained(a.addr, "acme", "old").await;
+    // pod-b mirrors the bucket; it will never apply a snapshot without the channel.
+    let b = bus_support::Pod::start("pod-b", vec![nats.url()]).await;
+    b.wait_connected(true).await;
+    let until = Instant::now() + WAIT;
+    let mut n = 0;
+    while retained_seen(b.addr, "acme", &format!("b{n}"))
+        .await
+        .as_deref()
+        != Some(b"old")
+    {
+        n += 1;
+        assert!(Instant::now() < until, "pod-b never mirrored the message");
+    }
+
+    // pod-a applies the deletion, then the re-creation.
+    let mut without = resources();
+    without
+        .channels
+        .retain(|c| !(c.tenant == "acme" && c.name == "telemetry"));
+    a.policy.send_replace(common::snapshot(2, without));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    a.policy.send_replace(common::snapshot(3, resources()));
+
+    // The key is gone from the bucket: pod-b's mirror drops it, and a pod started now never
+    // sees it.
+    let until = Instant::now() + WAIT;
+    while retained_seen(b.addr, "acme", &format!("b{n}"))
+        .await
+        .is_some()
+    {
+        n += 1;
+        assert!(Instant::now() < until, "still retained on pod-b");
+    }
+    let c = bus_support::Pod::start("pod-c", vec![nats.url()]).await;
+    c.wait_connected(true).await;
+    // Give the new pod's watch of the bucket time to deliver what it holds.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(retained_seen(c.addr, "acme", "c").await, None);
+    assert_eq!(retained_seen(a.addr, "acme", "a").await, None);
 }

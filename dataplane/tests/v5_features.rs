@@ -400,3 +400,59 @@ async fn a_mounted_things_response_topic_is_mounted_in_and_stripped_out() {
         Some("replies/1")
     );
 }
+
+fn will_with_response_topic(topic: &str, rt: &str) -> rumqttc::v5::mqttbytes::v5::LastWill {
+    rumqttc::v5::mqttbytes::v5::LastWill::new(
+        topic,
+        "gone",
+        v5::QoS::AtMostOnce,
+        false,
+        Some(rumqttc::v5::mqttbytes::v5::LastWillProperties {
+            delay_interval: None,
+            payload_format_indicator: None,
+            message_expiry_interval: None,
+            content_type: None,
+            response_topic: Some(rt.to_owned()),
+            correlation_data: None,
+            user_properties: Vec::new(),
+        }),
+    )
+}
+
+#[tokio::test]
+async fn a_wills_response_topic_is_checked_and_mounted_at_connect() {
+    let fx = Fixture::start().await;
+    let mut o = v5::options(fx.addr, "acme", "sensor", "w1");
+    o.set_last_will(will_with_response_topic(
+        "m/acme/c/telemetry/will",
+        "m/acme/c/telemetry/+",
+    ));
+    assert_eq!(
+        v5::connect_with(o).await.err().as_deref(),
+        Some("ProtocolError")
+    );
+    let mut o = v5::options(fx.addr, "acme", "sensor", "w2");
+    o.set_last_will(will_with_response_topic(
+        "m/acme/c/telemetry/will",
+        "replies",
+    ));
+    assert_eq!(
+        v5::connect_with(o).await.err().as_deref(),
+        Some("ImplementationSpecificError")
+    );
+    // A mounted thing's will answers under its mountpoint.
+    let mut reader = v5::connect(fx.addr, "acme", "reader", "w3r").await;
+    reader
+        .subscribe("m/acme/c/telemetry/#", v5::QoS::AtMostOnce)
+        .await;
+    let mut o = v5::options(fx.addr, "acme", "mounted", "w3");
+    o.set_last_will(will_with_response_topic("will", "replies/1"));
+    let mounted = v5::connect_with(o).await.expect("connects");
+    mounted.task.abort();
+    let got = reader.next_publish(WAIT).await.expect("the will");
+    assert_eq!(&got.topic[..], b"m/acme/c/telemetry/will");
+    assert_eq!(
+        got.properties.and_then(|p| p.response_topic).as_deref(),
+        Some("m/acme/c/telemetry/replies/1")
+    );
+}

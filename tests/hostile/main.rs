@@ -7,6 +7,8 @@
 mod support;
 
 mod harness;
+mod identity;
+mod quotas;
 mod router;
 mod sockets;
 

@@ -29,13 +29,13 @@ fn an_idle_socket_flood_past_the_open_files_limit_leaves_the_process_serving() {
     for (what, addr) in [("MQTT", start.mqtt), ("HTTP", start.http)] {
         let flood = idle_sockets(addr, NOFILE + 200);
         assert!(
+            start.alive(),
+            "the process ended under an idle {what} flood"
+        );
+        assert!(
             flood.len() > NOFILE,
             "the test opened only {} sockets on the {what} port",
             flood.len()
-        );
-        assert!(
-            start.alive(),
-            "the process ended under an idle {what} flood"
         );
         legitimate_pub_sub_works(&start, Duration::from_secs(5));
         drop(flood);

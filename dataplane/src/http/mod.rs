@@ -67,6 +67,23 @@ pub(crate) fn app<R: Router>(shared: Arc<Shared<R>>) -> axum::Router {
         .with_state(shared)
 }
 
+/// 408 when reading a body failed because it did not arrive within `--http-body-timeout-secs`.
+pub(crate) fn body_timed_out(e: &axum::Error) -> Option<ApiError> {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(c) = cause {
+        if c.is::<tower_http::timeout::TimeoutError>() {
+            return Some(ApiError::new(
+                axum::http::StatusCode::REQUEST_TIMEOUT,
+                "body_timeout",
+                "the request body did not arrive in time (--http-body-timeout-secs); send it \
+                 whole, or a smaller one",
+            ));
+        }
+        cause = c.source();
+    }
+    None
+}
+
 /// Serves the HTTP listener until the task is dropped.
 pub(crate) async fn serve<R: Router>(
     listener: GatedListener,

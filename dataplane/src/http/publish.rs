@@ -153,7 +153,7 @@ async fn handle<R: Router>(
     }
     let payload: Bytes = axum::body::to_bytes(body, max)
         .await
-        .map_err(|_| too_large())?;
+        .map_err(|e| super::body_timed_out(&e).unwrap_or_else(too_large))?;
     if payload.is_empty() {
         return Err(ApiError::new(
             StatusCode::BAD_REQUEST,

@@ -149,10 +149,11 @@ pub(crate) fn peek_version(buf: &[u8], max: usize) -> Result<Option<Version>, Fr
     {
         return Err(FrameError::Protocol(byte1 >> 4));
     }
-    let Some((_, header, _)) = complete_frame(buf, max)? else {
+    let Some((_, header, remaining)) = complete_frame(buf, max)? else {
         return Ok(None);
     };
-    let body = &buf[header..];
+    // The CONNECT's own bytes only: what follows it depends on how the reads split.
+    let body = &buf[header..header + remaining];
     let name_len = match body {
         [a, b, ..] => usize::from(u16::from_be_bytes([*a, *b])),
         _ => {
@@ -188,7 +189,7 @@ impl Codec {
     /// The next complete packet from the front of `buf`, if any. `max` limits the remaining
     /// length, checked before the body is buffered.
     pub(crate) fn read(&self, buf: &mut BytesMut, max: usize) -> Result<Option<Frame>, FrameError> {
-        let Some((byte1, header, _)) = complete_frame(buf, max)? else {
+        let Some((byte1, header, remaining)) = complete_frame(buf, max)? else {
             return Ok(None);
         };
         let kind = byte1 >> 4;
@@ -202,7 +203,7 @@ impl Codec {
             qos = (byte1 >> 1) & 3;
             dup = byte1 & 8 != 0;
             if qos > 0 {
-                let body = &buf[header..];
+                let body = &buf[header..header + remaining];
                 if let [a, b, rest @ ..] = body {
                     let topic_len = usize::from(u16::from_be_bytes([*a, *b]));
                     if let Some([x, y]) = rest.get(topic_len..topic_len + 2) {
@@ -328,6 +329,23 @@ mod tests {
             peek_version(&[0x10, 0xff, 0x7f], 1024),
             Err(FrameError::TooLarge(16383))
         );
+    }
+
+    #[test]
+    fn the_protocol_level_is_read_from_the_connect_alone() {
+        // Found by the `mqtt_packets` fuzz target: a protocol name longer than its CONNECT
+        // took the level from the next packet when both came in one read.
+        let mut b = connect_bytes(Version::V4).to_vec();
+        b[3] = 200;
+        b.extend_from_slice(&[5; 256]);
+        let frame = usize::from(b[1]) + 2;
+        assert_eq!(
+            peek_version(&b[..frame], 1024),
+            Err(FrameError::Malformed(
+                "CONNECT without protocol level".into()
+            ))
+        );
+        assert_eq!(peek_version(&b, 1024), peek_version(&b[..frame], 1024));
     }
 
     #[test]

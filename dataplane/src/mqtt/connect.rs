@@ -19,7 +19,7 @@ use super::state::Shared;
 use crate::router::{Publisher, Router, SessionKey, SessionMode};
 
 /// The largest CONNECT accepted (it carries the will).
-const MAX_CONNECT: usize = 128 * 1024;
+pub(crate) const MAX_CONNECT: usize = 128 * 1024;
 
 /// Serves one client connection from its first byte to its end.
 ///
@@ -86,7 +86,7 @@ where
 }
 
 /// Reads until the first packet is complete; `None` when the peer went away.
-async fn read_connect<S: AsyncRead + Unpin>(
+pub(crate) async fn read_connect<S: AsyncRead + Unpin>(
     stream: &mut S,
     rbuf: &mut BytesMut,
 ) -> Result<Option<(Codec, Packet)>, FrameError> {
@@ -299,10 +299,10 @@ impl<R: Router, S: AsyncWrite + Unpin> Handshake<'_, R, S> {
 
         let key = SessionKey::of(&subject, client_id);
         let mut registration = shared.registry.register(key.router_id());
-        if !registration
+        let abandoned = !registration
             .predecessor_gone(shared.config.takeover_wait)
-            .await
-        {
+            .await;
+        if abandoned {
             // The old session is stuck (a client that does not read, a throttled publish); it
             // leaves the router and its saved state alone from now on.
             tracing::warn!(client = %key.router_id(), "the session taken over did not end in time; abandoned it");
@@ -341,7 +341,10 @@ impl<R: Router, S: AsyncWrite + Unpin> Handshake<'_, R, S> {
         let saved = shared.sessions.take(&key.router_id());
         let had_saved = saved.is_some();
         let saved = if connect.clean_session { None } else { saved };
-        if had_saved && saved.is_none() {
+        // An abandoned predecessor saved nothing: what the router still holds for it (its
+        // subscriptions and queue) is dropped too, rather than resumed without the front-end's
+        // half.
+        if (had_saved && saved.is_none()) || abandoned {
             clear_in_router(&shared.router, &key).await;
         }
         let mut link = None;

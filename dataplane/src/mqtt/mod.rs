@@ -17,12 +17,14 @@ use std::sync::atomic::Ordering;
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
-pub(crate) use codec::{message_props, publish_props};
-pub(crate) use connect::random_client_id;
+#[cfg(test)]
+pub(crate) use codec::publish_with_id;
+pub(crate) use codec::{Codec, Frame, Version, message_props, peek_version, publish_props};
+pub(crate) use connect::{MAX_CONNECT, random_client_id, read_connect};
 pub(crate) use publish::{PublishRefusal, PublishRequest};
-pub(crate) use slots::ConnectionSlots;
 pub use retained::{DEFAULT_MAX_RETAINED_BYTES, DEFAULT_MAX_RETAINED_MESSAGES};
 pub(crate) use retained::{QuotaExceeded, RetainedStore, purge_deleted_channels};
+pub(crate) use slots::ConnectionSlots;
 pub use state::MqttConfig;
 pub(crate) use state::Shared;
 

@@ -18,7 +18,8 @@ use crate::router::Router;
 /// What the MQTT front-end is configured with.
 #[derive(Clone, Debug)]
 pub struct MqttConfig {
-    /// The most client connections this pod holds; more get CONNACK 0x03 (v3) / 0x89 (v5).
+    /// The most sockets this pod holds (every listener but admin, from accept); more are closed
+    /// at once.
     pub max_connections: usize,
     /// How long a new connection has to send a complete CONNECT.
     pub connect_timeout: Duration,

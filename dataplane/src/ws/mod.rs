@@ -20,6 +20,8 @@ use crate::listener::{self, AuthHandle};
 use crate::mqtt::{ConnectionSlots, Shared};
 use crate::router::{Publisher, Router};
 
+pub(crate) use session::{Stream, answer_text};
+
 /// Close codes of plain WebSocket streams (4000–4999 are the application's, RFC 6455 7.4.2).
 pub mod close {
     /// The credentials no longer hold: the thing was disabled or deleted, its key removed,

@@ -110,10 +110,28 @@ pub(crate) async fn run<R: Router>(
     }
 }
 
-struct Conn<R: Router> {
+/// A stream's connection; `W` is the socket (none where client frames are answered without
+/// one, as the fuzz target does).
+struct Conn<R: Router, W = WebSocket> {
     shared: Arc<Shared<R>>,
-    socket: WebSocket,
+    socket: W,
     stream: Stream,
+}
+
+/// The answer to a client's text frame on `stream`, as a running stream gives it, without a
+/// socket: the way in for the fuzz target ([`crate::fuzzing`]).
+pub(crate) fn answer_text<R: Router>(
+    shared: Arc<Shared<R>>,
+    stream: Stream,
+    text: &str,
+    link: &mut R::Link,
+) -> String {
+    let conn = Conn {
+        shared,
+        socket: (),
+        stream,
+    };
+    conn.on_text(text, link).0
 }
 
 impl<R: Router> Conn<R> {
@@ -237,7 +255,9 @@ impl<R: Router> Conn<R> {
         }
         Ok(())
     }
+}
 
+impl<R: Router, W> Conn<R, W> {
     /// The answer frame to a client frame, and the close that follows it when the publish was
     /// over a size limit or a quota.
     fn on_text(&self, text: &str, link: &mut R::Link) -> (String, Option<Close>) {

@@ -277,8 +277,10 @@ impl<R: Router, S: AsyncRead + AsyncWrite + Unpin + Send> Session<R, S> {
             }
         }
         self.resend_inflight();
-        // Data already read behind the CONNECT.
+        // Data already read behind the CONNECT. Its answers go out before the end, as those
+        // of a later read do.
         if let Flow::End(end) = self.process_input().await {
+            self.flush_last().await;
             return end;
         }
         let mut policy_open = true;

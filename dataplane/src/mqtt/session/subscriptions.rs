@@ -122,6 +122,11 @@ impl Subs {
 
 impl<R: Router, S: AsyncRead + AsyncWrite + Unpin + Send> Session<R, S> {
     async fn link(&mut self) -> Option<&mut R::Link> {
+        if self.link.is_none() && self.acc.registration.was_kicked() {
+            // Taken over: the router id is the successor's now, and an attach would take its
+            // session over in the router.
+            return None;
+        }
         if self.link.is_none() {
             match self
                 .shared
