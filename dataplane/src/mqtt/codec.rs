@@ -127,6 +127,18 @@ fn fixed_header(buf: &[u8]) -> Result<Option<(u8, usize, usize)>, FrameError> {
     ))
 }
 
+/// A variable byte integer at the start of `buf`: (its length, its value).
+fn varint(buf: &[u8]) -> Option<(usize, usize)> {
+    let mut value = 0usize;
+    for (i, &b) in buf.iter().take(4).enumerate() {
+        value |= usize::from(b & 0x7f) << (7 * i);
+        if b & 0x80 == 0 {
+            return Some((i + 1, value));
+        }
+    }
+    None
+}
+
 /// A complete frame's header, checked against `max` (the remaining length, as rumqttd counts).
 fn complete_frame(buf: &[u8], max: usize) -> Result<Option<(u8, usize, usize)>, FrameError> {
     let Some((byte1, header, remaining)) = fixed_header(buf)? else {
@@ -199,16 +211,22 @@ impl Codec {
             return Err(FrameError::Protocol(kind));
         }
         let (mut qos, mut pkid, mut dup) = (0, 0, false);
+        // Where a v5 PUBLISH's payload starts, by its properties length.
+        let mut payload_at = None;
         if kind == 3 {
             qos = (byte1 >> 1) & 3;
             dup = byte1 & 8 != 0;
-            if qos > 0 {
-                let body = &buf[header..header + remaining];
-                if let [a, b, rest @ ..] = body {
-                    let topic_len = usize::from(u16::from_be_bytes([*a, *b]));
-                    if let Some([x, y]) = rest.get(topic_len..topic_len + 2) {
-                        pkid = u16::from_be_bytes([*x, *y]);
-                    }
+            let body = &buf[header..header + remaining];
+            if let [a, b, rest @ ..] = body {
+                let topic_len = usize::from(u16::from_be_bytes([*a, *b]));
+                if qos > 0
+                    && let Some([x, y]) = rest.get(topic_len..topic_len + 2)
+                {
+                    pkid = u16::from_be_bytes([*x, *y]);
+                }
+                let props_at = 2 + topic_len + if qos > 0 { 2 } else { 0 };
+                if let Some((n, len)) = body.get(props_at..).and_then(varint) {
+                    payload_at = Some(props_at + n + len);
                 }
             }
         }
@@ -217,6 +235,19 @@ impl Codec {
             Version::V5 => V5.read_mut(buf, max),
         };
         let packet = decoded.map_err(|e| FrameError::Malformed(e.to_string()))?;
+        // rumqttd's v5 reader takes a property that runs past the properties length out of
+        // the payload instead of refusing the packet. (It also miscounts subscription
+        // identifiers, which a client must not send: the session refuses those.)
+        if let (Version::V5, Packet::Publish(p, props)) = (self.version, &packet)
+            && props
+                .as_ref()
+                .is_none_or(|p| p.subscription_identifiers.is_empty())
+            && payload_at.and_then(|at| remaining.checked_sub(at)) != Some(p.payload.len())
+        {
+            return Err(FrameError::Malformed(
+                "the PUBLISH properties run past their length".into(),
+            ));
+        }
         Ok(Some(Frame {
             packet,
             qos,
@@ -346,6 +377,39 @@ mod tests {
             ))
         );
         assert_eq!(peek_version(&b, 1024), peek_version(&b[..frame], 1024));
+    }
+
+    #[test]
+    fn v5_publish_properties_that_run_past_their_length_are_refused() {
+        // Found by the `mqtt_packets` fuzz target: rumqttd read a property that ran past the
+        // properties length out of the payload, and wrote the packet back differently.
+        let codec = Codec::new(Version::V5);
+        let props = PublishProperties {
+            content_type: Some("ab".into()),
+            ..PublishProperties::default()
+        };
+        let mut out = BytesMut::new();
+        let publish = publish_with_id(b"m/t/c/x", b"hi", 1, 7, false, false);
+        codec
+            .write(Packet::Publish(publish, Some(props)), &mut out)
+            .expect("encodes");
+        let mut good = out.clone();
+        assert!(matches!(
+            codec.read(&mut good, 1024),
+            Ok(Some(Frame {
+                packet: Packet::Publish(..),
+                ..
+            }))
+        ));
+        // Topic (2 + 7) and packet id (2) after the 2-byte fixed header: the properties length.
+        assert_eq!(out[13], 5);
+        out[13] = 3;
+        assert_eq!(
+            codec.read(&mut out, 1024).err(),
+            Some(FrameError::Malformed(
+                "the PUBLISH properties run past their length".into()
+            ))
+        );
     }
 
     #[test]
