@@ -14,6 +14,13 @@ use clap::Parser;
 #[global_allocator]
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
+/// jemalloc's options, read before `main`: its background thread returns freed pages to the
+/// system after their decay time even while the process is idle, so what a flood of clients
+/// made it hold goes back once they are gone. Without it, pages are only purged on later
+/// allocator activity. `_RJEM_MALLOC_CONF` still overrides these at run time.
+#[unsafe(export_name = "_rjem_malloc_conf")]
+static MALLOC_CONF: &[u8; 23] = b"background_thread:true\0";
+
 fn main() -> ExitCode {
     cli::Cli::parse().run()
 }
