@@ -10,6 +10,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::Args;
 use fleetward_dataplane::Dataplane;
+use fleetward_dataplane::LimitArgs;
 use fleetward_operator::directory::{FileError, ScanReport};
 use fleetward_operator::index::{Kind, ObjectKey};
 use fleetward_policy::Snapshot;
@@ -42,24 +43,9 @@ pub struct StartArgs {
     /// Health and Prometheus metrics listener (`/healthz`, `/readyz`, `/metrics`).
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8081")]
     pub admin_listen: SocketAddr,
-    /// The most user properties one MQTT v5 message (publish or will) may carry.
-    #[arg(long, default_value_t = 32)]
-    pub max_user_properties: usize,
-    /// The longest a v5 will waits after its connection ends, in seconds (the session's
-    /// expiry caps it too).
-    #[arg(long, default_value_t = 300)]
-    pub max_will_delay_secs: u64,
-    /// The most subscriptions one MQTT session holds.
-    #[arg(long, default_value_t = 100)]
-    pub max_subscriptions_per_session: usize,
-    /// The most sockets held on the MQTT and HTTP listeners together, counted from accept
-    /// (lowered to the open-files limit less 128 when that is smaller).
-    #[arg(long, value_name = "N", default_value_t = 10_000)]
-    pub max_connections: usize,
-    /// The most of those not authenticated yet; when full, the oldest is closed. Default: a
-    /// quarter of --max-connections, at most 1,000.
-    #[arg(long, value_name = "N")]
-    pub max_pending_connections: Option<usize>,
+    /// Connection, message, session and HTTP limits, as `fleetward dataplane` takes them.
+    #[command(flatten)]
+    pub limits: LimitArgs,
 }
 
 /// Runs until SIGTERM or SIGINT.
@@ -87,14 +73,7 @@ pub async fn run(args: StartArgs) -> anyhow::Result<()> {
         .mqtt_listen(args.mqtt_listen)
         .http_listen(Some(args.http_listen))
         .admin_listen(Some(args.admin_listen))
-        .mqtt_config(fleetward_dataplane::MqttConfig {
-            max_connections: args.max_connections,
-            max_user_properties: args.max_user_properties,
-            max_will_delay: Duration::from_secs(args.max_will_delay_secs),
-            max_subscriptions_per_session: args.max_subscriptions_per_session,
-            ..fleetward_dataplane::MqttConfig::default()
-        })
-        .max_pending_connections(args.max_pending_connections)
+        .limits(&args.limits)
         .start()
         .await
         .context("starting the dataplane")?;

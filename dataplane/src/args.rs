@@ -2,6 +2,10 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::listener::HttpLimits;
+use crate::mqtt::MqttConfig;
 
 /// Arguments of a dataplane pod.
 #[derive(Clone, Debug, clap::Args)]
@@ -35,53 +39,9 @@ pub struct DataplaneArgs {
     /// PolicySync endpoints of the operator, comma-separated; every one is tried.
     #[arg(long, value_delimiter = ',', env = "FLEETWARD_OPERATOR")]
     pub operator: Vec<String>,
-    /// The most sockets this pod holds on its MQTT, MQTTS and HTTP listeners together (MQTT,
-    /// MQTT over WebSocket, WebSocket streams, HTTP), counted from accept; lowered to the
-    /// open-files limit less 128 when that is smaller.
-    #[arg(long, default_value_t = 10_000)]
-    pub max_connections: usize,
-    /// The most of those not authenticated yet; when full, the oldest is closed to make room.
-    /// Default: a quarter of --max-connections, at most 1,000.
-    #[arg(long)]
-    pub max_pending_connections: Option<usize>,
-    /// Seconds a new connection has to authenticate: the TLS handshake and the CONNECT (also
-    /// over WebSocket).
-    #[arg(long, default_value_t = 10)]
-    pub connect_timeout_secs: u64,
-    /// Seconds an HTTP client has to send a request's headers; also how long a kept-alive
-    /// HTTP connection may sit idle between requests.
-    #[arg(long, default_value_t = 10)]
-    pub http_header_timeout_secs: u64,
-    /// Seconds an HTTP client has to send a request's whole body.
-    #[arg(long, default_value_t = 30)]
-    pub http_body_timeout_secs: u64,
-    /// HTTP requests served at once; more are answered 503 with Retry-After.
-    #[arg(long, default_value_t = 1024)]
-    pub http_max_requests: usize,
-    /// The largest MQTT packet accepted, in bytes (tenant and channel limits may be lower).
-    #[arg(long, default_value_t = 1024 * 1024)]
-    pub max_packet_size: usize,
-    /// The most QoS 1/2 deliveries awaiting a client's acknowledgement.
-    #[arg(long, default_value_t = 100)]
-    pub max_inflight: u16,
-    /// The most messages queued for a persistent session while its client was away that it is
-    /// sent on resume; the rest are dropped and counted.
-    #[arg(long, default_value_t = 1000)]
-    pub max_offline_messages: usize,
-    /// Entries of the authorization decision cache; 0 turns it off (every decision is
-    /// evaluated, for measuring what the cache is worth).
-    #[arg(long, default_value_t = 100_000)]
-    pub decision_cache_entries: u64,
-    /// The most user properties one MQTT v5 message (publish or will) may carry.
-    #[arg(long, default_value_t = 32)]
-    pub max_user_properties: usize,
-    /// The longest a v5 will waits after its connection ends, in seconds (the session's
-    /// expiry caps it too).
-    #[arg(long, default_value_t = 300)]
-    pub max_will_delay_secs: u64,
-    /// The most subscriptions one MQTT session holds.
-    #[arg(long, default_value_t = 100)]
-    pub max_subscriptions_per_session: usize,
+    /// Connection, message, session and HTTP limits (shared with `fleetward start`).
+    #[command(flatten)]
+    pub limits: LimitArgs,
     /// NATS servers of the cross-pod bus, comma-separated (nats://host:4222); absent, this pod
     /// is the only one (in-process bus). Retained messages across pods need JetStream.
     #[arg(long, value_delimiter = ',', env = "FLEETWARD_NATS")]
@@ -144,6 +104,86 @@ impl DataplaneArgs {
             logins_per_user_per_minute: self.logins_per_user_per_minute,
             logins_per_address_per_minute: self.logins_per_address_per_minute,
             login_window: std::time::Duration::from_secs(60),
+        }
+    }
+}
+
+/// What a pod holds for its clients, and how long it waits for them: the flags of
+/// `fleetward dataplane` and `fleetward start` alike.
+#[derive(Clone, Debug, clap::Args)]
+pub struct LimitArgs {
+    /// The most sockets this pod holds on its MQTT, MQTTS and HTTP listeners together (MQTT,
+    /// MQTT over WebSocket, WebSocket streams, HTTP), counted from accept; lowered to the
+    /// open-files limit less 128 when that is smaller.
+    #[arg(long, default_value_t = 10_000)]
+    pub max_connections: usize,
+    /// The most of those not authenticated yet; when full, the oldest is closed to make room.
+    /// Default: a quarter of --max-connections, at most 1,000.
+    #[arg(long)]
+    pub max_pending_connections: Option<usize>,
+    /// Seconds a new connection has to authenticate: the TLS handshake and the CONNECT (also
+    /// over WebSocket).
+    #[arg(long, default_value_t = 10)]
+    pub connect_timeout_secs: u64,
+    /// Seconds an HTTP client has to send a request's headers; also how long a kept-alive
+    /// HTTP connection may sit idle between requests.
+    #[arg(long, default_value_t = 10)]
+    pub http_header_timeout_secs: u64,
+    /// Seconds an HTTP client has to send a request's whole body.
+    #[arg(long, default_value_t = 30)]
+    pub http_body_timeout_secs: u64,
+    /// HTTP requests served at once; more are answered 503 with Retry-After.
+    #[arg(long, default_value_t = 1024)]
+    pub http_max_requests: usize,
+    /// The largest MQTT packet accepted, in bytes (tenant and channel limits may be lower).
+    #[arg(long, default_value_t = 1024 * 1024)]
+    pub max_packet_size: usize,
+    /// The most QoS 1/2 deliveries awaiting a client's acknowledgement.
+    #[arg(long, default_value_t = 100)]
+    pub max_inflight: u16,
+    /// The most messages queued for a persistent session while its client was away that it is
+    /// sent on resume; the rest are dropped and counted.
+    #[arg(long, default_value_t = 1000)]
+    pub max_offline_messages: usize,
+    /// Entries of the authorization decision cache; 0 turns it off (every decision is
+    /// evaluated, for measuring what the cache is worth).
+    #[arg(long, default_value_t = 100_000)]
+    pub decision_cache_entries: u64,
+    /// The most user properties one MQTT v5 message (publish or will) may carry.
+    #[arg(long, default_value_t = 32)]
+    pub max_user_properties: usize,
+    /// The longest a v5 will waits after its connection ends, in seconds (the session's
+    /// expiry caps it too).
+    #[arg(long, default_value_t = 300)]
+    pub max_will_delay_secs: u64,
+    /// The most subscriptions one MQTT session holds.
+    #[arg(long, default_value_t = 100)]
+    pub max_subscriptions_per_session: usize,
+}
+
+impl LimitArgs {
+    /// The MQTT front-end's configuration these flags give.
+    pub fn mqtt_config(&self) -> MqttConfig {
+        MqttConfig {
+            max_connections: self.max_connections,
+            connect_timeout: Duration::from_secs(self.connect_timeout_secs),
+            max_packet_size: self.max_packet_size,
+            max_inflight: self.max_inflight.max(1),
+            decision_cache_entries: self.decision_cache_entries,
+            max_user_properties: self.max_user_properties,
+            max_will_delay: Duration::from_secs(self.max_will_delay_secs),
+            max_subscriptions_per_session: self.max_subscriptions_per_session,
+            max_offline_messages: self.max_offline_messages,
+            ..MqttConfig::default()
+        }
+    }
+
+    /// The HTTP listener's timeouts and request cap these flags give.
+    pub fn http_limits(&self) -> HttpLimits {
+        HttpLimits {
+            header_timeout: Duration::from_secs(self.http_header_timeout_secs.max(1)),
+            body_timeout: Duration::from_secs(self.http_body_timeout_secs.max(1)),
+            max_requests: self.http_max_requests.max(1),
         }
     }
 }

@@ -3,7 +3,6 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
 
 use anyhow::Context as _;
 use fleetward_policy::{PolicyEvaluator, Snapshot};
@@ -12,7 +11,7 @@ use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
 
 use crate::admin::{self, AdminState};
-use crate::args::DataplaneArgs;
+use crate::args::{DataplaneArgs, LimitArgs};
 use crate::bus::{Bus, BusRouter, Inbound, LocalBus, NatsBus, NatsConfig};
 use crate::http;
 use crate::listener::{self, Gate, GatedListener, HttpLimits, Listener, ListenerMetrics};
@@ -73,36 +72,25 @@ impl Dataplane {
             .mqtt_listen(args.mqtt_listen)
             .admin_listen(Some(args.admin_listen))
             .http_listen(Some(args.http_listen))
-            .mqtt_config(MqttConfig {
-                max_connections: args.max_connections,
-                connect_timeout: Duration::from_secs(args.connect_timeout_secs),
-                max_packet_size: args.max_packet_size,
-                max_inflight: args.max_inflight.max(1),
-                decision_cache_entries: args.decision_cache_entries,
-                max_user_properties: args.max_user_properties,
-                max_will_delay: Duration::from_secs(args.max_will_delay_secs),
-                max_subscriptions_per_session: args.max_subscriptions_per_session,
-                max_offline_messages: args.max_offline_messages,
-                ..MqttConfig::default()
-            });
+            .limits(&args.limits);
         if let (Some(addr), Some(cert), Some(key)) =
             (args.mqtts_listen, &args.tls_cert, &args.tls_key)
         {
             d = d.mqtts_listen(addr, cert.clone(), key.clone());
         }
         d = d.users(args.users_config());
-        d = d
-            .max_pending_connections(args.max_pending_connections)
-            .http_limits(HttpLimits {
-                header_timeout: Duration::from_secs(args.http_header_timeout_secs.max(1)),
-                body_timeout: Duration::from_secs(args.http_body_timeout_secs.max(1)),
-                max_requests: args.http_max_requests.max(1),
-            });
         if !args.nats.is_empty() {
             let node_id = args.node_id.clone().unwrap_or_else(random_node_id);
             d = d.nats(Some(NatsConfig::new(args.nats.clone(), node_id)));
         }
         d
+    }
+
+    /// The limits the command-line flags give (`fleetward dataplane` and `fleetward start`).
+    pub fn limits(self, limits: &LimitArgs) -> Self {
+        self.mqtt_config(limits.mqtt_config())
+            .http_limits(limits.http_limits())
+            .max_pending_connections(limits.max_pending_connections)
     }
 
     /// The cross-pod bus: NATS with this configuration, or (`None`, the default) none, for a

@@ -17,7 +17,7 @@ pub mod sync;
 pub mod users;
 pub mod ws;
 
-pub use args::DataplaneArgs;
+pub use args::{DataplaneArgs, LimitArgs};
 pub use dataplane::{DEFAULT_MAX_PENDING, Dataplane, RunningDataplane};
 pub use listener::{HttpLimits, RESERVED_FILES, raise_open_files_limit};
 pub use mqtt::MqttConfig;
