@@ -241,6 +241,11 @@ impl<L: RouterLink> RouterLink for BusLink<L> {
         }
         self.inner.detach();
     }
+
+    fn abandon(self) {
+        // The successor holds this id's interest now; only the router link goes.
+        self.inner.abandon();
+    }
 }
 
 #[cfg(test)]

@@ -361,6 +361,15 @@ pub trait RouterLink: Send + 'static {
     }
     /// Ends the session on the router side (a persistent one is kept for a later attach).
     fn detach(self);
+    /// Lets go of a session whose successor stopped waiting for it and owns its id now: no
+    /// word to the router, and nothing kept under the id (what it held is released, never
+    /// saved over the successor's).
+    fn abandon(self)
+    where
+        Self: Sized,
+    {
+        drop(self);
+    }
 }
 
 #[cfg(test)]

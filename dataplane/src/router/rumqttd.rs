@@ -413,6 +413,11 @@ impl RouterLink for RumqttdLink {
         }
     }
 
+    fn abandon(mut self) {
+        // Released, not saved: the id's saved routes are the successor's now.
+        self.held.persistent = false;
+    }
+
     fn detach(mut self) {
         let _ = push(
             &mut self.tx,

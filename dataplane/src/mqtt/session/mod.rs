@@ -226,9 +226,12 @@ impl<R: Router, S: AsyncRead + AsyncWrite + Unpin + Send> Session<R, S> {
         let shared = self.shared.clone();
         if self.acc.registration.abandoned() {
             // Its successor stopped waiting and owns the router session, the saved state and
-            // the will's place now. The link is dropped without a word to the router: the
-            // router already handed its connection to the successor (ROUTER.md §2.6).
-            drop(self.link.take());
+            // the will's place now. The link goes without a word to the router (it already
+            // handed its connection to the successor, ROUTER.md §2.6), and what it held is
+            // released, not saved over the successor's routes.
+            if let Some(link) = self.link.take() {
+                link.abandon();
+            }
             return;
         }
         if !self.acc.expiry.is_zero() {
