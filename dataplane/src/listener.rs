@@ -128,16 +128,21 @@ impl Gate {
         });
         let oldest = {
             let mut pending = self.pending.lock();
-            let oldest = if pending.len() >= self.max_pending {
-                pending.pop_first().map(|(_, s)| s)
-            } else {
-                None
-            };
+            let mut oldest = None;
+            if pending.len() >= self.max_pending {
+                // The swap decides between eviction and a socket authenticating right now
+                // (it leaves `pending` before it takes this lock): one that won is skipped.
+                while let Some((_, s)) = pending.pop_first() {
+                    if s.pending.swap(false, Ordering::AcqRel) {
+                        oldest = Some(s);
+                        break;
+                    }
+                }
+            }
             pending.insert(slot.id, slot.clone());
             oldest
         };
         if let Some(old) = oldest {
-            old.pending.store(false, Ordering::Release);
             old.evicted.store(true, Ordering::Release);
             old.waker.wake();
             self.metrics.evicted[old.listener.index()].fetch_add(1, Ordering::Relaxed);
