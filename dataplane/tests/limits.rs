@@ -473,3 +473,30 @@ async fn a_things_own_connection_limit_answers_quota_exceeded() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+#[tokio::test]
+async fn a_client_back_with_its_own_id_takes_its_place_over_at_the_things_limit() {
+    let mut fx = Fixture::start().await;
+    let mut r = resources();
+    for t in r
+        .things
+        .iter_mut()
+        .filter(|t| t.tenant == "acme" && t.name == "sensor")
+    {
+        t.max_connections = Some(1);
+    }
+    fx.apply(r);
+    // The old connection is still open (as after a half-open drop): the same client id takes
+    // it over, where another id is refused.
+    let mut first = v5::connect(fx.addr, "acme", "sensor", "same").await;
+    let again = v5::connect_with(v5::options(fx.addr, "acme", "sensor", "same")).await;
+    assert!(
+        again.is_ok(),
+        "a reconnect with its own id was refused at the thing's limit: {:?}",
+        again.err()
+    );
+    assert!(
+        first.closed_within(WAIT).await.is_some(),
+        "the session taken over is ended"
+    );
+}

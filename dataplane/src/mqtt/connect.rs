@@ -246,17 +246,6 @@ impl<R: Router, S: AsyncWrite + Unpin> Handshake<'_, R, S> {
                 }
             }
         };
-        // The tenant's and the thing's maxConnections: v3 0x03, v5 0x97.
-        let tenant_slot = match ConnectionSlots::acquire(&shared, &snapshot, &subject) {
-            Ok(slots) => slots,
-            Err(over) => {
-                let code = match version {
-                    Version::V4 => ConnectReturnCode::ServiceUnavailable,
-                    Version::V5 => ConnectReturnCode::QuotaExceeded,
-                };
-                return self.refuse(code, over.label()).await;
-            }
-        };
         let key_digest = (!by_token).then(|| KeyDigest::of(password));
         let mount = snapshot
             .mountpoint_of(&subject.tenant, &subject.name)
@@ -312,6 +301,19 @@ impl<R: Router, S: AsyncWrite + Unpin> Handshake<'_, R, S> {
         if let Some(will) = shared.pending_wills.lock().remove(&key.router_id()) {
             will.abort();
         }
+        // The tenant's and the thing's maxConnections: v3 0x03, v5 0x97. Counted once the
+        // session this one takes over is gone, so a client back after a half-open drop takes
+        // its own place over instead of being refused until its old socket times out.
+        let tenant_slot = match ConnectionSlots::acquire(&shared, &snapshot, &subject) {
+            Ok(slots) => slots,
+            Err(over) => {
+                let code = match version {
+                    Version::V4 => ConnectReturnCode::ServiceUnavailable,
+                    Version::V5 => ConnectReturnCode::QuotaExceeded,
+                };
+                return self.refuse(code, over.label()).await;
+            }
+        };
 
         let props = props.unwrap_or(ConnectProperties {
             session_expiry_interval: None,
