@@ -72,7 +72,14 @@ type ChannelRetained = HashMap<String, (Message, Instant)>;
 struct Usage {
     messages: u32,
     bytes: u64,
+    /// When the tenant's expired messages were last swept out (on a refusal).
+    swept: Option<Instant>,
 }
+
+/// How often a tenant over its quota has its expired messages swept: a tenant that keeps
+/// publishing over it must not make every refusal a walk of the store, under the lock every
+/// tenant's retained publish and SUBSCRIBE takes.
+const SWEEP_EVERY: Duration = Duration::from_secs(1);
 
 #[derive(Default)]
 struct Inner {
@@ -117,6 +124,17 @@ impl Inner {
     /// Drops the tenant's expired messages (only on a refusal: the quota counts them until
     /// then).
     fn drop_expired(&mut self, tenant: &str) {
+        let now = Instant::now();
+        match self.by_tenant.get_mut(tenant) {
+            Some(u)
+                if u.swept
+                    .is_some_and(|at| now.duration_since(at) < SWEEP_EVERY) =>
+            {
+                return;
+            }
+            Some(u) => u.swept = Some(now),
+            None => return,
+        }
         let mut gone = Vec::new();
         for ((t, c), topics) in &self.by_channel {
             if t == tenant {
