@@ -51,6 +51,15 @@ pub(crate) fn response_topic_is_protocol_error(e: TopicError) -> bool {
     )
 }
 
+/// The v5 answer to a refused publish.
+#[derive(Clone, Copy)]
+enum RefusalCode {
+    /// 0x87.
+    NotAuthorized,
+    /// 0x97.
+    QuotaExceeded,
+}
+
 impl<R: Router, S: AsyncRead + AsyncWrite + Unpin + Send> Session<R, S> {
     /// Refuses a v5 publish whose response topic is not one: a wildcard or an empty one is a
     /// protocol error (DISCONNECT 0x82); a valid MQTT name outside Fleetward's topics is
@@ -87,61 +96,40 @@ impl<R: Router, S: AsyncRead + AsyncWrite + Unpin + Send> Session<R, S> {
     }
 
     fn refuse_publish(&mut self, qos: u8, pkid: u16, label: &'static str) -> Flow {
-        self.shared.metrics.refused("publish", label);
-        match (self.codec.version(), qos) {
-            (Version::V4, _) => Flow::End(End::Closed),
-            (Version::V5, 0) => Flow::Continue,
-            (Version::V5, 1) => {
-                self.write(Packet::PubAck(
-                    PubAck {
-                        pkid,
-                        reason: PubAckReason::NotAuthorized,
-                    },
-                    None,
-                ));
-                Flow::Continue
-            }
-            (Version::V5, _) => {
-                self.write(Packet::PubRec(
-                    PubRec {
-                        pkid,
-                        reason: PubRecReason::NotAuthorized,
-                    },
-                    None,
-                ));
-                Flow::Continue
-            }
-        }
+        self.refuse_with(qos, pkid, ("publish", label), RefusalCode::NotAuthorized)
     }
 
     /// A publish over its tenant's retained-message quota: v5 PUBACK/PUBREC 0x97 (a QoS 0 one
     /// is dropped, and counted); v3 has no code for it and is disconnected.
     fn refuse_over_quota(&mut self, qos: u8, pkid: u16, label: &'static str) -> Flow {
-        self.shared.metrics.refused("limit", label);
+        self.refuse_with(qos, pkid, ("limit", label), RefusalCode::QuotaExceeded)
+    }
+
+    /// Counts a refused publish as `what`/`label` and answers it: v3 is disconnected, v5 gets
+    /// `code` on its PUBACK (QoS 1) or PUBREC (QoS 2), and a QoS 0 one is dropped.
+    fn refuse_with(
+        &mut self,
+        qos: u8,
+        pkid: u16,
+        (what, label): (&'static str, &'static str),
+        code: RefusalCode,
+    ) -> Flow {
+        self.shared.metrics.refused(what, label);
+        let (ack, rec) = match code {
+            RefusalCode::NotAuthorized => {
+                (PubAckReason::NotAuthorized, PubRecReason::NotAuthorized)
+            }
+            RefusalCode::QuotaExceeded => {
+                (PubAckReason::QuotaExceeded, PubRecReason::QuotaExceeded)
+            }
+        };
         match (self.codec.version(), qos) {
-            (Version::V4, _) => Flow::End(End::Closed),
-            (Version::V5, 0) => Flow::Continue,
-            (Version::V5, 1) => {
-                self.write(Packet::PubAck(
-                    PubAck {
-                        pkid,
-                        reason: PubAckReason::QuotaExceeded,
-                    },
-                    None,
-                ));
-                Flow::Continue
-            }
-            (Version::V5, _) => {
-                self.write(Packet::PubRec(
-                    PubRec {
-                        pkid,
-                        reason: PubRecReason::QuotaExceeded,
-                    },
-                    None,
-                ));
-                Flow::Continue
-            }
+            (Version::V4, _) => return Flow::End(End::Closed),
+            (Version::V5, 0) => {}
+            (Version::V5, 1) => self.write(Packet::PubAck(PubAck { pkid, reason: ack }, None)),
+            (Version::V5, _) => self.write(Packet::PubRec(PubRec { pkid, reason: rec }, None)),
         }
+        Flow::Continue
     }
 
     pub(super) fn on_publish(

@@ -48,7 +48,6 @@ impl Index {
 
 impl Subs {
     /// How many subscriptions the session holds.
-    #[allow(dead_code)] // for the per-session cap on subscriptions
     pub(crate) fn len(&self) -> usize {
         self.0.as_ref().map_or(0, |i| i.by_full.len())
     }
