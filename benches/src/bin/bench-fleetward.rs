@@ -32,6 +32,10 @@ struct Args {
     /// The most client connections held (the suite raises it above a flood's size).
     #[arg(long, default_value_t = MqttConfig::default().max_connections)]
     max_connections: usize,
+    /// The most of those not authenticated yet; when full, the oldest is closed. Default: the
+    /// dataplane's (a quarter of --max-connections, at most 1,000).
+    #[arg(long)]
+    max_pending_connections: Option<usize>,
 }
 
 #[tokio::main]
@@ -46,6 +50,7 @@ async fn main() -> anyhow::Result<()> {
             max_connections: args.max_connections,
             ..MqttConfig::default()
         })
+        .max_pending_connections(args.max_pending_connections)
         .start()
         .await?;
     println!(
