@@ -15,6 +15,11 @@ use fleetward_dataplane::{Dataplane, MqttConfig};
 #[global_allocator]
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
+/// The jemalloc options the `fleetward` binary sets (its background thread returns freed
+/// pages while the process is idle), so memory figures are the binary's.
+#[unsafe(export_name = "_rjem_malloc_conf")]
+static MALLOC_CONF: &[u8; 23] = b"background_thread:true\0";
+
 #[derive(Parser, Debug)]
 struct Args {
     /// Address of the MQTT listener.
