@@ -15,6 +15,11 @@ use fleetward_dataplane::{Dataplane, MqttConfig};
 #[global_allocator]
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
+/// The jemalloc options the `fleetward` binary sets (its background thread returns freed
+/// pages while the process is idle), so memory figures are the binary's.
+#[unsafe(export_name = "_rjem_malloc_conf")]
+static MALLOC_CONF: &[u8; 23] = b"background_thread:true\0";
+
 #[derive(Parser, Debug)]
 struct Args {
     /// Address of the MQTT listener.
@@ -32,6 +37,10 @@ struct Args {
     /// The most client connections held (the suite raises it above a flood's size).
     #[arg(long, default_value_t = MqttConfig::default().max_connections)]
     max_connections: usize,
+    /// The most of those not authenticated yet; when full, the oldest is closed. Default: the
+    /// dataplane's (a quarter of --max-connections, at most 1,000).
+    #[arg(long)]
+    max_pending_connections: Option<usize>,
 }
 
 #[tokio::main]
@@ -46,6 +55,7 @@ async fn main() -> anyhow::Result<()> {
             max_connections: args.max_connections,
             ..MqttConfig::default()
         })
+        .max_pending_connections(args.max_pending_connections)
         .start()
         .await?;
     println!(
