@@ -177,17 +177,7 @@ impl NatsBus {
                 let Some(subject) = topic_subject(&topic) else {
                     continue;
                 };
-                let clear = Message {
-                    topic: topic.into(),
-                    payload: bytes::Bytes::new(),
-                    qos: 0,
-                    props: None,
-                    retain: true,
-                    origin: None,
-                    publisher: None,
-                    protocol: crate::router::Protocol::Unspecified,
-                    created_ns: 0,
-                };
+                let clear = cleared(topic);
                 if queue.try_send((subject, clear)).is_err() {
                     metrics.bus_dropped("retained_queue_full");
                 }
@@ -448,8 +438,14 @@ fn apply(ctx: &Ctx, entry: kv::Entry) {
     let Some((tenant, channel)) = super::subject::channel_of(&topic) else {
         return;
     };
-    let message = message.unwrap_or_else(|| Message {
-        topic: topic.clone().into(),
+    let message = message.unwrap_or_else(|| cleared(topic.clone()));
+    (ctx.inbound.retain)(&tenant, &channel, &topic, message);
+}
+
+/// The retained message that clears `topic`'s: an empty payload with the retain flag.
+fn cleared(topic: String) -> Message {
+    Message {
+        topic: topic.into(),
         payload: bytes::Bytes::new(),
         qos: 0,
         props: None,
@@ -458,6 +454,5 @@ fn apply(ctx: &Ctx, entry: kv::Entry) {
         publisher: None,
         protocol: crate::router::Protocol::Unspecified,
         created_ns: 0,
-    });
-    (ctx.inbound.retain)(&tenant, &channel, &topic, message);
+    }
 }
