@@ -435,6 +435,22 @@ mod tests {
     }
 
     #[test]
+    fn a_frame_id_is_echoed_as_sent() {
+        // Found by `ws_frames`: a number the default parser rounded one unit off came back
+        // as another number.
+        let mut ws = WsStreams::new();
+        let frame = r#"{"id":[2222222222222222222222222222222211,0.1],"payload":"x"}"#;
+        let sent: serde_json::Value = serde_json::from_str(frame).expect("json");
+        let answer = ws.on_text("m/acme/c/telemetry/room", frame);
+        let answer: serde_json::Value = serde_json::from_str(&answer).expect("json");
+        assert_eq!(answer["type"], "published", "{answer}");
+        assert_eq!(answer["id"], sent["id"]);
+        // Rust's own parser rounds correctly.
+        let exact = "2222222222222222222222222222222211".parse::<f64>().ok();
+        assert_eq!(answer["id"][0].as_f64(), exact);
+    }
+
+    #[test]
     fn a_served_connection_is_answered_as_a_client_would_be() {
         let mut wire = BytesMut::new();
         let login = rumqttd::protocol::Login {
