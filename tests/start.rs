@@ -9,7 +9,7 @@ use std::process::Command;
 use std::thread;
 use std::time::Duration;
 
-use support::{Running, SENSOR_KEY, Start, bin, examples, tempdir};
+use support::{SENSOR_KEY, Start, bin, examples, mosquitto_sub, tempdir};
 
 /// The acme example, one document per file, without its Group, so the dashboard's only grant
 /// is the Connection `dashboard-subscribes-telemetry` (in its own file).
@@ -26,20 +26,6 @@ fn split_acme(dir: &Path) {
         };
         std::fs::write(dir.join(name), doc).expect("write manifest");
     }
-}
-
-/// A `mosquitto_sub` (v5, verbose, with debug lines), subscribed once it returns.
-fn subscribe(addr: SocketAddr, user: &str, key: &str, filter: &str) -> Running {
-    // mosquitto_sub block-buffers a pipe; stdbuf makes it hand over every line.
-    let mut cmd = Command::new("stdbuf");
-    cmd.args(["-oL", "mosquitto_sub"])
-        .args(["-h", "127.0.0.1", "-p", &addr.port().to_string()])
-        .args([
-            "-V", "mqttv5", "-u", user, "-P", key, "-t", filter, "-v", "-d",
-        ]);
-    let sub = Running::spawn("mosquitto_sub", cmd, false);
-    sub.expect("received SUBACK", Duration::from_secs(10));
-    sub
 }
 
 fn publish(addr: SocketAddr, topic: &str, message: &str) {
@@ -63,7 +49,7 @@ fn deleting_a_connection_file_cuts_a_live_subscription_within_a_second() {
     split_acme(&manifests);
     let start = Start::run(&manifests, &root.join("state"));
     let key = start.key_of("acme/dashboard");
-    let sub = subscribe(start.mqtt, "acme/dashboard", &key, "m/acme/c/telemetry/#");
+    let sub = mosquitto_sub(start.mqtt, "acme/dashboard", &key, "m/acme/c/telemetry/#");
     publish(start.mqtt, "m/acme/c/telemetry/status", "before");
     sub.expect("m/acme/c/telemetry/status before", Duration::from_secs(5));
 
@@ -121,7 +107,7 @@ fn a_broken_file_is_reported_and_everything_else_keeps_serving() {
         "the error names the document and field: {conn_error}"
     );
 
-    let sub = subscribe(start.mqtt, "acme/dashboard", &key, "m/acme/c/telemetry/#");
+    let sub = mosquitto_sub(start.mqtt, "acme/dashboard", &key, "m/acme/c/telemetry/#");
     publish(start.mqtt, "m/acme/c/telemetry/status", "still-served");
     sub.expect("still-served", Duration::from_secs(5));
 

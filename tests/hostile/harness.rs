@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-pub use crate::support::{Running, SENSOR_KEY, Start, StartOptions, examples, tempdir};
+pub use crate::support::{SENSOR_KEY, Start, StartOptions, examples, mosquitto_sub, tempdir};
 
 /// A scratch root with a copy of the example manifests in `manifests/` and an empty
 /// `state/`, for a test that edits them.
@@ -78,20 +78,6 @@ pub fn mosquitto_pub(addr: SocketAddr, user: &str, key: &str, topic: &str, messa
         .success()
 }
 
-/// A `mosquitto_sub` (v5, verbose, with debug lines), subscribed once it returns.
-pub fn mosquitto_sub(addr: SocketAddr, user: &str, key: &str, filter: &str) -> Running {
-    // mosquitto_sub block-buffers a pipe; stdbuf makes it hand over every line.
-    let mut cmd = Command::new("stdbuf");
-    cmd.args(["-oL", "mosquitto_sub"])
-        .args(["-h", "127.0.0.1", "-p", &addr.port().to_string()])
-        .args([
-            "-V", "mqttv5", "-u", user, "-P", key, "-t", filter, "-v", "-d",
-        ]);
-    let sub = Running::spawn("mosquitto_sub", cmd, false);
-    sub.expect("received SUBACK", Duration::from_secs(10));
-    sub
-}
-
 /// A legitimate subscriber (`acme/dashboard`) receives what `acme/sensor-1` publishes on
 /// the examples' telemetry channel, within `within` of being asked.
 pub fn legitimate_pub_sub_works(start: &Start, within: Duration) {
@@ -134,4 +120,30 @@ pub fn mode(path: &Path) -> u32 {
         .permissions()
         .mode()
         & 0o777
+}
+
+/// An MQTT string (or binary data): its length, then its bytes.
+pub fn mqtt_str(out: &mut Vec<u8>, s: &[u8]) {
+    let len = u16::try_from(s.len()).expect("an MQTT string is at most 65,535 bytes");
+    out.extend_from_slice(&len.to_be_bytes());
+    out.extend_from_slice(s);
+}
+
+/// A packet: its first byte, its remaining length (variable-length encoded), then `body`.
+pub fn with_header(first: u8, body: Vec<u8>) -> Vec<u8> {
+    let mut out = vec![first];
+    let mut len = body.len();
+    loop {
+        let mut b = (len % 128) as u8;
+        len /= 128;
+        if len > 0 {
+            b |= 0x80;
+        }
+        out.push(b);
+        if len == 0 {
+            break;
+        }
+    }
+    out.extend(body);
+    out
 }

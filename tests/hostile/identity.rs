@@ -7,32 +7,9 @@ use std::net::{SocketAddr, TcpStream};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use crate::harness::{self, SENSOR_KEY, Scratch, Start};
+use crate::harness::{self, SENSOR_KEY, Scratch, Start, mqtt_str, with_header};
 
 const WAIT: Duration = Duration::from_secs(5);
-
-fn mqtt_str(out: &mut Vec<u8>, s: &[u8]) {
-    out.extend_from_slice(&(s.len() as u16).to_be_bytes());
-    out.extend_from_slice(s);
-}
-
-fn with_header(first: u8, body: Vec<u8>) -> Vec<u8> {
-    let mut out = vec![first];
-    let mut len = body.len();
-    loop {
-        let mut b = (len % 128) as u8;
-        len /= 128;
-        if len > 0 {
-            b |= 0x80;
-        }
-        out.push(b);
-        if len == 0 {
-            break;
-        }
-    }
-    out.extend(body);
-    out
-}
 
 /// A v5 CONNECT with credentials; `expiry` > 0 asks for a persistent session.
 fn connect_v5(client_id: &str, user: &str, pass: &str, clean: bool, expiry: u32) -> Vec<u8> {

@@ -6,7 +6,7 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use crate::harness::{self, Scratch, Start};
+use crate::harness::{self, Scratch, Start, mqtt_str, with_header};
 
 /// Distinct filters the hostile session subscribes to (the issue measured 81 MB for these).
 const FILTERS: usize = 20_000;
@@ -19,29 +19,6 @@ const ROUNDS: usize = 3;
 const RSS_SLACK_KIB: u64 = 24 * 1024;
 /// What later sessions may add to that: churn leaves memory flat.
 const CHURN_SLACK_KIB: u64 = 6 * 1024;
-
-fn mqtt_str(out: &mut Vec<u8>, s: &[u8]) {
-    out.extend_from_slice(&(s.len() as u16).to_be_bytes());
-    out.extend_from_slice(s);
-}
-
-fn with_header(first: u8, body: Vec<u8>) -> Vec<u8> {
-    let mut out = vec![first];
-    let mut len = body.len();
-    loop {
-        let mut b = (len % 128) as u8;
-        len /= 128;
-        if len > 0 {
-            b |= 0x80;
-        }
-        out.push(b);
-        if len == 0 {
-            break;
-        }
-    }
-    out.extend_from_slice(&body);
-    out
-}
 
 fn read_packet(s: &mut TcpStream) -> (u8, Vec<u8>) {
     let mut first = [0u8; 1];

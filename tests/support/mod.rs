@@ -265,3 +265,17 @@ impl Start {
         self.process.alive()
     }
 }
+
+/// A `mosquitto_sub` (v5, verbose, with debug lines), subscribed once it returns.
+pub fn mosquitto_sub(addr: SocketAddr, user: &str, key: &str, filter: &str) -> Running {
+    // mosquitto_sub block-buffers a pipe; stdbuf makes it hand over every line.
+    let mut cmd = Command::new("stdbuf");
+    cmd.args(["-oL", "mosquitto_sub"])
+        .args(["-h", "127.0.0.1", "-p", &addr.port().to_string()])
+        .args([
+            "-V", "mqttv5", "-u", user, "-P", key, "-t", filter, "-v", "-d",
+        ]);
+    let sub = Running::spawn("mosquitto_sub", cmd, false);
+    sub.expect("received SUBACK", Duration::from_secs(10));
+    sub
+}
