@@ -27,39 +27,16 @@ async fn many_filters_pod() -> Fixture {
 /// and a shared group.
 const ROUTES_PER_CHANNEL: u64 = 256 + 2;
 
-fn mqtt_str(out: &mut Vec<u8>, s: &str) {
-    out.extend_from_slice(&(s.len() as u16).to_be_bytes());
-    out.extend_from_slice(s.as_bytes());
-}
-
-fn with_header(first: u8, body: Vec<u8>) -> Vec<u8> {
-    let mut out = vec![first];
-    let mut len = body.len();
-    loop {
-        let mut b = (len % 128) as u8;
-        len /= 128;
-        if len > 0 {
-            b |= 0x80;
-        }
-        out.push(b);
-        if len == 0 {
-            break;
-        }
-    }
-    out.extend_from_slice(&body);
-    out
-}
-
 /// A v3.1.1 SUBSCRIBE (QoS 0) or UNSUBSCRIBE of several filters.
 fn packet(subscribe: bool, pkid: u16, filters: &[String]) -> Vec<u8> {
     let mut body = pkid.to_be_bytes().to_vec();
     for f in filters {
-        mqtt_str(&mut body, f);
+        raw::mqtt_str(&mut body, f.as_bytes());
         if subscribe {
             body.push(0);
         }
     }
-    with_header(if subscribe { 0x82 } else { 0xA2 }, body)
+    raw::with_header(if subscribe { 0x82 } else { 0xA2 }, body)
 }
 
 fn filters(prefix: &str, range: std::ops::Range<usize>) -> Vec<String> {

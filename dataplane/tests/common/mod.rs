@@ -396,12 +396,14 @@ pub mod raw {
     use tokio::io::AsyncReadExt;
     use tokio::net::TcpStream;
 
-    fn mqtt_str(out: &mut Vec<u8>, s: &[u8]) {
+    /// An MQTT string (or binary data): its length, then its bytes.
+    pub fn mqtt_str(out: &mut Vec<u8>, s: &[u8]) {
         out.extend_from_slice(&(s.len() as u16).to_be_bytes());
         out.extend_from_slice(s);
     }
 
-    fn with_header(first: u8, body: Vec<u8>) -> Vec<u8> {
+    /// A packet: its first byte, its variable-length remaining length, then `body`.
+    pub fn with_header(first: u8, body: Vec<u8>) -> Vec<u8> {
         let mut out = vec![first];
         let mut len = body.len();
         loop {
