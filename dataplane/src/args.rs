@@ -159,6 +159,15 @@ pub struct LimitArgs {
     /// The most subscriptions one MQTT session holds.
     #[arg(long, default_value_t = 100)]
     pub max_subscriptions_per_session: usize,
+    /// The most v5 wills of one tenant waiting out their delay on this pod; a will past it is
+    /// published when its connection ends, without the delay.
+    #[arg(long, default_value_t = 1000)]
+    pub max_pending_wills_per_tenant: usize,
+    /// The most persistent sessions of one tenant kept on this pod while their clients are
+    /// away; saving one more drops the tenant's oldest (its client resumes with session
+    /// present 0).
+    #[arg(long, default_value_t = 10_000)]
+    pub max_saved_sessions_per_tenant: usize,
 }
 
 impl LimitArgs {
@@ -174,6 +183,8 @@ impl LimitArgs {
             max_will_delay: Duration::from_secs(self.max_will_delay_secs),
             max_subscriptions_per_session: self.max_subscriptions_per_session,
             max_offline_messages: self.max_offline_messages,
+            max_pending_wills_per_tenant: self.max_pending_wills_per_tenant,
+            max_saved_sessions_per_tenant: self.max_saved_sessions_per_tenant,
             ..MqttConfig::default()
         }
     }

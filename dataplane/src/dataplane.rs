@@ -315,7 +315,7 @@ impl Dataplane {
                     let stats = s2.cache.stats();
                     let mut text = s2.metrics.render(stats.hits, stats.misses);
                     text.push_str(&gates.2.render(&[&gates.0, &gates.1]));
-                    s2.render_pending_wills(&mut text);
+                    s2.render_held(&mut text);
                     s2.retained.render(&mut text);
                     text.push_str(&format!(
                         "# HELP fleetward_router_filters Router filters held for sessions now.\n# TYPE fleetward_router_filters gauge\nfleetward_router_filters {}\n",

@@ -74,3 +74,15 @@ elif mode == "wills":
         s = c.socket()
         if s is not None:
             s.close()
+elif mode == "resume":
+    # Connects again with clean start 0 and says whether the session was there.
+    c = client(rest[0], user, key)
+    c.on_connect = lambda c, u, f, rc, p: c.events.append(
+        ("connack", "%d present %d" % (rc.value, int(f.session_present))))
+    cp = Properties(PacketTypes.CONNECT)
+    cp.SessionExpiryInterval = 0
+    c.connect(host, port, clean_start=False, properties=cp)
+    pump(c, "connack")
+    c.disconnect()
+    for e in c.events:
+        print(*e)

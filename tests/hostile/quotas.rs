@@ -1,5 +1,6 @@
 //! Rows "v5 properties", "delayed wills" and "retained messages" of issue 17: sizes cover
-//! whole messages, wills are checked and their delay capped, and retained messages leave with
+//! whole messages, wills are checked and their delay capped, what a tenant's departed clients
+//! leave (waiting wills, saved sessions) is capped per tenant, and retained messages leave with
 //! their channel and tenant. Real MQTT v5 clients (paho, `quotas.py`) against `fleetward
 //! start` over a manifest directory that the tests edit.
 
@@ -145,6 +146,68 @@ fn delayed_wills_are_checked_and_do_not_outlive_their_session() {
     let grown = start.rss_kib().saturating_sub(rss_before);
     // Nothing is held for them; allow the allocator its slack.
     assert!(grown < 16 * 1024, "RSS grew by {grown} KiB");
+    harness::legitimate_pub_sub_works(&start, Duration::from_secs(5));
+    assert!(start.alive());
+}
+
+#[test]
+fn a_tenant_holds_a_bounded_number_of_waiting_wills_and_saved_sessions() {
+    let scratch = Scratch::with_examples("held");
+    let mut start = scratch.start(|o| {
+        o.args([
+            "--max-pending-wills-per-tenant",
+            "2",
+            "--max-saved-sessions-per-tenant",
+            "3",
+        ])
+    });
+    let topic = "m/acme/c/telemetry/will";
+    // Five v5 clients with a 60 s will delay and a 60 s session expiry, dropped: two wills
+    // wait, the other three are published when their connection ends; three sessions are
+    // kept, the two oldest are dropped.
+    let events = paho(
+        start.mqtt,
+        "wills",
+        "acme/sensor-1",
+        SENSOR_KEY,
+        &[topic, "100", "60", "60", "5"],
+    );
+    assert!(events.iter().all(|e| e == "connack 0"), "{events:?}");
+    wait_until(
+        Duration::from_secs(10),
+        "wills and sessions settled",
+        || {
+            metric(&start, "fleetward_mqtt_pending_wills ") == 2.0
+                && metric(&start, "fleetward_mqtt_saved_sessions ") == 3.0
+        },
+    );
+    wait_until(Duration::from_secs(10), "three wills published", || {
+        metric(&start, "fleetward_mqtt_messages_in_total{tenant=\"acme\"}") >= 3.0
+    });
+    let text = metric_text(&start);
+    for counted in [
+        "fleetward_mqtt_refusals_total{what=\"will\",reason=\"tenant_pending_wills_full\"} 3\n",
+        "fleetward_mqtt_refusals_total{what=\"session\",reason=\"tenant_saved_sessions_full\"} 2\n",
+    ] {
+        assert!(text.contains(counted), "{counted}: {text}");
+    }
+    // The oldest client comes back to nothing; the newest finds its session.
+    let oldest = paho(
+        start.mqtt,
+        "resume",
+        "acme/sensor-1",
+        SENSOR_KEY,
+        &["hostile-will-0"],
+    );
+    assert_eq!(oldest[0], "connack 0 present 0", "{oldest:?}");
+    let newest = paho(
+        start.mqtt,
+        "resume",
+        "acme/sensor-1",
+        SENSOR_KEY,
+        &["hostile-will-4"],
+    );
+    assert_eq!(newest[0], "connack 0 present 1", "{newest:?}");
     harness::legitimate_pub_sub_works(&start, Duration::from_secs(5));
     assert!(start.alive());
 }

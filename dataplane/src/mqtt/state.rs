@@ -11,6 +11,7 @@ use tokio::sync::{Notify, watch};
 
 use super::retained::RetainedStore;
 use super::session::SessionStore;
+use super::will::PendingWills;
 use crate::limits::TenantRates;
 use crate::metrics::Metrics;
 use crate::router::Router;
@@ -51,6 +52,11 @@ pub struct MqttConfig {
     /// The most messages queued while its client was away that a resumed persistent session
     /// is sent; the rest are dropped and counted (MQTT.md, Persistent sessions).
     pub max_offline_messages: usize,
+    /// The most wills of one tenant waiting out their delay; a will past it goes out at once.
+    pub max_pending_wills_per_tenant: usize,
+    /// The most persistent sessions of one tenant kept while their clients are away; saving
+    /// one more drops the tenant's oldest.
+    pub max_saved_sessions_per_tenant: usize,
 }
 
 impl Default for MqttConfig {
@@ -69,6 +75,8 @@ impl Default for MqttConfig {
             max_subscriptions_per_session: 100,
             takeover_wait: Duration::from_secs(5),
             max_offline_messages: 1000,
+            max_pending_wills_per_tenant: 1000,
+            max_saved_sessions_per_tenant: 10_000,
         }
     }
 }
@@ -294,7 +302,7 @@ pub(crate) struct Shared<R: Router> {
     /// Set once any client asks for v5 no-local; from then on publishes carry their origin.
     pub(crate) no_local_seen: std::sync::atomic::AtomicBool,
     /// Wills waiting out their v5 delay, by router-side id; a reconnect cancels them.
-    pub(crate) pending_wills: Mutex<HashMap<String, tokio::task::AbortHandle>>,
+    pub(crate) pending_wills: PendingWills,
     /// Sign-in and user tokens.
     pub(crate) users: Arc<crate::users::Users>,
 }
@@ -320,7 +328,7 @@ impl<R: Router> Shared<R> {
             tenant_connections: TenantConnections::default(),
             thing_connections: TenantConnections::default(),
             no_local_seen: std::sync::atomic::AtomicBool::new(false),
-            pending_wills: Mutex::default(),
+            pending_wills: PendingWills::default(),
             users: Arc::new(crate::users::Users::new(
                 crate::users::UsersConfig::default(),
                 crate::users::refresh::RefreshStore::Memory(Default::default()),

@@ -1,8 +1,13 @@
 //! A CONNECT's will, checked as its publish would be: the will topic's grant, the tenant's and
 //! the channel's `maxMessageSize` (payload and properties), the user-property cap, and its
-//! delay capped by `--max-will-delay-secs`.
+//! delay capped by `--max-will-delay-secs`; and the wills waiting out their delay, counted per
+//! tenant.
 
 use std::time::Duration;
+
+use foldhash::HashMap;
+use parking_lot::Mutex;
+use tokio::task::AbortHandle;
 
 use bytes::Bytes;
 use fleetward_policy::{
@@ -128,15 +133,107 @@ pub(crate) fn accept<R: Router>(
     }))
 }
 
+/// Wills waiting out their v5 delay after their connection ended, by router-side id, and how
+/// many each tenant has: each holds its message with no connection, so a tenant holds at most
+/// `--max-pending-wills-per-tenant` of them (MQTT.md, Wills).
+#[derive(Default)]
+pub(crate) struct PendingWills {
+    inner: Mutex<PendingInner>,
+}
+
+#[derive(Default)]
+struct PendingInner {
+    by_id: HashMap<String, (String, AbortHandle)>,
+    per_tenant: HashMap<String, usize>,
+}
+
+impl PendingInner {
+    fn forget(&mut self, id: &str) -> Option<AbortHandle> {
+        let (tenant, handle) = self.by_id.remove(id)?;
+        if let Some(n) = self.per_tenant.get_mut(&tenant) {
+            *n -= 1;
+            if *n == 0 {
+                self.per_tenant.remove(&tenant);
+            }
+        }
+        Some(handle)
+    }
+}
+
+impl PendingWills {
+    /// Takes a place for a will of `tenant` that waits; `false` when the tenant already has
+    /// `max` waiting (then the will goes out at once instead).
+    pub(crate) fn has_room(&self, tenant: &str, max: usize) -> bool {
+        self.inner
+            .lock()
+            .per_tenant
+            .get(tenant)
+            .copied()
+            .unwrap_or(0)
+            < max
+    }
+
+    /// Keeps the task of a waiting will (one the id had before is aborted).
+    pub(crate) fn insert(&self, id: String, tenant: &str, task: AbortHandle) {
+        let mut inner = self.inner.lock();
+        if let Some(old) = inner.forget(&id) {
+            old.abort();
+        }
+        *inner.per_tenant.entry(tenant.to_owned()).or_insert(0) += 1;
+        inner.by_id.insert(id, (tenant.to_owned(), task));
+    }
+
+    /// Forgets the will of `id` (it went out); its task, to abort when it is cancelled.
+    pub(crate) fn remove(&self, id: &str) -> Option<AbortHandle> {
+        self.inner.lock().forget(id)
+    }
+
+    /// Wills waiting on this pod.
+    pub(crate) fn len(&self) -> usize {
+        self.inner.lock().by_id.len()
+    }
+}
+
 impl<R: Router> Shared<R> {
-    /// The `fleetward_mqtt_pending_wills` gauge: wills waiting out their delay, each holding
-    /// its message with no connection.
-    pub(crate) fn render_pending_wills(&self, out: &mut String) {
+    /// The `fleetward_mqtt_pending_wills` and `fleetward_mqtt_saved_sessions` gauges: what
+    /// the pod holds for clients that are gone.
+    pub(crate) fn render_held(&self, out: &mut String) {
         use std::fmt::Write as _;
         let _ = writeln!(
             out,
             "# HELP fleetward_mqtt_pending_wills Wills waiting out their delay after their connection ended.\n# TYPE fleetward_mqtt_pending_wills gauge\nfleetward_mqtt_pending_wills {}",
-            self.pending_wills.lock().len()
+            self.pending_wills.len()
         );
+        let _ = writeln!(
+            out,
+            "# HELP fleetward_mqtt_saved_sessions Persistent sessions kept while their clients are away.\n# TYPE fleetward_mqtt_saved_sessions gauge\nfleetward_mqtt_saved_sessions {}",
+            self.sessions.len()
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn waiting_wills_are_counted_per_tenant() {
+        let wills = PendingWills::default();
+        let task = || tokio::spawn(std::future::pending::<()>()).abort_handle();
+        assert!(wills.has_room("a", 2));
+        wills.insert("a:thing:x:1".into(), "a", task());
+        wills.insert("a:thing:x:2".into(), "a", task());
+        assert!(!wills.has_room("a", 2), "a is full");
+        assert!(wills.has_room("b", 2), "b is not");
+        // The same id again replaces its will (and aborts the old task).
+        let old = task();
+        wills.insert("b:thing:y:1".into(), "b", old.clone());
+        wills.insert("b:thing:y:1".into(), "b", task());
+        tokio::task::yield_now().await;
+        assert!(old.is_finished());
+        assert_eq!(wills.len(), 3);
+        assert!(wills.remove("a:thing:x:1").is_some());
+        assert!(wills.has_room("a", 2));
+        assert!(wills.remove("a:thing:x:1").is_none());
     }
 }

@@ -34,7 +34,6 @@ const ORIGIN: u8 = 1 << 3;
 /// of a whole socket read, which the reading session goes on using). `None` for a topic too
 /// long for the envelope, which MQTT does not allow anyway.
 pub(super) fn wrap(message: &Message, (slot, bucket): (u32, u16)) -> Option<(Bytes, Bytes)> {
-    use std::fmt::Write;
     let topic_len = u16::try_from(message.topic.len()).ok()?;
     let name = message.publisher.as_ref().map_or("", |p| &p.name);
     // Names are Kubernetes names (at most 253 bytes); a longer one is cut at a char boundary.
@@ -70,8 +69,10 @@ pub(super) fn wrap(message: &Message, (slot, bucket): (u32, u16)) -> Option<(Byt
         + name.len()
         + message.payload.len();
     let mut out = BytesMut::with_capacity(16 + len);
-    // Writing to a `BytesMut` does not fail.
-    let _ = write!(out, "{slot}/{bucket}");
+    let mut digits = itoa::Buffer::new();
+    out.put_slice(digits.format(slot).as_bytes());
+    out.put_u8(b'/');
+    out.put_slice(digits.format(bucket).as_bytes());
     let topic = out.split().freeze();
     out.put_u8(MAGIC);
     out.put_u8(flags);

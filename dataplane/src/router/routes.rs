@@ -17,10 +17,10 @@
 //! list: the next channel reuses its routes, and the router's per-filter state with them.
 
 use std::collections::hash_map::Entry;
-use std::collections::{HashMap, HashSet};
-use std::hash::{Hash, Hasher};
+use std::hash::BuildHasher;
 
 use fleetward_policy::filter_matches;
+use foldhash::{HashMap, HashSet};
 use parking_lot::{Mutex, RwLock, RwLockReadGuard};
 
 /// Buckets per channel unless configured: a link whose filters name single topics receives
@@ -104,7 +104,7 @@ impl State {
                 links: 0,
                 buckets: vec![0; usize::from(buckets)].into_boxed_slice(),
                 all: 0,
-                shared: HashMap::new(),
+                shared: HashMap::default(),
             }
         });
         entry.links += 1;
@@ -153,9 +153,9 @@ impl State {
 
     /// The router topic of a message on `topic`, or `None` when no link on this pod holds a
     /// route it would reach (then the router is not bothered with it).
-    pub(super) fn route(&self, topic: &str, buckets: u16) -> Option<(u32, u16)> {
+    pub(super) fn route(&self, topic: &str, buckets: &Buckets) -> Option<(u32, u16)> {
         let c = self.channels.get(channel_key(topic))?;
-        let b = bucket(topic, buckets);
+        let b = buckets.of(topic);
         (c.buckets[usize::from(b)] > 0 || c.all > 0 || !c.shared.is_empty()).then_some((c.slot, b))
     }
 }
@@ -225,9 +225,31 @@ impl LinkRoutes {
     }
 }
 
+/// The buckets of a channel: how many, and the hash that puts a topic in one. Seeded once per
+/// process: buckets only need to agree within the pod's router, and a client cannot aim its
+/// topics at another link's bucket.
+pub(super) struct Buckets {
+    count: u16,
+    hasher: foldhash::quality::RandomState,
+}
+
+impl Buckets {
+    fn new(count: u16) -> Self {
+        Self {
+            count: count.max(1),
+            hasher: foldhash::quality::RandomState::default(),
+        }
+    }
+
+    /// The bucket of a topic.
+    pub(super) fn of(&self, topic: &str) -> u16 {
+        (self.hasher.hash_one(topic) % u64::from(self.count)) as u16
+    }
+}
+
 /// The slot table, the buckets per channel, and the routes of persistent links while away.
 pub(super) struct Routes {
-    buckets: u16,
+    buckets: Buckets,
     state: RwLock<State>,
     saved: Mutex<HashMap<String, LinkRoutes>>,
 }
@@ -235,14 +257,14 @@ pub(super) struct Routes {
 impl Routes {
     pub(super) fn new(buckets: u16) -> Self {
         Self {
-            buckets: buckets.max(1),
+            buckets: Buckets::new(buckets),
             state: RwLock::new(State::default()),
-            saved: Mutex::new(HashMap::new()),
+            saved: Mutex::new(HashMap::default()),
         }
     }
 
-    pub(super) fn buckets(&self) -> u16 {
-        self.buckets
+    pub(super) fn buckets(&self) -> &Buckets {
+        &self.buckets
     }
 
     /// The table, for routing a batch of publishes under one read lock.
@@ -273,11 +295,11 @@ impl Routes {
         let lc = match link.channels.entry(key.into()) {
             Entry::Occupied(e) => e.into_mut(),
             Entry::Vacant(e) => e.insert(LinkChannel {
-                slot: st.join(key, self.buckets),
-                exact: HashSet::new(),
+                slot: st.join(key, self.buckets.count),
+                exact: HashSet::default(),
                 wild: Vec::new(),
-                buckets: HashMap::new(),
-                shared: HashMap::new(),
+                buckets: HashMap::default(),
+                shared: HashMap::default(),
             }),
         };
         let slot = lc.slot;
@@ -306,7 +328,7 @@ impl Routes {
             }
             None => {
                 lc.exact.insert(matcher.into());
-                let b = bucket(matcher, self.buckets);
+                let b = self.buckets.of(matcher);
                 let n = lc.buckets.entry(b).or_insert(0);
                 *n += 1;
                 if *n == 1 && lc.wild.is_empty() {
@@ -365,7 +387,7 @@ impl Routes {
             }
             None => {
                 lc.exact.remove(matcher);
-                let b = bucket(matcher, self.buckets);
+                let b = self.buckets.of(matcher);
                 if let Entry::Occupied(mut e) = lc.buckets.entry(b) {
                     *e.get_mut() -= 1;
                     if *e.get() == 0 {
@@ -443,13 +465,6 @@ fn has_wildcard(s: &str) -> bool {
     s.bytes().any(|b| b == b'+' || b == b'#')
 }
 
-/// The bucket of a topic: SipHash with fixed keys, the same on every pod and restart.
-fn bucket(topic: &str, buckets: u16) -> u16 {
-    let mut h = std::hash::DefaultHasher::new();
-    topic.hash(&mut h);
-    (h.finish() % u64::from(buckets.max(1))) as u16
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -489,7 +504,10 @@ mod tests {
         let routes = Routes::new(4);
         let mut link = LinkRoutes::default();
         let exact = routes.subscribe(&mut link, "m/t/c/ch/a").expect("ok");
-        assert_eq!(subs(&exact), vec![format!("0/{}", bucket("m/t/c/ch/a", 4))]);
+        assert_eq!(
+            subs(&exact),
+            vec![format!("0/{}", routes.buckets().of("m/t/c/ch/a"))]
+        );
         let wild = routes.subscribe(&mut link, "m/t/c/ch/#").expect("ok");
         // `+` first, then the bucket is let go: one path at any time.
         assert_eq!(wild[0], Change::Subscribe("0/+".into(), None));
@@ -509,19 +527,29 @@ mod tests {
         let mut a = LinkRoutes::default();
         routes.subscribe(&mut a, "m/t/c/ch/x").expect("ok");
         let st = routes.read();
-        assert!(st.route("m/t/c/ch/x", 8).is_some());
+        assert!(st.route("m/t/c/ch/x", routes.buckets()).is_some());
         assert!(
-            st.route("m/t/c/other/x", 8).is_none(),
+            st.route("m/t/c/other/x", routes.buckets()).is_none(),
             "no one in that channel"
         );
         drop(st);
         let mut b = LinkRoutes::default();
         routes.subscribe(&mut b, "m/t/c/ch/+").expect("ok");
-        assert!(routes.read().route("m/t/c/ch/anything", 8).is_some());
+        assert!(
+            routes
+                .read()
+                .route("m/t/c/ch/anything", routes.buckets())
+                .is_some()
+        );
         routes.release(b);
         routes.release(a);
         assert_eq!(routes.held(), 0);
-        assert!(routes.read().route("m/t/c/ch/x", 8).is_none());
+        assert!(
+            routes
+                .read()
+                .route("m/t/c/ch/x", routes.buckets())
+                .is_none()
+        );
     }
 
     #[test]

@@ -23,7 +23,7 @@ use rumqttd::{Notification, RouterConfig};
 
 use crate::mqtt::{message_props, publish_props};
 
-use super::routes::{Change, LinkRoutes, Routes, State};
+use super::routes::{Buckets, Change, LinkRoutes, Routes, State};
 use super::{
     Message, Publisher, Router, RouterError, RouterLink, SessionKey, SessionMode, envelope,
 };
@@ -129,7 +129,7 @@ fn link_error(e: LinkError) -> RouterError {
 /// The packet the router is given for a message: QoS 0 without retain on its route, the
 /// envelope in front of the payload, and only the client's own v5 properties. `None` when no
 /// link on this pod holds a route the message reaches: the router would drop it anyway.
-fn to_packet(routes: &State, buckets: u16, message: Message) -> Option<Packet> {
+fn to_packet(routes: &State, buckets: &Buckets, message: Message) -> Option<Packet> {
     let topic = std::str::from_utf8(&message.topic).ok()?;
     let route = routes.route(topic, buckets)?;
     let (topic, payload) = envelope::wrap(&message, route)?;
@@ -457,13 +457,17 @@ fn push_batch(
 ) -> Result<usize, RouterError> {
     // Encoded before the link's lock, which the router takes to swap the buffer out; routed
     // under one read of the table.
-    let mut packets: Vec<Packet> = {
+    // Sized up front: a packet is large, and growing the vector would copy every one of them
+    // again (`filter_map` gives `collect` no exact size).
+    let mut packets: Vec<Packet> = Vec::with_capacity(messages.len());
+    {
         let table = routes.read();
-        messages
-            .drain(..)
-            .filter_map(|m| to_packet(&table, routes.buckets(), m))
-            .collect()
-    };
+        packets.extend(
+            messages
+                .drain(..)
+                .filter_map(|m| to_packet(&table, routes.buckets(), m)),
+        );
+    }
     let Some(last) = packets.pop() else {
         return Ok(tx.buffer().len());
     };
@@ -510,7 +514,7 @@ mod tests {
         routes.subscribe(&mut link, "m/t/c/ch/#").expect("routable");
         let table = routes.read();
         let Some(Packet::Publish(publish, forwarded)) =
-            to_packet(&table, 4, message(Some(props.clone())))
+            to_packet(&table, routes.buckets(), message(Some(props.clone())))
         else {
             panic!("a publish");
         };
@@ -521,7 +525,7 @@ mod tests {
         assert!(ids.is_empty());
         // Nothing but the envelope to carry: no properties on the router's side at all.
         assert!(matches!(
-            to_packet(&table, 4, message(None)),
+            to_packet(&table, routes.buckets(), message(None)),
             Some(Packet::Publish(_, None))
         ));
         // No one holds a route in that channel: the router is not given the message.
@@ -529,7 +533,7 @@ mod tests {
             topic: bytes::Bytes::from_static(b"m/t/c/other/x"),
             ..message(None)
         };
-        assert!(to_packet(&table, 4, elsewhere).is_none());
+        assert!(to_packet(&table, routes.buckets(), elsewhere).is_none());
     }
 
     #[test]

@@ -8,7 +8,7 @@ mod subscriptions;
 pub(crate) use inbound::{mount_response_topic, response_topic_is_protocol_error};
 pub(crate) use persist::{SavedSession, SessionStore, clear_in_router};
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use fleetward_policy::{Snapshot, Subject, TopicLimits};
+use foldhash::{HashMap, HashSet};
 use rumqttd::protocol::{
     Disconnect, DisconnectProperties, DisconnectReasonCode, Packet, PingResp, PubComp,
     PubCompReason, PubRel, PubRelReason, PublishProperties,
@@ -188,12 +189,12 @@ impl<R: Router, S: AsyncRead + AsyncWrite + Unpin + Send> Session<R, S> {
             acc: connected.acc,
             link: connected.link.map(Box::new),
             subs: subscriptions::Subs::default(),
-            inflight: HashMap::new(),
+            inflight: HashMap::default(),
             next_pkid: 0,
             pending: VecDeque::new(),
-            qos2_in: HashSet::new(),
-            aliases: HashMap::new(),
-            out_aliases: HashMap::new(),
+            qos2_in: HashSet::default(),
+            aliases: HashMap::default(),
+            out_aliases: HashMap::default(),
             policy,
             last_rx: Instant::now(),
             outbox: Vec::new(),
@@ -245,12 +246,17 @@ impl<R: Router, S: AsyncRead + AsyncWrite + Unpin + Send> Session<R, S> {
             if let Some(link) = self.link.take() {
                 (*link).detach();
             }
-            let generation = shared.sessions.save(self.acc.key.router_id(), saved);
+            let saved = shared.sessions.save(
+                self.acc.key.router_id(),
+                &self.acc.subject.tenant,
+                saved,
+                shared.config.max_saved_sessions_per_tenant,
+            );
             persist::expire_later(
                 shared.clone(),
                 self.acc.key.clone(),
                 self.acc.subject.clone(),
-                generation,
+                saved,
                 self.acc.expiry,
             );
         } else if let Some(link) = self.link.take() {
@@ -686,16 +692,26 @@ async fn receive<L: RouterLink>(
     }
 }
 
-/// Publishes a will after its delay, if the subject may still publish there.
-fn publish_will<R: Router>(shared: Arc<Shared<R>>, subject: Subject, id: String, will: Will) {
+/// Publishes a will after its delay, if the subject may still publish there. A will whose
+/// tenant already has `max_pending_wills_per_tenant` waiting goes out at once.
+fn publish_will<R: Router>(shared: Arc<Shared<R>>, subject: Subject, id: String, mut will: Will) {
+    if !will.delay.is_zero()
+        && !shared
+            .pending_wills
+            .has_room(&subject.tenant, shared.config.max_pending_wills_per_tenant)
+    {
+        shared.metrics.refused("will", "tenant_pending_wills_full");
+        will.delay = Duration::ZERO;
+    }
     let delay = will.delay;
     let task_shared = shared.clone();
     let task_id = id.clone();
+    let subject_tenant = subject.tenant.clone();
     let task = tokio::spawn(async move {
         let shared = task_shared;
         if !will.delay.is_zero() {
             tokio::time::sleep(will.delay).await;
-            shared.pending_wills.lock().remove(&task_id);
+            shared.pending_wills.remove(&task_id);
         }
         let snapshot = shared.snapshot();
         let message = will.message;
@@ -716,7 +732,9 @@ fn publish_will<R: Router>(shared: Arc<Shared<R>>, subject: Subject, id: String,
         }
     });
     if !delay.is_zero() {
-        shared.pending_wills.lock().insert(id, task.abort_handle());
+        shared
+            .pending_wills
+            .insert(id, &subject_tenant, task.abort_handle());
     }
 }
 

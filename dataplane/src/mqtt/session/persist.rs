@@ -1,13 +1,15 @@
 //! Persistent sessions: what a session leaves behind, its expiry, clearing it in the router,
 //! and dropping what a deleted subject or channel left.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use fleetward_policy::{Snapshot, Subject, SubjectKind};
+use foldhash::{HashMap, HashSet};
 use parking_lot::Mutex;
+use tokio::sync::Notify;
 
 use super::subscriptions::Subs;
 use super::{OutMsg, Outbound};
@@ -22,6 +24,11 @@ pub(crate) struct SavedSession {
     pub(super) qos2_in: HashSet<u16>,
     pub(super) next_pkid: u16,
     generation: u64,
+    tenant: String,
+    /// Told when the tenant has too many saved sessions and this is the oldest.
+    evict: Arc<Notify>,
+    /// Evicted already: no longer counted against its tenant.
+    evicting: bool,
 }
 
 impl SavedSession {
@@ -37,15 +44,63 @@ impl SavedSession {
             qos2_in,
             next_pkid,
             generation: 0,
+            tenant: String::new(),
+            evict: Arc::default(),
+            evicting: false,
         }
     }
 }
 
-/// Saved sessions by router-side id.
+/// Saved sessions by router-side id, and per tenant in the order they were saved.
 #[derive(Default)]
 pub(crate) struct SessionStore {
-    saved: Mutex<HashMap<String, SavedSession>>,
+    saved: Mutex<Saved>,
     generation: AtomicU64,
+}
+
+#[derive(Default)]
+struct Saved {
+    by_id: HashMap<String, SavedSession>,
+    /// Per tenant: the saved sessions counted against it, and `(generation, id)` in the order
+    /// saved (with entries of sessions since resumed or dropped, skipped when met).
+    per_tenant: HashMap<String, (usize, VecDeque<(u64, String)>)>,
+}
+
+impl Saved {
+    fn remove(&mut self, id: &str) -> Option<SavedSession> {
+        let session = self.by_id.remove(id)?;
+        if !session.evicting {
+            self.uncount(&session.tenant);
+        }
+        Some(session)
+    }
+
+    fn uncount(&mut self, tenant: &str) {
+        if let Some((n, order)) = self.per_tenant.get_mut(tenant) {
+            *n -= 1;
+            if *n == 0 {
+                order.clear();
+                self.per_tenant.remove(tenant);
+            }
+        }
+    }
+
+    /// The tenant's oldest saved session still counted, taken off its count.
+    fn evict_oldest(&mut self, tenant: &str) -> Option<Arc<Notify>> {
+        let (_, order) = self.per_tenant.get_mut(tenant)?;
+        while let Some((generation, id)) = order.pop_front() {
+            if let Some(s) = self.by_id.get_mut(&id)
+                && s.generation == generation
+                && !s.evicting
+            {
+                s.evicting = true;
+                let evict = s.evict.clone();
+                self.uncount(tenant);
+                return Some(evict);
+            }
+        }
+        None
+    }
 }
 
 impl SessionStore {
@@ -54,12 +109,38 @@ impl SessionStore {
         self.saved.lock().remove(id)
     }
 
-    /// Saves a session; returns its generation, which its expiry timer must still find.
-    pub(super) fn save(&self, id: String, mut session: SavedSession) -> u64 {
+    /// Saves a session of `tenant`; returns its generation, which its expiry timer must still
+    /// find, and what tells that timer to drop it early. When the tenant then has more than
+    /// `max` saved, its oldest is told to go.
+    pub(super) fn save(
+        &self,
+        id: String,
+        tenant: &str,
+        mut session: SavedSession,
+        max: usize,
+    ) -> (u64, Arc<Notify>) {
         let generation = self.generation.fetch_add(1, Ordering::Relaxed) + 1;
         session.generation = generation;
-        self.saved.lock().insert(id, session);
-        generation
+        session.tenant = tenant.to_owned();
+        let evict = session.evict.clone();
+        let mut guard = self.saved.lock();
+        let saved = &mut *guard;
+        saved.remove(&id);
+        saved.by_id.insert(id.clone(), session);
+        let (n, order) = saved.per_tenant.entry(tenant.to_owned()).or_default();
+        *n += 1;
+        order.push_back((generation, id));
+        // Entries of sessions resumed since are skipped when met; they are swept once they
+        // outnumber the live ones, so the queue stays in proportion to what is saved.
+        if order.len() > 2 * *n + 16 {
+            let by_id = &saved.by_id;
+            order.retain(|(g, id)| by_id.get(id).is_some_and(|s| s.generation == *g));
+        }
+        let over = saved.per_tenant.get(tenant).is_some_and(|(n, _)| *n > max);
+        if over && let Some(oldest) = saved.evict_oldest(tenant) {
+            oldest.notify_one();
+        }
+        (generation, evict)
     }
 
     /// Takes out of a saved session the subscriptions whose channel is gone; their router
@@ -71,7 +152,10 @@ impl SessionStore {
         snapshot: &Snapshot,
     ) -> Option<Vec<String>> {
         let mut saved = self.saved.lock();
-        let session = saved.get_mut(id).filter(|s| s.generation == generation)?;
+        let session = saved
+            .by_id
+            .get_mut(id)
+            .filter(|s| s.generation == generation)?;
         Some(session.subs.remove_where(|matcher| {
             let c = crate::router::channel_key(matcher);
             let mut levels = c.split('/');
@@ -87,17 +171,27 @@ impl SessionStore {
     fn is_saved(&self, id: &str, generation: u64) -> bool {
         self.saved
             .lock()
+            .by_id
             .get(id)
             .is_some_and(|s| s.generation == generation)
     }
 
     fn remove_if(&self, id: &str, generation: u64) -> bool {
         let mut saved = self.saved.lock();
-        if saved.get(id).is_some_and(|s| s.generation == generation) {
+        if saved
+            .by_id
+            .get(id)
+            .is_some_and(|s| s.generation == generation)
+        {
             saved.remove(id);
             return true;
         }
         false
+    }
+
+    /// Saved sessions on this pod, for the metrics.
+    pub(crate) fn len(&self) -> usize {
+        self.saved.lock().by_id.len()
     }
 }
 
@@ -122,11 +216,13 @@ fn subject_exists(snapshot: &Snapshot, subject: &Subject) -> bool {
 /// Keeps a saved session until it expires after `after` or a client resumes it. Meanwhile, on
 /// every policy snapshot: a deleted subject drops it; a deleted channel drops its subscriptions
 /// there, with what the router queued for them, so a channel created again starts empty.
+/// The tenant's oldest saved session is dropped early when it has more than
+/// `max_saved_sessions_per_tenant` saved (`evict`).
 pub(super) fn expire_later<R: Router>(
     shared: Arc<Shared<R>>,
     key: SessionKey,
     subject: Subject,
-    generation: u64,
+    (generation, evict): (u64, Arc<Notify>),
     after: Duration,
 ) {
     tokio::spawn(async move {
@@ -139,6 +235,12 @@ pub(super) fn expire_later<R: Router>(
         loop {
             tokio::select! {
                 () = &mut expiry => break,
+                () = evict.notified() => {
+                    if drop_saved(&shared, &key, generation).await {
+                        shared.metrics.refused("session", "tenant_saved_sessions_full");
+                    }
+                    return;
+                }
                 changed = policy.changed() => {
                     if changed.is_err() {
                         // No more snapshots: only the expiry is left to wait for.
@@ -234,4 +336,62 @@ async fn unsubscribe_saved<R: Router>(
         Err(e) => tracing::warn!(error = %e, "could not drop a deleted channel's queue"),
     }
     drop(registration);
+}
+
+#[cfg(test)]
+mod tests {
+    use futures_util::FutureExt;
+
+    use super::*;
+
+    fn session() -> SavedSession {
+        SavedSession::new(Subs::default(), HashMap::default(), HashSet::default(), 1)
+    }
+
+    #[test]
+    fn a_tenant_over_its_saved_sessions_loses_its_oldest_and_no_one_else_does() {
+        let store = SessionStore::default();
+        let (_, a1) = store.save("a:thing:x:1".into(), "a", session(), 2);
+        let (_, b1) = store.save("b:thing:x:1".into(), "b", session(), 2);
+        let (_, a2) = store.save("a:thing:x:2".into(), "a", session(), 2);
+        // At the cap: no one is told to go.
+        for n in [&a1, &a2, &b1] {
+            assert!(n.notified().now_or_never().is_none());
+        }
+        let (_, a3) = store.save("a:thing:x:3".into(), "a", session(), 2);
+        assert!(a1.notified().now_or_never().is_some(), "a's oldest goes");
+        for n in [&a2, &a3, &b1] {
+            assert!(n.notified().now_or_never().is_none());
+        }
+        // Evicted sessions count no more: the next save evicts the next oldest, once.
+        let (_, _a4) = store.save("a:thing:x:4".into(), "a", session(), 2);
+        assert!(a2.notified().now_or_never().is_some());
+        assert!(a3.notified().now_or_never().is_none());
+        assert_eq!(store.len(), 5, "dropped by their own timers, not here");
+    }
+
+    #[test]
+    fn a_resumed_session_leaves_its_tenants_count() {
+        let store = SessionStore::default();
+        let (_, a1) = store.save("a:thing:x:1".into(), "a", session(), 1);
+        assert!(store.take("a:thing:x:1").is_some(), "resumed");
+        let (_, a2) = store.save("a:thing:x:2".into(), "a", session(), 1);
+        assert!(a1.notified().now_or_never().is_none());
+        assert!(
+            a2.notified().now_or_never().is_none(),
+            "one saved, at the cap"
+        );
+        // Saved again under the same id: still one.
+        let (_, a2b) = store.save("a:thing:x:2".into(), "a", session(), 1);
+        assert!(a2b.notified().now_or_never().is_none());
+        // Churn keeps the order queue in proportion to what is saved.
+        for _ in 0..1000 {
+            store.save("a:thing:x:3".into(), "a", session(), 10);
+            store.take("a:thing:x:3");
+        }
+        let saved = store.saved.lock();
+        let (n, order) = saved.per_tenant.get("a").expect("a has one");
+        assert_eq!(*n, 1);
+        assert!(order.len() <= 2 * n + 17, "{}", order.len());
+    }
 }

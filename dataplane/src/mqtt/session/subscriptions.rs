@@ -6,7 +6,7 @@
 //! or ten thousand, and so does a delivery (unless the session's wildcard filters in that one
 //! channel are many, which is its own cost only).
 
-use std::collections::HashMap;
+use foldhash::HashMap;
 use std::collections::hash_map::Entry;
 
 use fleetward_policy::{Action, Decision, PolicyEvaluator, Subject, filter_matches, parse_filter};
