@@ -128,18 +128,36 @@ mod tests {
     }
 
     #[test]
-    fn an_idle_connection_holds_a_small_future() {
-        // The session runs in place in the connection's task, so this future is most of what
-        // an idle connection costs (MQTT.md, Memory); rare or short-lived state belongs in a
-        // box of its own. It was 5.3 KiB plus a 5.8 KiB task before the session moved in.
-        // The bound is where the task (this future, tokio's header and trailer, rounded to
-        // its alignment) still fits jemalloc's 2 KiB size class: at 1,848 bytes an idle
-        // connection measured 2.65 KiB, at 1,864 bytes 3.11 KiB (`fleetward-bench idle`).
-        let size = future_size(&connect::serve::<RumqttdRouter, tokio::net::TcpStream>);
+    fn a_socket_that_has_not_connected_holds_little() {
+        // What a flood of sockets that never send a CONNECT costs per socket: the task (with
+        // `serve`'s future) and this box (MQTT.md, Memory; BENCHMARKS.md, under attack). 304
+        // bytes when written: jemalloc's 320-byte class.
+        let size = future_size(&connect::first_packet::<RumqttdRouter, tokio::net::TcpStream>);
         assert!(
-            size <= 1856,
-            "a plain-TCP connection's future takes {size} bytes, past the allocator class an \
+            size <= 320,
+            "reading a CONNECT takes a {size}-byte future per pending socket"
+        );
+    }
+
+    /// The size of the future that `f` returns, without calling it.
+    fn future_size1<A, F: FnOnce(A) -> Fut, Fut>(_: &F) -> usize {
+        std::mem::size_of::<Fut>()
+    }
+
+    #[test]
+    fn an_idle_connection_holds_a_small_future() {
+        // The session's box is most of what an idle connection costs (MQTT.md, Memory); rare
+        // or short-lived state belongs in a box of its own. It was 5.3 KiB plus a 5.8 KiB task
+        // before the session moved out of the handshake. The bound is jemalloc's 2 KiB size
+        // class: an idle connection measured 2.65 KiB at 1,848 bytes (`fleetward-bench idle`).
+        let size = future_size1(&connect::run::<RumqttdRouter, tokio::net::TcpStream>);
+        assert!(
+            size <= 2048,
+            "a plain-TCP session's future takes {size} bytes, past the allocator class an \
              idle connection fits in"
         );
+        // The connection's task holds only the box of the stage it is in.
+        let size = future_size(&connect::serve::<RumqttdRouter, tokio::net::TcpStream>);
+        assert!(size <= 64, "the connection's own future takes {size} bytes");
     }
 }
