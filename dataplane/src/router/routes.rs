@@ -28,6 +28,10 @@ use parking_lot::{Mutex, RwLock, RwLockReadGuard};
 /// 258 filters (the buckets, `+` and one per shared group).
 pub const DEFAULT_BUCKETS: u16 = 256;
 
+/// Up to this many filters a link matches a message against each one instead of looking its
+/// channel up.
+const SMALL: usize = 8;
+
 /// What to tell the router, in order.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(super) enum Change {
@@ -82,7 +86,9 @@ fn router_filter(slot: u32, route: &Route) -> String {
 /// The pod-wide table of slots and routes.
 #[derive(Default)]
 pub(super) struct State {
-    channels: HashMap<Box<str>, Channel>,
+    /// By channel key (`m/<tenant>/c/<channel>`), as bytes: a message's topic is looked up
+    /// without checking it is UTF-8 again.
+    channels: HashMap<Box<[u8]>, Channel>,
     free: Vec<u32>,
     /// Slots ever made: the router holds at most this many channels' routes.
     slots: u32,
@@ -94,35 +100,38 @@ impl State {
     fn join(&mut self, channel: &str, buckets: u16) -> u32 {
         let free = &mut self.free;
         let slots = &mut self.slots;
-        let entry = self.channels.entry(channel.into()).or_insert_with(|| {
-            let slot = free.pop().unwrap_or_else(|| {
-                *slots += 1;
-                *slots - 1
+        let entry = self
+            .channels
+            .entry(channel.as_bytes().into())
+            .or_insert_with(|| {
+                let slot = free.pop().unwrap_or_else(|| {
+                    *slots += 1;
+                    *slots - 1
+                });
+                Channel {
+                    slot,
+                    links: 0,
+                    buckets: vec![0; usize::from(buckets)].into_boxed_slice(),
+                    all: 0,
+                    shared: HashMap::default(),
+                }
             });
-            Channel {
-                slot,
-                links: 0,
-                buckets: vec![0; usize::from(buckets)].into_boxed_slice(),
-                all: 0,
-                shared: HashMap::default(),
-            }
-        });
         entry.links += 1;
         entry.slot
     }
 
     fn leave(&mut self, channel: &str) {
-        if let Some(c) = self.channels.get_mut(channel) {
+        if let Some(c) = self.channels.get_mut(channel.as_bytes()) {
             c.links -= 1;
             if c.links == 0 {
                 self.free.push(c.slot);
-                self.channels.remove(channel);
+                self.channels.remove(channel.as_bytes());
             }
         }
     }
 
     fn hold(&mut self, channel: &str, route: &Route) {
-        if let Some(c) = self.channels.get_mut(channel) {
+        if let Some(c) = self.channels.get_mut(channel.as_bytes()) {
             let n = c.count(route);
             *n += 1;
             if *n == 1 {
@@ -132,7 +141,7 @@ impl State {
     }
 
     fn release(&mut self, channel: &str, route: &Route) {
-        if let Some(c) = self.channels.get_mut(channel) {
+        if let Some(c) = self.channels.get_mut(channel.as_bytes()) {
             let n = c.count(route);
             if *n == 0 {
                 // Not held: nothing to give back (and no shared entry to keep).
@@ -153,8 +162,8 @@ impl State {
 
     /// The router topic of a message on `topic`, or `None` when no link on this pod holds a
     /// route it would reach (then the router is not bothered with it).
-    pub(super) fn route(&self, topic: &str, buckets: &Buckets) -> Option<(u32, u16)> {
-        let c = self.channels.get(channel_key(topic))?;
+    pub(super) fn route(&self, topic: &[u8], buckets: &Buckets) -> Option<(u32, u16)> {
+        let c = self.channels.get(channel_key_bytes(topic))?;
         let b = buckets.of(topic);
         (c.buckets[usize::from(b)] > 0 || c.all > 0 || !c.shared.is_empty()).then_some((c.slot, b))
     }
@@ -190,7 +199,20 @@ impl LinkChannel {
 impl LinkRoutes {
     /// Whether a message on `topic` is for this link: through a shared route (`ids` are the
     /// subscription identifiers the router stamped), or through its plain filters.
-    pub(super) fn accepts(&self, topic: &str, ids: &[usize]) -> bool {
+    pub(super) fn accepts(&self, topic: &[u8], ids: &[usize]) -> bool {
+        if self.filters.len() <= SMALL && ids.is_empty() {
+            // A few filters (most devices): matched one by one, cheaper than the lookups; a
+            // filter without wildcards is the topic itself.
+            return self.filters.iter().any(|f| {
+                !f.starts_with("$share/")
+                    && (f.as_bytes() == topic
+                        || (has_wildcard(f)
+                            && std::str::from_utf8(topic).is_ok_and(|t| filter_matches(f, t))))
+            });
+        }
+        let Ok(topic) = std::str::from_utf8(topic) else {
+            return false;
+        };
         if !ids.is_empty() {
             return ids.iter().any(|id| {
                 self.shared_ids
@@ -242,7 +264,7 @@ impl Buckets {
     }
 
     /// The bucket of a topic.
-    pub(super) fn of(&self, topic: &str) -> u16 {
+    pub(super) fn of(&self, topic: &[u8]) -> u16 {
         (self.hasher.hash_one(topic) % u64::from(self.count)) as u16
     }
 }
@@ -328,7 +350,7 @@ impl Routes {
             }
             None => {
                 lc.exact.insert(matcher.into());
-                let b = self.buckets.of(matcher);
+                let b = self.buckets.of(matcher.as_bytes());
                 let n = lc.buckets.entry(b).or_insert(0);
                 *n += 1;
                 if *n == 1 && lc.wild.is_empty() {
@@ -387,7 +409,7 @@ impl Routes {
             }
             None => {
                 lc.exact.remove(matcher);
-                let b = self.buckets.of(matcher);
+                let b = self.buckets.of(matcher.as_bytes());
                 if let Entry::Occupied(mut e) = lc.buckets.entry(b) {
                     *e.get_mut() -= 1;
                     if *e.get() == 0 {
@@ -449,9 +471,15 @@ fn split_share(filter: &str) -> Option<(Option<&str>, &str)> {
 
 /// The first four levels of a topic or filter (`m/<tenant>/c/<channel>`), or all of them.
 pub(crate) fn channel_key(s: &str) -> &str {
+    // Cut at a `/`, so at a char boundary.
+    &s[..channel_key_bytes(s.as_bytes()).len()]
+}
+
+/// [`channel_key`] of bytes.
+fn channel_key_bytes(s: &[u8]) -> &[u8] {
     let mut slashes = 0;
-    for (i, b) in s.bytes().enumerate() {
-        if b == b'/' {
+    for (i, b) in s.iter().enumerate() {
+        if *b == b'/' {
             slashes += 1;
             if slashes == 4 {
                 return &s[..i];
@@ -489,8 +517,8 @@ mod tests {
         }
         assert_eq!(link.len(), 5_000);
         assert_eq!(routes.held(), 16, "one route per bucket");
-        assert!(link.accepts("m/t/c/ch/dev-7", &[]));
-        assert!(!link.accepts("m/t/c/ch/dev-x", &[]));
+        assert!(link.accepts(b"m/t/c/ch/dev-7", &[]));
+        assert!(!link.accepts(b"m/t/c/ch/dev-x", &[]));
         for i in 0..5_000 {
             routes.unsubscribe(&mut link, &format!("m/t/c/ch/dev-{i}"));
         }
@@ -506,7 +534,7 @@ mod tests {
         let exact = routes.subscribe(&mut link, "m/t/c/ch/a").expect("ok");
         assert_eq!(
             subs(&exact),
-            vec![format!("0/{}", routes.buckets().of("m/t/c/ch/a"))]
+            vec![format!("0/{}", routes.buckets().of(b"m/t/c/ch/a"))]
         );
         let wild = routes.subscribe(&mut link, "m/t/c/ch/#").expect("ok");
         // `+` first, then the bucket is let go: one path at any time.
@@ -514,7 +542,7 @@ mod tests {
         assert!(matches!(&wild[1], Change::Unsubscribe(_)));
         assert_eq!(routes.held(), 1);
         // Overlapping filters: the link is reached once and accepts once.
-        assert!(link.accepts("m/t/c/ch/a", &[]));
+        assert!(link.accepts(b"m/t/c/ch/a", &[]));
         let back = routes.unsubscribe(&mut link, "m/t/c/ch/#");
         assert!(matches!(&back[0], Change::Subscribe(f, None) if f != "0/+"));
         assert_eq!(back[1], Change::Unsubscribe("0/+".into()));
@@ -527,9 +555,9 @@ mod tests {
         let mut a = LinkRoutes::default();
         routes.subscribe(&mut a, "m/t/c/ch/x").expect("ok");
         let st = routes.read();
-        assert!(st.route("m/t/c/ch/x", routes.buckets()).is_some());
+        assert!(st.route(b"m/t/c/ch/x", routes.buckets()).is_some());
         assert!(
-            st.route("m/t/c/other/x", routes.buckets()).is_none(),
+            st.route(b"m/t/c/other/x", routes.buckets()).is_none(),
             "no one in that channel"
         );
         drop(st);
@@ -538,7 +566,7 @@ mod tests {
         assert!(
             routes
                 .read()
-                .route("m/t/c/ch/anything", routes.buckets())
+                .route(b"m/t/c/ch/anything", routes.buckets())
                 .is_some()
         );
         routes.release(b);
@@ -547,7 +575,7 @@ mod tests {
         assert!(
             routes
                 .read()
-                .route("m/t/c/ch/x", routes.buckets())
+                .route(b"m/t/c/ch/x", routes.buckets())
                 .is_none()
         );
     }
@@ -580,12 +608,12 @@ mod tests {
             panic!("a tagged subscription: {c:?}");
         };
         assert_eq!(f, "$share/t~1~g~ab/0/+");
-        assert!(link.accepts("m/t/c/ch/a/b", &[*id]));
+        assert!(link.accepts(b"m/t/c/ch/a/b", &[*id]));
         assert!(
-            !link.accepts("m/t/c/ch/z/b", &[*id]),
+            !link.accepts(b"m/t/c/ch/z/b", &[*id]),
             "the group's filter decides"
         );
-        assert!(!link.accepts("m/t/c/ch/a/b", &[]), "no plain filter");
+        assert!(!link.accepts(b"m/t/c/ch/a/b", &[]), "no plain filter");
         assert_eq!(link.shared_routes().len(), 1);
         routes.unsubscribe(&mut link, "$share/t~1~g~ab/m/t/c/ch/a/+");
         assert_eq!(routes.held(), 0);

@@ -130,8 +130,7 @@ fn link_error(e: LinkError) -> RouterError {
 /// envelope in front of the payload, and only the client's own v5 properties. `None` when no
 /// link on this pod holds a route the message reaches: the router would drop it anyway.
 fn to_packet(routes: &State, buckets: &Buckets, message: Message) -> Option<Packet> {
-    let topic = std::str::from_utf8(&message.topic).ok()?;
-    let route = routes.route(topic, buckets)?;
+    let route = routes.route(&message.topic, buckets)?;
     let (topic, payload) = envelope::wrap(&message, route)?;
     let props = message.props.map(|p| publish_props(*p, Vec::new()));
     Some(Packet::Publish(Publish::new(topic, payload, false), props))
@@ -241,6 +240,7 @@ impl Router for RumqttdRouter {
     }
 
     fn publish(&self, message: Message) -> Result<(), RouterError> {
+        // Made before the system link's lock, which every link-less publisher shares.
         let packet = to_packet(&self.routes.read(), self.routes.buckets(), message);
         match packet {
             Some(p) => push(&mut self.system.lock(), p).map(drop),
@@ -249,7 +249,8 @@ impl Router for RumqttdRouter {
     }
 
     fn publish_batch(&self, messages: &mut Vec<Message>) -> Result<usize, RouterError> {
-        push_batch(&mut self.system.lock(), &self.routes, messages)
+        let packets = to_packets(&self.routes, messages);
+        push_batch(&mut self.system.lock(), packets)
     }
 
     fn filters(&self) -> usize {
@@ -372,8 +373,8 @@ impl RouterLink for RumqttdLink {
     }
 
     fn publish_batch(&mut self, messages: &mut Vec<Message>) -> Result<usize, RouterError> {
-        let table = self.held.table.clone();
-        push_batch(&mut self.tx, &table, messages)
+        let packets = to_packets(&self.held.table, messages);
+        push_batch(&mut self.tx, packets)
     }
 
     fn backlog(&self) -> usize {
@@ -395,8 +396,7 @@ impl RouterLink for RumqttdLink {
                         // The route carries its whole channel or bucket: the link's own
                         // filters decide.
                         Some((message, ids)) => {
-                            let topic = std::str::from_utf8(&message.topic).unwrap_or("");
-                            if self.held.routes().accepts(topic, &ids) {
+                            if self.held.routes().accepts(&message.topic, &ids) {
                                 return Ok(message);
                             }
                         }
@@ -446,28 +446,28 @@ fn push(tx: &mut LinkTx, packet: Packet) -> Result<usize, RouterError> {
     }
 }
 
+/// The packets of a batch of messages, routed under one read of the table; the messages
+/// no link on this pod would receive are left out. Sized up front: a packet is large, and
+/// growing the vector would copy every one of them again (`filter_map` gives `collect` no
+/// exact size).
+fn to_packets(routes: &Routes, messages: &mut Vec<Message>) -> Vec<Packet> {
+    let mut packets = Vec::with_capacity(messages.len());
+    let table = routes.read();
+    packets.extend(
+        messages
+            .drain(..)
+            .filter_map(|m| to_packet(&table, routes.buckets(), m)),
+    );
+    packets
+}
+
 /// Queues several packets on a link under one lock and notifies the router once, as rumqttd's
 /// own network links do for what one socket read brought in: the router then takes them all in
-/// one pass instead of waking once per message.
+/// one pass instead of waking once per message. The packets are made before (`to_packets`):
+/// the router takes the link's lock to swap its buffer out, and the system link's lock is
+/// shared by every session that publishes without a link of its own.
 /// Returns the link's backlog.
-fn push_batch(
-    tx: &mut LinkTx,
-    routes: &Routes,
-    messages: &mut Vec<Message>,
-) -> Result<usize, RouterError> {
-    // Encoded before the link's lock, which the router takes to swap the buffer out; routed
-    // under one read of the table.
-    // Sized up front: a packet is large, and growing the vector would copy every one of them
-    // again (`filter_map` gives `collect` no exact size).
-    let mut packets: Vec<Packet> = Vec::with_capacity(messages.len());
-    {
-        let table = routes.read();
-        packets.extend(
-            messages
-                .drain(..)
-                .filter_map(|m| to_packet(&table, routes.buckets(), m)),
-        );
-    }
+fn push_batch(tx: &mut LinkTx, mut packets: Vec<Packet>) -> Result<usize, RouterError> {
     let Some(last) = packets.pop() else {
         return Ok(tx.buffer().len());
     };

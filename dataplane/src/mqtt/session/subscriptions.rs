@@ -21,6 +21,9 @@ use crate::mqtt::codec::Version;
 use crate::mqtt::reason;
 use crate::router::{Router, RouterLink, SessionMode, channel_key};
 
+/// Up to this many subscriptions a delivery matches each one instead of using the index.
+const SMALL: usize = 8;
+
 /// A session's subscriptions, by full filter, with an index for delivery. Boxed, and made at
 /// the first SUBSCRIBE: most sessions never subscribe, and the session is the connection's
 /// future (MQTT.md, Memory).
@@ -29,7 +32,10 @@ pub(crate) struct Subs(Option<Box<Index>>);
 
 #[derive(Default)]
 struct Index {
-    by_full: HashMap<String, Subscription>,
+    /// The subscriptions, densely: a delivery to a session with a few of them walks this.
+    subs: Vec<Subscription>,
+    /// Each subscription's place in `subs`, by full filter.
+    by_full: HashMap<String, usize>,
     /// Filters without wildcards, by the topic they name: their full filters.
     exact: HashMap<String, Vec<String>>,
     /// Filters with wildcards, by channel (`m/<tenant>/c/<channel>`): their full filters.
@@ -44,46 +50,62 @@ impl Index {
             self.exact.entry(matcher.to_owned())
         }
     }
+
+    fn get(&self, full: &str) -> Option<&Subscription> {
+        self.by_full.get(full).map(|&i| &self.subs[i])
+    }
 }
 
 impl Subs {
     /// How many subscriptions the session holds.
     pub(crate) fn len(&self) -> usize {
-        self.0.as_ref().map_or(0, |i| i.by_full.len())
+        self.0.as_ref().map_or(0, |i| i.subs.len())
     }
 
     pub(crate) fn is_empty(&self) -> bool {
-        self.0.as_ref().is_none_or(|i| i.by_full.is_empty())
+        self.0.as_ref().is_none_or(|i| i.subs.is_empty())
     }
 
     pub(super) fn get_mut(&mut self, full: &str) -> Option<&mut Subscription> {
-        self.0.as_mut()?.by_full.get_mut(full)
+        let index = self.0.as_mut()?;
+        let i = *index.by_full.get(full)?;
+        Some(&mut index.subs[i])
     }
 
     fn values_mut(&mut self) -> impl Iterator<Item = &mut Subscription> {
-        self.0.iter_mut().flat_map(|i| i.by_full.values_mut())
+        self.0.iter_mut().flat_map(|i| i.subs.iter_mut())
     }
 
     /// Adds a subscription; one with the same full filter is replaced.
     pub(super) fn insert(&mut self, sub: Subscription) {
         let index = self.0.get_or_insert_with(Box::default);
+        if let Some(&i) = index.by_full.get(&sub.full) {
+            index.subs[i] = sub;
+            return;
+        }
         let full = sub.full.clone();
         let matcher = sub.matcher.clone();
-        if index.by_full.insert(full.clone(), sub).is_none() {
-            index.bucket(&matcher).or_default().push(full);
-        }
+        index.by_full.insert(full.clone(), index.subs.len());
+        index.subs.push(sub);
+        index.bucket(&matcher).or_default().push(full);
     }
 
     pub(super) fn remove(&mut self, full: &str) -> Option<Subscription> {
         let index = self.0.as_mut()?;
-        let sub = index.by_full.remove(full)?;
+        let i = index.by_full.remove(full)?;
+        let sub = index.subs.swap_remove(i);
+        if let Some(moved) = index.subs.get(i)
+            && let Some(place) = index.by_full.get_mut(&moved.full)
+        {
+            *place = i;
+        }
         if let Entry::Occupied(mut e) = index.bucket(&sub.matcher) {
             e.get_mut().retain(|f| f != full);
             if e.get().is_empty() {
                 e.remove();
             }
         }
-        if index.by_full.is_empty() {
+        if index.subs.is_empty() {
             self.0 = None;
         }
         Some(sub)
@@ -95,7 +117,7 @@ impl Subs {
         let fulls: Vec<String> = self
             .0
             .iter()
-            .flat_map(|i| i.by_full.values())
+            .flat_map(|i| i.subs.iter())
             .filter(|s| gone(&s.matcher))
             .map(|s| s.full.clone())
             .collect();
@@ -106,16 +128,64 @@ impl Subs {
             .collect()
     }
 
-    /// The subscriptions whose filter matches a full topic.
-    pub(super) fn matching<'a>(&'a self, topic: &'a str) -> impl Iterator<Item = &'a Subscription> {
-        self.0.iter().flat_map(move |index| {
-            let exact = index.exact.get(topic).into_iter().flatten();
-            let wild = index.wild.get(channel_key(topic)).into_iter().flatten();
-            exact
-                .chain(wild)
-                .filter_map(|full| index.by_full.get(full))
-                .filter(move |s| filter_matches(&s.matcher, topic))
-        })
+    /// The subscriptions whose filter matches a full topic. A session with a few
+    /// subscriptions (most devices) has them matched one by one, which costs less than the
+    /// index's lookups; past [`SMALL`] the index finds the candidates.
+    pub(super) fn matching<'a>(&'a self, topic: &'a str) -> Matching<'a> {
+        let walk = match self.0.as_deref() {
+            None => Walk::Done,
+            Some(index) if index.subs.len() <= SMALL => Walk::Few(index.subs.iter()),
+            Some(index) => Walk::Indexed {
+                index,
+                exact: index.exact.get(topic).map_or(&[][..], Vec::as_slice).iter(),
+                wild: index
+                    .wild
+                    .get(channel_key(topic))
+                    .map_or(&[][..], Vec::as_slice)
+                    .iter(),
+            },
+        };
+        Matching { topic, walk }
+    }
+}
+
+/// The subscriptions that match a topic ([`Subs::matching`]): a plain loop, since it runs for
+/// every delivery.
+pub(super) struct Matching<'a> {
+    topic: &'a str,
+    walk: Walk<'a>,
+}
+
+enum Walk<'a> {
+    Few(std::slice::Iter<'a, Subscription>),
+    Indexed {
+        index: &'a Index,
+        exact: std::slice::Iter<'a, String>,
+        wild: std::slice::Iter<'a, String>,
+    },
+    Done,
+}
+
+impl<'a> Iterator for Matching<'a> {
+    type Item = &'a Subscription;
+
+    fn next(&mut self) -> Option<&'a Subscription> {
+        loop {
+            let sub = match &mut self.walk {
+                Walk::Few(subs) => subs.next()?,
+                Walk::Indexed { index, exact, wild } => {
+                    let full = exact.next().or_else(|| wild.next())?;
+                    match index.get(full) {
+                        Some(sub) => sub,
+                        None => continue,
+                    }
+                }
+                Walk::Done => return None,
+            };
+            if filter_matches(&sub.matcher, self.topic) {
+                return Some(sub);
+            }
+        }
     }
 }
 
@@ -394,4 +464,81 @@ fn router_share_group(tenant: &str, group: &str, filter: &str) -> String {
     let mut h = std::hash::DefaultHasher::new();
     filter.hash(&mut h);
     format!("{tenant}~{}~{group}~{:016x}", group.len(), h.finish())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sub(full: &str) -> Subscription {
+        let matcher = full
+            .strip_prefix("$share/")
+            .and_then(|r| r.split_once('/'))
+            .map_or(full, |(_, f)| f);
+        Subscription {
+            client: matcher.to_owned(),
+            full: full.to_owned(),
+            matcher: matcher.to_owned(),
+            router: full.to_owned(),
+            no_local: false,
+            retain_as_published: false,
+            qos: 0,
+            id: None,
+        }
+    }
+
+    #[test]
+    fn a_few_subscriptions_and_many_match_the_same_topics() {
+        let filters = [
+            "m/t/c/a/x",
+            "m/t/c/a/+",
+            "m/t/c/a/#",
+            "$share/g/m/t/c/a/x",
+            "m/t/c/b/y/z",
+            "m/t/c/b/+/z",
+            "m/u/c/a/x",
+        ];
+        let topics = [
+            "m/t/c/a/x",
+            "m/t/c/a/y",
+            "m/t/c/b/y/z",
+            "m/t/c/b/q",
+            "m/u/c/a/x",
+        ];
+        // A few (matched one by one), then past SMALL (through the index) with the same ones
+        // among many that match nothing asked.
+        for padding in [0, 2 * SMALL] {
+            let mut subs = Subs::default();
+            for f in filters {
+                subs.insert(sub(f));
+            }
+            for i in 0..padding {
+                subs.insert(sub(&format!("m/t/c/other/{i}")));
+            }
+            for topic in topics {
+                let mut got: Vec<&str> = subs.matching(topic).map(|s| s.full.as_str()).collect();
+                got.sort_unstable();
+                let mut want: Vec<&str> = filters
+                    .iter()
+                    .copied()
+                    .filter(|f| filter_matches(&sub(f).matcher, topic))
+                    .collect();
+                want.sort_unstable();
+                assert_eq!(got, want, "{topic} with {padding} more");
+            }
+            // Removing one moves another into its place: each is still found, once.
+            assert!(subs.remove("m/t/c/a/x").is_some());
+            assert!(subs.remove("m/t/c/a/x").is_none());
+            for f in filters.iter().filter(|f| **f != "m/t/c/a/x") {
+                assert!(subs.get_mut(f).is_some_and(|s| s.full == *f), "{f}");
+            }
+            let mut got: Vec<&str> = subs
+                .matching("m/t/c/a/x")
+                .map(|s| s.full.as_str())
+                .collect();
+            got.sort_unstable();
+            assert_eq!(got, ["$share/g/m/t/c/a/x", "m/t/c/a/#", "m/t/c/a/+"]);
+            assert_eq!(subs.len(), filters.len() - 1 + padding);
+        }
+    }
 }
