@@ -40,6 +40,11 @@ fn paho(addr: SocketAddr, mode: &str, user: &str, key: &str, args: &[&str]) -> V
         .collect()
 }
 
+/// Runs one mode of `quotas.py` as acme's sensor-1.
+fn as_sensor(start: &Start, mode: &str, args: &[&str]) -> Vec<String> {
+    paho(start.mqtt, mode, "acme/sensor-1", SENSOR_KEY, args)
+}
+
 /// What a new subscriber of acme's telemetry is sent: its SUBACK and any retained message.
 fn new_subscriber(start: &Start, id: &str) -> Vec<String> {
     let key = start.key_of("acme/dashboard");
@@ -80,13 +85,7 @@ fn v5_properties_count_towards_the_message_size() {
     // DISCONNECT 0x95, and neither is retained.
     // A thousand one-byte user properties: over `--max-user-properties` (32), the same answer.
     for (kind, size) in [("user", "900000"), ("corr", "65000"), ("many", "1000")] {
-        let events = paho(
-            start.mqtt,
-            "publish",
-            "acme/sensor-1",
-            SENSOR_KEY,
-            &["m/acme/c/telemetry/props", kind, size],
-        );
+        let events = as_sensor(&start, "publish", &["m/acme/c/telemetry/props", kind, size]);
         assert!(
             events.iter().any(|e| e == "disconnect 149"),
             "{kind}: {events:?}"
@@ -116,13 +115,7 @@ fn delayed_wills_are_checked_and_do_not_outlive_their_session() {
     let mut start = scratch.start(|o| o);
     let topic = "m/acme/c/telemetry/will";
     // A 65 KB will with delay 0xFFFFFFFF: over acme's sizes, refused at CONNECT with 0x95.
-    let events = paho(
-        start.mqtt,
-        "wills",
-        "acme/sensor-1",
-        SENSOR_KEY,
-        &[topic, "65000", "4294967295", "0", "1"],
-    );
+    let events = as_sensor(&start, "wills", &[topic, "65000", "4294967295", "0", "1"]);
     let connacks: Vec<&String> = events.iter().filter(|e| e.starts_with("connack")).collect();
     assert_eq!(connacks, ["connack 149"]);
 
@@ -130,13 +123,7 @@ fn delayed_wills_are_checked_and_do_not_outlive_their_session() {
     // acme's publish burst of 100, which wills take too). Each will is sent when its session
     // ends, at once; none waits in memory.
     let rss_before = start.rss_kib();
-    let events = paho(
-        start.mqtt,
-        "wills",
-        "acme/sensor-1",
-        SENSOR_KEY,
-        &[topic, "4000", "4294967295", "0", "80"],
-    );
+    let events = as_sensor(&start, "wills", &[topic, "4000", "4294967295", "0", "80"]);
     assert_eq!(events.len(), 80);
     assert!(events.iter().all(|e| e == "connack 0"), "{events:?}");
     wait_until(Duration::from_secs(10), "every will published", || {
@@ -165,13 +152,7 @@ fn a_tenant_holds_a_bounded_number_of_waiting_wills_and_saved_sessions() {
     // Five v5 clients with a 60 s will delay and a 60 s session expiry, dropped: two wills
     // wait, the other three are published when their connection ends; three sessions are
     // kept, the two oldest are dropped.
-    let events = paho(
-        start.mqtt,
-        "wills",
-        "acme/sensor-1",
-        SENSOR_KEY,
-        &[topic, "100", "60", "60", "5"],
-    );
+    let events = as_sensor(&start, "wills", &[topic, "100", "60", "60", "5"]);
     assert!(events.iter().all(|e| e == "connack 0"), "{events:?}");
     wait_until(
         Duration::from_secs(10),
@@ -192,21 +173,9 @@ fn a_tenant_holds_a_bounded_number_of_waiting_wills_and_saved_sessions() {
         assert!(text.contains(counted), "{counted}: {text}");
     }
     // The oldest client comes back to nothing; the newest finds its session.
-    let oldest = paho(
-        start.mqtt,
-        "resume",
-        "acme/sensor-1",
-        SENSOR_KEY,
-        &["hostile-will-0"],
-    );
+    let oldest = as_sensor(&start, "resume", &["hostile-will-0"]);
     assert_eq!(oldest[0], "connack 0 present 0", "{oldest:?}");
-    let newest = paho(
-        start.mqtt,
-        "resume",
-        "acme/sensor-1",
-        SENSOR_KEY,
-        &["hostile-will-4"],
-    );
+    let newest = as_sensor(&start, "resume", &["hostile-will-4"]);
     assert_eq!(newest[0], "connack 0 present 1", "{newest:?}");
     harness::legitimate_pub_sub_works(&start, Duration::from_secs(5));
     assert!(start.alive());
@@ -219,11 +188,9 @@ fn acme_without(scratch: &Scratch, original: &str, drop: impl Fn(&str) -> bool) 
 }
 
 fn retain(start: &Start, payload_kind: &str) -> Vec<String> {
-    paho(
-        start.mqtt,
+    as_sensor(
+        &start,
         "publish",
-        "acme/sensor-1",
-        SENSOR_KEY,
         &["m/acme/c/telemetry/state", payload_kind, "0"],
     )
 }
@@ -258,13 +225,7 @@ fn retained_messages_do_not_outlive_their_channel_or_tenant() {
     assert!(new_subscriber(&start, "s2").contains(&"msg tiny".to_owned()));
     std::fs::remove_file(scratch.manifests().join("acme.yaml")).expect("remove acme.yaml");
     wait_until(within, "the tenant is gone", || {
-        let events = paho(
-            start.mqtt,
-            "publish",
-            "acme/sensor-1",
-            SENSOR_KEY,
-            &["m/acme/c/telemetry/x", "plain", "0"],
-        );
+        let events = as_sensor(&start, "publish", &["m/acme/c/telemetry/x", "plain", "0"]);
         !events.contains(&"connack 0".to_owned())
     });
     scratch.write("acme.yaml", &original);

@@ -41,6 +41,10 @@ struct Args {
     /// dataplane's (a quarter of --max-connections, at most 1,000).
     #[arg(long)]
     max_pending_connections: Option<usize>,
+    /// Seconds a new connection has to send its CONNECT (the suite's flood scenarios raise it
+    /// past their window, so that the flood is held open rather than closed and reopened).
+    #[arg(long, default_value_t = MqttConfig::default().connect_timeout.as_secs())]
+    connect_timeout_secs: u64,
 }
 
 #[tokio::main]
@@ -53,6 +57,7 @@ async fn main() -> anyhow::Result<()> {
         .mqtt_config(MqttConfig {
             decision_cache_entries: args.decision_cache_entries,
             max_connections: args.max_connections,
+            connect_timeout: std::time::Duration::from_secs(args.connect_timeout_secs),
             ..MqttConfig::default()
         })
         .max_pending_connections(args.max_pending_connections)
