@@ -189,7 +189,7 @@ fn acme_without(scratch: &Scratch, original: &str, drop: impl Fn(&str) -> bool) 
 
 fn retain(start: &Start, payload_kind: &str) -> Vec<String> {
     as_sensor(
-        &start,
+        start,
         "publish",
         &["m/acme/c/telemetry/state", payload_kind, "0"],
     )
