@@ -229,6 +229,7 @@ fn build_policy() -> Snapshot {
         };
     for tenant in ["acme", "globex"] {
         r.tenants.push(Tenant {
+            uid: String::new(),
             name: tenant.into(),
             suspended: false,
             limits: TenantLimits::default(),
@@ -253,6 +254,7 @@ fn build_policy() -> Snapshot {
             ("status", Qos::AtLeastOnce, true),
         ] {
             r.channels.push(Channel {
+                uid: String::new(),
                 tenant: tenant.into(),
                 name: name.into(),
                 max_qos,
