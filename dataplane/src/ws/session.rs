@@ -15,7 +15,7 @@ use serde_json::json;
 use super::close;
 use super::envelope::{ClientPublish, answer, message_frame};
 use crate::http::{ApiError, CONTENT_TYPES};
-use crate::mqtt::{PublishRequest, Shared};
+use crate::mqtt::{PublishRequest, Shared, Uids};
 use crate::router::{
     MessageProps, Protocol, Publisher, Router, RouterLink, SessionKey, SessionMode,
 };
@@ -146,11 +146,14 @@ impl<R: Router> Conn<R> {
     /// Runs until the client leaves (`None`) or the server closes (`Some`).
     async fn pump(&mut self, link: &mut R::Link) -> Option<Close> {
         let mut policy = self.shared.policy.clone();
-        let retained = self.shared.retained.matching(
-            &self.stream.tenant,
-            &self.stream.channel,
-            &self.stream.filter,
-        );
+        let retained = {
+            // Not kept for the stream's life: a stream must not pin an old snapshot.
+            let snapshot = policy.borrow().clone();
+            let (tenant, channel) = (&self.stream.tenant, &self.stream.channel);
+            let now = Uids::of(&snapshot, tenant, channel);
+            let filter = &self.stream.filter;
+            self.shared.retained.matching(tenant, channel, filter, now)
+        };
         for m in retained {
             if !self.send(WsMessage::Text(message_frame(&m).into())).await {
                 return None;
