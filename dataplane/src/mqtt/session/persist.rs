@@ -37,7 +37,7 @@ impl Incarnation {
 
     /// Whether what was made under `self` was made under another tenant or channel of the same
     /// name than `now`: a uid known on both sides differs. An unknown one matches all.
-    fn other_than(self, now: Self) -> bool {
+    pub(super) fn other_than(self, now: Self) -> bool {
         let differ = |a: u64, b: u64| a != 0 && b != 0 && a != b;
         differ(self.tenant, now.tenant) || differ(self.channel, now.channel)
     }

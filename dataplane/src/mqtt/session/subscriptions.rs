@@ -439,13 +439,17 @@ impl<R: Router, S: AsyncRead + AsyncWrite + Unpin + Send> Session<R, S> {
         let mut revoked = Vec::new();
         for sub in self.subs.values_mut() {
             let allowed = parse_filter(&sub.full, &limits()).is_ok_and(|t| {
-                let ok = self
+                let mut ok = self
                     .shared
                     .cache
                     .authorize(&*snapshot, &self.acc.subject, Action::Subscribe, &t)
                     .is_allowed();
                 if let Some(c) = snapshot.channel(t.tenant(), t.channel()) {
                     sub.qos = sub.qos.min(u8::from(c.max_qos));
+                    // Deleted and created again (a new uid) within one snapshot: revoked, as
+                    // the deletion alone would have revoked it.
+                    let now = Incarnation::of(&snapshot, t.tenant(), c);
+                    ok &= !sub.made_under.other_than(now);
                 }
                 ok
             });
