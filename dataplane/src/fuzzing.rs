@@ -204,6 +204,8 @@ impl WsStreams {
             filter: path.to_owned(),
             tenant: WS_TENANT.to_owned(),
             channel: WS_CHANNEL.to_owned(),
+            tenant_uid: String::new(),
+            channel_uid: String::new(),
         };
         crate::ws::answer_text(self.shared.clone(), stream, text, &mut self.link)
     }

@@ -86,7 +86,7 @@ impl<'a> Uids<'a> {
 
     /// Whether what was stored under `self` was stored under another tenant or channel of the
     /// same name than `now`'s: a uid known on both sides differs. An unknown one matches all.
-    fn other_than(self, now: Uids<'_>) -> bool {
+    pub(crate) fn other_than(self, now: Uids<'_>) -> bool {
         let differ = |a: &str, b: &str| !a.is_empty() && !b.is_empty() && a != b;
         differ(self.tenant, now.tenant) || differ(self.channel, now.channel)
     }

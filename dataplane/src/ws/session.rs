@@ -36,6 +36,19 @@ pub(crate) struct Stream {
     pub publish_topic: Option<String>,
     pub tenant: String,
     pub channel: String,
+    /// The tenant's and the channel's uids when the stream was opened: a stream to a channel
+    /// deleted and created again under its name ends, as one to a deleted channel does.
+    pub tenant_uid: String,
+    pub channel_uid: String,
+}
+
+impl Stream {
+    fn uids(&self) -> Uids<'_> {
+        Uids {
+            tenant: &self.tenant_uid,
+            channel: &self.channel_uid,
+        }
+    }
 }
 
 /// Why the server ends a stream: a close code and a reason (at most 123 bytes).
@@ -146,14 +159,11 @@ impl<R: Router> Conn<R> {
     /// Runs until the client leaves (`None`) or the server closes (`Some`).
     async fn pump(&mut self, link: &mut R::Link) -> Option<Close> {
         let mut policy = self.shared.policy.clone();
-        let retained = {
-            // Not kept for the stream's life: a stream must not pin an old snapshot.
-            let snapshot = policy.borrow().clone();
-            let (tenant, channel) = (&self.stream.tenant, &self.stream.channel);
-            let now = Uids::of(&snapshot, tenant, channel);
-            let filter = &self.stream.filter;
-            self.shared.retained.matching(tenant, channel, filter, now)
-        };
+        let s = &self.stream;
+        let retained = self
+            .shared
+            .retained
+            .matching(&s.tenant, &s.channel, &s.filter, s.uids());
         for m in retained {
             if !self.send(WsMessage::Text(message_frame(&m).into())).await {
                 return None;
@@ -254,6 +264,14 @@ impl<R: Router> Conn<R> {
             return Err(Close(
                 close::SUBSCRIPTION_REVOKED,
                 format!("revoked: {}", why.as_str()),
+            ));
+        }
+        if s.uids()
+            .other_than(Uids::of(snapshot, &s.tenant, &s.channel))
+        {
+            return Err(Close(
+                close::SUBSCRIPTION_REVOKED,
+                "revoked: channel_recreated".to_owned(),
             ));
         }
         Ok(())
