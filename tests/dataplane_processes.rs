@@ -68,12 +68,14 @@ fn persisted_snapshot() -> Stored {
     let (signing_key, hash) = shared_secrets();
     let resources = Resources {
         tenants: vec![Tenant {
+            uid: String::new(),
             name: "acme".into(),
             suspended: false,
             limits: Default::default(),
         }],
         things: vec![thing("sensor"), thing("reader")],
         channels: vec![Channel {
+            uid: String::new(),
             tenant: "acme".into(),
             name: "tele".into(),
             max_qos: Qos::AtLeastOnce,

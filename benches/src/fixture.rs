@@ -70,6 +70,7 @@ fn grant(thing: &str, channel: &str, actions: Actions) -> Grant {
 
 fn channel(name: String) -> Channel {
     Channel {
+        uid: String::new(),
         tenant: TENANT.into(),
         name,
         max_qos: Qos::AtLeastOnce,
@@ -84,6 +85,7 @@ fn channel(name: String) -> Channel {
 pub fn policy(pairs: usize) -> Result<Arc<Snapshot>, BuildError> {
     let mut r = Resources::default();
     r.tenants.push(Tenant {
+        uid: String::new(),
         name: TENANT.into(),
         suspended: false,
         limits: Default::default(),

@@ -33,6 +33,7 @@ const PASSWORD: &str = "bench password, long enough";
 fn policy(signing_key: SigningKey) -> Arc<Snapshot> {
     let r = Resources {
         tenants: vec![Tenant {
+            uid: String::new(),
             name: "acme".into(),
             suspended: false,
             limits: Default::default(),

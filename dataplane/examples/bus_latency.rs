@@ -22,6 +22,7 @@ const KEY: &str = "bench-key-0123456789";
 fn policy() -> Arc<Snapshot> {
     let r = Resources {
         tenants: vec![Tenant {
+            uid: String::new(),
             name: "acme".into(),
             suspended: false,
             limits: Default::default(),
@@ -35,6 +36,7 @@ fn policy() -> Arc<Snapshot> {
             max_connections: None,
         }],
         channels: vec![Channel {
+            uid: String::new(),
             tenant: "acme".into(),
             name: "telemetry".into(),
             max_qos: Qos::AtLeastOnce,

@@ -26,12 +26,14 @@ fn policy() -> Arc<Snapshot> {
     };
     let r = Resources {
         tenants: vec![Tenant {
+            uid: String::new(),
             name: "bench".into(),
             suspended: false,
             limits: Default::default(),
         }],
         things: vec![thing("sensor"), thing("reader")],
         channels: vec![Channel {
+            uid: String::new(),
             tenant: "bench".into(),
             name: "telemetry".into(),
             max_qos: Qos::AtLeastOnce,

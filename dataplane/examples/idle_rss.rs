@@ -24,6 +24,7 @@ const KEY: &str = "probe-key-0123456789";
 fn policy() -> Arc<Snapshot> {
     let r = Resources {
         tenants: vec![Tenant {
+            uid: String::new(),
             name: "acme".into(),
             suspended: false,
             limits: Default::default(),
@@ -37,6 +38,7 @@ fn policy() -> Arc<Snapshot> {
             max_connections: None,
         }],
         channels: vec![Channel {
+            uid: String::new(),
             tenant: "acme".into(),
             name: "telemetry".into(),
             max_qos: Qos::AtLeastOnce,

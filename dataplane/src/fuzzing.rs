@@ -204,6 +204,8 @@ impl WsStreams {
             filter: path.to_owned(),
             tenant: WS_TENANT.to_owned(),
             channel: WS_CHANNEL.to_owned(),
+            tenant_uid: String::new(),
+            channel_uid: String::new(),
         };
         crate::ws::answer_text(self.shared.clone(), stream, text, &mut self.link)
     }
@@ -229,6 +231,7 @@ fn build_policy() -> Snapshot {
         };
     for tenant in ["acme", "globex"] {
         r.tenants.push(Tenant {
+            uid: String::new(),
             name: tenant.into(),
             suspended: false,
             limits: TenantLimits::default(),
@@ -253,6 +256,7 @@ fn build_policy() -> Snapshot {
             ("status", Qos::AtLeastOnce, true),
         ] {
             r.channels.push(Channel {
+                uid: String::new(),
                 tenant: tenant.into(),
                 name: name.into(),
                 max_qos,

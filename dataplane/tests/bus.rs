@@ -264,6 +264,56 @@ async fn retained_on(pod: &Pod, filter: &str) -> Vec<rumqttc::Publish> {
 }
 
 #[tokio::test]
+async fn a_channel_created_again_loses_its_retained_messages_on_every_pod() {
+    // acme's `telemetry` under `uid`, at `version`.
+    let under = |uid: &str, version: u64| {
+        let mut r = common::resources();
+        for c in &mut r.channels {
+            if c.tenant == "acme" && c.name == "telemetry" {
+                c.uid = uid.into();
+            }
+        }
+        common::snapshot(version, r)
+    };
+    let nats = Nats::start().await;
+    let a = Pod::start("pod-a", vec![nats.url()]).await;
+    let b = Pod::start("pod-b", vec![nats.url()]).await;
+    for pod in [&a, &b] {
+        pod.wait_connected(true).await;
+        pod.policy.send_replace(under("c1", 2));
+    }
+    let sensor = v4::connect(a.addr, "acme", "sensor", "s").await;
+    sensor
+        .client
+        .publish(
+            "m/acme/c/telemetry/state",
+            v4::QoS::AtLeastOnce,
+            true,
+            "old",
+        )
+        .await
+        .expect("queued");
+    let got = retained_on(&b, "m/acme/c/telemetry/#").await;
+    assert_eq!(payloads(&got), ["old"], "mirrored on pod-b");
+    // Let the bucket's echo of its own write reach pod-a too.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Deleted and created again where neither pod applied a snapshot without it: pod-b's
+    // mirrored copy knows no uid, pod-a's does, and pod-a's purge clears the bucket.
+    for pod in [&a, &b] {
+        pod.policy.send_replace(under("c2", 3));
+    }
+    for pod in [&a, &b] {
+        let until = Instant::now() + WAIT;
+        while !retained_once(pod, "m/acme/c/telemetry/#", 0)
+            .await
+            .is_empty()
+        {
+            assert!(Instant::now() < until, "still retained on {}", pod.node);
+        }
+    }
+}
+
+#[tokio::test]
 async fn tenants_with_the_same_names_stay_apart_across_pods() {
     let nats = Nats::start().await;
     let a = Pod::start("pod-a", vec![nats.url()]).await;

@@ -1,5 +1,6 @@
 //! What a persistent session keeps while its client is away is bounded, and goes with what it
-//! belonged to: a deleted thing's sessions, a deleted channel's queued messages.
+//! belonged to: a deleted thing's sessions, a deleted (or deleted and re-created) channel's
+//! queued messages.
 
 mod common;
 
@@ -7,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use common::{Fixture, resources, v4};
 use fleetward_dataplane::MqttConfig;
+use fleetward_policy::Resources;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const WAIT: Duration = Duration::from_secs(5);
@@ -173,5 +175,64 @@ async fn deleting_a_channel_drops_what_persistent_sessions_queued_for_it() {
     assert!(
         back.next_publish(QUIET).await.is_none(),
         "a message queued for the deleted channel arrived"
+    );
+}
+
+/// The fixture's resources with acme's `telemetry` channel under `uid`.
+fn telemetry_under(uid: &str) -> Resources {
+    let mut r = resources();
+    for c in &mut r.channels {
+        if c.tenant == "acme" && c.name == "telemetry" {
+            c.uid = uid.into();
+        }
+    }
+    r
+}
+
+#[tokio::test]
+async fn a_channel_deleted_and_created_again_between_two_snapshots_starts_empty() {
+    let mut fx = Fixture::start().await;
+    fx.apply(telemetry_under("c1"));
+    reader_away(&fx, "recreated").await;
+    publish(&fx, 3).await;
+    let mut sensor = v4::connect(fx.addr, "acme", "sensor", "retainer").await;
+    sensor
+        .client
+        .publish(
+            "m/acme/c/telemetry/state",
+            v4::QoS::AtLeastOnce,
+            true,
+            "old",
+        )
+        .await
+        .expect("queued");
+    assert!(matches!(
+        sensor.next(WAIT).await,
+        Some(Ok(v4::Packet::PubAck(_)))
+    ));
+
+    // Deleted and created again where this pod saw no snapshot without it (one reconciliation,
+    // or a PolicySync outage): only the uid tells the new channel from the old.
+    fx.apply(telemetry_under("c2"));
+    assert!(
+        wait_for_metric(
+            &fx,
+            "fleetward_mqtt_refusals_total{what=\"session\",reason=\"channel_deleted\"} 1",
+        )
+        .await
+    );
+    let mut back = persistent_reader(&fx, "recreated").await;
+    assert!(back.session_present, "the session itself is kept");
+    assert!(
+        back.next_publish(QUIET).await.is_none(),
+        "a message queued for the old channel arrived"
+    );
+    let mut fresh = v4::connect(fx.addr, "acme", "reader", "fresh").await;
+    fresh
+        .subscribe("m/acme/c/telemetry/#", v4::QoS::AtLeastOnce)
+        .await;
+    assert!(
+        fresh.next_publish(QUIET).await.is_none(),
+        "the old channel's retained message arrived"
     );
 }

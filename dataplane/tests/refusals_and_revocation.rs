@@ -279,6 +279,59 @@ async fn a_revoked_grant_stops_deliveries_within_a_second() {
 }
 
 #[tokio::test]
+async fn a_channel_deleted_and_created_again_in_one_snapshot_revokes_its_subscriptions() {
+    // acme's `telemetry` under `uid`.
+    let under = |uid: &str| {
+        let mut r = resources();
+        for c in &mut r.channels {
+            if c.tenant == "acme" && c.name == "telemetry" {
+                c.uid = uid.into();
+            }
+        }
+        r
+    };
+    let mut fx = Fixture::start().await;
+    fx.apply(under("c1"));
+    let mut reader = v4::connect(fx.addr, "acme", "reader", "r").await;
+    reader
+        .subscribe("m/acme/c/telemetry/#", v4::QoS::AtLeastOnce)
+        .await;
+    let sensor = v4::connect(fx.addr, "acme", "sensor", "s").await;
+    let publish = |text: &'static str| {
+        let client = sensor.client.clone();
+        async move {
+            client
+                .publish("m/acme/c/telemetry/1", v4::QoS::AtLeastOnce, false, text)
+                .await
+                .expect("queued");
+        }
+    };
+    publish("before").await;
+    assert!(reader.next_publish(WAIT).await.is_some());
+    // The same uid: nothing happens.
+    fx.apply(under("c1"));
+    publish("same").await;
+    assert!(reader.next_publish(WAIT).await.is_some());
+    // A new uid: the subscription was to the deleted channel; the session stays.
+    fx.apply(under("c2"));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    publish("after").await;
+    assert!(reader.next_publish(QUIET).await.is_none());
+    assert!(reader.closed_within(QUIET).await.is_none());
+    assert_eq!(
+        fx.dataplane.metrics().refusals("revoked", "subscription"),
+        1
+    );
+    // Subscribing again is to the new channel.
+    reader
+        .subscribe("m/acme/c/telemetry/#", v4::QoS::AtLeastOnce)
+        .await;
+    publish("new").await;
+    let got = reader.next_publish(WAIT).await.expect("delivered");
+    assert_eq!(&got.payload[..], b"new");
+}
+
+#[tokio::test]
 async fn a_disabled_or_deleted_thing_is_disconnected_with_0x98() {
     let mut fx = Fixture::start().await;
     let mut v5c = v5::connect(fx.addr, "acme", "reader", "r5").await;

@@ -1,5 +1,6 @@
 //! Plain WebSocket streams driven by tokio-tungstenite: MQTT→WS, HTTP→WS and WS→MQTT delivery,
-//! refusals before and on the socket, tenant isolation, and revocation closing the socket.
+//! refusals before and on the socket, tenant isolation, and revocation (also of a channel
+//! deleted and created again) closing the socket.
 
 mod adapters;
 mod common;
@@ -347,6 +348,45 @@ async fn revocation_closes_the_stream_with_a_code_and_reason() {
         Frame::Closed(Some((code, reason))) => {
             assert_eq!(code, 4401);
             assert!(reason.contains("tenant_suspended"), "{reason}");
+        }
+        other => panic!("expected a close frame, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_stream_to_a_channel_created_again_closes_4403() {
+    // acme's `telemetry` (and globex's, which stays) under `uid`.
+    let under = |uid: &str| {
+        let mut r = resources();
+        for c in &mut r.channels {
+            if c.name == "telemetry" {
+                c.uid = format!("{}-{uid}", c.tenant);
+            }
+        }
+        r
+    };
+    let mut fx = Adapters::start().await;
+    fx.apply(under("c1"));
+    let (mut ws, _) = ws_connect(
+        &fx.ws_url("/m/acme/c/telemetry/%23"),
+        WsAuth::Basic("acme", "reader"),
+    )
+    .await
+    .expect("accepted");
+    // The same uids: the stream goes on.
+    fx.apply(under("c1"));
+    assert!(matches!(next_frame(&mut ws, QUIET).await, Frame::Nothing));
+    let mut r = under("c1");
+    for c in &mut r.channels {
+        if c.tenant == "acme" && c.name == "telemetry" {
+            c.uid = "acme-c2".into();
+        }
+    }
+    fx.apply(r);
+    match next_frame(&mut ws, WAIT).await {
+        Frame::Closed(Some((code, reason))) => {
+            assert_eq!(code, 4403);
+            assert!(reason.contains("channel_recreated"), "{reason}");
         }
         other => panic!("expected a close frame, got {other:?}"),
     }

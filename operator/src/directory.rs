@@ -5,6 +5,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use fleetward_policy::{KeyDigest, generate_thing_key};
 
@@ -46,6 +48,10 @@ pub struct Directory {
     files: BTreeMap<PathBuf, FileState>,
     /// Secrets generated for things, by key, as fed to the index.
     generated: BTreeMap<ObjectKey, Object>,
+    /// The uids given to Tenants and Channels declared without one (manifests carry none), by
+    /// key: kept while some file declares the object, forgotten once a scan finds none does, so
+    /// one deleted and declared again gets a new uid, as in a cluster.
+    uids: BTreeMap<ObjectKey, String>,
 }
 
 impl Directory {
@@ -56,6 +62,7 @@ impl Directory {
             keys: KeyStore::open(state_dir.join("keys"))?,
             files: BTreeMap::new(),
             generated: BTreeMap::new(),
+            uids: BTreeMap::new(),
         })
     }
 
@@ -103,7 +110,26 @@ impl Directory {
             self.scan_file(index, &file, &mut report);
         }
         self.ensure_keys(index, &mut report);
+        // Only now: an object moved between two files within one scan keeps its uid.
+        let declared: BTreeSet<&ObjectKey> =
+            self.files.values().flat_map(|f| f.objects.keys()).collect();
+        self.uids.retain(|key, _| declared.contains(key));
         report
+    }
+
+    /// Gives a Tenant or a Channel declared without a `metadata.uid` the one it was given
+    /// before, or a new one the first time it is seen.
+    fn identify(&mut self, key: &ObjectKey, object: &mut Object) {
+        let meta = match object {
+            Object::Tenant(t) => &mut t.metadata,
+            Object::Channel(c) => &mut c.metadata,
+            _ => return,
+        };
+        if meta.uid.as_deref().is_some_and(|u| !u.is_empty()) {
+            return;
+        }
+        let uid = self.uids.entry(key.clone()).or_insert_with(new_uid);
+        meta.uid = Some(uid.clone());
     }
 
     fn scan_file(&mut self, index: &mut Index, file: &Path, report: &mut ScanReport) {
@@ -136,8 +162,9 @@ impl Directory {
         let mut errors = Vec::new();
         for doc in manifest::read(&text) {
             match doc {
-                Ok(Document::Object(o)) => {
+                Ok(Document::Object(mut o)) => {
                     if let Some(key) = o.key() {
+                        self.identify(&key, &mut o);
                         objects.insert(key, *o);
                     }
                 }
@@ -249,6 +276,32 @@ impl Directory {
             }
         }
     }
+}
+
+/// A new random uid in the form Kubernetes gives them (a version 4 UUID).
+fn new_uid() -> String {
+    let mut b = [0u8; 16];
+    if getrandom::fill(&mut b).is_err() {
+        // Without the OS RNG: the time and a counter, unique within this process, which is
+        // all a uid made here must be (they are made again on every start).
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+        b[..8].copy_from_slice(&nanos.to_be_bytes());
+        b[8..].copy_from_slice(&NEXT.fetch_add(1, Ordering::Relaxed).to_be_bytes());
+    }
+    b[6] = (b[6] & 0x0f) | 0x40;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    let hex: String = b.iter().map(|x| format!("{x:02x}")).collect();
+    format!(
+        "{}-{}-{}-{}-{}",
+        &hex[..8],
+        &hex[8..12],
+        &hex[12..16],
+        &hex[16..20],
+        &hex[20..]
+    )
 }
 
 /// Every `*.yaml` / `*.yml` file under `dir`, recursively, sorted.
@@ -493,6 +546,45 @@ mod tests {
             .status(&ObjectKey::namespaced(Kind::Channel, "nobody", "c"))
             .expect("status");
         assert_eq!(st.readiness.reason, Reason::NoTenant);
+        fs::remove_dir_all(root).ok();
+    }
+
+    #[test]
+    fn a_tenant_and_a_channel_keep_their_uid_while_declared_and_get_a_new_one_once_gone() {
+        let root = tempdir("uids");
+        examples(&root);
+        let mut dir = Directory::new(&root, &root.join(".state")).expect("open");
+        let mut index = Index::new();
+        dir.scan(&mut index);
+        index.commit();
+        let uids = |index: &Index| {
+            let s = index.snapshot();
+            let t = s.tenant("acme").map(|t| t.uid.clone()).unwrap_or_default();
+            let c = s.channel("acme", "telemetry").map(|c| c.uid.clone());
+            (t, c.unwrap_or_default())
+        };
+        let (tenant, channel) = uids(&index);
+        assert_eq!(tenant.len(), 36, "{tenant:?}");
+        assert_eq!(channel.len(), 36, "{channel:?}");
+        assert_ne!(tenant, channel);
+        let globex = index.snapshot().tenant("globex").map(|t| t.uid.clone());
+        assert_ne!(globex.as_deref(), Some(tenant.as_str()));
+        // An edit elsewhere in the file: the same objects, the same uids.
+        let text = fs::read_to_string(root.join("acme.yaml")).expect("read");
+        fs::write(root.join("acme.yaml"), format!("{text}\n# edited\n")).expect("write");
+        assert_eq!(dir.scan(&mut index).changed_files, 1);
+        assert_eq!(index.commit(), None, "nothing changed");
+        assert_eq!(uids(&index), (tenant.clone(), channel.clone()));
+        // Gone for one scan, then declared again: new uids.
+        fs::remove_file(root.join("acme.yaml")).expect("rm");
+        dir.scan(&mut index);
+        index.commit();
+        fs::write(root.join("acme.yaml"), &text).expect("write");
+        dir.scan(&mut index);
+        index.commit();
+        let (t2, c2) = uids(&index);
+        assert!(t2.len() == 36 && t2 != tenant, "{t2:?} after {tenant:?}");
+        assert!(c2.len() == 36 && c2 != channel, "{c2:?} after {channel:?}");
         fs::remove_dir_all(root).ok();
     }
 }

@@ -28,12 +28,14 @@ fn resources(things: usize) -> Resources {
     for t in 0..TENANTS {
         let tenant = format!("tenant-{t}");
         r.tenants.push(Tenant {
+            uid: String::new(),
             name: tenant.clone(),
             suspended: false,
             limits: Default::default(),
         });
         for c in 0..CHANNELS_PER_TENANT {
             r.channels.push(Channel {
+                uid: String::new(),
                 tenant: tenant.clone(),
                 name: format!("channel-{c}"),
                 max_qos: Qos::AtLeastOnce,

@@ -10,6 +10,7 @@ const KEY: &str = "key-of-sensor";
 
 fn mk_tenant(name: &str) -> Tenant {
     Tenant {
+        uid: String::new(),
         name: name.into(),
         suspended: false,
         limits: TenantLimits::default(),
@@ -40,6 +41,7 @@ fn mk_user(tenant: &str, name: &str, role: Role) -> User {
 
 fn mk_channel(tenant: &str, name: &str) -> Channel {
     Channel {
+        uid: String::new(),
         tenant: tenant.into(),
         name: name.into(),
         max_qos: Qos::AtLeastOnce,

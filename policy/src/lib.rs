@@ -10,7 +10,12 @@
 //!
 //! let key = generate_thing_key()?;
 //! let resources = Resources {
-//!     tenants: vec![Tenant { name: "acme".into(), suspended: false, limits: TenantLimits::default() }],
+//!     tenants: vec![Tenant {
+//!         name: "acme".into(),
+//!         uid: String::new(),
+//!         suspended: false,
+//!         limits: TenantLimits::default(),
+//!     }],
 //!     things: vec![Thing {
 //!         tenant: "acme".into(),
 //!         name: "sensor-1".into(),
@@ -22,6 +27,7 @@
 //!     channels: vec![Channel {
 //!         tenant: "acme".into(),
 //!         name: "telemetry".into(),
+//!         uid: String::new(),
 //!         max_qos: Qos::AtLeastOnce,
 //!         retained_allowed: true,
 //!         max_message_size: None,

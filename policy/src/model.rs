@@ -63,6 +63,11 @@ pub struct TenantLimits {
 pub struct Tenant {
     /// The tenant's name; the `<tenant>` level of its topics.
     pub name: String,
+    /// The object's identity: the Kubernetes uid, or one the single binary's loader makes;
+    /// empty when unknown (then the name alone identifies it). A deleted and re-created
+    /// object of the same name has a new one, so what the old one held is not taken for its.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub uid: String,
     /// A suspended tenant can neither connect nor publish nor subscribe.
     #[serde(default)]
     pub suspended: bool,
@@ -273,6 +278,11 @@ pub struct Channel {
     pub tenant: String,
     /// The channel's name; the `<channel>` level of its topics.
     pub name: String,
+    /// The object's identity: the Kubernetes uid, or one the single binary's loader makes;
+    /// empty when unknown (then the name alone identifies it). A deleted and re-created
+    /// object of the same name has a new one, so what the old one held is not taken for its.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub uid: String,
     /// The highest QoS accepted; higher requests are downgraded by the dataplane.
     #[serde(default)]
     pub max_qos: Qos,

@@ -61,11 +61,13 @@ fn counted<R>(f: impl FnOnce() -> R) -> (R, u64) {
 fn snapshot() -> Snapshot {
     let mut r = Resources::default();
     r.tenants.push(Tenant {
+        uid: String::new(),
         name: "acme".into(),
         suspended: false,
         limits: Default::default(),
     });
     r.channels.push(Channel {
+        uid: String::new(),
         tenant: "acme".into(),
         name: "telemetry".into(),
         max_qos: Qos::AtLeastOnce,

@@ -78,6 +78,7 @@ fn arb_resource() -> impl Strategy<Value = Resource> {
     prop_oneof![
         1 => (tenant(), prop::bool::weighted(0.1)).prop_map(|(name, suspended)| {
             Resource::Tenant(Tenant {
+                uid: String::new(),
                 name,
                 suspended,
                 limits: Default::default(),
@@ -131,6 +132,7 @@ fn arb_resource() -> impl Strategy<Value = Resource> {
             }),
         1 => (tenant(), 0..2usize).prop_map(|(tenant, i)| {
             Resource::Channel(Channel {
+                uid: String::new(),
                 tenant,
                 name: CHANNELS[i].into(),
                 max_qos: Qos::AtLeastOnce,
@@ -184,12 +186,14 @@ fn build(version: u64, resources: Vec<Resource>) -> Snapshot {
     // Two tenants with the same things, users and channels; the third is only sometimes declared.
     for t in TENANTS.iter().take(2) {
         s.upsert_tenant(Tenant {
+            uid: String::new(),
             name: (*t).into(),
             suspended: false,
             limits: Default::default(),
         });
         for ch in &CHANNELS[..2] {
             s.upsert_channel(Channel {
+                uid: String::new(),
                 tenant: (*t).into(),
                 name: (*ch).into(),
                 max_qos: Qos::AtLeastOnce,

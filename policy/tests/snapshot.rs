@@ -11,11 +11,13 @@ fn mk_resources(tenants: usize, things: usize) -> Resources {
     for t in 0..tenants {
         let tenant = format!("t{t}");
         r.tenants.push(Tenant {
+            uid: String::new(),
             name: tenant.clone(),
             suspended: false,
             limits: Default::default(),
         });
         r.channels.push(Channel {
+            uid: String::new(),
             tenant: tenant.clone(),
             name: "telemetry".into(),
             max_qos: Qos::ExactlyOnce,

@@ -77,6 +77,7 @@ fn tenant_to(t: &policy::Tenant) -> pb::Tenant {
             max_retained_messages: l.max_retained_messages,
             max_retained_bytes: l.max_retained_bytes,
         }),
+        uid: t.uid.clone(),
     }
 }
 
@@ -164,6 +165,7 @@ fn channel_to(c: &policy::Channel) -> pb::Channel {
         max_qos: qos_to(c.max_qos).into(),
         retained_allowed: c.retained_allowed,
         max_message_size: c.max_message_size,
+        uid: c.uid.clone(),
     }
 }
 
@@ -249,6 +251,7 @@ fn tenant_from(t: pb::Tenant) -> policy::Tenant {
     let l = t.limits.unwrap_or_default();
     policy::Tenant {
         name: t.name,
+        uid: t.uid,
         suspended: t.suspended,
         limits: policy::TenantLimits {
             max_things: l.max_things,
@@ -368,6 +371,7 @@ fn channel_from(c: pb::Channel) -> Result<policy::Channel, ConvertError> {
     Ok(policy::Channel {
         tenant: c.tenant,
         name: c.name,
+        uid: c.uid,
         max_qos,
         retained_allowed: c.retained_allowed,
         max_message_size: c.max_message_size,

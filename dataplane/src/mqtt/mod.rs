@@ -23,7 +23,7 @@ pub(crate) use codec::{Codec, Frame, Version, message_props, peek_version, publi
 pub(crate) use connect::{MAX_CONNECT, random_client_id, read_connect};
 pub(crate) use publish::{PublishRefusal, PublishRequest};
 pub use retained::{DEFAULT_MAX_RETAINED_BYTES, DEFAULT_MAX_RETAINED_MESSAGES};
-pub(crate) use retained::{QuotaExceeded, RetainedStore, purge_deleted_channels};
+pub(crate) use retained::{QuotaExceeded, RetainedStore, Uids, purge_deleted_channels};
 pub(crate) use slots::ConnectionSlots;
 pub use state::MqttConfig;
 pub(crate) use state::Shared;

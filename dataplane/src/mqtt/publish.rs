@@ -9,7 +9,7 @@ use bytes::Bytes;
 use fleetward_policy::{Action, Decision, DenyReason, Snapshot, Subject, TopicError, TopicLimits};
 
 use super::codec::message_len;
-use super::retained::{QuotaExceeded, RetainedQuota};
+use super::retained::{QuotaExceeded, RetainedQuota, Uids};
 use super::state::Shared;
 use crate::limits::TenantRate;
 use crate::router::{Message, MessageProps, Protocol, Publisher, Router, RouterError, RouterLink};
@@ -281,6 +281,9 @@ impl<R: Router> Shared<R> {
         let qos = message.qos;
         if let Some((tenant, channel)) = retain_key {
             let topic_str = std::str::from_utf8(&message.topic).unwrap_or_default();
+            // Looked up here rather than kept in the terms: only retained publishes need them,
+            // and `snapshot` is the one the terms were decided under.
+            let uids = Uids::of(snapshot, &tenant, &channel);
             self.retained
                 .store(
                     &tenant,
@@ -288,6 +291,7 @@ impl<R: Router> Shared<R> {
                     topic_str,
                     message.clone(),
                     terms.retained_quota,
+                    uids,
                 )
                 .map_err(PublishRefusal::Quota)?;
         }

@@ -148,6 +148,7 @@ mod tests {
     fn stored(version: u64) -> Stored {
         let resources = Resources {
             tenants: vec![Tenant {
+                uid: String::new(),
                 name: "acme".into(),
                 suspended: false,
                 limits: TenantLimits::default(),

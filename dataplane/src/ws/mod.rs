@@ -17,7 +17,7 @@ use fleetward_policy::{Action, Decision, DenyReason, TopicLimits, parse_filter};
 
 use crate::http::{self, ApiError};
 use crate::listener::{self, AuthHandle};
-use crate::mqtt::{ConnectionSlots, Shared};
+use crate::mqtt::{ConnectionSlots, Shared, Uids};
 use crate::router::{Publisher, Router};
 
 pub(crate) use session::{Stream, answer_text};
@@ -180,6 +180,8 @@ fn accept<R: Router>(
         }
     }
     let (tenant, channel) = (topic.tenant().to_owned(), topic.channel().to_owned());
+    let uids = Uids::of(&snapshot, &tenant, &channel);
+    let (tenant_uid, channel_uid) = (uids.tenant.to_owned(), uids.channel.to_owned());
     let wildcard = filter.contains(['+', '#']);
     Ok(session::Stream {
         publisher: Publisher::of(&subject),
@@ -191,5 +193,7 @@ fn accept<R: Router>(
         filter,
         tenant,
         channel,
+        tenant_uid,
+        channel_uid,
     })
 }

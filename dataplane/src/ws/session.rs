@@ -15,7 +15,7 @@ use serde_json::json;
 use super::close;
 use super::envelope::{ClientPublish, answer, message_frame};
 use crate::http::{ApiError, CONTENT_TYPES};
-use crate::mqtt::{PublishRequest, Shared};
+use crate::mqtt::{PublishRequest, Shared, Uids};
 use crate::router::{
     MessageProps, Protocol, Publisher, Router, RouterLink, SessionKey, SessionMode,
 };
@@ -36,6 +36,19 @@ pub(crate) struct Stream {
     pub publish_topic: Option<String>,
     pub tenant: String,
     pub channel: String,
+    /// The tenant's and the channel's uids when the stream was opened: a stream to a channel
+    /// deleted and created again under its name ends, as one to a deleted channel does.
+    pub tenant_uid: String,
+    pub channel_uid: String,
+}
+
+impl Stream {
+    fn uids(&self) -> Uids<'_> {
+        Uids {
+            tenant: &self.tenant_uid,
+            channel: &self.channel_uid,
+        }
+    }
 }
 
 /// Why the server ends a stream: a close code and a reason (at most 123 bytes).
@@ -146,11 +159,11 @@ impl<R: Router> Conn<R> {
     /// Runs until the client leaves (`None`) or the server closes (`Some`).
     async fn pump(&mut self, link: &mut R::Link) -> Option<Close> {
         let mut policy = self.shared.policy.clone();
-        let retained = self.shared.retained.matching(
-            &self.stream.tenant,
-            &self.stream.channel,
-            &self.stream.filter,
-        );
+        let s = &self.stream;
+        let retained = self
+            .shared
+            .retained
+            .matching(&s.tenant, &s.channel, &s.filter, s.uids());
         for m in retained {
             if !self.send(WsMessage::Text(message_frame(&m).into())).await {
                 return None;
@@ -251,6 +264,14 @@ impl<R: Router> Conn<R> {
             return Err(Close(
                 close::SUBSCRIPTION_REVOKED,
                 format!("revoked: {}", why.as_str()),
+            ));
+        }
+        if s.uids()
+            .other_than(Uids::of(snapshot, &s.tenant, &s.channel))
+        {
+            return Err(Close(
+                close::SUBSCRIPTION_REVOKED,
+                "revoked: channel_recreated".to_owned(),
             ));
         }
         Ok(())

@@ -33,6 +33,7 @@ fn thing(tenant: &str, name: &str, mountpoint: Option<&str>) -> Thing {
 
 fn channel(tenant: &str, name: &str, max_qos: Qos, retained: bool) -> Channel {
     Channel {
+        uid: String::new(),
         tenant: tenant.into(),
         name: name.into(),
         max_qos,
@@ -61,6 +62,7 @@ pub fn resources() -> Resources {
     let mut r = Resources::default();
     for t in TENANTS {
         r.tenants.push(Tenant {
+            uid: String::new(),
             name: t.into(),
             suspended: false,
             limits: TenantLimits::default(),

@@ -126,6 +126,7 @@ pub fn full(version: u64, nonce: u64, channels: &[&str]) -> pb::Update {
             channels: channels
                 .iter()
                 .map(|c| pb::Channel {
+                    uid: String::new(),
                     tenant: "acme".into(),
                     name: (*c).into(),
                     max_qos: pb::Qos::AtLeastOnce.into(),

@@ -23,7 +23,7 @@ pub use resolve::{MIN_KEY_LEN, is_key_entry};
 pub use status::{DesiredStatus, Facts, Readiness, Reason};
 
 use object::age_order;
-use resolve::{Namespace, PasswordHashes, Resolution, resolve};
+use resolve::{Namespace, Owner, PasswordHashes, Resolution, resolve};
 
 /// How many deltas the index keeps for dataplanes that resume from an older version.
 const HISTORY: usize = 1024;
@@ -339,16 +339,20 @@ impl Index {
 
     fn resolve_namespace(&mut self, namespace: &str) {
         let claimants = self.claimants(namespace);
-        let owner = claimants
-            .first()
-            .map(|t| (t.metadata.name.clone().unwrap_or_default(), t.spec.clone()));
+        let owner = claimants.first().map(|t| {
+            let meta = &t.metadata;
+            let name = meta.name.clone().unwrap_or_default();
+            (name, meta.uid.clone().unwrap_or_default(), t.spec.clone())
+        });
         let tenant_statuses =
             tenant_statuses(namespace, &claimants, self.namespaces.get(namespace));
         let empty = Namespace::default();
         let objects = self.namespaces.get(namespace).unwrap_or(&empty);
         let mut resolution = resolve(
             namespace,
-            owner.as_ref().map(|(name, spec)| (name.as_str(), spec)),
+            owner
+                .as_ref()
+                .map(|(name, uid, spec)| Owner { name, uid, spec }),
             objects,
             &mut self.passwords,
         );
@@ -567,6 +571,7 @@ fn same_tenant(a: &crds::Tenant, b: &crds::Tenant) -> bool {
     a.spec == b.spec
         && a.metadata.generation == b.metadata.generation
         && a.metadata.creation_timestamp == b.metadata.creation_timestamp
+        && a.metadata.uid == b.metadata.uid
 }
 
 /// Inserts an object unless only its status or bookkeeping metadata changed; returns whether
@@ -579,6 +584,8 @@ where
         !old.spec_eq(&object)
             || old.meta().generation != object.meta().generation
             || old.meta().creation_timestamp != object.meta().creation_timestamp
+            // Re-created within the same second with the same spec: only the uid tells.
+            || old.meta().uid != object.meta().uid
     });
     map.insert(name, object);
     changed

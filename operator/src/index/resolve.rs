@@ -73,20 +73,34 @@ impl PasswordHashes {
     }
 }
 
-/// Resolves a namespace that `owner` (a Tenant name and spec) owns, or that no Tenant owns.
+/// The Tenant that owns a namespace, as resolving it needs.
+pub(crate) struct Owner<'a> {
+    pub name: &'a str,
+    /// Its `metadata.uid`; empty if absent.
+    pub uid: &'a str,
+    pub spec: &'a crds::TenantSpec,
+}
+
+/// Resolves a namespace that `owner` owns, or that no Tenant owns.
 pub(crate) fn resolve(
     namespace: &str,
-    owner: Option<(&str, &crds::TenantSpec)>,
+    owner: Option<Owner<'_>>,
     objects: &Namespace,
     passwords: &mut PasswordHashes,
 ) -> Resolution {
-    let Some((tenant, spec)) = owner else {
+    let Some(Owner {
+        name: tenant,
+        uid,
+        spec,
+    }) = owner
+    else {
         return unowned(namespace, objects);
     };
     let limits = spec.limits.clone().unwrap_or_default();
     let mut out = Resolution {
         tenant: Some(policy::Tenant {
             name: tenant.to_owned(),
+            uid: uid.to_owned(),
             suspended: spec.suspended,
             limits: policy::TenantLimits {
                 max_things: limits.max_things,
@@ -231,6 +245,7 @@ impl<'a> Resolver<'a> {
             self.out.channels.push(policy::Channel {
                 tenant: self.tenant.to_owned(),
                 name: name.clone(),
+                uid: ch.metadata.uid.clone().unwrap_or_default(),
                 max_qos,
                 retained_allowed: ch.spec.retained,
                 max_message_size: ch.spec.max_message_size,

@@ -646,3 +646,49 @@ fn a_yaml_syntax_error_is_reported_once_and_ends_the_stream() {
     assert_eq!(err.document, 2);
     assert!(err.message.contains("not valid YAML"), "{}", err.message);
 }
+
+/// Sets an object's `metadata.uid`.
+fn with_uid(mut object: Object, uid: &str) -> Object {
+    let meta = match &mut object {
+        Object::Tenant(t) => &mut t.metadata,
+        Object::Channel(c) => &mut c.metadata,
+        _ => unreachable!("only tenants and channels here"),
+    };
+    meta.uid = Some(uid.into());
+    object
+}
+
+#[test]
+fn the_uids_of_tenants_and_channels_are_served_and_a_re_created_one_is_a_change() {
+    let mut index = Index::new();
+    mk_acme(&mut index);
+    index.apply(with_uid(mk_tenant("acme", tenant_spec()), "t-1"));
+    index.apply(with_uid(mk_channel("acme", "telemetry"), "c-1"));
+    index.commit();
+    let s = index.snapshot();
+    assert_eq!(s.tenant("acme").map(|t| t.uid.as_str()), Some("t-1"));
+    let uid = |s: &Snapshot| s.channel("acme", "telemetry").map(|c| c.uid.clone());
+    assert_eq!(uid(s).as_deref(), Some("c-1"));
+    // Deleted and created again while the watch was away: the same name, spec, generation
+    // and creation second; only the uid differs, and that is a change the dataplanes get.
+    index.apply(with_uid(mk_channel("acme", "telemetry"), "c-2"));
+    index.apply(with_uid(mk_tenant("acme", tenant_spec()), "t-2"));
+    let delta = index
+        .commit()
+        .expect("changed")
+        .delta
+        .expect("policy changed");
+    assert_eq!(delta.channels.upserts.len(), 1, "{delta:?}");
+    assert_eq!(delta.channels.upserts[0].uid, "c-2");
+    assert_eq!(delta.tenants.upserts.len(), 1, "{delta:?}");
+    assert_eq!(delta.tenants.upserts[0].uid, "t-2");
+    assert_eq!(uid(index.snapshot()).as_deref(), Some("c-2"));
+    // Objects without a uid (a manifest) are served with an empty one.
+    index.apply(mk_channel("acme", "alerts"));
+    index.commit();
+    let alerts = index
+        .snapshot()
+        .channel("acme", "alerts")
+        .map(|c| c.uid.clone());
+    assert_eq!(alerts.as_deref(), Some(""));
+}

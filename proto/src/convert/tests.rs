@@ -20,6 +20,11 @@ fn tenant_name() -> impl Strategy<Value = String> {
     prop::sample::select(vec!["acme", "globex"]).prop_map(String::from)
 }
 
+/// An object's uid: mostly set, sometimes unknown (empty).
+fn uid() -> impl Strategy<Value = String> {
+    prop::sample::select(vec!["", "8c1f2a3e-0001", "8c1f2a3e-0002"]).prop_map(String::from)
+}
+
 fn opt_u32() -> impl Strategy<Value = Option<u32>> {
     prop::option::of(any::<u32>())
 }
@@ -37,21 +42,25 @@ fn arb_tenant() -> impl Strategy<Value = Tenant> {
             opt_u32(),
         ),
         (opt_u32(), prop::option::of(any::<u64>())),
+        uid(),
     )
-        .prop_map(|(name, suspended, (a, b, c, d, e, f), (g, h))| Tenant {
-            name,
-            suspended,
-            limits: TenantLimits {
-                max_things: a,
-                max_channels: b,
-                max_connections: c,
-                max_message_size: d,
-                publish_rate: e,
-                publish_burst: f,
-                max_retained_messages: g,
-                max_retained_bytes: h,
+        .prop_map(
+            |(name, suspended, (a, b, c, d, e, f), (g, h), uid)| Tenant {
+                name,
+                uid,
+                suspended,
+                limits: TenantLimits {
+                    max_things: a,
+                    max_channels: b,
+                    max_connections: c,
+                    max_message_size: d,
+                    publish_rate: e,
+                    publish_burst: f,
+                    max_retained_messages: g,
+                    max_retained_bytes: h,
+                },
             },
-        })
+        )
 }
 
 fn arb_thing() -> impl Strategy<Value = Thing> {
@@ -118,11 +127,13 @@ fn arb_channel() -> impl Strategy<Value = Channel> {
         prop::sample::select(vec![Qos::AtMostOnce, Qos::AtLeastOnce, Qos::ExactlyOnce]),
         any::<bool>(),
         opt_u32(),
+        uid(),
     )
         .prop_map(
-            |(tenant, name, max_qos, retained_allowed, max_message_size)| Channel {
+            |(tenant, name, max_qos, retained_allowed, max_message_size, uid)| Channel {
                 tenant,
                 name,
+                uid,
                 max_qos,
                 retained_allowed,
                 max_message_size,
@@ -367,6 +378,7 @@ fn a_stored_snapshot_reads_back() {
         Resources {
             tenants: vec![Tenant {
                 name: "acme".into(),
+                uid: String::new(),
                 suspended: false,
                 limits: TenantLimits::default(),
             }],
@@ -383,4 +395,47 @@ fn a_stored_snapshot_reads_back() {
     assert_eq!(back.lineage, "l1");
     let s = snapshot_from_proto(back.snapshot.expect("present")).expect("valid");
     assert_eq!(s, snapshot);
+}
+
+/// A Channel and a Tenant deleted and created again under their names differ only in their
+/// uids: the delta carries both, so a dataplane can drop what the old ones held.
+#[test]
+fn a_re_created_channel_and_tenant_reach_the_dataplane_with_their_new_uids() {
+    let resources = |uid: &str| Resources {
+        tenants: vec![Tenant {
+            name: "acme".into(),
+            uid: format!("tenant-{uid}"),
+            suspended: false,
+            limits: TenantLimits::default(),
+        }],
+        channels: vec![Channel {
+            tenant: "acme".into(),
+            name: "tele".into(),
+            uid: format!("channel-{uid}"),
+            max_qos: Qos::AtLeastOnce,
+            retained_allowed: true,
+            max_message_size: None,
+        }],
+        ..Resources::default()
+    };
+    let old = Snapshot::from_resources(1, resources("1")).expect("valid");
+    let new = Snapshot::from_resources(2, resources("2")).expect("valid");
+    let wire = through_bytes(&delta_to_proto(&diff(&old, &new)));
+    assert_eq!(wire.tenant_upserts[0].uid, "tenant-2");
+    assert_eq!(wire.channel_upserts[0].uid, "channel-2");
+    let mut applied = old.clone();
+    applied
+        .apply(&delta_from_proto(wire).expect("well-formed"))
+        .expect("applies");
+    assert_eq!(
+        applied.tenant("acme").map(|t| t.uid.as_str()),
+        Some("tenant-2")
+    );
+    let channel = applied.channel("acme", "tele").map(|c| c.uid.as_str());
+    assert_eq!(channel, Some("channel-2"));
+    let full = snapshot_from_proto(through_bytes(&snapshot_to_proto(&new))).expect("valid");
+    assert_eq!(
+        full.channel("acme", "tele").map(|c| c.uid.as_str()),
+        Some("channel-2")
+    );
 }

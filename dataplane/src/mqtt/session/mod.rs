@@ -51,6 +51,9 @@ pub(crate) struct Subscription {
     retain_as_published: bool,
     qos: u8,
     id: Option<usize>,
+    /// The Tenant and Channel it was made under: a saved session drops it once the policy has
+    /// either under another uid (deleted and created again under its name).
+    made_under: persist::Incarnation,
 }
 
 /// A QoS 1/2 delivery kept until the client acknowledges it, for resending on resume.

@@ -1,12 +1,13 @@
 //! Persistent sessions: what a session leaves behind, its expiry, clearing it in the router,
-//! and dropping what a deleted subject or channel left.
+//! and dropping what a deleted (or deleted and re-created) subject or channel left.
 
 use std::collections::VecDeque;
+use std::hash::BuildHasher;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use fleetward_policy::{Snapshot, Subject, SubjectKind};
+use fleetward_policy::{Channel, Snapshot, Subject, SubjectKind};
 use foldhash::{HashMap, HashSet};
 use parking_lot::Mutex;
 use tokio::sync::Notify;
@@ -15,6 +16,43 @@ use super::subscriptions::Subs;
 use super::{OutMsg, Outbound};
 use crate::mqtt::state::Shared;
 use crate::router::{Router, RouterLink, SessionKey, SessionMode};
+
+/// Which Tenant and Channel of their names a subscription was made under: their uids, as
+/// 64-bit hashes (0: unknown). Every subscription keeps one, so 16 bytes rather than two
+/// strings; a hash tells a channel deleted and created again apart, which is all it is for.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Incarnation {
+    tenant: u64,
+    channel: u64,
+}
+
+impl Incarnation {
+    /// The uids `snapshot` has for `channel` and its tenant.
+    pub(super) fn of(snapshot: &Snapshot, tenant: &str, channel: &Channel) -> Self {
+        Self {
+            tenant: uid_hash(snapshot.tenant(tenant).map_or("", |t| t.uid.as_str())),
+            channel: uid_hash(&channel.uid),
+        }
+    }
+
+    /// Whether what was made under `self` was made under another tenant or channel of the same
+    /// name than `now`: a uid known on both sides differs. An unknown one matches all.
+    pub(super) fn other_than(self, now: Self) -> bool {
+        let differ = |a: u64, b: u64| a != 0 && b != 0 && a != b;
+        differ(self.tenant, now.tenant) || differ(self.channel, now.channel)
+    }
+}
+
+/// A uid's hash, never 0 (which stands for an empty, unknown uid). A fixed seed: the same uid
+/// hashes the same at SUBSCRIBE and at every later snapshot.
+fn uid_hash(uid: &str) -> u64 {
+    if uid.is_empty() {
+        return 0;
+    }
+    foldhash::fast::FixedState::with_seed(0x6669_6565_6c64)
+        .hash_one(uid)
+        .max(1)
+}
 
 /// The front-end's half of a persistent session while its client is away (the router keeps
 /// the other half: its subscriptions and its place in each filter's log).
@@ -143,7 +181,8 @@ impl SessionStore {
         (generation, evict)
     }
 
-    /// Takes out of a saved session the subscriptions whose channel is gone; their router
+    /// Takes out of a saved session the subscriptions whose channel is gone, or was made again
+    /// (the channel's or its tenant's uid differs from the one subscribed under); their router
     /// filters. `None` if the session is no longer the one saved with `generation`.
     fn drop_channels_gone(
         &self,
@@ -156,15 +195,20 @@ impl SessionStore {
             .by_id
             .get_mut(id)
             .filter(|s| s.generation == generation)?;
-        Some(session.subs.remove_where(|matcher| {
-            let c = crate::router::channel_key(matcher);
+        Some(session.subs.remove_where(|sub| {
+            let c = crate::router::channel_key(&sub.matcher);
             let mut levels = c.split('/');
             let (Some("m"), Some(tenant), Some("c"), Some(channel)) =
                 (levels.next(), levels.next(), levels.next(), levels.next())
             else {
                 return true;
             };
-            snapshot.channel(tenant, channel).is_none()
+            match snapshot.channel(tenant, channel) {
+                None => true,
+                Some(now) => sub
+                    .made_under
+                    .other_than(Incarnation::of(snapshot, tenant, now)),
+            }
         }))
     }
 
@@ -214,8 +258,9 @@ fn subject_exists(snapshot: &Snapshot, subject: &Subject) -> bool {
 }
 
 /// Keeps a saved session until it expires after `after` or a client resumes it. Meanwhile, on
-/// every policy snapshot: a deleted subject drops it; a deleted channel drops its subscriptions
-/// there, with what the router queued for them, so a channel created again starts empty.
+/// every policy snapshot: a deleted subject drops it; a deleted channel, or one created again
+/// (a new uid, also when no snapshot without it was seen), drops its subscriptions there,
+/// with what the router queued for them, so a channel created again starts empty.
 /// The tenant's oldest saved session is dropped early when it has more than
 /// `max_saved_sessions_per_tenant` saved (`evict`).
 pub(super) fn expire_later<R: Router>(
@@ -393,5 +438,97 @@ mod tests {
         let (n, order) = saved.per_tenant.get("a").expect("a has one");
         assert_eq!(*n, 1);
         assert!(order.len() <= 2 * n + 17, "{}", order.len());
+    }
+
+    /// A snapshot of channels `(tenant, tenant uid, channel, channel uid)`.
+    fn policy(channels: &[(&str, &str, &str, &str)]) -> Snapshot {
+        let mut s = Snapshot::new(1);
+        for &(tenant, tenant_uid, name, uid) in channels {
+            s.upsert_tenant(fleetward_policy::Tenant {
+                name: tenant.into(),
+                uid: tenant_uid.into(),
+                suspended: false,
+                limits: fleetward_policy::TenantLimits::default(),
+            });
+            s.upsert_channel(Channel {
+                tenant: tenant.into(),
+                name: name.into(),
+                uid: uid.into(),
+                max_qos: fleetward_policy::Qos::AtLeastOnce,
+                retained_allowed: true,
+                max_message_size: None,
+            });
+        }
+        s
+    }
+
+    /// A saved session with `filters` (`m/<tenant>/c/<channel>/…`), subscribed under `snapshot`.
+    fn subscribed(snapshot: &Snapshot, filters: &[&str]) -> SavedSession {
+        let mut subs = Subs::default();
+        for f in filters {
+            let mut levels = f.split('/').skip(1).step_by(2);
+            let (Some(tenant), Some(channel)) = (levels.next(), levels.next()) else {
+                panic!("{f} names no channel");
+            };
+            let channel = snapshot.channel(tenant, channel).expect("a channel");
+            subs.insert(super::super::Subscription {
+                client: (*f).to_owned(),
+                full: (*f).to_owned(),
+                matcher: (*f).to_owned(),
+                router: (*f).to_owned(),
+                no_local: false,
+                retain_as_published: false,
+                qos: 1,
+                id: None,
+                made_under: Incarnation::of(snapshot, tenant, channel),
+            });
+        }
+        SavedSession::new(subs, HashMap::default(), HashSet::default(), 1)
+    }
+
+    #[test]
+    fn a_saved_subscription_goes_when_its_channel_or_tenant_is_created_again() {
+        let before = policy(&[
+            ("t", "t1", "a", "a1"),
+            ("t", "t1", "b", "b1"),
+            ("t", "t1", "c", ""),
+            ("u", "u1", "a", "ua1"),
+            ("v", "", "a", "va1"),
+        ]);
+        let filters = [
+            "m/t/c/a/x",
+            "m/t/c/b/#",
+            "m/t/c/c/y",
+            "m/u/c/a/z",
+            "m/v/c/a/#",
+        ];
+        let store = SessionStore::default();
+        let (generation, _) =
+            store.save("t:thing:x:1".into(), "t", subscribed(&before, &filters), 9);
+        // The same names: `t/a` made again (a new uid), tenant `u` made again, `t/b` as it was;
+        // unknown uids on either side (`t/c` before, tenant `v` before) keep what they have.
+        let after = policy(&[
+            ("t", "t1", "a", "a2"),
+            ("t", "t1", "b", "b1"),
+            ("t", "t1", "c", "c1"),
+            ("u", "u2", "a", "ua1"),
+            ("v", "v2", "a", "va1"),
+        ]);
+        let mut gone = store
+            .drop_channels_gone("t:thing:x:1", generation, &after)
+            .expect("still saved");
+        gone.sort();
+        assert_eq!(gone, ["m/t/c/a/x", "m/u/c/a/z"]);
+        let again = store.drop_channels_gone("t:thing:x:1", generation, &after);
+        assert_eq!(again, Some(Vec::new()), "dropped once");
+        // The same uids keep them; a channel that is gone drops them, as before.
+        let without_b = policy(&[("t", "t1", "c", "c1"), ("v", "v2", "a", "va1")]);
+        let gone = store.drop_channels_gone("t:thing:x:1", generation, &without_b);
+        assert_eq!(gone, Some(vec!["m/t/c/b/#".to_owned()]));
+        let mut saved = store.take("t:thing:x:1").expect("saved");
+        assert_eq!(saved.subs.len(), 2);
+        for f in ["m/t/c/c/y", "m/v/c/a/#"] {
+            assert!(saved.subs.get_mut(f).is_some(), "{f} kept");
+        }
     }
 }

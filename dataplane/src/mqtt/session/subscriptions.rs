@@ -16,7 +16,9 @@ use rumqttd::protocol::{
 };
 use tokio::io::{AsyncRead, AsyncWrite};
 
+use super::persist::Incarnation;
 use super::{Flow, Session, Subscription, limits};
+use crate::mqtt::Uids;
 use crate::mqtt::codec::Version;
 use crate::mqtt::reason;
 use crate::router::{Router, RouterLink, SessionMode, channel_key};
@@ -111,14 +113,13 @@ impl Subs {
         Some(sub)
     }
 
-    /// Removes the subscriptions whose filter (without `$share/<group>/`) `gone` says; returns
-    /// their router filters.
-    pub(super) fn remove_where(&mut self, gone: impl Fn(&str) -> bool) -> Vec<String> {
+    /// Removes the subscriptions `gone` says; returns their router filters.
+    pub(super) fn remove_where(&mut self, gone: impl Fn(&Subscription) -> bool) -> Vec<String> {
         let fulls: Vec<String> = self
             .0
             .iter()
             .flat_map(|i| i.subs.iter())
-            .filter(|s| gone(&s.matcher))
+            .filter(|s| gone(s))
             .map(|s| s.full.clone())
             .collect();
         fulls
@@ -273,6 +274,8 @@ impl<R: Router, S: AsyncRead + AsyncWrite + Unpin + Send> Session<R, S> {
             };
             let granted = (f.qos as u8).min(u8::from(channel.max_qos));
             let retained_allowed = channel.retained_allowed;
+            let made_under = Incarnation::of(&snapshot, topic.tenant(), channel);
+            let uids_now = Uids::of(&snapshot, topic.tenant(), topic.channel());
             let (tenant, channel_name) = (topic.tenant().to_owned(), topic.channel().to_owned());
             let matcher = topic.as_str().to_owned();
             let group = topic.share_group().map(str::to_owned);
@@ -290,6 +293,8 @@ impl<R: Router, S: AsyncRead + AsyncWrite + Unpin + Send> Session<R, S> {
             let new = existing.is_none();
             match existing {
                 Some(sub) => {
+                    // Made again: under the channel the policy has now.
+                    sub.made_under = made_under;
                     sub.qos = granted;
                     sub.id = sub_id;
                     sub.no_local = f.nolocal;
@@ -338,6 +343,7 @@ impl<R: Router, S: AsyncRead + AsyncWrite + Unpin + Send> Session<R, S> {
                         retain_as_published: f.preserve_retain,
                         qos: granted,
                         id: sub_id,
+                        made_under,
                     });
                     if f.nolocal {
                         self.shared
@@ -354,11 +360,12 @@ impl<R: Router, S: AsyncRead + AsyncWrite + Unpin + Send> Session<R, S> {
             };
             // Retained messages are never sent to shared subscriptions.
             if send_retained && retained_allowed && group.is_none() {
-                retained.extend(
-                    self.shared
-                        .retained
-                        .matching(&tenant, &channel_name, &matcher),
-                );
+                retained.extend(self.shared.retained.matching(
+                    &tenant,
+                    &channel_name,
+                    &matcher,
+                    uids_now,
+                ));
             }
         }
         self.write(Packet::SubAck(
@@ -432,13 +439,17 @@ impl<R: Router, S: AsyncRead + AsyncWrite + Unpin + Send> Session<R, S> {
         let mut revoked = Vec::new();
         for sub in self.subs.values_mut() {
             let allowed = parse_filter(&sub.full, &limits()).is_ok_and(|t| {
-                let ok = self
+                let mut ok = self
                     .shared
                     .cache
                     .authorize(&*snapshot, &self.acc.subject, Action::Subscribe, &t)
                     .is_allowed();
                 if let Some(c) = snapshot.channel(t.tenant(), t.channel()) {
                     sub.qos = sub.qos.min(u8::from(c.max_qos));
+                    // Deleted and created again (a new uid) within one snapshot: revoked, as
+                    // the deletion alone would have revoked it.
+                    let now = Incarnation::of(&snapshot, t.tenant(), c);
+                    ok &= !sub.made_under.other_than(now);
                 }
                 ok
             });
@@ -484,6 +495,7 @@ mod tests {
             retain_as_published: false,
             qos: 0,
             id: None,
+            made_under: Incarnation::default(),
         }
     }
 
