@@ -283,16 +283,7 @@ async fn a_channel_created_again_loses_its_retained_messages_on_every_pod() {
         pod.policy.send_replace(under("c1", 2));
     }
     let sensor = v4::connect(a.addr, "acme", "sensor", "s").await;
-    sensor
-        .client
-        .publish(
-            "m/acme/c/telemetry/state",
-            v4::QoS::AtLeastOnce,
-            true,
-            "old",
-        )
-        .await
-        .expect("queued");
+    sensor.retain("m/acme/c/telemetry/state", "old").await;
     let got = retained_on(&b, "m/acme/c/telemetry/#").await;
     assert_eq!(payloads(&got), ["old"], "mirrored on pod-b");
     // Let the bucket's echo of its own write reach pod-a too.

@@ -196,16 +196,7 @@ async fn a_channel_deleted_and_created_again_between_two_snapshots_starts_empty(
     reader_away(&fx, "recreated").await;
     publish(&fx, 3).await;
     let mut sensor = v4::connect(fx.addr, "acme", "sensor", "retainer").await;
-    sensor
-        .client
-        .publish(
-            "m/acme/c/telemetry/state",
-            v4::QoS::AtLeastOnce,
-            true,
-            "old",
-        )
-        .await
-        .expect("queued");
+    sensor.retain("m/acme/c/telemetry/state", "old").await;
     assert!(matches!(
         sensor.next(WAIT).await,
         Some(Ok(v4::Packet::PubAck(_)))

@@ -222,6 +222,14 @@ pub mod v4 {
     }
 
     impl Client {
+        /// Publishes a retained message at QoS 1 (queued; its PUBACK comes as an event).
+        pub async fn retain(&self, topic: &str, payload: &str) {
+            self.client
+                .publish(topic, QoS::AtLeastOnce, true, payload.to_owned())
+                .await
+                .expect("queued");
+        }
+
         /// The next packet (or error) within `wait`.
         pub async fn next(&mut self, wait: Duration) -> Option<Result<Packet, String>> {
             tokio::time::timeout(wait, self.events.recv())
