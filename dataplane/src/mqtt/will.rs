@@ -161,25 +161,29 @@ impl PendingInner {
 }
 
 impl PendingWills {
-    /// Takes a place for a will of `tenant` that waits; `false` when the tenant already has
-    /// `max` waiting (then the will goes out at once instead).
-    pub(crate) fn has_room(&self, tenant: &str, max: usize) -> bool {
-        self.inner
-            .lock()
-            .per_tenant
-            .get(tenant)
-            .copied()
-            .unwrap_or(0)
-            < max
+    /// Takes a place for a will of `tenant` that waits, to be filled by [`PendingWills::insert`];
+    /// `false` when the tenant already has `max` (then the will goes out at once instead).
+    /// Taken under the same lock as the count, so wills ending together cannot pass `max`.
+    pub(crate) fn reserve(&self, tenant: &str, max: usize) -> bool {
+        let mut inner = self.inner.lock();
+        let n = inner.per_tenant.entry(tenant.to_owned()).or_insert(0);
+        if *n >= max {
+            if *n == 0 {
+                inner.per_tenant.remove(tenant);
+            }
+            return false;
+        }
+        *n += 1;
+        true
     }
 
-    /// Keeps the task of a waiting will (one the id had before is aborted).
+    /// Keeps the task of a waiting will in the place [`PendingWills::reserve`] took (a will
+    /// the id had before is aborted, and its place given back).
     pub(crate) fn insert(&self, id: String, tenant: &str, task: AbortHandle) {
         let mut inner = self.inner.lock();
         if let Some(old) = inner.forget(&id) {
             old.abort();
         }
-        *inner.per_tenant.entry(tenant.to_owned()).or_insert(0) += 1;
         inner.by_id.insert(id, (tenant.to_owned(), task));
     }
 
@@ -220,20 +224,25 @@ mod tests {
     async fn waiting_wills_are_counted_per_tenant() {
         let wills = PendingWills::default();
         let task = || tokio::spawn(std::future::pending::<()>()).abort_handle();
-        assert!(wills.has_room("a", 2));
-        wills.insert("a:thing:x:1".into(), "a", task());
-        wills.insert("a:thing:x:2".into(), "a", task());
-        assert!(!wills.has_room("a", 2), "a is full");
-        assert!(wills.has_room("b", 2), "b is not");
-        // The same id again replaces its will (and aborts the old task).
+        for n in 1..=2 {
+            assert!(wills.reserve("a", 2));
+            wills.insert(format!("a:thing:x:{n}"), "a", task());
+        }
+        assert!(!wills.reserve("a", 2), "a is full");
+        assert!(!wills.reserve("c", 0), "a cap of 0 holds none");
+        // The same id again replaces its will (aborting the old task), in one place.
         let old = task();
+        assert!(wills.reserve("b", 2));
         wills.insert("b:thing:y:1".into(), "b", old.clone());
+        assert!(wills.reserve("b", 2));
         wills.insert("b:thing:y:1".into(), "b", task());
         tokio::task::yield_now().await;
         assert!(old.is_finished());
         assert_eq!(wills.len(), 3);
+        assert!(wills.reserve("b", 2), "b holds one");
         assert!(wills.remove("a:thing:x:1").is_some());
-        assert!(wills.has_room("a", 2));
+        assert!(wills.reserve("a", 2), "a's place came back");
         assert!(wills.remove("a:thing:x:1").is_none());
+        assert!(!wills.inner.lock().per_tenant.contains_key("c"));
     }
 }

@@ -701,7 +701,7 @@ fn publish_will<R: Router>(shared: Arc<Shared<R>>, subject: Subject, id: String,
     if !will.delay.is_zero()
         && !shared
             .pending_wills
-            .has_room(&subject.tenant, shared.config.max_pending_wills_per_tenant)
+            .reserve(&subject.tenant, shared.config.max_pending_wills_per_tenant)
     {
         shared.metrics.refused("will", "tenant_pending_wills_full");
         will.delay = Duration::ZERO;
