@@ -161,12 +161,22 @@ async fn campaign(
                 }
                 Some(free) = released.next() => {
                     if free && !*leader.borrow() {
-                        // Start over: a new manager finds the Lease free and takes it now.
+                        // Start over: a new manager finds the Lease free and takes it now. The
+                        // old one is aborted, not dropped: dropping it makes it release the
+                        // Lease, and its release (read, then an unconditional patch) can land
+                        // after another replica took the Lease and clear that holder, leaving
+                        // two replicas that each believe they lead until the next renewal.
+                        // Holding nothing, it has nothing to give back; had it just taken the
+                        // Lease, the new manager (same identity) finds it its own and renews it.
                         tracing::debug!(identity = %config.identity, "the Lease was released; campaigning");
-                        drop(held);
-                        if let Err(e) = task.await {
+                        task.abort();
+                        if let Err(e) = task.await
+                            && !e.is_cancelled()
+                        {
                             tracing::warn!(error = %e, "the Lease task failed");
                         }
+                        // Only once the task is gone, so that it never sees its receiver close.
+                        drop(held);
                         break;
                     }
                 }
