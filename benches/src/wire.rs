@@ -18,7 +18,8 @@ pub const PINGREQ: [u8; 2] = [0xc0, 0];
 /// DISCONNECT, whole.
 pub const DISCONNECT: [u8; 2] = [0xe0, 0];
 
-fn put_str(out: &mut Vec<u8>, s: &[u8]) {
+/// An MQTT string (or binary data): its length, then its bytes.
+pub fn put_str(out: &mut Vec<u8>, s: &[u8]) {
     let len = u16::try_from(s.len()).expect("MQTT strings are shorter than 64 KiB");
     out.extend_from_slice(&len.to_be_bytes());
     out.extend_from_slice(s);

@@ -9,6 +9,7 @@ use std::net::SocketAddr;
 
 use common::{Fixture, key, raw, resources, v4, v5};
 use fleetward_dataplane::{Dataplane, HttpLimits, MqttConfig, RunningDataplane};
+use fleetward_policy::Resources;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -431,9 +432,8 @@ async fn past_the_request_cap_http_answers_503() {
     }
 }
 
-#[tokio::test]
-async fn a_things_own_connection_limit_answers_quota_exceeded() {
-    let mut fx = Fixture::start().await;
+/// The resources, with acme's sensor allowed one connection (its own `maxConnections`).
+fn sensor_with_one_connection() -> Resources {
     let mut r = resources();
     for t in r
         .things
@@ -442,7 +442,13 @@ async fn a_things_own_connection_limit_answers_quota_exceeded() {
     {
         t.max_connections = Some(1);
     }
-    fx.apply(r);
+    r
+}
+
+#[tokio::test]
+async fn a_things_own_connection_limit_answers_quota_exceeded() {
+    let mut fx = Fixture::start().await;
+    fx.apply(sensor_with_one_connection());
     let first = v5::connect(fx.addr, "acme", "sensor", "a").await;
     let o = v5::options(fx.addr, "acme", "sensor", "b");
     assert_eq!(
@@ -477,15 +483,7 @@ async fn a_things_own_connection_limit_answers_quota_exceeded() {
 #[tokio::test]
 async fn a_client_back_with_its_own_id_takes_its_place_over_at_the_things_limit() {
     let mut fx = Fixture::start().await;
-    let mut r = resources();
-    for t in r
-        .things
-        .iter_mut()
-        .filter(|t| t.tenant == "acme" && t.name == "sensor")
-    {
-        t.max_connections = Some(1);
-    }
-    fx.apply(r);
+    fx.apply(sensor_with_one_connection());
     // The old connection is still open (as after a half-open drop): the same client id takes
     // it over, where another id is refused.
     let mut first = v5::connect(fx.addr, "acme", "sensor", "same").await;

@@ -121,29 +121,3 @@ pub fn mode(path: &Path) -> u32 {
         .mode()
         & 0o777
 }
-
-/// An MQTT string (or binary data): its length, then its bytes.
-pub fn mqtt_str(out: &mut Vec<u8>, s: &[u8]) {
-    let len = u16::try_from(s.len()).expect("an MQTT string is at most 65,535 bytes");
-    out.extend_from_slice(&len.to_be_bytes());
-    out.extend_from_slice(s);
-}
-
-/// A packet: its first byte, its remaining length (variable-length encoded), then `body`.
-pub fn with_header(first: u8, body: Vec<u8>) -> Vec<u8> {
-    let mut out = vec![first];
-    let mut len = body.len();
-    loop {
-        let mut b = (len % 128) as u8;
-        len /= 128;
-        if len > 0 {
-            b |= 0x80;
-        }
-        out.push(b);
-        if len == 0 {
-            break;
-        }
-    }
-    out.extend(body);
-    out
-}

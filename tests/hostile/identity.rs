@@ -7,14 +7,15 @@ use std::net::{SocketAddr, TcpStream};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use crate::harness::{self, SENSOR_KEY, Scratch, Start, mqtt_str, with_header};
+use crate::harness::{self, SENSOR_KEY, Scratch, Start};
+use fleetward_bench::wire::{packet, put_str};
 
 const WAIT: Duration = Duration::from_secs(5);
 
 /// A v5 CONNECT with credentials; `expiry` > 0 asks for a persistent session.
 fn connect_v5(client_id: &str, user: &str, pass: &str, clean: bool, expiry: u32) -> Vec<u8> {
     let mut body = Vec::new();
-    mqtt_str(&mut body, b"MQTT");
+    put_str(&mut body, b"MQTT");
     body.push(5);
     body.push(0b1100_0000 | if clean { 0b10 } else { 0 });
     body.extend_from_slice(&30u16.to_be_bytes());
@@ -25,19 +26,19 @@ fn connect_v5(client_id: &str, user: &str, pass: &str, clean: bool, expiry: u32)
     } else {
         body.push(0);
     }
-    mqtt_str(&mut body, client_id.as_bytes());
-    mqtt_str(&mut body, user.as_bytes());
-    mqtt_str(&mut body, pass.as_bytes());
-    with_header(0x10, body)
+    put_str(&mut body, client_id.as_bytes());
+    put_str(&mut body, user.as_bytes());
+    put_str(&mut body, pass.as_bytes());
+    packet(0x10, &body)
 }
 
 /// A v5 SUBSCRIBE of one filter at QoS 1.
 fn subscribe_v5(filter: &str) -> Vec<u8> {
     let mut body = 1u16.to_be_bytes().to_vec();
     body.push(0);
-    mqtt_str(&mut body, filter.as_bytes());
+    put_str(&mut body, filter.as_bytes());
     body.push(1);
-    with_header(0x82, body)
+    packet(0x82, &body)
 }
 
 /// Reads one whole packet: (first byte, body); `None` on EOF or after `wait`.

@@ -6,7 +6,8 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use crate::harness::{self, Scratch, Start, mqtt_str, with_header};
+use crate::harness::{self, Scratch, Start};
+use fleetward_bench::wire::{packet, put_str};
 
 /// Distinct filters the hostile session subscribes to (the issue measured 81 MB for these).
 const FILTERS: usize = 20_000;
@@ -43,12 +44,12 @@ fn connected(start: &Start, key: &str) -> TcpStream {
     s.set_read_timeout(Some(Duration::from_secs(30)))
         .expect("a timeout");
     let mut body = Vec::new();
-    mqtt_str(&mut body, b"MQTT");
+    put_str(&mut body, b"MQTT");
     body.extend_from_slice(&[4, 0b1100_0010, 0, 0]);
-    mqtt_str(&mut body, b"many-filters");
-    mqtt_str(&mut body, b"acme/dashboard");
-    mqtt_str(&mut body, key.as_bytes());
-    s.write_all(&with_header(0x10, body)).expect("CONNECT");
+    put_str(&mut body, b"many-filters");
+    put_str(&mut body, b"acme/dashboard");
+    put_str(&mut body, key.as_bytes());
+    s.write_all(&packet(0x10, &body)).expect("CONNECT");
     let (first, ack) = read_packet(&mut s);
     assert_eq!((first, ack), (0x20, vec![0, 0]), "dashboard accepted");
     s
@@ -90,19 +91,19 @@ fn attack(start: &Start, key: &str) -> (Duration, u64) {
             .collect();
         let mut body = pkid.to_be_bytes().to_vec();
         for f in &names {
-            mqtt_str(&mut body, f.as_bytes());
+            put_str(&mut body, f.as_bytes());
             body.push(0);
         }
-        s.write_all(&with_header(0x82, body)).expect("SUBSCRIBE");
+        s.write_all(&packet(0x82, &body)).expect("SUBSCRIBE");
         let (first, ack) = read_packet(&mut s);
         assert_eq!(first, 0x90, "a SUBACK");
         assert_eq!(&ack[..2], &pkid.to_be_bytes());
         assert!(ack[2..].iter().all(|&c| c == 0), "granted: {:?}", &ack[2..]);
         let mut body = (pkid + 1).to_be_bytes().to_vec();
         for f in &names {
-            mqtt_str(&mut body, f.as_bytes());
+            put_str(&mut body, f.as_bytes());
         }
-        s.write_all(&with_header(0xA2, body)).expect("UNSUBSCRIBE");
+        s.write_all(&packet(0xA2, &body)).expect("UNSUBSCRIBE");
         let (first, ack) = read_packet(&mut s);
         assert_eq!((first, &ack[..2]), (0xB0, &(pkid + 1).to_be_bytes()[..]));
     }
