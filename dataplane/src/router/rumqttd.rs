@@ -37,7 +37,11 @@ pub struct RumqttdConfig {
     pub segment_size: usize,
     /// Full segments kept per filter beside the active one.
     pub segment_count: usize,
-    /// Messages read from one filter's log per pass (the router's only batching knob).
+    /// Messages read from one filter's log per pass (the router's only batching knob). A
+    /// link is paused once 200 deliveries wait in its buffer (rumqttd's constant), so one that
+    /// does not keep up holds at most this many plus 199. Every pause costs a round trip
+    /// between the router thread and the session (`Unschedule`, then `Ready`): at 200 a
+    /// saturated subscriber paid it after every pass (BENCHMARKS.md, "QoS 0 1:1 throughput").
     pub max_outgoing_packet_count: u64,
     /// Buckets per channel (`super::routes`): more means less traffic a link with single-topic
     /// filters receives and drops, and up to that many router filters per channel.
@@ -50,7 +54,7 @@ impl Default for RumqttdConfig {
             max_links: 10_000,
             segment_size: 256 * 1024,
             segment_count: 4,
-            max_outgoing_packet_count: 200,
+            max_outgoing_packet_count: 1000,
             buckets_per_channel: super::routes::DEFAULT_BUCKETS,
         }
     }
