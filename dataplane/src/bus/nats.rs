@@ -67,10 +67,20 @@ struct Ctx {
     retained: watch::Sender<Option<kv::Store>>,
 }
 
-/// Exponential backoff from 100 ms, capped.
+/// The waits between attempts: doubling from 100 ms up to `max`.
+fn retry_waits(max: Duration) -> backon::ExponentialBackoff {
+    use backon::BackoffBuilder as _;
+    backon::ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(100))
+        .with_max_delay(max)
+        .without_max_times()
+        .build()
+}
+
+/// The wait before reconnect attempt `attempt` (async-nats counts them; past the cap every
+/// wait is the same).
 fn backoff(attempt: usize, max: Duration) -> Duration {
-    let exp = u32::try_from(attempt.min(16)).unwrap_or(16);
-    Duration::from_millis(100u64.saturating_mul(2u64.saturating_pow(exp))).min(max)
+    retry_waits(max).nth(attempt.min(32)).unwrap_or(max)
 }
 
 impl NatsBus {
@@ -336,7 +346,8 @@ async fn reader(ctx: Arc<Ctx>, mut sub: async_nats::Subscriber) {
 /// Opens (or creates) the retained bucket and mirrors it into the local retained store, again
 /// after every interruption.
 async fn retained_watch(ctx: Arc<Ctx>, bucket: String, max: Duration) {
-    let mut attempt = 0;
+    let mut waits = retry_waits(max);
+    let mut warned = false;
     loop {
         let js = jetstream::new(ctx.client.clone());
         let store = match js.get_key_value(bucket.clone()).await {
@@ -358,7 +369,8 @@ async fn retained_watch(ctx: Arc<Ctx>, bucket: String, max: Duration) {
         };
         match watch {
             Ok(mut watch) => {
-                attempt = 0;
+                waits = retry_waits(max);
+                warned = false;
                 while let Some(entry) = watch.next().await {
                     match entry {
                         Ok(entry) => apply(&ctx, entry),
@@ -372,17 +384,16 @@ async fn retained_watch(ctx: Arc<Ctx>, bucket: String, max: Duration) {
             Err(e) => {
                 // Once at warn, then quietly: a NATS without JetStream stays usable for live
                 // messages, only retained messages stay per pod.
-                if attempt == 0 {
+                if !std::mem::replace(&mut warned, true) {
                     tracing::warn!(
                         error = %e,
                         bucket,
                         "retained messages cannot cross pods until NATS JetStream is reachable (run nats-server with -js)"
                     );
                 }
-                attempt += 1;
             }
         }
-        tokio::time::sleep(backoff(attempt, max)).await;
+        tokio::time::sleep(waits.next().unwrap_or(max)).await;
     }
 }
 

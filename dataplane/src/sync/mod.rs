@@ -258,7 +258,7 @@ impl SyncClient {
 
     async fn connect_loop(&self) {
         let n = self.endpoints.len();
-        let mut failed_rounds = 0u32;
+        let mut waits = retry_waits(&self.config);
         let mut failures = 0usize;
         for attempt in 0usize.. {
             let (url, endpoint) = &self.endpoints[attempt % n];
@@ -273,14 +273,14 @@ impl SyncClient {
             .await;
             if got_updates {
                 failures = 0;
-                failed_rounds = 0;
-                tokio::time::sleep(jitter(self.config.backoff_min)).await;
+                waits = retry_waits(&self.config);
+                let pause = retry_waits(&self.config).next();
+                tokio::time::sleep(pause.unwrap_or(self.config.backoff_min)).await;
                 continue;
             }
             failures += 1;
             if failures.is_multiple_of(n) {
-                let wait = backoff(&self.config, failed_rounds);
-                failed_rounds = failed_rounds.saturating_add(1);
+                let wait = waits.next().unwrap_or(self.config.backoff_max);
                 tracing::debug!(?wait, "every operator endpoint failed; waiting");
                 tokio::time::sleep(wait).await;
             }
@@ -288,19 +288,17 @@ impl SyncClient {
     }
 }
 
-/// The wait after `rounds` failed rounds: exponential, capped, with jitter.
-fn backoff(config: &SyncConfig, rounds: u32) -> Duration {
-    let exp = config
-        .backoff_min
-        .saturating_mul(2u32.saturating_pow(rounds.min(20)));
-    jitter(exp.min(config.backoff_max))
-}
-
-/// A random duration between half of `d` and `d`, so dataplanes do not reconnect in step.
-fn jitter(d: Duration) -> Duration {
-    let r = getrandom::u32().unwrap_or(u32::MAX / 2);
-    let frac = 0.5 + 0.5 * f64::from(r) / f64::from(u32::MAX);
-    d.mul_f64(frac)
+/// The waits after each round in which every endpoint failed: doubling from `backoff_min` up
+/// to `backoff_max`, each between half of its step and the whole, so that dataplanes do not
+/// reconnect in step (backon's jitter adds up to the step again, so it is given half steps).
+fn retry_waits(config: &SyncConfig) -> backon::ExponentialBackoff {
+    use backon::BackoffBuilder as _;
+    backon::ExponentialBuilder::default()
+        .with_min_delay(config.backoff_min / 2)
+        .with_max_delay(config.backoff_max / 2)
+        .with_jitter()
+        .without_max_times()
+        .build()
 }
 
 fn endpoint(url: &str, config: &SyncConfig) -> Result<Endpoint, SyncError> {
@@ -412,8 +410,12 @@ mod tests {
             backoff_max: Duration::from_secs(1),
             ..SyncConfig::new(vec!["http://a:1".into()], "dp")
         };
+        let waits: Vec<u128> = retry_waits(&config)
+            .take(41)
+            .map(|d| d.as_millis())
+            .collect();
         for (rounds, full) in [(0, 100), (1, 200), (3, 800), (4, 1000), (40, 1000)] {
-            let d = backoff(&config, rounds).as_millis();
+            let d = waits[rounds];
             assert!(
                 (full / 2..=full).contains(&d),
                 "round {rounds}: {d} ms not in [{}, {full}]",

@@ -118,22 +118,29 @@ const RETRY_MAX: Duration = Duration::from_secs(300);
 /// Failed writes waiting for their retry.
 #[derive(Debug, Default)]
 pub(crate) struct Retries {
-    waiting: HashMap<ObjectKey, (u32, Instant)>,
+    /// Failures in a row, the waits still to come (doubling from `RETRY_MIN` up to
+    /// `RETRY_MAX`), and when the next try is due.
+    waiting: HashMap<ObjectKey, (u32, backon::ExponentialBackoff, Instant)>,
 }
 
 impl Retries {
     pub(crate) fn blocks(&self, key: &ObjectKey, now: Instant) -> bool {
-        self.waiting.get(key).is_some_and(|(_, at)| *at > now)
+        self.waiting.get(key).is_some_and(|(_, _, at)| *at > now)
     }
 
     /// Records a failure; returns how many in a row.
     pub(crate) fn failed(&mut self, key: ObjectKey) -> u32 {
-        let entry = self.waiting.entry(key).or_insert((0, Instant::now()));
+        use backon::BackoffBuilder as _;
+        let entry = self.waiting.entry(key).or_insert_with(|| {
+            let waits = backon::ExponentialBuilder::default()
+                .with_min_delay(RETRY_MIN)
+                .with_max_delay(RETRY_MAX)
+                .without_max_times()
+                .build();
+            (0, waits, Instant::now())
+        });
         entry.0 += 1;
-        let wait = RETRY_MIN
-            .saturating_mul(1 << entry.0.min(16).saturating_sub(1))
-            .min(RETRY_MAX);
-        entry.1 = Instant::now() + wait;
+        entry.2 = Instant::now() + entry.1.next().unwrap_or(RETRY_MAX);
         entry.0
     }
 
@@ -142,6 +149,6 @@ impl Retries {
     }
 
     pub(crate) fn next(&self) -> Option<Instant> {
-        self.waiting.values().map(|(_, at)| *at).min()
+        self.waiting.values().map(|(_, _, at)| *at).min()
     }
 }
