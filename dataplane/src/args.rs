@@ -168,6 +168,11 @@ pub struct LimitArgs {
     /// present 0).
     #[arg(long, default_value_t = 10_000)]
     pub max_saved_sessions_per_tenant: usize,
+    /// The longest MQTT keep-alive a client may use, in seconds (unset: the client's own). A v5
+    /// client asking more, or 0, is told this one in CONNACK (Server Keep Alive) and held to
+    /// it; a v3.1.1 client asking more, or 0, is refused with CONNACK 0x02.
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
+    pub max_keep_alive_secs: Option<u16>,
 }
 
 impl LimitArgs {
@@ -185,6 +190,7 @@ impl LimitArgs {
             max_offline_messages: self.max_offline_messages,
             max_pending_wills_per_tenant: self.max_pending_wills_per_tenant,
             max_saved_sessions_per_tenant: self.max_saved_sessions_per_tenant,
+            max_keep_alive: self.max_keep_alive_secs,
             ..MqttConfig::default()
         }
     }

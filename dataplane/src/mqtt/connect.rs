@@ -197,8 +197,12 @@ pub(crate) struct Accepted {
     /// Whether the link attached at CONNECT is a persistent one (its router state must be
     /// cleared if not kept).
     pub persistent_link: bool,
-    /// How long the session is kept after the connection ends; zero for a clean session.
+    /// How long the session is kept after the connection ends; zero for a clean session. A v5
+    /// DISCONNECT may change it (MQTT 5, 3.14.2.2.2).
     pub expiry: Duration,
+    /// Whether the CONNECT asked for no expiry (v3: always): a v5 DISCONNECT may then not
+    /// set one.
+    pub expiry_was_zero: bool,
     /// When the access token the user connected with expires: the connection ends then.
     pub token_ends: Option<tokio::time::Instant>,
 }
@@ -330,7 +334,21 @@ impl<R: Router, S: AsyncWrite + Unpin> Handshake<'_, R, S> {
             connect.client_id.clone()
         };
 
-        let mut will = match will {
+        // The keep-alive used: the client's, unless over `--max-keep-alive-secs`.
+        let (keep_alive, server_keep_alive) =
+            match keep_alive_used(version, connect.keep_alive, shared.config.max_keep_alive) {
+                Ok(used) => used,
+                Err(()) => {
+                    return self
+                        .refuse(
+                            reason::connack_bad_client_id(version),
+                            "keep_alive_over_max",
+                        )
+                        .await;
+                }
+            };
+
+        let will = match will {
             None => None,
             Some(w) => {
                 match super::will::accept(
@@ -390,18 +408,15 @@ impl<R: Router, S: AsyncWrite + Unpin> Handshake<'_, R, S> {
         });
         // Persistent sessions: v3 clean session 0, v5 a session expiry interval.
         let max_expiry = shared.config.max_session_expiry;
+        let requested = props.session_expiry_interval.unwrap_or(0);
         let expiry = match version {
             Version::V4 if connect.clean_session => Duration::ZERO,
             Version::V4 => max_expiry,
-            Version::V5 => {
-                Duration::from_secs(u64::from(props.session_expiry_interval.unwrap_or(0)))
-                    .min(max_expiry)
-            }
+            Version::V5 => Duration::from_secs(u64::from(requested)).min(max_expiry),
         };
-        // MQTT 5 sends a will at the earlier of its delay and the session's end (3.1.3.2.2).
-        if let Some(w) = &mut will {
-            w.delay = w.delay.min(expiry);
-        }
+        // MQTT 5, 3.2.2.3.2: a server using another expiry than the client asked says which.
+        let expiry_told = (version == Version::V5 && u64::from(requested) != expiry.as_secs())
+            .then(|| u32::try_from(expiry.as_secs()).unwrap_or(u32::MAX));
         let saved = shared.sessions.take(&key.router_id());
         let had_saved = saved.is_some();
         let saved = if connect.clean_session { None } else { saved };
@@ -442,6 +457,8 @@ impl<R: Router, S: AsyncWrite + Unpin> Handshake<'_, R, S> {
             wildcard_subscription_available: Some(1),
             subscription_identifiers_available: Some(1),
             shared_subscription_available: Some(1),
+            server_keep_alive,
+            session_expiry_interval: expiry_told,
             ..ConnAckProperties::default()
         });
         let mut out = BytesMut::new();
@@ -464,7 +481,7 @@ impl<R: Router, S: AsyncWrite + Unpin> Handshake<'_, R, S> {
                 key_digest,
                 key,
                 mount,
-                keep_alive: Duration::from_secs(u64::from(connect.keep_alive)),
+                keep_alive: Duration::from_secs(u64::from(keep_alive)),
                 will,
                 receive_maximum,
                 client_max_packet: props.max_packet_size.map(|m| m as usize),
@@ -476,11 +493,30 @@ impl<R: Router, S: AsyncWrite + Unpin> Handshake<'_, R, S> {
                 _tenant_slot: tenant_slot,
                 persistent_link,
                 expiry,
+                expiry_was_zero: requested == 0,
                 token_ends,
             },
             link,
             saved,
         })
+    }
+}
+
+/// The keep-alive a session is held to and the Server Keep Alive its v5 CONNACK carries, from
+/// the client's and `--max-keep-alive-secs`. Over the maximum, or 0 (none) where one is set: a
+/// v5 client is given the maximum (MQTT 5, 3.2.2.3.14); a v3 client cannot be told, so it is
+/// refused (`Err`) rather than dropped later at a time it did not agree to.
+fn keep_alive_used(
+    version: Version,
+    asked: u16,
+    max: Option<u16>,
+) -> Result<(u16, Option<u16>), ()> {
+    match max {
+        Some(max) if asked == 0 || asked > max => match version {
+            Version::V5 => Ok((max, Some(max))),
+            Version::V4 => Err(()),
+        },
+        _ => Ok((asked, None)),
     }
 }
 
@@ -497,4 +533,26 @@ pub(crate) fn random_client_id() -> String {
         s.push_str(&format!("{b:02x}"));
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_keep_alive_over_the_maximum_is_capped_for_v5_and_refused_for_v3() {
+        for version in [Version::V4, Version::V5] {
+            assert_eq!(keep_alive_used(version, 0, None), Ok((0, None)));
+            assert_eq!(keep_alive_used(version, 60, None), Ok((60, None)));
+            assert_eq!(keep_alive_used(version, 30, Some(30)), Ok((30, None)));
+            assert_eq!(keep_alive_used(version, 5, Some(30)), Ok((5, None)));
+        }
+        for asked in [0, 31, u16::MAX] {
+            assert_eq!(
+                keep_alive_used(Version::V5, asked, Some(30)),
+                Ok((30, Some(30)))
+            );
+            assert_eq!(keep_alive_used(Version::V4, asked, Some(30)), Err(()));
+        }
+    }
 }

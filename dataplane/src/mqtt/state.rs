@@ -57,6 +57,10 @@ pub struct MqttConfig {
     /// The most persistent sessions of one tenant kept while their clients are away; saving
     /// one more drops the tenant's oldest.
     pub max_saved_sessions_per_tenant: usize,
+    /// The longest keep-alive a client may use, in seconds; `None`: the client's own. A v5
+    /// client asking more (or 0, none) is given this one in CONNACK (Server Keep Alive); a v3
+    /// client asking more or 0 is refused (CONNACK 0x02), as v3 cannot be told.
+    pub max_keep_alive: Option<u16>,
 }
 
 impl Default for MqttConfig {
@@ -77,6 +81,7 @@ impl Default for MqttConfig {
             max_offline_messages: 1000,
             max_pending_wills_per_tenant: 1000,
             max_saved_sessions_per_tenant: 10_000,
+            max_keep_alive: None,
         }
     }
 }

@@ -3,10 +3,12 @@
 //! delay capped by `--max-will-delay-secs`; and the wills waiting out their delay, counted per
 //! tenant.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use foldhash::HashMap;
 use parking_lot::Mutex;
+use tokio::sync::Notify;
 use tokio::task::AbortHandle;
 
 use bytes::Bytes;
@@ -143,13 +145,14 @@ pub(crate) struct PendingWills {
 
 #[derive(Default)]
 struct PendingInner {
-    by_id: HashMap<String, (String, AbortHandle)>,
+    /// By id: the tenant, the task, and what tells the task to send the will now.
+    by_id: HashMap<String, (String, AbortHandle, Arc<Notify>)>,
     per_tenant: HashMap<String, usize>,
 }
 
 impl PendingInner {
     fn forget(&mut self, id: &str) -> Option<AbortHandle> {
-        let (tenant, handle) = self.by_id.remove(id)?;
+        let (tenant, handle, _) = self.by_id.remove(id)?;
         if let Some(n) = self.per_tenant.get_mut(&tenant) {
             *n -= 1;
             if *n == 0 {
@@ -178,13 +181,23 @@ impl PendingWills {
     }
 
     /// Keeps the task of a waiting will in the place [`PendingWills::reserve`] took (a will
-    /// the id had before is aborted, and its place given back).
-    pub(crate) fn insert(&self, id: String, tenant: &str, task: AbortHandle) {
+    /// the id had before is aborted, and its place given back); `now` tells the task to stop
+    /// waiting.
+    pub(crate) fn insert(&self, id: String, tenant: &str, task: AbortHandle, now: Arc<Notify>) {
         let mut inner = self.inner.lock();
         if let Some(old) = inner.forget(&id) {
             old.abort();
         }
-        inner.by_id.insert(id, (tenant.to_owned(), task));
+        inner.by_id.insert(id, (tenant.to_owned(), task, now));
+    }
+
+    /// Sends the will of `id` now, if one waits: its session ended before its delay did (MQTT 5,
+    /// 3.1.3.2.2), dropped for its tenant's `--max-saved-sessions-per-tenant` or its subject.
+    pub(crate) fn send_now(&self, id: &str) {
+        if let Some((_, _, now)) = self.inner.lock().by_id.get(id) {
+            // A permit if the task is not waiting yet: it then does not wait at all.
+            now.notify_one();
+        }
     }
 
     /// Forgets the will of `id` (it went out); its task, to abort when it is cancelled.
@@ -224,18 +237,19 @@ mod tests {
     async fn waiting_wills_are_counted_per_tenant() {
         let wills = PendingWills::default();
         let task = || tokio::spawn(std::future::pending::<()>()).abort_handle();
+        let now = Arc::<Notify>::default;
         for n in 1..=2 {
             assert!(wills.reserve("a", 2));
-            wills.insert(format!("a:thing:x:{n}"), "a", task());
+            wills.insert(format!("a:thing:x:{n}"), "a", task(), now());
         }
         assert!(!wills.reserve("a", 2), "a is full");
         assert!(!wills.reserve("c", 0), "a cap of 0 holds none");
         // The same id again replaces its will (aborting the old task), in one place.
         let old = task();
         assert!(wills.reserve("b", 2));
-        wills.insert("b:thing:y:1".into(), "b", old.clone());
+        wills.insert("b:thing:y:1".into(), "b", old.clone(), now());
         assert!(wills.reserve("b", 2));
-        wills.insert("b:thing:y:1".into(), "b", task());
+        wills.insert("b:thing:y:1".into(), "b", task(), now());
         tokio::task::yield_now().await;
         assert!(old.is_finished());
         assert_eq!(wills.len(), 3);

@@ -270,7 +270,10 @@ impl<R: Router, S: AsyncRead + AsyncWrite + Unpin + Send> Session<R, S> {
                 Box::pin(clear_in_router(&shared.router, &self.acc.key)).await;
             }
         }
-        if let (End::Unclean | End::CleanWithWill, Some(will)) = (end, self.acc.will.take()) {
+        if let (End::Unclean | End::CleanWithWill, Some(mut will)) = (end, self.acc.will.take()) {
+            // Never after the session's end (MQTT 5, 3.1.3.2.2): no expiry sends it at once.
+            // The expiry is the one in force now, which a DISCONNECT may have changed.
+            will.delay = will.delay.min(self.acc.expiry);
             publish_will(
                 self.shared.clone(),
                 self.acc.subject.clone(),
@@ -623,7 +626,11 @@ impl<R: Router, S: AsyncRead + AsyncWrite + Unpin + Send> Session<R, S> {
             }
             Packet::Unsubscribe(u, _) => self.on_unsubscribe(u),
             Packet::PingReq(_) => self.write(Packet::PingResp(PingResp)),
-            Packet::Disconnect(d, _) => {
+            Packet::Disconnect(d, props) => {
+                let expiry = props.and_then(|p| p.session_expiry_interval);
+                if let Flow::End(end) = self.expiry_at_disconnect(expiry) {
+                    return Step::Done(Flow::End(end));
+                }
                 return Step::Done(Flow::End(
                     if d.reason_code == DisconnectReasonCode::DisconnectWithWillMessage {
                         End::CleanWithWill
@@ -640,6 +647,25 @@ impl<R: Router, S: AsyncRead + AsyncWrite + Unpin + Send> Session<R, S> {
             }
         }
         Step::Done(Flow::Continue)
+    }
+
+    /// A v5 DISCONNECT's Session Expiry Interval replaces the CONNECT's, capped by
+    /// `max_session_expiry` as that was (MQTT 5, 3.14.2.2.2); setting one where the CONNECT
+    /// asked for none is a protocol error (DISCONNECT 0x82, and the will goes out).
+    fn expiry_at_disconnect(&mut self, secs: Option<u32>) -> Flow {
+        let Some(secs) = secs else {
+            return Flow::Continue;
+        };
+        if secs != 0 && self.acc.expiry_was_zero {
+            self.shared
+                .metrics
+                .refused("packet", "session_expiry_after_zero");
+            self.disconnect(DisconnectReasonCode::ProtocolError);
+            return Flow::End(End::Unclean);
+        }
+        self.acc.expiry =
+            Duration::from_secs(u64::from(secs)).min(self.shared.config.max_session_expiry);
+        Flow::Continue
     }
 
     fn policy_now(&self) -> Arc<Snapshot> {
@@ -710,10 +736,16 @@ fn publish_will<R: Router>(shared: Arc<Shared<R>>, subject: Subject, id: String,
     let task_shared = shared.clone();
     let task_id = id.clone();
     let subject_tenant = subject.tenant.clone();
+    let now = Arc::new(tokio::sync::Notify::new());
+    let told = now.clone();
     let task = tokio::spawn(async move {
         let shared = task_shared;
         if !will.delay.is_zero() {
-            tokio::time::sleep(will.delay).await;
+            // The delay, or less if the session ends first (`PendingWills::send_now`).
+            tokio::select! {
+                () = tokio::time::sleep(will.delay) => {}
+                () = told.notified() => {}
+            }
             shared.pending_wills.remove(&task_id);
         }
         let snapshot = shared.snapshot();
@@ -737,7 +769,7 @@ fn publish_will<R: Router>(shared: Arc<Shared<R>>, subject: Subject, id: String,
     if !delay.is_zero() {
         shared
             .pending_wills
-            .insert(id, &subject_tenant, task.abort_handle());
+            .insert(id, &subject_tenant, task.abort_handle(), now);
     }
 }
 

@@ -262,7 +262,8 @@ fn subject_exists(snapshot: &Snapshot, subject: &Subject) -> bool {
 /// (a new uid, also when no snapshot without it was seen), drops its subscriptions there,
 /// with what the router queued for them, so a channel created again starts empty.
 /// The tenant's oldest saved session is dropped early when it has more than
-/// `max_saved_sessions_per_tenant` saved (`evict`).
+/// `max_saved_sessions_per_tenant` saved (`evict`). A session dropped early sends its waiting
+/// will then; one that expires has sent it already (its delay is capped by the expiry).
 pub(super) fn expire_later<R: Router>(
     shared: Arc<Shared<R>>,
     key: SessionKey,
@@ -283,6 +284,8 @@ pub(super) fn expire_later<R: Router>(
                 () = evict.notified() => {
                     if drop_saved(&shared, &key, generation).await {
                         shared.metrics.refused("session", "tenant_saved_sessions_full");
+                        // A will never outlives its session (MQTT 5, 3.1.3.2.2).
+                        shared.pending_wills.send_now(&id);
                     }
                     return;
                 }
@@ -296,6 +299,9 @@ pub(super) fn expire_later<R: Router>(
                     if !subject_exists(&snapshot, &subject) {
                         if drop_saved(&shared, &key, generation).await {
                             shared.metrics.refused("session", "subject_deleted");
+                            // Due now, and refused then as its subject is gone: it holds no
+                            // place among its tenant's waiting wills any longer.
+                            shared.pending_wills.send_now(&id);
                         }
                         return;
                     }
