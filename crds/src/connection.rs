@@ -91,7 +91,10 @@ pub struct Subtopics {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(schema_with = "crate::schema::subtopic_patterns")]
     pub allow: Vec<String>,
-    /// Patterns the grant never covers, even when an `allow` pattern matches: deny wins.
+    /// Patterns the grant never covers, even when an `allow` pattern matches: deny wins. A
+    /// topic they match is never published to nor delivered. A subscription whose filter
+    /// overlaps them (`#`, `+/+`) is granted and those topics are withheld from it, retained
+    /// messages included; only a filter they wholly cover is refused.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(schema_with = "crate::schema::subtopic_patterns")]
     pub deny: Vec<String>,

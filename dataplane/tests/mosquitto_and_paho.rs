@@ -255,3 +255,104 @@ r.loop_stop(); s.loop_stop()
     );
     assert_eq!(v["refused_puback"], serde_json::json!(135), "{stdout}");
 }
+
+/// A subtopic deny withholds, it does not refuse wildcards (DESIGN §4): with
+/// `deny: ["test/nosubscribe"]` on the reader's grant, `#` is granted, and neither a live nor a
+/// retained message on the denied topic reaches it, while the allowed ones do; a subscription
+/// to exactly the denied topic is refused.
+#[tokio::test]
+async fn mosquitto_sub_to_everything_never_hears_a_denied_subtopic() {
+    use tokio::io::{AsyncBufReadExt, BufReader};
+
+    tool_missing("mosquitto_sub");
+    let mut fx = Fixture::start().await;
+    let mut r = common::resources();
+    for g in r.grants.iter_mut().filter(|g| g.name == "reader-telemetry") {
+        g.deny = vec!["test/nosubscribe".parse().expect("a valid pattern")];
+    }
+    fx.apply(r);
+    let sensor = ("acme", "sensor");
+    let denied = "m/acme/c/telemetry/test/nosubscribe";
+    for version in ["mqttv311", "mqttv5"] {
+        for (topic, payload) in [
+            (denied, "retained-secret"),
+            ("m/acme/c/telemetry/kept", "retained-ok"),
+        ] {
+            let out = mosquitto_pub(
+                &fx,
+                version,
+                sensor,
+                &["-t", topic, "-m", payload, "-r", "-q", "1"],
+            )
+            .await;
+            assert!(out.status.success(), "{}", text(&out));
+        }
+        let mut sub = mosquitto_sub(
+            &fx,
+            version,
+            ("acme", "reader"),
+            &[
+                "-t",
+                "m/acme/c/telemetry/#",
+                "-q",
+                "1",
+                "-C",
+                "2",
+                "-W",
+                "30",
+            ],
+        )
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("mosquitto_sub starts");
+        let mut lines = BufReader::new(sub.stdout.take().expect("piped")).lines();
+        let next = async |lines: &mut tokio::io::Lines<_>| {
+            tokio::time::timeout(Duration::from_secs(30), lines.next_line())
+                .await
+                .expect("a line within 30 s")
+                .expect("stdout readable")
+        };
+        // The retained messages come first: only the allowed one. Its arrival also says the
+        // subscription is in place.
+        assert_eq!(
+            next(&mut lines).await.as_deref(),
+            Some("m/acme/c/telemetry/kept retained-ok"),
+            "{version}"
+        );
+        // Live: the denied topic first, so that it would be the next line if it got through.
+        for (topic, payload) in [
+            (denied, "secret"),
+            ("m/acme/c/telemetry/test/allowed", "open"),
+        ] {
+            let out = mosquitto_pub(
+                &fx,
+                version,
+                sensor,
+                &["-t", topic, "-m", payload, "-q", "1"],
+            )
+            .await;
+            assert!(out.status.success(), "{}", text(&out));
+        }
+        assert_eq!(
+            next(&mut lines).await.as_deref(),
+            Some("m/acme/c/telemetry/test/allowed open"),
+            "{version}"
+        );
+        let done = sub.wait_with_output().await.expect("mosquitto_sub ends");
+        assert!(done.status.success(), "{version}: {}", text(&done));
+
+        // Exactly the denied topic lies wholly inside the deny: refused.
+        let out = mosquitto_sub(
+            &fx,
+            version,
+            ("acme", "reader"),
+            &["-t", denied, "-W", "10"],
+        )
+        .output()
+        .await
+        .expect("runs");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("denied"), "{version}: {}", text(&out));
+    }
+}

@@ -465,3 +465,85 @@ async fn without_its_key_a_disabled_thing_or_suspended_tenant_looks_unknown() {
     assert_eq!(metrics.refusals("connect", "subject_disabled"), 1);
     assert_eq!(metrics.refusals("connect", "tenant_suspended"), 1);
 }
+
+/// A subtopic deny added by a new snapshot withholds its topics from the wildcard
+/// subscriptions that overlap it, which stay (no revocation), in v3 and v5; `+/+` is granted.
+#[tokio::test]
+async fn a_deny_added_later_withholds_its_topics_from_live_wildcard_subscriptions() {
+    let mut fx = Fixture::start().await;
+    let mut v3 = v4::connect(fx.addr, "acme", "reader", "r3").await;
+    let mut v5c = v5::connect(fx.addr, "acme", "reader", "r5").await;
+    assert_eq!(
+        v3.subscribe("m/acme/c/telemetry/#", v4::QoS::AtLeastOnce)
+            .await,
+        [v4::SubscribeReasonCode::Success(v4::QoS::AtLeastOnce)]
+    );
+    assert_eq!(
+        v5c.subscribe("m/acme/c/telemetry/+/+", v5::QoS::AtLeastOnce)
+            .await,
+        [v5::SubscribeReasonCode::Success(v5::QoS::AtLeastOnce)]
+    );
+    let sensor = v4::connect(fx.addr, "acme", "sensor", "s").await;
+    let publish = async |topic: &str, payload: String| {
+        sensor
+            .client
+            .publish(topic, v4::QoS::AtLeastOnce, false, payload)
+            .await
+            .expect("queued");
+    };
+    let mut r = resources();
+    for g in r.grants.iter_mut().filter(|g| g.name == "reader-telemetry") {
+        g.deny = vec!["test/nosubscribe".parse().expect("a valid pattern")];
+    }
+    fx.apply(r);
+    // Rounds of the denied topic, then a marker: once a round passes without the denied one
+    // (the sessions have re-checked their subscriptions), none may get through again.
+    let mut clean_rounds = 0;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    for round in 0.. {
+        assert!(Instant::now() < deadline, "the deny never took effect");
+        publish(
+            "m/acme/c/telemetry/test/nosubscribe",
+            format!("secret-{round}"),
+        )
+        .await;
+        let marker = format!("marker-{round}");
+        publish("m/acme/c/telemetry/test/allowed", marker.clone()).await;
+        let mut leaked = false;
+        for _ in 0..2 {
+            let p = v3
+                .next_publish(Duration::from_secs(10))
+                .await
+                .expect("the marker arrives (v3)");
+            leaked |= p.topic.ends_with("nosubscribe");
+            if p.payload == marker.as_bytes() {
+                break;
+            }
+        }
+        for _ in 0..2 {
+            let p = v5c
+                .next_publish(Duration::from_secs(10))
+                .await
+                .expect("the marker arrives (v5)");
+            leaked |= &p.topic[..] == b"m/acme/c/telemetry/test/nosubscribe";
+            if p.payload == marker.as_bytes() {
+                break;
+            }
+        }
+        if leaked {
+            assert_eq!(
+                clean_rounds, 0,
+                "a denied topic got through after a clean round"
+            );
+            continue;
+        }
+        clean_rounds += 1;
+        if clean_rounds == 3 {
+            break;
+        }
+    }
+    assert_eq!(
+        fx.dataplane.metrics().refusals("revoked", "subscription"),
+        0
+    );
+}

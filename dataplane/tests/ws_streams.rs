@@ -460,3 +460,60 @@ async fn a_stream_past_its_things_own_limit_closes_1008() {
         other => panic!("expected a close frame, got {other:?}"),
     }
 }
+
+/// A subtopic deny withholds topics from a stream whose filter overlaps it, retained ones
+/// included, instead of refusing the stream; a stream wholly inside the deny is refused.
+#[tokio::test]
+async fn a_stream_over_a_denied_subtopic_is_accepted_and_never_sees_it() {
+    let mut r = resources();
+    for g in r.grants.iter_mut().filter(|g| g.name == "reader-telemetry") {
+        g.deny = vec!["test/nosubscribe".parse().expect("a valid pattern")];
+    }
+    let fx = Adapters::start_with(r).await;
+    let publish = |sub: &'static str, body: &'static str, query: &'static str| {
+        let url = fx.url(&format!("/m/acme/c/telemetry/{sub}{query}"));
+        async move {
+            let answer = curl(&[
+                "-H",
+                &thing_auth("acme", "sensor"),
+                "-H",
+                "Content-Type: text/plain",
+                "--data-binary",
+                body,
+                &url,
+            ])
+            .await;
+            assert_eq!(answer.status, 202, "{answer:?}");
+        }
+    };
+    publish("test/nosubscribe", "retained-secret", "?retain=true").await;
+    publish("kept", "retained-ok", "?retain=true").await;
+    let (mut ws, _) = ws_connect(
+        &fx.ws_url("/m/acme/c/telemetry/%23"),
+        WsAuth::Basic("acme", "reader"),
+    )
+    .await
+    .expect("a stream overlapping the deny is accepted");
+    let v = next_json(&mut ws, WAIT).await;
+    assert_eq!(
+        (v["topic"].as_str(), v["payload"].as_str()),
+        (Some("m/acme/c/telemetry/kept"), Some("retained-ok"))
+    );
+    // The denied topic first: it would be the next frame if it got through.
+    publish("test/nosubscribe", "secret", "").await;
+    publish("test/allowed", "open", "").await;
+    let v = next_json(&mut ws, WAIT).await;
+    assert_eq!(
+        (v["topic"].as_str(), v["payload"].as_str()),
+        (Some("m/acme/c/telemetry/test/allowed"), Some("open"))
+    );
+    assert!(matches!(next_frame(&mut ws, QUIET).await, Frame::Nothing));
+
+    let refused = ws_connect(
+        &fx.ws_url("/m/acme/c/telemetry/test/nosubscribe"),
+        WsAuth::Basic("acme", "reader"),
+    )
+    .await
+    .err();
+    assert_eq!(refused, Some(403), "a stream inside the deny is refused");
+}

@@ -3,8 +3,10 @@
 //! A decision is allowed only when the tenant exists and is not suspended, the subject exists,
 //! is enabled and belongs to the topic's tenant, the channel exists, and a grant (direct,
 //! through a group, or the user's role) gives the action. Grants add up: their allow patterns
-//! together must cover the subtopic or the whole filter. Deny patterns win: one hit by any
-//! grant that gives the subject this action on this channel refuses it, whatever allows it.
+//! together must cover the subtopic or the whole filter. Deny patterns win: a topic one of them
+//! matches (from any grant that gives the subject this action on this channel) is refused,
+//! whatever allows it. A subscribe filter is refused only when the denies cover all of it; one
+//! that overlaps them is granted, and the denied topics are withheld from it per delivery.
 
 use crate::credentials::{KeyDigest, burn_password_check, verify_password, verify_thing_key};
 use crate::evaluator::{
@@ -206,13 +208,14 @@ impl PolicyEvaluator for Snapshot {
             return Decision::Deny(DenyReason::NoGrant);
         }
         let subtopic = topic.subtopic();
-        let denied = applicable
-            .clone()
-            .flat_map(|g| &g.deny)
-            .any(|p| match action {
-                Action::Publish => p.matches(subtopic),
-                Action::Subscribe => p.overlaps(subtopic),
-            });
+        let denies = applicable.clone().flat_map(|g| &g.deny);
+        // A topic name is refused when a deny matches it; a filter only when it lies wholly
+        // inside the denies (DESIGN §4): one that overlaps them is granted, and the denied
+        // topics are withheld per delivery ([`PolicyEvaluator::withholds`]).
+        let denied = match action {
+            Action::Publish => denies.clone().any(|p| p.matches(subtopic)),
+            Action::Subscribe => covers(denies.clone(), subtopic),
+        };
         if denied {
             return Decision::Deny(DenyReason::SubtopicDenied);
         }
@@ -225,13 +228,21 @@ impl PolicyEvaluator for Snapshot {
         let allows = applicable.flat_map(|g| &g.allow);
         let allowed = match action {
             Action::Publish => allows.clone().any(|p| p.matches(subtopic)),
-            Action::Subscribe => covers(allows, subtopic),
+            // Every topic of the filter is allowed or withheld; not all are withheld (above),
+            // so some are delivered.
+            Action::Subscribe => covers(allows.chain(denies), subtopic),
         };
         if allowed {
             Decision::Allow(AllowReason::Grant)
         } else {
             Decision::Deny(DenyReason::SubtopicNotAllowed)
         }
+    }
+
+    fn withholds(&self, subject: &Subject, filter: &Topic<'_>) -> bool {
+        self.applicable_grants(subject, Action::Subscribe, filter.channel())
+            .flat_map(|(g, _)| &g.deny)
+            .any(|p| p.overlaps(filter.subtopic()))
     }
 
     fn check_subject(&self, subject: &Subject) -> Result<(), Refusal> {

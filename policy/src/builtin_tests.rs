@@ -134,6 +134,11 @@ fn subscribe(s: &Snapshot, subject: &Subject, filter: &str) -> Decision {
     s.authorize(subject, Action::Subscribe, &f)
 }
 
+fn withholds(s: &Snapshot, subject: &Subject, filter: &str) -> bool {
+    let f = parse_filter(filter, &TopicLimits::default()).expect("valid filter");
+    s.withholds(subject, &f)
+}
+
 const GRANT: Decision = Decision::Allow(AllowReason::Grant);
 const ROLE: Decision = Decision::Allow(AllowReason::Role);
 
@@ -361,11 +366,11 @@ fn group_grants_reach_things_and_users() {
     ] {
         assert_eq!(publish(&s, &member, "m/acme/c/commands/rooms/1"), GRANT);
         assert_eq!(subscribe(&s, &member, "m/acme/c/commands/rooms/1/+"), GRANT);
-        // `rooms/+` matches `rooms/vault`, which `rooms/vault/#` denies.
-        assert_eq!(
-            subscribe(&s, &member, "m/acme/c/commands/rooms/+"),
-            deny(DenyReason::SubtopicDenied)
-        );
+        // `rooms/+` matches `rooms/vault`, which `rooms/vault/#` denies: granted, and that
+        // topic is withheld per delivery.
+        assert_eq!(subscribe(&s, &member, "m/acme/c/commands/rooms/+"), GRANT);
+        assert!(withholds(&s, &member, "m/acme/c/commands/rooms/+"));
+        assert!(!withholds(&s, &member, "m/acme/c/commands/rooms/1/+"));
         assert_eq!(
             publish(&s, &member, "m/acme/c/commands/other"),
             deny(DenyReason::SubtopicNotAllowed)
@@ -374,14 +379,25 @@ fn group_grants_reach_things_and_users() {
             publish(&s, &member, "m/acme/c/commands/rooms/vault/door"),
             deny(DenyReason::SubtopicDenied)
         );
-        // `rooms/#` can match `rooms/vault/…`, so the whole filter is refused.
+        // `rooms/#` can match `rooms/vault/…`: granted, with those topics withheld.
+        assert_eq!(subscribe(&s, &member, "m/acme/c/commands/rooms/#"), GRANT);
+        assert!(withholds(&s, &member, "m/acme/c/commands/rooms/#"));
+        // Only a filter wholly inside the deny is refused.
+        for inside in ["rooms/vault", "rooms/vault/#", "rooms/vault/+/x"] {
+            assert_eq!(
+                subscribe(&s, &member, &format!("m/acme/c/commands/{inside}")),
+                deny(DenyReason::SubtopicDenied),
+                "{inside}"
+            );
+        }
         assert_eq!(
-            subscribe(&s, &member, "m/acme/c/commands/rooms/#"),
+            subscribe(&s, &member, "m/acme/c/commands/rooms/vault/door"),
             deny(DenyReason::SubtopicDenied)
         );
+        // `#` also matches `hall`, which is neither allowed nor denied.
         assert_eq!(
             subscribe(&s, &member, "m/acme/c/commands/#"),
-            deny(DenyReason::SubtopicDenied)
+            deny(DenyReason::SubtopicNotAllowed)
         );
     }
     let outsider = Subject::thing("acme", "sensor");
@@ -482,11 +498,77 @@ fn deny_wins_over_roles_and_other_grants() {
         publish(&s, &root, "m/acme/c/telemetry/secret/x"),
         deny(DenyReason::SubtopicDenied)
     );
+    // An overlapping filter is granted (`secret/x` withheld); one inside the deny is not.
+    assert_eq!(subscribe(&s, &root, "m/acme/c/telemetry/+/x"), ROLE);
+    assert!(withholds(&s, &root, "m/acme/c/telemetry/+/x"));
     assert_eq!(
-        subscribe(&s, &root, "m/acme/c/telemetry/+/x"),
+        subscribe(&s, &root, "m/acme/c/telemetry/secret/+"),
+        deny(DenyReason::SubtopicDenied)
+    );
+    assert_eq!(
+        subscribe(&s, &root, "m/acme/c/telemetry/secret/x"),
         deny(DenyReason::SubtopicDenied)
     );
     assert_eq!(subscribe(&s, &root, "m/acme/c/telemetry/open/#"), ROLE);
+    assert!(!withholds(&s, &root, "m/acme/c/telemetry/open/#"));
+    // A role alone denies nothing.
+    assert!(!withholds(&s, &root, "m/acme/c/commands/#"));
+}
+
+#[test]
+fn a_subtopic_deny_withholds_topics_and_refuses_only_filters_inside_it() {
+    let mut s = fixture();
+    s.upsert_grant(mk_grant(
+        "acme",
+        "sensor-sub",
+        GrantSubject::Thing("sensor".into()),
+        "telemetry",
+        Actions::SUBSCRIBE,
+        &[],
+        &["test/nosubscribe"],
+    ));
+    let sensor = Subject::thing("acme", "sensor");
+    for granted in ["#", "+/+", "test/+", "test/#", "+/nosubscribe"] {
+        let f = format!("m/acme/c/telemetry/{granted}");
+        assert_eq!(subscribe(&s, &sensor, &f), GRANT, "{granted}");
+        assert!(withholds(&s, &sensor, &f), "{granted}");
+    }
+    for clear in ["other/#", "test/+/+", "+", "test"] {
+        let f = format!("m/acme/c/telemetry/{clear}");
+        assert_eq!(subscribe(&s, &sensor, &f), GRANT, "{clear}");
+        assert!(!withholds(&s, &sensor, &f), "{clear}");
+    }
+    // The topic itself: refused as a filter, and withheld as a delivery.
+    assert_eq!(
+        subscribe(&s, &sensor, "m/acme/c/telemetry/test/nosubscribe"),
+        deny(DenyReason::SubtopicDenied)
+    );
+    assert_eq!(
+        subscribe(&s, &sensor, "m/acme/c/telemetry/test/allowed"),
+        GRANT
+    );
+
+    // Topics a deny withholds count towards covering a filter: with `a/+/#` allowed and `a`
+    // denied, `a/#` delivers everything but `a`.
+    s.upsert_grant(mk_grant(
+        "acme",
+        "sensor-sub",
+        GrantSubject::Thing("sensor".into()),
+        "telemetry",
+        Actions::SUBSCRIBE,
+        &["a/+/#"],
+        &["a"],
+    ));
+    assert_eq!(subscribe(&s, &sensor, "m/acme/c/telemetry/a/#"), GRANT);
+    assert!(withholds(&s, &sensor, "m/acme/c/telemetry/a/#"));
+    assert_eq!(
+        subscribe(&s, &sensor, "m/acme/c/telemetry/a"),
+        deny(DenyReason::SubtopicDenied)
+    );
+    assert_eq!(
+        subscribe(&s, &sensor, "m/acme/c/telemetry/#"),
+        deny(DenyReason::SubtopicNotAllowed)
+    );
 }
 
 #[test]

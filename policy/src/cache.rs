@@ -242,6 +242,11 @@ impl<E: PolicyEvaluator> PolicyEvaluator for CachedEvaluator<E> {
         self.cache.authorize(&self.inner, subject, action, topic)
     }
 
+    fn withholds(&self, subject: &Subject, filter: &Topic<'_>) -> bool {
+        // Asked per SUBSCRIBE and per new policy, not per message: not cached.
+        self.inner.withholds(subject, filter)
+    }
+
     fn check_subject(&self, subject: &Subject) -> Result<(), Refusal> {
         self.inner.check_subject(subject)
     }

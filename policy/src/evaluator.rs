@@ -265,6 +265,16 @@ pub trait PolicyEvaluator {
     /// Whether `subject` may take `action` on `topic` (a topic name or a filter).
     fn authorize(&self, subject: &Subject, action: Action, topic: &Topic<'_>) -> Decision;
 
+    /// Whether a subscription to `filter`, which [`Self::authorize`] allowed, may match topics
+    /// the subject may not receive (a subtopic deny overlaps it): then each delivery through it
+    /// is checked, by `authorize` of `Action::Subscribe` on the delivered topic. `false`
+    /// promises that every topic the filter matches is allowed, so deliveries go unchecked;
+    /// an engine that cannot tell answers `true`, the default.
+    fn withholds(&self, subject: &Subject, filter: &Topic<'_>) -> bool {
+        let _ = (subject, filter);
+        true
+    }
+
     /// Whether an authenticated subject is still allowed to be connected (run on every new
     /// policy version: deleted, disabled, suspended or revoked subjects are disconnected).
     fn check_subject(&self, subject: &Subject) -> Result<(), Refusal>;
@@ -281,6 +291,9 @@ macro_rules! forward_evaluator {
             }
             fn authorize(&self, subject: &Subject, action: Action, topic: &Topic<'_>) -> Decision {
                 (**self).authorize(subject, action, topic)
+            }
+            fn withholds(&self, subject: &Subject, filter: &Topic<'_>) -> bool {
+                (**self).withholds(subject, filter)
             }
             fn check_subject(&self, subject: &Subject) -> Result<(), Refusal> {
                 (**self).check_subject(subject)

@@ -1,4 +1,5 @@
-//! Fleetward's policy core: snapshot, deltas, evaluator, decision cache, topic grammar, credentials.
+//! Fleetward's policy core: snapshot, deltas, evaluator, decision cache, delivery checks, topic
+//! grammar, credentials.
 //!
 //! Plain Rust with no Kubernetes, network or runtime types. The operator converts its resources
 //! into [`Resources`] (or calls the `upsert_*`/`remove_*` methods of a [`Snapshot`]) and ships
@@ -62,6 +63,7 @@
 mod builtin;
 pub mod cache;
 pub mod credentials;
+pub mod delivery;
 pub mod delta;
 pub mod evaluator;
 pub mod explain;
@@ -76,6 +78,7 @@ pub use credentials::{
     CredentialError, KeyDigest, generate_thing_key, hash_password, verify_password,
     verify_thing_key,
 };
+pub use delivery::DeliveryGate;
 pub use delta::{ApplyError, Changes, Delta, diff};
 pub use evaluator::{
     Action, AllowReason, Credential, Decision, DenyReason, PolicyEvaluator, Refusal, Subject,

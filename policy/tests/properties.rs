@@ -4,10 +4,10 @@ use std::sync::{Arc, RwLock};
 
 use fleetward_policy::pattern::covers;
 use fleetward_policy::{
-    Action, Actions, AllowReason, CachedEvaluator, Channel, Credential, Decision, DenyReason,
-    Grant, GrantSubject, Group, KeyDigest, Member, PolicyEvaluator, Qos, Refusal, Role, Snapshot,
-    Subject, SubjectKind, SubtopicPattern, Tenant, Thing, Topic, TopicLimits, User, diff,
-    parse_filter,
+    Action, Actions, AllowReason, CachedEvaluator, Channel, Credential, Decision, DecisionCache,
+    DeliveryGate, DenyReason, Grant, GrantSubject, Group, KeyDigest, Member, PolicyEvaluator, Qos,
+    Refusal, Role, Snapshot, Subject, SubjectKind, SubtopicPattern, Tenant, Thing, Topic,
+    TopicLimits, User, diff, parse_filter,
 };
 use proptest::prelude::*;
 
@@ -394,6 +394,9 @@ impl PolicyEvaluator for Store {
     fn authorize(&self, subject: &Subject, action: Action, topic: &Topic<'_>) -> Decision {
         self.current().authorize(subject, action, topic)
     }
+    fn withholds(&self, subject: &Subject, filter: &Topic<'_>) -> bool {
+        self.current().withholds(subject, filter)
+    }
     fn check_subject(&self, subject: &Subject) -> Result<(), Refusal> {
         self.current().check_subject(subject)
     }
@@ -524,10 +527,14 @@ proptest! {
         }
     }
 
-    /// An allowed filter only matches topics that are allowed one by one, and a filter whose
-    /// every topic is allowed is itself allowed (apart from deny overlaps, which refuse).
+    /// The subtopic-deny invariant (DESIGN §4). Through a granted filter a topic is delivered
+    /// when the filter does not withhold, or when the topic itself is allowed: no topic the
+    /// policy denies the subject is ever delivered. A granted filter matches only topics that
+    /// are allowed or withheld by a deny; a filter is refused as denied only when every topic it
+    /// matches is denied; and a filter whose topics are all allowed or denied, not all denied,
+    /// is granted.
     #[test]
-    fn filters_are_allowed_exactly_when_all_their_topics_are(
+    fn no_denied_topic_is_delivered_and_only_wholly_denied_filters_are_refused(
         s in arb_snapshot(1),
         requests in prop::collection::vec(arb_request(), 1..20),
     ) {
@@ -535,22 +542,84 @@ proptest! {
         for r in requests.iter().filter(|r| r.action == Action::Subscribe) {
             let f = parse(&r.filter);
             let d = ask(&s, r);
+            let withholds = s.withholds(&r.subject, &f);
             let prefix = format!("m/{}/c/{}", f.tenant(), f.channel());
-            let mut every = true;
+            let (mut allowed, mut denied, mut other) = (0, 0, 0);
             for t in topics.iter().filter(|t| matches_filter(f.subtopic(), t.as_deref())) {
                 let text = match t {
                     Some(sub) => format!("{prefix}/{sub}"),
                     None => prefix.clone(),
                 };
                 let one = s.authorize(&r.subject, Action::Subscribe, &parse(&text));
-                if d.is_allowed() {
-                    prop_assert!(one.is_allowed(), "{} allowed but {} is {:?}", r.filter, text, one);
+                let delivered = d.is_allowed() && (!withholds || one.is_allowed());
+                prop_assert!(
+                    !delivered || one.is_allowed(),
+                    "{} delivered through {} ({:?}, withholds {}) but it is {:?}",
+                    text, r.filter, d, withholds, one
+                );
+                match one {
+                    Decision::Allow(_) => allowed += 1,
+                    Decision::Deny(DenyReason::SubtopicDenied) => denied += 1,
+                    Decision::Deny(_) => other += 1,
                 }
-                every &= one.is_allowed();
             }
-            if every {
-                prop_assert!(d.is_allowed(), "every topic of {} is allowed but it is {:?}", r.filter, d);
+            if d.is_allowed() {
+                prop_assert_eq!(other, 0, "{} granted over topics neither allowed nor denied", &r.filter);
             }
+            if d == Decision::Deny(DenyReason::SubtopicDenied) {
+                prop_assert!(
+                    allowed == 0 && other == 0,
+                    "{} refused as denied, but {} of its topics are allowed and {} otherwise refused",
+                    r.filter, allowed, other
+                );
+            }
+            if other == 0 && allowed > 0 {
+                prop_assert!(d.is_allowed(), "{} has allowed and withheld topics only, but is {:?}", r.filter, d);
+            }
+            if other == 0 && allowed == 0 && denied > 0 {
+                prop_assert_eq!(d, Decision::Deny(DenyReason::SubtopicDenied), "{}", &r.filter);
+            }
+            if d.is_allowed() {
+                // Checked per delivery exactly when there is something to withhold: a filter
+                // no deny overlaps costs nothing per message.
+                prop_assert_eq!(withholds, denied > 0, "{}", &r.filter);
+            }
+        }
+    }
+
+    /// The delivery gate (memo, then decision cache) answers every delivery as the policy of
+    /// the moment does, across new versions and repeated topics.
+    #[test]
+    fn the_delivery_gate_answers_as_the_policy_does(
+        snapshots in prop::collection::vec(arb_snapshot(0), 1..4),
+        subject in arb_subject(),
+        deliveries in prop::collection::vec((0..64usize, prop::bool::weighted(0.05)), 1..100),
+        cache_entries in prop_oneof![Just(0u64), Just(8), Just(1000)],
+    ) {
+        let mut versions = snapshots.into_iter().enumerate().map(|(i, mut s)| {
+            s.set_version(i as u64 + 1);
+            s
+        });
+        let store = Store(RwLock::new(Arc::new(versions.next().expect("at least one"))));
+        let cache = DecisionCache::new(cache_entries);
+        let mut gate = DeliveryGate::default();
+        let topics: Vec<String> = concrete_subtopics(3)
+            .into_iter()
+            .flat_map(|t| {
+                let tenant = subject.tenant.clone();
+                CHANNELS.iter().map(move |c| match &t {
+                    Some(sub) => format!("m/{tenant}/c/{c}/{sub}"),
+                    None => format!("m/{tenant}/c/{c}"),
+                })
+            })
+            .collect();
+        for (i, bump) in deliveries {
+            if bump && let Some(next) = versions.next() {
+                store.swap(next);
+            }
+            let topic = &topics[i % topics.len()];
+            let direct = store.current().authorize(&subject, Action::Subscribe, &parse(topic)).is_allowed();
+            prop_assert_eq!(gate.allows(&cache, &store, &subject, topic), direct, "{}", topic);
         }
     }
 

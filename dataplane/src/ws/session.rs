@@ -7,8 +7,8 @@ use axum::extract::ws::{CloseFrame, Message as WsMessage, WebSocket};
 use axum::http::StatusCode;
 use bytes::Bytes;
 use fleetward_policy::{
-    Action, Decision, KeyDigest, PolicyEvaluator, Snapshot, Subject, TopicLimits, filter_matches,
-    parse_filter,
+    Action, Decision, DeliveryGate, KeyDigest, PolicyEvaluator, Snapshot, Subject, TopicLimits,
+    filter_matches, parse_filter,
 };
 use serde_json::json;
 
@@ -107,6 +107,8 @@ pub(crate) async fn run<R: Router>(
         shared,
         socket,
         stream,
+        withholds: true,
+        gate: DeliveryGate::default(),
     };
     let end = match &mut link.0 {
         Some(l) => conn.pump(l).await,
@@ -129,6 +131,12 @@ struct Conn<R: Router, W = WebSocket> {
     shared: Arc<Shared<R>>,
     socket: W,
     stream: Stream,
+    /// Whether a subtopic deny of the subject overlaps the stream's filter: then each message's
+    /// topic is checked, and the denied ones are withheld (DESIGN §4). Until the first check
+    /// of the policy, it is.
+    withholds: bool,
+    /// The memo of those checks.
+    gate: DeliveryGate,
 }
 
 /// The answer to a client's text frame on `stream`, as a running stream gives it, without a
@@ -143,6 +151,8 @@ pub(crate) fn answer_text<R: Router>(
         shared,
         socket: (),
         stream,
+        withholds: true,
+        gate: DeliveryGate::default(),
     };
     conn.on_text(text, link).0
 }
@@ -159,12 +169,16 @@ impl<R: Router> Conn<R> {
     /// Runs until the client leaves (`None`) or the server closes (`Some`).
     async fn pump(&mut self, link: &mut R::Link) -> Option<Close> {
         let mut policy = self.shared.policy.clone();
+        self.withholds = self.withholds_now(&self.shared.snapshot());
         let s = &self.stream;
         let retained = self
             .shared
             .retained
             .matching(&s.tenant, &s.channel, &s.filter, s.uids());
         for m in retained {
+            if !self.may_receive(&m.topic) {
+                continue;
+            }
             if !self.send(WsMessage::Text(message_frame(&m).into())).await {
                 return None;
             }
@@ -206,6 +220,7 @@ impl<R: Router> Conn<R> {
                     Ok(m) => {
                         let topic = std::str::from_utf8(&m.topic).unwrap_or_default();
                         if filter_matches(&self.stream.filter, topic)
+                            && self.may_receive(&m.topic)
                             && !self.send(WsMessage::Text(message_frame(&m).into())).await
                         {
                             return None;
@@ -228,9 +243,31 @@ impl<R: Router> Conn<R> {
                     if let Err(close) = self.revalidate(&snapshot) {
                         return Some(close);
                     }
+                    self.withholds = self.withholds_now(&snapshot);
+                    self.shared.cache.count_hits(self.gate.take_hits());
                 }
             }
         }
+    }
+
+    /// Whether a subtopic deny of the subject overlaps the stream's filter under `snapshot`.
+    fn withholds_now(&self, snapshot: &Snapshot) -> bool {
+        parse_filter(&self.stream.filter, &TopicLimits::default())
+            .map_or(true, |f| snapshot.withholds(&self.stream.subject, &f))
+    }
+
+    /// Whether the subject may receive a message on `topic`: asked of the policy (through the
+    /// memo and the decision cache) only when a deny overlaps the stream's filter.
+    fn may_receive(&mut self, topic: &[u8]) -> bool {
+        if !self.withholds {
+            return true;
+        }
+        let Ok(topic) = std::str::from_utf8(topic) else {
+            return false;
+        };
+        let snapshot = self.shared.policy.borrow();
+        self.gate
+            .allows(&self.shared.cache, &**snapshot, &self.stream.subject, topic)
     }
 
     /// Whether the stream may go on under a new snapshot.

@@ -34,6 +34,10 @@ impl<R: Router, S: AsyncRead + AsyncWrite + Unpin + Send> Session<R, S> {
         let Ok(topic) = std::str::from_utf8(&message.topic) else {
             return;
         };
+        // Withheld, as a message nothing subscribes to is: not counted as a refusal.
+        if !self.may_receive(topic) {
+            return;
+        }
         let client_topic = match &self.acc.mount {
             Some(m) => match m.unmount(topic) {
                 Some(t) => t,
@@ -125,6 +129,18 @@ impl<R: Router, S: AsyncRead + AsyncWrite + Unpin + Send> Session<R, S> {
             self.inflight.insert(pkid, (state, out));
         }
         self.delivered += 1;
+    }
+
+    /// Whether the subject may receive a message on the full `topic`: a subtopic deny of its
+    /// grants withholds it (DESIGN §4). Asked only while a deny overlaps one of the session's
+    /// subscriptions; then a repeated topic is answered by the session's memo, another by the
+    /// decision cache.
+    fn may_receive(&mut self, topic: &str) -> bool {
+        let Some(gate) = self.subs.withholding() else {
+            return true;
+        };
+        let snapshot = self.policy.borrow();
+        gate.allows(&self.shared.cache, &**snapshot, &self.acc.subject, topic)
     }
 
     /// Whether a message may go out under a resumed session's offline bound: what was queued

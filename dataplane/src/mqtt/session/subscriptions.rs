@@ -6,10 +6,12 @@
 //! or ten thousand, and so does a delivery (unless the session's wildcard filters in that one
 //! channel are many, which is its own cost only).
 
-use foldhash::HashMap;
+use foldhash::{HashMap, HashSet};
 use std::collections::hash_map::Entry;
 
-use fleetward_policy::{Action, Decision, PolicyEvaluator, Subject, filter_matches, parse_filter};
+use fleetward_policy::{
+    Action, Decision, DeliveryGate, PolicyEvaluator, Subject, filter_matches, parse_filter,
+};
 use rumqttd::protocol::{
     DisconnectReasonCode, Packet, RetainForwardRule, SubAck, Subscribe, SubscribeProperties,
     UnsubAck, UnsubAckReason, Unsubscribe,
@@ -42,6 +44,12 @@ struct Index {
     exact: HashMap<String, Vec<String>>,
     /// Filters with wildcards, by channel (`m/<tenant>/c/<channel>`): their full filters.
     wild: HashMap<String, Vec<String>>,
+    /// The full filters a subtopic deny of the subject overlaps: while there is one, every
+    /// delivery's topic is checked ([`Subs::withholding`]). A new subscription is in it until
+    /// its SUBSCRIBE says otherwise, so nothing is delivered unchecked by mistake.
+    withholding: HashSet<String>,
+    /// The memo of those checks.
+    gate: DeliveryGate,
 }
 
 impl Index {
@@ -87,6 +95,7 @@ impl Subs {
         }
         let full = sub.full.clone();
         let matcher = sub.matcher.clone();
+        index.withholding.insert(full.clone());
         index.by_full.insert(full.clone(), index.subs.len());
         index.subs.push(sub);
         index.bucket(&matcher).or_default().push(full);
@@ -95,6 +104,7 @@ impl Subs {
     pub(super) fn remove(&mut self, full: &str) -> Option<Subscription> {
         let index = self.0.as_mut()?;
         let i = index.by_full.remove(full)?;
+        index.withholding.remove(full);
         let sub = index.subs.swap_remove(i);
         if let Some(moved) = index.subs.get(i)
             && let Some(place) = index.by_full.get_mut(&moved.full)
@@ -111,6 +121,34 @@ impl Subs {
             self.0 = None;
         }
         Some(sub)
+    }
+
+    /// Marks whether a subtopic deny overlaps the subscription `full` ([`Index::withholding`]).
+    pub(super) fn set_withholds(&mut self, full: &str, withholds: bool) {
+        let Some(index) = self.0.as_mut() else {
+            return;
+        };
+        if !withholds {
+            index.withholding.remove(full);
+        } else if index.by_full.contains_key(full) && !index.withholding.contains(full) {
+            index.withholding.insert(full.to_owned());
+        }
+    }
+
+    /// Replaces the set of subscriptions a subtopic deny overlaps (after a re-check of all).
+    pub(super) fn reset_withholding(&mut self, fulls: Vec<String>) {
+        if let Some(index) = self.0.as_mut() {
+            index.withholding = fulls.into_iter().collect();
+        }
+    }
+
+    /// The memo of delivery checks, when a subscription needs them: `None` (nothing to check,
+    /// and nothing paid per message) when no subtopic deny overlaps any subscription.
+    pub(super) fn withholding(&mut self) -> Option<&mut DeliveryGate> {
+        self.0
+            .as_deref_mut()
+            .filter(|i| !i.withholding.is_empty())
+            .map(|i| &mut i.gate)
     }
 
     /// Removes the subscriptions `gone` says; returns their router filters.
@@ -272,6 +310,9 @@ impl<R: Router, S: AsyncRead + AsyncWrite + Unpin + Send> Session<R, S> {
                 codes.push(reason::suback_refused(version, false));
                 continue;
             };
+            // Granted though a deny may overlap it: then the denied topics are withheld from
+            // each delivery (deliver.rs), retained ones included.
+            let withholds = snapshot.withholds(&self.acc.subject, &topic);
             let granted = (f.qos as u8).min(u8::from(channel.max_qos));
             let retained_allowed = channel.retained_allowed;
             let made_under = Incarnation::of(&snapshot, topic.tenant(), channel);
@@ -352,6 +393,7 @@ impl<R: Router, S: AsyncRead + AsyncWrite + Unpin + Send> Session<R, S> {
                     }
                 }
             }
+            self.subs.set_withholds(&full, withholds);
             codes.push(reason::suback_granted(granted));
             let send_retained = match f.retain_forward_rule {
                 RetainForwardRule::OnEverySubscribe => true,
@@ -437,6 +479,7 @@ impl<R: Router, S: AsyncRead + AsyncWrite + Unpin + Send> Session<R, S> {
             }
         }
         let mut revoked = Vec::new();
+        let mut withholding = Vec::new();
         for sub in self.subs.values_mut() {
             let allowed = parse_filter(&sub.full, &limits()).is_ok_and(|t| {
                 let mut ok = self
@@ -444,6 +487,10 @@ impl<R: Router, S: AsyncRead + AsyncWrite + Unpin + Send> Session<R, S> {
                     .cache
                     .authorize(&*snapshot, &self.acc.subject, Action::Subscribe, &t)
                     .is_allowed();
+                // A deny added, or taken away, since the subscription was checked.
+                if snapshot.withholds(subject, &t) {
+                    withholding.push(sub.full.clone());
+                }
                 if let Some(c) = snapshot.channel(t.tenant(), t.channel()) {
                     sub.qos = sub.qos.min(u8::from(c.max_qos));
                     // Deleted and created again (a new uid) within one snapshot: revoked, as
@@ -457,11 +504,15 @@ impl<R: Router, S: AsyncRead + AsyncWrite + Unpin + Send> Session<R, S> {
                 revoked.push(sub.full.clone());
             }
         }
+        self.subs.reset_withholding(withholding);
         for full in revoked {
             if let Some(sub) = self.subs.remove(&full) {
                 self.shared.metrics.refused("revoked", "subscription");
                 self.router_unsubscribe(&sub.router);
             }
+        }
+        if let Some(gate) = self.subs.withholding() {
+            self.shared.cache.count_hits(gate.take_hits());
         }
         Flow::Continue
     }
