@@ -80,6 +80,7 @@ fn persisted_snapshot() -> Stored {
             name: "tele".into(),
             max_qos: Qos::AtLeastOnce,
             retained_allowed: true,
+            delivery_metadata: false,
             max_message_size: None,
         }],
         grants: vec![

@@ -75,6 +75,7 @@ fn channel(name: String) -> Channel {
         name,
         max_qos: Qos::AtLeastOnce,
         retained_allowed: false,
+        delivery_metadata: false,
         max_message_size: None,
     }
 }

@@ -52,6 +52,13 @@ pub struct ChannelSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1))]
     pub max_message_size: Option<u32>,
+    /// Whether MQTT v5 subscribers get who published each message, how and when, as the user
+    /// properties `fleetward-publisher`, `fleetward-protocol` and `fleetward-created` after the
+    /// publisher's own (default false: a delivery carries the publisher's properties only, as
+    /// MQTT 5 says). A subscription may ask for them on a channel without this
+    /// (`dataplane/MQTT.md`, "Delivery metadata").
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub delivery_metadata: bool,
 }
 
 impl Default for ChannelSpec {
@@ -61,6 +68,7 @@ impl Default for ChannelSpec {
             max_qos: MAX_QOS,
             retained: true,
             max_message_size: None,
+            delivery_metadata: false,
         }
     }
 }

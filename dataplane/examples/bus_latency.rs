@@ -41,6 +41,7 @@ fn policy() -> Arc<Snapshot> {
             name: "telemetry".into(),
             max_qos: Qos::AtLeastOnce,
             retained_allowed: true,
+            delivery_metadata: false,
             max_message_size: None,
         }],
         grants: vec![Grant {

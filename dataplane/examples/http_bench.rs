@@ -38,6 +38,7 @@ fn policy() -> Arc<Snapshot> {
             name: "telemetry".into(),
             max_qos: Qos::AtLeastOnce,
             retained_allowed: true,
+            delivery_metadata: false,
             max_message_size: None,
         }],
         grants: ["sensor", "reader"]

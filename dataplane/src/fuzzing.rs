@@ -262,6 +262,7 @@ fn build_policy() -> Snapshot {
                 max_qos,
                 retained_allowed,
                 max_message_size: Some(WS_MAX_MESSAGE),
+                delivery_metadata: false,
             });
         }
         let denied: Vec<SubtopicPattern> = SubtopicPattern::parse(&format!("{WS_DENIED_LEVEL}/#"))

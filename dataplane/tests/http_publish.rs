@@ -94,6 +94,14 @@ async fn mosquitto_sub_receives_an_http_publish() {
         .args(["-V", "mqttv5", "-i", "msub", "-u", "acme/reader", "-P"])
         .arg(common::key("acme", "reader"))
         .args(["-t", "m/acme/c/commands/#", "-C", "1", "-W", "5", "-v"])
+        // `commands` carries no delivery metadata; this subscription asks for it.
+        .args([
+            "-D",
+            "subscribe",
+            "user-property",
+            "fleetward-metadata",
+            "true",
+        ])
         .args(["-F", "%t %p %P"])
         .kill_on_drop(true)
         .output();

@@ -25,8 +25,8 @@ PORT, KEYS = int(sys.argv[1]), json.loads(sys.argv[2])
 T0 = time.monotonic()
 out = {}
 
-def topic(sub):
-    return "m/acme/c/telemetry/" + sub
+def topic(sub, channel="telemetry"):
+    return "m/acme/c/" + channel + "/" + sub
 
 def props(kind, **values):
     p = Properties(kind)
@@ -36,7 +36,8 @@ def props(kind, **values):
 
 class Conn:
     """One connection of thing `thing` (v5 unless v5=False), with what it received."""
-    def __init__(self, thing, cid, v5=True, clean=True, expiry=None, keepalive=30, will=None):
+    def __init__(self, thing, cid, v5=True, clean=True, expiry=None, keepalive=30, will=None,
+                 max_packet=None):
         self.v5 = v5
         self.c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=cid,
                              protocol=mqtt.MQTTv5 if v5 else mqtt.MQTTv311,
@@ -53,8 +54,13 @@ class Conn:
         kw = {}
         if v5:
             kw["clean_start"] = clean
+            values = {}
             if expiry is not None:
-                kw["properties"] = props(PacketTypes.CONNECT, SessionExpiryInterval=expiry)
+                values["SessionExpiryInterval"] = expiry
+            if max_packet is not None:
+                values["MaximumPacketSize"] = max_packet
+            if values:
+                kw["properties"] = props(PacketTypes.CONNECT, **values)
         self.c.connect("127.0.0.1", PORT, keepalive, **kw)
         self.c.loop_start()
         assert self.acked.wait(10), "no CONNACK"
@@ -71,8 +77,10 @@ class Conn:
 
     def _on_message(self, c, u, m):
         ids = getattr(m.properties, "SubscriptionIdentifier", []) if m.properties else []
+        user = getattr(m.properties, "UserProperty", []) if m.properties else []
         self.messages.append({"t": time.monotonic() - T0, "topic": m.topic,
-                              "payload": m.payload.decode(), "qos": m.qos, "ids": sorted(ids)})
+                              "payload": m.payload.decode(), "qos": m.qos, "ids": sorted(ids),
+                              "user": [list(kv) for kv in user]})
 
     def _on_subscribe(self, c, u, mid, codes, p):
         self.subacked.set()
@@ -81,17 +89,23 @@ class Conn:
         self.disconnected = {"t": time.monotonic() - T0, "rc": rc.value}
         self.gone.set()
 
-    def subscribe(self, sub, qos, sid=None):
+    def subscribe(self, sub, qos, sid=None, channel="telemetry", user=None):
         self.subacked.clear()
-        p = props(PacketTypes.SUBSCRIBE, SubscriptionIdentifier=sid) if sid else None
+        values = {}
+        if sid:
+            values["SubscriptionIdentifier"] = sid
+        if user:
+            values["UserProperty"] = user
+        p = props(PacketTypes.SUBSCRIBE, **values) if values else None
         if self.v5:
-            self.c.subscribe(topic(sub), qos, properties=p)
+            self.c.subscribe(topic(sub, channel), qos, properties=p)
         else:
-            self.c.subscribe(topic(sub), qos)
+            self.c.subscribe(topic(sub, channel), qos)
         assert self.subacked.wait(10), "no SUBACK"
 
-    def publish(self, sub, payload, qos):
-        self.c.publish(topic(sub), payload, qos=qos).wait_for_publish(10)
+    def publish(self, sub, payload, qos, channel="telemetry", user=None):
+        p = props(PacketTypes.PUBLISH, UserProperty=user) if user else None
+        self.c.publish(topic(sub, channel), payload, qos=qos, properties=p).wait_for_publish(10)
 
     def disconnect(self, reason=0, **values):
         p = props(PacketTypes.DISCONNECT, **values) if values else None
@@ -452,4 +466,80 @@ print(json.dumps(out))
     assert_eq!(v["v3_60"], json!([true, 0x85]), "refused: {v}");
     assert_eq!(v["v3_0"], json!([true, 0x85]), "refused: {v}");
     assert_eq!(v["v3_2"], json!([false, 0]), "accepted: {v}");
+}
+
+/// Item 3: who published, how and when travel as user properties only where the channel says
+/// so (`deliveryMetadata`, on for the fixture's `telemetry`, off for `commands`) or the
+/// SUBSCRIBE asked (`fleetward-metadata: true`); otherwise a delivery carries the publisher's
+/// user properties exactly.
+#[tokio::test]
+async fn delivery_metadata_is_opt_in_per_channel_and_per_subscription() {
+    let fx = Fixture::start().await;
+    let v = paho(
+        &fx,
+        r#"
+plain = Conn("reader", "meta-plain")
+plain.subscribe("plain/#", 1, channel="commands")
+asked = Conn("reader", "meta-asked")
+asked.subscribe("asked/#", 1, channel="commands", user=[("fleetward-metadata", "true")])
+on = Conn("reader", "meta-on")
+on.subscribe("on/#", 1)
+s = Conn("sensor", "meta-s")
+s.publish("plain/x", b"a", 1, channel="commands", user=[("site", "north")])
+s.publish("asked/x", b"b", 1, channel="commands", user=[("site", "north")])
+s.publish("on/x", b"c", 1, user=[("site", "north")])
+for name, conn in (("plain", plain), ("asked", asked), ("on", on)):
+    out[name] = [m["user"] for m in conn.wait_messages(1, 10)]
+    conn.disconnect()
+s.disconnect()
+print(json.dumps(out))
+"#,
+    )
+    .await;
+    assert_eq!(v["plain"], json!([[["site", "north"]]]), "{v}");
+    for name in ["asked", "on"] {
+        let user = v[name][0].as_array().expect("one message");
+        let names: Vec<&str> = user.iter().filter_map(|kv| kv[0].as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "site",
+                "fleetward-publisher",
+                "fleetward-protocol",
+                "fleetward-created"
+            ],
+            "{name}: {v}"
+        );
+        assert_eq!(user[1], json!(["fleetward-publisher", "thing:sensor"]));
+        assert_eq!(user[2], json!(["fleetward-protocol", "mqtt"]));
+    }
+}
+
+/// Item 3: a client's Maximum Packet Size that only the delivery metadata would exceed still
+/// gets the message, without it; one the message itself exceeds gets nothing (MQTT 5,
+/// 3.1.2.11.4).
+#[tokio::test]
+async fn a_small_maximum_packet_size_gets_the_message_without_our_additions() {
+    let fx = Fixture::start().await;
+    let v = paho(
+        &fx,
+        r#"
+r = Conn("reader", "small-r", max_packet=64)
+r.subscribe("small/#", 1)
+s = Conn("sensor", "small-s")
+s.publish("small/big", b"x" * 100, 1)
+s.publish("small/fits", b"hi", 1)
+got = r.wait_messages(1, 10)
+time.sleep(1)
+out["messages"] = [[m["topic"], m["payload"], m["user"]] for m in r.messages]
+r.disconnect(); s.disconnect()
+print(json.dumps(out))
+"#,
+    )
+    .await;
+    assert_eq!(
+        v["messages"],
+        json!([["m/acme/c/telemetry/small/fits", "hi", []]]),
+        "{v}"
+    );
 }

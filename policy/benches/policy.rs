@@ -40,6 +40,7 @@ fn resources(things: usize) -> Resources {
                 name: format!("channel-{c}"),
                 max_qos: Qos::AtLeastOnce,
                 retained_allowed: true,
+                delivery_metadata: false,
                 max_message_size: None,
             });
         }

@@ -46,6 +46,7 @@ fn mk_channel(tenant: &str, name: &str) -> Channel {
         name: name.into(),
         max_qos: Qos::AtLeastOnce,
         retained_allowed: true,
+        delivery_metadata: false,
         max_message_size: None,
     }
 }

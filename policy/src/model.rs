@@ -292,6 +292,9 @@ pub struct Channel {
     /// The largest message payload, in bytes, if smaller than the tenant's.
     #[serde(default)]
     pub max_message_size: Option<u32>,
+    /// Whether MQTT v5 deliveries carry who published, how and when (user properties).
+    #[serde(default)]
+    pub delivery_metadata: bool,
 }
 
 fn default_true() -> bool {

@@ -72,6 +72,7 @@ fn snapshot() -> Snapshot {
         name: "telemetry".into(),
         max_qos: Qos::AtLeastOnce,
         retained_allowed: true,
+        delivery_metadata: false,
         max_message_size: None,
     });
     r.things.push(Thing {

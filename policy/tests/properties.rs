@@ -137,6 +137,7 @@ fn arb_resource() -> impl Strategy<Value = Resource> {
                 name: CHANNELS[i].into(),
                 max_qos: Qos::AtLeastOnce,
                 retained_allowed: true,
+                delivery_metadata: false,
                 max_message_size: None,
             })
         }),
@@ -198,6 +199,7 @@ fn build(version: u64, resources: Vec<Resource>) -> Snapshot {
                 name: (*ch).into(),
                 max_qos: Qos::AtLeastOnce,
                 retained_allowed: true,
+                delivery_metadata: false,
                 max_message_size: None,
             });
         }

@@ -22,6 +22,7 @@ fn mk_resources(tenants: usize, things: usize) -> Resources {
             name: "telemetry".into(),
             max_qos: Qos::ExactlyOnce,
             retained_allowed: false,
+            delivery_metadata: false,
             max_message_size: Some(4096),
         });
         r.users.push(User {

@@ -166,6 +166,7 @@ fn channel_to(c: &policy::Channel) -> pb::Channel {
         retained_allowed: c.retained_allowed,
         max_message_size: c.max_message_size,
         uid: c.uid.clone(),
+        delivery_metadata: c.delivery_metadata,
     }
 }
 
@@ -375,6 +376,7 @@ fn channel_from(c: pb::Channel) -> Result<policy::Channel, ConvertError> {
         max_qos,
         retained_allowed: c.retained_allowed,
         max_message_size: c.max_message_size,
+        delivery_metadata: c.delivery_metadata,
     })
 }
 

@@ -648,6 +648,7 @@ mod tests {
                 uid: uid.into(),
                 max_qos: fleetward_policy::Qos::AtMostOnce,
                 retained_allowed: true,
+                delivery_metadata: false,
                 max_message_size: None,
             });
         }

@@ -221,6 +221,9 @@ pub const PUBLISHER_PROPERTY: &str = "fleetward-publisher";
 pub const PROTOCOL_PROPERTY: &str = "fleetward-protocol";
 /// The v5 user property with when the dataplane accepted it, RFC 3339 UTC with nanoseconds.
 pub const CREATED_PROPERTY: &str = "fleetward-created";
+/// The v5 SUBSCRIBE user property (value `true`) asking for the three above on that
+/// packet's subscriptions, on a channel whose `deliveryMetadata` is off.
+pub const METADATA_SUBSCRIPTION_PROPERTY: &str = "fleetward-metadata";
 
 /// A `created_ns` as RFC 3339 UTC with nanoseconds (`2026-11-26T09:13:29.123456789Z`).
 pub fn rfc3339(created_ns: u64) -> String {

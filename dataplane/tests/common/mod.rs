@@ -31,13 +31,14 @@ fn thing(tenant: &str, name: &str, mountpoint: Option<&str>) -> Thing {
     }
 }
 
-fn channel(tenant: &str, name: &str, max_qos: Qos, retained: bool) -> Channel {
+fn channel(tenant: &str, name: &str, max_qos: Qos, retained: bool, metadata: bool) -> Channel {
     Channel {
         uid: String::new(),
         tenant: tenant.into(),
         name: name.into(),
         max_qos,
         retained_allowed: retained,
+        delivery_metadata: metadata,
         max_message_size: None,
     }
 }
@@ -55,8 +56,8 @@ pub fn grant(tenant: &str, name: &str, thing: &str, channel: &str, actions: Acti
 }
 
 /// Per tenant: things `sensor`, `reader`, `mounted` (mountpoint `telemetry`), `stranger`
-/// (no grants); channels `telemetry` (QoS ≤ 2, retained), `commands` (QoS ≤ 1, no
-/// retained); `sensor` publishes on both, `reader` subscribes to both, `mounted` does both on
+/// (no grants); channels `telemetry` (QoS ≤ 2, retained, delivery metadata), `commands` (QoS ≤
+/// 1, no retained, no delivery metadata); `sensor` publishes on both, `reader` subscribes to both, `mounted` does both on
 /// `telemetry`.
 pub fn resources() -> Resources {
     let mut r = Resources::default();
@@ -72,9 +73,9 @@ pub fn resources() -> Resources {
         }
         r.things.push(thing(t, "mounted", Some("telemetry")));
         r.channels
-            .push(channel(t, "telemetry", Qos::ExactlyOnce, true));
+            .push(channel(t, "telemetry", Qos::ExactlyOnce, true, true));
         r.channels
-            .push(channel(t, "commands", Qos::AtLeastOnce, false));
+            .push(channel(t, "commands", Qos::AtLeastOnce, false, false));
         r.grants.push(grant(
             t,
             "sensor-telemetry",

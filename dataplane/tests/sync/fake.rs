@@ -131,6 +131,7 @@ pub fn full(version: u64, nonce: u64, channels: &[&str]) -> pb::Update {
                     name: (*c).into(),
                     max_qos: pb::Qos::AtLeastOnce.into(),
                     retained_allowed: true,
+                    delivery_metadata: false,
                     max_message_size: None,
                 })
                 .collect(),

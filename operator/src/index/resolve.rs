@@ -249,6 +249,7 @@ impl<'a> Resolver<'a> {
                 max_qos,
                 retained_allowed: ch.spec.retained,
                 max_message_size: ch.spec.max_message_size,
+                delivery_metadata: ch.spec.delivery_metadata,
             });
             served.insert(name.as_str());
             let r = Readiness::ready(Reason::Accepted, "the channel is served");

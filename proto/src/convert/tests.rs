@@ -128,15 +128,27 @@ fn arb_channel() -> impl Strategy<Value = Channel> {
         any::<bool>(),
         opt_u32(),
         uid(),
+        any::<bool>(),
     )
         .prop_map(
-            |(tenant, name, max_qos, retained_allowed, max_message_size, uid)| Channel {
+            |(
                 tenant,
                 name,
-                uid,
                 max_qos,
                 retained_allowed,
                 max_message_size,
+                uid,
+                delivery_metadata,
+            )| {
+                Channel {
+                    tenant,
+                    name,
+                    uid,
+                    max_qos,
+                    retained_allowed,
+                    max_message_size,
+                    delivery_metadata,
+                }
             },
         )
 }
@@ -414,6 +426,7 @@ fn a_re_created_channel_and_tenant_reach_the_dataplane_with_their_new_uids() {
             uid: format!("channel-{uid}"),
             max_qos: Qos::AtLeastOnce,
             retained_allowed: true,
+            delivery_metadata: false,
             max_message_size: None,
         }],
         ..Resources::default()

@@ -7,7 +7,15 @@ use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::{OutMsg, Outbound, Session, limits};
 use crate::mqtt::codec::{Version, publish_props, publish_with_id};
-use crate::router::{Message, Router};
+use crate::router::{Message, Router, channel_key};
+
+/// The last channel a v5 delivery went out on, whether it carries delivery metadata, and the
+/// policy version that said so.
+pub(crate) struct MetadataMemo {
+    version: u64,
+    channel: Box<str>,
+    on: bool,
+}
 
 impl<R: Router, S: AsyncRead + AsyncWrite + Unpin + Send> Session<R, S> {
     pub(super) fn flush_pending(&mut self) {
@@ -30,7 +38,7 @@ impl<R: Router, S: AsyncRead + AsyncWrite + Unpin + Send> Session<R, S> {
 
     /// Delivers a message to the client at min(published QoS, granted QoS), if a live
     /// subscription still matches it.
-    pub(super) fn deliver(&mut self, message: Message, retained: bool) {
+    pub(super) fn deliver(&mut self, mut message: Message, retained: bool) {
         let Ok(topic) = std::str::from_utf8(&message.topic) else {
             return;
         };
@@ -48,6 +56,7 @@ impl<R: Router, S: AsyncRead + AsyncWrite + Unpin + Send> Session<R, S> {
         let mut granted: Option<u8> = None;
         let mut ids = Vec::new();
         let mut keep_retain = false;
+        let mut metadata = false;
         let own = message.origin.is_some() && message.origin == Some(self.acc.registration.conn());
         // Once, whatever number of filters match: the router hands a message to a session once
         // (router::routes), and the delivery takes the highest QoS of those filters.
@@ -57,6 +66,7 @@ impl<R: Router, S: AsyncRead + AsyncWrite + Unpin + Send> Session<R, S> {
             if matches {
                 granted = Some(granted.map_or(sub.qos, |g| g.max(sub.qos)));
                 keep_retain |= sub.retain_as_published;
+                metadata |= sub.metadata;
                 if let Some(id) = sub.id {
                     ids.push(id);
                 }
@@ -77,58 +87,110 @@ impl<R: Router, S: AsyncRead + AsyncWrite + Unpin + Send> Session<R, S> {
         } else {
             message.topic.clone()
         };
-        let props = match self.codec.version() {
-            Version::V4 => None,
+        // v5: the client's own properties, and a variant with the delivery metadata where the
+        // channel or a matching subscription asks for it.
+        let (props, with_metadata) = match self.codec.version() {
+            Version::V4 => (None, None),
             Version::V5 => {
-                let metadata = message.metadata_properties();
-                let mut p = message.props.map(|b| *b).unwrap_or_default();
-                p.user_properties.extend(metadata);
+                let mut p = message.props.take().map(|b| *b).unwrap_or_default();
                 if let (Some(m), Some(rt)) = (&self.acc.mount, &p.response_topic) {
                     // Relative to the mountpoint, like the topic; one outside it is of no use
                     // to a client whose every publish is taken relative to it.
                     p.response_topic = m.unmount(rt).map(str::to_owned);
                 }
-                (!p.is_empty() || !ids.is_empty()).then(|| publish_props(p, ids))
+                let with_metadata = (metadata || self.channel_metadata(topic)).then(|| {
+                    let mut m = p.clone();
+                    m.user_properties.extend(message.metadata_properties());
+                    publish_props(m, ids.clone())
+                });
+                let plain = (!p.is_empty() || !ids.is_empty()).then(|| publish_props(p, ids));
+                (plain, with_metadata)
             }
         };
-        let (publish, pkid) = if qos == 0 {
-            (Publish::new(topic_bytes, message.payload, retained), None)
-        } else {
-            let pkid = self.allocate_pkid();
-            let publish =
-                publish_with_id(&topic_bytes, &message.payload, qos, pkid, retained, false);
+        let pkid = (qos > 0).then(|| self.allocate_pkid());
+        let (publish, out) = match pkid {
+            None => (Publish::new(topic_bytes, message.payload, retained), None),
+            Some(pkid) => {
+                let publish =
+                    publish_with_id(&topic_bytes, &message.payload, qos, pkid, retained, false);
+                (publish, Some((pkid, topic_bytes, message.payload)))
+            }
+        };
+        // With the metadata first; a client whose maximum packet size only our additions
+        // exceed gets the message without them (MQTT 5 has the server drop what is larger).
+        let kept = |p: &Option<PublishProperties>| if out.is_some() { p.clone() } else { None };
+        let sent = match with_metadata {
+            Some(m) if self.write_within_max(publish.clone(), Some(m.clone())) => {
+                Some(kept(&Some(m)))
+            }
+            _ => {
+                let keep = kept(&props);
+                self.write_within_max(publish, props).then_some(keep)
+            }
+        };
+        let Some(props) = sent else {
+            return;
+        };
+        if let Some((pkid, topic, payload)) = out {
+            let state = if qos == 1 {
+                Outbound::Qos1Sent
+            } else {
+                Outbound::Qos2Sent
+            };
             let out = OutMsg {
-                topic: topic_bytes,
-                payload: message.payload,
+                topic,
+                payload,
                 qos,
                 retain: retained,
-                props: props.clone(),
+                props,
             };
-            (publish, Some((pkid, out)))
-        };
+            self.inflight.insert(pkid, (state, out));
+        }
+        self.delivered += 1;
+    }
+
+    /// Writes a delivery unless it is larger than the client accepts (v5 maximum packet size):
+    /// then it is taken back, and so is an alias it would have introduced.
+    fn write_within_max(&mut self, publish: Publish, props: Option<PublishProperties>) -> bool {
         let (publish, props, new_alias) = self.alias_outbound(publish, props);
         let before = self.wbuf.len();
         self.write(Packet::Publish(publish, props));
         if let Some(max) = self.acc.client_max_packet
             && self.wbuf.len() - before > max
         {
-            // Larger than the client accepts (v5 maximum packet size): dropped for it, and an
-            // alias it never saw is taken back.
             self.wbuf.truncate(before);
             if let Some(topic) = new_alias {
                 self.out_aliases.remove(&topic);
             }
-            return;
+            return false;
         }
-        if let Some((pkid, out)) = pkid {
-            let state = if qos == 1 {
-                Outbound::Qos1Sent
-            } else {
-                Outbound::Qos2Sent
-            };
-            self.inflight.insert(pkid, (state, out));
+        true
+    }
+
+    /// Whether the channel of `topic` (a full topic) carries delivery metadata, remembered for
+    /// the last channel under the policy version it was read from.
+    fn channel_metadata(&mut self, topic: &str) -> bool {
+        let snapshot = self.policy_now();
+        let key = channel_key(topic);
+        if let Some(m) = &self.metadata_memo
+            && m.version == snapshot.version()
+            && *m.channel == *key
+        {
+            return m.on;
         }
-        self.delivered += 1;
+        let mut levels = key.split('/').skip(1).step_by(2);
+        let on = match (levels.next(), levels.next()) {
+            (Some(tenant), Some(channel)) => snapshot
+                .channel(tenant, channel)
+                .is_some_and(|c| c.delivery_metadata),
+            _ => false,
+        };
+        self.metadata_memo = Some(Box::new(MetadataMemo {
+            version: snapshot.version(),
+            channel: key.into(),
+            on,
+        }));
+        on
     }
 
     /// Whether the subject may receive a message on the full `topic`: a subtopic deny of its

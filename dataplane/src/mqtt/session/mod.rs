@@ -51,6 +51,8 @@ pub(crate) struct Subscription {
     retain_as_published: bool,
     qos: u8,
     id: Option<usize>,
+    /// v5: its SUBSCRIBE asked for delivery metadata (`fleetward-metadata: true`).
+    metadata: bool,
     /// The Tenant and Channel it was made under: a saved session drops it once the policy has
     /// either under another uid (deleted and created again under its name).
     made_under: persist::Incarnation,
@@ -124,6 +126,9 @@ pub(crate) struct Session<R: Router, S> {
     /// A resumed persistent session's bound on what was queued while its client was away;
     /// boxed, as only resumed sessions have one.
     offline: Option<Box<OfflineBound>>,
+    /// v5: whether the last channel delivered on carries delivery metadata; boxed, made at the
+    /// first v5 delivery.
+    metadata_memo: Option<Box<deliver::MetadataMemo>>,
 }
 
 /// How many more messages queued before a resume a resumed session is sent.
@@ -206,6 +211,7 @@ impl<R: Router, S: AsyncRead + AsyncWrite + Unpin + Send> Session<R, S> {
             router_backlog: 0,
             publishing: None,
             offline: None,
+            metadata_memo: None,
         };
         if let Some(saved) = connected.saved {
             s.offline = Some(Box::new(OfflineBound {

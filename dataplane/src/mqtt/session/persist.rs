@@ -462,6 +462,7 @@ mod tests {
                 uid: uid.into(),
                 max_qos: fleetward_policy::Qos::AtLeastOnce,
                 retained_allowed: true,
+                delivery_metadata: false,
                 max_message_size: None,
             });
         }
@@ -486,6 +487,7 @@ mod tests {
                 retain_as_published: false,
                 qos: 1,
                 id: None,
+                metadata: false,
                 made_under: Incarnation::of(snapshot, tenant, channel),
             });
         }

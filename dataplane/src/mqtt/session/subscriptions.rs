@@ -23,7 +23,7 @@ use super::{Flow, Session, Subscription, limits};
 use crate::mqtt::Uids;
 use crate::mqtt::codec::Version;
 use crate::mqtt::reason;
-use crate::router::{Router, RouterLink, SessionMode, channel_key};
+use crate::router::{METADATA_SUBSCRIPTION_PROPERTY, Router, RouterLink, SessionMode, channel_key};
 
 /// Up to this many subscriptions a delivery matches each one instead of using the index.
 const SMALL: usize = 8;
@@ -260,6 +260,12 @@ impl<R: Router, S: AsyncRead + AsyncWrite + Unpin + Send> Session<R, S> {
     ) {
         let version = self.codec.version();
         let snapshot = self.policy_now();
+        // v5: the packet's subscriptions get delivery metadata on any channel.
+        let metadata = props.as_ref().is_some_and(|p| {
+            p.user_properties
+                .iter()
+                .any(|(k, v)| k == METADATA_SUBSCRIPTION_PROPERTY && v == "true")
+        });
         let sub_id = props.and_then(|p| p.id);
         let mut codes = Vec::with_capacity(subscribe.filters.len());
         let mut retained = Vec::new();
@@ -384,6 +390,7 @@ impl<R: Router, S: AsyncRead + AsyncWrite + Unpin + Send> Session<R, S> {
                         retain_as_published: f.preserve_retain,
                         qos: granted,
                         id: sub_id,
+                        metadata,
                         made_under,
                     });
                     if f.nolocal {
@@ -546,6 +553,7 @@ mod tests {
             retain_as_published: false,
             qos: 0,
             id: None,
+            metadata: false,
             made_under: Incarnation::default(),
         }
     }
