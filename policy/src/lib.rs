@@ -15,6 +15,7 @@
 //!         uid: String::new(),
 //!         suspended: false,
 //!         limits: TenantLimits::default(),
+//!         web: Default::default(),
 //!     }],
 //!     things: vec![Thing {
 //!         tenant: "acme".into(),
@@ -70,6 +71,7 @@ pub mod pattern;
 pub mod snapshot;
 pub mod tokens;
 pub mod topic;
+pub mod web;
 
 pub use cache::{CacheStats, CachedEvaluator, DecisionCache};
 pub use credentials::{
@@ -95,3 +97,4 @@ pub use topic::{
     Mountpoint, Topic, TopicError, TopicKind, TopicLimits, filter_matches, parse_filter,
     parse_topic_name,
 };
+pub use web::{TenantWeb, parse_origin};
