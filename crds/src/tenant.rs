@@ -119,11 +119,14 @@ pub struct TenantLimits {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1))]
     pub max_message_size: Option<u32>,
-    /// Sustained publish rate allowed to each thing, in messages per second.
+    /// Sustained publish rate of the whole tenant, in messages per second on each dataplane
+    /// pod: all its things and users together, over MQTT, HTTP and WebSocket. Past it MQTT
+    /// publishers are throttled and HTTP publishes refused with 429.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1))]
     pub publish_rate: Option<u32>,
-    /// Messages a thing may publish in a burst above `publishRate` before it is throttled.
+    /// Messages the tenant may publish in a burst above `publishRate`, on each dataplane pod,
+    /// before it is throttled.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1))]
     pub publish_burst: Option<u32>,
