@@ -72,6 +72,7 @@ fn persisted_snapshot() -> Stored {
             name: "acme".into(),
             suspended: false,
             limits: Default::default(),
+            web: Default::default(),
         }],
         things: vec![thing("sensor"), thing("reader")],
         channels: vec![Channel {

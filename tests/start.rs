@@ -309,3 +309,86 @@ fn can_i_answers_on_the_examples_with_the_grant_or_the_reason() {
     }
     std::fs::remove_dir_all(root).ok();
 }
+
+/// A CORS preflight of a POST to `path` from a page of `origin`: the status and the
+/// `Access-Control-Allow-Origin` it got.
+fn preflight(http: SocketAddr, origin: &str, path: &str) -> (u16, Option<String>) {
+    let out = Command::new("curl")
+        .args(["-sS", "-i", "--max-time", "10", "-X", "OPTIONS"])
+        .args(["-H", &format!("Origin: {origin}")])
+        .args(["-H", "Access-Control-Request-Method: POST"])
+        .arg(format!("http://{http}{path}"))
+        .output()
+        .expect("curl is installed");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let status = text
+        .lines()
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("an HTTP answer: {text}"));
+    let allowed = text.lines().find_map(|l| {
+        let (k, v) = l.split_once(':')?;
+        k.eq_ignore_ascii_case("access-control-allow-origin")
+            .then(|| v.trim().to_owned())
+    });
+    (status, allowed)
+}
+
+#[test]
+fn a_manifests_allowed_origins_and_the_cors_flag_answer_preflights() {
+    const PAGE: &str = "https://dash.acme.example";
+    let root = tempdir("cors");
+    let manifests = root.join("manifests");
+    std::fs::create_dir_all(&manifests).expect("dir");
+    let acme = std::fs::read_to_string(examples().join("acme.yaml")).expect("acme example");
+    let acme = acme.replacen(
+        "    publishBurst: 100\n",
+        "    publishBurst: 100\n  web:\n    allowedOrigins: [\"https://dash.acme.example\", \"https://Dash.acme.example/\"]\n",
+        1,
+    );
+    assert!(
+        acme.contains("allowedOrigins"),
+        "the example's Tenant moved"
+    );
+    std::fs::write(manifests.join("acme.yaml"), acme).expect("write");
+    std::fs::copy(
+        examples().join("globex.yaml"),
+        manifests.join("globex.yaml"),
+    )
+    .expect("copy");
+    let start = support::StartOptions::new(&manifests, &root.join("state"))
+        .args(["--cors-allowed-origins=http://localhost:5173"])
+        .run();
+    // Poll until the policy is applied: the first snapshot may come after the listeners.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let got = preflight(start.http, PAGE, "/m/acme/c/telemetry/room1");
+        if got == (200, Some(PAGE.to_owned())) {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "still {got:?}");
+        thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(
+        preflight(start.http, PAGE, "/m/globex/c/telemetry/room1"),
+        (403, None)
+    );
+    assert_eq!(
+        preflight(
+            start.http,
+            "https://Dash.acme.example/",
+            "/m/acme/c/telemetry"
+        ),
+        (403, None)
+    );
+    assert_eq!(
+        preflight(start.http, "http://localhost:5173", "/m/globex/c/telemetry"),
+        (200, Some("http://localhost:5173".to_owned()))
+    );
+    assert_eq!(
+        preflight(start.http, PAGE, "/users/tokens"),
+        (200, Some(PAGE.to_owned()))
+    );
+    std::fs::remove_dir_all(root).ok();
+}

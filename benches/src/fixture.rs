@@ -90,6 +90,7 @@ pub fn policy(pairs: usize) -> Result<Arc<Snapshot>, BuildError> {
         name: TENANT.into(),
         suspended: false,
         limits: Default::default(),
+        web: Default::default(),
     });
     r.channels.push(channel(FAN_CHANNEL.into()));
     for i in 0..pairs {

@@ -21,7 +21,7 @@ pub use status::{
     ChannelStatus, ConnectionStatus, GroupStatus, ResourceStatus, TenantStatus, ThingStatus,
     UserStatus,
 };
-pub use tenant::{Tenant, TenantLimits, TenantSpec};
+pub use tenant::{Tenant, TenantLimits, TenantSpec, TenantWeb};
 pub use thing::{Thing, ThingCredentials, ThingSpec};
 pub use user::{Role, SecretKeyRef, User, UserSpec};
 

@@ -54,6 +54,46 @@ pub struct TenantSpec {
     /// Quotas for the tenant. An unset limit means no limit.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub limits: Option<TenantLimits>,
+    /// What the tenant allows browser pages.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub web: Option<TenantWeb>,
+}
+
+/// The most origins one Tenant may list.
+pub const ALLOWED_ORIGINS_MAX: usize = 64;
+
+/// Message of the rule refusing an origin a browser would never send.
+pub const ORIGIN_MESSAGE: &str = "an origin is scheme://host[:port] as a browser sends it: http or \
+     https, lower case, no path, no trailing '/', no wildcard (for example \
+     'https://dash.example.com')";
+
+/// What a tenant allows browser pages.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TenantWeb {
+    /// Origins whose pages may call the tenant's HTTP API across origins (CORS): sign in,
+    /// refresh, publish. Each is exact, as a browser sends it in `Origin`, for example
+    /// `https://dash.example.com`. The dataplane's `--cors-allowed-origins` adds origins for
+    /// every tenant.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(schema_with = "allowed_origins")]
+    pub allowed_origins: Vec<String>,
+}
+
+fn allowed_origins(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "type": "array",
+        "maxItems": ALLOWED_ORIGINS_MAX,
+        "x-kubernetes-list-type": "set",
+        "items": {
+            "type": "string",
+            "maxLength": 253,
+            "x-kubernetes-validations": [{
+                "rule": "self.matches('^https?://[^/?#*@\\\\sA-Z]+$')",
+                "message": ORIGIN_MESSAGE,
+            }],
+        },
+    })
 }
 
 /// Quotas for one tenant. Every limit is optional and, when set, at least 1.
@@ -79,11 +119,14 @@ pub struct TenantLimits {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1))]
     pub max_message_size: Option<u32>,
-    /// Sustained publish rate allowed to each thing, in messages per second.
+    /// Sustained publish rate of the whole tenant, in messages per second on each dataplane
+    /// pod: all its things and users together, over MQTT, HTTP and WebSocket. Past it MQTT
+    /// publishers are throttled and HTTP publishes refused with 429.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1))]
     pub publish_rate: Option<u32>,
-    /// Messages a thing may publish in a burst above `publishRate` before it is throttled.
+    /// Messages the tenant may publish in a burst above `publishRate`, on each dataplane pod,
+    /// before it is throttled.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1))]
     pub publish_burst: Option<u32>,
@@ -123,6 +166,7 @@ mod tests {
                 display_name: None,
                 suspended: false,
                 limits: None,
+                web: None,
             },
         )
     }

@@ -11,7 +11,7 @@ use crate::schema::{
     DNS_LABEL_MESSAGE, NAME_MESSAGE, SUBTOPIC_DOLLAR_MESSAGE, SUBTOPIC_HASH_LAST_MESSAGE,
     SUBTOPIC_NUL_MESSAGE, SUBTOPIC_WILDCARD_MESSAGE,
 };
-use crate::tenant::NAMESPACE_IMMUTABLE_MESSAGE;
+use crate::tenant::{NAMESPACE_IMMUTABLE_MESSAGE, ORIGIN_MESSAGE};
 
 /// The example manifests, as committed under `examples/`: (file name, YAML).
 pub const EXAMPLES: [(&str, &str); 2] = [
@@ -126,7 +126,26 @@ pub fn invalid_variants() -> Vec<InvalidVariant> {
     let user = || example("User", "acme", "alice");
     let group = || example("Group", "acme", "operators");
 
+    let origin = |o: &str| with(tenant(), "/spec/web", json!({ "allowedOrigins": [o] }));
+
     vec![
+        // An allowed origin is exactly what a browser sends in `Origin`.
+        variant(
+            "tenant-origin-with-a-path",
+            origin("https://dash.example.com/"),
+            ORIGIN_MESSAGE,
+        ),
+        variant("tenant-origin-wildcard", origin("*"), ORIGIN_MESSAGE),
+        variant(
+            "tenant-origin-upper-case",
+            origin("https://Dash.example.com"),
+            ORIGIN_MESSAGE,
+        ),
+        variant(
+            "tenant-origin-without-scheme",
+            origin("dash.example.com"),
+            ORIGIN_MESSAGE,
+        ),
         // Every reference is a DNS-1123 label.
         variant(
             "tenant-namespace-not-a-dns-label",

@@ -37,6 +37,7 @@ fn policy(signing_key: SigningKey) -> Arc<Snapshot> {
             name: "acme".into(),
             suspended: false,
             limits: Default::default(),
+            web: Default::default(),
         }],
         things: vec![Thing {
             tenant: "acme".into(),

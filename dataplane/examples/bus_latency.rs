@@ -26,6 +26,7 @@ fn policy() -> Arc<Snapshot> {
             name: "acme".into(),
             suspended: false,
             limits: Default::default(),
+            web: Default::default(),
         }],
         things: vec![Thing {
             tenant: "acme".into(),

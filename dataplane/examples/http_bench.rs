@@ -30,6 +30,7 @@ fn policy() -> Arc<Snapshot> {
             name: "bench".into(),
             suspended: false,
             limits: Default::default(),
+            web: Default::default(),
         }],
         things: vec![thing("sensor"), thing("reader")],
         channels: vec![Channel {

@@ -135,6 +135,16 @@ pub struct LimitArgs {
     /// HTTP requests served at once; more are answered 503 with Retry-After.
     #[arg(long, default_value_t = 1024)]
     pub http_max_requests: usize,
+    /// Origins whose browser pages may call the HTTP API of every tenant (CORS),
+    /// comma-separated, each as a browser sends it (`https://dash.example.com`); a Tenant's
+    /// `spec.web.allowedOrigins` adds its own.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        value_parser = fleetward_policy::parse_origin,
+        env = "FLEETWARD_CORS_ALLOWED_ORIGINS"
+    )]
+    pub cors_allowed_origins: Vec<String>,
     /// The largest MQTT packet accepted, in bytes (tenant and channel limits may be lower).
     #[arg(long, default_value_t = 1024 * 1024)]
     pub max_packet_size: usize,
@@ -201,6 +211,47 @@ impl LimitArgs {
             header_timeout: Duration::from_secs(self.http_header_timeout_secs.max(1)),
             body_timeout: Duration::from_secs(self.http_body_timeout_secs.max(1)),
             max_requests: self.http_max_requests.max(1),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::LimitArgs;
+
+    #[derive(Parser)]
+    struct Flags {
+        #[command(flatten)]
+        limits: LimitArgs,
+    }
+
+    #[test]
+    fn cors_origins_are_a_comma_separated_list_of_exact_origins() {
+        let f = Flags::try_parse_from([
+            "t",
+            "--cors-allowed-origins",
+            "https://dash.example.com,http://localhost:5173",
+        ])
+        .expect("two origins");
+        assert_eq!(
+            f.limits.cors_allowed_origins,
+            ["https://dash.example.com", "http://localhost:5173"]
+        );
+        assert!(
+            Flags::try_parse_from(["t"])
+                .expect("none")
+                .limits
+                .cors_allowed_origins
+                .is_empty()
+        );
+        for bad in ["*", "https://dash.example.com/", "dash.example.com"] {
+            let e = Flags::try_parse_from(["t", "--cors-allowed-origins", bad])
+                .err()
+                .expect(bad)
+                .to_string();
+            assert!(e.contains("scheme://host[:port]"), "{e}");
         }
     }
 }

@@ -45,6 +45,7 @@ pub struct Dataplane {
     users: UsersConfig,
     max_pending: Option<usize>,
     http_limits: HttpLimits,
+    cors_allowed_origins: Vec<String>,
 }
 
 impl Dataplane {
@@ -63,6 +64,7 @@ impl Dataplane {
             users: UsersConfig::default(),
             max_pending: None,
             http_limits: HttpLimits::default(),
+            cors_allowed_origins: Vec::new(),
         }
     }
 
@@ -91,6 +93,7 @@ impl Dataplane {
         self.mqtt_config(limits.mqtt_config())
             .http_limits(limits.http_limits())
             .max_pending_connections(limits.max_pending_connections)
+            .cors_allowed_origins(limits.cors_allowed_origins.clone())
     }
 
     /// The cross-pod bus: NATS with this configuration, or (`None`, the default) none, for a
@@ -153,6 +156,13 @@ impl Dataplane {
     /// The HTTP listener's timeouts and request cap.
     pub fn http_limits(mut self, limits: HttpLimits) -> Self {
         self.http_limits = limits;
+        self
+    }
+
+    /// Origins whose pages may call every tenant's HTTP API (CORS), besides each Tenant's
+    /// `spec.web.allowedOrigins`; each as a browser sends it (`https://dash.example.com`).
+    pub fn cors_allowed_origins(mut self, origins: Vec<String>) -> Self {
+        self.cors_allowed_origins = origins;
         self
     }
 
@@ -272,6 +282,7 @@ impl Dataplane {
                 GatedListener::new(listener, gate.clone(), Listener::Http),
                 shared.clone(),
                 self.http_limits,
+                self.cors_allowed_origins.clone(),
             )));
         }
 

@@ -235,6 +235,7 @@ fn build_policy() -> Snapshot {
             name: tenant.into(),
             suspended: false,
             limits: TenantLimits::default(),
+            web: Default::default(),
         });
         for (name, mountpoint) in [
             ("sensor", None),

@@ -402,8 +402,9 @@ pub(crate) async fn serve_http(listener: GatedListener, app: axum::Router, limit
                         return Ok::<_, std::convert::Infallible>(saturated());
                     };
                     // A success with credentials (a publish, a sign-in) authenticates the
-                    // socket; a GET (JWKS, a refused upgrade) does not.
-                    let authenticates = req.method() != hyper::Method::GET;
+                    // socket; a GET (JWKS, a refused upgrade) or a CORS preflight does not.
+                    let authenticates =
+                        !matches!(*req.method(), hyper::Method::GET | hyper::Method::OPTIONS);
                     let mut req = req.map(|body| {
                         axum::body::Body::new(tower_http::timeout::DeadlineBody::new(
                             limits.body_timeout,

@@ -440,3 +440,141 @@ async fn without_its_key_a_disabled_thing_or_suspended_tenant_gets_401_not_403()
     .await;
     assert_eq!(r.status, 403, "{r:?}");
 }
+
+/// Acme allows `https://dash.acme.example`; the pod allows `http://localhost:5173` for all.
+async fn with_cors() -> Adapters {
+    let mut r = resources();
+    for t in &mut r.tenants {
+        if t.name == "acme" {
+            t.web.allowed_origins = vec![ACME_PAGE.to_owned()];
+        }
+    }
+    Adapters::start_with_cors(r, &[POD_PAGE]).await
+}
+
+const ACME_PAGE: &str = "https://dash.acme.example";
+const POD_PAGE: &str = "http://localhost:5173";
+
+async fn preflight(fx: &Adapters, origin: &str, path: &str) -> adapters::Curl {
+    curl(&[
+        "-X",
+        "OPTIONS",
+        "-H",
+        &format!("Origin: {origin}"),
+        "-H",
+        "Access-Control-Request-Method: POST",
+        "-H",
+        "Access-Control-Request-Headers: authorization,content-type",
+        &fx.url(path),
+    ])
+    .await
+}
+
+#[tokio::test]
+async fn cors_preflights_are_answered_for_allowed_origins_and_refused_for_others() {
+    let fx = with_cors().await;
+
+    // The tenant's own origin, on the tenant's paths and on sign-in (which names no tenant).
+    for path in ["/m/acme/c/telemetry/room1", "/users/tokens"] {
+        let r = preflight(&fx, ACME_PAGE, path).await;
+        assert_eq!(r.status, 200, "{path}: {r:?}");
+        assert_eq!(r.header("access-control-allow-origin"), Some(ACME_PAGE));
+        let methods = r.header("access-control-allow-methods").unwrap_or("");
+        assert!(methods.contains("POST") && methods.contains("GET"), "{r:?}");
+        let headers = r
+            .header("access-control-allow-headers")
+            .unwrap_or("")
+            .to_ascii_lowercase();
+        assert!(
+            headers.contains("authorization") && headers.contains("content-type"),
+            "{r:?}"
+        );
+        assert_eq!(r.header("access-control-max-age"), Some("600"));
+        assert!(
+            r.header("vary")
+                .is_some_and(|v| v.to_ascii_lowercase().contains("origin")),
+            "{r:?}"
+        );
+        // Credentials travel in Authorization, never in cookies: no credentials mode.
+        assert_eq!(r.header("access-control-allow-credentials"), None);
+    }
+
+    // Another tenant's origin, and an origin nobody listed: 403 and no allow-origin.
+    for (origin, path) in [
+        (ACME_PAGE, "/m/globex/c/telemetry/room1"),
+        ("https://evil.example", "/m/acme/c/telemetry/room1"),
+        ("https://evil.example", "/users/tokens"),
+    ] {
+        let r = preflight(&fx, origin, path).await;
+        assert_eq!(r.status, 403, "{origin} {path}: {r:?}");
+        assert_eq!(r.header("access-control-allow-origin"), None, "{r:?}");
+        assert_eq!(r.json()["error"], "origin_not_allowed");
+        assert!(
+            r.json()["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("spec.web.allowedOrigins")),
+            "{r:?}"
+        );
+    }
+
+    // The pod's flag allows its origin for every tenant.
+    for path in ["/m/globex/c/telemetry/room1", "/users/tokens/refresh"] {
+        let r = preflight(&fx, POD_PAGE, path).await;
+        assert_eq!(r.status, 200, "{path}: {r:?}");
+        assert_eq!(r.header("access-control-allow-origin"), Some(POD_PAGE));
+    }
+}
+
+#[tokio::test]
+async fn cors_answers_carry_the_origin_and_expose_retry_after() {
+    let fx = with_cors().await;
+    let publish = |origin: &'static str| {
+        let url = fx.url("/m/acme/c/telemetry/room1");
+        async move {
+            curl(&[
+                "-H",
+                &format!("Origin: {origin}"),
+                "-H",
+                &thing_auth("acme", "sensor"),
+                "-H",
+                "Content-Type: text/plain",
+                "--data-binary",
+                "21.5",
+                &url,
+            ])
+            .await
+        }
+    };
+    let r = publish(ACME_PAGE).await;
+    assert_eq!(r.status, 202, "{r:?}");
+    assert_eq!(r.header("access-control-allow-origin"), Some(ACME_PAGE));
+    assert!(
+        r.header("access-control-expose-headers")
+            .is_some_and(|v| v.to_ascii_lowercase().contains("retry-after")),
+        "{r:?}"
+    );
+    assert!(
+        r.header("vary")
+            .is_some_and(|v| v.to_ascii_lowercase().contains("origin")),
+        "{r:?}"
+    );
+    assert_eq!(r.header("access-control-allow-credentials"), None);
+
+    // A page of an origin nobody listed gets no allow-origin: the browser hides the answer.
+    let r = publish("https://evil.example").await;
+    assert_eq!(r.header("access-control-allow-origin"), None, "{r:?}");
+
+    // A refused sign-in is readable by the page, so it can say what went wrong.
+    let r = curl(&[
+        "-H",
+        &format!("Origin: {ACME_PAGE}"),
+        "-H",
+        "Content-Type: application/json",
+        "--data-binary",
+        r#"{"tenant":"acme","username":"nobody","password":"wrong"}"#,
+        &fx.url("/users/tokens"),
+    ])
+    .await;
+    assert_eq!(r.status, 401, "{r:?}");
+    assert_eq!(r.header("access-control-allow-origin"), Some(ACME_PAGE));
+}

@@ -498,3 +498,59 @@ async fn a_client_back_with_its_own_id_takes_its_place_over_at_the_things_limit(
         "the session taken over is ended"
     );
 }
+
+/// The head of the next HTTP answer on `s` (empty if none came within `wait`).
+async fn http_head(s: &mut TcpStream, wait: Duration) -> Vec<u8> {
+    let until = Instant::now() + wait;
+    let mut got = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+        match tokio::time::timeout_at(until.into(), s.read(&mut buf)).await {
+            Ok(Ok(n)) if n > 0 => got.extend_from_slice(&buf[..n]),
+            _ => break,
+        }
+    }
+    got
+}
+
+#[tokio::test]
+async fn a_cors_preflight_leaves_its_socket_pending_and_a_publish_does_not() {
+    let (_policy, dp) = gated(100, 10, HttpLimits::default()).await;
+    let http = dp.http_addr.expect("http");
+    let mut s = http_socket(
+        http,
+        "OPTIONS /m/acme/c/telemetry HTTP/1.1\r\nHost: x\r\n\
+         Access-Control-Request-Method: POST\r\n\r\n",
+    )
+    .await;
+    let answer = http_head(&mut s, WAIT).await;
+    // Answered 200 (no Origin: nothing to refuse), which for another method would authenticate.
+    assert!(
+        answer.starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&answer)
+    );
+    assert_eq!(
+        dp.sockets(),
+        (1, 1),
+        "the preflight's socket is still pending"
+    );
+
+    // The control: a publish with credentials on a socket authenticates it.
+    let mut p = http_socket(
+        http,
+        &slow_post().replace("Content-Length: 100", "Content-Length: 10"),
+    )
+    .await;
+    let answer = http_head(&mut p, WAIT).await;
+    assert!(
+        answer.starts_with(b"HTTP/1.1 202"),
+        "{}",
+        String::from_utf8_lossy(&answer)
+    );
+    assert_eq!(
+        dp.sockets(),
+        (2, 1),
+        "the publish's socket is no longer pending"
+    );
+}

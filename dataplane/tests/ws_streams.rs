@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use adapters::{
     Adapters, Frame, WsAuth, curl, next_frame, next_json, send_json, thing_auth, ws_connect,
+    ws_connect_from,
 };
 use common::{resources, v4, v5};
 use serde_json::json;
@@ -237,6 +238,91 @@ async fn streams_are_refused_before_the_upgrade() {
     assert_eq!(
         (r.status, r.json()["error"].as_str()),
         (426, Some("upgrade_required"))
+    );
+}
+
+/// The close a refused stream ends with, or a panic saying what came instead.
+async fn refused_with(ws: &mut adapters::Ws) -> (u16, String) {
+    match next_frame(ws, WAIT).await {
+        Frame::Closed(Some(close)) => close,
+        other => panic!("expected a close frame, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_page_sees_a_refused_stream_close_4401_or_4403_with_the_reason() {
+    const PAGE: Option<&str> = Some("https://dash.acme.example");
+    let fx = Adapters::start().await;
+    let url = fx.ws_url("/m/acme/c/telemetry/%23");
+
+    // A handshake with Origin (a browser's) is upgraded, then closed with the refusal.
+    let (mut ws, _) = ws_connect_from(&url, WsAuth::None, PAGE)
+        .await
+        .expect("upgraded to be closed");
+    let (code, reason) = refused_with(&mut ws).await;
+    assert_eq!(code, 4401, "{reason}");
+    assert!(
+        reason.starts_with("unauthorized: no credentials"),
+        "{reason}"
+    );
+    assert!(reason.len() <= 123, "{reason}");
+
+    // Credentials in the subprotocol, as a page sends them: the offered one is selected, so
+    // the browser accepts the handshake and shows the close.
+    let (mut ws, protocol) = ws_connect_from(&url, WsAuth::Subprotocol("acme", "stranger"), PAGE)
+        .await
+        .expect("upgraded to be closed");
+    assert_eq!(protocol.as_deref(), Some("fleetward.v1"));
+    let (code, reason) = refused_with(&mut ws).await;
+    assert_eq!(code, 4403, "{reason}");
+    assert!(
+        reason.starts_with("forbidden: acme/stranger may not subscribe"),
+        "{reason}"
+    );
+
+    // Another tenant's channel is refused the same way.
+    let (mut ws, _) = ws_connect_from(&url, WsAuth::Subprotocol("globex", "reader"), PAGE)
+        .await
+        .expect("upgraded to be closed");
+    assert_eq!(refused_with(&mut ws).await.0, 4403);
+
+    // `?refusal=close` asks for it without Origin, `?refusal=http` declines it with Origin.
+    let (mut ws, _) = ws_connect(&format!("{url}?refusal=close"), WsAuth::None)
+        .await
+        .expect("upgraded to be closed");
+    assert_eq!(refused_with(&mut ws).await.0, 4401);
+    assert_eq!(
+        ws_connect_from(&format!("{url}?refusal=http"), WsAuth::None, PAGE)
+            .await
+            .err(),
+        Some(401)
+    );
+    assert_eq!(
+        ws_connect(&format!("{url}?refusal=maybe"), WsAuth::None)
+            .await
+            .err(),
+        Some(400)
+    );
+
+    // A granted page's stream is served as before, and gets its messages.
+    let (mut ws, _) = ws_connect_from(&url, WsAuth::Subprotocol("acme", "reader"), PAGE)
+        .await
+        .expect("accepted");
+    let r = curl(&[
+        "-H",
+        &thing_auth("acme", "sensor"),
+        "-H",
+        "Content-Type: text/plain",
+        "--data-binary",
+        "on",
+        &fx.url("/m/acme/c/telemetry/door"),
+    ])
+    .await;
+    assert_eq!(r.status, 202, "{r:?}");
+    let v = next_json(&mut ws, WAIT).await;
+    assert_eq!(
+        (v["type"].as_str(), v["payload"].as_str()),
+        (Some("message"), Some("on"))
     );
 }
 

@@ -117,6 +117,7 @@ mod tests {
                         display_name: None,
                         suspended: false,
                         limits: None,
+                        web: None,
                     },
                 );
                 t.metadata.generation = Some(1);

@@ -32,6 +32,7 @@ fn resources(things: usize) -> Resources {
             name: tenant.clone(),
             suspended: false,
             limits: Default::default(),
+            web: Default::default(),
         });
         for c in 0..CHANNELS_PER_TENANT {
             r.channels.push(Channel {

@@ -14,6 +14,7 @@ fn mk_tenant(name: &str) -> Tenant {
         name: name.into(),
         suspended: false,
         limits: TenantLimits::default(),
+        web: Default::default(),
     }
 }
 

@@ -16,6 +16,7 @@
 //!         uid: String::new(),
 //!         suspended: false,
 //!         limits: TenantLimits::default(),
+//!         web: Default::default(),
 //!     }],
 //!     things: vec![Thing {
 //!         tenant: "acme".into(),
@@ -72,6 +73,7 @@ pub mod pattern;
 pub mod snapshot;
 pub mod tokens;
 pub mod topic;
+pub mod web;
 
 pub use cache::{CacheStats, CachedEvaluator, DecisionCache};
 pub use credentials::{
@@ -98,3 +100,4 @@ pub use topic::{
     Mountpoint, Topic, TopicError, TopicKind, TopicLimits, filter_matches, parse_filter,
     parse_topic_name,
 };
+pub use web::{TenantWeb, parse_origin};

@@ -4,6 +4,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::credentials::KeyDigest;
 use crate::pattern::SubtopicPattern;
+use crate::web::TenantWeb;
 
 /// The identity of a namespaced resource: its tenant and its name within that tenant.
 ///
@@ -74,6 +75,9 @@ pub struct Tenant {
     /// The tenant's limits.
     #[serde(default)]
     pub limits: TenantLimits,
+    /// What the tenant allows browser pages.
+    #[serde(default, skip_serializing_if = "TenantWeb::is_empty")]
+    pub web: TenantWeb,
 }
 
 /// A device or service identity.

@@ -65,6 +65,7 @@ fn snapshot() -> Snapshot {
         name: "acme".into(),
         suspended: false,
         limits: Default::default(),
+        web: Default::default(),
     });
     r.channels.push(Channel {
         uid: String::new(),

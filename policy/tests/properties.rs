@@ -82,6 +82,7 @@ fn arb_resource() -> impl Strategy<Value = Resource> {
                 name,
                 suspended,
                 limits: Default::default(),
+                web: Default::default(),
             })
         }),
         1 => (tenant(), 0..THINGS.len(), prop::bool::weighted(0.1), 0..3usize, 0..2usize).prop_map(
@@ -191,6 +192,7 @@ fn build(version: u64, resources: Vec<Resource>) -> Snapshot {
             name: (*t).into(),
             suspended: false,
             limits: Default::default(),
+            web: Default::default(),
         });
         for ch in &CHANNELS[..2] {
             s.upsert_channel(Channel {

@@ -15,6 +15,7 @@ fn mk_resources(tenants: usize, things: usize) -> Resources {
             name: tenant.clone(),
             suspended: false,
             limits: Default::default(),
+            web: Default::default(),
         });
         r.channels.push(Channel {
             uid: String::new(),

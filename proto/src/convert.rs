@@ -78,6 +78,10 @@ fn tenant_to(t: &policy::Tenant) -> pb::Tenant {
             max_retained_bytes: l.max_retained_bytes,
         }),
         uid: t.uid.clone(),
+        // Absent when empty, so a tenant without it encodes as before the field existed.
+        web: (!t.web.is_empty()).then(|| pb::TenantWeb {
+            allowed_origins: t.web.allowed_origins.clone(),
+        }),
     }
 }
 
@@ -263,6 +267,9 @@ fn tenant_from(t: pb::Tenant) -> policy::Tenant {
             publish_burst: l.publish_burst,
             max_retained_messages: l.max_retained_messages,
             max_retained_bytes: l.max_retained_bytes,
+        },
+        web: policy::TenantWeb {
+            allowed_origins: t.web.map(|w| w.allowed_origins).unwrap_or_default(),
         },
     }
 }

@@ -1,6 +1,7 @@
 //! The HTTP listener: HTTP publish, MQTT over WebSocket at `/mqtt`, plain WebSocket streams.
 
 mod auth;
+mod cors;
 mod error;
 mod publish;
 
@@ -84,12 +85,21 @@ pub(crate) fn body_timed_out(e: &axum::Error) -> Option<ApiError> {
     None
 }
 
-/// Serves the HTTP listener until the task is dropped.
+/// Serves the HTTP listener until the task is dropped; pages of `cors_allowed_origins` (and
+/// of each Tenant's `spec.web.allowedOrigins`) may call it across origins.
 pub(crate) async fn serve<R: Router>(
     listener: GatedListener,
     shared: Arc<Shared<R>>,
     limits: HttpLimits,
+    cors_allowed_origins: Vec<String>,
 ) {
+    let origins = Arc::new(cors::Origins::new(
+        cors_allowed_origins,
+        shared.policy.clone(),
+    ));
+    let app = app(shared)
+        .layer(cors::layer(origins))
+        .layer(axum::middleware::from_fn(cors::refuse_unlisted_preflight));
     // Each request carries its peer's address: sign-in attempts are limited per address.
-    crate::listener::serve_http(listener, app(shared), limits).await;
+    crate::listener::serve_http(listener, app, limits).await;
 }

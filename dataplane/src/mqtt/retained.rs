@@ -641,6 +641,7 @@ mod tests {
                 uid: format!("{tenant}-uid"),
                 suspended: false,
                 limits: TenantLimits::default(),
+                web: Default::default(),
             });
             s.upsert_channel(fleetward_policy::Channel {
                 tenant: tenant.into(),
@@ -722,6 +723,7 @@ mod tests {
             uid: "u-uid-2".into(),
             suspended: false,
             limits: TenantLimits::default(),
+            web: Default::default(),
         });
         assert_eq!(r.purge_gone(&now), vec!["m/u/c/ch/a".to_owned()]);
         assert_eq!(r.usage("u"), (0, 0));
@@ -731,6 +733,7 @@ mod tests {
             uid: String::new(),
             suspended: false,
             limits: TenantLimits::default(),
+            web: Default::default(),
         });
         assert!(r.purge_gone(&unknown).is_empty());
         assert_eq!(r.usage("t").0, 3);

@@ -152,6 +152,7 @@ mod tests {
                 name: "acme".into(),
                 suspended: false,
                 limits: TenantLimits::default(),
+                web: Default::default(),
             }],
             ..Resources::default()
         };

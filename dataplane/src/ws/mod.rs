@@ -8,9 +8,10 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use axum::Extension;
+use axum::extract::rejection::QueryRejection;
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::{CloseFrame, Message as WsMessage, WebSocketUpgrade, close_code};
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use fleetward_policy::{Action, Decision, DenyReason, TopicLimits, parse_filter};
@@ -31,6 +32,56 @@ pub mod close {
     pub const SUBSCRIPTION_REVOKED: u16 = 4403;
     /// The router went away; reconnect.
     pub const UNAVAILABLE: u16 = super::close_code::ERROR;
+}
+
+/// How a refused stream is answered, chosen by `?refusal=` or else by whether the handshake
+/// carries `Origin` (every browser's does).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum Refusal {
+    /// A plain HTTP status before the upgrade (401, 403, 400, 503).
+    Http,
+    /// The upgrade accepted and the stream closed at once with a code and reason a page can
+    /// read: a browser sees only close code 1006 for a refused handshake.
+    Close,
+}
+
+/// The query of a stream's handshake.
+#[derive(serde::Deserialize)]
+pub(crate) struct StreamQuery {
+    refusal: Option<Refusal>,
+}
+
+impl Refusal {
+    fn of(query: Option<Refusal>, headers: &HeaderMap) -> Self {
+        query.unwrap_or(if headers.contains_key(axum::http::header::ORIGIN) {
+            Self::Close
+        } else {
+            Self::Http
+        })
+    }
+
+    /// Answers a refusal before the stream started: as HTTP, or closing the upgraded socket
+    /// with the status's close code and `<error>: <message>` as the reason.
+    fn answer(self, upgrade: WebSocketUpgrade, e: ApiError) -> Response {
+        match self {
+            Self::Http => e.into_response(),
+            Self::Close => {
+                let reason = format!("{}: {}", e.error, e.message);
+                close_at_once(upgrade, close_code_of(e.status), reason)
+            }
+        }
+    }
+}
+
+/// The close code of a refusal given as an HTTP status: 4000 + the status for a client's error
+/// (4401, 4403, 4400), 1013 (try again later) for 503, 1011 otherwise.
+pub(crate) fn close_code_of(status: StatusCode) -> u16 {
+    match status.as_u16() {
+        s @ 400..=499 => 4000 + s,
+        503 => close_code::AGAIN,
+        _ => close_code::ERROR,
+    }
 }
 
 /// The subprotocol of MQTT over WebSocket.
@@ -75,17 +126,26 @@ pub(crate) async fn stream<R: Router>(
     State(shared): State<Arc<Shared<R>>>,
     Path(params): Path<HashMap<String, String>>,
     headers: HeaderMap,
+    query: Result<Query<StreamQuery>, QueryRejection>,
     socket: Option<Extension<AuthHandle>>,
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
     let Ok(upgrade) = upgrade else {
         return upgrade_required();
     };
+    let Ok(Query(query)) = query else {
+        return ApiError::bad_request(
+            "?refusal= must be `http` (refusals as HTTP statuses) or `close` (the upgrade \
+             accepted, then closed with 4401/4403 and the reason)",
+        )
+        .into_response();
+    };
+    let refusal = Refusal::of(query.refusal, &headers);
     let stream = match accept(&shared, &params, &headers) {
         Ok(stream) => stream,
         Err(e) => {
             shared.metrics.refused("ws", e.error);
-            return e.into_response();
+            return refusal.answer(upgrade, e);
         }
     };
     // A stream is a connection of its tenant like any other: counted before it takes a
@@ -106,7 +166,7 @@ pub(crate) async fn stream<R: Router>(
     // it opened the stream sees its own messages.
     let link = match session::subscribe(&shared, &stream).await {
         Ok(link) => link,
-        Err(e) => return e.into_response(),
+        Err(e) => return refusal.answer(upgrade, e),
     };
     let max = shared.config.max_packet_size.saturating_add(64 * 1024);
     upgrade
@@ -196,4 +256,32 @@ fn accept<R: Router>(
         tenant_uid,
         channel_uid,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refusals_close_with_4000_plus_their_status() {
+        assert_eq!(close_code_of(StatusCode::UNAUTHORIZED), 4401);
+        assert_eq!(close_code_of(StatusCode::FORBIDDEN), 4403);
+        assert_eq!(close_code_of(StatusCode::BAD_REQUEST), 4400);
+        assert_eq!(close_code_of(StatusCode::SERVICE_UNAVAILABLE), 1013);
+        assert_eq!(close_code_of(StatusCode::INTERNAL_SERVER_ERROR), 1011);
+    }
+
+    #[test]
+    fn a_handshake_with_an_origin_is_refused_by_closing_unless_asked_otherwise() {
+        let mut browser = HeaderMap::new();
+        browser.insert(
+            axum::http::header::ORIGIN,
+            axum::http::HeaderValue::from_static("https://dash.example.com"),
+        );
+        let plain = HeaderMap::new();
+        assert_eq!(Refusal::of(None, &browser), Refusal::Close);
+        assert_eq!(Refusal::of(None, &plain), Refusal::Http);
+        assert_eq!(Refusal::of(Some(Refusal::Http), &browser), Refusal::Http);
+        assert_eq!(Refusal::of(Some(Refusal::Close), &plain), Refusal::Close);
+    }
 }

@@ -33,11 +33,17 @@ impl Adapters {
     }
 
     pub async fn start_with(resources: Resources) -> Self {
+        Self::start_with_cors(resources, &[]).await
+    }
+
+    /// With `--cors-allowed-origins` set to `origins`.
+    pub async fn start_with_cors(resources: Resources, origins: &[&str]) -> Self {
         let (policy, rx) = watch::channel(snapshot(1, resources));
         let dataplane = Dataplane::new(rx)
             .mqtt_listen(SocketAddr::from(([127, 0, 0, 1], 0)))
             .http_listen(Some(SocketAddr::from(([127, 0, 0, 1], 0))))
             .mqtt_config(MqttConfig::default())
+            .cors_allowed_origins(origins.iter().map(|o| (*o).to_owned()).collect())
             .start()
             .await
             .expect("dataplane starts");
@@ -139,8 +145,21 @@ pub enum WsAuth<'a> {
 
 /// Opens a WebSocket; `Err` carries the HTTP status of a refused handshake.
 pub async fn ws_connect(url: &str, auth: WsAuth<'_>) -> Result<(Ws, Option<String>), u16> {
+    ws_connect_from(url, auth, None).await
+}
+
+/// Opens a WebSocket as a page of `origin` would (a browser sends `Origin` on every
+/// handshake).
+pub async fn ws_connect_from(
+    url: &str,
+    auth: WsAuth<'_>,
+    origin: Option<&str>,
+) -> Result<(Ws, Option<String>), u16> {
     let mut request = url.into_client_request().expect("a WebSocket URL");
     let headers = request.headers_mut();
+    if let Some(origin) = origin {
+        headers.insert("origin", HeaderValue::from_str(origin).expect("header"));
+    }
     match auth {
         WsAuth::None => {}
         WsAuth::Basic(t, th) => {

@@ -67,6 +67,7 @@ pub fn resources() -> Resources {
             name: t.into(),
             suspended: false,
             limits: TenantLimits::default(),
+            web: Default::default(),
         });
         for name in ["sensor", "reader", "stranger"] {
             r.things.push(thing(t, name, None));

@@ -121,6 +121,7 @@ pub fn full(version: u64, nonce: u64, channels: &[&str]) -> pb::Update {
             version,
             tenants: vec![pb::Tenant {
                 name: "acme".into(),
+                web: Default::default(),
                 ..Default::default()
             }],
             channels: channels

@@ -81,6 +81,24 @@ pub(crate) struct Owner<'a> {
     pub spec: &'a crds::TenantSpec,
 }
 
+/// A Tenant's browser settings. An origin no browser would send (the CRD schema refuses it
+/// in a cluster; a manifest directory has no schema) is left out with a warning.
+fn web_of(tenant: &str, web: Option<&crds::TenantWeb>) -> policy::TenantWeb {
+    let allowed_origins = web
+        .map(|w| w.allowed_origins.as_slice())
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|o| match policy::parse_origin(o) {
+            Ok(origin) => Some(origin),
+            Err(why) => {
+                tracing::warn!(tenant, "spec.web.allowedOrigins: {why}; left out");
+                None
+            }
+        })
+        .collect();
+    policy::TenantWeb { allowed_origins }
+}
+
 /// Resolves a namespace that `owner` owns, or that no Tenant owns.
 pub(crate) fn resolve(
     namespace: &str,
@@ -112,6 +130,7 @@ pub(crate) fn resolve(
                 max_retained_messages: limits.max_retained_messages,
                 max_retained_bytes: limits.max_retained_bytes,
             },
+            web: web_of(tenant, spec.web.as_ref()),
         }),
         ..Resolution::default()
     };

@@ -40,6 +40,7 @@ fn tenant_spec() -> crds::TenantSpec {
         display_name: None,
         suspended: false,
         limits: None,
+        web: None,
     }
 }
 
@@ -493,6 +494,31 @@ fn suspending_a_tenant_reaches_the_snapshot() {
     assert_eq!(
         ready(&index, &ObjectKey::tenant("acme")),
         (true, Reason::Suspended)
+    );
+}
+
+#[test]
+fn a_tenants_allowed_origins_reach_the_snapshot_and_malformed_ones_are_left_out() {
+    let mut index = Index::new();
+    mk_acme(&mut index);
+    index.commit();
+    index.apply(mk_tenant(
+        "acme",
+        crds::TenantSpec {
+            web: Some(crds::TenantWeb {
+                allowed_origins: vec![
+                    "https://dash.example.com".into(),
+                    "https://Dash.example.com/".into(),
+                    "*".into(),
+                ],
+            }),
+            ..tenant_spec()
+        },
+    ));
+    let delta = index.commit().and_then(|c| c.delta).expect("changed");
+    assert_eq!(
+        delta.tenants.upserts[0].web.allowed_origins,
+        ["https://dash.example.com"]
     );
 }
 

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use fleetward_policy::{
     Actions, Channel, Grant, GrantSubject, Group, KeyDigest, Member, Qos, Resources, Role,
     SigningAlgorithm, SigningKey, Snapshot, SubjectKind, SubtopicPattern, Tenant, TenantLimits,
-    Thing, User, diff,
+    TenantWeb, Thing, User, diff,
 };
 use proptest::prelude::*;
 use prost::Message;
@@ -43,9 +43,10 @@ fn arb_tenant() -> impl Strategy<Value = Tenant> {
         ),
         (opt_u32(), prop::option::of(any::<u64>())),
         uid(),
+        prop::collection::vec("https://[a-z]{1,8}\\.example", 0..3),
     )
         .prop_map(
-            |(name, suspended, (a, b, c, d, e, f), (g, h), uid)| Tenant {
+            |(name, suspended, (a, b, c, d, e, f), (g, h), uid, origins)| Tenant {
                 name,
                 uid,
                 suspended,
@@ -58,6 +59,9 @@ fn arb_tenant() -> impl Strategy<Value = Tenant> {
                     publish_burst: f,
                     max_retained_messages: g,
                     max_retained_bytes: h,
+                },
+                web: TenantWeb {
+                    allowed_origins: origins,
                 },
             },
         )
@@ -393,6 +397,7 @@ fn a_stored_snapshot_reads_back() {
                 uid: String::new(),
                 suspended: false,
                 limits: TenantLimits::default(),
+                web: Default::default(),
             }],
             ..Resources::default()
         },
@@ -419,6 +424,7 @@ fn a_re_created_channel_and_tenant_reach_the_dataplane_with_their_new_uids() {
             uid: format!("tenant-{uid}"),
             suspended: false,
             limits: TenantLimits::default(),
+            web: Default::default(),
         }],
         channels: vec![Channel {
             tenant: "acme".into(),

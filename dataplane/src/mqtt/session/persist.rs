@@ -455,6 +455,7 @@ mod tests {
                 uid: tenant_uid.into(),
                 suspended: false,
                 limits: fleetward_policy::TenantLimits::default(),
+                web: Default::default(),
             });
             s.upsert_channel(Channel {
                 tenant: tenant.into(),
