@@ -6,7 +6,7 @@ mod common;
 
 use std::time::Duration;
 
-use adapters::{Adapters, basic_user, curl, thing_auth};
+use adapters::{Adapters, basic_user, curl, publish_text, thing_auth};
 use common::{resources, v4, v5};
 
 const WAIT: Duration = Duration::from_secs(3);
@@ -279,15 +279,13 @@ fn base64_of(s: &str) -> String {
 #[tokio::test]
 async fn retained_and_qos_are_chosen_with_query_parameters() {
     let fx = Adapters::start().await;
-    let r = curl(&[
-        "-H",
-        &thing_auth("acme", "sensor"),
-        "-H",
-        "Content-Type: text/plain",
-        "--data-binary",
+    let r = publish_text(
+        &fx,
+        "acme",
+        "sensor",
+        "/m/acme/c/telemetry/state?retain=true&qos=2",
         "kept",
-        &fx.url("/m/acme/c/telemetry/state?retain=true&qos=2"),
-    ])
+    )
     .await;
     assert_eq!(r.status, 202, "{r:?}");
     assert_eq!(r.json()["retained"], true);
@@ -301,15 +299,13 @@ async fn retained_and_qos_are_chosen_with_query_parameters() {
     assert_eq!(got.qos, v4::QoS::ExactlyOnce);
 
     // `commands` takes no retained messages and caps QoS at 1: the answer says what happened.
-    let r = curl(&[
-        "-H",
-        &thing_auth("acme", "sensor"),
-        "-H",
-        "Content-Type: text/plain",
-        "--data-binary",
+    let r = publish_text(
+        &fx,
+        "acme",
+        "sensor",
+        "/m/acme/c/commands/x?retain=true&qos=2",
         "go",
-        &fx.url("/m/acme/c/commands/x?retain=true&qos=2"),
-    ])
+    )
     .await;
     assert_eq!(r.status, 202, "{r:?}");
     assert_eq!(
@@ -330,16 +326,7 @@ async fn tenants_with_the_same_names_stay_apart_over_http() {
         .await;
 
     // globex's sensor, on acme's path: refused, and nothing reaches anyone.
-    let r = curl(&[
-        "-H",
-        &thing_auth("globex", "sensor"),
-        "-H",
-        "Content-Type: text/plain",
-        "--data-binary",
-        "intruder",
-        &fx.url("/m/acme/c/telemetry/x"),
-    ])
-    .await;
+    let r = publish_text(&fx, "globex", "sensor", "/m/acme/c/telemetry/x", "intruder").await;
     assert_eq!(r.status, 403, "{r:?}");
     assert!(acme.next_publish(QUIET).await.is_none());
 

@@ -6,7 +6,7 @@ mod common;
 
 use std::time::Duration;
 
-use adapters::{Adapters, curl, thing_auth};
+use adapters::{Adapters, publish_text};
 use common::{key, v4};
 use tokio::process::Command;
 
@@ -90,15 +90,13 @@ async fn run_paho(fx: &Adapters, version: &str) -> serde_json::Value {
         matches!(&ready, Ok(Ok(Some(l))) if l == "READY"),
         "paho did not get ready: {ready:?}"
     );
-    let r = curl(&[
-        "-H",
-        &thing_auth("acme", "sensor"),
-        "-H",
-        "Content-Type: text/plain",
-        "--data-binary",
+    let r = publish_text(
+        fx,
+        "acme",
+        "sensor",
+        "/m/acme/c/telemetry/http",
         "over-http",
-        &fx.url("/m/acme/c/telemetry/http"),
-    ])
+    )
     .await;
     assert_eq!(r.status, 202, "{r:?}");
     let last = tokio::time::timeout(Duration::from_secs(20), lines.next_line())

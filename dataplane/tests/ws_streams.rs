@@ -8,8 +8,8 @@ mod common;
 use std::time::Duration;
 
 use adapters::{
-    Adapters, Frame, WsAuth, curl, next_frame, next_json, send_json, thing_auth, ws_connect,
-    ws_connect_from,
+    Adapters, Frame, WsAuth, curl, next_frame, next_json, publish_text, send_json, thing_auth,
+    ws_connect, ws_connect_from,
 };
 use common::{resources, v4, v5};
 use serde_json::json;
@@ -308,16 +308,7 @@ async fn a_page_sees_a_refused_stream_close_4401_or_4403_with_the_reason() {
     let (mut ws, _) = ws_connect_from(&url, WsAuth::Subprotocol("acme", "reader"), PAGE)
         .await
         .expect("accepted");
-    let r = curl(&[
-        "-H",
-        &thing_auth("acme", "sensor"),
-        "-H",
-        "Content-Type: text/plain",
-        "--data-binary",
-        "on",
-        &fx.url("/m/acme/c/telemetry/door"),
-    ])
-    .await;
+    let r = publish_text(&fx, "acme", "sensor", "/m/acme/c/telemetry/door", "on").await;
     assert_eq!(r.status, 202, "{r:?}");
     let v = next_json(&mut ws, WAIT).await;
     assert_eq!(

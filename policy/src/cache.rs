@@ -260,51 +260,25 @@ const _: () = {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::atomic::AtomicUsize;
-
     use super::*;
     use crate::evaluator::{AllowReason, DenyReason};
+    use crate::testing::Counting;
     use crate::topic::{TopicLimits, parse_topic_name};
-
-    /// Answers by a fixed rule and counts how often it is asked.
-    struct Counting {
-        version: AtomicU64,
-        calls: AtomicUsize,
-    }
-
-    impl PolicyEvaluator for Counting {
-        fn version(&self) -> u64 {
-            self.version.load(Ordering::SeqCst)
-        }
-        fn authenticate(&self, _: &Credential<'_>) -> Result<Subject, Refusal> {
-            Err(DenyReason::BadCredential.into())
-        }
-        fn authorize(&self, _: &Subject, _: Action, topic: &Topic<'_>) -> Decision {
-            self.calls.fetch_add(1, Ordering::SeqCst);
-            // Version 1 allows `open`; later versions allow nothing.
-            if self.version() == 1 && topic.subtopic() == Some("open") {
-                Decision::Allow(AllowReason::Grant)
-            } else {
-                Decision::Deny(DenyReason::NoGrant)
-            }
-        }
-        fn check_subject(&self, _: &Subject) -> Result<(), Refusal> {
-            Ok(())
-        }
-    }
 
     fn counting() -> CachedEvaluator<Counting> {
         counting_with(1000)
     }
 
     fn counting_with(entries: u64) -> CachedEvaluator<Counting> {
-        CachedEvaluator::new(
-            Counting {
-                version: AtomicU64::new(1),
-                calls: AtomicUsize::new(0),
-            },
-            entries,
-        )
+        // Version 1 allows `open`; later versions allow nothing.
+        let rule = |version, _, topic: &Topic<'_>| {
+            if version == 1 && topic.subtopic() == Some("open") {
+                Decision::Allow(AllowReason::Grant)
+            } else {
+                Decision::Deny(DenyReason::NoGrant)
+            }
+        };
+        CachedEvaluator::new(Counting::new(rule), entries)
     }
 
     #[test]
@@ -315,7 +289,7 @@ mod tests {
         for _ in 0..5 {
             assert!(c.authorize(&s, Action::Publish, &t).is_allowed());
         }
-        assert_eq!(c.inner().calls.load(Ordering::SeqCst), 5);
+        assert_eq!(c.inner().calls(), 5);
         assert_eq!(c.cache().stats(), CacheStats { hits: 0, misses: 5 });
         c.cache().run_pending_tasks();
         assert_eq!(c.cache().entry_count(), 0);
@@ -329,13 +303,13 @@ mod tests {
         for _ in 0..5 {
             assert!(c.authorize(&s, Action::Publish, &t).is_allowed());
         }
-        assert_eq!(c.inner().calls.load(Ordering::SeqCst), 1);
+        assert_eq!(c.inner().calls(), 1);
         assert_eq!(c.cache().stats(), CacheStats { hits: 4, misses: 1 });
         // Another subject, action or subtopic is another entry.
         let other = Subject::thing("a", "u");
         c.authorize(&other, Action::Publish, &t);
         c.authorize(&s, Action::Subscribe, &t);
-        assert_eq!(c.inner().calls.load(Ordering::SeqCst), 3);
+        assert_eq!(c.inner().calls(), 3);
     }
 
     #[test]
@@ -346,7 +320,7 @@ mod tests {
         assert!(c.authorize(&s, Action::Publish, &t).is_allowed());
         c.inner().version.store(2, Ordering::SeqCst);
         assert!(!c.authorize(&s, Action::Publish, &t).is_allowed());
-        assert_eq!(c.inner().calls.load(Ordering::SeqCst), 2);
+        assert_eq!(c.inner().calls(), 2);
     }
 
     #[test]
@@ -379,7 +353,7 @@ mod tests {
             c.authorize(&s, Action::Publish, &closed),
             Decision::Deny(DenyReason::NoGrant)
         );
-        assert_eq!(c.inner().calls.load(Ordering::SeqCst), 2);
+        assert_eq!(c.inner().calls(), 2);
     }
 
     #[test]

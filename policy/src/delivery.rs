@@ -68,44 +68,22 @@ impl DeliveryGate {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+    use std::sync::atomic::Ordering;
 
     use super::*;
-    use crate::evaluator::{AllowReason, Credential, Decision, DenyReason, Refusal};
-    use crate::topic::Topic;
+    use crate::evaluator::{AllowReason, Decision, DenyReason};
+    use crate::testing::Counting;
 
     /// Denies `secret`, allows the rest, and counts how often it is asked.
-    struct Counting {
-        version: AtomicU64,
-        calls: AtomicUsize,
-    }
-
-    impl PolicyEvaluator for Counting {
-        fn version(&self) -> u64 {
-            self.version.load(Ordering::SeqCst)
-        }
-        fn authenticate(&self, _: &Credential<'_>) -> Result<Subject, Refusal> {
-            Err(DenyReason::BadCredential.into())
-        }
-        fn authorize(&self, _: &Subject, action: Action, topic: &Topic<'_>) -> Decision {
+    fn counting() -> Counting {
+        Counting::new(|_, action, topic| {
             assert_eq!(action, Action::Subscribe);
-            self.calls.fetch_add(1, Ordering::SeqCst);
             if topic.subtopic() == Some("secret") {
                 Decision::Deny(DenyReason::SubtopicDenied)
             } else {
                 Decision::Allow(AllowReason::Grant)
             }
-        }
-        fn check_subject(&self, _: &Subject) -> Result<(), Refusal> {
-            Ok(())
-        }
-    }
-
-    fn counting() -> Counting {
-        Counting {
-            version: AtomicU64::new(1),
-            calls: AtomicUsize::new(0),
-        }
+        })
     }
 
     #[test]
@@ -117,18 +95,18 @@ mod tests {
         for _ in 0..5 {
             assert!(!gate.allows(&cache, &e, &s, "m/a/c/ch/secret"));
         }
-        assert_eq!(e.calls.load(Ordering::SeqCst), 1);
+        assert_eq!(e.calls(), 1);
         assert_eq!(gate.take_hits(), 4);
         // Alternating topics miss the memo but hit the cache: the evaluator is asked once each.
         for _ in 0..3 {
             assert!(gate.allows(&cache, &e, &s, "m/a/c/ch/open"));
             assert!(!gate.allows(&cache, &e, &s, "m/a/c/ch/secret"));
         }
-        assert_eq!(e.calls.load(Ordering::SeqCst), 2);
+        assert_eq!(e.calls(), 2);
         // A new policy version is asked again.
         e.version.store(2, Ordering::SeqCst);
         assert!(!gate.allows(&cache, &e, &s, "m/a/c/ch/secret"));
-        assert_eq!(e.calls.load(Ordering::SeqCst), 3);
+        assert_eq!(e.calls(), 3);
     }
 
     #[test]
@@ -140,9 +118,9 @@ mod tests {
         for _ in 0..3 {
             assert!(gate.allows(&cache, &e, &s, "m/a/c/ch/open"));
         }
-        assert_eq!(e.calls.load(Ordering::SeqCst), 3);
+        assert_eq!(e.calls(), 3);
         assert!(!gate.allows(&cache, &e, &s, "m/a/c/ch/+"));
         assert!(!gate.allows(&cache, &e, &s, "elsewhere"));
-        assert_eq!(e.calls.load(Ordering::SeqCst), 3);
+        assert_eq!(e.calls(), 3);
     }
 }

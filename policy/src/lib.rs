@@ -71,6 +71,8 @@ pub mod explain;
 pub mod model;
 pub mod pattern;
 pub mod snapshot;
+#[cfg(test)]
+mod testing;
 pub mod tokens;
 pub mod topic;
 pub mod web;

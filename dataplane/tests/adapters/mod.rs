@@ -123,6 +123,26 @@ pub async fn curl(args: &[&str]) -> Curl {
     }
 }
 
+/// Publishes `body` as `text/plain` over HTTP as thing `tenant/thing`, on `path` (and query).
+pub async fn publish_text(
+    fx: &Adapters,
+    tenant: &str,
+    thing: &str,
+    path: &str,
+    body: &str,
+) -> Curl {
+    curl(&[
+        "-H",
+        &thing_auth(tenant, thing),
+        "-H",
+        "Content-Type: text/plain",
+        "--data-binary",
+        body,
+        &fx.url(path),
+    ])
+    .await
+}
+
 /// `Authorization: Thing <key>` for a thing.
 pub fn thing_auth(tenant: &str, thing: &str) -> String {
     format!("Authorization: Thing {}", key(tenant, thing))
