@@ -14,7 +14,7 @@ started=$(date +%s)
 export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
 df -h . | awk 'NR == 2 { print "disk: " $4 " free of " $2 }'
 
-step "tools (kubectl, helm, nats-server, mosquitto, paho-mqtt)"
+step "tools (kubectl, helm, nats-server, mosquitto, paho-mqtt, chromium, puppeteer-core, mqtt.js)"
 # shellcheck source=install-tools.sh
 source scripts/install-tools.sh
 
