@@ -149,29 +149,33 @@ fn a_tenant_holds_a_bounded_number_of_waiting_wills_and_saved_sessions() {
         ])
     });
     let topic = "m/acme/c/telemetry/will";
-    // Five v5 clients with a 60 s will delay and a 60 s session expiry, dropped: two wills
-    // wait, the other three are published when their connection ends; three sessions are
-    // kept, the two oldest are dropped.
+    // Five v5 clients with a 60 s will delay and a 60 s session expiry, dropped one after
+    // another. Three sessions are kept and the two oldest dropped. At most two wills wait;
+    // one that finds no room is published when its connection ends, and a dropped session's
+    // waiting will goes out when the session goes (MQTT 5, 3.1.3.2.2). So each of the five
+    // is either waiting or published, and no more than two wait. How many wait at the end
+    // (none to two) depends on the order in which the pod handles one connection's end and
+    // the next one's eviction.
     let events = as_sensor(&start, "wills", &[topic, "100", "60", "60", "5"]);
     assert!(events.iter().all(|e| e == "connack 0"), "{events:?}");
+    let pending = || metric(&start, "fleetward_mqtt_pending_wills ");
+    let published = || metric(&start, "fleetward_mqtt_messages_in_total{tenant=\"acme\"}");
     wait_until(
         Duration::from_secs(10),
         "wills and sessions settled",
         || {
-            metric(&start, "fleetward_mqtt_pending_wills ") == 2.0
-                && metric(&start, "fleetward_mqtt_saved_sessions ") == 3.0
+            metric(&start, "fleetward_mqtt_saved_sessions ") == 3.0
+                && pending() + published() == 5.0
         },
     );
-    wait_until(Duration::from_secs(10), "three wills published", || {
-        metric(&start, "fleetward_mqtt_messages_in_total{tenant=\"acme\"}") >= 3.0
-    });
+    assert!(pending() <= 2.0, "{} waiting", pending());
     let text = metric_text(&start);
-    for counted in [
-        "fleetward_mqtt_refusals_total{what=\"will\",reason=\"tenant_pending_wills_full\"} 3\n",
-        "fleetward_mqtt_refusals_total{what=\"session\",reason=\"tenant_saved_sessions_full\"} 2\n",
-    ] {
-        assert!(text.contains(counted), "{counted}: {text}");
-    }
+    assert!(
+        text.contains(
+            "fleetward_mqtt_refusals_total{what=\"session\",reason=\"tenant_saved_sessions_full\"} 2\n"
+        ),
+        "{text}"
+    );
     // The oldest client comes back to nothing; the newest finds its session.
     let oldest = as_sensor(&start, "resume", &["hostile-will-0"]);
     assert_eq!(oldest[0], "connack 0 present 0", "{oldest:?}");
