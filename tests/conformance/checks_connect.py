@@ -73,6 +73,9 @@ def persistent_subscriber(e, name, filt, qos=1):
     assert e.subscribe(c, [(filt, m.opts(qos))]) == [qos]
     c.send(m.disconnect(0))
     c.until_closed()
+    # The server detaches the session from the router just after it closes the socket; a
+    # message published in between is lost (a known race, see MQTT.md's conformance notes).
+    time.sleep(0.5)
     return ack
 
 

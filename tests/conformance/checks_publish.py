@@ -186,6 +186,7 @@ def an_expired_message_is_not_delivered(e):
     assert e.subscribe(c, [(t, m.opts(1))]) == [1]
     c.send(m.disconnect(0))
     c.until_closed()
+    time.sleep(0.5)  # the detach race of `persistent_subscriber` (checks_connect.py)
     pub, _ = e.connect("expiry-pub")
     e.publish(pub, t, "stale", props=[(m.MESSAGE_EXPIRY, 1)])
     e.publish(pub, t, "fresh", pid=2, props=[(m.MESSAGE_EXPIRY, 300)])

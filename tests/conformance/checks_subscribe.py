@@ -41,7 +41,9 @@ def no_local(e):
     other, _ = e.connect("nolocal-other", "b")
     assert e.subscribe(other, [(t, m.opts(1))]) == [1]
     e.publish(c, t, "own")
-    e.publish(other, t, "theirs")
+    # From a connection of its own: `other` is a subscriber and gets "own" first.
+    theirs, _ = e.connect("nolocal-theirs", "b")
+    e.publish(theirs, t, "theirs")
     got = e.until(c, "theirs")
     assert [p.payload for p in got] == [b"theirs"], got
     assert [p.payload for p in e.until(other, "theirs")] == [b"own", b"theirs"]
