@@ -17,16 +17,7 @@ const BETA_KEY: &str = "Qm9vdHN0cmFwLWNvbmZvcm1hbmNlLWJldGEta2V5MDE";
 /// Statements Fleetward does not meet yet: each is a row marked "fails" in MQTT.md's table
 /// and a bug to fix. The test fails when one of them starts passing, so the list (and the
 /// table) cannot go stale.
-const KNOWN_FAILURES: &[&str] = &[
-    "MQTT-3.1.2-3",
-    "MQTT-3.6.1-1",
-    "MQTT-3.8.1-1",
-    "MQTT-3.8.3-4",
-    "MQTT-3.8.3-5",
-    "MQTT-3.10.1-1",
-    "MQTT-3.10.3-2",
-    "MQTT-4.12.0-1",
-];
+const KNOWN_FAILURES: &[&str] = &[];
 
 fn suite() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/conformance/suite.py")

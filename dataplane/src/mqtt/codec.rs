@@ -210,6 +210,12 @@ impl Codec {
         if !matches!(kind, 1 | 3..=8 | 10 | 12 | 14) {
             return Err(FrameError::Protocol(kind));
         }
+        check_shape(
+            kind,
+            byte1 & 0x0F,
+            self.version,
+            &buf[header..header + remaining],
+        )?;
         let (mut qos, mut pkid, mut dup) = (0, 0, false);
         // Where a v5 PUBLISH's payload starts, by its properties length.
         let mut payload_at = None;
@@ -235,6 +241,14 @@ impl Codec {
             Version::V5 => V5.read_mut(buf, max),
         };
         let packet = decoded.map_err(|e| FrameError::Malformed(e.to_string()))?;
+        // rumqttd reads an UNSUBSCRIBE without filters as an empty list.
+        if let Packet::Unsubscribe(u, _) = &packet
+            && u.filters.is_empty()
+        {
+            return Err(FrameError::Malformed(
+                "an UNSUBSCRIBE names no filter".into(),
+            ));
+        }
         // rumqttd's v5 reader takes a property that runs past the properties length out of
         // the payload instead of refusing the packet. (It also miscounts subscription
         // identifiers, which a client must not send: the session refuses those.)
@@ -267,6 +281,66 @@ impl Codec {
             .map(|_| ())
             .map_err(|e| FrameError::Malformed(e.to_string()))
     }
+}
+
+/// What rumqttd's decoders let through and MQTT says is malformed: fixed-header flags other
+/// than the packet type's (MQTT 5, 2.1.3: 0010 for PUBREL, SUBSCRIBE and UNSUBSCRIBE, 0000 for
+/// the rest but PUBLISH), the CONNECT's reserved flag (3.1.2-3), and a SUBSCRIBE's reserved
+/// option bits (3.8.3-5; v3.1.1: every bit above the QoS).
+fn check_shape(kind: u8, flags: u8, version: Version, body: &[u8]) -> Result<(), FrameError> {
+    let expected = match kind {
+        3 => None,
+        6 | 8 | 10 => Some(0b0010),
+        _ => Some(0),
+    };
+    if let Some(want) = expected
+        && flags != want
+    {
+        return Err(FrameError::Malformed(format!(
+            "packet type {kind} with fixed-header flags {flags:04b} (must be {want:04b})"
+        )));
+    }
+    let malformed = |what: &str| Err(FrameError::Malformed(what.to_owned()));
+    match kind {
+        1 => {
+            // Protocol name, level, then the flags.
+            let flags_at = body
+                .get(..2)
+                .map(|n| 2 + usize::from(u16::from_be_bytes([n[0], n[1]])) + 1);
+            if flags_at
+                .and_then(|at| body.get(at))
+                .is_some_and(|f| f & 1 != 0)
+            {
+                return malformed("the CONNECT's reserved flag is set");
+            }
+        }
+        8 => {
+            // Packet id, v5 properties, then (filter, options) pairs.
+            let mut at = 2;
+            if version == Version::V5 {
+                let Some((n, len)) = body.get(at..).and_then(varint) else {
+                    return Ok(());
+                };
+                at += n + len;
+            }
+            let reserved = match version {
+                Version::V5 => 0b1100_0000,
+                Version::V4 => 0b1111_1100,
+            };
+            while let Some(n) = body.get(at..at + 2) {
+                at += 2 + usize::from(u16::from_be_bytes([n[0], n[1]]));
+                let Some(options) = body.get(at) else {
+                    break;
+                };
+                if options & reserved != 0 {
+                    return malformed("a SUBSCRIBE's reserved option bits are set");
+                }
+                at += 1;
+            }
+        }
+        _ => {}
+    }
+    Ok(())
 }
 
 fn strip_properties(packet: Packet) -> Packet {

@@ -254,6 +254,18 @@ impl<R: Router, S: AsyncWrite + Unpin> Handshake<'_, R, S> {
                 .refuse(reason::connack_busy(version), "max_connections")
                 .await;
         }
+        // MQTT 5, 4.12: no enhanced authentication method is supported.
+        if props
+            .as_ref()
+            .is_some_and(|p| p.authentication_method.is_some())
+        {
+            return self
+                .refuse(
+                    ConnectReturnCode::BadAuthenticationMethod,
+                    "authentication_method",
+                )
+                .await;
+        }
         // Username `<tenant>/<thing>`, password the thing's key.
         let Some(login) = login else {
             return self

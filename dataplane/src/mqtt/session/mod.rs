@@ -617,11 +617,21 @@ impl<R: Router, S: AsyncRead + AsyncWrite + Unpin + Send> Session<R, S> {
                 ));
             }
             Packet::Subscribe(s, props) => {
-                if props.as_ref().and_then(|p| p.id) == Some(0) {
-                    // MQTT 5, 3.8.2.1.2: a subscription identifier of 0 is a protocol error.
-                    self.shared
-                        .metrics
-                        .refused("subscribe", "subscription_id_zero");
+                // MQTT 5: a subscription identifier of 0 (3.8.2.1.2), and No Local on a shared
+                // subscription (3.8.3-4), are protocol errors.
+                let refused = if props.as_ref().and_then(|p| p.id) == Some(0) {
+                    Some("subscription_id_zero")
+                } else if s
+                    .filters
+                    .iter()
+                    .any(|f| f.nolocal && f.path.starts_with("$share/"))
+                {
+                    Some("no_local_shared")
+                } else {
+                    None
+                };
+                if let Some(why) = refused {
+                    self.shared.metrics.refused("subscribe", why);
                     self.disconnect(DisconnectReasonCode::ProtocolError);
                     return Step::Done(Flow::End(End::Unclean));
                 }
