@@ -350,7 +350,8 @@ pub trait RouterLink: Send + 'static {
         messages.drain(..).try_for_each(|m| self.publish(m))?;
         Ok(self.backlog())
     }
-    /// Messages published through this link that the router has not taken in yet.
+    /// Packets handed over through this link (publishes, subscription changes) that the router
+    /// has not taken in yet.
     fn backlog(&self) -> usize {
         0
     }
