@@ -33,6 +33,7 @@
 //!         max_qos: Qos::AtLeastOnce,
 //!         retained_allowed: true,
 //!         max_message_size: None,
+//!         delivery_metadata: false,
 //!     }],
 //!     grants: vec![Grant {
 //!         tenant: "acme".into(),
