@@ -4,31 +4,13 @@
 mod rules;
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use serde_json::{Value, json};
 
-/// A release directory's name as a version, for ordering: `0.10.0` is newer than `0.9.0`.
-fn parse_version(name: &str) -> Option<(u64, u64, u64)> {
-    let mut parts = name.split('.').map(|p| p.parse::<u64>().ok());
-    let version = (parts.next()??, parts.next()??, parts.next()??);
-    parts.next().is_none().then_some(version)
-}
-
-/// The newest `compat/<version>/` that holds CRDs.
-fn newest_baseline(compat: &Path) -> Option<(String, PathBuf)> {
-    std::fs::read_dir(compat)
-        .ok()?
-        .filter_map(Result::ok)
-        .filter_map(|e| {
-            let name = e.file_name().to_string_lossy().into_owned();
-            let version = parse_version(&name)?;
-            let dir = e.path().join("crds");
-            dir.is_dir().then_some((version, name, dir))
-        })
-        .max()
-        .map(|(_, name, dir)| (name, dir))
-}
+#[path = "../../../compat/baseline.rs"]
+mod baseline;
+use baseline::{newest_baseline, parse_version};
 
 /// A CRD YAML document as JSON, keyed by its metadata.name.
 fn by_name(yaml: &str, origin: &str) -> (String, Value) {
@@ -45,7 +27,7 @@ fn by_name(yaml: &str, origin: &str) -> (String, Value) {
 #[test]
 fn the_crds_are_compatible_with_the_newest_baseline() {
     let compat = Path::new(env!("CARGO_MANIFEST_DIR")).join("../compat");
-    let Some((version, dir)) = newest_baseline(&compat) else {
+    let Some((version, dir)) = newest_baseline(&compat, "crds") else {
         panic!(
             "no baseline in {}: record one with `scripts/release.sh --record-only VERSION`",
             compat.display()

@@ -54,32 +54,14 @@ fn compile(root: &Path) -> Result<Compiler, String> {
     Ok(compiler)
 }
 
-/// A release directory's name as a version, for ordering: `0.10.0` is newer than `0.9.0`.
-fn parse_version(name: &str) -> Option<(u64, u64, u64)> {
-    let mut parts = name.split('.').map(|p| p.parse::<u64>().ok());
-    let version = (parts.next()??, parts.next()??, parts.next()??);
-    parts.next().is_none().then_some(version)
-}
-
-/// The newest `compat/<version>/` that holds a descriptor set.
-fn newest_baseline(compat: &Path) -> Option<(String, PathBuf)> {
-    std::fs::read_dir(compat)
-        .ok()?
-        .filter_map(Result::ok)
-        .filter_map(|e| {
-            let name = e.file_name().to_string_lossy().into_owned();
-            let version = parse_version(&name)?;
-            let file = e.path().join(DESCRIPTOR_SET);
-            file.is_file().then_some((version, name, file))
-        })
-        .max()
-        .map(|(_, name, file)| (name, file))
-}
+#[path = "../../../compat/baseline.rs"]
+mod baseline;
+use baseline::{newest_baseline, parse_version};
 
 #[test]
 fn the_proto_files_are_compatible_with_the_newest_baseline() {
     let compat = crate_dir().join("../compat");
-    let Some((version, file)) = newest_baseline(&compat) else {
+    let Some((version, file)) = newest_baseline(&compat, DESCRIPTOR_SET) else {
         panic!(
             "no baseline in {}: record one with `scripts/release.sh --record-only VERSION`",
             compat.display()
