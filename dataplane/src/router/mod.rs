@@ -355,6 +355,33 @@ pub trait RouterLink: Send + 'static {
     fn backlog(&self) -> usize {
         0
     }
+    /// Resolves once the router has taken in what this link handed over (its subscriptions
+    /// among it), so that what is published after it is routed after them; a router that
+    /// takes nothing in for a second is not waited for longer. Without it a publish could be
+    /// lost to a new subscription: the router takes the shared publishing link's whole queue
+    /// at an earlier publisher's event, so a publish queued there later can be routed before a
+    /// SUBSCRIBE queued earlier on this link. A taken queue is handled in one go, so an empty
+    /// one means handled.
+    fn taken_in(&mut self) -> impl Future<Output = ()> + Send
+    where
+        Self: Sized,
+    {
+        async move {
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(1);
+            for spin in 0u32.. {
+                if self.backlog() == 0 || std::time::Instant::now() >= deadline {
+                    return;
+                }
+                // The router thread usually takes it within microseconds: yield before
+                // sleeping.
+                if spin < 16 {
+                    tokio::task::yield_now().await;
+                } else {
+                    tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+                }
+            }
+        }
+    }
     /// The next message for this session. Cancel-safe.
     fn receive(&mut self) -> impl Future<Output = Result<Message, RouterError>> + Send;
     /// The next message if one is already waiting, without waiting for one: the front-end

@@ -93,6 +93,9 @@ pub(crate) async fn subscribe<R: Router>(
     let mut link = Link(Some(link));
     if let Some(l) = &mut link.0 {
         l.subscribe(&stream.filter).map_err(unavailable)?;
+        // The handshake is answered once the router has the subscription
+        // (`RouterLink::taken_in`).
+        l.taken_in().await;
     }
     Ok(link)
 }

@@ -8,7 +8,6 @@
 
 use foldhash::{HashMap, HashSet};
 use std::collections::hash_map::Entry;
-use std::time::{Duration, Instant};
 
 use fleetward_policy::{
     Action, Decision, DeliveryGate, PolicyEvaluator, Subject, filter_matches, parse_filter,
@@ -418,7 +417,11 @@ impl<R: Router, S: AsyncRead + AsyncWrite + Unpin + Send> Session<R, S> {
                 ));
             }
         }
-        self.router_has_taken_in().await;
+        // Written once the router has the subscriptions: a message published after the
+        // SUBACK reaches them (`RouterLink::taken_in`).
+        if let Some(link) = self.link.as_deref_mut() {
+            link.taken_in().await;
+        }
         self.write(Packet::SubAck(
             SubAck {
                 pkid: subscribe.pkid,
@@ -430,29 +433,6 @@ impl<R: Router, S: AsyncRead + AsyncWrite + Unpin + Send> Session<R, S> {
             self.pending.push_back(m);
         }
         self.flush_pending();
-    }
-
-    /// Waits until the router has taken in what this session's link handed over, its new
-    /// subscriptions among it, so that what a client publishes once it has the SUBACK is
-    /// routed after them. Without it a publish could be lost to the new subscription: the
-    /// router takes the shared link's whole queue at an earlier publisher's event, so a
-    /// publish queued there later can be routed before a SUBSCRIBE queued before it on this
-    /// link. The router takes a link's queue and handles all of it in one go, so an empty one
-    /// means handled. A router that takes nothing in for a second is not waited for longer.
-    async fn router_has_taken_in(&mut self) {
-        let deadline = Instant::now() + Duration::from_secs(1);
-        for spin in 0u32.. {
-            let waiting = self.link.as_deref().map_or(0, RouterLink::backlog);
-            if waiting == 0 || Instant::now() >= deadline {
-                return;
-            }
-            // The router thread usually takes it within microseconds: yield before sleeping.
-            if spin < 16 {
-                tokio::task::yield_now().await;
-            } else {
-                tokio::time::sleep(Duration::from_millis(1)).await;
-            }
-        }
     }
 
     pub(super) fn on_unsubscribe(&mut self, unsubscribe: Unsubscribe) {
