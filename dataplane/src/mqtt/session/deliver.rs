@@ -87,10 +87,10 @@ impl<R: Router, S: AsyncRead + AsyncWrite + Unpin + Send> Session<R, S> {
         } else {
             message.topic.clone()
         };
-        // v5: the client's own properties, and a variant with the delivery metadata where the
-        // channel or a matching subscription asks for it.
-        let (props, with_metadata) = match self.codec.version() {
-            Version::V4 => (None, None),
+        // v5: the client's own properties, and after them the delivery metadata where the
+        // channel or a matching subscription asks for it (`added` of them).
+        let (props, added) = match self.codec.version() {
+            Version::V4 => (None, 0),
             Version::V5 => {
                 let mut p = message.props.take().map(|b| *b).unwrap_or_default();
                 if let (Some(m), Some(rt)) = (&self.acc.mount, &p.response_topic) {
@@ -98,13 +98,14 @@ impl<R: Router, S: AsyncRead + AsyncWrite + Unpin + Send> Session<R, S> {
                     // to a client whose every publish is taken relative to it.
                     p.response_topic = m.unmount(rt).map(str::to_owned);
                 }
-                let with_metadata = (metadata || self.channel_metadata(topic)).then(|| {
-                    let mut m = p.clone();
-                    m.user_properties.extend(message.metadata_properties());
-                    publish_props(m, ids.clone())
-                });
-                let plain = (!p.is_empty() || !ids.is_empty()).then(|| publish_props(p, ids));
-                (plain, with_metadata)
+                let mut added = 0;
+                if metadata || self.channel_metadata(topic) {
+                    let extra = message.metadata_properties();
+                    added = extra.len();
+                    p.user_properties.extend(extra);
+                }
+                let props = (!p.is_empty() || !ids.is_empty()).then(|| publish_props(p, ids));
+                (props, added)
             }
         };
         let pkid = (qos > 0).then(|| self.allocate_pkid());
@@ -116,16 +117,27 @@ impl<R: Router, S: AsyncRead + AsyncWrite + Unpin + Send> Session<R, S> {
                 (publish, Some((pkid, topic_bytes, message.payload)))
             }
         };
-        // With the metadata first; a client whose maximum packet size only our additions
-        // exceed gets the message without them (MQTT 5 has the server drop what is larger).
         let kept = |p: &Option<PublishProperties>| if out.is_some() { p.clone() } else { None };
-        let sent = match with_metadata {
-            Some(m) if self.write_within_max(publish.clone(), Some(m.clone())) => {
-                Some(kept(&Some(m)))
-            }
-            _ => {
-                let keep = kept(&props);
-                self.write_within_max(publish, props).then_some(keep)
+        // A client whose maximum packet size only our additions exceed gets the message
+        // without them (MQTT 5 has the server drop what is larger): that copy is made only for
+        // a client with a maximum.
+        let without_ours = (added > 0 && self.acc.client_max_packet.is_some()).then(|| {
+            props.clone().map(|mut p| {
+                p.user_properties
+                    .truncate(p.user_properties.len().saturating_sub(added));
+                p
+            })
+        });
+        let keep = kept(&props);
+        let sent = match without_ours {
+            None => self.write_within_max(publish, props).then_some(keep),
+            Some(plain) => {
+                if self.write_within_max(publish.clone(), props) {
+                    Some(keep)
+                } else {
+                    let keep = kept(&plain);
+                    self.write_within_max(publish, plain).then_some(keep)
+                }
             }
         };
         let Some(props) = sent else {
@@ -170,7 +182,7 @@ impl<R: Router, S: AsyncRead + AsyncWrite + Unpin + Send> Session<R, S> {
     /// Whether the channel of `topic` (a full topic) carries delivery metadata, remembered for
     /// the last channel under the policy version it was read from.
     fn channel_metadata(&mut self, topic: &str) -> bool {
-        let snapshot = self.policy_now();
+        let snapshot = self.policy.borrow();
         let key = channel_key(topic);
         if let Some(m) = &self.metadata_memo
             && m.version == snapshot.version()
@@ -185,11 +197,15 @@ impl<R: Router, S: AsyncRead + AsyncWrite + Unpin + Send> Session<R, S> {
                 .is_some_and(|c| c.delivery_metadata),
             _ => false,
         };
-        self.metadata_memo = Some(Box::new(MetadataMemo {
+        let memo = MetadataMemo {
             version: snapshot.version(),
             channel: key.into(),
             on,
-        }));
+        };
+        match &mut self.metadata_memo {
+            Some(m) => **m = memo,
+            None => self.metadata_memo = Some(Box::new(memo)),
+        }
         on
     }
 
