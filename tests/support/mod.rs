@@ -1,9 +1,9 @@
 //! What the workspace's process tests share: the `fleetward` binary run as a user runs it,
-//! a child process whose log lines arrive on a channel, free loopback ports and scratch dirs.
+//! a child process whose log lines arrive on a channel, and scratch dirs.
 #![allow(dead_code)]
 
 use std::io::{BufRead, BufReader};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc;
@@ -15,15 +15,6 @@ pub const SENSOR_KEY: &str = "p5OR2zf95euo-SDM6r3HQBkSsWKpSI1eT71WQ5jOhP8";
 
 pub fn bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_fleetward"))
-}
-
-/// `N` distinct free loopback addresses, all held until all are picked (picked one by one,
-/// the kernel may hand the same port out twice).
-pub fn free_addrs<const N: usize>() -> [SocketAddr; N] {
-    let listeners: Vec<TcpListener> = (0..N)
-        .map(|_| TcpListener::bind("127.0.0.1:0").expect("a free loopback port"))
-        .collect();
-    std::array::from_fn(|i| listeners[i].local_addr().expect("an address"))
 }
 
 /// A fresh scratch directory for one test of this process.
@@ -160,9 +151,10 @@ impl StartOptions {
         self
     }
 
-    /// Starts it and waits until its MQTT listener accepts.
+    /// Starts it on ports the kernel picks (read back from its log) and waits until its MQTT
+    /// listener accepts. Picking a free port first and handing it over would race: another
+    /// test's outgoing connections draw their local ports from the same range.
     pub fn run(self) -> Start {
-        let [mqtt, http, admin] = free_addrs::<3>();
         let mut cmd = match self.wrapper.split_first() {
             None => Command::new(bin()),
             Some((program, rest)) => {
@@ -175,21 +167,26 @@ impl StartOptions {
             .arg(&self.manifests)
             .arg("--state-dir")
             .arg(&self.state)
-            .arg(format!("--mqtt-listen={mqtt}"))
-            .arg(format!("--http-listen={http}"))
-            .arg(format!("--admin-listen={admin}"))
+            .args(["--mqtt-listen=127.0.0.1:0", "--http-listen=127.0.0.1:0"])
+            .arg("--admin-listen=127.0.0.1:0")
             .args(&self.args)
             .env("RUST_LOG", "info,rumqttd=warn")
             .env("NO_COLOR", "1");
+        let process = Running::spawn("start", cmd, true);
+        let [mqtt, http, admin] = process
+            .expect_all(
+                ["MQTT listening", "WebSocket streams listening", "admin API"],
+                Duration::from_secs(20),
+            )
+            .map(|line| listening_addr(&line));
         let start = Start {
-            process: Running::spawn("start", cmd, true),
+            process,
             mqtt,
             http,
             admin,
             state: self.state,
             manifests: self.manifests,
         };
-        start.wait_log("MQTT listening", Duration::from_secs(20));
         let deadline = Instant::now() + Duration::from_secs(5);
         while TcpStream::connect(mqtt).is_err() {
             assert!(Instant::now() < deadline, "nothing listens on {mqtt}");
@@ -197,6 +194,14 @@ impl StartOptions {
         }
         start
     }
+}
+
+/// The address in a listener's log line (`... listening addr=127.0.0.1:1883`).
+fn listening_addr(line: &str) -> SocketAddr {
+    line.split_once("addr=")
+        .and_then(|(_, rest)| rest.split_whitespace().next())
+        .and_then(|addr| addr.parse().ok())
+        .unwrap_or_else(|| panic!("no listening address in {line:?}"))
 }
 
 /// A running `fleetward start`, its log on the line channel.
