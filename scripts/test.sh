@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh machine: installs what the tests need
-# (idempotently), builds the end-to-end control plane (cached), then runs the
+# (idempotently), builds the end-to-end control plane and the newest release
+# baseline's binary (both cached), then runs the
 # checks, the unit, property and protocol tests, the end-to-end tests and a
 # short fuzz smoke run. This is the README's test command and what CI runs.
 set -euo pipefail
@@ -21,6 +22,11 @@ source scripts/install-tools.sh
 step "end-to-end control plane (etcd, kube-apiserver, garbage collector)"
 FLEETWARD_CONTROLPLANE=$(scripts/controlplane.sh | tail -n 1)
 export FLEETWARD_CONTROLPLANE
+
+step "the newest release baseline's binary, for the version-skew test (cached)"
+newest=$(ls compat | grep -E '^[0-9]+\.[0-9]+\.[0-9]+$' | sort -V | tail -n 1)
+FLEETWARD_BASELINE=$(scripts/baseline.sh "$newest" | tail -n 1)
+export FLEETWARD_BASELINE
 
 step "format and lints"
 cargo fmt --all -- --check

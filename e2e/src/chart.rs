@@ -69,7 +69,17 @@ pub struct Rendered {
 /// Renders the chart as release [`RELEASE`] in `namespace`, with the values files `files`
 /// (in order) and then `values` on top. Fails with helm's message when it refuses the values.
 pub fn template(namespace: &str, files: &[&Path], values: &Value) -> Result<Rendered> {
-    let out = template_output(namespace, files, values)?;
+    template_of(&chart_dir(), namespace, files, values)
+}
+
+/// Like [`template`], for the chart in `chart` (an older release's, in the version-skew test).
+pub fn template_of(
+    chart: &Path,
+    namespace: &str,
+    files: &[&Path],
+    values: &Value,
+) -> Result<Rendered> {
+    let out = template_output_of(chart, namespace, files, values)?;
     if !out.success {
         bail!("helm template failed: {}", out.stderr.trim());
     }
@@ -78,6 +88,15 @@ pub fn template(namespace: &str, files: &[&Path], values: &Value) -> Result<Rend
 
 /// Runs `helm template` like [`template`] and returns what helm printed, refusals included.
 pub fn template_output(namespace: &str, files: &[&Path], values: &Value) -> Result<HelmOutput> {
+    template_output_of(&chart_dir(), namespace, files, values)
+}
+
+fn template_output_of(
+    chart: &Path,
+    namespace: &str,
+    files: &[&Path],
+    values: &Value,
+) -> Result<HelmOutput> {
     let dir = tempfile::Builder::new()
         .prefix("fleetward-e2e-values-")
         .tempdir()
@@ -86,11 +105,10 @@ pub fn template_output(namespace: &str, files: &[&Path], values: &Value) -> Resu
     let values_file = dir.path().join("values.json");
     std::fs::write(&values_file, values.to_string())
         .with_context(|| format!("write {}", values_file.display()))?;
-    let chart = chart_dir();
     let mut args: Vec<String> = vec![
         "template".into(),
         RELEASE.into(),
-        path_str(&chart)?.into(),
+        path_str(chart)?.into(),
         "--namespace".into(),
         namespace.into(),
     ];
@@ -110,7 +128,9 @@ fn path_str(path: &Path) -> Result<&str> {
 }
 
 impl Rendered {
-    fn parse(yaml: String) -> Result<Self> {
+    /// The objects of a YAML stream of rendered manifests (`helm template`, or a release's
+    /// `manifest`).
+    pub fn parse(yaml: String) -> Result<Self> {
         let mut objects = Vec::new();
         for doc in serde_yaml::Deserializer::from_str(&yaml) {
             let value = Value::deserialize(doc).context("parse the YAML helm template printed")?;

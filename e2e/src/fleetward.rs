@@ -28,6 +28,59 @@ const READY_TIMEOUT: Duration = Duration::from_secs(60);
 /// The namespace the operator's Lease lives in, as the chart installs it.
 pub const OPERATOR_NAMESPACE: &str = "fleetward-system";
 
+/// Which Fleetward a process runs: its binary, and the chart that renders its pods' command
+/// lines. The version-skew test runs the current one beside a release baseline's.
+#[derive(Debug, Clone)]
+pub struct Release {
+    /// What logs and messages call it: `current`, or the baseline's version.
+    pub name: String,
+    /// The `fleetward` binary.
+    pub binary: PathBuf,
+    /// The chart's directory (`Chart.yaml` and `templates/`).
+    pub chart: PathBuf,
+}
+
+impl Release {
+    /// The tree under test: `target/debug/fleetward` (or `$FLEETWARD_BIN`) and
+    /// `charts/fleetward`.
+    pub fn current() -> Result<Self> {
+        Ok(Self {
+            name: "current".into(),
+            binary: workspace::fleetward_binary()?,
+            chart: chart::chart_dir(),
+        })
+    }
+
+    /// The release baseline `scripts/baseline.sh` built, in `$FLEETWARD_BASELINE`.
+    pub fn baseline() -> Result<Self> {
+        let how = "the directory `scripts/baseline.sh VERSION | tail -n1` prints";
+        let Some(dir) = std::env::var_os("FLEETWARD_BASELINE") else {
+            bail!("set FLEETWARD_BASELINE to {how}");
+        };
+        let dir = PathBuf::from(dir);
+        let (binary, chart) = (dir.join("fleetward"), dir.join("chart"));
+        if !binary.is_file() || !chart.join("Chart.yaml").is_file() {
+            bail!(
+                "FLEETWARD_BASELINE={} holds no fleetward binary and chart; set it to {how}",
+                dir.display()
+            );
+        }
+        // `baseline-<version>-<commit>`, as the script names it.
+        let name = dir
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(|n| n.strip_prefix("baseline-"))
+            .and_then(|n| n.split('-').next())
+            .unwrap_or("baseline")
+            .to_owned();
+        Ok(Self {
+            name,
+            binary,
+            chart,
+        })
+    }
+}
+
 /// One operator replica.
 pub struct Operator {
     /// The running process.
@@ -46,9 +99,21 @@ impl Operator {
     ///
     /// The command line is the chart's (default values, [`operator_values`]).
     pub fn start(id: &str, kubeconfig: &Path, sync_token: &str, log_dir: &Path) -> Result<Self> {
+        Self::start_release(&Release::current()?, id, kubeconfig, sync_token, log_dir)
+    }
+
+    /// Like [`Operator::start`], running `release`.
+    pub fn start_release(
+        release: &Release,
+        id: &str,
+        kubeconfig: &Path,
+        sync_token: &str,
+        log_dir: &Path,
+    ) -> Result<Self> {
         let [sync_port, admin_port] = free_ports()?;
         let (sync_addr, admin_addr) = (loopback(sync_port), loopback(admin_port));
-        let mut op = Self::launch(id, kubeconfig, sync_token, log_dir, sync_addr, admin_addr)?;
+        let addrs = (sync_addr, admin_addr);
+        let mut op = Self::launch_release(release, id, kubeconfig, sync_token, log_dir, addrs)?;
         wait_ready(&mut op.process, admin_addr)?;
         Ok(op)
     }
@@ -64,7 +129,21 @@ impl Operator {
         sync_addr: SocketAddr,
         admin_addr: SocketAddr,
     ) -> Result<Self> {
-        let rendered = chart::template(OPERATOR_NAMESPACE, &[], &operator_values())?;
+        let release = Release::current()?;
+        let addrs = (sync_addr, admin_addr);
+        Self::launch_release(&release, id, kubeconfig, sync_token, log_dir, addrs)
+    }
+
+    fn launch_release(
+        release: &Release,
+        id: &str,
+        kubeconfig: &Path,
+        sync_token: &str,
+        log_dir: &Path,
+        (sync_addr, admin_addr): (SocketAddr, SocketAddr),
+    ) -> Result<Self> {
+        let rendered =
+            chart::template_of(&release.chart, OPERATOR_NAMESPACE, &[], &operator_values())?;
         let container = rendered.container(&format!("{RELEASE}-operator"), "operator")?;
         let token_file = write_token(log_dir, id, sync_token)?;
         let flags = BTreeMap::from([
@@ -76,7 +155,7 @@ impl Operator {
             ("metadata.name", id.to_owned()),
             ("metadata.namespace", OPERATOR_NAMESPACE.to_owned()),
         ]);
-        let mut cmd = container.command(&workspace::fleetward_binary()?, &flags, &fields)?;
+        let mut cmd = container.command(&release.binary, &flags, &fields)?;
         // What a pod's mounted service account gives the operator in a cluster.
         cmd.env("KUBECONFIG", kubeconfig);
         let process = Process::spawn(id, cmd, log_dir)?;
@@ -158,6 +237,7 @@ pub struct Dataplane {
     /// `/healthz`, `/readyz`, `/metrics`.
     pub admin_addr: SocketAddr,
     config: DataplaneConfig,
+    release: Release,
 }
 
 /// What a dataplane is started with, kept so a restart reuses it.
@@ -182,7 +262,18 @@ impl Dataplane {
         config: DataplaneConfig,
         log_dir: &Path,
     ) -> Result<Self> {
-        let mut dp = Self::launch(node_id, state_dir, config, log_dir)?;
+        Self::start_release(&Release::current()?, node_id, state_dir, config, log_dir)
+    }
+
+    /// Like [`Dataplane::start`], running `release` (a restart runs it again).
+    pub fn start_release(
+        release: &Release,
+        node_id: &str,
+        state_dir: &Path,
+        config: DataplaneConfig,
+        log_dir: &Path,
+    ) -> Result<Self> {
+        let mut dp = Self::launch_release(release, node_id, state_dir, config, log_dir)?;
         wait_ready(&mut dp.process, dp.admin_addr)?;
         Ok(dp)
     }
@@ -190,6 +281,16 @@ impl Dataplane {
     /// Like [`Dataplane::start`], but returns as soon as the process is spawned, for a test
     /// that times how long it takes to become ready.
     pub fn launch(
+        node_id: &str,
+        state_dir: &Path,
+        config: DataplaneConfig,
+        log_dir: &Path,
+    ) -> Result<Self> {
+        Self::launch_release(&Release::current()?, node_id, state_dir, config, log_dir)
+    }
+
+    fn launch_release(
+        release: &Release,
         node_id: &str,
         state_dir: &Path,
         config: DataplaneConfig,
@@ -209,7 +310,7 @@ impl Dataplane {
         })?;
         Ok(Self {
             process: Self::spawn(
-                node_id, state_dir, &config, mqtt_addr, http_addr, admin_addr, log_dir, 1,
+                release, node_id, state_dir, &config, mqtt_addr, http_addr, admin_addr, log_dir, 1,
             )?,
             node_id: node_id.to_owned(),
             state_dir: state_dir.to_owned(),
@@ -217,6 +318,7 @@ impl Dataplane {
             http_addr,
             admin_addr,
             config,
+            release: release.clone(),
         })
     }
 
@@ -225,6 +327,7 @@ impl Dataplane {
     pub fn restart(&mut self, log_dir: &Path, attempt: u32) -> Result<()> {
         self.process.kill()?;
         self.process = Self::spawn(
+            &self.release,
             &self.node_id,
             &self.state_dir,
             &self.config,
@@ -239,6 +342,7 @@ impl Dataplane {
 
     #[allow(clippy::too_many_arguments)]
     fn spawn(
+        release: &Release,
         node_id: &str,
         state_dir: &Path,
         config: &DataplaneConfig,
@@ -248,7 +352,8 @@ impl Dataplane {
         log_dir: &Path,
         attempt: u32,
     ) -> Result<Process> {
-        let rendered = chart::template(
+        let rendered = chart::template_of(
+            &release.chart,
             OPERATOR_NAMESPACE,
             &[],
             &dataplane_values(config.nats_url.as_deref()),
@@ -264,7 +369,7 @@ impl Dataplane {
             ("--admin-listen", admin.to_string()),
         ]);
         let fields = BTreeMap::from([("metadata.name", node_id.to_owned())]);
-        let cmd: Command = container.command(&workspace::fleetward_binary()?, &flags, &fields)?;
+        let cmd: Command = container.command(&release.binary, &flags, &fields)?;
         let name = match attempt {
             1 => node_id.to_owned(),
             n => format!("{node_id}-{n}"),
