@@ -328,7 +328,7 @@ impl Audit {
         tracing::info!(
             subject = %who,
             %client,
-            reason = r.reason,
+            reason = %r.reason,
             "refused a connection (logged once a minute per subject; the audit trail has each one)"
         );
     }
