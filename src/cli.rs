@@ -91,6 +91,9 @@ fn serve(mode: impl std::future::Future<Output = anyhow::Result<()>>) -> anyhow:
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,rumqttd=warn")),
         )
         .with_writer(std::io::stderr)
+        // Colours only on a terminal: a log collected from a pipe keeps its lines (the audit
+        // trail's JSON ones among them, docs/audit.md) free of escape codes.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()

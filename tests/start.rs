@@ -168,6 +168,25 @@ fn a_wrong_key_and_a_cross_tenant_subscription_are_refused() {
         err.contains("All subscription requests were denied"),
         "{err}"
     );
+
+    // Both refusals are in the log: the CONNECT once for people, and each as one JSON line
+    // of the audit trail (docs/audit.md).
+    let line = start.wait_log("refused a connection", Duration::from_secs(10));
+    assert!(line.contains("reason=bad_credential"), "{line}");
+    let audit = |needle: &str| {
+        let line = start.wait_log(needle, Duration::from_secs(10));
+        let json = line
+            .split_once("fleetward::audit: ")
+            .map(|(_, json)| json)
+            .unwrap_or_else(|| panic!("not an audit line: {line}"));
+        serde_json::from_str::<serde_json::Value>(json).expect("one JSON object per line")
+    };
+    let connect = audit(r#""action":"connect""#);
+    assert_eq!(connect["subject"], "sensor-1", "{connect}");
+    assert_eq!(connect["reason"], "bad_credential", "{connect}");
+    let subscribe = audit(r#""action":"subscribe""#);
+    assert_eq!(subscribe["tenant"], "globex", "{subscribe}");
+    assert_eq!(subscribe["topic"], "m/acme/c/telemetry/#", "{subscribe}");
     std::fs::remove_dir_all(root).ok();
 }
 

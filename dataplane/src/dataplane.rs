@@ -46,6 +46,7 @@ pub struct Dataplane {
     max_pending: Option<usize>,
     http_limits: HttpLimits,
     cors_allowed_origins: Vec<String>,
+    node_id: Option<String>,
 }
 
 impl Dataplane {
@@ -65,6 +66,7 @@ impl Dataplane {
             max_pending: None,
             http_limits: HttpLimits::default(),
             cors_allowed_origins: Vec::new(),
+            node_id: None,
         }
     }
 
@@ -80,7 +82,7 @@ impl Dataplane {
         {
             d = d.mqtts_listen(addr, cert.clone(), key.clone());
         }
-        d = d.users(args.users_config());
+        d = d.users(args.users_config()).node_id(args.node_id.clone());
         if !args.nats.is_empty() {
             let node_id = args.node_id.clone().unwrap_or_else(random_node_id);
             d = d.nats(Some(NatsConfig::new(args.nats.clone(), node_id)));
@@ -100,6 +102,12 @@ impl Dataplane {
     /// single pod.
     pub fn nats(mut self, config: Option<NatsConfig>) -> Self {
         self.nats = config;
+        self
+    }
+
+    /// The pod's name in audit events (default `POD_NAME`, else the host's name).
+    pub fn node_id(mut self, id: Option<String>) -> Self {
+        self.node_id = id;
         self
     }
 
@@ -251,9 +259,13 @@ impl Dataplane {
                 metrics.clone(),
             )
             .with_retained(retained)
-            .with_users(users),
+            .with_users(users)
+            .with_pod(&crate::audit::pod_name(self.node_id.as_deref())),
         );
         let mut tasks = Vec::new();
+        tasks.push(tokio::spawn(crate::audit::summarize_every(
+            shared.audit.clone(),
+        )));
         let listener = mqtt::bind(self.mqtt_listen, "MQTT").await?;
         let mqtt_addr = listener.local_addr()?;
         tasks.push(tokio::spawn(mqtt::accept_loop(

@@ -206,6 +206,7 @@ impl WsStreams {
             channel: WS_CHANNEL.to_owned(),
             tenant_uid: String::new(),
             channel_uid: String::new(),
+            client: None,
         };
         crate::ws::answer_text(self.shared.clone(), stream, text, &mut self.link)
     }

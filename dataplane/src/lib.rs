@@ -2,6 +2,7 @@
 
 mod admin;
 mod args;
+pub mod audit;
 pub mod bus;
 mod dataplane;
 #[doc(hidden)]

@@ -64,6 +64,8 @@ struct Slot {
     gate: Arc<Gate>,
     id: u64,
     listener: Listener,
+    /// The client's address, for the audit trail.
+    peer: SocketAddr,
     /// Not authenticated yet: it counts against the pending budget and may be evicted.
     pending: AtomicBool,
     /// Closed to make room for a newer pending socket.
@@ -108,7 +110,7 @@ impl Gate {
 
     /// Admits a new socket, evicting the oldest pending one when the pending budget is full;
     /// `None` (the socket is to be closed) when the pod holds `max_total` already.
-    fn admit(self: &Arc<Self>, listener: Listener) -> Option<Ticket> {
+    fn admit(self: &Arc<Self>, listener: Listener, peer: SocketAddr) -> Option<Ticket> {
         let taken = self
             .total
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
@@ -122,6 +124,7 @@ impl Gate {
             gate: self.clone(),
             id: self.next.fetch_add(1, Ordering::Relaxed),
             listener,
+            peer,
             pending: AtomicBool::new(true),
             evicted: AtomicBool::new(false),
             waker: AtomicWaker::new(),
@@ -193,6 +196,11 @@ impl AuthHandle {
     pub(crate) fn authenticated(&self) {
         self.slot.leave_pending();
     }
+
+    /// The client's address and the listener it came in on.
+    pub(crate) fn peer(&self) -> (SocketAddr, Listener) {
+        (self.slot.peer, self.slot.listener)
+    }
 }
 
 tokio::task_local! {
@@ -209,6 +217,11 @@ pub(crate) async fn scope<F: Future>(handle: AuthHandle, f: F) -> F::Output {
 /// tests that serve a stream of their own).
 pub(crate) fn authenticated() {
     let _ = CURRENT.try_with(AuthHandle::authenticated);
+}
+
+/// The client's address and listener of the current task's socket (`None` outside [`scope`]).
+pub(crate) fn current_peer() -> Option<(SocketAddr, Listener)> {
+    CURRENT.try_with(AuthHandle::peer).ok()
 }
 
 /// A socket that fails its reads and writes once its gate evicted it, and leaves the gate's
@@ -319,7 +332,7 @@ impl GatedListener {
                         errors = 0;
                         backoff = None;
                     }
-                    let Some(ticket) = self.gate.admit(self.which) else {
+                    let Some(ticket) = self.gate.admit(self.which, peer) else {
                         // Over --max-connections: closed before a byte is read.
                         drop(socket);
                         continue;
@@ -527,6 +540,9 @@ pub fn sockets_within(wanted: usize, limit: Option<u64>) -> usize {
 mod tests {
     use super::*;
 
+    const PEER: SocketAddr =
+        SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 1);
+
     fn gate(total: usize, pending: usize) -> Arc<Gate> {
         Arc::new(Gate::new(total, pending, Arc::default()))
     }
@@ -534,9 +550,9 @@ mod tests {
     #[test]
     fn the_oldest_pending_socket_makes_room() {
         let g = gate(10, 2);
-        let a = g.admit(Listener::Mqtt).expect("room");
-        let b = g.admit(Listener::Mqtt).expect("room");
-        let c = g.admit(Listener::Http).expect("room");
+        let a = g.admit(Listener::Mqtt, PEER).expect("room");
+        let b = g.admit(Listener::Mqtt, PEER).expect("room");
+        let c = g.admit(Listener::Http, PEER).expect("room");
         assert!(a.slot.evicted.load(Ordering::Acquire), "the oldest goes");
         assert!(!b.slot.evicted.load(Ordering::Acquire));
         assert!(!c.slot.evicted.load(Ordering::Acquire));
@@ -549,10 +565,10 @@ mod tests {
     #[test]
     fn authenticated_sockets_are_never_evicted() {
         let g = gate(10, 1);
-        let a = g.admit(Listener::Mqtt).expect("room");
+        let a = g.admit(Listener::Mqtt, PEER).expect("room");
         a.handle().authenticated();
-        let b = g.admit(Listener::Mqtt).expect("room");
-        let _c = g.admit(Listener::Mqtt).expect("room");
+        let b = g.admit(Listener::Mqtt, PEER).expect("room");
+        let _c = g.admit(Listener::Mqtt, PEER).expect("room");
         assert!(!a.slot.evicted.load(Ordering::Acquire));
         assert!(b.slot.evicted.load(Ordering::Acquire));
     }
@@ -560,15 +576,15 @@ mod tests {
     #[test]
     fn past_the_total_a_socket_is_refused_and_counted() {
         let g = gate(2, 2);
-        let _a = g.admit(Listener::Mqtt).expect("room");
-        let b = g.admit(Listener::Mqtt).expect("room");
-        assert!(g.admit(Listener::Http).is_none());
+        let _a = g.admit(Listener::Mqtt, PEER).expect("room");
+        let b = g.admit(Listener::Mqtt, PEER).expect("room");
+        assert!(g.admit(Listener::Http, PEER).is_none());
         assert_eq!(
             g.metrics.refused_full[Listener::Http.index()].load(Ordering::Relaxed),
             1
         );
         drop(b);
-        assert!(g.admit(Listener::Http).is_some());
+        assert!(g.admit(Listener::Http, PEER).is_some());
     }
 
     #[test]

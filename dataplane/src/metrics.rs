@@ -25,6 +25,9 @@ pub struct Metrics {
     bus: BusCounters,
     /// Sign-ins and refreshes by (operation, outcome).
     users: Mutex<BTreeMap<(&'static str, &'static str), u64>>,
+    /// Audit events written, and refusals held back by the per-subject limit.
+    audit_emitted: AtomicU64,
+    audit_suppressed: AtomicU64,
 }
 
 /// The NATS bus's counters (absent from `/metrics` on a single pod).
@@ -108,6 +111,22 @@ impl Metrics {
             .filter(|((w, r), _)| *w == what && *r == reason)
             .map(|(_, n)| *n)
             .sum()
+    }
+
+    pub(crate) fn audit_emitted(&self) {
+        self.audit_emitted.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn audit_suppressed(&self) {
+        self.audit_suppressed.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Audit events written, and refusals the per-subject limit held back.
+    pub fn audit_events(&self) -> (u64, u64) {
+        (
+            self.audit_emitted.load(Ordering::Relaxed),
+            self.audit_suppressed.load(Ordering::Relaxed),
+        )
     }
 
     pub(crate) fn set_snapshot_version(&self, v: u64) {
@@ -286,6 +305,11 @@ impl Metrics {
                 "fleetward_user_tokens_total{{operation=\"{op}\",outcome=\"{outcome}\"}} {n}"
             );
         }
+        let (emitted, suppressed) = self.audit_events();
+        let _ = writeln!(
+            out,
+            "# HELP fleetward_audit_events_total Audit events written (one per refusal, within each subject's limit).\n# TYPE fleetward_audit_events_total counter\nfleetward_audit_events_total {emitted}\n# HELP fleetward_audit_suppressed_total Refusals held back by the per-subject audit limit (counted into the subject's next event).\n# TYPE fleetward_audit_suppressed_total counter\nfleetward_audit_suppressed_total {suppressed}"
+        );
         self.render_bus(&mut out);
         out
     }
@@ -320,6 +344,15 @@ mod tests {
         );
         assert!(text.contains("fleetward_decision_cache_hit_ratio 0.75\n"));
         assert!(text.contains("fleetward_policy_snapshot_version 7\n"));
+        m.audit_emitted();
+        m.audit_suppressed();
+        m.audit_suppressed();
+        let text = m.render(3, 1);
+        assert!(text.contains("fleetward_audit_events_total 1\n"), "{text}");
+        assert!(
+            text.contains("fleetward_audit_suppressed_total 2\n"),
+            "{text}"
+        );
         assert!(!text.contains("fleetward_bus_"), "no bus on a single pod");
     }
 

@@ -13,8 +13,9 @@ pub(crate) use auth::{Authenticated, authenticate, from_authorization, from_ws_p
 pub use auth::{WS_AUTH_PREFIX, WS_BEARER_PREFIX, WS_PROTOCOL};
 pub(crate) use error::ApiError;
 pub use publish::CONTENT_TYPES;
-pub(crate) use publish::topic_of;
+pub(crate) use publish::{Seen, topic_of};
 
+use crate::audit::http as audit;
 use crate::listener::{GatedListener, HttpLimits};
 use crate::mqtt::Shared;
 use crate::router::Router;
@@ -30,7 +31,7 @@ pub const MQTT_PATH: &str = "/mqtt";
 
 /// Every route of the listener as (method, path); `dataplane/openapi.yaml` documents exactly
 /// these (a test compares them).
-pub const ROUTES: [(&str, &str); 8] = [
+pub const ROUTES: [(&str, &str); 9] = [
     ("POST", CHANNEL_PATH),
     ("GET", CHANNEL_PATH),
     ("POST", SUBTOPIC_PATH),
@@ -39,6 +40,7 @@ pub const ROUTES: [(&str, &str); 8] = [
     ("POST", users::TOKENS_PATH),
     ("POST", users::REFRESH_PATH),
     ("GET", users::JWKS_PATH),
+    ("GET", audit::AUDIT_PATH),
 ];
 
 /// The routes of [`ROUTES`] on one axum router.
@@ -56,13 +58,14 @@ pub(crate) fn app<R: Router>(shared: Arc<Shared<R>>) -> axum::Router {
         .route(users::TOKENS_PATH, post(users::login::<R>))
         .route(users::REFRESH_PATH, post(users::refresh::<R>))
         .route(users::JWKS_PATH, get(users::jwks::<R>))
+        .route(audit::AUDIT_PATH, get(audit::audit::<R>))
         .fallback(|| async {
             ApiError::new(
                 axum::http::StatusCode::NOT_FOUND,
                 "not_found",
                 "no such route: publish with POST /m/{tenant}/c/{channel}[/{subtopic}], stream \
                  with GET /m/{tenant}/c/{channel}[/{filter}] (WebSocket), MQTT over WebSocket at \
-                 /mqtt, sign in with POST /users/tokens",
+                 /mqtt, sign in with POST /users/tokens, read the audit trail with GET /audit",
             )
         })
         .with_state(shared)

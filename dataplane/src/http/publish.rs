@@ -1,16 +1,21 @@
 //! `POST /m/{tenant}/c/{channel}[/{subtopic…}]`: an HTTP request becomes one publish.
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::sync::Arc;
 
+use axum::Extension;
 use axum::body::Body;
-use axum::extract::{Path, Query, State};
+use axum::extract::{ConnectInfo, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 
-use super::auth;
+use fleetward_policy::{Subject, SubjectKind};
+
+use super::auth::{self, Presented};
 use super::error::ApiError;
+use crate::audit;
 use crate::mqtt::{PublishRequest, Shared};
 use crate::router::{MessageProps, Protocol, Publisher, Router};
 
@@ -102,14 +107,51 @@ fn content_type(headers: &HeaderMap) -> Result<String, ApiError> {
     ))
 }
 
+/// Who a request came from and what it was refused for, as far as it got: for its audit event.
+#[derive(Default)]
+pub(crate) struct Seen {
+    pub tenant: String,
+    pub kind: Option<SubjectKind>,
+    pub subject: String,
+    /// Whether the credentials held.
+    pub proved: bool,
+    /// The publish path's own refusal label, where it has one finer than the answer's.
+    pub reason: Option<&'static str>,
+}
+
+impl Seen {
+    /// The subject the credentials name, before they are checked.
+    pub(crate) fn claimed(&mut self, presented: &Presented) {
+        match presented {
+            Presented::Thing { tenant, thing, .. } => {
+                self.tenant.clone_from(tenant);
+                self.subject.clone_from(thing);
+                self.kind = Some(SubjectKind::Thing);
+            }
+            Presented::Key(_) => self.kind = Some(SubjectKind::Thing),
+            Presented::Bearer(_) => self.kind = Some(SubjectKind::User),
+        }
+    }
+
+    /// The subject the credentials proved.
+    pub(crate) fn proved(&mut self, subject: &Subject) {
+        self.tenant.clone_from(&subject.tenant);
+        self.subject.clone_from(&subject.name);
+        self.kind = Some(subject.kind);
+        self.proved = true;
+    }
+}
+
 pub(crate) async fn publish<R: Router>(
     State(shared): State<Arc<Shared<R>>>,
     Path(params): Path<HashMap<String, String>>,
     Query(query): Query<PublishQuery>,
+    peer: Option<Extension<ConnectInfo<SocketAddr>>>,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    match handle(&shared, &params, &query, &headers, body).await {
+    let mut seen = Seen::default();
+    match handle(&shared, &params, &query, &headers, body, &mut seen).await {
         Ok(r) => r,
         Err(e) => {
             let label = match e.status {
@@ -117,6 +159,17 @@ pub(crate) async fn publish<R: Router>(
                 _ => e.error,
             };
             shared.metrics.refused("http", label);
+            let topic = topic_of(&params).ok();
+            shared.audit.refused(audit::Refusal {
+                tenant: &seen.tenant,
+                kind: seen.kind,
+                subject: &seen.subject,
+                action: audit::Action::Publish,
+                topic: topic.as_deref(),
+                reason: seen.reason.unwrap_or(label),
+                protocol: audit::Protocol::Http,
+                client: peer.map(|Extension(ConnectInfo(a))| a),
+            });
             e.into_response()
         }
     }
@@ -128,10 +181,13 @@ async fn handle<R: Router>(
     query: &PublishQuery,
     headers: &HeaderMap,
     body: Body,
+    seen: &mut Seen,
 ) -> Result<Response, ApiError> {
     let presented = auth::from_authorization(headers)?;
+    seen.claimed(&presented);
     let snapshot = shared.snapshot();
     let subject = auth::authenticate(&snapshot, &shared.users, &presented)?.subject;
+    seen.proved(&subject);
     let topic = topic_of(params)?;
     let content_type = content_type(headers)?;
     let qos = qos(query.qos.as_deref())?;
@@ -191,6 +247,7 @@ async fn handle<R: Router>(
         Err(refusal) => {
             let (what, label) = refusal.labels();
             shared.metrics.refused(what, label);
+            seen.reason = Some(label);
             Err(ApiError::from_publish(&refusal, &who, &topic))
         }
     }

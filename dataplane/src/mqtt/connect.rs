@@ -4,7 +4,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::BytesMut;
-use fleetward_policy::{Credential, DenyReason, KeyDigest, Mountpoint, PolicyEvaluator, Subject};
+use fleetward_policy::{
+    Credential, DenyReason, KeyDigest, Mountpoint, PolicyEvaluator, Subject, SubjectKind,
+};
 use rumqttd::protocol::{
     ConnAck, ConnAckProperties, Connect, ConnectProperties, ConnectReturnCode, LastWill,
     LastWillProperties, Login, Packet,
@@ -16,6 +18,7 @@ use super::reason;
 use super::session::{SavedSession, Session, Will, clear_in_router};
 use super::slots::ConnectionSlots;
 use super::state::Shared;
+use crate::audit;
 use crate::router::{Publisher, Router, SessionKey, SessionMode};
 
 /// The largest CONNECT accepted (it carries the will).
@@ -142,6 +145,8 @@ where
         shared: &shared,
         codec: &codec,
         stream: &mut stream,
+        username: None,
+        kind: None,
     };
     let accepted = hs.accept(connect, props, will, will_props, login).await?;
     Some(Session::new(shared, stream, codec, rbuf, accepted))
@@ -211,6 +216,10 @@ struct Handshake<'a, R: Router, S> {
     shared: &'a Arc<Shared<R>>,
     codec: &'a Codec,
     stream: &'a mut S,
+    /// `<tenant>/<name>` as the CONNECT gave it, once read: the subject of a refusal.
+    username: Option<String>,
+    /// Thing or user, once told apart.
+    kind: Option<SubjectKind>,
 }
 
 impl<R: Router, S: AsyncWrite + Unpin> Handshake<'_, R, S> {
@@ -220,6 +229,19 @@ impl<R: Router, S: AsyncWrite + Unpin> Handshake<'_, R, S> {
         label: &'static str,
     ) -> Option<Connected<R::Link>> {
         self.shared.metrics.refused("connect", label);
+        let (tenant, name) = self
+            .username
+            .as_deref()
+            .map(|u| u.split_once('/').unwrap_or(("", u)))
+            .unwrap_or_default();
+        self.shared.audit.refused(audit::Refusal::mqtt(
+            tenant,
+            self.kind,
+            name,
+            audit::Action::Connect,
+            None,
+            label,
+        ));
         let mut out = BytesMut::new();
         let ack = Packet::ConnAck(
             ConnAck {
@@ -272,6 +294,7 @@ impl<R: Router, S: AsyncWrite + Unpin> Handshake<'_, R, S> {
                 .refuse(reason::connack_bad_username(version), "no_username")
                 .await;
         };
+        self.username = Some(login.username.clone());
         let Some((tenant, thing)) = login.username.split_once('/') else {
             return self
                 .refuse(reason::connack_bad_username(version), "bad_username")
@@ -291,6 +314,11 @@ impl<R: Router, S: AsyncWrite + Unpin> Handshake<'_, R, S> {
         let password = login.password.as_bytes();
         let by_token =
             crate::users::looks_like_jwt(password) && snapshot.user(tenant, thing).is_some();
+        self.kind = Some(if by_token {
+            SubjectKind::User
+        } else {
+            SubjectKind::Thing
+        });
         let (subject, token_ends) = if by_token {
             match shared
                 .users

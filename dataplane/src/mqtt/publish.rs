@@ -57,6 +57,8 @@ pub(crate) struct PublishMemo {
     topic: Bytes,
     terms: Option<Terms>,
     hits: u64,
+    /// The topic of the last refused publish, for its audit event (copied only on refusal).
+    refused: Option<Bytes>,
 }
 
 /// A channel's and its tenant's terms for an allowed publish, and where the tenant and channel
@@ -98,6 +100,13 @@ impl PublishMemo {
         self.terms
             .as_ref()
             .ok_or(PublishRefusal::Denied(DenyReason::PolicyUnavailable))
+    }
+
+    /// The topic of the publish just refused, if it had one.
+    pub(crate) fn take_refused(&mut self) -> Option<String> {
+        self.refused
+            .take()
+            .map(|t| String::from_utf8_lossy(&t).into_owned())
     }
 
     /// The answers given since the last call, for the decision cache's hit count.
@@ -204,38 +213,32 @@ impl<R: Router> Shared<R> {
         Ok(published)
     }
 
-    /// Everything of a publish but the hand-over to the router.
+    /// Everything of a publish but the hand-over to the router. A refused publish's topic is
+    /// left in `memo` for the audit trail.
     fn accept(
         &self,
         snapshot: &Snapshot,
         subject: &Subject,
         publisher: &Publisher,
         request: PublishRequest,
-        memo: Option<&mut PublishMemo>,
+        mut memo: Option<&mut PublishMemo>,
     ) -> Result<(Message, Published), PublishRefusal> {
-        let max_user = self.config.max_user_properties;
-        if request
-            .props
-            .as_ref()
-            .is_some_and(|p| p.user_properties.len() > max_user)
-        {
-            return Err(PublishRefusal::TooManyUserProperties { max: max_user });
-        }
-        let decided;
-        let terms = match memo.filter(|_| self.cache.is_enabled()) {
-            Some(memo) => memo.terms(snapshot, &request.topic, || {
-                self.decide(snapshot, subject, &request.topic)
-            })?,
-            None => {
-                decided = self.decide(snapshot, subject, &request.topic)?;
-                &decided
+        let mut decided = None;
+        let terms = match self.terms_of(
+            snapshot,
+            subject,
+            &request,
+            memo.as_deref_mut(),
+            &mut decided,
+        ) {
+            Ok(terms) => terms,
+            Err(e) => {
+                if let Some(memo) = memo {
+                    memo.refused = Some(Bytes::copy_from_slice(&request.topic));
+                }
+                return Err(e);
             }
         };
-        if let Some(max) = terms.max_size
-            && message_len(&request.payload, request.props.as_deref()) > max as usize
-        {
-            return Err(PublishRefusal::TooLarge { max });
-        }
         let retain = request.retain && terms.retained_allowed;
         // The tenant and channel levels, for the rate and the retained store.
         let text = || {
@@ -293,13 +296,50 @@ impl<R: Router> Shared<R> {
                     terms.retained_quota,
                     uids,
                 )
-                .map_err(PublishRefusal::Quota)?;
+                .map_err(|q| {
+                    if let Some(memo) = memo {
+                        memo.refused = Some(Bytes::copy_from_slice(&message.topic));
+                    }
+                    PublishRefusal::Quota(q)
+                })?;
         }
         let published = Published {
             qos,
             retained: retain,
         };
         Ok((message, published))
+    }
+
+    /// The checks of a publish that need only a look at it: its user properties, its topic's
+    /// decision and terms (from the session's memo when the cache is on), its size.
+    fn terms_of<'m>(
+        &self,
+        snapshot: &Snapshot,
+        subject: &Subject,
+        request: &PublishRequest,
+        memo: Option<&'m mut PublishMemo>,
+        decided: &'m mut Option<Terms>,
+    ) -> Result<&'m Terms, PublishRefusal> {
+        let max_user = self.config.max_user_properties;
+        if request
+            .props
+            .as_ref()
+            .is_some_and(|p| p.user_properties.len() > max_user)
+        {
+            return Err(PublishRefusal::TooManyUserProperties { max: max_user });
+        }
+        let terms = match memo.filter(|_| self.cache.is_enabled()) {
+            Some(memo) => memo.terms(snapshot, &request.topic, || {
+                self.decide(snapshot, subject, &request.topic)
+            })?,
+            None => decided.insert(self.decide(snapshot, subject, &request.topic)?),
+        };
+        if let Some(max) = terms.max_size
+            && message_len(&request.payload, request.props.as_deref()) > max as usize
+        {
+            return Err(PublishRefusal::TooLarge { max });
+        }
+        Ok(terms)
     }
 
     /// Parses and authorizes a topic, and finds its channel's and its tenant's terms.

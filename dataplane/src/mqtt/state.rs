@@ -310,6 +310,8 @@ pub(crate) struct Shared<R: Router> {
     pub(crate) pending_wills: PendingWills,
     /// Sign-in and user tokens.
     pub(crate) users: Arc<crate::users::Users>,
+    /// Where every adapter reports its refusals.
+    pub(crate) audit: Arc<crate::audit::Audit>,
 }
 
 impl<R: Router> Shared<R> {
@@ -319,7 +321,13 @@ impl<R: Router> Shared<R> {
         policy: watch::Receiver<Arc<Snapshot>>,
         metrics: Arc<Metrics>,
     ) -> Self {
+        let audit = crate::audit::Audit::new(
+            &crate::audit::pod_name(None),
+            policy.clone(),
+            metrics.clone(),
+        );
         Self {
+            audit: Arc::new(audit),
             cache: DecisionCache::new(config.decision_cache_entries),
             config,
             router,
@@ -350,6 +358,16 @@ impl<R: Router> Shared<R> {
     /// Uses `users` for sign-in and tokens.
     pub(crate) fn with_users(mut self, users: Arc<crate::users::Users>) -> Self {
         self.users = users;
+        self
+    }
+
+    /// Names the pod `pod` in audit events.
+    pub(crate) fn with_pod(mut self, pod: &str) -> Self {
+        self.audit = Arc::new(crate::audit::Audit::new(
+            pod,
+            self.policy.clone(),
+            self.metrics.clone(),
+        ));
         self
     }
 

@@ -9,7 +9,10 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 
+use fleetward_policy::SubjectKind;
+
 use super::{LoginRefusal, TokenPair};
+use crate::audit;
 use crate::http::ApiError;
 use crate::mqtt::Shared;
 use crate::router::Router;
@@ -95,6 +98,8 @@ pub(crate) async fn login<R: Router>(
                 .into_response();
         }
     };
+    let client = peer.map(|Extension(ConnectInfo(a))| a);
+    let who = (req.tenant.clone(), req.username.clone());
     let outcome = shared
         .users
         .login(
@@ -102,7 +107,7 @@ pub(crate) async fn login<R: Router>(
             req.tenant,
             req.username,
             req.password.into_bytes(),
-            peer.map(|Extension(ConnectInfo(a))| a.ip()),
+            client.map(|a| a.ip()),
         )
         .await;
     match outcome {
@@ -116,6 +121,16 @@ pub(crate) async fn login<R: Router>(
                 LoginRefusal::Unavailable(_) => "unavailable",
                 _ => "refused",
             });
+            shared.audit.refused(audit::Refusal {
+                tenant: &who.0,
+                kind: Some(SubjectKind::User),
+                subject: &who.1,
+                action: audit::Action::SignIn,
+                topic: None,
+                reason: r.label(),
+                protocol: audit::Protocol::Http,
+                client,
+            });
             refused(r).into_response()
         }
     }
@@ -124,6 +139,7 @@ pub(crate) async fn login<R: Router>(
 /// `POST /users/tokens/refresh` with `{"refresh_token"}`.
 pub(crate) async fn refresh<R: Router>(
     State(shared): State<Arc<Shared<R>>>,
+    peer: Option<Extension<ConnectInfo<SocketAddr>>>,
     body: Result<Json<RefreshRequest>, JsonRejection>,
 ) -> Response {
     let Json(req) = match body {
@@ -144,6 +160,18 @@ pub(crate) async fn refresh<R: Router>(
                 LoginRefusal::Replayed => "replayed",
                 LoginRefusal::Unavailable(_) => "unavailable",
                 _ => "refused",
+            });
+            // A refused refresh token names no subject one may believe: logged, not kept for
+            // any tenant.
+            shared.audit.refused(audit::Refusal {
+                tenant: "",
+                kind: Some(SubjectKind::User),
+                subject: "",
+                action: audit::Action::Refresh,
+                topic: None,
+                reason: r.label(),
+                protocol: audit::Protocol::Http,
+                client: peer.map(|Extension(ConnectInfo(a))| a),
             });
             refused(r).into_response()
         }

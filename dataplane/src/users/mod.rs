@@ -75,6 +75,19 @@ pub enum LoginRefusal {
     Unavailable(String),
 }
 
+impl LoginRefusal {
+    /// A stable label, for the audit trail.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Self::BadCredentials => "bad_credential",
+            Self::RateLimited(_) => "rate_limited",
+            Self::BadRefreshToken => "bad_refresh_token",
+            Self::Replayed => "refresh_token_replayed",
+            Self::Unavailable(_) => "unavailable",
+        }
+    }
+}
+
 /// Why a presented access token was refused.
 #[derive(Debug)]
 pub struct TokenRefusal {

@@ -5,17 +5,19 @@ mod envelope;
 mod session;
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::Extension;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::{CloseFrame, Message as WsMessage, WebSocketUpgrade, close_code};
-use axum::extract::{Path, Query, State};
+use axum::extract::{ConnectInfo, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use fleetward_policy::{Action, Decision, DenyReason, TopicLimits, parse_filter};
 
+use crate::audit;
 use crate::http::{self, ApiError};
 use crate::listener::{self, AuthHandle};
 use crate::mqtt::{ConnectionSlots, Shared, Uids};
@@ -128,6 +130,7 @@ pub(crate) async fn stream<R: Router>(
     headers: HeaderMap,
     query: Result<Query<StreamQuery>, QueryRejection>,
     socket: Option<Extension<AuthHandle>>,
+    peer: Option<Extension<ConnectInfo<SocketAddr>>>,
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
     let Ok(upgrade) = upgrade else {
@@ -141,10 +144,28 @@ pub(crate) async fn stream<R: Router>(
         .into_response();
     };
     let refusal = Refusal::of(query.refusal, &headers);
-    let stream = match accept(&shared, &params, &headers) {
+    let client = peer.map(|Extension(ConnectInfo(a))| a);
+    let mut seen = http::Seen::default();
+    let stream = match accept(&shared, &params, &headers, client, &mut seen) {
         Ok(stream) => stream,
         Err(e) => {
             shared.metrics.refused("ws", e.error);
+            let topic = http::topic_of(&params).ok();
+            shared.audit.refused(audit::Refusal {
+                tenant: &seen.tenant,
+                kind: seen.kind,
+                subject: &seen.subject,
+                // Credentials that do not hold refuse the connection; after them, the filter.
+                action: if seen.proved {
+                    audit::Action::Subscribe
+                } else {
+                    audit::Action::Connect
+                },
+                topic: topic.as_deref(),
+                reason: seen.reason.unwrap_or(e.error),
+                protocol: audit::Protocol::Ws,
+                client,
+            });
             return refusal.answer(upgrade, e);
         }
     };
@@ -155,6 +176,16 @@ pub(crate) async fn stream<R: Router>(
         Ok(slot) => slot,
         Err(over) => {
             shared.metrics.refused("ws", over.label());
+            shared.audit.refused(audit::Refusal {
+                tenant: &stream.subject.tenant,
+                kind: Some(stream.subject.kind),
+                subject: &stream.subject.name,
+                action: audit::Action::Connect,
+                topic: Some(&stream.filter),
+                reason: over.label(),
+                protocol: audit::Protocol::Ws,
+                client,
+            });
             let reason = over.message(&stream.subject);
             return close_at_once(upgrade, close_code::POLICY, reason);
         }
@@ -205,17 +236,21 @@ fn accept<R: Router>(
     shared: &Shared<R>,
     params: &HashMap<String, String>,
     headers: &HeaderMap,
+    client: Option<SocketAddr>,
+    seen: &mut http::Seen,
 ) -> Result<session::Stream, ApiError> {
     let presented = match http::from_ws_protocols(headers) {
         Some(p) => p?,
         None => http::from_authorization(headers)?,
     };
+    seen.claimed(&presented);
     let snapshot = shared.snapshot();
     let http::Authenticated {
         subject,
         key_digest,
         token_ends,
     } = http::authenticate(&snapshot, &shared.users, &presented)?;
+    seen.proved(&subject);
     let filter = http::topic_of(params)?;
     let limits = TopicLimits::default();
     let topic = parse_filter(&filter, &limits).map_err(|e| {
@@ -236,6 +271,7 @@ fn accept<R: Router>(
         }
         Decision::Deny(why) => {
             shared.metrics.refused("subscribe", why.as_str());
+            seen.reason = Some(why.as_str());
             return Err(ApiError::forbidden(&who, "subscribe", &filter));
         }
     }
@@ -255,6 +291,7 @@ fn accept<R: Router>(
         channel,
         tenant_uid,
         channel_uid,
+        client,
     })
 }
 

@@ -14,6 +14,7 @@ use serde_json::json;
 
 use super::close;
 use super::envelope::{ClientPublish, answer, message_frame};
+use crate::audit;
 use crate::http::{ApiError, CONTENT_TYPES};
 use crate::mqtt::{PublishRequest, Shared, Uids};
 use crate::router::{
@@ -40,6 +41,8 @@ pub(crate) struct Stream {
     /// deleted and created again under its name ends, as one to a deleted channel does.
     pub tenant_uid: String,
     pub channel_uid: String,
+    /// The client's address, for the audit trail.
+    pub client: Option<std::net::SocketAddr>,
 }
 
 impl Stream {
@@ -443,6 +446,16 @@ impl<R: Router, W> Conn<R, W> {
             Err(refusal) => {
                 let (what, label) = refusal.labels();
                 self.shared.metrics.refused(what, label);
+                self.shared.audit.refused(audit::Refusal {
+                    tenant: &s.subject.tenant,
+                    kind: Some(s.subject.kind),
+                    subject: &s.subject.name,
+                    action: audit::Action::Publish,
+                    topic: Some(&topic),
+                    reason: label,
+                    protocol: audit::Protocol::Ws,
+                    client: s.client,
+                });
                 Err(ApiError::from_publish(&refusal, &s.who, &topic))
             }
         }

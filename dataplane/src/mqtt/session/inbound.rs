@@ -12,6 +12,7 @@ use rumqttd::protocol::{
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::{End, Flow, Session, Step, limits};
+use crate::audit;
 use crate::mqtt::codec::{Version, message_props};
 use crate::mqtt::publish::{PublishRefusal, PublishRequest};
 use crate::mqtt::reason;
@@ -75,6 +76,7 @@ impl<R: Router, S: AsyncRead + AsyncWrite + Unpin + Send> Session<R, S> {
         self.shared
             .metrics
             .refused("publish", "response_topic_invalid");
+        self.audit_refused(audit::Action::Publish, None, "response_topic_invalid");
         match qos {
             0 => {}
             1 => self.write(Packet::PubAck(
@@ -93,6 +95,20 @@ impl<R: Router, S: AsyncRead + AsyncWrite + Unpin + Send> Session<R, S> {
             )),
         }
         Flow::Continue
+    }
+
+    /// Reports a refused publish to the audit trail: not a v3 client's rate (it is throttled,
+    /// not refused) nor the router's failure (the server's, not the client's).
+    fn audit_publish(&mut self, refusal: &PublishRefusal) {
+        let topic = match refusal {
+            PublishRefusal::Router(_) => return,
+            PublishRefusal::Rate { .. } if self.codec.version() == Version::V4 => return,
+            PublishRefusal::Rate { request, .. } => {
+                Some(String::from_utf8_lossy(&request.topic).into_owned())
+            }
+            _ => self.publishing.as_mut().and_then(|p| p.memo.take_refused()),
+        };
+        self.audit_refused(audit::Action::Publish, topic.as_deref(), refusal.labels().1);
     }
 
     fn refuse_publish(&mut self, qos: u8, pkid: u16, label: &'static str) -> Flow {
@@ -203,20 +219,27 @@ impl<R: Router, S: AsyncRead + AsyncWrite + Unpin + Send> Session<R, S> {
             ));
         }
         let full = match &self.acc.mount {
-            Some(m) => m.mount_topic_name(&topic, &limits()).map(Bytes::from),
+            Some(m) => m
+                .mount_topic_name(&topic, &limits())
+                .map(Bytes::from)
+                .map_err(|e| (e, topic)),
             // Checked for UTF-8 where it is authorized (or found equal to a topic that was).
             None => Ok(topic),
         };
         let full = match full {
             Ok(t) => t,
-            Err(e) if reason::is_invalid_mqtt(e) => {
+            Err((e, _)) if reason::is_invalid_mqtt(e) => {
                 return Step::Done(self.end_with(
                     DisconnectReasonCode::TopicNameInvalid,
                     "publish",
                     e.as_str(),
                 ));
             }
-            Err(e) => return Step::Done(self.refuse_publish(qos, pkid, e.as_str())),
+            Err((e, topic)) => {
+                let given = String::from_utf8_lossy(&topic);
+                self.audit_refused(audit::Action::Publish, Some(&given), e.as_str());
+                return Step::Done(self.refuse_publish(qos, pkid, e.as_str()));
+            }
         };
         let props = props.and_then(message_props);
         // One clock reading and one snapshot for every publish of a socket read, without
@@ -295,6 +318,9 @@ impl<R: Router, S: AsyncRead + AsyncWrite + Unpin + Send> Session<R, S> {
             &mut self.outbox,
             &mut self.publishing.get_or_insert_default().memo,
         );
+        if let Err(refusal) = &published {
+            self.audit_publish(refusal);
+        }
         match published {
             Ok(_) => {}
             Err(PublishRefusal::Topic(e)) if reason::is_invalid_mqtt(e) => {

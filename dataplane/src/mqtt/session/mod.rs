@@ -26,6 +26,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use super::codec::{Codec, Frame, Version};
 use super::connect::{Accepted, Connected};
 use super::state::{Kick, Shared};
+use crate::audit;
 use crate::mqtt::publish::{PublishMemo, PublishRequest};
 use crate::router::{Message, Protocol, Publisher, Router, RouterLink};
 
@@ -682,6 +683,19 @@ impl<R: Router, S: AsyncRead + AsyncWrite + Unpin + Send> Session<R, S> {
         self.acc.expiry =
             Duration::from_secs(u64::from(secs)).min(self.shared.config.max_session_expiry);
         Flow::Continue
+    }
+
+    /// Reports a refused publish or subscription of this session to the audit trail.
+    fn audit_refused(&self, action: audit::Action, topic: Option<&str>, reason: &str) {
+        let s = &self.acc.subject;
+        self.shared.audit.refused(audit::Refusal::mqtt(
+            &s.tenant,
+            Some(s.kind),
+            &s.name,
+            action,
+            topic,
+            reason,
+        ));
     }
 
     fn policy_now(&self) -> Arc<Snapshot> {

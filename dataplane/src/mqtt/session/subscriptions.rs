@@ -20,6 +20,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::persist::Incarnation;
 use super::{Flow, Session, Subscription, limits};
+use crate::audit;
 use crate::mqtt::Uids;
 use crate::mqtt::codec::Version;
 use crate::mqtt::reason;
@@ -286,6 +287,11 @@ impl<R: Router, S: AsyncRead + AsyncWrite + Unpin + Send> Session<R, S> {
                     self.shared
                         .metrics
                         .refused("subscribe", "shared_subscription_persistent");
+                    self.audit_refused(
+                        audit::Action::Subscribe,
+                        Some(full.as_deref().unwrap_or(&f.path)),
+                        "shared_subscription_persistent",
+                    );
                     codes.push(match version {
                         Version::V4 => rumqttd::protocol::SubscribeReasonCode::Failure,
                         Version::V5 => {
@@ -297,6 +303,7 @@ impl<R: Router, S: AsyncRead + AsyncWrite + Unpin + Send> Session<R, S> {
                 Ok(t) => t,
                 Err(e) => {
                     self.shared.metrics.refused("subscribe", e.as_str());
+                    self.audit_refused(audit::Action::Subscribe, Some(&f.path), e.as_str());
                     codes.push(reason::suback_refused(version, reason::is_invalid_mqtt(e)));
                     continue;
                 }
@@ -309,6 +316,11 @@ impl<R: Router, S: AsyncRead + AsyncWrite + Unpin + Send> Session<R, S> {
             );
             if let Decision::Deny(why) = decision {
                 self.shared.metrics.refused("subscribe", why.as_str());
+                self.audit_refused(
+                    audit::Action::Subscribe,
+                    Some(full.as_deref().unwrap_or(&f.path)),
+                    why.as_str(),
+                );
                 codes.push(reason::suback_refused(version, false));
                 continue;
             }
@@ -358,6 +370,11 @@ impl<R: Router, S: AsyncRead + AsyncWrite + Unpin + Send> Session<R, S> {
                         self.shared
                             .metrics
                             .refused("limit", "subscriptions_per_session");
+                        self.audit_refused(
+                            audit::Action::Subscribe,
+                            Some(&f.path),
+                            "subscriptions_per_session",
+                        );
                         codes.push(match version {
                             Version::V4 => rumqttd::protocol::SubscribeReasonCode::Failure,
                             Version::V5 => rumqttd::protocol::SubscribeReasonCode::QuotaExceeded,

@@ -1,0 +1,364 @@
+//! The audit trail: one structured event for every refusal on every protocol (docs/audit.md).
+//!
+//! Adapters report a refusal through [`Audit::refused`] only. Events are limited per subject
+//! (a GCRA per subject in a bounded cache), and what is held back is counted into the next
+//! event of that subject, or into a summary event when the subject goes quiet. Each event is
+//! written as one JSON line under the tracing target [`TARGET`], and kept in a bounded ring per
+//! tenant that the tenant's admins read with `GET /audit` ([`http`]).
+
+pub(crate) mod http;
+mod ring;
+
+use std::net::SocketAddr;
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime};
+
+use fleetward_policy::{Snapshot, SubjectKind};
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use parking_lot::Mutex;
+use tokio::sync::watch;
+
+use crate::listener::{self, Listener};
+use crate::metrics::Metrics;
+
+pub(crate) use ring::{Filter, Page};
+
+/// The tracing target audit events are written under, one JSON object per line.
+pub const TARGET: &str = "fleetward::audit";
+
+/// How many events one subject may emit at once before the rest are held back.
+pub const BURST_PER_SUBJECT: u32 = 10;
+/// How many events per minute one subject emits after its burst.
+pub const EVENTS_PER_SUBJECT_PER_MINUTE: u32 = 10;
+/// Subjects whose limits are tracked at once; the least recently refused is forgotten first.
+pub const MAX_SUBJECTS: u64 = 100_000;
+/// How often held-back counts of quiet subjects are written as summary events.
+pub const SUMMARY_EVERY: Duration = Duration::from_secs(60);
+/// How often a refused CONNECT is logged for people (at info), per subject.
+const CONNECT_LOG_EVERY: Duration = Duration::from_secs(60);
+
+/// What was refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum Action {
+    /// An MQTT CONNECT, or the handshake of a WebSocket stream (its credentials).
+    Connect,
+    /// A PUBLISH, an HTTP publish, a message on a WebSocket stream.
+    Publish,
+    /// A SUBSCRIBE filter, or the filter of a WebSocket stream.
+    Subscribe,
+    /// `POST /users/tokens`.
+    SignIn,
+    /// `POST /users/tokens/refresh`.
+    Refresh,
+}
+
+impl Action {
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Self::Connect => "connect",
+            Self::Publish => "publish",
+            Self::Subscribe => "subscribe",
+            Self::SignIn => "sign_in",
+            Self::Refresh => "refresh",
+        }
+    }
+}
+
+/// The protocol a refused request came in over.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+pub(crate) enum Protocol {
+    #[serde(rename = "mqtt")]
+    Mqtt,
+    #[serde(rename = "mqtts")]
+    Mqtts,
+    #[serde(rename = "mqtt-ws")]
+    MqttWs,
+    #[serde(rename = "http")]
+    Http,
+    #[serde(rename = "ws")]
+    Ws,
+}
+
+/// A refusal as an adapter reports it: borrowed, so a refusal that is held back costs no copy.
+pub(crate) struct Refusal<'a> {
+    /// The tenant named (or claimed) by the request; empty when it named none.
+    pub tenant: &'a str,
+    /// Thing or user, when known.
+    pub kind: Option<SubjectKind>,
+    /// The subject's name in its tenant (or as claimed); empty when the request named none.
+    pub subject: &'a str,
+    pub action: Action,
+    /// The topic or filter, when there is one.
+    pub topic: Option<&'a str>,
+    /// The refusal's stable label: the evaluator's reason or the adapter's metric label.
+    pub reason: &'a str,
+    pub protocol: Protocol,
+    pub client: Option<SocketAddr>,
+}
+
+impl<'a> Refusal<'a> {
+    /// A refusal on the MQTT front-end: the client's address and the protocol (TCP, TLS or
+    /// WebSocket) come from the connection's task.
+    pub(crate) fn mqtt(
+        tenant: &'a str,
+        kind: Option<SubjectKind>,
+        subject: &'a str,
+        action: Action,
+        topic: Option<&'a str>,
+        reason: &'a str,
+    ) -> Self {
+        let (client, protocol) = match listener::current_peer() {
+            Some((addr, Listener::Mqtts)) => (Some(addr), Protocol::Mqtts),
+            Some((addr, Listener::Http)) => (Some(addr), Protocol::MqttWs),
+            Some((addr, _)) => (Some(addr), Protocol::Mqtt),
+            None => (None, Protocol::Mqtt),
+        };
+        Self {
+            tenant,
+            kind,
+            subject,
+            action,
+            topic,
+            reason,
+            protocol,
+            client,
+        }
+    }
+}
+
+/// One audit event, as logged, kept and served (docs/audit.md).
+#[derive(Clone, Debug, serde::Serialize)]
+pub(crate) struct Event {
+    /// Increasing on this pod; `GET /audit` pages with it.
+    pub id: u64,
+    /// RFC 3339, UTC.
+    pub time: String,
+    #[serde(skip)]
+    pub at: SystemTime,
+    pub tenant: String,
+    /// `thing` or `user`; absent when the request named no subject one could tell.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub subject_kind: Option<&'static str>,
+    pub subject: String,
+    pub action: Action,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub topic: Option<String>,
+    pub reason: String,
+    pub protocol: Protocol,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client: Option<String>,
+    pub pod: String,
+    /// Refusals of this subject held back since its last event (not written, not kept).
+    pub suppressed: u64,
+    /// A summary of held-back refusals of a subject that went quiet; the fields are those of
+    /// the last one held back.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub summary: bool,
+}
+
+/// One subject's limit and what it held back.
+struct SubjectWindow {
+    limiter: DefaultDirectRateLimiter,
+    held: Mutex<Held>,
+}
+
+#[derive(Default)]
+struct Held {
+    /// Refusals held back since the subject's last event.
+    count: u64,
+    /// The last refusal held back, for a summary if the subject goes quiet.
+    last: Option<Event>,
+    /// When a refused CONNECT of this subject was last logged for people.
+    connect_logged: Option<Instant>,
+}
+
+/// The pod's audit trail.
+pub(crate) struct Audit {
+    pod: Arc<str>,
+    next_id: AtomicU64,
+    /// Bounded: a flood of made-up subject names evicts the least recently seen windows
+    /// instead of growing the pod (`governor`'s keyed limiter has no bound of its own).
+    subjects: moka::sync::Cache<String, Arc<SubjectWindow>>,
+    quota: Quota,
+    rings: ring::Rings,
+    policy: watch::Receiver<Arc<Snapshot>>,
+    metrics: Arc<Metrics>,
+}
+
+impl Audit {
+    /// An audit trail of the pod named `pod`; events are kept for the tenants `policy` has.
+    pub(crate) fn new(
+        pod: &str,
+        policy: watch::Receiver<Arc<Snapshot>>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        let burst = NonZeroU32::new(BURST_PER_SUBJECT).unwrap_or(NonZeroU32::MIN);
+        let rate = NonZeroU32::new(EVENTS_PER_SUBJECT_PER_MINUTE).unwrap_or(NonZeroU32::MIN);
+        Self {
+            pod: pod.into(),
+            next_id: AtomicU64::new(1),
+            subjects: moka::sync::Cache::builder()
+                .max_capacity(MAX_SUBJECTS)
+                .build(),
+            quota: Quota::per_minute(rate).allow_burst(burst),
+            rings: ring::Rings::default(),
+            policy,
+            metrics,
+        }
+    }
+
+    /// Reports a refusal: one event, unless the subject is over its limit (then counted into
+    /// its next one). Also logs it for people: a CONNECT at info once per subject per minute,
+    /// anything else at debug.
+    pub(crate) fn refused(&self, r: Refusal<'_>) {
+        let kind = r.kind.map(SubjectKind::as_str).unwrap_or("");
+        let key = format!("{}\0{kind}\0{}", r.tenant, r.subject);
+        let window = self.subjects.get_with_by_ref(&key, || {
+            Arc::new(SubjectWindow {
+                limiter: RateLimiter::direct(self.quota),
+                held: Mutex::default(),
+            })
+        });
+        self.log_for_people(&r, &window);
+        if window.limiter.check().is_err() {
+            let mut held = window.held.lock();
+            held.count += 1;
+            held.last = Some(self.event(&r, 0));
+            drop(held);
+            self.metrics.audit_suppressed();
+            return;
+        }
+        let suppressed = {
+            let mut held = window.held.lock();
+            held.last = None;
+            std::mem::take(&mut held.count)
+        };
+        self.emit(self.event(&r, suppressed));
+    }
+
+    /// Writes a summary event for every subject that held refusals back and has not emitted
+    /// since: a device that floods then stops still shows how many it sent.
+    pub(crate) fn summarize(&self) {
+        for (_, window) in self.subjects.iter() {
+            let mut held = window.held.lock();
+            if held.count == 0 {
+                continue;
+            }
+            let count = std::mem::take(&mut held.count);
+            let Some(mut event) = held.last.take() else {
+                continue;
+            };
+            drop(held);
+            event.id = self.next_id.fetch_add(1, Ordering::Relaxed);
+            event.suppressed = count;
+            event.summary = true;
+            self.emit(event);
+        }
+    }
+
+    /// The events of `tenant` kept on this pod that match `filter`, newest first.
+    pub(crate) fn query(&self, tenant: &str, filter: &Filter) -> Page {
+        self.rings.query(tenant, filter)
+    }
+
+    fn event(&self, r: &Refusal<'_>, suppressed: u64) -> Event {
+        let at = SystemTime::now();
+        Event {
+            id: self.next_id.fetch_add(1, Ordering::Relaxed),
+            time: chrono::DateTime::<chrono::Utc>::from(at)
+                .to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+            at,
+            tenant: r.tenant.to_owned(),
+            subject_kind: r.kind.map(SubjectKind::as_str),
+            subject: r.subject.to_owned(),
+            action: r.action,
+            topic: r.topic.map(str::to_owned),
+            reason: r.reason.to_owned(),
+            protocol: r.protocol,
+            client: r.client.map(|a| a.to_string()),
+            pod: self.pod.to_string(),
+            suppressed,
+            summary: false,
+        }
+    }
+
+    /// Writes one event to the log and keeps it for its tenant, if the tenant exists (events
+    /// of made-up tenants are logged only, so they cannot take a real tenant's room).
+    fn emit(&self, event: Event) {
+        match serde_json::to_string(&event) {
+            // The message is the JSON object alone: one event, one line, whatever the client
+            // sent (serde_json escapes control characters).
+            Ok(line) => tracing::info!(target: TARGET, "{line}"),
+            Err(e) => tracing::warn!(error = %e, "an audit event could not be written as JSON"),
+        }
+        self.metrics.audit_emitted();
+        let known = self.policy.borrow().tenant(&event.tenant).is_some();
+        if known {
+            self.rings.push(event);
+        }
+    }
+
+    fn log_for_people(&self, r: &Refusal<'_>, window: &SubjectWindow) {
+        let who = format_args!("{}/{}", r.tenant, r.subject);
+        if r.action != Action::Connect {
+            tracing::debug!(
+                subject = %who,
+                action = r.action.as_str(),
+                topic = r.topic.unwrap_or(""),
+                reason = r.reason,
+                "refused"
+            );
+            return;
+        }
+        let now = Instant::now();
+        {
+            let mut held = window.held.lock();
+            if held
+                .connect_logged
+                .is_some_and(|at| now.duration_since(at) < CONNECT_LOG_EVERY)
+            {
+                return;
+            }
+            held.connect_logged = Some(now);
+        }
+        let client = r.client.map(|a| a.to_string()).unwrap_or_default();
+        tracing::info!(
+            subject = %who,
+            %client,
+            reason = %r.reason,
+            "refused a connection (logged once a minute per subject; the audit trail has each one)"
+        );
+    }
+}
+
+/// Writes the summaries of quiet subjects every [`SUMMARY_EVERY`], until dropped.
+pub(crate) async fn summarize_every(audit: Arc<Audit>) {
+    let mut tick = tokio::time::interval(SUMMARY_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        audit.summarize();
+    }
+}
+
+/// The pod's name: `--node-id` / `POD_NAME` when given, else the host's name.
+pub(crate) fn pod_name(node_id: Option<&str>) -> String {
+    if let Some(id) = node_id.filter(|id| !id.is_empty()) {
+        return id.to_owned();
+    }
+    if let Ok(name) = std::env::var("POD_NAME")
+        && !name.is_empty()
+    {
+        return name;
+    }
+    hostname::get()
+        .ok()
+        .and_then(|h| h.into_string().ok())
+        .unwrap_or_else(|| "dataplane".to_owned())
+}
+
+#[cfg(test)]
+mod tests;

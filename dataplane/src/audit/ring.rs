@@ -1,0 +1,112 @@
+//! The audit events kept in memory on this pod: a bounded ring per tenant, read newest first
+//! with filters and a cursor. The history store (issue 16) will keep them for longer.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use parking_lot::Mutex;
+
+use super::Event;
+
+/// Events kept per tenant; the oldest goes first.
+pub const EVENTS_PER_TENANT: usize = 1_000;
+/// Tenants whose rings are kept at once (the least recently written is dropped first).
+pub const MAX_TENANTS: u64 = 10_000;
+/// The most events one page holds.
+pub const MAX_PAGE: usize = 1_000;
+/// A page's size when the request names none.
+pub const DEFAULT_PAGE: usize = 100;
+
+/// What a reader asks for: every field that is set must match.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Filter {
+    /// `<name>` or `<kind>/<name>` (`thing/sensor-1`).
+    pub subject: Option<String>,
+    pub action: Option<String>,
+    pub reason: Option<String>,
+    /// Only events at or after this time.
+    pub since: Option<SystemTime>,
+    /// Only events older than this cursor (the `id` of the last event of the previous page).
+    pub before: Option<u64>,
+    /// The most events to return.
+    pub limit: usize,
+}
+
+impl Filter {
+    fn matches(&self, e: &Event) -> bool {
+        if let Some(subject) = &self.subject {
+            let named = match subject.split_once('/') {
+                Some((kind, name)) => e.subject_kind == Some(kind) && e.subject == name,
+                None => &e.subject == subject,
+            };
+            if !named {
+                return false;
+            }
+        }
+        self.action
+            .as_deref()
+            .is_none_or(|a| a == e.action.as_str())
+            && self.reason.as_deref().is_none_or(|r| r == e.reason)
+            && self.since.is_none_or(|t| e.at >= t)
+            && self.before.is_none_or(|b| e.id < b)
+    }
+}
+
+/// One page of events, newest first.
+#[derive(Debug, serde::Serialize)]
+pub(crate) struct Page {
+    pub events: Vec<Event>,
+    /// Pass as `cursor` for the next (older) page; absent on the last page.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_cursor: Option<String>,
+}
+
+/// Every tenant's ring.
+pub(crate) struct Rings {
+    tenants: moka::sync::Cache<String, Arc<Mutex<VecDeque<Event>>>>,
+}
+
+impl Default for Rings {
+    fn default() -> Self {
+        Self {
+            tenants: moka::sync::Cache::builder()
+                .max_capacity(MAX_TENANTS)
+                .build(),
+        }
+    }
+}
+
+impl Rings {
+    /// Keeps `event` in its tenant's ring.
+    pub(crate) fn push(&self, event: Event) {
+        let ring = self
+            .tenants
+            .get_with_by_ref(&event.tenant, || Arc::new(Mutex::new(VecDeque::new())));
+        let mut ring = ring.lock();
+        if ring.len() >= EVENTS_PER_TENANT {
+            ring.pop_front();
+        }
+        ring.push_back(event);
+    }
+
+    /// The newest events of `tenant` that match `filter`, at most `filter.limit`.
+    pub(crate) fn query(&self, tenant: &str, filter: &Filter) -> Page {
+        let limit = filter.limit.clamp(1, MAX_PAGE);
+        let Some(ring) = self.tenants.get(tenant) else {
+            return Page {
+                events: Vec::new(),
+                next_cursor: None,
+            };
+        };
+        let ring = ring.lock();
+        let mut matching = ring.iter().rev().filter(|e| filter.matches(e));
+        let events: Vec<Event> = matching.by_ref().take(limit).cloned().collect();
+        let more = matching.next().is_some();
+        let next_cursor = events.last().filter(|_| more).map(|e| e.id.to_string());
+        Page {
+            events,
+            next_cursor,
+        }
+    }
+}
