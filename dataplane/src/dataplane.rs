@@ -266,6 +266,11 @@ impl Dataplane {
         tasks.push(tokio::spawn(crate::audit::summarize_every(
             shared.audit.clone(),
         )));
+        let publisher = shared.clone();
+        tasks.push(tokio::spawn(crate::audit::publish_on_channels(
+            shared.audit.clone(),
+            move |message| publisher.router.publish(message),
+        )));
         let listener = mqtt::bind(self.mqtt_listen, "MQTT").await?;
         let mqtt_addr = listener.local_addr()?;
         tasks.push(tokio::spawn(mqtt::accept_loop(

@@ -28,6 +28,7 @@ pub struct Metrics {
     /// Audit events written, and refusals held back by the per-subject limit.
     audit_emitted: AtomicU64,
     audit_suppressed: AtomicU64,
+    audit_channel_dropped: AtomicU64,
 }
 
 /// The NATS bus's counters (absent from `/metrics` on a single pod).
@@ -119,6 +120,10 @@ impl Metrics {
 
     pub(crate) fn audit_suppressed(&self) {
         self.audit_suppressed.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn audit_channel_dropped(&self) {
+        self.audit_channel_dropped.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Audit events written, and refusals the per-subject limit held back.
@@ -308,7 +313,8 @@ impl Metrics {
         let (emitted, suppressed) = self.audit_events();
         let _ = writeln!(
             out,
-            "# HELP fleetward_audit_events_total Audit events written (one per refusal, within each subject's limit).\n# TYPE fleetward_audit_events_total counter\nfleetward_audit_events_total {emitted}\n# HELP fleetward_audit_suppressed_total Refusals held back by the per-subject audit limit (counted into the subject's next event).\n# TYPE fleetward_audit_suppressed_total counter\nfleetward_audit_suppressed_total {suppressed}"
+            "# HELP fleetward_audit_events_total Audit events written (one per refusal, within each subject's limit).\n# TYPE fleetward_audit_events_total counter\nfleetward_audit_events_total {emitted}\n# HELP fleetward_audit_suppressed_total Refusals held back by the per-subject audit limit (counted into the subject's next event).\n# TYPE fleetward_audit_suppressed_total counter\nfleetward_audit_suppressed_total {suppressed}\n# HELP fleetward_audit_channel_dropped_total Audit events not published on their tenant's audit channel because its backlog was full (still logged and kept).\n# TYPE fleetward_audit_channel_dropped_total counter\nfleetward_audit_channel_dropped_total {}",
+            self.audit_channel_dropped.load(Ordering::Relaxed)
         );
         self.render_bus(&mut out);
         out
@@ -347,7 +353,12 @@ mod tests {
         m.audit_emitted();
         m.audit_suppressed();
         m.audit_suppressed();
+        m.audit_channel_dropped();
         let text = m.render(3, 1);
+        assert!(
+            text.contains("fleetward_audit_channel_dropped_total 1\n"),
+            "{text}"
+        );
         assert!(text.contains("fleetward_audit_events_total 1\n"), "{text}");
         assert!(
             text.contains("fleetward_audit_suppressed_total 2\n"),

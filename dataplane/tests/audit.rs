@@ -401,3 +401,149 @@ async fn only_a_tenants_admin_reads_its_audit() {
     let (status, _) = fx.audit(&globex_admin, "tenant=acme").await;
     assert_eq!(status, 403);
 }
+
+/// A `mosquitto_sub -d` (MQTT 5) whose output lines arrive on `lines`; killed on drop.
+struct Sub {
+    _child: tokio::process::Child,
+    lines: tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>,
+}
+
+impl Sub {
+    /// Subscribes `user` of `tenant` (with its token) to `filter`; returns it and the SUBACK's
+    /// reason code.
+    async fn start(fx: &Fx, tenant: &str, user: &str, token: &str, filter: &str) -> (Self, u8) {
+        use tokio::io::AsyncBufReadExt;
+        let mut child = Command::new("stdbuf")
+            .args([
+                "-oL",
+                "mosquitto_sub",
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &fx.mqtt_port(),
+            ])
+            .args([
+                "-V",
+                "5",
+                "-d",
+                "-v",
+                "-u",
+                &format!("{tenant}/{user}"),
+                "-P",
+                token,
+            ])
+            .args(["-t", filter])
+            .stdout(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("mosquitto_sub runs");
+        let stdout = child.stdout.take().expect("piped");
+        let mut sub = Self {
+            _child: child,
+            lines: tokio::io::BufReader::new(stdout).lines(),
+        };
+        // `Subscribed (mid: 1): 0`: the granted QoS, or the v5 reason code.
+        let line = sub.line_with("Subscribed (mid:").await;
+        let code = line
+            .rsplit(' ')
+            .next()
+            .and_then(|c| c.parse().ok())
+            .unwrap_or_else(|| panic!("no reason code in {line:?}"));
+        (sub, code)
+    }
+
+    /// The next line containing `needle` within 20 s.
+    async fn line_with(&mut self, needle: &str) -> String {
+        let read = async {
+            while let Ok(Some(line)) = self.lines.next_line().await {
+                if line.contains(needle) {
+                    return line;
+                }
+            }
+            panic!("mosquitto_sub ended before a line with {needle:?}");
+        };
+        tokio::time::timeout(Duration::from_secs(20), read)
+            .await
+            .unwrap_or_else(|_| panic!("no line with {needle:?} within 20 s"))
+    }
+}
+
+#[tokio::test]
+async fn a_tenants_admins_and_only_they_receive_its_events_on_the_audit_channel() {
+    let fx = Fx::start().await;
+    let acme_admin = fx.token("acme", "adam").await;
+    let globex_admin = fx.token("globex", "adam").await;
+    let (mut acme, code) = Sub::start(&fx, "acme", "adam", &acme_admin, "m/acme/c/$audit").await;
+    assert_eq!(code, 0, "an admin subscribes to its tenant's audit channel");
+    let (mut globex, code) =
+        Sub::start(&fx, "globex", "adam", &globex_admin, "m/globex/c/$audit").await;
+    assert_eq!(code, 0);
+
+    // A refused publish in acme reaches acme's admin, as the JSON event.
+    let stranger = key("acme", "stranger");
+    fx.mosquitto_pub(
+        ("acme", "stranger"),
+        &stranger,
+        &["-q", "1", "-t", "m/acme/c/telemetry/x", "-m", "x"],
+    )
+    .await;
+    let line = acme.line_with("m/acme/c/$audit ").await;
+    let json = line
+        .split_once(' ')
+        .map(|(_, j)| j)
+        .expect("topic and payload");
+    let event: Value = serde_json::from_str(json).expect("the event as JSON");
+    assert_eq!(
+        (&event["subject"], &event["action"], &event["reason"]),
+        (&"stranger".into(), &"publish".into(), &"no_grant".into()),
+        "{event}"
+    );
+    assert_eq!(event["topic"], "m/acme/c/telemetry/x");
+
+    // Not globex's admin: a globex refusal is the first thing its subscription hears.
+    let globex_stranger = key("globex", "stranger");
+    fx.mosquitto_pub(
+        ("globex", "stranger"),
+        &globex_stranger,
+        &["-q", "1", "-t", "m/globex/c/telemetry/y", "-m", "y"],
+    )
+    .await;
+    let line = globex.line_with("m/globex/c/$audit ").await;
+    assert!(line.contains("m/globex/c/telemetry/y"), "{line}");
+    assert!(!line.contains("m/acme/"), "{line}");
+
+    // Refused: another tenant's admin, a viewer, a thing (0x87).
+    let viewer = fx.token("acme", "vera").await;
+    let reader = key("acme", "reader");
+    for (tenant, who, secret) in [
+        ("globex", "adam", globex_admin.as_str()),
+        ("acme", "vera", viewer.as_str()),
+        ("acme", "reader", reader.as_str()),
+    ] {
+        let (_, code) = Sub::start(&fx, tenant, who, secret, "m/acme/c/$audit").await;
+        assert_eq!(
+            code, 0x87,
+            "{tenant}/{who} subscribing to acme's audit channel"
+        );
+    }
+    // Nobody publishes there, an admin included: PUBACK 0x87, and the admin hears only the
+    // refusal's own event.
+    let out = Command::new("mosquitto_pub")
+        .args(["-h", "127.0.0.1", "-p", &fx.mqtt_port(), "-V", "5"])
+        .args(["-u", "acme/adam", "-P", &acme_admin, "-q", "1"])
+        .args(["-t", "m/acme/c/$audit", "-m", "{\"forged\":true}"])
+        .output()
+        .await
+        .expect("mosquitto_pub runs");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("Not authorized"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let line = acme
+        .line_with("\"subject\":\"adam\",\"action\":\"publish\"")
+        .await;
+    assert!(line.starts_with("m/acme/c/$audit "), "{line}");
+    assert!(line.contains("\"reason\":\"audit_channel\""), "{line}");
+    assert!(!line.contains("forged\":true}"), "{line}");
+}

@@ -12,7 +12,7 @@ use crate::credentials::{KeyDigest, burn_password_check, verify_password, verify
 use crate::evaluator::{
     Action, AllowReason, Credential, Decision, DenyReason, PolicyEvaluator, Refusal, Subject,
 };
-use crate::model::{Grant, GrantSubjectKind, Role, SubjectKind, Thing, User};
+use crate::model::{AUDIT_CHANNEL, Grant, GrantSubjectKind, Role, SubjectKind, Thing, User};
 use crate::pattern::covers;
 use crate::snapshot::Snapshot;
 use crate::topic::Topic;
@@ -193,6 +193,13 @@ impl PolicyEvaluator for Snapshot {
         let channel = topic.channel();
         if self.channel(tenant, channel).is_none() {
             return Decision::Deny(DenyReason::UnknownChannel);
+        }
+        // The audit channel: by role alone, whatever grants say (no grant can name it anyway).
+        if channel == AUDIT_CHANNEL {
+            return match (action, role) {
+                (Action::Subscribe, Some(Role::Admin)) => Decision::Allow(AllowReason::Role),
+                _ => Decision::Deny(DenyReason::AuditChannel),
+            };
         }
         if action == Action::Publish && topic.has_wildcards() {
             return Decision::Deny(DenyReason::WildcardPublish);

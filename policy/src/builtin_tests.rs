@@ -483,6 +483,61 @@ fn roles_give_channels_of_their_tenant() {
 }
 
 #[test]
+fn only_a_tenants_admins_read_its_audit_channel_and_nobody_publishes_there() {
+    let mut s = fixture();
+    let root = Subject::user("acme", "root");
+    assert_eq!(subscribe(&s, &root, "m/acme/c/$audit"), ROLE);
+    assert_eq!(subscribe(&s, &root, "m/acme/c/$audit/#"), ROLE);
+    let audit = deny(DenyReason::AuditChannel);
+    assert_eq!(publish(&s, &root, "m/acme/c/$audit"), audit);
+    for other in [
+        Subject::user("acme", "watcher"),
+        Subject::user("acme", "alice"),
+        Subject::thing("acme", "sensor"),
+        Subject::thing("acme", "gateway"),
+    ] {
+        assert_eq!(subscribe(&s, &other, "m/acme/c/$audit"), audit, "{other:?}");
+        assert_eq!(publish(&s, &other, "m/acme/c/$audit"), audit, "{other:?}");
+    }
+    // Another tenant's admin, and a grant naming the channel, change nothing.
+    assert_eq!(
+        subscribe(&s, &Subject::user("globex", "root"), "m/acme/c/$audit"),
+        deny(DenyReason::CrossTenant)
+    );
+    s.upsert_grant(mk_grant(
+        "acme",
+        "sensor-audit",
+        GrantSubject::Thing("sensor".into()),
+        AUDIT_CHANNEL,
+        Actions::BOTH,
+        &[],
+        &[],
+    ));
+    let sensor = Subject::thing("acme", "sensor");
+    assert_eq!(subscribe(&s, &sensor, "m/acme/c/$audit"), audit);
+    // The channel is the tenant's, not a resource: never listed, gone with the tenant.
+    assert!(s.channels().all(|c| c.name != AUDIT_CHANNEL));
+    let before = s
+        .channel("acme", AUDIT_CHANNEL)
+        .expect("with its tenant")
+        .clone();
+    assert_eq!(before.max_qos, Qos::AtMostOnce);
+    assert!(!before.retained_allowed);
+    s.remove_tenant("acme");
+    assert!(s.channel("acme", AUDIT_CHANNEL).is_none());
+    let mut again = mk_tenant("acme");
+    again.uid = "a-new-uid".into();
+    s.upsert_tenant(again);
+    let after = s
+        .channel("acme", AUDIT_CHANNEL)
+        .expect("with the new tenant");
+    assert_ne!(
+        after.uid, before.uid,
+        "a re-created tenant's audit channel is another one"
+    );
+}
+
+#[test]
 fn deny_wins_over_roles_and_other_grants() {
     let mut s = fixture();
     s.upsert_grant(mk_grant(

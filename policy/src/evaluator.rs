@@ -167,6 +167,8 @@ pub enum DenyReason {
     ReadOnlyRole,
     /// The evaluator has no policy to answer from (never loaded, or the engine failed).
     PolicyUnavailable,
+    /// A publish on the tenant's audit channel, or a subscription to it by anyone but an admin.
+    AuditChannel,
 }
 
 impl DenyReason {
@@ -186,12 +188,13 @@ impl DenyReason {
             DenyReason::SubtopicNotAllowed => "subtopic_not_allowed",
             DenyReason::SubtopicDenied => "subtopic_denied",
             DenyReason::ReadOnlyRole => "read_only_role",
+            DenyReason::AuditChannel => "audit_channel",
             DenyReason::PolicyUnavailable => "policy_unavailable",
         }
     }
 
     /// Every reason, for exhaustive maps and tests.
-    pub const ALL: [DenyReason; 14] = [
+    pub const ALL: [DenyReason; 15] = [
         DenyReason::UnknownTenant,
         DenyReason::TenantSuspended,
         DenyReason::UnknownSubject,
@@ -206,6 +209,7 @@ impl DenyReason {
         DenyReason::SubtopicDenied,
         DenyReason::ReadOnlyRole,
         DenyReason::PolicyUnavailable,
+        DenyReason::AuditChannel,
     ];
 }
 

@@ -127,6 +127,9 @@ pub fn deny_text(reason: DenyReason) -> &'static str {
         }
         DenyReason::SubtopicDenied => "a deny pattern of a Connection refuses this subtopic",
         DenyReason::ReadOnlyRole => "the user's role is viewer, which only subscribes",
+        DenyReason::AuditChannel => {
+            "the audit channel ($audit) is read by the tenant's admins only, and nobody publishes on it"
+        }
         DenyReason::PolicyUnavailable => "no policy is loaded",
     }
 }

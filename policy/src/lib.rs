@@ -90,8 +90,8 @@ pub use evaluator::{
 };
 pub use explain::{Explanation, GrantUse, deny_text};
 pub use model::{
-    Actions, Channel, Grant, GrantSubject, Group, Member, Qos, ResourceName, Resources, Role,
-    SigningAlgorithm, SigningKey, SubjectKind, Tenant, TenantLimits, Thing, User,
+    AUDIT_CHANNEL, Actions, Channel, Grant, GrantSubject, Group, Member, Qos, ResourceName,
+    Resources, Role, SigningAlgorithm, SigningKey, SubjectKind, Tenant, TenantLimits, Thing, User,
 };
 pub use pattern::{PatternError, SubtopicPattern};
 pub use snapshot::{BuildError, Snapshot};

@@ -305,6 +305,29 @@ fn default_true() -> bool {
     true
 }
 
+/// The channel level of every tenant's audit channel, `m/<tenant>/c/$audit`: the dataplanes
+/// publish the tenant's audit events there (docs/audit.md). It exists with its tenant and is
+/// no resource: a Kubernetes name cannot start with `$`, so no Channel can take the name. Only
+/// the tenant's admins subscribe to it, and nobody publishes on it.
+pub const AUDIT_CHANNEL: &str = "$audit";
+
+impl Channel {
+    /// `tenant`'s audit channel: QoS 0, no retained messages. Its uid follows the tenant's, so
+    /// a subscription to a deleted and re-created tenant's audit channel is revoked like any
+    /// other.
+    pub fn audit_of(tenant: &Tenant) -> Self {
+        Self {
+            tenant: tenant.name.clone(),
+            name: AUDIT_CHANNEL.to_owned(),
+            uid: format!("audit:{}", tenant.uid),
+            max_qos: Qos::AtMostOnce,
+            retained_allowed: false,
+            max_message_size: None,
+            delivery_metadata: false,
+        }
+    }
+}
+
 /// Who a grant is for, named in the grant's own tenant.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]

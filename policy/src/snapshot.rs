@@ -8,8 +8,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::credentials::KeyDigest;
 use crate::model::{
-    Channel, Grant, GrantSubject, GrantSubjectKind, Group, ResourceName, Resources, SigningKey,
-    SubjectKind, Tenant, Thing, User,
+    AUDIT_CHANNEL, Channel, Grant, GrantSubject, GrantSubjectKind, Group, ResourceName, Resources,
+    SigningKey, SubjectKind, Tenant, Thing, User,
 };
 
 /// Where grants are indexed: a subject (by kind and name) and a channel, in one tenant.
@@ -99,6 +99,9 @@ pub struct Snapshot {
     pub(crate) groups: HashMap<ResourceName, Arc<Group>>,
     pub(crate) channels: HashMap<ResourceName, Arc<Channel>>,
     pub(crate) grants: HashMap<ResourceName, Arc<Grant>>,
+    /// Each tenant's audit channel ([`AUDIT_CHANNEL`]), made with the tenant: not a resource,
+    /// so never listed, counted, serialized or diffed.
+    audit_channels: HashMap<String, Arc<Channel>>,
     /// Grants by subject and channel; each list sorted by grant name.
     grants_by_target: HashMap<GrantTarget, Vec<Arc<Grant>>>,
     /// Group names by member; each list sorted.
@@ -272,7 +275,11 @@ impl Snapshot {
     }
 
     /// A channel by tenant and name.
+    /// The tenant's [`AUDIT_CHANNEL`] is one too, while the tenant exists.
     pub fn channel(&self, tenant: &str, name: &str) -> Option<&Channel> {
+        if name == AUDIT_CHANNEL {
+            return self.audit_channels.get(tenant).map(|c| &**c);
+        }
         self.channels.get(&NameRef { tenant, name }).map(|t| &**t)
     }
 
@@ -351,11 +358,21 @@ impl Snapshot {
 
     /// Adds or replaces a tenant; returns the previous one.
     pub fn upsert_tenant(&mut self, tenant: Tenant) -> Option<Arc<Tenant>> {
+        let audit = Channel::audit_of(&tenant);
+        let fresh = self
+            .audit_channels
+            .get(&tenant.name)
+            .is_none_or(|c| c.uid != audit.uid);
+        if fresh {
+            self.audit_channels
+                .insert(tenant.name.clone(), Arc::new(audit));
+        }
         self.tenants.insert(tenant.name.clone(), Arc::new(tenant))
     }
 
     /// Removes a tenant (not its resources); returns it.
     pub fn remove_tenant(&mut self, name: &str) -> Option<Arc<Tenant>> {
+        self.audit_channels.remove(name);
         self.tenants.remove(name)
     }
 

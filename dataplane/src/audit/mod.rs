@@ -38,6 +38,12 @@ pub const MAX_SUBJECTS: u64 = 100_000;
 pub const SUMMARY_EVERY: Duration = Duration::from_secs(60);
 /// How often a refused CONNECT is logged for people (at info), per subject.
 const CONNECT_LOG_EVERY: Duration = Duration::from_secs(60);
+/// Events waiting to be published on their tenant's audit channel; past it they are dropped
+/// from the channel (never from the log or the ring) and counted.
+pub const CHANNEL_BACKLOG: usize = 1024;
+
+/// An event on its way to `m/<tenant>/c/$audit`: the tenant and the JSON line.
+pub(crate) type ChannelEvent = (String, bytes::Bytes);
 
 /// What was refused.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
@@ -186,6 +192,9 @@ pub(crate) struct Audit {
     rings: ring::Rings,
     policy: watch::Receiver<Arc<Snapshot>>,
     metrics: Arc<Metrics>,
+    /// Where kept events go to be published on their tenant's audit channel, once the
+    /// dataplane runs [`publish_on_channels`].
+    channel: std::sync::OnceLock<tokio::sync::mpsc::Sender<ChannelEvent>>,
 }
 
 impl Audit {
@@ -207,6 +216,7 @@ impl Audit {
             rings: ring::Rings::default(),
             policy,
             metrics,
+            channel: std::sync::OnceLock::new(),
         }
     }
 
@@ -296,9 +306,16 @@ impl Audit {
         }
         self.metrics.audit_emitted();
         let known = self.policy.borrow().tenant(&event.tenant).is_some();
-        if known {
-            self.rings.push(event);
+        if !known {
+            return;
         }
+        if let (Some(tx), Ok(line)) = (self.channel.get(), serde_json::to_vec(&event)) {
+            let full = tx.try_send((event.tenant.clone(), line.into())).is_err();
+            if full {
+                self.metrics.audit_channel_dropped();
+            }
+        }
+        self.rings.push(event);
     }
 
     fn log_for_people(&self, r: &Refusal<'_>, window: &SubjectWindow) {
@@ -331,6 +348,38 @@ impl Audit {
             reason = %r.reason,
             "refused a connection (logged once a minute per subject; the audit trail has each one)"
         );
+    }
+}
+
+/// Publishes every kept event on its tenant's audit channel, `m/<tenant>/c/$audit`
+/// ([`fleetward_policy::AUDIT_CHANNEL`]), through the router, so the tenant's admins
+/// subscribed on any pod receive it: QoS 0, not retained, published by no subject. Runs until
+/// the router refuses (the dataplane is stopping).
+pub(crate) async fn publish_on_channels(
+    audit: Arc<Audit>,
+    publish: impl Fn(crate::router::Message) -> Result<(), crate::router::RouterError>,
+) {
+    let (tx, mut rx) = tokio::sync::mpsc::channel(CHANNEL_BACKLOG);
+    if audit.channel.set(tx).is_err() {
+        return;
+    }
+    while let Some((tenant, payload)) = rx.recv().await {
+        let topic = format!("m/{tenant}/c/{}", fleetward_policy::AUDIT_CHANNEL);
+        let message = crate::router::Message {
+            topic: topic.into(),
+            payload,
+            qos: 0,
+            props: None,
+            retain: false,
+            origin: None,
+            publisher: None,
+            protocol: crate::router::Protocol::Unspecified,
+            created_ns: crate::router::now_ns(),
+        };
+        if let Err(e) = publish(message) {
+            tracing::warn!(error = %e, "audit events are no longer published on the audit channels");
+            return;
+        }
     }
 }
 
