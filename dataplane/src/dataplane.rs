@@ -7,7 +7,7 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use fleetward_policy::{PolicyEvaluator, Snapshot};
 use tokio::sync::watch;
-use tokio::task::JoinHandle;
+use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
 
 use crate::admin::{self, AdminState};
@@ -262,57 +262,55 @@ impl Dataplane {
             .with_users(users)
             .with_pod(&crate::audit::pod_name(self.node_id.as_deref())),
         );
-        let mut tasks = Vec::new();
-        tasks.push(tokio::spawn(crate::audit::summarize_every(
-            shared.audit.clone(),
-        )));
+        let mut tasks = JoinSet::new();
+        tasks.spawn(crate::audit::summarize_every(shared.audit.clone()));
         let publisher = shared.clone();
-        tasks.push(tokio::spawn(crate::audit::publish_on_channels(
+        tasks.spawn(crate::audit::publish_on_channels(
             shared.audit.clone(),
             move |message| publisher.router.publish(message),
-        )));
+        ));
         let listener = mqtt::bind(self.mqtt_listen, "MQTT").await?;
         let mqtt_addr = listener.local_addr()?;
-        tasks.push(tokio::spawn(mqtt::accept_loop(
+        tasks.spawn(mqtt::accept_loop(
             shared.clone(),
             GatedListener::new(listener, gate.clone(), Listener::Mqtt),
             None,
-        )));
+        ));
 
         let mut mqtts_addr = None;
         if let Some((addr, cert, key)) = &self.mqtts {
             let acceptor = tls_acceptor(cert, key)?;
             let listener = mqtt::bind(*addr, "MQTT over TLS").await?;
             mqtts_addr = Some(listener.local_addr()?);
-            tasks.push(tokio::spawn(mqtt::accept_loop(
+            tasks.spawn(mqtt::accept_loop(
                 shared.clone(),
                 GatedListener::new(listener, gate.clone(), Listener::Mqtts),
                 Some(acceptor),
-            )));
+            ));
         }
 
         let mut http_addr = None;
         if let Some(addr) = self.http_listen {
             let listener = mqtt::bind(addr, "HTTP and WebSocket").await?;
             http_addr = Some(listener.local_addr()?);
-            tasks.push(tokio::spawn(http::serve(
+            tasks.spawn(http::serve(
                 GatedListener::new(listener, gate.clone(), Listener::Http),
                 shared.clone(),
                 self.http_limits,
                 self.cors_allowed_origins.clone(),
-            )));
+            ));
         }
 
-        tasks.push(tokio::spawn(mqtt::purge_deleted_channels(
+        tasks.spawn(mqtt::purge_deleted_channels(
             shared.retained.clone(),
             self.policy.clone(),
             retained_purger,
-        )));
+        ));
 
         // The snapshot version metric follows the policy channel.
         let mut policy = self.policy.clone();
         let m = metrics.clone();
-        tasks.push(tokio::spawn(async move {
+        tasks.spawn(async move {
             loop {
                 let v = policy.borrow_and_update().version();
                 m.set_snapshot_version(v);
@@ -320,7 +318,7 @@ impl Dataplane {
                     break;
                 }
             }
-        }));
+        });
 
         let mut admin_addr = None;
         if let Some(addr) = self.admin_listen {
@@ -355,10 +353,10 @@ impl Dataplane {
                     text
                 }),
             };
-            tasks.push(tokio::spawn(admin::serve(
+            tasks.spawn(admin::serve(
                 GatedListener::new(listener, admin_gate.clone(), Listener::Admin),
                 state,
-            )));
+            ));
         }
         Ok(RunningDataplane {
             mqtt_addr,
@@ -384,7 +382,8 @@ pub struct RunningDataplane {
     pub http_addr: Option<SocketAddr>,
     metrics: Arc<Metrics>,
     gate: Arc<Gate>,
-    tasks: Vec<JoinHandle<()>>,
+    /// Aborted when dropped.
+    tasks: JoinSet<()>,
 }
 
 impl RunningDataplane {
@@ -418,38 +417,13 @@ impl RunningDataplane {
 
     /// Runs until a listener stops.
     pub async fn wait(mut self) -> anyhow::Result<()> {
-        if self.tasks.is_empty() {
-            return Ok(());
+        match self.tasks.join_next().await {
+            None => Ok(()),
+            Some(done) => {
+                done.context("a dataplane listener stopped")?;
+                anyhow::bail!("a dataplane listener stopped; see the log above")
+            }
         }
-        let (done, _, _) = futures_select_all(std::mem::take(&mut self.tasks)).await;
-        done.context("a dataplane listener stopped")?;
-        anyhow::bail!("a dataplane listener stopped; see the log above")
-    }
-}
-
-impl Drop for RunningDataplane {
-    fn drop(&mut self) {
-        for t in &self.tasks {
-            t.abort();
-        }
-    }
-}
-
-async fn futures_select_all(
-    tasks: Vec<JoinHandle<()>>,
-) -> (
-    Result<(), tokio::task::JoinError>,
-    usize,
-    Vec<JoinHandle<()>>,
-) {
-    let mut set = tokio::task::JoinSet::new();
-    for (i, t) in tasks.into_iter().enumerate() {
-        set.spawn(async move { (i, t.await) });
-    }
-    match set.join_next().await {
-        Some(Ok((i, r))) => (r, i, Vec::new()),
-        Some(Err(e)) => (Err(e), 0, Vec::new()),
-        None => (Ok(()), 0, Vec::new()),
     }
 }
 
@@ -459,7 +433,7 @@ fn random_node_id() -> String {
     let mut bytes = [0u8; 6];
     // Without randomness, the process id and the time still tell pods apart.
     if getrandom::fill(&mut bytes).is_err() {
-        let seed = u64::from(std::process::id()) ^ crate::bus::codec::now_ns();
+        let seed = u64::from(std::process::id()) ^ crate::router::now_ns();
         bytes.copy_from_slice(&seed.to_le_bytes()[..6]);
     }
     let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();

@@ -11,6 +11,11 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use jsonwebtoken::errors::ErrorKind;
+use jsonwebtoken::jwk::{
+    AlgorithmParameters, CommonParameters, EllipticCurve, EllipticCurveKeyParameters,
+    EllipticCurveKeyType, Jwk, JwkSet, KeyAlgorithm, OctetKeyPairParameters, OctetKeyPairType,
+    PublicKeyUse,
+};
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use ring::rand::SystemRandom;
 use ring::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, Ed25519KeyPair, KeyPair};
@@ -281,9 +286,6 @@ pub fn signing_key_from_pkcs8(
 /// Kids so made sort by creation time, so the greatest kid (the one [`Keyring`] signs with when
 /// no key or several are marked active) is the newest.
 pub fn new_kid(now: SystemTime) -> String {
-    let secs = unix_secs(now);
-    let (year, month, day) = civil_from_days(secs / 86_400);
-    let t = secs % 86_400;
     let mut suffix = [0u8; 2];
     if getrandom::fill(&mut suffix).is_err() {
         // The suffix only tells apart keys made in the same second; it need not be secret.
@@ -293,28 +295,14 @@ pub fn new_kid(now: SystemTime) -> String {
             .subsec_nanos() as u16)
             .to_be_bytes();
     }
+    // A clock before 1970 counts as the epoch, like everywhere else here.
+    let at = chrono::DateTime::<chrono::Utc>::from(now.max(UNIX_EPOCH));
     format!(
-        "k{year:04}{month:02}{day:02}T{:02}{:02}{:02}Z{:02x}{:02x}",
-        t / 3600,
-        t / 60 % 60,
-        t % 60,
+        "k{}Z{:02x}{:02x}",
+        at.format("%Y%m%dT%H%M%S"),
         suffix[0],
         suffix[1]
     )
-}
-
-/// Year, month and day of a count of days since 1970-01-01 (H. Hinnant's `civil_from_days`).
-fn civil_from_days(days: u64) -> (u64, u64, u64) {
-    let z = days + 719_468;
-    let era = z / 146_097;
-    let doe = z % 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + u64::from(month <= 2);
-    (year, month, day)
 }
 
 /// Seconds since the Unix epoch; a clock before 1970 counts as 0.
@@ -333,7 +321,7 @@ struct Inner {
     /// Sorted by kid; a handful at most, so a binary search beats hashing.
     verifiers: Vec<Verifier>,
     signer: Option<Signer>,
-    jwks: Vec<serde_json::Value>,
+    jwks: Vec<Jwk>,
 }
 
 struct Verifier {
@@ -389,7 +377,7 @@ impl Keyring {
                 kid: pair[0].kid.clone(),
             });
         }
-        jwks.sort_by(|a, b| a["kid"].as_str().cmp(&b["kid"].as_str()));
+        jwks.sort_by(|a, b| a.common.key_id.cmp(&b.common.key_id));
 
         let signer = active_key(keys).map(|key| {
             let algorithm = jws_algorithm(key.algorithm);
@@ -472,7 +460,7 @@ impl Keyring {
         let header = peek_header(token)?;
         let kid = header.kid.ok_or(TokenError::UnknownKey)?;
         let verifier = self.verifier(&kid).ok_or(TokenError::UnknownKey)?;
-        if header.alg != verifier.algorithm.as_str() {
+        if header.alg != jws_algorithm(verifier.algorithm) {
             return Err(TokenError::WrongAlgorithm);
         }
         let claims =
@@ -511,7 +499,10 @@ impl Keyring {
 
     /// The public keys as a JWK Set, sorted by kid, for `/.well-known/jwks.json`.
     pub fn jwks(&self) -> serde_json::Value {
-        serde_json::json!({ "keys": self.0.jwks })
+        serde_json::to_value(JwkSet {
+            keys: self.0.jwks.clone(),
+        })
+        .unwrap_or_default()
     }
 
     fn verifier(&self, kid: &str) -> Option<&Verifier> {
@@ -585,44 +576,49 @@ fn public_key(key: &SigningKey, rng: &SystemRandom) -> Result<Vec<u8>, KeyError>
 }
 
 /// The public JWK of a key.
-fn jwk(key: &SigningKey, public: &[u8]) -> serde_json::Value {
-    match key.algorithm {
-        SigningAlgorithm::EdDSA => serde_json::json!({
-            "kty": "OKP",
-            "crv": "Ed25519",
-            "x": URL_SAFE_NO_PAD.encode(public),
-            "kid": key.kid,
-            "alg": "EdDSA",
-            "use": "sig",
-        }),
-        SigningAlgorithm::ES256 => serde_json::json!({
-            "kty": "EC",
-            "crv": "P-256",
+fn jwk(key: &SigningKey, public: &[u8]) -> Jwk {
+    let (algorithm, params) = match key.algorithm {
+        SigningAlgorithm::EdDSA => (
+            KeyAlgorithm::EdDSA,
+            AlgorithmParameters::OctetKeyPair(OctetKeyPairParameters {
+                key_type: OctetKeyPairType::OctetKeyPair,
+                curve: EllipticCurve::Ed25519,
+                x: URL_SAFE_NO_PAD.encode(public),
+            }),
+        ),
+        SigningAlgorithm::ES256 => (
+            KeyAlgorithm::ES256,
             // Uncompressed point: 0x04, then x and y of 32 bytes each.
-            "x": URL_SAFE_NO_PAD.encode(&public[1..33]),
-            "y": URL_SAFE_NO_PAD.encode(&public[33..65]),
-            "kid": key.kid,
-            "alg": "ES256",
-            "use": "sig",
-        }),
+            AlgorithmParameters::EllipticCurve(EllipticCurveKeyParameters {
+                key_type: EllipticCurveKeyType::EC,
+                curve: EllipticCurve::P256,
+                x: URL_SAFE_NO_PAD.encode(&public[1..33]),
+                y: URL_SAFE_NO_PAD.encode(&public[33..65]),
+            }),
+        ),
+    };
+    Jwk {
+        common: CommonParameters {
+            public_key_use: Some(PublicKeyUse::Signature),
+            key_algorithm: Some(algorithm),
+            key_id: Some(key.kid.clone()),
+            ..CommonParameters::default()
+        },
+        algorithm: params,
     }
 }
 
-/// The fields of a JWS header needed to pick the key.
-#[derive(Deserialize)]
-struct PeekedHeader {
-    alg: String,
-    #[serde(default)]
-    kid: Option<String>,
-}
-
-/// Decodes the header alone, to find the key before anything is verified.
-fn peek_header(token: &str) -> Result<PeekedHeader, TokenError> {
-    let (encoded, _) = token.split_once('.').ok_or(TokenError::Malformed)?;
-    let json = URL_SAFE_NO_PAD
-        .decode(encoded)
-        .map_err(|_| TokenError::Malformed)?;
-    serde_json::from_slice(&json).map_err(|_| TokenError::Malformed)
+/// Decodes the header alone, to find the key before anything is verified. A header whose `alg`
+/// jsonwebtoken does not know (`none`) is the wrong algorithm; anything else that does not
+/// decode is malformed.
+fn peek_header(token: &str) -> Result<Header, TokenError> {
+    jsonwebtoken::decode_header(token).map_err(|e| match e.kind() {
+        // serde's message for a value outside an enum: here only `alg` is one.
+        ErrorKind::Json(json) if json.to_string().starts_with("unknown variant") => {
+            TokenError::WrongAlgorithm
+        }
+        _ => TokenError::Malformed,
+    })
 }
 
 #[cfg(test)]

@@ -353,15 +353,16 @@ impl Audit {
 
 /// Publishes every kept event on its tenant's audit channel, `m/<tenant>/c/$audit`
 /// ([`fleetward_policy::AUDIT_CHANNEL`]), through the router, so the tenant's admins
-/// subscribed on any pod receive it: QoS 0, not retained, published by no subject. Runs until
-/// the router refuses (the dataplane is stopping).
+/// subscribed on any pod receive it: QoS 0, not retained, published by no subject. Runs as
+/// long as the dataplane.
 pub(crate) async fn publish_on_channels(
     audit: Arc<Audit>,
     publish: impl Fn(crate::router::Message) -> Result<(), crate::router::RouterError>,
 ) {
     let (tx, mut rx) = tokio::sync::mpsc::channel(CHANNEL_BACKLOG);
     if audit.channel.set(tx).is_err() {
-        return;
+        // Another task publishes already.
+        return std::future::pending().await;
     }
     while let Some((tenant, payload)) = rx.recv().await {
         let topic = format!("m/{tenant}/c/{}", fleetward_policy::AUDIT_CHANNEL);
@@ -377,8 +378,8 @@ pub(crate) async fn publish_on_channels(
             created_ns: crate::router::now_ns(),
         };
         if let Err(e) = publish(message) {
-            tracing::warn!(error = %e, "audit events are no longer published on the audit channels");
-            return;
+            // The router refuses only while the dataplane stops; the event is logged and kept.
+            tracing::debug!(error = %e, "an audit event was not published on its audit channel");
         }
     }
 }

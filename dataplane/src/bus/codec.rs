@@ -1,13 +1,13 @@
 //! The router's `Message` as the internal protobuf message on the bus, and duplicate detection.
 
 use std::collections::{BTreeSet, HashMap};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use bytes::Bytes;
 use fleetward_proto::message::v1 as pb;
 use prost::Message as _;
 
-use crate::router::{Message, MessageProps, Protocol, Publisher, PublisherKind};
+use crate::router::{Message, MessageProps, Protocol, Publisher, PublisherKind, now_ns};
 
 /// A message as it came off the bus.
 #[derive(Debug)]
@@ -29,13 +29,6 @@ pub enum DecodeError {
     /// The QoS is out of range or the tenant or channel is empty.
     #[error("an internal message with {0}")]
     Invalid(&'static str),
-}
-
-/// Nanoseconds since the Unix epoch.
-pub fn now_ns() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
 }
 
 /// Encodes a message for the bus; `None` for a topic outside `m/<tenant>/c/<channel>`.

@@ -231,7 +231,7 @@ async fn publisher(
     retained: mpsc::Sender<(String, Message)>,
 ) {
     // Increasing across restarts of this pod, so receivers never take a new message for an old.
-    let mut sequence = codec::now_ns();
+    let mut sequence = crate::router::now_ns();
     while let Some(message) = rx.recv().await {
         let Some(subject) = std::str::from_utf8(&message.topic)
             .ok()
