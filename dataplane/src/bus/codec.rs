@@ -34,18 +34,12 @@ pub enum DecodeError {
 /// Encodes a message for the bus; `None` for a topic outside `m/<tenant>/c/<channel>`.
 pub fn encode(message: &Message, origin_pod: &str, sequence: u64) -> Option<Vec<u8>> {
     let topic = std::str::from_utf8(&message.topic).ok()?;
-    let rest = topic.strip_prefix("m/")?;
-    let (tenant, rest) = rest.split_once('/')?;
-    let rest = rest.strip_prefix("c/")?;
-    let (channel, subtopic) = match rest.split_once('/') {
-        Some((c, s)) => (c, Some(s.to_owned())),
-        None => (rest, None),
-    };
+    let (tenant, channel, subtopic) = super::subject::split(topic)?;
     let props = message.props.as_deref();
     let wire = pb::Message {
         tenant: tenant.to_owned(),
         channel: channel.to_owned(),
-        subtopic,
+        subtopic: subtopic.map(str::to_owned),
         publisher: message.publisher.as_ref().map(|p| pb::Publisher {
             kind: match p.kind {
                 PublisherKind::Thing => pb::PublisherKind::Thing,

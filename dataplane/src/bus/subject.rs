@@ -8,6 +8,8 @@
 
 use std::collections::BTreeSet;
 
+use fleetward_policy::{TopicLimits, parse_filter};
+
 /// The channel a subject belongs to: (tenant, channel), both unescaped.
 pub type ChannelKey = (String, String);
 
@@ -52,19 +54,18 @@ pub fn unescape_level(token: &str) -> Option<String> {
     String::from_utf8(out).ok()
 }
 
-/// Splits `m/<tenant>/c/<channel>[/…]` into tenant, channel and the levels after the channel.
-fn split(topic: &str) -> Option<(&str, &str, Option<&str>)> {
-    let rest = topic.strip_prefix("m/")?;
-    let (tenant, rest) = rest.split_once('/')?;
-    let rest = rest.strip_prefix("c/")?;
-    let (channel, sub) = match rest.split_once('/') {
-        Some((c, s)) => (c, Some(s)),
-        None => (rest, None),
+/// Splits a full topic name or filter, `m/<tenant>/c/<channel>[/…]`, into tenant, channel and
+/// the levels after the channel, by the policy's grammar; `None` if it is not one of ours.
+pub(crate) fn split(topic: &str) -> Option<(&str, &str, Option<&str>)> {
+    // Checked at ingress against the configured limit; here only its shape matters.
+    let limits = TopicLimits {
+        max_len: usize::from(u16::MAX),
     };
-    if tenant.is_empty() || channel.is_empty() {
+    let t = parse_filter(topic, &limits).ok()?;
+    if t.share_group().is_some() {
         return None;
     }
-    Some((tenant, channel, sub))
+    Some((t.tenant(), t.channel(), t.subtopic()))
 }
 
 /// The tenant and channel of a full topic or filter, if it is one of ours.
