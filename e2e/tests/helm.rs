@@ -511,6 +511,9 @@ fn the_rendered_chart_passes_a_server_side_dry_run_with_default_and_non_default_
             ("single", vec![single.as_path()]),
         ] {
             let rendered = chart::template(NS, &files, &json!({}))?;
+            // The ServiceAccounts for real: the `helm test` Pod (a hook, created after the
+            // release's objects) runs as the dataplane's, which admission looks up.
+            kubectl.apply(&rendered.stream_of(&["ServiceAccount"]))?;
             // The CRDs are applied already; helm template leaves crds/ out of its output.
             let out = kubectl
                 .run_with_stdin(
