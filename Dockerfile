@@ -4,7 +4,8 @@
 #
 #   docker build -t ghcr.io/fleetward/fleetward:0.1.0 .
 #
-# Not built by this repository's tests (no container engine runs where they run).
+# The same contents as scripts/image.sh, which builds the image without an engine and which the
+# tests check (e2e/tests/image.rs): the root filesystem comes from that script here too.
 
 ARG RUST_VERSION=1.95
 
@@ -17,11 +18,22 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
     cargo build --release --locked --bin fleetward \
     && install -D -m 0755 target/release/fleetward /out/fleetward
 
-# Run: glibc and libgcc only, no shell, user 65532 (nonroot). The chart mounts the state
-# directory and the secrets; the root filesystem can stay read-only.
-FROM gcr.io/distroless/cc-debian12:nonroot
-COPY --from=build /out/fleetward /usr/local/bin/fleetward
+# Assemble: the binary, the libraries ldd lists and the CA bundle from Debian packages,
+# passwd/group with nonroot (65532).
+FROM debian:bookworm AS assemble
+COPY scripts/image.sh charts/fleetward/Chart.yaml /src/
+COPY --from=build /out/fleetward /out/fleetward
+RUN apt-get update -qq \
+    && mkdir -p /src/scripts /src/charts/fleetward \
+    && mv /src/image.sh /src/scripts/ && mv /src/Chart.yaml /src/charts/fleetward/ \
+    && /src/scripts/image.sh --binary /out/fleetward --out /tmp/image --rootfs-only /rootfs
+
+# Run: nothing but what the assemble stage put in /rootfs; no shell.
+FROM scratch
+COPY --from=assemble /rootfs/ /
+ENV PATH=/usr/local/bin:/usr/bin:/bin SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt
 USER 65532:65532
+WORKDIR /
 EXPOSE 1883 8883 8080 8081 50051
 ENTRYPOINT ["/usr/local/bin/fleetward"]
 CMD ["--help"]

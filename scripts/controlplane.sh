@@ -32,7 +32,14 @@ else
   start=$SECONDS
   tmp="$binary.tmp.$$"
   trap 'rm -f "$tmp"' EXIT
-  (cd "$src" && go build -mod=readonly -buildvcs=false -trimpath -ldflags='-s -w' -o "$tmp" .)
+  # The API server reports the Kubernetes version of its libraries (k8s.io/apiserver v0.X.Y is
+  # Kubernetes v1.X.Y), as a release build does: Helm checks a chart's kubeVersion against it.
+  lib=$(sed -n 's/^[[:space:]]*k8s\.io\/apiserver => k8s\.io\/apiserver v0\.\([0-9]*\)\.\([0-9]*\).*/\1 \2/p' "$src/go.mod" | head -n1)
+  [[ -n "$lib" ]] || { log "go.mod has no k8s.io/apiserver replace line to take the Kubernetes version from"; exit 1; }
+  read -r minor patch <<<"$lib"
+  pkg=k8s.io/component-base/version
+  ldflags="-s -w -X $pkg.gitVersion=v1.$minor.$patch -X $pkg.gitMajor=1 -X $pkg.gitMinor=$minor -X $pkg.gitTreeState=clean"
+  (cd "$src" && go build -mod=readonly -buildvcs=false -trimpath -ldflags="$ldflags" -o "$tmp" .)
   mv -f "$tmp" "$binary"
   # Older builds are dead weight (each is about 100 MB).
   find "$cache_dir" -maxdepth 1 -name 'controlplane-*' ! -name "controlplane-$key" -type f -delete

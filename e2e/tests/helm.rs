@@ -128,6 +128,44 @@ spec:
                       path: {type: string}
                       interval: {type: string, pattern: '^(0|(([0-9]+)h)?(([0-9]+)m)?(([0-9]+)s)?(([0-9]+)ms)?)$'}
                       scrapeTimeout: {type: string, pattern: '^(0|(([0-9]+)h)?(([0-9]+)m)?(([0-9]+)s)?(([0-9]+)ms)?)$'}
+---
+apiVersion: apiextensions.k8s.io/v1
+kind: CustomResourceDefinition
+metadata: {name: prometheusrules.monitoring.coreos.com}
+spec:
+  group: monitoring.coreos.com
+  scope: Namespaced
+  names: {kind: PrometheusRule, plural: prometheusrules, singular: prometheusrule}
+  versions:
+    - name: v1
+      served: true
+      storage: true
+      schema:
+        openAPIV3Schema:
+          type: object
+          properties:
+            spec:
+              type: object
+              properties:
+                groups:
+                  type: array
+                  items:
+                    type: object
+                    required: [name]
+                    properties:
+                      name: {type: string}
+                      rules:
+                        type: array
+                        items:
+                          type: object
+                          required: [expr]
+                          properties:
+                            alert: {type: string}
+                            record: {type: string}
+                            expr: {x-kubernetes-int-or-string: true}
+                            for: {type: string, pattern: '^(0|(([0-9]+)y)?(([0-9]+)w)?(([0-9]+)d)?(([0-9]+)h)?(([0-9]+)m)?(([0-9]+)s)?(([0-9]+)ms)?)$'}
+                            labels: {type: object, additionalProperties: {type: string}}
+                            annotations: {type: object, additionalProperties: {type: string}}
 "#;
 
 fn ci_values(name: &str) -> PathBuf {
@@ -380,7 +418,15 @@ fn the_default_render_has_the_workloads_the_issue_asks_for() -> Result<()> {
             .is_some_and(|t| t.len() >= 64),
         "a generated token of 48 characters (base64): {secret}"
     );
-    for kind in ["NetworkPolicy", "ServiceMonitor", "Certificate", "Issuer"] {
+    for kind in [
+        "NetworkPolicy",
+        "ServiceMonitor",
+        "Certificate",
+        "Issuer",
+        "PrometheusRule",
+        "ConfigMap",
+        "Pod",
+    ] {
         ensure!(r.of_kind(kind).is_empty(), "no {kind} by default");
     }
 
@@ -398,6 +444,15 @@ fn the_default_render_has_the_workloads_the_issue_asks_for() -> Result<()> {
     );
     ensure!(full.of_kind("NetworkPolicy").len() == 2);
     ensure!(full.of_kind("ServiceMonitor").len() == 2);
+    full.get("PrometheusRule", "fw")?;
+    let dashboard = full.get("ConfigMap", "fw-dashboard")?;
+    ensure!(
+        dashboard["metadata"]["namespace"] == "monitoring"
+            && dashboard["metadata"]["labels"]["grafana_dashboard"] == "1",
+        "the dashboard ConfigMap where the Grafana sidecar finds it: {}",
+        dashboard["metadata"]
+    );
+    full.get("Pod", "fw-test-pubsub")?;
     ensure!(
         full.of_kind("Certificate").len() == 4,
         "CA, operator, dataplane client, MQTTS"
@@ -434,7 +489,8 @@ fn the_default_render_has_the_workloads_the_issue_asks_for() -> Result<()> {
 fn the_rendered_chart_passes_a_server_side_dry_run_with_default_and_non_default_values() {
     run_test("helm-dry-run", |logs| {
         let (_plane, kubectl) = cluster(logs)?;
-        for ns in ["acme", "globex"] {
+        // acme and globex: the listed Secret namespaces; monitoring: the dashboard's ConfigMap.
+        for ns in ["acme", "globex", "monitoring"] {
             kubectl.run(&["create", "namespace", ns])?;
         }
         kubectl.apply(ADDON_CRDS)?;
@@ -445,6 +501,7 @@ fn the_rendered_chart_passes_a_server_side_dry_run_with_default_and_non_default_
             "crd/certificates.cert-manager.io",
             "crd/issuers.cert-manager.io",
             "crd/servicemonitors.monitoring.coreos.com",
+            "crd/prometheusrules.monitoring.coreos.com",
         ])?;
         let full = ci_values("full");
         let single = ci_values("single");
@@ -454,6 +511,9 @@ fn the_rendered_chart_passes_a_server_side_dry_run_with_default_and_non_default_
             ("single", vec![single.as_path()]),
         ] {
             let rendered = chart::template(NS, &files, &json!({}))?;
+            // The ServiceAccounts for real: the `helm test` Pod (a hook, created after the
+            // release's objects) runs as the dataplane's, which admission looks up.
+            kubectl.apply(&rendered.stream_of(&["ServiceAccount"]))?;
             // The CRDs are applied already; helm template leaves crds/ out of its output.
             let out = kubectl
                 .run_with_stdin(

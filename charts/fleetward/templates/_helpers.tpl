@@ -93,23 +93,33 @@ app.kubernetes.io/component: {{ .component }}
 {{- if and $dp.mqtts.enabled $dp.mqtts.certManager.enabled (or (not $dp.mqtts.certManager.issuerRef.name) (not $dp.mqtts.certManager.dnsNames)) }}
 {{- fail "dataplane.mqtts.certManager needs issuerRef.name (an Issuer or ClusterIssuer) and at least one of dnsNames (the names devices connect to)" }}
 {{- end }}
+{{- if and .Values.networkPolicy.enabled .Values.serviceMonitor.enabled (not .Values.networkPolicy.metricsFrom) }}
+{{- fail "networkPolicy.enabled and serviceMonitor.enabled with an empty networkPolicy.metricsFrom would block Prometheus from scraping /metrics: set networkPolicy.metricsFrom to where Prometheus runs (e.g. [{namespaceSelector: {matchLabels: {kubernetes.io/metadata.name: monitoring}}}]), or turn off networkPolicy.enabled or serviceMonitor.enabled" }}
+{{- end }}
 {{- if ge (int .Values.operator.lease.renewBeforeSeconds) (int .Values.operator.lease.durationSeconds) }}
 {{- fail (printf "operator.lease.renewBeforeSeconds (%d) must be less than durationSeconds (%d)" (int .Values.operator.lease.renewBeforeSeconds) (int .Values.operator.lease.durationSeconds)) }}
 {{- end }}
 {{- end }}
 
-{{/* The probes of a container whose admin endpoints are on port "admin". */}}
+{{/* The probes of a container whose admin endpoints are on port "admin": pass
+(dict "ctx" $ "workload" $.Values.operator). The workload's probes are merged over `probes`. */}}
 {{- define "fleetward.probes" -}}
+{{- $probes := mergeOverwrite (deepCopy .ctx.Values.probes) (deepCopy (default dict .workload.probes)) }}
+startupProbe:
+  httpGet:
+    path: /healthz
+    port: admin
+  {{- toYaml $probes.startup | nindent 2 }}
 livenessProbe:
   httpGet:
     path: /healthz
     port: admin
-  {{- toYaml .Values.probes.liveness | nindent 2 }}
+  {{- toYaml $probes.liveness | nindent 2 }}
 readinessProbe:
   httpGet:
     path: /readyz
     port: admin
-  {{- toYaml .Values.probes.readiness | nindent 2 }}
+  {{- toYaml $probes.readiness | nindent 2 }}
 {{- end }}
 
 {{/* The Secret holding the keys user tokens are signed with (the operator creates it). */}}
