@@ -1,7 +1,7 @@
 //! The invalid-variant table: valid example manifests with one mutation each that the API server must refuse.
 //!
-//! Shared by the structural schema test in this crate and the end-to-end tests, which apply each
-//! manifest to a real kube-apiserver (with `--dry-run=server`, so nothing is persisted even if a
+//! Shared by the schema tests in this crate (through `validate`) and the end-to-end tests, which
+//! apply each manifest to a real kube-apiserver (with `--dry-run=server`, so nothing is persisted even if a
 //! variant were wrongly accepted) and expect the refusal to contain `expected_message`.
 
 use serde::Deserialize;
