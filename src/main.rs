@@ -1,5 +1,6 @@
 //! The `fleetward` binary: one entry point for every mode of the platform.
 
+mod checked;
 mod cli;
 mod cluster;
 mod inspect;

@@ -114,7 +114,7 @@ pub async fn run(args: StartArgs) -> anyhow::Result<()> {
                 status_file.retry(&local, &errors.current);
             }
         }
-        let report = local.directory.scan(&mut local.index);
+        let report = local.scan();
         if let Err(e) = local.read_signing_keys(&args.state_dir) {
             tracing::warn!(error = %e, "the token signing keys could not be read; the last ones stay");
         }

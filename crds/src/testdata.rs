@@ -318,6 +318,22 @@ pub fn invalid_variants() -> Vec<InvalidVariant> {
             with(channel(), "/spec/maxQos", json!(-1)),
             "spec.maxQos in body should be greater than or equal to 0",
         ),
+        // A misspelt field is refused (kubectl's strict field validation), not dropped: a
+        // dropped `maxQoS` would leave the channel at its default QoS without a word.
+        variant(
+            "channel-max-qos-misspelt",
+            with(channel(), "/spec/maxQoS", json!(1)),
+            "strict decoding error: unknown field \"spec.maxQoS\"",
+        ),
+        variant(
+            "thing-credentials-unknown-field",
+            with(
+                thing(),
+                "/spec/credentials/secret",
+                json!("sensor-1-credentials"),
+            ),
+            "strict decoding error: unknown field \"spec.credentials.secret\"",
+        ),
         variant(
             "channel-max-message-size-zero",
             with(channel(), "/spec/maxMessageSize", json!(0)),

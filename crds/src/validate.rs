@@ -353,7 +353,7 @@ fn check_object(
             Some(field_schema) => check(field_schema, value, &join(name), false, out),
             // kubectl's strict field validation refuses what the schema would prune.
             None => out.push(Refusal {
-                message: format!("unknown field \"{}\"", join(name)),
+                message: format!("strict decoding error: unknown field \"{}\"", join(name)),
                 blocking: true,
             }),
         }
