@@ -3,6 +3,7 @@
 mod checked;
 mod cli;
 mod cluster;
+mod control;
 mod inspect;
 mod local;
 mod start;
