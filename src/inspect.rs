@@ -31,7 +31,8 @@ pub struct SourceArgs {
     /// The manifest directory (as given to `fleetward start`).
     #[arg(long, value_name = "DIR", default_value = DEFAULT_MANIFESTS, env = "FLEETWARD_MANIFESTS")]
     pub manifests: PathBuf,
-    /// The state directory (as given to `fleetward start`), where generated keys are kept.
+    /// The state directory (as given to `fleetward start`), where generated keys are kept and
+    /// a running `start` records where `can-i` asks it.
     #[arg(long, value_name = "DIR", default_value = DEFAULT_STATE_DIR, env = "FLEETWARD_STATE_DIR")]
     pub state_dir: PathBuf,
     /// Read the cluster of the current kubeconfig instead of a manifest directory.
