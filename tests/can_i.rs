@@ -126,11 +126,11 @@ fn can_i_answers_from_the_running_server_and_a_broken_files_last_good_version() 
     .expect("json");
     let url = record["url"].as_str().expect("a url");
     assert!(url.starts_with("http://127.0.0.1:"), "loopback only: {url}");
-    let ask = |token: &str| {
+    let ask_as = |token: &str, subject: &str| {
         let out = Command::new("curl")
             .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "-G"])
             .args(["-H", &format!("Authorization: Bearer {token}")])
-            .args(["--data-urlencode", "subject=acme/sensor-1"])
+            .args(["--data-urlencode", &format!("subject={subject}")])
             .args(["--data-urlencode", "verb=publish"])
             .args(["--data-urlencode", "topic=m/acme/c/telemetry/status"])
             .arg(format!("{url}/can-i"))
@@ -138,8 +138,10 @@ fn can_i_answers_from_the_running_server_and_a_broken_files_last_good_version() 
             .expect("curl is installed");
         String::from_utf8_lossy(&out.stdout).into_owned()
     };
-    assert_eq!(ask("not-the-token"), "401");
-    assert_eq!(ask(record["token"].as_str().expect("a token")), "200");
+    let token = record["token"].as_str().expect("a token");
+    assert_eq!(ask_as("not-the-token", "acme/sensor-1"), "401");
+    assert_eq!(ask_as(token, "acme/sensor-1"), "200");
+    assert_eq!(ask_as(token, "no-tenant-here"), "400");
 
     // Once the server is gone (killed: its record stays behind), the files answer.
     start.process.child.kill().expect("kill");
