@@ -25,7 +25,8 @@ enum Command {
     Start(crate::start::StartArgs),
     /// Print a thing's key (alone on the last line), from the state directory or the cluster.
     Credentials(crate::inspect::CredentialsArgs),
-    /// Explain whether a thing or user may publish or subscribe on a topic.
+    /// Explain whether a thing or user may publish or subscribe on a topic (asking the
+    /// `fleetward start` running on the state directory, else reading the files).
     #[command(name = "can-i")]
     CanI(crate::inspect::CanIArgs),
     /// Show the Ready condition of every object `fleetward start` serves.

@@ -9,9 +9,10 @@ use clap::{Args, ValueEnum};
 use fleetward_operator::directory::KeyStore;
 use fleetward_operator::index::{Index, Object, is_key_entry};
 use fleetward_policy::{
-    Action, AllowReason, Decision, KeyDigest, Subject, TopicLimits, deny_text, parse_filter,
-    parse_topic_name,
+    Action, AllowReason, Decision, KeyDigest, Snapshot, Subject, TopicLimits, deny_text,
+    parse_filter, parse_topic_name,
 };
+use serde::{Deserialize, Serialize};
 
 use crate::local::{DEFAULT_MANIFESTS, DEFAULT_STATE_DIR, Local, StatusReport};
 
@@ -30,7 +31,8 @@ pub struct SourceArgs {
     /// The manifest directory (as given to `fleetward start`).
     #[arg(long, value_name = "DIR", default_value = DEFAULT_MANIFESTS, env = "FLEETWARD_MANIFESTS")]
     pub manifests: PathBuf,
-    /// The state directory (as given to `fleetward start`), where generated keys are kept.
+    /// The state directory (as given to `fleetward start`), where generated keys are kept and
+    /// a running `start` records where `can-i` asks it.
     #[arg(long, value_name = "DIR", default_value = DEFAULT_STATE_DIR, env = "FLEETWARD_STATE_DIR")]
     pub state_dir: PathBuf,
     /// Read the cluster of the current kubeconfig instead of a manifest directory.
@@ -49,7 +51,8 @@ pub struct CredentialsArgs {
 }
 
 /// The two questions `can-i` answers.
-#[derive(Clone, Copy, Debug, ValueEnum)]
+#[derive(Clone, Copy, Debug, ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Verb {
     /// Publish to a topic name.
     Publish,
@@ -233,69 +236,167 @@ async fn local_thing_keys(
     Ok((ns, secret, keys))
 }
 
-/// Explains a decision; `Ok(true)` when allowed.
+/// Explains a decision; `Ok(true)` when allowed. Asks the `fleetward start` running on the
+/// state directory when there is one (it answers from what it serves, a broken file's last
+/// good version included), else reads the manifests (or the cluster).
 pub async fn can_i(args: &CanIArgs) -> anyhow::Result<bool> {
-    let (tenant, name) = split_subject(&args.subject)?;
+    let question = Question {
+        subject: args.subject.clone(),
+        verb: args.verb,
+        topic: args.topic.clone(),
+        user: args.user,
+    };
+    // Refused before asking anyone.
+    split_subject(&question.subject)?;
+    let state_dir = args.source.state_dir.display();
+    let mut why_files = format!("no server running on {state_dir}");
+    if !args.source.cluster {
+        match crate::control::Server::running(&args.source.state_dir, &args.source.manifests) {
+            Ok(Some(server)) => match server.ask(&question).await {
+                Ok(answer) => {
+                    for line in &answer.lines {
+                        outln!("{line}");
+                    }
+                    outln!(
+                        "  answered by the running server at {} (fleetward start, pid {}, \
+                         policy version {})",
+                        server.url,
+                        server.pid,
+                        answer.version
+                    );
+                    return Ok(answer.allowed);
+                }
+                Err(e) => {
+                    eprintln!("note: {e:#}");
+                    why_files = format!(
+                        "the server running on {state_dir} (pid {}) did not answer",
+                        server.pid
+                    );
+                }
+            },
+            Ok(None) => {}
+            Err(e) => {
+                eprintln!("note: {e:#}");
+                why_files = format!("the server running on {state_dir} serves other files");
+            }
+        }
+    }
     let loaded = Loaded::from(&args.source).await?;
     for note in &loaded.notes {
         eprintln!("note: {note}");
     }
-    let snapshot = loaded.index.snapshot();
-    let is_thing = !args.user && snapshot.thing(tenant, name).is_some();
-    let subject = if is_thing || (!args.user && snapshot.user(tenant, name).is_none()) {
+    let answer = answer(loaded.index.snapshot(), &question)?;
+    for line in &answer.lines {
+        outln!("{line}");
+    }
+    if args.source.cluster {
+        outln!("  answered from the cluster of the current kubeconfig");
+    } else {
+        outln!(
+            "  answered from the files in {}; {why_files}",
+            args.source.manifests.display()
+        );
+    }
+    Ok(answer.allowed)
+}
+
+/// What `can-i` asks, locally or of a running `fleetward start`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Question {
+    /// `<tenant>/<thing>` or `<tenant>/<user>`.
+    pub subject: String,
+    /// Publish or subscribe.
+    pub verb: Verb,
+    /// The topic as given.
+    pub topic: String,
+    /// The subject is a user.
+    #[serde(default)]
+    pub user: bool,
+}
+
+/// The answer: allowed or not, and the lines that explain it (`yes` or `no` first).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Answer {
+    /// Whether the action is allowed.
+    pub allowed: bool,
+    /// What `can-i` prints.
+    pub lines: Vec<String>,
+    /// The policy snapshot version it was answered from.
+    pub version: u64,
+}
+
+/// Answers `question` from `snapshot`.
+pub fn answer(snapshot: &Snapshot, question: &Question) -> anyhow::Result<Answer> {
+    let (tenant, name) = split_subject(&question.subject)?;
+    let mut lines = Vec::new();
+    let is_thing = !question.user && snapshot.thing(tenant, name).is_some();
+    let subject = if is_thing || (!question.user && snapshot.user(tenant, name).is_none()) {
         Subject::thing(tenant, name)
     } else {
         Subject::user(tenant, name)
     };
     let topic_text = match snapshot.mountpoint_of(tenant, name) {
         Some(mount)
-            if is_thing && !args.topic.starts_with("m/") && !args.topic.starts_with('$') =>
+            if is_thing
+                && !question.topic.starts_with("m/")
+                && !question.topic.starts_with('$') =>
         {
-            format!("m/{tenant}/c/{mount}/{}", args.topic)
+            format!("m/{tenant}/c/{mount}/{}", question.topic)
         }
-        _ => args.topic.clone(),
+        _ => question.topic.clone(),
     };
     let limits = TopicLimits::default();
-    let (action, parsed) = match args.verb {
+    let (action, parsed) = match question.verb {
         Verb::Publish => (Action::Publish, parse_topic_name(&topic_text, &limits)),
         Verb::Subscribe => (Action::Subscribe, parse_filter(&topic_text, &limits)),
     };
+    let version = snapshot.version();
     let topic = match parsed {
         Ok(t) => t,
         Err(e) => {
-            outln!("no");
-            outln!("  {topic_text} is not a valid topic: {e}");
-            return Ok(false);
+            lines.push("no".to_owned());
+            lines.push(format!("  {topic_text} is not a valid topic: {e}"));
+            return Ok(Answer {
+                allowed: false,
+                lines,
+                version,
+            });
         }
     };
     let e = snapshot.explain(&subject, action, &topic);
     let kind = subject.kind.as_str();
     match e.decision {
         Decision::Allow(AllowReason::Role) => {
-            outln!("yes");
+            lines.push("yes".to_owned());
             let role = e.role.map_or("", |r| r.as_str());
-            outln!("  user {tenant}/{name} has role {role} in the tenant");
+            lines.push(format!(
+                "  user {tenant}/{name} has role {role} in the tenant"
+            ));
         }
         Decision::Allow(AllowReason::Grant) => {
-            outln!("yes");
+            lines.push("yes".to_owned());
             for g in &e.grants {
-                outln!("  allowed by {g}");
+                lines.push(format!("  allowed by {g}"));
             }
         }
         Decision::Deny(reason) => {
-            outln!("no");
-            outln!(
+            lines.push("no".to_owned());
+            lines.push(format!(
                 "  {}: {} ({kind} {tenant}/{name}, {} {topic_text})",
                 reason.as_str(),
                 deny_text(reason),
                 action.as_str()
-            );
+            ));
             for g in &e.grants {
-                outln!("  {g}");
+                lines.push(format!("  {g}"));
             }
         }
     }
-    Ok(e.decision.is_allowed())
+    Ok(Answer {
+        allowed: e.decision.is_allowed(),
+        lines,
+        version,
+    })
 }
 
 /// Prints what a running `fleetward start` serves, or a fresh read of the directory.

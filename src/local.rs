@@ -1,5 +1,6 @@
-//! The single-binary mode's policy source: a manifest directory read into the operator's index,
-//! and the status report that `fleetward start` keeps and `fleetward status` prints.
+//! The single-binary mode's policy source: a manifest directory, checked as the API server
+//! would check it (src/checked.rs), read into the operator's index, and the status report that
+//! `fleetward start` keeps and `fleetward status` prints.
 
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -8,6 +9,8 @@ use anyhow::Context as _;
 use fleetward_operator::directory::{Directory, FileError, ScanReport};
 use fleetward_operator::index::{Index, ObjectKey};
 use serde::{Deserialize, Serialize};
+
+use crate::checked::Checked;
 
 /// Where `start`, `status`, `credentials` and `can-i` read manifests and keep state, unless told.
 pub const DEFAULT_MANIFESTS: &str = "manifests";
@@ -18,8 +21,11 @@ const STATUS_FILE: &str = "status.json";
 
 /// A manifest directory read into an index.
 pub struct Local {
-    /// The directory source (it keeps the last good version of every file).
+    /// The directory source (it keeps the last good version of every file), reading the
+    /// admitted mirror of the manifests.
     pub directory: Directory,
+    /// The manifests checked with the CRDs' rules into the mirror the directory source reads.
+    checked: Checked,
     /// The index built from it.
     pub index: Index,
     /// What was wrong with the signing-key files at the last read, logged once.
@@ -43,7 +49,13 @@ impl Local {
                 state_dir.display()
             )
         })?;
-        let directory = Directory::new(manifests, state_dir).with_context(|| {
+        let checked = Checked::open(manifests, state_dir).with_context(|| {
+            format!(
+                "creating the checked copy of the manifests under {}; pass a writable --state-dir",
+                state_dir.display()
+            )
+        })?;
+        let directory = Directory::new(checked.mirror(), state_dir).with_context(|| {
             format!(
                 "opening the key store under {}; pass a writable --state-dir",
                 state_dir.display()
@@ -51,6 +63,7 @@ impl Local {
         })?;
         Ok(Self {
             directory,
+            checked,
             index: Index::new(),
             key_problems: Vec::new(),
         })
@@ -59,10 +72,28 @@ impl Local {
     /// Opens and reads the directory once, committing the result.
     pub fn load(manifests: &Path, state_dir: &Path) -> anyhow::Result<(Self, ScanReport)> {
         let mut local = Self::open(manifests, state_dir)?;
-        let report = local.directory.scan(&mut local.index);
+        let report = local.scan();
         local.read_signing_keys(state_dir)?;
         local.index.commit();
         Ok((local, report))
+    }
+
+    /// Checks the changed manifest files and applies the admitted ones to the index (not
+    /// committed). A refused file keeps its last admitted version; its refusals come first.
+    pub fn scan(&mut self) -> ScanReport {
+        let refused = self.checked.sync();
+        let mut report = self.directory.scan(&mut self.index);
+        // The directory source names the mirror's files; people edit the manifests.
+        for e in &mut report.errors {
+            e.file = self.checked.original(&e.file);
+        }
+        report.errors.splice(0..0, refused);
+        report
+    }
+
+    /// The manifest directory.
+    pub fn manifests(&self) -> &Path {
+        self.checked.manifests()
     }
 
     /// Reads the token signing keys from the state directory (generating one the first time)
@@ -103,7 +134,7 @@ impl Local {
                 .duration_since(UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs()),
             pid: std::process::id(),
-            manifests: self.directory.manifests().to_owned(),
+            manifests: self.manifests().to_owned(),
             version: snapshot.version(),
             tenants: snapshot.tenants().count(),
             things: snapshot.things().count(),

@@ -1,7 +1,9 @@
 //! The `fleetward` binary: one entry point for every mode of the platform.
 
+mod checked;
 mod cli;
 mod cluster;
+mod control;
 mod inspect;
 mod local;
 mod start;

@@ -69,6 +69,8 @@ pub async fn run(args: StartArgs) -> anyhow::Result<()> {
     status_file.write(&status);
 
     let (policy_tx, policy_rx) = watch::channel(Arc::new(local.index.snapshot().clone()));
+    let control =
+        crate::control::serve(policy_rx.clone(), &args.state_dir, &args.manifests).await?;
     let dataplane = Dataplane::new(policy_rx)
         .mqtt_listen(args.mqtt_listen)
         .http_listen(Some(args.http_listen))
@@ -78,6 +80,10 @@ pub async fn run(args: StartArgs) -> anyhow::Result<()> {
         .await
         .context("starting the dataplane")?;
     dataplane.log_listeners();
+    tracing::info!(
+        url = %control.url,
+        "control endpoint listening (`fleetward can-i` answers through it)"
+    );
     tracing::info!(manifests = %args.manifests.display(), "{}", status.summary());
 
     let (events_tx, mut events_rx) = mpsc::channel::<()>(1);
@@ -114,7 +120,7 @@ pub async fn run(args: StartArgs) -> anyhow::Result<()> {
                 status_file.retry(&local, &errors.current);
             }
         }
-        let report = local.directory.scan(&mut local.index);
+        let report = local.scan();
         if let Err(e) = local.read_signing_keys(&args.state_dir) {
             tracing::warn!(error = %e, "the token signing keys could not be read; the last ones stay");
         }

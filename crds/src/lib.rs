@@ -10,6 +10,8 @@ pub mod tenant;
 pub mod testdata;
 pub mod thing;
 pub mod user;
+#[cfg(feature = "validate")]
+pub mod validate;
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::CustomResourceExt;

@@ -1,7 +1,7 @@
 //! The invalid-variant table: valid example manifests with one mutation each that the API server must refuse.
 //!
-//! Shared by the structural schema test in this crate and the end-to-end tests, which apply each
-//! manifest to a real kube-apiserver (with `--dry-run=server`, so nothing is persisted even if a
+//! Shared by the schema tests in this crate (through `validate`) and the end-to-end tests, which
+//! apply each manifest to a real kube-apiserver (with `--dry-run=server`, so nothing is persisted even if a
 //! variant were wrongly accepted) and expect the refusal to contain `expected_message`.
 
 use serde::Deserialize;
@@ -317,6 +317,22 @@ pub fn invalid_variants() -> Vec<InvalidVariant> {
             "channel-max-qos-negative",
             with(channel(), "/spec/maxQos", json!(-1)),
             "spec.maxQos in body should be greater than or equal to 0",
+        ),
+        // A misspelt field is refused (kubectl's strict field validation), not dropped: a
+        // dropped `maxQoS` would leave the channel at its default QoS without a word.
+        variant(
+            "channel-max-qos-misspelt",
+            with(channel(), "/spec/maxQoS", json!(1)),
+            "strict decoding error: unknown field \"spec.maxQoS\"",
+        ),
+        variant(
+            "thing-credentials-unknown-field",
+            with(
+                thing(),
+                "/spec/credentials/secret",
+                json!("sensor-1-credentials"),
+            ),
+            "strict decoding error: unknown field \"spec.credentials.secret\"",
         ),
         variant(
             "channel-max-message-size-zero",

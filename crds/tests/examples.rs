@@ -1,6 +1,6 @@
 //! Every manifest in examples/ parses into the Rust types, round-trips, and passes the CRD schema.
 
-mod structural;
+use fleetward_crds::validate;
 
 use std::path::{Path, PathBuf};
 
@@ -66,7 +66,7 @@ where
     let again: K = serde_json::from_value(json.clone()).expect("serialized JSON parses back");
     assert_eq!(typed, again, "{what}: JSON round trip changed the value");
 
-    let schema = structural::schema_of(&K::crd());
+    let schema = validate::schema_of(&K::crd());
     let defaulted = kube::core::cel::apply_defaults(&schema, doc);
     assert_eq!(
         json, defaulted,
@@ -122,7 +122,7 @@ fn every_example_passes_the_crd_schema_and_its_rules() {
         else {
             continue;
         };
-        let refusals = structural::refusals(crd, &doc, None);
+        let refusals = validate::refusals(crd, &doc, None);
         assert!(
             refusals.is_empty(),
             "{} would be refused:\n{}",

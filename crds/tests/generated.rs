@@ -1,6 +1,6 @@
 //! The generated CRDs: the committed YAML matches the types, and the CRDs are complete.
 
-mod structural;
+use fleetward_crds::validate;
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -158,7 +158,7 @@ fn every_crd_is_namespaced_listed_and_printable_as_designed() {
         }
         assert!(columns.len() >= 4, "{what}: only {columns:?}");
 
-        let schema = structural::schema_of(&crd);
+        let schema = validate::schema_of(&crd);
         for field in ["conditions", "observedGeneration"] {
             assert!(
                 schema["properties"]["status"]["properties"][field].is_object(),
@@ -187,7 +187,7 @@ fn walk(node: &Value, path: &str, visit: &mut dyn FnMut(&str, &Value)) {
 #[test]
 fn every_field_is_documented_for_kubectl_explain() {
     for crd in fleetward_crds::all() {
-        let schema = structural::schema_of(&crd);
+        let schema = validate::schema_of(&crd);
         let mut undocumented = Vec::new();
         walk(&schema, &crd.spec.names.kind, &mut |path, node| {
             // List items and map values are documented by their list or map.
@@ -207,7 +207,7 @@ fn every_field_is_documented_for_kubectl_explain() {
 fn every_cel_rule_compiles_has_a_message_and_a_bounded_cost() {
     let mut rules = 0;
     for crd in fleetward_crds::all() {
-        let schema = structural::schema_of(&crd);
+        let schema = validate::schema_of(&crd);
         let compiled = kube::core::cel::compile_schema(&schema);
         assert!(
             !compiled.has_errors(),
@@ -256,7 +256,7 @@ fn every_cel_rule_compiles_has_a_message_and_a_bounded_cost() {
 fn every_format_is_one_the_api_server_knows() {
     // Anything else makes `kubectl apply` print "unrecognized format" warnings.
     for crd in fleetward_crds::all() {
-        let schema = structural::schema_of(&crd);
+        let schema = validate::schema_of(&crd);
         walk(&schema, &crd.spec.names.kind, &mut |path, node| {
             let Some(format) = node["format"].as_str() else {
                 return;

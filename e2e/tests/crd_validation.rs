@@ -1,5 +1,6 @@
-//! Scenario 1: the CRDs on a real API server refuse invalid manifests, accept the
-//! examples, and show their docs, printer columns and category through kubectl.
+//! Scenario 1: the CRDs on a real API server refuse invalid manifests (and `fleetward start`
+//! refuses the same ones with the same message), accept the examples, and show their docs,
+//! printer columns and category through kubectl.
 
 use anyhow::{Context, Result, ensure};
 use fleetward_crds::testdata::{
@@ -7,6 +8,8 @@ use fleetward_crds::testdata::{
 };
 use fleetward_e2e::{ControlPlane, Kubectl, LogDir, run_test, wait_until, workspace};
 use serde_json::Value;
+use std::path::Path;
+use std::process::Command;
 use std::time::Duration;
 
 /// A control plane with the Fleetward CRDs applied.
@@ -84,14 +87,43 @@ fn refused_with(
     }
 }
 
+/// What `fleetward start`'s loader says of each file of `dir`, by file name: `fleetward status`
+/// with no server running reads the directory with the loader `start` uses (src/local.rs,
+/// src/checked.rs) and prints each refused file's message as `error: <file>: <message>`.
+fn start_refusals(dir: &Path, state: &Path) -> Result<Vec<(String, String)>> {
+    let out = Command::new(workspace::fleetward_binary()?)
+        .arg("status")
+        .arg("--manifests")
+        .arg(dir)
+        .arg("--state-dir")
+        .arg(state)
+        .output()
+        .context("running fleetward status")?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    ensure!(
+        out.status.success(),
+        "fleetward status failed: {stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let prefix = format!("error: {}/", dir.display());
+    Ok(stdout
+        .lines()
+        .filter_map(|l| l.strip_prefix(&prefix))
+        .filter_map(|l| l.split_once(": "))
+        .map(|(file, message)| (file.to_owned(), message.to_owned()))
+        .collect())
+}
+
 #[test]
 #[ignore = "end-to-end: run by scripts/test.sh"]
-fn every_invalid_manifest_is_refused_with_its_message() {
+fn every_invalid_manifest_is_refused_by_the_api_server_and_by_start_with_its_message() {
     run_test("crd-invalid-manifests", |logs| {
         let (_plane, kubectl) = cluster(logs)?;
         create_example_namespaces(&kubectl)?;
         let variants = invalid_variants();
         ensure!(!variants.is_empty(), "the invalid-variant table is empty");
+        let manifests = logs.path().join("manifests");
+        std::fs::create_dir_all(&manifests).context("creating the manifest directory")?;
         let mut failures = Vec::new();
         for v in &variants {
             // Dry run: a variant wrongly accepted changes nothing for the next one.
@@ -100,12 +132,40 @@ fn every_invalid_manifest_is_refused_with_its_message() {
                 Some(&v.manifest.to_string()),
             )?;
             if let Err(why) = refused_with(&out, v.expected_message) {
-                failures.push(format!("{}: {why}", v.name));
+                failures.push(format!("{}: the API server: {why}", v.name));
             }
+            let yaml = serde_yaml::to_string(&v.manifest).context("a variant as YAML")?;
+            std::fs::write(manifests.join(format!("{}.yaml", v.name)), yaml)
+                .context("writing a variant")?;
+        }
+        // The same manifests, each in a file of its own, read by start's loader.
+        let refused = start_refusals(&manifests, &logs.path().join("state"))?;
+        for v in &variants {
+            let file = format!("{}.yaml", v.name);
+            match refused.iter().find(|(f, _)| *f == file) {
+                None => failures.push(format!(
+                    "{}: fleetward start: admitted, expected \"{}\"",
+                    v.name, v.expected_message
+                )),
+                Some((_, message)) if !message.contains(v.expected_message) => {
+                    failures.push(format!(
+                        "{}: fleetward start: refused, but without \"{}\":\n    {message}",
+                        v.name, v.expected_message
+                    ));
+                }
+                Some(_) => {}
+            }
+        }
+        // And the examples, which the API server accepts (the_examples_are_accepted), pass.
+        let examples = start_refusals(&workspace::examples_dir(), &logs.path().join("state-2"))?;
+        if !examples.is_empty() {
+            failures.push(format!(
+                "fleetward start refuses the examples: {examples:?}"
+            ));
         }
         ensure!(
             failures.is_empty(),
-            "{} of {} invalid manifests were not refused as expected:\n{}",
+            "{} refusals of {} invalid manifests were not as expected:\n{}",
             failures.len(),
             variants.len(),
             failures.join("\n")

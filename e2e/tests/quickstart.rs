@@ -184,6 +184,13 @@ fn the_readme_quick_start_works_as_written() {
             text.starts_with("no\n") && text.contains("cross_tenant") && text.contains("\nyes\n"),
             "can-i answered: {text}"
         );
+        // The quick start's server is running: can-i asks it rather than the files.
+        ensure!(
+            text.matches("answered by the running server at http://127.0.0.1:")
+                .count()
+                == 2,
+            "can-i did not answer through the running server: {text}"
+        );
         ensure!(
             text.contains("reported by fleetward start") && text.contains("0 objects not ready"),
             "status answered: {text}"

@@ -5,8 +5,9 @@
 //! checked, list-type `set`/`map` uniqueness is checked, and the CEL rules run only when no
 //! "blocking" error (type, required, enum, too long, too many) was found. Messages have the API
 //! server's shape, `<path>: <detail>`, so the same expected texts hold against a real server.
-
-#![allow(dead_code)] // shared by several test crates, each of which uses a part
+//!
+//! `fleetward start` checks its manifests with it, and this crate's tests check the generated
+//! CRDs against the examples and the invalid-variant table with it.
 
 use std::fmt::Write as _;
 
@@ -26,19 +27,28 @@ pub struct Refusal {
     pub blocking: bool,
 }
 
-/// The OpenAPI v3 schema of the CRD's only version, as JSON.
+/// The OpenAPI v3 schema of the CRD's only version, as JSON; `Null` when it has none (which
+/// then admits nothing but an empty object, as no CRD of this crate lacks one).
 pub fn schema_of(crd: &CustomResourceDefinition) -> Value {
-    let version = crd
-        .spec
+    crd.spec
         .versions
         .first()
-        .unwrap_or_else(|| panic!("{:?} has no version", crd.metadata.name));
-    let schema = version
-        .schema
-        .as_ref()
+        .and_then(|v| v.schema.as_ref())
         .and_then(|s| s.open_api_v3_schema.as_ref())
-        .unwrap_or_else(|| panic!("{:?} has no openAPIV3Schema", crd.metadata.name));
-    serde_json::to_value(schema).unwrap_or_else(|e| panic!("schema does not serialize: {e}"))
+        .and_then(|s| serde_json::to_value(s).ok())
+        .unwrap_or(Value::Null)
+}
+
+/// The CRD of this crate that serves `apiVersion` and `kind`, if any.
+pub fn crd_for(api_version: &str, kind: &str) -> Option<CustomResourceDefinition> {
+    crate::all().into_iter().find(|crd| {
+        crd.spec.names.kind == kind
+            && crd
+                .spec
+                .versions
+                .iter()
+                .any(|v| format!("{}/{}", crd.spec.group, v.name) == api_version)
+    })
 }
 
 /// Every refusal the API server would give `object` (on create, or on update from `old`).
@@ -48,10 +58,21 @@ pub fn refusals(
     object: &Value,
     old: Option<&Value>,
 ) -> Vec<String> {
+    admit(crd, object, old).err().unwrap_or_default()
+}
+
+/// `object` as the API server would store it (its schema's defaults applied), or every refusal
+/// it would give (on create, or on update from `old`).
+pub fn admit(
+    crd: &CustomResourceDefinition,
+    object: &Value,
+    old: Option<&Value>,
+) -> Result<Value, Vec<String>> {
     let schema = schema_of(crd);
     let mut found = Vec::new();
 
-    let api_version = format!("{}/{}", crd.spec.group, crd.spec.versions[0].name);
+    let version = crd.spec.versions.first().map_or("", |v| v.name.as_str());
+    let api_version = format!("{}/{version}", crd.spec.group);
     if object["apiVersion"] != api_version.as_str()
         || object["kind"] != crd.spec.names.kind.as_str()
     {
@@ -79,9 +100,11 @@ pub fn refusals(
     let mut messages: Vec<String> = found.iter().map(|r| r.message.clone()).collect();
     if found.iter().any(|r| r.blocking) {
         messages.push(CEL_SKIPPED.to_owned());
-        return messages;
+        return Err(messages);
     }
-    if let Err(errors) = Validator::new().validate(&schema, object, old) {
+    // The API server runs the CEL rules on the defaulted object (and the stored, defaulted old).
+    let old = old.map(|o| apply_defaults(&schema, o));
+    if let Err(errors) = Validator::new().validate(&schema, &defaulted, old.as_ref()) {
         for e in errors.iter() {
             let path = if e.field_path.is_empty() {
                 "<nil>"
@@ -91,7 +114,11 @@ pub fn refusals(
             messages.push(format!("{path}: Invalid value: {}", e.message));
         }
     }
-    messages
+    if messages.is_empty() {
+        Ok(defaulted)
+    } else {
+        Err(messages)
+    }
 }
 
 /// Checks `value` at `path` against the OpenAPI constraints of `schema`.
@@ -209,9 +236,15 @@ fn check_string(schema: &Value, s: &str, path: &str, out: &mut Vec<Refusal>) {
         });
     }
     if let Some(pattern) = schema["pattern"].as_str() {
-        let re = regex::Regex::new(pattern)
-            .unwrap_or_else(|e| panic!("{path}: pattern {pattern:?} does not compile: {e}"));
-        if !re.is_match(s) {
+        // A pattern the regex crate cannot compile admits nothing: a refusal names it rather
+        // than letting the value through unchecked.
+        let matched = regex::Regex::new(pattern).map(|re| re.is_match(s));
+        if let Err(e) = &matched {
+            out.push(Refusal {
+                message: format!("{path}: the schema's pattern {pattern:?} does not compile: {e}"),
+                blocking: true,
+            });
+        } else if matched != Ok(true) {
             out.push(Refusal {
                 message: format!(
                     "{path}: Invalid value: {s:?}: {path} in body should match '{pattern}'"
@@ -320,7 +353,7 @@ fn check_object(
             Some(field_schema) => check(field_schema, value, &join(name), false, out),
             // kubectl's strict field validation refuses what the schema would prune.
             None => out.push(Refusal {
-                message: format!("unknown field \"{}\"", join(name)),
+                message: format!("strict decoding error: unknown field \"{}\"", join(name)),
                 blocking: true,
             }),
         }
