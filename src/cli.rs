@@ -32,8 +32,30 @@ enum Command {
     /// Show the Ready condition of every object `fleetward start` serves.
     Status(crate::inspect::StatusArgs),
     /// Run the Kubernetes operator: reconcile resources and serve PolicySync to dataplanes.
+    ///
+    /// The cluster: found as kubectl finds it, from `KUBECONFIG` (or `~/.kube/config`), else
+    /// in-cluster from the pod's service account. The CRDs must be installed
+    /// (`fleetward crds | kubectl apply --server-side -f -`).
+    ///
+    /// The token: dataplanes present it on PolicySync; put it in a file and pass
+    /// `--token-file PATH` here and to every dataplane (or set `FLEETWARD_SYNC_TOKEN`).
+    ///
+    /// The URL: dataplanes connect with `--operator http://HOST:50051` (the port of
+    /// `--grpc-listen`; `https://` when `--tls-cert` is given). Health and metrics are on
+    /// `--admin-listen`, 127.0.0.1:8082 by default.
     Operator(Box<fleetward_operator::runtime::OperatorArgs>),
     /// Run a dataplane pod: MQTT, enforcing the policy pushed by the operator.
+    ///
+    /// The dataplane reads no kubeconfig: everything comes from the operator over PolicySync.
+    ///
+    /// The URL: `--operator http://HOST:50051[,http://HOST2:50051…]`, every operator replica,
+    /// comma-separated (`https://` with `--operator-ca` when the operator serves TLS).
+    ///
+    /// The token: `--token-file PATH`, the same file the operator was given (or set
+    /// `FLEETWARD_SYNC_TOKEN`).
+    ///
+    /// Health and metrics are on `--admin-listen`, 127.0.0.1:8081 by default; the snapshot is
+    /// kept in `--state-dir`.
     Dataplane(Box<fleetward_dataplane::DataplaneArgs>),
     /// Print the CustomResourceDefinitions of every Fleetward kind as one YAML stream.
     Crds(CrdsArgs),
@@ -120,4 +142,47 @@ fn write_crd_files(dir: &Path) -> anyhow::Result<()> {
         std::fs::write(&path, yaml).with_context(|| format!("writing {}", path.display()))?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::Cli;
+
+    fn long_help(subcommand: &str) -> String {
+        let mut cli = Cli::command();
+        let Some(sub) = cli.find_subcommand_mut(subcommand) else {
+            panic!("no subcommand {subcommand}");
+        };
+        sub.render_long_help().to_string()
+    }
+
+    #[test]
+    fn operator_and_dataplane_help_say_how_the_cluster_the_token_and_the_url_are_given() {
+        let operator = long_help("operator");
+        for needle in [
+            "KUBECONFIG",
+            "service account",
+            "--token-file",
+            "--operator http://",
+        ] {
+            assert!(
+                operator.contains(needle),
+                "operator --help lacks {needle}:\n{operator}"
+            );
+        }
+        let dataplane = long_help("dataplane");
+        for needle in [
+            "no kubeconfig",
+            "--token-file",
+            "--operator http://HOST:50051[,",
+        ] {
+            assert!(
+                dataplane.contains(needle),
+                "dataplane --help lacks {needle}:\n{dataplane}"
+            );
+        }
+        assert!(operator.contains("127.0.0.1:8082") && dataplane.contains("127.0.0.1:8081"));
+    }
 }

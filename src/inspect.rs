@@ -404,9 +404,9 @@ pub fn status(args: &StatusArgs) -> anyhow::Result<()> {
     let report = match StatusReport::read(&args.state_dir)? {
         Some(r) if crate::local::process_alive(r.pid) => {
             outln!(
-                "# reported by fleetward start (pid {}) at {} (Unix time), from {}",
+                "# reported by fleetward start (pid {}) at {}, from {}",
                 r.pid,
-                r.written_at_unix,
+                rfc3339(r.written_at_unix),
                 r.manifests.display()
             );
             r
@@ -448,6 +448,14 @@ pub fn status(args: &StatusArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Seconds since the Unix epoch as RFC 3339 in UTC (`2025-06-01T12:00:00Z`).
+fn rfc3339(unix: u64) -> String {
+    i64::try_from(unix)
+        .ok()
+        .and_then(|s| k8s_openapi::jiff::Timestamp::from_second(s).ok())
+        .map_or_else(|| format!("{unix} (Unix time)"), |t| t.to_string())
+}
+
 /// Prints rows in columns as wide as their widest cell (the last column is not padded).
 fn print_table<const N: usize>(header: [&str; N], rows: &[[String; N]]) {
     let mut widths = header.map(str::len);
@@ -470,5 +478,17 @@ fn print_table<const N: usize>(header: [&str; N], rows: &[[String; N]]) {
     line(header);
     for row in rows {
         line(std::array::from_fn(|i| row[i].as_str()));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::rfc3339;
+
+    #[test]
+    fn report_times_print_as_rfc3339_in_utc() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
+        assert_eq!(rfc3339(1_748_779_200), "2025-06-01T12:00:00Z");
+        assert_eq!(rfc3339(u64::MAX), format!("{} (Unix time)", u64::MAX));
     }
 }

@@ -211,16 +211,15 @@ impl StatusReport {
     pub fn summary(&self) -> String {
         let not_ready = self.objects.iter().filter(|o| !o.ready).count();
         format!(
-            "serving {} tenants, {} things, {} channels, {} connections, {} users \
-             (policy version {}); {} objects not ready, {} files with errors",
-            self.tenants,
-            self.things,
-            self.channels,
-            self.connections,
-            self.users,
+            "serving {}, {}, {}, {}, {} (policy version {}); {} not ready, {} with errors",
+            count(self.tenants, "tenant"),
+            count(self.things, "thing"),
+            count(self.channels, "channel"),
+            count(self.connections, "connection"),
+            count(self.users, "user"),
             self.version,
-            not_ready,
-            self.errors.len()
+            count(not_ready, "object"),
+            count(self.errors.len(), "file")
         )
     }
 
@@ -254,5 +253,26 @@ pub fn process_alive(pid: u32) -> bool {
         Path::new("/proc").join(pid.to_string()).exists()
     } else {
         true
+    }
+}
+
+/// `1 file`, `2 files`: the nouns of the summary all take an `s`.
+fn count(n: usize, noun: &str) -> String {
+    if n == 1 {
+        format!("1 {noun}")
+    } else {
+        format!("{n} {noun}s")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::count;
+
+    #[test]
+    fn one_is_singular_and_every_other_count_plural() {
+        assert_eq!(count(1, "file"), "1 file");
+        assert_eq!(count(0, "file"), "0 files");
+        assert_eq!(count(2, "object"), "2 objects");
     }
 }

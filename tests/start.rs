@@ -115,6 +115,12 @@ fn a_broken_file_is_reported_and_everything_else_keeps_serving() {
     let text = String::from_utf8_lossy(&status.stdout);
     assert!(status.status.success(), "{text}");
     assert!(text.contains("reported by fleetward start"), "{text}");
+    assert!(
+        text.lines()
+            .next()
+            .is_some_and(|l| l.contains(" at 20") && l.contains("Z, from")),
+        "the report's time is RFC 3339: {text}"
+    );
     assert!(text.contains("2 files with errors"), "{text}");
     assert!(
         text.contains("error: ") && text.contains("garbage.yaml"),

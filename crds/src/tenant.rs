@@ -23,7 +23,8 @@ pub const NAMESPACE_IMMUTABLE_MESSAGE: &str = "spec.namespace is immutable: a Te
     derive = "PartialEq",
     shortname = "tnt",
     category = "fleetward",
-    printcolumn(name = "Namespace", type_ = "string", json_path = ".status.namespace", description = "Namespace the tenant owns"),
+    // Not "Namespace": `kubectl get -A` adds a NAMESPACE column of its own to every kind.
+    printcolumn(name = "Owns", type_ = "string", json_path = ".status.namespace", description = "Namespace the tenant owns"),
     printcolumn(name = "Suspended", type_ = "boolean", json_path = ".spec.suspended", description = "Whether all traffic of the tenant is refused"),
     printcolumn(name = "Things", type_ = "integer", json_path = ".status.things", description = "Things in the tenant's namespace"),
     printcolumn(name = "Channels", type_ = "integer", json_path = ".status.channels", description = "Channels in the tenant's namespace"),

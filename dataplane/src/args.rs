@@ -1,7 +1,8 @@
 //! Command-line arguments of `fleetward dataplane`.
 
+use std::ffi::OsString;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::listener::HttpLimits;
@@ -29,14 +30,13 @@ pub struct DataplaneArgs {
     /// the chart passes the pod's address for probes and scraping).
     #[arg(long, default_value = "127.0.0.1:8081", env = "FLEETWARD_ADMIN_LISTEN")]
     pub admin_listen: SocketAddr,
-    /// Directory for the last-known-good policy snapshot.
-    #[arg(
-        long,
-        default_value = "/var/lib/fleetward",
-        env = "FLEETWARD_STATE_DIR"
-    )]
-    pub state_dir: PathBuf,
-    /// PolicySync endpoints of the operator, comma-separated; every one is tried.
+    /// Directory for the last-known-good policy snapshot [default: /var/lib/fleetward when
+    /// this user may write there, else $XDG_STATE_HOME/fleetward, else
+    /// ~/.local/state/fleetward; the chart passes its own].
+    #[arg(long, value_name = "DIR", env = "FLEETWARD_STATE_DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// PolicySync endpoints of the operator replicas, comma-separated, each
+    /// `http://HOST:PORT` (`https://` with --operator-ca); every one is tried.
     #[arg(long, value_delimiter = ',', env = "FLEETWARD_OPERATOR")]
     pub operator: Vec<String>,
     /// Connection, message, session and HTTP limits (shared with `fleetward start`).
@@ -55,7 +55,8 @@ pub struct DataplaneArgs {
         conflicts_with = "token_file"
     )]
     pub token: Option<String>,
-    /// A file holding the PolicySync token (as mounted from the chart's Secret).
+    /// A file holding the PolicySync token: the operator's `--token-file` (as mounted from the
+    /// chart's Secret).
     #[arg(long, env = "FLEETWARD_SYNC_TOKEN_FILE")]
     pub token_file: Option<PathBuf>,
     /// This dataplane's id in PolicySync and the operator's metrics; default the pod name.
@@ -92,6 +93,17 @@ pub struct DataplaneArgs {
 }
 
 impl DataplaneArgs {
+    /// `--state-dir`, or the default a user outside a pod can write (see the flag's help).
+    pub fn state_dir(&self) -> PathBuf {
+        self.state_dir.clone().unwrap_or_else(|| {
+            default_state_dir(
+                Path::new(SYSTEM_STATE_DIR),
+                std::env::var_os("XDG_STATE_HOME"),
+                std::env::var_os("HOME"),
+            )
+        })
+    }
+
     /// The users' settings the arguments give.
     pub fn users_config(&self) -> crate::users::UsersConfig {
         crate::users::UsersConfig {
@@ -106,6 +118,48 @@ impl DataplaneArgs {
             login_window: std::time::Duration::from_secs(60),
         }
     }
+}
+
+/// Where a dataplane run as root (or in a pod) keeps its snapshot.
+const SYSTEM_STATE_DIR: &str = "/var/lib/fleetward";
+
+/// [`SYSTEM_STATE_DIR`] when it can be written, else the XDG state directory (an absolute
+/// `$XDG_STATE_HOME`, else `$HOME/.local/state`): a normal user needs no flag.
+fn default_state_dir(
+    system: &Path,
+    xdg_state_home: Option<OsString>,
+    home: Option<OsString>,
+) -> PathBuf {
+    if writable(system) {
+        return system.to_owned();
+    }
+    let xdg = xdg_state_home
+        .map(PathBuf::from)
+        .filter(|p| p.is_absolute())
+        .or_else(|| {
+            home.filter(|h| !h.is_empty())
+                .map(|h| PathBuf::from(h).join(".local/state"))
+        });
+    // Without either, the system directory stays, and the error on it names it.
+    xdg.map_or_else(|| system.to_owned(), |dir| dir.join("fleetward"))
+}
+
+/// Whether `dir` exists or can be made, and a file can be created in it (permission bits
+/// do not tell, for root or with ACLs; trying does).
+fn writable(dir: &Path) -> bool {
+    if std::fs::create_dir_all(dir).is_err() {
+        return false;
+    }
+    let probe = dir.join(format!(".write-probe-{}", std::process::id()));
+    let created = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&probe)
+        .is_ok();
+    if created {
+        let _ = std::fs::remove_file(&probe);
+    }
+    created
 }
 
 /// What a pod holds for its clients, and how long it waits for them: the flags of
@@ -219,7 +273,10 @@ impl LimitArgs {
 mod tests {
     use clap::Parser;
 
-    use super::LimitArgs;
+    use std::ffi::OsString;
+    use std::path::{Path, PathBuf};
+
+    use super::{LimitArgs, default_state_dir};
 
     #[derive(Parser)]
     struct Flags {
@@ -253,5 +310,37 @@ mod tests {
                 .to_string();
             assert!(e.contains("scheme://host[:port]"), "{e}");
         }
+    }
+
+    #[test]
+    fn the_state_dir_falls_back_to_the_users_own_when_the_system_one_is_not_writable() {
+        let base = std::env::temp_dir().join(format!("fleetward-state-{}", std::process::id()));
+        std::fs::create_dir_all(&base).expect("a temp dir");
+        let os = |p: &Path| Some(OsString::from(p));
+        let system = base.join("var-lib-fleetward");
+        assert_eq!(
+            default_state_dir(&system, os(&base.join("xdg")), os(&base)),
+            system,
+            "writable (made here): the system directory"
+        );
+        // A regular file where the parent should be: nobody, not even root, can make it.
+        let blocker = base.join("a-file");
+        std::fs::write(&blocker, "").expect("write");
+        let denied = blocker.join("fleetward");
+        assert_eq!(
+            default_state_dir(&denied, os(&base.join("xdg")), os(&base)),
+            base.join("xdg/fleetward")
+        );
+        assert_eq!(
+            default_state_dir(&denied, Some("relative".into()), os(&base)),
+            base.join(".local/state/fleetward"),
+            "a relative XDG_STATE_HOME is ignored, as the spec says"
+        );
+        assert_eq!(
+            default_state_dir(&denied, None, None),
+            PathBuf::from(&denied),
+            "nothing better: the system directory, whose error names it"
+        );
+        std::fs::remove_dir_all(&base).ok();
     }
 }

@@ -57,7 +57,7 @@ fn sync_config(args: &DataplaneArgs) -> anyhow::Result<SyncConfig> {
         None => hostname().context("no --node-id, POD_NAME or hostname to name this dataplane")?,
     };
     let mut config = SyncConfig::new(args.operator.clone(), node_id);
-    config.state_dir = Some(args.state_dir.clone());
+    config.state_dir = Some(args.state_dir());
     config.token = match (&args.token, &args.token_file) {
         (Some(t), _) => Some(t.clone()),
         (None, Some(file)) => Some(

@@ -377,6 +377,14 @@ fn get_shows_printer_columns_and_the_fleetward_category_lists_every_kind() {
             }
         }
 
+        // Mixed kinds get kubectl's NAMESPACE column, Tenants too: no printer column repeats it.
+        let table = kubectl.run(&["get", "fleetward", "-A"])?;
+        for header in table.lines().filter(|l| l.starts_with("NAMESPACE")) {
+            ensure!(
+                header.matches("NAMESPACE").count() == 1,
+                "kubectl get fleetward -A shows NAMESPACE twice: {header}"
+            );
+        }
         let listed = kubectl.run(&["get", "fleetward", "-A", "-o", "name"])?;
         for doc in &docs {
             let kind = str_at(doc, "/kind")?.to_lowercase();

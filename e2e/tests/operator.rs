@@ -7,7 +7,9 @@ use std::thread;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail, ensure};
-use fleetward_e2e::fleetward::{OPERATOR_NAMESPACE, Operator, http_get, start_operators};
+use fleetward_e2e::fleetward::{
+    Dataplane, DataplaneConfig, OPERATOR_NAMESPACE, Operator, http_get, start_operators,
+};
 use fleetward_e2e::workspace::examples_dir;
 use fleetward_e2e::{ControlPlane, Kubectl, LogDir, run_test, wait_until};
 use serde_json::{Value, json};
@@ -393,6 +395,104 @@ fn refusals_name_their_reason_and_clear_when_fixed() {
             "True",
             "Accepted",
         )?;
+        Ok(())
+    });
+}
+
+/// The Events on one object, as `kubectl get events --field-selector` lists them.
+fn events_of(kubectl: &Kubectl, namespace: &str, kind: &str, name: &str) -> Result<Vec<Value>> {
+    let selector = format!("involvedObject.kind={kind},involvedObject.name={name}");
+    let list = kubectl.get_json(&["events", "-n", namespace, "--field-selector", &selector])?;
+    Ok(list["items"].as_array().cloned().unwrap_or_default())
+}
+
+fn has_event(events: &[Value], type_: &str, reason: &str) -> bool {
+    events
+        .iter()
+        .any(|e| e["type"] == type_ && e["reason"] == reason)
+}
+
+#[test]
+#[ignore = "end-to-end: run by scripts/test.sh"]
+fn condition_transitions_are_recorded_as_events() {
+    run_test("operator-events", |logs| {
+        let (plane, kubectl) = cluster(logs)?;
+        apply_examples(&kubectl)?;
+        let broken = json!({
+            "apiVersion": "fleetward.io/v1alpha1", "kind": "Connection",
+            "metadata": {"name": "dashboard-subscribes-alerts", "namespace": "acme"},
+            "spec": {"subject": {"kind": "Thing", "name": "dashboard"}, "channel": "alerts", "actions": ["subscribe"]},
+        });
+        kubectl.apply(&broken.to_string())?;
+        let ops = start_operators(1, plane.kubeconfig(), TOKEN, logs.path())?;
+        let _dp = Dataplane::start(
+            "dataplane-0",
+            &logs.path().join("state"),
+            DataplaneConfig {
+                operators: vec![ops[0].sync_url()],
+                sync_token: TOKEN.to_owned(),
+                nats_url: None,
+            },
+            logs.path(),
+        )?;
+
+        // The missing channel: a Warning with the condition's reason and message.
+        let args = ["connection", "dashboard-subscribes-alerts", "-n", "acme"];
+        let message = wait_condition(&kubectl, &args, "Ready", "False", "ChannelNotFound")?;
+        let mut events = Vec::new();
+        wait_until(
+            "a ChannelNotFound Warning on the Connection",
+            SETTLE,
+            || {
+                events = events_of(
+                    &kubectl,
+                    "acme",
+                    "Connection",
+                    "dashboard-subscribes-alerts",
+                )?;
+                Ok(has_event(&events, "Warning", "ChannelNotFound"))
+            },
+        )?;
+        ensure!(
+            events.iter().any(|e| e["message"] == message.as_str()),
+            "the Event carries the condition's message {message:?}: {events:?}"
+        );
+        let described = kubectl.run(&[
+            "describe",
+            "connection",
+            "dashboard-subscribes-alerts",
+            "-n",
+            "acme",
+        ])?;
+        ensure!(
+            described.contains("Warning") && described.contains("ChannelNotFound"),
+            "kubectl describe shows the Warning:\n{described}"
+        );
+
+        // An enforced Connection: one Normal Enforced Event, no Warning for passing states.
+        let good = ["connection", "dashboard-subscribes-telemetry", "-n", "acme"];
+        wait_condition(&kubectl, &good, "Enforced", "True", "Enforced")?;
+        wait_until(
+            "an Enforced Event on the enforced Connection",
+            SETTLE,
+            || {
+                events = events_of(
+                    &kubectl,
+                    "acme",
+                    "Connection",
+                    "dashboard-subscribes-telemetry",
+                )?;
+                Ok(has_event(&events, "Normal", "Enforced"))
+            },
+        )?;
+        ensure!(
+            !has_event(&events, "Warning", "Pending"),
+            "passing through Pending is no Warning: {events:?}"
+        );
+        ensure!(
+            events.iter().filter(|e| e["reason"] == "Enforced").count() == 1,
+            "Enforced is reported once for the generation: {events:?}"
+        );
         Ok(())
     });
 }

@@ -1,5 +1,6 @@
-//! The README's quick start, run verbatim: its blocks are taken from README.md by their
-//! `quickstart=<name>` marks, so the commands a newcomer copies cannot drift from what works.
+//! The README's quick start and cluster path, run verbatim: their blocks are taken from
+//! README.md by their `quickstart=<name>` and `cluster=<name>` marks, so the commands a
+//! newcomer copies cannot drift from what works.
 
 use std::collections::BTreeMap;
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -45,20 +46,50 @@ fn readme_blocks(mark: &str) -> Result<BTreeMap<String, String>> {
 
 /// A block run by bash in the workspace root, its stdout line-buffered (for mosquitto_sub).
 fn shell(name: &str, script: &str, logs: &std::path::Path) -> Result<Process> {
+    shell_with(name, script, &[], logs)
+}
+
+/// [`shell`] with more environment (`PATH` for the cluster path's `fleetward`).
+fn shell_with(
+    name: &str,
+    script: &str,
+    env: &[(&str, std::ffi::OsString)],
+    logs: &std::path::Path,
+) -> Result<Process> {
     let mut cmd = Command::new("stdbuf");
     cmd.args(["-oL", "bash", "-c", script])
         .current_dir(workspace::root())
-        .env("RUST_LOG", "info");
+        .env("RUST_LOG", "info")
+        .envs(env.iter().map(|(k, v)| (k, v)));
     Process::spawn(name, cmd, logs)
 }
 
 /// Runs a block to completion with bash in the workspace root.
 fn run_block(name: &str, script: &str) -> Result<Output> {
+    run_block_with(name, script, &[])
+}
+
+/// [`run_block`] with more environment.
+fn run_block_with(name: &str, script: &str, env: &[(&str, std::ffi::OsString)]) -> Result<Output> {
     Command::new("bash")
         .args(["-c", script])
         .current_dir(workspace::root())
+        .envs(env.iter().map(|(k, v)| (k, v)))
         .output()
         .with_context(|| format!("run the {name} block"))
+}
+
+/// Runs a block that must succeed; returns its stdout.
+fn succeeds(name: &str, script: &str, env: &[(&str, std::ffi::OsString)]) -> Result<String> {
+    let out = run_block_with(name, script, env)?;
+    ensure!(
+        out.status.success(),
+        "the {name} block failed ({}): {}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 fn wait_listening(addr: SocketAddr, within: Duration) -> Result<()> {
@@ -318,6 +349,124 @@ fn the_readme_dashboard_works_as_written_in_a_browser() {
         std::fs::copy(&shot, kept.join("dashboard.png")).context("keep the screenshot")?;
         serve.stop()?;
         start.stop()?;
+        Ok(())
+    });
+}
+
+/// Deletes the README's local cluster (`scripts/local-cluster.sh delete`) when the test ends,
+/// passed or not: it runs in the background, where dropping a process handle does not reach.
+struct LocalCluster;
+
+impl LocalCluster {
+    const SCRIPT: &str = "scripts/local-cluster.sh";
+
+    fn delete() -> Result<()> {
+        let status = Command::new(workspace::root().join(Self::SCRIPT))
+            .arg("delete")
+            .current_dir(workspace::root())
+            .status()
+            .context("run scripts/local-cluster.sh delete")?;
+        ensure!(
+            status.success(),
+            "scripts/local-cluster.sh delete: {status}"
+        );
+        Ok(())
+    }
+}
+
+impl Drop for LocalCluster {
+    fn drop(&mut self) {
+        if let Err(e) = Self::delete() {
+            eprintln!("e2e: {e:#}");
+        }
+    }
+}
+
+#[test]
+#[ignore = "end-to-end: run by scripts/test.sh"]
+fn the_readme_cluster_path_works_as_written() {
+    run_test("cluster-path", |logs| {
+        let blocks = readme_blocks("cluster")?;
+        let names: Vec<&str> = blocks.keys().map(String::as_str).collect();
+        ensure!(
+            names
+                == [
+                    "api-server",
+                    "apply",
+                    "dataplane",
+                    "install",
+                    "operator",
+                    "publish",
+                    "subscribe",
+                    "wait"
+                ],
+            "the README's cluster blocks changed: {names:?}; update this test with it"
+        );
+        // Every block runs as written but `install`, a release build into ~/.cargo/bin: the
+        // blocks find `fleetward` on PATH, where the test puts the binary under test.
+        ensure!(
+            blocks["install"].trim() == "cargo install --locked --path .",
+            "the install block changed: {}",
+            blocks["install"]
+        );
+        let bin = logs.path().join("bin");
+        std::fs::create_dir_all(&bin).context("make the bin directory")?;
+        std::os::unix::fs::symlink(workspace::fleetward_binary()?, bin.join("fleetward"))
+            .context("link fleetward into the bin directory")?;
+        let mut path = std::ffi::OsString::from(&bin);
+        path.push(":");
+        path.push(std::env::var_os("PATH").unwrap_or_default());
+        let env = [("PATH", path)];
+
+        // The defaults the README promises must be free, or the run means nothing.
+        for port in [1883, 8080, 8081, 8082, 50051] {
+            if TcpListener::bind(("127.0.0.1", port)).is_err() {
+                bail!("127.0.0.1:{port} is taken; stop what listens there and run again");
+            }
+        }
+        let pid = workspace::root().join(".fleetward/cluster/pid");
+        ensure!(
+            !pid.exists(),
+            "{} exists: a local cluster may be running; stop it with `{} delete`",
+            pid.display(),
+            LocalCluster::SCRIPT
+        );
+        let _cluster = LocalCluster;
+
+        succeeds("api-server", &blocks["api-server"], &env)?;
+        succeeds("apply", &blocks["apply"], &env)?;
+        let _operator = shell_with("operator", &blocks["operator"], &env, logs.path())?;
+        let _dataplane = shell_with("dataplane", &blocks["dataplane"], &env, logs.path())?;
+        wait_listening("127.0.0.1:1883".parse()?, Duration::from_secs(60))?;
+
+        let waited = succeeds("wait", &blocks["wait"], &env)?;
+        ensure!(
+            waited.contains("connection.fleetward.io/dashboard-subscribes-telemetry condition met"),
+            "kubectl wait said: {waited}"
+        );
+        ensure!(
+            waited.contains("Normal") && waited.contains("Enforced"),
+            "kubectl describe shows the Enforced Event: {waited}"
+        );
+
+        let mut subscriber = shell_with("subscribe", &blocks["subscribe"], &env, logs.path())?;
+        let admin: SocketAddr = "127.0.0.1:8081".parse()?;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !http_get(admin, "/metrics")?
+            .1
+            .contains("fleetward_mqtt_connections 1\n")
+        {
+            ensure!(Instant::now() < deadline, "the subscriber did not connect");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        std::thread::sleep(Duration::from_millis(500));
+        succeeds("publish", &blocks["publish"], &env)?;
+        subscriber
+            .wait_for_line(Duration::from_secs(10), |l| {
+                l.contains("m/acme/c/telemetry/status {\"temp\": 21.5}")
+                    .then_some(())
+            })
+            .context("acme/dashboard did not print the message")?;
         Ok(())
     });
 }

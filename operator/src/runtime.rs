@@ -40,10 +40,12 @@ pub struct OperatorArgs {
     )]
     pub grpc_listen: SocketAddr,
     /// Address of `/healthz`, `/readyz` and `/metrics`: loopback unless told, since `/metrics`
-    /// names tenants (the chart passes `0.0.0.0` for probes and scraping).
-    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8081")]
+    /// names tenants (the chart passes `0.0.0.0` for probes and scraping). Not the
+    /// dataplane's 8081, so both run on one machine as they are.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8082")]
     pub admin_listen: SocketAddr,
-    /// File holding the token dataplanes must present on PolicySync (mounted from a Secret).
+    /// File holding the token dataplanes must present on PolicySync (mounted from a Secret;
+    /// give the dataplanes the same file).
     #[arg(long, value_name = "PATH", env = "FLEETWARD_SYNC_TOKEN_FILE")]
     pub token_file: Option<PathBuf>,
     /// The PolicySync token itself; prefer --token-file, which keeps it out of the environment.
@@ -392,7 +394,7 @@ mod tests {
         let a = cli.args;
         assert_eq!(a.grpc_listen.to_string(), "0.0.0.0:50051");
         // Loopback by default; the chart passes --admin-listen=0.0.0.0:<port>.
-        assert_eq!(a.admin_listen.to_string(), "127.0.0.1:8081");
+        assert_eq!(a.admin_listen.to_string(), "127.0.0.1:8082");
         assert_eq!(a.lease_name, "fleetward-operator");
         assert_eq!(a.batch_window_ms, 20);
         let lease = a.lease().expect("valid");

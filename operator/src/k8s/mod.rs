@@ -7,11 +7,13 @@
 //!   (cluster-wide); their `/status`: patch.
 //! - Secrets: get, list, watch, create, in the namespaces Tenants claim (a ClusterRole, or a
 //!   Role bound in each tenant namespace). The operator never updates or deletes a Secret.
-//! - `events.k8s.io` events: create, patch (where the Things are).
+//! - `events.k8s.io` events: create, patch, in every tenant namespace and in `default` (where
+//!   the Events of the cluster-scoped Tenants go).
 //! - `coordination.k8s.io` leases: get, list, watch, create, patch, delete, in the Lease
 //!   namespace (the election Lease, and one Lease per replica reporting its dataplanes, which
 //!   the replica deletes when it has none or stops).
 
+pub mod events;
 pub mod lease;
 pub mod observed;
 pub mod replicas;

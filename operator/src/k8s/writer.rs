@@ -4,7 +4,8 @@
 //! every index commit, dataplane change and watched status change, so an idle cluster gets no
 //! writes; a failed write is retried with backoff. A `Ready=False` status is written once it
 //! has held for a moment (longer while the leader is creating the Thing's Secret), so the
-//! passing states of a bulk apply cost no writes.
+//! passing states of a bulk apply cost no writes. A written status that changes a condition
+//! records an Event on the object (see [`super::events`]).
 
 use std::borrow::Cow;
 use std::collections::HashMap;
@@ -18,6 +19,7 @@ use kube::api::{Api, DynamicObject, Patch, PatchParams};
 use kube::runtime::events::{Event, EventType, Recorder};
 use tokio::sync::watch;
 
+use super::events::{ConditionEvent, Reported, transitions};
 use super::observed::{Observed, ShownStatus};
 use super::status::{differs, enforcement_across, full_status, now, status_json};
 use super::{Error, FIELD_MANAGER, Retries, api_resource, object_reference};
@@ -119,6 +121,8 @@ struct Write {
     key: ObjectKey,
     uid: Option<String>,
     status: ShownStatus,
+    /// The Events its condition transitions call for, recorded once it is written.
+    events: Vec<ConditionEvent>,
 }
 
 /// See the module documentation.
@@ -137,7 +141,7 @@ pub struct StatusWriter {
     pub metrics: Arc<Metrics>,
     /// Whether this replica leads.
     pub leader: watch::Receiver<bool>,
-    /// Records a Warning when a write fails.
+    /// Records a Warning when a write fails, and the condition transitions.
     pub recorder: Recorder,
 }
 
@@ -150,17 +154,18 @@ impl StatusWriter {
         let mut seen = self.observed.subscribe();
         let mut retries = Retries::default();
         let mut holds = Holds::default();
+        let mut reported = Reported::default();
         loop {
             let leading = *self.leader.borrow_and_update();
             if leading && self.observed.ready().is_ok() {
-                let mut writes = self.plan(&retries, &mut holds);
+                let mut writes = self.plan(&retries, &mut holds, &mut reported);
                 let more = writes.len() > WRITES_PER_ROUND;
                 // Ready statuses first; the rest waits for a fresh plan, so a backlog never
                 // writes a status that has gone stale meanwhile.
                 writes.sort_by_key(|w| !is_ready(&w.status));
                 writes.truncate(WRITES_PER_ROUND);
                 if !writes.is_empty() {
-                    self.write_all(writes, &mut retries).await;
+                    self.write_all(writes, &mut retries, &mut reported).await;
                 }
                 if more {
                     continue;
@@ -187,7 +192,7 @@ impl StatusWriter {
     }
 
     /// The statuses that differ from what their objects show.
-    fn plan(&self, retries: &Retries, holds: &mut Holds) -> Vec<Write> {
+    fn plan(&self, retries: &Retries, holds: &mut Holds, reported: &mut Reported) -> Vec<Write> {
         let enforced = self.dataplanes.enforced_version();
         let now = now();
         let instant = Instant::now();
@@ -196,6 +201,7 @@ impl StatusWriter {
         let idx = self.index.read();
         let remote = self.replicas.judge(&idx);
         holds.retain(|key| idx.status(key).is_some());
+        reported.retain(|key| idx.status(key).is_some());
         self.observed.with_objects(|objects| {
             idx.objects()
                 .filter(|key| !unsynced.contains(&key.namespace) && !retries.blocks(key, instant))
@@ -225,23 +231,29 @@ impl StatusWriter {
                     if !holds.admit(key, hold_for(&desired.readiness), instant) {
                         return None;
                     }
+                    let events =
+                        transitions(shown.status.as_ref(), &status, reported.enforced(key));
                     Some(Write {
                         key: key.clone(),
                         uid: shown.uid.clone(),
                         status,
+                        events,
                     })
                 })
                 .collect()
         })
     }
 
-    async fn write_all(&self, writes: Vec<Write>, retries: &mut Retries) {
+    async fn write_all(&self, writes: Vec<Write>, retries: &mut Retries, reported: &mut Reported) {
         let results: Vec<(Write, Result<Option<ShownStatus>, Error>)> =
             futures::stream::iter(writes)
                 .map(|w| async move {
                     let started = Instant::now();
                     let result = self.write(&w).await;
                     self.metrics.reconciled(w.key.kind, started.elapsed());
+                    if let Ok(Some(_)) = &result {
+                        self.record(&w).await;
+                    }
                     (w, result)
                 })
                 .buffer_unordered(CONCURRENT_WRITES)
@@ -251,6 +263,11 @@ impl StatusWriter {
             match result {
                 Ok(shown) => {
                     retries.succeeded(&w.key);
+                    if shown.is_some() {
+                        for event in &w.events {
+                            reported.published(&w.key, event);
+                        }
+                    }
                     self.metrics.status_written(w.key.kind);
                     tracing::debug!(object = %w.key, "status written");
                     if let Some(shown) = shown {
@@ -302,6 +319,17 @@ impl StatusWriter {
                 key: w.key.clone(),
                 source,
             }),
+        }
+    }
+
+    /// Records the Events of a written status's transitions; a failure is logged, not retried
+    /// (the status, which says the same, is written).
+    async fn record(&self, w: &Write) {
+        let reference = object_reference(&w.key, w.uid.clone());
+        for event in &w.events {
+            if let Err(e) = self.recorder.publish(&event.event(), &reference).await {
+                tracing::debug!(object = %w.key, reason = %event.reason, error = %e, "recording an Event failed");
+            }
         }
     }
 
