@@ -1,6 +1,7 @@
 //! The single-binary mode's policy source: a manifest directory, checked as the API server
-//! would check it (src/checked.rs), read into the operator's index, and the status report that
-//! `fleetward start` keeps and `fleetward status` prints.
+//! would check it (the operator's directory source applies the CRDs' rules), read into the
+//! operator's index, and the status report that `fleetward start` keeps and `fleetward status`
+//! prints.
 
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -9,8 +10,6 @@ use anyhow::Context as _;
 use fleetward_operator::directory::{Directory, FileError, ScanReport};
 use fleetward_operator::index::{Index, ObjectKey};
 use serde::{Deserialize, Serialize};
-
-use crate::checked::Checked;
 
 /// Where `start`, `status`, `credentials` and `can-i` read manifests and keep state, unless told.
 pub const DEFAULT_MANIFESTS: &str = "manifests";
@@ -21,11 +20,9 @@ const STATUS_FILE: &str = "status.json";
 
 /// A manifest directory read into an index.
 pub struct Local {
-    /// The directory source (it keeps the last good version of every file), reading the
-    /// admitted mirror of the manifests.
+    /// The directory source: it checks every file with the CRDs' rules and keeps the last good
+    /// version of every file.
     pub directory: Directory,
-    /// The manifests checked with the CRDs' rules into the mirror the directory source reads.
-    checked: Checked,
     /// The index built from it.
     pub index: Index,
     /// What was wrong with the signing-key files at the last read, logged once.
@@ -49,13 +46,7 @@ impl Local {
                 state_dir.display()
             )
         })?;
-        let checked = Checked::open(manifests, state_dir).with_context(|| {
-            format!(
-                "creating the checked copy of the manifests under {}; pass a writable --state-dir",
-                state_dir.display()
-            )
-        })?;
-        let directory = Directory::new(checked.mirror(), state_dir).with_context(|| {
+        let directory = Directory::new(manifests, state_dir).with_context(|| {
             format!(
                 "opening the key store under {}; pass a writable --state-dir",
                 state_dir.display()
@@ -63,7 +54,6 @@ impl Local {
         })?;
         Ok(Self {
             directory,
-            checked,
             index: Index::new(),
             key_problems: Vec::new(),
         })
@@ -79,21 +69,14 @@ impl Local {
     }
 
     /// Checks the changed manifest files and applies the admitted ones to the index (not
-    /// committed). A refused file keeps its last admitted version; its refusals come first.
+    /// committed). A refused file keeps its last admitted version.
     pub fn scan(&mut self) -> ScanReport {
-        let refused = self.checked.sync();
-        let mut report = self.directory.scan(&mut self.index);
-        // The directory source names the mirror's files; people edit the manifests.
-        for e in &mut report.errors {
-            e.file = self.checked.original(&e.file);
-        }
-        report.errors.splice(0..0, refused);
-        report
+        self.directory.scan(&mut self.index)
     }
 
     /// The manifest directory.
     pub fn manifests(&self) -> &Path {
-        self.checked.manifests()
+        self.directory.manifests()
     }
 
     /// Reads the token signing keys from the state directory (generating one the first time)

@@ -1,6 +1,5 @@
 //! The `fleetward` binary: one entry point for every mode of the platform.
 
-mod checked;
 mod cli;
 mod cluster;
 mod control;

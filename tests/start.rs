@@ -369,7 +369,7 @@ fn a_manifests_allowed_origins_and_the_cors_flag_answer_preflights() {
     let acme = std::fs::read_to_string(examples().join("acme.yaml")).expect("acme example");
     // The example allows the README's dashboard origin; this test allows its own instead.
     // (An origin a browser never sends, like `https://Dash.acme.example/`, is refused by the
-    // CRD's rule before it gets here, as in a cluster: src/checked.rs's tests.)
+    // CRD's rule before it gets here, as in a cluster: operator/src/directory.rs's tests.)
     let acme = acme.replacen(
         "allowedOrigins: [\"http://127.0.0.1:8000\"]",
         "allowedOrigins: [\"https://dash.acme.example\"]",

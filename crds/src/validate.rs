@@ -39,9 +39,10 @@ pub fn schema_of(crd: &CustomResourceDefinition) -> Value {
         .unwrap_or(Value::Null)
 }
 
-/// The CRD of this crate that serves `apiVersion` and `kind`, if any.
-pub fn crd_for(api_version: &str, kind: &str) -> Option<CustomResourceDefinition> {
-    crate::all().into_iter().find(|crd| {
+/// The CRD of this crate that serves `apiVersion` and `kind`, if any (generated once).
+pub fn crd_for(api_version: &str, kind: &str) -> Option<&'static CustomResourceDefinition> {
+    static ALL: std::sync::OnceLock<Vec<CustomResourceDefinition>> = std::sync::OnceLock::new();
+    ALL.get_or_init(crate::all).iter().find(|crd| {
         crd.spec.names.kind == kind
             && crd
                 .spec

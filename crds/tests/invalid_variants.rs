@@ -8,7 +8,7 @@ use fleetward_crds::testdata::{invalid_updates, invalid_variants, valid_updates}
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use serde_json::Value;
 
-fn crd_for(manifest: &Value) -> CustomResourceDefinition {
+fn crd_for(manifest: &Value) -> &'static CustomResourceDefinition {
     let text = |field: &str| manifest[field].as_str().unwrap_or_default();
     validate::crd_for(text("apiVersion"), text("kind"))
         .unwrap_or_else(|| panic!("no CRD for {} {}", manifest["apiVersion"], manifest["kind"]))
@@ -19,7 +19,7 @@ fn every_invalid_variant_is_refused_with_its_message() {
     let variants = invalid_variants();
     let mut failures = Vec::new();
     for v in &variants {
-        let refusals = validate::refusals(&crd_for(&v.manifest), &v.manifest, None);
+        let refusals = validate::refusals(crd_for(&v.manifest), &v.manifest, None);
         if refusals.is_empty() {
             failures.push(format!(
                 "{}: admitted, expected \"{}\"",
@@ -100,19 +100,19 @@ fn the_table_covers_what_the_api_must_refuse() {
 fn every_invalid_update_is_refused_and_valid_updates_are_not() {
     for u in invalid_updates() {
         let crd = crd_for(&u.new);
-        let created = validate::refusals(&crd, &u.old, None);
+        let created = validate::refusals(crd, &u.old, None);
         assert!(
             created.is_empty(),
             "{}: the old object is refused: {created:?}",
             u.name
         );
-        let fresh = validate::refusals(&crd, &u.new, None);
+        let fresh = validate::refusals(crd, &u.new, None);
         assert!(
             fresh.is_empty(),
             "{}: the new object is refused even on create: {fresh:?}",
             u.name
         );
-        let refusals = validate::refusals(&crd, &u.new, Some(&u.old));
+        let refusals = validate::refusals(crd, &u.new, Some(&u.old));
         assert!(
             refusals.iter().any(|r| r.contains(u.expected_message)),
             "{}: expected \"{}\", got {refusals:?}",
@@ -121,7 +121,7 @@ fn every_invalid_update_is_refused_and_valid_updates_are_not() {
         );
     }
     for (name, old, new) in valid_updates() {
-        let refusals = validate::refusals(&crd_for(&new), &new, Some(&old));
+        let refusals = validate::refusals(crd_for(&new), &new, Some(&old));
         assert!(refusals.is_empty(), "{name}: refused: {refusals:?}");
     }
 }
@@ -157,7 +157,7 @@ fn differences(a: &Value, b: &Value, at: &str) -> Vec<String> {
 fn print_refusals() {
     for v in invalid_variants() {
         println!("{}:", v.name);
-        for r in validate::refusals(&crd_for(&v.manifest), &v.manifest, None) {
+        for r in validate::refusals(crd_for(&v.manifest), &v.manifest, None) {
             println!("    {r}");
         }
     }

@@ -89,7 +89,7 @@ fn refused_with(
 
 /// What `fleetward start`'s loader says of each file of `dir`, by file name: `fleetward status`
 /// with no server running reads the directory with the loader `start` uses (src/local.rs,
-/// src/checked.rs) and prints each refused file's message as `error: <file>: <message>`.
+/// operator/src/directory.rs) and prints each refused file's message as `error: <file>: <message>`.
 fn start_refusals(dir: &Path, state: &Path) -> Result<Vec<(String, String)>> {
     let out = Command::new(workspace::fleetward_binary()?)
         .arg("status")

@@ -10,6 +10,9 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use fleetward_policy::{KeyDigest, generate_thing_key};
 
+use fleetward_crds::validate;
+use serde_json::Value;
+
 use crate::index::{Index, Kind, Object, ObjectKey, SecretData};
 use crate::manifest::{self, Document};
 
@@ -38,6 +41,9 @@ pub struct ScanReport {
 struct FileState {
     digest: KeyDigest,
     objects: BTreeMap<ObjectKey, Object>,
+    /// The Fleetward documents as admitted (defaults applied), by [`admission_key`]: the `old`
+    /// of the CEL transition rules when an edit changes one, as on an update in a cluster.
+    admitted: BTreeMap<String, Value>,
 }
 
 /// A directory of manifests and a state directory of generated keys.
@@ -160,7 +166,11 @@ impl Directory {
         };
         let mut objects = BTreeMap::new();
         let mut errors = Vec::new();
-        for doc in manifest::read(&text) {
+        let mut admitted = BTreeMap::new();
+        let docs = manifest::read_admitted(&text, |doc| {
+            admit(doc, &mut admitted, |key| self.last_admitted(file, key))
+        });
+        for doc in docs {
             match doc {
                 Ok(Document::Object(mut o)) => {
                     if let Some(key) = o.key() {
@@ -187,6 +197,7 @@ impl Directory {
                 FileState {
                     digest,
                     objects: objects.clone(),
+                    admitted,
                 },
             )
             .map(|s| s.objects)
@@ -210,6 +221,14 @@ impl Directory {
         for object in new.into_values() {
             index.apply(object);
         }
+    }
+
+    /// The document last admitted under `key`: from `file` if it held it, else from any file.
+    fn last_admitted(&self, file: &Path, key: &str) -> Option<&Value> {
+        self.files
+            .get(file)
+            .and_then(|f| f.admitted.get(key))
+            .or_else(|| self.files.values().find_map(|f| f.admitted.get(key)))
     }
 
     /// The object another file declares under the same key, if any.
@@ -279,6 +298,44 @@ impl Directory {
 }
 
 /// A new random uid in the form Kubernetes gives them (a version 4 UUID).
+/// Checks a Fleetward document as the API server would admit it (its CRD's schema, defaults and
+/// CEL rules, an edit as an update of `old(key)`), and returns it with its defaults applied,
+/// remembered in `admitted`. Other kinds (a Secret, a Namespace) pass as they are.
+fn admit<'a>(
+    doc: Value,
+    admitted: &mut BTreeMap<String, Value>,
+    old: impl FnOnce(&str) -> Option<&'a Value>,
+) -> Result<Value, String> {
+    let text = |field: &str| doc[field].as_str().unwrap_or_default();
+    let Some(crd) = validate::crd_for(text("apiVersion"), text("kind")) else {
+        return Ok(doc);
+    };
+    let key = admission_key(&doc);
+    match validate::admit(crd, &doc, old(&key)) {
+        Ok(defaulted) => {
+            admitted.insert(key, defaulted.clone());
+            Ok(defaulted)
+        }
+        Err(mut messages) => {
+            // The API server's note that the CEL rules were skipped adds nothing to a line
+            // that names the error to correct.
+            messages.retain(|m| m != validate::CEL_SKIPPED);
+            Err(format!("{key}: {}", messages.join("; ")))
+        }
+    }
+}
+
+/// `Kind namespace/name` (`Kind name` for a Tenant), as refusals name an object.
+fn admission_key(doc: &Value) -> String {
+    let meta = &doc["metadata"];
+    let name = meta["name"].as_str().unwrap_or("<no name>");
+    let kind = doc["kind"].as_str().unwrap_or_default();
+    match meta["namespace"].as_str() {
+        Some(ns) => format!("{kind} {ns}/{name}"),
+        None => format!("{kind} {name}"),
+    }
+}
+
 fn new_uid() -> String {
     let mut b = [0u8; 16];
     if getrandom::fill(&mut b).is_err() {
@@ -483,6 +540,123 @@ mod tests {
                 .expect("read"),
             before
         );
+        fs::remove_dir_all(root).ok();
+    }
+
+    fn yaml(value: &Value) -> String {
+        serde_yaml::to_string(value).expect("a manifest serializes")
+    }
+
+    #[test]
+    fn every_invalid_variant_is_refused_with_the_api_servers_message() {
+        let root = tempdir("variants");
+        let variants = fleetward_crds::testdata::invalid_variants();
+        for v in &variants {
+            fs::write(root.join(format!("{}.yaml", v.name)), yaml(&v.manifest)).expect("write");
+        }
+        let mut dir = Directory::new(&root, &root.join(".state")).expect("open");
+        let mut index = Index::new();
+        let errors = dir.scan(&mut index).errors;
+        let mut failures = Vec::new();
+        for v in &variants {
+            let file = root.join(format!("{}.yaml", v.name));
+            match errors.iter().find(|e| e.file == file) {
+                None => failures.push(format!("{}: admitted", v.name)),
+                Some(e) if !e.message.contains(v.expected_message) => failures.push(format!(
+                    "{}: refused without \"{}\": {}",
+                    v.name, v.expected_message, e.message
+                )),
+                Some(e) => assert!(e.message.starts_with("document 1: "), "{e}"),
+            }
+        }
+        assert!(failures.is_empty(), "{}", failures.join("\n"));
+        assert_eq!(
+            errors.len(),
+            variants.len(),
+            "one refusal per file: {errors:?}"
+        );
+        assert_eq!(dir.declared().count(), 0, "no refused document is read");
+        fs::remove_dir_all(root).ok();
+    }
+
+    #[test]
+    fn a_misspelt_field_is_refused_as_the_api_server_words_it_and_the_last_version_stays() {
+        let root = tempdir("misspelt");
+        examples(&root);
+        let mut dir = Directory::new(&root, &root.join(".state")).expect("open");
+        let mut index = Index::new();
+        assert!(dir.scan(&mut index).errors.is_empty());
+        index.commit();
+        let text = fs::read_to_string(root.join("acme.yaml")).expect("read");
+        fs::write(
+            root.join("acme.yaml"),
+            text.replace("maxQos: 1", "maxQoS: 1"),
+        )
+        .expect("write");
+        let errors = dir.scan(&mut index).errors;
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        let message = &errors[0].message;
+        assert!(
+            message.starts_with(
+                "document 6: Channel acme/telemetry: strict decoding error: unknown field \"spec.maxQoS\""
+            ),
+            "{message}"
+        );
+        assert!(message.ends_with("the last good version of this file stays applied"));
+        assert_eq!(index.commit(), None, "nothing of the refused file changed");
+        // Reported again on the next scan while the file stays as it is.
+        assert_eq!(dir.scan(&mut index).errors, errors);
+        fs::remove_dir_all(root).ok();
+    }
+
+    #[test]
+    fn an_edit_is_checked_as_an_update_of_the_last_admitted_version() {
+        let root = tempdir("updates");
+        let mut dir = Directory::new(&root, &root.join(".state")).expect("open");
+        let mut index = Index::new();
+        for u in fleetward_crds::testdata::invalid_updates() {
+            let file = root.join(format!("{}.yaml", u.name));
+            fs::write(&file, yaml(&u.old)).expect("write");
+            let errors = dir.scan(&mut index).errors;
+            assert!(errors.is_empty(), "{}: the old object: {errors:?}", u.name);
+            fs::write(&file, yaml(&u.new)).expect("write");
+            let errors = dir.scan(&mut index).errors;
+            assert!(
+                errors
+                    .iter()
+                    .any(|e| e.message.contains(u.expected_message)),
+                "{}: expected \"{}\", got {errors:?}",
+                u.name,
+                u.expected_message
+            );
+            fs::remove_file(&file).expect("rm");
+            assert!(dir.scan(&mut index).errors.is_empty());
+        }
+        fs::remove_dir_all(root).ok();
+    }
+
+    #[test]
+    fn a_file_that_is_not_yaml_or_not_utf8_is_refused_and_other_kinds_pass() {
+        let root = tempdir("garbage");
+        fs::write(root.join("garbage.yaml"), "kind: [unclosed\n").expect("write");
+        fs::write(root.join("binary.yaml"), [0xff, 0xfe, 0x00]).expect("write");
+        fs::write(
+            root.join("ns.yaml"),
+            "apiVersion: v1\nkind: Namespace\nmetadata: {name: acme, labels: {x: y}}\n",
+        )
+        .expect("write");
+        let mut dir = Directory::new(&root, &root.join(".state")).expect("open");
+        let errors = dir.scan(&mut Index::new()).errors;
+        let message = |name: &str| {
+            errors
+                .iter()
+                .find(|e| e.file == root.join(name))
+                .map(|e| e.message.clone())
+                .unwrap_or_default()
+        };
+        assert!(message("garbage.yaml").starts_with("document 1: not valid YAML"));
+        assert!(message("binary.yaml").starts_with("not UTF-8 text"));
+        assert_eq!(errors.len(), 2, "{errors:?}");
         fs::remove_dir_all(root).ok();
     }
 

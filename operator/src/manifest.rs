@@ -3,6 +3,7 @@
 use fleetward_crds as crds;
 use k8s_openapi::api::core::v1::Secret;
 use serde::de::DeserializeOwned;
+use serde_json::Value;
 
 use crate::index::{Object, SecretData};
 
@@ -32,13 +33,26 @@ pub enum Document {
 /// that a YAML syntax error ends the stream (the parser cannot find the next document after
 /// it, and would repeat the same error forever).
 pub fn read(text: &str) -> Vec<Result<Document, ManifestError>> {
+    read_admitted(text, Ok)
+}
+
+/// Like [`read`], with each document passed as JSON through `admit` first, which refuses it
+/// (with a message) or returns what is read instead: the single-binary mode checks documents
+/// with the CRDs' rules and applies their defaults there, as the API server does.
+pub fn read_admitted(
+    text: &str,
+    mut admit: impl FnMut(Value) -> Result<Value, String>,
+) -> Vec<Result<Document, ManifestError>> {
     let mut out = Vec::new();
     for (i, doc) in serde_yaml::Deserializer::from_str(text).enumerate() {
         let document = i + 1;
-        match <serde_yaml::Value as serde::Deserialize>::deserialize(doc) {
-            Ok(serde_yaml::Value::Null) => {}
-            Ok(value) => out
-                .push(read_document(value).map_err(|message| ManifestError { document, message })),
+        match <Value as serde::Deserialize>::deserialize(doc) {
+            Ok(Value::Null) => {}
+            Ok(value) => out.push(
+                admit(value)
+                    .and_then(read_document)
+                    .map_err(|message| ManifestError { document, message }),
+            ),
             Err(e) => {
                 out.push(Err(ManifestError {
                     document,
@@ -51,15 +65,15 @@ pub fn read(text: &str) -> Vec<Result<Document, ManifestError>> {
     out
 }
 
-fn read_document(value: serde_yaml::Value) -> Result<Document, String> {
+fn read_document(value: Value) -> Result<Document, String> {
     let kind = value
         .get("kind")
-        .and_then(serde_yaml::Value::as_str)
+        .and_then(Value::as_str)
         .ok_or("no `kind`: every document needs apiVersion and kind")?
         .to_owned();
     let api_version = value
         .get("apiVersion")
-        .and_then(serde_yaml::Value::as_str)
+        .and_then(Value::as_str)
         .unwrap_or_default()
         .to_owned();
     let fleetward = format!("{}/{}", crds::GROUP, crds::VERSION);
@@ -98,7 +112,7 @@ fn read_document(value: serde_yaml::Value) -> Result<Document, String> {
 }
 
 /// Deserializes a document, naming the field that failed.
-fn typed<T: DeserializeOwned>(value: serde_yaml::Value, kind: &str) -> Result<T, String> {
+fn typed<T: DeserializeOwned>(value: Value, kind: &str) -> Result<T, String> {
     serde_path_to_error::deserialize(value).map_err(|e| {
         let path = e.path().to_string();
         let inner = e.into_inner();

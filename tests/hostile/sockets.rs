@@ -114,7 +114,8 @@ fn admin_listeners_bind_loopback_by_default_and_state_is_private() {
             .expect("fleetward runs");
         let text = String::from_utf8_lossy(&help.stdout);
         let admin = text
-            .split("--admin-listen")
+            // The option's own entry, not a mention of it in the command's description.
+            .split("--admin-listen <")
             .nth(1)
             .and_then(|rest| rest.split("[default: ").nth(1))
             .and_then(|rest| rest.split(']').next())
