@@ -1,12 +1,12 @@
-//! `fleetward start`'s control endpoint, through which `fleetward can-i` answers from exactly
-//! the policy the running server serves (a broken file's last good version included) rather
-//! than from a fresh read of the files.
+//! `fleetward start`'s `/can-i` on its admin API, through which `fleetward can-i` answers from
+//! exactly the policy the running server serves (a broken file's last good version included)
+//! rather than from a fresh read of the files.
 //!
-//! It listens on an ephemeral loopback port (never another address, like the admin API's
-//! default) and answers only requests that carry the token written, with the address, to
+//! It answers only requests that carry the token written, with the admin API's address, to
 //! `server.json` in the private state directory: whoever can read the state directory's keys
-//! may ask, nobody else.
+//! may ask, nobody else, whatever address the admin API listens on.
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,7 +21,7 @@ use tokio::sync::watch;
 
 use crate::inspect::{Answer, Question};
 
-/// Where a running `start` records its control endpoint, in the state directory.
+/// Where a running `start` records its admin API and token, in the state directory.
 const SERVER_FILE: &str = "server.json";
 /// How long `can-i` waits for the server's answer (generous: a loaded machine).
 const ASK_TIMEOUT: Duration = Duration::from_secs(10);
@@ -40,7 +40,7 @@ struct ServerFile {
 pub struct Server {
     /// Its process.
     pub pid: u32,
-    /// Its control endpoint, `http://127.0.0.1:<port>`.
+    /// Its admin API, `http://127.0.0.1:<port>`.
     pub url: String,
     token: String,
 }
@@ -113,24 +113,20 @@ impl Server {
     }
 }
 
-/// The control endpoint of a running `start`; its record is removed and it stops when dropped.
-pub struct Endpoint {
-    /// Where it listens.
-    pub url: String,
-    record: PathBuf,
-    task: tokio::task::JoinHandle<()>,
+/// The record of a running `start` in its state directory, removed when dropped.
+pub struct Record {
+    path: PathBuf,
 }
 
-impl Drop for Endpoint {
+impl Drop for Record {
     fn drop(&mut self) {
-        self.task.abort();
         // Only our own record: another start may have taken the state directory over since.
-        let ours = std::fs::read(&self.record)
+        let ours = std::fs::read(&self.path)
             .ok()
             .and_then(|b| serde_json::from_slice::<ServerFile>(&b).ok())
             .is_some_and(|f| f.pid == std::process::id());
         if ours {
-            let _ = std::fs::remove_file(&self.record);
+            let _ = std::fs::remove_file(&self.path);
         }
     }
 }
@@ -141,39 +137,55 @@ struct Shared {
     token: KeyDigest,
 }
 
-/// Starts the endpoint answering from `policy` and records it in `state_dir`.
-pub async fn serve(
-    policy: watch::Receiver<Arc<Snapshot>>,
-    state_dir: &Path,
-    manifests: &Path,
-) -> anyhow::Result<Endpoint> {
-    let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0))
-        .await
-        .context("binding the control endpoint on 127.0.0.1")?;
-    let url = format!("http://{}", listener.local_addr()?);
-    let token = fleetward_policy::generate_thing_key().context("making the control token")?;
-    let record = state_dir.join(SERVER_FILE);
-    let file = ServerFile {
-        pid: std::process::id(),
-        url: url.clone(),
-        token: token.clone(),
-        manifests: std::path::absolute(manifests).unwrap_or_else(|_| manifests.to_owned()),
-    };
-    write_private(&record, &serde_json::to_vec_pretty(&file)?)
-        .with_context(|| format!("writing {}", record.display()))?;
-    let shared = Shared {
-        policy,
-        token: KeyDigest::of(token.as_bytes()),
-    };
-    let app = axum::Router::new()
-        .route("/can-i", axum::routing::get(can_i))
-        .with_state(shared);
-    let task = tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, app).await {
-            tracing::warn!(error = %e, "the control endpoint stopped; can-i answers from the files");
-        }
-    });
-    Ok(Endpoint { url, record, task })
+/// `/can-i`, answering from `policy` to requests with the token that [`Control::record`]
+/// writes down.
+pub struct Control {
+    token: String,
+    /// The route, for the admin listener.
+    pub routes: axum::Router,
+}
+
+impl Control {
+    /// The route and a fresh token.
+    pub fn new(policy: watch::Receiver<Arc<Snapshot>>) -> anyhow::Result<Self> {
+        let token = fleetward_policy::generate_thing_key().context("making the control token")?;
+        let shared = Shared {
+            policy,
+            token: KeyDigest::of(token.as_bytes()),
+        };
+        let routes = axum::Router::new()
+            .route("/can-i", axum::routing::get(can_i))
+            .with_state(shared);
+        Ok(Self { token, routes })
+    }
+
+    /// Records the admin API at `admin` (where the route is served) and the token in
+    /// `state_dir`, for `can-i` to find.
+    pub fn record(
+        &self,
+        admin: SocketAddr,
+        state_dir: &Path,
+        manifests: &Path,
+    ) -> anyhow::Result<Record> {
+        // An admin API on every address is asked on loopback.
+        let host = match admin.ip() {
+            ip if ip.is_unspecified() && ip.is_ipv6() => {
+                SocketAddr::from(([0u16, 0, 0, 0, 0, 0, 0, 1], admin.port()))
+            }
+            ip if ip.is_unspecified() => SocketAddr::from(([127, 0, 0, 1], admin.port())),
+            _ => admin,
+        };
+        let path = state_dir.join(SERVER_FILE);
+        let file = ServerFile {
+            pid: std::process::id(),
+            url: format!("http://{host}"),
+            token: self.token.clone(),
+            manifests: std::path::absolute(manifests).unwrap_or_else(|_| manifests.to_owned()),
+        };
+        write_private(&path, &serde_json::to_vec_pretty(&file)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+        Ok(Record { path })
+    }
 }
 
 async fn can_i(

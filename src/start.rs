@@ -69,21 +69,22 @@ pub async fn run(args: StartArgs) -> anyhow::Result<()> {
     status_file.write(&status);
 
     let (policy_tx, policy_rx) = watch::channel(Arc::new(local.index.snapshot().clone()));
-    let control =
-        crate::control::serve(policy_rx.clone(), &args.state_dir, &args.manifests).await?;
+    let control = crate::control::Control::new(policy_rx.clone())?;
     let dataplane = Dataplane::new(policy_rx)
         .mqtt_listen(args.mqtt_listen)
         .http_listen(Some(args.http_listen))
         .admin_listen(Some(args.admin_listen))
+        .admin_routes(control.routes.clone())
         .limits(&args.limits)
         .start()
         .await
         .context("starting the dataplane")?;
     dataplane.log_listeners();
-    tracing::info!(
-        url = %control.url,
-        "control endpoint listening (`fleetward can-i` answers through it)"
-    );
+    let admin = dataplane
+        .admin_addr
+        .context("the admin listener did not start")?;
+    // `fleetward can-i` finds the admin API (and its `/can-i`) through this record.
+    let _record = control.record(admin, &args.state_dir, &args.manifests)?;
     tracing::info!(manifests = %args.manifests.display(), "{}", status.summary());
 
     let (events_tx, mut events_rx) = mpsc::channel::<()>(1);

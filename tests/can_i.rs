@@ -1,5 +1,5 @@
 //! `fleetward can-i` beside a running `fleetward start`: it answers from what the server serves
-//! (a broken file's last good version included) through the server's control endpoint, says
+//! (a broken file's last good version included) through the `/can-i` of the server's admin API, says
 //! so, and answers from the files, saying that too, when no server runs.
 
 mod support;
@@ -125,7 +125,11 @@ fn can_i_answers_from_the_running_server_and_a_broken_files_last_good_version() 
     )
     .expect("json");
     let url = record["url"].as_str().expect("a url");
-    assert!(url.starts_with("http://127.0.0.1:"), "loopback only: {url}");
+    assert_eq!(
+        url,
+        format!("http://{}", start.admin),
+        "the record names the admin API"
+    );
     let ask_as = |token: &str, subject: &str| {
         let out = Command::new("curl")
             .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "-G"])

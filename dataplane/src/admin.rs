@@ -1,4 +1,5 @@
-//! The admin listener: `/healthz`, `/readyz` and `/metrics`.
+//! The admin listener: `/healthz`, `/readyz` and `/metrics`, and whatever routes the process
+//! adds (`fleetward start`'s `/can-i`).
 
 use std::sync::Arc;
 
@@ -18,13 +19,14 @@ pub(crate) struct AdminState {
     pub metrics: Arc<dyn Fn() -> String + Send + Sync>,
 }
 
-/// Serves the admin endpoints until the task is dropped.
-pub(crate) async fn serve(listener: GatedListener, state: AdminState) {
+/// Serves the admin endpoints and `extra` until the task is dropped.
+pub(crate) async fn serve(listener: GatedListener, state: AdminState, extra: axum::Router) {
     let app = axum::Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
-        .with_state(state);
+        .with_state(state)
+        .merge(extra);
     crate::listener::serve_http(listener, app, HttpLimits::default()).await;
 }
 

@@ -47,6 +47,7 @@ pub struct Dataplane {
     http_limits: HttpLimits,
     cors_allowed_origins: Vec<String>,
     node_id: Option<String>,
+    admin_routes: Option<axum::Router>,
 }
 
 impl Dataplane {
@@ -67,6 +68,7 @@ impl Dataplane {
             http_limits: HttpLimits::default(),
             cors_allowed_origins: Vec::new(),
             node_id: None,
+            admin_routes: None,
         }
     }
 
@@ -132,6 +134,13 @@ impl Dataplane {
     /// Where the admin listener binds, if anywhere.
     pub fn admin_listen(mut self, addr: Option<SocketAddr>) -> Self {
         self.admin_listen = addr;
+        self
+    }
+
+    /// Serves `routes` on the admin listener too, beside `/healthz`, `/readyz` and `/metrics`
+    /// (`fleetward start` adds `/can-i` there).
+    pub fn admin_routes(mut self, routes: axum::Router) -> Self {
+        self.admin_routes = Some(routes);
         self
     }
 
@@ -356,6 +365,7 @@ impl Dataplane {
             tasks.spawn(admin::serve(
                 GatedListener::new(listener, admin_gate.clone(), Listener::Admin),
                 state,
+                self.admin_routes.take().unwrap_or_default(),
             ));
         }
         Ok(RunningDataplane {
