@@ -107,8 +107,8 @@ pub async fn run(args: StartArgs) -> anyhow::Result<()> {
     tokio::pin!(serving);
     loop {
         tokio::select! {
-            () = &mut shutdown => {
-                tracing::info!("shutting down");
+            signal = &mut shutdown => {
+                tracing::info!(signal, "shutting down");
                 return Ok(());
             }
             r = &mut serving => return r,

@@ -15,7 +15,7 @@ use crate::listener::{GatedListener, HttpLimits};
 pub(crate) struct AdminState {
     /// Ready to serve: a snapshot is applied and the router runs.
     pub ready: Arc<dyn Fn() -> Result<(), String> + Send + Sync>,
-    /// The Prometheus text.
+    /// The Prometheus text (format 0.0.4).
     pub metrics: Arc<dyn Fn() -> String + Send + Sync>,
 }
 
@@ -42,7 +42,7 @@ async fn readyz(State(state): State<AdminState>) -> impl IntoResponse {
 
 async fn metrics(State(state): State<AdminState>) -> impl IntoResponse {
     (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        [(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)],
         (state.metrics)(),
     )
 }

@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 use fleetward_policy::{PolicyEvaluator, Snapshot};
+use prometheus_client::registry::Registry;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
@@ -15,7 +16,7 @@ use crate::args::{DataplaneArgs, LimitArgs};
 use crate::bus::{Bus, BusRouter, Inbound, LocalBus, NatsBus, NatsConfig};
 use crate::http;
 use crate::listener::{self, Gate, GatedListener, HttpLimits, Listener, ListenerMetrics};
-use crate::metrics::Metrics;
+use crate::metrics::{AtScrape, Metrics};
 use crate::mqtt::{self, MqttConfig, RetainedStore, Shared};
 use crate::router::{Router, RumqttdConfig, RumqttdRouter};
 use crate::sync::SyncStatus;
@@ -333,9 +334,13 @@ impl Dataplane {
         if let Some(addr) = self.admin_listen {
             let listener = mqtt::bind(addr, "the admin API").await?;
             admin_addr = Some(listener.local_addr()?);
-            let (s1, s2) = (shared.clone(), shared.clone());
-            let sync_status = self.sync_status.clone();
-            let gates = (gate.clone(), admin_gate.clone(), listener_metrics.clone());
+            let s1 = shared.clone();
+            let registry = metrics_registry(
+                &shared,
+                &listener_metrics,
+                vec![gate.clone(), admin_gate.clone()],
+                self.sync_status.clone(),
+            );
             let state = AdminState {
                 ready: Arc::new(move || {
                     if !s1.router.is_alive() {
@@ -346,21 +351,7 @@ impl Dataplane {
                     }
                     Ok(())
                 }),
-                metrics: Arc::new(move || {
-                    let stats = s2.cache.stats();
-                    let mut text = s2.metrics.render(stats.hits, stats.misses);
-                    text.push_str(&gates.2.render(&[&gates.0, &gates.1]));
-                    s2.render_held(&mut text);
-                    s2.retained.render(&mut text);
-                    text.push_str(&format!(
-                        "# HELP fleetward_router_filters Router filters held for sessions now.\n# TYPE fleetward_router_filters gauge\nfleetward_router_filters {}\n",
-                        s2.router.filters()
-                    ));
-                    if let Some(status) = &sync_status {
-                        text.push_str(&status.render_metrics());
-                    }
-                    text
-                }),
+                metrics: Arc::new(move || crate::metrics::encode(&registry)),
             };
             tasks.spawn(admin::serve(
                 GatedListener::new(listener, admin_gate.clone(), Listener::Admin),
@@ -394,6 +385,36 @@ pub struct RunningDataplane {
     gate: Arc<Gate>,
     /// Aborted when dropped.
     tasks: JoinSet<()>,
+}
+
+/// Everything `/metrics` shows: the front-end's counters, and what the listeners, sessions,
+/// retained store, router and sync client hold, read at scrape time.
+fn metrics_registry(
+    shared: &Arc<Shared<BusRouter<RumqttdRouter>>>,
+    listeners: &ListenerMetrics,
+    gates: Vec<Arc<Gate>>,
+    sync_status: Option<Arc<SyncStatus>>,
+) -> Registry {
+    let mut registry = Registry::default();
+    shared.metrics.register(&mut registry);
+    let s = shared.clone();
+    registry.register_collector(AtScrape::new(move |e| {
+        let stats = s.cache.stats();
+        crate::metrics::encode_decision_cache(e, stats.hits, stats.misses)?;
+        s.encode_held(e)?;
+        s.retained.encode_metrics(e)?;
+        crate::metrics::gauge(
+            e,
+            "fleetward_router_filters",
+            "Router filters held for sessions now.",
+            s.router.filters(),
+        )
+    }));
+    listeners.register(&mut registry, gates);
+    if let Some(status) = sync_status {
+        registry.register_collector(Box::new(status));
+    }
+    registry
 }
 
 impl RunningDataplane {

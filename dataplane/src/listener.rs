@@ -8,7 +8,6 @@
 //! back off and retry; they never end the process.
 
 use std::collections::BTreeMap;
-use std::fmt::Write as _;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -21,8 +20,14 @@ use backon::BackoffBuilder as _;
 use futures_util::task::AtomicWaker;
 use hyper::body::Incoming;
 use parking_lot::Mutex;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::registry::Registry;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
+
+use crate::metrics::{AtScrape, gauge};
 
 /// The listeners, for metric labels.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -50,12 +55,51 @@ impl Listener {
     }
 }
 
-/// Counters of every listener, rendered on `/metrics`.
+/// Counters of every listener, on `/metrics`.
 #[derive(Default)]
 pub(crate) struct ListenerMetrics {
-    accept_errors: [AtomicU64; 4],
-    refused_full: [AtomicU64; 4],
-    evicted: [AtomicU64; 4],
+    accept_errors: PerListener,
+    refused_full: PerListener,
+    evicted: PerListener,
+}
+
+/// Labels: a listener.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ListenerLabel {
+    listener: &'static str,
+}
+
+/// A counter family with one child per listener, made up front so that every listener shows
+/// (0 until it counts) and counting takes no family lookup.
+struct PerListener {
+    family: Family<ListenerLabel, Counter>,
+    by_listener: [Counter; 4],
+}
+
+impl Default for PerListener {
+    fn default() -> Self {
+        let family = Family::<ListenerLabel, Counter>::default();
+        let by_listener = Listener::ALL.map(|l| {
+            family.get_or_create_owned(&ListenerLabel {
+                listener: l.as_str(),
+            })
+        });
+        Self {
+            family,
+            by_listener,
+        }
+    }
+}
+
+impl PerListener {
+    fn inc(&self, listener: Listener) {
+        self.by_listener[listener.index()].inc();
+    }
+
+    #[cfg(test)]
+    fn get(&self, listener: Listener) -> u64 {
+        self.by_listener[listener.index()].get()
+    }
 }
 
 /// One socket's state as its gate sees it. The socket holds only an `Arc` of it (one word in
@@ -117,7 +161,7 @@ impl Gate {
                 (n < self.max_total).then_some(n + 1)
             });
         if taken.is_err() {
-            self.metrics.refused_full[listener.index()].fetch_add(1, Ordering::Relaxed);
+            self.metrics.refused_full.inc(listener);
             return None;
         }
         let slot = Arc::new(Slot {
@@ -148,7 +192,7 @@ impl Gate {
         if let Some(old) = oldest {
             old.evicted.store(true, Ordering::Release);
             old.waker.wake();
-            self.metrics.evicted[old.listener.index()].fetch_add(1, Ordering::Relaxed);
+            self.metrics.evicted.inc(old.listener);
         }
         Some(Ticket { slot })
     }
@@ -342,8 +386,7 @@ impl GatedListener {
                 }
                 Err(e) => {
                     errors += 1;
-                    self.gate.metrics.accept_errors[self.which.index()]
-                        .fetch_add(1, Ordering::Relaxed);
+                    self.gate.metrics.accept_errors.inc(self.which);
                     if errors == 1 {
                         tracing::warn!(
                             listener = self.which.as_str(),
@@ -464,48 +507,41 @@ fn saturated() -> axum::response::Response {
 }
 
 impl ListenerMetrics {
-    /// The Prometheus text of these counters and of the gates' gauges.
-    pub(crate) fn render(&self, gates: &[&Gate]) -> String {
-        let mut out = String::new();
-        let counters = [
-            (
-                "fleetward_accept_errors_total",
-                "Accept calls that failed (EMFILE, ENFILE, ENOBUFS, …), per listener.",
-                &self.accept_errors,
-            ),
-            (
-                "fleetward_connections_refused_at_accept_total",
-                "Sockets closed at accept because the pod held --max-connections, per listener.",
-                &self.refused_full,
-            ),
-            (
-                "fleetward_pending_connections_evicted_total",
-                "Unauthenticated sockets closed to make room for newer ones \
-                 (--max-pending-connections), per listener.",
-                &self.evicted,
-            ),
-        ];
-        for (name, help, values) in counters {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
-            for l in Listener::ALL {
-                let v = values[l.index()].load(Ordering::Relaxed);
-                let _ = writeln!(out, "{name}{{listener=\"{}\"}} {v}", l.as_str());
-            }
-        }
-        let (open, pending) = gates
-            .iter()
-            .fold((0, 0), |(o, p), g| (o + g.open(), p + g.pending()));
-        let _ = writeln!(
-            out,
-            "# HELP fleetward_sockets_open Sockets open on every listener.\n\
-             # TYPE fleetward_sockets_open gauge\nfleetward_sockets_open {open}"
+    /// Registers these counters, and the gauges of `gates` read at scrape time.
+    pub(crate) fn register(&self, registry: &mut Registry, gates: Vec<Arc<Gate>>) {
+        registry.register(
+            "fleetward_accept_errors",
+            "Accept calls that failed (EMFILE, ENFILE, ENOBUFS, …), per listener",
+            self.accept_errors.family.clone(),
         );
-        let _ = writeln!(
-            out,
-            "# HELP fleetward_sockets_pending Sockets not authenticated yet.\n\
-             # TYPE fleetward_sockets_pending gauge\nfleetward_sockets_pending {pending}"
+        registry.register(
+            "fleetward_connections_refused_at_accept",
+            "Sockets closed at accept because the pod held --max-connections, per listener",
+            self.refused_full.family.clone(),
         );
-        out
+        registry.register(
+            "fleetward_pending_connections_evicted",
+            "Unauthenticated sockets closed to make room for newer ones \
+             (--max-pending-connections), per listener",
+            self.evicted.family.clone(),
+        );
+        registry.register_collector(AtScrape::new(move |e| {
+            let (open, pending) = gates
+                .iter()
+                .fold((0, 0), |(o, p), g| (o + g.open(), p + g.pending()));
+            gauge(
+                e,
+                "fleetward_sockets_open",
+                "Sockets open on every listener.",
+                open,
+            )?;
+            gauge(
+                e,
+                "fleetward_sockets_pending",
+                "Sockets not authenticated yet.",
+                pending,
+            )
+        }));
     }
 }
 
@@ -579,10 +615,7 @@ mod tests {
         let _a = g.admit(Listener::Mqtt, PEER).expect("room");
         let b = g.admit(Listener::Mqtt, PEER).expect("room");
         assert!(g.admit(Listener::Http, PEER).is_none());
-        assert_eq!(
-            g.metrics.refused_full[Listener::Http.index()].load(Ordering::Relaxed),
-            1
-        );
+        assert_eq!(g.metrics.refused_full.get(Listener::Http), 1);
         drop(b);
         assert!(g.admit(Listener::Http, PEER).is_some());
     }

@@ -1,141 +1,250 @@
-//! Counters of the front-end, rendered in the Prometheus text format for `/metrics`.
+//! Counters of the front-end in a `prometheus-client` registry, and the exposition of
+//! `/metrics` (the Prometheus text format, version 0.0.4).
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
-use std::fmt::Write as _;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
-use parking_lot::{Mutex, RwLock};
+use parking_lot::RwLock;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{
+    DescriptorEncoder, EncodeCounterValue, EncodeGaugeValue, EncodeLabelSet, EncodeMetric,
+};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
+use prometheus_client::registry::Registry;
 
-/// A tenant's message counters: atomics behind a read-mostly map, so counting a message takes
-/// a shared lock and an atomic add, never a lock every session waits on.
-#[derive(Debug, Default)]
-struct TenantCounts {
-    messages_in: AtomicU64,
-    messages_out: AtomicU64,
+/// The `Content-Type` of [`encode`]'s text.
+pub(crate) const CONTENT_TYPE: &str = prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
+
+/// Labels: a tenant.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TenantLabel {
+    tenant: String,
+}
+
+/// Labels: what was refused and why.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RefusalLabels {
+    what: Cow<'static, str>,
+    reason: Cow<'static, str>,
+}
+
+/// Labels: a sign-in or refresh and how it ended.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TokenLabels {
+    operation: Cow<'static, str>,
+    outcome: Cow<'static, str>,
+}
+
+/// Labels: why the bus did not carry a message.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabel {
+    reason: Cow<'static, str>,
+}
+
+/// A tenant's message counters, the children of the two per-tenant families. They are kept
+/// here too so that counting a message takes a shared lock and an atomic add, as before the
+/// registry: no label is built and no family is hashed per message.
+#[derive(Debug)]
+struct TenantCounters {
+    messages_in: Counter,
+    messages_out: Counter,
 }
 
 /// The front-end's metrics.
 #[derive(Debug, Default)]
 pub struct Metrics {
-    connections: AtomicI64,
-    connections_total: AtomicU64,
-    tenants: RwLock<BTreeMap<String, TenantCounts>>,
-    refusals: Mutex<BTreeMap<(&'static str, &'static str), u64>>,
-    snapshot_version: AtomicU64,
-    bus: BusCounters,
+    connections: Gauge,
+    connections_total: Counter,
+    tenants: RwLock<BTreeMap<String, TenantCounters>>,
+    messages_in: Family<TenantLabel, Counter>,
+    messages_out: Family<TenantLabel, Counter>,
+    refusals: Family<RefusalLabels, Counter>,
+    snapshot_version: Gauge,
+    bus: Arc<BusCounters>,
     /// Sign-ins and refreshes by (operation, outcome).
-    users: Mutex<BTreeMap<(&'static str, &'static str), u64>>,
+    users: Family<TokenLabels, Counter>,
     /// Audit events written, and refusals held back by the per-subject limit.
-    audit_emitted: AtomicU64,
-    audit_suppressed: AtomicU64,
-    audit_channel_dropped: AtomicU64,
+    audit_emitted: Counter,
+    audit_suppressed: Counter,
+    audit_channel_dropped: Counter,
 }
 
-/// The NATS bus's counters (absent from `/metrics` on a single pod).
+/// The NATS bus's counters: a collector, absent from `/metrics` on a single pod.
 #[derive(Debug, Default)]
 struct BusCounters {
-    configured: std::sync::atomic::AtomicBool,
-    connected: std::sync::atomic::AtomicBool,
-    disconnects: AtomicU64,
-    published: AtomicU64,
-    received: AtomicU64,
-    dropped: Mutex<BTreeMap<&'static str, u64>>,
+    configured: AtomicBool,
+    connected: AtomicBool,
+    disconnects: Counter,
+    published: Counter,
+    received: Counter,
+    dropped: Family<ReasonLabel, Counter>,
+}
+
+impl Collector for BusCounters {
+    fn encode(&self, mut e: DescriptorEncoder) -> fmt::Result {
+        if !self.configured.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        gauge(
+            &mut e,
+            "fleetward_bus_connected",
+            "Whether the bus is connected to NATS (0 during an outage).",
+            u8::from(self.connected.load(Ordering::SeqCst)) as i64,
+        )?;
+        for (name, help, c) in [
+            (
+                "fleetward_bus_disconnects",
+                "Times the bus lost NATS.",
+                &self.disconnects,
+            ),
+            (
+                "fleetward_bus_published",
+                "Messages sent to other pods.",
+                &self.published,
+            ),
+            (
+                "fleetward_bus_received",
+                "Messages from other pods delivered locally.",
+                &self.received,
+            ),
+        ] {
+            c.encode(e.encode_descriptor(name, help, None, MetricType::Counter)?)?;
+        }
+        self.dropped.encode(e.encode_descriptor(
+            "fleetward_bus_dropped",
+            "Messages the bus did not carry, by reason.",
+            None,
+            MetricType::Counter,
+        )?)
+    }
+}
+
+fn owned_label(s: &str) -> Cow<'static, str> {
+    Cow::Owned(s.to_owned())
 }
 
 impl Metrics {
     pub(crate) fn connection_opened(&self) {
-        self.connections.fetch_add(1, Ordering::Relaxed);
-        self.connections_total.fetch_add(1, Ordering::Relaxed);
+        self.connections.inc();
+        self.connections_total.inc();
     }
 
     pub(crate) fn connection_closed(&self) {
-        self.connections.fetch_sub(1, Ordering::Relaxed);
+        self.connections.dec();
     }
 
     /// Connections open now.
     pub fn connections(&self) -> i64 {
-        self.connections.load(Ordering::Relaxed)
+        self.connections.get()
     }
 
     /// Counts `n` messages accepted from clients of `tenant`.
     pub(crate) fn messages_in(&self, tenant: &str, n: u64) {
         self.tenant(tenant, |c| {
-            c.messages_in.fetch_add(n, Ordering::Relaxed);
+            c.messages_in.inc_by(n);
         });
     }
 
     /// Counts `n` messages delivered to clients of `tenant`.
     pub(crate) fn messages_out(&self, tenant: &str, n: u64) {
         self.tenant(tenant, |c| {
-            c.messages_out.fetch_add(n, Ordering::Relaxed);
+            c.messages_out.inc_by(n);
         });
     }
 
-    fn tenant(&self, tenant: &str, f: impl FnOnce(&TenantCounts)) {
+    fn tenant(&self, tenant: &str, f: impl FnOnce(&TenantCounters)) {
         if let Some(c) = self.tenants.read().get(tenant) {
             f(c);
             return;
         }
-        f(self.tenants.write().entry(tenant.to_owned()).or_default());
+        let label = TenantLabel {
+            tenant: tenant.to_owned(),
+        };
+        let mut tenants = self.tenants.write();
+        let c = tenants
+            .entry(tenant.to_owned())
+            .or_insert_with(|| TenantCounters {
+                messages_in: self.messages_in.get_or_create_owned(&label),
+                messages_out: self.messages_out.get_or_create_owned(&label),
+            });
+        f(c);
     }
 
     /// Counts a refusal: `what` is connect/publish/subscribe/limit, `reason` a stable label.
     pub(crate) fn refused(&self, what: &'static str, reason: &'static str) {
-        *self.refusals.lock().entry((what, reason)).or_default() += 1;
+        self.refusals
+            .get_or_create(&RefusalLabels {
+                what: Cow::Borrowed(what),
+                reason: Cow::Borrowed(reason),
+            })
+            .inc();
     }
 
     /// Counts a sign-in by outcome (`ok`, `refused`, `rate_limited`, `unavailable`).
     pub(crate) fn user_login(&self, outcome: &'static str) {
-        *self.users.lock().entry(("login", outcome)).or_default() += 1;
+        self.user_token("login", outcome);
     }
 
     /// Counts a refresh by outcome (`ok`, `refused`, `replayed`, `unavailable`).
     pub(crate) fn user_refresh(&self, outcome: &'static str) {
-        *self.users.lock().entry(("refresh", outcome)).or_default() += 1;
+        self.user_token("refresh", outcome);
+    }
+
+    fn user_token(&self, operation: &'static str, outcome: &'static str) {
+        self.users
+            .get_or_create(&TokenLabels {
+                operation: Cow::Borrowed(operation),
+                outcome: Cow::Borrowed(outcome),
+            })
+            .inc();
     }
 
     /// How many sign-ins (`login`) or refreshes (`refresh`) ended with `outcome`.
     pub fn user_tokens(&self, operation: &str, outcome: &str) -> u64 {
         self.users
-            .lock()
-            .iter()
-            .filter(|((o, r), _)| *o == operation && *r == outcome)
-            .map(|(_, n)| *n)
-            .sum()
+            .get(&TokenLabels {
+                operation: owned_label(operation),
+                outcome: owned_label(outcome),
+            })
+            .map_or(0, |c| c.get())
     }
 
     /// How often `what` was refused for `reason`.
     pub fn refusals(&self, what: &str, reason: &str) -> u64 {
         self.refusals
-            .lock()
-            .iter()
-            .filter(|((w, r), _)| *w == what && *r == reason)
-            .map(|(_, n)| *n)
-            .sum()
+            .get(&RefusalLabels {
+                what: owned_label(what),
+                reason: owned_label(reason),
+            })
+            .map_or(0, |c| c.get())
     }
 
     pub(crate) fn audit_emitted(&self) {
-        self.audit_emitted.fetch_add(1, Ordering::Relaxed);
+        self.audit_emitted.inc();
     }
 
     pub(crate) fn audit_suppressed(&self) {
-        self.audit_suppressed.fetch_add(1, Ordering::Relaxed);
+        self.audit_suppressed.inc();
     }
 
     pub(crate) fn audit_channel_dropped(&self) {
-        self.audit_channel_dropped.fetch_add(1, Ordering::Relaxed);
+        self.audit_channel_dropped.inc();
     }
 
     /// Audit events written, and refusals the per-subject limit held back.
     pub fn audit_events(&self) -> (u64, u64) {
-        (
-            self.audit_emitted.load(Ordering::Relaxed),
-            self.audit_suppressed.load(Ordering::Relaxed),
-        )
+        (self.audit_emitted.get(), self.audit_suppressed.get())
     }
 
     pub(crate) fn set_snapshot_version(&self, v: u64) {
-        self.snapshot_version.store(v, Ordering::Relaxed);
+        self.snapshot_version
+            .set(i64::try_from(v).unwrap_or(i64::MAX));
     }
 
     /// Records whether the bus is connected to NATS now; a change to "not" counts an outage.
@@ -143,7 +252,7 @@ impl Metrics {
         self.bus.configured.store(true, Ordering::Relaxed);
         let was = self.bus.connected.swap(connected, Ordering::SeqCst);
         if was && !connected {
-            self.bus.disconnects.fetch_add(1, Ordering::Relaxed);
+            self.bus.disconnects.inc();
         }
     }
 
@@ -152,16 +261,21 @@ impl Metrics {
     }
 
     pub(crate) fn bus_published(&self) {
-        self.bus.published.fetch_add(1, Ordering::Relaxed);
+        self.bus.published.inc();
     }
 
     pub(crate) fn bus_received(&self) {
-        self.bus.received.fetch_add(1, Ordering::Relaxed);
+        self.bus.received.inc();
     }
 
     /// Counts a message the bus did not carry (`reason` a stable label).
     pub(crate) fn bus_dropped(&self, reason: &'static str) {
-        *self.bus.dropped.lock().entry(reason).or_default() += 1;
+        self.bus
+            .dropped
+            .get_or_create(&ReasonLabel {
+                reason: Cow::Borrowed(reason),
+            })
+            .inc();
     }
 
     /// Whether the bus is connected to NATS now.
@@ -171,47 +285,22 @@ impl Metrics {
 
     /// How often the bus lost NATS.
     pub fn bus_disconnects(&self) -> u64 {
-        self.bus.disconnects.load(Ordering::Relaxed)
+        self.bus.disconnects.get()
     }
 
     /// Messages sent to and received from other pods.
     pub fn bus_messages(&self) -> (u64, u64) {
-        (
-            self.bus.published.load(Ordering::Relaxed),
-            self.bus.received.load(Ordering::Relaxed),
-        )
+        (self.bus.published.get(), self.bus.received.get())
     }
 
     /// Messages the bus did not carry for `reason`.
     pub fn bus_drops(&self, reason: &str) -> u64 {
         self.bus
             .dropped
-            .lock()
-            .iter()
-            .filter(|(r, _)| **r == reason)
-            .map(|(_, n)| *n)
-            .sum()
-    }
-
-    fn render_bus(&self, out: &mut String) {
-        if !self.bus.configured.load(Ordering::Relaxed) {
-            return;
-        }
-        let b = &self.bus;
-        let _ = writeln!(
-            out,
-            "# HELP fleetward_bus_connected Whether the bus is connected to NATS (0 during an outage).\n# TYPE fleetward_bus_connected gauge\nfleetward_bus_connected {}\n# HELP fleetward_bus_disconnects_total Times the bus lost NATS.\n# TYPE fleetward_bus_disconnects_total counter\nfleetward_bus_disconnects_total {}\n# HELP fleetward_bus_published_total Messages sent to other pods.\n# TYPE fleetward_bus_published_total counter\nfleetward_bus_published_total {}\n# HELP fleetward_bus_received_total Messages from other pods delivered locally.\n# TYPE fleetward_bus_received_total counter\nfleetward_bus_received_total {}\n# HELP fleetward_bus_dropped_total Messages the bus did not carry, by reason.\n# TYPE fleetward_bus_dropped_total counter",
-            u8::from(b.connected.load(Ordering::SeqCst)),
-            b.disconnects.load(Ordering::Relaxed),
-            b.published.load(Ordering::Relaxed),
-            b.received.load(Ordering::Relaxed),
-        );
-        for (reason, n) in b.dropped.lock().iter() {
-            let _ = writeln!(
-                out,
-                "fleetward_bus_dropped_total{{reason=\"{reason}\"}} {n}"
-            );
-        }
+            .get(&ReasonLabel {
+                reason: owned_label(reason),
+            })
+            .map_or(0, |c| c.get())
     }
 
     /// Messages received from and delivered to clients of a tenant.
@@ -219,117 +308,178 @@ impl Metrics {
         self.tenants
             .read()
             .get(tenant)
-            .map(|c| {
-                (
-                    c.messages_in.load(Ordering::Relaxed),
-                    c.messages_out.load(Ordering::Relaxed),
-                )
-            })
+            .map(|c| (c.messages_in.get(), c.messages_out.get()))
             .unwrap_or_default()
     }
 
-    /// The Prometheus text exposition, with the decision cache's counters.
-    pub fn render(&self, cache_hits: u64, cache_misses: u64) -> String {
-        let mut out = String::new();
-        let _ = writeln!(
-            out,
-            "# HELP fleetward_mqtt_connections MQTT connections open now.\n# TYPE fleetward_mqtt_connections gauge\nfleetward_mqtt_connections {}",
-            self.connections()
+    /// Registers these metrics in `registry` (which shares them: they count on after this).
+    /// `Registry::register` adds the help's final period and a counter's `_total`.
+    pub(crate) fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "fleetward_mqtt_connections",
+            "MQTT connections open now",
+            self.connections.clone(),
         );
-        let _ = writeln!(
-            out,
-            "# HELP fleetward_mqtt_connections_total MQTT connections accepted.\n# TYPE fleetward_mqtt_connections_total counter\nfleetward_mqtt_connections_total {}",
-            self.connections_total.load(Ordering::Relaxed)
+        registry.register(
+            "fleetward_mqtt_connections",
+            "MQTT connections accepted",
+            self.connections_total.clone(),
         );
-        let tenants: Vec<(String, u64, u64)> = self
-            .tenants
-            .read()
-            .iter()
-            .map(|(t, c)| {
-                (
-                    t.clone(),
-                    c.messages_in.load(Ordering::Relaxed),
-                    c.messages_out.load(Ordering::Relaxed),
-                )
-            })
-            .collect();
-        let _ = writeln!(
-            out,
-            "# HELP fleetward_mqtt_messages_in_total Messages accepted from clients, per tenant.\n# TYPE fleetward_mqtt_messages_in_total counter"
+        registry.register(
+            "fleetward_mqtt_messages_in",
+            "Messages accepted from clients, per tenant",
+            self.messages_in.clone(),
         );
-        for (t, n, _) in &tenants {
-            let _ = writeln!(
-                out,
-                "fleetward_mqtt_messages_in_total{{tenant=\"{}\"}} {n}",
-                escape(t),
-            );
-        }
-        let _ = writeln!(
-            out,
-            "# HELP fleetward_mqtt_messages_out_total Messages delivered to clients, per tenant.\n# TYPE fleetward_mqtt_messages_out_total counter"
+        registry.register(
+            "fleetward_mqtt_messages_out",
+            "Messages delivered to clients, per tenant",
+            self.messages_out.clone(),
         );
-        for (t, _, n) in &tenants {
-            let _ = writeln!(
-                out,
-                "fleetward_mqtt_messages_out_total{{tenant=\"{}\"}} {n}",
-                escape(t),
-            );
-        }
-        let _ = writeln!(
-            out,
-            "# HELP fleetward_mqtt_refusals_total Refused requests by kind and reason.\n# TYPE fleetward_mqtt_refusals_total counter"
+        registry.register(
+            "fleetward_mqtt_refusals",
+            "Refused requests by kind and reason",
+            self.refusals.clone(),
         );
-        for ((what, reason), n) in self.refusals.lock().iter() {
-            let _ = writeln!(
-                out,
-                "fleetward_mqtt_refusals_total{{what=\"{what}\",reason=\"{reason}\"}} {n}"
-            );
-        }
-        let total = cache_hits + cache_misses;
-        let ratio = if total == 0 {
-            0.0
-        } else {
-            cache_hits as f64 / total as f64
-        };
-        let _ = writeln!(
-            out,
-            "# HELP fleetward_decision_cache_hits_total Decisions served from the cache.\n# TYPE fleetward_decision_cache_hits_total counter\nfleetward_decision_cache_hits_total {cache_hits}\n# HELP fleetward_decision_cache_misses_total Decisions computed by the evaluator.\n# TYPE fleetward_decision_cache_misses_total counter\nfleetward_decision_cache_misses_total {cache_misses}\n# HELP fleetward_decision_cache_hit_ratio Share of decisions served from the cache.\n# TYPE fleetward_decision_cache_hit_ratio gauge\nfleetward_decision_cache_hit_ratio {ratio}"
+        registry.register(
+            "fleetward_policy_snapshot_version",
+            "The policy version being enforced",
+            self.snapshot_version.clone(),
         );
-        let _ = writeln!(
-            out,
-            "# HELP fleetward_policy_snapshot_version The policy version being enforced.\n# TYPE fleetward_policy_snapshot_version gauge\nfleetward_policy_snapshot_version {}",
-            self.snapshot_version.load(Ordering::Relaxed)
+        registry.register(
+            "fleetward_user_tokens",
+            "Sign-ins and refreshes by operation and outcome",
+            self.users.clone(),
         );
-        let _ = writeln!(
-            out,
-            "# HELP fleetward_user_tokens_total Sign-ins and refreshes by operation and outcome.\n# TYPE fleetward_user_tokens_total counter"
+        registry.register(
+            "fleetward_audit_events",
+            "Audit events written (one per refusal, within each subject's limit)",
+            self.audit_emitted.clone(),
         );
-        for ((op, outcome), n) in self.users.lock().iter() {
-            let _ = writeln!(
-                out,
-                "fleetward_user_tokens_total{{operation=\"{op}\",outcome=\"{outcome}\"}} {n}"
-            );
-        }
-        let (emitted, suppressed) = self.audit_events();
-        let _ = writeln!(
-            out,
-            "# HELP fleetward_audit_events_total Audit events written (one per refusal, within each subject's limit).\n# TYPE fleetward_audit_events_total counter\nfleetward_audit_events_total {emitted}\n# HELP fleetward_audit_suppressed_total Refusals held back by the per-subject audit limit (counted into the subject's next event).\n# TYPE fleetward_audit_suppressed_total counter\nfleetward_audit_suppressed_total {suppressed}\n# HELP fleetward_audit_channel_dropped_total Audit events not published on their tenant's audit channel because its backlog was full (still logged and kept).\n# TYPE fleetward_audit_channel_dropped_total counter\nfleetward_audit_channel_dropped_total {}",
-            self.audit_channel_dropped.load(Ordering::Relaxed)
+        registry.register(
+            "fleetward_audit_suppressed",
+            "Refusals held back by the per-subject audit limit (counted into the subject's next event)",
+            self.audit_suppressed.clone(),
         );
-        self.render_bus(&mut out);
-        out
+        registry.register(
+            "fleetward_audit_channel_dropped",
+            "Audit events not published on their tenant's audit channel because its backlog was full (still logged and kept)",
+            self.audit_channel_dropped.clone(),
+        );
+        registry.register_collector(Box::new(self.bus.clone()));
     }
 }
 
-fn escape(s: &str) -> String {
-    s.replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
+/// The decision cache's counters and hit ratio, from `(hits, misses)` read at scrape time.
+pub(crate) fn encode_decision_cache(
+    e: &mut DescriptorEncoder,
+    hits: u64,
+    misses: u64,
+) -> fmt::Result {
+    let total = hits + misses;
+    let ratio = if total == 0 {
+        0.0
+    } else {
+        hits as f64 / total as f64
+    };
+    counter(
+        e,
+        "fleetward_decision_cache_hits",
+        "Decisions served from the cache.",
+        hits,
+    )?;
+    counter(
+        e,
+        "fleetward_decision_cache_misses",
+        "Decisions computed by the evaluator.",
+        misses,
+    )?;
+    gauge(
+        e,
+        "fleetward_decision_cache_hit_ratio",
+        "Share of decisions served from the cache.",
+        ratio,
+    )
+}
+
+/// A collector whose values are read when `/metrics` is scraped: state other parts of the
+/// dataplane hold (sockets, retained messages, wills, router filters).
+pub(crate) struct AtScrape(Box<dyn Fn(&mut DescriptorEncoder) -> fmt::Result + Send + Sync>);
+
+impl AtScrape {
+    pub(crate) fn new(
+        f: impl Fn(&mut DescriptorEncoder) -> fmt::Result + Send + Sync + 'static,
+    ) -> Box<Self> {
+        Box::new(Self(Box::new(f)))
+    }
+}
+
+impl fmt::Debug for AtScrape {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("AtScrape")
+    }
+}
+
+impl Collector for AtScrape {
+    fn encode(&self, mut e: DescriptorEncoder) -> fmt::Result {
+        (self.0)(&mut e)
+    }
+}
+
+/// Writes one unlabelled gauge; `help` as it is shown.
+pub(crate) fn gauge(
+    e: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    v: impl EncodeGaugeValue,
+) -> fmt::Result {
+    ConstGauge::new(v).encode(e.encode_descriptor(name, help, None, MetricType::Gauge)?)
+}
+
+/// Writes one unlabelled counter; `name` without `_total`, which the encoder adds.
+pub(crate) fn counter(
+    e: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    v: impl EncodeCounterValue,
+) -> fmt::Result {
+    ConstCounter::new(v).encode(e.encode_descriptor(name, help, None, MetricType::Counter)?)
+}
+
+/// Writes a gauge with one sample per tenant.
+pub(crate) fn gauge_per_tenant<'a>(
+    e: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    values: impl IntoIterator<Item = (&'a str, u64)>,
+) -> fmt::Result {
+    let mut family = e.encode_descriptor(name, help, None, MetricType::Gauge)?;
+    for (tenant, v) in values {
+        ConstGauge::new(v).encode(family.encode_family(&[("tenant", tenant)])?)?;
+    }
+    Ok(())
+}
+
+/// The registry's exposition in the Prometheus text format.
+pub(crate) fn encode(registry: &Registry) -> String {
+    let mut out = String::new();
+    if let Err(e) = prometheus_client::encoding::prometheus_text::encode(&mut out, registry) {
+        tracing::warn!(error = %e, "encoding the metrics failed");
+    }
+    out
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn render(m: &Metrics, hits: u64, misses: u64) -> String {
+        let mut registry = Registry::default();
+        m.register(&mut registry);
+        registry.register_collector(AtScrape::new(move |e| {
+            encode_decision_cache(e, hits, misses)
+        }));
+        encode(&registry)
+    }
 
     #[test]
     fn render_has_per_tenant_counts_refusals_and_the_hit_ratio() {
@@ -340,8 +490,12 @@ mod tests {
         m.messages_out("acme", 1);
         m.refused("subscribe", "no_grant");
         m.set_snapshot_version(7);
-        let text = m.render(3, 1);
+        let text = render(&m, 3, 1);
         assert!(text.contains("fleetward_mqtt_connections 1\n"), "{text}");
+        assert!(
+            text.contains("fleetward_mqtt_connections_total 1\n"),
+            "{text}"
+        );
         assert!(text.contains("fleetward_mqtt_messages_out_total{tenant=\"acme\"} 2\n"));
         assert!(
             text.contains(
@@ -349,12 +503,21 @@ mod tests {
             )
         );
         assert!(text.contains("fleetward_decision_cache_hit_ratio 0.75\n"));
+        assert!(text.contains("fleetward_decision_cache_hits_total 3\n"));
         assert!(text.contains("fleetward_policy_snapshot_version 7\n"));
+        assert!(
+            text.contains("# HELP fleetward_mqtt_connections_total MQTT connections accepted.\n# TYPE fleetward_mqtt_connections_total counter\n"),
+            "the text format (0.0.4) names a counter with its _total: {text}"
+        );
+        assert!(!text.contains("# EOF"), "{text}");
+        assert_eq!((m.refusals("subscribe", "no_grant")), 1);
+        assert_eq!(m.messages("acme"), (1, 2));
         m.audit_emitted();
         m.audit_suppressed();
         m.audit_suppressed();
         m.audit_channel_dropped();
-        let text = m.render(3, 1);
+        m.user_login("ok");
+        let text = render(&m, 3, 1);
         assert!(
             text.contains("fleetward_audit_channel_dropped_total 1\n"),
             "{text}"
@@ -364,20 +527,36 @@ mod tests {
             text.contains("fleetward_audit_suppressed_total 2\n"),
             "{text}"
         );
+        assert!(
+            text.contains("fleetward_user_tokens_total{operation=\"login\",outcome=\"ok\"} 1\n"),
+            "{text}"
+        );
+        assert_eq!(m.user_tokens("login", "ok"), 1);
         assert!(!text.contains("fleetward_bus_"), "no bus on a single pod");
+    }
+
+    #[test]
+    fn a_tenant_label_is_escaped() {
+        let m = Metrics::default();
+        m.messages_in("a\"b\\c", 1);
+        let text = render(&m, 0, 0);
+        assert!(
+            text.contains("fleetward_mqtt_messages_in_total{tenant=\"a\\\"b\\\\c\"} 1\n"),
+            "{text}"
+        );
     }
 
     #[test]
     fn the_bus_shows_outages_and_drops() {
         let m = Metrics::default();
         m.bus_configured();
-        assert!(m.render(0, 0).contains("fleetward_bus_connected 0\n"));
+        assert!(render(&m, 0, 0).contains("fleetward_bus_connected 0\n"));
         m.bus_connected(true);
         m.bus_connected(false);
         m.bus_connected(false);
         m.bus_connected(true);
         m.bus_dropped("disconnected");
-        let text = m.render(0, 0);
+        let text = render(&m, 0, 0);
         assert!(text.contains("fleetward_bus_connected 1\n"), "{text}");
         assert!(
             text.contains("fleetward_bus_disconnects_total 1\n"),

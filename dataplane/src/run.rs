@@ -3,6 +3,8 @@
 use anyhow::Context as _;
 use tokio::sync::watch;
 
+pub use fleetward_process::shutdown_signal;
+
 use crate::Dataplane;
 use crate::args::DataplaneArgs;
 use crate::sync::{ClientTls, SyncClient, SyncConfig};
@@ -41,8 +43,8 @@ pub async fn run(args: DataplaneArgs) -> anyhow::Result<()> {
     }));
     let outcome = tokio::select! {
         r = dataplane.wait() => r,
-        () = shutdown_signal() => {
-            tracing::info!("shutting down");
+        signal = shutdown_signal() => {
+            tracing::info!(signal, "shutting down");
             Ok(())
         }
     };
@@ -54,17 +56,16 @@ pub async fn run(args: DataplaneArgs) -> anyhow::Result<()> {
 fn sync_config(args: &DataplaneArgs) -> anyhow::Result<SyncConfig> {
     let node_id = match &args.node_id {
         Some(id) => id.clone(),
-        None => hostname().context("no --node-id, POD_NAME or hostname to name this dataplane")?,
+        None => fleetward_process::hostname()
+            .context("no --node-id, POD_NAME or hostname to name this dataplane")?,
     };
     let mut config = SyncConfig::new(args.operator.clone(), node_id);
     config.state_dir = Some(args.state_dir());
     config.token = match (&args.token, &args.token_file) {
         (Some(t), _) => Some(t.clone()),
         (None, Some(file)) => Some(
-            std::fs::read_to_string(file)
-                .with_context(|| format!("reading the PolicySync token from {}", file.display()))?
-                .trim()
-                .to_owned(),
+            fleetward_process::read_token_file(file)
+                .with_context(|| format!("reading the PolicySync token from {}", file.display()))?,
         ),
         (None, None) => None,
     };
@@ -78,34 +79,4 @@ fn sync_config(args: &DataplaneArgs) -> anyhow::Result<SyncConfig> {
         );
     }
     Ok(config)
-}
-
-fn hostname() -> Option<String> {
-    std::env::var("HOSTNAME")
-        .ok()
-        .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok())
-        .map(|h| h.trim().to_owned())
-        .filter(|h| !h.is_empty())
-}
-
-/// Resolves on SIGTERM or SIGINT.
-pub async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {}
-        () = term => {}
-    }
 }

@@ -3,7 +3,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use anyhow::Context;
 use kube::Client;
@@ -100,7 +100,7 @@ impl OperatorArgs {
         };
         let identity = match &self.identity {
             Some(id) => id.clone(),
-            None => hostname().context(
+            None => fleetward_process::hostname().context(
                 "cannot tell this replica's identity: set --identity or POD_NAME (the chart \
                  sets it to the pod name)",
             )?,
@@ -122,13 +122,12 @@ impl OperatorArgs {
     fn server_config(&self) -> anyhow::Result<grpc::ServerConfig> {
         let token = match (&self.token_file, &self.token) {
             (Some(path), _) => {
-                let text = std::fs::read_to_string(path).with_context(|| {
+                Some(fleetward_process::read_token_file(path).with_context(|| {
                     format!(
                         "cannot read the PolicySync token from --token-file {}",
                         path.display()
                     )
-                })?;
-                Some(text.trim().to_owned())
+                })?)
             }
             (None, token) => token.as_ref().map(|t| t.trim().to_owned()),
         };
@@ -153,20 +152,10 @@ impl OperatorArgs {
     }
 }
 
-fn hostname() -> Option<String> {
-    std::env::var("HOSTNAME")
-        .ok()
-        .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok())
-        .map(|h| h.trim().to_owned())
-        .filter(|h| !h.is_empty())
-}
-
 /// The first snapshot version of this process: milliseconds since the epoch, so a restarted
 /// operator's versions keep moving forward (it commits far less than once a millisecond).
 fn first_version() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+    fleetward_process::unix_millis()
 }
 
 /// Runs the operator until SIGTERM or SIGINT: then it stops writing, releases the Lease,
@@ -291,7 +280,7 @@ pub async fn run(args: OperatorArgs) -> anyhow::Result<()> {
     ));
 
     let outcome = tokio::select! {
-        signal = shutdown_signal() => {
+        signal = fleetward_process::shutdown_signal() => {
             tracing::info!(signal, "shutting down: stepping down, then draining");
             Ok(())
         }
@@ -355,23 +344,6 @@ async fn serve_policy_sync(
         let _ = shutdown.wait_for(|stop| *stop).await;
     };
     grpc::serve(listener, config, index, dataplanes, stop).await
-}
-
-/// Waits for SIGTERM or SIGINT; returns its name.
-async fn shutdown_signal() -> &'static str {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = match signal(SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot listen for SIGTERM; stopping on SIGINT only");
-            let _ = tokio::signal::ctrl_c().await;
-            return "SIGINT";
-        }
-    };
-    tokio::select! {
-        _ = term.recv() => "SIGTERM",
-        _ = tokio::signal::ctrl_c() => "SIGINT",
-    }
 }
 
 #[cfg(test)]

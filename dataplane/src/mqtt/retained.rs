@@ -3,15 +3,17 @@
 //! quota, and the purge of channels the policy no longer has or has under a new uid.
 
 use std::collections::HashMap;
-use std::fmt::Write as _;
+use std::fmt;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use fleetward_policy::{Snapshot, TenantLimits, filter_matches};
 use parking_lot::Mutex;
+use prometheus_client::encoding::DescriptorEncoder;
 use tokio::sync::watch;
 
 use super::codec::message_len;
+use crate::metrics::gauge_per_tenant;
 use crate::router::Message;
 
 /// Retained messages a tenant keeps on a pod when its `maxRetainedMessages` is unset.
@@ -434,39 +436,28 @@ impl RetainedStore {
     }
 
     /// The `fleetward_retained_messages` and `fleetward_retained_bytes` gauges, per tenant.
-    pub(crate) fn render(&self, out: &mut String) {
-        let mut usage: Vec<(String, Usage)> = self
+    pub(crate) fn encode_metrics(&self, e: &mut DescriptorEncoder) -> fmt::Result {
+        let usage: Vec<(String, Usage)> = self
             .inner
             .lock()
             .by_tenant
             .iter()
             .map(|(t, u)| (t.clone(), *u))
             .collect();
-        usage.sort_by(|a, b| a.0.cmp(&b.0));
-        let _ = writeln!(
-            out,
-            "# HELP fleetward_retained_messages Retained messages kept on this pod, per tenant.\n# TYPE fleetward_retained_messages gauge"
-        );
-        for (t, u) in &usage {
-            let _ = writeln!(
-                out,
-                "fleetward_retained_messages{{tenant=\"{}\"}} {}",
-                escape(t),
-                u.messages
-            );
-        }
-        let _ = writeln!(
-            out,
-            "# HELP fleetward_retained_bytes Bytes of retained messages (topic, payload, properties) kept on this pod, per tenant.\n# TYPE fleetward_retained_bytes gauge"
-        );
-        for (t, u) in &usage {
-            let _ = writeln!(
-                out,
-                "fleetward_retained_bytes{{tenant=\"{}\"}} {}",
-                escape(t),
-                u.bytes
-            );
-        }
+        gauge_per_tenant(
+            e,
+            "fleetward_retained_messages",
+            "Retained messages kept on this pod, per tenant.",
+            usage
+                .iter()
+                .map(|(t, u)| (t.as_str(), u64::from(u.messages))),
+        )?;
+        gauge_per_tenant(
+            e,
+            "fleetward_retained_bytes",
+            "Bytes of retained messages (topic, payload, properties) kept on this pod, per tenant.",
+            usage.iter().map(|(t, u)| (t.as_str(), u.bytes)),
+        )
     }
 }
 
@@ -509,12 +500,6 @@ pub(crate) async fn purge_deleted_channels(
             _ = sweep.tick() => {}
         }
     }
-}
-
-fn escape(s: &str) -> String {
-    s.replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
 }
 
 fn expired(m: &Message, stored: Instant) -> bool {

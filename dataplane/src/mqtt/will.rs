@@ -214,18 +214,22 @@ impl PendingWills {
 impl<R: Router> Shared<R> {
     /// The `fleetward_mqtt_pending_wills` and `fleetward_mqtt_saved_sessions` gauges: what
     /// the pod holds for clients that are gone.
-    pub(crate) fn render_held(&self, out: &mut String) {
-        use std::fmt::Write as _;
-        let _ = writeln!(
-            out,
-            "# HELP fleetward_mqtt_pending_wills Wills waiting out their delay after their connection ended.\n# TYPE fleetward_mqtt_pending_wills gauge\nfleetward_mqtt_pending_wills {}",
-            self.pending_wills.len()
-        );
-        let _ = writeln!(
-            out,
-            "# HELP fleetward_mqtt_saved_sessions Persistent sessions kept while their clients are away.\n# TYPE fleetward_mqtt_saved_sessions gauge\nfleetward_mqtt_saved_sessions {}",
-            self.sessions.len()
-        );
+    pub(crate) fn encode_held(
+        &self,
+        e: &mut prometheus_client::encoding::DescriptorEncoder,
+    ) -> std::fmt::Result {
+        crate::metrics::gauge(
+            e,
+            "fleetward_mqtt_pending_wills",
+            "Wills waiting out their delay after their connection ended.",
+            self.pending_wills.len(),
+        )?;
+        crate::metrics::gauge(
+            e,
+            "fleetward_mqtt_saved_sessions",
+            "Persistent sessions kept while their clients are away.",
+            self.sessions.len(),
+        )
     }
 }
 

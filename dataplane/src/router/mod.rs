@@ -179,10 +179,7 @@ impl Publisher {
 
 /// Now, in nanoseconds since the Unix epoch (a `created_ns`).
 pub fn now_ns() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
-        .unwrap_or(0)
+    fleetward_process::unix_nanos()
 }
 
 /// A message on its way into or out of the router, always on a full `m/<tenant>/c/…` topic.

@@ -137,10 +137,7 @@ impl ClientTls {
 }
 
 fn read_file(path: &Path) -> Result<Vec<u8>, SyncError> {
-    std::fs::read(path).map_err(|source| SyncError::ReadFile {
-        path: path.to_owned(),
-        source,
-    })
+    Ok(fleetward_process::read_file(path)?)
 }
 
 /// Why the client could not be set up.
@@ -161,13 +158,8 @@ pub enum SyncError {
         source: tonic::transport::Error,
     },
     /// A TLS file could not be read.
-    #[error("cannot read {}: {source}", path.display())]
-    ReadFile {
-        /// The file.
-        path: PathBuf,
-        /// The I/O error.
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    ReadFile(#[from] fleetward_process::ReadFileError),
 }
 
 /// The policy sync client. See the module documentation.

@@ -1,10 +1,16 @@
-//! Readiness and staleness of the policy snapshot, as plain getters for probes and metrics.
+//! Readiness and staleness of the policy snapshot, as plain getters for probes and a
+//! collector for `/metrics`.
 
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::{SystemTime, UNIX_EPOCH};
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::counter::ConstCounter;
 
 use super::store::Stored;
+use crate::metrics::{counter, gauge};
 
 /// What the sync client reports. Shared behind an `Arc`; every getter is cheap.
 #[derive(Debug, Default)]
@@ -24,9 +30,7 @@ pub struct SyncStatus {
 }
 
 pub(crate) fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+    fleetward_process::unix_millis()
 }
 
 fn seconds_since(ms: u64) -> Option<f64> {
@@ -83,46 +87,6 @@ impl SyncStatus {
             .load(Ordering::Acquire)
             .max(self.last_update_ms.load(Ordering::Acquire));
         seconds_since(last)
-    }
-
-    /// The sync client's metrics in the Prometheus text format, for `/metrics`.
-    pub fn render_metrics(&self) -> String {
-        fn secs(v: Option<f64>) -> String {
-            v.map_or_else(|| "+Inf".to_owned(), |s| format!("{s:.3}"))
-        }
-        let flag = |b: bool| u8::from(b);
-        format!(
-            "# HELP fleetward_policy_snapshot_staleness_seconds Seconds the enforced policy may lag the operator: 0 while a PolicySync stream is open, else since the operator was last heard from or the snapshot last updated; +Inf if never.\n\
-             # TYPE fleetward_policy_snapshot_staleness_seconds gauge\n\
-             fleetward_policy_snapshot_staleness_seconds {}\n\
-             # HELP fleetward_policy_snapshot_age_seconds Seconds since the enforced snapshot was last applied or confirmed from an operator (across restarts); +Inf if never.\n\
-             # TYPE fleetward_policy_snapshot_age_seconds gauge\n\
-             fleetward_policy_snapshot_age_seconds {}\n\
-             # HELP fleetward_policy_operator_contact_age_seconds Seconds since this process last heard from an operator: 0 while connected, +Inf if never.\n\
-             # TYPE fleetward_policy_operator_contact_age_seconds gauge\n\
-             fleetward_policy_operator_contact_age_seconds {}\n\
-             # HELP fleetward_policy_sync_connected Whether a PolicySync stream to an operator is open.\n\
-             # TYPE fleetward_policy_sync_connected gauge\n\
-             fleetward_policy_sync_connected {}\n\
-             # HELP fleetward_policy_snapshot_from_disk Whether the snapshot enforced is the persisted one, unconfirmed by an operator since start (fail static).\n\
-             # TYPE fleetward_policy_snapshot_from_disk gauge\n\
-             fleetward_policy_snapshot_from_disk {}\n\
-             # HELP fleetward_policy_sync_updates_total Updates applied from an operator, by kind.\n\
-             # TYPE fleetward_policy_sync_updates_total counter\n\
-             fleetward_policy_sync_updates_total{{kind=\"full\"}} {}\n\
-             fleetward_policy_sync_updates_total{{kind=\"delta\"}} {}\n\
-             # HELP fleetward_policy_sync_nacks_total Updates refused (NACKed).\n\
-             # TYPE fleetward_policy_sync_nacks_total counter\n\
-             fleetward_policy_sync_nacks_total {}\n",
-            secs(self.staleness_seconds()),
-            secs(self.seconds_since_update()),
-            secs(self.seconds_since_contact()),
-            flag(self.is_connected()),
-            flag(self.is_serving_persisted()),
-            self.full_snapshots(),
-            self.delta_updates(),
-            self.nacks(),
-        )
     }
 
     /// Full snapshots applied since start.
@@ -193,9 +157,72 @@ impl SyncStatus {
     }
 }
 
+/// The sync client's metrics, read at scrape time: seconds are `+Inf` for "never".
+impl Collector for SyncStatus {
+    fn encode(&self, mut e: DescriptorEncoder) -> std::fmt::Result {
+        let secs = |v: Option<f64>| v.unwrap_or(f64::INFINITY);
+        let flag = |b: bool| i64::from(b);
+        gauge(
+            &mut e,
+            "fleetward_policy_snapshot_staleness_seconds",
+            "Seconds the enforced policy may lag the operator: 0 while a PolicySync stream is open, else since the operator was last heard from or the snapshot last updated; +Inf if never.",
+            secs(self.staleness_seconds()),
+        )?;
+        gauge(
+            &mut e,
+            "fleetward_policy_snapshot_age_seconds",
+            "Seconds since the enforced snapshot was last applied or confirmed from an operator (across restarts); +Inf if never.",
+            secs(self.seconds_since_update()),
+        )?;
+        gauge(
+            &mut e,
+            "fleetward_policy_operator_contact_age_seconds",
+            "Seconds since this process last heard from an operator: 0 while connected, +Inf if never.",
+            secs(self.seconds_since_contact()),
+        )?;
+        gauge(
+            &mut e,
+            "fleetward_policy_sync_connected",
+            "Whether a PolicySync stream to an operator is open.",
+            flag(self.is_connected()),
+        )?;
+        gauge(
+            &mut e,
+            "fleetward_policy_snapshot_from_disk",
+            "Whether the snapshot enforced is the persisted one, unconfirmed by an operator since start (fail static).",
+            flag(self.is_serving_persisted()),
+        )?;
+        let mut updates = e.encode_descriptor(
+            "fleetward_policy_sync_updates",
+            "Updates applied from an operator, by kind.",
+            None,
+            MetricType::Counter,
+        )?;
+        for (kind, n) in [
+            ("full", self.full_snapshots()),
+            ("delta", self.delta_updates()),
+        ] {
+            ConstCounter::new(n).encode(updates.encode_family(&[("kind", kind)])?)?;
+        }
+        counter(
+            &mut e,
+            "fleetward_policy_sync_nacks",
+            "Updates refused (NACKed).",
+            self.nacks(),
+        )
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Arc;
+
+    fn render(s: &Arc<SyncStatus>) -> String {
+        let mut registry = prometheus_client::registry::Registry::default();
+        registry.register_collector(Box::new(s.clone()));
+        crate::metrics::encode(&registry)
+    }
 
     fn metric(text: &str, name: &str) -> String {
         text.lines()
@@ -206,8 +233,8 @@ mod tests {
 
     #[test]
     fn staleness_is_infinite_before_anything_then_follows_contact_and_updates() {
-        let s = SyncStatus::default();
-        let text = s.render_metrics();
+        let s = Arc::new(SyncStatus::default());
+        let text = render(&s);
         assert_eq!(
             metric(&text, "fleetward_policy_snapshot_staleness_seconds"),
             "+Inf"
@@ -223,7 +250,7 @@ mod tests {
         });
         let stale = s.staleness_seconds().expect("known");
         assert!((60.0..70.0).contains(&stale), "{stale}");
-        let text = s.render_metrics();
+        let text = render(&s);
         assert_eq!(metric(&text, "fleetward_policy_snapshot_from_disk"), "1");
         assert_eq!(
             metric(&text, "fleetward_policy_operator_contact_age_seconds"),
@@ -236,7 +263,7 @@ mod tests {
         assert!(s.is_serving_persisted());
         s.applied(4, false, now_ms());
         assert!(!s.is_serving_persisted());
-        let text = s.render_metrics();
+        let text = render(&s);
         assert_eq!(metric(&text, "fleetward_policy_sync_connected"), "1");
         assert_eq!(
             metric(&text, "fleetward_policy_sync_updates_total{kind=\"delta\"}"),
@@ -247,9 +274,6 @@ mod tests {
         s.disconnected();
         let stale = s.staleness_seconds().expect("known");
         assert!((0.0..5.0).contains(&stale), "{stale}");
-        assert_eq!(
-            metric(&s.render_metrics(), "fleetward_policy_sync_connected"),
-            "0"
-        );
+        assert_eq!(metric(&render(&s), "fleetward_policy_sync_connected"), "0");
     }
 }

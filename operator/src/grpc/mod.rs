@@ -12,7 +12,7 @@ mod tests;
 use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -118,23 +118,15 @@ impl ServerTls {
 }
 
 fn read_file(path: &Path) -> Result<Vec<u8>, ServeError> {
-    std::fs::read(path).map_err(|source| ServeError::ReadFile {
-        path: path.to_owned(),
-        source,
-    })
+    Ok(fleetward_process::read_file(path)?)
 }
 
 /// Why the PolicySync server could not start or stopped.
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
     /// A certificate or key file could not be read.
-    #[error("cannot read {}: {source}", path.display())]
-    ReadFile {
-        /// The file.
-        path: PathBuf,
-        /// The I/O error.
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    ReadFile(#[from] fleetward_process::ReadFileError),
     /// The TLS material was refused.
     #[error("the PolicySync TLS certificate, key or client CA is not usable: {0}")]
     Tls(#[source] tonic::transport::Error),

@@ -1,7 +1,7 @@
 //! Watches of the six Fleetward kinds (cluster-wide) and of Secrets (only in namespaces a Tenant claims), feeding the index.
 //!
-//! Fleetward objects are watched as untyped objects and converted one by one, so an object
-//! that does not deserialize is logged and left out instead of failing the whole list.
+//! Fleetward objects are watched through kube's `DeserializeGuard`, so an object that does not
+//! deserialize is logged, counted and left out instead of failing the whole list.
 //!
 //! Secrets are watched per claimed namespace, not cluster-wide: the operator then never reads
 //! or holds Secrets outside tenant namespaces (kube-system, other applications), and its Secret
@@ -15,8 +15,8 @@ use std::sync::Arc;
 use fleetward_crds::{Channel, Connection, Group, Tenant, Thing, User};
 use futures::{Stream, StreamExt};
 use k8s_openapi::api::core::v1::Secret;
-use kube::api::{Api, ApiResource, DynamicObject};
-use kube::core::ObjectMeta;
+use kube::api::Api;
+use kube::core::{DeserializeGuard, ObjectMeta};
 use kube::runtime::WatchStreamExt;
 use kube::runtime::watcher::{self, Event};
 use kube::{Client, Resource};
@@ -110,38 +110,48 @@ fn slim(meta: &mut ObjectMeta) {
 /// The annotation `kubectl apply` (client-side) keeps the last applied object in.
 const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
 
-/// Converts one untyped object; `None` (logged and counted) when it does not deserialize.
-fn parse<K: Watched>(mut object: DynamicObject, metrics: &Metrics) -> Result<K, Option<ObjectKey>> {
-    let key = key_of(K::KIND, &object.metadata);
-    slim(&mut object.metadata);
-    object.try_parse::<K>().map_err(|e| {
-        metrics.object_skipped(K::KIND);
-        match &key {
-            Some(key) => tracing::warn!(
-                object = %key,
-                error = %e,
-                "skipping an object that does not deserialize; fix it (kubectl edit) and the \
-                 operator picks it up"
-            ),
-            None => {
-                tracing::warn!(kind = K::KIND.as_str(), error = %e, "skipping an unnamed object")
-            }
+/// The object a guarded watch read; `None` (logged and counted) when it did not deserialize,
+/// with its key when its metadata named it.
+fn parse<K: Watched>(
+    object: DeserializeGuard<K>,
+    metrics: &Metrics,
+) -> Result<K, Option<ObjectKey>> {
+    match object.0 {
+        Ok(mut object) => {
+            slim(object.meta_mut());
+            Ok(object)
         }
-        key
-    })
+        Err(invalid) => {
+            let key = key_of(K::KIND, &invalid.metadata);
+            metrics.object_skipped(K::KIND);
+            match &key {
+                Some(key) => tracing::warn!(
+                    object = %key,
+                    error = %invalid.error,
+                    "skipping an object that does not deserialize; fix it (kubectl edit) and the \
+                     operator picks it up"
+                ),
+                None => tracing::warn!(
+                    kind = K::KIND.as_str(),
+                    error = %invalid.error,
+                    "skipping an unnamed object"
+                ),
+            }
+            Err(key)
+        }
+    }
 }
 
 /// Watches one kind cluster-wide. Runs until the task is dropped.
 async fn watch_kind<K: Watched>(client: Client, feed: Feed) -> &'static str {
-    let resource = ApiResource::erase::<K>(&());
-    let api: Api<DynamicObject> = Api::all_with(client, &resource);
+    let api: Api<DeserializeGuard<K>> = Api::all(client);
     let stream = watcher::watcher(api, watcher::Config::default()).default_backoff();
     run_kind::<K>(stream, &feed).await;
     K::KIND.as_str()
 }
 
 async fn run_kind<K: Watched>(
-    stream: impl Stream<Item = Result<Event<DynamicObject>, watcher::Error>>,
+    stream: impl Stream<Item = Result<Event<DeserializeGuard<K>>, watcher::Error>>,
     feed: &Feed,
 ) {
     futures::pin_mut!(stream);
@@ -162,7 +172,7 @@ async fn run_kind<K: Watched>(
                 Err(None) => {}
             },
             Ok(Event::Delete(o)) => {
-                if let Some(key) = key_of(K::KIND, &o.metadata) {
+                if let Some(key) = key_of(K::KIND, o.meta()) {
                     forget(feed, &key);
                 }
             }
@@ -322,12 +332,12 @@ mod tests {
         }
     }
 
-    fn dynamic(value: serde_json::Value) -> DynamicObject {
-        serde_json::from_value(value).expect("a valid DynamicObject")
+    fn guarded<K: Watched>(value: serde_json::Value) -> DeserializeGuard<K> {
+        serde_json::from_value(value).expect("an object with metadata")
     }
 
-    fn channel(name: &str, max_qos: serde_json::Value) -> DynamicObject {
-        dynamic(serde_json::json!({
+    fn channel(name: &str, max_qos: serde_json::Value) -> DeserializeGuard<Channel> {
+        guarded(serde_json::json!({
             "apiVersion": "fleetward.io/v1alpha1",
             "kind": "Channel",
             "metadata": {"name": name, "namespace": "acme", "uid": format!("uid-{name}"), "generation": 1},
@@ -338,7 +348,7 @@ mod tests {
     #[tokio::test]
     async fn an_object_that_does_not_deserialize_is_skipped_and_the_rest_is_listed() {
         let feed = feed();
-        let events: Vec<Result<Event<DynamicObject>, watcher::Error>> = vec![
+        let events: Vec<Result<Event<DeserializeGuard<_>>, watcher::Error>> = vec![
             Ok(Event::Init),
             Ok(Event::InitApply(channel("telemetry", serde_json::json!(1)))),
             Ok(Event::InitApply(channel(
@@ -362,14 +372,24 @@ mod tests {
             "the readable channel is indexed"
         );
         assert!(idx.status(&broken).is_none(), "the unreadable one is not");
+        drop(idx);
+        let text = feed.metrics.render(
+            &feed.index,
+            &crate::dataplanes::Dataplanes::new(),
+            &crate::replicas::Replicas::new(),
+        );
+        assert!(
+            text.contains("fleetward_operator_objects_skipped_total{kind=\"Channel\"} 1\n"),
+            "the unreadable one is counted: {text}"
+        );
     }
 
     #[test]
     fn parsed_objects_keep_no_managed_fields_or_last_applied_copy() {
         let feed = feed();
         let mut object = channel("telemetry", serde_json::json!(1));
-        object.metadata.managed_fields = Some(vec![Default::default()]);
-        object.metadata.annotations = Some(
+        object.meta_mut().managed_fields = Some(vec![Default::default()]);
+        object.meta_mut().annotations = Some(
             [
                 (LAST_APPLIED.to_owned(), "{...}".to_owned()),
                 ("team".to_owned(), "plant".to_owned()),
@@ -388,7 +408,7 @@ mod tests {
     #[tokio::test]
     async fn an_update_that_no_longer_deserializes_removes_the_old_version() {
         let feed = feed();
-        let events: Vec<Result<Event<DynamicObject>, watcher::Error>> = vec![
+        let events: Vec<Result<Event<DeserializeGuard<_>>, watcher::Error>> = vec![
             Ok(Event::Init),
             Ok(Event::InitApply(channel("telemetry", serde_json::json!(1)))),
             Ok(Event::InitDone),
@@ -408,14 +428,14 @@ mod tests {
     async fn tenants_claim_namespaces_and_a_relist_drops_the_gone() {
         let feed = feed();
         let tenant = |name: &str, ns: Option<&str>| {
-            dynamic(serde_json::json!({
+            guarded::<Tenant>(serde_json::json!({
                 "apiVersion": "fleetward.io/v1alpha1",
                 "kind": "Tenant",
                 "metadata": {"name": name, "uid": name, "generation": 1},
                 "spec": {"namespace": ns},
             }))
         };
-        let events: Vec<Result<Event<DynamicObject>, watcher::Error>> = vec![
+        let events: Vec<Result<Event<DeserializeGuard<_>>, watcher::Error>> = vec![
             Ok(Event::Init),
             Ok(Event::InitApply(tenant("acme", None))),
             Ok(Event::InitApply(tenant("globex", Some("globex-prod")))),
