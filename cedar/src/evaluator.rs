@@ -10,15 +10,18 @@ use std::sync::Arc;
 
 use cedar_policy::{
     Authorizer, Context, Decision as CedarDecision, Effect, Entities, Entity, EntityId,
-    EntityTypeName, EntityUid, PolicyId, PolicySet, Request, RestrictedExpression,
+    EntityTypeName, EntityUid, Policy, PolicyId, PolicySet, Request, RestrictedExpression,
 };
 use fleetward_policy::{
-    Action, AllowReason, Credential, Decision, DenyReason, Grant, PolicyEvaluator, Refusal,
-    Snapshot, Subject, SubjectKind, Topic,
+    Action, AllowReason, Credential, Decision, DenyReason, Grant, GrantSubject, PolicyEvaluator,
+    Refusal, Snapshot, Subject, SubjectKind, Topic,
 };
 
 use crate::schema::{CONNECT, PolicyError, validate_policies};
-use crate::translate::{ROLE_PREFIX, TranslationError, longest_pattern, tenant_policies};
+use crate::translate::{
+    ROLE_PREFIX, TranslationError, grant_policies, longest_pattern, parse_translation,
+    role_policies,
+};
 
 /// The level that stands for "any level" when a filter is decided on its topics: it holds NUL,
 /// which no topic and no grant pattern can, so no literal of a policy can equal it.
@@ -57,13 +60,50 @@ pub enum BuildError {
     Translation(#[from] TranslationError),
 }
 
-/// One tenant's Cedar policies.
+/// One tenant's Cedar policies, sliced so that a request is evaluated against the policies
+/// that can apply to it only: Cedar's authorizer tries every policy it is given, and a
+/// tenant's translated grants mostly name other subjects and channels.
 struct TenantPolicies {
-    set: PolicySet,
+    /// Policies that may apply to any request: the roles' and the tenant's own.
+    general: Vec<Policy>,
+    /// The translated policies of grants, by the grant's subject and channel. Their scopes
+    /// name that subject (or group) and channel, so no other request can satisfy them.
+    by_target: HashMap<(GrantSubject, String), Vec<Policy>>,
+    /// How many policies there are in all.
+    count: usize,
     /// The longest fixed part of the tenant's grant patterns (for `#` filters).
     longest: usize,
     /// Whether the tenant has policies of its own beside the translation.
     own_policies: bool,
+}
+
+impl TenantPolicies {
+    /// The policies that can apply to `subject` on `channel` (`None`: connecting, which no
+    /// grant concerns).
+    fn slice(
+        &self,
+        snapshot: &Snapshot,
+        subject: &Subject,
+        channel: Option<&str>,
+    ) -> Option<PolicySet> {
+        let mut policies = self.general.clone();
+        if let Some(channel) = channel {
+            let direct = match subject.kind {
+                SubjectKind::Thing => GrantSubject::Thing(subject.name.clone()),
+                SubjectKind::User => GrantSubject::User(subject.name.clone()),
+            };
+            let groups = snapshot
+                .groups_of(&subject.tenant, subject.kind, &subject.name)
+                .iter()
+                .map(|g| GrantSubject::Group(g.clone()));
+            for who in std::iter::once(direct).chain(groups) {
+                if let Some(found) = self.by_target.get(&(who, channel.to_owned())) {
+                    policies.extend(found.iter().cloned());
+                }
+            }
+        }
+        PolicySet::from_policies(policies).ok()
+    }
 }
 
 /// The entity type names and action ids, parsed once.
@@ -154,9 +194,26 @@ impl CedarEvaluator {
         let mut tenants = HashMap::new();
         for t in snapshot.tenants() {
             let of_tenant = grants.get(t.name.as_str()).map_or(&[][..], Vec::as_slice);
-            let set = tenant_policies(of_tenant)?;
+            let mut general = Vec::new();
+            for (id, text) in role_policies() {
+                general.push(parse_translation(id, &text)?);
+            }
+            let mut by_target: HashMap<(GrantSubject, String), Vec<Policy>> = HashMap::new();
+            let mut count = general.len();
+            for g in of_tenant {
+                let key = (g.subject.clone(), g.channel.clone());
+                for (id, text) in grant_policies(g) {
+                    by_target
+                        .entry(key.clone())
+                        .or_default()
+                        .push(parse_translation(id, &text)?);
+                    count += 1;
+                }
+            }
             let policies = TenantPolicies {
-                set,
+                general,
+                by_target,
+                count,
                 longest: longest_pattern(of_tenant),
                 own_policies: false,
             };
@@ -173,15 +230,9 @@ impl CedarEvaluator {
             let Some(tenant) = tenants.get_mut(&p.tenant) else {
                 continue;
             };
-            for policy in own.policies() {
-                tenant.set.add(policy.clone()).map_err(|e| {
-                    invalid(vec![PolicyError {
-                        line: 0,
-                        column: 0,
-                        message: format!("{e}; give each policy its own @id"),
-                    }])
-                })?;
-            }
+            // Ids are `Policy/<name>/…`, and names are unique in a tenant, so none collide.
+            tenant.general.extend(own.policies().cloned());
+            tenant.count += own.policies().count();
             tenant.own_policies = true;
         }
         Ok(Self {
@@ -199,9 +250,7 @@ impl CedarEvaluator {
 
     /// The number of Cedar policies of `tenant` (translated and its own).
     pub fn policy_count(&self, tenant: &str) -> usize {
-        self.tenants
-            .get(tenant)
-            .map_or(0, |t| t.set.policies().count())
+        self.tenants.get(tenant).map_or(0, |t| t.count)
     }
 
     /// Decides like [`PolicyEvaluator::authorize`] and names the Cedar policies that decided.
@@ -253,13 +302,16 @@ impl CedarEvaluator {
         } else {
             policies.longest
         };
+        let Some(set) = policies.slice(&self.snapshot, subject, Some(topic.channel())) else {
+            return (Decision::Deny(DenyReason::PolicyUnavailable), Vec::new());
+        };
         // A filter is decided on its topics: one per shape, `+` levels standing for any level
         // (the crate documentation says why this is exact for translated grants).
         let mut first_forbid = Vec::new();
         let mut allowed = None;
         for levels in representatives(topic.subtopic(), longest) {
             match self.ask(
-                policies,
+                &set,
                 &principal,
                 action_uid,
                 tenant,
@@ -328,7 +380,7 @@ impl CedarEvaluator {
     /// Cedar's answer for one concrete topic of `channel` with these subtopic levels.
     fn ask(
         &self,
-        policies: &TenantPolicies,
+        set: &PolicySet,
         principal: &[Entity],
         action: &EntityUid,
         tenant: &str,
@@ -385,7 +437,7 @@ impl CedarEvaluator {
             None,
         )
         .map_err(drop)?;
-        Ok(self.verdict(&policies.set, &request, &entities))
+        Ok(self.verdict(set, &request, &entities))
     }
 
     fn verdict(&self, set: &PolicySet, request: &Request, entities: &Entities) -> Verdict {
@@ -443,7 +495,10 @@ impl CedarEvaluator {
             None,
         )
         .map_err(|_| unavailable())?;
-        match self.verdict(&policies.set, &request, &entities) {
+        let set = policies
+            .slice(&self.snapshot, subject, None)
+            .ok_or_else(unavailable)?;
+        match self.verdict(&set, &request, &entities) {
             Verdict::Allow(..) => Ok(()),
             Verdict::Forbid(_) => Err(DenyReason::CedarForbid.into()),
             Verdict::NoPermit => Err(DenyReason::CedarNoPermit.into()),

@@ -198,14 +198,21 @@ pub fn tenant_policies(grants: &[&Grant]) -> Result<PolicySet, TranslationError>
         .chain(grants.into_iter().flat_map(grant_policies));
     let mut set = PolicySet::new();
     for (id, text) in texts {
-        let fail = |message: String| TranslationError {
+        let policy = parse_translation(id.clone(), &text)?;
+        set.add(policy).map_err(|e| TranslationError {
             id: id.to_string(),
-            message,
-        };
-        let policy = Policy::parse(Some(id.clone()), &text).map_err(|e| fail(e.to_string()))?;
-        set.add(policy).map_err(|e| fail(e.to_string()))?;
+            message: e.to_string(),
+        })?;
     }
     Ok(set)
+}
+
+/// Parses one translated policy under its id.
+pub fn parse_translation(id: PolicyId, text: &str) -> Result<Policy, TranslationError> {
+    Policy::parse(Some(id.clone()), text).map_err(|e| TranslationError {
+        id: id.to_string(),
+        message: e.to_string(),
+    })
 }
 
 /// The longest fixed part (levels before a trailing `#`) of the tenant's grant patterns: the
