@@ -169,6 +169,10 @@ pub enum DenyReason {
     PolicyUnavailable,
     /// A publish on the tenant's audit channel, or a subscription to it by anyone but an admin.
     AuditChannel,
+    /// A Cedar `forbid` policy of the tenant applies (tenants on the Cedar engine).
+    CedarForbid,
+    /// No Cedar `permit` policy of the tenant applies (tenants on the Cedar engine).
+    CedarNoPermit,
 }
 
 impl DenyReason {
@@ -190,11 +194,13 @@ impl DenyReason {
             DenyReason::ReadOnlyRole => "read_only_role",
             DenyReason::AuditChannel => "audit_channel",
             DenyReason::PolicyUnavailable => "policy_unavailable",
+            DenyReason::CedarForbid => "cedar_forbid",
+            DenyReason::CedarNoPermit => "cedar_no_permit",
         }
     }
 
     /// Every reason, for exhaustive maps and tests.
-    pub const ALL: [DenyReason; 15] = [
+    pub const ALL: [DenyReason; 17] = [
         DenyReason::UnknownTenant,
         DenyReason::TenantSuspended,
         DenyReason::UnknownSubject,
@@ -210,6 +216,8 @@ impl DenyReason {
         DenyReason::ReadOnlyRole,
         DenyReason::PolicyUnavailable,
         DenyReason::AuditChannel,
+        DenyReason::CedarForbid,
+        DenyReason::CedarNoPermit,
     ];
 }
 

@@ -131,5 +131,9 @@ pub fn deny_text(reason: DenyReason) -> &'static str {
             "the audit channel ($audit) is read by the tenant's admins only, and nobody publishes on it"
         }
         DenyReason::PolicyUnavailable => "no policy is loaded",
+        DenyReason::CedarForbid => "a Cedar forbid policy of the tenant refuses this",
+        DenyReason::CedarNoPermit => {
+            "no Cedar permit policy of the tenant (a translated Connection, a role, or a Policy) allows this"
+        }
     }
 }
