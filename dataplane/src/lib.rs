@@ -1,4 +1,5 @@
-//! The dataplane: policy sync client, MQTT front-end, HTTP and WebSocket adapters, the bus. Filled by the dataplane issues.
+//! The dataplane: the policy sync client, the MQTT front-end, the HTTP and WebSocket adapters, the
+//! audit trail and the bus between pods.
 
 mod admin;
 mod args;

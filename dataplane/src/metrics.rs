@@ -125,6 +125,29 @@ impl Collector for BusCounters {
     }
 }
 
+/// A labelled counter family that is described (`# HELP`, `# TYPE`) on every scrape, also
+/// before its first sample: `Registry::register` leaves an empty family out altogether, so a
+/// scrape of a fresh pod would not show that it exists at all (dashboards and alert checks
+/// look for the names).
+#[derive(Debug)]
+struct DescribedCounters<L> {
+    /// Without `_total`, which the encoder adds.
+    name: &'static str,
+    /// With its final period.
+    help: &'static str,
+    family: Family<L, Counter>,
+}
+
+impl<L> Collector for DescribedCounters<L>
+where
+    L: EncodeLabelSet + Clone + std::hash::Hash + Eq + fmt::Debug + Send + Sync + 'static,
+{
+    fn encode(&self, mut e: DescriptorEncoder) -> fmt::Result {
+        self.family
+            .encode(e.encode_descriptor(self.name, self.help, None, MetricType::Counter)?)
+    }
+}
+
 fn owned_label(s: &str) -> Cow<'static, str> {
     Cow::Owned(s.to_owned())
 }
@@ -325,31 +348,31 @@ impl Metrics {
             "MQTT connections accepted",
             self.connections_total.clone(),
         );
-        registry.register(
-            "fleetward_mqtt_messages_in",
-            "Messages accepted from clients, per tenant",
-            self.messages_in.clone(),
-        );
-        registry.register(
-            "fleetward_mqtt_messages_out",
-            "Messages delivered to clients, per tenant",
-            self.messages_out.clone(),
-        );
-        registry.register(
-            "fleetward_mqtt_refusals",
-            "Refused requests by kind and reason",
-            self.refusals.clone(),
-        );
+        registry.register_collector(Box::new(DescribedCounters {
+            name: "fleetward_mqtt_messages_in",
+            help: "Messages accepted from clients, per tenant.",
+            family: self.messages_in.clone(),
+        }));
+        registry.register_collector(Box::new(DescribedCounters {
+            name: "fleetward_mqtt_messages_out",
+            help: "Messages delivered to clients, per tenant.",
+            family: self.messages_out.clone(),
+        }));
+        registry.register_collector(Box::new(DescribedCounters {
+            name: "fleetward_mqtt_refusals",
+            help: "Refused requests by kind and reason.",
+            family: self.refusals.clone(),
+        }));
         registry.register(
             "fleetward_policy_snapshot_version",
             "The policy version being enforced",
             self.snapshot_version.clone(),
         );
-        registry.register(
-            "fleetward_user_tokens",
-            "Sign-ins and refreshes by operation and outcome",
-            self.users.clone(),
-        );
+        registry.register_collector(Box::new(DescribedCounters {
+            name: "fleetward_user_tokens",
+            help: "Sign-ins and refreshes by operation and outcome.",
+            family: self.users.clone(),
+        }));
         registry.register(
             "fleetward_audit_events",
             "Audit events written (one per refusal, within each subject's limit)",
@@ -479,6 +502,26 @@ mod tests {
             encode_decision_cache(e, hits, misses)
         }));
         encode(&registry)
+    }
+
+    #[test]
+    fn a_fresh_pod_describes_its_labelled_families_before_their_first_sample() {
+        let text = render(&Metrics::default(), 0, 0);
+        for family in [
+            "fleetward_mqtt_messages_in_total",
+            "fleetward_mqtt_messages_out_total",
+            "fleetward_mqtt_refusals_total",
+            "fleetward_user_tokens_total",
+        ] {
+            assert!(
+                text.contains(&format!("# TYPE {family} counter\n")),
+                "{family}: {text}"
+            );
+            assert!(
+                text.contains(&format!("# HELP {family} ")),
+                "{family}: {text}"
+            );
+        }
     }
 
     #[test]
