@@ -13,6 +13,10 @@ use super::Event;
 pub const EVENTS_PER_TENANT: usize = 1_000;
 /// Tenants whose rings are kept at once (the least recently written is dropped first).
 pub const MAX_TENANTS: u64 = 10_000;
+/// Events kept on the pod across every tenant; past it the pod's oldest event goes first. A
+/// client without credentials can name any real tenant in a refused CONNECT, so without this
+/// the rings of many tenants could hold `MAX_TENANTS` × `EVENTS_PER_TENANT` events.
+pub const MAX_EVENTS: usize = 100_000;
 /// The most events one page holds.
 pub const MAX_PAGE: usize = 1_000;
 /// A page's size when the request names none.
@@ -65,29 +69,66 @@ pub(crate) struct Page {
 /// Every tenant's ring.
 pub(crate) struct Rings {
     tenants: moka::sync::Cache<String, Arc<Mutex<VecDeque<Event>>>>,
+    /// Every event pushed, oldest first, as (tenant, id), at most `max_events`: popping the
+    /// front drops the pod's oldest event if its ring still holds it (a tenant's own cap or
+    /// the eviction of its ring may have dropped it already).
+    order: Mutex<VecDeque<(Arc<str>, u64)>>,
+    per_tenant: usize,
+    max_events: usize,
 }
 
 impl Default for Rings {
     fn default() -> Self {
-        Self {
-            tenants: moka::sync::Cache::builder()
-                .max_capacity(MAX_TENANTS)
-                .build(),
-        }
+        Self::with_limits(EVENTS_PER_TENANT, MAX_EVENTS)
     }
 }
 
 impl Rings {
+    /// Rings of at most `per_tenant` events each and `max_events` in all.
+    pub(crate) fn with_limits(per_tenant: usize, max_events: usize) -> Self {
+        Self {
+            tenants: moka::sync::Cache::builder()
+                .max_capacity(MAX_TENANTS)
+                .build(),
+            order: Mutex::new(VecDeque::new()),
+            per_tenant,
+            max_events,
+        }
+    }
+
     /// Keeps `event` in its tenant's ring.
     pub(crate) fn push(&self, event: Event) {
-        let ring = self
-            .tenants
-            .get_with_by_ref(&event.tenant, || Arc::new(Mutex::new(VecDeque::new())));
-        let mut ring = ring.lock();
-        if ring.len() >= EVENTS_PER_TENANT {
-            ring.pop_front();
+        let (tenant, id): (Arc<str>, u64) = (event.tenant.as_str().into(), event.id);
+        {
+            let ring = self
+                .tenants
+                .get_with_by_ref(&event.tenant, || Arc::new(Mutex::new(VecDeque::new())));
+            let mut ring = ring.lock();
+            if ring.len() >= self.per_tenant {
+                ring.pop_front();
+            }
+            ring.push_back(event);
         }
-        ring.push_back(event);
+        // No ring is locked here while the order is; `query` locks a ring alone.
+        let mut order = self.order.lock();
+        order.push_back((tenant, id));
+        while order.len() > self.max_events {
+            let Some((tenant, id)) = order.pop_front() else {
+                break;
+            };
+            if let Some(ring) = self.tenants.get(&*tenant) {
+                let mut ring = ring.lock();
+                if ring.front().is_some_and(|e| e.id == id) {
+                    ring.pop_front();
+                }
+            }
+        }
+    }
+
+    /// Events kept now, across every tenant.
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
+        self.tenants.iter().map(|(_, r)| r.lock().len()).sum()
     }
 
     /// The newest events of `tenant` that match `filter`, at most `filter.limit`.

@@ -193,3 +193,44 @@ fn a_tenants_ring_keeps_the_newest() {
         format!("t{}", ring::EVENTS_PER_TENANT + 4)
     );
 }
+
+#[test]
+fn the_pod_keeps_a_bounded_number_of_events_across_tenants_the_oldest_going_first() {
+    let (a, _) = audit();
+    let rings = ring::Rings::with_limits(3, 5);
+    let mut pushed = Vec::new();
+    // Three tenants, four events each, one after another: 12 events, 5 kept in all.
+    for i in 0..4 {
+        for tenant in ["acme", "globex", "initech"] {
+            let event = a.event(&refusal(tenant, &format!("s{i}"), "no_grant"), 0);
+            pushed.push((tenant, event.id));
+            rings.push(event);
+        }
+    }
+    assert_eq!(rings.len(), 5, "the pod's cap");
+    let kept: Vec<(&str, u64)> = ["acme", "globex", "initech"]
+        .into_iter()
+        .flat_map(|t| {
+            let page = rings.query(
+                t,
+                &Filter {
+                    limit: 10,
+                    ..Filter::default()
+                },
+            );
+            page.events.into_iter().map(move |e| (t, e.id))
+        })
+        .collect();
+    let mut newest: Vec<(&str, u64)> = pushed[pushed.len() - 5..].to_vec();
+    newest.sort();
+    let mut kept = kept;
+    kept.sort();
+    assert_eq!(kept, newest, "the five newest events of the pod");
+
+    // One tenant alone stays within its own cap.
+    let rings = ring::Rings::with_limits(3, 100);
+    for i in 0..10 {
+        rings.push(a.event(&refusal("acme", &format!("s{i}"), "no_grant"), 0));
+    }
+    assert_eq!(rings.len(), 3);
+}
