@@ -102,20 +102,20 @@ fn record_descriptor_set() {
 }
 
 /// One inline .proto file, `test.proto`, for the rules' tests.
-struct Inline(&'static str);
+struct Inline(String);
 
 impl FileResolver for Inline {
     fn open_file(&self, name: &str) -> Result<File, protox::Error> {
         if name == "test.proto" {
-            File::from_source(name, self.0)
+            File::from_source(name, &self.0)
         } else {
             Err(protox::Error::file_not_found(name))
         }
     }
 }
 
-fn pool(source: &'static str) -> DescriptorPool {
-    let mut compiler = Compiler::with_file_resolver(Inline(source));
+fn pool(source: &str) -> DescriptorPool {
+    let mut compiler = Compiler::with_file_resolver(Inline(source.to_owned()));
     compiler
         .open_file("test.proto")
         .unwrap_or_else(|e| panic!("the test's .proto does not compile: {e:?}"));
@@ -137,8 +137,21 @@ message Tenant {
 enum Mode { MODE_UNSPECIFIED = 0; MODE_OPEN = 1; MODE_CLOSED = 2; }
 "#;
 
+/// BASE with each `(from, to)` applied in turn; each `from` must occur exactly once, so that a
+/// fixture cannot silently be BASE itself.
+fn base_with(edits: &[(&str, &str)]) -> String {
+    edits.iter().fold(BASE.to_owned(), |text, (from, to)| {
+        assert_eq!(
+            text.matches(from).count(),
+            1,
+            "{from:?} is once in the fixture"
+        );
+        text.replacen(from, to, 1)
+    })
+}
+
 /// The one report line of a change from BASE to `changed`.
-fn only_break(changed: &'static str) -> String {
+fn only_break(changed: &str) -> String {
     let breaks = rules::breaks(&pool(BASE), &pool(changed));
     assert_eq!(
         breaks.len(),
@@ -183,67 +196,33 @@ enum Mode { MODE_UNSPECIFIED = 0; MODE_OPEN = 1; MODE_CLOSED = 2; MODE_DRAINING 
 
 #[test]
 fn a_removed_field_needs_reserved() {
-    let removed = r#"
-syntax = "proto3";
-package t.v1;
-service Sync { rpc Stream(stream Hello) returns (stream Tenant); }
-message Hello { string node_id = 1; uint64 version = 2; }
-message Tenant { string name = 1; Mode mode = 3; map<string, string> labels = 4; reserved 9; }
-enum Mode { MODE_UNSPECIFIED = 0; MODE_OPEN = 1; MODE_CLOSED = 2; }
-"#;
-    let report = only_break(removed);
+    let removed = base_with(&[("  repeated string channels = 2;\n", "")]);
+    let report = only_break(&removed);
     assert!(
         report.contains("t.v1.Tenant.channels (field 2): field removed without `reserved`")
             && report.contains("reserved 2; reserved \"channels\";"),
         "{report}"
     );
 
-    let reserved = r#"
-syntax = "proto3";
-package t.v1;
-service Sync { rpc Stream(stream Hello) returns (stream Tenant); }
-message Hello { string node_id = 1; uint64 version = 2; }
-message Tenant {
-  string name = 1; Mode mode = 3; map<string, string> labels = 4;
-  reserved 2, 9; reserved "channels";
-}
-enum Mode { MODE_UNSPECIFIED = 0; MODE_OPEN = 1; MODE_CLOSED = 2; }
-"#;
-    let breaks = rules::breaks(&pool(BASE), &pool(reserved));
+    let reserved = base_with(&[
+        ("  repeated string channels = 2;\n", ""),
+        ("  reserved 9;", "  reserved 2, 9; reserved \"channels\";"),
+    ]);
+    let breaks = rules::breaks(&pool(BASE), &pool(&reserved));
     assert!(breaks.is_empty(), "{}", rules::report(&breaks));
 }
 
 #[test]
 fn a_reused_field_number_is_refused() {
-    let reused = r#"
-syntax = "proto3";
-package t.v1;
-service Sync { rpc Stream(stream Hello) returns (stream Tenant); }
-message Hello { string node_id = 1; uint64 version = 2; }
-message Tenant {
-  string name = 1; repeated string channels = 2; Mode mode = 3; map<string, string> labels = 4;
-  string old = 9;
-}
-enum Mode { MODE_UNSPECIFIED = 0; MODE_OPEN = 1; MODE_CLOSED = 2; }
-"#;
-    let report = only_break(reused);
+    let reused = base_with(&[("  reserved 9;", "  string old = 9;")]);
+    let report = only_break(&reused);
     assert!(
         report.contains("t.v1.Tenant.old (field 9): reuses number 9, which the baseline reserved"),
         "{report}"
     );
 
-    let renamed = r#"
-syntax = "proto3";
-package t.v1;
-service Sync { rpc Stream(stream Hello) returns (stream Tenant); }
-message Hello { string node_id = 1; uint64 build = 2; }
-message Tenant {
-  string name = 1; repeated string channels = 2; Mode mode = 3; map<string, string> labels = 4;
-  reserved 9;
-}
-enum Mode { MODE_UNSPECIFIED = 0; MODE_OPEN = 1; MODE_CLOSED = 2; }
-"#;
-    let report = only_break(renamed);
+    let renamed = base_with(&[("uint64 version = 2", "uint64 build = 2")]);
+    let report = only_break(&renamed);
     assert!(
         report.contains("t.v1.Hello.version (field 2): number 2 now belongs to `build`"),
         "{report}"
@@ -252,18 +231,8 @@ enum Mode { MODE_UNSPECIFIED = 0; MODE_OPEN = 1; MODE_CLOSED = 2; }
 
 #[test]
 fn a_renumbered_field_is_refused() {
-    let renumbered = r#"
-syntax = "proto3";
-package t.v1;
-service Sync { rpc Stream(stream Hello) returns (stream Tenant); }
-message Hello { string node_id = 1; uint64 version = 7; }
-message Tenant {
-  string name = 1; repeated string channels = 2; Mode mode = 3; map<string, string> labels = 4;
-  reserved 9;
-}
-enum Mode { MODE_UNSPECIFIED = 0; MODE_OPEN = 1; MODE_CLOSED = 2; }
-"#;
-    let report = only_break(renumbered);
+    let renumbered = base_with(&[("uint64 version = 2", "uint64 version = 7")]);
+    let report = only_break(&renumbered);
     assert!(
         report.contains("t.v1.Hello.version (field 2): renumbered to 7"),
         "{report}"
@@ -272,35 +241,15 @@ enum Mode { MODE_UNSPECIFIED = 0; MODE_OPEN = 1; MODE_CLOSED = 2; }
 
 #[test]
 fn a_changed_type_or_cardinality_is_refused() {
-    let retyped = r#"
-syntax = "proto3";
-package t.v1;
-service Sync { rpc Stream(stream Hello) returns (stream Tenant); }
-message Hello { string node_id = 1; string version = 2; }
-message Tenant {
-  string name = 1; repeated string channels = 2; Mode mode = 3; map<string, string> labels = 4;
-  reserved 9;
-}
-enum Mode { MODE_UNSPECIFIED = 0; MODE_OPEN = 1; MODE_CLOSED = 2; }
-"#;
-    let report = only_break(retyped);
+    let retyped = base_with(&[("uint64 version = 2", "string version = 2")]);
+    let report = only_break(&retyped);
     assert!(
         report.contains("t.v1.Hello.version (field 2): type changed from uint64 to string"),
         "{report}"
     );
 
-    let made_singular = r#"
-syntax = "proto3";
-package t.v1;
-service Sync { rpc Stream(stream Hello) returns (stream Tenant); }
-message Hello { string node_id = 1; uint64 version = 2; }
-message Tenant {
-  string name = 1; string channels = 2; Mode mode = 3; map<string, string> labels = 4;
-  reserved 9;
-}
-enum Mode { MODE_UNSPECIFIED = 0; MODE_OPEN = 1; MODE_CLOSED = 2; }
-"#;
-    let report = only_break(made_singular);
+    let made_singular = base_with(&[("repeated string channels", "string channels")]);
+    let report = only_break(&made_singular);
     assert!(
         report.contains(
             "t.v1.Tenant.channels (field 2): cardinality changed from repeated to singular"
@@ -311,35 +260,15 @@ enum Mode { MODE_UNSPECIFIED = 0; MODE_OPEN = 1; MODE_CLOSED = 2; }
 
 #[test]
 fn a_renumbered_or_removed_enum_value_is_refused() {
-    let renumbered = r#"
-syntax = "proto3";
-package t.v1;
-service Sync { rpc Stream(stream Hello) returns (stream Tenant); }
-message Hello { string node_id = 1; uint64 version = 2; }
-message Tenant {
-  string name = 1; repeated string channels = 2; Mode mode = 3; map<string, string> labels = 4;
-  reserved 9;
-}
-enum Mode { MODE_UNSPECIFIED = 0; MODE_OPEN = 1; MODE_CLOSED = 5; }
-"#;
-    let report = only_break(renumbered);
+    let renumbered = base_with(&[("MODE_CLOSED = 2", "MODE_CLOSED = 5")]);
+    let report = only_break(&renumbered);
     assert!(
         report.contains("t.v1.Mode.MODE_CLOSED (value 2): renumbered to 5"),
         "{report}"
     );
 
-    let removed = r#"
-syntax = "proto3";
-package t.v1;
-service Sync { rpc Stream(stream Hello) returns (stream Tenant); }
-message Hello { string node_id = 1; uint64 version = 2; }
-message Tenant {
-  string name = 1; repeated string channels = 2; Mode mode = 3; map<string, string> labels = 4;
-  reserved 9;
-}
-enum Mode { MODE_UNSPECIFIED = 0; MODE_OPEN = 1; }
-"#;
-    let report = only_break(removed);
+    let removed = base_with(&[(" MODE_CLOSED = 2;", "")]);
+    let report = only_break(&removed);
     assert!(
         report.contains("t.v1.Mode.MODE_CLOSED (value 2): enum value removed without `reserved`"),
         "{report}"
@@ -348,62 +277,39 @@ enum Mode { MODE_UNSPECIFIED = 0; MODE_OPEN = 1; }
 
 #[test]
 fn a_removed_method_service_or_message_is_refused() {
-    let no_method = r#"
-syntax = "proto3";
-package t.v1;
-service Sync { rpc Other(Hello) returns (Hello); }
-message Hello { string node_id = 1; uint64 version = 2; }
-message Tenant {
-  string name = 1; repeated string channels = 2; Mode mode = 3; map<string, string> labels = 4;
-  reserved 9;
-}
-enum Mode { MODE_UNSPECIFIED = 0; MODE_OPEN = 1; MODE_CLOSED = 2; }
-"#;
-    let report = only_break(no_method);
+    let no_method = base_with(&[(
+        "rpc Stream(stream Hello) returns (stream Tenant);",
+        "rpc Other(Hello) returns (Hello);",
+    )]);
+    let report = only_break(&no_method);
     assert!(
         report.contains("t.v1.Sync.Stream: method removed"),
         "{report}"
     );
 
-    let no_service = r#"
-syntax = "proto3";
-package t.v1;
-message Hello { string node_id = 1; uint64 version = 2; }
-message Tenant {
-  string name = 1; repeated string channels = 2; Mode mode = 3; map<string, string> labels = 4;
-  reserved 9;
-}
-enum Mode { MODE_UNSPECIFIED = 0; MODE_OPEN = 1; MODE_CLOSED = 2; }
-"#;
-    let report = only_break(no_service);
+    let no_service = base_with(&[(
+        "service Sync { rpc Stream(stream Hello) returns (stream Tenant); }\n",
+        "",
+    )]);
+    let report = only_break(&no_service);
     assert!(report.contains("t.v1.Sync: service removed"), "{report}");
 
-    let unary = r#"
-syntax = "proto3";
-package t.v1;
-service Sync { rpc Stream(Hello) returns (stream Tenant); }
-message Hello { string node_id = 1; uint64 version = 2; }
-message Tenant {
-  string name = 1; repeated string channels = 2; Mode mode = 3; map<string, string> labels = 4;
-  reserved 9;
-}
-enum Mode { MODE_UNSPECIFIED = 0; MODE_OPEN = 1; MODE_CLOSED = 2; }
-"#;
-    let report = only_break(unary);
+    let unary = base_with(&[("rpc Stream(stream Hello)", "rpc Stream(Hello)")]);
+    let report = only_break(&unary);
     assert!(
         report.contains("t.v1.Sync.Stream: signature changed from (stream t.v1.Hello)"),
         "{report}"
     );
 
     // Tenant goes, so the method that returns it must change too: two breaks, both named.
-    let no_message = r#"
-syntax = "proto3";
-package t.v1;
-service Sync { rpc Stream(stream Hello) returns (stream Hello); }
-message Hello { string node_id = 1; uint64 version = 2; }
-enum Mode { MODE_UNSPECIFIED = 0; MODE_OPEN = 1; MODE_CLOSED = 2; }
-"#;
-    let report = rules::report(&rules::breaks(&pool(BASE), &pool(no_message)));
+    let no_message = base_with(&[
+        ("returns (stream Tenant)", "returns (stream Hello)"),
+        (
+            "message Tenant {\n  string name = 1;\n  repeated string channels = 2;\n  Mode mode = 3;\n  map<string, string> labels = 4;\n  reserved 9;\n}\n",
+            "",
+        ),
+    ]);
+    let report = rules::report(&rules::breaks(&pool(BASE), &pool(&no_message)));
     assert!(report.contains("t.v1.Tenant: message removed"), "{report}");
     assert!(
         report.contains("t.v1.Sync.Stream: signature changed"),
