@@ -298,18 +298,25 @@ impl Audit {
     /// Writes one event to the log and keeps it for its tenant, if the tenant exists (events
     /// of made-up tenants are logged only, so they cannot take a real tenant's room).
     fn emit(&self, event: Event) {
-        match serde_json::to_string(&event) {
+        let line = match serde_json::to_string(&event) {
             // The message is the JSON object alone: one event, one line, whatever the client
             // sent (serde_json escapes control characters).
-            Ok(line) => tracing::info!(target: TARGET, "{line}"),
-            Err(e) => tracing::warn!(error = %e, "an audit event could not be written as JSON"),
-        }
+            Ok(line) => {
+                tracing::info!(target: TARGET, "{line}");
+                Some(line)
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "an audit event could not be written as JSON");
+                None
+            }
+        };
         self.metrics.audit_emitted();
         let known = self.policy.borrow().tenant(&event.tenant).is_some();
         if !known {
             return;
         }
-        if let (Some(tx), Ok(line)) = (self.channel.get(), serde_json::to_vec(&event)) {
+        // The log line is the channel's payload too: serialized once.
+        if let (Some(tx), Some(line)) = (self.channel.get(), line) {
             let full = tx.try_send((event.tenant.clone(), line.into())).is_err();
             if full {
                 self.metrics.audit_channel_dropped();
