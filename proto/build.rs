@@ -13,6 +13,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .build_client(true)
         .build_server(true)
         .build_transport(false)
+        // Maps as BTreeMaps: they encode in key order, so equal snapshots encode to equal bytes.
+        .btree_map(".")
         .compile_fds(fds)?;
     Ok(())
 }

@@ -42,6 +42,7 @@ fn key(thing: &str) -> String {
 
 fn thing(name: &str) -> Thing {
     Thing {
+        attributes: Default::default(),
         tenant: "acme".into(),
         name: name.into(),
         key_digests: vec![KeyDigest::of(key(name).as_bytes())],
@@ -68,6 +69,7 @@ fn persisted_snapshot() -> Stored {
     let (signing_key, hash) = shared_secrets();
     let resources = Resources {
         tenants: vec![Tenant {
+            engine: Default::default(),
             uid: String::new(),
             name: "acme".into(),
             suspended: false,

@@ -47,6 +47,7 @@ pub fn fan_topic() -> String {
 
 fn thing(name: String) -> Thing {
     Thing {
+        attributes: Default::default(),
         tenant: TENANT.into(),
         key_digests: vec![KeyDigest::of(key(&name).as_bytes())],
         name,
@@ -86,6 +87,7 @@ fn channel(name: String) -> Channel {
 pub fn policy(pairs: usize) -> Result<Arc<Snapshot>, BuildError> {
     let mut r = Resources::default();
     r.tenants.push(Tenant {
+        engine: Default::default(),
         uid: String::new(),
         name: TENANT.into(),
         suspended: false,

@@ -19,6 +19,7 @@ const THINGS: usize = 500;
 
 fn evaluator() -> CedarEvaluator {
     let tenant = Tenant {
+        engine: Default::default(),
         name: "acme".into(),
         uid: String::new(),
         suspended: false,
@@ -27,6 +28,7 @@ fn evaluator() -> CedarEvaluator {
     };
     let things = (0..THINGS)
         .map(|i| Thing {
+            attributes: Default::default(),
             tenant: "acme".into(),
             name: format!("sensor-{i}"),
             key_digests: Vec::new(),

@@ -67,11 +67,13 @@
 //! yet filled: `PolicyEvaluator` does not carry it, and a decision that depends on the time
 //! could not be cached under today's keys.
 
+mod engine;
 mod evaluator;
 mod schema;
 mod translate;
 
-pub use evaluator::{BuildError, CedarEvaluator, CedarExplanation, UserPolicy};
+pub use engine::{BuildError, CedarEngine};
+pub use evaluator::{CedarEvaluator, CedarExplanation, UserPolicy};
 pub use schema::{CONNECT, PolicyError, schema, schema_text, validate_policies};
 pub use translate::{
     CONNECTION_PREFIX, ROLE_PREFIX, TranslationError, grant_policies, longest_pattern,

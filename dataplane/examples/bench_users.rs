@@ -33,6 +33,7 @@ const PASSWORD: &str = "bench password, long enough";
 fn policy(signing_key: SigningKey) -> Arc<Snapshot> {
     let r = Resources {
         tenants: vec![Tenant {
+            engine: Default::default(),
             uid: String::new(),
             name: "acme".into(),
             suspended: false,
@@ -40,6 +41,7 @@ fn policy(signing_key: SigningKey) -> Arc<Snapshot> {
             web: Default::default(),
         }],
         things: vec![Thing {
+            attributes: Default::default(),
             tenant: "acme".into(),
             name: "bench".into(),
             key_digests: vec![KeyDigest::of(KEY.as_bytes())],

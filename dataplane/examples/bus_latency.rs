@@ -22,6 +22,7 @@ const KEY: &str = "bench-key-0123456789";
 fn policy() -> Arc<Snapshot> {
     let r = Resources {
         tenants: vec![Tenant {
+            engine: Default::default(),
             uid: String::new(),
             name: "acme".into(),
             suspended: false,
@@ -29,6 +30,7 @@ fn policy() -> Arc<Snapshot> {
             web: Default::default(),
         }],
         things: vec![Thing {
+            attributes: Default::default(),
             tenant: "acme".into(),
             name: "bench".into(),
             key_digests: vec![KeyDigest::of(KEY.as_bytes())],

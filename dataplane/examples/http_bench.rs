@@ -17,6 +17,7 @@ const KEY: &str = "bench-key-0123456789";
 
 fn policy() -> Arc<Snapshot> {
     let thing = |name: &str| Thing {
+        attributes: Default::default(),
         tenant: "bench".into(),
         name: name.into(),
         key_digests: vec![KeyDigest::of(format!("{KEY}-{name}").as_bytes())],
@@ -26,6 +27,7 @@ fn policy() -> Arc<Snapshot> {
     };
     let r = Resources {
         tenants: vec![Tenant {
+            engine: Default::default(),
             uid: String::new(),
             name: "bench".into(),
             suspended: false,

@@ -24,6 +24,7 @@ const KEY: &str = "probe-key-0123456789";
 fn policy() -> Arc<Snapshot> {
     let r = Resources {
         tenants: vec![Tenant {
+            engine: Default::default(),
             uid: String::new(),
             name: "acme".into(),
             suspended: false,
@@ -31,6 +32,7 @@ fn policy() -> Arc<Snapshot> {
             web: Default::default(),
         }],
         things: vec![Thing {
+            attributes: Default::default(),
             tenant: "acme".into(),
             name: "probe".into(),
             key_digests: vec![KeyDigest::of(KEY.as_bytes())],

@@ -232,6 +232,7 @@ fn build_policy() -> Snapshot {
         };
     for tenant in ["acme", "globex"] {
         r.tenants.push(Tenant {
+            engine: Default::default(),
             uid: String::new(),
             name: tenant.into(),
             suspended: false,
@@ -244,6 +245,7 @@ fn build_policy() -> Snapshot {
             ("mounted", Some(WS_CHANNEL)),
         ] {
             r.things.push(Thing {
+                attributes: Default::default(),
                 tenant: tenant.into(),
                 name: name.into(),
                 key_digests: vec![KeyDigest::of(MQTT_KEY.as_bytes())],

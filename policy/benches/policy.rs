@@ -28,6 +28,7 @@ fn resources(things: usize) -> Resources {
     for t in 0..TENANTS {
         let tenant = format!("tenant-{t}");
         r.tenants.push(Tenant {
+            engine: Default::default(),
             uid: String::new(),
             name: tenant.clone(),
             suspended: false,
@@ -61,6 +62,7 @@ fn resources(things: usize) -> Resources {
         for i in 0..per_tenant {
             let name = format!("thing-{i}");
             r.things.push(Thing {
+                attributes: Default::default(),
                 tenant: tenant.clone(),
                 name: name.clone(),
                 key_digests: vec![KeyDigest::of(format!("{tenant}/{name}").as_bytes())],

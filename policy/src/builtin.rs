@@ -114,9 +114,21 @@ fn gives(grant: &Grant, action: Action) -> bool {
     }
 }
 
-impl PolicyEvaluator for Snapshot {
+/// The built-in logic of a [`Snapshot`] alone, whatever engine its tenants use: what an
+/// external engine relies on for credentials, liveness and the tenant boundary.
+#[derive(Clone, Copy, Debug)]
+pub struct Builtin<'a>(&'a Snapshot);
+
+impl Snapshot {
+    /// The built-in evaluator over this snapshot, ignoring tenants' engines.
+    pub fn builtin(&self) -> Builtin<'_> {
+        Builtin(self)
+    }
+}
+
+impl PolicyEvaluator for Builtin<'_> {
     fn version(&self) -> u64 {
-        self.version
+        self.0.version
     }
 
     fn authenticate(&self, credential: &Credential<'_>) -> Result<Subject, Refusal> {
@@ -124,27 +136,28 @@ impl PolicyEvaluator for Snapshot {
             Credential::Thing { tenant, thing, key } => {
                 // The key first: without it, an unknown, disabled or suspended thing all get
                 // the same answer after the same work (a compare against a dummy digest).
-                let found = self.tenant(tenant).and(self.thing(tenant, thing));
+                let found = self.0.tenant(tenant).and(self.0.thing(tenant, thing));
                 let digests = found.map_or(DUMMY_DIGESTS, |t| t.key_digests.as_slice());
                 let right = verify_thing_key(digests, key);
                 let t = found.filter(|_| right).ok_or(DenyReason::BadCredential)?;
-                let t = self.live_thing(&t.tenant, &t.name)?;
-                Ok(self.thing_subject(t))
+                let t = self.0.live_thing(&t.tenant, &t.name)?;
+                Ok(self.0.thing_subject(t))
             }
             Credential::ThingKey { key } => {
                 let digest = KeyDigest::of(key);
                 // A key shared by two things names neither.
-                let [owner] = self.things_with_key(&digest) else {
+                let [owner] = self.0.things_with_key(&digest) else {
                     return Err(DenyReason::BadCredential.into());
                 };
                 let t = self
+                    .0
                     .tenant(&owner.tenant)
-                    .and(self.thing(&owner.tenant, &owner.name))
+                    .and(self.0.thing(&owner.tenant, &owner.name))
                     .filter(|t| verify_thing_key(&t.key_digests, key))
                     .ok_or(DenyReason::BadCredential)?;
                 // The key is right: its holder may learn that the thing is disabled.
-                let t = self.live_thing(&t.tenant, &t.name)?;
-                Ok(self.thing_subject(t))
+                let t = self.0.live_thing(&t.tenant, &t.name)?;
+                Ok(self.0.thing_subject(t))
             }
             Credential::Password {
                 tenant,
@@ -153,7 +166,7 @@ impl PolicyEvaluator for Snapshot {
             } => {
                 // The password first, and unknown users cost as much as known ones, so neither
                 // the answer nor its timing tells unknown, disabled or suspended apart.
-                let found = self.tenant(tenant).and(self.user(tenant, user));
+                let found = self.0.tenant(tenant).and(self.0.user(tenant, user));
                 let right = match found.and_then(|u| u.password_hash.as_deref()) {
                     Some(phc) => verify_password(phc, password),
                     None => {
@@ -162,7 +175,7 @@ impl PolicyEvaluator for Snapshot {
                     }
                 };
                 let u = found.filter(|_| right).ok_or(DenyReason::BadCredential)?;
-                let u = self.live_user(&u.tenant, &u.name)?;
+                let u = self.0.live_user(&u.tenant, &u.name)?;
                 Ok(Subject::user(&*u.tenant, &*u.name))
             }
             Credential::Token {
@@ -170,7 +183,7 @@ impl PolicyEvaluator for Snapshot {
                 user,
                 token_epoch,
             } => {
-                let u = self.live_user(tenant, user)?;
+                let u = self.0.live_user(tenant, user)?;
                 if u.token_epoch != token_epoch {
                     return Err(DenyReason::TokenRevoked.into());
                 }
@@ -182,7 +195,7 @@ impl PolicyEvaluator for Snapshot {
     }
 
     fn authorize(&self, subject: &Subject, action: Action, topic: &Topic<'_>) -> Decision {
-        let role = match self.live_subject(subject) {
+        let role = match self.0.live_subject(subject) {
             Ok(role) => role,
             Err(reason) => return Decision::Deny(reason),
         };
@@ -191,7 +204,7 @@ impl PolicyEvaluator for Snapshot {
             return Decision::Deny(DenyReason::CrossTenant);
         }
         let channel = topic.channel();
-        if self.channel(tenant, channel).is_none() {
+        if self.0.channel(tenant, channel).is_none() {
             return Decision::Deny(DenyReason::UnknownChannel);
         }
         // The audit channel: by role alone, whatever grants say (no grant can name it anyway).
@@ -209,6 +222,7 @@ impl PolicyEvaluator for Snapshot {
         }
         let by_role = role_allows(role, action);
         let applicable = self
+            .0
             .applicable_grants(subject, action, channel)
             .map(|(g, _)| g);
         if !by_role && applicable.clone().next().is_none() {
@@ -247,15 +261,59 @@ impl PolicyEvaluator for Snapshot {
     }
 
     fn withholds(&self, subject: &Subject, filter: &Topic<'_>) -> bool {
-        self.applicable_grants(subject, Action::Subscribe, filter.channel())
+        self.0
+            .applicable_grants(subject, Action::Subscribe, filter.channel())
             .flat_map(|(g, _)| &g.deny)
             .any(|p| p.overlaps(filter.subtopic()))
     }
 
     fn check_subject(&self, subject: &Subject) -> Result<(), Refusal> {
-        self.live_subject(subject)
+        self.0
+            .live_subject(subject)
             .map(|_| ())
             .map_err(Refusal::from)
+    }
+}
+
+/// Every tenant is decided by its engine: the built-in logic, or the attached external engine
+/// (see [`crate::engine`]), which is asked only once the built-in checks of the subject passed.
+impl PolicyEvaluator for Snapshot {
+    fn version(&self) -> u64 {
+        self.version
+    }
+
+    fn authenticate(&self, credential: &Credential<'_>) -> Result<Subject, Refusal> {
+        let subject = self.builtin().authenticate(credential)?;
+        match self.external(&subject.tenant) {
+            None => Ok(subject),
+            Some(Ok(engine)) => engine.may_connect(self, &subject).map(|()| subject),
+            Some(Err(())) => Err(DenyReason::PolicyUnavailable.into()),
+        }
+    }
+
+    fn authorize(&self, subject: &Subject, action: Action, topic: &Topic<'_>) -> Decision {
+        match self.external(&subject.tenant) {
+            None => self.builtin().authorize(subject, action, topic),
+            Some(Ok(engine)) => engine.authorize(self, subject, action, topic),
+            Some(Err(())) => Decision::Deny(DenyReason::PolicyUnavailable),
+        }
+    }
+
+    fn withholds(&self, subject: &Subject, filter: &Topic<'_>) -> bool {
+        match self.external(&subject.tenant) {
+            None => self.builtin().withholds(subject, filter),
+            Some(Ok(engine)) => engine.withholds(self, subject, filter),
+            Some(Err(())) => true,
+        }
+    }
+
+    fn check_subject(&self, subject: &Subject) -> Result<(), Refusal> {
+        self.builtin().check_subject(subject)?;
+        match self.external(&subject.tenant) {
+            None => Ok(()),
+            Some(Ok(engine)) => engine.may_connect(self, subject),
+            Some(Err(())) => Err(DenyReason::PolicyUnavailable.into()),
+        }
     }
 }
 

@@ -10,6 +10,7 @@ const KEY: &str = "key-of-sensor";
 
 fn mk_tenant(name: &str) -> Tenant {
     Tenant {
+        engine: Default::default(),
         uid: String::new(),
         name: name.into(),
         suspended: false,
@@ -20,6 +21,7 @@ fn mk_tenant(name: &str) -> Tenant {
 
 fn mk_thing(tenant: &str, name: &str, key: &str) -> Thing {
     Thing {
+        attributes: Default::default(),
         tenant: tenant.into(),
         name: name.into(),
         key_digests: vec![KeyDigest::of(key.as_bytes())],

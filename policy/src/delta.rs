@@ -5,7 +5,9 @@ use std::sync::Arc;
 use hashbrown::HashMap;
 use serde::{Deserialize, Serialize};
 
-use crate::model::{Channel, Grant, Group, ResourceName, SigningKey, Tenant, Thing, User};
+use crate::model::{
+    Channel, Grant, Group, ResourceName, SigningKey, Tenant, TenantPolicy, Thing, User,
+};
 use crate::snapshot::Snapshot;
 
 /// The changes to one kind of resource.
@@ -74,6 +76,9 @@ pub struct Delta {
     /// The whole new set of token signing keys, when it changed.
     #[serde(default)]
     pub signing_keys: Option<Vec<SigningKey>>,
+    /// Policy text changes.
+    #[serde(default)]
+    pub policies: Changes<TenantPolicy, ResourceName>,
 }
 
 impl Delta {
@@ -85,6 +90,7 @@ impl Delta {
             + self.groups.len()
             + self.channels.len()
             + self.grants.len()
+            + self.policies.len()
             + self.signing_keys.as_ref().map_or(0, Vec::len)
     }
 
@@ -145,6 +151,7 @@ pub fn diff(a: &Snapshot, b: &Snapshot) -> Delta {
         groups: diff_table(&a.groups, &b.groups),
         channels: diff_table(&a.channels, &b.channels),
         grants: diff_table(&a.grants, &b.grants),
+        policies: diff_table(&a.policies, &b.policies),
         signing_keys: (!Arc::ptr_eq(&a.signing_keys, &b.signing_keys)
             && a.signing_keys != b.signing_keys)
             .then(|| b.signing_keys.to_vec()),
@@ -178,6 +185,9 @@ impl Snapshot {
         for r in &delta.grants.removals {
             self.remove_grant(&r.tenant, &r.name);
         }
+        for r in &delta.policies.removals {
+            self.remove_policy(&r.tenant, &r.name);
+        }
         for t in &delta.tenants.upserts {
             self.upsert_tenant(t.clone());
         }
@@ -196,10 +206,14 @@ impl Snapshot {
         for g in &delta.grants.upserts {
             self.upsert_grant(g.clone());
         }
+        for p in &delta.policies.upserts {
+            self.upsert_policy(p.clone());
+        }
         if let Some(keys) = &delta.signing_keys {
             self.set_signing_keys(keys.clone());
         }
         self.version = delta.to_version;
+        self.detach_engine();
         Ok(())
     }
 }

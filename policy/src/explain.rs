@@ -34,16 +34,32 @@ pub struct Explanation {
     pub grants: Vec<GrantUse>,
     /// The user's role, when the subject is a user.
     pub role: Option<Role>,
+    /// For a tenant with an external engine: the engine's policies that decided (the permits
+    /// that allowed, or the forbids that refused), by id, such as
+    /// `Policy/site-match/0` or `Connection/sensor-1-telemetry/permit`.
+    pub policies: Vec<String>,
 }
 
 impl Snapshot {
     /// Explains whether `subject` may take `action` on `topic`.
     pub fn explain(&self, subject: &Subject, action: Action, topic: &Topic<'_>) -> Explanation {
-        let decision = self.authorize(subject, action, topic);
         let role = match subject.kind {
             SubjectKind::User => self.user(&subject.tenant, &subject.name).map(|u| u.role),
             SubjectKind::Thing => None,
         };
+        if let Some(engine) = self.external(&subject.tenant) {
+            let (decision, policies) = match engine {
+                Ok(engine) => engine.explain(self, subject, action, topic),
+                Err(()) => (Decision::Deny(DenyReason::PolicyUnavailable), Vec::new()),
+            };
+            return Explanation {
+                decision,
+                grants: Vec::new(),
+                role,
+                policies,
+            };
+        }
+        let decision = self.authorize(subject, action, topic);
         let subtopic = topic.subtopic();
         // A subscription may be covered by several allow patterns together, so for a filter
         // every pattern that overlaps it is named.
@@ -80,6 +96,7 @@ impl Snapshot {
             decision,
             grants,
             role,
+            policies: Vec::new(),
         }
     }
 }
@@ -130,7 +147,9 @@ pub fn deny_text(reason: DenyReason) -> &'static str {
         DenyReason::AuditChannel => {
             "the audit channel ($audit) is read by the tenant's admins only, and nobody publishes on it"
         }
-        DenyReason::PolicyUnavailable => "no policy is loaded",
+        DenyReason::PolicyUnavailable => {
+            "no policy is loaded (or the tenant's engine could not be built from it)"
+        }
         DenyReason::CedarForbid => "a Cedar forbid policy of the tenant refuses this",
         DenyReason::CedarNoPermit => {
             "no Cedar permit policy of the tenant (a translated Connection, a role, or a Policy) allows this"

@@ -17,6 +17,7 @@
 //!         suspended: false,
 //!         limits: TenantLimits::default(),
 //!         web: Default::default(),
+//!         engine: Engine::Builtin,
 //!     }],
 //!     things: vec![Thing {
 //!         tenant: "acme".into(),
@@ -25,6 +26,7 @@
 //!         disabled: false,
 //!         mountpoint: None,
 //!         max_connections: None,
+//!         attributes: Default::default(),
 //!     }],
 //!     channels: vec![Channel {
 //!         tenant: "acme".into(),
@@ -67,6 +69,7 @@ pub mod cache;
 pub mod credentials;
 pub mod delivery;
 pub mod delta;
+pub mod engine;
 pub mod evaluator;
 pub mod explain;
 pub mod model;
@@ -78,6 +81,7 @@ pub mod tokens;
 pub mod topic;
 pub mod web;
 
+pub use builtin::Builtin;
 pub use cache::{CacheStats, CachedEvaluator, DecisionCache};
 pub use credentials::{
     CredentialError, KeyDigest, generate_thing_key, hash_password, verify_password,
@@ -85,13 +89,15 @@ pub use credentials::{
 };
 pub use delivery::DeliveryGate;
 pub use delta::{ApplyError, Changes, Delta, diff};
+pub use engine::TenantEngine;
 pub use evaluator::{
     Action, AllowReason, Credential, Decision, DenyReason, PolicyEvaluator, Refusal, Subject,
 };
 pub use explain::{Explanation, GrantUse, deny_text};
 pub use model::{
-    AUDIT_CHANNEL, Actions, Channel, Grant, GrantSubject, Group, Member, Qos, ResourceName,
-    Resources, Role, SigningAlgorithm, SigningKey, SubjectKind, Tenant, TenantLimits, Thing, User,
+    AUDIT_CHANNEL, Actions, Channel, Engine, Grant, GrantSubject, Group, Member, Qos, ResourceName,
+    Resources, Role, SigningAlgorithm, SigningKey, SubjectKind, Tenant, TenantLimits, TenantPolicy,
+    Thing, User,
 };
 pub use pattern::{PatternError, SubtopicPattern};
 pub use snapshot::{BuildError, Snapshot};

@@ -1,5 +1,7 @@
 //! The plain input records of a snapshot, one per resource kind, free of Kubernetes types.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
 use crate::credentials::KeyDigest;
@@ -78,6 +80,40 @@ pub struct Tenant {
     /// What the tenant allows browser pages.
     #[serde(default, skip_serializing_if = "TenantWeb::is_empty")]
     pub web: TenantWeb,
+    /// Which engine decides what the tenant's subjects may do.
+    #[serde(default, skip_serializing_if = "Engine::is_builtin")]
+    pub engine: Engine,
+}
+
+/// The authorization engine of a tenant (`Tenant.spec.authorization.engine`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum Engine {
+    /// Connections, groups and roles, decided by the snapshot itself.
+    #[default]
+    Builtin,
+    /// Cedar: the tenant's Connections translated into `permit` policies, and its `Policy`
+    /// objects on top. Decided by a [`crate::TenantEngine`] attached to the snapshot.
+    Cedar,
+    /// An engine this build does not know (named by a newer operator): every request of the
+    /// tenant is refused with `policy_unavailable`, never decided by another engine.
+    Unsupported,
+}
+
+impl Engine {
+    /// The engine's name as written in a Tenant's spec.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Engine::Builtin => "builtin",
+            Engine::Cedar => "cedar",
+            Engine::Unsupported => "unsupported",
+        }
+    }
+
+    /// Whether this is the built-in engine (the default).
+    pub fn is_builtin(&self) -> bool {
+        *self == Engine::Builtin
+    }
 }
 
 /// A device or service identity.
@@ -101,6 +137,10 @@ pub struct Thing {
     /// pod, within its tenant's; `None`: only the tenant's limit applies.
     #[serde(default)]
     pub max_connections: Option<u32>,
+    /// Free-form attributes (`Thing.spec.attributes`), which policies of an external engine
+    /// may read (Cedar: the principal's tags).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub attributes: BTreeMap<String, String>,
 }
 
 /// What a user may do by role alone, beside any grant.
@@ -437,4 +477,20 @@ pub struct Resources {
     /// The keys user tokens are signed and verified with, sorted by `kid`.
     #[serde(default)]
     pub signing_keys: Vec<SigningKey>,
+    /// The policy texts of tenants with an external engine (`Policy` objects), as enforced.
+    #[serde(default)]
+    pub policies: Vec<TenantPolicy>,
+}
+
+/// One `Policy` object: policy text in its tenant's engine's language (Cedar), as enforced (the
+/// operator serves the last valid version of an object whose newest one is invalid).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TenantPolicy {
+    /// The owning tenant.
+    pub tenant: String,
+    /// The Policy's name in the tenant.
+    pub name: String,
+    /// The policy text.
+    pub text: String,
 }

@@ -7,9 +7,10 @@ use hashbrown::{Equivalent, HashMap};
 use serde::{Deserialize, Serialize};
 
 use crate::credentials::KeyDigest;
+use crate::engine::{EngineSlot, TenantEngine};
 use crate::model::{
-    AUDIT_CHANNEL, Channel, Grant, GrantSubject, GrantSubjectKind, Group, ResourceName, Resources,
-    SigningKey, SubjectKind, Tenant, Thing, User,
+    AUDIT_CHANNEL, Channel, Engine, Grant, GrantSubject, GrantSubjectKind, Group, ResourceName,
+    Resources, SigningKey, SubjectKind, Tenant, TenantPolicy, Thing, User,
 };
 
 /// Where grants are indexed: a subject (by kind and name) and a channel, in one tenant.
@@ -111,6 +112,10 @@ pub struct Snapshot {
     /// The token signing keys, sorted by `kid`; shared, so a dataplane rebuilds its keyring
     /// only when they change.
     pub(crate) signing_keys: Arc<Vec<SigningKey>>,
+    /// The policy texts of tenants with an external engine.
+    pub(crate) policies: HashMap<ResourceName, Arc<TenantPolicy>>,
+    /// The engine that decides tenants with an external engine, once attached.
+    engine: EngineSlot,
 }
 
 impl fmt::Debug for Snapshot {
@@ -124,6 +129,8 @@ impl fmt::Debug for Snapshot {
             .field("channels", &self.channels.len())
             .field("grants", &self.grants.len())
             .field("signing_keys", &self.signing_keys.len())
+            .field("policies", &self.policies.len())
+            .field("engine", &self.engine)
             .finish()
     }
 }
@@ -198,6 +205,12 @@ impl Snapshot {
             }
             s.upsert_grant(g);
         }
+        for p in resources.policies {
+            if s.policy(&p.tenant, &p.name).is_some() {
+                return Err(dup("policy", &p.tenant, &p.name));
+            }
+            s.upsert_policy(p);
+        }
         s.set_signing_keys(resources.signing_keys);
         Ok(s)
     }
@@ -217,6 +230,7 @@ impl Snapshot {
             channels: sorted(&self.channels),
             grants: sorted(&self.grants),
             signing_keys: self.signing_keys.to_vec(),
+            policies: sorted(&self.policies),
         }
     }
 
@@ -252,6 +266,7 @@ impl Snapshot {
             + self.groups.len()
             + self.channels.len()
             + self.grants.len()
+            + self.policies.len()
     }
 
     /// A tenant by name.
@@ -286,6 +301,61 @@ impl Snapshot {
     /// A grant by tenant and name.
     pub fn grant(&self, tenant: &str, name: &str) -> Option<&Grant> {
         self.grants.get(&NameRef { tenant, name }).map(|t| &**t)
+    }
+
+    /// A policy text by tenant and name.
+    pub fn policy(&self, tenant: &str, name: &str) -> Option<&TenantPolicy> {
+        self.policies.get(&NameRef { tenant, name }).map(|p| &**p)
+    }
+
+    /// Every policy text, in no particular order.
+    pub fn policies(&self) -> impl Iterator<Item = &TenantPolicy> {
+        self.policies.values().map(|p| &**p)
+    }
+
+    /// Adds or replaces a policy text; returns the previous one.
+    pub fn upsert_policy(&mut self, policy: TenantPolicy) -> Option<Arc<TenantPolicy>> {
+        let key = ResourceName::new(&*policy.tenant, &*policy.name);
+        self.policies.insert(key, Arc::new(policy))
+    }
+
+    /// Removes a policy text; returns it.
+    pub fn remove_policy(&mut self, tenant: &str, name: &str) -> Option<Arc<TenantPolicy>> {
+        self.policies.remove(&NameRef { tenant, name })
+    }
+
+    /// Attaches the engine that decides the tenants with an external engine. It must have been
+    /// built from this snapshot at its current version: one of another version is never asked
+    /// (see [`crate::engine`]).
+    pub fn attach_engine(&mut self, engine: Arc<dyn TenantEngine>) {
+        self.engine = EngineSlot(Some(engine));
+    }
+
+    /// Drops the attached engine (it answers for an older version once the tables change).
+    pub fn detach_engine(&mut self) {
+        self.engine = EngineSlot(None);
+    }
+
+    /// Whether any tenant uses an external engine (an engine must then be attached).
+    pub fn needs_engine(&self) -> bool {
+        self.tenants.values().any(|t| !t.engine.is_builtin())
+    }
+
+    /// How `tenant` is decided: `None` by the built-in logic; `Some(Ok(engine))` by the attached
+    /// engine; `Some(Err(()))` when it needs an engine this snapshot does not have (at its
+    /// version), which refuses.
+    pub(crate) fn external(&self, tenant: &str) -> Option<Result<&dyn TenantEngine, ()>> {
+        let engine = self.tenants.get(tenant)?.engine;
+        if engine == Engine::Builtin {
+            return None;
+        }
+        if engine == Engine::Unsupported {
+            return Some(Err(()));
+        }
+        Some(match &self.engine.0 {
+            Some(e) if e.version() == self.version => Ok(&**e),
+            _ => Err(()),
+        })
     }
 
     /// Every tenant, in no particular order.
@@ -534,6 +604,8 @@ struct SnapshotView<'a> {
     grants: Vec<&'a Grant>,
     #[serde(skip_serializing_if = "<[SigningKey]>::is_empty")]
     signing_keys: &'a [SigningKey],
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    policies: Vec<&'a TenantPolicy>,
 }
 
 #[derive(Deserialize)]
@@ -553,6 +625,8 @@ struct SnapshotOwned {
     grants: Vec<Grant>,
     #[serde(default)]
     signing_keys: Vec<SigningKey>,
+    #[serde(default)]
+    policies: Vec<TenantPolicy>,
 }
 
 fn sorted_refs<K: Ord, T>(m: &HashMap<K, Arc<T>>) -> Vec<&T> {
@@ -572,6 +646,7 @@ impl Serialize for Snapshot {
             channels: sorted_refs(&self.channels),
             grants: sorted_refs(&self.grants),
             signing_keys: &self.signing_keys,
+            policies: sorted_refs(&self.policies),
         }
         .serialize(serializer)
     }
@@ -588,6 +663,7 @@ impl<'de> Deserialize<'de> for Snapshot {
             channels: o.channels,
             grants: o.grants,
             signing_keys: o.signing_keys,
+            policies: o.policies,
         };
         Snapshot::from_resources(o.version, resources).map_err(serde::de::Error::custom)
     }

@@ -61,6 +61,7 @@ fn counted<R>(f: impl FnOnce() -> R) -> (R, u64) {
 fn snapshot() -> Snapshot {
     let mut r = Resources::default();
     r.tenants.push(Tenant {
+        engine: Default::default(),
         uid: String::new(),
         name: "acme".into(),
         suspended: false,
@@ -77,6 +78,7 @@ fn snapshot() -> Snapshot {
         max_message_size: None,
     });
     r.things.push(Thing {
+        attributes: Default::default(),
         tenant: "acme".into(),
         name: "sensor".into(),
         key_digests: vec![KeyDigest::of(b"k")],

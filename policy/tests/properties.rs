@@ -78,6 +78,7 @@ fn arb_resource() -> impl Strategy<Value = Resource> {
     prop_oneof![
         1 => (tenant(), prop::bool::weighted(0.1)).prop_map(|(name, suspended)| {
             Resource::Tenant(Tenant {
+                engine: Default::default(),
                 uid: String::new(),
                 name,
                 suspended,
@@ -92,6 +93,7 @@ fn arb_resource() -> impl Strategy<Value = Resource> {
                     .map(|k| KeyDigest::of(key_of(&tenant, &name, k).as_bytes()))
                     .collect();
                 Resource::Thing(Thing {
+                    attributes: Default::default(),
                     tenant,
                     name,
                     key_digests,
@@ -188,6 +190,7 @@ fn build(version: u64, resources: Vec<Resource>) -> Snapshot {
     // Two tenants with the same things, users and channels; the third is only sometimes declared.
     for t in TENANTS.iter().take(2) {
         s.upsert_tenant(Tenant {
+            engine: Default::default(),
             uid: String::new(),
             name: (*t).into(),
             suspended: false,
@@ -207,6 +210,7 @@ fn build(version: u64, resources: Vec<Resource>) -> Snapshot {
         }
         for thing in THINGS {
             s.upsert_thing(Thing {
+                attributes: Default::default(),
                 tenant: (*t).into(),
                 name: thing.into(),
                 key_digests: vec![KeyDigest::of(key_of(t, thing, 0).as_bytes())],

@@ -11,6 +11,7 @@ fn mk_resources(tenants: usize, things: usize) -> Resources {
     for t in 0..tenants {
         let tenant = format!("t{t}");
         r.tenants.push(Tenant {
+            engine: Default::default(),
             uid: String::new(),
             name: tenant.clone(),
             suspended: false,
@@ -46,6 +47,7 @@ fn mk_resources(tenants: usize, things: usize) -> Resources {
         });
         for i in 0..things {
             r.things.push(Thing {
+                attributes: Default::default(),
                 tenant: tenant.clone(),
                 name: format!("thing-{i}"),
                 key_digests: vec![KeyDigest::of(format!("{tenant}-{i}").as_bytes())],

@@ -82,6 +82,12 @@ fn tenant_to(t: &policy::Tenant) -> pb::Tenant {
         web: (!t.web.is_empty()).then(|| pb::TenantWeb {
             allowed_origins: t.web.allowed_origins.clone(),
         }),
+        engine: match t.engine {
+            policy::Engine::Builtin => pb::Engine::Builtin as i32,
+            policy::Engine::Cedar => pb::Engine::Cedar as i32,
+            // Only ever decoded from a newer peer; it stays unknown when passed on.
+            policy::Engine::Unsupported => -1,
+        },
     }
 }
 
@@ -97,6 +103,7 @@ fn thing_to(t: &policy::Thing) -> pb::Thing {
         disabled: t.disabled,
         mountpoint: t.mountpoint.clone(),
         max_connections: t.max_connections,
+        attributes: t.attributes.clone(),
     }
 }
 
@@ -213,6 +220,7 @@ pub fn snapshot_to_proto(snapshot: &Snapshot) -> pb::FullSnapshot {
         channels: sorted(snapshot.channels(), |c| (&c.tenant, &c.name), channel_to),
         grants: sorted(snapshot.grants(), |g| (&g.tenant, &g.name), grant_to),
         signing_keys: snapshot.signing_keys().iter().map(signing_key_to).collect(),
+        policies: sorted(snapshot.policies(), |p| (&p.tenant, &p.name), policy_to),
     }
 }
 
@@ -247,6 +255,8 @@ pub fn delta_to_proto(delta: &Delta) -> pb::Delta {
         signing_keys: delta.signing_keys.as_ref().map(|keys| pb::SigningKeys {
             keys: keys.iter().map(signing_key_to).collect(),
         }),
+        policy_upserts: delta.policies.upserts.iter().map(policy_to).collect(),
+        policy_removals: delta.policies.removals.iter().map(name_to).collect(),
     }
 }
 
@@ -271,6 +281,27 @@ fn tenant_from(t: pb::Tenant) -> policy::Tenant {
         web: policy::TenantWeb {
             allowed_origins: t.web.map(|w| w.allowed_origins).unwrap_or_default(),
         },
+        engine: match pb::Engine::try_from(t.engine) {
+            Ok(pb::Engine::Builtin) => policy::Engine::Builtin,
+            Ok(pb::Engine::Cedar) => policy::Engine::Cedar,
+            Err(_) => policy::Engine::Unsupported,
+        },
+    }
+}
+
+fn policy_from(p: pb::Policy) -> policy::TenantPolicy {
+    policy::TenantPolicy {
+        tenant: p.tenant,
+        name: p.name,
+        text: p.text,
+    }
+}
+
+fn policy_to(p: &policy::TenantPolicy) -> pb::Policy {
+    pb::Policy {
+        tenant: p.tenant.clone(),
+        name: p.name.clone(),
+        text: p.text.clone(),
     }
 }
 
@@ -294,6 +325,7 @@ fn thing_from(t: pb::Thing) -> Result<policy::Thing, ConvertError> {
         disabled: t.disabled,
         mountpoint: t.mountpoint,
         max_connections: t.max_connections,
+        attributes: t.attributes,
     })
 }
 
@@ -448,6 +480,7 @@ pub fn resources_from_proto(s: pb::FullSnapshot) -> Result<Resources, ConvertErr
         channels: all(s.channels, channel_from)?,
         grants: all(s.grants, grant_from)?,
         signing_keys: all(s.signing_keys, signing_key_from)?,
+        policies: s.policies.into_iter().map(policy_from).collect(),
     })
 }
 
@@ -490,6 +523,10 @@ pub fn delta_from_proto(d: pb::Delta) -> Result<Delta, ConvertError> {
             .signing_keys
             .map(|s| all(s.keys, signing_key_from))
             .transpose()?,
+        policies: Changes {
+            upserts: d.policy_upserts.into_iter().map(policy_from).collect(),
+            removals: d.policy_removals.into_iter().map(name_from).collect(),
+        },
     })
 }
 

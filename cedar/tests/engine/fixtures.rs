@@ -7,6 +7,7 @@ use fleetward_policy::{
 
 pub fn mk_tenant(name: &str) -> Tenant {
     Tenant {
+        engine: Default::default(),
         name: name.into(),
         uid: String::new(),
         suspended: false,
@@ -17,6 +18,7 @@ pub fn mk_tenant(name: &str) -> Tenant {
 
 pub fn mk_thing(tenant: &str, name: &str) -> Thing {
     Thing {
+        attributes: Default::default(),
         tenant: tenant.into(),
         name: name.into(),
         key_digests: vec![KeyDigest::of(format!("key-of-{name}").as_bytes())],

@@ -10,6 +10,7 @@ use super::*;
 fn audit() -> (Audit, Arc<Metrics>) {
     let mut resources = Resources::default();
     resources.tenants.push(Tenant {
+        engine: Default::default(),
         name: "acme".into(),
         uid: String::new(),
         suspended: false,

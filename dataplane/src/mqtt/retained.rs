@@ -622,6 +622,7 @@ mod tests {
         let mut s = Snapshot::new(1);
         for &(tenant, name, uid) in channels {
             s.upsert_tenant(fleetward_policy::Tenant {
+                engine: Default::default(),
                 name: tenant.into(),
                 uid: format!("{tenant}-uid"),
                 suspended: false,
@@ -704,6 +705,7 @@ mod tests {
         // uid (the tenant's decides alone); an empty uid in the policy keeps them.
         let mut now = now;
         now.upsert_tenant(fleetward_policy::Tenant {
+            engine: Default::default(),
             name: "u".into(),
             uid: "u-uid-2".into(),
             suspended: false,
@@ -714,6 +716,7 @@ mod tests {
         assert_eq!(r.usage("u"), (0, 0));
         let mut unknown = snapshot(&[("t", "ch", ""), ("t", "same", "s1"), ("t", "unknown", "")]);
         unknown.upsert_tenant(fleetward_policy::Tenant {
+            engine: Default::default(),
             name: "t".into(),
             uid: String::new(),
             suspended: false,

@@ -22,6 +22,7 @@ pub fn key(tenant: &str, thing: &str) -> String {
 
 fn thing(tenant: &str, name: &str, mountpoint: Option<&str>) -> Thing {
     Thing {
+        attributes: Default::default(),
         tenant: tenant.into(),
         name: name.into(),
         key_digests: vec![KeyDigest::of(key(tenant, name).as_bytes())],
@@ -63,6 +64,7 @@ pub fn resources() -> Resources {
     let mut r = Resources::default();
     for t in TENANTS {
         r.tenants.push(Tenant {
+            engine: Default::default(),
             uid: String::new(),
             name: t.into(),
             suspended: false,

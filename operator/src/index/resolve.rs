@@ -117,6 +117,7 @@ pub(crate) fn resolve(
     let limits = spec.limits.clone().unwrap_or_default();
     let mut out = Resolution {
         tenant: Some(policy::Tenant {
+            engine: Default::default(),
             name: tenant.to_owned(),
             uid: uid.to_owned(),
             suspended: spec.suspended,
@@ -314,6 +315,7 @@ impl<'a> Resolver<'a> {
             }
             let digests = keys.map(|k| k.digests).unwrap_or_default();
             self.out.things.push(policy::Thing {
+                attributes: Default::default(),
                 tenant: self.tenant.to_owned(),
                 name: name.clone(),
                 key_digests: digests,

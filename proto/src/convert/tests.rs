@@ -47,6 +47,7 @@ fn arb_tenant() -> impl Strategy<Value = Tenant> {
     )
         .prop_map(
             |(name, suspended, (a, b, c, d, e, f), (g, h), uid, origins)| Tenant {
+                engine: Default::default(),
                 name,
                 uid,
                 suspended,
@@ -78,6 +79,7 @@ fn arb_thing() -> impl Strategy<Value = Thing> {
     )
         .prop_map(
             |(tenant, name, keys, disabled, mountpoint, max_connections)| Thing {
+                attributes: Default::default(),
                 tenant,
                 name,
                 key_digests: keys.into_iter().map(KeyDigest::from_bytes).collect(),
@@ -225,6 +227,7 @@ fn arb_resources() -> impl Strategy<Value = Resources> {
     )
         .prop_map(
             |(tenants, things, users, groups, channels, grants, keys)| Resources {
+                policies: Default::default(),
                 tenants: uniq(tenants, |t| (t.name.clone(), String::new())),
                 things: uniq(things, |t| (t.tenant.clone(), t.name.clone())),
                 users: uniq(users, |t| (t.tenant.clone(), t.name.clone())),
@@ -393,6 +396,7 @@ fn a_stored_snapshot_reads_back() {
         3,
         Resources {
             tenants: vec![Tenant {
+                engine: Default::default(),
                 name: "acme".into(),
                 uid: String::new(),
                 suspended: false,
@@ -420,6 +424,7 @@ fn a_stored_snapshot_reads_back() {
 fn a_re_created_channel_and_tenant_reach_the_dataplane_with_their_new_uids() {
     let resources = |uid: &str| Resources {
         tenants: vec![Tenant {
+            engine: Default::default(),
             name: "acme".into(),
             uid: format!("tenant-{uid}"),
             suspended: false,
