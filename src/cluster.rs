@@ -3,7 +3,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use anyhow::Context as _;
-use fleetward_crds::{Channel, Connection, Group, Tenant, Thing, User};
+use fleetward_crds::{Channel, Connection, Group, Policy, Tenant, Thing, User};
 use fleetward_operator::index::{Object, SecretData, is_key_entry};
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, ListParams};
@@ -102,6 +102,12 @@ pub async fn objects(client: &Client) -> anyhow::Result<(Vec<Object>, Vec<String
             .await?
             .into_iter()
             .map(Object::Group),
+    );
+    objects.extend(
+        list_all::<Policy>(client)
+            .await?
+            .into_iter()
+            .map(Object::Policy),
     );
     Ok((objects, notes))
 }

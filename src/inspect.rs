@@ -285,7 +285,9 @@ pub async fn can_i(args: &CanIArgs) -> anyhow::Result<bool> {
     for note in &loaded.notes {
         eprintln!("note: {note}");
     }
-    let answer = answer(loaded.index.snapshot(), &question)?;
+    // The engines a dataplane attaches (Cedar), so the answer is what a dataplane decides.
+    let snapshot = fleetward_dataplane::sync::engines::attach(loaded.index.snapshot().clone());
+    let answer = answer(&snapshot, &question)?;
     for line in &answer.lines {
         outln!("{line}");
     }
@@ -366,14 +368,14 @@ pub fn answer(snapshot: &Snapshot, question: &Question) -> anyhow::Result<Answer
     let e = snapshot.explain(&subject, action, &topic);
     let kind = subject.kind.as_str();
     match e.decision {
-        Decision::Allow(AllowReason::Role) => {
+        Decision::Allow(AllowReason::Role) if e.policies.is_empty() => {
             lines.push("yes".to_owned());
             let role = e.role.map_or("", |r| r.as_str());
             lines.push(format!(
                 "  user {tenant}/{name} has role {role} in the tenant"
             ));
         }
-        Decision::Allow(AllowReason::Grant) => {
+        Decision::Allow(_) => {
             lines.push("yes".to_owned());
             for g in &e.grants {
                 lines.push(format!("  allowed by {g}"));
@@ -391,6 +393,15 @@ pub fn answer(snapshot: &Snapshot, question: &Question) -> anyhow::Result<Answer
                 lines.push(format!("  {g}"));
             }
         }
+    }
+    // A tenant with an external engine names the engine's policies that decided.
+    let verb = if e.decision.is_allowed() {
+        "permitted"
+    } else {
+        "forbidden"
+    };
+    for p in &e.policies {
+        lines.push(format!("  {verb} by Cedar policy {p}"));
     }
     Ok(Answer {
         allowed: e.decision.is_allowed(),

@@ -11,6 +11,7 @@ use anyhow::Context as _;
 use clap::Args;
 use fleetward_dataplane::Dataplane;
 use fleetward_dataplane::LimitArgs;
+use fleetward_dataplane::sync::engines::attach;
 use fleetward_operator::directory::{FileError, ScanReport};
 use fleetward_operator::index::{Kind, ObjectKey};
 use fleetward_policy::Snapshot;
@@ -68,7 +69,7 @@ pub async fn run(args: StartArgs) -> anyhow::Result<()> {
     let mut status_file = StatusFile::new(args.state_dir.clone());
     status_file.write(&status);
 
-    let (policy_tx, policy_rx) = watch::channel(Arc::new(local.index.snapshot().clone()));
+    let (policy_tx, policy_rx) = watch::channel(Arc::new(attach(local.index.snapshot().clone())));
     let control = crate::control::Control::new(policy_rx.clone())?;
     let dataplane = Dataplane::new(policy_rx)
         .mqtt_listen(args.mqtt_listen)
@@ -138,7 +139,7 @@ pub async fn run(args: StartArgs) -> anyhow::Result<()> {
         for key in &commit.statuses {
             log_status(&local, key, false);
         }
-        let snapshot: Arc<Snapshot> = Arc::new(local.index.snapshot().clone());
+        let snapshot: Arc<Snapshot> = Arc::new(attach(local.index.snapshot().clone()));
         let _ = policy_tx.send(snapshot);
         let status = local.report(&errors.current);
         status_file.write(&status);

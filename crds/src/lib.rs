@@ -3,6 +3,7 @@
 pub mod channel;
 pub mod connection;
 pub mod group;
+pub mod policy;
 pub mod schema;
 pub mod status;
 pub mod tenant;
@@ -19,11 +20,14 @@ use kube::CustomResourceExt;
 pub use channel::{Channel, ChannelSpec};
 pub use connection::{Action, Connection, ConnectionSpec, Subject, SubjectKind, Subtopics};
 pub use group::{Group, GroupSpec, Member, MemberKind};
+pub use policy::{Policy, PolicySpec};
 pub use status::{
-    ChannelStatus, ConnectionStatus, GroupStatus, ResourceStatus, TenantStatus, ThingStatus,
-    UserStatus,
+    ChannelStatus, ConnectionStatus, EnforcedPolicy, GroupStatus, PolicyStatus, PolicyTextError,
+    ResourceStatus, TenantStatus, ThingStatus, UserStatus,
 };
-pub use tenant::{Tenant, TenantLimits, TenantSpec, TenantWeb};
+pub use tenant::{
+    AuthorizationEngine, Tenant, TenantAuthorization, TenantLimits, TenantSpec, TenantWeb,
+};
 pub use thing::{Thing, ThingCredentials, ThingSpec};
 pub use user::{Role, SecretKeyRef, User, UserSpec};
 
@@ -37,7 +41,7 @@ pub const VERSION: &str = "v1alpha1";
 const HEADER: &str = "# Generated from the Rust types in crds/src; do not edit.\n\
      # Regenerate with: UPDATE_CRDS=1 cargo test -p fleetward-crds\n";
 
-/// The six CRDs, in the order Tenant, Thing, Channel, Connection, User, Group.
+/// The seven CRDs, in the order Tenant, Thing, Channel, Connection, User, Group, Policy.
 pub fn all() -> Vec<CustomResourceDefinition> {
     vec![
         Tenant::crd(),
@@ -46,6 +50,7 @@ pub fn all() -> Vec<CustomResourceDefinition> {
         Connection::crd(),
         User::crd(),
         Group::crd(),
+        Policy::crd(),
     ]
 }
 
@@ -63,7 +68,7 @@ pub fn files() -> Result<Vec<(String, String)>, serde_yaml::Error> {
         .collect()
 }
 
-/// All six CRDs as one `---`-separated YAML stream, ready for `kubectl apply -f -`.
+/// All seven CRDs as one `---`-separated YAML stream, ready for `kubectl apply -f -`.
 pub fn yaml_stream() -> Result<String, serde_yaml::Error> {
     let mut out = String::from(HEADER);
     for crd in all() {

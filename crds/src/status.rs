@@ -88,3 +88,52 @@ pub type ConnectionStatus = ResourceStatus;
 pub type UserStatus = ResourceStatus;
 /// Status of a Group.
 pub type GroupStatus = ResourceStatus;
+
+/// Status of a Policy, written by the operator.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[schemars(transform = schemars::transform::RecursiveTransform(crate::schema::kubernetes_integer_format))]
+#[serde(rename_all = "camelCase")]
+pub struct PolicyStatus {
+    /// Latest observations of the policy's state. `Ready` says whether its text is valid and
+    /// its tenant uses the cedar engine (reason `InvalidPolicy` with the errors below, or
+    /// `EngineNotCedar`); `Enforced` whether every dataplane has applied this generation.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
+    pub conditions: Vec<Condition>,
+    /// The `metadata.generation` of the Policy that this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// What is wrong with `spec.cedar`, each error with its line and column.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "atomic"))]
+    pub errors: Vec<PolicyTextError>,
+    /// The version of the text being enforced: this generation's when it is valid, otherwise
+    /// the last valid one's, which stays enforced (across operator restarts too).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enforced: Option<EnforcedPolicy>,
+}
+
+/// One error in a Policy's text.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[schemars(transform = schemars::transform::RecursiveTransform(crate::schema::kubernetes_integer_format))]
+#[serde(rename_all = "camelCase")]
+pub struct PolicyTextError {
+    /// 1-based line in `spec.cedar`; 0 when Cedar gives no place.
+    pub line: u32,
+    /// 1-based column; 0 when Cedar gives no place.
+    pub column: u32,
+    /// What is wrong.
+    pub message: String,
+}
+
+/// The policy text being enforced.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[schemars(transform = schemars::transform::RecursiveTransform(crate::schema::kubernetes_integer_format))]
+#[serde(rename_all = "camelCase")]
+pub struct EnforcedPolicy {
+    /// The `metadata.generation` whose text it is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub generation: Option<i64>,
+    /// The Cedar policy text enforced.
+    pub cedar: String,
+}

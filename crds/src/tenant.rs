@@ -58,6 +58,32 @@ pub struct TenantSpec {
     /// What the tenant allows browser pages.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub web: Option<TenantWeb>,
+    /// How the tenant's requests are authorized.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub authorization: Option<TenantAuthorization>,
+}
+
+/// How a tenant's requests are authorized.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TenantAuthorization {
+    /// The engine: `builtin` (the default) decides from Connections, Groups and roles; `cedar`
+    /// translates the Connections into Cedar permit policies and adds the namespace's Policy
+    /// objects on top (a forbid always wins). Every dataplane must be of a release that knows
+    /// the engine; one that does not refuses the tenant's requests.
+    #[serde(default)]
+    pub engine: AuthorizationEngine,
+}
+
+/// An authorization engine.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum AuthorizationEngine {
+    /// Connections, Groups and roles.
+    #[default]
+    Builtin,
+    /// Cedar: the Connections as permit policies, and the tenant's Policy objects.
+    Cedar,
 }
 
 /// The most origins one Tenant may list.
@@ -163,6 +189,7 @@ mod tests {
         Tenant::new(
             "acme",
             TenantSpec {
+                authorization: Default::default(),
                 namespace: namespace.map(str::to_owned),
                 display_name: None,
                 suspended: false,

@@ -4,7 +4,7 @@ use fleetward_crds::validate;
 
 use std::path::{Path, PathBuf};
 
-use fleetward_crds::{Channel, Connection, Group, Tenant, Thing, User};
+use fleetward_crds::{Channel, Connection, Group, Policy, Tenant, Thing, User};
 use kube::CustomResourceExt;
 use serde::{Serialize, de::DeserializeOwned};
 use serde_json::Value;
@@ -87,6 +87,7 @@ fn every_example_parses_and_round_trips() {
             "Connection" => round_trip::<Connection>(&what, &doc),
             "User" => round_trip::<User>(&what, &doc),
             "Group" => round_trip::<Group>(&what, &doc),
+            "Policy" => round_trip::<Policy>(&what, &doc),
             "Namespace" | "Secret" => {}
             other => panic!("{what}: unexpected kind {other:?} in examples/"),
         }
@@ -101,6 +102,7 @@ fn every_example_parses_and_round_trips() {
         ("Connection", 4),
         ("User", 2),
         ("Group", 2),
+        ("Policy", 1),
         ("Secret", 3),
     ] {
         let n = seen.get(kind).copied().unwrap_or_default();

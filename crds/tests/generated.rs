@@ -84,6 +84,7 @@ fn the_stream_holds_the_six_crds_in_order() {
             "connections.fleetward.io",
             "users.fleetward.io",
             "groups.fleetward.io",
+            "policies.fleetward.io",
         ]
     );
     assert_eq!(parsed, fleetward_crds::all());

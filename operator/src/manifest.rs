@@ -90,10 +90,11 @@ fn read_document(value: Value) -> Result<Document, String> {
         (v, "Connection") if v == fleetward => Object::Connection(typed(value, &kind)?),
         (v, "User") if v == fleetward => Object::User(typed(value, &kind)?),
         (v, "Group") if v == fleetward => Object::Group(typed(value, &kind)?),
+        (v, "Policy") if v == fleetward => Object::Policy(typed(value, &kind)?),
         (v, _) if v.starts_with(crds::GROUP) => {
             return Err(format!(
                 "{kind} of {api_version} is not a kind Fleetward knows: expected {fleetward} \
-                 Tenant, Thing, Channel, Connection, User or Group"
+                 Tenant, Thing, Channel, Connection, User, Group or Policy"
             ));
         }
         _ => return Ok(Document::Skipped { kind }),

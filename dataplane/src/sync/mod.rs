@@ -5,6 +5,7 @@
 //! connects to the operators in turn, reconnecting with backoff, applies every update, ACKs or
 //! NACKs it, persists what it applied and publishes it on [`SyncClient::snapshot`].
 
+pub mod engines;
 mod session;
 mod status;
 pub mod store;
@@ -206,7 +207,7 @@ impl SyncClient {
                     "loaded the last-known-good policy snapshot"
                 );
                 status.loaded(s);
-                s.snapshot.clone()
+                engines::attach_shared(s.snapshot.clone())
             }
             None => Arc::new(Snapshot::new(0)),
         };

@@ -131,7 +131,7 @@ impl Session<'_> {
             Ok((next, full, lineage)) => {
                 let at = now_ms();
                 if let Some(next) = next {
-                    let next = Arc::new(next);
+                    let next = Arc::new(super::engines::attach(next));
                     // Compute first: the borrow must end before `send_replace` takes the lock.
                     let published = monotonic(&self.snapshot.borrow(), &next);
                     self.snapshot.send_replace(published);
@@ -254,5 +254,6 @@ fn monotonic(published: &Arc<Snapshot>, next: &Arc<Snapshot>) -> Arc<Snapshot> {
     }
     let mut renumbered = Snapshot::clone(next);
     renumbered.set_version(published.version() + 1);
-    Arc::new(renumbered)
+    // The engine was built for the old number; one of another version is never asked.
+    Arc::new(super::engines::attach(renumbered))
 }

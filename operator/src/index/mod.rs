@@ -6,6 +6,7 @@
 //! changed into one new snapshot version.
 
 mod object;
+mod policies;
 mod resolve;
 mod status;
 #[cfg(test)]
@@ -23,6 +24,7 @@ pub use resolve::{MIN_KEY_LEN, is_key_entry};
 pub use status::{DesiredStatus, Facts, Readiness, Reason};
 
 use object::age_order;
+use policies::EnforcedPolicies;
 use resolve::{Namespace, Owner, PasswordHashes, Resolution, resolve};
 
 /// How many deltas the index keeps for dataplanes that resume from an older version.
@@ -55,6 +57,7 @@ struct Served {
     users: BTreeSet<String>,
     groups: BTreeSet<String>,
     grants: BTreeSet<String>,
+    policies: BTreeSet<String>,
 }
 
 /// Policy records changed since the last commit, by kind.
@@ -66,6 +69,7 @@ struct Touched {
     users: BTreeSet<ResourceName>,
     groups: BTreeSet<ResourceName>,
     grants: BTreeSet<ResourceName>,
+    policies: BTreeSet<ResourceName>,
     signing_keys: bool,
 }
 
@@ -78,6 +82,7 @@ impl Touched {
             && self.users.is_empty()
             && self.groups.is_empty()
             && self.grants.is_empty()
+            && self.policies.is_empty()
     }
 }
 
@@ -95,6 +100,7 @@ pub struct Index {
     pending_included: Vec<(ObjectKey, Option<i64>)>,
     changed_statuses: BTreeSet<ObjectKey>,
     passwords: PasswordHashes,
+    enforced_policies: EnforcedPolicies,
     history: VecDeque<Arc<Delta>>,
 }
 
@@ -184,6 +190,7 @@ impl Index {
             Object::Connection(o) => put(&mut ns.connections, key.name, o),
             Object::User(o) => put(&mut ns.users, key.name, o),
             Object::Group(o) => put(&mut ns.groups, key.name, o),
+            Object::Policy(o) => put(&mut ns.policies, key.name, o),
             Object::Secret(s) => match ns.secrets.get(&key.name) {
                 Some(old) if *old == s => false,
                 _ => {
@@ -219,6 +226,10 @@ impl Index {
                 ns.users.remove(&key.name).is_some()
             }
             Kind::Group => ns.groups.remove(&key.name).is_some(),
+            Kind::Policy => {
+                self.enforced_policies.forget(&key.namespace, &key.name);
+                ns.policies.remove(&key.name).is_some()
+            }
             Kind::Secret => ns.secrets.remove(&key.name).is_some(),
         };
         if removed {
@@ -308,6 +319,7 @@ impl Index {
                 Kind::Connection => ns.connections.keys().collect(),
                 Kind::User => ns.users.keys().collect(),
                 Kind::Group => ns.groups.keys().collect(),
+                Kind::Policy => ns.policies.keys().collect(),
                 Kind::Secret => ns.secrets.keys().collect(),
             };
             keys.extend(
@@ -355,6 +367,7 @@ impl Index {
                 .map(|(name, uid, spec)| Owner { name, uid, spec }),
             objects,
             &mut self.passwords,
+            &mut self.enforced_policies,
         );
         let changed = self.serve(namespace, resolution.take_records());
         for (key, status) in tenant_statuses.into_iter().chain(resolution.statuses) {
@@ -427,6 +440,13 @@ impl Index {
                 Kind::Connection,
                 names(&r.grants, |t| &t.name)
             );
+            drop_stale!(
+                policies,
+                remove_policy,
+                policies,
+                Kind::Policy,
+                names(&r.policies, |t| &t.name)
+            );
             if !same_owner {
                 self.snapshot.remove_tenant(old);
                 self.touched.tenants.insert(old.to_owned());
@@ -472,6 +492,14 @@ impl Index {
             grants,
             grants,
             Kind::Connection
+        );
+        upsert_all!(
+            r.policies,
+            policy,
+            upsert_policy,
+            policies,
+            policies,
+            Kind::Policy
         );
         if now.tenant.is_some() {
             self.served.insert(namespace.to_owned(), now);
@@ -532,6 +560,7 @@ impl Index {
         collect!(users, user);
         collect!(groups, group);
         collect!(grants, grant);
+        collect!(policies, policy);
         if touched.signing_keys {
             delta.signing_keys = Some(s.signing_keys().to_vec());
         }
@@ -547,6 +576,7 @@ struct Records {
     users: Vec<policy::User>,
     groups: Vec<policy::Group>,
     grants: Vec<policy::Grant>,
+    policies: Vec<policy::TenantPolicy>,
 }
 
 impl Resolution {
@@ -558,6 +588,7 @@ impl Resolution {
             users: std::mem::take(&mut self.users),
             groups: std::mem::take(&mut self.groups),
             grants: std::mem::take(&mut self.grants),
+            policies: std::mem::take(&mut self.policies),
         }
     }
 }
@@ -610,7 +641,8 @@ has_spec!(
     crds::Channel,
     crds::Connection,
     crds::User,
-    crds::Group
+    crds::Group,
+    crds::Policy
 );
 
 /// The statuses of every Tenant claiming `namespace`: the owner is Ready, the others are

@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
-use fleetward_crds::{Channel, Connection, Group, Tenant, Thing, User};
+use fleetward_crds::{Channel, Connection, Group, Policy, Tenant, Thing, User};
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 
@@ -22,6 +22,8 @@ pub enum Kind {
     User,
     /// `Group`.
     Group,
+    /// `Policy`.
+    Policy,
     /// A core `Secret` holding thing keys or user passwords.
     Secret,
 }
@@ -36,6 +38,7 @@ impl Kind {
             Kind::Connection => "Connection",
             Kind::User => "User",
             Kind::Group => "Group",
+            Kind::Policy => "Policy",
             Kind::Secret => "Secret",
         }
     }
@@ -127,6 +130,8 @@ pub enum Object {
     User(User),
     /// A Group.
     Group(Group),
+    /// A Policy.
+    Policy(Policy),
     /// A Secret's entries.
     Secret(SecretData),
 }
@@ -148,6 +153,7 @@ impl Object {
             Object::Connection(o) => (Kind::Connection, &o.metadata),
             Object::User(o) => (Kind::User, &o.metadata),
             Object::Group(o) => (Kind::Group, &o.metadata),
+            Object::Policy(o) => (Kind::Policy, &o.metadata),
         };
         Some(ObjectKey::namespaced(
             kind,

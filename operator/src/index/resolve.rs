@@ -7,6 +7,7 @@ use fleetward_policy as policy;
 use policy::{KeyDigest, SubtopicPattern};
 
 use super::object::{Kind, ObjectKey, SecretData, age_order};
+use super::policies::EnforcedPolicies;
 use super::status::{DesiredStatus, Facts, Readiness, Reason};
 
 /// The shortest key accepted from a Secret, in bytes: keys are compared by a fast hash, which is
@@ -21,6 +22,7 @@ pub(crate) struct Namespace {
     pub connections: BTreeMap<String, crds::Connection>,
     pub users: BTreeMap<String, crds::User>,
     pub groups: BTreeMap<String, crds::Group>,
+    pub policies: BTreeMap<String, crds::Policy>,
     pub secrets: BTreeMap<String, SecretData>,
 }
 
@@ -31,6 +33,7 @@ impl Namespace {
             && self.connections.is_empty()
             && self.users.is_empty()
             && self.groups.is_empty()
+            && self.policies.is_empty()
             && self.secrets.is_empty()
     }
 }
@@ -44,6 +47,7 @@ pub(crate) struct Resolution {
     pub users: Vec<policy::User>,
     pub groups: Vec<policy::Group>,
     pub grants: Vec<policy::Grant>,
+    pub policies: Vec<policy::TenantPolicy>,
     pub statuses: Vec<(ObjectKey, DesiredStatus)>,
 }
 
@@ -105,6 +109,7 @@ pub(crate) fn resolve(
     owner: Option<Owner<'_>>,
     objects: &Namespace,
     passwords: &mut PasswordHashes,
+    enforced: &mut EnforcedPolicies,
 ) -> Resolution {
     let Some(Owner {
         name: tenant,
@@ -117,7 +122,7 @@ pub(crate) fn resolve(
     let limits = spec.limits.clone().unwrap_or_default();
     let mut out = Resolution {
         tenant: Some(policy::Tenant {
-            engine: Default::default(),
+            engine: engine_of(spec),
             name: tenant.to_owned(),
             uid: uid.to_owned(),
             suspended: spec.suspended,
@@ -146,7 +151,17 @@ pub(crate) fn resolve(
     let users = r.users(passwords);
     let groups = r.groups(&things, &users);
     r.connections(&things, &users, &groups, &channels);
+    let engine = engine_of(spec);
+    super::policies::resolve(namespace, tenant, objects, engine, enforced, &mut out);
     out
+}
+
+/// The engine a Tenant's spec asks for.
+fn engine_of(spec: &crds::TenantSpec) -> policy::Engine {
+    match spec.authorization.as_ref().map(|a| a.engine) {
+        None | Some(crds::AuthorizationEngine::Builtin) => policy::Engine::Builtin,
+        Some(crds::AuthorizationEngine::Cedar) => policy::Engine::Cedar,
+    }
 }
 
 /// Every object of a namespace no Tenant owns is refused with `NoTenant`.
@@ -181,6 +196,9 @@ fn unowned(namespace: &str, objects: &Namespace) -> Resolution {
     }
     for (name, o) in &objects.groups {
         refuse(Kind::Group, name, o.metadata.generation, Facts::None);
+    }
+    for (name, o) in &objects.policies {
+        refuse(Kind::Policy, name, o.metadata.generation, Facts::None);
     }
     out
 }
@@ -315,7 +333,7 @@ impl<'a> Resolver<'a> {
             }
             let digests = keys.map(|k| k.digests).unwrap_or_default();
             self.out.things.push(policy::Thing {
-                attributes: Default::default(),
+                attributes: thing.spec.attributes.clone(),
                 tenant: self.tenant.to_owned(),
                 name: name.clone(),
                 key_digests: digests,

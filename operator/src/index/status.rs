@@ -37,6 +37,10 @@ pub enum Reason {
     MemberNotFound,
     /// The spec is invalid in a way the API server could not check.
     InvalidSpec,
+    /// A Policy's text does not parse or does not validate against the Cedar schema.
+    InvalidPolicy,
+    /// A Policy in a tenant whose engine is not `cedar`: it decides nothing.
+    EngineNotCedar,
 }
 
 impl Reason {
@@ -59,6 +63,8 @@ impl Reason {
             Reason::PasswordInvalid => "PasswordInvalid",
             Reason::MemberNotFound => "MemberNotFound",
             Reason::InvalidSpec => "InvalidSpec",
+            Reason::InvalidPolicy => "InvalidPolicy",
+            Reason::EngineNotCedar => "EngineNotCedar",
         }
     }
 }
@@ -123,6 +129,13 @@ pub enum Facts {
         key_fingerprint: Option<String>,
         /// How many keys authenticate it.
         keys: u32,
+    },
+    /// A Policy's errors and the text being enforced.
+    Policy {
+        /// Each error of the current text: line, column, message.
+        errors: Vec<(u32, u32, String)>,
+        /// The generation and text enforced: the current one when valid, else the last valid.
+        enforced: Option<(Option<i64>, String)>,
     },
 }
 

@@ -87,7 +87,7 @@ impl Error {
 
 /// The API resource of a Fleetward kind (`Secret` for [`Kind::Secret`]).
 pub fn api_resource(kind: Kind) -> kube::api::ApiResource {
-    use fleetward_crds::{Channel, Connection, Group, Tenant, Thing, User};
+    use fleetward_crds::{Channel, Connection, Group, Policy, Tenant, Thing, User};
     use kube::api::ApiResource;
     match kind {
         Kind::Tenant => ApiResource::erase::<Tenant>(&()),
@@ -96,6 +96,7 @@ pub fn api_resource(kind: Kind) -> kube::api::ApiResource {
         Kind::Connection => ApiResource::erase::<Connection>(&()),
         Kind::User => ApiResource::erase::<User>(&()),
         Kind::Group => ApiResource::erase::<Group>(&()),
+        Kind::Policy => ApiResource::erase::<Policy>(&()),
         Kind::Secret => ApiResource::erase::<k8s_openapi::api::core::v1::Secret>(&()),
     }
 }

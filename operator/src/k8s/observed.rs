@@ -6,20 +6,21 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Mutex, MutexGuard};
 
-use fleetward_crds::{ResourceStatus, TenantStatus, ThingStatus};
+use fleetward_crds::{PolicyStatus, ResourceStatus, TenantStatus, ThingStatus};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use tokio::sync::watch;
 
 use crate::index::{Kind, ObjectKey};
 
 /// The kinds watched cluster-wide; all must have synced before the operator is ready.
-pub const WATCHED_KINDS: [Kind; 6] = [
+pub const WATCHED_KINDS: [Kind; 7] = [
     Kind::Tenant,
     Kind::Thing,
     Kind::Channel,
     Kind::Connection,
     Kind::User,
     Kind::Group,
+    Kind::Policy,
 ];
 
 /// An object's status, typed by kind.
@@ -31,6 +32,8 @@ pub enum ShownStatus {
     Thing(ThingStatus),
     /// A Channel's, Connection's, User's or Group's.
     Resource(ResourceStatus),
+    /// A Policy's.
+    Policy(PolicyStatus),
 }
 
 impl ShownStatus {
@@ -40,6 +43,7 @@ impl ShownStatus {
             ShownStatus::Tenant(s) => &s.conditions,
             ShownStatus::Thing(s) => &s.conditions,
             ShownStatus::Resource(s) => &s.conditions,
+            ShownStatus::Policy(s) => &s.conditions,
         }
     }
 
@@ -48,6 +52,7 @@ impl ShownStatus {
         Ok(match kind {
             Kind::Tenant => ShownStatus::Tenant(serde_json::from_value(status)?),
             Kind::Thing => ShownStatus::Thing(serde_json::from_value(status)?),
+            Kind::Policy => ShownStatus::Policy(serde_json::from_value(status)?),
             _ => ShownStatus::Resource(serde_json::from_value(status)?),
         })
     }

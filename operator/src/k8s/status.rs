@@ -1,7 +1,9 @@
 //! The status each object should show: `Ready` from the index, `Enforced` from the dataplanes, kind facts, and when it differs from what the object shows.
 
 use fleetward_crds::status::{ENFORCED, READY};
-use fleetward_crds::{ResourceStatus, TenantStatus, ThingStatus};
+use fleetward_crds::{
+    EnforcedPolicy, PolicyStatus, PolicyTextError, ResourceStatus, TenantStatus, ThingStatus,
+};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
 use super::observed::ShownStatus;
@@ -191,6 +193,28 @@ pub fn full_status(
             }
             ShownStatus::Thing(status)
         }
+        Kind::Policy => {
+            let mut status = PolicyStatus {
+                conditions,
+                observed_generation,
+                ..PolicyStatus::default()
+            };
+            if let Facts::Policy { errors, enforced } = &desired.facts {
+                status.errors = errors
+                    .iter()
+                    .map(|(line, column, message)| PolicyTextError {
+                        line: *line,
+                        column: *column,
+                        message: message.clone(),
+                    })
+                    .collect();
+                status.enforced = enforced.as_ref().map(|(generation, cedar)| EnforcedPolicy {
+                    generation: *generation,
+                    cedar: cedar.clone(),
+                });
+            }
+            ShownStatus::Policy(status)
+        }
         Kind::Channel | Kind::Connection | Kind::User | Kind::Group => {
             ShownStatus::Resource(ResourceStatus {
                 conditions,
@@ -220,6 +244,7 @@ fn normalized(status: &ShownStatus) -> ShownStatus {
         ShownStatus::Tenant(s) => fix(&mut s.conditions),
         ShownStatus::Thing(s) => fix(&mut s.conditions),
         ShownStatus::Resource(s) => fix(&mut s.conditions),
+        ShownStatus::Policy(s) => fix(&mut s.conditions),
     }
     status
 }
@@ -229,6 +254,7 @@ pub(crate) fn status_json(status: &ShownStatus) -> serde_json::Result<serde_json
         ShownStatus::Tenant(s) => serde_json::to_value(s),
         ShownStatus::Thing(s) => serde_json::to_value(s),
         ShownStatus::Resource(s) => serde_json::to_value(s),
+        ShownStatus::Policy(s) => serde_json::to_value(s),
     }
 }
 

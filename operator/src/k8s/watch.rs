@@ -12,7 +12,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt::Debug;
 use std::sync::Arc;
 
-use fleetward_crds::{Channel, Connection, Group, Tenant, Thing, User};
+use fleetward_crds::{Channel, Connection, Group, Policy, Tenant, Thing, User};
 use futures::{Stream, StreamExt};
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::Api;
@@ -67,8 +67,9 @@ watched!(Channel, Channel, Resource);
 watched!(Connection, Connection, Resource);
 watched!(User, User, Resource);
 watched!(Group, Group, Resource);
+watched!(Policy, Policy, Policy);
 
-/// Starts every watch on `tasks`: the six kinds, and the Secrets of each claimed namespace.
+/// Starts every watch on `tasks`: the seven kinds, and the Secrets of each claimed namespace.
 pub fn spawn_all(tasks: &mut JoinSet<&'static str>, client: &Client, feed: &Feed) {
     tasks.spawn(watch_kind::<Tenant>(client.clone(), feed.clone()));
     tasks.spawn(watch_kind::<Thing>(client.clone(), feed.clone()));
@@ -76,6 +77,7 @@ pub fn spawn_all(tasks: &mut JoinSet<&'static str>, client: &Client, feed: &Feed
     tasks.spawn(watch_kind::<Connection>(client.clone(), feed.clone()));
     tasks.spawn(watch_kind::<User>(client.clone(), feed.clone()));
     tasks.spawn(watch_kind::<Group>(client.clone(), feed.clone()));
+    tasks.spawn(watch_kind::<Policy>(client.clone(), feed.clone()));
     tasks.spawn(watch_tenant_secrets(client.clone(), feed.clone()));
 }
 
