@@ -53,6 +53,25 @@ impl ApiError {
         )
     }
 
+    /// [`ApiError::forbidden`], naming Cedar's reason when a tenant's Cedar policies refused:
+    /// Cedar is asked only once the channel is known to exist in the subject's own tenant, so
+    /// the reason tells nothing of another tenant.
+    pub(crate) fn denied(reason: DenyReason, who: &str, action: &str, topic: &str) -> Self {
+        match reason {
+            DenyReason::CedarForbid | DenyReason::CedarNoPermit => Self::new(
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                format!(
+                    "{who} may not {action} on {topic}: {} ({}); ask the tenant's admin, or see \
+                     `fleetward can-i`",
+                    reason.as_str(),
+                    fleetward_policy::deny_text(reason)
+                ),
+            ),
+            _ => Self::forbidden(who, action, topic),
+        }
+    }
+
     pub(crate) fn policy_unavailable() -> Self {
         let mut e = Self::new(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -72,7 +91,7 @@ impl ApiError {
                 format!("{topic:?} is not a topic name one can publish to: {e}"),
             ),
             PublishRefusal::Denied(DenyReason::PolicyUnavailable) => Self::policy_unavailable(),
-            PublishRefusal::Denied(_) => Self::forbidden(who, "publish", topic),
+            PublishRefusal::Denied(reason) => Self::denied(*reason, who, "publish", topic),
             PublishRefusal::TooLarge { max } => Self::new(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "too_large",

@@ -272,7 +272,7 @@ fn accept<R: Router>(
         Decision::Deny(why) => {
             shared.metrics.refused("subscribe", why.as_str());
             seen.reason = Some(why.as_str());
-            return Err(ApiError::forbidden(&who, "subscribe", &filter));
+            return Err(ApiError::denied(why, &who, "subscribe", &filter));
         }
     }
     let (tenant, channel) = (topic.tenant().to_owned(), topic.channel().to_owned());
