@@ -8,20 +8,22 @@
 //! # Cost of a decision
 //!
 //! Cedar's authorizer tries every policy it is given, and a tenant's translated grants mostly
-//! name other subjects and channels. So each tenant's policies are kept as prebuilt sets: one
-//! for the policies that may apply to any request (the roles' and the tenant's own), and one per
-//! grant target (subject or group, and channel), whose scopes name that target so no other
-//! request can satisfy them. A request is evaluated against the general set and the sets of its
-//! subject's targets, and the answers are combined as Cedar combines policies (a satisfied
-//! forbid wins; else a satisfied permit allows): each policy is evaluated on its own, so
-//! splitting a set changes no answer. Nothing is built per request but its entities.
+//! name other subjects and channels. So each tenant's policies are kept as prebuilt sets, split
+//! by what their scopes can match: the action, the principal's kind (`principal is Thing`, `==
+//! User::"…"`), and the channel a `resource in Channel::"…"` names; the translated grants are
+//! further split by their target (subject or group, and channel). A policy goes into every set
+//! its scope might match. A request is evaluated against its sets only, and the answers are
+//! combined as Cedar combines policies (a satisfied forbid wins; else a satisfied permit
+//! allows): each policy is evaluated on its own, and the ones left out have a scope the request
+//! fails, so splitting changes no answer. Nothing is built per request but its entities.
 
 use std::collections::HashMap;
 use std::str::FromStr;
 
 use cedar_policy::{
-    Authorizer, Context, Decision as CedarDecision, Effect, Entities, Entity, EntityId,
-    EntityTypeName, EntityUid, Policy, PolicyId, PolicySet, Request, RestrictedExpression,
+    ActionConstraint, Authorizer, Context, Decision as CedarDecision, Effect, Entities, Entity,
+    EntityId, EntityTypeName, EntityUid, Policy, PolicyId, PolicySet, PrincipalConstraint, Request,
+    ResourceConstraint, RestrictedExpression,
 };
 use fleetward_policy::{
     Action, AllowReason, Decision, DenyReason, Engine, Grant, GrantSubject, PolicyEvaluator,
@@ -60,12 +62,117 @@ pub enum BuildError {
     Translation(#[from] TranslationError),
 }
 
+/// Where a request looks for the policies that can apply to it: its action (`connect`,
+/// `publish`, `subscribe`), its principal's kind (thing, user) and, for a policy whose resource
+/// scope names a channel, that channel (`None`: any resource).
+type BucketKey = (u8, u8, Option<String>);
+
+/// Policies split by the requests their scopes can match. A policy goes into every bucket its
+/// scope might match (a superset), so a request evaluated against its buckets only gets the
+/// answer it would get from the whole set: the policies left out have a scope it fails.
+#[derive(Default)]
+struct Buckets {
+    sets: HashMap<BucketKey, PolicySet>,
+}
+
+impl Buckets {
+    fn new(policies: Vec<Policy>) -> Result<Self, BuildError> {
+        let mut by_key: HashMap<BucketKey, Vec<Policy>> = HashMap::new();
+        for p in policies {
+            for key in bucket_keys(&p) {
+                by_key.entry(key).or_default().push(p.clone());
+            }
+        }
+        let sets = by_key
+            .into_iter()
+            .map(|(k, v)| Ok((k, set_of(v)?)))
+            .collect::<Result<_, BuildError>>()?;
+        Ok(Self { sets })
+    }
+
+    /// The sets for a request: those of any resource, then those of its channel.
+    fn for_request<'a>(
+        &'a self,
+        action: u8,
+        kind: u8,
+        channel: Option<&str>,
+        out: &mut Vec<&'a PolicySet>,
+    ) {
+        if let Some(set) = self.sets.get(&(action, kind, None)) {
+            out.push(set);
+        }
+        if let Some(channel) = channel
+            && let Some(set) = self.sets.get(&(action, kind, Some(channel.to_owned())))
+        {
+            out.push(set);
+        }
+    }
+}
+
+/// The index of an action in a [`BucketKey`].
+fn action_index(action: Option<Action>) -> u8 {
+    match action {
+        None => 0,
+        Some(Action::Publish) => 1,
+        Some(Action::Subscribe) => 2,
+    }
+}
+
+/// The index of a principal's kind in a [`BucketKey`].
+fn kind_index(kind: SubjectKind) -> u8 {
+    match kind {
+        SubjectKind::Thing => 0,
+        SubjectKind::User => 1,
+    }
+}
+
+/// The buckets a policy's scope might match.
+fn bucket_keys(policy: &Policy) -> Vec<BucketKey> {
+    let action_of = |uid: &EntityUid| match uid.id().unescaped() {
+        id if id == CONNECT => Some(0),
+        id if id == Action::Publish.as_str() => Some(1),
+        id if id == Action::Subscribe.as_str() => Some(2),
+        _ => None,
+    };
+    let actions: Vec<u8> = match policy.action_constraint() {
+        ActionConstraint::Any => vec![0, 1, 2],
+        ActionConstraint::Eq(uid) => action_of(&uid).into_iter().collect(),
+        // The schema has no action groups: `in [..]` is membership in the list.
+        ActionConstraint::In(list) => list.iter().filter_map(action_of).collect(),
+    };
+    let kind_of = |ty: &EntityTypeName| match ty.basename() {
+        "Thing" => vec![0],
+        "User" => vec![1],
+        // A group's members, or a type no principal has (then nothing matches; kept anyway).
+        _ => vec![0, 1],
+    };
+    let kinds = match policy.principal_constraint() {
+        PrincipalConstraint::Any => vec![0, 1],
+        PrincipalConstraint::In(uid) | PrincipalConstraint::Eq(uid) => kind_of(uid.type_name()),
+        PrincipalConstraint::Is(ty) | PrincipalConstraint::IsIn(ty, _) => kind_of(&ty),
+    };
+    let channel_of = |uid: &EntityUid| {
+        (uid.type_name().basename() == "Channel").then(|| uid.id().unescaped().to_owned())
+    };
+    let channel = match policy.resource_constraint() {
+        ResourceConstraint::In(uid) | ResourceConstraint::IsIn(_, uid) => channel_of(&uid),
+        _ => None,
+    };
+    let mut keys = Vec::with_capacity(actions.len() * kinds.len());
+    for a in &actions {
+        for k in &kinds {
+            keys.push((*a, *k, channel.clone()));
+        }
+    }
+    keys
+}
+
 /// One tenant's Cedar policies, sliced by what they can apply to (see the module docs).
 struct TenantPolicies {
-    /// Policies that may apply to any request: the roles' and the tenant's own.
-    general: PolicySet,
+    /// Policies that may apply to any subject: the roles' and the tenant's own.
+    general: Buckets,
     /// The translated policies of grants, by the grant's subject and channel.
-    by_target: HashMap<(GrantSubject, String), PolicySet>,
+    by_target: HashMap<(GrantSubject, String), Buckets>,
     /// How many policies there are in all.
     count: usize,
     /// The longest fixed part of the tenant's grant patterns (for `#` filters).
@@ -75,8 +182,9 @@ struct TenantPolicies {
 }
 
 impl TenantPolicies {
-    /// The translation of a tenant's grants and roles.
-    fn translate(grants: &[&Grant]) -> Result<Self, BuildError> {
+    /// The translation of a tenant's grants and roles, and its own `Policy` texts (validated
+    /// against the schema).
+    fn build(grants: &[&Grant], own: &[&TenantPolicy]) -> Result<Self, BuildError> {
         let mut general = Vec::new();
         for (id, text) in role_policies() {
             general.push(parse_translation(id, &text)?);
@@ -93,49 +201,43 @@ impl TenantPolicies {
                 count += 1;
             }
         }
+        for policy in own {
+            let invalid = |errors| BuildError::InvalidPolicy {
+                tenant: policy.tenant.clone(),
+                name: policy.name.clone(),
+                errors,
+            };
+            let source = format!("Policy/{}", policy.name);
+            let set = validate_policies(&source, &policy.text).map_err(invalid)?;
+            // Ids are `Policy/<name>/…`, and names are unique in a tenant, so none collide.
+            general.extend(set.policies().cloned());
+            count += set.policies().count();
+        }
         let by_target = targets
             .into_iter()
-            .map(|(k, v)| Ok((k, set_of(v)?)))
+            .map(|(k, v)| Ok((k, Buckets::new(v)?)))
             .collect::<Result<_, BuildError>>()?;
         Ok(Self {
-            general: set_of(general)?,
+            general: Buckets::new(general)?,
             by_target,
             count,
             longest: longest_pattern(grants),
-            own_policies: false,
+            own_policies: !own.is_empty(),
         })
     }
 
-    /// Adds a `Policy` object's text, validated against the schema.
-    fn add_own(&mut self, policy: &TenantPolicy) -> Result<(), BuildError> {
-        let invalid = |errors| BuildError::InvalidPolicy {
-            tenant: policy.tenant.clone(),
-            name: policy.name.clone(),
-            errors,
-        };
-        let own =
-            validate_policies(&format!("Policy/{}", policy.name), &policy.text).map_err(invalid)?;
-        // Ids are `Policy/<name>/…`, and names are unique in a tenant, so none collide.
-        for p in own.policies() {
-            self.general.add(p.clone()).map_err(|e| TranslationError {
-                id: p.id().to_string(),
-                message: e.to_string(),
-            })?;
-            self.count += 1;
-        }
-        self.own_policies = true;
-        Ok(())
-    }
-
-    /// The prebuilt sets that can apply to `subject` on `channel` (`None`: connecting, which
-    /// no grant concerns): the general one first.
+    /// The prebuilt sets that can apply to `subject` taking `action` (`None`: connecting, which
+    /// no grant concerns) on `channel`.
     fn sets<'a>(
         &'a self,
         snapshot: &Snapshot,
         subject: &Subject,
+        action: Option<Action>,
         channel: Option<&str>,
     ) -> Vec<&'a PolicySet> {
-        let mut sets = vec![&self.general];
+        let (a, k) = (action_index(action), kind_index(subject.kind));
+        let mut sets = Vec::with_capacity(4);
+        self.general.for_request(a, k, channel, &mut sets);
         let Some(channel) = channel else {
             return sets;
         };
@@ -151,8 +253,8 @@ impl TenantPolicies {
             .iter()
             .map(|g| GrantSubject::Group(g.clone()));
         for who in std::iter::once(direct).chain(groups) {
-            if let Some(set) = self.by_target.get(&(who, channel.to_owned())) {
-                sets.push(set);
+            if let Some(b) = self.by_target.get(&(who, channel.to_owned())) {
+                b.for_request(a, k, Some(channel), &mut sets);
             }
         }
         sets
@@ -273,10 +375,7 @@ impl CedarEngine {
             // A stable order: the ids name the Policy, so the order only fixes which error
             // is reported first.
             texts.sort_by(|a, b| a.name.cmp(&b.name));
-            let policies = TenantPolicies::translate(&of_tenant).and_then(|mut p| {
-                texts.iter().try_for_each(|t| p.add_own(t))?;
-                Ok(p)
-            });
+            let policies = TenantPolicies::build(&of_tenant, &texts);
             match policies {
                 Ok(p) => {
                     built.insert(tenant.to_owned(), p);
@@ -335,7 +434,7 @@ impl CedarEngine {
         } else {
             policies.longest
         };
-        let sets = policies.sets(snapshot, subject, Some(topic.channel()));
+        let sets = policies.sets(snapshot, subject, Some(action), Some(topic.channel()));
         // A filter is decided on its topics: one per shape, `+` levels standing for any level
         // (the crate documentation says why this is exact for translated grants).
         let mut first_forbid = Vec::new();
@@ -544,7 +643,7 @@ impl CedarEngine {
             None,
         )
         .map_err(|_| unavailable())?;
-        let sets = policies.sets(snapshot, subject, None);
+        let sets = policies.sets(snapshot, subject, None, None);
         match self.verdict(&sets, &request, &entities) {
             Verdict::Allow(..) => Ok(()),
             Verdict::Forbid(_) => Err(DenyReason::CedarForbid.into()),
