@@ -5,8 +5,8 @@
 use std::sync::Arc;
 
 use fleetward_policy::{
-    Actions, BuildError, Channel, Grant, GrantSubject, KeyDigest, Qos, Resources, Snapshot, Tenant,
-    Thing,
+    Actions, BuildError, Channel, Engine, Grant, GrantSubject, KeyDigest, Qos, Resources, Snapshot,
+    Tenant, Thing,
 };
 
 /// The tenant every benchmark thing belongs to.
@@ -85,9 +85,15 @@ fn channel(name: String) -> Channel {
 /// first may publish and the second subscribe to, and channel `fan` that every publisher may
 /// publish and every subscriber subscribe to. Default tenant limits (none).
 pub fn policy(pairs: usize) -> Result<Arc<Snapshot>, BuildError> {
+    policy_with(pairs, Engine::Builtin)
+}
+
+/// [`policy`] with the tenant's authorization `engine`; for `cedar`, the Cedar engine attached
+/// as the dataplane attaches it (the Connections translated into Cedar permit policies).
+pub fn policy_with(pairs: usize, engine: Engine) -> Result<Arc<Snapshot>, BuildError> {
     let mut r = Resources::default();
     r.tenants.push(Tenant {
-        engine: Default::default(),
+        engine,
         uid: String::new(),
         name: TENANT.into(),
         suspended: false,
@@ -106,7 +112,10 @@ pub fn policy(pairs: usize) -> Result<Arc<Snapshot>, BuildError> {
         r.things.push(thing(s));
         r.channels.push(channel(pair));
     }
-    Ok(Arc::new(Snapshot::from_resources(1, r)?))
+    let snapshot = Snapshot::from_resources(1, r)?;
+    Ok(Arc::new(fleetward_dataplane::sync::engines::attach(
+        snapshot,
+    )))
 }
 
 #[cfg(test)]
@@ -114,6 +123,29 @@ mod tests {
     use fleetward_policy::{Credential, PolicyEvaluator};
 
     use super::*;
+
+    #[test]
+    fn the_cedar_policy_decides_as_the_builtin_one() {
+        use fleetward_policy::{Action, Subject, TopicLimits, parse_topic_name};
+        let builtin = policy_with(3, Engine::Builtin).expect("valid");
+        let cedar = policy_with(3, Engine::Cedar).expect("valid");
+        let limits = TopicLimits::default();
+        for (who, topic) in [
+            (publisher(1), pair_topic(1)),
+            (publisher(1), pair_topic(2)),
+            (subscriber(2), fan_topic()),
+        ] {
+            let subject = Subject::thing(TENANT, who.as_str());
+            let t = parse_topic_name(&topic, &limits).expect("a topic");
+            for action in [Action::Publish, Action::Subscribe] {
+                let (b, c) = (
+                    builtin.authorize(&subject, action, &t),
+                    cedar.authorize(&subject, action, &t),
+                );
+                assert_eq!(b.is_allowed(), c.is_allowed(), "{who} {action:?} {topic}");
+            }
+        }
+    }
 
     #[test]
     fn the_policy_admits_the_keys_the_load_generator_sends() {

@@ -11,6 +11,7 @@ use std::net::SocketAddr;
 use clap::Parser;
 use fleetward_bench::fixture;
 use fleetward_dataplane::{Dataplane, MqttConfig};
+use fleetward_policy::Engine;
 
 #[global_allocator]
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
@@ -45,12 +46,20 @@ struct Args {
     /// past their window, so that the flood is held open rather than closed and reopened).
     #[arg(long, default_value_t = MqttConfig::default().connect_timeout.as_secs())]
     connect_timeout_secs: u64,
+    /// The tenant's authorization engine: `builtin`, or `cedar` (its Connections translated
+    /// into Cedar policies, decided by the Cedar engine behind the same decision cache).
+    #[arg(long, default_value = "builtin", value_parser = ["builtin", "cedar"])]
+    engine: String,
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let (_policy, rx) = tokio::sync::watch::channel(fixture::policy(args.pairs)?);
+    let engine = match args.engine.as_str() {
+        "cedar" => Engine::Cedar,
+        _ => Engine::Builtin,
+    };
+    let (_policy, rx) = tokio::sync::watch::channel(fixture::policy_with(args.pairs, engine)?);
     let dp = Dataplane::new(rx)
         .mqtt_listen(args.mqtt_listen)
         .admin_listen(Some(args.admin_listen))
