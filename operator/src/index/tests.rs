@@ -719,3 +719,164 @@ fn the_uids_of_tenants_and_channels_are_served_and_a_re_created_one_is_a_change(
         .map(|c| c.uid.clone());
     assert_eq!(alerts.as_deref(), Some(""));
 }
+
+const FORBID_LAB: &str = r#"forbid (principal, action == Action::"subscribe", resource in Channel::"telemetry")
+when { resource.hasTag("0") && resource.getTag("0") == "lab" };"#;
+
+fn mk_policy(ns: &str, name: &str, cedar: &str, generation: i64) -> crds::Policy {
+    let mut p = crds::Policy::new(
+        name,
+        crds::PolicySpec {
+            cedar: cedar.into(),
+            description: None,
+        },
+    );
+    p.metadata = meta(ns, name);
+    p.metadata.uid = Some(format!("uid-{name}"));
+    p.metadata.generation = Some(generation);
+    p
+}
+
+fn cedar_spec() -> crds::TenantSpec {
+    crds::TenantSpec {
+        authorization: Some(crds::TenantAuthorization {
+            engine: crds::AuthorizationEngine::Cedar,
+        }),
+        ..tenant_spec()
+    }
+}
+
+fn policy_key(name: &str) -> ObjectKey {
+    ObjectKey::namespaced(Kind::Policy, "acme", name)
+}
+
+#[test]
+fn a_valid_policy_of_a_cedar_tenant_is_served_and_ready() {
+    let mut index = Index::new();
+    mk_acme(&mut index);
+    index.apply(mk_tenant("acme", cedar_spec()));
+    index.apply(Object::Policy(mk_policy("acme", "lab", FORBID_LAB, 1)));
+    let commit = index.commit().expect("changed");
+    let delta = commit.delta.expect("a delta");
+    assert_eq!(delta.policies.upserts.len(), 1);
+    let s = index.snapshot();
+    assert_eq!(
+        s.tenant("acme").map(|t| t.engine),
+        Some(policy::Engine::Cedar)
+    );
+    assert_eq!(
+        s.policy("acme", "lab").map(|p| p.text.as_str()),
+        Some(FORBID_LAB)
+    );
+    assert_eq!(ready(&index, &policy_key("lab")), (true, Reason::Accepted));
+
+    // Deleting it removes it from the snapshot.
+    index.delete(&policy_key("lab"));
+    let delta = index.commit().expect("changed").delta.expect("a delta");
+    assert_eq!(delta.policies.removals.len(), 1);
+    assert!(index.snapshot().policy("acme", "lab").is_none());
+}
+
+#[test]
+fn an_invalid_edit_keeps_the_last_valid_text_and_says_where() {
+    let mut index = Index::new();
+    mk_acme(&mut index);
+    index.apply(mk_tenant("acme", cedar_spec()));
+    index.apply(Object::Policy(mk_policy("acme", "lab", FORBID_LAB, 1)));
+    index.commit();
+    let broken = "forbid (principal, action, resource)\nwhen { resource.nope };";
+    index.apply(Object::Policy(mk_policy("acme", "lab", broken, 2)));
+    index.commit();
+    let st = index.status(&policy_key("lab")).expect("a status");
+    assert_eq!(
+        (st.readiness.ready, st.readiness.reason),
+        (false, Reason::InvalidPolicy)
+    );
+    assert!(
+        st.readiness.message.contains("line 2, column"),
+        "{}",
+        st.readiness.message
+    );
+    assert!(
+        st.readiness
+            .message
+            .contains("generation 1) stays enforced"),
+        "{}",
+        st.readiness.message
+    );
+    let Facts::Policy { errors, enforced } = &st.facts else {
+        panic!("no policy facts: {:?}", st.facts)
+    };
+    assert_eq!(errors[0].0, 2);
+    assert_eq!(enforced.as_ref().map(|e| e.0), Some(Some(1)));
+    assert_eq!(
+        index
+            .snapshot()
+            .policy("acme", "lab")
+            .map(|p| p.text.as_str()),
+        Some(FORBID_LAB)
+    );
+}
+
+#[test]
+fn a_restarted_index_takes_the_last_valid_text_back_from_the_status() {
+    let mut index = Index::new();
+    mk_acme(&mut index);
+    index.apply(mk_tenant("acme", cedar_spec()));
+    let mut p = mk_policy("acme", "lab", "permit (principal,", 3);
+    p.status = Some(crds::PolicyStatus {
+        enforced: Some(crds::EnforcedPolicy {
+            generation: Some(2),
+            cedar: FORBID_LAB.into(),
+        }),
+        ..Default::default()
+    });
+    index.apply(Object::Policy(p));
+    index.commit();
+    assert_eq!(
+        index
+            .snapshot()
+            .policy("acme", "lab")
+            .map(|p| p.text.as_str()),
+        Some(FORBID_LAB)
+    );
+    // A shown text that does not validate is never served.
+    let mut index = Index::new();
+    mk_acme(&mut index);
+    index.apply(mk_tenant("acme", cedar_spec()));
+    let mut p = mk_policy("acme", "lab", "permit (principal,", 3);
+    p.status = Some(crds::PolicyStatus {
+        enforced: Some(crds::EnforcedPolicy {
+            generation: Some(2),
+            cedar: "forbid (".into(),
+        }),
+        ..Default::default()
+    });
+    index.apply(Object::Policy(p));
+    index.commit();
+    assert!(index.snapshot().policy("acme", "lab").is_none());
+    let st = index.status(&policy_key("lab")).expect("a status");
+    assert!(
+        st.readiness
+            .message
+            .contains("no version of this Policy is enforced")
+    );
+}
+
+#[test]
+fn a_policy_of_a_builtin_tenant_decides_nothing_and_says_so() {
+    let mut index = Index::new();
+    mk_acme(&mut index);
+    index.apply(Object::Policy(mk_policy("acme", "lab", FORBID_LAB, 1)));
+    index.commit();
+    assert_eq!(
+        ready(&index, &policy_key("lab")),
+        (false, Reason::EngineNotCedar)
+    );
+    assert!(index.snapshot().policy("acme", "lab").is_none());
+    // Switching the tenant to cedar serves it.
+    index.apply(mk_tenant("acme", cedar_spec()));
+    index.commit();
+    assert!(index.snapshot().policy("acme", "lab").is_some());
+    assert_eq!(ready(&index, &policy_key("lab")), (true, Reason::Accepted));
+}
