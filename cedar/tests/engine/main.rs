@@ -4,5 +4,6 @@
 mod attached;
 mod fixtures;
 mod forbid;
+mod no_bypass;
 mod oracle;
 mod schema;
