@@ -11,7 +11,7 @@ use anyhow::{Context, Result, ensure};
 use fleetward_e2e::fleetward::{
     DataplaneConfig, OPERATOR_NAMESPACE, start_dataplane_pair, start_operators,
 };
-use fleetward_e2e::workspace::examples_dir;
+use fleetward_e2e::workspace::{examples_dir, fleetward_binary};
 use fleetward_e2e::{ControlPlane, Kubectl, run_test, wait_until};
 
 const TOKEN: &str = "e2e-sync-token";
@@ -92,6 +92,26 @@ fn a_cedar_tenant_is_enforced_from_its_policy_objects() {
         ensure!(ok.status.success() && !refused(&ok), "{ok:?}");
         let bad = publish(port, "initech/probe-1", &key, "m/initech/c/readings/lab/t")?;
         ensure!(refused(&bad), "a publish outside the site: {bad:?}");
+
+        // can-i --cluster names the Cedar policy that decided.
+        let out = Command::new(fleetward_binary()?)
+            .env("KUBECONFIG", plane.kubeconfig())
+            .args([
+                "can-i",
+                "initech/dashboard",
+                "subscribe",
+                "m/initech/c/readings/lab/#",
+            ])
+            .arg("--cluster")
+            .output()
+            .context("run fleetward can-i")?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        ensure!(
+            !out.status.success()
+                && text.contains("forbidden by Cedar policy Policy/sites/lab-private"),
+            "can-i --cluster: {text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
 
         // An invalid edit: refused with its place, the last valid text enforced meanwhile.
         kubectl.run(&[
