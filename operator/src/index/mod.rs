@@ -368,10 +368,28 @@ impl Index {
         let mut changed = BTreeSet::new();
         let prev = self.served.remove(namespace).unwrap_or_default();
         let tenant = r.tenant.as_ref().map(|t| t.name.clone());
+        self.drop_stale(namespace, &prev, &r, &mut changed);
         let mut now = Served {
-            tenant: tenant.clone(),
+            tenant,
             ..Served::default()
         };
+        self.upsert_records(namespace, r, &mut now, &mut changed);
+        if now.tenant.is_some() {
+            self.served.insert(namespace.to_owned(), now);
+        }
+        changed
+    }
+
+    /// Removes what a namespace served before and serves no longer; everything, when its
+    /// owning Tenant changed.
+    fn drop_stale(
+        &mut self,
+        namespace: &str,
+        prev: &Served,
+        r: &Records,
+        changed: &mut BTreeSet<ObjectKey>,
+    ) {
+        let tenant = r.tenant.as_ref().map(|t| t.name.clone());
         let key = |kind: Kind, name: &str| ObjectKey::namespaced(kind, namespace, name);
 
         // Everything the previous owner served goes when the owner changes.
@@ -433,6 +451,17 @@ impl Index {
                 changed.insert(ObjectKey::tenant(old));
             }
         }
+    }
+
+    /// Puts a namespace's records into the snapshot where they differ, noting each in `now`.
+    fn upsert_records(
+        &mut self,
+        namespace: &str,
+        r: Records,
+        now: &mut Served,
+        changed: &mut BTreeSet<ObjectKey>,
+    ) {
+        let key = |kind: Kind, name: &str| ObjectKey::namespaced(kind, namespace, name);
         if let Some(t) = r.tenant
             && self.snapshot.tenant(&t.name) != Some(&t)
         {
@@ -473,10 +502,6 @@ impl Index {
             grants,
             Kind::Connection
         );
-        if now.tenant.is_some() {
-            self.served.insert(namespace.to_owned(), now);
-        }
-        changed
     }
 
     fn set_status(&mut self, key: ObjectKey, status: DesiredStatus, changed: &BTreeSet<ObjectKey>) {
