@@ -16,7 +16,7 @@ use crate::grpc;
 use crate::index::Index;
 use crate::k8s::lease::{Leadership, LeaseConfig};
 use crate::k8s::observed::Observed;
-use crate::k8s::replicas::ReportConfig;
+use crate::k8s::replica_leases::ReportConfig;
 use crate::k8s::secrets::SecretReconciler;
 use crate::k8s::writer::StatusWriter;
 use crate::k8s::{self, watch::Feed};
@@ -249,7 +249,7 @@ pub async fn run(args: OperatorArgs) -> anyhow::Result<()> {
     }
     // The streams are gone: the leader must stop counting this replica's dataplanes now.
     tasks.shutdown().await;
-    k8s::replicas::withdraw(&client, &reports).await;
+    k8s::replica_leases::withdraw(&client, &reports).await;
     match admin_server.await {
         Ok(Ok(())) => {}
         Ok(Err(e)) => tracing::warn!(error = %e, "the admin server failed"),
@@ -283,13 +283,13 @@ fn spawn_tasks(
         metrics: state.metrics.clone(),
     };
     k8s::watch::spawn_all(&mut tasks, client, &feed);
-    tasks.spawn(k8s::replicas::publish(
+    tasks.spawn(k8s::replica_leases::publish(
         client.clone(),
         reports.clone(),
         state.index.clone(),
         state.dataplanes.clone(),
     ));
-    tasks.spawn(k8s::replicas::watch_peers(
+    tasks.spawn(k8s::replica_leases::watch_peers(
         client.clone(),
         reports.clone(),
         state.replicas.clone(),

@@ -6,8 +6,8 @@
 //! changed into one new snapshot version.
 
 mod object;
+mod readiness;
 mod resolve;
-mod status;
 #[cfg(test)]
 mod tests;
 
@@ -19,8 +19,8 @@ use fleetward_policy::{self as policy, Delta, ResourceName, Snapshot};
 use kube::Resource;
 
 pub use object::{Kind, Object, ObjectKey, SecretData};
+pub use readiness::{DesiredStatus, Facts, Readiness, Reason};
 pub use resolve::{MIN_KEY_LEN, is_key_entry};
-pub use status::{DesiredStatus, Facts, Readiness, Reason};
 
 use object::age_order;
 use resolve::{Namespace, Owner, PasswordHashes, Resolution, resolve};

@@ -7,7 +7,7 @@ use fleetward_policy as policy;
 use policy::{KeyDigest, SubtopicPattern};
 
 use super::object::{Kind, ObjectKey, SecretData, age_order};
-use super::status::{DesiredStatus, Facts, Readiness, Reason};
+use super::readiness::{DesiredStatus, Facts, Readiness, Reason};
 
 /// The shortest key accepted from a Secret, in bytes: keys are compared by a fast hash, which is
 /// only right for high-entropy keys (a generated key is 43 characters).
