@@ -79,7 +79,7 @@ bump() {
 }
 
 # Writes compat/<version>/ from the committed tree at HEAD: the protobuf descriptor set
-# (compiled by proto/tests/compat, with protox), the generated CRD YAML and the commit.
+# (compiled by proto/tests/it/compat, with protox), the generated CRD YAML and the commit.
 record() {
     local rev
     rev=$(git rev-parse HEAD)
