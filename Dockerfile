@@ -5,7 +5,7 @@
 #   docker build -t ghcr.io/fleetward/fleetward:0.1.0 .
 #
 # The same contents as scripts/image.sh, which builds the image without an engine and which the
-# tests check (e2e/tests/image.rs): the root filesystem comes from that script here too.
+# tests check (e2e/tests/it/image.rs): the root filesystem comes from that script here too.
 
 ARG RUST_VERSION=1.95
 

@@ -332,8 +332,7 @@ def controlplane_run(cfg, results, profiles, profile):
     if not cfg.smoke:
         env["FLEETWARD_BIN"] = str(ROOT / "target" / "release" / "fleetward")
     out = subprocess.run(
-        ["cargo", "test", "-p", "fleetward-e2e", "--test", "bench_controlplane", "--",
-         "--ignored", "--nocapture", "--test-threads=1"],
+        ["cargo", "bench", "--profile", "dev", "-p", "fleetward-bench", "--bench", "controlplane"],
         cwd=ROOT, capture_output=True, text=True, env=env, timeout=5400)
     figures = {}
     for line in out.stdout.splitlines():
@@ -501,7 +500,7 @@ def render(cfg, results, started, load_before, load_after, command, profiles):
                   f"| answers other than 202, errors | {http['non_202']:.0f}, {http['errors']:.0f} |"]
     if cp:
         lines += ["", "### Control plane", "",
-                  "`cargo test -p fleetward-e2e --test bench_controlplane -- --ignored --nocapture` "
+                  "`cargo bench --profile dev -p fleetward-bench --bench controlplane` "
                   "(the real API server of `e2e/controlplane`, one operator, two dataplanes)"
                   + (f", with {', '.join(f'{k}={v}' for k, v in cfg.cp_env.items())}" if cfg.cp_env else "")
                   + ":", "", "| figure | value |", "|---|---|"]

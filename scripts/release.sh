@@ -79,7 +79,7 @@ bump() {
 }
 
 # Writes compat/<version>/ from the committed tree at HEAD: the protobuf descriptor set
-# (compiled by proto/tests/compat, with protox), the generated CRD YAML and the commit.
+# (compiled by proto/tests/it/compat, with protox), the generated CRD YAML and the commit.
 record() {
     local rev
     rev=$(git rev-parse HEAD)
@@ -88,7 +88,7 @@ record() {
     git archive "$rev" proto crds | tar -x -C "$tmp"
     mkdir -p "$out/crds"
     FLEETWARD_COMPAT_PROTO_ROOT="$tmp/proto" FLEETWARD_COMPAT_OUT="$PWD/$out/descriptor-set.binpb" \
-        cargo test --quiet -p fleetward-proto --test compat -- --ignored --exact record_descriptor_set
+        cargo test --quiet -p fleetward-proto --test it -- --ignored --exact compat::record_descriptor_set
     [[ -s "$out/descriptor-set.binpb" ]] || die "no descriptor set was written to $out"
     cp "$tmp"/crds/*.yaml "$out/crds/"
     printf '%s\n' "$rev" >"$out/COMMIT"
@@ -106,7 +106,7 @@ if ! $record_only; then
 fi
 
 step "the committed CRD YAML matches crds/src"
-cargo test --quiet -p fleetward-crds --test generated committed_crds_match_the_types
+cargo test --quiet -p fleetward-crds --test it -- generated::committed_crds_match_the_types
 
 if $record_only; then
     step "recording $out from $(git rev-parse --short HEAD) (no bump, no tag)"
@@ -117,8 +117,8 @@ fi
 
 
 step "the protobuf and the CRDs are compatible with the newest baseline"
-cargo test --quiet -p fleetward-proto --test compat
-cargo test --quiet -p fleetward-crds --test compat
+cargo test --quiet -p fleetward-proto --test it -- compat::
+cargo test --quiet -p fleetward-crds --test it -- compat::
 
 step "bumping the workspace and chart versions to $version"
 bump

@@ -1,5 +1,8 @@
 //! The `fleetward` binary: one entry point for every mode of the platform.
 
+// No function longer than a reader can hold in their head (the threshold is in clippy.toml).
+#![warn(clippy::too_many_lines)]
+
 mod cli;
 mod cluster;
 mod control;

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -88,17 +88,8 @@ pub async fn run(args: StartArgs) -> anyhow::Result<()> {
     let _record = control.record(admin, &args.state_dir, &args.manifests)?;
     tracing::info!(manifests = %args.manifests.display(), "{}", status.summary());
 
-    let (events_tx, mut events_rx) = mpsc::channel::<()>(1);
-    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-        if event.is_ok() {
-            // A full channel already holds a wake-up; dropping this one loses nothing.
-            let _ = events_tx.try_send(());
-        }
-    })
-    .context("starting the file watcher")?;
-    watcher
-        .watch(&args.manifests, RecursiveMode::Recursive)
-        .with_context(|| format!("watching {}", args.manifests.display()))?;
+    // The watcher stops when dropped: it lives as long as this function.
+    let (_watcher, mut events_rx) = watch_manifests(&args.manifests)?;
 
     let mut rescan = tokio::time::interval(RESCAN);
     rescan.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -122,29 +113,65 @@ pub async fn run(args: StartArgs) -> anyhow::Result<()> {
                 status_file.retry(&local, &errors.current);
             }
         }
-        let report = local.scan();
-        if let Err(e) = local.read_signing_keys(&args.state_dir) {
-            tracing::warn!(error = %e, "the token signing keys could not be read; the last ones stay");
-        }
-        let errors_changed = errors.log(&report);
-        log_generated(&report);
-        let Some(commit) = local.index.commit() else {
-            // A broken file is read again on every scan; the report changes only when the
-            // set of errors does.
-            if errors_changed {
-                status_file.write(&local.report(&errors.current));
-            }
-            continue;
-        };
-        for key in &commit.statuses {
-            log_status(&local, key, false);
-        }
-        let snapshot: Arc<Snapshot> = Arc::new(attach(local.index.snapshot().clone()));
-        let _ = policy_tx.send(snapshot);
-        let status = local.report(&errors.current);
-        status_file.write(&status);
-        tracing::info!("{}", status.summary());
+        rescan_manifests(
+            &mut local,
+            &mut errors,
+            &mut status_file,
+            &policy_tx,
+            &args.state_dir,
+        );
     }
+}
+
+/// A watcher of the manifest directory, waking the returned receiver on any change.
+fn watch_manifests(
+    manifests: &Path,
+) -> anyhow::Result<(notify::RecommendedWatcher, mpsc::Receiver<()>)> {
+    let (events_tx, events_rx) = mpsc::channel::<()>(1);
+    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        if event.is_ok() {
+            // A full channel already holds a wake-up; dropping this one loses nothing.
+            let _ = events_tx.try_send(());
+        }
+    })
+    .context("starting the file watcher")?;
+    watcher
+        .watch(manifests, RecursiveMode::Recursive)
+        .with_context(|| format!("watching {}", manifests.display()))?;
+    Ok((watcher, events_rx))
+}
+
+/// Reads the manifests and signing keys again; a change is committed, logged, published to
+/// the dataplane and written to the status report.
+fn rescan_manifests(
+    local: &mut Local,
+    errors: &mut Errors,
+    status_file: &mut StatusFile,
+    policy_tx: &watch::Sender<Arc<Snapshot>>,
+    state_dir: &Path,
+) {
+    let report = local.scan();
+    if let Err(e) = local.read_signing_keys(state_dir) {
+        tracing::warn!(error = %e, "the token signing keys could not be read; the last ones stay");
+    }
+    let errors_changed = errors.log(&report);
+    log_generated(&report);
+    let Some(commit) = local.index.commit() else {
+        // A broken file is read again on every scan; the report changes only when the
+        // set of errors does.
+        if errors_changed {
+            status_file.write(&local.report(&errors.current));
+        }
+        return;
+    };
+    for key in &commit.statuses {
+        log_status(local, key, false);
+    }
+    let snapshot: Arc<Snapshot> = Arc::new(attach(local.index.snapshot().clone()));
+    let _ = policy_tx.send(snapshot);
+    let status = local.report(&errors.current);
+    status_file.write(&status);
+    tracing::info!("{}", status.summary());
 }
 
 /// The status report on disk. A write that fails (a full disk, no file descriptors left) is

@@ -10,6 +10,9 @@
 //!
 //! `scripts/bench-suite.sh` runs them, with Mosquitto, and writes `BENCHMARKS.md`.
 
+// No function longer than a reader can hold in their head (the threshold is in clippy.toml).
+#![warn(clippy::too_many_lines)]
+
 pub mod conns;
 pub mod fixture;
 pub mod flood;

@@ -339,27 +339,9 @@ async fn publisher(
     flow: Flow,
     shared: Arc<Shared>,
 ) -> anyhow::Result<()> {
-    let (mut reader, mut writer) = s.into_split();
+    let (reader, mut writer) = s.into_split();
     let window = Arc::new(Semaphore::new(flow.window.max(1)));
-    let acks = {
-        let window = window.clone();
-        async move {
-            let mut framer = Framer::default();
-            let mut buf = [0u8; 4096];
-            loop {
-                let n = reader.read(&mut buf).await?;
-                ensure!(n > 0, "the broker closed a publisher");
-                framer.feed(&buf[..n]);
-                let mut acked = 0;
-                while let Some(frame) = framer.next_frame() {
-                    if frame.kind() == wire::PUBACK {
-                        acked += 1;
-                    }
-                }
-                window.add_permits(acked);
-            }
-        }
-    };
+    let acks = reopen_window(reader, window.clone());
     let batch = flow.batch.max(1).min(if flow.qos == 1 {
         flow.window.max(1)
     } else {
@@ -420,6 +402,28 @@ async fn publisher(
     tokio::select! {
         r = send => r,
         r = acks => r,
+    }
+}
+
+/// Reads a publisher's PUBACKs and gives their packet ids back to the send window, until the
+/// broker closes the connection.
+async fn reopen_window(
+    mut reader: tokio::net::tcp::OwnedReadHalf,
+    window: Arc<Semaphore>,
+) -> anyhow::Result<()> {
+    let mut framer = Framer::default();
+    let mut buf = [0u8; 4096];
+    loop {
+        let n = reader.read(&mut buf).await?;
+        ensure!(n > 0, "the broker closed a publisher");
+        framer.feed(&buf[..n]);
+        let mut acked = 0;
+        while let Some(frame) = framer.next_frame() {
+            if frame.kind() == wire::PUBACK {
+                acked += 1;
+            }
+        }
+        window.add_permits(acked);
     }
 }
 

@@ -1,5 +1,8 @@
 //! The Fleetward resource types (`fleetward.io/v1alpha1`) and the CRDs generated from them.
 
+// No function longer than a reader can hold in their head (the threshold is in clippy.toml).
+#![warn(clippy::too_many_lines)]
+
 pub mod channel;
 pub mod connection;
 pub mod group;

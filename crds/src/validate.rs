@@ -161,6 +161,18 @@ fn check(schema: &Value, value: &Value, path: &str, root: bool, out: &mut Vec<Re
         return;
     }
 
+    check_enum(schema, value, path, out);
+    match value {
+        Value::String(s) => check_string(schema, s, path, out),
+        Value::Number(n) => check_number(schema, n, path, out),
+        Value::Array(items) => check_array(schema, items, path, out),
+        Value::Object(fields) => check_object(schema, fields, path, root, out),
+        Value::Bool(_) | Value::Null => {}
+    }
+}
+
+/// A value outside the schema's `enum`, when it has one.
+fn check_enum(schema: &Value, value: &Value, path: &str, out: &mut Vec<Refusal>) {
     if let Some(allowed) = schema["enum"].as_array()
         && !allowed.contains(value)
     {
@@ -171,47 +183,39 @@ fn check(schema: &Value, value: &Value, path: &str, root: bool, out: &mut Vec<Re
                 other => format!("{:?}", other.to_string()),
             })
             .collect();
-        refuse(
-            out,
-            true,
-            format!(
+        out.push(Refusal {
+            message: format!(
                 "{path}: Unsupported value: {value}: supported values: {}",
                 list.join(", ")
             ),
-        );
+            blocking: true,
+        });
     }
+}
 
-    match value {
-        Value::String(s) => check_string(schema, s, path, out),
-        Value::Number(n) => {
-            if let (Some(min), Some(v)) = (schema["minimum"].as_f64(), n.as_f64())
-                && v < min
-            {
-                refuse(
-                    out,
-                    false,
-                    format!(
-                        "{path}: Invalid value: {n}: {path} in body should be greater than or equal to {}",
-                        number(min)
-                    ),
-                );
-            }
-            if let (Some(max), Some(v)) = (schema["maximum"].as_f64(), n.as_f64())
-                && v > max
-            {
-                refuse(
-                    out,
-                    false,
-                    format!(
-                        "{path}: Invalid value: {n}: {path} in body should be less than or equal to {}",
-                        number(max)
-                    ),
-                );
-            }
-        }
-        Value::Array(items) => check_array(schema, items, path, out),
-        Value::Object(fields) => check_object(schema, fields, path, root, out),
-        Value::Bool(_) | Value::Null => {}
+/// A number below the schema's `minimum` or above its `maximum`.
+fn check_number(schema: &Value, n: &serde_json::Number, path: &str, out: &mut Vec<Refusal>) {
+    if let (Some(min), Some(v)) = (schema["minimum"].as_f64(), n.as_f64())
+        && v < min
+    {
+        out.push(Refusal {
+            message: format!(
+                "{path}: Invalid value: {n}: {path} in body should be greater than or equal to {}",
+                number(min)
+            ),
+            blocking: false,
+        });
+    }
+    if let (Some(max), Some(v)) = (schema["maximum"].as_f64(), n.as_f64())
+        && v > max
+    {
+        out.push(Refusal {
+            message: format!(
+                "{path}: Invalid value: {n}: {path} in body should be less than or equal to {}",
+                number(max)
+            ),
+            blocking: false,
+        });
     }
 }
 

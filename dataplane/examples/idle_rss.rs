@@ -2,6 +2,9 @@
 //! link (a subscription). Run: `cargo run --release -p fleetward-dataplane --example idle_rss -- 2000`
 //! (add `same` to have every connection subscribe to one filter instead of one each).
 
+// No function longer than a reader can hold in their head (the threshold is in clippy.toml).
+#![warn(clippy::too_many_lines)]
+
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::process::{Command, Stdio};

@@ -4,6 +4,9 @@
 //! keeps the logs when it fails. Everything it starts is a guard that stops its
 //! process group when dropped, also while a panic unwinds.
 
+// No function longer than a reader can hold in their head (the threshold is in clippy.toml).
+#![warn(clippy::too_many_lines)]
+
 pub mod argocd;
 pub mod chart;
 pub mod controlplane;

@@ -3,6 +3,9 @@
 //! The [`index`] is source-agnostic: the Kubernetes watchers and the single-binary mode's
 //! directory reader feed it the same resource types.
 
+// No function longer than a reader can hold in their head (the threshold is in clippy.toml).
+#![warn(clippy::too_many_lines)]
+
 pub mod dataplanes;
 pub mod directory;
 pub mod grpc;

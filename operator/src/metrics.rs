@@ -99,82 +99,92 @@ impl Metrics {
             leader: Gauge::default(),
             registry: Registry::default(),
         };
+        m.register_writes(&mut registry);
+        m.register_state(&mut registry);
+        Self { registry, ..m }
+    }
+
+    /// The metrics of writes and watches: reconciles, their errors and durations, Secrets.
+    fn register_writes(&self, registry: &mut Registry) {
         registry.register(
             "reconciles",
             "Writes attempted for an object (status or Secret), by kind",
-            m.reconciles.clone(),
+            self.reconciles.clone(),
         );
         registry.register(
             "reconcile_errors",
             "Writes that failed, by kind and error",
-            m.errors.clone(),
+            self.errors.clone(),
         );
         registry.register(
             "reconcile_duration_seconds",
             "Time one write took, by kind",
-            m.durations.clone(),
+            self.durations.clone(),
         );
         registry.register(
             "status_writes",
             "Status writes that the API server accepted, by kind",
-            m.status_writes.clone(),
+            self.status_writes.clone(),
         );
         registry.register(
             "secrets_created",
             "Thing Secrets created with a generated key",
-            m.secrets_created.clone(),
+            self.secrets_created.clone(),
         );
         registry.register(
             "watch_errors",
             "Watch errors (retried with backoff), by kind",
-            m.watch_errors.clone(),
+            self.watch_errors.clone(),
         );
         registry.register(
             "objects_skipped",
             "Objects that could not be read and were left out of the index, by kind",
-            m.objects_skipped.clone(),
+            self.objects_skipped.clone(),
         );
+    }
+
+    /// The gauges of state: the snapshot, the dataplanes, the other replicas, the Lease.
+    fn register_state(&self, registry: &mut Registry) {
         registry.register(
             "snapshot_version",
             "Version of this replica's policy snapshot",
-            m.snapshot_version.clone(),
+            self.snapshot_version.clone(),
         );
         registry.register(
             "snapshot_resources",
             "Records in this replica's policy snapshot",
-            m.snapshot_size.clone(),
+            self.snapshot_size.clone(),
         );
         registry.register(
             "dataplanes_connected",
             "Dataplanes connected to this replica",
-            m.dataplanes.clone(),
+            self.dataplanes.clone(),
         );
         registry.register(
             "dataplane_applied_version",
             "Snapshot version each connected dataplane has applied",
-            m.applied.clone(),
+            self.applied.clone(),
         );
         registry.register(
             "dataplane_nacks",
             "Updates each connected dataplane has refused (NACKed) since it connected",
-            m.nacks.clone(),
+            self.nacks.clone(),
         );
         registry.register(
             "dataplane_refusing",
             "1 while a connected dataplane's last answer was a NACK, else 0",
-            m.refusing.clone(),
+            self.refusing.clone(),
         );
         registry.register(
             "replica_dataplanes",
             "Dataplanes each other replica reports (what the leader counts for Enforced)",
-            m.replica_dataplanes.clone(),
+            self.replica_dataplanes.clone(),
         );
         registry.register(
             "leader",
             "1 while this replica holds the Lease and writes, else 0",
-            m.leader.clone(),
+            self.leader.clone(),
         );
-        Self { registry, ..m }
     }
 
     /// Counts one write attempt for an object of `kind` and how long it took.

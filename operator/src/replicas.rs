@@ -9,7 +9,7 @@
 //! enforced there, so a report that no longer matches (the views drift for a moment after a
 //! change) only holds back the objects that changed, never every status.
 //!
-//! Pure: the Kubernetes side (`k8s::replicas`) moves reports through Leases.
+//! Pure: the Kubernetes side (`k8s::replica_leases`) moves reports through Leases.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Mutex, MutexGuard};

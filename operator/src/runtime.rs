@@ -16,7 +16,7 @@ use crate::grpc;
 use crate::index::Index;
 use crate::k8s::lease::{Leadership, LeaseConfig};
 use crate::k8s::observed::Observed;
-use crate::k8s::replicas::ReportConfig;
+use crate::k8s::replica_leases::ReportConfig;
 use crate::k8s::secrets::SecretReconciler;
 use crate::k8s::writer::StatusWriter;
 use crate::k8s::{self, watch::Feed};
@@ -158,6 +158,29 @@ fn first_version() -> u64 {
     fleetward_process::unix_millis()
 }
 
+/// What the tasks of this replica share: the index and what is known about dataplanes,
+/// replicas and watches, and the metrics.
+#[derive(Clone)]
+struct ReplicaState {
+    index: Arc<SharedIndex>,
+    dataplanes: Arc<Dataplanes>,
+    observed: Arc<Observed>,
+    replicas: Arc<Replicas>,
+    metrics: Arc<Metrics>,
+}
+
+impl ReplicaState {
+    fn new() -> Self {
+        Self {
+            index: Arc::new(SharedIndex::new(Index::starting_at(first_version()))),
+            dataplanes: Arc::new(Dataplanes::new()),
+            observed: Arc::new(Observed::new()),
+            replicas: Arc::new(Replicas::new()),
+            metrics: Arc::new(Metrics::new()),
+        }
+    }
+}
+
 /// Runs the operator until SIGTERM or SIGINT: then it stops writing, releases the Lease,
 /// drains and returns `Ok`. Expects tracing to be set up by the caller.
 pub async fn run(args: OperatorArgs) -> anyhow::Result<()> {
@@ -173,98 +196,17 @@ pub async fn run(args: OperatorArgs) -> anyhow::Result<()> {
         "cannot reach the Kubernetes API: set KUBECONFIG to a kubeconfig, or run in a pod with \
          a service account",
     )?;
-    let index = Arc::new(SharedIndex::new(Index::starting_at(first_version())));
-    let dataplanes = Arc::new(Dataplanes::new());
-    let observed = Arc::new(Observed::new());
-    let replicas = Arc::new(Replicas::new());
-    let metrics = Arc::new(Metrics::new());
+    let state = ReplicaState::new();
     let reporter = Reporter {
         controller: k8s::CONTROLLER.to_owned(),
         instance: Some(lease.identity.clone()),
     };
     tracing::info!(identity = %lease.identity, namespace = %lease.namespace, lease = %lease.name, "starting the operator");
 
-    let leadership = Leadership::start(client.clone(), lease, metrics.clone());
+    let leadership = Leadership::start(client.clone(), lease, state.metrics.clone());
     let (shutdown_tx, shutdown) = watch::channel(false);
-    let mut tasks: JoinSet<&'static str> = JoinSet::new();
-
-    tasks.spawn({
-        let index = index.clone();
-        let window = Duration::from_millis(args.batch_window_ms);
-        async move {
-            index.run_batcher(window).await;
-            "index batcher"
-        }
-    });
-    let feed = Feed {
-        index: index.clone(),
-        observed: observed.clone(),
-        metrics: metrics.clone(),
-    };
-    k8s::watch::spawn_all(&mut tasks, &client, &feed);
-    tasks.spawn(k8s::replicas::publish(
-        client.clone(),
-        reports.clone(),
-        index.clone(),
-        dataplanes.clone(),
-    ));
-    tasks.spawn(k8s::replicas::watch_peers(
-        client.clone(),
-        reports.clone(),
-        replicas.clone(),
-    ));
-    tasks.spawn(
-        StatusWriter {
-            client: client.clone(),
-            index: index.clone(),
-            dataplanes: dataplanes.clone(),
-            replicas: replicas.clone(),
-            observed: observed.clone(),
-            metrics: metrics.clone(),
-            leader: leadership.subscribe(),
-            recorder: Recorder::new(client.clone(), reporter.clone()),
-        }
-        .run(),
-    );
-    tasks.spawn(
-        SecretReconciler {
-            client: client.clone(),
-            index: index.clone(),
-            observed: observed.clone(),
-            metrics: metrics.clone(),
-            leader: leadership.subscribe(),
-            recorder: Recorder::new(client.clone(), reporter),
-        }
-        .run(),
-    );
-
-    tasks.spawn(k8s::signing::run(
-        client.clone(),
-        reports.namespace.clone(),
-        args.signing_secret.clone(),
-        index.clone(),
-        leadership.subscribe(),
-    ));
-
-    let admin = tokio::net::TcpListener::bind(args.admin_listen)
-        .await
-        .with_context(|| format!("cannot listen on --admin-listen {}", args.admin_listen))?;
-    tracing::info!(addr = %args.admin_listen, "serving /healthz, /readyz and /metrics");
-    let router = admin_router(Admin {
-        metrics: metrics.clone(),
-        index: index.clone(),
-        dataplanes: dataplanes.clone(),
-        replicas: replicas.clone(),
-        observed: observed.clone(),
-    });
-    let mut admin_stop = shutdown.clone();
-    let admin_server = tokio::spawn(async move {
-        axum::serve(admin, router)
-            .with_graceful_shutdown(async move {
-                let _ = admin_stop.wait_for(|stop| *stop).await;
-            })
-            .await
-    });
+    let mut tasks = spawn_tasks(&args, &client, &reports, &state, &leadership, reporter);
+    let admin_server = spawn_admin(args.admin_listen, &state, shutdown.clone()).await?;
 
     // PolicySync: every replica serves its own index, once its watches have synced.
     let grpc_listener = tokio::net::TcpListener::bind(args.grpc_listen)
@@ -273,9 +215,9 @@ pub async fn run(args: OperatorArgs) -> anyhow::Result<()> {
     let mut grpc = tokio::spawn(serve_policy_sync(
         grpc_listener,
         args.server_config()?,
-        index.clone(),
-        dataplanes.clone(),
-        observed.clone(),
+        state.index.clone(),
+        state.dataplanes.clone(),
+        state.observed.clone(),
         shutdown.clone(),
     ));
 
@@ -307,13 +249,124 @@ pub async fn run(args: OperatorArgs) -> anyhow::Result<()> {
     }
     // The streams are gone: the leader must stop counting this replica's dataplanes now.
     tasks.shutdown().await;
-    k8s::replicas::withdraw(&client, &reports).await;
+    k8s::replica_leases::withdraw(&client, &reports).await;
     match admin_server.await {
         Ok(Ok(())) => {}
         Ok(Err(e)) => tracing::warn!(error = %e, "the admin server failed"),
         Err(e) => tracing::warn!(error = %e, "the admin server task failed"),
     }
     outcome
+}
+
+/// Starts the batcher, the watches, the replica reports and the leader's writers; each task
+/// returns its name if it ever ends.
+fn spawn_tasks(
+    args: &OperatorArgs,
+    client: &Client,
+    reports: &ReportConfig,
+    state: &ReplicaState,
+    leadership: &Leadership,
+    reporter: Reporter,
+) -> JoinSet<&'static str> {
+    let mut tasks: JoinSet<&'static str> = JoinSet::new();
+    tasks.spawn({
+        let index = state.index.clone();
+        let window = Duration::from_millis(args.batch_window_ms);
+        async move {
+            index.run_batcher(window).await;
+            "index batcher"
+        }
+    });
+    let feed = Feed {
+        index: state.index.clone(),
+        observed: state.observed.clone(),
+        metrics: state.metrics.clone(),
+    };
+    k8s::watch::spawn_all(&mut tasks, client, &feed);
+    tasks.spawn(k8s::replica_leases::publish(
+        client.clone(),
+        reports.clone(),
+        state.index.clone(),
+        state.dataplanes.clone(),
+    ));
+    tasks.spawn(k8s::replica_leases::watch_peers(
+        client.clone(),
+        reports.clone(),
+        state.replicas.clone(),
+    ));
+    spawn_writers(
+        &mut tasks, args, client, reports, state, leadership, reporter,
+    );
+    tasks
+}
+
+/// The leader's writers: status and Events, the Things' Secrets, the token signing key.
+fn spawn_writers(
+    tasks: &mut JoinSet<&'static str>,
+    args: &OperatorArgs,
+    client: &Client,
+    reports: &ReportConfig,
+    state: &ReplicaState,
+    leadership: &Leadership,
+    reporter: Reporter,
+) {
+    tasks.spawn(
+        StatusWriter {
+            client: client.clone(),
+            index: state.index.clone(),
+            dataplanes: state.dataplanes.clone(),
+            replicas: state.replicas.clone(),
+            observed: state.observed.clone(),
+            metrics: state.metrics.clone(),
+            leader: leadership.subscribe(),
+            recorder: Recorder::new(client.clone(), reporter.clone()),
+        }
+        .run(),
+    );
+    tasks.spawn(
+        SecretReconciler {
+            client: client.clone(),
+            index: state.index.clone(),
+            observed: state.observed.clone(),
+            metrics: state.metrics.clone(),
+            leader: leadership.subscribe(),
+            recorder: Recorder::new(client.clone(), reporter),
+        }
+        .run(),
+    );
+    tasks.spawn(k8s::signing::run(
+        client.clone(),
+        reports.namespace.clone(),
+        args.signing_secret.clone(),
+        state.index.clone(),
+        leadership.subscribe(),
+    ));
+}
+
+/// Serves /healthz, /readyz and /metrics on `listen` until `shutdown` turns true.
+async fn spawn_admin(
+    listen: SocketAddr,
+    state: &ReplicaState,
+    mut shutdown: watch::Receiver<bool>,
+) -> anyhow::Result<tokio::task::JoinHandle<std::io::Result<()>>> {
+    let admin = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("cannot listen on --admin-listen {listen}"))?;
+    tracing::info!(addr = %listen, "serving /healthz, /readyz and /metrics");
+    let router = admin_router(Admin {
+        metrics: state.metrics.clone(),
+        index: state.index.clone(),
+        dataplanes: state.dataplanes.clone(),
+        replicas: state.replicas.clone(),
+        observed: state.observed.clone(),
+    });
+    Ok(tokio::spawn(async move {
+        axum::serve(admin, router)
+            .with_graceful_shutdown(async move {
+                let _ = shutdown.wait_for(|stop| *stop).await;
+            })
+            .await
+    }))
 }
 
 /// Serves PolicySync once every watch has synced, until `shutdown` turns true.

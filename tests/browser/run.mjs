@@ -1,5 +1,5 @@
 // Drives examples/dashboard/index.html in headless Chromium (puppeteer-core) for
-// e2e/tests/quickstart.rs, which runs the README's dashboard as written: fills the sign-in
+// e2e/tests/it/quickstart.rs, which runs the README's dashboard as written: fills the sign-in
 // form as a person would, says `ready` once the page follows its channel over both transports
 // and has seen its refused stream close, waits for the messages the test then publishes,
 // keeps a screenshot, and prints what the page saw.

@@ -6,6 +6,9 @@
 //! Run: `cargo run --release -p fleetward-bench --bin bench-fleetward -- \
 //!   --mqtt-listen 127.0.0.1:1883 --admin-listen 127.0.0.1:8081 --pairs 10000`
 
+// No function longer than a reader can hold in their head (the threshold is in clippy.toml).
+#![warn(clippy::too_many_lines)]
+
 use std::net::SocketAddr;
 
 use clap::Parser;

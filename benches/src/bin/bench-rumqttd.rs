@@ -5,6 +5,9 @@
 //!
 //! Run: `cargo run --release -p fleetward-bench --bin bench-rumqttd -- 127.0.0.1:1883 [max-connections]`
 
+// No function longer than a reader can hold in their head (the threshold is in clippy.toml).
+#![warn(clippy::too_many_lines)]
+
 use std::collections::HashMap;
 use std::net::SocketAddr;
 

@@ -18,6 +18,9 @@
 //! With `--auth` clients log in as the Fleetward bench things (`bench/pub-<i>`, with their
 //! keys); without it they send no login, for brokers that run without authentication.
 
+// No function longer than a reader can hold in their head (the threshold is in clippy.toml).
+#![warn(clippy::too_many_lines)]
+
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
@@ -206,6 +209,177 @@ async fn throughput(
     ))
 }
 
+/// Runs the scenario the command line names and returns its result line; a `pending` run
+/// leaves its sockets in `held` for the flood report.
+async fn scenario_line(
+    broker: Broker,
+    head: &str,
+    cli: &Cli,
+    held: &mut Option<Flood>,
+) -> anyhow::Result<String> {
+    Ok(match &cli.scenario {
+        Scenario::Pairs { pairs: n, flow: f } => {
+            let (subs, pubs) = pairs(*n);
+            throughput(broker, head, &format!("pairs pairs={n}"), f, subs, pubs).await?
+        }
+        Scenario::FanOut {
+            subscribers,
+            flow: f,
+        } => {
+            let subs = (0..*subscribers)
+                .map(|i| Client::new(fixture::subscriber(i), fixture::fan_topic()))
+                .collect();
+            let pubs = vec![Client::new(fixture::publisher(0), fixture::fan_topic())];
+            let what = format!("fan-out subscribers={subscribers}");
+            throughput(broker, head, &what, f, subs, pubs).await?
+        }
+        Scenario::FanIn {
+            publishers,
+            flow: f,
+        } => {
+            let subs = vec![Client::new(fixture::subscriber(0), fixture::fan_topic())];
+            let pubs = (0..*publishers)
+                .map(|i| Client::new(fixture::publisher(i), fixture::fan_topic()))
+                .collect();
+            let what = format!("fan-in publishers={publishers}");
+            throughput(broker, head, &what, f, subs, pubs).await?
+        }
+        Scenario::Latency {
+            pairs: n,
+            total_rate,
+            flow: f,
+        } => latency(broker, head, *n, *total_rate, f).await?,
+        Scenario::Connect {
+            workers,
+            things,
+            warmup,
+            seconds,
+        } => connect(broker, head, *workers, *things, *warmup, *seconds).await?,
+        Scenario::Idle {
+            connections,
+            things,
+            pid,
+            settle,
+        } => idle(broker, head, *connections, *things, *pid, *settle).await?,
+        Scenario::Pending { pid, settle } => {
+            anyhow::ensure!(
+                cli.flood > 0,
+                "pending weighs the sockets of `--flood N` (before the scenario): give N"
+            );
+            let (line, f) = pending(broker, head, cli, *pid, *settle).await?;
+            *held = Some(f);
+            line
+        }
+    })
+}
+
+/// N pairs at a fixed total rate: publish → deliver percentiles.
+async fn latency(
+    broker: Broker,
+    head: &str,
+    n: usize,
+    total_rate: f64,
+    f: &FlowArgs,
+) -> anyhow::Result<String> {
+    anyhow::ensure!(total_rate > 0.0, "latency runs at a fixed rate above 0");
+    let (subs, pubs) = pairs(n);
+    let mut spec = flow(f, subs, pubs);
+    spec.rate = total_rate / n as f64;
+    spec.latency = true;
+    let r = load::run(broker, spec).await?;
+    let h = r.latency.expect("latency was asked for");
+    Ok(format!(
+        "{head} scenario=latency qos={} pairs={n} payload={} rate={total_rate:.0} received_per_s={:.0} written_per_s={:.0} {} max_send_lag_us={:.1} generator_cores={:.2}",
+        f.qos,
+        f.payload,
+        r.received_per_s,
+        r.written_per_s,
+        percentiles(&h),
+        r.max_send_lag.as_secs_f64() * 1e6,
+        r.generator_cores
+    ))
+}
+
+/// The CONNECT storm.
+async fn connect(
+    broker: Broker,
+    head: &str,
+    workers: usize,
+    things: usize,
+    warmup: f64,
+    seconds: f64,
+) -> anyhow::Result<String> {
+    let r = conns::storm(
+        broker,
+        Storm {
+            workers,
+            things,
+            warmup: Duration::from_secs_f64(warmup),
+            window_len: Duration::from_secs_f64(seconds),
+        },
+    )
+    .await?;
+    Ok(format!(
+        "{head} scenario=connect workers={workers} connects_per_s={:.0} {} generator_cores={:.2}",
+        r.connects_per_s,
+        percentiles(&r.latency),
+        r.generator_cores
+    ))
+}
+
+/// Idle connections, weighed.
+async fn idle(
+    broker: Broker,
+    head: &str,
+    connections: usize,
+    things: usize,
+    pid: u32,
+    settle: f64,
+) -> anyhow::Result<String> {
+    let r = conns::idle(
+        broker,
+        connections,
+        things,
+        pid,
+        Duration::from_secs_f64(settle),
+    )
+    .await?;
+    Ok(format!(
+        "{head} scenario=idle connections={connections} rss_before_kib={} rss_after_kib={} kib_per_connection={:.2} connect_s={:.2}",
+        r.rss_before_kib,
+        r.rss_after_kib,
+        r.kib_per_connection(),
+        r.connect_secs
+    ))
+}
+
+/// The `--flood` sockets, weighed; returns them still open.
+async fn pending(
+    broker: Broker,
+    head: &str,
+    cli: &Cli,
+    pid: u32,
+    settle: f64,
+) -> anyhow::Result<(String, Flood)> {
+    let (r, f) = flood::weigh(
+        broker.addr,
+        cli.flood,
+        cli.flood_partial,
+        pid,
+        Duration::from_secs_f64(settle),
+    )
+    .await?;
+    let line = format!(
+        "{head} scenario=pending rss_before_kib={} rss_after_kib={} pending_held={} kib_per_pending={:.2} open_s={:.2}",
+        r.rss_before_kib,
+        r.rss_after_kib,
+        r.held,
+        r.kib_per_pending(),
+        r.open_secs
+    );
+    Ok((line, f))
+}
+
 // One thread: the generator shares the machine with the broker under test, and a second
 // runtime thread would take a core from the broker and add cross-thread wake-ups to every
 // measured delivery.
@@ -228,125 +402,7 @@ async fn main() -> anyhow::Result<()> {
         f.ready(flood::ready_deadline(cli.flood)).await;
         held = Some(f);
     }
-    let mut line = match cli.scenario {
-        Scenario::Pairs { pairs: n, flow: f } => {
-            let (subs, pubs) = pairs(n);
-            throughput(broker, &head, &format!("pairs pairs={n}"), &f, subs, pubs).await?
-        }
-        Scenario::FanOut {
-            subscribers,
-            flow: f,
-        } => {
-            let subs = (0..subscribers)
-                .map(|i| Client::new(fixture::subscriber(i), fixture::fan_topic()))
-                .collect();
-            let pubs = vec![Client::new(fixture::publisher(0), fixture::fan_topic())];
-            let what = format!("fan-out subscribers={subscribers}");
-            throughput(broker, &head, &what, &f, subs, pubs).await?
-        }
-        Scenario::FanIn {
-            publishers,
-            flow: f,
-        } => {
-            let subs = vec![Client::new(fixture::subscriber(0), fixture::fan_topic())];
-            let pubs = (0..publishers)
-                .map(|i| Client::new(fixture::publisher(i), fixture::fan_topic()))
-                .collect();
-            let what = format!("fan-in publishers={publishers}");
-            throughput(broker, &head, &what, &f, subs, pubs).await?
-        }
-        Scenario::Latency {
-            pairs: n,
-            total_rate,
-            flow: f,
-        } => {
-            anyhow::ensure!(total_rate > 0.0, "latency runs at a fixed rate above 0");
-            let (subs, pubs) = pairs(n);
-            let mut spec = flow(&f, subs, pubs);
-            spec.rate = total_rate / n as f64;
-            spec.latency = true;
-            let r = load::run(broker, spec).await?;
-            let h = r.latency.expect("latency was asked for");
-            format!(
-                "{head} scenario=latency qos={} pairs={n} payload={} rate={total_rate:.0} received_per_s={:.0} written_per_s={:.0} {} max_send_lag_us={:.1} generator_cores={:.2}",
-                f.qos,
-                f.payload,
-                r.received_per_s,
-                r.written_per_s,
-                percentiles(&h),
-                r.max_send_lag.as_secs_f64() * 1e6,
-                r.generator_cores
-            )
-        }
-        Scenario::Connect {
-            workers,
-            things,
-            warmup,
-            seconds,
-        } => {
-            let r = conns::storm(
-                broker,
-                Storm {
-                    workers,
-                    things,
-                    warmup: Duration::from_secs_f64(warmup),
-                    window_len: Duration::from_secs_f64(seconds),
-                },
-            )
-            .await?;
-            format!(
-                "{head} scenario=connect workers={workers} connects_per_s={:.0} {} generator_cores={:.2}",
-                r.connects_per_s,
-                percentiles(&r.latency),
-                r.generator_cores
-            )
-        }
-        Scenario::Idle {
-            connections,
-            things,
-            pid,
-            settle,
-        } => {
-            let r = conns::idle(
-                broker,
-                connections,
-                things,
-                pid,
-                Duration::from_secs_f64(settle),
-            )
-            .await?;
-            format!(
-                "{head} scenario=idle connections={connections} rss_before_kib={} rss_after_kib={} kib_per_connection={:.2} connect_s={:.2}",
-                r.rss_before_kib,
-                r.rss_after_kib,
-                r.kib_per_connection(),
-                r.connect_secs
-            )
-        }
-        Scenario::Pending { pid, settle } => {
-            anyhow::ensure!(
-                cli.flood > 0,
-                "pending weighs the sockets of `--flood N` (before the scenario): give N"
-            );
-            let (r, f) = flood::weigh(
-                broker.addr,
-                cli.flood,
-                cli.flood_partial,
-                pid,
-                Duration::from_secs_f64(settle),
-            )
-            .await?;
-            held = Some(f);
-            format!(
-                "{head} scenario=pending rss_before_kib={} rss_after_kib={} pending_held={} kib_per_pending={:.2} open_s={:.2}",
-                r.rss_before_kib,
-                r.rss_after_kib,
-                r.held,
-                r.kib_per_pending(),
-                r.open_secs
-            )
-        }
-    };
+    let mut line = scenario_line(broker, &head, &cli, &mut held).await?;
     if let Some(f) = held {
         line = format!("{line} {}", f.report());
         f.stop();

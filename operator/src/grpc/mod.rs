@@ -5,6 +5,8 @@
 //! shared token and, when certificates are given, by mutual TLS. Start it once the index
 //! reflects the cluster (watches synced): a dataplane that connects gets what the index holds.
 
+#[cfg(any(test, feature = "test-fixtures"))]
+pub mod fixtures;
 mod session;
 #[cfg(test)]
 mod tests;

@@ -5,90 +5,18 @@ use std::time::Duration;
 use fleetward_proto::convert::snapshot_from_proto;
 use fleetward_proto::pb::policy_sync_client::PolicySyncClient;
 use fleetward_proto::pb::update::Payload;
-use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Code;
 use tonic::metadata::MetadataValue;
 use tonic::transport::Endpoint;
 
+use super::fixtures::{
+    TOKEN, TestOperator as Operator, WAIT, apply, channel, server_config as config,
+};
 use super::*;
-use crate::index::{Index, Object};
-use crate::manifest::{self, Document};
-
-const TOKEN: &str = "s3cret-token";
-const WAIT: Duration = Duration::from_secs(10);
-
-fn objects(yaml: &str) -> Vec<Object> {
-    manifest::read(yaml)
-        .into_iter()
-        .filter_map(|d| match d.expect("valid manifest") {
-            Document::Object(o) => Some(*o),
-            Document::Skipped { .. } => None,
-        })
-        .collect()
-}
-
-fn tenant(name: &str) -> String {
-    format!(
-        "apiVersion: fleetward.io/v1alpha1\nkind: Tenant\nmetadata:\n  name: {name}\n  generation: 1\nspec: {{}}\n---\n"
-    )
-}
-
-fn channel(ns: &str, name: &str) -> String {
-    format!(
-        "apiVersion: fleetward.io/v1alpha1\nkind: Channel\nmetadata:\n  name: {name}\n  namespace: {ns}\n  generation: 1\nspec: {{}}\n---\n"
-    )
-}
-
-/// Applies manifests and commits them as one version; returns it.
-fn apply(index: &SharedIndex, yaml: &str) -> u64 {
-    index.update(|idx| {
-        for o in objects(yaml) {
-            idx.apply(o);
-        }
-    });
-    index.commit().expect("the change commits").version
-}
-
-struct Operator {
-    addr: SocketAddr,
-    index: Arc<SharedIndex>,
-    dataplanes: Arc<Dataplanes>,
-    stop: Option<oneshot::Sender<()>>,
-    task: JoinHandle<Result<(), ServeError>>,
-}
 
 async fn operator(config: ServerConfig) -> Operator {
-    let index = Arc::new(SharedIndex::new(Index::new()));
-    apply(&index, &(tenant("acme") + &channel("acme", "tele")));
-    let dataplanes = Arc::new(Dataplanes::new());
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = listener.local_addr().expect("address");
-    let (stop, stopped) = oneshot::channel();
-    let task = tokio::spawn(serve(
-        listener,
-        config,
-        index.clone(),
-        dataplanes.clone(),
-        async move {
-            let _ = stopped.await;
-        },
-    ));
-    Operator {
-        addr,
-        index,
-        dataplanes,
-        stop: Some(stop),
-        task,
-    }
-}
-
-fn config() -> ServerConfig {
-    ServerConfig {
-        token: Some(TOKEN.into()),
-        ..ServerConfig::default()
-    }
+    Operator::start(config).await
 }
 
 /// A dataplane speaking the protocol by hand.
@@ -441,7 +369,7 @@ async fn shutdown_ends_every_stream_and_returns() {
         .await
         .expect("the stream ends in time");
     assert!(matches!(end, Ok(None)), "{end:?}");
-    tokio::time::timeout(WAIT, op.task)
+    tokio::time::timeout(WAIT, op.task.take().expect("running"))
         .await
         .expect("serve returns in time")
         .expect("no panic")

@@ -7,8 +7,8 @@
 
 mod object;
 mod policies;
+mod readiness;
 mod resolve;
-mod status;
 #[cfg(test)]
 mod tests;
 
@@ -20,8 +20,8 @@ use fleetward_policy::{self as policy, Delta, ResourceName, Snapshot};
 use kube::Resource;
 
 pub use object::{Kind, Object, ObjectKey, SecretData};
+pub use readiness::{DesiredStatus, Facts, Readiness, Reason};
 pub use resolve::{MIN_KEY_LEN, is_key_entry};
-pub use status::{DesiredStatus, Facts, Readiness, Reason};
 
 use object::age_order;
 use policies::EnforcedPolicies;
@@ -381,10 +381,28 @@ impl Index {
         let mut changed = BTreeSet::new();
         let prev = self.served.remove(namespace).unwrap_or_default();
         let tenant = r.tenant.as_ref().map(|t| t.name.clone());
+        self.drop_stale(namespace, &prev, &r, &mut changed);
         let mut now = Served {
-            tenant: tenant.clone(),
+            tenant,
             ..Served::default()
         };
+        self.upsert_records(namespace, r, &mut now, &mut changed);
+        if now.tenant.is_some() {
+            self.served.insert(namespace.to_owned(), now);
+        }
+        changed
+    }
+
+    /// Removes what a namespace served before and serves no longer; everything, when its
+    /// owning Tenant changed.
+    fn drop_stale(
+        &mut self,
+        namespace: &str,
+        prev: &Served,
+        r: &Records,
+        changed: &mut BTreeSet<ObjectKey>,
+    ) {
+        let tenant = r.tenant.as_ref().map(|t| t.name.clone());
         let key = |kind: Kind, name: &str| ObjectKey::namespaced(kind, namespace, name);
 
         // Everything the previous owner served goes when the owner changes.
@@ -453,6 +471,17 @@ impl Index {
                 changed.insert(ObjectKey::tenant(old));
             }
         }
+    }
+
+    /// Puts a namespace's records into the snapshot where they differ, noting each in `now`.
+    fn upsert_records(
+        &mut self,
+        namespace: &str,
+        r: Records,
+        now: &mut Served,
+        changed: &mut BTreeSet<ObjectKey>,
+    ) {
+        let key = |kind: Kind, name: &str| ObjectKey::namespaced(kind, namespace, name);
         if let Some(t) = r.tenant
             && self.snapshot.tenant(&t.name) != Some(&t)
         {
@@ -501,10 +530,6 @@ impl Index {
             policies,
             Kind::Policy
         );
-        if now.tenant.is_some() {
-            self.served.insert(namespace.to_owned(), now);
-        }
-        changed
     }
 
     fn set_status(&mut self, key: ObjectKey, status: DesiredStatus, changed: &BTreeSet<ObjectKey>) {

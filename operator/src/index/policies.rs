@@ -7,8 +7,8 @@ use fleetward_crds as crds;
 use fleetward_policy as policy;
 
 use super::object::{Kind, ObjectKey};
+use super::readiness::{DesiredStatus, Facts, Readiness, Reason};
 use super::resolve::{Namespace, Resolution};
-use super::status::{DesiredStatus, Facts, Readiness, Reason};
 
 /// The last valid text of each Policy, so that it stays enforced while a newer version is
 /// invalid. It is also shown in the Policy's `status.enforced`, from which it is taken back

@@ -8,7 +8,7 @@ use policy::{KeyDigest, SubtopicPattern};
 
 use super::object::{Kind, ObjectKey, SecretData, age_order};
 use super::policies::EnforcedPolicies;
-use super::status::{DesiredStatus, Facts, Readiness, Reason};
+use super::readiness::{DesiredStatus, Facts, Readiness, Reason};
 
 /// The shortest key accepted from a Secret, in bytes: keys are compared by a fast hash, which is
 /// only right for high-entropy keys (a generated key is 43 characters).
@@ -505,71 +505,9 @@ impl<'a> Resolver<'a> {
         groups: &BTreeSet<&str>,
         channels: &BTreeSet<&str>,
     ) -> Result<policy::Grant, Readiness> {
-        let ns = self.namespace;
-        let subject_name = spec.subject.name.as_str();
-        let (exists, served, subject) = match spec.subject.kind {
-            crds::SubjectKind::Thing => (
-                self.objects.things.contains_key(subject_name),
-                things.contains(subject_name),
-                policy::GrantSubject::Thing(subject_name.to_owned()),
-            ),
-            crds::SubjectKind::User => (
-                self.objects.users.contains_key(subject_name),
-                users.contains(subject_name),
-                policy::GrantSubject::User(subject_name.to_owned()),
-            ),
-            crds::SubjectKind::Group => (
-                self.objects.groups.contains_key(subject_name),
-                groups.contains(subject_name),
-                policy::GrantSubject::Group(subject_name.to_owned()),
-            ),
-        };
-        let subject_label = format!("{:?} {ns}/{subject_name}", spec.subject.kind);
-        if !exists {
-            return Err(Readiness::not_ready(
-                Reason::SubjectNotFound,
-                format!("spec.subject names {subject_label}, which does not exist; create it"),
-            ));
-        }
-        if !served {
-            return Err(Readiness::not_ready(
-                Reason::SubjectNotReady,
-                format!("{subject_label} exists but is not Ready; see its status"),
-            ));
-        }
-        if !self.objects.channels.contains_key(&spec.channel) {
-            return Err(Readiness::not_ready(
-                Reason::ChannelNotFound,
-                format!(
-                    "spec.channel names Channel {ns}/{}, which does not exist; create it",
-                    spec.channel
-                ),
-            ));
-        }
-        if !channels.contains(spec.channel.as_str()) {
-            return Err(Readiness::not_ready(
-                Reason::ChannelNotReady,
-                format!(
-                    "Channel {ns}/{} exists but is not Ready; see its status",
-                    spec.channel
-                ),
-            ));
-        }
-        let subtopics = spec.subtopics.clone().unwrap_or_default();
-        let parse = |field: &str, list: &[String]| {
-            list.iter()
-                .map(|p| {
-                    SubtopicPattern::parse(p).map_err(|e| {
-                        Readiness::not_ready(
-                            Reason::InvalidSpec,
-                            format!("spec.subtopics.{field}: pattern {p:?}: {e}"),
-                        )
-                    })
-                })
-                .collect::<Result<Vec<_>, _>>()
-        };
-        let allow = parse("allow", &subtopics.allow)?;
-        let deny = parse("deny", &subtopics.deny)?;
+        let subject = self.grant_subject(&spec.subject, things, users, groups)?;
+        self.grant_channel(&spec.channel, channels)?;
+        let (allow, deny) = subtopic_patterns(&spec.subtopics.clone().unwrap_or_default())?;
         if spec.actions.is_empty() {
             return Err(Readiness::not_ready(
                 Reason::InvalidSpec,
@@ -589,6 +527,91 @@ impl<'a> Resolver<'a> {
             deny,
         })
     }
+
+    /// A grant's subject, when it exists and is served.
+    fn grant_subject(
+        &self,
+        subject: &crds::Subject,
+        things: &BTreeSet<&str>,
+        users: &BTreeSet<&str>,
+        groups: &BTreeSet<&str>,
+    ) -> Result<policy::GrantSubject, Readiness> {
+        let ns = self.namespace;
+        let subject_name = subject.name.as_str();
+        let (exists, served, granted) = match subject.kind {
+            crds::SubjectKind::Thing => (
+                self.objects.things.contains_key(subject_name),
+                things.contains(subject_name),
+                policy::GrantSubject::Thing(subject_name.to_owned()),
+            ),
+            crds::SubjectKind::User => (
+                self.objects.users.contains_key(subject_name),
+                users.contains(subject_name),
+                policy::GrantSubject::User(subject_name.to_owned()),
+            ),
+            crds::SubjectKind::Group => (
+                self.objects.groups.contains_key(subject_name),
+                groups.contains(subject_name),
+                policy::GrantSubject::Group(subject_name.to_owned()),
+            ),
+        };
+        let subject_label = format!("{:?} {ns}/{subject_name}", subject.kind);
+        if !exists {
+            return Err(Readiness::not_ready(
+                Reason::SubjectNotFound,
+                format!("spec.subject names {subject_label}, which does not exist; create it"),
+            ));
+        }
+        if !served {
+            return Err(Readiness::not_ready(
+                Reason::SubjectNotReady,
+                format!("{subject_label} exists but is not Ready; see its status"),
+            ));
+        }
+        Ok(granted)
+    }
+
+    /// Whether a grant's channel exists and is served.
+    fn grant_channel(&self, channel: &str, channels: &BTreeSet<&str>) -> Result<(), Readiness> {
+        let ns = self.namespace;
+        if !self.objects.channels.contains_key(channel) {
+            return Err(Readiness::not_ready(
+                Reason::ChannelNotFound,
+                format!(
+                    "spec.channel names Channel {ns}/{channel}, which does not exist; create it"
+                ),
+            ));
+        }
+        if !channels.contains(channel) {
+            return Err(Readiness::not_ready(
+                Reason::ChannelNotReady,
+                format!("Channel {ns}/{channel} exists but is not Ready; see its status"),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// A grant's allowed and denied subtopic patterns, parsed.
+fn subtopic_patterns(
+    subtopics: &crds::Subtopics,
+) -> Result<(Vec<SubtopicPattern>, Vec<SubtopicPattern>), Readiness> {
+    let parse = |field: &str, list: &[String]| {
+        list.iter()
+            .map(|p| {
+                SubtopicPattern::parse(p).map_err(|e| {
+                    Readiness::not_ready(
+                        Reason::InvalidSpec,
+                        format!("spec.subtopics.{field}: pattern {p:?}: {e}"),
+                    )
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()
+    };
+    Ok((
+        parse("allow", &subtopics.allow)?,
+        parse("deny", &subtopics.deny)?,
+    ))
 }
 
 fn kind_label(kind: crds::MemberKind) -> &'static str {

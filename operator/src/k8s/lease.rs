@@ -100,8 +100,24 @@ async fn campaign(
         leader.send_if_modified(|v| std::mem::replace(v, value) != value);
         metrics.set_leader(value);
     };
-    let api: Api<Lease> = Api::namespaced(client.clone(), &config.namespace);
-    let released = watcher::watcher(
+    let released = lease_released(client.clone(), &config);
+    futures::pin_mut!(released);
+    loop {
+        let Some(manager) = set_up(&client, &config, &mut stop).await else {
+            return;
+        };
+        let (held, task) = manager.watch().await;
+        let ended = hold(&config, held, task, &leader, &set, &mut released, &mut stop).await;
+        if ended == Held::Stopped {
+            return;
+        }
+    }
+}
+
+/// `true` each time the Lease is seen free (released, deleted or never taken).
+fn lease_released(client: Client, config: &LeaseConfig) -> impl futures::Stream<Item = bool> {
+    let api: Api<Lease> = Api::namespaced(client, &config.namespace);
+    watcher::watcher(
         api,
         watcher::Config::default().fields(&format!("metadata.name={}", config.name)),
     )
@@ -116,15 +132,22 @@ async fn campaign(
                 None
             }
         }
-    });
-    futures::pin_mut!(released);
+    })
+}
+
+/// A Lease manager, retried until it can be set up; `None` once told to stop.
+async fn set_up(
+    client: &Client,
+    config: &LeaseConfig,
+    stop: &mut watch::Receiver<bool>,
+) -> Option<LeaseManager> {
     loop {
         let manager = tokio::select! {
-            m = build(&client, &config) => m,
-            _ = stop.changed() => return,
+            m = build(client, config) => m,
+            _ = stop.changed() => return None,
         };
-        let manager = match manager {
-            Ok(m) => m,
+        match manager {
+            Ok(m) => return Some(m),
             Err(e) => {
                 tracing::warn!(
                     namespace = %config.namespace,
@@ -134,63 +157,84 @@ async fn campaign(
                      operator may get, create and patch leases.coordination.k8s.io there"
                 );
                 tokio::select! {
-                    () = tokio::time::sleep(SETUP_RETRY) => continue,
-                    _ = stop.changed() => return,
+                    () = tokio::time::sleep(SETUP_RETRY) => {}
+                    _ = stop.changed() => return None,
                 }
             }
-        };
-        let (mut held, task) = manager.watch().await;
-        loop {
-            let now = *held.borrow_and_update();
-            if now != *leader.borrow() {
-                tracing::info!(identity = %config.identity, leader = now, "leadership changed");
-            }
-            set(now);
-            tokio::select! {
-                changed = held.changed() => {
-                    if changed.is_err() {
-                        // The manager stopped on its own: nothing is known to be held any more.
-                        set(false);
-                        match task.await {
-                            Ok(Ok(_)) => {}
-                            Ok(Err(e)) => tracing::warn!(error = %e, "the Lease manager stopped; starting again"),
-                            Err(e) => tracing::warn!(error = %e, "the Lease task failed; starting again"),
-                        }
-                        break;
-                    }
-                }
-                Some(free) = released.next() => {
-                    if free && !*leader.borrow() {
-                        // Start over: a new manager finds the Lease free and takes it now. The
-                        // old one is aborted, not dropped: dropping it makes it release the
-                        // Lease, and its release (read, then an unconditional patch) can land
-                        // after another replica took the Lease and clear that holder, leaving
-                        // two replicas that each believe they lead until the next renewal.
-                        // Holding nothing, it has nothing to give back; had it just taken the
-                        // Lease, the new manager (same identity) finds it its own and renews it.
-                        tracing::debug!(identity = %config.identity, "the Lease was released; campaigning");
-                        task.abort();
-                        if let Err(e) = task.await
-                            && !e.is_cancelled()
-                        {
-                            tracing::warn!(error = %e, "the Lease task failed");
-                        }
-                        // Only once the task is gone, so that it never sees its receiver close.
-                        drop(held);
-                        break;
-                    }
-                }
-                _ = stop.changed() => {
+        }
+    }
+}
+
+/// How one Lease manager's watch ended.
+#[derive(Debug, PartialEq, Eq)]
+enum Held {
+    /// The manager stopped, or the Lease was released while another held it: campaign anew.
+    Lost,
+    /// Told to stop: the Lease is released.
+    Stopped,
+}
+
+/// Follows one Lease manager: mirrors what it holds into `set`, until it stops, the Lease is
+/// seen released while another holds it, or `stop` fires.
+async fn hold<S: futures::Stream<Item = bool> + Unpin>(
+    config: &LeaseConfig,
+    mut held: watch::Receiver<bool>,
+    task: JoinHandle<kube_lease_manager::Result<LeaseManager>>,
+    leader: &watch::Sender<bool>,
+    set: &impl Fn(bool),
+    released: &mut S,
+    stop: &mut watch::Receiver<bool>,
+) -> Held {
+    loop {
+        let now = *held.borrow_and_update();
+        if now != *leader.borrow() {
+            tracing::info!(identity = %config.identity, leader = now, "leadership changed");
+        }
+        set(now);
+        tokio::select! {
+            changed = held.changed() => {
+                if changed.is_err() {
+                    // The manager stopped on its own: nothing is known to be held any more.
                     set(false);
-                    // Dropping the receiver makes the manager release the Lease and finish.
-                    drop(held);
                     match task.await {
-                        Ok(Ok(_)) => tracing::info!(identity = %config.identity, "released the Lease"),
-                        Ok(Err(e)) => tracing::warn!(error = %e, "releasing the Lease failed"),
-                        Err(e) => tracing::warn!(error = %e, "the Lease task failed"),
+                        Ok(Ok(_)) => {}
+                        Ok(Err(e)) => tracing::warn!(error = %e, "the Lease manager stopped; starting again"),
+                        Err(e) => tracing::warn!(error = %e, "the Lease task failed; starting again"),
                     }
-                    return;
+                    return Held::Lost;
                 }
+            }
+            Some(free) = released.next() => {
+                if free && !*leader.borrow() {
+                    // Start over: a new manager finds the Lease free and takes it now. The
+                    // old one is aborted, not dropped: dropping it makes it release the
+                    // Lease, and its release (read, then an unconditional patch) can land
+                    // after another replica took the Lease and clear that holder, leaving
+                    // two replicas that each believe they lead until the next renewal.
+                    // Holding nothing, it has nothing to give back; had it just taken the
+                    // Lease, the new manager (same identity) finds it its own and renews it.
+                    tracing::debug!(identity = %config.identity, "the Lease was released; campaigning");
+                    task.abort();
+                    if let Err(e) = task.await
+                        && !e.is_cancelled()
+                    {
+                        tracing::warn!(error = %e, "the Lease task failed");
+                    }
+                    // Only once the task is gone, so that it never sees its receiver close.
+                    drop(held);
+                    return Held::Lost;
+                }
+            }
+            _ = stop.changed() => {
+                set(false);
+                // Dropping the receiver makes the manager release the Lease and finish.
+                drop(held);
+                match task.await {
+                    Ok(Ok(_)) => tracing::info!(identity = %config.identity, "released the Lease"),
+                    Ok(Err(e)) => tracing::warn!(error = %e, "releasing the Lease failed"),
+                    Err(e) => tracing::warn!(error = %e, "the Lease task failed"),
+                }
+                return Held::Stopped;
             }
         }
     }

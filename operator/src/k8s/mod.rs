@@ -16,7 +16,7 @@
 pub mod events;
 pub mod lease;
 pub mod observed;
-pub mod replicas;
+pub mod replica_leases;
 pub mod secrets;
 pub mod signing;
 pub mod status;

@@ -194,26 +194,7 @@ pub fn full_status(
             ShownStatus::Thing(status)
         }
         Kind::Policy => {
-            let mut status = PolicyStatus {
-                conditions,
-                observed_generation,
-                ..PolicyStatus::default()
-            };
-            if let Facts::Policy { errors, enforced } = &desired.facts {
-                status.errors = errors
-                    .iter()
-                    .map(|(line, column, message)| PolicyTextError {
-                        line: *line,
-                        column: *column,
-                        message: message.clone(),
-                    })
-                    .collect();
-                status.enforced = enforced.as_ref().map(|(generation, cedar)| EnforcedPolicy {
-                    generation: *generation,
-                    cedar: cedar.clone(),
-                });
-            }
-            ShownStatus::Policy(status)
+            ShownStatus::Policy(policy_status(conditions, observed_generation, desired))
         }
         Kind::Channel | Kind::Connection | Kind::User | Kind::Group => {
             ShownStatus::Resource(ResourceStatus {
@@ -223,6 +204,34 @@ pub fn full_status(
         }
         Kind::Secret => return None,
     })
+}
+
+/// A Policy's status: its conditions, its errors and the text being enforced.
+fn policy_status(
+    conditions: Vec<Condition>,
+    observed_generation: Option<i64>,
+    desired: &DesiredStatus,
+) -> PolicyStatus {
+    let mut status = PolicyStatus {
+        conditions,
+        observed_generation,
+        ..PolicyStatus::default()
+    };
+    if let Facts::Policy { errors, enforced } = &desired.facts {
+        status.errors = errors
+            .iter()
+            .map(|(line, column, message)| PolicyTextError {
+                line: *line,
+                column: *column,
+                message: message.clone(),
+            })
+            .collect();
+        status.enforced = enforced.as_ref().map(|(generation, cedar)| EnforcedPolicy {
+            generation: *generation,
+            cedar: cedar.clone(),
+        });
+    }
+    status
 }
 
 /// Whether `desired` must be written: it differs from what the object shows in a field the
