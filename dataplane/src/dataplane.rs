@@ -14,14 +14,14 @@ use tokio_rustls::TlsAcceptor;
 use crate::admin::{self, AdminState};
 use crate::args::{DataplaneArgs, LimitArgs};
 use crate::bus::{Bus, BusRouter, Inbound, LocalBus, NatsBus, NatsConfig};
-use crate::http;
+use crate::ingress::refresh::RefreshStore;
+use crate::ingress::{Ingress, MqttConfig, RetainedStore, Users, UsersConfig};
 use crate::listener::{self, Gate, GatedListener, HttpLimits, Listener, ListenerMetrics};
 use crate::metrics::{AtScrape, Metrics};
-use crate::mqtt::{self, MqttConfig, RetainedStore, Shared};
+use crate::mqtt::{self, Broker};
 use crate::router::{Router, RumqttdConfig, RumqttdRouter};
 use crate::sync::SyncStatus;
-use crate::users::refresh::RefreshStore;
-use crate::users::{Users, UsersConfig};
+use crate::web;
 
 /// The default of `--max-pending-connections` when the connection cap allows it.
 pub const DEFAULT_MAX_PENDING: usize = 1_000;
@@ -261,8 +261,8 @@ impl Dataplane {
         let refresh = RefreshStore::for_bus(nats_client, self.users.tokens.refresh_ttl);
         let users = Arc::new(Users::new(self.users.clone(), refresh));
         let router = BusRouter::new(inner, bus);
-        let shared = Arc::new(
-            Shared::new(
+        let ingress = Arc::new(
+            Ingress::new(
                 self.mqtt.clone(),
                 router,
                 self.policy.clone(),
@@ -272,6 +272,7 @@ impl Dataplane {
             .with_users(users)
             .with_pod(&crate::audit::pod_name(self.node_id.as_deref())),
         );
+        let shared = Arc::new(Broker::new(ingress));
         let mut tasks = JoinSet::new();
         tasks.spawn(crate::audit::summarize_every(shared.audit.clone()));
         let publisher = shared.clone();
@@ -303,7 +304,7 @@ impl Dataplane {
         if let Some(addr) = self.http_listen {
             let listener = mqtt::bind(addr, "HTTP and WebSocket").await?;
             http_addr = Some(listener.local_addr()?);
-            tasks.spawn(http::serve(
+            tasks.spawn(web::serve(
                 GatedListener::new(listener, gate.clone(), Listener::Http),
                 shared.clone(),
                 self.http_limits,
@@ -311,7 +312,7 @@ impl Dataplane {
             ));
         }
 
-        tasks.spawn(mqtt::purge_deleted_channels(
+        tasks.spawn(crate::ingress::purge_deleted_channels(
             shared.retained.clone(),
             self.policy.clone(),
             retained_purger,
@@ -390,7 +391,7 @@ pub struct RunningDataplane {
 /// Everything `/metrics` shows: the front-end's counters, and what the listeners, sessions,
 /// retained store, router and sync client hold, read at scrape time.
 fn metrics_registry(
-    shared: &Arc<Shared<BusRouter<RumqttdRouter>>>,
+    shared: &Arc<Broker<BusRouter<RumqttdRouter>>>,
     listeners: &ListenerMetrics,
     gates: Vec<Arc<Gate>>,
     sync_status: Option<Arc<SyncStatus>>,

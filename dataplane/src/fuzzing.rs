@@ -17,8 +17,9 @@ use tokio::sync::watch;
 
 pub use rumqttd::protocol::Packet;
 
+use crate::ingress::{Ingress, MqttConfig};
 use crate::metrics::Metrics;
-use crate::mqtt::{self, MqttConfig, Shared};
+use crate::mqtt::{self, Broker};
 use crate::router::{Message, Publisher, Router, RouterError, RouterLink, SessionKey, SessionMode};
 
 /// An MQTT protocol version, as a connection's CONNECT chooses it.
@@ -161,7 +162,7 @@ pub const WS_MAX_MESSAGE: u32 = 4096;
 /// retained messages, at most [`WS_MAX_MESSAGE`] bytes), `commands` and `status`; `sensor`
 /// may publish on `telemetry` except under `secret/`, and nothing else.
 pub struct WsStreams {
-    shared: Arc<Shared<NullRouter>>,
+    shared: Arc<Ingress<NullRouter>>,
     link: NullLink,
     /// Kept so the policy channel stays open.
     _policy: watch::Sender<Arc<Snapshot>>,
@@ -176,7 +177,7 @@ impl Default for WsStreams {
 impl WsStreams {
     pub fn new() -> Self {
         let (policy, rx) = watch::channel(policy());
-        let shared = Shared::new(
+        let shared = Ingress::new(
             MqttConfig::default(),
             NullRouter,
             rx,
@@ -320,7 +321,7 @@ pub fn serve_mqtt(wire: &[u8], chunk: usize, max: usize) -> Result<Vec<u8>, Stri
         max_packet_size: max,
         ..MqttConfig::default()
     };
-    let shared = Arc::new(Shared::new(
+    let shared = Arc::new(Ingress::new(
         config,
         NullRouter,
         rx,
@@ -333,7 +334,8 @@ pub fn serve_mqtt(wire: &[u8], chunk: usize, max: usize) -> Result<Vec<u8>, Stri
         },
         written: Vec::new(),
     };
-    runtime.block_on(mqtt::serve_stream(shared, &mut stream));
+    let broker = Arc::new(Broker::new(shared));
+    runtime.block_on(mqtt::serve_stream(broker, &mut stream));
     Ok(stream.written)
 }
 

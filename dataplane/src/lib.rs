@@ -9,6 +9,7 @@ mod dataplane;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod http;
+mod ingress;
 pub mod limits;
 mod listener;
 pub mod metrics;
@@ -17,10 +18,11 @@ pub mod router;
 mod run;
 pub mod sync;
 pub mod users;
+pub mod web;
 pub mod ws;
 
 pub use args::{DataplaneArgs, LimitArgs};
 pub use dataplane::{DEFAULT_MAX_PENDING, Dataplane, RunningDataplane};
+pub use ingress::MqttConfig;
 pub use listener::{HttpLimits, RESERVED_FILES, raise_open_files_limit};
-pub use mqtt::MqttConfig;
 pub use run::{run, shutdown_signal};

@@ -7,7 +7,7 @@ mod common;
 use std::collections::BTreeSet;
 
 use adapters::{Adapters, curl};
-use fleetward_dataplane::http::ROUTES;
+use fleetward_dataplane::web::ROUTES;
 
 fn documented() -> BTreeSet<(String, String)> {
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/openapi.yaml");

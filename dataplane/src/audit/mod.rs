@@ -6,7 +6,6 @@
 //! written as one JSON line under the tracing target [`TARGET`], and kept in a bounded ring per
 //! tenant that the tenant's admins read with `GET /audit` ([`http`]).
 
-pub(crate) mod http;
 mod ring;
 
 use std::net::SocketAddr;
@@ -23,7 +22,7 @@ use tokio::sync::watch;
 use crate::listener::{self, Listener};
 use crate::metrics::Metrics;
 
-pub(crate) use ring::{Filter, Page};
+pub(crate) use ring::{DEFAULT_PAGE, Filter, Page};
 
 /// The tracing target audit events are written under, one JSON object per line.
 pub const TARGET: &str = "fleetward::audit";

@@ -13,12 +13,12 @@ use rumqttd::protocol::{
 };
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
+use super::broker::Broker;
 use super::codec::{Codec, FrameError, Version, peek_version};
 use super::reason;
 use super::session::{SavedSession, Session, Will, clear_in_router};
-use super::slots::ConnectionSlots;
-use super::state::Shared;
 use crate::audit;
+use crate::ingress::{ConnectionSlots, random_client_id};
 use crate::router::{Publisher, Router, SessionKey, SessionMode};
 
 /// The largest CONNECT accepted (it carries the will).
@@ -30,7 +30,7 @@ pub(crate) const MAX_CONNECT: usize = 128 * 1024;
 /// Each stage has a box of its own, so the task holds only the stage it is in: reading the
 /// CONNECT (a few hundred bytes: what a socket that never authenticates costs), answering it
 /// (the CONNECT, its timeout, the checks: large and short-lived), then the session.
-pub(crate) fn serve<R, S>(shared: Arc<Shared<R>>, stream: S) -> impl Future<Output = ()> + Send
+pub(crate) fn serve<R, S>(shared: Arc<Broker<R>>, stream: S) -> impl Future<Output = ()> + Send
 where
     R: Router,
     S: AsyncRead + AsyncWrite + Unpin + Send,
@@ -67,7 +67,7 @@ where
 
 /// A connection whose CONNECT was read.
 pub(super) struct FirstPacket<R: Router, S> {
-    shared: Arc<Shared<R>>,
+    shared: Arc<Broker<R>>,
     stream: S,
     rbuf: BytesMut,
     codec: Codec,
@@ -77,7 +77,7 @@ pub(super) struct FirstPacket<R: Router, S> {
 /// Reads the CONNECT within the connect timeout; refuses a connection that does not start
 /// with one.
 pub(super) async fn first_packet<R, S>(
-    shared: Arc<Shared<R>>,
+    shared: Arc<Broker<R>>,
     mut stream: S,
 ) -> Option<FirstPacket<R, S>>
 where
@@ -196,7 +196,7 @@ pub(crate) struct Accepted {
     pub client_max_packet: Option<usize>,
     /// Topic aliases the client accepts from the server (v5), capped by ours.
     pub client_topic_alias_max: u16,
-    pub registration: super::state::Registration,
+    pub registration: super::registry::Registration,
     /// Counts the connection against its tenant's and thing's `maxConnections` while held.
     pub _tenant_slot: ConnectionSlots,
     /// Whether the link attached at CONNECT is a persistent one (its router state must be
@@ -213,7 +213,7 @@ pub(crate) struct Accepted {
 }
 
 struct Handshake<'a, R: Router, S> {
-    shared: &'a Arc<Shared<R>>,
+    shared: &'a Arc<Broker<R>>,
     codec: &'a Codec,
     stream: &'a mut S,
     /// `<tenant>/<name>` as the CONNECT gave it, once read: the subject of a refusal.
@@ -313,7 +313,7 @@ impl<R: Router, S: AsyncWrite + Unpin> Handshake<'_, R, S> {
         // A user sends an access token as the password; a thing its key.
         let password = login.password.as_bytes();
         let by_token =
-            crate::users::looks_like_jwt(password) && snapshot.user(tenant, thing).is_some();
+            crate::ingress::looks_like_jwt(password) && snapshot.user(tenant, thing).is_some();
         self.kind = Some(if by_token {
             SubjectKind::User
         } else {
@@ -326,7 +326,7 @@ impl<R: Router, S: AsyncWrite + Unpin> Handshake<'_, R, S> {
             {
                 Ok((s, claims)) => (
                     s,
-                    Some(tokio::time::Instant::now() + crate::users::remaining(&claims)),
+                    Some(tokio::time::Instant::now() + crate::ingress::remaining(&claims)),
                 ),
                 Err(refusal) => {
                     return self
@@ -558,21 +558,6 @@ fn keep_alive_used(
         },
         _ => Ok((asked, None)),
     }
-}
-
-pub(crate) fn random_client_id() -> String {
-    let mut bytes = [0u8; 12];
-    if getrandom::fill(&mut bytes).is_err() {
-        // Unique enough within a pod when the OS RNG is unavailable.
-        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        return format!("fw-{n}");
-    }
-    let mut s = String::from("fw-");
-    for b in bytes {
-        s.push_str(&format!("{b:02x}"));
-    }
-    s
 }
 
 #[cfg(test)]

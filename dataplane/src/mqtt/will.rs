@@ -17,10 +17,11 @@ use fleetward_policy::{
 };
 use rumqttd::protocol::{ConnectReturnCode, LastWill, LastWillProperties};
 
-use super::codec::{Version, message_len};
+use super::broker::Broker;
+use super::codec::Version;
 use super::reason;
 use super::session::{Will, mount_response_topic, response_topic_is_protocol_error};
-use super::state::Shared;
+use crate::router::message_len;
 use crate::router::{Message, MessageProps, Protocol, Router};
 
 /// Why a will refuses its CONNECT: the CONNACK code and the metric label.
@@ -37,7 +38,7 @@ fn too_large(version: Version) -> ConnectReturnCode {
 
 /// The will to keep for the session, or why the CONNECT is refused.
 pub(crate) fn accept<R: Router>(
-    shared: &Shared<R>,
+    shared: &Broker<R>,
     snapshot: &Snapshot,
     subject: &Subject,
     mount: Option<&Mountpoint>,
@@ -211,7 +212,7 @@ impl PendingWills {
     }
 }
 
-impl<R: Router> Shared<R> {
+impl<R: Router> Broker<R> {
     /// The `fleetward_mqtt_pending_wills` and `fleetward_mqtt_saved_sessions` gauges: what
     /// the pod holds for clients that are gone.
     pub(crate) fn encode_held(

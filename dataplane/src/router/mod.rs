@@ -4,6 +4,7 @@
 //! front-end authorizes, then attaches sessions, subscribes, publishes and receives here.
 
 mod envelope;
+mod props;
 mod routes;
 mod rumqttd;
 
@@ -11,6 +12,7 @@ use std::future::Future;
 
 use bytes::Bytes;
 
+pub(crate) use self::props::{message_len, message_props, publish_props};
 pub use self::routes::DEFAULT_BUCKETS;
 pub(crate) use self::routes::channel_key;
 pub use self::rumqttd::{RumqttdConfig, RumqttdRouter};

@@ -21,7 +21,7 @@ use rumqttd::protocol::{
 };
 use rumqttd::{Notification, RouterConfig};
 
-use crate::mqtt::{message_props, publish_props};
+use super::props::{message_props, publish_props};
 
 use super::routes::{Buckets, Change, LinkRoutes, Routes, State};
 use super::{

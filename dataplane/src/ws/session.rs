@@ -15,8 +15,7 @@ use serde_json::json;
 use super::close;
 use super::envelope::{ClientPublish, answer, message_frame};
 use crate::audit;
-use crate::http::{ApiError, CONTENT_TYPES};
-use crate::mqtt::{PublishRequest, Shared, Uids};
+use crate::ingress::{ApiError, CONTENT_TYPES, Ingress, PublishRequest, Uids};
 use crate::router::{
     MessageProps, Protocol, Publisher, Router, RouterLink, SessionKey, SessionMode,
 };
@@ -70,13 +69,13 @@ impl<L: RouterLink> Drop for Link<L> {
 
 /// Attaches a router session for the stream and subscribes its filter.
 pub(crate) async fn subscribe<R: Router>(
-    shared: &Shared<R>,
+    shared: &Ingress<R>,
     stream: &Stream,
 ) -> Result<Link<R::Link>, ApiError> {
     // A random client id, so it never meets an MQTT session's router state.
     let key = SessionKey::of(
         &stream.subject,
-        format!("ws-{}", crate::mqtt::random_client_id()),
+        format!("ws-{}", crate::ingress::random_client_id()),
     );
     let unavailable = |e: crate::router::RouterError| {
         tracing::error!(error = %e, "could not attach a WebSocket stream to the router");
@@ -104,7 +103,7 @@ pub(crate) async fn subscribe<R: Router>(
 }
 
 pub(crate) async fn run<R: Router>(
-    shared: Arc<Shared<R>>,
+    shared: Arc<Ingress<R>>,
     socket: WebSocket,
     stream: Stream,
     mut link: Link<R::Link>,
@@ -134,7 +133,7 @@ pub(crate) async fn run<R: Router>(
 /// A stream's connection; `W` is the socket (none where client frames are answered without
 /// one, as the fuzz target does).
 struct Conn<R: Router, W = WebSocket> {
-    shared: Arc<Shared<R>>,
+    shared: Arc<Ingress<R>>,
     socket: W,
     stream: Stream,
     /// Whether a subtopic deny of the subject overlaps the stream's filter: then each message's
@@ -148,7 +147,7 @@ struct Conn<R: Router, W = WebSocket> {
 /// The answer to a client's text frame on `stream`, as a running stream gives it, without a
 /// socket: the way in for the fuzz target ([`crate::fuzzing`]).
 pub(crate) fn answer_text<R: Router>(
-    shared: Arc<Shared<R>>,
+    shared: Arc<Ingress<R>>,
     stream: Stream,
     text: &str,
     link: &mut R::Link,
@@ -190,7 +189,7 @@ impl<R: Router> Conn<R> {
             }
         }
         let mut policy_open = true;
-        let mut token_expiry = crate::users::TokenExpiry::new(self.stream.token_ends);
+        let mut token_expiry = crate::ingress::TokenExpiry::new(self.stream.token_ends);
         loop {
             tokio::select! {
                 () = token_expiry.expired(), if token_expiry.is_set() => {

@@ -6,7 +6,8 @@ use rumqttd::protocol::{Packet, PubRel, PubRelReason, Publish, PublishProperties
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::{OutMsg, Outbound, Session, limits};
-use crate::mqtt::codec::{Version, publish_props, publish_with_id};
+use crate::mqtt::codec::{Version, publish_with_id};
+use crate::router::publish_props;
 use crate::router::{Message, Router, channel_key};
 
 /// The last channel a v5 delivery went out on, whether it carries delivery metadata, and the

@@ -13,9 +13,10 @@ use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::{End, Flow, Session, Step, limits};
 use crate::audit;
-use crate::mqtt::codec::{Version, message_props};
-use crate::mqtt::publish::{PublishRefusal, PublishRequest};
+use crate::ingress::{PublishRefusal, PublishRequest};
+use crate::mqtt::codec::Version;
 use crate::mqtt::reason;
+use crate::router::message_props;
 use crate::router::{Protocol, Router};
 
 /// A v3 publish held back by its tenant's publish rate, to be routed once a token is free.

@@ -23,11 +23,12 @@ use rumqttd::protocol::{
 };
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
+use super::broker::Broker;
 use super::codec::{Codec, Frame, Version};
 use super::connect::{Accepted, Connected};
-use super::state::{Kick, Shared};
+use super::registry::Kick;
 use crate::audit;
-use crate::mqtt::publish::{PublishMemo, PublishRequest};
+use crate::ingress::{PublishMemo, PublishRequest};
 use crate::router::{Message, Protocol, Publisher, Router, RouterLink};
 
 /// A will, published by the front-end when the session ends uncleanly.
@@ -92,7 +93,7 @@ enum End {
 }
 
 pub(crate) struct Session<R: Router, S> {
-    shared: Arc<Shared<R>>,
+    shared: Arc<Broker<R>>,
     stream: S,
     codec: Codec,
     rbuf: BytesMut,
@@ -181,7 +182,7 @@ fn limits() -> TopicLimits {
 impl<R: Router, S: AsyncRead + AsyncWrite + Unpin + Send> Session<R, S> {
     /// The session of an accepted CONNECT, not yet running.
     pub(crate) fn new(
-        shared: Arc<Shared<R>>,
+        shared: Arc<Broker<R>>,
         stream: S,
         codec: Codec,
         rbuf: BytesMut,
@@ -306,7 +307,7 @@ impl<R: Router, S: AsyncRead + AsyncWrite + Unpin + Send> Session<R, S> {
             return end;
         }
         let mut policy_open = true;
-        let mut token_expiry = crate::users::TokenExpiry::new(self.acc.token_ends);
+        let mut token_expiry = crate::ingress::TokenExpiry::new(self.acc.token_ends);
         loop {
             self.count_delivered();
             if !self.wbuf.is_empty() {
@@ -753,7 +754,7 @@ async fn receive<L: RouterLink>(
 
 /// Publishes a will after its delay, if the subject may still publish there. A will whose
 /// tenant already has `max_pending_wills_per_tenant` waiting goes out at once.
-fn publish_will<R: Router>(shared: Arc<Shared<R>>, subject: Subject, id: String, mut will: Will) {
+fn publish_will<R: Router>(shared: Arc<Broker<R>>, subject: Subject, id: String, mut will: Will) {
     if !will.delay.is_zero()
         && !shared
             .pending_wills

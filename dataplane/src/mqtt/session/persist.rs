@@ -14,7 +14,7 @@ use tokio::sync::Notify;
 
 use super::subscriptions::Subs;
 use super::{OutMsg, Outbound};
-use crate::mqtt::state::Shared;
+use crate::mqtt::broker::Broker;
 use crate::router::{Router, RouterLink, SessionKey, SessionMode};
 
 /// Which Tenant and Channel of their names a subscription was made under: their uids, as
@@ -265,7 +265,7 @@ fn subject_exists(snapshot: &Snapshot, subject: &Subject) -> bool {
 /// `max_saved_sessions_per_tenant` saved (`evict`). A session dropped early sends its waiting
 /// will then; one that expires has sent it already (its delay is capped by the expiry).
 pub(super) fn expire_later<R: Router>(
-    shared: Arc<Shared<R>>,
+    shared: Arc<Broker<R>>,
     key: SessionKey,
     subject: Subject,
     (generation, evict): (u64, Arc<Notify>),
@@ -322,7 +322,7 @@ pub(super) fn expire_later<R: Router>(
 
 /// Drops a saved session, front-end and router halves, unless a live session holds its id or
 /// it was saved again since. Whether it was dropped.
-async fn drop_saved<R: Router>(shared: &Arc<Shared<R>>, key: &SessionKey, generation: u64) -> bool {
+async fn drop_saved<R: Router>(shared: &Arc<Broker<R>>, key: &SessionKey, generation: u64) -> bool {
     let id = key.router_id();
     let Some(mut registration) = idle_registration(shared, &id, generation).await else {
         return false;
@@ -345,10 +345,10 @@ async fn drop_saved<R: Router>(shared: &Arc<Shared<R>>, key: &SessionKey, genera
 /// `generation` is still saved; `None` once a client resumed it (or it was saved again). The
 /// session that saved it may still be ending: then this waits.
 async fn idle_registration<R: Router>(
-    shared: &Arc<Shared<R>>,
+    shared: &Arc<Broker<R>>,
     id: &str,
     generation: u64,
-) -> Option<crate::mqtt::state::Registration> {
+) -> Option<crate::mqtt::registry::Registration> {
     loop {
         if !shared.sessions.is_saved(id, generation) {
             return None;
@@ -362,7 +362,7 @@ async fn idle_registration<R: Router>(
 
 /// Removes router filters from a saved session in the router: its queue for them goes.
 async fn unsubscribe_saved<R: Router>(
-    shared: &Arc<Shared<R>>,
+    shared: &Arc<Broker<R>>,
     key: &SessionKey,
     generation: u64,
     filters: &[String],

@@ -21,7 +21,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use super::persist::Incarnation;
 use super::{Flow, Session, Subscription, limits};
 use crate::audit;
-use crate::mqtt::Uids;
+use crate::ingress::Uids;
 use crate::mqtt::codec::Version;
 use crate::mqtt::reason;
 use crate::router::{METADATA_SUBSCRIPTION_PROPERTY, Router, RouterLink, SessionMode, channel_key};

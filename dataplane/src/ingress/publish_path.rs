@@ -8,10 +8,10 @@ use std::time::Duration;
 use bytes::Bytes;
 use fleetward_policy::{Action, Decision, DenyReason, Snapshot, Subject, TopicError, TopicLimits};
 
-use super::codec::message_len;
 use super::retained::{QuotaExceeded, RetainedQuota, Uids};
-use super::state::Shared;
+use super::state::Ingress;
 use crate::limits::TenantRate;
+use crate::router::message_len;
 use crate::router::{Message, MessageProps, Protocol, Publisher, Router, RouterError, RouterLink};
 
 /// User properties with this prefix are the dataplane's own (publisher, protocol, created):
@@ -171,7 +171,7 @@ impl PublishRefusal {
     }
 }
 
-impl<R: Router> Shared<R> {
+impl<R: Router> Ingress<R> {
     /// Publishes for `subject`: authorizes the topic, caps the QoS at the channel's, enforces
     /// the tenant's and the channel's size limit and the tenant's rate, stores or clears the
     /// retained message, stamps publisher, protocol and created time, and hands the message to

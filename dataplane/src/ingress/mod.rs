@@ -1,0 +1,28 @@
+//! The dataplane core the adapters (`mqtt/`, `http/`, `ws/`, `users/`) share as peers: the
+//! state of a pod ([`Ingress`]), subject authentication (credentials, sign-in and tokens), the
+//! one publish path and its limits (rates, sizes, the retained store, connection slots), and
+//! the HTTP error type every HTTP-facing adapter answers with.
+
+mod api_error;
+mod config;
+mod credentials;
+mod publish_path;
+pub(crate) mod refresh;
+mod request;
+mod retained;
+mod slots;
+mod state;
+mod users;
+
+pub(crate) use api_error::{ApiError, body_timed_out};
+pub use config::MqttConfig;
+pub use credentials::WS_PROTOCOL;
+pub(crate) use credentials::{Authenticated, authenticate, from_authorization, from_ws_protocols};
+pub(crate) use publish_path::{PublishMemo, PublishRefusal, PublishRequest};
+pub use request::CONTENT_TYPES;
+pub(crate) use request::{Seen, random_client_id, topic_of};
+pub(crate) use retained::{RetainedStore, Uids, purge_deleted_channels};
+pub(crate) use slots::ConnectionSlots;
+pub(crate) use state::Ingress;
+pub use users::{LoginRefusal, TokenPair, UsersConfig};
+pub(crate) use users::{TokenExpiry, Users, looks_like_jwt, remaining};
