@@ -5,9 +5,9 @@ use std::ops::Deref;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 
+use super::pending_wills::PendingWills;
 use super::registry::Registry;
-use super::session::SessionStore;
-use super::will::PendingWills;
+use super::saved::SessionStore;
 use crate::ingress::Ingress;
 use crate::router::Router;
 

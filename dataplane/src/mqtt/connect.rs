@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use fleetward_policy::{
-    Credential, DenyReason, KeyDigest, Mountpoint, PolicyEvaluator, Subject, SubjectKind,
+    Credential, DenyReason, KeyDigest, Mountpoint, PolicyEvaluator, SubjectKind,
 };
 use rumqttd::protocol::{
     ConnAck, ConnAckProperties, Connect, ConnectProperties, ConnectReturnCode, LastWill,
@@ -16,7 +16,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use super::broker::Broker;
 use super::codec::{Codec, FrameError, Version, peek_version};
 use super::reason;
-use super::session::{SavedSession, Session, Will, clear_in_router};
+use super::session::{Accepted, Connected, Session, clear_in_router};
 use crate::audit;
 use crate::ingress::{ConnectionSlots, random_client_id};
 use crate::router::{Publisher, Router, SessionKey, SessionMode};
@@ -170,46 +170,6 @@ pub(crate) async fn read_connect<S: AsyncRead + Unpin>(
             Ok(_) => {}
         }
     }
-}
-
-/// What a successful CONNECT established: the session's own part, and what it starts with.
-pub(crate) struct Connected<L> {
-    pub acc: Accepted,
-    /// A router link attached at CONNECT (persistent sessions).
-    pub link: Option<L>,
-    /// What a resumed session left.
-    pub saved: Option<SavedSession>,
-}
-
-/// What a successful CONNECT established that the session keeps.
-pub(crate) struct Accepted {
-    pub subject: Subject,
-    /// The subject as subscribers see it, built once per connection.
-    pub publisher: Publisher,
-    pub key_digest: Option<KeyDigest>,
-    pub key: SessionKey,
-    pub mount: Option<Mountpoint>,
-    pub keep_alive: Duration,
-    /// Boxed: most clients have none, and this is kept for the whole connection.
-    pub will: Option<Box<Will>>,
-    pub receive_maximum: u16,
-    pub client_max_packet: Option<usize>,
-    /// Topic aliases the client accepts from the server (v5), capped by ours.
-    pub client_topic_alias_max: u16,
-    pub registration: super::registry::Registration,
-    /// Counts the connection against its tenant's and thing's `maxConnections` while held.
-    pub _tenant_slot: ConnectionSlots,
-    /// Whether the link attached at CONNECT is a persistent one (its router state must be
-    /// cleared if not kept).
-    pub persistent_link: bool,
-    /// How long the session is kept after the connection ends; zero for a clean session. A v5
-    /// DISCONNECT may change it (MQTT 5, 3.14.2.2.2).
-    pub expiry: Duration,
-    /// Whether the CONNECT asked for no expiry (v3: always): a v5 DISCONNECT may then not
-    /// set one.
-    pub expiry_was_zero: bool,
-    /// When the access token the user connected with expires: the connection ends then.
-    pub token_ends: Option<tokio::time::Instant>,
 }
 
 struct Handshake<'a, R: Router, S> {

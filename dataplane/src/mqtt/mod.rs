@@ -3,9 +3,13 @@
 mod broker;
 mod codec;
 mod connect;
+mod pending_wills;
 mod reason;
 mod registry;
+mod response_topic;
+mod saved;
 mod session;
+mod subs;
 mod websocket;
 mod will;
 

@@ -1,5 +1,6 @@
 //! The WebSocket adapter: MQTT over WebSocket at `/mqtt`, and plain JSON streams of a channel.
 
+pub mod close;
 mod envelope;
 mod session;
 
@@ -22,17 +23,6 @@ use crate::listener::AuthHandle;
 use crate::router::{Publisher, Router};
 
 pub(crate) use session::{Stream, answer_text};
-
-/// Close codes of plain WebSocket streams (4000–4999 are the application's, RFC 6455 7.4.2).
-pub mod close {
-    /// The credentials no longer hold: the thing was disabled or deleted, its key removed,
-    /// or its tenant suspended.
-    pub const CREDENTIALS_REVOKED: u16 = 4401;
-    /// The subscription is no longer granted (the grant was revoked or narrowed).
-    pub const SUBSCRIPTION_REVOKED: u16 = 4403;
-    /// The router went away; reconnect.
-    pub const UNAVAILABLE: u16 = super::close_code::ERROR;
-}
 
 /// How a refused stream is answered, chosen by `?refusal=` or else by whether the handshake
 /// carries `Origin` (every browser's does).

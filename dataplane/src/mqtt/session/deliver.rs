@@ -5,18 +5,11 @@ use fleetward_policy::{Action, Decision, Snapshot, filter_matches, parse_topic_n
 use rumqttd::protocol::{Packet, PubRel, PubRelReason, Publish, PublishProperties};
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use super::{OutMsg, Outbound, Session, limits};
+use super::connection::{MetadataMemo, Session, limits};
 use crate::mqtt::codec::{Version, publish_with_id};
+use crate::mqtt::saved::{OutMsg, Outbound};
 use crate::router::publish_props;
 use crate::router::{Message, Router, channel_key};
-
-/// The last channel a v5 delivery went out on, whether it carries delivery metadata, and the
-/// policy version that said so.
-pub(crate) struct MetadataMemo {
-    version: u64,
-    channel: Box<str>,
-    on: bool,
-}
 
 impl<R: Router, S: AsyncRead + AsyncWrite + Unpin + Send> Session<R, S> {
     pub(super) fn flush_pending(&mut self) {

@@ -4,18 +4,19 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use fleetward_policy::{Mountpoint, Snapshot, TopicError, parse_topic_name};
+use fleetward_policy::{Snapshot, TopicError};
 use rumqttd::protocol::{
     DisconnectReasonCode, Packet, PubAck, PubAckReason, PubRec, PubRecReason, Publish,
     PublishProperties,
 };
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use super::{End, Flow, Session, Step, limits};
+use super::connection::{End, Flow, Session, Step, limits};
 use crate::audit;
 use crate::ingress::{PublishRefusal, PublishRequest};
 use crate::mqtt::codec::Version;
 use crate::mqtt::reason;
+use crate::mqtt::response_topic::{mount_response_topic, response_topic_is_protocol_error};
 use crate::router::message_props;
 use crate::router::{Protocol, Router};
 
@@ -25,32 +26,6 @@ pub(super) struct Throttled {
     retry_after: Duration,
     qos: u8,
     pkid: u16,
-}
-
-/// Checks a v5 response topic (of a PUBLISH or a will) as a topic name, and mounts it for a
-/// mounted thing as its topic is. `Ok(None)`: it stays as it is.
-pub(crate) fn mount_response_topic(
-    mount: Option<&Mountpoint>,
-    topic: &str,
-) -> Result<Option<String>, TopicError> {
-    match mount {
-        Some(m) => m.mount_topic_name(topic.as_bytes(), &limits()).map(Some),
-        None => parse_topic_name(topic, &limits()).map(|_| None),
-    }
-}
-
-/// Whether a refused response topic breaks MQTT itself (wildcards, empty, NUL: MQTT 5
-/// 3.3.2.3.5), rather than Fleetward's topic grammar.
-pub(crate) fn response_topic_is_protocol_error(e: TopicError) -> bool {
-    matches!(
-        e,
-        TopicError::Empty
-            | TopicError::InvalidUtf8
-            | TopicError::ContainsNul
-            | TopicError::WildcardInTopicName
-            | TopicError::HashNotLast
-            | TopicError::PartialWildcard
-    )
 }
 
 /// The v5 answer to a refused publish.
