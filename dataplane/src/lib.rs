@@ -10,6 +10,8 @@ mod dataplane;
 pub mod fuzzing;
 pub mod http;
 mod ingress;
+#[cfg(test)]
+mod layout_tests;
 pub mod limits;
 mod listener;
 pub mod metrics;
