@@ -7,6 +7,11 @@
 //! defined in `mqtt/mod.rs` itself is the sibling `<mod>`. `pub use` lines are the facade, not
 //! dependencies; `#[cfg(test)] mod … { }` blocks are skipped.
 
+#![allow(
+    clippy::too_many_lines,
+    reason = "a test module: the source scanner reads best whole"
+)]
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 

@@ -31,6 +31,47 @@ fn too_large(version: Version) -> ConnectReturnCode {
     }
 }
 
+/// The will's topic (mounted for a mounted thing) with its tenant and channel, if the subject
+/// may publish there.
+fn authorized_topic<R: Router>(
+    shared: &Broker<R>,
+    snapshot: &Snapshot,
+    subject: &Subject,
+    mount: Option<&Mountpoint>,
+    will: &LastWill,
+) -> Option<(String, String, String)> {
+    let limits = TopicLimits::default();
+    let full = match mount {
+        Some(m) => m.mount_topic_name(&will.topic, &limits).ok(),
+        None => std::str::from_utf8(&will.topic).ok().map(str::to_owned),
+    }?;
+    let topic = parse_topic_name(&full, &limits).ok()?;
+    if !shared
+        .cache
+        .authorize(snapshot, subject, Action::Publish, &topic)
+        .is_allowed()
+    {
+        return None;
+    }
+    let (tenant, channel) = (topic.tenant().to_owned(), topic.channel().to_owned());
+    Some((full, tenant, channel))
+}
+
+/// The lower of the tenant's and the channel's `maxMessageSize`, if either has one.
+fn max_message_size(snapshot: &Snapshot, tenant: &str, channel: &str) -> Option<u32> {
+    [
+        snapshot
+            .tenant(tenant)
+            .and_then(|t| t.limits.max_message_size),
+        snapshot
+            .channel(tenant, channel)
+            .and_then(|c| c.max_message_size),
+    ]
+    .into_iter()
+    .flatten()
+    .min()
+}
+
 /// The will to keep for the session, or why the CONNECT is refused.
 pub(crate) fn accept<R: Router>(
     shared: &Broker<R>,
@@ -41,22 +82,8 @@ pub(crate) fn accept<R: Router>(
     will: LastWill,
     props: Option<LastWillProperties>,
 ) -> Result<Box<Will>, WillRefusal> {
-    let limits = TopicLimits::default();
-    let full = match mount {
-        Some(m) => m.mount_topic_name(&will.topic, &limits).ok(),
-        None => std::str::from_utf8(&will.topic).ok().map(str::to_owned),
-    };
-    let parsed = full
-        .as_deref()
-        .and_then(|t| parse_topic_name(t, &limits).ok())
-        .filter(|topic| {
-            shared
-                .cache
-                .authorize(snapshot, subject, Action::Publish, topic)
-                .is_allowed()
-        })
-        .map(|topic| (topic.tenant().to_owned(), topic.channel().to_owned()));
-    let (Some(topic), Some((tenant, channel))) = (full, parsed) else {
+    let Some((topic, tenant, channel)) = authorized_topic(shared, snapshot, subject, mount, &will)
+    else {
         // An unauthorized will refuses the CONNECT (issue 5).
         return Err((
             reason::connack_for(version, DenyReason::NoGrant),
@@ -98,17 +125,7 @@ pub(crate) fn accept<R: Router>(
         correlation_data: p.correlation_data,
         user_properties: p.user_properties,
     };
-    let max = [
-        snapshot
-            .tenant(&tenant)
-            .and_then(|t| t.limits.max_message_size),
-        snapshot
-            .channel(&tenant, &channel)
-            .and_then(|c| c.max_message_size),
-    ]
-    .into_iter()
-    .flatten()
-    .min();
+    let max = max_message_size(snapshot, &tenant, &channel);
     if max.is_some_and(|max| message_len(&will.message, Some(&message_props)) > max as usize) {
         return Err((too_large(version), "will_message_size"));
     }

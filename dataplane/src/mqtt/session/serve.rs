@@ -10,7 +10,7 @@ use bytes::BytesMut;
 use fleetward_policy::Snapshot;
 use rumqttd::protocol::{
     Disconnect, DisconnectProperties, DisconnectReasonCode, Packet, PingResp, PubComp,
-    PubCompReason, PubRel, PubRelReason,
+    PubCompReason, PubRel, PubRelReason, Subscribe, SubscribeProperties,
 };
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
@@ -25,40 +25,15 @@ use crate::router::{Message, Router, RouterLink};
 
 impl<R: Router, S: AsyncRead + AsyncWrite + Unpin + Send> Session<R, S> {
     pub(super) async fn serve(&mut self) -> End {
-        if !self.subs.is_empty() || !self.inflight.is_empty() {
-            // Resumed: the policy may have changed while the client was away.
-            if let Flow::End(end) = self.revalidate() {
-                self.flush_last().await;
-                return end;
-            }
-        }
-        self.resend_inflight();
-        // Data already read behind the CONNECT. Its answers go out before the end, as those
-        // of a later read do.
-        if let Flow::End(end) = self.process_input().await {
-            self.flush_last().await;
+        if let Some(end) = self.resume().await {
             return end;
         }
         let mut policy_open = true;
         let mut token_expiry = crate::ingress::TokenExpiry::new(self.acc.token_ends);
         loop {
             self.count_delivered();
-            if !self.wbuf.is_empty() {
-                let write = self.stream.write_all(&self.wbuf);
-                // A peer that stops reading costs its own connection only, and does not hold
-                // up a takeover.
-                let write = tokio::time::timeout(self.shared.config.write_timeout, write);
-                let written = tokio::select! {
-                    written = write => matches!(written, Ok(Ok(()))),
-                    _ = self.acc.registration.kicked() => false,
-                };
-                if !written {
-                    return End::Unclean;
-                }
-                self.wbuf.clear();
-                if self.wbuf.capacity() > 64 * 1024 {
-                    self.wbuf = BytesMut::new();
-                }
+            if !self.write_out().await {
+                return End::Unclean;
             }
             let can_receive = self.can_receive();
             let keep_alive = self.acc.keep_alive;
@@ -117,6 +92,49 @@ impl<R: Router, S: AsyncRead + AsyncWrite + Unpin + Send> Session<R, S> {
             }
             self.flush_pending();
         }
+    }
+
+    /// A resumed session's re-check and resends, and the data already read behind the
+    /// CONNECT; how the session ends if it does already.
+    async fn resume(&mut self) -> Option<End> {
+        if !self.subs.is_empty() || !self.inflight.is_empty() {
+            // Resumed: the policy may have changed while the client was away.
+            if let Flow::End(end) = self.revalidate() {
+                self.flush_last().await;
+                return Some(end);
+            }
+        }
+        self.resend_inflight();
+        // Data already read behind the CONNECT. Its answers go out before the end, as those
+        // of a later read do.
+        if let Flow::End(end) = self.process_input().await {
+            self.flush_last().await;
+            return Some(end);
+        }
+        None
+    }
+
+    /// Writes what is buffered, within the write timeout; `false` when it could not be.
+    async fn write_out(&mut self) -> bool {
+        if self.wbuf.is_empty() {
+            return true;
+        }
+        let write = self.stream.write_all(&self.wbuf);
+        // A peer that stops reading costs its own connection only, and does not hold up a
+        // takeover.
+        let write = tokio::time::timeout(self.shared.config.write_timeout, write);
+        let written = tokio::select! {
+            written = write => matches!(written, Ok(Ok(()))),
+            _ = self.acc.registration.kicked() => false,
+        };
+        if !written {
+            return false;
+        }
+        self.wbuf.clear();
+        if self.wbuf.capacity() > 64 * 1024 {
+            self.wbuf = BytesMut::new();
+        }
+        true
     }
 
     /// Writes what is buffered before the connection closes, within the write timeout (a
@@ -318,54 +336,15 @@ impl<R: Router, S: AsyncRead + AsyncWrite + Unpin + Send> Session<R, S> {
                     self.inflight.remove(&a.pkid);
                 }
             }
-            Packet::PubRec(r, _) => {
-                if let Some(entry) = self.inflight.get_mut(&r.pkid)
-                    && entry.0 == Outbound::Qos2Sent
-                {
-                    entry.0 = Outbound::Released;
-                    self.write(Packet::PubRel(
-                        PubRel {
-                            pkid: r.pkid,
-                            reason: PubRelReason::Success,
-                        },
-                        None,
-                    ));
-                }
-            }
+            Packet::PubRec(r, _) => self.on_pubrec(r.pkid),
             Packet::PubComp(c, _) => {
                 if self.inflight.get(&c.pkid).map(|e| e.0) == Some(Outbound::Released) {
                     self.inflight.remove(&c.pkid);
                 }
             }
-            Packet::PubRel(r, _) => {
-                let known = self.qos2_in.remove(&r.pkid);
-                self.write(Packet::PubComp(
-                    PubComp {
-                        pkid: r.pkid,
-                        reason: if known || self.codec.version() == Version::V4 {
-                            PubCompReason::Success
-                        } else {
-                            PubCompReason::PacketIdentifierNotFound
-                        },
-                    },
-                    None,
-                ));
-            }
+            Packet::PubRel(r, _) => self.on_pubrel(r.pkid),
             Packet::Subscribe(s, props) => {
-                // MQTT 5: a subscription identifier of 0 (3.8.2.1.2), and No Local on a shared
-                // subscription (3.8.3-4), are protocol errors.
-                let refused = if props.as_ref().and_then(|p| p.id) == Some(0) {
-                    Some("subscription_id_zero")
-                } else if s
-                    .filters
-                    .iter()
-                    .any(|f| f.nolocal && f.path.starts_with("$share/"))
-                {
-                    Some("no_local_shared")
-                } else {
-                    None
-                };
-                if let Some(why) = refused {
+                if let Some(why) = subscribe_protocol_error(&s, props.as_ref()) {
                     self.shared.metrics.refused("subscribe", why);
                     self.disconnect(DisconnectReasonCode::ProtocolError);
                     return Step::Done(Flow::End(End::Unclean));
@@ -382,13 +361,12 @@ impl<R: Router, S: AsyncRead + AsyncWrite + Unpin + Send> Session<R, S> {
                 if let Flow::End(end) = self.expiry_at_disconnect(expiry) {
                     return Step::Done(Flow::End(end));
                 }
-                return Step::Done(Flow::End(
-                    if d.reason_code == DisconnectReasonCode::DisconnectWithWillMessage {
-                        End::CleanWithWill
-                    } else {
-                        End::Clean
-                    },
-                ));
+                let end = if d.reason_code == DisconnectReasonCode::DisconnectWithWillMessage {
+                    End::CleanWithWill
+                } else {
+                    End::Clean
+                };
+                return Step::Done(Flow::End(end));
             }
             _ => {
                 // A second CONNECT, or a server-to-client packet.
@@ -398,6 +376,39 @@ impl<R: Router, S: AsyncRead + AsyncWrite + Unpin + Send> Session<R, S> {
             }
         }
         Step::Done(Flow::Continue)
+    }
+
+    /// PUBREC of a QoS 2 delivery: released with PUBREL.
+    fn on_pubrec(&mut self, pkid: u16) {
+        if let Some(entry) = self.inflight.get_mut(&pkid)
+            && entry.0 == Outbound::Qos2Sent
+        {
+            entry.0 = Outbound::Released;
+            self.write(Packet::PubRel(
+                PubRel {
+                    pkid,
+                    reason: PubRelReason::Success,
+                },
+                None,
+            ));
+        }
+    }
+
+    /// PUBREL of an inbound QoS 2 publish: completed with PUBCOMP (v5 says when the packet id
+    /// was not known).
+    fn on_pubrel(&mut self, pkid: u16) {
+        let known = self.qos2_in.remove(&pkid);
+        self.write(Packet::PubComp(
+            PubComp {
+                pkid,
+                reason: if known || self.codec.version() == Version::V4 {
+                    PubCompReason::Success
+                } else {
+                    PubCompReason::PacketIdentifierNotFound
+                },
+            },
+            None,
+        ));
     }
 
     /// A v5 DISCONNECT's Session Expiry Interval replaces the CONNECT's, capped by
@@ -446,6 +457,25 @@ impl<R: Router, S: AsyncRead + AsyncWrite + Unpin + Send> Session<R, S> {
         self.shared.metrics.refused(what, label);
         self.disconnect(code);
         Flow::End(End::Closed)
+    }
+}
+
+/// MQTT 5: a subscription identifier of 0 (3.8.2.1.2), and No Local on a shared subscription
+/// (3.8.3-4), are protocol errors; their label, if the SUBSCRIBE has one.
+fn subscribe_protocol_error(
+    s: &Subscribe,
+    props: Option<&SubscribeProperties>,
+) -> Option<&'static str> {
+    if props.and_then(|p| p.id) == Some(0) {
+        Some("subscription_id_zero")
+    } else if s
+        .filters
+        .iter()
+        .any(|f| f.nolocal && f.path.starts_with("$share/"))
+    {
+        Some("no_local_shared")
+    } else {
+        None
     }
 }
 

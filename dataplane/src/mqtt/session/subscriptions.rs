@@ -1,15 +1,12 @@
-//! SUBSCRIBE, UNSUBSCRIBE and the re-check of subscriptions on every new snapshot, and the
-//! session's index of its subscriptions.
-//!
-//! The index finds a subscription by its filter, and the subscriptions that may match a topic,
-//! without walking all of them: a SUBSCRIBE costs the same whether the session holds ten filters
-//! or ten thousand, and so does a delivery (unless the session's wildcard filters in that one
-//! channel are many, which is its own cost only).
+//! SUBSCRIBE, UNSUBSCRIBE and the re-check of subscriptions on every new snapshot (the index
+//! of a session's subscriptions is `mqtt/subs.rs`).
 
-use fleetward_policy::{Action, Decision, PolicyEvaluator, Subject, parse_filter};
+use fleetward_policy::{
+    Action, Decision, PolicyEvaluator, Snapshot, Subject, Topic, TopicError, parse_filter,
+};
 use rumqttd::protocol::{
-    DisconnectReasonCode, Packet, RetainForwardRule, SubAck, Subscribe, SubscribeProperties,
-    UnsubAck, UnsubAckReason, Unsubscribe,
+    DisconnectReasonCode, Filter, Packet, RetainForwardRule, SubAck, Subscribe,
+    SubscribeProperties, SubscribeReasonCode, UnsubAck, UnsubAckReason, Unsubscribe,
 };
 use tokio::io::{AsyncRead, AsyncWrite};
 
@@ -19,7 +16,15 @@ use crate::ingress::Uids;
 use crate::mqtt::codec::Version;
 use crate::mqtt::reason;
 use crate::mqtt::subs::{Incarnation, Subscription};
-use crate::router::{METADATA_SUBSCRIPTION_PROPERTY, Router, RouterLink, SessionMode};
+use crate::router::{METADATA_SUBSCRIPTION_PROPERTY, Message, Router, RouterLink, SessionMode};
+
+/// What a SUBSCRIBE asks for all its filters (v5).
+struct Asked {
+    /// Delivery metadata on any channel (`fleetward-metadata: true`).
+    metadata: bool,
+    /// The subscription identifier.
+    id: Option<usize>,
+}
 
 impl<R: Router, S: AsyncRead + AsyncWrite + Unpin + Send> Session<R, S> {
     async fn link(&mut self) -> Option<&mut R::Link> {
@@ -51,7 +56,6 @@ impl<R: Router, S: AsyncRead + AsyncWrite + Unpin + Send> Session<R, S> {
         subscribe: Subscribe,
         props: Option<SubscribeProperties>,
     ) {
-        let version = self.codec.version();
         let snapshot = self.policy_now();
         // v5: the packet's subscriptions get delivery metadata on any channel.
         let metadata = props.as_ref().is_some_and(|p| {
@@ -59,172 +63,17 @@ impl<R: Router, S: AsyncRead + AsyncWrite + Unpin + Send> Session<R, S> {
                 .iter()
                 .any(|(k, v)| k == METADATA_SUBSCRIPTION_PROPERTY && v == "true")
         });
-        let sub_id = props.and_then(|p| p.id);
+        let asked = Asked {
+            metadata,
+            id: props.and_then(|p| p.id),
+        };
         let mut codes = Vec::with_capacity(subscribe.filters.len());
         let mut retained = Vec::new();
         for f in subscribe.filters {
-            let full = match &self.acc.mount {
-                Some(m) => m.mount_filter(f.path.as_bytes(), &limits()),
-                None => Ok(f.path.clone()),
-            };
-            let parsed = full
-                .as_deref()
-                .map_err(|e| *e)
-                .and_then(|t| parse_filter(t, &limits()));
-            let topic = match parsed {
-                // Shared subscriptions on a persistent router link can crash rumqttd 0.20's
-                // router (ROUTER.md §2.8), so they are refused: also on a resumed session that
-                // will not be kept, whose link is persistent all the same.
-                Ok(t) if t.share_group().is_some() && self.acc.persistent_link => {
-                    self.shared
-                        .metrics
-                        .refused("subscribe", "shared_subscription_persistent");
-                    self.audit_refused(
-                        audit::Action::Subscribe,
-                        Some(full.as_deref().unwrap_or(&f.path)),
-                        "shared_subscription_persistent",
-                    );
-                    codes.push(match version {
-                        Version::V4 => rumqttd::protocol::SubscribeReasonCode::Failure,
-                        Version::V5 => {
-                            rumqttd::protocol::SubscribeReasonCode::SharedSubscriptionsNotSupported
-                        }
-                    });
-                    continue;
-                }
-                Ok(t) => t,
-                Err(e) => {
-                    self.shared.metrics.refused("subscribe", e.as_str());
-                    self.audit_refused(audit::Action::Subscribe, Some(&f.path), e.as_str());
-                    codes.push(reason::suback_refused(version, reason::is_invalid_mqtt(e)));
-                    continue;
-                }
-            };
-            let decision = self.shared.cache.authorize(
-                &*snapshot,
-                &self.acc.subject,
-                Action::Subscribe,
-                &topic,
+            codes.push(
+                self.subscribe_one(&snapshot, f, &asked, &mut retained)
+                    .await,
             );
-            if let Decision::Deny(why) = decision {
-                self.shared.metrics.refused("subscribe", why.as_str());
-                self.audit_refused(
-                    audit::Action::Subscribe,
-                    Some(full.as_deref().unwrap_or(&f.path)),
-                    why.as_str(),
-                );
-                codes.push(reason::suback_refused(version, false));
-                continue;
-            }
-            let Some(channel) = snapshot.channel(topic.tenant(), topic.channel()) else {
-                codes.push(reason::suback_refused(version, false));
-                continue;
-            };
-            // Granted though a deny may overlap it: then the denied topics are withheld from
-            // each delivery (deliver.rs), retained ones included.
-            let withholds = snapshot.withholds(&self.acc.subject, &topic);
-            let granted = (f.qos as u8).min(u8::from(channel.max_qos));
-            let retained_allowed = channel.retained_allowed;
-            let made_under = Incarnation::of(&snapshot, topic.tenant(), channel);
-            let uids_now = Uids::of(&snapshot, topic.tenant(), topic.channel());
-            let (tenant, channel_name) = (topic.tenant().to_owned(), topic.channel().to_owned());
-            let matcher = topic.as_str().to_owned();
-            let group = topic.share_group().map(str::to_owned);
-            let (full, router) = match &group {
-                Some(g) => (
-                    format!("$share/{g}/{matcher}"),
-                    format!(
-                        "$share/{}/{matcher}",
-                        router_share_group(&tenant, g, &matcher)
-                    ),
-                ),
-                None => (matcher.clone(), matcher.clone()),
-            };
-            let existing = self.subs.get_mut(&full);
-            let new = existing.is_none();
-            match existing {
-                Some(sub) => {
-                    // Made again: under the channel the policy has now.
-                    sub.made_under = made_under;
-                    sub.qos = granted;
-                    sub.id = sub_id;
-                    sub.no_local = f.nolocal;
-                    sub.retain_as_published = f.preserve_retain;
-                    if f.nolocal {
-                        self.shared
-                            .no_local_seen
-                            .store(true, std::sync::atomic::Ordering::Relaxed);
-                    }
-                }
-                None => {
-                    // A new filter beyond the session's cap (a replaced one does not count).
-                    if self.subs.len() >= self.shared.config.max_subscriptions_per_session {
-                        self.shared
-                            .metrics
-                            .refused("limit", "subscriptions_per_session");
-                        self.audit_refused(
-                            audit::Action::Subscribe,
-                            Some(&f.path),
-                            "subscriptions_per_session",
-                        );
-                        codes.push(match version {
-                            Version::V4 => rumqttd::protocol::SubscribeReasonCode::Failure,
-                            Version::V5 => rumqttd::protocol::SubscribeReasonCode::QuotaExceeded,
-                        });
-                        continue;
-                    }
-                    let Some(link) = self.link().await else {
-                        codes.push(reason::suback_refused(version, false));
-                        continue;
-                    };
-                    if link.subscribe(&router).is_err() {
-                        codes.push(reason::suback_refused(version, false));
-                        continue;
-                    }
-                    let client = match &group {
-                        Some(_) => f
-                            .path
-                            .strip_prefix("$share/")
-                            .and_then(|r| r.split_once('/'))
-                            .map_or(f.path.as_str(), |(_, f)| f)
-                            .to_owned(),
-                        None => f.path.clone(),
-                    };
-                    self.subs.insert(Subscription {
-                        client,
-                        full: full.clone(),
-                        matcher: matcher.clone(),
-                        router,
-                        no_local: f.nolocal,
-                        retain_as_published: f.preserve_retain,
-                        qos: granted,
-                        id: sub_id,
-                        metadata,
-                        made_under,
-                    });
-                    if f.nolocal {
-                        self.shared
-                            .no_local_seen
-                            .store(true, std::sync::atomic::Ordering::Relaxed);
-                    }
-                }
-            }
-            self.subs.set_withholds(&full, withholds);
-            codes.push(reason::suback_granted(granted));
-            let send_retained = match f.retain_forward_rule {
-                RetainForwardRule::OnEverySubscribe => true,
-                RetainForwardRule::OnNewSubscribe => new,
-                RetainForwardRule::Never => false,
-            };
-            // Retained messages are never sent to shared subscriptions.
-            if send_retained && retained_allowed && group.is_none() {
-                retained.extend(self.shared.retained.matching(
-                    &tenant,
-                    &channel_name,
-                    &matcher,
-                    uids_now,
-                ));
-            }
         }
         // Written once the router has the subscriptions: a message published after the
         // SUBACK reaches them (`RouterLink::taken_in`).
@@ -242,6 +91,176 @@ impl<R: Router, S: AsyncRead + AsyncWrite + Unpin + Send> Session<R, S> {
             self.pending.push_back(m);
         }
         self.flush_pending();
+    }
+
+    /// One filter of a SUBSCRIBE: its reason code. The retained messages it is to be sent are
+    /// added to `retained`.
+    async fn subscribe_one(
+        &mut self,
+        snapshot: &Snapshot,
+        f: Filter,
+        asked: &Asked,
+        retained: &mut Vec<Message>,
+    ) -> SubscribeReasonCode {
+        let version = self.codec.version();
+        let mounted = match &self.acc.mount {
+            Some(m) => m.mount_filter(f.path.as_bytes(), &limits()),
+            None => Ok(f.path.clone()),
+        };
+        let topic = match self.authorize_filter(snapshot, &f.path, &mounted) {
+            Ok(topic) => topic,
+            Err(code) => return code,
+        };
+        let Some(channel) = snapshot.channel(topic.tenant(), topic.channel()) else {
+            return reason::suback_refused(version, false);
+        };
+        // Granted though a deny may overlap it: then the denied topics are withheld from
+        // each delivery (deliver.rs), retained ones included.
+        let withholds = snapshot.withholds(&self.acc.subject, &topic);
+        let granted = (f.qos as u8).min(u8::from(channel.max_qos));
+        let retained_allowed = channel.retained_allowed;
+        let made_under = Incarnation::of(snapshot, topic.tenant(), channel);
+        let uids_now = Uids::of(snapshot, topic.tenant(), topic.channel());
+        let (tenant, channel_name) = (topic.tenant().to_owned(), topic.channel().to_owned());
+        let matcher = topic.as_str().to_owned();
+        let group = topic.share_group().map(str::to_owned);
+        let (full, router) = full_and_router(&tenant, group.as_deref(), &matcher);
+        let new = match self.subs.get_mut(&full) {
+            Some(sub) => {
+                // Made again: under the channel the policy has now.
+                sub.made_under = made_under;
+                sub.qos = granted;
+                sub.id = asked.id;
+                sub.no_local = f.nolocal;
+                sub.retain_as_published = f.preserve_retain;
+                false
+            }
+            None => {
+                let sub = Subscription {
+                    client: client_filter(&f.path, group.is_some()),
+                    full: full.clone(),
+                    matcher: matcher.clone(),
+                    router,
+                    no_local: f.nolocal,
+                    retain_as_published: f.preserve_retain,
+                    qos: granted,
+                    id: asked.id,
+                    metadata: asked.metadata,
+                    made_under,
+                };
+                if let Err(code) = self.add_subscription(&f.path, sub).await {
+                    return code;
+                }
+                true
+            }
+        };
+        if f.nolocal {
+            self.shared
+                .no_local_seen
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+        self.subs.set_withholds(&full, withholds);
+        let send_retained = match f.retain_forward_rule {
+            RetainForwardRule::OnEverySubscribe => true,
+            RetainForwardRule::OnNewSubscribe => new,
+            RetainForwardRule::Never => false,
+        };
+        // Retained messages are never sent to shared subscriptions.
+        if send_retained && retained_allowed && group.is_none() {
+            retained.extend(self.shared.retained.matching(
+                &tenant,
+                &channel_name,
+                &matcher,
+                uids_now,
+            ));
+        }
+        reason::suback_granted(granted)
+    }
+
+    /// Parses the (mounted) filter of `path` and authorizes the subscription; the refusal's
+    /// reason code otherwise, counted and audited.
+    fn authorize_filter<'a>(
+        &self,
+        snapshot: &Snapshot,
+        path: &str,
+        mounted: &'a Result<String, TopicError>,
+    ) -> Result<Topic<'a>, SubscribeReasonCode> {
+        let version = self.codec.version();
+        let parsed = mounted
+            .as_deref()
+            .map_err(|e| *e)
+            .and_then(|t| parse_filter(t, &limits()));
+        let topic = match parsed {
+            // Shared subscriptions on a persistent router link can crash rumqttd 0.20's
+            // router (ROUTER.md §2.8), so they are refused: also on a resumed session that
+            // will not be kept, whose link is persistent all the same.
+            Ok(t) if t.share_group().is_some() && self.acc.persistent_link => {
+                self.shared
+                    .metrics
+                    .refused("subscribe", "shared_subscription_persistent");
+                self.audit_refused(
+                    audit::Action::Subscribe,
+                    Some(mounted.as_deref().unwrap_or(path)),
+                    "shared_subscription_persistent",
+                );
+                return Err(match version {
+                    Version::V4 => SubscribeReasonCode::Failure,
+                    Version::V5 => SubscribeReasonCode::SharedSubscriptionsNotSupported,
+                });
+            }
+            Ok(t) => t,
+            Err(e) => {
+                self.shared.metrics.refused("subscribe", e.as_str());
+                self.audit_refused(audit::Action::Subscribe, Some(path), e.as_str());
+                return Err(reason::suback_refused(version, reason::is_invalid_mqtt(e)));
+            }
+        };
+        let decision =
+            self.shared
+                .cache
+                .authorize(snapshot, &self.acc.subject, Action::Subscribe, &topic);
+        if let Decision::Deny(why) = decision {
+            self.shared.metrics.refused("subscribe", why.as_str());
+            self.audit_refused(
+                audit::Action::Subscribe,
+                Some(mounted.as_deref().unwrap_or(path)),
+                why.as_str(),
+            );
+            return Err(reason::suback_refused(version, false));
+        }
+        Ok(topic)
+    }
+
+    /// Adds a new filter: within the session's cap (a replaced one does not count), and once
+    /// the router has it.
+    async fn add_subscription(
+        &mut self,
+        path: &str,
+        sub: Subscription,
+    ) -> Result<(), SubscribeReasonCode> {
+        let version = self.codec.version();
+        if self.subs.len() >= self.shared.config.max_subscriptions_per_session {
+            self.shared
+                .metrics
+                .refused("limit", "subscriptions_per_session");
+            self.audit_refused(
+                audit::Action::Subscribe,
+                Some(path),
+                "subscriptions_per_session",
+            );
+            return Err(match version {
+                Version::V4 => SubscribeReasonCode::Failure,
+                Version::V5 => SubscribeReasonCode::QuotaExceeded,
+            });
+        }
+        let Some(link) = self.link().await else {
+            return Err(reason::suback_refused(version, false));
+        };
+        if link.subscribe(&sub.router).is_err() {
+            return Err(reason::suback_refused(version, false));
+        }
+        self.subs.insert(sub);
+        Ok(())
     }
 
     pub(super) fn on_unsubscribe(&mut self, unsubscribe: Unsubscribe) {
@@ -337,6 +356,32 @@ impl<R: Router, S: AsyncRead + AsyncWrite + Unpin + Send> Session<R, S> {
         }
         Flow::Continue
     }
+}
+
+/// The full filter as subscribed, and the one the router is given: a shared group renamed per
+/// tenant and filter.
+fn full_and_router(tenant: &str, group: Option<&str>, matcher: &str) -> (String, String) {
+    match group {
+        Some(g) => (
+            format!("$share/{g}/{matcher}"),
+            format!(
+                "$share/{}/{matcher}",
+                router_share_group(tenant, g, matcher)
+            ),
+        ),
+        None => (matcher.to_owned(), matcher.to_owned()),
+    }
+}
+
+/// The filter as the client sent it, without any `$share/<group>/`.
+fn client_filter(path: &str, shared: bool) -> String {
+    if !shared {
+        return path.to_owned();
+    }
+    path.strip_prefix("$share/")
+        .and_then(|r| r.split_once('/'))
+        .map_or(path, |(_, f)| f)
+        .to_owned()
 }
 
 /// The router-side name of a shared group: per tenant and per filter, because rumqttd 0.20
