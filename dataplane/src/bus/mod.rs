@@ -6,7 +6,7 @@
 //! through the router tell the bus, reference-counted, which subjects this pod needs.
 //! See dataplane/BUS.md.
 
-pub mod codec;
+pub mod bus_message;
 mod interest;
 pub(crate) mod nats;
 pub mod subject;

@@ -5,10 +5,10 @@
 //! connects to the operators in turn, reconnecting with backoff, applies every update, ACKs or
 //! NACKs it, persists what it applied and publishes it on [`SyncClient::snapshot`].
 
-mod config;
-mod session;
+mod client_config;
 mod status;
 pub mod store;
+mod stream;
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -19,7 +19,9 @@ use fleetward_policy::Snapshot;
 use tokio::sync::watch;
 use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
 
-pub use config::{ClientTls, DEFAULT_MAX_MESSAGE_SIZE, SyncConfig, SyncError, parse_endpoints};
+pub use client_config::{
+    ClientTls, DEFAULT_MAX_MESSAGE_SIZE, SyncConfig, SyncError, parse_endpoints,
+};
 pub use status::SyncStatus;
 pub use store::{StoreError, Stored};
 
@@ -115,7 +117,7 @@ impl SyncClient {
         let mut failures = 0usize;
         for attempt in 0usize.. {
             let (url, endpoint) = &self.endpoints[attempt % n];
-            let got_updates = session::Session {
+            let got_updates = stream::Session {
                 config: &self.config,
                 url,
                 status: &self.status,

@@ -15,7 +15,7 @@ use tonic::transport::Endpoint;
 use tonic::{Code, Request, Status};
 
 use super::Stored;
-use super::config::SyncConfig;
+use super::client_config::SyncConfig;
 use super::status::{SyncStatus, now_ms};
 
 pub(super) struct Session<'a> {

@@ -1,7 +1,7 @@
 //! The WebSocket adapter: MQTT over WebSocket at `/mqtt`, and plain JSON streams of a channel.
 
 pub mod close;
-mod envelope;
+mod frames;
 mod session;
 
 use std::collections::HashMap;

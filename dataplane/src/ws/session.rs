@@ -13,7 +13,7 @@ use fleetward_policy::{
 use serde_json::json;
 
 use super::close;
-use super::envelope::{ClientPublish, answer, message_frame};
+use super::frames::{ClientPublish, answer, message_frame};
 use crate::audit;
 use crate::ingress::{ApiError, CONTENT_TYPES, Ingress, PublishRequest, Uids};
 use crate::router::{
