@@ -1,11 +1,13 @@
 //! The dataplane core the adapters (`mqtt/`, `http/`, `ws/`, `users/`) share as peers: the
 //! state of a pod ([`Ingress`]), subject authentication (credentials, sign-in and tokens), the
-//! one publish path and its limits (rates, sizes, the retained store, connection slots), and
-//! the HTTP error type every HTTP-facing adapter answers with.
+//! one publish path and its limits (rates, sizes, the retained store, connection slots),
+//! delivery matching under subtopic denies, and the HTTP error type every HTTP-facing adapter
+//! answers with.
 
 mod api_error;
 mod config;
 mod credentials;
+mod delivery;
 mod publish_path;
 pub(crate) mod refresh;
 mod request;

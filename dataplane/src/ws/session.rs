@@ -270,9 +270,8 @@ impl<R: Router> Conn<R> {
         let Ok(topic) = std::str::from_utf8(topic) else {
             return false;
         };
-        let snapshot = self.shared.policy.borrow();
-        self.gate
-            .allows(&self.shared.cache, &**snapshot, &self.stream.subject, topic)
+        self.shared
+            .may_deliver(&mut self.gate, &self.stream.subject, topic)
     }
 
     /// Whether the stream may go on under a new snapshot.

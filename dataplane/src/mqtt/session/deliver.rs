@@ -259,8 +259,7 @@ impl<R: Router, S: AsyncRead + AsyncWrite + Unpin + Send> Session<R, S> {
         let Some(gate) = self.subs.withholding() else {
             return true;
         };
-        let snapshot = self.policy.borrow();
-        gate.allows(&self.shared.cache, &**snapshot, &self.acc.subject, topic)
+        self.shared.may_deliver(gate, &self.acc.subject, topic)
     }
 
     /// Whether a message may go out under a resumed session's offline bound: what was queued
