@@ -160,6 +160,10 @@ impl<R: Router> Router for BusRouter<R> {
         self.inner.backlog()
     }
 
+    fn caught_up(&self, bound: std::time::Duration) -> impl Future<Output = ()> + Send {
+        self.inner.caught_up(bound)
+    }
+
     fn is_alive(&self) -> bool {
         self.inner.is_alive()
     }

@@ -324,6 +324,17 @@ pub trait Router: Send + Sync + 'static {
         0
     }
 
+    /// Resolves once the router has taken in everything handed over to it before the call,
+    /// through any link, or after `bound`: a publisher that outran the router is woken by it
+    /// rather than polling [`Router::backlog`]. A router without a backlog is caught up.
+    fn caught_up(&self, bound: std::time::Duration) -> impl Future<Output = ()> + Send
+    where
+        Self: Sized,
+    {
+        let _ = bound;
+        std::future::ready(())
+    }
+
     /// Whether the router still runs.
     fn is_alive(&self) -> bool;
 

@@ -11,12 +11,12 @@
 //! it was given.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use parking_lot::Mutex;
 use rumqttd::local::{LinkBuilder, LinkError, LinkRx, LinkTx};
 use rumqttd::protocol::{
-    Disconnect, DisconnectReasonCode, Filter, Packet, Publish, PublishProperties, QoS,
+    Disconnect, DisconnectReasonCode, Filter, Packet, PingReq, Publish, PublishProperties, QoS,
     RetainForwardRule, Subscribe, SubscribeProperties, Unsubscribe,
 };
 use rumqttd::{Notification, RouterConfig};
@@ -69,6 +69,35 @@ pub struct RumqttdRouter {
     system: Mutex<LinkTx>,
     alive: Arc<AtomicBool>,
     routes: Arc<Routes>,
+    pings: Arc<Pings>,
+}
+
+/// PINGREQs pushed on the system link and the PINGRESPs the router answered them with. The
+/// router handles its links' events in the order they were pushed and takes a link's whole
+/// buffer at each, so an answered ping means everything pushed before it was taken in: the
+/// wake-up of a publisher waiting for the router to catch up ([`Router::caught_up`]).
+#[derive(Default)]
+struct Pings {
+    /// Pushed so far; counted under the system link's lock, in the order pushed.
+    sent: AtomicU64,
+    answered: AtomicU64,
+    notify: tokio::sync::Notify,
+}
+
+impl Pings {
+    /// Waits until ping number `ticket` is answered. Cancel-safe.
+    async fn answered(&self, ticket: u64) {
+        loop {
+            let notified = self.notify.notified();
+            let mut notified = std::pin::pin!(notified);
+            // Registered before the count is read, so an answer in between is not missed.
+            notified.as_mut().enable();
+            if self.answered.load(Ordering::SeqCst) >= ticket {
+                return;
+            }
+            notified.await;
+        }
+    }
 }
 
 impl RumqttdRouter {
@@ -94,6 +123,8 @@ impl RumqttdRouter {
             connect("fleetward-system", true).map_err(|_| RouterError::RouterDown)?;
         let alive = Arc::new(AtomicBool::new(true));
         let flag = alive.clone();
+        let pings = Arc::new(Pings::default());
+        let answered = pings.clone();
         // The system link never subscribes; draining it keeps it scheduled and tells us when
         // the router thread is gone.
         std::thread::Builder::new()
@@ -106,7 +137,13 @@ impl RumqttdRouter {
                                 break;
                             }
                         }
-                        Ok(_) => {}
+                        Ok(Some(n)) => {
+                            if let Some(Packet::PingResp(_)) = Option::<Packet>::from(n) {
+                                answered.answered.fetch_add(1, Ordering::SeqCst);
+                                answered.notify.notify_waiters();
+                            }
+                        }
+                        Ok(None) => {}
                         Err(_) => break,
                     }
                 }
@@ -119,6 +156,7 @@ impl RumqttdRouter {
             system: Mutex::new(system_tx),
             alive,
             routes: Arc::new(Routes::new(config.buckets_per_channel)),
+            pings,
         })
     }
 }
@@ -263,6 +301,17 @@ impl Router for RumqttdRouter {
 
     fn backlog(&self) -> usize {
         self.system.lock().buffer().len()
+    }
+
+    async fn caught_up(&self, bound: std::time::Duration) {
+        let ticket = {
+            let mut system = self.system.lock();
+            if push(&mut system, Packet::PingReq(PingReq)).is_err() {
+                return;
+            }
+            self.pings.sent.fetch_add(1, Ordering::SeqCst) + 1
+        };
+        let _ = tokio::time::timeout(bound, self.pings.answered(ticket)).await;
     }
 
     fn is_alive(&self) -> bool {
@@ -544,5 +593,24 @@ mod tests {
     fn a_forward_without_an_envelope_is_not_a_message() {
         let publish = Publish::new("m/t/c/ch", "not enveloped", false);
         assert!(from_forward(publish, None, &mut None).is_none());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_publisher_waiting_for_the_router_is_woken_by_its_answer() {
+        let router = RumqttdRouter::start(&RumqttdConfig::default()).expect("the router starts");
+        {
+            // A backlog on the system link, as a burst of link-less publishers leaves it.
+            let mut system = router.system.lock();
+            let packets = (0..5000)
+                .map(|_| Packet::Publish(Publish::new("nowhere/x", "p", false), None))
+                .collect();
+            push_batch(&mut system, packets).expect("handed over");
+        }
+        for n in 1..=3 {
+            // A bound no healthy router comes near: returning before it means woken.
+            router.caught_up(std::time::Duration::from_secs(60)).await;
+            assert_eq!(router.backlog(), 0, "all taken in before the answer");
+            assert_eq!(router.pings.answered.load(Ordering::SeqCst), n);
+        }
     }
 }

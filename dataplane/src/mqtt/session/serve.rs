@@ -197,16 +197,20 @@ impl<R: Router, S: AsyncRead + AsyncWrite + Unpin + Send> Session<R, S> {
             return;
         }
         let started = Instant::now();
+        // A router that takes nothing in for a second is not waited for any longer here.
+        let bound = Duration::from_secs(1);
         loop {
             let backlog = match &self.link {
                 Some(link) => link.backlog(),
                 None => self.shared.router.backlog(),
             };
-            // A router that takes nothing in for a second is not waited for any longer here.
-            if backlog < ROUTER_BACKLOG_HIGH / 2 || started.elapsed() > Duration::from_secs(1) {
+            let waited = started.elapsed();
+            if backlog < ROUTER_BACKLOG_HIGH / 2 || waited > bound {
                 break;
             }
-            tokio::time::sleep(Duration::from_millis(1)).await;
+            // Woken once the router has taken in what was handed over so far (this link's
+            // buffer among it), instead of polling the backlog.
+            self.shared.router.caught_up(bound - waited).await;
         }
         self.router_backlog = 0;
     }
