@@ -221,6 +221,56 @@ fn policy() -> Arc<Snapshot> {
 
 fn build_policy() -> Snapshot {
     let mut r = Resources::default();
+    for tenant in ["acme", "globex"] {
+        add_tenant(&mut r, tenant);
+        add_grants(&mut r, tenant);
+    }
+    // A fixed policy that is known to build (the tests say so); an empty one otherwise.
+    Snapshot::from_resources(1, r).unwrap_or_else(|_| Snapshot::new(1))
+}
+
+/// A tenant of the fixed policy, with its things and channels.
+fn add_tenant(r: &mut Resources, tenant: &str) {
+    r.tenants.push(Tenant {
+        uid: String::new(),
+        name: tenant.into(),
+        suspended: false,
+        limits: TenantLimits::default(),
+        web: Default::default(),
+    });
+    for (name, mountpoint) in [
+        ("sensor", None),
+        ("device", None),
+        ("mounted", Some(WS_CHANNEL)),
+    ] {
+        r.things.push(Thing {
+            tenant: tenant.into(),
+            name: name.into(),
+            key_digests: vec![KeyDigest::of(MQTT_KEY.as_bytes())],
+            disabled: false,
+            mountpoint: mountpoint.map(str::to_owned),
+            max_connections: None,
+        });
+    }
+    for (name, max_qos, retained_allowed) in [
+        (WS_CHANNEL, Qos::ExactlyOnce, false),
+        ("commands", Qos::AtLeastOnce, false),
+        ("status", Qos::AtLeastOnce, true),
+    ] {
+        r.channels.push(Channel {
+            uid: String::new(),
+            tenant: tenant.into(),
+            name: name.into(),
+            max_qos,
+            retained_allowed,
+            max_message_size: Some(WS_MAX_MESSAGE),
+            delivery_metadata: false,
+        });
+    }
+}
+
+/// The grants of a tenant of the fixed policy: a subtopic deny on the stream channel.
+fn add_grants(r: &mut Resources, tenant: &str) {
     let grant =
         |tenant: &str, thing: &str, channel: &str, actions, deny: Vec<SubtopicPattern>| Grant {
             tenant: tenant.into(),
@@ -231,74 +281,34 @@ fn build_policy() -> Snapshot {
             allow: Vec::new(),
             deny,
         };
-    for tenant in ["acme", "globex"] {
-        r.tenants.push(Tenant {
-            uid: String::new(),
-            name: tenant.into(),
-            suspended: false,
-            limits: TenantLimits::default(),
-            web: Default::default(),
-        });
-        for (name, mountpoint) in [
-            ("sensor", None),
-            ("device", None),
-            ("mounted", Some(WS_CHANNEL)),
-        ] {
-            r.things.push(Thing {
-                tenant: tenant.into(),
-                name: name.into(),
-                key_digests: vec![KeyDigest::of(MQTT_KEY.as_bytes())],
-                disabled: false,
-                mountpoint: mountpoint.map(str::to_owned),
-                max_connections: None,
-            });
-        }
-        for (name, max_qos, retained_allowed) in [
-            (WS_CHANNEL, Qos::ExactlyOnce, false),
-            ("commands", Qos::AtLeastOnce, false),
-            ("status", Qos::AtLeastOnce, true),
-        ] {
-            r.channels.push(Channel {
-                uid: String::new(),
-                tenant: tenant.into(),
-                name: name.into(),
-                max_qos,
-                retained_allowed,
-                max_message_size: Some(WS_MAX_MESSAGE),
-                delivery_metadata: false,
-            });
-        }
-        let denied: Vec<SubtopicPattern> = SubtopicPattern::parse(&format!("{WS_DENIED_LEVEL}/#"))
-            .into_iter()
-            .collect();
-        r.grants.push(grant(
-            tenant,
-            "sensor",
-            WS_CHANNEL,
-            Actions::PUBLISH,
-            denied.clone(),
-        ));
-        r.grants.push(grant(
-            tenant,
-            "device",
-            WS_CHANNEL,
-            Actions::BOTH,
-            denied.clone(),
-        ));
-        r.grants
-            .push(grant(tenant, "device", "status", Actions::BOTH, Vec::new()));
-        r.grants.push(grant(
-            tenant,
-            "device",
-            "commands",
-            Actions::SUBSCRIBE,
-            Vec::new(),
-        ));
-        r.grants
-            .push(grant(tenant, "mounted", WS_CHANNEL, Actions::BOTH, denied));
-    }
-    // A fixed policy that is known to build (the tests say so); an empty one otherwise.
-    Snapshot::from_resources(1, r).unwrap_or_else(|_| Snapshot::new(1))
+    let denied: Vec<SubtopicPattern> = SubtopicPattern::parse(&format!("{WS_DENIED_LEVEL}/#"))
+        .into_iter()
+        .collect();
+    r.grants.push(grant(
+        tenant,
+        "sensor",
+        WS_CHANNEL,
+        Actions::PUBLISH,
+        denied.clone(),
+    ));
+    r.grants.push(grant(
+        tenant,
+        "device",
+        WS_CHANNEL,
+        Actions::BOTH,
+        denied.clone(),
+    ));
+    r.grants
+        .push(grant(tenant, "device", "status", Actions::BOTH, Vec::new()));
+    r.grants.push(grant(
+        tenant,
+        "device",
+        "commands",
+        Actions::SUBSCRIBE,
+        Vec::new(),
+    ));
+    r.grants
+        .push(grant(tenant, "mounted", WS_CHANNEL, Actions::BOTH, denied));
 }
 
 /// The key of every thing of the fixed policy.

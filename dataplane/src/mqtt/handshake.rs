@@ -124,20 +124,8 @@ impl<R: Router, S: AsyncWrite + Unpin> Handshake<'_, R, S> {
         self.admit(props.as_ref())?;
         let who = self.identify(login)?;
         let (client_id, assigned) = client_id(version, &connect)?;
-        // The keep-alive used: the client's, unless over `--max-keep-alive-secs`.
-        let (keep_alive, server_keep_alive) =
-            keep_alive_used(version, connect.keep_alive, shared.config.max_keep_alive).map_err(
-                |()| {
-                    (
-                        reason::connack_bad_client_id(version),
-                        "keep_alive_over_max",
-                    )
-                },
-            )?;
-        let will = match will {
-            None => None,
-            Some(w) => Some(self.will(&who, w, will_props)?),
-        };
+        let (keep_alive, server_keep_alive) = self.keep_alive(connect.keep_alive)?;
+        let will = self.will(&who, will, will_props)?;
         let key = SessionKey::of(&who.subject, client_id);
         let (registration, abandoned) = self.register(&key).await;
         // The tenant's and the thing's maxConnections: v3 0x03, v5 0x97. Counted once the
@@ -155,11 +143,6 @@ impl<R: Router, S: AsyncWrite + Unpin> Handshake<'_, R, S> {
         let resumed = self
             .resume(&key, connect.clean_session, abandoned, expiry)
             .await?;
-        let receive_maximum = props
-            .receive_maximum
-            .unwrap_or(u16::MAX)
-            .min(shared.config.max_inflight)
-            .max(1);
         let ack_props = self.ack_properties(assigned, server_keep_alive, expiry_told);
         if !self.ack(resumed.saved.is_some(), ack_props).await {
             return Ok(None);
@@ -182,7 +165,7 @@ impl<R: Router, S: AsyncWrite + Unpin> Handshake<'_, R, S> {
                 mount,
                 keep_alive: Duration::from_secs(u64::from(keep_alive)),
                 will,
-                receive_maximum,
+                receive_maximum: receive_maximum(&props, shared.config.max_inflight),
                 client_max_packet: props.max_packet_size.map(|m| m as usize),
                 client_topic_alias_max: props
                     .topic_alias_max
@@ -200,13 +183,28 @@ impl<R: Router, S: AsyncWrite + Unpin> Handshake<'_, R, S> {
         }))
     }
 
-    /// The will of the CONNECT, checked as a publish of the subject would be.
+    /// The keep-alive used, and the Server Keep Alive to tell: the client's, unless over
+    /// `--max-keep-alive-secs`.
+    fn keep_alive(&self, asked: u16) -> Result<(u16, Option<u16>), Refused> {
+        let version = self.codec.version();
+        keep_alive_used(version, asked, self.shared.config.max_keep_alive).map_err(|()| {
+            (
+                reason::connack_bad_client_id(version),
+                "keep_alive_over_max",
+            )
+        })
+    }
+
+    /// The will of the CONNECT, if any, checked as a publish of the subject would be.
     fn will(
         &self,
         who: &Identified,
-        will: LastWill,
+        will: Option<LastWill>,
         props: Option<LastWillProperties>,
-    ) -> Result<Box<Will>, Refused> {
+    ) -> Result<Option<Box<Will>>, Refused> {
+        let Some(will) = will else {
+            return Ok(None);
+        };
         super::will::accept(
             self.shared,
             &who.snapshot,
@@ -216,6 +214,7 @@ impl<R: Router, S: AsyncWrite + Unpin> Handshake<'_, R, S> {
             will,
             props,
         )
+        .map(Some)
     }
 
     /// The connection counted against its tenant's and thing's `maxConnections`: v3 0x03,
@@ -443,6 +442,15 @@ fn expiry(
     let told = (version == Version::V5 && u64::from(requested) != expiry.as_secs())
         .then(|| u32::try_from(expiry.as_secs()).unwrap_or(u32::MAX));
     (expiry, told)
+}
+
+/// The most QoS 1/2 deliveries awaiting the client's ack: its receive maximum, within ours.
+fn receive_maximum(props: &ConnectProperties, max_inflight: u16) -> u16 {
+    props
+        .receive_maximum
+        .unwrap_or(u16::MAX)
+        .min(max_inflight)
+        .max(1)
 }
 
 /// The properties of a CONNECT that carries none (v3, or a v5 one without).

@@ -36,6 +36,25 @@ pub(crate) struct Subscription {
     pub(crate) made_under: Incarnation,
 }
 
+impl Subscription {
+    /// The same filter subscribed again: under the channel the policy has now, with the
+    /// options of the new SUBSCRIBE.
+    pub(crate) fn renew(
+        &mut self,
+        made_under: Incarnation,
+        qos: u8,
+        id: Option<usize>,
+        no_local: bool,
+        retain_as_published: bool,
+    ) {
+        self.made_under = made_under;
+        self.qos = qos;
+        self.id = id;
+        self.no_local = no_local;
+        self.retain_as_published = retain_as_published;
+    }
+}
+
 /// Which Tenant and Channel of their names a subscription was made under: their uids, as
 /// 64-bit hashes (0: unknown). Every subscription keeps one, so 16 bytes rather than two
 /// strings; a hash tells a channel deleted and created again apart, which is all it is for.

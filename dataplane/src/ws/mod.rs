@@ -104,23 +104,7 @@ pub(crate) async fn stream<R: Router>(
     let stream = match accept(&shared, &params, &headers, client, &mut seen) {
         Ok(stream) => stream,
         Err(e) => {
-            shared.metrics.refused("ws", e.error);
-            let topic = ingress::topic_of(&params).ok();
-            shared.audit.refused(audit::Refusal {
-                tenant: &seen.tenant,
-                kind: seen.kind,
-                subject: &seen.subject,
-                // Credentials that do not hold refuse the connection; after them, the filter.
-                action: if seen.proved {
-                    audit::Action::Subscribe
-                } else {
-                    audit::Action::Connect
-                },
-                topic: topic.as_deref(),
-                reason: seen.reason.unwrap_or(e.error),
-                protocol: audit::Protocol::Ws,
-                client,
-            });
+            refused(&shared, &params, &seen, e.error, client);
             return refusal.answer(upgrade, e);
         }
     };
@@ -130,17 +114,7 @@ pub(crate) async fn stream<R: Router>(
     let slot = match ConnectionSlots::acquire(&shared, &snapshot, &stream.subject) {
         Ok(slot) => slot,
         Err(over) => {
-            shared.metrics.refused("ws", over.label());
-            shared.audit.refused(audit::Refusal {
-                tenant: &stream.subject.tenant,
-                kind: Some(stream.subject.kind),
-                subject: &stream.subject.name,
-                action: audit::Action::Connect,
-                topic: Some(&stream.filter),
-                reason: over.label(),
-                protocol: audit::Protocol::Ws,
-                client,
-            });
+            over_slots(&shared, &stream, over.label(), client);
             let reason = over.message(&stream.subject);
             return close_at_once(upgrade, close_code::POLICY, reason);
         }
@@ -163,6 +137,53 @@ pub(crate) async fn stream<R: Router>(
             let _slot = slot;
             session::run(shared, ws, stream, link).await;
         })
+}
+
+/// Counts and audits a stream refused before its upgrade, as far as the request got (`seen`).
+fn refused<R: Router>(
+    shared: &Ingress<R>,
+    params: &HashMap<String, String>,
+    seen: &ingress::Seen,
+    error: &'static str,
+    client: Option<SocketAddr>,
+) {
+    shared.metrics.refused("ws", error);
+    let topic = ingress::topic_of(params).ok();
+    shared.audit.refused(audit::Refusal {
+        tenant: &seen.tenant,
+        kind: seen.kind,
+        subject: &seen.subject,
+        // Credentials that do not hold refuse the connection; after them, the filter.
+        action: if seen.proved {
+            audit::Action::Subscribe
+        } else {
+            audit::Action::Connect
+        },
+        topic: topic.as_deref(),
+        reason: seen.reason.unwrap_or(error),
+        protocol: audit::Protocol::Ws,
+        client,
+    });
+}
+
+/// Counts and audits a stream over its tenant's or thing's `maxConnections` (`label`).
+fn over_slots<R: Router>(
+    shared: &Ingress<R>,
+    stream: &session::Stream,
+    label: &'static str,
+    client: Option<SocketAddr>,
+) {
+    shared.metrics.refused("ws", label);
+    shared.audit.refused(audit::Refusal {
+        tenant: &stream.subject.tenant,
+        kind: Some(stream.subject.kind),
+        subject: &stream.subject.name,
+        action: audit::Action::Connect,
+        topic: Some(&stream.filter),
+        reason: label,
+        protocol: audit::Protocol::Ws,
+        client,
+    });
 }
 
 /// Completes the upgrade only to close the stream with `code` and `reason` (cut to the 123

@@ -171,22 +171,38 @@ impl<R: Router> Conn<R> {
         )
     }
 
-    /// Runs until the client leaves (`None`) or the server closes (`Some`).
-    async fn pump(&mut self, link: &mut R::Link) -> Option<Close> {
-        let mut policy = self.shared.policy.clone();
-        self.withholds = self.withholds_now(&self.shared.snapshot());
+    /// Sends the retained messages of the stream's filter; `false` when the client is gone.
+    async fn send_retained(&mut self) -> bool {
         let s = &self.stream;
         let retained = self
             .shared
             .retained
             .matching(&s.tenant, &s.channel, &s.filter, s.uids());
         for m in retained {
-            if !self.may_receive(&m.topic) {
-                continue;
+            if self.may_receive(&m.topic)
+                && !self.send(WsMessage::Text(message_frame(&m).into())).await
+            {
+                return false;
             }
-            if !self.send(WsMessage::Text(message_frame(&m).into())).await {
-                return None;
-            }
+        }
+        true
+    }
+
+    /// Sends the answer to a client frame. `Some` when the stream ends: `Some(None)` the
+    /// client is gone, `Some(Some(close))` the answer closes it.
+    async fn reply(&mut self, (reply, close): (String, Option<Close>)) -> Option<Option<Close>> {
+        if !self.send(WsMessage::Text(reply.into())).await {
+            return Some(None);
+        }
+        close.map(Some)
+    }
+
+    /// Runs until the client leaves (`None`) or the server closes (`Some`).
+    async fn pump(&mut self, link: &mut R::Link) -> Option<Close> {
+        let mut policy = self.shared.policy.clone();
+        self.withholds = self.withholds_now(&self.shared.snapshot());
+        if !self.send_retained().await {
+            return None;
         }
         let mut policy_open = true;
         let mut token_expiry = crate::ingress::TokenExpiry::new(self.stream.token_ends);
@@ -201,21 +217,15 @@ impl<R: Router> Conn<R> {
                 frame = self.socket.recv() => match frame {
                     None | Some(Err(_)) | Some(Ok(WsMessage::Close(_))) => return None,
                     Some(Ok(WsMessage::Text(text))) => {
-                        let (reply, close) = self.on_text(text.as_str(), link);
-                        if !self.send(WsMessage::Text(reply.into())).await {
-                            return None;
-                        }
-                        if close.is_some() {
-                            return close;
+                        let answer = self.on_text(text.as_str(), link);
+                        if let Some(end) = self.reply(answer).await {
+                            return end;
                         }
                     }
                     Some(Ok(WsMessage::Binary(payload))) => {
-                        let (reply, close) = self.on_binary(payload, link);
-                        if !self.send(WsMessage::Text(reply.into())).await {
-                            return None;
-                        }
-                        if close.is_some() {
-                            return close;
+                        let answer = self.on_binary(payload, link);
+                        if let Some(end) = self.reply(answer).await {
+                            return end;
                         }
                     }
                     // Pings are answered by the WebSocket layer.

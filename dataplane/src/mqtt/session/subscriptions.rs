@@ -103,10 +103,7 @@ impl<R: Router, S: AsyncRead + AsyncWrite + Unpin + Send> Session<R, S> {
         retained: &mut Vec<Message>,
     ) -> SubscribeReasonCode {
         let version = self.codec.version();
-        let mounted = match &self.acc.mount {
-            Some(m) => m.mount_filter(f.path.as_bytes(), &limits()),
-            None => Ok(f.path.clone()),
-        };
+        let mounted = self.mounted_filter(&f.path);
         let topic = match self.authorize_filter(snapshot, &f.path, &mounted) {
             Ok(topic) => topic,
             Err(code) => return code,
@@ -128,11 +125,7 @@ impl<R: Router, S: AsyncRead + AsyncWrite + Unpin + Send> Session<R, S> {
         let new = match self.subs.get_mut(&full) {
             Some(sub) => {
                 // Made again: under the channel the policy has now.
-                sub.made_under = made_under;
-                sub.qos = granted;
-                sub.id = asked.id;
-                sub.no_local = f.nolocal;
-                sub.retain_as_published = f.preserve_retain;
+                sub.renew(made_under, granted, asked.id, f.nolocal, f.preserve_retain);
                 false
             }
             None => {
@@ -175,6 +168,14 @@ impl<R: Router, S: AsyncRead + AsyncWrite + Unpin + Send> Session<R, S> {
             ));
         }
         reason::suback_granted(granted)
+    }
+
+    /// The filter of `path` as subscribed: mounted for a mounted thing.
+    fn mounted_filter(&self, path: &str) -> Result<String, TopicError> {
+        match &self.acc.mount {
+            Some(m) => m.mount_filter(path.as_bytes(), &limits()),
+            None => Ok(path.to_owned()),
+        }
     }
 
     /// Parses the (mounted) filter of `path` and authorizes the subscription; the refusal's
