@@ -226,6 +226,10 @@ impl<L: RouterLink> RouterLink for BusLink<L> {
         self.inner.backlog()
     }
 
+    fn taken_in(&mut self) -> impl Future<Output = ()> + Send {
+        self.inner.taken_in()
+    }
+
     fn receive(&mut self) -> impl Future<Output = Result<Message, RouterError>> + Send {
         self.inner.receive()
     }

@@ -66,10 +66,31 @@ type Connect =
 /// rumqttd's router, started in-process without its network servers.
 pub struct RumqttdRouter {
     connect: Arc<Connect>,
-    system: Mutex<LinkTx>,
+    system: Arc<SystemLink>,
     alive: Arc<AtomicBool>,
     routes: Arc<Routes>,
+}
+
+/// The router's own link: publishes of sessions without a link go through it, and so do the
+/// pings that tell when the router has caught up.
+struct SystemLink {
+    tx: Mutex<LinkTx>,
     pings: Arc<Pings>,
+}
+
+impl SystemLink {
+    /// Resolves once the router has taken in everything pushed on any link before the call,
+    /// or after `bound` ([`Router::caught_up`]).
+    async fn caught_up(&self, bound: std::time::Duration) {
+        let ticket = {
+            let mut tx = self.tx.lock();
+            if push(&mut tx, Packet::PingReq(PingReq)).is_err() {
+                return;
+            }
+            self.pings.sent.fetch_add(1, Ordering::SeqCst) + 1
+        };
+        let _ = tokio::time::timeout(bound, self.pings.answered(ticket)).await;
+    }
 }
 
 /// PINGREQs pushed on the system link and the PINGRESPs the router answered them with. The
@@ -153,10 +174,12 @@ impl RumqttdRouter {
             .map_err(|_| RouterError::RouterDown)?;
         Ok(Self {
             connect,
-            system: Mutex::new(system_tx),
+            system: Arc::new(SystemLink {
+                tx: Mutex::new(system_tx),
+                pings,
+            }),
             alive,
             routes: Arc::new(Routes::new(config.buckets_per_channel)),
-            pings,
         })
     }
 }
@@ -258,6 +281,7 @@ impl Router for RumqttdRouter {
                         rx,
                         wake_pending: false,
                         last_publisher: None,
+                        system: self.system.clone(),
                         held: Held {
                             table: self.routes.clone(),
                             routes: Some(routes),
@@ -285,14 +309,14 @@ impl Router for RumqttdRouter {
         // Made before the system link's lock, which every link-less publisher shares.
         let packet = to_packet(&self.routes.read(), self.routes.buckets(), message);
         match packet {
-            Some(p) => push(&mut self.system.lock(), p).map(drop),
+            Some(p) => push(&mut self.system.tx.lock(), p).map(drop),
             None => Ok(()),
         }
     }
 
     fn publish_batch(&self, messages: &mut Vec<Message>) -> Result<usize, RouterError> {
         let packets = to_packets(&self.routes, messages);
-        push_batch(&mut self.system.lock(), packets)
+        push_batch(&mut self.system.tx.lock(), packets)
     }
 
     fn filters(&self) -> usize {
@@ -300,18 +324,11 @@ impl Router for RumqttdRouter {
     }
 
     fn backlog(&self) -> usize {
-        self.system.lock().buffer().len()
+        self.system.tx.lock().buffer().len()
     }
 
     async fn caught_up(&self, bound: std::time::Duration) {
-        let ticket = {
-            let mut system = self.system.lock();
-            if push(&mut system, Packet::PingReq(PingReq)).is_err() {
-                return;
-            }
-            self.pings.sent.fetch_add(1, Ordering::SeqCst) + 1
-        };
-        let _ = tokio::time::timeout(bound, self.pings.answered(ticket)).await;
+        self.system.caught_up(bound).await;
     }
 
     fn is_alive(&self) -> bool {
@@ -355,6 +372,8 @@ pub struct RumqttdLink {
     /// The publisher of the last delivery, whose name the next one from it shares.
     last_publisher: Option<Publisher>,
     held: Held,
+    /// Tells when the router has taken in what this link handed over.
+    system: Arc<SystemLink>,
 }
 
 impl RumqttdLink {
@@ -432,6 +451,17 @@ impl RouterLink for RumqttdLink {
 
     fn backlog(&self) -> usize {
         self.tx.buffer().len()
+    }
+
+    /// Woken by the router's answer to a ping pushed after what this link handed over,
+    /// rather than polling the link's buffer.
+    fn taken_in(&mut self) -> impl Future<Output = ()> + Send {
+        let system = (self.backlog() > 0).then(|| self.system.clone());
+        async move {
+            if let Some(system) = system {
+                system.caught_up(std::time::Duration::from_secs(1)).await;
+            }
+        }
     }
 
     async fn receive(&mut self) -> Result<Message, RouterError> {
@@ -600,7 +630,7 @@ mod tests {
         let router = RumqttdRouter::start(&RumqttdConfig::default()).expect("the router starts");
         {
             // A backlog on the system link, as a burst of link-less publishers leaves it.
-            let mut system = router.system.lock();
+            let mut system = router.system.tx.lock();
             let packets = (0..5000)
                 .map(|_| Packet::Publish(Publish::new("nowhere/x", "p", false), None))
                 .collect();
@@ -610,7 +640,45 @@ mod tests {
             // A bound no healthy router comes near: returning before it means woken.
             router.caught_up(std::time::Duration::from_secs(60)).await;
             assert_eq!(router.backlog(), 0, "all taken in before the answer");
-            assert_eq!(router.pings.answered.load(Ordering::SeqCst), n);
+            assert_eq!(router.system.pings.answered.load(Ordering::SeqCst), n);
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_subscription_is_taken_in_once_the_router_answers() {
+        let router = RumqttdRouter::start(&RumqttdConfig::default()).expect("the router starts");
+        let key = SessionKey {
+            tenant: "t".into(),
+            kind: PublisherKind::Thing,
+            subject: "x".into(),
+            client_id: "c".into(),
+        };
+        let (mut link, _) = router
+            .attach(&key, SessionMode::Clean)
+            .await
+            .expect("attached");
+        let answered = || router.system.pings.answered.load(Ordering::SeqCst);
+        // Nothing handed over: taken in already, without asking the router.
+        link.taken_in().await;
+        assert_eq!(answered(), 0);
+        {
+            // The router kept busy with a burst on the system link first, so the
+            // subscriptions below are still waiting when the link asks.
+            let mut system = router.system.tx.lock();
+            let packets = (0..50_000)
+                .map(|_| Packet::Publish(Publish::new("nowhere/x", "p", false), None))
+                .collect();
+            push_batch(&mut system, packets).expect("handed over");
+        }
+        for n in 0..50 {
+            link.subscribe(&format!("m/t/c/ch{n}/#"))
+                .expect("handed over");
+        }
+        let waiting = link.backlog() > 0;
+        link.taken_in().await;
+        assert_eq!(link.backlog(), 0, "the subscriptions were taken in");
+        if waiting {
+            assert_eq!(answered(), 1, "woken by the router's answer");
         }
     }
 }
