@@ -8,7 +8,7 @@ use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use fleetward_policy::{Credential, DenyReason, KeyDigest, PolicyEvaluator, Snapshot, Subject};
 
 use super::api_error::ApiError;
-use super::users::{Users, remaining};
+use super::sign_in::{Users, remaining};
 
 /// The subprotocol a browser offers with its token, so it gets one it offered back.
 pub const WS_PROTOCOL: &str = "fleetward.v1";

@@ -10,7 +10,7 @@ use tokio::sync::watch;
 
 use super::config::MqttConfig;
 use super::retained::RetainedStore;
-use super::users::{Users, UsersConfig};
+use super::sign_in::{Users, UsersConfig};
 use crate::limits::TenantRates;
 use crate::metrics::Metrics;
 use crate::router::Router;
