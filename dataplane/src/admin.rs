@@ -27,7 +27,11 @@ pub(crate) async fn serve(listener: GatedListener, state: AdminState, extra: axu
         .route("/metrics", get(metrics))
         .with_state(state)
         .merge(extra);
-    crate::listener::serve_http(listener, app, HttpLimits::default()).await;
+    let busy = || {
+        use axum::response::IntoResponse as _;
+        crate::ingress::ApiError::busy().into_response()
+    };
+    crate::listener::serve_http(listener, app, HttpLimits::default(), busy).await;
 }
 
 async fn readyz(State(state): State<AdminState>) -> impl IntoResponse {

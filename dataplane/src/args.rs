@@ -5,8 +5,8 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use crate::ingress::MqttConfig;
 use crate::listener::HttpLimits;
-use crate::mqtt::MqttConfig;
 
 /// Arguments of a dataplane pod.
 #[derive(Clone, Debug, clap::Args)]
@@ -105,8 +105,8 @@ impl DataplaneArgs {
     }
 
     /// The users' settings the arguments give.
-    pub fn users_config(&self) -> crate::users::UsersConfig {
-        crate::users::UsersConfig {
+    pub fn users_config(&self) -> crate::ingress::UsersConfig {
+        crate::ingress::UsersConfig {
             tokens: fleetward_policy::tokens::TokenSettings {
                 issuer: self.token_issuer.clone(),
                 audience: self.token_audience.clone(),

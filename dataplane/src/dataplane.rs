@@ -14,14 +14,14 @@ use tokio_rustls::TlsAcceptor;
 use crate::admin::{self, AdminState};
 use crate::args::{DataplaneArgs, LimitArgs};
 use crate::bus::{Bus, BusRouter, Inbound, LocalBus, NatsBus, NatsConfig};
-use crate::http;
+use crate::ingress::refresh::RefreshStore;
+use crate::ingress::{Ingress, MqttConfig, RetainedStore, Users, UsersConfig};
 use crate::listener::{self, Gate, GatedListener, HttpLimits, Listener, ListenerMetrics};
 use crate::metrics::{AtScrape, Metrics};
-use crate::mqtt::{self, MqttConfig, RetainedStore, Shared};
+use crate::mqtt::{self, Broker};
 use crate::router::{Router, RumqttdConfig, RumqttdRouter};
 use crate::sync::SyncStatus;
-use crate::users::refresh::RefreshStore;
-use crate::users::{Users, UsersConfig};
+use crate::web;
 
 /// The default of `--max-pending-connections` when the connection cap allows it.
 pub const DEFAULT_MAX_PENDING: usize = 1_000;
@@ -238,127 +238,41 @@ impl Dataplane {
             Arc::new(RumqttdRouter::start(&self.router).context("starting the message router")?);
         let metrics = Arc::new(Metrics::default());
         let retained = Arc::new(RetainedStore::default());
-        let mut nats_client = None;
-        let mut retained_purger = None;
-        let bus: Arc<dyn Bus> = match &self.nats {
-            None => Arc::new(LocalBus),
-            Some(config) => {
-                let store = retained.clone();
-                let inbound = Inbound {
-                    deliver: BusRouter::deliver_to(inner.clone()),
-                    retain: Arc::new(move |tenant: &str, channel: &str, topic: &str, message| {
-                        store.set(tenant, channel, topic, message);
-                    }),
-                };
-                let bus = NatsBus::start(config.clone(), inbound, metrics.clone())
-                    .await
-                    .context("starting the NATS bus")?;
-                nats_client = Some(bus.client());
-                retained_purger = Some(bus.retained_purger());
-                Arc::new(bus)
-            }
-        };
-        let refresh = RefreshStore::for_bus(nats_client, self.users.tokens.refresh_ttl);
-        let users = Arc::new(Users::new(self.users.clone(), refresh));
-        let router = BusRouter::new(inner, bus);
-        let shared = Arc::new(
-            Shared::new(
-                self.mqtt.clone(),
-                router,
-                self.policy.clone(),
-                metrics.clone(),
-            )
-            .with_retained(retained)
-            .with_users(users)
-            .with_pod(&crate::audit::pod_name(self.node_id.as_deref())),
-        );
+        let bus = self.start_bus(&inner, &retained, &metrics).await?;
+        let shared = self.front_end(inner, bus.bus, retained, bus.nats_client, &metrics);
         let mut tasks = JoinSet::new();
-        tasks.spawn(crate::audit::summarize_every(shared.audit.clone()));
-        let publisher = shared.clone();
-        tasks.spawn(crate::audit::publish_on_channels(
-            shared.audit.clone(),
-            move |message| publisher.router.publish(message),
-        ));
-        let listener = mqtt::bind(self.mqtt_listen, "MQTT").await?;
-        let mqtt_addr = listener.local_addr()?;
-        tasks.spawn(mqtt::accept_loop(
-            shared.clone(),
-            GatedListener::new(listener, gate.clone(), Listener::Mqtt),
-            None,
-        ));
-
-        let mut mqtts_addr = None;
-        if let Some((addr, cert, key)) = &self.mqtts {
-            let acceptor = tls_acceptor(cert, key)?;
-            let listener = mqtt::bind(*addr, "MQTT over TLS").await?;
-            mqtts_addr = Some(listener.local_addr()?);
-            tasks.spawn(mqtt::accept_loop(
-                shared.clone(),
-                GatedListener::new(listener, gate.clone(), Listener::Mqtts),
-                Some(acceptor),
-            ));
-        }
-
-        let mut http_addr = None;
-        if let Some(addr) = self.http_listen {
-            let listener = mqtt::bind(addr, "HTTP and WebSocket").await?;
-            http_addr = Some(listener.local_addr()?);
-            tasks.spawn(http::serve(
-                GatedListener::new(listener, gate.clone(), Listener::Http),
-                shared.clone(),
-                self.http_limits,
-                self.cors_allowed_origins.clone(),
-            ));
-        }
-
-        tasks.spawn(mqtt::purge_deleted_channels(
+        spawn_audit(&mut tasks, &shared);
+        let mqtt_addr = self.serve_mqtt(&mut tasks, &shared, &gate).await?;
+        let mqtts_addr = self.serve_mqtts(&mut tasks, &shared, &gate).await?;
+        let http_addr = self.serve_http(&mut tasks, &shared, &gate).await?;
+        tasks.spawn(crate::ingress::purge_deleted_channels(
             shared.retained.clone(),
             self.policy.clone(),
-            retained_purger,
+            bus.retained_purger,
         ));
-
-        // The snapshot version metric follows the policy channel.
-        let mut policy = self.policy.clone();
-        let m = metrics.clone();
-        tasks.spawn(async move {
-            loop {
-                let v = policy.borrow_and_update().version();
-                m.set_snapshot_version(v);
-                if policy.changed().await.is_err() {
-                    break;
-                }
+        tasks.spawn(follow_snapshot_version(
+            self.policy.clone(),
+            metrics.clone(),
+        ));
+        let admin_addr = match self.admin_listen {
+            None => None,
+            Some(addr) => {
+                let registry = metrics_registry(
+                    &shared,
+                    &listener_metrics,
+                    vec![gate.clone(), admin_gate.clone()],
+                    self.sync_status.clone(),
+                );
+                let listener = mqtt::bind(addr, "the admin API").await?;
+                let addr = listener.local_addr()?;
+                tasks.spawn(admin::serve(
+                    GatedListener::new(listener, admin_gate.clone(), Listener::Admin),
+                    admin_state(&shared, registry),
+                    self.admin_routes.take().unwrap_or_default(),
+                ));
+                Some(addr)
             }
-        });
-
-        let mut admin_addr = None;
-        if let Some(addr) = self.admin_listen {
-            let listener = mqtt::bind(addr, "the admin API").await?;
-            admin_addr = Some(listener.local_addr()?);
-            let s1 = shared.clone();
-            let registry = metrics_registry(
-                &shared,
-                &listener_metrics,
-                vec![gate.clone(), admin_gate.clone()],
-                self.sync_status.clone(),
-            );
-            let state = AdminState {
-                ready: Arc::new(move || {
-                    if !s1.router.is_alive() {
-                        return Err("the message router stopped".into());
-                    }
-                    if s1.snapshot().version() == 0 {
-                        return Err("no policy snapshot applied yet".into());
-                    }
-                    Ok(())
-                }),
-                metrics: Arc::new(move || crate::metrics::encode(&registry)),
-            };
-            tasks.spawn(admin::serve(
-                GatedListener::new(listener, admin_gate.clone(), Listener::Admin),
-                state,
-                self.admin_routes.take().unwrap_or_default(),
-            ));
-        }
+        };
         Ok(RunningDataplane {
             mqtt_addr,
             mqtts_addr,
@@ -368,6 +282,172 @@ impl Dataplane {
             gate,
             tasks,
         })
+    }
+
+    /// The bus between pods: NATS when configured (other pods' messages and retained ones come
+    /// in through it), else none.
+    async fn start_bus(
+        &self,
+        inner: &Arc<RumqttdRouter>,
+        retained: &Arc<RetainedStore>,
+        metrics: &Arc<Metrics>,
+    ) -> anyhow::Result<StartedBus> {
+        let Some(config) = &self.nats else {
+            return Ok(StartedBus {
+                bus: Arc::new(LocalBus),
+                nats_client: None,
+                retained_purger: None,
+            });
+        };
+        let store = retained.clone();
+        let inbound = Inbound {
+            deliver: BusRouter::deliver_to(inner.clone()),
+            retain: Arc::new(move |tenant: &str, channel: &str, topic: &str, message| {
+                store.set(tenant, channel, topic, message);
+            }),
+        };
+        let bus = NatsBus::start(config.clone(), inbound, metrics.clone())
+            .await
+            .context("starting the NATS bus")?;
+        Ok(StartedBus {
+            nats_client: Some(bus.client()),
+            retained_purger: Some(bus.retained_purger()),
+            bus: Arc::new(bus),
+        })
+    }
+
+    /// The state every adapter shares ([`Ingress`]: the router, the policy and its evaluator's
+    /// decision cache, limits, sign-in, the audit trail), under the MQTT front-end's own.
+    fn front_end(
+        &self,
+        inner: Arc<RumqttdRouter>,
+        bus: Arc<dyn Bus>,
+        retained: Arc<RetainedStore>,
+        nats_client: Option<async_nats::Client>,
+        metrics: &Arc<Metrics>,
+    ) -> Arc<Broker<BusRouter<RumqttdRouter>>> {
+        let refresh = RefreshStore::for_bus(nats_client, self.users.tokens.refresh_ttl);
+        let users = Arc::new(Users::new(self.users.clone(), refresh));
+        let router = BusRouter::new(inner, bus);
+        let ingress = Arc::new(
+            Ingress::new(
+                self.mqtt.clone(),
+                router,
+                self.policy.clone(),
+                metrics.clone(),
+            )
+            .with_retained(retained)
+            .with_users(users)
+            .with_pod(&crate::audit::pod_name(self.node_id.as_deref())),
+        );
+        Arc::new(Broker::new(ingress))
+    }
+
+    /// The plain MQTT listener.
+    async fn serve_mqtt(
+        &self,
+        tasks: &mut JoinSet<()>,
+        shared: &Arc<Broker<BusRouter<RumqttdRouter>>>,
+        gate: &Arc<Gate>,
+    ) -> anyhow::Result<SocketAddr> {
+        let listener = mqtt::bind(self.mqtt_listen, "MQTT").await?;
+        let addr = listener.local_addr()?;
+        tasks.spawn(mqtt::accept_loop(
+            shared.clone(),
+            GatedListener::new(listener, gate.clone(), Listener::Mqtt),
+            None,
+        ));
+        Ok(addr)
+    }
+
+    /// The MQTT over TLS listener, if configured.
+    async fn serve_mqtts(
+        &self,
+        tasks: &mut JoinSet<()>,
+        shared: &Arc<Broker<BusRouter<RumqttdRouter>>>,
+        gate: &Arc<Gate>,
+    ) -> anyhow::Result<Option<SocketAddr>> {
+        let Some((addr, cert, key)) = &self.mqtts else {
+            return Ok(None);
+        };
+        let acceptor = tls_acceptor(cert, key)?;
+        let listener = mqtt::bind(*addr, "MQTT over TLS").await?;
+        let addr = listener.local_addr()?;
+        tasks.spawn(mqtt::accept_loop(
+            shared.clone(),
+            GatedListener::new(listener, gate.clone(), Listener::Mqtts),
+            Some(acceptor),
+        ));
+        Ok(Some(addr))
+    }
+
+    /// The HTTP listener (HTTP publish, WebSocket streams, MQTT over WebSocket, sign-in,
+    /// the audit trail), if configured.
+    async fn serve_http(
+        &self,
+        tasks: &mut JoinSet<()>,
+        shared: &Arc<Broker<BusRouter<RumqttdRouter>>>,
+        gate: &Arc<Gate>,
+    ) -> anyhow::Result<Option<SocketAddr>> {
+        let Some(addr) = self.http_listen else {
+            return Ok(None);
+        };
+        let listener = mqtt::bind(addr, "HTTP and WebSocket").await?;
+        let addr = listener.local_addr()?;
+        tasks.spawn(web::serve(
+            GatedListener::new(listener, gate.clone(), Listener::Http),
+            shared.clone(),
+            self.http_limits,
+            self.cors_allowed_origins.clone(),
+        ));
+        Ok(Some(addr))
+    }
+}
+
+/// The bus a dataplane started, and what of NATS the rest of the pod uses.
+struct StartedBus {
+    bus: Arc<dyn Bus>,
+    /// Refresh-token families live in NATS with the bus.
+    nats_client: Option<async_nats::Client>,
+    retained_purger: Option<Arc<dyn Fn(Vec<String>) + Send + Sync>>,
+}
+
+/// The audit trail's summaries of quiet subjects, and its events published on each tenant's
+/// audit channel.
+fn spawn_audit(tasks: &mut JoinSet<()>, shared: &Arc<Broker<BusRouter<RumqttdRouter>>>) {
+    tasks.spawn(crate::audit::summarize_every(shared.audit.clone()));
+    let publisher = shared.clone();
+    tasks.spawn(crate::audit::publish_on_channels(
+        shared.audit.clone(),
+        move |message| publisher.router.publish(message),
+    ));
+}
+
+/// The snapshot version metric follows the policy channel.
+async fn follow_snapshot_version(mut policy: watch::Receiver<Arc<Snapshot>>, m: Arc<Metrics>) {
+    loop {
+        let v = policy.borrow_and_update().version();
+        m.set_snapshot_version(v);
+        if policy.changed().await.is_err() {
+            break;
+        }
+    }
+}
+
+/// `/readyz` (the router runs, a policy snapshot is applied) and `/metrics`.
+fn admin_state(shared: &Arc<Broker<BusRouter<RumqttdRouter>>>, registry: Registry) -> AdminState {
+    let s1 = shared.clone();
+    AdminState {
+        ready: Arc::new(move || {
+            if !s1.router.is_alive() {
+                return Err("the message router stopped".into());
+            }
+            if s1.snapshot().version() == 0 {
+                return Err("no policy snapshot applied yet".into());
+            }
+            Ok(())
+        }),
+        metrics: Arc::new(move || crate::metrics::encode(&registry)),
     }
 }
 
@@ -390,7 +470,7 @@ pub struct RunningDataplane {
 /// Everything `/metrics` shows: the front-end's counters, and what the listeners, sessions,
 /// retained store, router and sync client hold, read at scrape time.
 fn metrics_registry(
-    shared: &Arc<Shared<BusRouter<RumqttdRouter>>>,
+    shared: &Arc<Broker<BusRouter<RumqttdRouter>>>,
     listeners: &ListenerMetrics,
     gates: Vec<Arc<Gate>>,
     sync_status: Option<Arc<SyncStatus>>,

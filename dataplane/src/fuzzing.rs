@@ -17,8 +17,9 @@ use tokio::sync::watch;
 
 pub use rumqttd::protocol::Packet;
 
+use crate::ingress::{Ingress, MqttConfig};
 use crate::metrics::Metrics;
-use crate::mqtt::{self, MqttConfig, Shared};
+use crate::mqtt::{self, Broker};
 use crate::router::{Message, Publisher, Router, RouterError, RouterLink, SessionKey, SessionMode};
 
 /// An MQTT protocol version, as a connection's CONNECT chooses it.
@@ -161,7 +162,7 @@ pub const WS_MAX_MESSAGE: u32 = 4096;
 /// retained messages, at most [`WS_MAX_MESSAGE`] bytes), `commands` and `status`; `sensor`
 /// may publish on `telemetry` except under `secret/`, and nothing else.
 pub struct WsStreams {
-    shared: Arc<Shared<NullRouter>>,
+    shared: Arc<Ingress<NullRouter>>,
     link: NullLink,
     /// Kept so the policy channel stays open.
     _policy: watch::Sender<Arc<Snapshot>>,
@@ -176,7 +177,7 @@ impl Default for WsStreams {
 impl WsStreams {
     pub fn new() -> Self {
         let (policy, rx) = watch::channel(policy());
-        let shared = Shared::new(
+        let shared = Ingress::new(
             MqttConfig::default(),
             NullRouter,
             rx,
@@ -220,6 +221,58 @@ fn policy() -> Arc<Snapshot> {
 
 fn build_policy() -> Snapshot {
     let mut r = Resources::default();
+    for tenant in ["acme", "globex"] {
+        add_tenant(&mut r, tenant);
+        add_grants(&mut r, tenant);
+    }
+    // A fixed policy that is known to build (the tests say so); an empty one otherwise.
+    Snapshot::from_resources(1, r).unwrap_or_else(|_| Snapshot::new(1))
+}
+
+/// A tenant of the fixed policy, with its things and channels.
+fn add_tenant(r: &mut Resources, tenant: &str) {
+    r.tenants.push(Tenant {
+        engine: Default::default(),
+        uid: String::new(),
+        name: tenant.into(),
+        suspended: false,
+        limits: TenantLimits::default(),
+        web: Default::default(),
+    });
+    for (name, mountpoint) in [
+        ("sensor", None),
+        ("device", None),
+        ("mounted", Some(WS_CHANNEL)),
+    ] {
+        r.things.push(Thing {
+            attributes: Default::default(),
+            tenant: tenant.into(),
+            name: name.into(),
+            key_digests: vec![KeyDigest::of(MQTT_KEY.as_bytes())],
+            disabled: false,
+            mountpoint: mountpoint.map(str::to_owned),
+            max_connections: None,
+        });
+    }
+    for (name, max_qos, retained_allowed) in [
+        (WS_CHANNEL, Qos::ExactlyOnce, false),
+        ("commands", Qos::AtLeastOnce, false),
+        ("status", Qos::AtLeastOnce, true),
+    ] {
+        r.channels.push(Channel {
+            uid: String::new(),
+            tenant: tenant.into(),
+            name: name.into(),
+            max_qos,
+            retained_allowed,
+            max_message_size: Some(WS_MAX_MESSAGE),
+            delivery_metadata: false,
+        });
+    }
+}
+
+/// The grants of a tenant of the fixed policy: a subtopic deny on the stream channel.
+fn add_grants(r: &mut Resources, tenant: &str) {
     let grant =
         |tenant: &str, thing: &str, channel: &str, actions, deny: Vec<SubtopicPattern>| Grant {
             tenant: tenant.into(),
@@ -230,76 +283,34 @@ fn build_policy() -> Snapshot {
             allow: Vec::new(),
             deny,
         };
-    for tenant in ["acme", "globex"] {
-        r.tenants.push(Tenant {
-            engine: Default::default(),
-            uid: String::new(),
-            name: tenant.into(),
-            suspended: false,
-            limits: TenantLimits::default(),
-            web: Default::default(),
-        });
-        for (name, mountpoint) in [
-            ("sensor", None),
-            ("device", None),
-            ("mounted", Some(WS_CHANNEL)),
-        ] {
-            r.things.push(Thing {
-                attributes: Default::default(),
-                tenant: tenant.into(),
-                name: name.into(),
-                key_digests: vec![KeyDigest::of(MQTT_KEY.as_bytes())],
-                disabled: false,
-                mountpoint: mountpoint.map(str::to_owned),
-                max_connections: None,
-            });
-        }
-        for (name, max_qos, retained_allowed) in [
-            (WS_CHANNEL, Qos::ExactlyOnce, false),
-            ("commands", Qos::AtLeastOnce, false),
-            ("status", Qos::AtLeastOnce, true),
-        ] {
-            r.channels.push(Channel {
-                uid: String::new(),
-                tenant: tenant.into(),
-                name: name.into(),
-                max_qos,
-                retained_allowed,
-                max_message_size: Some(WS_MAX_MESSAGE),
-                delivery_metadata: false,
-            });
-        }
-        let denied: Vec<SubtopicPattern> = SubtopicPattern::parse(&format!("{WS_DENIED_LEVEL}/#"))
-            .into_iter()
-            .collect();
-        r.grants.push(grant(
-            tenant,
-            "sensor",
-            WS_CHANNEL,
-            Actions::PUBLISH,
-            denied.clone(),
-        ));
-        r.grants.push(grant(
-            tenant,
-            "device",
-            WS_CHANNEL,
-            Actions::BOTH,
-            denied.clone(),
-        ));
-        r.grants
-            .push(grant(tenant, "device", "status", Actions::BOTH, Vec::new()));
-        r.grants.push(grant(
-            tenant,
-            "device",
-            "commands",
-            Actions::SUBSCRIBE,
-            Vec::new(),
-        ));
-        r.grants
-            .push(grant(tenant, "mounted", WS_CHANNEL, Actions::BOTH, denied));
-    }
-    // A fixed policy that is known to build (the tests say so); an empty one otherwise.
-    Snapshot::from_resources(1, r).unwrap_or_else(|_| Snapshot::new(1))
+    let denied: Vec<SubtopicPattern> = SubtopicPattern::parse(&format!("{WS_DENIED_LEVEL}/#"))
+        .into_iter()
+        .collect();
+    r.grants.push(grant(
+        tenant,
+        "sensor",
+        WS_CHANNEL,
+        Actions::PUBLISH,
+        denied.clone(),
+    ));
+    r.grants.push(grant(
+        tenant,
+        "device",
+        WS_CHANNEL,
+        Actions::BOTH,
+        denied.clone(),
+    ));
+    r.grants
+        .push(grant(tenant, "device", "status", Actions::BOTH, Vec::new()));
+    r.grants.push(grant(
+        tenant,
+        "device",
+        "commands",
+        Actions::SUBSCRIBE,
+        Vec::new(),
+    ));
+    r.grants
+        .push(grant(tenant, "mounted", WS_CHANNEL, Actions::BOTH, denied));
 }
 
 /// The key of every thing of the fixed policy.
@@ -322,7 +333,7 @@ pub fn serve_mqtt(wire: &[u8], chunk: usize, max: usize) -> Result<Vec<u8>, Stri
         max_packet_size: max,
         ..MqttConfig::default()
     };
-    let shared = Arc::new(Shared::new(
+    let shared = Arc::new(Ingress::new(
         config,
         NullRouter,
         rx,
@@ -335,7 +346,8 @@ pub fn serve_mqtt(wire: &[u8], chunk: usize, max: usize) -> Result<Vec<u8>, Stri
         },
         written: Vec::new(),
     };
-    runtime.block_on(mqtt::serve_stream(shared, &mut stream));
+    let broker = Arc::new(Broker::new(shared));
+    runtime.block_on(mqtt::serve_stream(broker, &mut stream));
     Ok(stream.written)
 }
 

@@ -442,7 +442,13 @@ impl Default for HttpLimits {
 
 /// Serves `app` over HTTP/1.1 on every socket the listener admits, with the limits. Each
 /// request carries the peer's `ConnectInfo<SocketAddr>` and the socket's [`AuthHandle`].
-pub(crate) async fn serve_http(listener: GatedListener, app: axum::Router, limits: HttpLimits) {
+/// `busy` answers a request over `limits.max_requests` (the listener knows no answer format).
+pub(crate) async fn serve_http(
+    listener: GatedListener,
+    app: axum::Router,
+    limits: HttpLimits,
+    busy: fn() -> axum::response::Response,
+) {
     use tower::ServiceExt as _;
     let requests = Arc::new(tokio::sync::Semaphore::new(limits.max_requests.max(1)));
     loop {
@@ -455,7 +461,7 @@ pub(crate) async fn serve_http(listener: GatedListener, app: axum::Router, limit
                 let (app, handle, requests) = (app.clone(), handle.clone(), requests.clone());
                 async move {
                     let Ok(_permit) = requests.try_acquire_owned() else {
-                        return Ok::<_, std::convert::Infallible>(saturated());
+                        return Ok::<_, std::convert::Infallible>(busy());
                     };
                     // A success with credentials (a publish, a sign-in) authenticates the
                     // socket; a GET (JWKS, a refused upgrade) or a CORS preflight does not.
@@ -492,18 +498,6 @@ pub(crate) async fn serve_http(listener: GatedListener, app: axum::Router, limit
             }
         });
     }
-}
-
-/// 503 when the listener serves `--http-max-requests` already.
-fn saturated() -> axum::response::Response {
-    use axum::response::IntoResponse as _;
-    let mut e = crate::http::ApiError::new(
-        axum::http::StatusCode::SERVICE_UNAVAILABLE,
-        "busy",
-        "the server is serving as many requests as it takes at once; retry after a second",
-    );
-    e.retry_after = Some(1);
-    e.into_response()
 }
 
 impl ListenerMetrics {

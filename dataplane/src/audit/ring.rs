@@ -7,7 +7,7 @@ use std::time::SystemTime;
 
 use parking_lot::Mutex;
 
-use super::Event;
+use super::event::Event;
 
 /// Events kept per tenant; the oldest goes first.
 pub const EVENTS_PER_TENANT: usize = 1_000;

@@ -1,5 +1,6 @@
 //! The per-subject limit, its suppressed counts and summaries, and the rings' filters and pages.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use fleetward_policy::{Resources, Snapshot, SubjectKind, Tenant};

@@ -6,7 +6,7 @@
 //! through the router tell the bus, reference-counted, which subjects this pod needs.
 //! See dataplane/BUS.md.
 
-pub mod codec;
+pub mod bus_message;
 mod interest;
 pub(crate) mod nats;
 pub mod subject;
@@ -160,6 +160,10 @@ impl<R: Router> Router for BusRouter<R> {
         self.inner.backlog()
     }
 
+    fn caught_up(&self, bound: std::time::Duration) -> impl Future<Output = ()> + Send {
+        self.inner.caught_up(bound)
+    }
+
     fn is_alive(&self) -> bool {
         self.inner.is_alive()
     }
@@ -220,6 +224,10 @@ impl<L: RouterLink> RouterLink for BusLink<L> {
 
     fn backlog(&self) -> usize {
         self.inner.backlog()
+    }
+
+    fn taken_in(&mut self) -> impl Future<Output = ()> + Send {
+        self.inner.taken_in()
     }
 
     fn receive(&mut self) -> impl Future<Output = Result<Message, RouterError>> + Send {

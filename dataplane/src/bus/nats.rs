@@ -11,7 +11,7 @@ use parking_lot::Mutex;
 use tokio::sync::{mpsc, watch};
 use tokio::task::AbortHandle;
 
-use super::codec::{self, Seen};
+use super::bus_message::{self, Seen};
 use super::subject::{ChannelKey, subject_topic, topic_subject};
 use super::{Bus, Inbound};
 use crate::metrics::Metrics;
@@ -240,7 +240,7 @@ async fn publisher(
             continue;
         };
         sequence += 1;
-        let Some(bytes) = codec::encode(&message, &ctx.node_id, sequence) else {
+        let Some(bytes) = bus_message::encode(&message, &ctx.node_id, sequence) else {
             continue;
         };
         if message.retain && retained.try_send((subject.clone(), message)).is_err() {
@@ -266,7 +266,7 @@ async fn retained_writer(ctx: Arc<Ctx>, mut rx: mpsc::Receiver<(String, Message)
         let written = if message.payload.is_empty() {
             store.delete(&key).await.map_err(|e| e.to_string())
         } else {
-            match codec::encode(&message, &ctx.node_id, 0) {
+            match bus_message::encode(&message, &ctx.node_id, 0) {
                 Some(bytes) => store
                     .put(&key, bytes.into())
                     .await
@@ -303,7 +303,7 @@ async fn subscriptions(
             }
         }
         // New subscriptions first, so nothing falls between the old and the new; what
-        // arrives on both is delivered once (codec::Seen).
+        // arrives on both is delivered once (bus_message::Seen).
         if added && !current.is_empty() {
             let _ = tokio::time::timeout(Duration::from_secs(1), ctx.client.flush()).await;
         }
@@ -322,7 +322,7 @@ async fn subscriptions(
 /// Delivers what one NATS subscription receives to the local router.
 async fn reader(ctx: Arc<Ctx>, mut sub: async_nats::Subscriber) {
     while let Some(msg) = sub.next().await {
-        match codec::decode(&msg.payload) {
+        match bus_message::decode(&msg.payload) {
             Ok(Some(r)) => {
                 if r.origin_pod == ctx.node_id {
                     continue;
@@ -432,7 +432,7 @@ pub(crate) async fn create_bucket(
 
 fn apply(ctx: &Ctx, entry: kv::Entry) {
     let message = match entry.operation {
-        kv::Operation::Put => match codec::decode(&entry.value) {
+        kv::Operation::Put => match bus_message::decode(&entry.value) {
             Ok(Some(r)) => Some(r.message),
             // Expired: nothing to serve.
             Ok(None) => None,

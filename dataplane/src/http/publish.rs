@@ -11,53 +11,16 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 
-use fleetward_policy::{Subject, SubjectKind};
-
-use super::auth::{self, Presented};
-use super::error::ApiError;
 use crate::audit;
-use crate::mqtt::{PublishRequest, Shared};
+use crate::ingress::{self as auth, ApiError, CONTENT_TYPES, Seen, body_timed_out, topic_of};
+use crate::ingress::{Ingress, PublishRequest};
 use crate::router::{MessageProps, Protocol, Publisher, Router};
-
-/// The content types a publish may carry.
-pub const CONTENT_TYPES: [&str; 5] = [
-    "application/json",
-    "application/senml+json",
-    "application/senml+cbor",
-    "application/octet-stream",
-    "text/plain",
-];
 
 /// `?qos=0|1|2&retain=true|false`.
 #[derive(Debug, Default, serde::Deserialize)]
 pub(crate) struct PublishQuery {
     qos: Option<String>,
     retain: Option<String>,
-}
-
-/// The topic named by the path: `m/<tenant>/c/<channel>[/<rest>]`. Tenant and channel must be
-/// single levels (no `/`, `+`, `#` after percent-decoding).
-pub(crate) fn topic_of(params: &HashMap<String, String>) -> Result<String, ApiError> {
-    let (Some(tenant), Some(channel)) = (params.get("tenant"), params.get("channel")) else {
-        return Err(ApiError::bad_request(
-            "the path must be /m/{tenant}/c/{channel}[/…]",
-        ));
-    };
-    for (what, v) in [("tenant", tenant), ("channel", channel)] {
-        if v.is_empty() || v.contains(['/', '+', '#']) {
-            return Err(ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "bad_topic",
-                format!("the {what} {v:?} must be one topic level without `/`, `+` or `#`"),
-            ));
-        }
-    }
-    let mut topic = format!("m/{tenant}/c/{channel}");
-    if let Some(rest) = params.get("subtopic") {
-        topic.push('/');
-        topic.push_str(rest);
-    }
-    Ok(topic)
 }
 
 fn flag(v: Option<&str>, name: &str) -> Result<bool, ApiError> {
@@ -107,43 +70,8 @@ fn content_type(headers: &HeaderMap) -> Result<String, ApiError> {
     ))
 }
 
-/// Who a request came from and what it was refused for, as far as it got: for its audit event.
-#[derive(Default)]
-pub(crate) struct Seen {
-    pub tenant: String,
-    pub kind: Option<SubjectKind>,
-    pub subject: String,
-    /// Whether the credentials held.
-    pub proved: bool,
-    /// The publish path's own refusal label, where it has one finer than the answer's.
-    pub reason: Option<&'static str>,
-}
-
-impl Seen {
-    /// The subject the credentials name, before they are checked.
-    pub(crate) fn claimed(&mut self, presented: &Presented) {
-        match presented {
-            Presented::Thing { tenant, thing, .. } => {
-                self.tenant.clone_from(tenant);
-                self.subject.clone_from(thing);
-                self.kind = Some(SubjectKind::Thing);
-            }
-            Presented::Key(_) => self.kind = Some(SubjectKind::Thing),
-            Presented::Bearer(_) => self.kind = Some(SubjectKind::User),
-        }
-    }
-
-    /// The subject the credentials proved.
-    pub(crate) fn proved(&mut self, subject: &Subject) {
-        self.tenant.clone_from(&subject.tenant);
-        self.subject.clone_from(&subject.name);
-        self.kind = Some(subject.kind);
-        self.proved = true;
-    }
-}
-
 pub(crate) async fn publish<R: Router>(
-    State(shared): State<Arc<Shared<R>>>,
+    State(shared): State<Arc<Ingress<R>>>,
     Path(params): Path<HashMap<String, String>>,
     Query(query): Query<PublishQuery>,
     peer: Option<Extension<ConnectInfo<SocketAddr>>>,
@@ -176,7 +104,7 @@ pub(crate) async fn publish<R: Router>(
 }
 
 async fn handle<R: Router>(
-    shared: &Shared<R>,
+    shared: &Ingress<R>,
     params: &HashMap<String, String>,
     query: &PublishQuery,
     headers: &HeaderMap,
@@ -209,7 +137,7 @@ async fn handle<R: Router>(
     }
     let payload: Bytes = axum::body::to_bytes(body, max)
         .await
-        .map_err(|e| super::body_timed_out(&e).unwrap_or_else(too_large))?;
+        .map_err(|e| body_timed_out(&e).unwrap_or_else(too_large))?;
     if payload.is_empty() {
         return Err(ApiError::new(
             StatusCode::BAD_REQUEST,

@@ -1,13 +1,17 @@
 //! The MQTT front-end: listeners, the CONNECT handshake, sessions, framing and reason codes.
 
+mod broker;
 mod codec;
 mod connect;
-mod publish;
+mod handshake;
+mod pending_wills;
 mod reason;
-mod retained;
+mod registry;
+mod response_topic;
+mod saved;
 mod session;
-mod slots;
-mod state;
+mod subs;
+mod websocket;
 mod will;
 
 use std::net::SocketAddr;
@@ -17,16 +21,13 @@ use std::sync::atomic::Ordering;
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
+pub(crate) use broker::Broker;
 #[cfg(test)]
 pub(crate) use codec::publish_with_id;
-pub(crate) use codec::{Codec, Frame, Version, message_props, peek_version, publish_props};
-pub(crate) use connect::{MAX_CONNECT, random_client_id, read_connect};
-pub(crate) use publish::{PublishRefusal, PublishRequest};
-pub use retained::{DEFAULT_MAX_RETAINED_BYTES, DEFAULT_MAX_RETAINED_MESSAGES};
-pub(crate) use retained::{QuotaExceeded, RetainedStore, Uids, purge_deleted_channels};
-pub(crate) use slots::ConnectionSlots;
-pub use state::MqttConfig;
-pub(crate) use state::Shared;
+pub(crate) use codec::{Codec, Frame, Version, peek_version};
+pub(crate) use connect::{MAX_CONNECT, read_connect};
+pub use websocket::MQTT_SUBPROTOCOL;
+pub(crate) use websocket::websocket;
 
 use crate::listener::{self, Admitted, GatedListener};
 use crate::router::Router;
@@ -35,7 +36,7 @@ use crate::router::Router;
 /// socket is counted from accept by the listener's gate, and is pending (evictable, on the
 /// `--max-pending-connections` budget) until its CONNECT is accepted.
 pub(crate) async fn accept_loop<R: Router>(
-    shared: Arc<Shared<R>>,
+    shared: Arc<Broker<R>>,
     listener: GatedListener,
     tls: Option<TlsAcceptor>,
 ) {
@@ -65,7 +66,7 @@ pub(crate) async fn accept_loop<R: Router>(
 
 /// Serves one connection over TLS: the TLS handshake (within the connect timeout), then MQTT.
 async fn serve_tls<R: Router>(
-    shared: Arc<Shared<R>>,
+    shared: Arc<Broker<R>>,
     socket: Admitted<tokio::net::TcpStream>,
     acceptor: TlsAcceptor,
     peer: SocketAddr,
@@ -83,7 +84,7 @@ async fn serve_tls<R: Router>(
 
 /// Serves one MQTT connection over any byte stream (MQTT over WebSocket comes in here), with
 /// the same handshake, session and limits as TCP.
-pub(crate) async fn serve_stream<R, S>(shared: Arc<Shared<R>>, stream: S)
+pub(crate) async fn serve_stream<R, S>(shared: Arc<Broker<R>>, stream: S)
 where
     R: Router,
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send,
@@ -93,10 +94,10 @@ where
 }
 
 /// A connection counted (for `--max-connections` and the metrics) until dropped.
-struct Counted<'a, R: Router>(&'a Shared<R>);
+struct Counted<'a, R: Router>(&'a Broker<R>);
 
 impl<'a, R: Router> Counted<'a, R> {
-    fn new(shared: &'a Shared<R>) -> Self {
+    fn new(shared: &'a Broker<R>) -> Self {
         shared.connections.fetch_add(1, Ordering::Relaxed);
         shared.metrics.connection_opened();
         Self(shared)

@@ -4,6 +4,7 @@
 //! front-end authorizes, then attaches sessions, subscribes, publishes and receives here.
 
 mod envelope;
+mod props;
 mod routes;
 mod rumqttd;
 
@@ -11,6 +12,7 @@ use std::future::Future;
 
 use bytes::Bytes;
 
+pub(crate) use self::props::{message_len, message_props, publish_props};
 pub use self::routes::DEFAULT_BUCKETS;
 pub(crate) use self::routes::channel_key;
 pub use self::rumqttd::{RumqttdConfig, RumqttdRouter};
@@ -320,6 +322,17 @@ pub trait Router: Send + Sync + 'static {
     /// publisher that outruns the router waits for this to shrink instead of queueing more.
     fn backlog(&self) -> usize {
         0
+    }
+
+    /// Resolves once the router has taken in everything handed over to it before the call,
+    /// through any link, or after `bound`: a publisher that outran the router is woken by it
+    /// rather than polling [`Router::backlog`]. A router without a backlog is caught up.
+    fn caught_up(&self, bound: std::time::Duration) -> impl Future<Output = ()> + Send
+    where
+        Self: Sized,
+    {
+        let _ = bound;
+        std::future::ready(())
     }
 
     /// Whether the router still runs.

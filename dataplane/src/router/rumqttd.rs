@@ -11,17 +11,17 @@
 //! it was given.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use parking_lot::Mutex;
 use rumqttd::local::{LinkBuilder, LinkError, LinkRx, LinkTx};
 use rumqttd::protocol::{
-    Disconnect, DisconnectReasonCode, Filter, Packet, Publish, PublishProperties, QoS,
+    Disconnect, DisconnectReasonCode, Filter, Packet, PingReq, Publish, PublishProperties, QoS,
     RetainForwardRule, Subscribe, SubscribeProperties, Unsubscribe,
 };
 use rumqttd::{Notification, RouterConfig};
 
-use crate::mqtt::{message_props, publish_props};
+use super::props::{message_props, publish_props};
 
 use super::routes::{Buckets, Change, LinkRoutes, Routes, State};
 use super::{
@@ -66,9 +66,59 @@ type Connect =
 /// rumqttd's router, started in-process without its network servers.
 pub struct RumqttdRouter {
     connect: Arc<Connect>,
-    system: Mutex<LinkTx>,
+    system: Arc<SystemLink>,
     alive: Arc<AtomicBool>,
     routes: Arc<Routes>,
+}
+
+/// The router's own link: publishes of sessions without a link go through it, and so do the
+/// pings that tell when the router has caught up.
+struct SystemLink {
+    tx: Mutex<LinkTx>,
+    pings: Arc<Pings>,
+}
+
+impl SystemLink {
+    /// Resolves once the router has taken in everything pushed on any link before the call,
+    /// or after `bound` ([`Router::caught_up`]).
+    async fn caught_up(&self, bound: std::time::Duration) {
+        let ticket = {
+            let mut tx = self.tx.lock();
+            if push(&mut tx, Packet::PingReq(PingReq)).is_err() {
+                return;
+            }
+            self.pings.sent.fetch_add(1, Ordering::SeqCst) + 1
+        };
+        let _ = tokio::time::timeout(bound, self.pings.answered(ticket)).await;
+    }
+}
+
+/// PINGREQs pushed on the system link and the PINGRESPs the router answered them with. The
+/// router handles its links' events in the order they were pushed and takes a link's whole
+/// buffer at each, so an answered ping means everything pushed before it was taken in: the
+/// wake-up of a publisher waiting for the router to catch up ([`Router::caught_up`]).
+#[derive(Default)]
+struct Pings {
+    /// Pushed so far; counted under the system link's lock, in the order pushed.
+    sent: AtomicU64,
+    answered: AtomicU64,
+    notify: tokio::sync::Notify,
+}
+
+impl Pings {
+    /// Waits until ping number `ticket` is answered. Cancel-safe.
+    async fn answered(&self, ticket: u64) {
+        loop {
+            let notified = self.notify.notified();
+            let mut notified = std::pin::pin!(notified);
+            // Registered before the count is read, so an answer in between is not missed.
+            notified.as_mut().enable();
+            if self.answered.load(Ordering::SeqCst) >= ticket {
+                return;
+            }
+            notified.await;
+        }
+    }
 }
 
 impl RumqttdRouter {
@@ -94,6 +144,8 @@ impl RumqttdRouter {
             connect("fleetward-system", true).map_err(|_| RouterError::RouterDown)?;
         let alive = Arc::new(AtomicBool::new(true));
         let flag = alive.clone();
+        let pings = Arc::new(Pings::default());
+        let answered = pings.clone();
         // The system link never subscribes; draining it keeps it scheduled and tells us when
         // the router thread is gone.
         std::thread::Builder::new()
@@ -106,7 +158,13 @@ impl RumqttdRouter {
                                 break;
                             }
                         }
-                        Ok(_) => {}
+                        Ok(Some(n)) => {
+                            if let Some(Packet::PingResp(_)) = Option::<Packet>::from(n) {
+                                answered.answered.fetch_add(1, Ordering::SeqCst);
+                                answered.notify.notify_waiters();
+                            }
+                        }
+                        Ok(None) => {}
                         Err(_) => break,
                     }
                 }
@@ -116,7 +174,10 @@ impl RumqttdRouter {
             .map_err(|_| RouterError::RouterDown)?;
         Ok(Self {
             connect,
-            system: Mutex::new(system_tx),
+            system: Arc::new(SystemLink {
+                tx: Mutex::new(system_tx),
+                pings,
+            }),
             alive,
             routes: Arc::new(Routes::new(config.buckets_per_channel)),
         })
@@ -220,6 +281,7 @@ impl Router for RumqttdRouter {
                         rx,
                         wake_pending: false,
                         last_publisher: None,
+                        system: self.system.clone(),
                         held: Held {
                             table: self.routes.clone(),
                             routes: Some(routes),
@@ -247,14 +309,14 @@ impl Router for RumqttdRouter {
         // Made before the system link's lock, which every link-less publisher shares.
         let packet = to_packet(&self.routes.read(), self.routes.buckets(), message);
         match packet {
-            Some(p) => push(&mut self.system.lock(), p).map(drop),
+            Some(p) => push(&mut self.system.tx.lock(), p).map(drop),
             None => Ok(()),
         }
     }
 
     fn publish_batch(&self, messages: &mut Vec<Message>) -> Result<usize, RouterError> {
         let packets = to_packets(&self.routes, messages);
-        push_batch(&mut self.system.lock(), packets)
+        push_batch(&mut self.system.tx.lock(), packets)
     }
 
     fn filters(&self) -> usize {
@@ -262,7 +324,11 @@ impl Router for RumqttdRouter {
     }
 
     fn backlog(&self) -> usize {
-        self.system.lock().buffer().len()
+        self.system.tx.lock().buffer().len()
+    }
+
+    async fn caught_up(&self, bound: std::time::Duration) {
+        self.system.caught_up(bound).await;
     }
 
     fn is_alive(&self) -> bool {
@@ -306,6 +372,8 @@ pub struct RumqttdLink {
     /// The publisher of the last delivery, whose name the next one from it shares.
     last_publisher: Option<Publisher>,
     held: Held,
+    /// Tells when the router has taken in what this link handed over.
+    system: Arc<SystemLink>,
 }
 
 impl RumqttdLink {
@@ -383,6 +451,17 @@ impl RouterLink for RumqttdLink {
 
     fn backlog(&self) -> usize {
         self.tx.buffer().len()
+    }
+
+    /// Woken by the router's answer to a ping pushed after what this link handed over,
+    /// rather than polling the link's buffer.
+    fn taken_in(&mut self) -> impl Future<Output = ()> + Send {
+        let system = (self.backlog() > 0).then(|| self.system.clone());
+        async move {
+            if let Some(system) = system {
+                system.caught_up(std::time::Duration::from_secs(1)).await;
+            }
+        }
     }
 
     async fn receive(&mut self) -> Result<Message, RouterError> {
@@ -544,5 +623,62 @@ mod tests {
     fn a_forward_without_an_envelope_is_not_a_message() {
         let publish = Publish::new("m/t/c/ch", "not enveloped", false);
         assert!(from_forward(publish, None, &mut None).is_none());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_publisher_waiting_for_the_router_is_woken_by_its_answer() {
+        let router = RumqttdRouter::start(&RumqttdConfig::default()).expect("the router starts");
+        {
+            // A backlog on the system link, as a burst of link-less publishers leaves it.
+            let mut system = router.system.tx.lock();
+            let packets = (0..5000)
+                .map(|_| Packet::Publish(Publish::new("nowhere/x", "p", false), None))
+                .collect();
+            push_batch(&mut system, packets).expect("handed over");
+        }
+        for n in 1..=3 {
+            // A bound no healthy router comes near: returning before it means woken.
+            router.caught_up(std::time::Duration::from_secs(60)).await;
+            assert_eq!(router.backlog(), 0, "all taken in before the answer");
+            assert_eq!(router.system.pings.answered.load(Ordering::SeqCst), n);
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_subscription_is_taken_in_once_the_router_answers() {
+        let router = RumqttdRouter::start(&RumqttdConfig::default()).expect("the router starts");
+        let key = SessionKey {
+            tenant: "t".into(),
+            kind: PublisherKind::Thing,
+            subject: "x".into(),
+            client_id: "c".into(),
+        };
+        let (mut link, _) = router
+            .attach(&key, SessionMode::Clean)
+            .await
+            .expect("attached");
+        let answered = || router.system.pings.answered.load(Ordering::SeqCst);
+        // Nothing handed over: taken in already, without asking the router.
+        link.taken_in().await;
+        assert_eq!(answered(), 0);
+        {
+            // The router kept busy with a burst on the system link first, so the
+            // subscriptions below are still waiting when the link asks.
+            let mut system = router.system.tx.lock();
+            let packets = (0..50_000)
+                .map(|_| Packet::Publish(Publish::new("nowhere/x", "p", false), None))
+                .collect();
+            push_batch(&mut system, packets).expect("handed over");
+        }
+        for n in 0..50 {
+            link.subscribe(&format!("m/t/c/ch{n}/#"))
+                .expect("handed over");
+        }
+        let waiting = link.backlog() > 0;
+        link.taken_in().await;
+        assert_eq!(link.backlog(), 0, "the subscriptions were taken in");
+        if waiting {
+            assert_eq!(answered(), 1, "woken by the router's answer");
+        }
     }
 }

@@ -1,7 +1,7 @@
 //! The WebSocket adapter: MQTT over WebSocket at `/mqtt`, and plain JSON streams of a channel.
 
-mod bytes;
-mod envelope;
+pub mod close;
+mod frames;
 mod session;
 
 use std::collections::HashMap;
@@ -18,23 +18,11 @@ use axum::response::{IntoResponse, Response};
 use fleetward_policy::{Action, Decision, DenyReason, TopicLimits, parse_filter};
 
 use crate::audit;
-use crate::http::{self, ApiError};
-use crate::listener::{self, AuthHandle};
-use crate::mqtt::{ConnectionSlots, Shared, Uids};
+use crate::ingress::{self, ApiError, ConnectionSlots, Ingress, Uids};
+use crate::listener::AuthHandle;
 use crate::router::{Publisher, Router};
 
 pub(crate) use session::{Stream, answer_text};
-
-/// Close codes of plain WebSocket streams (4000–4999 are the application's, RFC 6455 7.4.2).
-pub mod close {
-    /// The credentials no longer hold: the thing was disabled or deleted, its key removed,
-    /// or its tenant suspended.
-    pub const CREDENTIALS_REVOKED: u16 = 4401;
-    /// The subscription is no longer granted (the grant was revoked or narrowed).
-    pub const SUBSCRIPTION_REVOKED: u16 = 4403;
-    /// The router went away; reconnect.
-    pub const UNAVAILABLE: u16 = super::close_code::ERROR;
-}
 
 /// How a refused stream is answered, chosen by `?refusal=` or else by whether the handshake
 /// carries `Origin` (every browser's does).
@@ -86,46 +74,13 @@ pub(crate) fn close_code_of(status: StatusCode) -> u16 {
     }
 }
 
-/// The subprotocol of MQTT over WebSocket.
-pub const MQTT_SUBPROTOCOL: &str = "mqtt";
-
 fn upgrade_required() -> Response {
-    ApiError::new(
-        StatusCode::UPGRADE_REQUIRED,
-        "upgrade_required",
-        "this is a WebSocket endpoint: open it with an `Upgrade: websocket` handshake",
-    )
-    .into_response()
-}
-
-/// `GET /mqtt`: MQTT over WebSocket, through the same front-end as MQTT over TCP.
-pub(crate) async fn mqtt<R: Router>(
-    State(shared): State<Arc<Shared<R>>>,
-    socket: Option<Extension<AuthHandle>>,
-    upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
-) -> Response {
-    let Ok(upgrade) = upgrade else {
-        return upgrade_required();
-    };
-    // Room for the fixed header on top of the largest packet.
-    let max = shared.config.max_packet_size.saturating_add(8);
-    upgrade
-        .protocols([MQTT_SUBPROTOCOL])
-        .max_message_size(max)
-        .max_frame_size(max)
-        .on_upgrade(move |ws| async move {
-            let serve = crate::mqtt::serve_stream(shared, bytes::WsBytes::new(ws));
-            // The socket stays pending until the CONNECT over it is accepted.
-            match socket {
-                Some(Extension(handle)) => listener::scope(handle, serve).await,
-                None => serve.await,
-            }
-        })
+    ApiError::upgrade_required().into_response()
 }
 
 /// `GET /m/{tenant}/c/{channel}[/{filter…}]` with an upgrade: a JSON stream of the channel.
 pub(crate) async fn stream<R: Router>(
-    State(shared): State<Arc<Shared<R>>>,
+    State(shared): State<Arc<Ingress<R>>>,
     Path(params): Path<HashMap<String, String>>,
     headers: HeaderMap,
     query: Result<Query<StreamQuery>, QueryRejection>,
@@ -145,27 +100,11 @@ pub(crate) async fn stream<R: Router>(
     };
     let refusal = Refusal::of(query.refusal, &headers);
     let client = peer.map(|Extension(ConnectInfo(a))| a);
-    let mut seen = http::Seen::default();
+    let mut seen = ingress::Seen::default();
     let stream = match accept(&shared, &params, &headers, client, &mut seen) {
         Ok(stream) => stream,
         Err(e) => {
-            shared.metrics.refused("ws", e.error);
-            let topic = http::topic_of(&params).ok();
-            shared.audit.refused(audit::Refusal {
-                tenant: &seen.tenant,
-                kind: seen.kind,
-                subject: &seen.subject,
-                // Credentials that do not hold refuse the connection; after them, the filter.
-                action: if seen.proved {
-                    audit::Action::Subscribe
-                } else {
-                    audit::Action::Connect
-                },
-                topic: topic.as_deref(),
-                reason: seen.reason.unwrap_or(e.error),
-                protocol: audit::Protocol::Ws,
-                client,
-            });
+            refused(&shared, &params, &seen, e.error, client);
             return refusal.answer(upgrade, e);
         }
     };
@@ -175,17 +114,7 @@ pub(crate) async fn stream<R: Router>(
     let slot = match ConnectionSlots::acquire(&shared, &snapshot, &stream.subject) {
         Ok(slot) => slot,
         Err(over) => {
-            shared.metrics.refused("ws", over.label());
-            shared.audit.refused(audit::Refusal {
-                tenant: &stream.subject.tenant,
-                kind: Some(stream.subject.kind),
-                subject: &stream.subject.name,
-                action: audit::Action::Connect,
-                topic: Some(&stream.filter),
-                reason: over.label(),
-                protocol: audit::Protocol::Ws,
-                client,
-            });
+            over_slots(&shared, &stream, over.label(), client);
             let reason = over.message(&stream.subject);
             return close_at_once(upgrade, close_code::POLICY, reason);
         }
@@ -201,13 +130,60 @@ pub(crate) async fn stream<R: Router>(
     };
     let max = shared.config.max_packet_size.saturating_add(64 * 1024);
     upgrade
-        .protocols([http::WS_PROTOCOL])
+        .protocols([ingress::WS_PROTOCOL])
         .max_message_size(max)
         .max_frame_size(max)
         .on_upgrade(move |ws| async move {
             let _slot = slot;
             session::run(shared, ws, stream, link).await;
         })
+}
+
+/// Counts and audits a stream refused before its upgrade, as far as the request got (`seen`).
+fn refused<R: Router>(
+    shared: &Ingress<R>,
+    params: &HashMap<String, String>,
+    seen: &ingress::Seen,
+    error: &'static str,
+    client: Option<SocketAddr>,
+) {
+    shared.metrics.refused("ws", error);
+    let topic = ingress::topic_of(params).ok();
+    shared.audit.refused(audit::Refusal {
+        tenant: &seen.tenant,
+        kind: seen.kind,
+        subject: &seen.subject,
+        // Credentials that do not hold refuse the connection; after them, the filter.
+        action: if seen.proved {
+            audit::Action::Subscribe
+        } else {
+            audit::Action::Connect
+        },
+        topic: topic.as_deref(),
+        reason: seen.reason.unwrap_or(error),
+        protocol: audit::Protocol::Ws,
+        client,
+    });
+}
+
+/// Counts and audits a stream over its tenant's or thing's `maxConnections` (`label`).
+fn over_slots<R: Router>(
+    shared: &Ingress<R>,
+    stream: &session::Stream,
+    label: &'static str,
+    client: Option<SocketAddr>,
+) {
+    shared.metrics.refused("ws", label);
+    shared.audit.refused(audit::Refusal {
+        tenant: &stream.subject.tenant,
+        kind: Some(stream.subject.kind),
+        subject: &stream.subject.name,
+        action: audit::Action::Connect,
+        topic: Some(&stream.filter),
+        reason: label,
+        protocol: audit::Protocol::Ws,
+        client,
+    });
 }
 
 /// Completes the upgrade only to close the stream with `code` and `reason` (cut to the 123
@@ -221,7 +197,7 @@ fn close_at_once(upgrade: WebSocketUpgrade, code: u16, mut reason: String) -> Re
         reason.truncate(end);
     }
     upgrade
-        .protocols([http::WS_PROTOCOL])
+        .protocols([ingress::WS_PROTOCOL])
         .on_upgrade(move |mut ws| async move {
             let frame = CloseFrame {
                 code,
@@ -233,25 +209,25 @@ fn close_at_once(upgrade: WebSocketUpgrade, code: u16, mut reason: String) -> Re
 
 /// Authenticates and checks the subscription before the upgrade, so refusals are plain HTTP.
 fn accept<R: Router>(
-    shared: &Shared<R>,
+    shared: &Ingress<R>,
     params: &HashMap<String, String>,
     headers: &HeaderMap,
     client: Option<SocketAddr>,
-    seen: &mut http::Seen,
+    seen: &mut ingress::Seen,
 ) -> Result<session::Stream, ApiError> {
-    let presented = match http::from_ws_protocols(headers) {
+    let presented = match ingress::from_ws_protocols(headers) {
         Some(p) => p?,
-        None => http::from_authorization(headers)?,
+        None => ingress::from_authorization(headers)?,
     };
     seen.claimed(&presented);
     let snapshot = shared.snapshot();
-    let http::Authenticated {
+    let ingress::Authenticated {
         subject,
         key_digest,
         token_ends,
-    } = http::authenticate(&snapshot, &shared.users, &presented)?;
+    } = ingress::authenticate(&snapshot, &shared.users, &presented)?;
     seen.proved(&subject);
-    let filter = http::topic_of(params)?;
+    let filter = ingress::topic_of(params)?;
     let limits = TopicLimits::default();
     let topic = parse_filter(&filter, &limits).map_err(|e| {
         ApiError::new(

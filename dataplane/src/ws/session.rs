@@ -13,10 +13,9 @@ use fleetward_policy::{
 use serde_json::json;
 
 use super::close;
-use super::envelope::{ClientPublish, answer, message_frame};
+use super::frames::{ClientPublish, answer, message_frame};
 use crate::audit;
-use crate::http::{ApiError, CONTENT_TYPES};
-use crate::mqtt::{PublishRequest, Shared, Uids};
+use crate::ingress::{ApiError, CONTENT_TYPES, Ingress, PublishRequest, Uids};
 use crate::router::{
     MessageProps, Protocol, Publisher, Router, RouterLink, SessionKey, SessionMode,
 };
@@ -70,13 +69,13 @@ impl<L: RouterLink> Drop for Link<L> {
 
 /// Attaches a router session for the stream and subscribes its filter.
 pub(crate) async fn subscribe<R: Router>(
-    shared: &Shared<R>,
+    shared: &Ingress<R>,
     stream: &Stream,
 ) -> Result<Link<R::Link>, ApiError> {
     // A random client id, so it never meets an MQTT session's router state.
     let key = SessionKey::of(
         &stream.subject,
-        format!("ws-{}", crate::mqtt::random_client_id()),
+        format!("ws-{}", crate::ingress::random_client_id()),
     );
     let unavailable = |e: crate::router::RouterError| {
         tracing::error!(error = %e, "could not attach a WebSocket stream to the router");
@@ -104,7 +103,7 @@ pub(crate) async fn subscribe<R: Router>(
 }
 
 pub(crate) async fn run<R: Router>(
-    shared: Arc<Shared<R>>,
+    shared: Arc<Ingress<R>>,
     socket: WebSocket,
     stream: Stream,
     mut link: Link<R::Link>,
@@ -134,7 +133,7 @@ pub(crate) async fn run<R: Router>(
 /// A stream's connection; `W` is the socket (none where client frames are answered without
 /// one, as the fuzz target does).
 struct Conn<R: Router, W = WebSocket> {
-    shared: Arc<Shared<R>>,
+    shared: Arc<Ingress<R>>,
     socket: W,
     stream: Stream,
     /// Whether a subtopic deny of the subject overlaps the stream's filter: then each message's
@@ -148,7 +147,7 @@ struct Conn<R: Router, W = WebSocket> {
 /// The answer to a client's text frame on `stream`, as a running stream gives it, without a
 /// socket: the way in for the fuzz target ([`crate::fuzzing`]).
 pub(crate) fn answer_text<R: Router>(
-    shared: Arc<Shared<R>>,
+    shared: Arc<Ingress<R>>,
     stream: Stream,
     text: &str,
     link: &mut R::Link,
@@ -172,25 +171,41 @@ impl<R: Router> Conn<R> {
         )
     }
 
-    /// Runs until the client leaves (`None`) or the server closes (`Some`).
-    async fn pump(&mut self, link: &mut R::Link) -> Option<Close> {
-        let mut policy = self.shared.policy.clone();
-        self.withholds = self.withholds_now(&self.shared.snapshot());
+    /// Sends the retained messages of the stream's filter; `false` when the client is gone.
+    async fn send_retained(&mut self) -> bool {
         let s = &self.stream;
         let retained = self
             .shared
             .retained
             .matching(&s.tenant, &s.channel, &s.filter, s.uids());
         for m in retained {
-            if !self.may_receive(&m.topic) {
-                continue;
-            }
-            if !self.send(WsMessage::Text(message_frame(&m).into())).await {
-                return None;
+            if self.may_receive(&m.topic)
+                && !self.send(WsMessage::Text(message_frame(&m).into())).await
+            {
+                return false;
             }
         }
+        true
+    }
+
+    /// Sends the answer to a client frame. `Some` when the stream ends: `Some(None)` the
+    /// client is gone, `Some(Some(close))` the answer closes it.
+    async fn reply(&mut self, (reply, close): (String, Option<Close>)) -> Option<Option<Close>> {
+        if !self.send(WsMessage::Text(reply.into())).await {
+            return Some(None);
+        }
+        close.map(Some)
+    }
+
+    /// Runs until the client leaves (`None`) or the server closes (`Some`).
+    async fn pump(&mut self, link: &mut R::Link) -> Option<Close> {
+        let mut policy = self.shared.policy.clone();
+        self.withholds = self.withholds_now(&self.shared.snapshot());
+        if !self.send_retained().await {
+            return None;
+        }
         let mut policy_open = true;
-        let mut token_expiry = crate::users::TokenExpiry::new(self.stream.token_ends);
+        let mut token_expiry = crate::ingress::TokenExpiry::new(self.stream.token_ends);
         loop {
             tokio::select! {
                 () = token_expiry.expired(), if token_expiry.is_set() => {
@@ -202,21 +217,15 @@ impl<R: Router> Conn<R> {
                 frame = self.socket.recv() => match frame {
                     None | Some(Err(_)) | Some(Ok(WsMessage::Close(_))) => return None,
                     Some(Ok(WsMessage::Text(text))) => {
-                        let (reply, close) = self.on_text(text.as_str(), link);
-                        if !self.send(WsMessage::Text(reply.into())).await {
-                            return None;
-                        }
-                        if close.is_some() {
-                            return close;
+                        let answer = self.on_text(text.as_str(), link);
+                        if let Some(end) = self.reply(answer).await {
+                            return end;
                         }
                     }
                     Some(Ok(WsMessage::Binary(payload))) => {
-                        let (reply, close) = self.on_binary(payload, link);
-                        if !self.send(WsMessage::Text(reply.into())).await {
-                            return None;
-                        }
-                        if close.is_some() {
-                            return close;
+                        let answer = self.on_binary(payload, link);
+                        if let Some(end) = self.reply(answer).await {
+                            return end;
                         }
                     }
                     // Pings are answered by the WebSocket layer.
@@ -271,9 +280,8 @@ impl<R: Router> Conn<R> {
         let Ok(topic) = std::str::from_utf8(topic) else {
             return false;
         };
-        let snapshot = self.shared.policy.borrow();
-        self.gate
-            .allows(&self.shared.cache, &**snapshot, &self.stream.subject, topic)
+        self.shared
+            .may_deliver(&mut self.gate, &self.stream.subject, topic)
     }
 
     /// Whether the stream may go on under a new snapshot.

@@ -6,7 +6,7 @@ use crate::adapters;
 use std::collections::BTreeSet;
 
 use adapters::{Adapters, curl};
-use fleetward_dataplane::http::ROUTES;
+use fleetward_dataplane::web::ROUTES;
 
 fn documented() -> BTreeSet<(String, String)> {
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/openapi.yaml");

@@ -5,16 +5,21 @@ use fleetward_policy::{Action, Decision, Snapshot, filter_matches, parse_topic_n
 use rumqttd::protocol::{Packet, PubRel, PubRelReason, Publish, PublishProperties};
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use super::{OutMsg, Outbound, Session, limits};
-use crate::mqtt::codec::{Version, publish_props, publish_with_id};
-use crate::router::{Message, Router, channel_key};
+use super::connection::{MetadataMemo, Session, limits};
+use crate::mqtt::codec::{Version, publish_with_id};
+use crate::mqtt::saved::{OutMsg, Outbound};
+use crate::router::publish_props;
+use crate::router::{Message, MessageProps, Router, channel_key};
 
-/// The last channel a v5 delivery went out on, whether it carries delivery metadata, and the
-/// policy version that said so.
-pub(crate) struct MetadataMemo {
-    version: u64,
-    channel: Box<str>,
-    on: bool,
+/// What the subscriptions matching a delivery grant together.
+struct Matched {
+    granted: u8,
+    /// Their v5 subscription identifiers.
+    ids: Vec<usize>,
+    /// Any asks for retain-as-published.
+    keep_retain: bool,
+    /// Any asks for delivery metadata.
+    metadata: bool,
 }
 
 impl<R: Router, S: AsyncRead + AsyncWrite + Unpin + Send> Session<R, S> {
@@ -36,6 +41,57 @@ impl<R: Router, S: AsyncRead + AsyncWrite + Unpin + Send> Session<R, S> {
         }
     }
 
+    /// What the session's subscriptions that match `topic` grant: once, whatever number of
+    /// filters match (the router hands a message to a session once, router::routes), at the
+    /// highest QoS of them. `None` when none does.
+    fn matched(&self, topic: &str, client_topic: &str, own: bool) -> Option<Matched> {
+        let mut matched: Option<Matched> = None;
+        for sub in self.subs.matching(topic) {
+            let matches = (self.acc.mount.is_none() || filter_matches(&sub.client, client_topic))
+                && !(own && sub.no_local);
+            if matches {
+                let m = matched.get_or_insert(Matched {
+                    granted: sub.qos,
+                    ids: Vec::new(),
+                    keep_retain: false,
+                    metadata: false,
+                });
+                m.granted = m.granted.max(sub.qos);
+                m.keep_retain |= sub.retain_as_published;
+                m.metadata |= sub.metadata;
+                if let Some(id) = sub.id {
+                    m.ids.push(id);
+                }
+            }
+        }
+        matched
+    }
+
+    /// A v5 delivery's properties: the client's own, and after them the delivery metadata
+    /// where the channel or a matching subscription asks for it; and how many were added.
+    fn v5_properties(
+        &mut self,
+        message: &Message,
+        mut p: MessageProps,
+        topic: &str,
+        metadata: bool,
+        ids: Vec<usize>,
+    ) -> (Option<PublishProperties>, usize) {
+        if let (Some(m), Some(rt)) = (&self.acc.mount, &p.response_topic) {
+            // Relative to the mountpoint, like the topic; one outside it is of no use to a
+            // client whose every publish is taken relative to it.
+            p.response_topic = m.unmount(rt).map(str::to_owned);
+        }
+        let mut added = 0;
+        if metadata || self.channel_metadata(topic) {
+            let extra = message.metadata_properties();
+            added = extra.len();
+            p.user_properties.extend(extra);
+        }
+        let props = (!p.is_empty() || !ids.is_empty()).then(|| publish_props(p, ids));
+        (props, added)
+    }
+
     /// Delivers a message to the client at min(published QoS, granted QoS), if a live
     /// subscription still matches it.
     pub(super) fn deliver(&mut self, mut message: Message, retained: bool) {
@@ -53,28 +109,16 @@ impl<R: Router, S: AsyncRead + AsyncWrite + Unpin + Send> Session<R, S> {
             },
             None => topic,
         };
-        let mut granted: Option<u8> = None;
-        let mut ids = Vec::new();
-        let mut keep_retain = false;
-        let mut metadata = false;
         let own = message.origin.is_some() && message.origin == Some(self.acc.registration.conn());
-        // Once, whatever number of filters match: the router hands a message to a session once
-        // (router::routes), and the delivery takes the highest QoS of those filters.
-        for sub in self.subs.matching(topic) {
-            let matches = (self.acc.mount.is_none() || filter_matches(&sub.client, client_topic))
-                && !(own && sub.no_local);
-            if matches {
-                granted = Some(granted.map_or(sub.qos, |g| g.max(sub.qos)));
-                keep_retain |= sub.retain_as_published;
-                metadata |= sub.metadata;
-                if let Some(id) = sub.id {
-                    ids.push(id);
-                }
-            }
-        }
         // Nothing matches: unsubscribed or revoked while the message was in the router, or
         // the session's own publish on a no-local subscription.
-        let Some(granted) = granted else {
+        let Some(Matched {
+            granted,
+            ids,
+            keep_retain,
+            metadata,
+        }) = self.matched(topic, client_topic, own)
+        else {
             return;
         };
         if !retained && !self.within_offline_bound(message.created_ns) {
@@ -92,20 +136,8 @@ impl<R: Router, S: AsyncRead + AsyncWrite + Unpin + Send> Session<R, S> {
         let (props, added) = match self.codec.version() {
             Version::V4 => (None, 0),
             Version::V5 => {
-                let mut p = message.props.take().map(|b| *b).unwrap_or_default();
-                if let (Some(m), Some(rt)) = (&self.acc.mount, &p.response_topic) {
-                    // Relative to the mountpoint, like the topic; one outside it is of no use
-                    // to a client whose every publish is taken relative to it.
-                    p.response_topic = m.unmount(rt).map(str::to_owned);
-                }
-                let mut added = 0;
-                if metadata || self.channel_metadata(topic) {
-                    let extra = message.metadata_properties();
-                    added = extra.len();
-                    p.user_properties.extend(extra);
-                }
-                let props = (!p.is_empty() || !ids.is_empty()).then(|| publish_props(p, ids));
-                (props, added)
+                let own = message.props.take().map(|b| *b).unwrap_or_default();
+                self.v5_properties(&message, own, topic, metadata, ids)
             }
         };
         let pkid = (qos > 0).then(|| self.allocate_pkid());
@@ -117,30 +149,7 @@ impl<R: Router, S: AsyncRead + AsyncWrite + Unpin + Send> Session<R, S> {
                 (publish, Some((pkid, topic_bytes, message.payload)))
             }
         };
-        let kept = |p: &Option<PublishProperties>| if out.is_some() { p.clone() } else { None };
-        // A client whose maximum packet size only our additions exceed gets the message
-        // without them (MQTT 5 has the server drop what is larger): that copy is made only for
-        // a client with a maximum.
-        let without_ours = (added > 0 && self.acc.client_max_packet.is_some()).then(|| {
-            props.clone().map(|mut p| {
-                p.user_properties
-                    .truncate(p.user_properties.len().saturating_sub(added));
-                p
-            })
-        });
-        let keep = kept(&props);
-        let sent = match without_ours {
-            None => self.write_within_max(publish, props).then_some(keep),
-            Some(plain) => {
-                if self.write_within_max(publish.clone(), props) {
-                    Some(keep)
-                } else {
-                    let keep = kept(&plain);
-                    self.write_within_max(publish, plain).then_some(keep)
-                }
-            }
-        };
-        let Some(props) = sent else {
+        let Some(props) = self.write_delivery(publish, props, added, out.is_some()) else {
             return;
         };
         if let Some((pkid, topic, payload)) = out {
@@ -159,6 +168,39 @@ impl<R: Router, S: AsyncRead + AsyncWrite + Unpin + Send> Session<R, S> {
             self.inflight.insert(pkid, (state, out));
         }
         self.delivered += 1;
+    }
+
+    /// Writes a delivery within the client's maximum packet size: a client whose maximum only
+    /// our `added` properties exceed gets the message without them (MQTT 5 has the server drop
+    /// what is larger; that copy is made only for a client with a maximum). The properties to
+    /// keep for a resend (`kept`: a QoS 1/2 delivery), or `None` when nothing was written.
+    fn write_delivery(
+        &mut self,
+        publish: Publish,
+        props: Option<PublishProperties>,
+        added: usize,
+        kept: bool,
+    ) -> Option<Option<PublishProperties>> {
+        let keep = |p: &Option<PublishProperties>| if kept { p.clone() } else { None };
+        let without_ours = (added > 0 && self.acc.client_max_packet.is_some()).then(|| {
+            props.clone().map(|mut p| {
+                p.user_properties
+                    .truncate(p.user_properties.len().saturating_sub(added));
+                p
+            })
+        });
+        let kept_props = keep(&props);
+        match without_ours {
+            None => self.write_within_max(publish, props).then_some(kept_props),
+            Some(plain) => {
+                if self.write_within_max(publish.clone(), props) {
+                    Some(kept_props)
+                } else {
+                    let kept_plain = keep(&plain);
+                    self.write_within_max(publish, plain).then_some(kept_plain)
+                }
+            }
+        }
     }
 
     /// Writes a delivery unless it is larger than the client accepts (v5 maximum packet size):
@@ -217,8 +259,7 @@ impl<R: Router, S: AsyncRead + AsyncWrite + Unpin + Send> Session<R, S> {
         let Some(gate) = self.subs.withholding() else {
             return true;
         };
-        let snapshot = self.policy.borrow();
-        gate.allows(&self.shared.cache, &**snapshot, &self.acc.subject, topic)
+        self.shared.may_deliver(gate, &self.acc.subject, topic)
     }
 
     /// Whether a message may go out under a resumed session's offline bound: what was queued

@@ -4,18 +4,20 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use fleetward_policy::{Mountpoint, Snapshot, TopicError, parse_topic_name};
+use fleetward_policy::{Snapshot, TopicError};
 use rumqttd::protocol::{
     DisconnectReasonCode, Packet, PubAck, PubAckReason, PubRec, PubRecReason, Publish,
     PublishProperties,
 };
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use super::{End, Flow, Session, Step, limits};
+use super::connection::{End, Flow, Session, Step, limits};
 use crate::audit;
-use crate::mqtt::codec::{Version, message_props};
-use crate::mqtt::publish::{PublishRefusal, PublishRequest};
+use crate::ingress::{PublishRefusal, PublishRequest};
+use crate::mqtt::codec::Version;
 use crate::mqtt::reason;
+use crate::mqtt::response_topic::{mount_response_topic, response_topic_is_protocol_error};
+use crate::router::message_props;
 use crate::router::{Protocol, Router};
 
 /// A v3 publish held back by its tenant's publish rate, to be routed once a token is free.
@@ -24,32 +26,6 @@ pub(super) struct Throttled {
     retry_after: Duration,
     qos: u8,
     pkid: u16,
-}
-
-/// Checks a v5 response topic (of a PUBLISH or a will) as a topic name, and mounts it for a
-/// mounted thing as its topic is. `Ok(None)`: it stays as it is.
-pub(crate) fn mount_response_topic(
-    mount: Option<&Mountpoint>,
-    topic: &str,
-) -> Result<Option<String>, TopicError> {
-    match mount {
-        Some(m) => m.mount_topic_name(topic.as_bytes(), &limits()).map(Some),
-        None => parse_topic_name(topic, &limits()).map(|_| None),
-    }
-}
-
-/// Whether a refused response topic breaks MQTT itself (wildcards, empty, NUL: MQTT 5
-/// 3.3.2.3.5), rather than Fleetward's topic grammar.
-pub(crate) fn response_topic_is_protocol_error(e: TopicError) -> bool {
-    matches!(
-        e,
-        TopicError::Empty
-            | TopicError::InvalidUtf8
-            | TopicError::ContainsNul
-            | TopicError::WildcardInTopicName
-            | TopicError::HashNotLast
-            | TopicError::PartialWildcard
-    )
 }
 
 /// The v5 answer to a refused publish.
@@ -159,87 +135,17 @@ impl<R: Router, S: AsyncRead + AsyncWrite + Unpin + Send> Session<R, S> {
         // Topic aliases (v5) are resolved here: the real topic is what gets authorized.
         let mut topic = publish.topic;
         let mut props = props;
-        if let Some(p) = &mut props {
-            if !p.subscription_identifiers.is_empty() {
-                return Step::Done(self.end_with(
-                    DisconnectReasonCode::ProtocolError,
-                    "publish",
-                    "subscription_id_in_publish",
-                ));
-            }
-            if let Some(rt) = &mut p.response_topic {
-                match mount_response_topic(self.acc.mount.as_ref(), rt) {
-                    Ok(None) => {}
-                    Ok(Some(full)) => *rt = full,
-                    Err(e) => return Step::Done(self.refuse_response_topic(qos, pkid, e)),
-                }
-            }
-            if let Some(alias) = p.topic_alias.take() {
-                if alias == 0 || alias > self.shared.config.topic_alias_max {
-                    return Step::Done(self.end_with(
-                        DisconnectReasonCode::TopicAliasInvalid,
-                        "publish",
-                        "topic_alias_invalid",
-                    ));
-                }
-                if topic.is_empty() {
-                    match self.aliases.get(&alias) {
-                        Some(t) => topic = t.clone(),
-                        None => {
-                            return Step::Done(self.end_with(
-                                DisconnectReasonCode::ProtocolError,
-                                "publish",
-                                "unknown_topic_alias",
-                            ));
-                        }
-                    }
-                } else {
-                    self.aliases.insert(alias, topic.clone());
-                }
-            }
+        if let Some(p) = &mut props
+            && let Err(flow) = self.check_properties(&mut topic, p, qos, pkid)
+        {
+            return Step::Done(flow);
         }
-        if qos == 2 && self.qos2_in.contains(&pkid) {
-            // A resent QoS 2 publish already forwarded: acknowledge again, forward nothing.
-            let _ = dup;
-            self.write(Packet::PubRec(
-                PubRec {
-                    pkid,
-                    reason: PubRecReason::Success,
-                },
-                None,
-            ));
-            return Step::Done(Flow::Continue);
+        if let Some(flow) = self.qos2_resent_or_over(qos, pkid, dup) {
+            return Step::Done(flow);
         }
-        if qos == 2 && self.qos2_in.len() >= usize::from(self.shared.config.max_inflight) {
-            // Checked before anything is forwarded: a refused publish never reaches anyone.
-            return Step::Done(self.end_with(
-                DisconnectReasonCode::ReceiveMaximumExceeded,
-                "limit",
-                "receive_maximum",
-            ));
-        }
-        let full = match &self.acc.mount {
-            Some(m) => m
-                .mount_topic_name(&topic, &limits())
-                .map(Bytes::from)
-                .map_err(|e| (e, topic)),
-            // Checked for UTF-8 where it is authorized (or found equal to a topic that was).
-            None => Ok(topic),
-        };
-        let full = match full {
-            Ok(t) => t,
-            Err((e, _)) if reason::is_invalid_mqtt(e) => {
-                return Step::Done(self.end_with(
-                    DisconnectReasonCode::TopicNameInvalid,
-                    "publish",
-                    e.as_str(),
-                ));
-            }
-            Err((e, topic)) => {
-                let given = String::from_utf8_lossy(&topic);
-                self.audit_refused(audit::Action::Publish, Some(&given), e.as_str());
-                return Step::Done(self.refuse_publish(qos, pkid, e.as_str()));
-            }
+        let full = match self.mounted(topic, qos, pkid) {
+            Ok(full) => full,
+            Err(flow) => return Step::Done(flow),
         };
         let props = props.and_then(message_props);
         // One clock reading and one snapshot for every publish of a socket read, without
@@ -274,6 +180,106 @@ impl<R: Router, S: AsyncRead + AsyncWrite + Unpin + Send> Session<R, S> {
         match routed {
             Ok(flow) => Step::Done(flow),
             Err(throttled) => Step::Wait(Box::pin(self.throttled(throttled))),
+        }
+    }
+
+    /// A PUBLISH's v5 properties: no subscription identifiers, the response topic checked (and
+    /// mounted), the topic alias resolved into `topic` or learnt from it.
+    fn check_properties(
+        &mut self,
+        topic: &mut Bytes,
+        p: &mut PublishProperties,
+        qos: u8,
+        pkid: u16,
+    ) -> Result<(), Flow> {
+        if !p.subscription_identifiers.is_empty() {
+            return Err(self.end_with(
+                DisconnectReasonCode::ProtocolError,
+                "publish",
+                "subscription_id_in_publish",
+            ));
+        }
+        if let Some(rt) = &mut p.response_topic {
+            match mount_response_topic(self.acc.mount.as_ref(), rt) {
+                Ok(None) => {}
+                Ok(Some(full)) => *rt = full,
+                Err(e) => return Err(self.refuse_response_topic(qos, pkid, e)),
+            }
+        }
+        let Some(alias) = p.topic_alias.take() else {
+            return Ok(());
+        };
+        if alias == 0 || alias > self.shared.config.topic_alias_max {
+            return Err(self.end_with(
+                DisconnectReasonCode::TopicAliasInvalid,
+                "publish",
+                "topic_alias_invalid",
+            ));
+        }
+        if !topic.is_empty() {
+            self.aliases.insert(alias, topic.clone());
+            return Ok(());
+        }
+        match self.aliases.get(&alias) {
+            Some(t) => {
+                *topic = t.clone();
+                Ok(())
+            }
+            None => Err(self.end_with(
+                DisconnectReasonCode::ProtocolError,
+                "publish",
+                "unknown_topic_alias",
+            )),
+        }
+    }
+
+    /// A QoS 2 publish resent after it was forwarded is acknowledged again and forwards
+    /// nothing; one over the inbound window ends the connection. `None`: neither.
+    fn qos2_resent_or_over(&mut self, qos: u8, pkid: u16, dup: bool) -> Option<Flow> {
+        if qos == 2 && self.qos2_in.contains(&pkid) {
+            let _ = dup;
+            self.write(Packet::PubRec(
+                PubRec {
+                    pkid,
+                    reason: PubRecReason::Success,
+                },
+                None,
+            ));
+            return Some(Flow::Continue);
+        }
+        if qos == 2 && self.qos2_in.len() >= usize::from(self.shared.config.max_inflight) {
+            // Checked before anything is forwarded: a refused publish never reaches anyone.
+            return Some(self.end_with(
+                DisconnectReasonCode::ReceiveMaximumExceeded,
+                "limit",
+                "receive_maximum",
+            ));
+        }
+        None
+    }
+
+    /// The full topic of a publish: mounted for a mounted thing.
+    fn mounted(&mut self, topic: Bytes, qos: u8, pkid: u16) -> Result<Bytes, Flow> {
+        let full = match &self.acc.mount {
+            Some(m) => m
+                .mount_topic_name(&topic, &limits())
+                .map(Bytes::from)
+                .map_err(|e| (e, topic)),
+            // Checked for UTF-8 where it is authorized (or found equal to a topic that was).
+            None => Ok(topic),
+        };
+        match full {
+            Ok(t) => Ok(t),
+            Err((e, _)) if reason::is_invalid_mqtt(e) => Err(self.end_with(
+                DisconnectReasonCode::TopicNameInvalid,
+                "publish",
+                e.as_str(),
+            )),
+            Err((e, topic)) => {
+                let given = String::from_utf8_lossy(&topic);
+                self.audit_refused(audit::Action::Publish, Some(&given), e.as_str());
+                Err(self.refuse_publish(qos, pkid, e.as_str()))
+            }
         }
     }
 
@@ -318,74 +324,9 @@ impl<R: Router, S: AsyncRead + AsyncWrite + Unpin + Send> Session<R, S> {
             &mut self.outbox,
             &mut self.publishing.get_or_insert_default().memo,
         );
-        if let Err(refusal) = &published {
-            self.audit_publish(refusal);
-        }
-        match published {
-            Ok(_) => {}
-            Err(PublishRefusal::Topic(e)) if reason::is_invalid_mqtt(e) => {
-                return Ok(self.end_with(
-                    DisconnectReasonCode::TopicNameInvalid,
-                    "publish",
-                    e.as_str(),
-                ));
-            }
-            Err(PublishRefusal::Topic(e)) => {
-                return Ok(self.refuse_publish(qos, pkid, e.as_str()));
-            }
-            Err(PublishRefusal::Denied(why)) => {
-                return Ok(self.refuse_publish(qos, pkid, why.as_str()));
-            }
-            Err(PublishRefusal::TooLarge { .. }) => {
-                return Ok(self.end_with(
-                    DisconnectReasonCode::PacketTooLarge,
-                    "limit",
-                    "message_size",
-                ));
-            }
-            Err(PublishRefusal::Quota(q)) => {
-                return Ok(self.refuse_over_quota(qos, pkid, q.as_str()));
-            }
-            // MQTT 5 has no PUBACK code for it: the packet as a whole is refused.
-            Err(PublishRefusal::TooManyUserProperties { .. }) => {
-                return Ok(self.end_with(
-                    DisconnectReasonCode::PacketTooLarge,
-                    "limit",
-                    "user_properties",
-                ));
-            }
-            Err(PublishRefusal::Rate { .. }) if self.codec.version() == Version::V5 => {
-                return Ok(self.end_with(
-                    DisconnectReasonCode::MessageRateTooHigh,
-                    "limit",
-                    "publish_rate",
-                ));
-            }
-            // v3 has no code for it: the connection is throttled (not read) instead.
-            Err(PublishRefusal::Rate {
-                retry_after,
-                request,
-            }) => {
-                self.shared
-                    .metrics
-                    .refused("limit", "publish_rate_throttled");
-                // What was accepted before the wait does not wait with it.
-                if let Flow::End(end) = self.flush_outbox() {
-                    return Ok(Flow::End(end));
-                }
-                return Err(Box::new(Throttled {
-                    request: *request,
-                    retry_after,
-                    qos,
-                    pkid,
-                }));
-            }
-            // Not from `publish_to_outbox`, which does not route: a router refusal surfaces
-            // in `flush_outbox`, which answers it the same way.
-            Err(PublishRefusal::Router(e)) => {
-                tracing::error!(error = %e, "the router refused a publish");
-                return Ok(self.end_with(DisconnectReasonCode::ServerBusy, "publish", e.as_str()));
-            }
+        if let Err(refusal) = published {
+            self.audit_publish(&refusal);
+            return self.answer_refusal(refusal, qos, pkid);
         }
         match qos {
             1 => self.write(Packet::PubAck(
@@ -408,5 +349,66 @@ impl<R: Router, S: AsyncRead + AsyncWrite + Unpin + Send> Session<R, S> {
             _ => {}
         }
         Ok(Flow::Continue)
+    }
+
+    /// Answers a refused publish as MQTT can: a code on its ack, or the connection ended; a v3
+    /// publish over its tenant's rate comes back to wait.
+    fn answer_refusal(
+        &mut self,
+        refusal: PublishRefusal,
+        qos: u8,
+        pkid: u16,
+    ) -> Result<Flow, Box<Throttled>> {
+        Ok(match refusal {
+            PublishRefusal::Topic(e) if reason::is_invalid_mqtt(e) => self.end_with(
+                DisconnectReasonCode::TopicNameInvalid,
+                "publish",
+                e.as_str(),
+            ),
+            PublishRefusal::Topic(e) => self.refuse_publish(qos, pkid, e.as_str()),
+            PublishRefusal::Denied(why) => self.refuse_publish(qos, pkid, why.as_str()),
+            PublishRefusal::TooLarge { .. } => self.end_with(
+                DisconnectReasonCode::PacketTooLarge,
+                "limit",
+                "message_size",
+            ),
+            PublishRefusal::Quota(q) => self.refuse_over_quota(qos, pkid, q.as_str()),
+            // MQTT 5 has no PUBACK code for it: the packet as a whole is refused.
+            PublishRefusal::TooManyUserProperties { .. } => self.end_with(
+                DisconnectReasonCode::PacketTooLarge,
+                "limit",
+                "user_properties",
+            ),
+            PublishRefusal::Rate { .. } if self.codec.version() == Version::V5 => self.end_with(
+                DisconnectReasonCode::MessageRateTooHigh,
+                "limit",
+                "publish_rate",
+            ),
+            // v3 has no code for it: the connection is throttled (not read) instead.
+            PublishRefusal::Rate {
+                retry_after,
+                request,
+            } => {
+                self.shared
+                    .metrics
+                    .refused("limit", "publish_rate_throttled");
+                // What was accepted before the wait does not wait with it.
+                if let Flow::End(end) = self.flush_outbox() {
+                    return Ok(Flow::End(end));
+                }
+                return Err(Box::new(Throttled {
+                    request: *request,
+                    retry_after,
+                    qos,
+                    pkid,
+                }));
+            }
+            // Not from `publish_to_outbox`, which does not route: a router refusal surfaces
+            // in `flush_outbox`, which answers it the same way.
+            PublishRefusal::Router(e) => {
+                tracing::error!(error = %e, "the router refused a publish");
+                self.end_with(DisconnectReasonCode::ServerBusy, "publish", e.as_str())
+            }
+        })
     }
 }

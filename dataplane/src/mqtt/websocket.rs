@@ -1,13 +1,52 @@
-//! A WebSocket as a byte stream, so MQTT over WebSocket runs the TCP front-end unchanged.
+//! MQTT over WebSocket (`GET /mqtt`, subprotocol `mqtt`): the WebSocket as a byte stream, so
+//! it runs the TCP front-end unchanged.
 
 use std::io;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 
-use axum::extract::ws::{Message, WebSocket};
+use axum::Extension;
+use axum::extract::State;
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
+use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::response::{IntoResponse as _, Response};
 use bytes::{Buf, Bytes};
 use futures_util::{Sink, Stream};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+use super::broker::Broker;
+use crate::ingress::ApiError;
+use crate::listener::{self, AuthHandle};
+use crate::router::Router;
+
+/// The subprotocol of MQTT over WebSocket.
+pub const MQTT_SUBPROTOCOL: &str = "mqtt";
+
+/// `GET /mqtt`: MQTT over WebSocket, through the same front-end as MQTT over TCP.
+pub(crate) async fn websocket<R: Router>(
+    State(shared): State<Arc<Broker<R>>>,
+    socket: Option<Extension<AuthHandle>>,
+    upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Response {
+    let Ok(upgrade) = upgrade else {
+        return ApiError::upgrade_required().into_response();
+    };
+    // Room for the fixed header on top of the largest packet.
+    let max = shared.config.max_packet_size.saturating_add(8);
+    upgrade
+        .protocols([MQTT_SUBPROTOCOL])
+        .max_message_size(max)
+        .max_frame_size(max)
+        .on_upgrade(move |ws| async move {
+            let serve = super::serve_stream(shared, WsBytes::new(ws));
+            // The socket stays pending until the CONNECT over it is accepted.
+            match socket {
+                Some(Extension(handle)) => listener::scope(handle, serve).await,
+                None => serve.await,
+            }
+        })
+}
 
 /// Binary frames in, binary frames out: each write becomes one frame, and a write completes
 /// only once the frame is flushed (so the session's write timeout covers the WebSocket too).

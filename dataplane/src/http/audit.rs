@@ -10,10 +10,8 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use fleetward_policy::{Role, SubjectKind};
 
-use super::Filter;
-use super::ring::DEFAULT_PAGE;
-use crate::http::{self, ApiError};
-use crate::mqtt::Shared;
+use crate::audit::{DEFAULT_PAGE, Filter};
+use crate::ingress::{self, ApiError, Ingress};
 use crate::router::Router;
 
 /// The audit trail of the caller's tenant.
@@ -35,7 +33,7 @@ pub(crate) struct AuditQuery {
 
 /// `GET /audit?subject=&action=&reason=&since=&limit=&cursor=` with a user's access token.
 pub(crate) async fn audit<R: Router>(
-    State(shared): State<Arc<Shared<R>>>,
+    State(shared): State<Arc<Ingress<R>>>,
     headers: HeaderMap,
     query: Result<Query<AuditQuery>, QueryRejection>,
 ) -> Response {
@@ -46,13 +44,13 @@ pub(crate) async fn audit<R: Router>(
 }
 
 fn read<R: Router>(
-    shared: &Shared<R>,
+    shared: &Ingress<R>,
     headers: &HeaderMap,
     query: Result<Query<AuditQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
-    let presented = http::from_authorization(headers)?;
+    let presented = ingress::from_authorization(headers)?;
     let snapshot = shared.snapshot();
-    let subject = http::authenticate(&snapshot, &shared.users, &presented)?.subject;
+    let subject = ingress::authenticate(&snapshot, &shared.users, &presented)?.subject;
     let admin = subject.kind == SubjectKind::User
         && snapshot
             .user(&subject.tenant, &subject.name)

@@ -13,7 +13,7 @@ use fleetward_policy::Snapshot;
 use tokio::sync::watch;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
-use super::ApiError;
+use crate::ingress::ApiError;
 
 /// How long a browser may reuse a preflight's answer. Short, so a page keeps asking after its
 /// origin was removed; every actual answer is still checked against the current policy.

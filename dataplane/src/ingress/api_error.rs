@@ -4,7 +4,8 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use fleetward_policy::DenyReason;
 
-use crate::mqtt::{PublishRefusal, QuotaExceeded};
+use super::publish_path::PublishRefusal;
+use super::retained::QuotaExceeded;
 
 /// What the `WWW-Authenticate` header of a 401 offers.
 pub(crate) const CHALLENGE: &str = "Thing realm=\"fleetward\", Basic realm=\"fleetward\", charset=\"UTF-8\", Bearer realm=\"fleetward\"";
@@ -70,6 +71,26 @@ impl ApiError {
             ),
             _ => Self::forbidden(who, action, topic),
         }
+    }
+
+    /// 503 when the listener serves `--http-max-requests` already.
+    pub(crate) fn busy() -> Self {
+        let mut e = Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "busy",
+            "the server is serving as many requests as it takes at once; retry after a second",
+        );
+        e.retry_after = Some(1);
+        e
+    }
+
+    /// 426 for a plain request to a WebSocket endpoint.
+    pub(crate) fn upgrade_required() -> Self {
+        Self::new(
+            StatusCode::UPGRADE_REQUIRED,
+            "upgrade_required",
+            "this is a WebSocket endpoint: open it with an `Upgrade: websocket` handshake",
+        )
     }
 
     pub(crate) fn policy_unavailable() -> Self {
@@ -174,4 +195,21 @@ impl IntoResponse for ApiError {
         }
         response
     }
+}
+
+/// 408 when reading a body failed because it did not arrive within `--http-body-timeout-secs`.
+pub(crate) fn body_timed_out(e: &axum::Error) -> Option<ApiError> {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(c) = cause {
+        if c.is::<tower_http::timeout::TimeoutError>() {
+            return Some(ApiError::new(
+                axum::http::StatusCode::REQUEST_TIMEOUT,
+                "body_timeout",
+                "the request body did not arrive in time (--http-body-timeout-secs); send it \
+                 whole, or a smaller one",
+            ));
+        }
+        cause = c.source();
+    }
+    None
 }

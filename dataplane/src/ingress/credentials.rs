@@ -7,9 +7,8 @@ use base64::Engine as _;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use fleetward_policy::{Credential, DenyReason, KeyDigest, PolicyEvaluator, Snapshot, Subject};
 
-use crate::users::Users;
-
-use super::error::ApiError;
+use super::api_error::ApiError;
+use super::sign_in::{Users, remaining};
 
 /// The subprotocol a browser offers with its token, so it gets one it offered back.
 pub const WS_PROTOCOL: &str = "fleetward.v1";
@@ -137,9 +136,7 @@ pub(crate) fn authenticate(
                 Ok((subject, claims)) => Ok(Authenticated {
                     subject,
                     key_digest: None,
-                    token_ends: Some(
-                        tokio::time::Instant::now() + crate::users::remaining(&claims),
-                    ),
+                    token_ends: Some(tokio::time::Instant::now() + remaining(&claims)),
                 }),
                 Err(refusal) => Err(match refusal.reason {
                     DenyReason::SubjectDisabled | DenyReason::TenantSuspended => forbidden("user"),

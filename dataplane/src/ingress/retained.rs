@@ -12,9 +12,9 @@ use parking_lot::Mutex;
 use prometheus_client::encoding::DescriptorEncoder;
 use tokio::sync::watch;
 
-use super::codec::message_len;
 use crate::metrics::gauge_per_tenant;
 use crate::router::Message;
+use crate::router::message_len;
 
 /// Retained messages a tenant keeps on a pod when its `maxRetainedMessages` is unset.
 pub const DEFAULT_MAX_RETAINED_MESSAGES: u32 = 10_000;

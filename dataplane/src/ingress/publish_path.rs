@@ -8,10 +8,10 @@ use std::time::Duration;
 use bytes::Bytes;
 use fleetward_policy::{Action, Decision, DenyReason, Snapshot, Subject, TopicError, TopicLimits};
 
-use super::codec::message_len;
 use super::retained::{QuotaExceeded, RetainedQuota, Uids};
-use super::state::Shared;
+use super::state::Ingress;
 use crate::limits::TenantRate;
+use crate::router::message_len;
 use crate::router::{Message, MessageProps, Protocol, Publisher, Router, RouterError, RouterLink};
 
 /// User properties with this prefix are the dataplane's own (publisher, protocol, created):
@@ -171,7 +171,7 @@ impl PublishRefusal {
     }
 }
 
-impl<R: Router> Shared<R> {
+impl<R: Router> Ingress<R> {
     /// Publishes for `subject`: authorizes the topic, caps the QoS at the channel's, enforces
     /// the tenant's and the channel's size limit and the tenant's rate, stores or clears the
     /// retained message, stamps publisher, protocol and created time, and hands the message to
@@ -263,39 +263,10 @@ impl<R: Router> Shared<R> {
         } else {
             None
         };
-        let max_qos = terms.max_qos;
-        let mut props = request.props;
-        if let Some(p) = &mut props {
-            p.user_properties
-                .retain(|(k, _)| !k.starts_with(METADATA_PREFIX));
-        }
-        let message = Message {
-            topic: request.topic,
-            payload: request.payload,
-            qos: request.qos.min(max_qos),
-            props,
-            // Where the channel takes no retained messages, the flag is dropped altogether.
-            retain,
-            origin: request.origin,
-            publisher: Some(publisher.clone()),
-            protocol: request.protocol,
-            created_ns: request.created_ns,
-        };
+        let message = message_of(request, publisher, terms.max_qos, retain);
         let qos = message.qos;
         if let Some((tenant, channel)) = retain_key {
-            let topic_str = std::str::from_utf8(&message.topic).unwrap_or_default();
-            // Looked up here rather than kept in the terms: only retained publishes need them,
-            // and `snapshot` is the one the terms were decided under.
-            let uids = Uids::of(snapshot, &tenant, &channel);
-            self.retained
-                .store(
-                    &tenant,
-                    &channel,
-                    topic_str,
-                    message.clone(),
-                    terms.retained_quota,
-                    uids,
-                )
+            self.store_retained(snapshot, &tenant, &channel, &message, terms.retained_quota)
                 .map_err(|q| {
                     if let Some(memo) = memo {
                         memo.refused = Some(Bytes::copy_from_slice(&message.topic));
@@ -308,6 +279,23 @@ impl<R: Router> Shared<R> {
             retained: retain,
         };
         Ok((message, published))
+    }
+
+    /// Keeps a retained message of `tenant`'s `channel` within the tenant's quota.
+    fn store_retained(
+        &self,
+        snapshot: &Snapshot,
+        tenant: &str,
+        channel: &str,
+        message: &Message,
+        quota: RetainedQuota,
+    ) -> Result<(), QuotaExceeded> {
+        let topic = std::str::from_utf8(&message.topic).unwrap_or_default();
+        // Looked up here rather than kept in the terms: only retained publishes need them, and
+        // `snapshot` is the one the terms were decided under.
+        let uids = Uids::of(snapshot, tenant, channel);
+        self.retained
+            .store(tenant, channel, topic, message.clone(), quota, uids)
     }
 
     /// The checks of a publish that need only a look at it: its user properties, its topic's
@@ -388,5 +376,32 @@ impl<R: Router> Shared<R> {
             tenant: span(tenant),
             channel: span(channel_name),
         })
+    }
+}
+
+/// The message an accepted publish becomes: the channel's QoS cap applied, a client's copies
+/// of the dataplane's own properties dropped, and the retain flag only where the channel takes
+/// retained messages.
+fn message_of(
+    request: PublishRequest,
+    publisher: &Publisher,
+    max_qos: u8,
+    retain: bool,
+) -> Message {
+    let mut props = request.props;
+    if let Some(p) = &mut props {
+        p.user_properties
+            .retain(|(k, _)| !k.starts_with(METADATA_PREFIX));
+    }
+    Message {
+        topic: request.topic,
+        payload: request.payload,
+        qos: request.qos.min(max_qos),
+        props,
+        retain,
+        origin: request.origin,
+        publisher: Some(publisher.clone()),
+        protocol: request.protocol,
+        created_ns: request.created_ns,
     }
 }

@@ -14,8 +14,9 @@ use tonic::metadata::MetadataValue;
 use tonic::transport::Endpoint;
 use tonic::{Code, Request, Status};
 
+use super::Stored;
+use super::client_config::SyncConfig;
 use super::status::{SyncStatus, now_ms};
-use super::{Stored, SyncConfig};
 
 pub(super) struct Session<'a> {
     pub(super) config: &'a SyncConfig,

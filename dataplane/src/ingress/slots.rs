@@ -4,7 +4,7 @@
 
 use fleetward_policy::{Snapshot, Subject, SubjectKind};
 
-use super::state::{Shared, TenantSlot};
+use super::state::{Ingress, TenantSlot};
 use crate::router::Router;
 
 /// Counts one connection against its tenant and thing until dropped.
@@ -54,7 +54,7 @@ impl ConnectionSlots {
     /// A thing's own count starts when it declares a limit: connections made before are not
     /// counted against it.
     pub(crate) fn acquire<R: Router>(
-        shared: &Shared<R>,
+        shared: &Ingress<R>,
         snapshot: &Snapshot,
         subject: &Subject,
     ) -> Result<Self, SlotRefusal> {

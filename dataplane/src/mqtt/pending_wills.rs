@@ -1,0 +1,126 @@
+//! A will, and the wills of ended sessions waiting out their v5 delay (bounded per tenant).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use foldhash::HashMap;
+use parking_lot::Mutex;
+use tokio::sync::Notify;
+use tokio::task::AbortHandle;
+
+use crate::router::Message;
+
+/// A will, published by the front-end when the session ends uncleanly.
+pub(crate) struct Will {
+    pub message: Message,
+    pub retain: bool,
+    pub delay: Duration,
+}
+
+/// Wills waiting out their v5 delay after their connection ended, by router-side id, and how
+/// many each tenant has: each holds its message with no connection, so a tenant holds at most
+/// `--max-pending-wills-per-tenant` of them (MQTT.md, Wills).
+#[derive(Default)]
+pub(crate) struct PendingWills {
+    inner: Mutex<PendingInner>,
+}
+
+#[derive(Default)]
+struct PendingInner {
+    /// By id: the tenant, the task, and what tells the task to send the will now.
+    by_id: HashMap<String, (String, AbortHandle, Arc<Notify>)>,
+    per_tenant: HashMap<String, usize>,
+}
+
+impl PendingInner {
+    fn forget(&mut self, id: &str) -> Option<AbortHandle> {
+        let (tenant, handle, _) = self.by_id.remove(id)?;
+        if let Some(n) = self.per_tenant.get_mut(&tenant) {
+            *n -= 1;
+            if *n == 0 {
+                self.per_tenant.remove(&tenant);
+            }
+        }
+        Some(handle)
+    }
+}
+
+impl PendingWills {
+    /// Takes a place for a will of `tenant` that waits, to be filled by [`PendingWills::insert`];
+    /// `false` when the tenant already has `max` (then the will goes out at once instead).
+    /// Taken under the same lock as the count, so wills ending together cannot pass `max`.
+    pub(crate) fn reserve(&self, tenant: &str, max: usize) -> bool {
+        let mut inner = self.inner.lock();
+        let n = inner.per_tenant.entry(tenant.to_owned()).or_insert(0);
+        if *n >= max {
+            if *n == 0 {
+                inner.per_tenant.remove(tenant);
+            }
+            return false;
+        }
+        *n += 1;
+        true
+    }
+
+    /// Keeps the task of a waiting will in the place [`PendingWills::reserve`] took (a will
+    /// the id had before is aborted, and its place given back); `now` tells the task to stop
+    /// waiting.
+    pub(crate) fn insert(&self, id: String, tenant: &str, task: AbortHandle, now: Arc<Notify>) {
+        let mut inner = self.inner.lock();
+        if let Some(old) = inner.forget(&id) {
+            old.abort();
+        }
+        inner.by_id.insert(id, (tenant.to_owned(), task, now));
+    }
+
+    /// Sends the will of `id` now, if one waits: its session ended before its delay did (MQTT 5,
+    /// 3.1.3.2.2), dropped for its tenant's `--max-saved-sessions-per-tenant` or its subject.
+    pub(crate) fn send_now(&self, id: &str) {
+        if let Some((_, _, now)) = self.inner.lock().by_id.get(id) {
+            // A permit if the task is not waiting yet: it then does not wait at all.
+            now.notify_one();
+        }
+    }
+
+    /// Forgets the will of `id` (it went out); its task, to abort when it is cancelled.
+    pub(crate) fn remove(&self, id: &str) -> Option<AbortHandle> {
+        self.inner.lock().forget(id)
+    }
+
+    /// Wills waiting on this pod.
+    pub(crate) fn len(&self) -> usize {
+        self.inner.lock().by_id.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn waiting_wills_are_counted_per_tenant() {
+        let wills = PendingWills::default();
+        let task = || tokio::spawn(std::future::pending::<()>()).abort_handle();
+        let now = Arc::<Notify>::default;
+        for n in 1..=2 {
+            assert!(wills.reserve("a", 2));
+            wills.insert(format!("a:thing:x:{n}"), "a", task(), now());
+        }
+        assert!(!wills.reserve("a", 2), "a is full");
+        assert!(!wills.reserve("c", 0), "a cap of 0 holds none");
+        // The same id again replaces its will (aborting the old task), in one place.
+        let old = task();
+        assert!(wills.reserve("b", 2));
+        wills.insert("b:thing:y:1".into(), "b", old.clone(), now());
+        assert!(wills.reserve("b", 2));
+        wills.insert("b:thing:y:1".into(), "b", task(), now());
+        tokio::task::yield_now().await;
+        assert!(old.is_finished());
+        assert_eq!(wills.len(), 3);
+        assert!(wills.reserve("b", 2), "b holds one");
+        assert!(wills.remove("a:thing:x:1").is_some());
+        assert!(wills.reserve("a", 2), "a's place came back");
+        assert!(wills.remove("a:thing:x:1").is_none());
+        assert!(!wills.inner.lock().per_tenant.contains_key("c"));
+    }
+}
