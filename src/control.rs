@@ -132,7 +132,7 @@ impl Drop for Record {
 }
 
 #[derive(Clone)]
-struct Shared {
+struct CanIState {
     policy: watch::Receiver<Arc<Snapshot>>,
     token: KeyDigest,
 }
@@ -149,7 +149,7 @@ impl Control {
     /// The route and a fresh token.
     pub fn new(policy: watch::Receiver<Arc<Snapshot>>) -> anyhow::Result<Self> {
         let token = fleetward_policy::generate_thing_key().context("making the control token")?;
-        let shared = Shared {
+        let shared = CanIState {
             policy,
             token: KeyDigest::of(token.as_bytes()),
         };
@@ -189,7 +189,7 @@ impl Control {
 }
 
 async fn can_i(
-    State(shared): State<Shared>,
+    State(shared): State<CanIState>,
     headers: HeaderMap,
     Query(question): Query<Question>,
 ) -> Response {

@@ -135,7 +135,7 @@ const MEASURING: u8 = 1;
 const DONE: u8 = 2;
 
 /// What every client task of one flow shares.
-struct Shared {
+struct FlowCounters {
     epoch: Instant,
     phase: AtomicU8,
     received: AtomicU64,
@@ -145,7 +145,7 @@ struct Shared {
     max_send_lag: AtomicU64,
 }
 
-impl Shared {
+impl FlowCounters {
     fn phase(&self) -> u8 {
         self.phase.load(Ordering::Relaxed)
     }
@@ -163,7 +163,7 @@ pub async fn run(broker: Broker, flow: Flow) -> anyhow::Result<FlowResult> {
         !flow.latency || flow.payload >= 8,
         "latency needs payloads of at least 8 bytes (the send time)"
     );
-    let shared = Arc::new(Shared {
+    let shared = Arc::new(FlowCounters {
         epoch: Instant::now(),
         phase: AtomicU8::new(WARMUP),
         received: AtomicU64::new(0),
@@ -281,7 +281,7 @@ async fn subscriber(
     mut writer: OwnedWriteHalf,
     mut framer: Framer,
     flow: Flow,
-    shared: Arc<Shared>,
+    shared: Arc<FlowCounters>,
 ) -> anyhow::Result<()> {
     let mut buf = vec![0u8; 64 * 1024];
     let mut acks = Vec::new();
@@ -337,7 +337,7 @@ async fn publisher(
     s: TcpStream,
     topic: String,
     flow: Flow,
-    shared: Arc<Shared>,
+    shared: Arc<FlowCounters>,
 ) -> anyhow::Result<()> {
     let (reader, mut writer) = s.into_split();
     let window = Arc::new(Semaphore::new(flow.window.max(1)));

@@ -1,5 +1,5 @@
 //! What tests of the PolicySync server build on: manifests applied to an index, and the
-//! server running on 127.0.0.1 until stopped. Shared by this crate's tests and by the
+//! server running on 127.0.0.1 until stopped. SessionContext by this crate's tests and by the
 //! workspace's operator↔dataplane tests (`tests/it/sync.rs`, feature `test-fixtures`).
 
 use std::net::SocketAddr;

@@ -240,7 +240,7 @@ impl tonic::service::Interceptor for TokenCheck {
 
 /// The tonic service: one [`session::Session`] task per stream.
 pub(crate) struct PolicySyncService {
-    shared: Arc<session::Shared>,
+    shared: Arc<session::SessionContext>,
 }
 
 impl PolicySyncService {
@@ -251,7 +251,7 @@ impl PolicySyncService {
         drain: watch::Receiver<bool>,
     ) -> Self {
         Self {
-            shared: Arc::new(session::Shared {
+            shared: Arc::new(session::SessionContext {
                 index,
                 dataplanes,
                 lineage: new_lineage(),

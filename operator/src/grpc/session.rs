@@ -18,7 +18,7 @@ use crate::dataplanes::Dataplanes;
 use crate::shared::SharedIndex;
 
 /// What every session of one server shares.
-pub(crate) struct Shared {
+pub(crate) struct SessionContext {
     pub(crate) index: Arc<SharedIndex>,
     pub(crate) dataplanes: Arc<Dataplanes>,
     pub(crate) lineage: String,
@@ -31,7 +31,7 @@ pub(crate) struct Shared {
     pub(crate) next_session: AtomicU64,
 }
 
-impl Shared {
+impl SessionContext {
     fn is_active(&self, node: &str, id: u64) -> bool {
         self.active
             .lock()
@@ -71,7 +71,7 @@ struct InFlight {
 /// One stream. Sends at most one update at a time and waits for its answer, so every ACK
 /// names the newest update and the registry follows the dataplane closely.
 pub(crate) struct Session {
-    shared: Arc<Shared>,
+    shared: Arc<SessionContext>,
     id: u64,
     node: String,
     peer: Option<SocketAddr>,
@@ -91,7 +91,7 @@ pub(crate) struct Session {
 impl Session {
     /// Registers the dataplane and prepares its first update.
     pub(crate) fn start(
-        shared: Arc<Shared>,
+        shared: Arc<SessionContext>,
         hello: pb::Hello,
         peer: Option<SocketAddr>,
         tx: mpsc::Sender<Result<pb::OperatorMessage, Status>>,
