@@ -51,7 +51,7 @@ fn start_without_a_manifest_directory_says_how_to_give_one() {
 }
 
 #[test]
-fn crds_prints_the_six_kinds_as_committed() {
+fn crds_prints_the_seven_kinds_as_committed() {
     let out = fleetward().arg("crds").output().expect("runs");
     assert!(out.status.success());
     let stream = String::from_utf8(out.stdout).expect("UTF-8 YAML");
@@ -64,7 +64,15 @@ fn crds_prints_the_six_kinds_as_committed() {
         .collect();
     assert_eq!(
         kinds,
-        ["Tenant", "Thing", "Channel", "Connection", "User", "Group"]
+        [
+            "Tenant",
+            "Thing",
+            "Channel",
+            "Connection",
+            "User",
+            "Group",
+            "Policy"
+        ]
     );
     for doc in &docs {
         assert_eq!(doc["kind"].as_str(), Some("CustomResourceDefinition"));
@@ -102,7 +110,7 @@ fn crds_out_dir_writes_one_file_per_kind() {
         .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
         .collect();
     names.sort();
-    assert_eq!(names.len(), 6, "files: {names:?}");
+    assert_eq!(names.len(), 7, "files: {names:?}");
     std::fs::remove_dir_all(&dir).ok();
 }
 

@@ -139,7 +139,7 @@ fn the_image_holds_what_the_binary_needs_and_runs_it_as_nonroot() -> Result<()> 
     );
     let (ok, text) = chrooted(&["crds"])?;
     ensure!(
-        ok && text.matches("kind: CustomResourceDefinition").count() == 6,
+        ok && text.matches("kind: CustomResourceDefinition").count() == fleetward_crds::all().len(),
         "fleetward crds in the image: {text}"
     );
 

@@ -3,7 +3,7 @@
 //! Every replica runs the watches; only the Lease holder runs the writes' side effects.
 //!
 //! Permissions the operator needs (what the chart's RBAC grants):
-//! - `fleetward.io` tenants, things, channels, connections, users, groups: get, list, watch
+//! - `fleetward.io` tenants, things, channels, connections, users, groups, policies: get, list, watch
 //!   (cluster-wide); their `/status`: patch.
 //! - Secrets: get, list, watch, create, in the namespaces Tenants claim (a ClusterRole, or a
 //!   Role bound in each tenant namespace). The operator never updates or deletes a Secret.
