@@ -15,6 +15,7 @@ mod filter;
 mod id;
 mod read;
 mod sqlite;
+pub mod stream;
 pub mod writer;
 
 use std::future::Future;
