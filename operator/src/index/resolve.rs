@@ -135,6 +135,7 @@ pub(crate) fn resolve(
                 publish_burst: limits.publish_burst,
                 max_retained_messages: limits.max_retained_messages,
                 max_retained_bytes: limits.max_retained_bytes,
+                max_history_bytes: limits.max_history_bytes,
             },
             web: web_of(tenant, spec.web.as_ref()),
         }),
@@ -288,6 +289,7 @@ impl<'a> Resolver<'a> {
                 retained_allowed: ch.spec.retained,
                 max_message_size: ch.spec.max_message_size,
                 delivery_metadata: ch.spec.delivery_metadata,
+                history_retention_secs: ch.spec.history.as_ref().and_then(|h| h.retention_secs()),
             });
             served.insert(name.as_str());
             let r = Readiness::ready(Reason::Accepted, "the channel is served");
