@@ -119,3 +119,22 @@ fn default_max_qos() -> u8 {
 fn default_retained() -> bool {
     true
 }
+
+#[cfg(test)]
+mod tests {
+    use super::parse_retention;
+
+    #[test]
+    fn retentions_read_in_every_unit_within_bounds() {
+        assert_eq!(parse_retention("7d"), Some(7 * 86_400));
+        assert_eq!(parse_retention("12h"), Some(12 * 3_600));
+        assert_eq!(parse_retention("90m"), Some(5_400));
+        assert_eq!(parse_retention("3600s"), Some(3_600));
+        assert_eq!(parse_retention("3650d"), Some(3_650 * 86_400));
+        for bad in [
+            "", "d", "7", "07d", "7w", "-1d", "1.5h", "59s", "3651d", "7 d",
+        ] {
+            assert_eq!(parse_retention(bad), None, "{bad:?}");
+        }
+    }
+}
