@@ -403,5 +403,6 @@ fn message_of(
         publisher: Some(publisher.clone()),
         protocol: request.protocol,
         created_ns: request.created_ns,
+        id: crate::router::MessageId::new(request.created_ns),
     }
 }

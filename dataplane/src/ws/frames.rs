@@ -30,6 +30,7 @@ pub(crate) fn message_frame(m: &Message) -> String {
     };
     let mut frame = json!({
         "type": "message",
+        "id": m.id.to_string(),
         "topic": String::from_utf8_lossy(&m.topic),
         "payload": payload,
         "base64": base64,
@@ -107,6 +108,7 @@ mod tests {
 
     fn message(payload: &'static [u8], content_type: &str) -> Message {
         Message {
+            id: crate::router::MessageId::floor(1_700_000_000_000_000_000),
             topic: Bytes::from_static(b"m/acme/c/t/a"),
             payload: Bytes::from_static(payload),
             qos: 1,
