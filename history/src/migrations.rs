@@ -392,7 +392,7 @@ fn split_top_level(text: &str, sep: char) -> Vec<String> {
 pub fn statements(sql: &str) -> Vec<String> {
     let without_comments: String = sql
         .lines()
-        .map(|l| strip_comment(l))
+        .map(strip_comment)
         .collect::<Vec<_>>()
         .join("\n");
     split_top_level(&without_comments, ';')

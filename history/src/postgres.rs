@@ -13,7 +13,7 @@ use std::str::FromStr as _;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgSslMode};
+use sqlx::postgres::{PgArguments, PgConnectOptions, PgPoolOptions, PgSslMode};
 use sqlx::{PgPool, Postgres, QueryBuilder, Row as _};
 use uuid::Uuid;
 
@@ -33,6 +33,20 @@ const DAYS_BEHIND: i64 = 31;
 /// The advisory lock that serializes partition changes across replicas (`fleetwar` in ASCII;
 /// sqlx's migration lock is derived from the database name, so they never collide by design).
 const PARTITION_LOCK: i64 = 0x666c_6565_7477_6172;
+
+/// The insert: rows of arrays unnested, `created` computed from the id's millisecond, and a
+/// redelivered id skipped.
+const INSERT_SQL: &str = "INSERT INTO messages (id, created, tenant, channel, channel_uid, \
+     subtopic, payload, qos, content_type, publisher, publisher_kind, protocol, created_ns, \
+     user_properties, stored_bytes) \
+     SELECT u.id, 'epoch'::timestamptz + u.ms * interval '1 millisecond', u.tenant, u.channel, \
+     u.channel_uid, u.subtopic, u.payload, u.qos, u.content_type, u.publisher, u.publisher_kind, \
+     u.protocol, u.created_ns, u.user_properties, u.stored_bytes \
+     FROM unnest($1::uuid[], $2::int8[], $3::text[], $4::text[], $5::text[], $6::text[], \
+     $7::bytea[], $8::int2[], $9::text[], $10::text[], $11::text[], $12::text[], $13::int8[], \
+     $14::text[], $15::int4[]) AS u(id, ms, tenant, channel, channel_uid, subtopic, payload, qos, \
+     content_type, publisher, publisher_kind, protocol, created_ns, user_properties, stored_bytes) \
+     ON CONFLICT DO NOTHING";
 
 const COLUMNS: &str = "id, created, tenant, channel, channel_uid, subtopic, payload, qos, \
                        content_type, publisher, publisher_kind, protocol, created_ns, \
@@ -311,77 +325,7 @@ impl Store for PostgresStore {
         let mut tx = self.pool.begin().await?;
         let mut inserted = 0;
         for chunk in batch.chunks(INSERT_ROWS) {
-            inserted += sqlx::query(&format!(
-                "INSERT INTO messages ({COLUMNS}) \
-                 SELECT u.id, 'epoch'::timestamptz + u.ms * interval '1 millisecond', u.tenant, \
-                 u.channel, u.channel_uid, u.subtopic, u.payload, u.qos, u.content_type, \
-                 u.publisher, u.publisher_kind, u.protocol, u.created_ns, u.user_properties, \
-                 u.stored_bytes \
-                 FROM unnest($1::uuid[], $2::int8[], $3::text[], $4::text[], $5::text[], \
-                 $6::text[], $7::bytea[], $8::int2[], $9::text[], $10::text[], $11::text[], \
-                 $12::text[], $13::int8[], $14::text[], $15::int4[]) AS u(id, ms, tenant, \
-                 channel, channel_uid, subtopic, payload, qos, content_type, publisher, \
-                 publisher_kind, protocol, created_ns, user_properties, stored_bytes) \
-                 ON CONFLICT DO NOTHING"
-            ))
-            .bind(chunk.iter().map(|r| *r.id.as_uuid()).collect::<Vec<_>>())
-            .bind(chunk.iter().map(|r| ms_of(r.id)).collect::<Vec<_>>())
-            .bind(chunk.iter().map(|r| r.tenant.as_str()).collect::<Vec<_>>())
-            .bind(chunk.iter().map(|r| r.channel.as_str()).collect::<Vec<_>>())
-            .bind(
-                chunk
-                    .iter()
-                    .map(|r| r.channel_uid.as_str())
-                    .collect::<Vec<_>>(),
-            )
-            .bind(
-                chunk
-                    .iter()
-                    .map(|r| r.subtopic.as_str())
-                    .collect::<Vec<_>>(),
-            )
-            .bind(chunk.iter().map(|r| r.payload.to_vec()).collect::<Vec<_>>())
-            .bind(chunk.iter().map(|r| i16::from(r.qos)).collect::<Vec<_>>())
-            .bind(
-                chunk
-                    .iter()
-                    .map(|r| r.content_type.as_deref())
-                    .collect::<Vec<_>>(),
-            )
-            .bind(
-                chunk
-                    .iter()
-                    .map(|r| r.publisher.as_deref())
-                    .collect::<Vec<_>>(),
-            )
-            .bind(
-                chunk
-                    .iter()
-                    .map(|r| r.publisher_kind.as_deref())
-                    .collect::<Vec<_>>(),
-            )
-            .bind(
-                chunk
-                    .iter()
-                    .map(|r| r.protocol.as_str())
-                    .collect::<Vec<_>>(),
-            )
-            .bind(
-                chunk
-                    .iter()
-                    .map(|r| i64::try_from(r.created_ns).unwrap_or(i64::MAX))
-                    .collect::<Vec<_>>(),
-            )
-            .bind(chunk.iter().map(user_properties_json).collect::<Vec<_>>())
-            .bind(
-                chunk
-                    .iter()
-                    .map(|r| i32::try_from(r.stored_bytes()).unwrap_or(i32::MAX))
-                    .collect::<Vec<_>>(),
-            )
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
+            inserted += insert_query(chunk).execute(&mut *tx).await?.rows_affected();
         }
         tx.commit().await?;
         Ok(inserted)
@@ -509,6 +453,66 @@ impl Store for PostgresStore {
             )
             .collect())
     }
+}
+
+/// One chunk of a batch as one statement: 15 array binds, whatever the chunk's size.
+fn insert_query(chunk: &[Record]) -> sqlx::query::Query<'_, Postgres, PgArguments> {
+    sqlx::query(INSERT_SQL)
+        .bind(chunk.iter().map(|r| *r.id.as_uuid()).collect::<Vec<_>>())
+        .bind(chunk.iter().map(|r| ms_of(r.id)).collect::<Vec<_>>())
+        .bind(chunk.iter().map(|r| r.tenant.as_str()).collect::<Vec<_>>())
+        .bind(chunk.iter().map(|r| r.channel.as_str()).collect::<Vec<_>>())
+        .bind(
+            chunk
+                .iter()
+                .map(|r| r.channel_uid.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            chunk
+                .iter()
+                .map(|r| r.subtopic.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .bind(chunk.iter().map(|r| r.payload.to_vec()).collect::<Vec<_>>())
+        .bind(chunk.iter().map(|r| i16::from(r.qos)).collect::<Vec<_>>())
+        .bind(
+            chunk
+                .iter()
+                .map(|r| r.content_type.as_deref())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            chunk
+                .iter()
+                .map(|r| r.publisher.as_deref())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            chunk
+                .iter()
+                .map(|r| r.publisher_kind.as_deref())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            chunk
+                .iter()
+                .map(|r| r.protocol.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            chunk
+                .iter()
+                .map(|r| i64::try_from(r.created_ns).unwrap_or(i64::MAX))
+                .collect::<Vec<_>>(),
+        )
+        .bind(chunk.iter().map(user_properties_json).collect::<Vec<_>>())
+        .bind(
+            chunk
+                .iter()
+                .map(|r| i32::try_from(r.stored_bytes()).unwrap_or(i32::MAX))
+                .collect::<Vec<_>>(),
+        )
 }
 
 /// The id's millisecond time: its row's `created`.
