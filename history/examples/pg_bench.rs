@@ -49,7 +49,13 @@ async fn writer_throughput<S: Store + Clone + 'static>(store: S, n: u64) -> f64 
     let config = WriterConfig::default();
     let (sink, rx) = writer::channel(&config);
     let stats = sink.stats().clone();
-    let task = tokio::spawn(writer::run(store, rx, config, stats.clone()));
+    let task = tokio::spawn(writer::run(
+        store,
+        rx,
+        config,
+        stats.clone(),
+        std::future::pending(),
+    ));
     let start = Instant::now();
     for _ in 0..n {
         let mut r = record("throughput", now_ns());
