@@ -4,7 +4,8 @@
 # as static binaries) into a cache bin directory, the Debian packages nats-server,
 # mosquitto and mosquitto-clients, lua5.1 and lua5.4 (the Argo CD health check's tests: Argo CD
 # runs Lua 5.1), wrk (HTTP publish in the benchmark suite), chromium (the browser test),
-# prometheus (promtool, for the chart's alert rules), umoci and skopeo (the image test), and
+# prometheus (promtool, for the chart's alert rules), umoci and skopeo (the image test),
+# postgresql (the history store's tests: scripts/postgres.sh starts a throwaway cluster), and
 # paho-mqtt for Python; puppeteer-core and mqtt (mqtt.js) from npm for the browser test.
 #
 # Writes an env file that exports KUBECTL, HELM, FLEETWARD_BROWSER_MODULES, CHROMIUM and a PATH
@@ -21,7 +22,7 @@ HELM_MAJOR="v4."
 PAHO_MQTT_VERSION="2.1.0"
 PUPPETEER_CORE_VERSION="25.19.0"
 MQTT_JS_VERSION="5.16.0"
-APT_PACKAGES=(nats-server mosquitto mosquitto-clients lua5.1 lua5.4 wrk chromium prometheus umoci skopeo)
+APT_PACKAGES=(nats-server mosquitto mosquitto-clients lua5.1 lua5.4 wrk chromium prometheus umoci skopeo postgresql)
 
 cache_dir="${XDG_CACHE_HOME:-$HOME/.cache}/fleetward"
 bin_dir="${FLEETWARD_TOOLS_DIR:-$cache_dir/bin}"

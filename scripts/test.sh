@@ -23,6 +23,10 @@ step "end-to-end control plane (etcd, kube-apiserver, garbage collector)"
 FLEETWARD_CONTROLPLANE=$(scripts/controlplane.sh | tail -n 1)
 export FLEETWARD_CONTROLPLANE
 
+step "PostgreSQL for the history store's tests (a throwaway cluster; CI never skips them)"
+FLEETWARD_POSTGRES_URL=$(scripts/postgres.sh | tail -n 1)
+export FLEETWARD_POSTGRES_URL
+
 step "the newest release baseline's binary, for the version-skew test (cached)"
 newest=$(ls compat | grep -E '^[0-9]+\.[0-9]+\.[0-9]+$' | sort -V | tail -n 1)
 FLEETWARD_BASELINE=$(scripts/baseline.sh "$newest" | tail -n 1)

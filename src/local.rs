@@ -8,7 +8,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::Context as _;
 use fleetward_operator::directory::{Directory, FileError, ScanReport};
-use fleetward_operator::index::{Index, ObjectKey};
+use fleetward_operator::index::{Facts, Index, Kind, ObjectKey};
 use serde::{Deserialize, Serialize};
 
 /// Where `start`, `status`, `credentials` and `can-i` read manifests and keep state, unless told.
@@ -27,6 +27,8 @@ pub struct Local {
     pub index: Index,
     /// What was wrong with the signing-key files at the last read, logged once.
     key_problems: Vec<String>,
+    /// What channels with history hold, for the report.
+    pub history: crate::history::Figures,
 }
 
 impl Local {
@@ -56,6 +58,7 @@ impl Local {
             directory,
             index: Index::new(),
             key_problems: Vec::new(),
+            history: crate::history::Figures::default(),
         })
     }
 
@@ -97,6 +100,17 @@ impl Local {
     pub fn report(&self, errors: &[FileError]) -> StatusReport {
         let mut keys: Vec<&ObjectKey> = self.index.objects().collect();
         keys.sort();
+        // A Channel's namespace is its tenant's (`spec.namespace`, else the tenant's name).
+        let tenant_of: std::collections::HashMap<&str, &str> = keys
+            .iter()
+            .filter_map(|key| match &self.index.status(key)?.facts {
+                Facts::Tenant {
+                    namespace: Some(ns),
+                    ..
+                } => Some((ns.as_str(), key.name.as_str())),
+                _ => None,
+            })
+            .collect();
         let objects = keys
             .into_iter()
             .filter_map(|key| {
@@ -108,6 +122,10 @@ impl Local {
                     ready: st.readiness.ready,
                     reason: st.readiness.reason.as_str().to_owned(),
                     message: st.readiness.message.clone(),
+                    history: (key.kind == Kind::Channel)
+                        .then(|| tenant_of.get(key.namespace.as_str()))
+                        .flatten()
+                        .and_then(|tenant| self.history.of(tenant, &key.name)),
                 })
             })
             .collect();
@@ -151,6 +169,9 @@ pub struct ObjectStatus {
     pub reason: String,
     /// The condition's message.
     pub message: String,
+    /// A Channel's kept messages (`spec.history`), counted at most a minute ago.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub history: Option<crate::history::HistoryFigures>,
 }
 
 /// A manifest file that could not be (fully) applied.

@@ -6,6 +6,7 @@
 mod cli;
 mod cluster;
 mod control;
+mod history;
 mod inspect;
 mod local;
 mod start;

@@ -44,6 +44,10 @@ pub struct StartArgs {
     /// Health and Prometheus metrics listener (`/healthz`, `/readyz`, `/metrics`).
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8081")]
     pub admin_listen: SocketAddr,
+    /// Keep no message history: channels with `spec.history` are served without it (by
+    /// default their messages are kept in `<state-dir>/history.db`).
+    #[arg(long)]
+    pub no_history: bool,
     /// Connection, message, session and HTTP limits, as `fleetward dataplane` takes them.
     #[command(flatten)]
     pub limits: LimitArgs,
@@ -60,18 +64,21 @@ pub async fn run(args: StartArgs) -> anyhow::Result<()> {
     let mut errors = Errors::default();
     let _ = errors.log(&report);
     log_generated(&report);
-    let mut keys: Vec<&ObjectKey> = local.index.objects().collect();
-    keys.sort();
-    for key in keys {
-        log_status(&local, key, true);
-    }
+    log_all(&local);
     let status = local.report(&errors.current);
     let mut status_file = StatusFile::new(args.state_dir.clone());
     status_file.write(&status);
 
     let (policy_tx, policy_rx) = watch::channel(Arc::new(attach(local.index.snapshot().clone())));
     let control = crate::control::Control::new(policy_rx.clone())?;
+    let mut history = open_history(&args, policy_rx.clone(), &mut local).await?;
     let dataplane = Dataplane::new(policy_rx)
+        .history(
+            history
+                .as_ref()
+                .map(|h| h.history.clone())
+                .unwrap_or_default(),
+        )
         .mqtt_listen(args.mqtt_listen)
         .http_listen(Some(args.http_listen))
         .admin_listen(Some(args.admin_listen))
@@ -97,13 +104,19 @@ pub async fn run(args: StartArgs) -> anyhow::Result<()> {
     tokio::pin!(shutdown);
     let serving = dataplane.wait();
     tokio::pin!(serving);
-    loop {
+    let mut figures = history.as_ref().map(|h| h.changed.clone());
+    let outcome = loop {
         tokio::select! {
             signal = &mut shutdown => {
                 tracing::info!(signal, "shutting down");
-                return Ok(());
+                break Ok(());
             }
-            r = &mut serving => return r,
+            r = &mut serving => break r,
+            Some(Ok(())) = async { Some(figures.as_mut()?.changed().await) } => {
+                // What channels keep changed: the report shows it.
+                status_file.write(&local.report(&errors.current));
+                continue;
+            }
             Some(()) = events_rx.recv() => {
                 tokio::time::sleep(DEBOUNCE).await;
                 while events_rx.try_recv().is_ok() {}
@@ -120,6 +133,35 @@ pub async fn run(args: StartArgs) -> anyhow::Result<()> {
             &policy_tx,
             &args.state_dir,
         );
+    };
+    // Everything accepted for history is written before the process ends.
+    if let Some(h) = history.take() {
+        h.finish().await;
+    }
+    outcome
+}
+
+/// The history store and its writer, unless `--no-history`; the report shows what channels
+/// hold.
+async fn open_history(
+    args: &StartArgs,
+    policy: watch::Receiver<Arc<Snapshot>>,
+    local: &mut Local,
+) -> anyhow::Result<Option<crate::history::Running>> {
+    if args.no_history {
+        return Ok(None);
+    }
+    let running = crate::history::start(&args.state_dir, policy).await?;
+    local.history = running.figures.clone();
+    Ok(Some(running))
+}
+
+/// Logs every object's condition at start.
+fn log_all(local: &Local) {
+    let mut keys: Vec<&ObjectKey> = local.index.objects().collect();
+    keys.sort();
+    for key in keys {
+        log_status(local, key, true);
     }
 }
 

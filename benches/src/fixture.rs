@@ -71,6 +71,7 @@ fn grant(thing: &str, channel: &str, actions: Actions) -> Grant {
 
 fn channel(name: String) -> Channel {
     Channel {
+        history_retention_secs: Default::default(),
         uid: String::new(),
         tenant: TENANT.into(),
         name,

@@ -53,6 +53,7 @@ fn evaluator() -> CedarEvaluator {
         })
         .collect();
     let channel = Channel {
+        history_retention_secs: Default::default(),
         tenant: "acme".into(),
         name: "telemetry".into(),
         uid: String::new(),

@@ -59,6 +59,44 @@ pub struct ChannelSpec {
     /// (`dataplane/MQTT.md`, "Delivery metadata").
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub delivery_metadata: bool,
+    /// Keep the channel's messages, readable at `GET /m/<tenant>/c/<channel>/messages` (off
+    /// when unset). Deleting the channel, or turning this off, deletes what it kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub history: Option<ChannelHistory>,
+}
+
+/// A channel's message history.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ChannelHistory {
+    /// How long messages are kept: a number and a unit, `s`, `m`, `h` or `d` (`7d`, `12h`),
+    /// from 1 minute to 3650 days.
+    #[schemars(regex(pattern = r"^[1-9][0-9]{0,6}(s|m|h|d)$"))]
+    pub retention: String,
+}
+
+impl ChannelHistory {
+    /// The retention in seconds, if the text is valid (at least a minute, at most ten years).
+    pub fn retention_secs(&self) -> Option<u64> {
+        parse_retention(&self.retention)
+    }
+}
+
+/// Seconds of a retention text (`7d`, `12h`, `90m`, `3600s`), if it is one within bounds.
+pub fn parse_retention(text: &str) -> Option<u64> {
+    let unit = match text.chars().last()? {
+        's' => 1,
+        'm' => 60,
+        'h' => 3_600,
+        'd' => 86_400,
+        _ => return None,
+    };
+    let digits = &text[..text.len() - 1];
+    if digits.is_empty() || digits.starts_with('0') || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let secs = digits.parse::<u64>().ok()?.checked_mul(unit)?;
+    (60..=3_650 * 86_400).contains(&secs).then_some(secs)
 }
 
 impl Default for ChannelSpec {
@@ -69,6 +107,7 @@ impl Default for ChannelSpec {
             retained: true,
             max_message_size: None,
             delivery_metadata: false,
+            history: None,
         }
     }
 }
@@ -79,4 +118,23 @@ fn default_max_qos() -> u8 {
 
 fn default_retained() -> bool {
     true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_retention;
+
+    #[test]
+    fn retentions_read_in_every_unit_within_bounds() {
+        assert_eq!(parse_retention("7d"), Some(7 * 86_400));
+        assert_eq!(parse_retention("12h"), Some(12 * 3_600));
+        assert_eq!(parse_retention("90m"), Some(5_400));
+        assert_eq!(parse_retention("3600s"), Some(3_600));
+        assert_eq!(parse_retention("3650d"), Some(3_650 * 86_400));
+        for bad in [
+            "", "d", "7", "07d", "7w", "-1d", "1.5h", "59s", "3651d", "7 d",
+        ] {
+            assert_eq!(parse_retention(bad), None, "{bad:?}");
+        }
+    }
 }

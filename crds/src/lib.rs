@@ -20,7 +20,7 @@ pub mod validate;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::CustomResourceExt;
 
-pub use channel::{Channel, ChannelSpec};
+pub use channel::{Channel, ChannelHistory, ChannelSpec, parse_retention};
 pub use connection::{Action, Connection, ConnectionSpec, Subject, SubjectKind, Subtopics};
 pub use group::{Group, GroupSpec, Member, MemberKind};
 pub use policy::{Policy, PolicySpec};

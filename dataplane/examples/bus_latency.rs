@@ -42,6 +42,7 @@ fn policy() -> Arc<Snapshot> {
             max_connections: None,
         }],
         channels: vec![Channel {
+            history_retention_secs: Default::default(),
             uid: String::new(),
             tenant: "acme".into(),
             name: "telemetry".into(),

@@ -39,6 +39,7 @@ fn policy() -> Arc<Snapshot> {
         }],
         things: vec![thing("sensor"), thing("reader")],
         channels: vec![Channel {
+            history_retention_secs: Default::default(),
             uid: String::new(),
             tenant: "bench".into(),
             name: "telemetry".into(),

@@ -15,7 +15,7 @@ use crate::admin::{self, AdminState};
 use crate::args::{DataplaneArgs, LimitArgs};
 use crate::bus::{Bus, BusRouter, Inbound, LocalBus, NatsBus, NatsConfig};
 use crate::ingress::refresh::RefreshStore;
-use crate::ingress::{Ingress, MqttConfig, RetainedStore, Users, UsersConfig};
+use crate::ingress::{History, Ingress, MqttConfig, RetainedStore, Users, UsersConfig};
 use crate::listener::{self, Gate, GatedListener, HttpLimits, Listener, ListenerMetrics};
 use crate::metrics::{AtScrape, Metrics};
 use crate::mqtt::{self, Broker};
@@ -49,6 +49,7 @@ pub struct Dataplane {
     cors_allowed_origins: Vec<String>,
     node_id: Option<String>,
     admin_routes: Option<axum::Router>,
+    history: History,
 }
 
 impl Dataplane {
@@ -70,6 +71,7 @@ impl Dataplane {
             cors_allowed_origins: Vec::new(),
             node_id: None,
             admin_routes: None,
+            history: History::default(),
         }
     }
 
@@ -135,6 +137,13 @@ impl Dataplane {
     /// Where the admin listener binds, if anywhere.
     pub fn admin_listen(mut self, addr: Option<SocketAddr>) -> Self {
         self.admin_listen = addr;
+        self
+    }
+
+    /// Keeps the history of channels with `spec.history` through `history`, and reads it
+    /// there (`GET /m/{tenant}/c/{channel}/messages`).
+    pub fn history(mut self, history: History) -> Self {
+        self.history = history;
         self
     }
 
@@ -338,7 +347,8 @@ impl Dataplane {
             )
             .with_retained(retained)
             .with_users(users)
-            .with_pod(&crate::audit::pod_name(self.node_id.as_deref())),
+            .with_pod(&crate::audit::pod_name(self.node_id.as_deref()))
+            .with_history(self.history.clone()),
         );
         Arc::new(Broker::new(ingress))
     }
@@ -483,6 +493,7 @@ fn metrics_registry(
         crate::metrics::encode_decision_cache(e, stats.hits, stats.misses)?;
         s.encode_held(e)?;
         s.retained.encode_metrics(e)?;
+        s.history.encode_metrics(e)?;
         crate::metrics::gauge(
             e,
             "fleetward_router_filters",

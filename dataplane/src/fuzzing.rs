@@ -260,6 +260,7 @@ fn add_tenant(r: &mut Resources, tenant: &str) {
         ("status", Qos::AtLeastOnce, true),
     ] {
         r.channels.push(Channel {
+            history_retention_secs: Default::default(),
             uid: String::new(),
             tenant: tenant.into(),
             name: name.into(),

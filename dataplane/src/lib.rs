@@ -45,6 +45,6 @@ pub mod ws;
 
 pub use args::{DataplaneArgs, LimitArgs};
 pub use dataplane::{DEFAULT_MAX_PENDING, Dataplane, RunningDataplane};
-pub use ingress::MqttConfig;
+pub use ingress::{History, HistorySink, MqttConfig};
 pub use listener::{HttpLimits, RESERVED_FILES, raise_open_files_limit};
 pub use run::{run, shutdown_signal};

@@ -13,6 +13,8 @@
 
 mod filter;
 mod id;
+pub mod migrations;
+mod postgres;
 mod read;
 mod sqlite;
 pub mod stream;
@@ -25,8 +27,10 @@ use bytes::Bytes;
 
 pub use self::filter::{FilterError, SubtopicFilter};
 pub use self::id::MessageId;
+pub use self::postgres::{PostgresOptions, PostgresStore};
 pub use self::read::{Cursor, DEFAULT_LIMIT, MAX_LIMIT, MAX_SCANNED, Order, Page, Query, read};
 pub use self::sqlite::SqliteStore;
+pub use sqlx::postgres::PgSslMode;
 
 /// The default of a tenant's `limits.maxHistoryBytes`: 1 GiB of stored messages.
 pub const DEFAULT_MAX_HISTORY_BYTES: u64 = 1 << 30;
@@ -193,36 +197,43 @@ pub trait Store: Send + Sync {
 pub enum HistoryStore {
     /// The embedded store.
     Sqlite(SqliteStore),
+    /// The cluster store.
+    Postgres(PostgresStore),
 }
 
 impl Store for HistoryStore {
     async fn migrate(&self) -> Result<(), Error> {
         match self {
             HistoryStore::Sqlite(s) => s.migrate().await,
+            HistoryStore::Postgres(s) => s.migrate().await,
         }
     }
 
     async fn insert(&self, batch: &[Record]) -> Result<u64, Error> {
         match self {
             HistoryStore::Sqlite(s) => s.insert(batch).await,
+            HistoryStore::Postgres(s) => s.insert(batch).await,
         }
     }
 
     async fn scan(&self, scan: &Scan) -> Result<Vec<Record>, Error> {
         match self {
             HistoryStore::Sqlite(s) => s.scan(scan).await,
+            HistoryStore::Postgres(s) => s.scan(scan).await,
         }
     }
 
     async fn sweep(&self, kept: &[Kept], now_ns: u64) -> Result<Swept, Error> {
         match self {
             HistoryStore::Sqlite(s) => s.sweep(kept, now_ns).await,
+            HistoryStore::Postgres(s) => s.sweep(kept, now_ns).await,
         }
     }
 
     async fn stats(&self) -> Result<Vec<ChannelStats>, Error> {
         match self {
             HistoryStore::Sqlite(s) => s.stats().await,
+            HistoryStore::Postgres(s) => s.stats().await,
         }
     }
 }

@@ -6,6 +6,7 @@
 //! while the store is down the queue fills, and a full queue refuses new records, which the
 //! dataplane answers as a busy server.
 
+use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -158,24 +159,32 @@ pub async fn insert_until_stored<S: Store>(
     }
 }
 
-/// Writes what the sink queues until every sink is dropped and the queue is drained.
+/// Writes what the sink queues until `stop` (or until every sink is dropped). On stop the
+/// queue is closed, so later offers are refused (and the publishes with them), and everything
+/// queued before is written: nothing accepted is lost at shutdown.
 pub async fn run<S: Store>(
     store: S,
     mut rx: mpsc::Receiver<Record>,
     config: WriterConfig,
     stats: Arc<WriterStats>,
+    stop: impl Future<Output = ()>,
 ) {
     let mut batcher = Batcher::new(config);
+    let mut stop = std::pin::pin!(stop);
+    let mut stopped = false;
     loop {
-        let record = match batcher.deadline() {
-            None => rx.recv().await,
-            Some(at) => match tokio::time::timeout_at(at, rx.recv()).await {
-                Ok(r) => r,
-                Err(_) => {
-                    flush(&store, &mut batcher, &stats).await;
-                    continue;
-                }
-            },
+        let due = batcher.deadline();
+        let record = tokio::select! {
+            () = &mut stop, if !stopped => {
+                stopped = true;
+                rx.close();
+                continue;
+            }
+            () = sleep_until(due), if due.is_some() => {
+                flush(&store, &mut batcher, &stats).await;
+                continue;
+            }
+            r = rx.recv() => r,
         };
         let Some(record) = record else {
             flush(&store, &mut batcher, &stats).await;
@@ -184,6 +193,13 @@ pub async fn run<S: Store>(
         if batcher.push(record) {
             flush(&store, &mut batcher, &stats).await;
         }
+    }
+}
+
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }
 

@@ -37,6 +37,7 @@ fn resources(things: usize) -> Resources {
         });
         for c in 0..CHANNELS_PER_TENANT {
             r.channels.push(Channel {
+                history_retention_secs: Default::default(),
                 uid: String::new(),
                 tenant: tenant.clone(),
                 name: format!("channel-{c}"),

@@ -44,6 +44,7 @@ fn mk_user(tenant: &str, name: &str, role: Role) -> User {
 
 fn mk_channel(tenant: &str, name: &str) -> Channel {
     Channel {
+        history_retention_secs: Default::default(),
         uid: String::new(),
         tenant: tenant.into(),
         name: name.into(),

@@ -58,6 +58,9 @@ pub struct TenantLimits {
     /// default.
     #[serde(default)]
     pub max_retained_bytes: Option<u64>,
+    /// The most bytes of message history kept for the tenant; `None` is the store's default.
+    #[serde(default)]
+    pub max_history_bytes: Option<u64>,
 }
 
 /// One organization. Every other resource belongs to exactly one tenant.
@@ -339,6 +342,9 @@ pub struct Channel {
     /// Whether MQTT v5 deliveries carry who published, how and when (user properties).
     #[serde(default)]
     pub delivery_metadata: bool,
+    /// Set when the channel keeps its messages (`spec.history`): for how long, in seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub history_retention_secs: Option<u64>,
 }
 
 fn default_true() -> bool {
@@ -357,6 +363,8 @@ impl Channel {
     /// other.
     pub fn audit_of(tenant: &Tenant) -> Self {
         Self {
+            // The audit channel keeps no history: its events go to the audit ring.
+            history_retention_secs: None,
             tenant: tenant.name.clone(),
             name: AUDIT_CHANNEL.to_owned(),
             uid: format!("audit:{}", tenant.uid),

@@ -76,6 +76,7 @@ fn tenant_to(t: &policy::Tenant) -> pb::Tenant {
             publish_burst: l.publish_burst,
             max_retained_messages: l.max_retained_messages,
             max_retained_bytes: l.max_retained_bytes,
+            max_history_bytes: l.max_history_bytes,
         }),
         uid: t.uid.clone(),
         // Absent when empty, so a tenant without it encodes as before the field existed.
@@ -178,6 +179,7 @@ fn channel_to(c: &policy::Channel) -> pb::Channel {
         max_message_size: c.max_message_size,
         uid: c.uid.clone(),
         delivery_metadata: c.delivery_metadata,
+        history_retention_secs: c.history_retention_secs,
     }
 }
 
@@ -277,6 +279,7 @@ fn tenant_from(t: pb::Tenant) -> policy::Tenant {
             publish_burst: l.publish_burst,
             max_retained_messages: l.max_retained_messages,
             max_retained_bytes: l.max_retained_bytes,
+            max_history_bytes: l.max_history_bytes,
         },
         web: policy::TenantWeb {
             allowed_origins: t.web.map(|w| w.allowed_origins).unwrap_or_default(),
@@ -416,6 +419,7 @@ fn channel_from(c: pb::Channel) -> Result<policy::Channel, ConvertError> {
         retained_allowed: c.retained_allowed,
         max_message_size: c.max_message_size,
         delivery_metadata: c.delivery_metadata,
+        history_retention_secs: c.history_retention_secs,
     })
 }
 

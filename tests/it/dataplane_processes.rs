@@ -78,6 +78,7 @@ fn persisted_snapshot() -> Stored {
         }],
         things: vec![thing("sensor"), thing("reader")],
         channels: vec![Channel {
+            history_retention_secs: Default::default(),
             uid: String::new(),
             tenant: "acme".into(),
             name: "tele".into(),

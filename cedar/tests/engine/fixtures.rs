@@ -41,6 +41,7 @@ pub fn mk_user(tenant: &str, name: &str, role: Role) -> User {
 
 pub fn mk_channel(tenant: &str, name: &str) -> Channel {
     Channel {
+        history_retention_secs: Default::default(),
         tenant: tenant.into(),
         name: name.into(),
         uid: String::new(),

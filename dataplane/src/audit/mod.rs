@@ -252,6 +252,7 @@ pub(crate) async fn publish_on_channels(
     }
     while let Some((tenant, payload)) = rx.recv().await {
         let topic = format!("m/{tenant}/c/{}", fleetward_policy::AUDIT_CHANNEL);
+        let created_ns = crate::router::now_ns();
         let message = crate::router::Message {
             topic: topic.into(),
             payload,
@@ -261,7 +262,8 @@ pub(crate) async fn publish_on_channels(
             origin: None,
             publisher: None,
             protocol: crate::router::Protocol::Unspecified,
-            created_ns: crate::router::now_ns(),
+            created_ns,
+            id: crate::router::MessageId::new(created_ns),
         };
         if let Err(e) = publish(message) {
             // The router refuses only while the dataplane stops; the event is logged and kept.

@@ -7,7 +7,7 @@ use bytes::Bytes;
 use fleetward_proto::message::v1 as pb;
 use prost::Message as _;
 
-use crate::router::{Message, MessageProps, Protocol, Publisher, PublisherKind, now_ns};
+use crate::router::{Message, MessageId, MessageProps, Protocol, Publisher, PublisherKind, now_ns};
 
 /// A message as it came off the bus.
 #[derive(Debug)]
@@ -65,6 +65,7 @@ pub fn encode(message: &Message, origin_pod: &str, sequence: u64) -> Option<Vec<
             message.created_ns
         },
         origin_pod: origin_pod.to_owned(),
+        id: message.id.to_bytes().to_vec(),
         user_properties: props
             .map(|p| {
                 p.user_properties
@@ -148,6 +149,7 @@ pub fn decode(bytes: &[u8]) -> Result<Option<Received>, DecodeError> {
                 _ => Protocol::Unspecified,
             },
             created_ns: wire.created_ns,
+            id: MessageId::from_slice(&wire.id).unwrap_or_else(|| MessageId::new(wire.created_ns)),
         },
         origin_pod: wire.origin_pod,
         sequence: wire.bus_sequence,
@@ -194,6 +196,7 @@ mod tests {
 
     fn full() -> Message {
         Message {
+            id: crate::router::MessageId::floor(1_700_000_000_000_000_000),
             topic: Bytes::from_static(b"m/acme/c/x/a//b"),
             payload: Bytes::from_static(b"hello"),
             qos: 1,
@@ -244,6 +247,7 @@ mod tests {
     #[test]
     fn a_plain_message_on_the_channel_itself_has_no_props() {
         let m = Message {
+            id: crate::router::MessageId::floor(1_700_000_000_000_000_000),
             topic: Bytes::from_static(b"m/acme/c/x"),
             payload: Bytes::new(),
             qos: 0,

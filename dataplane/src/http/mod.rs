@@ -2,6 +2,8 @@
 //! audit trail. The listener that mounts them is `web/`.
 
 pub(crate) mod audit;
+pub(crate) mod history;
 mod publish;
+mod senml;
 
 pub(crate) use publish::publish;

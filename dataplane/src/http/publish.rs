@@ -168,6 +168,7 @@ async fn handle<R: Router>(
                 "topic": topic,
                 "qos": published.qos,
                 "retained": published.retained,
+                "message_id": published.id.to_string(),
             })
             .to_string(),
         )

@@ -153,6 +153,16 @@ impl ApiError {
                 e.retry_after = Some(secs);
                 e
             }
+            PublishRefusal::HistoryBehind => {
+                let mut e = Self::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "history_behind",
+                    "the channel keeps history and its writer is behind; the message was not \
+                     accepted: retry after 1 s (Retry-After)",
+                );
+                e.retry_after = Some(1);
+                e
+            }
             PublishRefusal::Router(e) => {
                 let mut e = Self::new(
                     StatusCode::SERVICE_UNAVAILABLE,

@@ -73,6 +73,8 @@ struct Terms {
     retained_quota: RetainedQuota,
     /// The tenant's publish limiter, if it has a rate.
     rate: Option<Arc<TenantRate>>,
+    /// The channel's uid when it keeps history.
+    history: Option<Arc<str>>,
     tenant: Range<usize>,
     channel: Range<usize>,
 }
@@ -122,6 +124,8 @@ pub(crate) struct Published {
     pub qos: u8,
     /// Whether it was stored as the topic's retained message (or cleared it).
     pub retained: bool,
+    /// Its id.
+    pub id: crate::router::MessageId,
 }
 
 /// Why a publish was refused. Nothing reached the router.
@@ -152,6 +156,8 @@ pub(crate) enum PublishRefusal {
         /// The request, unchanged.
         request: Box<PublishRequest>,
     },
+    /// The channel keeps history and the history writer is behind (its queue is full).
+    HistoryBehind,
     /// The router did not take it.
     Router(RouterError),
 }
@@ -166,6 +172,7 @@ impl PublishRefusal {
             PublishRefusal::TooManyUserProperties { .. } => ("limit", "user_properties"),
             PublishRefusal::Quota(q) => ("limit", q.as_str()),
             PublishRefusal::Rate { .. } => ("limit", "publish_rate"),
+            PublishRefusal::HistoryBehind => ("limit", "history_behind"),
             PublishRefusal::Router(e) => ("publish", e.as_str()),
         }
     }
@@ -263,6 +270,11 @@ impl<R: Router> Ingress<R> {
         } else {
             None
         };
+        // Copied out of the terms, which borrow the memo the refusals below write to.
+        let history = terms
+            .history
+            .clone()
+            .map(|uid| (uid, terms.tenant.clone(), terms.channel.clone()));
         let message = message_of(request, publisher, terms.max_qos, retain);
         let qos = message.qos;
         if let Some((tenant, channel)) = retain_key {
@@ -274,9 +286,23 @@ impl<R: Router> Ingress<R> {
                     PublishRefusal::Quota(q)
                 })?;
         }
+        if let Some((uid, tenant, channel)) = history {
+            let text = std::str::from_utf8(&message.topic)
+                .map_err(|_| PublishRefusal::Topic(TopicError::InvalidUtf8))?;
+            let spans = super::history::Spans {
+                tenant: &text[tenant],
+                channel: &text[channel.clone()],
+                channel_uid: &uid,
+                rest: channel.end,
+            };
+            self.history
+                .offer(&message, spans)
+                .map_err(|_| PublishRefusal::HistoryBehind)?;
+        }
         let published = Published {
             qos,
             retained: retain,
+            id: message.id,
         };
         Ok((message, published))
     }
@@ -375,6 +401,9 @@ impl<R: Router> Ingress<R> {
             }),
             tenant: span(tenant),
             channel: span(channel_name),
+            history: channel
+                .history_retention_secs
+                .map(|_| Arc::from(channel.uid.as_str())),
         })
     }
 }
@@ -403,5 +432,6 @@ fn message_of(
         publisher: Some(publisher.clone()),
         protocol: request.protocol,
         created_ns: request.created_ns,
+        id: crate::router::MessageId::new(request.created_ns),
     }
 }

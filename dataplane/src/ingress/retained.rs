@@ -517,6 +517,7 @@ mod tests {
 
     fn msg(payload: &'static [u8]) -> Message {
         Message {
+            id: crate::router::MessageId::floor(1_700_000_000_000_000_000),
             topic: Bytes::from_static(b"m/t/c/ch/a"),
             payload: Bytes::from_static(payload),
             qos: 0,
@@ -630,6 +631,7 @@ mod tests {
                 web: Default::default(),
             });
             s.upsert_channel(fleetward_policy::Channel {
+                history_retention_secs: Default::default(),
                 tenant: tenant.into(),
                 name: name.into(),
                 uid: uid.into(),

@@ -74,6 +74,8 @@ pub(crate) struct Ingress<R: Router> {
     pub(crate) users: Arc<Users>,
     /// Where every adapter reports its refusals.
     pub(crate) audit: Arc<crate::audit::Audit>,
+    /// Where records of channels with history go, and the store the reader reads.
+    pub(crate) history: super::HistoryTap,
 }
 
 impl<R: Router> Ingress<R> {
@@ -90,6 +92,7 @@ impl<R: Router> Ingress<R> {
         );
         Self {
             audit: Arc::new(audit),
+            history: super::HistoryTap::default(),
             cache: DecisionCache::new(config.decision_cache_entries),
             config,
             router,
@@ -110,6 +113,12 @@ impl<R: Router> Ingress<R> {
     /// Uses `store` for retained messages (the bus writes other pods' into it).
     pub(crate) fn with_retained(mut self, store: Arc<RetainedStore>) -> Self {
         self.retained = store;
+        self
+    }
+
+    /// Keeps the history of channels that ask for it through `history`.
+    pub(crate) fn with_history(mut self, history: super::History) -> Self {
+        self.history = super::HistoryTap::new(history);
         self
     }
 

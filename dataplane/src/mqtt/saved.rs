@@ -288,6 +288,7 @@ mod tests {
                 web: Default::default(),
             });
             s.upsert_channel(fleetward_policy::Channel {
+                history_retention_secs: Default::default(),
                 tenant: tenant.into(),
                 name: name.into(),
                 uid: uid.into(),

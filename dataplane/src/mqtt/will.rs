@@ -142,6 +142,8 @@ pub(crate) fn accept<R: Router>(
             publisher: None,
             protocol: Protocol::Mqtt,
             created_ns: 0,
+            // Given again when the will is published (through the publish path).
+            id: crate::router::MessageId::floor(0),
         },
         retain: will.retain,
         delay,

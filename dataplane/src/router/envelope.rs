@@ -13,6 +13,7 @@
 //! | 1 | `MAGIC` |
 //! | 1 | flags: QoS (bits 0–1), retain (2), origin present (3), publisher kind (4–5: none, thing, user), protocol (6–7: unspecified, MQTT, HTTP, WebSocket) |
 //! | 8 | created, ns since the Unix epoch, little-endian |
+//! | 16 | the message id |
 //! | 8 | origin, little-endian, only if its flag is set |
 //! | 2 | topic length, little-endian |
 //! | n | topic |
@@ -21,7 +22,7 @@
 
 use bytes::{BufMut, Bytes, BytesMut};
 
-use super::{Message, Protocol, Publisher, PublisherKind};
+use super::{Message, MessageId, Protocol, Publisher, PublisherKind};
 
 /// The first byte of every enveloped payload.
 const MAGIC: u8 = 0xF1;
@@ -62,6 +63,7 @@ pub(super) fn wrap(message: &Message, (slot, bucket): (u32, u16)) -> Option<(Byt
     }
     let len = 2
         + 8
+        + 16
         + message.origin.map_or(0, |_| 8)
         + 2
         + message.topic.len()
@@ -77,6 +79,7 @@ pub(super) fn wrap(message: &Message, (slot, bucket): (u32, u16)) -> Option<(Byt
     out.put_u8(MAGIC);
     out.put_u8(flags);
     out.put_u64_le(message.created_ns);
+    out.put_slice(&message.id.to_bytes());
     if let Some(origin) = message.origin {
         out.put_u64_le(origin);
     }
@@ -96,6 +99,7 @@ pub(super) struct Unwrapped {
     pub origin: Option<u64>,
     pub protocol: Protocol,
     pub created_ns: u64,
+    pub id: MessageId,
     pub payload: Bytes,
 }
 
@@ -104,13 +108,14 @@ pub(super) struct Unwrapped {
 /// instead of allocated again. `None` if the payload has no (whole) envelope: only this module
 /// writes into the router, so that is a bug, and the caller drops the message.
 pub(super) fn unwrap(mut payload: Bytes, last: &mut Option<Publisher>) -> Option<Unwrapped> {
-    let head = payload.get(..10)?;
+    let head = payload.get(..26)?;
     if head[0] != MAGIC {
         return None;
     }
     let flags = head[1];
     let created_ns = u64::from_le_bytes(head[2..10].try_into().ok()?);
-    let mut at = 10;
+    let id = MessageId::from_slice(&head[10..26])?;
+    let mut at = 26;
     let origin = if flags & ORIGIN != 0 {
         let o = u64::from_le_bytes(payload.get(at..at + 8)?.try_into().ok()?);
         at += 8;
@@ -158,6 +163,7 @@ pub(super) fn unwrap(mut payload: Bytes, last: &mut Option<Publisher>) -> Option
         origin,
         protocol,
         created_ns,
+        id,
         payload: payload.split_off(at + n),
     })
 }
@@ -170,6 +176,7 @@ mod tests {
 
     fn message(publisher: Option<Publisher>, origin: Option<u64>, payload: &[u8]) -> Message {
         Message {
+            id: crate::router::MessageId::floor(1_700_000_000_000_000_000),
             topic: Bytes::from_static(b"m/t/c/ch"),
             payload: Bytes::copy_from_slice(payload),
             qos: 1,

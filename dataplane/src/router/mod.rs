@@ -11,6 +11,7 @@ mod rumqttd;
 use std::future::Future;
 
 use bytes::Bytes;
+pub use fleetward_history::MessageId;
 
 pub(crate) use self::props::{message_len, message_props, publish_props};
 pub use self::routes::DEFAULT_BUCKETS;
@@ -212,6 +213,9 @@ pub struct Message {
     pub protocol: Protocol,
     /// When the dataplane accepted it, nanoseconds since the Unix epoch; 0 when unknown.
     pub created_ns: u64,
+    /// Its id, given once where it was accepted (UUIDv7: unique and time-ordered), carried
+    /// through the router and the bus, stored with its history, shown to subscribers.
+    pub id: MessageId,
 }
 
 /// The v5 user property naming the publisher, `<kind>:<name>` (`thing:sensor-1`).
@@ -220,6 +224,8 @@ pub const PUBLISHER_PROPERTY: &str = "fleetward-publisher";
 pub const PROTOCOL_PROPERTY: &str = "fleetward-protocol";
 /// The v5 user property with when the dataplane accepted it, RFC 3339 UTC with nanoseconds.
 pub const CREATED_PROPERTY: &str = "fleetward-created";
+/// The v5 user property with the message id (a UUIDv7, as the history reader returns it).
+pub const ID_PROPERTY: &str = "fleetward-id";
 /// The v5 SUBSCRIBE user property (value `true`) asking for the three above on that
 /// packet's subscriptions, on a channel whose `deliveryMetadata` is off.
 pub const METADATA_SUBSCRIPTION_PROPERTY: &str = "fleetward-metadata";
@@ -237,7 +243,7 @@ impl Message {
     /// What a v5 subscriber is told about the message's origin, as user properties appended
     /// after the publisher's own.
     pub fn metadata_properties(&self) -> Vec<(String, String)> {
-        let mut out = Vec::with_capacity(3);
+        let mut out = Vec::with_capacity(4);
         if let Some(p) = &self.publisher {
             out.push((
                 PUBLISHER_PROPERTY.to_owned(),
@@ -253,6 +259,7 @@ impl Message {
         if self.created_ns != 0 {
             out.push((CREATED_PROPERTY.to_owned(), rfc3339(self.created_ns)));
         }
+        out.push((ID_PROPERTY.to_owned(), self.id.to_string()));
         out
     }
 }

@@ -226,6 +226,7 @@ fn from_forward(
         publisher: last.clone(),
         protocol: envelope.protocol,
         created_ns: envelope.created_ns,
+        id: envelope.id,
     };
     Some((message, ids))
 }
@@ -565,6 +566,7 @@ mod tests {
 
     fn message(props: Option<MessageProps>) -> Message {
         Message {
+            id: crate::router::MessageId::floor(1_700_000_000_000_000_000),
             topic: bytes::Bytes::from_static(b"m/t/c/ch/x"),
             payload: bytes::Bytes::from_static(b"p"),
             qos: 2,

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use axum::response::IntoResponse as _;
 use axum::routing::{get, post};
 
-use crate::http::{self, audit};
+use crate::http::{self, audit, history};
 use crate::ingress::ApiError;
 use crate::listener::{GatedListener, HttpLimits};
 use crate::mqtt::{self, Broker};
@@ -25,7 +25,7 @@ pub const MQTT_PATH: &str = "/mqtt";
 
 /// Every route of the listener as (method, path); `dataplane/openapi.yaml` documents exactly
 /// these (a test compares them).
-pub const ROUTES: [(&str, &str); 9] = [
+pub const ROUTES: [(&str, &str); 10] = [
     ("POST", CHANNEL_PATH),
     ("GET", CHANNEL_PATH),
     ("POST", SUBTOPIC_PATH),
@@ -35,6 +35,7 @@ pub const ROUTES: [(&str, &str); 9] = [
     ("POST", users::REFRESH_PATH),
     ("GET", users::JWKS_PATH),
     ("GET", audit::AUDIT_PATH),
+    ("GET", history::HISTORY_PATH),
 ];
 
 /// The routes of [`ROUTES`] on one axum router.
@@ -51,6 +52,10 @@ pub(crate) fn app<R: Router>(broker: Arc<Broker<R>>) -> axum::Router {
         .route(users::REFRESH_PATH, post(users::refresh::<R>))
         .route(users::JWKS_PATH, get(users::jwks::<R>))
         .route(audit::AUDIT_PATH, get(audit::audit::<R>))
+        .route(
+            history::HISTORY_PATH,
+            get(history::messages::<R>).post(history::publish::<R>),
+        )
         .fallback(|| async {
             ApiError::new(
                 axum::http::StatusCode::NOT_FOUND,

@@ -14,6 +14,11 @@ const BINARY_TYPES: [&str; 2] = ["application/octet-stream", "application/senml+
 /// A delivery: `{"type":"message","topic",…}`. The payload is UTF-8 text with `"base64":
 /// false`, or base64 with `"base64": true` when it is not UTF-8 or its content type is binary.
 pub(crate) fn message_frame(m: &Message) -> String {
+    message_value(m).to_string()
+}
+
+/// [`message_frame`] as a JSON value: the history reader answers with the same shape.
+pub(crate) fn message_value(m: &Message) -> Value {
     let content_type = m.props.as_ref().and_then(|p| p.content_type.as_deref());
     let binary_type = content_type.is_some_and(|ct| {
         let essence = ct.split(';').next().unwrap_or("").trim();
@@ -30,6 +35,7 @@ pub(crate) fn message_frame(m: &Message) -> String {
     };
     let mut frame = json!({
         "type": "message",
+        "id": m.id.to_string(),
         "topic": String::from_utf8_lossy(&m.topic),
         "payload": payload,
         "base64": base64,
@@ -53,7 +59,7 @@ pub(crate) fn message_frame(m: &Message) -> String {
                 .collect::<Vec<_>>(),
         );
     }
-    frame.to_string()
+    frame
 }
 
 /// A publish sent by the client as a text frame.
@@ -107,6 +113,7 @@ mod tests {
 
     fn message(payload: &'static [u8], content_type: &str) -> Message {
         Message {
+            id: crate::router::MessageId::floor(1_700_000_000_000_000_000),
             topic: Bytes::from_static(b"m/acme/c/t/a"),
             payload: Bytes::from_static(payload),
             qos: 1,

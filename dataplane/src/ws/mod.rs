@@ -22,6 +22,7 @@ use crate::ingress::{self, ApiError, ConnectionSlots, Ingress, Uids};
 use crate::listener::AuthHandle;
 use crate::router::{Publisher, Router};
 
+pub(crate) use frames::message_value;
 pub(crate) use session::{Stream, answer_text};
 
 /// How a refused stream is answered, chosen by `?refusal=` or else by whether the handshake
@@ -37,7 +38,7 @@ pub(crate) enum Refusal {
 }
 
 /// The query of a stream's handshake.
-#[derive(serde::Deserialize)]
+#[derive(Default, serde::Deserialize)]
 pub(crate) struct StreamQuery {
     refusal: Option<Refusal>,
 }
@@ -88,10 +89,25 @@ pub(crate) async fn stream<R: Router>(
     peer: Option<Extension<ConnectInfo<SocketAddr>>>,
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
+    let query = query.map(|Query(q)| q).map_err(drop);
+    open_stream(shared, params, headers, query, socket, peer, upgrade).await
+}
+
+/// [`stream`] with its extractors taken: the history reader's path hands a WebSocket upgrade
+/// of `/m/{tenant}/c/{channel}/messages` (a stream of the subtopic `messages`) here.
+pub(crate) async fn open_stream<R: Router>(
+    shared: Arc<Ingress<R>>,
+    params: HashMap<String, String>,
+    headers: HeaderMap,
+    query: Result<StreamQuery, ()>,
+    socket: Option<Extension<AuthHandle>>,
+    peer: Option<Extension<ConnectInfo<SocketAddr>>>,
+    upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Response {
     let Ok(upgrade) = upgrade else {
         return upgrade_required();
     };
-    let Ok(Query(query)) = query else {
+    let Ok(query) = query else {
         return ApiError::bad_request(
             "?refusal= must be `http` (refusals as HTTP statuses) or `close` (the upgrade \
              accepted, then closed with 4401/4403 and the reason)",

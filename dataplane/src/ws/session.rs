@@ -450,6 +450,7 @@ impl<R: Router, W> Conn<R, W> {
                 "topic": topic,
                 "qos": published.qos,
                 "retained": published.retained,
+                "message_id": published.id.to_string(),
             })),
             Err(refusal) => {
                 let (what, label) = refusal.labels();

@@ -143,9 +143,13 @@ async fn v5_delivery_with_user_properties_and_subscription_ids() {
         [
             "fleetward-publisher",
             "fleetward-protocol",
-            "fleetward-created"
+            "fleetward-created",
+            "fleetward-id"
         ]
     );
+    // The id is a UUIDv7 (version digit 7 at offset 14).
+    let id = &p.user_properties[4].1;
+    assert_eq!((id.len(), &id[14..15]), (36, "7"), "{id}");
     assert_eq!(p.user_properties[1].1, "thing:sensor");
     assert_eq!(p.user_properties[2].1, "mqtt");
     assert_eq!(p.content_type.as_deref(), Some("text/plain"));

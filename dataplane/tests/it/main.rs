@@ -11,6 +11,7 @@ mod audit;
 mod batching;
 mod bus;
 mod delivery_and_isolation;
+mod history;
 mod http_openapi;
 mod http_publish;
 mod inflight;

@@ -506,7 +506,8 @@ print(json.dumps(out))
                 "site",
                 "fleetward-publisher",
                 "fleetward-protocol",
-                "fleetward-created"
+                "fleetward-created",
+                "fleetward-id"
             ],
             "{name}: {v}"
         );

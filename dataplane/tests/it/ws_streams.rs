@@ -62,6 +62,11 @@ async fn mqtt_publishes_stream_to_websocket_clients_as_json() {
         v["created"].as_str().is_some_and(|c| c.ends_with('Z')),
         "{v}"
     );
+    let id = v["id"].as_str().unwrap_or_default();
+    assert!(
+        id.parse::<fleetward_history::MessageId>().is_ok() && &id[14..15] == "7",
+        "a UUIDv7 id: {v}"
+    );
 
     // A binary payload arrives base64.
     let old = v4::connect(fx.mqtt, "acme", "sensor", "s4").await;

@@ -135,6 +135,7 @@ pub(crate) fn resolve(
                 publish_burst: limits.publish_burst,
                 max_retained_messages: limits.max_retained_messages,
                 max_retained_bytes: limits.max_retained_bytes,
+                max_history_bytes: limits.max_history_bytes,
             },
             web: web_of(tenant, spec.web.as_ref()),
         }),
@@ -280,6 +281,24 @@ impl<'a> Resolver<'a> {
                     continue;
                 }
             };
+            let history_retention_secs = match &ch.spec.history {
+                None => None,
+                Some(h) => match h.retention_secs() {
+                    Some(secs) => Some(secs),
+                    None => {
+                        let r = Readiness::not_ready(
+                            Reason::InvalidSpec,
+                            format!(
+                                "spec.history.retention: {:?} is not a retention; write a whole \
+                                 number and a unit, s, m, h or d (7d, 12h), from 1m to 3650d",
+                                h.retention
+                            ),
+                        );
+                        self.status(Kind::Channel, name, generation, r);
+                        continue;
+                    }
+                },
+            };
             self.out.channels.push(policy::Channel {
                 tenant: self.tenant.to_owned(),
                 name: name.clone(),
@@ -288,6 +307,7 @@ impl<'a> Resolver<'a> {
                 retained_allowed: ch.spec.retained,
                 max_message_size: ch.spec.max_message_size,
                 delivery_metadata: ch.spec.delivery_metadata,
+                history_retention_secs,
             });
             served.insert(name.as_str());
             let r = Readiness::ready(Reason::Accepted, "the channel is served");

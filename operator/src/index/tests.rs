@@ -880,3 +880,35 @@ fn a_policy_of_a_builtin_tenant_decides_nothing_and_says_so() {
     assert!(index.snapshot().policy("acme", "lab").is_some());
     assert_eq!(ready(&index, &policy_key("lab")), (true, Reason::Accepted));
 }
+
+#[test]
+fn a_channel_keeps_history_for_its_retention_and_a_bad_retention_is_not_served() {
+    let mut index = Index::new();
+    mk_acme(&mut index);
+    let with = |name: &str, retention: &str| {
+        let mut c = crds::Channel::new(
+            name,
+            crds::ChannelSpec {
+                history: Some(crds::ChannelHistory {
+                    retention: retention.into(),
+                }),
+                ..Default::default()
+            },
+        );
+        c.metadata = meta("acme", name);
+        Object::Channel(c)
+    };
+    index.apply(with("kept", "7d"));
+    index.apply(with("broken", "7 weeks"));
+    index.commit().expect("something changed");
+    let s = index.snapshot();
+    let kept = s.channel("acme", "kept").expect("served");
+    assert_eq!(kept.history_retention_secs, Some(7 * 86_400));
+    let plain = s.channel("acme", "telemetry").expect("served");
+    assert_eq!(plain.history_retention_secs, None);
+    assert!(s.channel("acme", "broken").is_none());
+    let key = ObjectKey::namespaced(Kind::Channel, "acme", "broken");
+    assert_eq!(ready(&index, &key), (false, Reason::InvalidSpec));
+    let message = &index.status(&key).expect("status").readiness.message;
+    assert!(message.contains("spec.history.retention"), "{message}");
+}

@@ -69,6 +69,7 @@ fn snapshot() -> Snapshot {
         web: Default::default(),
     });
     r.channels.push(Channel {
+        history_retention_secs: Default::default(),
         uid: String::new(),
         tenant: "acme".into(),
         name: "telemetry".into(),

@@ -135,6 +135,7 @@ fn arb_resource() -> impl Strategy<Value = Resource> {
             }),
         1 => (tenant(), 0..2usize).prop_map(|(tenant, i)| {
             Resource::Channel(Channel {
+                history_retention_secs: Default::default(),
                 uid: String::new(),
                 tenant,
                 name: CHANNELS[i].into(),
@@ -199,6 +200,7 @@ fn build(version: u64, resources: Vec<Resource>) -> Snapshot {
         });
         for ch in &CHANNELS[..2] {
             s.upsert_channel(Channel {
+                history_retention_secs: Default::default(),
                 uid: String::new(),
                 tenant: (*t).into(),
                 name: (*ch).into(),

@@ -19,6 +19,7 @@ fn mk_resources(tenants: usize, things: usize) -> Resources {
             web: Default::default(),
         });
         r.channels.push(Channel {
+            history_retention_secs: Default::default(),
             uid: String::new(),
             tenant: tenant.clone(),
             name: "telemetry".into(),

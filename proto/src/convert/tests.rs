@@ -52,6 +52,7 @@ fn arb_tenant() -> impl Strategy<Value = Tenant> {
                 uid,
                 suspended,
                 limits: TenantLimits {
+                    max_history_bytes: Default::default(),
                     max_things: a,
                     max_channels: b,
                     max_connections: c,
@@ -147,6 +148,7 @@ fn arb_channel() -> impl Strategy<Value = Channel> {
                 delivery_metadata,
             )| {
                 Channel {
+                    history_retention_secs: Default::default(),
                     tenant,
                     name,
                     uid,
@@ -432,6 +434,7 @@ fn a_re_created_channel_and_tenant_reach_the_dataplane_with_their_new_uids() {
             web: Default::default(),
         }],
         channels: vec![Channel {
+            history_retention_secs: Default::default(),
             tenant: "acme".into(),
             name: "tele".into(),
             uid: format!("channel-{uid}"),

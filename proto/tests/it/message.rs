@@ -20,6 +20,7 @@ fn a_message_survives_the_wire_and_an_absent_subtopic_stays_absent() {
         retain: true,
         created_ns: 1_700_000_000_123_456_789,
         origin_pod: "dataplane-0".into(),
+        id: vec![7; 16],
         user_properties: vec![
             UserProperty {
                 key: "a".into(),

@@ -127,6 +127,7 @@ pub fn full(version: u64, nonce: u64, channels: &[&str]) -> pb::Update {
             channels: channels
                 .iter()
                 .map(|c| pb::Channel {
+                    history_retention_secs: Default::default(),
                     uid: String::new(),
                     tenant: "acme".into(),
                     name: (*c).into(),

@@ -373,6 +373,9 @@ impl<R: Router, S: AsyncRead + AsyncWrite + Unpin + Send> Session<R, S> {
                 "message_size",
             ),
             PublishRefusal::Quota(q) => self.refuse_over_quota(qos, pkid, q.as_str()),
+            // Refused like a quota: v5 PUBACK 0x97 (the client may retry); v3, which has no
+            // code for it, is disconnected and resends its unacknowledged QoS 1/2 publishes.
+            PublishRefusal::HistoryBehind => self.refuse_over_quota(qos, pkid, "history_behind"),
             // MQTT 5 has no PUBACK code for it: the packet as a whole is refused.
             PublishRefusal::TooManyUserProperties { .. } => self.end_with(
                 DisconnectReasonCode::PacketTooLarge,

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use base64::Engine as _;
-use fleetward_dataplane::{Dataplane, MqttConfig, RunningDataplane};
+use fleetward_dataplane::{Dataplane, History, MqttConfig, RunningDataplane};
 use fleetward_policy::{Resources, Snapshot};
 use futures_util::{SinkExt, StreamExt};
 use tokio::net::TcpStream;
@@ -38,8 +38,18 @@ impl Adapters {
 
     /// With `--cors-allowed-origins` set to `origins`.
     pub async fn start_with_cors(resources: Resources, origins: &[&str]) -> Self {
+        Self::start_full(resources, origins, History::default()).await
+    }
+
+    /// Keeping the history of channels that ask for it through `history`.
+    pub async fn start_with_history(resources: Resources, history: History) -> Self {
+        Self::start_full(resources, &[], history).await
+    }
+
+    async fn start_full(resources: Resources, origins: &[&str], history: History) -> Self {
         let (policy, rx) = watch::channel(snapshot(1, resources));
         let dataplane = Dataplane::new(rx)
+            .history(history)
             .mqtt_listen(SocketAddr::from(([127, 0, 0, 1], 0)))
             .http_listen(Some(SocketAddr::from(([127, 0, 0, 1], 0))))
             .mqtt_config(MqttConfig::default())

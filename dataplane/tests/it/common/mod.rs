@@ -34,6 +34,7 @@ fn thing(tenant: &str, name: &str, mountpoint: Option<&str>) -> Thing {
 
 fn channel(tenant: &str, name: &str, max_qos: Qos, retained: bool, metadata: bool) -> Channel {
     Channel {
+        history_retention_secs: Default::default(),
         uid: String::new(),
         tenant: tenant.into(),
         name: name.into(),
