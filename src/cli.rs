@@ -57,6 +57,14 @@ enum Command {
     /// Health and metrics are on `--admin-listen`, 127.0.0.1:8081 by default; the snapshot is
     /// kept in `--state-dir`.
     Dataplane(Box<fleetward_dataplane::DataplaneArgs>),
+    /// Run a history writer: store the records of channels with `history` from the NATS
+    /// JetStream stream into PostgreSQL (cluster mode; `fleetward start` writes in-process).
+    ///
+    /// `--nats` is the dataplanes' NATS; `--postgres-url` (or `FLEETWARD_HISTORY_POSTGRES_URL`)
+    /// the database, migrated at start. Replicas share the work. One replica at a time sweeps
+    /// and writes Channel `status.history`, reading Channels and Tenants from the cluster as
+    /// kubectl finds it (`--no-maintenance` outside Kubernetes). Metrics on `--metrics-listen`.
+    Writer(Box<crate::writer::WriterArgs>),
     /// Print the CustomResourceDefinitions of every Fleetward kind as one YAML stream.
     Crds(CrdsArgs),
 }
@@ -83,6 +91,7 @@ impl Cli {
             Command::Status(args) => crate::inspect::status(&args),
             Command::Operator(args) => serve(fleetward_operator::runtime::run(*args)),
             Command::Dataplane(args) => serve(fleetward_dataplane::run(*args)),
+            Command::Writer(args) => serve(crate::writer::run(*args)),
             Command::Crds(args) => crds(&args),
         };
         match outcome {

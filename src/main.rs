@@ -10,6 +10,7 @@ mod history;
 mod inspect;
 mod local;
 mod start;
+mod writer;
 
 use std::process::ExitCode;
 

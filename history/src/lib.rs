@@ -13,6 +13,7 @@
 
 mod filter;
 mod id;
+pub mod lease;
 pub mod migrations;
 mod postgres;
 mod read;
