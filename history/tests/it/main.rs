@@ -4,6 +4,7 @@
 //! of cluster mode on a real nats-server.
 
 mod behaviour;
+mod lease;
 mod migrations;
 mod nats;
 mod postgres;
