@@ -25,8 +25,8 @@ pub use connection::{Action, Connection, ConnectionSpec, Subject, SubjectKind, S
 pub use group::{Group, GroupSpec, Member, MemberKind};
 pub use policy::{Policy, PolicySpec};
 pub use status::{
-    ChannelStatus, ConnectionStatus, EnforcedPolicy, GroupStatus, PolicyStatus, PolicyTextError,
-    ResourceStatus, TenantStatus, ThingStatus, UserStatus,
+    ChannelHistoryStatus, ChannelStatus, ConnectionStatus, EnforcedPolicy, GroupStatus,
+    PolicyStatus, PolicyTextError, ResourceStatus, TenantStatus, ThingStatus, UserStatus,
 };
 pub use tenant::{
     AuthorizationEngine, Tenant, TenantAuthorization, TenantLimits, TenantSpec, TenantWeb,

@@ -80,8 +80,50 @@ pub struct ResourceStatus {
     pub observed_generation: Option<i64>,
 }
 
-/// Status of a Channel.
-pub type ChannelStatus = ResourceStatus;
+/// Status of a Channel: the operator writes the conditions, `fleetward writer` (or
+/// `fleetward start`) writes `history`, each under its own field manager.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[schemars(transform = schemars::transform::RecursiveTransform(crate::schema::kubernetes_integer_format))]
+#[serde(rename_all = "camelCase")]
+pub struct ChannelStatus {
+    /// Latest observations of the channel's state. `Ready` says whether the operator accepted
+    /// it (reason `NoTenant` when no Tenant owns the namespace); `Enforced` whether every
+    /// dataplane has applied it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
+    pub conditions: Vec<Condition>,
+    /// The `metadata.generation` of the Channel that this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// What the channel's history holds, when it keeps history; written at most once a minute.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub history: Option<ChannelHistoryStatus>,
+}
+
+impl From<ChannelStatus> for ResourceStatus {
+    /// The operator's part: everything but `history`.
+    fn from(s: ChannelStatus) -> Self {
+        ResourceStatus {
+            conditions: s.conditions,
+            observed_generation: s.observed_generation,
+        }
+    }
+}
+
+/// What a channel's history holds.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[schemars(transform = schemars::transform::RecursiveTransform(crate::schema::kubernetes_integer_format))]
+#[serde(rename_all = "camelCase")]
+pub struct ChannelHistoryStatus {
+    /// Stored messages.
+    pub messages: u64,
+    /// Stored bytes: payloads, topics and 64 bytes a message, as the tenant's
+    /// `maxHistoryBytes` counts them.
+    pub bytes: u64,
+    /// When the oldest stored message was accepted (RFC 3339); unset when none is stored.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub oldest: Option<String>,
+}
 /// Status of a Connection.
 pub type ConnectionStatus = ResourceStatus;
 /// Status of a User.

@@ -17,6 +17,7 @@ pub mod migrations;
 mod postgres;
 mod read;
 mod sqlite;
+pub mod stream;
 pub mod writer;
 
 use std::future::Future;

@@ -56,7 +56,8 @@ macro_rules! watched {
                 Object::$kind(self)
             }
             fn shown_status(&self) -> Option<ShownStatus> {
-                self.status.clone().map(ShownStatus::$status)
+                // A Channel's `status.history` is the writer's; the operator compares the rest.
+                self.status.clone().map(|s| ShownStatus::$status(s.into()))
             }
         }
     };
