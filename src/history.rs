@@ -18,9 +18,6 @@ use tokio::task::JoinHandle;
 
 /// The store's file in the state directory.
 pub const HISTORY_FILE: &str = "history.db";
-/// How often expired and orphaned messages are swept and channels counted: the status
-/// report's figures are at most this old.
-const MAINTAIN_EVERY: Duration = Duration::from_secs(60);
 
 /// What a channel's history holds, as the status report shows it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -104,10 +101,11 @@ impl Running {
 }
 
 /// Opens (or creates) `<state_dir>/history.db`, migrates it, and starts the writer and the
-/// sweep, which follows `policy` for what each channel keeps.
+/// sweep (every `sweep_every`), which follows `policy` for what each channel keeps.
 pub async fn start(
     state_dir: &Path,
     policy: watch::Receiver<Arc<Snapshot>>,
+    sweep_every: Duration,
 ) -> anyhow::Result<Running> {
     let path = state_dir.join(HISTORY_FILE);
     let store = SqliteStore::open(&path)
@@ -134,7 +132,7 @@ pub async fn start(
     let report = figures.clone();
     tokio::spawn(writer::maintain(
         store.clone(),
-        MAINTAIN_EVERY,
+        sweep_every,
         move || kept(&policy.borrow()),
         move |stats| {
             if report.set(stats) {

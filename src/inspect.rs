@@ -446,12 +446,21 @@ pub fn status(args: &StatusArgs) -> anyhow::Result<()> {
                 format!("{}/{}", o.namespace, o.name)
             };
             let ready = if o.ready { "True" } else { "False" };
+            let mut message = o.message.clone();
+            if let Some(h) = &o.history {
+                message.push_str(&format!(
+                    "; history: {} messages, {} bytes, oldest {}",
+                    h.messages,
+                    h.bytes,
+                    h.oldest.as_deref().unwrap_or("-")
+                ));
+            }
             [
                 o.kind.clone(),
                 name,
                 ready.to_owned(),
                 o.reason.clone(),
-                o.message.clone(),
+                message,
             ]
         })
         .collect();

@@ -48,6 +48,10 @@ pub struct StartArgs {
     /// default their messages are kept in `<state-dir>/history.db`).
     #[arg(long)]
     pub no_history: bool,
+    /// How often expired messages, and those of deleted channels, leave the history store,
+    /// and what each channel holds is counted for the status report.
+    #[arg(long, value_name = "SECONDS", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
+    pub history_sweep_secs: u64,
     /// Connection, message, session and HTTP limits, as `fleetward dataplane` takes them.
     #[command(flatten)]
     pub limits: LimitArgs,
@@ -151,7 +155,8 @@ async fn open_history(
     if args.no_history {
         return Ok(None);
     }
-    let running = crate::history::start(&args.state_dir, policy).await?;
+    let every = Duration::from_secs(args.history_sweep_secs);
+    let running = crate::history::start(&args.state_dir, policy, every).await?;
     local.history = running.figures.clone();
     Ok(Some(running))
 }

@@ -82,6 +82,17 @@ fn channel(name: String) -> Channel {
     }
 }
 
+/// `policy` with the `fan` channel keeping a day of history (the pairs' channels keep none).
+pub fn with_fan_history(policy: &Snapshot) -> Result<Arc<Snapshot>, BuildError> {
+    let mut snapshot = policy.clone();
+    if let Some(fan) = snapshot.channel(TENANT, FAN_CHANNEL) {
+        let mut fan = fan.clone();
+        fan.history_retention_secs = Some(86_400);
+        snapshot.upsert_channel(fan);
+    }
+    Ok(Arc::new(snapshot))
+}
+
 /// The policy of `pairs` pairs: things `pub-<i>` and `sub-<i>`, channel `pair-<i>` that the
 /// first may publish and the second subscribe to, and channel `fan` that every publisher may
 /// publish and every subscriber subscribe to. Default tenant limits (none).

@@ -46,6 +46,18 @@ pub struct DataplaneArgs {
     /// is the only one (in-process bus). Retained messages across pods need JetStream.
     #[arg(long, value_delimiter = ',', env = "FLEETWARD_NATS")]
     pub nats: Vec<String>,
+    /// The PostgreSQL the history reader (`GET …/messages`) reads, as `fleetward writer`
+    /// writes it: `postgres://user:password@host/db[?sslmode=verify-full]`. Absent, the reader
+    /// answers 503 `no_history_store`. With --nats, messages of channels with history go to
+    /// the JetStream stream the writer consumes, whether or not this is set.
+    #[arg(long, env = "FLEETWARD_HISTORY_POSTGRES_URL", hide_env_values = true)]
+    pub history_postgres_url: Option<String>,
+    /// Connections of the history reader's pool.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..))]
+    pub history_postgres_pool_size: u32,
+    /// The CA that signs PostgreSQL's certificate (`sslmode=verify-ca` or `verify-full`).
+    #[arg(long, env = "FLEETWARD_HISTORY_POSTGRES_CA")]
+    pub history_postgres_ca: Option<std::path::PathBuf>,
 
     /// The PolicySync token (prefer --token-file or the environment to keep it out of `ps`).
     #[arg(

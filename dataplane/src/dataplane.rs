@@ -15,13 +15,16 @@ use crate::admin::{self, AdminState};
 use crate::args::{DataplaneArgs, LimitArgs};
 use crate::bus::{Bus, BusRouter, Inbound, LocalBus, NatsBus, NatsConfig};
 use crate::ingress::refresh::RefreshStore;
-use crate::ingress::{History, Ingress, MqttConfig, RetainedStore, Users, UsersConfig};
+use crate::ingress::{
+    History, HistorySink, Ingress, MqttConfig, RetainedStore, Users, UsersConfig,
+};
 use crate::listener::{self, Gate, GatedListener, HttpLimits, Listener, ListenerMetrics};
 use crate::metrics::{AtScrape, Metrics};
 use crate::mqtt::{self, Broker};
 use crate::router::{Router, RumqttdConfig, RumqttdRouter};
 use crate::sync::SyncStatus;
 use crate::web;
+use fleetward_history::stream::{Publisher, PublisherConfig};
 
 /// The default of `--max-pending-connections` when the connection cap allows it.
 pub const DEFAULT_MAX_PENDING: usize = 1_000;
@@ -335,6 +338,18 @@ impl Dataplane {
         nats_client: Option<async_nats::Client>,
         metrics: &Arc<Metrics>,
     ) -> Arc<Broker<BusRouter<RumqttdRouter>>> {
+        // With a bus, records of channels with history go to the JetStream stream that
+        // `fleetward writer` consumes, unless the builder was given a sink.
+        let history = match (&self.history.sink, &nats_client) {
+            (HistorySink::Off, Some(client)) => History {
+                sink: HistorySink::Stream(Publisher::start(
+                    async_nats::jetstream::new(client.clone()),
+                    PublisherConfig::default(),
+                )),
+                reader: self.history.reader.clone(),
+            },
+            _ => self.history.clone(),
+        };
         let refresh = RefreshStore::for_bus(nats_client, self.users.tokens.refresh_ttl);
         let users = Arc::new(Users::new(self.users.clone(), refresh));
         let router = BusRouter::new(inner, bus);
@@ -348,7 +363,7 @@ impl Dataplane {
             .with_retained(retained)
             .with_users(users)
             .with_pod(&crate::audit::pod_name(self.node_id.as_deref()))
-            .with_history(self.history.clone()),
+            .with_history(history),
         );
         Arc::new(Broker::new(ingress))
     }

@@ -32,6 +32,7 @@ pub async fn run(args: DataplaneArgs) -> anyhow::Result<()> {
         );
     }
     let dataplane = Dataplane::from_args(&args, client.snapshot())
+        .history(history_of(&args)?)
         .sync_status(status.clone())
         .start()
         .await
@@ -51,6 +52,23 @@ pub async fn run(args: DataplaneArgs) -> anyhow::Result<()> {
     let _ = stop_tx.send(true);
     sync.await.context("the policy sync client panicked")?;
     outcome
+}
+
+/// The history reader's store, if `--history-postgres-url` names one (connected lazily: a
+/// database that is down fails reads with 503, not the start).
+fn history_of(args: &DataplaneArgs) -> anyhow::Result<crate::History> {
+    let Some(url) = &args.history_postgres_url else {
+        return Ok(crate::History::default());
+    };
+    let mut options = fleetward_history::PostgresOptions::new(url.clone());
+    options.pool_size = args.history_postgres_pool_size;
+    options.ca_file = args.history_postgres_ca.clone();
+    let store = fleetward_history::PostgresStore::connect(&options)
+        .context("--history-postgres-url is not a PostgreSQL URL")?;
+    Ok(crate::History {
+        sink: crate::HistorySink::Off,
+        reader: Some(fleetward_history::HistoryStore::Postgres(store)),
+    })
 }
 
 fn sync_config(args: &DataplaneArgs) -> anyhow::Result<SyncConfig> {

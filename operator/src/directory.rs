@@ -58,18 +58,63 @@ pub struct Directory {
     /// key: kept while some file declares the object, forgotten once a scan finds none does, so
     /// one deleted and declared again gets a new uid, as in a cluster.
     uids: BTreeMap<ObjectKey, String>,
+    /// `state_dir/uids.json`: the uids survive a restart, so what is stored under them (a
+    /// channel's message history) stays its own.
+    uids_file: PathBuf,
+    /// The uids read from it at start, by the key's text, until their objects are seen.
+    saved_uids: BTreeMap<String, String>,
+    /// What the file holds now.
+    written_uids: BTreeMap<String, String>,
 }
 
+/// The file of uids in the state directory.
+const UIDS_FILE: &str = "uids.json";
+
 impl Directory {
-    /// Reads manifests from `manifests`; keeps generated keys under `state_dir/keys`.
+    /// Reads manifests from `manifests`; keeps generated keys under `state_dir/keys`, and
+    /// the uids it gives in `state_dir/uids.json`.
     pub fn new(manifests: impl Into<PathBuf>, state_dir: &Path) -> std::io::Result<Self> {
+        let uids_file = state_dir.join(UIDS_FILE);
+        // A missing or unreadable file gives new uids, as a first start does.
+        let saved_uids: BTreeMap<String, String> = fs::read(&uids_file)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default();
         Ok(Self {
             manifests: manifests.into(),
             keys: KeyStore::open(state_dir.join("keys"))?,
             files: BTreeMap::new(),
             generated: BTreeMap::new(),
             uids: BTreeMap::new(),
+            uids_file,
+            written_uids: saved_uids.clone(),
+            saved_uids,
         })
+    }
+
+    /// Writes the uids when they changed; a failed write is tried again after the next scan.
+    fn save_uids(&mut self) {
+        let now: BTreeMap<String, String> = self
+            .uids
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.clone()))
+            .collect();
+        if now == self.written_uids {
+            return;
+        }
+        let tmp = self.uids_file.with_extension("json.tmp");
+        let written = serde_json::to_vec_pretty(&now)
+            .map_err(std::io::Error::other)
+            .and_then(|text| private_file(&tmp)?.write_all(&text))
+            .and_then(|()| fs::rename(&tmp, &self.uids_file));
+        match written {
+            Ok(()) => self.written_uids = now,
+            Err(e) => tracing::warn!(
+                error = %e,
+                file = %self.uids_file.display(),
+                "could not save the uids of tenants and channels; retrying after the next scan"
+            ),
+        }
     }
 
     /// The key store, for `fleetward credentials`.
@@ -120,6 +165,8 @@ impl Directory {
         let declared: BTreeSet<&ObjectKey> =
             self.files.values().flat_map(|f| f.objects.keys()).collect();
         self.uids.retain(|key, _| declared.contains(key));
+        self.saved_uids.clear();
+        self.save_uids();
         report
     }
 
@@ -134,7 +181,11 @@ impl Directory {
         if meta.uid.as_deref().is_some_and(|u| !u.is_empty()) {
             return;
         }
-        let uid = self.uids.entry(key.clone()).or_insert_with(new_uid);
+        let saved = &mut self.saved_uids;
+        let uid = self
+            .uids
+            .entry(key.clone())
+            .or_insert_with(|| saved.remove(&key.to_string()).unwrap_or_else(new_uid));
         meta.uid = Some(uid.clone());
     }
 
@@ -339,8 +390,8 @@ fn admission_key(doc: &Value) -> String {
 fn new_uid() -> String {
     let mut b = [0u8; 16];
     if getrandom::fill(&mut b).is_err() {
-        // Without the OS RNG: the time and a counter, unique within this process, which is
-        // all a uid made here must be (they are made again on every start).
+        // Without the OS RNG: the time and a counter, unique within this process and, with
+        // the time, across its restarts.
         static NEXT: AtomicU64 = AtomicU64::new(0);
         let nanos = SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -759,6 +810,13 @@ mod tests {
         let (t2, c2) = uids(&index);
         assert!(t2.len() == 36 && t2 != tenant, "{t2:?} after {tenant:?}");
         assert!(c2.len() == 36 && c2 != channel, "{c2:?} after {channel:?}");
+        // A restart on the same state directory: the same uids (a channel's stored history
+        // stays its own).
+        let mut again = Directory::new(&root, &root.join(".state")).expect("open");
+        let mut fresh = Index::new();
+        again.scan(&mut fresh);
+        fresh.commit();
+        assert_eq!(uids(&fresh), (t2, c2));
         fs::remove_dir_all(root).ok();
     }
 }

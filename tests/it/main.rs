@@ -12,6 +12,7 @@ mod cedar;
 mod cli;
 mod conformance;
 mod dataplane_processes;
+mod history;
 mod hostile;
 mod start;
 mod sync;

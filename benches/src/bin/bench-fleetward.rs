@@ -13,7 +13,7 @@ use std::net::SocketAddr;
 
 use clap::Parser;
 use fleetward_bench::fixture;
-use fleetward_dataplane::{Dataplane, MqttConfig};
+use fleetward_dataplane::{Dataplane, History, HistorySink, MqttConfig};
 use fleetward_policy::Engine;
 
 #[global_allocator]
@@ -53,6 +53,32 @@ struct Args {
     /// into Cedar policies, decided by the Cedar engine behind the same decision cache).
     #[arg(long, default_value = "builtin", value_parser = ["builtin", "cedar"])]
     engine: String,
+    /// Keep the history of the `fan` channel (only that one) in a SQLite file here, written
+    /// by the in-process writer `fleetward start` runs.
+    #[arg(long, value_name = "PATH")]
+    history_sqlite: Option<std::path::PathBuf>,
+}
+
+/// The in-process history of `fleetward start` over a SQLite file at `path`.
+async fn history(path: &std::path::Path) -> anyhow::Result<History> {
+    use fleetward_history::writer::{self, WriterConfig};
+    use fleetward_history::{HistoryStore, SqliteStore, Store as _};
+    let store = SqliteStore::open(path).await?;
+    store.migrate().await?;
+    let config = WriterConfig::default();
+    let (sink, rx) = writer::channel(&config);
+    let stats = sink.stats().clone();
+    tokio::spawn(writer::run(
+        store.clone(),
+        rx,
+        config,
+        stats,
+        std::future::pending(),
+    ));
+    Ok(History {
+        sink: HistorySink::Local(sink),
+        reader: Some(HistoryStore::Sqlite(store)),
+    })
 }
 
 #[tokio::main]
@@ -62,8 +88,15 @@ async fn main() -> anyhow::Result<()> {
         "cedar" => Engine::Cedar,
         _ => Engine::Builtin,
     };
-    let (_policy, rx) = tokio::sync::watch::channel(fixture::policy_with(args.pairs, engine)?);
+    let mut policy = fixture::policy_with(args.pairs, engine)?;
+    let mut history_of = History::default();
+    if let Some(path) = &args.history_sqlite {
+        policy = fixture::with_fan_history(&policy)?;
+        history_of = history(path).await?;
+    }
+    let (_policy, rx) = tokio::sync::watch::channel(policy);
     let dp = Dataplane::new(rx)
+        .history(history_of)
         .mqtt_listen(args.mqtt_listen)
         .admin_listen(Some(args.admin_listen))
         .mqtt_config(MqttConfig {

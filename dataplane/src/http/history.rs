@@ -65,22 +65,15 @@ pub(crate) async fn messages<R: Router>(
     match read(&shared, &params, &headers, &uri, &mut seen).await {
         Ok(response) => response,
         Err(e) => {
-            shared.metrics.refused("history", e.error);
-            let topic = ingress::topic_of(&params).ok();
-            shared.audit.refused(audit::Refusal {
-                tenant: &seen.tenant,
-                kind: seen.kind,
-                subject: &seen.subject,
-                action: if seen.proved {
-                    audit::Action::Subscribe
-                } else {
-                    audit::Action::Connect
-                },
-                topic: topic.as_deref(),
-                reason: seen.reason.unwrap_or(e.error),
-                protocol: audit::Protocol::Http,
+            let labels = ("history", e.error);
+            crate::ws::refused_as(
+                &shared,
+                &params,
+                &seen,
+                labels,
+                audit::Protocol::Http,
                 client,
-            });
+            );
             e.into_response()
         }
     }

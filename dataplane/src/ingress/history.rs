@@ -6,6 +6,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
+use fleetward_history::stream::Publisher;
 use fleetward_history::writer::{Full, Sink, WriterStats};
 use fleetward_history::{HistoryStore, Record};
 use prometheus_client::encoding::DescriptorEncoder;
@@ -21,6 +22,8 @@ pub enum HistorySink {
     Off,
     /// The in-process writer of `fleetward start` (its queue and its store).
     Local(Sink),
+    /// The JetStream stream `fleetward writer` consumes (a dataplane with `--nats`).
+    Stream(Publisher),
 }
 
 /// This pod's history: the sink records go to and the store the reader reads.
@@ -53,7 +56,7 @@ impl HistoryTap {
     /// only when the writer is behind (its queue is full): the publish is then refused too,
     /// so nothing accepted is missing from the history.
     pub(crate) fn offer(&self, message: &Message, at: Spans<'_>) -> Result<(), Full> {
-        let sink = match &self.history.sink {
+        match &self.history.sink {
             HistorySink::Off => {
                 self.dropped.fetch_add(1, Ordering::Relaxed);
                 if !self.warned.swap(true, Ordering::Relaxed) {
@@ -67,9 +70,9 @@ impl HistoryTap {
                 }
                 return Ok(());
             }
-            HistorySink::Local(sink) => sink,
+            HistorySink::Local(sink) => sink.offer(record_of(message, at))?,
+            HistorySink::Stream(publisher) => publisher.offer(record_of(message, at))?,
         };
-        sink.offer(record_of(message, at))?;
         self.offered.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
@@ -77,9 +80,45 @@ impl HistoryTap {
     /// The writer's figures, if it runs in this process.
     fn writer(&self) -> Option<&Arc<WriterStats>> {
         match &self.history.sink {
-            HistorySink::Off => None,
             HistorySink::Local(sink) => Some(sink.stats()),
+            _ => None,
         }
+    }
+
+    /// The stream publisher's metrics.
+    fn encode_stream(p: &Publisher, e: &mut DescriptorEncoder) -> fmt::Result {
+        use crate::metrics::{counter, gauge};
+        let s = p.stats();
+        counter(
+            e,
+            "fleetward_history_stream_published",
+            "History records JetStream stored.",
+            s.published.load(Ordering::Relaxed),
+        )?;
+        counter(
+            e,
+            "fleetward_history_stream_retries",
+            "History record publishes to JetStream that failed and were tried again.",
+            s.retried.load(Ordering::Relaxed),
+        )?;
+        counter(
+            e,
+            "fleetward_history_refused",
+            "Publishes refused because the history queue was full.",
+            s.dropped_queue_full.load(Ordering::Relaxed),
+        )?;
+        counter(
+            e,
+            "fleetward_history_stream_too_large",
+            "History records over the NATS server's max_payload, not stored.",
+            s.dropped_too_large.load(Ordering::Relaxed),
+        )?;
+        gauge(
+            e,
+            "fleetward_history_backlog",
+            "History records waiting for JetStream's ack.",
+            s.queued.load(Ordering::Relaxed),
+        )
     }
 
     /// The history metrics, at scrape time.
@@ -97,6 +136,9 @@ impl HistoryTap {
             "Messages of channels with history on a dataplane without a history store.",
             self.dropped.load(Ordering::Relaxed),
         )?;
+        if let HistorySink::Stream(p) = &self.history.sink {
+            return Self::encode_stream(p, e);
+        }
         let Some(w) = self.writer() else {
             return Ok(());
         };

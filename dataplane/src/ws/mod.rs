@@ -163,7 +163,27 @@ fn refused<R: Router>(
     error: &'static str,
     client: Option<SocketAddr>,
 ) {
-    shared.metrics.refused("ws", error);
+    refused_as(
+        shared,
+        params,
+        seen,
+        ("ws", error),
+        audit::Protocol::Ws,
+        client,
+    );
+}
+
+/// Counts (as `what`/`error`) and audits a request to read a channel refused as far as it got
+/// (`seen`): a connection refusal before its credentials held, a subscribe refusal after.
+pub(crate) fn refused_as<R: Router>(
+    shared: &Ingress<R>,
+    params: &HashMap<String, String>,
+    seen: &ingress::Seen,
+    (what, error): (&'static str, &'static str),
+    protocol: audit::Protocol,
+    client: Option<SocketAddr>,
+) {
+    shared.metrics.refused(what, error);
     let topic = ingress::topic_of(params).ok();
     shared.audit.refused(audit::Refusal {
         tenant: &seen.tenant,
@@ -177,7 +197,7 @@ fn refused<R: Router>(
         },
         topic: topic.as_deref(),
         reason: seen.reason.unwrap_or(error),
-        protocol: audit::Protocol::Ws,
+        protocol,
         client,
     });
 }

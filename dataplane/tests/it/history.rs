@@ -6,16 +6,13 @@
 use crate::adapters;
 use crate::common;
 
-use std::time::Duration;
-
+use crate::quotas::puback;
 use adapters::{Adapters, curl, publish_text, thing_auth};
 use common::{resources, v5};
 use fleetward_dataplane::{History, HistorySink};
 use fleetward_history::writer::{self, WriterConfig};
 use fleetward_policy::Resources;
 use rumqttc::v5::mqttbytes::v5::PubAckReason;
-
-const WAIT: Duration = Duration::from_secs(10);
 
 /// acme's `telemetry` keeps a day of history; `commands` keeps none.
 fn with_history() -> Resources {
@@ -26,16 +23,6 @@ fn with_history() -> Resources {
         }
     }
     r
-}
-
-async fn puback(c: &mut v5::Client) -> PubAckReason {
-    loop {
-        match c.next(WAIT).await {
-            Some(Ok(v5::Packet::PubAck(a))) => return a.reason,
-            Some(Ok(_)) => {}
-            other => panic!("no PUBACK: {other:?}"),
-        }
-    }
 }
 
 #[tokio::test]

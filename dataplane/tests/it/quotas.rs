@@ -38,7 +38,8 @@ fn user_props(n: usize, value_len: usize) -> PublishProperties {
 }
 
 /// The next PUBACK's reason code.
-async fn puback(c: &mut v5::Client) -> PubAckReason {
+/// The reason code of the next PUBACK.
+pub(crate) async fn puback(c: &mut v5::Client) -> PubAckReason {
     loop {
         match c.next(WAIT).await {
             Some(Ok(v5::Packet::PubAck(a))) => return a.reason,

@@ -158,6 +158,7 @@ fn the_readme_quick_start_works_as_written() {
                     "acme-subscriber",
                     "explain",
                     "globex-subscriber",
+                    "history",
                     "publish",
                     "refused",
                     "start"
@@ -201,6 +202,23 @@ fn the_readme_quick_start_works_as_written() {
                 .then_some(())
         })
         .context("acme/dashboard did not print the HTTP message")?;
+
+        // The channel keeps history: the dashboard reads both back, newest first (the writer
+        // batches for up to 20 ms).
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let history = loop {
+            let out = run_block("history", &blocks["history"])?;
+            let text = String::from_utf8_lossy(&out.stdout).into_owned();
+            if text.contains("21.5") || Instant::now() > deadline {
+                break text;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        };
+        let (newer, older) = (history.find("22.0"), history.find("21.5"));
+        ensure!(
+            newer.is_some() && older.is_some() && newer < older,
+            "the history read did not return both messages, newest first: {history}"
+        );
 
         let refused = run_block("refused", &blocks["refused"])?;
         let said = String::from_utf8_lossy(&refused.stderr);
