@@ -4,6 +4,7 @@
 # line:
 #   export FLEETWARD_POSTGRES_URL="$(scripts/postgres.sh | tail -n1)"
 #   scripts/postgres.sh stop     # stops it and removes its directory
+#   scripts/postgres.sh pause    # stops it and keeps its data (run the script again to start it)
 # Idempotent: a cluster already running is reused. It lives in
 # ${FLEETWARD_POSTGRES_DIR:-${TMPDIR:-/tmp}/fleetward-postgres-<uid>}, listens on 127.0.0.1 and a
 # socket in that directory, port ${FLEETWARD_POSTGRES_PORT:-55432}, and trusts local
@@ -25,6 +26,12 @@ if [[ "$(id -u)" -eq 0 ]]; then
   as_user=(runuser -u "$os_user" --)
 fi
 pg_ctl() { "${as_user[@]}" "$bin/pg_ctl" -D "$dir/data" "$@"; }
+
+if [[ "${1:-}" == "pause" ]]; then
+  pg_ctl -m fast -w stop >/dev/null 2>&1 || true
+  log "paused $dir (data kept)"
+  exit 0
+fi
 
 if [[ "${1:-}" == "stop" ]]; then
   if [[ -d "$dir/data" ]]; then

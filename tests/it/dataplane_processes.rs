@@ -36,7 +36,7 @@ fn shared_secrets() -> &'static (SigningKey, String) {
     })
 }
 
-fn key(thing: &str) -> String {
+pub(crate) fn key(thing: &str) -> String {
     format!("key-acme-{thing}-0123456789")
 }
 
@@ -66,6 +66,11 @@ fn grant(thing: &str, actions: Actions) -> Grant {
 
 /// Tenant `acme`, channel `tele`: `sensor` publishes, `reader` and user `alice` subscribe.
 fn persisted_snapshot() -> Stored {
+    persisted_snapshot_with(None)
+}
+
+/// The persisted snapshot, its channel `tele` keeping history for `history_secs`.
+fn persisted_snapshot_with(history_secs: Option<u64>) -> Stored {
     let (signing_key, hash) = shared_secrets();
     let resources = Resources {
         tenants: vec![Tenant {
@@ -78,7 +83,7 @@ fn persisted_snapshot() -> Stored {
         }],
         things: vec![thing("sensor"), thing("reader")],
         channels: vec![Channel {
-            history_retention_secs: Default::default(),
+            history_retention_secs: history_secs,
             uid: String::new(),
             tenant: "acme".into(),
             name: "tele".into(),
@@ -118,7 +123,7 @@ fn persisted_snapshot() -> Stored {
 }
 
 /// `N` distinct free addresses: all held until all are picked.
-fn free_addrs<const N: usize>() -> [SocketAddr; N] {
+pub(crate) fn free_addrs<const N: usize>() -> [SocketAddr; N] {
     let listeners: Vec<TcpListener> = (0..N)
         .map(|_| TcpListener::bind("127.0.0.1:0").expect("a free port"))
         .collect();
@@ -142,11 +147,11 @@ impl Drop for Running {
 
 /// A `fleetward dataplane` process with its persisted snapshot and every listener on a free
 /// port, ready (`/readyz` 200) when returned.
-struct Dataplane {
+pub(crate) struct Dataplane {
     _process: Running,
-    mqtt: SocketAddr,
-    admin: SocketAddr,
-    http: SocketAddr,
+    pub(crate) mqtt: SocketAddr,
+    pub(crate) admin: SocketAddr,
+    pub(crate) http: SocketAddr,
     /// Everything the process logged (at debug level).
     log: std::path::PathBuf,
     _state: tempfile::TempDir,
@@ -154,8 +159,19 @@ struct Dataplane {
 
 impl Dataplane {
     fn start(node_id: &str, nats: Option<&str>) -> Self {
+        Self::start_with(node_id, nats, None, &[])
+    }
+
+    /// [`Dataplane::start`] with `tele` keeping history for `history_secs`, and `extra` flags.
+    pub(crate) fn start_with(
+        node_id: &str,
+        nats: Option<&str>,
+        history_secs: Option<u64>,
+        extra: &[String],
+    ) -> Self {
         let state = tempfile::tempdir().expect("a temp dir");
-        store::save(state.path(), &persisted_snapshot()).expect("the snapshot is written");
+        store::save(state.path(), &persisted_snapshot_with(history_secs))
+            .expect("the snapshot is written");
         // An operator address where nothing listens, and the listeners: picked together, so
         // they are distinct.
         let [operator, mqtt, admin, http] = free_addrs();
@@ -178,6 +194,7 @@ impl Dataplane {
         if let Some(nats) = nats {
             command.arg(format!("--nats={nats}"));
         }
+        command.args(extra);
         let mut process = Running(command.spawn().expect("fleetward dataplane starts"));
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
@@ -204,7 +221,7 @@ impl Dataplane {
     }
 }
 
-fn http_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
+pub(crate) fn http_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
     write!(
@@ -297,14 +314,14 @@ fn with_no_operator_the_dataplane_serves_its_persisted_snapshot() {
 }
 
 /// A `nats-server` with JetStream on a free 127.0.0.1 port, killed when dropped.
-struct NatsServer {
+pub(crate) struct NatsServer {
     _process: Running,
-    url: String,
+    pub(crate) url: String,
     _store: tempfile::TempDir,
 }
 
 impl NatsServer {
-    fn start() -> Self {
+    pub(crate) fn start() -> Self {
         let store = tempfile::tempdir().expect("a temp dir");
         let addr = free_addr();
         let process = Command::new("nats-server")
