@@ -65,10 +65,6 @@ fn grant(thing: &str, actions: Actions) -> Grant {
 }
 
 /// Tenant `acme`, channel `tele`: `sensor` publishes, `reader` and user `alice` subscribe.
-fn persisted_snapshot() -> Stored {
-    persisted_snapshot_with(None)
-}
-
 /// The persisted snapshot, its channel `tele` keeping history for `history_secs`.
 fn persisted_snapshot_with(history_secs: Option<u64>) -> Stored {
     let (signing_key, hash) = shared_secrets();
@@ -262,7 +258,7 @@ fn mosquitto(tool: &str, mqtt: SocketAddr, thing: &str, key: &str, args: &[&str]
 }
 
 #[test]
-fn with_no_operator_the_dataplane_serves_its_persisted_snapshot() {
+fn with_no_operator_the_dataplane_serves_its_persisted_snapshot_with(None) {
     for tool in ["mosquitto_pub", "mosquitto_sub"] {
         assert!(
             Command::new(tool).arg("--help").output().is_ok(),

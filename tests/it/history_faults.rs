@@ -127,7 +127,7 @@ impl Writer {
             .spawn()
             .expect("fleetward writer starts");
         let deadline = Instant::now() + Duration::from_secs(30);
-        while !http_get(metrics, "/readyz").is_some_and(|(code, _)| code == 200) {
+        while http_get(metrics, "/readyz").is_none_or(|(code, _)| code != 200) {
             assert!(
                 Instant::now() < deadline,
                 "the writer was not ready in 30 s"
