@@ -258,7 +258,7 @@ fn mosquitto(tool: &str, mqtt: SocketAddr, thing: &str, key: &str, args: &[&str]
 }
 
 #[test]
-fn with_no_operator_the_dataplane_serves_its_persisted_snapshot_with(None) {
+fn with_no_operator_the_dataplane_serves_its_persisted_snapshot() {
     for tool in ["mosquitto_pub", "mosquitto_sub"] {
         assert!(
             Command::new(tool).arg("--help").output().is_ok(),
