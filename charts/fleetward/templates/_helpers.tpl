@@ -25,6 +25,10 @@
 {{- printf "%s-dataplane" (include "fleetward.fullname" .) }}
 {{- end }}
 
+{{- define "fleetward.writer.fullname" -}}
+{{- printf "%s-writer" (include "fleetward.fullname" .) }}
+{{- end }}
+
 {{/* Labels of every resource. */}}
 {{- define "fleetward.labels" -}}
 helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
@@ -71,6 +75,7 @@ app.kubernetes.io/component: {{ .component }}
 {{- define "fleetward.tokenDir" -}}/var/run/secrets/fleetward/sync{{- end }}
 {{- define "fleetward.syncTlsDir" -}}/var/run/secrets/fleetward/sync-tls{{- end }}
 {{- define "fleetward.mqttsTlsDir" -}}/var/run/secrets/fleetward/mqtts-tls{{- end }}
+{{- define "fleetward.postgresCaDir" -}}/var/run/secrets/fleetward/postgres-ca{{- end }}
 
 {{/* The PolicySync URL of the operator Service, as a dataplane dials it. */}}
 {{- define "fleetward.operatorUrl" -}}
@@ -95,6 +100,12 @@ app.kubernetes.io/component: {{ .component }}
 {{- end }}
 {{- if and .Values.networkPolicy.enabled .Values.serviceMonitor.enabled (not .Values.networkPolicy.metricsFrom) }}
 {{- fail "networkPolicy.enabled and serviceMonitor.enabled with an empty networkPolicy.metricsFrom would block Prometheus from scraping /metrics: set networkPolicy.metricsFrom to where Prometheus runs (e.g. [{namespaceSelector: {matchLabels: {kubernetes.io/metadata.name: monitoring}}}]), or turn off networkPolicy.enabled or serviceMonitor.enabled" }}
+{{- end }}
+{{- if and .Values.history.enabled (not .Values.nats.url) }}
+{{- fail "history.enabled needs NATS with JetStream, and nats.url is empty: the dataplanes publish the messages of channels with history to a JetStream stream the writer consumes. Set nats.url to a NATS server with JetStream on (nats-server 2.10.5 or later), or turn off history.enabled" }}
+{{- end }}
+{{- if and .Values.history.enabled (not .Values.history.postgres.existingSecret) }}
+{{- fail (printf "history.enabled needs history.postgres.existingSecret: the name of a Secret in namespace %s whose key history.postgres.secretKey (%s) holds the PostgreSQL URL, postgres://user:password@host:5432/db (with CloudNativePG: <cluster>-app, secretKey uri)" .Release.Namespace .Values.history.postgres.secretKey) }}
 {{- end }}
 {{- if ge (int .Values.operator.lease.renewBeforeSeconds) (int .Values.operator.lease.durationSeconds) }}
 {{- fail (printf "operator.lease.renewBeforeSeconds (%d) must be less than durationSeconds (%d)" (int .Values.operator.lease.renewBeforeSeconds) (int .Values.operator.lease.durationSeconds)) }}
@@ -125,4 +136,32 @@ readinessProbe:
 {{/* The Secret holding the keys user tokens are signed with (the operator creates it). */}}
 {{- define "fleetward.signingSecretName" -}}
 {{- printf "%s-signing-keys" (include "fleetward.fullname" .) | trunc 63 | trimSuffix "-" -}}
+{{- end }}
+
+{{/* The PostgreSQL URL (and its CA) as environment variables, for the writer and the
+dataplane's reader: both read FLEETWARD_HISTORY_POSTGRES_URL and FLEETWARD_HISTORY_POSTGRES_CA. */}}
+{{- define "fleetward.historyEnv" -}}
+{{- $pg := .Values.history.postgres -}}
+- name: FLEETWARD_HISTORY_POSTGRES_URL
+  valueFrom:
+    secretKeyRef:
+      name: {{ $pg.existingSecret }}
+      key: {{ $pg.secretKey }}
+{{- if $pg.tls.caSecret }}
+- name: FLEETWARD_HISTORY_POSTGRES_CA
+  value: {{ include "fleetward.postgresCaDir" . }}/ca.crt
+{{- end }}
+{{- end }}
+
+{{/* The volume of PostgreSQL's CA, if history.postgres.tls.caSecret names one. */}}
+{{- define "fleetward.historyCaVolume" -}}
+{{- $tls := .Values.history.postgres.tls }}
+{{- if $tls.caSecret -}}
+- name: postgres-ca
+  secret:
+    secretName: {{ $tls.caSecret }}
+    items:
+      - key: {{ $tls.caKey }}
+        path: ca.crt
+{{- end }}
 {{- end }}

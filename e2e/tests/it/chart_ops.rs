@@ -1,19 +1,22 @@
 //! The chart's operating parts: the generated README, probes and ServiceAccount annotations,
 //! `kubeVersion`, the NetworkPolicy/ServiceMonitor refusal, the PrometheusRule under
-//! `promtool`, and the alerts' and dashboard's queries against the metrics the real binaries
-//! export. `helm test` is in `chart_helm_test.rs`.
+//! `promtool`, and the alerts' and dashboard's queries (the history alerts too) against the
+//! metrics the real binaries export (operator, dataplane and writer). `helm test` is in
+//! `chart_helm_test.rs`; the history values in `chart_history.rs`.
 
 use std::collections::BTreeSet;
 use std::path::Path;
 use std::process::Command;
+use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
 use fleetward_e2e::chart;
 use fleetward_e2e::fleetward::{
     Dataplane, DataplaneConfig, OPERATOR_NAMESPACE as NS, Operator, http_get,
 };
+use fleetward_e2e::ports::{free_port, loopback, wait_for_listener};
 use fleetward_e2e::workspace;
-use fleetward_e2e::{ControlPlane, Nats, run_test};
+use fleetward_e2e::{ControlPlane, Nats, Process, run_test};
 use serde_json::{Value, json};
 
 /// The PolicySync token the processes are started with.
@@ -349,8 +352,34 @@ fn the_alerts_and_the_dashboard_query_only_metrics_the_binaries_export() {
             },
             logs.path(),
         )?;
+        // The writer as the chart runs it (history.enabled), serving /metrics before it
+        // reaches PostgreSQL: its series exist from the start, which is all this checks.
+        let history = json!({"enabled": true, "postgres": {"existingSecret": "pg"}});
+        let chart_writer = chart::template(NS, &[], &json!({"history": history}))?
+            .container("fleetward-writer", "writer")?;
+        let writer_addr = loopback(free_port()?);
+        let mut cmd = Command::new(workspace::fleetward_binary()?);
+        for arg in &chart_writer.args {
+            cmd.arg(match arg.split_once('=') {
+                Some(("--nats", _)) => format!("--nats={}", nats.url()),
+                Some(("--metrics-listen", _)) => format!("--metrics-listen={writer_addr}"),
+                _ => arg.clone(),
+            });
+        }
+        // No Kubernetes API for the sweep here; nothing listens on port 1.
+        cmd.arg("--no-maintenance").env(
+            "FLEETWARD_HISTORY_POSTGRES_URL",
+            "postgres://fleetward@127.0.0.1:1/fleetward",
+        );
+        let _writer = Process::spawn("writer", cmd, logs.path())?;
+        wait_for_listener(writer_addr, Duration::from_secs(60))?;
+
         let mut exported = BTreeSet::new();
-        for (what, addr) in [("operator", op.admin_addr), ("dataplane", dp.admin_addr)] {
+        for (what, addr) in [
+            ("operator", op.admin_addr),
+            ("dataplane", dp.admin_addr),
+            ("writer", writer_addr),
+        ] {
             let (status, body) = http_get(addr, "/metrics")?;
             ensure!(status == 200, "{what} /metrics answered {status}");
             exported.extend(exported_names(&body));
@@ -360,6 +389,8 @@ fn the_alerts_and_the_dashboard_query_only_metrics_the_binaries_export() {
             "fleetward_audit_events_total",
             "fleetward_bus_connected",
             "fleetward_policy_snapshot_staleness_seconds",
+            "fleetward_history_backlog_bytes",
+            "fleetward_history_refused_total",
         ] {
             ensure!(exported.contains(sure), "{sure} in {exported:?}");
         }
@@ -373,8 +404,11 @@ fn the_alerts_and_the_dashboard_query_only_metrics_the_binaries_export() {
             "{families:?}"
         );
 
-        let values =
-            json!({"prometheusRule": {"enabled": true}, "grafanaDashboard": {"enabled": true}});
+        let values = json!({
+            "prometheusRule": {"enabled": true},
+            "grafanaDashboard": {"enabled": true},
+            "history": history,
+        });
         let r = chart::template(NS, &[], &values)?;
         let mut exprs: Vec<(String, String)> = Vec::new();
         for rule in r.get("PrometheusRule", "fleetward")?["spec"]["groups"][0]["rules"]

@@ -442,8 +442,10 @@ fn the_default_render_has_the_workloads_the_issue_asks_for() -> Result<()> {
             .any(|p| p["name"] == "mqtts" && p["port"] == 8883),
         "MQTTS 8883 with TLS on: {svc}"
     );
-    ensure!(full.of_kind("NetworkPolicy").len() == 2);
-    ensure!(full.of_kind("ServiceMonitor").len() == 2);
+    // Operator, dataplane and (history on) writer.
+    ensure!(full.of_kind("NetworkPolicy").len() == 3);
+    ensure!(full.of_kind("ServiceMonitor").len() == 3);
+    full.get("Deployment", "fw-writer")?;
     full.get("PrometheusRule", "fw")?;
     let dashboard = full.get("ConfigMap", "fw-dashboard")?;
     ensure!(

@@ -7,6 +7,7 @@
 // One module per area (each was its own test binary).
 mod cedar;
 mod chart_helm_test;
+mod chart_history;
 mod chart_ops;
 mod compat_skew;
 mod controlplane;
