@@ -82,13 +82,29 @@ fn channel(name: String) -> Channel {
     }
 }
 
-/// `policy` with the `fan` channel keeping a day of history (the pairs' channels keep none).
-pub fn with_fan_history(policy: &Snapshot) -> Result<Arc<Snapshot>, BuildError> {
+/// `policy` with the `fan` channel keeping a day of history, and the channels `pair-<i>` for
+/// every `i` from `pairs_from` on.
+pub fn with_history(
+    policy: &Snapshot,
+    pairs_from: Option<usize>,
+) -> Result<Arc<Snapshot>, BuildError> {
     let mut snapshot = policy.clone();
-    if let Some(fan) = snapshot.channel(TENANT, FAN_CHANNEL) {
-        let mut fan = fan.clone();
-        fan.history_retention_secs = Some(86_400);
-        snapshot.upsert_channel(fan);
+    let keeps = |name: &str| {
+        name == FAN_CHANNEL
+            || name
+                .strip_prefix("pair-")
+                .and_then(|i| i.parse::<usize>().ok())
+                .zip(pairs_from)
+                .is_some_and(|(i, from)| i >= from)
+    };
+    let kept: Vec<Channel> = snapshot
+        .channels()
+        .filter(|c| keeps(&c.name))
+        .cloned()
+        .collect();
+    for mut channel in kept {
+        channel.history_retention_secs = Some(86_400);
+        snapshot.upsert_channel(channel);
     }
     Ok(Arc::new(snapshot))
 }

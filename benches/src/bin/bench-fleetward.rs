@@ -53,10 +53,13 @@ struct Args {
     /// into Cedar policies, decided by the Cedar engine behind the same decision cache).
     #[arg(long, default_value = "builtin", value_parser = ["builtin", "cedar"])]
     engine: String,
-    /// Keep the history of the `fan` channel (only that one) in a SQLite file here, written
-    /// by the in-process writer `fleetward start` runs.
+    /// Keep the history of the `fan` channel in a SQLite file here, written by the
+    /// in-process writer `fleetward start` runs.
     #[arg(long, value_name = "PATH")]
     history_sqlite: Option<std::path::PathBuf>,
+    /// With --history-sqlite: the channels `pair-<i>` for `i` from this on keep history too.
+    #[arg(long, value_name = "I")]
+    history_pairs_from: Option<usize>,
 }
 
 /// The in-process history of `fleetward start` over a SQLite file at `path`.
@@ -91,7 +94,7 @@ async fn main() -> anyhow::Result<()> {
     let mut policy = fixture::policy_with(args.pairs, engine)?;
     let mut history_of = History::default();
     if let Some(path) = &args.history_sqlite {
-        policy = fixture::with_fan_history(&policy)?;
+        policy = fixture::with_history(&policy, args.history_pairs_from)?;
         history_of = history(path).await?;
     }
     let (_policy, rx) = tokio::sync::watch::channel(policy);

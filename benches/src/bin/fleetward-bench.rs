@@ -54,6 +54,10 @@ struct Cli {
     /// send nothing).
     #[arg(long)]
     flood_partial: bool,
+    /// Pair scenarios use pairs `i` from this on (two generators on one broker use disjoint
+    /// pairs).
+    #[arg(long, default_value_t = 0)]
+    first_pair: usize,
     #[command(subcommand)]
     scenario: Scenario,
 }
@@ -169,12 +173,12 @@ fn flow(args: &FlowArgs, subscribers: Vec<Client>, publishers: Vec<Client>) -> F
     }
 }
 
-/// Subscribers and publishers of `n` pairs, pair `i` on its own channel.
-fn pairs(n: usize) -> (Vec<Client>, Vec<Client>) {
-    let subs = (0..n)
+/// Subscribers and publishers of `n` pairs from pair `first`, pair `i` on its own channel.
+fn pairs(first: usize, n: usize) -> (Vec<Client>, Vec<Client>) {
+    let subs = (first..first + n)
         .map(|i| Client::new(fixture::subscriber(i), fixture::pair_topic(i)))
         .collect();
-    let pubs = (0..n)
+    let pubs = (first..first + n)
         .map(|i| Client::new(fixture::publisher(i), fixture::pair_topic(i)))
         .collect();
     (subs, pubs)
@@ -219,7 +223,7 @@ async fn scenario_line(
 ) -> anyhow::Result<String> {
     Ok(match &cli.scenario {
         Scenario::Pairs { pairs: n, flow: f } => {
-            let (subs, pubs) = pairs(*n);
+            let (subs, pubs) = pairs(cli.first_pair, *n);
             throughput(broker, head, &format!("pairs pairs={n}"), f, subs, pubs).await?
         }
         Scenario::FanOut {
@@ -248,7 +252,7 @@ async fn scenario_line(
             pairs: n,
             total_rate,
             flow: f,
-        } => latency(broker, head, *n, *total_rate, f).await?,
+        } => latency(broker, head, (cli.first_pair, *n), *total_rate, f).await?,
         Scenario::Connect {
             workers,
             things,
@@ -277,12 +281,12 @@ async fn scenario_line(
 async fn latency(
     broker: Broker,
     head: &str,
-    n: usize,
+    (first, n): (usize, usize),
     total_rate: f64,
     f: &FlowArgs,
 ) -> anyhow::Result<String> {
     anyhow::ensure!(total_rate > 0.0, "latency runs at a fixed rate above 0");
-    let (subs, pubs) = pairs(n);
+    let (subs, pubs) = pairs(first, n);
     let mut spec = flow(f, subs, pubs);
     spec.rate = total_rate / n as f64;
     spec.latency = true;
