@@ -18,10 +18,22 @@ pub struct Nats {
 impl Nats {
     /// Starts nats-server on 127.0.0.1 and waits until it accepts connections.
     pub fn start(log_dir: &Path) -> Result<Self> {
+        Self::start_with(log_dir, false)
+    }
+
+    /// [`Nats::start`] with JetStream on, its store under `log_dir` (the history stream).
+    pub fn start_jetstream(log_dir: &Path) -> Result<Self> {
+        Self::start_with(log_dir, true)
+    }
+
+    fn start_with(log_dir: &Path, jetstream: bool) -> Result<Self> {
         let bin = std::env::var("NATS_SERVER").unwrap_or_else(|_| "nats-server".to_owned());
         let port = free_port()?;
         let mut cmd = Command::new(bin);
         cmd.args(["--addr", "127.0.0.1", "--port", &port.to_string()]);
+        if jetstream {
+            cmd.arg("-js").arg("-sd").arg(log_dir.join("jetstream"));
+        }
         let mut process = Process::spawn("nats-server", cmd, log_dir)?;
         if let Err(err) = wait_for_listener(loopback(port), Duration::from_secs(20)) {
             let running = process.is_running();

@@ -24,8 +24,10 @@ pub struct SqliteStore {
 }
 
 impl SqliteStore {
-    /// Opens (or creates) the database at `path`, in WAL mode.
+    /// Opens (or creates) the database at `path`, in WAL mode. A new file is made private
+    /// (0600: it holds the messages); SQLite gives its `-wal` and `-shm` files the same mode.
     pub async fn open(path: &Path) -> Result<Self, Error> {
+        create_private(path)?;
         let options = SqliteConnectOptions::from_str("sqlite:")?
             .filename(path)
             .create_if_missing(true)
@@ -249,6 +251,19 @@ impl Store for SqliteStore {
                 },
             )
             .collect())
+    }
+}
+
+/// Creates `path` empty with mode 0600 unless it exists.
+fn create_private(path: &Path) -> Result<(), Error> {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    match options.open(path) {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(Error::Database(sqlx::Error::Io(e))),
     }
 }
 

@@ -121,3 +121,39 @@ async fn the_reader_says_when_a_pod_has_no_store_or_the_channel_keeps_no_history
     assert_eq!(r.status, 202, "{}", r.body);
     assert!(r.body.contains("m/acme/c/commands/messages"), "{}", r.body);
 }
+
+#[tokio::test]
+async fn a_read_takes_a_token_of_the_tenants_rate_and_is_refused_over_it() {
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let store = fleetward_history::SqliteStore::open(&dir.path().join("history.db"))
+        .await
+        .expect("the store opens");
+    fleetward_history::Store::migrate(&store)
+        .await
+        .expect("migrated");
+    let mut r = with_history();
+    for t in &mut r.tenants {
+        t.limits.publish_rate = Some(1);
+        t.limits.publish_burst = Some(1);
+    }
+    let history = History {
+        sink: HistorySink::Off,
+        reader: Some(fleetward_history::HistoryStore::Sqlite(store)),
+    };
+    let fx = Adapters::start_with_history(r, history).await;
+    let read = || {
+        let url = fx.url("/m/acme/c/telemetry/messages");
+        async move { curl(&["-H", &thing_auth("acme", "reader"), &url]).await }
+    };
+    let first = read().await;
+    assert_eq!(first.status, 200, "{}", first.body);
+    assert!(first.body.contains(r#""messages":[]"#), "{}", first.body);
+    let second = read().await;
+    assert_eq!(second.status, 429, "{}", second.body);
+    assert!(second.body.contains("rate_limited"), "{}", second.body);
+    assert!(
+        second.header("retry-after").is_some(),
+        "{:?}",
+        second.headers
+    );
+}

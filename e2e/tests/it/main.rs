@@ -13,6 +13,7 @@ mod compat_skew;
 mod controlplane;
 mod crd_validation;
 mod helm;
+mod history;
 mod image;
 mod nats;
 mod operator;
