@@ -36,9 +36,13 @@ async fn http_publish_reaches_mqtt_subscribers_with_its_metadata() {
     ])
     .await;
     assert_eq!(r.status, 202, "{r:?}");
+    let mut answer = r.json();
+    // The id the message is known by; subscribers with metadata see the same one.
+    let id = answer["message_id"].take();
     assert_eq!(
-        r.json(),
-        serde_json::json!({"topic": "m/acme/c/telemetry/room1", "qos": 1, "retained": false})
+        answer,
+        serde_json::json!({"topic": "m/acme/c/telemetry/room1", "qos": 1, "retained": false,
+                           "message_id": null})
     );
 
     let got = reader.next_publish(WAIT).await.expect("delivered over v5");
@@ -56,6 +60,7 @@ async fn http_publish_reaches_mqtt_subscribers_with_its_metadata() {
     };
     assert_eq!(up("fleetward-publisher").as_deref(), Some("thing:sensor"));
     assert_eq!(up("fleetward-protocol").as_deref(), Some("http"));
+    assert_eq!(up("fleetward-id").as_deref(), id.as_str());
     let created = up("fleetward-created").expect("a created time");
     assert!(
         created.starts_with("20") && created.ends_with('Z') && created.contains('T'),
