@@ -36,6 +36,7 @@
 //!         retained_allowed: true,
 //!         max_message_size: None,
 //!         delivery_metadata: false,
+//!         history_retention_secs: None,
 //!     }],
 //!     grants: vec![Grant {
 //!         tenant: "acme".into(),
