@@ -24,7 +24,7 @@ pub const HISTORY_FILE: &str = "history.db";
 pub struct HistoryFigures {
     /// Messages kept.
     pub messages: u64,
-    /// Bytes kept (payload, topic and 64 a message).
+    /// Bytes kept (payload, topic, properties and publisher, and 64 a message).
     pub bytes: u64,
     /// The oldest kept message's time, RFC 3339.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -117,7 +117,7 @@ impl From<ChannelStatus> for ResourceStatus {
 pub struct ChannelHistoryStatus {
     /// Stored messages.
     pub messages: u64,
-    /// Stored bytes: payloads, topics and 64 bytes a message, as the tenant's
+    /// Stored bytes: payloads, topics, properties and publishers, and 64 bytes a message, as the tenant's
     /// `maxHistoryBytes` counts them.
     pub bytes: u64,
     /// When the oldest stored message was accepted (RFC 3339); unset when none is stored.

@@ -168,7 +168,8 @@ pub struct TenantLimits {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1))]
     pub max_retained_bytes: Option<u64>,
-    /// The most bytes of message history (payload, topic and 64 bytes a message) the tenant
+    /// The most bytes of message history (payload, topic, properties and
+    /// publisher, and 64 bytes a message) the tenant
     /// keeps across its channels with `history`; past it the oldest messages go first.
     /// Unset: 1073741824 (1 GiB).
     #[serde(default, skip_serializing_if = "Option::is_none")]

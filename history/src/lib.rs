@@ -36,8 +36,8 @@ pub use sqlx::postgres::PgSslMode;
 /// The default of a tenant's `limits.maxHistoryBytes`: 1 GiB of stored messages.
 pub const DEFAULT_MAX_HISTORY_BYTES: u64 = 1 << 30;
 
-/// What a store counts per row beside its payload and topic (id, times, publisher, flags), for
-/// the byte figures of [`ChannelStats`] and the tenant's `maxHistoryBytes`.
+/// What a store counts per row beside its text and bytes (id, times, flags), for the byte
+/// figures of [`ChannelStats`] and the tenant's `maxHistoryBytes`.
 pub const ROW_OVERHEAD: u64 = 64;
 
 /// One stored message.
@@ -79,9 +79,31 @@ impl Record {
         format!("m/{}/c/{}{}", self.tenant, self.channel, self.subtopic)
     }
 
-    /// The bytes it counts against `maxHistoryBytes`.
+    /// The bytes it counts against `maxHistoryBytes`, and a queue holding it against its
+    /// bound: everything of variable size (payload, topic, properties, publisher) and
+    /// [`ROW_OVERHEAD`]. Properties count as much as the payload: a message of small payload
+    /// and large user properties is not a small message.
     pub fn stored_bytes(&self) -> u64 {
-        self.payload.len() as u64 + self.subtopic.len() as u64 + ROW_OVERHEAD
+        let text = [
+            &self.tenant,
+            &self.channel,
+            &self.channel_uid,
+            &self.subtopic,
+            &self.protocol,
+        ]
+        .iter()
+        .map(|s| s.len())
+        .sum::<usize>()
+            + [&self.content_type, &self.publisher, &self.publisher_kind]
+                .iter()
+                .map(|s| s.as_ref().map_or(0, String::len))
+                .sum::<usize>()
+            + self
+                .user_properties
+                .iter()
+                .map(|(k, v)| k.len() + v.len())
+                .sum::<usize>();
+        (self.payload.len() + text) as u64 + ROW_OVERHEAD
     }
 }
 
@@ -244,4 +266,34 @@ pub fn now_ns() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn properties_count_as_much_as_the_payload() {
+        let small = Record {
+            id: MessageId::floor(0),
+            tenant: "acme".into(),
+            channel: "telemetry".into(),
+            channel_uid: String::new(),
+            subtopic: String::new(),
+            payload: Bytes::from_static(b"1234"),
+            qos: 1,
+            content_type: None,
+            publisher: None,
+            publisher_kind: None,
+            protocol: "mqtt".into(),
+            created_ns: 0,
+            user_properties: Vec::new(),
+        };
+        let heavy = Record {
+            user_properties: vec![("k".into(), "v".repeat(900_000))],
+            ..small.clone()
+        };
+        assert_eq!(small.stored_bytes(), 4 + 4 + 9 + 4 + ROW_OVERHEAD);
+        assert_eq!(heavy.stored_bytes(), small.stored_bytes() + 900_001);
+    }
 }
