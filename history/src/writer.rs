@@ -25,7 +25,14 @@ pub struct WriterConfig {
     pub max_delay: Duration,
     /// Records the queue holds before a [`Sink`] refuses more.
     pub queue: usize,
+    /// Bytes ([`Record::stored_bytes`]) the queue and the batch in hand hold before a
+    /// [`Sink`] refuses more.
+    pub max_queued_bytes: u64,
 }
+
+/// The default of every history queue's byte bound: 64 MiB a pod, whatever the messages' size
+/// (65,536 messages of 1 MiB would be 64 GiB).
+pub const DEFAULT_MAX_QUEUED_BYTES: u64 = 64 << 20;
 
 impl Default for WriterConfig {
     fn default() -> Self {
@@ -33,6 +40,7 @@ impl Default for WriterConfig {
             max_batch: 1_000,
             max_delay: Duration::from_millis(20),
             queue: 65_536,
+            max_queued_bytes: DEFAULT_MAX_QUEUED_BYTES,
         }
     }
 }
@@ -50,6 +58,8 @@ pub struct WriterStats {
     pub refused: AtomicU64,
     /// Records queued and not written yet.
     pub backlog: AtomicU64,
+    /// What they hold, bytes.
+    pub backlog_bytes: AtomicU64,
 }
 
 /// The dataplane's side of the in-process writer.
@@ -57,6 +67,7 @@ pub struct WriterStats {
 pub struct Sink {
     tx: mpsc::Sender<Record>,
     stats: Arc<WriterStats>,
+    max_bytes: u64,
 }
 
 /// The queue is full: the store is slower than the messages, or down.
@@ -67,7 +78,7 @@ pub struct Full;
 impl Sink {
     /// Queues a record; refused (and counted) when the queue is full or the writer is gone.
     pub fn offer(&self, record: Record) -> Result<(), Full> {
-        match self.tx.try_send(record) {
+        match offer_within(&self.tx, &self.stats.backlog_bytes, self.max_bytes, record) {
             Ok(()) => {
                 self.stats.backlog.fetch_add(1, Ordering::Relaxed);
                 Ok(())
@@ -89,7 +100,37 @@ impl Sink {
 pub fn channel(config: &WriterConfig) -> (Sink, mpsc::Receiver<Record>) {
     let (tx, rx) = mpsc::channel(config.queue.max(1));
     let stats = Arc::new(WriterStats::default());
-    (Sink { tx, stats }, rx)
+    let max_bytes = config.max_queued_bytes;
+    (
+        Sink {
+            tx,
+            stats,
+            max_bytes,
+        },
+        rx,
+    )
+}
+
+/// Queues `record` on `tx` unless the queue is full or the bytes `held` (by what is queued
+/// and not done with) would pass `max`; the record's bytes stay in `held` until its holder
+/// gives them back. A record alone always fits, so one larger than `max` still passes an
+/// empty queue. Every history queue (the in-process writer's, the stream publisher's) takes
+/// records here.
+pub fn offer_within(
+    tx: &mpsc::Sender<Record>,
+    held: &AtomicU64,
+    max: u64,
+    record: Record,
+) -> Result<(), Full> {
+    let n = record.stored_bytes();
+    held.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |h| {
+        (h == 0 || h.saturating_add(n) <= max).then_some(h + n)
+    })
+    .map_err(|_| Full)?;
+    tx.try_send(record).map_err(|_| {
+        held.fetch_sub(n, Ordering::Relaxed);
+        Full
+    })
 }
 
 /// Collects records into batches: at most `max_batch`, waiting at most `max_delay` after the
@@ -212,6 +253,8 @@ async fn flush<S: Store>(store: &S, batcher: &mut Batcher, stats: &WriterStats) 
     stats
         .backlog
         .fetch_sub(batch.len() as u64, Ordering::Relaxed);
+    let bytes = batch.iter().map(Record::stored_bytes).sum();
+    stats.backlog_bytes.fetch_sub(bytes, Ordering::Relaxed);
 }
 
 /// Sweeps and counts every `every`: `kept` says which channels keep history now, `report`
@@ -237,5 +280,85 @@ pub async fn maintain<S: Store>(
             Ok(stats) => report(stats),
             Err(e) => tracing::warn!(error = %e, "history: could not count what channels hold"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+
+    use super::*;
+    use crate::MessageId;
+
+    fn record(payload: usize) -> Record {
+        Record {
+            id: MessageId::new(crate::now_ns()),
+            tenant: "acme".into(),
+            channel: "telemetry".into(),
+            channel_uid: String::new(),
+            subtopic: String::new(),
+            payload: Bytes::from(vec![b'x'; payload]),
+            qos: 1,
+            content_type: None,
+            publisher: None,
+            publisher_kind: None,
+            protocol: "mqtt".into(),
+            created_ns: 0,
+            user_properties: Vec::new(),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_queue_refuses_past_its_bytes_and_takes_again_once_they_are_written() {
+        let each = record(1_000).stored_bytes();
+        let (sink, rx) = channel(&WriterConfig {
+            max_queued_bytes: each * 3,
+            ..WriterConfig::default()
+        });
+        for _ in 0..3 {
+            sink.offer(record(1_000)).expect("within the bytes");
+        }
+        assert_eq!(sink.offer(record(1_000)), Err(Full), "past the bytes");
+        assert_eq!(sink.stats().backlog_bytes.load(Ordering::Relaxed), each * 3);
+        assert_eq!(sink.stats().refused.load(Ordering::Relaxed), 1);
+
+        // The writer writes them: their bytes are given back.
+        let dir = std::env::temp_dir().join(format!("fw-writer-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("a temp dir");
+        let store = crate::SqliteStore::open(&dir.join("h.db"))
+            .await
+            .expect("opens");
+        store.migrate().await.expect("migrates");
+        let stats = sink.stats().clone();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(run(
+            store,
+            rx,
+            WriterConfig::default(),
+            stats.clone(),
+            async {
+                let _ = stopped.await;
+            },
+        ));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while stats.written.load(Ordering::Relaxed) < 3 {
+            assert!(Instant::now() < deadline, "never written");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(stats.backlog_bytes.load(Ordering::Relaxed), 0);
+        sink.offer(record(1_000)).expect("room again");
+        let _ = stop.send(());
+        task.await.expect("the writer ends");
+        assert_eq!(stats.written.load(Ordering::Relaxed), 4, "drained at stop");
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn a_record_larger_than_the_bound_passes_an_empty_queue_only() {
+        let (tx, _rx) = mpsc::channel(8);
+        let held = AtomicU64::new(0);
+        offer_within(&tx, &held, 100, record(1_000)).expect("alone, it fits");
+        assert_eq!(offer_within(&tx, &held, 100, record(1)), Err(Full));
+        assert_eq!(held.load(Ordering::Relaxed), record(1_000).stored_bytes());
     }
 }

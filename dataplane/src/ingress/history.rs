@@ -118,6 +118,12 @@ impl HistoryTap {
             "fleetward_history_backlog",
             "History records waiting for JetStream's ack.",
             s.queued.load(Ordering::Relaxed),
+        )?;
+        gauge(
+            e,
+            "fleetward_history_backlog_bytes",
+            "What the history records waiting for JetStream's ack hold, bytes.",
+            s.queued_bytes.load(Ordering::Relaxed),
         )
     }
 
@@ -165,6 +171,12 @@ impl HistoryTap {
             "fleetward_history_backlog",
             "Messages waiting for the history writer.",
             w.backlog.load(Ordering::Relaxed),
+        )?;
+        gauge(
+            e,
+            "fleetward_history_backlog_bytes",
+            "What the messages waiting for the history writer hold, bytes.",
+            w.backlog_bytes.load(Ordering::Relaxed),
         )
     }
 }

@@ -31,6 +31,9 @@ pub struct PublisherConfig {
     pub in_flight: usize,
     /// The longest wait between retries (doubling from 100 ms).
     pub max_backoff: Duration,
+    /// Bytes ([`Record::stored_bytes`]) queued and unacknowledged records hold before
+    /// [`Publisher::offer`] refuses more.
+    pub max_queued_bytes: u64,
 }
 
 impl Default for PublisherConfig {
@@ -39,6 +42,7 @@ impl Default for PublisherConfig {
             queue: 65_536,
             in_flight: 1_024,
             max_backoff: Duration::from_secs(5),
+            max_queued_bytes: crate::writer::DEFAULT_MAX_QUEUED_BYTES,
         }
     }
 }
@@ -57,6 +61,8 @@ pub struct PublisherStats {
     pub dropped_too_large: AtomicU64,
     /// Records accepted and not acknowledged by JetStream yet.
     pub queued: AtomicU64,
+    /// What they hold, bytes.
+    pub queued_bytes: AtomicU64,
 }
 
 /// Queues records for the stream.
@@ -65,6 +71,7 @@ pub struct Publisher {
     tx: mpsc::Sender<Record>,
     stats: Arc<PublisherStats>,
     task: AbortHandle,
+    max_bytes: u64,
 }
 
 impl Publisher {
@@ -74,12 +81,20 @@ impl Publisher {
         let (tx, rx) = mpsc::channel(config.queue.max(1));
         let stats = Arc::new(PublisherStats::default());
         let task = tokio::spawn(run(js, rx, config, stats.clone())).abort_handle();
-        Self { tx, stats, task }
+        let max_bytes = config.max_queued_bytes;
+        Self {
+            tx,
+            stats,
+            task,
+            max_bytes,
+        }
     }
 
-    /// Queues a record without waiting; refused (and counted) when the queue is full.
+    /// Queues a record without waiting; refused (and counted) when the queue is full, in
+    /// records or bytes.
     pub fn offer(&self, record: Record) -> Result<(), Full> {
-        match self.tx.try_send(record) {
+        let held = &self.stats.queued_bytes;
+        match crate::writer::offer_within(&self.tx, held, self.max_bytes, record) {
             Ok(()) => {
                 self.stats.queued.fetch_add(1, Ordering::Relaxed);
                 Ok(())
@@ -201,7 +216,7 @@ impl Task {
             })),
             Err(e) if e.kind() == PublishErrorKind::MaxPayloadExceeded => {
                 self.stats.dropped_too_large.fetch_add(1, Ordering::Relaxed);
-                self.stats.queued.fetch_sub(1, Ordering::Relaxed);
+                self.done_with(&record);
                 tracing::warn!(id = %record.id, tenant = %record.tenant, channel = %record.channel, error = %e,
                     "history: a record is larger than the NATS server's max_payload and is not kept; raise max_payload or lower the channel's maxMessageSize");
             }
@@ -209,11 +224,18 @@ impl Task {
         }
     }
 
+    /// Gives back what a record held in the queue.
+    fn done_with(&self, record: &Record) {
+        self.stats.queued.fetch_sub(1, Ordering::Relaxed);
+        let bytes = record.stored_bytes();
+        self.stats.queued_bytes.fetch_sub(bytes, Ordering::Relaxed);
+    }
+
     fn acked(&mut self, record: Record, result: Result<PublishAck, String>) {
         match result {
             Ok(_) => {
                 self.stats.published.fetch_add(1, Ordering::Relaxed);
-                self.stats.queued.fetch_sub(1, Ordering::Relaxed);
+                self.done_with(&record);
                 self.backoff.reset();
             }
             Err(e) => self.retry(record, &e),
