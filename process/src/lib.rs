@@ -1,10 +1,13 @@
 //! Process glue the operator and the dataplane share: the host name, the shutdown signals,
-//! the token and TLS files they read at start, and the wall clock in Unix units.
+//! the token and TLS files they read at start, the wall clock in Unix units, and names as NATS
+//! subject tokens.
 //!
 //! One copy here keeps the two binaries' behaviour the same; neither links the other.
 
 // No function longer than a reader can hold in their head (the threshold is in clippy.toml).
 #![warn(clippy::too_many_lines)]
+
+pub mod nats;
 
 use std::io;
 use std::path::{Path, PathBuf};

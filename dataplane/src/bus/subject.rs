@@ -13,46 +13,9 @@ use fleetward_policy::{TopicLimits, parse_filter};
 /// The channel a subject belongs to: (tenant, channel), both unescaped.
 pub type ChannelKey = (String, String);
 
-/// One MQTT level as one NATS token.
-pub fn escape_level(level: &str) -> String {
-    if level.is_empty() {
-        return "=".to_owned();
-    }
-    let mut out = String::with_capacity(level.len());
-    for b in level.bytes() {
-        if b.is_ascii_alphanumeric() || b == b'-' || b == b'_' {
-            out.push(char::from(b));
-        } else {
-            out.push_str(&format!("={b:02X}"));
-        }
-    }
-    out
-}
-
-/// The MQTT level a token stands for; `None` for a token [`escape_level`] never writes.
-pub fn unescape_level(token: &str) -> Option<String> {
-    if token == "=" {
-        return Some(String::new());
-    }
-    let bytes = token.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'=' => {
-                let hex = token.get(i + 1..i + 3)?;
-                out.push(u8::from_str_radix(hex, 16).ok()?);
-                i += 3;
-            }
-            b if b.is_ascii_alphanumeric() || b == b'-' || b == b'_' => {
-                out.push(b);
-                i += 1;
-            }
-            _ => return None,
-        }
-    }
-    String::from_utf8(out).ok()
-}
+/// One MQTT level as one NATS token, and back: the escaping every NATS subject of Fleetward
+/// uses (the bus's here, the history stream's in `fleetward-history`).
+pub use fleetward_process::nats::{escape_token as escape_level, unescape_token as unescape_level};
 
 /// Splits a full topic name or filter, `m/<tenant>/c/<channel>[/…]`, into tenant, channel and
 /// the levels after the channel, by the policy's grammar; `None` if it is not one of ours.

@@ -94,25 +94,9 @@ pub async fn ensure_stream(
 pub fn subject(tenant: &str, channel: &str) -> String {
     format!(
         "fleetward.history.{}.{}",
-        escape_token(tenant),
-        escape_token(channel)
+        fleetward_process::nats::escape_token(tenant),
+        fleetward_process::nats::escape_token(channel)
     )
-}
-
-/// `[A-Za-z0-9_-]` bytes as they are, any other byte as `=XX`, an empty name as `=`.
-fn escape_token(name: &str) -> String {
-    if name.is_empty() {
-        return "=".to_owned();
-    }
-    let mut out = String::with_capacity(name.len());
-    for b in name.bytes() {
-        if b.is_ascii_alphanumeric() || b == b'_' || b == b'-' {
-            out.push(char::from(b));
-        } else {
-            out.push_str(&format!("={b:02X}"));
-        }
-    }
-    out
 }
 
 #[cfg(test)]
