@@ -122,6 +122,40 @@ pub struct Kept {
     pub max_tenant_bytes: u64,
 }
 
+impl Kept {
+    /// The oldest id the channel keeps at `now_ns`: older ones are past its retention.
+    pub fn cutoff(&self, now_ns: u64) -> MessageId {
+        let retention = u64::try_from(self.retention.as_nanos()).unwrap_or(u64::MAX);
+        MessageId::floor(now_ns.saturating_sub(retention))
+    }
+
+    /// Each tenant of `kept` once, with its `maxHistoryBytes`.
+    pub fn tenant_quotas(kept: &[Kept]) -> Vec<(&str, u64)> {
+        let mut tenants: Vec<(&str, u64)> = kept
+            .iter()
+            .map(|k| (k.tenant.as_str(), k.max_tenant_bytes))
+            .collect();
+        tenants.sort_unstable();
+        tenants.dedup_by_key(|t| t.0);
+        tenants
+    }
+}
+
+/// Of a tenant's rows, oldest first as `(id, stored bytes)`, the last one to delete so that
+/// `excess` (lowered by what each holds) reaches 0; `None` for no rows. Both stores trim a
+/// tenant over its `maxHistoryBytes` with it, a page of rows at a time.
+pub(crate) fn last_to_trim<T>(rows: Vec<(T, u64)>, excess: &mut u64) -> Option<T> {
+    let mut last = None;
+    for (id, bytes) in rows {
+        last = Some(id);
+        *excess = excess.saturating_sub(bytes);
+        if *excess == 0 {
+            break;
+        }
+    }
+    last
+}
+
 /// What one sweep removed.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Swept {

@@ -258,16 +258,16 @@ impl PostgresStore {
             .bind(DELETE_ROWS)
             .fetch_all(&self.pool)
             .await?;
-            let mut last = None;
-            for row in &rows {
-                let bytes: i32 = row.try_get(1)?;
-                last = Some(row.try_get::<Uuid, _>(0)?);
-                excess = excess.saturating_sub(u64::try_from(bytes).unwrap_or(0));
-                if excess == 0 {
-                    break;
-                }
-            }
-            let Some(last) = last else { break };
+            let rows = rows
+                .iter()
+                .map(|r| {
+                    let bytes = u64::try_from(r.try_get::<i32, _>(1)?).unwrap_or(0);
+                    Ok((r.try_get::<Uuid, _>(0)?, bytes))
+                })
+                .collect::<Result<Vec<_>, Error>>()?;
+            let Some(last) = crate::last_to_trim(rows, &mut excess) else {
+                break;
+            };
             let last_ms = ms_of(MessageId::from_bytes(*last.as_bytes()));
             total += sqlx::query(
                 "DELETE FROM messages WHERE tenant = $1 AND id <= $2 \
@@ -400,10 +400,7 @@ impl Store for PostgresStore {
             })
             .await?;
         for k in kept {
-            let retention = i64::try_from(k.retention.as_nanos()).unwrap_or(i64::MAX);
-            let cutoff_ns =
-                u64::try_from(i64::try_from(now_ns).unwrap_or(i64::MAX) - retention).unwrap_or(0);
-            let cutoff = MessageId::floor(cutoff_ns);
+            let cutoff = k.cutoff(now_ns);
             swept.expired += self
                 .delete_all(|q| {
                     q.push("tenant = ")
@@ -420,13 +417,7 @@ impl Store for PostgresStore {
                 })
                 .await?;
         }
-        let mut tenants: Vec<(&str, u64)> = kept
-            .iter()
-            .map(|k| (k.tenant.as_str(), k.max_tenant_bytes))
-            .collect();
-        tenants.sort_unstable();
-        tenants.dedup_by_key(|t| t.0);
-        for (tenant, max) in tenants {
+        for (tenant, max) in Kept::tenant_quotas(kept) {
             swept.over_quota += self.trim_tenant(tenant, max).await?;
         }
         Ok(swept)

@@ -85,16 +85,16 @@ impl SqliteStore {
             .bind(DELETE_ROWS)
             .fetch_all(&self.pool)
             .await?;
-            let mut last = None;
-            for row in &rows {
-                let bytes: i64 = row.try_get(1)?;
-                last = Some(row.try_get::<Vec<u8>, _>(0)?);
-                excess = excess.saturating_sub(u64::try_from(bytes).unwrap_or(0));
-                if excess == 0 {
-                    break;
-                }
-            }
-            let Some(last) = last else { break };
+            let rows = rows
+                .iter()
+                .map(|r| {
+                    let bytes = u64::try_from(r.try_get::<i64, _>(1)?).unwrap_or(0);
+                    Ok((r.try_get::<Vec<u8>, _>(0)?, bytes))
+                })
+                .collect::<Result<Vec<_>, Error>>()?;
+            let Some(last) = crate::last_to_trim(rows, &mut excess) else {
+                break;
+            };
             total += sqlx::query("DELETE FROM messages WHERE tenant = ? AND id <= ?")
                 .bind(tenant)
                 .bind(last)
@@ -203,9 +203,7 @@ impl Store for SqliteStore {
             }
         }
         for k in kept {
-            let cutoff = MessageId::floor(
-                now_ns.saturating_sub(u64::try_from(k.retention.as_nanos()).unwrap_or(u64::MAX)),
-            );
+            let cutoff = k.cutoff(now_ns);
             swept.expired += self
                 .delete_all(|q| {
                     q.push("tenant = ")
@@ -219,13 +217,7 @@ impl Store for SqliteStore {
                 })
                 .await?;
         }
-        let mut tenants: Vec<(&str, u64)> = kept
-            .iter()
-            .map(|k| (k.tenant.as_str(), k.max_tenant_bytes))
-            .collect();
-        tenants.sort_unstable();
-        tenants.dedup_by_key(|t| t.0);
-        for (tenant, max) in tenants {
+        for (tenant, max) in Kept::tenant_quotas(kept) {
             swept.over_quota += self.trim_tenant(tenant, max).await?;
         }
         Ok(swept)
