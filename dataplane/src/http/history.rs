@@ -20,7 +20,7 @@ use fleetward_history::{Cursor, DEFAULT_LIMIT, MAX_LIMIT, Order, Record, Subtopi
 use fleetward_policy::{Action, Decision, DenyReason, Snapshot, Subject, TopicLimits};
 use serde_json::{Value, json};
 
-use super::senml;
+use super::senml::{self, SENML_JSON};
 use crate::audit;
 use crate::ingress::{self, ApiError, Ingress, Seen};
 use crate::listener::AuthHandle;
@@ -29,8 +29,6 @@ use crate::router::{Message, MessageProps, Protocol, Publisher, PublisherKind, R
 /// The reader's path. A WebSocket upgrade of it is a stream of the subtopic `messages`.
 pub const HISTORY_PATH: &str = "/m/{tenant}/c/{channel}/messages";
 
-/// The SenML media type a client may ask for with `Accept`.
-const SENML_JSON: &str = "application/senml+json";
 /// The header that carries the next page's cursor in a SenML answer (its body is the pack).
 const NEXT_CURSOR: &str = "fleetward-next-cursor";
 
@@ -333,11 +331,7 @@ fn wants_senml(headers: &HeaderMap) -> bool {
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
-        .any(|v| {
-            v.split(';')
-                .next()
-                .is_some_and(|m| m.trim().eq_ignore_ascii_case(SENML_JSON))
-        })
+        .any(|v| ingress::media_type_in(v, &[SENML_JSON]))
 }
 
 /// The stored message as the router's, for the WebSocket frame's shape.

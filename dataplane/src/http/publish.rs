@@ -52,11 +52,7 @@ fn content_type(headers: &HeaderMap) -> Result<String, ApiError> {
         .and_then(|v| v.to_str().ok())
         .map(str::trim)
         .unwrap_or("");
-    let essence = given.split(';').next().unwrap_or("").trim();
-    if CONTENT_TYPES
-        .iter()
-        .any(|t| t.eq_ignore_ascii_case(essence))
-    {
+    if auth::media_type_in(given, &CONTENT_TYPES) {
         return Ok(given.to_owned());
     }
     Err(ApiError::new(

@@ -2,6 +2,12 @@
 //! messages, resolved (§4.6) into one pack of absolute records.
 
 use fleetward_history::Record;
+
+use crate::ingress::media_type_in;
+
+/// The SenML media type: of the messages resolved, and of the answer a client may ask for with
+/// `Accept`.
+pub(super) const SENML_JSON: &str = "application/senml+json";
 use serde_json::{Map, Value};
 
 /// Times below 2^28 s are relative to "now" (RFC 8428 §4.5.3); for a stored message, now is
@@ -13,11 +19,10 @@ const RELATIVE_BELOW: f64 = 268_435_456.0;
 pub(crate) fn resolve(records: &[Record]) -> Vec<Value> {
     let mut out = Vec::new();
     for r in records {
-        let senml = r.content_type.as_deref().is_some_and(|ct| {
-            ct.split(';')
-                .next()
-                .is_some_and(|m| m.trim().eq_ignore_ascii_case("application/senml+json"))
-        });
+        let senml = r
+            .content_type
+            .as_deref()
+            .is_some_and(|ct| media_type_in(ct, &[SENML_JSON]));
         if !senml {
             continue;
         }

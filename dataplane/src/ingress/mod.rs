@@ -25,7 +25,7 @@ pub(crate) use history::HistoryTap;
 pub use history::{History, HistorySink};
 pub(crate) use publish_path::{PublishMemo, PublishRefusal, PublishRequest};
 pub use request::CONTENT_TYPES;
-pub(crate) use request::{Seen, random_client_id, topic_of};
+pub(crate) use request::{Seen, media_type_in, random_client_id, topic_of};
 pub(crate) use retained::{RetainedStore, Uids, purge_deleted_channels};
 pub use sign_in::{LoginRefusal, TokenPair, UsersConfig};
 pub(crate) use sign_in::{TokenExpiry, Users, looks_like_jwt, remaining};

@@ -19,6 +19,13 @@ pub const CONTENT_TYPES: [&str; 5] = [
     "text/plain",
 ];
 
+/// Whether `content_type`'s media type (parameters such as `charset` aside, in any case) is
+/// one of `types`.
+pub(crate) fn media_type_in(content_type: &str, types: &[&str]) -> bool {
+    let essence = content_type.split(';').next().unwrap_or("").trim();
+    types.iter().any(|t| t.eq_ignore_ascii_case(essence))
+}
+
 /// The topic named by the path: `m/<tenant>/c/<channel>[/<rest>]`. Tenant and channel must be
 /// single levels (no `/`, `+`, `#` after percent-decoding).
 pub(crate) fn topic_of(params: &HashMap<String, String>) -> Result<String, ApiError> {

@@ -20,10 +20,8 @@ pub(crate) fn message_frame(m: &Message) -> String {
 /// [`message_frame`] as a JSON value: the history reader answers with the same shape.
 pub(crate) fn message_value(m: &Message) -> Value {
     let content_type = m.props.as_ref().and_then(|p| p.content_type.as_deref());
-    let binary_type = content_type.is_some_and(|ct| {
-        let essence = ct.split(';').next().unwrap_or("").trim();
-        BINARY_TYPES.iter().any(|b| b.eq_ignore_ascii_case(essence))
-    });
+    let binary_type =
+        content_type.is_some_and(|ct| crate::ingress::media_type_in(ct, &BINARY_TYPES));
     let text = if binary_type {
         None
     } else {

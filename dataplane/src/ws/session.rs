@@ -382,11 +382,7 @@ impl<R: Router, W> Conn<R, W> {
                 "text/plain".to_owned()
             }
         });
-        let essence = content_type.split(';').next().unwrap_or("").trim();
-        if !CONTENT_TYPES
-            .iter()
-            .any(|t| t.eq_ignore_ascii_case(essence))
-        {
+        if !crate::ingress::media_type_in(&content_type, &CONTENT_TYPES) {
             return Err(ApiError::new(
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
                 "unsupported_content_type",
