@@ -63,8 +63,8 @@ pub struct Directory {
     uids_file: PathBuf,
     /// The uids read from it at start, by the key's text, until their objects are seen.
     saved_uids: BTreeMap<String, String>,
-    /// What the file holds now.
-    written_uids: BTreeMap<String, String>,
+    /// The uids changed since the file was last written.
+    uids_unsaved: bool,
 }
 
 /// The file of uids in the state directory.
@@ -87,28 +87,28 @@ impl Directory {
             generated: BTreeMap::new(),
             uids: BTreeMap::new(),
             uids_file,
-            written_uids: saved_uids.clone(),
             saved_uids,
+            uids_unsaved: false,
         })
     }
 
     /// Writes the uids when they changed; a failed write is tried again after the next scan.
     fn save_uids(&mut self) {
+        if !self.uids_unsaved {
+            return;
+        }
         let now: BTreeMap<String, String> = self
             .uids
             .iter()
             .map(|(k, v)| (k.to_string(), v.clone()))
             .collect();
-        if now == self.written_uids {
-            return;
-        }
         let tmp = self.uids_file.with_extension("json.tmp");
         let written = serde_json::to_vec_pretty(&now)
             .map_err(std::io::Error::other)
             .and_then(|text| private_file(&tmp)?.write_all(&text))
             .and_then(|()| fs::rename(&tmp, &self.uids_file));
         match written {
-            Ok(()) => self.written_uids = now,
+            Ok(()) => self.uids_unsaved = false,
             Err(e) => tracing::warn!(
                 error = %e,
                 file = %self.uids_file.display(),
@@ -164,7 +164,10 @@ impl Directory {
         // Only now: an object moved between two files within one scan keeps its uid.
         let declared: BTreeSet<&ObjectKey> =
             self.files.values().flat_map(|f| f.objects.keys()).collect();
+        let before = self.uids.len();
         self.uids.retain(|key, _| declared.contains(key));
+        // Gone objects, and saved ones no manifest declares any more, leave the file too.
+        self.uids_unsaved |= self.uids.len() != before || !self.saved_uids.is_empty();
         self.saved_uids.clear();
         self.save_uids();
         report
@@ -181,11 +184,13 @@ impl Directory {
         if meta.uid.as_deref().is_some_and(|u| !u.is_empty()) {
             return;
         }
-        let saved = &mut self.saved_uids;
-        let uid = self
-            .uids
-            .entry(key.clone())
-            .or_insert_with(|| saved.remove(&key.to_string()).unwrap_or_else(new_uid));
+        let (saved, unsaved) = (&mut self.saved_uids, &mut self.uids_unsaved);
+        let uid = self.uids.entry(key.clone()).or_insert_with(|| {
+            saved.remove(&key.to_string()).unwrap_or_else(|| {
+                *unsaved = true;
+                new_uid()
+            })
+        });
         meta.uid = Some(uid.clone());
     }
 
