@@ -29,7 +29,9 @@ use bytes::Bytes;
 pub use self::filter::{FilterError, SubtopicFilter};
 pub use self::id::MessageId;
 pub use self::postgres::{PostgresOptions, PostgresStore};
-pub use self::read::{Cursor, DEFAULT_LIMIT, MAX_LIMIT, MAX_SCANNED, Order, Page, Query, read};
+pub use self::read::{
+    Cursor, DEFAULT_LIMIT, MAX_LIMIT, MAX_PAGE_BYTES, MAX_SCANNED, Order, Page, Query, read,
+};
 pub use self::sqlite::SqliteStore;
 pub use sqlx::postgres::PgSslMode;
 

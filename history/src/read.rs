@@ -8,6 +8,12 @@ use crate::{Error, MessageId, Record, Scan, Store, SubtopicFilter};
 /// The most rows one page asks the store for, matched or not: a filter that matches little
 /// returns a short page and a cursor instead of scanning the whole channel.
 pub const MAX_SCANNED: usize = 10_000;
+/// The most bytes ([`Record::stored_bytes`]) one page holds, whatever its `limit`: a page of
+/// large messages ends early, with a cursor (it always holds at least one message).
+pub const MAX_PAGE_BYTES: u64 = 8 << 20;
+/// The most rows one scan of the store returns, so what a read holds at once stays a few
+/// messages' worth beyond its page.
+const CHUNK_ROWS: u32 = 128;
 /// The largest `limit`.
 pub const MAX_LIMIT: u32 = 1_000;
 /// The `limit` when none is given.
@@ -110,9 +116,16 @@ pub async fn read<S: Store>(
         min: query.from_ns.map(MessageId::floor),
         max: query.to_ns.map(MessageId::floor),
         order: query.order,
-        limit: (limit * 2).max(100),
+        limit: limit.min(CHUNK_ROWS),
     };
-    let mut records = Vec::new();
+    let mut records: Vec<Record> = Vec::new();
+    let mut bytes = 0;
+    let cursor_at = |r: Option<&Record>| {
+        r.map(|r| Cursor {
+            order: query.order,
+            after: r.id,
+        })
+    };
     let mut scanned = 0;
     loop {
         let rows = store.scan(&scan).await?;
@@ -122,12 +135,16 @@ pub async fn read<S: Store>(
         for row in rows {
             last = Some(row.id);
             if query.filter.matches(&row.subtopic) && keep(&row) {
+                let size = row.stored_bytes();
+                if !records.is_empty() && bytes + size > MAX_PAGE_BYTES {
+                    // The next page starts with this one.
+                    let next = cursor_at(records.last());
+                    return Ok(Page { records, next });
+                }
+                bytes += size;
                 records.push(row);
                 if records.len() == limit as usize {
-                    let next = records.last().map(|r| Cursor {
-                        order: query.order,
-                        after: r.id,
-                    });
+                    let next = cursor_at(records.last());
                     return Ok(Page { records, next });
                 }
             }

@@ -32,6 +32,7 @@ both!(
     pages_run_newest_first_or_oldest_first,
     filters_narrow_to_their_topics,
     cursors_page_without_duplicates_or_gaps,
+    a_page_of_large_messages_ends_at_its_bytes_and_goes_on_by_cursor,
     from_and_to_bound_the_time,
     sweep_removes_orphans_recreated_channels_expired_rows_and_excess,
     stats_count_what_each_channel_holds,
@@ -184,6 +185,32 @@ async fn cursors_page_without_duplicates_or_gaps<S: Store>(store: &S) {
             "every message once, in order ({filter}, {order:?})"
         );
     }
+}
+
+async fn a_page_of_large_messages_ends_at_its_bytes_and_goes_on_by_cursor<S: Store>(store: &S) {
+    // Five messages of 3 MiB: a page holds two (6 MiB), as a third would pass 8 MiB.
+    let mut batch = series(5, |_| "/big".into());
+    for r in &mut batch {
+        r.payload = vec![b'x'; 3 << 20].into();
+    }
+    store.insert(&batch).await.expect("insert");
+    let mut q = query("#", Order::Asc, 100);
+    let mut pages = Vec::new();
+    loop {
+        let page = read(store, &q, |_| true).await.expect("read");
+        let bytes: u64 = page.records.iter().map(Record::stored_bytes).sum();
+        assert!(
+            bytes <= fleetward_history::MAX_PAGE_BYTES,
+            "{bytes} bytes in a page"
+        );
+        pages.push(page.records.iter().map(|r| r.id).collect::<Vec<_>>());
+        let Some(next) = page.next else { break };
+        q.cursor = Some(next);
+    }
+    let sizes: Vec<usize> = pages.iter().map(Vec::len).collect();
+    assert_eq!(sizes, [2, 2, 1]);
+    let seen: Vec<_> = pages.concat();
+    assert_eq!(seen, batch.iter().map(|r| r.id).collect::<Vec<_>>());
 }
 
 async fn from_and_to_bound_the_time<S: Store>(store: &S) {
