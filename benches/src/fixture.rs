@@ -47,6 +47,8 @@ pub fn fan_topic() -> String {
 
 fn thing(name: String) -> Thing {
     Thing {
+        x509: Default::default(),
+        credential_mode: Default::default(),
         attributes: Default::default(),
         tenant: TENANT.into(),
         key_digests: vec![KeyDigest::of(key(&name).as_bytes())],
@@ -121,6 +123,7 @@ pub fn policy(pairs: usize) -> Result<Arc<Snapshot>, BuildError> {
 pub fn policy_with(pairs: usize, engine: Engine) -> Result<Arc<Snapshot>, BuildError> {
     let mut r = Resources::default();
     r.tenants.push(Tenant {
+        device_ca: Default::default(),
         engine,
         uid: String::new(),
         name: TENANT.into(),

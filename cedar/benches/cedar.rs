@@ -23,6 +23,7 @@ const THINGS: usize = 500;
 
 fn evaluator() -> CedarEvaluator {
     let tenant = Tenant {
+        device_ca: Default::default(),
         engine: Default::default(),
         name: "acme".into(),
         uid: String::new(),
@@ -32,6 +33,8 @@ fn evaluator() -> CedarEvaluator {
     };
     let things = (0..THINGS)
         .map(|i| Thing {
+            x509: Default::default(),
+            credential_mode: Default::default(),
             attributes: Default::default(),
             tenant: "acme".into(),
             name: format!("sensor-{i}"),

@@ -26,12 +26,16 @@ pub use group::{Group, GroupSpec, Member, MemberKind};
 pub use policy::{Policy, PolicySpec};
 pub use status::{
     ChannelHistoryStatus, ChannelStatus, ConnectionStatus, EnforcedPolicy, GroupStatus,
-    PolicyStatus, PolicyTextError, ResourceStatus, TenantStatus, ThingStatus, UserStatus,
+    PolicyStatus, PolicyTextError, ResourceStatus, TenantStatus, ThingCertificate, ThingStatus,
+    UserStatus,
 };
 pub use tenant::{
-    AuthorizationEngine, Tenant, TenantAuthorization, TenantLimits, TenantSpec, TenantWeb,
+    AuthorizationEngine, DeviceCA, IssuerKind, IssuerRef, Tenant, TenantAuthorization,
+    TenantLimits, TenantSpec, TenantWeb,
 };
-pub use thing::{Thing, ThingCredentials, ThingSpec};
+pub use thing::{
+    CredentialMode, REVOKED_SERIALS_MAX, Thing, ThingCredentials, ThingSpec, ThingX509, X509Subject,
+};
 pub use user::{Role, SecretKeyRef, User, UserSpec};
 
 /// The API group of every Fleetward resource.

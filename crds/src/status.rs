@@ -62,6 +62,27 @@ pub struct ThingStatus {
     /// Number of keys that currently authenticate this thing (two while a rotation is under way).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub keys: Option<u32>,
+    /// The client certificate in the thing's TLS Secret, when it has one (issued by
+    /// cert-manager, or brought): what a device should hold.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub certificate: Option<ThingCertificate>,
+}
+
+/// What the operator read of a thing's certificate. Never the key.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ThingCertificate {
+    /// The Secret holding it.
+    pub secret_name: String,
+    /// Its serial number, lower-case hex.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub serial: Option<String>,
+    /// When it expires (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub not_after: Option<String>,
+    /// First 12 hex digits of the SHA-256 of its DER encoding.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fingerprint: Option<String>,
 }
 
 /// Status of a Channel, Connection, User or Group, written by the operator.

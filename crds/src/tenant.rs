@@ -61,6 +61,73 @@ pub struct TenantSpec {
     /// How the tenant's requests are authorized.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub authorization: Option<TenantAuthorization>,
+    /// The certificate authority whose client certificates authenticate the tenant's things.
+    /// Each tenant trusts only its own: a certificate from another tenant's CA never
+    /// authenticates here, whatever it names.
+    #[serde(default, skip_serializing_if = "Option::is_none", rename = "deviceCA")]
+    pub device_ca: Option<DeviceCA>,
+}
+
+/// Message of the rule asking a `deviceCA` for its source.
+pub const DEVICE_CA_MESSAGE: &str = "deviceCA needs secretName (a Secret in the tenant's \
+     namespace with ca.crt) or issuerRef (a cert-manager CA Issuer or ClusterIssuer), or both";
+
+/// Where a tenant's device CA comes from, and what it revoked.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [{
+    "rule": "has(self.secretName) || has(self.issuerRef)",
+    "message": DEVICE_CA_MESSAGE,
+}]))]
+pub struct DeviceCA {
+    /// A Secret in the tenant's namespace whose `ca.crt` holds the CA certificates (PEM, one
+    /// or several during a rotation). With `issuerRef` as well, it is the trust, and the
+    /// issuer only issues.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "crate::schema::dns_label")]
+    pub secret_name: Option<String>,
+    /// A cert-manager CA issuer: things with `x509.issue` get their certificates from it, and,
+    /// without `secretName`, its CA (the `tls.crt` and `ca.crt` of the Secret named by its
+    /// `spec.ca.secretName`) is the trust.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub issuer_ref: Option<IssuerRef>,
+    /// A Secret in the tenant's namespace whose `ca.crl` holds certificate revocation lists
+    /// (PEM or DER) of the CA: the serials they list never authenticate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "crate::schema::dns_label")]
+    pub crl_secret_name: Option<String>,
+}
+
+/// A cert-manager issuer.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct IssuerRef {
+    /// The issuer's name.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+    /// `Issuer` (in the tenant's namespace, the default) or `ClusterIssuer`.
+    #[serde(default)]
+    pub kind: IssuerKind,
+}
+
+/// The kind of a cert-manager issuer.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum IssuerKind {
+    /// A namespaced `Issuer` in the tenant's namespace.
+    #[default]
+    Issuer,
+    /// A cluster-wide `ClusterIssuer`.
+    ClusterIssuer,
+}
+
+impl IssuerKind {
+    /// The kind's name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            IssuerKind::Issuer => "Issuer",
+            IssuerKind::ClusterIssuer => "ClusterIssuer",
+        }
+    }
 }
 
 /// How a tenant's requests are authorized.
@@ -202,6 +269,7 @@ mod tests {
                 suspended: false,
                 limits: None,
                 web: None,
+                device_ca: None,
             },
         )
     }

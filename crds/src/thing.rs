@@ -70,9 +70,106 @@ pub struct ThingCredentials {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "crate::schema::dns_label")]
     pub secret_name: Option<String>,
+    /// Which credentials authenticate the thing: `key` (the default without `x509`),
+    /// `keyOrCertificate` (the default with it) or `certificate` (a key is then refused even
+    /// when the Secret holds one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<CredentialMode>,
+    /// Authentication by an X.509 client certificate from the tenant's `deviceCA`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub x509: Option<ThingX509>,
+}
+
+/// Which credentials authenticate a thing.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum CredentialMode {
+    /// Only the key from the thing's Secret.
+    Key,
+    /// The key, or a client certificate.
+    KeyOrCertificate,
+    /// Only a client certificate.
+    Certificate,
+}
+
+/// The most serials one Thing may list as revoked; a tenant CRL Secret takes more.
+pub const REVOKED_SERIALS_MAX: usize = 256;
+
+/// How a thing authenticates with a client certificate.
+///
+/// A certificate authenticates the thing when it chains to the tenant's `deviceCA`, is within
+/// its validity, is not revoked, and names the thing: by a URI SAN
+/// `fleetward://<tenant>/<thing>`, or by its subject common name (the thing's name, or
+/// `subject.commonName` when set).
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ThingX509 {
+    /// Have the operator request the certificate from the tenant's cert-manager issuer
+    /// (`Tenant.spec.deviceCA.issuerRef`): a cert-manager `Certificate` owned by the Thing,
+    /// stored in `secretName`. False: bring your own certificate, signed by the tenant's CA.
+    #[serde(default)]
+    pub issue: bool,
+    /// The Secret cert-manager writes the certificate and key to, default `<thing>-tls`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "crate::schema::dns_label")]
+    pub secret_name: Option<String>,
+    /// Rules on the certificate's subject.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subject: Option<X509Subject>,
+    /// Serial numbers (hex, `:` separators allowed) of this thing's certificates that no longer
+    /// authenticate it. Listing one ends the sessions that used it within a second.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(schema_with = "revoked_serials")]
+    pub revoked_serials: Vec<String>,
+}
+
+/// Rules on a certificate's subject.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct X509Subject {
+    /// The subject common name that names this thing, for certificates made before the thing
+    /// (a factory serial number, say). Unset: the thing's own name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 64))]
+    pub common_name: Option<String>,
+}
+
+fn revoked_serials(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "type": "array",
+        "maxItems": REVOKED_SERIALS_MAX,
+        "items": {
+            "type": "string",
+            "maxLength": 64,
+            "pattern": "^[0-9A-Fa-f:]+$",
+        },
+    })
+}
+
+impl ThingCredentials {
+    /// The mode in effect: the declared one, or `keyOrCertificate` with `x509` and `key`
+    /// without.
+    pub fn effective_mode(&self) -> CredentialMode {
+        self.mode.unwrap_or(if self.x509.is_some() {
+            CredentialMode::KeyOrCertificate
+        } else {
+            CredentialMode::Key
+        })
+    }
 }
 
 impl Thing {
+    /// Name of the Secret cert-manager writes this thing's certificate to:
+    /// `spec.credentials.x509.secretName`, or `<thing>-tls`.
+    pub fn tls_secret_name(&self) -> String {
+        self.spec
+            .credentials
+            .as_ref()
+            .and_then(|c| c.x509.as_ref())
+            .and_then(|x| x.secret_name.clone())
+            .unwrap_or_else(|| format!("{}-tls", self.metadata.name.as_deref().unwrap_or_default()))
+    }
+
     /// Name of the Secret holding this thing's keys: `spec.credentials.secretName`, or
     /// `<thing>-credentials` when unset.
     pub fn secret_name(&self) -> String {
@@ -99,6 +196,7 @@ mod tests {
         assert_eq!(thing.secret_name(), "sensor-1-credentials");
         thing.spec.credentials = Some(ThingCredentials {
             secret_name: Some("factory-keys".into()),
+            ..Default::default()
         });
         assert_eq!(thing.secret_name(), "factory-keys");
     }

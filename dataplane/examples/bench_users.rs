@@ -36,6 +36,7 @@ const PASSWORD: &str = "bench password, long enough";
 fn policy(signing_key: SigningKey) -> Arc<Snapshot> {
     let r = Resources {
         tenants: vec![Tenant {
+            device_ca: Default::default(),
             engine: Default::default(),
             uid: String::new(),
             name: "acme".into(),
@@ -44,6 +45,8 @@ fn policy(signing_key: SigningKey) -> Arc<Snapshot> {
             web: Default::default(),
         }],
         things: vec![Thing {
+            x509: Default::default(),
+            credential_mode: Default::default(),
             attributes: Default::default(),
             tenant: "acme".into(),
             name: "bench".into(),

@@ -20,6 +20,8 @@ const KEY: &str = "bench-key-0123456789";
 
 fn policy() -> Arc<Snapshot> {
     let thing = |name: &str| Thing {
+        x509: Default::default(),
+        credential_mode: Default::default(),
         attributes: Default::default(),
         tenant: "bench".into(),
         name: name.into(),
@@ -30,6 +32,7 @@ fn policy() -> Arc<Snapshot> {
     };
     let r = Resources {
         tenants: vec![Tenant {
+            device_ca: Default::default(),
             engine: Default::default(),
             uid: String::new(),
             name: "bench".into(),

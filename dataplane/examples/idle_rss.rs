@@ -27,6 +27,7 @@ const KEY: &str = "probe-key-0123456789";
 fn policy() -> Arc<Snapshot> {
     let r = Resources {
         tenants: vec![Tenant {
+            device_ca: Default::default(),
             engine: Default::default(),
             uid: String::new(),
             name: "acme".into(),
@@ -35,6 +36,8 @@ fn policy() -> Arc<Snapshot> {
             web: Default::default(),
         }],
         things: vec![Thing {
+            x509: Default::default(),
+            credential_mode: Default::default(),
             attributes: Default::default(),
             tenant: "acme".into(),
             name: "probe".into(),

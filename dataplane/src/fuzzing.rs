@@ -232,6 +232,7 @@ fn build_policy() -> Snapshot {
 /// A tenant of the fixed policy, with its things and channels.
 fn add_tenant(r: &mut Resources, tenant: &str) {
     r.tenants.push(Tenant {
+        device_ca: Default::default(),
         engine: Default::default(),
         uid: String::new(),
         name: tenant.into(),
@@ -245,6 +246,8 @@ fn add_tenant(r: &mut Resources, tenant: &str) {
         ("mounted", Some(WS_CHANNEL)),
     ] {
         r.things.push(Thing {
+            x509: Default::default(),
+            credential_mode: Default::default(),
             attributes: Default::default(),
             tenant: tenant.into(),
             name: name.into(),

@@ -28,6 +28,7 @@ fn resources(things: usize) -> Resources {
     for t in 0..TENANTS {
         let tenant = format!("tenant-{t}");
         r.tenants.push(Tenant {
+            device_ca: Default::default(),
             engine: Default::default(),
             uid: String::new(),
             name: tenant.clone(),
@@ -63,6 +64,8 @@ fn resources(things: usize) -> Resources {
         for i in 0..per_tenant {
             let name = format!("thing-{i}");
             r.things.push(Thing {
+                x509: Default::default(),
+                credential_mode: Default::default(),
                 attributes: Default::default(),
                 tenant: tenant.clone(),
                 name: name.clone(),

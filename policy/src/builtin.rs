@@ -139,9 +139,22 @@ impl PolicyEvaluator for Builtin<'_> {
                 let found = self.0.tenant(tenant).and(self.0.thing(tenant, thing));
                 let digests = found.map_or(DUMMY_DIGESTS, |t| t.key_digests.as_slice());
                 let right = verify_thing_key(digests, key);
-                let t = found.filter(|_| right).ok_or(DenyReason::BadCredential)?;
+                let t = found
+                    .filter(|t| right && t.credential_mode.allows_key())
+                    .ok_or(DenyReason::BadCredential)?;
                 let t = self.0.live_thing(&t.tenant, &t.name)?;
                 Ok(self.0.thing_subject(t))
+            }
+            Credential::Certificate {
+                chain,
+                claimed,
+                now,
+            } => {
+                let (t, seal) = self.0.certificate_thing(chain, claimed, now)?;
+                let t = self.0.live_thing(&t.tenant, &t.name)?;
+                let mut s = self.0.thing_subject(t);
+                s.certificate = Some(std::sync::Arc::new(seal));
+                Ok(s)
             }
             Credential::ThingKey { key } => {
                 let digest = KeyDigest::of(key);
@@ -154,6 +167,7 @@ impl PolicyEvaluator for Builtin<'_> {
                     .tenant(&owner.tenant)
                     .and(self.0.thing(&owner.tenant, &owner.name))
                     .filter(|t| verify_thing_key(&t.key_digests, key))
+                    .filter(|t| t.credential_mode.allows_key())
                     .ok_or(DenyReason::BadCredential)?;
                 // The key is right: its holder may learn that the thing is disabled.
                 let t = self.0.live_thing(&t.tenant, &t.name)?;
@@ -268,10 +282,12 @@ impl PolicyEvaluator for Builtin<'_> {
     }
 
     fn check_subject(&self, subject: &Subject) -> Result<(), Refusal> {
-        self.0
-            .live_subject(subject)
-            .map(|_| ())
-            .map_err(Refusal::from)
+        self.0.live_subject(subject)?;
+        if let Some(seal) = &subject.certificate {
+            self.0
+                .certificate_still_valid(subject, seal, rustls_pki_types::UnixTime::now())?;
+        }
+        Ok(())
     }
 }
 

@@ -10,6 +10,7 @@ const KEY: &str = "key-of-sensor";
 
 fn mk_tenant(name: &str) -> Tenant {
     Tenant {
+        device_ca: Default::default(),
         engine: Default::default(),
         uid: String::new(),
         name: name.into(),
@@ -21,6 +22,8 @@ fn mk_tenant(name: &str) -> Tenant {
 
 fn mk_thing(tenant: &str, name: &str, key: &str) -> Thing {
     Thing {
+        x509: Default::default(),
+        credential_mode: Default::default(),
         attributes: Default::default(),
         tenant: tenant.into(),
         name: name.into(),

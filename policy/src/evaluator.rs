@@ -3,6 +3,9 @@
 use std::fmt;
 use std::sync::Arc;
 
+use rustls_pki_types::{CertificateDer, UnixTime};
+
+use crate::certificates::CertificateSeal;
 use crate::model::SubjectKind;
 use crate::topic::Topic;
 
@@ -60,6 +63,17 @@ pub enum Credential<'a> {
         /// The token's epoch claim; it must equal the user's current `tokenEpoch`.
         token_epoch: u64,
     },
+    /// A client certificate chain (leaf first) whose holder proved its key in the TLS
+    /// handshake; the chain itself is checked here, against the named tenant's CA.
+    Certificate {
+        /// The chain as the client sent it.
+        chain: &'a [CertificateDer<'a>],
+        /// `(tenant, thing)` the client also named (an MQTT username): it must be the thing
+        /// the certificate names.
+        claimed: Option<(&'a str, &'a str)>,
+        /// The time to check validity at.
+        now: UnixTime,
+    },
 }
 
 impl fmt::Debug for Credential<'_> {
@@ -78,6 +92,13 @@ impl fmt::Debug for Credential<'_> {
                 user,
                 token_epoch,
             } => write!(f, "Credential::Token({tenant}/{user}, epoch {token_epoch})"),
+            Credential::Certificate { chain, claimed, .. } => {
+                write!(
+                    f,
+                    "Credential::Certificate({} certificates, claimed {claimed:?})",
+                    chain.len()
+                )
+            }
         }
     }
 }
@@ -93,6 +114,9 @@ pub struct Subject {
     pub name: String,
     /// For a user signed in with a token, the token's epoch; a later epoch revokes it.
     pub token_epoch: Option<u64>,
+    /// For a thing that authenticated with a client certificate, that certificate: revoking
+    /// it, or dropping its CA from the tenant's bundle, ends the subject's sessions.
+    pub certificate: Option<Arc<CertificateSeal>>,
 }
 
 impl Subject {
@@ -103,6 +127,7 @@ impl Subject {
             kind: SubjectKind::Thing,
             name: name.into(),
             token_epoch: None,
+            certificate: None,
         }
     }
 
@@ -113,6 +138,7 @@ impl Subject {
             kind: SubjectKind::User,
             name: name.into(),
             token_epoch: None,
+            certificate: None,
         }
     }
 }

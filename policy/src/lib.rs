@@ -18,6 +18,7 @@
 //!         limits: TenantLimits::default(),
 //!         web: Default::default(),
 //!         engine: Engine::Builtin,
+//!         device_ca: None,
 //!     }],
 //!     things: vec![Thing {
 //!         tenant: "acme".into(),
@@ -27,6 +28,8 @@
 //!         mountpoint: None,
 //!         max_connections: None,
 //!         attributes: Default::default(),
+//!         credential_mode: CredentialMode::Key,
+//!         x509: None,
 //!     }],
 //!     channels: vec![Channel {
 //!         tenant: "acme".into(),
@@ -70,6 +73,7 @@
 
 mod builtin;
 pub mod cache;
+pub mod certificates;
 pub mod credentials;
 pub mod delivery;
 pub mod delta;
@@ -87,6 +91,10 @@ pub mod web;
 
 pub use builtin::Builtin;
 pub use cache::{CacheStats, CachedEvaluator, DecisionCache};
+pub use certificates::{
+    CaError, CertificateNames, CertificateSeal, CredentialMode, DeviceCa, ThingX509,
+    normalize_serial,
+};
 pub use credentials::{
     CredentialError, KeyDigest, generate_thing_key, hash_password, verify_password,
     verify_thing_key,

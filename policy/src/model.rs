@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use crate::certificates::{CredentialMode, DeviceCa, ThingX509};
 use crate::credentials::KeyDigest;
 use crate::pattern::SubtopicPattern;
 use crate::web::TenantWeb;
@@ -86,6 +87,10 @@ pub struct Tenant {
     /// Which engine decides what the tenant's subjects may do.
     #[serde(default, skip_serializing_if = "Engine::is_builtin")]
     pub engine: Engine,
+    /// The CA whose client certificates authenticate the tenant's things, and what it
+    /// revoked; `None`: no thing of the tenant authenticates by certificate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device_ca: Option<DeviceCa>,
 }
 
 /// The authorization engine of a tenant (`Tenant.spec.authorization.engine`).
@@ -144,6 +149,12 @@ pub struct Thing {
     /// may read (Cedar: the principal's tags).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub attributes: BTreeMap<String, String>,
+    /// Which credentials authenticate the thing.
+    #[serde(default, skip_serializing_if = "CredentialMode::is_key")]
+    pub credential_mode: CredentialMode,
+    /// How a client certificate names the thing, and which of its serials are revoked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub x509: Option<ThingX509>,
 }
 
 /// What a user may do by role alone, beside any grant.

@@ -109,6 +109,12 @@ pub struct Snapshot {
     groups_by_member: HashMap<MemberKey, Vec<String>>,
     /// Things by key digest; normally one, sorted.
     things_by_key: HashMap<KeyDigest, Vec<ResourceName>>,
+    /// Tenants by the DER subject of a CA in their `device_ca`: who a certificate that names
+    /// no tenant may belong to. Sorted.
+    pub(crate) tenants_by_ca_subject: HashMap<Vec<u8>, Vec<String>>,
+    /// Things by the certificate common name that names them (`x509.common_name`), as
+    /// `(tenant, common name)`; normally one, sorted.
+    pub(crate) things_by_common_name: HashMap<ResourceName, Vec<String>>,
     /// The token signing keys, sorted by `kid`; shared, so a dataplane rebuilds its keyring
     /// only when they change.
     pub(crate) signing_keys: Arc<Vec<SigningKey>>,
@@ -437,13 +443,45 @@ impl Snapshot {
             self.audit_channels
                 .insert(tenant.name.clone(), Arc::new(audit));
         }
-        self.tenants.insert(tenant.name.clone(), Arc::new(tenant))
+        if let Some(ca) = &tenant.device_ca {
+            for subject in ca.subjects() {
+                let list = self.tenants_by_ca_subject.entry(subject.to_vec());
+                sorted_insert(list.or_default(), tenant.name.clone());
+            }
+        }
+        let old = self.tenants.insert(tenant.name.clone(), Arc::new(tenant));
+        if let Some(old) = &old {
+            self.unindex_ca(old, self.tenants.get(&old.name).cloned().as_deref());
+        }
+        old
     }
 
     /// Removes a tenant (not its resources); returns it.
     pub fn remove_tenant(&mut self, name: &str) -> Option<Arc<Tenant>> {
         self.audit_channels.remove(name);
-        self.tenants.remove(name)
+        let old = self.tenants.remove(name)?;
+        self.unindex_ca(&old, None);
+        Some(old)
+    }
+
+    /// Drops `old`'s CA subjects from the index, except those `now` (its replacement) has.
+    fn unindex_ca(&mut self, old: &Tenant, now: Option<&Tenant>) {
+        let Some(ca) = &old.device_ca else { return };
+        let kept = |subject: &[u8]| {
+            now.and_then(|t| t.device_ca.as_ref())
+                .is_some_and(|ca| ca.subjects().any(|s| s == subject))
+        };
+        for subject in ca.subjects() {
+            if kept(subject) {
+                continue;
+            }
+            if let Some(list) = self.tenants_by_ca_subject.get_mut(subject) {
+                list.retain(|t| *t != old.name);
+                if list.is_empty() {
+                    self.tenants_by_ca_subject.remove(subject);
+                }
+            }
+        }
     }
 
     /// Adds or replaces a thing; returns the previous one.
@@ -456,6 +494,12 @@ impl Snapshot {
         }
         for d in &thing.key_digests {
             sorted_insert(self.things_by_key.entry(*d).or_default(), key.clone());
+        }
+        if let Some(cn) = thing.x509.as_ref().and_then(|x| x.common_name.as_deref()) {
+            let by = self
+                .things_by_common_name
+                .entry(ResourceName::new(&*thing.tenant, cn));
+            sorted_insert(by.or_default(), thing.name.clone());
         }
         old
     }
@@ -473,6 +517,15 @@ impl Snapshot {
                 list.retain(|k| k != key);
                 if list.is_empty() {
                     self.things_by_key.remove(d);
+                }
+            }
+        }
+        if let Some(cn) = thing.x509.as_ref().and_then(|x| x.common_name.as_deref()) {
+            let by = ResourceName::new(&*thing.tenant, cn);
+            if let Some(list) = self.things_by_common_name.get_mut(&by) {
+                list.retain(|n| *n != thing.name);
+                if list.is_empty() {
+                    self.things_by_common_name.remove(&by);
                 }
             }
         }

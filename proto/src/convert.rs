@@ -51,6 +51,14 @@ pub enum ConvertError {
         /// Why it does not parse.
         error: PatternError,
     },
+    /// A tenant's device CA does not parse.
+    #[error("{resource}: device CA: {error}")]
+    DeviceCa {
+        /// The resource.
+        resource: String,
+        /// Why.
+        error: policy::CaError,
+    },
     /// Two resources have the same identity.
     #[error("{0}")]
     Build(#[from] BuildError),
@@ -89,6 +97,10 @@ fn tenant_to(t: &policy::Tenant) -> pb::Tenant {
             // Only ever decoded from a newer peer; it stays unknown when passed on.
             policy::Engine::Unsupported => -1,
         },
+        device_ca: t.device_ca.as_ref().map(|ca| pb::DeviceCa {
+            certificates: ca.certificates().map(<[u8]>::to_vec).collect(),
+            revoked_serials: ca.revoked().iter().cloned().collect(),
+        }),
     }
 }
 
@@ -105,6 +117,15 @@ fn thing_to(t: &policy::Thing) -> pb::Thing {
         mountpoint: t.mountpoint.clone(),
         max_connections: t.max_connections,
         attributes: t.attributes.clone(),
+        credential_mode: match t.credential_mode {
+            policy::CredentialMode::Key => pb::CredentialMode::Key,
+            policy::CredentialMode::KeyOrCertificate => pb::CredentialMode::KeyOrCertificate,
+            policy::CredentialMode::Certificate => pb::CredentialMode::Certificate,
+        } as i32,
+        x509: t.x509.as_ref().map(|x| pb::ThingX509 {
+            common_name: x.common_name.clone(),
+            revoked_serials: x.revoked_serials.clone(),
+        }),
     }
 }
 
@@ -264,9 +285,20 @@ pub fn delta_to_proto(delta: &Delta) -> pb::Delta {
 
 // ---- wire → policy ----
 
-fn tenant_from(t: pb::Tenant) -> policy::Tenant {
+fn tenant_from(t: pb::Tenant) -> Result<policy::Tenant, ConvertError> {
     let l = t.limits.unwrap_or_default();
-    policy::Tenant {
+    let device_ca = match t.device_ca {
+        None => None,
+        Some(ca) => Some(
+            policy::DeviceCa::new(ca.certificates, ca.revoked_serials).map_err(|error| {
+                ConvertError::DeviceCa {
+                    resource: format!("tenant {}", t.name),
+                    error,
+                }
+            })?,
+        ),
+    };
+    Ok(policy::Tenant {
         name: t.name,
         uid: t.uid,
         suspended: t.suspended,
@@ -289,7 +321,8 @@ fn tenant_from(t: pb::Tenant) -> policy::Tenant {
             Ok(pb::Engine::Cedar) => policy::Engine::Cedar,
             Err(_) => policy::Engine::Unsupported,
         },
-    }
+        device_ca,
+    })
 }
 
 fn policy_from(p: pb::Policy) -> policy::TenantPolicy {
@@ -329,6 +362,21 @@ fn thing_from(t: pb::Thing) -> Result<policy::Thing, ConvertError> {
         mountpoint: t.mountpoint,
         max_connections: t.max_connections,
         attributes: t.attributes,
+        credential_mode: match pb::CredentialMode::try_from(t.credential_mode) {
+            Ok(pb::CredentialMode::Key) => policy::CredentialMode::Key,
+            Ok(pb::CredentialMode::KeyOrCertificate) => policy::CredentialMode::KeyOrCertificate,
+            // Unknown to this release: the strictest reading, so no key is taken that a newer
+            // operator meant to refuse.
+            Ok(pb::CredentialMode::Certificate) | Err(_) => policy::CredentialMode::Certificate,
+        },
+        x509: t.x509.map(|x| policy::ThingX509 {
+            common_name: x.common_name,
+            revoked_serials: x
+                .revoked_serials
+                .iter()
+                .filter_map(|s| policy::normalize_serial(s))
+                .collect(),
+        }),
     })
 }
 
@@ -477,7 +525,7 @@ fn all<W, T>(
 /// The resources of a wire snapshot, checked.
 pub fn resources_from_proto(s: pb::FullSnapshot) -> Result<Resources, ConvertError> {
     Ok(Resources {
-        tenants: s.tenants.into_iter().map(tenant_from).collect(),
+        tenants: all(s.tenants, tenant_from)?,
         things: all(s.things, thing_from)?,
         users: all(s.users, user_from)?,
         groups: all(s.groups, group_from)?,
@@ -500,7 +548,7 @@ pub fn delta_from_proto(d: pb::Delta) -> Result<Delta, ConvertError> {
         from_version: d.from_version,
         to_version: d.to_version,
         tenants: Changes {
-            upserts: d.tenant_upserts.into_iter().map(tenant_from).collect(),
+            upserts: all(d.tenant_upserts, tenant_from)?,
             removals: d.tenant_removals,
         },
         things: Changes {

@@ -42,6 +42,8 @@ pub(crate) fn key(thing: &str) -> String {
 
 fn thing(name: &str) -> Thing {
     Thing {
+        x509: Default::default(),
+        credential_mode: Default::default(),
         attributes: Default::default(),
         tenant: "acme".into(),
         name: name.into(),
@@ -70,6 +72,7 @@ fn persisted_snapshot_with(history_secs: Option<u64>) -> Stored {
     let (signing_key, hash) = shared_secrets();
     let resources = Resources {
         tenants: vec![Tenant {
+            device_ca: Default::default(),
             engine: Default::default(),
             uid: String::new(),
             name: "acme".into(),

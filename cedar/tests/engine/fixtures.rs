@@ -7,6 +7,7 @@ use fleetward_policy::{
 
 pub fn mk_tenant(name: &str) -> Tenant {
     Tenant {
+        device_ca: Default::default(),
         engine: Default::default(),
         name: name.into(),
         uid: String::new(),
@@ -18,6 +19,8 @@ pub fn mk_tenant(name: &str) -> Tenant {
 
 pub fn mk_thing(tenant: &str, name: &str) -> Thing {
     Thing {
+        x509: Default::default(),
+        credential_mode: Default::default(),
         attributes: Default::default(),
         tenant: tenant.into(),
         name: name.into(),

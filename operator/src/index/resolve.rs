@@ -122,6 +122,7 @@ pub(crate) fn resolve(
     let limits = spec.limits.clone().unwrap_or_default();
     let mut out = Resolution {
         tenant: Some(policy::Tenant {
+            device_ca: Default::default(),
             engine: engine_of(spec),
             name: tenant.to_owned(),
             uid: uid.to_owned(),
@@ -353,6 +354,8 @@ impl<'a> Resolver<'a> {
             }
             let digests = keys.map(|k| k.digests).unwrap_or_default();
             self.out.things.push(policy::Thing {
+                x509: Default::default(),
+                credential_mode: Default::default(),
                 attributes: thing.spec.attributes.clone(),
                 tenant: self.tenant.to_owned(),
                 name: name.clone(),

@@ -61,6 +61,7 @@ fn counted<R>(f: impl FnOnce() -> R) -> (R, u64) {
 fn snapshot() -> Snapshot {
     let mut r = Resources::default();
     r.tenants.push(Tenant {
+        device_ca: Default::default(),
         engine: Default::default(),
         uid: String::new(),
         name: "acme".into(),
@@ -79,6 +80,8 @@ fn snapshot() -> Snapshot {
         max_message_size: None,
     });
     r.things.push(Thing {
+        x509: Default::default(),
+        credential_mode: Default::default(),
         attributes: Default::default(),
         tenant: "acme".into(),
         name: "sensor".into(),

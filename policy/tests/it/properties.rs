@@ -78,6 +78,7 @@ fn arb_resource() -> impl Strategy<Value = Resource> {
     prop_oneof![
         1 => (tenant(), prop::bool::weighted(0.1)).prop_map(|(name, suspended)| {
             Resource::Tenant(Tenant {
+                device_ca: Default::default(),
                 engine: Default::default(),
                 uid: String::new(),
                 name,
@@ -93,6 +94,8 @@ fn arb_resource() -> impl Strategy<Value = Resource> {
                     .map(|k| KeyDigest::of(key_of(&tenant, &name, k).as_bytes()))
                     .collect();
                 Resource::Thing(Thing {
+                    x509: Default::default(),
+                    credential_mode: Default::default(),
                     attributes: Default::default(),
                     tenant,
                     name,
@@ -191,6 +194,7 @@ fn build(version: u64, resources: Vec<Resource>) -> Snapshot {
     // Two tenants with the same things, users and channels; the third is only sometimes declared.
     for t in TENANTS.iter().take(2) {
         s.upsert_tenant(Tenant {
+            device_ca: Default::default(),
             engine: Default::default(),
             uid: String::new(),
             name: (*t).into(),
@@ -212,6 +216,8 @@ fn build(version: u64, resources: Vec<Resource>) -> Snapshot {
         }
         for thing in THINGS {
             s.upsert_thing(Thing {
+                x509: Default::default(),
+                credential_mode: Default::default(),
                 attributes: Default::default(),
                 tenant: (*t).into(),
                 name: thing.into(),
@@ -258,6 +264,7 @@ fn arb_subject() -> impl Strategy<Value = Subject> {
         prop::option::weighted(0.2, 0..2u64),
     )
         .prop_map(|(tenant, kind, n, epoch)| Subject {
+            certificate: Default::default(),
             tenant: tenant.into(),
             kind,
             name: member_name(kind, n),

@@ -11,6 +11,7 @@ fn mk_resources(tenants: usize, things: usize) -> Resources {
     for t in 0..tenants {
         let tenant = format!("t{t}");
         r.tenants.push(Tenant {
+            device_ca: Default::default(),
             engine: Default::default(),
             uid: String::new(),
             name: tenant.clone(),
@@ -48,6 +49,8 @@ fn mk_resources(tenants: usize, things: usize) -> Resources {
         });
         for i in 0..things {
             r.things.push(Thing {
+                x509: Default::default(),
+                credential_mode: Default::default(),
                 attributes: Default::default(),
                 tenant: tenant.clone(),
                 name: format!("thing-{i}"),

@@ -47,6 +47,7 @@ fn arb_tenant() -> impl Strategy<Value = Tenant> {
     )
         .prop_map(
             |(name, suspended, (a, b, c, d, e, f), (g, h), uid, origins)| Tenant {
+                device_ca: Default::default(),
                 engine: Default::default(),
                 name,
                 uid,
@@ -80,6 +81,8 @@ fn arb_thing() -> impl Strategy<Value = Thing> {
     )
         .prop_map(
             |(tenant, name, keys, disabled, mountpoint, max_connections)| Thing {
+                x509: Default::default(),
+                credential_mode: Default::default(),
                 attributes: Default::default(),
                 tenant,
                 name,
@@ -398,6 +401,7 @@ fn a_stored_snapshot_reads_back() {
         3,
         Resources {
             tenants: vec![Tenant {
+                device_ca: Default::default(),
                 engine: Default::default(),
                 name: "acme".into(),
                 uid: String::new(),
@@ -426,6 +430,7 @@ fn a_stored_snapshot_reads_back() {
 fn a_re_created_channel_and_tenant_reach_the_dataplane_with_their_new_uids() {
     let resources = |uid: &str| Resources {
         tenants: vec![Tenant {
+            device_ca: Default::default(),
             engine: Default::default(),
             name: "acme".into(),
             uid: format!("tenant-{uid}"),

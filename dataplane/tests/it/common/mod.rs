@@ -22,6 +22,8 @@ pub fn key(tenant: &str, thing: &str) -> String {
 
 fn thing(tenant: &str, name: &str, mountpoint: Option<&str>) -> Thing {
     Thing {
+        x509: Default::default(),
+        credential_mode: Default::default(),
         attributes: Default::default(),
         tenant: tenant.into(),
         name: name.into(),
@@ -65,6 +67,7 @@ pub fn resources() -> Resources {
     let mut r = Resources::default();
     for t in TENANTS {
         r.tenants.push(Tenant {
+            device_ca: Default::default(),
             engine: Default::default(),
             uid: String::new(),
             name: t.into(),
