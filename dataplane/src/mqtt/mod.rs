@@ -48,7 +48,7 @@ pub(crate) async fn accept_loop<R: Router>(
             None => {
                 tokio::spawn(listener::scope(handle, async move {
                     let _counted = Counted::new(&shared);
-                    connect::serve(shared.clone(), socket).await;
+                    connect::serve(shared.clone(), socket, None).await;
                 }));
             }
             Some(acceptor) => {
@@ -74,7 +74,10 @@ async fn serve_tls<R: Router>(
     let handshake =
         tokio::time::timeout(shared.config.connect_timeout, acceptor.accept(socket)).await;
     match handshake {
-        Ok(Ok(stream)) => connect::serve(shared, stream).await,
+        Ok(Ok(stream)) => {
+            let chain = crate::tls::PeerChain::of(stream.get_ref().1);
+            connect::serve(shared, stream, chain).await;
+        }
         _ => {
             tracing::debug!(%peer, "TLS handshake failed or timed out");
             shared.metrics.refused("connect", "tls_handshake");
@@ -90,7 +93,7 @@ where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send,
 {
     let _counted = Counted::new(&shared);
-    connect::serve(shared.clone(), stream).await;
+    connect::serve(shared.clone(), stream, None).await;
 }
 
 /// A connection counted (for `--max-connections` and the metrics) until dropped.
@@ -128,6 +131,11 @@ mod tests {
         std::mem::size_of::<Fut>()
     }
 
+    /// [`future_size`] of a function of three arguments.
+    fn future_size3<A, B, C, F: FnOnce(A, B, C) -> Fut, Fut>(_: &F) -> usize {
+        std::mem::size_of::<Fut>()
+    }
+
     #[test]
     fn a_socket_that_has_not_connected_holds_little() {
         // What a flood of sockets that never send a CONNECT costs per socket: the task (with
@@ -158,7 +166,7 @@ mod tests {
              idle connection fits in"
         );
         // The connection's task holds only the box of the stage it is in.
-        let size = future_size(&connect::serve::<RumqttdRouter, tokio::net::TcpStream>);
+        let size = future_size3(&connect::serve::<RumqttdRouter, tokio::net::TcpStream>);
         assert!(size <= 64, "the connection's own future takes {size} bytes");
     }
 }
