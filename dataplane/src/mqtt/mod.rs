@@ -86,14 +86,18 @@ async fn serve_tls<R: Router>(
 }
 
 /// Serves one MQTT connection over any byte stream (MQTT over WebSocket comes in here), with
-/// the same handshake, session and limits as TCP.
-pub(crate) async fn serve_stream<R, S>(shared: Arc<Broker<R>>, stream: S)
-where
+/// the same handshake, session and limits as TCP; `chain` is the client certificate of the
+/// TLS connection the stream runs in, if any.
+pub(crate) async fn serve_stream<R, S>(
+    shared: Arc<Broker<R>>,
+    stream: S,
+    chain: Option<crate::tls::PeerChain>,
+) where
     R: Router,
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send,
 {
     let _counted = Counted::new(&shared);
-    connect::serve(shared.clone(), stream, None).await;
+    connect::serve(shared.clone(), stream, chain).await;
 }
 
 /// A connection counted (for `--max-connections` and the metrics) until dropped.
