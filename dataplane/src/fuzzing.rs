@@ -232,6 +232,7 @@ fn build_policy() -> Snapshot {
 /// A tenant of the fixed policy, with its things and channels.
 fn add_tenant(r: &mut Resources, tenant: &str) {
     r.tenants.push(Tenant {
+        provisioning: Default::default(),
         device_ca: Default::default(),
         engine: Default::default(),
         uid: String::new(),

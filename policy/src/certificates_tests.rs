@@ -43,6 +43,7 @@ fn leaf(
 
 fn tenant(name: &str, ca: Option<DeviceCa>) -> Tenant {
     Tenant {
+        provisioning: Default::default(),
         name: name.into(),
         uid: String::new(),
         suspended: false,

@@ -122,6 +122,7 @@ pub(crate) fn resolve(
     let limits = spec.limits.clone().unwrap_or_default();
     let mut out = Resolution {
         tenant: Some(policy::Tenant {
+            provisioning: Default::default(),
             device_ca: Default::default(),
             engine: engine_of(spec),
             name: tenant.to_owned(),
