@@ -47,7 +47,7 @@ pub struct TenantStatus {
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ClaimStatus {
-    /// The claim.
+    /// The claim's name, as in `spec.provisioning.claims`.
     pub name: String,
     /// Things that carry its label.
     pub provisioned: u32,
