@@ -53,6 +53,7 @@ pub struct Dataplane {
     node_id: Option<String>,
     admin_routes: Option<axum::Router>,
     history: History,
+    provisioner: Option<Arc<dyn crate::provisioning::Provisioner>>,
 }
 
 impl Dataplane {
@@ -76,6 +77,7 @@ impl Dataplane {
             node_id: None,
             admin_routes: None,
             history: History::default(),
+            provisioner: None,
         }
     }
 
@@ -153,6 +155,13 @@ impl Dataplane {
     /// Where the admin listener binds, if anywhere.
     pub fn admin_listen(mut self, addr: Option<SocketAddr>) -> Self {
         self.admin_listen = addr;
+        self
+    }
+
+    /// Makes Things for fleet provisioning requests (`POST /provisioning/{tenant}/{claim}`)
+    /// with `provisioner`; without one they are answered 503.
+    pub fn provisioner(mut self, provisioner: Arc<dyn crate::provisioning::Provisioner>) -> Self {
+        self.provisioner = Some(provisioner);
         self
     }
 
@@ -378,7 +387,8 @@ impl Dataplane {
             .with_retained(retained)
             .with_users(users)
             .with_pod(&crate::audit::pod_name(self.node_id.as_deref()))
-            .with_history(history),
+            .with_history(history)
+            .with_provisioner(self.provisioner.clone()),
         );
         Arc::new(Broker::new(ingress))
     }

@@ -36,6 +36,7 @@ pub mod limits;
 mod listener;
 pub mod metrics;
 pub mod mqtt;
+pub mod provisioning;
 pub mod router;
 mod run;
 pub mod sync;

@@ -73,6 +73,8 @@ pub struct Metrics {
     audit_emitted: Counter,
     audit_suppressed: Counter,
     audit_channel_dropped: Counter,
+    /// Things made through provisioning claims.
+    provisioned: Counter,
 }
 
 /// The NATS bus's counters: a collector, absent from `/metrics` on a single pod.
@@ -248,6 +250,10 @@ impl Metrics {
             .map_or(0, |c| c.get())
     }
 
+    pub(crate) fn provisioned(&self) {
+        self.provisioned.inc();
+    }
+
     pub(crate) fn audit_emitted(&self) {
         self.audit_emitted.inc();
     }
@@ -373,6 +379,11 @@ impl Metrics {
             help: "Sign-ins and refreshes by operation and outcome.",
             family: self.users.clone(),
         }));
+        registry.register(
+            "fleetward_provisioned_things",
+            "Things made through provisioning claims on this pod",
+            self.provisioned.clone(),
+        );
         registry.register(
             "fleetward_audit_events",
             "Audit events written (one per refusal, within each subject's limit)",

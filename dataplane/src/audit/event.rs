@@ -21,6 +21,8 @@ pub(crate) enum Action {
     SignIn,
     /// `POST /users/tokens/refresh`.
     Refresh,
+    /// `POST /provisioning/{tenant}/{claim}`: the topic field names the claim.
+    Provision,
 }
 
 impl Action {
@@ -31,6 +33,7 @@ impl Action {
             Self::Subscribe => "subscribe",
             Self::SignIn => "sign_in",
             Self::Refresh => "refresh",
+            Self::Provision => "provision",
         }
     }
 }

@@ -128,6 +128,29 @@ impl Audit {
         self.emit(self.event(&r, suppressed));
     }
 
+    /// Records a Thing made through a provisioning claim: one event (reason `provisioned`),
+    /// never held back (the claim's count bounds them).
+    pub(crate) fn provisioned(
+        &self,
+        tenant: &str,
+        thing: &str,
+        claim: &str,
+        client: Option<std::net::SocketAddr>,
+    ) {
+        let r = Refusal {
+            tenant,
+            kind: Some(SubjectKind::Thing),
+            subject: thing,
+            action: Action::Provision,
+            topic: Some(claim),
+            reason: "provisioned",
+            protocol: Protocol::Http,
+            client,
+        };
+        tracing::info!(subject = %format_args!("{tenant}/{thing}"), claim, "provisioned a thing");
+        self.emit(self.event(&r, 0));
+    }
+
     /// Writes a summary event for every subject that held refusals back and has not emitted
     /// since: a device that floods then stops still shows how many it sent.
     pub(crate) fn summarize(&self) {

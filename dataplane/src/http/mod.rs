@@ -3,6 +3,7 @@
 
 pub(crate) mod audit;
 pub(crate) mod history;
+pub(crate) mod provision;
 mod publish;
 mod senml;
 

@@ -76,6 +76,8 @@ pub(crate) struct Ingress<R: Router> {
     pub(crate) audit: Arc<crate::audit::Audit>,
     /// Where records of channels with history go, and the store the reader reads.
     pub(crate) history: super::HistoryTap,
+    /// What makes Things for provisioning requests, if this dataplane has one.
+    pub(crate) provisioner: Option<Arc<dyn crate::provisioning::Provisioner>>,
 }
 
 impl<R: Router> Ingress<R> {
@@ -93,6 +95,7 @@ impl<R: Router> Ingress<R> {
         Self {
             audit: Arc::new(audit),
             history: super::HistoryTap::default(),
+            provisioner: None,
             cache: DecisionCache::new(config.decision_cache_entries),
             config,
             router,
@@ -119,6 +122,15 @@ impl<R: Router> Ingress<R> {
     /// Keeps the history of channels that ask for it through `history`.
     pub(crate) fn with_history(mut self, history: super::History) -> Self {
         self.history = super::HistoryTap::new(history);
+        self
+    }
+
+    /// Makes Things for provisioning requests with `provisioner`.
+    pub(crate) fn with_provisioner(
+        mut self,
+        provisioner: Option<Arc<dyn crate::provisioning::Provisioner>>,
+    ) -> Self {
+        self.provisioner = provisioner;
         self
     }
 

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use axum::response::IntoResponse as _;
 use axum::routing::{get, post};
 
-use crate::http::{self, audit, history};
+use crate::http::{self, audit, history, provision};
 use crate::ingress::ApiError;
 use crate::listener::{GatedListener, HttpLimits};
 use crate::mqtt::{self, Broker};
@@ -25,7 +25,7 @@ pub const MQTT_PATH: &str = "/mqtt";
 
 /// Every route of the listener as (method, path); `dataplane/openapi.yaml` documents exactly
 /// these (a test compares them).
-pub const ROUTES: [(&str, &str); 10] = [
+pub const ROUTES: [(&str, &str); 11] = [
     ("POST", CHANNEL_PATH),
     ("GET", CHANNEL_PATH),
     ("POST", SUBTOPIC_PATH),
@@ -36,6 +36,7 @@ pub const ROUTES: [(&str, &str); 10] = [
     ("GET", users::JWKS_PATH),
     ("GET", audit::AUDIT_PATH),
     ("GET", history::HISTORY_PATH),
+    ("POST", provision::PROVISION_PATH),
 ];
 
 /// The routes of [`ROUTES`] on one axum router.
@@ -52,6 +53,7 @@ pub(crate) fn app<R: Router>(broker: Arc<Broker<R>>) -> axum::Router {
         .route(users::REFRESH_PATH, post(users::refresh::<R>))
         .route(users::JWKS_PATH, get(users::jwks::<R>))
         .route(audit::AUDIT_PATH, get(audit::audit::<R>))
+        .route(provision::PROVISION_PATH, post(provision::provision::<R>))
         .route(
             history::HISTORY_PATH,
             get(history::messages::<R>).post(history::publish::<R>),

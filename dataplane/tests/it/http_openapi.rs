@@ -60,9 +60,11 @@ async fn every_documented_operation_is_served_and_nothing_else() {
         let r = curl(&["-X", &method, &fx.url(&concrete)]).await;
         // Served, never 404/405: a publish is refused for its credentials, a stream for not
         // upgrading, a sign-in for its missing body, the audit trail and the history reader
-        // for their missing credentials; the key set is public.
+        // for their missing credentials, provisioning for its missing claim certificate;
+        // the key set is public.
         let expected = match (method.as_str(), path.starts_with("/m/")) {
             ("POST", true) => 401,
+            ("POST", false) if path.starts_with("/provisioning/") => 401,
             ("POST", false) => 400,
             (_, _) if path == "/.well-known/jwks.json" => 200,
             (_, _) if path == "/audit" || path.ends_with("/messages") => 401,
