@@ -13,6 +13,7 @@ pub mod index;
 pub mod k8s;
 pub mod manifest;
 pub mod metrics;
+pub mod provisioning;
 pub mod replicas;
 pub mod runtime;
 pub mod shared;
