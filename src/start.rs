@@ -38,6 +38,18 @@ pub struct StartArgs {
     /// MQTT listener.
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:1883")]
     pub mqtt_listen: SocketAddr,
+    /// MQTT over TLS listener (off unless given). Things may sign in with a client
+    /// certificate from their tenant's CA (`fleetward certs issue <tenant>/<thing>`).
+    #[arg(long, value_name = "ADDR")]
+    pub mqtts_listen: Option<SocketAddr>,
+    /// PEM server certificate chain of the TLS listeners. Without --tls-cert and --tls-key, a
+    /// development certificate for localhost is made at every start, signed by
+    /// `<state-dir>/tls/ca.crt`: what clients pass as `--cafile`.
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
     /// HTTP and WebSocket listener.
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8080")]
     pub http_listen: SocketAddr,
@@ -76,7 +88,7 @@ pub async fn run(args: StartArgs) -> anyhow::Result<()> {
     let (policy_tx, policy_rx) = watch::channel(Arc::new(attach(local.index.snapshot().clone())));
     let control = crate::control::Control::new(policy_rx.clone())?;
     let mut history = open_history(&args, policy_rx.clone(), &mut local).await?;
-    let dataplane = Dataplane::new(policy_rx)
+    let dataplane = with_tls(Dataplane::new(policy_rx), &args)?
         .history(
             history
                 .as_ref()
@@ -143,6 +155,36 @@ pub async fn run(args: StartArgs) -> anyhow::Result<()> {
         h.finish().await;
     }
     outcome
+}
+
+/// The TLS listeners asked for, with their certificate.
+fn with_tls(dataplane: Dataplane, args: &StartArgs) -> anyhow::Result<Dataplane> {
+    let Some(addr) = args.mqtts_listen else {
+        return Ok(dataplane);
+    };
+    let (cert, key) = server_certificate(args, addr)?;
+    Ok(dataplane.mqtts_listen(addr, cert, key))
+}
+
+/// The TLS listeners' certificate and key: the ones given, else a development certificate for
+/// localhost (and the listener's own address) from the state directory's server CA.
+fn server_certificate(args: &StartArgs, addr: SocketAddr) -> anyhow::Result<(PathBuf, PathBuf)> {
+    if let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) {
+        return Ok((cert.clone(), key.clone()));
+    }
+    let ip = addr.ip().to_string();
+    let mut hosts = vec!["localhost", "127.0.0.1", "::1"];
+    if !addr.ip().is_unspecified() && !hosts.contains(&ip.as_str()) {
+        hosts.push(&ip);
+    }
+    let (ca, cert, key) = crate::certs::development_server_certificate(&args.state_dir, &hosts)?;
+    tracing::info!(
+        ca = %ca.display(),
+        "made a development server certificate for {}; clients trust it with --cafile {}",
+        hosts.join(", "),
+        ca.display()
+    );
+    Ok((cert, key))
 }
 
 /// The history store and its writer, unless `--no-history`; the report shows what channels

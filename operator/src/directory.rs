@@ -582,7 +582,11 @@ mod tests {
         let mut index = Index::new();
         let report = dir.scan(&mut index);
         assert!(report.errors.is_empty(), "{:?}", report.errors);
-        assert_eq!(report.generated_keys.len(), 3, "acme/dashboard, globex/*");
+        assert_eq!(
+            report.generated_keys.len(),
+            4,
+            "acme/dashboard, acme/meter-1, globex/*"
+        );
         index.commit();
         let not_ready: Vec<String> = index
             .objects()
