@@ -351,7 +351,7 @@ pub fn serve_mqtt(wire: &[u8], chunk: usize, max: usize) -> Result<Vec<u8>, Stri
         written: Vec::new(),
     };
     let broker = Arc::new(Broker::new(shared));
-    runtime.block_on(mqtt::serve_stream(broker, &mut stream));
+    runtime.block_on(mqtt::serve_stream(broker, &mut stream, None));
     Ok(stream.written)
 }
 
