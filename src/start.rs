@@ -42,6 +42,10 @@ pub struct StartArgs {
     /// certificate from their tenant's CA (`fleetward certs issue <tenant>/<thing>`).
     #[arg(long, value_name = "ADDR")]
     pub mqtts_listen: Option<SocketAddr>,
+    /// HTTPS listener (off unless given): what --http-listen serves, over TLS; things may
+    /// present a client certificate instead of their key (`curl --cert --key`).
+    #[arg(long, value_name = "ADDR")]
+    pub https_listen: Option<SocketAddr>,
     /// PEM server certificate chain of the TLS listeners. Without --tls-cert and --tls-key, a
     /// development certificate for localhost is made at every start, signed by
     /// `<state-dir>/tls/ca.crt`: what clients pass as `--cafile`.
@@ -158,24 +162,43 @@ pub async fn run(args: StartArgs) -> anyhow::Result<()> {
 }
 
 /// The TLS listeners asked for, with their certificate.
-fn with_tls(dataplane: Dataplane, args: &StartArgs) -> anyhow::Result<Dataplane> {
-    let Some(addr) = args.mqtts_listen else {
+fn with_tls(mut dataplane: Dataplane, args: &StartArgs) -> anyhow::Result<Dataplane> {
+    let listeners = [args.mqtts_listen, args.https_listen];
+    let Some(first) = listeners.into_iter().flatten().next() else {
         return Ok(dataplane);
     };
-    let (cert, key) = server_certificate(args, addr)?;
-    Ok(dataplane.mqtts_listen(addr, cert, key))
+    let (cert, key) = server_certificate(args, first, args.https_listen)?;
+    if let Some(addr) = args.mqtts_listen {
+        dataplane = dataplane.mqtts_listen(addr, cert.clone(), key.clone());
+    }
+    if let Some(addr) = args.https_listen {
+        dataplane = dataplane.https_listen(addr, cert, key);
+    }
+    Ok(dataplane)
 }
 
 /// The TLS listeners' certificate and key: the ones given, else a development certificate for
 /// localhost (and the listener's own address) from the state directory's server CA.
-fn server_certificate(args: &StartArgs, addr: SocketAddr) -> anyhow::Result<(PathBuf, PathBuf)> {
+fn server_certificate(
+    args: &StartArgs,
+    addr: SocketAddr,
+    other: Option<SocketAddr>,
+) -> anyhow::Result<(PathBuf, PathBuf)> {
     if let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) {
         return Ok((cert.clone(), key.clone()));
     }
-    let ip = addr.ip().to_string();
+    let ips: Vec<String> = [Some(addr), other]
+        .into_iter()
+        .flatten()
+        .map(|a| a.ip())
+        .filter(|ip| !ip.is_unspecified() && !ip.is_loopback())
+        .map(|ip| ip.to_string())
+        .collect();
     let mut hosts = vec!["localhost", "127.0.0.1", "::1"];
-    if !addr.ip().is_unspecified() && !hosts.contains(&ip.as_str()) {
-        hosts.push(&ip);
+    for ip in &ips {
+        if !hosts.contains(&ip.as_str()) {
+            hosts.push(ip);
+        }
     }
     let (ca, cert, key) = crate::certs::development_server_certificate(&args.state_dir, &hosts)?;
     tracing::info!(
