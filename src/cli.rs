@@ -22,7 +22,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run the operator and one dataplane in one process, from a directory of YAML (no cluster needed).
-    Start(crate::start::StartArgs),
+    Start(Box<crate::start::StartArgs>),
     /// Print a thing's key (alone on the last line), from the state directory or the cluster.
     Credentials(crate::inspect::CredentialsArgs),
     /// Explain whether a thing or user may publish or subscribe on a topic (asking the
@@ -31,6 +31,9 @@ enum Command {
     CanI(crate::inspect::CanIArgs),
     /// Show the Ready condition of every object `fleetward start` serves.
     Status(crate::inspect::StatusArgs),
+    /// Development certificates for `fleetward start`: a thing's client certificate from its
+    /// tenant's local CA (`issue acme/meter-1`), and where that CA is (`ca acme`).
+    Certs(crate::certs::CertsArgs),
     /// Run the Kubernetes operator: reconcile resources and serve PolicySync to dataplanes.
     ///
     /// The cluster: found as kubectl finds it, from `KUBECONFIG` (or `~/.kube/config`), else
@@ -80,7 +83,7 @@ impl Cli {
     /// Runs the chosen subcommand and turns its outcome into the process exit code.
     pub fn run(self) -> ExitCode {
         let outcome = match self.command {
-            Command::Start(args) => serve(crate::start::run(args)),
+            Command::Start(args) => serve(crate::start::run(*args)),
             Command::Credentials(args) => once(crate::inspect::credentials(&args)),
             Command::CanI(args) => match once(crate::inspect::can_i(&args)) {
                 Ok(true) => Ok(()),
@@ -89,6 +92,7 @@ impl Cli {
                 Err(e) => Err(e),
             },
             Command::Status(args) => crate::inspect::status(&args),
+            Command::Certs(args) => crate::certs::run(&args),
             Command::Operator(args) => serve(fleetward_operator::runtime::run(*args)),
             Command::Dataplane(args) => serve(fleetward_dataplane::run(*args)),
             Command::Writer(args) => serve(crate::writer::run(*args)),

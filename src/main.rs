@@ -3,6 +3,7 @@
 // No function longer than a reader can hold in their head (the threshold is in clippy.toml).
 #![warn(clippy::too_many_lines)]
 
+mod certs;
 mod cli;
 mod cluster;
 mod control;

@@ -38,6 +38,22 @@ pub struct StartArgs {
     /// MQTT listener.
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:1883")]
     pub mqtt_listen: SocketAddr,
+    /// MQTT over TLS listener (off unless given). Things may sign in with a client
+    /// certificate from their tenant's CA (`fleetward certs issue <tenant>/<thing>`).
+    #[arg(long, value_name = "ADDR")]
+    pub mqtts_listen: Option<SocketAddr>,
+    /// HTTPS listener (off unless given): what --http-listen serves, over TLS; things may
+    /// present a client certificate instead of their key (`curl --cert --key`).
+    #[arg(long, value_name = "ADDR")]
+    pub https_listen: Option<SocketAddr>,
+    /// PEM server certificate chain of the TLS listeners. Without --tls-cert and --tls-key, a
+    /// development certificate for localhost is made at every start, signed by
+    /// `<state-dir>/tls/ca.crt`: what clients pass as `--cafile`.
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
     /// HTTP and WebSocket listener.
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8080")]
     pub http_listen: SocketAddr,
@@ -76,7 +92,7 @@ pub async fn run(args: StartArgs) -> anyhow::Result<()> {
     let (policy_tx, policy_rx) = watch::channel(Arc::new(attach(local.index.snapshot().clone())));
     let control = crate::control::Control::new(policy_rx.clone())?;
     let mut history = open_history(&args, policy_rx.clone(), &mut local).await?;
-    let dataplane = Dataplane::new(policy_rx)
+    let dataplane = with_tls(Dataplane::new(policy_rx), &args)?
         .history(
             history
                 .as_ref()
@@ -143,6 +159,55 @@ pub async fn run(args: StartArgs) -> anyhow::Result<()> {
         h.finish().await;
     }
     outcome
+}
+
+/// The TLS listeners asked for, with their certificate.
+fn with_tls(mut dataplane: Dataplane, args: &StartArgs) -> anyhow::Result<Dataplane> {
+    let listeners = [args.mqtts_listen, args.https_listen];
+    let Some(first) = listeners.into_iter().flatten().next() else {
+        return Ok(dataplane);
+    };
+    let (cert, key) = server_certificate(args, first, args.https_listen)?;
+    if let Some(addr) = args.mqtts_listen {
+        dataplane = dataplane.mqtts_listen(addr, cert.clone(), key.clone());
+    }
+    if let Some(addr) = args.https_listen {
+        dataplane = dataplane.https_listen(addr, cert, key);
+    }
+    Ok(dataplane)
+}
+
+/// The TLS listeners' certificate and key: the ones given, else a development certificate for
+/// localhost (and the listener's own address) from the state directory's server CA.
+fn server_certificate(
+    args: &StartArgs,
+    addr: SocketAddr,
+    other: Option<SocketAddr>,
+) -> anyhow::Result<(PathBuf, PathBuf)> {
+    if let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) {
+        return Ok((cert.clone(), key.clone()));
+    }
+    let ips: Vec<String> = [Some(addr), other]
+        .into_iter()
+        .flatten()
+        .map(|a| a.ip())
+        .filter(|ip| !ip.is_unspecified() && !ip.is_loopback())
+        .map(|ip| ip.to_string())
+        .collect();
+    let mut hosts = vec!["localhost", "127.0.0.1", "::1"];
+    for ip in &ips {
+        if !hosts.contains(&ip.as_str()) {
+            hosts.push(ip);
+        }
+    }
+    let (ca, cert, key) = crate::certs::development_server_certificate(&args.state_dir, &hosts)?;
+    tracing::info!(
+        ca = %ca.display(),
+        "made a development server certificate for {}; clients trust it with --cafile {}",
+        hosts.join(", "),
+        ca.display()
+    );
+    Ok((cert, key))
 }
 
 /// The history store and its writer, unless `--no-history`; the report shows what channels

@@ -1,5 +1,9 @@
 //! The single-binary mode's source: a directory of manifests fed into the index, with the keys
-//! the operator would generate kept in a local state directory instead of Secrets.
+//! the operator would generate kept in a local state directory instead of Secrets, and the
+//! tenants' device CAs and issued thing certificates as files there (see [`device_certs`]).
+
+pub mod device_certs;
+pub mod local_ca;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
@@ -54,6 +58,8 @@ pub struct Directory {
     files: BTreeMap<PathBuf, FileState>,
     /// Secrets generated for things, by key, as fed to the index.
     generated: BTreeMap<ObjectKey, Object>,
+    /// The device CA and thing certificate Secrets fed from the state directory.
+    certs: device_certs::DeviceCerts,
     /// The uids given to Tenants and Channels declared without one (manifests carry none), by
     /// key: kept while some file declares the object, forgotten once a scan finds none does, so
     /// one deleted and declared again gets a new uid, as in a cluster.
@@ -85,6 +91,7 @@ impl Directory {
             keys: KeyStore::open(state_dir.join("keys"))?,
             files: BTreeMap::new(),
             generated: BTreeMap::new(),
+            certs: device_certs::DeviceCerts::new(state_dir),
             uids: BTreeMap::new(),
             uids_file,
             saved_uids,
@@ -120,6 +127,12 @@ impl Directory {
     /// The key store, for `fleetward credentials`.
     pub fn keys(&self) -> &KeyStore {
         &self.keys
+    }
+
+    /// A device CA or thing certificate Secret this directory feeds from the state directory
+    /// (no manifest declares it), if any.
+    pub fn fed_secret(&self, key: &ObjectKey) -> Option<&SecretData> {
+        self.certs.fed(key)
     }
 
     /// Every object the manifests declare (the last good version of each file), in file order.
@@ -161,6 +174,8 @@ impl Directory {
             self.scan_file(index, &file, &mut report);
         }
         self.ensure_keys(index, &mut report);
+        let declared = self.files.values().flat_map(|f| f.objects.values());
+        self.certs.feed(declared, index, &mut report);
         // Only now: an object moved between two files within one scan keeps its uid.
         let declared: BTreeSet<&ObjectKey> =
             self.files.values().flat_map(|f| f.objects.keys()).collect();
@@ -231,6 +246,7 @@ impl Directory {
                 Ok(Document::Object(mut o)) => {
                     if let Some(key) = o.key() {
                         self.identify(&key, &mut o);
+                        device_certs::trust_issuer_locally(&mut o);
                         objects.insert(key, *o);
                     }
                 }
@@ -566,7 +582,11 @@ mod tests {
         let mut index = Index::new();
         let report = dir.scan(&mut index);
         assert!(report.errors.is_empty(), "{:?}", report.errors);
-        assert_eq!(report.generated_keys.len(), 3, "acme/dashboard, globex/*");
+        assert_eq!(
+            report.generated_keys.len(),
+            4,
+            "acme/dashboard, acme/meter-1, globex/*"
+        );
         index.commit();
         let not_ready: Vec<String> = index
             .objects()

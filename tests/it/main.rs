@@ -12,6 +12,7 @@ mod cedar;
 mod cli;
 mod conformance;
 mod dataplane_processes;
+mod device_certs;
 mod history;
 mod history_faults;
 mod hostile;

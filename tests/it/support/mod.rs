@@ -75,8 +75,14 @@ impl Running {
 
     /// Waits for one line containing each needle, in any order.
     pub fn expect_all<const N: usize>(&self, needles: [&str; N], within: Duration) -> [String; N] {
+        let found = self.expect_each(&needles, within);
+        std::array::from_fn(|i| found[i].clone())
+    }
+
+    /// Waits for one line containing each needle, in any order.
+    pub fn expect_each(&self, needles: &[&str], within: Duration) -> Vec<String> {
         let deadline = Instant::now() + within;
-        let mut found: [Option<String>; N] = std::array::from_fn(|_| None);
+        let mut found: Vec<Option<String>> = vec![None; needles.len()];
         while found.iter().any(Option::is_none) {
             let left = deadline.saturating_duration_since(Instant::now());
             let Ok(line) = self.lines.recv_timeout(left) else {
@@ -91,7 +97,7 @@ impl Running {
                 }
             }
         }
-        found.map(|l| l.unwrap_or_default())
+        found.into_iter().map(Option::unwrap_or_default).collect()
     }
 
     /// Lines that contain `needle` during `window`.
@@ -173,15 +179,35 @@ impl StartOptions {
             .env("RUST_LOG", "info,rumqttd=warn")
             .env("NO_COLOR", "1");
         let process = Running::spawn("start", cmd, true);
-        let [mqtt, http, admin] = process
-            .expect_all(
-                ["MQTT listening", "WebSocket streams listening", "admin API"],
-                Duration::from_secs(20),
-            )
-            .map(|line| listening_addr(&line));
+        let mut needles = vec!["MQTT listening", "WebSocket streams listening", "admin API"];
+        // The TLS listeners, when asked for, are logged among the others.
+        let tls = [
+            ("--mqtts-listen", "MQTT over TLS listening"),
+            (
+                "--https-listen",
+                "HTTPS (the HTTP listener's API over TLS) listening",
+            ),
+        ];
+        for (flag, needle) in tls {
+            if self.args.iter().any(|a| a.starts_with(flag)) {
+                needles.push(needle);
+            }
+        }
+        let lines = process.expect_each(&needles, Duration::from_secs(20));
+        let addr_of = |needle: &str| {
+            let i = needles.iter().position(|n| *n == needle)?;
+            Some(listening_addr(&lines[i]))
+        };
+        let (mqtt, http, admin) = (
+            listening_addr(&lines[0]),
+            listening_addr(&lines[1]),
+            listening_addr(&lines[2]),
+        );
         let start = Start {
             process,
             mqtt,
+            mqtts: addr_of(tls[0].1),
+            https: addr_of(tls[1].1),
             http,
             admin,
             state: self.state,
@@ -208,6 +234,10 @@ fn listening_addr(line: &str) -> SocketAddr {
 pub struct Start {
     pub process: Running,
     pub mqtt: SocketAddr,
+    /// The MQTT over TLS listener, when `--mqtts-listen` was given.
+    pub mqtts: Option<SocketAddr>,
+    /// The HTTPS listener, when `--https-listen` was given.
+    pub https: Option<SocketAddr>,
     pub http: SocketAddr,
     pub admin: SocketAddr,
     pub state: PathBuf,
