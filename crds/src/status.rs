@@ -44,7 +44,7 @@ pub struct TenantStatus {
 }
 
 /// What one provisioning claim has made.
-#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ClaimStatus {
     /// The claim's name, as in `spec.provisioning.claims`.

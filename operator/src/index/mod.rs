@@ -5,6 +5,7 @@
 //! [`Index::apply`] / [`Index::delete`] / [`Index::reset`], then [`Index::commit`] to batch what
 //! changed into one new snapshot version.
 
+mod claims;
 mod object;
 mod policies;
 mod readiness;
@@ -710,6 +711,9 @@ fn tenant_statuses(
                         namespace: Some(namespace.to_owned()),
                         things,
                         channels,
+                        claims: objects
+                            .map(|o| claims::resolve(&t.spec, o).1)
+                            .unwrap_or_default(),
                     },
                 }
             } else {
@@ -727,6 +731,7 @@ fn tenant_statuses(
                         namespace: None,
                         things: 0,
                         channels: 0,
+                        claims: Vec::new(),
                     },
                 }
             };

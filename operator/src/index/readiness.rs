@@ -120,6 +120,8 @@ pub enum Facts {
         things: u32,
         /// Channels in the namespace.
         channels: u32,
+        /// What each provisioning claim has made.
+        claims: Vec<fleetward_crds::ClaimStatus>,
     },
     /// A Thing's credentials.
     Thing {

@@ -120,9 +120,11 @@ pub(crate) fn resolve(
         return unowned(namespace, objects);
     };
     let limits = spec.limits.clone().unwrap_or_default();
+    // The claims' statuses are the Tenant's (`tenant_statuses`).
+    let (provisioning, _) = super::claims::resolve(spec, objects);
     let mut out = Resolution {
         tenant: Some(policy::Tenant {
-            provisioning: Default::default(),
+            provisioning,
             device_ca: Default::default(),
             engine: engine_of(spec),
             name: tenant.to_owned(),

@@ -136,7 +136,8 @@ fn a_complete_tenant_is_served_and_ready() {
         Facts::Tenant {
             namespace: Some("acme".into()),
             things: 1,
-            channels: 1
+            channels: 1,
+            claims: Vec::new(),
         }
     );
     // The key authenticates through the evaluator built from the snapshot.

@@ -167,11 +167,13 @@ pub fn full_status(
                 namespace: Some(namespace),
                 things,
                 channels,
+                claims,
             } = &desired.facts
             {
                 status.namespace = Some(namespace.clone());
                 status.things = Some(*things);
                 status.channels = Some(*channels);
+                status.provisioning.clone_from(claims);
             }
             ShownStatus::Tenant(status)
         }
@@ -388,6 +390,7 @@ pub(crate) mod tests {
                 namespace: Some("acme".into()),
                 things: 2,
                 channels: 1,
+                claims: Vec::new(),
             },
         };
         let e = enforcement(true, Some(1), None);
@@ -404,6 +407,7 @@ pub(crate) mod tests {
             namespace: None,
             things: 0,
             channels: 0,
+            claims: Vec::new(),
         };
         desired.served = false;
         let e = enforcement(desired.served, None, Some(4));
