@@ -392,7 +392,6 @@ pub fn thing_uri(uri: &str) -> Option<(String, String)> {
     Some((tenant.to_owned(), thing.to_owned()))
 }
 
-
 impl crate::Snapshot {
     /// The thing a client certificate chain authenticates, and its seal; `BadCredential` for
     /// any chain that does not verify against the named tenant's CA, is revoked, names no

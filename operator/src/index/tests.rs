@@ -135,7 +135,8 @@ fn a_complete_tenant_is_served_and_ready() {
         Facts::Tenant {
             namespace: Some("acme".into()),
             things: 1,
-            channels: 1
+            channels: 1,
+            device_ca: None,
         }
     );
     // The key authenticates through the evaluator built from the snapshot.
@@ -913,3 +914,5 @@ fn a_channel_keeps_history_for_its_retention_and_a_bad_retention_is_not_served()
     let message = &index.status(&key).expect("status").readiness.message;
     assert!(message.contains("spec.history.retention"), "{message}");
 }
+
+mod certificates;
