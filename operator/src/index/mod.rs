@@ -356,6 +356,11 @@ impl Index {
             .collect()
     }
 
+    /// Whether cert-manager's CRDs are installed, as far as the index was told.
+    pub fn cert_manager_installed(&self) -> bool {
+        !self.cert_manager_missing
+    }
+
     /// Sets whether cert-manager's CRDs are installed: the Things asking for a certificate
     /// say so when they are not.
     pub fn set_cert_manager_installed(&mut self, installed: bool) {
