@@ -123,6 +123,7 @@ pub fn policy(pairs: usize) -> Result<Arc<Snapshot>, BuildError> {
 pub fn policy_with(pairs: usize, engine: Engine) -> Result<Arc<Snapshot>, BuildError> {
     let mut r = Resources::default();
     r.tenants.push(Tenant {
+        provisioning: Default::default(),
         device_ca: Default::default(),
         engine,
         uid: String::new(),

@@ -23,6 +23,7 @@ const THINGS: usize = 500;
 
 fn evaluator() -> CedarEvaluator {
     let tenant = Tenant {
+        provisioning: Default::default(),
         device_ca: Default::default(),
         engine: Default::default(),
         name: "acme".into(),

@@ -25,12 +25,13 @@ pub use connection::{Action, Connection, ConnectionSpec, Subject, SubjectKind, S
 pub use group::{Group, GroupSpec, Member, MemberKind};
 pub use policy::{Policy, PolicySpec};
 pub use status::{
-    ChannelHistoryStatus, ChannelStatus, ConnectionStatus, EnforcedPolicy, GroupStatus,
-    PolicyStatus, PolicyTextError, ResourceStatus, TenantStatus, ThingCertificate, ThingStatus,
-    UserStatus,
+    ChannelHistoryStatus, ChannelStatus, ClaimStatus, ConnectionStatus, EnforcedPolicy,
+    GroupStatus, PolicyStatus, PolicyTextError, ResourceStatus, TenantStatus, ThingCertificate,
+    ThingStatus, UserStatus,
 };
 pub use tenant::{
-    AuthorizationEngine, DeviceCA, IssuerKind, IssuerRef, Tenant, TenantAuthorization,
+    AuthorizationEngine, DeviceCA, IssuerKind, IssuerRef, PROVISIONING_CLAIM_LABEL,
+    PROVISIONING_CLAIMS_MAX, Provisioning, ProvisioningClaim, Tenant, TenantAuthorization,
     TenantLimits, TenantSpec, TenantWeb,
 };
 pub use thing::{

@@ -37,6 +37,24 @@ pub struct TenantStatus {
     /// Number of Channels in the tenant's namespace.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub channels: Option<u32>,
+    /// Things each provisioning claim has made so far.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]
+    pub provisioning: Vec<ClaimStatus>,
+}
+
+/// What one provisioning claim has made.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ClaimStatus {
+    /// The claim's name, as in `spec.provisioning.claims`.
+    pub name: String,
+    /// Things that carry its label.
+    pub provisioned: u32,
+    /// Whether devices may use it now (its claim certificates and signing CA are in place,
+    /// and it has room), and if not, why.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
 }
 
 /// Status of a Thing, written by the operator.

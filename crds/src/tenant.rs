@@ -66,7 +66,64 @@ pub struct TenantSpec {
     /// authenticates here, whatever it names.
     #[serde(default, skip_serializing_if = "Option::is_none", rename = "deviceCA")]
     pub device_ca: Option<DeviceCA>,
+    /// Fleet provisioning: devices that hold a shared claim certificate may ask, over HTTPS,
+    /// for a Thing of their own and its certificate (`POST /provisioning/{tenant}/{claim}`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provisioning: Option<Provisioning>,
 }
+
+/// The most claims one Tenant may declare.
+pub const PROVISIONING_CLAIMS_MAX: usize = 32;
+
+/// A tenant's fleet provisioning.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Provisioning {
+    /// The claims devices may present.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32))]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]
+    pub claims: Vec<ProvisioningClaim>,
+}
+
+/// One provisioning claim: who may ask (holders of its claim certificate), for which names,
+/// how many, and what they get.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ProvisioningClaim {
+    /// The claim's name, in the request's path.
+    #[schemars(schema_with = "crate::schema::dns_label")]
+    pub name: String,
+    /// A Secret in the tenant's namespace whose `tls.crt` holds the claim certificates
+    /// (PEM): a device presenting one of exactly these, within its validity, may ask.
+    #[schemars(schema_with = "crate::schema::dns_label")]
+    pub certificate_secret_name: String,
+    /// A Secret in the tenant's namespace with `tls.crt` and `tls.key` of the CA that signs
+    /// provisioned devices' certificates: the tenant's `deviceCA` (for a cert-manager CA
+    /// issuer, the Secret its `spec.ca.secretName` names).
+    #[schemars(schema_with = "crate::schema::dns_label")]
+    pub signing_secret_name: String,
+    /// A regular expression the whole requested thing name must match, for example
+    /// `sensor-[0-9]{6}`.
+    #[schemars(length(min = 1, max = 256))]
+    pub name_pattern: String,
+    /// The most Things this claim may create; further requests are refused.
+    #[schemars(range(min = 1))]
+    pub max_things: u32,
+    /// Days a provisioned device's certificate is valid. Default 365.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 3650))]
+    pub certificate_days: Option<u32>,
+    /// Attributes every provisioned Thing gets.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub attributes: std::collections::BTreeMap<String, String>,
+    /// When true, requests are refused; Things already made stay.
+    #[serde(default)]
+    pub disabled: bool,
+}
+
+/// The label a provisioned Thing carries: the claim that made it.
+pub const PROVISIONING_CLAIM_LABEL: &str = "fleetward.io/provisioning-claim";
 
 /// Message of the rule asking a `deviceCA` for its source.
 pub const DEVICE_CA_MESSAGE: &str = "deviceCA needs secretName (a Secret in the tenant's \
@@ -270,6 +327,7 @@ mod tests {
                 limits: None,
                 web: None,
                 device_ca: None,
+                provisioning: None,
             },
         )
     }

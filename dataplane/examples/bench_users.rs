@@ -36,6 +36,7 @@ const PASSWORD: &str = "bench password, long enough";
 fn policy(signing_key: SigningKey) -> Arc<Snapshot> {
     let r = Resources {
         tenants: vec![Tenant {
+            provisioning: Default::default(),
             device_ca: Default::default(),
             engine: Default::default(),
             uid: String::new(),

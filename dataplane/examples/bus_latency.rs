@@ -25,6 +25,7 @@ const KEY: &str = "bench-key-0123456789";
 fn policy() -> Arc<Snapshot> {
     let r = Resources {
         tenants: vec![Tenant {
+            provisioning: Default::default(),
             device_ca: Default::default(),
             engine: Default::default(),
             uid: String::new(),

@@ -32,6 +32,7 @@ fn policy() -> Arc<Snapshot> {
     };
     let r = Resources {
         tenants: vec![Tenant {
+            provisioning: Default::default(),
             device_ca: Default::default(),
             engine: Default::default(),
             uid: String::new(),

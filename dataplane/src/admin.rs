@@ -31,7 +31,7 @@ pub(crate) async fn serve(listener: GatedListener, state: AdminState, extra: axu
         use axum::response::IntoResponse as _;
         crate::ingress::ApiError::busy().into_response()
     };
-    crate::listener::serve_http(listener, app, HttpLimits::default(), busy).await;
+    crate::listener::serve_http(listener, app, HttpLimits::default(), busy, None).await;
 }
 
 async fn readyz(State(state): State<AdminState>) -> impl IntoResponse {

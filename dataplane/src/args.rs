@@ -17,10 +17,16 @@ pub struct DataplaneArgs {
     /// Address of the MQTT-over-TLS listener; needs --tls-cert and --tls-key.
     #[arg(long, env = "FLEETWARD_MQTTS_LISTEN", requires_all = ["tls_cert", "tls_key"])]
     pub mqtts_listen: Option<SocketAddr>,
-    /// PEM file with the server certificate chain for --mqtts-listen.
+    /// Address of the HTTPS listener (HTTP publish, WebSocket streams, MQTT over secure
+    /// WebSocket, sign-in); needs --tls-cert and --tls-key.
+    #[arg(long, env = "FLEETWARD_HTTPS_LISTEN", requires_all = ["tls_cert", "tls_key"])]
+    pub https_listen: Option<SocketAddr>,
+    /// PEM file with the server certificate chain for --mqtts-listen and --https-listen.
+    /// Both listeners ask for client certificates (a thing's from its tenant's deviceCA) and
+    /// take clients without one.
     #[arg(long, env = "FLEETWARD_TLS_CERT")]
     pub tls_cert: Option<PathBuf>,
-    /// PEM file with the server's private key for --mqtts-listen.
+    /// PEM file with the server's private key for --mqtts-listen and --https-listen.
     #[arg(long, env = "FLEETWARD_TLS_KEY")]
     pub tls_key: Option<PathBuf>,
     /// Address of HTTP publish, MQTT over WebSocket (`/mqtt`) and WebSocket streams.

@@ -1,7 +1,7 @@
 //! Wiring: a `Dataplane` builder that starts the router, the MQTT, HTTP and admin listeners.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::Context as _;
@@ -9,7 +9,6 @@ use fleetward_policy::{PolicyEvaluator, Snapshot};
 use prometheus_client::registry::Registry;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
-use tokio_rustls::TlsAcceptor;
 
 use crate::admin::{self, AdminState};
 use crate::args::{DataplaneArgs, LimitArgs};
@@ -42,6 +41,7 @@ pub struct Dataplane {
     router: RumqttdConfig,
     mqtt_listen: SocketAddr,
     mqtts: Option<(SocketAddr, PathBuf, PathBuf)>,
+    https: Option<(SocketAddr, PathBuf, PathBuf)>,
     admin_listen: Option<SocketAddr>,
     http_listen: Option<SocketAddr>,
     sync_status: Option<Arc<SyncStatus>>,
@@ -64,6 +64,7 @@ impl Dataplane {
             router: RumqttdConfig::default(),
             mqtt_listen: SocketAddr::from(([0, 0, 0, 0], 1883)),
             mqtts: None,
+            https: None,
             admin_listen: None,
             http_listen: None,
             sync_status: None,
@@ -89,6 +90,11 @@ impl Dataplane {
             (args.mqtts_listen, &args.tls_cert, &args.tls_key)
         {
             d = d.mqtts_listen(addr, cert.clone(), key.clone());
+        }
+        if let (Some(addr), Some(cert), Some(key)) =
+            (args.https_listen, &args.tls_cert, &args.tls_key)
+        {
+            d = d.https_listen(addr, cert.clone(), key.clone());
         }
         d = d.users(args.users_config()).node_id(args.node_id.clone());
         if !args.nats.is_empty() {
@@ -134,6 +140,13 @@ impl Dataplane {
     /// Adds the TLS listener with a PEM certificate chain and key.
     pub fn mqtts_listen(mut self, addr: SocketAddr, cert: PathBuf, key: PathBuf) -> Self {
         self.mqtts = Some((addr, cert, key));
+        self
+    }
+
+    /// The HTTPS listener (what the HTTP listener serves, over TLS, with client
+    /// certificates asked for), with the server chain and key in PEM files.
+    pub fn https_listen(mut self, addr: SocketAddr, cert: PathBuf, key: PathBuf) -> Self {
+        self.https = Some((addr, cert, key));
         self
     }
 
@@ -257,6 +270,7 @@ impl Dataplane {
         let mqtt_addr = self.serve_mqtt(&mut tasks, &shared, &gate).await?;
         let mqtts_addr = self.serve_mqtts(&mut tasks, &shared, &gate).await?;
         let http_addr = self.serve_http(&mut tasks, &shared, &gate).await?;
+        let https_addr = self.serve_https(&mut tasks, &shared, &gate).await?;
         tasks.spawn(crate::ingress::purge_deleted_channels(
             shared.retained.clone(),
             self.policy.clone(),
@@ -290,6 +304,7 @@ impl Dataplane {
             mqtts_addr,
             admin_addr,
             http_addr,
+            https_addr,
             metrics,
             gate,
             tasks,
@@ -395,7 +410,7 @@ impl Dataplane {
         let Some((addr, cert, key)) = &self.mqtts else {
             return Ok(None);
         };
-        let acceptor = tls_acceptor(cert, key)?;
+        let acceptor = crate::tls::acceptor(cert, key)?;
         let listener = mqtt::bind(*addr, "MQTT over TLS").await?;
         let addr = listener.local_addr()?;
         tasks.spawn(mqtt::accept_loop(
@@ -424,6 +439,30 @@ impl Dataplane {
             shared.clone(),
             self.http_limits,
             self.cors_allowed_origins.clone(),
+            None,
+        ));
+        Ok(Some(addr))
+    }
+
+    /// The HTTPS listener, if configured.
+    async fn serve_https(
+        &self,
+        tasks: &mut JoinSet<()>,
+        shared: &Arc<Broker<BusRouter<RumqttdRouter>>>,
+        gate: &Arc<Gate>,
+    ) -> anyhow::Result<Option<SocketAddr>> {
+        let Some((addr, cert, key)) = &self.https else {
+            return Ok(None);
+        };
+        let acceptor = crate::tls::acceptor(cert, key)?;
+        let listener = mqtt::bind(*addr, "HTTPS and secure WebSocket").await?;
+        let addr = listener.local_addr()?;
+        tasks.spawn(web::serve(
+            GatedListener::new(listener, gate.clone(), Listener::Https),
+            shared.clone(),
+            self.http_limits,
+            self.cors_allowed_origins.clone(),
+            Some(acceptor),
         ));
         Ok(Some(addr))
     }
@@ -486,6 +525,8 @@ pub struct RunningDataplane {
     pub admin_addr: Option<SocketAddr>,
     /// The HTTP listener's address (HTTP publish, `/mqtt`, WebSocket streams), if any.
     pub http_addr: Option<SocketAddr>,
+    /// The HTTPS listener's address, if any.
+    pub https_addr: Option<SocketAddr>,
     metrics: Arc<Metrics>,
     gate: Arc<Gate>,
     /// Aborted when dropped.
@@ -536,6 +577,9 @@ impl RunningDataplane {
                 "HTTP publish, MQTT over WebSocket (/mqtt) and WebSocket streams listening"
             );
         }
+        if let Some(addr) = self.https_addr {
+            tracing::info!(%addr, "HTTPS (the HTTP listener's API over TLS) listening");
+        }
         if let Some(addr) = self.admin_addr {
             tracing::info!(%addr, "admin API (/healthz, /readyz, /metrics) listening");
         }
@@ -575,41 +619,4 @@ fn random_node_id() -> String {
     }
     let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
     format!("dataplane-{hex}")
-}
-
-fn tls_acceptor(cert: &Path, key: &Path) -> anyhow::Result<TlsAcceptor> {
-    let certs = {
-        let file = std::fs::File::open(cert)
-            .with_context(|| format!("opening the TLS certificate {}", cert.display()))?;
-        rustls_pemfile::certs(&mut std::io::BufReader::new(file))
-            .collect::<Result<Vec<_>, _>>()
-            .with_context(|| format!("reading PEM certificates from {}", cert.display()))?
-    };
-    if certs.is_empty() {
-        anyhow::bail!(
-            "{} holds no PEM certificate; give --tls-cert a PEM chain",
-            cert.display()
-        );
-    }
-    let key_der = {
-        let file = std::fs::File::open(key)
-            .with_context(|| format!("opening the TLS key {}", key.display()))?;
-        rustls_pemfile::private_key(&mut std::io::BufReader::new(file))
-            .with_context(|| format!("reading a PEM private key from {}", key.display()))?
-            .with_context(|| {
-                format!(
-                    "{} holds no PEM private key; give --tls-key a PKCS#8, PKCS#1 or SEC1 key",
-                    key.display()
-                )
-            })?
-    };
-    let config = tokio_rustls::rustls::ServerConfig::builder_with_provider(Arc::new(
-        tokio_rustls::rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .context("configuring TLS versions")?
-    .with_no_client_auth()
-    .with_single_cert(certs, key_der)
-    .context("the TLS certificate and key do not match or are unsupported")?;
-    Ok(TlsAcceptor::from(Arc::new(config)))
 }

@@ -232,6 +232,7 @@ fn build_policy() -> Snapshot {
 /// A tenant of the fixed policy, with its things and channels.
 fn add_tenant(r: &mut Resources, tenant: &str) {
     r.tenants.push(Tenant {
+        provisioning: Default::default(),
         device_ca: Default::default(),
         engine: Default::default(),
         uid: String::new(),
@@ -351,7 +352,7 @@ pub fn serve_mqtt(wire: &[u8], chunk: usize, max: usize) -> Result<Vec<u8>, Stri
         written: Vec::new(),
     };
     let broker = Arc::new(Broker::new(shared));
-    runtime.block_on(mqtt::serve_stream(broker, &mut stream));
+    runtime.block_on(mqtt::serve_stream(broker, &mut stream, None));
     Ok(stream.written)
 }
 

@@ -39,6 +39,7 @@ pub mod mqtt;
 pub mod router;
 mod run;
 pub mod sync;
+mod tls;
 pub mod users;
 pub mod web;
 pub mod ws;

@@ -35,17 +35,25 @@ pub(crate) enum Listener {
     Mqtt,
     Mqtts,
     Http,
+    Https,
     Admin,
 }
 
 impl Listener {
-    const ALL: [Listener; 4] = [Self::Mqtt, Self::Mqtts, Self::Http, Self::Admin];
+    const ALL: [Listener; 5] = [
+        Self::Mqtt,
+        Self::Mqtts,
+        Self::Http,
+        Self::Https,
+        Self::Admin,
+    ];
 
     fn as_str(self) -> &'static str {
         match self {
             Self::Mqtt => "mqtt",
             Self::Mqtts => "mqtts",
             Self::Http => "http",
+            Self::Https => "https",
             Self::Admin => "admin",
         }
     }
@@ -73,7 +81,7 @@ struct ListenerLabel {
 /// (0 until it counts) and counting takes no family lookup.
 struct PerListener {
     family: Family<ListenerLabel, Counter>,
-    by_listener: [Counter; 4],
+    by_listener: [Counter; 5],
 }
 
 impl Default for PerListener {
@@ -448,55 +456,112 @@ pub(crate) async fn serve_http(
     app: axum::Router,
     limits: HttpLimits,
     busy: fn() -> axum::response::Response,
+    tls: Option<tokio_rustls::TlsAcceptor>,
 ) {
-    use tower::ServiceExt as _;
     let requests = Arc::new(tokio::sync::Semaphore::new(limits.max_requests.max(1)));
     loop {
         let (io, peer) = listener.accept().await;
-        let handle = io.ticket().handle();
-        let app = app.clone();
-        let requests = requests.clone();
-        tokio::spawn(async move {
-            let service = hyper::service::service_fn(move |req: hyper::Request<Incoming>| {
-                let (app, handle, requests) = (app.clone(), handle.clone(), requests.clone());
-                async move {
-                    let Ok(_permit) = requests.try_acquire_owned() else {
-                        return Ok::<_, std::convert::Infallible>(busy());
+        let conn = HttpConnection {
+            peer,
+            handle: io.ticket().handle(),
+            chain: None,
+            app: app.clone(),
+            limits,
+            requests: requests.clone(),
+            busy,
+        };
+        match &tls {
+            None => {
+                tokio::spawn(conn.serve(io));
+            }
+            Some(acceptor) => {
+                let acceptor = acceptor.clone();
+                tokio::spawn(async move {
+                    // The handshake within the header timeout: a TLS slowloris holds a
+                    // socket no longer than a plain one.
+                    let handshake =
+                        tokio::time::timeout(limits.header_timeout, acceptor.accept(io)).await;
+                    let Ok(Ok(stream)) = handshake else {
+                        tracing::debug!(%peer, "TLS handshake failed or timed out");
+                        return;
                     };
-                    // A success with credentials (a publish, a sign-in) authenticates the
-                    // socket; a GET (JWKS, a refused upgrade) or a CORS preflight does not.
-                    let authenticates =
-                        !matches!(*req.method(), hyper::Method::GET | hyper::Method::OPTIONS);
-                    let mut req = req.map(|body| {
-                        axum::body::Body::new(tower_http::timeout::DeadlineBody::new(
-                            limits.body_timeout,
-                            body,
-                        ))
-                    });
-                    req.extensions_mut()
-                        .insert(axum::extract::ConnectInfo(peer));
-                    req.extensions_mut().insert(handle.clone());
-                    let response = match app.oneshot(req).await {
-                        Ok(r) => r,
-                        Err(never) => match never {},
-                    };
-                    if authenticates && response.status().is_success() {
-                        handle.authenticated();
-                    }
-                    Ok(response)
+                    let chain = crate::tls::PeerChain::of(stream.get_ref().1);
+                    HttpConnection { chain, ..conn }.serve(stream).await;
+                });
+            }
+        }
+    }
+}
+
+/// One HTTP connection and what its requests carry.
+struct HttpConnection {
+    peer: SocketAddr,
+    handle: AuthHandle,
+    /// The client certificate chain of a TLS connection, if the client sent one: each
+    /// request carries it, as its credential when it has no `Authorization`.
+    chain: Option<crate::tls::PeerChain>,
+    app: axum::Router,
+    limits: HttpLimits,
+    requests: Arc<tokio::sync::Semaphore>,
+    busy: fn() -> axum::response::Response,
+}
+
+impl HttpConnection {
+    async fn serve<IO>(self, io: IO)
+    where
+        IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        use tower::ServiceExt as _;
+        let Self {
+            peer,
+            handle,
+            chain,
+            app,
+            limits,
+            requests,
+            busy,
+        } = self;
+        let service = hyper::service::service_fn(move |req: hyper::Request<Incoming>| {
+            let (app, handle, requests) = (app.clone(), handle.clone(), requests.clone());
+            let chain = chain.clone();
+            async move {
+                let Ok(_permit) = requests.try_acquire_owned() else {
+                    return Ok::<_, std::convert::Infallible>(busy());
+                };
+                // A success with credentials (a publish, a sign-in) authenticates the
+                // socket; a GET (JWKS, a refused upgrade) or a CORS preflight does not.
+                let authenticates =
+                    !matches!(*req.method(), hyper::Method::GET | hyper::Method::OPTIONS);
+                let mut req = req.map(|body| {
+                    axum::body::Body::new(tower_http::timeout::DeadlineBody::new(
+                        limits.body_timeout,
+                        body,
+                    ))
+                });
+                req.extensions_mut()
+                    .insert(axum::extract::ConnectInfo(peer));
+                req.extensions_mut().insert(handle.clone());
+                let served = crate::tls::with_request_chain(chain, app.oneshot(req));
+                let response = match served.await {
+                    Ok(r) => r,
+                    Err(never) => match never {},
+                };
+                if authenticates && response.status().is_success() {
+                    handle.authenticated();
                 }
-            });
-            let mut builder = hyper::server::conn::http1::Builder::new();
-            builder
-                .timer(hyper_util::rt::TokioTimer::new())
-                .header_read_timeout(limits.header_timeout);
-            let conn = builder
-                .serve_connection(hyper_util::rt::TokioIo::new(io), service)
-                .with_upgrades();
-            if let Err(e) = conn.await {
-                tracing::debug!(%peer, error = %e, "HTTP connection ended");
+                Ok(response)
             }
         });
+        let mut builder = hyper::server::conn::http1::Builder::new();
+        builder
+            .timer(hyper_util::rt::TokioTimer::new())
+            .header_read_timeout(limits.header_timeout);
+        let conn = builder
+            .serve_connection(hyper_util::rt::TokioIo::new(io), service)
+            .with_upgrades();
+        if let Err(e) = conn.await {
+            tracing::debug!(%peer, error = %e, "HTTP connection ended");
+        }
     }
 }
 

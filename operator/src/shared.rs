@@ -113,6 +113,7 @@ mod tests {
                 let mut t = fleetward_crds::Tenant::new(
                     &format!("t{i}"),
                     fleetward_crds::TenantSpec {
+                        provisioning: Default::default(),
                         device_ca: Default::default(),
                         authorization: Default::default(),
                         namespace: None,

@@ -28,6 +28,7 @@ fn resources(things: usize) -> Resources {
     for t in 0..TENANTS {
         let tenant = format!("tenant-{t}");
         r.tenants.push(Tenant {
+            provisioning: Default::default(),
             device_ca: Default::default(),
             engine: Default::default(),
             uid: String::new(),

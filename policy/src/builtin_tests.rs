@@ -10,6 +10,7 @@ const KEY: &str = "key-of-sensor";
 
 fn mk_tenant(name: &str) -> Tenant {
     Tenant {
+        provisioning: Default::default(),
         device_ca: Default::default(),
         engine: Default::default(),
         uid: String::new(),

@@ -515,3 +515,7 @@ fn revoked(ca: &DeviceCa, thing: &crate::Thing, serial: &str) -> bool {
             .as_ref()
             .is_some_and(|x| x.revoked_serials.iter().any(|s| s == serial))
 }
+
+#[cfg(test)]
+#[path = "certificates_tests.rs"]
+mod tests;

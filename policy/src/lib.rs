@@ -19,6 +19,7 @@
 //!         web: Default::default(),
 //!         engine: Engine::Builtin,
 //!         device_ca: None,
+//!         provisioning: Vec::new(),
 //!     }],
 //!     things: vec![Thing {
 //!         tenant: "acme".into(),
@@ -82,6 +83,7 @@ pub mod evaluator;
 pub mod explain;
 pub mod model;
 pub mod pattern;
+pub mod provisioning;
 pub mod snapshot;
 #[cfg(test)]
 mod testing;
@@ -112,6 +114,7 @@ pub use model::{
     Thing, User,
 };
 pub use pattern::{PatternError, SubtopicPattern};
+pub use provisioning::ProvisioningClaim;
 pub use snapshot::{BuildError, Snapshot};
 pub use tokens::{
     AccessClaims, KeyError, Keyring, TokenError, TokenSettings, generate_signing_key, new_kid,

@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 use crate::certificates::{CredentialMode, DeviceCa, ThingX509};
 use crate::credentials::KeyDigest;
 use crate::pattern::SubtopicPattern;
+use crate::provisioning::ProvisioningClaim;
 use crate::web::TenantWeb;
 
 /// The identity of a namespaced resource: its tenant and its name within that tenant.
@@ -91,6 +92,9 @@ pub struct Tenant {
     /// revoked; `None`: no thing of the tenant authenticates by certificate.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub device_ca: Option<DeviceCa>,
+    /// The tenant's fleet provisioning claims.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub provisioning: Vec<ProvisioningClaim>,
 }
 
 /// The authorization engine of a tenant (`Tenant.spec.authorization.engine`).

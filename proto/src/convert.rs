@@ -101,6 +101,18 @@ fn tenant_to(t: &policy::Tenant) -> pb::Tenant {
             certificates: ca.certificates().map(<[u8]>::to_vec).collect(),
             revoked_serials: ca.revoked().iter().cloned().collect(),
         }),
+        provisioning: t
+            .provisioning
+            .iter()
+            .map(|c| pb::ProvisioningClaim {
+                name: c.name.clone(),
+                certificates: c.certificates.iter().map(|d| d.to_vec()).collect(),
+                name_pattern: c.name_pattern.clone(),
+                max_things: c.max_things,
+                provisioned: c.provisioned,
+                disabled: c.disabled,
+            })
+            .collect(),
     }
 }
 
@@ -322,6 +334,23 @@ fn tenant_from(t: pb::Tenant) -> Result<policy::Tenant, ConvertError> {
             Err(_) => policy::Engine::Unsupported,
         },
         device_ca,
+        provisioning: t
+            .provisioning
+            .into_iter()
+            .map(|c| policy::ProvisioningClaim {
+                name: c.name,
+                // A digest of another length matches no certificate.
+                certificates: c
+                    .certificates
+                    .iter()
+                    .filter_map(|d| <[u8; 32]>::try_from(d.as_slice()).ok())
+                    .collect(),
+                name_pattern: c.name_pattern,
+                max_things: c.max_things,
+                provisioned: c.provisioned,
+                disabled: c.disabled,
+            })
+            .collect(),
     })
 }
 

@@ -72,6 +72,7 @@ fn persisted_snapshot_with(history_secs: Option<u64>) -> Stored {
     let (signing_key, hash) = shared_secrets();
     let resources = Resources {
         tenants: vec![Tenant {
+            provisioning: Default::default(),
             device_ca: Default::default(),
             engine: Default::default(),
             uid: String::new(),

@@ -7,6 +7,7 @@ use fleetward_policy::{
 
 pub fn mk_tenant(name: &str) -> Tenant {
     Tenant {
+        provisioning: Default::default(),
         device_ca: Default::default(),
         engine: Default::default(),
         name: name.into(),

@@ -11,6 +11,7 @@ use super::*;
 fn audit() -> (Audit, Arc<Metrics>) {
     let mut resources = Resources::default();
     resources.tenants.push(Tenant {
+        provisioning: Default::default(),
         device_ca: Default::default(),
         engine: Default::default(),
         name: "acme".into(),

@@ -7,8 +7,11 @@ use base64::Engine as _;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use fleetward_policy::{Credential, DenyReason, KeyDigest, PolicyEvaluator, Snapshot, Subject};
 
+use tokio_rustls::rustls::pki_types::UnixTime;
+
 use super::api_error::ApiError;
 use super::sign_in::{Users, remaining};
+use crate::tls::PeerChain;
 
 /// The subprotocol a browser offers with its token, so it gets one it offered back.
 pub const WS_PROTOCOL: &str = "fleetward.v1";
@@ -32,11 +35,17 @@ pub(crate) enum Presented {
     Key(Vec<u8>),
     /// A user's access token.
     Bearer(String),
+    /// A client certificate chain from the TLS handshake; it names its thing.
+    Certificate(PeerChain),
 }
 
 /// Reads the `Authorization` header.
 pub(crate) fn from_authorization(headers: &HeaderMap) -> Result<Presented, ApiError> {
     let Some(value) = headers.get(header::AUTHORIZATION) else {
+        // Over HTTPS, a client certificate is the credential of a request without another.
+        if let Some(chain) = crate::tls::request_chain() {
+            return Ok(Presented::Certificate(chain));
+        }
         return Err(ApiError::unauthorized(
             "no credentials: send `Authorization: Thing <key>`, HTTP Basic \
              `<tenant>/<thing>:<key>` or `Authorization: Bearer <access token>`",
@@ -131,6 +140,7 @@ pub(crate) fn authenticate(
     let (credential, key) = match presented {
         Presented::Thing { tenant, thing, key } => (Credential::Thing { tenant, thing, key }, key),
         Presented::Key(key) => (Credential::ThingKey { key }, key),
+        Presented::Certificate(chain) => return by_certificate(snapshot, chain),
         Presented::Bearer(token) => {
             return match users.check(snapshot, token, None) {
                 Ok((subject, claims)) => Ok(Authenticated {
@@ -160,6 +170,39 @@ pub(crate) fn authenticate(
             DenyReason::SubjectDisabled | DenyReason::TenantSuspended => forbidden("thing"),
             DenyReason::PolicyUnavailable => ApiError::policy_unavailable(),
             _ => ApiError::unauthorized("unknown thing or wrong key"),
+        }),
+    }
+}
+
+/// Authenticates a thing by its client certificate; a stream it opens ends when the
+/// certificate expires.
+fn by_certificate(snapshot: &Snapshot, chain: &PeerChain) -> Result<Authenticated, ApiError> {
+    let now = UnixTime::now();
+    let credential = Credential::Certificate {
+        chain: &chain.0,
+        claimed: None,
+        now,
+    };
+    match snapshot.authenticate(&credential) {
+        Ok(subject) => {
+            let token_ends = subject.certificate.as_ref().map(|c| {
+                let left = c.not_after.saturating_sub(now.as_secs());
+                tokio::time::Instant::now() + std::time::Duration::from_secs(left)
+            });
+            Ok(Authenticated {
+                subject,
+                key_digest: None,
+                token_ends,
+            })
+        }
+        Err(refusal) => Err(match refusal.reason {
+            DenyReason::SubjectDisabled | DenyReason::TenantSuspended => forbidden("thing"),
+            DenyReason::PolicyUnavailable => ApiError::policy_unavailable(),
+            _ => ApiError::unauthorized(
+                "the client certificate was refused: it must chain to the tenant's deviceCA, \
+                 be valid now and not revoked, and name a thing that accepts certificates \
+                 (URI SAN fleetward://<tenant>/<thing> or its common name)",
+            ),
         }),
     }
 }

@@ -72,7 +72,7 @@ impl Seen {
                 self.subject.clone_from(thing);
                 self.kind = Some(SubjectKind::Thing);
             }
-            Presented::Key(_) => self.kind = Some(SubjectKind::Thing),
+            Presented::Key(_) | Presented::Certificate(_) => self.kind = Some(SubjectKind::Thing),
             Presented::Bearer(_) => self.kind = Some(SubjectKind::User),
         }
     }

@@ -623,6 +623,7 @@ mod tests {
         let mut s = Snapshot::new(1);
         for &(tenant, name, uid) in channels {
             s.upsert_tenant(fleetward_policy::Tenant {
+                provisioning: Default::default(),
                 device_ca: Default::default(),
                 engine: Default::default(),
                 name: tenant.into(),
@@ -708,6 +709,7 @@ mod tests {
         // uid (the tenant's decides alone); an empty uid in the policy keeps them.
         let mut now = now;
         now.upsert_tenant(fleetward_policy::Tenant {
+            provisioning: Default::default(),
             device_ca: Default::default(),
             engine: Default::default(),
             name: "u".into(),
@@ -720,6 +722,7 @@ mod tests {
         assert_eq!(r.usage("u"), (0, 0));
         let mut unknown = snapshot(&[("t", "ch", ""), ("t", "same", "s1"), ("t", "unknown", "")]);
         unknown.upsert_tenant(fleetward_policy::Tenant {
+            provisioning: Default::default(),
             device_ca: Default::default(),
             engine: Default::default(),
             name: "t".into(),

@@ -12,6 +12,7 @@ use super::codec::{Codec, FrameError, peek_version};
 use super::handshake::Handshake;
 use super::session::Session;
 use crate::router::Router;
+use crate::tls::PeerChain;
 
 /// The largest CONNECT accepted (it carries the will).
 pub(crate) const MAX_CONNECT: usize = 128 * 1024;
@@ -22,7 +23,11 @@ pub(crate) const MAX_CONNECT: usize = 128 * 1024;
 /// Each stage has a box of its own, so the task holds only the stage it is in: reading the
 /// CONNECT (a few hundred bytes: what a socket that never authenticates costs), answering it
 /// (the CONNECT, its timeout, the checks: large and short-lived), then the session.
-pub(crate) fn serve<R, S>(shared: Arc<Broker<R>>, stream: S) -> impl Future<Output = ()> + Send
+pub(crate) fn serve<R, S>(
+    shared: Arc<Broker<R>>,
+    stream: S,
+    chain: Option<PeerChain>,
+) -> impl Future<Output = ()> + Send
 where
     R: Router,
     S: AsyncRead + AsyncWrite + Unpin + Send,
@@ -34,7 +39,7 @@ where
         let Some(first) = first.await else {
             return;
         };
-        let Some(session) = Box::pin(handshake(first)).await else {
+        let Some(session) = Box::pin(handshake(first, chain)).await else {
             return;
         };
         Box::pin(run(session)).await;
@@ -118,7 +123,10 @@ where
 }
 
 /// Answers the CONNECT; the session to run if it was accepted.
-async fn handshake<R, S>(first: FirstPacket<R, S>) -> Option<Session<R, S>>
+async fn handshake<R, S>(
+    first: FirstPacket<R, S>,
+    chain: Option<PeerChain>,
+) -> Option<Session<R, S>>
 where
     R: Router,
     S: AsyncRead + AsyncWrite + Unpin + Send,
@@ -139,6 +147,7 @@ where
         stream: &mut stream,
         username: None,
         kind: None,
+        chain,
     };
     let accepted = hs.accept(connect, props, will, will_props, login).await?;
     Some(Session::new(shared, stream, codec, rbuf, accepted))

@@ -25,6 +25,8 @@ use super::session::{Accepted, Connected, clear_in_router};
 use crate::audit;
 use crate::ingress::{ConnectionSlots, random_client_id};
 use crate::router::{Publisher, Router, SessionKey, SessionMode};
+use crate::tls::PeerChain;
+use tokio_rustls::rustls::pki_types::UnixTime;
 
 /// Why a CONNECT is refused: the CONNACK code, and the label of the metrics and the audit trail.
 type Refused = (ConnectReturnCode, &'static str);
@@ -38,6 +40,8 @@ pub(super) struct Handshake<'a, R: Router, S> {
     pub(super) username: Option<String>,
     /// Thing or user, once told apart.
     pub(super) kind: Option<SubjectKind>,
+    /// The client certificate chain of a TLS connection, if the client sent one.
+    pub(super) chain: Option<PeerChain>,
 }
 
 /// Who the CONNECT proved to be, and under which policy.
@@ -276,6 +280,12 @@ impl<R: Router, S: AsyncWrite + Unpin> Handshake<'_, R, S> {
     /// user's access token.
     fn identify(&mut self, login: Option<Login>) -> Result<Identified, Refused> {
         let version = self.codec.version();
+        // A client certificate and no password: the certificate is the credential.
+        if let Some(chain) = self.chain.take()
+            && login.as_ref().is_none_or(|l| l.password.is_empty())
+        {
+            return self.identify_by_certificate(login, &chain);
+        }
         let Some(login) = login else {
             return Err((reason::connack_bad_username(version), "no_username"));
         };
@@ -283,14 +293,7 @@ impl<R: Router, S: AsyncWrite + Unpin> Handshake<'_, R, S> {
         let Some((tenant, thing)) = login.username.split_once('/') else {
             return Err((reason::connack_bad_username(version), "bad_username"));
         };
-        let snapshot = self.shared.snapshot();
-        if snapshot.version() == 0 {
-            // Never had a policy: fail closed, and say it is the server's state.
-            return Err((
-                reason::connack_for(version, DenyReason::PolicyUnavailable),
-                DenyReason::PolicyUnavailable.as_str(),
-            ));
-        }
+        let snapshot = self.policy()?;
         // A user sends an access token as the password; a thing its key.
         let password = login.password.as_bytes();
         let by_token =
@@ -330,6 +333,68 @@ impl<R: Router, S: AsyncWrite + Unpin> Handshake<'_, R, S> {
             snapshot,
             subject,
             key_digest,
+            mount,
+            token_ends,
+        })
+    }
+
+    /// The policy to answer from; a pod that never had one refuses, saying it is the
+    /// server's state.
+    fn policy(&self) -> Result<Arc<Snapshot>, Refused> {
+        let snapshot = self.shared.snapshot();
+        if snapshot.version() == 0 {
+            let version = self.codec.version();
+            return Err((
+                reason::connack_for(version, DenyReason::PolicyUnavailable),
+                DenyReason::PolicyUnavailable.as_str(),
+            ));
+        }
+        Ok(snapshot)
+    }
+
+    /// Authenticates a thing by its client certificate; a username, if sent, must be
+    /// `<tenant>/<thing>` of the thing the certificate names.
+    fn identify_by_certificate(
+        &mut self,
+        login: Option<Login>,
+        chain: &PeerChain,
+    ) -> Result<Identified, Refused> {
+        let version = self.codec.version();
+        self.kind = Some(SubjectKind::Thing);
+        let username = login.map(|l| l.username).filter(|u| !u.is_empty());
+        self.username.clone_from(&username);
+        let claimed = match &username {
+            None => None,
+            Some(u) => Some(
+                u.split_once('/')
+                    .ok_or((reason::connack_bad_username(version), "bad_username"))?,
+            ),
+        };
+        let snapshot = self.policy()?;
+        let credential = Credential::Certificate {
+            chain: &chain.0,
+            claimed,
+            now: UnixTime::now(),
+        };
+        let subject = snapshot.authenticate(&credential).map_err(|refusal| {
+            (
+                reason::connack_for(version, refusal.reason),
+                refusal.reason.as_str(),
+            )
+        })?;
+        self.username = Some(format!("{}/{}", subject.tenant, subject.name));
+        // The session ends when the certificate does.
+        let token_ends = subject.certificate.as_ref().map(|c| {
+            let left = c.not_after.saturating_sub(UnixTime::now().as_secs());
+            tokio::time::Instant::now() + Duration::from_secs(left)
+        });
+        let mount = snapshot
+            .mountpoint_of(&subject.tenant, &subject.name)
+            .map(|ch| Mountpoint::new(&subject.tenant, ch));
+        Ok(Identified {
+            snapshot,
+            subject,
+            key_digest: None,
             mount,
             token_ends,
         })

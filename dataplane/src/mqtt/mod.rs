@@ -48,7 +48,7 @@ pub(crate) async fn accept_loop<R: Router>(
             None => {
                 tokio::spawn(listener::scope(handle, async move {
                     let _counted = Counted::new(&shared);
-                    connect::serve(shared.clone(), socket).await;
+                    connect::serve(shared.clone(), socket, None).await;
                 }));
             }
             Some(acceptor) => {
@@ -74,7 +74,10 @@ async fn serve_tls<R: Router>(
     let handshake =
         tokio::time::timeout(shared.config.connect_timeout, acceptor.accept(socket)).await;
     match handshake {
-        Ok(Ok(stream)) => connect::serve(shared, stream).await,
+        Ok(Ok(stream)) => {
+            let chain = crate::tls::PeerChain::of(stream.get_ref().1);
+            connect::serve(shared, stream, chain).await;
+        }
         _ => {
             tracing::debug!(%peer, "TLS handshake failed or timed out");
             shared.metrics.refused("connect", "tls_handshake");
@@ -83,14 +86,18 @@ async fn serve_tls<R: Router>(
 }
 
 /// Serves one MQTT connection over any byte stream (MQTT over WebSocket comes in here), with
-/// the same handshake, session and limits as TCP.
-pub(crate) async fn serve_stream<R, S>(shared: Arc<Broker<R>>, stream: S)
-where
+/// the same handshake, session and limits as TCP; `chain` is the client certificate of the
+/// TLS connection the stream runs in, if any.
+pub(crate) async fn serve_stream<R, S>(
+    shared: Arc<Broker<R>>,
+    stream: S,
+    chain: Option<crate::tls::PeerChain>,
+) where
     R: Router,
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send,
 {
     let _counted = Counted::new(&shared);
-    connect::serve(shared.clone(), stream).await;
+    connect::serve(shared.clone(), stream, chain).await;
 }
 
 /// A connection counted (for `--max-connections` and the metrics) until dropped.
@@ -128,6 +135,11 @@ mod tests {
         std::mem::size_of::<Fut>()
     }
 
+    /// [`future_size`] of a function of three arguments.
+    fn future_size3<A, B, C, F: FnOnce(A, B, C) -> Fut, Fut>(_: &F) -> usize {
+        std::mem::size_of::<Fut>()
+    }
+
     #[test]
     fn a_socket_that_has_not_connected_holds_little() {
         // What a flood of sockets that never send a CONNECT costs per socket: the task (with
@@ -158,7 +170,7 @@ mod tests {
              idle connection fits in"
         );
         // The connection's task holds only the box of the stage it is in.
-        let size = future_size(&connect::serve::<RumqttdRouter, tokio::net::TcpStream>);
+        let size = future_size3(&connect::serve::<RumqttdRouter, tokio::net::TcpStream>);
         assert!(size <= 64, "the connection's own future takes {size} bytes");
     }
 }

@@ -280,6 +280,7 @@ mod tests {
         let mut s = Snapshot::new(1);
         for &(tenant, tenant_uid, name, uid) in channels {
             s.upsert_tenant(fleetward_policy::Tenant {
+                provisioning: Default::default(),
                 device_ca: Default::default(),
                 engine: Default::default(),
                 name: tenant.into(),

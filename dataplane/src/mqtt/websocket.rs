@@ -34,12 +34,14 @@ pub(crate) async fn websocket<R: Router>(
     };
     // Room for the fixed header on top of the largest packet.
     let max = shared.config.max_packet_size.saturating_add(8);
+    // Over HTTPS, the connection's client certificate can authenticate the CONNECT.
+    let chain = crate::tls::request_chain();
     upgrade
         .protocols([MQTT_SUBPROTOCOL])
         .max_message_size(max)
         .max_frame_size(max)
         .on_upgrade(move |ws| async move {
-            let serve = super::serve_stream(shared, WsBytes::new(ws));
+            let serve = super::serve_stream(shared, WsBytes::new(ws), chain);
             // The socket stays pending until the CONNECT over it is accepted.
             match socket {
                 Some(Extension(handle)) => listener::scope(handle, serve).await,

@@ -148,6 +148,7 @@ mod tests {
     fn stored(version: u64) -> Stored {
         let resources = Resources {
             tenants: vec![Tenant {
+                provisioning: Default::default(),
                 device_ca: Default::default(),
                 engine: Default::default(),
                 uid: String::new(),

@@ -136,6 +136,7 @@ mod tests {
 
     fn snapshot(globex_origins: &[&str]) -> Arc<Snapshot> {
         let tenant = |name: &str, origins: &[&str]| Tenant {
+            provisioning: Default::default(),
             device_ca: Default::default(),
             engine: Default::default(),
             name: name.into(),

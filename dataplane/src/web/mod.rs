@@ -76,6 +76,7 @@ pub(crate) async fn serve<R: Router>(
     broker: Arc<Broker<R>>,
     limits: HttpLimits,
     cors_allowed_origins: Vec<String>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
 ) {
     let origins = Arc::new(cors::Origins::new(
         cors_allowed_origins,
@@ -85,5 +86,6 @@ pub(crate) async fn serve<R: Router>(
         .layer(cors::layer(origins))
         .layer(axum::middleware::from_fn(cors::refuse_unlisted_preflight));
     // Each request carries its peer's address: sign-in attempts are limited per address.
-    crate::listener::serve_http(listener, app, limits, || ApiError::busy().into_response()).await;
+    let busy = || ApiError::busy().into_response();
+    crate::listener::serve_http(listener, app, limits, busy, tls).await;
 }

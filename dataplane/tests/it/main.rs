@@ -10,6 +10,7 @@ mod common;
 mod audit;
 mod batching;
 mod bus;
+mod client_certs;
 mod delivery_and_isolation;
 mod history;
 mod http_openapi;

@@ -142,6 +142,7 @@ pub(crate) fn resolve(
     let mut out = Resolution {
         device_ca: device_ca_condition,
         tenant: Some(policy::Tenant {
+            provisioning: Default::default(),
             device_ca,
             engine: engine_of(spec),
             name: tenant.to_owned(),

@@ -36,6 +36,7 @@ fn mk_tenant(name: &str, spec: crds::TenantSpec) -> Object {
 
 fn tenant_spec() -> crds::TenantSpec {
     crds::TenantSpec {
+        provisioning: Default::default(),
         device_ca: Default::default(),
         authorization: Default::default(),
         namespace: None,

@@ -61,6 +61,7 @@ fn counted<R>(f: impl FnOnce() -> R) -> (R, u64) {
 fn snapshot() -> Snapshot {
     let mut r = Resources::default();
     r.tenants.push(Tenant {
+        provisioning: Default::default(),
         device_ca: Default::default(),
         engine: Default::default(),
         uid: String::new(),

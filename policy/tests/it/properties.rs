@@ -78,6 +78,7 @@ fn arb_resource() -> impl Strategy<Value = Resource> {
     prop_oneof![
         1 => (tenant(), prop::bool::weighted(0.1)).prop_map(|(name, suspended)| {
             Resource::Tenant(Tenant {
+                provisioning: Default::default(),
                 device_ca: Default::default(),
                 engine: Default::default(),
                 uid: String::new(),
@@ -194,6 +195,7 @@ fn build(version: u64, resources: Vec<Resource>) -> Snapshot {
     // Two tenants with the same things, users and channels; the third is only sometimes declared.
     for t in TENANTS.iter().take(2) {
         s.upsert_tenant(Tenant {
+            provisioning: Default::default(),
             device_ca: Default::default(),
             engine: Default::default(),
             uid: String::new(),

@@ -11,6 +11,7 @@ fn mk_resources(tenants: usize, things: usize) -> Resources {
     for t in 0..tenants {
         let tenant = format!("t{t}");
         r.tenants.push(Tenant {
+            provisioning: Default::default(),
             device_ca: Default::default(),
             engine: Default::default(),
             uid: String::new(),

@@ -47,6 +47,7 @@ fn arb_tenant() -> impl Strategy<Value = Tenant> {
     )
         .prop_map(
             |(name, suspended, (a, b, c, d, e, f), (g, h), uid, origins)| Tenant {
+                provisioning: Default::default(),
                 device_ca: Default::default(),
                 engine: Default::default(),
                 name,
@@ -401,6 +402,7 @@ fn a_stored_snapshot_reads_back() {
         3,
         Resources {
             tenants: vec![Tenant {
+                provisioning: Default::default(),
                 device_ca: Default::default(),
                 engine: Default::default(),
                 name: "acme".into(),
@@ -430,6 +432,7 @@ fn a_stored_snapshot_reads_back() {
 fn a_re_created_channel_and_tenant_reach_the_dataplane_with_their_new_uids() {
     let resources = |uid: &str| Resources {
         tenants: vec![Tenant {
+            provisioning: Default::default(),
             device_ca: Default::default(),
             engine: Default::default(),
             name: "acme".into(),

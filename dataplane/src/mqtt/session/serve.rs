@@ -77,8 +77,14 @@ impl<R: Router, S: AsyncRead + AsyncWrite + Unpin + Send> Session<R, S> {
                     return End::Unclean;
                 },
                 () = token_expiry.expired(), if token_expiry.is_set() => {
-                    // The access token expired: the client reconnects with a fresh one.
-                    self.shared.metrics.refused("session", "token_expired");
+                    // The access token or the client certificate expired: the client
+                    // reconnects with a fresh one.
+                    let what = if self.acc.subject.certificate.is_some() {
+                        "certificate_expired"
+                    } else {
+                        "token_expired"
+                    };
+                    self.shared.metrics.refused("session", what);
                     self.disconnect(DisconnectReasonCode::MaximumConnectTime);
                     self.flush_last().await;
                     return End::Unclean;

@@ -67,6 +67,7 @@ pub fn resources() -> Resources {
     let mut r = Resources::default();
     for t in TENANTS {
         r.tenants.push(Tenant {
+            provisioning: Default::default(),
             device_ca: Default::default(),
             engine: Default::default(),
             uid: String::new(),
