@@ -61,7 +61,8 @@ pub async fn installed(client: &Client) -> Option<bool> {
                     .all(|r| served.contains(r)),
             )
         }
-        Err(kube::Error::Api(status)) if status.is_not_found() => Some(false),
+        // A group the server does not serve answers a plain-text 404, not a Status.
+        Err(kube::Error::Api(status)) if status.code == 404 => Some(false),
         Err(e) => {
             tracing::debug!(error = %e, "cannot ask the API server for cert-manager's API");
             None
