@@ -14,6 +14,7 @@ use tokio::task::JoinSet;
 use crate::dataplanes::Dataplanes;
 use crate::grpc;
 use crate::index::Index;
+use crate::k8s::certificates::CertificateReconciler;
 use crate::k8s::lease::{Leadership, LeaseConfig};
 use crate::k8s::observed::Observed;
 use crate::k8s::replica_leases::ReportConfig;
@@ -85,6 +86,10 @@ pub struct OperatorArgs {
     /// created with a fresh Ed25519 key when missing.
     #[arg(long, value_name = "NAME", default_value = "fleetward-signing-keys")]
     pub signing_secret: String,
+    /// cert-manager's cluster resource namespace, where the CA Secrets of ClusterIssuers live
+    /// (cert-manager's `--cluster-resource-namespace`).
+    #[arg(long, value_name = "NAMESPACE", default_value = "cert-manager")]
+    pub cert_manager_namespace: String,
     /// Milliseconds changes are gathered before they become one snapshot version.
     #[arg(long, value_name = "MS", default_value_t = 20)]
     pub batch_window_ms: u64,
@@ -283,6 +288,12 @@ fn spawn_tasks(
         metrics: state.metrics.clone(),
     };
     k8s::watch::spawn_all(&mut tasks, client, &feed);
+    tasks.spawn(k8s::certmanager::run(
+        client.clone(),
+        state.index.clone(),
+        state.observed.clone(),
+        args.cert_manager_namespace.clone(),
+    ));
     tasks.spawn(k8s::replica_leases::publish(
         client.clone(),
         reports.clone(),
@@ -300,7 +311,8 @@ fn spawn_tasks(
     tasks
 }
 
-/// The leader's writers: status and Events, the Things' Secrets, the token signing key.
+/// The leader's writers: status and Events, the Things' Secrets and cert-manager
+/// Certificates, the token signing key.
 fn spawn_writers(
     tasks: &mut JoinSet<&'static str>,
     args: &OperatorArgs,
@@ -331,6 +343,15 @@ fn spawn_writers(
             metrics: state.metrics.clone(),
             leader: leadership.subscribe(),
             recorder: Recorder::new(client.clone(), reporter),
+        }
+        .run(),
+    );
+    tasks.spawn(
+        CertificateReconciler {
+            client: client.clone(),
+            index: state.index.clone(),
+            observed: state.observed.clone(),
+            leader: leadership.subscribe(),
         }
         .run(),
     );
@@ -422,6 +443,7 @@ mod tests {
         assert_eq!(a.admin_listen.to_string(), "127.0.0.1:8082");
         assert_eq!(a.lease_name, "fleetward-operator");
         assert_eq!(a.batch_window_ms, 20);
+        assert_eq!(a.cert_manager_namespace, "cert-manager");
         let lease = a.lease().expect("valid");
         assert_eq!(
             (lease.namespace.as_str(), lease.identity.as_str()),

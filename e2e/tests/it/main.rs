@@ -12,6 +12,7 @@ mod chart_ops;
 mod compat_skew;
 mod controlplane;
 mod crd_validation;
+mod device_certs;
 mod helm;
 mod history;
 mod image;

@@ -6,6 +6,7 @@
 //! changed into one new snapshot version.
 
 mod claims;
+mod device_ca;
 mod object;
 mod policies;
 mod readiness;
@@ -20,10 +21,14 @@ use fleetward_crds as crds;
 use fleetward_policy::{self as policy, Delta, ResourceName, Snapshot};
 use kube::Resource;
 
+pub use device_ca::{CA_ENTRY, CRL_ENTRY, IssuerCa, IssuerKey, TLS_ENTRY};
 pub use object::{Kind, Object, ObjectKey, SecretData};
-pub use readiness::{DesiredStatus, Facts, Readiness, Reason};
+pub use readiness::{
+    CertificateFacts, CertificateRequest, DesiredStatus, Facts, Readiness, Reason, X509Facts,
+};
 pub use resolve::{MIN_KEY_LEN, is_key_entry};
 
+use device_ca::Issuers;
 use object::age_order;
 use policies::EnforcedPolicies;
 use resolve::{Namespace, Owner, PasswordHashes, Resolution, resolve};
@@ -102,6 +107,9 @@ pub struct Index {
     changed_statuses: BTreeSet<ObjectKey>,
     passwords: PasswordHashes,
     enforced_policies: EnforcedPolicies,
+    issuers: Issuers,
+    /// cert-manager's CRDs are known to be missing (unknown counts as installed).
+    cert_manager_missing: bool,
     history: VecDeque<Arc<Delta>>,
 }
 
@@ -268,6 +276,117 @@ impl Index {
         }
     }
 
+    /// Sets what a cert-manager issuer is (`None`: it does not exist); the namespaces of the
+    /// Tenants that name it resolve again at the next commit when it changed.
+    pub fn set_issuer(&mut self, key: IssuerKey, issuer: Option<IssuerCa>) {
+        let old = match issuer {
+            Some(issuer) => self.issuers.issuers.insert(key.clone(), issuer.clone()),
+            None => self.issuers.issuers.remove(&key),
+        };
+        if old != self.issuers.issuers.get(&key).cloned() {
+            self.dirty_tenants(|ns, r| IssuerKey::of(ns, r) == key);
+        }
+    }
+
+    /// Replaces every issuer of one kind (`cluster`: ClusterIssuers, else Issuers) after a
+    /// relist.
+    pub fn reset_issuers(&mut self, cluster: bool, issuers: Vec<(IssuerKey, IssuerCa)>) {
+        let is_kind = |k: &IssuerKey| matches!(k, IssuerKey::ClusterIssuer { .. }) == cluster;
+        let keep: BTreeSet<IssuerKey> = issuers.iter().map(|(k, _)| k.clone()).collect();
+        let stale: Vec<IssuerKey> = self
+            .issuers
+            .issuers
+            .keys()
+            .filter(|k| is_kind(k) && !keep.contains(*k))
+            .cloned()
+            .collect();
+        for key in stale {
+            self.set_issuer(key, None);
+        }
+        for (key, issuer) in issuers.into_iter().filter(|(k, _)| is_kind(k)) {
+            self.set_issuer(key, Some(issuer));
+        }
+    }
+
+    /// Sets a Secret of cert-manager's cluster resource namespace (`None`: it is gone), which a
+    /// ClusterIssuer may name as its CA.
+    pub fn set_issuer_secret(&mut self, name: &str, secret: Option<SecretData>) {
+        let old = match secret {
+            Some(s) => self.issuers.cluster_secrets.insert(name.to_owned(), s),
+            None => self.issuers.cluster_secrets.remove(name),
+        };
+        if old.as_ref() == self.issuers.cluster_secrets.get(name) {
+            return;
+        }
+        let issuers: BTreeSet<String> = self
+            .issuers
+            .issuers
+            .iter()
+            .filter_map(|(k, v)| match (k, v) {
+                (IssuerKey::ClusterIssuer { name: issuer }, IssuerCa::Ca { secret_name })
+                    if secret_name == name =>
+                {
+                    Some(issuer.clone())
+                }
+                _ => None,
+            })
+            .collect();
+        self.dirty_tenants(|_, r| {
+            r.kind == crds::IssuerKind::ClusterIssuer && issuers.contains(&r.name)
+        });
+    }
+
+    /// The Secrets of cert-manager's namespace that the CA ClusterIssuers of Tenants (without
+    /// a `deviceCA.secretName` of their own) name: the only ones the operator reads there.
+    pub fn cluster_issuer_secrets(&self) -> BTreeSet<String> {
+        self.tenants
+            .values()
+            .filter_map(|t| t.spec.device_ca.as_ref())
+            .filter(|d| d.secret_name.is_none())
+            .filter_map(|d| d.issuer_ref.as_ref())
+            .filter(|r| r.kind == crds::IssuerKind::ClusterIssuer)
+            .filter_map(|r| {
+                let key = IssuerKey::ClusterIssuer {
+                    name: r.name.clone(),
+                };
+                match self.issuers.issuers.get(&key)? {
+                    IssuerCa::Ca { secret_name } => Some(secret_name.clone()),
+                    IssuerCa::NotCa { .. } => None,
+                }
+            })
+            .collect()
+    }
+
+    /// Whether cert-manager's CRDs are installed, as far as the index was told.
+    pub fn cert_manager_installed(&self) -> bool {
+        !self.cert_manager_missing
+    }
+
+    /// Sets whether cert-manager's CRDs are installed: the Things asking for a certificate
+    /// say so when they are not.
+    pub fn set_cert_manager_installed(&mut self, installed: bool) {
+        if self.cert_manager_missing != installed {
+            return;
+        }
+        self.cert_manager_missing = !installed;
+        self.dirty_tenants(|_, _| true);
+    }
+
+    /// Marks dirty the namespace of every Tenant whose `deviceCA.issuerRef` matches.
+    fn dirty_tenants(&mut self, names: impl Fn(&str, &crds::IssuerRef) -> bool) {
+        for t in self.tenants.values() {
+            if let Some(r) = t
+                .spec
+                .device_ca
+                .as_ref()
+                .and_then(|d| d.issuer_ref.as_ref())
+                && names(t.namespace(), r)
+            {
+                self.dirty.insert(t.namespace().to_owned());
+            }
+        }
+    }
+
     /// Resolves every namespace that changed, and batches the policy changes into one new
     /// snapshot version. `None` when nothing changed.
     pub fn commit(&mut self) -> Option<Commit> {
@@ -361,6 +480,7 @@ impl Index {
             tenant_statuses(namespace, &claimants, self.namespaces.get(namespace));
         let empty = Namespace::default();
         let objects = self.namespaces.get(namespace).unwrap_or(&empty);
+        let mut tenant_statuses = tenant_statuses;
         let mut resolution = resolve(
             namespace,
             owner
@@ -369,7 +489,15 @@ impl Index {
             objects,
             &mut self.passwords,
             &mut self.enforced_policies,
+            &self.issuers,
+            !self.cert_manager_missing,
         );
+        // The owner comes first; only it has a device CA.
+        if let Some((_, status)) = tenant_statuses.first_mut()
+            && let Facts::Tenant { device_ca, .. } = &mut status.facts
+        {
+            *device_ca = resolution.device_ca.take();
+        }
         let changed = self.serve(namespace, resolution.take_records());
         for (key, status) in tenant_statuses.into_iter().chain(resolution.statuses) {
             self.set_status(key, status, &changed);
@@ -714,6 +842,7 @@ fn tenant_statuses(
                         claims: objects
                             .map(|o| claims::resolve(&t.spec, o).1)
                             .unwrap_or_default(),
+                        device_ca: None,
                     },
                 }
             } else {
@@ -732,6 +861,7 @@ fn tenant_statuses(
                         things: 0,
                         channels: 0,
                         claims: Vec::new(),
+                        device_ca: None,
                     },
                 }
             };

@@ -41,6 +41,26 @@ pub enum Reason {
     InvalidPolicy,
     /// A Policy in a tenant whose engine is not `cedar`: it decides nothing.
     EngineNotCedar,
+    /// A Tenant's device CA is loaded (`DeviceCA=True`).
+    CaLoaded,
+    /// A Secret a Tenant's `deviceCA` names does not exist.
+    SecretNotFound,
+    /// A Tenant's CA Secret holds no usable CA certificate.
+    InvalidCa,
+    /// A Tenant's CRL Secret holds no usable revocation list.
+    InvalidCrl,
+    /// The cert-manager issuer a Tenant's `deviceCA.issuerRef` names does not exist.
+    IssuerNotFound,
+    /// The cert-manager issuer a Tenant names is not a CA issuer, so its CA is unknown.
+    NotACaIssuer,
+    /// A Thing that only accepts certificates, in a tenant without a usable device CA.
+    NoDeviceCa,
+    /// A Thing asks for a certificate but cert-manager's CRDs are not installed.
+    CertManagerMissing,
+    /// A Thing's requested certificate is in its TLS Secret (`Certificate=True`).
+    Issued,
+    /// A Thing's requested certificate is not in its TLS Secret yet.
+    CertificatePending,
 }
 
 impl Reason {
@@ -65,6 +85,16 @@ impl Reason {
             Reason::InvalidSpec => "InvalidSpec",
             Reason::InvalidPolicy => "InvalidPolicy",
             Reason::EngineNotCedar => "EngineNotCedar",
+            Reason::CaLoaded => "CALoaded",
+            Reason::SecretNotFound => "SecretNotFound",
+            Reason::InvalidCa => "InvalidCA",
+            Reason::InvalidCrl => "InvalidCRL",
+            Reason::IssuerNotFound => "IssuerNotFound",
+            Reason::NotACaIssuer => "NotACAIssuer",
+            Reason::NoDeviceCa => "NoDeviceCA",
+            Reason::CertManagerMissing => "CertManagerMissing",
+            Reason::Issued => "Issued",
+            Reason::CertificatePending => "Pending",
         }
     }
 }
@@ -122,6 +152,8 @@ pub enum Facts {
         channels: u32,
         /// What each provisioning claim has made.
         claims: Vec<fleetward_crds::ClaimStatus>,
+        /// The `DeviceCA` condition, when the tenant declares `spec.deviceCA`.
+        device_ca: Option<Readiness>,
     },
     /// A Thing's credentials.
     Thing {
@@ -131,6 +163,10 @@ pub enum Facts {
         key_fingerprint: Option<String>,
         /// How many keys authenticate it.
         keys: u32,
+        /// Which credentials authenticate it; no key Secret is generated for `Certificate`.
+        mode: fleetward_policy::CredentialMode,
+        /// Its certificate facts, when it has `x509` (boxed: most things have none).
+        x509: Option<Box<X509Facts>>,
     },
     /// A Policy's errors and the text being enforced.
     Policy {
@@ -139,6 +175,45 @@ pub enum Facts {
         /// The generation and text enforced: the current one when valid, else the last valid.
         enforced: Option<(Option<i64>, String)>,
     },
+}
+
+/// What the index knows of a Thing's certificate.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct X509Facts {
+    /// What its TLS Secret's certificate says, when the Secret holds one.
+    pub certificate: Option<CertificateFacts>,
+    /// The cert-manager `Certificate` the operator keeps for it, when it asks for one.
+    pub issue: Option<CertificateRequest>,
+    /// The `Certificate` condition, when it asks for one: issued, pending, or why not.
+    pub condition: Option<Readiness>,
+}
+
+/// What a Thing's TLS Secret's certificate says (`Thing.status.certificate`). Never the key.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CertificateFacts {
+    /// The Secret holding it.
+    pub secret_name: String,
+    /// Its serial, lower-case hex.
+    pub serial: String,
+    /// When it expires (RFC 3339).
+    pub not_after: Option<String>,
+    /// First 12 hex digits of the SHA-256 of its DER encoding.
+    pub fingerprint: String,
+}
+
+/// The cert-manager `Certificate` a Thing with `x509.issue` gets from its tenant's issuer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CertificateRequest {
+    /// The tenant, for the `fleetward://<tenant>/<thing>` URI SAN.
+    pub tenant: String,
+    /// The subject common name: `x509.subject.commonName`, else the thing's name.
+    pub common_name: String,
+    /// The Secret cert-manager writes (`x509.secretName`, default `<thing>-tls`).
+    pub secret_name: String,
+    /// The issuer's name.
+    pub issuer_name: String,
+    /// `Issuer` or `ClusterIssuer`.
+    pub issuer_kind: &'static str,
 }
 
 /// Everything the index wants one object's status to say.

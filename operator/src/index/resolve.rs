@@ -6,9 +6,10 @@ use fleetward_crds as crds;
 use fleetward_policy as policy;
 use policy::{KeyDigest, SubtopicPattern};
 
+use super::device_ca::{self, Issuers, tenant_device_ca, thing_certificate};
 use super::object::{Kind, ObjectKey, SecretData, age_order};
 use super::policies::EnforcedPolicies;
-use super::readiness::{DesiredStatus, Facts, Readiness, Reason};
+use super::readiness::{DesiredStatus, Facts, Readiness, Reason, X509Facts};
 
 /// The shortest key accepted from a Secret, in bytes: keys are compared by a fast hash, which is
 /// only right for high-entropy keys (a generated key is 43 characters).
@@ -49,6 +50,8 @@ pub(crate) struct Resolution {
     pub grants: Vec<policy::Grant>,
     pub policies: Vec<policy::TenantPolicy>,
     pub statuses: Vec<(ObjectKey, DesiredStatus)>,
+    /// The owning Tenant's `DeviceCA` condition, when it declares `spec.deviceCA`.
+    pub device_ca: Option<Readiness>,
 }
 
 /// Argon2 hashes of plaintext passwords, so a password is hashed once, not on every resolve.
@@ -110,6 +113,8 @@ pub(crate) fn resolve(
     objects: &Namespace,
     passwords: &mut PasswordHashes,
     enforced: &mut EnforcedPolicies,
+    issuers: &Issuers,
+    cert_manager: bool,
 ) -> Resolution {
     let Some(Owner {
         name: tenant,
@@ -122,10 +127,25 @@ pub(crate) fn resolve(
     let limits = spec.limits.clone().unwrap_or_default();
     // The claims' statuses are the Tenant's (`tenant_statuses`).
     let (provisioning, _) = super::claims::resolve(spec, objects);
+    let (device_ca, device_ca_condition) = match tenant_device_ca(
+        namespace,
+        spec.device_ca.as_ref(),
+        &objects.secrets,
+        issuers,
+    ) {
+        Some((ca, condition)) => (ca, Some(condition)),
+        None => (None, None),
+    };
+    let certificates = Certificates {
+        ca: device_ca.is_some(),
+        issuer: spec.device_ca.as_ref().and_then(|d| d.issuer_ref.as_ref()),
+        cert_manager,
+    };
     let mut out = Resolution {
+        device_ca: device_ca_condition,
         tenant: Some(policy::Tenant {
             provisioning,
-            device_ca: Default::default(),
+            device_ca,
             engine: engine_of(spec),
             name: tenant.to_owned(),
             uid: uid.to_owned(),
@@ -149,6 +169,7 @@ pub(crate) fn resolve(
         namespace,
         tenant,
         objects,
+        certificates,
         out: &mut out,
     };
     let channels = r.channels(limits.max_channels);
@@ -212,7 +233,19 @@ struct Resolver<'a> {
     namespace: &'a str,
     tenant: &'a str,
     objects: &'a Namespace,
+    certificates: Certificates<'a>,
     out: &'a mut Resolution,
+}
+
+/// What the owning Tenant offers its things for certificates.
+#[derive(Clone, Copy)]
+struct Certificates<'a> {
+    /// Whether it has a usable device CA.
+    ca: bool,
+    /// The cert-manager issuer things with `x509.issue` get certificates from.
+    issuer: Option<&'a crds::IssuerRef>,
+    /// Whether cert-manager's CRDs are installed (as far as the operator knows).
+    cert_manager: bool,
 }
 
 /// The objects of a kind in limit order, each marked whether it is within the limit.
@@ -325,13 +358,23 @@ impl<'a> Resolver<'a> {
         let mut served = BTreeSet::new();
         for (name, thing, within) in within_limit(&objects.things, limit) {
             let generation = thing.metadata.generation;
+            let credentials = thing.spec.credentials.clone().unwrap_or_default();
+            let mode = device_ca::policy_mode(credentials.effective_mode());
             let secret_name = thing.secret_name();
-            let keys = thing_keys(objects.secrets.get(&secret_name));
+            // A certificate-only thing has no key: none is pushed, required or generated.
+            let keys = if mode.allows_key() {
+                thing_keys(objects.secrets.get(&secret_name))
+            } else {
+                Ok(ThingKeys::none())
+            };
             let facts = Facts::Thing {
                 secret_name: secret_name.clone(),
                 key_fingerprint: keys.as_ref().ok().and_then(|k| k.fingerprint.clone()),
                 keys: keys.as_ref().map_or(0, |k| k.digests.len() as u32),
+                mode,
+                x509: self.x509_facts(name, thing),
             };
+            let x509 = device_ca::thing_x509(credentials.x509.as_ref());
             let refusal = if !within {
                 Some(self.limit_exceeded("thing", limit))
             } else if let Some(mp) = thing
@@ -348,6 +391,10 @@ impl<'a> Resolver<'a> {
                         self.namespace
                     ),
                 ))
+            } else if let Err(r) = &x509 {
+                Some(r.clone())
+            } else if !mode.allows_key() && !self.certificates.ca {
+                Some(device_ca::no_device_ca(self.tenant))
             } else {
                 keys.as_ref().err().cloned()
             };
@@ -357,8 +404,8 @@ impl<'a> Resolver<'a> {
             }
             let digests = keys.map(|k| k.digests).unwrap_or_default();
             self.out.things.push(policy::Thing {
-                x509: Default::default(),
-                credential_mode: Default::default(),
+                x509: x509.unwrap_or_default(),
+                credential_mode: mode,
                 attributes: thing.spec.attributes.clone(),
                 tenant: self.tenant.to_owned(),
                 name: name.clone(),
@@ -368,17 +415,30 @@ impl<'a> Resolver<'a> {
                 max_connections: thing.spec.max_connections,
             });
             served.insert(name.as_str());
-            let r = if thing.spec.disabled {
-                Readiness::ready(
-                    Reason::Accepted,
-                    "the thing is served but disabled: its connections are refused",
-                )
-            } else {
-                Readiness::ready(Reason::Accepted, "the thing's credentials are in place")
-            };
+            let r =
+                device_ca::accepted(mode, self.tenant, self.certificates.ca, thing.spec.disabled);
             self.status_with(Kind::Thing, name, generation, r, facts);
         }
         served
+    }
+
+    /// A thing's certificate facts, when it has `x509`.
+    fn x509_facts(&self, name: &str, thing: &crds::Thing) -> Option<Box<X509Facts>> {
+        thing.spec.credentials.as_ref()?.x509.as_ref()?;
+        let certificate = thing_certificate(self.objects.secrets.get(&thing.tls_secret_name()));
+        let issue = device_ca::certificate_request(self.tenant, thing, self.certificates.issuer);
+        let condition = device_ca::certificate_condition(
+            self.namespace,
+            name,
+            issue.as_ref(),
+            certificate.as_ref(),
+            self.certificates.cert_manager,
+        );
+        Some(Box::new(X509Facts {
+            certificate,
+            issue,
+            condition,
+        }))
     }
 
     fn users(&mut self, passwords: &mut PasswordHashes) -> BTreeSet<&'a str> {
@@ -651,6 +711,15 @@ fn kind_label(kind: crds::MemberKind) -> &'static str {
 struct ThingKeys {
     digests: Vec<KeyDigest>,
     fingerprint: Option<String>,
+}
+
+impl ThingKeys {
+    fn none() -> Self {
+        Self {
+            digests: Vec::new(),
+            fingerprint: None,
+        }
+    }
 }
 
 /// Whether a Secret entry holds a thing key: `key`, or a name starting with `key` (`key-next`,

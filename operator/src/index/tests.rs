@@ -138,6 +138,7 @@ fn a_complete_tenant_is_served_and_ready() {
             things: 1,
             channels: 1,
             claims: Vec::new(),
+            device_ca: None,
         }
     );
     // The key authenticates through the evaluator built from the snapshot.
@@ -549,10 +550,14 @@ fn the_examples_resolve_with_only_generated_keys_pending() {
         .filter(|k| !index.status(k).expect("status").readiness.ready)
         .map(ToString::to_string)
         .collect();
-    // Only things whose keys the operator generates wait, and what depends on them.
+    // Only things whose keys the operator generates wait, and what depends on them; meter-1
+    // also waits for its tenant's device CA, which `fleetward start` supplies from its files.
     for p in &pending {
         assert!(
-            p.contains("dashboard") || p.contains("globex/sensor-1") || p.contains("operators"),
+            p.contains("dashboard")
+                || p.contains("globex/sensor-1")
+                || p.contains("operators")
+                || p.contains("meter-1"),
             "unexpected not-ready object {p}; all pending: {pending:?}"
         );
     }
@@ -578,6 +583,7 @@ fn isolation_holds_on_the_examples() {
     load_examples(&mut index);
     for (ns, thing) in [
         ("acme", "dashboard"),
+        ("acme", "meter-1"),
         ("globex", "dashboard"),
         ("globex", "sensor-1"),
     ] {
@@ -915,3 +921,5 @@ fn a_channel_keeps_history_for_its_retention_and_a_bad_retention_is_not_served()
     let message = &index.status(&key).expect("status").readiness.message;
     assert!(message.contains("spec.history.retention"), "{message}");
 }
+
+mod certificates;

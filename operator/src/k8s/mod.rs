@@ -9,10 +9,16 @@
 //!   Role bound in each tenant namespace). The operator never updates or deletes a Secret.
 //! - `events.k8s.io` events: create, patch, in every tenant namespace and in `default` (where
 //!   the Events of the cluster-scoped Tenants go).
+//! - `cert-manager.io` certificates: get, list, watch, create, patch, delete (a Thing with
+//!   `x509.issue` gets one; only ones labelled as the operator's are deleted); issuers and
+//!   clusterissuers: get, list, watch. Secrets in cert-manager's namespace (`--cert-manager-namespace`):
+//!   get, list, watch, only for the CA Secrets of the ClusterIssuers Tenants name.
 //! - `coordination.k8s.io` leases: get, list, watch, create, patch, delete, in the Lease
 //!   namespace (the election Lease, and one Lease per replica reporting its dataplanes, which
 //!   the replica deletes when it has none or stops).
 
+pub mod certificates;
+pub mod certmanager;
 pub mod events;
 pub mod lease;
 pub mod observed;

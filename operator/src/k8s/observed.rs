@@ -85,6 +85,8 @@ struct State {
     claims: BTreeMap<String, String>,
     secrets: BTreeMap<String, SecretNamespace>,
     credentials_errors: HashMap<ObjectKey, String>,
+    /// Other sources the first snapshot waits for (cert-manager's issuers).
+    holds: BTreeSet<&'static str>,
     ready: bool,
 }
 
@@ -324,6 +326,20 @@ impl Observed {
         self.notify();
     }
 
+    /// Makes readiness wait for `source` too, until [`Observed::release`]; no effect once ready.
+    pub fn hold(&self, source: &'static str) {
+        self.lock().holds.insert(source);
+    }
+
+    /// `source` has listed what it feeds; whether it was still held.
+    pub fn release(&self, source: &'static str) -> bool {
+        let held = self.lock().holds.remove(source);
+        if held {
+            self.notify();
+        }
+        held
+    }
+
     /// `Ok` once every watch has listed its objects (the kinds, and the Secrets of every
     /// claimed namespace); then it stays ready. Otherwise what is still pending.
     pub fn ready(&self) -> Result<(), String> {
@@ -343,6 +359,7 @@ impl Observed {
                 .filter(|ns| !state.secrets.get(*ns).is_some_and(|s| s.synced))
                 .map(|ns| format!("Secrets in {ns}")),
         );
+        pending.extend(state.holds.iter().map(|s| (*s).to_owned()));
         if pending.is_empty() {
             state.ready = true;
             return Ok(());
@@ -368,6 +385,10 @@ mod tests {
         o.secrets_watched("acme");
         assert_eq!(o.secret_exists("acme", "a-credentials"), None);
         o.reset_secrets("acme", BTreeSet::from(["a-credentials".to_owned()]));
+        o.hold("cert-manager issuers");
+        let pending = o.ready().expect_err("the issuers are not listed");
+        assert!(pending.contains("cert-manager issuers"), "{pending}");
+        o.release("cert-manager issuers");
         assert_eq!(o.ready(), Ok(()));
         assert_eq!(o.secret_exists("acme", "a-credentials"), Some(true));
         assert_eq!(o.secret_exists("acme", "b-credentials"), Some(false));

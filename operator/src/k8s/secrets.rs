@@ -171,7 +171,10 @@ impl SecretReconciler {
             };
             // Only Things in a namespace a Tenant owns have credentials facts.
             let Facts::Thing {
-                secret_name, keys, ..
+                secret_name,
+                keys,
+                mode,
+                ..
             } = &desired.facts
             else {
                 continue;
@@ -190,8 +193,12 @@ impl SecretReconciler {
                     after: *keys,
                 });
             }
-            // A Thing beyond its tenant's limit is not served, so it gets no key either.
-            if desired.readiness.reason == Reason::LimitExceeded || retries.blocks(key, now) {
+            // A Thing beyond its tenant's limit is not served, so it gets no key either; a
+            // certificate-only Thing has no use for one.
+            if desired.readiness.reason == Reason::LimitExceeded
+                || !mode.allows_key()
+                || retries.blocks(key, now)
+            {
                 continue;
             }
             if self.observed.secret_exists(&key.namespace, secret_name) != Some(false) {

@@ -2,13 +2,20 @@
 
 use fleetward_crds::status::{ENFORCED, READY};
 use fleetward_crds::{
-    EnforcedPolicy, PolicyStatus, PolicyTextError, ResourceStatus, TenantStatus, ThingStatus,
+    EnforcedPolicy, PolicyStatus, PolicyTextError, ResourceStatus, TenantStatus, ThingCertificate,
+    ThingStatus,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
 use super::observed::ShownStatus;
 use crate::index::{DesiredStatus, Facts, Kind};
 use crate::replicas::Remote;
+
+/// Condition type of a Tenant with `spec.deviceCA`: whether its CA is loaded, so that client
+/// certificates authenticate its things.
+pub const DEVICE_CA: &str = "DeviceCA";
+/// Condition type of a Thing with `x509.issue`: whether cert-manager issued its certificate.
+pub const CERTIFICATE: &str = "Certificate";
 
 /// `Enforced=True`: every connected dataplane has applied a snapshot containing the object.
 pub const REASON_ENFORCED: &str = "Enforced";
@@ -155,6 +162,8 @@ pub fn full_status(
             now,
         ),
     ];
+    let mut conditions = conditions;
+    conditions.extend(certificate_condition(desired, shown_conditions, now));
     let observed_generation = desired.generation;
     Some(match kind {
         Kind::Tenant => {
@@ -168,6 +177,7 @@ pub fn full_status(
                 things,
                 channels,
                 claims,
+                ..
             } = &desired.facts
             {
                 status.namespace = Some(namespace.clone());
@@ -177,24 +187,7 @@ pub fn full_status(
             }
             ShownStatus::Tenant(status)
         }
-        Kind::Thing => {
-            let mut status = ThingStatus {
-                conditions,
-                observed_generation,
-                ..ThingStatus::default()
-            };
-            if let Facts::Thing {
-                secret_name,
-                key_fingerprint,
-                keys,
-            } = &desired.facts
-            {
-                status.secret_name = Some(secret_name.clone());
-                status.key_fingerprint = key_fingerprint.clone();
-                status.keys = Some(*keys);
-            }
-            ShownStatus::Thing(status)
-        }
+        Kind::Thing => ShownStatus::Thing(thing_status(conditions, observed_generation, desired)),
         Kind::Policy => {
             ShownStatus::Policy(policy_status(conditions, observed_generation, desired))
         }
@@ -206,6 +199,65 @@ pub fn full_status(
         }
         Kind::Secret => return None,
     })
+}
+
+/// A Thing's status: its conditions, its keys and its certificate.
+fn thing_status(
+    conditions: Vec<Condition>,
+    observed_generation: Option<i64>,
+    desired: &DesiredStatus,
+) -> ThingStatus {
+    let mut status = ThingStatus {
+        conditions,
+        observed_generation,
+        ..ThingStatus::default()
+    };
+    if let Facts::Thing {
+        secret_name,
+        key_fingerprint,
+        keys,
+        x509,
+        ..
+    } = &desired.facts
+    {
+        status.secret_name = Some(secret_name.clone());
+        status.key_fingerprint = key_fingerprint.clone();
+        status.keys = Some(*keys);
+        status.certificate =
+            x509.as_ref()
+                .and_then(|x| x.certificate.as_ref())
+                .map(|c| ThingCertificate {
+                    secret_name: c.secret_name.clone(),
+                    serial: Some(c.serial.clone()),
+                    not_after: c.not_after.clone(),
+                    fingerprint: Some(c.fingerprint.clone()),
+                });
+    }
+    status
+}
+
+/// A Tenant's `DeviceCA` or a Thing's `Certificate` condition, when it has one.
+fn certificate_condition(
+    desired: &DesiredStatus,
+    shown: &[Condition],
+    now: &Time,
+) -> Option<Condition> {
+    let (type_, r) = match &desired.facts {
+        Facts::Tenant {
+            device_ca: Some(r), ..
+        } => (DEVICE_CA, r),
+        Facts::Thing { x509: Some(x), .. } => (CERTIFICATE, x.condition.as_ref()?),
+        _ => return None,
+    };
+    Some(condition(
+        type_,
+        r.ready,
+        r.reason.as_str(),
+        &r.message,
+        desired.generation,
+        shown,
+        now,
+    ))
 }
 
 /// A Policy's status: its conditions, its errors and the text being enforced.
@@ -247,7 +299,8 @@ pub fn differs(desired: &ShownStatus, shown: Option<&ShownStatus>) -> bool {
 
 fn normalized(status: &ShownStatus) -> ShownStatus {
     let fix = |conditions: &mut Vec<Condition>| {
-        conditions.retain(|c| c.type_ == READY || c.type_ == ENFORCED);
+        conditions
+            .retain(|c| [READY, ENFORCED, DEVICE_CA, CERTIFICATE].contains(&c.type_.as_str()));
         conditions.sort_by(|a, b| a.type_.cmp(&b.type_));
     };
     let mut status = status.clone();
@@ -292,6 +345,8 @@ pub(crate) mod tests {
                 secret_name: "sensor-1-credentials".into(),
                 key_fingerprint: ready.then(|| "0123456789ab".into()),
                 keys: u32::from(ready),
+                mode: fleetward_policy::CredentialMode::Key,
+                x509: None,
             },
         }
     }
@@ -391,6 +446,7 @@ pub(crate) mod tests {
                 things: 2,
                 channels: 1,
                 claims: Vec::new(),
+                device_ca: None,
             },
         };
         let e = enforcement(true, Some(1), None);
@@ -408,6 +464,7 @@ pub(crate) mod tests {
             things: 0,
             channels: 0,
             claims: Vec::new(),
+            device_ca: None,
         };
         desired.served = false;
         let e = enforcement(desired.served, None, Some(4));

@@ -1,0 +1,344 @@
+//! Device certificates on a real API server: a Tenant's CA from a Secret (its `DeviceCA`
+//! condition, good and bad), a Thing's certificate shown from its TLS Secret, and the
+//! cert-manager `Certificate` the operator applies for a Thing with `x509.issue`, checked
+//! against cert-manager's own CRDs (scripts/cert-manager-crds.sh) and collected with its Thing.
+//! No cert-manager controller runs here, so nothing issues it.
+
+use std::process::Command;
+use std::time::Duration;
+
+use anyhow::{Context, Result, ensure};
+use fleetward_e2e::fleetward::{OPERATOR_NAMESPACE, Operator};
+use fleetward_e2e::workspace;
+use fleetward_e2e::{ControlPlane, Kubectl, LogDir, run_test, wait_until};
+use rcgen::{
+    BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa,
+    KeyPair, SerialNumber,
+};
+use serde_json::{Value, json};
+
+/// The PolicySync token the operator is started with.
+const TOKEN: &str = "e2e-sync-token";
+/// How long a status or object may take to appear.
+const SETTLE: Duration = Duration::from_secs(30);
+/// The garbage collector rediscovers kinds every 30 s (see e2e/README.md).
+const COLLECTION_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// A tenant's CA.
+struct Ca(CertifiedIssuer<'static, KeyPair>);
+
+impl Ca {
+    fn new(name: &str) -> Result<Self> {
+        let mut params = CertificateParams::new(Vec::<String>::new())?;
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.distinguished_name.push(DnType::CommonName, name);
+        Ok(Self(CertifiedIssuer::self_signed(
+            params,
+            KeyPair::generate()?,
+        )?))
+    }
+
+    /// A client certificate naming `fleetward://<tenant>/<thing>`, with `serial`.
+    fn leaf(&self, tenant: &str, thing: &str, serial: u64) -> Result<String> {
+        let mut params = CertificateParams::new(Vec::<String>::new())?;
+        params.distinguished_name.push(DnType::CommonName, thing);
+        params.subject_alt_names = vec![rcgen::SanType::URI(
+            format!("fleetward://{tenant}/{thing}").try_into()?,
+        )];
+        params.serial_number = Some(SerialNumber::from(serial));
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        Ok(params.signed_by(&KeyPair::generate()?, &*self.0)?.pem())
+    }
+}
+
+fn cluster(logs: &LogDir) -> Result<(ControlPlane, Kubectl)> {
+    let plane = ControlPlane::start(logs)?;
+    let kubectl = plane.kubectl();
+    plane.apply_crds()?;
+    kubectl.run(&["create", "namespace", OPERATOR_NAMESPACE])?;
+    Ok((plane, kubectl))
+}
+
+/// `(status, reason, message)` of condition `type_`, when the object shows it.
+fn condition(kubectl: &Kubectl, args: &[&str], type_: &str) -> Result<Option<[String; 3]>> {
+    let obj = kubectl.get_json(args)?;
+    Ok(obj["status"]["conditions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|c| c["type"] == type_)
+        .map(|c| {
+            ["status", "reason", "message"].map(|f| c[f].as_str().unwrap_or_default().to_owned())
+        }))
+}
+
+/// Waits until condition `type_` is `status` with `reason`; returns its message.
+fn wait_condition(
+    kubectl: &Kubectl,
+    args: &[&str],
+    type_: &str,
+    status: &str,
+    reason: &str,
+) -> Result<String> {
+    let mut message = String::new();
+    wait_until(
+        &format!("{} {type_}={status} ({reason})", args.join(" ")),
+        SETTLE,
+        || {
+            Ok(match condition(kubectl, args, type_)? {
+                Some([s, r, m]) if s == status && r == reason => {
+                    message = m;
+                    true
+                }
+                _ => false,
+            })
+        },
+    )?;
+    Ok(message)
+}
+
+fn secret(namespace: &str, name: &str, entries: &[(&str, &str)]) -> Value {
+    let data: serde_json::Map<String, Value> = entries
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), json!(v)))
+        .collect();
+    json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name, "namespace": namespace}, "stringData": data})
+}
+
+fn tenant(name: &str, device_ca: Value) -> Value {
+    json!({"apiVersion": "fleetward.io/v1alpha1", "kind": "Tenant", "metadata": {"name": name}, "spec": {"deviceCA": device_ca}})
+}
+
+fn thing(namespace: &str, name: &str, credentials: Value) -> Value {
+    json!({"apiVersion": "fleetward.io/v1alpha1", "kind": "Thing", "metadata": {"name": name, "namespace": namespace}, "spec": {"credentials": credentials}})
+}
+
+fn apply_all(kubectl: &Kubectl, objects: &[Value]) -> Result<()> {
+    let stream: Vec<String> = objects.iter().map(Value::to_string).collect();
+    kubectl.apply(&stream.join("\n---\n"))?;
+    Ok(())
+}
+
+#[test]
+#[ignore = "end-to-end: run by scripts/test.sh"]
+fn a_byo_ca_and_certificate_flow_into_the_status() {
+    run_test("device-certs-byo", |logs| {
+        let (plane, kubectl) = cluster(logs)?;
+        for ns in ["acme", "globex", "initech"] {
+            kubectl.run(&["create", "namespace", ns])?;
+        }
+        let ca = Ca::new("acme devices")?;
+        let leaf = ca.leaf("acme", "sensor-1", 0x1f2e)?;
+        apply_all(
+            &kubectl,
+            &[
+                secret("acme", "acme-ca", &[("ca.crt", &ca.0.pem())]),
+                tenant("acme", json!({"secretName": "acme-ca"})),
+                thing(
+                    "acme",
+                    "sensor-1",
+                    json!({"mode": "certificate", "x509": {}}),
+                ),
+                secret("acme", "sensor-1-tls", &[("tls.crt", &leaf)]),
+                // A CA Secret holding no certificate.
+                secret("globex", "globex-ca", &[("ca.crt", "not a certificate")]),
+                tenant("globex", json!({"secretName": "globex-ca"})),
+                thing(
+                    "globex",
+                    "meter",
+                    json!({"mode": "certificate", "x509": {}}),
+                ),
+                // An issuer, but no cert-manager here.
+                tenant("initech", json!({"issuerRef": {"name": "devices"}})),
+                thing("initech", "gw", json!({"x509": {"issue": true}})),
+            ],
+        )?;
+        let _op = Operator::start("operator-0", plane.kubeconfig(), TOKEN, logs.path())?;
+
+        let acme = ["tenant", "acme"];
+        let message = wait_condition(&kubectl, &acme, "DeviceCA", "True", "CALoaded")?;
+        ensure!(message.contains("acme/acme-ca"), "{message}");
+        wait_condition(&kubectl, &acme, "Ready", "True", "Accepted")?;
+        let sensor = ["thing", "sensor-1", "-n", "acme"];
+        wait_condition(&kubectl, &sensor, "Ready", "True", "Accepted")?;
+        let mut shown = Value::Null;
+        wait_until("sensor-1's status.certificate", SETTLE, || {
+            shown = kubectl.get_json(&sensor)?["status"]["certificate"].clone();
+            Ok(!shown.is_null())
+        })?;
+        ensure!(shown["secretName"] == "sensor-1-tls", "{shown}");
+        ensure!(shown["serial"] == "1f2e", "{shown}");
+        let fingerprint = shown["fingerprint"].as_str().unwrap_or_default();
+        ensure!(fingerprint.len() == 12, "{shown}");
+        ensure!(
+            shown["notAfter"].as_str().is_some_and(|t| t.ends_with('Z')),
+            "{shown}"
+        );
+        ensure!(
+            !kubectl.exists(&["secret", "sensor-1-credentials", "-n", "acme"])?,
+            "a certificate-only thing gets no key Secret"
+        );
+
+        let globex = ["tenant", "globex"];
+        let message = wait_condition(&kubectl, &globex, "DeviceCA", "False", "InvalidCA")?;
+        ensure!(message.contains("globex/globex-ca"), "{message}");
+        wait_condition(&kubectl, &globex, "Ready", "True", "Accepted")?;
+        let meter = ["thing", "meter", "-n", "globex"];
+        wait_condition(&kubectl, &meter, "Ready", "False", "NoDeviceCA")?;
+
+        let initech = ["tenant", "initech"];
+        wait_condition(&kubectl, &initech, "DeviceCA", "False", "IssuerNotFound")?;
+        let gw = ["thing", "gw", "-n", "initech"];
+        let message = wait_condition(&kubectl, &gw, "Certificate", "False", "CertManagerMissing")?;
+        ensure!(message.contains("install cert-manager"), "{message}");
+        // Its key still works meanwhile: keyOrCertificate, with the generated key.
+        wait_condition(&kubectl, &gw, "Ready", "True", "Accepted")?;
+
+        // Fixing the CA Secret loads it.
+        kubectl.apply(
+            &secret(
+                "globex",
+                "globex-ca",
+                &[("ca.crt", &Ca::new("globex")?.0.pem())],
+            )
+            .to_string(),
+        )?;
+        wait_condition(&kubectl, &globex, "DeviceCA", "True", "CALoaded")?;
+        wait_condition(&kubectl, &meter, "Ready", "True", "Accepted")?;
+        Ok(())
+    });
+}
+
+/// cert-manager's CRDs, fetched (and cached) by scripts/cert-manager-crds.sh.
+fn cert_manager_crds() -> Result<String> {
+    let path = match std::env::var("FLEETWARD_CERT_MANAGER_CRDS") {
+        Ok(path) => path,
+        Err(_) => {
+            let out = Command::new(workspace::root().join("scripts/cert-manager-crds.sh"))
+                .output()
+                .context("run scripts/cert-manager-crds.sh")?;
+            ensure!(
+                out.status.success(),
+                "scripts/cert-manager-crds.sh failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .last()
+                .context("scripts/cert-manager-crds.sh printed no path")?
+                .to_owned()
+        }
+    };
+    std::fs::read_to_string(&path).with_context(|| format!("read {path}"))
+}
+
+#[test]
+#[ignore = "end-to-end: run by scripts/test.sh"]
+fn a_thing_that_asks_gets_a_cert_manager_certificate_owned_by_it() {
+    run_test("device-certs-cert-manager", |logs| {
+        let (plane, kubectl) = cluster(logs)?;
+        kubectl.apply(&cert_manager_crds()?)?;
+        kubectl.run(&[
+            "wait",
+            "--for=condition=Established",
+            "--timeout=60s",
+            "crd/certificates.cert-manager.io",
+            "crd/issuers.cert-manager.io",
+            "crd/clusterissuers.cert-manager.io",
+        ])?;
+        plane.wait_for_garbage_collector()?;
+        kubectl.run(&["create", "namespace", "acme"])?;
+        let ca = Ca::new("acme devices")?;
+        let issuer = json!({
+            "apiVersion": "cert-manager.io/v1", "kind": "Issuer",
+            "metadata": {"name": "devices", "namespace": "acme"},
+            "spec": {"ca": {"secretName": "devices-ca"}},
+        });
+        let asking = |name: &str, issue: bool| {
+            thing(
+                "acme",
+                name,
+                json!({"mode": "certificate", "x509": {"issue": issue, "subject": {"commonName": format!("SN-{name}")}}}),
+            )
+        };
+        apply_all(
+            &kubectl,
+            &[
+                secret("acme", "devices-ca", &[("tls.crt", &ca.0.pem())]),
+                issuer,
+                tenant(
+                    "acme",
+                    json!({"issuerRef": {"name": "devices", "kind": "Issuer"}}),
+                ),
+                asking("sensor-1", true),
+                asking("sensor-2", true),
+            ],
+        )?;
+        let _op = Operator::start("operator-0", plane.kubeconfig(), TOKEN, logs.path())?;
+
+        // The issuer's CA is the tenant's trust.
+        let message = wait_condition(
+            &kubectl,
+            &["tenant", "acme"],
+            "DeviceCA",
+            "True",
+            "CALoaded",
+        )?;
+        ensure!(message.contains("Issuer acme/devices"), "{message}");
+
+        let cert = ["certificate", "sensor-1", "-n", "acme"];
+        wait_until("the Certificate of sensor-1", SETTLE, || {
+            kubectl.exists(&cert)
+        })?;
+        let c = kubectl.get_json(&cert)?;
+        let uid =
+            kubectl.get_json(&["thing", "sensor-1", "-n", "acme"])?["metadata"]["uid"].clone();
+        let owner = &c["metadata"]["ownerReferences"][0];
+        ensure!(
+            owner["kind"] == "Thing"
+                && owner["name"] == "sensor-1"
+                && owner["uid"] == uid
+                && owner["controller"] == true,
+            "owned by the Thing: {owner}"
+        );
+        let spec = &c["spec"];
+        let expected = json!({
+            "secretName": "sensor-1-tls",
+            "commonName": "SN-sensor-1",
+            "uris": ["fleetward://acme/sensor-1"],
+            "issuerRef": {"name": "devices", "kind": "Issuer", "group": "cert-manager.io"},
+            "usages": ["client auth", "digital signature", "key encipherment"],
+            "privateKey": {"algorithm": "ECDSA", "size": 256, "rotationPolicy": "Always"},
+        });
+        ensure!(
+            *spec == expected,
+            "the Certificate's spec:\n{spec:#}\nexpected:\n{expected:#}"
+        );
+        // No cert-manager controller here: the thing waits for its certificate.
+        wait_condition(
+            &kubectl,
+            &["thing", "sensor-1", "-n", "acme"],
+            "Certificate",
+            "False",
+            "Pending",
+        )?;
+
+        // A thing that stops asking loses its Certificate.
+        wait_until("the Certificate of sensor-2", SETTLE, || {
+            kubectl.exists(&["certificate", "sensor-2", "-n", "acme"])
+        })?;
+        kubectl.apply(&asking("sensor-2", false).to_string())?;
+        wait_until("sensor-2's Certificate deleted", SETTLE, || {
+            Ok(!kubectl.exists(&["certificate", "sensor-2", "-n", "acme"])?)
+        })?;
+
+        // Deleting the Thing collects its Certificate.
+        kubectl.run(&["delete", "thing", "sensor-1", "-n", "acme"])?;
+        wait_until(
+            "sensor-1's Certificate collected",
+            COLLECTION_TIMEOUT,
+            || Ok(!kubectl.exists(&cert)?),
+        )?;
+        Ok(())
+    });
+}
