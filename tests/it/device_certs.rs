@@ -238,7 +238,6 @@ fn assert_accepted(out: &Output, what: &str) {
 }
 
 #[test]
-#[ignore = "needs the index to read Tenant.spec.deviceCA's Secret (issue 24, the index part)"]
 fn certificates_from_certs_issue_and_x509_issue_deliver_over_mqtts_v311_and_v5_and_https() {
     let fx = Fixture::new("certs-deliver");
     let meter = fx.issue("acme/meter-1");
@@ -283,7 +282,6 @@ fn certificates_from_certs_issue_and_x509_issue_deliver_over_mqtts_v311_and_v5_a
 }
 
 #[test]
-#[ignore = "needs the index to read Tenant.spec.deviceCA's Secret (issue 24, the index part)"]
 fn certificates_never_cross_tenants() {
     let fx = Fixture::new("certs-tenants");
     // Control: globex's own certificate for its meter-1 works in globex.
@@ -312,7 +310,6 @@ fn certificates_never_cross_tenants() {
 }
 
 #[test]
-#[ignore = "needs the index to read Tenant.spec.deviceCA's Secret (issue 24, the index part)"]
 fn an_expired_certificate_is_refused_with_v5_0x86_or_0x87_as_paho_reads_it() {
     let fx = Fixture::new("certs-expired");
     let expired = fx.forge("acme", "acme/meter-1", "meter-1", -30 * 86_400, -3600);
@@ -361,7 +358,6 @@ print(json.dumps(out))
 }
 
 #[test]
-#[ignore = "needs the index to read Tenant.spec.deviceCA's Secret (issue 24, the index part)"]
 fn listing_a_serial_in_the_manifest_ends_the_live_session_that_used_it() {
     let fx = Fixture::new("certs-revoke");
     let reader = fx.issue("acme/reader");
@@ -397,7 +393,6 @@ fn listing_a_serial_in_the_manifest_ends_the_live_session_that_used_it() {
 }
 
 #[test]
-#[ignore = "needs the index to read Tenant.spec.deviceCA's Secret (issue 24, the index part)"]
 fn certificate_mode_refuses_the_key_and_key_or_certificate_takes_both() {
     let fx = Fixture::new("certs-mode");
     let plain = |thing: &str| {
@@ -425,7 +420,6 @@ fn certificate_mode_refuses_the_key_and_key_or_certificate_takes_both() {
 }
 
 #[test]
-#[ignore = "needs the index to read Tenant.spec.deviceCA's Secret (issue 24, the index part)"]
 fn a_username_naming_another_thing_than_the_certificate_is_refused() {
     let fx = Fixture::new("certs-username");
     let meter = fx.issue("acme/meter-1");
