@@ -96,6 +96,21 @@ impl Local {
         Ok(())
     }
 
+    /// Each served tenant's namespace, by tenant name.
+    pub fn tenant_namespaces(&self) -> std::collections::HashMap<String, String> {
+        self.index
+            .objects()
+            .filter(|key| key.kind == Kind::Tenant)
+            .filter_map(|key| match &self.index.status(key)?.facts {
+                Facts::Tenant {
+                    namespace: Some(ns),
+                    ..
+                } => Some((key.name.clone(), ns.clone())),
+                _ => None,
+            })
+            .collect()
+    }
+
     /// The status of every object, sorted by kind, namespace and name.
     pub fn report(&self, errors: &[FileError]) -> StatusReport {
         let mut keys: Vec<&ObjectKey> = self.index.objects().collect();

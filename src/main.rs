@@ -10,6 +10,7 @@ mod control;
 mod history;
 mod inspect;
 mod local;
+mod provisioning;
 mod start;
 mod writer;
 

@@ -1,6 +1,9 @@
 //! `fleetward start`: the index and one dataplane in one process, fed from a directory of YAML
 //! that is watched and applied live.
 
+use std::sync::RwLock;
+
+use crate::provisioning::{LocalProvisioner, Namespaces};
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -90,21 +93,10 @@ pub async fn run(args: StartArgs) -> anyhow::Result<()> {
     status_file.write(&status);
 
     let (policy_tx, policy_rx) = watch::channel(Arc::new(attach(local.index.snapshot().clone())));
+    let namespaces: Namespaces = Arc::new(RwLock::new(local.tenant_namespaces()));
     let control = crate::control::Control::new(policy_rx.clone())?;
     let mut history = open_history(&args, policy_rx.clone(), &mut local).await?;
-    let dataplane = with_tls(Dataplane::new(policy_rx), &args)?
-        .history(
-            history
-                .as_ref()
-                .map(|h| h.history.clone())
-                .unwrap_or_default(),
-        )
-        .mqtt_listen(args.mqtt_listen)
-        .http_listen(Some(args.http_listen))
-        .admin_listen(Some(args.admin_listen))
-        .admin_routes(control.routes.clone())
-        .limits(&args.limits)
-        .start()
+    let dataplane = start_dataplane(&args, policy_rx, &control, history.as_ref(), &namespaces)
         .await
         .context("starting the dataplane")?;
     dataplane.log_listeners();
@@ -153,12 +145,42 @@ pub async fn run(args: StartArgs) -> anyhow::Result<()> {
             &policy_tx,
             &args.state_dir,
         );
+        if let Ok(mut table) = namespaces.write() {
+            *table = local.tenant_namespaces();
+        }
     };
     // Everything accepted for history is written before the process ends.
     if let Some(h) = history.take() {
         h.finish().await;
     }
     outcome
+}
+
+/// The dataplane of `fleetward start`: its listeners, history, admin routes, and fleet
+/// provisioning into the manifests directory.
+async fn start_dataplane(
+    args: &StartArgs,
+    policy: watch::Receiver<Arc<Snapshot>>,
+    control: &crate::control::Control,
+    history: Option<&crate::history::Running>,
+    namespaces: &Namespaces,
+) -> anyhow::Result<fleetward_dataplane::RunningDataplane> {
+    let provisioner = LocalProvisioner::new(
+        &args.manifests,
+        &args.state_dir,
+        namespaces.clone(),
+        policy.clone(),
+    );
+    with_tls(Dataplane::new(policy), args)?
+        .history(history.map(|h| h.history.clone()).unwrap_or_default())
+        .mqtt_listen(args.mqtt_listen)
+        .http_listen(Some(args.http_listen))
+        .admin_listen(Some(args.admin_listen))
+        .admin_routes(control.routes.clone())
+        .provisioner(provisioner)
+        .limits(&args.limits)
+        .start()
+        .await
 }
 
 /// The TLS listeners asked for, with their certificate.

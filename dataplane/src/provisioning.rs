@@ -37,9 +37,9 @@ pub enum ProvisionError {
     /// A Thing of that name exists.
     #[error("a thing named {0} exists already")]
     Exists(String),
-    /// The claim made as many Things as it may.
-    #[error("the claim has made the {0} things it may")]
-    LimitReached(u32),
+    /// The claim made as many Things as it may; what to tell the device.
+    #[error("{0}")]
+    LimitReached(String),
     /// The claim is unknown or disabled, or its Secrets are missing.
     #[error("{0}")]
     Claim(String),

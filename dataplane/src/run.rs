@@ -32,6 +32,7 @@ pub async fn run(args: DataplaneArgs) -> anyhow::Result<()> {
         );
     }
     let dataplane = Dataplane::from_args(&args, client.snapshot())
+        .provisioner(client.provisioner())
         .history(history_of(&args)?)
         .sync_status(status.clone())
         .start()

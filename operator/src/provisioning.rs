@@ -83,17 +83,32 @@ pub fn sign_device_csr(
     thing: &str,
     days: u32,
 ) -> Result<String, Failure> {
-    let csr = CertificateSigningRequestParams::from_pem(csr_pem).map_err(|e| {
-        Failure::BadRequest(format!(
-            "the csr is not a PEM PKCS#10 request signed by its own key ({e}); make one with \
-             `openssl req -new -key device.key -subj /CN={thing}`"
-        ))
-    })?;
+    let csr = read_csr(csr_pem, thing)?;
     let key = KeyPair::from_pem(ca_key_pem)
         .map_err(|e| Failure::Claim(format!("the signing Secret's tls.key does not read: {e}")))?;
     let issuer = Issuer::from_ca_cert_pem(ca_cert_pem, key)
         .map_err(|e| Failure::Claim(format!("the signing Secret's tls.crt does not read: {e}")))?;
-    let mut request = csr;
+    sign_with(csr, &issuer, tenant, thing, days)
+}
+
+/// Reads a device's PKCS#10 request (PEM), checking its signature by its own key.
+pub fn read_csr(csr_pem: &str, thing: &str) -> Result<CertificateSigningRequestParams, Failure> {
+    CertificateSigningRequestParams::from_pem(csr_pem).map_err(|e| {
+        Failure::BadRequest(format!(
+            "the csr is not a PEM PKCS#10 request signed by its own key ({e}); make one with \
+             `openssl req -new -key device.key -subj /CN={thing}`"
+        ))
+    })
+}
+
+/// [`sign_device_csr`] with a CA already read.
+pub fn sign_with(
+    mut request: CertificateSigningRequestParams,
+    issuer: &Issuer<'_, impl rcgen::SigningKey>,
+    tenant: &str,
+    thing: &str,
+    days: u32,
+) -> Result<String, Failure> {
     let params = &mut request.params;
     params.distinguished_name = rcgen::DistinguishedName::new();
     params.distinguished_name.push(DnType::CommonName, thing);
@@ -111,7 +126,7 @@ pub fn sign_device_csr(
     params.not_after = now + time::Duration::days(i64::from(days));
     params.serial_number = Some(SerialNumber::from_slice(&random_serial()?));
     let cert = request
-        .signed_by(&issuer)
+        .signed_by(issuer)
         .map_err(|e| Failure::BadRequest(format!("the request cannot be signed: {e}")))?;
     Ok(cert.pem())
 }

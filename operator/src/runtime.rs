@@ -217,9 +217,11 @@ pub async fn run(args: OperatorArgs) -> anyhow::Result<()> {
     let grpc_listener = tokio::net::TcpListener::bind(args.grpc_listen)
         .await
         .with_context(|| format!("cannot listen on --grpc-listen {}", args.grpc_listen))?;
+    let mut config = args.server_config()?;
+    config.provisioner = Some(crate::provisioning::KubeProvisioner::new(client.clone()));
     let mut grpc = tokio::spawn(serve_policy_sync(
         grpc_listener,
-        args.server_config()?,
+        config,
         state.index.clone(),
         state.dataplanes.clone(),
         state.observed.clone(),

@@ -16,5 +16,6 @@ mod device_certs;
 mod history;
 mod history_faults;
 mod hostile;
+mod provisioning;
 mod start;
 mod sync;

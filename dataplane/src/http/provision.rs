@@ -118,7 +118,10 @@ async fn handle<R: Router>(
         return Err(refusal(&ProvisionError::Exists(body.thing)));
     }
     if !claim.has_room() {
-        return Err(refusal(&ProvisionError::LimitReached(claim.max_things)));
+        return Err(refusal(&ProvisionError::LimitReached(format!(
+            "the claim has made the {} things it may; ask the tenant's admin for room",
+            claim.max_things
+        ))));
     }
     let Some(provisioner) = shared.provisioner.clone() else {
         return Err(refusal(&ProvisionError::Unavailable(

@@ -7,6 +7,7 @@
 
 mod client_config;
 pub mod engines;
+mod provision;
 mod status;
 pub mod store;
 mod stream;
@@ -86,6 +87,20 @@ impl SyncClient {
     /// The current snapshot, for the evaluator; it changes on every applied update.
     pub fn snapshot(&self) -> watch::Receiver<Arc<Snapshot>> {
         self.snapshot.subscribe()
+    }
+
+    /// What sends fleet provisioning requests to the operator replicas (PolicySync's
+    /// `Provision`), with this client's endpoints and token.
+    pub fn provisioner(&self) -> Arc<dyn crate::provisioning::Provisioner> {
+        let auth = self
+            .config
+            .token
+            .as_deref()
+            .and_then(|t| format!("Bearer {t}").parse().ok());
+        Arc::new(provision::GrpcProvisioner {
+            endpoints: self.endpoints.clone(),
+            auth,
+        })
     }
 
     /// Readiness and staleness, for probes and metrics.

@@ -169,6 +169,19 @@ impl LocalCa {
         &self.bundle
     }
 
+    /// Signs a device's own PKCS#10 request (fleet provisioning in `fleetward start`), as the
+    /// operator signs with a claim's signing Secret.
+    pub fn sign_device_csr(
+        &self,
+        csr_pem: &str,
+        tenant: &str,
+        thing: &str,
+        days: u32,
+    ) -> Result<String, crate::provisioning::Failure> {
+        let csr = crate::provisioning::read_csr(csr_pem, thing)?;
+        crate::provisioning::sign_with(csr, &self.issuer, tenant, thing, days)
+    }
+
     /// A client certificate for thing `thing` of tenant `tenant`: common name `common_name`
     /// (the thing's name unless its `x509.subject.commonName` says otherwise), URI SAN
     /// `fleetward://<tenant>/<thing>`, extended key usage clientAuth, valid for `lifetime`.

@@ -55,6 +55,9 @@ pub struct ServerConfig {
     pub hello_timeout: Duration,
     /// How long shutdown waits for connections to close after every stream ended.
     pub drain_timeout: Duration,
+    /// What makes Things for dataplanes' fleet provisioning requests; `None` answers them
+    /// UNAVAILABLE.
+    pub provisioner: Option<Arc<dyn crate::provisioning::Provisioner>>,
 }
 
 impl std::fmt::Debug for ServerConfig {
@@ -67,6 +70,7 @@ impl std::fmt::Debug for ServerConfig {
             .field("keepalive_timeout", &self.keepalive_timeout)
             .field("hello_timeout", &self.hello_timeout)
             .field("drain_timeout", &self.drain_timeout)
+            .field("provisioner", &self.provisioner.is_some())
             .finish()
     }
 }
@@ -81,6 +85,7 @@ impl Default for ServerConfig {
             keepalive_timeout: Duration::from_secs(20),
             hello_timeout: Duration::from_secs(30),
             drain_timeout: Duration::from_secs(10),
+            provisioner: None,
         }
     }
 }
@@ -241,6 +246,7 @@ impl tonic::service::Interceptor for TokenCheck {
 /// The tonic service: one [`session::Session`] task per stream.
 pub(crate) struct PolicySyncService {
     shared: Arc<session::SessionContext>,
+    provisioner: Option<Arc<dyn crate::provisioning::Provisioner>>,
 }
 
 impl PolicySyncService {
@@ -261,6 +267,7 @@ impl PolicySyncService {
                 active: Mutex::new(HashMap::new()),
                 next_session: Default::default(),
             }),
+            provisioner: config.provisioner.clone(),
         }
     }
 }
@@ -296,5 +303,37 @@ impl PolicySync for PolicySyncService {
         let session = session::Session::start(self.shared.clone(), hello, peer, tx);
         tokio::spawn(session.run(inbound));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn provision(
+        &self,
+        request: Request<pb::ProvisionRequest>,
+    ) -> Result<Response<pb::ProvisionResponse>, Status> {
+        use crate::provisioning::Failure;
+        let Some(provisioner) = &self.provisioner else {
+            return Err(Status::unavailable(
+                "this operator makes no Things for provisioning requests",
+            ));
+        };
+        let r = request.into_inner();
+        let request = crate::provisioning::Request {
+            tenant: r.tenant,
+            claim: r.claim,
+            thing: r.thing,
+            csr_pem: r.csr_pem,
+        };
+        match provisioner.provision(request).await {
+            Ok(signed) => Ok(Response::new(pb::ProvisionResponse {
+                certificate_pem: signed.certificate_pem,
+                ca_pem: signed.ca_pem,
+            })),
+            Err(e) => Err(match &e {
+                Failure::Exists(_) => Status::already_exists(e.to_string()),
+                Failure::LimitReached(_) => Status::resource_exhausted(e.to_string()),
+                Failure::Claim(_) => Status::failed_precondition(e.to_string()),
+                Failure::BadRequest(_) => Status::invalid_argument(e.to_string()),
+                Failure::Unavailable(_) => Status::unavailable(e.to_string()),
+            }),
+        }
     }
 }

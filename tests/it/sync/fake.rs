@@ -44,6 +44,14 @@ impl PolicySync for Fake {
         let _ = self.streams.lock().await.send((hello, inbound, tx)).await;
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
+
+    /// The scripted operator makes no Things: as an operator without a provisioner answers.
+    async fn provision(
+        &self,
+        _: Request<pb::ProvisionRequest>,
+    ) -> Result<Response<pb::ProvisionResponse>, Status> {
+        Err(Status::unavailable("the fake operator makes no Things"))
+    }
 }
 
 /// Starts the fake operator; returns its URL and the script that drives it.
