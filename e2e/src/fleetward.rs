@@ -378,6 +378,71 @@ impl Dataplane {
     }
 }
 
+/// A dataplane with the chart's MQTTS and HTTPS listeners (`dataplane.mqtts`,
+/// `dataplane.https`), serving the certificate and key in `cert` and `key`.
+pub struct TlsDataplane {
+    /// The dataplane (its plain listeners, its process).
+    pub dataplane: Dataplane,
+    /// MQTT over TLS.
+    pub mqtts_addr: SocketAddr,
+    /// HTTPS.
+    pub https_addr: SocketAddr,
+}
+
+impl TlsDataplane {
+    /// Starts dataplane `node_id` with TLS listeners as the chart renders them, and waits
+    /// until it is ready.
+    pub fn start(
+        node_id: &str,
+        state_dir: &Path,
+        config: DataplaneConfig,
+        (cert, key): (&Path, &Path),
+        log_dir: &Path,
+    ) -> Result<Self> {
+        let release = Release::current()?;
+        let [mqtt, http, admin, mqtts, https] = free_ports()?;
+        let addr = loopback;
+        std::fs::create_dir_all(state_dir)
+            .with_context(|| format!("create {}", state_dir.display()))?;
+        let mut values = dataplane_values(config.nats_url.as_deref());
+        values["dataplane"]["mqtts"] = json!({"enabled": true, "existingSecret": "e2e-tls"});
+        values["dataplane"]["https"] = json!({"enabled": true});
+        let rendered = chart::template_of(&release.chart, OPERATOR_NAMESPACE, &[], &values)?;
+        let container = rendered.container(&format!("{RELEASE}-dataplane"), "dataplane")?;
+        let token_file = write_token(log_dir, node_id, &config.sync_token)?;
+        let flags = BTreeMap::from([
+            ("--operator", config.operators.join(",")),
+            ("--state-dir", path_string(state_dir)?),
+            ("--token-file", path_string(&token_file)?),
+            ("--mqtt-listen", addr(mqtt).to_string()),
+            ("--http-listen", addr(http).to_string()),
+            ("--admin-listen", addr(admin).to_string()),
+            ("--mqtts-listen", addr(mqtts).to_string()),
+            ("--https-listen", addr(https).to_string()),
+            ("--tls-cert", path_string(cert)?),
+            ("--tls-key", path_string(key)?),
+        ]);
+        let fields = BTreeMap::from([("metadata.name", node_id.to_owned())]);
+        let cmd = container.command(&release.binary, &flags, &fields)?;
+        let mut process = Process::spawn(node_id, cmd, log_dir)?;
+        wait_ready(&mut process, addr(admin))?;
+        Ok(Self {
+            dataplane: Dataplane {
+                process,
+                node_id: node_id.to_owned(),
+                state_dir: state_dir.to_owned(),
+                mqtt_addr: addr(mqtt),
+                http_addr: addr(http),
+                admin_addr: addr(admin),
+                config,
+                release,
+            },
+            mqtts_addr: addr(mqtts),
+            https_addr: addr(https),
+        })
+    }
+}
+
 /// Starts the two dataplanes of the multi-pod scenarios, `dataplane-a` and
 /// `dataplane-b`, on distinct ports with their state under `state_root`, both on
 /// the bus in `config.nats_url`.

@@ -4,11 +4,12 @@
 //! against cert-manager's own CRDs (scripts/cert-manager-crds.sh) and collected with its Thing.
 //! No cert-manager controller runs here, so nothing issues it.
 
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
-use fleetward_e2e::fleetward::{OPERATOR_NAMESPACE, Operator};
+use fleetward_e2e::fleetward::{DataplaneConfig, OPERATOR_NAMESPACE, Operator, TlsDataplane};
 use fleetward_e2e::workspace;
 use fleetward_e2e::{ControlPlane, Kubectl, LogDir, run_test, wait_until};
 use rcgen::{
@@ -48,6 +49,48 @@ impl Ca {
         params.serial_number = Some(SerialNumber::from(serial));
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
         Ok(params.signed_by(&KeyPair::generate()?, &*self.0)?.pem())
+    }
+}
+
+impl Ca {
+    /// Writes a client certificate naming `fleetward://<tenant>/<thing>` and its key to
+    /// `<dir>/<file>.crt|.key`; returns both paths.
+    fn leaf_files(
+        &self,
+        dir: &Path,
+        file: &str,
+        tenant: &str,
+        thing: &str,
+    ) -> Result<[PathBuf; 2]> {
+        let mut params = CertificateParams::new(Vec::<String>::new())?;
+        params.distinguished_name.push(DnType::CommonName, thing);
+        params.subject_alt_names = vec![rcgen::SanType::URI(
+            format!("fleetward://{tenant}/{thing}").try_into()?,
+        )];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        let key = KeyPair::generate()?;
+        let cert = params.signed_by(&key, &*self.0)?;
+        let paths = [
+            dir.join(format!("{file}.crt")),
+            dir.join(format!("{file}.key")),
+        ];
+        std::fs::write(&paths[0], cert.pem())?;
+        std::fs::write(&paths[1], key.serialize_pem())?;
+        Ok(paths)
+    }
+
+    /// A server certificate for localhost and 127.0.0.1, written like [`Ca::leaf_files`].
+    fn server_files(&self, dir: &Path) -> Result<[PathBuf; 2]> {
+        let mut params = CertificateParams::new(vec!["localhost".to_owned()])?;
+        params
+            .subject_alt_names
+            .push(rcgen::SanType::IpAddress([127, 0, 0, 1].into()));
+        let key = KeyPair::generate()?;
+        let cert = params.signed_by(&key, &*self.0)?;
+        let paths = [dir.join("server.crt"), dir.join("server.key")];
+        std::fs::write(&paths[0], cert.pem())?;
+        std::fs::write(&paths[1], key.serialize_pem())?;
+        Ok(paths)
     }
 }
 
@@ -341,4 +384,219 @@ fn a_thing_that_asks_gets_a_cert_manager_certificate_owned_by_it() {
         )?;
         Ok(())
     });
+}
+
+/// mosquitto_pub over MQTTS with a client certificate and no password: `true` when the broker
+/// accepted the CONNECT (QoS 0 on a v3.1.1 session).
+fn publishes(dp: &TlsDataplane, server_ca: &Path, [crt, key]: &[PathBuf; 2]) -> Result<bool> {
+    let out = Command::new("mosquitto_pub")
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &dp.mqtts_addr.port().to_string(),
+            "--cafile",
+        ])
+        .arg(server_ca)
+        .arg("--cert")
+        .arg(crt)
+        .arg("--key")
+        .arg(key)
+        .args(["-t", "m/acme/c/telemetry/e2e", "-m", "1"])
+        .output()
+        .context("run mosquitto_pub")?;
+    Ok(out.status.success())
+}
+
+/// POSTs a provisioning request with curl and the claim certificate; status and body.
+fn provision(
+    dp: &TlsDataplane,
+    server_ca: &Path,
+    [crt, key]: &[PathBuf; 2],
+    thing: &str,
+    csr: &str,
+) -> Result<(u16, Value)> {
+    let url = format!(
+        "https://127.0.0.1:{}/provisioning/acme/line-1",
+        dp.https_addr.port()
+    );
+    let body = json!({"thing": thing, "csr": csr}).to_string();
+    let out = Command::new("curl")
+        .args(["-s", "-w", "\n%{http_code}", "--cacert"])
+        .arg(server_ca)
+        .arg("--cert")
+        .arg(crt)
+        .arg("--key")
+        .arg(key)
+        .args([
+            "-H",
+            "Content-Type: application/json",
+            "--data-binary",
+            &body,
+            &url,
+        ])
+        .output()
+        .context("run curl")?;
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (json, code) = text.rsplit_once('\n').context("curl printed no status")?;
+    Ok((
+        code.trim().parse()?,
+        serde_json::from_str(json).unwrap_or(Value::Null),
+    ))
+}
+
+/// A device's key (P-256) and CSR, made with openssl as its firmware would.
+fn device_csr(dir: &Path, name: &str) -> Result<(PathBuf, String)> {
+    let (key, csr) = (
+        dir.join(format!("{name}.key")),
+        dir.join(format!("{name}.csr")),
+    );
+    let out = Command::new("openssl")
+        .args([
+            "req",
+            "-new",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+        ])
+        .args(["-nodes", "-subj", &format!("/CN={name}"), "-keyout"])
+        .arg(&key)
+        .arg("-out")
+        .arg(&csr)
+        .output()
+        .context("run openssl")?;
+    ensure!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok((key, std::fs::read_to_string(&csr)?))
+}
+
+#[test]
+#[ignore = "end-to-end: run by scripts/test.sh"]
+fn devices_connect_by_certificate_and_a_claim_provisions_one_through_the_operator() {
+    run_test("device-certs-mtls", |logs| {
+        let (plane, kubectl) = cluster(logs)?;
+        for ns in ["acme", "globex"] {
+            kubectl.run(&["create", "namespace", ns])?;
+        }
+        let pki = logs.path().join("pki");
+        std::fs::create_dir_all(&pki)?;
+        let (acme, globex, server) = (
+            Ca::new("acme devices")?,
+            Ca::new("globex devices")?,
+            Ca::new("server")?,
+        );
+        let server_ca = pki.join("server-ca.crt");
+        std::fs::write(&server_ca, server.0.pem())?;
+        let [server_crt, server_key] = server.server_files(&pki)?;
+        let sensor = acme.leaf_files(&pki, "sensor", "acme", "sensor")?;
+        let forged = globex.leaf_files(&pki, "forged", "acme", "sensor")?;
+        let claim = acme.leaf_files(&pki, "claim", "acme", "line-1-claim")?;
+        let claim_pem = std::fs::read_to_string(&claim[0])?;
+        let (acme_pem, acme_key) = (acme.0.pem(), acme.0.key().serialize_pem());
+        let tenant_spec = json!({
+            "deviceCA": {"secretName": "acme-ca"},
+            "provisioning": {"claims": [{
+                "name": "line-1", "certificateSecretName": "line-1-claim",
+                "signingSecretName": "acme-ca", "namePattern": "sensor-[0-9]{4}", "maxThings": 1,
+            }]},
+        });
+        let mut acme_tenant = tenant("acme", json!({}));
+        acme_tenant["spec"] = tenant_spec;
+        apply_all(
+            &kubectl,
+            &[
+                secret(
+                    "acme",
+                    "acme-ca",
+                    &[
+                        ("ca.crt", &acme_pem),
+                        ("tls.crt", &acme_pem),
+                        ("tls.key", &acme_key),
+                    ],
+                ),
+                secret("acme", "line-1-claim", &[("tls.crt", &claim_pem)]),
+                acme_tenant,
+                thing("acme", "sensor", json!({"x509": {}})),
+                json!({"apiVersion": "fleetward.io/v1alpha1", "kind": "Channel", "metadata": {"name": "telemetry", "namespace": "acme"}, "spec": {}}),
+                json!({"apiVersion": "fleetward.io/v1alpha1", "kind": "Connection", "metadata": {"name": "sensor", "namespace": "acme"}, "spec": {"subject": {"kind": "Thing", "name": "sensor"}, "channel": "telemetry", "actions": ["publish"]}}),
+                secret("globex", "globex-ca", &[("ca.crt", &globex.0.pem())]),
+                tenant("globex", json!({"secretName": "globex-ca"})),
+                thing("globex", "sensor", json!({"x509": {}})),
+            ],
+        )?;
+        let op = Operator::start("operator-0", plane.kubeconfig(), TOKEN, logs.path())?;
+        wait_condition(
+            &kubectl,
+            &["tenant", "acme"],
+            "DeviceCA",
+            "True",
+            "CALoaded",
+        )?;
+        let config = DataplaneConfig {
+            operators: vec![op.sync_url()],
+            sync_token: TOKEN.to_owned(),
+            nats_url: None,
+        };
+        let state = logs.path().join("dataplane-0");
+        let files = (server_crt.as_path(), server_key.as_path());
+        let dp = TlsDataplane::start("dataplane-0", &state, config, files, logs.path())?;
+
+        // acme's certificate for its sensor connects; globex's CA naming it does not.
+        wait_until("sensor connects by its certificate", SETTLE, || {
+            publishes(&dp, &server_ca, &sensor)
+        })?;
+        ensure!(
+            !publishes(&dp, &server_ca, &forged)?,
+            "a certificate from globex's CA authenticated acme's sensor"
+        );
+
+        // A factory device asks with the claim certificate: the operator makes its Thing
+        // in the API server and signs its own CSR; it connects with the answer.
+        let (device_key, csr) = device_csr(&pki, "sensor-0001")?;
+        let (code, body) = provision(&dp, &server_ca, &claim, "sensor-0001", &csr)?;
+        ensure!(code == 201, "provisioning answered {code}: {body}");
+        let device_crt = pki.join("sensor-0001.crt");
+        std::fs::write(
+            &device_crt,
+            body["certificate"].as_str().unwrap_or_default(),
+        )?;
+        let made = kubectl.get_json(&["thing", "sensor-0001", "-n", "acme"])?;
+        ensure!(
+            made["metadata"]["labels"]["fleetward.io/provisioning-claim"] == "line-1",
+            "{made}"
+        );
+        ensure!(
+            made["spec"]["credentials"]["mode"] == "certificate",
+            "{made}"
+        );
+        ensure!(
+            publishes(&dp, &server_ca, &[device_crt, device_key])?,
+            "the provisioned device could not connect with its certificate"
+        );
+        // The claim gives one Thing.
+        let (_, csr) = device_csr(&pki, "sensor-0002")?;
+        let (code, body) = provision(&dp, &server_ca, &claim, "sensor-0002", &csr)?;
+        ensure!(
+            code == 403 && body["error"] == "claim_exhausted",
+            "{code}: {body}"
+        );
+        ensure!(!kubectl.exists(&["thing", "sensor-0002", "-n", "acme"])?);
+        let shown = wait_until_value(&kubectl)?;
+        ensure!(shown["provisioned"] == 1, "{shown}");
+        Ok(())
+    });
+}
+
+/// acme's `status.provisioning[0]`, once it shows the provisioned Thing.
+fn wait_until_value(kubectl: &Kubectl) -> Result<Value> {
+    let mut shown = Value::Null;
+    wait_until("the claim's count in the Tenant's status", SETTLE, || {
+        shown = kubectl.get_json(&["tenant", "acme"])?["status"]["provisioning"][0].clone();
+        Ok(shown["provisioned"] == 1)
+    })?;
+    Ok(shown)
 }
