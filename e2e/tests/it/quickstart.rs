@@ -257,6 +257,49 @@ fn the_readme_quick_start_works_as_written() {
     });
 }
 
+#[test]
+#[ignore = "end-to-end: run by scripts/test.sh"]
+fn the_readme_device_certificates_work_as_written() {
+    run_test("readme-certificates", |logs| {
+        let blocks = readme_blocks("certs")?;
+        let names: Vec<&str> = blocks.keys().map(String::as_str).collect();
+        ensure!(
+            names == ["publish", "start", "subscriber"],
+            "the README's certificate blocks changed: {names:?}; update this test with it"
+        );
+        let mut start = start_as_written(&blocks["start"], &[8883, 8443], logs.path())?;
+        wait_listening("127.0.0.1:8883".parse()?, Duration::from_secs(10))?;
+        wait_listening("127.0.0.1:8443".parse()?, Duration::from_secs(10))?;
+        let admin: SocketAddr = "127.0.0.1:8081".parse()?;
+        let mut dashboard = shell("subscriber", &blocks["subscriber"], logs.path())?;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !http_get(admin, "/metrics")?
+            .1
+            .contains("fleetward_mqtt_connections 1\n")
+        {
+            ensure!(Instant::now() < deadline, "the dashboard did not connect");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        std::thread::sleep(Duration::from_millis(500));
+        let said = succeeds("publish", &blocks["publish"], &[])?;
+        ensure!(
+            said.contains("\"status\":\"accepted\"") || said.contains("message_id"),
+            "curl over HTTPS was not accepted: {said}"
+        );
+        for watts in ["230", "231"] {
+            dashboard
+                .wait_for_line(Duration::from_secs(10), |l| {
+                    l.contains(&format!("m/acme/c/telemetry/power {{\"watts\": {watts}}}"))
+                        .then_some(())
+                })
+                .with_context(|| format!("the dashboard did not print meter-1's {watts}"))?;
+        }
+        drop(dashboard);
+        start.stop()?;
+        Ok(())
+    });
+}
+
 /// Where `scripts/install-tools.sh` puts puppeteer-core and mqtt.js.
 fn browser_modules() -> Result<PathBuf> {
     if let Some(dir) = std::env::var_os("FLEETWARD_BROWSER_MODULES") {
