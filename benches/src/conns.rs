@@ -8,10 +8,9 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, ensure};
 use hdrhistogram::Histogram;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
 use crate::fixture;
-use crate::load::{Broker, cpu_seconds, first_failure, histogram};
+use crate::load::{Broker, Conn, cpu_seconds, first_failure, histogram};
 use crate::wire;
 
 /// A CONNECT storm: `workers` clients connect, authenticate, get their CONNACK, disconnect and
@@ -42,7 +41,9 @@ pub struct StormResult {
 /// Runs `storm` against `broker`. A refused CONNECT fails the run.
 ///
 /// Each connection ends with DISCONNECT and a zero-linger close (a reset), so the generator
-/// does not leave a socket in TIME_WAIT per connection and run out of local ports.
+/// does not leave a socket in TIME_WAIT per connection and run out of local ports. Over TLS
+/// (`broker.tls`) every connection makes its own handshake, a full one unless the client
+/// resumes sessions.
 pub async fn storm(broker: Broker, storm: Storm) -> anyhow::Result<StormResult> {
     ensure!(
         storm.workers > 0 && storm.things > 0,
@@ -53,13 +54,14 @@ pub async fn storm(broker: Broker, storm: Storm) -> anyhow::Result<StormResult> 
     let mut tasks = tokio::task::JoinSet::new();
     for w in 0..storm.workers {
         let (phase, done, things) = (phase.clone(), done.clone(), storm.things);
+        let broker = broker.clone();
         tasks.spawn(async move {
             let mut latency = histogram();
             let mut n = 0usize;
             while phase.load(Ordering::Relaxed) < 2 {
                 let thing = fixture::publisher((w + n * storm.workers) % things);
                 let started = Instant::now();
-                connect_once(broker, &format!("c{w}-{n}"), &thing).await?;
+                connect_once(&broker, &format!("c{w}-{n}"), &thing).await?;
                 if phase.load(Ordering::Relaxed) == 1 {
                     latency.saturating_record(started.elapsed().as_nanos() as u64);
                 }
@@ -101,9 +103,11 @@ pub async fn storm(broker: Broker, storm: Storm) -> anyhow::Result<StormResult> 
     })
 }
 
-async fn connect_once(broker: Broker, client_id: &str, thing: &str) -> anyhow::Result<()> {
+async fn connect_once(broker: &Broker, client_id: &str, thing: &str) -> anyhow::Result<()> {
     let mut s = broker.open(client_id, thing).await?;
     s.write_all(&wire::DISCONNECT).await?;
+    // A TLS stream may still hold the record.
+    s.flush().await?;
     s.set_zero_linger()?;
     Ok(())
 }
@@ -149,7 +153,7 @@ pub async fn idle(
     let gate = Arc::new(tokio::sync::Semaphore::new(64));
     let mut tasks = tokio::task::JoinSet::new();
     for i in 0..connections {
-        let gate = gate.clone();
+        let (gate, broker) = (gate.clone(), broker.clone());
         tasks.spawn(async move {
             let _permit = gate.acquire_owned().await?;
             let thing = if i < things {
@@ -160,7 +164,7 @@ pub async fn idle(
             broker.open(&format!("idle-{i}"), &thing).await
         });
     }
-    let mut held: Vec<TcpStream> = Vec::with_capacity(connections);
+    let mut held: Vec<Conn> = Vec::with_capacity(connections);
     while let Some(joined) = tasks.join_next().await {
         held.push(joined.context("a connecting task panicked")??);
     }

@@ -5,8 +5,8 @@
 use std::sync::Arc;
 
 use fleetward_policy::{
-    Actions, BuildError, Channel, Engine, Grant, GrantSubject, KeyDigest, Qos, Resources, Snapshot,
-    Tenant, Thing,
+    Actions, BuildError, Channel, CredentialMode, DeviceCa, Engine, Grant, GrantSubject, KeyDigest,
+    Qos, Resources, Snapshot, Tenant, Thing, ThingX509,
 };
 
 /// The tenant every benchmark thing belongs to.
@@ -121,10 +121,21 @@ pub fn policy(pairs: usize) -> Result<Arc<Snapshot>, BuildError> {
 /// [`policy`] with the tenant's authorization `engine`; for `cedar`, the Cedar engine attached
 /// as the dataplane attaches it (the Connections translated into Cedar permit policies).
 pub fn policy_with(pairs: usize, engine: Engine) -> Result<Arc<Snapshot>, BuildError> {
+    policy_with_ca(pairs, engine, None)
+}
+
+/// [`policy_with`], and with `device_ca` the tenant trusts it and every thing signs in with
+/// its key or a certificate from it (the default rule: CN or URI SAN names the thing).
+pub fn policy_with_ca(
+    pairs: usize,
+    engine: Engine,
+    device_ca: Option<DeviceCa>,
+) -> Result<Arc<Snapshot>, BuildError> {
     let mut r = Resources::default();
+    let by_certificate = device_ca.is_some();
     r.tenants.push(Tenant {
         provisioning: Default::default(),
-        device_ca: Default::default(),
+        device_ca,
         engine,
         uid: String::new(),
         name: TENANT.into(),
@@ -143,6 +154,12 @@ pub fn policy_with(pairs: usize, engine: Engine) -> Result<Arc<Snapshot>, BuildE
         r.things.push(thing(p));
         r.things.push(thing(s));
         r.channels.push(channel(pair));
+    }
+    if by_certificate {
+        for t in &mut r.things {
+            t.credential_mode = CredentialMode::KeyOrCertificate;
+            t.x509 = Some(ThingX509::default());
+        }
     }
     let snapshot = Snapshot::from_resources(1, r)?;
     Ok(Arc::new(fleetward_dataplane::sync::engines::attach(

@@ -5,7 +5,8 @@
 //! - `fleetward-bench`: the load generator (point-to-point, fan-out, fan-in, fixed-rate
 //!   latency, CONNECT storm, idle connections, pending sockets), optionally under a flood of
 //!   unauthenticated sockets ([`flood`]); one line of `key=value` results per run.
-//! - `bench-fleetward`: the Fleetward dataplane with authorization on and [`fixture::policy`].
+//! - `bench-fleetward`: the Fleetward dataplane with authorization on and [`fixture::policy`];
+//!   with `--tls-dir`, an MQTTS listener too and a device CA for the tenant ([`tls`]).
 //! - `bench-rumqttd`: bare rumqttd, the router the dataplane embeds, as a plain broker.
 //!
 //! `scripts/bench-suite.sh` runs them, with Mosquitto, and writes `BENCHMARKS.md`.
@@ -17,4 +18,5 @@ pub mod conns;
 pub mod fixture;
 pub mod flood;
 pub mod load;
+pub mod tls;
 pub mod wire;

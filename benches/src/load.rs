@@ -1,5 +1,6 @@
-//! Message flows: publishers and subscribers over plain MQTT 3.1.1 sockets, counted over a
-//! window after a warm-up, with optional publish → deliver latency.
+//! Message flows: publishers and subscribers over MQTT 3.1.1 sockets (plain TCP, or TLS with
+//! [`Broker::tls`]), counted over a window after a warm-up, with optional publish → deliver
+//! latency.
 //!
 //! Point-to-point, fan-out and fan-in are the same engine with other topics: each subscriber
 //! subscribes to one filter, each publisher publishes on one topic, as fast as the broker reads
@@ -14,18 +15,21 @@
 //! (coordinated omission) shows there, not hidden.
 
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail, ensure};
 use hdrhistogram::Histogram;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::Semaphore;
+use tokio_rustls::client::TlsStream;
 
 use crate::fixture;
+use crate::tls::TlsClient;
 use crate::wire::{self, Framer, Publish};
 
 /// The keep-alive every client asks for. rumqttd refuses 0, so it is long instead: no run
@@ -35,23 +39,43 @@ pub const KEEP_ALIVE_SECS: u16 = 600;
 /// How long a CONNACK or SUBACK may take.
 const ACK_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// How clients log in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Login {
+    /// No username or password, for brokers that run without authentication.
+    None,
+    /// The Fleetward bench credentials: username `bench/<thing>`, the thing's key.
+    Key,
+    /// No username or password, the thing's client certificate in the TLS handshake (needs
+    /// [`Broker::tls`]).
+    Certificate,
+}
+
 /// The broker under test.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct Broker {
-    /// Its MQTT listener.
+    /// Its MQTT (or MQTTS) listener.
     pub addr: SocketAddr,
-    /// Log in with the Fleetward bench credentials (username `bench/<thing>`, the thing's
-    /// key). Brokers without authentication are sent no login at all.
-    pub auth: bool,
+    /// How clients log in.
+    pub login: Login,
+    /// Connect over TLS with this client; plain TCP without.
+    pub tls: Option<Arc<TlsClient>>,
 }
 
 impl Broker {
     /// Connects as `thing` with `client_id` and waits for a successful CONNACK.
-    pub async fn open(&self, client_id: &str, thing: &str) -> anyhow::Result<TcpStream> {
-        let mut s = TcpStream::connect(self.addr)
+    pub async fn open(&self, client_id: &str, thing: &str) -> anyhow::Result<Conn> {
+        let tcp = TcpStream::connect(self.addr)
             .await
             .with_context(|| format!("connecting to {}", self.addr))?;
-        s.set_nodelay(true)?;
+        tcp.set_nodelay(true)?;
+        let mut s = match &self.tls {
+            None => Conn::Plain(tcp),
+            Some(tls) => {
+                let cert = (self.login == Login::Certificate).then_some(thing);
+                Conn::Tls(Box::new(tls.connect(self.addr.ip(), tcp, cert).await?))
+            }
+        };
         s.write_all(&self.connect_packet(client_id, thing)).await?;
         let mut ack = [0u8; 4];
         tokio::time::timeout(ACK_TIMEOUT, s.read_exact(&mut ack))
@@ -68,8 +92,90 @@ impl Broker {
     pub fn connect_packet(&self, client_id: &str, thing: &str) -> Vec<u8> {
         let user = fixture::username(thing);
         let pass = fixture::key(thing);
-        let login = self.auth.then_some((user.as_str(), pass.as_str()));
+        let login = (self.login == Login::Key).then_some((user.as_str(), pass.as_str()));
         wire::connect(client_id, login, KEEP_ALIVE_SECS)
+    }
+}
+
+/// A client connection: plain TCP or TLS over it.
+pub enum Conn {
+    /// MQTT over TCP.
+    Plain(TcpStream),
+    /// MQTT over TLS.
+    Tls(Box<TlsStream<TcpStream>>),
+}
+
+/// A connection's read half.
+pub type Reader = Box<dyn AsyncRead + Send + Unpin>;
+/// A connection's write half.
+pub type Writer = Box<dyn AsyncWrite + Send + Unpin>;
+
+impl Conn {
+    /// The TCP socket under it.
+    pub fn tcp(&self) -> &TcpStream {
+        match self {
+            Self::Plain(s) => s,
+            Self::Tls(s) => s.get_ref().0,
+        }
+    }
+
+    /// Closes with a reset rather than a FIN, so the generator leaves no socket in TIME_WAIT.
+    pub fn set_zero_linger(&self) -> std::io::Result<()> {
+        self.tcp().set_zero_linger()
+    }
+
+    /// Separate halves for a reading and a writing side.
+    pub fn split(self) -> (Reader, Writer) {
+        match self {
+            Self::Plain(s) => {
+                let (r, w) = s.into_split();
+                (Box::new(r), Box::new(w))
+            }
+            Self::Tls(s) => {
+                let (r, w) = tokio::io::split(*s);
+                (Box::new(r), Box::new(w))
+            }
+        }
+    }
+}
+
+impl AsyncRead for Conn {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Self::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Self::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Conn {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Self::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Self::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Self::Plain(s) => Pin::new(s).poll_flush(cx),
+            Self::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Self::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Self::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
     }
 }
 
@@ -175,7 +281,7 @@ pub async fn run(broker: Broker, flow: Flow) -> anyhow::Result<FlowResult> {
     for (i, sub) in flow.subscribers.iter().enumerate() {
         let mut s = broker.open(&format!("s{i}"), &sub.thing).await?;
         s.write_all(&wire::subscribe(&sub.topic, flow.qos)).await?;
-        let (mut reader, writer) = s.into_split();
+        let (mut reader, writer) = s.split();
         let mut framer = Framer::default();
         wait_for_suback(&mut reader, &mut framer, &sub.thing).await?;
         tasks.spawn(subscriber(
@@ -245,7 +351,7 @@ pub async fn first_failure<T: 'static>(
 }
 
 async fn wait_for_suback(
-    reader: &mut OwnedReadHalf,
+    reader: &mut Reader,
     framer: &mut Framer,
     thing: &str,
 ) -> anyhow::Result<()> {
@@ -277,8 +383,8 @@ async fn wait_for_suback(
 }
 
 async fn subscriber(
-    mut reader: OwnedReadHalf,
-    mut writer: OwnedWriteHalf,
+    mut reader: Reader,
+    mut writer: Writer,
     mut framer: Framer,
     flow: Flow,
     shared: Arc<FlowCounters>,
@@ -334,12 +440,12 @@ async fn subscriber(
 }
 
 async fn publisher(
-    s: TcpStream,
+    s: Conn,
     topic: String,
     flow: Flow,
     shared: Arc<FlowCounters>,
 ) -> anyhow::Result<()> {
-    let (reader, mut writer) = s.into_split();
+    let (reader, mut writer) = s.split();
     let window = Arc::new(Semaphore::new(flow.window.max(1)));
     let acks = reopen_window(reader, window.clone());
     let batch = flow.batch.max(1).min(if flow.qos == 1 {
@@ -407,10 +513,7 @@ async fn publisher(
 
 /// Reads a publisher's PUBACKs and gives their packet ids back to the send window, until the
 /// broker closes the connection.
-async fn reopen_window(
-    mut reader: tokio::net::tcp::OwnedReadHalf,
-    window: Arc<Semaphore>,
-) -> anyhow::Result<()> {
+async fn reopen_window(mut reader: Reader, window: Arc<Semaphore>) -> anyhow::Result<()> {
     let mut framer = Framer::default();
     let mut buf = [0u8; 4096];
     loop {

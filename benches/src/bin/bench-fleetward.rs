@@ -5,6 +5,12 @@
 //!
 //! Run: `cargo run --release -p fleetward-bench --bin bench-fleetward -- \
 //!   --mqtt-listen 127.0.0.1:1883 --admin-listen 127.0.0.1:8081 --pairs 10000`
+//!
+//! With `--mqtts-listen 127.0.0.1:8883 --tls-dir DIR` it serves MQTTS too, with a server
+//! certificate it writes into DIR at start, and the tenant trusts a device CA written there
+//! with a client certificate for each of the first `--client-certs` pairs' things (every thing
+//! signs in with its key or a certificate); `fleetward-bench --tls-dir DIR` connects with
+//! them (`fleetward_bench::tls`).
 
 // No function longer than a reader can hold in their head (the threshold is in clippy.toml).
 #![warn(clippy::too_many_lines)]
@@ -12,7 +18,7 @@
 use std::net::SocketAddr;
 
 use clap::Parser;
-use fleetward_bench::fixture;
+use fleetward_bench::{fixture, tls};
 use fleetward_dataplane::{Dataplane, History, HistorySink, MqttConfig};
 use fleetward_policy::Engine;
 
@@ -29,6 +35,17 @@ struct Args {
     /// Address of the MQTT listener.
     #[arg(long)]
     mqtt_listen: SocketAddr,
+    /// Address of an MQTTS listener (needs --tls-dir).
+    #[arg(long, requires = "tls_dir")]
+    mqtts_listen: Option<SocketAddr>,
+    /// Where to write the server certificate, the tenant's device CA and the things' client
+    /// certificates at start (replacing what is there).
+    #[arg(long, value_name = "DIR", requires = "mqtts_listen")]
+    tls_dir: Option<std::path::PathBuf>,
+    /// Things to write a client certificate for: `pub-<i>` and `sub-<i>` for `i` below this
+    /// (at most --pairs).
+    #[arg(long, default_value_t = 1_000)]
+    client_certs: usize,
     /// Address of /metrics.
     #[arg(long)]
     admin_listen: SocketAddr,
@@ -91,14 +108,27 @@ async fn main() -> anyhow::Result<()> {
         "cedar" => Engine::Cedar,
         _ => Engine::Builtin,
     };
-    let mut policy = fixture::policy_with(args.pairs, engine)?;
+    let mut device_ca = None;
+    let mut mqtts = None;
+    if let (Some(addr), Some(dir)) = (args.mqtts_listen, &args.tls_dir) {
+        let n = args.client_certs.min(args.pairs);
+        let things = (0..n).flat_map(|i| [fixture::publisher(i), fixture::subscriber(i)]);
+        let made = tls::generate(dir, things)?;
+        device_ca = Some(made.device_ca);
+        mqtts = Some((addr, made.server_cert, made.server_key));
+    }
+    let mut policy = fixture::policy_with_ca(args.pairs, engine, device_ca)?;
     let mut history_of = History::default();
     if let Some(path) = &args.history_sqlite {
         policy = fixture::with_history(&policy, args.history_pairs_from)?;
         history_of = history(path).await?;
     }
     let (_policy, rx) = tokio::sync::watch::channel(policy);
-    let dp = Dataplane::new(rx)
+    let mut dp = Dataplane::new(rx);
+    if let Some((addr, cert, key)) = mqtts {
+        dp = dp.mqtts_listen(addr, cert, key);
+    }
+    let dp = dp
         .history(history_of)
         .mqtt_listen(args.mqtt_listen)
         .admin_listen(Some(args.admin_listen))
@@ -112,9 +142,11 @@ async fn main() -> anyhow::Result<()> {
         .start()
         .await?;
     println!(
-        "mqtt={} admin={}",
+        "mqtt={} admin={}{}",
         dp.mqtt_addr,
-        dp.admin_addr.map_or_else(String::new, |a| a.to_string())
+        dp.admin_addr.map_or_else(String::new, |a| a.to_string()),
+        dp.mqtts_addr
+            .map_or_else(String::new, |a| format!(" mqtts={a}"))
     );
     dp.wait().await
 }

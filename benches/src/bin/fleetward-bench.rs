@@ -10,6 +10,9 @@
 //! fleetward-bench --port 1883 --auth idle --connections 10000 --pid <broker pid>
 //! fleetward-bench --port 1883 --auth --flood 10000 latency --pairs 100 --total-rate 10000
 //! fleetward-bench --port 1883 --flood 10000 pending --pid <broker pid>
+//! fleetward-bench --port 8883 --tls-dir <dir> --auth connect --workers 32
+//! fleetward-bench --port 8883 --tls-dir <dir> --cert connect --workers 32
+//! fleetward-bench --port 8883 --tls-dir <dir> --cert pairs --pairs 100 --qos 0
 //! ```
 //!
 //! `--flood N` holds N unauthenticated sockets open against the broker while the scenario
@@ -17,18 +20,24 @@
 //!
 //! With `--auth` clients log in as the Fleetward bench things (`bench/pub-<i>`, with their
 //! keys); without it they send no login, for brokers that run without authentication.
+//!
+//! `--tls-dir DIR` connects over TLS, trusting the server CA `bench-fleetward --tls-dir DIR`
+//! wrote; `--cert` then logs in by the thing's client certificate from DIR (no username, no
+//! password). Every connection makes a full TLS handshake unless `--tls-resume`.
 
 // No function longer than a reader can hold in their head (the threshold is in clippy.toml).
 #![warn(clippy::too_many_lines)]
 
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use fleetward_bench::conns::{self, Storm};
 use fleetward_bench::fixture;
 use fleetward_bench::flood::{self, Flood};
-use fleetward_bench::load::{self, Broker, Client, Flow};
+use fleetward_bench::load::{self, Broker, Client, Flow, Login};
+use fleetward_bench::tls::TlsClient;
 use hdrhistogram::Histogram;
 
 #[derive(Parser, Debug)]
@@ -40,9 +49,19 @@ struct Cli {
     /// The broker's MQTT port.
     #[arg(long)]
     port: u16,
-    /// Log in as the Fleetward bench things.
-    #[arg(long)]
+    /// Log in as the Fleetward bench things, with their keys.
+    #[arg(long, conflicts_with = "cert")]
     auth: bool,
+    /// Connect over TLS, trusting DIR/server-ca.crt (written by `bench-fleetward --tls-dir`).
+    #[arg(long, value_name = "DIR")]
+    tls_dir: Option<std::path::PathBuf>,
+    /// Log in as the Fleetward bench things by their client certificates, DIR/<thing>.crt
+    /// and .key, with no username or password (needs --tls-dir).
+    #[arg(long, requires = "tls_dir")]
+    cert: bool,
+    /// Resume TLS sessions (per thing) instead of a full handshake per connection.
+    #[arg(long, requires = "tls_dir")]
+    tls_resume: bool,
     /// A label printed with the result.
     #[arg(long, default_value = "broker")]
     label: String,
@@ -390,9 +409,19 @@ async fn pending(
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    let tls = match &cli.tls_dir {
+        Some(dir) => Some(Arc::new(TlsClient::load(dir, cli.tls_resume)?)),
+        None => None,
+    };
+    let login = match (cli.auth, cli.cert) {
+        (_, true) => Login::Certificate,
+        (true, false) => Login::Key,
+        (false, false) => Login::None,
+    };
     let broker = Broker {
         addr: SocketAddr::new(cli.host, cli.port),
-        auth: cli.auth,
+        login,
+        tls,
     };
     let head = format!("label={}", cli.label);
     let nofile_limit = if cli.flood > 0 {
