@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use common::{Fixture, resources, snapshot};
+use common::{Fixture, resources};
 use fleetward_dataplane::Dataplane;
 use fleetward_policy::{CredentialMode, DeviceCa, Resources, ThingX509};
 use rcgen::{
@@ -116,10 +116,40 @@ fn with_cas(acme: &Ca, globex: &Ca, revoked: &[String]) -> Resources {
     r
 }
 
+/// The fixture's tenants with their CAs, and a dataplane over them with MQTTS and HTTPS.
 struct Tls {
+    fx: Fixture,
+    acme: Ca,
+    globex: Ca,
     dataplane: fleetward_dataplane::RunningDataplane,
     server_ca: PathBuf,
     _dir: tempfile::TempDir,
+}
+
+impl Tls {
+    async fn start() -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (acme, globex) = (Ca::new(dir.path(), "acme"), Ca::new(dir.path(), "globex"));
+        let (server, server_key, server_ca) = server_cert(dir.path());
+        let mut fx = Fixture::start().await;
+        fx.apply(with_cas(&acme, &globex, &[]));
+        let any = SocketAddr::from(([127, 0, 0, 1], 0));
+        let dataplane = Dataplane::new(fx.policy.subscribe())
+            .mqtt_listen(any)
+            .mqtts_listen(any, server.clone(), server_key.clone())
+            .https_listen(any, server, server_key)
+            .start()
+            .await
+            .expect("starts with TLS");
+        Self {
+            fx,
+            acme,
+            globex,
+            dataplane,
+            server_ca,
+            _dir: dir,
+        }
+    }
 }
 
 async fn mosquitto(
@@ -152,23 +182,8 @@ async fn publish(tls: &Tls, cert: (&Path, &Path), extra: &[&str]) -> std::proces
 
 #[tokio::test]
 async fn certificates_authenticate_things_of_their_own_tenant_only() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let (acme, globex) = (Ca::new(dir.path(), "acme"), Ca::new(dir.path(), "globex"));
-    let (server, server_key, server_ca) = server_cert(dir.path());
-    let fx = Fixture::start().await;
-    fx.policy
-        .send_replace(snapshot(2, with_cas(&acme, &globex, &[])));
-    let dataplane = Dataplane::new(fx.policy.subscribe())
-        .mqtt_listen(SocketAddr::from(([127, 0, 0, 1], 0)))
-        .mqtts_listen(SocketAddr::from(([127, 0, 0, 1], 0)), server, server_key)
-        .start()
-        .await
-        .expect("starts with TLS");
-    let tls = Tls {
-        dataplane,
-        server_ca,
-        _dir: dir,
-    };
+    let tls = Tls::start().await;
+    let (acme, globex) = (&tls.acme, &tls.globex);
     let port = tls.dataplane.mqtts_addr.expect("MQTTS").port();
     let reader = acme.leaf("reader", "reader", None, (-1, 30));
     let sensor = acme.leaf(
@@ -289,19 +304,10 @@ fn assert_refused(out: &std::process::Output) {
 
 #[tokio::test]
 async fn revoking_a_certificate_ends_its_live_session() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let (acme, globex) = (Ca::new(dir.path(), "acme"), Ca::new(dir.path(), "globex"));
-    let (server, server_key, server_ca) = server_cert(dir.path());
-    let mut fx = Fixture::start().await;
-    fx.apply(with_cas(&acme, &globex, &[]));
-    let dataplane = Dataplane::new(fx.policy.subscribe())
-        .mqtt_listen(SocketAddr::from(([127, 0, 0, 1], 0)))
-        .mqtts_listen(SocketAddr::from(([127, 0, 0, 1], 0)), server, server_key)
-        .start()
-        .await
-        .expect("starts with TLS");
-    let port = dataplane.mqtts_addr.expect("MQTTS").port();
-    let reader = acme.leaf("reader", "reader", None, (-1, 30));
+    let mut tls = Tls::start().await;
+    let server_ca = tls.server_ca.clone();
+    let port = tls.dataplane.mqtts_addr.expect("MQTTS").port();
+    let reader = tls.acme.leaf("reader", "reader", None, (-1, 30));
     let mut sub = mosquitto(
         "mosquitto_sub",
         port,
@@ -321,7 +327,8 @@ async fn revoking_a_certificate_ends_its_live_session() {
         "the session did not stay up"
     );
     // The tenant CA revokes the reader's serial: the session ends.
-    fx.apply(with_cas(&acme, &globex, std::slice::from_ref(&reader.2)));
+    let revoked = with_cas(&tls.acme, &tls.globex, std::slice::from_ref(&reader.2));
+    tls.fx.apply(revoked);
     let ended = tokio::time::timeout(Duration::from_secs(5), sub.wait()).await;
     assert!(
         ended.is_ok(),
@@ -353,26 +360,16 @@ async fn revoking_a_certificate_ends_its_live_session() {
 
 #[tokio::test]
 async fn https_takes_a_client_certificate_as_the_credential() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let (acme, globex) = (Ca::new(dir.path(), "acme"), Ca::new(dir.path(), "globex"));
-    let (server, server_key, server_ca) = server_cert(dir.path());
-    let fx = Fixture::start().await;
-    fx.policy
-        .send_replace(snapshot(2, with_cas(&acme, &globex, &[])));
-    let dataplane = Dataplane::new(fx.policy.subscribe())
-        .mqtt_listen(SocketAddr::from(([127, 0, 0, 1], 0)))
-        .https_listen(SocketAddr::from(([127, 0, 0, 1], 0)), server, server_key)
-        .start()
-        .await
-        .expect("starts with HTTPS");
+    let tls = Tls::start().await;
+    let (acme, globex, server_ca) = (&tls.acme, &tls.globex, &tls.server_ca);
     let url = format!(
         "https://127.0.0.1:{}/m/acme/c/telemetry/cert",
-        dataplane.https_addr.expect("HTTPS").port()
+        tls.dataplane.https_addr.expect("HTTPS").port()
     );
     let curl = |cert: Option<&(PathBuf, PathBuf, String)>| {
         let mut c = Command::new("curl");
         c.args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "--cacert"])
-            .arg(&server_ca)
+            .arg(server_ca)
             .args([
                 "-X",
                 "POST",

@@ -102,21 +102,9 @@ impl CertificateReconciler {
                 }
             }
             let retry = retries.next();
-            let closed = tokio::select! {
-                r = commits.changed() => r.is_err(),
-                r = seen.changed() => r.is_err(),
-                r = self.leader.changed() => r.is_err(),
-                () = async {
-                    if let Some(at) = retry {
-                        tokio::time::sleep_until(at.into()).await;
-                    }
-                }, if retry.is_some() => false,
-            };
-            if closed {
+            if super::next_round(&mut commits, &mut seen, &mut self.leader, retry).await {
                 return "Certificate reconciler";
             }
-            commits.mark_unchanged();
-            seen.mark_unchanged();
         }
     }
 

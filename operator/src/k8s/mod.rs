@@ -161,3 +161,27 @@ impl Retries {
         self.waiting.values().map(|(_, _, at)| *at).min()
     }
 }
+
+/// Waits for what a leader's reconciler acts on: a new index commit, a watch catching up, a
+/// change of leadership, or the next retry that is due. Marks the first two seen; `true` when
+/// one of the channels closed (the operator is stopping).
+pub(crate) async fn next_round(
+    commits: &mut tokio::sync::watch::Receiver<crate::shared::Published>,
+    seen: &mut tokio::sync::watch::Receiver<u64>,
+    leader: &mut tokio::sync::watch::Receiver<bool>,
+    retry: Option<Instant>,
+) -> bool {
+    let closed = tokio::select! {
+        r = commits.changed() => r.is_err(),
+        r = seen.changed() => r.is_err(),
+        r = leader.changed() => r.is_err(),
+        () = async {
+            if let Some(at) = retry {
+                tokio::time::sleep_until(at.into()).await;
+            }
+        }, if retry.is_some() => false,
+    };
+    commits.mark_unchanged();
+    seen.mark_unchanged();
+    closed
+}
