@@ -152,14 +152,7 @@ pub fn development_server_certificate(
 
 /// Refuses a name that is not a DNS label (what tenants and things are named by).
 fn dns_label(what: &str, name: &str) -> anyhow::Result<()> {
-    let ok = !name.is_empty()
-        && name.len() <= 63
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        && !name.starts_with('-')
-        && !name.ends_with('-');
-    if !ok {
+    if !fleetward_policy::is_dns_label(name) {
         anyhow::bail!(
             "{what} {name:?} is not a DNS label: 1 to 63 lower-case letters, digits or '-', \
              starting and ending with a letter or digit"

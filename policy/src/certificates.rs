@@ -284,6 +284,11 @@ pub struct CertificateSeal {
 }
 
 impl CertificateSeal {
+    /// How long until the certificate expires, from `now` (zero once it has).
+    pub fn remaining(&self, now: UnixTime) -> std::time::Duration {
+        std::time::Duration::from_secs(self.not_after.saturating_sub(now.as_secs()))
+    }
+
     /// The first 12 hex digits of the certificate's SHA-256: enough for logs and status.
     pub fn short_fingerprint(&self) -> String {
         hex(&self.fingerprint[..6])
@@ -345,6 +350,8 @@ pub struct CertificateNames {
     pub issuer: Vec<u8>,
     /// The serial, normalized.
     pub serial: String,
+    /// `notBefore`, seconds since the Unix epoch (0 when before it).
+    pub not_before: u64,
     /// `notAfter`, seconds since the Unix epoch (0 when before it).
     pub not_after: u64,
     /// The SHA-256 of the DER.
@@ -376,6 +383,7 @@ impl CertificateNames {
             uri,
             issuer: cert.issuer().as_raw().to_vec(),
             serial: normalize_serial(&hex(cert.raw_serial())).unwrap_or_default(),
+            not_before: u64::try_from(cert.validity().not_before.timestamp()).unwrap_or(0),
             not_after: u64::try_from(cert.validity().not_after.timestamp()).unwrap_or(0),
             fingerprint: Sha256::digest(der).into(),
         })

@@ -111,7 +111,7 @@ pub use explain::{Explanation, GrantUse, deny_text};
 pub use model::{
     AUDIT_CHANNEL, Actions, Channel, Engine, Grant, GrantSubject, Group, Member, Qos, ResourceName,
     Resources, Role, SigningAlgorithm, SigningKey, SubjectKind, Tenant, TenantLimits, TenantPolicy,
-    Thing, User,
+    Thing, User, is_dns_label,
 };
 pub use pattern::{PatternError, SubtopicPattern};
 pub use provisioning::ProvisioningClaim;

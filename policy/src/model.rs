@@ -31,6 +31,18 @@ impl ResourceName {
     }
 }
 
+/// Whether `name` is a DNS-1123 label, as Kubernetes names namespaced objects: 1 to 63
+/// lower-case letters, digits or '-', starting and ending with a letter or digit.
+pub fn is_dns_label(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 63
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !name.starts_with('-')
+        && !name.ends_with('-')
+}
+
 impl std::fmt::Display for ResourceName {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{}/{}", self.tenant, self.name)

@@ -184,13 +184,7 @@ fn claim_of<R: Router>(
 
 /// A DNS label that the claim's pattern matches as a whole.
 fn check_name(claim: &ProvisioningClaim, name: &str) -> Result<(), ApiError> {
-    let label = !name.is_empty()
-        && name.len() <= 63
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        && !name.starts_with('-')
-        && !name.ends_with('-');
+    let label = fleetward_policy::is_dns_label(name);
     let matches = regex::Regex::new(&format!("^(?:{})$", claim.name_pattern))
         .is_ok_and(|re| re.is_match(name));
     if label && matches {

@@ -185,10 +185,10 @@ fn by_certificate(snapshot: &Snapshot, chain: &PeerChain) -> Result<Authenticate
     };
     match snapshot.authenticate(&credential) {
         Ok(subject) => {
-            let token_ends = subject.certificate.as_ref().map(|c| {
-                let left = c.not_after.saturating_sub(now.as_secs());
-                tokio::time::Instant::now() + std::time::Duration::from_secs(left)
-            });
+            let token_ends = subject
+                .certificate
+                .as_ref()
+                .map(|c| tokio::time::Instant::now() + c.remaining(now));
             Ok(Authenticated {
                 subject,
                 key_digest: None,

@@ -384,10 +384,10 @@ impl<R: Router, S: AsyncWrite + Unpin> Handshake<'_, R, S> {
         })?;
         self.username = Some(format!("{}/{}", subject.tenant, subject.name));
         // The session ends when the certificate does.
-        let token_ends = subject.certificate.as_ref().map(|c| {
-            let left = c.not_after.saturating_sub(UnixTime::now().as_secs());
-            tokio::time::Instant::now() + Duration::from_secs(left)
-        });
+        let token_ends = subject
+            .certificate
+            .as_ref()
+            .map(|c| tokio::time::Instant::now() + c.remaining(UnixTime::now()));
         let mount = snapshot
             .mountpoint_of(&subject.tenant, &subject.name)
             .map(|ch| Mountpoint::new(&subject.tenant, ch));

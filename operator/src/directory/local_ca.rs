@@ -12,7 +12,7 @@ use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
     KeyUsagePurpose, PKCS_ECDSA_P256_SHA256, SanType, SerialNumber,
 };
-use x509_parser::prelude::{FromDer as _, GeneralName, X509Certificate};
+use x509_parser::prelude::{FromDer as _, X509Certificate};
 
 use super::{create_private_dir, private_file};
 
@@ -325,32 +325,13 @@ pub struct CertFacts {
 impl CertFacts {
     /// Reads a DER certificate; `None` when it does not parse.
     pub fn read(der: &[u8]) -> Option<Self> {
-        let (_, cert) = X509Certificate::from_der(der).ok()?;
-        let thing = cert
-            .subject_alternative_name()
-            .ok()
-            .flatten()
-            .into_iter()
-            .flat_map(|san| san.value.general_names.iter())
-            .find_map(|name| match name {
-                GeneralName::URI(uri) => fleetward_policy::certificates::thing_uri(uri),
-                _ => None,
-            });
-        let secs = |t: i64| u64::try_from(t).unwrap_or(0);
+        let names = fleetward_policy::CertificateNames::read(der)?;
         Some(Self {
-            serial: fleetward_policy::normalize_serial(&fleetward_policy::certificates::hex(
-                cert.raw_serial(),
-            ))
-            .unwrap_or_default(),
-            not_before: secs(cert.validity().not_before.timestamp()),
-            not_after: secs(cert.validity().not_after.timestamp()),
-            thing,
-            common_name: cert
-                .subject()
-                .iter_common_name()
-                .next()
-                .and_then(|cn| cn.as_str().ok())
-                .map(str::to_owned),
+            serial: names.serial,
+            not_before: names.not_before,
+            not_after: names.not_after,
+            thing: names.uri,
+            common_name: names.common_name,
         })
     }
 
