@@ -117,7 +117,11 @@ pub fn sign_with(
             .try_into()
             .map_err(|_| Failure::BadRequest(format!("{thing:?} is not a usable name")))?,
     )];
+    // Nothing the request asked for beyond its key: no CA, no name constraints, no
+    // extensions of its own.
     params.is_ca = IsCa::ExplicitNoCa;
+    params.name_constraints = None;
+    params.crl_distribution_points = Vec::new();
     params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
     params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
     params.custom_extensions.clear();
@@ -296,5 +300,69 @@ impl Provisioner for KubeProvisioner {
         request: Request,
     ) -> Pin<Box<dyn Future<Output = Result<Signed, Failure>> + Send + '_>> {
         Box::pin(self.run(request))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer};
+    use x509_parser::prelude::{FromDer as _, GeneralName, X509Certificate};
+
+    use super::*;
+
+    #[test]
+    fn a_signed_request_names_the_thing_whatever_it_asked() {
+        let mut ca = CertificateParams::new(Vec::<String>::new()).expect("params");
+        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca.distinguished_name
+            .push(DnType::CommonName, "acme devices");
+        let ca_key = KeyPair::generate().expect("key");
+        let ca_key_pem = ca_key.serialize_pem();
+        let ca = CertifiedIssuer::self_signed(ca, ca_key).expect("CA");
+        // A device asking to be a CA for another name.
+        let mut ask = CertificateParams::new(vec!["evil.example".to_owned()]).expect("params");
+        ask.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ask.distinguished_name.push(DnType::CommonName, "root");
+        let device = KeyPair::generate().expect("key");
+        let csr = ask
+            .serialize_request(&device)
+            .expect("a CSR")
+            .pem()
+            .expect("PEM");
+
+        let pem = sign_device_csr(&csr, &ca.pem(), &ca_key_pem, "acme", "sensor-0001", 30)
+            .expect("signed");
+        let der = fleetward_policy::certificates::pem_certificates(pem.as_bytes())
+            .expect("a certificate")
+            .remove(0);
+        let (_, cert) = X509Certificate::from_der(&der).expect("parses");
+        assert!(!cert.is_ca());
+        let cn = cert.subject().iter_common_name().next().expect("a CN");
+        assert_eq!(cn.as_str().expect("text"), "sensor-0001");
+        let names: Vec<String> = cert
+            .subject_alternative_name()
+            .expect("reads")
+            .expect("a SAN")
+            .value
+            .general_names
+            .iter()
+            .map(|n| match n {
+                GeneralName::URI(u) => (*u).to_owned(),
+                other => format!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(names, ["fleetward://acme/sensor-0001"]);
+        assert_eq!(
+            cert.public_key().subject_public_key.data,
+            device.public_key_raw()
+        );
+        // Its key is the device's; a request that does not read is refused as such.
+        assert!(matches!(
+            sign_device_csr("garbage", &ca.pem(), &ca_key_pem, "acme", "x", 1),
+            Err(Failure::BadRequest(_))
+        ));
+        assert!(name_allowed("sensor-[0-9]{4}", "sensor-0001"));
+        assert!(!name_allowed("sensor-[0-9]{4}", "sensor-00012"));
+        assert!(!name_allowed("sensor-[0-9]{4}", "xsensor-0001"));
     }
 }

@@ -169,7 +169,7 @@ fn claim_of<R: Router>(
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
-    if names.not_after <= now {
+    if names.not_after <= now || names.not_before > now {
         return Err(refused());
     }
     if c.disabled || t.suspended {
