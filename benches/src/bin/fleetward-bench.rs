@@ -332,6 +332,7 @@ async fn connect(
     warmup: f64,
     seconds: f64,
 ) -> anyhow::Result<String> {
+    let tls = broker.tls.clone();
     let r = conns::storm(
         broker,
         Storm {
@@ -342,8 +343,13 @@ async fn connect(
         },
     )
     .await?;
+    // Whether the handshakes were the full ones asked for (or resumed, with --tls-resume).
+    let handshakes = tls.map_or_else(String::new, |t| {
+        let (full, resumed) = t.handshakes();
+        format!(" tls_full={full} tls_resumed={resumed}")
+    });
     Ok(format!(
-        "{head} scenario=connect workers={workers} connects_per_s={:.0} {} generator_cores={:.2}",
+        "{head} scenario=connect workers={workers} connects_per_s={:.0} {} generator_cores={:.2}{handshakes}",
         r.connects_per_s,
         percentiles(&r.latency),
         r.generator_cores
