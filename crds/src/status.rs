@@ -84,6 +84,14 @@ pub struct ThingStatus {
     /// cert-manager, or brought): what a device should hold.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub certificate: Option<ThingCertificate>,
+    /// Serials (hex, `:` separators allowed) of this thing's certificates that no longer
+    /// authenticate it, for whoever revokes without owning the spec (an incident tool, a
+    /// device management system: `kubectl patch thing NAME --subresource=status --type=merge
+    /// -p '{"status":{"revokedSerials":["1f2e"]}}'`). The operator never writes it; it counts
+    /// as `spec.credentials.x509.revokedSerials` does and ends the sessions that used one.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(schema_with = "crate::thing::revoked_serials")]
+    pub revoked_serials: Vec<String>,
 }
 
 /// What the operator read of a thing's certificate. Never the key.

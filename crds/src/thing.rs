@@ -134,7 +134,7 @@ pub struct X509Subject {
     pub common_name: Option<String>,
 }
 
-fn revoked_serials(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+pub(crate) fn revoked_serials(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
     schemars::json_schema!({
         "type": "array",
         "maxItems": REVOKED_SERIALS_MAX,

@@ -328,21 +328,33 @@ pub(crate) fn policy_mode(mode: crds::CredentialMode) -> policy::CredentialMode 
 
 /// A thing's certificate rules with its revoked serials normalized; a serial that is not hex
 /// is refused (the CRD's pattern checks this in a cluster; a manifest directory has none).
+/// The serials listed in `status.revokedSerials` count as the spec's.
 pub(crate) fn thing_x509(
     x509: Option<&crds::ThingX509>,
+    status_serials: &[String],
 ) -> Result<Option<policy::ThingX509>, Readiness> {
     let Some(x509) = x509 else {
         return Ok(None);
     };
     let mut revoked_serials = Vec::with_capacity(x509.revoked_serials.len());
-    for (i, serial) in x509.revoked_serials.iter().enumerate() {
+    let listed = x509
+        .revoked_serials
+        .iter()
+        .enumerate()
+        .map(|(i, s)| (format!("spec.credentials.x509.revokedSerials[{i}]"), s))
+        .chain(
+            status_serials
+                .iter()
+                .enumerate()
+                .map(|(i, s)| (format!("status.revokedSerials[{i}]"), s)),
+        );
+    for (field, serial) in listed {
         let normalized = policy::normalize_serial(serial).ok_or_else(|| {
             Readiness::not_ready(
                 Reason::InvalidSpec,
                 format!(
-                    "spec.credentials.x509.revokedSerials[{i}]: {serial:?} is not a serial \
-                     number; write it in hex, `:` separators allowed (as `openssl x509 -serial` \
-                     prints it)"
+                    "{field}: {serial:?} is not a serial number; write it in hex, `:` \
+                     separators allowed (as `openssl x509 -serial` prints it)"
                 ),
             )
         })?;

@@ -790,8 +790,15 @@ macro_rules! has_spec {
         }
     )*};
 }
+/// A Thing's status carries revoked serials that others write: they count as its spec.
+impl HasSpec for crds::Thing {
+    fn spec_eq(&self, other: &Self) -> bool {
+        let revoked = |t: &Self| t.status.as_ref().map(|s| s.revoked_serials.clone());
+        self.spec == other.spec && revoked(self) == revoked(other)
+    }
+}
+
 has_spec!(
-    crds::Thing,
     crds::Channel,
     crds::Connection,
     crds::User,

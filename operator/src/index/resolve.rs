@@ -374,7 +374,8 @@ impl<'a> Resolver<'a> {
                 mode,
                 x509: self.x509_facts(name, thing),
             };
-            let x509 = device_ca::thing_x509(credentials.x509.as_ref());
+            let listed = thing.status.as_ref().map(|s| s.revoked_serials.as_slice());
+            let x509 = device_ca::thing_x509(credentials.x509.as_ref(), listed.unwrap_or_default());
             let refusal = if !within {
                 Some(self.limit_exceeded("thing", limit))
             } else if let Some(mp) = thing

@@ -306,7 +306,11 @@ fn normalized(status: &ShownStatus) -> ShownStatus {
     let mut status = status.clone();
     match &mut status {
         ShownStatus::Tenant(s) => fix(&mut s.conditions),
-        ShownStatus::Thing(s) => fix(&mut s.conditions),
+        ShownStatus::Thing(s) => {
+            fix(&mut s.conditions);
+            // Others' to write (revocations): never the operator's.
+            s.revoked_serials.clear();
+        }
         ShownStatus::Resource(s) => fix(&mut s.conditions),
         ShownStatus::Policy(s) => fix(&mut s.conditions),
     }

@@ -488,6 +488,22 @@ fn revoked_serials_are_normalized_and_a_malformed_one_is_refused() {
         "{message}"
     );
     assert!(index.snapshot().thing("acme", "bad").is_none());
+
+    // A serial listed in the status (by whoever revokes without owning the spec) counts too,
+    // and a status change alone reaches the snapshot.
+    let Object::Thing(mut good) = x509_thing("acme", "good", cert, rules(&["0A:BC", "00ff"]))
+    else {
+        unreachable!("x509_thing makes a Thing")
+    };
+    good.status = Some(crds::ThingStatus {
+        revoked_serials: vec!["01:02".into()],
+        ..Default::default()
+    });
+    index.apply(Object::Thing(good));
+    index.commit().expect("a status revocation commits");
+    let good = index.snapshot().thing("acme", "good").expect("served");
+    let serials = &good.x509.as_ref().expect("rules").revoked_serials;
+    assert_eq!(serials, &["102", "abc", "ff"]);
 }
 
 #[test]
