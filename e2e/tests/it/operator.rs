@@ -207,11 +207,12 @@ fn examples_get_keys_and_become_ready_and_a_brought_key_is_kept() {
         let sensor = kubectl.get_json(&["thing", "sensor-1", "-n", "acme"])?;
         ensure!(sensor["status"]["keyFingerprint"] == fingerprint(ACME_SENSOR_KEY)?.as_str());
 
-        // The tenant counts its things and channels; nothing is enforced without dataplanes.
+        // The tenant counts its things (sensor-1, dashboard, meter-1) and channels; nothing is
+        // enforced without dataplanes.
         let tenant = kubectl.get_json(&["tenant", "acme"])?;
         ensure!(
             tenant["status"]["namespace"] == "acme"
-                && tenant["status"]["things"] == 2
+                && tenant["status"]["things"] == 3
                 && tenant["status"]["channels"] == 1,
             "tenant status: {}",
             tenant["status"]
