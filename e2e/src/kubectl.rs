@@ -140,6 +140,50 @@ impl Kubectl {
             .with_context(|| format!("parse the JSON of kubectl {}", full.join(" ")))
     }
 
+    /// `(status, reason, message)` of condition `type_` of the object `kubectl get args...`
+    /// names, when it shows one.
+    pub fn condition(
+        &self,
+        args: &[&str],
+        type_: &str,
+    ) -> Result<Option<(String, String, String)>> {
+        let obj = self.get_json(args)?;
+        Ok(obj["status"]["conditions"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|c| c["type"] == type_)
+            .map(|c| {
+                let s = |f: &str| c[f].as_str().unwrap_or_default().to_owned();
+                (s("status"), s("reason"), s("message"))
+            }))
+    }
+
+    /// Waits up to `within` until condition `type_` of the object has `status` and `reason`;
+    /// returns its message.
+    pub fn wait_condition(
+        &self,
+        args: &[&str],
+        (type_, status, reason): (&str, &str, &str),
+        within: Duration,
+    ) -> Result<String> {
+        let mut message = String::new();
+        wait_until(
+            &format!("{} {type_}={status} ({reason})", args.join(" ")),
+            within,
+            || {
+                Ok(match self.condition(args, type_)? {
+                    Some((s, r, m)) if s == status && r == reason => {
+                        message = m;
+                        true
+                    }
+                    _ => false,
+                })
+            },
+        )?;
+        Ok(message)
+    }
+
     /// Whether `kubectl get args...` finds the object (a NotFound is `false`).
     pub fn exists(&self, args: &[&str]) -> Result<bool> {
         let mut full = vec!["get"];

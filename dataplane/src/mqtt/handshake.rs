@@ -54,6 +54,27 @@ struct Identified {
     token_ends: Option<tokio::time::Instant>,
 }
 
+impl Identified {
+    /// Who a CONNECT proved to be, with its thing's mountpoint.
+    fn new(
+        snapshot: Arc<Snapshot>,
+        subject: Subject,
+        key_digest: Option<KeyDigest>,
+        token_ends: Option<tokio::time::Instant>,
+    ) -> Self {
+        let mount = snapshot
+            .mountpoint_of(&subject.tenant, &subject.name)
+            .map(|ch| Mountpoint::new(&subject.tenant, ch));
+        Self {
+            snapshot,
+            subject,
+            key_digest,
+            mount,
+            token_ends,
+        }
+    }
+}
+
 /// What a resumed or persistent session starts with.
 struct Resumed<L> {
     saved: Option<SavedSession>,
@@ -326,16 +347,7 @@ impl<R: Router, S: AsyncWrite + Unpin> Handshake<'_, R, S> {
             (s, None)
         };
         let key_digest = (!by_token).then(|| KeyDigest::of(password));
-        let mount = snapshot
-            .mountpoint_of(&subject.tenant, &subject.name)
-            .map(|ch| Mountpoint::new(&subject.tenant, ch));
-        Ok(Identified {
-            snapshot,
-            subject,
-            key_digest,
-            mount,
-            token_ends,
-        })
+        Ok(Identified::new(snapshot, subject, key_digest, token_ends))
     }
 
     /// The policy to answer from; a pod that never had one refuses, saying it is the
@@ -388,16 +400,7 @@ impl<R: Router, S: AsyncWrite + Unpin> Handshake<'_, R, S> {
             .certificate
             .as_ref()
             .map(|c| tokio::time::Instant::now() + c.remaining(UnixTime::now()));
-        let mount = snapshot
-            .mountpoint_of(&subject.tenant, &subject.name)
-            .map(|ch| Mountpoint::new(&subject.tenant, ch));
-        Ok(Identified {
-            snapshot,
-            subject,
-            key_digest: None,
-            mount,
-            token_ends,
-        })
+        Ok(Identified::new(snapshot, subject, None, token_ends))
     }
 
     /// Registers the session, ending any live one with its id (waiting a bounded time), and

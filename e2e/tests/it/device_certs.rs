@@ -102,44 +102,6 @@ fn cluster(logs: &LogDir) -> Result<(ControlPlane, Kubectl)> {
     Ok((plane, kubectl))
 }
 
-/// `(status, reason, message)` of condition `type_`, when the object shows it.
-fn condition(kubectl: &Kubectl, args: &[&str], type_: &str) -> Result<Option<[String; 3]>> {
-    let obj = kubectl.get_json(args)?;
-    Ok(obj["status"]["conditions"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .find(|c| c["type"] == type_)
-        .map(|c| {
-            ["status", "reason", "message"].map(|f| c[f].as_str().unwrap_or_default().to_owned())
-        }))
-}
-
-/// Waits until condition `type_` is `status` with `reason`; returns its message.
-fn wait_condition(
-    kubectl: &Kubectl,
-    args: &[&str],
-    type_: &str,
-    status: &str,
-    reason: &str,
-) -> Result<String> {
-    let mut message = String::new();
-    wait_until(
-        &format!("{} {type_}={status} ({reason})", args.join(" ")),
-        SETTLE,
-        || {
-            Ok(match condition(kubectl, args, type_)? {
-                Some([s, r, m]) if s == status && r == reason => {
-                    message = m;
-                    true
-                }
-                _ => false,
-            })
-        },
-    )?;
-    Ok(message)
-}
-
 fn secret(namespace: &str, name: &str, entries: &[(&str, &str)]) -> Value {
     let data: serde_json::Map<String, Value> = entries
         .iter()
@@ -199,11 +161,11 @@ fn a_byo_ca_and_certificate_flow_into_the_status() {
         let _op = Operator::start("operator-0", plane.kubeconfig(), TOKEN, logs.path())?;
 
         let acme = ["tenant", "acme"];
-        let message = wait_condition(&kubectl, &acme, "DeviceCA", "True", "CALoaded")?;
+        let message = kubectl.wait_condition(&acme, ("DeviceCA", "True", "CALoaded"), SETTLE)?;
         ensure!(message.contains("acme/acme-ca"), "{message}");
-        wait_condition(&kubectl, &acme, "Ready", "True", "Accepted")?;
+        kubectl.wait_condition(&acme, ("Ready", "True", "Accepted"), SETTLE)?;
         let sensor = ["thing", "sensor-1", "-n", "acme"];
-        wait_condition(&kubectl, &sensor, "Ready", "True", "Accepted")?;
+        kubectl.wait_condition(&sensor, ("Ready", "True", "Accepted"), SETTLE)?;
         let mut shown = Value::Null;
         wait_until("sensor-1's status.certificate", SETTLE, || {
             shown = kubectl.get_json(&sensor)?["status"]["certificate"].clone();
@@ -223,19 +185,21 @@ fn a_byo_ca_and_certificate_flow_into_the_status() {
         );
 
         let globex = ["tenant", "globex"];
-        let message = wait_condition(&kubectl, &globex, "DeviceCA", "False", "InvalidCA")?;
+        let message =
+            kubectl.wait_condition(&globex, ("DeviceCA", "False", "InvalidCA"), SETTLE)?;
         ensure!(message.contains("globex/globex-ca"), "{message}");
-        wait_condition(&kubectl, &globex, "Ready", "True", "Accepted")?;
+        kubectl.wait_condition(&globex, ("Ready", "True", "Accepted"), SETTLE)?;
         let meter = ["thing", "meter", "-n", "globex"];
-        wait_condition(&kubectl, &meter, "Ready", "False", "NoDeviceCA")?;
+        kubectl.wait_condition(&meter, ("Ready", "False", "NoDeviceCA"), SETTLE)?;
 
         let initech = ["tenant", "initech"];
-        wait_condition(&kubectl, &initech, "DeviceCA", "False", "IssuerNotFound")?;
+        kubectl.wait_condition(&initech, ("DeviceCA", "False", "IssuerNotFound"), SETTLE)?;
         let gw = ["thing", "gw", "-n", "initech"];
-        let message = wait_condition(&kubectl, &gw, "Certificate", "False", "CertManagerMissing")?;
+        let message =
+            kubectl.wait_condition(&gw, ("Certificate", "False", "CertManagerMissing"), SETTLE)?;
         ensure!(message.contains("install cert-manager"), "{message}");
         // Its key still works meanwhile: keyOrCertificate, with the generated key.
-        wait_condition(&kubectl, &gw, "Ready", "True", "Accepted")?;
+        kubectl.wait_condition(&gw, ("Ready", "True", "Accepted"), SETTLE)?;
 
         // Fixing the CA Secret loads it.
         kubectl.apply(
@@ -246,8 +210,8 @@ fn a_byo_ca_and_certificate_flow_into_the_status() {
             )
             .to_string(),
         )?;
-        wait_condition(&kubectl, &globex, "DeviceCA", "True", "CALoaded")?;
-        wait_condition(&kubectl, &meter, "Ready", "True", "Accepted")?;
+        kubectl.wait_condition(&globex, ("DeviceCA", "True", "CALoaded"), SETTLE)?;
+        kubectl.wait_condition(&meter, ("Ready", "True", "Accepted"), SETTLE)?;
         Ok(())
     });
 }
@@ -320,12 +284,10 @@ fn a_thing_that_asks_gets_a_cert_manager_certificate_owned_by_it() {
         let _op = Operator::start("operator-0", plane.kubeconfig(), TOKEN, logs.path())?;
 
         // The issuer's CA is the tenant's trust.
-        let message = wait_condition(
-            &kubectl,
+        let message = kubectl.wait_condition(
             &["tenant", "acme"],
-            "DeviceCA",
-            "True",
-            "CALoaded",
+            ("DeviceCA", "True", "CALoaded"),
+            SETTLE,
         )?;
         ensure!(message.contains("Issuer acme/devices"), "{message}");
 
@@ -358,12 +320,10 @@ fn a_thing_that_asks_gets_a_cert_manager_certificate_owned_by_it() {
             "the Certificate's spec:\n{spec:#}\nexpected:\n{expected:#}"
         );
         // No cert-manager controller here: the thing waits for its certificate.
-        wait_condition(
-            &kubectl,
+        kubectl.wait_condition(
             &["thing", "sensor-1", "-n", "acme"],
-            "Certificate",
-            "False",
-            "Pending",
+            ("Certificate", "False", "Pending"),
+            SETTLE,
         )?;
 
         // A thing that stops asking loses its Certificate.
@@ -529,12 +489,10 @@ fn devices_connect_by_certificate_and_a_claim_provisions_one_through_the_operato
             ],
         )?;
         let op = Operator::start("operator-0", plane.kubeconfig(), TOKEN, logs.path())?;
-        wait_condition(
-            &kubectl,
+        kubectl.wait_condition(
             &["tenant", "acme"],
-            "DeviceCA",
-            "True",
-            "CALoaded",
+            ("DeviceCA", "True", "CALoaded"),
+            SETTLE,
         )?;
         let config = DataplaneConfig {
             operators: vec![op.sync_url()],

@@ -44,49 +44,6 @@ fn apply_examples(kubectl: &Kubectl) -> Result<()> {
     Ok(())
 }
 
-/// `(status, reason, message)` of condition `type_` of an object.
-fn condition(
-    kubectl: &Kubectl,
-    args: &[&str],
-    type_: &str,
-) -> Result<Option<(String, String, String)>> {
-    let obj = kubectl.get_json(args)?;
-    Ok(obj["status"]["conditions"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .find(|c| c["type"] == type_)
-        .map(|c| {
-            let s = |f: &str| c[f].as_str().unwrap_or_default().to_owned();
-            (s("status"), s("reason"), s("message"))
-        }))
-}
-
-/// Waits until condition `type_` of the object has `status` and `reason`; returns its message.
-fn wait_condition(
-    kubectl: &Kubectl,
-    args: &[&str],
-    type_: &str,
-    status: &str,
-    reason: &str,
-) -> Result<String> {
-    let mut message = String::new();
-    wait_until(
-        &format!("{} {type_}={status} ({reason})", args.join(" ")),
-        SETTLE,
-        || {
-            Ok(match condition(kubectl, args, type_)? {
-                Some((s, r, m)) if s == status && r == reason => {
-                    message = m;
-                    true
-                }
-                _ => false,
-            })
-        },
-    )?;
-    Ok(message)
-}
-
 /// Every Fleetward object of `namespace`, as `kind/name`.
 fn fleetward_objects(kubectl: &Kubectl, namespace: &str) -> Result<Vec<String>> {
     let out = kubectl.run(&["get", "fleetward", "-n", namespace, "-o", "name"])?;
@@ -158,11 +115,11 @@ fn lease_holder(kubectl: &Kubectl) -> Result<String> {
 fn wait_all_ready(kubectl: &Kubectl, namespaces: &[&str]) -> Result<()> {
     for ns in namespaces {
         for object in fleetward_objects(kubectl, ns)? {
-            wait_condition(kubectl, &[&object, "-n", ns], "Ready", "True", "Accepted")?;
+            kubectl.wait_condition(&[&object, "-n", ns], ("Ready", "True", "Accepted"), SETTLE)?;
         }
     }
     for tenant in namespaces {
-        wait_condition(kubectl, &["tenant", tenant], "Ready", "True", "Accepted")?;
+        kubectl.wait_condition(&["tenant", tenant], ("Ready", "True", "Accepted"), SETTLE)?;
     }
     Ok(())
 }
@@ -217,12 +174,10 @@ fn examples_get_keys_and_become_ready_and_a_brought_key_is_kept() {
             "tenant status: {}",
             tenant["status"]
         );
-        wait_condition(
-            &kubectl,
+        kubectl.wait_condition(
             &["thing", "dashboard", "-n", "acme"],
-            "Enforced",
-            "False",
-            "NoDataplanes",
+            ("Enforced", "False", "NoDataplanes"),
+            SETTLE,
         )?;
         ensure!(thing["status"]["observedGeneration"] == thing["metadata"]["generation"]);
 
@@ -270,12 +225,10 @@ fn a_deleted_thing_takes_its_generated_secret_and_leaves_the_snapshot() {
         wait_until("the snapshot shrinks", SETTLE, || {
             Ok(metric(ops[0].admin_addr, "fleetward_operator_snapshot_resources")? < before)
         })?;
-        wait_condition(
-            &kubectl,
+        kubectl.wait_condition(
             &["connection", "dashboard-subscribes-telemetry", "-n", "acme"],
-            "Ready",
-            "False",
-            "SubjectNotFound",
+            ("Ready", "False", "SubjectNotFound"),
+            SETTLE,
         )?;
 
         // A brought-your-own Secret is the user's: it stays when its Thing goes.
@@ -309,17 +262,15 @@ fn refusals_name_their_reason_and_clear_when_fixed() {
         };
         kubectl.apply(&tenant("shop", "shop", 1).to_string())?;
         let _ops = start_operators(1, plane.kubeconfig(), TOKEN, logs.path())?;
-        wait_condition(&kubectl, &["tenant", "shop"], "Ready", "True", "Accepted")?;
+        kubectl.wait_condition(&["tenant", "shop"], ("Ready", "True", "Accepted"), SETTLE)?;
 
         // A second Tenant on the same namespace.
         thread::sleep(Duration::from_secs(1)); // a later creation time: shop stays the owner
         kubectl.apply(&tenant("shop-again", "shop", 5).to_string())?;
-        let msg = wait_condition(
-            &kubectl,
+        let msg = kubectl.wait_condition(
             &["tenant", "shop-again"],
-            "Ready",
-            "False",
-            "NamespaceClaimed",
+            ("Ready", "False", "NamespaceClaimed"),
+            SETTLE,
         )?;
         ensure!(
             msg.contains("shop"),
@@ -328,39 +279,31 @@ fn refusals_name_their_reason_and_clear_when_fixed() {
 
         // No Tenant owns `orphans`: not served, and no Secret is made there.
         kubectl.apply(&object("Thing", "orphans", "stray", json!({})).to_string())?;
-        wait_condition(
-            &kubectl,
+        kubectl.wait_condition(
             &["thing", "stray", "-n", "orphans"],
-            "Ready",
-            "False",
-            "NoTenant",
+            ("Ready", "False", "NoTenant"),
+            SETTLE,
         )?;
-        wait_condition(
-            &kubectl,
+        kubectl.wait_condition(
             &["thing", "stray", "-n", "orphans"],
-            "Enforced",
-            "False",
-            "NotServed",
+            ("Enforced", "False", "NotServed"),
+            SETTLE,
         )?;
         ensure!(!kubectl.exists(&["secret", "stray-credentials", "-n", "orphans"])?);
 
         // maxThings: 1 — the second Thing is beyond the limit.
         kubectl.apply(&object("Thing", "shop", "first", json!({})).to_string())?;
-        wait_condition(
-            &kubectl,
+        kubectl.wait_condition(
             &["thing", "first", "-n", "shop"],
-            "Ready",
-            "True",
-            "Accepted",
+            ("Ready", "True", "Accepted"),
+            SETTLE,
         )?;
         thread::sleep(Duration::from_secs(1));
         kubectl.apply(&object("Thing", "shop", "second", json!({})).to_string())?;
-        wait_condition(
-            &kubectl,
+        kubectl.wait_condition(
             &["thing", "second", "-n", "shop"],
-            "Ready",
-            "False",
-            "LimitExceeded",
+            ("Ready", "False", "LimitExceeded"),
+            SETTLE,
         )?;
 
         // A Connection to a missing Channel, then the Channel.
@@ -372,29 +315,25 @@ fn refusals_name_their_reason_and_clear_when_fixed() {
         );
         kubectl.apply(&grant.to_string())?;
         let args = ["connection", "first-publishes-orders", "-n", "shop"];
-        let msg = wait_condition(&kubectl, &args, "Ready", "False", "ChannelNotFound")?;
+        let msg = kubectl.wait_condition(&args, ("Ready", "False", "ChannelNotFound"), SETTLE)?;
         ensure!(
             msg.contains("orders"),
             "the message names the missing channel: {msg}"
         );
         kubectl.apply(&object("Channel", "shop", "orders", json!({})).to_string())?;
-        wait_condition(&kubectl, &args, "Ready", "True", "Accepted")?;
+        kubectl.wait_condition(&args, ("Ready", "True", "Accepted"), SETTLE)?;
 
         // The owner goes: the second claimant takes the namespace.
         kubectl.run(&["delete", "tenant", "shop"])?;
-        wait_condition(
-            &kubectl,
+        kubectl.wait_condition(
             &["tenant", "shop-again"],
-            "Ready",
-            "True",
-            "Accepted",
+            ("Ready", "True", "Accepted"),
+            SETTLE,
         )?;
-        wait_condition(
-            &kubectl,
+        kubectl.wait_condition(
             &["thing", "second", "-n", "shop"],
-            "Ready",
-            "True",
-            "Accepted",
+            ("Ready", "True", "Accepted"),
+            SETTLE,
         )?;
         Ok(())
     });
@@ -439,7 +378,8 @@ fn condition_transitions_are_recorded_as_events() {
 
         // The missing channel: a Warning with the condition's reason and message.
         let args = ["connection", "dashboard-subscribes-alerts", "-n", "acme"];
-        let message = wait_condition(&kubectl, &args, "Ready", "False", "ChannelNotFound")?;
+        let message =
+            kubectl.wait_condition(&args, ("Ready", "False", "ChannelNotFound"), SETTLE)?;
         let mut events = Vec::new();
         wait_until(
             "a ChannelNotFound Warning on the Connection",
@@ -472,7 +412,7 @@ fn condition_transitions_are_recorded_as_events() {
 
         // An enforced Connection: one Normal Enforced Event, no Warning for passing states.
         let good = ["connection", "dashboard-subscribes-telemetry", "-n", "acme"];
-        wait_condition(&kubectl, &good, "Enforced", "True", "Enforced")?;
+        kubectl.wait_condition(&good, ("Enforced", "True", "Enforced"), SETTLE)?;
         wait_until(
             "an Enforced Event on the enforced Connection",
             SETTLE,
@@ -564,7 +504,8 @@ fn a_refused_secret_shows_in_the_status_and_is_retried_until_it_is_created() {
         )?;
         let ops = start_operators(1, plane.kubeconfig(), TOKEN, logs.path())?;
         let args = ["thing", "meter", "-n", "strict"];
-        let message = wait_condition(&kubectl, &args, "Ready", "False", "CredentialsPending")?;
+        let message =
+            kubectl.wait_condition(&args, ("Ready", "False", "CredentialsPending"), SETTLE)?;
         ensure!(
             message.contains("could not create the credentials Secret")
                 && message.contains("meter-credentials"),
@@ -588,7 +529,11 @@ fn a_refused_secret_shows_in_the_status_and_is_retried_until_it_is_created() {
         let took = wait_until(
             "Thing meter Ready after the admission policy went",
             COLLECTION_TIMEOUT,
-            || Ok(condition(&kubectl, &args, "Ready")?.is_some_and(|(s, _, _)| s == "True")),
+            || {
+                Ok(kubectl
+                    .condition(&args, "Ready")?
+                    .is_some_and(|(s, _, _)| s == "True"))
+            },
         )?;
         eprintln!("Ready {took:?} after the refusal's cause went");
         ensure!(kubectl.exists(&["secret", "meter-credentials", "-n", "strict"])?);
@@ -689,12 +634,10 @@ fn the_other_replica_takes_over_when_the_leader_dies_or_steps_down() {
             "metadata": {"name": "after-takeover", "namespace": "acme"}, "spec": {},
         });
         kubectl.apply(&thing.to_string())?;
-        wait_condition(
-            &kubectl,
+        kubectl.wait_condition(
             &["thing", "after-takeover", "-n", "acme"],
-            "Ready",
-            "True",
-            "Accepted",
+            ("Ready", "True", "Accepted"),
+            SETTLE,
         )?;
         ensure!(kubectl.exists(&["secret", "after-takeover-credentials", "-n", "acme"])?);
 
