@@ -352,30 +352,45 @@ impl Dataplane {
         log_dir: &Path,
         attempt: u32,
     ) -> Result<Process> {
-        let rendered = chart::template_of(
-            &release.chart,
-            OPERATOR_NAMESPACE,
-            &[],
-            &dataplane_values(config.nats_url.as_deref()),
-        )?;
-        let container = rendered.container(&format!("{RELEASE}-dataplane"), "dataplane")?;
-        let token_file = write_token(log_dir, node_id, &config.sync_token)?;
-        let flags = BTreeMap::from([
-            ("--operator", config.operators.join(",")),
-            ("--state-dir", path_string(state_dir)?),
-            ("--token-file", path_string(&token_file)?),
+        let listeners = [
             ("--mqtt-listen", mqtt.to_string()),
             ("--http-listen", http.to_string()),
             ("--admin-listen", admin.to_string()),
-        ]);
-        let fields = BTreeMap::from([("metadata.name", node_id.to_owned())]);
-        let cmd: Command = container.command(&release.binary, &flags, &fields)?;
+        ];
+        let values = dataplane_values(config.nats_url.as_deref());
+        let cmd = dataplane_command(
+            release, node_id, state_dir, config, &values, listeners, log_dir,
+        )?;
         let name = match attempt {
             1 => node_id.to_owned(),
             n => format!("{node_id}-{n}"),
         };
         Process::spawn(&name, cmd, log_dir)
     }
+}
+
+/// The dataplane's command line as the chart renders it with `values`, its PolicySync and
+/// state flags and `listeners` (flag, value) replaced with local ones.
+fn dataplane_command<const N: usize>(
+    release: &Release,
+    node_id: &str,
+    state_dir: &Path,
+    config: &DataplaneConfig,
+    values: &Value,
+    listeners: [(&str, String); N],
+    log_dir: &Path,
+) -> Result<Command> {
+    let rendered = chart::template_of(&release.chart, OPERATOR_NAMESPACE, &[], values)?;
+    let container = rendered.container(&format!("{RELEASE}-dataplane"), "dataplane")?;
+    let token_file = write_token(log_dir, node_id, &config.sync_token)?;
+    let mut flags = BTreeMap::from([
+        ("--operator", config.operators.join(",")),
+        ("--state-dir", path_string(state_dir)?),
+        ("--token-file", path_string(&token_file)?),
+    ]);
+    flags.extend(listeners);
+    let fields = BTreeMap::from([("metadata.name", node_id.to_owned())]);
+    container.command(&release.binary, &flags, &fields)
 }
 
 /// A dataplane with the chart's MQTTS and HTTPS listeners (`dataplane.mqtts`,
@@ -407,13 +422,7 @@ impl TlsDataplane {
         let mut values = dataplane_values(config.nats_url.as_deref());
         values["dataplane"]["mqtts"] = json!({"enabled": true, "existingSecret": "e2e-tls"});
         values["dataplane"]["https"] = json!({"enabled": true});
-        let rendered = chart::template_of(&release.chart, OPERATOR_NAMESPACE, &[], &values)?;
-        let container = rendered.container(&format!("{RELEASE}-dataplane"), "dataplane")?;
-        let token_file = write_token(log_dir, node_id, &config.sync_token)?;
-        let flags = BTreeMap::from([
-            ("--operator", config.operators.join(",")),
-            ("--state-dir", path_string(state_dir)?),
-            ("--token-file", path_string(&token_file)?),
+        let listeners = [
             ("--mqtt-listen", addr(mqtt).to_string()),
             ("--http-listen", addr(http).to_string()),
             ("--admin-listen", addr(admin).to_string()),
@@ -421,9 +430,10 @@ impl TlsDataplane {
             ("--https-listen", addr(https).to_string()),
             ("--tls-cert", path_string(cert)?),
             ("--tls-key", path_string(key)?),
-        ]);
-        let fields = BTreeMap::from([("metadata.name", node_id.to_owned())]);
-        let cmd = container.command(&release.binary, &flags, &fields)?;
+        ];
+        let cmd = dataplane_command(
+            &release, node_id, state_dir, &config, &values, listeners, log_dir,
+        )?;
         let mut process = Process::spawn(node_id, cmd, log_dir)?;
         wait_ready(&mut process, addr(admin))?;
         Ok(Self {
