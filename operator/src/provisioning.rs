@@ -148,10 +148,7 @@ fn random_serial() -> Result<[u8; 16], Failure> {
     Ok(serial)
 }
 
-/// Whether `name` is a thing name the claim gives: its pattern matches the whole name.
-pub fn name_allowed(pattern: &str, name: &str) -> bool {
-    regex::Regex::new(&format!("^(?:{pattern})$")).is_ok_and(|re| re.is_match(name))
-}
+pub use fleetward_policy::provisioning::name_allowed;
 
 /// The claim of a tenant, or why it cannot be used.
 pub fn claim_of<'a>(

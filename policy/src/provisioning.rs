@@ -35,6 +35,12 @@ impl ProvisioningClaim {
     }
 }
 
+/// Whether `name` is one a claim with `pattern` gives: the regular expression matches the
+/// whole name. A pattern that does not compile gives none.
+pub fn name_allowed(pattern: &str, name: &str) -> bool {
+    regex::Regex::new(&format!("^(?:{pattern})$")).is_ok_and(|re| re.is_match(name))
+}
+
 mod hex_digests {
     use serde::{Deserialize, Deserializer, Serializer, de::Error as _};
 

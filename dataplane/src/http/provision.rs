@@ -185,8 +185,7 @@ fn claim_of<R: Router>(
 /// A DNS label that the claim's pattern matches as a whole.
 fn check_name(claim: &ProvisioningClaim, name: &str) -> Result<(), ApiError> {
     let label = fleetward_policy::is_dns_label(name);
-    let matches = regex::Regex::new(&format!("^(?:{})$", claim.name_pattern))
-        .is_ok_and(|re| re.is_match(name));
+    let matches = fleetward_policy::provisioning::name_allowed(&claim.name_pattern, name);
     if label && matches {
         return Ok(());
     }
