@@ -52,6 +52,18 @@ pub struct DataplaneArgs {
     /// is the only one (in-process bus). Retained messages across pods need JetStream.
     #[arg(long, value_delimiter = ',', env = "FLEETWARD_NATS")]
     pub nats: Vec<String>,
+    /// With --nats: keep persistent sessions, and the QoS 1/2 messages queued for them, in NATS
+    /// JetStream, so any pod resumes a session and a publish is acknowledged only once stored
+    /// (BUS.md, "Persistent sessions"). `false` keeps sessions on their pod, as without NATS.
+    #[arg(long, env = "FLEETWARD_DURABLE_SESSIONS", default_value_t = true, action = clap::ArgAction::Set)]
+    pub durable_sessions: bool,
+    /// Bytes of QoS 1/2 messages each tenant's JetStream stream keeps for its persistent
+    /// sessions; past them its oldest go first (its own sessions only).
+    #[arg(long, default_value_t = 256 << 20, value_parser = clap::value_parser!(i64).range(1..))]
+    pub durable_tenant_bytes: i64,
+    /// Replicas of each tenant's stream: 3 on a clustered NATS, 1 on a single server.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=5))]
+    pub durable_replicas: u64,
     /// The PostgreSQL the history reader (`GET …/messages`) reads, as `fleetward writer`
     /// writes it: `postgres://user:password@host/db[?sslmode=verify-full]`. Absent, the reader
     /// answers 503 `no_history_store`. With --nats, messages of channels with history go to

@@ -101,7 +101,13 @@ impl Dataplane {
         d = d.users(args.users_config()).node_id(args.node_id.clone());
         if !args.nats.is_empty() {
             let node_id = args.node_id.clone().unwrap_or_else(random_node_id);
-            d = d.nats(Some(NatsConfig::new(args.nats.clone(), node_id)));
+            let mut nats = NatsConfig::new(args.nats.clone(), node_id);
+            nats.durable = args.durable_sessions.then(|| crate::bus::DurableConfig {
+                tenant_bytes: args.durable_tenant_bytes,
+                replicas: usize::try_from(args.durable_replicas).unwrap_or(1),
+                ..Default::default()
+            });
+            d = d.nats(Some(nats));
         }
         d
     }
@@ -276,6 +282,11 @@ impl Dataplane {
         let shared = self.front_end(inner, bus.bus, retained, bus.nats_client, &metrics);
         let mut tasks = JoinSet::new();
         spawn_audit(&mut tasks, &shared);
+        if let Some(takeovers) = shared.follow_takeovers() {
+            tasks.spawn(async move {
+                let _ = takeovers.await;
+            });
+        }
         let mqtt_addr = self.serve_mqtt(&mut tasks, &shared, &gate).await?;
         let mqtts_addr = self.serve_mqtts(&mut tasks, &shared, &gate).await?;
         let http_addr = self.serve_http(&mut tasks, &shared, &gate).await?;
@@ -342,7 +353,12 @@ impl Dataplane {
                 store.set(tenant, channel, topic, message);
             }),
         };
-        let bus = NatsBus::start(config.clone(), inbound, metrics.clone())
+        let mut config = config.clone();
+        if let Some(durable) = &mut config.durable {
+            // Stored messages are kept as long as a session may be away.
+            durable.max_age = self.mqtt.max_session_expiry;
+        }
+        let bus = NatsBus::start(config, inbound, metrics.clone())
             .await
             .context("starting the NATS bus")?;
         Ok(StartedBus {
@@ -374,6 +390,23 @@ impl Dataplane {
             },
             _ => self.history.clone(),
         };
+        // Persistent sessions live in JetStream where the bus stores QoS 1/2 messages there.
+        let durable = match (&self.nats, &nats_client) {
+            (
+                Some(NatsConfig {
+                    durable: Some(config),
+                    node_id,
+                    ..
+                }),
+                Some(client),
+            ) => Some(Arc::new(crate::mqtt::DurableSessions::new(
+                client.clone(),
+                node_id.clone(),
+                config.clone(),
+                self.mqtt.max_inflight,
+            ))),
+            _ => None,
+        };
         let refresh = RefreshStore::for_bus(nats_client, self.users.tokens.refresh_ttl);
         let users = Arc::new(Users::new(self.users.clone(), refresh));
         let router = BusRouter::new(inner, bus);
@@ -390,7 +423,7 @@ impl Dataplane {
             .with_history(history)
             .with_provisioner(self.provisioner.clone()),
         );
-        Arc::new(Broker::new(ingress))
+        Arc::new(Broker::new(ingress).with_durable(durable))
     }
 
     /// The plain MQTT listener.

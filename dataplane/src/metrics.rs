@@ -86,6 +86,9 @@ struct BusCounters {
     published: Counter,
     received: Counter,
     dropped: Family<ReasonLabel, Counter>,
+    durable_stored: Counter,
+    durable_retried: Counter,
+    durable_resumed: Counter,
 }
 
 impl Collector for BusCounters {
@@ -114,6 +117,21 @@ impl Collector for BusCounters {
                 "fleetward_bus_received",
                 "Messages from other pods delivered locally.",
                 &self.received,
+            ),
+            (
+                "fleetward_bus_durable_stored",
+                "QoS 1/2 messages stored in their tenant's JetStream stream before their publisher was acknowledged.",
+                &self.durable_stored,
+            ),
+            (
+                "fleetward_bus_durable_retried",
+                "Attempts to store a QoS 1/2 message again after JetStream did not acknowledge it (a NATS outage).",
+                &self.durable_retried,
+            ),
+            (
+                "fleetward_mqtt_durable_sessions_resumed",
+                "Persistent sessions resumed from JetStream (on this pod or from another).",
+                &self.durable_resumed,
             ),
         ] {
             c.encode(e.encode_descriptor(name, help, None, MetricType::Counter)?)?;
@@ -291,6 +309,26 @@ impl Metrics {
 
     pub(crate) fn bus_published(&self) {
         self.bus.published.inc();
+    }
+
+    pub(crate) fn durable_stored(&self) {
+        self.bus.durable_stored.inc();
+    }
+
+    pub(crate) fn durable_retried(&self) {
+        self.bus.durable_retried.inc();
+    }
+
+    pub(crate) fn durable_resumed(&self) {
+        self.bus.durable_resumed.inc();
+    }
+
+    /// QoS 1/2 messages stored in JetStream, and retries of their stores.
+    pub fn durable_counts(&self) -> (u64, u64) {
+        (
+            self.bus.durable_stored.get(),
+            self.bus.durable_retried.get(),
+        )
     }
 
     pub(crate) fn bus_received(&self) {

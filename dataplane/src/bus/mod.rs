@@ -7,6 +7,7 @@
 //! See dataplane/BUS.md.
 
 pub mod bus_message;
+pub mod durable;
 mod interest;
 pub(crate) mod nats;
 pub mod subject;
@@ -16,6 +17,7 @@ use std::sync::Arc;
 
 use parking_lot::Mutex;
 
+pub use self::durable::{DurableConfig, DurableOut};
 pub use self::interest::Interest;
 pub use self::nats::{NatsBus, NatsConfig};
 pub use self::subject::ChannelKey;
@@ -30,6 +32,10 @@ pub trait Bus: Send + Sync + 'static {
     fn publish(&self, message: &Message);
     /// The subjects this pod needs for one channel now (empty: none).
     fn set_interest(&self, channel: ChannelKey, subjects: BTreeSet<String>);
+    /// Where QoS 1/2 messages are stored for persistent sessions, if anywhere (BUS.md).
+    fn durable(&self) -> Option<&DurableOut> {
+        None
+    }
 }
 
 /// The bus of a single pod: there are no other pods to reach.
@@ -61,6 +67,18 @@ struct State {
 }
 
 impl State {
+    /// Queues the durable copies of `messages` (QoS 1/2, where the bus stores them) before
+    /// they are routed: none is routed when one cannot be queued, so nothing is acknowledged
+    /// that could be lost.
+    fn store(&self, messages: &[Message]) -> Result<(), RouterError> {
+        if let Some(durable) = self.bus.durable()
+            && !messages.iter().all(|m| durable.enqueue(m))
+        {
+            return Err(RouterError::BusBehind);
+        }
+        Ok(())
+    }
+
     fn add(&self, filter: &str) {
         if let Some((channel, subjects)) = self.interest.lock().add(filter) {
             self.bus.set_interest(channel, subjects);
@@ -147,13 +165,37 @@ impl<R: Router> Router for BusRouter<R> {
     }
 
     fn publish(&self, message: Message) -> Result<(), RouterError> {
+        self.state.store(std::slice::from_ref(&message))?;
         self.state.bus.publish(&message);
         self.inner.publish(message)
     }
 
     fn publish_batch(&self, messages: &mut Vec<Message>) -> Result<usize, RouterError> {
+        self.state.store(messages)?;
         messages.iter().for_each(|m| self.state.bus.publish(m));
         self.inner.publish_batch(messages)
+    }
+
+    fn durable_mark(&self) -> Option<u64> {
+        self.state
+            .bus
+            .durable()
+            .filter(|d| d.is_ready())
+            .map(DurableOut::mark)
+    }
+
+    fn durably_stored(
+        &self,
+        mark: u64,
+        bound: std::time::Duration,
+    ) -> impl Future<Output = bool> + Send {
+        let state = self.state.clone();
+        async move {
+            match state.bus.durable() {
+                Some(d) => d.stored(mark, bound).await,
+                None => true,
+            }
+        }
     }
 
     fn backlog(&self) -> usize {
@@ -213,11 +255,13 @@ impl<L: RouterLink> RouterLink for BusLink<L> {
     }
 
     fn publish(&mut self, message: Message) -> Result<(), RouterError> {
+        self.state.store(std::slice::from_ref(&message))?;
         self.state.bus.publish(&message);
         self.inner.publish(message)
     }
 
     fn publish_batch(&mut self, messages: &mut Vec<Message>) -> Result<usize, RouterError> {
+        self.state.store(messages)?;
         messages.iter().for_each(|m| self.state.bus.publish(m));
         self.inner.publish_batch(messages)
     }

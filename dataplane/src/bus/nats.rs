@@ -30,6 +30,9 @@ pub struct NatsConfig {
     pub queue: usize,
     /// The longest wait between reconnect attempts.
     pub max_backoff: Duration,
+    /// How QoS 1/2 messages are stored for persistent sessions; `None` keeps them on the pod
+    /// (sessions do not survive it).
+    pub durable: Option<super::DurableConfig>,
 }
 
 impl NatsConfig {
@@ -41,6 +44,7 @@ impl NatsConfig {
             retained_bucket: "fleetward-retained".to_owned(),
             queue: 65_536,
             max_backoff: Duration::from_secs(5),
+            durable: Some(super::DurableConfig::default()),
         }
     }
 }
@@ -54,6 +58,7 @@ pub struct NatsBus {
     retained: mpsc::Sender<(String, Message)>,
     connected: Arc<AtomicBool>,
     metrics: Arc<Metrics>,
+    durable: Option<super::DurableOut>,
     tasks: Vec<AbortHandle>,
 }
 
@@ -144,7 +149,7 @@ impl NatsBus {
         let (out, out_rx) = mpsc::channel(config.queue.max(1));
         let (retained_tx, retained_rx) = mpsc::channel(config.queue.max(1));
         let (interest, interest_rx) = mpsc::unbounded_channel();
-        let tasks = vec![
+        let mut tasks = vec![
             tokio::spawn(publisher(ctx.clone(), out_rx, retained_tx.clone())).abort_handle(),
             tokio::spawn(retained_writer(ctx.clone(), retained_rx)).abort_handle(),
             tokio::spawn(subscriptions(ctx.clone(), interest_rx)).abort_handle(),
@@ -155,8 +160,10 @@ impl NatsBus {
             ))
             .abort_handle(),
         ];
+        let durable = start_durable(&config, &ctx.client, &metrics, &mut tasks);
         Ok(Self {
             client: ctx.client.clone(),
+            durable,
             out,
             interest,
             retained: retained_tx,
@@ -222,6 +229,28 @@ impl Bus for NatsBus {
     fn set_interest(&self, channel: ChannelKey, subjects: BTreeSet<String>) {
         let _ = self.interest.send((channel, subjects));
     }
+
+    fn durable(&self) -> Option<&super::DurableOut> {
+        self.durable.as_ref()
+    }
+}
+
+/// The store of QoS 1/2 messages for persistent sessions, where configured.
+fn start_durable(
+    config: &NatsConfig,
+    client: &async_nats::Client,
+    metrics: &Arc<Metrics>,
+    tasks: &mut Vec<AbortHandle>,
+) -> Option<super::DurableOut> {
+    let durable = config.durable.clone()?;
+    let (out, task) = super::DurableOut::start(
+        client.clone(),
+        config.node_id.clone(),
+        durable,
+        metrics.clone(),
+    );
+    tasks.push(task);
+    Some(out)
 }
 
 /// Sends local publishes to NATS in order, and hands retained ones to the KV writer.

@@ -5,6 +5,7 @@ use std::ops::Deref;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 
+use super::durable::DurableSessions;
 use super::pending_wills::PendingWills;
 use super::registry::Registry;
 use super::saved::SessionStore;
@@ -20,6 +21,8 @@ pub(crate) struct Broker<R: Router> {
     pub(crate) no_local_seen: AtomicBool,
     /// Wills waiting out their v5 delay, by router-side id; a reconnect cancels them.
     pub(crate) pending_wills: PendingWills,
+    /// Where persistent sessions live when the bus stores messages in JetStream.
+    durable: Option<Arc<DurableSessions>>,
 }
 
 impl<R: Router> Broker<R> {
@@ -30,7 +33,36 @@ impl<R: Router> Broker<R> {
             sessions: SessionStore::default(),
             no_local_seen: AtomicBool::new(false),
             pending_wills: PendingWills::default(),
+            durable: None,
         }
+    }
+
+    /// Keeps persistent sessions in JetStream (`mqtt/durable/`) once the bus stores QoS 1/2
+    /// messages there; a CONNECT on another pod ends a live session here with the same key.
+    pub(crate) fn with_durable(mut self, durable: Option<Arc<DurableSessions>>) -> Self {
+        self.durable = durable;
+        self
+    }
+
+    /// Where persistent sessions live, while the bus stores messages in JetStream.
+    pub(crate) fn durable(&self) -> Option<&Arc<DurableSessions>> {
+        self.durable
+            .as_ref()
+            .filter(|_| self.router.durable_mark().is_some())
+    }
+
+    /// Follows takeovers announced by other pods: ends the live session with that key, and
+    /// drops a will its earlier connection left waiting here (the session continues there).
+    pub(crate) fn follow_takeovers(self: &Arc<Self>) -> Option<tokio::task::JoinHandle<()>> {
+        let durable = self.durable.clone()?;
+        let this = Arc::downgrade(self);
+        Some(durable.follow_takeovers(move |id| {
+            let Some(this) = this.upgrade() else { return };
+            this.registry.kick(id);
+            if let Some(will) = this.pending_wills.remove(id) {
+                will.abort();
+            }
+        }))
     }
 }
 

@@ -17,6 +17,7 @@ use tokio::io::{AsyncWrite, AsyncWriteExt};
 
 use super::broker::Broker;
 use super::codec::{Codec, Version};
+use super::durable::{DurableLink, DurableSessions};
 use super::pending_wills::Will;
 use super::reason;
 use super::registry::Registration;
@@ -80,6 +81,14 @@ struct Resumed<L> {
     saved: Option<SavedSession>,
     link: Option<L>,
     persistent_link: bool,
+    durable: Option<Box<DurableLink>>,
+}
+
+impl<L> Resumed<L> {
+    /// Whether the CONNACK says session present.
+    fn present(&self) -> bool {
+        self.saved.is_some() || self.durable.as_ref().is_some_and(|d| d.resumed)
+    }
 }
 
 impl<R: Router, S: AsyncWrite + Unpin> Handshake<'_, R, S> {
@@ -169,7 +178,7 @@ impl<R: Router, S: AsyncWrite + Unpin> Handshake<'_, R, S> {
             .resume(&key, connect.clean_session, abandoned, expiry)
             .await?;
         let ack_props = self.ack_properties(assigned, server_keep_alive, expiry_told);
-        if !self.ack(resumed.saved.is_some(), ack_props).await {
+        if !self.ack(resumed.present(), ack_props).await {
             return Ok(None);
         }
         // Off the pending budget: the oldest-first eviction spares authenticated sockets.
@@ -205,6 +214,7 @@ impl<R: Router, S: AsyncWrite + Unpin> Handshake<'_, R, S> {
             },
             link: resumed.link,
             saved: resumed.saved,
+            durable: resumed.durable,
         }))
     }
 
@@ -407,6 +417,10 @@ impl<R: Router, S: AsyncWrite + Unpin> Handshake<'_, R, S> {
     /// cancels a will the id left waiting. `true` when the old session was abandoned.
     async fn register(&mut self, key: &SessionKey) -> (Registration, bool) {
         let shared = self.shared;
+        if let Some(store) = shared.durable() {
+            // The pod holding a live session with this key ends it (v5 0x8E).
+            Box::pin(store.announce_takeover(&key.router_id())).await;
+        }
         let mut registration = shared.registry.register(key.router_id());
         let abandoned = !registration
             .predecessor_gone(shared.config.takeover_wait)
@@ -434,6 +448,17 @@ impl<R: Router, S: AsyncWrite + Unpin> Handshake<'_, R, S> {
         expiry: Duration,
     ) -> Result<Resumed<R::Link>, Refused> {
         let shared = self.shared;
+        if let Some(store) = shared.durable() {
+            if !expiry.is_zero() || !clean_session {
+                let resumed = self.resume_durable(store, key, clean_session, abandoned, expiry);
+                // Boxed: only persistent sessions on a pod with JetStream wait for it.
+                return Ok(Box::pin(resumed).await);
+            }
+            // A clean session ends any session the key had, wherever it lived (MQTT 5,
+            // 3.1.2.4); in the background, as most clean CONNECTs had none.
+            let (store, id, tenant) = (store.clone(), key.router_id(), key.tenant.clone());
+            tokio::spawn(async move { store.drop_session(&id, &tenant).await });
+        }
         let saved = shared.sessions.take(&key.router_id());
         let had_saved = saved.is_some();
         let saved = if clean_session { None } else { saved };
@@ -462,7 +487,42 @@ impl<R: Router, S: AsyncWrite + Unpin> Handshake<'_, R, S> {
             saved,
             link,
             persistent_link,
+            durable: None,
         })
+    }
+
+    /// A persistent session where sessions live in JetStream: its record loaded (unless the
+    /// CONNECT asks for a clean start, which drops it), and no state kept on this pod.
+    async fn resume_durable(
+        &mut self,
+        store: &Arc<DurableSessions>,
+        key: &SessionKey,
+        clean_session: bool,
+        abandoned: bool,
+        expiry: Duration,
+    ) -> Resumed<R::Link> {
+        let shared = self.shared;
+        let id = key.router_id();
+        // A session kept on this pod before JetStream answered is left for the durable one.
+        if shared.sessions.take(&id).is_some() || abandoned {
+            clear_in_router(&shared.router, key).await;
+        }
+        let loaded = if clean_session {
+            store.drop_session(&id, &key.tenant).await;
+            None
+        } else {
+            store.load(&id, &key.tenant).await
+        };
+        if loaded.is_some() {
+            shared.metrics.durable_resumed();
+        }
+        let durable = DurableLink::new(store.clone(), id, &key.tenant, loaded, expiry);
+        Resumed {
+            saved: None,
+            link: None,
+            persistent_link: false,
+            durable: Some(Box::new(durable)),
+        }
     }
 
     /// Writes the CONNACK of success; `false` when it could not be.

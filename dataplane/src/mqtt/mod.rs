@@ -3,6 +3,8 @@
 mod broker;
 mod codec;
 mod connect;
+mod durable;
+pub(crate) use durable::DurableSessions;
 mod handshake;
 mod pending_wills;
 mod reason;

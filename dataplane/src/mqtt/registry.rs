@@ -110,6 +110,16 @@ impl Registry {
         Some(self.register(id))
     }
 
+    /// Tells the live session with `id`, if any, to end: a CONNECT on another pod took it.
+    pub(crate) fn kick(&self, id: &str) -> bool {
+        let entries = self.entries.lock();
+        let Some(entry) = entries.get(id) else {
+            return false;
+        };
+        entry.signals.raise(&entry.signals.taken_over);
+        true
+    }
+
     /// Sessions registered now.
     #[cfg(test)]
     pub(crate) fn len(&self) -> usize {

@@ -149,6 +149,10 @@ impl Subs {
         Some(&mut index.subs[i])
     }
 
+    pub(crate) fn iter(&self) -> impl Iterator<Item = &Subscription> {
+        self.0.iter().flat_map(|i| i.subs.iter())
+    }
+
     pub(crate) fn values_mut(&mut self) -> impl Iterator<Item = &mut Subscription> {
         self.0.iter_mut().flat_map(|i| i.subs.iter_mut())
     }

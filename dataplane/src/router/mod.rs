@@ -278,6 +278,10 @@ pub enum RouterError {
     /// The router thread is gone; the process must restart.
     #[error("the message router stopped; restart the dataplane")]
     RouterDown,
+    /// QoS 1/2 messages cannot be stored in JetStream as fast as they come (or NATS is away
+    /// long): refused rather than acknowledged and lost.
+    #[error("the bus cannot store more QoS 1/2 messages now; NATS JetStream is behind or away")]
+    BusBehind,
 }
 
 impl RouterError {
@@ -287,6 +291,7 @@ impl RouterError {
             RouterError::Refused => "refused",
             RouterError::SessionClosed => "session_closed",
             RouterError::RouterDown => "router_down",
+            RouterError::BusBehind => "bus_behind",
         }
     }
 }
@@ -349,6 +354,26 @@ pub trait Router: Send + Sync + 'static {
     /// where it was when the sessions that subscribed are gone.
     fn filters(&self) -> usize {
         0
+    }
+
+    /// Where QoS 1/2 messages are stored durably (the bus, BUS.md): the number of the last
+    /// copy queued, to wait for with [`Router::durably_stored`] before acknowledging. `None`
+    /// where nothing is stored (a single pod, NATS without JetStream).
+    fn durable_mark(&self) -> Option<u64> {
+        None
+    }
+
+    /// Resolves `true` once every durable copy up to `mark` is stored, `false` after `bound`.
+    fn durably_stored(
+        &self,
+        mark: u64,
+        bound: std::time::Duration,
+    ) -> impl Future<Output = bool> + Send
+    where
+        Self: Sized,
+    {
+        let _ = (mark, bound);
+        std::future::ready(true)
     }
 }
 

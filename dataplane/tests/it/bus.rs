@@ -430,7 +430,7 @@ async fn nats_killed_and_restarted_mid_stream() {
     assert!(text.contains("fleetward_bus_disconnects_total 1"), "{text}");
 }
 
-async fn reqwest_metrics(pod: &Pod) -> String {
+pub(crate) async fn reqwest_metrics(pod: &Pod) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let addr = pod.dataplane.admin_addr.expect("admin listener");
     let mut s = tokio::net::TcpStream::connect(addr).await.expect("admin");

@@ -12,6 +12,7 @@ mod batching;
 mod bus;
 mod client_certs;
 mod delivery_and_isolation;
+mod durable_sessions;
 mod history;
 mod http_openapi;
 mod http_publish;

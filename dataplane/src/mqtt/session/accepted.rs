@@ -17,6 +17,8 @@ pub(crate) struct Connected<L> {
     pub link: Option<L>,
     /// What a resumed session left.
     pub saved: Option<SavedSession>,
+    /// A persistent session's durable half, where sessions live in JetStream.
+    pub durable: Option<Box<crate::mqtt::durable::DurableLink>>,
 }
 
 /// What a successful CONNECT established that the session keeps.

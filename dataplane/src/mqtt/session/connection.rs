@@ -73,6 +73,10 @@ pub(crate) struct Session<R: Router, S> {
     /// v5: whether the last channel delivered on carries delivery metadata; boxed, made at the
     /// first v5 delivery.
     pub(super) metadata_memo: Option<Box<MetadataMemo>>,
+    /// A persistent session's durable half, where sessions live in JetStream.
+    pub(super) durable: Option<Box<crate::mqtt::durable::DurableLink>>,
+    /// QoS 1/2 publishes of the read being handled wait to be stored before their acks go.
+    pub(super) stores_pending: bool,
 }
 
 /// How many more messages queued before a resume a resumed session is sent.
@@ -164,7 +168,15 @@ impl<R: Router, S: AsyncRead + AsyncWrite + Unpin + Send> Session<R, S> {
             publishing: None,
             offline: None,
             metadata_memo: None,
+            durable: connected.durable,
+            stores_pending: false,
         };
+        if s.durable.as_ref().is_some_and(|d| d.resumed) {
+            s.offline = Some(Box::new(OfflineBound {
+                since_ns: crate::router::now_ns(),
+                left: s.shared.config.max_offline_messages,
+            }));
+        }
         if let Some(saved) = connected.saved {
             s.offline = Some(Box::new(OfflineBound {
                 since_ns: crate::router::now_ns(),

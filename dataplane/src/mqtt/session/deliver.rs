@@ -94,35 +94,49 @@ impl<R: Router, S: AsyncRead + AsyncWrite + Unpin + Send> Session<R, S> {
 
     /// Delivers a message to the client at min(published QoS, granted QoS), if a live
     /// subscription still matches it.
-    pub(super) fn deliver(&mut self, mut message: Message, retained: bool) {
-        let Ok(topic) = std::str::from_utf8(&message.topic) else {
-            return;
-        };
+    pub(super) fn deliver(&mut self, message: Message, retained: bool) {
+        self.deliver_from(message, retained, None);
+    }
+
+    /// [`Session::deliver`] of a message from the router (`durable` = `None`) or from the
+    /// session's durable queue (`Some(dup)`: delivered before, sent with DUP). The packet id
+    /// of a QoS 1/2 delivery written.
+    pub(super) fn deliver_from(
+        &mut self,
+        mut message: Message,
+        retained: bool,
+        durable: Option<bool>,
+    ) -> Option<u16> {
+        let topic = std::str::from_utf8(&message.topic).ok()?;
         // Withheld, as a message nothing subscribes to is: not counted as a refusal.
         if !self.may_receive(topic) {
-            return;
+            return None;
         }
         let client_topic = match &self.acc.mount {
-            Some(m) => match m.unmount(topic) {
-                Some(t) => t,
-                None => return,
-            },
+            Some(m) => m.unmount(topic)?,
             None => topic,
         };
         let own = message.origin.is_some() && message.origin == Some(self.acc.registration.conn());
         // Nothing matches: unsubscribed or revoked while the message was in the router, or
         // the session's own publish on a no-local subscription.
-        let Some(Matched {
+        let Matched {
             granted,
             ids,
             keep_retain,
             metadata,
-        }) = self.matched(topic, client_topic, own)
-        else {
-            return;
-        };
+        } = self.matched(topic, client_topic, own)?;
+        // A session whose QoS 1/2 deliveries come from its durable queue takes only QoS 0
+        // ones (and retained messages) from the router: the queue has the others.
+        if durable.is_none()
+            && !retained
+            && message.qos > 0
+            && granted > 0
+            && self.durable.as_ref().is_some_and(|d| d.has_queue())
+        {
+            return None;
+        }
         if !retained && !self.within_offline_bound(message.created_ns) {
-            return;
+            return None;
         }
         let retained = retained || (message.retain && keep_retain);
         let qos = message.qos.min(granted);
@@ -144,14 +158,14 @@ impl<R: Router, S: AsyncRead + AsyncWrite + Unpin + Send> Session<R, S> {
         let (publish, out) = match pkid {
             None => (Publish::new(topic_bytes, message.payload, retained), None),
             Some(pkid) => {
+                let dup = durable.unwrap_or(false);
                 let publish =
-                    publish_with_id(&topic_bytes, &message.payload, qos, pkid, retained, false);
+                    publish_with_id(&topic_bytes, &message.payload, qos, pkid, retained, dup);
                 (publish, Some((pkid, topic_bytes, message.payload)))
             }
         };
-        let Some(props) = self.write_delivery(publish, props, added, out.is_some()) else {
-            return;
-        };
+        let props = self.write_delivery(publish, props, added, out.is_some())?;
+        let written = out.as_ref().map(|o| o.0);
         if let Some((pkid, topic, payload)) = out {
             let state = if qos == 1 {
                 Outbound::Qos1Sent
@@ -168,6 +182,7 @@ impl<R: Router, S: AsyncRead + AsyncWrite + Unpin + Send> Session<R, S> {
             self.inflight.insert(pkid, (state, out));
         }
         self.delivered += 1;
+        written
     }
 
     /// Writes a delivery within the client's maximum packet size: a client whose maximum only

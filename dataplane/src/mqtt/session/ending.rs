@@ -34,7 +34,13 @@ impl<R: Router, S: AsyncRead + AsyncWrite + Unpin + Send> Session<R, S> {
             }
             return;
         }
-        if !self.acc.expiry.is_zero() {
+        if self.durable.is_some() {
+            // Kept in JetStream, not on this pod.
+            if let Some(link) = self.link.take() {
+                (*link).detach();
+            }
+            Box::pin(self.durable_end()).await;
+        } else if !self.acc.expiry.is_zero() {
             // Persistent: keep our half; the router keeps its half on detach.
             let saved = SavedSession::new(
                 std::mem::take(&mut self.subs),

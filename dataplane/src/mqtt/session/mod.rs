@@ -5,6 +5,7 @@
 mod accepted;
 mod connection;
 mod deliver;
+mod durable;
 mod ending;
 mod inbound;
 mod persist;

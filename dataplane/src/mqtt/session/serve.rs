@@ -32,6 +32,10 @@ impl<R: Router, S: AsyncRead + AsyncWrite + Unpin + Send> Session<R, S> {
         let mut token_expiry = crate::ingress::TokenExpiry::new(self.acc.token_ends);
         loop {
             self.count_delivered();
+            if self.durable.as_ref().is_some_and(|d| !d.to_ack.is_empty()) {
+                // Boxed, like every durable step: a session without one does not carry it.
+                Box::pin(self.durable_acks()).await;
+            }
             if !self.write_out().await {
                 return End::Unclean;
             }
@@ -59,6 +63,11 @@ impl<R: Router, S: AsyncRead + AsyncWrite + Unpin + Send> Session<R, S> {
                     Ok(Err(e)) | Err(e) => {
                         tracing::warn!(error = %e, "router link lost; closing the client connection");
                         return End::Unclean;
+                    }
+                },
+                () = std::future::poll_fn(|cx| durable_next(&mut self.durable, cx)), if self.can_receive_durable() => {
+                    if let Some(delivery) = self.durable.as_mut().and_then(|d| d.next.take()) {
+                        self.deliver_durable(delivery);
                     }
                 },
                 changed = self.policy.changed(), if policy_open => {
@@ -103,6 +112,10 @@ impl<R: Router, S: AsyncRead + AsyncWrite + Unpin + Send> Session<R, S> {
     /// A resumed session's re-check and resends, and the data already read behind the
     /// CONNECT; how the session ends if it does already.
     async fn resume(&mut self) -> Option<End> {
+        // A durable session's subscriptions are made again (and authorized) from its record.
+        if self.durable.is_some() {
+            Box::pin(self.durable_resume()).await;
+        }
         if !self.subs.is_empty() || !self.inflight.is_empty() {
             // Resumed: the policy may have changed while the client was away.
             if let Flow::End(end) = self.revalidate() {
@@ -185,12 +198,24 @@ impl<R: Router, S: AsyncRead + AsyncWrite + Unpin + Send> Session<R, S> {
             p.read_ns = 0;
         }
         // What was accepted before a DISCONNECT, a refusal or a bad packet is routed too.
-        match (self.flush_outbox(), flow) {
+        let flow = match (self.flush_outbox(), flow) {
             (Flow::End(end), _) | (Flow::Continue, Flow::End(end)) => Flow::End(end),
             (Flow::Continue, Flow::Continue) => {
                 self.wait_for_router().await;
                 Flow::Continue
             }
+        };
+        // Unsubscribes of a durable session reach its record and queue; its QoS 1/2 publishes
+        // are stored before their acks go out.
+        if self.durable.as_ref().is_some_and(|d| d.dirty) {
+            Box::pin(self.durable_sync()).await;
+        }
+        if !self.stores_pending {
+            return flow;
+        }
+        match Box::pin(self.durably_stored()).await {
+            Flow::Continue => flow,
+            Flow::End(end) => Flow::End(end),
         }
     }
 
@@ -344,6 +369,9 @@ impl<R: Router, S: AsyncRead + AsyncWrite + Unpin + Send> Session<R, S> {
             Packet::PubAck(a, _) => {
                 if self.inflight.get(&a.pkid).map(|e| e.0) == Some(Outbound::Qos1Sent) {
                     self.inflight.remove(&a.pkid);
+                    if let Some(d) = self.durable.as_mut() {
+                        d.acked(a.pkid);
+                    }
                 }
             }
             Packet::PubRec(r, _) => self.on_pubrec(r.pkid),
@@ -394,6 +422,10 @@ impl<R: Router, S: AsyncRead + AsyncWrite + Unpin + Send> Session<R, S> {
             && entry.0 == Outbound::Qos2Sent
         {
             entry.0 = Outbound::Released;
+            // Received by the client: JetStream need not deliver it again.
+            if let Some(d) = self.durable.as_mut() {
+                d.acked(pkid);
+            }
             self.write(Packet::PubRel(
                 PubRel {
                     pkid,
@@ -514,6 +546,29 @@ fn read_some<'a, S: AsyncRead + Unpin>(
         }
         read
     })
+}
+
+/// Ready when a durable session's queue has a delivery, which it leaves in the session's
+/// durable half; never, without a queue. A poll rather than an `async fn`, and the delivery
+/// kept in the box, so the session's future carries no state for it.
+fn durable_next(
+    durable: &mut Option<Box<crate::mqtt::durable::DurableLink>>,
+    cx: &mut std::task::Context<'_>,
+) -> std::task::Poll<()> {
+    let Some(d) = durable.as_mut() else {
+        return std::task::Poll::Pending;
+    };
+    let Some(q) = d.queue.as_mut() else {
+        return std::task::Poll::Pending;
+    };
+    match q.rx.poll_recv(cx) {
+        std::task::Poll::Ready(Some(delivery)) => {
+            d.next = Some(delivery);
+            std::task::Poll::Ready(())
+        }
+        // The pump stopped (the session is ending): nothing more comes.
+        std::task::Poll::Ready(None) | std::task::Poll::Pending => std::task::Poll::Pending,
+    }
 }
 
 async fn receive<L: RouterLink>(

@@ -19,11 +19,11 @@ use crate::mqtt::subs::{Incarnation, Subscription};
 use crate::router::{METADATA_SUBSCRIPTION_PROPERTY, Message, Router, RouterLink, SessionMode};
 
 /// What a SUBSCRIBE asks for all its filters (v5).
-struct Asked {
+pub(super) struct Asked {
     /// Delivery metadata on any channel (`fleetward-metadata: true`).
-    metadata: bool,
+    pub(super) metadata: bool,
     /// The subscription identifier.
-    id: Option<usize>,
+    pub(super) id: Option<usize>,
 }
 
 impl<R: Router, S: AsyncRead + AsyncWrite + Unpin + Send> Session<R, S> {
@@ -75,6 +75,10 @@ impl<R: Router, S: AsyncRead + AsyncWrite + Unpin + Send> Session<R, S> {
                     .await,
             );
         }
+        // A persistent session's record and queue follow before the SUBACK too.
+        if self.durable.as_ref().is_some_and(|d| d.dirty) {
+            Box::pin(self.durable_sync()).await;
+        }
         // Written once the router has the subscriptions: a message published after the
         // SUBACK reaches them (`RouterLink::taken_in`).
         if let Some(link) = self.link.as_deref_mut() {
@@ -95,7 +99,7 @@ impl<R: Router, S: AsyncRead + AsyncWrite + Unpin + Send> Session<R, S> {
 
     /// One filter of a SUBSCRIBE: its reason code. The retained messages it is to be sent are
     /// added to `retained`.
-    async fn subscribe_one(
+    pub(super) async fn subscribe_one(
         &mut self,
         snapshot: &Snapshot,
         f: Filter,
@@ -147,6 +151,19 @@ impl<R: Router, S: AsyncRead + AsyncWrite + Unpin + Send> Session<R, S> {
                 true
             }
         };
+        if let Some(d) = self.durable.as_mut() {
+            d.subscribed(
+                &full,
+                crate::mqtt::durable::RecordedSub {
+                    path: f.path.clone(),
+                    qos: f.qos as u8,
+                    no_local: f.nolocal,
+                    retain_as_published: f.preserve_retain,
+                    id: asked.id,
+                    metadata: asked.metadata,
+                },
+            );
+        }
         if f.nolocal {
             self.shared
                 .no_local_seen
@@ -271,6 +288,9 @@ impl<R: Router, S: AsyncRead + AsyncWrite + Unpin + Send> Session<R, S> {
                 Some(m) => m.mount_filter(f.as_bytes(), &limits()).unwrap_or_default(),
                 None => f,
             };
+            if let Some(d) = self.durable.as_mut() {
+                d.unsubscribed(&full);
+            }
             match self.subs.remove(&full) {
                 Some(sub) => {
                     self.router_unsubscribe(&sub.router);

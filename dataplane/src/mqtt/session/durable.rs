@@ -1,0 +1,189 @@
+//! A persistent session's durable half, on a pod whose sessions live in JetStream
+//! (`mqtt/durable/`): its subscriptions replayed on resume, its record and its queue kept in
+//! step with its subscriptions, QoS 1/2 deliveries taken from its queue and acknowledged to
+//! JetStream when the client acknowledges them, and publishes acknowledged only once stored.
+
+use std::time::Duration;
+
+use rumqttd::protocol::{DisconnectReasonCode, Filter, RetainForwardRule, SubscribeReasonCode};
+use tokio::io::{AsyncRead, AsyncWrite};
+
+use super::connection::{End, Flow, Session};
+use super::subscriptions::Asked;
+use crate::mqtt::durable::{Delivery, RecordedSub, ended_now};
+use crate::mqtt::reason::qos_of;
+use crate::router::Router;
+
+/// How long a publisher's acknowledgement waits for JetStream to store its QoS 1/2 messages
+/// before the connection is closed unacknowledged (the client sends them again).
+const STORE_WAIT: Duration = Duration::from_secs(10);
+
+impl<R: Router, S: AsyncRead + AsyncWrite + Unpin + Send> Session<R, S> {
+    /// A resumed session's subscriptions, made again as the client made them and authorized
+    /// again (one refused now is dropped), then its queue taken over: what the client had not
+    /// acknowledged comes again with DUP, then what was queued while it was away.
+    pub(super) async fn durable_resume(&mut self) {
+        let Some(d) = self.durable.as_mut() else {
+            return;
+        };
+        let replay: Vec<(String, RecordedSub)> =
+            std::mem::take(&mut d.record.subs).into_iter().collect();
+        if !replay.is_empty() {
+            let snapshot = self.policy_now();
+            let mut retained = Vec::new();
+            for (_, sub) in replay {
+                let filter = Filter {
+                    path: sub.path.clone(),
+                    qos: qos_of(sub.qos),
+                    nolocal: sub.no_local,
+                    preserve_retain: sub.retain_as_published,
+                    retain_forward_rule: RetainForwardRule::Never,
+                };
+                let asked = Asked {
+                    metadata: sub.metadata,
+                    id: sub.id,
+                };
+                let code = self
+                    .subscribe_one(&snapshot, filter, &asked, &mut retained)
+                    .await;
+                if !matches!(code, SubscribeReasonCode::Success(_)) {
+                    self.shared
+                        .metrics
+                        .refused("resend", "subscription_refused");
+                }
+            }
+            if let Some(link) = self.link.as_deref_mut() {
+                crate::router::RouterLink::taken_in(link).await;
+            }
+        }
+        self.durable_sync().await;
+    }
+
+    /// Writes the record and the queue's filter after the subscriptions changed: before the
+    /// SUBACK, so a message published after it is queued for the session.
+    pub(super) async fn durable_sync(&mut self) {
+        let Some(d) = self.durable.as_mut() else {
+            return;
+        };
+        if !d.dirty {
+            return;
+        }
+        d.dirty = false;
+        let filters: Vec<String> = self
+            .subs
+            .iter()
+            .filter(|s| s.qos > 0)
+            .map(|s| s.matcher.clone())
+            .collect();
+        let store = d.store.clone();
+        match &mut d.queue {
+            Some(queue) => {
+                if let Err(e) = queue.set_filters(filters).await {
+                    tracing::warn!(error = %e, "a persistent session's queue could not follow its subscriptions");
+                }
+            }
+            None if !filters.is_empty() || d.resumed => {
+                let id = d.record.id.clone();
+                let expiry = Duration::from_secs(d.record.expiry_secs);
+                match store
+                    .open_queue(&id, &d.tenant, filters, expiry, d.resumed)
+                    .await
+                {
+                    Ok(queue) => d.queue = Some(queue),
+                    Err(e) => {
+                        // Its QoS 1/2 deliveries stay on the router's path on this pod.
+                        tracing::warn!(error = %e, "a persistent session's queue could not be opened");
+                    }
+                }
+            }
+            None => {}
+        }
+        d.record.ended_ms = None;
+        d.record.pod = store.node_id().to_owned();
+        d.revision = store.save(&d.record).await;
+    }
+
+    /// Passes the client's acknowledgements on to JetStream.
+    pub(super) async fn durable_acks(&mut self) {
+        let Some(d) = self.durable.as_mut() else {
+            return;
+        };
+        for acker in d.to_ack.drain(..) {
+            let _ = acker.ack().await;
+        }
+    }
+
+    /// Whether the session takes another delivery from its queue.
+    pub(super) fn can_receive_durable(&self) -> bool {
+        self.durable.as_ref().is_some_and(|d| d.queue.is_some())
+            && self.pending.is_empty()
+            && self.inflight.len() < usize::from(self.acc.receive_maximum)
+    }
+
+    /// Delivers a message from the queue as any delivery is (authorized, within the offline
+    /// bound); one not sent at QoS 1/2 is acknowledged to JetStream at once.
+    pub(super) fn deliver_durable(&mut self, delivery: Delivery) {
+        let Delivery {
+            message,
+            acker,
+            dup,
+        } = delivery;
+        let pkid = self.deliver_from(message, false, Some(dup));
+        if let Some(d) = self.durable.as_mut() {
+            match pkid {
+                Some(pkid) => {
+                    d.unacked.insert(pkid, acker);
+                }
+                None => d.to_ack.push(acker),
+            }
+        }
+    }
+
+    /// After a read: waits until JetStream stored the QoS 1/2 messages it brought in, before
+    /// their acknowledgements are written. If that does not happen in time, the connection
+    /// closes with nothing of the read acknowledged, and the client sends them again.
+    pub(super) async fn durably_stored(&mut self) -> Flow {
+        if !std::mem::take(&mut self.stores_pending) {
+            return Flow::Continue;
+        }
+        let Some(mark) = self.shared.router.durable_mark() else {
+            return Flow::Continue;
+        };
+        if self.shared.router.durably_stored(mark, STORE_WAIT).await {
+            return Flow::Continue;
+        }
+        self.wbuf.clear();
+        self.end_with(DisconnectReasonCode::ServerBusy, "publish", "bus_behind");
+        Flow::End(End::Unclean)
+    }
+
+    /// The durable half at the session's end: its record written (when the connection ended,
+    /// its expiry) unless a successor took it, and its drop scheduled after the expiry; a
+    /// session without expiry is dropped now. What the client had not acknowledged stays in
+    /// the queue for the resume.
+    pub(super) async fn durable_end(&mut self) {
+        let Some(mut d) = self.durable.take() else {
+            return;
+        };
+        drop(d.queue.take());
+        let id = d.record.id.clone();
+        if self.acc.registration.was_kicked() || self.acc.registration.abandoned() {
+            // Taken over, on this pod or another: the record is the successor's.
+            return;
+        }
+        if self.acc.expiry.is_zero() {
+            d.store.drop_session(&id, &d.tenant).await;
+            return;
+        }
+        d.record.expiry_secs = self.acc.expiry.as_secs();
+        d.record.ended_ms = ended_now();
+        let written = match d.revision {
+            Some(revision) => d.store.save_if(&d.record, revision).await,
+            None => d.store.save(&d.record).await,
+        };
+        if let Some(revision) = written {
+            d.store
+                .expire_later(id, d.tenant.clone(), revision, self.acc.expiry);
+        }
+    }
+}
