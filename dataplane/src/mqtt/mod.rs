@@ -3,6 +3,7 @@
 mod broker;
 mod codec;
 mod connect;
+mod drain;
 mod handshake;
 mod pending_wills;
 mod reason;
