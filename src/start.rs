@@ -114,8 +114,8 @@ pub async fn run(args: StartArgs) -> anyhow::Result<()> {
     rescan.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let shutdown = fleetward_dataplane::shutdown_signal();
     tokio::pin!(shutdown);
-    let serving = dataplane.wait();
-    let mut serving = std::pin::pin!(serving);
+    // Boxed, so that it can be dropped (ending its borrow) before the drain.
+    let mut serving = Box::pin(dataplane.wait());
     let mut figures = history.as_ref().map(|h| h.changed.clone());
     let outcome = loop {
         tokio::select! {
