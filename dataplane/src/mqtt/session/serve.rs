@@ -93,13 +93,7 @@ impl<R: Router, S: AsyncRead + AsyncWrite + Unpin + Send> Session<R, S> {
                     return End::Unclean;
                 },
                 phase = drain.next() => if phase == crate::ingress::Phase::Closing {
-                    // What the router already has for the client goes out before the goodbye.
-                    let _ = self.deliver_ready();
-                    let version = self.codec.version();
-                    if let Some(goodbye) = crate::mqtt::drain::disconnect(&self.shared.drain, version) {
-                        self.write(goodbye);
-                    }
-                    self.flush_last().await;
+                    self.say_goodbye().await;
                     return End::Unclean;
                 },
                 _ = tokio::time::sleep_until(deadline.into()), if !keep_alive.is_zero() && reading => {
@@ -111,6 +105,17 @@ impl<R: Router, S: AsyncRead + AsyncWrite + Unpin + Send> Session<R, S> {
             }
             self.flush_pending();
         }
+    }
+
+    /// The pod drains: what the router already has for the client goes out, then the
+    /// DISCONNECT of a draining pod (v5 only).
+    async fn say_goodbye(&mut self) {
+        let _ = self.deliver_ready();
+        let version = self.codec.version();
+        if let Some(goodbye) = crate::mqtt::drain::disconnect(&self.shared.drain, version) {
+            self.write(goodbye);
+        }
+        self.flush_last().await;
     }
 
     /// A resumed session's re-check and resends, and the data already read behind the
