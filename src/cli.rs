@@ -70,6 +70,16 @@ enum Command {
     Writer(Box<crate::writer::WriterArgs>),
     /// Print the CustomResourceDefinitions of every Fleetward kind as one YAML stream.
     Crds(CrdsArgs),
+    /// Wait SECONDS and exit 0: the chart's preStop hook (the image has no shell or `sleep`),
+    /// so that Services drop the pod before its drain begins.
+    Sleep(SleepArgs),
+}
+
+#[derive(Debug, Args)]
+struct SleepArgs {
+    /// How long to wait.
+    #[arg(value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(0..=3600))]
+    seconds: u64,
 }
 
 #[derive(Debug, Args)]
@@ -97,6 +107,10 @@ impl Cli {
             Command::Dataplane(args) => serve(fleetward_dataplane::run(*args)),
             Command::Writer(args) => serve(crate::writer::run(*args)),
             Command::Crds(args) => crds(&args),
+            Command::Sleep(args) => {
+                std::thread::sleep(std::time::Duration::from_secs(args.seconds));
+                Ok(())
+            }
         };
         match outcome {
             Ok(()) => ExitCode::SUCCESS,

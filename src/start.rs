@@ -96,7 +96,7 @@ pub async fn run(args: StartArgs) -> anyhow::Result<()> {
     let namespaces: Namespaces = Arc::new(RwLock::new(local.tenant_namespaces()));
     let control = crate::control::Control::new(policy_rx.clone())?;
     let mut history = open_history(&args, policy_rx.clone(), &mut local).await?;
-    let dataplane = start_dataplane(&args, policy_rx, &control, history.as_ref(), &namespaces)
+    let mut dataplane = start_dataplane(&args, policy_rx, &control, history.as_ref(), &namespaces)
         .await
         .context("starting the dataplane")?;
     dataplane.log_listeners();
@@ -114,13 +114,13 @@ pub async fn run(args: StartArgs) -> anyhow::Result<()> {
     rescan.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let shutdown = fleetward_dataplane::shutdown_signal();
     tokio::pin!(shutdown);
-    let serving = dataplane.wait();
-    tokio::pin!(serving);
+    // Boxed, so that it can be dropped (ending its borrow) before the drain.
+    let mut serving = Box::pin(dataplane.wait());
     let mut figures = history.as_ref().map(|h| h.changed.clone());
     let outcome = loop {
         tokio::select! {
             signal = &mut shutdown => {
-                tracing::info!(signal, "shutting down");
+                tracing::info!(signal, "shutting down: draining");
                 break Ok(());
             }
             r = &mut serving => break r,
@@ -149,6 +149,10 @@ pub async fn run(args: StartArgs) -> anyhow::Result<()> {
             *table = local.tenant_namespaces();
         }
     };
+    drop(serving);
+    // Clients are told goodbye, and what they had sent reaches its subscribers, before the
+    // history is closed.
+    dataplane.drain().await;
     // Everything accepted for history is written before the process ends.
     if let Some(h) = history.take() {
         h.finish().await;

@@ -108,7 +108,7 @@ async fn main() -> anyhow::Result<()> {
         .parse()
         .map_err(|e| anyhow::anyhow!("the first argument must be host:port to listen on: {e}"))?;
     let (_tx, rx) = tokio::sync::watch::channel(policy());
-    let dp = Dataplane::new(rx)
+    let mut dp = Dataplane::new(rx)
         .mqtt_listen(SocketAddr::from(([127, 0, 0, 1], 0)))
         .http_listen(Some(http))
         .start()

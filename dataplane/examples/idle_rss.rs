@@ -103,7 +103,7 @@ fn subscribe_packet(filter: &str) -> Vec<u8> {
 
 async fn serve() -> anyhow::Result<()> {
     let (_tx, rx) = tokio::sync::watch::channel(policy());
-    let dp = Dataplane::new(rx)
+    let mut dp = Dataplane::new(rx)
         .mqtt_listen(SocketAddr::from(([127, 0, 0, 1], 0)))
         .mqtt_config(MqttConfig {
             max_connections: 20_000,

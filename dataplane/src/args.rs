@@ -267,6 +267,19 @@ pub struct LimitArgs {
     /// it; a v3.1.1 client asking more, or 0, is refused with CONNACK 0x02.
     #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
     pub max_keep_alive_secs: Option<u16>,
+    /// The longest a drain on SIGTERM takes, in seconds: stop accepting and reading, let what
+    /// was accepted reach its subscribers and the bus, say goodbye to every client, exit. Keep
+    /// it below the pod's terminationGracePeriodSeconds, less the preStop sleep.
+    #[arg(long, default_value_t = 20, env = "FLEETWARD_DRAIN_TIMEOUT_SECS")]
+    pub drain_timeout_secs: u64,
+    /// Where v5 clients are told to go when this pod drains (`host:port`): DISCONNECT 0x9C
+    /// (Use another server) with this Server Reference instead of 0x8B (Server shutting down).
+    #[arg(
+        long,
+        value_name = "HOST:PORT",
+        env = "FLEETWARD_DRAIN_SERVER_REFERENCE"
+    )]
+    pub drain_server_reference: Option<String>,
 }
 
 impl LimitArgs {

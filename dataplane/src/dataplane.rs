@@ -3,6 +3,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context as _;
 use fleetward_policy::{PolicyEvaluator, Snapshot};
@@ -21,6 +22,7 @@ use crate::listener::{self, Gate, GatedListener, HttpLimits, Listener, ListenerM
 use crate::metrics::{AtScrape, Metrics};
 use crate::mqtt::{self, Broker};
 use crate::router::{Router, RumqttdConfig, RumqttdRouter};
+use crate::shutdown::{self, DrainConfig, DrainReport};
 use crate::sync::SyncStatus;
 use crate::web;
 use fleetward_history::stream::{Publisher, PublisherConfig};
@@ -54,7 +56,12 @@ pub struct Dataplane {
     admin_routes: Option<axum::Router>,
     history: History,
     provisioner: Option<Arc<dyn crate::provisioning::Provisioner>>,
+    drain: DrainConfig,
+    drain_server_reference: Option<String>,
 }
+
+/// The front-end of a started dataplane.
+type Front = Arc<Broker<BusRouter<RumqttdRouter>>>;
 
 impl Dataplane {
     /// A dataplane with default limits on 0.0.0.0:1883, no TLS, no HTTP and no admin listener.
@@ -78,6 +85,8 @@ impl Dataplane {
             admin_routes: None,
             history: History::default(),
             provisioner: None,
+            drain: DrainConfig::default(),
+            drain_server_reference: None,
         }
     }
 
@@ -115,9 +124,21 @@ impl Dataplane {
     /// The limits the command-line flags give (`fleetward dataplane` and `fleetward start`).
     pub fn limits(self, limits: &LimitArgs) -> Self {
         self.mqtt_config(limits.mqtt_config())
+            .drain(
+                Duration::from_secs(limits.drain_timeout_secs),
+                limits.drain_server_reference.clone(),
+            )
             .http_limits(limits.http_limits())
             .max_pending_connections(limits.max_pending_connections)
             .cors_allowed_origins(limits.cors_allowed_origins.clone())
+    }
+
+    /// How a drain ([`RunningDataplane::drain`]) goes: its bound, and where v5 clients are told
+    /// to go instead (DISCONNECT 0x9C) if anywhere, else they are told 0x8B.
+    pub fn drain(mut self, timeout: Duration, server_reference: Option<String>) -> Self {
+        self.drain = DrainConfig { timeout };
+        self.drain_server_reference = server_reference;
+        self
     }
 
     /// The cross-pod bus: NATS with this configuration, or (`None`, the default) none, for a
@@ -287,10 +308,16 @@ impl Dataplane {
                 let _ = takeovers.await;
             });
         }
-        let mqtt_addr = self.serve_mqtt(&mut tasks, &shared, &gate).await?;
-        let mqtts_addr = self.serve_mqtts(&mut tasks, &shared, &gate).await?;
-        let http_addr = self.serve_http(&mut tasks, &shared, &gate).await?;
-        let https_addr = self.serve_https(&mut tasks, &shared, &gate).await?;
+        // Bound now, accepting once the bus is joined: a client that connects early waits in
+        // the backlog instead of being served by a pod that cannot reach the others.
+        let mut listeners = Listeners {
+            tasks: JoinSet::new(),
+            joined: bus.joined.clone(),
+        };
+        let mqtt_addr = self.serve_mqtt(&mut listeners, &shared, &gate).await?;
+        let mqtts_addr = self.serve_mqtts(&mut listeners, &shared, &gate).await?;
+        let http_addr = self.serve_http(&mut listeners, &shared, &gate).await?;
+        let https_addr = self.serve_https(&mut listeners, &shared, &gate).await?;
         tasks.spawn(crate::ingress::purge_deleted_channels(
             shared.retained.clone(),
             self.policy.clone(),
@@ -313,7 +340,7 @@ impl Dataplane {
                 let addr = listener.local_addr()?;
                 tasks.spawn(admin::serve(
                     GatedListener::new(listener, admin_gate.clone(), Listener::Admin),
-                    admin_state(&shared, registry),
+                    admin_state(&shared, registry, bus.joined.clone()),
                     self.admin_routes.take().unwrap_or_default(),
                 ));
                 Some(addr)
@@ -328,6 +355,10 @@ impl Dataplane {
             metrics,
             gate,
             tasks,
+            listeners: listeners.tasks,
+            shared,
+            nats: bus.nats,
+            drain: self.drain,
         })
     }
 
@@ -344,6 +375,8 @@ impl Dataplane {
                 bus: Arc::new(LocalBus),
                 nats_client: None,
                 retained_purger: None,
+                nats: None,
+                joined: watch::channel(true).1,
             });
         };
         let store = retained.clone();
@@ -361,10 +394,15 @@ impl Dataplane {
         let bus = NatsBus::start(config, inbound, metrics.clone())
             .await
             .context("starting the NATS bus")?;
+        let (joined_tx, joined) = watch::channel(false);
+        tokio::spawn(note_joined(bus.client(), joined_tx));
+        let bus = Arc::new(bus);
         Ok(StartedBus {
             nats_client: Some(bus.client()),
             retained_purger: Some(bus.retained_purger()),
-            bus: Arc::new(bus),
+            bus: bus.clone(),
+            nats: Some(bus),
+            joined,
         })
     }
 
@@ -421,7 +459,8 @@ impl Dataplane {
             .with_users(users)
             .with_pod(&crate::audit::pod_name(self.node_id.as_deref()))
             .with_history(history)
-            .with_provisioner(self.provisioner.clone()),
+            .with_provisioner(self.provisioner.clone())
+            .with_drain_server_reference(self.drain_server_reference.clone()),
         );
         Arc::new(Broker::new(ingress).with_durable(durable))
     }
@@ -429,7 +468,7 @@ impl Dataplane {
     /// The plain MQTT listener.
     async fn serve_mqtt(
         &self,
-        tasks: &mut JoinSet<()>,
+        tasks: &mut Listeners,
         shared: &Arc<Broker<BusRouter<RumqttdRouter>>>,
         gate: &Arc<Gate>,
     ) -> anyhow::Result<SocketAddr> {
@@ -446,7 +485,7 @@ impl Dataplane {
     /// The MQTT over TLS listener, if configured.
     async fn serve_mqtts(
         &self,
-        tasks: &mut JoinSet<()>,
+        tasks: &mut Listeners,
         shared: &Arc<Broker<BusRouter<RumqttdRouter>>>,
         gate: &Arc<Gate>,
     ) -> anyhow::Result<Option<SocketAddr>> {
@@ -468,7 +507,7 @@ impl Dataplane {
     /// the audit trail), if configured.
     async fn serve_http(
         &self,
-        tasks: &mut JoinSet<()>,
+        tasks: &mut Listeners,
         shared: &Arc<Broker<BusRouter<RumqttdRouter>>>,
         gate: &Arc<Gate>,
     ) -> anyhow::Result<Option<SocketAddr>> {
@@ -490,7 +529,7 @@ impl Dataplane {
     /// The HTTPS listener, if configured.
     async fn serve_https(
         &self,
-        tasks: &mut JoinSet<()>,
+        tasks: &mut Listeners,
         shared: &Arc<Broker<BusRouter<RumqttdRouter>>>,
         gate: &Arc<Gate>,
     ) -> anyhow::Result<Option<SocketAddr>> {
@@ -514,9 +553,46 @@ impl Dataplane {
 /// The bus a dataplane started, and what of NATS the rest of the pod uses.
 struct StartedBus {
     bus: Arc<dyn Bus>,
+    /// The NATS bus itself, flushed by a drain.
+    nats: Option<Arc<NatsBus>>,
+    /// Whether the bus has joined NATS once (always, without NATS).
+    joined: watch::Receiver<bool>,
     /// Refresh-token families live in NATS with the bus.
     nats_client: Option<async_nats::Client>,
     retained_purger: Option<Arc<dyn Fn(Vec<String>) + Send + Sync>>,
+}
+
+/// The public listeners' accept loops, which start accepting once the bus has joined NATS,
+/// and which a drain stops first.
+struct Listeners {
+    tasks: JoinSet<()>,
+    joined: watch::Receiver<bool>,
+}
+
+impl Listeners {
+    fn spawn(&mut self, accept: impl std::future::Future<Output = ()> + Send + 'static) {
+        let mut joined = self.joined.clone();
+        self.tasks.spawn(async move {
+            // A sender gone before the join means the bus stopped: nothing to accept for.
+            if joined.wait_for(|joined| *joined).await.is_ok() {
+                accept.await;
+            }
+        });
+    }
+}
+
+/// Marks the bus joined once its NATS client has been answered by a server (it retries the
+/// first connection in the background); readiness and the listeners wait for it.
+async fn note_joined(client: async_nats::Client, joined: watch::Sender<bool>) {
+    loop {
+        let connected = client.connection_state() == async_nats::connection::State::Connected;
+        if connected && client.flush().await.is_ok() {
+            tracing::info!("joined the NATS bus: ready, and accepting clients");
+            let _ = joined.send(true);
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// The audit trail's summaries of quiet subjects, and its events published on each tenant's
@@ -542,12 +618,19 @@ async fn follow_snapshot_version(mut policy: watch::Receiver<Arc<Snapshot>>, m: 
 }
 
 /// `/readyz` (the router runs, a policy snapshot is applied) and `/metrics`.
-fn admin_state(shared: &Arc<Broker<BusRouter<RumqttdRouter>>>, registry: Registry) -> AdminState {
+fn admin_state(shared: &Front, registry: Registry, joined: watch::Receiver<bool>) -> AdminState {
     let s1 = shared.clone();
     AdminState {
         ready: Arc::new(move || {
             if !s1.router.is_alive() {
                 return Err("the message router stopped".into());
+            }
+            if s1.drain.phase() != crate::ingress::Phase::Serving {
+                return Err("draining: the pod is shutting down".into());
+            }
+            // Only the first join: a bus outage later does not take the pod out of service.
+            if !*joined.borrow() {
+                return Err("the NATS bus has not been joined yet".into());
             }
             if s1.snapshot().version() == 0 {
                 return Err("no policy snapshot applied yet".into());
@@ -574,6 +657,11 @@ pub struct RunningDataplane {
     gate: Arc<Gate>,
     /// Aborted when dropped.
     tasks: JoinSet<()>,
+    /// The public listeners' accept loops: stopped first by a drain.
+    listeners: JoinSet<()>,
+    shared: Front,
+    nats: Option<Arc<NatsBus>>,
+    drain: DrainConfig,
 }
 
 /// Everything `/metrics` shows: the front-end's counters, and what the listeners, sessions,
@@ -593,6 +681,18 @@ fn metrics_registry(
         s.encode_held(e)?;
         s.retained.encode_metrics(e)?;
         s.history.encode_metrics(e)?;
+        crate::metrics::gauge(
+            e,
+            "fleetward_draining",
+            "Whether the pod is draining (shutting down): 1 from SIGTERM on.",
+            i64::from(s.drain.phase() != crate::ingress::Phase::Serving),
+        )?;
+        crate::metrics::counter(
+            e,
+            "fleetward_drain_sessions_ended",
+            "MQTT sessions the pod's drain ended (DISCONNECT 0x8B or 0x9C, or closed for v3).",
+            s.drain.sessions_ended(),
+        )?;
         crate::metrics::gauge(
             e,
             "fleetward_router_filters",
@@ -640,14 +740,24 @@ impl RunningDataplane {
     }
 
     /// Runs until a listener stops.
-    pub async fn wait(mut self) -> anyhow::Result<()> {
-        match self.tasks.join_next().await {
-            None => Ok(()),
-            Some(done) => {
-                done.context("a dataplane listener stopped")?;
-                anyhow::bail!("a dataplane listener stopped; see the log above")
-            }
-        }
+    pub async fn wait(&mut self) -> anyhow::Result<()> {
+        let done = tokio::select! {
+            Some(done) = self.tasks.join_next() => done,
+            Some(done) = self.listeners.join_next() => done,
+            else => return Ok(()),
+        };
+        done.context("a dataplane listener stopped")?;
+        anyhow::bail!("a dataplane listener stopped; see the log above")
+    }
+
+    /// Drains the pod (SIGTERM): stops accepting on every listener, stops reading from every
+    /// connection, lets what was accepted reach the router, the bus and the history stream,
+    /// sends v5 clients DISCONNECT 0x8B (or 0x9C with the server reference), closes v3 clients
+    /// and WebSocket streams (1001), and returns within the drain's bound. `/readyz` answers
+    /// 503 from the start.
+    pub async fn drain(mut self) -> DrainReport {
+        self.listeners.abort_all();
+        shutdown::drain(&self.shared, self.nats.as_deref(), self.drain).await
     }
 }
 

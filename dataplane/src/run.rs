@@ -10,7 +10,8 @@ use crate::args::DataplaneArgs;
 use crate::sync::{ClientTls, SyncClient, SyncConfig};
 
 /// Runs a dataplane pod: syncs policy from the operator and serves MQTT with it. Returns on
-/// SIGTERM or SIGINT after the sync client has saved its last snapshot.
+/// SIGTERM or SIGINT after a drain (`RunningDataplane::drain`) and after the sync client has
+/// saved its last snapshot.
 pub async fn run(args: DataplaneArgs) -> anyhow::Result<()> {
     if args.operator.is_empty() {
         anyhow::bail!(
@@ -31,7 +32,7 @@ pub async fn run(args: DataplaneArgs) -> anyhow::Result<()> {
             "serving the persisted policy snapshot until the operator answers"
         );
     }
-    let dataplane = Dataplane::from_args(&args, client.snapshot())
+    let mut dataplane = Dataplane::from_args(&args, client.snapshot())
         .provisioner(client.provisioner())
         .history(history_of(&args)?)
         .sync_status(status.clone())
@@ -46,10 +47,12 @@ pub async fn run(args: DataplaneArgs) -> anyhow::Result<()> {
     let outcome = tokio::select! {
         r = dataplane.wait() => r,
         signal = shutdown_signal() => {
-            tracing::info!(signal, "shutting down");
+            tracing::info!(signal, "shutting down: draining");
             Ok(())
         }
     };
+    // Policy keeps arriving while the pod drains: a revocation still ends what it revokes.
+    dataplane.drain().await;
     let _ = stop_tx.send(true);
     sync.await.context("the policy sync client panicked")?;
     outcome

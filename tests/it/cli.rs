@@ -16,6 +16,7 @@ fn every_subcommand_has_help() {
         "operator",
         "dataplane",
         "crds",
+        "sleep",
     ] {
         let out = fleetward().args([sub, "--help"]).output().expect("runs");
         assert!(out.status.success(), "`fleetward {sub} --help` failed");
@@ -124,4 +125,15 @@ fn a_dataplane_without_an_operator_says_how_to_give_one() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("--operator"), "{err}");
+}
+
+#[test]
+fn sleep_waits_and_exits_0_and_refuses_what_is_not_seconds() {
+    // The chart's preStop hook on an image without a shell.
+    let started = std::time::Instant::now();
+    fleetward().args(["sleep", "1"]).assert().success();
+    assert!(started.elapsed() >= std::time::Duration::from_secs(1));
+    let out = fleetward().args(["sleep", "soon"]).output().expect("runs");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("SECONDS"));
 }

@@ -130,7 +130,7 @@ pub(crate) fn free_addrs<const N: usize>() -> [SocketAddr; N] {
     std::array::from_fn(|i| listeners[i].local_addr().expect("an address"))
 }
 
-fn free_addr() -> SocketAddr {
+pub(crate) fn free_addr() -> SocketAddr {
     let l = TcpListener::bind("127.0.0.1:0").expect("a free port");
     l.local_addr().expect("an address")
 }
@@ -169,6 +169,18 @@ impl Dataplane {
         history_secs: Option<u64>,
         extra: &[String],
     ) -> Self {
+        let mut pod = Self::spawn(node_id, nats, history_secs, extra);
+        pod.wait_ready(node_id);
+        pod
+    }
+
+    /// [`Dataplane::start_with`] without waiting for it to be ready.
+    pub(crate) fn spawn(
+        node_id: &str,
+        nats: Option<&str>,
+        history_secs: Option<u64>,
+        extra: &[String],
+    ) -> Self {
         let state = tempfile::tempdir().expect("a temp dir");
         store::save(state.path(), &persisted_snapshot_with(history_secs))
             .expect("the snapshot is written");
@@ -195,21 +207,7 @@ impl Dataplane {
             command.arg(format!("--nats={nats}"));
         }
         command.args(extra);
-        let mut process = Running(command.spawn().expect("fleetward dataplane starts"));
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Some(status) = process.0.try_wait().expect("waitable") {
-                panic!(
-                    "fleetward dataplane {node_id} exited before it was ready: {status}\n{}",
-                    std::fs::read_to_string(&log).unwrap_or_default()
-                );
-            }
-            if http_get(admin, "/readyz").is_some_and(|(code, _)| code == 200) {
-                break;
-            }
-            assert!(Instant::now() < deadline, "{node_id} not ready within 30 s");
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        let process = Running(command.spawn().expect("fleetward dataplane starts"));
         Self {
             _process: process,
             mqtt,
@@ -218,6 +216,34 @@ impl Dataplane {
             log,
             _state: state,
         }
+    }
+
+    /// Waits (30 s at most) for `/readyz` to answer 200.
+    pub(crate) fn wait_ready(&mut self, node_id: &str) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = self._process.0.try_wait().expect("waitable") {
+                panic!(
+                    "fleetward dataplane {node_id} exited before it was ready: {status}\n{}",
+                    self.log_text()
+                );
+            }
+            if http_get(self.admin, "/readyz").is_some_and(|(code, _)| code == 200) {
+                break;
+            }
+            assert!(Instant::now() < deadline, "{node_id} not ready within 30 s");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// What the process logged so far.
+    pub(crate) fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// The process, to signal and wait for.
+    pub(crate) fn child(&mut self) -> &mut Child {
+        &mut self._process.0
     }
 }
 
@@ -322,8 +348,12 @@ pub(crate) struct NatsServer {
 
 impl NatsServer {
     pub(crate) fn start() -> Self {
+        Self::start_on(free_addr())
+    }
+
+    /// A `nats-server` on `addr`.
+    pub(crate) fn start_on(addr: SocketAddr) -> Self {
         let store = tempfile::tempdir().expect("a temp dir");
-        let addr = free_addr();
         let process = Command::new("nats-server")
             .args(["-a", "127.0.0.1", "-js"])
             .args(["-p", &addr.port().to_string()])

@@ -13,6 +13,7 @@ mod cli;
 mod conformance;
 mod dataplane_processes;
 mod device_certs;
+mod drain;
 mod history;
 mod history_faults;
 mod hostile;

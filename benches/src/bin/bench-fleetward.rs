@@ -128,7 +128,7 @@ async fn main() -> anyhow::Result<()> {
     if let Some((addr, cert, key)) = mqtts {
         dp = dp.mqtts_listen(addr, cert, key);
     }
-    let dp = dp
+    let mut dp = dp
         .history(history_of)
         .mqtt_listen(args.mqtt_listen)
         .admin_listen(Some(args.admin_listen))

@@ -178,6 +178,20 @@ impl NatsBus {
         self.client.clone()
     }
 
+    /// Waits, at most `bound`, until what was handed to the bus is written to NATS: the
+    /// queue empty and the client flushed (a pod's drain); `false` if it was not.
+    pub async fn flush(&self, bound: Duration) -> bool {
+        let flushed = async {
+            while self.out.capacity() < self.out.max_capacity() {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            // The publisher task may still hold the last message it took off the queue.
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            self.client.flush().await.is_ok()
+        };
+        tokio::time::timeout(bound, flushed).await.unwrap_or(false)
+    }
+
     /// Whether the bus is connected to NATS now.
     pub fn is_connected(&self) -> bool {
         self.connected.load(Ordering::SeqCst)

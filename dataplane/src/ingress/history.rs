@@ -127,6 +127,20 @@ impl HistoryTap {
         )
     }
 
+    /// Waits, at most `bound`, until JetStream acknowledged every record handed to the
+    /// history stream (a pod's drain); `false` if some were still queued.
+    pub(crate) async fn flush(&self, bound: std::time::Duration) -> bool {
+        let HistorySink::Stream(p) = &self.history.sink else {
+            return true;
+        };
+        let acked = async {
+            while p.stats().queued.load(Ordering::Relaxed) > 0 {
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+        };
+        tokio::time::timeout(bound, acked).await.is_ok()
+    }
+
     /// The history metrics, at scrape time.
     pub(crate) fn encode_metrics(&self, e: &mut DescriptorEncoder) -> fmt::Result {
         use crate::metrics::{counter, gauge};

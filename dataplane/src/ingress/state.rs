@@ -78,6 +78,8 @@ pub(crate) struct Ingress<R: Router> {
     pub(crate) history: super::HistoryTap,
     /// What makes Things for provisioning requests, if this dataplane has one.
     pub(crate) provisioner: Option<Arc<dyn crate::provisioning::Provisioner>>,
+    /// The pod's drain on SIGTERM, which every connection follows.
+    pub(crate) drain: super::Drain,
 }
 
 impl<R: Router> Ingress<R> {
@@ -96,6 +98,7 @@ impl<R: Router> Ingress<R> {
             audit: Arc::new(audit),
             history: super::HistoryTap::default(),
             provisioner: None,
+            drain: super::Drain::default(),
             cache: DecisionCache::new(config.decision_cache_entries),
             config,
             router,
@@ -116,6 +119,12 @@ impl<R: Router> Ingress<R> {
     /// Uses `store` for retained messages (the bus writes other pods' into it).
     pub(crate) fn with_retained(mut self, store: Arc<RetainedStore>) -> Self {
         self.retained = store;
+        self
+    }
+
+    /// Sends v5 clients to `server_reference` when the pod drains (DISCONNECT 0x9C).
+    pub(crate) fn with_drain_server_reference(mut self, server_reference: Option<String>) -> Self {
+        self.drain = super::Drain::new(server_reference);
         self
     }
 

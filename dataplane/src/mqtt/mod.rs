@@ -3,6 +3,7 @@
 mod broker;
 mod codec;
 mod connect;
+mod drain;
 mod durable;
 pub(crate) use durable::DurableSessions;
 mod handshake;

@@ -22,7 +22,8 @@ use tokio::sync::watch;
 use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
 
 pub use client_config::{
-    ClientTls, DEFAULT_MAX_MESSAGE_SIZE, SyncConfig, SyncError, parse_endpoints,
+    ClientTls, DEFAULT_BACKOFF_MAX, DEFAULT_MAX_MESSAGE_SIZE, SyncConfig, SyncError,
+    parse_endpoints,
 };
 pub use status::SyncStatus;
 pub use store::{StoreError, Stored};
@@ -293,6 +294,21 @@ mod tests {
                 full / 2
             );
         }
+    }
+
+    #[test]
+    fn by_default_no_wait_is_longer_than_the_revocation_budget() {
+        // Revocations wait for the stream: a pod is back within ~2 s of its operator.
+        let config = SyncConfig::new(vec!["http://a:1".into()], "dp");
+        assert_eq!(config.backoff_max, Duration::from_millis(1500));
+        let longest = retry_waits(&config)
+            .take(1_000)
+            .max()
+            .expect("waits without end");
+        assert!(
+            longest <= config.backoff_max && longest >= config.backoff_max / 2,
+            "{longest:?}"
+        );
     }
 
     #[test]

@@ -9,3 +9,5 @@ pub const CREDENTIALS_REVOKED: u16 = 4401;
 pub const SUBSCRIPTION_REVOKED: u16 = 4403;
 /// The router went away; reconnect.
 pub const UNAVAILABLE: u16 = close_code::ERROR;
+/// The server is shutting down (a drain); reconnect, to another pod.
+pub const GOING_AWAY: u16 = close_code::AWAY;

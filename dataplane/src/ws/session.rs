@@ -121,7 +121,9 @@ pub(crate) async fn run<R: Router>(
     };
     drop(link);
     if let Some(Close(code, reason)) = end {
-        conn.shared.metrics.refused("ws", "closed_by_server");
+        if code != close::GOING_AWAY {
+            conn.shared.metrics.refused("ws", "closed_by_server");
+        }
         let frame = CloseFrame {
             code,
             reason: reason.into(),
@@ -206,15 +208,24 @@ impl<R: Router> Conn<R> {
         }
         let mut policy_open = true;
         let mut token_expiry = crate::ingress::TokenExpiry::new(self.stream.token_ends);
+        let mut drain = self.shared.drain.watch();
         loop {
+            // Draining: client frames (publishes) are no longer read, nor acknowledged.
+            let reading = self.shared.drain.reading();
             tokio::select! {
+                phase = drain.next() => if phase == crate::ingress::Phase::Closing {
+                    return Some(Close(
+                        close::GOING_AWAY,
+                        "the server is shutting down; reconnect".to_owned(),
+                    ));
+                },
                 () = token_expiry.expired(), if token_expiry.is_set() => {
                     return Some(Close(
                         close::CREDENTIALS_REVOKED,
                         "token expired: reconnect with a fresh access token".to_owned(),
                     ));
                 },
-                frame = self.socket.recv() => match frame {
+                frame = self.socket.recv(), if reading => match frame {
                     None | Some(Err(_)) | Some(Ok(WsMessage::Close(_))) => return None,
                     Some(Ok(WsMessage::Text(text))) => {
                         let answer = self.on_text(text.as_str(), link);

@@ -443,11 +443,19 @@ pub(crate) async fn reqwest_metrics(pod: &Pod) -> String {
 }
 
 #[tokio::test]
-async fn a_pod_serves_locally_while_nats_is_unreachable() {
+async fn a_pod_joins_nats_before_it_serves_then_serves_locally_while_nats_is_unreachable() {
     let mut nats = Nats::start().await;
     let url = nats.url();
     nats.kill();
     let a = Pod::start("pod-a", vec![url]).await;
+    // Until the bus has joined NATS once, the pod does not serve (`fleetward dataplane`'s
+    // readiness and its listeners wait for it: tests/it/drain.rs in the root crate).
+    assert!(!a.dataplane.metrics().bus_is_connected());
+    nats.restart().await;
+    a.wait_connected(true).await;
+    // NATS goes away after the join: local clients are still served.
+    nats.kill();
+    a.wait_connected(false).await;
     let mut r = reader(&a, "acme", "r", "m/acme/c/telemetry/#").await;
     let s = v4::connect(a.addr, "acme", "sensor", "s").await;
     s.client
@@ -455,9 +463,8 @@ async fn a_pod_serves_locally_while_nats_is_unreachable() {
         .await
         .expect("queued");
     assert_eq!(payloads(&drain(&mut r, QUIET).await), ["local"]);
-    assert!(!a.dataplane.metrics().bus_is_connected());
     assert!(a.dataplane.metrics().bus_drops("disconnected") >= 1);
-    // When NATS comes, the pod joins the bus on its own.
+    // When NATS comes back, the pod joins the bus again on its own.
     nats.restart().await;
     a.wait_connected(true).await;
     nats.wait_subjects("pod-a", &TELEMETRY).await;

@@ -369,6 +369,7 @@ fn the_default_render_has_the_workloads_the_issue_asks_for() -> Result<()> {
     ensure!(hpa["spec"]["scaleTargetRef"]["name"] == "fleetward-dataplane");
     r.get("PodDisruptionBudget", "fleetward-dataplane")?;
     r.get("PodDisruptionBudget", "fleetward-operator")?;
+    ensure_dataplane_drains(dp)?;
     r.get("Lease", "fleetward-operator")?;
     let spread = &dp["spec"]["template"]["spec"]["topologySpreadConstraints"][0];
     ensure!(
@@ -559,6 +560,60 @@ fn the_rendered_chart_passes_a_server_side_dry_run_with_default_and_non_default_
     });
 }
 
+/// A rollout keeps dataplanes serving: a pod is added before one goes, Services drop a pod
+/// (preStop sleep, by the binary: the image has no shell) before its drain, and the drain fits
+/// in the grace period.
+fn ensure_dataplane_drains(dp: &Value) -> Result<()> {
+    let rolling = &dp["spec"]["strategy"]["rollingUpdate"];
+    ensure!(
+        rolling["maxSurge"] == 1 && rolling["maxUnavailable"] == 0,
+        "dataplane rollout: {rolling}"
+    );
+    let pod = &dp["spec"]["template"]["spec"];
+    ensure!(pod["terminationGracePeriodSeconds"] == 30);
+    let c = &pod["containers"][0];
+    ensure!(
+        c["lifecycle"]["preStop"]["exec"]["command"]
+            == json!(["/usr/local/bin/fleetward", "sleep", "5"]),
+        "dataplane preStop: {}",
+        c["lifecycle"]
+    );
+    let args = c["args"].as_array().context("dataplane args")?;
+    ensure!(
+        args.contains(&json!("--drain-timeout-secs=20")),
+        "dataplane args: {args:?}"
+    );
+    ensure!(
+        !args.iter().any(|a| a
+            .as_str()
+            .is_some_and(|a| a.starts_with("--drain-server-reference"))),
+        "no server reference by default: {args:?}"
+    );
+    Ok(())
+}
+
+#[test]
+#[ignore = "end-to-end: run by scripts/test.sh"]
+fn the_drain_values_reach_the_dataplane_and_a_drain_longer_than_the_grace_is_refused() -> Result<()>
+{
+    let values = json!({"dataplane": {
+        "terminationGracePeriodSeconds": 60,
+        "drain": {"preStopSleepSeconds": 0, "timeoutSeconds": 45, "serverReference": "mqtt-b.example.com:8883"},
+    }});
+    let r = chart::template(NS, &[], &values)?;
+    let c =
+        &r.get("Deployment", "fleetward-dataplane")?["spec"]["template"]["spec"]["containers"][0];
+    ensure!(c.get("lifecycle").is_none(), "no preStop at 0 s: {c}");
+    let args = c["args"].as_array().context("dataplane args")?;
+    for flag in [
+        "--drain-timeout-secs=45",
+        "--drain-server-reference=mqtt-b.example.com:8883",
+    ] {
+        ensure!(args.contains(&json!(flag)), "{flag} missing: {args:?}");
+    }
+    Ok(())
+}
+
 #[test]
 #[ignore = "end-to-end: run by scripts/test.sh"]
 fn a_bad_value_is_refused_with_a_message_naming_it() -> Result<()> {
@@ -593,6 +648,14 @@ fn a_bad_value_is_refused_with_a_message_naming_it() -> Result<()> {
         (
             json!({"dataplane": {"autoscaling": {"minReplicas": 5, "maxReplicas": 3}}}),
             "minReplicas (5) is above maxReplicas (3)",
+        ),
+        (
+            json!({"dataplane": {"drain": {"preStopSleepSeconds": 5, "timeoutSeconds": 30}}}),
+            "must stay below dataplane.terminationGracePeriodSeconds (30)",
+        ),
+        (
+            json!({"dataplane": {"drain": {"preStopSleepSeconds": 5, "timeoutSeconds": 20, "serverReference": "mqtt://b"}}}),
+            "/dataplane/drain/serverReference",
         ),
     ];
     for (values, expected) in cases {

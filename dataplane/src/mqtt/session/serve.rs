@@ -30,6 +30,7 @@ impl<R: Router, S: AsyncRead + AsyncWrite + Unpin + Send> Session<R, S> {
         }
         let mut policy_open = true;
         let mut token_expiry = crate::ingress::TokenExpiry::new(self.acc.token_ends);
+        let mut drain = self.shared.drain.watch();
         loop {
             self.count_delivered();
             if self.durable.as_ref().is_some_and(|d| !d.to_ack.is_empty()) {
@@ -42,8 +43,10 @@ impl<R: Router, S: AsyncRead + AsyncWrite + Unpin + Send> Session<R, S> {
             let can_receive = self.can_receive();
             let keep_alive = self.acc.keep_alive;
             let deadline = self.last_rx + keep_alive.mul_f32(1.5);
+            // Draining: nothing more is read, so nothing more is accepted or acknowledged.
+            let reading = self.shared.drain.reading();
             tokio::select! {
-                read = read_some(&mut self.stream, &mut self.rbuf) => match read {
+                read = read_some(&mut self.stream, &mut self.rbuf), if reading => match read {
                     Ok(0) | Err(_) => return End::Unclean,
                     Ok(_) => {
                         self.last_rx = Instant::now();
@@ -98,7 +101,11 @@ impl<R: Router, S: AsyncRead + AsyncWrite + Unpin + Send> Session<R, S> {
                     self.flush_last().await;
                     return End::Unclean;
                 },
-                _ = tokio::time::sleep_until(deadline.into()), if !keep_alive.is_zero() => {
+                phase = drain.next() => if phase == crate::ingress::Phase::Closing {
+                    self.say_goodbye().await;
+                    return End::Unclean;
+                },
+                _ = tokio::time::sleep_until(deadline.into()), if !keep_alive.is_zero() && reading => {
                     self.shared.metrics.refused("session", "keep_alive_timeout");
                     self.disconnect(DisconnectReasonCode::KeepAliveTimeout);
                     self.flush_last().await;
@@ -107,6 +114,17 @@ impl<R: Router, S: AsyncRead + AsyncWrite + Unpin + Send> Session<R, S> {
             }
             self.flush_pending();
         }
+    }
+
+    /// The pod drains: what the router already has for the client goes out, then the
+    /// DISCONNECT of a draining pod (v5 only).
+    async fn say_goodbye(&mut self) {
+        let _ = self.deliver_ready();
+        let version = self.codec.version();
+        if let Some(goodbye) = crate::mqtt::drain::disconnect(&self.shared.drain, version) {
+            self.write(goodbye);
+        }
+        self.flush_last().await;
     }
 
     /// A resumed session's re-check and resends, and the data already read behind the
