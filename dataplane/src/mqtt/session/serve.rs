@@ -32,12 +32,7 @@ impl<R: Router, S: AsyncRead + AsyncWrite + Unpin + Send> Session<R, S> {
         let mut token_expiry = crate::ingress::TokenExpiry::new(self.acc.token_ends);
         let mut drain = self.shared.drain.watch();
         loop {
-            self.count_delivered();
-            if self.durable.as_ref().is_some_and(|d| !d.to_ack.is_empty()) {
-                // Boxed, like every durable step: a session without one does not carry it.
-                Box::pin(self.durable_acks()).await;
-            }
-            if !self.write_out().await {
+            if !self.settle_and_write().await {
                 return End::Unclean;
             }
             let can_receive = self.can_receive();
@@ -149,6 +144,18 @@ impl<R: Router, S: AsyncRead + AsyncWrite + Unpin + Send> Session<R, S> {
             return Some(end);
         }
         None
+    }
+
+    /// Between two turns of the loop: counts deliveries, passes the client's acknowledgements
+    /// of durable deliveries on to JetStream, and writes what is buffered; `false` when that
+    /// could not be written.
+    async fn settle_and_write(&mut self) -> bool {
+        self.count_delivered();
+        if self.durable.as_ref().is_some_and(|d| !d.to_ack.is_empty()) {
+            // Boxed, like every durable step: a session without one does not carry it.
+            Box::pin(self.durable_acks()).await;
+        }
+        self.write_out().await
     }
 
     /// Writes what is buffered, within the write timeout; `false` when it could not be.
