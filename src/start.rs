@@ -23,6 +23,8 @@ use tokio::sync::{mpsc, watch};
 
 use crate::local::{DEFAULT_MANIFESTS, DEFAULT_STATE_DIR, Local};
 
+/// Persistent sessions kept across a restart, under the state directory (dataplane/MQTT.md).
+const SESSIONS_FILE: &str = "sessions.json";
 /// How long file events are gathered into one rescan (an editor's save is several events).
 const DEBOUNCE: Duration = Duration::from_millis(50);
 /// A full rescan runs this often even without file events (network file systems, missed events).
@@ -100,6 +102,7 @@ pub async fn run(args: StartArgs) -> anyhow::Result<()> {
         .await
         .context("starting the dataplane")?;
     dataplane.log_listeners();
+    let sessions = dataplane.session_saver();
     let admin = dataplane
         .admin_addr
         .context("the admin listener did not start")?;
@@ -114,8 +117,9 @@ pub async fn run(args: StartArgs) -> anyhow::Result<()> {
     rescan.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let shutdown = fleetward_dataplane::shutdown_signal();
     tokio::pin!(shutdown);
-    let serving = dataplane.wait();
-    tokio::pin!(serving);
+    // Boxed rather than pinned in place, so that it can be dropped (the listeners stop) before
+    // the sessions are written.
+    let mut serving = Box::pin(dataplane.wait());
     let mut figures = history.as_ref().map(|h| h.changed.clone());
     let outcome = loop {
         tokio::select! {
@@ -149,6 +153,17 @@ pub async fn run(args: StartArgs) -> anyhow::Result<()> {
             *table = local.tenant_namespaces();
         }
     };
+    // The listeners stop; the sessions that were saved (and what the router queued for them)
+    // are written for the next start.
+    drop(serving);
+    if let Some(saver) = sessions
+        && let Err(e) = saver.save().await
+    {
+        tracing::error!(
+            error = format!("{e:#}"),
+            "could not write the persistent sessions; they start empty next time"
+        );
+    }
     // Everything accepted for history is written before the process ends.
     if let Some(h) = history.take() {
         h.finish().await;
@@ -178,6 +193,7 @@ async fn start_dataplane(
         .admin_listen(Some(args.admin_listen))
         .admin_routes(control.routes.clone())
         .provisioner(provisioner)
+        .sessions_file(Some(args.state_dir.join(SESSIONS_FILE)))
         .limits(&args.limits)
         .start()
         .await
