@@ -262,3 +262,46 @@ fn a_corrupt_session_file_is_moved_aside_and_start_serves() {
     assert!(out.contains("present 0"), "{out}");
     std::fs::remove_dir_all(root).ok();
 }
+
+/// paho-mqtt v5 as `acme/sensor-1`: connects with a will on the telemetry channel, delayed
+/// `delay` seconds, with a session expiry of 300, then goes without a DISCONNECT.
+const WILL: &str = r#"
+import os, sys, time
+import paho.mqtt.client as mqtt
+from paho.mqtt.properties import Properties
+from paho.mqtt.packettypes import PacketTypes
+port, key, delay = sys.argv[1:4]
+c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="will-maker", protocol=mqtt.MQTTv5)
+c.username_pw_set("acme/sensor-1", key)
+wp = Properties(PacketTypes.WILLMESSAGE)
+wp.WillDelayInterval = int(delay)
+c.will_set("m/acme/c/telemetry/will", "gone", qos=1, properties=wp)
+cp = Properties(PacketTypes.CONNECT)
+cp.SessionExpiryInterval = 300
+c.connect("127.0.0.1", int(port), properties=cp)
+c.loop_start()
+time.sleep(1.0)
+print("connected", flush=True)
+os._exit(0)
+"#;
+
+#[test]
+fn a_waiting_will_survives_a_restart_and_goes_out_after_its_delay() {
+    let root = tempdir("restart-will");
+    let (manifests, state) = (manifests(&root), root.join("state"));
+    let start = Start::run(&manifests, &state);
+    let out = Command::new("python3")
+        .args(["-c", WILL, &start.mqtt.port().to_string(), SENSOR_KEY, "15"])
+        .output()
+        .expect("python3 with paho-mqtt");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("connected"));
+    stop(start);
+    let text = std::fs::read_to_string(state.join("sessions.json")).expect("a session file");
+    assert!(text.contains("\"wills\":[{"), "the will is written: {text}");
+    let start = Start::run(&manifests, &state);
+    let key = start.key_of("acme/dashboard");
+    let sub = support::mosquitto_sub(start.mqtt, "acme/dashboard", &key, "m/acme/c/telemetry/#");
+    // What was left of its 15 s delay, counted across the restart.
+    sub.expect("m/acme/c/telemetry/will gone", Duration::from_secs(30));
+    std::fs::remove_dir_all(root).ok();
+}
