@@ -23,6 +23,8 @@ use tokio::sync::{mpsc, watch};
 
 use crate::local::{DEFAULT_MANIFESTS, DEFAULT_STATE_DIR, Local};
 
+/// Persistent sessions kept across a restart, under the state directory (dataplane/MQTT.md).
+const SESSIONS_FILE: &str = "sessions.json";
 /// How long file events are gathered into one rescan (an editor's save is several events).
 const DEBOUNCE: Duration = Duration::from_millis(50);
 /// A full rescan runs this often even without file events (network file systems, missed events).
@@ -100,6 +102,7 @@ pub async fn run(args: StartArgs) -> anyhow::Result<()> {
         .await
         .context("starting the dataplane")?;
     dataplane.log_listeners();
+    let sessions = dataplane.session_saver();
     let admin = dataplane
         .admin_addr
         .context("the admin listener did not start")?;
@@ -114,7 +117,8 @@ pub async fn run(args: StartArgs) -> anyhow::Result<()> {
     rescan.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let shutdown = fleetward_dataplane::shutdown_signal();
     tokio::pin!(shutdown);
-    // Boxed, so that it can be dropped (ending its borrow) before the drain.
+    // Boxed rather than pinned in place, so that it can be dropped (ending its borrow) before
+    // the drain and before the sessions are written.
     let mut serving = Box::pin(dataplane.wait());
     let mut figures = history.as_ref().map(|h| h.changed.clone());
     let outcome = loop {
@@ -151,8 +155,18 @@ pub async fn run(args: StartArgs) -> anyhow::Result<()> {
     };
     drop(serving);
     // Clients are told goodbye, and what they had sent reaches its subscribers, before the
-    // history is closed.
+    // history is closed; the drain ends live sessions, so persistent ones are saved.
     dataplane.drain().await;
+    // The sessions that were saved (and what the router queued for them) are written for the
+    // next start.
+    if let Some(saver) = sessions
+        && let Err(e) = saver.save().await
+    {
+        tracing::error!(
+            error = format!("{e:#}"),
+            "could not write the persistent sessions; they start empty next time"
+        );
+    }
     // Everything accepted for history is written before the process ends.
     if let Some(h) = history.take() {
         h.finish().await;
@@ -182,6 +196,7 @@ async fn start_dataplane(
         .admin_listen(Some(args.admin_listen))
         .admin_routes(control.routes.clone())
         .provisioner(provisioner)
+        .sessions_file(Some(args.state_dir.join(SESSIONS_FILE)))
         .limits(&args.limits)
         .start()
         .await

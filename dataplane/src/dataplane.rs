@@ -58,6 +58,7 @@ pub struct Dataplane {
     provisioner: Option<Arc<dyn crate::provisioning::Provisioner>>,
     drain: DrainConfig,
     drain_server_reference: Option<String>,
+    sessions_file: Option<PathBuf>,
 }
 
 /// The front-end of a started dataplane.
@@ -87,7 +88,16 @@ impl Dataplane {
             provisioner: None,
             drain: DrainConfig::default(),
             drain_server_reference: None,
+            sessions_file: None,
         }
+    }
+
+    /// Where persistent sessions are kept across a restart (`fleetward start`): read at start,
+    /// before the listeners accept, and written by [`SessionSaver::save`] at shutdown. Off by
+    /// default: a pod's sessions then live in its memory only.
+    pub fn sessions_file(mut self, path: Option<PathBuf>) -> Self {
+        self.sessions_file = path;
+        self
     }
 
     /// A dataplane configured from the command line.
@@ -300,7 +310,17 @@ impl Dataplane {
         let metrics = Arc::new(Metrics::default());
         let retained = Arc::new(RetainedStore::default());
         let bus = self.start_bus(&inner, &retained, &metrics).await?;
-        let shared = self.front_end(inner, bus.bus, retained, bus.nats_client, &metrics);
+        let shared = self.front_end(inner.clone(), bus.bus, retained, bus.nats_client, &metrics);
+        let sessions = match &self.sessions_file {
+            None => None,
+            Some(path) => {
+                restore_sessions(&shared, &inner, path).await;
+                Some(SessionSaver {
+                    shared: shared.clone(),
+                    path: path.clone(),
+                })
+            }
+        };
         let mut tasks = JoinSet::new();
         spawn_audit(&mut tasks, &shared);
         if let Some(takeovers) = shared.follow_takeovers() {
@@ -359,6 +379,7 @@ impl Dataplane {
             shared,
             nats: bus.nats,
             drain: self.drain,
+            sessions,
         })
     }
 
@@ -662,6 +683,52 @@ pub struct RunningDataplane {
     shared: Front,
     nats: Option<Arc<NatsBus>>,
     drain: DrainConfig,
+    sessions: Option<SessionSaver>,
+}
+
+/// Writes a dataplane's persistent sessions to its sessions file (`Dataplane::sessions_file`).
+#[derive(Clone)]
+pub struct SessionSaver {
+    shared: Arc<Broker<BusRouter<RumqttdRouter>>>,
+    path: PathBuf,
+}
+
+impl SessionSaver {
+    /// Writes every persistent session whose client is away, with what the router queued for
+    /// it, and every waiting will; call it at shutdown once live sessions have ended (a
+    /// session still connected is not written). They are taken out of the dataplane.
+    pub async fn save(&self) -> anyhow::Result<crate::mqtt::SessionCounts> {
+        let counts = self.shared.save_sessions(&self.path).await?;
+        tracing::info!(
+            file = %self.path.display(),
+            sessions = counts.sessions,
+            queued_messages = counts.messages,
+            wills = counts.wills,
+            "saved the persistent sessions for the next start"
+        );
+        Ok(counts)
+    }
+}
+
+/// Makes the sessions of the file again, with what was queued for them.
+async fn restore_sessions(
+    shared: &Arc<Broker<BusRouter<RumqttdRouter>>>,
+    router: &Arc<RumqttdRouter>,
+    path: &std::path::Path,
+) {
+    let counts = shared
+        .restore_sessions(path, |key, queued| router.queue_offline(key, queued))
+        .await;
+    if counts != crate::mqtt::SessionCounts::default() {
+        tracing::info!(
+            file = %path.display(),
+            sessions = counts.sessions,
+            queued_messages = counts.messages,
+            wills = counts.wills,
+            expired = counts.expired,
+            "restored the persistent sessions saved at the last shutdown"
+        );
+    }
 }
 
 /// Everything `/metrics` shows: the front-end's counters, and what the listeners, sessions,
@@ -737,6 +804,11 @@ impl RunningDataplane {
     /// authenticated yet.
     pub fn sockets(&self) -> (usize, usize) {
         (self.gate.open(), self.gate.pending())
+    }
+
+    /// What writes the persistent sessions at shutdown, when a sessions file is configured.
+    pub fn session_saver(&self) -> Option<SessionSaver> {
+        self.sessions.clone()
     }
 
     /// Runs until a listener stops.

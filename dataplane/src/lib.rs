@@ -47,8 +47,9 @@ pub mod web;
 pub mod ws;
 
 pub use args::{DataplaneArgs, LimitArgs};
-pub use dataplane::{DEFAULT_MAX_PENDING, Dataplane, RunningDataplane};
+pub use dataplane::{DEFAULT_MAX_PENDING, Dataplane, RunningDataplane, SessionSaver};
 pub use ingress::{History, HistorySink, MqttConfig};
 pub use listener::{HttpLimits, RESERVED_FILES, raise_open_files_limit};
+pub use mqtt::SessionCounts;
 pub use run::{run, shutdown_signal};
 pub use shutdown::DrainReport;

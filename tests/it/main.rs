@@ -18,5 +18,6 @@ mod history;
 mod history_faults;
 mod hostile;
 mod provisioning;
+mod session_restart;
 mod start;
 mod sync;

@@ -13,6 +13,7 @@ mod registry;
 mod response_topic;
 mod saved;
 mod session;
+mod session_file;
 mod subs;
 mod websocket;
 mod will;
@@ -29,6 +30,7 @@ pub(crate) use broker::Broker;
 pub(crate) use codec::publish_with_id;
 pub(crate) use codec::{Codec, Frame, Version, peek_version};
 pub(crate) use connect::{MAX_CONNECT, read_connect};
+pub use session_file::Counts as SessionCounts;
 pub use websocket::MQTT_SUBPROTOCOL;
 pub(crate) use websocket::websocket;
 

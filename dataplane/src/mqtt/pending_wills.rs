@@ -17,6 +17,27 @@ pub(crate) struct Will {
     pub delay: Duration,
 }
 
+/// A waiting will as the session file keeps it across a restart: its message, and when it is
+/// due (whose it is, its id says).
+#[derive(Clone)]
+pub(crate) struct KeptWill {
+    pub message: Message,
+    pub retain: bool,
+    pub due: std::time::Instant,
+}
+
+impl KeptWill {
+    /// What of `will` is kept while it waits.
+    pub(crate) fn of(will: &Will) -> Self {
+        let now = std::time::Instant::now();
+        Self {
+            message: will.message.clone(),
+            retain: will.retain,
+            due: now.checked_add(will.delay).unwrap_or(now),
+        }
+    }
+}
+
 /// Wills waiting out their v5 delay after their connection ended, by router-side id, and how
 /// many each tenant has: each holds its message with no connection, so a tenant holds at most
 /// `--max-pending-wills-per-tenant` of them (MQTT.md, Wills).
@@ -29,12 +50,15 @@ pub(crate) struct PendingWills {
 struct PendingInner {
     /// By id: the tenant, the task, and what tells the task to send the will now.
     by_id: HashMap<String, (String, AbortHandle, Arc<Notify>)>,
+    /// By id: the will itself, for the session file.
+    kept: HashMap<String, KeptWill>,
     per_tenant: HashMap<String, usize>,
 }
 
 impl PendingInner {
     fn forget(&mut self, id: &str) -> Option<AbortHandle> {
         let (tenant, handle, _) = self.by_id.remove(id)?;
+        self.kept.remove(id);
         if let Some(n) = self.per_tenant.get_mut(&tenant) {
             *n -= 1;
             if *n == 0 {
@@ -65,12 +89,30 @@ impl PendingWills {
     /// Keeps the task of a waiting will in the place [`PendingWills::reserve`] took (a will
     /// the id had before is aborted, and its place given back); `now` tells the task to stop
     /// waiting.
-    pub(crate) fn insert(&self, id: String, tenant: &str, task: AbortHandle, now: Arc<Notify>) {
+    pub(crate) fn insert(
+        &self,
+        id: String,
+        tenant: &str,
+        task: AbortHandle,
+        now: Arc<Notify>,
+        will: KeptWill,
+    ) {
         let mut inner = self.inner.lock();
         if let Some(old) = inner.forget(&id) {
             old.abort();
         }
+        inner.kept.insert(id.clone(), will);
         inner.by_id.insert(id, (tenant.to_owned(), task, now));
+    }
+
+    /// The wills waiting now, by id (the session file writes them at shutdown).
+    pub(crate) fn kept(&self) -> Vec<(String, KeptWill)> {
+        let inner = self.inner.lock();
+        inner
+            .kept
+            .iter()
+            .map(|(id, w)| (id.clone(), w.clone()))
+            .collect()
     }
 
     /// Sends the will of `id` now, if one waits: its session ended before its delay did (MQTT 5,
@@ -102,21 +144,41 @@ mod tests {
         let wills = PendingWills::default();
         let task = || tokio::spawn(std::future::pending::<()>()).abort_handle();
         let now = Arc::<Notify>::default;
+        let kept = || {
+            let will = Will {
+                message: crate::router::Message {
+                    topic: "m/a/c/c/will".into(),
+                    payload: "gone".into(),
+                    qos: 1,
+                    props: None,
+                    retain: false,
+                    origin: None,
+                    publisher: None,
+                    protocol: crate::router::Protocol::Mqtt,
+                    created_ns: 0,
+                    id: crate::router::MessageId::floor(0),
+                },
+                retain: false,
+                delay: Duration::from_secs(5),
+            };
+            KeptWill::of(&will)
+        };
         for n in 1..=2 {
             assert!(wills.reserve("a", 2));
-            wills.insert(format!("a:thing:x:{n}"), "a", task(), now());
+            wills.insert(format!("a:thing:x:{n}"), "a", task(), now(), kept());
         }
         assert!(!wills.reserve("a", 2), "a is full");
         assert!(!wills.reserve("c", 0), "a cap of 0 holds none");
         // The same id again replaces its will (aborting the old task), in one place.
         let old = task();
         assert!(wills.reserve("b", 2));
-        wills.insert("b:thing:y:1".into(), "b", old.clone(), now());
+        wills.insert("b:thing:y:1".into(), "b", old.clone(), now(), kept());
         assert!(wills.reserve("b", 2));
-        wills.insert("b:thing:y:1".into(), "b", task(), now());
+        wills.insert("b:thing:y:1".into(), "b", task(), now(), kept());
         tokio::task::yield_now().await;
         assert!(old.is_finished());
         assert_eq!(wills.len(), 3);
+        assert_eq!(wills.kept().len(), 3, "one kept per waiting will");
         assert!(wills.reserve("b", 2), "b holds one");
         assert!(wills.remove("a:thing:x:1").is_some());
         assert!(wills.reserve("a", 2), "a's place came back");

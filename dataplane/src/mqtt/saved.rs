@@ -40,6 +40,9 @@ pub(crate) struct SavedSession {
     pub(crate) inflight: HashMap<u16, (Outbound, OutMsg)>,
     pub(crate) qos2_in: HashSet<u16>,
     pub(crate) next_pkid: u16,
+    /// When it expires, once its expiry timer runs (the session file keeps it across a
+    /// restart).
+    pub(crate) deadline: Option<std::time::Instant>,
     generation: u64,
     tenant: String,
     /// Told when the tenant has too many saved sessions and this is the oldest.
@@ -60,6 +63,7 @@ impl SavedSession {
             inflight,
             qos2_in,
             next_pkid,
+            deadline: None,
             generation: 0,
             tenant: String::new(),
             evict: Arc::default(),
@@ -210,6 +214,20 @@ impl SessionStore {
             return true;
         }
         false
+    }
+
+    /// Notes when the session saved with `generation` expires.
+    pub(crate) fn set_deadline(&self, id: &str, generation: u64, at: std::time::Instant) {
+        if let Some(s) = self.saved.lock().by_id.get_mut(id)
+            && s.generation == generation
+        {
+            s.deadline = Some(at);
+        }
+    }
+
+    /// The ids of the sessions saved now.
+    pub(crate) fn ids(&self) -> Vec<String> {
+        self.saved.lock().by_id.keys().cloned().collect()
     }
 
     /// Saved sessions on this pod, for the metrics.

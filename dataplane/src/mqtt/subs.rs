@@ -73,6 +73,16 @@ impl Incarnation {
         }
     }
 
+    /// Its tenant's and channel's uid hashes (the session file keeps them across a restart).
+    pub(crate) fn hashes(self) -> (u64, u64) {
+        (self.tenant, self.channel)
+    }
+
+    /// The inverse of [`Incarnation::hashes`].
+    pub(crate) fn from_hashes(tenant: u64, channel: u64) -> Self {
+        Self { tenant, channel }
+    }
+
     /// Whether what was made under `self` was made under another tenant or channel of the same
     /// name than `now`: a uid known on both sides differs. An unknown one matches all.
     pub(crate) fn other_than(self, now: Self) -> bool {

@@ -4,6 +4,7 @@
 //! front-end authorizes, then attaches sessions, subscribes, publishes and receives here.
 
 mod envelope;
+mod offline;
 mod props;
 mod routes;
 mod rumqttd;

@@ -10,6 +10,7 @@
 //! are recycled when no link holds them (`super::routes`, ROUTER.md §7): rumqttd frees nothing
 //! it was given.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
@@ -21,6 +22,7 @@ use rumqttd::protocol::{
 };
 use rumqttd::{Notification, RouterConfig};
 
+use super::offline::OfflineQueues;
 use super::props::{message_props, publish_props};
 
 use super::routes::{Buckets, Change, LinkRoutes, Routes, State};
@@ -69,6 +71,8 @@ pub struct RumqttdRouter {
     system: Arc<SystemLink>,
     alive: Arc<AtomicBool>,
     routes: Arc<Routes>,
+    /// Messages queued for persistent sessions before a restart (`queue_offline`).
+    pub(super) offline: Arc<OfflineQueues>,
 }
 
 /// The router's own link: publishes of sessions without a link go through it, and so do the
@@ -180,7 +184,14 @@ impl RumqttdRouter {
             }),
             alive,
             routes: Arc::new(Routes::new(config.buckets_per_channel)),
+            offline: Arc::default(),
         })
+    }
+
+    /// Gives a persistent session what was queued for it before a restart: its next
+    /// persistent attach delivers them first, in order; a clean attach drops them.
+    pub(crate) fn queue_offline(&self, key: &SessionKey, messages: VecDeque<Message>) {
+        self.offline.put(&key.router_id(), messages);
     }
 }
 
@@ -248,6 +259,7 @@ impl Router for RumqttdRouter {
         // Whatever the id held before is replaced: a clean attach drops it, a persistent one
         // resumes it below if the router still has it.
         let saved = self.routes.take_saved(&id);
+        let offline = self.offline.take(&id);
         let task_id = id.clone();
         // `build` blocks on the router's channel and on its answer.
         let built = tokio::task::spawn_blocking(move || connect(&task_id, clean))
@@ -257,8 +269,9 @@ impl Router for RumqttdRouter {
             Ok(b) => b,
             Err(e) => {
                 if let Some(saved) = saved {
-                    self.routes.save(id, saved);
+                    self.routes.save(id.clone(), saved);
                 }
+                self.offline.put(&id, offline);
                 return Err(e);
             }
         };
@@ -288,6 +301,9 @@ impl Router for RumqttdRouter {
                             routes: Some(routes),
                             id,
                             persistent: !clean,
+                            // A clean attach starts empty: what was queued goes.
+                            offline: if clean { VecDeque::new() } else { offline },
+                            offline_table: self.offline.clone(),
                         },
                     },
                     present,
@@ -296,8 +312,9 @@ impl Router for RumqttdRouter {
             // The router drops a link it has no room for without an answer.
             Err(e) => {
                 if let Some(saved) = saved {
-                    self.routes.save(id, saved);
+                    self.routes.save(id.clone(), saved);
                 }
+                self.offline.put(&id, offline);
                 match e {
                     RouterError::SessionClosed if self.is_alive() => Err(RouterError::Refused),
                     e => Err(e),
@@ -344,6 +361,9 @@ struct Held {
     routes: Option<LinkRoutes>,
     id: String,
     persistent: bool,
+    /// What was queued for the session before a restart, delivered before the router's own.
+    offline: VecDeque<Message>,
+    offline_table: Arc<OfflineQueues>,
 }
 
 impl Held {
@@ -354,6 +374,11 @@ impl Held {
 
 impl Drop for Held {
     fn drop(&mut self) {
+        if self.persistent {
+            // Not delivered yet: kept for the next attach, as the router keeps its queue.
+            self.offline_table
+                .put(&self.id, std::mem::take(&mut self.offline));
+        }
         if let Some(routes) = self.routes.take() {
             if self.persistent {
                 self.table.save(std::mem::take(&mut self.id), routes);
@@ -466,6 +491,9 @@ impl RouterLink for RumqttdLink {
     }
 
     async fn receive(&mut self) -> Result<Message, RouterError> {
+        if let Some(message) = self.held.offline.pop_front() {
+            return Ok(message);
+        }
         loop {
             if self.wake_pending {
                 // Boxed: the router's event makes this future large, which would size every

@@ -11,7 +11,7 @@ use super::connection::{End, Session};
 use super::persist::{self, clear_in_router};
 use crate::ingress::PublishRequest;
 use crate::mqtt::broker::Broker;
-use crate::mqtt::pending_wills::Will;
+use crate::mqtt::pending_wills::{KeptWill, Will};
 use crate::mqtt::saved::SavedSession;
 use crate::router::{Protocol, Publisher, Router, RouterLink};
 
@@ -88,7 +88,12 @@ impl<R: Router, S: AsyncRead + AsyncWrite + Unpin + Send> Session<R, S> {
 
 /// Publishes a will after its delay, if the subject may still publish there. A will whose
 /// tenant already has `max_pending_wills_per_tenant` waiting goes out at once.
-fn publish_will<R: Router>(shared: Arc<Broker<R>>, subject: Subject, id: String, mut will: Will) {
+pub(crate) fn publish_will<R: Router>(
+    shared: Arc<Broker<R>>,
+    subject: Subject,
+    id: String,
+    mut will: Will,
+) {
     if !will.delay.is_zero()
         && !shared
             .pending_wills
@@ -98,6 +103,7 @@ fn publish_will<R: Router>(shared: Arc<Broker<R>>, subject: Subject, id: String,
         will.delay = Duration::ZERO;
     }
     let delay = will.delay;
+    let kept = (!delay.is_zero()).then(|| KeptWill::of(&will));
     let task_shared = shared.clone();
     let task_id = id.clone();
     let subject_tenant = subject.tenant.clone();
@@ -131,9 +137,9 @@ fn publish_will<R: Router>(shared: Arc<Broker<R>>, subject: Subject, id: String,
             shared.metrics.refused("will", label);
         }
     });
-    if !delay.is_zero() {
+    if let Some(kept) = kept {
         shared
             .pending_wills
-            .insert(id, &subject_tenant, task.abort_handle(), now);
+            .insert(id, &subject_tenant, task.abort_handle(), now, kept);
     }
 }

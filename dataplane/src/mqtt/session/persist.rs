@@ -35,13 +35,17 @@ fn subject_exists(snapshot: &Snapshot, subject: &Subject) -> bool {
 /// The tenant's oldest saved session is dropped early when it has more than
 /// `max_saved_sessions_per_tenant` saved (`evict`). A session dropped early sends its waiting
 /// will then; one that expires has sent it already (its delay is capped by the expiry).
-pub(super) fn expire_later<R: Router>(
+pub(crate) fn expire_later<R: Router>(
     shared: Arc<Broker<R>>,
     key: SessionKey,
     subject: Subject,
     (generation, evict): (u64, Arc<Notify>),
     after: Duration,
 ) {
+    if let Some(deadline) = std::time::Instant::now().checked_add(after) {
+        let id = key.router_id();
+        shared.sessions.set_deadline(&id, generation, deadline);
+    }
     tokio::spawn(async move {
         let id = key.router_id();
         let expiry = tokio::time::sleep(after);
