@@ -313,21 +313,10 @@ impl Dataplane {
         let shared = self.front_end(inner.clone(), bus.bus, retained, bus.nats_client, &metrics);
         let sessions = match &self.sessions_file {
             None => None,
-            Some(path) => {
-                restore_sessions(&shared, &inner, path).await;
-                Some(SessionSaver {
-                    shared: shared.clone(),
-                    path: path.clone(),
-                })
-            }
+            Some(path) => Some(restore_sessions(&shared, &inner, path).await),
         };
         let mut tasks = JoinSet::new();
-        spawn_audit(&mut tasks, &shared);
-        if let Some(takeovers) = shared.follow_takeovers() {
-            tasks.spawn(async move {
-                let _ = takeovers.await;
-            });
-        }
+        spawn_background(&mut tasks, &shared);
         // Bound now, accepting once the bus is joined: a client that connects early waits in
         // the backlog instead of being served by a pod that cannot reach the others.
         let mut listeners = Listeners {
@@ -616,9 +605,15 @@ async fn note_joined(client: async_nats::Client, joined: watch::Sender<bool>) {
     }
 }
 
-/// The audit trail's summaries of quiet subjects, and its events published on each tenant's
-/// audit channel.
-fn spawn_audit(tasks: &mut JoinSet<()>, shared: &Arc<Broker<BusRouter<RumqttdRouter>>>) {
+/// The audit trail's summaries of quiet subjects, its events published on each tenant's
+/// audit channel, and the session takeovers other pods announce.
+fn spawn_background(tasks: &mut JoinSet<()>, shared: &Arc<Broker<BusRouter<RumqttdRouter>>>) {
+    // And the takeovers other pods announce (persistent sessions in JetStream).
+    if let Some(takeovers) = shared.follow_takeovers() {
+        tasks.spawn(async move {
+            let _ = takeovers.await;
+        });
+    }
     tasks.spawn(crate::audit::summarize_every(shared.audit.clone()));
     let publisher = shared.clone();
     tasks.spawn(crate::audit::publish_on_channels(
@@ -710,12 +705,13 @@ impl SessionSaver {
     }
 }
 
-/// Makes the sessions of the file again, with what was queued for them.
+/// Makes the sessions of the file again, with what was queued for them; what writes them
+/// at shutdown.
 async fn restore_sessions(
     shared: &Arc<Broker<BusRouter<RumqttdRouter>>>,
     router: &Arc<RumqttdRouter>,
     path: &std::path::Path,
-) {
+) -> SessionSaver {
     let counts = shared
         .restore_sessions(path, |key, queued| router.queue_offline(key, queued))
         .await;
@@ -728,6 +724,10 @@ async fn restore_sessions(
             expired = counts.expired,
             "restored the persistent sessions saved at the last shutdown"
         );
+    }
+    SessionSaver {
+        shared: shared.clone(),
+        path: path.to_owned(),
     }
 }
 
