@@ -58,7 +58,8 @@ pub struct Must {
 pub fn check(test: &str, reports: &[Report], must: Must) -> Result<()> {
     let mut broken = Vec::new();
     for r in reports {
-        println!("FAULT {test} {r}");
+        // A line of its own: the test harness leaves "test <name> ... " unterminated.
+        println!("\nFAULT {test} {r}");
         let p = &r.phase;
         if r.accepted == 0 {
             broken.push(format!("{p}: no message was accepted"));
