@@ -180,7 +180,11 @@ fn fault_api_server_restarted() {
         let load = start_load(&fleet)?;
         std::thread::sleep(BEFORE);
         load.fault("API server restarted");
-        fleet.plane.stop()?;
+        // Under this load it may outlast the harness's 10 s grace and be SIGKILLed: still a
+        // restart on the same data (etcd recovers from its log), so only said.
+        if let Err(err) = fleet.plane.stop() {
+            eprintln!("the API server's stop: {err:#}");
+        }
         std::thread::sleep(Duration::from_secs(5));
         // The dataplanes serve from their snapshot meanwhile.
         ensure!(
