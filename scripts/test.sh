@@ -42,7 +42,11 @@ cargo test --workspace --all-features
 step "end-to-end tests against a real kube-apiserver"
 cargo build --bin fleetward
 # bench_* are benchmarks (minutes long, budget-checked); BENCHMARKS.md says how to run them.
-cargo test -p fleetward-e2e --all-features -- --ignored --test-threads=1 --skip bench_
+# fault_* are the fault tests (e2e/tests/fault.rs): scripts/bench-suite.sh runs them all; CI
+# runs one, the kill -9 of a dataplane, as their smoke (about 2 minutes).
+cargo test -p fleetward-e2e --all-features -- --ignored --test-threads=1 --skip bench_ --skip fault_
+cargo test -p fleetward-e2e --all-features --test fault -- --ignored --test-threads=1 \
+  --exact fault_kill9_one_dataplane
 
 step "benchmark suite, smoke run (tiny sizes, dev build: checks the harness, not the figures)"
 scripts/bench-suite.sh --smoke

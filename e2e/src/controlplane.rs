@@ -107,6 +107,11 @@ impl ControlPlane {
         self.launch()
     }
 
+    /// Starts the control plane again after [`ControlPlane::stop`], on the same data and address.
+    pub fn start_again(&mut self) -> Result<()> {
+        self.launch()
+    }
+
     /// Stops the control plane, keeping its data for [`ControlPlane::restart`].
     pub fn stop(&mut self) -> Result<()> {
         if let Some(mut process) = self.process.take() {

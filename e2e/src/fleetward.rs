@@ -326,6 +326,18 @@ impl Dataplane {
     /// directory (what a crashed pod's replacement sees), waiting until ready.
     pub fn restart(&mut self, log_dir: &Path, attempt: u32) -> Result<()> {
         self.process.kill()?;
+        self.start_again(log_dir, attempt)
+    }
+
+    /// Stops the process as Kubernetes stops a pod (SIGTERM, SIGKILL after the harness's grace
+    /// period) and returns how it exited.
+    pub fn terminate(&mut self) -> Result<std::process::ExitStatus> {
+        self.process.stop()
+    }
+
+    /// Starts the process again on the same ports and state directory after it stopped (a
+    /// restarted pod), its log `<node id>-<attempt>.log`, waiting until ready.
+    pub fn start_again(&mut self, log_dir: &Path, attempt: u32) -> Result<()> {
         self.process = Self::spawn(
             &self.release,
             &self.node_id,

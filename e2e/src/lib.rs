@@ -10,6 +10,7 @@
 pub mod argocd;
 pub mod chart;
 pub mod controlplane;
+pub mod fault;
 pub mod fleetward;
 pub mod kubectl;
 pub mod logs;
