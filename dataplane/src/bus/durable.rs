@@ -26,6 +26,11 @@ use super::subject::{escape_level, topic_subject};
 use crate::metrics::Metrics;
 use crate::router::Message;
 
+/// How long an acknowledgement (a PUBACK, an HTTP 202) waits for JetStream to store its QoS
+/// 1/2 messages before the publisher is told to send them again: longer than a NATS restart
+/// and the reconnect after it, shorter than a client's keep-alive.
+pub const STORE_WAIT: Duration = Duration::from_secs(30);
+
 /// The header naming the session that published a message, `<node>:<connection>`, so the
 /// publishing pod can honour v5 no-local on durable deliveries.
 pub(crate) const ORIGIN_HEADER: &str = "Fleetward-Origin";

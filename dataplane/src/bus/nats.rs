@@ -43,7 +43,7 @@ impl NatsConfig {
             node_id: node_id.into(),
             retained_bucket: "fleetward-retained".to_owned(),
             queue: 65_536,
-            max_backoff: Duration::from_secs(5),
+            max_backoff: Duration::from_secs(2),
             durable: Some(super::DurableConfig::default()),
         }
     }

@@ -156,7 +156,13 @@ async fn handle<R: Router>(
         created_ns: crate::router::now_ns(),
     };
     let publisher = Publisher::of(&subject);
-    match shared.publish(&snapshot, &subject, &publisher, request, None) {
+    let published = shared.publish(&snapshot, &subject, &publisher, request, None);
+    if let Ok(p) = &published
+        && p.qos > 0
+    {
+        stored(shared, seen).await?;
+    }
+    match published {
         Ok(published) => Ok((
             StatusCode::ACCEPTED,
             [(header::CONTENT_TYPE, "application/json")],
@@ -176,6 +182,31 @@ async fn handle<R: Router>(
             Err(ApiError::from_publish(&refusal, &who, &topic))
         }
     }
+}
+
+/// Like a PUBACK, the 202 of a QoS 1/2 message waits until it is stored for persistent
+/// sessions on any pod (BUS.md, "QoS 1 across pods"); 503 `not_stored` if it is not in time.
+async fn stored<R: Router>(shared: &Ingress<R>, seen: &mut Seen) -> Result<(), ApiError> {
+    let Some(mark) = shared.router.durable_mark() else {
+        return Ok(());
+    };
+    if shared
+        .router
+        .durably_stored(mark, crate::bus::durable::STORE_WAIT)
+        .await
+    {
+        return Ok(());
+    }
+    shared.metrics.refused("publish", "bus_behind");
+    seen.reason = Some("bus_behind");
+    let mut e = ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "not_stored",
+        "the message reached this pod's subscribers but NATS JetStream did not store it in time \
+         for persistent sessions elsewhere; send it again",
+    );
+    e.retry_after = Some(1);
+    Err(e)
 }
 
 #[cfg(test)]

@@ -53,15 +53,30 @@ impl<R: Router> Broker<R> {
 
     /// Follows takeovers announced by other pods: ends the live session with that key, and
     /// drops a will its earlier connection left waiting here (the session continues there).
+    /// And sends the wills of persistent sessions kept in JetStream when they are due, on
+    /// whichever pod claims each first.
     pub(crate) fn follow_takeovers(self: &Arc<Self>) -> Option<tokio::task::JoinHandle<()>> {
         let durable = self.durable.clone()?;
         let this = Arc::downgrade(self);
-        Some(durable.follow_takeovers(move |id| {
+        let takeovers = durable.follow_takeovers(move |id, at_ns| {
             let Some(this) = this.upgrade() else { return };
-            this.registry.kick(id);
+            this.registry.kick(id, at_ns);
             if let Some(will) = this.pending_wills.remove(id) {
                 will.abort();
             }
+        });
+        let this = Arc::downgrade(self);
+        let wills = durable.follow_wills(move |will| {
+            let Some(this) = this.upgrade() else { return };
+            match will.message() {
+                Some(message) => {
+                    super::session::send_will(&this, &will.subject(), message, will.retain);
+                }
+                None => this.metrics.refused("will", "undecodable"),
+            }
+        });
+        Some(tokio::spawn(async move {
+            let _ = tokio::join!(takeovers, wills);
         }))
     }
 }

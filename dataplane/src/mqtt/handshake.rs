@@ -418,8 +418,11 @@ impl<R: Router, S: AsyncWrite + Unpin> Handshake<'_, R, S> {
     async fn register(&mut self, key: &SessionKey) -> (Registration, bool) {
         let shared = self.shared;
         if let Some(store) = shared.durable() {
-            // The pod holding a live session with this key ends it (v5 0x8E).
+            // The pod holding a live session with this key ends it (v5 0x8E); a will the key
+            // left waiting in JetStream is cancelled (MQTT 5, 3.1.3.2.2).
             Box::pin(store.announce_takeover(&key.router_id())).await;
+            let (store, id) = (store.clone(), key.router_id());
+            tokio::spawn(async move { store.cancel_will(&id).await });
         }
         let mut registration = shared.registry.register(key.router_id());
         let abandoned = !registration

@@ -54,6 +54,9 @@ impl Signals {
 
 struct RegEntry {
     conn: u64,
+    /// When it registered (ns since the epoch): an announcement of an earlier CONNECT on
+    /// another pod does not end it.
+    since_ns: u64,
     signals: Arc<Signals>,
 }
 
@@ -86,6 +89,7 @@ impl Registry {
             id.clone(),
             RegEntry {
                 conn,
+                since_ns: crate::router::now_ns(),
                 signals: signals.clone(),
             },
         );
@@ -110,10 +114,12 @@ impl Registry {
         Some(self.register(id))
     }
 
-    /// Tells the live session with `id`, if any, to end: a CONNECT on another pod took it.
-    pub(crate) fn kick(&self, id: &str) -> bool {
+    /// Tells the live session with `id`, if any, to end: a CONNECT on another pod at
+    /// `at_ns` (ns since the epoch) took it. A session that registered after that CONNECT is
+    /// the newer one, and stays.
+    pub(crate) fn kick(&self, id: &str, at_ns: u64) -> bool {
         let entries = self.entries.lock();
-        let Some(entry) = entries.get(id) else {
+        let Some(entry) = entries.get(id).filter(|e| e.since_ns < at_ns) else {
             return false;
         };
         entry.signals.raise(&entry.signals.taken_over);

@@ -280,3 +280,88 @@ impl PodAddr {
         }
     }
 }
+
+/// A sensor's persistent session with a will on `m/acme/c/telemetry/will-<id>` after `delay`.
+fn with_will(addr: std::net::SocketAddr, id: &str, delay: u32) -> v5::MqttOptions {
+    use rumqttc::v5::mqttbytes::v5::{LastWill, LastWillProperties};
+    let mut o = v5::options(addr, "acme", "sensor", id);
+    o.set_clean_start(false);
+    o.set_session_expiry_interval(Some(300));
+    o.set_last_will(LastWill::new(
+        format!("m/acme/c/telemetry/will-{id}"),
+        "gone",
+        v5::QoS::AtLeastOnce,
+        false,
+        Some(LastWillProperties {
+            delay_interval: Some(delay),
+            payload_format_indicator: None,
+            message_expiry_interval: None,
+            content_type: None,
+            response_topic: None,
+            correlation_data: None,
+            user_properties: Vec::new(),
+        }),
+    ));
+    o
+}
+
+/// Wills received on `filter` by a clean reader on `pod` within `wait`.
+async fn wills_seen(mut watcher: v5::Client, wait: Duration) -> usize {
+    let mut n = 0;
+    let until = Instant::now() + wait;
+    while let Some(left) = until.checked_duration_since(Instant::now()) {
+        match watcher.next_publish(left).await {
+            Some(p) if p.payload.as_ref() == b"gone" => n += 1,
+            Some(_) => {}
+            None => break,
+        }
+    }
+    n
+}
+
+#[tokio::test]
+async fn a_delayed_will_goes_out_once_from_another_pod_when_its_pod_is_gone() {
+    let nats = Nats::start().await;
+    let (a, b) = pods(&nats).await;
+    let mut watcher = v5::connect(b.addr, "acme", "reader", "will-watcher-1").await;
+    watcher
+        .subscribe("m/acme/c/telemetry/will-w1", v5::QoS::AtLeastOnce)
+        .await;
+    let device = v5::connect_with(with_will(a.addr, "w1", 2))
+        .await
+        .expect("connects");
+    // Its connection drops without DISCONNECT; then its pod goes before the delay ends.
+    device.task.abort();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    drop(a);
+    assert_eq!(
+        wills_seen(watcher, Duration::from_secs(6)).await,
+        1,
+        "the will goes out once, from the pod that is left"
+    );
+}
+
+#[tokio::test]
+async fn a_reconnect_on_another_pod_within_the_delay_cancels_the_will() {
+    let nats = Nats::start().await;
+    let (a, b) = pods(&nats).await;
+    let mut watcher = v5::connect(b.addr, "acme", "reader", "will-watcher-2").await;
+    watcher
+        .subscribe("m/acme/c/telemetry/will-w2", v5::QoS::AtLeastOnce)
+        .await;
+    let device = v5::connect_with(with_will(a.addr, "w2", 3))
+        .await
+        .expect("connects");
+    device.task.abort();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let back = v5::connect_with(with_will(b.addr, "w2", 3))
+        .await
+        .expect("connects");
+    assert!(back.connack.session_present);
+    assert_eq!(
+        wills_seen(watcher, Duration::from_secs(6)).await,
+        0,
+        "no will: the client came back within the delay"
+    );
+    drop(back);
+}

@@ -214,7 +214,13 @@ impl Ledger {
                         r.delivered += 1;
                         r.duplicated += u64::from(copies - 1);
                         // Extra copies beyond those the broker flagged as resent.
-                        r.duplicated_without_dup += u64::from((copies - 1).saturating_sub(*dups));
+                        let without_dup = (copies - 1).saturating_sub(*dups);
+                        r.duplicated_without_dup += u64::from(without_dup);
+                        if without_dup > 0 && r.duplicate_examples.len() < 5 {
+                            let name = &self.names[*client];
+                            r.duplicate_examples
+                                .push(format!("fw:{msg} to {name} ({copies} copies, {dups} DUP)"));
+                        }
                     }
                 }
             }
@@ -331,6 +337,8 @@ pub struct Report {
     pub lost: u64,
     /// Up to five of them, for the failure message.
     pub lost_examples: Vec<String>,
+    /// A few messages delivered again without DUP, and to whom.
+    pub duplicate_examples: Vec<String>,
     /// Extra copies delivered, all of them.
     pub duplicated: u64,
     /// Extra copies delivered without the DUP flag.

@@ -79,8 +79,9 @@ pub fn check(test: &str, reports: &[Report], must: Must) -> Result<()> {
         }
         if r.duplicated_without_dup > 0 {
             broken.push(format!(
-                "{p}: {} extra copies without DUP",
-                r.duplicated_without_dup
+                "{p}: {} extra copies without DUP (e.g. {})",
+                r.duplicated_without_dup,
+                r.duplicate_examples.join(", ")
             ));
         }
         if p == "before" {

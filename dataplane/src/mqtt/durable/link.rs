@@ -7,6 +7,8 @@ use std::time::Duration;
 use async_nats::jetstream::message::Acker;
 use foldhash::HashMap;
 
+use crate::router::MessageId;
+
 use super::{DurableQueue, DurableSessions, RecordedSub, SessionRecord};
 
 /// The durable half of a persistent session.
@@ -19,8 +21,12 @@ pub(crate) struct DurableLink {
     /// Resumed from a record: its subscriptions are replayed, its queue taken over.
     pub(crate) resumed: bool,
     pub(crate) tenant: String,
-    /// Deliveries the client has not acknowledged yet, by packet id.
-    pub(crate) unacked: HashMap<u16, Acker>,
+    /// Deliveries the client has not acknowledged yet, by packet id, with their message id.
+    pub(crate) unacked: HashMap<u16, (Acker, MessageId)>,
+    /// Messages delivered lately, and whether the client acknowledged each. Across a NATS
+    /// restart a message may come again (an ack or a store NATS lost): one acknowledged is
+    /// then acknowledged again, not delivered; one in flight goes with DUP.
+    pub(crate) recent: Recent,
     /// Acknowledgements to pass on to JetStream.
     pub(crate) to_ack: Vec<Acker>,
     /// The subscriptions changed since the record and the queue's filter were written.
@@ -58,6 +64,7 @@ impl DurableLink {
             resumed,
             tenant: tenant.to_owned(),
             unacked: HashMap::default(),
+            recent: Recent::default(),
             to_ack: Vec::new(),
             dirty: true,
             next: None,
@@ -82,8 +89,52 @@ impl DurableLink {
 
     /// The client acknowledged the delivery with `pkid` (PUBACK, or PUBREC of QoS 2).
     pub(crate) fn acked(&mut self, pkid: u16) {
-        if let Some(acker) = self.unacked.remove(&pkid) {
+        if let Some((acker, id)) = self.unacked.remove(&pkid) {
+            self.recent.acked(id);
             self.to_ack.push(acker);
+        }
+    }
+}
+
+/// The last few thousand messages a session delivered from its queue, by message id, and
+/// whether each was acknowledged.
+#[derive(Default)]
+pub(crate) struct Recent {
+    order: std::collections::VecDeque<MessageId>,
+    seen: HashMap<MessageId, bool>,
+}
+
+/// What a session did with a message of its queue before.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Seen {
+    Never,
+    InFlight,
+    Acknowledged,
+}
+
+impl Recent {
+    const KEEP: usize = 4096;
+
+    /// What was done with `id` before; from now on it counts as delivered.
+    pub(crate) fn delivering(&mut self, id: MessageId) -> Seen {
+        match self.seen.get(&id) {
+            Some(true) => return Seen::Acknowledged,
+            Some(false) => return Seen::InFlight,
+            None => {}
+        }
+        self.seen.insert(id, false);
+        self.order.push_back(id);
+        if self.order.len() > Self::KEEP
+            && let Some(old) = self.order.pop_front()
+        {
+            self.seen.remove(&old);
+        }
+        Seen::Never
+    }
+
+    fn acked(&mut self, id: MessageId) {
+        if let Some(acked) = self.seen.get_mut(&id) {
+            *acked = true;
         }
     }
 }

@@ -15,6 +15,7 @@
 
 mod link;
 mod queue;
+mod wills;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -26,8 +27,9 @@ use serde::{Deserialize, Serialize};
 use sha2::Digest as _;
 use tokio::sync::OnceCell;
 
-pub(crate) use self::link::DurableLink;
+pub(crate) use self::link::{DurableLink, Seen};
 pub(crate) use self::queue::{Delivery, DurableQueue};
+pub(crate) use self::wills::StoredWill;
 use crate::bus::DurableConfig;
 
 /// The KV bucket of session records.
@@ -89,6 +91,7 @@ pub(crate) struct DurableSessions {
     /// The consumers' cap on unacknowledged deliveries: the pod's in-flight window.
     max_inflight: u16,
     kv: OnceCell<kv::Store>,
+    wills_kv: OnceCell<kv::Store>,
 }
 
 impl DurableSessions {
@@ -105,6 +108,7 @@ impl DurableSessions {
             config,
             max_inflight,
             kv: OnceCell::new(),
+            wills_kv: OnceCell::new(),
         }
     }
 
@@ -253,9 +257,9 @@ impl DurableSessions {
         .await
     }
 
-    /// Tells the other pods a CONNECT with this session key arrived.
+    /// Tells the other pods a CONNECT with this session key arrived (now).
     pub(crate) async fn announce_takeover(&self, id: &str) {
-        let payload = format!("{}\n{id}", self.node_id);
+        let payload = format!("{}\n{}\n{id}", self.node_id, crate::router::now_ns());
         if let Err(e) = self
             .client
             .publish(TAKEOVER_SUBJECT, payload.into_bytes().into())
@@ -266,10 +270,10 @@ impl DurableSessions {
     }
 
     /// Ends local sessions that a CONNECT on another pod takes over, through `kick` (given the
-    /// session id), for as long as the pod runs.
+    /// session id and when that CONNECT came), for as long as the pod runs.
     pub(crate) fn follow_takeovers(
         self: &Arc<Self>,
-        kick: impl Fn(&str) + Send + Sync + 'static,
+        kick: impl Fn(&str, u64) + Send + Sync + 'static,
     ) -> tokio::task::JoinHandle<()> {
         let this = self.clone();
         tokio::spawn(async move {
@@ -278,10 +282,13 @@ impl DurableSessions {
                     Ok(mut sub) => {
                         while let Some(msg) = sub.next().await {
                             let text = String::from_utf8_lossy(&msg.payload);
-                            if let Some((node, id)) = text.split_once('\n')
+                            let mut parts = text.splitn(3, '\n');
+                            if let (Some(node), Some(at), Some(id)) =
+                                (parts.next(), parts.next(), parts.next())
                                 && node != this.node_id
+                                && let Ok(at) = at.parse::<u64>()
                             {
-                                kick(id);
+                                kick(id, at);
                             }
                         }
                     }

@@ -20,6 +20,8 @@ pub(crate) struct Delivery {
     pub(crate) acker: Acker,
     /// Delivered before (to this client, on any pod): sent with DUP.
     pub(crate) dup: bool,
+    /// Its place in the tenant's stream.
+    pub(crate) sequence: u64,
 }
 
 /// What a queue is opened with.
@@ -176,6 +178,10 @@ async fn pump(
     dup_until: u64,
     _client: async_nats::Client,
 ) {
+    // A consumer delivers in stream order, so a sequence not above the highest seen is one
+    // delivered before: NATS sends it again when it lost the ack, or the delivery, across a
+    // restart (its consumer state is written behind), and then says it is the first time.
+    let mut highest = dup_until;
     loop {
         let mut messages = match consumer.messages().await {
             Ok(m) => m,
@@ -193,9 +199,10 @@ async fn pump(
                     break;
                 }
             };
-            let Some(delivery) = delivery(msg, &node_id, dup_until).await else {
+            let Some(delivery) = delivery(msg, &node_id, highest).await else {
                 continue;
             };
+            highest = highest.max(delivery.sequence);
             if tx.send(delivery).await.is_err() {
                 return;
             }
@@ -234,6 +241,7 @@ async fn delivery(
                 message,
                 acker,
                 dup: delivered > 1 || sequence <= dup_until,
+                sequence,
             })
         }
         Ok(None) | Err(_) => {

@@ -10,13 +10,9 @@ use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::connection::{End, Flow, Session};
 use super::subscriptions::Asked;
-use crate::mqtt::durable::{Delivery, RecordedSub, ended_now};
+use crate::mqtt::durable::{Delivery, RecordedSub, Seen, StoredWill, ended_now};
 use crate::mqtt::reason::qos_of;
 use crate::router::Router;
-
-/// How long a publisher's acknowledgement waits for JetStream to store its QoS 1/2 messages
-/// before the connection is closed unacknowledged (the client sends them again).
-const STORE_WAIT: Duration = Duration::from_secs(10);
 
 impl<R: Router, S: AsyncRead + AsyncWrite + Unpin + Send> Session<R, S> {
     /// A resumed session's subscriptions, made again as the client made them and authorized
@@ -126,13 +122,26 @@ impl<R: Router, S: AsyncRead + AsyncWrite + Unpin + Send> Session<R, S> {
         let Delivery {
             message,
             acker,
-            dup,
+            mut dup,
+            ..
         } = delivery;
+        let id = message.id;
+        if let Some(d) = self.durable.as_mut() {
+            match d.recent.delivering(id) {
+                Seen::Acknowledged => {
+                    // The client has it: NATS sent it again after a restart lost its ack.
+                    d.to_ack.push(acker);
+                    return;
+                }
+                Seen::InFlight => dup = true,
+                Seen::Never => {}
+            }
+        }
         let pkid = self.deliver_from(message, false, Some(dup));
         if let Some(d) = self.durable.as_mut() {
             match pkid {
                 Some(pkid) => {
-                    d.unacked.insert(pkid, acker);
+                    d.unacked.insert(pkid, (acker, id));
                 }
                 None => d.to_ack.push(acker),
             }
@@ -149,12 +158,59 @@ impl<R: Router, S: AsyncRead + AsyncWrite + Unpin + Send> Session<R, S> {
         let Some(mark) = self.shared.router.durable_mark() else {
             return Flow::Continue;
         };
-        if self.shared.router.durably_stored(mark, STORE_WAIT).await {
+        if self
+            .shared
+            .router
+            .durably_stored(mark, crate::bus::durable::STORE_WAIT)
+            .await
+        {
             return Flow::Continue;
         }
         self.wbuf.clear();
         self.end_with(DisconnectReasonCode::ServerBusy, "publish", "bus_behind");
         Flow::End(End::Unclean)
+    }
+
+    /// How a durable session ends: its router link goes, its record is written, and a will
+    /// with a delay is kept in JetStream, sent by whichever pod claims it when due (or
+    /// cancelled by a CONNECT with the same key meanwhile).
+    pub(super) async fn durable_finish(&mut self, end: End) {
+        let store = self.durable.as_ref().map(|d| d.store.clone());
+        if let Some(link) = self.link.take() {
+            crate::router::RouterLink::detach(*link);
+        }
+        self.durable_end().await;
+        let (End::Unclean | End::CleanWithWill, Some(mut will)) = (end, self.acc.will.take())
+        else {
+            return;
+        };
+        // Never after the session's end (MQTT 5, 3.1.3.2.2).
+        will.delay = will.delay.min(self.acc.expiry);
+        if self.acc.registration.was_kicked() && !will.delay.is_zero() {
+            // Taken over within the delay: the new connection cancels it (MQTT 5, 3.1.3.2.2).
+            return;
+        }
+        let id = self.acc.key.router_id();
+        if let Some(store) = store
+            && !will.delay.is_zero()
+        {
+            let due = crate::router::now_ns() / 1_000_000
+                + u64::try_from(will.delay.as_millis()).unwrap_or(u64::MAX / 2);
+            let stored = StoredWill::new(
+                id.clone(),
+                &self.acc.subject,
+                &will.message,
+                will.retain,
+                due,
+            );
+            if let Some(stored) = stored
+                && store.keep_will(&stored).await
+            {
+                return;
+            }
+        }
+        // Without JetStream for it: on this pod, as a pod without NATS does.
+        super::ending::publish_will(self.shared.clone(), self.acc.subject.clone(), id, *will);
     }
 
     /// The durable half at the session's end: its record written (when the connection ended,

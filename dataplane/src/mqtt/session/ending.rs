@@ -35,12 +35,11 @@ impl<R: Router, S: AsyncRead + AsyncWrite + Unpin + Send> Session<R, S> {
             return;
         }
         if self.durable.is_some() {
-            // Kept in JetStream, not on this pod.
-            if let Some(link) = self.link.take() {
-                (*link).detach();
-            }
-            Box::pin(self.durable_end()).await;
-        } else if !self.acc.expiry.is_zero() {
+            // Kept in JetStream, not on this pod; and so is a will waiting out its delay.
+            Box::pin(self.durable_finish(end)).await;
+            return;
+        }
+        if !self.acc.expiry.is_zero() {
             // Persistent: keep our half; the router keeps its half on detach.
             let saved = SavedSession::new(
                 std::mem::take(&mut self.subs),
@@ -88,6 +87,31 @@ impl<R: Router, S: AsyncRead + AsyncWrite + Unpin + Send> Session<R, S> {
 
 /// Publishes a will after its delay, if the subject may still publish there. A will whose
 /// tenant already has `max_pending_wills_per_tenant` waiting goes out at once.
+/// Publishes a will now, if the subject may still publish there (authorized as any publish).
+pub(crate) fn send_will<R: Router>(
+    shared: &Broker<R>,
+    subject: &Subject,
+    message: crate::router::Message,
+    retain: bool,
+) {
+    let snapshot = shared.snapshot();
+    let request = PublishRequest {
+        topic: message.topic,
+        payload: message.payload,
+        qos: message.qos,
+        retain,
+        props: message.props,
+        origin: None,
+        protocol: Protocol::Mqtt,
+        created_ns: crate::router::now_ns(),
+    };
+    let publisher = Publisher::of(subject);
+    if let Err(refusal) = shared.publish(&snapshot, subject, &publisher, request, None) {
+        let (_, label) = refusal.labels();
+        shared.metrics.refused("will", label);
+    }
+}
+
 pub(crate) fn publish_will<R: Router>(
     shared: Arc<Broker<R>>,
     subject: Subject,
@@ -119,23 +143,7 @@ pub(crate) fn publish_will<R: Router>(
             }
             shared.pending_wills.remove(&task_id);
         }
-        let snapshot = shared.snapshot();
-        let message = will.message;
-        let request = PublishRequest {
-            topic: message.topic,
-            payload: message.payload,
-            qos: message.qos,
-            retain: will.retain,
-            props: message.props,
-            origin: None,
-            protocol: Protocol::Mqtt,
-            created_ns: crate::router::now_ns(),
-        };
-        let publisher = Publisher::of(&subject);
-        if let Err(refusal) = shared.publish(&snapshot, &subject, &publisher, request, None) {
-            let (_, label) = refusal.labels();
-            shared.metrics.refused("will", label);
-        }
+        send_will(&shared, &subject, will.message, will.retain);
     });
     if let Some(kept) = kept {
         shared
