@@ -447,12 +447,15 @@ impl Dataplane {
                     ..
                 }),
                 Some(client),
-            ) => Some(Arc::new(crate::mqtt::DurableSessions::new(
-                client.clone(),
-                node_id.clone(),
-                config.clone(),
-                self.mqtt.max_inflight,
-            ))),
+            ) => Some(Arc::new(
+                crate::mqtt::DurableSessions::new(
+                    client.clone(),
+                    node_id.clone(),
+                    config.clone(),
+                    self.mqtt.max_inflight,
+                )
+                .with_interest(bus.durable().map(crate::bus::DurableOut::interest)),
+            )),
             _ => None,
         };
         let refresh = RefreshStore::for_bus(nats_client, self.users.tokens.refresh_ttl);

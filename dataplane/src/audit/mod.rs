@@ -277,6 +277,7 @@ pub(crate) async fn publish_on_channels(
         let topic = format!("m/{tenant}/c/{}", fleetward_policy::AUDIT_CHANNEL);
         let created_ns = crate::router::now_ns();
         let message = crate::router::Message {
+            stored: false,
             topic: topic.into(),
             payload,
             qos: 0,

@@ -84,6 +84,7 @@ pub fn encode(message: &Message, origin_pod: &str, sequence: u64) -> Option<Vec<
         response_topic: props.and_then(|p| p.response_topic.clone()),
         correlation_data: props.and_then(|p| p.correlation_data.as_ref().map(|c| c.to_vec())),
         bus_sequence: sequence,
+        stored: message.stored,
     };
     Some(wire.encode_to_vec())
 }
@@ -129,6 +130,7 @@ pub fn decode(bytes: &[u8]) -> Result<Option<Received>, DecodeError> {
     }
     Ok(Some(Received {
         message: Message {
+            stored: wire.stored,
             topic: Bytes::from(topic),
             payload: Bytes::from(wire.payload),
             qos,
@@ -196,6 +198,7 @@ mod tests {
 
     fn full() -> Message {
         Message {
+            stored: false,
             id: crate::router::MessageId::floor(1_700_000_000_000_000_000),
             topic: Bytes::from_static(b"m/acme/c/x/a//b"),
             payload: Bytes::from_static(b"hello"),
@@ -247,6 +250,7 @@ mod tests {
     #[test]
     fn a_plain_message_on_the_channel_itself_has_no_props() {
         let m = Message {
+            stored: false,
             id: crate::router::MessageId::floor(1_700_000_000_000_000_000),
             topic: Bytes::from_static(b"m/acme/c/x"),
             payload: Bytes::new(),

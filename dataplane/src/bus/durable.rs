@@ -77,6 +77,65 @@ pub fn durable_pattern(bus_subject: &str) -> String {
     format!("p{}", &bus_subject[1..])
 }
 
+/// The channels some persistent session anywhere subscribes to at QoS 1/2, from the session
+/// records every pod watches (`mqtt/durable/`): only their messages are stored, so a channel
+/// no persistent session follows keeps today's fast path (no store, no wait for its PUBACK).
+/// Until the watch has read every record, every channel counts.
+#[derive(Default)]
+pub struct DurableInterest {
+    /// Subscriptions per channel, keyed `m/<tenant>/c/<channel>` (a topic's own prefix, so a
+    /// lookup takes no allocation).
+    channels: parking_lot::RwLock<std::collections::HashMap<String, usize>>,
+    synced: AtomicBool,
+}
+
+impl DurableInterest {
+    /// Whether a message on `topic` is to be stored.
+    pub fn wants(&self, topic: &[u8]) -> bool {
+        if !self.synced.load(Ordering::Acquire) {
+            return true;
+        }
+        let Some(prefix) = channel_prefix(topic) else {
+            return false;
+        };
+        self.channels.read().contains_key(prefix)
+    }
+
+    /// A persistent session's QoS 1/2 subscriptions on these channels (prefixes) came, or
+    /// (`delta` -1) went.
+    pub fn count(&self, prefixes: &std::collections::BTreeSet<String>, delta: isize) {
+        let mut channels = self.channels.write();
+        for p in prefixes {
+            let n = channels.entry(p.clone()).or_default();
+            *n = n.saturating_add_signed(delta);
+            if *n == 0 {
+                channels.remove(p);
+            }
+        }
+    }
+
+    /// Every record was read: from now on only the channels counted are stored.
+    pub fn synced(&self) {
+        self.synced.store(true, Ordering::Release);
+    }
+}
+
+/// `m/<tenant>/c/<channel>` of a topic name or filter (`$share/<group>/` taken off).
+pub fn channel_prefix(topic: &[u8]) -> Option<&str> {
+    let mut topic = std::str::from_utf8(topic).ok()?;
+    if let Some(rest) = topic.strip_prefix("$share/") {
+        topic = rest.split_once('/')?.1;
+    }
+    let mut slashes = topic.match_indices('/').map(|(i, _)| i);
+    let (_, _, _) = (slashes.next()?, slashes.next()?, slashes.next()?);
+    let end = slashes.next().unwrap_or(topic.len());
+    topic.starts_with("m/").then(|| &topic[..end])
+}
+
+/// The durable copies' queue is full: JetStream is behind or away.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct QueueFull;
+
 /// The queue of durable copies, and how far JetStream has stored them.
 pub struct DurableOut {
     /// Copies numbered as queued, under the lock so numbers follow the queue's order.
@@ -85,6 +144,7 @@ pub struct DurableOut {
     /// Set once JetStream answered: until then (and on a NATS without JetStream) nothing is
     /// stored and nothing waits, as before durable sessions.
     ready: Arc<AtomicBool>,
+    interest: Arc<DurableInterest>,
 }
 
 impl DurableOut {
@@ -112,6 +172,7 @@ impl DurableOut {
             queue: Mutex::new((0, tx)),
             stored,
             ready,
+            interest: Arc::default(),
         };
         (out, task)
     }
@@ -121,18 +182,32 @@ impl DurableOut {
         self.ready.load(Ordering::SeqCst)
     }
 
-    /// Queues the durable copy of a QoS 1/2 message; `false` when the queue is full.
-    pub fn enqueue(&self, message: &Message) -> bool {
-        if message.qos == 0 || !self.is_ready() {
-            return true;
+    /// The channels persistent sessions follow, which the session records feed.
+    pub fn interest(&self) -> Arc<DurableInterest> {
+        self.interest.clone()
+    }
+
+    /// Queues the durable copy of a QoS 1/2 message some persistent session may need, and
+    /// marks it stored (`Message::stored`). `Ok(true)` when it was queued, `Ok(false)` when it
+    /// needs none (QoS 0, a channel no persistent session follows, no JetStream yet, queued
+    /// already), `Err` when the queue is full.
+    pub fn enqueue(&self, message: &mut Message) -> Result<bool, QueueFull> {
+        if message.qos == 0
+            || message.stored
+            || !self.is_ready()
+            || !self.interest.wants(&message.topic)
+        {
+            return Ok(false);
         }
         let mut q = self.queue.lock();
         let n = q.0 + 1;
+        message.stored = true;
         if q.1.try_send((n, message.clone())).is_err() {
-            return false;
+            message.stored = false;
+            return Err(QueueFull);
         }
         q.0 = n;
-        true
+        Ok(true)
     }
 
     /// The number of the last copy queued: waiting for it covers every copy queued before.
@@ -324,6 +399,30 @@ impl Copy {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_channels_a_persistent_session_follows_are_stored_once_synced() {
+        let interest = DurableInterest::default();
+        assert!(
+            interest.wants(b"m/acme/c/cmd/x"),
+            "before the records are read: all"
+        );
+        interest.synced();
+        assert!(!interest.wants(b"m/acme/c/cmd/x"));
+        let cmd = std::collections::BTreeSet::from(["m/acme/c/cmd".to_owned()]);
+        interest.count(&cmd, 1);
+        assert!(interest.wants(b"m/acme/c/cmd/x"));
+        assert!(interest.wants(b"m/acme/c/cmd"));
+        assert!(!interest.wants(b"m/acme/c/cmdx/y"));
+        assert!(!interest.wants(b"m/other/c/cmd/x"));
+        interest.count(&cmd, -1);
+        assert!(!interest.wants(b"m/acme/c/cmd/x"));
+        assert_eq!(
+            channel_prefix(b"$share/g/m/acme/c/cmd/#"),
+            Some("m/acme/c/cmd")
+        );
+        assert_eq!(channel_prefix(b"m/acme/c"), None);
+    }
 
     #[test]
     fn durable_subjects_and_stream_names_follow_the_bus_subjects() {

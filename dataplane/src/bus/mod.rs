@@ -67,16 +67,19 @@ struct State {
 }
 
 impl State {
-    /// Queues the durable copies of `messages` (QoS 1/2, where the bus stores them) before
-    /// they are routed: none is routed when one cannot be queued, so nothing is acknowledged
-    /// that could be lost.
-    fn store(&self, messages: &[Message]) -> Result<(), RouterError> {
-        if let Some(durable) = self.bus.durable()
-            && !messages.iter().all(|m| durable.enqueue(m))
-        {
-            return Err(RouterError::BusBehind);
+    /// Queues the durable copies of `messages` (QoS 1/2 ones some persistent session may
+    /// need, where the bus stores them) before they are routed, and marks them stored: none is
+    /// routed when one cannot be queued, so nothing is acknowledged that could be lost.
+    /// Whether any was queued.
+    fn store(&self, messages: &mut [Message]) -> Result<bool, RouterError> {
+        let Some(durable) = self.bus.durable() else {
+            return Ok(false);
+        };
+        let mut any = false;
+        for m in messages {
+            any |= durable.enqueue(m).map_err(|_| RouterError::BusBehind)?;
         }
-        Ok(())
+        Ok(any)
     }
 
     fn add(&self, filter: &str) {
@@ -164,8 +167,8 @@ impl<R: Router> Router for BusRouter<R> {
         ))
     }
 
-    fn publish(&self, message: Message) -> Result<(), RouterError> {
-        self.state.store(std::slice::from_ref(&message))?;
+    fn publish(&self, mut message: Message) -> Result<(), RouterError> {
+        self.state.store(std::slice::from_mut(&mut message))?;
         self.state.bus.publish(&message);
         self.inner.publish(message)
     }
@@ -174,6 +177,10 @@ impl<R: Router> Router for BusRouter<R> {
         self.state.store(messages)?;
         messages.iter().for_each(|m| self.state.bus.publish(m));
         self.inner.publish_batch(messages)
+    }
+
+    fn store_durably(&self, messages: &mut [Message]) -> Result<bool, RouterError> {
+        self.state.store(messages)
     }
 
     fn durable_mark(&self) -> Option<u64> {
@@ -254,8 +261,8 @@ impl<L: RouterLink> RouterLink for BusLink<L> {
         result
     }
 
-    fn publish(&mut self, message: Message) -> Result<(), RouterError> {
-        self.state.store(std::slice::from_ref(&message))?;
+    fn publish(&mut self, mut message: Message) -> Result<(), RouterError> {
+        self.state.store(std::slice::from_mut(&mut message))?;
         self.state.bus.publish(&message);
         self.inner.publish(message)
     }

@@ -499,6 +499,7 @@ fn apply(ctx: &Ctx, entry: kv::Entry) {
 /// The retained message that clears `topic`'s: an empty payload with the retain flag.
 fn cleared(topic: String) -> Message {
     Message {
+        stored: false,
         id: crate::router::MessageId::new(crate::router::now_ns()),
         topic: topic.into(),
         payload: bytes::Bytes::new(),

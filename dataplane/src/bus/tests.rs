@@ -75,6 +75,7 @@ impl Router for FakeRouter {
 
 fn msg(topic: &'static str) -> Message {
     Message {
+        stored: false,
         id: crate::router::MessageId::floor(1_700_000_000_000_000_000),
         topic: Bytes::from_static(topic.as_bytes()),
         payload: Bytes::from_static(b"p"),

@@ -342,6 +342,7 @@ fn message_of(r: &Record) -> Message {
         ..MessageProps::default()
     };
     Message {
+        stored: false,
         topic: Bytes::from(r.topic()),
         payload: r.payload.clone(),
         qos: r.qos,

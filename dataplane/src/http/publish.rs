@@ -158,7 +158,7 @@ async fn handle<R: Router>(
     let publisher = Publisher::of(&subject);
     let published = shared.publish(&snapshot, &subject, &publisher, request, None);
     if let Ok(p) = &published
-        && p.qos > 0
+        && p.stored
     {
         stored(shared, seen).await?;
     }

@@ -126,6 +126,8 @@ pub(crate) struct Published {
     pub retained: bool,
     /// Its id.
     pub id: crate::router::MessageId,
+    /// Stored for persistent sessions (BUS.md): an acknowledgement waits for the store.
+    pub stored: bool,
 }
 
 /// Why a publish was refused. Nothing reached the router.
@@ -192,7 +194,12 @@ impl<R: Router> Ingress<R> {
         request: PublishRequest,
         link: Option<&mut R::Link>,
     ) -> Result<Published, PublishRefusal> {
-        let (message, published) = self.accept(snapshot, subject, publisher, request, None)?;
+        let (mut message, mut published) =
+            self.accept(snapshot, subject, publisher, request, None)?;
+        published.stored = self
+            .router
+            .store_durably(std::slice::from_mut(&mut message))
+            .map_err(PublishRefusal::Router)?;
         match link {
             Some(link) => link.publish(message),
             None => self.router.publish(message),
@@ -303,6 +310,7 @@ impl<R: Router> Ingress<R> {
             qos,
             retained: retain,
             id: message.id,
+            stored: false,
         };
         Ok((message, published))
     }
@@ -423,6 +431,7 @@ fn message_of(
             .retain(|(k, _)| !k.starts_with(METADATA_PREFIX));
     }
     Message {
+        stored: false,
         topic: request.topic,
         payload: request.payload,
         qos: request.qos.min(max_qos),

@@ -517,6 +517,7 @@ mod tests {
 
     fn msg(payload: &'static [u8]) -> Message {
         Message {
+            stored: false,
             id: crate::router::MessageId::floor(1_700_000_000_000_000_000),
             topic: Bytes::from_static(b"m/t/c/ch/a"),
             payload: Bytes::from_static(payload),

@@ -70,13 +70,19 @@ impl<R: Router> Broker<R> {
             let Some(this) = this.upgrade() else { return };
             match will.message() {
                 Some(message) => {
-                    super::session::send_will(&this, &will.subject(), message, will.retain);
+                    super::pending_wills::send_will(&this, &will.subject(), message, will.retain);
                 }
                 None => this.metrics.refused("will", "undecodable"),
             }
         });
+        let records = durable.interest.clone().map(|i| durable.follow_records(i));
         Some(tokio::spawn(async move {
-            let _ = tokio::join!(takeovers, wills);
+            let records = async {
+                if let Some(records) = records {
+                    let _ = records.await;
+                }
+            };
+            let _ = tokio::join!(takeovers, wills, records);
         }))
     }
 }

@@ -3,12 +3,14 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use fleetward_policy::Subject;
 use foldhash::HashMap;
 use parking_lot::Mutex;
 use tokio::sync::Notify;
 use tokio::task::AbortHandle;
 
-use crate::router::Message;
+use crate::ingress::{Ingress, PublishRequest};
+use crate::router::{Message, Protocol, Publisher, Router};
 
 /// A will, published by the front-end when the session ends uncleanly.
 pub(crate) struct Will {
@@ -135,6 +137,31 @@ impl PendingWills {
     }
 }
 
+/// Publishes a will now, if the subject may still publish there (authorized as any publish).
+pub(crate) fn send_will<R: Router>(
+    shared: &Ingress<R>,
+    subject: &Subject,
+    message: Message,
+    retain: bool,
+) {
+    let snapshot = shared.snapshot();
+    let request = PublishRequest {
+        topic: message.topic,
+        payload: message.payload,
+        qos: message.qos,
+        retain,
+        props: message.props,
+        origin: None,
+        protocol: Protocol::Mqtt,
+        created_ns: crate::router::now_ns(),
+    };
+    let publisher = Publisher::of(subject);
+    if let Err(refusal) = shared.publish(&snapshot, subject, &publisher, request, None) {
+        let (_, label) = refusal.labels();
+        shared.metrics.refused("will", label);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -147,6 +174,7 @@ mod tests {
         let kept = || {
             let will = Will {
                 message: crate::router::Message {
+                    stored: false,
                     topic: "m/a/c/c/will".into(),
                     payload: "gone".into(),
                     qos: 1,

@@ -133,6 +133,7 @@ pub(crate) fn accept<R: Router>(
         .min(shared.config.max_will_delay);
     Ok(Box::new(Will {
         message: Message {
+            stored: false,
             topic: Bytes::from(topic),
             payload: will.message,
             qos: will.qos as u8,

@@ -26,6 +26,9 @@ use super::{Message, MessageId, Protocol, Publisher, PublisherKind};
 
 /// The first byte of every enveloped payload.
 const MAGIC: u8 = 0xF1;
+/// The first byte of a message stored for persistent sessions (`Message::stored`): the flags
+/// byte is full, and the magic costs nothing.
+const MAGIC_STORED: u8 = 0xF2;
 const RETAIN: u8 = 1 << 2;
 const ORIGIN: u8 = 1 << 3;
 
@@ -76,7 +79,7 @@ pub(super) fn wrap(message: &Message, (slot, bucket): (u32, u16)) -> Option<(Byt
     out.put_u8(b'/');
     out.put_slice(digits.format(bucket).as_bytes());
     let topic = out.split().freeze();
-    out.put_u8(MAGIC);
+    out.put_u8(if message.stored { MAGIC_STORED } else { MAGIC });
     out.put_u8(flags);
     out.put_u64_le(message.created_ns);
     out.put_slice(&message.id.to_bytes());
@@ -100,6 +103,7 @@ pub(super) struct Unwrapped {
     pub protocol: Protocol,
     pub created_ns: u64,
     pub id: MessageId,
+    pub stored: bool,
     pub payload: Bytes,
 }
 
@@ -109,9 +113,10 @@ pub(super) struct Unwrapped {
 /// writes into the router, so that is a bug, and the caller drops the message.
 pub(super) fn unwrap(mut payload: Bytes, last: &mut Option<Publisher>) -> Option<Unwrapped> {
     let head = payload.get(..26)?;
-    if head[0] != MAGIC {
+    if head[0] != MAGIC && head[0] != MAGIC_STORED {
         return None;
     }
+    let stored = head[0] == MAGIC_STORED;
     let flags = head[1];
     let created_ns = u64::from_le_bytes(head[2..10].try_into().ok()?);
     let id = MessageId::from_slice(&head[10..26])?;
@@ -163,6 +168,7 @@ pub(super) fn unwrap(mut payload: Bytes, last: &mut Option<Publisher>) -> Option
         origin,
         protocol,
         created_ns,
+        stored,
         id,
         payload: payload.split_off(at + n),
     })
@@ -176,6 +182,7 @@ mod tests {
 
     fn message(publisher: Option<Publisher>, origin: Option<u64>, payload: &[u8]) -> Message {
         Message {
+            stored: false,
             id: crate::router::MessageId::floor(1_700_000_000_000_000_000),
             topic: Bytes::from_static(b"m/t/c/ch"),
             payload: Bytes::copy_from_slice(payload),
@@ -205,6 +212,16 @@ mod tests {
             assert!(unwrap(wrapped.slice(..len), &mut None).is_none(), "{len}");
         }
         assert!(unwrap(Bytes::from_static(b"plain payload bytes"), &mut None).is_none());
+    }
+
+    #[test]
+    fn whether_a_message_was_stored_for_persistent_sessions_survives_the_router() {
+        let mut m = message(None, None, b"x");
+        for stored in [false, true] {
+            m.stored = stored;
+            let (_, wrapped) = wrap(&m, (0, 0)).expect("wraps");
+            assert_eq!(unwrap(wrapped, &mut None).expect("unwraps").stored, stored);
+        }
     }
 
     #[test]

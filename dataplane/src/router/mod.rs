@@ -217,6 +217,9 @@ pub struct Message {
     /// Its id, given once where it was accepted (UUIDv7: unique and time-ordered), carried
     /// through the router and the bus, stored with its history, shown to subscribers.
     pub id: MessageId,
+    /// Stored in its tenant's JetStream stream for persistent sessions (BUS.md): a session
+    /// whose QoS 1/2 deliveries come from its queue takes it from there, not from the router.
+    pub stored: bool,
 }
 
 /// The v5 user property naming the publisher, `<kind>:<name>` (`thing:sensor-1`).
@@ -355,6 +358,15 @@ pub trait Router: Send + Sync + 'static {
     /// where it was when the sessions that subscribed are gone.
     fn filters(&self) -> usize {
         0
+    }
+
+    /// Stores the QoS 1/2 messages among `messages` that persistent sessions may need (the
+    /// bus, BUS.md) before they are routed, marking them `stored`; publishing them afterwards
+    /// does not store them again. Whether any was stored: its publisher's acknowledgement
+    /// then waits for [`Router::durably_stored`].
+    fn store_durably(&self, messages: &mut [Message]) -> Result<bool, RouterError> {
+        let _ = messages;
+        Ok(false)
     }
 
     /// Where QoS 1/2 messages are stored durably (the bus, BUS.md): the number of the last

@@ -50,6 +50,7 @@ mod tests {
 
     fn message(n: u8) -> Message {
         Message {
+            stored: false,
             topic: "m/t/c/ch/x".into(),
             payload: vec![n].into(),
             qos: 1,

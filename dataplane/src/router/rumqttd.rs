@@ -228,6 +228,7 @@ fn from_forward(
         None => (None, Vec::new()),
     };
     let message = Message {
+        stored: envelope.stored,
         topic: envelope.topic,
         payload: envelope.payload,
         qos: envelope.qos,
@@ -594,6 +595,7 @@ mod tests {
 
     fn message(props: Option<MessageProps>) -> Message {
         Message {
+            stored: false,
             id: crate::router::MessageId::floor(1_700_000_000_000_000_000),
             topic: bytes::Bytes::from_static(b"m/t/c/ch/x"),
             payload: bytes::Bytes::from_static(b"p"),

@@ -111,6 +111,7 @@ mod tests {
 
     fn message(payload: &'static [u8], content_type: &str) -> Message {
         Message {
+            stored: false,
             id: crate::router::MessageId::floor(1_700_000_000_000_000_000),
             topic: Bytes::from_static(b"m/acme/c/t/a"),
             payload: Bytes::from_static(payload),

@@ -431,10 +431,15 @@ async fn nats_killed_and_restarted_mid_stream() {
 }
 
 pub(crate) async fn reqwest_metrics(pod: &Pod) -> String {
+    admin_get(pod, "/metrics").await
+}
+
+/// The whole answer (status line included) to a GET on the pod's admin listener.
+async fn admin_get(pod: &Pod, path: &str) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let addr = pod.dataplane.admin_addr.expect("admin listener");
     let mut s = tokio::net::TcpStream::connect(addr).await.expect("admin");
-    s.write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n")
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").as_bytes())
         .await
         .expect("sent");
     let mut out = String::new();
@@ -453,6 +458,15 @@ async fn a_pod_joins_nats_before_it_serves_then_serves_locally_while_nats_is_unr
     assert!(!a.dataplane.metrics().bus_is_connected());
     nats.restart().await;
     a.wait_connected(true).await;
+    // Joined (ready) once the pod has had an answer from NATS, not at the connect event.
+    let until = std::time::Instant::now() + WAIT;
+    while !admin_get(&a, "/readyz").await.starts_with("HTTP/1.0 200") {
+        assert!(
+            std::time::Instant::now() < until,
+            "the pod never became ready"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     // NATS goes away after the join: local clients are still served.
     nats.kill();
     a.wait_connected(false).await;

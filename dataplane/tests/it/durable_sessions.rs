@@ -22,19 +22,24 @@ async fn pods(nats: &Nats) -> (Pod, Pod) {
     let b = Pod::start("pod-b", vec![nats.url()]).await;
     a.wait_connected(true).await;
     b.wait_connected(true).await;
+    // A persistent session on the probe topic: its channel's messages are stored from then on.
+    let mut probe = v5::connect_with(persistent(a.addr, "probe"))
+        .await
+        .expect("connects");
+    probe
+        .subscribe("m/acme/c/telemetry/probe", v5::QoS::AtLeastOnce)
+        .await;
     wait_durable(&a).await;
     wait_durable(&b).await;
+    probe.client.disconnect().await.expect("disconnects");
     (a, b)
 }
 
-/// Waits until the pod stores QoS 1/2 messages in JetStream (it asked JetStream once).
+/// Waits until the pod stores the telemetry channel's QoS 1/2 messages in JetStream: it asked
+/// JetStream once, and knows a persistent session follows the channel.
 async fn wait_durable(pod: &Pod) {
     let until = Instant::now() + WAIT;
-    loop {
-        let text = crate::bus::reqwest_metrics(pod).await;
-        if text.contains("fleetward_bus_durable_stored") && durable_ready(pod).await {
-            return;
-        }
+    while !durable_ready(pod).await {
         assert!(
             Instant::now() < until,
             "{}: JetStream never answered",

@@ -6,6 +6,7 @@ use prost::Message as _;
 #[test]
 fn a_message_survives_the_wire_and_an_absent_subtopic_stays_absent() {
     let m = Message {
+        stored: false,
         tenant: "acme".into(),
         channel: "tele".into(),
         subtopic: Some("sensors/temp".into()),

@@ -17,7 +17,7 @@ mod link;
 mod queue;
 mod wills;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -92,6 +92,8 @@ pub(crate) struct DurableSessions {
     max_inflight: u16,
     kv: OnceCell<kv::Store>,
     wills_kv: OnceCell<kv::Store>,
+    /// The channels persistent sessions follow, fed from the records (`follow_records`).
+    pub(crate) interest: Option<Arc<crate::bus::durable::DurableInterest>>,
 }
 
 impl DurableSessions {
@@ -109,7 +111,17 @@ impl DurableSessions {
             max_inflight,
             kv: OnceCell::new(),
             wills_kv: OnceCell::new(),
+            interest: None,
         }
+    }
+
+    /// Feeds `interest` from the session records (`follow_records`).
+    pub(crate) fn with_interest(
+        mut self,
+        interest: Option<Arc<crate::bus::durable::DurableInterest>>,
+    ) -> Self {
+        self.interest = interest;
+        self
     }
 
     pub(crate) fn node_id(&self) -> &str {
@@ -257,15 +269,22 @@ impl DurableSessions {
         .await
     }
 
-    /// Tells the other pods a CONNECT with this session key arrived (now).
+    /// Tells the other pods a CONNECT with this session key arrived (now). Not while NATS is
+    /// away (no pod would hear it), and never holding the CONNECT up for long.
     pub(crate) async fn announce_takeover(&self, id: &str) {
+        if self.client.connection_state() != async_nats::connection::State::Connected {
+            return;
+        }
         let payload = format!("{}\n{}\n{id}", self.node_id, crate::router::now_ns());
-        if let Err(e) = self
+        let publish = self
             .client
-            .publish(TAKEOVER_SUBJECT, payload.into_bytes().into())
-            .await
-        {
-            tracing::warn!(error = %e, "could not announce a session takeover to the other pods");
+            .publish(TAKEOVER_SUBJECT, payload.into_bytes().into());
+        match tokio::time::timeout(Duration::from_millis(250), publish).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "could not announce a session takeover to the other pods");
+            }
+            Err(_) => tracing::warn!("announcing a session takeover took over 250 ms; went on"),
         }
     }
 
@@ -297,6 +316,72 @@ impl DurableSessions {
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }
         })
+    }
+}
+
+impl DurableSessions {
+    /// Feeds `interest` the channels persistent sessions subscribe to at QoS 1/2, from every
+    /// session record, for as long as the pod runs: only those channels' messages are stored.
+    pub(crate) fn follow_records(
+        self: &Arc<Self>,
+        interest: Arc<crate::bus::durable::DurableInterest>,
+    ) -> tokio::task::JoinHandle<()> {
+        let this = self.clone();
+        tokio::spawn(async move {
+            loop {
+                // Counted from this watch only; what an interrupted one counted goes first.
+                let mut by_key: HashMap<String, BTreeSet<String>> = HashMap::new();
+                if let Err(e) = this.watch_records(&interest, &mut by_key).await {
+                    tracing::debug!(error = %e, "the session record watch broke; reopening");
+                }
+                for (_, prefixes) in by_key.drain() {
+                    interest.count(&prefixes, -1);
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        })
+    }
+
+    async fn watch_records(
+        &self,
+        interest: &crate::bus::durable::DurableInterest,
+        by_key: &mut HashMap<String, BTreeSet<String>>,
+    ) -> Result<(), String> {
+        let bucket = self.bucket().await?;
+        let mut watch = bucket
+            .watch_with_history(">")
+            .await
+            .map_err(|e| e.to_string())?;
+        // An empty bucket replays nothing: every record (none) is read.
+        if bucket.status().await.is_ok_and(|s| s.values() == 0) {
+            interest.synced();
+        }
+        while let Some(entry) = watch.next().await {
+            let entry = entry.map_err(|e| e.to_string())?;
+            let prefixes: BTreeSet<String> = match entry.operation {
+                kv::Operation::Put => serde_json::from_slice::<SessionRecord>(&entry.value)
+                    .map(|r| {
+                        r.subs
+                            .iter()
+                            .filter(|(_, s)| s.qos > 0)
+                            .filter_map(|(full, _)| {
+                                crate::bus::durable::channel_prefix(full.as_bytes())
+                            })
+                            .map(str::to_owned)
+                            .collect()
+                    })
+                    .unwrap_or_default(),
+                kv::Operation::Delete | kv::Operation::Purge => BTreeSet::new(),
+            };
+            interest.count(&prefixes, 1);
+            if let Some(old) = by_key.insert(entry.key, prefixes) {
+                interest.count(&old, -1);
+            }
+            if entry.delta == 0 {
+                interest.synced();
+            }
+        }
+        Ok(())
     }
 }
 

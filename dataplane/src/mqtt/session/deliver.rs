@@ -125,11 +125,12 @@ impl<R: Router, S: AsyncRead + AsyncWrite + Unpin + Send> Session<R, S> {
             keep_retain,
             metadata,
         } = self.matched(topic, client_topic, own)?;
-        // A session whose QoS 1/2 deliveries come from its durable queue takes only QoS 0
-        // ones (and retained messages) from the router: the queue has the others.
+        // A session whose QoS 1/2 deliveries come from its durable queue takes from the router
+        // only what was not stored (QoS 0, retained messages, a channel that had no
+        // persistent session when it was published): the queue has the rest.
         if durable.is_none()
             && !retained
-            && message.qos > 0
+            && message.stored
             && granted > 0
             && self.durable.as_ref().is_some_and(|d| d.has_queue())
         {

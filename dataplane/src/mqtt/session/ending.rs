@@ -9,11 +9,10 @@ use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::connection::{End, Session};
 use super::persist::{self, clear_in_router};
-use crate::ingress::PublishRequest;
 use crate::mqtt::broker::Broker;
 use crate::mqtt::pending_wills::{KeptWill, Will};
 use crate::mqtt::saved::SavedSession;
-use crate::router::{Protocol, Publisher, Router, RouterLink};
+use crate::router::{Router, RouterLink};
 
 impl<R: Router, S: AsyncRead + AsyncWrite + Unpin + Send> Session<R, S> {
     /// Runs the session until the connection ends, then keeps or clears what it leaves.
@@ -87,31 +86,6 @@ impl<R: Router, S: AsyncRead + AsyncWrite + Unpin + Send> Session<R, S> {
 
 /// Publishes a will after its delay, if the subject may still publish there. A will whose
 /// tenant already has `max_pending_wills_per_tenant` waiting goes out at once.
-/// Publishes a will now, if the subject may still publish there (authorized as any publish).
-pub(crate) fn send_will<R: Router>(
-    shared: &Broker<R>,
-    subject: &Subject,
-    message: crate::router::Message,
-    retain: bool,
-) {
-    let snapshot = shared.snapshot();
-    let request = PublishRequest {
-        topic: message.topic,
-        payload: message.payload,
-        qos: message.qos,
-        retain,
-        props: message.props,
-        origin: None,
-        protocol: Protocol::Mqtt,
-        created_ns: crate::router::now_ns(),
-    };
-    let publisher = Publisher::of(subject);
-    if let Err(refusal) = shared.publish(&snapshot, subject, &publisher, request, None) {
-        let (_, label) = refusal.labels();
-        shared.metrics.refused("will", label);
-    }
-}
-
 pub(crate) fn publish_will<R: Router>(
     shared: Arc<Broker<R>>,
     subject: Subject,
@@ -143,7 +117,7 @@ pub(crate) fn publish_will<R: Router>(
             }
             shared.pending_wills.remove(&task_id);
         }
-        send_will(&shared, &subject, will.message, will.retain);
+        crate::mqtt::pending_wills::send_will(&shared, &subject, will.message, will.retain);
     });
     if let Some(kept) = kept {
         shared

@@ -148,8 +148,6 @@ impl<R: Router, S: AsyncRead + AsyncWrite + Unpin + Send> Session<R, S> {
             Err(flow) => return Step::Done(flow),
         };
         let props = props.and_then(message_props);
-        // Its ack waits for JetStream where the bus stores QoS 1/2 messages.
-        self.stores_pending |= qos > 0;
         // One clock reading and one snapshot for every publish of a socket read, without
         // touching the snapshot's shared count per publish.
         let publishing = self.publishing.get_or_insert_default();

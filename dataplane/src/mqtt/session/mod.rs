@@ -14,5 +14,5 @@ mod subscriptions;
 
 pub(crate) use accepted::{Accepted, Connected};
 pub(crate) use connection::Session;
-pub(crate) use ending::{publish_will, send_will};
+pub(crate) use ending::publish_will;
 pub(crate) use persist::{clear_in_router, expire_later};

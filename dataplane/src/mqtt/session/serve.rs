@@ -286,9 +286,16 @@ impl<R: Router, S: AsyncRead + AsyncWrite + Unpin + Send> Session<R, S> {
             .link
             .as_mut()
             .filter(|_| !self.acc.registration.abandoned());
-        let routed = match own_link {
-            Some(link) => link.publish_batch(&mut self.outbox),
-            None => self.shared.router.publish_batch(&mut self.outbox),
+        // Stored first where persistent sessions need them; the acks then wait for the store.
+        let routed = match self.shared.router.store_durably(&mut self.outbox) {
+            Ok(stored) => {
+                self.stores_pending |= stored;
+                match own_link {
+                    Some(link) => link.publish_batch(&mut self.outbox),
+                    None => self.shared.router.publish_batch(&mut self.outbox),
+                }
+            }
+            Err(e) => Err(e),
         };
         match routed {
             Ok(backlog) => {

@@ -1,8 +1,6 @@
 //! The session file's records (JSON; byte strings in base64) and their conversion from and to
 //! what the front-end and the router hold.
 
-use base64::Engine as _;
-use base64::engine::general_purpose::STANDARD;
 use bytes::Bytes;
 use rumqttd::protocol::PublishProperties;
 use serde::{Deserialize, Serialize};
@@ -277,6 +275,7 @@ impl FileMessage {
             user_properties: p.user_properties,
         });
         Some(Message {
+            stored: false,
             topic: self.topic,
             payload: self.payload,
             qos: self.qos.min(2),
@@ -297,7 +296,10 @@ impl FileMessage {
 
 /// Bytes as base64.
 mod b64 {
-    use super::*;
+    use base64::Engine as _;
+    use base64::engine::general_purpose::STANDARD;
+    use bytes::Bytes;
+    use serde::Deserialize as _;
 
     pub(super) fn serialize<S: serde::Serializer>(b: &Bytes, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_str(&STANDARD.encode(b))
@@ -314,7 +316,10 @@ mod b64 {
 
 /// Optional bytes as base64.
 mod b64_opt {
-    use super::*;
+    use base64::Engine as _;
+    use base64::engine::general_purpose::STANDARD;
+    use bytes::Bytes;
+    use serde::Deserialize as _;
 
     pub(super) fn serialize<S: serde::Serializer>(
         b: &Option<Bytes>,

@@ -18,6 +18,7 @@ fn a_router_id_gives_its_session_key_back() {
 #[test]
 fn a_queued_message_is_written_and_read_as_it_was() {
     let message = Message {
+        stored: false,
         topic: "m/acme/c/telemetry/status".into(),
         payload: bytes::Bytes::from_static(&[0, 159, 146, 150]),
         qos: 1,
