@@ -171,7 +171,7 @@ def ab(args):
 
     cfg = Cfg(False)
     binaries = {"before": Path(args.before).resolve(), "after": Path(args.after).resolve()}
-    scen = {k: a for k, _, a, _ in cfg.scenarios() if k in ("qos0-pairs", "qos1-pairs")}
+    scen = {k: a for k, _, a, _ in cfg.scenarios() if k in args.scenarios.split(",")}
     results = []
     for rnd in range(args.rounds):
         for key, gen_args in scen.items():
@@ -202,5 +202,6 @@ if __name__ == "__main__":
     p.add_argument("--after", required=True, help="the bench-fleetward binary after it (its "
                    "directory's fleetward-bench is the load generator for both)")
     p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--scenarios", default="qos0-pairs,qos1-pairs", help="the suite's scenarios to run")
     p.add_argument("--work", default="/tmp", help="where the brokers' logs go")
     ab(p.parse_args())
