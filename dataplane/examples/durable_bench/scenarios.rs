@@ -288,6 +288,24 @@ async fn one_latency(
     let sending = started.elapsed();
     tokio::time::sleep(Duration::from_millis(500)).await;
     let warm = s.warmup.as_micros() as u64 + started.duration_since(base).as_micros() as u64;
+    let (lat, lost, dups, in_window) = collect(subs, base, warm, per_pair).await;
+    let st = stats(lat);
+    json!({
+        "scenario": "durable-latency", "subscribers": kind, "round": round + 1,
+        "rate": s.rate, "pairs": s.pairs, "latency_ms": st,
+        "sent": per_pair * u64::from(s.pairs), "sending_s": sending.as_secs_f64(),
+        "delivered_per_s": in_window as f64 / s.latency_window.as_secs_f64(),
+        "max_send_lag_ms": max_lag.as_secs_f64() * 1e3, "lost": lost, "duplicates": dups,
+    })
+}
+
+/// Latencies (ms) of what was sent after `warm` µs, and lost, duplicated and counted messages.
+async fn collect(
+    subs: Vec<Conn>,
+    base: Instant,
+    warm: u64,
+    per_pair: u64,
+) -> (Vec<f64>, u64, u64, u64) {
     let (mut lat, mut lost, mut dups, mut in_window) = (Vec::new(), 0u64, 0u64, 0u64);
     for mut sub in subs {
         let mut seen = BTreeSet::new();
@@ -307,12 +325,5 @@ async fn one_latency(
         lost += per_pair - seen.len() as u64;
         sub.close().await;
     }
-    let st = stats(lat);
-    json!({
-        "scenario": "durable-latency", "subscribers": kind, "round": round + 1,
-        "rate": s.rate, "pairs": s.pairs, "latency_ms": st,
-        "sent": per_pair * u64::from(s.pairs), "sending_s": sending.as_secs_f64(),
-        "delivered_per_s": in_window as f64 / s.latency_window.as_secs_f64(),
-        "max_send_lag_ms": max_lag.as_secs_f64() * 1e3, "lost": lost, "duplicates": dups,
-    })
+    (lat, lost, dups, in_window)
 }
