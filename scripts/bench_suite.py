@@ -11,8 +11,10 @@ Run it through scripts/bench-suite.sh, which installs the tools first. Targets:
 Each (scenario, target) run starts the target fresh on free ports. Rounds rotate the target
 order so that background load hits every target alike; each figure is the median of the
 rounds. The load generator is benches/src/bin/fleetward-bench.rs, the same for every target. The
-"under attack" scenario (a flood of unauthenticated sockets) is in scripts/bench_attack.py; the
-fault tests of e2e/tests/fault.rs (not in a smoke run; --skip-faults) in scripts/bench_fault.py.
+"under attack" scenario (a flood of unauthenticated sockets) is in scripts/bench_attack.py, the
+persistent sessions on JetStream (issue 25: its own nats-server -js, four pods) in
+scripts/bench_durable.py, the fault tests of e2e/tests/fault.rs (not in a smoke run;
+--skip-faults) in scripts/bench_fault.py.
 """
 
 import argparse
@@ -33,6 +35,7 @@ import urllib.request
 from pathlib import Path
 
 import bench_attack
+import bench_durable
 import bench_fault
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -439,6 +442,8 @@ def render(cfg, results, started, load_before, load_after, command, profiles):
     attack_budget, attack_lines, attack_reproduce = bench_attack.render(
         cfg, results, median_of, fmt, ratio, verdict)
     lines += attack_budget
+    durable_budget, durable_lines, durable_reproduce = bench_durable.render(cfg, results, fmt, ratio, verdict)
+    lines += durable_budget
     lines.append(f"| the load generator saturates Mosquitto (one thread: its core busy) in QoS 0 1:1 | "
                  f"{fmt(mq)} cores | ≥ 0.9 | {verdict(None if mq is None else mq >= 0.9)} |")
     lines.append("")
@@ -484,6 +489,7 @@ def render(cfg, results, started, load_before, load_after, command, profiles):
         lines.append(f"| {n:,} | " + " | ".join(fmt(m(f"idle-{n}", t, "kib_per_connection"), " KiB")
                                               for t in ("fleetward", "rumqttd", "mosquitto")) + " |")
     lines += attack_lines
+    lines += durable_lines
     lines += ["", "Cores used (broker / load generator), median, to show what saturates:", "",
               "| scenario | " + " | ".join(TARGET_NAMES[t] for t in TARGETS) + " |",
               "|---|" + "---|" * len(TARGETS)]
@@ -532,6 +538,7 @@ def render(cfg, results, started, load_before, load_after, command, profiles):
         lines.append(f"| {n:,} idle connections | `target/release/fleetward-bench --port 1883 --auth idle "
                      f"--connections {n} --pid <broker pid>` |")
     lines += attack_reproduce
+    lines += durable_reproduce
     lines += ["", "<details><summary>Every run</summary>", "", "```"]
     for r in results:
         lines.append(json.dumps(r, sort_keys=True))
@@ -552,10 +559,12 @@ def write_report(path, block):
     path.write_text(text)
 
 
-def check_complete(cfg, results, only_attack=False):
+def check_complete(cfg, results, only_attack=False, durable=True):
     """Every scenario produced its figure for every target (what the CI smoke run asserts)."""
-    missing = bench_attack.missing(cfg, results, median_of)
-    if only_attack:
+    missing = bench_attack.missing(cfg, results, median_of) if cfg.rounds else []
+    if durable:
+        missing += bench_durable.missing(results)
+    if only_attack or not cfg.rounds:
         if missing:
             raise RuntimeError("no figure for: " + ", ".join(missing))
         return
@@ -588,6 +597,9 @@ def main():
     p.add_argument("--no-profile", action="store_true", help="no perf profiles of the Fleetward target")
     p.add_argument("--only-brokers", action="store_true", help="broker scenarios only")
     p.add_argument("--rounds", type=int, help="rounds of every scenario (default 3; 1 with --smoke)")
+    p.add_argument("--skip-durable", action="store_true", help="no persistent-sessions scenario")
+    p.add_argument("--only-durable", action="store_true",
+                   help="the persistent-sessions scenario only (issue 25); report to target/bench-suite/durable.md")
     p.add_argument("--only-attack", action="store_true",
                    help="the \"under attack\" scenario only; report to target/bench-suite/attack.md")
     args = p.parse_args()
@@ -595,8 +607,13 @@ def main():
     if args.rounds:
         cfg.rounds = args.rounds
     if args.only_attack:
+        args.only_brokers = args.no_profile = args.skip_durable = True
+    if args.only_durable:
         args.only_brokers = args.no_profile = True
-    default_out = ("attack.md" if args.only_attack else "smoke.md") if (cfg.smoke or args.only_attack) else None
+        cfg.rounds = 0
+    durable = not args.skip_durable
+    default_out = (("attack.md" if args.only_attack else "durable.md" if args.only_durable else "smoke.md")
+                   if (cfg.smoke or args.only_attack or args.only_durable) else None)
     out = args.out or (ROOT / "target" / "bench-suite" / default_out if default_out else ROOT / "BENCHMARKS.md")
     out.parent.mkdir(parents=True, exist_ok=True)
     started = datetime.datetime.now(datetime.timezone.utc)
@@ -605,6 +622,8 @@ def main():
     log(f"building the {cfg.profile} binaries")
     build = ["cargo", "build", "--profile", cfg.profile, "-p", "fleetward-bench"]
     subprocess.run(build, cwd=ROOT, check=True)
+    if durable:
+        bench_durable.build(cfg)
     if not (args.skip_controlplane or args.only_brokers):
         # The control-plane benchmark runs the fleetward binary: release for figures, the dev
         # build the end-to-end tests use for the smoke run.
@@ -618,7 +637,10 @@ def main():
     with tempfile.TemporaryDirectory(prefix="bench-suite-") as work:
         if not args.only_attack:
             broker_runs(cfg, Path(work), results)
-        bench_attack.runs(cfg, Path(work), results, fd_limit(), sys.modules[__name__])
+        if cfg.rounds:
+            bench_attack.runs(cfg, Path(work), results, fd_limit(), sys.modules[__name__])
+        if durable:
+            bench_durable.runs(cfg, results, log)
         if not args.no_profile:
             profile_runs(cfg, Path(work), profiles)
     if not (args.skip_http or args.only_brokers):
@@ -629,7 +651,7 @@ def main():
             bench_fault.runs(cfg, ROOT, results, log)
     load_after = Path("/proc/loadavg").read_text().split()[0]
     raw.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in results))
-    check_complete(cfg, results, args.only_attack)
+    check_complete(cfg, results, args.only_attack, durable)
     write_report(out, render(cfg, results, started, load_before, load_after, command, profiles))
     log(f"wrote {out.relative_to(ROOT) if out.is_relative_to(ROOT) else out} (every run: {raw.relative_to(ROOT)})")
 
