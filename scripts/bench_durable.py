@@ -26,9 +26,10 @@ ROOT = Path(__file__).resolve().parent.parent
 # Throughput modes of the example: (mode, description).
 MODES = [
     ("q1-persistent-cross", "QoS 1 1:1, persistent subscriber, publisher on A, subscriber on B"),
-    ("q1-clean-cross", "QoS 1 1:1, clean subscriber, publisher on A, subscriber on B"),
+    ("q1-clean-cross", "QoS 1 1:1, clean subscriber, publisher on A, subscriber on B, on a channel no persistent session follows"),
     ("q1-persistent-same", "QoS 1 1:1, persistent subscriber, both on A"),
-    ("q1-clean-same", "QoS 1 1:1, clean subscriber, both on A"),
+    ("q1-clean-same", "QoS 1 1:1, clean subscriber, both on A, on a channel no persistent session follows"),
+    ("q1-clean-cross-followed", "QoS 1 1:1, clean, A → B, on the channel persistent sessions follow (stored: the PUBACK waits)"),
     ("q1-clean-cross-unstored", "QoS 1 1:1, clean, A → B, pods without JetStream storage"),
     ("q1-clean-same-unstored", "QoS 1 1:1, clean, both on A, pods without JetStream storage"),
     ("q0-cross", "QoS 0 1:1, A → B"),

@@ -103,25 +103,32 @@ fn policy() -> Arc<Snapshot> {
             mountpoint: None,
             max_connections: None,
         }],
-        channels: vec![Channel {
-            history_retention_secs: Default::default(),
-            uid: String::new(),
-            tenant: "acme".into(),
-            name: "telemetry".into(),
-            max_qos: Qos::AtLeastOnce,
-            retained_allowed: true,
-            delivery_metadata: false,
-            max_message_size: None,
-        }],
-        grants: vec![Grant {
-            tenant: "acme".into(),
-            name: "bench".into(),
-            subject: GrantSubject::Thing("bench".into()),
-            channel: "telemetry".into(),
-            actions: Actions::BOTH,
-            allow: vec![],
-            deny: vec![],
-        }],
+        // `telemetry` has persistent sessions; `live` never does (its messages are not stored).
+        channels: ["telemetry", "live"]
+            .into_iter()
+            .map(|name| Channel {
+                history_retention_secs: Default::default(),
+                uid: String::new(),
+                tenant: "acme".into(),
+                name: name.into(),
+                max_qos: Qos::AtLeastOnce,
+                retained_allowed: true,
+                delivery_metadata: false,
+                max_message_size: None,
+            })
+            .collect(),
+        grants: ["telemetry", "live"]
+            .into_iter()
+            .map(|channel| Grant {
+                tenant: "acme".into(),
+                name: format!("bench-{channel}"),
+                subject: GrantSubject::Thing("bench".into()),
+                channel: channel.into(),
+                actions: Actions::BOTH,
+                allow: vec![],
+                deny: vec![],
+            })
+            .collect(),
         ..Resources::default()
     };
     Arc::new(Snapshot::from_resources(1, r).expect("valid policy"))

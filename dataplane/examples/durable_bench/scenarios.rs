@@ -113,6 +113,7 @@ pub async fn throughput(s: &Sizes, [a, b, c, d]: [&Pod; 4]) {
         ("q1-clean-cross", a, b, false, QoS::AtLeastOnce),
         ("q1-persistent-same", a, a, true, QoS::AtLeastOnce),
         ("q1-clean-same", a, a, false, QoS::AtLeastOnce),
+        ("q1-clean-cross-followed", a, b, false, QoS::AtLeastOnce),
         ("q1-clean-cross-unstored", c, d, false, QoS::AtLeastOnce),
         ("q1-clean-same-unstored", c, c, false, QoS::AtLeastOnce),
         ("q0-cross", a, b, false, QoS::AtMostOnce),
@@ -130,7 +131,14 @@ pub async fn throughput(s: &Sizes, [a, b, c, d]: [&Pod; 4]) {
 
 async fn one_throughput(s: &Sizes, round: usize, m: &Mode<'_>) -> serde_json::Value {
     let (label, from, to, persistent, qos) = *m;
-    let topic = format!("m/acme/c/telemetry/tp/{round}/{label}");
+    // Clean sessions publish on a channel no persistent session follows (not stored), except
+    // `…-followed`, which shares `telemetry` with the persistent ones (stored, PUBACK waits).
+    let channel = if persistent || label.ends_with("-followed") {
+        "telemetry"
+    } else {
+        "live"
+    };
+    let topic = format!("m/acme/c/{channel}/tp/{round}/{label}");
     let mut sub = Conn::connect(
         to.addr,
         &format!("tp-sub-{round}-{label}"),
