@@ -5,8 +5,10 @@
 // No function longer than a reader can hold in their head (the threshold is in clippy.toml).
 #![warn(clippy::too_many_lines)]
 
-use std::net::{SocketAddr, TcpListener};
-use std::process::{Child, Command, Stdio};
+#[path = "support/nats_server.rs"]
+mod nats_server;
+
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -19,6 +21,8 @@ use fleetward_policy::{
 use futures_util::StreamExt as _;
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use tokio::sync::mpsc;
+
+use nats_server::{free_port, nats_server};
 
 const KEY: &str = "bench-key-0123456789";
 
@@ -69,37 +73,6 @@ fn policy() -> Arc<Snapshot> {
     Arc::new(Snapshot::from_resources(1, r).expect("valid policy"))
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
-}
-
-/// The server and its store, removed when dropped.
-struct Server {
-    child: Child,
-    _store: tempfile::TempDir,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn nats_server(port: u16) -> Server {
-    let dir = tempfile::tempdir().expect("a temporary store");
-    let child = Command::new("nats-server")
-        .args(["-a", "127.0.0.1", "-js", "-p", &port.to_string(), "-sd"])
-        .arg(dir.path())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("nats-server on the PATH (Debian package nats-server)");
-    Server { child, _store: dir }
-}
 
 /// A connected rumqttc client whose received payloads (with their arrival time) go to a channel.
 async fn client(

@@ -22,8 +22,7 @@
 // No function longer than a reader can hold in their head (the threshold is in clippy.toml).
 #![warn(clippy::too_many_lines)]
 
-use std::net::{SocketAddr, TcpListener};
-use std::process::{Child, Command, Stdio};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -134,42 +133,6 @@ fn policy() -> Arc<Snapshot> {
     Arc::new(Snapshot::from_resources(1, r).expect("valid policy"))
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
-}
-
-/// The server and its store, removed when dropped.
-struct Server {
-    child: Child,
-    _store: tempfile::TempDir,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn nats_server(port: u16) -> Server {
-    let dir = tempfile::tempdir().expect("a temporary store");
-    let child = Command::new("nats-server")
-        .args(["-a", "127.0.0.1", "-js", "-p", &port.to_string(), "-sd"])
-        .arg(dir.path())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("nats-server on the PATH (scripts/install-tools.sh builds it)");
-    let until = Instant::now() + Duration::from_secs(10);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < until, "nats-server did not start");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    Server { child, _store: dir }
-}
 
 /// An in-process dataplane on the NATS server.
 struct Pod {
@@ -202,7 +165,12 @@ async fn pod(node: &str, url: &str, durable: bool) -> Pod {
         _policy: tx,
     };
     if durable {
-        // JetStream answered once: a probe QoS 1 publish is stored.
+        // JetStream answered once, and the pod knows a persistent session follows
+        // `telemetry` (the probe's own): a probe QoS 1 publish there is stored.
+        let mut follower = Conn::connect(p.addr, &format!("follower-{node}"), true, false).await;
+        follower
+            .subscribe("m/acme/c/telemetry/probe", QoS::AtLeastOnce)
+            .await;
         while p.dp.metrics().durable_counts().0 == 0 {
             assert!(Instant::now() < until, "{node}: JetStream never stored");
             let c = Conn::connect(p.addr, &format!("probe-{node}"), false, false).await;
@@ -210,6 +178,7 @@ async fn pod(node: &str, url: &str, durable: bool) -> Pod {
             tokio::time::sleep(Duration::from_millis(200)).await;
             c.close().await;
         }
+        follower.close().await;
     }
     p
 }
@@ -319,7 +288,11 @@ fn result(v: serde_json::Value) {
     println!("RESULT {v}");
 }
 
+#[path = "../support/nats_server.rs"]
+mod nats_server;
 mod scenarios;
+
+use nats_server::{free_port, nats_server};
 
 #[tokio::main]
 async fn main() {

@@ -129,22 +129,13 @@ impl DurableSessions {
     }
 
     async fn bucket(&self) -> Result<&kv::Store, String> {
-        self.kv
-            .get_or_try_init(|| async {
-                match self.js.get_key_value(BUCKET).await {
-                    Ok(store) => Ok(store),
-                    Err(_) => {
-                        crate::bus::nats::create_bucket(
-                            &self.js,
-                            BUCKET,
-                            "Fleetward persistent sessions, by session hash",
-                            Duration::ZERO,
-                        )
-                        .await
-                    }
-                }
-            })
-            .await
+        open_bucket(
+            &self.js,
+            &self.kv,
+            BUCKET,
+            "Fleetward persistent sessions, by session hash",
+        )
+        .await
     }
 
     /// The session's record and its revision, unless there is none or it expired (an expired
@@ -383,6 +374,25 @@ impl DurableSessions {
         }
         Ok(())
     }
+}
+
+/// A KV bucket of the pod's, opened (or made) once and kept in `cell`; an attempt that failed
+/// (NATS away) is made again by the next caller.
+async fn open_bucket<'a>(
+    js: &jetstream::Context,
+    cell: &'a OnceCell<kv::Store>,
+    name: &str,
+    description: &str,
+) -> Result<&'a kv::Store, String> {
+    cell.get_or_try_init(|| async {
+        match js.get_key_value(name).await {
+            Ok(store) => Ok(store),
+            Err(_) => {
+                crate::bus::nats::create_bucket(js, name, description, Duration::ZERO).await
+            }
+        }
+    })
+    .await
 }
 
 /// A session's consumer name.

@@ -95,22 +95,13 @@ fn will_key(id: &str) -> String {
 
 impl DurableSessions {
     async fn wills(&self) -> Result<&kv::Store, String> {
-        self.wills_kv
-            .get_or_try_init(|| async {
-                match self.js.get_key_value(WILLS_BUCKET).await {
-                    Ok(store) => Ok(store),
-                    Err(_) => {
-                        crate::bus::nats::create_bucket(
-                            &self.js,
-                            WILLS_BUCKET,
-                            "Fleetward wills waiting out their delay, by session hash",
-                            Duration::ZERO,
-                        )
-                        .await
-                    }
-                }
-            })
-            .await
+        super::open_bucket(
+            &self.js,
+            &self.wills_kv,
+            WILLS_BUCKET,
+            "Fleetward wills waiting out their delay, by session hash",
+        )
+        .await
     }
 
     /// Keeps a will until it is due; whether it was kept (else it is to be sent now).
