@@ -73,7 +73,6 @@ fn policy() -> Arc<Snapshot> {
     Arc::new(Snapshot::from_resources(1, r).expect("valid policy"))
 }
 
-
 /// A connected rumqttc client whose received payloads (with their arrival time) go to a channel.
 async fn client(
     addr: SocketAddr,

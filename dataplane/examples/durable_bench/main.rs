@@ -133,7 +133,6 @@ fn policy() -> Arc<Snapshot> {
     Arc::new(Snapshot::from_resources(1, r).expect("valid policy"))
 }
 
-
 /// An in-process dataplane on the NATS server.
 struct Pod {
     dp: RunningDataplane,

@@ -215,6 +215,11 @@ impl DurableOut {
         self.queue.lock().0
     }
 
+    /// Whether every copy up to `mark` is stored now.
+    pub fn stored_now(&self, mark: u64) -> bool {
+        *self.stored.borrow() >= mark
+    }
+
     /// Waits until every copy up to `mark` is stored, for at most `bound`; whether it was.
     pub async fn stored(&self, mark: u64, bound: Duration) -> bool {
         let mut stored = self.stored.clone();
@@ -225,6 +230,22 @@ impl DurableOut {
     }
 }
 
+/// A copy sent (its number, and the copy with its ack, unless there was nothing to store).
+type Sent = (
+    u64,
+    Option<(Copy, Option<jetstream::context::PublishAckFuture>)>,
+);
+
+/// Aborts a task when dropped: the acks' task goes with the sender's.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+#[derive(Clone)]
 struct Store {
     js: jetstream::Context,
     node_id: String,
@@ -238,28 +259,42 @@ struct Store {
     ready: Arc<AtomicBool>,
 }
 
-/// Copies sent to JetStream before their acks are awaited.
-const WINDOW: usize = 256;
+/// Copies sent to JetStream whose acks are awaited at once.
+const WINDOW: usize = 1024;
 
 impl Store {
+    /// Sends the copies to JetStream in the order queued, as they come, while a task of its
+    /// own awaits their acks in the same order and moves the stored mark on: a copy is sent
+    /// while the acks of earlier ones are on their way (one round trip of latency, not two).
     async fn run(mut self, mut rx: mpsc::Receiver<(u64, Message)>, stored: watch::Sender<u64>) {
         self.wait_for_jetstream().await;
-        let mut batch = Vec::with_capacity(WINDOW);
-        while rx.recv_many(&mut batch, WINDOW).await > 0 {
-            let mut sent = Vec::with_capacity(batch.len());
-            for (n, message) in batch.drain(..) {
-                let Some(copy) = self.copy(n, message) else {
-                    continue;
-                };
-                self.ensure_stream(&copy.tenant).await;
-                let ack = self
-                    .js
-                    .send_publish(copy.subject.clone(), copy.publish())
-                    .await;
-                sent.push((n, copy, ack.ok()));
+        let (sent_tx, sent_rx) = mpsc::channel(WINDOW);
+        let _acker = AbortOnDrop(tokio::spawn(self.clone().acknowledge(sent_rx, stored)));
+        while let Some((n, message)) = rx.recv().await {
+            let Some(copy) = self.copy(n, message) else {
+                // Not one of ours (a topic the bus has no subject for): nothing to store.
+                if sent_tx.send((n, None)).await.is_err() {
+                    return;
+                }
+                continue;
+            };
+            self.ensure_stream(&copy.tenant).await;
+            let ack = self
+                .js
+                .send_publish(copy.subject.clone(), copy.publish())
+                .await
+                .ok();
+            if sent_tx.send((n, Some((copy, ack)))).await.is_err() {
+                return;
             }
-            let mut last = None;
-            for (n, copy, ack) in sent {
+        }
+    }
+
+    /// Awaits the acks in order; a copy JetStream did not acknowledge is stored again before
+    /// the mark moves past it.
+    async fn acknowledge(mut self, mut sent: mpsc::Receiver<Sent>, stored: watch::Sender<u64>) {
+        while let Some((n, copy)) = sent.recv().await {
+            if let Some((copy, ack)) = copy {
                 let ok = match ack {
                     Some(ack) => ack.await.is_ok(),
                     None => false,
@@ -268,11 +303,8 @@ impl Store {
                     self.retry(&copy).await;
                 }
                 self.metrics.durable_stored();
-                last = Some(n);
             }
-            if let Some(n) = last {
-                stored.send_replace(n);
-            }
+            stored.send_replace(n);
         }
     }
 

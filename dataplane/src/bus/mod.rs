@@ -183,6 +183,10 @@ impl<R: Router> Router for BusRouter<R> {
         self.state.store(messages)
     }
 
+    fn durably_stored_now(&self, mark: u64) -> bool {
+        self.state.bus.durable().is_none_or(|d| d.stored_now(mark))
+    }
+
     fn durable_mark(&self) -> Option<u64> {
         self.state
             .bus

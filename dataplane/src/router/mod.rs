@@ -376,6 +376,12 @@ pub trait Router: Send + Sync + 'static {
         None
     }
 
+    /// Whether every durable copy up to `mark` is stored now.
+    fn durably_stored_now(&self, mark: u64) -> bool {
+        let _ = mark;
+        true
+    }
+
     /// Resolves `true` once every durable copy up to `mark` is stored, `false` after `bound`.
     fn durably_stored(
         &self,

@@ -387,9 +387,7 @@ async fn open_bucket<'a>(
     cell.get_or_try_init(|| async {
         match js.get_key_value(name).await {
             Ok(store) => Ok(store),
-            Err(_) => {
-                crate::bus::nats::create_bucket(js, name, description, Duration::ZERO).await
-            }
+            Err(_) => crate::bus::nats::create_bucket(js, name, description, Duration::ZERO).await,
         }
     })
     .await

@@ -97,6 +97,8 @@ pub(crate) struct Publishing {
     /// The created time of the publishes of the socket read being handled (one clock reading
     /// per read); 0 until its first publish.
     pub(super) read_ns: u64,
+    /// Answers of reads whose QoS 1/2 messages JetStream has not stored yet (BUS.md).
+    pub(super) held: Option<Box<super::held::Held>>,
 }
 
 /// A publisher waits when this many messages wait for the router on its way in, until half

@@ -3,18 +3,97 @@
 //! step with its subscriptions, QoS 1/2 deliveries taken from its queue and acknowledged to
 //! JetStream when the client acknowledges them, and publishes acknowledged only once stored.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rumqttd::protocol::{DisconnectReasonCode, Filter, RetainForwardRule, SubscribeReasonCode};
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::connection::{End, Flow, Session};
+use super::held::HELD_MAX_BYTES;
 use super::subscriptions::Asked;
+use crate::bus::durable::STORE_WAIT;
 use crate::mqtt::durable::{Delivery, RecordedSub, Seen, StoredWill, ended_now};
 use crate::mqtt::reason::qos_of;
 use crate::router::Router;
 
 impl<R: Router, S: AsyncRead + AsyncWrite + Unpin + Send> Session<R, S> {
+    /// Holds this read's answers (from `from` in the write buffer) if its QoS 1/2 messages
+    /// wait to be stored, or if an earlier read's answers are held (order).
+    pub(super) fn hold_for_store(&mut self, from: usize) {
+        let stores = std::mem::take(&mut self.stores_pending);
+        let holding = self.is_holding();
+        if !stores && !holding {
+            return;
+        }
+        let mark = match self.shared.router.durable_mark() {
+            Some(mark) if stores => mark,
+            _ => self
+                .publishing
+                .as_ref()
+                .and_then(|p| p.held.as_ref())
+                .and_then(|h| h.segments.back().map(|s| s.0))
+                .unwrap_or(0),
+        };
+        if !holding && self.shared.router.durably_stored_now(mark) {
+            return;
+        }
+        let answers = self.wbuf.split_off(from.min(self.wbuf.len()));
+        let held = self
+            .publishing
+            .get_or_insert_default()
+            .held
+            .get_or_insert_default();
+        held.bytes += answers.len();
+        held.segments.push_back((mark, Instant::now(), answers));
+    }
+
+    /// Whether answers are held for the store.
+    pub(super) fn is_holding(&self) -> bool {
+        self.publishing
+            .as_ref()
+            .and_then(|p| p.held.as_ref())
+            .is_some_and(|h| !h.segments.is_empty())
+    }
+
+    /// Whether so much is held that the session stops reading for now.
+    pub(super) fn holding_too_much(&self) -> bool {
+        self.publishing
+            .as_ref()
+            .and_then(|p| p.held.as_ref())
+            .is_some_and(|h| h.bytes > HELD_MAX_BYTES)
+    }
+
+    /// Writes the held answers whose messages are stored now, in order; `false` when the first
+    /// one waited longer than [`STORE_WAIT`] (the connection is to end, unacknowledged).
+    pub(super) fn release_stored(&mut self) -> bool {
+        let Some(held) = self.publishing.as_mut().and_then(|p| p.held.as_mut()) else {
+            return true;
+        };
+        while let Some((mark, since, _)) = held.segments.front() {
+            if self.shared.router.durably_stored_now(*mark) {
+                if let Some((_, _, answers)) = held.segments.pop_front() {
+                    held.bytes -= answers.len();
+                    self.wbuf.extend_from_slice(&answers);
+                }
+                held.wait = None;
+            } else if since.elapsed() >= STORE_WAIT {
+                held.segments.clear();
+                held.bytes = 0;
+                held.wait = None;
+                return false;
+            } else {
+                break;
+            }
+        }
+        if held.segments.is_empty() {
+            // Nothing left: the box goes, so an idle publisher keeps none.
+            if let Some(p) = self.publishing.as_mut() {
+                p.held = None;
+            }
+        }
+        true
+    }
+
     /// A resumed session's subscriptions, made again as the client made them and authorized
     /// again (one refused now is dropped), then its queue taken over: what the client had not
     /// acknowledged comes again with DUP, then what was queued while it was away.

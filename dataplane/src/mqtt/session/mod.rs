@@ -7,6 +7,7 @@ mod connection;
 mod deliver;
 mod durable;
 mod ending;
+mod held;
 mod inbound;
 mod persist;
 mod serve;

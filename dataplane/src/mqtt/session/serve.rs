@@ -38,8 +38,7 @@ impl<R: Router, S: AsyncRead + AsyncWrite + Unpin + Send> Session<R, S> {
             let can_receive = self.can_receive();
             let keep_alive = self.acc.keep_alive;
             let deadline = self.last_rx + keep_alive.mul_f32(1.5);
-            // Draining: nothing more is read, so nothing more is accepted or acknowledged.
-            let reading = self.shared.drain.reading();
+            let reading = self.reading();
             tokio::select! {
                 read = read_some(&mut self.stream, &mut self.rbuf), if reading => match read {
                     Ok(0) | Err(_) => return End::Unclean,
@@ -68,6 +67,8 @@ impl<R: Router, S: AsyncRead + AsyncWrite + Unpin + Send> Session<R, S> {
                         self.deliver_durable(delivery);
                     }
                 },
+                // Held answers stored (or too late): the loop's top writes them, or ends.
+                () = held_stored(&mut self.publishing, &self.shared), if self.is_holding() => {},
                 changed = self.policy.changed(), if policy_open => {
                     if changed.is_err() {
                         // The policy source is gone: keep enforcing the last snapshot.
@@ -84,15 +85,7 @@ impl<R: Router, S: AsyncRead + AsyncWrite + Unpin + Send> Session<R, S> {
                     return End::Unclean;
                 },
                 () = token_expiry.expired(), if token_expiry.is_set() => {
-                    // The access token or the client certificate expired: the client
-                    // reconnects with a fresh one.
-                    let what = if self.acc.subject.certificate.is_some() {
-                        "certificate_expired"
-                    } else {
-                        "token_expired"
-                    };
-                    self.shared.metrics.refused("session", what);
-                    self.disconnect(DisconnectReasonCode::MaximumConnectTime);
+                    self.credential_expired();
                     self.flush_last().await;
                     return End::Unclean;
                 },
@@ -146,11 +139,36 @@ impl<R: Router, S: AsyncRead + AsyncWrite + Unpin + Send> Session<R, S> {
         None
     }
 
+    /// The access token or the client certificate expired: DISCONNECT 0xA0, and the client
+    /// reconnects with a fresh one.
+    fn credential_expired(&mut self) {
+        let what = if self.acc.subject.certificate.is_some() {
+            "certificate_expired"
+        } else {
+            "token_expired"
+        };
+        self.shared.metrics.refused("session", what);
+        self.disconnect(DisconnectReasonCode::MaximumConnectTime);
+    }
+
+    /// Whether the session reads its socket now: not while draining (nothing more is accepted
+    /// or acknowledged), nor while too many answers wait for JetStream.
+    fn reading(&self) -> bool {
+        self.shared.drain.reading() && !self.holding_too_much()
+    }
+
     /// Between two turns of the loop: counts deliveries, passes the client's acknowledgements
     /// of durable deliveries on to JetStream, and writes what is buffered; `false` when that
     /// could not be written.
     async fn settle_and_write(&mut self) -> bool {
         self.count_delivered();
+        if !self.release_stored() {
+            // JetStream did not store a held read's messages in time: nothing of it is
+            // acknowledged, and the client sends them again.
+            self.end_with(DisconnectReasonCode::ServerBusy, "publish", "bus_behind");
+            let _ = self.write_out().await;
+            return false;
+        }
         if self.durable.as_ref().is_some_and(|d| !d.to_ack.is_empty()) {
             // Boxed, like every durable step: a session without one does not carry it.
             Box::pin(self.durable_acks()).await;
@@ -217,6 +235,8 @@ impl<R: Router, S: AsyncRead + AsyncWrite + Unpin + Send> Session<R, S> {
 
     /// Handles every whole packet in the read buffer, then hands what it accepted to the router.
     pub(super) async fn process_input(&mut self) -> Flow {
+        // What this read's packets answer starts here (the loop wrote out what came before).
+        let answers_from = self.wbuf.len();
         let flow = self.handle_frames().await;
         if let Some(p) = &mut self.publishing {
             p.policy = None;
@@ -230,17 +250,21 @@ impl<R: Router, S: AsyncRead + AsyncWrite + Unpin + Send> Session<R, S> {
                 Flow::Continue
             }
         };
-        // Unsubscribes of a durable session reach its record and queue; its QoS 1/2 publishes
-        // are stored before their acks go out.
+        // Unsubscribes of a durable session reach its record and queue.
         if self.durable.as_ref().is_some_and(|d| d.dirty) {
             Box::pin(self.durable_sync()).await;
         }
-        if !self.stores_pending {
-            return flow;
-        }
-        match Box::pin(self.durably_stored()).await {
-            Flow::Continue => flow,
-            Flow::End(end) => Flow::End(end),
+        // QoS 1/2 publishes that JetStream stores: their acks (and what follows them) are held
+        // until stored, while the session reads on; a session that ends waits for them here.
+        match flow {
+            Flow::Continue => {
+                self.hold_for_store(answers_from);
+                Flow::Continue
+            }
+            Flow::End(end) => match Box::pin(self.durably_stored()).await {
+                Flow::Continue => Flow::End(end),
+                Flow::End(e) => Flow::End(e),
+            },
         }
     }
 
@@ -577,6 +601,20 @@ fn read_some<'a, S: AsyncRead + Unpin>(
             *rbuf = BytesMut::new();
         }
         read
+    })
+}
+
+/// Ready when JetStream stored what the first held answers wait for, or their time is up.
+fn held_stored<'a, R: Router>(
+    publishing: &'a mut Option<Box<super::connection::Publishing>>,
+    shared: &'a std::sync::Arc<crate::mqtt::broker::Broker<R>>,
+) -> impl Future<Output = ()> + 'a {
+    std::future::poll_fn(move |cx| {
+        super::held::ready(
+            publishing.as_mut().and_then(|p| p.held.as_mut()),
+            shared,
+            cx,
+        )
     })
 }
 
