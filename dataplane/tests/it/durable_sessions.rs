@@ -370,3 +370,38 @@ async fn a_reconnect_on_another_pod_within_the_delay_cancels_the_will() {
     );
     drop(back);
 }
+
+#[tokio::test]
+async fn deliveries_sent_again_on_another_pod_keep_their_packet_ids() {
+    let nats = Nats::start().await;
+    let (a, b) = pods(&nats).await;
+    // A client that never acknowledges: what it got stays in flight.
+    let mut o = persistent(a.addr, "durable-5");
+    o.set_manual_acks(true);
+    let mut first = v5::connect_with(o).await.expect("connects");
+    first
+        .subscribe("m/acme/c/telemetry/v", v5::QoS::AtLeastOnce)
+        .await;
+    publish_n(&b, "s9", "m/acme/c/telemetry/v", 0, 5).await;
+    let mut ids = Vec::new();
+    while let Some(p) = first.next_publish(Duration::from_millis(700)).await {
+        assert!(!p.dup);
+        ids.push((p.payload.clone(), p.pkid));
+    }
+    assert_eq!(ids.len(), 5, "every message delivered once, unacknowledged");
+    first.task.abort();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut o = persistent(b.addr, "durable-5");
+    o.set_manual_acks(true);
+    let mut back = v5::connect_with(o).await.expect("connects");
+    assert!(back.connack.session_present);
+    let mut again = Vec::new();
+    while let Some(p) = back.next_publish(Duration::from_millis(700)).await {
+        assert!(p.dup, "sent again: DUP");
+        again.push((p.payload.clone(), p.pkid));
+    }
+    assert_eq!(
+        again, ids,
+        "the same messages, in order, with their packet ids"
+    );
+}

@@ -99,13 +99,13 @@ impl<R: Router, S: AsyncRead + AsyncWrite + Unpin + Send> Session<R, S> {
     }
 
     /// [`Session::deliver`] of a message from the router (`durable` = `None`) or from the
-    /// session's durable queue (`Some(dup)`: delivered before, sent with DUP). The packet id
-    /// of a QoS 1/2 delivery written.
+    /// session's durable queue (`Some((dup, pkid))`: `dup` when delivered before, sent with
+    /// DUP; `pkid` the packet id it is to have). The packet id of a QoS 1/2 delivery written.
     pub(super) fn deliver_from(
         &mut self,
         mut message: Message,
         retained: bool,
-        durable: Option<bool>,
+        durable: Option<(bool, u16)>,
     ) -> Option<u16> {
         let topic = std::str::from_utf8(&message.topic).ok()?;
         // Withheld, as a message nothing subscribes to is: not counted as a refusal.
@@ -155,11 +155,17 @@ impl<R: Router, S: AsyncRead + AsyncWrite + Unpin + Send> Session<R, S> {
                 self.v5_properties(&message, own, topic, metadata, ids)
             }
         };
-        let pkid = (qos > 0).then(|| self.allocate_pkid());
+        // A delivery from the queue takes the packet id its stream sequence gives it, so that
+        // one sent again on resume, on any pod, has its original id (MQTT 3.1.1, 4.4); another
+        // id only if that one is in flight already.
+        let preferred = durable
+            .map(|(_, pkid)| pkid)
+            .filter(|p| *p != 0 && !self.inflight.contains_key(p));
+        let pkid = (qos > 0).then(|| preferred.unwrap_or_else(|| self.allocate_pkid()));
         let (publish, out) = match pkid {
             None => (Publish::new(topic_bytes, message.payload, retained), None),
             Some(pkid) => {
-                let dup = durable.unwrap_or(false);
+                let dup = durable.is_some_and(|(dup, _)| dup);
                 let publish =
                     publish_with_id(&topic_bytes, &message.payload, qos, pkid, retained, dup);
                 (publish, Some((pkid, topic_bytes, message.payload)))

@@ -202,7 +202,7 @@ impl<R: Router, S: AsyncRead + AsyncWrite + Unpin + Send> Session<R, S> {
             message,
             acker,
             mut dup,
-            ..
+            sequence,
         } = delivery;
         let id = message.id;
         if let Some(d) = self.durable.as_mut() {
@@ -216,7 +216,9 @@ impl<R: Router, S: AsyncRead + AsyncWrite + Unpin + Send> Session<R, S> {
                 Seen::Never => {}
             }
         }
-        let pkid = self.deliver_from(message, false, Some(dup));
+        // The same sequence gives the same packet id wherever the session resumes.
+        let pkid = u16::try_from(sequence % u64::from(u16::MAX)).unwrap_or(0) + 1;
+        let pkid = self.deliver_from(message, false, Some((dup, pkid)));
         if let Some(d) = self.durable.as_mut() {
             match pkid {
                 Some(pkid) => {
