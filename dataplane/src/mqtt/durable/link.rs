@@ -96,7 +96,7 @@ impl DurableLink {
     }
 }
 
-/// The last few thousand messages a session delivered from its queue, by message id, and
+/// The last few hundred messages a session delivered from its queue, by message id, and
 /// whether each was acknowledged.
 #[derive(Default)]
 pub(crate) struct Recent {
@@ -113,7 +113,9 @@ pub(crate) enum Seen {
 }
 
 impl Recent {
-    const KEEP: usize = 4096;
+    // Five times the in-flight window: enough for what NATS sends again after a restart, and
+    // about 20 KiB for a session that received that many.
+    const KEEP: usize = 512;
 
     /// What was done with `id` before; from now on it counts as delivered.
     pub(crate) fn delivering(&mut self, id: MessageId) -> Seen {
