@@ -405,3 +405,53 @@ async fn deliveries_sent_again_on_another_pod_keep_their_packet_ids() {
         "the same messages, in order, with their packet ids"
     );
 }
+
+#[tokio::test]
+async fn a_tenant_holds_at_most_its_share_of_delayed_wills_across_the_cluster() {
+    let nats = Nats::start().await;
+    let mqtt = fleetward_dataplane::MqttConfig {
+        max_pending_wills_per_tenant: 1,
+        ..Default::default()
+    };
+    let a = Pod::start_with("pod-a", vec![nats.url()], mqtt).await;
+    a.wait_connected(true).await;
+    let mut probe = v5::connect_with(persistent(a.addr, "probe"))
+        .await
+        .expect("connects");
+    probe
+        .subscribe("m/acme/c/telemetry/probe", v5::QoS::AtLeastOnce)
+        .await;
+    wait_durable(&a).await;
+    let mut watcher = v5::connect(a.addr, "acme", "reader", "will-watcher-3").await;
+    watcher
+        .subscribe("m/acme/c/telemetry/+", v5::QoS::AtLeastOnce)
+        .await;
+    // The first waits out its delay in the bucket; the second is past the tenant's share and
+    // goes out at once, counted.
+    let first = v5::connect_with(with_will(a.addr, "w3", 60))
+        .await
+        .expect("connects");
+    first.task.abort();
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let second = v5::connect_with(with_will(a.addr, "w4", 60))
+        .await
+        .expect("connects");
+    second.task.abort();
+    let mut wills = Vec::new();
+    while let Some(p) = watcher.next_publish(Duration::from_secs(2)).await {
+        if p.payload.as_ref() == b"gone" {
+            wills.push(String::from_utf8_lossy(&p.topic).into_owned());
+        }
+    }
+    assert_eq!(
+        wills,
+        ["m/acme/c/telemetry/will-w4"],
+        "only the will past the share, at once"
+    );
+    assert!(
+        crate::bus::reqwest_metrics(&a)
+            .await
+            .contains("reason=\"tenant_pending_wills_full\"} 1"),
+        "counted"
+    );
+}

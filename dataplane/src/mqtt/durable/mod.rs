@@ -92,6 +92,8 @@ pub(crate) struct DurableSessions {
     max_inflight: u16,
     kv: OnceCell<kv::Store>,
     wills_kv: OnceCell<kv::Store>,
+    /// Wills waiting in the bucket per tenant (`wills.rs`).
+    wills_per_tenant: parking_lot::Mutex<HashMap<String, usize>>,
     /// The channels persistent sessions follow, fed from the records (`follow_records`).
     pub(crate) interest: Option<Arc<crate::bus::durable::DurableInterest>>,
 }
@@ -111,6 +113,7 @@ impl DurableSessions {
             max_inflight,
             kv: OnceCell::new(),
             wills_kv: OnceCell::new(),
+            wills_per_tenant: parking_lot::Mutex::default(),
             interest: None,
         }
     }

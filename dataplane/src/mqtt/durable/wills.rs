@@ -115,6 +115,25 @@ impl DurableSessions {
         bucket.put(will_key(&will.id), value.into()).await.is_ok()
     }
 
+    /// Wills of `tenant` waiting in the bucket, as this pod's watch has seen them: a tenant has
+    /// at most `--max-pending-wills-per-tenant` across the cluster (MQTT.md, Wills).
+    pub(crate) fn wills_waiting(&self, tenant: &str) -> usize {
+        self.wills_per_tenant
+            .lock()
+            .get(tenant)
+            .copied()
+            .unwrap_or(0)
+    }
+
+    fn count_will(&self, tenant: &str, delta: isize) {
+        let mut counts = self.wills_per_tenant.lock();
+        let n = counts.entry(tenant.to_owned()).or_default();
+        *n = n.saturating_add_signed(delta);
+        if *n == 0 {
+            counts.remove(tenant);
+        }
+    }
+
     /// Cancels the will the session with `id` left waiting, if any: it connected again.
     pub(crate) async fn cancel_will(&self, id: &str) {
         if let Ok(bucket) = self.wills().await {
@@ -145,8 +164,10 @@ impl DurableSessions {
             .watch_with_history(">")
             .await
             .map_err(|e| e.to_string())?;
-        // By key: when due, and the revision seen; and in due order.
-        let mut waiting: HashMap<String, (u64, u64)> = HashMap::new();
+        // By key: when due, the revision seen and whose tenant; and in due order. The tenants'
+        // counts start again with the watch, which replays every will.
+        let mut waiting: HashMap<String, (u64, u64, String)> = HashMap::new();
+        self.wills_per_tenant.lock().clear();
         let mut order: BTreeSet<(u64, String)> = BTreeSet::new();
         loop {
             let next_due = order.first().map(|(due, _)| *due);
@@ -161,20 +182,22 @@ impl DurableSessions {
                         Some(Err(e)) => return Err(e.to_string()),
                         None => return Ok(()),
                     };
-                    if let Some((due, _)) = waiting.remove(&entry.key) {
+                    if let Some((due, _, tenant)) = waiting.remove(&entry.key) {
                         order.remove(&(due, entry.key.clone()));
+                        self.count_will(&tenant, -1);
                     }
                     if entry.operation == kv::Operation::Put
                         && let Ok(will) = serde_json::from_slice::<StoredWill>(&entry.value)
                     {
                         order.insert((will.due_ms, entry.key.clone()));
-                        waiting.insert(entry.key, (will.due_ms, entry.revision));
+                        self.count_will(&will.tenant, 1);
+                        waiting.insert(entry.key, (will.due_ms, entry.revision, will.tenant));
                     }
                 }
                 () = tokio::time::sleep(sleep), if next_due.is_some() => {
-                    let Some((due, key)) = order.pop_first() else { continue };
-                    let Some((_, revision)) = waiting.remove(&key) else { continue };
-                    let _ = due;
+                    let Some((_, key)) = order.pop_first() else { continue };
+                    let Some((_, revision, tenant)) = waiting.remove(&key) else { continue };
+                    self.count_will(&tenant, -1);
                     if let Some(will) = claim(bucket, &key, revision).await {
                         send(will);
                     }

@@ -272,6 +272,17 @@ impl<R: Router, S: AsyncRead + AsyncWrite + Unpin + Send> Session<R, S> {
             return;
         }
         let id = self.acc.key.router_id();
+        let tenant = &self.acc.subject.tenant;
+        if let Some(store) = &store
+            && !will.delay.is_zero()
+            && store.wills_waiting(tenant) >= self.shared.config.max_pending_wills_per_tenant
+        {
+            // As on a single pod: sent early rather than held past the tenant's share.
+            self.shared
+                .metrics
+                .refused("will", "tenant_pending_wills_full");
+            will.delay = Duration::ZERO;
+        }
         if let Some(store) = store
             && !will.delay.is_zero()
         {

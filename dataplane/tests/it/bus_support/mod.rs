@@ -158,8 +158,18 @@ pub struct Pod {
 
 impl Pod {
     pub async fn start(node: &str, nats_urls: Vec<String>) -> Self {
+        Self::start_with(node, nats_urls, fleetward_dataplane::MqttConfig::default()).await
+    }
+
+    /// [`Pod::start`] with the front-end's limits given.
+    pub async fn start_with(
+        node: &str,
+        nats_urls: Vec<String>,
+        mqtt: fleetward_dataplane::MqttConfig,
+    ) -> Self {
         let (policy, rx) = watch::channel(crate::common::snapshot(1, crate::common::resources()));
         let dataplane = Dataplane::new(rx)
+            .mqtt_config(mqtt)
             .mqtt_listen(SocketAddr::from(([127, 0, 0, 1], 0)))
             .admin_listen(Some(SocketAddr::from(([127, 0, 0, 1], 0))))
             .nats(Some(NatsConfig::new(nats_urls, node)))
