@@ -13,22 +13,12 @@ use super::resolve::Namespace;
 pub(crate) fn resolve(
     spec: &crds::TenantSpec,
     objects: &Namespace,
+    provisioned: &dyn Fn(&str) -> u32,
 ) -> (Vec<policy::ProvisioningClaim>, Vec<crds::ClaimStatus>) {
     let claims = spec.provisioning.iter().flat_map(|p| &p.claims);
     claims
         .map(|claim| {
-            let provisioned = objects
-                .things
-                .values()
-                .filter(|t| {
-                    t.metadata
-                        .labels
-                        .as_ref()
-                        .and_then(|l| l.get(crds::PROVISIONING_CLAIM_LABEL))
-                        .is_some_and(|c| *c == claim.name)
-                })
-                .count();
-            let provisioned = u32::try_from(provisioned).unwrap_or(u32::MAX);
+            let provisioned = provisioned(&claim.name);
             let (certificates, problem) = certificates(objects, claim);
             let problem = problem.or_else(|| {
                 let signing = objects.secrets.get(&claim.signing_secret_name);
@@ -63,6 +53,26 @@ pub(crate) fn resolve(
             (served, status)
         })
         .unzip()
+}
+
+/// The claim a Thing was provisioned by: its `PROVISIONING_CLAIM_LABEL`.
+pub(crate) fn claim_of(thing: &crds::Thing) -> Option<&str> {
+    thing
+        .metadata
+        .labels
+        .as_ref()?
+        .get(crds::PROVISIONING_CLAIM_LABEL)
+        .map(String::as_str)
+}
+
+/// How many Things of a namespace `claim` provisioned, counted over every Thing.
+pub(crate) fn count_provisioned(objects: &Namespace, claim: &str) -> u32 {
+    let n = objects
+        .things
+        .values()
+        .filter(|t| claim_of(t) == Some(claim))
+        .count();
+    u32::try_from(n).unwrap_or(u32::MAX)
 }
 
 /// The SHA-256 of each certificate in the claim's Secret (`tls.crt`), or why there are none.
@@ -162,7 +172,7 @@ mod tests {
         ns.things
             .insert("other".into(), labelled("other", "line-2"));
         // No Secrets yet: listed, accepting no certificate, and the status says why.
-        let (served, status) = resolve(&spec, &ns);
+        let (served, status) = resolve(&spec, &ns, &|c| count_provisioned(&ns, c));
         assert!(served.iter().all(|c| c.certificates.is_empty()));
         let why = status[0].message.as_deref().unwrap_or_default();
         assert!(why.contains("certificateSecretName claim-cert"), "{why}");
@@ -174,7 +184,7 @@ mod tests {
             "signing".into(),
             secret("signing", &[("tls.crt", "x"), ("tls.key", "y")]),
         );
-        let (served, status) = resolve(&spec, &ns);
+        let (served, status) = resolve(&spec, &ns, &|c| count_provisioned(&ns, c));
         let digest: [u8; 32] = Sha256::digest(cert.cert.der()).into();
         assert_eq!(served[0].certificates, vec![digest]);
         assert_eq!((served[0].provisioned, served[1].provisioned), (2, 1));

@@ -7,7 +7,9 @@
 
 mod claims;
 mod device_ca;
+mod incremental;
 mod object;
+mod pass;
 mod policies;
 mod readiness;
 mod resolve;
@@ -29,6 +31,7 @@ pub use readiness::{
 pub use resolve::{MIN_KEY_LEN, is_key_entry};
 
 use device_ca::Issuers;
+use incremental::State;
 use object::age_order;
 use policies::EnforcedPolicies;
 use resolve::{Namespace, Owner, PasswordHashes, Resolution, resolve};
@@ -55,7 +58,7 @@ struct Included {
 }
 
 /// What a namespace put into the snapshot, to remove it when it goes.
-#[derive(Debug, Default)]
+#[derive(Clone, Debug, Default)]
 struct Served {
     tenant: Option<String>,
     things: BTreeSet<String>,
@@ -111,6 +114,14 @@ pub struct Index {
     /// cert-manager's CRDs are known to be missing (unknown counts as installed).
     cert_manager_missing: bool,
     history: VecDeque<Arc<Delta>>,
+    /// Each resolved namespace's incremental state.
+    states: HashMap<String, State>,
+    /// Namespaces with dirty objects to resolve one by one at the next commit (those in
+    /// `dirty` resolve whole instead).
+    pending: BTreeSet<String>,
+    /// Resolve every changed namespace whole, as the oracle of the incremental index does.
+    #[cfg(test)]
+    whole: bool,
 }
 
 impl Index {
@@ -192,24 +203,25 @@ impl Index {
             return;
         }
         let ns = self.namespaces.entry(key.namespace.clone()).or_default();
-        let changed = match object {
+        let old = match object {
             Object::Tenant(_) => unreachable!("handled above"),
-            Object::Thing(o) => put(&mut ns.things, key.name, o),
-            Object::Channel(o) => put(&mut ns.channels, key.name, o),
-            Object::Connection(o) => put(&mut ns.connections, key.name, o),
-            Object::User(o) => put(&mut ns.users, key.name, o),
-            Object::Group(o) => put(&mut ns.groups, key.name, o),
-            Object::Policy(o) => put(&mut ns.policies, key.name, o),
+            Object::Thing(o) => put(&mut ns.things, &key.name, o).map(|o| o.map(Object::Thing)),
+            Object::Channel(o) => {
+                put(&mut ns.channels, &key.name, o).map(|o| o.map(Object::Channel))
+            }
+            Object::Connection(o) => {
+                put(&mut ns.connections, &key.name, o).map(|o| o.map(Object::Connection))
+            }
+            Object::User(o) => put(&mut ns.users, &key.name, o).map(|o| o.map(Object::User)),
+            Object::Group(o) => put(&mut ns.groups, &key.name, o).map(|o| o.map(Object::Group)),
+            Object::Policy(o) => put(&mut ns.policies, &key.name, o).map(|o| o.map(Object::Policy)),
             Object::Secret(s) => match ns.secrets.get(&key.name) {
-                Some(old) if *old == s => false,
-                _ => {
-                    ns.secrets.insert(key.name, s);
-                    true
-                }
+                Some(old) if *old == s => None,
+                _ => Some(ns.secrets.insert(key.name.clone(), s).map(Object::Secret)),
             },
         };
-        if changed {
-            self.dirty.insert(key.namespace);
+        if let Some(old) = old {
+            self.changed(&key, old);
         }
     }
 
@@ -225,27 +237,32 @@ impl Index {
         let Some(ns) = self.namespaces.get_mut(&key.namespace) else {
             return;
         };
-        let removed = match key.kind {
+        let name = &key.name;
+        let old = match key.kind {
             Kind::Tenant => unreachable!("handled above"),
-            Kind::Thing => ns.things.remove(&key.name).is_some(),
-            Kind::Channel => ns.channels.remove(&key.name).is_some(),
-            Kind::Connection => ns.connections.remove(&key.name).is_some(),
+            Kind::Thing => ns.things.remove(name).map(Object::Thing),
+            Kind::Channel => ns.channels.remove(name).map(Object::Channel),
+            Kind::Connection => ns.connections.remove(name).map(Object::Connection),
             Kind::User => {
-                self.passwords.forget(&key.namespace, &key.name);
-                ns.users.remove(&key.name).is_some()
+                self.passwords.forget(&key.namespace, name);
+                ns.users.remove(name).map(Object::User)
             }
-            Kind::Group => ns.groups.remove(&key.name).is_some(),
+            Kind::Group => ns.groups.remove(name).map(Object::Group),
             Kind::Policy => {
-                self.enforced_policies.forget(&key.namespace, &key.name);
-                ns.policies.remove(&key.name).is_some()
+                self.enforced_policies.forget(&key.namespace, name);
+                ns.policies.remove(name).map(Object::Policy)
             }
-            Kind::Secret => ns.secrets.remove(&key.name).is_some(),
+            Kind::Secret => ns.secrets.remove(name).map(Object::Secret),
         };
-        if removed {
-            if ns.is_empty() {
+        if let Some(old) = old {
+            self.changed(key, Some(old));
+            if self
+                .namespaces
+                .get(&key.namespace)
+                .is_some_and(Namespace::is_empty)
+            {
                 self.namespaces.remove(&key.namespace);
             }
-            self.dirty.insert(key.namespace.clone());
             self.forget(key);
         }
     }
@@ -391,7 +408,11 @@ impl Index {
     /// snapshot version. `None` when nothing changed.
     pub fn commit(&mut self) -> Option<Commit> {
         for ns in std::mem::take(&mut self.dirty) {
+            self.pending.remove(&ns);
             self.resolve_namespace(&ns);
+        }
+        for ns in std::mem::take(&mut self.pending) {
+            self.resolve_dirty(&ns);
         }
         if self.touched.is_empty()
             && self.changed_statuses.is_empty()
@@ -476,11 +497,15 @@ impl Index {
             let name = meta.name.clone().unwrap_or_default();
             (name, meta.uid.clone().unwrap_or_default(), t.spec.clone())
         });
-        let tenant_statuses =
-            tenant_statuses(namespace, &claimants, self.namespaces.get(namespace));
         let empty = Namespace::default();
         let objects = self.namespaces.get(namespace).unwrap_or(&empty);
-        let mut tenant_statuses = tenant_statuses;
+        let mut tenant_statuses = tenant_statuses(namespace, &claimants, objects, &|claim| {
+            claims::count_provisioned(objects, claim)
+        });
+        let tenant_secrets = claimants
+            .first()
+            .map(|t| incremental::tenant_secrets(namespace, &t.spec, &self.issuers));
+        let claimed = !claimants.is_empty();
         let mut resolution = resolve(
             namespace,
             owner
@@ -492,15 +517,27 @@ impl Index {
             &self.issuers,
             !self.cert_manager_missing,
         );
+        let state = State::resolved(
+            resolution.context.take(),
+            objects,
+            tenant_secrets.unwrap_or_default(),
+            resolution.device_ca.clone(),
+        );
         // The owner comes first; only it has a device CA.
         if let Some((_, status)) = tenant_statuses.first_mut()
             && let Facts::Tenant { device_ca, .. } = &mut status.facts
         {
             *device_ca = resolution.device_ca.take();
         }
+        if !claimed && !self.namespaces.contains_key(namespace) {
+            self.states.remove(namespace);
+        } else {
+            self.states.insert(namespace.to_owned(), state);
+        }
         let changed = self.serve(namespace, resolution.take_records());
         for (key, status) in tenant_statuses.into_iter().chain(resolution.statuses) {
-            self.set_status(key, status, &changed);
+            let record_changed = changed.contains(&key);
+            self.set_status(key, status, record_changed);
         }
     }
 
@@ -537,12 +574,24 @@ impl Index {
         // Everything the previous owner served goes when the owner changes.
         let same_owner = prev.tenant == tenant;
         if let Some(old) = prev.tenant.as_deref() {
+            // A Tenant that moved to a namespace resolved before this one already serves its
+            // records from there: they stay.
+            let moved = (!same_owner)
+                .then(|| {
+                    let mut elsewhere = self.served.values();
+                    elsewhere
+                        .find(|s| s.tenant.as_deref() == Some(old))
+                        .cloned()
+                })
+                .flatten();
             let keep = |set: &BTreeSet<String>, name: &String| same_owner && set.contains(name);
             macro_rules! drop_stale {
                 ($field:ident, $remove:ident, $touched:ident, $kind:expr, $new:expr) => {
                     let new: BTreeSet<String> = $new;
                     for name in &prev.$field {
-                        if !keep(&new, name) {
+                        let served_elsewhere =
+                            moved.as_ref().is_some_and(|m| m.$field.contains(name));
+                        if !keep(&new, name) && !served_elsewhere {
                             self.snapshot.$remove(old, name);
                             self.touched
                                 .$touched
@@ -594,7 +643,7 @@ impl Index {
                 Kind::Policy,
                 names(&r.policies, |t| &t.name)
             );
-            if !same_owner {
+            if !same_owner && moved.is_none() {
                 self.snapshot.remove_tenant(old);
                 self.touched.tenants.insert(old.to_owned());
                 changed.insert(ObjectKey::tenant(old));
@@ -661,13 +710,15 @@ impl Index {
         );
     }
 
-    fn set_status(&mut self, key: ObjectKey, status: DesiredStatus, changed: &BTreeSet<ObjectKey>) {
+    /// Sets an object's desired status; `record_changed` says whether its policy record changed
+    /// in this commit (then it is enforced from the new version on).
+    fn set_status(&mut self, key: ObjectKey, status: DesiredStatus, record_changed: bool) {
         if status.served {
             let generation = status.generation;
             let moved = self
                 .included
                 .get(&key)
-                .is_none_or(|i| i.generation != generation || changed.contains(&key));
+                .is_none_or(|i| i.generation != generation || record_changed);
             if moved {
                 self.pending_included.push((key.clone(), generation));
             }
@@ -759,21 +810,21 @@ fn same_tenant(a: &crds::Tenant, b: &crds::Tenant) -> bool {
         && a.metadata.uid == b.metadata.uid
 }
 
-/// Inserts an object unless only its status or bookkeeping metadata changed; returns whether
-/// anything the index resolves changed.
-fn put<T>(map: &mut BTreeMap<String, T>, name: String, object: T) -> bool
+/// Inserts an object unless only its status or bookkeeping metadata changed: `None` when
+/// nothing the index resolves changed, else the object it replaced, if any.
+fn put<T>(map: &mut BTreeMap<String, T>, name: &str, object: T) -> Option<Option<T>>
 where
     T: Resource + HasSpec,
 {
-    let changed = map.get(&name).is_none_or(|old| {
+    let changed = map.get(name).is_none_or(|old| {
         !old.spec_eq(&object)
             || old.meta().generation != object.meta().generation
             || old.meta().creation_timestamp != object.meta().creation_timestamp
             // Re-created within the same second with the same spec: only the uid tells.
             || old.meta().uid != object.meta().uid
     });
-    map.insert(name, object);
-    changed
+    let old = map.insert(name.to_owned(), object);
+    changed.then_some(old)
 }
 
 /// Access to a resource's spec for change detection.
@@ -790,11 +841,14 @@ macro_rules! has_spec {
         }
     )*};
 }
-/// A Thing's status carries revoked serials that others write: they count as its spec.
+/// A Thing's status carries revoked serials that others write, and its provisioning claim
+/// label counts toward the claim: both count as its spec.
 impl HasSpec for crds::Thing {
     fn spec_eq(&self, other: &Self) -> bool {
         let revoked = |t: &Self| t.status.as_ref().map(|s| s.revoked_serials.clone());
-        self.spec == other.spec && revoked(self) == revoked(other)
+        self.spec == other.spec
+            && revoked(self) == revoked(other)
+            && claims::claim_of(self) == claims::claim_of(other)
     }
 }
 
@@ -811,11 +865,12 @@ has_spec!(
 fn tenant_statuses(
     namespace: &str,
     claimants: &[&crds::Tenant],
-    objects: Option<&Namespace>,
+    objects: &Namespace,
+    provisioned: &dyn Fn(&str) -> u32,
 ) -> Vec<(ObjectKey, DesiredStatus)> {
     let count = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
-    let things = count(objects.map_or(0, |o| o.things.len()));
-    let channels = count(objects.map_or(0, |o| o.channels.len()));
+    let things = count(objects.things.len());
+    let channels = count(objects.channels.len());
     let owner = claimants
         .first()
         .and_then(|t| t.metadata.name.clone())
@@ -846,9 +901,7 @@ fn tenant_statuses(
                         namespace: Some(namespace.to_owned()),
                         things,
                         channels,
-                        claims: objects
-                            .map(|o| claims::resolve(&t.spec, o).1)
-                            .unwrap_or_default(),
+                        claims: claims::resolve(&t.spec, objects, provisioned).1,
                         device_ca: None,
                     },
                 }

@@ -7,6 +7,7 @@ use fleetward_policy as policy;
 use policy::{KeyDigest, SubtopicPattern};
 
 use super::device_ca::{self, Issuers, tenant_device_ca, thing_certificate};
+use super::incremental::Refs;
 use super::object::{Kind, ObjectKey, SecretData, age_order};
 use super::policies::EnforcedPolicies;
 use super::readiness::{DesiredStatus, Facts, Readiness, Reason, X509Facts};
@@ -25,6 +26,8 @@ pub(crate) struct Namespace {
     pub groups: BTreeMap<String, crds::Group>,
     pub policies: BTreeMap<String, crds::Policy>,
     pub secrets: BTreeMap<String, SecretData>,
+    /// References between them, by name.
+    pub refs: Refs,
 }
 
 impl Namespace {
@@ -52,6 +55,8 @@ pub(crate) struct Resolution {
     pub statuses: Vec<(ObjectKey, DesiredStatus)>,
     /// The owning Tenant's `DeviceCA` condition, when it declares `spec.deviceCA`.
     pub device_ca: Option<Readiness>,
+    /// The owning Tenant's settings; `None` when no Tenant owns the namespace.
+    pub context: Option<Context>,
 }
 
 /// Argon2 hashes of plaintext passwords, so a password is hashed once, not on every resolve.
@@ -106,7 +111,53 @@ fn web_of(tenant: &str, web: Option<&crds::TenantWeb>) -> policy::TenantWeb {
     policy::TenantWeb { allowed_origins }
 }
 
-/// Resolves a namespace that `owner` owns, or that no Tenant owns.
+/// The owning Tenant's settings that every object of its namespace resolves against.
+#[derive(Clone, Debug)]
+pub(crate) struct Context {
+    pub namespace: String,
+    pub tenant: String,
+    pub max_channels: Option<u32>,
+    pub max_things: Option<u32>,
+    pub engine: policy::Engine,
+    /// Whether the Tenant has a usable device CA.
+    ca: bool,
+    /// The cert-manager issuer things with `x509.issue` get certificates from.
+    issuer: Option<crds::IssuerRef>,
+    /// Whether cert-manager's CRDs are installed (as far as the operator knows).
+    cert_manager: bool,
+}
+
+/// Which objects of a namespace are served, as the objects that refer to them ask.
+pub(crate) trait ServedNames {
+    fn serves(&self, kind: Kind, name: &str) -> bool;
+}
+
+/// One object resolved: its policy record when it is served, and the status it should show.
+pub(crate) type Resolved<R> = (Option<R>, DesiredStatus);
+
+/// The served names of a whole resolution.
+#[derive(Default)]
+struct AllServed<'a> {
+    channels: BTreeSet<&'a str>,
+    things: BTreeSet<&'a str>,
+    users: BTreeSet<&'a str>,
+    groups: BTreeSet<&'a str>,
+}
+
+impl ServedNames for AllServed<'_> {
+    fn serves(&self, kind: Kind, name: &str) -> bool {
+        match kind {
+            Kind::Channel => self.channels.contains(name),
+            Kind::Thing => self.things.contains(name),
+            Kind::User => self.users.contains(name),
+            Kind::Group => self.groups.contains(name),
+            _ => false,
+        }
+    }
+}
+
+/// Resolves a namespace that `owner` owns, or that no Tenant owns, whole. The incremental index
+/// resolves one object at a time with the same functions; this is its oracle.
 pub(crate) fn resolve(
     namespace: &str,
     owner: Option<Owner<'_>>,
@@ -116,17 +167,76 @@ pub(crate) fn resolve(
     issuers: &Issuers,
     cert_manager: bool,
 ) -> Resolution {
-    let Some(Owner {
+    let Some(owner) = owner else {
+        return unowned(namespace, objects);
+    };
+    let spec = owner.spec;
+    let (cx, mut out) = owned(namespace, owner, objects, issuers, cert_manager);
+    let mut served = AllServed::default();
+    let status_key = |kind: Kind, name: &str| ObjectKey::namespaced(kind, namespace, name);
+    for (name, ch, within) in within_limit(&objects.channels, cx.max_channels) {
+        let (record, status) = channel(&cx, name, ch, within);
+        if let Some(r) = record {
+            served.channels.insert(name);
+            out.channels.push(r);
+        }
+        out.statuses.push((status_key(Kind::Channel, name), status));
+    }
+    for (name, t, within) in within_limit(&objects.things, cx.max_things) {
+        let (record, status) = thing(&cx, objects, name, t, within, &served);
+        if let Some(r) = record {
+            served.things.insert(name);
+            out.things.push(r);
+        }
+        out.statuses.push((status_key(Kind::Thing, name), status));
+    }
+    for (name, u) in &objects.users {
+        let (record, status) = user(&cx, objects, passwords, name, u);
+        if let Some(r) = record {
+            served.users.insert(name);
+            out.users.push(r);
+        }
+        out.statuses.push((status_key(Kind::User, name), status));
+    }
+    for (name, g) in &objects.groups {
+        let (record, status) = group(&cx, name, g, &served);
+        if let Some(r) = record {
+            served.groups.insert(name);
+            out.groups.push(r);
+        }
+        out.statuses.push((status_key(Kind::Group, name), status));
+    }
+    for (name, c) in &objects.connections {
+        let (record, status) = connection(&cx, objects, name, c, &served);
+        out.grants.extend(record);
+        out.statuses
+            .push((status_key(Kind::Connection, name), status));
+    }
+    let engine = engine_of(spec);
+    super::policies::resolve(namespace, &cx.tenant, objects, engine, enforced, &mut out);
+    out.context = Some(cx);
+    out
+}
+
+/// The context of a namespace that `owner` owns, and its resolution so far: the Tenant's
+/// record and its `DeviceCA` condition.
+pub(crate) fn owned(
+    namespace: &str,
+    owner: Owner<'_>,
+    objects: &Namespace,
+    issuers: &Issuers,
+    cert_manager: bool,
+) -> (Context, Resolution) {
+    let Owner {
         name: tenant,
         uid,
         spec,
-    }) = owner
-    else {
-        return unowned(namespace, objects);
-    };
+    } = owner;
     let limits = spec.limits.clone().unwrap_or_default();
     // The claims' statuses are the Tenant's (`tenant_statuses`).
-    let (provisioning, _) = super::claims::resolve(spec, objects);
+    let (provisioning, _) = super::claims::resolve(spec, objects, &|claim| {
+        super::claims::count_provisioned(objects, claim)
+    });
     let (device_ca, device_ca_condition) = match tenant_device_ca(
         namespace,
         spec.device_ca.as_ref(),
@@ -136,12 +246,17 @@ pub(crate) fn resolve(
         Some((ca, condition)) => (ca, Some(condition)),
         None => (None, None),
     };
-    let certificates = Certificates {
+    let cx = Context {
+        namespace: namespace.to_owned(),
+        tenant: tenant.to_owned(),
+        max_channels: limits.max_channels,
+        max_things: limits.max_things,
+        engine: engine_of(spec),
         ca: device_ca.is_some(),
-        issuer: spec.device_ca.as_ref().and_then(|d| d.issuer_ref.as_ref()),
+        issuer: spec.device_ca.as_ref().and_then(|d| d.issuer_ref.clone()),
         cert_manager,
     };
-    let mut out = Resolution {
+    let out = Resolution {
         device_ca: device_ca_condition,
         tenant: Some(policy::Tenant {
             provisioning,
@@ -165,21 +280,7 @@ pub(crate) fn resolve(
         }),
         ..Resolution::default()
     };
-    let mut r = Resolver {
-        namespace,
-        tenant,
-        objects,
-        certificates,
-        out: &mut out,
-    };
-    let channels = r.channels(limits.max_channels);
-    let things = r.things(limits.max_things, &channels);
-    let users = r.users(passwords);
-    let groups = r.groups(&things, &users);
-    r.connections(&things, &users, &groups, &channels);
-    let engine = engine_of(spec);
-    super::policies::resolve(namespace, tenant, objects, engine, enforced, &mut out);
-    out
+    (cx, out)
 }
 
 /// The engine a Tenant's spec asks for.
@@ -190,62 +291,48 @@ fn engine_of(spec: &crds::TenantSpec) -> policy::Engine {
     }
 }
 
-/// Every object of a namespace no Tenant owns is refused with `NoTenant`.
-fn unowned(namespace: &str, objects: &Namespace) -> Resolution {
+/// The status of an object in a namespace no Tenant owns: refused with `NoTenant`.
+pub(crate) fn no_tenant(namespace: &str, generation: Option<i64>) -> DesiredStatus {
     let message = format!(
         "namespace {namespace} is not owned by any Tenant: create a Tenant with spec.namespace: \
          {namespace} (or named {namespace}) to serve it"
     );
+    DesiredStatus {
+        generation,
+        readiness: Readiness::not_ready(Reason::NoTenant, message),
+        served: false,
+        facts: Facts::None,
+    }
+}
+
+/// Every object of a namespace no Tenant owns is refused with `NoTenant`.
+fn unowned(namespace: &str, objects: &Namespace) -> Resolution {
     let mut out = Resolution::default();
-    let mut refuse = |kind: Kind, name: &str, generation: Option<i64>, facts: Facts| {
+    let mut refuse = |kind: Kind, name: &str, generation: Option<i64>| {
         out.statuses.push((
             ObjectKey::namespaced(kind, namespace, name),
-            DesiredStatus {
-                generation,
-                readiness: Readiness::not_ready(Reason::NoTenant, message.clone()),
-                served: false,
-                facts,
-            },
+            no_tenant(namespace, generation),
         ));
     };
     for (name, o) in &objects.things {
-        refuse(Kind::Thing, name, o.metadata.generation, Facts::None);
+        refuse(Kind::Thing, name, o.metadata.generation);
     }
     for (name, o) in &objects.channels {
-        refuse(Kind::Channel, name, o.metadata.generation, Facts::None);
+        refuse(Kind::Channel, name, o.metadata.generation);
     }
     for (name, o) in &objects.connections {
-        refuse(Kind::Connection, name, o.metadata.generation, Facts::None);
+        refuse(Kind::Connection, name, o.metadata.generation);
     }
     for (name, o) in &objects.users {
-        refuse(Kind::User, name, o.metadata.generation, Facts::None);
+        refuse(Kind::User, name, o.metadata.generation);
     }
     for (name, o) in &objects.groups {
-        refuse(Kind::Group, name, o.metadata.generation, Facts::None);
+        refuse(Kind::Group, name, o.metadata.generation);
     }
     for (name, o) in &objects.policies {
-        refuse(Kind::Policy, name, o.metadata.generation, Facts::None);
+        refuse(Kind::Policy, name, o.metadata.generation);
     }
     out
-}
-
-struct Resolver<'a> {
-    namespace: &'a str,
-    tenant: &'a str,
-    objects: &'a Namespace,
-    certificates: Certificates<'a>,
-    out: &'a mut Resolution,
-}
-
-/// What the owning Tenant offers its things for certificates.
-#[derive(Clone, Copy)]
-struct Certificates<'a> {
-    /// Whether it has a usable device CA.
-    ca: bool,
-    /// The cert-manager issuer things with `x509.issue` get certificates from.
-    issuer: Option<&'a crds::IssuerRef>,
-    /// Whether cert-manager's CRDs are installed (as far as the operator knows).
-    cert_manager: bool,
 }
 
 /// The objects of a kind in limit order, each marked whether it is within the limit.
@@ -263,420 +350,398 @@ fn within_limit<T: kube::Resource>(
         .collect()
 }
 
-impl<'a> Resolver<'a> {
-    fn status(&mut self, kind: Kind, name: &str, generation: Option<i64>, readiness: Readiness) {
-        self.status_with(kind, name, generation, readiness, Facts::None);
+/// A status whose readiness says whether the object is served.
+fn status(generation: Option<i64>, readiness: Readiness, facts: Facts) -> DesiredStatus {
+    DesiredStatus {
+        generation,
+        served: readiness.ready,
+        readiness,
+        facts,
     }
+}
 
-    fn status_with(
-        &mut self,
-        kind: Kind,
-        name: &str,
-        generation: Option<i64>,
-        readiness: Readiness,
-        facts: Facts,
-    ) {
-        let served = readiness.ready;
-        self.out.statuses.push((
-            ObjectKey::namespaced(kind, self.namespace, name),
-            DesiredStatus {
-                generation,
-                readiness,
-                served,
-                facts,
-            },
-        ));
+fn refused<R>(generation: Option<i64>, readiness: Readiness) -> Resolved<R> {
+    (None, status(generation, readiness, Facts::None))
+}
+
+fn limit_exceeded(cx: &Context, kind: &str, limit: Option<u32>) -> Readiness {
+    Readiness::not_ready(
+        Reason::LimitExceeded,
+        format!(
+            "Tenant {} allows at most {} {kind}s (spec.limits); this one is not served. \
+             Delete another {kind} or raise the limit",
+            cx.tenant,
+            limit.unwrap_or_default()
+        ),
+    )
+}
+
+/// One Channel; `within` says whether it is within the Tenant's `maxChannels`.
+pub(crate) fn channel(
+    cx: &Context,
+    name: &str,
+    ch: &crds::Channel,
+    within: bool,
+) -> Resolved<policy::Channel> {
+    let generation = ch.metadata.generation;
+    if !within {
+        return refused(generation, limit_exceeded(cx, "channel", cx.max_channels));
     }
-
-    fn limit_exceeded(&self, kind: &str, limit: Option<u32>) -> Readiness {
-        Readiness::not_ready(
-            Reason::LimitExceeded,
-            format!(
-                "Tenant {} allows at most {} {kind}s (spec.limits); this one is not served. \
-                 Delete another {kind} or raise the limit",
-                self.tenant,
-                limit.unwrap_or_default()
-            ),
-        )
-    }
-
-    fn channels(&mut self, limit: Option<u32>) -> BTreeSet<&'a str> {
-        let objects = self.objects;
-        let mut served = BTreeSet::new();
-        for (name, ch, within) in within_limit(&objects.channels, limit) {
-            let generation = ch.metadata.generation;
-            if !within {
-                let r = self.limit_exceeded("channel", limit);
-                self.status(Kind::Channel, name, generation, r);
-                continue;
-            }
-            let max_qos = match policy::Qos::try_from(ch.spec.max_qos) {
-                Ok(q) => q,
-                Err(e) => {
-                    let r = Readiness::not_ready(Reason::InvalidSpec, format!("spec.maxQos: {e}"));
-                    self.status(Kind::Channel, name, generation, r);
-                    continue;
-                }
-            };
-            let history_retention_secs = match &ch.spec.history {
-                None => None,
-                Some(h) => match h.retention_secs() {
-                    Some(secs) => Some(secs),
-                    None => {
-                        let r = Readiness::not_ready(
-                            Reason::InvalidSpec,
-                            format!(
-                                "spec.history.retention: {:?} is not a retention; write a whole \
-                                 number and a unit, s, m, h or d (7d, 12h), from 1m to 3650d",
-                                h.retention
-                            ),
-                        );
-                        self.status(Kind::Channel, name, generation, r);
-                        continue;
-                    }
-                },
-            };
-            self.out.channels.push(policy::Channel {
-                tenant: self.tenant.to_owned(),
-                name: name.clone(),
-                uid: ch.metadata.uid.clone().unwrap_or_default(),
-                max_qos,
-                retained_allowed: ch.spec.retained,
-                max_message_size: ch.spec.max_message_size,
-                delivery_metadata: ch.spec.delivery_metadata,
-                history_retention_secs,
-            });
-            served.insert(name.as_str());
-            let r = Readiness::ready(Reason::Accepted, "the channel is served");
-            self.status(Kind::Channel, name, generation, r);
+    let max_qos = match policy::Qos::try_from(ch.spec.max_qos) {
+        Ok(q) => q,
+        Err(e) => {
+            let r = Readiness::not_ready(Reason::InvalidSpec, format!("spec.maxQos: {e}"));
+            return refused(generation, r);
         }
-        served
-    }
-
-    fn things(&mut self, limit: Option<u32>, channels: &BTreeSet<&str>) -> BTreeSet<&'a str> {
-        let objects = self.objects;
-        let mut served = BTreeSet::new();
-        for (name, thing, within) in within_limit(&objects.things, limit) {
-            let generation = thing.metadata.generation;
-            let credentials = thing.spec.credentials.clone().unwrap_or_default();
-            let mode = device_ca::policy_mode(credentials.effective_mode());
-            let secret_name = thing.secret_name();
-            // A certificate-only thing has no key: none is pushed, required or generated.
-            let keys = if mode.allows_key() {
-                thing_keys(objects.secrets.get(&secret_name))
-            } else {
-                Ok(ThingKeys::none())
-            };
-            let facts = Facts::Thing {
-                secret_name: secret_name.clone(),
-                key_fingerprint: keys.as_ref().ok().and_then(|k| k.fingerprint.clone()),
-                keys: keys.as_ref().map_or(0, |k| k.digests.len() as u32),
-                mode,
-                x509: self.x509_facts(name, thing),
-            };
-            let listed = thing.status.as_ref().map(|s| s.revoked_serials.as_slice());
-            let x509 = device_ca::thing_x509(credentials.x509.as_ref(), listed.unwrap_or_default());
-            let refusal = if !within {
-                Some(self.limit_exceeded("thing", limit))
-            } else if let Some(mp) = thing
-                .spec
-                .mountpoint
-                .as_deref()
-                .filter(|mp| !channels.contains(mp))
-            {
-                Some(Readiness::not_ready(
-                    Reason::MountpointNotFound,
+    };
+    let history_retention_secs = match &ch.spec.history {
+        None => None,
+        Some(h) => match h.retention_secs() {
+            Some(secs) => Some(secs),
+            None => {
+                let r = Readiness::not_ready(
+                    Reason::InvalidSpec,
                     format!(
-                        "spec.mountpoint names Channel {}/{mp}, which does not exist or is not \
-                         served; create it or change the mountpoint",
-                        self.namespace
+                        "spec.history.retention: {:?} is not a retention; write a whole number \
+                         and a unit, s, m, h or d (7d, 12h), from 1m to 3650d",
+                        h.retention
                     ),
-                ))
-            } else if let Err(r) = &x509 {
-                Some(r.clone())
-            } else if !mode.allows_key() && !self.certificates.ca {
-                Some(device_ca::no_device_ca(self.tenant))
-            } else {
-                keys.as_ref().err().cloned()
-            };
-            if let Some(r) = refusal {
-                self.status_with(Kind::Thing, name, generation, r, facts);
-                continue;
+                );
+                return refused(generation, r);
             }
-            let digests = keys.map(|k| k.digests).unwrap_or_default();
-            self.out.things.push(policy::Thing {
-                x509: x509.unwrap_or_default(),
-                credential_mode: mode,
-                attributes: thing.spec.attributes.clone(),
-                tenant: self.tenant.to_owned(),
-                name: name.clone(),
-                key_digests: digests,
-                disabled: thing.spec.disabled,
-                mountpoint: thing.spec.mountpoint.clone(),
-                max_connections: thing.spec.max_connections,
-            });
-            served.insert(name.as_str());
-            let r =
-                device_ca::accepted(mode, self.tenant, self.certificates.ca, thing.spec.disabled);
-            self.status_with(Kind::Thing, name, generation, r, facts);
-        }
-        served
-    }
+        },
+    };
+    let record = policy::Channel {
+        tenant: cx.tenant.clone(),
+        name: name.to_owned(),
+        uid: ch.metadata.uid.clone().unwrap_or_default(),
+        max_qos,
+        retained_allowed: ch.spec.retained,
+        max_message_size: ch.spec.max_message_size,
+        delivery_metadata: ch.spec.delivery_metadata,
+        history_retention_secs,
+    };
+    let r = Readiness::ready(Reason::Accepted, "the channel is served");
+    (Some(record), status(generation, r, Facts::None))
+}
 
-    /// A thing's certificate facts, when it has `x509`.
-    fn x509_facts(&self, name: &str, thing: &crds::Thing) -> Option<Box<X509Facts>> {
-        thing.spec.credentials.as_ref()?.x509.as_ref()?;
-        let certificate = thing_certificate(self.objects.secrets.get(&thing.tls_secret_name()));
-        let issue = device_ca::certificate_request(self.tenant, thing, self.certificates.issuer);
-        let condition = device_ca::certificate_condition(
-            self.namespace,
-            name,
-            issue.as_ref(),
-            certificate.as_ref(),
-            self.certificates.cert_manager,
-        );
-        Some(Box::new(X509Facts {
-            certificate,
-            issue,
-            condition,
-        }))
+/// One Thing; `within` says whether it is within the Tenant's `maxThings`.
+pub(crate) fn thing(
+    cx: &Context,
+    objects: &Namespace,
+    name: &str,
+    thing: &crds::Thing,
+    within: bool,
+    served: &dyn ServedNames,
+) -> Resolved<policy::Thing> {
+    let generation = thing.metadata.generation;
+    let credentials = thing.spec.credentials.clone().unwrap_or_default();
+    let mode = device_ca::policy_mode(credentials.effective_mode());
+    let secret_name = thing.secret_name();
+    // A certificate-only thing has no key: none is pushed, required or generated.
+    let keys = if mode.allows_key() {
+        thing_keys(objects.secrets.get(&secret_name))
+    } else {
+        Ok(ThingKeys::none())
+    };
+    let facts = Facts::Thing {
+        secret_name: secret_name.clone(),
+        key_fingerprint: keys.as_ref().ok().and_then(|k| k.fingerprint.clone()),
+        keys: keys.as_ref().map_or(0, |k| k.digests.len() as u32),
+        mode,
+        x509: x509_facts(cx, objects, name, thing),
+    };
+    let listed = thing.status.as_ref().map(|s| s.revoked_serials.as_slice());
+    let x509 = device_ca::thing_x509(credentials.x509.as_ref(), listed.unwrap_or_default());
+    let refusal = if !within {
+        Some(limit_exceeded(cx, "thing", cx.max_things))
+    } else if let Some(mp) = thing
+        .spec
+        .mountpoint
+        .as_deref()
+        .filter(|mp| !served.serves(Kind::Channel, mp))
+    {
+        Some(Readiness::not_ready(
+            Reason::MountpointNotFound,
+            format!(
+                "spec.mountpoint names Channel {}/{mp}, which does not exist or is not served; \
+                 create it or change the mountpoint",
+                cx.namespace
+            ),
+        ))
+    } else if let Err(r) = &x509 {
+        Some(r.clone())
+    } else if !mode.allows_key() && !cx.ca {
+        Some(device_ca::no_device_ca(&cx.tenant))
+    } else {
+        keys.as_ref().err().cloned()
+    };
+    if let Some(r) = refusal {
+        return (None, status(generation, r, facts));
     }
+    let digests = keys.map(|k| k.digests).unwrap_or_default();
+    let record = policy::Thing {
+        x509: x509.unwrap_or_default(),
+        credential_mode: mode,
+        attributes: thing.spec.attributes.clone(),
+        tenant: cx.tenant.clone(),
+        name: name.to_owned(),
+        key_digests: digests,
+        disabled: thing.spec.disabled,
+        mountpoint: thing.spec.mountpoint.clone(),
+        max_connections: thing.spec.max_connections,
+    };
+    let r = device_ca::accepted(mode, &cx.tenant, cx.ca, thing.spec.disabled);
+    (Some(record), status(generation, r, facts))
+}
 
-    fn users(&mut self, passwords: &mut PasswordHashes) -> BTreeSet<&'a str> {
-        let objects = self.objects;
-        let mut served = BTreeSet::new();
-        for (name, user) in &objects.users {
-            let generation = user.metadata.generation;
-            let password_hash = match &user.spec.password_secret_ref {
-                None => None,
-                Some(r) => match objects
-                    .secrets
-                    .get(&r.name)
-                    .and_then(|s| s.entries.get(&r.key))
-                {
-                    None => {
-                        let msg = format!(
-                            "spec.passwordSecretRef names entry {:?} of Secret {}/{}, which does \
-                             not exist; create it with the password or an argon2 hash",
-                            r.key, self.namespace, r.name
-                        );
-                        let r = Readiness::not_ready(Reason::PasswordSecretNotFound, msg);
-                        self.status(Kind::User, name, generation, r);
-                        continue;
-                    }
-                    Some(value) => match password_hash(passwords, self.namespace, name, value) {
-                        Ok(hash) => Some(hash),
-                        Err(e) => {
-                            let r = Readiness::not_ready(Reason::PasswordInvalid, e);
-                            self.status(Kind::User, name, generation, r);
-                            continue;
-                        }
-                    },
-                },
-            };
-            let can_sign_in = password_hash.is_some();
-            self.out.users.push(policy::User {
-                tenant: self.tenant.to_owned(),
-                name: name.clone(),
-                role: match user.spec.role {
-                    crds::Role::Admin => policy::Role::Admin,
-                    crds::Role::Member => policy::Role::Member,
-                    crds::Role::Viewer => policy::Role::Viewer,
-                },
-                password_hash,
-                token_epoch: user.spec.token_epoch,
-                disabled: user.spec.disabled,
-            });
-            served.insert(name.as_str());
-            let msg = if can_sign_in {
-                "the user is served"
-            } else {
-                "the user is served but cannot sign in: set spec.passwordSecretRef"
-            };
-            self.status(
-                Kind::User,
-                name,
-                generation,
-                Readiness::ready(Reason::Accepted, msg),
-            );
-        }
-        served
-    }
+/// A thing's certificate facts, when it has `x509`.
+fn x509_facts(
+    cx: &Context,
+    objects: &Namespace,
+    name: &str,
+    thing: &crds::Thing,
+) -> Option<Box<X509Facts>> {
+    thing.spec.credentials.as_ref()?.x509.as_ref()?;
+    let certificate = thing_certificate(objects.secrets.get(&thing.tls_secret_name()));
+    let issue = device_ca::certificate_request(&cx.tenant, thing, cx.issuer.as_ref());
+    let condition = device_ca::certificate_condition(
+        &cx.namespace,
+        name,
+        issue.as_ref(),
+        certificate.as_ref(),
+        cx.cert_manager,
+    );
+    Some(Box::new(X509Facts {
+        certificate,
+        issue,
+        condition,
+    }))
+}
 
-    fn groups(&mut self, things: &BTreeSet<&str>, users: &BTreeSet<&str>) -> BTreeSet<&'a str> {
-        let objects = self.objects;
-        let mut served = BTreeSet::new();
-        for (name, group) in &objects.groups {
-            let mut members = Vec::new();
-            let mut missing = Vec::new();
-            for m in &group.spec.members {
-                let (kind, present) = match m.kind {
-                    crds::MemberKind::Thing => {
-                        (policy::SubjectKind::Thing, things.contains(m.name.as_str()))
-                    }
-                    crds::MemberKind::User => {
-                        (policy::SubjectKind::User, users.contains(m.name.as_str()))
-                    }
-                };
-                if present {
-                    members.push(policy::Member {
-                        kind,
-                        name: m.name.clone(),
-                    });
-                } else {
-                    missing.push(format!("{} {}", kind_label(m.kind), m.name));
-                }
+/// One User.
+pub(crate) fn user(
+    cx: &Context,
+    objects: &Namespace,
+    passwords: &mut PasswordHashes,
+    name: &str,
+    user: &crds::User,
+) -> Resolved<policy::User> {
+    let generation = user.metadata.generation;
+    let password_hash = match &user.spec.password_secret_ref {
+        None => None,
+        Some(r) => match objects
+            .secrets
+            .get(&r.name)
+            .and_then(|s| s.entries.get(&r.key))
+        {
+            None => {
+                let msg = format!(
+                    "spec.passwordSecretRef names entry {:?} of Secret {}/{}, which does not \
+                     exist; create it with the password or an argon2 hash",
+                    r.key, cx.namespace, r.name
+                );
+                return refused(
+                    generation,
+                    Readiness::not_ready(Reason::PasswordSecretNotFound, msg),
+                );
             }
-            self.out.groups.push(policy::Group {
-                tenant: self.tenant.to_owned(),
-                name: name.clone(),
-                members,
-            });
-            served.insert(name.as_str());
-            let readiness = if missing.is_empty() {
-                Readiness::ready(Reason::Accepted, "the group is served")
-            } else {
-                Readiness {
-                    ready: false,
-                    reason: Reason::MemberNotFound,
-                    message: format!(
-                        "members not found or not served in namespace {}: {}; the other members \
-                         are served",
-                        self.namespace,
-                        missing.join(", ")
-                    ),
+            Some(value) => match password_hash(passwords, &cx.namespace, name, value) {
+                Ok(hash) => Some(hash),
+                Err(e) => {
+                    return refused(generation, Readiness::not_ready(Reason::PasswordInvalid, e));
                 }
-            };
-            let key = ObjectKey::namespaced(Kind::Group, self.namespace, name);
-            self.out.statuses.push((
-                key,
-                DesiredStatus {
-                    generation: group.metadata.generation,
-                    readiness,
-                    served: true,
-                    facts: Facts::None,
-                },
-            ));
-        }
-        served
-    }
-
-    fn connections(
-        &mut self,
-        things: &BTreeSet<&str>,
-        users: &BTreeSet<&str>,
-        groups: &BTreeSet<&str>,
-        channels: &BTreeSet<&str>,
-    ) {
-        let objects = self.objects;
-        for (name, conn) in &objects.connections {
-            let generation = conn.metadata.generation;
-            let spec = &conn.spec;
-            match self.grant(name, spec, things, users, groups, channels) {
-                Ok(grant) => {
-                    self.out.grants.push(grant);
-                    let r = Readiness::ready(Reason::Accepted, "the grant is served");
-                    self.status(Kind::Connection, name, generation, r);
-                }
-                Err(r) => self.status(Kind::Connection, name, generation, r),
-            }
-        }
-    }
-
-    fn grant(
-        &self,
-        name: &str,
-        spec: &crds::ConnectionSpec,
-        things: &BTreeSet<&str>,
-        users: &BTreeSet<&str>,
-        groups: &BTreeSet<&str>,
-        channels: &BTreeSet<&str>,
-    ) -> Result<policy::Grant, Readiness> {
-        let subject = self.grant_subject(&spec.subject, things, users, groups)?;
-        self.grant_channel(&spec.channel, channels)?;
-        let (allow, deny) = subtopic_patterns(&spec.subtopics.clone().unwrap_or_default())?;
-        if spec.actions.is_empty() {
-            return Err(Readiness::not_ready(
-                Reason::InvalidSpec,
-                "spec.actions is empty: list publish, subscribe or both",
-            ));
-        }
-        Ok(policy::Grant {
-            tenant: self.tenant.to_owned(),
-            name: name.to_owned(),
-            subject,
-            channel: spec.channel.clone(),
-            actions: policy::Actions {
-                publish: spec.actions.contains(&crds::Action::Publish),
-                subscribe: spec.actions.contains(&crds::Action::Subscribe),
             },
-            allow,
-            deny,
-        })
-    }
+        },
+    };
+    let msg = if password_hash.is_some() {
+        "the user is served"
+    } else {
+        "the user is served but cannot sign in: set spec.passwordSecretRef"
+    };
+    let record = policy::User {
+        tenant: cx.tenant.clone(),
+        name: name.to_owned(),
+        role: match user.spec.role {
+            crds::Role::Admin => policy::Role::Admin,
+            crds::Role::Member => policy::Role::Member,
+            crds::Role::Viewer => policy::Role::Viewer,
+        },
+        password_hash,
+        token_epoch: user.spec.token_epoch,
+        disabled: user.spec.disabled,
+    };
+    let r = Readiness::ready(Reason::Accepted, msg);
+    (Some(record), status(generation, r, Facts::None))
+}
 
-    /// A grant's subject, when it exists and is served.
-    fn grant_subject(
-        &self,
-        subject: &crds::Subject,
-        things: &BTreeSet<&str>,
-        users: &BTreeSet<&str>,
-        groups: &BTreeSet<&str>,
-    ) -> Result<policy::GrantSubject, Readiness> {
-        let ns = self.namespace;
-        let subject_name = subject.name.as_str();
-        let (exists, served, granted) = match subject.kind {
-            crds::SubjectKind::Thing => (
-                self.objects.things.contains_key(subject_name),
-                things.contains(subject_name),
-                policy::GrantSubject::Thing(subject_name.to_owned()),
+/// One Group: always served, with the members that are.
+pub(crate) fn group(
+    cx: &Context,
+    name: &str,
+    group: &crds::Group,
+    served: &dyn ServedNames,
+) -> Resolved<policy::Group> {
+    let mut members = Vec::new();
+    let mut missing = Vec::new();
+    for m in &group.spec.members {
+        let (kind, present) = match m.kind {
+            crds::MemberKind::Thing => (
+                policy::SubjectKind::Thing,
+                served.serves(Kind::Thing, &m.name),
             ),
-            crds::SubjectKind::User => (
-                self.objects.users.contains_key(subject_name),
-                users.contains(subject_name),
-                policy::GrantSubject::User(subject_name.to_owned()),
-            ),
-            crds::SubjectKind::Group => (
-                self.objects.groups.contains_key(subject_name),
-                groups.contains(subject_name),
-                policy::GrantSubject::Group(subject_name.to_owned()),
+            crds::MemberKind::User => (
+                policy::SubjectKind::User,
+                served.serves(Kind::User, &m.name),
             ),
         };
-        let subject_label = format!("{:?} {ns}/{subject_name}", subject.kind);
-        if !exists {
-            return Err(Readiness::not_ready(
-                Reason::SubjectNotFound,
-                format!("spec.subject names {subject_label}, which does not exist; create it"),
-            ));
+        if present {
+            members.push(policy::Member {
+                kind,
+                name: m.name.clone(),
+            });
+        } else {
+            missing.push(format!("{} {}", kind_label(m.kind), m.name));
         }
-        if !served {
-            return Err(Readiness::not_ready(
-                Reason::SubjectNotReady,
-                format!("{subject_label} exists but is not Ready; see its status"),
-            ));
-        }
-        Ok(granted)
     }
+    let readiness = if missing.is_empty() {
+        Readiness::ready(Reason::Accepted, "the group is served")
+    } else {
+        Readiness::not_ready(
+            Reason::MemberNotFound,
+            format!(
+                "members not found or not served in namespace {}: {}; the other members are \
+                 served",
+                cx.namespace,
+                missing.join(", ")
+            ),
+        )
+    };
+    let record = policy::Group {
+        tenant: cx.tenant.clone(),
+        name: name.to_owned(),
+        members,
+    };
+    let status = DesiredStatus {
+        generation: group.metadata.generation,
+        readiness,
+        served: true,
+        facts: Facts::None,
+    };
+    (Some(record), status)
+}
 
-    /// Whether a grant's channel exists and is served.
-    fn grant_channel(&self, channel: &str, channels: &BTreeSet<&str>) -> Result<(), Readiness> {
-        let ns = self.namespace;
-        if !self.objects.channels.contains_key(channel) {
-            return Err(Readiness::not_ready(
-                Reason::ChannelNotFound,
-                format!(
-                    "spec.channel names Channel {ns}/{channel}, which does not exist; create it"
-                ),
-            ));
+/// One Connection.
+pub(crate) fn connection(
+    cx: &Context,
+    objects: &Namespace,
+    name: &str,
+    conn: &crds::Connection,
+    served: &dyn ServedNames,
+) -> Resolved<policy::Grant> {
+    let generation = conn.metadata.generation;
+    match grant(cx, objects, name, &conn.spec, served) {
+        Ok(grant) => {
+            let r = Readiness::ready(Reason::Accepted, "the grant is served");
+            (Some(grant), status(generation, r, Facts::None))
         }
-        if !channels.contains(channel) {
-            return Err(Readiness::not_ready(
-                Reason::ChannelNotReady,
-                format!("Channel {ns}/{channel} exists but is not Ready; see its status"),
-            ));
-        }
-        Ok(())
+        Err(r) => refused(generation, r),
     }
+}
+
+fn grant(
+    cx: &Context,
+    objects: &Namespace,
+    name: &str,
+    spec: &crds::ConnectionSpec,
+    served: &dyn ServedNames,
+) -> Result<policy::Grant, Readiness> {
+    let subject = grant_subject(cx, objects, &spec.subject, served)?;
+    grant_channel(cx, objects, &spec.channel, served)?;
+    let (allow, deny) = subtopic_patterns(&spec.subtopics.clone().unwrap_or_default())?;
+    if spec.actions.is_empty() {
+        return Err(Readiness::not_ready(
+            Reason::InvalidSpec,
+            "spec.actions is empty: list publish, subscribe or both",
+        ));
+    }
+    Ok(policy::Grant {
+        tenant: cx.tenant.clone(),
+        name: name.to_owned(),
+        subject,
+        channel: spec.channel.clone(),
+        actions: policy::Actions {
+            publish: spec.actions.contains(&crds::Action::Publish),
+            subscribe: spec.actions.contains(&crds::Action::Subscribe),
+        },
+        allow,
+        deny,
+    })
+}
+
+/// A grant's subject, when it exists and is served.
+fn grant_subject(
+    cx: &Context,
+    objects: &Namespace,
+    subject: &crds::Subject,
+    served: &dyn ServedNames,
+) -> Result<policy::GrantSubject, Readiness> {
+    let ns = &cx.namespace;
+    let subject_name = subject.name.as_str();
+    let (kind, exists, granted) = match subject.kind {
+        crds::SubjectKind::Thing => (
+            Kind::Thing,
+            objects.things.contains_key(subject_name),
+            policy::GrantSubject::Thing(subject_name.to_owned()),
+        ),
+        crds::SubjectKind::User => (
+            Kind::User,
+            objects.users.contains_key(subject_name),
+            policy::GrantSubject::User(subject_name.to_owned()),
+        ),
+        crds::SubjectKind::Group => (
+            Kind::Group,
+            objects.groups.contains_key(subject_name),
+            policy::GrantSubject::Group(subject_name.to_owned()),
+        ),
+    };
+    let subject_label = format!("{:?} {ns}/{subject_name}", subject.kind);
+    if !exists {
+        return Err(Readiness::not_ready(
+            Reason::SubjectNotFound,
+            format!("spec.subject names {subject_label}, which does not exist; create it"),
+        ));
+    }
+    if !served.serves(kind, subject_name) {
+        return Err(Readiness::not_ready(
+            Reason::SubjectNotReady,
+            format!("{subject_label} exists but is not Ready; see its status"),
+        ));
+    }
+    Ok(granted)
+}
+
+/// Whether a grant's channel exists and is served.
+fn grant_channel(
+    cx: &Context,
+    objects: &Namespace,
+    channel: &str,
+    served: &dyn ServedNames,
+) -> Result<(), Readiness> {
+    let ns = &cx.namespace;
+    if !objects.channels.contains_key(channel) {
+        return Err(Readiness::not_ready(
+            Reason::ChannelNotFound,
+            format!("spec.channel names Channel {ns}/{channel}, which does not exist; create it"),
+        ));
+    }
+    if !served.serves(Kind::Channel, channel) {
+        return Err(Readiness::not_ready(
+            Reason::ChannelNotReady,
+            format!("Channel {ns}/{channel} exists but is not Ready; see its status"),
+        ));
+    }
+    Ok(())
 }
 
 /// A grant's allowed and denied subtopic patterns, parsed.
