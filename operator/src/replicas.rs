@@ -16,7 +16,6 @@ use std::sync::{Mutex, MutexGuard};
 use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 use tokio::sync::watch;
 
 use crate::dataplanes::Dataplanes;
@@ -63,21 +62,7 @@ pub fn key_text(key: &ObjectKey) -> String {
 /// A digest of what the index serves: every served object with the generation it serves.
 /// Two replicas whose indexes were fed the same objects have the same digest.
 pub fn view_digest(idx: &Index) -> String {
-    let mut entries: Vec<String> = idx
-        .included()
-        .map(|(key, generation, _)| format!("{}@{}", key_text(key), generation.unwrap_or(0)))
-        .collect();
-    entries.sort_unstable();
-    let mut hash = Sha256::new();
-    for entry in &entries {
-        hash.update(entry.as_bytes());
-        hash.update(b"\n");
-    }
-    hash.finalize()
-        .iter()
-        .take(16)
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    idx.view_digest().hex()
 }
 
 /// The report of a replica with these dataplanes; `None` when none is connected (the replica

@@ -15,6 +15,7 @@ mod readiness;
 mod resolve;
 #[cfg(test)]
 mod tests;
+mod view;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
@@ -29,6 +30,7 @@ pub use readiness::{
     CertificateFacts, CertificateRequest, DesiredStatus, Facts, Readiness, Reason, X509Facts,
 };
 pub use resolve::{MIN_KEY_LEN, is_key_entry};
+pub use view::ViewDigest;
 
 use device_ca::Issuers;
 use incremental::State;
@@ -104,6 +106,8 @@ pub struct Index {
     served: HashMap<String, Served>,
     statuses: HashMap<ObjectKey, DesiredStatus>,
     included: HashMap<ObjectKey, Included>,
+    /// The digest of `included`'s keys and generations.
+    view: ViewDigest,
     dirty: BTreeSet<String>,
     touched: Touched,
     pending_included: Vec<(ObjectKey, Option<i64>)>,
@@ -160,6 +164,12 @@ impl Index {
         self.included
             .iter()
             .map(|(key, i)| (key, i.generation, i.version))
+    }
+
+    /// The digest of what the index serves: every served object with the generation it
+    /// serves, kept as it changes. Two indexes fed the same objects have the same digest.
+    pub fn view_digest(&self) -> ViewDigest {
+        self.view
     }
 
     /// Every object whose status the index knows.
@@ -430,6 +440,10 @@ impl Index {
         });
         let version = self.snapshot.version();
         for (key, generation) in std::mem::take(&mut self.pending_included) {
+            if let Some(old) = self.included.get(&key) {
+                self.view.remove(&key, old.generation);
+            }
+            self.view.add(&key, generation);
             self.included.insert(
                 key,
                 Included {
@@ -472,8 +486,16 @@ impl Index {
         keys
     }
 
+    /// Takes an object that is no longer served out of the view digest.
+    fn unview(&mut self, removed: Option<(ObjectKey, Included)>) {
+        if let Some((key, old)) = removed {
+            self.view.remove(&key, old.generation);
+        }
+    }
+
     fn forget(&mut self, key: &ObjectKey) {
-        self.included.remove(key);
+        let old = self.included.remove_entry(key);
+        self.unview(old);
         if self.statuses.remove(key).is_some() {
             self.changed_statuses.insert(key.clone());
         }
@@ -723,7 +745,8 @@ impl Index {
                 self.pending_included.push((key.clone(), generation));
             }
         } else {
-            self.included.remove(&key);
+            let old = self.included.remove_entry(&key);
+            self.unview(old);
         }
         if self.statuses.get(&key) != Some(&status) {
             self.statuses.insert(key.clone(), status);

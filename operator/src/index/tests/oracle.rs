@@ -458,6 +458,9 @@ fn same(incremental: &Index, whole: &Index) -> Result<(), TestCaseError> {
     prop_assert_eq!(incremental.snapshot(), whole.snapshot());
     prop_assert_eq!(&incremental.statuses, &whole.statuses);
     prop_assert_eq!(&incremental.included, &whole.included);
+    let recomputed = ViewDigest::of(incremental.included().map(|(k, g, _)| (k, g)));
+    prop_assert_eq!(incremental.view_digest(), recomputed);
+    prop_assert_eq!(incremental.view_digest(), whole.view_digest());
     Ok(())
 }
 
