@@ -17,3 +17,4 @@ pub mod provisioning;
 pub mod replicas;
 pub mod runtime;
 pub mod shared;
+pub mod source;

@@ -1,5 +1,5 @@
 //! What tests of the PolicySync server build on: manifests applied to an index, and the
-//! server running on 127.0.0.1 until stopped. SessionContext by this crate's tests and by the
+//! server running on 127.0.0.1 until stopped. Used by this crate's tests and by the
 //! workspace's operator↔dataplane tests (`tests/it/sync.rs`, feature `test-fixtures`).
 
 use std::net::SocketAddr;
@@ -12,7 +12,6 @@ use tokio::task::JoinHandle;
 
 use super::{ServeError, ServerConfig, serve};
 use crate::dataplanes::Dataplanes;
-use crate::index::{Index, Object};
 use crate::manifest::{self, Document};
 use crate::shared::SharedIndex;
 
@@ -20,17 +19,6 @@ use crate::shared::SharedIndex;
 pub const TOKEN: &str = "s3cret-token";
 /// How long a test waits for anything before it fails.
 pub const WAIT: Duration = Duration::from_secs(10);
-
-/// The objects of a multi-document manifest; panics on one that does not parse.
-pub fn objects(yaml: &str) -> Vec<Object> {
-    manifest::read(yaml)
-        .into_iter()
-        .filter_map(|d| match d.expect("valid manifest") {
-            Document::Object(o) => Some(*o),
-            Document::Skipped { .. } => None,
-        })
-        .collect()
-}
 
 /// A Tenant manifest, ending in `---`.
 pub fn tenant(name: &str) -> String {
@@ -46,11 +34,14 @@ pub fn channel(ns: &str, name: &str) -> String {
     )
 }
 
-/// Applies manifests and commits them as one version; returns it.
+/// Applies manifests and commits them as one version; returns it. Panics on a manifest that
+/// does not parse.
 pub fn apply(index: &SharedIndex, yaml: &str) -> u64 {
     index.update(|idx| {
-        for o in objects(yaml) {
-            idx.apply(o);
+        for document in manifest::read(yaml) {
+            if let Document::Object(o) = document.expect("valid manifest") {
+                idx.apply(*o);
+            }
         }
     });
     index.commit().expect("the change commits").version
@@ -76,7 +67,7 @@ pub struct TestOperator {
 impl TestOperator {
     /// Serves tenant `acme` with channel `tele`.
     pub async fn start(config: ServerConfig) -> Self {
-        let index = Arc::new(SharedIndex::new(Index::new()));
+        let index = Arc::new(SharedIndex::default());
         apply(&index, &(tenant("acme") + &channel("acme", "tele")));
         Self::start_with(config, index).await
     }

@@ -4,7 +4,19 @@
 //! (dataplanes reconnect to another replica) and returns. Every stream is authenticated by a
 //! shared token and, when certificates are given, by mutual TLS. Start it once the index
 //! reflects the cluster (watches synced): a dataplane that connects gets what the index holds.
+//!
+//! The server reads a [`PolicySource`], never the index itself, and holds no lock of it while
+//! it encodes. The push path: a commit that makes a new version announces it. Each stream then
+//! takes, under the index's read lock, only the `Arc<Delta>`s from its dataplane's version to
+//! the current one, and encodes them itself, since they depend on where its dataplane is. A
+//! full snapshot is encoded once per version, on a blocking thread, by the first stream that
+//! needs it: it takes an `Arc<Snapshot>` of the index (copied under the read lock, once per
+//! version), encodes it with no lock held, and keeps the protobuf until a newer version is
+//! asked for. Streams asking meanwhile wait for that encoding; every stream sends its own copy
+//! of the shared protobuf. A feeder's update or the batcher's commit waits at most for that one
+//! copy, never for an encoding.
 
+mod encoded;
 #[cfg(any(test, feature = "test-fixtures"))]
 pub mod fixtures;
 mod session;
@@ -32,7 +44,7 @@ use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::dataplanes::Dataplanes;
-use crate::shared::SharedIndex;
+use crate::source::PolicySource;
 
 /// The default cap on one PolicySync message, either way.
 pub const DEFAULT_MAX_MESSAGE_SIZE: usize = 64 * 1024 * 1024;
@@ -145,18 +157,35 @@ pub enum ServeError {
     Transport(#[source] tonic::transport::Error),
 }
 
-/// Serves PolicySync on `listener` until `shutdown` resolves; then ends every stream, waits up
-/// to `config.drain_timeout` for connections to close, and returns.
+/// Serves PolicySync from `source` on `listener` until `shutdown` resolves; then ends every
+/// stream, waits up to `config.drain_timeout` for connections to close, and returns.
 pub async fn serve(
     listener: TcpListener,
     config: ServerConfig,
-    index: Arc<SharedIndex>,
+    source: Arc<dyn PolicySource>,
     dataplanes: Arc<Dataplanes>,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServeError> {
-    let local: SocketAddr = listener.local_addr().map_err(ServeError::Listener)?;
     let (drain_tx, drain_rx) = watch::channel(false);
-    let service = PolicySyncService::new(index, dataplanes, &config, drain_rx);
+    let service = PolicySyncService::new(
+        source,
+        dataplanes,
+        &config,
+        drain_rx,
+        encoded::EncodedSnapshots::default(),
+    );
+    serve_service(listener, config, service, drain_tx, shutdown).await
+}
+
+/// Serves `service`, whose streams end when `drain` turns true.
+async fn serve_service(
+    listener: TcpListener,
+    config: ServerConfig,
+    service: PolicySyncService,
+    drain_tx: watch::Sender<bool>,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), ServeError> {
+    let local: SocketAddr = listener.local_addr().map_err(ServeError::Listener)?;
     if config.token.is_none()
         && config
             .tls
@@ -251,14 +280,16 @@ pub(crate) struct PolicySyncService {
 
 impl PolicySyncService {
     fn new(
-        index: Arc<SharedIndex>,
+        source: Arc<dyn PolicySource>,
         dataplanes: Arc<Dataplanes>,
         config: &ServerConfig,
         drain: watch::Receiver<bool>,
+        snapshots: encoded::EncodedSnapshots,
     ) -> Self {
         Self {
             shared: Arc::new(session::SessionContext {
-                index,
+                source,
+                snapshots,
                 dataplanes,
                 lineage: new_lineage(),
                 max_message_size: config.max_message_size,

@@ -7,19 +7,22 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use fleetward_proto::convert::{delta_to_proto, snapshot_to_proto};
+use fleetward_proto::convert::delta_to_proto;
 use fleetward_proto::pb;
 use fleetward_proto::pb::dataplane_message::Message as In;
 use prost::Message as _;
 use tokio::sync::{mpsc, watch};
 use tonic::{Status, Streaming};
 
+use super::encoded::{EncodedSnapshot, EncodedSnapshots};
 use crate::dataplanes::Dataplanes;
-use crate::shared::SharedIndex;
+use crate::source::PolicySource;
 
 /// What every session of one server shares.
 pub(crate) struct SessionContext {
-    pub(crate) index: Arc<SharedIndex>,
+    pub(crate) source: Arc<dyn PolicySource>,
+    /// The newest full snapshot's protobuf form, shared by the streams that send it.
+    pub(crate) snapshots: EncodedSnapshots,
     pub(crate) dataplanes: Arc<Dataplanes>,
     pub(crate) lineage: String,
     pub(crate) max_message_size: usize,
@@ -76,7 +79,7 @@ pub(crate) struct Session {
     node: String,
     peer: Option<SocketAddr>,
     tx: mpsc::Sender<Result<pb::OperatorMessage, Status>>,
-    published: watch::Receiver<crate::shared::Published>,
+    published: watch::Receiver<u64>,
     /// The version the dataplane has (or will have once it applies what is in flight), in our
     /// lineage; `None` when only a full snapshot can bring it up to date.
     base: Option<u64>,
@@ -120,7 +123,7 @@ impl Session {
             software = %hello.software_version,
             "dataplane connected"
         );
-        let published = shared.index.subscribe();
+        let published = shared.source.subscribe();
         Self {
             shared,
             id,
@@ -216,8 +219,7 @@ impl Session {
     }
 
     async fn send_next(&mut self) -> Result<(), Status> {
-        self.published.mark_unchanged();
-        let Some((update, full)) = self.next_update()? else {
+        let Some((update, full)) = self.next_update().await? else {
             return Ok(());
         };
         let version = update.version;
@@ -240,13 +242,13 @@ impl Session {
 
     /// The update that brings the dataplane to the current version, if it needs one; a delta
     /// batch over the size cap falls back to a full snapshot, a full snapshot over it is an error.
-    fn next_update(&mut self) -> Result<Option<(pb::Update, bool)>, Status> {
-        let index = self.shared.index.read();
-        let current = index.snapshot().version();
+    /// Encodes with no lock of the source held: the source hands out `Arc`s.
+    async fn next_update(&mut self) -> Result<Option<(pb::Update, bool)>, Status> {
+        let current = *self.published.borrow_and_update();
         let confirm = std::mem::take(&mut self.confirm);
         let deltas = match self.base {
             Some(base) if base == current && !confirm => return Ok(None),
-            Some(base) => index.deltas_since(base).map(|d| (base, d)),
+            Some(base) => self.shared.source.deltas(base, current).map(|d| (base, d)),
             None => None,
         };
         self.nonce += 1;
@@ -262,40 +264,66 @@ impl Session {
             update.payload = Some(pb::update::Payload::Deltas(pb::DeltaBatch {
                 deltas: deltas.iter().map(|d| delta_to_proto(d)).collect(),
             }));
-            if self.fits(&update) {
+            if wire_len(&update) <= self.shared.max_message_size {
                 return Ok(Some((update, false)));
             }
+            update.payload = None;
         }
-        update.payload = Some(pb::update::Payload::Snapshot(snapshot_to_proto(
-            index.snapshot(),
-        )));
-        if self.fits(&update) {
-            return Ok(Some((update, true)));
+        let encoded = self
+            .shared
+            .snapshots
+            .get(&self.shared.source, current)
+            .await?;
+        // A commit may have landed meanwhile: the snapshot can be newer than `current`.
+        update.version = encoded.proto.version;
+        self.with_full_snapshot(update, &encoded)
+            .map(|u| Some((u, true)))
+    }
+
+    /// `update` carrying the full snapshot, when it fits under the size cap.
+    fn with_full_snapshot(
+        &self,
+        mut update: pb::Update,
+        snapshot: &EncodedSnapshot,
+    ) -> Result<pb::Update, Status> {
+        let size = full_wire_len(&update, snapshot.len);
+        if size <= self.shared.max_message_size {
+            // A copy of the shared protobuf per stream: tonic takes each message by value.
+            update.payload = Some(pb::update::Payload::Snapshot(snapshot.proto.clone()));
+            return Ok(update);
         }
-        let size = wire_len(&update);
+        let version = update.version;
         tracing::error!(
             node = %self.node,
-            version = current,
+            version,
             size,
             cap = self.shared.max_message_size,
             "the policy snapshot is over the PolicySync message size cap; raise the cap on the \
              operator and on every dataplane"
         );
         Err(Status::resource_exhausted(format!(
-            "the policy snapshot at version {current} is {size} bytes, over the PolicySync \
+            "the policy snapshot at version {version} is {size} bytes, over the PolicySync \
              message size cap of {} bytes; raise the cap on the operator and on every dataplane",
             self.shared.max_message_size
         )))
-    }
-
-    fn fits(&self, update: &pb::Update) -> bool {
-        wire_len(update) <= self.shared.max_message_size
     }
 }
 
 /// The encoded size of the OperatorMessage carrying `update`.
 fn wire_len(update: &pb::Update) -> usize {
-    let inner = update.encoded_len();
-    // The oneof field's tag and length prefix around the update.
-    1 + prost::length_delimiter_len(inner) + inner
+    message_len(update.encoded_len())
+}
+
+/// The encoded size of the OperatorMessage carrying `update` (without a payload yet) with a
+/// full snapshot of `snapshot_len` bytes.
+pub(crate) fn full_wire_len(update: &pb::Update, snapshot_len: usize) -> usize {
+    // Field 4 of Update: a one-byte tag, the length prefix, the snapshot.
+    let payload = 1 + prost::length_delimiter_len(snapshot_len) + snapshot_len;
+    message_len(update.encoded_len() + payload)
+}
+
+/// The size of an OperatorMessage around an Update of `update_len` bytes: the oneof field's
+/// tag and length prefix, then the update.
+fn message_len(update_len: usize) -> usize {
+    1 + prost::length_delimiter_len(update_len) + update_len
 }

@@ -2,7 +2,8 @@
 
 use std::time::Duration;
 
-use fleetward_proto::convert::snapshot_from_proto;
+use fleetward_policy::Snapshot;
+use fleetward_proto::convert::{snapshot_from_proto, snapshot_to_proto};
 use fleetward_proto::pb::policy_sync_client::PolicySyncClient;
 use fleetward_proto::pb::update::Payload;
 use tokio_stream::wrappers::ReceiverStream;
@@ -11,9 +12,12 @@ use tonic::metadata::MetadataValue;
 use tonic::transport::Endpoint;
 
 use super::fixtures::{
-    TOKEN, TestOperator as Operator, WAIT, apply, channel, server_config as config,
+    TOKEN, TestOperator as Operator, WAIT, apply, channel, server_config as config, tenant,
 };
 use super::*;
+use crate::shared::SharedIndex;
+use crate::source::PolicySource as _;
+use prost::Message as _;
 
 async fn operator(config: ServerConfig) -> Operator {
     Operator::start(config).await
@@ -414,4 +418,167 @@ fn the_config_never_prints_its_token() {
     let text = format!("{:?}", config());
     assert!(!text.contains(TOKEN), "{text}");
     assert!(text.contains("redacted"), "{text}");
+}
+
+/// An encoder that reports each snapshot version it starts on, then waits for a go.
+struct Gate {
+    started: mpsc::UnboundedReceiver<u64>,
+    go: std::sync::mpsc::Sender<()>,
+}
+
+impl Gate {
+    fn new() -> (encoded::Encode, Self) {
+        let (started_tx, started) = mpsc::unbounded_channel();
+        let (go, go_rx) = std::sync::mpsc::channel::<()>();
+        let go_rx = Mutex::new(go_rx);
+        let encode: encoded::Encode = Arc::new(move |s: &Snapshot| {
+            let _ = started_tx.send(s.version());
+            // Dropping the gate lets every waiting encoding through.
+            let _ = go_rx.lock().unwrap_or_else(|e| e.into_inner()).recv();
+            snapshot_to_proto(s)
+        });
+        (encode, Self { started, go })
+    }
+
+    async fn started(&mut self) -> u64 {
+        tokio::time::timeout(WAIT, self.started.recv())
+            .await
+            .expect("an encoding starts in time")
+            .expect("the encoder is alive")
+    }
+
+    fn open(&self) {
+        self.go.send(()).expect("the encoder is alive");
+    }
+}
+
+/// Serves tenant `acme` with channel `tele`, encoding full snapshots with `encode`; also
+/// returns what the server's streams share.
+async fn operator_encoding_with(
+    encode: encoded::Encode,
+) -> (Operator, Arc<session::SessionContext>) {
+    let index = Arc::new(SharedIndex::default());
+    apply(&index, &(tenant("acme") + &channel("acme", "tele")));
+    let dataplanes = Arc::new(Dataplanes::new());
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("address");
+    let (drain_tx, drain_rx) = watch::channel(false);
+    let service = PolicySyncService::new(
+        index.clone(),
+        dataplanes.clone(),
+        &config(),
+        drain_rx,
+        encoded::EncodedSnapshots::new(encode),
+    );
+    let shared = service.shared.clone();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(serve_service(
+        listener,
+        config(),
+        service,
+        drain_tx,
+        async move {
+            let _ = stopped.await;
+        },
+    ));
+    let op = Operator {
+        addr,
+        index,
+        dataplanes,
+        stop: Some(stop),
+        task: Some(task),
+    };
+    (op, shared)
+}
+
+#[tokio::test]
+async fn one_version_is_encoded_once_for_every_stream_that_needs_it() {
+    let (encode, mut gate) = Gate::new();
+    let (op, shared) = operator_encoding_with(encode).await;
+    let v1 = op.index.version();
+    let mut a = open(op.addr, Some(TOKEN), hello("dp-1", 0, ""))
+        .await
+        .expect("opens");
+    assert_eq!(gate.started().await, v1);
+    // A second stream asks for the same version while the first encoding is held.
+    let mut b = open(op.addr, Some(TOKEN), hello("dp-2", 0, ""))
+        .await
+        .expect("opens");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    gate.open();
+    let (ua, ub) = (a.update().await, b.update().await);
+    assert_eq!(full(&ua), full(&ub));
+    assert_eq!(ua.version, v1);
+    // A stream after the encoding gets the same one.
+    let mut c = open(op.addr, Some(TOKEN), hello("dp-3", 0, ""))
+        .await
+        .expect("opens");
+    assert_eq!(full(&c.update().await), full(&ua));
+    assert_eq!(
+        shared.snapshots.encodings(),
+        1,
+        "three streams, one encoding"
+    );
+
+    // A new version is encoded once more.
+    let v2 = apply(&op.index, &channel("acme", "alerts"));
+    gate.open();
+    let mut d = open(op.addr, Some(TOKEN), hello("dp-4", 0, ""))
+        .await
+        .expect("opens");
+    assert_eq!(gate.started().await, v2);
+    assert_eq!(full(&d.update().await).version, v2);
+    assert_eq!(shared.snapshots.encodings(), 2);
+    assert!(
+        gate.started.try_recv().is_err(),
+        "no other encoding started"
+    );
+}
+
+#[tokio::test]
+async fn a_feeder_commits_while_a_stream_encodes() {
+    let (encode, mut gate) = Gate::new();
+    let (op, _shared) = operator_encoding_with(encode).await;
+    let mut s = open(op.addr, Some(TOKEN), hello("dp-1", 0, ""))
+        .await
+        .expect("opens");
+    let v1 = gate.started().await;
+    // The stream is held inside the encoding: the index takes a change and commits it. On a
+    // blocking thread, so a lock still held fails the timeout instead of hanging the test.
+    let index = op.index.clone();
+    let v2 = tokio::time::timeout(
+        WAIT,
+        tokio::task::spawn_blocking(move || apply(&index, &channel("acme", "alerts"))),
+    )
+    .await
+    .expect("a feeder's change commits while a stream encodes")
+    .expect("no panic");
+    assert_eq!(op.index.version(), v2, "published while the stream encodes");
+    gate.open();
+    let u = s.update().await;
+    assert_eq!(full(&u).version, v1, "the version the stream started on");
+    s.ack(&u).await;
+    let d = s.update().await;
+    assert_eq!((d.from_version, d.version), (v1, v2));
+    assert_eq!(deltas(&d).len(), 1);
+}
+
+#[test]
+fn the_size_of_a_full_snapshot_update_is_known_before_it_is_built() {
+    let index = SharedIndex::default();
+    apply(&index, &(tenant("acme") + &channel("acme", "tele")));
+    let proto = snapshot_to_proto(&index.snapshot());
+    let mut update = pb::Update {
+        version: 7,
+        nonce: 300,
+        from_version: 2,
+        payload: None,
+        lineage: "0123456789abcdef".into(),
+    };
+    let predicted = session::full_wire_len(&update, proto.encoded_len());
+    update.payload = Some(Payload::Snapshot(proto));
+    let message = pb::OperatorMessage {
+        message: Some(pb::operator_message::Message::Update(update)),
+    };
+    assert_eq!(predicted, message.encoded_len());
 }
