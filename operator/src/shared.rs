@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use tokio::sync::{Notify, watch};
 
+use crate::changes::{ChangeFeed, ChangedKeys};
 use crate::index::{Commit, Index};
 
 /// How long changes are gathered before they become one snapshot version.
@@ -26,6 +27,7 @@ pub struct SharedIndex {
     index: RwLock<Index>,
     dirty: Notify,
     published: watch::Sender<Published>,
+    changes: ChangeFeed,
 }
 
 impl SharedIndex {
@@ -40,6 +42,7 @@ impl SharedIndex {
                 version,
             })
             .0,
+            changes: ChangeFeed::default(),
         }
     }
 
@@ -65,9 +68,18 @@ impl SharedIndex {
         self.published.subscribe()
     }
 
+    /// The objects each commit from now on changes: their desired status, or the version that
+    /// included them. Take them after [`Self::subscribe`] fires.
+    pub fn changes(&self) -> ChangedKeys {
+        self.changes.subscribe()
+    }
+
     /// Commits now; returns what the commit produced.
     pub fn commit(&self) -> Option<Commit> {
         let commit = self.write().commit()?;
+        // Before the notification, so whoever it wakes finds the keys.
+        self.changes
+            .publish(commit.statuses.iter().chain(&commit.included));
         self.published.send_modify(|p| {
             p.commits += 1;
             p.version = commit.version;
