@@ -6,6 +6,7 @@
 // No function longer than a reader can hold in their head (the threshold is in clippy.toml).
 #![warn(clippy::too_many_lines)]
 
+pub mod changes;
 pub mod dataplanes;
 pub mod directory;
 pub mod grpc;

@@ -34,6 +34,12 @@ struct ErrorLabels {
     error: &'static str,
 }
 
+/// Labels: which planner (`status` or `secrets`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PlannerLabel {
+    planner: &'static str,
+}
+
 /// Labels: one dataplane.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct NodeLabel {
@@ -58,6 +64,8 @@ pub struct Metrics {
     errors: Family<ErrorLabels, Counter>,
     durations: Family<KindLabel, Histogram, fn() -> Histogram>,
     status_writes: Family<KindLabel, Counter>,
+    planned: Family<PlannerLabel, Counter>,
+    full_plans: Family<PlannerLabel, Counter>,
     secrets_created: Counter,
     watch_errors: Family<KindLabel, Counter>,
     objects_skipped: Family<KindLabel, Counter>,
@@ -86,6 +94,8 @@ impl Metrics {
             errors: Family::default(),
             durations: Family::new_with_constructor(duration_histogram),
             status_writes: Family::default(),
+            planned: Family::default(),
+            full_plans: Family::default(),
             secrets_created: Counter::default(),
             watch_errors: Family::default(),
             objects_skipped: Family::default(),
@@ -125,6 +135,18 @@ impl Metrics {
             "status_writes",
             "Status writes that the API server accepted, by kind",
             self.status_writes.clone(),
+        );
+        registry.register(
+            "planned_objects",
+            "Objects whose status or Secret was planned (compared with what the object shows), \
+             by planner: a change costs what it changes, a full resync costs every object",
+            self.planned.clone(),
+        );
+        registry.register(
+            "full_plans",
+            "Plans of every object (start, leadership, dataplanes coming or going, the periodic \
+             resync), by planner",
+            self.full_plans.clone(),
         );
         registry.register(
             "secrets_created",
@@ -215,6 +237,26 @@ impl Metrics {
                 kind: kind.as_str(),
             })
             .inc();
+    }
+
+    /// Counts one plan of `planner` (`status` or `secrets`) over `objects` objects.
+    pub fn planned(&self, planner: &'static str, objects: usize, everything: bool) {
+        let label = PlannerLabel { planner };
+        self.planned
+            .get_or_create(&label)
+            .inc_by(u64::try_from(objects).unwrap_or(u64::MAX));
+        if everything {
+            self.full_plans.get_or_create(&label).inc();
+        }
+    }
+
+    /// How many objects `planner` has planned, and how many of its plans covered everything.
+    pub fn plans(&self, planner: &'static str) -> (u64, u64) {
+        let label = PlannerLabel { planner };
+        (
+            self.planned.get_or_create(&label).get(),
+            self.full_plans.get_or_create(&label).get(),
+        )
     }
 
     /// Counts a created Thing Secret.

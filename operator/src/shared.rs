@@ -7,6 +7,7 @@ use std::time::Duration;
 use fleetward_policy::{Delta, Snapshot};
 use tokio::sync::{Notify, watch};
 
+use crate::changes::{ChangeFeed, ChangedKeys};
 use crate::index::{Commit, Index};
 use crate::source::PolicySource;
 
@@ -35,6 +36,7 @@ pub struct SharedIndex {
     version: watch::Sender<u64>,
     /// The last copy of the snapshot handed out, kept while anyone holds it.
     copy: Mutex<Weak<Snapshot>>,
+    changes: ChangeFeed,
 }
 
 impl Default for SharedIndex {
@@ -58,6 +60,7 @@ impl SharedIndex {
             .0,
             version: watch::channel(version).0,
             copy: Mutex::new(Weak::new()),
+            changes: ChangeFeed::default(),
         }
     }
 
@@ -83,9 +86,18 @@ impl SharedIndex {
         self.published.subscribe()
     }
 
+    /// The objects each commit from now on changes: their desired status, or the version that
+    /// included them. Take them after [`Self::subscribe`] fires.
+    pub fn changes(&self) -> ChangedKeys {
+        self.changes.subscribe()
+    }
+
     /// Commits now; returns what the commit produced.
     pub fn commit(&self) -> Option<Commit> {
         let commit = self.write().commit()?;
+        // Before the notification, so whoever it wakes finds the keys.
+        self.changes
+            .publish(commit.statuses.iter().chain(&commit.included));
         // Two commits may race to here; the version only moves forward.
         self.version.send_if_modified(|v| {
             let newer = commit.version > *v;

@@ -50,6 +50,9 @@ pub struct Commit {
     pub delta: Option<Arc<Delta>>,
     /// Objects whose desired status changed (or was removed, for a deleted object).
     pub statuses: Vec<ObjectKey>,
+    /// Objects included from this version on (new, or a changed record or generation): their
+    /// `Enforced` waits for the dataplanes again.
+    pub included: Vec<ObjectKey>,
 }
 
 /// When an object's current generation entered the snapshot.
@@ -439,7 +442,9 @@ impl Index {
             delta
         });
         let version = self.snapshot.version();
+        let mut included = Vec::with_capacity(self.pending_included.len());
         for (key, generation) in std::mem::take(&mut self.pending_included) {
+            included.push(key.clone());
             if let Some(old) = self.included.get(&key) {
                 self.view.remove(&key, old.generation);
             }
@@ -458,6 +463,7 @@ impl Index {
             statuses: std::mem::take(&mut self.changed_statuses)
                 .into_iter()
                 .collect(),
+            included,
         })
     }
 

@@ -139,6 +139,11 @@ impl Reported {
         }
     }
 
+    /// Forgets an object that is gone.
+    pub fn forget(&mut self, key: &ObjectKey) {
+        self.enforced.remove(key);
+    }
+
     /// Forgets objects that are gone.
     pub fn retain(&mut self, keep: impl Fn(&ObjectKey) -> bool) {
         self.enforced.retain(|k, _| keep(k));

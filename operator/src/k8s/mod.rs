@@ -20,6 +20,8 @@
 pub mod certificates;
 pub mod certmanager;
 pub mod events;
+#[cfg(test)]
+pub(crate) mod fixtures;
 pub mod lease;
 pub mod observed;
 pub mod replica_leases;
@@ -30,7 +32,9 @@ pub mod watch;
 pub mod writer;
 
 use std::collections::HashMap;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use k8s_openapi::api::core::v1::ObjectReference;
 
@@ -120,6 +124,11 @@ pub fn object_reference(key: &ObjectKey, uid: Option<String>) -> ObjectReference
     }
 }
 
+/// How often the status writer and the Secret reconciler plan every object again, whatever
+/// changed: the safety net for a change no key list carried. It costs one pass over the index
+/// and no writes when everything is right.
+pub(crate) const RESYNC: Duration = Duration::from_secs(300);
+
 /// The first and the longest wait before a failed write is retried.
 const RETRY_MIN: Duration = Duration::from_secs(1);
 const RETRY_MAX: Duration = Duration::from_secs(300);
@@ -160,6 +169,23 @@ impl Retries {
     pub(crate) fn next(&self) -> Option<Instant> {
         self.waiting.values().map(|(_, _, at)| *at).min()
     }
+
+    /// The first retry due after `now` (a retry already due is planned, not waited for).
+    pub(crate) fn next_after(&self, now: Instant) -> Option<Instant> {
+        self.waiting
+            .values()
+            .map(|(_, _, at)| *at)
+            .filter(|at| *at > now)
+            .min()
+    }
+
+    /// The objects whose retry is due at `now`.
+    pub(crate) fn due(&self, now: Instant) -> impl Iterator<Item = &ObjectKey> {
+        self.waiting
+            .iter()
+            .filter(move |(_, (_, _, at))| *at <= now)
+            .map(|(key, _)| key)
+    }
 }
 
 /// Waits for what a leader's reconciler acts on: a new index commit, a watch catching up, a
@@ -177,7 +203,7 @@ pub(crate) async fn next_round(
         r = leader.changed() => r.is_err(),
         () = async {
             if let Some(at) = retry {
-                tokio::time::sleep_until(at.into()).await;
+                tokio::time::sleep_until(at).await;
             }
         }, if retry.is_some() => false,
     };

@@ -10,6 +10,7 @@ use fleetward_crds::{PolicyStatus, ResourceStatus, TenantStatus, ThingStatus};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use tokio::sync::watch;
 
+use crate::changes::{ChangeFeed, ChangedKeys};
 use crate::index::{Kind, ObjectKey};
 
 /// The kinds watched cluster-wide; all must have synced before the operator is ready.
@@ -96,6 +97,7 @@ pub struct Observed {
     state: Mutex<State>,
     changed: watch::Sender<u64>,
     claimed: watch::Sender<BTreeSet<String>>,
+    changes: ChangeFeed,
 }
 
 impl Default for Observed {
@@ -111,6 +113,7 @@ impl Observed {
             state: Mutex::new(State::default()),
             changed: watch::channel(0).0,
             claimed: watch::channel(BTreeSet::new()).0,
+            changes: ChangeFeed::default(),
         }
     }
 
@@ -128,6 +131,13 @@ impl Observed {
         self.changed.subscribe()
     }
 
+    /// The objects whose shown state or credentials error changes from now on; everything
+    /// after a relist or when a namespace's Secrets are listed. Take them after
+    /// [`Self::subscribe`] fires. (A Secret's own changes reach its Thing through the index.)
+    pub fn changes(&self) -> ChangedKeys {
+        self.changes.subscribe()
+    }
+
     /// Fires when the set of namespaces claimed by Tenants changes.
     pub fn claimed(&self) -> watch::Receiver<BTreeSet<String>> {
         self.claimed.subscribe()
@@ -137,10 +147,11 @@ impl Observed {
     pub fn set(&self, key: ObjectKey, shown: Shown) {
         let changed = {
             let mut state = self.lock();
-            let old = state.objects.insert(key, shown.clone());
+            let old = state.objects.insert(key.clone(), shown.clone());
             old.as_ref() != Some(&shown)
         };
         if changed {
+            self.changes.publish([&key]);
             self.notify();
         }
     }
@@ -158,6 +169,7 @@ impl Observed {
             }
         };
         if changed {
+            self.changes.publish([key]);
             self.notify();
         }
     }
@@ -166,6 +178,7 @@ impl Observed {
     pub fn remove(&self, key: &ObjectKey) {
         let removed = self.lock().objects.remove(key).is_some();
         if removed {
+            self.changes.publish([key]);
             self.notify();
         }
     }
@@ -178,6 +191,7 @@ impl Observed {
             state.objects.extend(objects);
             state.synced.insert(kind);
         }
+        self.changes.publish_everything();
         self.notify();
     }
 
@@ -238,6 +252,8 @@ impl Observed {
             .remove(namespace)
             .map(|s| s.names)
             .unwrap_or_default();
+        // Its Things can no longer be judged, then can again once listed: replan them.
+        self.changes.publish_everything();
         self.notify();
         names
     }
@@ -253,6 +269,7 @@ impl Observed {
             ns.synced = true;
             gone
         };
+        self.changes.publish_everything();
         self.notify();
         gone
     }
@@ -311,6 +328,7 @@ impl Observed {
             }
         };
         if changed {
+            self.changes.publish([thing]);
             self.notify();
         }
     }

@@ -1,14 +1,20 @@
 //! Thing Secrets: a Thing whose Secret does not exist gets one with a generated key, owned by the Thing; a Secret that exists is never changed.
 //!
+//! Each round plans only the Things that changed: those an index commit changed (a Secret
+//! appearing or going changes its Thing's status), those whose shown state changed, and those
+//! whose retry is due. Everything is planned at start, when the replica starts leading, when a
+//! namespace's Secrets are listed, and every [`RESYNC`] as a safety net.
+//!
 //! A brought-your-own Secret (one the user created first) is kept exactly as it is: its key is
 //! used, no owner reference is added and the operator never writes to it, so deleting the
 //! Thing leaves the user's Secret in place (it may be shared or managed by another tool).
 //! Only Secrets the operator created carry the Thing as controller owner, so the garbage
 //! collector removes them with the Thing.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
-use std::time::Instant;
+
+use tokio::time::Instant;
 
 use futures::StreamExt;
 use k8s_openapi::ByteString;
@@ -20,7 +26,8 @@ use kube::runtime::events::{Event, EventType, Recorder};
 use tokio::sync::watch;
 
 use super::observed::Observed;
-use super::{Error, FIELD_MANAGER, Retries, object_reference};
+use super::{Error, FIELD_MANAGER, RESYNC, Retries, object_reference};
+use crate::changes::ChangedKeys;
 use crate::index::{Facts, Kind, ObjectKey, Reason};
 use crate::metrics::Metrics;
 use crate::shared::SharedIndex;
@@ -34,8 +41,10 @@ pub const LABEL_THING: &str = "fleetward.io/thing";
 
 /// Secret creations in flight at once.
 const CONCURRENT_CREATES: usize = 32;
-/// Secret creations per round; then the Things are planned again from the index.
+/// Secret creations per round; the rest are planned again next round.
 const CREATES_PER_ROUND: usize = 256;
+/// The planner's name in the metrics.
+const PLANNER: &str = "secrets";
 
 /// The Thing a Secret is generated for.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -98,6 +107,53 @@ struct Rotation {
     after: u32,
 }
 
+/// What one plan found to do.
+#[derive(Debug, Default)]
+struct Plan {
+    creates: Vec<Create>,
+    rotations: Vec<Rotation>,
+}
+
+/// What the reconciler remembers between rounds.
+struct Memory {
+    index_changes: ChangedKeys,
+    observed_changes: ChangedKeys,
+    /// Each Thing's key count, to report rotations.
+    keys_seen: HashMap<ObjectKey, u32>,
+    retries: Retries,
+    /// Things planned but not created last round (past the round's cap).
+    carried: HashSet<ObjectKey>,
+    everything: bool,
+    resync_at: Instant,
+}
+
+impl Memory {
+    /// The Things to plan at `now`; `None`: every one.
+    fn scope(&mut self, now: Instant) -> Option<Vec<ObjectKey>> {
+        let index = self.index_changes.take();
+        let observed = self.observed_changes.take();
+        let mut keys = std::mem::take(&mut self.carried);
+        if std::mem::take(&mut self.everything)
+            || index.everything
+            || observed.everything
+            || now >= self.resync_at
+        {
+            self.resync_at = now + RESYNC;
+            return None;
+        }
+        keys.extend(index.keys);
+        keys.extend(observed.keys);
+        keys.extend(self.retries.due(now).cloned());
+        Some(keys.into_iter().filter(|k| k.kind == Kind::Thing).collect())
+    }
+
+    fn next_wake(&self, now: Instant) -> Instant {
+        self.retries
+            .next_after(now)
+            .map_or(self.resync_at, |at| at.min(self.resync_at))
+    }
+}
+
 /// Creates missing Thing Secrets and records Events; writes only while the replica leads.
 pub struct SecretReconciler {
     /// The API client.
@@ -119,93 +175,147 @@ impl SecretReconciler {
     pub async fn run(mut self) -> &'static str {
         let mut commits = self.index.subscribe();
         let mut seen = self.observed.subscribe();
-        let mut keys_seen: HashMap<ObjectKey, u32> = HashMap::new();
-        let mut retries = Retries::default();
+        let mut memory = self.memory();
+        let mut was_leading = false;
         loop {
+            let now = Instant::now();
+            let leading = *self.leader.borrow_and_update();
+            // A new leader does not know what the last one left undone.
+            memory.everything |= leading && !was_leading;
+            was_leading = leading;
             if self.observed.ready().is_ok() {
-                let (creates, rotations) = self.plan(&mut keys_seen, &retries);
+                let scope = memory.scope(now);
+                let plan = self.plan(&mut memory, scope.as_deref(), now);
                 // Every replica tracks key counts, so a new leader reports only new changes.
-                if *self.leader.borrow_and_update() {
-                    for rotation in rotations {
-                        self.rotated(&rotation).await;
-                    }
-                    let more = creates.len() > CREATES_PER_ROUND;
-                    self.create_all(creates, &mut retries).await;
-                    if more {
-                        continue;
-                    }
+                if leading && self.act(plan, &mut memory).await {
+                    continue;
                 }
             }
-            let retry = retries.next();
-            if super::next_round(&mut commits, &mut seen, &mut self.leader, retry).await {
+            let wake = memory.next_wake(now);
+            if super::next_round(&mut commits, &mut seen, &mut self.leader, Some(wake)).await {
                 return "Secret reconciler";
             }
         }
     }
 
-    fn plan(
-        &self,
-        keys_seen: &mut HashMap<ObjectKey, u32>,
-        retries: &Retries,
-    ) -> (Vec<Create>, Vec<Rotation>) {
-        let now = Instant::now();
+    /// A memory whose first round plans everything.
+    fn memory(&self) -> Memory {
+        Memory {
+            index_changes: self.index.changes(),
+            observed_changes: self.observed.changes(),
+            keys_seen: HashMap::new(),
+            retries: Retries::default(),
+            carried: HashSet::new(),
+            everything: true,
+            resync_at: Instant::now() + RESYNC,
+        }
+    }
+
+    /// Reports the rotations and creates the Secrets of one plan; whether creations were left
+    /// for the next round.
+    async fn act(&self, plan: Plan, memory: &mut Memory) -> bool {
+        for rotation in plan.rotations {
+            self.rotated(&rotation).await;
+        }
+        let mut creates = plan.creates;
+        let more = creates.len() > CREATES_PER_ROUND;
+        if more {
+            memory
+                .carried
+                .extend(creates.drain(CREATES_PER_ROUND..).map(|c| c.key));
+        }
+        self.create_all(creates, &mut memory.retries).await;
+        more
+    }
+
+    /// The Secrets to create and the rotations to report among `things` (`None`: every Thing).
+    fn plan(&self, memory: &mut Memory, things: Option<&[ObjectKey]>, now: Instant) -> Plan {
         let idx = self.index.read();
-        let mut creates = Vec::new();
-        let mut rotations = Vec::new();
-        keys_seen.retain(|key, _| idx.status(key).is_some());
-        for key in idx.objects().filter(|k| k.kind == Kind::Thing) {
-            let Some(desired) = idx.status(key) else {
-                continue;
-            };
-            // Only Things in a namespace a Tenant owns have credentials facts.
-            let Facts::Thing {
-                secret_name,
-                keys,
-                mode,
-                ..
-            } = &desired.facts
-            else {
-                continue;
-            };
-            let shown = self.observed.shown(key);
-            if let Some(before) = keys_seen.insert(key.clone(), *keys)
-                && before != *keys
-                && before > 0
-                && *keys > 0
-            {
-                rotations.push(Rotation {
-                    key: key.clone(),
-                    uid: shown.as_ref().and_then(|s| s.uid.clone()),
-                    secret_name: secret_name.clone(),
-                    before,
-                    after: *keys,
-                });
+        let mut plan = Plan::default();
+        let planned = match things {
+            None => {
+                memory.keys_seen.retain(|key, _| idx.status(key).is_some());
+                let mut planned = 0;
+                for key in idx.objects().filter(|k| k.kind == Kind::Thing) {
+                    self.plan_thing(key, &idx, memory, now, &mut plan);
+                    planned += 1;
+                }
+                planned
             }
-            // A Thing beyond its tenant's limit is not served, so it gets no key either; a
-            // certificate-only Thing has no use for one.
-            if desired.readiness.reason == Reason::LimitExceeded
-                || !mode.allows_key()
-                || retries.blocks(key, now)
-            {
-                continue;
+            Some(keys) => {
+                for key in keys {
+                    self.plan_thing(key, &idx, memory, now, &mut plan);
+                }
+                keys.len()
             }
-            if self.observed.secret_exists(&key.namespace, secret_name) != Some(false) {
-                continue;
-            }
-            let Some(uid) = shown.filter(|s| !s.deleting).and_then(|s| s.uid) else {
-                continue;
-            };
-            creates.push(Create {
+        };
+        self.metrics.planned(PLANNER, planned, things.is_none());
+        plan
+    }
+
+    /// What one Thing needs: a rotation to report, a Secret to create.
+    fn plan_thing(
+        &self,
+        key: &ObjectKey,
+        idx: &crate::index::Index,
+        memory: &mut Memory,
+        now: Instant,
+        plan: &mut Plan,
+    ) {
+        let Some(desired) = idx.status(key) else {
+            memory.keys_seen.remove(key);
+            return;
+        };
+        // Only Things in a namespace a Tenant owns have credentials facts.
+        let Facts::Thing {
+            secret_name,
+            keys,
+            mode,
+            ..
+        } = &desired.facts
+        else {
+            return;
+        };
+        let shown = self.observed.shown(key);
+        if let Some(before) = memory.keys_seen.insert(key.clone(), *keys)
+            && before != *keys
+            && before > 0
+            && *keys > 0
+        {
+            plan.rotations.push(Rotation {
                 key: key.clone(),
-                thing: ThingRef {
-                    namespace: key.namespace.clone(),
-                    name: key.name.clone(),
-                    uid,
-                },
+                uid: shown.as_ref().and_then(|s| s.uid.clone()),
                 secret_name: secret_name.clone(),
+                before,
+                after: *keys,
             });
         }
-        (creates, rotations)
+        // A Thing beyond its tenant's limit is not served, so it gets no key either; a
+        // certificate-only Thing has no use for one.
+        if desired.readiness.reason == Reason::LimitExceeded
+            || !mode.allows_key()
+            || memory.retries.blocks(key, now)
+        {
+            return;
+        }
+        match self.observed.secret_exists(&key.namespace, secret_name) {
+            Some(false) => {}
+            // Nothing left to retry.
+            Some(true) => return memory.retries.succeeded(key),
+            None => return,
+        }
+        let Some(uid) = shown.filter(|s| !s.deleting).and_then(|s| s.uid) else {
+            return;
+        };
+        plan.creates.push(Create {
+            key: key.clone(),
+            thing: ThingRef {
+                namespace: key.namespace.clone(),
+                name: key.name.clone(),
+                uid,
+            },
+            secret_name: secret_name.clone(),
+        });
     }
 
     /// Creates up to [`CREATES_PER_ROUND`] Secrets; the rest waits for the next plan. Each
@@ -356,7 +466,132 @@ impl SecretReconciler {
 
 #[cfg(test)]
 mod tests {
+    use kube::runtime::events::Reporter;
+
     use super::*;
+    use crate::index::{Index, Object};
+    use crate::k8s::fixtures::{self, FakeApi};
+
+    /// A leading reconciler over Tenant acme with `things` Things that have their Secret; it
+    /// leads while the sender lives.
+    fn reconciler(api: &FakeApi, things: usize) -> (SecretReconciler, watch::Sender<bool>) {
+        let mut idx = Index::new();
+        let mut objects = vec![fixtures::tenant("acme")];
+        for i in 0..things {
+            objects.push(fixtures::thing_secret("acme", &format!("t{i}")));
+            objects.push(fixtures::thing("acme", &format!("t{i}")));
+        }
+        let observed = fixtures::listed();
+        observed.secrets_watched("acme");
+        observed.reset_secrets(
+            "acme",
+            (0..things).map(|i| format!("t{i}-credentials")).collect(),
+        );
+        for object in objects {
+            if let Some((key, shown)) = fixtures::shown(&object) {
+                observed.set(key, shown);
+            }
+            idx.apply(object);
+        }
+        let index = Arc::new(SharedIndex::new(idx));
+        index.commit();
+        let reporter = Reporter {
+            controller: "fleetward-test".into(),
+            instance: None,
+        };
+        let (leader, leading) = watch::channel(true);
+        let reconciler = SecretReconciler {
+            client: api.client(),
+            index,
+            observed: Arc::new(observed),
+            metrics: Arc::new(Metrics::new()),
+            leader: leading,
+            recorder: Recorder::new(api.client(), reporter),
+        };
+        (reconciler, leader)
+    }
+
+    /// Applies `object` as the watches would, and commits.
+    fn apply(r: &SecretReconciler, object: Object) {
+        if let Some((key, shown)) = fixtures::shown(&object) {
+            r.observed.set(key, shown);
+        }
+        r.index.update(|idx| idx.apply(object));
+        r.index.commit();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_commit_touching_one_thing_plans_that_thing_and_the_resync_plans_every_one() {
+        let api = FakeApi::default();
+        let (r, _leader) = reconciler(&api, 50);
+        let mut memory = r.memory();
+        let now = Instant::now();
+        assert_eq!(memory.scope(now), None, "the first round plans everything");
+        let plan = r.plan(&mut memory, None, now);
+        assert!(plan.creates.is_empty(), "every Thing has its Secret");
+        assert_eq!(r.metrics.plans(PLANNER), (50, 1));
+
+        apply(&r, fixtures::thing("acme", "new"));
+        let new = ObjectKey::namespaced(Kind::Thing, "acme", "new");
+        let scope = memory.scope(now).expect("only what changed");
+        assert_eq!(scope, [new], "the Thing, not its Tenant's new count");
+        let plan = r.plan(&mut memory, Some(&scope), now);
+        assert_eq!(plan.creates.len(), 1);
+        assert_eq!(plan.creates[0].secret_name, "new-credentials");
+        assert_eq!(r.metrics.plans(PLANNER), (51, 1));
+
+        assert_eq!(memory.scope(now), Some(Vec::new()), "nothing changed since");
+        assert_eq!(
+            memory.scope(now + RESYNC),
+            None,
+            "the resync plans everything"
+        );
+        r.plan(&mut memory, None, now + RESYNC);
+        assert_eq!(r.metrics.plans(PLANNER), (51 + 51, 2));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_missing_secret_is_created_once_however_many_commits_follow() {
+        let api = FakeApi::default();
+        let (r, _leader) = reconciler(&api, 3);
+        let index = r.index.clone();
+        let observed = r.observed.clone();
+        let metrics = r.metrics.clone();
+        let task = tokio::spawn(r.run());
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        let shown = |name: &str| fixtures::shown(&fixtures::thing("acme", name));
+        for name in ["new", "other"] {
+            let (key, s) = shown(name).expect("a Thing");
+            observed.set(key, s);
+            index.update(|idx| idx.apply(fixtures::thing("acme", name)));
+            index.commit();
+            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        }
+        for i in 0..5 {
+            index.update(|idx| idx.apply(fixtures::channel("acme", &format!("c{i}"))));
+            index.commit();
+            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        }
+        let creates: Vec<String> = api
+            .calls()
+            .iter()
+            .filter(|c| c.method == http::Method::POST && c.path.ends_with("/secrets"))
+            .map(|c| {
+                c.body["metadata"]["name"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned()
+            })
+            .collect();
+        assert_eq!(creates, ["new-credentials", "other-credentials"]);
+        let (planned, full) = metrics.plans(PLANNER);
+        assert_eq!(full, 1);
+        assert!(
+            planned <= 3 + 2 * 2,
+            "{planned}: each new Thing, once or twice"
+        );
+        task.abort();
+    }
 
     fn thing() -> ThingRef {
         ThingRef {

@@ -297,6 +297,12 @@ pub fn differs(desired: &ShownStatus, shown: Option<&ShownStatus>) -> bool {
     normalized(desired) != normalized(shown)
 }
 
+/// Whether `desired` shows the same conditions as `shown` (the operator's, compared by type):
+/// what differs, if anything, is in the kind's facts.
+pub fn same_conditions(desired: &ShownStatus, shown: Option<&ShownStatus>) -> bool {
+    shown.is_some_and(|shown| normalized(desired).conditions() == normalized(shown).conditions())
+}
+
 fn normalized(status: &ShownStatus) -> ShownStatus {
     let fix = |conditions: &mut Vec<Condition>| {
         conditions

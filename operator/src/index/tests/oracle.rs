@@ -482,6 +482,7 @@ proptest! {
             let b = whole.commit();
             let sorted = |c: Option<Commit>| c.map(|mut c| {
                 c.statuses.sort();
+                c.included.sort();
                 c
             });
             prop_assert_eq!(sorted(a), sorted(b), "commit of step {}: {:?}", i, ops);
