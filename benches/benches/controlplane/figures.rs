@@ -98,6 +98,7 @@ pub(crate) fn report_latencies(key: &str, samples_ms: &[f64]) {
 pub(crate) fn report(key: &str, value: f64, unit: &str) {
     match unit {
         "count" | "bytes" => println!("BENCH {key} {value:.0} {unit}"),
+        "ratio" => println!("BENCH {key} {value:.2} {unit}"),
         _ => println!("BENCH {key} {value:.1} {unit}"),
     }
 }

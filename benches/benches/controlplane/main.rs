@@ -1,7 +1,9 @@
 //! Control-plane benchmarks against the real control plane, one operator and two dataplanes on
 //! NATS: push convergence of a new Connection to `Enforced`, revocation of a live subscription,
 //! the full snapshot a new dataplane receives, and the operator's cold start, over a data set of
-//! many Things and grants built once.
+//! many Things and grants. Push convergence is measured twice in one run, after a tenth of the
+//! data set and after all of it, and the ratio of the two p50s printed: the cost of one change
+//! should not grow with the namespace (issue 19).
 //!
 //! A benchmark, not a timed test: every figure is printed as one `BENCH <key> <value> <unit>`
 //! line on stdout and no budget fails it; what must hold (every change becomes `Enforced`,
@@ -11,6 +13,9 @@
 //! `FLEETWARD_BIN`, as an absolute path, for figures worth reporting), sized by
 //! `FLEETWARD_BENCH_THINGS` (10,000), `FLEETWARD_BENCH_GRANTS` (100,000),
 //! `FLEETWARD_BENCH_CHANGES` (100) and `FLEETWARD_BENCH_REVOCATIONS` (20).
+//! `FLEETWARD_BENCH_NAMESPACES` (1) spreads the Things and grants over that many tenants, each
+//! owning its namespace (`bench`, `bench-1`, …, the same names in each); the probes and the
+//! revocation phase stay in `bench`.
 
 // No function longer than a reader can hold in their head (the threshold is in clippy.toml).
 #![warn(clippy::too_many_lines)]
@@ -18,6 +23,7 @@
 use std::fs::File;
 use std::io::{BufRead, BufReader, Write};
 use std::net::SocketAddr;
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -51,7 +57,8 @@ use startup::*;
 
 /// The PolicySync token the processes are started with.
 const TOKEN: &str = "e2e-sync-token";
-/// The tenant and its namespace.
+/// The first tenant and its namespace, where the push and revocation phases run; further
+/// tenants are `bench-1` … (see [`namespace`]).
 const NS: &str = "bench";
 /// `kubectl apply --server-side` processes side by side for the data set, as in the operator's
 /// scale benchmark (e2e/tests/it/operator.rs).
@@ -95,6 +102,7 @@ struct Params {
     grants: usize,
     changes: usize,
     revocations: usize,
+    namespaces: usize,
 }
 
 impl Params {
@@ -104,26 +112,63 @@ impl Params {
             grants: env_count("FLEETWARD_BENCH_GRANTS", 100_000)?,
             changes: env_count("FLEETWARD_BENCH_CHANGES", 100)?,
             revocations: env_count("FLEETWARD_BENCH_REVOCATIONS", 20)?,
+            namespaces: env_count("FLEETWARD_BENCH_NAMESPACES", 1)?,
         };
         ensure!(
-            p.things > 0 && p.changes > 0 && p.revocations > 0,
-            "FLEETWARD_BENCH_THINGS, _CHANGES and _REVOCATIONS must be at least 1: {p:?}"
+            p.things > 0 && p.changes > 0 && p.revocations > 0 && p.namespaces > 0,
+            "FLEETWARD_BENCH_THINGS, _CHANGES, _REVOCATIONS and _NAMESPACES must be at least 1: \
+             {p:?}"
         );
         Ok(p)
     }
 
+    /// The bulk Things `t0…` of each namespace: the data set's Things spread over them.
+    fn things_per_namespace(&self) -> usize {
+        self.things.div_ceil(self.namespaces)
+    }
+
+    /// The bulk grants `g0…` of each namespace.
+    fn grants_per_namespace(&self) -> usize {
+        self.grants.div_ceil(self.namespaces)
+    }
+
     /// Channels `ch0…`: one per grant of a Thing, so no Thing has two grants on a channel.
     fn channels(&self) -> usize {
-        self.grants.div_ceil(self.things).max(1)
+        self.grants_per_namespace()
+            .div_ceil(self.things_per_namespace())
+            .max(1)
+    }
+
+    /// The grants of bulk Thing `t<i>` of a namespace, as (`k` of `g<k>`, `j` of `ch<j>`):
+    /// grant `k` is Thing `k mod things` on channel `k / things`.
+    fn grants_of(&self, i: usize) -> impl Iterator<Item = (usize, usize)> + use<> {
+        let (things, grants) = (self.things_per_namespace(), self.grants_per_namespace());
+        (0..self.channels())
+            .map(move |j| (i + j * things, j))
+            .take_while(move |&(k, _)| k < grants)
+    }
+
+    /// The bulk Things per namespace in place for the first push phase: a tenth of them.
+    fn small_things(&self) -> usize {
+        (self.things_per_namespace() / 10).max(1)
     }
 
     /// Things and grants in place, with the revocation phase's three of each.
     fn total_things(&self) -> usize {
-        self.things + 3
+        self.things_per_namespace() * self.namespaces + 3
     }
 
     fn total_grants(&self) -> usize {
-        self.grants + 3
+        self.grants_per_namespace() * self.namespaces + 3
+    }
+}
+
+/// Namespace `n` of the run, which a Tenant of the same name owns: [`NS`], then `bench-<n>`.
+fn namespace(n: usize) -> String {
+    if n == 0 {
+        NS.to_owned()
+    } else {
+        format!("{NS}-{n}")
     }
 }
 
@@ -148,7 +193,6 @@ fn main() {
         let kubectl = plane.kubectl();
         plane.apply_crds()?;
         kubectl.run(&["create", "namespace", OPERATOR_NAMESPACE])?;
-        kubectl.run(&["create", "namespace", NS])?;
         let nats = Nats::start(logs.path())?;
         let mut ops = start_operators(1, plane.kubeconfig(), TOKEN, logs.path())?;
         let config = DataplaneConfig {
@@ -159,25 +203,9 @@ fn main() {
         let state = logs.path().join("state");
         let (a, b) = start_dataplane_pair(&state, &config, logs.path())?;
 
-        let phase = Instant::now();
-        build_data_set(&kubectl, &ops[0], &p)?;
-        eprintln!("bench: data set in place after {:.1?}", phase.elapsed());
-        report(
-            "operator_peak_rss_setup",
-            proc_status_mib(ops[0].process.pid(), "VmHWM")?,
-            "MiB",
-        );
-        let admin = ops[0].admin_addr;
-        ensure!(
-            sample(admin, "fleetward_operator_dataplanes_connected")? == 2.0,
-            "both dataplanes are connected to the operator, so Enforced counts both"
-        );
-
-        // With FLEETWARD_BENCH_PERF_DIR set, the operator is profiled through both phases.
-        let profile = Profile::start(ops[0].process.pid(), "operator-push-and-revocation")?;
-        let phase = Instant::now();
-        push_convergence(&kubectl, &p, logs.path())?;
-        eprintln!("bench: push convergence took {:.1?}", phase.elapsed());
+        // With FLEETWARD_BENCH_PERF_DIR set, the operator is profiled through the second push
+        // phase and the revocation phase.
+        let profile = data_set_and_push(&kubectl, &ops[0], &p, logs.path())?;
 
         let phase = Instant::now();
         revocation(&kubectl, &a, &b, &p, logs.path())?;
@@ -201,6 +229,55 @@ fn main() {
         eprintln!("bench: the whole run took {:.1?}", run.elapsed());
         Ok(())
     });
+}
+
+/// The data set in two steps, each followed by the push-convergence phase: a tenth of it
+/// (the `_small` figures), then the rest; prints the setup figures of the whole and the ratio
+/// of the two p50s. Returns the operator's profile, started before the second push phase.
+fn data_set_and_push(
+    kubectl: &Kubectl,
+    op: &Operator,
+    p: &Params,
+    log_dir: &Path,
+) -> Result<Profile> {
+    let small = InPlace {
+        things: p.small_things(),
+        probes: 0,
+    };
+    let first = grow(kubectl, op, p, InPlace::default(), small)?;
+    ensure!(
+        sample(op.admin_addr, "fleetward_operator_dataplanes_connected")? == 2.0,
+        "both dataplanes are connected to the operator, so Enforced counts both"
+    );
+    let phase = Instant::now();
+    let p50_small = push_convergence(kubectl, p, &PushStage::small(small), log_dir)?;
+    eprintln!(
+        "bench: push convergence (small) took {:.1?}",
+        phase.elapsed()
+    );
+
+    let grown = InPlace {
+        things: p.things_per_namespace(),
+        probes: small.probes + p.changes + 1,
+    };
+    let probed = InPlace {
+        probes: grown.probes,
+        ..small
+    };
+    let rest = grow(kubectl, op, p, probed, grown)?;
+    report_setup(p, first, rest);
+    report(
+        "operator_peak_rss_setup",
+        proc_status_mib(op.process.pid(), "VmHWM")?,
+        "MiB",
+    );
+
+    let profile = Profile::start(op.process.pid(), "operator-push-and-revocation")?;
+    let phase = Instant::now();
+    let p50 = push_convergence(kubectl, p, &PushStage::full(small, grown), log_dir)?;
+    eprintln!("bench: push convergence took {:.1?}", phase.elapsed());
+    report("push_convergence_ratio_p50", p50 / p50_small, "ratio");
+    Ok(profile)
 }
 
 /// A helper process (a kubectl watch, an MQTT client), killed when dropped.

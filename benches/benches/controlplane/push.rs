@@ -1,5 +1,5 @@
 //! Phase 1, push convergence: how long a new Connection takes to become `Enforced`, seen by a
-//! `kubectl get --watch` of the probes.
+//! `kubectl get --watch` of the probes; run after a tenth of the data set and after all of it.
 
 #[allow(clippy::wildcard_imports)]
 use super::*;
@@ -75,7 +75,7 @@ pub(crate) fn enforced_now(object: &Value) -> bool {
 }
 
 pub(crate) fn probe(name: &str, thing: &str) -> Value {
-    let mut grant = connection(name, thing, PROBE_CHANNEL, &["publish"]);
+    let mut grant = connection(NS, name, thing, PROBE_CHANNEL, &["publish"]);
     grant["metadata"]["labels"] = json!({PROBE_LABEL: "true"});
     grant
 }
@@ -110,41 +110,102 @@ pub(crate) fn one_change(
     }
 }
 
+/// One run of the push phase: the data set in place, the bulk Things of [`NS`] its probes
+/// grant, what the probes are named and the suffix of its figures' keys.
+pub(crate) struct PushStage {
+    in_place: InPlace,
+    things: Range<usize>,
+    probes: &'static str,
+    suffix: &'static str,
+}
+
+impl PushStage {
+    /// After a tenth of the data set: probes `probe-small-<k>`, figures `…_small`.
+    pub(crate) fn small(in_place: InPlace) -> Self {
+        Self {
+            in_place,
+            things: 0..in_place.things,
+            probes: "probe-small",
+            suffix: "_small",
+        }
+    }
+
+    /// After the whole data set, with probes on the Things the small phase did not grant (so
+    /// each probe is a new grant): probes `probe-<k>`, figures under their own names.
+    pub(crate) fn full(small: InPlace, in_place: InPlace) -> Self {
+        let start = if small.things < in_place.things {
+            small.things
+        } else {
+            0
+        };
+        Self {
+            in_place,
+            things: start..in_place.things,
+            probes: "probe",
+            suffix: "",
+        }
+    }
+
+    /// The Thing of probe `k` (the warm-up is probe 0).
+    fn thing(&self, k: usize) -> String {
+        format!("t{}", self.things.start + k % self.things.len())
+    }
+}
+
 /// Phase 1: one new Connection at a time, from `kubectl apply` to `Enforced` (both dataplanes
-/// applied it), through a watch.
-pub(crate) fn push_convergence(kubectl: &Kubectl, p: &Params, log_dir: &Path) -> Result<()> {
+/// applied it), through a watch, each a new grant of a bulk Thing in place in [`NS`]; returns
+/// the p50 from the apply call to `Enforced`, in ms.
+pub(crate) fn push_convergence(
+    kubectl: &Kubectl,
+    p: &Params,
+    stage: &PushStage,
+    log_dir: &Path,
+) -> Result<f64> {
     let (_watch, events) = watch_probes(kubectl, log_dir)?;
+    let probes = stage.probes;
     // The first change also proves the watch is established; it is not counted.
-    one_change(kubectl, &events, "probe-warmup", "t0")?;
+    one_change(
+        kubectl,
+        &events,
+        &format!("{probes}-warmup"),
+        &stage.thing(0),
+    )?;
     let (mut total, mut after_seen, mut calls) = (Vec::new(), Vec::new(), Vec::new());
     for k in 0..p.changes {
-        let thing = format!("t{}", (k + 1) % p.things);
+        let thing = stage.thing(k + 1);
         let (applied, first, enforced) =
-            one_change(kubectl, &events, &format!("probe-{k}"), &thing)?;
+            one_change(kubectl, &events, &format!("{probes}-{k}"), &thing)?;
         calls.push(ms(applied));
         total.push(ms(enforced));
         after_seen.push(ms(enforced - first));
         thread::sleep(Duration::from_millis(50));
     }
+    let objects = stage.in_place.objects(p);
     eprintln!(
-        "bench: push convergence over {} changes: kubectl apply call p50 {:.1} ms; first \
-         sighting of the new object to Enforced p50 {:.1} ms, p99 {:.1} ms",
+        "bench: push convergence over {} changes with {objects} Things and Connections in \
+         place: kubectl apply call p50 {:.1} ms; first sighting of the new object to Enforced \
+         p50 {:.1} ms, p99 {:.1} ms",
         p.changes,
         percentile(&calls, 0.5),
         percentile(&after_seen, 0.5),
         percentile(&after_seen, 0.99),
     );
-    report_latencies("push_convergence", &total);
-    report("push_apply_call_p50", percentile(&calls, 0.5), "ms");
-    report(
-        "push_created_to_enforced_p50",
-        percentile(&after_seen, 0.5),
-        "ms",
-    );
-    report(
-        "push_created_to_enforced_p99",
-        percentile(&after_seen, 0.99),
-        "ms",
-    );
-    Ok(())
+    let key = |name: &str| format!("{name}{}", stage.suffix);
+    report(&key("push_objects"), objects as f64, "count");
+    for (q, name) in [(0.5, "p50"), (0.99, "p99"), (1.0, "max")] {
+        report(
+            &key(&format!("push_convergence_{name}")),
+            percentile(&total, q),
+            "ms",
+        );
+    }
+    report(&key("push_apply_call_p50"), percentile(&calls, 0.5), "ms");
+    for (q, name) in [(0.5, "p50"), (0.99, "p99")] {
+        report(
+            &key(&format!("push_created_to_enforced_{name}")),
+            percentile(&after_seen, q),
+            "ms",
+        );
+    }
+    Ok(percentile(&total, 0.5))
 }
