@@ -153,21 +153,26 @@ impl InPlace {
 /// start until everything in place was listed `Ready` and `Enforced`.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Growth {
-    applied: Duration,
+    pub(crate) applied: Duration,
     enforced: Duration,
 }
 
-/// Applies what `after` holds beyond `before` (the namespaces and [`heads`] too when nothing
+/// Applies what `target` holds beyond `before` (the namespaces and [`heads`] too when nothing
 /// is in place yet) with the operator and both dataplanes running, and waits until every Thing
-/// and Connection shows `Ready` and `Enforced`.
+/// and Connection shows `Ready` and `Enforced`. With a `budget`, the bulk goes in tenths and no
+/// tenth starts once the apply has taken that long; returns what is then in place.
 pub(crate) fn grow(
     kubectl: &Kubectl,
     op: &Operator,
     p: &Params,
     before: InPlace,
-    after: InPlace,
-) -> Result<Growth> {
-    let streams = bulk_streams(p, before.things..after.things);
+    target: InPlace,
+    budget: Option<Duration>,
+) -> Result<(InPlace, Growth)> {
+    let step = match budget {
+        Some(_) => p.small_things(),
+        None => target.things - before.things,
+    };
     let started = Instant::now();
     if before.things == 0 {
         kubectl.apply(&stream(
@@ -175,10 +180,16 @@ pub(crate) fn grow(
         ))?;
         kubectl.apply(&heads(p))?;
     }
-    kubectl.apply_parallel(&streams)?;
+    let mut things = before.things;
+    while things < target.things && budget.is_none_or(|b| started.elapsed() < b) {
+        let next = (things + step).min(target.things);
+        kubectl.apply_parallel(&bulk_streams(p, things..next))?;
+        things = next;
+    }
     let applied = started.elapsed();
+    let after = InPlace { things, ..target };
     eprintln!(
-        "bench: applied Things t{}…t{} and their grants in {} namespaces with {APPLY_WORKERS} \
+        "bench: applied Things t{}…t{} and their grants in {} namespace(s) with {APPLY_WORKERS} \
          kubectl in {applied:.1?}; {} Things and {} Connections in place",
         before.things,
         after.things.saturating_sub(1),
@@ -188,7 +199,7 @@ pub(crate) fn grow(
     );
     wait_enforced(kubectl, op.admin_addr, p, after, started)?;
     let enforced = started.elapsed();
-    Ok(Growth { applied, enforced })
+    Ok((after, Growth { applied, enforced }))
 }
 
 /// Waits until the operator's snapshot holds what is in place, both dataplanes applied it, its
@@ -241,13 +252,17 @@ fn wait_enforced(
     Ok(())
 }
 
-/// The setup figures of the whole data set, built in the steps `first` and `rest`: the apply
-/// and the wait for `Enforced` are the sums of the steps' (the push phase between them is not
-/// counted).
-pub(crate) fn report_setup(p: &Params, first: Growth, rest: Growth) {
+/// The setup figures of the data set in place, built in the steps `first` and `rest`: the
+/// apply and the wait for `Enforced` are the sums of the steps' (the push phase between them
+/// is not counted).
+pub(crate) fn report_setup(p: &Params, in_place: InPlace, first: Growth, rest: Growth) {
     report("setup_namespaces", p.namespaces as f64, "count");
-    report("setup_things", p.total_things() as f64, "count");
-    report("setup_grants", p.total_grants() as f64, "count");
+    report("setup_things", in_place.things(p) as f64, "count");
+    report(
+        "setup_grants",
+        (in_place.grants(p) - in_place.probes) as f64,
+        "count",
+    );
     report(
         "setup_apply",
         (first.applied + rest.applied).as_secs_f64(),

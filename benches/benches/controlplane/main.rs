@@ -15,7 +15,9 @@
 //! `FLEETWARD_BENCH_CHANGES` (100) and `FLEETWARD_BENCH_REVOCATIONS` (20).
 //! `FLEETWARD_BENCH_NAMESPACES` (1) spreads the Things and grants over that many tenants, each
 //! owning its namespace (`bench`, `bench-1`, …, the same names in each); the probes and the
-//! revocation phase stay in `bench`.
+//! revocation phase stay in `bench`. `FLEETWARD_BENCH_APPLY_SECONDS` (none) makes the sizes an
+//! upper bound: after the first tenth the bulk is applied a tenth at a time, and no tenth starts
+//! once the apply has taken that long; the `setup_*` figures say what was applied.
 
 // No function longer than a reader can hold in their head (the threshold is in clippy.toml).
 #![warn(clippy::too_many_lines)]
@@ -103,6 +105,8 @@ struct Params {
     changes: usize,
     revocations: usize,
     namespaces: usize,
+    /// How long the bulk apply may take: no further tenth of the data set starts after it.
+    apply_budget: Option<Duration>,
 }
 
 impl Params {
@@ -113,6 +117,12 @@ impl Params {
             changes: env_count("FLEETWARD_BENCH_CHANGES", 100)?,
             revocations: env_count("FLEETWARD_BENCH_REVOCATIONS", 20)?,
             namespaces: env_count("FLEETWARD_BENCH_NAMESPACES", 1)?,
+            apply_budget: match std::env::var_os("FLEETWARD_BENCH_APPLY_SECONDS") {
+                Some(_) => Some(Duration::from_secs(
+                    env_count("FLEETWARD_BENCH_APPLY_SECONDS", 0)? as u64,
+                )),
+                None => None,
+            },
         };
         ensure!(
             p.things > 0 && p.changes > 0 && p.revocations > 0 && p.namespaces > 0,
@@ -151,15 +161,6 @@ impl Params {
     /// The bulk Things per namespace in place for the first push phase: a tenth of them.
     fn small_things(&self) -> usize {
         (self.things_per_namespace() / 10).max(1)
-    }
-
-    /// Things and grants in place, with the revocation phase's three of each.
-    fn total_things(&self) -> usize {
-        self.things_per_namespace() * self.namespaces + 3
-    }
-
-    fn total_grants(&self) -> usize {
-        self.grants_per_namespace() * self.namespaces + 3
     }
 }
 
@@ -205,7 +206,7 @@ fn main() {
 
         // With FLEETWARD_BENCH_PERF_DIR set, the operator is profiled through the second push
         // phase and the revocation phase.
-        let profile = data_set_and_push(&kubectl, &ops[0], &p, logs.path())?;
+        let (profile, in_place) = data_set_and_push(&kubectl, &ops[0], &p, logs.path())?;
 
         let phase = Instant::now();
         revocation(&kubectl, &a, &b, &p, logs.path())?;
@@ -213,7 +214,7 @@ fn main() {
         profile.finish()?;
 
         let phase = Instant::now();
-        snapshot_and_full_sync(&ops[0], &config, &state, &p, logs)?;
+        snapshot_and_full_sync(&ops[0], &config, &state, &p, in_place, logs)?;
         eprintln!("bench: snapshot and full sync took {:.1?}", phase.elapsed());
 
         let phase = Instant::now();
@@ -233,18 +234,19 @@ fn main() {
 
 /// The data set in two steps, each followed by the push-convergence phase: a tenth of it
 /// (the `_small` figures), then the rest; prints the setup figures of the whole and the ratio
-/// of the two p50s. Returns the operator's profile, started before the second push phase.
+/// of the two p50s. Returns the operator's profile, started before the second push phase, and
+/// the data set in place.
 fn data_set_and_push(
     kubectl: &Kubectl,
     op: &Operator,
     p: &Params,
     log_dir: &Path,
-) -> Result<Profile> {
+) -> Result<(Profile, InPlace)> {
     let small = InPlace {
         things: p.small_things(),
         probes: 0,
     };
-    let first = grow(kubectl, op, p, InPlace::default(), small)?;
+    let (small, first) = grow(kubectl, op, p, InPlace::default(), small, None)?;
     ensure!(
         sample(op.admin_addr, "fleetward_operator_dataplanes_connected")? == 2.0,
         "both dataplanes are connected to the operator, so Enforced counts both"
@@ -256,16 +258,17 @@ fn data_set_and_push(
         phase.elapsed()
     );
 
-    let grown = InPlace {
-        things: p.things_per_namespace(),
-        probes: small.probes + p.changes + 1,
-    };
     let probed = InPlace {
-        probes: grown.probes,
+        probes: p.changes + 1,
         ..small
     };
-    let rest = grow(kubectl, op, p, probed, grown)?;
-    report_setup(p, first, rest);
+    let target = InPlace {
+        things: p.things_per_namespace(),
+        ..probed
+    };
+    let budget = p.apply_budget.map(|b| b.saturating_sub(first.applied));
+    let (grown, rest) = grow(kubectl, op, p, probed, target, budget)?;
+    report_setup(p, grown, first, rest);
     report(
         "operator_peak_rss_setup",
         proc_status_mib(op.process.pid(), "VmHWM")?,
@@ -277,7 +280,7 @@ fn data_set_and_push(
     let p50 = push_convergence(kubectl, p, &PushStage::full(small, grown), log_dir)?;
     eprintln!("bench: push convergence took {:.1?}", phase.elapsed());
     report("push_convergence_ratio_p50", p50 / p50_small, "ratio");
-    Ok(profile)
+    Ok((profile, grown))
 }
 
 /// A helper process (a kubectl watch, an MQTT client), killed when dropped.

@@ -12,6 +12,7 @@ pub(crate) fn snapshot_and_full_sync(
     config: &DataplaneConfig,
     state: &Path,
     p: &Params,
+    in_place: InPlace,
     logs: &LogDir,
 ) -> Result<()> {
     let admin = op.admin_addr;
@@ -26,7 +27,7 @@ pub(crate) fn snapshot_and_full_sync(
         bail!("a new client's first update is a full snapshot");
     };
     ensure!(
-        snapshot.things.len() >= p.total_things() && snapshot.grants.len() >= p.total_grants(),
+        snapshot.things.len() >= in_place.things(p) && snapshot.grants.len() >= in_place.grants(p),
         "the full snapshot holds the data set: {} things, {} grants",
         snapshot.things.len(),
         snapshot.grants.len()
