@@ -279,3 +279,175 @@ pub fn policy(p: &crds::Policy) -> input::Policy {
         }),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+
+    fn thing_meta(name: &str) -> ObjectMeta {
+        ObjectMeta {
+            name: Some(name.into()),
+            namespace: Some("acme".into()),
+            uid: Some("7c9e6679".into()),
+            generation: Some(3),
+            labels: Some(BTreeMap::from([
+                (
+                    crds::PROVISIONING_CLAIM_LABEL.to_owned(),
+                    "line-1".to_owned(),
+                ),
+                ("team".to_owned(), "plant".to_owned()),
+            ])),
+            annotations: Some(BTreeMap::from([("note".to_owned(), "x".repeat(4096))])),
+            ..ObjectMeta::default()
+        }
+    }
+
+    #[test]
+    fn a_thing_becomes_what_the_index_resolves_with_its_defaults_filled_in() {
+        let mut t = crds::Thing::new("sensor-1", crds::ThingSpec::default());
+        t.metadata = thing_meta("sensor-1");
+        t.spec.credentials = Some(crds::ThingCredentials {
+            x509: Some(crds::ThingX509 {
+                issue: true,
+                subject: Some(crds::X509Subject {
+                    common_name: Some("SN-0042".into()),
+                }),
+                revoked_serials: vec!["0a:1b".into()],
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        t.status = Some(crds::ThingStatus {
+            revoked_serials: vec!["2c".into()],
+            ..Default::default()
+        });
+        let Object::Thing(input) = Object::from(Resource::Thing(t)) else {
+            panic!("a Thing stays a Thing");
+        };
+        assert_eq!(
+            (input.meta.name.as_str(), input.meta.namespace.as_str()),
+            ("sensor-1", "acme")
+        );
+        assert_eq!(
+            (input.meta.uid.as_str(), input.meta.generation),
+            ("7c9e6679", Some(3))
+        );
+        assert_eq!(input.claim.as_deref(), Some("line-1"));
+        assert_eq!(input.secret_name, "sensor-1-credentials");
+        assert_eq!(input.tls_secret_name, "sensor-1-tls");
+        // With x509 and no mode, a key or a certificate authenticates.
+        assert_eq!(input.mode, policy::CredentialMode::KeyOrCertificate);
+        let x509 = input.x509.expect("x509 kept");
+        assert!(x509.issue);
+        assert_eq!(x509.common_name.as_deref(), Some("SN-0042"));
+        assert_eq!(x509.revoked_serials, ["0a:1b"]);
+        assert_eq!(input.status_revoked_serials, ["2c"]);
+    }
+
+    #[test]
+    fn a_tenant_names_the_namespace_it_claims_and_its_settings() {
+        let mut t = crds::Tenant::new(
+            "acme",
+            crds::TenantSpec {
+                namespace: Some("acme-prod".into()),
+                display_name: Some("ACME".into()),
+                suspended: true,
+                limits: Some(crds::TenantLimits {
+                    max_things: Some(10),
+                    ..Default::default()
+                }),
+                web: None,
+                authorization: Some(crds::TenantAuthorization {
+                    engine: crds::AuthorizationEngine::Cedar,
+                }),
+                device_ca: Some(crds::DeviceCA {
+                    issuer_ref: Some(crds::IssuerRef {
+                        name: "fleet-ca".into(),
+                        kind: crds::IssuerKind::ClusterIssuer,
+                    }),
+                    ..Default::default()
+                }),
+                provisioning: None,
+            },
+        );
+        t.metadata.uid = Some("u-1".into());
+        let input = tenant(&t);
+        assert_eq!(input.meta.name, "acme");
+        assert_eq!(input.namespace, "acme-prod");
+        assert!(input.suspended);
+        assert_eq!(input.limits.max_things, Some(10));
+        assert_eq!(input.engine, policy::Engine::Cedar);
+        let issuer = input.device_ca.and_then(|d| d.issuer).expect("an issuer");
+        assert_eq!(
+            (issuer.name.as_str(), issuer.kind),
+            ("fleet-ca", input::IssuerKind::ClusterIssuer)
+        );
+        t.spec.namespace = None;
+        t.spec.authorization = None;
+        let input = tenant(&t);
+        assert_eq!(input.namespace, "acme", "the Tenant's own name by default");
+        assert_eq!(input.engine, policy::Engine::Builtin);
+    }
+
+    #[test]
+    fn a_connection_and_a_channel_keep_what_resolution_checks_as_written() {
+        let mut c = crds::Connection::new(
+            "grant",
+            crds::ConnectionSpec {
+                subject: crds::Subject {
+                    kind: crds::SubjectKind::Group,
+                    name: "operators".into(),
+                },
+                channel: "telemetry".into(),
+                actions: vec![crds::Action::Subscribe],
+                subtopics: Some(crds::Subtopics {
+                    allow: vec!["eu/#".into()],
+                    deny: vec!["eu/secret".into()],
+                }),
+            },
+        );
+        c.metadata.namespace = Some("acme".into());
+        let input = connection(&c);
+        assert_eq!(
+            input.subject,
+            policy::GrantSubject::Group("operators".into())
+        );
+        assert_eq!(
+            input.actions,
+            policy::Actions {
+                publish: false,
+                subscribe: true
+            }
+        );
+        assert_eq!(
+            (input.allow, input.deny),
+            (vec!["eu/#".into()], vec!["eu/secret".into()])
+        );
+
+        let mut ch = crds::Channel::new("telemetry", crds::ChannelSpec::default());
+        ch.spec.history = Some(crds::ChannelHistory {
+            retention: "7d".into(),
+        });
+        assert_eq!(channel(&ch).history.and_then(|h| h.secs), Some(7 * 86_400));
+        ch.spec.history = Some(crds::ChannelHistory {
+            retention: "a week".into(),
+        });
+        let history = channel(&ch)
+            .history
+            .expect("kept, to be refused with its text");
+        assert_eq!((history.text.as_str(), history.secs), ("a week", None));
+    }
+
+    #[test]
+    fn a_resource_without_a_name_is_no_object_the_index_takes() {
+        let unnamed = crds::Channel {
+            metadata: ObjectMeta::default(),
+            spec: crds::ChannelSpec::default(),
+            status: None,
+        };
+        assert_eq!(Resource::Channel(unnamed.clone()).key(), None);
+        assert_eq!(Object::from(Resource::Channel(unnamed)).key(), None);
+    }
+}

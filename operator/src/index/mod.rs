@@ -1,9 +1,10 @@
 //! The policy index: every Fleetward resource, resolved per namespace into a versioned snapshot,
 //! the deltas between its versions, and the status each object should show.
 //!
-//! It is source-agnostic: Kubernetes watchers and the single-binary directory reader both call
-//! [`Index::apply`] / [`Index::delete`] / [`Index::reset`], then [`Index::commit`] to batch what
-//! changed into one new snapshot version.
+//! It is source-agnostic: it resolves plain domain inputs ([`input`]), with no Kubernetes type in
+//! them. The Kubernetes watchers and the single-binary directory reader both convert their
+//! resources (`crate::resource`) and call [`Index::apply`] / [`Index::delete`] /
+//! [`Index::reset`], then [`Index::commit`] to batch what changed into one new snapshot version.
 
 mod claims;
 mod device_ca;
