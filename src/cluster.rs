@@ -4,10 +4,11 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use anyhow::Context as _;
 use fleetward_crds::{Channel, Connection, Group, Policy, Tenant, Thing, User};
-use fleetward_operator::index::{Object, SecretData, is_key_entry};
+use fleetward_operator::index::{SecretData, is_key_entry};
+use fleetward_operator::resource::{Resource, secret_data};
 use k8s_openapi::api::core::v1::Secret;
+use kube::Client;
 use kube::api::{Api, ListParams};
-use kube::{Client, Resource};
 use serde::de::DeserializeOwned;
 
 /// Connects with the kubeconfig (`KUBECONFIG`, `~/.kube/config`) or the in-cluster account.
@@ -20,7 +21,7 @@ pub async fn client() -> anyhow::Result<Client> {
 
 async fn list_all<K>(client: &Client) -> anyhow::Result<Vec<K>>
 where
-    K: Resource<Scope = k8s_openapi::NamespaceResourceScope>
+    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>
         + Clone
         + DeserializeOwned
         + std::fmt::Debug,
@@ -36,7 +37,7 @@ where
 
 /// Every Fleetward object of the cluster and the Secrets of the tenants' namespaces, with notes
 /// on what could not be read.
-pub async fn objects(client: &Client) -> anyhow::Result<(Vec<Object>, Vec<String>)> {
+pub async fn objects(client: &Client) -> anyhow::Result<(Vec<Resource>, Vec<String>)> {
     let mut notes = Vec::new();
     let tenants = Api::<Tenant>::all(client.clone())
         .list(&ListParams::default())
@@ -44,7 +45,7 @@ pub async fn objects(client: &Client) -> anyhow::Result<(Vec<Object>, Vec<String
         .context("listing Tenants (are the Fleetward CRDs installed?)")?
         .items;
     let things: Vec<Thing> = list_all(client).await?;
-    let mut objects: Vec<Object> = Vec::new();
+    let mut objects: Vec<Resource> = Vec::new();
     let namespaces: BTreeSet<String> = tenants.iter().map(|t| t.namespace().to_owned()).collect();
     for ns in &namespaces {
         let api: Api<Secret> = Api::namespaced(client.clone(), ns);
@@ -52,8 +53,8 @@ pub async fn objects(client: &Client) -> anyhow::Result<(Vec<Object>, Vec<String
             Ok(list) => objects.extend(
                 list.items
                     .iter()
-                    .filter_map(SecretData::from_secret)
-                    .map(Object::Secret),
+                    .filter_map(secret_data)
+                    .map(Resource::Secret),
             ),
             Err(e) => {
                 // Without read access to Secrets, assume every Thing's key is in place: the
@@ -68,7 +69,7 @@ pub async fn objects(client: &Client) -> anyhow::Result<(Vec<Object>, Vec<String
                     .map(Thing::secret_name)
                     .collect();
                 objects.extend(names.into_iter().map(|name| {
-                    Object::Secret(SecretData {
+                    Resource::Secret(SecretData {
                         namespace: ns.clone(),
                         name,
                         entries: BTreeMap::from([("key".to_owned(), vec![0; 32])]),
@@ -77,37 +78,37 @@ pub async fn objects(client: &Client) -> anyhow::Result<(Vec<Object>, Vec<String
             }
         }
     }
-    objects.extend(tenants.into_iter().map(Object::Tenant));
-    objects.extend(things.into_iter().map(Object::Thing));
+    objects.extend(tenants.into_iter().map(Resource::Tenant));
+    objects.extend(things.into_iter().map(Resource::Thing));
     objects.extend(
         list_all::<Channel>(client)
             .await?
             .into_iter()
-            .map(Object::Channel),
+            .map(Resource::Channel),
     );
     objects.extend(
         list_all::<Connection>(client)
             .await?
             .into_iter()
-            .map(Object::Connection),
+            .map(Resource::Connection),
     );
     objects.extend(
         list_all::<User>(client)
             .await?
             .into_iter()
-            .map(Object::User),
+            .map(Resource::User),
     );
     objects.extend(
         list_all::<Group>(client)
             .await?
             .into_iter()
-            .map(Object::Group),
+            .map(Resource::Group),
     );
     objects.extend(
         list_all::<Policy>(client)
             .await?
             .into_iter()
-            .map(Object::Policy),
+            .map(Resource::Policy),
     );
     Ok((objects, notes))
 }
@@ -140,7 +141,7 @@ pub async fn thing_keys(
                  See `kubectl describe thing -n {ns} {thing}`"
             )
         })?;
-    let data = SecretData::from_secret(&secret).context("the Secret has no name")?;
+    let data = secret_data(&secret).context("the Secret has no name")?;
     let keys = data
         .entries
         .into_iter()

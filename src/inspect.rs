@@ -7,7 +7,8 @@ use std::path::PathBuf;
 use anyhow::Context as _;
 use clap::{Args, ValueEnum};
 use fleetward_operator::directory::KeyStore;
-use fleetward_operator::index::{Index, Object, is_key_entry};
+use fleetward_operator::index::{Index, is_key_entry};
+use fleetward_operator::resource::Resource;
 use fleetward_policy::{
     Action, AllowReason, Decision, KeyDigest, Snapshot, Subject, TopicLimits, deny_text,
     parse_filter, parse_topic_name,
@@ -90,7 +91,7 @@ pub struct StatusArgs {
 
 /// Objects and the index built from them, from a directory or a cluster.
 struct Loaded {
-    objects: Vec<Object>,
+    objects: Vec<Resource>,
     index: Index,
     /// The state directory's generated keys (a directory source only).
     keys: Option<KeyStore>,
@@ -136,7 +137,7 @@ impl Loaded {
     /// The namespace of tenant `name`.
     fn tenant_namespace(&self, name: &str) -> Option<String> {
         self.objects.iter().find_map(|o| match o {
-            Object::Tenant(t) if t.metadata.name.as_deref() == Some(name) => {
+            Resource::Tenant(t) if t.metadata.name.as_deref() == Some(name) => {
                 Some(t.namespace().to_owned())
             }
             _ => None,
@@ -205,7 +206,7 @@ async fn local_thing_keys(
         .objects
         .iter()
         .find_map(|o| match o {
-            Object::Thing(t)
+            Resource::Thing(t)
                 if t.metadata.namespace.as_deref() == Some(ns.as_str())
                     && t.metadata.name.as_deref() == Some(thing) =>
             {
@@ -216,7 +217,7 @@ async fn local_thing_keys(
         .with_context(|| format!("no Thing {thing} in namespace {ns} of tenant {tenant}"))?;
     // A Secret in the manifests (a brought-your-own key) wins over a generated one.
     let declared = loaded.objects.iter().find_map(|o| match o {
-        Object::Secret(s) if s.namespace == ns && s.name == secret => Some(s.entries.clone()),
+        Resource::Secret(s) if s.namespace == ns && s.name == secret => Some(s.entries.clone()),
         _ => None,
     });
     let keys = match declared {

@@ -17,8 +17,9 @@ use fleetward_policy::{KeyDigest, generate_thing_key};
 use fleetward_crds::validate;
 use serde_json::Value;
 
-use crate::index::{Index, Kind, Object, ObjectKey, SecretData};
+use crate::index::{Index, Kind, ObjectKey, SecretData};
 use crate::manifest::{self, Document};
+use crate::resource::Resource;
 
 /// Why a manifest file, or one of its documents, was not (fully) applied.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -44,7 +45,7 @@ pub struct ScanReport {
 #[derive(Debug)]
 struct FileState {
     digest: KeyDigest,
-    objects: BTreeMap<ObjectKey, Object>,
+    objects: BTreeMap<ObjectKey, Resource>,
     /// The Fleetward documents as admitted (defaults applied), by [`admission_key`]: the `old`
     /// of the CEL transition rules when an edit changes one, as on an update in a cluster.
     admitted: BTreeMap<String, Value>,
@@ -57,7 +58,7 @@ pub struct Directory {
     keys: KeyStore,
     files: BTreeMap<PathBuf, FileState>,
     /// Secrets generated for things, by key, as fed to the index.
-    generated: BTreeMap<ObjectKey, Object>,
+    generated: BTreeMap<ObjectKey, Resource>,
     /// The device CA and thing certificate Secrets fed from the state directory.
     certs: device_certs::DeviceCerts,
     /// The uids given to Tenants and Channels declared without one (manifests carry none), by
@@ -136,7 +137,7 @@ impl Directory {
     }
 
     /// Every object the manifests declare (the last good version of each file), in file order.
-    pub fn declared(&self) -> impl Iterator<Item = &Object> {
+    pub fn declared(&self) -> impl Iterator<Item = &Resource> {
         self.files.values().flat_map(|f| f.objects.values())
     }
 
@@ -190,10 +191,10 @@ impl Directory {
 
     /// Gives a Tenant or a Channel declared without a `metadata.uid` the one it was given
     /// before, or a new one the first time it is seen.
-    fn identify(&mut self, key: &ObjectKey, object: &mut Object) {
+    fn identify(&mut self, key: &ObjectKey, object: &mut Resource) {
         let meta = match object {
-            Object::Tenant(t) => &mut t.metadata,
-            Object::Channel(c) => &mut c.metadata,
+            Resource::Tenant(t) => &mut t.metadata,
+            Resource::Channel(c) => &mut c.metadata,
             _ => return,
         };
         if meta.uid.as_deref().is_some_and(|u| !u.is_empty()) {
@@ -281,8 +282,8 @@ impl Directory {
     fn replace(
         &mut self,
         index: &mut Index,
-        old: BTreeMap<ObjectKey, Object>,
-        new: BTreeMap<ObjectKey, Object>,
+        old: BTreeMap<ObjectKey, Resource>,
+        new: BTreeMap<ObjectKey, Resource>,
     ) {
         for key in old.keys().filter(|k| !new.contains_key(*k)) {
             match self.declared_elsewhere(key) {
@@ -304,7 +305,7 @@ impl Directory {
     }
 
     /// The object another file declares under the same key, if any.
-    fn declared_elsewhere(&self, key: &ObjectKey) -> Option<&Object> {
+    fn declared_elsewhere(&self, key: &ObjectKey) -> Option<&Resource> {
         self.files.values().find_map(|f| f.objects.get(key))
     }
 
@@ -320,7 +321,7 @@ impl Directory {
             .collect();
         let mut wanted = BTreeMap::new();
         for object in self.files.values().flat_map(|f| f.objects.values()) {
-            let Object::Thing(thing) = object else {
+            let Resource::Thing(thing) = object else {
                 continue;
             };
             let Some(ns) = thing.metadata.namespace.clone() else {
@@ -352,7 +353,7 @@ impl Directory {
                     if created {
                         report.generated_keys.push(key.clone());
                     }
-                    let secret = Object::Secret(SecretData {
+                    let secret = Resource::Secret(SecretData {
                         namespace: key.namespace.clone(),
                         name: key.name.clone(),
                         entries: BTreeMap::from([("key".to_owned(), value.into_bytes())]),

@@ -5,7 +5,7 @@ use k8s_openapi::api::core::v1::Secret;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
-use crate::index::{Object, SecretData};
+use crate::resource::{self, Resource};
 
 /// Why one document of a manifest could not be read.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -21,7 +21,7 @@ pub struct ManifestError {
 #[derive(Debug, Clone)]
 pub enum Document {
     /// A Fleetward object or a Secret.
-    Object(Box<Object>),
+    Object(Box<Resource>),
     /// A kind Fleetward does not read, such as a Namespace; skipped.
     Skipped {
         /// The document's `kind`.
@@ -80,17 +80,17 @@ fn read_document(value: Value) -> Result<Document, String> {
     let object = match (api_version.as_str(), kind.as_str()) {
         ("v1", "Secret") => {
             let secret: Secret = typed(value, &kind)?;
-            let data = SecretData::from_secret(&secret)
+            let data = resource::secret_data(&secret)
                 .ok_or("a Secret needs metadata.name and metadata.namespace")?;
-            Object::Secret(data)
+            Resource::Secret(data)
         }
-        (v, "Tenant") if v == fleetward => Object::Tenant(typed(value, &kind)?),
-        (v, "Thing") if v == fleetward => Object::Thing(typed(value, &kind)?),
-        (v, "Channel") if v == fleetward => Object::Channel(typed(value, &kind)?),
-        (v, "Connection") if v == fleetward => Object::Connection(typed(value, &kind)?),
-        (v, "User") if v == fleetward => Object::User(typed(value, &kind)?),
-        (v, "Group") if v == fleetward => Object::Group(typed(value, &kind)?),
-        (v, "Policy") if v == fleetward => Object::Policy(typed(value, &kind)?),
+        (v, "Tenant") if v == fleetward => Resource::Tenant(typed(value, &kind)?),
+        (v, "Thing") if v == fleetward => Resource::Thing(typed(value, &kind)?),
+        (v, "Channel") if v == fleetward => Resource::Channel(typed(value, &kind)?),
+        (v, "Connection") if v == fleetward => Resource::Connection(typed(value, &kind)?),
+        (v, "User") if v == fleetward => Resource::User(typed(value, &kind)?),
+        (v, "Group") if v == fleetward => Resource::Group(typed(value, &kind)?),
+        (v, "Policy") if v == fleetward => Resource::Policy(typed(value, &kind)?),
         (v, _) if v.starts_with(crds::GROUP) => {
             return Err(format!(
                 "{kind} of {api_version} is not a kind Fleetward knows: expected {fleetward} \

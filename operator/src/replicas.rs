@@ -288,8 +288,9 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
-    use crate::index::{Kind, Object};
+    use crate::index::Kind;
     use crate::manifest::{self, Document};
+    use crate::resource::Resource;
 
     fn index_of(yaml: &str) -> Index {
         let mut idx = Index::starting_at(100);
@@ -304,7 +305,7 @@ mod tests {
 
     const ACME: &str = "apiVersion: fleetward.io/v1alpha1\nkind: Tenant\nmetadata: {name: acme, generation: 1}\nspec: {}\n---\napiVersion: fleetward.io/v1alpha1\nkind: Channel\nmetadata: {name: telemetry, namespace: acme, generation: 1}\nspec: {}\n---\n";
 
-    fn channel(name: &str, generation: i64) -> Object {
+    fn channel(name: &str, generation: i64) -> Resource {
         let yaml = format!(
             "apiVersion: fleetward.io/v1alpha1\nkind: Channel\nmetadata: {{name: {name}, namespace: acme, generation: {generation}}}\nspec: {{maxQos: {qos}}}\n",
             qos = generation % 2

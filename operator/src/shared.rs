@@ -174,10 +174,10 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
-    use crate::index::Object;
     use crate::manifest::{self, Document};
+    use crate::resource::Resource;
 
-    fn orphan_channel() -> Object {
+    fn orphan_channel() -> Resource {
         let yaml = "apiVersion: fleetward.io/v1alpha1\nkind: Channel\nmetadata:\n  name: c\n  \
                     namespace: nowhere\n  generation: 1\nspec: {}\n";
         match manifest::read(yaml).pop() {
@@ -186,7 +186,7 @@ mod tests {
         }
     }
 
-    fn tenant(name: &str) -> Object {
+    fn tenant(name: &str) -> Resource {
         let mut t = fleetward_crds::Tenant::new(
             name,
             fleetward_crds::TenantSpec {
@@ -201,7 +201,7 @@ mod tests {
             },
         );
         t.metadata.generation = Some(1);
-        Object::Tenant(t)
+        Resource::Tenant(t)
     }
 
     #[test]

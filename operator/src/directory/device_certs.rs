@@ -18,7 +18,8 @@ use fleetward_crds::{Tenant, Thing};
 
 use super::local_ca::{CA_CERT_FILE, CA_KEY_FILE, CertFacts, LocalCa, tenant_ca_dir};
 use super::{FileError, ScanReport};
-use crate::index::{Index, Kind, Object, ObjectKey, SecretData};
+use crate::index::{Index, Kind, ObjectKey, SecretData};
+use crate::resource::Resource;
 
 /// The lifetime of a certificate issued for a thing with `x509.issue`, as cert-manager's
 /// default.
@@ -36,8 +37,8 @@ pub fn ca_secret_name(tenant: &Tenant) -> Option<String> {
 /// Gives a Tenant whose `deviceCA` has an `issuerRef` and no `secretName` the secret name
 /// `<issuer>-ca`, where this mode serves the local CA: the index then trusts it as it trusts
 /// any CA Secret.
-pub fn trust_issuer_locally(object: &mut Object) {
-    let Object::Tenant(tenant) = object else {
+pub fn trust_issuer_locally(object: &mut Resource) {
+    let Resource::Tenant(tenant) = object else {
         return;
     };
     let name = ca_secret_name(tenant);
@@ -101,20 +102,20 @@ impl DeviceCerts {
     /// `x509.issue`, and removes those no longer wanted.
     pub(super) fn feed<'a>(
         &mut self,
-        declared: impl Iterator<Item = &'a Object> + Clone,
+        declared: impl Iterator<Item = &'a Resource> + Clone,
         index: &mut Index,
         report: &mut ScanReport,
     ) {
         let declared_secrets: BTreeSet<ObjectKey> = declared
             .clone()
-            .filter_map(Object::key)
+            .filter_map(Resource::key)
             .filter(|k| k.kind == Kind::Secret)
             .collect();
         let mut wanted = BTreeSet::new();
         // Namespace → tenant name, for tenants whose trust is the local CA.
         let mut local = BTreeMap::new();
         for tenant in declared.clone().filter_map(|o| match o {
-            Object::Tenant(t) => Some(t),
+            Resource::Tenant(t) => Some(t),
             _ => None,
         }) {
             let (Some(name), Some(secret)) = (tenant.metadata.name.clone(), ca_secret_name(tenant))
@@ -134,7 +135,7 @@ impl DeviceCerts {
             local.insert(tenant.namespace().to_owned(), name);
         }
         for thing in declared.filter_map(|o| match o {
-            Object::Thing(t) => Some(t),
+            Resource::Thing(t) => Some(t),
             _ => None,
         }) {
             let issue = thing
@@ -200,7 +201,7 @@ impl DeviceCerts {
                 .map(|(k, v)| (k.to_owned(), v))
                 .collect(),
         };
-        index.apply(Object::Secret(secret.clone()));
+        index.apply(Resource::Secret(secret.clone()));
         self.fed.insert(key.clone(), secret);
     }
 
@@ -434,7 +435,7 @@ mod tests {
         assert!(dir.scan(&mut index).errors.is_empty());
         assert!(dir.fed_secret(&secret("acme", "devices-ca")).is_some());
         let trusted = dir.declared().find_map(|o| match o {
-            Object::Tenant(t) => t.spec.device_ca.as_ref()?.secret_name.clone(),
+            Resource::Tenant(t) => t.spec.device_ca.as_ref()?.secret_name.clone(),
             _ => None,
         });
         assert_eq!(trusted.as_deref(), Some("devices-ca"));

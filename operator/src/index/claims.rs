@@ -1,22 +1,22 @@
 //! A tenant's provisioning claims as the snapshot carries them: the SHA-256 of each claim
 //! certificate in the claim's Secret, and how many Things carry the claim's label.
 
-use fleetward_crds as crds;
 use fleetward_policy as policy;
 use sha2::{Digest as _, Sha256};
 
+use super::input;
+use super::readiness::ClaimFacts;
 use super::resolve::Namespace;
 
-/// The claims of `spec`, resolved against the namespace's Secrets and Things. A claim whose
+/// The claims of `tenant`, resolved against the namespace's Secrets and Things. A claim whose
 /// certificate Secret is missing or holds no certificate accepts no certificate (it is still
 /// listed, with its count), and its status says why.
 pub(crate) fn resolve(
-    spec: &crds::TenantSpec,
+    tenant: &input::Tenant,
     objects: &Namespace,
     provisioned: &dyn Fn(&str) -> u32,
-) -> (Vec<policy::ProvisioningClaim>, Vec<crds::ClaimStatus>) {
-    let claims = spec.provisioning.iter().flat_map(|p| &p.claims);
-    claims
+) -> (Vec<policy::ProvisioningClaim>, Vec<ClaimFacts>) {
+    (tenant.claims.iter())
         .map(|claim| {
             let provisioned = provisioned(&claim.name);
             let (certificates, problem) = certificates(objects, claim);
@@ -37,7 +37,7 @@ pub(crate) fn resolve(
                 (provisioned >= claim.max_things)
                     .then(|| format!("the claim has made its {} things", claim.max_things))
             });
-            let status = crds::ClaimStatus {
+            let status = ClaimFacts {
                 name: claim.name.clone(),
                 provisioned,
                 message,
@@ -55,22 +55,12 @@ pub(crate) fn resolve(
         .unzip()
 }
 
-/// The claim a Thing was provisioned by: its `PROVISIONING_CLAIM_LABEL`.
-pub(crate) fn claim_of(thing: &crds::Thing) -> Option<&str> {
-    thing
-        .metadata
-        .labels
-        .as_ref()?
-        .get(crds::PROVISIONING_CLAIM_LABEL)
-        .map(String::as_str)
-}
-
 /// How many Things of a namespace `claim` provisioned, counted over every Thing.
 pub(crate) fn count_provisioned(objects: &Namespace, claim: &str) -> u32 {
     let n = objects
         .things
         .values()
-        .filter(|t| claim_of(t) == Some(claim))
+        .filter(|t| t.claim.as_deref() == Some(claim))
         .count();
     u32::try_from(n).unwrap_or(u32::MAX)
 }
@@ -78,7 +68,7 @@ pub(crate) fn count_provisioned(objects: &Namespace, claim: &str) -> u32 {
 /// The SHA-256 of each certificate in the claim's Secret (`tls.crt`), or why there are none.
 fn certificates(
     objects: &Namespace,
-    claim: &crds::ProvisioningClaim,
+    claim: &input::ProvisioningClaim,
 ) -> (Vec<[u8; 32]>, Option<String>) {
     let name = &claim.certificate_secret_name;
     let Some(pem) = objects
@@ -108,8 +98,6 @@ fn certificates(
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeMap;
-
     use super::*;
     use crate::index::SecretData;
 
@@ -124,8 +112,8 @@ mod tests {
         }
     }
 
-    fn claim(name: &str, max_things: u32) -> crds::ProvisioningClaim {
-        crds::ProvisioningClaim {
+    fn claim(name: &str, max_things: u32) -> input::ProvisioningClaim {
+        input::ProvisioningClaim {
             name: name.into(),
             certificate_secret_name: "claim-cert".into(),
             signing_secret_name: "signing".into(),
@@ -135,13 +123,16 @@ mod tests {
         }
     }
 
-    fn labelled(name: &str, claim: &str) -> crds::Thing {
-        let mut t = crds::Thing::new(name, crds::ThingSpec::default());
-        t.metadata.labels = Some(BTreeMap::from([(
-            crds::PROVISIONING_CLAIM_LABEL.to_owned(),
-            claim.to_owned(),
-        )]));
-        t
+    fn labelled(name: &str, claim: &str) -> input::Thing {
+        input::Thing {
+            meta: input::Meta {
+                name: name.into(),
+                namespace: "acme".into(),
+                ..Default::default()
+            },
+            claim: Some(claim.into()),
+            ..Default::default()
+        }
     }
 
     #[test]
@@ -149,30 +140,21 @@ mod tests {
         let cert =
             rcgen::generate_simple_self_signed(vec!["claim".to_owned()]).expect("a certificate");
         let pem = cert.cert.pem();
-        let spec = crds::TenantSpec {
-            provisioning: Some(crds::Provisioning {
-                claims: vec![claim("line-1", 2), claim("line-2", 5)],
-            }),
-            display_name: None,
-            namespace: None,
-            suspended: false,
-            limits: None,
-            web: None,
-            authorization: None,
-            device_ca: None,
+        let tenant = input::Tenant {
+            claims: vec![claim("line-1", 2), claim("line-2", 5)],
+            ..Default::default()
         };
         let mut ns = Namespace::default();
         for t in [
             labelled("sensor-1", "line-1"),
             labelled("sensor-2", "line-1"),
         ] {
-            ns.things
-                .insert(t.metadata.name.clone().unwrap_or_default(), t);
+            ns.things.insert(t.meta.name.clone(), t);
         }
         ns.things
             .insert("other".into(), labelled("other", "line-2"));
         // No Secrets yet: listed, accepting no certificate, and the status says why.
-        let (served, status) = resolve(&spec, &ns, &|c| count_provisioned(&ns, c));
+        let (served, status) = resolve(&tenant, &ns, &|c| count_provisioned(&ns, c));
         assert!(served.iter().all(|c| c.certificates.is_empty()));
         let why = status[0].message.as_deref().unwrap_or_default();
         assert!(why.contains("certificateSecretName claim-cert"), "{why}");
@@ -184,7 +166,7 @@ mod tests {
             "signing".into(),
             secret("signing", &[("tls.crt", "x"), ("tls.key", "y")]),
         );
-        let (served, status) = resolve(&spec, &ns, &|c| count_provisioned(&ns, c));
+        let (served, status) = resolve(&tenant, &ns, &|c| count_provisioned(&ns, c));
         let digest: [u8; 32] = Sha256::digest(cert.cert.der()).into();
         assert_eq!(served[0].certificates, vec![digest]);
         assert_eq!((served[0].provisioned, served[1].provisioned), (2, 1));

@@ -6,11 +6,11 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use fleetward_crds as crds;
 use fleetward_policy::{self as policy, DeviceCa};
 use x509_parser::prelude::FromDer;
 use x509_parser::revocation_list::CertificateRevocationList;
 
+use super::input::{self, DeviceCaSource, IssuerKind, IssuerRef};
 use super::object::SecretData;
 use super::readiness::{CertificateFacts, CertificateRequest, Readiness, Reason};
 
@@ -40,13 +40,13 @@ pub enum IssuerKey {
 
 impl IssuerKey {
     /// The issuer a tenant owning `namespace` names.
-    pub fn of(namespace: &str, r: &crds::IssuerRef) -> Self {
+    pub fn of(namespace: &str, r: &IssuerRef) -> Self {
         match r.kind {
-            crds::IssuerKind::Issuer => IssuerKey::Issuer {
+            IssuerKind::Issuer => IssuerKey::Issuer {
                 namespace: namespace.to_owned(),
                 name: r.name.clone(),
             },
-            crds::IssuerKind::ClusterIssuer => IssuerKey::ClusterIssuer {
+            IssuerKind::ClusterIssuer => IssuerKey::ClusterIssuer {
                 name: r.name.clone(),
             },
         }
@@ -89,7 +89,7 @@ pub(crate) struct Issuers {
 /// Tenant declares no `deviceCA`.
 pub(crate) fn tenant_device_ca(
     namespace: &str,
-    spec: Option<&crds::DeviceCA>,
+    spec: Option<&DeviceCaSource>,
     secrets: &BTreeMap<String, SecretData>,
     issuers: &Issuers,
 ) -> Option<(Option<DeviceCa>, Readiness)> {
@@ -102,7 +102,7 @@ pub(crate) fn tenant_device_ca(
 
 fn load(
     namespace: &str,
-    spec: &crds::DeviceCA,
+    spec: &DeviceCaSource,
     secrets: &BTreeMap<String, SecretData>,
     issuers: &Issuers,
 ) -> Result<(DeviceCa, String), Readiness> {
@@ -147,7 +147,7 @@ fn invalid_ca(source: &str, why: &str) -> Readiness {
 /// The PEM CA bundle and a description of where it came from.
 fn ca_pem(
     namespace: &str,
-    spec: &crds::DeviceCA,
+    spec: &DeviceCaSource,
     secrets: &BTreeMap<String, SecretData>,
     issuers: &Issuers,
 ) -> Result<(Vec<u8>, String), Readiness> {
@@ -170,11 +170,12 @@ fn ca_pem(
             .ok_or_else(|| invalid_ca(&source, "does not exist"))?;
         return Ok((pem.clone(), source));
     }
-    let Some(issuer_ref) = &spec.issuer_ref else {
+    let Some(issuer_ref) = &spec.issuer else {
         // The CRD refuses a deviceCA with neither; a manifest directory has no schema.
         return Err(Readiness::not_ready(
             Reason::InvalidSpec,
-            crds::tenant::DEVICE_CA_MESSAGE.to_owned(),
+            "deviceCA needs secretName (a Secret in the tenant's namespace with ca.crt) or \
+             issuerRef (a cert-manager CA Issuer or ClusterIssuer), or both",
         ));
     };
     let key = IssuerKey::of(namespace, issuer_ref);
@@ -307,7 +308,7 @@ pub(crate) fn thing_certificate(secret: Option<&SecretData>) -> Option<Certifica
     let names = policy::CertificateNames::read(&der)?;
     let not_after = i64::try_from(names.not_after)
         .ok()
-        .and_then(|s| k8s_openapi::jiff::Timestamp::from_second(s).ok())
+        .and_then(|s| jiff::Timestamp::from_second(s).ok())
         .map(|t| t.to_string());
     Some(CertificateFacts {
         secret_name: secret.name.clone(),
@@ -317,20 +318,11 @@ pub(crate) fn thing_certificate(secret: Option<&SecretData>) -> Option<Certifica
     })
 }
 
-/// The policy's credential mode of a CRD mode.
-pub(crate) fn policy_mode(mode: crds::CredentialMode) -> policy::CredentialMode {
-    match mode {
-        crds::CredentialMode::Key => policy::CredentialMode::Key,
-        crds::CredentialMode::KeyOrCertificate => policy::CredentialMode::KeyOrCertificate,
-        crds::CredentialMode::Certificate => policy::CredentialMode::Certificate,
-    }
-}
-
 /// A thing's certificate rules with its revoked serials normalized; a serial that is not hex
 /// is refused (the CRD's pattern checks this in a cluster; a manifest directory has none).
 /// The serials listed in `status.revokedSerials` count as the spec's.
 pub(crate) fn thing_x509(
-    x509: Option<&crds::ThingX509>,
+    x509: Option<&input::ThingX509>,
     status_serials: &[String],
 ) -> Result<Option<policy::ThingX509>, Readiness> {
     let Some(x509) = x509 else {
@@ -363,7 +355,7 @@ pub(crate) fn thing_x509(
     revoked_serials.sort();
     revoked_serials.dedup();
     Ok(Some(policy::ThingX509 {
-        common_name: x509.subject.as_ref().and_then(|s| s.common_name.clone()),
+        common_name: x509.common_name.clone(),
         revoked_serials,
     }))
 }
@@ -372,20 +364,15 @@ pub(crate) fn thing_x509(
 /// issuer.
 pub(crate) fn certificate_request(
     tenant: &str,
-    thing: &crds::Thing,
-    issuer: Option<&crds::IssuerRef>,
+    thing: &input::Thing,
+    issuer: Option<&IssuerRef>,
 ) -> Option<CertificateRequest> {
-    let x509 = thing.spec.credentials.as_ref()?.x509.as_ref()?;
+    let x509 = thing.x509.as_ref()?;
     let issuer = issuer.filter(|_| x509.issue)?;
-    let name = thing.metadata.name.clone()?;
     Some(CertificateRequest {
         tenant: tenant.to_owned(),
-        common_name: x509
-            .subject
-            .as_ref()
-            .and_then(|s| s.common_name.clone())
-            .unwrap_or(name),
-        secret_name: thing.tls_secret_name(),
+        common_name: (x509.common_name.clone()).unwrap_or_else(|| thing.meta.name.clone()),
+        secret_name: thing.tls_secret_name.clone(),
         issuer_name: issuer.name.clone(),
         issuer_kind: issuer.kind.as_str(),
     })

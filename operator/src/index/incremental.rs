@@ -10,24 +10,20 @@
 
 use std::collections::{BTreeSet, HashMap};
 
-use fleetward_crds as crds;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
+use jiff::Timestamp;
 
 use super::device_ca::{IssuerCa, IssuerKey, Issuers};
+use super::input::{self, Meta};
 use super::object::Kind;
 use super::readiness::Readiness;
-use super::resolve::{Context, Namespace};
+use super::resolve::{Context, Namespace, member_kind, subject_of};
 
 /// Where an object stands in its kind's limit order: oldest first, then by name.
-pub(crate) type AgeKey = (bool, Option<Time>, String);
+pub(crate) type AgeKey = (bool, Option<Timestamp>, String);
 
-pub(crate) fn age_key(meta: &ObjectMeta) -> AgeKey {
-    let created = meta.creation_timestamp.clone();
-    (
-        created.is_none(),
-        created,
-        meta.name.clone().unwrap_or_default(),
-    )
+pub(crate) fn age_key(meta: &Meta) -> AgeKey {
+    let (none, created, name) = meta.age_order();
+    (none, created, name.to_owned())
 }
 
 /// The objects of one kind split at a limit: the oldest `limit` are within it. Gaining or
@@ -121,44 +117,26 @@ pub(crate) struct Refs {
     provisioned: HashMap<String, u32>,
 }
 
-fn subject_kind(kind: crds::SubjectKind) -> Kind {
-    match kind {
-        crds::SubjectKind::Thing => Kind::Thing,
-        crds::SubjectKind::User => Kind::User,
-        crds::SubjectKind::Group => Kind::Group,
-    }
-}
-
-fn member_kind(kind: crds::MemberKind) -> Kind {
-    match kind {
-        crds::MemberKind::Thing => Kind::Thing,
-        crds::MemberKind::User => Kind::User,
-    }
-}
-
 impl Refs {
     /// How many Things `claim` provisioned.
     pub fn provisioned(&self, claim: &str) -> u32 {
         self.provisioned.get(claim).copied().unwrap_or(0)
     }
 
-    pub fn thing(&mut self, name: &str, old: Option<&crds::Thing>, new: Option<&crds::Thing>) {
+    pub fn thing(&mut self, name: &str, old: Option<&input::Thing>, new: Option<&input::Thing>) {
         for (t, add) in [(old, false), (new, true)] {
             let Some(t) = t else { continue };
             link(
                 &mut self.things_by_mountpoint,
-                t.spec.mountpoint.clone(),
+                t.mountpoint.clone(),
                 name,
                 add,
             );
-            link(&mut self.things_by_secret, Some(t.secret_name()), name, add);
-            link(
-                &mut self.things_by_secret,
-                Some(t.tls_secret_name()),
-                name,
-                add,
-            );
-            if let Some(claim) = super::claims::claim_of(t) {
+            let secret = Some(t.secret_name.clone());
+            link(&mut self.things_by_secret, secret, name, add);
+            let tls = Some(t.tls_secret_name.clone());
+            link(&mut self.things_by_secret, tls, name, add);
+            if let Some(claim) = t.claim.as_deref() {
                 let count = self.provisioned.entry(claim.to_owned()).or_default();
                 *count = if add {
                     *count + 1
@@ -175,24 +153,22 @@ impl Refs {
     pub fn connection(
         &mut self,
         name: &str,
-        old: Option<&crds::Connection>,
-        new: Option<&crds::Connection>,
+        old: Option<&input::Connection>,
+        new: Option<&input::Connection>,
     ) {
         for (c, add) in [(old, false), (new, true)] {
             let Some(c) = c else { continue };
-            let channel = Some(c.spec.channel.clone());
+            let channel = Some(c.channel.clone());
             link(&mut self.connections_by_channel, channel, name, add);
-            let subject = (
-                subject_kind(c.spec.subject.kind),
-                c.spec.subject.name.clone(),
-            );
+            let (kind, subject) = subject_of(&c.subject);
+            let subject = (kind, subject.to_owned());
             link(&mut self.connections_by_subject, Some(subject), name, add);
         }
     }
 
-    pub fn user(&mut self, name: &str, old: Option<&crds::User>, new: Option<&crds::User>) {
+    pub fn user(&mut self, name: &str, old: Option<&input::User>, new: Option<&input::User>) {
         for (u, add) in [(old, false), (new, true)] {
-            let secret = u.and_then(|u| u.spec.password_secret_ref.as_ref());
+            let secret = u.and_then(|u| u.password.as_ref());
             link(
                 &mut self.users_by_secret,
                 secret.map(|r| r.name.clone()),
@@ -202,9 +178,9 @@ impl Refs {
         }
     }
 
-    pub fn group(&mut self, name: &str, old: Option<&crds::Group>, new: Option<&crds::Group>) {
+    pub fn group(&mut self, name: &str, old: Option<&input::Group>, new: Option<&input::Group>) {
         for (g, add) in [(old, false), (new, true)] {
-            for m in g.map(|g| g.spec.members.as_slice()).unwrap_or_default() {
+            for m in g.map(|g| g.members.as_slice()).unwrap_or_default() {
                 let member = (member_kind(m.kind), m.name.clone());
                 link(&mut self.groups_by_member, Some(member), name, add);
             }
@@ -277,8 +253,8 @@ impl State {
         tenant_secrets: BTreeSet<String>,
         device_ca: Option<Readiness>,
     ) -> Self {
-        let channels = objects.channels.values().map(|c| age_key(&c.metadata));
-        let things = objects.things.values().map(|t| age_key(&t.metadata));
+        let channels = objects.channels.values().map(|c| age_key(&c.meta));
+        let things = objects.things.values().map(|t| age_key(&t.meta));
         Self {
             channels: Limited::new(cx.as_ref().and_then(|c| c.max_channels), channels),
             things: Limited::new(cx.as_ref().and_then(|c| c.max_things), things),
@@ -294,15 +270,12 @@ impl State {
         &mut self,
         refs: &Refs,
         name: &str,
-        old: Option<&crds::Thing>,
-        new: Option<&crds::Thing>,
+        old: Option<&input::Thing>,
+        new: Option<&input::Thing>,
     ) {
         self.dirty.things.insert(name.to_owned());
         let mut moved = Vec::new();
-        let (was, is) = (
-            old.map(|t| age_key(&t.metadata)),
-            new.map(|t| age_key(&t.metadata)),
-        );
+        let (was, is) = (old.map(|t| age_key(&t.meta)), new.map(|t| age_key(&t.meta)));
         if was != is {
             if let Some(k) = &was {
                 self.things.remove(k, &mut moved);
@@ -316,19 +289,13 @@ impl State {
             self.dirty.tenant = true;
             self.dirty.dependents(refs, Kind::Thing, name);
         }
-        if old.and_then(super::claims::claim_of) != new.and_then(super::claims::claim_of) {
+        if old.and_then(|t| t.claim.as_ref()) != new.and_then(|t| t.claim.as_ref()) {
             self.dirty.tenant = true;
         }
     }
 
     /// Notes a Channel's change.
-    pub fn channel(
-        &mut self,
-        refs: &Refs,
-        name: &str,
-        old: Option<&ObjectMeta>,
-        new: Option<&ObjectMeta>,
-    ) {
+    pub fn channel(&mut self, refs: &Refs, name: &str, old: Option<&Meta>, new: Option<&Meta>) {
         self.dirty.channels.insert(name.to_owned());
         let mut moved = Vec::new();
         let (was, is) = (old.map(age_key), new.map(age_key));
@@ -371,16 +338,12 @@ impl State {
 }
 
 /// The Secrets of its namespace a Tenant's own resolution reads.
-pub(crate) fn tenant_secrets(
-    namespace: &str,
-    spec: &crds::TenantSpec,
-    issuers: &Issuers,
-) -> BTreeSet<String> {
+pub(crate) fn tenant_secrets(tenant: &input::Tenant, issuers: &Issuers) -> BTreeSet<String> {
     let mut names = BTreeSet::new();
-    if let Some(ca) = &spec.device_ca {
+    if let Some(ca) = &tenant.device_ca {
         names.extend(ca.secret_name.clone());
         names.extend(ca.crl_secret_name.clone());
-        let issuer = ca.issuer_ref.as_ref().map(|r| IssuerKey::of(namespace, r));
+        let issuer = (ca.issuer.as_ref()).map(|r| IssuerKey::of(&tenant.namespace, r));
         // A ClusterIssuer's Secret is in cert-manager's namespace: set_issuer_secret's part.
         if let Some(key @ IssuerKey::Issuer { .. }) = &issuer
             && let Some(IssuerCa::Ca { secret_name }) = issuers.issuers.get(key)
@@ -388,7 +351,7 @@ pub(crate) fn tenant_secrets(
             names.insert(secret_name.clone());
         }
     }
-    for claim in spec.provisioning.iter().flat_map(|p| &p.claims) {
+    for claim in &tenant.claims {
         names.insert(claim.certificate_secret_name.clone());
         names.insert(claim.signing_secret_name.clone());
     }

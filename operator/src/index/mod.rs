@@ -1,13 +1,15 @@
 //! The policy index: every Fleetward resource, resolved per namespace into a versioned snapshot,
 //! the deltas between its versions, and the status each object should show.
 //!
-//! It is source-agnostic: Kubernetes watchers and the single-binary directory reader both call
-//! [`Index::apply`] / [`Index::delete`] / [`Index::reset`], then [`Index::commit`] to batch what
-//! changed into one new snapshot version.
+//! It is source-agnostic: it resolves plain domain inputs ([`input`]), with no Kubernetes type in
+//! them. The Kubernetes watchers and the single-binary directory reader both convert their
+//! resources (`crate::resource`) and call [`Index::apply`] / [`Index::delete`] /
+//! [`Index::reset`], then [`Index::commit`] to batch what changed into one new snapshot version.
 
 mod claims;
 mod device_ca;
 mod incremental;
+pub mod input;
 mod object;
 mod pass;
 mod policies;
@@ -20,23 +22,22 @@ mod view;
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
 
-use fleetward_crds as crds;
 use fleetward_policy::{self as policy, Delta, ResourceName, Snapshot};
-use kube::Resource;
 
 pub use device_ca::{CA_ENTRY, CRL_ENTRY, IssuerCa, IssuerKey, TLS_ENTRY};
 pub use object::{Kind, Object, ObjectKey, SecretData};
 pub use readiness::{
-    CertificateFacts, CertificateRequest, DesiredStatus, Facts, Readiness, Reason, X509Facts,
+    CertificateFacts, CertificateRequest, ClaimFacts, DesiredStatus, Facts, Readiness, Reason,
+    X509Facts,
 };
 pub use resolve::{MIN_KEY_LEN, is_key_entry};
 pub use view::ViewDigest;
 
 use device_ca::Issuers;
 use incremental::State;
-use object::age_order;
+use input::{IssuerKind, IssuerRef};
 use policies::EnforcedPolicies;
-use resolve::{Namespace, Owner, PasswordHashes, Resolution, resolve};
+use resolve::{Namespace, PasswordHashes, Resolution, resolve};
 
 /// How many deltas the index keeps for dataplanes that resume from an older version.
 const HISTORY: usize = 1024;
@@ -103,7 +104,7 @@ impl Touched {
 /// The policy index. See the module documentation.
 #[derive(Debug, Default)]
 pub struct Index {
-    tenants: BTreeMap<String, crds::Tenant>,
+    tenants: BTreeMap<String, input::Tenant>,
     namespaces: HashMap<String, Namespace>,
     snapshot: Snapshot,
     served: HashMap<String, Served>,
@@ -197,8 +198,10 @@ impl Index {
         Some(self.history.iter().skip(start).cloned().collect())
     }
 
-    /// Adds or replaces an object. Objects without a name (or namespace) are ignored.
-    pub fn apply(&mut self, object: Object) {
+    /// Adds or replaces an object (an edge's resource converts: see `crate::resource`).
+    /// Objects without a name (or namespace) are ignored.
+    pub fn apply(&mut self, object: impl Into<Object>) {
+        let object = object.into();
         let Some(key) = object.key() else {
             tracing::warn!(?object, "ignoring an object without a name or namespace");
             return;
@@ -206,13 +209,13 @@ impl Index {
         if let Object::Tenant(tenant) = object {
             let old = self.tenants.insert(key.name.clone(), tenant);
             let new = &self.tenants[&key.name];
-            if old.as_ref().is_some_and(|o| same_tenant(o, new)) {
+            if old.as_ref() == Some(new) {
                 return;
             }
             if let Some(old) = old {
-                self.dirty.insert(old.namespace().to_owned());
+                self.dirty.insert(old.namespace);
             }
-            self.dirty.insert(new.namespace().to_owned());
+            self.dirty.insert(new.namespace.clone());
             return;
         }
         let ns = self.namespaces.entry(key.namespace.clone()).or_default();
@@ -242,7 +245,7 @@ impl Index {
     pub fn delete(&mut self, key: &ObjectKey) {
         if key.kind == Kind::Tenant {
             if let Some(old) = self.tenants.remove(&key.name) {
-                self.dirty.insert(old.namespace().to_owned());
+                self.dirty.insert(old.namespace);
                 self.forget(key);
             }
             return;
@@ -281,7 +284,8 @@ impl Index {
     }
 
     /// Replaces every object of `kind` with `objects` (a relist after a watch restarts).
-    pub fn reset(&mut self, kind: Kind, objects: Vec<Object>) {
+    pub fn reset<O: Into<Object>>(&mut self, kind: Kind, objects: impl IntoIterator<Item = O>) {
+        let objects: Vec<Object> = objects.into_iter().map(Into::into).collect();
         let keep: BTreeSet<ObjectKey> = objects.iter().filter_map(Object::key).collect();
         let stale: Vec<ObjectKey> = self
             .keys_of(kind)
@@ -361,9 +365,7 @@ impl Index {
                 _ => None,
             })
             .collect();
-        self.dirty_tenants(|_, r| {
-            r.kind == crds::IssuerKind::ClusterIssuer && issuers.contains(&r.name)
-        });
+        self.dirty_tenants(|_, r| r.kind == IssuerKind::ClusterIssuer && issuers.contains(&r.name));
     }
 
     /// The Secrets of cert-manager's namespace that the CA ClusterIssuers of Tenants (without
@@ -371,10 +373,10 @@ impl Index {
     pub fn cluster_issuer_secrets(&self) -> BTreeSet<String> {
         self.tenants
             .values()
-            .filter_map(|t| t.spec.device_ca.as_ref())
+            .filter_map(|t| t.device_ca.as_ref())
             .filter(|d| d.secret_name.is_none())
-            .filter_map(|d| d.issuer_ref.as_ref())
-            .filter(|r| r.kind == crds::IssuerKind::ClusterIssuer)
+            .filter_map(|d| d.issuer.as_ref())
+            .filter(|r| r.kind == IssuerKind::ClusterIssuer)
             .filter_map(|r| {
                 let key = IssuerKey::ClusterIssuer {
                     name: r.name.clone(),
@@ -403,16 +405,12 @@ impl Index {
     }
 
     /// Marks dirty the namespace of every Tenant whose `deviceCA.issuerRef` matches.
-    fn dirty_tenants(&mut self, names: impl Fn(&str, &crds::IssuerRef) -> bool) {
+    fn dirty_tenants(&mut self, names: impl Fn(&str, &IssuerRef) -> bool) {
         for t in self.tenants.values() {
-            if let Some(r) = t
-                .spec
-                .device_ca
-                .as_ref()
-                .and_then(|d| d.issuer_ref.as_ref())
-                && names(t.namespace(), r)
+            if let Some(r) = t.device_ca.as_ref().and_then(|d| d.issuer.as_ref())
+                && names(&t.namespace, r)
             {
-                self.dirty.insert(t.namespace().to_owned());
+                self.dirty.insert(t.namespace.clone());
             }
         }
     }
@@ -508,23 +506,19 @@ impl Index {
     }
 
     /// The Tenants claiming `namespace`, the owner (oldest, then by name) first.
-    fn claimants(&self, namespace: &str) -> Vec<&crds::Tenant> {
-        let mut claimants: Vec<&crds::Tenant> = self
+    fn claimants(&self, namespace: &str) -> Vec<&input::Tenant> {
+        let mut claimants: Vec<&input::Tenant> = self
             .tenants
             .values()
-            .filter(|t| t.namespace() == namespace)
+            .filter(|t| t.namespace == namespace)
             .collect();
-        claimants.sort_by(|a, b| age_order(a.meta()).cmp(&age_order(b.meta())));
+        claimants.sort_by(|a, b| a.meta.age_order().cmp(&b.meta.age_order()));
         claimants
     }
 
     fn resolve_namespace(&mut self, namespace: &str) {
         let claimants = self.claimants(namespace);
-        let owner = claimants.first().map(|t| {
-            let meta = &t.metadata;
-            let name = meta.name.clone().unwrap_or_default();
-            (name, meta.uid.clone().unwrap_or_default(), t.spec.clone())
-        });
+        let owner = claimants.first().map(|t| (*t).clone());
         let empty = Namespace::default();
         let objects = self.namespaces.get(namespace).unwrap_or(&empty);
         let mut tenant_statuses = tenant_statuses(namespace, &claimants, objects, &|claim| {
@@ -532,13 +526,11 @@ impl Index {
         });
         let tenant_secrets = claimants
             .first()
-            .map(|t| incremental::tenant_secrets(namespace, &t.spec, &self.issuers));
+            .map(|t| incremental::tenant_secrets(t, &self.issuers));
         let claimed = !claimants.is_empty();
         let mut resolution = resolve(
             namespace,
-            owner
-                .as_ref()
-                .map(|(name, uid, spec)| Owner { name, uid, spec }),
+            owner.as_ref(),
             objects,
             &mut self.passwords,
             &mut self.enforced_policies,
@@ -831,69 +823,49 @@ fn names<T>(records: &[T], name: impl Fn(&T) -> &String) -> BTreeSet<String> {
     records.iter().map(|r| name(r).clone()).collect()
 }
 
-/// Whether two versions of a Tenant resolve the same (status-only updates change nothing).
-fn same_tenant(a: &crds::Tenant, b: &crds::Tenant) -> bool {
-    a.spec == b.spec
-        && a.metadata.generation == b.metadata.generation
-        && a.metadata.creation_timestamp == b.metadata.creation_timestamp
-        && a.metadata.uid == b.metadata.uid
-}
-
-/// Inserts an object unless only its status or bookkeeping metadata changed: `None` when
-/// nothing the index resolves changed, else the object it replaced, if any.
-fn put<T>(map: &mut BTreeMap<String, T>, name: &str, object: T) -> Option<Option<T>>
-where
-    T: Resource + HasSpec,
-{
-    let changed = map.get(name).is_none_or(|old| {
-        !old.spec_eq(&object)
-            || old.meta().generation != object.meta().generation
-            || old.meta().creation_timestamp != object.meta().creation_timestamp
-            // Re-created within the same second with the same spec: only the uid tells.
-            || old.meta().uid != object.meta().uid
-    });
+/// Inserts an object: `None` when nothing the index resolves changed, else the object it
+/// replaced, if any.
+fn put<T: Resolves>(map: &mut BTreeMap<String, T>, name: &str, object: T) -> Option<Option<T>> {
+    let changed = map.get(name).is_none_or(|old| !old.resolves_same(&object));
     let old = map.insert(name.to_owned(), object);
     changed.then_some(old)
 }
 
-/// Access to a resource's spec for change detection.
-trait HasSpec {
-    fn spec_eq(&self, other: &Self) -> bool;
+/// Whether two versions of an input resolve the same.
+trait Resolves {
+    fn resolves_same(&self, other: &Self) -> bool;
 }
 
-macro_rules! has_spec {
+macro_rules! resolves_by_eq {
     ($($t:ty),*) => {$(
-        impl HasSpec for $t {
-            fn spec_eq(&self, other: &Self) -> bool {
-                self.spec == other.spec
+        impl Resolves for $t {
+            fn resolves_same(&self, other: &Self) -> bool {
+                self == other
             }
         }
     )*};
 }
-/// A Thing's status carries revoked serials that others write, and its provisioning claim
-/// label counts toward the claim: both count as its spec.
-impl HasSpec for crds::Thing {
-    fn spec_eq(&self, other: &Self) -> bool {
-        let revoked = |t: &Self| t.status.as_ref().map(|s| s.revoked_serials.clone());
-        self.spec == other.spec
-            && revoked(self) == revoked(other)
-            && claims::claim_of(self) == claims::claim_of(other)
+resolves_by_eq!(
+    input::Thing,
+    input::Channel,
+    input::Connection,
+    input::User,
+    input::Group
+);
+
+/// The text a Policy's status shows is read only when the Policy's current text is invalid
+/// and nothing is remembered for it: a status write alone resolves nothing again.
+impl Resolves for input::Policy {
+    fn resolves_same(&self, other: &Self) -> bool {
+        self.meta == other.meta && self.cedar == other.cedar
     }
 }
-
-has_spec!(
-    crds::Channel,
-    crds::Connection,
-    crds::User,
-    crds::Group,
-    crds::Policy
-);
 
 /// The statuses of every Tenant claiming `namespace`: the owner is Ready, the others are
 /// refused with `NamespaceClaimed`.
 fn tenant_statuses(
     namespace: &str,
-    claimants: &[&crds::Tenant],
+    claimants: &[&input::Tenant],
     objects: &Namespace,
     provisioned: &dyn Fn(&str) -> u32,
 ) -> Vec<(ObjectKey, DesiredStatus)> {
@@ -902,15 +874,14 @@ fn tenant_statuses(
     let channels = count(objects.channels.len());
     let owner = claimants
         .first()
-        .and_then(|t| t.metadata.name.clone())
+        .map(|t| t.meta.name.as_str())
         .unwrap_or_default();
     claimants
         .iter()
         .enumerate()
         .map(|(i, t)| {
-            let name = t.metadata.name.clone().unwrap_or_default();
             let status = if i == 0 {
-                let readiness = if t.spec.suspended {
+                let readiness = if t.suspended {
                     Readiness::ready(
                         Reason::Suspended,
                         "the tenant is suspended: every connection and message is refused; set \
@@ -923,20 +894,20 @@ fn tenant_statuses(
                     )
                 };
                 DesiredStatus {
-                    generation: t.metadata.generation,
+                    generation: t.meta.generation,
                     readiness,
                     served: true,
                     facts: Facts::Tenant {
                         namespace: Some(namespace.to_owned()),
                         things,
                         channels,
-                        claims: claims::resolve(&t.spec, objects, provisioned).1,
+                        claims: claims::resolve(t, objects, provisioned).1,
                         device_ca: None,
                     },
                 }
             } else {
                 DesiredStatus {
-                    generation: t.metadata.generation,
+                    generation: t.meta.generation,
                     readiness: Readiness::not_ready(
                         Reason::NamespaceClaimed,
                         format!(
@@ -954,7 +925,7 @@ fn tenant_statuses(
                     },
                 }
             };
-            (ObjectKey::tenant(name), status)
+            (ObjectKey::tenant(&t.meta.name), status)
         })
         .collect()
 }

@@ -1,11 +1,9 @@
-//! What the index is fed: Fleetward resources and Secrets, and the keys that name them.
+//! What the index is fed: the domain inputs and Secrets, and the keys that name them.
 
 use std::collections::BTreeMap;
 use std::fmt;
 
-use fleetward_crds::{Channel, Connection, Group, Policy, Tenant, Thing, User};
-use k8s_openapi::api::core::v1::Secret;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
+use super::input::{Channel, Connection, Group, Policy, Tenant, Thing, User};
 
 /// The kinds the index knows.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -93,30 +91,9 @@ pub struct SecretData {
     pub entries: BTreeMap<String, Vec<u8>>,
 }
 
-impl SecretData {
-    /// The entries of a Kubernetes Secret; `None` when it has no namespace or name.
-    pub fn from_secret(secret: &Secret) -> Option<Self> {
-        let namespace = secret.metadata.namespace.clone()?;
-        let name = secret.metadata.name.clone()?;
-        let mut entries: BTreeMap<String, Vec<u8>> = secret
-            .data
-            .iter()
-            .flatten()
-            .map(|(k, v)| (k.clone(), v.0.clone()))
-            .collect();
-        for (k, v) in secret.string_data.iter().flatten() {
-            entries.insert(k.clone(), v.clone().into_bytes());
-        }
-        Some(Self {
-            namespace,
-            name,
-            entries,
-        })
-    }
-}
-
-/// One object to apply to the index.
-#[derive(Clone, Debug)]
+/// One object to apply to the index: a domain input (the edges convert their resources into
+/// one, see `crate::resource`).
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Object {
     /// A Tenant.
     Tenant(Tenant),
@@ -140,36 +117,19 @@ impl Object {
     /// The object's key; `None` when it lacks a name (or a namespace, for a namespaced kind).
     pub fn key(&self) -> Option<ObjectKey> {
         let (kind, meta) = match self {
-            Object::Tenant(o) => return o.metadata.name.clone().map(ObjectKey::tenant),
-            Object::Secret(s) => {
-                return Some(ObjectKey::namespaced(
-                    Kind::Secret,
-                    s.namespace.clone(),
-                    s.name.clone(),
-                ));
+            Object::Tenant(o) => {
+                return (!o.meta.name.is_empty()).then(|| ObjectKey::tenant(&o.meta.name));
             }
-            Object::Thing(o) => (Kind::Thing, &o.metadata),
-            Object::Channel(o) => (Kind::Channel, &o.metadata),
-            Object::Connection(o) => (Kind::Connection, &o.metadata),
-            Object::User(o) => (Kind::User, &o.metadata),
-            Object::Group(o) => (Kind::Group, &o.metadata),
-            Object::Policy(o) => (Kind::Policy, &o.metadata),
+            Object::Secret(s) => (Kind::Secret, (&s.namespace, &s.name)),
+            Object::Thing(o) => (Kind::Thing, (&o.meta.namespace, &o.meta.name)),
+            Object::Channel(o) => (Kind::Channel, (&o.meta.namespace, &o.meta.name)),
+            Object::Connection(o) => (Kind::Connection, (&o.meta.namespace, &o.meta.name)),
+            Object::User(o) => (Kind::User, (&o.meta.namespace, &o.meta.name)),
+            Object::Group(o) => (Kind::Group, (&o.meta.namespace, &o.meta.name)),
+            Object::Policy(o) => (Kind::Policy, (&o.meta.namespace, &o.meta.name)),
         };
-        Some(ObjectKey::namespaced(
-            kind,
-            meta.namespace.clone()?,
-            meta.name.clone()?,
-        ))
+        let (namespace, name) = meta;
+        (!namespace.is_empty() && !name.is_empty())
+            .then(|| ObjectKey::namespaced(kind, namespace.clone(), name.clone()))
     }
-}
-
-/// The order in which objects count against a limit: oldest first, then by name, so the
-/// objects already served keep being served when a new one goes over the limit.
-pub(crate) fn age_order(meta: &ObjectMeta) -> (bool, Option<&Time>, &str) {
-    let created = meta.creation_timestamp.as_ref();
-    (
-        created.is_none(),
-        created,
-        meta.name.as_deref().unwrap_or_default(),
-    )
 }

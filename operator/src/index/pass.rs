@@ -133,10 +133,10 @@ impl Index {
             }
             Kind::Channel => {
                 let old = match &old {
-                    Some(Object::Channel(c)) => Some(&c.metadata),
+                    Some(Object::Channel(c)) => Some(&c.meta),
                     _ => None,
                 };
-                let new = ns.channels.get(name).map(|c| &c.metadata);
+                let new = ns.channels.get(name).map(|c| &c.meta);
                 state.map(|s| s.channel(refs, name, old, new)).is_some()
             }
             Kind::Connection => {
@@ -219,32 +219,32 @@ impl Index {
         };
         for name in &dirty.channels {
             if let Some(o) = objects.channels.get(name) {
-                refuse(key(Kind::Channel, name), o.metadata.generation);
+                refuse(key(Kind::Channel, name), o.meta.generation);
             }
         }
         for name in &dirty.things {
             if let Some(o) = objects.things.get(name) {
-                refuse(key(Kind::Thing, name), o.metadata.generation);
+                refuse(key(Kind::Thing, name), o.meta.generation);
             }
         }
         for name in &dirty.users {
             if let Some(o) = objects.users.get(name) {
-                refuse(key(Kind::User, name), o.metadata.generation);
+                refuse(key(Kind::User, name), o.meta.generation);
             }
         }
         for name in &dirty.groups {
             if let Some(o) = objects.groups.get(name) {
-                refuse(key(Kind::Group, name), o.metadata.generation);
+                refuse(key(Kind::Group, name), o.meta.generation);
             }
         }
         for name in &dirty.connections {
             if let Some(o) = objects.connections.get(name) {
-                refuse(key(Kind::Connection, name), o.metadata.generation);
+                refuse(key(Kind::Connection, name), o.meta.generation);
             }
         }
         if dirty.policies {
             for (name, o) in &objects.policies {
-                refuse(key(Kind::Policy, name), o.metadata.generation);
+                refuse(key(Kind::Policy, name), o.meta.generation);
             }
         }
     }
@@ -288,7 +288,7 @@ impl Index {
         let claimants = self.claimants(namespace);
         let provisioning = claimants
             .first()
-            .map(|t| claims::resolve(&t.spec, objects, &provisioned).0);
+            .map(|t| claims::resolve(t, objects, &provisioned).0);
         let mut statuses = super::tenant_statuses(namespace, &claimants, objects, &provisioned);
         if let Some((_, status)) = statuses.first_mut()
             && let Facts::Tenant { device_ca: d, .. } = &mut status.facts
@@ -329,7 +329,7 @@ impl Pass<'_> {
         let (cx, objects, state) = (self.cx, self.objects, self.state);
         for name in std::mem::take(&mut d.channels) {
             let resolved = objects.channels.get(&name).map(|ch| {
-                let within = state.channels.is_within(&age_key(&ch.metadata));
+                let within = state.channels.is_within(&age_key(&ch.meta));
                 resolve::channel(cx, &name, ch, within)
             });
             if self.serve(&name, resolved) {
@@ -338,7 +338,7 @@ impl Pass<'_> {
         }
         for name in std::mem::take(&mut d.things) {
             let resolved = objects.things.get(&name).map(|t| {
-                let within = state.things.is_within(&age_key(&t.metadata));
+                let within = state.things.is_within(&age_key(&t.meta));
                 resolve::thing(cx, objects, &name, t, within, self.served)
             });
             if self.serve(&name, resolved) {

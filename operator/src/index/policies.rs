@@ -3,9 +3,9 @@
 
 use std::collections::HashMap;
 
-use fleetward_crds as crds;
 use fleetward_policy as policy;
 
+use super::input;
 use super::object::{Kind, ObjectKey};
 use super::readiness::{DesiredStatus, Facts, Readiness, Reason};
 use super::resolve::{Namespace, Resolution};
@@ -34,13 +34,13 @@ impl EnforcedPolicies {
 
     /// The last valid text of `policy`: remembered for the same object (uid), or shown in its
     /// status and still valid.
-    fn last_valid(&self, namespace: &str, name: &str, policy: &crds::Policy) -> Option<Enforced> {
-        let uid = policy.metadata.uid.clone().unwrap_or_default();
+    fn last_valid(&self, namespace: &str, name: &str, policy: &input::Policy) -> Option<Enforced> {
+        let uid = policy.meta.uid.clone();
         let slot = (namespace.to_owned(), name.to_owned());
         if let Some(e) = self.by_policy.get(&slot).filter(|e| e.uid == uid) {
             return Some(e.clone());
         }
-        let shown = policy.status.as_ref()?.enforced.as_ref()?;
+        let shown = policy.shown_enforced.as_ref()?;
         fleetward_cedar::validate_policies(&format!("Policy/{name}"), &shown.cedar).ok()?;
         Some(Enforced {
             uid,
@@ -65,10 +65,9 @@ pub(super) fn resolve(
     out: &mut Resolution,
 ) {
     for (name, object) in &objects.policies {
-        let generation = object.metadata.generation;
-        let uid = object.metadata.uid.clone().unwrap_or_default();
-        let checked =
-            fleetward_cedar::validate_policies(&format!("Policy/{name}"), &object.spec.cedar);
+        let generation = object.meta.generation;
+        let uid = object.meta.uid.clone();
+        let checked = fleetward_cedar::validate_policies(&format!("Policy/{name}"), &object.cedar);
         let errors: Vec<(u32, u32, String)> = match &checked {
             Ok(_) => Vec::new(),
             Err(errors) => errors
@@ -84,7 +83,7 @@ pub(super) fn resolve(
                 let e = Enforced {
                     uid,
                     generation,
-                    text: object.spec.cedar.clone(),
+                    text: object.cedar.clone(),
                 };
                 enforced.remember(namespace, name, e.clone());
                 Some(e)

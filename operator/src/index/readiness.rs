@@ -151,7 +151,7 @@ pub enum Facts {
         /// Channels in the namespace.
         channels: u32,
         /// What each provisioning claim has made.
-        claims: Vec<fleetward_crds::ClaimStatus>,
+        claims: Vec<ClaimFacts>,
         /// The `DeviceCA` condition, when the tenant declares `spec.deviceCA`.
         device_ca: Option<Readiness>,
     },
@@ -175,6 +175,17 @@ pub enum Facts {
         /// The generation and text enforced: the current one when valid, else the last valid.
         enforced: Option<(Option<i64>, String)>,
     },
+}
+
+/// What one provisioning claim of a Tenant has made (`Tenant.status.provisioning`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ClaimFacts {
+    /// The claim's name.
+    pub name: String,
+    /// Things that carry its label.
+    pub provisioned: u32,
+    /// Why devices may not use it now, when they may not.
+    pub message: Option<String>,
 }
 
 /// What the index knows of a Thing's certificate.

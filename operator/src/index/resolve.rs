@@ -2,13 +2,13 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
-use fleetward_crds as crds;
 use fleetward_policy as policy;
 use policy::{KeyDigest, SubtopicPattern};
 
 use super::device_ca::{self, Issuers, tenant_device_ca, thing_certificate};
 use super::incremental::Refs;
-use super::object::{Kind, ObjectKey, SecretData, age_order};
+use super::input::{self, IssuerRef, Meta};
+use super::object::{Kind, ObjectKey, SecretData};
 use super::policies::EnforcedPolicies;
 use super::readiness::{DesiredStatus, Facts, Readiness, Reason, X509Facts};
 
@@ -19,12 +19,12 @@ pub const MIN_KEY_LEN: usize = 32;
 /// Every object of one namespace, as last applied.
 #[derive(Debug, Default)]
 pub(crate) struct Namespace {
-    pub things: BTreeMap<String, crds::Thing>,
-    pub channels: BTreeMap<String, crds::Channel>,
-    pub connections: BTreeMap<String, crds::Connection>,
-    pub users: BTreeMap<String, crds::User>,
-    pub groups: BTreeMap<String, crds::Group>,
-    pub policies: BTreeMap<String, crds::Policy>,
+    pub things: BTreeMap<String, input::Thing>,
+    pub channels: BTreeMap<String, input::Channel>,
+    pub connections: BTreeMap<String, input::Connection>,
+    pub users: BTreeMap<String, input::User>,
+    pub groups: BTreeMap<String, input::Group>,
+    pub policies: BTreeMap<String, input::Policy>,
     pub secrets: BTreeMap<String, SecretData>,
     /// References between them, by name.
     pub refs: Refs,
@@ -85,20 +85,10 @@ impl PasswordHashes {
     }
 }
 
-/// The Tenant that owns a namespace, as resolving it needs.
-pub(crate) struct Owner<'a> {
-    pub name: &'a str,
-    /// Its `metadata.uid`; empty if absent.
-    pub uid: &'a str,
-    pub spec: &'a crds::TenantSpec,
-}
-
 /// A Tenant's browser settings. An origin no browser would send (the CRD schema refuses it
 /// in a cluster; a manifest directory has no schema) is left out with a warning.
-fn web_of(tenant: &str, web: Option<&crds::TenantWeb>) -> policy::TenantWeb {
-    let allowed_origins = web
-        .map(|w| w.allowed_origins.as_slice())
-        .unwrap_or_default()
+fn web_of(tenant: &str, origins: &[String]) -> policy::TenantWeb {
+    let allowed_origins = origins
         .iter()
         .filter_map(|o| match policy::parse_origin(o) {
             Ok(origin) => Some(origin),
@@ -122,7 +112,7 @@ pub(crate) struct Context {
     /// Whether the Tenant has a usable device CA.
     ca: bool,
     /// The cert-manager issuer things with `x509.issue` get certificates from.
-    issuer: Option<crds::IssuerRef>,
+    issuer: Option<IssuerRef>,
     /// Whether cert-manager's CRDs are installed (as far as the operator knows).
     cert_manager: bool,
 }
@@ -160,7 +150,7 @@ impl ServedNames for AllServed<'_> {
 /// resolves one object at a time with the same functions; this is its oracle.
 pub(crate) fn resolve(
     namespace: &str,
-    owner: Option<Owner<'_>>,
+    owner: Option<&input::Tenant>,
     objects: &Namespace,
     passwords: &mut PasswordHashes,
     enforced: &mut EnforcedPolicies,
@@ -170,11 +160,11 @@ pub(crate) fn resolve(
     let Some(owner) = owner else {
         return unowned(namespace, objects);
     };
-    let spec = owner.spec;
+    let engine = owner.engine;
     let (cx, mut out) = owned(namespace, owner, objects, issuers, cert_manager);
     let mut served = AllServed::default();
     let status_key = |kind: Kind, name: &str| ObjectKey::namespaced(kind, namespace, name);
-    for (name, ch, within) in within_limit(&objects.channels, cx.max_channels) {
+    for (name, ch, within) in within_limit(&objects.channels, cx.max_channels, |c| &c.meta) {
         let (record, status) = channel(&cx, name, ch, within);
         if let Some(r) = record {
             served.channels.insert(name);
@@ -182,7 +172,7 @@ pub(crate) fn resolve(
         }
         out.statuses.push((status_key(Kind::Channel, name), status));
     }
-    for (name, t, within) in within_limit(&objects.things, cx.max_things) {
+    for (name, t, within) in within_limit(&objects.things, cx.max_things, |t| &t.meta) {
         let (record, status) = thing(&cx, objects, name, t, within, &served);
         if let Some(r) = record {
             served.things.insert(name);
@@ -212,7 +202,6 @@ pub(crate) fn resolve(
         out.statuses
             .push((status_key(Kind::Connection, name), status));
     }
-    let engine = engine_of(spec);
     super::policies::resolve(namespace, &cx.tenant, objects, engine, enforced, &mut out);
     out.context = Some(cx);
     out
@@ -222,38 +211,31 @@ pub(crate) fn resolve(
 /// record and its `DeviceCA` condition.
 pub(crate) fn owned(
     namespace: &str,
-    owner: Owner<'_>,
+    owner: &input::Tenant,
     objects: &Namespace,
     issuers: &Issuers,
     cert_manager: bool,
 ) -> (Context, Resolution) {
-    let Owner {
-        name: tenant,
-        uid,
-        spec,
-    } = owner;
-    let limits = spec.limits.clone().unwrap_or_default();
+    let tenant = owner.meta.name.as_str();
+    let limits = &owner.limits;
     // The claims' statuses are the Tenant's (`tenant_statuses`).
-    let (provisioning, _) = super::claims::resolve(spec, objects, &|claim| {
+    let (provisioning, _) = super::claims::resolve(owner, objects, &|claim| {
         super::claims::count_provisioned(objects, claim)
     });
-    let (device_ca, device_ca_condition) = match tenant_device_ca(
-        namespace,
-        spec.device_ca.as_ref(),
-        &objects.secrets,
-        issuers,
-    ) {
-        Some((ca, condition)) => (ca, Some(condition)),
-        None => (None, None),
-    };
+    let device_ca_source = owner.device_ca.as_ref();
+    let (device_ca, device_ca_condition) =
+        match tenant_device_ca(namespace, device_ca_source, &objects.secrets, issuers) {
+            Some((ca, condition)) => (ca, Some(condition)),
+            None => (None, None),
+        };
     let cx = Context {
         namespace: namespace.to_owned(),
         tenant: tenant.to_owned(),
         max_channels: limits.max_channels,
         max_things: limits.max_things,
-        engine: engine_of(spec),
+        engine: owner.engine,
         ca: device_ca.is_some(),
-        issuer: spec.device_ca.as_ref().and_then(|d| d.issuer_ref.clone()),
+        issuer: device_ca_source.and_then(|d| d.issuer.clone()),
         cert_manager,
     };
     let out = Resolution {
@@ -261,34 +243,16 @@ pub(crate) fn owned(
         tenant: Some(policy::Tenant {
             provisioning,
             device_ca,
-            engine: engine_of(spec),
+            engine: owner.engine,
             name: tenant.to_owned(),
-            uid: uid.to_owned(),
-            suspended: spec.suspended,
-            limits: policy::TenantLimits {
-                max_things: limits.max_things,
-                max_channels: limits.max_channels,
-                max_connections: limits.max_connections,
-                max_message_size: limits.max_message_size,
-                publish_rate: limits.publish_rate,
-                publish_burst: limits.publish_burst,
-                max_retained_messages: limits.max_retained_messages,
-                max_retained_bytes: limits.max_retained_bytes,
-                max_history_bytes: limits.max_history_bytes,
-            },
-            web: web_of(tenant, spec.web.as_ref()),
+            uid: owner.meta.uid.clone(),
+            suspended: owner.suspended,
+            limits: limits.clone(),
+            web: web_of(tenant, &owner.allowed_origins),
         }),
         ..Resolution::default()
     };
     (cx, out)
-}
-
-/// The engine a Tenant's spec asks for.
-fn engine_of(spec: &crds::TenantSpec) -> policy::Engine {
-    match spec.authorization.as_ref().map(|a| a.engine) {
-        None | Some(crds::AuthorizationEngine::Builtin) => policy::Engine::Builtin,
-        Some(crds::AuthorizationEngine::Cedar) => policy::Engine::Cedar,
-    }
 }
 
 /// The status of an object in a namespace no Tenant owns: refused with `NoTenant`.
@@ -315,33 +279,34 @@ fn unowned(namespace: &str, objects: &Namespace) -> Resolution {
         ));
     };
     for (name, o) in &objects.things {
-        refuse(Kind::Thing, name, o.metadata.generation);
+        refuse(Kind::Thing, name, o.meta.generation);
     }
     for (name, o) in &objects.channels {
-        refuse(Kind::Channel, name, o.metadata.generation);
+        refuse(Kind::Channel, name, o.meta.generation);
     }
     for (name, o) in &objects.connections {
-        refuse(Kind::Connection, name, o.metadata.generation);
+        refuse(Kind::Connection, name, o.meta.generation);
     }
     for (name, o) in &objects.users {
-        refuse(Kind::User, name, o.metadata.generation);
+        refuse(Kind::User, name, o.meta.generation);
     }
     for (name, o) in &objects.groups {
-        refuse(Kind::Group, name, o.metadata.generation);
+        refuse(Kind::Group, name, o.meta.generation);
     }
     for (name, o) in &objects.policies {
-        refuse(Kind::Policy, name, o.metadata.generation);
+        refuse(Kind::Policy, name, o.meta.generation);
     }
     out
 }
 
 /// The objects of a kind in limit order, each marked whether it is within the limit.
-fn within_limit<T: kube::Resource>(
+fn within_limit<T>(
     objects: &BTreeMap<String, T>,
     limit: Option<u32>,
+    meta: impl Fn(&T) -> &Meta,
 ) -> Vec<(&String, &T, bool)> {
     let mut ordered: Vec<(&String, &T)> = objects.iter().collect();
-    ordered.sort_by(|a, b| age_order(a.1.meta()).cmp(&age_order(b.1.meta())));
+    ordered.sort_by(|a, b| meta(a.1).age_order().cmp(&meta(b.1).age_order()));
     let limit = limit.map_or(usize::MAX, |l| l as usize);
     ordered
         .into_iter()
@@ -380,23 +345,23 @@ fn limit_exceeded(cx: &Context, kind: &str, limit: Option<u32>) -> Readiness {
 pub(crate) fn channel(
     cx: &Context,
     name: &str,
-    ch: &crds::Channel,
+    ch: &input::Channel,
     within: bool,
 ) -> Resolved<policy::Channel> {
-    let generation = ch.metadata.generation;
+    let generation = ch.meta.generation;
     if !within {
         return refused(generation, limit_exceeded(cx, "channel", cx.max_channels));
     }
-    let max_qos = match policy::Qos::try_from(ch.spec.max_qos) {
+    let max_qos = match policy::Qos::try_from(ch.max_qos) {
         Ok(q) => q,
         Err(e) => {
             let r = Readiness::not_ready(Reason::InvalidSpec, format!("spec.maxQos: {e}"));
             return refused(generation, r);
         }
     };
-    let history_retention_secs = match &ch.spec.history {
+    let history_retention_secs = match &ch.history {
         None => None,
-        Some(h) => match h.retention_secs() {
+        Some(h) => match h.secs {
             Some(secs) => Some(secs),
             None => {
                 let r = Readiness::not_ready(
@@ -404,7 +369,7 @@ pub(crate) fn channel(
                     format!(
                         "spec.history.retention: {:?} is not a retention; write a whole number \
                          and a unit, s, m, h or d (7d, 12h), from 1m to 3650d",
-                        h.retention
+                        h.text
                     ),
                 );
                 return refused(generation, r);
@@ -414,11 +379,11 @@ pub(crate) fn channel(
     let record = policy::Channel {
         tenant: cx.tenant.clone(),
         name: name.to_owned(),
-        uid: ch.metadata.uid.clone().unwrap_or_default(),
+        uid: ch.meta.uid.clone(),
         max_qos,
-        retained_allowed: ch.spec.retained,
-        max_message_size: ch.spec.max_message_size,
-        delivery_metadata: ch.spec.delivery_metadata,
+        retained_allowed: ch.retained,
+        max_message_size: ch.max_message_size,
+        delivery_metadata: ch.delivery_metadata,
         history_retention_secs,
     };
     let r = Readiness::ready(Reason::Accepted, "the channel is served");
@@ -430,17 +395,16 @@ pub(crate) fn thing(
     cx: &Context,
     objects: &Namespace,
     name: &str,
-    thing: &crds::Thing,
+    thing: &input::Thing,
     within: bool,
     served: &dyn ServedNames,
 ) -> Resolved<policy::Thing> {
-    let generation = thing.metadata.generation;
-    let credentials = thing.spec.credentials.clone().unwrap_or_default();
-    let mode = device_ca::policy_mode(credentials.effective_mode());
-    let secret_name = thing.secret_name();
+    let generation = thing.meta.generation;
+    let mode = thing.mode;
+    let secret_name = &thing.secret_name;
     // A certificate-only thing has no key: none is pushed, required or generated.
     let keys = if mode.allows_key() {
-        thing_keys(objects.secrets.get(&secret_name))
+        thing_keys(objects.secrets.get(secret_name))
     } else {
         Ok(ThingKeys::none())
     };
@@ -451,12 +415,10 @@ pub(crate) fn thing(
         mode,
         x509: x509_facts(cx, objects, name, thing),
     };
-    let listed = thing.status.as_ref().map(|s| s.revoked_serials.as_slice());
-    let x509 = device_ca::thing_x509(credentials.x509.as_ref(), listed.unwrap_or_default());
+    let x509 = device_ca::thing_x509(thing.x509.as_ref(), &thing.status_revoked_serials);
     let refusal = if !within {
         Some(limit_exceeded(cx, "thing", cx.max_things))
     } else if let Some(mp) = thing
-        .spec
         .mountpoint
         .as_deref()
         .filter(|mp| !served.serves(Kind::Channel, mp))
@@ -483,15 +445,15 @@ pub(crate) fn thing(
     let record = policy::Thing {
         x509: x509.unwrap_or_default(),
         credential_mode: mode,
-        attributes: thing.spec.attributes.clone(),
+        attributes: thing.attributes.clone(),
         tenant: cx.tenant.clone(),
         name: name.to_owned(),
         key_digests: digests,
-        disabled: thing.spec.disabled,
-        mountpoint: thing.spec.mountpoint.clone(),
-        max_connections: thing.spec.max_connections,
+        disabled: thing.disabled,
+        mountpoint: thing.mountpoint.clone(),
+        max_connections: thing.max_connections,
     };
-    let r = device_ca::accepted(mode, &cx.tenant, cx.ca, thing.spec.disabled);
+    let r = device_ca::accepted(mode, &cx.tenant, cx.ca, thing.disabled);
     (Some(record), status(generation, r, facts))
 }
 
@@ -500,10 +462,10 @@ fn x509_facts(
     cx: &Context,
     objects: &Namespace,
     name: &str,
-    thing: &crds::Thing,
+    thing: &input::Thing,
 ) -> Option<Box<X509Facts>> {
-    thing.spec.credentials.as_ref()?.x509.as_ref()?;
-    let certificate = thing_certificate(objects.secrets.get(&thing.tls_secret_name()));
+    thing.x509.as_ref()?;
+    let certificate = thing_certificate(objects.secrets.get(&thing.tls_secret_name));
     let issue = device_ca::certificate_request(&cx.tenant, thing, cx.issuer.as_ref());
     let condition = device_ca::certificate_condition(
         &cx.namespace,
@@ -525,10 +487,10 @@ pub(crate) fn user(
     objects: &Namespace,
     passwords: &mut PasswordHashes,
     name: &str,
-    user: &crds::User,
+    user: &input::User,
 ) -> Resolved<policy::User> {
-    let generation = user.metadata.generation;
-    let password_hash = match &user.spec.password_secret_ref {
+    let generation = user.meta.generation;
+    let password_hash = match &user.password {
         None => None,
         Some(r) => match objects
             .secrets
@@ -562,14 +524,10 @@ pub(crate) fn user(
     let record = policy::User {
         tenant: cx.tenant.clone(),
         name: name.to_owned(),
-        role: match user.spec.role {
-            crds::Role::Admin => policy::Role::Admin,
-            crds::Role::Member => policy::Role::Member,
-            crds::Role::Viewer => policy::Role::Viewer,
-        },
+        role: user.role,
         password_hash,
-        token_epoch: user.spec.token_epoch,
-        disabled: user.spec.disabled,
+        token_epoch: user.token_epoch,
+        disabled: user.disabled,
     };
     let r = Readiness::ready(Reason::Accepted, msg);
     (Some(record), status(generation, r, Facts::None))
@@ -579,29 +537,17 @@ pub(crate) fn user(
 pub(crate) fn group(
     cx: &Context,
     name: &str,
-    group: &crds::Group,
+    group: &input::Group,
     served: &dyn ServedNames,
 ) -> Resolved<policy::Group> {
     let mut members = Vec::new();
     let mut missing = Vec::new();
-    for m in &group.spec.members {
-        let (kind, present) = match m.kind {
-            crds::MemberKind::Thing => (
-                policy::SubjectKind::Thing,
-                served.serves(Kind::Thing, &m.name),
-            ),
-            crds::MemberKind::User => (
-                policy::SubjectKind::User,
-                served.serves(Kind::User, &m.name),
-            ),
-        };
-        if present {
-            members.push(policy::Member {
-                kind,
-                name: m.name.clone(),
-            });
+    for m in &group.members {
+        let kind = member_kind(m.kind);
+        if served.serves(kind, &m.name) {
+            members.push(m.clone());
         } else {
-            missing.push(format!("{} {}", kind_label(m.kind), m.name));
+            missing.push(format!("{} {}", kind.as_str(), m.name));
         }
     }
     let readiness = if missing.is_empty() {
@@ -623,7 +569,7 @@ pub(crate) fn group(
         members,
     };
     let status = DesiredStatus {
-        generation: group.metadata.generation,
+        generation: group.meta.generation,
         readiness,
         served: true,
         facts: Facts::None,
@@ -636,11 +582,11 @@ pub(crate) fn connection(
     cx: &Context,
     objects: &Namespace,
     name: &str,
-    conn: &crds::Connection,
+    conn: &input::Connection,
     served: &dyn ServedNames,
 ) -> Resolved<policy::Grant> {
-    let generation = conn.metadata.generation;
-    match grant(cx, objects, name, &conn.spec, served) {
+    let generation = conn.meta.generation;
+    match grant(cx, objects, name, conn, served) {
         Ok(grant) => {
             let r = Readiness::ready(Reason::Accepted, "the grant is served");
             (Some(grant), status(generation, r, Facts::None))
@@ -653,13 +599,13 @@ fn grant(
     cx: &Context,
     objects: &Namespace,
     name: &str,
-    spec: &crds::ConnectionSpec,
+    spec: &input::Connection,
     served: &dyn ServedNames,
 ) -> Result<policy::Grant, Readiness> {
-    let subject = grant_subject(cx, objects, &spec.subject, served)?;
+    grant_subject(cx, objects, &spec.subject, served)?;
     grant_channel(cx, objects, &spec.channel, served)?;
-    let (allow, deny) = subtopic_patterns(&spec.subtopics.clone().unwrap_or_default())?;
-    if spec.actions.is_empty() {
+    let (allow, deny) = subtopic_patterns(&spec.allow, &spec.deny)?;
+    if !spec.actions.publish && !spec.actions.subscribe {
         return Err(Readiness::not_ready(
             Reason::InvalidSpec,
             "spec.actions is empty: list publish, subscribe or both",
@@ -668,44 +614,29 @@ fn grant(
     Ok(policy::Grant {
         tenant: cx.tenant.clone(),
         name: name.to_owned(),
-        subject,
+        subject: spec.subject.clone(),
         channel: spec.channel.clone(),
-        actions: policy::Actions {
-            publish: spec.actions.contains(&crds::Action::Publish),
-            subscribe: spec.actions.contains(&crds::Action::Subscribe),
-        },
+        actions: spec.actions,
         allow,
         deny,
     })
 }
 
-/// A grant's subject, when it exists and is served.
+/// Whether a grant's subject exists and is served.
 fn grant_subject(
     cx: &Context,
     objects: &Namespace,
-    subject: &crds::Subject,
+    subject: &policy::GrantSubject,
     served: &dyn ServedNames,
-) -> Result<policy::GrantSubject, Readiness> {
+) -> Result<(), Readiness> {
     let ns = &cx.namespace;
-    let subject_name = subject.name.as_str();
-    let (kind, exists, granted) = match subject.kind {
-        crds::SubjectKind::Thing => (
-            Kind::Thing,
-            objects.things.contains_key(subject_name),
-            policy::GrantSubject::Thing(subject_name.to_owned()),
-        ),
-        crds::SubjectKind::User => (
-            Kind::User,
-            objects.users.contains_key(subject_name),
-            policy::GrantSubject::User(subject_name.to_owned()),
-        ),
-        crds::SubjectKind::Group => (
-            Kind::Group,
-            objects.groups.contains_key(subject_name),
-            policy::GrantSubject::Group(subject_name.to_owned()),
-        ),
+    let (kind, subject_name) = subject_of(subject);
+    let exists = match kind {
+        Kind::Thing => objects.things.contains_key(subject_name),
+        Kind::User => objects.users.contains_key(subject_name),
+        _ => objects.groups.contains_key(subject_name),
     };
-    let subject_label = format!("{:?} {ns}/{subject_name}", subject.kind);
+    let subject_label = format!("{} {ns}/{subject_name}", kind.as_str());
     if !exists {
         return Err(Readiness::not_ready(
             Reason::SubjectNotFound,
@@ -718,7 +649,24 @@ fn grant_subject(
             format!("{subject_label} exists but is not Ready; see its status"),
         ));
     }
-    Ok(granted)
+    Ok(())
+}
+
+/// The kind and name of a grant's subject.
+pub(crate) fn subject_of(subject: &policy::GrantSubject) -> (Kind, &str) {
+    match subject {
+        policy::GrantSubject::Thing(name) => (Kind::Thing, name),
+        policy::GrantSubject::User(name) => (Kind::User, name),
+        policy::GrantSubject::Group(name) => (Kind::Group, name),
+    }
+}
+
+/// The kind of a group member.
+pub(crate) fn member_kind(kind: policy::SubjectKind) -> Kind {
+    match kind {
+        policy::SubjectKind::Thing => Kind::Thing,
+        policy::SubjectKind::User => Kind::User,
+    }
 }
 
 /// Whether a grant's channel exists and is served.
@@ -746,7 +694,8 @@ fn grant_channel(
 
 /// A grant's allowed and denied subtopic patterns, parsed.
 fn subtopic_patterns(
-    subtopics: &crds::Subtopics,
+    allow: &[String],
+    deny: &[String],
 ) -> Result<(Vec<SubtopicPattern>, Vec<SubtopicPattern>), Readiness> {
     let parse = |field: &str, list: &[String]| {
         list.iter()
@@ -760,17 +709,7 @@ fn subtopic_patterns(
             })
             .collect::<Result<Vec<_>, _>>()
     };
-    Ok((
-        parse("allow", &subtopics.allow)?,
-        parse("deny", &subtopics.deny)?,
-    ))
-}
-
-fn kind_label(kind: crds::MemberKind) -> &'static str {
-    match kind {
-        crds::MemberKind::Thing => "Thing",
-        crds::MemberKind::User => "User",
-    }
+    Ok((parse("allow", allow)?, parse("deny", deny)?))
 }
 
 /// The usable keys of a thing's Secret.

@@ -8,6 +8,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 
 use super::*;
 use crate::manifest::{self, Document};
+use crate::resource::Resource;
 
 const KEY_A: &str = "Zm9vYmFyYmF6cXV4LXRoaXMtaXMtYS10ZXN0LWtleS0x";
 const KEY_B: &str = "Zm9vYmFyYmF6cXV4LXRoaXMtaXMtYS10ZXN0LWtleS0y";
@@ -28,10 +29,10 @@ fn created(mut m: ObjectMeta, secs: i64) -> ObjectMeta {
     m
 }
 
-fn mk_tenant(name: &str, spec: crds::TenantSpec) -> Object {
+fn mk_tenant(name: &str, spec: crds::TenantSpec) -> Resource {
     let mut t = crds::Tenant::new(name, spec);
     t.metadata = meta("", name);
-    Object::Tenant(t)
+    Resource::Tenant(t)
 }
 
 fn tenant_spec() -> crds::TenantSpec {
@@ -53,13 +54,13 @@ fn mk_thing(ns: &str, name: &str) -> crds::Thing {
     t
 }
 
-fn mk_channel(ns: &str, name: &str) -> Object {
+fn mk_channel(ns: &str, name: &str) -> Resource {
     let mut c = crds::Channel::new(name, crds::ChannelSpec::default());
     c.metadata = meta(ns, name);
-    Object::Channel(c)
+    Resource::Channel(c)
 }
 
-fn mk_connection(ns: &str, name: &str, thing: &str, channel: &str) -> Object {
+fn mk_connection(ns: &str, name: &str, thing: &str, channel: &str) -> Resource {
     let mut c = crds::Connection::new(
         name,
         crds::ConnectionSpec {
@@ -73,11 +74,11 @@ fn mk_connection(ns: &str, name: &str, thing: &str, channel: &str) -> Object {
         },
     );
     c.metadata = meta(ns, name);
-    Object::Connection(c)
+    Resource::Connection(c)
 }
 
-fn mk_secret(ns: &str, name: &str, entries: &[(&str, &str)]) -> Object {
-    Object::Secret(SecretData {
+fn mk_secret(ns: &str, name: &str, entries: &[(&str, &str)]) -> Resource {
+    Resource::Secret(SecretData {
         namespace: ns.into(),
         name: name.into(),
         entries: entries
@@ -91,7 +92,7 @@ fn mk_secret(ns: &str, name: &str, entries: &[(&str, &str)]) -> Object {
 fn mk_acme(index: &mut Index) {
     index.apply(mk_tenant("acme", tenant_spec()));
     index.apply(mk_secret("acme", "sensor-1-credentials", &[("key", KEY_A)]));
-    index.apply(Object::Thing(mk_thing("acme", "sensor-1")));
+    index.apply(Resource::Thing(mk_thing("acme", "sensor-1")));
     index.apply(mk_channel("acme", "telemetry"));
     index.apply(mk_connection("acme", "grant", "sensor-1", "telemetry"));
 }
@@ -164,7 +165,7 @@ fn nothing_changed_commits_nothing_and_status_only_updates_are_ignored() {
         ..Default::default()
     });
     thing.metadata.resource_version = Some("42".into());
-    index.apply(Object::Thing(thing));
+    index.apply(Resource::Thing(thing));
     assert_eq!(index.commit(), None, "a status-only update must not commit");
 }
 
@@ -179,7 +180,7 @@ fn one_changed_resource_gives_a_one_resource_delta() {
     let mut thing = mk_thing("acme", "sensor-1");
     thing.spec.disabled = true;
     thing.metadata.generation = Some(2);
-    index.apply(Object::Thing(thing));
+    index.apply(Resource::Thing(thing));
     let commit = index.commit().expect("changed");
     let delta = commit.delta.expect("policy changed");
     assert_eq!(delta.len(), 1, "{delta:?}");
@@ -232,7 +233,7 @@ fn a_connection_to_a_missing_channel_becomes_ready_when_it_appears() {
     let mut index = Index::new();
     index.apply(mk_tenant("acme", tenant_spec()));
     index.apply(mk_secret("acme", "sensor-1-credentials", &[("key", KEY_A)]));
-    index.apply(Object::Thing(mk_thing("acme", "sensor-1")));
+    index.apply(Resource::Thing(mk_thing("acme", "sensor-1")));
     index.apply(mk_connection("acme", "grant", "sensor-1", "telemetry"));
     index.commit();
     assert_eq!(
@@ -295,7 +296,7 @@ fn deleting_a_thing_removes_it_and_unserves_its_grants() {
 fn a_namespace_without_tenant_is_not_served() {
     let mut index = Index::new();
     index.apply(mk_secret("acme", "sensor-1-credentials", &[("key", KEY_A)]));
-    index.apply(Object::Thing(mk_thing("acme", "sensor-1")));
+    index.apply(Resource::Thing(mk_thing("acme", "sensor-1")));
     index.apply(mk_channel("acme", "telemetry"));
     index.commit();
     assert_eq!(
@@ -334,8 +335,8 @@ fn a_second_tenant_claiming_a_namespace_is_refused_until_the_first_goes() {
         },
     );
     second.metadata = created(meta("", "acme-2"), 10);
-    index.apply(Object::Tenant(second));
-    index.apply(Object::Tenant(first));
+    index.apply(Resource::Tenant(second));
+    index.apply(Resource::Tenant(first));
     index.apply(mk_channel("acme", "telemetry"));
     index.commit();
     assert_eq!(
@@ -378,7 +379,7 @@ fn things_beyond_the_limit_are_refused_oldest_first_served() {
     for (i, name) in ["zz-old", "aa-new"].into_iter().enumerate() {
         let mut t = mk_thing("acme", name);
         t.metadata = created(meta("acme", name), i as i64);
-        index.apply(Object::Thing(t));
+        index.apply(Resource::Thing(t));
         index.apply(mk_secret(
             "acme",
             &format!("{name}-credentials"),
@@ -636,7 +637,7 @@ fn a_group_with_a_missing_member_serves_the_others() {
         },
     );
     g.metadata = meta("acme", "ops");
-    index.apply(Object::Group(g));
+    index.apply(Resource::Group(g));
     index.commit();
     let key = ObjectKey::namespaced(Kind::Group, "acme", "ops");
     let st = index.status(&key).expect("status");
@@ -684,10 +685,10 @@ fn a_yaml_syntax_error_is_reported_once_and_ends_the_stream() {
 }
 
 /// Sets an object's `metadata.uid`.
-fn with_uid(mut object: Object, uid: &str) -> Object {
+fn with_uid(mut object: Resource, uid: &str) -> Resource {
     let meta = match &mut object {
-        Object::Tenant(t) => &mut t.metadata,
-        Object::Channel(c) => &mut c.metadata,
+        Resource::Tenant(t) => &mut t.metadata,
+        Resource::Channel(c) => &mut c.metadata,
         _ => unreachable!("only tenants and channels here"),
     };
     meta.uid = Some(uid.into());
@@ -764,7 +765,7 @@ fn a_valid_policy_of_a_cedar_tenant_is_served_and_ready() {
     let mut index = Index::new();
     mk_acme(&mut index);
     index.apply(mk_tenant("acme", cedar_spec()));
-    index.apply(Object::Policy(mk_policy("acme", "lab", FORBID_LAB, 1)));
+    index.apply(Resource::Policy(mk_policy("acme", "lab", FORBID_LAB, 1)));
     let commit = index.commit().expect("changed");
     let delta = commit.delta.expect("a delta");
     assert_eq!(delta.policies.upserts.len(), 1);
@@ -791,10 +792,10 @@ fn an_invalid_edit_keeps_the_last_valid_text_and_says_where() {
     let mut index = Index::new();
     mk_acme(&mut index);
     index.apply(mk_tenant("acme", cedar_spec()));
-    index.apply(Object::Policy(mk_policy("acme", "lab", FORBID_LAB, 1)));
+    index.apply(Resource::Policy(mk_policy("acme", "lab", FORBID_LAB, 1)));
     index.commit();
     let broken = "forbid (principal, action, resource)\nwhen { resource.nope };";
-    index.apply(Object::Policy(mk_policy("acme", "lab", broken, 2)));
+    index.apply(Resource::Policy(mk_policy("acme", "lab", broken, 2)));
     index.commit();
     let st = index.status(&policy_key("lab")).expect("a status");
     assert_eq!(
@@ -840,7 +841,7 @@ fn a_restarted_index_takes_the_last_valid_text_back_from_the_status() {
         }),
         ..Default::default()
     });
-    index.apply(Object::Policy(p));
+    index.apply(Resource::Policy(p));
     index.commit();
     assert_eq!(
         index
@@ -861,7 +862,7 @@ fn a_restarted_index_takes_the_last_valid_text_back_from_the_status() {
         }),
         ..Default::default()
     });
-    index.apply(Object::Policy(p));
+    index.apply(Resource::Policy(p));
     index.commit();
     assert!(index.snapshot().policy("acme", "lab").is_none());
     let st = index.status(&policy_key("lab")).expect("a status");
@@ -876,7 +877,7 @@ fn a_restarted_index_takes_the_last_valid_text_back_from_the_status() {
 fn a_policy_of_a_builtin_tenant_decides_nothing_and_says_so() {
     let mut index = Index::new();
     mk_acme(&mut index);
-    index.apply(Object::Policy(mk_policy("acme", "lab", FORBID_LAB, 1)));
+    index.apply(Resource::Policy(mk_policy("acme", "lab", FORBID_LAB, 1)));
     index.commit();
     assert_eq!(
         ready(&index, &policy_key("lab")),
@@ -905,7 +906,7 @@ fn a_channel_keeps_history_for_its_retention_and_a_bad_retention_is_not_served()
             },
         );
         c.metadata = meta("acme", name);
-        Object::Channel(c)
+        Resource::Channel(c)
     };
     index.apply(with("kept", "7d"));
     index.apply(with("broken", "7 weeks"));
@@ -923,4 +924,5 @@ fn a_channel_keeps_history_for_its_retention_and_a_bad_retention_is_not_served()
 }
 
 mod certificates;
+mod footprint;
 mod oracle;

@@ -276,7 +276,7 @@ async fn run_cluster_secret(
     while let Some(event) = stream.next().await {
         match event {
             Ok(Event::Init) => found = None,
-            Ok(Event::InitApply(s)) => found = SecretData::from_secret(&s),
+            Ok(Event::InitApply(s)) => found = crate::resource::secret_data(&s),
             Ok(Event::InitDone) => {
                 let secret = found.take();
                 if secret.is_none() {
@@ -285,7 +285,7 @@ async fn run_cluster_secret(
                 index.update(|idx| idx.set_issuer_secret(&name, secret));
             }
             Ok(Event::Apply(s)) => {
-                let secret = SecretData::from_secret(&s);
+                let secret = crate::resource::secret_data(&s);
                 index.update(|idx| idx.set_issuer_secret(&name, secret));
             }
             Ok(Event::Delete(_)) => index.update(|idx| idx.set_issuer_secret(&name, None)),

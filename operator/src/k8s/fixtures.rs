@@ -11,7 +11,8 @@ use serde_json::{Value, json};
 use tokio::time::Instant;
 
 use super::observed::{Observed, Shown, WATCHED_KINDS};
-use crate::index::{Object, ObjectKey, SecretData};
+use crate::index::{ObjectKey, SecretData};
+use crate::resource::Resource;
 
 /// A key the index accepts (32 bytes of base64url).
 pub(crate) const KEY: &str = "Zm9vYmFyYmF6cXV4LXRoaXMtaXMtYS10ZXN0LWtleS0x";
@@ -130,7 +131,7 @@ fn meta(namespace: &str, name: &str) -> ObjectMeta {
 }
 
 /// Tenant `name`, owning the namespace of the same name.
-pub(crate) fn tenant(name: &str) -> Object {
+pub(crate) fn tenant(name: &str) -> Resource {
     let mut t = crds::Tenant::new(
         name,
         crds::TenantSpec {
@@ -145,19 +146,19 @@ pub(crate) fn tenant(name: &str) -> Object {
         },
     );
     t.metadata = meta("", name);
-    Object::Tenant(t)
+    Resource::Tenant(t)
 }
 
 /// Thing `name` in `namespace`.
-pub(crate) fn thing(namespace: &str, name: &str) -> Object {
+pub(crate) fn thing(namespace: &str, name: &str) -> Resource {
     let mut t = crds::Thing::new(name, crds::ThingSpec::default());
     t.metadata = meta(namespace, name);
-    Object::Thing(t)
+    Resource::Thing(t)
 }
 
 /// The Secret holding Thing `thing`'s key, under the name the operator gives it.
-pub(crate) fn thing_secret(namespace: &str, thing: &str) -> Object {
-    Object::Secret(SecretData {
+pub(crate) fn thing_secret(namespace: &str, thing: &str) -> Resource {
+    Resource::Secret(SecretData {
         namespace: namespace.into(),
         name: format!("{thing}-credentials"),
         entries: BTreeMap::from([("key".to_owned(), KEY.as_bytes().to_vec())]),
@@ -165,14 +166,14 @@ pub(crate) fn thing_secret(namespace: &str, thing: &str) -> Object {
 }
 
 /// Channel `name` in `namespace`.
-pub(crate) fn channel(namespace: &str, name: &str) -> Object {
+pub(crate) fn channel(namespace: &str, name: &str) -> Resource {
     let mut c = crds::Channel::new(name, crds::ChannelSpec::default());
     c.metadata = meta(namespace, name);
-    Object::Channel(c)
+    Resource::Channel(c)
 }
 
 /// Connection `name` granting Thing `thing` publish and subscribe on `channel`.
-pub(crate) fn connection(namespace: &str, name: &str, thing: &str, channel: &str) -> Object {
+pub(crate) fn connection(namespace: &str, name: &str, thing: &str, channel: &str) -> Resource {
     let mut c = crds::Connection::new(
         name,
         crds::ConnectionSpec {
@@ -186,20 +187,20 @@ pub(crate) fn connection(namespace: &str, name: &str, thing: &str, channel: &str
         },
     );
     c.metadata = meta(namespace, name);
-    Object::Connection(c)
+    Resource::Connection(c)
 }
 
 /// What the API server shows of `object` (no status), as the watches record it.
-pub(crate) fn shown(object: &Object) -> Option<(ObjectKey, Shown)> {
+pub(crate) fn shown(object: &Resource) -> Option<(ObjectKey, Shown)> {
     let meta = match object {
-        Object::Tenant(o) => &o.metadata,
-        Object::Thing(o) => &o.metadata,
-        Object::Channel(o) => &o.metadata,
-        Object::Connection(o) => &o.metadata,
-        Object::User(o) => &o.metadata,
-        Object::Group(o) => &o.metadata,
-        Object::Policy(o) => &o.metadata,
-        Object::Secret(_) => return None,
+        Resource::Tenant(o) => &o.metadata,
+        Resource::Thing(o) => &o.metadata,
+        Resource::Channel(o) => &o.metadata,
+        Resource::Connection(o) => &o.metadata,
+        Resource::User(o) => &o.metadata,
+        Resource::Group(o) => &o.metadata,
+        Resource::Policy(o) => &o.metadata,
+        Resource::Secret(_) => return None,
     };
     let shown = Shown {
         uid: meta.uid.clone(),

@@ -469,8 +469,9 @@ mod tests {
     use kube::runtime::events::Reporter;
 
     use super::*;
-    use crate::index::{Index, Object};
+    use crate::index::Index;
     use crate::k8s::fixtures::{self, FakeApi};
+    use crate::resource::Resource;
 
     /// A leading reconciler over Tenant acme with `things` Things that have their Secret; it
     /// leads while the sender lives.
@@ -512,7 +513,7 @@ mod tests {
     }
 
     /// Applies `object` as the watches would, and commits.
-    fn apply(r: &SecretReconciler, object: Object) {
+    fn apply(r: &SecretReconciler, object: Resource) {
         if let Some((key, shown)) = fixtures::shown(&object) {
             r.observed.set(key, shown);
         }
@@ -638,7 +639,7 @@ mod tests {
         assert_ne!(key, other);
 
         let secret = thing_secret(&thing(), "sensor-1-credentials", &key);
-        let data = crate::index::SecretData::from_secret(&secret).expect("named");
+        let data = crate::resource::secret_data(&secret).expect("named");
         assert_eq!(data.entries[KEY_ENTRY], key.as_bytes());
         assert!(crate::index::is_key_entry(KEY_ENTRY));
     }

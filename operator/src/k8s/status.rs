@@ -2,13 +2,13 @@
 
 use fleetward_crds::status::{ENFORCED, READY};
 use fleetward_crds::{
-    EnforcedPolicy, PolicyStatus, PolicyTextError, ResourceStatus, TenantStatus, ThingCertificate,
-    ThingStatus,
+    ClaimStatus, EnforcedPolicy, PolicyStatus, PolicyTextError, ResourceStatus, TenantStatus,
+    ThingCertificate, ThingStatus,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
 use super::observed::ShownStatus;
-use crate::index::{DesiredStatus, Facts, Kind};
+use crate::index::{ClaimFacts, DesiredStatus, Facts, Kind};
 use crate::replicas::Remote;
 
 /// Condition type of a Tenant with `spec.deviceCA`: whether its CA is loaded, so that client
@@ -183,7 +183,7 @@ pub fn full_status(
                 status.namespace = Some(namespace.clone());
                 status.things = Some(*things);
                 status.channels = Some(*channels);
-                status.provisioning.clone_from(claims);
+                status.provisioning = claims.iter().map(claim_status).collect();
             }
             ShownStatus::Tenant(status)
         }
@@ -258,6 +258,15 @@ fn certificate_condition(
         shown,
         now,
     ))
+}
+
+/// What one provisioning claim shows in `Tenant.status.provisioning`.
+fn claim_status(c: &ClaimFacts) -> ClaimStatus {
+    ClaimStatus {
+        name: c.name.clone(),
+        provisioned: c.provisioned,
+        message: c.message.clone(),
+    }
 }
 
 /// A Policy's status: its conditions, its errors and the text being enforced.

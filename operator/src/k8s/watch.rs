@@ -1,7 +1,9 @@
 //! Watches of the six Fleetward kinds (cluster-wide) and of Secrets (only in namespaces a Tenant claims), feeding the index.
 //!
 //! Fleetward objects are watched through kube's `DeserializeGuard`, so an object that does not
-//! deserialize is logged, counted and left out instead of failing the whole list.
+//! deserialize is logged, counted and left out instead of failing the whole list. Each object
+//! read is converted to the index's domain input at once (`crate::resource`): neither a relist
+//! nor the index holds Kubernetes objects, their managed fields, annotations or statuses.
 //!
 //! Secrets are watched per claimed namespace, not cluster-wide: the operator then never reads
 //! or holds Secrets outside tenant namespaces (kube-system, other applications), and its Secret
@@ -26,6 +28,7 @@ use tokio::task::{AbortHandle, JoinSet};
 use super::observed::{Observed, Shown, ShownStatus};
 use crate::index::{Kind, Object, ObjectKey, SecretData};
 use crate::metrics::Metrics;
+use crate::resource;
 use crate::shared::SharedIndex;
 
 /// What the watches feed.
@@ -44,7 +47,7 @@ trait Watched:
     Resource<DynamicType = ()> + DeserializeOwned + Clone + Debug + Send + Sync + 'static
 {
     const KIND: Kind;
-    fn into_object(self) -> Object;
+    fn into_resource(self) -> resource::Resource;
     fn shown_status(&self) -> Option<ShownStatus>;
 }
 
@@ -52,8 +55,8 @@ macro_rules! watched {
     ($t:ty, $kind:ident, $status:ident) => {
         impl Watched for $t {
             const KIND: Kind = Kind::$kind;
-            fn into_object(self) -> Object {
-                Object::$kind(self)
+            fn into_resource(self) -> resource::Resource {
+                resource::Resource::$kind(self)
             }
             fn shown_status(&self) -> Option<ShownStatus> {
                 // A Channel's `status.history` is the writer's; the operator compares the rest.
@@ -101,17 +104,19 @@ fn shown<K: Watched>(object: &K) -> Shown {
     }
 }
 
-/// Drops what the index never reads but would hold for every object: managed fields and the
-/// client-side apply annotation (a full copy of the object).
-fn slim(meta: &mut ObjectMeta) {
-    meta.managed_fields = None;
-    if let Some(annotations) = &mut meta.annotations {
-        annotations.remove(LAST_APPLIED);
-    }
+/// One object read: its key, what the API server shows of it, and its input to the index.
+struct Read {
+    key: ObjectKey,
+    shown: Shown,
+    object: Object,
 }
 
-/// The annotation `kubectl apply` (client-side) keeps the last applied object in.
-const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
+fn read<K: Watched>(object: K) -> Option<Read> {
+    let key = key_of(K::KIND, object.meta())?;
+    let shown = shown(&object);
+    let object = Object::from(object.into_resource());
+    Some(Read { key, shown, object })
+}
 
 /// The object a guarded watch read; `None` (logged and counted) when it did not deserialize,
 /// with its key when its metadata named it.
@@ -120,10 +125,7 @@ fn parse<K: Watched>(
     metrics: &Metrics,
 ) -> Result<K, Option<ObjectKey>> {
     match object.0 {
-        Ok(mut object) => {
-            slim(object.meta_mut());
-            Ok(object)
-        }
+        Ok(object) => Ok(object),
         Err(invalid) => {
             let key = key_of(K::KIND, &invalid.metadata);
             metrics.object_skipped(K::KIND);
@@ -158,18 +160,22 @@ async fn run_kind<K: Watched>(
     feed: &Feed,
 ) {
     futures::pin_mut!(stream);
-    let mut init: Vec<K> = Vec::new();
+    let mut init: Vec<Read> = Vec::new();
     while let Some(event) = stream.next().await {
         match event {
             Ok(Event::Init) => init.clear(),
             Ok(Event::InitApply(o)) => {
                 if let Ok(object) = parse::<K>(o, &feed.metrics) {
-                    init.push(object);
+                    init.extend(read(object));
                 }
             }
-            Ok(Event::InitDone) => reset(feed, std::mem::take(&mut init)),
+            Ok(Event::InitDone) => reset(K::KIND, feed, std::mem::take(&mut init)),
             Ok(Event::Apply(o)) => match parse::<K>(o, &feed.metrics) {
-                Ok(object) => apply(feed, object),
+                Ok(object) => {
+                    if let Some(read) = read(object) {
+                        apply(feed, read);
+                    }
+                }
                 // What can no longer be read is no longer served.
                 Err(Some(key)) => forget(feed, &key),
                 Err(None) => {}
@@ -187,37 +193,29 @@ async fn run_kind<K: Watched>(
     }
 }
 
-fn reset<K: Watched>(feed: &Feed, objects: Vec<K>) {
+fn reset(kind: Kind, feed: &Feed, objects: Vec<Read>) {
     let mut shown_all = Vec::with_capacity(objects.len());
     let mut claims = BTreeMap::new();
     let mut index_objects = Vec::with_capacity(objects.len());
-    for object in objects {
-        let Some(key) = key_of(K::KIND, object.meta()) else {
-            continue;
-        };
-        if let Object::Tenant(t) = object.clone().into_object() {
-            claims.insert(key.name.clone(), t.namespace().to_owned());
+    for Read { key, shown, object } in objects {
+        if let Object::Tenant(t) = &object {
+            claims.insert(key.name.clone(), t.namespace.clone());
         }
-        shown_all.push((key, shown(&object)));
-        index_objects.push(object.into_object());
+        shown_all.push((key, shown));
+        index_objects.push(object);
     }
     let count = index_objects.len();
-    feed.index.update(|idx| idx.reset(K::KIND, index_objects));
-    if K::KIND == Kind::Tenant {
+    feed.index.update(|idx| idx.reset(kind, index_objects));
+    if kind == Kind::Tenant {
         feed.observed.reset_claims(claims);
     }
-    feed.observed.reset(K::KIND, shown_all);
-    tracing::info!(kind = K::KIND.as_str(), count, "listed");
+    feed.observed.reset(kind, shown_all);
+    tracing::info!(kind = kind.as_str(), count, "listed");
 }
 
-fn apply<K: Watched>(feed: &Feed, object: K) {
-    let Some(key) = key_of(K::KIND, object.meta()) else {
-        return;
-    };
-    let shown = shown(&object);
-    let object = object.into_object();
+fn apply(feed: &Feed, Read { key, shown, object }: Read) {
     if let Object::Tenant(t) = &object {
-        feed.observed.claim(&key.name, t.namespace());
+        feed.observed.claim(&key.name, &t.namespace);
     }
     feed.index.update(|idx| idx.apply(object));
     feed.observed.set(key, shown);
@@ -285,7 +283,7 @@ async fn run_secrets(
     while let Some(event) = stream.next().await {
         match event {
             Ok(Event::Init) => init.clear(),
-            Ok(Event::InitApply(s)) => init.extend(SecretData::from_secret(&s)),
+            Ok(Event::InitApply(s)) => init.extend(resource::secret_data(&s)),
             Ok(Event::InitDone) => {
                 let secrets = std::mem::take(&mut init);
                 let names: BTreeSet<String> = secrets.iter().map(|s| s.name.clone()).collect();
@@ -302,7 +300,7 @@ async fn run_secrets(
                 tracing::info!(namespace = %namespace, count, "listed Secrets");
             }
             Ok(Event::Apply(s)) => {
-                if let Some(data) = SecretData::from_secret(&s) {
+                if let Some(data) = resource::secret_data(&s) {
                     let name = data.name.clone();
                     feed.index.update(|idx| idx.apply(Object::Secret(data)));
                     feed.observed.secret_applied(&namespace, &name);
@@ -385,27 +383,6 @@ mod tests {
             text.contains("fleetward_operator_objects_skipped_total{kind=\"Channel\"} 1\n"),
             "the unreadable one is counted: {text}"
         );
-    }
-
-    #[test]
-    fn parsed_objects_keep_no_managed_fields_or_last_applied_copy() {
-        let feed = feed();
-        let mut object = channel("telemetry", serde_json::json!(1));
-        object.meta_mut().managed_fields = Some(vec![Default::default()]);
-        object.meta_mut().annotations = Some(
-            [
-                (LAST_APPLIED.to_owned(), "{...}".to_owned()),
-                ("team".to_owned(), "plant".to_owned()),
-            ]
-            .into(),
-        );
-        let Ok(parsed) = parse::<Channel>(object, &feed.metrics) else {
-            panic!("a valid Channel parses");
-        };
-        assert!(parsed.metadata.managed_fields.is_none());
-        let annotations = parsed.metadata.annotations.expect("annotations kept");
-        assert!(!annotations.contains_key(LAST_APPLIED));
-        assert_eq!(annotations["team"], "plant");
     }
 
     #[tokio::test]

@@ -66,8 +66,8 @@ impl Ca {
     }
 }
 
-fn secret_bytes(ns: &str, name: &str, entries: &[(&str, &[u8])]) -> Object {
-    Object::Secret(SecretData {
+fn secret_bytes(ns: &str, name: &str, entries: &[(&str, &[u8])]) -> Resource {
+    Resource::Secret(SecretData {
         namespace: ns.into(),
         name: name.into(),
         entries: entries
@@ -88,7 +88,7 @@ fn device_ca(secret: Option<&str>, issuer: Option<(&str, crds::IssuerKind)>) -> 
     }
 }
 
-fn ca_tenant(name: &str, ca: crds::DeviceCA) -> Object {
+fn ca_tenant(name: &str, ca: crds::DeviceCA) -> Resource {
     mk_tenant(
         name,
         crds::TenantSpec {
@@ -103,14 +103,14 @@ fn x509_thing(
     name: &str,
     mode: Option<crds::CredentialMode>,
     x509: crds::ThingX509,
-) -> Object {
+) -> Resource {
     let mut t = mk_thing(ns, name);
     t.spec.credentials = Some(crds::ThingCredentials {
         secret_name: None,
         mode,
         x509: Some(x509),
     });
-    Object::Thing(t)
+    Resource::Thing(t)
 }
 
 /// The `DeviceCA` condition of a tenant.
@@ -491,7 +491,7 @@ fn revoked_serials_are_normalized_and_a_malformed_one_is_refused() {
 
     // A serial listed in the status (by whoever revokes without owning the spec) counts too,
     // and a status change alone reaches the snapshot.
-    let Object::Thing(mut good) = x509_thing("acme", "good", cert, rules(&["0A:BC", "00ff"]))
+    let Resource::Thing(mut good) = x509_thing("acme", "good", cert, rules(&["0A:BC", "00ff"]))
     else {
         unreachable!("x509_thing makes a Thing")
     };
@@ -499,7 +499,7 @@ fn revoked_serials_are_normalized_and_a_malformed_one_is_refused() {
         revoked_serials: vec!["01:02".into()],
         ..Default::default()
     });
-    index.apply(Object::Thing(good));
+    index.apply(Resource::Thing(good));
     index.commit().expect("a status revocation commits");
     let good = index.snapshot().thing("acme", "good").expect("served");
     let serials = &good.x509.as_ref().expect("rules").revoked_serials;

@@ -212,7 +212,7 @@ fn claim_spec() -> crds::Provisioning {
     }
 }
 
-fn tenant_object(name: usize, namespace: usize, limits: (Option<u32>, Option<u32>)) -> Object {
+fn tenant_object(name: usize, namespace: usize, limits: (Option<u32>, Option<u32>)) -> Resource {
     let spec = crds::TenantSpec {
         namespace: Some(NAMESPACES[namespace].into()),
         limits: Some(crds::TenantLimits {
@@ -226,7 +226,7 @@ fn tenant_object(name: usize, namespace: usize, limits: (Option<u32>, Option<u32
 }
 
 /// The object an op applies, or `None` for deletes and resets.
-fn object(op: &Op) -> Option<Object> {
+fn object(op: &Op) -> Option<Resource> {
     Some(match op {
         &Op::Tenant {
             name,
@@ -237,7 +237,8 @@ fn object(op: &Op) -> Option<Object> {
             claim,
             created: secs,
         } => {
-            let Object::Tenant(mut t) = tenant_object(name, namespace, (max_things, max_channels))
+            let Resource::Tenant(mut t) =
+                tenant_object(name, namespace, (max_things, max_channels))
             else {
                 unreachable!()
             };
@@ -246,7 +247,7 @@ fn object(op: &Op) -> Option<Object> {
             }
             t.spec.provisioning = claim.then(claim_spec);
             t.metadata = created(meta("", &name_of(Kind::Tenant, name)), secs);
-            Object::Tenant(t)
+            Resource::Tenant(t)
         }
         Op::Thing {
             ns,
@@ -270,13 +271,13 @@ fn object(op: &Op) -> Option<Object> {
                     .into(),
                 );
             }
-            Object::Thing(t)
+            Resource::Thing(t)
         }
         _ => return channel_or_connection(op).or_else(|| subject_or_secret(op)),
     })
 }
 
-fn channel_or_connection(op: &Op) -> Option<Object> {
+fn channel_or_connection(op: &Op) -> Option<Resource> {
     Some(match op {
         Op::Channel {
             ns,
@@ -285,7 +286,7 @@ fn channel_or_connection(op: &Op) -> Option<Object> {
             max_qos,
             uid,
         } => {
-            let Object::Channel(mut c) =
+            let Resource::Channel(mut c) =
                 mk_channel(NAMESPACES[*ns], &name_of(Kind::Channel, *name))
             else {
                 unreachable!()
@@ -293,7 +294,7 @@ fn channel_or_connection(op: &Op) -> Option<Object> {
             c.metadata = created(c.metadata, *secs);
             c.metadata.uid = Some(format!("uid-{uid}"));
             c.spec.max_qos = *max_qos;
-            Object::Channel(c)
+            Resource::Channel(c)
         }
         Op::Connection {
             ns,
@@ -302,7 +303,7 @@ fn channel_or_connection(op: &Op) -> Option<Object> {
             channel,
             actions,
         } => {
-            let Object::Connection(mut c) = mk_connection(
+            let Resource::Connection(mut c) = mk_connection(
                 NAMESPACES[*ns],
                 &name_of(Kind::Connection, *name),
                 "",
@@ -322,13 +323,13 @@ fn channel_or_connection(op: &Op) -> Option<Object> {
             if !actions {
                 c.spec.actions.clear();
             }
-            Object::Connection(c)
+            Resource::Connection(c)
         }
         _ => return None,
     })
 }
 
-fn subject_or_secret(op: &Op) -> Option<Object> {
+fn subject_or_secret(op: &Op) -> Option<Resource> {
     Some(match op {
         Op::User { ns, name, password } => {
             let name = name_of(Kind::User, *name);
@@ -344,7 +345,7 @@ fn subject_or_secret(op: &Op) -> Option<Object> {
             };
             let mut u = crds::User::new(&name, spec);
             u.metadata = meta(NAMESPACES[*ns], &name);
-            Object::User(u)
+            Resource::User(u)
         }
         Op::Group { ns, name, members } => {
             let name = name_of(Kind::Group, *name);
@@ -372,7 +373,7 @@ fn subject_or_secret(op: &Op) -> Option<Object> {
                 },
             );
             g.metadata = meta(NAMESPACES[*ns], &name);
-            Object::Group(g)
+            Resource::Group(g)
         }
         Op::Secret { ns, name, good } => {
             let key = if *good { KEY_A } else { "short" };
@@ -391,7 +392,7 @@ fn subject_or_secret(op: &Op) -> Option<Object> {
             } else {
                 "permit (principal,"
             };
-            Object::Policy(mk_policy(NAMESPACES[*ns], "p0", text, 1))
+            Resource::Policy(mk_policy(NAMESPACES[*ns], "p0", text, 1))
         }
         _ => return None,
     })

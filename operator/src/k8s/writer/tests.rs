@@ -12,7 +12,7 @@ use tokio::time::Instant;
 use super::StatusWriter;
 use super::plan::*;
 use crate::dataplanes::Dataplanes;
-use crate::index::{Index, Kind, Object, ObjectKey, Readiness, Reason};
+use crate::index::{Index, Kind, ObjectKey, Readiness, Reason};
 use crate::k8s::fixtures::{self, FakeApi};
 use crate::k8s::observed::{Observed, ShownStatus};
 use crate::k8s::status::tests::thing_desired;
@@ -20,6 +20,7 @@ use crate::k8s::status::{Enforcement, enforcement};
 use crate::k8s::{RESYNC, Retries};
 use crate::metrics::Metrics;
 use crate::replicas::Replicas;
+use crate::resource::Resource;
 use crate::shared::SharedIndex;
 
 /// `Enforced` of an object that is not served.
@@ -139,7 +140,7 @@ struct Running {
 
 impl Running {
     /// Starts the writer; each object shows the status `status` gives (none by default).
-    fn start(objects: &[Object], status: impl Fn(&ObjectKey) -> Option<ShownStatus>) -> Self {
+    fn start(objects: &[Resource], status: impl Fn(&ObjectKey) -> Option<ShownStatus>) -> Self {
         let w = Self::without_dataplanes(objects, status);
         w.dataplanes
             .connected("dp-1", w.index.read().snapshot().version());
@@ -148,7 +149,7 @@ impl Running {
 
     /// The same with no dataplane connected yet.
     fn without_dataplanes(
-        objects: &[Object],
+        objects: &[Resource],
         status: impl Fn(&ObjectKey) -> Option<ShownStatus>,
     ) -> Self {
         let mut idx = Index::starting_at(40);
@@ -194,7 +195,7 @@ impl Running {
     }
 
     /// Applies `object` as a watch would, and commits.
-    fn apply(&self, object: Object) {
+    fn apply(&self, object: Resource) {
         if let Some((key, shown)) = fixtures::shown(&object) {
             self.observed.set(key, shown);
         }
@@ -231,7 +232,7 @@ async fn settle() {
 
 /// Tenant acme: Thing sensor-1 with its Secret, Channel telemetry, Connection grant, and
 /// `channels` more Channels.
-fn acme(channels: usize) -> Vec<Object> {
+fn acme(channels: usize) -> Vec<Resource> {
     let mut objects = vec![
         fixtures::tenant("acme"),
         fixtures::thing_secret("acme", "sensor-1"),
@@ -275,11 +276,11 @@ async fn the_first_round_writes_every_status_and_a_commit_touching_one_object_pl
 
     // A new generation of one Channel: its status changes, no other (its record is the same,
     // so the snapshot keeps its version and the dataplane enforces it already).
-    let Object::Channel(mut telemetry) = fixtures::channel("acme", "telemetry") else {
+    let Resource::Channel(mut telemetry) = fixtures::channel("acme", "telemetry") else {
         unreachable!("a Channel")
     };
     telemetry.metadata.generation = Some(2);
-    w.apply(Object::Channel(telemetry));
+    w.apply(Resource::Channel(telemetry));
     settle().await;
     assert_eq!(
         w.metrics.plans("status"),

@@ -1,0 +1,120 @@
+//! What the index holds at scale: an ignored test that prints how much resident memory one
+//! namespace of 10k Things (with their Secrets) and 100k Connections adds, fed as the watchers
+//! feed it (objects as the API server returns them, statuses included). It asserts nothing
+//! about the figure, which depends on the allocator; run it alone:
+//! `cargo test -p fleetward-operator --lib footprint -- --ignored --nocapture --test-threads 1`
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+
+use super::*;
+
+const THINGS: usize = 10_000;
+const CONNECTIONS: usize = 100_000;
+const CHANNELS: usize = 10;
+
+/// This process's resident memory, in KiB (`VmRSS` of /proc/self/status).
+fn rss_kib() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").expect("/proc/self/status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("a VmRSS line")
+}
+
+/// Metadata as the API server returns it (without managed fields).
+fn api_meta(ns: &str, name: &str, i: usize) -> ObjectMeta {
+    let mut m = created(meta(ns, name), i as i64);
+    m.uid = Some(format!("{:08x}-7425-40de-944b-{:012x}", i, i * 7));
+    m.resource_version = Some(format!("{}", 1_000_000 + i));
+    m
+}
+
+/// The `Ready` and `Enforced` conditions the operator writes.
+fn conditions(i: usize) -> Vec<Condition> {
+    let at =
+        Time(k8s_openapi::jiff::Timestamp::from_second(1_700_000_000 + i as i64).expect("a time"));
+    let condition = |type_: &str, reason: &str, message: &str| Condition {
+        last_transition_time: at.clone(),
+        message: message.to_owned(),
+        observed_generation: Some(1),
+        reason: reason.to_owned(),
+        status: "True".to_owned(),
+        type_: type_.to_owned(),
+    };
+    vec![
+        condition("Ready", "Accepted", "the grant is served"),
+        condition(
+            "Enforced",
+            "Applied",
+            "every connected dataplane (2) has applied a snapshot containing this generation",
+        ),
+    ]
+}
+
+fn thing(i: usize) -> crds::Thing {
+    let name = format!("sensor-{i}");
+    let mut t = crds::Thing::new(&name, crds::ThingSpec::default());
+    t.metadata = api_meta("acme", &name, i);
+    t.status = Some(crds::ThingStatus {
+        conditions: conditions(i),
+        observed_generation: Some(1),
+        secret_name: Some(format!("{name}-credentials")),
+        key_fingerprint: Some("3f2a9c41d07e".to_owned()),
+        keys: Some(1),
+        ..Default::default()
+    });
+    t
+}
+
+fn connection(i: usize) -> crds::Connection {
+    let Resource::Connection(mut c) = mk_connection(
+        "acme",
+        &format!("grant-{i}"),
+        &format!("sensor-{}", i % THINGS),
+        &format!("telemetry-{}", i % CHANNELS),
+    ) else {
+        unreachable!("mk_connection makes a Connection")
+    };
+    c.metadata = api_meta("acme", &format!("grant-{i}"), i);
+    c.status = Some(crds::ResourceStatus {
+        conditions: conditions(i),
+        observed_generation: Some(1),
+    });
+    c
+}
+
+#[test]
+#[ignore = "measures this process's memory: run alone with --ignored --nocapture"]
+fn footprint_of_a_namespace_of_110k_objects() {
+    let start = rss_kib();
+    let mut index = Index::new();
+    index.apply(mk_tenant("acme", tenant_spec()));
+    for i in 0..CHANNELS {
+        index.apply(mk_channel("acme", &format!("telemetry-{i}")));
+    }
+    for i in 0..THINGS {
+        let name = format!("sensor-{i}");
+        index.apply(mk_secret(
+            "acme",
+            &format!("{name}-credentials"),
+            &[("key", KEY_A)],
+        ));
+        index.apply(Resource::Thing(thing(i)));
+    }
+    for i in 0..CONNECTIONS {
+        index.apply(Resource::Connection(connection(i)));
+    }
+    let applied = rss_kib();
+    index.commit().expect("a first version");
+    let committed = rss_kib();
+    let s = index.snapshot();
+    assert!(s.grant("acme", "grant-0").is_some() && s.thing("acme", "sensor-0").is_some());
+    let mib = |kib: u64| kib as f64 / 1024.0;
+    println!(
+        "index footprint, {THINGS} Things (+ Secrets), {CONNECTIONS} Connections: objects \
+         applied {:.1} MiB, after the first commit {:.1} MiB (VmRSS growth)",
+        mib(applied - start),
+        mib(committed - start)
+    );
+}
