@@ -75,6 +75,7 @@
 mod builtin;
 pub mod cache;
 pub mod certificates;
+pub mod changes;
 pub mod credentials;
 pub mod delivery;
 pub mod delta;
@@ -97,6 +98,7 @@ pub use certificates::{
     CaError, CertificateNames, CertificateSeal, CredentialMode, DeviceCa, ThingX509,
     normalize_serial,
 };
+pub use changes::{Since, SubjectName, Touched};
 pub use credentials::{
     CredentialError, KeyDigest, generate_thing_key, hash_password, verify_password,
     verify_thing_key,
