@@ -72,8 +72,9 @@ impl Touched {
 /// What changed in a snapshot since a consumer last looked, by [`crate::Snapshot::changes_since`].
 #[derive(Debug)]
 pub enum Since<'a> {
-    /// Nothing is known of what changed (a full snapshot, a change made record by record, or
-    /// more deltas than the log keeps): everything may have.
+    /// Nothing is known of what changed (a full snapshot, a change made record by record, more
+    /// deltas than the log keeps, or a snapshot that does not descend from the one seen):
+    /// everything may have.
     Everything,
     /// The deltas applied since, oldest first; empty when nothing changed.
     Deltas(Vec<&'a Touched>),
@@ -83,8 +84,8 @@ pub enum Since<'a> {
 #[derive(Clone, Default)]
 pub(crate) struct ChangeLog {
     entries: imbl::Vector<(u64, Arc<Touched>)>,
-    /// A consumer that has seen less than this stamp may have missed a change the log does not
-    /// hold.
+    /// The stamp of the oldest state the log starts from: a full build, a change of unknown
+    /// reach, or the last delta dropped from the log.
     floor: u64,
 }
 
@@ -109,9 +110,12 @@ impl ChangeLog {
         self.floor = stamp;
     }
 
-    /// What changed after `seen`, the stamp of the snapshot a consumer last looked at.
+    /// What changed after `seen`, the stamp of the snapshot a consumer last looked at. Known
+    /// only when that snapshot is one this one came from: its stamp is the log's floor or one
+    /// of its deltas'.
     pub(crate) fn since(&self, seen: u64) -> Since<'_> {
-        if seen < self.floor {
+        let passed_through = seen == self.floor || self.entries.iter().any(|(s, _)| *s == seen);
+        if !passed_through {
             return Since::Everything;
         }
         Since::Deltas(
@@ -154,6 +158,8 @@ mod tests {
         assert_eq!(after, [&touching("b")]);
         assert!(matches!(log.since(12), Since::Deltas(d) if d.is_empty()));
         assert!(matches!(log.since(9), Since::Everything));
+        // A stamp this log never passed through: another line of snapshots.
+        assert!(matches!(log.since(13), Since::Everything));
     }
 
     #[test]

@@ -290,7 +290,9 @@ impl Snapshot {
     /// signed in with a token is ended by its expiry or its user's `tokenEpoch` (a User change).
     pub fn set_signing_keys(&mut self, keys: Vec<SigningKey>) {
         if self.put_signing_keys(keys) {
-            self.stamp = next_stamp();
+            let stamp = next_stamp();
+            self.stamp = stamp;
+            self.changes.forget(stamp);
         }
     }
 
