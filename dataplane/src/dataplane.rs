@@ -608,8 +608,9 @@ async fn note_joined(client: async_nats::Client, joined: watch::Sender<bool>) {
     }
 }
 
-/// The audit trail's summaries of quiet subjects, its events published on each tenant's
-/// audit channel, and the session takeovers other pods announce.
+/// The re-checks of the sessions each policy change concerns, the audit trail's summaries of
+/// quiet subjects, its events published on each tenant's audit channel, and the session
+/// takeovers other pods announce.
 fn spawn_background(tasks: &mut JoinSet<()>, shared: &Arc<Broker<BusRouter<RumqttdRouter>>>) {
     // And the takeovers other pods announce (persistent sessions in JetStream).
     if let Some(takeovers) = shared.follow_takeovers() {
@@ -617,6 +618,11 @@ fn spawn_background(tasks: &mut JoinSet<()>, shared: &Arc<Broker<BusRouter<Rumqt
             let _ = takeovers.await;
         });
     }
+    tasks.spawn(crate::ingress::follow_rechecks(
+        shared.rechecks.clone(),
+        shared.policy.clone(),
+        shared.metrics.clone(),
+    ));
     tasks.spawn(crate::audit::summarize_every(shared.audit.clone()));
     let publisher = shared.clone();
     tasks.spawn(crate::audit::publish_on_channels(

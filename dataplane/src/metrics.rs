@@ -66,6 +66,9 @@ pub struct Metrics {
     messages_out: Family<TenantLabel, Counter>,
     refusals: Family<RefusalLabels, Counter>,
     snapshot_version: Gauge,
+    /// Sessions woken to re-check by policy changes, and how many the last change woke.
+    policy_rechecks: Counter,
+    policy_rechecks_last: Gauge,
     bus: Arc<BusCounters>,
     /// Sign-ins and refreshes by (operation, outcome).
     users: Family<TokenLabels, Counter>,
@@ -294,6 +297,19 @@ impl Metrics {
             .set(i64::try_from(v).unwrap_or(i64::MAX));
     }
 
+    /// Counts the sessions a policy change woke to re-check.
+    pub(crate) fn policy_rechecked(&self, sessions: usize) {
+        let n = u64::try_from(sessions).unwrap_or(u64::MAX);
+        self.policy_rechecks.inc_by(n);
+        self.policy_rechecks_last
+            .set(i64::try_from(sessions).unwrap_or(i64::MAX));
+    }
+
+    /// Sessions woken to re-check by policy changes so far, and by the last change.
+    pub fn policy_rechecks(&self) -> (u64, i64) {
+        (self.policy_rechecks.get(), self.policy_rechecks_last.get())
+    }
+
     /// Records whether the bus is connected to NATS now; a change to "not" counts an outage.
     pub(crate) fn bus_connected(&self, connected: bool) {
         self.bus.configured.store(true, Ordering::Relaxed);
@@ -411,6 +427,16 @@ impl Metrics {
             "fleetward_policy_snapshot_version",
             "The policy version being enforced",
             self.snapshot_version.clone(),
+        );
+        registry.register(
+            "fleetward_policy_rechecks",
+            "Sessions and streams a policy change woke to re-check their subject and subscriptions",
+            self.policy_rechecks.clone(),
+        );
+        registry.register(
+            "fleetward_policy_rechecks_last",
+            "Sessions and streams the last policy change woke to re-check",
+            self.policy_rechecks_last.clone(),
         );
         registry.register_collector(Box::new(DescribedCounters {
             name: "fleetward_user_tokens",

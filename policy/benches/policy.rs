@@ -1,5 +1,6 @@
 //! Criterion benches of the policy core: decisions (cache hit and miss), topic parsing, snapshot
-//! build, and diff + apply of a one-resource change. Figures go to BENCHMARKS.md.
+//! build, diff + apply of a one-resource change, and a delta applied to a copy (what a dataplane
+//! does per delta). Figures go to BENCHMARKS.md.
 
 use std::hint::black_box;
 use std::time::Duration;
@@ -213,6 +214,16 @@ fn deltas(c: &mut Criterion) {
         );
         g.bench_function(format!("diff_{things}_things"), |bench| {
             bench.iter(|| diff(black_box(&a), black_box(&b)))
+        });
+        // What a dataplane does per delta: apply it to a copy of the snapshot it serves (the
+        // copy shares its tables, so this does not grow with them).
+        g.bench_function(format!("copy_and_apply_{things}_things"), |bench| {
+            bench.iter(|| {
+                let mut next = black_box(&a).clone();
+                next.apply(black_box(&d))
+                    .expect("at the delta's base version");
+                next
+            })
         });
         // Apply the change and its reverse on one snapshot: the cost of two one-resource applies.
         let back = diff(&b, &a);

@@ -131,6 +131,10 @@ impl PolicyEvaluator for Builtin<'_> {
         self.0.version
     }
 
+    fn tenant_version(&self, tenant: &str) -> u64 {
+        self.0.tenant_version(tenant)
+    }
+
     fn authenticate(&self, credential: &Credential<'_>) -> Result<Subject, Refusal> {
         match *credential {
             Credential::Thing { tenant, thing, key } => {
@@ -296,6 +300,10 @@ impl PolicyEvaluator for Builtin<'_> {
 impl PolicyEvaluator for Snapshot {
     fn version(&self) -> u64 {
         self.version
+    }
+
+    fn tenant_version(&self, tenant: &str) -> u64 {
+        Snapshot::tenant_version(self, tenant)
     }
 
     fn authenticate(&self, credential: &Credential<'_>) -> Result<Subject, Refusal> {

@@ -1,9 +1,18 @@
 //! The decision cache: a bounded moka cache of authorization answers in front of any evaluator.
 //!
-//! Entries are keyed by a fixed-size key: the policy version and a 64-bit hash of (subject,
-//! action, tenant, channel, subtopic or filter). The entry keeps the request's text and is only
-//! served when that text equals the request, so a hash collision is a miss, never a wrong
-//! answer. A hit hashes, looks up and compares: it does not allocate.
+//! Entries are keyed by a fixed-size key: the version of the subject's tenant and a 64-bit hash
+//! of (subject, action, tenant, channel, subtopic or filter). The entry keeps the request's text
+//! and is only served when that text equals the request, so a hash collision is a miss, never a
+//! wrong answer. A hit hashes, looks up and compares: it does not allocate.
+//!
+//! Why the tenant's version is enough (DESIGN: never an answer from an older policy for the
+//! tenant it concerns): an answer about a subject depends only on the records of the subject's
+//! tenant (the tenant, the subject, its groups, the tenant's channels, grants and policy texts);
+//! a topic of another tenant is refused as `cross_tenant` whatever either tenant holds. A
+//! [`crate::Snapshot`] gives a tenant a new version with every change to any of those records,
+//! and a version never comes back for another policy of the tenant (see [`crate::changes`]).
+//! So an entry is only found under the policy of its tenant it was computed from, while a
+//! change to one tenant leaves every other tenant's answers in place.
 
 use std::hash::BuildHasher;
 use std::sync::Arc;
@@ -89,11 +98,11 @@ pub struct CacheStats {
 /// the cache's worth can be measured against its absence.
 ///
 /// Use one cache per evaluator: entries are keyed by version, so two evaluators that share
-/// version numbers but not policies must not share a cache.
+/// version numbers but not policies must not share a cache. Answers of versions no longer
+/// asked for are not dropped at once: they go as the cache's bound makes room.
 pub struct DecisionCache {
     entries: moka::sync::Cache<CacheKey, Arc<Entry>, foldhash::fast::RandomState>,
     hasher: foldhash::fast::RandomState,
-    newest: AtomicU64,
     hits: AtomicU64,
     misses: AtomicU64,
     enabled: bool,
@@ -102,7 +111,6 @@ pub struct DecisionCache {
 impl std::fmt::Debug for DecisionCache {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("DecisionCache")
-            .field("newest_version", &self.newest.load(Ordering::Relaxed))
             .field("stats", &self.stats())
             .finish()
     }
@@ -116,7 +124,6 @@ impl DecisionCache {
                 .max_capacity(max_entries)
                 .build_with_hasher(foldhash::fast::RandomState::default()),
             hasher: foldhash::fast::RandomState::default(),
-            newest: AtomicU64::new(0),
             hits: AtomicU64::new(0),
             misses: AtomicU64::new(0),
             enabled: max_entries > 0,
@@ -135,15 +142,9 @@ impl DecisionCache {
             self.misses.fetch_add(1, Ordering::Relaxed);
             return evaluator.authorize(subject, action, topic);
         }
-        let version = evaluator.version();
-        // A plain load first: every worker asks here for every publish, and a read-modify-write
-        // of one shared word would move it between cores each time.
-        if version > self.newest.load(Ordering::Acquire)
-            && version > self.newest.fetch_max(version, Ordering::AcqRel)
-        {
-            // Older versions are unreachable by key already; this frees their memory sooner.
-            self.entries.invalidate_all();
-        }
+        // Read before the evaluator is asked: an answer is never filed under a newer version
+        // than the one it was computed from.
+        let version = evaluator.tenant_version(&subject.tenant);
         let key = CacheKey {
             version,
             request: self.hasher.hash_one((
@@ -177,7 +178,7 @@ impl DecisionCache {
     }
 
     /// Counts `n` answers a caller took from its own copy of an earlier answer of this cache
-    /// (under the same policy version) as hits.
+    /// (under the same tenant version) as hits.
     pub fn count_hits(&self, n: u64) {
         if n > 0 {
             self.hits.fetch_add(n, Ordering::Relaxed);
@@ -232,6 +233,10 @@ impl<E> CachedEvaluator<E> {
 impl<E: PolicyEvaluator> PolicyEvaluator for CachedEvaluator<E> {
     fn version(&self) -> u64 {
         self.inner.version()
+    }
+
+    fn tenant_version(&self, tenant: &str) -> u64 {
+        self.inner.tenant_version(tenant)
     }
 
     fn authenticate(&self, credential: &Credential<'_>) -> Result<Subject, Refusal> {

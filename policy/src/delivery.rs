@@ -5,7 +5,8 @@
 //! as messages arrive. A subscriber whose subscriptions overlap no deny
 //! ([`PolicyEvaluator::withholds`] is `false` for each) is never asked here. One that does asks
 //! [`DeliveryGate::allows`] per message: the last topic's answer is kept under its policy
-//! version (a comparison, for a subscriber that mostly hears one topic), and any other topic
+//! version and its tenant's version (a comparison, for a subscriber that mostly hears one
+//! topic, which a change to another tenant leaves valid), and any other topic
 //! goes to the [`DecisionCache`], so a topic seen before never re-runs the evaluator.
 
 use crate::cache::DecisionCache;
@@ -16,8 +17,9 @@ use crate::topic::{TopicLimits, parse_topic_name};
 /// the first check.
 #[derive(Debug, Default)]
 pub struct DeliveryGate {
-    /// The policy version `topic`'s answer was given under; `None` before the first.
-    version: Option<u64>,
+    /// The policy version and the subject's tenant version `topic`'s answer was given under;
+    /// `None` before the first.
+    under: Option<(u64, u64)>,
     topic: String,
     allowed: bool,
     /// Answers given from the memo since the last [`DeliveryGate::take_hits`].
@@ -39,10 +41,17 @@ impl DeliveryGate {
         // The memo is a tier of the cache: kept only while the cache is on, so that the
         // cache's worth can still be measured against nothing at all.
         let memo = cache.is_enabled();
-        if memo && self.version == Some(version) && self.topic == topic {
+        if memo
+            && self.topic == topic
+            && let Some((v, tenant_version)) = self.under
+            // The same policy, or one that did not touch the subject's tenant.
+            && (v == version || tenant_version == evaluator.tenant_version(&subject.tenant))
+        {
+            self.under = Some((version, tenant_version));
             self.hits += 1;
             return self.allowed;
         }
+        let tenant_version = evaluator.tenant_version(&subject.tenant);
         let allowed = parse_topic_name(topic, &TopicLimits::default()).is_ok_and(|t| {
             cache
                 .authorize(evaluator, subject, Action::Subscribe, &t)
@@ -52,7 +61,7 @@ impl DeliveryGate {
             // Reused, so a subscriber that hears many topics does not allocate per message.
             self.topic.clear();
             self.topic.push_str(topic);
-            self.version = Some(version);
+            self.under = Some((version, tenant_version));
             self.allowed = allowed;
             cache.count_hits(self.take_hits());
         }

@@ -1,14 +1,16 @@
 //! Deltas between snapshots: per-kind upserts and removals, computed by `diff`, applied by `apply`.
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 
-use hashbrown::HashMap;
 use serde::{Deserialize, Serialize};
 
+use crate::changes::{SubjectName, Touched, next_stamp};
 use crate::model::{
-    Channel, Grant, Group, ResourceName, SigningKey, Tenant, TenantPolicy, Thing, User,
+    Channel, Grant, GrantSubject, Group, ResourceName, SigningKey, SubjectKind, Tenant,
+    TenantPolicy, Thing, User,
 };
-use crate::snapshot::Snapshot;
+use crate::snapshot::{Snapshot, Table};
 
 /// The changes to one kind of resource.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -116,7 +118,7 @@ pub enum ApplyError {
     },
 }
 
-fn diff_table<K, T>(a: &HashMap<K, Arc<T>>, b: &HashMap<K, Arc<T>>) -> Changes<T, K>
+fn diff_table<K, T>(a: &Table<K, Arc<T>>, b: &Table<K, Arc<T>>) -> Changes<T, K>
 where
     K: Eq + std::hash::Hash + Ord + Clone,
     T: PartialEq + Clone,
@@ -158,8 +160,39 @@ pub fn diff(a: &Snapshot, b: &Snapshot) -> Delta {
     }
 }
 
+impl Delta {
+    /// Every tenant a change of this delta belongs to.
+    pub fn tenants_touched(&self) -> BTreeSet<&str> {
+        let mut out: BTreeSet<&str> = self.tenants.removals.iter().map(String::as_str).collect();
+        out.extend(self.tenants.upserts.iter().map(|t| t.name.as_str()));
+        out.extend(
+            names(&self.things, |t| (&t.tenant, &t.name))
+                .chain(names(&self.users, |u| (&u.tenant, &u.name)))
+                .chain(names(&self.groups, |g| (&g.tenant, &g.name)))
+                .chain(names(&self.channels, |c| (&c.tenant, &c.name)))
+                .chain(names(&self.grants, |g| (&g.tenant, &g.name)))
+                .chain(names(&self.policies, |p| (&p.tenant, &p.name)))
+                .map(|(tenant, _)| tenant),
+        );
+        out
+    }
+}
+
+/// The ids of one kind's changes: removed and upserted.
+fn names<T>(
+    c: &Changes<T, ResourceName>,
+    id: fn(&T) -> (&str, &str),
+) -> impl Iterator<Item = (&str, &str)> {
+    c.removals
+        .iter()
+        .map(|r| (r.tenant.as_str(), r.name.as_str()))
+        .chain(c.upserts.iter().map(id))
+}
+
 impl Snapshot {
-    /// Applies a delta computed against this snapshot's version; cost is the delta's size.
+    /// Applies a delta computed against this snapshot's version; it costs the delta's size
+    /// times O(log n). Every tenant the delta touches gets a new version, and what it touched is
+    /// noted for [`Snapshot::changes_since`].
     pub fn apply(&mut self, delta: &Delta) -> Result<(), ApplyError> {
         if delta.from_version != self.version {
             return Err(ApplyError::VersionMismatch {
@@ -167,53 +200,120 @@ impl Snapshot {
                 actual: self.version,
             });
         }
-        for name in &delta.tenants.removals {
-            self.remove_tenant(name);
-        }
-        for r in &delta.things.removals {
-            self.remove_thing(&r.tenant, &r.name);
-        }
-        for r in &delta.users.removals {
-            self.remove_user(&r.tenant, &r.name);
-        }
-        for r in &delta.groups.removals {
-            self.remove_group(&r.tenant, &r.name);
-        }
-        for r in &delta.channels.removals {
-            self.remove_channel(&r.tenant, &r.name);
-        }
-        for r in &delta.grants.removals {
-            self.remove_grant(&r.tenant, &r.name);
-        }
-        for r in &delta.policies.removals {
-            self.remove_policy(&r.tenant, &r.name);
-        }
-        for t in &delta.tenants.upserts {
-            self.upsert_tenant(t.clone());
-        }
-        for t in &delta.things.upserts {
-            self.upsert_thing(t.clone());
-        }
-        for u in &delta.users.upserts {
-            self.upsert_user(u.clone());
-        }
-        for g in &delta.groups.upserts {
-            self.upsert_group(g.clone());
-        }
-        for c in &delta.channels.upserts {
-            self.upsert_channel(c.clone());
-        }
-        for g in &delta.grants.upserts {
-            self.upsert_grant(g.clone());
-        }
-        for p in &delta.policies.upserts {
-            self.upsert_policy(p.clone());
-        }
-        if let Some(keys) = &delta.signing_keys {
-            self.set_signing_keys(keys.clone());
-        }
+        let mut touched = Touched::default();
+        // A group's members and a grant's subjects as they were, and as they are after.
+        self.reach(delta, &mut touched);
+        self.apply_removals(delta);
+        self.apply_upserts(delta);
+        self.reach(delta, &mut touched);
+        let stamp = next_stamp();
+        self.touch_tenants(stamp, delta.tenants_touched());
+        self.record_change(stamp, touched);
         self.version = delta.to_version;
         self.detach_engine();
         Ok(())
+    }
+
+    fn apply_removals(&mut self, delta: &Delta) {
+        for name in &delta.tenants.removals {
+            self.take_tenant(name);
+        }
+        for r in &delta.things.removals {
+            self.take_thing(&r.tenant, &r.name);
+        }
+        for r in &delta.users.removals {
+            self.take_user(&r.tenant, &r.name);
+        }
+        for r in &delta.groups.removals {
+            self.take_group(&r.tenant, &r.name);
+        }
+        for r in &delta.channels.removals {
+            self.take_channel(&r.tenant, &r.name);
+        }
+        for r in &delta.grants.removals {
+            self.take_grant(&r.tenant, &r.name);
+        }
+        for r in &delta.policies.removals {
+            self.take_policy(&r.tenant, &r.name);
+        }
+    }
+
+    fn apply_upserts(&mut self, delta: &Delta) {
+        for t in &delta.tenants.upserts {
+            self.put_tenant(t.clone());
+        }
+        for t in &delta.things.upserts {
+            self.put_thing(t.clone());
+        }
+        for u in &delta.users.upserts {
+            self.put_user(u.clone());
+        }
+        for g in &delta.groups.upserts {
+            self.put_group(g.clone());
+        }
+        for c in &delta.channels.upserts {
+            self.put_channel(c.clone());
+        }
+        for g in &delta.grants.upserts {
+            self.put_grant(g.clone());
+        }
+        for p in &delta.policies.upserts {
+            self.put_policy(p.clone());
+        }
+        if let Some(keys) = &delta.signing_keys {
+            self.put_signing_keys(keys.clone());
+        }
+    }
+
+    /// Adds to `touched` whom `delta`'s changes reach in this snapshot as it is: tenants whose
+    /// Tenant record or policy texts change, or that an external engine decides; the things
+    /// and users changed, the members of the groups changed and the subjects of the grants
+    /// changed (a group's through its members); the channels changed.
+    fn reach(&self, delta: &Delta, touched: &mut Touched) {
+        touched
+            .tenants
+            .extend(delta.tenants.removals.iter().cloned());
+        touched
+            .tenants
+            .extend(delta.tenants.upserts.iter().map(|t| t.name.clone()));
+        for (tenant, _) in names(&delta.policies, |p| (&p.tenant, &p.name)) {
+            touched.tenants.insert(tenant.to_owned());
+        }
+        for t in delta.tenants_touched() {
+            if self.tenant(t).is_some_and(|t| !t.engine.is_builtin()) {
+                touched.tenants.insert(t.to_owned());
+            }
+        }
+        let mut subject = |tenant: &str, kind, name: &str| {
+            touched
+                .subjects
+                .insert(SubjectName::new(tenant, kind, name));
+        };
+        for (tenant, name) in names(&delta.things, |t| (&t.tenant, &t.name)) {
+            subject(tenant, SubjectKind::Thing, name);
+        }
+        for (tenant, name) in names(&delta.users, |u| (&u.tenant, &u.name)) {
+            subject(tenant, SubjectKind::User, name);
+        }
+        for (tenant, name) in names(&delta.groups, |g| (&g.tenant, &g.name)) {
+            self.members_of(tenant, name, &mut subject);
+        }
+        for (tenant, name) in names(&delta.grants, |g| (&g.tenant, &g.name)) {
+            match self.grant(tenant, name).map(|g| &g.subject) {
+                Some(GrantSubject::Thing(n)) => subject(tenant, SubjectKind::Thing, n),
+                Some(GrantSubject::User(n)) => subject(tenant, SubjectKind::User, n),
+                Some(GrantSubject::Group(g)) => self.members_of(tenant, g, &mut subject),
+                None => {}
+            }
+        }
+        for (tenant, name) in names(&delta.channels, |c| (&c.tenant, &c.name)) {
+            touched.channels.insert(ResourceName::new(tenant, name));
+        }
+    }
+
+    fn members_of(&self, tenant: &str, group: &str, f: &mut impl FnMut(&str, SubjectKind, &str)) {
+        for m in self.group(tenant, group).map_or(&[][..], |g| &g.members) {
+            f(tenant, m.kind, &m.name);
+        }
     }
 }

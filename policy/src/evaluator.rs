@@ -294,6 +294,17 @@ pub trait PolicyEvaluator {
     /// newer version.
     fn version(&self) -> u64;
 
+    /// The version of what answers about subjects of `tenant` come from. Two calls that give
+    /// the same value must mean the same policy for that tenant, and a value never comes back
+    /// for another one; like [`Self::version`], it is read before the policy is consulted. The
+    /// default, [`Self::version`] itself, changes with every policy. A [`crate::Snapshot`]
+    /// gives each tenant its own (see [`crate::changes`]), so that answers about tenants a
+    /// change did not touch stay valid in a cache.
+    fn tenant_version(&self, tenant: &str) -> u64 {
+        let _ = tenant;
+        self.version()
+    }
+
     /// Authenticates a credential. The credential is checked before any other state: an
     /// unknown tenant or subject, a wrong key or password, and a disabled subject or suspended
     /// tenant presented with a wrong one all answer `BadCredential`, after the same work. Only
@@ -323,6 +334,9 @@ macro_rules! forward_evaluator {
         impl<E: PolicyEvaluator + ?Sized> PolicyEvaluator for $ty {
             fn version(&self) -> u64 {
                 (**self).version()
+            }
+            fn tenant_version(&self, tenant: &str) -> u64 {
+                (**self).tenant_version(tenant)
             }
             fn authenticate(&self, credential: &Credential<'_>) -> Result<Subject, Refusal> {
                 (**self).authenticate(credential)

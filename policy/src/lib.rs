@@ -6,6 +6,11 @@
 //! [`Delta`]s; the dataplane answers every CONNECT, PUBLISH and SUBSCRIBE through the
 //! [`PolicyEvaluator`] trait, usually behind a [`CachedEvaluator`].
 //!
+//! A [`Snapshot`] keeps its tables in persistent maps: a copy costs O(1) and applying a
+//! [`Delta`] to it what the delta changes. Each tenant has a version of its own, which the
+//! decision cache keys its answers by, and an applied delta notes whom it reached
+//! ([`changes`]), so a dataplane re-checks only the sessions it concerns.
+//!
 //! ```
 //! use fleetward_policy::*;
 //!
@@ -75,6 +80,7 @@
 mod builtin;
 pub mod cache;
 pub mod certificates;
+pub mod changes;
 pub mod credentials;
 pub mod delivery;
 pub mod delta;
@@ -97,6 +103,7 @@ pub use certificates::{
     CaError, CertificateNames, CertificateSeal, CredentialMode, DeviceCa, ThingX509,
     normalize_serial,
 };
+pub use changes::{Since, SubjectName, Touched};
 pub use credentials::{
     CredentialError, KeyDigest, generate_thing_key, hash_password, verify_password,
     verify_thing_key,

@@ -45,15 +45,20 @@ pub(crate) struct PublishRequest {
 /// the decision, and the channel's and the tenant's terms for it. A device mostly publishes on
 /// one topic, and each publish there after the first then costs a comparison instead of the
 /// topic's parsing, the decision cache and the channel and tenant lookups (a tenant's publish
-/// rate is still taken per publish, from the tenant's own limiter the memo holds). Snapshot versions
-/// only grow on a dataplane (the decision cache keys on them too), so a memo of an older one
-/// is never taken for the current one.
+/// rate is still taken per publish, from the tenant's own limiter the memo holds). The memo
+/// holds under the snapshot version it was made at, and under any later one that leaves the
+/// tenant's version as it was (a change to another tenant): snapshot versions only grow on a
+/// dataplane, and a tenant's version names its records (the decision cache keys on it too), so
+/// a memo of an older policy of the tenant is never taken for the current one.
 ///
 /// It is a tier of the decision cache: kept only while the cache is on, and its answers count
 /// as the cache's hits ([`PublishMemo::take_hits`]).
 #[derive(Debug, Default)]
 pub(crate) struct PublishMemo {
     version: u64,
+    /// The version of the topic's tenant (the publisher's: only its own tenant's topics are
+    /// allowed, and only allowed ones are kept).
+    tenant_version: u64,
     topic: Bytes,
     terms: Option<Terms>,
     hits: u64,
@@ -79,6 +84,15 @@ struct Terms {
     channel: Range<usize>,
 }
 
+impl Terms {
+    /// The tenant level of `topic`, the topic these terms were decided for.
+    fn tenant_of<'t>(&self, topic: &'t [u8]) -> Option<&'t str> {
+        topic
+            .get(self.tenant.clone())
+            .and_then(|t| std::str::from_utf8(t).ok())
+    }
+}
+
 impl PublishMemo {
     /// The terms of `topic` under `snapshot`: the memo's, or what `decide` says (then kept).
     /// Borrowed, not cloned: a hit touches nothing shared (the limiter's count included).
@@ -88,12 +102,23 @@ impl PublishMemo {
         topic: &Bytes,
         decide: impl FnOnce() -> Result<Terms, PublishRefusal>,
     ) -> Result<&Terms, PublishRefusal> {
-        let hit =
-            self.terms.is_some() && self.version == snapshot.version() && self.topic == *topic;
+        let same_tenant_policy = |terms: &Terms| {
+            terms
+                .tenant_of(topic)
+                .is_some_and(|t| snapshot.tenant_version(t) == self.tenant_version)
+        };
+        let hit = self.terms.as_ref().is_some_and(|terms| {
+            self.topic == *topic
+                && (self.version == snapshot.version() || same_tenant_policy(terms))
+        });
         if hit {
             self.hits += 1;
+            self.version = snapshot.version();
         } else {
             let terms = decide()?;
+            self.tenant_version = terms
+                .tenant_of(topic)
+                .map_or(0, |t| snapshot.tenant_version(t));
             self.version = snapshot.version();
             // A copy: the topic may be a slice of a whole socket read, not to be kept alive.
             self.topic = Bytes::copy_from_slice(topic);

@@ -7,7 +7,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use fleetward_policy::{Snapshot, TenantLimits, filter_matches};
+use fleetward_policy::{Since, Snapshot, TenantLimits, filter_matches};
 use parking_lot::Mutex;
 use prometheus_client::encoding::DescriptorEncoder;
 use tokio::sync::watch;
@@ -465,8 +465,8 @@ impl RetainedStore {
 /// shared bucket, which may still hold messages of channels deleted while no pod ran.
 const SWEEP: Duration = Duration::from_secs(30);
 
-/// Deleting a Channel or a Tenant deletes its retained messages: on every applied snapshot (and
-/// every [`SWEEP`]), what the store holds for channels the snapshot lacks, or has under
+/// Deleting a Channel or a Tenant deletes its retained messages: on every applied snapshot that
+/// may have changed a channel or a tenant (and every [`SWEEP`]), what the store holds for channels the snapshot lacks, or has under
 /// another uid than a message was stored under, is dropped here, and through `purge_bus` from
 /// the bucket every pod shares.
 ///
@@ -480,10 +480,19 @@ pub(crate) async fn purge_deleted_channels(
 ) {
     let mut sweep = tokio::time::interval(SWEEP);
     sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut seen = None;
     loop {
         let snapshot = policy.borrow_and_update().clone();
+        // A delta that touched no channel and no tenant leaves every uid as it was: no walk.
+        let may_purge = seen.is_none_or(|seen| match snapshot.changes_since(seen) {
+            Since::Everything => true,
+            Since::Deltas(d) => d
+                .iter()
+                .any(|t| !t.channels.is_empty() || !t.tenants.is_empty()),
+        });
+        seen = Some(snapshot.stamp());
         // Version 0 is "no policy yet", not "no channels".
-        if snapshot.version() > 0 {
+        if may_purge && snapshot.version() > 0 {
             let gone = store.purge_gone(&snapshot);
             if !gone.is_empty() {
                 tracing::info!(
@@ -497,7 +506,7 @@ pub(crate) async fn purge_deleted_channels(
         }
         tokio::select! {
             changed = policy.changed() => if changed.is_err() { return },
-            _ = sweep.tick() => {}
+            _ = sweep.tick() => seen = None,
         }
     }
 }

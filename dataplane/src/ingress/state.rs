@@ -62,6 +62,8 @@ pub(crate) struct Ingress<R: Router> {
     pub(crate) router: R,
     pub(crate) policy: watch::Receiver<Arc<Snapshot>>,
     pub(crate) cache: DecisionCache,
+    /// Which sessions each policy change concerns.
+    pub(crate) rechecks: Arc<super::Rechecks>,
     /// Shared with the bus, which mirrors other pods' retained messages into it.
     pub(crate) retained: Arc<RetainedStore>,
     pub(crate) rates: TenantRates,
@@ -100,6 +102,7 @@ impl<R: Router> Ingress<R> {
             provisioner: None,
             drain: super::Drain::default(),
             cache: DecisionCache::new(config.decision_cache_entries),
+            rechecks: Arc::default(),
             config,
             router,
             policy,

@@ -124,8 +124,8 @@ impl Session<'_> {
         self.status.set_error(text);
     }
 
-    /// Applies an update to a copy of the snapshot; on success publishes and persists it and
-    /// ACKs, else NACKs and keeps the old snapshot.
+    /// Applies an update to a copy of the snapshot (O(1), then O(delta · log n)); on success
+    /// publishes and persists it and ACKs, else NACKs and keeps the old snapshot.
     fn apply(&self, update: pb::Update) -> Out {
         let (version, nonce) = (update.version, update.nonce);
         match self.build(update) {
@@ -247,8 +247,10 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 
 /// The snapshot to publish to the evaluator: `next` itself, unless its version does not move
 /// past the published one (another operator replica numbers its versions on its own). Then a
-/// copy with the next local version: the decision cache keys answers by version, so a version
-/// seen before must never come back with another policy.
+/// copy (O(1): it shares its tables) with the next local version: the sessions' publish memos
+/// and delivery gates take an equal version for the same policy, so a version seen before
+/// must never come back with another one. (The decision cache keys answers by tenant version,
+/// which the operator's numbering does not touch.)
 fn monotonic(published: &Arc<Snapshot>, next: &Arc<Snapshot>) -> Arc<Snapshot> {
     if next.version() > published.version() {
         return next.clone();

@@ -1,5 +1,6 @@
 //! One plain WebSocket stream: deliveries as JSON frames, client frames as publishes, and the
-//! re-check on every snapshot that closes the socket once the stream is no longer allowed.
+//! re-check on each policy change that concerns it, which closes the socket once the stream is no
+//! longer allowed.
 
 use std::sync::Arc;
 
@@ -201,12 +202,18 @@ impl<R: Router> Conn<R> {
 
     /// Runs until the client leaves (`None`) or the server closes (`Some`).
     async fn pump(&mut self, link: &mut R::Link) -> Option<Close> {
+        // Registered before anything is checked: a change from here on that concerns the
+        // stream wakes it; one since the stream was authorized is re-checked at once.
+        let interest = self.shared.rechecks.register(&self.stream.subject);
+        interest.watch_channel(&self.stream.tenant, &self.stream.channel);
         let mut policy = self.shared.policy.clone();
+        if policy.has_changed().unwrap_or(false) {
+            interest.recheck_now();
+        }
         self.withholds = self.withholds_now(&self.shared.snapshot());
         if !self.send_retained().await {
             return None;
         }
-        let mut policy_open = true;
         let mut token_expiry = crate::ingress::TokenExpiry::new(self.stream.token_ends);
         let mut drain = self.shared.drain.watch();
         loop {
@@ -259,12 +266,8 @@ impl<R: Router> Conn<R> {
                         ));
                     }
                 },
-                changed = policy.changed(), if policy_open => {
-                    if changed.is_err() {
-                        // The policy source is gone: keep enforcing the last snapshot.
-                        policy_open = false;
-                        continue;
-                    }
+                // Only changes that concern this stream (`ingress::rechecks`).
+                () = interest.changed() => {
                     let snapshot = policy.borrow_and_update().clone();
                     if let Err(close) = self.revalidate(&snapshot) {
                         return Some(close);

@@ -1,4 +1,5 @@
-//! Refusals with their protocol codes, and revocation on a new snapshot, driven by rumqttc.
+//! Refusals with their protocol codes, and revocation on a new snapshot or delta (which re-checks
+//! only the sessions it reaches), driven by rumqttc.
 
 use crate::common;
 
@@ -546,4 +547,89 @@ async fn a_deny_added_later_withholds_its_topics_from_live_wildcard_subscription
         fx.dataplane.metrics().refusals("revoked", "subscription"),
         0
     );
+}
+
+/// Sessions woken to re-check by policy changes so far, and by the last change.
+fn rechecks(fx: &Fixture) -> (u64, i64) {
+    fx.dataplane.metrics().policy_rechecks()
+}
+
+/// Waits until `done` holds, for at most `WAIT`.
+async fn eventually(mut done: impl FnMut() -> bool) -> bool {
+    let until = Instant::now() + WAIT;
+    while Instant::now() < until {
+        if done() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    done()
+}
+
+#[tokio::test]
+async fn a_delta_for_one_tenant_re_checks_only_that_tenants_session() {
+    let mut fx = Fixture::start().await;
+    let mut acme = v4::connect(fx.addr, "acme", "reader", "a").await;
+    let mut globex = v4::connect(fx.addr, "globex", "reader", "g").await;
+    acme.subscribe("m/acme/c/telemetry/#", v4::QoS::AtLeastOnce)
+        .await;
+    globex
+        .subscribe("m/globex/c/telemetry/#", v4::QoS::AtLeastOnce)
+        .await;
+    let (before, _) = rechecks(&fx);
+
+    fx.apply_delta(|d| {
+        d.grants.removals.push(fleetward_policy::ResourceName::new(
+            "acme",
+            "reader-telemetry",
+        ));
+    });
+    assert!(eventually(|| rechecks(&fx).0 > before).await, "no re-check");
+    assert_eq!(
+        rechecks(&fx),
+        (before + 1, 1),
+        "only acme's reader re-checks"
+    );
+    // The revocation holds as before: acme's subscription is gone, globex's is not.
+    assert!(eventually(|| fx.dataplane.metrics().refusals("revoked", "subscription") == 1).await);
+    let mut sensors = Vec::new();
+    for (tenant, client) in [("acme", &mut acme), ("globex", &mut globex)] {
+        let sensor = v4::connect(fx.addr, tenant, "sensor", &format!("s-{tenant}")).await;
+        sensor
+            .client
+            .publish(
+                format!("m/{tenant}/c/telemetry/1"),
+                v4::QoS::AtLeastOnce,
+                false,
+                "after",
+            )
+            .await
+            .expect("queued");
+        let got = client.next_publish(QUIET).await;
+        assert_eq!(got.is_some(), tenant == "globex", "{tenant}: {got:?}");
+        sensors.push(sensor);
+    }
+
+    // A full snapshot re-checks everyone (the two readers and the two sensors).
+    let (before, _) = rechecks(&fx);
+    fx.apply(resources());
+    assert!(eventually(|| rechecks(&fx).0 > before).await, "no re-check");
+    assert_eq!(rechecks(&fx), (before + 4, 4));
+}
+
+#[tokio::test]
+async fn a_delta_that_disables_a_thing_ends_its_session_only() {
+    let mut fx = Fixture::start().await;
+    let mut acme = v4::connect(fx.addr, "acme", "reader", "a").await;
+    let mut globex = v4::connect(fx.addr, "globex", "reader", "g").await;
+    let mut disabled = resources()
+        .things
+        .into_iter()
+        .find(|t| t.tenant == "acme" && t.name == "reader")
+        .expect("in the fixture");
+    disabled.disabled = true;
+    fx.apply_delta(|d| d.things.upserts.push(disabled));
+    assert!(acme.closed_within(WAIT).await.is_some());
+    assert!(globex.closed_within(QUIET).await.is_none());
+    assert_eq!(rechecks(&fx).1, 1);
 }

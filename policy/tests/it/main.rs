@@ -7,3 +7,4 @@
 mod no_alloc;
 mod properties;
 mod snapshot;
+mod tenant_versions;

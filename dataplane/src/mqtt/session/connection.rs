@@ -14,7 +14,7 @@ use foldhash::{HashMap, HashSet};
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::accepted::{Accepted, Connected};
-use crate::ingress::PublishMemo;
+use crate::ingress::{Interest, PublishMemo};
 use crate::mqtt::broker::Broker;
 use crate::mqtt::codec::Codec;
 use crate::mqtt::saved::{OutMsg, Outbound};
@@ -53,6 +53,8 @@ pub(crate) struct Session<R: Router, S> {
     /// Topic aliases given to the client, by client-side topic.
     pub(super) out_aliases: HashMap<Bytes, u16>,
     pub(super) policy: tokio::sync::watch::Receiver<Arc<Snapshot>>,
+    /// Wakes the session when a policy change concerns it.
+    pub(super) interest: Interest,
     pub(super) last_rx: Instant,
     /// Publishes accepted from what the socket read brought in, handed to the router together
     /// when the read is processed (or before any other packet is handled).
@@ -144,8 +146,14 @@ impl<R: Router, S: AsyncRead + AsyncWrite + Unpin + Send> Session<R, S> {
         rbuf: BytesMut,
         connected: Connected<R::Link>,
     ) -> Self {
-        // Not marked seen: a snapshot applied between CONNECT and here is re-checked at once.
+        // Registered before anything is checked: a change from here on that concerns the
+        // session wakes it. Not marked seen: a snapshot applied between CONNECT and here is
+        // re-checked at once.
+        let interest = shared.rechecks.register(&connected.acc.subject);
         let policy = shared.policy.clone();
+        if policy.has_changed().unwrap_or(false) {
+            interest.recheck_now();
+        }
         let mut s = Session {
             shared,
             stream,
@@ -162,6 +170,7 @@ impl<R: Router, S: AsyncRead + AsyncWrite + Unpin + Send> Session<R, S> {
             aliases: HashMap::default(),
             out_aliases: HashMap::default(),
             policy,
+            interest,
             last_rx: Instant::now(),
             outbox: Vec::new(),
             outbox_mark: 0,

@@ -28,7 +28,6 @@ impl<R: Router, S: AsyncRead + AsyncWrite + Unpin + Send> Session<R, S> {
         if let Some(end) = self.resume().await {
             return end;
         }
-        let mut policy_open = true;
         let mut token_expiry = crate::ingress::TokenExpiry::new(self.acc.token_ends);
         let mut drain = self.shared.drain.watch();
         loop {
@@ -69,14 +68,10 @@ impl<R: Router, S: AsyncRead + AsyncWrite + Unpin + Send> Session<R, S> {
                 },
                 // Held answers stored (or too late): the loop's top writes them, or ends.
                 () = held_stored(&mut self.publishing, &self.shared), if self.is_holding() => {},
-                changed = self.policy.changed(), if policy_open => {
-                    if changed.is_err() {
-                        // The policy source is gone: keep enforcing the last snapshot.
-                        policy_open = false;
-                    } else if let Flow::End(end) = self.revalidate() {
-                        self.flush_last().await;
-                        return end;
-                    }
+                // Only changes that concern this session (`ingress::rechecks`).
+                () = self.interest.changed() => if let Flow::End(end) = self.revalidate() {
+                    self.flush_last().await;
+                    return end;
                 },
                 kick = self.acc.registration.kicked() => {
                     debug_assert_eq!(kick, Kick::TakenOver);

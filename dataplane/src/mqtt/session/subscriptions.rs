@@ -1,8 +1,9 @@
-//! SUBSCRIBE, UNSUBSCRIBE and the re-check of subscriptions on every new snapshot (the index
-//! of a session's subscriptions is `mqtt/subs.rs`).
+//! SUBSCRIBE, UNSUBSCRIBE and the re-check of subscriptions on each policy change that
+//! concerns the session (the index of a session's subscriptions is `mqtt/subs.rs`).
 
 use fleetward_policy::{
-    Action, Decision, PolicyEvaluator, Snapshot, Subject, Topic, TopicError, parse_filter,
+    Action, Decision, PolicyEvaluator, ResourceName, Snapshot, Subject, Topic, TopicError,
+    parse_filter,
 };
 use rumqttd::protocol::{
     DisconnectReasonCode, Filter, Packet, RetainForwardRule, SubAck, Subscribe,
@@ -115,6 +116,7 @@ impl<R: Router, S: AsyncRead + AsyncWrite + Unpin + Send> Session<R, S> {
         let Some(channel) = snapshot.channel(topic.tenant(), topic.channel()) else {
             return reason::suback_refused(version, false);
         };
+        self.watch_channel(snapshot, topic.tenant(), topic.channel());
         // Granted though a deny may overlap it: then the denied topics are withheld from
         // each delivery (deliver.rs), retained ones included.
         let withholds = snapshot.withholds(&self.acc.subject, &topic);
@@ -185,6 +187,15 @@ impl<R: Router, S: AsyncRead + AsyncWrite + Unpin + Send> Session<R, S> {
             ));
         }
         reason::suback_granted(granted)
+    }
+
+    /// Watches a channel subscribed to under `snapshot` for policy changes. Before the answer
+    /// can go stale: a change that `snapshot` did not have yet is re-checked at the next turn.
+    fn watch_channel(&self, snapshot: &Snapshot, tenant: &str, channel: &str) {
+        self.interest.watch_channel(tenant, channel);
+        if self.policy.borrow().stamp() != snapshot.stamp() {
+            self.interest.recheck_now();
+        }
     }
 
     /// The filter of `path` as subscribed: mounted for a mounted thing.
@@ -315,7 +326,8 @@ impl<R: Router, S: AsyncRead + AsyncWrite + Unpin + Send> Session<R, S> {
         }
     }
 
-    /// Re-checks the session and its subscriptions against a new snapshot.
+    /// Re-checks the session and its subscriptions against a new snapshot (one that concerns
+    /// it: see `ingress::rechecks`).
     pub(super) fn revalidate(&mut self) -> Flow {
         let snapshot = self.policy.borrow_and_update().clone();
         let subject: &Subject = &self.acc.subject;
@@ -341,8 +353,10 @@ impl<R: Router, S: AsyncRead + AsyncWrite + Unpin + Send> Session<R, S> {
         }
         let mut revoked = Vec::new();
         let mut withholding = Vec::new();
+        let mut channels = Vec::new();
         for sub in self.subs.values_mut() {
             let allowed = parse_filter(&sub.full, &limits()).is_ok_and(|t| {
+                channels.push(ResourceName::new(t.tenant(), t.channel()));
                 let mut ok = self
                     .shared
                     .cache
@@ -366,6 +380,8 @@ impl<R: Router, S: AsyncRead + AsyncWrite + Unpin + Send> Session<R, S> {
             }
         }
         self.subs.reset_withholding(withholding);
+        // A revoked filter's channel may stay watched: a superset only wakes the session more.
+        self.interest.set_channels(channels);
         for full in revoked {
             if let Some(sub) = self.subs.remove(&full) {
                 self.shared.metrics.refused("revoked", "subscription");

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use fleetward_dataplane::{Dataplane, MqttConfig, RunningDataplane};
 use fleetward_policy::{
-    Actions, Channel, Grant, GrantSubject, KeyDigest, Qos, Resources, Snapshot, Tenant,
+    Actions, Channel, Delta, Grant, GrantSubject, KeyDigest, Qos, Resources, Snapshot, Tenant,
     TenantLimits, Thing,
 };
 use tokio::sync::{mpsc, watch};
@@ -161,6 +161,21 @@ impl Fixture {
     pub fn apply(&mut self, resources: Resources) {
         self.version += 1;
         self.policy.send_replace(snapshot(self.version, resources));
+    }
+
+    /// Applies a delta to the current snapshot, as the PolicySync client does.
+    pub fn apply_delta(&mut self, change: impl FnOnce(&mut Delta)) {
+        let mut delta = Delta {
+            from_version: self.version,
+            to_version: self.version + 1,
+            ..Delta::default()
+        };
+        change(&mut delta);
+        let mut next = Snapshot::clone(&self.policy.borrow());
+        next.apply(&delta)
+            .expect("the delta starts at the current version");
+        self.version += 1;
+        self.policy.send_replace(Arc::new(next));
     }
 
     pub fn port(&self) -> u16 {

@@ -1,10 +1,15 @@
-//! The versioned policy snapshot: resource tables with O(1) lookups and their derived indexes.
+//! The versioned policy snapshot: resource tables with O(1)-ish lookups and their derived
+//! indexes, in persistent maps, so that a copy costs O(1) and a change to it O(log n).
+
+mod tables;
+mod wire;
 
 use std::fmt;
 use std::sync::Arc;
 
-use hashbrown::{Equivalent, HashMap};
-use serde::{Deserialize, Serialize};
+use hashbrown::Equivalent;
+
+use crate::changes::{ChangeLog, Since, next_stamp};
 
 use crate::credentials::KeyDigest;
 use crate::engine::{EngineSlot, TenantEngine};
@@ -86,42 +91,82 @@ pub enum BuildError {
     },
 }
 
+/// A persistent hash map (a hash array mapped trie): a clone shares every node, a change copies
+/// the path to what it changes.
+pub(crate) type Table<K, V> =
+    imbl::GenericHashMap<K, V, foldhash::fast::RandomState, imbl::shared_ptr::DefaultSharedPtr>;
+
 /// A versioned, immutable-by-convention set of policy tables.
 ///
 /// The dataplane evaluates it (it implements [`crate::PolicyEvaluator`]); the operator keeps one
 /// up to date with the `upsert_*` / `remove_*` methods and ships [`crate::Delta`]s between
-/// versions. Equality compares the version, every table and every derived index.
-#[derive(Clone, Default, PartialEq)]
+/// versions. A clone shares its tables (O(1)), and applying a delta to it costs the delta's
+/// size times O(log n).
+///
+/// Equality compares the version, every table and every derived index; not the tenant versions
+/// or the log of changes, which say how a snapshot came to be, not what it holds.
+#[derive(Clone, Default)]
 pub struct Snapshot {
     pub(crate) version: u64,
-    pub(crate) tenants: HashMap<String, Arc<Tenant>>,
-    pub(crate) things: HashMap<ResourceName, Arc<Thing>>,
-    pub(crate) users: HashMap<ResourceName, Arc<User>>,
-    pub(crate) groups: HashMap<ResourceName, Arc<Group>>,
-    pub(crate) channels: HashMap<ResourceName, Arc<Channel>>,
-    pub(crate) grants: HashMap<ResourceName, Arc<Grant>>,
+    pub(crate) tenants: Table<String, Arc<Tenant>>,
+    pub(crate) things: Table<ResourceName, Arc<Thing>>,
+    pub(crate) users: Table<ResourceName, Arc<User>>,
+    pub(crate) groups: Table<ResourceName, Arc<Group>>,
+    pub(crate) channels: Table<ResourceName, Arc<Channel>>,
+    pub(crate) grants: Table<ResourceName, Arc<Grant>>,
     /// Each tenant's audit channel ([`AUDIT_CHANNEL`]), made with the tenant: not a resource,
     /// so never listed, counted, serialized or diffed.
-    audit_channels: HashMap<String, Arc<Channel>>,
+    audit_channels: Table<String, Arc<Channel>>,
     /// Grants by subject and channel; each list sorted by grant name.
-    grants_by_target: HashMap<GrantTarget, Vec<Arc<Grant>>>,
+    grants_by_target: Table<GrantTarget, Vec<Arc<Grant>>>,
     /// Group names by member; each list sorted.
-    groups_by_member: HashMap<MemberKey, Vec<String>>,
+    groups_by_member: Table<MemberKey, Vec<String>>,
     /// Things by key digest; normally one, sorted.
-    things_by_key: HashMap<KeyDigest, Vec<ResourceName>>,
+    things_by_key: Table<KeyDigest, Vec<ResourceName>>,
     /// Tenants by the DER subject of a CA in their `device_ca`: who a certificate that names
     /// no tenant may belong to. Sorted.
-    pub(crate) tenants_by_ca_subject: HashMap<Vec<u8>, Vec<String>>,
+    pub(crate) tenants_by_ca_subject: Table<Vec<u8>, Vec<String>>,
     /// Things by the certificate common name that names them (`x509.common_name`), as
     /// `(tenant, common name)`; normally one, sorted.
-    pub(crate) things_by_common_name: HashMap<ResourceName, Vec<String>>,
+    pub(crate) things_by_common_name: Table<ResourceName, Vec<String>>,
     /// The token signing keys, sorted by `kid`; shared, so a dataplane rebuilds its keyring
     /// only when they change.
     pub(crate) signing_keys: Arc<Vec<SigningKey>>,
     /// The policy texts of tenants with an external engine.
-    pub(crate) policies: HashMap<ResourceName, Arc<TenantPolicy>>,
+    pub(crate) policies: Table<ResourceName, Arc<TenantPolicy>>,
     /// The engine that decides tenants with an external engine, once attached.
     engine: EngineSlot,
+    /// How many tenants use an external engine.
+    external_tenants: usize,
+    /// The stamp of the last change (see [`crate::changes`]).
+    stamp: u64,
+    /// Each tenant's version: the stamp of the last change that touched it.
+    tenant_versions: Table<String, u64>,
+    /// The version of every tenant not in `tenant_versions`: the stamp this snapshot was built
+    /// with.
+    base_tenant_version: u64,
+    /// What the last deltas touched.
+    changes: ChangeLog,
+}
+
+impl PartialEq for Snapshot {
+    fn eq(&self, o: &Self) -> bool {
+        self.version == o.version
+            && self.tenants == o.tenants
+            && self.things == o.things
+            && self.users == o.users
+            && self.groups == o.groups
+            && self.channels == o.channels
+            && self.grants == o.grants
+            && self.audit_channels == o.audit_channels
+            && self.grants_by_target == o.grants_by_target
+            && self.groups_by_member == o.groups_by_member
+            && self.things_by_key == o.things_by_key
+            && self.tenants_by_ca_subject == o.tenants_by_ca_subject
+            && self.things_by_common_name == o.things_by_common_name
+            && self.signing_keys == o.signing_keys
+            && self.policies == o.policies
+    }
 }
 
 impl fmt::Debug for Snapshot {
@@ -141,12 +186,6 @@ impl fmt::Debug for Snapshot {
     }
 }
 
-fn sorted_insert<T: Ord>(list: &mut Vec<T>, item: T) {
-    if let Err(at) = list.binary_search(&item) {
-        list.insert(at, item);
-    }
-}
-
 impl Snapshot {
     /// An empty snapshot at `version`.
     pub fn new(version: u64) -> Self {
@@ -159,16 +198,9 @@ impl Snapshot {
     /// Builds a snapshot from plain resource lists; identities must be unique per kind.
     pub fn from_resources(version: u64, resources: Resources) -> Result<Self, BuildError> {
         let mut s = Self::new(version);
-        s.tenants.reserve(resources.tenants.len());
-        s.things.reserve(resources.things.len());
-        s.users.reserve(resources.users.len());
-        s.groups.reserve(resources.groups.len());
-        s.channels.reserve(resources.channels.len());
-        s.grants.reserve(resources.grants.len());
-        s.grants_by_target.reserve(resources.grants.len());
         for t in resources.tenants {
             let name = t.name.clone();
-            if s.upsert_tenant(t).is_some() {
+            if s.put_tenant(t).is_some() {
                 return Err(BuildError::Duplicate {
                     kind: "tenant",
                     name,
@@ -185,45 +217,50 @@ impl Snapshot {
             if s.thing(&t.tenant, &t.name).is_some() {
                 return Err(dup("thing", &t.tenant, &t.name));
             }
-            s.upsert_thing(t);
+            s.put_thing(t);
         }
         for u in resources.users {
             if s.user(&u.tenant, &u.name).is_some() {
                 return Err(dup("user", &u.tenant, &u.name));
             }
-            s.upsert_user(u);
+            s.put_user(u);
         }
         for g in resources.groups {
             if s.group(&g.tenant, &g.name).is_some() {
                 return Err(dup("group", &g.tenant, &g.name));
             }
-            s.upsert_group(g);
+            s.put_group(g);
         }
         for c in resources.channels {
             if s.channel(&c.tenant, &c.name).is_some() {
                 return Err(dup("channel", &c.tenant, &c.name));
             }
-            s.upsert_channel(c);
+            s.put_channel(c);
         }
         for g in resources.grants {
             if s.grant(&g.tenant, &g.name).is_some() {
                 return Err(dup("grant", &g.tenant, &g.name));
             }
-            s.upsert_grant(g);
+            s.put_grant(g);
         }
         for p in resources.policies {
             if s.policy(&p.tenant, &p.name).is_some() {
                 return Err(dup("policy", &p.tenant, &p.name));
             }
-            s.upsert_policy(p);
+            s.put_policy(p);
         }
-        s.set_signing_keys(resources.signing_keys);
+        s.put_signing_keys(resources.signing_keys);
+        // A new snapshot: every tenant at a version none had before, and no known changes.
+        let stamp = next_stamp();
+        s.base_tenant_version = stamp;
+        s.stamp = stamp;
+        s.changes.forget(stamp);
         Ok(s)
     }
 
     /// Every resource as plain lists, each sorted by identity.
     pub fn to_resources(&self) -> Resources {
-        fn sorted<K: Ord + Clone, T: Clone>(m: &HashMap<K, Arc<T>>) -> Vec<T> {
+        fn sorted<K: Ord + Clone, T: Clone>(m: &Table<K, Arc<T>>) -> Vec<T> {
             let mut v: Vec<(&K, &Arc<T>)> = m.iter().collect();
             v.sort_by(|a, b| a.0.cmp(b.0));
             v.into_iter().map(|(_, t)| T::clone(t)).collect()
@@ -247,10 +284,15 @@ impl Snapshot {
 
     /// Replaces the token signing keys (sorted here by `kid`); unchanged keys keep their
     /// allocation, so readers can tell by pointer that nothing changed.
-    pub fn set_signing_keys(&mut self, mut keys: Vec<SigningKey>) {
-        keys.sort_by(|a, b| a.kid.cmp(&b.kid));
-        if *self.signing_keys != keys {
-            self.signing_keys = Arc::new(keys);
+    ///
+    /// Keys touch no tenant: they decide whether a token's signature holds, which is checked
+    /// each time a token is presented and never cached under a tenant version, and a session
+    /// signed in with a token is ended by its expiry or its user's `tokenEpoch` (a User change).
+    pub fn set_signing_keys(&mut self, keys: Vec<SigningKey>) {
+        if self.put_signing_keys(keys) {
+            let stamp = next_stamp();
+            self.stamp = stamp;
+            self.changes.forget(stamp);
         }
     }
 
@@ -321,13 +363,14 @@ impl Snapshot {
 
     /// Adds or replaces a policy text; returns the previous one.
     pub fn upsert_policy(&mut self, policy: TenantPolicy) -> Option<Arc<TenantPolicy>> {
-        let key = ResourceName::new(&*policy.tenant, &*policy.name);
-        self.policies.insert(key, Arc::new(policy))
+        self.changed_by_hand(&policy.tenant);
+        self.put_policy(policy)
     }
 
     /// Removes a policy text; returns it.
     pub fn remove_policy(&mut self, tenant: &str, name: &str) -> Option<Arc<TenantPolicy>> {
-        self.policies.remove(&NameRef { tenant, name })
+        self.changed_by_hand(tenant);
+        self.take_policy(tenant, name)
     }
 
     /// Attaches the engine that decides the tenants with an external engine. It must have been
@@ -344,7 +387,7 @@ impl Snapshot {
 
     /// Whether any tenant uses an external engine (an engine must then be attached).
     pub fn needs_engine(&self) -> bool {
-        self.tenants.values().any(|t| !t.engine.is_builtin())
+        self.external_tenants > 0
     }
 
     /// How `tenant` is decided: `None` by the built-in logic; `Some(Ok(engine))` by the attached
@@ -432,293 +475,126 @@ impl Snapshot {
         self.thing(tenant, thing)?.mountpoint.as_deref()
     }
 
-    /// Adds or replaces a tenant; returns the previous one.
-    pub fn upsert_tenant(&mut self, tenant: Tenant) -> Option<Arc<Tenant>> {
-        let audit = Channel::audit_of(&tenant);
-        let fresh = self
-            .audit_channels
-            .get(&tenant.name)
-            .is_none_or(|c| c.uid != audit.uid);
-        if fresh {
-            self.audit_channels
-                .insert(tenant.name.clone(), Arc::new(audit));
-        }
-        if let Some(ca) = &tenant.device_ca {
-            for subject in ca.subjects() {
-                let list = self.tenants_by_ca_subject.entry(subject.to_vec());
-                sorted_insert(list.or_default(), tenant.name.clone());
+    /// The tenant's version: it changes with every change to the tenant or any of its records
+    /// (and with every full snapshot), and never comes back within a process. Every answer
+    /// about a subject of the tenant depends only on what this version names, so an answer
+    /// kept under it holds for as long as the tenant's version is the same.
+    pub fn tenant_version(&self, tenant: &str) -> u64 {
+        self.tenant_versions
+            .get(tenant)
+            .copied()
+            .unwrap_or(self.base_tenant_version)
+    }
+
+    /// The stamp of this snapshot's last change (see [`crate::changes`]): a consumer that notes
+    /// it can ask [`Snapshot::changes_since`] what changed after it.
+    pub fn stamp(&self) -> u64 {
+        self.stamp
+    }
+
+    /// What changed since the snapshot of stamp `seen`: the deltas applied since, when this
+    /// snapshot knows them all, else [`Since::Everything`].
+    pub fn changes_since(&self, seen: u64) -> Since<'_> {
+        self.changes.since(seen)
+    }
+
+    /// Gives `tenants` the version `stamp` (the stamp of a change that touched them).
+    pub(crate) fn touch_tenants<'a>(
+        &mut self,
+        stamp: u64,
+        tenants: impl IntoIterator<Item = &'a str>,
+    ) {
+        for t in tenants {
+            match self.tenant_versions.get_mut(t) {
+                Some(v) => *v = stamp,
+                None => drop(self.tenant_versions.insert(t.to_owned(), stamp)),
             }
         }
-        let old = self.tenants.insert(tenant.name.clone(), Arc::new(tenant));
-        if let Some(old) = &old {
-            self.unindex_ca(old, self.tenants.get(&old.name).cloned().as_deref());
-        }
-        old
+        self.stamp = stamp;
+    }
+
+    /// Notes the delta applied at `stamp`, which touched `touched`.
+    pub(crate) fn record_change(&mut self, stamp: u64, touched: crate::changes::Touched) {
+        self.changes.record(stamp, touched);
+    }
+
+    /// A record of `tenant` changed outside a delta: its reach is not known.
+    fn changed_by_hand(&mut self, tenant: &str) {
+        let stamp = next_stamp();
+        self.touch_tenants(stamp, [tenant]);
+        self.changes.forget(stamp);
+    }
+
+    /// Adds or replaces a tenant; returns the previous one.
+    pub fn upsert_tenant(&mut self, tenant: Tenant) -> Option<Arc<Tenant>> {
+        self.changed_by_hand(&tenant.name);
+        self.put_tenant(tenant)
     }
 
     /// Removes a tenant (not its resources); returns it.
     pub fn remove_tenant(&mut self, name: &str) -> Option<Arc<Tenant>> {
-        self.audit_channels.remove(name);
-        let old = self.tenants.remove(name)?;
-        self.unindex_ca(&old, None);
-        Some(old)
-    }
-
-    /// Drops `old`'s CA subjects from the index, except those `now` (its replacement) has.
-    fn unindex_ca(&mut self, old: &Tenant, now: Option<&Tenant>) {
-        let Some(ca) = &old.device_ca else { return };
-        let kept = |subject: &[u8]| {
-            now.and_then(|t| t.device_ca.as_ref())
-                .is_some_and(|ca| ca.subjects().any(|s| s == subject))
-        };
-        for subject in ca.subjects() {
-            if kept(subject) {
-                continue;
-            }
-            if let Some(list) = self.tenants_by_ca_subject.get_mut(subject) {
-                list.retain(|t| *t != old.name);
-                if list.is_empty() {
-                    self.tenants_by_ca_subject.remove(subject);
-                }
-            }
-        }
+        self.changed_by_hand(name);
+        self.take_tenant(name)
     }
 
     /// Adds or replaces a thing; returns the previous one.
     pub fn upsert_thing(&mut self, thing: Thing) -> Option<Arc<Thing>> {
-        let key = ResourceName::new(&*thing.tenant, &*thing.name);
-        let thing = Arc::new(thing);
-        let old = self.things.insert(key.clone(), thing.clone());
-        if let Some(old) = &old {
-            self.unindex_keys(&key, old);
-        }
-        for d in &thing.key_digests {
-            sorted_insert(self.things_by_key.entry(*d).or_default(), key.clone());
-        }
-        if let Some(cn) = thing.x509.as_ref().and_then(|x| x.common_name.as_deref()) {
-            let by = self
-                .things_by_common_name
-                .entry(ResourceName::new(&*thing.tenant, cn));
-            sorted_insert(by.or_default(), thing.name.clone());
-        }
-        old
+        self.changed_by_hand(&thing.tenant);
+        self.put_thing(thing)
     }
 
     /// Removes a thing; returns it.
     pub fn remove_thing(&mut self, tenant: &str, name: &str) -> Option<Arc<Thing>> {
-        let (key, old) = self.things.remove_entry(&NameRef { tenant, name })?;
-        self.unindex_keys(&key, &old);
-        Some(old)
-    }
-
-    fn unindex_keys(&mut self, key: &ResourceName, thing: &Thing) {
-        for d in &thing.key_digests {
-            if let Some(list) = self.things_by_key.get_mut(d) {
-                list.retain(|k| k != key);
-                if list.is_empty() {
-                    self.things_by_key.remove(d);
-                }
-            }
-        }
-        if let Some(cn) = thing.x509.as_ref().and_then(|x| x.common_name.as_deref()) {
-            let by = ResourceName::new(&*thing.tenant, cn);
-            if let Some(list) = self.things_by_common_name.get_mut(&by) {
-                list.retain(|n| *n != thing.name);
-                if list.is_empty() {
-                    self.things_by_common_name.remove(&by);
-                }
-            }
-        }
+        self.changed_by_hand(tenant);
+        self.take_thing(tenant, name)
     }
 
     /// Adds or replaces a user; returns the previous one.
     pub fn upsert_user(&mut self, user: User) -> Option<Arc<User>> {
-        let key = ResourceName::new(&*user.tenant, &*user.name);
-        self.users.insert(key, Arc::new(user))
+        self.changed_by_hand(&user.tenant);
+        self.put_user(user)
     }
 
     /// Removes a user; returns it.
     pub fn remove_user(&mut self, tenant: &str, name: &str) -> Option<Arc<User>> {
-        self.users.remove(&NameRef { tenant, name })
+        self.changed_by_hand(tenant);
+        self.take_user(tenant, name)
     }
 
     /// Adds or replaces a group; returns the previous one.
     pub fn upsert_group(&mut self, group: Group) -> Option<Arc<Group>> {
-        let key = ResourceName::new(&*group.tenant, &*group.name);
-        let group = Arc::new(group);
-        let old = self.groups.insert(key, group.clone());
-        if let Some(old) = &old {
-            self.unindex_members(old);
-        }
-        for m in &group.members {
-            let member = MemberKey {
-                tenant: group.tenant.clone(),
-                kind: m.kind,
-                name: m.name.clone(),
-            };
-            sorted_insert(
-                self.groups_by_member.entry(member).or_default(),
-                group.name.clone(),
-            );
-        }
-        old
+        self.changed_by_hand(&group.tenant);
+        self.put_group(group)
     }
 
     /// Removes a group; returns it.
     pub fn remove_group(&mut self, tenant: &str, name: &str) -> Option<Arc<Group>> {
-        let old = self.groups.remove(&NameRef { tenant, name })?;
-        self.unindex_members(&old);
-        Some(old)
-    }
-
-    fn unindex_members(&mut self, group: &Group) {
-        for m in &group.members {
-            let key = MemberKeyRef {
-                tenant: &group.tenant,
-                kind: m.kind,
-                name: &m.name,
-            };
-            if let Some(list) = self.groups_by_member.get_mut(&key) {
-                list.retain(|g| *g != group.name);
-                if list.is_empty() {
-                    self.groups_by_member.remove(&key);
-                }
-            }
-        }
+        self.changed_by_hand(tenant);
+        self.take_group(tenant, name)
     }
 
     /// Adds or replaces a channel; returns the previous one.
     pub fn upsert_channel(&mut self, channel: Channel) -> Option<Arc<Channel>> {
-        let key = ResourceName::new(&*channel.tenant, &*channel.name);
-        self.channels.insert(key, Arc::new(channel))
+        self.changed_by_hand(&channel.tenant);
+        self.put_channel(channel)
     }
 
     /// Removes a channel; returns it.
     pub fn remove_channel(&mut self, tenant: &str, name: &str) -> Option<Arc<Channel>> {
-        self.channels.remove(&NameRef { tenant, name })
+        self.changed_by_hand(tenant);
+        self.take_channel(tenant, name)
     }
 
     /// Adds or replaces a grant; returns the previous one.
     pub fn upsert_grant(&mut self, grant: Grant) -> Option<Arc<Grant>> {
-        let key = ResourceName::new(&*grant.tenant, &*grant.name);
-        let grant = Arc::new(grant);
-        let old = self.grants.insert(key, grant.clone());
-        if let Some(old) = &old {
-            self.unindex_grant(old);
-        }
-        let (kind, subject) = grant.subject.parts();
-        let target = GrantTarget {
-            tenant: grant.tenant.clone(),
-            kind,
-            subject: subject.to_owned(),
-            channel: grant.channel.clone(),
-        };
-        let list = self.grants_by_target.entry(target).or_default();
-        match list.binary_search_by(|g| g.name.cmp(&grant.name)) {
-            Ok(at) => list[at] = grant,
-            Err(at) => list.insert(at, grant),
-        }
-        old
+        self.changed_by_hand(&grant.tenant);
+        self.put_grant(grant)
     }
 
     /// Removes a grant; returns it.
     pub fn remove_grant(&mut self, tenant: &str, name: &str) -> Option<Arc<Grant>> {
-        let old = self.grants.remove(&NameRef { tenant, name })?;
-        self.unindex_grant(&old);
-        Some(old)
-    }
-
-    fn unindex_grant(&mut self, grant: &Grant) {
-        let (kind, subject) = grant.subject.parts();
-        let key = GrantTargetRef {
-            tenant: &grant.tenant,
-            kind,
-            subject,
-            channel: &grant.channel,
-        };
-        if let Some(list) = self.grants_by_target.get_mut(&key) {
-            list.retain(|g| g.name != grant.name);
-            if list.is_empty() {
-                self.grants_by_target.remove(&key);
-            }
-        }
-    }
-}
-
-/// The serialized form: the version and every resource, sorted; indexes are rebuilt on load.
-#[derive(Serialize)]
-struct SnapshotView<'a> {
-    version: u64,
-    tenants: Vec<&'a Tenant>,
-    things: Vec<&'a Thing>,
-    users: Vec<&'a User>,
-    groups: Vec<&'a Group>,
-    channels: Vec<&'a Channel>,
-    grants: Vec<&'a Grant>,
-    #[serde(skip_serializing_if = "<[SigningKey]>::is_empty")]
-    signing_keys: &'a [SigningKey],
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    policies: Vec<&'a TenantPolicy>,
-}
-
-#[derive(Deserialize)]
-struct SnapshotOwned {
-    version: u64,
-    #[serde(default)]
-    tenants: Vec<Tenant>,
-    #[serde(default)]
-    things: Vec<Thing>,
-    #[serde(default)]
-    users: Vec<User>,
-    #[serde(default)]
-    groups: Vec<Group>,
-    #[serde(default)]
-    channels: Vec<Channel>,
-    #[serde(default)]
-    grants: Vec<Grant>,
-    #[serde(default)]
-    signing_keys: Vec<SigningKey>,
-    #[serde(default)]
-    policies: Vec<TenantPolicy>,
-}
-
-fn sorted_refs<K: Ord, T>(m: &HashMap<K, Arc<T>>) -> Vec<&T> {
-    let mut v: Vec<(&K, &Arc<T>)> = m.iter().collect();
-    v.sort_by(|a, b| a.0.cmp(b.0));
-    v.into_iter().map(|(_, t)| &**t).collect()
-}
-
-impl Serialize for Snapshot {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        SnapshotView {
-            version: self.version,
-            tenants: sorted_refs(&self.tenants),
-            things: sorted_refs(&self.things),
-            users: sorted_refs(&self.users),
-            groups: sorted_refs(&self.groups),
-            channels: sorted_refs(&self.channels),
-            grants: sorted_refs(&self.grants),
-            signing_keys: &self.signing_keys,
-            policies: sorted_refs(&self.policies),
-        }
-        .serialize(serializer)
-    }
-}
-
-impl<'de> Deserialize<'de> for Snapshot {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let o = SnapshotOwned::deserialize(deserializer)?;
-        let resources = Resources {
-            tenants: o.tenants,
-            things: o.things,
-            users: o.users,
-            groups: o.groups,
-            channels: o.channels,
-            grants: o.grants,
-            signing_keys: o.signing_keys,
-            policies: o.policies,
-        };
-        Snapshot::from_resources(o.version, resources).map_err(serde::de::Error::custom)
+        self.changed_by_hand(tenant);
+        self.take_grant(tenant, name)
     }
 }
 
