@@ -1,10 +1,11 @@
 //! Resolves one namespace's objects into policy records and the status each object should show.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap};
 
 use fleetward_policy as policy;
 use policy::{KeyDigest, SubtopicPattern};
 
+use super::Served;
 use super::device_ca::{self, Issuers, tenant_device_ca, thing_certificate};
 use super::incremental::Refs;
 use super::input::{self, IssuerRef, Meta};
@@ -125,27 +126,6 @@ pub(crate) trait ServedNames {
 /// One object resolved: its policy record when it is served, and the status it should show.
 pub(crate) type Resolved<R> = (Option<R>, DesiredStatus);
 
-/// The served names of a whole resolution.
-#[derive(Default)]
-struct AllServed<'a> {
-    channels: BTreeSet<&'a str>,
-    things: BTreeSet<&'a str>,
-    users: BTreeSet<&'a str>,
-    groups: BTreeSet<&'a str>,
-}
-
-impl ServedNames for AllServed<'_> {
-    fn serves(&self, kind: Kind, name: &str) -> bool {
-        match kind {
-            Kind::Channel => self.channels.contains(name),
-            Kind::Thing => self.things.contains(name),
-            Kind::User => self.users.contains(name),
-            Kind::Group => self.groups.contains(name),
-            _ => false,
-        }
-    }
-}
-
 /// Resolves a namespace that `owner` owns, or that no Tenant owns, whole. The incremental index
 /// resolves one object at a time with the same functions; this is its oracle.
 pub(crate) fn resolve(
@@ -162,12 +142,12 @@ pub(crate) fn resolve(
     };
     let engine = owner.engine;
     let (cx, mut out) = owned(namespace, owner, objects, issuers, cert_manager);
-    let mut served = AllServed::default();
+    let mut served = Served::default();
     let status_key = |kind: Kind, name: &str| ObjectKey::namespaced(kind, namespace, name);
     for (name, ch, within) in within_limit(&objects.channels, cx.max_channels, |c| &c.meta) {
         let (record, status) = channel(&cx, name, ch, within);
         if let Some(r) = record {
-            served.channels.insert(name);
+            served.channels.insert(name.clone());
             out.channels.push(r);
         }
         out.statuses.push((status_key(Kind::Channel, name), status));
@@ -175,7 +155,7 @@ pub(crate) fn resolve(
     for (name, t, within) in within_limit(&objects.things, cx.max_things, |t| &t.meta) {
         let (record, status) = thing(&cx, objects, name, t, within, &served);
         if let Some(r) = record {
-            served.things.insert(name);
+            served.things.insert(name.clone());
             out.things.push(r);
         }
         out.statuses.push((status_key(Kind::Thing, name), status));
@@ -183,7 +163,7 @@ pub(crate) fn resolve(
     for (name, u) in &objects.users {
         let (record, status) = user(&cx, objects, passwords, name, u);
         if let Some(r) = record {
-            served.users.insert(name);
+            served.users.insert(name.clone());
             out.users.push(r);
         }
         out.statuses.push((status_key(Kind::User, name), status));
@@ -191,7 +171,7 @@ pub(crate) fn resolve(
     for (name, g) in &objects.groups {
         let (record, status) = group(&cx, name, g, &served);
         if let Some(r) = record {
-            served.groups.insert(name);
+            served.groups.insert(name.clone());
             out.groups.push(r);
         }
         out.statuses.push((status_key(Kind::Group, name), status));
