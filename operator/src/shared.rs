@@ -187,19 +187,7 @@ mod tests {
     }
 
     fn tenant(name: &str) -> Resource {
-        let mut t = fleetward_crds::Tenant::new(
-            name,
-            fleetward_crds::TenantSpec {
-                provisioning: Default::default(),
-                device_ca: Default::default(),
-                authorization: Default::default(),
-                namespace: None,
-                display_name: None,
-                suspended: false,
-                limits: None,
-                web: None,
-            },
-        );
+        let mut t = fleetward_crds::Tenant::new(name, crate::k8s::fixtures::tenant_spec());
         t.metadata.generation = Some(1);
         Resource::Tenant(t)
     }

@@ -35,18 +35,7 @@ fn mk_tenant(name: &str, spec: crds::TenantSpec) -> Resource {
     Resource::Tenant(t)
 }
 
-fn tenant_spec() -> crds::TenantSpec {
-    crds::TenantSpec {
-        provisioning: Default::default(),
-        device_ca: Default::default(),
-        authorization: Default::default(),
-        namespace: None,
-        display_name: None,
-        suspended: false,
-        limits: None,
-        web: None,
-    }
-}
+use crate::k8s::fixtures::tenant_spec;
 
 fn mk_thing(ns: &str, name: &str) -> crds::Thing {
     let mut t = crds::Thing::new(name, crds::ThingSpec::default());

@@ -130,21 +130,23 @@ fn meta(namespace: &str, name: &str) -> ObjectMeta {
     }
 }
 
+/// A Tenant spec with nothing set: it owns the namespace of its own name.
+pub(crate) fn tenant_spec() -> crds::TenantSpec {
+    crds::TenantSpec {
+        provisioning: Default::default(),
+        device_ca: Default::default(),
+        authorization: Default::default(),
+        namespace: None,
+        display_name: None,
+        suspended: false,
+        limits: None,
+        web: None,
+    }
+}
+
 /// Tenant `name`, owning the namespace of the same name.
 pub(crate) fn tenant(name: &str) -> Resource {
-    let mut t = crds::Tenant::new(
-        name,
-        crds::TenantSpec {
-            provisioning: Default::default(),
-            device_ca: Default::default(),
-            authorization: Default::default(),
-            namespace: None,
-            display_name: None,
-            suspended: false,
-            limits: None,
-            web: None,
-        },
-    );
+    let mut t = crds::Tenant::new(name, tenant_spec());
     t.metadata = meta("", name);
     Resource::Tenant(t)
 }
