@@ -521,9 +521,10 @@ impl Index {
         let owner = claimants.first().map(|t| (*t).clone());
         let empty = Namespace::default();
         let objects = self.namespaces.get(namespace).unwrap_or(&empty);
-        let mut tenant_statuses = tenant_statuses(namespace, &claimants, objects, &|claim| {
-            claims::count_provisioned(objects, claim)
+        let owner_claims = claimants.first().map_or_else(Vec::new, |t| {
+            claims::resolve(t, objects, &|c| claims::count_provisioned(objects, c)).1
         });
+        let mut tenant_statuses = tenant_statuses(namespace, &claimants, objects, owner_claims);
         let tenant_secrets = claimants
             .first()
             .map(|t| incremental::tenant_secrets(t, &self.issuers));
@@ -867,8 +868,9 @@ fn tenant_statuses(
     namespace: &str,
     claimants: &[&input::Tenant],
     objects: &Namespace,
-    provisioned: &dyn Fn(&str) -> u32,
+    owner_claims: Vec<ClaimFacts>,
 ) -> Vec<(ObjectKey, DesiredStatus)> {
+    let mut owner_claims = Some(owner_claims);
     let count = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
     let things = count(objects.things.len());
     let channels = count(objects.channels.len());
@@ -901,7 +903,7 @@ fn tenant_statuses(
                         namespace: Some(namespace.to_owned()),
                         things,
                         channels,
-                        claims: claims::resolve(t, objects, provisioned).1,
+                        claims: owner_claims.take().unwrap_or_default(),
                         device_ca: None,
                     },
                 }

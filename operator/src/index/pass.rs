@@ -286,10 +286,15 @@ impl Index {
     fn refresh_tenant(&mut self, namespace: &str, objects: &Namespace, device_ca: &State) {
         let provisioned = |claim: &str| objects.refs.provisioned(claim);
         let claimants = self.claimants(namespace);
-        let provisioning = claimants
-            .first()
-            .map(|t| claims::resolve(t, objects, &provisioned).0);
-        let mut statuses = super::tenant_statuses(namespace, &claimants, objects, &provisioned);
+        // The owner's claims once: their certificates are parsed for the record and the status.
+        let (provisioning, owner_claims) = match claimants.first() {
+            Some(t) => {
+                let (served, facts) = claims::resolve(t, objects, &provisioned);
+                (Some(served), facts)
+            }
+            None => (None, Vec::new()),
+        };
+        let mut statuses = super::tenant_statuses(namespace, &claimants, objects, owner_claims);
         if let Some((_, status)) = statuses.first_mut()
             && let Facts::Tenant { device_ca: d, .. } = &mut status.facts
         {
