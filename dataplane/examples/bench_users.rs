@@ -35,16 +35,7 @@ const PASSWORD: &str = "bench password, long enough";
 
 fn policy(signing_key: SigningKey) -> Arc<Snapshot> {
     let r = Resources {
-        tenants: vec![Tenant {
-            provisioning: Default::default(),
-            device_ca: Default::default(),
-            engine: Default::default(),
-            uid: String::new(),
-            name: "acme".into(),
-            suspended: false,
-            limits: Default::default(),
-            web: Default::default(),
-        }],
+        tenants: vec![Tenant::named("acme")],
         things: vec![Thing {
             x509: Default::default(),
             credential_mode: Default::default(),

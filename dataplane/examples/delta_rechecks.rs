@@ -43,16 +43,7 @@ fn key(i: usize) -> String {
 
 fn policy(n: usize) -> Snapshot {
     let mut r = Resources {
-        tenants: vec![Tenant {
-            provisioning: Default::default(),
-            device_ca: Default::default(),
-            engine: Default::default(),
-            uid: String::new(),
-            name: "acme".into(),
-            suspended: false,
-            limits: Default::default(),
-            web: Default::default(),
-        }],
+        tenants: vec![Tenant::named("acme")],
         channels: vec![Channel {
             history_retention_secs: Default::default(),
             uid: String::new(),

@@ -31,16 +31,7 @@ fn policy() -> Arc<Snapshot> {
         max_connections: None,
     };
     let r = Resources {
-        tenants: vec![Tenant {
-            provisioning: Default::default(),
-            device_ca: Default::default(),
-            engine: Default::default(),
-            uid: String::new(),
-            name: "bench".into(),
-            suspended: false,
-            limits: Default::default(),
-            web: Default::default(),
-        }],
+        tenants: vec![Tenant::named("bench")],
         things: vec![thing("sensor"), thing("reader")],
         channels: vec![Channel {
             history_retention_secs: Default::default(),

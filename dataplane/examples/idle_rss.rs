@@ -26,16 +26,7 @@ const KEY: &str = "probe-key-0123456789";
 
 fn policy() -> Arc<Snapshot> {
     let r = Resources {
-        tenants: vec![Tenant {
-            provisioning: Default::default(),
-            device_ca: Default::default(),
-            engine: Default::default(),
-            uid: String::new(),
-            name: "acme".into(),
-            suspended: false,
-            limits: Default::default(),
-            web: Default::default(),
-        }],
+        tenants: vec![Tenant::named("acme")],
         things: vec![Thing {
             x509: Default::default(),
             credential_mode: Default::default(),

@@ -109,6 +109,23 @@ pub struct Tenant {
     pub provisioning: Vec<ProvisioningClaim>,
 }
 
+impl Tenant {
+    /// A tenant with nothing set but its name: not suspended, default limits, the built-in
+    /// engine, no uid, device CA or claims.
+    pub fn named(name: impl Into<String>) -> Self {
+        Self {
+            name: name.into(),
+            uid: String::new(),
+            suspended: false,
+            limits: TenantLimits::default(),
+            web: TenantWeb::default(),
+            engine: Engine::default(),
+            device_ca: None,
+            provisioning: Vec::new(),
+        }
+    }
+}
+
 /// The authorization engine of a tenant (`Tenant.spec.authorization.engine`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]

@@ -71,16 +71,7 @@ fn grant(thing: &str, actions: Actions) -> Grant {
 fn persisted_snapshot_with(history_secs: Option<u64>) -> Stored {
     let (signing_key, hash) = shared_secrets();
     let resources = Resources {
-        tenants: vec![Tenant {
-            provisioning: Default::default(),
-            device_ca: Default::default(),
-            engine: Default::default(),
-            uid: String::new(),
-            name: "acme".into(),
-            suspended: false,
-            limits: Default::default(),
-            web: Default::default(),
-        }],
+        tenants: vec![Tenant::named("acme")],
         things: vec![thing("sensor"), thing("reader")],
         channels: vec![Channel {
             history_retention_secs: history_secs,

@@ -219,16 +219,7 @@ mod tests {
     fn resources() -> Resources {
         let mut r = Resources::default();
         for t in ["a", "b"] {
-            r.tenants.push(Tenant {
-                provisioning: Default::default(),
-                device_ca: Default::default(),
-                engine: Default::default(),
-                uid: String::new(),
-                name: t.into(),
-                suspended: false,
-                limits: Default::default(),
-                web: Default::default(),
-            });
+            r.tenants.push(Tenant::named(t));
             for name in ["t", "u"] {
                 r.things.push(Thing {
                     x509: Default::default(),

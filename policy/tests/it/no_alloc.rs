@@ -60,16 +60,7 @@ fn counted<R>(f: impl FnOnce() -> R) -> (R, u64) {
 
 fn snapshot() -> Snapshot {
     let mut r = Resources::default();
-    r.tenants.push(Tenant {
-        provisioning: Default::default(),
-        device_ca: Default::default(),
-        engine: Default::default(),
-        uid: String::new(),
-        name: "acme".into(),
-        suspended: false,
-        limits: Default::default(),
-        web: Default::default(),
-    });
+    r.tenants.push(Tenant::named("acme"));
     r.channels.push(Channel {
         history_retention_secs: Default::default(),
         uid: String::new(),

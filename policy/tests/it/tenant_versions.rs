@@ -9,16 +9,7 @@ use fleetward_policy::{
 };
 
 fn tenant(name: &str) -> Tenant {
-    Tenant {
-        provisioning: Default::default(),
-        device_ca: Default::default(),
-        engine: Default::default(),
-        uid: String::new(),
-        name: name.into(),
-        suspended: false,
-        limits: Default::default(),
-        web: Default::default(),
-    }
+    Tenant::named(name)
 }
 
 fn thing(tenant: &str, name: &str) -> Thing {
