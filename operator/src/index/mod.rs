@@ -42,6 +42,12 @@ use resolve::{Namespace, PasswordHashes, Resolution, resolve};
 /// How many deltas the index keeps for dataplanes that resume from an older version.
 const HISTORY: usize = 1024;
 
+/// The resources the kept deltas may hold together, at least: past this and past a quarter of
+/// the snapshot, the oldest deltas go (a dataplane that far behind is sent the snapshot, which
+/// is then little more to send than the deltas), so a bulk apply does not keep a second copy
+/// of the world.
+const HISTORY_RESOURCES: usize = 4096;
+
 /// What one [`Index::commit`] produced.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Commit {
@@ -122,6 +128,8 @@ pub struct Index {
     /// cert-manager's CRDs are known to be missing (unknown counts as installed).
     cert_manager_missing: bool,
     history: VecDeque<Arc<Delta>>,
+    /// The resources `history`'s deltas hold together.
+    history_resources: usize,
     /// Each resolved namespace's incremental state.
     states: HashMap<String, State>,
     /// Namespaces with dirty objects to resolve one by one at the next commit (those in
@@ -415,6 +423,19 @@ impl Index {
         }
     }
 
+    /// Keeps a delta for dataplanes that resume, and lets the oldest go past the bounds.
+    fn keep_delta(&mut self, delta: Arc<Delta>) {
+        self.history_resources += delta.len();
+        self.history.push_back(delta);
+        let resources = HISTORY_RESOURCES.max(self.snapshot.resource_count() / 4);
+        while self.history.len() > HISTORY || self.history_resources > resources {
+            let Some(oldest) = self.history.pop_front() else {
+                break;
+            };
+            self.history_resources -= oldest.len();
+        }
+    }
+
     /// Resolves every namespace that changed, and batches the policy changes into one new
     /// snapshot version. `None` when nothing changed.
     pub fn commit(&mut self) -> Option<Commit> {
@@ -433,10 +454,7 @@ impl Index {
         }
         let delta = (!self.touched.is_empty()).then(|| {
             let delta = Arc::new(self.take_delta());
-            self.history.push_back(delta.clone());
-            if self.history.len() > HISTORY {
-                self.history.pop_front();
-            }
+            self.keep_delta(delta.clone());
             delta
         });
         let version = self.snapshot.version();

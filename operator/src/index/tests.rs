@@ -218,6 +218,35 @@ fn deltas_replayed_on_an_old_snapshot_give_the_current_one() {
 }
 
 #[test]
+fn deltas_that_would_hold_a_second_copy_of_the_world_are_not_kept() {
+    let mut index = Index::new();
+    mk_acme(&mut index);
+    index.commit();
+    let small = index.snapshot().version();
+    let bulk = HISTORY_RESOURCES + 1;
+    for i in 0..bulk {
+        index.apply(mk_channel("acme", &format!("bulk-{i}")));
+    }
+    let commit = index.commit().expect("a bulk commit");
+    assert!(commit.delta.as_ref().is_some_and(|d| d.len() == bulk));
+    assert_eq!(
+        index.deltas_since(small),
+        None,
+        "a delta larger than the bound is not kept: a dataplane that far behind gets the \
+         snapshot"
+    );
+    let after_bulk = index.snapshot().version();
+    index.delete(&ObjectKey::namespaced(Kind::Channel, "acme", "bulk-0"));
+    index.commit().expect("a one-channel commit");
+    let deltas = index
+        .deltas_since(after_bulk)
+        .expect("a small delta is kept");
+    assert_eq!(deltas.len(), 1);
+    assert_eq!(deltas[0].len(), 1);
+    assert_eq!(index.history_resources, 1);
+}
+
+#[test]
 fn a_connection_to_a_missing_channel_becomes_ready_when_it_appears() {
     let mut index = Index::new();
     index.apply(mk_tenant("acme", tenant_spec()));
