@@ -24,6 +24,7 @@ pub mod events;
 pub(crate) mod fixtures;
 pub mod lease;
 pub mod observed;
+mod packed;
 pub mod replica_leases;
 pub mod secrets;
 pub mod signing;

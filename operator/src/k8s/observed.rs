@@ -13,6 +13,8 @@ use tokio::sync::watch;
 use crate::changes::{ChangeFeed, ChangedKeys};
 use crate::index::{Kind, ObjectKey};
 
+use super::packed::{Kept, Strings};
+
 /// The kinds watched cluster-wide; all must have synced before the operator is ready.
 pub const WATCHED_KINDS: [Kind; 7] = [
     Kind::Tenant,
@@ -45,6 +47,16 @@ impl ShownStatus {
             ShownStatus::Thing(s) => &s.conditions,
             ShownStatus::Resource(s) => &s.conditions,
             ShownStatus::Policy(s) => &s.conditions,
+        }
+    }
+
+    /// The status conditions, to change.
+    pub fn conditions_mut(&mut self) -> &mut Vec<Condition> {
+        match self {
+            ShownStatus::Tenant(s) => &mut s.conditions,
+            ShownStatus::Thing(s) => &mut s.conditions,
+            ShownStatus::Resource(s) => &mut s.conditions,
+            ShownStatus::Policy(s) => &mut s.conditions,
         }
     }
 
@@ -81,7 +93,9 @@ struct SecretNamespace {
 
 #[derive(Debug, Default)]
 struct State {
-    objects: HashMap<ObjectKey, Shown>,
+    objects: HashMap<ObjectKey, Kept>,
+    /// The strings the kept statuses share.
+    strings: Strings,
     synced: BTreeSet<Kind>,
     claims: BTreeMap<String, String>,
     secrets: BTreeMap<String, SecretNamespace>,
@@ -89,6 +103,16 @@ struct State {
     /// Other sources the first snapshot waits for (cert-manager's issuers).
     holds: BTreeSet<&'static str>,
     ready: bool,
+}
+
+/// Every object's shown state, as [`Observed::with_objects`] lends it.
+pub struct ShownObjects<'a>(&'a HashMap<ObjectKey, Kept>);
+
+impl ShownObjects<'_> {
+    /// What an object shows, when it exists.
+    pub fn get(&self, key: &ObjectKey) -> Option<Shown> {
+        self.0.get(key).map(Kept::unpack)
+    }
 }
 
 /// See the module documentation. Share it in an `Arc`.
@@ -146,9 +170,10 @@ impl Observed {
     /// Records what an object shows.
     pub fn set(&self, key: ObjectKey, shown: Shown) {
         let changed = {
-            let mut state = self.lock();
-            let old = state.objects.insert(key.clone(), shown.clone());
-            old.as_ref() != Some(&shown)
+            let state = &mut *self.lock();
+            let kept = Kept::pack(shown, &mut state.strings);
+            let old = state.objects.insert(key.clone(), kept.clone());
+            old.as_ref() != Some(&kept)
         };
         if changed {
             self.changes.publish([&key]);
@@ -159,14 +184,11 @@ impl Observed {
     /// Records the status an object shows after a write, if the object is still known.
     pub fn set_status(&self, key: &ObjectKey, status: ShownStatus) {
         let changed = {
-            let mut state = self.lock();
-            match state.objects.get_mut(key) {
-                Some(shown) if shown.status.as_ref() != Some(&status) => {
-                    shown.status = Some(status);
-                    true
-                }
-                _ => false,
-            }
+            let state = &mut *self.lock();
+            state
+                .objects
+                .get_mut(key)
+                .is_some_and(|kept| kept.set_status(status, &mut state.strings))
         };
         if changed {
             self.changes.publish([key]);
@@ -186,9 +208,12 @@ impl Observed {
     /// Replaces every object of `kind` (a relist) and marks the kind synced.
     pub fn reset(&self, kind: Kind, objects: Vec<(ObjectKey, Shown)>) {
         {
-            let mut state = self.lock();
+            let state = &mut *self.lock();
             state.objects.retain(|k, _| k.kind != kind);
-            state.objects.extend(objects);
+            for (key, shown) in objects {
+                let kept = Kept::pack(shown, &mut state.strings);
+                state.objects.insert(key, kept);
+            }
             state.synced.insert(kind);
         }
         self.changes.publish_everything();
@@ -197,12 +222,12 @@ impl Observed {
 
     /// What an object shows, when it exists.
     pub fn shown(&self, key: &ObjectKey) -> Option<Shown> {
-        self.lock().objects.get(key).cloned()
+        self.lock().objects.get(key).map(Kept::unpack)
     }
 
     /// Runs `f` with every object's shown state, under one lock.
-    pub fn with_objects<R>(&self, f: impl FnOnce(&HashMap<ObjectKey, Shown>) -> R) -> R {
-        f(&self.lock().objects)
+    pub fn with_objects<R>(&self, f: impl FnOnce(&ShownObjects<'_>) -> R) -> R {
+        f(&ShownObjects(&self.lock().objects))
     }
 
     /// Records that Tenant `tenant` claims `namespace`.

@@ -8,7 +8,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use tokio::time::Instant;
 
 use super::super::events::{ConditionEvent, Reported, transitions};
-use super::super::observed::{Shown, ShownStatus};
+use super::super::observed::{ShownObjects, ShownStatus};
 use super::super::status::{
     Enforcement, REASON_NO_DATAPLANES, REASON_PENDING, differs, enforcement_across, full_status,
     same_conditions,
@@ -336,7 +336,7 @@ impl Planner {
         &mut self,
         scope: &Scope,
         idx: &Index,
-        objects: &HashMap<ObjectKey, Shown>,
+        objects: &ShownObjects<'_>,
         inputs: &Inputs,
     ) -> Vec<Write> {
         match scope {
@@ -359,7 +359,7 @@ impl Planner {
         &mut self,
         key: &ObjectKey,
         idx: &Index,
-        objects: &HashMap<ObjectKey, Shown>,
+        objects: &ShownObjects<'_>,
         inputs: &Inputs,
     ) -> Option<Write> {
         let Some(desired) = idx.status(key) else {
