@@ -1,5 +1,5 @@
 //! The full snapshot in its protobuf form, encoded once per version and shared by every stream
-//! that needs it.
+//! that needs it: as bytes, which the streams send as they are (`super::wire`).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -16,12 +16,21 @@ use crate::source::PolicySource;
 /// Turns a snapshot into its protobuf form; tests put a slow one in its place.
 pub(crate) type Encode = Arc<dyn Fn(&Snapshot) -> pb::FullSnapshot + Send + Sync>;
 
-/// A snapshot's protobuf form.
+/// A snapshot's protobuf form: a `FullSnapshot` message's bytes.
 #[derive(Debug)]
 pub(crate) struct EncodedSnapshot {
-    pub(crate) proto: pb::FullSnapshot,
-    /// `proto.encoded_len()`, measured once.
-    pub(crate) len: usize,
+    /// The snapshot's version.
+    pub(crate) version: u64,
+    pub(crate) bytes: Vec<u8>,
+}
+
+impl EncodedSnapshot {
+    pub(crate) fn new(proto: &pb::FullSnapshot) -> Self {
+        Self {
+            version: proto.version,
+            bytes: proto.encode_to_vec(),
+        }
+    }
 }
 
 /// The newest version's encoding, made by the first stream that asks for it; streams that ask
@@ -102,9 +111,7 @@ impl EncodedSnapshots {
         tracing::debug!(version, encodings, "encoding the full policy snapshot");
         tokio::task::spawn_blocking(move || {
             let snapshot = source.snapshot();
-            let proto = encode(&snapshot);
-            let len = proto.encoded_len();
-            Arc::new(EncodedSnapshot { proto, len })
+            Arc::new(EncodedSnapshot::new(&encode(&snapshot)))
         })
         .await
         .map_err(|e| {

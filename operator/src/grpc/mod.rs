@@ -22,6 +22,7 @@ pub mod fixtures;
 mod session;
 #[cfg(test)]
 mod tests;
+mod wire;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -32,7 +33,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use fleetward_proto::pb;
-use fleetward_proto::pb::policy_sync_server::{PolicySync, PolicySyncServer};
 use subtle::ConstantTimeEq;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
@@ -197,9 +197,7 @@ async fn serve_service(
             "PolicySync accepts unauthenticated dataplanes: give a token or a client CA"
         );
     }
-    let grpc = PolicySyncServer::new(service)
-        .max_decoding_message_size(config.max_message_size)
-        .max_encoding_message_size(config.max_message_size);
+    let grpc = wire::Routes::new(service, config.max_message_size);
     let grpc = InterceptedService::new(grpc, TokenCheck::new(config.token.as_deref()));
     let mut builder = Server::builder()
         .http2_keepalive_interval(Some(config.keepalive_interval))
@@ -317,16 +315,14 @@ fn new_lineage() -> String {
     }
 }
 
-type UpdateStream = Pin<Box<dyn Stream<Item = Result<pb::OperatorMessage, Status>> + Send>>;
+type UpdateStream = Pin<Box<dyn Stream<Item = Result<wire::Outgoing, Status>> + Send>>;
 
-#[tonic::async_trait]
-impl PolicySync for PolicySyncService {
-    type SyncStream = UpdateStream;
-
+impl PolicySyncService {
+    /// A Sync stream: one session, which sends the updates the dataplane needs.
     async fn sync(
         &self,
         request: Request<Streaming<pb::DataplaneMessage>>,
-    ) -> Result<Response<Self::SyncStream>, Status> {
+    ) -> Result<Response<UpdateStream>, Status> {
         let peer = request.remote_addr();
         let mut inbound = request.into_inner();
         let hello = session::read_hello(&mut inbound, self.shared.hello_timeout).await?;
@@ -336,6 +332,8 @@ impl PolicySync for PolicySyncService {
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
+    /// A Provision call: a Thing made from a certificate signing request, when this operator
+    /// makes them.
     async fn provision(
         &self,
         request: Request<pb::ProvisionRequest>,

@@ -15,6 +15,7 @@ use tokio::sync::{mpsc, watch};
 use tonic::{Status, Streaming};
 
 use super::encoded::{EncodedSnapshot, EncodedSnapshots};
+use super::wire::Outgoing;
 use crate::dataplanes::Dataplanes;
 use crate::source::PolicySource;
 
@@ -78,7 +79,7 @@ pub(crate) struct Session {
     id: u64,
     node: String,
     peer: Option<SocketAddr>,
-    tx: mpsc::Sender<Result<pb::OperatorMessage, Status>>,
+    tx: mpsc::Sender<Result<Outgoing, Status>>,
     published: watch::Receiver<u64>,
     /// The version the dataplane has (or will have once it applies what is in flight), in our
     /// lineage; `None` when only a full snapshot can bring it up to date.
@@ -97,7 +98,7 @@ impl Session {
         shared: Arc<SessionContext>,
         hello: pb::Hello,
         peer: Option<SocketAddr>,
-        tx: mpsc::Sender<Result<pb::OperatorMessage, Status>>,
+        tx: mpsc::Sender<Result<Outgoing, Status>>,
     ) -> Self {
         let id = shared.next_session.fetch_add(1, Ordering::Relaxed);
         let same_lineage = !hello.lineage.is_empty() && hello.lineage == shared.lineage;
@@ -219,15 +220,19 @@ impl Session {
     }
 
     async fn send_next(&mut self) -> Result<(), Status> {
-        let Some((update, full)) = self.next_update().await? else {
+        let Some(outgoing) = self.next_update().await? else {
             return Ok(());
+        };
+        let (update, full) = match &outgoing {
+            Outgoing::Snapshot { update, .. } => (update, true),
+            Outgoing::Message(pb::OperatorMessage {
+                message: Some(pb::operator_message::Message::Update(update)),
+            }) => (update, false),
+            Outgoing::Message(_) => unreachable!("a session sends updates"),
         };
         let version = update.version;
         let nonce = update.nonce;
-        let message = pb::OperatorMessage {
-            message: Some(pb::operator_message::Message::Update(update)),
-        };
-        if self.tx.send(Ok(message)).await.is_err() {
+        if self.tx.send(Ok(outgoing)).await.is_err() {
             return Ok(()); // the stream is gone; the loop notices
         }
         tracing::debug!(node = %self.node, version, nonce, full, "sent an update");
@@ -243,7 +248,7 @@ impl Session {
     /// The update that brings the dataplane to the current version, if it needs one; a delta
     /// batch over the size cap falls back to a full snapshot, a full snapshot over it is an error.
     /// Encodes with no lock of the source held: the source hands out `Arc`s.
-    async fn next_update(&mut self) -> Result<Option<(pb::Update, bool)>, Status> {
+    async fn next_update(&mut self) -> Result<Option<Outgoing>, Status> {
         let current = *self.published.borrow_and_update();
         let confirm = std::mem::take(&mut self.confirm);
         let deltas = match self.base {
@@ -265,7 +270,9 @@ impl Session {
                 deltas: deltas.iter().map(|d| delta_to_proto(d)).collect(),
             }));
             if wire_len(&update) <= self.shared.max_message_size {
-                return Ok(Some((update, false)));
+                return Ok(Some(Outgoing::Message(pb::OperatorMessage {
+                    message: Some(pb::operator_message::Message::Update(update)),
+                })));
             }
             update.payload = None;
         }
@@ -275,22 +282,20 @@ impl Session {
             .get(&self.shared.source, current)
             .await?;
         // A commit may have landed meanwhile: the snapshot can be newer than `current`.
-        update.version = encoded.proto.version;
-        self.with_full_snapshot(update, &encoded)
-            .map(|u| Some((u, true)))
+        update.version = encoded.version;
+        self.with_full_snapshot(update, encoded).map(Some)
     }
 
     /// `update` carrying the full snapshot, when it fits under the size cap.
     fn with_full_snapshot(
         &self,
-        mut update: pb::Update,
-        snapshot: &EncodedSnapshot,
-    ) -> Result<pb::Update, Status> {
-        let size = full_wire_len(&update, snapshot.len);
+        update: pb::Update,
+        snapshot: Arc<EncodedSnapshot>,
+    ) -> Result<Outgoing, Status> {
+        let size = full_wire_len(&update, snapshot.bytes.len());
         if size <= self.shared.max_message_size {
-            // A copy of the shared protobuf per stream: tonic takes each message by value.
-            update.payload = Some(pb::update::Payload::Snapshot(snapshot.proto.clone()));
-            return Ok(update);
+            // Every stream sends the same shared bytes.
+            return Ok(Outgoing::Snapshot { update, snapshot });
         }
         let version = update.version;
         tracing::error!(
