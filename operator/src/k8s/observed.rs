@@ -205,15 +205,18 @@ impl Observed {
         }
     }
 
+    /// What an object shows, packed as the observed state keeps it: a relist packs each object
+    /// as it arrives, so the objects waiting for the end of the list are packed already.
+    pub(crate) fn pack(&self, shown: Shown) -> Kept {
+        Kept::pack(shown, &mut self.lock().strings)
+    }
+
     /// Replaces every object of `kind` (a relist) and marks the kind synced.
-    pub fn reset(&self, kind: Kind, objects: Vec<(ObjectKey, Shown)>) {
+    pub(crate) fn reset(&self, kind: Kind, objects: Vec<(ObjectKey, Kept)>) {
         {
             let state = &mut *self.lock();
             state.objects.retain(|k, _| k.kind != kind);
-            for (key, shown) in objects {
-                let kept = Kept::pack(shown, &mut state.strings);
-                state.objects.insert(key, kept);
-            }
+            state.objects.extend(objects);
             state.synced.insert(kind);
         }
         self.changes.publish_everything();

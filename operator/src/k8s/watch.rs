@@ -26,6 +26,7 @@ use serde::de::DeserializeOwned;
 use tokio::task::{AbortHandle, JoinSet};
 
 use super::observed::{Observed, Shown, ShownStatus};
+use super::packed::Kept;
 use crate::index::{Kind, Object, ObjectKey, SecretData};
 use crate::metrics::Metrics;
 use crate::resource;
@@ -105,9 +106,9 @@ fn shown<K: Watched>(object: &K) -> Shown {
 }
 
 /// One object read: its key, what the API server shows of it, and its input to the index.
-struct Read {
+struct Read<S = Shown> {
     key: ObjectKey,
-    shown: Shown,
+    shown: S,
     object: Object,
 }
 
@@ -206,14 +207,19 @@ async fn run_kind<K: Watched>(
     streaming: bool,
 ) -> Ended {
     futures::pin_mut!(stream);
-    let mut init: Vec<Read> = Vec::new();
+    let mut init: Vec<Read<Kept>> = Vec::new();
     let mut listed = false;
     while let Some(event) = stream.next().await {
         match event {
             Ok(Event::Init) => init.clear(),
             Ok(Event::InitApply(o)) => {
                 if let Ok(object) = parse::<K>(o, &feed.metrics) {
-                    init.extend(read(object));
+                    // Packed at once: a list of 100k objects waits here until it ends.
+                    init.extend(read(object).map(|r| Read {
+                        shown: feed.observed.pack(r.shown),
+                        key: r.key,
+                        object: r.object,
+                    }));
                 }
             }
             Ok(Event::InitDone) => {
@@ -247,7 +253,7 @@ async fn run_kind<K: Watched>(
     Ended::Closed
 }
 
-fn reset(kind: Kind, feed: &Feed, objects: Vec<Read>) {
+fn reset(kind: Kind, feed: &Feed, objects: Vec<Read<Kept>>) {
     let mut shown_all = Vec::with_capacity(objects.len());
     let mut claims = BTreeMap::new();
     let mut index_objects = Vec::with_capacity(objects.len());
