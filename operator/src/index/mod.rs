@@ -19,7 +19,7 @@ mod resolve;
 mod tests;
 mod view;
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 
 use fleetward_policy::{self as policy, Delta, ResourceName, Snapshot};
@@ -294,12 +294,18 @@ impl Index {
     /// Replaces every object of `kind` with `objects` (a relist after a watch restarts).
     pub fn reset<O: Into<Object>>(&mut self, kind: Kind, objects: impl IntoIterator<Item = O>) {
         let objects: Vec<Object> = objects.into_iter().map(Into::into).collect();
-        let keep: BTreeSet<ObjectKey> = objects.iter().filter_map(Object::key).collect();
+        // Borrowed names: a relist of 100k objects copies none of them to find the gone.
+        let keep: HashSet<(&str, &str)> = objects
+            .iter()
+            .filter_map(Object::names)
+            .map(|(_, namespace, name)| (namespace, name))
+            .collect();
         let stale: Vec<ObjectKey> = self
             .keys_of(kind)
             .into_iter()
-            .filter(|k| !keep.contains(k))
+            .filter(|k| !keep.contains(&(k.namespace.as_str(), k.name.as_str())))
             .collect();
+        drop(keep);
         for key in &stale {
             self.delete(key);
         }

@@ -116,20 +116,24 @@ pub enum Object {
 impl Object {
     /// The object's key; `None` when it lacks a name (or a namespace, for a namespaced kind).
     pub fn key(&self) -> Option<ObjectKey> {
-        let (kind, meta) = match self {
-            Object::Tenant(o) => {
-                return (!o.meta.name.is_empty()).then(|| ObjectKey::tenant(&o.meta.name));
-            }
-            Object::Secret(s) => (Kind::Secret, (&s.namespace, &s.name)),
-            Object::Thing(o) => (Kind::Thing, (&o.meta.namespace, &o.meta.name)),
-            Object::Channel(o) => (Kind::Channel, (&o.meta.namespace, &o.meta.name)),
-            Object::Connection(o) => (Kind::Connection, (&o.meta.namespace, &o.meta.name)),
-            Object::User(o) => (Kind::User, (&o.meta.namespace, &o.meta.name)),
-            Object::Group(o) => (Kind::Group, (&o.meta.namespace, &o.meta.name)),
-            Object::Policy(o) => (Kind::Policy, (&o.meta.namespace, &o.meta.name)),
+        let (kind, namespace, name) = self.names()?;
+        Some(ObjectKey::namespaced(kind, namespace, name))
+    }
+
+    /// The object's kind, namespace (empty for a Tenant) and name, borrowed; `None` as for
+    /// [`Self::key`].
+    pub(crate) fn names(&self) -> Option<(Kind, &str, &str)> {
+        let (kind, namespace, name) = match self {
+            Object::Tenant(o) => (Kind::Tenant, "", o.meta.name.as_str()),
+            Object::Secret(s) => (Kind::Secret, s.namespace.as_str(), s.name.as_str()),
+            Object::Thing(o) => (Kind::Thing, o.meta.namespace.as_str(), o.meta.name.as_str()),
+            Object::Channel(o) => (Kind::Channel, &*o.meta.namespace, &*o.meta.name),
+            Object::Connection(o) => (Kind::Connection, &*o.meta.namespace, &*o.meta.name),
+            Object::User(o) => (Kind::User, &*o.meta.namespace, &*o.meta.name),
+            Object::Group(o) => (Kind::Group, &*o.meta.namespace, &*o.meta.name),
+            Object::Policy(o) => (Kind::Policy, &*o.meta.namespace, &*o.meta.name),
         };
-        let (namespace, name) = meta;
-        (!namespace.is_empty() && !name.is_empty())
-            .then(|| ObjectKey::namespaced(kind, namespace.clone(), name.clone()))
+        let named = !name.is_empty() && (kind == Kind::Tenant || !namespace.is_empty());
+        named.then_some((kind, namespace, name))
     }
 }

@@ -106,10 +106,31 @@ fn shown<K: Watched>(object: &K) -> Shown {
 }
 
 /// One object read: its key, what the API server shows of it, and its input to the index.
-struct Read<S = Shown> {
+struct Read {
     key: ObjectKey,
-    shown: S,
+    shown: Shown,
     object: Object,
+}
+
+/// A list in progress: each object's input to the index, and what it shows (packed), in two
+/// vectors that the end of the list hands over as they are. A list of 100k objects waits
+/// here until it ends, so nothing is copied from one vector to another.
+#[derive(Default)]
+struct Listing {
+    objects: Vec<Object>,
+    shown: Vec<(ObjectKey, Kept)>,
+    /// Tenant → the namespace it claims, for a list of Tenants.
+    claims: BTreeMap<String, String>,
+}
+
+impl Listing {
+    fn push(&mut self, feed: &Feed, Read { key, shown, object }: Read) {
+        if let Object::Tenant(t) = &object {
+            self.claims.insert(key.name.clone(), t.namespace.clone());
+        }
+        self.shown.push((key, feed.observed.pack(shown)));
+        self.objects.push(object);
+    }
 }
 
 fn read<K: Watched>(object: K) -> Option<Read> {
@@ -207,19 +228,14 @@ async fn run_kind<K: Watched>(
     streaming: bool,
 ) -> Ended {
     futures::pin_mut!(stream);
-    let mut init: Vec<Read<Kept>> = Vec::new();
+    let mut init = Listing::default();
     let mut listed = false;
     while let Some(event) = stream.next().await {
         match event {
-            Ok(Event::Init) => init.clear(),
+            Ok(Event::Init) => init = Listing::default(),
             Ok(Event::InitApply(o)) => {
-                if let Ok(object) = parse::<K>(o, &feed.metrics) {
-                    // Packed at once: a list of 100k objects waits here until it ends.
-                    init.extend(read(object).map(|r| Read {
-                        shown: feed.observed.pack(r.shown),
-                        key: r.key,
-                        object: r.object,
-                    }));
+                if let Some(read) = parse::<K>(o, &feed.metrics).ok().and_then(read) {
+                    init.push(feed, read);
                 }
             }
             Ok(Event::InitDone) => {
@@ -253,23 +269,18 @@ async fn run_kind<K: Watched>(
     Ended::Closed
 }
 
-fn reset(kind: Kind, feed: &Feed, objects: Vec<Read<Kept>>) {
-    let mut shown_all = Vec::with_capacity(objects.len());
-    let mut claims = BTreeMap::new();
-    let mut index_objects = Vec::with_capacity(objects.len());
-    for Read { key, shown, object } in objects {
-        if let Object::Tenant(t) = &object {
-            claims.insert(key.name.clone(), t.namespace.clone());
-        }
-        shown_all.push((key, shown));
-        index_objects.push(object);
-    }
-    let count = index_objects.len();
-    feed.index.update(|idx| idx.reset(kind, index_objects));
+fn reset(kind: Kind, feed: &Feed, listing: Listing) {
+    let Listing {
+        objects,
+        shown,
+        claims,
+    } = listing;
+    let count = objects.len();
+    feed.index.update(|idx| idx.reset(kind, objects));
     if kind == Kind::Tenant {
         feed.observed.reset_claims(claims);
     }
-    feed.observed.reset(kind, shown_all);
+    feed.observed.reset(kind, shown);
     tracing::info!(kind = kind.as_str(), count, "listed");
 }
 
