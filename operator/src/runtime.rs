@@ -15,6 +15,7 @@ use crate::dataplanes::Dataplanes;
 use crate::grpc;
 use crate::index::Index;
 use crate::k8s::certificates::CertificateReconciler;
+use crate::k8s::events::Events;
 use crate::k8s::lease::{Leadership, LeaseConfig};
 use crate::k8s::observed::Observed;
 use crate::k8s::replica_leases::ReportConfig;
@@ -333,7 +334,7 @@ fn spawn_writers(
             observed: state.observed.clone(),
             metrics: state.metrics.clone(),
             leader: leadership.subscribe(),
-            recorder: Recorder::new(client.clone(), reporter.clone()),
+            events: Events::new(client.clone(), reporter.clone()),
         }
         .run(),
     );

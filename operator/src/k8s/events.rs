@@ -9,8 +9,13 @@
 use std::collections::HashMap;
 
 use fleetward_crds::status::{ENFORCED, READY};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
-use kube::runtime::events::{Event, EventType};
+use k8s_openapi::api::core::v1::ObjectReference;
+use k8s_openapi::api::events::v1::Event as K8sEvent;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, MicroTime, ObjectMeta};
+use k8s_openapi::jiff::Timestamp;
+use kube::Client;
+use kube::api::{Api, PostParams};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 
 use super::observed::ShownStatus;
 use super::status::{REASON_NOT_SERVED, REASON_PENDING};
@@ -44,6 +49,87 @@ impl ConditionEvent {
             note: Some(self.message.clone()),
             action: self.action.to_owned(),
             secondary: None,
+        }
+    }
+}
+
+/// Where the status writer sends its Events. A Warning goes through kube's `Recorder`, which
+/// counts a repeat into the first Event's series. A Normal Event (an object's generation
+/// `Enforced`) is never repeated, so it is created as it is: the `Recorder` keeps every Event
+/// it published for six minutes, scanning them all at each publish, and would hold one for
+/// every object a bulk apply made `Enforced` (tens of thousands at the control-plane
+/// benchmark's pace).
+#[derive(Clone)]
+pub struct Events {
+    client: Client,
+    reporter: Reporter,
+    recorder: Recorder,
+}
+
+impl Events {
+    /// Events published as `reporter`.
+    pub fn new(client: Client, reporter: Reporter) -> Self {
+        Self {
+            recorder: Recorder::new(client.clone(), reporter.clone()),
+            client,
+            reporter,
+        }
+    }
+
+    /// Publishes `event` about `regarding` (in its namespace; `default` for a Tenant).
+    pub async fn publish(
+        &self,
+        event: &Event,
+        regarding: &ObjectReference,
+    ) -> Result<(), kube::Error> {
+        if event.type_ == EventType::Warning {
+            return self.recorder.publish(event, regarding).await;
+        }
+        let namespace = regarding.namespace.as_deref().unwrap_or("default");
+        let api: Api<K8sEvent> = Api::namespaced(self.client.clone(), namespace);
+        api.create(&PostParams::default(), &self.once(event, regarding))
+            .await
+            .map(drop)
+    }
+
+    /// The Kubernetes Event for `event`, as the `Recorder` would make its first one.
+    fn once(&self, event: &Event, regarding: &ObjectReference) -> K8sEvent {
+        let now = Timestamp::now();
+        let controller = &self.reporter.controller;
+        K8sEvent {
+            action: Some(event.action.clone()),
+            reason: Some(event.reason.clone()),
+            note: event.note.clone(),
+            event_time: Some(MicroTime(now)),
+            regarding: Some(regarding.clone()),
+            related: event.secondary.clone(),
+            metadata: ObjectMeta {
+                namespace: Some(
+                    regarding
+                        .namespace
+                        .as_deref()
+                        .unwrap_or("default")
+                        .to_owned(),
+                ),
+                name: Some(format!(
+                    "{}.{:x}",
+                    regarding.name.as_deref().unwrap_or(controller),
+                    now.as_nanosecond()
+                )),
+                ..ObjectMeta::default()
+            },
+            reporting_controller: Some(controller.clone()),
+            reporting_instance: Some(
+                (self.reporter.instance.clone()).unwrap_or_else(|| controller.clone()),
+            ),
+            type_: Some(
+                match event.type_ {
+                    EventType::Normal => "Normal",
+                    EventType::Warning => "Warning",
+                }
+                .to_owned(),
+            ),
+            ..K8sEvent::default()
         }
     }
 }
@@ -273,5 +359,57 @@ mod tests {
             None,
             "a deleted object is forgotten"
         );
+    }
+
+    #[tokio::test]
+    async fn a_normal_event_is_created_as_it_is_and_a_tenants_goes_to_default() {
+        let api = super::super::fixtures::FakeApi::default();
+        let reporter = Reporter {
+            controller: "fleetward-operator".into(),
+            instance: Some("operator-0".into()),
+        };
+        let events = Events::new(api.client(), reporter);
+        let enforced = ConditionEvent {
+            warning: false,
+            reason: "Applied".into(),
+            message: "every connected dataplane (2) has applied it".into(),
+            action: "Enforce",
+            enforced_generation: Some(3),
+        };
+        let key = ObjectKey::namespaced(crate::index::Kind::Connection, "acme", "grant");
+        let reference = super::super::object_reference(&key, Some("uid-1".into()));
+        // The fake answers Events with 404: the create is what is looked at.
+        assert!(events.publish(&enforced.event(), &reference).await.is_err());
+        let tenant = super::super::object_reference(&ObjectKey::tenant("acme"), None);
+        assert!(events.publish(&enforced.event(), &tenant).await.is_err());
+        let calls = api.calls();
+        let paths: Vec<(&str, &str)> = calls
+            .iter()
+            .map(|c| (c.method.as_str(), c.path.as_str()))
+            .collect();
+        assert_eq!(
+            paths,
+            [
+                ("POST", "/apis/events.k8s.io/v1/namespaces/acme/events"),
+                ("POST", "/apis/events.k8s.io/v1/namespaces/default/events"),
+            ]
+        );
+        let body = &calls[0].body;
+        assert_eq!(body["type"], "Normal");
+        assert_eq!(body["reason"], "Applied");
+        assert_eq!(body["action"], "Enforce");
+        assert_eq!(body["note"], "every connected dataplane (2) has applied it");
+        assert_eq!(body["reportingController"], "fleetward-operator");
+        assert_eq!(body["reportingInstance"], "operator-0");
+        assert_eq!(body["regarding"]["name"], "grant");
+        assert_eq!(body["regarding"]["uid"], "uid-1");
+        assert_eq!(body["metadata"]["namespace"], "acme");
+        assert!(
+            body["metadata"]["name"]
+                .as_str()
+                .is_some_and(|n| n.starts_with("grant."))
+        );
+        assert!(body["eventTime"].is_string());
+        assert_eq!(calls[1].body["metadata"]["namespace"], "default");
     }
 }

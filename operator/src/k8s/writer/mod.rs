@@ -24,10 +24,11 @@ use fleetward_crds::status::READY;
 use futures::StreamExt;
 use kube::Client;
 use kube::api::{Api, DynamicObject, Patch, PatchParams};
-use kube::runtime::events::{Event, EventType, Recorder};
+use kube::runtime::events::{Event, EventType};
 use tokio::sync::watch;
 use tokio::time::{Duration, Instant};
 
+use super::events::Events;
 use super::observed::{Observed, ShownStatus};
 use super::status::status_json;
 use super::{Error, FIELD_MANAGER, api_resource, object_reference};
@@ -109,7 +110,7 @@ pub struct StatusWriter {
     /// Whether this replica leads.
     pub leader: watch::Receiver<bool>,
     /// Records a Warning when a write fails, and the condition transitions.
-    pub recorder: Recorder,
+    pub events: Events,
 }
 
 impl StatusWriter {
@@ -266,7 +267,7 @@ impl StatusWriter {
     async fn record(&self, w: &Write) {
         let reference = object_reference(&w.key, w.uid.clone());
         for event in &w.events {
-            if let Err(e) = self.recorder.publish(&event.event(), &reference).await {
+            if let Err(e) = self.events.publish(&event.event(), &reference).await {
                 tracing::debug!(object = %w.key, reason = %event.reason, error = %e, "recording an Event failed");
             }
         }
@@ -281,7 +282,7 @@ impl StatusWriter {
             secondary: None,
         };
         let reference = object_reference(&w.key, w.uid.clone());
-        if let Err(e) = self.recorder.publish(&event, &reference).await {
+        if let Err(e) = self.events.publish(&event, &reference).await {
             tracing::debug!(object = %w.key, error = %e, "recording an Event failed");
         }
     }

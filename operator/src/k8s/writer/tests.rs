@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::events::Reporter;
 use serde_json::Value;
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -13,6 +13,7 @@ use super::StatusWriter;
 use super::plan::*;
 use crate::dataplanes::Dataplanes;
 use crate::index::{Index, Kind, ObjectKey, Readiness, Reason};
+use crate::k8s::events::Events;
 use crate::k8s::fixtures::{self, FakeApi};
 use crate::k8s::observed::{Observed, ShownStatus};
 use crate::k8s::status::tests::thing_desired;
@@ -181,7 +182,7 @@ impl Running {
             observed: observed.clone(),
             metrics: metrics.clone(),
             leader: leading,
-            recorder: Recorder::new(api.client(), reporter),
+            events: Events::new(api.client(), reporter),
         };
         Self {
             api,
