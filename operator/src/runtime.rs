@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use kube::Client;
-use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::events::Reporter;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
@@ -345,7 +345,7 @@ fn spawn_writers(
             observed: state.observed.clone(),
             metrics: state.metrics.clone(),
             leader: leadership.subscribe(),
-            recorder: Recorder::new(client.clone(), reporter),
+            events: Events::new(client.clone(), reporter),
         }
         .run(),
     );

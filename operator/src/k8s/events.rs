@@ -3,8 +3,9 @@
 //! The status writer calls [`transitions`] with what an object showed and the status it has
 //! just written, so an Event follows a transition, never a rewrite of the same state. Two
 //! `False` states get no Warning: `Enforced=False` `Pending` (every change passes through it)
-//! and `NotServed` (the `Ready=False` Warning already says why). Repeats reach the API server
-//! through kube's `Recorder`, which aggregates them into one Event with a count.
+//! and `NotServed` (the `Ready=False` Warning already says why). A repeated Warning reaches the
+//! API server through kube's `Recorder`, which aggregates repeats into one Event with a count;
+//! Normal Events are created as they are ([`Events`]).
 
 use std::collections::HashMap;
 
@@ -53,12 +54,12 @@ impl ConditionEvent {
     }
 }
 
-/// Where the status writer sends its Events. A Warning goes through kube's `Recorder`, which
-/// counts a repeat into the first Event's series. A Normal Event (an object's generation
-/// `Enforced`) is never repeated, so it is created as it is: the `Recorder` keeps every Event
-/// it published for six minutes, scanning them all at each publish, and would hold one for
-/// every object a bulk apply made `Enforced` (tens of thousands at the control-plane
-/// benchmark's pace).
+/// Where the status writer and the Secret reconciler send their Events. A Warning goes through
+/// kube's `Recorder`, which counts a repeat into the first Event's series. A Normal Event (an
+/// object's generation `Enforced`, a Thing's key generated or changed) comes once per change,
+/// so it is created as it is: the `Recorder` keeps every Event it published for six minutes,
+/// scanning them all at each publish, and would hold one for every object a bulk apply made
+/// `Enforced` (tens of thousands at the control-plane benchmark's pace).
 #[derive(Clone)]
 pub struct Events {
     client: Client,

@@ -22,9 +22,10 @@ use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use kube::Client;
 use kube::api::{Api, PostParams};
-use kube::runtime::events::{Event, EventType, Recorder};
+use kube::runtime::events::{Event, EventType};
 use tokio::sync::watch;
 
+use super::events::Events;
 use super::observed::Observed;
 use super::{Error, FIELD_MANAGER, RESYNC, Retries, object_reference};
 use crate::changes::ChangedKeys;
@@ -167,7 +168,7 @@ pub struct SecretReconciler {
     /// Whether this replica leads.
     pub leader: watch::Receiver<bool>,
     /// Records key created, keys changed and errors on the Thing.
-    pub recorder: Recorder,
+    pub events: Events,
 }
 
 impl SecretReconciler {
@@ -455,7 +456,7 @@ impl SecretReconciler {
             secondary: None,
         };
         if let Err(e) = self
-            .recorder
+            .events
             .publish(&event, &object_reference(key, uid))
             .await
         {
@@ -507,7 +508,7 @@ mod tests {
             observed: Arc::new(observed),
             metrics: Arc::new(Metrics::new()),
             leader: leading,
-            recorder: Recorder::new(api.client(), reporter),
+            events: Events::new(api.client(), reporter),
         };
         (reconciler, leader)
     }
