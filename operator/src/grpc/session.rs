@@ -223,15 +223,9 @@ impl Session {
         let Some(outgoing) = self.next_update().await? else {
             return Ok(());
         };
-        let (update, full) = match &outgoing {
-            Outgoing::Snapshot { update, .. } => (update, true),
-            Outgoing::Message(pb::OperatorMessage {
-                message: Some(pb::operator_message::Message::Update(update)),
-            }) => (update, false),
-            Outgoing::Message(_) => unreachable!("a session sends updates"),
-        };
-        let version = update.version;
-        let nonce = update.nonce;
+        let full = outgoing.snapshot.is_some();
+        let version = outgoing.update.version;
+        let nonce = outgoing.update.nonce;
         if self.tx.send(Ok(outgoing)).await.is_err() {
             return Ok(()); // the stream is gone; the loop notices
         }
@@ -270,9 +264,10 @@ impl Session {
                 deltas: deltas.iter().map(|d| delta_to_proto(d)).collect(),
             }));
             if wire_len(&update) <= self.shared.max_message_size {
-                return Ok(Some(Outgoing::Message(pb::OperatorMessage {
-                    message: Some(pb::operator_message::Message::Update(update)),
-                })));
+                return Ok(Some(Outgoing {
+                    update,
+                    snapshot: None,
+                }));
             }
             update.payload = None;
         }
@@ -295,7 +290,10 @@ impl Session {
         let size = full_wire_len(&update, snapshot.bytes.len());
         if size <= self.shared.max_message_size {
             // Every stream sends the same shared bytes.
-            return Ok(Outgoing::Snapshot { update, snapshot });
+            return Ok(Outgoing {
+                update,
+                snapshot: Some(snapshot),
+            });
         }
         let version = update.version;
         tracing::error!(

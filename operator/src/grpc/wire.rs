@@ -28,15 +28,12 @@ const UPDATE_SNAPSHOT: u32 = 4;
 const SYNC: &str = "/fleetward.policysync.v1.PolicySync/Sync";
 const PROVISION: &str = "/fleetward.policysync.v1.PolicySync/Provision";
 
-/// What a session sends: a message, or an update whose full snapshot is already encoded.
+/// What a session sends, an OperatorMessage carrying an update: `update` as it is, or with
+/// `snapshot`, a full snapshot already encoded, as its payload.
 #[derive(Debug)]
-pub(crate) enum Outgoing {
-    Message(pb::OperatorMessage),
-    Snapshot {
-        /// The update, without its payload.
-        update: pb::Update,
-        snapshot: Arc<EncodedSnapshot>,
-    },
+pub(crate) struct Outgoing {
+    pub(crate) update: pb::Update,
+    pub(crate) snapshot: Option<Arc<EncodedSnapshot>>,
 }
 
 impl Outgoing {
@@ -44,27 +41,19 @@ impl Outgoing {
     /// carrying `Update { payload: snapshot }` would be, its snapshot field last (protobuf
     /// readers take fields in any order).
     pub(crate) fn encode(&self, buf: &mut impl BufMut) {
-        match self {
-            Outgoing::Message(message) => {
-                message
-                    .encode(buf)
-                    .expect("a gRPC encode buffer grows as needed");
-            }
-            Outgoing::Snapshot { update, snapshot } => {
-                let bytes = snapshot.bytes.as_slice();
-                let body = update.encoded_len()
-                    + key_len(UPDATE_SNAPSHOT)
-                    + encoded_len_varint(bytes.len() as u64)
-                    + bytes.len();
-                encode_key(OPERATOR_MESSAGE_UPDATE, WireType::LengthDelimited, buf);
-                encode_varint(body as u64, buf);
-                update
-                    .encode(buf)
-                    .expect("a gRPC encode buffer grows as needed");
-                encode_key(UPDATE_SNAPSHOT, WireType::LengthDelimited, buf);
-                encode_varint(bytes.len() as u64, buf);
-                buf.put_slice(bytes);
-            }
+        let snapshot = self.snapshot.as_ref().map(|s| s.bytes.as_slice());
+        let payload = snapshot.map_or(0, |bytes| {
+            key_len(UPDATE_SNAPSHOT) + encoded_len_varint(bytes.len() as u64) + bytes.len()
+        });
+        encode_key(OPERATOR_MESSAGE_UPDATE, WireType::LengthDelimited, buf);
+        encode_varint((self.update.encoded_len() + payload) as u64, buf);
+        self.update
+            .encode(buf)
+            .expect("a gRPC encode buffer grows as needed");
+        if let Some(bytes) = snapshot {
+            encode_key(UPDATE_SNAPSHOT, WireType::LengthDelimited, buf);
+            encode_varint(bytes.len() as u64, buf);
+            buf.put_slice(bytes);
         }
     }
 }
@@ -219,9 +208,9 @@ mod tests {
         };
         let encoded = Arc::new(EncodedSnapshot::new(&snapshot));
         let mut wire = Vec::new();
-        let outgoing = Outgoing::Snapshot {
+        let outgoing = Outgoing {
             update: update(),
-            snapshot: encoded.clone(),
+            snapshot: Some(encoded.clone()),
         };
         outgoing.encode(&mut wire);
         let mut whole = update();
@@ -241,12 +230,20 @@ mod tests {
     }
 
     #[test]
-    fn a_plain_message_goes_out_as_prost_writes_it() {
-        let message = pb::OperatorMessage {
-            message: Some(pb::operator_message::Message::Update(update())),
-        };
-        let mut wire = Vec::new();
-        Outgoing::Message(message.clone()).encode(&mut wire);
-        assert_eq!(wire, message.encode_to_vec());
+    fn an_update_without_a_snapshot_goes_out_as_prost_writes_it() {
+        let mut deltas = update();
+        deltas.payload = Some(pb::update::Payload::Deltas(pb::DeltaBatch::default()));
+        for update in [update(), deltas] {
+            let message = pb::OperatorMessage {
+                message: Some(pb::operator_message::Message::Update(update.clone())),
+            };
+            let mut wire = Vec::new();
+            Outgoing {
+                update,
+                snapshot: None,
+            }
+            .encode(&mut wire);
+            assert_eq!(wire, message.encode_to_vec());
+        }
     }
 }
