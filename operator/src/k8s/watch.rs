@@ -15,6 +15,7 @@ use std::fmt::Debug;
 use std::sync::Arc;
 
 use fleetward_crds::{Channel, Connection, Group, Policy, Tenant, Thing, User};
+use futures::stream::BoxStream;
 use futures::{Stream, StreamExt};
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::Api;
@@ -203,23 +204,41 @@ enum Ended {
     NoStreamingList,
 }
 
-/// Watches one kind cluster-wide. Runs until the task is dropped.
-async fn watch_kind<K: Watched>(client: Client, feed: Feed) -> &'static str {
-    let api: Api<DeserializeGuard<K>> = Api::all(client);
+type Events<K> = BoxStream<'static, Result<Event<K>, watcher::Error>>;
+
+/// Runs `run` on a watch of `api` that lists with a streaming list, and again on one that
+/// lists page by page once the API server refused that. Returns when `run`'s stream ends.
+async fn watch_with_fallback<K, Run, Fut>(api: Api<K>, watch: &str, mut run: Run)
+where
+    K: Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+    K::DynamicType: Default,
+    Run: FnMut(Events<K>, bool) -> Fut,
+    Fut: Future<Output = Ended>,
+{
     let mut streaming = true;
     loop {
         let stream = watcher::watcher(api.clone(), list_config(streaming)).default_backoff();
-        match run_kind::<K>(stream, &feed, streaming).await {
-            Ended::Closed => return K::KIND.as_str(),
+        match run(stream.boxed(), streaming).await {
+            Ended::Closed => return,
             Ended::NoStreamingList => {
                 tracing::info!(
-                    kind = K::KIND.as_str(),
+                    watch,
                     "the API server does not serve streaming lists; listing page by page"
                 );
                 streaming = false;
             }
         }
     }
+}
+
+/// Watches one kind cluster-wide. Runs until the task is dropped.
+async fn watch_kind<K: Watched>(client: Client, feed: Feed) -> &'static str {
+    let api: Api<DeserializeGuard<K>> = Api::all(client);
+    watch_with_fallback(api, K::KIND.as_str(), |stream, streaming| {
+        run_kind::<K>(stream, &feed, streaming)
+    })
+    .await;
+    K::KIND.as_str()
 }
 
 async fn run_kind<K: Watched>(
@@ -344,14 +363,11 @@ async fn watch_tenant_secrets(client: Client, feed: Feed) -> &'static str {
 
 /// Watches the Secrets of one namespace, as [`watch_kind`] does a kind.
 async fn watch_secrets(api: Api<Secret>, namespace: String, feed: Feed) {
-    let mut streaming = true;
-    loop {
-        let stream = watcher::watcher(api.clone(), list_config(streaming)).default_backoff();
-        match run_secrets(stream, namespace.clone(), feed.clone(), streaming).await {
-            Ended::Closed => return,
-            Ended::NoStreamingList => streaming = false,
-        }
-    }
+    let watch = format!("Secrets in {namespace}");
+    watch_with_fallback(api, &watch, |stream, streaming| {
+        run_secrets(stream, namespace.clone(), feed.clone(), streaming)
+    })
+    .await;
 }
 
 async fn run_secrets(
