@@ -172,8 +172,11 @@ impl Observed {
         let changed = {
             let state = &mut *self.lock();
             let kept = Kept::pack(shown, &mut state.strings);
-            let old = state.objects.insert(key.clone(), kept.clone());
-            old.as_ref() != Some(&kept)
+            let changed = state.objects.get(&key) != Some(&kept);
+            if changed {
+                state.objects.insert(key.clone(), kept);
+            }
+            changed
         };
         if changed {
             self.changes.publish([&key]);
