@@ -18,6 +18,9 @@
 //! revocation phase stay in `bench`. `FLEETWARD_BENCH_APPLY_SECONDS` (none) makes the sizes an
 //! upper bound: after the first tenth the bulk is applied a tenth at a time, and no tenth starts
 //! once the apply has taken that long; the `setup_*` figures say what was applied.
+//! `FLEETWARD_BENCH_HOLD=<file>` keeps the control plane (with the data set) and NATS up after
+//! the run, to study the operator by hand against it: the run writes the kubeconfig's path
+//! into that file and waits until the file is removed.
 
 // No function longer than a reader can hold in their head (the threshold is in clippy.toml).
 #![warn(clippy::too_many_lines)]
@@ -225,11 +228,30 @@ fn main() {
             "SIGTERM ends the operator with 0: {status}"
         );
         ops.clear();
-        let _op = cold_start(&plane, sync_addr, admin_addr, logs.path())?;
+        let op = cold_start(&plane, sync_addr, admin_addr, logs.path())?;
         eprintln!("bench: cold start took {:.1?}", phase.elapsed());
         eprintln!("bench: the whole run took {:.1?}", run.elapsed());
-        Ok(())
+        drop((op, a, b));
+        hold(&plane)
     });
+}
+
+/// With `FLEETWARD_BENCH_HOLD=<file>` set: writes the control plane's kubeconfig path into the
+/// file and waits until the file is removed, the control plane and NATS still running.
+fn hold(plane: &ControlPlane) -> Result<()> {
+    let Some(file) = std::env::var_os("FLEETWARD_BENCH_HOLD").map(PathBuf::from) else {
+        return Ok(());
+    };
+    std::fs::write(&file, format!("{}\n", plane.kubeconfig().display()))
+        .with_context(|| format!("write {}", file.display()))?;
+    eprintln!(
+        "bench: holding the control plane; its kubeconfig is in {}, remove that file to end",
+        file.display()
+    );
+    while file.exists() {
+        thread::sleep(Duration::from_secs(1));
+    }
+    Ok(())
 }
 
 /// The data set in two steps, each followed by the push-convergence phase: a tenth of it
