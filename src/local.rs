@@ -136,7 +136,7 @@ impl Local {
                     name: key.name.clone(),
                     ready: st.readiness.ready,
                     reason: st.readiness.reason.as_str().to_owned(),
-                    message: st.readiness.message.clone(),
+                    message: st.readiness.message.to_string(),
                     history: (key.kind == Kind::Channel)
                         .then(|| tenant_of.get(key.namespace.as_str()))
                         .flatten()

@@ -1,5 +1,6 @@
 //! The status the index wants each object to show: readiness with a reason, and observed facts.
 
+use std::borrow::Cow;
 use std::fmt;
 
 /// Why an object is, or is not, `Ready`. The labels are the condition reasons users see.
@@ -112,13 +113,14 @@ pub struct Readiness {
     pub ready: bool,
     /// The condition reason.
     pub reason: Reason,
-    /// A message for `kubectl describe`: what is wrong and what to do.
-    pub message: String,
+    /// A message for `kubectl describe`: what is wrong and what to do. Most are fixed texts,
+    /// borrowed, so the index's 100k statuses do not each hold a copy.
+    pub message: Cow<'static, str>,
 }
 
 impl Readiness {
     /// `Ready=True` with a reason and message.
-    pub fn ready(reason: Reason, message: impl Into<String>) -> Self {
+    pub fn ready(reason: Reason, message: impl Into<Cow<'static, str>>) -> Self {
         Self {
             ready: true,
             reason,
@@ -127,7 +129,7 @@ impl Readiness {
     }
 
     /// `Ready=False` with a reason and message.
-    pub fn not_ready(reason: Reason, message: impl Into<String>) -> Self {
+    pub fn not_ready(reason: Reason, message: impl Into<Cow<'static, str>>) -> Self {
         Self {
             ready: false,
             reason,

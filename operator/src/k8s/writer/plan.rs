@@ -61,7 +61,8 @@ pub(super) fn with_credentials_error<'a>(
             let mut desired = desired.clone();
             desired.readiness.message = format!(
                 "{FAILED_PREFIX}{error}. Or create the Secret yourself with your key under `key`"
-            );
+            )
+            .into();
             Cow::Owned(desired)
         }
         _ => Cow::Borrowed(desired),
