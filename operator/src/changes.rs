@@ -4,6 +4,9 @@
 //! every subscriber; each subscriber takes its own set when it plans. The sets are deduplicated,
 //! so one that is not drained for a while grows with the objects, never with the changes. A
 //! change too wide to list (a relist) marks the set "everything": that consumer plans in full.
+//! So does a set that grows past [`MAX_KEYS`] (a first commit, a bulk apply): planning every
+//! object costs about what planning that many does, and each subscriber would otherwise hold
+//! its own copy of every key, 2 × 110k of them at a cold start.
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
@@ -19,10 +22,20 @@ pub struct Changed {
     pub keys: HashSet<ObjectKey>,
 }
 
+/// The most keys a subscriber's set holds; past it, the set is "everything".
+pub const MAX_KEYS: usize = 8192;
+
 impl Changed {
     fn add(&mut self, keys: impl IntoIterator<Item = ObjectKey>) {
-        if !self.everything {
-            self.keys.extend(keys);
+        if self.everything {
+            return;
+        }
+        for key in keys {
+            if self.keys.len() == MAX_KEYS {
+                self.everything();
+                return;
+            }
+            self.keys.insert(key);
         }
     }
 
@@ -122,5 +135,23 @@ mod tests {
         drop(writer);
         feed.publish(&[key("d")]);
         assert!(lock(&feed.subscribers).is_empty());
+    }
+
+    #[test]
+    fn a_set_past_its_bound_becomes_everything() {
+        let feed = ChangeFeed::default();
+        let writer = feed.subscribe();
+        let keys: Vec<ObjectKey> = (0..MAX_KEYS).map(|i| key(&format!("c{i}"))).collect();
+        feed.publish(&keys);
+        let taken = writer.take();
+        assert!(!taken.everything, "up to the bound, the keys are listed");
+        assert_eq!(taken.keys.len(), MAX_KEYS);
+        feed.publish(&keys);
+        feed.publish(&[key("one-more")]);
+        let taken = writer.take();
+        assert!(taken.everything, "one key past the bound plans everything");
+        assert!(taken.keys.is_empty(), "and holds no key");
+        feed.publish(&[key("a")]);
+        assert_eq!(writer.take().keys, HashSet::from([key("a")]), "until taken");
     }
 }
