@@ -53,7 +53,8 @@ const HISTORY_RESOURCES: usize = 4096;
 pub struct Commit {
     /// The snapshot version after the commit.
     pub version: u64,
-    /// The policy delta, when the snapshot changed.
+    /// The policy delta, when the snapshot changed and the delta is small enough to keep (see
+    /// [`HISTORY_RESOURCES`]); a larger change moves the version without one.
     pub delta: Option<Arc<Delta>>,
     /// Objects whose desired status changed (or was removed, for a deleted object).
     pub statuses: Vec<ObjectKey>,
@@ -104,6 +105,18 @@ impl Touched {
             && self.groups.is_empty()
             && self.grants.is_empty()
             && self.policies.is_empty()
+    }
+
+    /// The resources a delta of these changes holds (signing keys count as one).
+    fn len(&self) -> usize {
+        usize::from(self.signing_keys)
+            + self.tenants.len()
+            + self.things.len()
+            + self.channels.len()
+            + self.users.len()
+            + self.groups.len()
+            + self.grants.len()
+            + self.policies.len()
     }
 }
 
@@ -430,10 +443,15 @@ impl Index {
     }
 
     /// Keeps a delta for dataplanes that resume, and lets the oldest go past the bounds.
+    /// The most resources the kept deltas hold together.
+    fn history_bound(&self) -> usize {
+        HISTORY_RESOURCES.max(self.snapshot.resource_count() / 4)
+    }
+
     fn keep_delta(&mut self, delta: Arc<Delta>) {
         self.history_resources += delta.len();
         self.history.push_back(delta);
-        let resources = HISTORY_RESOURCES.max(self.snapshot.resource_count() / 4);
+        let resources = self.history_bound();
         while self.history.len() > HISTORY || self.history_resources > resources {
             let Some(oldest) = self.history.pop_front() else {
                 break;
@@ -458,11 +476,19 @@ impl Index {
         {
             return None;
         }
-        let delta = (!self.touched.is_empty()).then(|| {
+        let delta = if self.touched.is_empty() {
+            None
+        } else if self.touched.len() > self.history_bound() {
+            // It would not be kept, so it is not built: at a cold start that is a copy of
+            // every record of the world, made and dropped at the operator's peak. A dataplane
+            // behind this version is sent the snapshot.
+            self.skip_delta();
+            None
+        } else {
             let delta = Arc::new(self.take_delta());
             self.keep_delta(delta.clone());
-            delta
-        });
+            Some(delta)
+        };
         let version = self.snapshot.version();
         let mut included = Vec::with_capacity(self.pending_included.len());
         for (key, generation) in std::mem::take(&mut self.pending_included) {
@@ -779,6 +805,14 @@ impl Index {
 
     /// Builds the delta of every touched record against the current snapshot, and moves the
     /// snapshot to the next version.
+    /// Moves to the next version without a delta: the history before it is of no use any more.
+    fn skip_delta(&mut self) {
+        self.touched = Touched::default();
+        self.snapshot.set_version(self.snapshot.version() + 1);
+        self.history.clear();
+        self.history_resources = 0;
+    }
+
     fn take_delta(&mut self) -> Delta {
         let touched = std::mem::take(&mut self.touched);
         let from = self.snapshot.version();
