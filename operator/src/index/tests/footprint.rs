@@ -118,3 +118,98 @@ fn footprint_of_a_namespace_of_110k_objects() {
         mib(committed - start)
     );
 }
+
+/// Heap in use, counted by a wrapper around the system allocator (for this test binary only).
+mod counting {
+    use std::alloc::{GlobalAlloc, Layout, System};
+    use std::sync::atomic::{AtomicIsize, Ordering};
+
+    pub struct Counting;
+
+    static IN_USE: AtomicIsize = AtomicIsize::new(0);
+
+    // SAFETY: every call is forwarded to `System` unchanged; only a counter is kept beside.
+    unsafe impl GlobalAlloc for Counting {
+        unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+            IN_USE.fetch_add(layout.size() as isize, Ordering::Relaxed);
+            unsafe { System.alloc(layout) }
+        }
+        unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+            IN_USE.fetch_sub(layout.size() as isize, Ordering::Relaxed);
+            unsafe { System.dealloc(ptr, layout) }
+        }
+        unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+            IN_USE.fetch_add(
+                new_size as isize - layout.size() as isize,
+                Ordering::Relaxed,
+            );
+            unsafe { System.realloc(ptr, layout, new_size) }
+        }
+    }
+
+    #[global_allocator]
+    static GLOBAL: Counting = Counting;
+
+    pub fn in_use() -> isize {
+        IN_USE.load(Ordering::Relaxed)
+    }
+}
+
+#[test]
+#[ignore = "measures this process's heap: run alone with --ignored --nocapture"]
+fn heap_of_a_namespace_of_110k_objects_by_part() {
+    let mib = |b: isize| b as f64 / 1024.0 / 1024.0;
+    let start = counting::in_use();
+    let mut index = Index::new();
+    index.apply(mk_tenant("acme", tenant_spec()));
+    for i in 0..CHANNELS {
+        index.apply(mk_channel("acme", &format!("telemetry-{i}")));
+    }
+    for i in 0..THINGS {
+        let name = format!("sensor-{i}");
+        index.apply(mk_secret(
+            "acme",
+            &format!("{name}-credentials"),
+            &[("key", KEY_A)],
+        ));
+        index.apply(Resource::Thing(thing(i)));
+    }
+    for i in 0..CONNECTIONS {
+        index.apply(Resource::Connection(connection(i)));
+    }
+    let applied = counting::in_use();
+    index.commit().expect("a first version");
+    let committed = counting::in_use();
+    println!(
+        "heap: inputs {:.1} MiB, after the first commit {:.1} MiB",
+        mib(applied - start),
+        mib(committed - start)
+    );
+    let mut part = |name: &str, take: &mut dyn FnMut(&mut Index)| {
+        let before = counting::in_use();
+        take(&mut index);
+        println!("  {name}: {:.1} MiB", mib(before - counting::in_use()));
+    };
+    part("history", &mut |i| drop(std::mem::take(&mut i.history)));
+    part("snapshot", &mut |i| drop(std::mem::take(&mut i.snapshot)));
+    part("statuses", &mut |i| drop(std::mem::take(&mut i.statuses)));
+    part("included", &mut |i| drop(std::mem::take(&mut i.included)));
+    part("view", &mut |i| i.view = ViewDigest::default());
+    part("served", &mut |i| drop(std::mem::take(&mut i.served)));
+    part("states", &mut |i| drop(std::mem::take(&mut i.states)));
+    let ns = index.namespaces.get_mut("acme").expect("acme");
+    part_of("connections", &mut ns.connections);
+    part_of("things", &mut ns.things);
+    part_of("secrets", &mut ns.secrets);
+    part_of("refs", &mut ns.refs);
+    part_of("rest", &mut index);
+}
+
+fn part_of<T: Default>(name: &str, value: &mut T) {
+    let before = counting::in_use();
+    drop(std::mem::take(value));
+    println!(
+        "  inputs, {name}: {:.1} MiB",
+        (before - counting::in_use()) as f64 / 1024.0 / 1024.0
+    );
+}
