@@ -515,7 +515,25 @@ impl Index {
         })
     }
 
-    fn keys_of(&self, kind: Kind) -> Vec<ObjectKey> {
+    /// Whether the index holds any object of `kind`.
+    pub(crate) fn has_any(&self, kind: Kind) -> bool {
+        if kind == Kind::Tenant {
+            return !self.tenants.is_empty();
+        }
+        self.namespaces.values().any(|ns| match kind {
+            Kind::Tenant => unreachable!("handled above"),
+            Kind::Thing => !ns.things.is_empty(),
+            Kind::Channel => !ns.channels.is_empty(),
+            Kind::Connection => !ns.connections.is_empty(),
+            Kind::User => !ns.users.is_empty(),
+            Kind::Group => !ns.groups.is_empty(),
+            Kind::Policy => !ns.policies.is_empty(),
+            Kind::Secret => !ns.secrets.is_empty(),
+        })
+    }
+
+    /// The keys of every object of `kind` the index holds.
+    pub(crate) fn keys_of(&self, kind: Kind) -> Vec<ObjectKey> {
         if kind == Kind::Tenant {
             return self.tenants.keys().map(ObjectKey::tenant).collect();
         }

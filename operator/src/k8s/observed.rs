@@ -208,20 +208,25 @@ impl Observed {
         }
     }
 
-    /// What an object shows, packed as the observed state keeps it: a relist packs each object
-    /// as it arrives, so the objects waiting for the end of the list are packed already.
-    pub(crate) fn pack(&self, shown: Shown) -> Kept {
-        Kept::pack(shown, &mut self.lock().strings)
+    /// Whether any object of `kind` is known.
+    pub(crate) fn has_any(&self, kind: Kind) -> bool {
+        self.lock().objects.keys().any(|k| k.kind == kind)
     }
 
-    /// Replaces every object of `kind` (a relist) and marks the kind synced.
-    pub(crate) fn reset(&self, kind: Kind, objects: Vec<(ObjectKey, Kept)>) {
-        {
-            let state = &mut *self.lock();
-            state.objects.retain(|k, _| k.kind != kind);
-            state.objects.extend(objects);
-            state.synced.insert(kind);
-        }
+    /// The keys of the known objects of `kind`.
+    pub(crate) fn keys_of(&self, kind: Kind) -> Vec<ObjectKey> {
+        let state = self.lock();
+        state
+            .objects
+            .keys()
+            .filter(|k| k.kind == kind)
+            .cloned()
+            .collect()
+    }
+
+    /// Marks `kind` listed: its watch has synced, and everything of it may have changed.
+    pub(crate) fn listed(&self, kind: Kind) {
+        self.lock().synced.insert(kind);
         self.changes.publish_everything();
         self.notify();
     }
@@ -247,13 +252,6 @@ impl Observed {
     pub fn unclaim(&self, tenant: &str) {
         let mut state = self.lock();
         state.claims.remove(tenant);
-        self.publish_claims(&state);
-    }
-
-    /// Replaces every claim (a relist of Tenants): tenant → namespace.
-    pub fn reset_claims(&self, claims: BTreeMap<String, String>) {
-        let mut state = self.lock();
-        state.claims = claims;
         self.publish_claims(&state);
     }
 
@@ -493,7 +491,12 @@ mod tests {
             !rx.has_changed().unwrap_or(true),
             "a second claim on a namespace changes no namespace"
         );
-        o.reset_claims(BTreeMap::new());
+        o.unclaim("acme");
+        assert!(
+            !rx.has_changed().unwrap_or(true),
+            "acme-too still claims the namespace"
+        );
+        o.unclaim("acme-too");
         assert!(rx.has_changed().unwrap_or(false));
         assert!(rx.borrow().is_empty());
     }

@@ -10,7 +10,7 @@
 //! permissions can be granted namespace by namespace. A bring-your-own Secret is seen because
 //! it lives in the tenant's namespace, whatever its labels.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::fmt::Debug;
 use std::sync::Arc;
 
@@ -27,7 +27,6 @@ use serde::de::DeserializeOwned;
 use tokio::task::{AbortHandle, JoinSet};
 
 use super::observed::{Observed, Shown, ShownStatus};
-use super::packed::Kept;
 use crate::index::{Kind, Object, ObjectKey, SecretData};
 use crate::metrics::Metrics;
 use crate::resource;
@@ -113,24 +112,46 @@ struct Read {
     object: Object,
 }
 
-/// A list in progress: each object's input to the index, and what it shows (packed), in two
-/// vectors that the end of the list hands over as they are. A list of 100k objects waits
-/// here until it ends, so nothing is copied from one vector to another.
+/// A list in progress. Each object is applied as it arrives, as a watch event would be, so a
+/// list of 100k objects never waits in a vector beside the index (at a cold start, that
+/// vector and its growth were a fifth of the operator's peak). What existed before the list
+/// and was not listed is forgotten when it ends: only then are the listed keys kept, so a
+/// first list keeps none.
 #[derive(Default)]
-struct Listing {
-    objects: Vec<Object>,
-    shown: Vec<(ObjectKey, Kept)>,
-    /// Tenant → the namespace it claims, for a list of Tenants.
-    claims: BTreeMap<String, String>,
+struct List {
+    /// The keys listed so far, when objects of the kind existed before the list.
+    seen: Option<HashSet<ObjectKey>>,
+    count: usize,
 }
 
-impl Listing {
-    fn push(&mut self, feed: &Feed, Read { key, shown, object }: Read) {
-        if let Object::Tenant(t) = &object {
-            self.claims.insert(key.name.clone(), t.namespace.clone());
+impl List {
+    fn start(kind: Kind, feed: &Feed) -> Self {
+        let existed = feed.index.read().has_any(kind) || feed.observed.has_any(kind);
+        Self {
+            seen: existed.then(HashSet::new),
+            count: 0,
         }
-        self.shown.push((key, feed.observed.pack(shown)));
-        self.objects.push(object);
+    }
+
+    fn apply(&mut self, feed: &Feed, read: Read) {
+        if let Some(seen) = &mut self.seen {
+            seen.insert(read.key.clone());
+        }
+        self.count += 1;
+        apply(feed, read);
+    }
+
+    fn finish(self, kind: Kind, feed: &Feed) {
+        if let Some(seen) = self.seen {
+            let mut gone: BTreeSet<ObjectKey> =
+                feed.index.read().keys_of(kind).into_iter().collect();
+            gone.extend(feed.observed.keys_of(kind));
+            for key in gone.iter().filter(|k| !seen.contains(*k)) {
+                forget(feed, key);
+            }
+        }
+        feed.observed.listed(kind);
+        tracing::info!(kind = kind.as_str(), count = self.count, "listed");
     }
 }
 
@@ -247,19 +268,19 @@ async fn run_kind<K: Watched>(
     streaming: bool,
 ) -> Ended {
     futures::pin_mut!(stream);
-    let mut init = Listing::default();
+    let mut list = List::default();
     let mut listed = false;
     while let Some(event) = stream.next().await {
         match event {
-            Ok(Event::Init) => init = Listing::default(),
+            Ok(Event::Init) => list = List::start(K::KIND, feed),
             Ok(Event::InitApply(o)) => {
                 if let Some(read) = parse::<K>(o, &feed.metrics).ok().and_then(read) {
-                    init.push(feed, read);
+                    list.apply(feed, read);
                 }
             }
             Ok(Event::InitDone) => {
                 listed = true;
-                reset(K::KIND, feed, std::mem::take(&mut init));
+                std::mem::take(&mut list).finish(K::KIND, feed);
             }
             Ok(Event::Apply(o)) => match parse::<K>(o, &feed.metrics) {
                 Ok(object) => {
@@ -286,21 +307,6 @@ async fn run_kind<K: Watched>(
         }
     }
     Ended::Closed
-}
-
-fn reset(kind: Kind, feed: &Feed, listing: Listing) {
-    let Listing {
-        objects,
-        shown,
-        claims,
-    } = listing;
-    let count = objects.len();
-    feed.index.update(|idx| idx.reset(kind, objects));
-    if kind == Kind::Tenant {
-        feed.observed.reset_claims(claims);
-    }
-    feed.observed.reset(kind, shown);
-    tracing::info!(kind = kind.as_str(), count, "listed");
 }
 
 fn apply(feed: &Feed, Read { key, shown, object }: Read) {
@@ -507,6 +513,44 @@ mod tests {
         feed.index.commit();
         assert!(feed.index.read().status(&key).is_none());
         assert!(feed.observed.shown(&key).is_none());
+    }
+
+    #[tokio::test]
+    async fn a_relist_forgets_what_it_did_not_list_even_after_a_broken_first_list() {
+        let feed = feed();
+        let one = serde_json::json!(1);
+        let key = |name: &str| ObjectKey::namespaced(Kind::Channel, "acme", name);
+        let known = |name: &str| {
+            feed.index.read().status(&key(name)).is_some()
+                && feed.observed.shown(&key(name)).is_some()
+        };
+        let events: Vec<Result<Event<DeserializeGuard<_>>, watcher::Error>> = vec![
+            // A first list that breaks after one object, then starts again without it.
+            Ok(Event::Init),
+            Ok(Event::InitApply(channel("deleted-meanwhile", one.clone()))),
+            Ok(Event::Init),
+            Ok(Event::InitApply(channel("a", one.clone()))),
+            Ok(Event::InitApply(channel("b", one.clone()))),
+            Ok(Event::InitDone),
+        ];
+        run_kind::<Channel>(futures::stream::iter(events), &feed, true).await;
+        feed.index.commit();
+        assert!(feed.observed.ready().is_err(), "only Channels have synced");
+        assert!(known("a") && known("b"));
+        assert!(
+            !known("deleted-meanwhile"),
+            "the second list did not list it"
+        );
+        let events: Vec<Result<Event<DeserializeGuard<_>>, watcher::Error>> = vec![
+            Ok(Event::Init),
+            Ok(Event::InitApply(channel("b", one.clone()))),
+            Ok(Event::InitApply(channel("c", one))),
+            Ok(Event::InitDone),
+        ];
+        run_kind::<Channel>(futures::stream::iter(events), &feed, true).await;
+        feed.index.commit();
+        assert!(!known("a"), "a relist forgets what it did not list");
+        assert!(known("b") && known("c"));
     }
 
     #[tokio::test]
