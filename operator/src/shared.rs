@@ -71,6 +71,17 @@ impl SharedIndex {
         out
     }
 
+    /// Changes the index without waking the batcher: for a list in progress, which wakes it
+    /// with [`Self::wake`] when it ends, so its objects are committed together.
+    pub fn update_quietly<R>(&self, f: impl FnOnce(&mut Index) -> R) -> R {
+        f(&mut self.write())
+    }
+
+    /// Wakes the batcher: it commits what changed.
+    pub fn wake(&self) {
+        self.dirty.notify_one();
+    }
+
     /// Reads the index. Hold the guard briefly: feeders wait while it is held.
     pub fn read(&self) -> RwLockReadGuard<'_, Index> {
         // The index holds plain data; a panic elsewhere must not stop every reader.

@@ -184,6 +184,14 @@ impl Observed {
         }
     }
 
+    /// Records what an object shows without telling anyone: for a list in progress, whose
+    /// end ([`Self::listed`]) tells that everything of its kind may have changed.
+    pub(crate) fn record(&self, key: ObjectKey, shown: Shown) {
+        let state = &mut *self.lock();
+        let kept = Kept::pack(shown, &mut state.strings);
+        state.objects.insert(key, kept);
+    }
+
     /// Records the status an object shows after a write, if the object is still known.
     pub fn set_status(&self, key: &ObjectKey, status: ShownStatus) {
         let changed = {
