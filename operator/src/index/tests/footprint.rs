@@ -84,10 +84,8 @@ fn connection(i: usize) -> crds::Connection {
     c
 }
 
-#[test]
-#[ignore = "measures this process's memory: run alone with --ignored --nocapture"]
-fn footprint_of_a_namespace_of_110k_objects() {
-    let start = rss_kib();
+/// An index with the namespace applied as the watchers feed it, not yet committed.
+fn applied_namespace() -> Index {
     let mut index = Index::new();
     index.apply(mk_tenant("acme", tenant_spec()));
     for i in 0..CHANNELS {
@@ -105,6 +103,14 @@ fn footprint_of_a_namespace_of_110k_objects() {
     for i in 0..CONNECTIONS {
         index.apply(Resource::Connection(connection(i)));
     }
+    index
+}
+
+#[test]
+#[ignore = "measures this process's memory: run alone with --ignored --nocapture"]
+fn footprint_of_a_namespace_of_110k_objects() {
+    let start = rss_kib();
+    let mut index = applied_namespace();
     let applied = rss_kib();
     index.commit().expect("a first version");
     let committed = rss_kib();
@@ -160,23 +166,7 @@ mod counting {
 fn heap_of_a_namespace_of_110k_objects_by_part() {
     let mib = |b: isize| b as f64 / 1024.0 / 1024.0;
     let start = counting::in_use();
-    let mut index = Index::new();
-    index.apply(mk_tenant("acme", tenant_spec()));
-    for i in 0..CHANNELS {
-        index.apply(mk_channel("acme", &format!("telemetry-{i}")));
-    }
-    for i in 0..THINGS {
-        let name = format!("sensor-{i}");
-        index.apply(mk_secret(
-            "acme",
-            &format!("{name}-credentials"),
-            &[("key", KEY_A)],
-        ));
-        index.apply(Resource::Thing(thing(i)));
-    }
-    for i in 0..CONNECTIONS {
-        index.apply(Resource::Connection(connection(i)));
-    }
+    let mut index = applied_namespace();
     let applied = counting::in_use();
     index.commit().expect("a first version");
     let committed = counting::in_use();
