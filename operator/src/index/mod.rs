@@ -442,12 +442,12 @@ impl Index {
         }
     }
 
-    /// Keeps a delta for dataplanes that resume, and lets the oldest go past the bounds.
     /// The most resources the kept deltas hold together.
     fn history_bound(&self) -> usize {
         HISTORY_RESOURCES.max(self.snapshot.resource_count() / 4)
     }
 
+    /// Keeps a delta for dataplanes that resume, and lets the oldest go past the bounds.
     fn keep_delta(&mut self, delta: Arc<Delta>) {
         self.history_resources += delta.len();
         self.history.push_back(delta);
@@ -821,8 +821,6 @@ impl Index {
         }
     }
 
-    /// Builds the delta of every touched record against the current snapshot, and moves the
-    /// snapshot to the next version.
     /// Moves to the next version without a delta: the history before it is of no use any more.
     fn skip_delta(&mut self) {
         self.touched = Touched::default();
@@ -831,6 +829,8 @@ impl Index {
         self.history_resources = 0;
     }
 
+    /// Builds the delta of every touched record against the current snapshot, and moves the
+    /// snapshot to the next version.
     fn take_delta(&mut self) -> Delta {
         let touched = std::mem::take(&mut self.touched);
         let from = self.snapshot.version();
