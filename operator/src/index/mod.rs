@@ -97,14 +97,7 @@ struct Touched {
 
 impl Touched {
     fn is_empty(&self) -> bool {
-        !self.signing_keys
-            && self.tenants.is_empty()
-            && self.things.is_empty()
-            && self.channels.is_empty()
-            && self.users.is_empty()
-            && self.groups.is_empty()
-            && self.grants.is_empty()
-            && self.policies.is_empty()
+        self.len() == 0
     }
 
     /// The resources a delta of these changes holds (signing keys count as one).
