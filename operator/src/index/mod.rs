@@ -16,7 +16,7 @@ mod policies;
 mod readiness;
 mod resolve;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 mod view;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};

@@ -946,5 +946,5 @@ fn a_channel_keeps_history_for_its_retention_and_a_bad_retention_is_not_served()
 }
 
 mod certificates;
-mod footprint;
+pub(crate) mod footprint;
 mod oracle;

@@ -84,24 +84,25 @@ fn connection(i: usize) -> crds::Connection {
     c
 }
 
+/// The namespace's objects, as the watchers receive them: a Tenant, its Channels, the Things
+/// with their Secrets, then the Connections.
+pub(crate) fn namespace_objects() -> impl Iterator<Item = Resource> {
+    let tenant = std::iter::once(mk_tenant("acme", tenant_spec()));
+    let channels = (0..CHANNELS).map(|i| mk_channel("acme", &format!("telemetry-{i}")));
+    let things = (0..THINGS).flat_map(|i| {
+        let name = format!("sensor-{i}");
+        let secret = mk_secret("acme", &format!("{name}-credentials"), &[("key", KEY_A)]);
+        [secret, Resource::Thing(thing(i))]
+    });
+    let connections = (0..CONNECTIONS).map(|i| Resource::Connection(connection(i)));
+    tenant.chain(channels).chain(things).chain(connections)
+}
+
 /// An index with the namespace applied as the watchers feed it, not yet committed.
 fn applied_namespace() -> Index {
     let mut index = Index::new();
-    index.apply(mk_tenant("acme", tenant_spec()));
-    for i in 0..CHANNELS {
-        index.apply(mk_channel("acme", &format!("telemetry-{i}")));
-    }
-    for i in 0..THINGS {
-        let name = format!("sensor-{i}");
-        index.apply(mk_secret(
-            "acme",
-            &format!("{name}-credentials"),
-            &[("key", KEY_A)],
-        ));
-        index.apply(Resource::Thing(thing(i)));
-    }
-    for i in 0..CONNECTIONS {
-        index.apply(Resource::Connection(connection(i)));
+    for object in namespace_objects() {
+        index.apply(object);
     }
     index
 }
@@ -126,7 +127,7 @@ fn footprint_of_a_namespace_of_110k_objects() {
 }
 
 /// Heap in use, counted by a wrapper around the system allocator (for this test binary only).
-mod counting {
+pub(crate) mod counting {
     use std::alloc::{GlobalAlloc, Layout, System};
     use std::sync::atomic::{AtomicIsize, Ordering};
 

@@ -14,7 +14,7 @@ use super::super::status::{
     same_conditions,
 };
 use super::super::{RESYNC, Retries};
-use crate::changes::ChangedKeys;
+use crate::changes::{ChangedKeys, MAX_KEYS};
 use crate::index::{DesiredStatus, Index, Kind, ObjectKey, Readiness, Reason};
 use crate::replicas::RemoteJudge;
 
@@ -70,9 +70,22 @@ pub(super) fn with_credentials_error<'a>(
 }
 
 /// Statuses waiting out their hold: when each may be written.
+///
+/// At most [`MAX_KEYS`] holds are kept one by one. Past that (a cold start, when every status
+/// waits for the dataplanes to reconnect), the holds that do not fit share one: it starts with
+/// the first of them and lasts the longest hold any of them needs. When it ends the planner
+/// plans everything, and that round lets every status without a hold of its own go. An object
+/// whose hold began later than the shared one's start is then written early, or first seen in
+/// that very round, skips its hold: at worst one early write each, where keeping every one of
+/// 110k objects costs about 11 MiB. Being fixed at its start, the shared hold always ends,
+/// even while the objects in it are planned again and again.
 #[derive(Debug, Default)]
 pub(super) struct Holds {
     until: HashMap<ObjectKey, Instant>,
+    /// The shared hold of those past the bound: when it started and when it ends.
+    overflow: Option<(Instant, Instant)>,
+    /// This round lets the holds past the bound go.
+    releasing: bool,
 }
 
 impl Holds {
@@ -83,7 +96,18 @@ impl Holds {
             self.until.remove(key);
             return true;
         }
-        let until = self.until.entry(key.clone()).or_insert(now + hold);
+        let Some(until) = self.until.get_mut(key) else {
+            if self.releasing {
+                return true;
+            }
+            if self.until.len() >= MAX_KEYS {
+                let (start, end) = self.overflow.unwrap_or((now, now));
+                self.overflow = Some((start, end.max(start + hold)));
+                return false;
+            }
+            self.until.insert(key.clone(), now + hold);
+            return false;
+        };
         *until = (*until).min(now + hold);
         if *until <= now {
             self.until.remove(key);
@@ -109,9 +133,24 @@ impl Holds {
             .map(|(key, _)| key)
     }
 
+    /// Whether the holds past the bound have ended by `now`: if so the next round plans
+    /// everything and lets them go.
+    pub(super) fn overflow_due(&mut self, now: Instant) -> bool {
+        self.releasing = self.overflow.is_some_and(|(_, end)| end <= now);
+        if self.releasing {
+            self.overflow = None;
+        }
+        self.releasing
+    }
+
     /// The first hold that ends after `now`.
     pub(super) fn next_after(&self, now: Instant) -> Option<Instant> {
-        self.until.values().filter(|u| **u > now).min().copied()
+        self.until
+            .values()
+            .chain(self.overflow.as_ref().map(|(_, end)| end))
+            .filter(|u| **u > now)
+            .min()
+            .copied()
     }
 }
 
@@ -172,15 +211,27 @@ impl TenantWrites {
 /// Served objects this replica's dataplanes do not enforce yet, by the version that includes
 /// them: when the dataplanes' version passes one, its objects are planned again, without a
 /// look at the others.
+///
+/// At most [`MAX_KEYS`] objects are kept one by one; past that (a cold start, a bulk apply),
+/// only the newest version awaited is, and the version reaching it plans everything.
 #[derive(Debug, Default)]
-struct Awaiting {
+pub(super) struct Awaiting {
     by_version: BTreeMap<u64, HashSet<ObjectKey>>,
     version_of: HashMap<ObjectKey, u64>,
+    /// The newest version awaited by an object not kept.
+    overflow: Option<u64>,
 }
 
 impl Awaiting {
     /// Records that `key` waits for `version` (`None`: for nothing).
-    fn set(&mut self, key: &ObjectKey, version: Option<u64>) {
+    pub(super) fn set(&mut self, key: &ObjectKey, version: Option<u64>) {
+        if let Some(v) = version
+            && self.version_of.len() >= MAX_KEYS
+            && !self.version_of.contains_key(key)
+        {
+            self.overflow = self.overflow.max(Some(v));
+            return;
+        }
         let old = match version {
             Some(v) => self.version_of.insert(key.clone(), v),
             None => self.version_of.remove(key),
@@ -201,15 +252,20 @@ impl Awaiting {
         }
     }
 
-    /// Takes the objects included at `enforced` or before.
-    fn reached(&mut self, enforced: u64) -> Vec<ObjectKey> {
+    /// Takes the objects included at `enforced` or before; `None` when objects not kept are
+    /// among them: then everything is to be planned.
+    pub(super) fn reached(&mut self, enforced: u64) -> Option<Vec<ObjectKey>> {
+        if self.overflow.is_some_and(|v| v <= enforced) {
+            self.clear();
+            return None;
+        }
         let later = self.by_version.split_off(&(enforced + 1));
         let reached = std::mem::replace(&mut self.by_version, later);
         let keys: Vec<ObjectKey> = reached.into_values().flatten().collect();
         for key in &keys {
             self.version_of.remove(key);
         }
-        keys
+        Some(keys)
     }
 
     fn clear(&mut self) {
@@ -306,14 +362,19 @@ impl Planner {
     pub(super) fn scope(&mut self, enforced: Option<u64>, now: Instant) -> Scope {
         let index = self.index_changes.take();
         let observed = self.observed_changes.take();
+        let released = self.holds.overflow_due(now);
         let mut everything = std::mem::take(&mut self.everything)
             || index.everything
             || observed.everything
+            || released
             || now >= self.resync_at;
         let mut keys = std::mem::take(&mut self.carried);
         match (self.enforced.replace(enforced), enforced) {
             (Some(Some(before)), Some(after)) if after >= before => {
-                keys.extend(self.awaiting.reached(after));
+                match self.awaiting.reached(after) {
+                    Some(reached) => keys.extend(reached),
+                    None => everything = true,
+                }
             }
             (Some(before), after) if before == after => {}
             // The first round, dataplanes that came or went, or a version that went back.
