@@ -27,6 +27,10 @@ func startEtcd(dataDir string, clientPort, peerPort int, logLevel string) (*embe
 	cfg.LogOutputs = []string{"stderr"}
 	// A test cluster's data is thrown away; fsync only makes every write slow.
 	cfg.UnsafeNoFsync = true
+	// Room for the control-plane benchmark's largest data sets (half a million objects and
+	// their status writes across 100 namespaces), past etcd's default quota of 2 GiB; 8 GiB
+	// is the most etcd suggests.
+	cfg.QuotaBackendBytes = 8 << 30
 
 	e, err := embed.StartEtcd(cfg)
 	if err != nil {
