@@ -113,7 +113,7 @@ impl SyncClient {
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
         let persister = self.config.state_dir.clone().map(|dir| {
             let rx = self.stored.subscribe();
-            tokio::spawn(persist(dir, rx))
+            tokio::spawn(persist(dir, rx, pause_after))
         });
         tokio::select! {
             () = shutdown => tracing::info!("policy sync stopping"),
@@ -199,38 +199,75 @@ fn endpoint(url: &str, config: &SyncConfig) -> Result<Endpoint, SyncError> {
     Ok(e)
 }
 
-/// Writes every new snapshot, newest first: a burst of updates costs one write. A write that
-/// fails is logged once and tried again with a growing delay (or with the next snapshot).
-async fn persist(dir: PathBuf, mut rx: watch::Receiver<Option<Stored>>) {
+/// At most this share of the persister's time goes to writing: after a write that took `d`,
+/// the next waits `(WRITE_SHARE - 1) × d`.
+const WRITE_SHARE: u32 = 10;
+/// The longest wait between two writes, whatever the last one took.
+const MAX_WRITE_PAUSE: Duration = Duration::from_secs(10);
+
+/// How long to wait after a write that took `took` before the next one.
+fn pause_after(took: Duration) -> Duration {
+    (took * (WRITE_SHARE - 1)).min(MAX_WRITE_PAUSE)
+}
+
+/// Writes every new snapshot, newest first: a burst of updates costs one write. Encoding and
+/// writing the whole snapshot costs in proportion to it (about a second at half a million
+/// records), so writes are spaced to keep them to a tenth of the time, at most 10 s apart: a
+/// small snapshot is written at once, a large one at most every few seconds during a bulk
+/// apply instead of continuously (`pause` gives the wait after a write of a given length:
+/// [`pause_after`]). When the sync stops, the newest snapshot is written at once.
+/// A write that fails is logged once and tried again with a growing delay (or with the next
+/// snapshot).
+async fn persist(
+    dir: PathBuf,
+    mut rx: watch::Receiver<Option<Stored>>,
+    pause: fn(Duration) -> Duration,
+) {
     use backon::BackoffBuilder as _;
-    rx.mark_unchanged();
+    // What `rx` has seen is on disk already (a receiver from `subscribe` has seen what was
+    // sent before it): only what comes after is written.
     let mut failing: Option<backon::ExponentialBackoff> = None;
+    let mut next_write = tokio::time::Instant::now();
     loop {
-        if failing.is_none() {
-            if rx.changed().await.is_err() {
-                return;
-            }
+        let mut closed = if failing.is_none() {
+            rx.changed().await.is_err()
         } else {
             let delay = failing
                 .as_mut()
                 .and_then(Iterator::next)
                 .unwrap_or(Duration::from_secs(30));
             tokio::select! {
-                changed = rx.changed() => if changed.is_err() { return },
-                () = tokio::time::sleep(delay) => {}
+                changed = rx.changed() => changed.is_err(),
+                () = tokio::time::sleep(delay) => false,
+            }
+        };
+        // Closed with nothing new: the newest snapshot was written.
+        if closed {
+            return;
+        }
+        while !closed && tokio::time::Instant::now() < next_write {
+            tokio::select! {
+                changed = rx.changed() => closed = changed.is_err(),
+                () = tokio::time::sleep_until(next_write) => break,
             }
         }
         let Some(stored) = rx.borrow_and_update().clone() else {
+            if closed {
+                return;
+            }
             continue;
         };
         let dir = dir.clone();
         let version = stored.snapshot.version();
+        let started = tokio::time::Instant::now();
         match tokio::task::spawn_blocking(move || store::save(&dir, &stored)).await {
             Ok(Ok(())) => {
                 if failing.take().is_some() {
                     tracing::info!(version, "the policy snapshot is persisted again");
                 }
-                tracing::debug!(version, "persisted the policy snapshot");
+                let took = started.elapsed();
+                next_write = tokio::time::Instant::now() + pause(took);
+                tracing::debug!(version, ?took, "persisted the policy snapshot");
             }
             Ok(Err(e)) => {
                 if failing.is_none() {
@@ -250,12 +287,61 @@ async fn persist(dir: PathBuf, mut rx: watch::Receiver<Option<Stored>>) {
             }
             Err(e) => tracing::error!(error = %e, "the policy snapshot writer panicked"),
         }
+        if closed {
+            return;
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn writes_of_the_snapshot_take_a_tenth_of_the_time_at_most_ten_seconds_apart() {
+        assert_eq!(pause_after(Duration::ZERO), Duration::ZERO);
+        assert_eq!(
+            pause_after(Duration::from_millis(2)),
+            Duration::from_millis(18),
+            "a small snapshot is written again almost at once"
+        );
+        assert_eq!(
+            pause_after(Duration::from_millis(800)),
+            Duration::from_millis(7200)
+        );
+        assert_eq!(pause_after(Duration::from_secs(3)), MAX_WRITE_PAUSE);
+    }
+
+    #[tokio::test]
+    async fn a_snapshot_waiting_for_its_write_is_written_at_once_when_the_sync_stops() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let (tx, rx) = watch::channel(None);
+        let persister = tokio::spawn(persist(dir.path().to_owned(), rx, |_| {
+            Duration::from_secs(3600)
+        }));
+        let version_on_disk = || {
+            store::load(dir.path())
+                .expect("readable")
+                .map(|s| s.snapshot.version())
+        };
+        tx.send_replace(Some(store::tests::stored(3)));
+        tokio::time::timeout(Duration::from_secs(10), async {
+            while version_on_disk() != Some(3) {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await
+        .expect("the first snapshot is written at once");
+        tx.send_replace(Some(store::tests::stored(4)));
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(version_on_disk(), Some(3), "the next waits for its turn");
+        drop(tx);
+        tokio::time::timeout(Duration::from_secs(10), persister)
+            .await
+            .expect("the persister ends at once")
+            .expect("no panic");
+        assert_eq!(version_on_disk(), Some(4), "having written the newest");
+    }
 
     #[test]
     fn endpoints_are_split_on_commas_and_blanks_dropped() {

@@ -140,12 +140,12 @@ fn private_file(path: &Path) -> std::io::Result<std::fs::File> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use fleetward_policy::{Resources, Tenant, TenantLimits};
 
     use super::*;
 
-    fn stored(version: u64) -> Stored {
+    pub(crate) fn stored(version: u64) -> Stored {
         let resources = Resources {
             tenants: vec![Tenant {
                 provisioning: Default::default(),
