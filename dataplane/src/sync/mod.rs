@@ -211,13 +211,12 @@ fn pause_after(took: Duration) -> Duration {
 }
 
 /// Writes every new snapshot, newest first: a burst of updates costs one write. Encoding and
-/// writing the whole snapshot costs in proportion to it (about a second at half a million
-/// records), so writes are spaced to keep them to a tenth of the time, at most 10 s apart: a
-/// small snapshot is written at once, a large one at most every few seconds during a bulk
-/// apply instead of continuously (`pause` gives the wait after a write of a given length:
-/// [`pause_after`]). When the sync stops, the newest snapshot is written at once.
-/// A write that fails is logged once and tried again with a growing delay (or with the next
-/// snapshot).
+/// writing the whole snapshot costs in proportion to it, so writes are spaced to keep them to
+/// a tenth of the time, at most 10 s apart: a small snapshot is written at once, a large one
+/// every few seconds during a bulk apply instead of continuously (`pause` gives the wait
+/// after a write of a given length: [`pause_after`]). When the sync stops, the newest
+/// snapshot is written at once. A write that fails is logged once and tried again with a
+/// growing delay (or with the next snapshot).
 async fn persist(
     dir: PathBuf,
     mut rx: watch::Receiver<Option<Stored>>,
