@@ -115,7 +115,10 @@ impl SyncClient {
                 .connect()
                 .await
                 .with_context(|| format!("connect to PolicySync at {url}"))?;
-            let mut client = PolicySyncClient::new(channel);
+            // As large as a dataplane's sync client takes (its `DEFAULT_MAX_MESSAGE_SIZE`): a
+            // full snapshot of 330k records is 11.8 MB, past tonic's default of 4 MiB.
+            let mut client =
+                PolicySyncClient::new(channel).max_decoding_message_size(64 * 1024 * 1024);
             let mut request = tonic::Request::new(ReceiverStream::new(rx));
             let value: MetadataValue<_> = format!("Bearer {token}")
                 .parse()
