@@ -98,12 +98,11 @@ fn holds_past_the_bound_end_together_and_are_let_go_in_one_round() {
     use crate::changes::MAX_KEYS;
     let mut holds = Holds::default();
     let t0 = Instant::now();
-    let key = grant;
     for i in 0..MAX_KEYS {
-        assert!(!holds.admit(&key(i), HOLD_NOT_ENFORCED, t0));
+        assert!(!holds.admit(&grant(i), HOLD_NOT_ENFORCED, t0));
     }
     let t1 = t0 + Duration::from_millis(500);
-    let late = key(MAX_KEYS);
+    let late = grant(MAX_KEYS);
     assert!(
         !holds.admit(&late, HOLD_NOT_ENFORCED, t1),
         "past the bound it is held too"
@@ -119,7 +118,7 @@ fn holds_past_the_bound_end_together_and_are_let_go_in_one_round() {
         "planned again within it, it stays held"
     );
     assert!(!holds.admit(
-        &key(MAX_KEYS + 1),
+        &grant(MAX_KEYS + 1),
         HOLD_NOT_ENFORCED,
         end - Duration::from_millis(1)
     ));
@@ -132,11 +131,11 @@ fn holds_past_the_bound_end_together_and_are_let_go_in_one_round() {
     assert!(holds.overflow_due(end), "then the round plans everything");
     assert!(holds.admit(&late, HOLD_NOT_ENFORCED, end), "and lets it go");
     assert!(
-        holds.admit(&key(MAX_KEYS + 1), HOLD_NOT_ENFORCED, end),
+        holds.admit(&grant(MAX_KEYS + 1), HOLD_NOT_ENFORCED, end),
         "with the later one"
     );
     assert!(
-        holds.admit(&key(0), HOLD_NOT_ENFORCED, end),
+        holds.admit(&grant(0), HOLD_NOT_ENFORCED, end),
         "as the ones kept"
     );
     assert!(!holds.overflow_due(end), "once");
@@ -147,10 +146,10 @@ fn holds_past_the_bound_end_together_and_are_let_go_in_one_round() {
 
     let mut holds = Holds::default();
     for i in 0..MAX_KEYS {
-        assert!(!holds.admit(&key(i), HOLD_NOT_ENFORCED, t0));
+        assert!(!holds.admit(&grant(i), HOLD_NOT_ENFORCED, t0));
     }
     assert!(!holds.admit(&late, HOLD_NOT_ENFORCED, t0));
-    assert!(!holds.admit(&key(MAX_KEYS + 1), HOLD_AWAITING_CREDENTIALS, t1));
+    assert!(!holds.admit(&grant(MAX_KEYS + 1), HOLD_AWAITING_CREDENTIALS, t1));
     assert!(
         !holds.overflow_due(t0 + HOLD_NOT_ENFORCED),
         "the shared hold lasts the longest any of them needs"
@@ -165,19 +164,18 @@ fn holds_past_the_bound_end_together_and_are_let_go_in_one_round() {
 fn objects_awaited_past_the_bound_plan_everything_when_their_version_is_reached() {
     use crate::changes::MAX_KEYS;
     let mut awaiting = Awaiting::default();
-    let key = grant;
-    awaiting.set(&key(0), Some(3));
-    awaiting.set(&key(1), Some(5));
+    awaiting.set(&grant(0), Some(3));
+    awaiting.set(&grant(1), Some(5));
     assert_eq!(
         awaiting.reached(4),
-        Some(vec![key(0)]),
+        Some(vec![grant(0)]),
         "only what version 4 includes"
     );
     for i in 2..=MAX_KEYS {
-        awaiting.set(&key(i), Some(6));
+        awaiting.set(&grant(i), Some(6));
     }
-    awaiting.set(&key(MAX_KEYS + 1), Some(7));
-    awaiting.set(&key(1), Some(6));
+    awaiting.set(&grant(MAX_KEYS + 1), Some(7));
+    awaiting.set(&grant(1), Some(6));
     assert_eq!(
         awaiting.reached(6).map(|keys| keys.len()),
         Some(MAX_KEYS),
@@ -594,9 +592,10 @@ fn heap_of_the_planner_at_a_cold_start_of_110k_objects() {
         };
         let scope = planner.scope(enforced, now);
         assert_eq!(scope, Scope::Everything);
-        let writes = observed.with_objects(|objects| planner.plan(&scope, &idx, objects, &inputs));
+        let writes = observed
+            .with_objects(|objects| planner.plan(&scope, &idx, objects, &inputs))
+            .len();
         drop(inputs);
-        let writes = writes.len();
         let kept = counting::in_use() - before;
         println!(
             "dataplanes at {enforced:?} of version {version}: {writes} writes now, the planner \
