@@ -94,6 +94,11 @@ pub struct OperatorArgs {
     /// Milliseconds changes are gathered before they become one snapshot version.
     #[arg(long, value_name = "MS", default_value_t = 20)]
     pub batch_window_ms: u64,
+    /// A directory where the operator saves what it watched, so that a restart resumes its
+    /// watches from there instead of listing every object again (see docs/operations.md). The
+    /// chart mounts an emptyDir here, which a container restart keeps.
+    #[arg(long, value_name = "DIR", env = "FLEETWARD_STATE_DIR")]
+    pub state_dir: Option<PathBuf>,
 }
 
 impl OperatorArgs {
@@ -185,6 +190,27 @@ impl ReplicaState {
             metrics: Arc::new(Metrics::new()),
         }
     }
+
+    /// What the watches feed.
+    fn feed(&self) -> Feed {
+        Feed {
+            index: self.index.clone(),
+            observed: self.observed.clone(),
+            metrics: self.metrics.clone(),
+        }
+    }
+}
+
+/// The state saved in `dir`, when there is one, restored into `feed` (see
+/// `k8s::resume`); where each restored kind's watch resumes.
+async fn restore(dir: Option<&PathBuf>, feed: &Feed) -> anyhow::Result<k8s::resume::Resume> {
+    let Some(dir) = dir else {
+        return Ok(k8s::resume::Resume::new());
+    };
+    std::fs::create_dir_all(dir)
+        .with_context(|| format!("cannot create --state-dir {}", dir.display()))?;
+    let (dir, feed) = (dir.clone(), feed.clone());
+    Ok(tokio::task::spawn_blocking(move || k8s::resume::restore(&dir, &feed)).await?)
 }
 
 /// Runs the operator until SIGTERM or SIGINT: then it stops writing, releases the Lease,
@@ -209,9 +235,18 @@ pub async fn run(args: OperatorArgs) -> anyhow::Result<()> {
     };
     tracing::info!(identity = %lease.identity, namespace = %lease.namespace, lease = %lease.name, "starting the operator");
 
+    let resume = restore(args.state_dir.as_ref(), &state.feed()).await?;
     let leadership = Leadership::start(client.clone(), lease, state.metrics.clone());
     let (shutdown_tx, shutdown) = watch::channel(false);
-    let mut tasks = spawn_tasks(&args, &client, &reports, &state, &leadership, reporter);
+    let mut tasks = spawn_tasks(
+        &args,
+        &client,
+        &reports,
+        &state,
+        &leadership,
+        reporter,
+        &resume,
+    );
     let admin_server = spawn_admin(args.admin_listen, &state, shutdown.clone()).await?;
 
     // PolicySync: every replica serves its own index, once its watches have synced.
@@ -257,6 +292,10 @@ pub async fn run(args: OperatorArgs) -> anyhow::Result<()> {
     }
     // The streams are gone: the leader must stop counting this replica's dataplanes now.
     tasks.shutdown().await;
+    // The watches have stopped: what they fed is saved whole for the next start.
+    if let Some(dir) = &args.state_dir {
+        k8s::resume::save_in_background(dir, &state.feed()).await;
+    }
     k8s::replica_leases::withdraw(&client, &reports).await;
     match admin_server.await {
         Ok(Ok(())) => {}
@@ -275,6 +314,7 @@ fn spawn_tasks(
     state: &ReplicaState,
     leadership: &Leadership,
     reporter: Reporter,
+    resume: &k8s::resume::Resume,
 ) -> JoinSet<&'static str> {
     let mut tasks: JoinSet<&'static str> = JoinSet::new();
     tasks.spawn({
@@ -285,12 +325,11 @@ fn spawn_tasks(
             "index batcher"
         }
     });
-    let feed = Feed {
-        index: state.index.clone(),
-        observed: state.observed.clone(),
-        metrics: state.metrics.clone(),
-    };
-    k8s::watch::spawn_all(&mut tasks, client, &feed);
+    let feed = state.feed();
+    k8s::watch::spawn_all(&mut tasks, client, &feed, resume);
+    if let Some(dir) = &args.state_dir {
+        tasks.spawn(k8s::resume::keep_saved(dir.clone(), feed));
+    }
     tasks.spawn(k8s::certmanager::run(
         client.clone(),
         state.index.clone(),

@@ -6,9 +6,10 @@ use std::collections::BTreeMap;
 
 use fleetward_policy as policy;
 use jiff::Timestamp;
+use serde::{Deserialize, Serialize};
 
 /// What every input carries: its name and the bookkeeping the index compares and orders by.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Meta {
     /// The name; empty when the resource had none (the index then ignores it).
     pub name: String,
@@ -32,7 +33,7 @@ impl Meta {
 }
 
 /// A Tenant: the namespace it claims and the settings its objects resolve against.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Tenant {
     /// Name, uid, generation, creation time.
     pub meta: Meta,
@@ -53,7 +54,7 @@ pub struct Tenant {
 }
 
 /// Where a Tenant's device CA comes from, and what revokes its certificates.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DeviceCaSource {
     /// A Secret of the tenant's namespace holding the CA under `ca.crt`.
     pub secret_name: Option<String>,
@@ -65,7 +66,7 @@ pub struct DeviceCaSource {
 }
 
 /// A cert-manager issuer a Tenant names.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct IssuerRef {
     /// Its name.
     pub name: String,
@@ -74,7 +75,7 @@ pub struct IssuerRef {
 }
 
 /// The kinds of cert-manager issuers.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum IssuerKind {
     /// An `Issuer`, in the tenant's namespace.
     Issuer,
@@ -93,7 +94,7 @@ impl IssuerKind {
 }
 
 /// One fleet provisioning claim of a Tenant.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ProvisioningClaim {
     /// Its name, which provisioned Things carry as a label.
     pub name: String,
@@ -110,7 +111,7 @@ pub struct ProvisioningClaim {
 }
 
 /// A Thing: a device or service and how it authenticates.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Thing {
     /// Name, namespace, uid, generation, creation time.
     pub meta: Meta,
@@ -137,7 +138,7 @@ pub struct Thing {
 }
 
 /// How a Thing authenticates with a certificate.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ThingX509 {
     /// Whether the operator asks the tenant's issuer for its certificate.
     pub issue: bool,
@@ -148,7 +149,7 @@ pub struct ThingX509 {
 }
 
 /// A Channel.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Channel {
     /// Name, namespace, uid, generation, creation time.
     pub meta: Meta,
@@ -165,7 +166,7 @@ pub struct Channel {
 }
 
 /// A history retention: as written, and in seconds when it is one.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Retention {
     /// The text (`7d`, `12h`).
     pub text: String,
@@ -174,7 +175,7 @@ pub struct Retention {
 }
 
 /// A Connection: a grant to a thing, user or group on a channel.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Connection {
     /// Name, namespace, uid, generation, creation time.
     pub meta: Meta,
@@ -191,7 +192,7 @@ pub struct Connection {
 }
 
 /// A User.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct User {
     /// Name, namespace, uid, generation, creation time.
     pub meta: Meta,
@@ -206,7 +207,7 @@ pub struct User {
 }
 
 /// An entry of a Secret of the object's namespace.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SecretKeyRef {
     /// The Secret's name.
     pub name: String,
@@ -215,7 +216,7 @@ pub struct SecretKeyRef {
 }
 
 /// A Group of things and users.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Group {
     /// Name, namespace, uid, generation, creation time.
     pub meta: Meta,
@@ -224,7 +225,7 @@ pub struct Group {
 }
 
 /// A Policy: Cedar text for a tenant whose engine is Cedar.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Policy {
     /// Name, namespace, uid, generation, creation time.
     pub meta: Meta,
@@ -236,7 +237,7 @@ pub struct Policy {
 }
 
 /// The text a Policy's status shows as enforced.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ShownEnforced {
     /// The generation whose text it is.
     pub generation: Option<i64>,

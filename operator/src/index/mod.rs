@@ -551,6 +551,25 @@ impl Index {
         keys
     }
 
+    /// The input `key` was applied with, when the index holds it.
+    pub(crate) fn object(&self, key: &ObjectKey) -> Option<Object> {
+        if key.kind == Kind::Tenant {
+            return self.tenants.get(&key.name).cloned().map(Object::Tenant);
+        }
+        let ns = self.namespaces.get(&key.namespace)?;
+        let name = &key.name;
+        Some(match key.kind {
+            Kind::Tenant => unreachable!("handled above"),
+            Kind::Thing => Object::Thing(ns.things.get(name)?.clone()),
+            Kind::Channel => Object::Channel(ns.channels.get(name)?.clone()),
+            Kind::Connection => Object::Connection(ns.connections.get(name)?.clone()),
+            Kind::User => Object::User(ns.users.get(name)?.clone()),
+            Kind::Group => Object::Group(ns.groups.get(name)?.clone()),
+            Kind::Policy => Object::Policy(ns.policies.get(name)?.clone()),
+            Kind::Secret => Object::Secret(ns.secrets.get(name)?.clone()),
+        })
+    }
+
     /// Takes an object that is no longer served out of the view digest.
     fn unview(&mut self, removed: Option<(ObjectKey, Included)>) {
         if let Some((key, old)) = removed {

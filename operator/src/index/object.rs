@@ -3,10 +3,12 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
+use serde::{Deserialize, Serialize};
+
 use super::input::{Channel, Connection, Group, Policy, Tenant, Thing, User};
 
 /// The kinds the index knows.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub enum Kind {
     /// `Tenant` (cluster-scoped).
     Tenant,
@@ -43,7 +45,7 @@ impl Kind {
 }
 
 /// Names one object: its kind, namespace (empty for a Tenant) and name.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct ObjectKey {
     /// The kind.
     pub kind: Kind,
@@ -81,7 +83,7 @@ impl fmt::Display for ObjectKey {
 
 /// The entries of a Secret, decoded (`data` and `stringData` merged, `stringData` winning as the
 /// API server does).
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SecretData {
     /// The Secret's namespace.
     pub namespace: String,
@@ -93,7 +95,7 @@ pub struct SecretData {
 
 /// One object to apply to the index: a domain input (the edges convert their resources into
 /// one, see `crate::resource`).
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Object {
     /// A Tenant.
     Tenant(Tenant),

@@ -550,16 +550,25 @@ fn a_tenants_allowed_origins_reach_the_snapshot_and_malformed_ones_are_left_out(
     );
 }
 
-fn load_examples(index: &mut Index) {
+/// The objects of the example manifests (two tenants with every kind, Secrets included).
+pub(crate) fn example_objects() -> Vec<Object> {
     let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples");
+    let mut objects = Vec::new();
     for file in ["acme.yaml", "globex.yaml"] {
         let text = std::fs::read_to_string(format!("{dir}/{file}")).expect("example exists");
         for doc in manifest::read(&text) {
             match doc.unwrap_or_else(|e| panic!("{file}: {e}")) {
-                Document::Object(o) => index.apply(*o),
+                Document::Object(o) => objects.push(Object::from(*o)),
                 Document::Skipped { kind } => assert_eq!(kind, "Namespace"),
             }
         }
+    }
+    objects
+}
+
+fn load_examples(index: &mut Index) {
+    for object in example_objects() {
+        index.apply(object);
     }
 }
 

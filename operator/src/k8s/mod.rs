@@ -26,6 +26,7 @@ pub mod lease;
 pub mod observed;
 mod packed;
 pub mod replica_leases;
+pub mod resume;
 pub mod secrets;
 pub mod signing;
 pub mod status;

@@ -27,7 +27,7 @@ pub const WATCHED_KINDS: [Kind; 7] = [
 ];
 
 /// An object's status, typed by kind.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub enum ShownStatus {
     /// A Tenant's.
     Tenant(TenantStatus),
@@ -72,7 +72,7 @@ impl ShownStatus {
 }
 
 /// What the API server shows of one Fleetward object.
-#[derive(Clone, Debug, Default, PartialEq)]
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Shown {
     /// `metadata.uid`.
     pub uid: Option<String>,
@@ -97,6 +97,9 @@ struct State {
     /// The strings the kept statuses share.
     strings: Strings,
     synced: BTreeSet<Kind>,
+    /// Per kind, the resourceVersion up to which every watch event has been applied (see
+    /// [`Observed::seen_version`]).
+    versions: BTreeMap<Kind, u64>,
     claims: BTreeMap<String, String>,
     secrets: BTreeMap<String, SecretNamespace>,
     credentials_errors: HashMap<ObjectKey, String>,
@@ -230,6 +233,24 @@ impl Observed {
             .filter(|k| k.kind == kind)
             .cloned()
             .collect()
+    }
+
+    /// Records that every watch event of `kind` up to resourceVersion `version` has been
+    /// applied to the index and recorded here: call it after both. The state the operator saves
+    /// for a restart resumes each kind's watch from here (`super::resume`). The API server's
+    /// resourceVersions are etcd revisions; one that is not a number is not kept, and the kind
+    /// is then listed at a restart.
+    pub(crate) fn seen_version(&self, kind: Kind, version: Option<&str>) {
+        if let Some(version) = version.and_then(|v| v.parse::<u64>().ok()) {
+            let mut state = self.lock();
+            let kept = state.versions.entry(kind).or_default();
+            *kept = (*kept).max(version);
+        }
+    }
+
+    /// The resourceVersion up to which `kind`'s events are all applied, once one was seen.
+    pub(crate) fn version(&self, kind: Kind) -> Option<u64> {
+        self.lock().versions.get(&kind).copied()
     }
 
     /// Marks `kind` listed: its watch has synced, and everything of it may have changed.

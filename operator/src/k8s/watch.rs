@@ -13,12 +13,13 @@
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::fmt::Debug;
 use std::sync::Arc;
+use std::time::Duration;
 
 use fleetward_crds::{Channel, Connection, Group, Policy, Tenant, Thing, User};
 use futures::stream::BoxStream;
 use futures::{Stream, StreamExt};
 use k8s_openapi::api::core::v1::Secret;
-use kube::api::Api;
+use kube::api::{Api, WatchEvent, WatchParams};
 use kube::core::{DeserializeGuard, ObjectMeta};
 use kube::runtime::WatchStreamExt;
 use kube::runtime::watcher::{self, Event};
@@ -27,6 +28,7 @@ use serde::de::DeserializeOwned;
 use tokio::task::{AbortHandle, JoinSet};
 
 use super::observed::{Observed, Shown, ShownStatus};
+use super::resume::Resume;
 use crate::index::{Kind, Object, ObjectKey, SecretData};
 use crate::metrics::Metrics;
 use crate::resource;
@@ -75,14 +77,45 @@ watched!(Group, Group, Resource);
 watched!(Policy, Policy, Policy);
 
 /// Starts every watch on `tasks`: the seven kinds, and the Secrets of each claimed namespace.
-pub fn spawn_all(tasks: &mut JoinSet<&'static str>, client: &Client, feed: &Feed) {
-    tasks.spawn(watch_kind::<Tenant>(client.clone(), feed.clone()));
-    tasks.spawn(watch_kind::<Thing>(client.clone(), feed.clone()));
-    tasks.spawn(watch_kind::<Channel>(client.clone(), feed.clone()));
-    tasks.spawn(watch_kind::<Connection>(client.clone(), feed.clone()));
-    tasks.spawn(watch_kind::<User>(client.clone(), feed.clone()));
-    tasks.spawn(watch_kind::<Group>(client.clone(), feed.clone()));
-    tasks.spawn(watch_kind::<Policy>(client.clone(), feed.clone()));
+/// A kind in `resume` was restored from the saved state: its watch resumes from there
+/// instead of listing (`super::resume`).
+pub fn spawn_all(tasks: &mut JoinSet<&'static str>, client: &Client, feed: &Feed, resume: &Resume) {
+    let from = |kind: Kind| resume.get(&kind).cloned();
+    tasks.spawn(watch_kind::<Tenant>(
+        client.clone(),
+        feed.clone(),
+        from(Kind::Tenant),
+    ));
+    tasks.spawn(watch_kind::<Thing>(
+        client.clone(),
+        feed.clone(),
+        from(Kind::Thing),
+    ));
+    tasks.spawn(watch_kind::<Channel>(
+        client.clone(),
+        feed.clone(),
+        from(Kind::Channel),
+    ));
+    tasks.spawn(watch_kind::<Connection>(
+        client.clone(),
+        feed.clone(),
+        from(Kind::Connection),
+    ));
+    tasks.spawn(watch_kind::<User>(
+        client.clone(),
+        feed.clone(),
+        from(Kind::User),
+    ));
+    tasks.spawn(watch_kind::<Group>(
+        client.clone(),
+        feed.clone(),
+        from(Kind::Group),
+    ));
+    tasks.spawn(watch_kind::<Policy>(
+        client.clone(),
+        feed.clone(),
+        from(Kind::Policy),
+    ));
     tasks.spawn(watch_tenant_secrets(client.clone(), feed.clone()));
 }
 
@@ -123,6 +156,8 @@ struct List {
     /// The keys listed so far, when objects of the kind existed before the list.
     seen: Option<HashSet<ObjectKey>>,
     count: usize,
+    /// The newest resourceVersion of the objects listed.
+    version: u64,
 }
 
 impl List {
@@ -131,7 +166,17 @@ impl List {
         Self {
             seen: existed.then(HashSet::new),
             count: 0,
+            version: 0,
         }
+    }
+
+    /// Notes a listed object's resourceVersion.
+    fn saw(&mut self, meta: &ObjectMeta) {
+        let version = meta
+            .resource_version
+            .as_deref()
+            .and_then(|v| v.parse().ok());
+        self.version = self.version.max(version.unwrap_or(0));
     }
 
     fn apply(&mut self, feed: &Feed, read: Read) {
@@ -157,6 +202,12 @@ impl List {
             }
         }
         feed.index.wake();
+        // Every change up to the newest object listed is in the list: a watch resumed from
+        // there misses nothing (changes after it that the list has too are sent again).
+        if self.version > 0 {
+            feed.observed
+                .seen_version(kind, Some(&self.version.to_string()));
+        }
         feed.observed.listed(kind);
         tracing::info!(kind = kind.as_str(), count = self.count, "listed");
     }
@@ -259,9 +310,22 @@ where
     }
 }
 
-/// Watches one kind cluster-wide. Runs until the task is dropped.
-async fn watch_kind<K: Watched>(client: Client, feed: Feed) -> &'static str {
+/// Watches one kind cluster-wide: from `resume` when it was restored from the saved state,
+/// until the API server no longer has the history since; then (or at once) by listing it.
+/// Runs until the task is dropped.
+async fn watch_kind<K: Watched>(
+    client: Client,
+    feed: Feed,
+    resume: Option<String>,
+) -> &'static str {
     let api: Api<DeserializeGuard<K>> = Api::all(client);
+    if let Some(version) = resume {
+        resume_kind::<K>(&api, &feed, version).await;
+        tracing::info!(
+            kind = K::KIND.as_str(),
+            "the API server no longer has the changes since the saved state; listing the kind"
+        );
+    }
     watch_with_fallback(api, K::KIND.as_str(), |stream, streaming| {
         run_kind::<K>(stream, &feed, streaming)
     })
@@ -281,6 +345,7 @@ async fn run_kind<K: Watched>(
         match event {
             Ok(Event::Init) => list = List::start(K::KIND, feed),
             Ok(Event::InitApply(o)) => {
+                list.saw(o.meta());
                 if let Some(read) = parse::<K>(o, &feed.metrics).ok().and_then(read) {
                     list.apply(feed, read);
                 }
@@ -289,21 +354,8 @@ async fn run_kind<K: Watched>(
                 listed = true;
                 std::mem::take(&mut list).finish(K::KIND, feed);
             }
-            Ok(Event::Apply(o)) => match parse::<K>(o, &feed.metrics) {
-                Ok(object) => {
-                    if let Some(read) = read(object) {
-                        apply(feed, read);
-                    }
-                }
-                // What can no longer be read is no longer served.
-                Err(Some(key)) => forget(feed, &key),
-                Err(None) => {}
-            },
-            Ok(Event::Delete(o)) => {
-                if let Some(key) = key_of(K::KIND, o.meta()) {
-                    forget(feed, &key);
-                }
-            }
+            Ok(Event::Apply(o)) => applied::<K>(feed, o),
+            Ok(Event::Delete(o)) => deleted::<K>(feed, &o),
             Err(e) if streaming && !listed && refuses_streaming_list(&e) => {
                 return Ended::NoStreamingList;
             }
@@ -314,6 +366,128 @@ async fn run_kind<K: Watched>(
         }
     }
     Ended::Closed
+}
+
+/// An object added or changed: applied (or forgotten when it no longer deserializes: what
+/// cannot be read is no longer served); then its resourceVersion is recorded.
+fn applied<K: Watched>(feed: &Feed, o: DeserializeGuard<K>) {
+    let version = o.meta().resource_version.clone();
+    match parse::<K>(o, &feed.metrics) {
+        Ok(object) => {
+            if let Some(read) = read(object) {
+                apply(feed, read);
+            }
+        }
+        Err(Some(key)) => forget(feed, &key),
+        Err(None) => {}
+    }
+    feed.observed.seen_version(K::KIND, version.as_deref());
+}
+
+/// An object deleted: forgotten; then the deletion's resourceVersion is recorded.
+fn deleted<K: Watched>(feed: &Feed, o: &DeserializeGuard<K>) {
+    if let Some(key) = key_of(K::KIND, o.meta()) {
+        forget(feed, &key);
+    }
+    feed.observed
+        .seen_version(K::KIND, o.meta().resource_version.as_deref());
+}
+
+/// How long a resumed watch asks the API server to keep it open before it is started again
+/// from its last resourceVersion (the API server's own default is about as long).
+const RESUMED_WATCH_SECONDS: u32 = 290;
+
+/// Watches `K` from resourceVersion `version` on, as restored from the saved state, with
+/// bookmarks so the version keeps up on a quiet kind. A watch that fails or ends is started
+/// again from where it got, after a backoff when it failed. Returns once the API server no
+/// longer has the history since (410 Gone).
+async fn resume_kind<K: Watched>(api: &Api<DeserializeGuard<K>>, feed: &Feed, mut version: String) {
+    use backon::BackoffBuilder as _;
+    let mut waits = resume_backoff().build();
+    loop {
+        // Bookmarks are on by default: they keep the version moving on a quiet kind.
+        let params = WatchParams::default().timeout(RESUMED_WATCH_SECONDS);
+        let failed = match api.watch(&params, &version).await {
+            Ok(stream) => match follow::<K>(stream, feed, &mut version).await {
+                Followed::Expired => return,
+                Followed::Ended => false,
+                Followed::Broke => true,
+            },
+            Err(kube::Error::Api(status)) if status.code == 410 => return,
+            Err(e) => {
+                feed.metrics.watch_error(K::KIND);
+                tracing::warn!(kind = K::KIND.as_str(), error = %e, "resuming the watch failed; retrying with backoff");
+                true
+            }
+        };
+        if failed {
+            tokio::time::sleep(waits.next().unwrap_or(RESUME_RETRY_MAX)).await;
+        } else {
+            waits = resume_backoff().build();
+        }
+    }
+}
+
+const RESUME_RETRY_MAX: Duration = Duration::from_secs(30);
+
+fn resume_backoff() -> backon::ExponentialBuilder {
+    backon::ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(500))
+        .with_max_delay(RESUME_RETRY_MAX)
+        .without_max_times()
+}
+
+/// How a resumed watch's stream ended.
+#[derive(Debug, PartialEq, Eq)]
+enum Followed {
+    /// The API server no longer has the history since `version` (410 Gone).
+    Expired,
+    /// It ended (its timeout): start it again.
+    Ended,
+    /// It failed: start it again after a backoff.
+    Broke,
+}
+
+/// Applies a resumed watch's events, keeping `version` at the last one applied (or
+/// bookmarked), until its stream ends.
+async fn follow<K: Watched>(
+    stream: impl Stream<Item = Result<WatchEvent<DeserializeGuard<K>>, kube::Error>>,
+    feed: &Feed,
+    version: &mut String,
+) -> Followed {
+    futures::pin_mut!(stream);
+    while let Some(event) = stream.next().await {
+        match event {
+            Ok(WatchEvent::Added(o) | WatchEvent::Modified(o)) => {
+                if let Some(v) = &o.meta().resource_version {
+                    version.clone_from(v);
+                }
+                applied::<K>(feed, o);
+            }
+            Ok(WatchEvent::Deleted(o)) => {
+                if let Some(v) = &o.meta().resource_version {
+                    version.clone_from(v);
+                }
+                deleted::<K>(feed, &o);
+            }
+            Ok(WatchEvent::Bookmark(bookmark)) => {
+                *version = bookmark.metadata.resource_version;
+                feed.observed.seen_version(K::KIND, Some(version));
+            }
+            Ok(WatchEvent::Error(e)) if e.code == 410 => return Followed::Expired,
+            Ok(WatchEvent::Error(e)) => {
+                feed.metrics.watch_error(K::KIND);
+                tracing::warn!(kind = K::KIND.as_str(), error = %e, "the resumed watch failed; resuming it again");
+                return Followed::Broke;
+            }
+            Err(e) => {
+                feed.metrics.watch_error(K::KIND);
+                tracing::warn!(kind = K::KIND.as_str(), error = %e, "the resumed watch failed; resuming it again");
+                return Followed::Broke;
+            }
+        }
+    }
+    Followed::Ended
 }
 
 fn apply(feed: &Feed, Read { key, shown, object }: Read) {
@@ -662,5 +836,126 @@ mod tests {
         let secrets: Vec<Result<Event<Secret>, watcher::Error>> = vec![Err(refused(400))];
         let ended = run_secrets(futures::stream::iter(secrets), "acme".into(), feed, true).await;
         assert_eq!(ended, Ended::NoStreamingList);
+    }
+
+    /// A watch event as the API server sends it.
+    fn watch_event(
+        value: serde_json::Value,
+    ) -> Result<WatchEvent<DeserializeGuard<Channel>>, kube::Error> {
+        Ok(serde_json::from_value(value).expect("a watch event"))
+    }
+
+    fn channel_at(name: &str, version: u64, max_qos: u8) -> serde_json::Value {
+        serde_json::json!({
+            "apiVersion": "fleetward.io/v1alpha1",
+            "kind": "Channel",
+            "metadata": {
+                "name": name, "namespace": "acme", "uid": format!("uid-{name}"),
+                "generation": 1, "resourceVersion": version.to_string(),
+            },
+            "spec": {"maxQos": max_qos},
+        })
+    }
+
+    fn status_event(
+        code: u16,
+        reason: &str,
+    ) -> Result<WatchEvent<DeserializeGuard<Channel>>, kube::Error> {
+        watch_event(serde_json::json!({"type": "ERROR", "object": {
+            "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+            "message": reason, "reason": reason, "code": code,
+        }}))
+    }
+
+    #[tokio::test]
+    async fn a_list_records_the_newest_version_it_listed() {
+        let feed = feed();
+        assert_eq!(feed.observed.version(Kind::Channel), None);
+        let events: Vec<Result<Event<DeserializeGuard<_>>, watcher::Error>> = vec![
+            Ok(Event::Init),
+            Ok(Event::InitApply(guarded(channel_at("a", 12, 1)))),
+            Ok(Event::InitApply(guarded(channel_at("b", 7, 1)))),
+        ];
+        run_kind::<Channel>(futures::stream::iter(events), &feed, true).await;
+        assert_eq!(
+            feed.observed.version(Kind::Channel),
+            None,
+            "a list not yet done has no version to resume from"
+        );
+        let events: Vec<Result<Event<DeserializeGuard<_>>, watcher::Error>> = vec![
+            Ok(Event::Init),
+            Ok(Event::InitApply(guarded(channel_at("a", 12, 1)))),
+            Ok(Event::InitApply(guarded(channel_at("b", 7, 1)))),
+            Ok(Event::InitDone),
+            Ok(Event::Delete(guarded(channel_at("b", 20, 1)))),
+        ];
+        run_kind::<Channel>(futures::stream::iter(events), &feed, true).await;
+        assert_eq!(feed.observed.version(Kind::Channel), Some(20));
+    }
+
+    #[tokio::test]
+    async fn a_resumed_watch_applies_changes_and_deletions_and_follows_bookmarks() {
+        let feed = feed();
+        let key = |name: &str| ObjectKey::namespaced(Kind::Channel, "acme", name);
+        let events: Vec<Result<Event<DeserializeGuard<_>>, watcher::Error>> = vec![
+            Ok(Event::Init),
+            Ok(Event::InitApply(guarded(channel_at("a", 5, 1)))),
+            Ok(Event::InitApply(guarded(channel_at("b", 7, 1)))),
+            Ok(Event::InitDone),
+        ];
+        run_kind::<Channel>(futures::stream::iter(events), &feed, true).await;
+        let mut version = "7".to_owned();
+        let events = vec![
+            watch_event(serde_json::json!({"type": "MODIFIED", "object": channel_at("a", 9, 0)})),
+            watch_event(serde_json::json!({"type": "DELETED", "object": channel_at("b", 10, 1)})),
+            watch_event(serde_json::json!({"type": "ADDED", "object": channel_at("c", 11, 1)})),
+        ];
+        let ended = follow::<Channel>(futures::stream::iter(events), &feed, &mut version).await;
+        assert_eq!(ended, Followed::Ended);
+        assert_eq!(version, "11");
+        assert_eq!(feed.observed.version(Kind::Channel), Some(11));
+        feed.index.commit();
+        let idx = feed.index.read();
+        assert!(idx.status(&key("a")).is_some() && idx.status(&key("c")).is_some());
+        assert!(
+            idx.status(&key("b")).is_none(),
+            "the deletion since was applied"
+        );
+        match idx.object(&key("a")) {
+            Some(Object::Channel(a)) => assert_eq!(a.max_qos, 0, "the change since was applied"),
+            other => panic!("a is a Channel: {other:?}"),
+        }
+        drop(idx);
+        assert!(feed.observed.shown(&key("b")).is_none());
+
+        let events = vec![watch_event(
+            serde_json::json!({"type": "BOOKMARK", "object": {
+                "kind": "Channel", "apiVersion": "fleetward.io/v1alpha1",
+                "metadata": {"resourceVersion": "40"},
+            }}),
+        )];
+        follow::<Channel>(futures::stream::iter(events), &feed, &mut version).await;
+        assert_eq!(
+            version, "40",
+            "a bookmark moves the version on a quiet kind"
+        );
+        assert_eq!(feed.observed.version(Kind::Channel), Some(40));
+    }
+
+    #[tokio::test]
+    async fn a_resumed_watch_tells_a_history_gone_from_a_failure() {
+        let feed = feed();
+        let mut version = "7".to_owned();
+        let gone = vec![status_event(410, "Expired")];
+        assert_eq!(
+            follow::<Channel>(futures::stream::iter(gone), &feed, &mut version).await,
+            Followed::Expired
+        );
+        let failed = vec![status_event(500, "InternalError")];
+        assert_eq!(
+            follow::<Channel>(futures::stream::iter(failed), &feed, &mut version).await,
+            Followed::Broke
+        );
+        assert_eq!(version, "7");
     }
 }
