@@ -91,6 +91,8 @@ pub struct Operator {
     pub sync_addr: SocketAddr,
     /// `/healthz`, `/readyz`, `/metrics`.
     pub admin_addr: SocketAddr,
+    /// Where it saves what it watched (`--state-dir`), for a restart to resume from.
+    pub state_dir: PathBuf,
 }
 
 impl Operator {
@@ -113,7 +115,10 @@ impl Operator {
         let [sync_port, admin_port] = free_ports()?;
         let (sync_addr, admin_addr) = (loopback(sync_port), loopback(admin_port));
         let addrs = (sync_addr, admin_addr);
-        let mut op = Self::launch_release(release, id, kubeconfig, sync_token, log_dir, addrs)?;
+        let state_dir = Self::state_dir_of(log_dir, id);
+        let mut op = Self::launch_release(
+            release, id, &state_dir, kubeconfig, sync_token, log_dir, addrs,
+        )?;
         wait_ready(&mut op.process, admin_addr)?;
         Ok(op)
     }
@@ -129,14 +134,40 @@ impl Operator {
         sync_addr: SocketAddr,
         admin_addr: SocketAddr,
     ) -> Result<Self> {
+        let state_dir = Self::state_dir_of(log_dir, id);
         let release = Release::current()?;
         let addrs = (sync_addr, admin_addr);
-        Self::launch_release(&release, id, kubeconfig, sync_token, log_dir, addrs)
+        Self::launch_release(
+            &release, id, &state_dir, kubeconfig, sync_token, log_dir, addrs,
+        )
+    }
+
+    /// Like [`Operator::launch`], saving its state in `state_dir`: a restart of a stopped
+    /// replica, given the replica's [`Operator::state_dir`], resumes from what it saved.
+    pub fn launch_with_state(
+        id: &str,
+        state_dir: &Path,
+        kubeconfig: &Path,
+        sync_token: &str,
+        log_dir: &Path,
+        (sync_addr, admin_addr): (SocketAddr, SocketAddr),
+    ) -> Result<Self> {
+        let release = Release::current()?;
+        let addrs = (sync_addr, admin_addr);
+        Self::launch_release(
+            &release, id, state_dir, kubeconfig, sync_token, log_dir, addrs,
+        )
+    }
+
+    /// Replica `id`'s own state directory under `log_dir`.
+    fn state_dir_of(log_dir: &Path, id: &str) -> PathBuf {
+        log_dir.join("operator-state").join(id)
     }
 
     fn launch_release(
         release: &Release,
         id: &str,
+        state_dir: &Path,
         kubeconfig: &Path,
         sync_token: &str,
         log_dir: &Path,
@@ -146,11 +177,15 @@ impl Operator {
             chart::template_of(&release.chart, OPERATOR_NAMESPACE, &[], &operator_values())?;
         let container = rendered.container(&format!("{RELEASE}-operator"), "operator")?;
         let token_file = write_token(log_dir, id, sync_token)?;
-        let flags = BTreeMap::from([
+        let mut flags = BTreeMap::from([
             ("--grpc-listen", sync_addr.to_string()),
             ("--admin-listen", admin_addr.to_string()),
             ("--token-file", path_string(&token_file)?),
         ]);
+        // Releases before the operator saved its state do not pass it.
+        if container.flag("--state-dir").is_some() {
+            flags.insert("--state-dir", path_string(state_dir)?);
+        }
         let fields = BTreeMap::from([
             ("metadata.name", id.to_owned()),
             ("metadata.namespace", OPERATOR_NAMESPACE.to_owned()),
@@ -164,6 +199,7 @@ impl Operator {
             id: id.to_owned(),
             sync_addr,
             admin_addr,
+            state_dir: state_dir.to_owned(),
         })
     }
 

@@ -8,8 +8,10 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail, ensure};
 use fleetward_e2e::fleetward::{
-    Dataplane, DataplaneConfig, OPERATOR_NAMESPACE, Operator, http_get, start_operators,
+    Dataplane, DataplaneConfig, OPERATOR_NAMESPACE, Operator, http_get, http_status,
+    start_operators,
 };
+use fleetward_e2e::policysync::{Resume, SyncClient};
 use fleetward_e2e::workspace::examples_dir;
 use fleetward_e2e::{ControlPlane, Kubectl, LogDir, run_test, wait_until};
 use serde_json::{Value, json};
@@ -655,6 +657,146 @@ fn the_other_replica_takes_over_when_the_leader_dies_or_steps_down() {
         if took > Duration::from_secs(8) {
             bail!("a released Lease was taken only after {took:?}");
         }
+        Ok(())
+    });
+}
+
+/// Starts replica `id` on `state_dir` and the given listeners, and waits until it is ready.
+fn restart_on(
+    id: &str,
+    state_dir: &std::path::Path,
+    plane: &ControlPlane,
+    logs: &LogDir,
+    addrs: (SocketAddr, SocketAddr),
+) -> Result<Operator> {
+    let mut op =
+        Operator::launch_with_state(id, state_dir, plane.kubeconfig(), TOKEN, logs.path(), addrs)?;
+    wait_until(&format!("{id} ready"), SETTLE, || {
+        ensure!(op.process.is_running(), "{id} exited; see its log");
+        Ok(http_status(op.admin_addr, "/readyz").is_ok_and(|s| s == 200))
+    })?;
+    Ok(op)
+}
+
+/// Waits until `op` has written no status for three seconds.
+fn settle_writes(op: &Operator) -> Result<()> {
+    let writes = || metric(op.admin_addr, "fleetward_operator_status_writes_total");
+    let mut last = writes()?;
+    wait_until("the status writes to settle", SETTLE, || {
+        thread::sleep(Duration::from_secs(3));
+        let now = writes()?;
+        Ok(std::mem::replace(&mut last, now) == now)
+    })?;
+    Ok(())
+}
+
+/// What replica `op` logged so far.
+fn log_of(logs: &LogDir, op: &Operator) -> Result<String> {
+    let path = logs.path().join(format!("{}.log", op.id));
+    std::fs::read_to_string(&path).with_context(|| format!("read {}", path.display()))
+}
+
+/// The Things of the full snapshot a new PolicySync client gets from `op`, once it holds
+/// `want` (as `tenant/name`) and not `gone`.
+fn snapshot_things(op: &Operator, want: &str, gone: &str) -> Result<()> {
+    wait_until("the snapshot to hold what changed", SETTLE, || {
+        let mut client =
+            SyncClient::connect(&op.sync_url(), TOKEN, "e2e-resume", Resume::default())?;
+        let update = client.next_update(SETTLE)?;
+        client.ack(&update)?;
+        let seen = &client.seen()[0];
+        ensure!(seen.full, "a new client gets a full snapshot");
+        ensure!(
+            !seen.things.contains(gone),
+            "{gone} was deleted: {:?}",
+            seen.things
+        );
+        Ok(seen.things.contains(want))
+    })?;
+    Ok(())
+}
+
+#[test]
+#[ignore = "end-to-end: run by scripts/test.sh"]
+fn a_restart_resumes_its_watches_from_the_saved_state_and_lists_when_the_history_is_gone() {
+    run_test("operator-resume", |logs| {
+        let (plane, kubectl) = cluster(logs)?;
+        apply_examples(&kubectl)?;
+        let mut op = start_operators(1, plane.kubeconfig(), TOKEN, logs.path())?.remove(0);
+        wait_all_ready(&kubectl, &["acme", "globex"])?;
+        let addrs = (op.sync_addr, op.admin_addr);
+        let state_dir = op.state_dir.clone();
+        let file = state_dir.join("operator-state.jsonl");
+        let thing = |name: &str| {
+            json!({
+                "apiVersion": "fleetward.io/v1alpha1", "kind": "Thing",
+                "metadata": {"name": name, "namespace": "acme"}, "spec": {},
+            })
+            .to_string()
+        };
+
+        // Stopped (SIGTERM saves the state whole); meanwhile a Thing goes and one comes.
+        ensure!(
+            op.process.stop()?.success(),
+            "SIGTERM ends the operator with 0"
+        );
+        ensure!(
+            file.exists(),
+            "the stopped operator saved its state in {}",
+            file.display()
+        );
+        kubectl.run(&["delete", "thing", "sensor-1", "-n", "acme"])?;
+        kubectl.apply(&thing("while-down"))?;
+        op = restart_on("operator-0-resumed", &state_dir, &plane, logs, addrs)?;
+        let log = log_of(logs, &op)?;
+        ensure!(
+            log.contains("restored the saved state") && !log.contains("listed kind=\"Thing\""),
+            "the restart resumed the watches instead of listing; see {}.log",
+            op.id
+        );
+        snapshot_things(&op, "acme/while-down", "acme/sensor-1")?;
+        kubectl.wait_condition(
+            &["thing", "while-down", "-n", "acme"],
+            ("Ready", "True", "Accepted"),
+            SETTLE,
+        )?;
+
+        // Nothing changed while down: the statuses the saved state shows are right, so the
+        // restart writes none.
+        settle_writes(&op)?;
+        ensure!(op.process.stop()?.success());
+        op = restart_on("operator-0-idle", &state_dir, &plane, logs, addrs)?;
+        thread::sleep(Duration::from_secs(8));
+        ensure!(
+            metric(op.admin_addr, "fleetward_operator_status_writes_total")? == 0.0,
+            "a restart that finds every status right writes none"
+        );
+
+        // A saved state older than the API server's history: every kind is listed again, and
+        // what was deleted meanwhile is gone.
+        ensure!(op.process.stop()?.success());
+        let text = std::fs::read_to_string(&file)?;
+        let (header, rest) = text.split_once('\n').context("a header line")?;
+        let mut header: Value = serde_json::from_str(header)?;
+        for version in header["versions"]
+            .as_object_mut()
+            .context("versions")?
+            .values_mut()
+        {
+            *version = json!("1");
+        }
+        std::fs::write(&file, format!("{header}\n{rest}"))?;
+        kubectl.run(&["delete", "thing", "while-down", "-n", "acme"])?;
+        kubectl.apply(&thing("after-expiry"))?;
+        op = restart_on("operator-0-expired", &state_dir, &plane, logs, addrs)?;
+        snapshot_things(&op, "acme/after-expiry", "acme/while-down")?;
+        let log = log_of(logs, &op)?;
+        ensure!(
+            log.contains("no longer has the changes since the saved state")
+                && log.contains("listed kind=\"Thing\""),
+            "an expired resourceVersion falls back to a list; see {}.log",
+            op.id
+        );
         Ok(())
     });
 }
