@@ -228,8 +228,20 @@ fn main() {
             "SIGTERM ends the operator with 0: {status}"
         );
         ops.clear();
-        let op = cold_start(&plane, sync_addr, admin_addr, logs.path())?;
+        let mut op = cold_start(&plane, sync_addr, admin_addr, logs.path())?;
         eprintln!("bench: cold start took {:.1?}", phase.elapsed());
+
+        let phase = Instant::now();
+        let status = op.process.stop()?;
+        ensure!(
+            status.success(),
+            "SIGTERM ends the operator with 0: {status}"
+        );
+        let op = warm_start(&plane, &op, logs.path())?;
+        eprintln!(
+            "bench: restart with the saved state took {:.1?}",
+            phase.elapsed()
+        );
         eprintln!("bench: the whole run took {:.1?}", run.elapsed());
         drop((op, a, b));
         hold(&plane)

@@ -60,11 +60,12 @@ pub(crate) fn snapshot_and_full_sync(
     Ok(())
 }
 
-// ----- 3. Operator cold start -----
+// ----- 3. Operator cold start, and a restart with its saved state -----
 
 /// Phase 3: a fresh operator on the stopped one's listeners, with the data set in place: from
 /// spawn to `/readyz`, to the first full snapshot a client receives, to both dataplanes
-/// re-synced; its status writes until settled; its peak and settled RSS.
+/// re-synced; its status writes until settled; its peak and settled RSS. Its state directory
+/// is new, so it lists everything.
 pub(crate) fn cold_start(
     plane: &ControlPlane,
     sync_addr: SocketAddr,
@@ -72,7 +73,7 @@ pub(crate) fn cold_start(
     log_dir: &Path,
 ) -> Result<Operator> {
     let spawned = Instant::now();
-    let mut op = Operator::launch(
+    let op = Operator::launch(
         "operator-1",
         plane.kubeconfig(),
         TOKEN,
@@ -80,6 +81,46 @@ pub(crate) fn cold_start(
         sync_addr,
         admin_addr,
     )?;
+    started(op, spawned, "cold start", "operator_cold_start", "")
+}
+
+/// Phase 3b: `stopped`'s replica started again on its state directory (what a container
+/// restart in the chart's pod does): it restores what the stopped one saved and resumes its
+/// watches instead of listing. The same figures as the cold start's.
+pub(crate) fn warm_start(
+    plane: &ControlPlane,
+    stopped: &Operator,
+    log_dir: &Path,
+) -> Result<Operator> {
+    let spawned = Instant::now();
+    let op = Operator::launch_with_state(
+        "operator-2",
+        &stopped.state_dir,
+        plane.kubeconfig(),
+        TOKEN,
+        log_dir,
+        (stopped.sync_addr, stopped.admin_addr),
+    )?;
+    started(
+        op,
+        spawned,
+        "restart with the saved state",
+        "operator_warm_start",
+        "_warm",
+    )
+}
+
+/// Times `op`, spawned at `spawned`, to ready, to the first full snapshot a client receives,
+/// to both dataplanes re-synced; then counts its status writes until settled and reports its
+/// peak and settled RSS (`operator_peak_rss<rss_suffix>`).
+fn started(
+    mut op: Operator,
+    spawned: Instant,
+    what: &str,
+    figure: &str,
+    rss_suffix: &str,
+) -> Result<Operator> {
+    let admin_addr = op.admin_addr;
     let url = op.sync_url();
     let first_snapshot = thread::spawn(move || -> Result<Duration> {
         let deadline = spawned + STEP_TIMEOUT;
@@ -94,7 +135,7 @@ pub(crate) fn cold_start(
         let at = spawned.elapsed();
         ensure!(
             matches!(update.payload, Some(pb::update::Payload::Snapshot(_))),
-            "the first update after a cold start is a full snapshot"
+            "the first update after a start is a full snapshot"
         );
         client.ack(&update)?;
         Ok(at)
@@ -109,7 +150,7 @@ pub(crate) fn cold_start(
     let ready = spawned.elapsed();
     let first = first_snapshot
         .join()
-        .map_err(|_| anyhow::anyhow!("the cold-start client panicked"))??;
+        .map_err(|_| anyhow::anyhow!("the start's client panicked"))??;
     wait_every(
         "dataplane-a and dataplane-b re-synced",
         STEP_TIMEOUT,
@@ -120,15 +161,23 @@ pub(crate) fn cold_start(
     let (writes, settled) = settle(admin_addr)?;
     let pid = op.process.pid();
     eprintln!(
-        "bench: cold start: ready {ready:.1?}, first snapshot {first:.1?}, both dataplanes \
+        "bench: {what}: ready {ready:.1?}, first snapshot {first:.1?}, both dataplanes \
          re-synced {resynced:.1?} after spawn; {writes} status writes, settled {settled:.1?} \
          after"
     );
-    report("operator_cold_start_ready", ms(ready), "ms");
-    report("operator_cold_start_first_snapshot", ms(first), "ms");
-    report("operator_cold_start_dataplanes_synced", ms(resynced), "ms");
-    report("operator_cold_start_status_writes", writes, "count");
-    report("operator_peak_rss", proc_status_mib(pid, "VmHWM")?, "MiB");
-    report("operator_rss_after", proc_status_mib(pid, "VmRSS")?, "MiB");
+    report(&format!("{figure}_ready"), ms(ready), "ms");
+    report(&format!("{figure}_first_snapshot"), ms(first), "ms");
+    report(&format!("{figure}_dataplanes_synced"), ms(resynced), "ms");
+    report(&format!("{figure}_status_writes"), writes, "count");
+    report(
+        &format!("operator_peak_rss{rss_suffix}"),
+        proc_status_mib(pid, "VmHWM")?,
+        "MiB",
+    );
+    report(
+        &format!("operator_rss_after{rss_suffix}"),
+        proc_status_mib(pid, "VmRSS")?,
+        "MiB",
+    );
     Ok(op)
 }
