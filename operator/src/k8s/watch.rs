@@ -13,7 +13,7 @@
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::fmt::Debug;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use fleetward_crds::{Channel, Connection, Group, Policy, Tenant, Thing, User};
 use futures::stream::BoxStream;
@@ -80,42 +80,17 @@ watched!(Policy, Policy, Policy);
 /// A kind in `resume` was restored from the saved state: its watch resumes from there
 /// instead of listing (`super::resume`).
 pub fn spawn_all(tasks: &mut JoinSet<&'static str>, client: &Client, feed: &Feed, resume: &Resume) {
-    let from = |kind: Kind| resume.get(&kind).cloned();
-    tasks.spawn(watch_kind::<Tenant>(
-        client.clone(),
-        feed.clone(),
-        from(Kind::Tenant),
-    ));
-    tasks.spawn(watch_kind::<Thing>(
-        client.clone(),
-        feed.clone(),
-        from(Kind::Thing),
-    ));
-    tasks.spawn(watch_kind::<Channel>(
-        client.clone(),
-        feed.clone(),
-        from(Kind::Channel),
-    ));
+    tasks.spawn(watch_kind::<Tenant>(client.clone(), feed.clone(), resume));
+    tasks.spawn(watch_kind::<Thing>(client.clone(), feed.clone(), resume));
+    tasks.spawn(watch_kind::<Channel>(client.clone(), feed.clone(), resume));
     tasks.spawn(watch_kind::<Connection>(
         client.clone(),
         feed.clone(),
-        from(Kind::Connection),
+        resume,
     ));
-    tasks.spawn(watch_kind::<User>(
-        client.clone(),
-        feed.clone(),
-        from(Kind::User),
-    ));
-    tasks.spawn(watch_kind::<Group>(
-        client.clone(),
-        feed.clone(),
-        from(Kind::Group),
-    ));
-    tasks.spawn(watch_kind::<Policy>(
-        client.clone(),
-        feed.clone(),
-        from(Kind::Policy),
-    ));
+    tasks.spawn(watch_kind::<User>(client.clone(), feed.clone(), resume));
+    tasks.spawn(watch_kind::<Group>(client.clone(), feed.clone(), resume));
+    tasks.spawn(watch_kind::<Policy>(client.clone(), feed.clone(), resume));
     tasks.spawn(watch_tenant_secrets(client.clone(), feed.clone()));
 }
 
@@ -313,24 +288,27 @@ where
 /// Watches one kind cluster-wide: from `resume` when it was restored from the saved state,
 /// until the API server no longer has the history since; then (or at once) by listing it.
 /// Runs until the task is dropped.
-async fn watch_kind<K: Watched>(
+fn watch_kind<K: Watched>(
     client: Client,
     feed: Feed,
-    resume: Option<String>,
-) -> &'static str {
-    let api: Api<DeserializeGuard<K>> = Api::all(client);
-    if let Some(version) = resume {
-        resume_kind::<K>(&api, &feed, version).await;
-        tracing::info!(
-            kind = K::KIND.as_str(),
-            "the API server no longer has the changes since the saved state; listing the kind"
-        );
+    resume: &Resume,
+) -> impl Future<Output = &'static str> + Send + 'static {
+    let resume = resume.get(&K::KIND).cloned();
+    async move {
+        let api: Api<DeserializeGuard<K>> = Api::all(client);
+        if let Some(version) = resume {
+            resume_kind::<K>(&api, &feed, version).await;
+            tracing::info!(
+                kind = K::KIND.as_str(),
+                "the API server no longer has the changes since the saved state; listing the kind"
+            );
+        }
+        watch_with_fallback(api, K::KIND.as_str(), |stream, streaming| {
+            run_kind::<K>(stream, &feed, streaming)
+        })
+        .await;
+        K::KIND.as_str()
     }
-    watch_with_fallback(api, K::KIND.as_str(), |stream, streaming| {
-        run_kind::<K>(stream, &feed, streaming)
-    })
-    .await;
-    K::KIND.as_str()
 }
 
 async fn run_kind<K: Watched>(
@@ -407,10 +385,12 @@ async fn resume_kind<K: Watched>(api: &Api<DeserializeGuard<K>>, feed: &Feed, mu
     loop {
         // Bookmarks are on by default: they keep the version moving on a quiet kind.
         let params = WatchParams::default().timeout(RESUMED_WATCH_SECONDS);
+        let started = Instant::now();
         let failed = match api.watch(&params, &version).await {
             Ok(stream) => match follow::<K>(stream, feed, &mut version).await {
                 Followed::Expired => return,
-                Followed::Ended => false,
+                // One that ends at once is retried as a failure, so it cannot spin.
+                Followed::Ended => started.elapsed() < Duration::from_secs(1),
                 Followed::Broke => true,
             },
             Err(kube::Error::Api(status)) if status.code == 410 => return,
