@@ -895,17 +895,20 @@ mod tests {
         assert_eq!(version, "11");
         assert_eq!(feed.observed.version(Kind::Channel), Some(11));
         feed.index.commit();
-        let idx = feed.index.read();
-        assert!(idx.status(&key("a")).is_some() && idx.status(&key("c")).is_some());
-        assert!(
-            idx.status(&key("b")).is_none(),
-            "the deletion since was applied"
-        );
-        match idx.object(&key("a")) {
-            Some(Object::Channel(a)) => assert_eq!(a.max_qos, 0, "the change since was applied"),
-            other => panic!("a is a Channel: {other:?}"),
+        {
+            let idx = feed.index.read();
+            assert!(idx.status(&key("a")).is_some() && idx.status(&key("c")).is_some());
+            assert!(
+                idx.status(&key("b")).is_none(),
+                "the deletion since was applied"
+            );
+            match idx.object(&key("a")) {
+                Some(Object::Channel(a)) => {
+                    assert_eq!(a.max_qos, 0, "the change since was applied");
+                }
+                other => panic!("a is a Channel: {other:?}"),
+            }
         }
-        drop(idx);
         assert!(feed.observed.shown(&key("b")).is_none());
 
         let events = vec![watch_event(

@@ -20,7 +20,7 @@ fn feed() -> Feed {
 
 /// What the API server shows of `key`: a status with one condition for every other object.
 fn shown(key: &ObjectKey, i: usize) -> Shown {
-    let status = (i % 2 == 0).then(|| {
+    let status = i.is_multiple_of(2).then(|| {
         ShownStatus::Resource(ResourceStatus {
             conditions: vec![Condition {
                 type_: "Ready".into(),
