@@ -142,29 +142,15 @@ impl Operator {
         )
     }
 
-    /// Like [`Operator::launch`], saving its state in `state_dir`: a restart of a stopped
-    /// replica, given the replica's [`Operator::state_dir`], resumes from what it saved.
-    pub fn launch_with_state(
-        id: &str,
-        state_dir: &Path,
-        kubeconfig: &Path,
-        sync_token: &str,
-        log_dir: &Path,
-        (sync_addr, admin_addr): (SocketAddr, SocketAddr),
-    ) -> Result<Self> {
-        let release = Release::current()?;
-        let addrs = (sync_addr, admin_addr);
-        Self::launch_release(
-            &release, id, state_dir, kubeconfig, sync_token, log_dir, addrs,
-        )
-    }
-
     /// Replica `id`'s own state directory under `log_dir`.
     fn state_dir_of(log_dir: &Path, id: &str) -> PathBuf {
         log_dir.join("operator-state").join(id)
     }
 
-    fn launch_release(
+    /// Like [`Operator::launch`], running `release` and saving its state in `state_dir`: a
+    /// restart of a stopped replica, given the replica's [`Operator::state_dir`], resumes from
+    /// what it saved.
+    pub fn launch_release(
         release: &Release,
         id: &str,
         state_dir: &Path,

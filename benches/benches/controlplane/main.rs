@@ -39,7 +39,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result, bail, ensure};
 use fleetward_e2e::fleetward::{
-    Dataplane, DataplaneConfig, OPERATOR_NAMESPACE, Operator, http_get, http_status,
+    Dataplane, DataplaneConfig, OPERATOR_NAMESPACE, Operator, Release, http_get, http_status,
     start_dataplane_pair, start_operators,
 };
 use fleetward_e2e::policysync::{Resume, SyncClient};

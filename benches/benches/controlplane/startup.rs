@@ -93,7 +93,8 @@ pub(crate) fn warm_start(
     log_dir: &Path,
 ) -> Result<Operator> {
     let spawned = Instant::now();
-    let op = Operator::launch_with_state(
+    let op = Operator::launch_release(
+        &Release::current()?,
         "operator-2",
         &stopped.state_dir,
         plane.kubeconfig(),

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail, ensure};
 use fleetward_e2e::fleetward::{
-    Dataplane, DataplaneConfig, OPERATOR_NAMESPACE, Operator, http_get, http_status,
+    Dataplane, DataplaneConfig, OPERATOR_NAMESPACE, Operator, Release, http_get, http_status,
     start_operators,
 };
 use fleetward_e2e::policysync::{Resume, SyncClient};
@@ -669,8 +669,10 @@ fn restart_on(
     logs: &LogDir,
     addrs: (SocketAddr, SocketAddr),
 ) -> Result<Operator> {
+    let release = Release::current()?;
+    let (kubeconfig, log_dir) = (plane.kubeconfig(), logs.path());
     let mut op =
-        Operator::launch_with_state(id, state_dir, plane.kubeconfig(), TOKEN, logs.path(), addrs)?;
+        Operator::launch_release(&release, id, state_dir, kubeconfig, TOKEN, log_dir, addrs)?;
     wait_until(&format!("{id} ready"), SETTLE, || {
         ensure!(op.process.is_running(), "{id} exited; see its log");
         Ok(http_status(op.admin_addr, "/readyz").is_ok_and(|s| s == 200))
