@@ -188,8 +188,12 @@ fn a_file_that_cannot_be_read_whole_resumes_nothing() {
 }
 
 #[test]
-fn saves_take_a_tenth_of_the_time_between_five_and_thirty_seconds_apart() {
+fn saves_take_a_tenth_of_the_time_between_five_seconds_and_two_minutes_apart() {
     assert_eq!(pause_after(Duration::from_millis(100)), MIN_PAUSE);
     assert_eq!(pause_after(Duration::from_secs(1)), Duration::from_secs(9));
-    assert_eq!(pause_after(Duration::from_secs(10)), MAX_PAUSE);
+    assert_eq!(
+        pause_after(Duration::from_secs(10)),
+        Duration::from_secs(90)
+    );
+    assert_eq!(pause_after(Duration::from_secs(15)), MAX_PAUSE);
 }
