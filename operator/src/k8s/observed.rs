@@ -26,6 +26,12 @@ pub const WATCHED_KINDS: [Kind; 7] = [
     Kind::Policy,
 ];
 
+/// A resourceVersion as the number it is: the API server's are etcd revisions. `None` for
+/// one that is absent or not a number, which is then not kept.
+pub(crate) fn revision(version: Option<&str>) -> Option<u64> {
+    version.and_then(|v| v.parse().ok())
+}
+
 /// An object's status, typed by kind.
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub enum ShownStatus {
@@ -238,14 +244,12 @@ impl Observed {
     /// Records that every watch event of `kind` up to resourceVersion `version` has been
     /// applied to the index and recorded here: call it after both. The state the operator saves
     /// for a restart resumes each kind's watch from here (`super::resume`). The API server's
-    /// resourceVersions are etcd revisions; one that is not a number is not kept, and the kind
-    /// is then listed at a restart.
-    pub(crate) fn seen_version(&self, kind: Kind, version: Option<&str>) {
-        if let Some(version) = version.and_then(|v| v.parse::<u64>().ok()) {
-            let mut state = self.lock();
-            let kept = state.versions.entry(kind).or_default();
-            *kept = (*kept).max(version);
-        }
+    /// resourceVersions are etcd revisions ([`revision`]); a kind none of whose versions was
+    /// a number is listed at a restart.
+    pub(crate) fn seen_version(&self, kind: Kind, version: u64) {
+        let mut state = self.lock();
+        let kept = state.versions.entry(kind).or_default();
+        *kept = (*kept).max(version);
     }
 
     /// The resourceVersion up to which `kind`'s events are all applied, once one was seen.

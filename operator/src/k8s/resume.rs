@@ -29,7 +29,7 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-use super::observed::{Shown, WATCHED_KINDS};
+use super::observed::{Shown, WATCHED_KINDS, revision};
 use super::watch::Feed;
 use crate::index::{Kind, Object, ObjectKey};
 
@@ -190,7 +190,9 @@ fn read(dir: &Path, feed: &Feed) -> io::Result<Option<(Resume, usize)>> {
         count += 1;
     }
     for (kind, version) in &header.versions {
-        feed.observed.seen_version(*kind, Some(version));
+        if let Some(version) = revision(Some(version)) {
+            feed.observed.seen_version(*kind, version);
+        }
         feed.observed.listed(*kind);
     }
     feed.index.wake();

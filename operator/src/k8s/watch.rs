@@ -27,7 +27,7 @@ use kube::{Client, Resource};
 use serde::de::DeserializeOwned;
 use tokio::task::{AbortHandle, JoinSet};
 
-use super::observed::{Observed, Shown, ShownStatus};
+use super::observed::{Observed, Shown, ShownStatus, revision};
 use super::resume::Resume;
 use crate::index::{Kind, Object, ObjectKey, SecretData};
 use crate::metrics::Metrics;
@@ -147,10 +147,7 @@ impl List {
 
     /// Notes a listed object's resourceVersion.
     fn saw(&mut self, meta: &ObjectMeta) {
-        let version = meta
-            .resource_version
-            .as_deref()
-            .and_then(|v| v.parse().ok());
+        let version = revision(meta.resource_version.as_deref());
         self.version = self.version.max(version.unwrap_or(0));
     }
 
@@ -180,8 +177,7 @@ impl List {
         // Every change up to the newest object listed is in the list: a watch resumed from
         // there misses nothing (changes after it that the list has too are sent again).
         if self.version > 0 {
-            feed.observed
-                .seen_version(kind, Some(&self.version.to_string()));
+            feed.observed.seen_version(kind, self.version);
         }
         feed.observed.listed(kind);
         tracing::info!(kind = kind.as_str(), count = self.count, "listed");
@@ -349,7 +345,7 @@ async fn run_kind<K: Watched>(
 /// An object added or changed: applied (or forgotten when it no longer deserializes: what
 /// cannot be read is no longer served); then its resourceVersion is recorded.
 fn applied<K: Watched>(feed: &Feed, o: DeserializeGuard<K>) {
-    let version = o.meta().resource_version.clone();
+    let version = revision(o.meta().resource_version.as_deref());
     match parse::<K>(o, &feed.metrics) {
         Ok(object) => {
             if let Some(read) = read(object) {
@@ -359,7 +355,9 @@ fn applied<K: Watched>(feed: &Feed, o: DeserializeGuard<K>) {
         Err(Some(key)) => forget(feed, &key),
         Err(None) => {}
     }
-    feed.observed.seen_version(K::KIND, version.as_deref());
+    if let Some(version) = version {
+        feed.observed.seen_version(K::KIND, version);
+    }
 }
 
 /// An object deleted: forgotten; then the deletion's resourceVersion is recorded.
@@ -367,8 +365,9 @@ fn deleted<K: Watched>(feed: &Feed, o: &DeserializeGuard<K>) {
     if let Some(key) = key_of(K::KIND, o.meta()) {
         forget(feed, &key);
     }
-    feed.observed
-        .seen_version(K::KIND, o.meta().resource_version.as_deref());
+    if let Some(version) = revision(o.meta().resource_version.as_deref()) {
+        feed.observed.seen_version(K::KIND, version);
+    }
 }
 
 /// How long a resumed watch asks the API server to keep it open before it is started again
@@ -439,35 +438,39 @@ async fn follow<K: Watched>(
     while let Some(event) = stream.next().await {
         match event {
             Ok(WatchEvent::Added(o) | WatchEvent::Modified(o)) => {
-                if let Some(v) = &o.meta().resource_version {
-                    version.clone_from(v);
-                }
+                resume_after(version, o.meta());
                 applied::<K>(feed, o);
             }
             Ok(WatchEvent::Deleted(o)) => {
-                if let Some(v) = &o.meta().resource_version {
-                    version.clone_from(v);
-                }
+                resume_after(version, o.meta());
                 deleted::<K>(feed, &o);
             }
             Ok(WatchEvent::Bookmark(bookmark)) => {
                 *version = bookmark.metadata.resource_version;
-                feed.observed.seen_version(K::KIND, Some(version));
+                if let Some(seen) = revision(Some(version)) {
+                    feed.observed.seen_version(K::KIND, seen);
+                }
             }
             Ok(WatchEvent::Error(e)) if e.code == 410 => return Followed::Expired,
-            Ok(WatchEvent::Error(e)) => {
-                feed.metrics.watch_error(K::KIND);
-                tracing::warn!(kind = K::KIND.as_str(), error = %e, "the resumed watch failed; resuming it again");
-                return Followed::Broke;
-            }
-            Err(e) => {
-                feed.metrics.watch_error(K::KIND);
-                tracing::warn!(kind = K::KIND.as_str(), error = %e, "the resumed watch failed; resuming it again");
-                return Followed::Broke;
-            }
+            Ok(WatchEvent::Error(e)) => return broke::<K>(feed, &e),
+            Err(e) => return broke::<K>(feed, &e),
         }
     }
     Followed::Ended
+}
+
+/// The watch, started again, resumes after this event.
+fn resume_after(version: &mut String, meta: &ObjectMeta) {
+    if let Some(v) = &meta.resource_version {
+        version.clone_from(v);
+    }
+}
+
+/// A resumed watch that failed: counted and logged.
+fn broke<K: Watched>(feed: &Feed, error: &dyn std::fmt::Display) -> Followed {
+    feed.metrics.watch_error(K::KIND);
+    tracing::warn!(kind = K::KIND.as_str(), error = %error, "the resumed watch failed; resuming it again");
+    Followed::Broke
 }
 
 fn apply(feed: &Feed, Read { key, shown, object }: Read) {

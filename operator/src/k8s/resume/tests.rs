@@ -59,8 +59,7 @@ fn fed() -> Feed {
     }
     for (i, kind) in WATCHED_KINDS.into_iter().enumerate() {
         if kind != Kind::Group {
-            feed.observed
-                .seen_version(kind, Some(&(100 + i).to_string()));
+            feed.observed.seen_version(kind, 100 + i as u64);
         }
     }
     feed
