@@ -7,7 +7,9 @@ mod wire;
 use std::fmt;
 use std::sync::Arc;
 
-use hashbrown::Equivalent;
+use std::cmp::Ordering;
+
+use equivalent::{Comparable, Equivalent};
 
 use crate::changes::{ChangeLog, Since, next_stamp};
 
@@ -19,7 +21,7 @@ use crate::model::{
 };
 
 /// Where grants are indexed: a subject (by kind and name) and a channel, in one tenant.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub(crate) struct GrantTarget {
     tenant: String,
     kind: GrantSubjectKind,
@@ -27,8 +29,7 @@ pub(crate) struct GrantTarget {
     channel: String,
 }
 
-/// A borrowed [`GrantTarget`], hashed identically, for lookups without allocating.
-#[derive(Hash)]
+/// A borrowed [`GrantTarget`], ordered identically, for lookups without allocating.
 struct GrantTargetRef<'a> {
     tenant: &'a str,
     kind: GrantSubjectKind,
@@ -38,22 +39,30 @@ struct GrantTargetRef<'a> {
 
 impl Equivalent<GrantTarget> for GrantTargetRef<'_> {
     fn equivalent(&self, key: &GrantTarget) -> bool {
-        self.kind == key.kind
-            && self.tenant == key.tenant
-            && self.subject == key.subject
-            && self.channel == key.channel
+        self.compare(key).is_eq()
+    }
+}
+
+impl Comparable<GrantTarget> for GrantTargetRef<'_> {
+    fn compare(&self, key: &GrantTarget) -> Ordering {
+        (self.tenant, self.kind, self.subject, self.channel).cmp(&(
+            key.tenant.as_str(),
+            key.kind,
+            key.subject.as_str(),
+            key.channel.as_str(),
+        ))
     }
 }
 
 /// A group member's identity, for the member → groups index.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub(crate) struct MemberKey {
     tenant: String,
     kind: SubjectKind,
     name: String,
 }
 
-#[derive(Hash)]
+/// A borrowed [`MemberKey`], ordered identically.
 struct MemberKeyRef<'a> {
     tenant: &'a str,
     kind: SubjectKind,
@@ -62,11 +71,17 @@ struct MemberKeyRef<'a> {
 
 impl Equivalent<MemberKey> for MemberKeyRef<'_> {
     fn equivalent(&self, key: &MemberKey) -> bool {
-        self.kind == key.kind && self.tenant == key.tenant && self.name == key.name
+        self.compare(key).is_eq()
     }
 }
 
-#[derive(Hash)]
+impl Comparable<MemberKey> for MemberKeyRef<'_> {
+    fn compare(&self, key: &MemberKey) -> Ordering {
+        (self.tenant, self.kind, self.name).cmp(&(key.tenant.as_str(), key.kind, key.name.as_str()))
+    }
+}
+
+/// A borrowed [`ResourceName`], ordered identically.
 struct NameRef<'a> {
     tenant: &'a str,
     name: &'a str,
@@ -74,7 +89,13 @@ struct NameRef<'a> {
 
 impl Equivalent<ResourceName> for NameRef<'_> {
     fn equivalent(&self, key: &ResourceName) -> bool {
-        self.tenant == key.tenant && self.name == key.name
+        self.compare(key).is_eq()
+    }
+}
+
+impl Comparable<ResourceName> for NameRef<'_> {
+    fn compare(&self, key: &ResourceName) -> Ordering {
+        (self.tenant, self.name).cmp(&(key.tenant.as_str(), key.name.as_str()))
     }
 }
 
@@ -91,10 +112,10 @@ pub enum BuildError {
     },
 }
 
-/// A persistent hash map (a hash array mapped trie): a clone shares every node, a change copies
-/// the path to what it changes.
-pub(crate) type Table<K, V> =
-    imbl::GenericHashMap<K, V, foldhash::fast::RandomState, imbl::shared_ptr::DefaultSharedPtr>;
+/// A persistent ordered map (a B-tree): a clone shares every node, a change copies the path to
+/// what it changes. Its nodes are at least half full, so it holds its entries in about one and
+/// a half times their size; a hash trie's leaves are fixed arrays, mostly empty at 100k keys.
+pub(crate) type Table<K, V> = imbl::OrdMap<K, V>;
 
 /// A versioned, immutable-by-convention set of policy tables.
 ///
@@ -260,10 +281,9 @@ impl Snapshot {
 
     /// Every resource as plain lists, each sorted by identity.
     pub fn to_resources(&self) -> Resources {
+        // A table iterates in its keys' order.
         fn sorted<K: Ord + Clone, T: Clone>(m: &Table<K, Arc<T>>) -> Vec<T> {
-            let mut v: Vec<(&K, &Arc<T>)> = m.iter().collect();
-            v.sort_by(|a, b| a.0.cmp(b.0));
-            v.into_iter().map(|(_, t)| T::clone(t)).collect()
+            m.values().map(|t| T::clone(t)).collect()
         }
         Resources {
             tenants: sorted(&self.tenants),

@@ -47,10 +47,9 @@ struct SnapshotOwned {
     policies: Vec<TenantPolicy>,
 }
 
+/// A table's records, in its keys' order (which a table iterates in).
 fn sorted_refs<K: Ord, T>(m: &Table<K, Arc<T>>) -> Vec<&T> {
-    let mut v: Vec<(&K, &Arc<T>)> = m.iter().collect();
-    v.sort_by(|a, b| a.0.cmp(b.0));
-    v.into_iter().map(|(_, t)| &**t).collect()
+    m.values().map(|t| &**t).collect()
 }
 
 impl Serialize for Snapshot {
