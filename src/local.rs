@@ -101,7 +101,7 @@ impl Local {
         self.index
             .objects()
             .filter(|key| key.kind == Kind::Tenant)
-            .filter_map(|key| match &self.index.status(key)?.facts {
+            .filter_map(|key| match &*self.index.status(key)?.facts {
                 Facts::Tenant {
                     namespace: Some(ns),
                     ..
@@ -118,7 +118,7 @@ impl Local {
         // A Channel's namespace is its tenant's (`spec.namespace`, else the tenant's name).
         let tenant_of: std::collections::HashMap<&str, &str> = keys
             .iter()
-            .filter_map(|key| match &self.index.status(key)?.facts {
+            .filter_map(|key| match &*self.index.status(key)?.facts {
                 Facts::Tenant {
                     namespace: Some(ns),
                     ..

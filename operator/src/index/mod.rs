@@ -27,8 +27,8 @@ use fleetward_policy::{self as policy, Delta, ResourceName, Snapshot};
 pub use device_ca::{CA_ENTRY, CRL_ENTRY, IssuerCa, IssuerKey, TLS_ENTRY};
 pub use object::{Kind, Object, ObjectKey, SecretData};
 pub use readiness::{
-    CertificateFacts, CertificateRequest, ClaimFacts, DesiredStatus, Facts, Readiness, Reason,
-    X509Facts,
+    BoxedFacts, CertificateFacts, CertificateRequest, ClaimFacts, DesiredStatus, Facts, Readiness,
+    Reason, X509Facts,
 };
 pub use resolve::{MIN_KEY_LEN, is_key_entry};
 pub use view::ViewDigest;
@@ -626,7 +626,7 @@ impl Index {
         );
         // The owner comes first; only it has a device CA.
         if let Some((_, status)) = tenant_statuses.first_mut()
-            && let Facts::Tenant { device_ca, .. } = &mut status.facts
+            && let Facts::Tenant { device_ca, .. } = &mut *status.facts
         {
             *device_ca = resolution.device_ca.take();
         }
@@ -993,7 +993,8 @@ fn tenant_statuses(
                         channels,
                         claims: owner_claims.take().unwrap_or_default(),
                         device_ca: None,
-                    },
+                    }
+                    .into(),
                 }
             } else {
                 DesiredStatus {
@@ -1012,7 +1013,8 @@ fn tenant_statuses(
                         channels: 0,
                         claims: Vec::new(),
                         device_ca: None,
-                    },
+                    }
+                    .into(),
                 }
             };
             (ObjectKey::tenant(&t.meta.name), status)

@@ -296,7 +296,7 @@ impl Index {
         };
         let mut statuses = super::tenant_statuses(namespace, &claimants, objects, owner_claims);
         if let Some((_, status)) = statuses.first_mut()
-            && let Facts::Tenant { device_ca: d, .. } = &mut status.facts
+            && let Facts::Tenant { device_ca: d, .. } = &mut *status.facts
         {
             d.clone_from(&device_ca.device_ca);
         }

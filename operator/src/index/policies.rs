@@ -112,7 +112,7 @@ pub(super) fn resolve(
                 generation,
                 readiness,
                 served,
-                facts,
+                facts: facts.into(),
             },
         ));
     }

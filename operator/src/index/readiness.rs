@@ -239,5 +239,51 @@ pub struct DesiredStatus {
     /// Whether the object is in the policy snapshot (only then can it become `Enforced`).
     pub served: bool,
     /// Kind-specific facts.
-    pub facts: Facts,
+    pub facts: BoxedFacts,
+}
+
+/// [`Facts`] behind a pointer, and no allocation for [`Facts::None`]: most objects (every
+/// Connection) have none, and the index keeps one status per object, so a status holds a
+/// pointer instead of the largest variant. Reads and writes go through `Deref`.
+#[derive(Clone, Default)]
+pub struct BoxedFacts(Option<Box<Facts>>);
+
+/// What [`BoxedFacts`] without facts reads as.
+static NO_FACTS: Facts = Facts::None;
+
+impl From<Facts> for BoxedFacts {
+    fn from(facts: Facts) -> Self {
+        Self(match facts {
+            Facts::None => None,
+            facts => Some(Box::new(facts)),
+        })
+    }
+}
+
+impl std::ops::Deref for BoxedFacts {
+    type Target = Facts;
+
+    fn deref(&self) -> &Facts {
+        self.0.as_deref().unwrap_or(&NO_FACTS)
+    }
+}
+
+impl std::ops::DerefMut for BoxedFacts {
+    fn deref_mut(&mut self) -> &mut Facts {
+        self.0.get_or_insert_with(|| Box::new(Facts::None))
+    }
+}
+
+impl PartialEq for BoxedFacts {
+    fn eq(&self, other: &Self) -> bool {
+        **self == **other
+    }
+}
+
+impl Eq for BoxedFacts {}
+
+impl fmt::Debug for BoxedFacts {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        (**self).fmt(f)
+    }
 }

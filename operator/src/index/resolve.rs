@@ -11,7 +11,7 @@ use super::incremental::Refs;
 use super::input::{self, IssuerRef, Meta};
 use super::object::{Kind, ObjectKey, SecretData};
 use super::policies::EnforcedPolicies;
-use super::readiness::{DesiredStatus, Facts, Readiness, Reason, X509Facts};
+use super::readiness::{BoxedFacts, DesiredStatus, Facts, Readiness, Reason, X509Facts};
 
 /// The shortest key accepted from a Secret, in bytes: keys are compared by a fast hash, which is
 /// only right for high-entropy keys (a generated key is 43 characters).
@@ -245,7 +245,7 @@ pub(crate) fn no_tenant(namespace: &str, generation: Option<i64>) -> DesiredStat
         generation,
         readiness: Readiness::not_ready(Reason::NoTenant, message),
         served: false,
-        facts: Facts::None,
+        facts: BoxedFacts::default(),
     }
 }
 
@@ -301,7 +301,7 @@ fn status(generation: Option<i64>, readiness: Readiness, facts: Facts) -> Desire
         generation,
         served: readiness.ready,
         readiness,
-        facts,
+        facts: facts.into(),
     }
 }
 
@@ -552,7 +552,7 @@ pub(crate) fn group(
         generation: group.meta.generation,
         readiness,
         served: true,
-        facts: Facts::None,
+        facts: BoxedFacts::default(),
     };
     (Some(record), status)
 }

@@ -122,7 +122,7 @@ fn a_complete_tenant_is_served_and_ready() {
     }
     let st = index.status(&ObjectKey::tenant("acme")).expect("status");
     assert_eq!(
-        st.facts,
+        *st.facts,
         Facts::Tenant {
             namespace: Some("acme".into()),
             things: 1,
@@ -448,7 +448,7 @@ fn thing_keys_rotate_and_weak_or_missing_keys_are_refused() {
     mk_acme(&mut index);
     index.commit();
     let sensor = thing_key("acme", "sensor-1");
-    let fp = |index: &Index| match &index.status(&sensor).expect("status").facts {
+    let fp = |index: &Index| match &*index.status(&sensor).expect("status").facts {
         Facts::Thing {
             key_fingerprint,
             keys,
@@ -845,7 +845,7 @@ fn an_invalid_edit_keeps_the_last_valid_text_and_says_where() {
         "{}",
         st.readiness.message
     );
-    let Facts::Policy { errors, enforced } = &st.facts else {
+    let Facts::Policy { errors, enforced } = &*st.facts else {
         panic!("no policy facts: {:?}", st.facts)
     };
     assert_eq!(errors[0].0, 2);

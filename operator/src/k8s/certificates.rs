@@ -144,7 +144,7 @@ impl CertificateReconciler {
             .filter(|k| k.kind == Kind::Thing)
             .filter_map(|key| {
                 let status = idx.status(key)?;
-                let Facts::Thing { x509: Some(x), .. } = &status.facts else {
+                let Facts::Thing { x509: Some(x), .. } = &*status.facts else {
                     return None;
                 };
                 let request = x.issue.as_ref()?;

@@ -13,7 +13,7 @@ use tokio::sync::watch;
 use crate::changes::{ChangeFeed, ChangedKeys};
 use crate::index::{Kind, ObjectKey};
 
-use super::packed::{Kept, Strings};
+use super::packed::{Interned, Kept};
 
 /// The kinds watched cluster-wide; all must have synced before the operator is ready.
 pub const WATCHED_KINDS: [Kind; 7] = [
@@ -100,8 +100,8 @@ struct SecretNamespace {
 #[derive(Debug, Default)]
 struct State {
     objects: HashMap<ObjectKey, Kept>,
-    /// The strings the kept statuses share.
-    strings: Strings,
+    /// The strings and condition shapes the kept statuses share.
+    strings: Interned,
     synced: BTreeSet<Kind>,
     /// Per kind, the resourceVersion up to which every watch event has been applied (see
     /// [`Observed::seen_version`]).

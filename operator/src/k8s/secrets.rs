@@ -273,7 +273,7 @@ impl SecretReconciler {
             keys,
             mode,
             ..
-        } = &desired.facts
+        } = &*desired.facts
         else {
             return;
         };

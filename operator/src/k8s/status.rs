@@ -178,7 +178,7 @@ pub fn full_status(
                 channels,
                 claims,
                 ..
-            } = &desired.facts
+            } = &*desired.facts
             {
                 status.namespace = Some(namespace.clone());
                 status.things = Some(*things);
@@ -218,7 +218,7 @@ fn thing_status(
         keys,
         x509,
         ..
-    } = &desired.facts
+    } = &*desired.facts
     {
         status.secret_name = Some(secret_name.clone());
         status.key_fingerprint = key_fingerprint.clone();
@@ -242,7 +242,7 @@ fn certificate_condition(
     shown: &[Condition],
     now: &Time,
 ) -> Option<Condition> {
-    let (type_, r) = match &desired.facts {
+    let (type_, r) = match &*desired.facts {
         Facts::Tenant {
             device_ca: Some(r), ..
         } => (DEVICE_CA, r),
@@ -280,7 +280,7 @@ fn policy_status(
         observed_generation,
         ..PolicyStatus::default()
     };
-    if let Facts::Policy { errors, enforced } = &desired.facts {
+    if let Facts::Policy { errors, enforced } = &*desired.facts {
         status.errors = errors
             .iter()
             .map(|(line, column, message)| PolicyTextError {
@@ -366,7 +366,8 @@ pub(crate) mod tests {
                 keys: u32::from(ready),
                 mode: fleetward_policy::CredentialMode::Key,
                 x509: None,
-            },
+            }
+            .into(),
         }
     }
 
@@ -466,7 +467,8 @@ pub(crate) mod tests {
                 channels: 1,
                 claims: Vec::new(),
                 device_ca: None,
-            },
+            }
+            .into(),
         };
         let e = enforcement(true, Some(1), None);
         let Some(ShownStatus::Tenant(s)) = full_status(Kind::Tenant, &desired, &e, None, &time(1))
@@ -484,7 +486,8 @@ pub(crate) mod tests {
             channels: 0,
             claims: Vec::new(),
             device_ca: None,
-        };
+        }
+        .into();
         desired.served = false;
         let e = enforcement(desired.served, None, Some(4));
         let Some(ShownStatus::Tenant(s)) = full_status(Kind::Tenant, &desired, &e, None, &time(1))

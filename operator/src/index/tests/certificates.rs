@@ -115,18 +115,14 @@ fn x509_thing(
 
 /// The `DeviceCA` condition of a tenant.
 fn device_ca_condition(index: &Index, tenant: &str) -> Option<Readiness> {
-    match &index.status(&ObjectKey::tenant(tenant))?.facts {
+    match &*index.status(&ObjectKey::tenant(tenant))?.facts {
         Facts::Tenant { device_ca, .. } => device_ca.clone(),
         _ => None,
     }
 }
 
 fn thing_facts(index: &Index, ns: &str, name: &str) -> Facts {
-    index
-        .status(&thing_key(ns, name))
-        .expect("a status")
-        .facts
-        .clone()
+    Facts::clone(&index.status(&thing_key(ns, name)).expect("a status").facts)
 }
 
 fn x509_facts(index: &Index, ns: &str, name: &str) -> X509Facts {
