@@ -45,6 +45,9 @@ const CONCURRENT_WRITES: usize = 32;
 /// Status writes per round; the rest are planned again next round, so a backlog never writes
 /// a status that has gone stale meanwhile.
 const WRITES_PER_ROUND: usize = 256;
+/// Statuses planned per round at most: the Ready ones among them are written first, the rest
+/// and the objects not yet planned are planned again next round.
+const PLANNED_PER_ROUND: usize = 4 * WRITES_PER_ROUND;
 /// The planner's name in the metrics.
 const PLANNER: &str = "status";
 
@@ -143,10 +146,10 @@ impl StatusWriter {
         let enforced = self.dataplanes.enforced_version();
         let scope = planner.scope(enforced, now);
         let mut writes = self.plan(planner, &scope, enforced, now);
-        let more = writes.len() > WRITES_PER_ROUND;
+        let more = writes.len() > WRITES_PER_ROUND || planner.carries();
         // Ready statuses first; the rest is planned again next round.
         writes.sort_by_key(|w| !is_ready(&w.status));
-        if more {
+        if writes.len() > WRITES_PER_ROUND {
             planner.carry(writes.drain(WRITES_PER_ROUND..).map(|w| w.key));
         }
         if !writes.is_empty() {
@@ -181,7 +184,7 @@ impl StatusWriter {
         self.metrics
             .planned(PLANNER, planned, *scope == Scope::Everything);
         self.observed
-            .with_objects(|objects| planner.plan(scope, &idx, objects, &inputs))
+            .with_objects(|objects| planner.plan(scope, &idx, objects, &inputs, PLANNED_PER_ROUND))
     }
 
     async fn write_all(&self, writes: Vec<Write>, planner: &mut Planner) {

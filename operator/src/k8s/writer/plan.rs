@@ -394,26 +394,36 @@ impl Planner {
     }
 
     /// The statuses of `scope` that differ from what their objects show and may be written.
+    ///
+    /// At most `limit` writes are made: the objects of `scope` not planned past them are
+    /// carried to the next round, so a round that finds every object to write (a cold start
+    /// before the dataplanes have applied anything) holds `limit` planned statuses, not one
+    /// per object.
     pub(super) fn plan(
         &mut self,
         scope: &Scope,
         idx: &Index,
         objects: &ShownObjects<'_>,
         inputs: &Inputs,
+        limit: usize,
     ) -> Vec<Write> {
-        match scope {
+        let mut keys: Box<dyn Iterator<Item = &ObjectKey>> = match scope {
             Scope::Everything => {
                 self.holds.retain(|key| idx.status(key).is_some());
                 self.reported.retain(|key| idx.status(key).is_some());
-                idx.objects()
-                    .filter_map(|key| self.plan_one(key, idx, objects, inputs))
-                    .collect()
+                Box::new(idx.objects())
             }
-            Scope::Keys(keys) => keys
-                .iter()
-                .filter_map(|key| self.plan_one(key, idx, objects, inputs))
-                .collect(),
+            Scope::Keys(keys) => Box::new(keys.iter()),
+        };
+        let mut writes = Vec::new();
+        for key in keys.by_ref() {
+            writes.extend(self.plan_one(key, idx, objects, inputs));
+            if writes.len() >= limit {
+                break;
+            }
         }
+        self.carried.extend(keys.cloned());
+        writes
     }
 
     /// The write `key` needs now, if any.
@@ -482,6 +492,11 @@ impl Planner {
         self.tenants.forget(key);
         self.awaiting.set(key, None);
         self.reported.forget(key);
+    }
+
+    /// Whether objects are carried to the next round.
+    pub(super) fn carries(&self) -> bool {
+        !self.carried.is_empty()
     }
 
     /// Plans these again next round (they were past the round's cap).

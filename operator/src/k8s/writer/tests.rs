@@ -415,6 +415,80 @@ async fn the_first_round_writes_every_status_and_a_commit_touching_one_object_pl
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_first_round_with_more_to_write_than_a_round_plans_writes_every_status_once() {
+    let objects = acme(2 * super::PLANNED_PER_ROUND);
+    let w = Running::start(&objects, |_| None);
+    settle().await;
+    let patches = w.api.status_patches();
+    assert_eq!(
+        patches.len(),
+        objects.len() - 1,
+        "every object but the Secret gets its status"
+    );
+    let names: std::collections::BTreeSet<&str> =
+        patches.iter().map(|(name, _, _)| name.as_str()).collect();
+    assert_eq!(names.len(), patches.len(), "each status is written once");
+    let (_, full) = w.metrics.plans("status");
+    assert_eq!(
+        full, 1,
+        "what a round did not plan is carried to the next, not planned in full again"
+    );
+}
+
+#[test]
+fn a_plan_stops_at_its_limit_and_carries_the_objects_it_did_not_reach() {
+    use std::collections::{BTreeSet, HashMap};
+
+    let index = SharedIndex::new(Index::new());
+    let observed = fixtures::listed();
+    index.update(|idx| {
+        for object in acme(40) {
+            if let Some((key, shown)) = fixtures::shown(&object) {
+                observed.set(key, shown);
+            }
+            idx.apply(object);
+        }
+    });
+    index.commit();
+    let replicas = Replicas::new();
+    let now = Instant::now();
+    let idx = index.read();
+    // The dataplanes have applied everything: every status is ready to go at once.
+    let enforced = Some(idx.snapshot().version());
+    let inputs = Inputs {
+        enforced,
+        remote: replicas.judge(&idx),
+        unsynced: BTreeSet::new(),
+        credentials_errors: HashMap::new(),
+        time: crate::k8s::status::now(),
+        now,
+    };
+    let plan = |planner: &mut Planner, limit: usize| {
+        let scope = planner.scope(enforced, now);
+        let writes = observed.with_objects(|o| planner.plan(&scope, &idx, o, &inputs, limit));
+        writes.into_iter().map(|w| w.key).collect::<BTreeSet<_>>()
+    };
+    let all = plan(
+        &mut Planner::new(index.changes(), observed.changes()),
+        usize::MAX,
+    );
+    assert!(all.len() > 10, "{} writes", all.len());
+
+    let mut planner = Planner::new(index.changes(), observed.changes());
+    let first = plan(&mut planner, 5);
+    assert_eq!(first.len(), 5);
+    assert!(planner.carries(), "the objects not reached are carried");
+    let rest = plan(&mut planner, usize::MAX);
+    assert!(!planner.carries());
+    assert!(first.is_disjoint(&rest));
+    assert_eq!(
+        first.union(&rest).cloned().collect::<BTreeSet<_>>(),
+        all,
+        "the two rounds plan what one round without a limit plans"
+    );
+}
+
+#[tokio::test(start_paused = true)]
 async fn the_periodic_resync_plans_everything_and_writes_nothing_when_all_is_right() {
     let objects = acme(20);
     let w = Running::start(&objects, |_| None);
@@ -593,7 +667,7 @@ fn heap_of_the_planner_at_a_cold_start_of_110k_objects() {
         let scope = planner.scope(enforced, now);
         assert_eq!(scope, Scope::Everything);
         let writes = observed
-            .with_objects(|objects| planner.plan(&scope, &idx, objects, &inputs))
+            .with_objects(|objects| planner.plan(&scope, &idx, objects, &inputs, usize::MAX))
             .len();
         drop(inputs);
         let kept = counting::in_use() - before;
