@@ -200,15 +200,34 @@ func loadPorts(dir string, apiPort int) (ports, error) {
 	if apiPort != 0 {
 		p.APIServer = apiPort
 	}
-	for _, port := range []*int{&p.EtcdClient, &p.EtcdPeer, &p.APIServer} {
+	// The listeners that found free ports stay open until every port is picked, so the
+	// kernel cannot hand the same port out twice (etcd's client and peer on one port fail
+	// to start); a port already set is never picked again either.
+	all := []*int{&p.EtcdClient, &p.EtcdPeer, &p.APIServer}
+	taken := map[int]bool{}
+	for _, port := range all {
 		if *port != 0 {
-			continue
+			taken[*port] = true
 		}
-		free, err := freePort()
-		if err != nil {
-			return p, err
+	}
+	var held []net.Listener
+	defer func() {
+		for _, l := range held {
+			l.Close()
 		}
-		*port = free
+	}()
+	for _, port := range all {
+		for *port == 0 {
+			l, err := listenFree()
+			if err != nil {
+				return p, err
+			}
+			held = append(held, l)
+			if free := l.Addr().(*net.TCPAddr).Port; !taken[free] {
+				*port = free
+				taken[free] = true
+			}
+		}
 	}
 	data, err := json.Marshal(p)
 	if err != nil {
@@ -220,14 +239,14 @@ func loadPorts(dir string, apiPort int) (ports, error) {
 	return p, nil
 }
 
-// freePort asks the kernel for an unused loopback port.
-func freePort() (int, error) {
+// listenFree listens on a loopback port the kernel picks: one free until the listener is
+// closed.
+func listenFree() (net.Listener, error) {
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
-		return 0, fmt.Errorf("find a free port on 127.0.0.1: %w", err)
+		return nil, fmt.Errorf("find a free port on 127.0.0.1: %w", err)
 	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port, nil
+	return l, nil
 }
 
 // emit prints one machine-readable line on stdout.
