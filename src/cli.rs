@@ -103,7 +103,10 @@ impl Cli {
             },
             Command::Status(args) => crate::inspect::status(&args),
             Command::Certs(args) => crate::certs::run(&args),
-            Command::Operator(args) => serve(fleetward_operator::runtime::run(*args)),
+            Command::Operator(args) => {
+                crate::free_pages_at_once();
+                serve(fleetward_operator::runtime::run(*args))
+            }
             Command::Dataplane(args) => serve(fleetward_dataplane::run(*args)),
             Command::Writer(args) => serve(crate::writer::run(*args)),
             Command::Crds(args) => crds(&args),
