@@ -123,17 +123,20 @@ where
     K: Eq + std::hash::Hash + Ord + Clone,
     T: PartialEq + Clone,
 {
-    // Both tables iterate in their keys' order, so both lists come out sorted.
-    let upserts = b
+    let mut upserts: Vec<(&K, &Arc<T>)> = b
         .iter()
         .filter(|(k, v)| match a.get(*k) {
             Some(old) => !Arc::ptr_eq(old, v) && **old != ***v,
             None => true,
         })
-        .map(|(_, v)| T::clone(v))
         .collect();
-    let removals = a.keys().filter(|k| !b.contains_key(*k)).cloned().collect();
-    Changes { upserts, removals }
+    upserts.sort_by(|x, y| x.0.cmp(y.0));
+    let mut removals: Vec<K> = a.keys().filter(|k| !b.contains_key(*k)).cloned().collect();
+    removals.sort();
+    Changes {
+        upserts: upserts.into_iter().map(|(_, v)| T::clone(v)).collect(),
+        removals,
+    }
 }
 
 /// The delta that turns `a` into `b`: `a.apply(&diff(a, b))` leaves `a == b`.

@@ -1,6 +1,7 @@
 //! The versioned policy snapshot: resource tables with O(1)-ish lookups and their derived
 //! indexes, in persistent maps, so that a copy costs O(1) and a change to it O(log n).
 
+mod table;
 mod tables;
 mod wire;
 
@@ -21,7 +22,7 @@ use crate::model::{
 };
 
 /// Where grants are indexed: a subject (by kind and name) and a channel, in one tenant.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub(crate) struct GrantTarget {
     tenant: String,
     kind: GrantSubjectKind,
@@ -29,7 +30,8 @@ pub(crate) struct GrantTarget {
     channel: String,
 }
 
-/// A borrowed [`GrantTarget`], ordered identically, for lookups without allocating.
+/// A borrowed [`GrantTarget`], hashed and ordered identically, for lookups without allocating.
+#[derive(Hash)]
 struct GrantTargetRef<'a> {
     tenant: &'a str,
     kind: GrantSubjectKind,
@@ -55,14 +57,15 @@ impl Comparable<GrantTarget> for GrantTargetRef<'_> {
 }
 
 /// A group member's identity, for the member → groups index.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub(crate) struct MemberKey {
     tenant: String,
     kind: SubjectKind,
     name: String,
 }
 
-/// A borrowed [`MemberKey`], ordered identically.
+/// A borrowed [`MemberKey`], hashed and ordered identically.
+#[derive(Hash)]
 struct MemberKeyRef<'a> {
     tenant: &'a str,
     kind: SubjectKind,
@@ -81,7 +84,8 @@ impl Comparable<MemberKey> for MemberKeyRef<'_> {
     }
 }
 
-/// A borrowed [`ResourceName`], ordered identically.
+/// A borrowed [`ResourceName`], hashed and ordered identically.
+#[derive(Hash)]
 struct NameRef<'a> {
     tenant: &'a str,
     name: &'a str,
@@ -112,10 +116,7 @@ pub enum BuildError {
     },
 }
 
-/// A persistent ordered map (a B-tree): a clone shares every node, a change copies the path to
-/// what it changes. Its nodes are at least half full, so it holds its entries in about one and
-/// a half times their size; a hash trie's leaves are fixed arrays, mostly empty at 100k keys.
-pub(crate) type Table<K, V> = imbl::OrdMap<K, V>;
+pub(crate) use table::Table;
 
 /// A versioned, immutable-by-convention set of policy tables.
 ///
@@ -281,9 +282,8 @@ impl Snapshot {
 
     /// Every resource as plain lists, each sorted by identity.
     pub fn to_resources(&self) -> Resources {
-        // A table iterates in its keys' order.
-        fn sorted<K: Ord + Clone, T: Clone>(m: &Table<K, Arc<T>>) -> Vec<T> {
-            m.values().map(|t| T::clone(t)).collect()
+        fn sorted<K: Ord + Clone + std::hash::Hash, T: Clone>(m: &Table<K, Arc<T>>) -> Vec<T> {
+            m.sorted_values().into_iter().map(|t| T::clone(t)).collect()
         }
         Resources {
             tenants: sorted(&self.tenants),

@@ -29,8 +29,10 @@ impl Snapshot {
         }
         if let Some(ca) = &tenant.device_ca {
             for subject in ca.subjects() {
-                let list = self.tenants_by_ca_subject.entry(subject.to_vec());
-                sorted_insert(list.or_default(), tenant.name.clone());
+                let list = self
+                    .tenants_by_ca_subject
+                    .entry_or_default(subject.to_vec());
+                sorted_insert(list, tenant.name.clone());
             }
         }
         self.external_tenants += usize::from(external(&tenant));
@@ -78,13 +80,13 @@ impl Snapshot {
             self.unindex_keys(&key, old);
         }
         for d in &thing.key_digests {
-            sorted_insert(self.things_by_key.entry(*d).or_default(), key.clone());
+            sorted_insert(self.things_by_key.entry_or_default(*d), key.clone());
         }
         if let Some(cn) = thing.x509.as_ref().and_then(|x| x.common_name.as_deref()) {
             let by = self
                 .things_by_common_name
-                .entry(ResourceName::new(&*thing.tenant, cn));
-            sorted_insert(by.or_default(), thing.name.clone());
+                .entry_or_default(ResourceName::new(&*thing.tenant, cn));
+            sorted_insert(by, thing.name.clone());
         }
         old
     }
@@ -138,7 +140,7 @@ impl Snapshot {
                 name: m.name.clone(),
             };
             sorted_insert(
-                self.groups_by_member.entry(member).or_default(),
+                self.groups_by_member.entry_or_default(member),
                 group.name.clone(),
             );
         }
@@ -190,7 +192,7 @@ impl Snapshot {
             subject: subject.to_owned(),
             channel: grant.channel.clone(),
         };
-        let list = self.grants_by_target.entry(target).or_default();
+        let list = self.grants_by_target.entry_or_default(target);
         match list.binary_search_by(|g| g.name.cmp(&grant.name)) {
             Ok(at) => list[at] = grant,
             Err(at) => list.insert(at, grant),

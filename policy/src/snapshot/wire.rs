@@ -47,9 +47,9 @@ struct SnapshotOwned {
     policies: Vec<TenantPolicy>,
 }
 
-/// A table's records, in its keys' order (which a table iterates in).
-fn sorted_refs<K: Ord, T>(m: &Table<K, Arc<T>>) -> Vec<&T> {
-    m.values().map(|t| &**t).collect()
+/// A table's records, in their keys' order.
+fn sorted_refs<K: Ord + Clone + std::hash::Hash, T>(m: &Table<K, Arc<T>>) -> Vec<&T> {
+    m.sorted_values().into_iter().map(|t| &**t).collect()
 }
 
 impl Serialize for Snapshot {
