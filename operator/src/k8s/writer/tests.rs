@@ -435,14 +435,12 @@ async fn a_first_round_with_more_to_write_than_a_round_plans_writes_every_status
     );
 }
 
-#[test]
-fn a_plan_stops_at_its_limit_and_carries_the_objects_it_did_not_reach() {
-    use std::collections::{BTreeSet, HashMap};
-
+/// An index and the observed state with `objects` applied and shown, committed once.
+fn indexed(objects: impl IntoIterator<Item = Resource>) -> (SharedIndex, Observed) {
     let index = SharedIndex::new(Index::new());
     let observed = fixtures::listed();
     index.update(|idx| {
-        for object in acme(40) {
+        for object in objects {
             if let Some((key, shown)) = fixtures::shown(&object) {
                 observed.set(key, shown);
             }
@@ -450,19 +448,33 @@ fn a_plan_stops_at_its_limit_and_carries_the_objects_it_did_not_reach() {
         }
     });
     index.commit();
+    (index, observed)
+}
+
+/// A planning round's inputs: the dataplanes at `enforced`, no namespace unsynced, no
+/// credentials error.
+fn inputs(enforced: Option<u64>, replicas: &Replicas, idx: &Index, now: Instant) -> Inputs {
+    Inputs {
+        enforced,
+        remote: replicas.judge(idx),
+        unsynced: std::collections::BTreeSet::new(),
+        credentials_errors: std::collections::HashMap::new(),
+        time: crate::k8s::status::now(),
+        now,
+    }
+}
+
+#[test]
+fn a_plan_stops_at_its_limit_and_carries_the_objects_it_did_not_reach() {
+    use std::collections::BTreeSet;
+
+    let (index, observed) = indexed(acme(40));
     let replicas = Replicas::new();
     let now = Instant::now();
     let idx = index.read();
     // The dataplanes have applied everything: every status is ready to go at once.
     let enforced = Some(idx.snapshot().version());
-    let inputs = Inputs {
-        enforced,
-        remote: replicas.judge(&idx),
-        unsynced: BTreeSet::new(),
-        credentials_errors: HashMap::new(),
-        time: crate::k8s::status::now(),
-        now,
-    };
+    let inputs = inputs(enforced, &replicas, &idx, now);
     let plan = |planner: &mut Planner, limit: usize| {
         let scope = planner.scope(enforced, now);
         let writes = observed.with_objects(|o| planner.plan(&scope, &idx, o, &inputs, limit));
@@ -634,21 +646,9 @@ async fn a_restarted_operator_whose_dataplanes_catch_up_within_the_hold_rewrites
 #[test]
 #[ignore = "measures this process's heap: run alone with --ignored --nocapture"]
 fn heap_of_the_planner_at_a_cold_start_of_110k_objects() {
-    use std::collections::{BTreeSet, HashMap};
-
     use crate::index::tests::footprint::{counting, namespace_objects};
 
-    let index = SharedIndex::new(Index::new());
-    let observed = fixtures::listed();
-    index.update(|idx| {
-        for object in namespace_objects() {
-            if let Some((key, shown)) = fixtures::shown(&object) {
-                observed.set(key, shown);
-            }
-            idx.apply(object);
-        }
-    });
-    index.commit();
+    let (index, observed) = indexed(namespace_objects());
     let version = index.read().snapshot().version();
     let replicas = Replicas::new();
     let mut planner = Planner::new(index.changes(), observed.changes());
@@ -656,14 +656,7 @@ fn heap_of_the_planner_at_a_cold_start_of_110k_objects() {
     let round = |planner: &mut Planner, enforced: Option<u64>| {
         let before = counting::in_use();
         let idx = index.read();
-        let inputs = Inputs {
-            enforced,
-            remote: replicas.judge(&idx),
-            unsynced: BTreeSet::new(),
-            credentials_errors: HashMap::new(),
-            time: crate::k8s::status::now(),
-            now,
-        };
+        let inputs = inputs(enforced, &replicas, &idx, now);
         let scope = planner.scope(enforced, now);
         assert_eq!(scope, Scope::Everything);
         let writes = observed
