@@ -33,8 +33,13 @@ static MALLOC_CONF: &[u8; 23] = b"background_thread:true\0";
 /// (10 s): for the operator, whose peak is a burst (its first commit resolves every object)
 /// that frees about as much as it keeps. With the default decay the freed pages stayed
 /// resident past that second: peak 326 MiB against 292 at 110k objects (BENCHMARKS.md). The
-/// dataplane keeps the default: it allocates per message, and reuses what it frees.
+/// dataplane keeps the default: it allocates per message, and reuses what it frees. A decay
+/// set in `_RJEM_MALLOC_CONF` is left as it is: that variable overrides these options.
 pub(crate) fn free_pages_at_once() {
+    let conf = std::env::var("_RJEM_MALLOC_CONF").unwrap_or_default();
+    if conf.contains("decay_ms") {
+        return;
+    }
     let set = |name: &str| {
         let name = format!("{name}\0");
         // SAFETY: both options are jemalloc's `ssize_t` decay times, written as an `isize`;
@@ -43,11 +48,11 @@ pub(crate) fn free_pages_at_once() {
     };
     // The default of arenas made from now on, then every arena made so far (one not made
     // yet refuses the write, and takes the default when it is).
+    let arenas: u32 = tikv_jemalloc_ctl::arenas::narenas::read().unwrap_or(0);
     for option in ["dirty_decay_ms", "muzzy_decay_ms"] {
         if let Err(e) = set(&format!("arenas.{option}")) {
             eprintln!("warning: jemalloc's arenas.{option} could not be set: {e}");
         }
-        let arenas: u32 = tikv_jemalloc_ctl::arenas::narenas::read().unwrap_or(0);
         for i in 0..arenas {
             let _ = set(&format!("arena.{i}.{option}"));
         }

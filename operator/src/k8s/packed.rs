@@ -207,12 +207,14 @@ impl Uid {
     fn unpack(&self) -> String {
         match self {
             Uid::Uuid(bytes) => {
+                const HEX: &[u8; 16] = b"0123456789abcdef";
                 let mut text = String::with_capacity(36);
                 for (i, byte) in bytes.iter().enumerate() {
                     if matches!(i, 4 | 6 | 8 | 10) {
                         text.push('-');
                     }
-                    text.push_str(&format!("{byte:02x}"));
+                    text.push(char::from(HEX[usize::from(byte >> 4)]));
+                    text.push(char::from(HEX[usize::from(byte & 0xf)]));
                 }
                 text
             }
