@@ -101,7 +101,7 @@ struct SecretNamespace {
 struct State {
     objects: HashMap<ObjectKey, Kept>,
     /// The strings and condition shapes the kept statuses share.
-    strings: Interned,
+    interned: Interned,
     synced: BTreeSet<Kind>,
     /// Per kind, the resourceVersion up to which every watch event has been applied (see
     /// [`Observed::seen_version`]).
@@ -180,7 +180,7 @@ impl Observed {
     pub fn set(&self, key: ObjectKey, shown: Shown) {
         let changed = {
             let state = &mut *self.lock();
-            let kept = Kept::pack(shown, &mut state.strings);
+            let kept = Kept::pack(shown, &mut state.interned);
             let changed = state.objects.get(&key) != Some(&kept);
             if changed {
                 state.objects.insert(key.clone(), kept);
@@ -197,7 +197,7 @@ impl Observed {
     /// end ([`Self::listed`]) tells that everything of its kind may have changed.
     pub(crate) fn record(&self, key: ObjectKey, shown: Shown) {
         let state = &mut *self.lock();
-        let kept = Kept::pack(shown, &mut state.strings);
+        let kept = Kept::pack(shown, &mut state.interned);
         state.objects.insert(key, kept);
     }
 
@@ -208,7 +208,7 @@ impl Observed {
             state
                 .objects
                 .get_mut(key)
-                .is_some_and(|kept| kept.set_status(status, &mut state.strings))
+                .is_some_and(|kept| kept.set_status(status, &mut state.interned))
         };
         if changed {
             self.changes.publish([key]);

@@ -5,10 +5,9 @@ mod table;
 mod tables;
 mod wire;
 
+use std::cmp::Ordering;
 use std::fmt;
 use std::sync::Arc;
-
-use std::cmp::Ordering;
 
 use equivalent::{Comparable, Equivalent};
 
