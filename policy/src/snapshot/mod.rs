@@ -29,6 +29,19 @@ pub(crate) struct GrantTarget {
     channel: String,
 }
 
+impl GrantTarget {
+    /// Where `grant` is indexed.
+    fn of(grant: &Grant) -> Self {
+        let (kind, subject) = grant.subject.parts();
+        Self {
+            tenant: grant.tenant.clone(),
+            kind,
+            subject: subject.to_owned(),
+            channel: grant.channel.clone(),
+        }
+    }
+}
+
 /// A borrowed [`GrantTarget`], hashed and ordered identically, for lookups without allocating.
 #[derive(Hash)]
 struct GrantTargetRef<'a> {
@@ -234,41 +247,36 @@ impl Snapshot {
                 name: format!("{tenant}/{name}"),
             }
         }
+        // Each put returns what it replaced: one descent per object, not a lookup before it.
         for t in resources.things {
-            if s.thing(&t.tenant, &t.name).is_some() {
-                return Err(dup("thing", &t.tenant, &t.name));
+            if let Some(old) = s.put_thing(t) {
+                return Err(dup("thing", &old.tenant, &old.name));
             }
-            s.put_thing(t);
         }
         for u in resources.users {
-            if s.user(&u.tenant, &u.name).is_some() {
-                return Err(dup("user", &u.tenant, &u.name));
+            if let Some(old) = s.put_user(u) {
+                return Err(dup("user", &old.tenant, &old.name));
             }
-            s.put_user(u);
         }
         for g in resources.groups {
-            if s.group(&g.tenant, &g.name).is_some() {
-                return Err(dup("group", &g.tenant, &g.name));
+            if let Some(old) = s.put_group(g) {
+                return Err(dup("group", &old.tenant, &old.name));
             }
-            s.put_group(g);
         }
         for c in resources.channels {
-            if s.channel(&c.tenant, &c.name).is_some() {
-                return Err(dup("channel", &c.tenant, &c.name));
+            if let Some(old) = s.put_channel(c) {
+                return Err(dup("channel", &old.tenant, &old.name));
             }
-            s.put_channel(c);
         }
         for g in resources.grants {
-            if s.grant(&g.tenant, &g.name).is_some() {
-                return Err(dup("grant", &g.tenant, &g.name));
+            if let Some(old) = s.put_grant(g) {
+                return Err(dup("grant", &old.tenant, &old.name));
             }
-            s.put_grant(g);
         }
         for p in resources.policies {
-            if s.policy(&p.tenant, &p.name).is_some() {
-                return Err(dup("policy", &p.tenant, &p.name));
+            if let Some(old) = s.put_policy(p) {
+                return Err(dup("policy", &old.tenant, &old.name));
             }
-            s.put_policy(p);
         }
         s.put_signing_keys(resources.signing_keys);
         // A new snapshot: every tenant at a version none had before, and no known changes.

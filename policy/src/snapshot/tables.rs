@@ -185,19 +185,23 @@ impl Snapshot {
         if let Some(old) = &old {
             self.unindex_grant(old);
         }
-        let (kind, subject) = grant.subject.parts();
-        let target = GrantTarget {
-            tenant: grant.tenant.clone(),
-            kind,
-            subject: subject.to_owned(),
-            channel: grant.channel.clone(),
+        self.index_grant(grant);
+        old
+    }
+
+    fn index_grant(&mut self, grant: Arc<Grant>) {
+        // Most targets hold one grant: one descent for those, and a second to put back the
+        // merged list for the rest (an entry would take a lookup and an insert for each).
+        let first = vec![grant.clone()];
+        let Some(mut list) = self.grants_by_target.insert(GrantTarget::of(&grant), first) else {
+            return;
         };
-        let list = self.grants_by_target.entry_or_default(target);
+        let target = GrantTarget::of(&grant);
         match list.binary_search_by(|g| g.name.cmp(&grant.name)) {
             Ok(at) => list[at] = grant,
             Err(at) => list.insert(at, grant),
         }
-        old
+        self.grants_by_target.insert(target, list);
     }
 
     pub(crate) fn take_grant(&mut self, tenant: &str, name: &str) -> Option<Arc<Grant>> {

@@ -122,6 +122,66 @@ fn refuses_duplicate_identities() {
         Snapshot::from_resources(1, r),
         Err(BuildError::Duplicate { kind: "tenant", .. })
     ));
+    // Every kind, with the duplicate last (after the rest of its kind went in).
+    type AddDuplicate = fn(&mut Resources);
+    let cases: [(&str, &str, AddDuplicate); 4] = [
+        ("user", "t0/alice", |r| r.users.push(r.users[0].clone())),
+        ("group", "t0/all", |r| r.groups.push(r.groups[0].clone())),
+        ("channel", "t0/telemetry", |r| {
+            r.channels.push(r.channels[0].clone())
+        }),
+        ("grant", "t0/grant-0", |r| {
+            r.grants.push(r.grants[0].clone())
+        }),
+    ];
+    for (kind, name, add) in cases {
+        let mut r = mk_resources(1, 2);
+        add(&mut r);
+        assert_eq!(
+            Snapshot::from_resources(1, r).err(),
+            Some(BuildError::Duplicate {
+                kind,
+                name: name.into()
+            }),
+            "{kind}"
+        );
+    }
+}
+
+#[test]
+fn grants_that_share_a_subject_and_channel_are_found_in_name_order() {
+    let mut r = mk_resources(1, 1);
+    for name in ["grant-c", "grant-a", "grant-b"] {
+        let mut g = r.grants[0].clone();
+        g.name = name.into();
+        r.grants.push(g);
+    }
+    let built = Snapshot::from_resources(1, r.clone()).expect("unique");
+    let names = |s: &Snapshot| -> Vec<String> {
+        s.grants_for("t0", &GrantSubject::Thing("thing-0".into()), "telemetry")
+            .iter()
+            .map(|g| g.name.clone())
+            .collect()
+    };
+    assert_eq!(names(&built), ["grant-0", "grant-a", "grant-b", "grant-c"]);
+    // The same grants upserted one by one, in the reverse order, and one removed and put back.
+    let mut upserted = Snapshot::from_resources(
+        1,
+        Resources {
+            grants: vec![],
+            ..r.clone()
+        },
+    )
+    .expect("unique");
+    for g in r.grants.iter().rev() {
+        upserted.upsert_grant(g.clone());
+    }
+    assert_eq!(names(&upserted), names(&built));
+    assert!(upserted.remove_grant("t0", "grant-a").is_some());
+    assert_eq!(names(&upserted), ["grant-0", "grant-b", "grant-c"]);
+    upserted.upsert_grant(r.grants[2].clone());
+    assert_eq!(names(&upserted), names(&built));
+    assert_eq!(upserted.to_resources(), built.to_resources());
 }
 
 #[test]
