@@ -7,7 +7,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-step() { printf '\n==> %s\n' "$*"; }
+# Each step names the disk space left as it starts: a CI machine's disk is shared, and a run
+# that fills it fails wherever it is (this run takes about 20 GB on a fresh machine).
+step() { printf '\n==> %s (disk: %s free)\n' "$*" "$(df -h . | awk 'NR == 2 { print $4 }')"; }
 started=$(date +%s)
 
 # A clean checkout gains nothing from incremental compilation, and its cache
