@@ -56,7 +56,7 @@ scripts/bench-suite.sh --smoke
 step "fuzz smoke run"
 # The fuzz builds take about 4 GB (policy/fuzz/target, dataplane/fuzz/target). When less than
 # 8 GB is left, the test builds above go first: no later step uses them, and a CI machine's
-# disk is shared with other jobs (a run ran out of it here once).
+# disk is shared with other jobs (a CI run once ran out of it while building a fuzz target).
 free_kib=$(df -Pk . | awk 'NR == 2 { print $4 }')
 if (( free_kib < 8 * 1024 * 1024 )); then
   echo "only $((free_kib / 1024)) MiB free: removing target/debug and target/release first"
