@@ -99,6 +99,18 @@ pub struct OperatorArgs {
     /// chart mounts an emptyDir here, which a container restart keeps.
     #[arg(long, value_name = "DIR", env = "FLEETWARD_STATE_DIR")]
     pub state_dir: Option<PathBuf>,
+    /// The PolicySync URL of a running replica (the chart gives the operator's Service, which
+    /// routes to ready replicas only): a start whose --state-dir holds no saved state fetches
+    /// that replica's and resumes from it instead of listing every object. Authenticated
+    /// with this replica's token and, for `https://`, its --tls-cert and --tls-key, checking
+    /// the peer against --client-ca. Empty: list.
+    #[arg(
+        long,
+        value_name = "URL",
+        env = "FLEETWARD_SEED_FROM",
+        requires = "state_dir"
+    )]
+    pub seed_from: Option<String>,
 }
 
 impl OperatorArgs {
@@ -158,8 +170,40 @@ impl OperatorArgs {
         Ok(grpc::ServerConfig {
             token,
             tls,
+            saved_state: self.state_dir.as_deref().map(k8s::resume::file),
             ..grpc::ServerConfig::default()
         })
+    }
+
+    /// The replica to start from (`--seed-from`), authenticated as `config` authenticates
+    /// dataplanes.
+    fn seed_peer(&self, config: &grpc::ServerConfig) -> anyhow::Result<Option<k8s::seed::Peer>> {
+        let Some(url) = self.seed_from.as_deref().filter(|u| !u.is_empty()) else {
+            return Ok(None);
+        };
+        let tls = if url.starts_with("https://") {
+            let ca = self.client_ca.as_deref().with_context(|| {
+                format!(
+                    "--seed-from {url} is https: give --client-ca, the CA the replicas' \
+                     certificates chain to"
+                )
+            })?;
+            let identity = config
+                .tls
+                .as_ref()
+                .map(|tls| (tls.cert_pem.clone(), tls.key_pem.clone()));
+            Some(k8s::seed::PeerTls {
+                ca_pem: fleetward_process::read_file(ca)?,
+                identity,
+            })
+        } else {
+            None
+        };
+        Ok(Some(k8s::seed::Peer {
+            url: url.to_owned(),
+            token: config.token.clone(),
+            tls,
+        }))
     }
 }
 
@@ -201,29 +245,42 @@ impl ReplicaState {
     }
 }
 
-/// The state saved in `dir`, when there is one, restored into `feed` (see
-/// `k8s::resume`); where each restored kind's watch resumes.
-async fn restore(dir: Option<&PathBuf>, feed: &Feed) -> anyhow::Result<k8s::resume::Resume> {
+/// The state saved in `dir`, when there is one, restored into `feed` (see `k8s::resume`);
+/// where each restored kind's watch resumes. When there is none, `peer`'s first (see
+/// `k8s::seed`).
+async fn restore(
+    dir: Option<&PathBuf>,
+    peer: Option<k8s::seed::Peer>,
+    feed: &Feed,
+) -> anyhow::Result<k8s::resume::Resume> {
     let Some(dir) = dir else {
         return Ok(k8s::resume::Resume::new());
     };
     std::fs::create_dir_all(dir)
         .with_context(|| format!("cannot create --state-dir {}", dir.display()))?;
+    if let Some(peer) = peer {
+        k8s::seed::seed_logged(dir, &peer).await;
+    }
     let (dir, feed) = (dir.clone(), feed.clone());
     Ok(tokio::task::spawn_blocking(move || k8s::resume::restore(&dir, &feed)).await?)
+}
+
+/// Where this replica publishes its dataplane reports, next to the election `lease`.
+fn report_config(lease: &LeaseConfig) -> ReportConfig {
+    ReportConfig {
+        namespace: lease.namespace.clone(),
+        election: lease.name.clone(),
+        identity: lease.identity.clone(),
+        // Reports are renewed every third of this: twice the election's, to write less often.
+        duration: Duration::from_secs(lease.duration_secs.saturating_mul(2)),
+    }
 }
 
 /// Runs the operator until SIGTERM or SIGINT: then it stops writing, releases the Lease,
 /// drains and returns `Ok`. Expects tracing to be set up by the caller.
 pub async fn run(args: OperatorArgs) -> anyhow::Result<()> {
     let lease = args.lease()?;
-    let reports = ReportConfig {
-        namespace: lease.namespace.clone(),
-        election: lease.name.clone(),
-        identity: lease.identity.clone(),
-        // Reports are renewed every third of this: twice the election's, to write less often.
-        duration: Duration::from_secs(lease.duration_secs.saturating_mul(2)),
-    };
+    let reports = report_config(&lease);
     let client = Client::try_default().await.context(
         "cannot reach the Kubernetes API: set KUBECONFIG to a kubeconfig, or run in a pod with \
          a service account",
@@ -235,7 +292,13 @@ pub async fn run(args: OperatorArgs) -> anyhow::Result<()> {
     };
     tracing::info!(identity = %lease.identity, namespace = %lease.namespace, lease = %lease.name, "starting the operator");
 
-    let resume = restore(args.state_dir.as_ref(), &state.feed()).await?;
+    let mut config = args.server_config()?;
+    let resume = restore(
+        args.state_dir.as_ref(),
+        args.seed_peer(&config)?,
+        &state.feed(),
+    )
+    .await?;
     let leadership = Leadership::start(client.clone(), lease, state.metrics.clone());
     let (shutdown_tx, shutdown) = watch::channel(false);
     let mut tasks = spawn_tasks(
@@ -253,7 +316,6 @@ pub async fn run(args: OperatorArgs) -> anyhow::Result<()> {
     let grpc_listener = tokio::net::TcpListener::bind(args.grpc_listen)
         .await
         .with_context(|| format!("cannot listen on --grpc-listen {}", args.grpc_listen))?;
-    let mut config = args.server_config()?;
     config.provisioner = Some(crate::provisioning::KubeProvisioner::new(client.clone()));
     let mut grpc = tokio::spawn(serve_policy_sync(
         grpc_listener,
@@ -528,6 +590,47 @@ mod tests {
             .expect("parses");
         assert!(missing.args.server_config().is_err());
         std::fs::remove_dir_all(&dir).ok();
+    }
+
+    #[test]
+    fn a_peer_to_seed_from_needs_a_state_directory_and_for_https_a_ca() {
+        let parse = |args: &[&str]| {
+            Cli::try_parse_from([&["operator", "--token", "t"], args].concat()).map(|c| c.args)
+        };
+        assert!(
+            parse(&["--seed-from", "http://peer:50051"]).is_err(),
+            "without --state-dir there is no file to seed"
+        );
+        let none = parse(&["--state-dir", "/tmp/s", "--seed-from", ""]).expect("parses");
+        let config = none.server_config().expect("valid");
+        assert!(
+            none.seed_peer(&config).expect("valid").is_none(),
+            "empty: list"
+        );
+        assert_eq!(
+            config.saved_state.as_deref(),
+            Some(std::path::Path::new("/tmp/s/operator-state.jsonl")),
+            "a state directory's file is what SavedState sends"
+        );
+
+        let plain =
+            parse(&["--state-dir", "/tmp/s", "--seed-from", "http://peer:50051"]).expect("parses");
+        let peer = plain
+            .seed_peer(&plain.server_config().expect("valid"))
+            .expect("valid")
+            .expect("a peer");
+        assert_eq!(
+            (peer.url.as_str(), peer.token.as_deref(), peer.tls.is_none()),
+            ("http://peer:50051", Some("t"), true),
+            "the replica's own token"
+        );
+
+        let https =
+            parse(&["--state-dir", "/tmp/s", "--seed-from", "https://peer:50051"]).expect("parses");
+        let error = https
+            .seed_peer(&https.server_config().expect("valid"))
+            .expect_err("no CA to check the peer against");
+        assert!(error.to_string().contains("--client-ca"), "{error}");
     }
 
     #[test]

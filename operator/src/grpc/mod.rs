@@ -27,7 +27,7 @@ mod wire;
 use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -70,6 +70,9 @@ pub struct ServerConfig {
     /// What makes Things for dataplanes' fleet provisioning requests; `None` answers them
     /// UNAVAILABLE.
     pub provisioner: Option<Arc<dyn crate::provisioning::Provisioner>>,
+    /// The file of this replica's saved state, which `SavedState` sends to a new replica;
+    /// `None` answers it UNAVAILABLE.
+    pub saved_state: Option<PathBuf>,
 }
 
 impl std::fmt::Debug for ServerConfig {
@@ -83,6 +86,7 @@ impl std::fmt::Debug for ServerConfig {
             .field("hello_timeout", &self.hello_timeout)
             .field("drain_timeout", &self.drain_timeout)
             .field("provisioner", &self.provisioner.is_some())
+            .field("saved_state", &self.saved_state)
             .finish()
     }
 }
@@ -98,6 +102,7 @@ impl Default for ServerConfig {
             hello_timeout: Duration::from_secs(30),
             drain_timeout: Duration::from_secs(10),
             provisioner: None,
+            saved_state: None,
         }
     }
 }
@@ -274,6 +279,7 @@ impl tonic::service::Interceptor for TokenCheck {
 pub(crate) struct PolicySyncService {
     shared: Arc<session::SessionContext>,
     provisioner: Option<Arc<dyn crate::provisioning::Provisioner>>,
+    saved_state: Option<PathBuf>,
 }
 
 impl PolicySyncService {
@@ -297,6 +303,7 @@ impl PolicySyncService {
                 next_session: Default::default(),
             }),
             provisioner: config.provisioner.clone(),
+            saved_state: config.saved_state.clone(),
         }
     }
 }
@@ -316,6 +323,10 @@ fn new_lineage() -> String {
 }
 
 type UpdateStream = Pin<Box<dyn Stream<Item = Result<wire::Outgoing, Status>> + Send>>;
+type StateStream = Pin<Box<dyn Stream<Item = Result<pb::StateChunk, Status>> + Send>>;
+
+/// The size of one `StateChunk`.
+const STATE_CHUNK: usize = 1024 * 1024;
 
 impl PolicySyncService {
     /// A Sync stream: one session, which sends the updates the dataplane needs.
@@ -364,5 +375,55 @@ impl PolicySyncService {
                 Failure::Unavailable(_) => Status::unavailable(e.to_string()),
             }),
         }
+    }
+}
+
+impl PolicySyncService {
+    /// A SavedState call: the state file's bytes, read from one open file, so a save that
+    /// replaces the file meanwhile does not mix two states.
+    async fn saved_state(&self) -> Result<Response<StateStream>, Status> {
+        let Some(path) = &self.saved_state else {
+            return Err(Status::unavailable(
+                "this operator keeps no saved state (no --state-dir): list instead",
+            ));
+        };
+        let mut file = match tokio::fs::File::open(path).await {
+            Ok(file) => file,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(Status::unavailable(
+                    "this operator has not saved its state yet: list instead",
+                ));
+            }
+            Err(e) => {
+                tracing::warn!(file = %path.display(), error = %e, "cannot open the saved state for a peer");
+                return Err(Status::unavailable(format!(
+                    "this operator cannot read its saved state: {e}"
+                )));
+            }
+        };
+        tracing::info!(file = %path.display(), "sending the saved state to a new replica");
+        let (tx, rx) = mpsc::channel(4);
+        tokio::spawn(async move {
+            use tokio::io::AsyncReadExt as _;
+            loop {
+                let mut data = Vec::with_capacity(STATE_CHUNK);
+                let chunk = match (&mut file)
+                    .take(STATE_CHUNK as u64)
+                    .read_to_end(&mut data)
+                    .await
+                {
+                    Ok(0) => return,
+                    Ok(_) => Ok(pb::StateChunk { data }),
+                    Err(e) => Err(Status::unavailable(format!(
+                        "reading the saved state failed: {e}"
+                    ))),
+                };
+                let failed = chunk.is_err();
+                if tx.send(chunk).await.is_err() || failed {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 }

@@ -1,4 +1,4 @@
-//! The PolicySync service's two routes, written here rather than taken from tonic's generated
+//! The PolicySync service's routes, written here rather than taken from tonic's generated
 //! server, so that a full snapshot goes out as the bytes encoded once per version
 //! ([`super::encoded`]) and shared by every stream. The generated server takes each message by
 //! value: every stream sending a full snapshot would own a copy of the whole protobuf message
@@ -13,7 +13,7 @@ use prost::bytes::BufMut;
 use prost::encoding::{WireType, encode_key, encode_varint, encoded_len_varint, key_len};
 use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 use tonic::codegen::{BoxFuture, Context, Poll, Service, StdError, http};
-use tonic::server::{Grpc, NamedService, StreamingService, UnaryService};
+use tonic::server::{Grpc, NamedService, ServerStreamingService, StreamingService, UnaryService};
 use tonic::{Request, Response, Status, Streaming};
 use tonic_prost::{ProstCodec, ProstDecoder};
 
@@ -27,6 +27,7 @@ const UPDATE_SNAPSHOT: u32 = 4;
 
 const SYNC: &str = "/fleetward.policysync.v1.PolicySync/Sync";
 const PROVISION: &str = "/fleetward.policysync.v1.PolicySync/Provision";
+const SAVED_STATE: &str = "/fleetward.policysync.v1.PolicySync/SavedState";
 
 /// What a session sends, an OperatorMessage carrying an update: `update` as it is, or with
 /// `snapshot`, a full snapshot already encoded, as its payload.
@@ -100,7 +101,8 @@ impl Decoder for SyncDecoder {
     }
 }
 
-/// The service tonic serves: Sync with [`SyncCodec`], Provision with plain protobuf.
+/// The service tonic serves: Sync with [`SyncCodec`], Provision and SavedState with plain
+/// protobuf.
 #[derive(Clone)]
 pub(crate) struct Routes {
     service: Arc<PolicySyncService>,
@@ -149,8 +151,15 @@ where
                 let mut grpc = self.grpc(ProstCodec::default());
                 Box::pin(async move { Ok(grpc.unary(method, req).await) })
             }
+            SAVED_STATE => {
+                let mut grpc = self.grpc(ProstCodec::default());
+                Box::pin(async move { Ok(grpc.server_streaming(method, req).await) })
+            }
             _ => Box::pin(async {
-                Ok(Status::unimplemented("PolicySync has Sync and Provision only").into_http())
+                Ok(
+                    Status::unimplemented("PolicySync has Sync, Provision and SavedState only")
+                        .into_http(),
+                )
             }),
         }
     }
@@ -177,6 +186,17 @@ impl UnaryService<pb::ProvisionRequest> for Method {
     fn call(&mut self, request: Request<pb::ProvisionRequest>) -> Self::Future {
         let service = self.0.clone();
         Box::pin(async move { service.provision(request).await })
+    }
+}
+
+impl ServerStreamingService<pb::SavedStateRequest> for Method {
+    type Response = pb::StateChunk;
+    type ResponseStream = super::StateStream;
+    type Future = BoxFuture<Response<Self::ResponseStream>, Status>;
+
+    fn call(&mut self, _: Request<pb::SavedStateRequest>) -> Self::Future {
+        let service = self.0.clone();
+        Box::pin(async move { service.saved_state().await })
     }
 }
 

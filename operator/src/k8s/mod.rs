@@ -28,6 +28,7 @@ mod packed;
 pub mod replica_leases;
 pub mod resume;
 pub mod secrets;
+pub mod seed;
 pub mod signing;
 pub mod status;
 pub mod watch;

@@ -74,6 +74,11 @@ struct Saved {
     object: Object,
 }
 
+/// The state file in `dir`.
+pub fn file(dir: &Path) -> PathBuf {
+    dir.join(FILE)
+}
+
 /// Writes `feed`'s state into `dir`, replacing the file whole; returns the objects written.
 /// Only kinds with a resourceVersion are saved: the others are listed at a restart anyway.
 pub fn save(dir: &Path, feed: &Feed) -> io::Result<usize> {
@@ -254,4 +259,4 @@ pub async fn save_in_background(dir: &Path, feed: &Feed) -> Option<Duration> {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

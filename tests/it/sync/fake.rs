@@ -52,6 +52,18 @@ impl PolicySync for Fake {
     ) -> Result<Response<pb::ProvisionResponse>, Status> {
         Err(Status::unavailable("the fake operator makes no Things"))
     }
+
+    type SavedStateStream = Pin<Box<dyn Stream<Item = Result<pb::StateChunk, Status>> + Send>>;
+
+    /// The scripted operator keeps no state, as an operator without `--state-dir` answers.
+    async fn saved_state(
+        &self,
+        _: Request<pb::SavedStateRequest>,
+    ) -> Result<Response<Self::SavedStateStream>, Status> {
+        Err(Status::unavailable(
+            "the fake operator keeps no saved state",
+        ))
+    }
 }
 
 /// Starts the fake operator; returns its URL and the script that drives it.

@@ -10,7 +10,7 @@ use crate::k8s::observed::{Observed, ShownStatus};
 use crate::metrics::Metrics;
 use crate::shared::SharedIndex;
 
-fn feed() -> Feed {
+pub(crate) fn feed() -> Feed {
     Feed {
         index: Arc::new(SharedIndex::new(Index::new())),
         observed: Arc::new(Observed::new()),
@@ -45,7 +45,7 @@ fn shown(key: &ObjectKey, i: usize) -> Shown {
 
 /// A feed holding the examples, as the watches feed them, every kind but Groups with a
 /// resourceVersion (Groups still listing).
-fn fed() -> Feed {
+pub(crate) fn fed() -> Feed {
     let feed = feed();
     for (i, object) in example_objects().into_iter().enumerate() {
         let key = object.key().expect("examples are named");
