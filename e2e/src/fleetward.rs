@@ -14,7 +14,7 @@ use std::process::Command;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result, bail, ensure};
 use serde_json::{Value, json};
 
 use crate::chart::{self, RELEASE};
@@ -79,6 +79,17 @@ impl Release {
             chart,
         })
     }
+}
+
+/// What a replica is launched from.
+#[derive(Clone, Copy)]
+struct Launch<'a> {
+    release: &'a Release,
+    id: &'a str,
+    state_dir: &'a Path,
+    kubeconfig: &'a Path,
+    sync_token: &'a str,
+    log_dir: &'a Path,
 }
 
 /// One operator replica.
@@ -149,7 +160,7 @@ impl Operator {
 
     /// Like [`Operator::launch`], running `release` and saving its state in `state_dir`: a
     /// restart of a stopped replica, given the replica's [`Operator::state_dir`], resumes from
-    /// what it saved.
+    /// what it saved. With no state there, it lists: the harness has no Service to seed from.
     pub fn launch_release(
         release: &Release,
         id: &str,
@@ -157,8 +168,55 @@ impl Operator {
         kubeconfig: &Path,
         sync_token: &str,
         log_dir: &Path,
-        (sync_addr, admin_addr): (SocketAddr, SocketAddr),
+        addrs: (SocketAddr, SocketAddr),
     ) -> Result<Self> {
+        let launch = Launch {
+            release,
+            id,
+            state_dir,
+            kubeconfig,
+            sync_token,
+            log_dir,
+        };
+        Self::spawn(&launch, addrs, "")
+    }
+
+    /// Like [`Operator::launch`], a new replica (its state directory empty) that starts from
+    /// the saved state of the running replica at `peer_url`, as the chart's new pods do with
+    /// the operator's Service (`--seed-from`).
+    pub fn launch_seeded(
+        id: &str,
+        kubeconfig: &Path,
+        sync_token: &str,
+        log_dir: &Path,
+        addrs: (SocketAddr, SocketAddr),
+        peer_url: &str,
+    ) -> Result<Self> {
+        let launch = Launch {
+            release: &Release::current()?,
+            id,
+            state_dir: &Self::state_dir_of(log_dir, id),
+            kubeconfig,
+            sync_token,
+            log_dir,
+        };
+        Self::spawn(&launch, addrs, peer_url)
+    }
+
+    /// Spawns `launch` on `addrs`, seeding from `seed_from` (empty: none).
+    fn spawn(
+        launch: &Launch<'_>,
+        (sync_addr, admin_addr): (SocketAddr, SocketAddr),
+        seed_from: &str,
+    ) -> Result<Self> {
+        let Launch {
+            release,
+            id,
+            state_dir,
+            kubeconfig,
+            sync_token,
+            log_dir,
+        } = *launch;
         let rendered =
             chart::template_of(&release.chart, OPERATOR_NAMESPACE, &[], &operator_values())?;
         let container = rendered.container(&format!("{RELEASE}-operator"), "operator")?;
@@ -171,6 +229,16 @@ impl Operator {
         // Releases before the operator saved its state do not pass it.
         if container.flag("--state-dir").is_some() {
             flags.insert("--state-dir", path_string(state_dir)?);
+        }
+        // Nor, before new replicas started from a peer's state, the peer to ask.
+        if container.flag("--seed-from").is_some() {
+            flags.insert("--seed-from", seed_from.to_owned());
+        } else {
+            ensure!(
+                seed_from.is_empty(),
+                "release {} cannot start from a peer's state",
+                release.binary.display()
+            );
         }
         let fields = BTreeMap::from([
             ("metadata.name", id.to_owned()),

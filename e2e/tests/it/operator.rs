@@ -729,13 +729,6 @@ fn a_restart_resumes_its_watches_from_the_saved_state_and_lists_when_the_history
         let addrs = (op.sync_addr, op.admin_addr);
         let state_dir = op.state_dir.clone();
         let file = state_dir.join("operator-state.jsonl");
-        let thing = |name: &str| {
-            json!({
-                "apiVersion": "fleetward.io/v1alpha1", "kind": "Thing",
-                "metadata": {"name": name, "namespace": "acme"}, "spec": {},
-            })
-            .to_string()
-        };
 
         // Stopped (SIGTERM saves the state whole); meanwhile a Thing goes and one comes.
         ensure!(
@@ -748,7 +741,7 @@ fn a_restart_resumes_its_watches_from_the_saved_state_and_lists_when_the_history
             file.display()
         );
         kubectl.run(&["delete", "thing", "sensor-1", "-n", "acme"])?;
-        kubectl.apply(&thing("while-down"))?;
+        kubectl.apply(&acme_thing("while-down"))?;
         op = restart_on("operator-0-resumed", &state_dir, &plane, logs, addrs)?;
         let log = log_of(logs, &op)?;
         ensure!(
@@ -789,7 +782,7 @@ fn a_restart_resumes_its_watches_from_the_saved_state_and_lists_when_the_history
         }
         std::fs::write(&file, format!("{header}\n{rest}"))?;
         kubectl.run(&["delete", "thing", "while-down", "-n", "acme"])?;
-        kubectl.apply(&thing("after-expiry"))?;
+        kubectl.apply(&acme_thing("after-expiry"))?;
         op = restart_on("operator-0-expired", &state_dir, &plane, logs, addrs)?;
         snapshot_things(&op, "acme/after-expiry", "acme/while-down")?;
         let log = log_of(logs, &op)?;
@@ -798,6 +791,99 @@ fn a_restart_resumes_its_watches_from_the_saved_state_and_lists_when_the_history
                 && log.contains("listed kind=\"Thing\""),
             "an expired resourceVersion falls back to a list; see {}.log",
             op.id
+        );
+        Ok(())
+    });
+}
+
+/// A Thing in `acme`, as `kubectl apply` takes it.
+fn acme_thing(name: &str) -> String {
+    json!({
+        "apiVersion": "fleetward.io/v1alpha1", "kind": "Thing",
+        "metadata": {"name": name, "namespace": "acme"}, "spec": {},
+    })
+    .to_string()
+}
+
+/// A new replica on free ports, with an empty state directory, that starts from `peer`'s
+/// saved state, authenticated with `token`; waits until it is ready.
+fn seeded_replica(
+    id: &str,
+    plane: &ControlPlane,
+    logs: &LogDir,
+    token: &str,
+    peer: &Operator,
+) -> Result<Operator> {
+    let [sync, admin] = fleetward_e2e::ports::free_ports()?;
+    let addrs = (
+        fleetward_e2e::ports::loopback(sync),
+        fleetward_e2e::ports::loopback(admin),
+    );
+    let kubeconfig = plane.kubeconfig();
+    let mut op =
+        Operator::launch_seeded(id, kubeconfig, token, logs.path(), addrs, &peer.sync_url())?;
+    wait_until(&format!("{id} ready"), SETTLE, || {
+        ensure!(op.process.is_running(), "{id} exited; see its log");
+        Ok(http_status(op.admin_addr, "/readyz").is_ok_and(|s| s == 200))
+    })?;
+    Ok(op)
+}
+
+#[test]
+#[ignore = "end-to-end: run by scripts/test.sh"]
+fn a_new_replica_starts_from_a_running_replicas_saved_state_and_lists_when_refused() {
+    run_test("operator-seed", |logs| {
+        let (plane, kubectl) = cluster(logs)?;
+        apply_examples(&kubectl)?;
+        let running = start_operators(1, plane.kubeconfig(), TOKEN, logs.path())?.remove(0);
+        wait_all_ready(&kubectl, &["acme", "globex"])?;
+        let file = running.state_dir.join("operator-state.jsonl");
+        wait_until("the running replica saves its state", SETTLE, || {
+            Ok(file.exists())
+        })?;
+        // Changes after that save: the new replica's watches resume from the save's
+        // resourceVersions, and bring them.
+        kubectl.run(&["delete", "thing", "sensor-1", "-n", "acme"])?;
+        kubectl.apply(&acme_thing("after-save"))?;
+
+        let seeded = seeded_replica("operator-1-seeded", &plane, logs, TOKEN, &running)?;
+        let log = log_of(logs, &seeded)?;
+        ensure!(
+            log.contains("seeded the state from a running replica")
+                && log.contains("restored the saved state")
+                && !log.contains("listed kind=\"Thing\""),
+            "the new replica started from the running one's state instead of listing; see {}.log",
+            seeded.id
+        );
+        snapshot_things(&seeded, "acme/after-save", "acme/sensor-1")?;
+        ensure!(
+            log_of(logs, &running)?.contains("sending the saved state to a new replica"),
+            "the running replica logs what it sent"
+        );
+
+        // A replica the running one refuses (another token) lists, and serves all the same.
+        let refused = seeded_replica(
+            "operator-2-refused",
+            &plane,
+            logs,
+            "not-the-token",
+            &running,
+        )?;
+        let log = log_of(logs, &refused)?;
+        ensure!(
+            log.contains("cannot start from a running replica's state")
+                && log.contains("Unauthenticated")
+                && log.contains("wrong PolicySync token")
+                && log.contains("listed kind=\"Thing\""),
+            "a refused replica says why and lists; see {}.log",
+            refused.id
+        );
+        ensure!(
+            !refused
+                .state_dir
+                .join(".operator-state.jsonl.seed")
+                .exists(),
+            "a refused transfer leaves nothing behind"
         );
         Ok(())
     });
