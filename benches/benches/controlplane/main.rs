@@ -43,6 +43,7 @@ use fleetward_e2e::fleetward::{
     start_dataplane_pair, start_operators,
 };
 use fleetward_e2e::policysync::{Resume, SyncClient};
+use fleetward_e2e::ports::{free_ports, loopback};
 use fleetward_e2e::{ControlPlane, Kubectl, LogDir, Nats, run_test, wait_every};
 use fleetward_proto::pb;
 
@@ -242,8 +243,15 @@ fn main() {
             "bench: restart with the saved state took {:.1?}",
             phase.elapsed()
         );
+
+        let phase = Instant::now();
+        let seeded = seeded_start(&plane, &op, logs.path())?;
+        eprintln!(
+            "bench: a new replica seeded from a running one took {:.1?}",
+            phase.elapsed()
+        );
         eprintln!("bench: the whole run took {:.1?}", run.elapsed());
-        drop((op, a, b));
+        drop((seeded, op, a, b));
         hold(&plane)
     });
 }

@@ -1,5 +1,5 @@
 //! Phases 3 and 4: the full snapshot a new dataplane receives (its encoded size and sync time) and
-//! the operator's cold start.
+//! the operator's cold start, restart and a new replica's start from a running one.
 
 #[allow(clippy::wildcard_imports)]
 use super::*;
@@ -81,7 +81,7 @@ pub(crate) fn cold_start(
         sync_addr,
         admin_addr,
     )?;
-    started(op, spawned, "cold start", "operator_cold_start", "")
+    started(op, spawned, "cold start", "operator_cold_start", "", true)
 }
 
 /// Phase 3b: `stopped`'s replica started again on its state directory (what a container
@@ -108,18 +108,56 @@ pub(crate) fn warm_start(
         "restart with the saved state",
         "operator_warm_start",
         "_warm",
+        true,
     )
 }
 
+/// Phase 3c: a new replica beside `running` (a new pod of the chart: an empty state directory,
+/// `--seed-from` the operator's Service, which routes to `running`): it fetches `running`'s
+/// saved state and starts from it. The same figures as the cold start's, but the dataplanes
+/// stay with `running`.
+pub(crate) fn seeded_start(
+    plane: &ControlPlane,
+    running: &Operator,
+    log_dir: &Path,
+) -> Result<Operator> {
+    let [sync, admin] = free_ports()?;
+    let spawned = Instant::now();
+    let op = Operator::launch_seeded(
+        "operator-3",
+        plane.kubeconfig(),
+        TOKEN,
+        log_dir,
+        (loopback(sync), loopback(admin)),
+        &running.sync_url(),
+    )?;
+    let op = started(
+        op,
+        spawned,
+        "new replica seeded from a running one",
+        "operator_seeded_start",
+        "_seeded",
+        false,
+    )?;
+    let log = std::fs::read_to_string(log_dir.join("operator-3.log"))?;
+    ensure!(
+        log.contains("seeded the state from a running replica"),
+        "the new replica started from the running one's state; see operator-3.log"
+    );
+    Ok(op)
+}
+
 /// Times `op`, spawned at `spawned`, to ready, to the first full snapshot a client receives,
-/// to both dataplanes re-synced; then counts its status writes until settled and reports its
-/// peak and settled RSS (`operator_peak_rss<rss_suffix>`).
+/// and when `dataplanes` (they reconnect to it) to both dataplanes re-synced; then counts its
+/// status writes until settled and reports its peak and settled RSS
+/// (`operator_peak_rss<rss_suffix>`).
 fn started(
     mut op: Operator,
     spawned: Instant,
     what: &str,
     figure: &str,
     rss_suffix: &str,
+    dataplanes: bool,
 ) -> Result<Operator> {
     let admin_addr = op.admin_addr;
     let url = op.sync_url();
@@ -152,23 +190,25 @@ fn started(
     let first = first_snapshot
         .join()
         .map_err(|_| anyhow::anyhow!("the start's client panicked"))??;
-    wait_every(
-        "dataplane-a and dataplane-b re-synced",
-        STEP_TIMEOUT,
-        Duration::from_millis(50),
-        || dataplanes_synced(admin_addr, &["dataplane-a", "dataplane-b"]),
-    )?;
-    let resynced = spawned.elapsed();
+    if dataplanes {
+        wait_every(
+            "dataplane-a and dataplane-b re-synced",
+            STEP_TIMEOUT,
+            Duration::from_millis(50),
+            || dataplanes_synced(admin_addr, &["dataplane-a", "dataplane-b"]),
+        )?;
+        let resynced = spawned.elapsed();
+        eprintln!("bench: {what}: both dataplanes re-synced {resynced:.1?} after spawn");
+        report(&format!("{figure}_dataplanes_synced"), ms(resynced), "ms");
+    }
     let (writes, settled) = settle(admin_addr)?;
     let pid = op.process.pid();
     eprintln!(
-        "bench: {what}: ready {ready:.1?}, first snapshot {first:.1?}, both dataplanes \
-         re-synced {resynced:.1?} after spawn; {writes} status writes, settled {settled:.1?} \
-         after"
+        "bench: {what}: ready {ready:.1?}, first snapshot {first:.1?} after spawn; {writes} \
+         status writes, settled {settled:.1?} after"
     );
     report(&format!("{figure}_ready"), ms(ready), "ms");
     report(&format!("{figure}_first_snapshot"), ms(first), "ms");
-    report(&format!("{figure}_dataplanes_synced"), ms(resynced), "ms");
     report(&format!("{figure}_status_writes"), writes, "count");
     report(
         &format!("operator_peak_rss{rss_suffix}"),
