@@ -81,17 +81,6 @@ impl Release {
     }
 }
 
-/// What a replica is launched from.
-#[derive(Clone, Copy)]
-struct Launch<'a> {
-    release: &'a Release,
-    id: &'a str,
-    state_dir: &'a Path,
-    kubeconfig: &'a Path,
-    sync_token: &'a str,
-    log_dir: &'a Path,
-}
-
 /// One operator replica.
 pub struct Operator {
     /// The running process.
@@ -170,15 +159,10 @@ impl Operator {
         log_dir: &Path,
         addrs: (SocketAddr, SocketAddr),
     ) -> Result<Self> {
-        let launch = Launch {
-            release,
-            id,
-            state_dir,
-            kubeconfig,
-            sync_token,
-            log_dir,
-        };
-        Self::spawn(&launch, addrs, "")
+        let launch = (addrs, "");
+        Self::spawn(
+            release, id, state_dir, kubeconfig, sync_token, log_dir, launch,
+        )
     }
 
     /// Like [`Operator::launch`], a new replica (its state directory empty) that starts from
@@ -192,31 +176,23 @@ impl Operator {
         addrs: (SocketAddr, SocketAddr),
         peer_url: &str,
     ) -> Result<Self> {
-        let launch = Launch {
-            release: &Release::current()?,
-            id,
-            state_dir: &Self::state_dir_of(log_dir, id),
-            kubeconfig,
-            sync_token,
-            log_dir,
-        };
-        Self::spawn(&launch, addrs, peer_url)
+        let (release, state_dir) = (Release::current()?, Self::state_dir_of(log_dir, id));
+        let launch = (addrs, peer_url);
+        Self::spawn(
+            &release, id, &state_dir, kubeconfig, sync_token, log_dir, launch,
+        )
     }
 
-    /// Spawns `launch` on `addrs`, seeding from `seed_from` (empty: none).
+    /// Spawns replica `id` on `addrs`, seeding from `seed_from` (empty: none).
     fn spawn(
-        launch: &Launch<'_>,
-        (sync_addr, admin_addr): (SocketAddr, SocketAddr),
-        seed_from: &str,
+        release: &Release,
+        id: &str,
+        state_dir: &Path,
+        kubeconfig: &Path,
+        sync_token: &str,
+        log_dir: &Path,
+        ((sync_addr, admin_addr), seed_from): ((SocketAddr, SocketAddr), &str),
     ) -> Result<Self> {
-        let Launch {
-            release,
-            id,
-            state_dir,
-            kubeconfig,
-            sync_token,
-            log_dir,
-        } = *launch;
         let rendered =
             chart::template_of(&release.chart, OPERATOR_NAMESPACE, &[], &operator_values())?;
         let container = rendered.container(&format!("{RELEASE}-operator"), "operator")?;

@@ -671,8 +671,14 @@ fn restart_on(
 ) -> Result<Operator> {
     let release = Release::current()?;
     let (kubeconfig, log_dir) = (plane.kubeconfig(), logs.path());
-    let mut op =
-        Operator::launch_release(&release, id, state_dir, kubeconfig, TOKEN, log_dir, addrs)?;
+    ready(Operator::launch_release(
+        &release, id, state_dir, kubeconfig, TOKEN, log_dir, addrs,
+    )?)
+}
+
+/// `op` once it is ready.
+fn ready(mut op: Operator) -> Result<Operator> {
+    let id = op.id.clone();
     wait_until(&format!("{id} ready"), SETTLE, || {
         ensure!(op.process.is_running(), "{id} exited; see its log");
         Ok(http_status(op.admin_addr, "/readyz").is_ok_and(|s| s == 200))
@@ -820,13 +826,14 @@ fn seeded_replica(
         fleetward_e2e::ports::loopback(admin),
     );
     let kubeconfig = plane.kubeconfig();
-    let mut op =
-        Operator::launch_seeded(id, kubeconfig, token, logs.path(), addrs, &peer.sync_url())?;
-    wait_until(&format!("{id} ready"), SETTLE, || {
-        ensure!(op.process.is_running(), "{id} exited; see its log");
-        Ok(http_status(op.admin_addr, "/readyz").is_ok_and(|s| s == 200))
-    })?;
-    Ok(op)
+    ready(Operator::launch_seeded(
+        id,
+        kubeconfig,
+        token,
+        logs.path(),
+        addrs,
+        &peer.sync_url(),
+    )?)
 }
 
 #[test]

@@ -13,7 +13,7 @@
 //! cut short) is logged and the replica lists, as without `--seed-from`. A seeded state older
 //! than the API server's history is listed kind by kind, as a restart's is.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use fleetward_proto::pb;
@@ -106,7 +106,7 @@ pub async fn seed(dir: &Path, peer: &Peer) -> Result<Option<u64>, SeedError> {
 }
 
 /// Streams `peer`'s state into `to`; the bytes written.
-async fn fetch(peer: &Peer, to: &PathBuf) -> Result<u64, SeedError> {
+async fn fetch(peer: &Peer, to: &Path) -> Result<u64, SeedError> {
     let channel = endpoint(peer)?
         .connect()
         .await
