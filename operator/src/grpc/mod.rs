@@ -280,6 +280,7 @@ pub(crate) struct PolicySyncService {
     shared: Arc<session::SessionContext>,
     provisioner: Option<Arc<dyn crate::provisioning::Provisioner>>,
     saved_state: Option<PathBuf>,
+    state_sends: Arc<tokio::sync::Semaphore>,
 }
 
 impl PolicySyncService {
@@ -304,6 +305,7 @@ impl PolicySyncService {
             }),
             provisioner: config.provisioner.clone(),
             saved_state: config.saved_state.clone(),
+            state_sends: Arc::new(tokio::sync::Semaphore::new(MAX_STATE_SENDS)),
         }
     }
 }
@@ -327,6 +329,9 @@ type StateStream = Pin<Box<dyn Stream<Item = Result<pb::StateChunk, Status>> + S
 
 /// The size of one `StateChunk`.
 const STATE_CHUNK: usize = 1024 * 1024;
+/// How many `SavedState` calls are sent at once; more are refused with RESOURCE_EXHAUSTED
+/// (the new replica lists). Each holds up to five chunks in memory while its peer reads.
+pub const MAX_STATE_SENDS: usize = 2;
 
 impl PolicySyncService {
     /// A Sync stream: one session, which sends the updates the dataplane needs.
@@ -401,10 +406,17 @@ impl PolicySyncService {
                 )));
             }
         };
+        let Ok(sending) = self.state_sends.clone().try_acquire_owned() else {
+            return Err(Status::resource_exhausted(format!(
+                "this operator is already sending its saved state {MAX_STATE_SENDS} times: \
+                 list instead"
+            )));
+        };
         tracing::info!(file = %path.display(), "sending the saved state to a new replica");
         let (tx, rx) = mpsc::channel(4);
         tokio::spawn(async move {
             use tokio::io::AsyncReadExt as _;
+            let _sending = sending;
             loop {
                 let mut data = Vec::with_capacity(STATE_CHUNK);
                 let chunk = match (&mut file)

@@ -1,5 +1,7 @@
 use std::path::Path;
 
+use std::time::Duration;
+
 use tonic::Code;
 
 use super::*;
@@ -213,5 +215,62 @@ async fn under_mutual_tls_a_replica_presents_its_certificate_and_one_without_is_
         Some(saved.len() as u64)
     );
     assert_eq!(std::fs::read(resume::file(new.path())).unwrap(), saved);
+    op.stop().await;
+}
+
+#[tokio::test]
+async fn a_replica_sends_its_state_twice_at_once_and_refuses_a_third() {
+    use crate::grpc::MAX_STATE_SENDS;
+    let running = tempfile::tempdir().unwrap();
+    let saved = write_state(running.path(), 16 * 1024 * 1024);
+    let mut op = replica(running.path(), server_config()).await;
+    let client = || async {
+        let channel = Endpoint::from_shared(op.url())
+            .expect("a URL")
+            .connect()
+            .await
+            .expect("connects");
+        let auth: MetadataValue<_> = format!("Bearer {TOKEN}").parse().expect("ASCII");
+        PolicySyncClient::with_interceptor(channel, move |mut r: tonic::Request<()>| {
+            r.metadata_mut().insert("authorization", auth.clone());
+            Ok(r)
+        })
+    };
+    // Calls whose streams nobody reads: each holds its send until its peer reads or goes.
+    let mut held = Vec::new();
+    for _ in 0..MAX_STATE_SENDS {
+        let mut c = client().await;
+        held.push(c.saved_state(pb::SavedStateRequest {}).await.expect("sent"));
+    }
+    let mut extra = client().await;
+    let refused = extra
+        .saved_state(pb::SavedStateRequest {})
+        .await
+        .expect_err("a third send at once is refused");
+    assert_eq!(refused.code(), Code::ResourceExhausted, "{refused:?}");
+
+    // A held call read to its end frees its place.
+    let mut stream = held.pop().expect("a call").into_inner();
+    let mut bytes = 0;
+    while let Some(chunk) = stream.message().await.expect("chunks") {
+        bytes += chunk.data.len();
+    }
+    assert_eq!(bytes, saved.len());
+    let new = tempfile::tempdir().unwrap();
+    let mut written = None;
+    for _ in 0..50 {
+        match seed(new.path(), &peer(&op, TOKEN)).await {
+            Ok(w) => {
+                written = w;
+                break;
+            }
+            Err(SeedError::Refused(s)) if s.code() == Code::ResourceExhausted => {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(e) => panic!("{e}"),
+        }
+    }
+    assert_eq!(written, Some(saved.len() as u64), "a place is free again");
+    drop(held);
     op.stop().await;
 }
