@@ -27,3 +27,24 @@ pub mod message {
 }
 
 pub use policysync::v1 as pb;
+
+/// TLS towards a PolicySync server, from PEM: trust `ca_pem`, present `identity` (certificate
+/// and key) when the server asks for one, and expect `domain` in the server's certificate
+/// instead of the URL's host when given.
+#[cfg(feature = "client")]
+#[must_use]
+pub fn client_tls(
+    ca_pem: &[u8],
+    identity: Option<(&[u8], &[u8])>,
+    domain: Option<&str>,
+) -> tonic::transport::ClientTlsConfig {
+    use tonic::transport::{Certificate, ClientTlsConfig, Identity};
+    let mut t = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca_pem));
+    if let Some((cert, key)) = identity {
+        t = t.identity(Identity::from_pem(cert, key));
+    }
+    if let Some(d) = domain {
+        t = t.domain_name(d);
+    }
+    t
+}

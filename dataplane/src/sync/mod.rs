@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use fleetward_policy::Snapshot;
 use tokio::sync::watch;
-use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
+use tonic::transport::Endpoint;
 
 pub use client_config::{
     ClientTls, DEFAULT_BACKOFF_MAX, DEFAULT_MAX_MESSAGE_SIZE, SyncConfig, SyncError,
@@ -187,13 +187,8 @@ fn endpoint(url: &str, config: &SyncConfig) -> Result<Endpoint, SyncError> {
         .tcp_keepalive(Some(config.keepalive_interval))
         .tcp_nodelay(true);
     if let Some(tls) = &config.tls {
-        let mut t = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(&tls.ca_pem));
-        if let Some((cert, key)) = &tls.identity {
-            t = t.identity(Identity::from_pem(cert, key));
-        }
-        if let Some(d) = &tls.domain {
-            t = t.domain_name(d.clone());
-        }
+        let identity = tls.identity.as_ref().map(|(c, k)| (&c[..], &k[..]));
+        let t = fleetward_proto::client_tls(&tls.ca_pem, identity, tls.domain.as_deref());
         e = e.tls_config(t).map_err(err)?;
     }
     Ok(e)

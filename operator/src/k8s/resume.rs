@@ -79,6 +79,12 @@ pub fn file(dir: &Path) -> PathBuf {
     dir.join(FILE)
 }
 
+/// A hidden file in `dir` beside the state file, named for what writes it (`tmp`, `seed`):
+/// written whole, then renamed onto [`file`].
+pub fn scratch(dir: &Path, writer: &str) -> PathBuf {
+    dir.join(format!(".{FILE}.{writer}"))
+}
+
 /// Writes `feed`'s state into `dir`, replacing the file whole; returns the objects written.
 /// Only kinds with a resourceVersion are saved: the others are listed at a restart anyway.
 pub fn save(dir: &Path, feed: &Feed) -> io::Result<usize> {
@@ -90,7 +96,7 @@ pub fn save(dir: &Path, feed: &Feed) -> io::Result<usize> {
         .iter()
         .filter_map(|&kind| Some((kind, feed.observed.version(kind)?)))
         .collect();
-    let tmp = dir.join(format!(".{FILE}.tmp"));
+    let tmp = scratch(dir, "tmp");
     let mut out = BufWriter::new(File::create(&tmp)?);
     let header = Header {
         format: FORMAT,

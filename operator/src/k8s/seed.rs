@@ -20,7 +20,7 @@ use fleetward_proto::pb;
 use fleetward_proto::pb::policy_sync_client::PolicySyncClient;
 use tokio::io::AsyncWriteExt as _;
 use tonic::metadata::MetadataValue;
-use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
+use tonic::transport::Endpoint;
 
 use super::resume;
 
@@ -89,7 +89,7 @@ pub async fn seed(dir: &Path, peer: &Peer) -> Result<Option<u64>, SeedError> {
     if tokio::fs::try_exists(&file).await.unwrap_or(true) {
         return Ok(None);
     }
-    let tmp = dir.join(".operator-state.jsonl.seed");
+    let tmp = resume::scratch(dir, "seed");
     let fetched = tokio::time::timeout(TIMEOUT, fetch(peer, &tmp)).await;
     let outcome = match fetched {
         Ok(Ok(bytes)) => tokio::fs::rename(&tmp, &file)
@@ -153,10 +153,8 @@ fn endpoint(peer: &Peer) -> Result<Endpoint, SeedError> {
         .connect_timeout(CONNECT_TIMEOUT)
         .tcp_nodelay(true);
     if let Some(tls) = &peer.tls {
-        let mut t = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(&tls.ca_pem));
-        if let Some((cert, key)) = &tls.identity {
-            t = t.identity(Identity::from_pem(cert, key));
-        }
+        let identity = tls.identity.as_ref().map(|(c, k)| (&c[..], &k[..]));
+        let t = fleetward_proto::client_tls(&tls.ca_pem, identity, None);
         e = e.tls_config(t).map_err(err)?;
     }
     Ok(e)
