@@ -3,8 +3,9 @@
 # (mosquitto, wrk, kubectl, nats-server, …), builds the control plane (cached) and the
 # benchmark binaries, runs every broker scenario against Fleetward, Fleetward without its
 # decision cache, bare rumqttd and Mosquitto (interleaved, median of the rounds), HTTP publish,
-# the control-plane benchmarks and the fault tests (e2e/tests/fault.rs, about 15 minutes;
-# --skip-faults), and rewrites the generated part of BENCHMARKS.md.
+# one policy delta on a dataplane with 10,000 sessions (--skip-delta), the control-plane
+# benchmarks and the fault tests (e2e/tests/fault.rs, about 15 minutes; --skip-faults), and
+# rewrites the generated part of BENCHMARKS.md.
 #
 #   scripts/bench-suite.sh                 # the full suite (about an hour on 2 cores)
 #   scripts/bench-suite.sh --smoke         # tiny sizes, dev build: what CI runs (a few minutes);

@@ -13,8 +13,9 @@ order so that background load hits every target alike; each figure is the median
 rounds. The load generator is benches/src/bin/fleetward-bench.rs, the same for every target. The
 "under attack" scenario (a flood of unauthenticated sockets) is in scripts/bench_attack.py, the
 persistent sessions on JetStream (issue 25: its own nats-server -js, four pods) in
-scripts/bench_durable.py, the fault tests of e2e/tests/fault.rs (not in a smoke run;
---skip-faults) in scripts/bench_fault.py.
+scripts/bench_durable.py, one policy delta on a dataplane with 10,000 sessions (issue 19;
+--skip-delta) in scripts/bench_delta.py, the fault tests of e2e/tests/fault.rs (not in a smoke
+run; --skip-faults) in scripts/bench_fault.py.
 """
 
 import argparse
@@ -35,6 +36,7 @@ import urllib.request
 from pathlib import Path
 
 import bench_attack
+import bench_delta
 import bench_durable
 import bench_fault
 
@@ -500,6 +502,8 @@ def render(cfg, results, started, load_before, load_after, command, profiles):
     lines.append(f"| idle connection at {cfg.idle[0]:,} | {fmt(idle_fw, ' KiB')} | ≤ 8 KiB | "
                  f"{verdict(None if idle_fw is None else idle_fw <= 8)} |")
     lines += controlplane_budgets(cpv)
+    delta_budget, delta_lines, delta_reproduce = bench_delta.render(cfg, results, fmt, verdict)
+    lines += delta_budget
     mq = m("qos0-pairs", "mosquitto", "broker_cores")
     attack_budget, attack_lines, attack_reproduce = bench_attack.render(
         cfg, results, median_of, fmt, ratio, verdict)
@@ -568,6 +572,7 @@ def render(cfg, results, started, load_before, load_after, command, profiles):
                   f"| requests per second | {fmt(http['rps'])} |",
                   f"| p50 / p99 / max | {http['p50_ms']:.3f} / {http['p99_ms']:.3f} / {http['max_ms']:.3f} ms |",
                   f"| answers other than 202, errors | {http['non_202']:.0f}, {http['errors']:.0f} |"]
+    lines += delta_lines
     if cp:
         lines += ["", "### Control plane", "",
                   "`cargo bench --profile dev -p fleetward-bench --bench controlplane` "
@@ -602,6 +607,7 @@ def render(cfg, results, started, load_before, load_after, command, profiles):
     lines += attack_reproduce
     lines += durable_reproduce
     lines += controlplane_reproduce()
+    lines += delta_reproduce
     lines += ["", "<details><summary>Every run</summary>", "", "```"]
     for r in results:
         lines.append(json.dumps(r, sort_keys=True))
@@ -622,11 +628,13 @@ def write_report(path, block):
     path.write_text(text)
 
 
-def check_complete(cfg, results, only_attack=False, durable=True):
+def check_complete(cfg, results, only_attack=False, durable=True, delta=True):
     """Every scenario produced its figure for every target (what the CI smoke run asserts)."""
     missing = bench_attack.missing(cfg, results, median_of) if cfg.rounds else []
     if durable:
         missing += bench_durable.missing(results)
+    if delta:
+        missing += bench_delta.missing(results)
     if only_attack or not cfg.rounds:
         if missing:
             raise RuntimeError("no figure for: " + ", ".join(missing))
@@ -656,6 +664,8 @@ def main():
     p.add_argument("--out", type=Path, help="the Markdown file to write (default BENCHMARKS.md)")
     p.add_argument("--skip-controlplane", action="store_true")
     p.add_argument("--skip-http", action="store_true")
+    p.add_argument("--skip-delta", action="store_true",
+                   help="not the one-policy-delta scenario (dataplane/examples/delta_rechecks)")
     p.add_argument("--skip-faults", action="store_true", help="not the fault tests (e2e/tests/fault.rs)")
     p.add_argument("--no-profile", action="store_true", help="no perf profiles of the Fleetward target")
     p.add_argument("--only-brokers", action="store_true", help="broker scenarios only")
@@ -675,6 +685,7 @@ def main():
         args.only_brokers = args.no_profile = True
         cfg.rounds = 0
     durable = not args.skip_durable
+    delta = not (args.skip_delta or args.only_brokers)
     default_out = (("attack.md" if args.only_attack else "durable.md" if args.only_durable else "smoke.md")
                    if (cfg.smoke or args.only_attack or args.only_durable) else None)
     out = args.out or (ROOT / "target" / "bench-suite" / default_out if default_out else ROOT / "BENCHMARKS.md")
@@ -687,6 +698,8 @@ def main():
     subprocess.run(build, cwd=ROOT, check=True)
     if durable:
         bench_durable.build(cfg)
+    if delta:
+        bench_delta.build(cfg)
     if not (args.skip_controlplane or args.only_brokers):
         # The control-plane benchmark runs the fleetward binary: release for figures, the dev
         # build the end-to-end tests use for the smoke run.
@@ -708,13 +721,15 @@ def main():
             profile_runs(cfg, Path(work), profiles)
     if not (args.skip_http or args.only_brokers):
         http_run(cfg, results)
+    if delta:
+        bench_delta.runs(cfg, results, log, parse_kv)
     if not (args.skip_controlplane or args.only_brokers):
         controlplane_run(cfg, results, profiles, not args.no_profile)
         if not args.skip_faults:
             bench_fault.runs(cfg, ROOT, results, log)
     load_after = Path("/proc/loadavg").read_text().split()[0]
     raw.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in results))
-    check_complete(cfg, results, args.only_attack, durable)
+    check_complete(cfg, results, args.only_attack, durable, delta)
     write_report(out, render(cfg, results, started, load_before, load_after, command, profiles))
     log(f"wrote {out.relative_to(ROOT) if out.is_relative_to(ROOT) else out} (every run: {raw.relative_to(ROOT)})")
 

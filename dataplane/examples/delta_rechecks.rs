@@ -10,12 +10,13 @@
 //! - re-checks: the sessions the delta woke (`fleetward_policy_rechecks_last`).
 //!
 //! Run: `cargo run --release -p fleetward-dataplane --example delta_rechecks -- 10000 300`
-//! (sessions, rounds). The clients live in a child process, so each side stays under the
+//! (sessions, rounds). The last line, `SUMMARY key=value …`, is what the benchmark suite reads. The clients live in a child process, so each side stays under the
 //! open-files limit.
 
 // No function longer than a reader can hold in their head (the threshold is in clippy.toml).
 #![warn(clippy::too_many_lines)]
 
+use std::fmt::Write as _;
 use std::io::{BufRead, BufReader, Read};
 use std::net::SocketAddr;
 use std::process::{Command, Stdio};
@@ -199,15 +200,11 @@ fn round(tx: &watch::Sender<Arc<Snapshot>>, dp: &RunningDataplane, i: usize) -> 
     }
 }
 
-fn percentiles(label: &str, mut v: Vec<Duration>) {
+/// p50, p99 and max of `v`, in milliseconds.
+fn percentiles(mut v: Vec<Duration>) -> [f64; 3] {
     v.sort();
     let at = |p: f64| v[((v.len() as f64 * p).ceil() as usize).clamp(1, v.len()) - 1];
-    println!(
-        "{label:>8}: p50 {:>9.3} ms  p99 {:>9.3} ms  max {:>9.3} ms",
-        at(0.50).as_secs_f64() * 1e3,
-        at(0.99).as_secs_f64() * 1e3,
-        at(1.0).as_secs_f64() * 1e3,
-    );
+    [0.50, 0.99, 1.0].map(|p| at(p).as_secs_f64() * 1e3)
 }
 
 #[tokio::main]
@@ -244,15 +241,27 @@ async fn main() -> anyhow::Result<()> {
     let results: Vec<Round> = (0..rounds)
         .map(|r| round(&tx, &dp, r * (n / rounds)))
         .collect();
-    percentiles("apply", results.iter().map(|r| r.apply).collect());
-    percentiles("revoked", results.iter().map(|r| r.revoked).collect());
-    percentiles("CPU", results.iter().map(|r| r.cpu).collect());
+    let mut summary = format!("SUMMARY sessions={n} rounds={rounds}");
+    for (label, field) in [
+        ("apply", (|r: &Round| r.apply) as fn(&Round) -> Duration),
+        ("revoked", |r| r.revoked),
+        ("cpu", |r| r.cpu),
+    ] {
+        let [p50, p99, max] = percentiles(results.iter().map(field).collect());
+        println!("{label:>8}: p50 {p50:>9.3} ms  p99 {p99:>9.3} ms  max {max:>9.3} ms");
+        write!(
+            summary,
+            " {label}_p50_ms={p50:.4} {label}_p99_ms={p99:.4} {label}_max_ms={max:.4}"
+        )?;
+    }
     let rechecks: Vec<i64> = results.iter().map(|r| r.rechecks).collect();
-    println!(
-        "re-checks per delta: min {} max {}",
-        rechecks.iter().min().unwrap_or(&0),
-        rechecks.iter().max().unwrap_or(&0)
+    let (min, max) = (
+        rechecks.iter().min().copied().unwrap_or(0),
+        rechecks.iter().max().copied().unwrap_or(0),
     );
+    println!("re-checks per delta: min {min} max {max}");
+    // One line for scripts/bench_suite.py.
+    println!("{summary} rechecks_min={min} rechecks_max={max}");
     drop(child.stdin.take());
     let _ = child.wait();
     Ok(())
