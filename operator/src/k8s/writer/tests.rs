@@ -17,7 +17,7 @@ use crate::k8s::events::Events;
 use crate::k8s::fixtures::{self, FakeApi};
 use crate::k8s::observed::{Observed, ShownStatus};
 use crate::k8s::status::tests::thing_desired;
-use crate::k8s::status::{Enforcement, enforcement};
+use crate::k8s::status::{Enforcement, REASON_NO_DATAPLANES, enforcement};
 use crate::k8s::{RESYNC, Retries};
 use crate::metrics::Metrics;
 use crate::replicas::Replicas;
@@ -77,7 +77,7 @@ fn a_ready_status_waiting_for_the_dataplanes_holds_briefly_and_shortens_a_longer
     let no_dataplanes = enforcement(true, Some(3), None);
     assert_eq!(
         hold_for(&ready, &no_dataplanes),
-        HOLD_NOT_ENFORCED,
+        HOLD_NO_DATAPLANES,
         "dataplanes reconnecting after a restart"
     );
     // Waiting for its Secret, then Ready and waiting for the dataplanes: the shorter hold.
@@ -86,6 +86,22 @@ fn a_ready_status_waiting_for_the_dataplanes_holds_briefly_and_shortens_a_longer
     assert!(!holds.admit(&key, hold_for(&ready, &pending), t1));
     assert_eq!(holds.next_after(t1), Some(t1 + HOLD_NOT_ENFORCED));
     assert!(holds.admit(&key, hold_for(&ready, &pending), t1 + HOLD_NOT_ENFORCED));
+
+    // No dataplane, then one connects and is applying: the hold ends `HOLD_NOT_ENFORCED` after
+    // it connected, not after the first.
+    let other = ObjectKey::namespaced(Kind::Thing, "acme", "sensor-2");
+    assert!(!holds.admit(&other, hold_for(&ready, &no_dataplanes), t0));
+    let connected = t0 + Duration::from_secs(3);
+    assert!(!holds.admit(&other, hold_for(&ready, &pending), connected));
+    assert_eq!(
+        holds.next_after(connected),
+        Some(connected + HOLD_NOT_ENFORCED)
+    );
+    assert!(holds.admit(
+        &other,
+        hold_for(&ready, &pending),
+        connected + HOLD_NOT_ENFORCED
+    ));
 }
 
 /// Connection `grant-<i>` of acme.
@@ -638,6 +654,62 @@ async fn a_restarted_operator_whose_dataplanes_catch_up_within_the_hold_rewrites
         "{:?}",
         fresh.api.status_patches()
     );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_restarted_operator_whose_dataplanes_reconnect_after_the_pending_hold_rewrites_nothing() {
+    let objects = acme(10);
+    let first = Running::start(&objects, |_| None);
+    settle().await;
+    let shown = first.observed.clone();
+    drop(first);
+
+    // As at 330k objects: the dataplane reconnects only after the pending hold would have
+    // ended (the replica serves its first snapshot late, the dataplane waits out its backoff),
+    // then takes a moment to apply the full snapshot.
+    let fresh =
+        Running::without_dataplanes(&objects, |key| shown.shown(key).and_then(|s| s.status));
+    tokio::time::sleep(HOLD_NOT_ENFORCED + Duration::from_millis(1_500)).await;
+    assert!(fresh.api.status_patches().is_empty(), "no dataplane yet");
+    fresh.dataplanes.connected("dp-1", 0);
+    tokio::time::sleep(HOLD_NOT_ENFORCED - Duration::from_millis(500)).await;
+    fresh.ack();
+    tokio::time::sleep(HOLD_NO_DATAPLANES).await;
+    assert!(
+        fresh.api.status_patches().is_empty(),
+        "{:?}",
+        fresh.api.status_patches()
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn with_no_dataplane_at_all_a_restarted_operator_writes_no_dataplanes_after_its_hold() {
+    let objects = acme(0);
+    let first = Running::start(&objects, |_| None);
+    settle().await;
+    let shown = first.observed.clone();
+    drop(first);
+
+    let started = Instant::now();
+    let fresh =
+        Running::without_dataplanes(&objects, |key| shown.shown(key).and_then(|s| s.status));
+    tokio::time::sleep(HOLD_NO_DATAPLANES - Duration::from_millis(500)).await;
+    assert!(
+        fresh.api.status_patches().is_empty(),
+        "still within the hold"
+    );
+    settle().await;
+    let patches = fresh.api.status_patches();
+    let mut names: Vec<&str> = patches.iter().map(|(name, _, _)| name.as_str()).collect();
+    names.sort_unstable();
+    assert_eq!(names, ["acme", "grant", "sensor-1", "telemetry"]);
+    for (name, status, at) in &patches {
+        assert!(*at >= started + HOLD_NO_DATAPLANES, "{name} early");
+        assert!(
+            status.to_string().contains(REASON_NO_DATAPLANES),
+            "{name}: {status}"
+        );
+    }
 }
 
 /// What the planner keeps at a cold start of one namespace of 110k objects (the footprint
