@@ -632,18 +632,21 @@ async fn a_fresh_operator_that_finds_every_status_right_writes_nothing() {
     );
 }
 
-#[tokio::test(start_paused = true)]
-async fn a_restarted_operator_whose_dataplanes_catch_up_within_the_hold_rewrites_nothing() {
-    let objects = acme(10);
-    let first = Running::start(&objects, |_| None);
+/// A first operator writes every status of `objects` and stops; a new one starts on what they
+/// show, with no dataplane connected yet.
+async fn restarted_without_dataplanes(objects: &[Resource]) -> Running {
+    let first = Running::start(objects, |_| None);
     settle().await;
     let shown = first.observed.clone();
     drop(first);
+    Running::without_dataplanes(objects, |key| shown.shown(key).and_then(|s| s.status))
+}
 
+#[tokio::test(start_paused = true)]
+async fn a_restarted_operator_whose_dataplanes_catch_up_within_the_hold_rewrites_nothing() {
     // The new operator's index has another lineage: its dataplane reconnects serving the old
     // snapshot (version 0 to this index) a moment after the start, then applies the new one.
-    let fresh =
-        Running::without_dataplanes(&objects, |key| shown.shown(key).and_then(|s| s.status));
+    let fresh = restarted_without_dataplanes(&acme(10)).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     fresh.dataplanes.connected("dp-1", 0);
     tokio::time::sleep(Duration::from_millis(800)).await;
@@ -658,17 +661,10 @@ async fn a_restarted_operator_whose_dataplanes_catch_up_within_the_hold_rewrites
 
 #[tokio::test(start_paused = true)]
 async fn a_restarted_operator_whose_dataplanes_reconnect_after_the_pending_hold_rewrites_nothing() {
-    let objects = acme(10);
-    let first = Running::start(&objects, |_| None);
-    settle().await;
-    let shown = first.observed.clone();
-    drop(first);
-
     // As at 330k objects: the dataplane reconnects only after the pending hold would have
     // ended (the replica serves its first snapshot late, the dataplane waits out its backoff),
     // then takes a moment to apply the full snapshot.
-    let fresh =
-        Running::without_dataplanes(&objects, |key| shown.shown(key).and_then(|s| s.status));
+    let fresh = restarted_without_dataplanes(&acme(10)).await;
     tokio::time::sleep(HOLD_NOT_ENFORCED + Duration::from_millis(1_500)).await;
     assert!(fresh.api.status_patches().is_empty(), "no dataplane yet");
     fresh.dataplanes.connected("dp-1", 0);
@@ -684,15 +680,8 @@ async fn a_restarted_operator_whose_dataplanes_reconnect_after_the_pending_hold_
 
 #[tokio::test(start_paused = true)]
 async fn with_no_dataplane_at_all_a_restarted_operator_writes_no_dataplanes_after_its_hold() {
-    let objects = acme(0);
-    let first = Running::start(&objects, |_| None);
-    settle().await;
-    let shown = first.observed.clone();
-    drop(first);
-
+    let fresh = restarted_without_dataplanes(&acme(0)).await;
     let started = Instant::now();
-    let fresh =
-        Running::without_dataplanes(&objects, |key| shown.shown(key).and_then(|s| s.status));
     tokio::time::sleep(HOLD_NO_DATAPLANES - Duration::from_millis(500)).await;
     assert!(
         fresh.api.status_patches().is_empty(),
