@@ -10,8 +10,8 @@
 //! - re-checks: the sessions the delta woke (`fleetward_policy_rechecks_last`).
 //!
 //! Run: `cargo run --release -p fleetward-dataplane --example delta_rechecks -- 10000 300`
-//! (sessions, rounds). The last line, `SUMMARY key=value …`, is what the benchmark suite reads. The clients live in a child process, so each side stays under the
-//! open-files limit.
+//! (sessions, rounds). The last line, `SUMMARY key=value …`, is what the benchmark suite
+//! reads. The clients live in a child process, so each side stays under the open-files limit.
 
 // No function longer than a reader can hold in their head (the threshold is in clippy.toml).
 #![warn(clippy::too_many_lines)]
